@@ -1,0 +1,44 @@
+"""The encoder protocol every backend meets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["ImageTextEncoder", "l2_normalize"]
+
+
+@runtime_checkable
+class ImageTextEncoder(Protocol):
+    """What the memory and the retriever need from an encoder.
+
+    Attributes:
+        dim: Length of every embedding.
+        fingerprint: Identity of model + weights; a memory refuses other fingerprints.
+    """
+
+    dim: int
+    fingerprint: str
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed RGB PIL images into a float32 ``(n, dim)`` array, rows L2-normalised."""
+        ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed strings into a float32 ``(n, dim)`` array, rows L2-normalised.
+
+        Image-only encoders raise :class:`rar_agent.errors.EncoderError`.
+        """
+        ...
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Return float32 rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)

@@ -1,0 +1,70 @@
+"""One exception hierarchy for rar-agent.
+
+Every error says what was wrong and what to do about it. Tools turn these into
+``ToolException`` so agents see a tool error, never a crash.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RarError",
+    "ConfigError",
+    "ImageError",
+    "EncoderError",
+    "ModelLoadError",
+    "MemoryStoreError",
+    "MemoryBusyError",
+    "EncoderMismatchError",
+    "EmptyMemoryError",
+    "LabelError",
+    "RankerError",
+    "UnsafeInputError",
+]
+
+
+class RarError(Exception):
+    """Base class of every error rar-agent raises on purpose."""
+
+
+class ConfigError(RarError, ValueError):
+    """A setting or argument is invalid (bad ``k``, unknown backend, malformed JSON...)."""
+
+
+class ImageError(RarError, ValueError):
+    """An image could not be read, decoded or validated."""
+
+
+class EncoderError(RarError):
+    """An encoder cannot do what was asked (e.g. text embedding on an image-only encoder)."""
+
+
+class ModelLoadError(RarError):
+    """Model weights could not be loaded (missing files, no network, unknown name)."""
+
+
+class MemoryStoreError(RarError):
+    """The category memory could not be opened, read or written."""
+
+
+class MemoryBusyError(MemoryStoreError):
+    """Another process holds the embedded memory at this path."""
+
+
+class EncoderMismatchError(MemoryStoreError):
+    """The memory was built with a different encoder than the one querying it."""
+
+
+class EmptyMemoryError(MemoryStoreError):
+    """The memory holds no entries for the requested vector kind."""
+
+
+class LabelError(RarError, ValueError):
+    """A category label is empty, too long or otherwise unusable."""
+
+
+class RankerError(RarError):
+    """The ranking model could not be created or called."""
+
+
+class UnsafeInputError(RarError, PermissionError):
+    """A path or URL given by a caller (often a model) is outside what is allowed."""
