@@ -1,0 +1,255 @@
+"""Load and validate images from paths, URLs, bytes, base64 and PIL objects.
+
+Every failure raises :class:`~rar_agent.errors.ImageError` with a message that says what was
+wrong and what to do. A returned image is always a fully decoded RGB ``PIL.Image``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+from rar_agent.errors import ImageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "ImageInput",
+    "LoadedImage",
+    "load_image",
+    "decode_image_bytes",
+    "read_image_file",
+    "to_rgb",
+    "is_image_reference",
+    "DEFAULT_MAX_PIXELS",
+    "MAX_FILE_BYTES",
+]
+
+ImageInput = Union[str, os.PathLike, bytes, "Image.Image"]
+
+DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; larger declared sizes are treated as bombs
+MAX_FILE_BYTES = 64 * 1024 * 1024
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?),(?P<data>.*)$",
+                       re.DOTALL)
+_B64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded RGB image, where it came from, and the SHA-256 of its source bytes."""
+
+    image: Image.Image
+    source: str
+    sha256: str
+
+
+def is_image_reference(text: str) -> bool:
+    """Whether a string looks like an image reference (URL, data URI or existing file)."""
+    t = text.strip()
+    if t.startswith(("data:image/", "http://", "https://")):
+        return True
+    if len(t) > 4096 or "\n" in t:
+        return False
+    try:
+        return Path(t).expanduser().is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def load_image(
+    src: ImageInput,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> LoadedImage:
+    """Load, validate and normalise an image from any supported input.
+
+    Args:
+        src: A file path, an ``http(s)`` URL, a ``data:image/...;base64,`` URI, raw base64
+            text, raw bytes, or a ``PIL.Image.Image``.
+        max_pixels: Refuse images whose declared size exceeds this many pixels.
+        name: Optional display name used as ``source`` (e.g. an uploaded file name).
+
+    Returns:
+        A :class:`LoadedImage` with an RGB image, its source and a content hash.
+
+    Raises:
+        ImageError: The input is missing, unreadable, not an image, truncated or too large.
+    """
+    from PIL import Image
+
+    if isinstance(src, Image.Image):
+        image = to_rgb(src)
+        digest = hashlib.sha256(
+            f"{image.size}".encode() + image.tobytes()
+        ).hexdigest()
+        return LoadedImage(image, name or "<PIL image>", digest)
+    if isinstance(src, bytes | bytearray | memoryview):
+        data = bytes(src)
+        return LoadedImage(decode_image_bytes(data, max_pixels=max_pixels, what=name or "bytes"),
+                           name or "<bytes>", hashlib.sha256(data).hexdigest())
+    if isinstance(src, os.PathLike):
+        return read_image_file(Path(src), max_pixels=max_pixels, name=name)
+    if not isinstance(src, str):
+        raise ImageError(
+            f"cannot read an image from a {type(src).__name__}: pass a file path, URL, "
+            "data URI, base64 text, bytes or a PIL image"
+        )
+    text = src.strip()
+    if not text:
+        raise ImageError("the image reference is empty: pass a file path, URL or data URI")
+    if text.startswith(("http://", "https://")):
+        from rar_agent.netfetch import fetch_url
+
+        data = fetch_url(text, allow_private=True)
+        return LoadedImage(decode_image_bytes(data, max_pixels=max_pixels, what=text),
+                           name or text, hashlib.sha256(data).hexdigest())
+    if text.startswith("data:"):
+        data = _decode_data_uri(text)
+        return LoadedImage(decode_image_bytes(data, max_pixels=max_pixels, what="data URI"),
+                           name or "<data URI>", hashlib.sha256(data).hexdigest())
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+        scheme = text.split("://", 1)[0]
+        raise ImageError(f"unsupported URL scheme {scheme!r}: use a file path or http(s) URL")
+    path = Path(text).expanduser()
+    if not path.exists() and len(text) > 64 and _B64_CHARS.match(text):
+        data = _b64decode(text)
+        return LoadedImage(decode_image_bytes(data, max_pixels=max_pixels, what="base64 text"),
+                           name or "<base64>", hashlib.sha256(data).hexdigest())
+    return read_image_file(path, max_pixels=max_pixels, name=name)
+
+
+def read_image_file(
+    path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+) -> LoadedImage:
+    """Read and decode one image file (see :func:`load_image`)."""
+    try:
+        if path.is_dir():
+            raise ImageError(f"{path} is a directory, not an image file: pass a file inside it")
+        if not path.exists():
+            raise ImageError(f"image file not found: {path}")
+        if not path.is_file():
+            raise ImageError(f"{path} is not a regular file (device, socket or pipe?)")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageError(
+                f"{path} is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB "
+                "limit: downscale or re-encode it first"
+            )
+        data = path.read_bytes()
+    except PermissionError as e:
+        raise ImageError(f"no permission to read {path}: check the file's permissions") from e
+    except OSError as e:
+        raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
+    image = decode_image_bytes(data, max_pixels=max_pixels, what=str(path))
+    return LoadedImage(image, name or str(path), hashlib.sha256(data).hexdigest())
+
+
+def decode_image_bytes(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image"
+) -> Image.Image:
+    """Fully decode image bytes into an RGB image, validating size and integrity."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ImageError(f"{what} is empty (0 bytes): pass a real image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{what} declares {width}x{height} pixels, over the limit of {max_pixels:,}"
+                    " (possible decompression bomb): downscale it first"
+                )
+            if width < 1 or height < 1:
+                raise ImageError(f"{what} has an empty size {width}x{height}")
+            if getattr(im, "is_animated", False):
+                im.seek(0)  # animated GIF/WebP/PNG: recognise the first frame
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            return to_rgb(im)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{what} is too large to decode safely ({e}): downscale it first") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(
+            f"{what} is not an image Pillow can read ({_sniff(data)}): pass a JPEG, PNG, "
+            "WebP, GIF, BMP or TIFF file"
+        ) from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(
+            f"{what} could not be decoded, it may be truncated or corrupt ({e}): "
+            "re-export or re-download the file"
+        ) from e
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any mode to 8-bit RGB; transparency is composited on white."""
+    from PIL import Image
+
+    if im.mode == "RGB":
+        return im.copy() if im.readonly else im
+    if im.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(scaled.astype("uint8"), mode="L").convert("RGB")
+    if im.mode == "P" or im.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _decode_data_uri(text: str) -> bytes:
+    match = _DATA_URI.match(text)
+    if not match:
+        raise ImageError("malformed data URI: expected data:image/<type>;base64,<data>")
+    mime = match.group("mime") or ""
+    if mime and not mime.startswith("image/"):
+        raise ImageError(f"data URI has type {mime!r}, not an image type")
+    if ";base64" not in (match.group("params") or ""):
+        raise ImageError("data URI is not base64-encoded: use data:image/<type>;base64,<data>")
+    return _b64decode(match.group("data"))
+
+
+def _b64decode(text: str) -> bytes:
+    cleaned = re.sub(r"\s+", "", text)
+    try:
+        if "-" in cleaned or "_" in cleaned:
+            return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ImageError(f"invalid base64 image data ({e})") from e
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:64].lstrip()
+    lowered = head.lower()
+    if head.startswith(b"%PDF"):
+        return "it is a PDF"
+    if lowered.startswith((b"<!doctype html", b"<html")):
+        return "it is an HTML page, maybe an error page instead of the image"
+    if head[4:12] in {b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1"}:
+        return "it is HEIC/HEIF, which this installation cannot decode; convert it to JPEG"
+    if head[4:12] in {b"ftypavif", b"ftypavis"}:
+        return "it is AVIF, which this installation cannot decode; convert it to JPEG"
+    try:
+        head.decode("utf-8")
+        return "it looks like text"
+    except UnicodeDecodeError:
+        return "unknown format"

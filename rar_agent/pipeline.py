@@ -1,0 +1,297 @@
+"""The Recognizer: encode -> retrieve -> (gate) -> rank, for single images and batches."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rar_agent.errors import RarError
+from rar_agent.images import ImageInput, LoadedImage, load_image
+from rar_agent.results import Candidate, RankingInfo, RecognitionResult
+from rar_agent.retrieval import CategoryRetriever, MemoryKind, validate_k
+
+if TYPE_CHECKING:
+    from rar_agent.config import Settings
+    from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.ranking import RankingChain, RankingOutput
+
+__all__ = ["Recognizer", "open_memory", "vocabulary_memory"]
+
+logger = logging.getLogger(__name__)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+class Recognizer:
+    """Retrieve-and-rank recognition over a category memory.
+
+    Args:
+        memory: The category memory to retrieve from.
+        encoder: The encoder the memory was built with.
+        ranker: A ``RankingChain``, a chat model, a model string (``"openai:gpt-4o-mini"``,
+            ``"hf:<dir>"``) or ``None``/``"none"`` for retrieval only.
+        k: Candidates handed to the ranker (and returned).
+        fetch_k: Memory entries fetched before folding into labels.
+        gate: Skip ranking when the top label's score leads the second by more than this.
+        kind: Memory side to query (``auto`` prefers image examples).
+        hint: Domain hint for the ranker (defaults to the memory's description).
+    """
+
+    def __init__(
+        self,
+        memory: CategoryMemory,
+        encoder: ImageTextEncoder,
+        *,
+        ranker: Any = None,
+        k: int = 5,
+        fetch_k: int | None = None,
+        gate: float | None = None,
+        kind: MemoryKind = "auto",
+        hint: str | None = None,
+    ) -> None:
+        memory.bind_encoder(encoder.fingerprint, encoder.dim)
+        self.memory = memory
+        self.encoder = encoder
+        self.k = validate_k(k)
+        self.gate = gate
+        self.retriever = CategoryRetriever(
+            memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=kind
+        )
+        self.ranker: RankingChain | None = _as_chain(ranker)
+        self.hint = hint if hint is not None else getattr(memory.info, "description", None)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        labels: Sequence[str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        **overrides: Any,
+    ) -> Recognizer:
+        """Build a recognizer from ``RAR_*`` settings (plus keyword overrides).
+
+        With ``labels`` a text memory for exactly those labels is built (and cached); with an
+        empty memory the built-in ImageNet-1k vocabulary is used zero-shot.
+        """
+        from rar_agent.config import Settings
+        from rar_agent.encoders import load_encoder
+
+        settings = (settings or Settings()).model_copy(update=overrides)
+        encoder = load_encoder(
+            settings.encoder_spec, pretrained=settings.clip_pretrained, device=settings.device
+        )
+        if labels is not None:
+            memory = vocabulary_memory(settings, encoder, labels, progress=progress)
+        else:
+            memory = open_memory(settings)
+            if memory.count() == 0:
+                logger.info("memory %r is empty: using the ImageNet-1k vocabulary",
+                            settings.collection)
+                memory.close()
+                memory = vocabulary_memory(settings, encoder, None, progress=progress)
+        return cls(
+            memory, encoder, ranker=settings.ranker, k=settings.k, fetch_k=settings.fetch_k,
+            gate=settings.gate, kind=settings.kind,  # type: ignore[arg-type]
+        )
+
+    # ------------------------------------------------------------------ recognition
+
+    def recognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
+        """Recognize one image; raises ``RarError`` on bad input."""
+        start = time.perf_counter()
+        loaded = load_image(image)
+        load_ms = _ms(start)
+        result = self._recognize_loaded([loaded], k=k)[0]
+        result.timings_ms = {"load": load_ms, **result.timings_ms}
+        return result
+
+    def recognize_batch(
+        self, images: Sequence[ImageInput], *, k: int | None = None
+    ) -> list[RecognitionResult]:
+        """Recognize many images with one encoder pass; bad images get a per-item error."""
+        loaded: list[LoadedImage] = []
+        results: list[RecognitionResult | None] = []
+        for src in images:
+            try:
+                loaded.append(load_image(src))
+                results.append(None)
+            except RarError as e:
+                results.append(RecognitionResult(label=None, image=_describe(src), error=str(e)))
+        done = iter(self._recognize_loaded(loaded, k=k)) if loaded else iter(())
+        return [r if r is not None else next(done) for r in results]
+
+    async def arecognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
+        """Async :meth:`recognize` (encoding runs in a worker thread)."""
+        return await asyncio.to_thread(self.recognize, image, k=k)
+
+    async def arecognize_batch(
+        self, images: Sequence[ImageInput], *, k: int | None = None
+    ) -> list[RecognitionResult]:
+        """Async :meth:`recognize_batch`."""
+        return await asyncio.to_thread(self.recognize_batch, images, k=k)
+
+    def _recognize_loaded(
+        self, loaded: Sequence[LoadedImage], *, k: int | None
+    ) -> list[RecognitionResult]:
+        t0 = time.perf_counter()
+        vectors = self.encoder.embed_images([item.image for item in loaded])
+        encode_ms = _ms(t0) / len(loaded)
+        t1 = time.perf_counter()
+        retrieved = self.retriever.retrieve_vectors(vectors, k=k)
+        retrieve_ms = _ms(t1) / len(loaded)
+        rankings = self.rank_many([item.image for item in loaded], retrieved)
+        results = []
+        for item, candidates, (info, order) in zip(loaded, retrieved, rankings, strict=True):
+            final = _reorder(candidates, order)
+            results.append(
+                RecognitionResult(
+                    label=final[0].label if final else None,
+                    candidates=final,
+                    ranking=info,
+                    image=item.source,
+                    timings_ms={"encode": round(encode_ms, 3), "retrieve": round(retrieve_ms, 3),
+                                "rank": info.latency_ms or 0.0},
+                )
+            )
+        return results
+
+    # ------------------------------------------------------------------ ranking
+
+    def rank_many(
+        self, images: Sequence[Any], retrieved: Sequence[Sequence[Candidate]]
+    ) -> list[tuple[RankingInfo, list[str] | None]]:
+        """Gate, then rank each (image, candidates) pair; ranker calls run concurrently."""
+        out: list[tuple[RankingInfo, list[str] | None]] = []
+        todo: list[int] = []
+        for i, candidates in enumerate(retrieved):
+            reason = self._skip_reason(candidates)
+            if reason is None:
+                todo.append(i)
+                out.append((RankingInfo(), None))
+            else:
+                status = "disabled" if self.ranker is None else "skipped"
+                out.append((RankingInfo(status=status, reason=reason), None))
+        if todo and self.ranker is not None:
+            from rar_agent.ranking import RankingInput
+
+            inputs = [
+                RankingInput(image=images[i], candidates=[c.label for c in retrieved[i]],
+                             scores=[c.score for c in retrieved[i]], hint=self.hint)
+                for i in todo
+            ]
+            outputs: list[RankingOutput] = self.ranker.batch(inputs)
+            for i, output in zip(todo, outputs, strict=True):
+                out[i] = (_ranking_info(output), list(output.order))
+        return out
+
+    def _skip_reason(self, candidates: Sequence[Candidate]) -> str | None:
+        if self.ranker is None:
+            return "no ranker configured (--ranker none): retrieval order stands"
+        if len(candidates) < 2:
+            return "fewer than two candidates: nothing to rank"
+        if self.gate is not None:
+            from rar_agent.ranking import should_skip
+
+            return should_skip([c.score for c in candidates], self.gate)
+        return None
+
+    def close(self) -> None:
+        """Close the memory."""
+        self.memory.close()
+
+    def __enter__(self) -> Recognizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_chain(ranker: Any) -> RankingChain | None:
+    if ranker is None or (isinstance(ranker, str) and ranker.strip().lower() in {"", "none"}):
+        return None
+    from rar_agent.models import load_ranker
+    from rar_agent.ranking import RankingChain
+
+    if isinstance(ranker, RankingChain):
+        return ranker
+    model = load_ranker(ranker)
+    return RankingChain(model) if model is not None else None
+
+
+def _ranking_info(output: RankingOutput) -> RankingInfo:
+    return RankingInfo(
+        status=output.status, reason=output.reason, model=output.model,
+        raw_reply=output.raw_reply, parsed_order=list(output.order),
+        latency_ms=output.latency_ms,
+    )
+
+
+def _reorder(candidates: Sequence[Candidate], order: Sequence[str] | None) -> list[Candidate]:
+    if not order:
+        return list(candidates)
+    by_label = {c.label: c for c in candidates}
+    final = [by_label[label] for label in order if label in by_label]
+    seen = {c.label for c in final}
+    return final + [c for c in candidates if c.label not in seen]
+
+
+def _describe(src: Any) -> str:
+    if isinstance(src, str):
+        return src if len(src) < 200 else src[:60] + "..."
+    return type(src).__name__
+
+
+# ---------------------------------------------------------------------- memories
+
+
+def open_memory(settings: Settings, collection: str | None = None) -> CategoryMemory:
+    """Open the configured memory: the Qdrant server if ``qdrant_url`` is set, else embedded."""
+    from rar_agent.memory import CategoryMemory
+
+    name = collection or settings.collection
+    if settings.qdrant_url:
+        return CategoryMemory.open(
+            url=settings.qdrant_url, api_key=settings.qdrant_api_key, collection=name,
+            shard_number=settings.shard_number, replication_factor=settings.replication_factor,
+        )
+    if settings.memory_path is not None and collection is None:
+        return CategoryMemory.open(settings.memory_path, collection=name)
+    return CategoryMemory.open(settings.home / "memories" / name, collection=name)
+
+
+def vocabulary_memory(
+    settings: Settings,
+    encoder: ImageTextEncoder,
+    labels: Sequence[str] | None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> CategoryMemory:
+    """A cached text memory of ``labels`` (ImageNet-1k when ``None``) for this encoder.
+
+    The collection name hashes the labels and the encoder fingerprint, so it is built once
+    per (vocabulary, encoder) and reused; a resumed build skips what is stored.
+    """
+    from rar_agent.encoders import default_vocabulary
+    from rar_agent.memory.builders import add_class_names
+
+    names = list(labels) if labels is not None else list(default_vocabulary())
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        from rar_agent.errors import LabelError
+
+        raise LabelError("no labels given: pass comma-separated names, e.g. --labels 'cat,dog'")
+    key = hashlib.sha256(("\n".join(names) + "\x00" + encoder.fingerprint).encode()).hexdigest()
+    prefix = "imagenet" if labels is None else "labels"
+    memory = open_memory(settings, collection=f"{prefix}-{key[:16]}")
+    memory.bind_encoder(encoder.fingerprint, encoder.dim)
+    if memory.count("text") < len(set(names)):
+        add_class_names(memory, encoder, names, progress=progress)
+    return memory

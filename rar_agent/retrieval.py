@@ -1,0 +1,141 @@
+"""Retrieval: query the category memory and fold entries into distinct labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict, Field
+
+from rar_agent.errors import ConfigError, EmptyMemoryError
+from rar_agent.images import ImageInput, is_image_reference, load_image
+from rar_agent.results import Candidate
+
+if TYPE_CHECKING:
+    from rar_agent.memory import CategoryMemory, Hit
+
+__all__ = ["fold_hits", "CategoryRetriever", "resolve_kind", "fetch_limit", "validate_k"]
+
+MemoryKind = Literal["auto", "image", "text"]
+
+
+def validate_k(k: int) -> int:
+    """Return ``k`` if it is a usable candidate count, else raise ``ConfigError``."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > 100:
+        raise ConfigError(f"k must be an integer between 1 and 100, got {k!r}")
+    return k
+
+
+def fetch_limit(k: int, fetch_k: int | None) -> int:
+    """How many entries to fetch so that ``k`` distinct labels are likely among them."""
+    return max(fetch_k or 0, k * 10, 50)
+
+
+def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
+    """Fold memory entries into distinct labels (best score wins) and keep the best ``k``.
+
+    Args:
+        hits: Entries from a memory search, in any order.
+        k: How many distinct labels to keep.
+
+    Returns:
+        Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set.
+    """
+    best: dict[str, Hit] = {}
+    for hit in hits:
+        held = best.get(hit.label)
+        if held is None or hit.score > held.score:
+            best[hit.label] = hit
+    ranked = sorted(best.values(), key=lambda h: -h.score)[:k]
+    return [
+        Candidate(label=h.label, score=float(h.score), retrieval_rank=i, kind=h.kind,
+                  source=h.source)
+        for i, h in enumerate(ranked)
+    ]
+
+
+def resolve_kind(memory: CategoryMemory, kind: MemoryKind) -> Literal["image", "text"]:
+    """Pick the memory side to query: ``auto`` prefers image examples, else class names."""
+    if kind in ("image", "text"):
+        if memory.count(kind) == 0:
+            raise EmptyMemoryError(
+                f"the memory has no {kind} entries: build it first (rar-agent memory build) "
+                "or query the other side"
+            )
+        return kind
+    if kind != "auto":
+        raise ConfigError(f"kind must be auto, image or text, not {kind!r}")
+    if memory.count("image") > 0:
+        return "image"
+    if memory.count("text") > 0:
+        return "text"
+    raise EmptyMemoryError(
+        "the memory is empty: add categories with `rar-agent memory build --from-names FILE` "
+        "or `--from-folder DIR`, or pass --labels"
+    )
+
+
+class CategoryRetriever(BaseRetriever):
+    """A LangChain retriever over a category memory.
+
+    ``invoke`` accepts an image reference (path, URL or data URI) or free text; it returns
+    one ``Document`` per distinct label (``page_content`` is the label, ``metadata`` holds
+    ``score``, ``rank``, ``kind`` and ``source``).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    memory: Any = Field(description="A rar_agent.memory.CategoryMemory.")
+    encoder: Any = Field(description="An ImageTextEncoder matching the memory.")
+    k: int = 5
+    fetch_k: int | None = None
+    kind: MemoryKind = "auto"
+
+    def retrieve(self, image: ImageInput, *, k: int | None = None) -> list[Candidate]:
+        """Top-k distinct labels for one image."""
+        loaded = load_image(image)
+        vector = self.encoder.embed_images([loaded.image])[0]
+        return self.retrieve_vectors(vector[None, :], k=k)[0]
+
+    def retrieve_vectors(
+        self, vectors: np.ndarray, *, k: int | None = None, kind: MemoryKind | None = None
+    ) -> list[list[Candidate]]:
+        """Top-k distinct labels for each row of an ``(n, dim)`` array of image embeddings."""
+        k = validate_k(k if k is not None else self.k)
+        side = resolve_kind(self.memory, kind or self.kind)
+        limit = fetch_limit(k, self.fetch_k)
+        batches = self.memory.search_batch(vectors, kind=side, limit=limit)
+        return [fold_hits(hits, k) for hits in batches]
+
+    def search_text(self, text: str, *, k: int | None = None) -> list[Candidate]:
+        """Categories whose entries best match a text query (text embedding)."""
+        k = validate_k(k if k is not None else self.k)
+        vector = self.encoder.embed_texts([text])
+        side = resolve_kind(self.memory, self.kind)
+        hits = self.memory.search_batch(vector, kind=side, limit=fetch_limit(k, self.fetch_k))
+        return fold_hits(hits[0], k)
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        if is_image_reference(query):
+            candidates = self.retrieve(query)
+        else:
+            candidates = self.search_text(query)
+        return candidates_to_documents(candidates)
+
+
+def candidates_to_documents(candidates: Sequence[Candidate]) -> list[Document]:
+    """Turn candidates into LangChain documents (label as content, the rest as metadata)."""
+    return [
+        Document(
+            page_content=c.label,
+            metadata={"score": c.score, "rank": c.retrieval_rank, "kind": c.kind,
+                      "source": c.source, "label": c.label},
+        )
+        for c in candidates
+    ]
