@@ -398,6 +398,10 @@ def memory_stats(
     run_guarded(run)
 
 
+# Commands that live in their own modules register themselves here (one line each).
+# Each module imports only typer at module level.
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
