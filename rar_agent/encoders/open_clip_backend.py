@@ -1,0 +1,197 @@
+"""The open_clip backend (the default encoder; the RAR paper used ``ViT-B-16`` / ``openai``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rar_agent.encoders._torch import (
+    TorchEncoderBase,
+    configure_cpu_threads,
+    resolve_device,
+    resolve_precision,
+    weights_digest,
+)
+from rar_agent.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+__all__ = ["OpenClipEncoder", "model_load_help"]
+
+logger = logging.getLogger(__name__)
+
+_SCHEMAS = ("local-dir:", "hf-hub:")
+
+
+def model_load_help(what: str, reason: str) -> str:
+    """The message every weight-loading failure carries: what failed and how to fix it."""
+    return (
+        f"Could not load the encoder {what}: {reason}. Model weights cannot be downloaded here "
+        "(no network, or the hub is switched off). Point rar-agent at weights on disk: pass "
+        "--clip-model local-dir:/path/to/open_clip_dir (a folder with open_clip_config.json and "
+        "the weights), --clip-model hf:/path/to/dir (a transformers CLIP/SigLIP folder), or "
+        "--clip-model ViT-B-16 --clip-pretrained /path/to/checkpoint.pt; or set RAR_CLIP_MODEL "
+        "/ RAR_CLIP_PRETRAINED to the same values."
+    )
+
+
+def _identity(name: str, pretrained: str | None) -> str:
+    """A stable, location-independent label for the model, used in the fingerprint."""
+    if name.startswith("local-dir:"):
+        return "local-dir:" + Path(name[len("local-dir:") :]).name
+    if name.startswith("hf-hub:"):
+        return name
+    if not pretrained:
+        return f"{name}/random"
+    if os.path.isfile(pretrained):
+        return f"{name}/{Path(pretrained).name}"
+    return f"{name}/{pretrained}"
+
+
+class OpenClipEncoder(TorchEncoderBase):
+    """An open_clip CLIP model with its own validation transform and tokenizer.
+
+    Build one with :meth:`load` (or :func:`rar_agent.encoders.load_encoder`); the
+    constructor wraps an already created model.
+
+    Args:
+        model: An open_clip model (``encode_image`` / ``encode_text``).
+        preprocess: The model's validation transform (PIL image -> tensor).
+        tokenizer: The model's tokenizer (list of str -> token tensor).
+        identity: Model name + weights label, the readable part of the fingerprint.
+        device: Torch device the model runs on.
+        precision: ``fp32``, ``fp16`` or ``bf16``.
+        batch_size: Images or texts per forward pass.
+        digest: Weight digest computed before casting; computed here when omitted.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        *,
+        identity: str,
+        device: str = "cpu",
+        precision: str = "fp32",
+        batch_size: int = 64,
+        digest: str | None = None,
+    ) -> None:
+        import torch
+
+        digest = digest or weights_digest(model)
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+            precision
+        ]
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.transform = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self.precision = precision
+        self.batch_size = max(1, int(batch_size))
+        self.identity = identity
+        self.dim = int(self._probe_dim())
+        self.fingerprint = f"open_clip:{identity}:{digest}"
+
+    def _probe_dim(self) -> int:
+        proj = getattr(self.model, "text_projection", None)
+        visual = getattr(self.model, "visual", None)
+        out = getattr(visual, "output_dim", None)
+        if out:
+            return int(out)
+        if proj is not None and hasattr(proj, "shape"):
+            return int(proj.shape[-1])
+        return int(self.embed_texts(["a"]).shape[1])
+
+    @classmethod
+    def load(
+        cls,
+        name: str,
+        pretrained: str | None = None,
+        *,
+        device: str | None = None,
+        precision: str | None = None,
+        batch_size: int = 64,
+    ) -> OpenClipEncoder:
+        """Create an open_clip model by the names open_clip users know.
+
+        Args:
+            name: A built-in architecture (``ViT-B-16``), ``hf-hub:org/repo`` or
+                ``local-dir:/path`` (a folder with ``open_clip_config.json`` + weights).
+            pretrained: For built-in names: a pretrained tag (``openai``) or a checkpoint
+                file; ``None`` gives random weights. Ignored for ``hf-hub:``/``local-dir:``.
+            device: ``cuda``, ``mps``, ``cpu``...; ``None`` picks the best available.
+            precision: ``fp32``/``fp16``/``bf16``; ``None`` = fp16 on GPU, fp32 on CPU.
+            batch_size: Images or texts per forward pass.
+
+        Raises:
+            ModelLoadError: The config or weights could not be found or downloaded.
+        """
+        import open_clip
+
+        if name.startswith(_SCHEMAS):
+            pretrained = None
+        dev = resolve_device(device)
+        prec = resolve_precision(precision, dev)
+        if dev == "cpu":
+            configure_cpu_threads()
+        what = name + (f" (pretrained={pretrained})" if pretrained else "")
+        if name.startswith("local-dir:"):
+            _check_local_dir(name[len("local-dir:") :], what)
+        try:
+            model, _, transform = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained or None, device="cpu", precision="fp32"
+            )
+            tokenizer = open_clip.get_tokenizer(name)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/hub errors
+            raise ModelLoadError(model_load_help(what, _short(exc))) from exc
+        if not pretrained and not name.startswith(_SCHEMAS):
+            logger.warning("open_clip model %s has random weights (no pretrained given)", name)
+        digest = weights_digest(model)
+        return cls(
+            model,
+            transform,
+            tokenizer,
+            identity=_identity(name, pretrained),
+            device=dev,
+            precision=prec,
+            batch_size=batch_size,
+            digest=digest,
+        )
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Apply the model's validation transform to each image and stack the results."""
+        import torch
+
+        return torch.stack([self.transform(im) for im in images])
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts).to(self.device)
+        return self.model.encode_text(tokens)
+
+
+def _check_local_dir(path: str, what: str) -> None:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ModelLoadError(model_load_help(what, f"the folder {p} does not exist"))
+    if not (p / "open_clip_config.json").is_file():
+        raise ModelLoadError(
+            model_load_help(what, f"{p} has no open_clip_config.json (is it an open_clip folder?)")
+        )
+    if not any(p.glob(ext) for ext in ("*.safetensors", "*.bin", "*.pth")):
+        raise ModelLoadError(model_load_help(what, f"{p} holds no weights file"))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]

@@ -1,0 +1,78 @@
+"""Zero-shot text prototypes: class names x CLIP prompt templates, averaged and normalised."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from rar_agent.encoders.base import ImageTextEncoder, l2_normalize
+from rar_agent.errors import ConfigError
+
+__all__ = ["build_text_prototypes", "default_templates", "default_vocabulary", "fill_template"]
+
+Template = str | Callable[[str], str]
+
+
+def default_vocabulary() -> list[str]:
+    """open_clip's ImageNet-1k class names (1000 names, in class-index order)."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES)
+
+
+def default_templates() -> list[Template]:
+    """open_clip's copy of OpenAI's 80 ImageNet prompt templates (callables of a name)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+def fill_template(template: Template, name: str) -> str:
+    """Fill a template: a callable is called; a string's ``{}``/``{c}`` is replaced by the name."""
+    if callable(template):
+        return str(template(name))
+    if "{c}" in template:
+        return template.replace("{c}", name)
+    if "{}" in template:
+        return template.replace("{}", name)
+    raise ConfigError(f"prompt template {template!r} has no '{{}}' or '{{c}}' placeholder")
+
+
+def build_text_prototypes(
+    encoder: ImageTextEncoder,
+    names: Sequence[str],
+    templates: Sequence[Template] | None = None,
+    *,
+    names_per_batch: int | None = None,
+) -> np.ndarray:
+    """Embed each class name as the normalised mean of its prompt-template embeddings.
+
+    This is CLIP's zero-shot classifier recipe. Prompts of several names go through the
+    encoder together, so the encoder's batches stay full.
+
+    Args:
+        encoder: Any :class:`ImageTextEncoder` with a text side.
+        names: Class names.
+        templates: Strings with ``{}`` (or ``{c}``) or callables; default
+            :func:`default_templates`.
+        names_per_batch: Names embedded per encoder call (default: enough for ~512 prompts).
+
+    Returns:
+        float32 ``(len(names), encoder.dim)``, rows L2-normalised.
+    """
+    names = [str(n) for n in names]
+    tmpl = list(templates) if templates is not None else default_templates()
+    if not tmpl:
+        raise ConfigError("templates is empty: give at least one prompt template such as '{}'")
+    if not names:
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    per = names_per_batch or max(1, 512 // len(tmpl))
+    out = np.empty((len(names), encoder.dim), dtype=np.float32)
+    for start in range(0, len(names), per):
+        chunk = names[start : start + per]
+        prompts = [fill_template(t, n) for n in chunk for t in tmpl]
+        emb = np.asarray(encoder.embed_texts(prompts), dtype=np.float32)
+        means = emb.reshape(len(chunk), len(tmpl), -1).mean(axis=1)
+        out[start : start + len(chunk)] = l2_normalize(means)
+    return out
