@@ -1,0 +1,61 @@
+"""docker-compose.yml structure (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_single_server_is_pinned_with_ports_volume_and_health(compose: dict) -> None:
+    qdrant = compose["services"]["qdrant"]
+    assert re.fullmatch(r"qdrant/qdrant:v\d+\.\d+\.\d+", qdrant["image"]), "pin an exact tag"
+    assert "profiles" not in qdrant, "the single server starts by default"
+    assert {"6333:6333", "6334:6334"} <= set(qdrant["ports"])
+    volume = qdrant["volumes"][0].split(":")[0]
+    assert volume in compose["volumes"], "storage must be a named volume"
+    test = " ".join(qdrant["healthcheck"]["test"])
+    assert "/dev/tcp/127.0.0.1/6333" in test and "curl" not in test
+
+
+def test_api_key_comes_from_the_environment(compose: dict) -> None:
+    key = compose["services"]["qdrant"]["environment"]["QDRANT__SERVICE__API_KEY"]
+    assert key.startswith("${QDRANT_API_KEY"), key
+
+
+def test_cluster_profile_has_three_distributed_nodes(compose: dict) -> None:
+    nodes = {n: s for n, s in compose["services"].items() if "cluster" in s.get("profiles", [])}
+    assert len(nodes) == 3
+    uris = set()
+    for service in nodes.values():
+        assert service["environment"]["QDRANT__CLUSTER__ENABLED"] == "true"
+        assert service["image"] == compose["services"]["qdrant"]["image"]
+        command = service["command"]
+        uris.add(command[command.index("--uri") + 1])
+    assert len(uris) == 3
+    followers = [s for s in nodes.values() if "--bootstrap" in s["command"]]
+    assert len(followers) == 2
+    leader_uri = next(iter(uris - {f["command"][f["command"].index("--uri") + 1]
+                                   for f in followers}))
+    for follower in followers:
+        assert follower["command"][follower["command"].index("--bootstrap") + 1] == leader_uri
+    published = [p for s in compose["services"].values() for p in s.get("ports", [])]
+    hosts = [p.split(":")[0] for p in published]
+    assert len(hosts) == len(set(hosts)), "host ports must not collide across profiles"
+
+
+def test_chat_service_points_at_the_server(compose: dict) -> None:
+    chat = compose["services"]["chat"]
+    assert chat["environment"]["RAR_QDRANT_URL"] == "http://qdrant:6333"
+    assert chat["depends_on"]["qdrant"]["condition"] == "service_healthy"
+    assert (ROOT / "Dockerfile").is_file()
