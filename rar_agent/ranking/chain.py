@@ -1,0 +1,398 @@
+"""``RankingChain``: a LangChain Runnable that asks a multimodal chat model to order candidates.
+
+Input is a :class:`RankingInput` (image + candidate labels in retrieval order), output a
+:class:`RankingOutput` whose ``order`` is always a permutation of the candidates. Model
+exceptions, timeouts and unreadable replies never raise: they give status ``fallback`` with the
+retrieval order and the reason. Every call is independent; nothing is carried between calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
+from langchain_core.runnables.config import ContextThreadPoolExecutor, patch_config
+from PIL import Image
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from rar_agent.errors import ConfigError, RankerError
+from rar_agent.ranking.gate import should_skip
+from rar_agent.ranking.parser import MAX_REPLY_CHARS, ParseResult, parse_items, parse_reply
+from rar_agent.ranking.prompt import RankingExample, build_ranking_messages
+
+__all__ = ["RankingInput", "RankingOutput", "RankingChain", "RANKING_SCHEMA", "describe_model"]
+
+logger = logging.getLogger(__name__)
+
+RANKING_SCHEMA: dict[str, Any] = {
+    "title": "ranked_candidates",
+    "description": "All candidate names, ordered from most to least likely.",
+    "type": "object",
+    "properties": {
+        "ranking": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Every candidate name exactly once, most likely first.",
+        }
+    },
+    "required": ["ranking"],
+}
+"""JSON schema used for structured output: ``{"ranking": [names...]}``."""
+
+
+class RankingInput(BaseModel):
+    """One ranking request: the image and its candidates in retrieval order."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    image: Image.Image
+    candidates: list[str] = Field(min_length=1, description="Distinct labels, retrieval order.")
+    hint: str | None = Field(default=None, description='Domain hint, e.g. "aircraft variants".')
+    scores: list[float] | None = Field(default=None, description="Retrieval scores (for gating).")
+
+    @field_validator("candidates")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("candidates must be distinct labels")
+        if any(not label.strip() for label in value):
+            raise ValueError("candidates must not be empty strings")
+        return value
+
+    @model_validator(mode="after")
+    def _scores_match(self) -> RankingInput:
+        if self.scores is not None and len(self.scores) != len(self.candidates):
+            raise ValueError("scores must have one value per candidate")
+        return self
+
+
+class RankingOutput(BaseModel):
+    """What the ranker did: the final order and how it was obtained."""
+
+    order: list[str] = Field(description="A permutation of the candidates, best first.")
+    status: Literal["ranked", "fallback", "skipped"]
+    reason: str | None = None
+    raw_reply: str | None = None
+    model: str | None = None
+    latency_ms: float = 0.0
+    parse: Literal["structured", "json", "text", "none"] = "none"
+    attempts: int = Field(default=0, description="Model calls made (retries included).")
+
+
+def describe_model(model: BaseChatModel) -> str:
+    """A short name for a chat model, e.g. ``openai:gpt-4o-mini``."""
+    try:
+        params = model._get_ls_params()
+    except Exception:  # noqa: BLE001 - any model may implement this oddly
+        params = {}
+    provider = params.get("ls_provider")
+    name = params.get("ls_model_name")
+    for attr in ("model_name", "model", "model_id", "model_path"):
+        if name:
+            break
+        value = getattr(model, attr, None)
+        name = value if isinstance(value, str) else None
+    if provider and name:
+        return f"{provider}:{name}"
+    return str(name or provider or model._llm_type)
+
+
+def _reply_text(message: Any) -> str:
+    """The reply as text: the message text, or its first tool call's arguments."""
+    if isinstance(message, BaseMessage):
+        text = message.text
+        calls = getattr(message, "tool_calls", None)
+        if not text.strip() and calls:
+            return json.dumps(calls[0].get("args", {}), ensure_ascii=False)
+        return text
+    return "" if message is None else str(message)
+
+
+def _structured_items(parsed: Any) -> list[Any] | None:
+    if isinstance(parsed, BaseModel):
+        parsed = parsed.model_dump()
+    if isinstance(parsed, dict):
+        parsed = parsed.get("ranking")
+    return parsed if isinstance(parsed, list) and parsed else None
+
+
+class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
+    """Rank retrieved candidates with a multimodal chat model (the "R" of RAR).
+
+    A Runnable: ``invoke``, ``ainvoke``, ``batch`` and ``abatch`` work and callbacks flow to the
+    model call. Batches run at most ``max_concurrency`` calls at once unless the config says
+    otherwise.
+
+    Example:
+        ```python
+        chain = RankingChain(load_ranker("openai:gpt-4o-mini"))
+        out = chain.invoke(RankingInput(image=img, candidates=["lynx", "tabby cat"]))
+        out.order[0]
+        ```
+    """
+
+    model: BaseChatModel
+    image_max_side: int = 512
+    timeout_s: float | None = 60.0
+    max_retries: int = 1
+    max_concurrency: int = 4
+    structured: Literal["auto", "never", "always"] = "auto"
+    examples: list[RankingExample] | None = None
+    gate: float | None = None
+    """Optional margin: skip the model when ``scores`` show retrieval is confident."""
+
+    _structured_model: Runnable[Any, Any] | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _counts: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def __init__(self, model: BaseChatModel, **kwargs: Any) -> None:
+        """Create the chain.
+
+        Args:
+            model: The multimodal chat model that ranks.
+            **kwargs: ``image_max_side``, ``timeout_s`` (None: no limit), ``max_retries``
+                (extra attempts after a failed call), ``max_concurrency``, ``structured``
+                (``auto`` uses structured output when the model supports it), ``examples``
+                (few-shot :class:`RankingExample` list) and ``gate`` (margin).
+
+        Raises:
+            ConfigError: A setting is out of range or the model does not fit.
+        """
+        try:
+            super().__init__(model=model, **kwargs)
+        except ValidationError as exc:
+            raise ConfigError(f"Invalid RankingChain settings: {exc}") from None
+        problems = []
+        if self.image_max_side < 16:
+            problems.append(f"image_max_side must be >= 16 pixels, got {self.image_max_side}")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            problems.append(f"timeout_s must be > 0 or None, got {self.timeout_s}")
+        if self.max_retries < 0:
+            problems.append(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.max_concurrency < 1:
+            problems.append(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.gate is not None:
+            should_skip([1.0, 0.0], self.gate)
+        if problems:
+            raise ConfigError("Invalid RankingChain settings: " + "; ".join(problems) + ".")
+        self._counts = dict.fromkeys(("calls", "model_calls", "skipped", "fallback"), 0)
+        if self.structured != "never":
+            try:
+                self._structured_model = self.model.with_structured_output(
+                    RANKING_SCHEMA, include_raw=True
+                )
+            except (NotImplementedError, ValueError) as exc:
+                if self.structured == "always":
+                    raise RankerError(
+                        f"{describe_model(self.model)} does not support structured output "
+                        f"({exc}); use structured='auto' or 'never'."
+                    ) from exc
+                logger.debug("structured output unavailable, using plain text: %s", exc)
+
+    @property
+    def uses_structured_output(self) -> bool:
+        """Whether calls go through ``with_structured_output``."""
+        return self._structured_model is not None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts since creation: ``calls``, ``model_calls``, ``skipped``, ``fallback``."""
+        with self._lock:
+            return dict(self._counts)
+
+    # -- Runnable interface -------------------------------------------------------------------
+
+    def invoke(
+        self, input: RankingInput | dict[str, Any], config: RunnableConfig | None = None, **_: Any
+    ) -> RankingOutput:
+        """Rank one input (a :class:`RankingInput` or a dict with its fields)."""
+        return self._call_with_config(self._rank, self._coerce(input), config)
+
+    async def ainvoke(
+        self, input: RankingInput | dict[str, Any], config: RunnableConfig | None = None, **_: Any
+    ) -> RankingOutput:
+        """Async :meth:`invoke`; the timeout cancels the model call."""
+        return await self._acall_with_config(self._arank, self._coerce(input), config)
+
+    def batch(  # type: ignore[override]
+        self, inputs: list[Any], config: Any = None, **kwargs: Any
+    ) -> list[RankingOutput]:
+        """Rank many inputs, at most ``max_concurrency`` at once."""
+        return super().batch(inputs, self._limit(config), **kwargs)
+
+    async def abatch(  # type: ignore[override]
+        self, inputs: list[Any], config: Any = None, **kwargs: Any
+    ) -> list[RankingOutput]:
+        """Async :meth:`batch`, at most ``max_concurrency`` calls in flight."""
+        return await super().abatch(inputs, self._limit(config), **kwargs)
+
+    def batch_as_completed(  # type: ignore[override]
+        self, inputs: Sequence[Any], config: Any = None, **kwargs: Any
+    ) -> Iterator[tuple[int, Any]]:
+        """Like :meth:`batch`, yielding ``(index, output)`` as each finishes."""
+        yield from super().batch_as_completed(inputs, self._limit(config), **kwargs)
+
+    async def abatch_as_completed(  # type: ignore[override]
+        self, inputs: Sequence[Any], config: Any = None, **kwargs: Any
+    ) -> AsyncIterator[tuple[int, Any]]:
+        """Async :meth:`batch_as_completed`."""
+        async for item in super().abatch_as_completed(inputs, self._limit(config), **kwargs):
+            yield item
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _limit(self, config: Any) -> Any:
+        def one(cfg: RunnableConfig | None) -> RunnableConfig:
+            cfg = dict(cfg or {})  # type: ignore[assignment]
+            cfg.setdefault("max_concurrency", self.max_concurrency)
+            return cfg  # type: ignore[return-value]
+
+        return [one(c) for c in config] if isinstance(config, list) else one(config)
+
+    @staticmethod
+    def _coerce(value: RankingInput | dict[str, Any]) -> RankingInput:
+        if isinstance(value, RankingInput):
+            return value
+        try:
+            return RankingInput.model_validate(value)
+        except ValidationError as exc:
+            raise ConfigError(
+                f"Invalid ranking input: {exc}. Pass a PIL image and distinct candidate labels."
+            ) from None
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def _prepare(self, inp: RankingInput) -> RankingOutput | list[BaseMessage]:
+        """A finished output when no model call is needed, else the messages to send."""
+        self._count("calls")
+        if len(inp.candidates) == 1:
+            reason = should_skip([0.0], None)
+        elif self.gate is not None and inp.scores is not None:
+            reason = should_skip(inp.scores, self.gate)
+        else:
+            reason = None
+        if reason is not None:
+            self._count("skipped")
+            return RankingOutput(order=list(inp.candidates), status="skipped", reason=reason)
+        return build_ranking_messages(
+            inp.image, inp.candidates, inp.hint, self.examples, image_max_side=self.image_max_side
+        )
+
+    def _runnable(self) -> Runnable[Any, Any]:
+        return self._structured_model or self.model
+
+    def _finish(
+        self, inp: RankingInput, reply: Any, error: str | None, attempts: int, start: float
+    ) -> RankingOutput:
+        if error is not None:
+            result = ParseResult(list(inp.candidates), "fallback", error, "none")
+            raw = None
+        elif isinstance(reply, dict) and "raw" in reply:
+            raw = _reply_text(reply["raw"])
+            items = _structured_items(reply.get("parsed"))
+            result = parse_items(items, inp.candidates) if items else None
+            if result is None or result.status != "ranked":
+                result = parse_reply(raw, inp.candidates)
+        else:
+            raw = _reply_text(reply)
+            result = parse_reply(raw, inp.candidates)
+        if result.status == "fallback":
+            self._count("fallback")
+        return RankingOutput(
+            order=result.order,
+            status=result.status,
+            reason=result.reason,
+            raw_reply=raw[:MAX_REPLY_CHARS] if raw is not None else None,
+            model=describe_model(self.model),
+            latency_ms=(time.perf_counter() - start) * 1000,
+            parse=result.method,
+            attempts=attempts,
+        )
+
+    def _rank(
+        self, inp: RankingInput, run_manager: CallbackManagerForChainRun, config: RunnableConfig
+    ) -> RankingOutput:
+        start = time.perf_counter()
+        prepared = self._prepare(inp)
+        if isinstance(prepared, RankingOutput):
+            return prepared
+        child = patch_config(config, callbacks=run_manager.get_child())
+        reply, error, attempts = None, None, 0
+        for attempts in range(1, self.max_retries + 2):  # noqa: B007 - used after the loop
+            self._count("model_calls")
+            try:
+                reply, error = self._call_sync(prepared, child), None
+                break
+            except Exception as exc:  # noqa: BLE001 - any model failure is a fallback
+                error = self._describe_failure(exc)
+                logger.warning("ranker call %d failed: %s", attempts, error)
+        return self._finish(inp, reply, self._failure(error, attempts), attempts, start)
+
+    async def _arank(
+        self,
+        inp: RankingInput,
+        run_manager: AsyncCallbackManagerForChainRun,
+        config: RunnableConfig,
+    ) -> RankingOutput:
+        start = time.perf_counter()
+        prepared = self._prepare(inp)
+        if isinstance(prepared, RankingOutput):
+            return prepared
+        child = patch_config(config, callbacks=run_manager.get_child())
+        reply, error, attempts = None, None, 0
+        for attempts in range(1, self.max_retries + 2):  # noqa: B007 - used after the loop
+            self._count("model_calls")
+            try:
+                call = self._runnable().ainvoke(prepared, child)
+                reply = await asyncio.wait_for(call, self.timeout_s)
+                error = None
+                break
+            except Exception as exc:  # noqa: BLE001 - any model failure is a fallback
+                error = self._describe_failure(exc)
+                logger.warning("ranker call %d failed: %s", attempts, error)
+        return self._finish(inp, reply, self._failure(error, attempts), attempts, start)
+
+    def _call_sync(self, messages: list[BaseMessage], config: RunnableConfig) -> Any:
+        runnable = self._runnable()
+        if self.timeout_s is None:
+            return runnable.invoke(messages, config)
+        # The model call runs in a helper thread so the wait can end at the timeout; a call
+        # that overruns finishes in the background and its reply is discarded.
+        executor = ContextThreadPoolExecutor(max_workers=1)
+        try:
+            future = executor.submit(runnable.invoke, messages, config)
+            return future.result(timeout=self.timeout_s)
+        finally:
+            executor.shutdown(wait=False)
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError):
+            return f"timed out after {self.timeout_s:g} s"
+        return f"{type(exc).__name__}: {exc}"[:500]
+
+    @staticmethod
+    def _failure(error: str | None, attempts: int) -> str | None:
+        if error is None:
+            return None
+        return f"model call failed ({attempts} attempt(s)): {error}"
