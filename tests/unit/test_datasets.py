@@ -1,0 +1,164 @@
+"""Fashion-MNIST loader/exporter and folder augmentation."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rar_agent import datasets
+from rar_agent.errors import ConfigError
+
+needs_fmnist = pytest.mark.skipif(
+    not datasets.fashion_mnist_available(),
+    reason="Debian dataset-fashion-mnist is not installed "
+    "(apt-get install dataset-fashion-mnist) and RAR_FASHION_MNIST_DIR is unset",
+)
+
+
+def _write_idx(path: Path, magic: int, array: np.ndarray) -> None:
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_root(tmp_path: Path, n: int = 40) -> Path:
+    """A tiny dataset in the real idx format (class c has a square of value c*20+50)."""
+    labels = np.arange(n) % 10
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    images[:, 6:22, 6:22] = (labels * 20 + 50)[:, None, None]
+    for img_name, lbl_name in datasets._FILES.values():
+        _write_idx(tmp_path / img_name, 2051, images)
+        _write_idx(tmp_path / lbl_name, 2049, labels)
+    return tmp_path
+
+
+@needs_fmnist
+def test_debian_files_load_with_expected_shapes_and_balanced_classes() -> None:
+    images, labels = datasets.load_fashion_mnist("test")
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (10000,)
+    assert np.bincount(labels).tolist() == [1000] * 10
+    train_images, train_labels = datasets.load_fashion_mnist("train")
+    assert train_images.shape == (60000, 28, 28)
+    assert train_labels[:5].tolist() == [9, 0, 0, 3, 0]  # the published first labels
+
+
+@needs_fmnist
+def test_export_imagefolder_is_balanced_seeded_and_disjoint_across_splits(tmp_path: Path) -> None:
+    a = datasets.export_imagefolder(tmp_path / "a", "train", n_per_class=3, seed=7)
+    b = datasets.export_imagefolder(tmp_path / "b", "train", n_per_class=3, seed=7)
+    c = datasets.export_imagefolder(tmp_path / "c", "train", n_per_class=3, seed=8)
+    assert len(a) == 30
+    assert [Path(p).name for p, _ in a] == [Path(p).name for p, _ in b]
+    assert [Path(p).name for p, _ in a] != [Path(p).name for p, _ in c]
+    assert {label for _, label in a} == set(datasets.FASHION_MNIST_CLASSES)
+    assert datasets.list_imagefolder(tmp_path / "a") == sorted(a, key=lambda x: (x[1], x[0]))
+    with Image.open(a[0][0]) as im:
+        assert im.size == (28, 28) and im.mode == "L"
+    # the stored pixels are the dataset's pixels
+    images, _ = datasets.load_fashion_mnist("train")
+    index = int(Path(a[0][0]).stem.split("-")[1])
+    assert np.array_equal(np.asarray(Image.open(a[0][0])), images[index])
+
+
+@needs_fmnist
+def test_labels_of_exported_images_match_the_label_file(tmp_path: Path) -> None:
+    _, labels = datasets.load_fashion_mnist("test")
+    for path, name in datasets.export_imagefolder(tmp_path, "test", n_per_class=2, seed=1):
+        index = int(Path(path).stem.split("-")[1])
+        assert datasets.FASHION_MNIST_CLASSES[labels[index]] == name
+
+
+def test_loader_reads_the_idx_format_from_a_given_root(tmp_path: Path) -> None:
+    root = _fake_root(tmp_path)
+    assert datasets.fashion_mnist_available(root)
+    images, labels = datasets.load_fashion_mnist("train", root)
+    assert images.shape == (40, 28, 28) and labels.shape == (40,)
+    out = datasets.export_imagefolder(
+        tmp_path / "out", "test", n_per_class=2, root=root, classes=["bag", "coat"]
+    )
+    assert sorted({label for _, label in out}) == ["bag", "coat"] and len(out) == 4
+
+
+def test_missing_truncated_or_wrong_files_raise_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist"):
+        datasets.load_fashion_mnist("test", tmp_path)
+    root = _fake_root(tmp_path)
+    with gzip.open(root / "t10k-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(struct.pack(">IIII", 2051, 40, 28, 28) + b"\0" * 100)
+    with pytest.raises(ConfigError, match="truncated"):
+        datasets.load_fashion_mnist("test", root)
+    with gzip.open(root / "t10k-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(struct.pack(">IIII", 1234, 1, 1, 1) + b"\0")
+    with pytest.raises(ConfigError, match="magic"):
+        datasets.load_fashion_mnist("test", root)
+    with pytest.raises(ConfigError, match="split"):
+        datasets.load_fashion_mnist("valid", root)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown Fashion-MNIST classes"):
+        datasets.export_imagefolder(tmp_path / "x", "train", 1, root=root, classes=["cat"])
+    with pytest.raises(ConfigError, match="n_per_class"):
+        datasets.export_imagefolder(tmp_path / "x", "train", 0, root=root)
+
+
+def test_env_var_points_the_loader_elsewhere(tmp_path: Path, monkeypatch) -> None:
+    root = _fake_root(tmp_path)
+    monkeypatch.setenv("RAR_FASHION_MNIST_DIR", str(root))
+    assert datasets.fashion_mnist_dir() == root
+    assert datasets.load_fashion_mnist("test")[0].shape[0] == 40
+
+
+def _make_folder(root: Path) -> None:
+    for label, colour in (("red thing", (200, 30, 30)), ("blue thing", (30, 30, 200))):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            img = Image.new("RGB", (40, 32), (0, 0, 0))
+            img.paste(Image.new("RGB", (16, 12), colour), (10 + i, 8))
+            img.save(root / label / f"img{i}.png")
+    (root / "red thing" / "notes.txt").write_text("not an image")
+
+
+def test_augment_folder_writes_n_views_per_image_reproducibly(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _make_folder(src)
+    out1 = datasets.augment_folder(src, tmp_path / "aug1", n=3, seed=5)
+    out2 = datasets.augment_folder(src, tmp_path / "aug2", n=3, seed=5)
+    out3 = datasets.augment_folder(src, tmp_path / "aug3", n=3, seed=6)
+    assert len(out1) == 12
+    assert {label for _, label in out1} == {"red thing", "blue thing"}
+    for (p1, _), (p2, _), (p3, _) in zip(out1, out2, out3, strict=True):
+        a1, a2, a3 = (np.asarray(Image.open(p)) for p in (p1, p2, p3))
+        assert a1.shape == (32, 40, 3)
+        assert np.array_equal(a1, a2)
+        assert not np.array_equal(a1, a3)
+    originals = {np.asarray(Image.open(p)).tobytes() for p, _ in datasets.list_imagefolder(src)}
+    assert not any(np.asarray(Image.open(p)).tobytes() in originals for p, _ in out1)
+
+
+def test_augment_image_replaces_the_background() -> None:
+    img = Image.new("RGB", (32, 32), (0, 0, 0))
+    img.paste(Image.new("RGB", (16, 16), (255, 255, 255)), (8, 8))
+    views = [np.asarray(datasets.augment_image(img, random.Random(s))) for s in range(6)]
+    # the corners were pure black; after augmentation most views have a coloured background
+    coloured = [v[0, 0].astype(int).sum() > 60 or v[-1, -1].astype(int).sum() > 60 for v in views]
+    assert sum(coloured) >= 4
+    assert all(v.shape == (32, 32, 3) for v in views)
+
+
+def test_augment_folder_rejects_bad_arguments(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _make_folder(src)
+    with pytest.raises(ConfigError, match="must not be inside"):
+        datasets.augment_folder(src, src / "aug", n=1)
+    with pytest.raises(ConfigError, match=">= 1"):
+        datasets.augment_folder(src, tmp_path / "o", n=0)
+    with pytest.raises(ConfigError, match="not a folder"):
+        datasets.augment_folder(tmp_path / "o", tmp_path / "p", n=1)
+    (tmp_path / "empty" / "label").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="no images"):
+        datasets.augment_folder(tmp_path / "empty", tmp_path / "p", n=1)
