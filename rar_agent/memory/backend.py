@@ -1,0 +1,87 @@
+"""The small protocol both Qdrant backends implement (used only by ``CategoryMemory``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from rar_agent.memory.entries import Hit
+
+__all__ = ["META_VERSION", "MemoryBackend"]
+
+META_VERSION = 1
+
+
+class MemoryBackend(Protocol):
+    """Storage operations of one memory (a shard or a collection).
+
+    Before :meth:`create` the storage may not exist: reads then return nothing.
+    Implementations are thread-safe.
+
+    Attributes:
+        name: ``"edge"`` or ``"server"``.
+        location: Directory or URL, for messages.
+    """
+
+    name: str
+    location: str
+
+    def read_meta(self, *, refresh: bool = False) -> dict[str, Any] | None:
+        """The stored metadata (fingerprint, dim, ...), or ``None`` if none was recorded."""
+        ...
+
+    def create(self, dim: int, meta: dict[str, Any]) -> None:
+        """Create the storage for ``dim``-long vectors if missing, then record ``meta``."""
+        ...
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """Replace the stored metadata."""
+        ...
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        kinds: Sequence[str],
+        vectors: Sequence[list[float]],
+        payloads: Sequence[dict[str, Any]],
+    ) -> None:
+        """Insert or replace points; each point has one named vector, ``kinds[i]``."""
+        ...
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        """The subset of ``ids`` that is stored."""
+        ...
+
+    def query_batch(
+        self, vectors: Sequence[list[float]], using: str, limit: int
+    ) -> list[list[Hit]]:
+        """Nearest ``limit`` points per query vector on the named vector ``using``."""
+        ...
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        """Delete points by id (missing ids are ignored)."""
+        ...
+
+    def delete_label(self, label: str) -> int:
+        """Delete every point of ``label``; return how many there were."""
+        ...
+
+    def label_counts(self, kind: str | None) -> dict[str, int]:
+        """Number of points per label, optionally only of one kind."""
+        ...
+
+    def count(self, kind: str | None) -> int:
+        """Number of points, optionally only of one kind."""
+        ...
+
+    def optimize(self, min_unindexed: int) -> bool:
+        """Build indexes if at least ``min_unindexed`` points are not indexed; True if run."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Backend-level figures (points, segments, indexed vectors, ...)."""
+        ...
+
+    def close(self) -> None:
+        """Release the storage (idempotent)."""
+        ...

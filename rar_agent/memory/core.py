@@ -1,0 +1,424 @@
+"""``CategoryMemory``: one API over the embedded (qdrant-edge) and server (qdrant-client)
+Qdrant backends."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rar_agent.errors import ConfigError, EncoderMismatchError, MemoryStoreError
+from rar_agent.memory.backend import META_VERSION, MemoryBackend
+from rar_agent.memory.entries import Hit, MemoryEntry, MemoryInfo, check_kind, normalize_label
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["UPSERT_BATCH", "CategoryMemory", "default_memory_dir"]
+
+logger = logging.getLogger(__name__)
+
+UPSERT_BATCH = 512
+_COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def default_memory_dir(collection: str) -> Path:
+    """``<home>/memories/<collection>``, home being ``Settings().home`` (``RAR_HOME``)."""
+    try:
+        from rar_agent.config import Settings
+
+        home = Path(Settings().home)
+    except ImportError:  # pragma: no cover - config is part of the package
+        from platformdirs import user_data_dir
+
+        home = Path(os.environ.get("RAR_HOME") or user_data_dir("rar-agent", appauthor=False))
+    return home.expanduser() / "memories" / collection
+
+
+class CategoryMemory:
+    """A category memory: labelled vectors in Qdrant, searched by cosine similarity.
+
+    Each entry is one point with a named vector (``image`` for example images, ``text`` for
+    class-name prototypes) and a payload ``{label, kind, source, content_hash, ...}``. Point
+    ids are deterministic, so adding the same entry twice stores it once. The memory records
+    the encoder it was built with and refuses another one. Thread-safe.
+
+    Use :meth:`open`; close it (or use it as a context manager) when done.
+    """
+
+    def __init__(self, backend: MemoryBackend, collection: str) -> None:
+        self._backend = backend
+        self.collection = collection
+        self._lock = threading.RLock()
+        self._bound: tuple[str, int] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        location: str | None = None,
+        collection: str = "default",
+        create: bool = True,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        timeout: float | None = None,
+    ) -> CategoryMemory:
+        """Open a memory: embedded at ``path``, or a collection on a Qdrant server.
+
+        Args:
+            path: The memory's directory (embedded backend). ``None`` with no ``url`` means
+                ``<RAR_HOME>/memories/<collection>``.
+            url: Qdrant server URL; selects the server backend.
+            api_key: The server's API key.
+            location: ``":memory:"`` for qdrant-client's in-process local mode (tests only).
+            collection: Collection name (1-64 of letters, digits, ``_ - .``).
+            create: Create the memory if it does not exist yet.
+            shard_number: Server only: shards of a newly created collection.
+            replication_factor: Server only: replicas per shard of a new collection.
+            timeout: Server only: request timeout in seconds.
+
+        Returns:
+            The open memory.
+
+        Raises:
+            ConfigError: Conflicting or invalid arguments.
+            MemoryStoreError: It cannot be opened (missing, unreachable, wrong API key).
+            MemoryBusyError: Another process holds the embedded memory.
+        """
+        if not isinstance(collection, str) or not _COLLECTION.fullmatch(collection):
+            raise ConfigError(
+                f"collection name {collection!r} is invalid: use 1-64 letters, digits, "
+                "'_', '-' or '.'"
+            )
+        if sum(x is not None for x in (path, url, location)) > 1:
+            raise ConfigError("give only one of path (embedded), url (server) or location")
+        backend: MemoryBackend
+        if url is not None or location is not None:
+            if location is not None and location != ":memory:":
+                raise ConfigError(
+                    f"location {location!r} is not supported: use url= for a server, path= "
+                    "for an embedded memory, or location=':memory:' in tests"
+                )
+            from rar_agent.memory.server import ServerBackend
+
+            backend = ServerBackend(
+                collection,
+                url=url,
+                api_key=api_key,
+                location=location,
+                create=create,
+                shard_number=shard_number,
+                replication_factor=replication_factor,
+                timeout=timeout,
+            )
+        else:
+            from rar_agent.memory.edge import open_edge
+
+            directory = Path(path) if path is not None else default_memory_dir(collection)
+            backend = open_edge(directory, create=create)
+        return cls(backend, collection)
+
+    # ------------------------------------------------------------------ encoder
+
+    def bind_encoder(self, fingerprint: str, dim: int, *, description: str | None = None) -> None:
+        """Record the encoder on first use; refuse a different one afterwards.
+
+        Args:
+            fingerprint: The encoder's fingerprint (model + weights identity).
+            dim: The encoder's embedding length.
+            description: Optional domain description to record (a hint for the ranker).
+
+        Raises:
+            EncoderMismatchError: The memory was built with another encoder.
+            ConfigError: ``dim`` is not a positive integer or the fingerprint is empty.
+        """
+        if not isinstance(fingerprint, str) or not fingerprint:
+            raise ConfigError("the encoder fingerprint must be a non-empty string")
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+            raise ConfigError(f"the embedding dimension must be a positive integer, not {dim!r}")
+        dim = int(dim)
+        with self._lock:
+            self._check_open()
+            meta = self._backend.read_meta(refresh=True)
+            if meta and meta.get("fingerprint"):
+                stored, stored_dim = meta["fingerprint"], meta.get("dim")
+                if stored != fingerprint or stored_dim != dim:
+                    raise EncoderMismatchError(
+                        f"memory {self.collection!r} at {self._backend.location} was built with "
+                        f"encoder {stored!r} ({stored_dim}-d), not {fingerprint!r} ({dim}-d): "
+                        "use the same --clip-model / --clip-pretrained it was built with, or "
+                        "rebuild it with this encoder into another --collection"
+                    )
+                if description is not None and description != meta.get("description"):
+                    self._backend.write_meta({**meta, "description": description})
+            else:
+                meta = {
+                    "version": META_VERSION,
+                    "fingerprint": fingerprint,
+                    "dim": dim,
+                    "collection": self.collection,
+                    "description": description,
+                    "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                }
+                self._backend.create(dim, meta)
+                logger.info(
+                    "memory %r bound to encoder %s (%d-d)", self.collection, fingerprint, dim
+                )
+            self._bound = (fingerprint, dim)
+
+    def set_description(self, description: str | None) -> None:
+        """Record a domain description (e.g. "bird species"); requires a bound encoder."""
+        with self._lock:
+            meta = self._backend.read_meta(refresh=True)
+            if not meta:
+                raise MemoryStoreError("bind an encoder before setting the description")
+            self._backend.write_meta({**meta, "description": description})
+
+    @property
+    def info(self) -> MemoryInfo:
+        """What the memory records: encoder fingerprint, dim, backend, description."""
+        self._check_open()
+        meta = self._backend.read_meta() or {}
+        return MemoryInfo(
+            fingerprint=meta.get("fingerprint"),
+            dim=meta.get("dim"),
+            collection=self.collection,
+            backend=self._backend.name,
+            description=meta.get("description"),
+            location=self._backend.location,
+            created_at=meta.get("created_at"),
+        )
+
+    # ------------------------------------------------------------------ writing
+
+    def add_entries(self, entries: Sequence[MemoryEntry], vectors: Any) -> list[str]:
+        """Store entries with their vectors (upserted in batches of ``UPSERT_BATCH``).
+
+        Everything is validated before anything is written. Re-adding an entry replaces it
+        (same id), so rebuilding never duplicates.
+
+        Args:
+            entries: The entries; ``entries[i]`` is stored under its ``kind`` vector.
+            vectors: Array-like ``(len(entries), dim)`` of finite, non-zero vectors.
+
+        Returns:
+            The point ids, in the order of ``entries``.
+
+        Raises:
+            MemoryStoreError: No encoder was bound with :meth:`bind_encoder`.
+            EncoderMismatchError: The vectors have a different length than the memory's.
+            ConfigError: Counts differ, or a vector is zero, NaN or infinite.
+        """
+        entries = list(entries)
+        if any(not isinstance(e, MemoryEntry) for e in entries):
+            raise ConfigError("add_entries takes MemoryEntry objects")
+        with self._lock:
+            self._check_open()
+            if self._bound is None:
+                raise MemoryStoreError(
+                    "call memory.bind_encoder(encoder.fingerprint, encoder.dim) before adding "
+                    "entries, so the memory knows which encoder made them"
+                )
+            dim = self._bound[1]
+        rows = self._as_matrix(vectors, dim, what="vectors")
+        if rows.shape[0] != len(entries):
+            raise ConfigError(f"got {len(entries)} entries but {rows.shape[0]} vectors")
+        if rows.shape[0] and not np.all(np.linalg.norm(rows, axis=1) > 0):
+            raise ConfigError("a vector is all zeros: it has no direction to compare by")
+        ids = [e.point_id for e in entries]
+        for start in range(0, len(entries), UPSERT_BATCH):
+            stop = start + UPSERT_BATCH
+            batch = entries[start:stop]
+            self._backend.upsert(
+                ids[start:stop],
+                [e.kind for e in batch],
+                rows[start:stop].tolist(),
+                [e.payload() for e in batch],
+            )
+        return ids
+
+    def existing_ids(self, ids: Iterable[str]) -> set[str]:
+        """The ids among ``ids`` that are stored (for resumable builds)."""
+        self._check_open()
+        return self._backend.existing([str(i) for i in ids])
+
+    def remove_label(self, label: str) -> int:
+        """Remove every entry of a category; return how many were removed."""
+        self._check_open()
+        return self._backend.delete_label(normalize_label(label))
+
+    def remove_ids(self, ids: Iterable[str]) -> int:
+        """Remove entries by point id; return how many existed."""
+        self._check_open()
+        wanted = [str(i) for i in ids]
+        present = self._backend.existing(wanted)
+        self._backend.delete_ids(sorted(present))
+        return len(present)
+
+    def optimize(self, *, min_unindexed: int = 0) -> bool:
+        """Build the search index after bulk loads (embedded backend; blocks).
+
+        Args:
+            min_unindexed: Skip unless at least this many entries are not indexed yet, so
+                small memories (fast enough by exact search) cost nothing.
+
+        Returns:
+            Whether the index was (re)built.
+        """
+        self._check_open()
+        return self._backend.optimize(min_unindexed)
+
+    # ------------------------------------------------------------------ reading
+
+    def search(self, vector: Any, *, kind: str = "image", limit: int = 50) -> list[Hit]:
+        """Nearest entries of one vector, best first.
+
+        Args:
+            vector: A ``(dim,)`` (or ``(1, dim)``) query vector.
+            kind: Which entries to search: ``"image"`` or ``"text"``.
+            limit: How many entries to return.
+
+        Returns:
+            Hits sorted by score, highest first (empty if the memory has none of ``kind``).
+        """
+        rows = np.asarray(vector, dtype=np.float32)
+        if rows.ndim == 1:
+            rows = rows[None, :]
+        if rows.ndim != 2 or rows.shape[0] != 1:
+            raise ConfigError(f"search takes one vector, got shape {tuple(rows.shape)}")
+        return self.search_batch(rows, kind=kind, limit=limit)[0]
+
+    def search_batch(
+        self, vectors: Any, *, kind: str = "image", limit: int = 50
+    ) -> list[list[Hit]]:
+        """Nearest entries of each row of ``vectors`` (one batched engine call).
+
+        Raises:
+            EncoderMismatchError: The vectors' length differs from the memory's.
+            ConfigError: Bad ``kind``/``limit`` or non-finite vectors.
+        """
+        check_kind(kind)
+        if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
+            raise ConfigError(f"limit must be a positive integer, not {limit!r}")
+        self._check_open()
+        meta = self._backend.read_meta()
+        dim = meta.get("dim") if meta else None
+        rows = self._as_matrix(vectors, dim, what="query vectors")
+        if rows.shape[0] == 0:
+            return []
+        if dim is None:
+            return [[] for _ in range(rows.shape[0])]
+        results = self._backend.query_batch(rows.tolist(), kind, int(limit))
+        return [sorted(hits, key=lambda h: -h.score) for hits in results]
+
+    async def asearch(self, vector: Any, *, kind: str = "image", limit: int = 50) -> list[Hit]:
+        """Async :meth:`search` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.search, vector, kind=kind, limit=limit)
+
+    async def asearch_batch(
+        self, vectors: Any, *, kind: str = "image", limit: int = 50
+    ) -> list[list[Hit]]:
+        """Async :meth:`search_batch` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.search_batch, vectors, kind=kind, limit=limit)
+
+    def labels(self, kind: str | None = None) -> dict[str, int]:
+        """Entries per label (optionally of one kind), most entries first."""
+        self._check_open()
+        counts = self._backend.label_counts(None if kind is None else check_kind(kind))
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def count(self, kind: str | None = None) -> int:
+        """Number of entries (optionally of one kind)."""
+        self._check_open()
+        return self._backend.count(None if kind is None else check_kind(kind))
+
+    def stats(self) -> dict[str, Any]:
+        """Entries per kind, labels, encoder, backend and storage figures."""
+        info = self.info
+        return {
+            "collection": self.collection,
+            "backend": info.backend,
+            "location": info.location,
+            "fingerprint": info.fingerprint,
+            "dim": info.dim,
+            "description": info.description,
+            "created_at": info.created_at,
+            "entries": self.count(),
+            "image_entries": self.count("image"),
+            "text_entries": self.count("text"),
+            "labels": len(self.labels()),
+            **{f"storage_{k}": v for k, v in self._backend.stats().items()},
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Release the memory (idempotent)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._backend.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> CategoryMemory:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"CategoryMemory(collection={self.collection!r}, backend={self._backend.name!r}, "
+            f"location={self._backend.location!r})"
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MemoryStoreError(f"memory {self.collection!r} is closed: open it again")
+
+    def _as_matrix(self, vectors: Any, dim: int | None, *, what: str) -> np.ndarray:
+        try:
+            rows = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{what} are not a numeric array: {e}") from e
+        if rows.ndim != 2:
+            raise ConfigError(f"{what} must be a 2-D array (n, dim), got shape {rows.shape}")
+        if dim is not None and rows.shape[0] and rows.shape[1] != dim:
+            fp = (
+                self._bound[0]
+                if self._bound
+                else (self._backend.read_meta() or {}).get("fingerprint")
+            )
+            raise EncoderMismatchError(
+                f"{what} have {rows.shape[1]} dimensions but memory {self.collection!r} holds "
+                f"{dim}-d vectors of encoder {fp!r}: use the encoder it was built with"
+            )
+        if not np.all(np.isfinite(rows)):
+            bad = int(np.flatnonzero(~np.all(np.isfinite(rows), axis=1))[0])
+            raise ConfigError(f"{what} row {bad} contains NaN or infinity: nothing was written")
+        return rows

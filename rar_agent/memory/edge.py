@@ -1,0 +1,400 @@
+"""Embedded backend: Qdrant's engine in-process through qdrant-edge-py (pre-1.0 API).
+
+Everything qdrant-edge specific lives in this module. Layout of one memory directory::
+
+    <dir>/rar_memory.json   metadata (encoder fingerprint, dim, description, ...)
+    <dir>/.rar.lock         flock'ed by the process that has the memory open
+    <dir>/shard/            the Qdrant edge shard (edge_config.json, segments/, wal/)
+
+A shard path can be opened only once per process, so open shards live in a process-wide
+registry shared by every ``CategoryMemory`` on that path, and every call goes through the
+shard's lock. Another process gets :class:`MemoryBusyError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rar_agent.errors import MemoryBusyError, MemoryStoreError, RarError
+from rar_agent.memory.entries import KINDS, Hit
+
+__all__ = ["EdgeBackend", "META_FILE", "SHARD_DIR", "open_edge"]
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "rar_memory.json"
+SHARD_DIR = "shard"
+LOCK_FILE = ".rar.lock"
+_CHUNK = 1024
+
+
+class _Shared:
+    """One open memory directory, shared by every handle in this process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self.refs = 0
+        self.shard: Any = None
+        self.lock_fd: int | None = None
+        self.meta: dict[str, Any] | None = None
+
+
+_REGISTRY: dict[Path, _Shared] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def open_edge(path: str | os.PathLike[str], *, create: bool = True) -> EdgeBackend:
+    """Open (or share) the embedded memory in directory ``path``.
+
+    Args:
+        path: The memory directory.
+        create: Create the directory if it does not exist.
+
+    Returns:
+        A handle; close it when done (the shard closes with its last handle).
+
+    Raises:
+        MemoryStoreError: No memory there and ``create`` is false, or it cannot be opened.
+        MemoryBusyError: Another process has it open.
+    """
+    resolved = Path(path).expanduser().resolve()
+    with _REGISTRY_LOCK:
+        shared = _REGISTRY.get(resolved)
+        if shared is None:
+            shared = _open_shared(resolved, create)
+            _REGISTRY[resolved] = shared
+        shared.refs += 1
+    return EdgeBackend(shared)
+
+
+def _open_shared(path: Path, create: bool) -> _Shared:
+    exists = (path / META_FILE).is_file() or (path / SHARD_DIR).is_dir()
+    if not exists and not create:
+        raise MemoryStoreError(
+            f"no category memory at {path}: build one first (rar-agent memory build) "
+            "or check --memory / RAR_HOME and --collection"
+        )
+    if path.exists() and not path.is_dir():
+        raise MemoryStoreError(f"{path} is a file, not a memory directory: choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MemoryStoreError(f"cannot create the memory directory {path}: {e}") from e
+    shared = _Shared(path)
+    shared.lock_fd = _acquire_lock(path)
+    try:
+        meta_path = path / META_FILE
+        if meta_path.is_file():
+            shared.meta = _read_json(meta_path)
+        if (path / SHARD_DIR / "edge_config.json").is_file():
+            shared.shard = _load_shard(path / SHARD_DIR)
+    except BaseException:
+        _release_lock(shared.lock_fd)
+        raise
+    return shared
+
+
+def _acquire_lock(path: Path) -> int | None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: Qdrant's own WAL lock still refuses
+        return None
+    lock_path = path / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise MemoryStoreError(f"cannot create the lock file {lock_path}: {e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise MemoryBusyError(
+            f"memory at {path} is in use by process {holder}; close it, or use a Qdrant "
+            "server (--qdrant-url) for many processes"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _release_lock(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing the descriptor releases the flock
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MemoryStoreError(
+            f"cannot read memory metadata {path}: {e}; restore it or rebuild the memory"
+        ) from e
+    if not isinstance(data, dict):
+        raise MemoryStoreError(f"memory metadata {path} is not a JSON object: rebuild the memory")
+    return data
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise MemoryStoreError(f"cannot write memory metadata {path}: {e}") from e
+
+
+@contextlib.contextmanager
+def _engine(what: str, path: Path) -> Iterator[None]:
+    """Turn qdrant-edge's plain exceptions into ``MemoryStoreError``."""
+    try:
+        yield
+    except RarError:
+        raise
+    except Exception as e:
+        text = str(e)
+        if "WouldBlock" in text:
+            raise MemoryBusyError(
+                f"memory at {path} is in use by another process; close it, or use a Qdrant "
+                "server (--qdrant-url) for many processes"
+            ) from e
+        raise MemoryStoreError(f"embedded Qdrant could not {what} at {path}: {text}") from e
+
+
+def _load_shard(shard_path: Path) -> Any:
+    from qdrant_edge import EdgeShard
+
+    with _engine("open the shard", shard_path):
+        return EdgeShard.load(str(shard_path))
+
+
+def _kind_filter(kind: str | None, label: str | None = None) -> Any:
+    from qdrant_edge import FieldCondition, Filter, MatchValue
+
+    must = []
+    if kind is not None:
+        must.append(FieldCondition("kind", match=MatchValue(kind)))
+    if label is not None:
+        must.append(FieldCondition("label", match=MatchValue(label)))
+    return Filter(must=must) if must else None
+
+
+class EdgeBackend:
+    """A handle on a shared embedded memory; see :func:`open_edge`."""
+
+    name = "edge"
+
+    def __init__(self, shared: _Shared) -> None:
+        self._shared: _Shared | None = shared
+        self.location = str(shared.path)
+
+    # -------------------------------------------------------------- plumbing
+
+    @property
+    def _s(self) -> _Shared:
+        if self._shared is None:
+            raise MemoryStoreError(f"memory at {self.location} is closed: open it again")
+        return self._shared
+
+    @contextlib.contextmanager
+    def _use(self, what: str) -> Iterator[Any]:
+        """Hold the shard lock and yield the shard (``None`` before :meth:`create`)."""
+        s = self._s
+        with s.lock, _engine(what, s.path):
+            yield s.shard
+
+    # -------------------------------------------------------------- metadata
+
+    def read_meta(self, *, refresh: bool = False) -> dict[str, Any] | None:
+        """The metadata of ``rar_memory.json`` (kept in memory while open)."""
+        with self._s.lock:
+            return dict(self._s.meta) if self._s.meta is not None else None
+
+    def create(self, dim: int, meta: dict[str, Any]) -> None:
+        """Create the shard (named vectors ``image``/``text``, cosine) and record ``meta``."""
+        from qdrant_edge import (
+            Distance,
+            EdgeConfig,
+            EdgeShard,
+            EdgeVectorParams,
+            PayloadSchemaType,
+            UpdateOperation,
+        )
+
+        s = self._s
+        with s.lock:
+            if s.shard is None:
+                shard_path = s.path / SHARD_DIR
+                config = EdgeConfig(
+                    vectors={k: EdgeVectorParams(size=dim, distance=Distance.Cosine) for k in KINDS}
+                )
+                with _engine("create the shard", shard_path):
+                    shard = EdgeShard.create(str(shard_path), config)
+                    for field in ("label", "kind"):
+                        shard.update(
+                            UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword)
+                        )
+                s.shard = shard
+            self.write_meta(meta)
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """Write ``rar_memory.json`` atomically."""
+        s = self._s
+        with s.lock:
+            _write_json_atomic(s.path / META_FILE, meta)
+            s.meta = dict(meta)
+
+    # -------------------------------------------------------------- data
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        kinds: Sequence[str],
+        vectors: Sequence[list[float]],
+        payloads: Sequence[dict[str, Any]],
+    ) -> None:
+        """Upsert one batch of points."""
+        from qdrant_edge import Point, UpdateOperation
+
+        points = [
+            Point(pid, {kind: vec}, payload)
+            for pid, kind, vec, payload in zip(ids, kinds, vectors, payloads, strict=True)
+        ]
+        with self._use("write entries") as shard:
+            if shard is None:
+                raise MemoryStoreError("the memory has no shard yet: call bind_encoder first")
+            shard.update(UpdateOperation.upsert_points(points))
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        """Stored subset of ``ids``."""
+        found: set[str] = set()
+        with self._use("look up entries") as shard:
+            if shard is None:
+                return found
+            for i in range(0, len(ids), _CHUNK):
+                records = shard.retrieve(list(ids[i : i + _CHUNK]), False, False)
+                found.update(str(r.id) for r in records)
+        return found
+
+    def query_batch(
+        self, vectors: Sequence[list[float]], using: str, limit: int
+    ) -> list[list[Hit]]:
+        """Batch nearest-neighbour search (``query`` for one vector, ``query_batch`` else)."""
+        from qdrant_edge import Query, QueryBatchRequest, QueryRequest
+
+        requests = [
+            QueryRequest(limit=limit, query=Query.Nearest(v, using=using), with_payload=True)
+            for v in vectors
+        ]
+        with self._use("search") as shard:
+            if shard is None:
+                return [[] for _ in requests]
+            if len(requests) == 1:
+                results = [shard.query(requests[0])]
+            else:
+                results = shard.query_batch(QueryBatchRequest(requests))
+        return [[Hit.from_point(p.id, p.score, p.payload) for p in res] for res in results]
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        """Delete points by id."""
+        from qdrant_edge import UpdateOperation
+
+        with self._use("delete entries") as shard:
+            if shard is not None and ids:
+                shard.update(UpdateOperation.delete_points(list(ids)))
+
+    def delete_label(self, label: str) -> int:
+        """Delete every point of ``label``."""
+        from qdrant_edge import CountRequest, UpdateOperation
+
+        with self._use("delete a label") as shard:
+            if shard is None:
+                return 0
+            flt = _kind_filter(None, label)
+            n = int(shard.count(CountRequest(exact=True, filter=flt)))
+            if n:
+                shard.update(UpdateOperation.delete_points_by_filter(flt))
+            return n
+
+    def label_counts(self, kind: str | None) -> dict[str, int]:
+        """Points per label (an exact facet on the ``label`` index)."""
+        from qdrant_edge import CountRequest, FacetRequest
+
+        with self._use("list labels") as shard:
+            if shard is None:
+                return {}
+            flt = _kind_filter(kind)
+            total = int(shard.count(CountRequest(exact=True, filter=flt)))
+            if total == 0:
+                return {}
+            response = shard.facet(FacetRequest("label", limit=total, exact=True, filter=flt))
+            return {str(h.value): int(h.count) for h in response if h.count > 0}
+
+    def count(self, kind: str | None) -> int:
+        """Number of points (of one kind)."""
+        from qdrant_edge import CountRequest
+
+        with self._use("count entries") as shard:
+            if shard is None:
+                return 0
+            return int(shard.count(CountRequest(exact=True, filter=_kind_filter(kind))))
+
+    def optimize(self, min_unindexed: int) -> bool:
+        """Build the HNSW index (blocking) when enough points are still unindexed."""
+        with self._use("optimize") as shard:
+            if shard is None:
+                return False
+            if min_unindexed > 0:
+                info = shard.info()
+                if info.points_count - info.indexed_vectors_count < min_unindexed:
+                    return False
+            shard.optimize()
+            return True
+
+    def stats(self) -> dict[str, Any]:
+        """Points, segments and indexed vectors of the shard."""
+        with self._use("read stats") as shard:
+            if shard is None:
+                return {"points": 0, "segments": 0, "indexed_vectors": 0}
+            info = shard.info()
+            return {
+                "points": int(info.points_count),
+                "segments": int(info.segments_count),
+                "indexed_vectors": int(info.indexed_vectors_count),
+                "payload_indexes": sorted(info.payload_schema),
+            }
+
+    def close(self) -> None:
+        """Drop this handle; the last one flushes and closes the shard and the lock."""
+        shared, self._shared = self._shared, None
+        if shared is None:
+            return
+        with _REGISTRY_LOCK:
+            shared.refs -= 1
+            if shared.refs > 0:
+                return
+            _REGISTRY.pop(shared.path, None)
+        with shared.lock:
+            try:
+                if shared.shard is not None:
+                    with _engine("close the shard", shared.path):
+                        shared.shard.flush()
+                        shared.shard.close()
+            finally:
+                shared.shard = None
+                _release_lock(shared.lock_fd)
+                shared.lock_fd = None

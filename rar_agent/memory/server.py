@@ -1,0 +1,337 @@
+"""Server backend: a Qdrant server (or cluster) through qdrant-client.
+
+The memory's metadata (encoder fingerprint, dim, ...) lives in the collection's own
+metadata under the key ``rar_memory`` (Qdrant >= 1.16). ``location=":memory:"`` runs
+qdrant-client's pure-Python local mode: a test double for this code path, not a store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from rar_agent.errors import MemoryStoreError, RarError
+from rar_agent.memory.entries import KINDS, Hit
+
+__all__ = ["META_KEY", "ServerBackend"]
+
+META_KEY = "rar_memory"
+_CHUNK = 1024
+
+
+class ServerBackend:
+    """One collection on a Qdrant server.
+
+    Args:
+        collection: Collection name.
+        url: Server URL (``http://host:6333``).
+        api_key: Server API key, if it requires one.
+        location: ``":memory:"`` for qdrant-client's local mode (tests only).
+        create: Whether a missing collection may be created (on ``bind_encoder``).
+        shard_number: Shards of a new collection (clusters).
+        replication_factor: Replicas of each shard of a new collection (clusters).
+        timeout: Request timeout in seconds.
+
+    Raises:
+        MemoryStoreError: The server is unreachable, refuses the API key, or the collection
+            is missing and ``create`` is false.
+    """
+
+    name = "server"
+
+    def __init__(
+        self,
+        collection: str,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        location: str | None = None,
+        create: bool = True,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        from qdrant_client import QdrantClient
+
+        self.collection = collection
+        self.location = url or location or ""
+        self._local = url is None
+        self._shard_number = shard_number
+        self._replication_factor = replication_factor
+        # Local mode is plain Python dicts: serialise it. A server handles concurrency itself.
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if self._local else contextlib.nullcontext()
+        )
+        with self._call("connect"):
+            if self._local:
+                self._client: Any = QdrantClient(location=location)
+            else:
+                self._client = QdrantClient(
+                    url=url,
+                    api_key=api_key,
+                    timeout=int(timeout) if timeout else None,
+                    check_compatibility=False,
+                )
+            exists = self._client.collection_exists(collection)
+        if not exists and not create:
+            raise MemoryStoreError(
+                f"no collection {collection!r} on {self.location}: build it first "
+                "(rar-agent memory build) or check --collection"
+            )
+        self._exists = exists
+        self._meta: dict[str, Any] | None = self._fetch_meta() if exists else None
+        self._closed = False
+
+    # -------------------------------------------------------------- plumbing
+
+    @contextlib.contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        """Map qdrant-client / transport failures to ``MemoryStoreError``."""
+        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+        where = f"the Qdrant server at {self.location}" if not self._local else "local Qdrant"
+        try:
+            with self._lock:
+                yield
+        except RarError:
+            raise
+        except UnexpectedResponse as e:
+            if e.status_code in (401, 403):
+                raise MemoryStoreError(
+                    f"{where} refused the API key ({e.status_code}) while trying to {what}: "
+                    "set the right key with --api-key or RAR_QDRANT_API_KEY"
+                ) from e
+            detail = e.content.decode(errors="replace")[:300]
+            raise MemoryStoreError(
+                f"{where} answered {e.status_code} while trying to {what}: {detail}"
+            ) from e
+        except ResponseHandlingException as e:
+            source = e.source
+            kind = "timed out" if "timeout" in type(source).__name__.lower() else "unreachable"
+            raise MemoryStoreError(
+                f"{where} is {kind} ({type(source).__name__}: {source}) while trying to {what}: "
+                "check --qdrant-url / RAR_QDRANT_URL and that the server is running "
+                "(docker compose up -d qdrant)"
+            ) from e
+        except Exception as e:
+            raise MemoryStoreError(f"{where} failed to {what}: {type(e).__name__}: {e}") from e
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MemoryStoreError(f"memory {self.collection!r} is closed: open it again")
+
+    def _filter(self, kind: str | None, label: str | None = None) -> Any:
+        from qdrant_client import models
+
+        must: list[Any] = []
+        if kind is not None:
+            must.append(models.FieldCondition(key="kind", match=models.MatchValue(value=kind)))
+        if label is not None:
+            must.append(models.FieldCondition(key="label", match=models.MatchValue(value=label)))
+        return models.Filter(must=must) if must else None
+
+    def _fetch_meta(self) -> dict[str, Any] | None:
+        with self._call("read the collection"):
+            info = self._client.get_collection(self.collection)
+        meta = (info.config.metadata or {}).get(META_KEY)
+        return dict(meta) if isinstance(meta, dict) else None
+
+    # -------------------------------------------------------------- metadata
+
+    def read_meta(self, *, refresh: bool = False) -> dict[str, Any] | None:
+        """The memory metadata from the collection (cached; ``refresh`` re-reads it)."""
+        self._check_open()
+        if refresh and self._exists:
+            self._meta = self._fetch_meta()
+        return dict(self._meta) if self._meta is not None else None
+
+    def create(self, dim: int, meta: dict[str, Any]) -> None:
+        """Create the collection (named vectors ``image``/``text``, cosine) and record meta."""
+        from qdrant_client import models
+
+        self._check_open()
+        if not self._exists:
+            with self._call("create the collection"):
+                if not self._client.collection_exists(self.collection):
+                    self._client.create_collection(
+                        self.collection,
+                        vectors_config={
+                            k: models.VectorParams(size=dim, distance=models.Distance.COSINE)
+                            for k in KINDS
+                        },
+                        shard_number=self._shard_number,
+                        replication_factor=self._replication_factor,
+                        metadata={META_KEY: meta},
+                    )
+                with warnings.catch_warnings():  # local mode warns that indexes do nothing
+                    warnings.simplefilter("ignore", UserWarning)
+                    for field in ("label", "kind"):
+                        self._client.create_payload_index(
+                            self.collection, field, models.PayloadSchemaType.KEYWORD, wait=True
+                        )
+            self._exists = True
+        self._check_vectors(dim)
+        self.write_meta(meta)
+
+    def _check_vectors(self, dim: int) -> None:
+        with self._call("read the collection"):
+            info = self._client.get_collection(self.collection)
+        vectors = info.config.params.vectors
+        sizes = {k: v.size for k, v in vectors.items()} if isinstance(vectors, dict) else {}
+        if any(sizes.get(k) != dim for k in KINDS):
+            raise MemoryStoreError(
+                f"collection {self.collection!r} on {self.location} has vectors {sizes or vectors}"
+                f", not named vectors 'image' and 'text' of size {dim}: use another --collection"
+            )
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """Store ``meta`` in the collection metadata and check the server kept it."""
+        self._check_open()
+        with self._call("write the collection metadata"):
+            self._client.update_collection(self.collection, metadata={META_KEY: meta})
+        stored = self._fetch_meta()
+        if stored != meta:
+            raise MemoryStoreError(
+                f"the Qdrant server at {self.location} did not keep the collection metadata: "
+                "it needs Qdrant 1.16 or newer; upgrade the server"
+            )
+        self._meta = dict(meta)
+
+    # -------------------------------------------------------------- data
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        kinds: Sequence[str],
+        vectors: Sequence[list[float]],
+        payloads: Sequence[dict[str, Any]],
+    ) -> None:
+        """Upsert one batch of points (waits until applied)."""
+        from qdrant_client import models
+
+        self._check_open()
+        points = [
+            models.PointStruct(id=pid, vector={kind: vec}, payload=payload)
+            for pid, kind, vec, payload in zip(ids, kinds, vectors, payloads, strict=True)
+        ]
+        with self._call("write entries"):
+            self._client.upsert(self.collection, points=points, wait=True)
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        """Stored subset of ``ids``."""
+        self._check_open()
+        found: set[str] = set()
+        if not self._exists:
+            return found
+        with self._call("look up entries"):
+            for i in range(0, len(ids), _CHUNK):
+                records = self._client.retrieve(
+                    self.collection,
+                    list(ids[i : i + _CHUNK]),
+                    with_payload=False,
+                    with_vectors=False,
+                )
+                found.update(str(r.id) for r in records)
+        return found
+
+    def query_batch(
+        self, vectors: Sequence[list[float]], using: str, limit: int
+    ) -> list[list[Hit]]:
+        """Batch nearest-neighbour search in one request."""
+        from qdrant_client import models
+
+        self._check_open()
+        if not self._exists:
+            return [[] for _ in vectors]
+        requests = [
+            models.QueryRequest(query=v, using=using, limit=limit, with_payload=True)
+            for v in vectors
+        ]
+        with self._call("search"):
+            responses = self._client.query_batch_points(self.collection, requests=requests)
+        return [[Hit.from_point(p.id, p.score, p.payload) for p in r.points] for r in responses]
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        """Delete points by id."""
+        from qdrant_client import models
+
+        self._check_open()
+        if not self._exists or not ids:
+            return
+        with self._call("delete entries"):
+            self._client.delete(
+                self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True
+            )
+
+    def delete_label(self, label: str) -> int:
+        """Delete every point of ``label``."""
+        from qdrant_client import models
+
+        self._check_open()
+        if not self._exists:
+            return 0
+        flt = self._filter(None, label)
+        with self._call("delete a label"):
+            n = int(self._client.count(self.collection, count_filter=flt, exact=True).count)
+            if n:
+                self._client.delete(
+                    self.collection, points_selector=models.FilterSelector(filter=flt), wait=True
+                )
+        return n
+
+    def label_counts(self, kind: str | None) -> dict[str, int]:
+        """Points per label (an exact facet on ``label``)."""
+        self._check_open()
+        if not self._exists:
+            return {}
+        flt = self._filter(kind)
+        with self._call("list labels"):
+            total = int(self._client.count(self.collection, count_filter=flt, exact=True).count)
+            if total == 0:
+                return {}
+            response = self._client.facet(
+                self.collection, "label", facet_filter=flt, limit=total, exact=True
+            )
+        return {str(h.value): int(h.count) for h in response.hits if h.count > 0}
+
+    def count(self, kind: str | None) -> int:
+        """Number of points (of one kind)."""
+        self._check_open()
+        if not self._exists:
+            return 0
+        with self._call("count entries"):
+            result = self._client.count(
+                self.collection, count_filter=self._filter(kind), exact=True
+            )
+        return int(result.count)
+
+    def optimize(self, min_unindexed: int) -> bool:
+        """Nothing to do: a server builds its indexes in the background."""
+        self._check_open()
+        return False
+
+    def stats(self) -> dict[str, Any]:
+        """Points, segments and indexed vectors as the server reports them."""
+        self._check_open()
+        if not self._exists:
+            return {"points": 0, "segments": 0, "indexed_vectors": 0}
+        with self._call("read stats"):
+            info = self._client.get_collection(self.collection)
+        return {
+            "points": int(info.points_count or 0),
+            "segments": int(info.segments_count or 0),
+            "indexed_vectors": int(info.indexed_vectors_count or 0),
+            "status": str(getattr(info.status, "value", info.status)),
+            "payload_indexes": sorted(info.payload_schema or {}),
+        }
+
+    def close(self) -> None:
+        """Close the client (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._client.close()

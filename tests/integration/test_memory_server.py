@@ -1,0 +1,92 @@
+"""The CategoryMemory contract against a real Qdrant server (``QDRANT_URL``).
+
+Runs every test of ``tests/unit/test_memory_contract.py`` on the server backend. Start a
+server with ``docker compose up -d qdrant`` and set ``QDRANT_URL`` (and ``QDRANT_API_KEY``
+if it needs one); without ``QDRANT_URL`` the tests are skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from rar_agent.memory import CategoryMemory
+
+URL = os.environ.get("QDRANT_URL")
+API_KEY = os.environ.get("QDRANT_API_KEY")
+
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(
+        not URL, reason="QDRANT_URL is not set: start `docker compose up -d qdrant` and set it"
+    ),
+    pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection"),
+]
+
+
+def _load_contract() -> object:
+    path = Path(__file__).resolve().parents[1] / "unit" / "test_memory_contract.py"
+    spec = importlib.util.spec_from_file_location("_memory_contract_for_server", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_contract = _load_contract()
+# Collect the same contract tests here; they use this module's ``make_memory`` fixture.
+globals().update(
+    {name: getattr(_contract, name) for name in dir(_contract) if name.startswith("test_")}
+)
+
+
+@pytest.fixture
+def make_memory() -> Iterator[Callable[[], CategoryMemory]]:
+    """Fresh collections on the server, deleted after the test."""
+    opened: list[CategoryMemory] = []
+
+    def make() -> CategoryMemory:
+        name = f"rar-test-{uuid.uuid4().hex[:12]}"
+        mem = CategoryMemory.open(url=URL, api_key=API_KEY, collection=name, timeout=30)
+        opened.append(mem)
+        return mem
+
+    yield make
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(url=URL, api_key=API_KEY, check_compatibility=False)
+    for mem in opened:
+        mem.close()
+        if client.collection_exists(mem.collection):
+            client.delete_collection(mem.collection)
+    client.close()
+
+
+def test_server_collection_options_and_reopen() -> None:
+    """A collection created with shard options keeps its encoder across clients."""
+    import numpy as np
+
+    from rar_agent.memory import MemoryEntry
+
+    name = f"rar-test-{uuid.uuid4().hex[:12]}"
+    try:
+        with CategoryMemory.open(
+            url=URL, api_key=API_KEY, collection=name, shard_number=2, replication_factor=1
+        ) as mem:
+            mem.bind_encoder("enc-A", 4, description="pets")
+            mem.add_entries([MemoryEntry("cat", "image", "a.png", "h")], np.eye(4)[:1])
+        with CategoryMemory.open(url=URL, api_key=API_KEY, collection=name, create=False) as mem:
+            assert mem.info.fingerprint == "enc-A" and mem.info.description == "pets"
+            assert mem.labels() == {"cat": 1}
+            assert mem.stats()["storage_payload_indexes"] == ["kind", "label"]
+    finally:
+        from qdrant_client import QdrantClient
+
+        client = QdrantClient(url=URL, api_key=API_KEY, check_compatibility=False)
+        client.delete_collection(name)
+        client.close()

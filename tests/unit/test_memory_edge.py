@@ -1,0 +1,209 @@
+"""Embedded (qdrant-edge) backend: persistence, one opener per process, busy errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rar_agent.errors import ConfigError, MemoryBusyError, MemoryStoreError
+from rar_agent.memory import CategoryMemory, MemoryEntry, default_memory_dir
+from rar_agent.memory.edge import META_FILE, SHARD_DIR
+
+DIM = 8
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _entries(label: str, n: int) -> list[MemoryEntry]:
+    return [MemoryEntry(label, "image", f"{label}/{i}.png", f"h{label}{i}") for i in range(n)]
+
+
+def _vectors(n: int, axis: int) -> np.ndarray:
+    v = np.random.default_rng(axis).normal(0, 0.05, size=(n, DIM)).astype(np.float32)
+    v[:, axis] += 1.0
+    return v
+
+
+def _run_child(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def test_layout_and_persistence_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "pets"
+    with CategoryMemory.open(path, collection="pets") as mem:
+        mem.bind_encoder("enc-A", DIM, description="household pets")
+        ids = mem.add_entries(
+            _entries("cat", 3) + _entries("dog", 2), np.vstack([_vectors(3, 0), _vectors(2, 1)])
+        )
+    assert (path / META_FILE).is_file() and (path / SHARD_DIR / "edge_config.json").is_file()
+    meta = json.loads((path / META_FILE).read_text())
+    assert meta["fingerprint"] == "enc-A" and meta["dim"] == DIM and meta["version"] == 1
+
+    with CategoryMemory.open(path, collection="pets", create=False) as mem:
+        assert mem.info.fingerprint == "enc-A"
+        assert mem.info.description == "household pets"
+        assert mem.labels() == {"cat": 3, "dog": 2}
+        assert mem.existing_ids(ids) == set(ids)
+        assert mem.search(_vectors(1, 1)[0], limit=1)[0].label == "dog"
+
+
+def test_missing_memory_without_create(tmp_path: Path) -> None:
+    with pytest.raises(MemoryStoreError, match="no category memory"):
+        CategoryMemory.open(tmp_path / "nothing", create=False)
+    assert not (tmp_path / "nothing").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(MemoryStoreError, match="not a memory directory"):
+        CategoryMemory.open(tmp_path / "afile")
+
+
+def test_default_location_is_under_rar_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RAR_HOME", str(tmp_path))
+    assert default_memory_dir("birds") == tmp_path / "memories" / "birds"
+    with CategoryMemory.open(collection="birds") as mem:
+        assert mem.info.location == str((tmp_path / "memories" / "birds").resolve())
+
+
+def test_bad_open_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="collection name"):
+        CategoryMemory.open(tmp_path, collection="../evil")
+    with pytest.raises(ConfigError, match="only one"):
+        CategoryMemory.open(tmp_path, url="http://localhost:6333")
+    with pytest.raises(ConfigError, match="location"):
+        CategoryMemory.open(location="/some/dir")
+
+
+def test_same_process_double_open_shares_the_shard(tmp_path: Path) -> None:
+    a = CategoryMemory.open(tmp_path / "m")
+    b = CategoryMemory.open(tmp_path / "m")
+    a.bind_encoder("enc-A", DIM)
+    a.add_entries(_entries("cat", 2), _vectors(2, 0))
+    assert b.count() == 2
+    assert b.info.fingerprint == "enc-A"
+    b.bind_encoder("enc-A", DIM)
+    b.add_entries(_entries("dog", 1), _vectors(1, 1))
+    a.close()
+    assert b.labels() == {"cat": 2, "dog": 1}
+    b.close()
+    with CategoryMemory.open(tmp_path / "m") as c:
+        assert c.count() == 3
+
+
+def test_concurrent_threads_share_one_memory(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    mem = CategoryMemory.open(tmp_path / "m")
+    mem.bind_encoder("enc-A", DIM)
+
+    def work(i: int) -> str:
+        mem.add_entries(_entries(f"c{i}", 20), _vectors(20, i % DIM))
+        return mem.search(_vectors(1, i % DIM)[0], limit=1)[0].label
+
+    with ThreadPoolExecutor(4) as pool:
+        labels = list(pool.map(work, range(8)))
+    assert len(labels) == 8
+    assert mem.count() == 160
+    mem.close()
+
+
+def test_second_process_gets_memory_busy_error(tmp_path: Path) -> None:
+    path = tmp_path / "busy"
+    mem = CategoryMemory.open(path)
+    mem.bind_encoder("enc-A", DIM)
+    mem.add_entries(_entries("cat", 2), _vectors(2, 0))
+    child = _run_child(
+        f"""
+        from rar_agent.memory import CategoryMemory
+        from rar_agent.errors import MemoryBusyError
+        try:
+            CategoryMemory.open({str(path)!r})
+        except MemoryBusyError as e:
+            print("BUSY", e)
+        else:
+            print("OPENED")
+        """
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("BUSY"), child.stdout + child.stderr
+    assert "in use by process" in child.stdout and "--qdrant-url" in child.stdout
+    import os
+
+    assert str(os.getpid()) in child.stdout
+    assert mem.count() == 2  # untouched
+    mem.close()
+    child = _run_child(
+        f"""
+        from rar_agent.memory import CategoryMemory
+        with CategoryMemory.open({str(path)!r}) as m:
+            print("COUNT", m.count())
+        """
+    )
+    assert child.stdout.strip() == "COUNT 2", child.stderr
+
+
+def test_entries_survive_a_process_that_dies_without_closing(tmp_path: Path) -> None:
+    path = tmp_path / "crash"
+    child = _run_child(
+        f"""
+        import os
+        import numpy as np
+        from rar_agent.memory import CategoryMemory, MemoryEntry
+        m = CategoryMemory.open({str(path)!r})
+        m.bind_encoder("enc-A", {DIM})
+        e = [MemoryEntry("cat", "image", str(i), "h" + str(i)) for i in range(5)]
+        m.add_entries(e, np.eye({DIM}, dtype=np.float32)[:5])
+        os._exit(0)
+        """
+    )
+    assert child.returncode == 0, child.stderr
+    with CategoryMemory.open(path, create=False) as mem:
+        assert mem.count() == 5
+        assert mem.info.fingerprint == "enc-A"
+
+
+def test_busy_memory_from_engine_lock_is_reported(tmp_path: Path) -> None:
+    """Without our lock file (e.g. another tool), Qdrant's own WAL lock still maps to busy."""
+    from rar_agent.memory.edge import _engine
+
+    with pytest.raises(MemoryBusyError, match="in use"), _engine("open the shard", tmp_path):
+        raise Exception("Service runtime error: Can't init WAL: Kind(WouldBlock)")
+    with (
+        pytest.raises(MemoryStoreError, match="could not open the shard"),
+        _engine("open the shard", tmp_path),
+    ):
+        raise Exception("boom")
+
+
+def test_optimize_skips_small_memories(tmp_path: Path) -> None:
+    with CategoryMemory.open(tmp_path / "m") as mem:
+        assert mem.optimize() is False  # nothing created yet
+        mem.bind_encoder("enc-A", DIM)
+        mem.add_entries(_entries("cat", 50), _vectors(50, 0))
+        assert mem.optimize(min_unindexed=1000) is False
+        assert mem.optimize() is True
+        assert mem.search(_vectors(1, 0)[0], limit=3)[0].label == "cat"
+        assert mem.stats()["storage_points"] == 50
+
+
+def test_corrupt_metadata_is_a_clear_error(tmp_path: Path) -> None:
+    with CategoryMemory.open(tmp_path / "m") as mem:
+        mem.bind_encoder("enc-A", DIM)
+    (tmp_path / "m" / META_FILE).write_text("{not json")
+    with pytest.raises(MemoryStoreError, match="cannot read memory metadata"):
+        CategoryMemory.open(tmp_path / "m")
+    # The failed open released its lock: a fixed file opens again.
+    (tmp_path / "m" / META_FILE).write_text(json.dumps({"fingerprint": "enc-A", "dim": DIM}))
+    with CategoryMemory.open(tmp_path / "m") as mem:
+        assert mem.info.fingerprint == "enc-A"

@@ -1,0 +1,102 @@
+"""Server backend (qdrant-client): connection failures become clear ``MemoryStoreError``s.
+
+A tiny local HTTP server plays a Qdrant server that refuses the API key or never answers
+in time; the requests go through qdrant-client's real HTTP stack.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from rar_agent.errors import MemoryStoreError
+from rar_agent.memory import CategoryMemory, MemoryEntry
+
+
+def _serve(status: int, delay: float = 0.0) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            time.sleep(delay)
+            body = b'{"status": {"error": "Invalid API key or JWT"}}'
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:  # the client gave up first
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def unauthorized() -> Iterator[str]:
+    server, url = _serve(401)
+    yield url
+    server.shutdown()
+
+
+@pytest.fixture
+def slow() -> Iterator[str]:
+    server, url = _serve(200, delay=3.0)
+    yield url
+    server.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_refused_url() -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(MemoryStoreError, match="unreachable") as err:
+        CategoryMemory.open(url=url, collection="pets")
+    assert url in str(err.value) and "--qdrant-url" in str(err.value)
+
+
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
+def test_wrong_api_key(unauthorized: str) -> None:
+    with pytest.raises(MemoryStoreError, match="refused the API key") as err:
+        CategoryMemory.open(url=unauthorized, api_key="wrong", collection="pets")
+    assert "RAR_QDRANT_API_KEY" in str(err.value)
+
+
+def test_timeout(slow: str) -> None:
+    start = time.perf_counter()
+    with pytest.raises(MemoryStoreError, match="timed out"):
+        CategoryMemory.open(url=slow, collection="pets", timeout=1)
+    assert time.perf_counter() - start < 2.9
+
+
+def test_missing_collection_without_create() -> None:
+    with pytest.raises(MemoryStoreError, match="no collection 'pets'"):
+        CategoryMemory.open(location=":memory:", collection="pets", create=False)
+
+
+def test_local_mode_keeps_metadata_in_the_collection() -> None:
+    from rar_agent.memory.server import META_KEY
+
+    with CategoryMemory.open(location=":memory:", collection="pets") as mem:
+        mem.bind_encoder("enc-A", 4, description="pets")
+        mem.add_entries([MemoryEntry("cat", "image", "a.png", "h1")], np.eye(4)[:1])
+        client = mem._backend._client  # type: ignore[attr-defined]
+        info = client.get_collection("pets")
+        assert info.config.metadata[META_KEY]["fingerprint"] == "enc-A"
+        assert set(info.config.params.vectors) == {"image", "text"}
+        assert info.config.params.vectors["image"].size == 4
+        assert mem.stats()["storage_points"] == 1
