@@ -138,6 +138,47 @@ class Recognizer:
         """Async :meth:`recognize_batch`."""
         return await asyncio.to_thread(self.recognize_batch, images, k=k)
 
+    def recognize_regions(
+        self,
+        image: ImageInput,
+        boxes: Any,
+        *,
+        k: int | None = None,
+        kind: str = "text",
+        context_image: bool = False,
+        **options: Any,
+    ) -> list[RecognitionResult]:
+        """Recognize each box of one image (the detection setting); see ``rar_agent.regions``.
+
+        Every box is cropped with context (more for small boxes), blurred outside the box and
+        padded to a square; all regions are encoded in one batch, retrieved against the
+        ``text`` memory by default (``image`` or ``auto`` optional) and ranked concurrently.
+
+        Args:
+            image: The whole image.
+            boxes: ``Box`` objects, ``[x0, y0, x1, y1]`` lists (pixels or 0..1), COCO-style
+                dicts, or a path to a JSON file of them.
+            k: Candidates per region.
+            kind: Memory side to query: ``text``, ``image`` or ``auto`` (text if any).
+            context_image: Show the ranker the whole image with the box drawn next to the crop.
+            **options: ``normalized``, ``context`` and ``blur`` for ``regions.run_regions``.
+
+        Returns:
+            One result per box, in input order, with ``box`` (pixels, clipped) and ``box_id``;
+            unusable boxes get ``error`` set while the others still run.
+        """
+        from rar_agent.regions import run_regions
+
+        return run_regions(
+            self, image, boxes, k=k, kind=kind, context_image=context_image, **options
+        )
+
+    async def arecognize_regions(
+        self, image: ImageInput, boxes: Any, **kwargs: Any
+    ) -> list[RecognitionResult]:
+        """Async :meth:`recognize_regions`."""
+        return await asyncio.to_thread(self.recognize_regions, image, boxes, **kwargs)
+
     def _recognize_loaded(
         self, loaded: Sequence[LoadedImage], *, k: int | None
     ) -> list[RecognitionResult]:

@@ -9,7 +9,10 @@ COCO-style ``bbox`` entries are ``[x, y, width, height]`` in pixels.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +23,8 @@ from rar_agent.errors import ConfigError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from rar_agent.images import ImageInput
+    from rar_agent.pipeline import Recognizer
     from rar_agent.results import RecognitionResult
 
 __all__ = [
@@ -39,12 +44,20 @@ __all__ = [
     "annotate",
     "draw_box",
     "encoder_input_size",
+    "as_boxes",
+    "ranker_view",
+    "run_regions",
+    "RANKER_SIDE",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Default blur radius as a fraction of the crop window's longer side.
 DEFAULT_BLUR = 0.04
 #: Padding colour: the CLIP mean colour, which the encoder normalises to about zero.
 PAD_COLOR = (122, 116, 104)
+#: Smaller region crops are enlarged to this side before they are shown to the ranker.
+RANKER_SIDE = 448
 
 Coords = tuple[float, float, float, float]
 IntBox = tuple[int, int, int, int]
@@ -594,3 +607,144 @@ def annotate(
                 text = f"{text} {result.candidates[0].score:.2f}"
         draw_box(out, result.box, text, color, line_width=line_width, font_size=font_size)
     return out
+
+
+# ---------------------------------------------------------------------------- recognition
+
+
+def as_boxes(boxes: Any, *, normalized: bool | None = None) -> list[Box]:
+    """Boxes from any accepted form: :class:`Box` objects, Python data or a JSON file path."""
+    if isinstance(boxes, os.PathLike):
+        return load_boxes(Path(boxes), normalized=normalized)
+    if isinstance(boxes, str):
+        return load_boxes(Path(boxes).expanduser(), normalized=normalized)
+    return parse_boxes(boxes, normalized=normalized)
+
+
+def ranker_view(
+    region: Image.Image,
+    whole: Image.Image | None = None,
+    box: Sequence[float] | None = None,
+    *,
+    side: int = RANKER_SIDE,
+) -> Image.Image:
+    """The picture the ranking model sees for one region.
+
+    The square region crop, enlarged to ``side`` when smaller. With ``whole`` and ``box``, the
+    whole image with the box drawn is placed to the right of it, as context (the ranking
+    chain sends a single image, so both views travel as one picture).
+    """
+    from PIL import Image as PILImage
+
+    if region.width < side:
+        region = region.resize((side, side), PILImage.Resampling.BICUBIC)
+    if whole is None or box is None:
+        return region
+    height = region.height
+    scaled = whole.resize(
+        (max(1, round(whole.width * height / whole.height)), height),
+        PILImage.Resampling.BICUBIC,
+    )
+    factor = height / whole.height
+    drawn = [v * factor for v in box]
+    draw_box(scaled, drawn, None, _PALETTE[0], line_width=max(2, height // 100))
+    gap = max(4, height // 50)
+    canvas = PILImage.new("RGB", (region.width + gap + scaled.width, height), (255, 255, 255))
+    canvas.paste(region, (0, 0))
+    canvas.paste(scaled, (region.width + gap, 0))
+    return canvas
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+def run_regions(
+    recognizer: Recognizer,
+    image: ImageInput,
+    boxes: Any,
+    *,
+    k: int | None = None,
+    kind: str = "text",
+    context_image: bool = False,
+    normalized: bool | None = None,
+    context: Context = None,
+    blur: float | None = DEFAULT_BLUR,
+) -> list[RecognitionResult]:
+    """Recognize each box of one image (see ``Recognizer.recognize_regions``)."""
+    from rar_agent.images import load_image
+    from rar_agent.pipeline import _reorder
+    from rar_agent.results import RecognitionResult
+
+    start = time.perf_counter()
+    loaded = load_image(image)
+    parsed = as_boxes(boxes, normalized=normalized)
+    width, height = loaded.image.size
+    results: list[RecognitionResult | None] = []
+    jobs: list[tuple[Box, Coords, Image.Image]] = []
+    for box in parsed:
+        try:
+            coords = check_box(box, width, height)
+            crop = prepare_region(loaded.image, coords, size=None, context=context, blur=blur)
+        except BoxError as e:
+            pixels = box.to_pixels(width, height).xyxy
+            shown = list(pixels) if all(math.isfinite(v) for v in pixels) else None
+            results.append(
+                RecognitionResult(
+                    label=None, image=loaded.source, box=shown, box_id=box.id, error=str(e)
+                )
+            )
+            continue
+        results.append(None)
+        jobs.append((box, coords, crop))
+    prepare_ms = _ms(start)
+    if not jobs:
+        return [r for r in results if r is not None]
+    side = encoder_input_size(recognizer.encoder)
+    t0 = time.perf_counter()
+    vectors = recognizer.encoder.embed_images([_square(crop, side) for _, _, crop in jobs])
+    encode_ms = _ms(t0)
+    if kind == "auto":
+        kind = "text" if recognizer.memory.count("text") > 0 else "image"
+    t1 = time.perf_counter()
+    retrieved = recognizer.retriever.retrieve_vectors(vectors, k=k, kind=kind)  # type: ignore[arg-type]
+    retrieve_ms = _ms(t1)
+    views = [
+        ranker_view(crop, loaded.image if context_image else None, coords)
+        for _, coords, crop in jobs
+    ]
+    rankings = recognizer.rank_many(views, retrieved)
+    n = len(jobs)
+    done = iter(zip(jobs, retrieved, rankings, strict=True))
+    out: list[RecognitionResult] = []
+    for slot in results:
+        if slot is not None:
+            out.append(slot)
+            continue
+        (box, coords, _), candidates, (info, order) = next(done)
+        final = _reorder(candidates, order)
+        out.append(
+            RecognitionResult(
+                label=final[0].label if final else None,
+                candidates=final,
+                ranking=info,
+                image=loaded.source,
+                box=[round(v, 3) for v in coords],
+                box_id=box.id,
+                timings_ms={
+                    "prepare": round(prepare_ms / n, 3),
+                    "encode": round(encode_ms / n, 3),
+                    "retrieve": round(retrieve_ms / n, 3),
+                    "rank": info.latency_ms or 0.0,
+                },
+            )
+        )
+    return out
+
+
+def _square(image: Image.Image, side: int) -> Image.Image:
+    from PIL import Image as PILImage
+
+    if image.size == (side, side):
+        return image
+    return image.resize((side, side), PILImage.Resampling.BICUBIC)
