@@ -1,0 +1,136 @@
+"""Checks for arguments chosen by a model or a remote user: file paths and URLs.
+
+A tool that reads files on a model's say-so must stay inside the directories its owner
+configured. :func:`resolve_inside_roots` resolves symlinks first and then checks, so neither
+``..`` nor a link pointing out of a root gets through. URLs go through
+:func:`rar_agent.netfetch.fetch_url` with ``allow_private=False``, which refuses loopback,
+private, link-local and reserved addresses on every redirect hop.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from rar_agent.errors import ConfigError, UnsafeInputError
+
+__all__ = ["MAX_PATH_CHARS", "normalize_roots", "resolve_inside_roots", "fetch_public_url"]
+
+#: Paths longer than this are refused before touching the file system.
+MAX_PATH_CHARS = 1024
+_FORBIDDEN_TREES = (Path("/proc"), Path("/sys"), Path("/dev"), Path("/run"))
+
+
+def normalize_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[Path, ...]:
+    """Resolve configured root directories (each must exist and be a directory).
+
+    Args:
+        roots: Directories a tool may read from.
+
+    Returns:
+        The resolved roots, duplicates dropped, order kept.
+
+    Raises:
+        ConfigError: A root does not exist, is not a directory, or is a system tree.
+    """
+    out: list[Path] = []
+    for root in roots:
+        resolved = Path(root).expanduser().resolve()
+        if not resolved.is_dir():
+            raise ConfigError(
+                f"allowed root {root} is not an existing directory: create it or "
+                "pass another --allow-root"
+            )
+        if resolved == Path(resolved.anchor) or _in_forbidden_tree(resolved):
+            raise ConfigError(
+                f"allowed root {resolved} is a system directory: pass the folder "
+                "that holds your images instead"
+            )
+        if resolved not in out:
+            out.append(resolved)
+    return tuple(out)
+
+
+def _in_forbidden_tree(path: Path) -> bool:
+    return any(path == tree or tree in path.parents for tree in _FORBIDDEN_TREES)
+
+
+def resolve_inside_roots(path: str | os.PathLike[str], roots: Sequence[Path]) -> Path:
+    """Resolve ``path`` and make sure it is a regular file inside one of ``roots``.
+
+    A relative path is taken relative to each root in turn (first existing match wins);
+    an absolute path must lie inside a root. Symlinks are resolved before the check.
+
+    Args:
+        path: The path a caller (often a model) asked for.
+        roots: Resolved allowed directories (see :func:`normalize_roots`).
+
+    Returns:
+        The resolved path of an existing regular file inside a root.
+
+    Raises:
+        UnsafeInputError: No roots are configured, the path escapes every root, points into
+            /proc, /sys or /dev, is not a regular file, is too long or contains a NUL byte.
+    """
+    text = os.fspath(path)
+    if not roots:
+        raise UnsafeInputError(
+            "reading files is disabled: no allowed directories are configured (pass "
+            "allowed_roots / --allow-root), or give the image by its id"
+        )
+    if not text.strip():
+        raise UnsafeInputError("the file path is empty: give an image id or a file name")
+    if len(text) > MAX_PATH_CHARS:
+        raise UnsafeInputError(
+            f"the file path is {len(text)} characters long, over the "
+            f"{MAX_PATH_CHARS}-character limit"
+        )
+    if "\x00" in text:
+        raise UnsafeInputError("the file path contains a NUL byte")
+    given = Path(text).expanduser()
+    candidates = [given] if given.is_absolute() else [root / given for root in roots]
+    for candidate in candidates:
+        try:
+            resolved = candidate.resolve(strict=True)
+        except (OSError, RuntimeError):
+            continue
+        if _in_forbidden_tree(resolved):
+            raise UnsafeInputError(f"{text} points into a system directory: refused")
+        if not any(resolved == root or root in resolved.parents for root in roots):
+            continue
+        try:
+            mode = resolved.stat().st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise UnsafeInputError(f"{text} is not a regular file (a directory or device?)")
+        return resolved
+    where = ", ".join(str(r) for r in roots)
+    raise UnsafeInputError(
+        f"{text} is not a file inside the allowed directories ({where}): give a path inside "
+        "them, or the id of an image from the conversation"
+    )
+
+
+def fetch_public_url(url: str, *, max_bytes: int | None = None, timeout_s: float = 10.0) -> bytes:
+    """Download an image URL chosen by an untrusted caller (public addresses only).
+
+    Args:
+        url: An ``http(s)`` URL.
+        max_bytes: Size cap (default :data:`rar_agent.netfetch.MAX_DOWNLOAD_BYTES`).
+        timeout_s: Time limit.
+
+    Returns:
+        The body.
+
+    Raises:
+        UnsafeInputError: The URL or a redirect points at a non-public address.
+        ImageError: The download failed, was too large or too slow.
+    """
+    from rar_agent.netfetch import MAX_DOWNLOAD_BYTES, fetch_url
+
+    return fetch_url(
+        url, allow_private=False, max_bytes=max_bytes or MAX_DOWNLOAD_BYTES, timeout_s=timeout_s
+    )

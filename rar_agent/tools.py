@@ -1,0 +1,614 @@
+"""LangChain tools over a :class:`~rar_agent.pipeline.Recognizer` (langchain-core only).
+
+- :class:`RecognizeTool` recognizes an image given by reference: a registered image id
+  (``img-...``), a file inside the allowed directories, or an ``http(s)`` URL when URLs are
+  allowed. With no reference it takes the latest registered image.
+- :class:`CategorySearchTool` finds the categories in memory that match a text.
+- :class:`AddCategoryTool` teaches the memory a new example (off unless learning is allowed).
+- :class:`ImageRegistry` holds the images of a conversation by id, so a model passes short
+  ids and never raw bytes; the agent middleware, the chat page and the tools share one.
+
+Every failure reaches the model as a tool error (``ToolException`` with
+``handle_tool_error=True``), never as a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import io
+import logging
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rar_agent.errors import ImageError, RarError, UnsafeInputError
+from rar_agent.images import decode_image_bytes
+from rar_agent.safety import fetch_public_url, normalize_roots, resolve_inside_roots
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from rar_agent.results import RecognitionResult
+
+__all__ = [
+    "AddCategoryInput",
+    "AddCategoryTool",
+    "CategorySearchInput",
+    "CategorySearchTool",
+    "ImageRegistry",
+    "RecognizeInput",
+    "RecognizeTool",
+    "RegisteredImage",
+    "format_result",
+    "make_tools",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_ID_PATTERN = re.compile(r"img-[0-9a-f]{6,64}")
+_ID_REF = re.compile(r"^\[?\s*(?:image(?:\s+id)?\s*[:=]?\s*)?(img-[0-9a-f]{6,64})\s*\]?$", re.I)
+_LATEST = {"latest", "last", "latest image", "the latest image", "last image", "current"}
+_MAX_BOXES = 32
+
+# ---------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class RegisteredImage:
+    """One image held by an :class:`ImageRegistry`.
+
+    Attributes:
+        id: Its id (``img-`` + 12 hex digits of the SHA-256 of the bytes).
+        data: The encoded image bytes (validated on registration).
+        mime_type: MIME type, when known.
+        name: Display name (an uploaded file name), when known.
+        size: ``(width, height)`` in pixels.
+    """
+
+    id: str
+    data: bytes
+    mime_type: str | None
+    name: str | None
+    size: tuple[int, int]
+
+
+class ImageRegistry:
+    """A thread-safe, bounded store of images by id (the least recently used go first).
+
+    Ids derive from the image bytes, so registering the same image twice gives the same id,
+    and ids are not guessable across conversations sharing one registry.
+
+    Args:
+        max_items: How many images to keep.
+        max_bytes: How many encoded bytes to keep in total.
+    """
+
+    def __init__(self, *, max_items: int = 256, max_bytes: int = 512 * 1024 * 1024) -> None:
+        self._items: OrderedDict[str, RegisteredImage] = OrderedDict()
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+
+    def register(
+        self,
+        image: bytes | str | os.PathLike[str] | Image.Image,
+        *,
+        name: str | None = None,
+        mime_type: str | None = None,
+    ) -> str:
+        """Validate and store an image; return its id.
+
+        Args:
+            image: Encoded bytes, a ``data:image/...;base64,`` URI or raw base64 text, a PIL
+                image, or a ``pathlib.Path`` to a file (for trusted callers such as the
+                chat page; a plain ``str`` is never read as a path).
+            name: Display name (e.g. the uploaded file name).
+            mime_type: MIME type, if known.
+
+        Returns:
+            The image id, e.g. ``"img-3fa4c2d19b07"``.
+
+        Raises:
+            ImageError: The data is not a readable image.
+        """
+        data, detected_mime = _to_bytes(image)
+        decoded = decode_image_bytes(data, what=name or "the image")
+        image_id = "img-" + hashlib.sha256(data).hexdigest()[:12]
+        item = RegisteredImage(image_id, data, mime_type or detected_mime, name, decoded.size)
+        with self._lock:
+            old = self._items.pop(image_id, None)
+            if old is not None:
+                self._bytes -= len(old.data)
+            self._items[image_id] = item
+            self._bytes += len(data)
+            while len(self._items) > 1 and (
+                len(self._items) > self.max_items or self._bytes > self.max_bytes
+            ):
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped.data)
+        logger.debug("registered %s (%d bytes)", image_id, len(data))
+        return image_id
+
+    def get(self, image_id: str) -> RegisteredImage:
+        """The image with this id.
+
+        Raises:
+            ImageError: No such id (never registered, or evicted).
+        """
+        with self._lock:
+            item = self._items.get(image_id)
+            if item is not None:
+                self._items.move_to_end(image_id)
+        if item is None:
+            raise ImageError(
+                f"no image with id {image_id!r} in this conversation: use an id shown as "
+                "'[image id img-...]', or ask the user to upload the image again"
+            )
+        return item
+
+    def latest(self) -> RegisteredImage | None:
+        """The most recently registered (or used) image, or ``None`` when empty."""
+        with self._lock:
+            if not self._items:
+                return None
+            return next(reversed(self._items.values()))
+
+    def ids(self) -> list[str]:
+        """Ids, oldest first."""
+        with self._lock:
+            return list(self._items)
+
+    def __contains__(self, image_id: object) -> bool:
+        with self._lock:
+            return image_id in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+def _to_bytes(image: Any) -> tuple[bytes, str | None]:
+    from PIL import Image
+
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image), None
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue(), "image/png"
+    if isinstance(image, os.PathLike):
+        path = Path(image)
+        try:
+            return path.read_bytes(), None
+        except OSError as e:
+            raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
+    if isinstance(image, str):
+        return _decode_base64_image(image)
+    raise ImageError(
+        f"cannot register a {type(image).__name__}: pass bytes, a data URI, base64 text, "
+        "a PIL image or a pathlib.Path"
+    )
+
+
+def _decode_base64_image(text: str) -> tuple[bytes, str | None]:
+    text = text.strip()
+    mime = None
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or ";base64" not in header:
+            raise ImageError("malformed data URI: expected data:image/<type>;base64,<data>")
+        mime = header[5:].split(";", 1)[0] or None
+        if mime and not mime.startswith("image/"):
+            raise ImageError(f"data URI has type {mime!r}, not an image type")
+    cleaned = re.sub(r"\s+", "", text)
+    try:
+        if "-" in cleaned or "_" in cleaned:
+            return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4)), mime
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True), mime
+    except (binascii.Error, ValueError) as e:
+        raise ImageError(f"invalid base64 image data ({e})") from e
+
+
+# ---------------------------------------------------------------------------- references
+
+
+@dataclass(frozen=True)
+class _ImageSource:
+    """Where an image reference led: its bytes (or a safe file path) and a display name."""
+
+    name: str
+    data: bytes | None = None
+    path: Path | None = None
+
+    def payload(self) -> bytes | Path:
+        return self.data if self.data is not None else self.path  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _ImageResolver:
+    """Turns a model-chosen image reference into image data, applying the safety rules."""
+
+    registry: ImageRegistry | None = None
+    allowed_roots: tuple[Path, ...] = ()
+    allow_urls: bool = False
+
+    def resolve(self, ref: str | None) -> _ImageSource:
+        text = (ref or "").strip()
+        if not text or text.lower() in _LATEST:
+            latest = self.registry.latest() if self.registry is not None else None
+            if latest is None:
+                raise ImageError(
+                    "no image in this conversation yet: ask the user to upload a photo, or "
+                    "pass an image id, a file path or a URL"
+                )
+            return _ImageSource(latest.id, data=latest.data)
+        match = _ID_REF.match(text)
+        if match:
+            if self.registry is None:
+                raise ImageError(f"image ids like {text!r} need an image registry")
+            item = self.registry.get(match.group(1).lower())
+            return _ImageSource(item.id, data=item.data)
+        if text.startswith(("http://", "https://")):
+            if not self.allow_urls:
+                raise UnsafeInputError(
+                    "fetching URLs is disabled for this tool: ask the user to upload the image"
+                )
+            return _ImageSource(text, data=fetch_public_url(text))
+        if text.startswith("data:"):
+            data, _ = _decode_base64_image(text)
+            return _ImageSource("<data URI>", data=data)
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+            raise UnsafeInputError(f"unsupported reference {text[:40]!r}: use an image id")
+        return _ImageSource(text, path=resolve_inside_roots(text, self.allowed_roots))
+
+
+def _tool_error(e: Exception) -> ToolException:
+    return ToolException(str(e))
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def format_result(result: RecognitionResult, *, image_name: str | None = None) -> str:
+    """The short text a model sees: the answer, how it was ranked, the scored candidates."""
+    where = f" for {image_name}" if image_name else ""
+    if result.error:
+        return f"Recognition failed{where}: {result.error}"
+    if not result.candidates:
+        return f"No categories found{where}: the memory returned nothing."
+    info = result.ranking
+    if info.status == "ranked":
+        how = f"ranked by {info.model}" if info.model else "ranked by the model"
+    elif info.status == "skipped":
+        how = (
+            f"retrieval order, ranking skipped ({info.reason})"
+            if info.reason
+            else ("retrieval order, ranking skipped")
+        )
+    elif info.status == "fallback":
+        how = "retrieval order, the ranker's reply could not be used"
+    else:
+        how = "retrieval order only, no ranker"
+    box = ""
+    if result.box is not None:
+        box = " in box [" + ", ".join(f"{v:g}" for v in result.box) + "]"
+    lines = [f"Answer{where}{box}: {result.label} ({how})."]
+    lines.append("Candidates (label: retrieval score):")
+    lines += [f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- recognize
+
+
+class RecognizeInput(BaseModel):
+    """Arguments of :class:`RecognizeTool`."""
+
+    image: str | None = Field(
+        default=None,
+        description="The image: an id like 'img-3fa4c2d19b07' from the conversation. Omit it "
+        "to use the latest image the user sent.",
+    )
+    k: int | None = Field(
+        default=None, ge=1, le=50, description="How many candidate categories to return."
+    )
+    boxes: list[list[float]] | None = Field(
+        default=None,
+        description="Optional regions as [x1, y1, x2, y2] pixel boxes; each is recognized "
+        "separately.",
+    )
+
+    @field_validator("boxes")
+    @classmethod
+    def _check_boxes(cls, boxes: list[list[float]] | None) -> list[list[float]] | None:
+        if boxes is None:
+            return None
+        if len(boxes) > _MAX_BOXES:
+            raise ValueError(f"at most {_MAX_BOXES} boxes per call")
+        for box in boxes:
+            if len(box) != 4:
+                raise ValueError(f"a box needs 4 numbers [x1, y1, x2, y2], got {box}")
+        return boxes
+
+
+class _RecognizerTool(BaseTool):
+    """Shared fields of the tools that work on images and the recognizer."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    recognizer: Any = Field(description="A rar_agent.pipeline.Recognizer.", exclude=True)
+    registry: ImageRegistry | None = Field(default=None, exclude=True)
+    allowed_roots: tuple[Path, ...] = ()
+    allow_urls: bool = False
+    handle_tool_error: bool | str | Any = True
+    handle_validation_error: bool | str | Any = True
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _roots(cls, roots: Any) -> tuple[Path, ...]:
+        if isinstance(roots, str | os.PathLike):
+            roots = [roots]
+        return normalize_roots(roots or ())
+
+    def _resolver(self) -> _ImageResolver:
+        return _ImageResolver(
+            registry=self.registry, allowed_roots=self.allowed_roots, allow_urls=self.allow_urls
+        )
+
+
+class RecognizeTool(_RecognizerTool):
+    """Recognize what an image shows by retrieving candidate categories and ranking them.
+
+    The model sees a short text (the answer plus the ranked candidates with their retrieval
+    scores); the full :class:`~rar_agent.results.RecognitionResult` (as a dict) is the tool
+    message's artifact. With ``boxes``, each region is recognized and the artifact is
+    ``{"image": ..., "regions": [result, ...]}``.
+    """
+
+    name: str = "recognize_image"
+    description: str = (
+        "Recognize what an image shows (its category) by comparing it with a memory of known "
+        "categories and ranking the candidates. Pass the image id from the conversation "
+        "(e.g. 'img-3fa4c2d19b07'), or nothing for the latest image. Returns the answer and "
+        "the ranked candidate categories with scores."
+    )
+    args_schema: type[BaseModel] = RecognizeInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+
+    def _run(
+        self,
+        image: str | None = None,
+        k: int | None = None,
+        boxes: list[list[float]] | None = None,
+        run_manager: CallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        try:
+            source = self._resolver().resolve(image)
+            if boxes:
+                results = self._regions()(source.payload(), boxes)
+                return _regions_output(results, source.name)
+            result = self.recognizer.recognize(source.payload(), k=k)
+        except RarError as e:
+            raise _tool_error(e) from e
+        result.image = source.name
+        return format_result(result, image_name=source.name), result.model_dump(mode="json")
+
+    async def _arun(
+        self,
+        image: str | None = None,
+        k: int | None = None,
+        boxes: list[list[float]] | None = None,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        try:
+            source = await asyncio.to_thread(self._resolver().resolve, image)
+            if boxes:
+                regions = getattr(self.recognizer, "arecognize_regions", None)
+                if regions is not None:
+                    results = await regions(source.payload(), boxes)
+                else:
+                    results = await asyncio.to_thread(self._regions(), source.payload(), boxes)
+                return _regions_output(results, source.name)
+            result = await self.recognizer.arecognize(source.payload(), k=k)
+        except RarError as e:
+            raise _tool_error(e) from e
+        result.image = source.name
+        return format_result(result, image_name=source.name), result.model_dump(mode="json")
+
+    def _regions(self) -> Any:
+        regions = getattr(self.recognizer, "recognize_regions", None)
+        if regions is None:
+            raise ToolException(
+                "region recognition is not available with this recognizer: call the tool "
+                "without boxes to recognize the whole image"
+            )
+        return regions
+
+
+def _regions_output(results: Sequence[RecognitionResult], name: str) -> tuple[str, dict[str, Any]]:
+    texts = []
+    for i, result in enumerate(results, 1):
+        result.image = name
+        texts.append(f"Region {i}: " + format_result(result))
+    content = "\n".join(texts) if texts else f"No regions were recognized in {name}."
+    return content, {"image": name, "regions": [r.model_dump(mode="json") for r in results]}
+
+
+# ---------------------------------------------------------------------------- search
+
+
+class CategorySearchInput(BaseModel):
+    """Arguments of :class:`CategorySearchTool`."""
+
+    query: str = Field(
+        min_length=1,
+        max_length=500,
+        description="Words describing the categories to look for, e.g. 'heron'.",
+    )
+    k: int | None = Field(default=None, ge=1, le=50, description="How many categories.")
+
+
+class CategorySearchTool(_RecognizerTool):
+    """Find the categories in memory whose entries best match a text (text embedding)."""
+
+    name: str = "search_categories"
+    description: str = (
+        "Search the memory of known categories by text, e.g. 'which herons do you know?'. "
+        "Returns matching category names with similarity scores."
+    )
+    args_schema: type[BaseModel] = CategorySearchInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+
+    def _run(
+        self,
+        query: str,
+        k: int | None = None,
+        run_manager: CallbackManagerForToolRun | None = None,
+    ) -> tuple[str, list[dict[str, Any]]]:
+        try:
+            candidates = self.recognizer.retriever.search_text(query, k=k)
+        except RarError as e:
+            raise _tool_error(e) from e
+        if not candidates:
+            return f"No categories in memory match {query!r}.", []
+        lines = [f"Categories matching {query!r} (label: similarity):"]
+        lines += [f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(candidates, 1)]
+        return "\n".join(lines), [c.model_dump(mode="json") for c in candidates]
+
+    async def _arun(
+        self,
+        query: str,
+        k: int | None = None,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+    ) -> tuple[str, list[dict[str, Any]]]:
+        return await asyncio.to_thread(self._run, query, k)
+
+
+# ---------------------------------------------------------------------------- learning
+
+
+class AddCategoryInput(BaseModel):
+    """Arguments of :class:`AddCategoryTool`."""
+
+    label: str = Field(
+        min_length=1, max_length=200, description="The category name to teach, e.g. 'grey heron'."
+    )
+    image: str | None = Field(
+        default=None,
+        description="The example image id from the conversation; omit for the latest image.",
+    )
+
+
+class AddCategoryTool(_RecognizerTool):
+    """Teach the memory a category from an example image (a new category or a new example).
+
+    Off unless ``enabled=True``: an agent that talks to untrusted people should not be able
+    to rewrite what the memory knows. :func:`make_tools` sets it from ``allow_learning``.
+    """
+
+    name: str = "add_category_example"
+    description: str = (
+        "Teach the memory: store an image from the conversation as an example of a category "
+        "(label), so it is recognized next time. Use only when the user asks to teach or "
+        "correct a category."
+    )
+    args_schema: type[BaseModel] = AddCategoryInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    enabled: bool = False
+
+    def _run(
+        self,
+        label: str,
+        image: str | None = None,
+        run_manager: CallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        if not self.enabled:
+            raise ToolException("learning is disabled for this agent: the memory is read-only")
+        from rar_agent.memory import normalize_label
+        from rar_agent.memory.builders import add_images
+
+        try:
+            clean = normalize_label(label)
+            source = self._resolver().resolve(image)
+            memory = self.recognizer.memory
+            before = memory.count("image")
+            start = time.perf_counter()
+            report = add_images(
+                memory, self.recognizer.encoder, [(source.payload(), clean)], strict=True
+            )
+            after = memory.count("image")
+        except RarError as e:
+            raise _tool_error(e) from e
+        added = int(getattr(report, "added", after - before))
+        text = (
+            f"Stored {source.name} as an example of {clean!r}."
+            if added
+            else f"{source.name} was already stored as an example of {clean!r}."
+        )
+        artifact = {
+            "label": clean,
+            "image": source.name,
+            "added": added,
+            "image_entries": after,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        return text, artifact
+
+    async def _arun(
+        self,
+        label: str,
+        image: str | None = None,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._run, label, image)
+
+
+# ---------------------------------------------------------------------------- factory
+
+
+def make_tools(
+    recognizer: Any,
+    *,
+    registry: ImageRegistry | None = None,
+    allowed_roots: Sequence[str | os.PathLike[str]] = (),
+    allow_urls: bool = False,
+    allow_learning: bool = False,
+) -> list[BaseTool]:
+    """The recognition tools over one recognizer, sharing one image registry.
+
+    Args:
+        recognizer: A :class:`~rar_agent.pipeline.Recognizer`.
+        registry: Where conversation images live (a new one if ``None``).
+        allowed_roots: Directories whose files the tools may read (none by default).
+        allow_urls: Let the tools fetch public ``http(s)`` URLs (off by default; loopback,
+            private and link-local addresses are always refused).
+        allow_learning: Include :class:`AddCategoryTool` (off by default).
+
+    Returns:
+        ``[RecognizeTool, CategorySearchTool]`` plus ``AddCategoryTool`` when learning is
+        allowed.
+    """
+    shared = {
+        "recognizer": recognizer,
+        "registry": registry if registry is not None else ImageRegistry(),
+        "allowed_roots": tuple(allowed_roots),
+        "allow_urls": allow_urls,
+    }
+    tools: list[BaseTool] = [RecognizeTool(**shared), CategorySearchTool(**shared)]
+    if allow_learning:
+        tools.append(AddCategoryTool(enabled=True, **shared))
+    return tools

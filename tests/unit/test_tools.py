@@ -1,0 +1,313 @@
+"""Tools: image registry, safe references, recognize/search/add tools, standard tool suites."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import ToolMessage
+from langchain_core.tools import BaseTool
+from langchain_tests.unit_tests import ToolsUnitTests
+from PIL import Image
+
+from rar_agent.errors import ConfigError, ImageError, UnsafeInputError
+from rar_agent.safety import normalize_roots, resolve_inside_roots
+from rar_agent.tools import (
+    AddCategoryTool,
+    CategorySearchTool,
+    ImageRegistry,
+    RecognizeTool,
+    make_tools,
+)
+from tests.helpers.small_memory import COLOURS, small_recognizer
+
+
+def _png(colour: tuple[int, int, int] = (10, 20, 30), size: tuple[int, int] = (9, 7)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def recognizer(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Any) -> Any:
+    rec = small_recognizer(tmp_path_factory.mktemp("tools"), tiny_encoder)
+    yield rec
+    rec.close()
+
+
+def _call(tool: BaseTool, args: dict[str, Any]) -> ToolMessage:
+    msg = tool.invoke({"type": "tool_call", "name": tool.name, "args": args, "id": "call-1"})
+    assert isinstance(msg, ToolMessage)
+    return msg
+
+
+# ---------------------------------------------------------------------------- safety
+
+
+def test_resolve_inside_roots_accepts_files_inside(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    target = tmp_path / "sub" / "a.png"
+    target.write_bytes(b"x")
+    roots = normalize_roots([tmp_path])
+    assert resolve_inside_roots("sub/a.png", roots) == target.resolve()
+    assert resolve_inside_roots(str(target), roots) == target.resolve()
+
+
+def test_resolve_inside_roots_refuses_escapes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"x")
+    (root / "link.png").symlink_to(outside)
+    roots = normalize_roots([root])
+    for bad in [
+        "../secret.png",
+        str(outside),
+        "link.png",
+        "/etc/passwd",
+        "/proc/self/environ",
+        "a" * 5000,
+        "nul\x00byte",
+        "",
+        ".",
+    ]:
+        with pytest.raises(UnsafeInputError):
+            resolve_inside_roots(bad, roots)
+    with pytest.raises(UnsafeInputError, match="disabled"):
+        resolve_inside_roots("x.png", ())
+
+
+def test_normalize_roots_refuses_missing_and_system_dirs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        normalize_roots([tmp_path / "missing"])
+    for system in ["/", "/proc"]:
+        with pytest.raises(ConfigError):
+            normalize_roots([system])
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def test_registry_ids_forms_latest_and_eviction() -> None:
+    reg = ImageRegistry(max_items=2)
+    data = _png()
+    first = reg.register(data, name="a.png")
+    assert first.startswith("img-") and len(first) == 16
+    b64 = base64.b64encode(data).decode()
+    assert reg.register(f"data:image/png;base64,{b64}") == first
+    assert reg.register(b64) == first
+    second = reg.register(Image.new("RGB", (9, 7), (1, 2, 3)))
+    assert reg.get(second).mime_type == "image/png"
+    assert reg.latest().id == second
+    assert reg.get(second).size == (9, 7)
+    third = reg.register(_png((4, 5, 6)))
+    assert reg.ids() == [second, third]  # max_items=2: the oldest went first
+    with pytest.raises(ImageError, match="no image with id"):
+        reg.get(first)
+
+
+def test_registry_refuses_non_images() -> None:
+    reg = ImageRegistry()
+    with pytest.raises(ImageError):
+        reg.register(b"not an image at all")
+    with pytest.raises(ImageError):
+        reg.register("data:text/plain;base64,aGVsbG8=")
+    with pytest.raises(ImageError):
+        reg.register(12)  # type: ignore[arg-type]
+    assert reg.latest() is None
+
+
+# ---------------------------------------------------------------------------- recognize
+
+
+def test_recognize_by_id_returns_text_and_full_artifact(recognizer: Any) -> None:
+    reg = ImageRegistry()
+    path = recognizer.example_images["blue jay"]
+    image_id = reg.register(path.read_bytes(), name="jay.png")
+    tool = RecognizeTool(recognizer=recognizer, registry=reg)
+    msg = _call(tool, {"image": image_id, "k": 2})
+    assert msg.status == "success"
+    assert msg.content.startswith(f"Answer for {image_id}: blue jay (retrieval order only")
+    assert "1. blue jay: 1.000" in msg.content
+    assert msg.artifact["label"] == "blue jay"
+    assert len(msg.artifact["candidates"]) == 2
+    assert msg.artifact["ranking"]["status"] == "disabled"
+    assert msg.artifact["image"] == image_id
+    # The bracketed form the middleware shows the model works too.
+    assert _call(tool, {"image": f"[image id {image_id}]"}).artifact["label"] == "blue jay"
+
+
+def test_recognize_defaults_to_latest_image(recognizer: Any) -> None:
+    reg = ImageRegistry()
+    tool = RecognizeTool(recognizer=recognizer, registry=reg)
+    empty = _call(tool, {})
+    assert empty.status == "error" and "no image in this conversation" in empty.content
+    reg.register(recognizer.example_images["red apple"].read_bytes())
+    reg.register(recognizer.example_images["black cat"].read_bytes())
+    assert _call(tool, {}).artifact["label"] == "black cat"
+    assert _call(tool, {"image": "latest"}).artifact["label"] == "black cat"
+
+
+async def test_recognize_async(recognizer: Any) -> None:
+    reg = ImageRegistry()
+    image_id = reg.register(recognizer.example_images["green leaf"].read_bytes())
+    tool = RecognizeTool(recognizer=recognizer, registry=reg)
+    msg = await tool.ainvoke(
+        {"type": "tool_call", "name": tool.name, "args": {"image": image_id}, "id": "c"}
+    )
+    assert msg.artifact["label"] == "green leaf"
+    bad = await tool.ainvoke(
+        {"type": "tool_call", "name": tool.name, "args": {"image": "img-000000000000"}, "id": "d"}
+    )
+    assert bad.status == "error" and "no image with id" in bad.content
+
+
+def test_recognize_paths_only_inside_roots(recognizer: Any, tmp_path: Path) -> None:
+    images_dir = recognizer.example_images["red apple"].parent
+    tool = RecognizeTool(recognizer=recognizer, allowed_roots=[images_dir])
+    assert _call(tool, {"image": "red_apple.png"}).artifact["label"] == "red apple"
+    for bad in ["../memory/rar_memory.json", "/etc/passwd", "/proc/self/cmdline"]:
+        msg = _call(tool, {"image": bad})
+        assert msg.status == "error", bad
+    no_roots = RecognizeTool(recognizer=recognizer)
+    msg = _call(no_roots, {"image": str(recognizer.example_images["red apple"])})
+    assert msg.status == "error" and "reading files is disabled" in msg.content
+
+
+def test_recognize_urls_off_by_default_and_private_hosts_refused(recognizer: Any) -> None:
+    off = RecognizeTool(recognizer=recognizer)
+    msg = _call(off, {"image": "https://example.com/cat.jpg"})
+    assert msg.status == "error" and "URLs is disabled" in msg.content
+    on = RecognizeTool(recognizer=recognizer, allow_urls=True)
+    for url in [
+        "http://127.0.0.1:9/x.png",
+        "http://localhost/x.png",
+        "http://10.0.0.1/x.png",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/x.png",
+    ]:
+        msg = _call(on, {"image": url})
+        assert msg.status == "error", url
+        assert "address" in msg.content, msg.content
+    assert _call(on, {"image": "file:///etc/passwd"}).status == "error"
+
+
+def test_recognize_bad_arguments_become_tool_errors(recognizer: Any) -> None:
+    reg = ImageRegistry()
+    reg.register(_png())
+    tool = RecognizeTool(recognizer=recognizer, registry=reg)
+    assert _call(tool, {"k": 0}).status == "error"
+    assert _call(tool, {"boxes": [[1, 2, 3]]}).status == "error"
+    assert _call(tool, {"image": "data:image/png;base64,!!!"}).status == "error"
+
+
+def test_recognize_boxes_use_recognize_regions(recognizer: Any) -> None:
+    reg = ImageRegistry()
+    image_id = reg.register(recognizer.example_images["yellow banana"].read_bytes())
+    tool = RecognizeTool(recognizer=recognizer, registry=reg)
+    msg = _call(tool, {"image": image_id, "boxes": [[0, 0, 20, 20], [10, 10, 40, 30]]})
+    if not hasattr(recognizer, "recognize_regions"):
+        assert msg.status == "error" and "region recognition is not available" in msg.content
+        return
+    assert msg.status == "success", msg.content
+    assert len(msg.artifact["regions"]) == 2
+    assert msg.content.startswith("Region 1: ")
+
+
+# ---------------------------------------------------------------------------- search, add
+
+
+def test_category_search(recognizer: Any) -> None:
+    tool = CategorySearchTool(recognizer=recognizer)
+    msg = _call(tool, {"query": "a bird", "k": 4})
+    assert msg.status == "success"
+    assert len(msg.artifact) == 4
+    assert {c["label"] for c in msg.artifact} <= set(COLOURS)
+    assert msg.content.startswith("Categories matching 'a bird'")
+    assert _call(tool, {"query": ""}).status == "error"
+
+
+def test_add_category_disabled_by_default(recognizer: Any) -> None:
+    names = [t.name for t in make_tools(recognizer)]
+    assert names == ["recognize_image", "search_categories"]
+    tool = AddCategoryTool(recognizer=recognizer, registry=ImageRegistry())
+    msg = _call(tool, {"label": "grey heron"})
+    assert msg.status == "error" and "learning is disabled" in msg.content
+
+
+def test_add_category_teaches_a_new_label(tmp_path: Path, tiny_encoder: Any) -> None:
+    pytest.importorskip("rar_agent.memory.builders")
+    rec = small_recognizer(tmp_path, tiny_encoder)
+    try:
+        reg = ImageRegistry()
+        tools = {t.name: t for t in make_tools(rec, registry=reg, allow_learning=True)}
+        image_id = reg.register(_png((120, 120, 120), size=(40, 40)))
+        msg = _call(tools["add_category_example"], {"label": "  grey   heron ", "image": image_id})
+        assert msg.status == "success", msg.content
+        assert msg.artifact["label"] == "grey heron" and msg.artifact["added"] == 1
+        assert "grey heron" in rec.memory.labels("image")
+        again = _call(tools["add_category_example"], {"label": "grey heron"})
+        assert again.artifact["added"] == 0
+        assert _call(tools["recognize_image"], {"image": image_id}).artifact["label"] == (
+            "grey heron"
+        )
+    finally:
+        rec.close()
+
+
+# ---------------------------------------------------------------------------- standard suites
+
+
+@pytest.fixture(scope="module")
+def shared_registry(recognizer: Any) -> ImageRegistry:
+    reg = ImageRegistry()
+    reg.register(recognizer.example_images["red apple"].read_bytes())
+    return reg
+
+
+class _Std(ToolsUnitTests):
+    @pytest.fixture(autouse=True)
+    def _setup(self, recognizer: Any, shared_registry: ImageRegistry) -> None:
+        self._recognizer = recognizer
+        self._registry = shared_registry
+
+    @property
+    def tool_constructor_params(self) -> dict[str, Any]:
+        return {"recognizer": self._recognizer, "registry": self._registry}
+
+
+class TestRecognizeToolStandard(_Std):
+    @property
+    def tool_constructor(self) -> type[BaseTool]:
+        return RecognizeTool
+
+    @property
+    def tool_invoke_params_example(self) -> dict[str, Any]:
+        return {"image": self._registry.latest().id, "k": 3}
+
+
+class TestCategorySearchToolStandard(_Std):
+    @property
+    def tool_constructor(self) -> type[BaseTool]:
+        return CategorySearchTool
+
+    @property
+    def tool_invoke_params_example(self) -> dict[str, Any]:
+        return {"query": "fruit", "k": 2}
+
+
+class TestAddCategoryToolStandard(_Std):
+    @property
+    def tool_constructor(self) -> type[BaseTool]:
+        return AddCategoryTool
+
+    @property
+    def tool_constructor_params(self) -> dict[str, Any]:
+        return {**super().tool_constructor_params, "enabled": True}
+
+    @property
+    def tool_invoke_params_example(self) -> dict[str, Any]:
+        return {"label": "red apple", "image": self._registry.latest().id}
