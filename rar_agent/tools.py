@@ -399,7 +399,7 @@ class RecognizeTool(_RecognizerTool):
         try:
             source = self._resolver().resolve(image)
             if boxes:
-                results = self._regions()(source.payload(), boxes)
+                results = self._regions()(source.payload(), boxes, k=k, kind="auto")
                 return _regions_output(results, source.name)
             result = self.recognizer.recognize(source.payload(), k=k)
         except RarError as e:
@@ -419,9 +419,11 @@ class RecognizeTool(_RecognizerTool):
             if boxes:
                 regions = getattr(self.recognizer, "arecognize_regions", None)
                 if regions is not None:
-                    results = await regions(source.payload(), boxes)
+                    results = await regions(source.payload(), boxes, k=k, kind="auto")
                 else:
-                    results = await asyncio.to_thread(self._regions(), source.payload(), boxes)
+                    results = await asyncio.to_thread(
+                        self._regions(), source.payload(), boxes, k=k, kind="auto"
+                    )
                 return _regions_output(results, source.name)
             result = await self.recognizer.arecognize(source.payload(), k=k)
         except RarError as e:

@@ -208,13 +208,14 @@ def test_recognize_boxes_use_recognize_regions(recognizer: Any) -> None:
     reg = ImageRegistry()
     image_id = reg.register(recognizer.example_images["yellow banana"].read_bytes())
     tool = RecognizeTool(recognizer=recognizer, registry=reg)
-    msg = _call(tool, {"image": image_id, "boxes": [[0, 0, 20, 20], [10, 10, 40, 30]]})
-    if not hasattr(recognizer, "recognize_regions"):
-        assert msg.status == "error" and "region recognition is not available" in msg.content
-        return
+    msg = _call(tool, {"image": image_id, "k": 2, "boxes": [[0, 0, 20, 20], [10, 10, 40, 30]]})
     assert msg.status == "success", msg.content
-    assert len(msg.artifact["regions"]) == 2
-    assert msg.content.startswith("Region 1: ")
+    regions = msg.artifact["regions"]
+    assert [r["box"] for r in regions] == [[0, 0, 20, 20], [10, 10, 40, 30]]
+    assert all(len(r["candidates"]) == 2 and r["label"] in COLOURS for r in regions)
+    assert msg.content.startswith("Region 1: Answer in box [0, 0, 20, 20]: ")
+    outside = _call(tool, {"image": image_id, "boxes": [[500, 500, 600, 600]]})
+    assert "Recognition failed" in outside.content and "outside" in outside.content
 
 
 # ---------------------------------------------------------------------------- search, add
