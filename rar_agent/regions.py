@@ -631,8 +631,9 @@ def ranker_view(
     """The picture the ranking model sees for one region.
 
     The square region crop, enlarged to ``side`` when smaller. With ``whole`` and ``box``, the
-    whole image with the box drawn is placed to the right of it, as context (the ranking
-    chain sends a single image, so both views travel as one picture).
+    whole image with the box drawn (scaled to fit the same square) is placed to the right of
+    it, as context: the ranking chain sends a single image, so both views travel as one
+    picture (the chain downscales it to its ``image_max_side``; raise that for detail).
     """
     from PIL import Image as PILImage
 
@@ -640,18 +641,17 @@ def ranker_view(
         region = region.resize((side, side), PILImage.Resampling.BICUBIC)
     if whole is None or box is None:
         return region
-    height = region.height
+    side = region.height
+    factor = side / max(whole.width, whole.height)  # the whole image fits a side x side square
     scaled = whole.resize(
-        (max(1, round(whole.width * height / whole.height)), height),
+        (max(1, round(whole.width * factor)), max(1, round(whole.height * factor))),
         PILImage.Resampling.BICUBIC,
     )
-    factor = height / whole.height
-    drawn = [v * factor for v in box]
-    draw_box(scaled, drawn, None, _PALETTE[0], line_width=max(2, height // 100))
-    gap = max(4, height // 50)
-    canvas = PILImage.new("RGB", (region.width + gap + scaled.width, height), (255, 255, 255))
+    draw_box(scaled, [v * factor for v in box], None, _PALETTE[0], line_width=max(2, side // 100))
+    gap = max(4, side // 50)
+    canvas = PILImage.new("RGB", (region.width + gap + scaled.width, side), (255, 255, 255))
     canvas.paste(region, (0, 0))
-    canvas.paste(scaled, (region.width + gap, 0))
+    canvas.paste(scaled, (region.width + gap, (side - scaled.height) // 2))
     return canvas
 
 

@@ -1,0 +1,160 @@
+"""Region recognition end to end: tiny encoder, a real memory, a recording ranker, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from PIL import Image, ImageDraw
+
+from rar_agent.errors import EmptyMemoryError
+from rar_agent.memory import CategoryMemory, MemoryEntry
+from rar_agent.pipeline import Recognizer
+from rar_agent.ranking import RankingChain
+from rar_agent.regions import RANKER_SIDE, Box, prepare_region
+
+# Two coloured objects on a grey, noisy scene.
+OBJECTS = {"red block": (20, 30, 70, 90), "blue disc": (120, 40, 150, 70)}
+
+
+def scene() -> Image.Image:
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(90, 140, (100, 200, 3), dtype=np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((20, 30, 69, 89), fill=(210, 30, 30))
+    draw.ellipse((120, 40, 149, 69), fill=(30, 40, 220))
+    return image
+
+
+@pytest.fixture()
+def memory(tmp_path: Path, tiny_encoder: Any):  # noqa: ANN201
+    """A text memory whose entries are the embeddings of the prepared regions of the scene.
+
+    With a random encoder, text embeddings of names mean nothing; storing the region
+    embeddings as the labels' text entries gives retrieval a known right answer.
+    """
+    image = scene()
+    mem = CategoryMemory.open(tmp_path / "mem", collection="regions")
+    mem.bind_encoder(tiny_encoder.fingerprint, tiny_encoder.dim)
+    labels = list(OBJECTS) + ["green leaf", "grey wall"]
+    crops = [prepare_region(image, OBJECTS[label], size=32) for label in OBJECTS]
+    crops += [Image.new("RGB", (32, 32), (40, 170, 60)), Image.new("RGB", (32, 32), (115,) * 3)]
+    vectors = tiny_encoder.embed_images(crops)
+    entries = [MemoryEntry(label, "text", "test", f"name:{label}") for label in labels]
+    mem.add_entries(entries, vectors)
+    yield mem
+    mem.close()
+
+
+class RecordingRanker(BaseChatModel):
+    """Replies with the candidates in reverse order and keeps the images it was shown."""
+
+    seen: list[Image.Image] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "recording-ranker"
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        content = messages[-1].content
+        assert isinstance(content, list)
+        block = next(b for b in content if isinstance(b, dict) and b.get("type") == "image")
+        text = next(b["text"] for b in content if isinstance(b, dict) and b.get("type") == "text")
+        self.seen.append(Image.open(io.BytesIO(base64.b64decode(block["base64"]))))
+        names = [json.loads(m) for m in re.findall(r"^\d+\. (\".*\")$", text, re.M)]
+        reply = json.dumps(names[::-1])
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=reply))])
+
+
+def test_each_box_finds_its_own_label(memory: CategoryMemory, tiny_encoder: Any) -> None:
+    recognizer = Recognizer(memory, tiny_encoder, k=3)
+    boxes = [{"id": "b", "xyxy": list(OBJECTS["blue disc"])}, {"id": "r", "xyxy": [20, 30, 70, 90]}]
+    results = recognizer.recognize_regions(scene(), boxes)
+    assert [r.box_id for r in results] == ["b", "r"]
+    assert [r.label for r in results] == ["blue disc", "red block"]
+    assert results[0].candidates[0].score == pytest.approx(1.0, abs=1e-4)
+    assert results[0].box == [120.0, 40.0, 150.0, 70.0]
+    assert all(r.error is None and r.ranking.status == "disabled" for r in results)
+    assert {"prepare", "encode", "retrieve", "rank"} <= set(results[0].timings_ms)
+    # normalised boxes give the same regions
+    norm = [[20 / 200, 30 / 100, 70 / 200, 90 / 100]]
+    assert recognizer.recognize_regions(scene(), norm)[0].label == "red block"
+
+
+def test_bad_boxes_get_errors_and_the_rest_still_run(
+    memory: CategoryMemory, tiny_encoder: Any
+) -> None:
+    recognizer = Recognizer(memory, tiny_encoder, k=2)
+    boxes = [
+        Box(float("nan"), 0, 10, 10, id="nan"),
+        Box(20, 30, 70, 90, id="red"),
+        Box(50, 50, 10, 10, id="inverted"),
+        Box(300, 10, 400, 50, id="outside"),
+        Box(5, 5, 5, 50, id="flat"),
+        Box(120, 40, 150, 70, id="blue"),
+    ]
+    results = recognizer.recognize_regions(scene(), boxes)
+    assert [r.box_id for r in results] == ["nan", "red", "inverted", "outside", "flat", "blue"]
+    errors = {r.box_id: r.error for r in results if r.error}
+    assert set(errors) == {"nan", "inverted", "outside", "flat"}
+    assert "not finite" in errors["nan"] and "inverted" in errors["inverted"]
+    assert "outside" in errors["outside"] and "zero area" in errors["flat"]
+    assert results[0].box is None and results[3].box == [300, 10, 400, 50]
+    assert [r.label for r in results if not r.error] == ["red block", "blue disc"]
+    # only bad boxes: no encoder call needed, every result is an error
+    only_bad = recognizer.recognize_regions(scene(), [[0, 0, 0, 0]])
+    assert len(only_bad) == 1 and only_bad[0].error
+
+
+def test_ranker_sees_the_region_and_reorders(memory: CategoryMemory, tiny_encoder: Any) -> None:
+    model = RecordingRanker()
+    model.seen = []
+    chain = RankingChain(model, structured="never", image_max_side=1024)
+    recognizer = Recognizer(memory, tiny_encoder, k=3)
+    recognizer.ranker = chain
+    results = recognizer.recognize_regions(scene(), [OBJECTS["red block"]])
+    (result,) = results
+    assert result.ranking.status == "ranked"
+    assert result.candidates[-1].label == "red block"  # the fake reverses retrieval order
+    assert result.label == result.ranking.parsed_order[0] != "red block"
+    (shown,) = model.seen
+    assert shown.size == (RANKER_SIDE, RANKER_SIDE)
+    # the crop is red in the middle (the box), not the whole scene
+    centre = np.asarray(shown.convert("RGB"))[RANKER_SIDE // 2, RANKER_SIDE // 2]
+    assert centre[0] > 150 and centre[2] < 90
+
+    model.seen = []
+    recognizer.recognize_regions(scene(), [OBJECTS["blue disc"]], context_image=True)
+    (shown,) = model.seen
+    # the square region plus the whole image (2:1, fitted to the same square), as one picture
+    assert shown.size == (2 * RANKER_SIDE + 8, RANKER_SIDE)
+    right = np.asarray(shown.convert("RGB"))[:, RANKER_SIDE + 8 :]
+    assert (right[: RANKER_SIDE // 4 - 4] > 240).all()  # white above the fitted whole image
+
+
+async def test_async_twin_and_image_memory(memory: CategoryMemory, tiny_encoder: Any) -> None:
+    recognizer = Recognizer(memory, tiny_encoder, k=2)
+    results = await recognizer.arecognize_regions(scene(), [[20, 30, 70, 90]], k=1)
+    assert results[0].label == "red block" and len(results[0].candidates) == 1
+    with pytest.raises(EmptyMemoryError):
+        recognizer.recognize_regions(scene(), [[20, 30, 70, 90]], kind="image")
+    # auto falls back to whatever side the memory has
+    assert recognizer.recognize_regions(scene(), [[20, 30, 70, 90]], kind="auto")[0].label
+
+
+def test_boxes_from_a_json_file(memory: CategoryMemory, tiny_encoder: Any, tmp_path: Path) -> None:
+    path = tmp_path / "dets.json"
+    dets = [{"image_id": 1, "category_id": 2, "bbox": [120, 40, 30, 30], "score": 0.7}]
+    path.write_text(json.dumps(dets))
+    recognizer = Recognizer(memory, tiny_encoder, k=2)
+    (result,) = recognizer.recognize_regions(scene(), path)
+    assert result.label == "blue disc" and result.box == [120.0, 40.0, 150.0, 70.0]
