@@ -1,0 +1,441 @@
+"""Fill a category memory from class names, image folders and manifests.
+
+Builders use only the encoder protocol. They are resumable: every entry has a
+deterministic id (kind + label + content hash), and ids already stored are skipped, so a
+build that was interrupted continues where it stopped. Image decoding runs in a
+background thread, overlapped with encoding.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rar_agent.errors import ConfigError, ImageError, LabelError, UnsafeInputError
+from rar_agent.memory.entries import MemoryEntry, normalize_label
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from rar_agent.encoders.base import ImageTextEncoder
+    from rar_agent.memory.core import CategoryMemory
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "OPTIMIZE_MIN_UNINDEXED",
+    "BuildReport",
+    "Progress",
+    "add_class_names",
+    "add_images",
+    "build_from_folder",
+    "build_from_manifest",
+    "iter_image_folder",
+    "iter_manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``, called after each batch."""
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
+# Below this many unindexed entries exact search is fast enough; building HNSW is not free.
+OPTIMIZE_MIN_UNINDEXED = 10_000
+_NAMES_PER_CALL = 64
+_REMOTE = ("http://", "https://", "data:")
+
+
+@dataclass
+class BuildReport:
+    """What a build did.
+
+    Attributes:
+        added: Entries written.
+        skipped_existing: Entries already stored (resumed builds, repeated items).
+        failed: ``(source, reason)`` of every item that was skipped as unusable.
+        seconds: Wall time of the build.
+    """
+
+    added: int = 0
+    skipped_existing: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        """Items seen: added + already stored + failed."""
+        return self.added + self.skipped_existing + len(self.failed)
+
+
+# ---------------------------------------------------------------------- class names
+
+
+def _text_content_hash(prompts: Sequence[str]) -> str:
+    return hashlib.sha256("\x00".join(prompts).encode()).hexdigest()
+
+
+def add_class_names(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    names: Iterable[str],
+    templates: Sequence[Any] | None = None,
+    progress: Progress | None = None,
+) -> BuildReport:
+    """Add one text entry per class name: prompt-template embeddings averaged, normalised.
+
+    The content hash covers the filled prompts, so the same names with the same templates
+    map to the same ids (skipped when stored), while other templates make new entries.
+
+    Args:
+        memory: The memory to fill (bound to ``encoder`` here).
+        encoder: An encoder with a text side.
+        names: Class names; duplicates (after normalisation) are added once.
+        templates: Prompt templates (``"a photo of a {}."`` strings or callables); default:
+            open_clip's 80 ImageNet templates.
+        progress: Optional ``progress(done, total)`` callback.
+
+    Returns:
+        The :class:`BuildReport`.
+
+    Raises:
+        LabelError: A name is empty, too long or has control characters (nothing written).
+    """
+    from rar_agent.encoders.prototypes import (
+        build_text_prototypes,
+        default_templates,
+        fill_template,
+    )
+
+    start = time.perf_counter()
+    memory.bind_encoder(encoder.fingerprint, encoder.dim)
+    tmpl = list(templates) if templates is not None else default_templates()
+    if not tmpl:
+        raise ConfigError("templates is empty: give at least one prompt template such as '{}'")
+    labels = list(dict.fromkeys(normalize_label(n) for n in names))
+    entries = [
+        MemoryEntry(
+            label,
+            "text",
+            f"class name x {len(tmpl)} prompt templates",
+            _text_content_hash([fill_template(t, label) for t in tmpl]),
+            {"templates": len(tmpl)},
+        )
+        for label in labels
+    ]
+    report = BuildReport()
+    stored = memory.existing_ids(e.point_id for e in entries)
+    todo = [e for e in entries if e.point_id not in stored]
+    report.skipped_existing = len(entries) - len(todo)
+    if progress:
+        progress(report.skipped_existing, len(entries))
+    for i in range(0, len(todo), _NAMES_PER_CALL):
+        chunk = todo[i : i + _NAMES_PER_CALL]
+        vectors = build_text_prototypes(encoder, [e.label for e in chunk], tmpl)
+        memory.add_entries(chunk, vectors)
+        report.added += len(chunk)
+        if progress:
+            progress(report.total, len(entries))
+    _finish(memory, report, start)
+    return report
+
+
+# ---------------------------------------------------------------------- images
+
+
+@dataclass
+class _Prepared:
+    """A batch after reading, hashing, the stored-id check and decoding."""
+
+    entries: list[MemoryEntry] = field(default_factory=list)
+    images: list[Image.Image] = field(default_factory=list)
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _read_local(path: Path) -> bytes:
+    from rar_agent.images import MAX_FILE_BYTES
+
+    try:
+        if not path.is_file():
+            raise ImageError(f"image file not found (or not a file): {path}")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageError(f"{path} is {size / 2**20:.0f} MiB, over the image size limit")
+        return path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def _prepare(
+    memory: CategoryMemory, batch: Sequence[tuple[str, str]], seen: set[str], strict: bool
+) -> _Prepared:
+    """Read + hash, skip stored ids, decode the rest (runs in the background thread)."""
+    from rar_agent.images import decode_image_bytes, load_image
+
+    out = _Prepared()
+    staged: list[tuple[MemoryEntry, bytes | None, Image.Image | None]] = []
+    for source, label in batch:
+        try:
+            label = normalize_label(label)
+            if source.startswith(_REMOTE):
+                loaded = load_image(source)
+                data, image, digest = None, loaded.image, loaded.sha256
+            else:
+                data = _read_local(Path(source))
+                image, digest = None, hashlib.sha256(data).hexdigest()
+            staged.append((MemoryEntry(label, "image", source, digest), data, image))
+        except (ImageError, LabelError, UnsafeInputError) as e:
+            if strict:
+                raise
+            out.failed.append((source, str(e)))
+    stored = memory.existing_ids(entry.point_id for entry, _, _ in staged)
+    for entry, data, image in staged:
+        pid = entry.point_id
+        if pid in stored or pid in seen:
+            out.skipped += 1
+            continue
+        try:
+            if image is None:
+                assert data is not None
+                image = decode_image_bytes(data, what=entry.source)
+        except ImageError as e:
+            if strict:
+                raise
+            out.failed.append((entry.source, str(e)))
+            continue
+        seen.add(pid)
+        out.entries.append(entry)
+        out.images.append(image)
+    return out
+
+
+def add_images(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    items: Iterable[tuple[str, str]],
+    *,
+    batch_size: int = 32,
+    strict: bool = False,
+    progress: Progress | None = None,
+) -> BuildReport:
+    """Add one image entry per ``(source, label)`` item.
+
+    Each batch is read, hashed (SHA-256 of the file bytes), checked against the stored ids
+    and decoded in a background thread while the previous batch is encoded and written.
+
+    Args:
+        memory: The memory to fill (bound to ``encoder`` here).
+        encoder: Any image encoder.
+        items: ``(source, label)`` pairs; a source is a file path, URL or data URI.
+        batch_size: Images per encoder call.
+        strict: Raise on the first bad image or label, before anything of its batch is
+            written; otherwise bad items are recorded in ``report.failed`` and skipped.
+        progress: Optional ``progress(done, total)`` callback.
+
+    Returns:
+        The :class:`BuildReport`.
+
+    Raises:
+        ImageError: Under ``strict``, an image could not be read or decoded.
+        LabelError: Under ``strict``, a label is unusable.
+    """
+    start = time.perf_counter()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
+    memory.bind_encoder(encoder.fingerprint, encoder.dim)
+    todo = [(str(source), label) for source, label in items]
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    report = BuildReport()
+    seen: set[str] = set()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
+        pending: Future[_Prepared] | None = None
+        if batches:
+            pending = pool.submit(_prepare, memory, batches[0], seen, strict)
+        for index in range(len(batches)):
+            assert pending is not None
+            prepared = pending.result()
+            pending = (
+                pool.submit(_prepare, memory, batches[index + 1], seen, strict)
+                if index + 1 < len(batches)
+                else None
+            )
+            if prepared.entries:
+                vectors = encoder.embed_images(prepared.images)
+                memory.add_entries(prepared.entries, vectors)
+            report.added += len(prepared.entries)
+            report.skipped_existing += prepared.skipped
+            report.failed.extend(prepared.failed)
+            for source, reason in prepared.failed:
+                logger.warning("skipped %s: %s", source, reason)
+            if progress:
+                progress(report.total, len(todo))
+    _finish(memory, report, start)
+    return report
+
+
+def _finish(memory: CategoryMemory, report: BuildReport, start: float) -> None:
+    if report.added:
+        memory.optimize(min_unindexed=OPTIMIZE_MIN_UNINDEXED)
+    report.seconds = time.perf_counter() - start
+    logger.info(
+        "build: %d added, %d already stored, %d failed in %.1f s",
+        report.added,
+        report.skipped_existing,
+        len(report.failed),
+        report.seconds,
+    )
+
+
+# ---------------------------------------------------------------------- sources
+
+
+def iter_image_folder(
+    root: str | Path, shots: int | None = None, seed: int = 0
+) -> list[tuple[str, str]]:
+    """List ``(path, label)`` of an ImageFolder tree ``root/<label>/**/*.<image ext>``.
+
+    Args:
+        root: The folder whose sub-folders are the classes.
+        shots: Keep at most this many images per class, sampled with ``seed`` (each class
+            is sampled independently, so adding a class never changes another's sample).
+        seed: Sampling seed.
+
+    Returns:
+        Pairs sorted by label, then path.
+
+    Raises:
+        ConfigError: ``root`` is not a folder, holds no images, or ``shots`` < 1.
+    """
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise ConfigError(f"{base} is not a folder: give the root of a root/<label>/*.jpg tree")
+    if shots is not None and (isinstance(shots, bool) or shots < 1):
+        raise ConfigError(f"shots must be a positive number of images per class, not {shots!r}")
+    pairs: list[tuple[str, str]] = []
+    for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        if class_dir.name.startswith("."):
+            continue
+        files = sorted(
+            p
+            for p in class_dir.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
+        )
+        if shots is not None and len(files) > shots:
+            files = sorted(random.Random(f"{seed}\x00{class_dir.name}").sample(files, shots))
+        pairs.extend((str(p.resolve()), class_dir.name) for p in files)
+    if not pairs:
+        raise ConfigError(
+            f"no images under {base}: expected one sub-folder per class with image files "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return pairs
+
+
+def iter_manifest(path: str | Path) -> list[tuple[str, str]]:
+    """Read ``(path, label)`` pairs from a CSV (header ``path,label``) or JSONL manifest.
+
+    JSONL lines are objects with ``"path"`` and ``"label"``. Relative paths resolve
+    against the manifest's folder; URLs and data URIs are kept as they are.
+
+    Raises:
+        ConfigError: The file cannot be read or a row lacks a path or a label.
+    """
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read manifest {file}: {e}") from e
+    jsonl = file.suffix.lower() in {".jsonl", ".ndjson"} or (
+        file.suffix.lower() != ".csv" and text.lstrip().startswith("{")
+    )
+    rows = _jsonl_rows(file, text) if jsonl else _csv_rows(file, text)
+    pairs = []
+    for line, source, label in rows:
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigError(f"{file}:{line}: the row has no path")
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"{file}:{line}: the row has no label")
+        source = source.strip()
+        if not source.startswith(_REMOTE):
+            p = Path(source).expanduser()
+            source = str((p if p.is_absolute() else file.parent / p).resolve())
+        pairs.append((source, label))
+    if not pairs:
+        raise ConfigError(f"manifest {file} has no rows: write one path,label per line")
+    return pairs
+
+
+def _csv_rows(file: Path, text: str) -> list[tuple[int, Any, Any]]:
+    reader = csv.DictReader(text.splitlines())
+    fields = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+    if "path" not in fields or "label" not in fields:
+        raise ConfigError(
+            f"CSV manifest {file} needs a header with 'path' and 'label' columns, "
+            f"found {reader.fieldnames}"
+        )
+    return [(reader.line_num, row.get(fields["path"]), row.get(fields["label"])) for row in reader]
+
+
+def _jsonl_rows(file: Path, text: str) -> list[tuple[int, Any, Any]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise ConfigError(f"{file}:{number}: not valid JSON ({e})") from e
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{file}:{number}: expected an object with path and label")
+        rows.append((number, obj.get("path"), obj.get("label")))
+    return rows
+
+
+# ---------------------------------------------------------------------- one-call builds
+
+
+def build_from_folder(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    root: str | Path,
+    *,
+    shots: int | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    strict: bool = False,
+    progress: Progress | None = None,
+) -> BuildReport:
+    """:func:`add_images` over :func:`iter_image_folder`."""
+    items = iter_image_folder(root, shots=shots, seed=seed)
+    return add_images(
+        memory, encoder, items, batch_size=batch_size, strict=strict, progress=progress
+    )
+
+
+def build_from_manifest(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    path: str | Path,
+    *,
+    batch_size: int = 32,
+    strict: bool = False,
+    progress: Progress | None = None,
+) -> BuildReport:
+    """:func:`add_images` over :func:`iter_manifest`."""
+    items = iter_manifest(path)
+    return add_images(
+        memory, encoder, items, batch_size=batch_size, strict=strict, progress=progress
+    )

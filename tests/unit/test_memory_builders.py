@@ -1,0 +1,278 @@
+"""Builders with the tiny random open_clip encoder: folders, manifests, resume, bad images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rar_agent.errors import ConfigError, ImageError, LabelError
+from rar_agent.memory import CategoryMemory
+from rar_agent.memory.builders import (
+    BuildReport,
+    add_class_names,
+    add_images,
+    build_from_folder,
+    build_from_manifest,
+    iter_image_folder,
+    iter_manifest,
+)
+
+CLASSES = {"cat": 4, "dog": 4, "sea otter": 3}
+
+
+def _write_image(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(24 + seed % 5, 28, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGB").save(path)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    seed = 0
+    for label, n in CLASSES.items():
+        for i in range(n):
+            _write_image(root / label / f"img{i}.png", seed)
+            seed += 1
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / ".hidden").mkdir()
+    _write_image(root / ".hidden" / "x.png", 99)
+    return root
+
+
+@pytest.fixture
+def memory(tmp_path: Path) -> CategoryMemory:
+    mem = CategoryMemory.open(tmp_path / "mem")
+    yield mem
+    mem.close()
+
+
+def test_iter_image_folder_and_seeded_shots(folder: Path) -> None:
+    pairs = iter_image_folder(folder)
+    assert len(pairs) == 11
+    assert {label for _, label in pairs} == set(CLASSES)
+    assert all(Path(p).is_absolute() and p.endswith(".png") for p, _ in pairs)
+    two = iter_image_folder(folder, shots=2, seed=1)
+    assert two == iter_image_folder(folder, shots=2, seed=1)
+    assert [label for _, label in two].count("cat") == 2 and len(two) == 6
+    assert set(two) <= set(pairs)
+    samples = {tuple(iter_image_folder(folder, shots=2, seed=s)) for s in range(6)}
+    assert len(samples) > 1
+    with pytest.raises(ConfigError, match="shots"):
+        iter_image_folder(folder, shots=0)
+    with pytest.raises(ConfigError, match="not a folder"):
+        iter_image_folder(folder / "missing")
+    with pytest.raises(ConfigError, match="no images"):
+        iter_image_folder(folder / "cat")
+
+
+def test_folder_build_with_shots_and_resume(
+    folder: Path, memory: CategoryMemory, tiny_encoder
+) -> None:
+    calls: list[tuple[int, int]] = []
+    report = build_from_folder(
+        memory,
+        tiny_encoder,
+        folder,
+        shots=2,
+        batch_size=4,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    assert isinstance(report, BuildReport)
+    assert (report.added, report.skipped_existing, report.failed) == (6, 0, [])
+    assert memory.labels("image") == {"cat": 2, "dog": 2, "sea otter": 2}
+    assert calls[-1] == (6, 6) and len(calls) == 2
+    assert memory.info.fingerprint == tiny_encoder.fingerprint
+
+    full = build_from_folder(memory, tiny_encoder, folder, batch_size=4)
+    assert (full.added, full.skipped_existing) == (5, 6)
+    assert memory.count() == 11
+    again = build_from_folder(memory, tiny_encoder, folder)
+    assert (again.added, again.skipped_existing) == (0, 11)
+
+
+def test_interrupted_build_resumes_to_the_same_ids(
+    folder: Path, tmp_path: Path, tiny_encoder
+) -> None:
+    def stop_after_first_batch(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with CategoryMemory.open(tmp_path / "a") as mem:
+        with pytest.raises(KeyboardInterrupt):
+            build_from_folder(
+                mem, tiny_encoder, folder, batch_size=3, progress=stop_after_first_batch
+            )
+        assert mem.count() == 3
+        report = build_from_folder(mem, tiny_encoder, folder, batch_size=3)
+        assert (report.added, report.skipped_existing) == (8, 3)
+        ids_a = {h.id for h in mem.search(np.ones(tiny_encoder.dim), limit=50)}
+    with CategoryMemory.open(tmp_path / "b") as mem:
+        build_from_folder(mem, tiny_encoder, folder, batch_size=8)
+        ids_b = {h.id for h in mem.search(np.ones(tiny_encoder.dim), limit=50)}
+        assert mem.count() == 11
+    assert ids_a == ids_b and len(ids_a) == 11
+
+
+def test_an_image_in_memory_comes_back_as_its_own_label(
+    folder: Path, memory: CategoryMemory, tiny_encoder
+) -> None:
+    build_from_folder(memory, tiny_encoder, folder)
+    path = folder / "sea otter" / "img1.png"
+    with Image.open(path) as im:
+        vector = tiny_encoder.embed_images([im.convert("RGB")])[0]
+    hit = memory.search(vector, limit=1)[0]
+    assert hit.label == "sea otter"
+    assert hit.source == str(path.resolve())
+    assert hit.score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_manifests_csv_and_jsonl(
+    folder: Path, tmp_path: Path, memory: CategoryMemory, tiny_encoder
+) -> None:
+    csv_path = folder / "manifest.csv"
+    csv_path.write_text(
+        'path,label\ncat/img0.png,cat\n"dog/img1.png","dog, large"\nsea otter/img2.png,ラッコ\n',
+        encoding="utf-8",
+    )
+    pairs = iter_manifest(csv_path)
+    assert pairs == [
+        (str((folder / "cat/img0.png").resolve()), "cat"),
+        (str((folder / "dog/img1.png").resolve()), "dog, large"),
+        (str((folder / "sea otter/img2.png").resolve()), "ラッコ"),
+    ]
+    jsonl = tmp_path / "list.jsonl"
+    lines = [
+        {"path": str(folder / "cat" / "img1.png"), "label": "cat"},
+        {"path": "https://example.invalid/x.jpg", "label": "remote"},
+    ]
+    jsonl.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    assert iter_manifest(jsonl)[1] == ("https://example.invalid/x.jpg", "remote")
+
+    report = build_from_manifest(memory, tiny_encoder, csv_path)
+    assert report.added == 3
+    assert memory.labels() == {"cat": 1, "dog, large": 1, "ラッコ": 1}
+    local = [(p, label) for p, label in iter_manifest(jsonl) if not p.startswith("https")]
+    assert add_images(memory, tiny_encoder, local).added == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("m.csv", "file,label\na.png,cat\n", "'path' and 'label'"),
+        ("m.csv", "path,label\na.png,\n", "m.csv:2: the row has no label"),
+        ("m.jsonl", '{"path": "a.png", "label": "cat"}\n[1]\n', "m.jsonl:2"),
+        ("m.jsonl", '{"path": "a.png", "label": "cat"}\n{oops\n', "not valid JSON"),
+        ("m.csv", "path,label\n", "no rows"),
+    ],
+)
+def test_bad_manifests(tmp_path: Path, name: str, content: str, message: str) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        iter_manifest(tmp_path / name)
+
+
+def test_bad_images_are_skipped_and_reported(
+    folder: Path, memory: CategoryMemory, tiny_encoder
+) -> None:
+    good = iter_image_folder(folder)
+    truncated = folder / "cat" / "broken.png"
+    truncated.write_bytes((folder / "cat" / "img0.png").read_bytes()[:60])
+    fake = folder / "dog" / "fake.jpg"
+    fake.write_text("this is text")
+    items = [
+        *good[:5],
+        (str(truncated), "cat"),
+        (str(fake), "dog"),
+        (str(folder / "missing.png"), "cat"),
+        (good[6][0], "  "),
+        *good[5:],
+    ]
+    report = add_images(memory, tiny_encoder, items, batch_size=4)
+    assert report.added == 11
+    assert sorted(source for source, _ in report.failed) == sorted(
+        [str(truncated), str(fake), str(folder / "missing.png"), good[6][0]]
+    )
+    reasons = " | ".join(reason for _, reason in report.failed)
+    assert "truncated or corrupt" in reasons and "not found" in reasons and "empty" in reasons
+    assert memory.count() == 11
+
+
+def test_strict_raises_before_writing_the_batch(
+    folder: Path, memory: CategoryMemory, tiny_encoder
+) -> None:
+    good = iter_image_folder(folder)
+    broken = folder / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    with pytest.raises(ImageError):
+        add_images(memory, tiny_encoder, [*good[:3], (str(broken), "cat")], strict=True)
+    assert memory.count() == 0
+    with pytest.raises(ImageError):
+        add_images(
+            memory, tiny_encoder, [*good[:6], (str(broken), "cat")], batch_size=4, strict=True
+        )
+    assert memory.count() == 4  # the first batch was complete and stays; resumable
+    with pytest.raises(LabelError):
+        add_images(memory, tiny_encoder, [(good[0][0], "bad\x00label")], strict=True)
+
+
+def test_duplicate_items_are_stored_once(
+    folder: Path, memory: CategoryMemory, tiny_encoder
+) -> None:
+    good = iter_image_folder(folder)[:3]
+    report = add_images(memory, tiny_encoder, good + good, batch_size=2)
+    assert (report.added, report.skipped_existing) == (3, 3)
+    assert memory.count() == 3
+
+
+def test_class_names(memory: CategoryMemory, tiny_encoder) -> None:
+    calls: list[tuple[int, int]] = []
+    report = add_class_names(
+        memory,
+        tiny_encoder,
+        ["cat", "dog", " cat ", "北极熊"],
+        templates=["a photo of a {}.", "a drawing of a {}."],
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    assert report.added == 3 and calls[-1] == (3, 3)
+    assert memory.labels("text") == {"cat": 1, "dog": 1, "北极熊": 1}
+    again = add_class_names(
+        memory, tiny_encoder, ["cat", "dog"], templates=["a photo of a {}.", "a drawing of a {}."]
+    )
+    assert (again.added, again.skipped_existing) == (0, 2)
+    other = add_class_names(memory, tiny_encoder, ["cat"], templates=["{}"])
+    assert other.added == 1 and memory.labels("text")["cat"] == 2
+
+    from rar_agent.encoders import build_text_prototypes
+
+    proto = build_text_prototypes(
+        tiny_encoder, ["dog"], ["a photo of a {}.", "a drawing of a {}."]
+    )[0]
+    hit = memory.search(proto, kind="text", limit=1)[0]
+    assert hit.label == "dog" and hit.score == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(LabelError):
+        add_class_names(memory, tiny_encoder, ["ok", ""], templates=["{}"])
+    with pytest.raises(ConfigError, match="templates"):
+        add_class_names(memory, tiny_encoder, ["ok"], templates=[])
+
+
+def test_class_names_with_default_templates(memory: CategoryMemory, tiny_encoder) -> None:
+    report = add_class_names(memory, tiny_encoder, ["goldfish"])
+    assert report.added == 1
+    hit = memory.search(np.ones(tiny_encoder.dim), kind="text", limit=1)[0]
+    assert hit.payload["templates"] == 80
+
+
+def test_builder_refuses_another_encoder(
+    folder: Path, memory: CategoryMemory, tiny_encoder
+) -> None:
+    from rar_agent.errors import EncoderMismatchError
+
+    memory.bind_encoder("some-other-model", tiny_encoder.dim)
+    with pytest.raises(EncoderMismatchError):
+        build_from_folder(memory, tiny_encoder, folder)
+    assert memory.count() == 0
