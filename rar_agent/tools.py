@@ -540,22 +540,27 @@ class AddCategoryTool(_RecognizerTool):
     ) -> tuple[str, dict[str, Any]]:
         if not self.enabled:
             raise ToolException("learning is disabled for this agent: the memory is read-only")
-        from rar_agent.memory import normalize_label
-        from rar_agent.memory.builders import add_images
+        from rar_agent.images import load_image
+        from rar_agent.memory import MemoryEntry, normalize_label
 
+        start = time.perf_counter()
         try:
             clean = normalize_label(label)
             source = self._resolver().resolve(image)
-            memory = self.recognizer.memory
-            before = memory.count("image")
-            start = time.perf_counter()
-            report = add_images(
-                memory, self.recognizer.encoder, [(source.payload(), clean)], strict=True
+            loaded = load_image(source.payload())
+            memory, encoder = self.recognizer.memory, self.recognizer.encoder
+            memory.bind_encoder(encoder.fingerprint, encoder.dim)
+            # Same content hash as the memory builders (SHA-256 of the bytes): no duplicates.
+            entry = MemoryEntry(
+                clean, "image", source.name, loaded.sha256, extra={"added_by": self.name}
             )
+            added = 0
+            if not memory.existing_ids([entry.point_id]):
+                memory.add_entries([entry], encoder.embed_images([loaded.image]))
+                added = 1
             after = memory.count("image")
         except RarError as e:
             raise _tool_error(e) from e
-        added = int(getattr(report, "added", after - before))
         text = (
             f"Stored {source.name} as an example of {clean!r}."
             if added

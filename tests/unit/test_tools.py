@@ -240,7 +240,6 @@ def test_add_category_disabled_by_default(recognizer: Any) -> None:
 
 
 def test_add_category_teaches_a_new_label(tmp_path: Path, tiny_encoder: Any) -> None:
-    pytest.importorskip("rar_agent.memory.builders")
     rec = small_recognizer(tmp_path, tiny_encoder)
     try:
         reg = ImageRegistry()
