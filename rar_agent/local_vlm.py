@@ -1,0 +1,368 @@
+"""A LangChain chat model over a local transformers image-text-to-text model.
+
+``LocalVisionChatModel`` runs any checkpoint that ``AutoModelForImageTextToText`` and
+``AutoProcessor`` load (SmolVLM, Qwen2.5-VL, LLaVA, Gemma 3, ...) on this machine: no server,
+no API key. LangChain messages (text, standard base64 image blocks, OpenAI ``image_url`` data
+URLs) are turned into the processor's chat format and rendered with the processor's own chat
+template. Decoding is greedy with a bounded number of new tokens. Weights load once per
+process (shared between instances with the same settings); a PEFT/LoRA adapter directory can be
+applied on top. (LangChain's ``ChatHuggingFace`` drops images on its local path, hence this.)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import Field
+
+from rar_agent.errors import ModelLoadError, RankerError
+
+__all__ = ["LocalVisionChatModel", "to_processor_messages", "clear_model_cache"]
+
+logger = logging.getLogger(__name__)
+
+_ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass
+class _Loaded:
+    model: Any
+    processor: Any
+    device: str
+    lock: threading.Lock
+
+
+_CACHE: dict[tuple[Any, ...], _Loaded] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def clear_model_cache() -> None:
+    """Forget every loaded local model (frees memory once no instance uses it)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _decode_image(data: bytes) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise RankerError(f"An image in the messages could not be decoded: {exc}.") from exc
+    return img.convert("RGB")
+
+
+def _image_from_url(url: str) -> Any:
+    if not url.startswith("data:"):
+        raise RankerError(
+            "The local model only takes inline images (base64 blocks or data: URLs), not "
+            f"{url[:60]!r}; load the image first and send its bytes."
+        )
+    _, _, payload = url.partition(",")
+    return _image_from_base64(payload)
+
+
+def _image_from_base64(payload: str) -> Any:
+    try:
+        return _decode_image(base64.b64decode(payload, validate=False))
+    except binascii.Error as exc:
+        raise RankerError(f"An image block holds invalid base64 data: {exc}.") from exc
+
+
+def _block_image(block: dict[str, Any]) -> Any | None:
+    """The PIL image of an image content block, or None when the block is not an image."""
+    kind = block.get("type")
+    if kind == "image_url":
+        ref = block.get("image_url")
+        url = ref.get("url") if isinstance(ref, dict) else ref
+        return _image_from_url(str(url))
+    if kind != "image":
+        return None
+    if block.get("base64"):
+        return _image_from_base64(block["base64"])
+    if block.get("source_type") == "base64" and block.get("data"):
+        return _image_from_base64(block["data"])
+    url = block.get("url") or (block.get("data") if block.get("source_type") == "url" else None)
+    if url:
+        return _image_from_url(str(url))
+    raise RankerError("An image block has no base64 data or data: URL the local model can use.")
+
+
+def to_processor_messages(messages: list[BaseMessage]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Convert LangChain messages to a processor chat (with image placeholders) + the images.
+
+    Args:
+        messages: LangChain messages; content may be a string or a list of content blocks.
+
+    Returns:
+        ``(conversation, images)``: ``[{"role", "content": [{"type": "text"|"image", ...}]}]``
+        for ``processor.apply_chat_template`` and the PIL images in placeholder order.
+
+    Raises:
+        RankerError: An image block cannot be decoded or points to a remote URL.
+    """
+    conversation: list[dict[str, Any]] = []
+    images: list[Any] = []
+    for msg in messages:
+        role = msg.role if isinstance(msg, ChatMessage) else _ROLES.get(msg.type, "user")
+        content: list[dict[str, Any]] = []
+        blocks = [msg.content] if isinstance(msg.content, str) else msg.content
+        for block in blocks:
+            if isinstance(block, str):
+                content.append({"type": "text", "text": block})
+                continue
+            image = _block_image(block)
+            if image is not None:
+                images.append(image)
+                content.append({"type": "image"})
+            elif block.get("type") == "text":
+                content.append({"type": "text", "text": block.get("text", "")})
+            else:
+                logger.debug("skipping content block of type %r", block.get("type"))
+        conversation.append({"role": role, "content": content})
+    return conversation, images
+
+
+def _merge_system(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fold system turns into the next user turn, for templates without a system role."""
+    merged: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    for turn in conversation:
+        if turn["role"] == "system":
+            pending.extend(turn["content"])
+            continue
+        if pending and turn["role"] == "user":
+            turn = {"role": "user", "content": pending + turn["content"]}
+            pending = []
+        merged.append(turn)
+    if pending:
+        merged.insert(0, {"role": "user", "content": pending})
+    return merged
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", "\\")) or Path(name).expanduser().exists()
+
+
+class LocalVisionChatModel(BaseChatModel):
+    """A chat model that runs a transformers image-text-to-text model locally.
+
+    Example:
+        ```python
+        model = LocalVisionChatModel(model_path="HuggingFaceTB/SmolVLM-256M-Instruct")
+        model.invoke([HumanMessage(content=[image_block(img), {"type": "text", "text": "?"}])])
+        ```
+    """
+
+    model_path: str = Field(description="Hub repo id or local directory of the model.")
+    adapter: str | None = Field(default=None, description="PEFT adapter directory to apply.")
+    max_new_tokens: int = Field(default=256, ge=1, le=4096)
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, mps...")
+    dtype: str = Field(default="auto", description="auto, float32, float16 or bfloat16.")
+    local_files_only: bool | None = Field(
+        default=None, description="Never touch the hub (None: the HF_HUB_OFFLINE setting)."
+    )
+    max_time_s: float | None = Field(default=None, description="Stop generating after this.")
+    trust_remote_code: bool = False
+
+    @property
+    def _llm_type(self) -> str:
+        return "transformers-image-text-to-text"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_path": self.model_path,
+            "adapter": self.adapter,
+            "max_new_tokens": self.max_new_tokens,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "hf"
+        params["ls_model_name"] = self.model_path
+        params["ls_max_tokens"] = self.max_new_tokens
+        return params
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def load(self) -> LocalVisionChatModel:
+        """Load the weights now (they load on first use otherwise).
+
+        Returns:
+            This model, for chaining.
+
+        Raises:
+            ModelLoadError: The model, processor or adapter cannot be loaded.
+        """
+        self._loaded()
+        return self
+
+    def get_model_and_processor(self) -> tuple[Any, Any]:
+        """The loaded transformers model and processor (loading them if needed)."""
+        loaded = self._loaded()
+        return loaded.model, loaded.processor
+
+    def _resolve(self) -> tuple[str, str | None]:
+        """(base model, adapter dir): an adapter dir given as ``model_path`` names its base."""
+        base, adapter = self.model_path, self.adapter
+        path = Path(base).expanduser()
+        if adapter is None and (path / "adapter_config.json").is_file():
+            if not (path / "config.json").is_file():
+                config = json.loads((path / "adapter_config.json").read_text())
+                adapter, base = str(path), config.get("base_model_name_or_path") or ""
+                if not base:
+                    raise ModelLoadError(
+                        f"{path}/adapter_config.json names no base model; pass the base as "
+                        "model_path and this directory as adapter."
+                    )
+        elif _looks_like_path(base) and not path.is_dir():
+            raise ModelLoadError(
+                f"No model directory at {base!r}. Give a directory holding a saved "
+                "image-text-to-text model, or a hub repo id such as "
+                "HuggingFaceTB/SmolVLM-256M-Instruct."
+            )
+        return (str(path) if path.is_dir() else base), adapter
+
+    def _loaded(self) -> _Loaded:
+        base, adapter = self._resolve()
+        if self.dtype not in _DTYPES:
+            raise ModelLoadError(f"Unknown dtype {self.dtype!r}; use one of {', '.join(_DTYPES)}.")
+        key = (base, adapter, self.device, self.dtype, self.trust_remote_code)
+        with _CACHE_LOCK:
+            if key not in _CACHE:
+                _CACHE[key] = self._load(base, adapter)
+            return _CACHE[key]
+
+    def _load(self, base: str, adapter: str | None) -> _Loaded:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device == "cpu" and torch.backends.mps.is_available():
+                device = "mps"
+        dtype = self.dtype
+        if dtype == "auto":
+            bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+            dtype = "bfloat16" if bf16 else "float16" if device != "cpu" else "float32"
+        common: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.local_files_only is not None:
+            common["local_files_only"] = self.local_files_only
+        logger.info("loading local ranker %s on %s (%s)", base, device, dtype)
+        try:
+            processor = AutoProcessor.from_pretrained(base, **common)
+            model = AutoModelForImageTextToText.from_pretrained(
+                base, dtype=getattr(torch, dtype), **common
+            )
+        except (OSError, ValueError, KeyError, ImportError) as exc:
+            raise ModelLoadError(
+                f"Could not load the local ranker {base!r}: {str(exc).strip().rstrip('.')}. "
+                "Without internet, download it beforehand (hf download <repo>) or pass a local "
+                "directory; or pick a hosted ranker (e.g. openai:gpt-4o-mini), or none for "
+                "retrieval only."
+            ) from exc
+        if adapter is not None:
+            model = _apply_adapter(model, adapter)
+        model.to(device).eval()
+        return _Loaded(model=model, processor=processor, device=device, lock=threading.Lock())
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def _prompt(self, processor: Any, conversation: list[dict[str, Any]]) -> str:
+        try:
+            return str(
+                processor.apply_chat_template(
+                    conversation, add_generation_prompt=True, tokenize=False
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - templates raise many kinds of errors
+            if not any(t["role"] == "system" for t in conversation):
+                raise RankerError(f"The processor's chat template failed: {exc}") from exc
+            logger.debug("chat template refused a system turn (%s); merging it", exc)
+            return str(
+                processor.apply_chat_template(
+                    _merge_system(conversation), add_generation_prompt=True, tokenize=False
+                )
+            )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        import torch
+
+        loaded = self._loaded()
+        conversation, images = to_processor_messages(messages)
+        prompt = self._prompt(loaded.processor, conversation)
+        gen: dict[str, Any] = {
+            "max_new_tokens": int(kwargs.get("max_new_tokens", self.max_new_tokens)),
+            "do_sample": False,
+        }
+        if self.max_time_s is not None:
+            gen["max_time"] = self.max_time_s
+        with loaded.lock, torch.inference_mode():
+            inputs = loaded.processor(text=[prompt], images=images or None, return_tensors="pt")
+            inputs = inputs.to(loaded.device, dtype=loaded.model.dtype)
+            output = loaded.model.generate(**inputs, **gen)
+        n_in = int(inputs["input_ids"].shape[1])
+        new_tokens = output[0, n_in:]
+        tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+        text = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        finish = "length" if len(new_tokens) >= gen["max_new_tokens"] else "stop"
+        for s in stop or ():
+            if s in text:
+                text, finish = text[: text.index(s)], "stop"
+        message = AIMessage(
+            content=text,
+            usage_metadata={
+                "input_tokens": n_in,
+                "output_tokens": len(new_tokens),
+                "total_tokens": n_in + len(new_tokens),
+            },
+            response_metadata={"model_name": self.model_path, "finish_reason": finish},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _apply_adapter(model: Any, adapter: str) -> Any:
+    """Apply a PEFT adapter directory (merged into the weights when the method allows)."""
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise ModelLoadError(
+            f"{adapter!r} is not a PEFT adapter directory (no adapter_config.json); pass the "
+            "directory that the fine-tuning script saved."
+        )
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise ModelLoadError(
+            "Loading an adapter needs peft: pip install 'rar-agent[finetune]'."
+        ) from exc
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(path))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"Could not apply the adapter at {adapter!r}: {exc}") from exc
+    merge = getattr(peft_model, "merge_and_unload", None)
+    return merge() if callable(merge) else peft_model
