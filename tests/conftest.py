@@ -20,6 +20,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _SESSION_HOME = tempfile.mkdtemp(prefix="rar-test-home-")
 os.environ["RAR_HOME"] = _SESSION_HOME
+# An empty hub cache: tests never pick up weights a developer happens to have cached.
+os.environ["HF_HOME"] = os.path.join(_SESSION_HOME, "hf-home")
 
 import pytest  # noqa: E402
 

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
 from langchain_core.embeddings import Embeddings
 
 from rar_agent.encoders.base import ImageTextEncoder
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 __all__ = ["EncoderEmbeddings"]
 
 
-def _open_rgb(uri: str):  # noqa: ANN202 - PIL is imported lazily
-    try:
-        from rar_agent.images import load_image
-    except ImportError:  # pragma: no cover - images module is part of the package
-        from PIL import Image
+def _open_rgb(uri: str) -> Image.Image:
+    from rar_agent.images import load_image
 
-        with Image.open(uri) as im:
-            return im.convert("RGB")
     return load_image(uri).image
 
 
@@ -28,11 +29,30 @@ class EncoderEmbeddings(Embeddings):
     ``OpenCLIPEmbeddings``. Vectors are L2-normalised, so cosine and dot product agree.
 
     Args:
-        encoder: The encoder to wrap (e.g. ``load_encoder()``).
+        encoder: An encoder object, or a spec for :func:`load_encoder`; ``None`` reads
+            ``RAR_CLIP_MODEL`` / ``RAR_CLIP_PRETRAINED`` and falls back to the default model.
+        pretrained: Weights for a spec (ignored when ``encoder`` is an object).
+        device: Torch device for a spec (ignored when ``encoder`` is an object).
     """
 
-    def __init__(self, encoder: ImageTextEncoder) -> None:
-        self.encoder = encoder
+    def __init__(
+        self,
+        encoder: ImageTextEncoder | str | None = None,
+        *,
+        pretrained: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        if encoder is None or isinstance(encoder, str):
+            from rar_agent.encoders.loader import load_encoder
+
+            spec = encoder or os.environ.get("RAR_CLIP_MODEL") or None
+            if pretrained is None and encoder is None:
+                pretrained = os.environ.get("RAR_CLIP_PRETRAINED") or None
+            encoder = load_encoder(spec, pretrained=pretrained, device=device)
+            self.model_spec: str | None = spec
+        else:
+            self.model_spec = None
+        self.encoder: ImageTextEncoder = encoder
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed texts with the encoder's text side."""
@@ -43,6 +63,12 @@ class EncoderEmbeddings(Embeddings):
         return self.encoder.embed_texts([text])[0].tolist()
 
     def embed_image(self, uris: list[str]) -> list[list[float]]:
-        """Embed images given as file paths, URLs or data URIs."""
+        """Embed images given as file paths, URLs or data URIs (validated and decoded)."""
         images = [_open_rgb(u) for u in uris]
         return self.encoder.embed_images(images).tolist()
+
+    async def aembed_image(self, uris: list[str]) -> list[list[float]]:
+        """Async :meth:`embed_image` (runs in the default executor)."""
+        from langchain_core.runnables.config import run_in_executor
+
+        return await run_in_executor(None, self.embed_image, uris)

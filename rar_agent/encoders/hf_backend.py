@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rar_agent.encoders._hub import hub_access
 from rar_agent.encoders._torch import (
     TorchEncoderBase,
     configure_cpu_threads,
@@ -14,7 +16,7 @@ from rar_agent.encoders._torch import (
     resolve_precision,
     weights_digest,
 )
-from rar_agent.encoders.open_clip_backend import model_load_help
+from rar_agent.encoders.open_clip_backend import describe_load_failure, model_load_help
 from rar_agent.errors import EncoderError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -131,13 +133,11 @@ class TransformersClipEncoder(TorchEncoderBase):
             configure_cpu_threads()
         where = str(local) if is_dir else source
         try:
-            model = AutoModel.from_pretrained(where).float()
-            image_processor, tokenizer = _load_processors(where)
-        except ModelLoadError:
-            raise
+            with nullcontext() if is_dir else hub_access(what):
+                model = AutoModel.from_pretrained(where).float()
+                image_processor, tokenizer = _load_processors(where)
         except Exception as exc:  # OSError, hub errors, ValueError for unknown configs
-            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
-            raise ModelLoadError(model_load_help(what, reason)) from exc
+            raise ModelLoadError(model_load_help(what, describe_load_failure(exc))) from exc
         identity = local.name if is_dir else source
         return cls(
             model,

@@ -93,9 +93,7 @@ def _create(
     from rar_agent.encoders.open_clip_backend import OpenClipEncoder
 
     if spec.startswith("local-dir:"):
-        return OpenClipEncoder.load(
-            spec, device=device, precision=precision, batch_size=batch_size
-        )
+        return OpenClipEncoder.load(spec, device=device, precision=precision, batch_size=batch_size)
     if not spec.startswith("hf-hub:"):
         _check_open_clip_name(spec)
     return OpenClipEncoder.load(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rar_agent.encoders._hub import hub_access
 from rar_agent.encoders._torch import (
     TorchEncoderBase,
     configure_cpu_threads,
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["OpenClipEncoder", "model_load_help"]
+__all__ = ["OpenClipEncoder", "describe_load_failure", "model_load_help", "quiet_root_logger"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,15 +145,17 @@ class OpenClipEncoder(TorchEncoderBase):
         what = name + (f" (pretrained={pretrained})" if pretrained else "")
         if name.startswith("local-dir:"):
             _check_local_dir(name[len("local-dir:") :], what)
+        needs_hub = name.startswith("hf-hub:") or bool(
+            pretrained and not os.path.isfile(pretrained)
+        )
         try:
-            model, _, transform = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained or None, device="cpu", precision="fp32"
-            )
-            tokenizer = open_clip.get_tokenizer(name)
-        except ModelLoadError:
-            raise
+            with quiet_root_logger(), hub_access(what) if needs_hub else nullcontext():
+                model, _, transform = open_clip.create_model_and_transforms(
+                    name, pretrained=pretrained or None, device="cpu", precision="fp32"
+                )
+                tokenizer = open_clip.get_tokenizer(name)
         except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/hub errors
-            raise ModelLoadError(model_load_help(what, _short(exc))) from exc
+            raise ModelLoadError(model_load_help(what, describe_load_failure(exc))) from exc
         if not pretrained and not name.startswith(_SCHEMAS):
             logger.warning("open_clip model %s has random weights (no pretrained given)", name)
         digest = weights_digest(model)
@@ -192,6 +196,39 @@ def _check_local_dir(path: str, what: str) -> None:
         raise ModelLoadError(model_load_help(what, f"{p} holds no weights file"))
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
+_OFFLINE_HINTS = ("connect", "download", "offline", "cache", "hub", "resolve", "network")
+
+
+def describe_load_failure(exc: BaseException) -> str:
+    """One short sentence about why a load failed (no stack trace, no hub jargon)."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(chain) < 8:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    names = " ".join(type(e).__name__ for e in chain)
+    text = " ".join(str(e) for e in chain).lower()
+    if "EntryNotFound" in names or "OfflineMode" in names or any(h in text for h in _OFFLINE_HINTS):
+        return "its weights are not on this machine and the model hub cannot be reached"
+    first = str(exc).strip().split("\n")[0] if str(exc).strip() else type(exc).__name__
+    return first[:200].rstrip(". ")
+
+
+@contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """Stop open_clip's ``logging.error(...)`` calls from configuring the root logger.
+
+    Module-level ``logging.error`` runs ``basicConfig`` when the root logger has no handler,
+    which would print raw library errors to the user's terminal. The error is reported
+    through :class:`ModelLoadError` instead.
+    """
+    root = logging.getLogger()
+    guard = None
+    if not root.handlers:
+        guard = logging.NullHandler()
+        root.addHandler(guard)
+    try:
+        yield
+    finally:
+        if guard is not None:
+            root.removeHandler(guard)
