@@ -125,6 +125,17 @@ def recognize(
         float | None, typer.Option("--gate", help="Skip ranking above this score margin.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+    boxes: Annotated[
+        Path | None,
+        typer.Option("--boxes", help="JSON boxes (xyxy or COCO detections), one result each."),
+    ] = None,
+    normalized: Annotated[
+        bool | None,
+        typer.Option("--normalized/--pixels", help="Box units (default: detect from values)."),
+    ] = None,
+    annotate: Annotated[
+        Path | None, typer.Option("--annotate", help="With --boxes: save a picture with labels.")
+    ] = None,
     memory: MemoryOpt = None,
     qdrant_url: UrlOpt = None,
     api_key: KeyOpt = None,
@@ -134,7 +145,7 @@ def recognize(
     encoder: EncoderOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Recognize what is in each image (retrieve top-k, then rank)."""
+    """Recognize what is in each image (retrieve top-k, then rank), or in each box of one image."""
 
     def run() -> None:
         from rar_agent.pipeline import Recognizer
@@ -151,12 +162,45 @@ def recognize(
         if recognizer.ranker is None and not as_json:
             _err_note("ranking is disabled (--ranker none): showing retrieval order")
         with recognizer:
-            results = recognizer.recognize_batch(images)
+            if boxes is not None or annotate is not None:
+                results = _recognize_boxes(recognizer, images, boxes, normalized, annotate)
+            else:
+                results = recognizer.recognize_batch(images)
         _print_results(results, as_json)
         if any(r.error for r in results):
             raise typer.Exit(1)
 
     run_guarded(run)
+
+
+def _recognize_boxes(
+    recognizer: Any, images: list[str], boxes: Path | None, normalized: bool | None,
+    annotate: Path | None,
+) -> list[RecognitionResult]:
+    """``recognize --boxes``: every box of one image, optionally drawn into ``annotate``."""
+    from rar_agent.errors import ConfigError
+    from rar_agent.images import load_image
+    from rar_agent.regions import annotate as draw_results
+    from rar_agent.regions import load_boxes
+
+    if boxes is None:
+        raise ConfigError("--annotate draws region labels: give the regions with --boxes FILE")
+    if len(images) != 1:
+        raise ConfigError(f"--boxes applies to one image, got {len(images)}: pass exactly one")
+    parsed = load_boxes(boxes, normalized=normalized)
+    if not parsed:
+        raise ConfigError(f"{boxes} holds no boxes: write a JSON list of [x0, y0, x1, y1]")
+    loaded = load_image(images[0])
+    results = recognizer.recognize_regions(loaded.image, parsed, kind="auto")
+    for result in results:
+        result.image = loaded.source
+    if annotate is not None:
+        picture = draw_results(loaded.image, results)
+        try:
+            picture.save(annotate)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot write {annotate}: {e}; use a .png or .jpg path") from e
+    return results
 
 
 def _err_note(message: str) -> None:
@@ -176,9 +220,11 @@ def _print_results(results: list[RecognitionResult], as_json: bool) -> None:
     console = Console()
     for r in results:
         if r.error:
-            console.print(f"[bold]{r.image}[/]: [red]{r.error}[/]", highlight=False)
+            where = r.image if r.box_id is None else f"{r.image} box {r.box_id}"
+            console.print(f"[bold]{where}[/]: [red]{r.error}[/]", highlight=False)
             continue
-        table = Table(title=f"{r.image}: [bold green]{r.label}[/]", title_justify="left")
+        where = r.image if r.box_id is None else f"{r.image} box {r.box_id} {r.box}"
+        table = Table(title=f"{where}: [bold green]{r.label}[/]", title_justify="left")
         table.add_column("#", justify="right")
         table.add_column("label")
         table.add_column("score", justify="right")

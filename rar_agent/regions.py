@@ -598,6 +598,10 @@ def annotate(
     for i, result in enumerate(results):
         if result.box is None or not all(math.isfinite(v) for v in result.box):
             continue
+        x0, y0, x1, y1 = result.box
+        box = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]  # bad boxes may be inverted
+        if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+            continue
         if result.error:
             color, text = _ERROR_COLOR, f"{result.box_id or i}: error"
         else:
@@ -605,7 +609,7 @@ def annotate(
             text = result.label or "?"
             if show_score and result.candidates:
                 text = f"{text} {result.candidates[0].score:.2f}"
-        draw_box(out, result.box, text, color, line_width=line_width, font_size=font_size)
+        draw_box(out, box, text, color, line_width=line_width, font_size=font_size)
     return out
 
 

@@ -225,7 +225,8 @@ def test_annotate_draws_boxes_and_captions() -> None:
     )
     bad = RecognitionResult(label=None, box=[120, 20, 180, 80], box_id="1", error="boom")
     none = RecognitionResult(label=None, box=None, box_id="2", error="nan")
-    out = annotate(image, [ok, bad, none])
+    inverted = RecognitionResult(label=None, box=[60, 60, 10, 10], box_id="3", error="inverted")
+    out = annotate(image, [ok, bad, none, inverted])
     assert out.size == image.size and image.getpixel((20, 60)) == (255, 255, 255)  # copy
     arr = np.asarray(out)
     assert tuple(arr[60, 20]) == (230, 25, 75)  # left edge of the first box, first colour

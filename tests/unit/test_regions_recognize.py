@@ -42,17 +42,20 @@ def memory(tmp_path: Path, tiny_encoder: Any):  # noqa: ANN201
     With a random encoder, text embeddings of names mean nothing; storing the region
     embeddings as the labels' text entries gives retrieval a known right answer.
     """
-    image = scene()
     mem = CategoryMemory.open(tmp_path / "mem", collection="regions")
-    mem.bind_encoder(tiny_encoder.fingerprint, tiny_encoder.dim)
+    fill(mem, tiny_encoder)
+    yield mem
+    mem.close()
+
+
+def fill(mem: CategoryMemory, encoder: Any) -> None:
+    image = scene()
+    mem.bind_encoder(encoder.fingerprint, encoder.dim)
     labels = list(OBJECTS) + ["green leaf", "grey wall"]
     crops = [prepare_region(image, OBJECTS[label], size=32) for label in OBJECTS]
     crops += [Image.new("RGB", (32, 32), (40, 170, 60)), Image.new("RGB", (32, 32), (115,) * 3)]
-    vectors = tiny_encoder.embed_images(crops)
     entries = [MemoryEntry(label, "text", "test", f"name:{label}") for label in labels]
-    mem.add_entries(entries, vectors)
-    yield mem
-    mem.close()
+    mem.add_entries(entries, encoder.embed_images(crops))
 
 
 class RecordingRanker(BaseChatModel):
@@ -158,3 +161,70 @@ def test_boxes_from_a_json_file(memory: CategoryMemory, tiny_encoder: Any, tmp_p
     recognizer = Recognizer(memory, tiny_encoder, k=2)
     (result,) = recognizer.recognize_regions(scene(), path)
     assert result.label == "blue disc" and result.box == [120.0, 40.0, 150.0, 70.0]
+
+
+def test_cli_boxes_json_and_annotate(
+    tmp_path: Path, tiny_encoder: Any, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    with CategoryMemory.open(tmp_path / "mem", collection="regions") as mem:
+        fill(mem, tiny_encoder)
+    scene().save(tmp_path / "scene.png")
+    boxes = [{"id": "red", "xyxy": [20, 30, 70, 90]}, {"id": "bad", "xyxy": [5, 5, 1, 1]}]
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+    common = [
+        "--memory",
+        str(tmp_path / "mem"),
+        "--collection",
+        "regions",
+        "--ranker",
+        "none",
+        "--clip-model",
+        tiny_openclip_spec,
+        "--k",
+        "2",
+    ]
+    out_png = tmp_path / "annotated.png"
+    result = CliRunner().invoke(
+        app,
+        [
+            "recognize",
+            str(tmp_path / "scene.png"),
+            "--boxes",
+            str(tmp_path / "boxes.json"),
+            "--annotate",
+            str(out_png),
+            "--json",
+            *common,
+        ],
+    )
+    assert result.exit_code == 1, result.output  # one bad box -> exit 1, the rest printed
+    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [r["box_id"] for r in records] == ["red", "bad"]
+    assert records[0]["label"] == "red block" and records[0]["image"].endswith("scene.png")
+    assert "inverted" in records[1]["error"]
+    drawn = np.asarray(Image.open(out_png).convert("RGB"))
+    assert drawn.shape == (100, 200, 3)
+    assert tuple(drawn[60, 20]) == (230, 25, 75)  # the red box's outline, first palette colour
+
+    table = CliRunner().invoke(
+        app,
+        [
+            "recognize",
+            str(tmp_path / "scene.png"),
+            "--boxes",
+            str(tmp_path / "boxes.json"),
+            *common,
+        ],
+    )
+    assert "box red" in table.output and "red block" in table.output
+
+    two = CliRunner().invoke(
+        app, ["recognize", "a.png", "b.png", "--boxes", str(tmp_path / "boxes.json"), *common]
+    )
+    assert two.exit_code == 2 and "one image" in two.output
