@@ -239,7 +239,8 @@ class LocalVisionChatModel(BaseChatModel):
                 "image-text-to-text model, or a hub repo id such as "
                 "HuggingFaceTB/SmolVLM-256M-Instruct."
             )
-        return (str(path) if path.is_dir() else base), adapter
+        base_path = Path(base).expanduser()
+        return (str(base_path) if base_path.is_dir() else base), adapter
 
     def _loaded(self) -> _Loaded:
         base, adapter = self._resolve()
