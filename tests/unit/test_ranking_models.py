@@ -1,0 +1,68 @@
+"""load_ranker: one string picks the ranker (none, provider:model, hf:..., a model instance)."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+from rar_agent.errors import ConfigError, ModelLoadError, RankerError
+from rar_agent.models import DEFAULT_LOCAL_RANKER, load_ranker
+from rar_agent.ranking import RankingChain, describe_model
+
+
+@pytest.mark.parametrize("spec", [None, "none", "NONE", " off ", ""])
+def test_none_means_no_ranker(spec: str | None) -> None:
+    assert load_ranker(spec) is None
+
+
+def test_model_instance_passes_through() -> None:
+    model = FakeListChatModel(responses=["x"])
+    assert load_ranker(model) is model
+
+
+def test_wrong_type_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="model string or a BaseChatModel"):
+        load_ranker(42)  # type: ignore[arg-type]
+
+
+def test_empty_hf_target_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="hf:"):
+        load_ranker("hf:")
+
+
+def test_provider_string_goes_through_init_chat_model() -> None:
+    from langchain_openai import ChatOpenAI
+
+    model = load_ranker("openai:gpt-4o-mini", api_key="sk-test-not-used")
+    assert isinstance(model, ChatOpenAI)
+    assert describe_model(model) == "openai:gpt-4o-mini"
+    assert RankingChain(model).uses_structured_output  # tool calling: structured output
+
+
+def test_ollama_string_builds_without_a_server() -> None:
+    from langchain_ollama import ChatOllama
+
+    assert isinstance(load_ranker("ollama:qwen2.5vl"), ChatOllama)
+
+
+def test_missing_provider_package_names_the_extra() -> None:
+    with pytest.raises(RankerError, match=r"rar-agent\[providers\]") as info:
+        load_ranker("mistralai:mistral-large-latest")
+    assert "langchain-mistralai" in str(info.value)
+
+
+def test_unknown_provider_lists_the_forms() -> None:
+    with pytest.raises(RankerError, match="hf:<repo or dir>"):
+        load_ranker("nosuchprovider:some-model")
+
+
+def test_missing_api_key_is_a_ranker_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(RankerError, match="API key"):
+        load_ranker("openai:gpt-4o-mini")
+
+
+def test_default_local_ranker_without_weights_is_a_clear_error() -> None:
+    assert DEFAULT_LOCAL_RANKER.count("/") == 1
+    with pytest.raises(ModelLoadError, match=DEFAULT_LOCAL_RANKER):
+        load_ranker("local", local_files_only=True)
