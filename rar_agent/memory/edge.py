@@ -185,7 +185,7 @@ def _load_shard(shard_path: Path) -> Any:
 def _kind_filter(kind: str | None, label: str | None = None) -> Any:
     from qdrant_edge import FieldCondition, Filter, MatchValue
 
-    must = []
+    must: list[Any] = []
     if kind is not None:
         must.append(FieldCondition("kind", match=MatchValue(kind)))
     if label is not None:

@@ -69,7 +69,7 @@ def check_kind(kind: object) -> EntryKind:
     """Return ``kind`` if it is ``"image"`` or ``"text"``; raise ``ConfigError`` otherwise."""
     if kind not in KINDS:
         raise ConfigError(f"entry kind must be 'image' or 'text', not {kind!r}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +146,11 @@ class Hit:
 
     @classmethod
     def from_point(cls, point_id: object, score: float, payload: dict[str, Any] | None) -> Hit:
-        """Build a hit from a backend's id, score and payload."""
-        data = dict(payload or {})
+        """Build a hit from a backend's id, score and (fresh, owned) payload dict."""
+        data = payload if payload is not None else {}
+        get = data.get
         return cls(
-            id=str(point_id),
-            score=float(score),
-            label=str(data.get("label", "")),
-            kind=str(data.get("kind", "")),
-            source=str(data.get("source", "")),
-            payload=data,
+            str(point_id), float(score), get("label", ""), get("kind", ""), get("source", ""), data
         )
 
 
