@@ -1,0 +1,210 @@
+"""Which images go into the memory and which are queries: folders, manifests, shot splits."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rar_agent.errors import ConfigError
+
+__all__ = ["FASHION_MNIST", "EvalSets", "limit_items", "load_items", "resolve_sets", "split_shots"]
+
+logger = logging.getLogger(__name__)
+
+FASHION_MNIST = "fashion-mnist"
+"""``--dataset`` name of the built-in Fashion-MNIST set (Debian's dataset-fashion-mnist)."""
+
+Items = list[tuple[str, str]]
+
+
+@dataclass
+class EvalSets:
+    """The resolved inputs of one evaluation.
+
+    Attributes:
+        memory_items: ``(source, label)`` images to store (empty in text-memory mode).
+        test_items: ``(source, label)`` query images.
+        class_names: Labels written as text entries (text-memory mode), else empty.
+        notes: Remarks for the report (e.g. classes with no test image left).
+    """
+
+    memory_items: Items = field(default_factory=list)
+    test_items: Items = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def load_items(source: str | Path) -> Items:
+    """``(path, label)`` pairs of an ImageFolder tree (a folder) or a manifest (a file).
+
+    Labels are normalised the way the memory stores them, so they compare equal.
+
+    Raises:
+        ConfigError: ``source`` does not exist or holds nothing usable.
+    """
+    from rar_agent.memory.builders import iter_image_folder, iter_manifest
+    from rar_agent.memory.entries import normalize_label
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        pairs = iter_image_folder(path)
+    elif path.is_file():
+        pairs = iter_manifest(path)
+    else:
+        raise ConfigError(
+            f"{source} does not exist: give an ImageFolder root (DIR/<label>/*.png) or a "
+            "CSV/JSONL manifest of path,label"
+        )
+    return [(src, normalize_label(label)) for src, label in pairs]
+
+
+def _by_label(items: Sequence[tuple[str, str]]) -> dict[str, Items]:
+    groups: dict[str, Items] = defaultdict(list)
+    for src, label in items:
+        groups[label].append((src, label))
+    return dict(sorted(groups.items()))
+
+
+def split_shots(items: Sequence[tuple[str, str]], shots: int, seed: int) -> tuple[Items, Items]:
+    """Split items per class: ``shots`` seeded picks go to memory, the rest are queries.
+
+    Each class is shuffled with its own generator (seed + label), so adding a class never
+    changes another class's split.
+    """
+    if shots < 1:
+        raise ConfigError(f"--shots must be >= 1 image per class, got {shots}")
+    memory: Items = []
+    test: Items = []
+    for label, group in _by_label(items).items():
+        order = sorted(group)
+        random.Random(f"{seed}\x00{label}").shuffle(order)
+        memory.extend(sorted(order[:shots]))
+        test.extend(sorted(order[shots:]))
+    return memory, test
+
+
+def limit_items(items: Sequence[tuple[str, str]], limit: int | None, seed: int) -> Items:
+    """At most ``limit`` items, taken round-robin over classes after a seeded shuffle.
+
+    Keeps the classes balanced (as far as their sizes allow) and the choice reproducible.
+    """
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    queues = []
+    for label, group in _by_label(items).items():
+        order = sorted(group)
+        random.Random(f"{seed}\x00limit\x00{label}").shuffle(order)
+        queues.append(order)
+    picked: Items = []
+    depth = 0
+    while len(picked) < limit:
+        for queue in queues:
+            if depth < len(queue) and len(picked) < limit:
+                picked.append(queue[depth])
+        depth += 1
+    return sorted(picked, key=lambda item: (item[1], item[0]))
+
+
+def _fashion_mnist(
+    workdir: Path, shots: int | None, limit: int | None, seed: int, text: bool, root: str | None
+) -> EvalSets:
+    from rar_agent.datasets import FASHION_MNIST_CLASSES, export_imagefolder
+
+    per_class = math.ceil((limit or 300) / len(FASHION_MNIST_CLASSES))
+    test = export_imagefolder(workdir / "test", "test", per_class, seed, root=root)
+    sets = EvalSets(test_items=limit_items(test, limit or 300, seed))
+    if text:
+        sets.class_names = list(FASHION_MNIST_CLASSES)
+    else:
+        sets.memory_items = export_imagefolder(
+            workdir / "memory", "train", shots or 10, seed, root=root
+        )
+    sets.notes.append(
+        "Fashion-MNIST: memory from the train split, queries from the test split "
+        "(no image is in both)."
+    )
+    return sets
+
+
+def resolve_sets(
+    *,
+    dataset: str | None,
+    memory_set: str | None,
+    test_set: str | None,
+    shots: int | None,
+    text_memory: bool,
+    limit: int | None,
+    seed: int,
+    workdir: Path,
+    fashion_mnist_root: str | None = None,
+) -> EvalSets:
+    """Turn the command-line choice of inputs into memory and query lists.
+
+    Exactly one of these forms:
+
+    - ``dataset="fashion-mnist"``: memory = ``shots`` train images per class (default 10),
+      queries = ``limit`` test images (default 300), both exported under ``workdir``;
+    - ``dataset=<folder or manifest>`` with ``shots``: per class, ``shots`` images to memory,
+      the rest are queries;
+    - ``memory_set`` and ``test_set``: separate sets (``shots`` samples the memory set);
+    - ``text_memory`` with ``test_set`` or ``dataset``: class names only (zero-shot).
+
+    Raises:
+        ConfigError: The combination is incomplete or contradictory.
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    if shots is not None and shots < 1:
+        raise ConfigError(f"--shots must be >= 1 image per class, got {shots}")
+    if dataset is not None and (memory_set is not None or test_set is not None):
+        raise ConfigError("give either --dataset or --memory-set/--test-set, not both")
+    if dataset is not None and dataset.strip().lower() == FASHION_MNIST:
+        return _fashion_mnist(workdir, shots, limit, seed, text_memory, fashion_mnist_root)
+    if text_memory:
+        if memory_set is not None:
+            raise ConfigError("--text-memory builds the memory from class names: drop --memory-set")
+        source = dataset or test_set
+        if source is None:
+            raise ConfigError("--text-memory needs --test-set (or --dataset) to evaluate on")
+        test = load_items(source)
+        return EvalSets(
+            test_items=limit_items(test, limit, seed),
+            class_names=sorted({label for _, label in test}),
+        )
+    if dataset is not None:
+        if shots is None:
+            raise ConfigError(
+                f"--dataset {dataset} needs --shots N (images per class kept as memory), or "
+                "--text-memory for a class-name memory"
+            )
+        memory, test = split_shots(load_items(dataset), shots, seed)
+        sets = EvalSets(memory_items=memory, test_items=limit_items(test, limit, seed))
+        empty = sorted({lb for _, lb in memory} - {lb for _, lb in test})
+        if empty:
+            sets.notes.append(
+                f"{len(empty)} class(es) had no image left for testing after {shots} shots: "
+                + ", ".join(empty[:10])
+            )
+        return sets
+    if memory_set is None or test_set is None:
+        raise ConfigError(
+            "say what to evaluate: --dataset DIR --shots N, or --memory-set DIR --test-set DIR, "
+            "or --text-memory --test-set DIR, or --dataset fashion-mnist"
+        )
+    memory = load_items(memory_set)
+    if shots is not None:
+        memory, _ = split_shots(memory, shots, seed)
+    sets = EvalSets(memory_items=memory, test_items=limit_items(load_items(test_set), limit, seed))
+    shared = {src for src, _ in memory} & {src for src, _ in sets.test_items}
+    if shared:
+        sets.notes.append(
+            f"warning: {len(shared)} test image(s) are also in the memory; accuracy is inflated"
+        )
+    return sets
