@@ -446,6 +446,7 @@ def memory_stats(
 
 # Commands that live in their own modules register themselves here (one line each).
 # Each module imports only typer at module level.
+__import__("rar_agent.cli_eval", fromlist=["register"]).register(app)
 
 
 def main() -> None:

