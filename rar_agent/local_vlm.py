@@ -283,7 +283,7 @@ class LocalVisionChatModel(BaseChatModel):
             ) from exc
         if adapter is not None:
             model = _apply_adapter(model, adapter)
-        model.to(device).eval()
+        model = model.to(device).eval()  # type: ignore[arg-type]
         return _Loaded(model=model, processor=processor, device=device, lock=threading.Lock())
 
     # -- generation ---------------------------------------------------------------------------

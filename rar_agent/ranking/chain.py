@@ -178,7 +178,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
             ConfigError: A setting is out of range or the model does not fit.
         """
         try:
-            super().__init__(model=model, **kwargs)
+            super().__init__(model=model, **kwargs)  # type: ignore[call-arg]
         except ValidationError as exc:
             raise ConfigError(f"Invalid RankingChain settings: {exc}") from None
         problems = []
@@ -233,25 +233,23 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
         """Async :meth:`invoke`; the timeout cancels the model call."""
         return await self._acall_with_config(self._arank, self._coerce(input), config)
 
-    def batch(  # type: ignore[override]
-        self, inputs: list[Any], config: Any = None, **kwargs: Any
-    ) -> list[RankingOutput]:
+    def batch(self, inputs: list[Any], config: Any = None, **kwargs: Any) -> list[RankingOutput]:
         """Rank many inputs, at most ``max_concurrency`` at once."""
         return super().batch(inputs, self._limit(config), **kwargs)
 
-    async def abatch(  # type: ignore[override]
+    async def abatch(
         self, inputs: list[Any], config: Any = None, **kwargs: Any
     ) -> list[RankingOutput]:
         """Async :meth:`batch`, at most ``max_concurrency`` calls in flight."""
         return await super().abatch(inputs, self._limit(config), **kwargs)
 
-    def batch_as_completed(  # type: ignore[override]
+    def batch_as_completed(
         self, inputs: Sequence[Any], config: Any = None, **kwargs: Any
     ) -> Iterator[tuple[int, Any]]:
         """Like :meth:`batch`, yielding ``(index, output)`` as each finishes."""
         yield from super().batch_as_completed(inputs, self._limit(config), **kwargs)
 
-    async def abatch_as_completed(  # type: ignore[override]
+    async def abatch_as_completed(
         self, inputs: Sequence[Any], config: Any = None, **kwargs: Any
     ) -> AsyncIterator[tuple[int, Any]]:
         """Async :meth:`batch_as_completed`."""
@@ -262,9 +260,9 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
 
     def _limit(self, config: Any) -> Any:
         def one(cfg: RunnableConfig | None) -> RunnableConfig:
-            cfg = dict(cfg or {})  # type: ignore[assignment]
-            cfg.setdefault("max_concurrency", self.max_concurrency)
-            return cfg  # type: ignore[return-value]
+            out = RunnableConfig(**(cfg or {}))
+            out.setdefault("max_concurrency", self.max_concurrency)
+            return out
 
         return [one(c) for c in config] if isinstance(config, list) else one(config)
 
@@ -305,6 +303,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
     def _finish(
         self, inp: RankingInput, reply: Any, error: str | None, attempts: int, start: float
     ) -> RankingOutput:
+        result: ParseResult | None
         if error is not None:
             result = ParseResult(list(inp.candidates), "fallback", error, "none")
             raw = None
