@@ -86,7 +86,7 @@ def run_guarded(func: Any, *args: Any, **kwargs: Any) -> Any:
 def _err(message: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
 
 
 def _progress_callback(enabled: bool, description: str) -> tuple[Any, Any]:
@@ -122,7 +122,9 @@ def recognize(
         typer.Option("--ranker", help="none | provider:model | hf:<repo|dir>.", envvar="RAR_RANKER"),
     ] = None,
     gate: Annotated[
-        float | None, typer.Option("--gate", help="Skip ranking above this score margin.")
+        str | None,
+        typer.Option("--gate", help="off | on | a score margin: skip ranking above it.",
+                     envvar="RAR_GATE"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
     boxes: Annotated[
@@ -206,7 +208,7 @@ def _recognize_boxes(
 def _err_note(message: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[dim]{message}[/]", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[dim]{message}[/]", highlight=False)
 
 
 def _print_results(results: list[RecognitionResult], as_json: bool) -> None:
@@ -221,7 +223,7 @@ def _print_results(results: list[RecognitionResult], as_json: bool) -> None:
     for r in results:
         if r.error:
             where = r.image if r.box_id is None else f"{r.image} box {r.box_id}"
-            console.print(f"[bold]{where}[/]: [red]{r.error}[/]", highlight=False)
+            console.print(f"[bold]{where}[/]: [red]{r.error}[/]", highlight=False, soft_wrap=True)
             continue
         where = r.image if r.box_id is None else f"{r.image} box {r.box_id} {r.box}"
         table = Table(title=f"{where}: [bold green]{r.label}[/]", title_justify="left")
@@ -447,6 +449,7 @@ def memory_stats(
 # Commands that live in their own modules register themselves here (one line each).
 # Each module imports only typer at module level.
 __import__("rar_agent.cli_eval", fromlist=["register"]).register(app)
+__import__("rar_agent.cli_finetune").cli_finetune.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,266 @@
+"""Ranking fine-tuning data: windows, self-exclusion, exact prompts, both formats, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from rar_agent.errors import ConfigError
+from rar_agent.finetune_data import (
+    FinetuneOptions,
+    FinetuneSummary,
+    build_finetune_data,
+    iter_samples,
+    label_windows,
+)
+from rar_agent.memory import CategoryMemory
+from rar_agent.memory.builders import add_images, iter_image_folder
+from rar_agent.ranking import build_ranking_messages, format_target
+from rar_agent.ranking.prompt import SYSTEM_PROMPT
+
+CLASSES = ["ant", "bee", "cat", "dog", "eel", "fox"]
+
+
+def make_folder(root: Path, per_class: int) -> Path:
+    rng = np.random.default_rng(0)
+    for c, label in enumerate(CLASSES):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            base = np.array([40 * c % 256, 90 + 25 * c, 200 - 30 * c])
+            arr = np.clip(base + rng.normal(0, 30, (24, 24, 3)), 0, 255).astype("uint8")
+            Image.fromarray(arr).save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.fixture()
+def dataset(tmp_path: Path, tiny_encoder: Any):  # noqa: ANN201
+    folder = make_folder(tmp_path / "images", per_class=3)
+    memory = CategoryMemory.open(tmp_path / "mem", collection="ft")
+    add_images(memory, tiny_encoder, iter_image_folder(folder))
+    memory.set_description("toy animals")
+    yield folder, memory
+    memory.close()
+
+
+# ------------------------------------------------------------------------------ windows
+
+
+def test_label_windows() -> None:
+    pool = ["a", "b", "c", "d", "e", "f"]
+    assert label_windows(pool, "c", 3) == [
+        ["a", "b", "c"],  # the served top-3
+        ["b", "c", "d"],
+        ["c", "d", "e"],
+        ["c", "e", "f"],
+    ]
+    assert label_windows(pool, "a", 3)[:2] == [["a", "b", "c"], ["a", "c", "d"]]
+    assert label_windows(pool, "f", 3)[0] == ["a", "b", "f"]  # hardest negatives + truth
+    assert all("f" in w and len(w) == 3 for w in label_windows(pool, "f", 3))
+    assert label_windows(pool, "z", 3) == []  # negatives only: no window
+    assert label_windows(["a", "b"], "b", 5) == [["a", "b"]]
+    assert label_windows(["a"], "a", 5) == []  # nothing to rank
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="k must be at least 2"):
+        FinetuneOptions(k=1)
+    with pytest.raises(ConfigError, match="top_n"):
+        FinetuneOptions(k=5, top_n=3)
+    with pytest.raises(ConfigError, match="windows"):
+        FinetuneOptions(windows=0)
+
+
+# ------------------------------------------------------------------------------ samples
+
+
+def test_targets_put_the_truth_first_and_keep_retrieval_order(
+    dataset: tuple[Path, CategoryMemory], tiny_encoder: Any
+) -> None:
+    folder, memory = dataset
+    summary = FinetuneSummary()
+    items = iter_image_folder(folder)
+    samples = list(iter_samples(memory, tiny_encoder, items, FinetuneOptions(k=4), summary=summary))
+    assert summary.images == 18 and summary.self_hits_excluded == 18
+    assert len(samples) == summary.conversations == 18 - summary.not_retrieved
+    assert sum(summary.per_class.values()) == len(samples)
+    for s in samples:
+        assert s.order[0] == s.label and sorted(s.order) == sorted(s.candidates)
+        assert len(s.candidates) == 4 and s.candidates == s.retrieved[:4]  # served top-k
+        rest = [name for name in s.retrieved if name in s.order[1:]]
+        assert s.order[1:] == rest
+        assert s.target == format_target(s.order)
+        assert s.source.endswith(".png") and Path(s.source).parent.name == s.label
+
+
+def test_the_image_never_retrieves_itself(tmp_path: Path, tiny_encoder: Any) -> None:
+    # one image per class: a class's only entry is the query itself, so once it is excluded
+    # the true label cannot be retrieved and no conversation may be written
+    folder = make_folder(tmp_path / "one", per_class=1)
+    with CategoryMemory.open(tmp_path / "mem1", collection="one") as memory:
+        add_images(memory, tiny_encoder, iter_image_folder(folder))
+        summary = FinetuneSummary()
+        items = iter_image_folder(folder)
+        samples = list(
+            iter_samples(memory, tiny_encoder, items, FinetuneOptions(k=3), summary=summary)
+        )
+    assert samples == []
+    assert summary.not_retrieved == len(CLASSES) == summary.self_hits_excluded
+    assert dict(summary.missed_per_class) == dict.fromkeys(CLASSES, 1)
+
+
+def test_prompt_is_exactly_the_ranking_chains(
+    dataset: tuple[Path, CategoryMemory], tiny_encoder: Any
+) -> None:
+    folder, memory = dataset
+    items = iter_image_folder(folder)[:2]
+    (sample, *_) = iter_samples(memory, tiny_encoder, items, FinetuneOptions(k=3))
+    served = build_ranking_messages(
+        Image.open(sample.source).convert("RGB"), sample.candidates, "toy animals"
+    )
+    assert [m.type for m in sample.messages] == [m.type for m in served]
+    assert [m.content for m in sample.messages] == [m.content for m in served]
+
+
+def test_windows_shuffle_dedup_cap_and_seed(
+    dataset: tuple[Path, CategoryMemory], tiny_encoder: Any, tmp_path: Path
+) -> None:
+    folder, memory = dataset
+    items = iter_image_folder(folder)
+    shutil.copy(folder / "ant" / "0.png", folder / "ant" / "copy.png")
+    with_copy = iter_image_folder(folder)
+    opts = FinetuneOptions(k=3, windows=3, shuffle=True, seed=7)
+    summary = FinetuneSummary()
+    samples = list(iter_samples(memory, tiny_encoder, with_copy, opts, summary=summary))
+    assert summary.duplicates == 1  # the copied file
+    by_image: dict[str, list[Any]] = {}
+    for s in samples:
+        by_image.setdefault(s.source, []).append(s)
+        assert s.label in s.candidates and s.order[0] == s.label
+        assert set(s.candidates) == set(s.order)
+    assert all(len(v) == 3 for v in by_image.values())  # 5 negatives, k=3: 4 windows, 3 kept
+    for group in by_image.values():  # different windows of one image
+        assert len({tuple(sorted(s.candidates)) for s in group}) == len(group)
+    shuffled = [s for s in samples if s.candidates != sorted(s.candidates, key=s.retrieved.index)]
+    assert shuffled  # some prompts show a non-retrieval order
+    again = list(iter_samples(memory, tiny_encoder, with_copy, opts))
+    assert [(s.source, s.candidates) for s in again] == [(s.source, s.candidates) for s in samples]
+
+    capped = FinetuneSummary()
+    opts = FinetuneOptions(k=3, windows=3, max_per_class=2)
+    samples = list(iter_samples(memory, tiny_encoder, items, opts, summary=capped))
+    assert max(capped.per_class.values()) == 2 and capped.capped > 0
+
+
+# ------------------------------------------------------------------------------ formats
+
+
+def test_llava_and_openai_files(
+    dataset: tuple[Path, CategoryMemory], tiny_encoder: Any, tmp_path: Path
+) -> None:
+    folder, memory = dataset
+    items = iter_image_folder(folder)
+    llava = tmp_path / "train.json"
+    summary = build_finetune_data(
+        memory,
+        tiny_encoder,
+        items,
+        llava,
+        fmt="llava",
+        options=FinetuneOptions(k=3),
+        image_root=folder,
+    )
+    records = json.loads(llava.read_text())
+    assert len(records) == summary.conversations > 0
+    rec = records[0]
+    assert rec["system"] == SYSTEM_PROMPT
+    assert (folder / rec["image"]).is_file() and not Path(rec["image"]).is_absolute()
+    human, gpt = rec["conversations"]
+    assert human["from"] == "human" and human["value"].startswith("<image>\n")
+    assert human["value"].count("<image>") == 1
+    assert 'Domain of the candidates: "toy animals".' in human["value"]
+    assert json.loads(gpt["value"])[0] == rec["label"] and gpt["from"] == "gpt"
+
+    jsonl = tmp_path / "train.jsonl"
+    build_finetune_data(
+        memory, tiny_encoder, items, jsonl, fmt="openai", options=FinetuneOptions(k=3)
+    )
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(lines) == len(records)
+    system, user, assistant = lines[0]["messages"]
+    assert (system["role"], user["role"], assistant["role"]) == ("system", "user", "assistant")
+    assert system["content"] == SYSTEM_PROMPT
+    image_part = next(p for p in user["content"] if p["type"] == "image_url")
+    url = image_part["image_url"]["url"]
+    assert url.startswith("data:image/jpeg;base64,")
+    Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).verify()
+    text_part = next(p for p in user["content"] if p["type"] == "text")
+    assert text_part["text"] == human["value"].removeprefix("<image>\n")
+    assert assistant["content"] == gpt["value"]
+
+    with pytest.raises(ConfigError, match="format"):
+        build_finetune_data(memory, tiny_encoder, items, jsonl, fmt="alpaca")  # type: ignore[arg-type]
+
+
+def test_cli_writes_both_formats_with_a_summary(
+    tmp_path: Path, tiny_encoder: Any, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rar_agent.cli import app
+
+    folder = make_folder(tmp_path / "images", per_class=2)
+    with CategoryMemory.open(tmp_path / "mem", collection="ft") as memory:
+        add_images(memory, tiny_encoder, iter_image_folder(folder))
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+    common = [
+        "--memory",
+        str(tmp_path / "mem"),
+        "--collection",
+        "ft",
+        "--clip-model",
+        tiny_openclip_spec,
+        "--from-folder",
+        str(folder),
+        "--k",
+        "3",
+        "--no-progress",
+    ]
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["finetune-data", "--out", str(tmp_path / "a.json"), "--json", *common]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 12 and summary["self_hits_excluded"] == 12
+    assert summary["conversations"] == len(json.loads((tmp_path / "a.json").read_text()))
+    assert sum(summary["per_class"].values()) == summary["conversations"]
+
+    result = runner.invoke(
+        app,
+        [
+            "finetune-data",
+            "--out",
+            str(tmp_path / "b.jsonl"),
+            "--format",
+            "openai",
+            "--windows",
+            "2",
+            *common,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "per class" in result.output and "conversations" in result.output
+    assert (tmp_path / "b.jsonl").read_text().count("\n") >= summary["conversations"]
+
+    bad = runner.invoke(
+        app, ["finetune-data", "--out", str(tmp_path / "c.json"), "--format", "alpaca", *common]
+    )
+    assert bad.exit_code == 2 and "--format" in bad.output
