@@ -31,7 +31,8 @@ app.add_typer(memory_app, name="memory")
 
 # Options shared by every command; each also reads its RAR_* environment variable.
 MemoryOpt = Annotated[
-    Path | None, typer.Option("--memory", help="Embedded memory directory.", envvar="RAR_MEMORY_PATH")
+    Path | None,
+    typer.Option("--memory", help="Embedded memory directory.", envvar="RAR_MEMORY_PATH"),
 ]
 UrlOpt = Annotated[
     str | None, typer.Option("--qdrant-url", help="Qdrant server URL.", envvar="RAR_QDRANT_URL")
@@ -44,29 +45,46 @@ CollectionOpt = Annotated[
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--clip-model", help="open_clip name, local-dir:/path, hf-hub:..., hf:<dir>.",
-                 envvar="RAR_CLIP_MODEL"),
+    typer.Option(
+        "--clip-model",
+        help="open_clip name, local-dir:/path, hf-hub:..., hf:<dir>.",
+        envvar="RAR_CLIP_MODEL",
+    ),
 ]
 PretrainedOpt = Annotated[
     str | None,
-    typer.Option("--clip-pretrained", help="Pretrained tag or checkpoint file.",
-                 envvar="RAR_CLIP_PRETRAINED"),
+    typer.Option(
+        "--clip-pretrained", help="Pretrained tag or checkpoint file.", envvar="RAR_CLIP_PRETRAINED"
+    ),
 ]
 EncoderOpt = Annotated[
     str | None,
-    typer.Option("--encoder", help="Encoder factory as package.module:factory.",
-                 envvar="RAR_ENCODER"),
+    typer.Option(
+        "--encoder", help="Encoder factory as package.module:factory.", envvar="RAR_ENCODER"
+    ),
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
 
 
 def settings_from_options(**options: Any) -> Settings:
     """Settings from ``RAR_*`` variables, overridden by the options given on the command line."""
+    from pydantic import ValidationError
+
     from rar_agent.config import Settings
+    from rar_agent.errors import ConfigError
 
     names = {"memory": "memory_path", "api_key": "qdrant_api_key"}
     update = {names.get(k, k): v for k, v in options.items() if v is not None}
-    return Settings(**update)
+    try:
+        return Settings(**update)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(
+            f"invalid setting ({problems}): fix the option or RAR_* variable"
+        ) from None
 
 
 def run_guarded(func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -97,8 +115,13 @@ def _progress_callback(enabled: bool, description: str) -> tuple[Any, Any]:
         return contextlib.nullcontext(), None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    )
     task = progress.add_task(description, total=None)
 
     def update(done: int, total: int) -> None:
@@ -119,12 +142,15 @@ def recognize(
     ] = None,
     ranker: Annotated[
         str | None,
-        typer.Option("--ranker", help="none | provider:model | hf:<repo|dir>.", envvar="RAR_RANKER"),
+        typer.Option(
+            "--ranker", help="none | provider:model | hf:<repo|dir>.", envvar="RAR_RANKER"
+        ),
     ] = None,
     gate: Annotated[
         str | None,
-        typer.Option("--gate", help="off | on | a score margin: skip ranking above it.",
-                     envvar="RAR_GATE"),
+        typer.Option(
+            "--gate", help="off | on | a score margin: skip ranking above it.", envvar="RAR_GATE"
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
     boxes: Annotated[
@@ -153,9 +179,16 @@ def recognize(
         from rar_agent.pipeline import Recognizer
 
         settings = settings_from_options(
-            memory=memory, qdrant_url=qdrant_url, api_key=api_key, collection=collection,
-            clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder, k=k,
-            ranker=ranker, gate=gate,
+            memory=memory,
+            qdrant_url=qdrant_url,
+            api_key=api_key,
+            collection=collection,
+            clip_model=clip_model,
+            clip_pretrained=clip_pretrained,
+            encoder=encoder,
+            k=k,
+            ranker=ranker,
+            gate=gate,
         )
         label_list = labels.split(",") if labels is not None else None
         bar, update = _progress_callback(progress, "building vocabulary memory")
@@ -176,7 +209,10 @@ def recognize(
 
 
 def _recognize_boxes(
-    recognizer: Any, images: list[str], boxes: Path | None, normalized: bool | None,
+    recognizer: Any,
+    images: list[str],
+    boxes: Path | None,
+    normalized: bool | None,
     annotate: Path | None,
 ) -> list[RecognitionResult]:
     """``recognize --boxes``: every box of one image, optionally drawn into ``annotate``."""
@@ -251,8 +287,9 @@ def _open(settings: Settings) -> Any:
 def _load_encoder(settings: Settings) -> Any:
     from rar_agent.encoders import load_encoder
 
-    return load_encoder(settings.encoder_spec, pretrained=settings.clip_pretrained,
-                        device=settings.device)
+    return load_encoder(
+        settings.encoder_spec, pretrained=settings.clip_pretrained, device=settings.device
+    )
 
 
 @memory_app.command("build")
@@ -291,8 +328,13 @@ def memory_build(
         if len(sources) != 1:
             raise ConfigError("give exactly one of --from-folder, --from-names, --from-manifest")
         settings = settings_from_options(
-            memory=memory, qdrant_url=qdrant_url, api_key=api_key, collection=collection,
-            clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder,
+            memory=memory,
+            qdrant_url=qdrant_url,
+            api_key=api_key,
+            collection=collection,
+            clip_model=clip_model,
+            clip_pretrained=clip_pretrained,
+            encoder=encoder,
         )
         enc = _load_encoder(settings)
         with _open(settings) as mem:
@@ -305,8 +347,11 @@ def memory_build(
                     names = _read_names(from_names)
                     report = builders.add_class_names(mem, enc, names, progress=update)
                 else:
-                    items = (builders.iter_image_folder(from_folder, shots=shots, seed=seed)
-                             if from_folder is not None else builders.iter_manifest(from_manifest))
+                    items = (
+                        builders.iter_image_folder(from_folder, shots=shots, seed=seed)
+                        if from_folder is not None
+                        else builders.iter_manifest(from_manifest)
+                    )
                     report = builders.add_images(mem, enc, items, strict=strict, progress=update)
             _print_report(report, mem)
 
@@ -362,15 +407,21 @@ def memory_add(
         from rar_agent.memory import builders
 
         settings = settings_from_options(
-            memory=memory, qdrant_url=qdrant_url, api_key=api_key, collection=collection,
-            clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder,
+            memory=memory,
+            qdrant_url=qdrant_url,
+            api_key=api_key,
+            collection=collection,
+            clip_model=clip_model,
+            clip_pretrained=clip_pretrained,
+            encoder=encoder,
         )
         enc = _load_encoder(settings)
         with _open(settings) as mem:
             mem.bind_encoder(enc.fingerprint, enc.dim)
             if images:
-                report = builders.add_images(mem, enc, [(str(p), label) for p in images],
-                                             strict=True)
+                report = builders.add_images(
+                    mem, enc, [(str(p), label) for p in images], strict=True
+                )
             else:
                 report = builders.add_class_names(mem, enc, [label])
             _print_report(report, mem)
@@ -389,8 +440,9 @@ def memory_remove(
     """Remove a category and all its entries."""
 
     def run() -> None:
-        settings = settings_from_options(memory=memory, qdrant_url=qdrant_url, api_key=api_key,
-                                         collection=collection)
+        settings = settings_from_options(
+            memory=memory, qdrant_url=qdrant_url, api_key=api_key, collection=collection
+        )
         with _open(settings) as mem:
             removed = mem.remove_label(label)
         typer.echo(f"removed {removed} entries of {label!r}")
@@ -409,8 +461,9 @@ def memory_list(
     """List labels with their entry counts."""
 
     def run() -> None:
-        settings = settings_from_options(memory=memory, qdrant_url=qdrant_url, api_key=api_key,
-                                         collection=collection)
+        settings = settings_from_options(
+            memory=memory, qdrant_url=qdrant_url, api_key=api_key, collection=collection
+        )
         with _open(settings) as mem:
             counts = mem.labels()
         if as_json:
@@ -437,8 +490,9 @@ def memory_stats(
     """Show the memory's size, encoder and backend as JSON."""
 
     def run() -> None:
-        settings = settings_from_options(memory=memory, qdrant_url=qdrant_url, api_key=api_key,
-                                         collection=collection)
+        settings = settings_from_options(
+            memory=memory, qdrant_url=qdrant_url, api_key=api_key, collection=collection
+        )
         with _open(settings) as mem:
             stats = mem.stats()
         typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))

@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     k: int = Field(default=5, ge=1, le=100)
     fetch_k: int | None = Field(default=None, ge=1, description="Entries fetched before folding.")
     ranker: str = Field(default="none", description="none | provider:model | hf:<repo|dir>.")
-    gate: float | None = Field(default=None, description="Skip ranking when margin exceeds it.")
+    gate: str | None = Field(
+        default=None, description="Ranking gate: off | on | a score margin (skip above it)."
+    )
     kind: str = Field(default="auto", description="Memory side to query: auto | image | text.")
 
     @field_validator("collection")

@@ -38,8 +38,9 @@ ImageInput = Union[str, os.PathLike, bytes, "Image.Image"]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; larger declared sizes are treated as bombs
 MAX_FILE_BYTES = 64 * 1024 * 1024
-_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?),(?P<data>.*)$",
-                       re.DOTALL)
+_DATA_URI = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?),(?P<data>.*)$", re.DOTALL
+)
 _B64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")
 
 
@@ -89,14 +90,15 @@ def load_image(
 
     if isinstance(src, Image.Image):
         image = to_rgb(src)
-        digest = hashlib.sha256(
-            f"{image.size}".encode() + image.tobytes()
-        ).hexdigest()
+        digest = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
         return LoadedImage(image, name or "<PIL image>", digest)
     if isinstance(src, bytes | bytearray | memoryview):
         data = bytes(src)
-        return LoadedImage(decode_image_bytes(data, max_pixels=max_pixels, what=name or "bytes"),
-                           name or "<bytes>", hashlib.sha256(data).hexdigest())
+        return LoadedImage(
+            decode_image_bytes(data, max_pixels=max_pixels, what=name or "bytes"),
+            name or "<bytes>",
+            hashlib.sha256(data).hexdigest(),
+        )
     if isinstance(src, os.PathLike):
         return read_image_file(Path(src), max_pixels=max_pixels, name=name)
     if not isinstance(src, str):
@@ -111,20 +113,29 @@ def load_image(
         from rar_agent.netfetch import fetch_url
 
         data = fetch_url(text, allow_private=True)
-        return LoadedImage(decode_image_bytes(data, max_pixels=max_pixels, what=text),
-                           name or text, hashlib.sha256(data).hexdigest())
+        return LoadedImage(
+            decode_image_bytes(data, max_pixels=max_pixels, what=text),
+            name or text,
+            hashlib.sha256(data).hexdigest(),
+        )
     if text.startswith("data:"):
         data = _decode_data_uri(text)
-        return LoadedImage(decode_image_bytes(data, max_pixels=max_pixels, what="data URI"),
-                           name or "<data URI>", hashlib.sha256(data).hexdigest())
+        return LoadedImage(
+            decode_image_bytes(data, max_pixels=max_pixels, what="data URI"),
+            name or "<data URI>",
+            hashlib.sha256(data).hexdigest(),
+        )
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         scheme = text.split("://", 1)[0]
         raise ImageError(f"unsupported URL scheme {scheme!r}: use a file path or http(s) URL")
     path = Path(text).expanduser()
     if not path.exists() and len(text) > 64 and _B64_CHARS.match(text):
         data = _b64decode(text)
-        return LoadedImage(decode_image_bytes(data, max_pixels=max_pixels, what="base64 text"),
-                           name or "<base64>", hashlib.sha256(data).hexdigest())
+        return LoadedImage(
+            decode_image_bytes(data, max_pixels=max_pixels, what="base64 text"),
+            name or "<base64>",
+            hashlib.sha256(data).hexdigest(),
+        )
     return read_image_file(path, max_pixels=max_pixels, name=name)
 
 

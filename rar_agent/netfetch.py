@@ -78,27 +78,27 @@ def fetch_url(
     for _ in range(_MAX_REDIRECTS + 1):
         check_url(current, allow_private=allow_private)
         try:
-            with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as c:
-                with c.stream("GET", current) as response:
-                    if response.is_redirect:
-                        location = response.headers.get("location", "")
-                        current = urljoin(current, location)
-                        continue
-                    if response.status_code >= 400:
-                        raise ImageError(f"{url} answered HTTP {response.status_code}")
-                    declared = response.headers.get("content-length")
-                    if declared and declared.isdigit() and int(declared) > max_bytes:
-                        raise ImageError(f"{url} is {declared} bytes, over the {max_bytes} cap")
-                    chunks: list[bytes] = []
-                    total = 0
-                    for chunk in response.iter_bytes():
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise ImageError(f"{url} is larger than the {max_bytes}-byte cap")
-                        if time.monotonic() > deadline:
-                            raise ImageError(f"{url} took longer than {timeout_s:.0f} s")
-                        chunks.append(chunk)
-                    return b"".join(chunks)
+            client = httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False)
+            with client, client.stream("GET", current) as response:
+                if response.is_redirect:
+                    location = response.headers.get("location", "")
+                    current = urljoin(current, location)
+                    continue
+                if response.status_code >= 400:
+                    raise ImageError(f"{url} answered HTTP {response.status_code}")
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise ImageError(f"{url} is {declared} bytes, over the {max_bytes} cap")
+                chunks: list[bytes] = []
+                total = 0
+                for chunk in response.iter_bytes():
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise ImageError(f"{url} is larger than the {max_bytes}-byte cap")
+                    if time.monotonic() > deadline:
+                        raise ImageError(f"{url} took longer than {timeout_s:.0f} s")
+                    chunks.append(chunk)
+                return b"".join(chunks)
         except httpx.TimeoutException as e:
             raise ImageError(f"{url} timed out after {timeout_s:.0f} s") from e
         except httpx.HTTPError as e:

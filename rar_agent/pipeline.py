@@ -39,7 +39,8 @@ class Recognizer:
             ``"hf:<dir>"``) or ``None``/``"none"`` for retrieval only.
         k: Candidates handed to the ranker (and returned).
         fetch_k: Memory entries fetched before folding into labels.
-        gate: Skip ranking when the top label's score leads the second by more than this.
+        gate: Skip ranking when the top label's score leads the second by more than this
+            margin (a number, ``"on"`` for the default margin, ``"off"``/``None``).
         kind: Memory side to query (``auto`` prefers image examples).
         hint: Domain hint for the ranker (defaults to the memory's description).
     """
@@ -52,15 +53,17 @@ class Recognizer:
         ranker: Any = None,
         k: int = 5,
         fetch_k: int | None = None,
-        gate: float | None = None,
+        gate: float | str | None = None,
         kind: MemoryKind = "auto",
         hint: str | None = None,
     ) -> None:
+        from rar_agent.ranking import parse_gate
+
         memory.bind_encoder(encoder.fingerprint, encoder.dim)
         self.memory = memory
         self.encoder = encoder
         self.k = validate_k(k)
-        self.gate = gate
+        self.gate = parse_gate(gate)
         self.retriever = CategoryRetriever(
             memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=kind
         )
@@ -93,13 +96,19 @@ class Recognizer:
         else:
             memory = open_memory(settings)
             if memory.count() == 0:
-                logger.info("memory %r is empty: using the ImageNet-1k vocabulary",
-                            settings.collection)
+                logger.info(
+                    "memory %r is empty: using the ImageNet-1k vocabulary", settings.collection
+                )
                 memory.close()
                 memory = vocabulary_memory(settings, encoder, None, progress=progress)
         return cls(
-            memory, encoder, ranker=settings.ranker, k=settings.k, fetch_k=settings.fetch_k,
-            gate=settings.gate, kind=settings.kind,  # type: ignore[arg-type]
+            memory,
+            encoder,
+            ranker=settings.ranker,
+            k=settings.k,
+            fetch_k=settings.fetch_k,
+            gate=settings.gate,
+            kind=settings.kind,  # type: ignore[arg-type]
         )
 
     # ------------------------------------------------------------------ recognition
@@ -198,8 +207,11 @@ class Recognizer:
                     candidates=final,
                     ranking=info,
                     image=item.source,
-                    timings_ms={"encode": round(encode_ms, 3), "retrieve": round(retrieve_ms, 3),
-                                "rank": info.latency_ms or 0.0},
+                    timings_ms={
+                        "encode": round(encode_ms, 3),
+                        "retrieve": round(retrieve_ms, 3),
+                        "rank": info.latency_ms or 0.0,
+                    },
                 )
             )
         return results
@@ -224,8 +236,12 @@ class Recognizer:
             from rar_agent.ranking import RankingInput
 
             inputs = [
-                RankingInput(image=images[i], candidates=[c.label for c in retrieved[i]],
-                             scores=[c.score for c in retrieved[i]], hint=self.hint)
+                RankingInput(
+                    image=images[i],
+                    candidates=[c.label for c in retrieved[i]],
+                    scores=[c.score for c in retrieved[i]],
+                    hint=self.hint,
+                )
                 for i in todo
             ]
             outputs: list[RankingOutput] = self.ranker.batch(inputs)
@@ -269,8 +285,11 @@ def _as_chain(ranker: Any) -> RankingChain | None:
 
 def _ranking_info(output: RankingOutput) -> RankingInfo:
     return RankingInfo(
-        status=output.status, reason=output.reason, model=output.model,
-        raw_reply=output.raw_reply, parsed_order=list(output.order),
+        status=output.status,
+        reason=output.reason,
+        model=output.model,
+        raw_reply=output.raw_reply,
+        parsed_order=list(output.order),
         latency_ms=output.latency_ms,
     )
 
@@ -300,8 +319,11 @@ def open_memory(settings: Settings, collection: str | None = None) -> CategoryMe
     name = collection or settings.collection
     if settings.qdrant_url:
         return CategoryMemory.open(
-            url=settings.qdrant_url, api_key=settings.qdrant_api_key, collection=name,
-            shard_number=settings.shard_number, replication_factor=settings.replication_factor,
+            url=settings.qdrant_url,
+            api_key=settings.qdrant_api_key,
+            collection=name,
+            shard_number=settings.shard_number,
+            replication_factor=settings.replication_factor,
         )
     if settings.memory_path is not None and collection is None:
         return CategoryMemory.open(settings.memory_path, collection=name)

@@ -52,8 +52,9 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
             best[hit.label] = hit
     ranked = sorted(best.values(), key=lambda h: -h.score)[:k]
     return [
-        Candidate(label=h.label, score=float(h.score), retrieval_rank=i, kind=h.kind,
-                  source=h.source)
+        Candidate(
+            label=h.label, score=float(h.score), retrieval_rank=i, kind=h.kind, source=h.source
+        )
         for i, h in enumerate(ranked)
     ]
 
@@ -122,10 +123,8 @@ class CategoryRetriever(BaseRetriever):
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun
     ) -> list[Document]:
-        if is_image_reference(query):
-            candidates = self.retrieve(query)
-        else:
-            candidates = self.search_text(query)
+        is_image = is_image_reference(query)
+        candidates = self.retrieve(query) if is_image else self.search_text(query)
         return candidates_to_documents(candidates)
 
 
@@ -134,8 +133,13 @@ def candidates_to_documents(candidates: Sequence[Candidate]) -> list[Document]:
     return [
         Document(
             page_content=c.label,
-            metadata={"score": c.score, "rank": c.retrieval_rank, "kind": c.kind,
-                      "source": c.source, "label": c.label},
+            metadata={
+                "score": c.score,
+                "rank": c.retrieval_rank,
+                "kind": c.kind,
+                "source": c.source,
+                "label": c.label,
+            },
         )
         for c in candidates
     ]

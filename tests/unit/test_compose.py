@@ -45,8 +45,9 @@ def test_cluster_profile_has_three_distributed_nodes(compose: dict) -> None:
     assert len(uris) == 3
     followers = [s for s in nodes.values() if "--bootstrap" in s["command"]]
     assert len(followers) == 2
-    leader_uri = next(iter(uris - {f["command"][f["command"].index("--uri") + 1]
-                                   for f in followers}))
+    leader_uri = next(
+        iter(uris - {f["command"][f["command"].index("--uri") + 1] for f in followers})
+    )
     for follower in followers:
         assert follower["command"][follower["command"].index("--bootstrap") + 1] == leader_uri
     published = [p for s in compose["services"].values() for p in s.get("ports", [])]

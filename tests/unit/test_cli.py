@@ -1,0 +1,121 @@
+"""The rar-agent command line, run in-process with a tiny random CLIP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from rar_agent.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def env(tmp_path: Path, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_CLIP_MODEL", tiny_openclip_spec)
+    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+    monkeypatch.delenv("RAR_QDRANT_URL", raising=False)
+    rng = np.random.default_rng(1)
+    for label in ["alpha", "beta"]:
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(2):
+            arr = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / label / f"{i}.png")
+    return tmp_path
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_build_list_stats_recognize_remove(env: Path) -> None:
+    code, out = _run("memory", "build", "--from-folder", str(env / "imgs"), "--no-progress")
+    assert code == 0, out
+    assert "added 4" in out
+    code, out = _run("memory", "build", "--from-folder", str(env / "imgs"), "--no-progress")
+    assert code == 0 and "added 0" in out and "already stored 4" in out
+
+    code, out = _run("memory", "list", "--json")
+    assert code == 0 and json.loads(out) == {"alpha": 2, "beta": 2}
+    code, out = _run("memory", "stats")
+    assert code == 0 and "alpha" not in out and json.loads(out)
+
+    query = env / "imgs" / "beta" / "1.png"
+    code, out = _run("recognize", str(query), "--k", "2", "--json")
+    assert code == 0, out
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["label"] == "beta"
+    assert record["image"] == str(query)
+    assert [c["label"] for c in record["candidates"]] == ["beta", "alpha"]
+    assert record["ranking"]["status"] == "disabled"
+
+    code, out = _run("memory", "remove", "beta")
+    assert code == 0 and "removed 2" in out
+    code, out = _run("memory", "list", "--json")
+    assert json.loads(out) == {"alpha": 2}
+
+
+def test_recognize_with_labels_and_table_output(env: Path) -> None:
+    code, out = _run(
+        "recognize",
+        str(env / "imgs" / "alpha" / "0.png"),
+        "--labels",
+        "cat,dog,fox",
+        "--k",
+        "3",
+        "--no-progress",
+    )
+    assert code == 0, out
+    assert "ranking: disabled" in out
+    assert sum(label in out for label in ["cat", "dog", "fox"]) == 3
+
+
+def test_errors_are_one_clear_line_not_a_traceback(env: Path) -> None:
+    bad = env / "bad.png"
+    bad.write_text("hello")
+    code, out = _run("recognize", str(bad), "--labels", "cat,dog", "--no-progress")
+    assert code == 1 and "not an image" in out and "Traceback" not in out
+    code, out = _run("memory", "build", "--no-progress")
+    assert code == 2 and "exactly one of" in out
+    code, out = _run(
+        "recognize", str(env / "imgs" / "alpha" / "0.png"), "--k", "0", "--labels", "a,b"
+    )
+    assert code == 2 and "k:" in out and "greater than or equal to 1" in out
+
+
+def test_offline_default_model_names_the_fix(tmp_path: Path) -> None:
+    env = {"HF_HUB_OFFLINE": "1", "RAR_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rar_agent.cli",
+            "recognize",
+            "examples/images/cat.jpg",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "local-dir:" in proc.stderr and "RAR_CLIP_MODEL" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    code, out = _run("--help")
+    assert code == 0
+    for command in ["recognize", "memory"]:
+        assert command in out
