@@ -1,0 +1,405 @@
+"""An agent that recognizes images with the RAR tools (extra ``agent``: langchain + langgraph).
+
+:func:`create_rar_agent` builds a ``langchain.agents.create_agent`` graph with the
+recognition tools, any extra tools the caller passes, and :class:`ImageRegistryMiddleware`:
+
+- images in user turns (LangChain standard image blocks, OpenAI ``image_url`` blocks,
+  Anthropic ``source`` blocks and the camelCase ``data``/``mimeType`` form LangChain's chat UI
+  sends) are stored in an :class:`~rar_agent.tools.ImageRegistry` and replaced in the
+  history by a short text ``[image id img-...]``, so the model passes an id, never bytes;
+- the agent state keeps this conversation's image ids (``images``); when the model calls an
+  image tool without an id, the latest one is filled in, and ids from other conversations
+  are refused.
+
+:class:`RecognitionOnlyChatModel` is a deterministic stand-in for a chat model: it calls the
+recognize tool on the latest image and returns the tool's output, so the agent (and the
+chat page) work with no hosted model at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NotRequired
+
+from langchain.agents.middleware import AgentMiddleware, AgentState
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from rar_agent.errors import RarError
+from rar_agent.tools import IMAGE_ID_PATTERN, ImageRegistry, make_tools
+
+if TYPE_CHECKING:
+    from langchain_core.tools import BaseTool
+    from langgraph.prebuilt.tool_node import ToolCallRequest
+    from langgraph.runtime import Runtime
+    from langgraph.types import Command
+
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "IMAGE_TOOLS",
+    "ImageRegistryMiddleware",
+    "RarAgentState",
+    "RecognitionOnlyChatModel",
+    "create_rar_agent",
+    "image_blocks_to_ids",
+    "last_tool_messages",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Tools whose ``image`` argument defaults to the conversation's latest image.
+IMAGE_TOOLS = ("recognize_image", "add_category_example")
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a visual recognition assistant. Images the user sends appear in the "
+    "conversation as '[image id img-...]'. To find out what an image shows, call the "
+    "recognize_image tool with that id (omit the id for the latest image); it retrieves "
+    "candidate categories from a memory and ranks them. Base your answer on the tool's "
+    "answer, mention the strongest alternatives with their scores when the call is close, "
+    "and say so plainly when a tool reports an error. Use the other tools when they help "
+    "answer the user's question."
+)
+
+
+class RarAgentState(AgentState[Any]):
+    """Agent state plus the ids of this conversation's images, oldest first."""
+
+    images: NotRequired[list[str]]
+
+
+# ---------------------------------------------------------------------------- image blocks
+
+
+def _block_image(block: Any) -> tuple[str | bytes, str | None, str | None] | None:
+    """``(data, mime, name)`` of an image content block, or ``None`` if it is not one.
+
+    ``data`` is base64 text / a data URI, or an ``http(s)`` URL string (returned as is).
+    """
+    if not isinstance(block, dict):
+        return None
+    kind = block.get("type")
+    meta = block.get("metadata") if isinstance(block.get("metadata"), dict) else {}
+    name = block.get("name") or block.get("filename") or meta.get("name") or meta.get("filename")
+    mime = block.get("mime_type") or block.get("mimeType") or block.get("media_type")
+    if kind == "image_url":  # OpenAI chat completions
+        inner = block.get("image_url")
+        url = inner.get("url") if isinstance(inner, dict) else inner
+        return (url, mime, name) if isinstance(url, str) and url else None
+    if kind == "input_image":  # OpenAI responses API
+        url = block.get("image_url")
+        return (url, mime, name) if isinstance(url, str) and url else None
+    if kind == "image" and isinstance(block.get("source"), dict):  # Anthropic
+        source = block["source"]
+        if source.get("type") == "base64" and source.get("data"):
+            return source["data"], source.get("media_type") or mime, name
+        if source.get("type") == "url" and source.get("url"):
+            return source["url"], mime, name
+        return None
+    if kind in ("image", "file"):
+        if kind == "file" and not str(mime or "").startswith("image/"):
+            return None
+        # v1 standard blocks ("base64"/"url"), v0 ("source_type" + "data"/"url"), chat UI
+        # (camelCase "mimeType" + "data").
+        data = block.get("base64") or block.get("data")
+        if isinstance(data, str) and data:
+            return data, mime, name
+        url = block.get("url")
+        if isinstance(url, str) and url:
+            return url, mime, name
+    return None
+
+
+def image_blocks_to_ids(
+    content: Any,
+    registry: ImageRegistry,
+    *,
+    fetch_url: Callable[[str], bytes] | None = None,
+) -> tuple[Any, list[str]]:
+    """Register the images in a message's content and replace them by id placeholders.
+
+    Args:
+        content: A message's content (a string or a list of blocks).
+        registry: Where the images go.
+        fetch_url: How to download ``http(s)`` image URLs; ``None`` leaves URL blocks as
+            they are (the model may still see them; the tools cannot).
+
+    Returns:
+        ``(new_content, ids)``: the content with each image replaced by a text block
+        ``[image id img-...]`` (or a note saying why it could not be read) and the ids of
+        the registered images, in order. Content without images comes back unchanged.
+    """
+    if not isinstance(content, list):
+        return content, []
+    new: list[Any] = []
+    ids: list[str] = []
+    changed = False
+    for block in content:
+        found = _block_image(block)
+        if found is None:
+            new.append(block)
+            continue
+        data, mime, name = found
+        try:
+            if isinstance(data, str) and data.startswith(("http://", "https://")):
+                if fetch_url is None:
+                    new.append(block)
+                    continue
+                image_id = registry.register(fetch_url(data), name=name or data, mime_type=mime)
+            else:
+                image_id = registry.register(data, name=name, mime_type=mime)
+        except RarError as e:
+            logger.info("could not register an image from a user turn: %s", e)
+            new.append({"type": "text", "text": f"[an image that could not be read: {e}]"})
+            changed = True
+            continue
+        label = f"[image id {image_id}" + (f", file {name}]" if name else "]")
+        new.append({"type": "text", "text": label})
+        ids.append(image_id)
+        changed = True
+    return (new if changed else content), ids
+
+
+# ---------------------------------------------------------------------------- middleware
+
+
+class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
+    """Registers images from user turns and gives image tools this conversation's latest.
+
+    Args:
+        registry: The shared image registry (the tools must use the same one).
+        image_tools: Names of tools whose ``image`` argument defaults to the latest image.
+        fetch_url: Downloader for image URLs in user turns (``None``: leave them as they are).
+    """
+
+    state_schema = RarAgentState
+
+    def __init__(
+        self,
+        registry: ImageRegistry,
+        *,
+        image_tools: Sequence[str] = IMAGE_TOOLS,
+        fetch_url: Callable[[str], bytes] | None = None,
+    ) -> None:
+        super().__init__()
+        self.registry = registry
+        self.image_tools = tuple(image_tools)
+        self.fetch_url = fetch_url
+
+    # -- before each model call: swap images for ids
+
+    def before_model(self, state: RarAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Replace user-turn images by ``[image id ...]`` and record the ids in state."""
+        updated: list[BaseMessage] = []
+        ids = list(state.get("images") or [])
+        for message in state["messages"]:
+            if not isinstance(message, HumanMessage) or not isinstance(message.content, list):
+                continue
+            content, found = image_blocks_to_ids(
+                message.content, self.registry, fetch_url=self.fetch_url
+            )
+            if content is not message.content:
+                updated.append(message.model_copy(update={"content": content}))
+                for image_id in found:  # a re-sent image becomes the latest again
+                    if image_id in ids:
+                        ids.remove(image_id)
+                    ids.append(image_id)
+        if not updated:
+            return None
+        return {"messages": updated, "images": ids}
+
+    async def abefore_model(
+        self, state: RarAgentState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        """Async :meth:`before_model` (decoding runs in a worker thread)."""
+        return await asyncio.to_thread(self.before_model, state, runtime)
+
+    # -- around each tool call: default and check the image id
+
+    def _prepare(self, request: ToolCallRequest) -> ToolCallRequest | ToolMessage:
+        call = request.tool_call
+        if call.get("name") not in self.image_tools:
+            return request
+        state = request.state if isinstance(request.state, dict) else {}
+        known = list(state.get("images") or [])
+        args = dict(call.get("args") or {})
+        ref = args.get("image")
+        if not ref or (isinstance(ref, str) and ref.strip().lower() in {"latest", "last"}):
+            if not known:
+                return _tool_error(
+                    call,
+                    "no image in this conversation yet: ask the user to upload or paste a photo",
+                )
+            args["image"] = known[-1]
+            return request.override(tool_call={**call, "args": args})
+        if isinstance(ref, str):
+            match = IMAGE_ID_PATTERN.search(ref)
+            if match and match.group(0) not in known:
+                return _tool_error(
+                    call,
+                    f"image {match.group(0)} is not part of this "
+                    f"conversation; its images are: {', '.join(known) or 'none'}",
+                )
+        return request
+
+    def wrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+    ) -> ToolMessage | Command[Any]:
+        """Fill in the latest image for image tools called without one."""
+        prepared = self._prepare(request)
+        return prepared if isinstance(prepared, ToolMessage) else handler(prepared)
+
+    async def awrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
+        """Async :meth:`wrap_tool_call`."""
+        prepared = self._prepare(request)
+        return prepared if isinstance(prepared, ToolMessage) else await handler(prepared)
+
+
+def _tool_error(call: Any, text: str) -> ToolMessage:
+    return ToolMessage(
+        content=text, tool_call_id=call.get("id") or "", name=call.get("name"), status="error"
+    )
+
+
+# ---------------------------------------------------------------------------- fallback model
+
+
+class RecognitionOnlyChatModel(BaseChatModel):
+    """A deterministic stand-in for a chat model: recognize the latest image, report it.
+
+    On a user turn with an image id it calls ``recognize_image``; after the tool answers it
+    replies with the tool's output, labelled as retrieval/ranking output; otherwise it says
+    what it can do. Useful with no hosted model, in demos and in tests.
+    """
+
+    tool_name: str = "recognize_image"
+
+    @property
+    def _llm_type(self) -> str:
+        return "rar-recognition-only"
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> RecognitionOnlyChatModel:
+        """Accept the agent's tools (this model only ever calls ``tool_name``)."""
+        return self
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=self._reply(messages))])
+
+    def _reply(self, messages: Sequence[BaseMessage]) -> AIMessage:
+        last = messages[-1] if messages else None
+        if isinstance(last, ToolMessage):
+            if last.status == "error":
+                return AIMessage(content=f"The recognition tool reported an error: {last.text}")
+            return AIMessage(
+                content="Retrieval/ranking output (no chat model is configured, so this is "
+                f"the recognizer's result, not a conversational answer):\n\n{last.text}"
+            )
+        if isinstance(last, HumanMessage):
+            ids = IMAGE_ID_PATTERN.findall(last.text)
+            if ids:
+                call = {
+                    "name": self.tool_name,
+                    "args": {"image": ids[-1]},
+                    "id": "call-rar-1",
+                    "type": "tool_call",
+                }
+                return AIMessage(content="", tool_calls=[call])
+        return AIMessage(
+            content="No chat model is configured, so I can only recognize images: upload or "
+            "paste a photo and I will show the retrieved and ranked categories."
+        )
+
+
+# ---------------------------------------------------------------------------- factory
+
+
+def create_rar_agent(
+    model: str | BaseChatModel | None,
+    *,
+    recognizer: Any = None,
+    tools: Sequence[BaseTool | Callable[..., Any]] = (),
+    registry: ImageRegistry | None = None,
+    allowed_roots: Sequence[Any] = (),
+    allow_urls: bool = False,
+    allow_learning: bool = False,
+    system_prompt: str | None = None,
+    middleware: Sequence[AgentMiddleware[Any, Any]] = (),
+    checkpointer: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Build a tool-calling agent that recognizes images with the RAR tools.
+
+    Args:
+        model: A chat model that supports tool calling, a model string such as
+            ``"openai:gpt-4o-mini"`` (via ``init_chat_model``), or ``None`` for
+            :class:`RecognitionOnlyChatModel`.
+        recognizer: A :class:`~rar_agent.pipeline.Recognizer`; its tools come from
+            :func:`~rar_agent.tools.make_tools`. ``None``: only ``tools``.
+        tools: Extra tools (any LangChain tools: lookups, search, ...).
+        registry: The image registry shared with the tools (and a chat page); a new one if
+            ``None``.
+        allowed_roots: Directories the tools may read image files from (none by default).
+        allow_urls: Let the tools, and the middleware for URL image blocks, fetch public
+            ``http(s)`` URLs (never loopback/private addresses).
+        allow_learning: Add the tool that teaches the memory new examples.
+        system_prompt: Replaces :data:`DEFAULT_SYSTEM_PROMPT`.
+        middleware: More middleware, run after the image middleware.
+        checkpointer: A LangGraph checkpointer for conversations by ``thread_id``.
+        **kwargs: Passed to ``create_agent``.
+
+    Returns:
+        The compiled agent graph; invoke it with ``{"messages": [...]}``.
+    """
+    from langchain.agents import create_agent
+
+    registry = registry if registry is not None else ImageRegistry()
+    all_tools: list[Any] = []
+    if recognizer is not None:
+        all_tools += make_tools(
+            recognizer,
+            registry=registry,
+            allowed_roots=allowed_roots,
+            allow_urls=allow_urls,
+            allow_learning=allow_learning,
+        )
+    all_tools += list(tools)
+    fetch = None
+    if allow_urls:
+        from rar_agent.safety import fetch_public_url
+
+        fetch = fetch_public_url
+    chat_model = model if model is not None else RecognitionOnlyChatModel()
+    return create_agent(
+        chat_model,
+        all_tools,
+        system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
+        middleware=[ImageRegistryMiddleware(registry, fetch_url=fetch), *middleware],
+        checkpointer=checkpointer,
+        **kwargs,
+    )
+
+
+def last_tool_messages(messages: Sequence[BaseMessage]) -> list[ToolMessage]:
+    """The tool messages after the last user turn (what the agent did for it)."""
+    out: list[ToolMessage] = []
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            break
+        if isinstance(message, ToolMessage):
+            out.append(message)
+    return out[::-1]

@@ -1,0 +1,224 @@
+"""The agent: image blocks become ids, the latest image is the default, tools compose."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+
+from rar_agent.agent import (
+    create_rar_agent,
+    image_blocks_to_ids,
+    last_tool_messages,
+)
+from rar_agent.tools import ImageRegistry
+from tests.helpers.fake_chat import PolicyChatModel, recognize_then_lookup
+from tests.helpers.small_memory import small_recognizer
+
+KNOWLEDGE = Path(__file__).resolve().parents[2] / "examples" / "knowledge.json"
+
+
+@pytest.fixture(scope="module")
+def recognizer(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Any) -> Any:
+    rec = small_recognizer(tmp_path_factory.mktemp("agent"), tiny_encoder)
+    yield rec
+    rec.close()
+
+
+def _b64(recognizer: Any, label: str) -> str:
+    return base64.b64encode(recognizer.example_images[label].read_bytes()).decode()
+
+
+def _user(text: str, *blocks: dict[str, Any]) -> HumanMessage:
+    return HumanMessage(content=[{"type": "text", "text": text}, *blocks])
+
+
+def _no_bytes_seen(model: PolicyChatModel, b64: str) -> bool:
+    return all(b64[:40] not in str(m.content) for call in model.seen for m in call)
+
+
+@tool
+def lookup_knowledge(category: str) -> str:
+    """Look up facts about a category in the local knowledge file."""
+    facts = json.loads(KNOWLEDGE.read_text(encoding="utf-8"))
+    entry = facts.get(category.strip().lower())
+    return json.dumps(entry) if entry else f"No notes about {category!r}."
+
+
+# ---------------------------------------------------------------------------- image blocks
+
+
+def test_every_image_block_form_is_registered(recognizer: Any) -> None:
+    reg = ImageRegistry()
+    data = _b64(recognizer, "red apple")
+    uri = f"data:image/png;base64,{data}"
+    forms = [
+        {"type": "image", "base64": data, "mime_type": "image/png"},  # v1 standard
+        {"type": "image", "source_type": "base64", "data": data, "mime_type": "image/png"},  # v0
+        {
+            "type": "image",
+            "source_type": "base64",
+            "mimeType": "image/png",
+            "data": data,
+            "metadata": {"name": "apple.png"},
+        },  # LangChain's agent chat UI
+        {"type": "image_url", "image_url": {"url": uri}},  # OpenAI
+        {"type": "image_url", "image_url": uri},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}},
+        {"type": "file", "mime_type": "image/png", "base64": data},
+    ]
+    for block in forms:
+        content, ids = image_blocks_to_ids([{"type": "text", "text": "hi"}, block], reg)
+        assert len(ids) == 1, block
+        assert content[0] == {"type": "text", "text": "hi"}
+        assert content[1]["text"].startswith(f"[image id {ids[0]}")
+    assert len(reg) == 1  # one picture, one id
+    named, _ = image_blocks_to_ids([forms[2]], reg)
+    assert named[0]["text"].endswith(", file apple.png]")
+
+
+def test_non_image_content_is_left_alone(recognizer: Any) -> None:
+    reg = ImageRegistry()
+    url_block = {"type": "image", "url": "https://example.com/cat.jpg"}
+    pdf = {"type": "file", "mime_type": "application/pdf", "base64": "JVBERi0="}
+    for content in ["plain text", [{"type": "text", "text": "x"}], [url_block], [pdf]]:
+        new, ids = image_blocks_to_ids(content, reg)
+        assert new is content and ids == []
+    broken, ids = image_blocks_to_ids([{"type": "image", "base64": "bm90IGFuIGltYWdl"}], reg)
+    assert ids == [] and broken[0]["text"].startswith("[an image that could not be read:")
+
+
+# ---------------------------------------------------------------------------- agents
+
+
+def test_recognition_only_agent_answers_from_the_tool(recognizer: Any) -> None:
+    registry = ImageRegistry()
+    agent = create_rar_agent(None, recognizer=recognizer, registry=registry)
+    data = _b64(recognizer, "blue jay")
+    out = agent.invoke(
+        {
+            "messages": [
+                _user(
+                    "what bird is this?",
+                    {"type": "image", "base64": data, "mime_type": "image/png"},
+                )
+            ]
+        }
+    )
+    final = out["messages"][-1]
+    assert isinstance(final, AIMessage)
+    assert final.text.startswith("Retrieval/ranking output")
+    assert "Answer for img-" in final.text and ": blue jay (" in final.text
+    (tool_msg,) = last_tool_messages(out["messages"])
+    assert tool_msg.artifact["label"] == "blue jay"
+    assert out["images"] == [registry.latest().id]
+    # The stored history holds the id, not the picture.
+    assert data[:40] not in str(out["messages"][0].content)
+    no_image = agent.invoke({"messages": [HumanMessage("hello")]})
+    assert "No chat model is configured" in no_image["messages"][-1].text
+
+
+def test_composition_recognize_then_knowledge_lookup(recognizer: Any) -> None:
+    model = PolicyChatModel(policy=recognize_then_lookup)
+    agent = create_rar_agent(model, recognizer=recognizer, tools=[lookup_knowledge])
+    data = _b64(recognizer, "blue jay")
+    out = agent.invoke(
+        {
+            "messages": [
+                _user(
+                    "What is this and what do you know about it?",
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
+                )
+            ]
+        }
+    )
+    assert model.bound_tools == ["recognize_image", "search_categories", "lookup_knowledge"]
+    tools = last_tool_messages(out["messages"])
+    assert [t.name for t in tools] == ["recognize_image", "lookup_knowledge"]
+    assert tools[0].artifact["label"] == "blue jay"
+    assert json.loads(tools[1].text)["summary"].startswith("Cyanocitta cristata")
+    final = out["messages"][-1].text
+    assert final.startswith("This looks like a blue jay. Cyanocitta cristata")
+    assert _no_bytes_seen(model, data)
+    assert "[image id img-" in model.seen[0][-1].text
+
+
+async def test_latest_image_default_and_foreign_ids(recognizer: Any) -> None:
+    registry = ImageRegistry()
+    foreign = registry.register(recognizer.example_images["black cat"].read_bytes())
+    calls: list[dict[str, Any]] = [{}, {"image": foreign}]
+
+    def policy(messages: list[Any]) -> AIMessage:
+        if isinstance(messages[-1], ToolMessage) and not calls:
+            return AIMessage(content="done")
+        args = calls.pop(0)
+        return AIMessage(
+            content="",
+            tool_calls=[
+                {
+                    "name": "recognize_image",
+                    "args": args,
+                    "id": f"c{len(calls)}",
+                    "type": "tool_call",
+                }
+            ],
+        )
+
+    agent = create_rar_agent(
+        PolicyChatModel(policy=policy), recognizer=recognizer, registry=registry
+    )
+    first, second = _b64(recognizer, "green leaf"), _b64(recognizer, "yellow banana")
+    out = await agent.ainvoke(
+        {
+            "messages": [
+                _user(
+                    "two pictures",
+                    {"type": "image", "base64": first, "mime_type": "image/png"},
+                    {"type": "image", "base64": second, "mime_type": "image/png"},
+                )
+            ]
+        }
+    )
+    tools = last_tool_messages(out["messages"])
+    assert tools[0].artifact["label"] == "yellow banana"  # the latest of this conversation
+    assert tools[1].status == "error"
+    assert "not part of this conversation" in tools[1].text  # another conversation's image
+
+
+def test_missing_image_is_a_tool_error_not_a_crash(recognizer: Any) -> None:
+    registry = ImageRegistry()
+    registry.register(recognizer.example_images["black cat"].read_bytes())  # someone else's
+    model = PolicyChatModel(policy=recognize_then_lookup)
+    agent = create_rar_agent(
+        model, recognizer=recognizer, registry=registry, tools=[lookup_knowledge]
+    )
+    out = agent.invoke({"messages": [HumanMessage("what is in my photo?")]})
+    (tool_msg,) = last_tool_messages(out["messages"])
+    assert tool_msg.status == "error" and "no image in this conversation" in tool_msg.text
+    assert out["messages"][-1].text.startswith("Sorry, recognition failed: no image")
+
+
+def test_conversation_memory_keeps_the_latest_image(recognizer: Any) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    model = PolicyChatModel(policy=recognize_then_lookup)
+    agent = create_rar_agent(
+        model, recognizer=recognizer, tools=[lookup_knowledge], checkpointer=InMemorySaver()
+    )
+    config = {"configurable": {"thread_id": "t1"}}
+    data = _b64(recognizer, "red apple")
+    agent.invoke(
+        {"messages": [_user("look", {"type": "image", "base64": data, "mime_type": "image/png"})]},
+        config,
+    )
+    out = agent.invoke({"messages": [HumanMessage("and once more?")]}, config)
+    assert last_tool_messages(out["messages"])[0].artifact["label"] == "red apple"
+    other = agent.invoke(
+        {"messages": [HumanMessage("and mine?")]}, {"configurable": {"thread_id": "t2"}}
+    )
+    assert last_tool_messages(other["messages"])[0].status == "error"
