@@ -1,0 +1,312 @@
+"""A Gradio multimodal chat page over the RAR agent (extra ``ui``).
+
+Upload or paste a photo, ask in words, and read the answer with the ranked candidates and
+their scores as a small table. Each browser session has its own conversation (Gradio keeps
+the history per session; every turn replays it through the agent, so images in it are
+registered again by id and "the latest image" is always this session's). Tool errors show
+up as readable messages. Without a chat model the page still works: a deterministic
+stand-in calls the recognize tool and the reply says it is retrieval/ranking output.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import mimetypes
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rar_agent.errors import RarError
+from rar_agent.tools import ImageRegistry
+
+if TYPE_CHECKING:
+    import gradio as gr
+    from langchain_core.messages import BaseMessage, ToolMessage
+
+__all__ = ["ChatSession", "build_chat_page", "candidates_table", "launch", "render_reply"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_QUESTION = "What is in this image?"
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+-.!|~"})
+
+
+def _md(text: str) -> str:
+    """Escape Markdown/HTML in untrusted text (labels, error messages)."""
+    return text.translate(_MD_SPECIAL)
+
+
+def candidates_table(result: dict[str, Any]) -> str:
+    """A Markdown table of a recognition result's ranked candidates."""
+    rows = ["| # | category | retrieval score |", "|---:|---|---:|"]
+    for i, cand in enumerate(result.get("candidates") or [], 1):
+        label = _md(str(cand.get("label", "")))
+        if i == 1:
+            label = f"**{label}**"
+        rows.append(f"| {i} | {label} | {float(cand.get('score', 0.0)):.3f} |")
+    ranking = result.get("ranking") or {}
+    status = ranking.get("status", "disabled")
+    how = {
+        "ranked": f"ranked by {ranking.get('model') or 'the chat model'}",
+        "skipped": "retrieval order (ranking skipped: retrieval was confident)",
+        "fallback": "retrieval order (the ranker's reply could not be used)",
+    }.get(status, "retrieval order (no ranker configured)")
+    return "\n".join(rows) + f"\n\n<sub>{_md(how)}</sub>"
+
+
+def render_reply(
+    final_text: str, tool_messages: Sequence[ToolMessage], *, recognition_only: bool = False
+) -> str:
+    """The Markdown shown for one agent turn: the reply, candidate tables, tool errors.
+
+    Args:
+        final_text: The agent's final message.
+        tool_messages: The turn's tool messages (their artifacts carry the results).
+        recognition_only: The agent has no chat model: show the recognizer's output plainly.
+    """
+    parts: list[str] = []
+    results = [
+        t for t in tool_messages if t.name == "recognize_image" and isinstance(t.artifact, dict)
+    ]
+    errors = [t for t in tool_messages if t.status == "error"]
+    if recognition_only and results:
+        parts.append(
+            "*Retrieval/ranking output: no chat model is configured, so this is the "
+            "recognizer's result, not a conversational answer.*"
+        )
+    elif final_text.strip():
+        parts.append(final_text.strip())
+    for t in errors:
+        parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(t.text)}")
+    for t in results:
+        artifact = t.artifact
+        items = artifact.get("regions") if "regions" in artifact else [artifact]
+        for item in items:
+            if item.get("error"):
+                parts.append(f"⚠️ {_md(str(item['error']))}")
+                continue
+            head = f"**Answer: {_md(str(item.get('label')))}**"
+            if item.get("box"):
+                head += " in box " + _md(str([round(v, 1) for v in item["box"]]))
+            parts.append(head + "\n\n" + candidates_table(item))
+    return "\n\n".join(parts) if parts else "(no reply)"
+
+
+def _file_path(part: Any) -> str | None:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, dict):
+        if isinstance(part.get("file"), dict):
+            return part["file"].get("path")
+        return part.get("path")
+    return getattr(part, "path", None)
+
+
+def _image_block(path: str) -> dict[str, Any] | None:
+    file = Path(path)
+    if file.suffix.lower() not in _IMAGE_SUFFIXES:
+        return None
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        logger.warning("cannot read uploaded file %s: %s", file, e)
+        return None
+    mime = mimetypes.guess_type(file.name)[0] or "image/png"
+    return {
+        "type": "image",
+        "base64": base64.b64encode(data).decode("ascii"),
+        "mime_type": mime,
+        "name": file.name,
+    }
+
+
+def _user_message(text: str, files: Sequence[Any]) -> Any:
+    from langchain_core.messages import HumanMessage
+
+    blocks: list[dict[str, Any]] = []
+    for part in files:
+        path = _file_path(part)
+        block = _image_block(path) if path else None
+        if block is not None:
+            blocks.append(block)
+    text = text.strip() or (DEFAULT_QUESTION if blocks else "")
+    if not blocks:
+        return HumanMessage(content=text)
+    return HumanMessage(content=[{"type": "text", "text": text}, *blocks])
+
+
+def history_to_messages(history: Sequence[dict[str, Any]]) -> list[BaseMessage]:
+    """Gradio chat history (messages format) -> LangChain messages.
+
+    Consecutive user entries (Gradio stores an upload and its text as separate entries in
+    some versions) are merged into one turn.
+    """
+    from langchain_core.messages import AIMessage
+
+    out: list[BaseMessage] = []
+    text: list[str] = []
+    files: list[Any] = []
+
+    def flush() -> None:
+        if text or files:
+            out.append(_user_message("\n".join(text), files))
+            text.clear()
+            files.clear()
+
+    for entry in history:
+        role, content = entry.get("role"), entry.get("content")
+        parts = content if isinstance(content, list | tuple) else [content]
+        if role == "user":
+            for part in parts:
+                if isinstance(part, dict) and part.get("type") == "text":
+                    text.append(str(part.get("text", "")))
+                elif isinstance(part, str) and Path(part).suffix.lower() not in _IMAGE_SUFFIXES:
+                    text.append(part)
+                elif part is not None:
+                    files.append(part)
+        elif role == "assistant":
+            flush()
+            said = [
+                str(p.get("text", "")) if isinstance(p, dict) else str(p)
+                for p in parts
+                if isinstance(p, str) or (isinstance(p, dict) and p.get("type") == "text")
+            ]
+            if said:
+                out.append(AIMessage(content="\n".join(said)))
+    flush()
+    return out
+
+
+class ChatSession:
+    """Runs one chat turn through the agent and renders the reply (no Gradio needed).
+
+    Args:
+        agent: A graph from :func:`~rar_agent.agent.create_rar_agent`.
+        recognition_only: The agent runs :class:`~rar_agent.agent.RecognitionOnlyChatModel`.
+    """
+
+    def __init__(self, agent: Any, *, recognition_only: bool = False) -> None:
+        self.agent = agent
+        self.recognition_only = recognition_only
+
+    async def respond(self, message: dict[str, Any] | str, history: list[dict[str, Any]]) -> str:
+        """Answer one user turn given the session's history (Gradio's ``fn`` signature)."""
+        from rar_agent.agent import last_tool_messages
+
+        if isinstance(message, str):
+            message = {"text": message, "files": []}
+        turn = _user_message(str(message.get("text") or ""), message.get("files") or [])
+        if not turn.content:
+            return "Type a question or upload a photo."
+        messages = [*history_to_messages(history), turn]
+        try:
+            out = await self.agent.ainvoke({"messages": messages})
+        except RarError as e:
+            return f"⚠️ **Error:** {_md(str(e))}"
+        except Exception as e:  # the page must answer, whatever the model provider does
+            logger.exception("agent turn failed")
+            return f"⚠️ **The agent failed:** {_md(type(e).__name__ + ': ' + str(e))}"
+        final = out["messages"][-1]
+        return render_reply(
+            final.text, last_tool_messages(out["messages"]), recognition_only=self.recognition_only
+        )
+
+
+def build_chat_page(
+    recognizer: Any,
+    model: Any = None,
+    *,
+    tools: Sequence[Any] = (),
+    registry: ImageRegistry | None = None,
+    title: str = "rar-agent: what is in this photo?",
+    **agent_options: Any,
+) -> gr.ChatInterface:
+    """Build the chat page (not launched).
+
+    Args:
+        recognizer: The :class:`~rar_agent.pipeline.Recognizer` behind the tools.
+        model: A tool-calling chat model or model string; ``None`` for the recognition-only
+            stand-in.
+        tools: Extra tools for the agent.
+        registry: The image registry (a new one if ``None``).
+        title: Page title.
+        **agent_options: Passed to :func:`~rar_agent.agent.create_rar_agent`
+            (``allow_urls``, ``allow_learning``, ``allowed_roots``...).
+    """
+    import gradio as gr
+
+    from rar_agent.agent import create_rar_agent
+
+    agent = create_rar_agent(
+        model,
+        recognizer=recognizer,
+        tools=tools,
+        registry=registry or ImageRegistry(),
+        **agent_options,
+    )
+    session = ChatSession(agent, recognition_only=model is None)
+    labels = recognizer.memory.labels()
+    known = ", ".join(list(labels)[:12]) + (" ..." if len(labels) > 12 else "")
+    mode = (
+        "no chat model: retrieval/ranking output only"
+        if model is None
+        else (f"chat model: {getattr(model, 'model_name', None) or model}")
+    )
+    description = (
+        f"Upload or paste a photo and ask about it. Memory: {len(labels)} categories "
+        f"({_md(known)}). Mode: {_md(str(mode))}."
+    )
+    return gr.ChatInterface(
+        session.respond,
+        multimodal=True,
+        title=title,
+        description=description,
+        textbox=gr.MultimodalTextbox(
+            file_types=["image"],
+            file_count="multiple",
+            sources=["upload"],
+            placeholder="Ask about a photo: drop, paste or upload it here",
+            elem_id="rar-input",
+        ),
+        chatbot=gr.Chatbot(elem_id="rar-chat", height=520, sanitize_html=True),
+        analytics_enabled=False,
+        fill_height=True,
+    )
+
+
+def launch(
+    page: gr.Blocks,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    *,
+    block: bool = True,
+    max_file_size: str = "20mb",
+) -> gr.Blocks:
+    """Serve the page on ``host:port`` (local only by default; Gradio's share links off).
+
+    Args:
+        page: From :func:`build_chat_page`.
+        host: Interface to listen on (``0.0.0.0`` to serve a network, e.g. in Docker).
+        port: Port (``None``: Gradio picks one).
+        block: Block until interrupted (``False`` returns once the server is up).
+        max_file_size: Upload size limit.
+    """
+    import gradio as gr
+
+    theme = gr.themes.Soft(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+    page.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        prevent_thread_lock=not block,
+        quiet=not block,
+        max_file_size=max_file_size,
+        theme=theme,
+        show_error=True,
+        footer_links=[],
+    )
+    return page
