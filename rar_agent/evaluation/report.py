@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
+from rar_agent.evaluation.metrics import summarize_points
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -40,6 +41,14 @@ PLOT_FILES = {
 
 def _pct(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{100.0 * value:.{digits}f}%"
+
+
+def _loss_text(points: float | None) -> str:
+    if points is None:
+        return "-"
+    if points < 0:
+        return f"gains {-points:.2f} pt"
+    return f"loses {points:.2f} pt"
 
 
 def most_confused(confusion: dict[str, dict[str, int]], limit: int = 10) -> list[str]:
@@ -80,7 +89,7 @@ def _plot_accuracy(report: EvalReport, path: Path) -> None:
             linestyle="-.",
             label=f"RAR top-1 {_pct(report.final_top1)}",
         )
-    ax.axvline(report.config.k, color="tab:orange", alpha=0.4, label=f"k = {report.config.k}")
+    ax.axvline(report.k, color="tab:orange", alpha=0.4, label=f"k = {report.k}")
     ax.set_xlabel("k (retrieved labels)")
     ax.set_ylabel("accuracy (%)")
     ax.set_xticks(ks)
@@ -231,7 +240,7 @@ def _summary_rows(report: EvalReport) -> list[tuple[str, str]]:
     if report.ranker:
         o = report.outcomes
         rows += [
-            (f"RAR top-1 (k={report.config.k})", _pct(report.final_top1)),
+            (f"RAR top-1 (k={report.k})", _pct(report.final_top1)),
             (
                 "ranking helped / hurt / unchanged",
                 f"{o.helped} / {o.hurt} / {o.unchanged} (+{o.changed_still_wrong} changed, wrong)",
@@ -259,7 +268,7 @@ def _summary_rows(report: EvalReport) -> list[tuple[str, str]]:
             (
                 "auto gate",
                 f"{choice.threshold:.4f}: skips {_pct(choice.skip_share)}, "
-                f"loses {choice.loss_points:.2f} pt",
+                + _loss_text(choice.loss_points),
             )
         )
     if report.status:
@@ -311,12 +320,22 @@ def render_markdown(report: EvalReport, plots: dict[str, Path] | None = None) ->
         lines += [
             f"`--gate auto` (budget {choice.max_loss_points} pt) picks **{choice.threshold:.4f}**: "
             f"skips {_pct(choice.skip_share)} of ranker calls at top-1 {_pct(choice.accuracy)} "
-            f"({choice.loss_points:.2f} pt below always ranking). Use it with "
+            f"({_loss_text(choice.loss_points)} vs always ranking). Use it with "
             f"`RAR_GATE={choice.threshold:.4f}` or `--gate {choice.threshold:.4f}`.",
             "",
         ]
     elif choice.reason:
         lines += [f"Automatic gate: {choice.reason}.", ""]
+    if report.gating_curve:
+        points = summarize_points(report.gating_curve, limit=11)
+        lines += _md_table(
+            ["threshold", "skips ranker", "kNN top-1 on skipped", "top-1 with gate"],
+            [
+                (f"{p['threshold']:.4f}", _pct(p["skip_share"]),
+                 _pct(p["knn_accuracy_skipped"]), _pct(p["accuracy"]))
+                for p in points
+            ],
+        )  # fmt: skip
     if "gating" in plots:
         lines += [f"![gating curve]({plots['gating'].name})", ""]
     lines += ["## Per class", ""]

@@ -78,6 +78,8 @@ class EvalReport(BaseModel):
     encoder: str | None = None
     ranker: str | None = None
     memory: dict[str, Any] = Field(default_factory=dict)
+    k: int = Field(default=5, description="Candidates ranked (config.k capped by the labels).")
+    max_k: int = Field(default=10, description="Largest k of recall@k actually measured.")
     queries_planned: int = 0
     queries_evaluated: int = 0
     query_errors: int = 0
@@ -169,15 +171,17 @@ def build_report(
 ) -> EvalReport:
     """Compute every metric from the records (also used for partial, interrupted runs)."""
     fixed, auto = _parse_gate(config.gate)
-    report = (
-        base.model_copy() if base is not None else EvalReport(config=config, started_at=started_at)
-    )
+    if base is None:
+        base = EvalReport(
+            config=config, started_at=started_at, k=config.k, max_k=max(config.max_k, config.k)
+        )
+    report = base.model_copy()
     report.records = list(records)
     report.queries_evaluated = sum(r.error is None for r in records)
     report.query_errors = sum(r.error is not None for r in records)
     report.knn_top1 = metrics.top1(records)
     report.final_top1 = metrics.top1(records, final=True)
-    report.recall_at_k = metrics.recall_at_k(records, max(config.max_k, config.k))
+    report.recall_at_k = metrics.recall_at_k(records, report.max_k)
     report.outcomes = metrics.outcomes(records)
     report.status = metrics.status_counts(records)
     report.latency_ms = metrics.latency_summary(records)
@@ -206,7 +210,6 @@ def _items_to_records(
     *,
     k: int,
     max_k: int,
-    usage: Any,
 ) -> list[QueryRecord]:
     """Load, encode, retrieve and rank one batch of test images."""
     from rar_agent.images import load_image
@@ -238,8 +241,7 @@ def _items_to_records(
     start = time.perf_counter()
     retrieved = recognizer.retriever.retrieve_vectors(vectors, k=max_k)
     retrieve_ms = (time.perf_counter() - start) * 1000.0 / len(good)
-    with usage() as callback:
-        rankings = recognizer.rank_many(images, [cands[:k] for cands in retrieved])
+    rankings = recognizer.rank_many(images, [cands[:k] for cands in retrieved])
     for record, cands, (info, order) in zip(good, retrieved, rankings, strict=True):
         record.candidates = [c.label for c in cands]
         record.scores = [round(c.score, 6) for c in cands]
@@ -250,28 +252,7 @@ def _items_to_records(
         if info.status in ("ranked", "fallback") and info.latency_ms is not None:
             record.timings_ms["rank"] = info.latency_ms
         record.timings_ms = {s: round(v, 3) for s, v in record.timings_ms.items()}
-    _add_usage(usage.totals, getattr(callback, "usage_metadata", {}) or {})
     return records
-
-
-def _add_usage(totals: dict[str, int], usage: dict[str, Any]) -> None:
-    for meta in usage.values():
-        for key in ("input_tokens", "output_tokens", "total_tokens"):
-            value = meta.get(key) if isinstance(meta, dict) else getattr(meta, key, None)
-            if value:
-                totals[key] = totals.get(key, 0) + int(value)
-
-
-class _Usage:
-    """``get_usage_metadata_callback`` plus running token totals."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, int] = {}
-
-    def __call__(self) -> Any:
-        from langchain_core.callbacks import get_usage_metadata_callback
-
-        return get_usage_metadata_callback()
 
 
 def _build_memory(
@@ -335,11 +316,13 @@ def run_evaluation(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     records: list[QueryRecord] = []
-    report = EvalReport(config=config, started_at=started_at)
+    report = EvalReport(
+        config=config, started_at=started_at, k=config.k, max_k=max(config.max_k, config.k)
+    )
     ranker_on = False
     recognizer: Recognizer | None = None
     calls_before = 0
-    usage = _Usage()
+    tokens: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rar-eval-")))
         try:
@@ -373,6 +356,7 @@ def run_evaluation(
             labels_in_memory = report.memory["labels"]
             max_k = max(1, min(max(config.max_k, config.k), labels_in_memory))
             k = min(config.k, max_k)
+            report.k, report.max_k = k, max_k
             if k < config.k:
                 report.notes.append(f"k lowered to {k}: the memory holds {labels_in_memory} labels")
             recognizer = Recognizer(
@@ -389,10 +373,14 @@ def run_evaluation(
                 ranker_on = True
                 report.ranker = describe_model(recognizer.ranker.model)
                 calls_before = recognizer.ranker.stats["model_calls"]
+            if ranker_on:
+                from rar_agent.evaluation.usage import count_tokens
+
+                tokens = stack.enter_context(count_tokens()).totals
             total = len(sets.test_items)
             for start in range(0, total, config.batch_size):
                 batch = sets.test_items[start : start + config.batch_size]
-                records.extend(_items_to_records(recognizer, batch, k=k, max_k=max_k, usage=usage))
+                records.extend(_items_to_records(recognizer, batch, k=k, max_k=max_k))
                 if progress:
                     progress("queries", len(records), total)
         except KeyboardInterrupt:
@@ -402,7 +390,7 @@ def run_evaluation(
             report.seconds = round(time.perf_counter() - t0, 3)
         if recognizer is not None and recognizer.ranker is not None:
             report.model_calls = recognizer.ranker.stats["model_calls"] - calls_before
-        report.tokens = dict(usage.totals)
+        report.tokens = dict(tokens)
     report.machine = machine_info()
     final = build_report(config, records, started_at=started_at, ranker_on=ranker_on, base=report)
     final.ranker_calls = sum(final.status.get(s, 0) for s in ("ranked", "fallback"))

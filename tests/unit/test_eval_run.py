@@ -1,0 +1,328 @@
+"""End-to-end evaluation with the tiny encoder, a real embedded memory and a fake ranker."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
+from PIL import Image
+from typer.testing import CliRunner
+
+from rar_agent.errors import ConfigError
+from rar_agent.evaluation import (
+    EvalConfig,
+    EvalReport,
+    metrics,
+    render_markdown,
+    resolve_sets,
+    run_evaluation,
+    write_report,
+)
+from rar_agent.evaluation.data import limit_items, split_shots
+
+COLOURS = {"apple": (220, 30, 30), "banana": (240, 220, 40), "cherry": (120, 0, 40)}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes x 6 images (3 shots + 3 queries each), colour plus a moving square."""
+    root = tmp_path_factory.mktemp("fruit")
+    rng = np.random.default_rng(0)
+    for label, colour in COLOURS.items():
+        (root / label).mkdir()
+        for i in range(6):
+            arr = np.clip(np.array(colour) + rng.normal(0, 20, (40, 40, 3)), 0, 255)
+            arr[5 + 4 * i : 15 + 4 * i, 5:15] = 255 - arr[5 + 4 * i : 15 + 4 * i, 5:15]
+            Image.fromarray(arr.astype(np.uint8)).save(root / label / f"{label}{i}.png")
+    return root
+
+
+def fake_ranker(answer: str = "banana") -> GenericFakeChatModel:
+    """Always names ``answer`` first; reports 10 input and 2 output tokens per call."""
+    reply = AIMessage(
+        content=f"1. {answer}",
+        usage_metadata={"input_tokens": 10, "output_tokens": 2, "total_tokens": 12},
+    )
+    return GenericFakeChatModel(messages=itertools.repeat(reply))
+
+
+def test_end_to_end_with_a_fake_ranker_writes_report_and_plots(
+    folder: Path, tiny_encoder: Any, tmp_path: Path
+) -> None:
+    config = EvalConfig(dataset=str(folder), shots=3, k=3, max_k=5, batch_size=4)
+    report = run_evaluation(config, encoder=tiny_encoder, ranker=fake_ranker())
+    assert not report.interrupted
+    assert report.queries_planned == report.queries_evaluated == 9
+    assert report.memory["entries"] == 9 and report.memory["labels"] == 3
+    assert report.memory["kind"] == "image"
+    # with 3 labels in memory every query sees all of them
+    assert set(report.recall_at_k) == {1, 2, 3} and report.recall_at_k[3] == 1.0
+    # the ranker always answers banana: final top-1 is exactly the banana share
+    assert report.final_top1 == pytest.approx(1 / 3)
+    assert all(r.rar == "banana" for r in report.records)
+    knn = [r.knn for r in report.records]
+    truth = [r.label for r in report.records]
+    helped = sum(t == "banana" and p != "banana" for t, p in zip(truth, knn, strict=True))
+    hurt = sum(t == p != "banana" for t, p in zip(truth, knn, strict=True))
+    assert (report.outcomes.helped, report.outcomes.hurt) == (helped, hurt)
+    assert report.knn_top1 == pytest.approx(
+        sum(t == p for t, p in zip(truth, knn, strict=True)) / 9
+    )
+    assert report.status == {"ranked": 9}
+    assert report.ranker_calls == 9 and report.model_calls == 9
+    assert report.tokens == {"input_tokens": 90, "output_tokens": 18, "total_tokens": 108}
+    assert {"load", "encode", "retrieve", "rank"} <= set(report.latency_ms)
+    assert report.ranker == "genericfakechatmodel"
+    files = write_report(report, tmp_path / "out")
+    for name in ("accuracy", "gating", "confusion"):
+        assert files[name].read_bytes()[:8] == PNG
+    data = json.loads(files["json"].read_text())
+    assert data["final_top1"] == pytest.approx(1 / 3) and data["recall_at_k"]["3"] == 1.0
+    assert "records" not in data
+    lines = files["predictions"].read_text().splitlines()
+    assert len(lines) == 9 and json.loads(lines[0])["ranked"][0] == "banana"
+    md = files["markdown"].read_text()
+    assert "RAR top-1 (k=3)" in md and "![gating curve](gating_curve.png)" in md
+    assert "rar-agent eval --dataset" in md
+
+
+def test_auto_gate_matches_a_brute_force_choice(folder: Path, tiny_encoder: Any) -> None:
+    config = EvalConfig(dataset=str(folder), shots=3, k=3, gate="auto", max_loss=0.0)
+    report = run_evaluation(config, encoder=tiny_encoder, ranker=fake_ranker("apple"))
+    rows = report.records
+    best = None
+    for t in [0.0, *sorted({r.margin for r in rows})]:
+        acc = sum((r.knn if r.margin > t else r.rar) == r.label for r in rows) / len(rows)
+        share = sum(r.margin > t for r in rows) / len(rows)
+        if acc >= report.final_top1 - 1e-12 and (best is None or (share, acc, t) > best):
+            best = (share, acc, t)
+    assert best is not None
+    assert report.gate_used == pytest.approx(best[2], abs=1e-6)
+    assert report.gate_skip_share == best[0] and report.gated_top1 == best[1]
+    assert report.gate_choice.loss_points is not None and report.gate_choice.loss_points <= 0
+
+
+def test_fixed_gate_really_skips_the_ranker(folder: Path, tiny_encoder: Any) -> None:
+    config = EvalConfig(dataset=str(folder), shots=3, k=3, gate="0")
+    report = run_evaluation(config, encoder=tiny_encoder, ranker=fake_ranker())
+    skipped = [r for r in report.records if r.status == "skipped"]
+    assert len(skipped) == sum(r.margin > 0 for r in report.records) > 0
+    assert report.ranker_calls == 9 - len(skipped)
+    assert all(r.ranked is None and "confident" in (r.reason or "") for r in skipped)
+    assert report.gate_used == 0.0 and [p.threshold for p in report.gating_curve] == [0.0]
+
+
+def test_without_a_ranker_final_equals_knn_and_auto_gate_explains(
+    folder: Path, tiny_encoder: Any
+) -> None:
+    config = EvalConfig(dataset=str(folder), shots=2, gate="auto", limit=5)
+    report = run_evaluation(config, encoder=tiny_encoder)
+    assert report.queries_evaluated == 5 and report.memory["entries"] == 6
+    assert report.final_top1 == report.knn_top1 and report.ranker is None
+    assert report.status == {"disabled": 5} and report.ranker_calls == 0
+    assert report.gate_used is None and "no ranker" in (report.gate_choice.reason or "")
+    assert report.tokens == {}
+
+
+def test_text_memory_mode_stores_class_names(folder: Path, tiny_encoder: Any) -> None:
+    report = run_evaluation(
+        EvalConfig(test_set=str(folder), text_memory=True, limit=6), encoder=tiny_encoder
+    )
+    assert report.memory["kind"] == "text" and report.memory["entries"] == 3
+    assert report.queries_evaluated == 6
+    assert {r.label for r in report.records} == set(COLOURS)
+
+
+class InterruptingEncoder:
+    """Wraps an encoder; raises KeyboardInterrupt on the ``fail_on``-th embed_images call."""
+
+    def __init__(self, inner: Any, fail_on: int) -> None:
+        self.inner, self.fail_on, self.calls = inner, fail_on, 0
+        self.dim, self.fingerprint = inner.dim, inner.fingerprint
+
+    def embed_images(self, images: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise KeyboardInterrupt
+        return self.inner.embed_images(images)
+
+    def embed_texts(self, texts: Any) -> Any:
+        return self.inner.embed_texts(texts)
+
+
+def test_ctrl_c_mid_run_keeps_what_was_measured(
+    folder: Path, tiny_encoder: Any, tmp_path: Path
+) -> None:
+    # calls 1-3 build the memory (9 images, batches of 3), call 4 encodes the first 3 queries,
+    # Ctrl-C arrives during call 5
+    encoder = InterruptingEncoder(tiny_encoder, fail_on=5)
+    config = EvalConfig(dataset=str(folder), shots=3, batch_size=3)
+    report = run_evaluation(config, encoder=encoder, ranker=fake_ranker())
+    assert report.interrupted
+    assert report.queries_planned == 9 and report.queries_evaluated == 3
+    assert report.ranker_calls == 3 and report.knn_top1 is not None
+    files = write_report(report, tmp_path)
+    assert "Interrupted" in files["markdown"].read_text()
+    assert json.loads(files["json"].read_text())["interrupted"] is True
+    assert len(files["predictions"].read_text().splitlines()) == 3
+
+
+def test_ctrl_c_during_the_memory_build_still_reports(folder: Path, tiny_encoder: Any) -> None:
+    encoder = InterruptingEncoder(tiny_encoder, fail_on=1)
+    report = run_evaluation(EvalConfig(dataset=str(folder), shots=3), encoder=encoder)
+    assert report.interrupted and report.queries_evaluated == 0
+    assert "queries evaluated | 0 of 9" in render_markdown(report)
+
+
+def test_persistent_memory_is_reused(folder: Path, tiny_encoder: Any, tmp_path: Path) -> None:
+    config = EvalConfig(dataset=str(folder), shots=1, memory=str(tmp_path / "mem"), limit=3)
+    first = run_evaluation(config, encoder=tiny_encoder)
+    second = run_evaluation(config, encoder=tiny_encoder)
+    assert first.memory["added"] == 3 and second.memory["added"] == 0
+    assert second.memory["already_stored"] == 3
+    assert [r.candidates for r in first.records] == [r.candidates for r in second.records]
+
+
+def test_separate_sets_from_a_manifest_and_a_folder(
+    folder: Path, tiny_encoder: Any, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "memory.csv"
+    rows = ["path,label"] + [f"{folder / lb / f'{lb}0.png'},{lb}" for lb in COLOURS]
+    manifest.write_text("\n".join(rows) + "\n")
+    report = run_evaluation(
+        EvalConfig(memory_set=str(manifest), test_set=str(folder), limit=6), encoder=tiny_encoder
+    )
+    assert report.memory["entries"] == 3 and report.queries_evaluated == 6
+    assert any("also in the memory" in n for n in report.notes) or all(
+        not r.source.endswith("0.png") for r in report.records
+    )
+
+
+def test_unreadable_test_images_are_counted_not_fatal(
+    folder: Path, tiny_encoder: Any, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "test.jsonl"
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    rows = [{"path": str(folder / "apple" / "apple5.png"), "label": "apple"},
+            {"path": str(bad), "label": "apple"}]  # fmt: skip
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report = run_evaluation(
+        EvalConfig(memory_set=str(folder), shots=1, test_set=str(manifest)), encoder=tiny_encoder
+    )
+    assert report.queries_evaluated == 1 and report.query_errors == 1
+    assert report.status.get("error") == 1
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def test_shot_split_is_seeded_disjoint_and_per_class() -> None:
+    items = [(f"{lb}{i}.png", lb) for lb in "abc" for i in range(5)]
+    mem, test = split_shots(items, 2, seed=1)
+    assert len(mem) == 6 and len(test) == 9 and not set(mem) & set(test)
+    assert split_shots(items, 2, seed=1) == (mem, test)
+    assert split_shots(items, 2, seed=2)[0] != mem
+    # adding a class leaves the others' split unchanged
+    more = items + [(f"d{i}.png", "d") for i in range(5)]
+    assert [m for m in split_shots(more, 2, seed=1)[0] if m[1] != "d"] == mem
+
+
+def test_limit_is_balanced_and_seeded() -> None:
+    items = [(f"a{i}", "a") for i in range(10)] + [(f"b{i}", "b") for i in range(2)]
+    picked = limit_items(items, 6, seed=0)
+    assert len(picked) == 6 and sum(lb == "b" for _, lb in picked) == 2
+    assert limit_items(items, 6, seed=0) == picked
+    assert limit_items(items, None, seed=0) == items
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "say what to evaluate"),
+        ({"dataset": "X"}, "needs --shots"),
+        ({"dataset": "X", "test_set": "Y"}, "not both"),
+        ({"text_memory": True, "memory_set": "X", "test_set": "Y"}, "drop --memory-set"),
+        ({"text_memory": True}, "needs --test-set"),
+        ({"dataset": "X", "shots": 0}, "--shots must be >= 1"),
+        ({"memory_set": "/nonexistent", "test_set": "/nonexistent"}, "does not exist"),
+    ],
+)
+def test_input_combinations_are_checked(
+    kwargs: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    base = {"dataset": None, "memory_set": None, "test_set": None, "shots": None,
+            "text_memory": False, "limit": None, "seed": 0, "workdir": tmp_path}  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        resolve_sets(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("k", 0, "--k"),
+        ("max_k", 101, "--max-k"),
+        ("batch_size", 0, "--batch-size"),
+        ("gate", "banana", "gate"),
+        ("max_loss", -1, "--max-loss"),
+    ],  # fmt: skip
+)
+def test_bad_settings_raise_config_errors(
+    field: str, value: Any, message: str, folder: Path, tiny_encoder: Any
+) -> None:
+    config = EvalConfig(dataset=str(folder), shots=1, **{field: value})
+    with pytest.raises(ConfigError, match=message):
+        run_evaluation(config, encoder=tiny_encoder)
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def test_cli_eval_prints_json_and_writes_the_report(
+    folder: Path, tiny_openclip_spec: str, tmp_path: Path
+) -> None:
+    from rar_agent.cli import app
+
+    out = tmp_path / "report"
+    args = ["eval", "--dataset", str(folder), "--shots", "2", "--clip-model", tiny_openclip_spec,
+            "--out", str(out), "--no-progress", "--json", "--max-k", "3"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["queries_evaluated"] == 12 and data["memory"]["entries"] == 6
+    assert sorted(p.name for p in out.iterdir()) == [
+        "accuracy_vs_k.png", "confusion.png", "gating_curve.png",
+        "predictions.jsonl", "report.json", "report.md",
+    ]  # fmt: skip
+
+
+def test_cli_eval_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    from rar_agent.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--dataset", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 2 and "needs --shots" in result.output
+
+
+def test_cli_eval_exits_130_after_writing_a_partial_report(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import rar_agent.evaluation as evaluation
+    from rar_agent.cli import app
+
+    partial = EvalReport(config=EvalConfig(), started_at="now", interrupted=True)
+    partial.records = [
+        metrics.QueryRecord(source="x.png", label="a", candidates=["a", "b"], scores=[0.9, 0.1])
+    ]
+    monkeypatch.setattr(evaluation, "run_evaluation", lambda *a, **k: partial.model_copy())
+    result = CliRunner().invoke(
+        app, ["eval", "--dataset", "x", "--out", str(tmp_path), "--no-progress"]
+    )
+    assert result.exit_code == 130
+    assert "Interrupted" in (tmp_path / "report.md").read_text()
