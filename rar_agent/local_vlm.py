@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from typing import Any
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
 from rar_agent.errors import ModelLoadError, RankerError
@@ -197,7 +199,7 @@ class LocalVisionChatModel(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "hf"
-        params["ls_model_name"] = self.model_path
+        params["ls_model_name"] = kwargs.get("model") or self.model_path
         params["ls_max_tokens"] = self.max_new_tokens
         return params
 
@@ -220,9 +222,9 @@ class LocalVisionChatModel(BaseChatModel):
         loaded = self._loaded()
         return loaded.model, loaded.processor
 
-    def _resolve(self) -> tuple[str, str | None]:
+    def _resolve(self, model_path: str | None = None) -> tuple[str, str | None]:
         """(base model, adapter dir): an adapter dir given as ``model_path`` names its base."""
-        base, adapter = self.model_path, self.adapter
+        base, adapter = model_path or self.model_path, self.adapter
         path = Path(base).expanduser()
         if adapter is None and (path / "adapter_config.json").is_file():
             if not (path / "config.json").is_file():
@@ -242,8 +244,8 @@ class LocalVisionChatModel(BaseChatModel):
         base_path = Path(base).expanduser()
         return (str(base_path) if base_path.is_dir() else base), adapter
 
-    def _loaded(self) -> _Loaded:
-        base, adapter = self._resolve()
+    def _loaded(self, model_path: str | None = None) -> _Loaded:
+        base, adapter = self._resolve(model_path)
         if self.dtype not in _DTYPES:
             raise ModelLoadError(f"Unknown dtype {self.dtype!r}; use one of {', '.join(_DTYPES)}.")
         key = (base, adapter, self.device, self.dtype, self.trust_remote_code)
@@ -305,6 +307,22 @@ class LocalVisionChatModel(BaseChatModel):
                 )
             )
 
+    def _inputs(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> _Request:
+        """Load the model (a per-call ``model=`` override loads that) and build its inputs."""
+        model_path = kwargs.get("model") or self.model_path
+        loaded = self._loaded(model_path)
+        conversation, images = to_processor_messages(messages)
+        prompt = self._prompt(loaded.processor, conversation)
+        inputs = loaded.processor(text=[prompt], images=images or None, return_tensors="pt")
+        inputs = inputs.to(loaded.device, dtype=loaded.model.dtype)
+        gen: dict[str, Any] = {
+            "max_new_tokens": int(kwargs.get("max_new_tokens", self.max_new_tokens)),
+            "do_sample": False,
+        }
+        if self.max_time_s is not None:
+            gen["max_time"] = self.max_time_s
+        return _Request(loaded, inputs, gen, model_path)
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -314,37 +332,121 @@ class LocalVisionChatModel(BaseChatModel):
     ) -> ChatResult:
         import torch
 
-        loaded = self._loaded()
-        conversation, images = to_processor_messages(messages)
-        prompt = self._prompt(loaded.processor, conversation)
-        gen: dict[str, Any] = {
-            "max_new_tokens": int(kwargs.get("max_new_tokens", self.max_new_tokens)),
-            "do_sample": False,
-        }
-        if self.max_time_s is not None:
-            gen["max_time"] = self.max_time_s
-        with loaded.lock, torch.inference_mode():
-            inputs = loaded.processor(text=[prompt], images=images or None, return_tensors="pt")
-            inputs = inputs.to(loaded.device, dtype=loaded.model.dtype)
-            output = loaded.model.generate(**inputs, **gen)
-        n_in = int(inputs["input_ids"].shape[1])
-        new_tokens = output[0, n_in:]
-        tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
-        text = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-        finish = "length" if len(new_tokens) >= gen["max_new_tokens"] else "stop"
+        req = self._inputs(messages, kwargs)
+        with req.loaded.lock, torch.inference_mode():
+            output = req.loaded.model.generate(**req.inputs, **req.gen)
+        new_tokens = output[0, req.n_in :]
+        text = req.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        finish = req.finish(len(new_tokens))
         for s in stop or ():
             if s in text:
                 text, finish = text[: text.index(s)], "stop"
         message = AIMessage(
             content=text,
-            usage_metadata={
-                "input_tokens": n_in,
-                "output_tokens": len(new_tokens),
-                "total_tokens": n_in + len(new_tokens),
-            },
-            response_metadata={"model_name": self.model_path, "finish_reason": finish},
+            usage_metadata=req.usage(len(new_tokens)),
+            response_metadata={"model_name": req.model_path, "finish_reason": finish},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        import torch
+        from transformers import StoppingCriteria, TextIteratorStreamer
+
+        req = self._inputs(messages, kwargs)
+        streamer = TextIteratorStreamer(req.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        result: dict[str, Any] = {}
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+        def run() -> None:
+            try:
+                with req.loaded.lock, torch.inference_mode():
+                    result["output"] = req.loaded.model.generate(
+                        **req.inputs, **req.gen, streamer=streamer, stopping_criteria=[_Cancelled()]
+                    )
+            except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                result["error"] = exc
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="local-vlm-generate", daemon=True)
+        worker.start()
+        stops = [s for s in stop or () if s]
+        hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
+        text, sent, finish = "", 0, None
+        try:
+            for piece in streamer:
+                text += piece
+                cut = min((text.index(s) for s in stops if s in text), default=None)
+                upto = cut if cut is not None else max(sent, len(text) - hold)
+                if upto > sent:
+                    chunk = text[sent:upto] if sent else text[:upto].lstrip()
+                    sent = upto
+                    if chunk:
+                        yield self._chunk(chunk, run_manager)
+                if cut is not None:
+                    finish = "stop"
+                    cancel.set()
+                    break
+        finally:
+            cancel.set()
+            worker.join()
+        if "error" in result:
+            raise result["error"]
+        if finish is None and len(text) > sent:
+            yield self._chunk(text[sent:] if sent else text.lstrip(), run_manager)
+        n_out = int(result["output"].shape[1]) - req.n_in
+        last = AIMessageChunk(
+            content="",
+            usage_metadata=req.usage(n_out),
+            response_metadata={
+                "model_name": req.model_path,
+                "finish_reason": finish or req.finish(n_out),
+            },
+            chunk_position="last",
+        )
+        yield ChatGenerationChunk(message=last)
+
+    @staticmethod
+    def _chunk(text: str, run_manager: CallbackManagerForLLMRun | None) -> ChatGenerationChunk:
+        chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+        if run_manager is not None:
+            run_manager.on_llm_new_token(text, chunk=chunk)
+        return chunk
+
+
+@dataclass
+class _Request:
+    loaded: _Loaded
+    inputs: Any
+    gen: dict[str, Any]
+    model_path: str
+
+    @property
+    def n_in(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.loaded.processor, "tokenizer", self.loaded.processor)
+
+    def finish(self, n_out: int) -> str:
+        return "length" if n_out >= self.gen["max_new_tokens"] else "stop"
+
+    def usage(self, n_out: int) -> UsageMetadata:
+        return {
+            "input_tokens": self.n_in,
+            "output_tokens": n_out,
+            "total_tokens": self.n_in + n_out,
+        }
 
 
 def _apply_adapter(model: Any, adapter: str) -> Any:

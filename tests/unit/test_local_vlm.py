@@ -259,3 +259,21 @@ def test_adapter_dir_loads_with_its_base(
 def test_adapter_that_is_not_an_adapter_is_an_error(ranker: LocalVisionChatModel, tmp_path) -> None:
     with pytest.raises(ModelLoadError, match="adapter_config.json"):
         load_ranker(ranker.model_path, adapter=str(tmp_path))
+
+
+def test_stream_yields_the_same_reply_in_pieces(ranker: LocalVisionChatModel) -> None:
+    full = ranker.invoke("hello").text
+    chunks = list(ranker.stream("hello"))
+    assert "".join(c.text for c in chunks).strip() == full
+    assert chunks[-1].chunk_position == "last"
+    usage = chunks[-1].usage_metadata
+    assert usage is not None and 1 <= usage["output_tokens"] <= 12
+
+
+def test_stream_honours_stop_sequences(ranker: LocalVisionChatModel) -> None:
+    full = ranker.invoke("hello").text
+    if len(full) < 4:
+        pytest.skip("the random model's reply is too short to cut")
+    streamed = "".join(c.text for c in ranker.stream("hello", stop=[full[2:4]]))
+    assert streamed == full[: full.index(full[2:4])]
+    assert ranker.invoke("hello").text == full  # the model is free again afterwards
