@@ -277,3 +277,18 @@ def test_stream_honours_stop_sequences(ranker: LocalVisionChatModel) -> None:
     streamed = "".join(c.text for c in ranker.stream("hello", stop=[full[2:4]]))
     assert streamed == full[: full.index(full[2:4])]
     assert ranker.invoke("hello").text == full  # the model is free again afterwards
+
+
+def test_smolvlm_architecture_end_to_end(tmp_path: Path, photo: Image.Image) -> None:
+    """The default ranker's architecture (Idefics3) through the same path, system turn and all."""
+    spec = make_tiny_vlm(tmp_path / "idefics3", arch="idefics3")
+    model = load_ranker(spec, max_new_tokens=8)
+    assert isinstance(model, LocalVisionChatModel)
+    net, processor = model.get_model_and_processor()
+    assert type(net).__name__ == "Idefics3ForConditionalGeneration"
+    assert type(processor).__name__ == "Idefics3Processor"
+    out = RankingChain(model, image_max_side=64).invoke(
+        RankingInput(image=photo, candidates=CANDS, hint="things")
+    )
+    assert sorted(out.order) == sorted(CANDS) and out.status in ("ranked", "fallback")
+    assert out.raw_reply is not None
