@@ -252,7 +252,7 @@ def build_chat_page(
     mode = (
         "no chat model: retrieval/ranking output only"
         if model is None
-        else (f"chat model: {getattr(model, 'model_name', None) or model}")
+        else f"chat model {_model_name(model)}"
     )
     description = (
         f"Upload or paste a photo and ask about it. Memory: {len(labels)} categories "
@@ -270,10 +270,22 @@ def build_chat_page(
             placeholder="Ask about a photo: drop, paste or upload it here",
             elem_id="rar-input",
         ),
-        chatbot=gr.Chatbot(elem_id="rar-chat", height=520, sanitize_html=True),
+        chatbot=gr.Chatbot(
+            elem_id="rar-chat", height=520, sanitize_html=True, label="Conversation"
+        ),
         analytics_enabled=False,
         fill_height=True,
     )
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, str):
+        return model
+    for attr in ("model_name", "model", "model_id"):
+        value = getattr(model, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(model).__name__
 
 
 def launch(
