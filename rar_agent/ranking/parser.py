@@ -188,6 +188,27 @@ def match_items(items: Sequence[Any], candidates: Sequence[str]) -> tuple[list[s
     return _match(matcher, items)
 
 
+_NAME_KEYS = ("name", "label", "category", "class", "candidate", "answer")
+
+
+def _as_name(item: Any) -> str | None:
+    """The name in one array item (None when it holds none).
+
+    Models often return ``{"name": .., "score": ..}`` objects or ``["name", score]`` pairs
+    instead of plain strings; the name is taken from those too.
+    """
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict):
+        for key in _NAME_KEYS:
+            if isinstance(item.get(key), str):
+                return str(item[key])
+        item = list(item.values())
+    if isinstance(item, list):
+        return next((x for x in item if isinstance(x, str)), None)
+    return None
+
+
 def _match(matcher: _Matcher, items: Sequence[Any]) -> tuple[list[str], list[str]]:
     everything = set(matcher.candidates)
     remaining = set(everything)
@@ -196,13 +217,14 @@ def _match(matcher: _Matcher, items: Sequence[Any]) -> tuple[list[str], list[str
     dropped: list[str] = []
     for item in items:
         cand: str | None = None
+        name = None if numbers else _as_name(item)
         if numbers and 1 <= item <= len(matcher.candidates):
             cand = matcher.candidates[item - 1]
             cand = cand if cand in remaining else None
-        elif isinstance(item, str):
-            cand = matcher.item(item, remaining)
+        elif name is not None:
+            cand = matcher.item(name, remaining)
         if cand is None:
-            if not isinstance(item, str) or matcher.item(item, everything) is None:
+            if name is None or matcher.item(name, everything) is None:
                 dropped.append(str(item))  # a repeat of a named candidate is not "dropped"
             continue
         remaining.discard(cand)

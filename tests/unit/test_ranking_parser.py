@@ -114,6 +114,13 @@ def test_cjk_label_found_without_spaces() -> None:
     assert parse_reply("这是猫", CANDS).order[0] == "猫"
 
 
+def test_arrays_of_objects_and_pairs() -> None:
+    objects = '[{"label": "lynx", "confidence": 0.8}, {"name": "猫", "p": 0.1}, {"x": "кошка"}]'
+    assert parse_reply(objects, CANDS).order[:3] == ["lynx", "猫", "кошка"]
+    pairs = '[["tabby cat", 0.7], ["lynx", 0.2]]'
+    assert parse_reply(pairs, CANDS).order[:2] == ["tabby cat", "lynx"]
+
+
 def test_integer_array_is_read_as_candidate_numbers() -> None:
     assert parse_reply("[3, 1]", ["a", "b", "c"]).order == ["c", "a", "b"]
 
