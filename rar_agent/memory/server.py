@@ -72,7 +72,7 @@ class ServerBackend:
                 self._client = QdrantClient(
                     url=url,
                     api_key=api_key,
-                    timeout=int(timeout) if timeout else None,
+                    timeout=max(1, round(timeout)) if timeout is not None else None,
                     check_compatibility=False,
                 )
             exists = self._client.collection_exists(collection)
