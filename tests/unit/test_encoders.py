@@ -249,3 +249,35 @@ def test_importing_encoders_is_lazy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_unreachable_hub_switches_to_cache_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HF_HUB_OFFLINE, an unreachable hub must not cost ~50 s of retries."""
+    from huggingface_hub import constants
+
+    from rar_agent.encoders import _hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(_hub, "hub_reachable", lambda: False)
+    seen: list[bool] = []
+    with _hub.hub_access("test"):
+        seen.append(constants.HF_HUB_OFFLINE)
+    assert seen == [True]
+    assert constants.HF_HUB_OFFLINE is False
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match="hub cannot be reached"):
+        load_encoder("hf-hub:rar-agent-tests/unreachable")
+    assert time.monotonic() - start < 20
+    assert constants.HF_HUB_OFFLINE is False
+
+
+def test_hub_probe_reports_closed_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from rar_agent.encoders import _hub
+
+    monkeypatch.setattr(_hub, "_last_probe", None)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: closed
+    assert _hub.hub_reachable() is False
