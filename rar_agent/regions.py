@@ -580,8 +580,8 @@ def annotate(
 ) -> Image.Image:
     """Draw each result's box and ``label score`` on a copy of ``image``.
 
-    Results without a box are skipped; results with an error are drawn in red with
-    ``error`` as their caption.
+    Results without a drawable box (missing, not finite, empty or entirely outside the image)
+    are skipped; results with an error are drawn in red with ``<id>: error`` as their caption.
 
     Args:
         image: The whole image the boxes refer to.
@@ -600,7 +600,8 @@ def annotate(
             continue
         x0, y0, x1, y1 = result.box
         box = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]  # bad boxes may be inverted
-        if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+        inside = box[0] < out.width and box[1] < out.height and box[2] > 0 and box[3] > 0
+        if box[2] - box[0] < 1 or box[3] - box[1] < 1 or not inside:
             continue
         if result.error:
             color, text = _ERROR_COLOR, f"{result.box_id or i}: error"

@@ -226,6 +226,8 @@ def test_annotate_draws_boxes_and_captions() -> None:
     bad = RecognitionResult(label=None, box=[120, 20, 180, 80], box_id="1", error="boom")
     none = RecognitionResult(label=None, box=None, box_id="2", error="nan")
     inverted = RecognitionResult(label=None, box=[60, 60, 10, 10], box_id="3", error="inverted")
+    outside = RecognitionResult(label=None, box=[300, 10, 340, 50], box_id="4", error="out")
+    assert annotate(image, [outside]).tobytes() == image.tobytes()
     out = annotate(image, [ok, bad, none, inverted])
     assert out.size == image.size and image.getpixel((20, 60)) == (255, 255, 255)  # copy
     arr = np.asarray(out)
