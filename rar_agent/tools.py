@@ -612,7 +612,7 @@ def make_tools(
     shared = {
         "recognizer": recognizer,
         "registry": registry if registry is not None else ImageRegistry(),
-        "allowed_roots": tuple(allowed_roots),
+        "allowed_roots": normalize_roots(allowed_roots),  # ConfigError here, not in pydantic
         "allow_urls": allow_urls,
     }
     tools: list[BaseTool] = [RecognizeTool(**shared), CategorySearchTool(**shared)]

@@ -1,0 +1,198 @@
+"""Chat page logic without a browser: history, rendering, sessions, and `rar-agent chat`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+from rar_agent.agent import create_rar_agent
+from rar_agent.errors import ConfigError
+from rar_agent.ui import ChatSession, candidates_table, history_to_messages, render_reply
+from tests.helpers.fake_chat import PolicyChatModel
+from tests.helpers.small_memory import small_recognizer
+
+
+@pytest.fixture(scope="module")
+def recognizer(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Any) -> Any:
+    rec = small_recognizer(tmp_path_factory.mktemp("ui"), tiny_encoder)
+    yield rec
+    rec.close()
+
+
+def _result(label: str, *others: str, **extra: Any) -> dict[str, Any]:
+    names = [label, *others]
+    return {
+        "label": label,
+        "candidates": [{"label": n, "score": 0.9 - 0.1 * i} for i, n in enumerate(names)],
+        "ranking": {"status": "ranked", "model": "gpt-4o-mini"},
+        **extra,
+    }
+
+
+def test_candidates_table_escapes_labels() -> None:
+    table = candidates_table(_result("a|b <script>", "c_d"))
+    assert "| 1 | **a\\|b \\<script\\>** | 0.900 |" in table
+    assert "c\\_d" in table and "ranked by gpt\\-4o\\-mini" in table
+
+
+def test_render_reply_tables_errors_regions_and_recognition_only() -> None:
+    ok = ToolMessage(
+        content="Answer ...",
+        tool_call_id="1",
+        name="recognize_image",
+        artifact=_result("osprey", "kite"),
+    )
+    err = ToolMessage(
+        content="no image in this conversation yet",
+        tool_call_id="2",
+        name="recognize_image",
+        status="error",
+    )
+    text = render_reply("It is an osprey.", [ok, err])
+    assert text.startswith("It is an osprey.")
+    assert "**Answer: osprey**" in text and "| 2 | kite | 0.800 |" in text
+    assert "⚠️ **Tool error** (recognize\\_image): no image in this conversation yet" in text
+    only = render_reply("raw tool text", [ok], recognition_only=True)
+    assert only.startswith("*Retrieval/ranking output") and "raw tool text" not in only
+    regions = ToolMessage(
+        content="...",
+        tool_call_id="3",
+        name="recognize_image",
+        artifact={
+            "image": "img-1",
+            "regions": [
+                _result("kite", box=[1.0, 2.0, 30.5, 40.0]),
+                {"error": "box lies outside the image"},
+            ],
+        },
+    )
+    shown = render_reply("", [regions])
+    assert "**Answer: kite** in box \\[1\\.0, 2\\.0, 30\\.5, 40\\.0\\]" in shown
+    assert "⚠️ box lies outside the image" in shown
+    assert render_reply("", []) == "(no reply)"
+
+
+def test_history_to_messages_reads_gradio_messages(recognizer: Any) -> None:
+    photo = str(recognizer.example_images["red apple"])
+    history = [
+        {"role": "user", "content": [{"type": "file", "file": {"path": photo}}]},
+        {"role": "user", "content": [{"type": "text", "text": "what is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "An apple."}]},
+        {"role": "user", "content": "thanks"},
+    ]
+    messages = history_to_messages(history)
+    assert [type(m) for m in messages] == [HumanMessage, AIMessage, HumanMessage]
+    first = messages[0].content
+    assert first[0] == {"type": "text", "text": "what is it?"}
+    assert first[1]["type"] == "image" and first[1]["name"] == "red_apple.png"
+    assert messages[2].content == "thanks"
+
+
+async def test_session_turns_keep_the_conversation_image(recognizer: Any) -> None:
+    session = ChatSession(create_rar_agent(None, recognizer=recognizer), recognition_only=True)
+    photo = str(recognizer.example_images["yellow banana"])
+    first = await session.respond({"text": "", "files": [photo]}, [])
+    assert "**Answer: yellow banana**" in first and "| 1 | **yellow banana** | 1.000 |" in first
+    history = [
+        {"role": "user", "content": [{"type": "file", "file": {"path": photo}}]},
+        {"role": "assistant", "content": [{"type": "text", "text": first}]},
+    ]
+    hello = await session.respond({"text": "hello", "files": []}, history)
+    assert "No chat model is configured" in hello
+    assert await session.respond({"text": "  ", "files": []}, []) == (
+        "Type a question or upload a photo."
+    )
+    # A model that calls the tool without an id gets this session's latest image from the
+    # replayed history, even on a turn without an upload.
+    from tests.helpers.fake_chat import recognize_then_lookup
+
+    policy_session = ChatSession(
+        create_rar_agent(PolicyChatModel(policy=recognize_then_lookup), recognizer=recognizer)
+    )
+    again = await policy_session.respond("and what was it?", history)
+    assert "**Answer: yellow banana**" in again
+
+
+async def test_session_reports_model_failures_readably(recognizer: Any) -> None:
+    def broken(messages: list[Any]) -> AIMessage:
+        raise RuntimeError("provider is down")
+
+    agent = create_rar_agent(PolicyChatModel(policy=broken), recognizer=recognizer)
+    reply = await ChatSession(agent).respond({"text": "hi", "files": []}, [])
+    assert reply.startswith("⚠️ **The agent failed:** RuntimeError: provider is down")
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def test_resolve_chat_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rar_agent import models
+    from rar_agent.cli_chat import resolve_chat_model
+
+    assert resolve_chat_model("none", "openai:gpt-4o") is None
+    assert resolve_chat_model("auto", "none") is None
+    assert resolve_chat_model(None, "hf:/models/qwen") is None
+    monkeypatch.setattr(models, "load_ranker", lambda spec: FakeListChatModel(responses=["x"]))
+    with pytest.raises(ConfigError, match="cannot call tools"):
+        resolve_chat_model("auto", "someprovider:some-model")
+    tool_model = PolicyChatModel(policy=lambda m: AIMessage(content="ok"))
+    monkeypatch.setattr(models, "load_ranker", lambda spec: tool_model)
+    assert resolve_chat_model("someprovider:some-model", None) is tool_model
+
+
+def test_chat_command_builds_and_serves_the_page(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_openclip_spec: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from rar_agent import ui
+    from rar_agent.cli import app
+
+    served: dict[str, Any] = {}
+
+    def fake_launch(page: Any, host: str, port: int, *, block: bool = True) -> Any:
+        served.update(page=page, host=host, port=port, block=block)
+        return page
+
+    monkeypatch.setattr(ui, "launch", fake_launch)
+    result = CliRunner().invoke(
+        app,
+        [
+            "chat",
+            "--model",
+            "none",
+            "--labels",
+            "osprey,kestrel",
+            "--port",
+            "7999",
+            "--clip-model",
+            tiny_openclip_spec,
+            "--no-progress",
+            "--allow-root",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (served["host"], served["port"], served["block"]) == ("127.0.0.1", 7999, True)
+    assert "2 categories" in served["page"].description
+    bad = CliRunner().invoke(
+        app,
+        [
+            "chat",
+            "--model",
+            "none",
+            "--labels",
+            "a",
+            "--port",
+            "1",
+            "--clip-model",
+            tiny_openclip_spec,
+            "--allow-root",
+            "/proc",
+        ],
+    )
+    assert bad.exit_code == 2 and "system directory" in bad.output
