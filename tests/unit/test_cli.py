@@ -33,8 +33,16 @@ def env(tmp_path: Path, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch
 
 
 def _run(*args: str) -> tuple[int, str]:
+    """Exit code and stdout+stderr of one in-process ``rar-agent`` call."""
     result = runner.invoke(app, list(args))
     return result.exit_code, result.output
+
+
+def _json_records(*args: str) -> list[dict]:
+    """Run with ``--json`` and parse stdout (stderr carries notes and progress)."""
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 def test_build_list_stats_recognize_remove(env: Path) -> None:
@@ -50,9 +58,7 @@ def test_build_list_stats_recognize_remove(env: Path) -> None:
     assert code == 0 and "alpha" not in out and json.loads(out)
 
     query = env / "imgs" / "beta" / "1.png"
-    code, out = _run("recognize", str(query), "--k", "2", "--json")
-    assert code == 0, out
-    record = json.loads(out.strip().splitlines()[-1])
+    [record] = _json_records("recognize", str(query), "--k", "2")
     assert record["label"] == "beta"
     assert record["image"] == str(query)
     assert [c["label"] for c in record["candidates"]] == ["beta", "alpha"]
@@ -119,3 +125,23 @@ def test_help_lists_the_commands() -> None:
     assert code == 0
     for command in ["recognize", "memory"]:
         assert command in out
+
+
+def test_recognize_with_a_local_ranker_runs_retrieve_and_rank(env: Path) -> None:
+    from tests.helpers.tiny_vlm import make_tiny_vlm
+
+    ranker = make_tiny_vlm(env / "vlm")
+    [record] = _json_records(
+        "recognize",
+        str(env / "imgs" / "alpha" / "0.png"),
+        "--labels",
+        "cat,dog,fox",
+        "--k",
+        "3",
+        "--ranker",
+        ranker,
+    )
+    assert record["ranking"]["status"] in {"ranked", "fallback"}
+    assert record["ranking"]["model"]
+    assert sorted(c["label"] for c in record["candidates"]) == ["cat", "dog", "fox"]
+    assert record["label"] == record["candidates"][0]["label"]
