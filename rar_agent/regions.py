@@ -144,6 +144,7 @@ def _parse_one(
     xyxy entries return ``None`` (decided for the whole set).
     """
     where = f"box {index}"
+    extra: dict[str, Any] = {}
     if isinstance(item, Box):
         extra = {"id": item.id, "category": item.category, "score": item.score}
         return item.xyxy, extra, item.normalized
@@ -151,7 +152,7 @@ def _parse_one(
         return _four(item, where), {}, None
     box_id = next((item[key] for key in _ID_KEYS if item.get(key) is not None), None)
     where = f"box {box_id!r}" if box_id is not None else where
-    extra: dict[str, Any] = {"id": None if box_id is None else str(box_id)}
+    extra["id"] = None if box_id is None else str(box_id)
     category = next((item[key] for key in _CATEGORY_KEYS if item.get(key) is not None), None)
     if category is None and item.get("category_id") is not None:
         category = categories.get(item["category_id"], str(item["category_id"]))

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rar_agent.errors import ConfigError, ModelLoadError  # noqa: E402
+from rar_agent.errors import ConfigError, ModelLoadError, RarError  # noqa: E402
 
 __all__ = [
     "TrainConfig",
@@ -144,10 +144,10 @@ def record_messages(
     from langchain_core.messages import HumanMessage, SystemMessage, convert_to_messages
 
     if "messages" in record:  # OpenAI chat: the image is already a data URL
-        messages = convert_to_messages(record["messages"])
-        if not messages or messages[-1].type != "ai":
+        chat = convert_to_messages(record["messages"])
+        if not chat or chat[-1].type != "ai":
             raise ConfigError("an OpenAI record must end with the assistant's reply")
-        return messages[:-1], str(messages[-1].content)
+        return list(chat[:-1]), str(chat[-1].content)
     turns = record.get("conversations")
     if not isinstance(turns, list) or len(turns) < 2 or turns[-1].get("from") != "gpt":
         raise ConfigError("a LLaVA record needs 'conversations' ending with a 'gpt' turn")
@@ -157,7 +157,7 @@ def record_messages(
     path = source if source.is_absolute() else image_root / source
     try:
         image = load_image(path).image
-    except Exception as e:  # noqa: BLE001 - any image problem is a data error here
+    except RarError as e:
         raise ConfigError(f"training image {path} cannot be read: {e}") from e
     messages: list[Any] = []
     if record.get("system"):
@@ -294,6 +294,7 @@ def train(cfg: TrainConfig, progress: Callable[[int, float], None] | None = None
     device = _device(cfg.device)
     bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
     dtype = torch.bfloat16 if bf16 else torch.float32
+    model: Any
     try:
         processor = AutoProcessor.from_pretrained(base)
         model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
