@@ -52,6 +52,10 @@ class MemoryBackend(Protocol):
         """The subset of ``ids`` that is stored."""
         ...
 
+    def retrieve(self, ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        """``(id, payload)`` of the stored points among ``ids`` (missing ids are skipped)."""
+        ...
+
     def query_batch(
         self, vectors: Sequence[list[float]], using: str, limit: int
     ) -> list[list[Hit]]:

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import threading
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,19 @@ logger = logging.getLogger(__name__)
 
 UPSERT_BATCH = 512
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_ids(ids: Sequence[str], n: int) -> list[str]:
+    """Validate explicit point ids: ``n`` UUID strings, returned in canonical form."""
+    if len(ids) != n:
+        raise ConfigError(f"got {n} entries but {len(ids)} ids")
+    out = []
+    for i in ids:
+        try:
+            out.append(str(uuid.UUID(str(i))))
+        except ValueError as e:
+            raise ConfigError(f"point id {i!r} is not a UUID string") from e
+    return out
 
 
 def default_memory_dir(collection: str) -> Path:
@@ -205,7 +219,9 @@ class CategoryMemory:
 
     # ------------------------------------------------------------------ writing
 
-    def add_entries(self, entries: Sequence[MemoryEntry], vectors: Any) -> list[str]:
+    def add_entries(
+        self, entries: Sequence[MemoryEntry], vectors: Any, *, ids: Sequence[str] | None = None
+    ) -> list[str]:
         """Store entries with their vectors (upserted in batches of ``UPSERT_BATCH``).
 
         Everything is validated before anything is written. Re-adding an entry replaces it
@@ -214,6 +230,8 @@ class CategoryMemory:
         Args:
             entries: The entries; ``entries[i]`` is stored under its ``kind`` vector.
             vectors: Array-like ``(len(entries), dim)`` of finite, non-zero vectors.
+            ids: Point ids (UUID strings) to store under instead of each ``entry.point_id``
+                (the LangChain vector store maps its document ids to these).
 
         Returns:
             The point ids, in the order of ``entries``.
@@ -239,7 +257,7 @@ class CategoryMemory:
             raise ConfigError(f"got {len(entries)} entries but {rows.shape[0]} vectors")
         if rows.shape[0] and not np.all(np.linalg.norm(rows, axis=1) > 0):
             raise ConfigError("a vector is all zeros: it has no direction to compare by")
-        ids = [e.point_id for e in entries]
+        ids = [e.point_id for e in entries] if ids is None else _check_ids(ids, len(entries))
         for start in range(0, len(entries), UPSERT_BATCH):
             stop = start + UPSERT_BATCH
             batch = entries[start:stop]
@@ -255,6 +273,16 @@ class CategoryMemory:
         """The ids among ``ids`` that are stored (for resumable builds)."""
         self._check_open()
         return self._backend.existing([str(i) for i in ids])
+
+    def get_entries(self, ids: Iterable[str]) -> list[Hit]:
+        """The stored entries among ``ids``, in the order given (missing ids are skipped).
+
+        Each comes as a :class:`Hit` with its full payload and ``score`` 0.0.
+        """
+        self._check_open()
+        wanted = [str(i) for i in ids]
+        found = dict(self._backend.retrieve(wanted))
+        return [Hit.from_point(i, 0.0, found[i]) for i in dict.fromkeys(wanted) if i in found]
 
     def remove_label(self, label: str) -> int:
         """Remove every entry of a category; return how many were removed."""

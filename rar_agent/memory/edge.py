@@ -290,6 +290,17 @@ class EdgeBackend:
                 found.update(str(r.id) for r in records)
         return found
 
+    def retrieve(self, ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        """``(id, payload)`` of the stored points among ``ids``."""
+        found: list[tuple[str, dict[str, Any]]] = []
+        with self._use("read entries") as shard:
+            if shard is None:
+                return found
+            for i in range(0, len(ids), _CHUNK):
+                for r in shard.retrieve(list(ids[i : i + _CHUNK]), True, False):
+                    found.append((str(r.id), dict(r.payload or {})))
+        return found
+
     def query_batch(
         self, vectors: Sequence[list[float]], using: str, limit: int
     ) -> list[list[Hit]]:

@@ -237,6 +237,23 @@ class ServerBackend:
                 found.update(str(r.id) for r in records)
         return found
 
+    def retrieve(self, ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        """``(id, payload)`` of the stored points among ``ids``."""
+        self._check_open()
+        found: list[tuple[str, dict[str, Any]]] = []
+        if not self._exists:
+            return found
+        with self._call("read entries"):
+            for i in range(0, len(ids), _CHUNK):
+                records = self._client.retrieve(
+                    self.collection,
+                    list(ids[i : i + _CHUNK]),
+                    with_payload=True,
+                    with_vectors=False,
+                )
+                found.extend((str(r.id), dict(r.payload or {})) for r in records)
+        return found
+
     def query_batch(
         self, vectors: Sequence[list[float]], using: str, limit: int
     ) -> list[list[Hit]]:

@@ -159,3 +159,22 @@ async def test_async_search_matches_sync(tmp_path: Path) -> None:
         assert [d.id for d in await store.aget_by_ids(["1", "2", "3"])] == ["1", "3"]
     finally:
         memory.close()
+
+
+def test_memory_explicit_ids_and_get_entries() -> None:
+    from rar_agent.memory import MemoryEntry
+
+    memory = CategoryMemory.open(location=":memory:", collection="ids")
+    try:
+        memory.bind_encoder("fake", 2)
+        entries = [MemoryEntry("a", "text", "s", "h1"), MemoryEntry("b", "text", "s", "h2")]
+        with pytest.raises(ConfigError, match="not a UUID"):
+            memory.add_entries(entries, [[1.0, 0.0], [0.0, 1.0]], ids=["x", "y"])
+        with pytest.raises(ConfigError, match="2 entries but 1 ids"):
+            memory.add_entries(entries, [[1.0, 0.0], [0.0, 1.0]], ids=[point_id_for("x")])
+        ids = [point_id_for("x"), point_id_for("y")]
+        assert memory.add_entries(entries, [[1.0, 0.0], [0.0, 1.0]], ids=ids) == ids
+        got = memory.get_entries([ids[1], point_id_for("missing"), ids[0], ids[1]])
+        assert [(h.id, h.label) for h in got] == [(ids[1], "b"), (ids[0], "a")]
+    finally:
+        memory.close()
