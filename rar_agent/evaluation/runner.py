@@ -126,6 +126,8 @@ def machine_info() -> dict[str, Any]:
             info["processor"] = model
     except OSError:
         pass
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1min"] = round(os.getloadavg()[0], 2)
     import sys
 
     torch = sys.modules.get("torch")
