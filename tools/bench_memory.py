@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         "--local-max", type=int, default=100_000, help="skip local mode above this size"
     )
     parser.add_argument("--no-build", action="store_true", help="skip the build benchmark")
-    parser.add_argument("--build-images", type=int, default=128)
+    parser.add_argument("--build-images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
     sizes = [*args.sizes, *([1_000_000] if args.million else [])]
