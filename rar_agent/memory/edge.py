@@ -243,12 +243,16 @@ class EdgeBackend:
                     vectors={k: EdgeVectorParams(size=dim, distance=Distance.Cosine) for k in KINDS}
                 )
                 with _engine("create the shard", shard_path):
-                    shard = EdgeShard.create(str(shard_path), config)
-                    for field in ("label", "kind"):
-                        shard.update(
+                    s.shard = EdgeShard.create(str(shard_path), config)
+            # Also for a shard whose creator was killed before indexing it: without the
+            # ``label`` index, ``labels()`` (a facet) would fail forever.
+            with _engine("index the shard", s.path):
+                indexed = set(s.shard.info().payload_schema)
+                for field in ("label", "kind"):
+                    if field not in indexed:
+                        s.shard.update(
                             UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword)
                         )
-                s.shard = shard
             self.write_meta(meta)
 
     def write_meta(self, meta: dict[str, Any]) -> None:
