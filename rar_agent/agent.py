@@ -82,7 +82,8 @@ def _block_image(block: Any) -> tuple[str | bytes, str | None, str | None] | Non
     if not isinstance(block, dict):
         return None
     kind = block.get("type")
-    meta = block.get("metadata") if isinstance(block.get("metadata"), dict) else {}
+    raw_meta = block.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     name = block.get("name") or block.get("filename") or meta.get("name") or meta.get("filename")
     mime = block.get("mime_type") or block.get("mimeType") or block.get("media_type")
     if kind == "image_url":  # OpenAI chat completions
