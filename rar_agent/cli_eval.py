@@ -96,6 +96,10 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option("--ranker", help="none | provider:model | hf:<repo|dir> | local."),
         ] = "none",
+        hint: Annotated[
+            str | None,
+            typer.Option("--hint", help="Domain hint for the ranker, e.g. 'clothing items'."),
+        ] = None,
         gate: Annotated[
             str | None,
             typer.Option(
@@ -140,7 +144,7 @@ def register(app: typer.Typer) -> None:
             config = EvalConfig(
                 dataset=dataset, memory_set=memory_set, test_set=test_set, shots=shots,
                 text_memory=text_memory, limit=limit, seed=seed, k=k, max_k=max_k,
-                ranker=ranker, gate=gate, max_loss=max_loss, batch_size=batch_size,
+                ranker=ranker, hint=hint, gate=gate, max_loss=max_loss, batch_size=batch_size,
                 encoder=spec, pretrained=pretrained, device=settings.device,
                 memory=str(memory) if memory else None,
             )  # fmt: skip

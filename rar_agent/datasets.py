@@ -30,14 +30,12 @@ if TYPE_CHECKING:
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
-    "IMAGE_SUFFIXES",
     "Split",
     "augment_folder",
     "augment_image",
     "export_imagefolder",
     "fashion_mnist_available",
     "fashion_mnist_dir",
-    "list_imagefolder",
     "load_fashion_mnist",
 ]
 
@@ -62,8 +60,6 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
 )
 """The ten class names in label-index order (the official "T-shirt/top" loses its slash so
 it can name a folder)."""
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -208,28 +204,6 @@ def export_imagefolder(
     return written
 
 
-def list_imagefolder(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """``(path, label)`` of every image file in an ImageFolder tree, sorted by label and name.
-
-    Raises:
-        ConfigError: ``root`` is not a folder or holds no images in class sub-folders.
-    """
-    base = Path(root)
-    if not base.is_dir():
-        raise ConfigError(f"{base} is not a folder: give an ImageFolder root DIR/<label>/*.png")
-    items = [
-        (str(path), label_dir.name)
-        for label_dir in sorted(p for p in base.iterdir() if p.is_dir())
-        for path in sorted(label_dir.iterdir())
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not items:
-        raise ConfigError(
-            f"no images found under {base}: expected class folders DIR/<label>/*.png|jpg"
-        )
-    return items
-
-
 # ---------------------------------------------------------------------------- augmentation
 
 
@@ -297,7 +271,8 @@ def augment_folder(
 
     Args:
         src: ImageFolder root to read (``src/<label>/*``).
-        dst: ImageFolder root to write (``dst/<label>/<stem>-aug<i>.png``).
+        dst: ImageFolder root to write (``dst/<label>/<name>-aug<i>.png``; images in
+            sub-folders of a class get the sub-folder names joined by ``_`` in their name).
         n: Augmented views per source image.
         seed: Seed of the augmentations.
 
@@ -310,15 +285,18 @@ def augment_folder(
     """
     from PIL import Image, UnidentifiedImageError
 
+    from rar_agent.memory.builders import iter_image_folder
+
     if n < 1:
         raise ConfigError(f"n (views per image) must be >= 1, got {n}")
     src_root, dst_root = Path(src).resolve(), Path(dst).resolve()
     if dst_root == src_root or src_root in dst_root.parents:
         raise ConfigError(f"the output folder {dst} must not be inside the source folder {src}")
     written: list[tuple[str, str]] = []
-    for path_str, label in list_imagefolder(src_root):
+    for path_str, label in iter_image_folder(src_root):
         path = Path(path_str)
         relative = path.relative_to(src_root).as_posix()
+        stem = "_".join(Path(relative).with_suffix("").parts[1:])
         try:
             with Image.open(path) as img:
                 img.load()
@@ -330,7 +308,7 @@ def augment_folder(
         for view in range(n):
             key = hashlib.sha256(f"{seed}\x00{relative}\x00{view}".encode()).digest()
             rng = random.Random(int.from_bytes(key[:8], "big"))
-            target = folder / f"{path.stem}-aug{view}.png"
+            target = folder / f"{stem}-aug{view}.png"
             augment_image(source, rng).save(target)
             written.append((str(target), label))
     logger.info("wrote %d augmented images to %s", len(written), dst_root)

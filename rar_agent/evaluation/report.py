@@ -203,6 +203,7 @@ def command_line(report: EvalReport) -> str:
         ("--k", c.k),
         ("--max-k", c.max_k),
         ("--ranker", c.ranker or "none"),
+        ("--hint", c.hint),
         ("--gate", c.gate),
         ("--seed", c.seed),
     ]

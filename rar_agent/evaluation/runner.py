@@ -54,6 +54,7 @@ class EvalConfig(BaseModel):
     k: int = Field(default=5, description="Candidates handed to the ranker.")
     max_k: int = Field(default=10, description="Largest k of the recall@k curve.")
     ranker: str | None = "none"
+    hint: str | None = Field(default=None, description='Domain hint for the ranker ("clothing").')
     gate: str | None = Field(default=None, description="None/off, a margin, or auto.")
     max_loss: float = Field(default=0.5, description="Accuracy points --gate auto may lose.")
     batch_size: int = 32
@@ -368,6 +369,7 @@ def run_evaluation(
                 k=k,
                 gate=fixed,
                 kind=report.memory["kind"],
+                hint=config.hint,
             )
             if recognizer.ranker is not None:
                 from rar_agent.ranking import describe_model

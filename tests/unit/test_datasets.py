@@ -13,6 +13,7 @@ from PIL import Image
 
 from rar_agent import datasets
 from rar_agent.errors import ConfigError
+from rar_agent.memory.builders import iter_image_folder
 
 needs_fmnist = pytest.mark.skipif(
     not datasets.fashion_mnist_available(),
@@ -58,7 +59,10 @@ def test_export_imagefolder_is_balanced_seeded_and_disjoint_across_splits(tmp_pa
     assert [Path(p).name for p, _ in a] == [Path(p).name for p, _ in b]
     assert [Path(p).name for p, _ in a] != [Path(p).name for p, _ in c]
     assert {label for _, label in a} == set(datasets.FASHION_MNIST_CLASSES)
-    assert datasets.list_imagefolder(tmp_path / "a") == sorted(a, key=lambda x: (x[1], x[0]))
+    listed = iter_image_folder(tmp_path / "a")
+    assert sorted((Path(p).name, lb) for p, lb in listed) == sorted(
+        (Path(p).name, lb) for p, lb in a
+    )
     with Image.open(a[0][0]) as im:
         assert im.size == (28, 28) and im.mode == "L"
     # the stored pixels are the dataset's pixels
@@ -136,7 +140,7 @@ def test_augment_folder_writes_n_views_per_image_reproducibly(tmp_path: Path) ->
         assert a1.shape == (32, 40, 3)
         assert np.array_equal(a1, a2)
         assert not np.array_equal(a1, a3)
-    originals = {np.asarray(Image.open(p)).tobytes() for p, _ in datasets.list_imagefolder(src)}
+    originals = {np.asarray(Image.open(p)).tobytes() for p, _ in iter_image_folder(src)}
     assert not any(np.asarray(Image.open(p)).tobytes() in originals for p, _ in out1)
 
 

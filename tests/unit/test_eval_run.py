@@ -44,20 +44,31 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def fake_ranker(answer: str = "banana") -> GenericFakeChatModel:
+class SpyModel(GenericFakeChatModel):
+    """A fake chat model that also keeps the prompts it was sent."""
+
+    seen: list[Any] = []
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        self.seen.append(messages)
+        return super()._generate(messages, stop, run_manager, **kw)
+
+
+def fake_ranker(answer: str = "banana") -> SpyModel:
     """Always names ``answer`` first; reports 10 input and 2 output tokens per call."""
     reply = AIMessage(
         content=f"1. {answer}",
         usage_metadata={"input_tokens": 10, "output_tokens": 2, "total_tokens": 12},
     )
-    return GenericFakeChatModel(messages=itertools.repeat(reply))
+    return SpyModel(messages=itertools.repeat(reply), seen=[])
 
 
 def test_end_to_end_with_a_fake_ranker_writes_report_and_plots(
     folder: Path, tiny_encoder: Any, tmp_path: Path
 ) -> None:
-    config = EvalConfig(dataset=str(folder), shots=3, k=3, max_k=5, batch_size=4)
-    report = run_evaluation(config, encoder=tiny_encoder, ranker=fake_ranker())
+    config = EvalConfig(dataset=str(folder), shots=3, k=3, max_k=5, batch_size=4, hint="fruit")
+    ranker = fake_ranker()
+    report = run_evaluation(config, encoder=tiny_encoder, ranker=ranker)
     assert not report.interrupted
     assert report.queries_planned == report.queries_evaluated == 9
     assert report.memory["entries"] == 9 and report.memory["labels"] == 3
@@ -79,7 +90,9 @@ def test_end_to_end_with_a_fake_ranker_writes_report_and_plots(
     assert report.ranker_calls == 9 and report.model_calls == 9
     assert report.tokens == {"input_tokens": 90, "output_tokens": 18, "total_tokens": 108}
     assert {"load", "encode", "retrieve", "rank"} <= set(report.latency_ms)
-    assert report.ranker == "genericfakechatmodel"
+    assert report.ranker == "spymodel"
+    assert len(ranker.seen) == 9
+    assert all("fruit" in str([m.content for m in prompt]) for prompt in ranker.seen)
     files = write_report(report, tmp_path / "out")
     for name in ("accuracy", "gating", "confusion"):
         assert files[name].read_bytes()[:8] == PNG
