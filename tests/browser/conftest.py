@@ -24,11 +24,17 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
+def _free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for the page under test."""
+    return _free_port()
 
 
 @pytest.fixture(scope="session")

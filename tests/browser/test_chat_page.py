@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from langchain_core.tools import tool
 
-from tests.browser.conftest import free_port
 from tests.helpers.fake_chat import PolicyChatModel, recognize_then_lookup
 from tests.helpers.small_memory import COLOURS, small_recognizer
 
@@ -29,7 +28,9 @@ def lookup_knowledge(category: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Any) -> Iterator[Any]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Any, free_port: int
+) -> Iterator[Any]:
     """The chat page on 127.0.0.1 (a free port) over a small memory and a fake model."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from rar_agent.ui import build_chat_page, launch
@@ -37,7 +38,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Any) -> Itera
     recognizer = small_recognizer(tmp_path_factory.mktemp("page"), tiny_encoder)
     model = PolicyChatModel(policy=recognize_then_lookup)
     page = build_chat_page(recognizer, model, tools=[lookup_knowledge])
-    port = free_port()
+    port = free_port
     launch(page, "127.0.0.1", port, block=False)
     try:
         yield f"http://127.0.0.1:{port}/", recognizer

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
+from langchain_tests.integration_tests import ToolsIntegrationTests
 from langchain_tests.unit_tests import ToolsUnitTests
 from PIL import Image
 
@@ -268,7 +269,9 @@ def shared_registry(recognizer: Any) -> ImageRegistry:
     return reg
 
 
-class _Std(ToolsUnitTests):
+class _Std:
+    """Constructor parameters shared by the standard suites (mixed into each suite class)."""
+
     @pytest.fixture(autouse=True)
     def _setup(self, recognizer: Any, shared_registry: ImageRegistry) -> None:
         self._recognizer = recognizer
@@ -279,7 +282,7 @@ class _Std(ToolsUnitTests):
         return {"recognizer": self._recognizer, "registry": self._registry}
 
 
-class TestRecognizeToolStandard(_Std):
+class _Recognize(_Std):
     @property
     def tool_constructor(self) -> type[BaseTool]:
         return RecognizeTool
@@ -289,7 +292,7 @@ class TestRecognizeToolStandard(_Std):
         return {"image": self._registry.latest().id, "k": 3}
 
 
-class TestCategorySearchToolStandard(_Std):
+class _Search(_Std):
     @property
     def tool_constructor(self) -> type[BaseTool]:
         return CategorySearchTool
@@ -299,7 +302,7 @@ class TestCategorySearchToolStandard(_Std):
         return {"query": "fruit", "k": 2}
 
 
-class TestAddCategoryToolStandard(_Std):
+class _Add(_Std):
     @property
     def tool_constructor(self) -> type[BaseTool]:
         return AddCategoryTool
@@ -310,4 +313,29 @@ class TestAddCategoryToolStandard(_Std):
 
     @property
     def tool_invoke_params_example(self) -> dict[str, Any]:
+        # The very picture already stored for "red apple": same content hash, nothing added.
         return {"label": "red apple", "image": self._registry.latest().id}
+
+
+class TestRecognizeToolUnit(_Recognize, ToolsUnitTests):
+    pass
+
+
+class TestRecognizeToolIntegration(_Recognize, ToolsIntegrationTests):
+    pass
+
+
+class TestCategorySearchToolUnit(_Search, ToolsUnitTests):
+    pass
+
+
+class TestCategorySearchToolIntegration(_Search, ToolsIntegrationTests):
+    pass
+
+
+class TestAddCategoryToolUnit(_Add, ToolsUnitTests):
+    pass
+
+
+class TestAddCategoryToolIntegration(_Add, ToolsIntegrationTests):
+    pass
