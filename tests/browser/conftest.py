@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,12 @@ def _free_port() -> int:
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 for the page under test."""
     return _free_port()
+
+
+@pytest.fixture(scope="session")
+def new_port() -> Callable[[], int]:
+    """A function that finds another free port."""
+    return _free_port
 
 
 @pytest.fixture(scope="session")

@@ -100,3 +100,45 @@ def test_each_browser_session_has_its_own_conversation(
         page.screenshot(path=str(artifacts_dir / "chat_page_tool_error.png"))
     finally:
         context.close()
+
+
+_PASTE = """(b64) => {
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], 'pasted.png', {type: 'image/png'}));
+  const event = new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true});
+  document.querySelector('#rar-input textarea').dispatchEvent(event);
+}"""
+
+
+def test_paste_a_photo_without_a_chat_model(
+    served: tuple[str, Any], browser: Any, artifacts_dir: Path, new_port: Any
+) -> None:
+    """Recognition-only page (no LLM): a pasted photo gets retrieval/ranking output."""
+    import base64
+
+    from rar_agent.ui import build_chat_page, launch
+
+    _, recognizer = served
+    plain = build_chat_page(recognizer, None)
+    port = new_port()
+    launch(plain, "127.0.0.1", port, block=False)
+    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    page = context.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded", timeout=60_000)
+        box = page.locator("#rar-input textarea")
+        box.wait_for(timeout=60_000)
+        photo = recognizer.example_images["yellow banana"].read_bytes()
+        page.evaluate(_PASTE, base64.b64encode(photo).decode())
+        page.locator("#rar-input img").first.wait_for(timeout=30_000)
+        box.press("Enter")
+        bot = page.locator("#rar-chat [data-testid='bot']").last
+        bot.get_by_text("Answer:").wait_for(timeout=60_000)
+        reply = bot.inner_text()
+        assert reply.startswith("Retrieval/ranking output")
+        assert "Answer: yellow banana" in reply
+        page.screenshot(path=str(artifacts_dir / "chat_page_no_llm.png"))
+    finally:
+        context.close()
+        plain.close()
