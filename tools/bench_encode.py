@@ -13,7 +13,7 @@ busy shared machine hurts every method alike. Target: wrapper within 10% of raw.
 
 Usage::
 
-    python tools/bench_encode.py                 # ViT-B-16, 128 images
+    python tools/bench_encode.py                 # ViT-B-16, 64 images
     python tools/bench_encode.py --tiny --n 512  # the tiny test model
 """
 
@@ -67,9 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="ViT-B-16", help="open_clip architecture")
     parser.add_argument("--tiny", action="store_true", help="use the tiny test model instead")
-    parser.add_argument("--n", type=int, default=128, help="number of images")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n", type=int, default=64, help="number of images")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default=None, help="cuda / mps / cpu (default: auto)")
     parser.add_argument("--precision", default=None, help="fp32 / fp16 / bf16 (default: auto)")
     args = parser.parse_args()
@@ -142,7 +142,9 @@ def main() -> None:
     names = list(methods)
     for r in range(args.repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            best[name] = max(best[name], best_rate(methods[name], n, sync))
+            rate = best_rate(methods[name], n, sync)
+            best[name] = max(best[name], rate)
+            print(f"  round {r + 1}: {name:<28}{rate:>10.1f} images/s", flush=True)
 
     print(
         f"model {label}, device {device}, precision {enc.precision}, torch threads "

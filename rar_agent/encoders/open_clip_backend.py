@@ -145,6 +145,8 @@ class OpenClipEncoder(TorchEncoderBase):
         what = name + (f" (pretrained={pretrained})" if pretrained else "")
         if name.startswith("local-dir:"):
             _check_local_dir(name[len("local-dir:") :], what)
+        elif pretrained and not name.startswith(_SCHEMAS):
+            _check_pretrained(name, pretrained, what)
         needs_hub = name.startswith("hf-hub:") or bool(
             pretrained and not os.path.isfile(pretrained)
         )
@@ -182,6 +184,26 @@ class OpenClipEncoder(TorchEncoderBase):
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts).to(self.device)
         return self.model.encode_text(tokens)
+
+
+def _check_pretrained(name: str, pretrained: str, what: str) -> None:
+    """A pretrained value must be an existing file or a tag open_clip knows for ``name``."""
+    import open_clip
+
+    if os.path.isfile(pretrained):
+        return
+    if open_clip.get_pretrained_cfg(name.replace("/", "-"), pretrained):
+        return
+    if os.sep in pretrained or Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}:
+        raise ModelLoadError(model_load_help(what, f"the checkpoint file {pretrained} is missing"))
+    tags = open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
+    raise ModelLoadError(
+        model_load_help(
+            what,
+            f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {name} "
+            f"(known tags: {', '.join(tags) or 'none'})",
+        )
+    )
 
 
 def _check_local_dir(path: str, what: str) -> None:

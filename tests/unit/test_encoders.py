@@ -197,7 +197,7 @@ def test_bad_local_dir(tmp_path: Path, layout: str) -> None:
 
 
 def test_missing_checkpoint_file_is_a_load_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="ViT-B-16"):
+    with pytest.raises(ModelLoadError, match="checkpoint file .*nope.pt is missing"):
         load_encoder("ViT-B-16", pretrained=str(tmp_path / "nope.pt"))
 
 
@@ -281,3 +281,8 @@ def test_hub_probe_reports_closed_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("https_proxy", raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: closed
     assert _hub.hub_reachable() is False
+
+
+def test_unknown_pretrained_tag_lists_known_tags() -> None:
+    with pytest.raises(ModelLoadError, match="known tags: .*openai"):
+        load_encoder("ViT-B-16", pretrained="no-such-tag")
