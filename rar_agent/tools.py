@@ -126,8 +126,12 @@ class ImageRegistry:
             ImageError: The data is not a readable image.
         """
         data, detected_mime = _to_bytes(image)
-        decoded = decode_image_bytes(data, what=name or "the image")
         image_id = "img-" + hashlib.sha256(data).hexdigest()[:12]
+        with self._lock:
+            if image_id in self._items:  # already validated: just make it the latest
+                self._items.move_to_end(image_id)
+                return image_id
+        decoded = decode_image_bytes(data, what=name or "the image")
         item = RegisteredImage(image_id, data, mime_type or detected_mime, name, decoded.size)
         with self._lock:
             old = self._items.pop(image_id, None)
