@@ -121,10 +121,10 @@ class CategoryRetriever(BaseRetriever):
         return fold_hits(hits[0], k)
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
         is_image = is_image_reference(query)
-        candidates = self.retrieve(query) if is_image else self.search_text(query)
+        candidates = self.retrieve(query, k=k) if is_image else self.search_text(query, k=k)
         return candidates_to_documents(candidates)
 
 

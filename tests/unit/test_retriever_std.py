@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,8 @@ def small(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Any) -> Any:
     rec.close()
 
 
-_PARAMS = inspect.signature(CategoryRetriever._get_relevant_documents).parameters.values()
-_TAKES_K = any(p.name == "k" or p.kind is inspect.Parameter.VAR_KEYWORD for p in _PARAMS)
-
-
 class TestCategoryRetrieverText(RetrieversIntegrationTests):
     """Text queries: categories whose entries match the words."""
-
-    @pytest.mark.xfail(
-        not _TAKES_K,
-        reason="CategoryRetriever._get_relevant_documents does not take k yet (owner: retrieval)",
-        strict=True,
-    )
-    def test_invoke_with_k_kwarg(self, retriever: BaseRetriever) -> None:
-        super().test_invoke_with_k_kwarg(retriever)
 
     @pytest.fixture(autouse=True)
     def _setup(self, small: Any) -> None:
