@@ -403,7 +403,9 @@ class RecognizeTool(_RecognizerTool):
         try:
             source = self._resolver().resolve(image)
             if boxes:
-                results = self._regions()(source.payload(), boxes, k=k, kind="auto")
+                results = self.recognizer.recognize_regions(
+                    source.payload(), boxes, k=k, kind="auto", normalized=False
+                )
                 return _regions_output(results, source.name)
             result = self.recognizer.recognize(source.payload(), k=k)
         except RarError as e:
@@ -421,29 +423,15 @@ class RecognizeTool(_RecognizerTool):
         try:
             source = await asyncio.to_thread(self._resolver().resolve, image)
             if boxes:
-                regions = getattr(self.recognizer, "arecognize_regions", None)
-                if regions is not None:
-                    results = await regions(source.payload(), boxes, k=k, kind="auto")
-                else:
-                    results = await asyncio.to_thread(
-                        self._regions(), source.payload(), boxes, k=k, kind="auto"
-                    )
+                results = await self.recognizer.arecognize_regions(
+                    source.payload(), boxes, k=k, kind="auto", normalized=False
+                )
                 return _regions_output(results, source.name)
             result = await self.recognizer.arecognize(source.payload(), k=k)
         except RarError as e:
             raise _tool_error(e) from e
         result.image = source.name
         return format_result(result, image_name=source.name), result.model_dump(mode="json")
-
-    def _regions(self) -> Any:
-        regions = getattr(self.recognizer, "recognize_regions", None)
-        if regions is None:
-            raise ToolException(
-                "region recognition is not available with this recognizer: call the tool "
-                "without boxes to recognize the whole image"
-            )
-        return regions
-
 
 def _regions_output(results: Sequence[RecognitionResult], name: str) -> tuple[str, dict[str, Any]]:
     texts = []
