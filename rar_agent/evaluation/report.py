@@ -233,11 +233,11 @@ def _summary_rows(report: EvalReport) -> list[tuple[str, str]]:
         ),
         ("encoder", report.encoder or "-"),
         ("ranker", report.ranker or "none"),
-        ("kNN top-1 (CLIP+KNN)", _pct(report.knn_top1)),
+        ("kNN top-1 (retrieval; the paper's CLIP+KNN)", _pct(report.knn_top1)),
     ]
-    for k in (1, 3, 5, 10):
-        if k in report.recall_at_k and k > 1:
-            rows.append((f"recall@{k}", _pct(report.recall_at_k[k])))
+    shown = {3, 5, 10, max(report.recall_at_k, default=1)} - {1}
+    for k in sorted(shown & set(report.recall_at_k)):
+        rows.append((f"recall@{k}", _pct(report.recall_at_k[k])))
     if report.ranker:
         o = report.outcomes
         rows += [
