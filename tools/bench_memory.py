@@ -366,12 +366,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--million", action="store_true", help="also run 1,000,000 entries")
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument(
         "--local-queries",
         type=int,
         default=None,
-        help="queries for local mode (default: all at 10k, 20 above)",
+        help="queries for local mode (default: 200 at 10k, 20 above)",
     )
     parser.add_argument(
         "--local-max", type=int, default=100_000, help="skip local mode above this size"
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         f"run {uuid.uuid4().hex[:8]}"
     )
     for n in sizes:
-        local_q = args.local_queries or (args.queries if n <= 10_000 else 20)
+        local_q = args.local_queries or (min(200, args.queries) if n <= 10_000 else 20)
         bench_size(n, args.dim, args.queries, local_q, args.local_max)
     if not args.no_build:
         bench_build(args.build_images, args.batch_size)

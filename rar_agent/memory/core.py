@@ -73,6 +73,7 @@ class CategoryMemory:
         self.collection = collection
         self._lock = threading.RLock()
         self._bound: tuple[str, int] | None = None
+        self._dim: int | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ opening
@@ -343,8 +344,7 @@ class CategoryMemory:
         if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
             raise ConfigError(f"limit must be a positive integer, not {limit!r}")
         self._check_open()
-        meta = self._backend.read_meta()
-        dim = meta.get("dim") if meta else None
+        dim = self._stored_dim()
         rows = self._as_matrix(vectors, dim, what="query vectors")
         if rows.shape[0] == 0:
             return []
@@ -424,6 +424,13 @@ class CategoryMemory:
         )
 
     # ------------------------------------------------------------------ helpers
+
+    def _stored_dim(self) -> int | None:
+        """The memory's vector length (cached once known: it never changes)."""
+        if self._dim is None:
+            meta = self._backend.read_meta()
+            self._dim = meta.get("dim") if meta else None
+        return self._dim
 
     def _check_open(self) -> None:
         if self._closed:
