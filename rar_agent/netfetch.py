@@ -1,13 +1,27 @@
-"""Fetch an image over http(s) with timeouts, a size cap and address checks."""
+"""Fetch an image over http(s) with a total time limit, a size cap and address checks.
+
+Every hop (the URL and each redirect) is checked before anything is sent: the scheme must be
+http or https, the URL may not carry credentials, and, unless private addresses are allowed,
+every address the host name resolves to must be public (IPv4, IPv6, IPv4-mapped/-compatible,
+6to4 and NAT64 forms all count by the IPv4 address they embed). The connection then goes to
+exactly the addresses that were checked (no second DNS lookup, so a name cannot be re-pointed
+between the check and the connection), and one deadline bounds the whole download, however
+slowly a server trickles headers or body.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 import socket
+import time
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urljoin, urlsplit
 
 from rar_agent.errors import ImageError, UnsafeInputError
+
+if TYPE_CHECKING:
+    import httpcore
 
 __all__ = ["fetch_url", "check_url", "MAX_DOWNLOAD_BYTES"]
 
@@ -15,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
 _MAX_REDIRECTS = 3
+_REDIRECTS = {301, 302, 303, 307, 308}
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_COMPATIBLE = ipaddress.ip_network("::/96")
+_USER_AGENT = b"rar-agent (image fetch)"
 
 
 def check_url(url: str, *, allow_private: bool = False) -> None:
@@ -22,31 +40,63 @@ def check_url(url: str, *, allow_private: bool = False) -> None:
 
     Raises:
         UnsafeInputError: The scheme or a resolved address is not allowed.
+        ImageError: The host name cannot be resolved.
     """
+    _checked_addresses(url, allow_private=allow_private)
+
+
+def _checked_addresses(url: str, *, allow_private: bool) -> list[str]:
+    """Check ``url`` and return the addresses its host resolves to (all of them allowed)."""
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"}:
         raise UnsafeInputError(f"URL scheme {parts.scheme!r} is not allowed: use http or https")
-    host = parts.hostname
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as e:
+        raise UnsafeInputError(f"URL {url[:200]!r} has an invalid port: {e}") from None
     if not host:
-        raise UnsafeInputError(f"URL {url!r} has no host")
+        raise UnsafeInputError(f"URL {url[:200]!r} has no host")
     if parts.username or parts.password:
         raise UnsafeInputError("URLs with credentials are not allowed")
-    if allow_private:
-        return
+    default_port = 443 if parts.scheme == "https" else 80
     try:
-        infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as e:
+        infos = socket.getaddrinfo(host, port or default_port, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as e:
         raise ImageError(f"cannot resolve host {host!r}: {e}") from e
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        mapped = getattr(addr, "ipv4_mapped", None)
-        if mapped is not None:
-            addr = mapped
-        if not addr.is_global or addr.is_multicast:
-            raise UnsafeInputError(
-                f"URL host {host!r} resolves to {addr}, a loopback, private, link-local or "
-                "reserved address: only public addresses may be fetched"
-            )
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not allow_private:
+        for address in addresses:
+            reason = _not_public(address)
+            if reason:
+                raise UnsafeInputError(
+                    f"URL host {host!r} resolves to {address}, {reason}: only public addresses "
+                    "may be fetched"
+                )
+    if not addresses:
+        raise ImageError(f"host {host!r} has no addresses")
+    return addresses
+
+
+def _not_public(address: str) -> str | None:
+    """Why ``address`` is not a public unicast address (``None`` if it is)."""
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+        address.split("%", 1)[0]
+    )
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded = addr.ipv4_mapped or addr.sixtofour
+        if embedded is None and any(addr in net for net in (*_NAT64, _COMPATIBLE)):
+            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if embedded is not None:
+            addr = embedded
+    if addr.is_loopback:
+        return "a loopback address"
+    if addr.is_link_local:
+        return "a link-local address (cloud metadata services live there)"
+    if addr.is_multicast:
+        return "a multicast address"
+    if not addr.is_global:
+        return "a private or reserved address"
+    return None
 
 
 def fetch_url(
@@ -63,44 +113,142 @@ def fetch_url(
         allow_private: Allow loopback/private hosts (the CLI user's own choice; never for
             arguments chosen by a model).
         max_bytes: Refuse bodies larger than this.
-        timeout_s: Overall time limit for connect + read of each request.
+        timeout_s: Time limit for the whole download, redirects included.
 
     Raises:
         UnsafeInputError: A URL (or redirect target) is not allowed.
         ImageError: The download failed, was too large or too slow.
     """
-    import time
-
-    import httpx
-
     deadline = time.monotonic() + timeout_s
     current = url
     for _ in range(_MAX_REDIRECTS + 1):
-        check_url(current, allow_private=allow_private)
-        try:
-            client = httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False)
-            with client, client.stream("GET", current) as response:
-                if response.is_redirect:
-                    location = response.headers.get("location", "")
-                    current = urljoin(current, location)
-                    continue
-                if response.status_code >= 400:
-                    raise ImageError(f"{url} answered HTTP {response.status_code}")
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise ImageError(f"{url} is {declared} bytes, over the {max_bytes} cap")
-                chunks: list[bytes] = []
-                total = 0
-                for chunk in response.iter_bytes():
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise ImageError(f"{url} is larger than the {max_bytes}-byte cap")
-                    if time.monotonic() > deadline:
-                        raise ImageError(f"{url} took longer than {timeout_s:.0f} s")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.TimeoutException as e:
-            raise ImageError(f"{url} timed out after {timeout_s:.0f} s") from e
-        except httpx.HTTPError as e:
-            raise ImageError(f"cannot download {url}: {e}") from e
+        addresses = _checked_addresses(current, allow_private=allow_private)
+        status, location, body = _get(current, addresses, deadline, max_bytes, url, timeout_s)
+        if status in _REDIRECTS and location is not None:
+            current = urljoin(current, location)
+            logger.debug("redirected to %s", current)
+            continue
+        return body
     raise ImageError(f"{url} redirected more than {_MAX_REDIRECTS} times")
+
+
+def _get(
+    url: str, addresses: list[str], deadline: float, max_bytes: int, shown: str, timeout_s: float
+) -> tuple[int, str | None, bytes]:
+    """One GET to ``url`` over the checked ``addresses``: (status, Location, body)."""
+    import httpcore
+
+    pinned = _PinnedBackend(urlsplit(url).hostname or "", addresses, deadline)
+    backend = cast("httpcore.NetworkBackend", pinned)
+    limit = max(0.001, deadline - time.monotonic())
+    timeouts = {"connect": limit, "read": limit, "write": limit, "pool": limit}
+    headers = [(b"User-Agent", _USER_AGENT), (b"Accept", b"image/*")]
+    try:
+        with (
+            httpcore.ConnectionPool(network_backend=backend, max_connections=1) as pool,
+            pool.stream("GET", url, headers=headers, extensions={"timeout": timeouts}) as resp,
+        ):
+            fields = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in resp.headers}
+            if resp.status in _REDIRECTS and "location" in fields:
+                return resp.status, fields["location"], b""
+            if resp.status >= 400:
+                raise ImageError(f"{shown} answered HTTP {resp.status}")
+            declared = fields.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise ImageError(f"{shown} is {declared} bytes, over the {max_bytes}-byte cap")
+            chunks: list[bytes] = []
+            total = 0
+            for chunk in resp.iter_stream():
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ImageError(f"{shown} is larger than the {max_bytes}-byte cap")
+                chunks.append(chunk)
+            return resp.status, None, b"".join(chunks)
+    except httpcore.TimeoutException as e:
+        raise ImageError(f"{shown} took longer than the {timeout_s:g} s limit") from e
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as e:
+        raise ImageError(f"cannot download {shown}: {type(e).__name__}: {e}") from e
+    except OSError as e:  # TLS failures and other socket errors
+        raise ImageError(f"cannot download {shown}: {e}") from e
+
+
+class _DeadlineStream:
+    """A network stream whose every read and write ends by the overall deadline."""
+
+    def __init__(self, inner: Any, deadline: float) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def _left(self, timeout: float | None) -> float:
+        import httpcore
+
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ReadTimeout("the download deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return bytes(self._inner.read(max_bytes, self._left(timeout)))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._left(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> _DeadlineStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname, self._left(timeout))
+        return _DeadlineStream(inner, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _PinnedBackend:
+    """Connects only to the checked addresses of the expected host, within the deadline."""
+
+    def __init__(self, host: str, addresses: list[str], deadline: float) -> None:
+        import httpcore
+
+        self._inner = httpcore.SyncBackend()
+        self._host = host.lower()
+        self._addresses = addresses
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> _DeadlineStream:
+        import httpcore
+
+        if host.lower().strip("[]") != self._host.strip("[]"):
+            raise httpcore.ConnectError(f"refusing to connect to unchecked host {host!r}")
+        error: Exception | None = None
+        for address in self._addresses:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise httpcore.ConnectTimeout("the download deadline passed")
+            wait = left if timeout is None else min(timeout, left)
+            try:
+                stream = self._inner.connect_tcp(address, port, wait, local_address, socket_options)
+            except httpcore.ConnectError as e:
+                error = e
+                continue
+            return _DeadlineStream(stream, self._deadline)
+        raise error or httpcore.ConnectError(f"no address to connect to for {host!r}")
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> Any:
+        import httpcore
+
+        raise httpcore.ConnectError("unix sockets are not used for image downloads")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
