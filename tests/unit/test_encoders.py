@@ -94,8 +94,18 @@ def test_preprocess_then_pixel_batch_equals_embed_images(tiny_encoder) -> None:
     assert tiny_encoder.embed_pixel_batch(pixels[:0]).shape == (0, TINY_DIM)
 
 
-def test_load_encoder_caches_instances(tiny_openclip_spec: str, tiny_encoder) -> None:
-    assert load_encoder(tiny_openclip_spec, device="cpu") is tiny_encoder
+def test_load_encoder_caches_instances(
+    tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rar_agent.encoders import loader
+
+    monkeypatch.setattr(loader, "_CACHE", {})  # leave the suite's shared cache alone
+    first = load_encoder(tiny_openclip_spec, device="cpu", batch_size=7)
+    assert load_encoder(tiny_openclip_spec, device="cpu", batch_size=7) is first
+    clear_encoder_cache()
+    fresh = load_encoder(tiny_openclip_spec, device="cpu", batch_size=7)
+    assert fresh is not first
+    assert fresh.fingerprint == first.fingerprint
 
 
 def test_reload_same_dir_same_fingerprint_and_vectors(tiny_openclip_spec: str, tiny_encoder):
@@ -171,7 +181,6 @@ def _assert_offline_help(message: str, name: str) -> None:
     [("ViT-B-16", "openai"), ("hf-hub:rar-agent-tests/no-such-repo", None)],
 )
 def test_offline_hub_model_fails_fast_with_help(spec: str, pretrained: str | None) -> None:
-    clear_encoder_cache()
     start = time.monotonic()
     with pytest.raises(ModelLoadError) as info:
         load_encoder(spec, pretrained=pretrained, device="cpu")
