@@ -279,8 +279,11 @@ def expected_ids(items: list[tuple[str, str]]) -> list[str]:
 
 
 def inspect(path: Path, ids: list[str]) -> tuple[int, dict[str, int], set[str]]:
-    """Reopen a memory right after a kill: no stale lock, and report count/labels/ids."""
-    with CategoryMemory.open(path, create=False) as memory:
+    """Reopen a memory right after a kill: no stale lock, and report count/labels/ids.
+
+    A worker killed right after creating the directory leaves no memory yet (count 0).
+    """
+    with CategoryMemory.open(path) as memory:
         return memory.count(), memory.labels(), memory.existing_ids(ids)
 
 
