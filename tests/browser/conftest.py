@@ -54,9 +54,13 @@ def chromium_path() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[Any]:
-    """A headless Chromium launched through playwright (no bundled browser download)."""
+    """A headless Chromium launched through playwright (no bundled browser download).
+
+    Module scope: playwright's sync API keeps an event loop running in the main thread while
+    it is open, which would break every async test that runs after it in the session.
+    """
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS)
