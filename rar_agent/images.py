@@ -71,20 +71,29 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    allow_private_urls: bool = True,
 ) -> LoadedImage:
     """Load, validate and normalise an image from any supported input.
+
+    A string is trusted input (a path or URL its caller chose). References chosen by a model
+    or a remote user go through :mod:`rar_agent.safety` (allowed roots, public URLs only)
+    instead, or at least pass ``allow_private_urls=False``.
 
     Args:
         src: A file path, an ``http(s)`` URL, a ``data:image/...;base64,`` URI, raw base64
             text, raw bytes, or a ``PIL.Image.Image``.
         max_pixels: Refuse images whose declared size exceeds this many pixels.
         name: Optional display name used as ``source`` (e.g. an uploaded file name).
+        allow_private_urls: Let URLs reach loopback, private and link-local addresses (the
+            default, for a CLI user's own network); ``False`` allows public addresses only.
 
     Returns:
         A :class:`LoadedImage` with an RGB image, its source and a content hash.
 
     Raises:
         ImageError: The input is missing, unreadable, not an image, truncated or too large.
+        UnsafeInputError: A URL is not allowed (scheme, credentials, or a non-public
+            address with ``allow_private_urls=False``).
     """
     from PIL import Image
 
@@ -112,7 +121,7 @@ def load_image(
     if text.startswith(("http://", "https://")):
         from rar_agent.netfetch import fetch_url
 
-        data = fetch_url(text, allow_private=True)
+        data = fetch_url(text, allow_private=allow_private_urls)
         return LoadedImage(
             decode_image_bytes(data, max_pixels=max_pixels, what=text),
             name or text,

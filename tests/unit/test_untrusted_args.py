@@ -453,3 +453,15 @@ def test_instruction_labels_are_data_for_the_tools(world: dict[str, Any]) -> Non
     assert memory.count() == count + 1  # recognizing wrote nothing, removed nothing
     # the id reference syntax cannot be abused to reach a file
     assert "no image with id" in world["tool"].invoke({"image": "img-" + "0" * 12})
+
+
+def test_load_image_urls_public_only_on_request(server: LocalHTTPServer) -> None:
+    """``load_image`` trusts its caller (a CLI user's LAN is fine) unless told otherwise."""
+    from rar_agent.images import load_image
+
+    url = server.url("/cat.png")
+    assert load_image(url).image.size == (24, 24)
+    assert len(server.requests) == 1
+    with pytest.raises(UnsafeInputError, match="loopback"):
+        load_image(url, allow_private_urls=False)
+    assert len(server.requests) == 1
