@@ -112,8 +112,23 @@ def _check_open_clip_name(name: str) -> None:
         )
 
 
+def _add_working_dir_to_path() -> None:
+    """Let ``module:factory`` name modules in the working directory, as ``python -m`` does.
+
+    Console scripts start with their own bin directory on ``sys.path``, not the working
+    directory, so ``--encoder tools.effnet_encoder:create`` would otherwise fail from a checkout.
+    """
+    import os
+    import sys
+
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def _from_factory(spec: str, *, pretrained: str | None, device: str | None) -> ImageTextEncoder:
     module_name, _, attr_path = spec.partition(":")
+    _add_working_dir_to_path()
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:

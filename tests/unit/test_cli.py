@@ -145,3 +145,30 @@ def test_recognize_with_a_local_ranker_runs_retrieve_and_rank(env: Path) -> None
     assert record["ranking"]["model"]
     assert sorted(c["label"] for c in record["candidates"]) == ["cat", "dog", "fox"]
     assert record["label"] == record["candidates"][0]["label"]
+
+
+def test_console_script_finds_an_encoder_factory_in_the_working_directory(tmp_path: Path) -> None:
+    import shutil
+
+    script = shutil.which("rar-agent") or str(Path(sys.executable).parent / "rar-agent")
+    env = {"HF_HUB_OFFLINE": "1", "RAR_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [
+            script,
+            "recognize",
+            "examples/images/cat.jpg",
+            "--labels",
+            "cat,coffee",
+            "--json",
+            "--encoder",
+            "tests.helpers.encoder_factories:hashing_encoder",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["label"] in {"cat", "coffee"}
