@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,9 @@ class LocalModeContender(Contender):
                 self.ids[start:stop], rows, self.payloads[start:stop], strict=True
             )
         ]
-        self.client.upsert("bench", points=points)
+        with warnings.catch_warnings():  # "local mode is not recommended above 20k points"
+            warnings.simplefilter("ignore", UserWarning)
+            self.client.upsert("bench", points=points)
 
     def query(self, q: np.ndarray) -> list[str]:
         response = self.client.query_points(
