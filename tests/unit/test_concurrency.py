@@ -82,6 +82,7 @@ def _check_adds(recognizer: Recognizer) -> None:
     assert recognizer.memory.count("image") == 36
 
 
+@pytest.mark.slow
 def test_threads_recognize_while_another_thread_adds(setup: Any, tiny_encoder: Any) -> None:
     recognizer, queries, serial = setup
     errors: list[str] = []
@@ -137,6 +138,7 @@ def test_threads_recognize_while_another_thread_adds(setup: Any, tiny_encoder: A
     _check_adds(recognizer)
 
 
+@pytest.mark.slow
 async def test_asyncio_tasks_recognize_through_the_tool_while_adding(
     setup: Any, tiny_encoder: Any
 ) -> None:
