@@ -342,10 +342,12 @@ def vocabulary_memory(
     The collection name hashes the labels and the encoder fingerprint, so it is built once
     per (vocabulary, encoder) and reused; a resumed build skips what is stored.
     """
-    from rar_agent.encoders import default_vocabulary
+    from rar_agent.encoders import default_vocabulary, short_templates
     from rar_agent.memory.builders import add_class_names
 
     names = list(labels) if labels is not None else list(default_vocabulary())
+    # The 1000-class vocabulary uses the short template set; a user's few labels get all 80.
+    templates = short_templates() if labels is None else None
     names = [n.strip() for n in names if n.strip()]
     if not names:
         from rar_agent.errors import LabelError
@@ -356,5 +358,5 @@ def vocabulary_memory(
     memory = open_memory(settings, collection=f"{prefix}-{key[:16]}")
     memory.bind_encoder(encoder.fingerprint, encoder.dim)
     if memory.count("text") < len(set(names)):
-        add_class_names(memory, encoder, names, progress=progress)
+        add_class_names(memory, encoder, names, templates=templates, progress=progress)
     return memory

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         default_templates,
         default_vocabulary,
         fill_template,
+        short_templates,
     )
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "fill_template",
     "l2_normalize",
     "load_encoder",
+    "short_templates",
 ]
 
 _LAZY = {
@@ -56,6 +58,7 @@ _LAZY = {
     "default_templates": "prototypes",
     "default_vocabulary": "prototypes",
     "fill_template": "prototypes",
+    "short_templates": "prototypes",
 }
 
 

@@ -9,7 +9,13 @@ import numpy as np
 from rar_agent.encoders.base import ImageTextEncoder, l2_normalize
 from rar_agent.errors import ConfigError
 
-__all__ = ["build_text_prototypes", "default_templates", "default_vocabulary", "fill_template"]
+__all__ = [
+    "build_text_prototypes",
+    "default_templates",
+    "default_vocabulary",
+    "fill_template",
+    "short_templates",
+]
 
 Template = str | Callable[[str], str]
 
@@ -26,6 +32,17 @@ def default_templates() -> list[Template]:
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+def short_templates() -> list[Template]:
+    """open_clip's 7-template subset: close to the 80's zero-shot accuracy at 1/11 the cost.
+
+    Used for the built-in 1000-class vocabulary, so its first build takes about a minute on a
+    CPU instead of several.
+    """
+    from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
+
+    return list(SIMPLE_IMAGENET_TEMPLATES)
 
 
 def fill_template(template: Template, name: str) -> str:

@@ -198,3 +198,19 @@ def test_from_settings_builds_a_label_vocabulary_once(
     with Recognizer.from_settings(settings, labels=["cat", "dog", "fox"]) as rec:
         assert rec.memory.info.collection == collection
         assert rec.memory.count("text") == 3
+
+
+def test_an_empty_memory_falls_back_to_the_imagenet_vocabulary(
+    tiny_openclip_spec: str, tmp_path: Path
+) -> None:
+    from rar_agent.config import Settings
+    from rar_agent.encoders import default_vocabulary
+
+    settings = Settings(home=tmp_path / "home", clip_model=tiny_openclip_spec, k=3)
+    image = Image.new("RGB", (32, 32), (20, 150, 90))
+    with Recognizer.from_settings(settings) as rec:
+        assert rec.memory.info.collection.startswith("imagenet-")
+        assert rec.memory.count("text") == len(set(default_vocabulary()))  # 998: two repeats
+        result = rec.recognize(image)
+    assert result.label in set(default_vocabulary())
+    assert len(result.candidates) == 3
