@@ -53,12 +53,12 @@ class LoadedImage:
     sha256: str
 
 
-def is_image_reference(text: str) -> bool:
-    """Whether a string looks like an image reference (URL, data URI or existing file)."""
+def is_image_reference(text: str, *, files: bool = True) -> bool:
+    """Whether a string looks like an image reference (URL, data URI or, if ``files``, a file)."""
     t = text.strip()
     if t.startswith(("data:image/", "http://", "https://")):
         return True
-    if len(t) > 4096 or "\n" in t:
+    if not files or len(t) > 4096 or "\n" in t:
         return False
     try:
         return Path(t).expanduser().is_file()

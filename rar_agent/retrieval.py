@@ -85,7 +85,9 @@ class CategoryRetriever(BaseRetriever):
 
     ``invoke`` accepts an image reference (path, URL or data URI) or free text; it returns
     one ``Document`` per distinct label (``page_content`` is the label, ``metadata`` holds
-    ``score``, ``rank``, ``kind`` and ``source``).
+    ``score``, ``rank``, ``kind`` and ``source``). URL queries reach public addresses only
+    (``allow_private_urls``); give an agent a retriever with ``read_files=False`` so that its
+    queries cannot name local files.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -95,10 +97,16 @@ class CategoryRetriever(BaseRetriever):
     k: int = 5
     fetch_k: int | None = None
     kind: MemoryKind = "auto"
+    read_files: bool = Field(
+        default=True, description="Treat a query naming an existing file as an image path."
+    )
+    allow_private_urls: bool = Field(
+        default=False, description="Let URL queries reach loopback/private addresses."
+    )
 
     def retrieve(self, image: ImageInput, *, k: int | None = None) -> list[Candidate]:
-        """Top-k distinct labels for one image."""
-        loaded = load_image(image)
+        """Top-k distinct labels for one image (URLs obey ``allow_private_urls``)."""
+        loaded = load_image(image, allow_private_urls=self.allow_private_urls)
         vector = self.encoder.embed_images([loaded.image])[0]
         return self.retrieve_vectors(vector[None, :], k=k)[0]
 
@@ -123,7 +131,7 @@ class CategoryRetriever(BaseRetriever):
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
-        is_image = is_image_reference(query)
+        is_image = is_image_reference(query, files=self.read_files)
         candidates = self.retrieve(query, k=k) if is_image else self.search_text(query, k=k)
         return candidates_to_documents(candidates)
 

@@ -10,7 +10,9 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["ImageTextEncoder", "l2_normalize"]
+__all__ = ["ImageTextEncoder", "l2_normalize", "bound_aspect", "MAX_ASPECT"]
+
+MAX_ASPECT = 16.0
 
 
 @runtime_checkable
@@ -42,3 +44,22 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
+
+
+def bound_aspect(image: Image.Image, max_ratio: float = MAX_ASPECT) -> Image.Image:
+    """Center-crop the long side so it is at most ``max_ratio`` times the short side.
+
+    CLIP transforms resize the short side to the input size before a center crop, so a
+    60000x1 strip would first become a multi-gigabyte image. The crop keeps the center, which
+    is all a center-cropping transform would use anyway.
+    """
+    width, height = image.size
+    short, long_ = min(width, height), max(width, height)
+    limit = max(1, int(short * max_ratio))
+    if long_ <= limit:
+        return image
+    if width > height:
+        left = (width - limit) // 2
+        return image.crop((left, 0, left + limit, height))
+    top = (height - limit) // 2
+    return image.crop((0, top, width, top + limit))

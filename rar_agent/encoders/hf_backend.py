@@ -16,6 +16,7 @@ from rar_agent.encoders._torch import (
     resolve_precision,
     weights_digest,
 )
+from rar_agent.encoders.base import bound_aspect
 from rar_agent.encoders.open_clip_backend import describe_load_failure, model_load_help
 from rar_agent.errors import EncoderError, ModelLoadError
 
@@ -152,7 +153,8 @@ class TransformersClipEncoder(TorchEncoderBase):
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Run the model's image processor over the images; returns ``pixel_values``."""
-        return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        bounded = [bound_aspect(im) for im in images]
+        return self.image_processor(images=bounded, return_tensors="pt")["pixel_values"]
 
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return _features(self.model.get_image_features(pixel_values=pixels))

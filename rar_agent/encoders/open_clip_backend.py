@@ -17,6 +17,7 @@ from rar_agent.encoders._torch import (
     resolve_precision,
     weights_digest,
 )
+from rar_agent.encoders.base import bound_aspect
 from rar_agent.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ class OpenClipEncoder(TorchEncoderBase):
         """Apply the model's validation transform to each image and stack the results."""
         import torch
 
-        return torch.stack([self.transform(im) for im in images])
+        return torch.stack([self.transform(bound_aspect(im)) for im in images])
 
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)

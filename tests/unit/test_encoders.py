@@ -295,3 +295,17 @@ def test_hub_probe_reports_closed_port(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_pretrained_tag_lists_known_tags() -> None:
     with pytest.raises(ModelLoadError, match="known tags: .*openai"):
         load_encoder("ViT-B-16", pretrained="no-such-tag")
+
+
+def test_extreme_aspect_ratios_are_center_cropped_before_the_transform(tiny_encoder) -> None:  # noqa: ANN001
+    import numpy as np
+    from PIL import Image
+
+    from rar_agent.encoders.base import bound_aspect
+
+    assert bound_aspect(Image.new("RGB", (60000, 1))).size == (16, 1)
+    assert bound_aspect(Image.new("RGB", (3, 200))).size == (3, 48)
+    ordinary = Image.new("RGB", (30, 20))
+    assert bound_aspect(ordinary) is ordinary
+    strip = tiny_encoder.embed_images([Image.new("RGB", (60000, 1), (200, 10, 10))])
+    assert strip.shape == (1, tiny_encoder.dim) and np.isfinite(strip).all()

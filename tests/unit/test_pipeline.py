@@ -214,3 +214,17 @@ def test_an_empty_memory_falls_back_to_the_imagenet_vocabulary(
         result = rec.recognize(image)
     assert result.label in set(default_vocabulary())
     assert len(result.candidates) == 3
+
+
+def test_retriever_refuses_private_urls_and_can_ignore_file_paths(few_shot, tiny_encoder) -> None:  # noqa: ANN001
+    from rar_agent.errors import UnsafeInputError
+
+    folder, memory = few_shot
+    retriever = CategoryRetriever(memory=memory, encoder=tiny_encoder, k=2)
+    with pytest.raises(UnsafeInputError):
+        retriever.invoke("http://127.0.0.1:9/cat.jpg")
+    path = str(folder / "red square" / "0.png")
+    assert retriever.invoke(path)[0].page_content == "red square"
+    words_only = CategoryRetriever(memory=memory, encoder=tiny_encoder, k=2, read_files=False)
+    docs = words_only.invoke(path)  # embedded as text, so no entry matches it exactly
+    assert len(docs) == 2 and docs[0].metadata["score"] < 0.99
