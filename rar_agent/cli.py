@@ -278,10 +278,10 @@ def _print_results(results: list[RecognitionResult], as_json: bool) -> None:
 # ---------------------------------------------------------------------------- memory
 
 
-def _open(settings: Settings) -> Any:
+def _open(settings: Settings, *, create: bool = True) -> Any:
     from rar_agent.pipeline import open_memory
 
-    return open_memory(settings)
+    return open_memory(settings, create=create)
 
 
 def _load_encoder(settings: Settings) -> Any:
@@ -443,7 +443,7 @@ def memory_remove(
         settings = settings_from_options(
             memory=memory, qdrant_url=qdrant_url, api_key=api_key, collection=collection
         )
-        with _open(settings) as mem:
+        with _open(settings, create=False) as mem:
             removed = mem.remove_label(label)
         typer.echo(f"removed {removed} entries of {label!r}")
 
@@ -464,7 +464,7 @@ def memory_list(
         settings = settings_from_options(
             memory=memory, qdrant_url=qdrant_url, api_key=api_key, collection=collection
         )
-        with _open(settings) as mem:
+        with _open(settings, create=False) as mem:
             counts = mem.labels()
         if as_json:
             typer.echo(json.dumps(counts, ensure_ascii=False))
@@ -493,7 +493,7 @@ def memory_stats(
         settings = settings_from_options(
             memory=memory, qdrant_url=qdrant_url, api_key=api_key, collection=collection
         )
-        with _open(settings) as mem:
+        with _open(settings, create=False) as mem:
             stats = mem.stats()
         typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))
 

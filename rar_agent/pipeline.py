@@ -312,8 +312,13 @@ def _describe(src: Any) -> str:
 # ---------------------------------------------------------------------- memories
 
 
-def open_memory(settings: Settings, collection: str | None = None) -> CategoryMemory:
-    """Open the configured memory: the Qdrant server if ``qdrant_url`` is set, else embedded."""
+def open_memory(
+    settings: Settings, collection: str | None = None, *, create: bool = True
+) -> CategoryMemory:
+    """Open the configured memory: the Qdrant server if ``qdrant_url`` is set, else embedded.
+
+    With ``create=False`` a memory that does not exist yet is an error, not a new empty one.
+    """
     from rar_agent.memory import CategoryMemory
 
     name = collection or settings.collection
@@ -322,12 +327,15 @@ def open_memory(settings: Settings, collection: str | None = None) -> CategoryMe
             url=settings.qdrant_url,
             api_key=settings.qdrant_api_key,
             collection=name,
+            create=create,
             shard_number=settings.shard_number,
             replication_factor=settings.replication_factor,
         )
     if settings.memory_path is not None and collection is None:
-        return CategoryMemory.open(settings.memory_path, collection=name)
-    return CategoryMemory.open(settings.home / "memories" / name, collection=name)
+        path = settings.memory_path
+    else:
+        path = settings.home / "memories" / name
+    return CategoryMemory.open(path, collection=name, create=create)
 
 
 def vocabulary_memory(

@@ -172,3 +172,12 @@ def test_console_script_finds_an_encoder_factory_in_the_working_directory(tmp_pa
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert record["label"] in {"cat", "coffee"}
+
+
+def test_reading_a_memory_that_does_not_exist_says_so(env: Path) -> None:
+    missing = env / "no-such-memory"
+    for args in (["memory", "list"], ["memory", "stats"], ["memory", "remove", "x"]):
+        code, out = _run(*args, "--memory", str(missing))
+        assert code == 2, out
+        assert "no category memory" in out and "memory build" in out
+    assert not missing.exists(), "a read must not create an empty memory"
