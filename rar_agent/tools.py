@@ -349,6 +349,18 @@ class RecognizeInput(BaseModel):
         return boxes
 
 
+def explain_validation_error(error: Exception) -> str:
+    """Tell the model which argument was wrong and why, so it can correct the call."""
+    details = getattr(error, "errors", None)
+    if not callable(details):
+        return f"invalid tool arguments: {error}"
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in item.get('loc', ())) or 'arguments'}: {item.get('msg')}"
+        for item in details()
+    )
+    return f"invalid tool arguments ({problems}); fix them and call the tool again"
+
+
 class _RecognizerTool(BaseTool):
     """Shared fields of the tools that work on images and the recognizer."""
 
@@ -359,7 +371,9 @@ class _RecognizerTool(BaseTool):
     allowed_roots: tuple[Path, ...] = ()
     allow_urls: bool = False
     handle_tool_error: bool | str | Any = True
-    handle_validation_error: bool | str | Any = True
+    handle_validation_error: bool | str | Any = Field(
+        default_factory=lambda: explain_validation_error
+    )
 
     @field_validator("allowed_roots", mode="before")
     @classmethod
@@ -432,6 +446,7 @@ class RecognizeTool(_RecognizerTool):
             raise _tool_error(e) from e
         result.image = source.name
         return format_result(result, image_name=source.name), result.model_dump(mode="json")
+
 
 def _regions_output(results: Sequence[RecognitionResult], name: str) -> tuple[str, dict[str, Any]]:
     texts = []

@@ -339,3 +339,10 @@ class TestAddCategoryToolUnit(_Add, ToolsUnitTests):
 
 class TestAddCategoryToolIntegration(_Add, ToolsIntegrationTests):
     pass
+
+
+def test_bad_arguments_tell_the_model_what_was_wrong(recognizer: Any) -> None:
+    recognize = RecognizeTool(recognizer=recognizer, registry=ImageRegistry())
+    message = _call(recognize, {"k": 0})
+    assert message.status == "error"
+    assert "k:" in message.content and "greater than or equal" in message.content
