@@ -56,13 +56,17 @@ def normalize_label(label: object) -> str:
             f"label {text[:40]!r}... has {len(text)} characters; the limit is "
             f"{MAX_LABEL_CHARS}: use a shorter category name"
         )
-    bad = [c for c in text if unicodedata.category(c) in ("Cc", "Cs")]
+    bad = [c for c in text if unicodedata.category(c) in ("Cc", "Cs") or c in _BIDI_CONTROLS]
     if bad:
         raise LabelError(
             f"label {text!r} contains control characters ({', '.join(map(repr, bad[:3]))}): "
             "remove them from the category name"
         )
     return text
+
+
+# Bidirectional embeddings, overrides and isolates can make a label display as another one.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def check_kind(kind: object) -> EntryKind:

@@ -101,3 +101,12 @@ def test_normalized_labels_are_stable(raw: str) -> None:
     assert normalize_label(once) == once
     assert once == once.strip() and "  " not in once
     assert MemoryEntry(raw, "text", "", "h").point_id == MemoryEntry(once, "text", "", "h").point_id
+
+
+def test_bidi_override_characters_are_refused_but_emoji_joiners_work() -> None:
+    from rar_agent.errors import LabelError
+    from rar_agent.memory.entries import normalize_label
+
+    with pytest.raises(LabelError, match="control characters"):
+        normalize_label("cat\u202egod")
+    assert normalize_label("black cat \U0001f408\u200d\u2b1b") == "black cat \U0001f408\u200d\u2b1b"
