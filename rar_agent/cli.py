@@ -350,7 +350,7 @@ def memory_build(
                     items = (
                         builders.iter_image_folder(from_folder, shots=shots, seed=seed)
                         if from_folder is not None
-                        else builders.iter_manifest(from_manifest)
+                        else builders.iter_manifest(sources[0])
                     )
                     report = builders.add_images(mem, enc, items, strict=strict, progress=update)
             _print_report(report, mem)

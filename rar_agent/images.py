@@ -197,8 +197,8 @@ def decode_image_bytes(
             if getattr(im, "is_animated", False):
                 im.seek(0)  # animated GIF/WebP/PNG: recognise the first frame
             im.load()
-            im = ImageOps.exif_transpose(im) or im
-            return to_rgb(im)
+            upright: Image.Image = ImageOps.exif_transpose(im) or im
+            return to_rgb(upright)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

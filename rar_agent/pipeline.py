@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
-from rar_agent.results import Candidate, RankingInfo, RecognitionResult
+from rar_agent.results import Candidate, RankingInfo, RankingStatus, RecognitionResult
 from rar_agent.retrieval import CategoryRetriever, MemoryKind, validate_k
 
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ class Recognizer:
                 todo.append(i)
                 out.append((RankingInfo(), None))
             else:
-                status = "disabled" if self.ranker is None else "skipped"
+                status: RankingStatus = "disabled" if self.ranker is None else "skipped"
                 out.append((RankingInfo(status=status, reason=reason), None))
         if todo and self.ranker is not None:
             from rar_agent.ranking import RankingInput
