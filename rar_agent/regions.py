@@ -710,10 +710,10 @@ def run_regions(
     t0 = time.perf_counter()
     vectors = recognizer.encoder.embed_images([_square(crop, side) for _, _, crop in jobs])
     encode_ms = _ms(t0)
-    if kind == "auto":
-        kind = "text" if recognizer.memory.count("text") > 0 else "image"
     t1 = time.perf_counter()
-    retrieved = recognizer.retriever.retrieve_vectors(vectors, k=k, kind=kind)  # type: ignore[arg-type]
+    # Regions prefer class names: small crops embed poorly against image examples.
+    memory_side = "auto-text" if kind == "auto" else kind
+    retrieved = recognizer.retriever.retrieve_vectors(vectors, k=k, kind=memory_side)  # type: ignore[arg-type]
     retrieve_ms = _ms(t1)
     views = [
         ranker_view(crop, loaded.image if context_image else None, coords)

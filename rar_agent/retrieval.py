@@ -18,9 +18,16 @@ from rar_agent.results import Candidate
 if TYPE_CHECKING:
     from rar_agent.memory import CategoryMemory, Hit
 
-__all__ = ["fold_hits", "CategoryRetriever", "resolve_kind", "fetch_limit", "validate_k"]
+__all__ = [
+    "fold_hits",
+    "CategoryRetriever",
+    "resolve_kind",
+    "search_sides",
+    "fetch_limit",
+    "validate_k",
+]
 
-MemoryKind = Literal["auto", "image", "text"]
+MemoryKind = Literal["auto", "auto-text", "image", "text"]
 
 
 def validate_k(k: int) -> int:
@@ -59,25 +66,59 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
     ]
 
 
-def resolve_kind(memory: CategoryMemory, kind: MemoryKind) -> Literal["image", "text"]:
-    """Pick the memory side to query: ``auto`` prefers image examples, else class names."""
-    if kind in ("image", "text"):
-        if memory.count(kind) == 0:
-            raise EmptyMemoryError(
-                f"the memory has no {kind} entries: build it first (rar-agent memory build) "
-                "or query the other side"
-            )
-        return kind
-    if kind != "auto":
+# Memory sides tried in order; "auto" prefers image examples, "auto-text" class names.
+_SIDES: dict[str, tuple[Literal["image", "text"], ...]] = {
+    "auto": ("image", "text"),
+    "auto-text": ("text", "image"),
+    "image": ("image",),
+    "text": ("text",),
+}
+
+
+def _sides(kind: str) -> tuple[Literal["image", "text"], ...]:
+    if kind not in _SIDES:
         raise ConfigError(f"kind must be auto, image or text, not {kind!r}")
-    if memory.count("image") > 0:
-        return "image"
-    if memory.count("text") > 0:
-        return "text"
-    raise EmptyMemoryError(
+    return _SIDES[kind]
+
+
+def _empty_error(kind: str) -> EmptyMemoryError:
+    if kind in ("image", "text"):
+        return EmptyMemoryError(
+            f"the memory has no {kind} entries: build it first (rar-agent memory build) "
+            "or query the other side"
+        )
+    return EmptyMemoryError(
         "the memory is empty: add categories with `rar-agent memory build --from-names FILE` "
         "or `--from-folder DIR`, or pass --labels"
     )
+
+
+def search_sides(
+    memory: CategoryMemory, vectors: np.ndarray, kind: str, limit: int
+) -> list[list[Hit]]:
+    """Search the first memory side (in ``kind``'s order) that holds any entries.
+
+    Nothing is counted up front (an exact count costs more than an indexed search on a large
+    memory): a side with entries always returns hits, so an empty answer means an empty side.
+
+    Raises:
+        EmptyMemoryError: No side in ``kind``'s order holds entries.
+    """
+    if len(vectors) == 0:
+        return []
+    for side in _sides(kind):
+        batches = memory.search_batch(vectors, kind=side, limit=limit)
+        if any(batches):
+            return batches
+    raise _empty_error(kind)
+
+
+def resolve_kind(memory: CategoryMemory, kind: MemoryKind) -> Literal["image", "text"]:
+    """The memory side ``kind`` selects (``auto`` prefers image examples), checked non-empty."""
+    for side in _sides(kind):
+        if memory.count(side) > 0:
+            return side
+    raise _empty_error(kind)
 
 
 class CategoryRetriever(BaseRetriever):
@@ -115,17 +156,15 @@ class CategoryRetriever(BaseRetriever):
     ) -> list[list[Candidate]]:
         """Top-k distinct labels for each row of an ``(n, dim)`` array of image embeddings."""
         k = validate_k(k if k is not None else self.k)
-        side = resolve_kind(self.memory, kind or self.kind)
         limit = fetch_limit(k, self.fetch_k)
-        batches = self.memory.search_batch(vectors, kind=side, limit=limit)
+        batches = search_sides(self.memory, vectors, kind or self.kind, limit)
         return [fold_hits(hits, k) for hits in batches]
 
     def search_text(self, text: str, *, k: int | None = None) -> list[Candidate]:
         """Categories whose entries best match a text query (text embedding)."""
         k = validate_k(k if k is not None else self.k)
         vector = self.encoder.embed_texts([text])
-        side = resolve_kind(self.memory, self.kind)
-        hits = self.memory.search_batch(vector, kind=side, limit=fetch_limit(k, self.fetch_k))
+        hits = search_sides(self.memory, vector, self.kind, fetch_limit(k, self.fetch_k))
         return fold_hits(hits[0], k)
 
     def _get_relevant_documents(
