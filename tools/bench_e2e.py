@@ -198,6 +198,8 @@ def _stages(recognizer: Any, memory: Any, paths: list[str], repeats: int) -> lis
 
 
 def bench_recognize(args: argparse.Namespace) -> list[Row]:
+    from PIL import Image
+
     from rar_agent.encoders import load_encoder
     from rar_agent.memory import CategoryMemory
     from rar_agent.pipeline import Recognizer
@@ -210,6 +212,7 @@ def bench_recognize(args: argparse.Namespace) -> list[Row]:
         with CategoryMemory.open(Path(tmp) / "mem", collection="bench") as memory:
             memory.bind_encoder(encoder.fingerprint, encoder.dim)
             fill_random(memory, encoder.dim, args.entries, args.labels)
+            memory.optimize(min_unindexed=10_000)  # as the memory builders leave it
             recognizer = Recognizer(memory, timed, ranker=None, k=5)
             recognizer.recognize(paths[0])  # warm-up
             total, embed, over, over_cpu = _overhead(recognizer, timed, paths, args.repeats)
@@ -245,6 +248,19 @@ def bench_recognize(args: argparse.Namespace) -> list[Row]:
                 batches.append((time.perf_counter() - start) * 1000 / len(paths))
             rows.append(row(f"recognize_batch({len(paths)}), per image (best)", min(batches),
                             "ms", "recognize one by one, per image", min(singles)))  # fmt: skip
+            images = [Image.open(p).convert("RGB") for p in paths]
+            raw_single, raw_batch = [], []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                for image in images:
+                    encoder.embed_images([image])
+                raw_single.append((time.perf_counter() - start) * 1000 / len(images))
+                start = time.perf_counter()
+                encoder.embed_images(images)
+                raw_batch.append((time.perf_counter() - start) * 1000 / len(images))
+            rows.append(row(f"  raw embed_images batch of {len(paths)}, per image (best)",
+                            min(raw_batch), "ms", "raw embed_images one by one",
+                            min(raw_single)))  # fmt: skip
     return rows
 
 
