@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 60
 N_LABELS = 6
 BATCH = 2
+# Seconds a worker waits after each acknowledged batch. Without it an idle machine finishes
+# the whole build before the kill delays run out, and the kills test nothing.
+BUILD_PAUSE = 0.05
 SEED = 20261129
 
 ZYGOTE = textwrap.dedent(
@@ -60,7 +63,10 @@ ZYGOTE = textwrap.dedent(
         encoder = load_encoder(job["spec"], device="cpu")
         log(f, "READY")
         memory = CategoryMemory.open(job["memory"])
-        progress = lambda done, total: log(f, "ACK", memory.count())
+        def progress(done, total):
+            log(f, "ACK", memory.count())
+            time.sleep(job.get("pause", 0.0))  # a slow encoder, so kills land mid-build
+
         items = [tuple(x) for x in job["items"]]
         add_images(memory, encoder, items, batch_size=job["batch"], progress=progress)
         memory.close()
@@ -75,6 +81,7 @@ ZYGOTE = textwrap.dedent(
         for label in job["labels"]:
             memory.remove_label(label)
             log(f, "ACK", memory.count())
+            time.sleep(job.get("pause", 0.0))
         memory.close()
         log(f, "DONE")
 
@@ -326,7 +333,9 @@ def test_build_killed_at_ten_random_points_equals_uninterrupted_build(
     runs: list[Run] = []
     kills = 0
     for plan in plans:
-        run = zygote.run("build", kill=plan, memory=str(memory), items=pictures, batch=BATCH)
+        run = zygote.run(
+            "build", kill=plan, memory=str(memory), items=pictures, batch=BATCH, pause=BUILD_PAUSE
+        )
         runs.append(run)
         where = f"run {len(runs)} {plan}: {run.lines[-3:]}"
         assert run.error is None, where
@@ -383,7 +392,11 @@ def test_kill_during_memory_remove(
     kills = 0
     for _ in range(5):
         run = zygote.run(
-            "remove", kill=("ready", rng.uniform(0.0, 0.25)), memory=str(memory), labels=doomed
+            "remove",
+            kill=("ready", rng.uniform(0.0, 0.25)),
+            memory=str(memory),
+            labels=doomed,
+            pause=0.15,  # 3 labels take longer than the longest kill delay
         )
         assert run.error is None, run.error
         kills += run.killed
