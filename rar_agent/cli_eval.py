@@ -5,7 +5,6 @@ this module can reuse ``rar_agent.cli``'s option aliases without a circular impo
 ``from __future__ import annotations`` here: typer reads the annotations at definition time.)
 """
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,14 +12,6 @@ from typing import Annotated, Any
 import typer
 
 __all__ = ["register"]
-
-
-def _ensure_cwd_importable(spec: str | None) -> None:
-    """Let ``--encoder pkg.module:factory`` find modules in the current folder (like ``-m``)."""
-    if spec and ":" in spec and not spec.startswith(("hf:", "hf-hub:", "local-dir:")):
-        cwd = os.getcwd()
-        if cwd not in sys.path and "" not in sys.path:
-            sys.path.insert(0, cwd)
 
 
 def _progress(enabled: bool) -> tuple[Any, Any]:
@@ -139,7 +130,6 @@ def register(app: typer.Typer) -> None:
                 clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder
             )
             spec = settings.encoder_spec
-            _ensure_cwd_importable(spec)
             pretrained = clip_pretrained if settings.encoder else settings.clip_pretrained
             config = EvalConfig(
                 dataset=dataset, memory_set=memory_set, test_set=test_set, shots=shots,
