@@ -149,7 +149,9 @@ def recognize(
     gate: Annotated[
         str | None,
         typer.Option(
-            "--gate", help="off | on | a score margin: skip ranking above it.", envvar="RAR_GATE"
+            "--gate",
+            help="off | on | auto (as chosen by eval) | a margin: skip ranking above it.",
+            envvar="RAR_GATE",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,

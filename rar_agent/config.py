@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     fetch_k: int | None = Field(default=None, ge=1, description="Entries fetched before folding.")
     ranker: str = Field(default="none", description="none | provider:model | hf:<repo|dir>.")
     gate: str | None = Field(
-        default=None, description="Ranking gate: off | on | a score margin (skip above it)."
+        default=None, description="Ranking gate: off | on | auto | a score margin (skip above it)."
     )
     kind: str = Field(default="auto", description="Memory side to query: auto | image | text.")
 

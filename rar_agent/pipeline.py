@@ -40,7 +40,8 @@ class Recognizer:
         k: Candidates handed to the ranker (and returned).
         fetch_k: Memory entries fetched before folding into labels.
         gate: Skip ranking when the top label's score leads the second by more than this
-            margin (a number, ``"on"`` for the default margin, ``"off"``/``None``).
+            margin (a number, ``"on"`` for the default margin, ``"auto"`` for the margin
+            ``rar-agent eval --gate auto`` recorded in the memory, ``"off"``/``None``).
         kind: Memory side to query (``auto`` prefers image examples).
         hint: Domain hint for the ranker (defaults to the memory's description).
     """
@@ -63,7 +64,7 @@ class Recognizer:
         self.memory = memory
         self.encoder = encoder
         self.k = validate_k(k)
-        self.gate = parse_gate(gate)
+        self.gate = parse_gate(gate, calibrated=memory.info.gate_margin)
         self.retriever = CategoryRetriever(
             memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=kind
         )

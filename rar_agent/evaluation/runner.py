@@ -398,4 +398,21 @@ def run_evaluation(
     report.machine = machine_info()
     final = build_report(config, records, started_at=started_at, ranker_on=ranker_on, base=report)
     final.ranker_calls = sum(final.status.get(s, 0) for s in ("ranked", "fallback"))
+    _record_auto_gate(config, final)
     return final
+
+
+def _record_auto_gate(config: EvalConfig, report: EvalReport) -> None:
+    """Store an auto-chosen gate in a kept memory, so ``recognize --gate auto`` can use it."""
+    margin = report.gate_choice.threshold
+    if _parse_gate(config.gate)[1] and config.memory and margin is not None:
+        if report.interrupted or report.ranker is None:
+            return
+        from rar_agent.memory import CategoryMemory
+
+        with CategoryMemory.open(Path(config.memory), collection=config.collection) as memory:
+            memory.set_gate_margin(margin)
+        report.notes.append(
+            f"gate margin {margin:.4f} recorded in the memory: `rar-agent recognize --memory "
+            f"{config.memory} --gate auto` uses it"
+        )

@@ -197,11 +197,18 @@ class CategoryMemory:
 
     def set_description(self, description: str | None) -> None:
         """Record a domain description (e.g. "bird species"); requires a bound encoder."""
+        self._update_meta("description", description)
+
+    def set_gate_margin(self, margin: float | None) -> None:
+        """Record the ranking-gate margin the evaluation harness chose (for ``gate="auto"``)."""
+        self._update_meta("gate_margin", None if margin is None else float(margin))
+
+    def _update_meta(self, key: str, value: Any) -> None:
         with self._lock:
             meta = self._backend.read_meta(refresh=True)
             if not meta:
-                raise MemoryStoreError("bind an encoder before setting the description")
-            self._backend.write_meta({**meta, "description": description})
+                raise MemoryStoreError(f"bind an encoder before setting the {key}")
+            self._backend.write_meta({**meta, key: value})
 
     @property
     def info(self) -> MemoryInfo:
@@ -216,6 +223,7 @@ class CategoryMemory:
             description=meta.get("description"),
             location=self._backend.location,
             created_at=meta.get("created_at"),
+            gate_margin=meta.get("gate_margin"),
         )
 
     # ------------------------------------------------------------------ writing

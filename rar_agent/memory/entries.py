@@ -170,6 +170,7 @@ class MemoryInfo:
         description: Optional domain description (used as a hint for the ranker).
         location: The memory's directory or server URL.
         created_at: ISO timestamp of when the encoder was bound, if known.
+        gate_margin: Ranking-gate margin chosen by ``rar-agent eval --gate auto``, if any.
     """
 
     fingerprint: str | None
@@ -179,3 +180,4 @@ class MemoryInfo:
     description: str | None = None
     location: str = ""
     created_at: str | None = None
+    gate_margin: float | None = None

@@ -339,3 +339,33 @@ def test_cli_eval_exits_130_after_writing_a_partial_report(
     )
     assert result.exit_code == 130
     assert "Interrupted" in (tmp_path / "report.md").read_text()
+
+
+def test_auto_gate_is_recorded_in_a_kept_memory_for_recognition(
+    folder: Path, tiny_encoder: Any, tmp_path: Path
+) -> None:
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+
+    kept = tmp_path / "kept"
+    config = EvalConfig(dataset=str(folder), shots=3, k=3, gate="auto", memory=str(kept))
+    report = run_evaluation(config, encoder=tiny_encoder, ranker=fake_ranker("apple"))
+    assert report.gate_choice.threshold is not None
+    assert any("--gate auto" in note for note in report.notes)
+    with CategoryMemory.open(kept, collection=config.collection) as memory:
+        assert memory.info.gate_margin == pytest.approx(report.gate_choice.threshold)
+        recognizer = Recognizer(memory, tiny_encoder, gate="auto")
+        assert recognizer.gate == pytest.approx(report.gate_choice.threshold)
+
+
+def test_auto_gate_without_a_recorded_margin_says_how_to_get_one(
+    folder: Path, tiny_encoder: Any, tmp_path: Path
+) -> None:
+    from rar_agent.errors import ConfigError
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+
+    memory = CategoryMemory.open(tmp_path / "fresh", collection="fresh")
+    with pytest.raises(ConfigError, match="evaluation harness"):
+        Recognizer(memory, tiny_encoder, gate="auto")
+    memory.close()
