@@ -5,7 +5,7 @@ recognition tools, any extra tools the caller passes, and :class:`ImageRegistryM
 
 - images in user turns (LangChain standard image blocks, OpenAI ``image_url`` blocks,
   Anthropic ``source`` blocks and the camelCase ``data``/``mimeType`` form LangChain's chat UI
-  sends) are stored in an :class:`~rar_agent.tools.ImageRegistry` and replaced in the
+  sends) are stored in an :class:`~rar_agent.registry.ImageRegistry` and replaced in the
   history by a short text ``[image id img-...]``, so the model passes an id, never bytes;
 - the agent state keeps this conversation's image ids (``images``); when the model calls an
   image tool without an id, the latest one is filled in, and ids from other conversations
@@ -30,7 +30,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from rar_agent.errors import RarError
-from rar_agent.tools import IMAGE_ID_PATTERN, ImageRegistry, make_tools
+from rar_agent.registry import IMAGE_ID_PATTERN, ImageRegistry
+from rar_agent.tools import make_tools
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool

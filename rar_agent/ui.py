@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import RarError
-from rar_agent.tools import ImageRegistry
+from rar_agent.registry import ImageRegistry
 
 if TYPE_CHECKING:
     import gradio as gr

@@ -1,0 +1,106 @@
+"""Annotation: draw region results (boxes and captions) on an image."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from rar_agent.results import RecognitionResult
+
+__all__ = ["annotate", "draw_box"]
+
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (0, 128, 128),
+    (255, 225, 25),
+]
+_ERROR_COLOR = (200, 0, 0)
+
+
+def _text_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    return (0, 0, 0) if luminance > 140 else (255, 255, 255)
+
+
+def draw_box(
+    image: Image.Image,
+    box: Sequence[float],
+    text: str | None,
+    color: tuple[int, int, int],
+    *,
+    line_width: int | None = None,
+    font_size: int | None = None,
+) -> None:
+    """Draw one box with a filled caption (in place) on ``image``."""
+    from PIL import ImageDraw, ImageFont
+
+    width, height = image.size
+    lw = line_width or max(2, round(min(width, height) / 200))
+    fs = font_size or max(12, round(min(width, height) / 28))
+    draw = ImageDraw.Draw(image)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=color, width=lw)
+    if not text:
+        return
+    font = ImageFont.load_default(size=fs)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    tw, th = right - left + 2 * lw, bottom - top + 2 * lw
+    tx = min(max(0.0, x0), max(0.0, width - tw))
+    ty = y0 - th if y0 - th >= 0 else y0  # above the box, or inside its top when no room
+    draw.rectangle((tx, ty, tx + tw, ty + th), fill=color)
+    draw.text((tx + lw - left, ty + lw - top), text, fill=_text_color(color), font=font)
+
+
+def annotate(
+    image: Image.Image,
+    results: Sequence[RecognitionResult],
+    *,
+    line_width: int | None = None,
+    font_size: int | None = None,
+    show_score: bool = True,
+) -> Image.Image:
+    """Draw each result's box and ``label score`` on a copy of ``image``.
+
+    Results without a drawable box (missing, not finite, empty or entirely outside the image)
+    are skipped; results with an error are drawn in red with ``<id>: error`` as their caption.
+
+    Args:
+        image: The whole image the boxes refer to.
+        results: Region results (``box`` in pixels, as :meth:`Recognizer.recognize_regions`
+            returns them).
+        line_width: Box outline width in pixels (default: relative to the image size).
+        font_size: Caption size in pixels (default: relative to the image size).
+        show_score: Append the winning candidate's retrieval score to the label.
+
+    Returns:
+        A new RGB image.
+    """
+    out = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    for i, result in enumerate(results):
+        if result.box is None or not all(math.isfinite(v) for v in result.box):
+            continue
+        x0, y0, x1, y1 = result.box
+        box = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]  # bad boxes may be inverted
+        inside = box[0] < out.width and box[1] < out.height and box[2] > 0 and box[3] > 0
+        if box[2] - box[0] < 1 or box[3] - box[1] < 1 or not inside:
+            continue
+        if result.error:
+            color, text = _ERROR_COLOR, f"{result.box_id or i}: error"
+        else:
+            color = _PALETTE[i % len(_PALETTE)]
+            text = result.label or "?"
+            if show_score and result.candidates:
+                text = f"{text} {result.candidates[0].score:.2f}"
+        draw_box(out, box, text, color, line_width=line_width, font_size=font_size)
+    return out
