@@ -103,11 +103,14 @@ ZYGOTE = textwrap.dedent(
         tool = AddCategoryTool(recognizer=recognizer, registry=registry, enabled=True)
         errors = []
 
+        def progress(done, total):
+            log(f, "ACK", memory.count())
+            time.sleep(job.get("pause", 0.0))
+
         def bulk():
             try:
                 add_images(memory, encoder, [tuple(x) for x in job["items"]],
-                           batch_size=job["batch"],
-                           progress=lambda d, t: log(f, "ACK", memory.count()))
+                           batch_size=job["batch"], progress=progress)
             except BaseException as e:
                 errors.append(repr(e))
 
@@ -435,6 +438,7 @@ def test_kill_during_a_concurrent_tool_add(
             items=bulk,
             tool=learned,
             batch=BATCH,
+            pause=BUILD_PAUSE,
         )
         assert run.error is None, run.error
         kills += run.killed
