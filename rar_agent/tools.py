@@ -16,7 +16,6 @@ Every failure reaches the model as a tool error (``ToolException`` with
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 import time
@@ -50,7 +49,6 @@ __all__ = [
     "make_tools",
 ]
 
-logger = logging.getLogger(__name__)
 
 _ID_REF = re.compile(r"^\[?\s*(?:image(?:\s+id)?\s*[:=]?\s*)?(img-[0-9a-f]{6,64})\s*\]?$", re.I)
 _LATEST = {"latest", "last", "latest image", "the latest image", "last image", "current"}
