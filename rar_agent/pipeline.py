@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rar_agent.memory import CategoryMemory
     from rar_agent.ranking import RankingChain, RankingOutput
 
-__all__ = ["Recognizer", "open_memory", "vocabulary_memory"]
+__all__ = ["Recognizer", "open_memory", "ranked_result", "vocabulary_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,23 +199,11 @@ class Recognizer:
         retrieved = self.retriever.retrieve_vectors(vectors, k=k)
         retrieve_ms = _ms(t1) / len(loaded)
         rankings = self.rank_many([item.image for item in loaded], retrieved)
-        results = []
-        for item, candidates, (info, order) in zip(loaded, retrieved, rankings, strict=True):
-            final = _reorder(candidates, order)
-            results.append(
-                RecognitionResult(
-                    label=final[0].label if final else None,
-                    candidates=final,
-                    ranking=info,
-                    image=item.source,
-                    timings_ms={
-                        "encode": round(encode_ms, 3),
-                        "retrieve": round(retrieve_ms, 3),
-                        "rank": info.latency_ms or 0.0,
-                    },
-                )
-            )
-        return results
+        timings = {"encode": round(encode_ms, 3), "retrieve": round(retrieve_ms, 3)}
+        return [
+            ranked_result(candidates, ranking, timings, image=item.source)
+            for item, candidates, ranking in zip(loaded, retrieved, rankings, strict=True)
+        ]
 
     # ------------------------------------------------------------------ ranking
 
@@ -253,13 +241,9 @@ class Recognizer:
     def _skip_reason(self, candidates: Sequence[Candidate]) -> str | None:
         if self.ranker is None:
             return "no ranker configured (--ranker none): retrieval order stands"
-        if len(candidates) < 2:
-            return "fewer than two candidates: nothing to rank"
-        if self.gate is not None:
-            from rar_agent.ranking import should_skip
+        from rar_agent.ranking import should_skip
 
-            return should_skip([c.score for c in candidates], self.gate)
-        return None
+        return should_skip([c.score for c in candidates], self.gate)
 
     def close(self) -> None:
         """Close the memory."""
@@ -292,6 +276,24 @@ def _ranking_info(output: RankingOutput) -> RankingInfo:
         raw_reply=output.raw_reply,
         parsed_order=list(output.order),
         latency_ms=output.latency_ms,
+    )
+
+
+def ranked_result(
+    candidates: Sequence[Candidate],
+    ranking: tuple[RankingInfo, list[str] | None],
+    timings_ms: dict[str, float],
+    **fields: Any,
+) -> RecognitionResult:
+    """One result: candidates in the ranker's order (if any), the first as the answer."""
+    info, order = ranking
+    final = _reorder(candidates, order)
+    return RecognitionResult(
+        label=final[0].label if final else None,
+        candidates=final,
+        ranking=info,
+        timings_ms={**timings_ms, "rank": info.latency_ms or 0.0},
+        **fields,
     )
 
 

@@ -82,7 +82,7 @@ def run_regions(
 ) -> list[RecognitionResult]:
     """Recognize each box of one image (see ``Recognizer.recognize_regions``)."""
     from rar_agent.images import load_image
-    from rar_agent.pipeline import _reorder
+    from rar_agent.pipeline import ranked_result
     from rar_agent.results import RecognitionResult
 
     start = time.perf_counter()
@@ -124,28 +124,26 @@ def run_regions(
     ]
     rankings = recognizer.rank_many(views, retrieved)
     n = len(jobs)
+    timings = {
+        "prepare": round(prepare_ms / n, 3),
+        "encode": round(encode_ms / n, 3),
+        "retrieve": round(retrieve_ms / n, 3),
+    }
     done = iter(zip(jobs, retrieved, rankings, strict=True))
     out: list[RecognitionResult] = []
     for slot in results:
         if slot is not None:
             out.append(slot)
             continue
-        (box, coords, _), candidates, (info, order) = next(done)
-        final = _reorder(candidates, order)
+        (box, coords, _), candidates, ranking = next(done)
         out.append(
-            RecognitionResult(
-                label=final[0].label if final else None,
-                candidates=final,
-                ranking=info,
+            ranked_result(
+                candidates,
+                ranking,
+                timings,
                 image=loaded.source,
                 box=[round(v, 3) for v in coords],
                 box_id=box.id,
-                timings_ms={
-                    "prepare": round(prepare_ms / n, 3),
-                    "encode": round(encode_ms / n, 3),
-                    "retrieve": round(retrieve_ms / n, 3),
-                    "rank": info.latency_ms or 0.0,
-                },
             )
         )
     return out
