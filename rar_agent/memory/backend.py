@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from rar_agent.memory.entries import Hit
+from rar_agent.memory.storage import StorageSettings
 
 __all__ = ["META_VERSION", "MemoryBackend"]
 
@@ -30,8 +31,11 @@ class MemoryBackend(Protocol):
         """The stored metadata (fingerprint, dim, ...), or ``None`` if none was recorded."""
         ...
 
-    def create(self, dim: int, meta: dict[str, Any]) -> None:
-        """Create the storage for ``dim``-long vectors if missing, then record ``meta``."""
+    def create(self, dim: int, meta: dict[str, Any], storage: StorageSettings) -> None:
+        """Create the storage for ``dim``-long vectors with ``storage``, then record ``meta``.
+
+        An existing storage is kept as it is (its settings were fixed when it was created).
+        """
         ...
 
     def write_meta(self, meta: dict[str, Any]) -> None:
@@ -57,9 +61,19 @@ class MemoryBackend(Protocol):
         ...
 
     def query_batch(
-        self, vectors: Sequence[list[float]], using: str, limit: int
+        self, vectors: Sequence[list[float]], using: str, limit: int, storage: StorageSettings
     ) -> list[list[Hit]]:
-        """Nearest ``limit`` points per query vector on the named vector ``using``."""
+        """Nearest ``limit`` points per query vector on the named vector ``using``.
+
+        ``storage`` gives the search parameters (HNSW ``ef``, rescoring).
+        """
+        ...
+
+    def scroll(
+        self, offset: str | None, limit: int
+    ) -> tuple[list[tuple[str, dict[str, list[float]], dict[str, Any]]], str | None]:
+        """Up to ``limit`` points from ``offset`` on, in id order, as ``(id, vectors,
+        payload)``, and the offset of the next page (``None`` after the last)."""
         ...
 
     def delete_ids(self, ids: Sequence[str]) -> None:
@@ -80,6 +94,18 @@ class MemoryBackend(Protocol):
 
     def optimize(self, min_unindexed: int) -> bool:
         """Build indexes if at least ``min_unindexed`` points are not indexed; True if run."""
+        ...
+
+    def set_indexing(self, enabled: bool, storage: StorageSettings) -> None:
+        """Turn index building off for a bulk load, or back on (with ``storage``'s HNSW)."""
+        ...
+
+    def indexing_deferred(self) -> bool:
+        """Whether index building is off (a bulk load that has not finished)."""
+        ...
+
+    def disk_usage(self) -> dict[str, int] | None:
+        """Measured bytes on disk per component, or ``None`` where it cannot be measured."""
         ...
 
     def stats(self) -> dict[str, Any]:

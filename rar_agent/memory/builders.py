@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError, ImageError, LabelError, UnsafeInputError
+from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED
 from rar_agent.memory.entries import MemoryEntry, normalize_label
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ __all__ = [
     "Progress",
     "add_class_names",
     "add_images",
+    "finish_build",
     "build_from_folder",
     "build_from_manifest",
     "iter_image_folder",
@@ -50,8 +52,6 @@ Progress = Callable[[int, int], None]
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 )
-# Below this many unindexed entries exact search is fast enough; building HNSW is not free.
-OPTIMIZE_MIN_UNINDEXED = 10_000
 _NAMES_PER_CALL = 64
 _REMOTE = ("http://", "https://", "data:")
 
@@ -118,11 +118,11 @@ def add_class_names(
     )
 
     start = time.perf_counter()
-    memory.bind_encoder(encoder.fingerprint, encoder.dim)
     tmpl = list(templates) if templates is not None else default_templates()
     if not tmpl:
         raise ConfigError("templates is empty: give at least one prompt template such as '{}'")
     labels = list(dict.fromkeys(normalize_label(n) for n in names))
+    memory.bind_encoder(encoder.fingerprint, encoder.dim, expected_entries=len(labels))
     entries = [
         MemoryEntry(
             label,
@@ -139,14 +139,15 @@ def add_class_names(
     report.skipped_existing = len(entries) - len(todo)
     if progress:
         progress(report.skipped_existing, len(entries))
-    for i in range(0, len(todo), _NAMES_PER_CALL):
-        chunk = todo[i : i + _NAMES_PER_CALL]
-        vectors = build_text_prototypes(encoder, [e.label for e in chunk], tmpl)
-        memory.add_entries(chunk, vectors)
-        report.added += len(chunk)
-        if progress:
-            progress(report.total, len(entries))
-    _finish(memory, report, start)
+    with memory.bulk_load(len(todo)):
+        for i in range(0, len(todo), _NAMES_PER_CALL):
+            chunk = todo[i : i + _NAMES_PER_CALL]
+            vectors = build_text_prototypes(encoder, [e.label for e in chunk], tmpl)
+            memory.add_entries(chunk, vectors)
+            report.added += len(chunk)
+            if progress:
+                progress(report.total, len(entries))
+    finish_build(memory, report, start)
     return report
 
 
@@ -253,12 +254,15 @@ def add_images(
     start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
-    memory.bind_encoder(encoder.fingerprint, encoder.dim)
     todo = [(str(source), label) for source, label in items]
+    memory.bind_encoder(encoder.fingerprint, encoder.dim, expected_entries=len(todo))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
     seen: set[str] = set()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
+    with (
+        memory.bulk_load(len(todo)),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool,
+    ):
         pending: Future[_Prepared] | None = None
         if batches:
             pending = pool.submit(_prepare, memory, batches[0], seen, strict)
@@ -280,13 +284,13 @@ def add_images(
                 logger.warning("skipped %s: %s", source, reason)
             if progress:
                 progress(report.total, len(todo))
-    _finish(memory, report, start)
+    finish_build(memory, report, start)
     return report
 
 
-def _finish(memory: CategoryMemory, report: BuildReport, start: float) -> None:
-    if report.added:
-        memory.optimize(min_unindexed=OPTIMIZE_MIN_UNINDEXED)
+def finish_build(memory: CategoryMemory, report: BuildReport, start: float) -> None:
+    """Index what a build left unindexed (also after a resumed build added nothing), log."""
+    memory.optimize(min_unindexed=OPTIMIZE_MIN_UNINDEXED)
     report.seconds = time.perf_counter() - start
     logger.info(
         "build: %d added, %d already stored, %d failed in %.1f s",

@@ -4,13 +4,14 @@ Qdrant backends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import logging
 import os
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +20,27 @@ import numpy as np
 from rar_agent.errors import ConfigError, EncoderMismatchError, MemoryStoreError
 from rar_agent.memory.backend import META_VERSION, MemoryBackend
 from rar_agent.memory.entries import Hit, MemoryEntry, MemoryInfo, check_kind, normalize_label
+from rar_agent.memory.storage import STORAGE_KEY, Footprint, StorageSettings, estimate_footprint
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["UPSERT_BATCH", "CategoryMemory", "default_memory_dir"]
+__all__ = [
+    "OPTIMIZE_MIN_UNINDEXED",
+    "UPSERT_BATCH",
+    "CategoryMemory",
+    "StoredPoint",
+    "default_memory_dir",
+]
+
+StoredPoint = tuple[str, str, list[float], dict[str, Any]]
+"""``(id, kind, vector, payload)`` of one stored entry, as :meth:`CategoryMemory.scroll` gives."""
 
 logger = logging.getLogger(__name__)
 
 UPSERT_BATCH = 512
+# Below this many unindexed entries exact search is fast enough; building HNSW is not free.
+OPTIMIZE_MIN_UNINDEXED = 10_000
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -68,12 +81,16 @@ class CategoryMemory:
     Use :meth:`open`; close it (or use it as a context manager) when done.
     """
 
-    def __init__(self, backend: MemoryBackend, collection: str) -> None:
+    def __init__(
+        self, backend: MemoryBackend, collection: str, storage: StorageSettings | None = None
+    ) -> None:
         self._backend = backend
         self.collection = collection
         self._lock = threading.RLock()
         self._bound: tuple[str, int] | None = None
         self._dim: int | None = None
+        self._storage_request = storage
+        self._storage: StorageSettings | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ opening
@@ -90,7 +107,9 @@ class CategoryMemory:
         create: bool = True,
         shard_number: int | None = None,
         replication_factor: int | None = None,
+        write_consistency_factor: int | None = None,
         timeout: float | None = None,
+        storage: StorageSettings | None = None,
     ) -> CategoryMemory:
         """Open a memory: embedded at ``path``, or a collection on a Qdrant server.
 
@@ -104,7 +123,12 @@ class CategoryMemory:
             create: Create the memory if it does not exist yet.
             shard_number: Server only: shards of a newly created collection.
             replication_factor: Server only: replicas per shard of a new collection.
+            write_consistency_factor: Server only: replicas that must acknowledge a write.
             timeout: Server only: request timeout in seconds.
+            storage: Storage settings for a memory created by this handle (fixed from then
+                on); ``None`` picks them by the size of the first build
+                (:meth:`StorageSettings.for_entries`). An existing memory with other
+                settings is refused when entries are bound.
 
         Returns:
             The open memory.
@@ -138,6 +162,7 @@ class CategoryMemory:
                 create=create,
                 shard_number=shard_number,
                 replication_factor=replication_factor,
+                write_consistency_factor=write_consistency_factor,
                 timeout=timeout,
             )
         else:
@@ -145,21 +170,34 @@ class CategoryMemory:
 
             directory = Path(path) if path is not None else default_memory_dir(collection)
             backend = open_edge(directory, create=create)
-        return cls(backend, collection)
+        if storage is not None and not isinstance(storage, StorageSettings):
+            backend.close()
+            raise ConfigError(f"storage must be StorageSettings, not {type(storage).__name__}")
+        return cls(backend, collection, storage)
 
     # ------------------------------------------------------------------ encoder
 
-    def bind_encoder(self, fingerprint: str, dim: int, *, description: str | None = None) -> None:
-        """Record the encoder on first use; refuse a different one afterwards.
+    def bind_encoder(
+        self,
+        fingerprint: str,
+        dim: int,
+        *,
+        description: str | None = None,
+        expected_entries: int | None = None,
+    ) -> None:
+        """Record the encoder on first use (creating the storage); refuse another one later.
 
         Args:
             fingerprint: The encoder's fingerprint (model + weights identity).
             dim: The encoder's embedding length.
             description: Optional domain description to record (a hint for the ranker).
+            expected_entries: How many entries the first build will add; picks the storage
+                settings when none were given to :meth:`open`.
 
         Raises:
             EncoderMismatchError: The memory was built with another encoder.
-            ConfigError: ``dim`` is not a positive integer or the fingerprint is empty.
+            ConfigError: ``dim`` is not a positive integer, the fingerprint is empty, or
+                the storage settings given to :meth:`open` differ from the memory's.
         """
         if not isinstance(fingerprint, str) or not fingerprint:
             raise ConfigError("the encoder fingerprint must be a non-empty string")
@@ -178,9 +216,11 @@ class CategoryMemory:
                         "use the same --clip-model / --clip-pretrained it was built with, or "
                         "rebuild it with this encoder into another --collection"
                     )
+                self._check_storage(meta)
                 if description is not None and description != meta.get("description"):
                     self._backend.write_meta({**meta, "description": description})
             else:
+                storage = self._storage_request or StorageSettings.for_entries(expected_entries)
                 meta = {
                     "version": META_VERSION,
                     "fingerprint": fingerprint,
@@ -188,12 +228,40 @@ class CategoryMemory:
                     "collection": self.collection,
                     "description": description,
                     "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                    STORAGE_KEY: storage.to_dict(),
                 }
-                self._backend.create(dim, meta)
+                self._backend.create(dim, meta, storage)
+                self._storage = storage
                 logger.info(
-                    "memory %r bound to encoder %s (%d-d)", self.collection, fingerprint, dim
+                    "memory %r bound to encoder %s (%d-d), storage: %s",
+                    self.collection,
+                    fingerprint,
+                    dim,
+                    storage.describe(),
                 )
             self._bound = (fingerprint, dim)
+
+    def bind_metadata(self, meta: dict[str, Any]) -> None:
+        """Create this memory as a copy of another's metadata (``memory push`` / ``pull``).
+
+        Every key is kept (encoder, storage settings, calibration, ...), except
+        ``collection``, which names this memory. A memory that already exists must hold
+        the same encoder; its own metadata is then replaced by ``meta``.
+
+        Raises:
+            ConfigError: ``meta`` has no encoder fingerprint or dimension.
+            EncoderMismatchError: This memory exists with another encoder.
+        """
+        fingerprint, dim = meta.get("fingerprint"), meta.get("dim")
+        if not isinstance(fingerprint, str) or not isinstance(dim, int):
+            raise ConfigError("the source memory records no encoder: bind one and build it first")
+        storage = StorageSettings.from_dict(meta.get(STORAGE_KEY))
+        with self._lock:
+            self._check_open()
+            self._storage_request = storage
+            self.bind_encoder(fingerprint, dim)
+            self._backend.write_meta({**meta, "collection": self.collection})
+            self._storage = storage
 
     def set_description(self, description: str | None) -> None:
         """Record a domain description (e.g. "bird species"); requires a bound encoder."""
@@ -202,6 +270,37 @@ class CategoryMemory:
     def set_gate_margin(self, margin: float | None) -> None:
         """Record the ranking-gate margin the evaluation harness chose (for ``gate="auto"``)."""
         self._update_meta("gate_margin", None if margin is None else float(margin))
+
+    def _check_storage(self, meta: dict[str, Any]) -> None:
+        stored = StorageSettings.from_dict(meta.get(STORAGE_KEY))
+        wanted = self._storage_request
+        if wanted is not None and wanted != stored:
+            raise ConfigError(
+                f"memory {self.collection!r} at {self._backend.location} was created with "
+                f"storage settings [{stored.describe()}], not [{wanted.describe()}]: they are "
+                "fixed at creation; drop the storage options, or build into another --collection"
+            )
+        self._storage = stored
+
+    @property
+    def storage(self) -> StorageSettings:
+        """The memory's storage settings (the defaults for a memory created without any)."""
+        if self._storage is None:
+            self._check_open()
+            meta = self._backend.read_meta() or {}
+            if STORAGE_KEY in meta:
+                self._storage = StorageSettings.from_dict(meta[STORAGE_KEY])
+            elif meta:
+                self._storage = StorageSettings()
+            else:  # not created yet: what creating it now would use
+                return self._storage_request or StorageSettings()
+        return self._storage
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of everything the memory records about itself (all keys)."""
+        self._check_open()
+        return dict(self._backend.read_meta(refresh=True) or {})
 
     def _update_meta(self, key: str, value: Any) -> None:
         with self._lock:
@@ -224,6 +323,7 @@ class CategoryMemory:
             location=self._backend.location,
             created_at=meta.get("created_at"),
             gate_margin=meta.get("gate_margin"),
+            storage=self.storage if meta else None,
         )
 
     # ------------------------------------------------------------------ writing
@@ -319,6 +419,69 @@ class CategoryMemory:
         self._check_open()
         return self._backend.optimize(min_unindexed)
 
+    @contextlib.contextmanager
+    def bulk_load(self, expected_entries: int) -> Iterator[None]:
+        """Defer indexing while a big build writes, then index once at the end.
+
+        Deferred only when it pays: an empty memory about to receive at least
+        ``OPTIMIZE_MIN_UNINDEXED`` entries, or one whose earlier bulk load was interrupted
+        (it resumes deferred). Indexing is switched back on even if the build fails; the
+        index itself is built (:meth:`optimize`) only when it succeeds.
+        """
+        self._check_open()
+        defer = self._backend.indexing_deferred() or (
+            expected_entries >= OPTIMIZE_MIN_UNINDEXED and self.count() == 0
+        )
+        if defer:
+            self._backend.set_indexing(False, self.storage)
+        try:
+            yield
+        finally:
+            if defer:
+                self._backend.set_indexing(True, self.storage)
+
+    def scroll(
+        self, offset: str | None = None, limit: int = 512
+    ) -> tuple[list[StoredPoint], str | None]:
+        """One page of stored entries in id order, with their vectors (for copying a memory).
+
+        Args:
+            offset: The id to start from (``None``: the first); pass the returned next
+                offset to continue.
+            limit: Entries per page.
+
+        Returns:
+            ``(points, next_offset)``; ``next_offset`` is ``None`` after the last page.
+        """
+        self._check_open()
+        page, following = self._backend.scroll(offset, int(limit))
+        points = []
+        for pid, vectors, payload in page:
+            kind = str(payload.get("kind", ""))
+            if kind not in vectors:
+                kind = next(iter(vectors), "")
+            points.append((pid, kind, list(vectors.get(kind, [])), payload))
+        return points, following
+
+    def footprint(self) -> tuple[Footprint, dict[str, int] | None]:
+        """RAM and disk the memory takes, and the measured bytes on disk per component.
+
+        On the embedded backend the figures come from the shard's files, sorted by where
+        each part lives under the memory's settings; a server reports no files, so there
+        they are computed from the entry count (:func:`estimate_footprint`).
+        """
+        self._check_open()
+        storage = self.storage
+        parts = self._backend.disk_usage()
+        if parts is None:
+            return estimate_footprint(storage, self.count(), self._stored_dim() or 1), None
+        cached_parts = ["hnsw"]
+        cached_parts += [] if storage.vectors_on_disk else ["vectors"]
+        cached_parts += [] if storage.payload_on_disk else ["payload"]
+        resident = parts.get("quantized", 0) + parts.get("ids_and_indexes", 0)
+        cached = sum(parts.get(k, 0) for k in cached_parts)
+        return Footprint(resident, cached, sum(parts.values()), computed=False), parts
+
     # ------------------------------------------------------------------ reading
 
     def search(self, vector: Any, *, kind: str = "image", limit: int = 50) -> list[Hit]:
@@ -358,7 +521,7 @@ class CategoryMemory:
             return []
         if dim is None:
             return [[] for _ in range(rows.shape[0])]
-        results = self._backend.query_batch(rows.tolist(), kind, int(limit))
+        results = self._backend.query_batch(rows.tolist(), kind, int(limit), self.storage)
         return [sorted(hits, key=lambda h: -h.score) for hits in results]
 
     async def asearch(self, vector: Any, *, kind: str = "image", limit: int = 50) -> list[Hit]:
@@ -383,8 +546,9 @@ class CategoryMemory:
         return self._backend.count(None if kind is None else check_kind(kind))
 
     def stats(self) -> dict[str, Any]:
-        """Entries per kind, labels, encoder, backend and storage figures."""
+        """Entries per kind, labels, encoder, backend, storage settings and footprint."""
         info = self.info
+        footprint, parts = self.footprint()
         return {
             "collection": self.collection,
             "backend": info.backend,
@@ -397,6 +561,14 @@ class CategoryMemory:
             "image_entries": self.count("image"),
             "text_entries": self.count("text"),
             "labels": len(self.labels()),
+            "storage": self.storage.to_dict(),
+            "storage_summary": self.storage.describe(),
+            "footprint": footprint.to_dict(),
+            **(
+                {"disk_mib_by_part": {k: round(v / 2**20, 1) for k, v in parts.items()}}
+                if parts
+                else {}
+            ),
             **{f"storage_{k}": v for k, v in self._backend.stats().items()},
         }
 

@@ -14,6 +14,7 @@ shard's lock. Another process gets :class:`MemoryBusyError`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 from rar_agent.errors import MemoryBusyError, MemoryStoreError, RarError
 from rar_agent.memory.entries import KINDS, Hit
+from rar_agent.memory.storage import StorageSettings
 
 __all__ = ["EdgeBackend", "META_FILE", "SHARD_DIR", "open_edge"]
 
@@ -33,6 +35,8 @@ META_FILE = "rar_memory.json"
 SHARD_DIR = "shard"
 LOCK_FILE = ".rar.lock"
 _CHUNK = 1024
+# Qdrant's default: segments below this many KB of vectors are searched exactly.
+_FULL_SCAN_KB = 10_000
 
 
 class _Shared:
@@ -182,6 +186,50 @@ def _load_shard(shard_path: Path) -> Any:
         return EdgeShard.load(str(shard_path))
 
 
+def _edge_config(dim: int, storage: StorageSettings) -> Any:
+    """The shard configuration of a memory with ``dim``-long vectors and these settings."""
+    from qdrant_edge import (
+        Distance,
+        EdgeConfig,
+        EdgeVectorParams,
+        HnswIndexConfig,
+        Memory,
+        ScalarQuantizationConfig,
+        ScalarType,
+    )
+
+    quantization = (
+        ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99, memory=Memory.Pinned)
+        if storage.quantization == "int8"
+        else None
+    )
+    vectors = Memory.Cold if storage.vectors_on_disk else Memory.Cached
+    return EdgeConfig(
+        vectors={
+            k: EdgeVectorParams(size=dim, distance=Distance.Cosine, memory=vectors) for k in KINDS
+        },
+        hnsw_config=HnswIndexConfig(
+            m=storage.hnsw_m,
+            ef_construct=storage.hnsw_ef_construct,
+            full_scan_threshold=_FULL_SCAN_KB,
+        ),
+        quantization_config=quantization,
+        payload_memory=Memory.Cold if storage.payload_on_disk else Memory.Cached,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _search_params(storage: StorageSettings) -> Any:
+    from qdrant_edge import QuantizationSearchParams, SearchParams
+
+    if storage.quantization == "none":
+        return SearchParams(hnsw_ef=storage.search_ef)
+    return SearchParams(
+        hnsw_ef=storage.search_ef,
+        quantization=QuantizationSearchParams(rescore=True, oversampling=storage.oversampling),
+    )
+
+
 def _kind_filter(kind: str | None, label: str | None = None) -> Any:
     from qdrant_edge import FieldCondition, Filter, MatchValue
 
@@ -191,6 +239,23 @@ def _kind_filter(kind: str | None, label: str | None = None) -> Any:
     if label is not None:
         must.append(FieldCondition("label", match=MatchValue(label)))
     return Filter(must=must) if must else None
+
+
+def _component(rel: tuple[str, ...], name: str) -> str:
+    """Which part of a memory a shard file belongs to (see ``storage.Footprint``)."""
+    if rel[:1] == ("wal",):
+        return "wal"
+    inner = rel[2:3] if rel[:1] in (("segments",), ("temp_segments",)) else ()
+    folder = inner[0] if inner else ""
+    if folder.startswith("vector_storage"):
+        return "quantized" if name.startswith("quantized") else "vectors"
+    if folder.startswith("vector_index"):
+        return "hnsw"
+    if folder == "payload_storage":
+        return "payload"
+    if folder == "payload_index" or name.startswith("id_tracker"):
+        return "ids_and_indexes"
+    return "other"
 
 
 class EdgeBackend:
@@ -224,26 +289,16 @@ class EdgeBackend:
         with self._s.lock:
             return dict(self._s.meta) if self._s.meta is not None else None
 
-    def create(self, dim: int, meta: dict[str, Any]) -> None:
+    def create(self, dim: int, meta: dict[str, Any], storage: StorageSettings) -> None:
         """Create the shard (named vectors ``image``/``text``, cosine) and record ``meta``."""
-        from qdrant_edge import (
-            Distance,
-            EdgeConfig,
-            EdgeShard,
-            EdgeVectorParams,
-            PayloadSchemaType,
-            UpdateOperation,
-        )
+        from qdrant_edge import EdgeShard, PayloadSchemaType, UpdateOperation
 
         s = self._s
         with s.lock:
             if s.shard is None:
                 shard_path = s.path / SHARD_DIR
-                config = EdgeConfig(
-                    vectors={k: EdgeVectorParams(size=dim, distance=Distance.Cosine) for k in KINDS}
-                )
                 with _engine("create the shard", shard_path):
-                    s.shard = EdgeShard.create(str(shard_path), config)
+                    s.shard = EdgeShard.create(str(shard_path), _edge_config(dim, storage))
             # Also for a shard whose creator was killed before indexing it: without the
             # ``label`` index, ``labels()`` (a facet) would fail forever.
             with _engine("index the shard", s.path):
@@ -306,13 +361,16 @@ class EdgeBackend:
         return found
 
     def query_batch(
-        self, vectors: Sequence[list[float]], using: str, limit: int
+        self, vectors: Sequence[list[float]], using: str, limit: int, storage: StorageSettings
     ) -> list[list[Hit]]:
         """Batch nearest-neighbour search (``query`` for one vector, ``query_batch`` else)."""
         from qdrant_edge import Query, QueryBatchRequest, QueryRequest
 
+        params = _search_params(storage)
         requests = [
-            QueryRequest(limit=limit, query=Query.Nearest(v, using=using), with_payload=True)
+            QueryRequest(
+                limit=limit, query=Query.Nearest(v, using=using), with_payload=True, params=params
+            )
             for v in vectors
         ]
         with self._use("search") as shard:
@@ -323,6 +381,21 @@ class EdgeBackend:
             else:
                 results = shard.query_batch(QueryBatchRequest(requests))
         return [[Hit.from_point(p.id, p.score, p.payload) for p in res] for res in results]
+
+    def scroll(
+        self, offset: str | None, limit: int
+    ) -> tuple[list[tuple[str, dict[str, list[float]], dict[str, Any]]], str | None]:
+        """One page of points in id order, with vectors and payloads, and the next offset."""
+        from qdrant_edge import ScrollRequest
+
+        with self._use("read entries") as shard:
+            if shard is None:
+                return [], None
+            records, following = shard.scroll(
+                ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=True)
+            )
+        page = [(str(r.id), dict(r.vector or {}), dict(r.payload or {})) for r in records]
+        return page, None if following is None else str(following)
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         """Delete points by id."""
@@ -379,6 +452,29 @@ class EdgeBackend:
                     return False
             shard.optimize()
             return True
+
+    def set_indexing(self, enabled: bool, storage: StorageSettings) -> None:
+        """Nothing to do: the shard indexes only in :meth:`optimize`, never during loads."""
+
+    def indexing_deferred(self) -> bool:
+        """Never: see :meth:`set_indexing`."""
+        return False
+
+    def disk_usage(self) -> dict[str, int] | None:
+        """Bytes on disk per component of the shard (allocated blocks, not apparent sizes)."""
+        totals: dict[str, int] = {}
+        with self._s.lock:
+            root = self._s.path / SHARD_DIR
+            for dirpath, _dirs, files in os.walk(root):
+                rel = Path(dirpath).relative_to(root).parts
+                for name in files:
+                    try:
+                        size = (Path(dirpath) / name).stat().st_blocks * 512
+                    except OSError:
+                        continue  # a segment file replaced while we walk
+                    part = _component(rel, name)
+                    totals[part] = totals.get(part, 0) + size
+        return totals
 
     def stats(self) -> dict[str, Any]:
         """Points, segments and indexed vectors of the shard."""

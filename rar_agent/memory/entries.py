@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rar_agent.errors import ConfigError, LabelError
+from rar_agent.memory.storage import StorageSettings
 
 __all__ = [
     "ENTRY_NAMESPACE",
@@ -171,6 +172,7 @@ class MemoryInfo:
         location: The memory's directory or server URL.
         created_at: ISO timestamp of when the encoder was bound, if known.
         gate_margin: Ranking-gate margin chosen by ``rar-agent eval --gate auto``, if any.
+        storage: Storage settings (quantization, placement, HNSW), once created.
     """
 
     fingerprint: str | None
@@ -181,3 +183,4 @@ class MemoryInfo:
     location: str = ""
     created_at: str | None = None
     gate_margin: float | None = None
+    storage: StorageSettings | None = None

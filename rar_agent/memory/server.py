@@ -15,8 +15,9 @@ from typing import Any
 
 from rar_agent.errors import MemoryStoreError, RarError
 from rar_agent.memory.entries import KINDS, Hit
+from rar_agent.memory.storage import StorageSettings
 
-__all__ = ["META_KEY", "ServerBackend"]
+__all__ = ["META_KEY", "ServerBackend", "collection_config"]
 
 META_KEY = "rar_memory"
 _CHUNK = 1024
@@ -33,6 +34,7 @@ class ServerBackend:
         create: Whether a missing collection may be created (on ``bind_encoder``).
         shard_number: Shards of a new collection (clusters).
         replication_factor: Replicas of each shard of a new collection (clusters).
+        write_consistency_factor: Replicas that must acknowledge a write (clusters).
         timeout: Request timeout in seconds.
 
     Raises:
@@ -52,6 +54,7 @@ class ServerBackend:
         create: bool = True,
         shard_number: int | None = None,
         replication_factor: int | None = None,
+        write_consistency_factor: int | None = None,
         timeout: float | None = None,
     ) -> None:
         from qdrant_client import QdrantClient
@@ -59,8 +62,11 @@ class ServerBackend:
         self.collection = collection
         self.location = url or location or ""
         self._local = url is None
-        self._shard_number = shard_number
-        self._replication_factor = replication_factor
+        self._cluster = {
+            "shard_number": shard_number,
+            "replication_factor": replication_factor,
+            "write_consistency_factor": write_consistency_factor,
+        }
         # Local mode is plain Python dicts: serialise it. A server handles concurrency itself.
         self._lock: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if self._local else contextlib.nullcontext()
@@ -148,7 +154,7 @@ class ServerBackend:
             self._meta = self._fetch_meta()
         return dict(self._meta) if self._meta is not None else None
 
-    def create(self, dim: int, meta: dict[str, Any]) -> None:
+    def create(self, dim: int, meta: dict[str, Any], storage: StorageSettings) -> None:
         """Create the collection (named vectors ``image``/``text``, cosine) and record meta."""
         from qdrant_client import models
 
@@ -158,12 +164,7 @@ class ServerBackend:
                 if not self._client.collection_exists(self.collection):
                     self._client.create_collection(
                         self.collection,
-                        vectors_config={
-                            k: models.VectorParams(size=dim, distance=models.Distance.COSINE)
-                            for k in KINDS
-                        },
-                        shard_number=self._shard_number,
-                        replication_factor=self._replication_factor,
+                        **collection_config(dim, storage, **self._cluster),
                         metadata={META_KEY: meta},
                     )
                 with warnings.catch_warnings():  # local mode warns that indexes do nothing
@@ -255,7 +256,7 @@ class ServerBackend:
         return found
 
     def query_batch(
-        self, vectors: Sequence[list[float]], using: str, limit: int
+        self, vectors: Sequence[list[float]], using: str, limit: int, storage: StorageSettings
     ) -> list[list[Hit]]:
         """Batch nearest-neighbour search in one request."""
         from qdrant_client import models
@@ -263,13 +264,32 @@ class ServerBackend:
         self._check_open()
         if not self._exists:
             return [[] for _ in vectors]
+        # Local mode is an exact search that warns about any search parameters.
+        params = None if self._local else _search_params(storage)
         requests = [
-            models.QueryRequest(query=v, using=using, limit=limit, with_payload=True)
+            models.QueryRequest(query=v, using=using, limit=limit, with_payload=True, params=params)
             for v in vectors
         ]
         with self._call("search"):
             responses = self._client.query_batch_points(self.collection, requests=requests)
         return [[Hit.from_point(p.id, p.score, p.payload) for p in r.points] for r in responses]
+
+    def scroll(
+        self, offset: str | None, limit: int
+    ) -> tuple[list[tuple[str, dict[str, list[float]], dict[str, Any]]], str | None]:
+        """One page of points in id order, with vectors and payloads, and the next offset."""
+        self._check_open()
+        if not self._exists:
+            return [], None
+        with self._call("read entries"):
+            records, following = self._client.scroll(
+                self.collection, offset=offset, limit=limit, with_payload=True, with_vectors=True
+            )
+        page = [
+            (str(r.id), dict(r.vector) if isinstance(r.vector, dict) else {}, dict(r.payload or {}))
+            for r in records
+        ]
+        return page, None if following is None else str(following)
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         """Delete points by id."""
@@ -330,19 +350,51 @@ class ServerBackend:
         self._check_open()
         return False
 
+    def set_indexing(self, enabled: bool, storage: StorageSettings) -> None:
+        """Defer HNSW building during a bulk load (``m=0``), or restore the memory's ``m``.
+
+        Qdrant's own advice for bulk loads: segments are still merged and quantized, but no
+        graph is built until ``m`` is set back, which then indexes everything once.
+        """
+        from qdrant_client import models
+
+        self._check_open()
+        if self._local or not self._exists:
+            return  # local mode has no index
+        m = storage.hnsw_m if enabled else 0
+        with self._call("set the indexing mode"):
+            self._client.update_collection(self.collection, hnsw_config=models.HnswConfigDiff(m=m))
+
+    def indexing_deferred(self) -> bool:
+        """Whether a bulk load left HNSW building off (``m=0``)."""
+        self._check_open()
+        if self._local or not self._exists:
+            return False
+        with self._call("read the collection"):
+            info = self._client.get_collection(self.collection)
+        return info.config.hnsw_config.m == 0
+
+    def disk_usage(self) -> dict[str, int] | None:
+        """Unknown: a server does not report a collection's files."""
+        return None
+
     def stats(self) -> dict[str, Any]:
-        """Points, segments and indexed vectors as the server reports them."""
+        """Points, segments, indexed vectors and cluster layout as the server reports them."""
         self._check_open()
         if not self._exists:
             return {"points": 0, "segments": 0, "indexed_vectors": 0}
         with self._call("read stats"):
             info = self._client.get_collection(self.collection)
+        params = info.config.params
         return {
             "points": int(info.points_count or 0),
             "segments": int(info.segments_count or 0),
             "indexed_vectors": int(info.indexed_vectors_count or 0),
             "status": str(getattr(info.status, "value", info.status)),
             "payload_indexes": sorted(info.payload_schema or {}),
+            "shard_number": params.shard_number,
+            "replication_factor": params.replication_factor,
+            "write_consistency_factor": params.write_consistency_factor,
         }
 
     def close(self) -> None:
@@ -352,3 +404,58 @@ class ServerBackend:
         self._closed = True
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+def collection_config(
+    dim: int,
+    storage: StorageSettings,
+    *,
+    shard_number: int | None = None,
+    replication_factor: int | None = None,
+    write_consistency_factor: int | None = None,
+) -> dict[str, Any]:
+    """``create_collection`` arguments for a memory: vectors, storage and cluster layout.
+
+    The same settings as the embedded backend's shard: int8 scalar quantization kept in RAM,
+    float32 originals on disk, payload on disk, HNSW ``m`` / ``ef_construct``.
+    """
+    from qdrant_client import models
+
+    quantization = (
+        models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+            )
+        )
+        if storage.quantization == "int8"
+        else None
+    )
+    return {
+        "vectors_config": {
+            k: models.VectorParams(
+                size=dim, distance=models.Distance.COSINE, on_disk=storage.vectors_on_disk
+            )
+            for k in KINDS
+        },
+        "hnsw_config": models.HnswConfigDiff(
+            m=storage.hnsw_m, ef_construct=storage.hnsw_ef_construct
+        ),
+        "quantization_config": quantization,
+        "on_disk_payload": storage.payload_on_disk,
+        "shard_number": shard_number,
+        "replication_factor": replication_factor,
+        "write_consistency_factor": write_consistency_factor,
+    }
+
+
+def _search_params(storage: StorageSettings) -> Any:
+    from qdrant_client import models
+
+    if storage.quantization == "none":
+        return models.SearchParams(hnsw_ef=storage.search_ef)
+    return models.SearchParams(
+        hnsw_ef=storage.search_ef,
+        quantization=models.QuantizationSearchParams(
+            rescore=True, oversampling=storage.oversampling
+        ),
+    )

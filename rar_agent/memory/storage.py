@@ -1,0 +1,195 @@
+"""Storage settings of a memory: quantization, vector/payload placement, HNSW parameters.
+
+Chosen when a memory is created, stored in its metadata under ``"storage"`` and applied the
+same way by both backends (each translates them to its engine's configuration). This module
+imports no engine: it holds the settings, their defaults by size, and the footprint model
+that ``memory stats`` and ``docs/scaling.md`` use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rar_agent.errors import ConfigError
+
+__all__ = [
+    "QUANTIZE_FROM_ENTRIES",
+    "STORAGE_KEY",
+    "Footprint",
+    "Quantization",
+    "StorageSettings",
+    "estimate_footprint",
+]
+
+Quantization = Literal["none", "int8"]
+STORAGE_KEY = "storage"
+# From this many entries on, a new memory defaults to int8 vectors in RAM with the float32
+# originals on disk (rescored). Measured on 512-d vectors (docs/scaling.md): at 100k the
+# float32 memory maps ~0.6 GB and indexes 2-3x slower than int8 (recall@10 1.000 vs 0.999);
+# below it the float32 vectors are small and exact.
+QUANTIZE_FROM_ENTRIES = 100_000
+_QUANTIZATIONS = ("none", "int8")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """How a memory stores and searches its vectors.
+
+    Attributes:
+        quantization: ``"int8"`` keeps a scalar-quantized copy of every vector in RAM
+            (4x smaller) and searches it; ``"none"`` searches the float32 vectors.
+        vectors_on_disk: Keep the float32 originals on disk (memory-mapped, read on demand)
+            instead of cached in RAM. With int8 they are read only to rescore candidates.
+        payload_on_disk: Keep payloads (label, source, ...) on disk, read for the hits only.
+        hnsw_m: HNSW edges per node (more: better recall, bigger graph, slower build).
+        hnsw_ef_construct: HNSW build beam width (more: better graph, slower build).
+        search_ef: HNSW search beam width (more: better recall, slower queries).
+        oversampling: With int8: candidates fetched per result before rescoring them with
+            the float32 originals (2.0 fetches 20 for a top-10).
+    """
+
+    quantization: Quantization = "none"
+    vectors_on_disk: bool = False
+    payload_on_disk: bool = False
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 100
+    search_ef: int = 128
+    oversampling: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.quantization not in _QUANTIZATIONS:
+            raise ConfigError(
+                f"quantization must be one of {', '.join(_QUANTIZATIONS)}, "
+                f"not {self.quantization!r}"
+            )
+        for name in ("vectors_on_disk", "payload_on_disk"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}")
+        _check_int("hnsw_m", self.hnsw_m, 4, 128)
+        _check_int("hnsw_ef_construct", self.hnsw_ef_construct, 4, 4096)
+        _check_int("search_ef", self.search_ef, 1, 4096)
+        if (
+            isinstance(self.oversampling, bool)
+            or not isinstance(self.oversampling, int | float)
+            or not 1.0 <= self.oversampling <= 16.0
+        ):
+            raise ConfigError(
+                f"oversampling must be a number from 1 to 16, not {self.oversampling!r}"
+            )
+
+    @classmethod
+    def for_entries(cls, entries: int | None) -> StorageSettings:
+        """The default for a memory expected to hold ``entries`` (``None``: unknown, small).
+
+        From :data:`QUANTIZE_FROM_ENTRIES` on: int8 in RAM, float32 originals and payloads
+        on disk. Below it: float32 vectors and payloads cached in RAM.
+        """
+        if entries is not None and entries >= QUANTIZE_FROM_ENTRIES:
+            return cls(quantization="int8", vectors_on_disk=True, payload_on_disk=True)
+        return cls()
+
+    @classmethod
+    def from_dict(cls, data: object) -> StorageSettings:
+        """Settings from a memory's metadata (missing keys take the defaults).
+
+        A memory created before storage settings existed has none: it gets the defaults,
+        which are what such a memory was created with.
+
+        Raises:
+            ConfigError: An unknown key or an invalid value.
+        """
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise ConfigError(f"storage settings must be a mapping, not {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown storage settings {unknown}: known are {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as stored in the memory's metadata."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> StorageSettings:
+        """A copy with some settings changed (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def describe(self) -> str:
+        """One line for people: ``int8 (x2.0 rescored), vectors on disk, ...``."""
+        quant = (
+            f"int8 (rescored, oversampling x{self.oversampling:g})"
+            if self.quantization == "int8"
+            else "float32"
+        )
+        return (
+            f"{quant}; vectors {'on disk' if self.vectors_on_disk else 'in RAM'}; payload "
+            f"{'on disk' if self.payload_on_disk else 'in RAM'}; HNSW m={self.hnsw_m} "
+            f"ef_construct={self.hnsw_ef_construct}, search ef={self.search_ef}"
+        )
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer from {low} to {high}, not {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """Bytes a memory takes, by where they live.
+
+    Attributes:
+        ram_resident: Held on the heap whatever the OS does (quantized vectors, id tracker,
+            payload indexes): the process's anonymous memory.
+        ram_cached: Memory-mapped files kept warm in the page cache for speed (HNSW graph,
+            and the float32 vectors / payloads when they are "in RAM"); the OS may evict them.
+        disk: Everything on disk (also the files that are mapped).
+        computed: Whether the figures come from the model below, not from files.
+    """
+
+    ram_resident: int
+    ram_cached: int
+    disk: int
+    computed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, with MiB figures."""
+        mib = 2**20
+        return {
+            "ram_resident_mib": round(self.ram_resident / mib, 1),
+            "ram_cached_mib": round(self.ram_cached / mib, 1),
+            "disk_mib": round(self.disk / mib, 1),
+            "computed": self.computed,
+        }
+
+
+# Per-entry costs not proportional to the dimension, fitted on measured 100k/1M memories
+# (docs/scaling.md): id tracker + payload index, HNSW links per edge, stored payload.
+_IDS_BYTES = 64
+_LINK_BYTES = 5
+_PAYLOAD_BYTES = 140
+
+
+def estimate_footprint(settings: StorageSettings, entries: int, dim: int) -> Footprint:
+    """Model of a memory's footprint once indexed (one kind of entries, the usual case).
+
+    Every entry holds a slot in both named vectors (``image`` and ``text``): Qdrant keeps
+    dense storage per named vector for every point of a segment, so the vectors' bytes count
+    twice even when one of them is empty.
+    """
+    if entries < 0 or dim < 1:
+        raise ConfigError(f"need entries >= 0 and dim >= 1, got {entries} and {dim}")
+    floats = 2 * entries * dim * 4
+    quantized = 2 * entries * dim if settings.quantization == "int8" else 0
+    graph = entries * settings.hnsw_m * 2 * _LINK_BYTES
+    payload = entries * _PAYLOAD_BYTES
+    resident = quantized + entries * _IDS_BYTES
+    cached = graph
+    cached += 0 if settings.vectors_on_disk else floats // 2  # the empty kind stays cold
+    cached += 0 if settings.payload_on_disk else payload
+    return Footprint(resident, cached, floats + quantized + graph + payload + resident)
