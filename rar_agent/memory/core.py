@@ -364,19 +364,46 @@ class CategoryMemory:
         rows = self._as_matrix(vectors, dim, what="vectors")
         if rows.shape[0] != len(entries):
             raise ConfigError(f"got {len(entries)} entries but {rows.shape[0]} vectors")
+        ids = [e.point_id for e in entries] if ids is None else _check_ids(ids, len(entries))
+        self._upsert(ids, [e.kind for e in entries], rows, [e.payload() for e in entries])
+        return ids
+
+    def write_points(self, points: Sequence[StoredPoint]) -> None:
+        """Store points as another memory's :meth:`scroll` gave them (``memory push/pull``).
+
+        Ids, kinds, vectors and payloads are kept exactly; the memory must be bound (see
+        :meth:`bind_metadata`) to vectors of the same length.
+
+        Raises:
+            MemoryStoreError: No encoder is bound.
+            ConfigError: A bad id, kind or vector (nothing is written).
+        """
+        with self._lock:
+            self._check_open()
+            if self._bound is None:
+                raise MemoryStoreError("bind the source's metadata before writing its points")
+            dim = self._bound[1]
+        if not points:
+            return
+        ids = _check_ids([p[0] for p in points], len(points))
+        kinds = [check_kind(p[1]) for p in points]
+        rows = self._as_matrix([p[2] for p in points], dim, what="vectors")
+        self._upsert(ids, kinds, rows, [p[3] for p in points])
+
+    def _upsert(
+        self,
+        ids: Sequence[str],
+        kinds: Sequence[str],
+        rows: np.ndarray,
+        payloads: Sequence[dict[str, Any]],
+    ) -> None:
         if rows.shape[0] and not np.all(np.linalg.norm(rows, axis=1) > 0):
             raise ConfigError("a vector is all zeros: it has no direction to compare by")
-        ids = [e.point_id for e in entries] if ids is None else _check_ids(ids, len(entries))
-        for start in range(0, len(entries), UPSERT_BATCH):
+        for start in range(0, len(ids), UPSERT_BATCH):
             stop = start + UPSERT_BATCH
-            batch = entries[start:stop]
             self._backend.upsert(
-                ids[start:stop],
-                [e.kind for e in batch],
-                rows[start:stop].tolist(),
-                [e.payload() for e in batch],
+                ids[start:stop], kinds[start:stop], rows[start:stop].tolist(), payloads[start:stop]
             )
-        return ids
 
     def existing_ids(self, ids: Iterable[str]) -> set[str]:
         """The ids among ``ids`` that are stored (for resumable builds)."""

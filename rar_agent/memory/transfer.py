@@ -1,0 +1,131 @@
+"""Copy a memory to another backend: ``memory push`` (embedded -> server), ``memory pull``.
+
+Everything the source records travels: points (ids, vectors, payloads) and the whole
+metadata dict (encoder, storage settings, calibration, ...). The copy is resumable: the
+target is filled page by page in id order, and a rerun writes only the points it lacks.
+At the end the counts are verified (all entries, per kind, per label).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from rar_agent.errors import ConfigError, MemoryStoreError
+from rar_agent.memory.builders import Progress
+from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED, UPSERT_BATCH, CategoryMemory
+
+__all__ = ["TransferReport", "copy_memory", "verify_copy"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TransferReport:
+    """What a copy did.
+
+    Attributes:
+        copied: Points written to the target.
+        skipped_existing: Points the target already held (a resumed copy).
+        entries: Entries in the source (and, verified, in the target).
+        seconds: Wall time.
+    """
+
+    copied: int = 0
+    skipped_existing: int = 0
+    entries: int = 0
+    seconds: float = 0.0
+
+
+def copy_memory(
+    source: CategoryMemory,
+    target: CategoryMemory,
+    *,
+    batch_size: int = UPSERT_BATCH,
+    progress: Progress | None = None,
+) -> TransferReport:
+    """Copy ``source`` into ``target`` (created with the source's metadata), then verify.
+
+    Args:
+        source: The memory to copy (not changed).
+        target: The memory to fill; new, or holding an interrupted copy of ``source``.
+        batch_size: Points per page read and written.
+        progress: Optional ``progress(done, total)`` callback.
+
+    Returns:
+        The :class:`TransferReport`.
+
+    Raises:
+        ConfigError: The source holds no encoder (nothing was built), or a bad batch size.
+        EncoderMismatchError: The target exists with another encoder.
+        MemoryStoreError: The counts differ after the copy.
+    """
+    start = time.perf_counter()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
+    meta = source.metadata
+    if not meta.get("fingerprint"):
+        raise ConfigError(
+            f"memory {source.collection!r} at {source.info.location} records no encoder: "
+            "there is nothing to copy"
+        )
+    total = source.count()
+    target.bind_metadata(meta)
+    resume = target.count() > 0
+    report = TransferReport(entries=total)
+    with target.bulk_load(total):
+        offset: str | None = None
+        done = 0
+        while True:
+            page, offset = source.scroll(offset, batch_size)
+            done += len(page)
+            if resume and page:
+                stored = target.existing_ids(p[0] for p in page)
+                report.skipped_existing += len(stored)
+                page = [p for p in page if p[0] not in stored]
+            target.write_points(page)
+            report.copied += len(page)
+            if progress:
+                progress(done, total)
+            if offset is None:
+                break
+    target.optimize(min_unindexed=OPTIMIZE_MIN_UNINDEXED)
+    verify_copy(source, target)
+    report.seconds = time.perf_counter() - start
+    logger.info(
+        "copied %d entries (%d already there) from %s to %s in %.1f s",
+        report.copied,
+        report.skipped_existing,
+        source.info.location,
+        target.info.location,
+        report.seconds,
+    )
+    return report
+
+
+def verify_copy(source: CategoryMemory, target: CategoryMemory) -> None:
+    """Check that ``target`` holds as many entries as ``source``: all, per kind, per label.
+
+    Raises:
+        MemoryStoreError: A count differs (the message says which).
+    """
+    checks = [
+        ("entries", source.count(), target.count()),
+        ("image entries", source.count("image"), target.count("image")),
+        ("text entries", source.count("text"), target.count("text")),
+    ]
+    for what, want, got in checks:
+        if want != got:
+            raise MemoryStoreError(
+                f"copy check failed: the source holds {want} {what}, the target "
+                f"{target.info.location} {got}; run the same command again to resume, or "
+                "copy into an empty --collection"
+            )
+    want_labels, got_labels = source.labels(), target.labels()
+    if want_labels != got_labels:
+        differ = sorted(set(want_labels.items()) ^ set(got_labels.items()))[:3]
+        raise MemoryStoreError(
+            f"copy check failed: entries per label differ (e.g. {differ}); run the same "
+            "command again to resume, or copy into an empty --collection"
+        )
