@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     shard_number: int | None = Field(default=None, description="Server collections only.")
     replication_factor: int | None = Field(default=None, description="Server collections only.")
+    write_consistency_factor: int | None = Field(
+        default=None, description="Server collections only: replicas that acknowledge a write."
+    )
     clip_model: str = Field(default="ViT-B-16", description="open_clip name, hf:, local-dir:.")
     clip_pretrained: str | None = Field(default="openai", description="Tag or checkpoint file.")
     encoder: str | None = Field(default=None, description="package.module:factory override.")

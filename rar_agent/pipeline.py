@@ -333,6 +333,7 @@ def open_memory(
             create=create,
             shard_number=settings.shard_number,
             replication_factor=settings.replication_factor,
+            write_consistency_factor=settings.write_consistency_factor,
         )
     if settings.memory_path is not None and collection is None:
         path = settings.memory_path

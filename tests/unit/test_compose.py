@@ -34,7 +34,11 @@ def test_api_key_comes_from_the_environment(compose: dict) -> None:
 
 
 def test_cluster_profile_has_three_distributed_nodes(compose: dict) -> None:
-    nodes = {n: s for n, s in compose["services"].items() if "cluster" in s.get("profiles", [])}
+    nodes = {
+        n: s
+        for n, s in compose["services"].items()
+        if "cluster" in s.get("profiles", []) and s.get("image", "").startswith("qdrant/")
+    }
     assert len(nodes) == 3
     uris = set()
     for service in nodes.values():
@@ -60,3 +64,47 @@ def test_chat_service_points_at_the_server(compose: dict) -> None:
     assert chat["environment"]["RAR_QDRANT_URL"] == "http://qdrant:6333"
     assert chat["depends_on"]["qdrant"]["condition"] == "service_healthy"
     assert (ROOT / "Dockerfile").is_file()
+
+
+def test_cluster_profile_app_talks_to_the_cluster_with_consistent_settings(compose: dict) -> None:
+    services = compose["services"]
+    nodes = {n for n, s in services.items() if "cluster" in s.get("profiles", [])
+             and str(s.get("image", "")).startswith("qdrant/")}  # fmt: skip
+    apps = [s for n, s in services.items() if "cluster" in s.get("profiles", []) and n not in nodes]
+    assert len(apps) == 1, "the cluster profile runs one app beside its three nodes"
+    app = apps[0]
+    env = app["environment"]
+    host, port = env["RAR_QDRANT_URL"].removeprefix("http://").split(":")
+    assert host in nodes and port == "6333", (
+        "the app must reach a cluster node, not the single server"
+    )
+    assert set(app["depends_on"]) == nodes
+    assert all(d["condition"] == "service_healthy" for d in app["depends_on"].values())
+    shards, replicas = int(env["RAR_SHARD_NUMBER"]), int(env["RAR_REPLICATION_FACTOR"])
+    writes = int(env["RAR_WRITE_CONSISTENCY_FACTOR"])
+    assert 1 <= writes <= replicas <= len(nodes) and shards >= 1
+    assert env["RAR_QDRANT_API_KEY"] == "${QDRANT_API_KEY}"
+    volumes = [services[n]["volumes"][0].split(":")[0] for n in sorted(nodes)]
+    assert len(set(volumes)) == 3 and set(volumes) <= set(compose["volumes"])
+    assert all("healthcheck" in services[n] for n in nodes)
+
+
+def test_cluster_settings_reach_the_server_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's RAR_* cluster variables become the collection's cluster layout."""
+    from rar_agent.config import Settings
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import open_memory
+
+    for name, value in [
+        ("SHARD_NUMBER", "3"),
+        ("REPLICATION_FACTOR", "2"),
+        ("WRITE_CONSISTENCY_FACTOR", "1"),
+        ("QDRANT_URL", "http://node:6333"),
+    ]:
+        monkeypatch.setenv(f"RAR_{name}", value)  # fmt: skip
+    seen: dict = {}
+    monkeypatch.setattr(CategoryMemory, "open", classmethod(lambda cls, **kw: seen.update(kw)))
+    open_memory(Settings())
+    assert seen["url"] == "http://node:6333"
+    assert (seen["shard_number"], seen["replication_factor"]) == (3, 2)
+    assert seen["write_consistency_factor"] == 1
