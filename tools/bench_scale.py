@@ -113,8 +113,12 @@ def child_build_ours(a: argparse.Namespace) -> dict[str, Any]:
     with CategoryMemory.open(a.dir, collection="bench", storage=settings) as mem:
         report = build_from_vectors(mem, a.vectors, a.labels, fingerprint="bench:vectors")
         indexed = mem.stats()["storage_indexed_vectors"]
-    return {"seconds": time.perf_counter() - wall, "cpu_s": _cpu_s() - cpu,
-            "added": report.added, "indexed": indexed}  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - wall,
+        "cpu_s": _cpu_s() - cpu,
+        "added": report.added,
+        "indexed": indexed,
+    }
 
 
 def _raw_config(qe: Any, dim: int, s: StorageSettings) -> Any:
@@ -122,13 +126,17 @@ def _raw_config(qe: Any, dim: int, s: StorageSettings) -> Any:
     vec_mem = qe.Memory.Cold if s.vectors_on_disk else qe.Memory.Cached
     quant = None
     if s.quantization == "int8":
-        quant = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99,
-                                            memory=qe.Memory.Pinned)  # fmt: skip
+        quant = qe.ScalarQuantizationConfig(
+            qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned
+        )
     return qe.EdgeConfig(
-        vectors={k: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=vec_mem)
-                 for k in ("image", "text")},  # fmt: skip
-        hnsw_config=qe.HnswIndexConfig(m=s.hnsw_m, ef_construct=s.hnsw_ef_construct,
-                                       full_scan_threshold=10_000),  # fmt: skip
+        vectors={
+            k: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=vec_mem)
+            for k in ("image", "text")
+        },
+        hnsw_config=qe.HnswIndexConfig(
+            m=s.hnsw_m, ef_construct=s.hnsw_ef_construct, full_scan_threshold=10_000
+        ),
         quantization_config=quant,
         payload_memory=qe.Memory.Cold if s.payload_on_disk else qe.Memory.Cached,
     )
@@ -143,24 +151,33 @@ def child_build_raw(a: argparse.Namespace) -> dict[str, Any]:
     data = np.load(a.vectors, mmap_mode="r")
     labels = Path(a.labels).read_text(encoding="utf-8").splitlines()
     wall, cpu = time.perf_counter(), _cpu_s()
-    shard = qe.EdgeShard.create(str(Path(a.dir) / "shard"), _raw_config(qe, data.shape[1], settings))
+    shard = qe.EdgeShard.create(
+        str(Path(a.dir) / "shard"), _raw_config(qe, data.shape[1], settings)
+    )
     for field in ("label", "kind"):
         shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
     namespace = uuid.UUID(int=14)
     for start in range(0, len(data), UPSERT_BATCH):
         rows = np.asarray(data[start : start + UPSERT_BATCH]).tolist()
         points = [
-            qe.Point(str(uuid.uuid5(namespace, str(start + i))), {"image": row},
-                     {"label": labels[start + i], "kind": "image", "source": f"row#{start + i}"})
+            qe.Point(
+                str(uuid.uuid5(namespace, str(start + i))),
+                {"image": row},
+                {"label": labels[start + i], "kind": "image", "source": f"row#{start + i}"},
+            )
             for i, row in enumerate(rows)
-        ]  # fmt: skip
+        ]
         shard.update(qe.UpdateOperation.upsert_points(points))
     shard.optimize()
     indexed = shard.info().indexed_vectors_count
     shard.flush()
     shard.close()
-    return {"seconds": time.perf_counter() - wall, "cpu_s": _cpu_s() - cpu,
-            "added": len(data), "indexed": indexed}  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - wall,
+        "cpu_s": _cpu_s() - cpu,
+        "added": len(data),
+        "indexed": indexed,
+    }
 
 
 def child_query(a: argparse.Namespace) -> dict[str, Any]:
@@ -178,13 +195,20 @@ def child_query(a: argparse.Namespace) -> dict[str, Any]:
 
         settings = StorageSettings.from_dict(json.loads(a.settings))
         shard = qe.EdgeShard.load(str(Path(a.dir) / "shard"))
-        quant = (qe.QuantizationSearchParams(rescore=True, oversampling=settings.oversampling)
-                 if settings.quantization == "int8" else None)  # fmt: skip
+        quant = (
+            qe.QuantizationSearchParams(rescore=True, oversampling=settings.oversampling)
+            if settings.quantization == "int8"
+            else None
+        )
         params = qe.SearchParams(hnsw_ef=settings.search_ef, quantization=quant)
 
         def search(q: np.ndarray) -> list[str]:
-            request = qe.QueryRequest(limit=LIMIT, query=qe.Query.Nearest(q.tolist(), using="image"),
-                                      with_payload=True, params=params)  # fmt: skip
+            request = qe.QueryRequest(
+                limit=LIMIT,
+                query=qe.Query.Nearest(q.tolist(), using="image"),
+                with_payload=True,
+                params=params,
+            )
             return [p.payload["source"] for p in shard.query(request)]
 
     opened = _status()
@@ -198,8 +222,14 @@ def child_query(a: argparse.Namespace) -> dict[str, Any]:
         found.append([int(s.rsplit("#", 1)[1]) for s in sources])
     after = _status()
     ms = np.asarray(times) * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "found": found, "rss_before": before, "rss_open": opened, "rss_after": after}  # fmt: skip
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "found": found,
+        "rss_before": before,
+        "rss_open": opened,
+        "rss_after": after,
+    }
 
 
 CHILDREN = {"build-ours": child_build_ours, "build-raw": child_build_raw, "query": child_query}
@@ -240,8 +270,12 @@ def run_child(phase: str, **options: Any) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"phase {phase} failed with exit code {proc.returncode}")
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(peak_anon_mib=peaks["RssAnon"], peak_file_mib=peaks["RssFile"],
-                  load_start=load, load_end=load_avg())  # fmt: skip
+    result.update(
+        peak_anon_mib=peaks["RssAnon"],
+        peak_file_mib=peaks["RssFile"],
+        load_start=load,
+        load_end=load_avg(),
+    )
     return result
 
 
@@ -255,40 +289,64 @@ def recall(found: list[list[int]], truth: list[list[int]]) -> float:
     return hits / (LIMIT * len(truth))
 
 
-def bench_one(work: Path, n: int, preset: str, vectors: Path, labels: Path, queries_path: Path,
-              truth: list[list[int]], raw: bool) -> list[dict[str, Any]]:  # fmt: skip
+def bench_one(
+    work: Path,
+    n: int,
+    preset: str,
+    vectors: Path,
+    labels: Path,
+    queries_path: Path,
+    truth: list[list[int]],
+    raw: bool,
+) -> list[dict[str, Any]]:
     """Build + query ours (and raw), one after the other; returns one record per contender."""
     settings = json.dumps(PRESETS[preset].to_dict())
     records = []
     for kind in ("raw", "ours") if raw else ("ours",):
         folder = work / f"{kind}-{preset}-{n}"
         print(f"  {kind:4} {preset:5} {n:>9,}: building ...", flush=True)
-        build = run_child(f"build-{kind}", dir=folder, vectors=vectors, labels=labels,
-                          settings=settings)  # fmt: skip
+        build = run_child(
+            f"build-{kind}", dir=folder, vectors=vectors, labels=labels, settings=settings
+        )
         query = run_child("query", kind=kind, dir=folder, queries=queries_path, settings=settings)
         record = {
             "contender": "CategoryMemory" if kind == "ours" else "raw qdrant-edge",
-            "entries": n, "settings": preset, "build_s": build["seconds"],
-            "build_cpu_s": build["cpu_s"], "indexed": build["indexed"],
+            "entries": n,
+            "settings": preset,
+            "build_s": build["seconds"],
+            "build_cpu_s": build["cpu_s"],
+            "indexed": build["indexed"],
             "build_peak_anon_mib": build["peak_anon_mib"],
             "build_peak_file_mib": build["peak_file_mib"],
-            "p50_ms": query["p50_ms"], "p95_ms": query["p95_ms"],
+            "p50_ms": query["p50_ms"],
+            "p95_ms": query["p95_ms"],
             "recall_at_10": recall(query["found"], truth),
             "open_anon_mib": query["rss_after"]["RssAnon"],
             "open_file_mib": query["rss_after"]["RssFile"],
             "baseline_anon_mib": query["rss_before"]["RssAnon"],
-            "disk_mib": disk_mib(folder), "load_build": [build["load_start"], build["load_end"]],
+            "disk_mib": disk_mib(folder),
+            "load_build": [build["load_start"], build["load_end"]],
             "load_query": [query["load_start"], query["load_end"]],
-        }  # fmt: skip
+        }
         records.append(record)
-        print("   ", json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                                 for k, v in record.items()}), flush=True)  # fmt: skip
+        print(
+            "   ",
+            json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}),
+            flush=True,
+        )
         shutil.rmtree(folder, ignore_errors=True)
     return records
 
 
-def run(sizes: list[int], presets: list[str], *, raw: bool, dim: int, queries: int,
-        workdir: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run(
+    sizes: list[int],
+    presets: list[str],
+    *,
+    raw: bool,
+    dim: int,
+    queries: int,
+    workdir: Path | None = None,
+) -> list[dict[str, Any]]:
     """Every (size, preset) pair; returns the records (also printed as a table)."""
     records: list[dict[str, Any]] = []
     base = Path(tempfile.mkdtemp(prefix="rar-scale-", dir=workdir))
@@ -301,8 +359,9 @@ def run(sizes: list[int], presets: list[str], *, raw: bool, dim: int, queries: i
             np.save(data / "queries.npy", q)
             truth = exact_top(vectors, q)
             for preset in presets:
-                records += bench_one(base, n, preset, vectors, labels, data / "queries.npy",
-                                     truth, raw)  # fmt: skip
+                records += bench_one(
+                    base, n, preset, vectors, labels, data / "queries.npy", truth, raw
+                )
             shutil.rmtree(data, ignore_errors=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -311,23 +370,29 @@ def run(sizes: list[int], presets: list[str], *, raw: bool, dim: int, queries: i
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
-    print(f"\n{'contender':16} {'settings':8} {'entries':>9} {'build s':>8} {'cpu s':>7} "
-          f"{'peak anon':>9} {'peak file':>9} {'p50 ms':>7} {'p95 ms':>7} {'recall':>7} "
-          f"{'open anon':>9} {'open file':>9} {'disk MiB':>9} {'load':>9}")  # fmt: skip
+    print(
+        f"\n{'contender':16} {'settings':8} {'entries':>9} {'build s':>8} {'cpu s':>7} "
+        f"{'peak anon':>9} {'peak file':>9} {'p50 ms':>7} {'p95 ms':>7} {'recall':>7} "
+        f"{'open anon':>9} {'open file':>9} {'disk MiB':>9} {'load':>9}"
+    )
     for r in records:
-        print(f"{r['contender']:16} {r['settings']:8} {r['entries']:9,} {r['build_s']:8.1f} "
-              f"{r['build_cpu_s']:7.1f} {r['build_peak_anon_mib']:9,} {r['build_peak_file_mib']:9,} "
-              f"{r['p50_ms']:7.3f} {r['p95_ms']:7.3f} {r['recall_at_10']:7.4f} "
-              f"{r['open_anon_mib']:9,} {r['open_file_mib']:9,} {r['disk_mib']:9,.0f} "
-              f"{r['load_build'][0]:4.1f}/{r['load_query'][0]:4.1f}")  # fmt: skip
+        print(
+            f"{r['contender']:16} {r['settings']:8} {r['entries']:9,} {r['build_s']:8.1f} "
+            f"{r['build_cpu_s']:7.1f} {r['build_peak_anon_mib']:9,} {r['build_peak_file_mib']:9,} "
+            f"{r['p50_ms']:7.3f} {r['p95_ms']:7.3f} {r['recall_at_10']:7.4f} "
+            f"{r['open_anon_mib']:9,} {r['open_file_mib']:9,} {r['disk_mib']:9,.0f} "
+            f"{r['load_build'][0]:4.1f}/{r['load_query'][0]:4.1f}"
+        )
     by = {(r["contender"], r["settings"], r["entries"]): r for r in records}
     for (who, preset, n), r in by.items():
         base = by.get(("raw qdrant-edge", preset, n))
         if who == "CategoryMemory" and base:
-            print(f"CategoryMemory / raw ({preset}, {n:,}): build wall x"
-                  f"{r['build_s'] / base['build_s']:.2f}, build CPU x"
-                  f"{r['build_cpu_s'] / base['build_cpu_s']:.2f} (target <= 1.2), query p50 x"
-                  f"{r['p50_ms'] / base['p50_ms']:.2f}")  # fmt: skip
+            print(
+                f"CategoryMemory / raw ({preset}, {n:,}): build wall x"
+                f"{r['build_s'] / base['build_s']:.2f}, build CPU x"
+                f"{r['build_cpu_s'] / base['build_cpu_s']:.2f} (target <= 1.2), query p50 x"
+                f"{r['p50_ms'] / base['p50_ms']:.2f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -353,10 +418,13 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(presets) - set(PRESETS)
     if unknown:
         parser.error(f"unknown settings {sorted(unknown)}: choose from {sorted(PRESETS)}")
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {load_avg():.2f}, "
-          f"settings: " + "; ".join(f"{p} = {PRESETS[p].describe()}" for p in presets))  # fmt: skip
-    records = run(args.sizes, presets, raw=args.raw, dim=args.dim, queries=args.queries,
-                  workdir=args.workdir)  # fmt: skip
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {load_avg():.2f}, "
+        f"settings: " + "; ".join(f"{p} = {PRESETS[p].describe()}" for p in presets)
+    )
+    records = run(
+        args.sizes, presets, raw=args.raw, dim=args.dim, queries=args.queries, workdir=args.workdir
+    )
     if args.json:
         args.json.write_text(json.dumps({"rows": records}, indent=2))
 
