@@ -65,6 +65,16 @@ EncoderOpt = Annotated[
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
 
+from rar_agent.cli_storage import (  # noqa: E402  (typer-only module: option types)
+    EfConstructOpt,
+    HnswMOpt,
+    OversamplingOpt,
+    PayloadDiskOpt,
+    QuantizationOpt,
+    SearchEfOpt,
+    VectorsDiskOpt,
+)
+
 
 def settings_from_options(**options: Any) -> Settings:
     """Settings from ``RAR_*`` variables, overridden by the options given on the command line."""
@@ -280,10 +290,10 @@ def _print_results(results: list[RecognitionResult], as_json: bool) -> None:
 # ---------------------------------------------------------------------------- memory
 
 
-def _open(settings: Settings, *, create: bool = True) -> Any:
+def _open(settings: Settings, *, create: bool = True, storage: Any = None) -> Any:
     from rar_agent.pipeline import open_memory
 
-    return open_memory(settings, create=create)
+    return open_memory(settings, create=create, storage=storage)
 
 
 def _load_encoder(settings: Settings) -> Any:
@@ -305,12 +315,33 @@ def memory_build(
     from_manifest: Annotated[
         Path | None, typer.Option("--from-manifest", help="CSV/JSONL of path,label.")
     ] = None,
+    from_vectors: Annotated[
+        Path | None,
+        typer.Option("--from-vectors", help="Precomputed vectors (.npy, rows); needs --labels."),
+    ] = None,
+    labels_file: Annotated[
+        Path | None, typer.Option("--labels", help="With --from-vectors: one label per row.")
+    ] = None,
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            "--fingerprint",
+            help="With --from-vectors: the fingerprint of the encoder that made the vectors.",
+        ),
+    ] = None,
     shots: Annotated[int | None, typer.Option("--shots", help="Examples per class.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for --shots sampling.")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on the first bad image.")] = False,
     description: Annotated[
         str | None, typer.Option("--description", help="Domain hint, e.g. 'aircraft variants'.")
     ] = None,
+    quantization: QuantizationOpt = None,
+    vectors_on_disk: VectorsDiskOpt = None,
+    payload_on_disk: PayloadDiskOpt = None,
+    hnsw_m: HnswMOpt = None,
+    hnsw_ef_construct: EfConstructOpt = None,
+    search_ef: SearchEfOpt = None,
+    oversampling: OversamplingOpt = None,
     memory: MemoryOpt = None,
     qdrant_url: UrlOpt = None,
     api_key: KeyOpt = None,
@@ -320,15 +351,23 @@ def memory_build(
     encoder: EncoderOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Build (or resume building) a memory from images or class names."""
+    """Build (or resume building) a memory from images, class names or vectors.
+
+    Storage options apply when the memory is created (they are fixed from then on);
+    without them a memory of 100k entries or more gets int8 vectors with the originals
+    on disk.
+    """
 
     def run() -> None:
         from rar_agent.errors import ConfigError
-        from rar_agent.memory import builders
 
-        sources = [s for s in (from_folder, from_names, from_manifest) if s is not None]
-        if len(sources) != 1:
-            raise ConfigError("give exactly one of --from-folder, --from-names, --from-manifest")
+        given = [s for s in (from_folder, from_names, from_manifest, from_vectors) if s]
+        if len(given) != 1:
+            raise ConfigError(
+                "give exactly one of --from-folder, --from-names, --from-manifest, --from-vectors"
+            )
+        if (from_vectors is None) != (labels_file is None):
+            raise ConfigError("--from-vectors and --labels go together: one label per vector row")
         settings = settings_from_options(
             memory=memory,
             qdrant_url=qdrant_url,
@@ -338,26 +377,69 @@ def memory_build(
             clip_pretrained=clip_pretrained,
             encoder=encoder,
         )
-        enc = _load_encoder(settings)
-        with _open(settings) as mem:
-            mem.bind_encoder(enc.fingerprint, enc.dim)
+        storage = {
+            "quantization": quantization,
+            "vectors_on_disk": vectors_on_disk,
+            "payload_on_disk": payload_on_disk,
+            "hnsw_m": hnsw_m,
+            "hnsw_ef_construct": hnsw_ef_construct,
+            "search_ef": search_ef,
+            "oversampling": oversampling,
+        }
+        from rar_agent.cli_storage import progress_reporter, storage_from_options
+
+        sources = {"folder": from_folder, "names": from_names, "manifest": from_manifest,
+                   "vectors": from_vectors, "labels": labels_file}  # fmt: skip
+        count, build = _plan_build(settings, sources, fingerprint, shots, seed, strict)
+        bar, update = progress_reporter(progress, "building memory")
+        with _open(settings, storage=storage_from_options(count, **storage)) as mem, bar:
+            report = build(mem, update)
             if description is not None:
                 mem.set_description(description)
-            bar, update = _progress_callback(progress, "building memory")
-            with bar:
-                if from_names is not None:
-                    names = _read_names(from_names)
-                    report = builders.add_class_names(mem, enc, names, progress=update)
-                else:
-                    items = (
-                        builders.iter_image_folder(from_folder, shots=shots, seed=seed)
-                        if from_folder is not None
-                        else builders.iter_manifest(sources[0])
-                    )
-                    report = builders.add_images(mem, enc, items, strict=strict, progress=update)
             _print_report(report, mem)
 
     run_guarded(run)
+
+
+def _plan_build(
+    settings: Settings,
+    sources: dict[str, Path | None],
+    fingerprint: str | None,
+    shots: int | None,
+    seed: int,
+    strict: bool,
+) -> tuple[int, Any]:
+    """How many entries a build brings, and the call ``build(memory, progress)`` adding them.
+
+    The items are listed before the memory is opened, so the storage default knows the size.
+    """
+    from rar_agent.memory import builders, from_vectors
+
+    vectors_path, labels_path = sources["vectors"], sources["labels"]
+    if vectors_path is not None and labels_path is not None:
+        rows = from_vectors.read_vectors(vectors_path)
+        labels = from_vectors.read_labels(labels_path)
+        fp = fingerprint or f"vectors:{vectors_path.name}"
+
+        def add_rows(mem: Any, update: Any) -> Any:
+            return from_vectors.add_vectors(
+                mem, rows, labels, fingerprint=fp, source=vectors_path.name, progress=update
+            )
+
+        return len(rows), add_rows
+    enc = _load_encoder(settings)
+    if sources["names"] is not None:
+        names = _read_names(sources["names"])
+        return len(names), lambda mem, update: builders.add_class_names(
+            mem, enc, names, progress=update
+        )
+    if sources["folder"] is not None:
+        items = builders.iter_image_folder(sources["folder"], shots=shots, seed=seed)
+    else:
+        items = builders.iter_manifest(sources["manifest"])  # type: ignore[arg-type]
+    return len(items), lambda mem, update: builders.add_images(
+        mem, enc, items, strict=strict, progress=update
+    )
 
 
 def _read_names(path: Path) -> list[str]:
@@ -507,6 +589,7 @@ def memory_stats(
 __import__("rar_agent.cli_eval", fromlist=["register"]).register(app)
 __import__("rar_agent.cli_finetune").cli_finetune.register(app)
 __import__("rar_agent.cli_chat", fromlist=["register"]).register(app)
+__import__("rar_agent.cli_storage", fromlist=["register"]).register(memory_app)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
+    from rar_agent.memory.storage import StorageSettings
     from rar_agent.ranking import RankingChain, RankingOutput
 
 __all__ = ["Recognizer", "open_memory", "ranked_result", "vocabulary_memory"]
@@ -316,11 +317,16 @@ def _describe(src: Any) -> str:
 
 
 def open_memory(
-    settings: Settings, collection: str | None = None, *, create: bool = True
+    settings: Settings,
+    collection: str | None = None,
+    *,
+    create: bool = True,
+    storage: StorageSettings | None = None,
 ) -> CategoryMemory:
     """Open the configured memory: the Qdrant server if ``qdrant_url`` is set, else embedded.
 
     With ``create=False`` a memory that does not exist yet is an error, not a new empty one.
+    ``storage`` applies if the memory gets created (see :meth:`CategoryMemory.open`).
     """
     from rar_agent.memory import CategoryMemory
 
@@ -334,12 +340,13 @@ def open_memory(
             shard_number=settings.shard_number,
             replication_factor=settings.replication_factor,
             write_consistency_factor=settings.write_consistency_factor,
+            storage=storage,
         )
     if settings.memory_path is not None and collection is None:
         path = settings.memory_path
     else:
         path = settings.home / "memories" / name
-    return CategoryMemory.open(path, collection=name, create=create)
+    return CategoryMemory.open(path, collection=name, create=create, storage=storage)
 
 
 def vocabulary_memory(

@@ -277,7 +277,7 @@ class CategoryMemory:
         if wanted is not None and wanted != stored:
             raise ConfigError(
                 f"memory {self.collection!r} at {self._backend.location} was created with "
-                f"storage settings [{stored.describe()}], not [{wanted.describe()}]: they are "
+                f"storage settings ({stored.describe()}), not ({wanted.describe()}): they are "
                 "fixed at creation; drop the storage options, or build into another --collection"
             )
         self._storage = stored
