@@ -1,8 +1,8 @@
 """Benchmark the category memory against raw Qdrant baselines measured in the same run.
 
-For each size (10k and 100k entries; 1M with ``--million``) of 512-d clustered random unit
-vectors, it measures the upsert rate (points/s), the index build time, and the query
-latency p50/p95 (top-10 with payload, after optimize) of:
+For each size (10k and 100k entries) of 512-d clustered random unit vectors, it measures
+the upsert rate (points/s), the index build time, and the query latency p50/p95 (top-10
+with payload, after optimize) of:
 
 - ``CategoryMemory`` on the embedded backend (``memory.add_entries`` / ``memory.search``),
 - raw qdrant-edge (the same points, ids and payloads through ``EdgeShard`` directly),
@@ -11,17 +11,24 @@ latency p50/p95 (top-10 with payload, after optimize) of:
 It also times a memory build from an image folder against raw batched ``embed_images``
 over the same images (ViT-B-16 with random weights: real compute, no download).
 
+``--million`` adds the scale benchmark at 1,000,000 entries (``tools/bench_scale.py``):
+``CategoryMemory`` built with ``build_from_vectors`` under the storage default for that size
+(int8 in RAM, float32 originals and payloads on disk) against raw qdrant-edge with the same
+settings, each build and each query run in its own process so its RssAnon / RssFile are
+its own: build wall and CPU time, query p50/p95, recall@10 against exact search.
+
 Usage::
 
     python tools/bench_memory.py                  # 10k and 100k, plus the build benchmark
     python tools/bench_memory.py --sizes 10000 --no-build
-    python tools/bench_memory.py --million        # adds 1M (slow: ~16 min optimize, ~9 GB)
+    python tools/bench_memory.py --million --sizes --no-build   # only the 1M scale run
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import sys
 import tempfile
@@ -366,8 +373,15 @@ def bench_build(n_images: int, batch_size: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--million", action="store_true", help="also run 1,000,000 entries")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument(
+        "--million",
+        action="store_true",
+        help="also 1,000,000 entries vs raw qdrant-edge (int8 defaults; tools/bench_scale.py)",
+    )
+    parser.add_argument("--million-queries", type=int, default=500)
+    parser.add_argument("--million-json", type=Path, default=None, help="1M records as JSON")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the 1M memories go")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument(
@@ -383,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--build-images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    sizes = [*args.sizes, *([1_000_000] if args.million else [])]
+    sizes = args.sizes
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, pid {os.getpid()}, "
         f"run {uuid.uuid4().hex[:8]}"
@@ -391,6 +405,13 @@ def main(argv: list[str] | None = None) -> None:
     for n in sizes:
         local_q = args.local_queries or (min(200, args.queries) if n <= 10_000 else 20)
         bench_size(n, args.dim, args.queries, local_q, args.local_max)
+    if args.million:
+        from tools.bench_scale import run as run_scale
+
+        records = run_scale([1_000_000], ["int8"], raw=True, dim=args.dim,
+                            queries=args.million_queries, workdir=args.workdir)  # fmt: skip
+        if args.million_json:
+            args.million_json.write_text(json.dumps({"rows": records}, indent=2))
     if not args.no_build:
         bench_build(args.build_images, args.batch_size)
 
