@@ -354,8 +354,8 @@ def memory_build(
     """Build (or resume building) a memory from images, class names or vectors.
 
     Storage options apply when the memory is created (they are fixed from then on);
-    without them a memory of 100k entries or more gets int8 vectors with the originals
-    on disk.
+    without them a build of 10k entries or more searches int8 vectors (rescored with the
+    float32 originals), and from 100k entries keeps the originals and payloads on disk.
     """
 
     def run() -> None:

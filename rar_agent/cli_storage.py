@@ -30,12 +30,15 @@ QuantizationOpt = Annotated[
     str | None,
     typer.Option(
         "--quantization",
-        help="none | int8 (int8 copy in RAM, float32 rescoring). Default: int8 from 100k entries.",
+        help="none | int8 (int8 copy searched, float32 rescoring). Default: int8 from 10k entries.",
     ),
 ]
 VectorsDiskOpt = Annotated[
     bool | None,
-    typer.Option("--vectors-on-disk/--vectors-in-ram", help="Float32 originals on disk or in RAM."),
+    typer.Option(
+        "--vectors-on-disk/--vectors-in-ram",
+        help="Float32 originals on disk or in RAM. Default: on disk from 100k entries.",
+    ),
 ]
 PayloadDiskOpt = Annotated[
     bool | None,

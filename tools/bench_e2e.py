@@ -210,7 +210,8 @@ def bench_recognize(args: argparse.Namespace) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="rar-bench-") as tmp:
         paths = photos(Path(tmp), args.images)
         with CategoryMemory.open(Path(tmp) / "mem", collection="bench") as memory:
-            memory.bind_encoder(encoder.fingerprint, encoder.dim)
+            # storage as a build of this size gets it (int8 from 10k entries)
+            memory.bind_encoder(encoder.fingerprint, encoder.dim, expected_entries=args.entries)
             fill_random(memory, encoder.dim, args.entries, args.labels)
             memory.optimize(min_unindexed=10_000)  # as the memory builders leave it
             recognizer = Recognizer(memory, timed, ranker=None, k=5)
@@ -304,7 +305,7 @@ sys.path.insert(0, {root!r})
 from rar_agent.memory import CategoryMemory
 from tools.bench_e2e import fill_random
 with CategoryMemory.open({path!r}, collection="rss") as m:
-    m.bind_encoder("bench:random", {dim})
+    m.bind_encoder("bench:random", {dim}, expected_entries={n})
     fill_random(m, {dim}, {n}, {labels})
     m.optimize(min_unindexed=10_000)
 """

@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.million:
         from tools.bench_scale import run as run_scale
 
-        records = run_scale([1_000_000], ["int8"], raw=True, dim=args.dim,
+        records = run_scale([1_000_000], ["int8-disk"], raw=True, dim=args.dim,
                             queries=args.million_queries, workdir=args.workdir)  # fmt: skip
         if args.million_json:
             args.million_json.write_text(json.dumps({"rows": records}, indent=2))

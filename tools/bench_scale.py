@@ -15,8 +15,9 @@ The 1-minute load average is recorded beside each phase: the machine may be shar
 
 Usage::
 
-    python tools/bench_scale.py --sizes 10000 100000 --settings float,int8
-    python tools/bench_scale.py --sizes 1000000 --settings int8 --raw --json out.json
+    python tools/bench_scale.py --sizes 10000 100000 --settings float,int8,int8-disk
+    python tools/bench_scale.py --sizes 1000000 --settings int8-disk --raw --json out.json
+    python tools/bench_scale.py --sizes 50000 --upsert-batches 128 256 512 1024 2048
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ if str(ROOT) not in sys.path:
 from rar_agent.memory.storage import StorageSettings  # noqa: E402
 
 LIMIT = 10
-PRESETS = {"float": StorageSettings(), "int8": StorageSettings.for_entries(10**9)}
+# The three defaults by size: below 10k, from 10k, from 100k entries.
+PRESETS = {
+    "float": StorageSettings(),
+    "int8": StorageSettings(quantization="int8"),
+    "int8-disk": StorageSettings(quantization="int8", vectors_on_disk=True, payload_on_disk=True),
+}
 
 
 # ---------------------------------------------------------------------- the data
@@ -395,6 +401,37 @@ def print_table(records: list[dict[str, Any]]) -> None:
             )
 
 
+def bench_upsert_batches(n: int, dim: int, batches: list[int], rounds: int = 2) -> None:
+    """Upsert rate of ``CategoryMemory`` per batch size (fresh memory each; rounds interleaved)."""
+    from rar_agent.memory import CategoryMemory, MemoryEntry, core
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    entries = [MemoryEntry(f"class-{i % 1000}", "image", f"v{i}", f"h{i}") for i in range(n)]
+    results: dict[int, list[tuple[float, float]]] = {b: [] for b in batches}
+    saved = core.UPSERT_BATCH
+    try:
+        for _ in range(rounds):
+            for size in batches:
+                core.UPSERT_BATCH = size
+                tmp = tempfile.mkdtemp(prefix="rar-batch-")
+                with CategoryMemory.open(Path(tmp) / "m") as mem:
+                    mem.bind_encoder("bench", dim)
+                    wall, cpu = time.perf_counter(), _cpu_s()
+                    for start in range(0, n, 8192):
+                        mem.add_entries(entries[start : start + 8192], x[start : start + 8192])
+                    results[size].append((time.perf_counter() - wall, _cpu_s() - cpu))
+                shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        core.UPSERT_BATCH = saved
+    print(f"\n== upsert batch size, {n:,} entries, {dim}-d (best of {rounds}), load {load_avg()}")
+    print(f"{'batch':>6} {'points/s':>10} {'points/CPU-s':>13}")
+    for size, runs in results.items():
+        wall = min(r[0] for r in runs)
+        cpu = min(r[1] for r in runs)
+        print(f"{size:6d} {n / wall:10,.0f} {n / cpu:13,.0f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_child"]:
@@ -407,13 +444,25 @@ def main(argv: list[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--settings", default="float,int8", help="comma-separated: float,int8")
+    parser.add_argument(
+        "--settings", default="float,int8,int8-disk", help="comma-separated: float,int8,int8-disk"
+    )
     parser.add_argument("--raw", action="store_true", help="also raw qdrant-edge, same settings")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--workdir", type=Path, default=None, help="where the memories go")
     parser.add_argument("--json", type=Path, default=None, help="write the records here")
+    parser.add_argument(
+        "--upsert-batches",
+        type=int,
+        nargs="*",
+        default=None,
+        help="instead: upsert rate per batch size (e.g. 128 512 2048) at the first --sizes",
+    )
     args = parser.parse_args(argv)
+    if args.upsert_batches:
+        bench_upsert_batches(args.sizes[0], args.dim, args.upsert_batches)
+        return
     presets = [p.strip() for p in args.settings.split(",") if p.strip()]
     unknown = set(presets) - set(PRESETS)
     if unknown:

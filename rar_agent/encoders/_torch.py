@@ -16,10 +16,21 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["TorchEncoderBase", "resolve_device", "resolve_precision", "weights_digest"]
+__all__ = [
+    "CPU_FORWARD_BATCH",
+    "TorchEncoderBase",
+    "resolve_device",
+    "resolve_precision",
+    "weights_digest",
+]
 
 logger = logging.getLogger(__name__)
 
+# Images per forward pass on a CPU. Per-image CPU time by batch size, measured on 2 cores
+# (one torch thread, so other load does not distort it; docs/scaling.md): EfficientNet-Lite0
+# 28-32 ms at 1-4 images, 37 at 8, 46-50 at 16 (activations outgrow the caches); ViT-B-16
+# 301 ms at 1, 262 at 4, 303 at 16. A GPU takes the whole ``batch_size`` at once.
+CPU_FORWARD_BATCH = 4
 _THREADS_CONFIGURED = False
 _THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAR_TORCH_THREADS")
 
@@ -136,14 +147,22 @@ class TorchEncoderBase:
             feats = self._encode_pixels(pixels.to(self.device, dtype=self.dtype))
         return l2_normalize(feats.float().cpu().numpy())
 
+    @property
+    def forward_batch(self) -> int:
+        """Images per forward pass: ``batch_size``, capped at :data:`CPU_FORWARD_BATCH` on CPU."""
+        if str(self.device).split(":")[0] == "cpu":
+            return max(1, min(self.batch_size, CPU_FORWARD_BATCH))
+        return self.batch_size
+
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed RGB PIL images into a float32 ``(n, dim)`` array, rows L2-normalised."""
         images = list(images)
         if not images:
             return self._empty()
+        step = self.forward_batch
         out = [
-            self.embed_pixel_batch(self.preprocess(images[i : i + self.batch_size]))
-            for i in range(0, len(images), self.batch_size)
+            self.embed_pixel_batch(self.preprocess(images[i : i + step]))
+            for i in range(0, len(images), step)
         ]
         return np.concatenate(out, axis=0)
 

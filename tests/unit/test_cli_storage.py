@@ -91,6 +91,7 @@ def test_storage_flags_fill_the_rest_from_the_size_default() -> None:
     big = storage_from_options(500_000, hnsw_m=32)
     assert big == StorageSettings.for_entries(500_000).replace(hnsw_m=32)
     assert storage_from_options(10, quantization="int8").vectors_on_disk is False
+    assert storage_from_options(50_000, hnsw_m=8).quantization == "int8"
 
 
 def test_line_progress_reports_rate_and_eta(capsys: pytest.CaptureFixture[str]) -> None:

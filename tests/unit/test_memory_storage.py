@@ -14,6 +14,7 @@ from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.memory.edge import META_FILE, SHARD_DIR
 from rar_agent.memory.server import ServerBackend, collection_config
 from rar_agent.memory.storage import (
+    DISK_FROM_ENTRIES,
     QUANTIZE_FROM_ENTRIES,
     StorageSettings,
     estimate_footprint,
@@ -43,11 +44,13 @@ def _clustered(n: int, dim: int = DIM) -> tuple[np.ndarray, list[MemoryEntry]]:
 # ---------------------------------------------------------------------- the settings
 
 
-def test_defaults_by_size_switch_to_int8_on_disk_at_the_threshold() -> None:
+def test_defaults_by_size_switch_to_int8_then_to_disk_at_the_thresholds() -> None:
     small = StorageSettings.for_entries(QUANTIZE_FROM_ENTRIES - 1)
     assert small == StorageSettings() == StorageSettings.for_entries(None)
     assert small.quantization == "none" and not small.vectors_on_disk
-    big = StorageSettings.for_entries(QUANTIZE_FROM_ENTRIES)
+    mid = StorageSettings.for_entries(QUANTIZE_FROM_ENTRIES)
+    assert (mid.quantization, mid.vectors_on_disk, mid.payload_on_disk) == ("int8", False, False)
+    big = StorageSettings.for_entries(DISK_FROM_ENTRIES)
     assert (big.quantization, big.vectors_on_disk, big.payload_on_disk) == ("int8", True, True)
 
 
@@ -134,8 +137,8 @@ def test_reopening_with_other_settings_is_refused(tmp_path: Path) -> None:
 
 def test_size_of_the_first_build_picks_the_default(tmp_path: Path) -> None:
     with CategoryMemory.open(tmp_path / "big", collection="big") as mem:
-        mem.bind_encoder("enc", DIM, expected_entries=QUANTIZE_FROM_ENTRIES)
-        assert mem.storage == StorageSettings.for_entries(QUANTIZE_FROM_ENTRIES)
+        mem.bind_encoder("enc", DIM, expected_entries=DISK_FROM_ENTRIES)
+        assert mem.storage == StorageSettings.for_entries(DISK_FROM_ENTRIES)
     with CategoryMemory.open(tmp_path / "small", collection="small") as mem:
         mem.bind_encoder("enc", DIM, expected_entries=10)
         assert mem.storage == StorageSettings()
