@@ -177,19 +177,21 @@ class Footprint:
         }
 
 
-# Per-entry costs not proportional to the dimension, fitted on measured 100k/1M memories
-# (docs/scaling.md): id tracker + payload index, HNSW links per edge, stored payload.
-_IDS_BYTES = 64
-_LINK_BYTES = 5
+# Per-entry bytes not proportional to the dimension, measured on a 1M-entry memory
+# (docs/scaling.md): id tracker + payload indexes ~85 (plus the process's own), HNSW links
+# ~2 per edge (compressed; 2*m edges per entry on the base layer), stored payload ~140.
+_IDS_BYTES = 100
+_LINK_BYTES = 2
 _PAYLOAD_BYTES = 140
 
 
 def estimate_footprint(settings: StorageSettings, entries: int, dim: int) -> Footprint:
-    """Model of a memory's footprint once indexed (one kind of entries, the usual case).
+    """Model of a memory's footprint once indexed, fitted on measured 100k and 1M memories.
 
     Every entry holds a slot in both named vectors (``image`` and ``text``): Qdrant keeps
     dense storage per named vector for every point of a segment, so the vectors' bytes count
-    twice even when one of them is empty.
+    twice even when one kind has no entries (the empty one is never read, but it is stored,
+    quantized, and pre-warmed when "in RAM").
     """
     if entries < 0 or dim < 1:
         raise ConfigError(f"need entries >= 0 and dim >= 1, got {entries} and {dim}")
@@ -197,8 +199,8 @@ def estimate_footprint(settings: StorageSettings, entries: int, dim: int) -> Foo
     quantized = 2 * entries * dim if settings.quantization == "int8" else 0
     graph = entries * settings.hnsw_m * 2 * _LINK_BYTES
     payload = entries * _PAYLOAD_BYTES
-    resident = quantized + entries * _IDS_BYTES
+    ids = entries * _IDS_BYTES
     cached = graph
-    cached += 0 if settings.vectors_on_disk else floats // 2  # the empty kind stays cold
+    cached += 0 if settings.vectors_on_disk else floats
     cached += 0 if settings.payload_on_disk else payload
-    return Footprint(resident, cached, floats + quantized + graph + payload + resident)
+    return Footprint(quantized + ids, cached, floats + quantized + graph + payload + ids)
