@@ -20,7 +20,13 @@ import numpy as np
 from rar_agent.errors import ConfigError, EncoderMismatchError, MemoryStoreError
 from rar_agent.memory.backend import META_VERSION, MemoryBackend
 from rar_agent.memory.entries import Hit, MemoryEntry, MemoryInfo, check_kind, normalize_label
-from rar_agent.memory.storage import STORAGE_KEY, Footprint, StorageSettings, estimate_footprint
+from rar_agent.memory.storage import (
+    STORAGE_KEY,
+    Footprint,
+    StorageSettings,
+    estimate_footprint,
+    footprint_from_parts,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -502,16 +508,10 @@ class CategoryMemory:
         they are computed from the entry count (:func:`estimate_footprint`).
         """
         self._check_open()
-        storage = self.storage
         parts = self._backend.disk_usage()
         if parts is None:
-            return estimate_footprint(storage, self.count(), self._stored_dim() or 1), None
-        cached_parts = ["hnsw"]
-        cached_parts += [] if storage.vectors_on_disk else ["vectors"]
-        cached_parts += [] if storage.payload_on_disk else ["payload"]
-        resident = parts.get("quantized", 0) + parts.get("ids_and_indexes", 0)
-        cached = sum(parts.get(k, 0) for k in cached_parts)
-        return Footprint(resident, cached, sum(parts.values()), computed=False), parts
+            return estimate_footprint(self.storage, self.count(), self._stored_dim() or 1), None
+        return footprint_from_parts(self.storage, parts), parts
 
     # ------------------------------------------------------------------ reading
 

@@ -22,6 +22,7 @@ __all__ = [
     "Quantization",
     "StorageSettings",
     "estimate_footprint",
+    "footprint_from_parts",
 ]
 
 Quantization = Literal["none", "int8"]
@@ -204,3 +205,17 @@ def estimate_footprint(settings: StorageSettings, entries: int, dim: int) -> Foo
     cached += 0 if settings.vectors_on_disk else floats
     cached += 0 if settings.payload_on_disk else payload
     return Footprint(quantized + ids, cached, floats + quantized + graph + payload + ids)
+
+
+def footprint_from_parts(settings: StorageSettings, parts: dict[str, int]) -> Footprint:
+    """A measured footprint from bytes on disk per component (see ``edge.disk_usage``).
+
+    Quantized vectors and id/payload indexes are resident; the HNSW graph, and the float32
+    vectors / payloads when they are "in RAM", are cached files; the rest stays on disk.
+    """
+    cached_parts = ["hnsw"]
+    cached_parts += [] if settings.vectors_on_disk else ["vectors"]
+    cached_parts += [] if settings.payload_on_disk else ["payload"]
+    resident = parts.get("quantized", 0) + parts.get("ids_and_indexes", 0)
+    cached = sum(parts.get(k, 0) for k in cached_parts)
+    return Footprint(resident, cached, sum(parts.values()), computed=False)

@@ -18,6 +18,7 @@ from rar_agent.memory.storage import (
     QUANTIZE_FROM_ENTRIES,
     StorageSettings,
     estimate_footprint,
+    footprint_from_parts,
 )
 
 DIM = 16
@@ -88,6 +89,15 @@ def test_footprint_model_shrinks_resident_vectors_with_int8_on_disk() -> None:
     assert small.ram_cached < plain.ram_cached / 4  # the float32 originals left RAM
     assert small.ram_resident > plain.ram_resident  # the int8 copy lives on the heap
     assert small.disk > plain.disk  # originals and quantized copy both on disk
+
+
+def test_measured_parts_are_sorted_by_where_the_settings_put_them() -> None:
+    parts = {"quantized": 10, "ids_and_indexes": 5, "hnsw": 7, "vectors": 100, "payload": 20,
+             "wal": 3}  # fmt: skip
+    on_disk = footprint_from_parts(StorageSettings.for_entries(10**6), parts)
+    assert (on_disk.ram_resident, on_disk.ram_cached, on_disk.disk) == (15, 7, 165)
+    in_ram = footprint_from_parts(StorageSettings(), parts)
+    assert in_ram.ram_cached == 127 and in_ram.computed is False
 
 
 # ---------------------------------------------------------------------- embedded
