@@ -47,7 +47,9 @@ ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--clip-model",
-        help="open_clip name, local-dir:/path, hf-hub:..., hf:<dir>.",
+        help="Encoder: an open_clip name (ViT-B-16), local-dir:/path, hf-hub:org/repo, "
+        "hf:<repo|dir>, or efficientnet-lite0 (offline, image-only). Default: the memory's own "
+        "encoder; else CLIP ViT-B-16/openai where its weights can be had, else efficientnet-lite0.",
         envvar="RAR_CLIP_MODEL",
     ),
 ]
@@ -60,7 +62,9 @@ PretrainedOpt = Annotated[
 EncoderOpt = Annotated[
     str | None,
     typer.Option(
-        "--encoder", help="Encoder factory as package.module:factory.", envvar="RAR_ENCODER"
+        "--encoder",
+        help="Encoder factory: package.module:factory or path/to/file.py:factory.",
+        envvar="RAR_ENCODER",
     ),
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
@@ -195,7 +199,9 @@ def recognize(
         label_list = labels.split(",") if labels is not None else None
         bar, update = _progress_callback(progress, "building vocabulary memory")
         with bar:
-            recognizer = Recognizer.from_settings(settings, labels=label_list, progress=update)
+            recognizer = Recognizer.from_settings(
+                settings, labels=label_list, progress=update, announce=_err_note
+            )
         if recognizer.ranker is None and not as_json:
             _err_note("ranking is disabled (--ranker none): showing retrieval order")
         with recognizer:
@@ -286,12 +292,11 @@ def _open(settings: Settings, *, create: bool = True) -> Any:
     return open_memory(settings, create=create)
 
 
-def _load_encoder(settings: Settings) -> Any:
-    from rar_agent.encoders import load_encoder
+def _load_encoder(settings: Settings, memory: Any = None) -> Any:
+    """The encoder named by the options, else the memory's recorded one, else the default."""
+    from rar_agent.pipeline import settings_encoder
 
-    return load_encoder(
-        settings.encoder_spec, pretrained=settings.clip_pretrained, device=settings.device
-    )
+    return settings_encoder(settings, memory, announce=_err_note)
 
 
 @memory_app.command("build")
@@ -338,8 +343,8 @@ def memory_build(
             clip_pretrained=clip_pretrained,
             encoder=encoder,
         )
-        enc = _load_encoder(settings)
         with _open(settings) as mem:
+            enc = _load_encoder(settings, mem)
             mem.bind_encoder(enc.fingerprint, enc.dim)
             if description is not None:
                 mem.set_description(description)
@@ -417,8 +422,8 @@ def memory_add(
             clip_pretrained=clip_pretrained,
             encoder=encoder,
         )
-        enc = _load_encoder(settings)
         with _open(settings) as mem:
+            enc = _load_encoder(settings, mem)
             mem.bind_encoder(enc.fingerprint, enc.dim)
             if images:
                 report = builders.add_images(

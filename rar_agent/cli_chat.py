@@ -63,6 +63,7 @@ def register(app: typer.Typer) -> None:
         PretrainedOpt,
         ProgressOpt,
         UrlOpt,
+        _err_note,
         _progress_callback,
         run_guarded,
         settings_from_options,
@@ -145,7 +146,9 @@ def register(app: typer.Typer) -> None:
             label_list = labels.split(",") if labels is not None else None
             bar, update = _progress_callback(progress, "building vocabulary memory")
             with bar:
-                recognizer = Recognizer.from_settings(settings, labels=label_list, progress=update)
+                recognizer = Recognizer.from_settings(
+                    settings, labels=label_list, progress=update, announce=_err_note
+                )
             with recognizer:
                 page = build_chat_page(
                     recognizer,

@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
         ModelOpt,
         PretrainedOpt,
         ProgressOpt,
+        _load_encoder,
         run_guarded,
         settings_from_options,
     )
@@ -129,8 +130,8 @@ def register(app: typer.Typer) -> None:
             settings = settings_from_options(
                 clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder
             )
-            spec = settings.encoder_spec
-            pretrained = clip_pretrained if settings.encoder else settings.clip_pretrained
+            named = settings.explicit_encoder
+            spec, pretrained = named if named is not None else (None, None)
             config = EvalConfig(
                 dataset=dataset, memory_set=memory_set, test_set=test_set, shots=shots,
                 text_memory=text_memory, limit=limit, seed=seed, k=k, max_k=max_k,
@@ -139,8 +140,9 @@ def register(app: typer.Typer) -> None:
                 memory=str(memory) if memory else None,
             )  # fmt: skip
             bar, update = _progress(progress)
+            enc = _load_encoder(settings)
             with bar:
-                report = run_evaluation(config, progress=update)
+                report = run_evaluation(config, encoder=enc, progress=update)
             files = write_report(report, out, plots=plots)
             if as_json:
                 sys.stdout.write(report.model_dump_json(indent=2) + "\n")

@@ -85,8 +85,7 @@ def register(app: typer.Typer) -> None:
         from rar_agent.cli import run_guarded
 
         def run() -> None:
-            from rar_agent.cli import _progress_callback, settings_from_options
-            from rar_agent.encoders import load_encoder
+            from rar_agent.cli import _load_encoder, _progress_callback, settings_from_options
             from rar_agent.errors import ConfigError
             from rar_agent.finetune_data import FORMATS, FinetuneOptions, build_finetune_data
             from rar_agent.memory import builders
@@ -121,11 +120,9 @@ def register(app: typer.Typer) -> None:
                 clip_pretrained=clip_pretrained,
                 encoder=encoder,
             )
-            enc = load_encoder(
-                settings.encoder_spec, pretrained=settings.clip_pretrained, device=settings.device
-            )
             bar, update = _progress_callback(progress, "writing conversations")
-            with open_memory(settings) as mem, bar:
+            with open_memory(settings, create=False) as mem, bar:
+                enc = _load_encoder(settings, mem)
                 summary = build_finetune_data(
                     mem,
                     enc,

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rar_agent.encoders.loader import spec_for
 from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
+from rar_agent.memory.resolve import (
+    configured_memory,
+    open_memory,
+    settings_encoder,
+    vocabulary_memory,
+)
 from rar_agent.results import Candidate, RankingInfo, RankingStatus, RecognitionResult
 from rar_agent.retrieval import CategoryRetriever, MemoryKind, validate_k
 
@@ -20,7 +26,7 @@ if TYPE_CHECKING:
     from rar_agent.memory import CategoryMemory
     from rar_agent.ranking import RankingChain, RankingOutput
 
-__all__ = ["Recognizer", "open_memory", "ranked_result", "vocabulary_memory"]
+__all__ = ["Recognizer", "open_memory", "ranked_result", "settings_encoder", "vocabulary_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +40,8 @@ class Recognizer:
 
     Args:
         memory: The category memory to retrieve from.
-        encoder: The encoder the memory was built with.
+        encoder: The encoder the memory was built with; ``None`` loads the one the memory
+            recorded (``memory.info.encoder_spec``).
         ranker: A ``RankingChain``, a chat model, a model string (``"openai:gpt-4o-mini"``,
             ``"hf:<dir>"``) or ``None``/``"none"`` for retrieval only.
         k: Candidates handed to the ranker (and returned).
@@ -49,7 +56,7 @@ class Recognizer:
     def __init__(
         self,
         memory: CategoryMemory,
-        encoder: ImageTextEncoder,
+        encoder: ImageTextEncoder | None = None,
         *,
         ranker: Any = None,
         k: int = 5,
@@ -60,9 +67,13 @@ class Recognizer:
     ) -> None:
         from rar_agent.ranking import parse_gate
 
+        if encoder is None:
+            encoder = _recorded_encoder(memory)
         memory.bind_encoder(encoder.fingerprint, encoder.dim)
         self.memory = memory
         self.encoder = encoder
+        spec = spec_for(encoder.fingerprint)
+        self.encoder_name = spec.label if spec is not None else encoder.fingerprint
         self.k = validate_k(k)
         self.gate = parse_gate(gate, calibrated=memory.info.gate_margin)
         self.retriever = CategoryRetriever(
@@ -78,39 +89,49 @@ class Recognizer:
         *,
         labels: Sequence[str] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        announce: Callable[[str], None] | None = None,
         **overrides: Any,
     ) -> Recognizer:
         """Build a recognizer from ``RAR_*`` settings (plus keyword overrides).
 
-        With ``labels`` a text memory for exactly those labels is built (and cached); with an
-        empty memory the built-in ImageNet-1k vocabulary is used zero-shot.
+        With ``labels`` a text memory of exactly those labels is built (and cached). Without,
+        the configured memory is used with the encoder it recorded (unless one is named); a
+        memory named explicitly (``memory_path``, ``collection``, ``qdrant_url``) must exist
+        and hold entries, while the default one, when missing or empty, gives way to the
+        encoder's built-in vocabulary (ImageNet-1k).
+
+        Args:
+            settings: The settings (default: from the environment).
+            labels: Class names for a zero-shot memory (needs an encoder with a text tower).
+            progress: ``progress(done, total)`` while a vocabulary memory is built.
+            announce: Receives the one-line note when the default encoder falls back to the
+                offline one (default: a logged warning).
+            **overrides: Settings fields to override.
+
+        Raises:
+            RarError: The memory or the encoder cannot be opened (the message says why).
         """
         from rar_agent.config import Settings
-        from rar_agent.encoders import load_encoder
 
         settings = (settings or Settings()).model_copy(update=overrides)
-        encoder = load_encoder(
-            settings.encoder_spec, pretrained=settings.clip_pretrained, device=settings.device
-        )
-        if labels is not None:
-            memory = vocabulary_memory(settings, encoder, labels, progress=progress)
-        else:
-            memory = open_memory(settings)
-            if memory.count() == 0:
-                logger.info(
-                    "memory %r is empty: using the ImageNet-1k vocabulary", settings.collection
-                )
+        memory = None if labels is not None else configured_memory(settings)
+        try:
+            encoder = settings_encoder(settings, memory, announce=announce)
+            if memory is None:
+                memory = vocabulary_memory(settings, encoder, labels, progress=progress)
+            return cls(
+                memory,
+                encoder,
+                ranker=settings.ranker,
+                k=settings.k,
+                fetch_k=settings.fetch_k,
+                gate=settings.gate,
+                kind=settings.kind,  # type: ignore[arg-type]
+            )
+        except BaseException:
+            if memory is not None:
                 memory.close()
-                memory = vocabulary_memory(settings, encoder, None, progress=progress)
-        return cls(
-            memory,
-            encoder,
-            ranker=settings.ranker,
-            k=settings.k,
-            fetch_k=settings.fetch_k,
-            gate=settings.gate,
-            kind=settings.kind,  # type: ignore[arg-type]
-        )
+            raise
 
     # ------------------------------------------------------------------ recognition
 
@@ -201,7 +222,9 @@ class Recognizer:
         rankings = self.rank_many([item.image for item in loaded], retrieved)
         timings = {"encode": round(encode_ms, 3), "retrieve": round(retrieve_ms, 3)}
         return [
-            ranked_result(candidates, ranking, timings, image=item.source)
+            ranked_result(
+                candidates, ranking, timings, image=item.source, encoder=self.encoder_name
+            )
             for item, candidates, ranking in zip(loaded, retrieved, rankings, strict=True)
         ]
 
@@ -254,6 +277,20 @@ class Recognizer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _recorded_encoder(memory: CategoryMemory) -> ImageTextEncoder:
+    from rar_agent.encoders import EncoderSpec, resolve_encoder
+    from rar_agent.errors import ConfigError
+
+    stored = EncoderSpec.from_meta(memory.info.encoder_spec)
+    if stored is None:
+        raise ConfigError(
+            f"memory {memory.collection!r} records no encoder spec (it was built before specs "
+            f"were recorded, or with an encoder made by hand): pass the encoder it was built "
+            f"with ({memory.info.fingerprint})"
+        )
+    return resolve_encoder(None, stored)
 
 
 def _as_chain(ranker: Any) -> RankingChain | None:
@@ -310,64 +347,3 @@ def _describe(src: Any) -> str:
     if isinstance(src, str):
         return src if len(src) < 200 else src[:60] + "..."
     return type(src).__name__
-
-
-# ---------------------------------------------------------------------- memories
-
-
-def open_memory(
-    settings: Settings, collection: str | None = None, *, create: bool = True
-) -> CategoryMemory:
-    """Open the configured memory: the Qdrant server if ``qdrant_url`` is set, else embedded.
-
-    With ``create=False`` a memory that does not exist yet is an error, not a new empty one.
-    """
-    from rar_agent.memory import CategoryMemory
-
-    name = collection or settings.collection
-    if settings.qdrant_url:
-        return CategoryMemory.open(
-            url=settings.qdrant_url,
-            api_key=settings.qdrant_api_key,
-            collection=name,
-            create=create,
-            shard_number=settings.shard_number,
-            replication_factor=settings.replication_factor,
-        )
-    if settings.memory_path is not None and collection is None:
-        path = settings.memory_path
-    else:
-        path = settings.home / "memories" / name
-    return CategoryMemory.open(path, collection=name, create=create)
-
-
-def vocabulary_memory(
-    settings: Settings,
-    encoder: ImageTextEncoder,
-    labels: Sequence[str] | None,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-) -> CategoryMemory:
-    """A cached text memory of ``labels`` (ImageNet-1k when ``None``) for this encoder.
-
-    The collection name hashes the labels and the encoder fingerprint, so it is built once
-    per (vocabulary, encoder) and reused; a resumed build skips what is stored.
-    """
-    from rar_agent.encoders import default_vocabulary, short_templates
-    from rar_agent.memory.builders import add_class_names
-
-    names = list(labels) if labels is not None else list(default_vocabulary())
-    # The 1000-class vocabulary uses the short template set; a user's few labels get all 80.
-    templates = short_templates() if labels is None else None
-    names = [n.strip() for n in names if n.strip()]
-    if not names:
-        from rar_agent.errors import LabelError
-
-        raise LabelError("no labels given: pass comma-separated names, e.g. --labels 'cat,dog'")
-    key = hashlib.sha256(("\n".join(names) + "\x00" + encoder.fingerprint).encode()).hexdigest()
-    prefix = "imagenet" if labels is None else "labels"
-    memory = open_memory(settings, collection=f"{prefix}-{key[:16]}")
-    memory.bind_encoder(encoder.fingerprint, encoder.dim)
-    if memory.count("text") < len(set(names)):
-        add_class_names(memory, encoder, names, templates=templates, progress=progress)
-    return memory

@@ -43,6 +43,11 @@ class RecognitionResult(BaseModel):
     box: list[float] | None = Field(default=None, description="xyxy pixel box for regions.")
     box_id: str | None = None
     error: str | None = Field(default=None, description="Per-item error (e.g. a bad box).")
+    encoder: str | None = Field(
+        default=None,
+        description="The encoder used (e.g. 'ViT-B-16/openai', 'efficientnet-lite0'), or its "
+        "fingerprint when it was not loaded by name.",
+    )
 
     def summary(self) -> str:
         """A short human/LLM-readable line: answer plus candidates with scores."""

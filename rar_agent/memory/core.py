@@ -23,11 +23,13 @@ from rar_agent.memory.entries import Hit, MemoryEntry, MemoryInfo, check_kind, n
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["UPSERT_BATCH", "CategoryMemory", "default_memory_dir"]
+__all__ = ["ENCODER_SPEC_KEY", "UPSERT_BATCH", "CategoryMemory", "default_memory_dir"]
 
 logger = logging.getLogger(__name__)
 
 UPSERT_BATCH = 512
+#: The metadata key under which a memory records how to load its encoder.
+ENCODER_SPEC_KEY = "encoder_spec"
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -152,6 +154,10 @@ class CategoryMemory:
     def bind_encoder(self, fingerprint: str, dim: int, *, description: str | None = None) -> None:
         """Record the encoder on first use; refuse a different one afterwards.
 
+        When the encoder was loaded with :func:`rar_agent.encoders.load_encoder`, how it was
+        loaded (its :class:`~rar_agent.encoders.EncoderSpec`) is recorded too, as
+        ``info.encoder_spec``, so the memory can be opened later without naming the encoder.
+
         Args:
             fingerprint: The encoder's fingerprint (model + weights identity).
             dim: The encoder's embedding length.
@@ -161,25 +167,27 @@ class CategoryMemory:
             EncoderMismatchError: The memory was built with another encoder.
             ConfigError: ``dim`` is not a positive integer or the fingerprint is empty.
         """
+        from rar_agent.encoders.loader import spec_for
+
         if not isinstance(fingerprint, str) or not fingerprint:
             raise ConfigError("the encoder fingerprint must be a non-empty string")
         if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
             raise ConfigError(f"the embedding dimension must be a positive integer, not {dim!r}")
         dim = int(dim)
+        spec = spec_for(fingerprint)
         with self._lock:
             self._check_open()
             meta = self._backend.read_meta(refresh=True)
             if meta and meta.get("fingerprint"):
-                stored, stored_dim = meta["fingerprint"], meta.get("dim")
-                if stored != fingerprint or stored_dim != dim:
-                    raise EncoderMismatchError(
-                        f"memory {self.collection!r} at {self._backend.location} was built with "
-                        f"encoder {stored!r} ({stored_dim}-d), not {fingerprint!r} ({dim}-d): "
-                        "use the same --clip-model / --clip-pretrained it was built with, or "
-                        "rebuild it with this encoder into another --collection"
-                    )
+                if meta["fingerprint"] != fingerprint or meta.get("dim") != dim:
+                    raise EncoderMismatchError(self._mismatch(meta, fingerprint, dim, spec))
+                update = {}
                 if description is not None and description != meta.get("description"):
-                    self._backend.write_meta({**meta, "description": description})
+                    update["description"] = description
+                if spec is not None and not meta.get(ENCODER_SPEC_KEY):
+                    update[ENCODER_SPEC_KEY] = spec.to_meta()
+                if update:
+                    self._backend.write_meta({**meta, **update})
             else:
                 meta = {
                     "version": META_VERSION,
@@ -188,12 +196,39 @@ class CategoryMemory:
                     "collection": self.collection,
                     "description": description,
                     "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                    ENCODER_SPEC_KEY: spec.to_meta() if spec is not None else None,
                 }
                 self._backend.create(dim, meta)
                 logger.info(
                     "memory %r bound to encoder %s (%d-d)", self.collection, fingerprint, dim
                 )
             self._bound = (fingerprint, dim)
+
+    def _mismatch(self, meta: dict[str, Any], fingerprint: str, dim: int, spec: Any) -> str:
+        from rar_agent.encoders.spec import EncoderSpec
+
+        stored = EncoderSpec.from_meta(meta.get(ENCODER_SPEC_KEY))
+        built = (
+            f"{stored.label} ({meta['fingerprint']}, {meta.get('dim')}-d)"
+            if stored
+            else (f"{meta['fingerprint']!r} ({meta.get('dim')}-d)")
+        )
+        given = f"{spec.label} ({fingerprint}, {dim}-d)" if spec else f"{fingerprint!r} ({dim}-d)"
+        fix = (
+            "leave out --clip-model/--encoder (RAR_CLIP_MODEL/RAR_ENCODER) to use the memory's "
+            "own encoder"
+            if stored
+            else f"pass the encoder it was built with ({meta['fingerprint']})"
+        )
+        return (
+            f"memory {self.collection!r} at {self._backend.location} was built with encoder "
+            f"{built}, not {given}: {fix}, or build a memory for this encoder under another "
+            "--collection"
+        )
+
+    def set_encoder_spec(self, spec: dict[str, str | None] | None) -> None:
+        """Record how to load the memory's encoder (``EncoderSpec.to_meta()``'s form)."""
+        self._update_meta(ENCODER_SPEC_KEY, spec)
 
     def set_description(self, description: str | None) -> None:
         """Record a domain description (e.g. "bird species"); requires a bound encoder."""
@@ -224,6 +259,7 @@ class CategoryMemory:
             location=self._backend.location,
             created_at=meta.get("created_at"),
             gate_margin=meta.get("gate_margin"),
+            encoder_spec=meta.get(ENCODER_SPEC_KEY),
         )
 
     # ------------------------------------------------------------------ writing
@@ -390,6 +426,7 @@ class CategoryMemory:
             "backend": info.backend,
             "location": info.location,
             "fingerprint": info.fingerprint,
+            "encoder_spec": info.encoder_spec,
             "dim": info.dim,
             "description": info.description,
             "created_at": info.created_at,

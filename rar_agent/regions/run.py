@@ -144,6 +144,7 @@ def run_regions(
                 image=loaded.source,
                 box=[round(v, 3) for v in coords],
                 box_id=box.id,
+                encoder=recognizer.encoder_name,
             )
         )
     return out
