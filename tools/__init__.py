@@ -1,5 +1,4 @@
-"""Maintainer scripts: benchmarks, example encoders, fine-tuning data (not part of the package).
+"""Maintainer scripts: benchmarks and the LoRA fine-tuning script (not part of the package).
 
-Importable from the repository root (``python -m tools.bench``, ``--encoder
-tools.effnet_encoder:create``).
+Importable from the repository root (``python -m tools.bench``).
 """

@@ -90,14 +90,13 @@ def load_encoder(
     canonical = canonical_spec(spec, pretrained)
     key = (canonical.model, canonical.pretrained, device, precision, int(batch_size))
     with _LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None:
-            return cached
-        encoder = _create(canonical.model, canonical.pretrained, device, precision, batch_size)
-        _CACHE[key] = encoder
-        _SPECS.setdefault(encoder.fingerprint, canonical)
-        logger.info("loaded encoder %s", getattr(encoder, "fingerprint", spec))
-        return encoder
+        found = _CACHE.get(key)
+        if found is None:
+            found = _create(canonical.model, canonical.pretrained, device, precision, batch_size)
+            _CACHE[key] = found
+            logger.info("loaded encoder %s", found.fingerprint)
+        _SPECS[found.fingerprint] = canonical  # the latest way this encoder was asked for
+        return found
 
 
 def spec_for(fingerprint: str) -> EncoderSpec | None:

@@ -181,7 +181,7 @@ class CategoryMemory:
             if meta and meta.get("fingerprint"):
                 if meta["fingerprint"] != fingerprint or meta.get("dim") != dim:
                     raise EncoderMismatchError(self._mismatch(meta, fingerprint, dim, spec))
-                update = {}
+                update: dict[str, Any] = {}
                 if description is not None and description != meta.get("description"):
                     update["description"] = description
                 if spec is not None and not meta.get(ENCODER_SPEC_KEY):
@@ -218,7 +218,8 @@ class CategoryMemory:
             "leave out --clip-model/--encoder (RAR_CLIP_MODEL/RAR_ENCODER) to use the memory's "
             "own encoder"
             if stored
-            else f"pass the encoder it was built with ({meta['fingerprint']})"
+            else f"use the encoder it was built with ({meta['fingerprint']}; on the command "
+            "line: --clip-model or --encoder)"
         )
         return (
             f"memory {self.collection!r} at {self._backend.location} was built with encoder "

@@ -188,10 +188,13 @@ def test_offline_hub_model_fails_fast_with_help(spec: str, pretrained: str | Non
     _assert_offline_help(str(info.value), spec)
 
 
-def test_default_spec_is_the_papers_model() -> None:
-    with pytest.raises(ModelLoadError) as info:
-        load_encoder()
-    _assert_offline_help(str(info.value), "ViT-B-16 (pretrained=openai)")
+def test_default_spec_offline_is_the_offline_encoder(caplog: pytest.LogCaptureFixture) -> None:
+    from rar_agent.encoders import spec_for
+
+    with caplog.at_level("WARNING", logger="rar_agent.encoders.loader"):
+        encoder = load_encoder(device="cpu")  # CLIP ViT-B-16/openai is not on this machine
+    assert str(spec_for(encoder.fingerprint).label) == "efficientnet-lite0"
+    assert "CLIP ViT-B-16/openai is not available" in caplog.text
 
 
 @pytest.mark.parametrize("layout", ["missing", "no-config", "no-weights"])
