@@ -114,6 +114,7 @@ class Recognizer:
         from rar_agent.config import Settings
 
         settings = (settings or Settings()).model_copy(update=overrides)
+        ranker = _as_chain(settings.ranker)  # first: a ranker that cannot load fails fast
         memory = None if labels is not None else configured_memory(settings)
         try:
             encoder = settings_encoder(settings, memory, announce=announce)
@@ -122,7 +123,7 @@ class Recognizer:
             return cls(
                 memory,
                 encoder,
-                ranker=settings.ranker,
+                ranker=ranker,
                 k=settings.k,
                 fetch_k=settings.fetch_k,
                 gate=settings.gate,
