@@ -130,8 +130,11 @@ def register(app: typer.Typer) -> None:
             settings = settings_from_options(
                 clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder
             )
-            named = settings.explicit_encoder
-            spec, pretrained = named if named is not None else (None, None)
+            from rar_agent.encoders import spec_for
+
+            enc = _load_encoder(settings)
+            loaded = spec_for(enc.fingerprint)  # as resolved, so the report reproduces it
+            spec, pretrained = (loaded.model, loaded.pretrained) if loaded else (None, None)
             config = EvalConfig(
                 dataset=dataset, memory_set=memory_set, test_set=test_set, shots=shots,
                 text_memory=text_memory, limit=limit, seed=seed, k=k, max_k=max_k,
@@ -140,7 +143,6 @@ def register(app: typer.Typer) -> None:
                 memory=str(memory) if memory else None,
             )  # fmt: skip
             bar, update = _progress(progress)
-            enc = _load_encoder(settings)
             with bar:
                 report = run_evaluation(config, encoder=enc, progress=update)
             files = write_report(report, out, plots=plots)

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_PRETRAINED",
     "canonical_spec",
     "clear_encoder_cache",
+    "is_factory_spec",
     "load_encoder",
     "spec_for",
 ]
@@ -139,6 +140,14 @@ def canonical_spec(spec: str, pretrained: str | None = None) -> EncoderSpec:
     if _FACTORY.match(spec):
         return EncoderSpec(spec, pretrained)
     return EncoderSpec(spec, weights or pretrained)
+
+
+def is_factory_spec(spec: str) -> bool:
+    """Whether ``spec`` names a factory (``--encoder``) rather than a model (``--clip-model``)."""
+    spec = spec.strip()
+    if _FILE_FACTORY.match(spec):
+        return True
+    return bool(_FACTORY.match(spec)) and not spec.startswith(("local-dir:", "hf-hub:", "hf:"))
 
 
 def _absolute(path: str) -> str:
