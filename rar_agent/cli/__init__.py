@@ -17,21 +17,23 @@ _TUTORIAL = """\
 Retrieve-and-rank visual recognition: an image encoder's category memory in Qdrant, then a \
 multimodal chat model ranks the top k candidates.
 
-Recognize among your own labels (zero-shot, no memory to build):
+Recognize among your own labels (zero-shot, nothing to build first):
   rar-agent recognize photo.jpg --labels "cat,dog,fox"
 
-Build a memory from example images (DIR/<label>/*.jpg), then recognize against it:
+Build a memory from example images in DIR/<label>/*.jpg, then use it:
   rar-agent memory build --from-folder photos/
-  rar-agent recognize photo.jpg --k 5 --ranker openai:gpt-4o-mini
+  rar-agent memory list
+  rar-agent recognize photo.jpg --ranker openai:gpt-4o-mini --json
 
-Measure retrieval (kNN) against retrieve-and-rank on a labelled set:
+Measure retrieval alone (kNN) against retrieve-and-rank on labelled images:
   rar-agent eval --dataset photos/ --shots 4 --ranker local
 
-Chat with the agent in the browser:
+Chat with the agent in the browser; write fine-tuning data for a ranker:
   rar-agent chat --ranker ollama:qwen2.5vl
+  rar-agent finetune-data --from-folder photos/ --out train.json
 
-Every option also reads its RAR_* environment variable (RAR_MEMORY_PATH, RAR_RANKER, ...); \
-see rar-agent COMMAND --help."""
+Options shown with an env var also read it from the environment (RAR_MEMORY_PATH, \
+RAR_RANKER, ...): see rar-agent COMMAND --help."""
 
 app = typer.Typer(
     name="rar-agent",
@@ -43,7 +45,7 @@ app = typer.Typer(
 app.command("recognize")(recognize.recognize)
 app.add_typer(memory.app, name="memory")
 app.command("eval")(evaluate.evaluate)
-app.command("finetune-data")(finetune.finetune_data)
+app.command("finetune-data", help=finetune.HELP)(finetune.finetune_data)
 app.command("chat")(chat.chat)
 
 

@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from rar_agent.config import Settings
     from rar_agent.finetune_data import FinetuneSummary
 
-__all__ = ["finetune_data"]
+__all__ = ["HELP", "finetune_data"]
+
+HELP = (
+    "Write ranking conversations (true label first) for fine-tuning a ranker.\n\n"
+    "For each labelled image the memory is searched with the image's own entry excluded; "
+    "windows of k retrieved labels that contain the true label become conversations whose "
+    "prompt is exactly the ranking chain's. Build the memory first, e.g. with "
+    "`rar-agent memory build --from-folder DIR`."
+)
 
 OutOpt = Annotated[Path, typer.Option("--out", help="Output file (.json or .jsonl).")]
 FormatOpt = Annotated[
@@ -73,13 +81,7 @@ def finetune_data(
     as_json: JsonOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Write ranking conversations (true label first) for fine-tuning a ranker.
-
-    For each labelled image the memory is searched with the image's own entry excluded;
-    windows of k retrieved labels that contain the true label become conversations whose
-    prompt is exactly the ranking chain's. Build the memory first, e.g. with
-    `rar-agent memory build --from-folder DIR`.
-    """
+    """Write ranking conversations (true label first) for fine-tuning a ranker (see HELP)."""
     from rar_agent.errors import ConfigError
     from rar_agent.finetune_data import FORMATS, FinetuneOptions, build_finetune_data
     from rar_agent.memory import builders
