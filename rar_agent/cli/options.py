@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from rar_agent.pipeline import Recognizer
 
 __all__ = [
+    "ENCODER",
     "GATE_HELP",
+    "RANKING",
+    "STORE",
     "RANKER_HELP",
     "ApiKeyOpt",
     "ClipModelOpt",
@@ -43,9 +46,6 @@ __all__ = [
     "QdrantUrlOpt",
     "RankerOpt",
     "ShotsOpt",
-    "ENCODER",
-    "RANKING",
-    "STORE",
     "error_guard",
     "load_settings_encoder",
     "open_recognizer",
@@ -228,12 +228,12 @@ ENCODER = (
 RANKING = (_param("k", KOpt), _param("ranker", RankerOpt), _param("gate", GateOpt))
 """How to recognize: ``--k``, ``--ranker``, ``--gate``."""
 
-P = ParamSpec("P")
+_P = ParamSpec("_P")
 
 
 def settings_command(
     *groups: tuple[inspect.Parameter, ...],
-) -> Callable[[Callable[Concatenate[Settings, P], None]], Callable[P, None]]:
+) -> Callable[[Callable[Concatenate[Settings, _P], None]], Callable[_P, None]]:
     """Give a command the options of ``groups``; it is called with the ``Settings`` they make.
 
     The command's first parameter is ``settings``; its other parameters are its own options.
@@ -244,7 +244,7 @@ def settings_command(
     """
     shared = [p for group in groups for p in group]
 
-    def decorate(func: Callable[Concatenate[Settings, P], None]) -> Callable[P, None]:
+    def decorate(func: Callable[Concatenate[Settings, _P], None]) -> Callable[_P, None]:
         own = list(inspect.signature(func).parameters.values())
         if not own or own[0].name != "settings":
             raise TypeError(f"{func.__name__}: the first parameter must be `settings`")
@@ -252,7 +252,7 @@ def settings_command(
             raise TypeError(f"{func.__name__}: its module must not postpone annotations")
 
         @functools.wraps(func)
-        def command(*args: P.args, **kwargs: P.kwargs) -> None:
+        def command(*args: _P.args, **kwargs: _P.kwargs) -> None:
             options = {p.name: kwargs.pop(p.name, None) for p in shared}
             with error_guard():
                 func(settings_from_options(**options), *args, **kwargs)
