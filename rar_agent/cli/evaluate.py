@@ -18,6 +18,7 @@ from rar_agent.cli.options import (
     ClipModelOpt,
     ClipPretrainedOpt,
     EncoderOpt,
+    HintOpt,
     JsonOpt,
     ProgressOpt,
     ShotsOpt,
@@ -52,10 +53,6 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every sample.")]
 EvalKOpt = Annotated[int, typer.Option("--k", help="Candidates handed to the ranker.")]
 MaxKOpt = Annotated[int, typer.Option("--max-k", help="Largest k of recall@k.")]
 EvalRankerOpt = Annotated[str, typer.Option("--ranker", help=RANKER_HELP)]
-HintOpt = Annotated[
-    str | None,
-    typer.Option("--hint", help="Domain hint for the ranker, e.g. 'clothing items'."),
-]
 EvalGateOpt = Annotated[
     str | None,
     typer.Option(

@@ -13,6 +13,7 @@ from rar_agent.cli.options import (
     STORE,
     FromFolderOpt,
     FromManifestOpt,
+    HintOpt,
     JsonOpt,
     ProgressOpt,
     load_settings_encoder,
@@ -52,9 +53,6 @@ MaxPerClassOpt = Annotated[
 ]
 DedupOpt = Annotated[
     bool, typer.Option("--dedup/--no-dedup", help="Skip repeated images/conversations.")
-]
-HintOpt = Annotated[
-    str | None, typer.Option("--hint", help="Domain hint.", show_default="the memory's")
 ]
 ImageRootOpt = Annotated[
     Path | None, typer.Option("--image-root", help="LLaVA: image paths relative to this.")

@@ -38,6 +38,7 @@ __all__ = [
     "FromFolderOpt",
     "FromManifestOpt",
     "GateOpt",
+    "HintOpt",
     "JsonOpt",
     "KOpt",
     "LabelsOpt",
@@ -193,6 +194,14 @@ ShotsOpt = Annotated[
     int | None,
     typer.Option(
         "--shots", help="Example images per class, sampled with --seed.", show_default="all"
+    ),
+]
+HintOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--hint",
+        help="Domain hint in the ranker's prompt, e.g. 'clothing items'.",
+        show_default="the memory's description",
     ),
 ]
 JsonOpt = Annotated[
