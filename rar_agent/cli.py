@@ -281,7 +281,7 @@ def _print_results(results: list[RecognitionResult], as_json: bool) -> None:
 
 
 def _open(settings: Settings, *, create: bool = True) -> Any:
-    from rar_agent.pipeline import open_memory
+    from rar_agent.memory import open_memory
 
     return open_memory(settings, create=create)
 

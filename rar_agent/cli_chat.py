@@ -38,7 +38,7 @@ def resolve_chat_model(model: str | None, ranker: str | None) -> Any:
         return None
     from langchain_core.language_models import BaseChatModel
 
-    from rar_agent.models import load_ranker
+    from rar_agent.ranking import load_ranker
 
     chat = load_ranker(spec)
     if chat is None:
