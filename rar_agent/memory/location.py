@@ -135,8 +135,8 @@ def open_backend(
     if path is not None and url is not None:
         raise ConfigError(
             f"both a memory path ({path}) and a Qdrant server URL ({url}) are set: a memory "
-            "lives in one place, so give --memory / RAR_MEMORY_PATH for an embedded memory "
-            "or --qdrant-url / RAR_QDRANT_URL for a server, not both"
+            "lives in one place, so give only one: --memory / RAR_MEMORY_PATH for an embedded "
+            "memory, or --qdrant-url / RAR_QDRANT_URL for a server"
         )
     if location is not None and (path is not None or url is not None):
         raise ConfigError("give only one of path (embedded), url (server) or location")
