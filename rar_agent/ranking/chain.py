@@ -147,15 +147,25 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
         """Async :meth:`invoke`; the timeout cancels the model call."""
         return await self._acall_with_config(self._arank, self._coerce(input), config)
 
-    def batch(self, inputs: list[Any], config: Any = None, **kwargs: Any) -> list[RankingOutput]:
+    def batch(
+        self,
+        inputs: Sequence[RankingInput | dict[str, Any]],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        **kwargs: Any,
+    ) -> list[RankingOutput]:
         """Rank many inputs, at most ``max_concurrency`` at once."""
-        return super().batch(inputs, self._limit(config), **kwargs)
+        return super().batch(list(inputs), self._limit(config), **kwargs)  # type: ignore[arg-type]
 
     async def abatch(
-        self, inputs: list[Any], config: Any = None, **kwargs: Any
+        self,
+        inputs: Sequence[RankingInput | dict[str, Any]],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        **kwargs: Any,
     ) -> list[RankingOutput]:
         """Async :meth:`batch`, at most ``max_concurrency`` calls in flight."""
-        return await super().abatch(inputs, self._limit(config), **kwargs)
+        return await super().abatch(list(inputs), self._limit(config), **kwargs)  # type: ignore[arg-type]
+
+    # The two below keep the base class's loose types: it declares them as overloads.
 
     def batch_as_completed(
         self, inputs: Sequence[Any], config: Any = None, **kwargs: Any
@@ -172,13 +182,17 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _limit(self, config: Any) -> Any:
+    def _limit(
+        self, config: RunnableConfig | Sequence[RunnableConfig] | None
+    ) -> RunnableConfig | list[RunnableConfig]:
         def one(cfg: RunnableConfig | None) -> RunnableConfig:
             out = RunnableConfig(**(cfg or {}))
             out.setdefault("max_concurrency", self.max_concurrency)
             return out
 
-        return [one(c) for c in config] if isinstance(config, list) else one(config)
+        if isinstance(config, Sequence):
+            return [one(c) for c in config]
+        return one(config)
 
     @staticmethod
     def _coerce(value: RankingInput | dict[str, Any]) -> RankingInput:

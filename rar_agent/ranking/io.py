@@ -104,7 +104,7 @@ def reply_text(message: object) -> str:
     return "" if message is None else str(message)
 
 
-def structured_items(parsed: object) -> list[Any] | None:
+def structured_items(parsed: object) -> list[object] | None:
     """The ``ranking`` list of a structured-output reply, or None when it has none."""
     if isinstance(parsed, BaseModel):
         parsed = parsed.model_dump()

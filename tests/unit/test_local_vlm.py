@@ -12,10 +12,9 @@ from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, System
 from PIL import Image
 
 from rar_agent.errors import ModelLoadError, RankerError
-from rar_agent.ranking import load_ranker
+from rar_agent.ranking import RankingChain, RankingInput, image_block, load_ranker
 from rar_agent.ranking.local_vlm import LocalVisionChatModel
 from rar_agent.ranking.vlm_messages import merge_system_turns, to_processor_messages
-from rar_agent.ranking import RankingChain, RankingInput, image_block
 from tests.helpers.tiny_vlm import make_tiny_vlm
 
 CANDS = ["tabby cat", "lynx", "golden retriever", "ship", "猫"]

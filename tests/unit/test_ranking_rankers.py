@@ -6,8 +6,7 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from rar_agent.errors import ConfigError, ModelLoadError, RankerError
-from rar_agent.ranking import DEFAULT_LOCAL_RANKER, load_ranker
-from rar_agent.ranking import RankingChain, describe_model
+from rar_agent.ranking import DEFAULT_LOCAL_RANKER, RankingChain, describe_model, load_ranker
 
 
 @pytest.mark.parametrize("spec", [None, "none", "NONE", " off ", ""])
