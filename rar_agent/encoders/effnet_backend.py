@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rar_agent.encoders._torch import (
+from rar_agent.encoders.torch_base import (
     TorchEncoderBase,
     configure_cpu_threads,
     resolve_device,

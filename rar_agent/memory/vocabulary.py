@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 
 from rar_agent.encoders.base import BuiltinVocabulary, ImageTextEncoder
 from rar_agent.errors import ConfigError
-from rar_agent.memory.builders import BuildReport
+from rar_agent.memory.builders import BuildReport, Progress
 from rar_agent.memory.core import CategoryMemory
 from rar_agent.memory.entries import MemoryEntry
 
@@ -19,7 +18,7 @@ def add_builtin_vocabulary(
     memory: CategoryMemory,
     encoder: ImageTextEncoder,
     *,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> BuildReport:
     """Store one text entry per class of the encoder's own vocabulary (resumable).
 

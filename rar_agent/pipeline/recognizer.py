@@ -1,4 +1,4 @@
-"""The Recognizer: encode -> retrieve -> (gate) -> rank, for single images and batches."""
+"""The Recognizer: encode -> retrieve -> rank (its chain's gate may skip), single or batch."""
 
 from __future__ import annotations
 
@@ -8,25 +8,37 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rar_agent.config import MemoryKind, validate_k
 from rar_agent.encoders.loader import spec_for
 from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
-from rar_agent.memory.resolve import (
-    configured_memory,
-    open_memory,
-    settings_encoder,
-    vocabulary_memory,
+from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
+from rar_agent.pipeline.regions import recognize_regions
+from rar_agent.pipeline.vocabulary import vocabulary_memory
+from rar_agent.ranking import (
+    NO_RANKER,
+    RankerSpec,
+    RankingChain,
+    RankingInput,
+    as_ranking_chain,
+    parse_gate,
+    skip_reason,
 )
-from rar_agent.results import Candidate, RankingInfo, RankingStatus, RecognitionResult
-from rar_agent.retrieval import CategoryRetriever, MemoryKind, validate_k
+from rar_agent.regions import DEFAULT_BLUR
+from rar_agent.results import Candidate, RankingInfo, RecognitionResult
+from rar_agent.retrieval import CategoryRetriever
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
-    from rar_agent.ranking import RankingChain, RankingOutput
+    from rar_agent.memory.builders import Progress
+    from rar_agent.regions import BoxesInput
+    from rar_agent.regions.geometry import Context
 
-__all__ = ["Recognizer", "open_memory", "ranked_result", "settings_encoder", "vocabulary_memory"]
+__all__ = ["Recognizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +60,8 @@ class Recognizer:
         fetch_k: Memory entries fetched before folding into labels.
         gate: Skip ranking when the top label's score leads the second by more than this
             margin (a number, ``"on"`` for the default margin, ``"auto"`` for the margin
-            ``rar-agent eval --gate auto`` recorded in the memory, ``"off"``/``None``).
+            ``rar-agent eval --gate auto`` recorded in the memory, ``"off"``/``None``). The
+            ranking chain applies it (a given gate replaces a ready chain's own).
         kind: Memory side to query (``auto`` prefers image examples).
         hint: Domain hint for the ranker (defaults to the memory's description).
     """
@@ -58,15 +71,13 @@ class Recognizer:
         memory: CategoryMemory,
         encoder: ImageTextEncoder | None = None,
         *,
-        ranker: Any = None,
+        ranker: RankerSpec = None,
         k: int = 5,
         fetch_k: int | None = None,
         gate: float | str | None = None,
         kind: MemoryKind = "auto",
         hint: str | None = None,
     ) -> None:
-        from rar_agent.ranking import parse_gate
-
         if encoder is None:
             encoder = _recorded_encoder(memory)
         memory.bind_encoder(encoder.fingerprint, encoder.dim)
@@ -79,7 +90,7 @@ class Recognizer:
         self.retriever = CategoryRetriever(
             memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=kind
         )
-        self.ranker: RankingChain | None = _as_chain(ranker)
+        self.ranker: RankingChain | None = as_ranking_chain(ranker, gate=self.gate)
         self.hint = hint if hint is not None else getattr(memory.info, "description", None)
 
     @classmethod
@@ -88,7 +99,7 @@ class Recognizer:
         settings: Settings | None = None,
         *,
         labels: Sequence[str] | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None,
         announce: Callable[[str], None] | None = None,
         **overrides: Any,
     ) -> Recognizer:
@@ -112,12 +123,14 @@ class Recognizer:
             RarError: The memory or the encoder cannot be opened (the message says why).
         """
         from rar_agent.config import Settings
+        from rar_agent.memory import check_collection_name, configured_memory, memory_encoder
 
         settings = (settings or Settings()).model_copy(update=overrides)
-        ranker = _as_chain(settings.ranker)  # first: a ranker that cannot load fails fast
+        check_collection_name(settings.collection)  # before a slow encoder load
+        ranker = as_ranking_chain(settings.ranker)  # first: a ranker that cannot load fails fast
         memory = None if labels is not None else configured_memory(settings)
         try:
-            encoder = settings_encoder(settings, memory, announce=announce)
+            encoder = memory_encoder(settings, memory, announce=announce)
             if memory is None:
                 memory = vocabulary_memory(settings, encoder, labels, progress=progress)
             return cls(
@@ -127,7 +140,7 @@ class Recognizer:
                 k=settings.k,
                 fetch_k=settings.fetch_k,
                 gate=settings.gate,
-                kind=settings.kind,  # type: ignore[arg-type]
+                kind=settings.kind,
             )
         except BaseException:
             if memory is not None:
@@ -173,14 +186,16 @@ class Recognizer:
     def recognize_regions(
         self,
         image: ImageInput,
-        boxes: Any,
+        boxes: BoxesInput,
         *,
         k: int | None = None,
-        kind: str = "text",
+        kind: MemoryKind = "text",
         context_image: bool = False,
-        **options: Any,
+        normalized: bool | None = None,
+        context: Context = None,
+        blur: float | None = DEFAULT_BLUR,
     ) -> list[RecognitionResult]:
-        """Recognize each box of one image (the detection setting); see ``rar_agent.regions``.
+        """Recognize each box of one image (the detection setting).
 
         Every box is cropped with context (more for small boxes), blurred outside the box and
         padded to a square; all regions are encoded in one batch, retrieved against the
@@ -193,23 +208,50 @@ class Recognizer:
             k: Candidates per region.
             kind: Memory side to query: ``text``, ``image`` or ``auto`` (text if any).
             context_image: Show the ranker the whole image with the box drawn next to the crop.
-            **options: ``normalized``, ``context`` and ``blur`` for ``regions.run_regions``.
+            normalized: Box units: True 0..1, False pixels, None to detect.
+            context: The context curve or a fixed scale (``regions.context_scale``).
+            blur: Blur radius outside the box, as a fraction of the crop; 0/None: no blur.
 
         Returns:
             One result per box, in input order, with ``box`` (pixels, clipped) and ``box_id``;
             unusable boxes get ``error`` set while the others still run.
         """
-        from rar_agent.regions import run_regions
-
-        return run_regions(
-            self, image, boxes, k=k, kind=kind, context_image=context_image, **options
+        return recognize_regions(
+            self,
+            image,
+            boxes,
+            k=k,
+            kind=kind,
+            context_image=context_image,
+            normalized=normalized,
+            context=context,
+            blur=blur,
         )
 
     async def arecognize_regions(
-        self, image: ImageInput, boxes: Any, **kwargs: Any
+        self,
+        image: ImageInput,
+        boxes: BoxesInput,
+        *,
+        k: int | None = None,
+        kind: MemoryKind = "text",
+        context_image: bool = False,
+        normalized: bool | None = None,
+        context: Context = None,
+        blur: float | None = DEFAULT_BLUR,
     ) -> list[RecognitionResult]:
-        """Async :meth:`recognize_regions`."""
-        return await asyncio.to_thread(self.recognize_regions, image, boxes, **kwargs)
+        """Async :meth:`recognize_regions` (runs in a worker thread)."""
+        return await asyncio.to_thread(
+            self.recognize_regions,
+            image,
+            boxes,
+            k=k,
+            kind=kind,
+            context_image=context_image,
+            normalized=normalized,
+            context=context,
+            blur=blur,
+        )
 
     def _recognize_loaded(
         self, loaded: Sequence[LoadedImage], *, k: int | None
@@ -232,42 +274,33 @@ class Recognizer:
     # ------------------------------------------------------------------ ranking
 
     def rank_many(
-        self, images: Sequence[Any], retrieved: Sequence[Sequence[Candidate]]
-    ) -> list[tuple[RankingInfo, list[str] | None]]:
-        """Gate, then rank each (image, candidates) pair; ranker calls run concurrently."""
-        out: list[tuple[RankingInfo, list[str] | None]] = []
-        todo: list[int] = []
-        for i, candidates in enumerate(retrieved):
-            reason = self._skip_reason(candidates)
-            if reason is None:
-                todo.append(i)
-                out.append((RankingInfo(), None))
-            else:
-                status: RankingStatus = "disabled" if self.ranker is None else "skipped"
-                out.append((RankingInfo(status=status, reason=reason), None))
-        if todo and self.ranker is not None:
-            from rar_agent.ranking import RankingInput
+        self, images: Sequence[Image.Image], retrieved: Sequence[Sequence[Candidate]]
+    ) -> list[Ranking]:
+        """Rank each (image, candidates) pair; ranker calls run concurrently.
 
-            inputs = [
-                RankingInput(
-                    image=images[i],
-                    candidates=[c.label for c in retrieved[i]],
-                    scores=[c.score for c in retrieved[i]],
-                    hint=self.hint,
-                )
-                for i in todo
-            ]
-            outputs: list[RankingOutput] = self.ranker.batch(inputs)
-            for i, output in zip(todo, outputs, strict=True):
-                out[i] = (_ranking_info(output), list(output.order))
-        return out
-
-    def _skip_reason(self, candidates: Sequence[Candidate]) -> str | None:
+        The ranking chain decides, per pair, whether its gate skips the model call.
+        """
         if self.ranker is None:
-            return "no ranker configured (--ranker none): retrieval order stands"
-        from rar_agent.ranking import should_skip
-
-        return should_skip([c.score for c in candidates], self.gate)
+            reason = f"no ranker configured (--ranker {NO_RANKER}): retrieval order stands"
+            return [(RankingInfo(status="disabled", reason=reason), None) for _ in retrieved]
+        out: list[Ranking] = [
+            (RankingInfo(status="skipped", reason=skip_reason(0, None, None)), None)
+            for _ in retrieved
+        ]
+        todo = [i for i, candidates in enumerate(retrieved) if candidates]
+        inputs = [
+            RankingInput(
+                image=images[i],
+                candidates=[c.label for c in retrieved[i]],
+                scores=[c.score for c in retrieved[i]],
+                hint=self.hint,
+            )
+            for i in todo
+        ]
+        outputs = self.ranker.batch(inputs) if inputs else []
+        for i, output in zip(todo, outputs, strict=True):
+            out[i] = ranking_of(output)
+        return out
 
     def close(self) -> None:
         """Close the memory."""
@@ -292,56 +325,6 @@ def _recorded_encoder(memory: CategoryMemory) -> ImageTextEncoder:
             f"with ({memory.info.fingerprint})"
         )
     return resolve_encoder(None, stored)
-
-
-def _as_chain(ranker: Any) -> RankingChain | None:
-    if ranker is None or (isinstance(ranker, str) and ranker.strip().lower() in {"", "none"}):
-        return None
-    from rar_agent.models import load_ranker
-    from rar_agent.ranking import RankingChain
-
-    if isinstance(ranker, RankingChain):
-        return ranker
-    model = load_ranker(ranker)
-    return RankingChain(model) if model is not None else None
-
-
-def _ranking_info(output: RankingOutput) -> RankingInfo:
-    return RankingInfo(
-        status=output.status,
-        reason=output.reason,
-        model=output.model,
-        raw_reply=output.raw_reply,
-        parsed_order=list(output.order),
-        latency_ms=output.latency_ms,
-    )
-
-
-def ranked_result(
-    candidates: Sequence[Candidate],
-    ranking: tuple[RankingInfo, list[str] | None],
-    timings_ms: dict[str, float],
-    **fields: Any,
-) -> RecognitionResult:
-    """One result: candidates in the ranker's order (if any), the first as the answer."""
-    info, order = ranking
-    final = _reorder(candidates, order)
-    return RecognitionResult(
-        label=final[0].label if final else None,
-        candidates=final,
-        ranking=info,
-        timings_ms={**timings_ms, "rank": info.latency_ms or 0.0},
-        **fields,
-    )
-
-
-def _reorder(candidates: Sequence[Candidate], order: Sequence[str] | None) -> list[Candidate]:
-    if not order:
-        return list(candidates)
-    by_label = {c.label: c for c in candidates}
-    final = [by_label[label] for label in order if label in by_label]
-    seen = {c.label for c in final}
-    return final + [c for c in candidates if c.label not in seen]
 
 
 def _describe(src: Any) -> str:
