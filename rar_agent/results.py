@@ -16,7 +16,9 @@ class Candidate(BaseModel):
 
     label: str
     score: float
-    retrieval_rank: int = Field(description="0-based position in retrieval order.")
+    retrieval_rank: int = Field(
+        ge=1, description="Position in retrieval order, 1-based (1 = retrieval's best)."
+    )
     kind: str | None = Field(default=None, description="Memory kind that matched: image/text.")
     source: str | None = Field(default=None, description="Source of the best-matching entry.")
 

@@ -40,7 +40,8 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
         k: How many distinct labels to keep.
 
     Returns:
-        Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set.
+        Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set
+        (1 for the best).
     """
     best: dict[str, Hit] = {}
     for hit in hits:
@@ -52,7 +53,7 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
         Candidate(
             label=h.label, score=float(h.score), retrieval_rank=i, kind=h.kind, source=h.source
         )
-        for i, h in enumerate(ranked)
+        for i, h in enumerate(ranked, 1)
     ]
 
 

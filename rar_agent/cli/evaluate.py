@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from rar_agent.cli.options import (
+    EXIT_INTERRUPTED,
     GATE_HELP,
     RANKER_HELP,
     ClipModelOpt,
@@ -136,4 +137,4 @@ def evaluate(
         Console(stderr=True).print(
             f"[yellow]interrupted:[/] partial report written to {out}", highlight=False
         )
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENCODER",
+    "EXIT_INPUT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
     "GATE_HELP",
     "RANKING",
     "STORE",
@@ -333,19 +337,32 @@ def open_recognizer(settings: Settings, labels: str | None, progress: bool) -> R
         )
 
 
+#: Exit codes, one contract for every command (the README documents it).
+EXIT_OK = 0
+EXIT_INPUT_FAILED = 1
+"""Some inputs failed (each reported with its reason); the others were still processed."""
+EXIT_USAGE = 2
+"""A usage or configuration error: bad option, missing memory, a model that cannot load."""
+EXIT_INTERRUPTED = 130
+
+
 @contextlib.contextmanager
 def error_guard() -> Iterator[None]:
-    """Turn a ``RarError`` into one ``error:`` line and exit code 2 (130 on Ctrl+C)."""
-    from rar_agent.errors import RarError
+    """Turn a ``RarError`` into one ``error:`` line and its exit code.
+
+    An input that cannot be used (``ImageError``: an unreadable or invalid image) exits 1;
+    every other ``RarError`` is a usage or configuration error and exits 2; Ctrl+C exits 130.
+    """
+    from rar_agent.errors import ImageError, RarError
 
     try:
         yield
     except RarError as e:
         print_error(str(e))
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_INPUT_FAILED if isinstance(e, ImageError) else EXIT_USAGE) from None
     except KeyboardInterrupt:
         print_error("interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def print_error(message: str) -> None:

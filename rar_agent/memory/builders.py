@@ -208,8 +208,8 @@ def add_images(
             report.added += len(prepared.entries)
             report.skipped_existing += prepared.skipped
             report.failed.extend(prepared.failed)
-            for source, reason in prepared.failed:
-                logger.warning("skipped %s: %s", source, reason)
+            for source, reason in prepared.failed:  # the report carries them to the caller
+                logger.info("skipped %s: %s", source, reason)
             if progress:
                 progress(report.total, len(todo))
     _finish(memory, report, start)
