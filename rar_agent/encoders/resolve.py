@@ -28,7 +28,7 @@ _DEFAULT_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bi
 
 _HOW_TO_GET_CLIP = (
     "for CLIP, run once where the model hub is reachable (the weights are then cached) or pass "
-    "--clip-model local-dir:/path/to/open_clip_dir"
+    "--clip-model local-dir:/path/to/open_clip_dir (in Python load_encoder('local-dir:...'))"
 )
 
 

@@ -83,19 +83,18 @@ def _mismatch(
     """The refusal naming both encoders (by spec where known) and what to do."""
     stored = EncoderSpec.from_meta(meta.get(ENCODER_SPEC_KEY))
     stored_dim = meta.get("dim")
-    built = f"{meta['fingerprint']}, {stored_dim}-d"
-    built = f"{stored.label} ({built})" if stored else f"{meta['fingerprint']!r} ({stored_dim}-d)"
+    built = f"{meta['fingerprint']!r} ({stored_dim}-d)"
+    built = f"{stored.label} ({meta['fingerprint']}, {stored_dim}-d)" if stored else built
     given = f"{spec.label} ({fingerprint}, {dim}-d)" if spec else f"{fingerprint!r} ({dim}-d)"
-    fix = (
-        "leave out --clip-model/--encoder (RAR_CLIP_MODEL/RAR_ENCODER) to use the memory's own "
-        "encoder"
+    own = (
+        " or leave them out and its own loads (in Python: Recognizer(memory) with no encoder)"
         if stored
-        else f"use the encoder it was built with ({meta['fingerprint']}; on the command line: "
-        "--clip-model or --encoder)"
+        else ""
     )
     return (
         f"memory {collection!r} at {location} was built with encoder {built}, not {given}: "
-        f"{fix}, or build a memory for this encoder under another --collection"
+        f"use the same --clip-model / --encoder it was built with (in Python: load_encoder of "
+        f"that spec){own}, or build a memory for this encoder under another collection"
     )
 
 

@@ -82,7 +82,8 @@ def configured_memory(settings: Settings) -> CategoryMemory | None:
     if named:
         raise EmptyMemoryError(
             f"memory {settings.collection!r} at {where} holds no entries: add some (rar-agent "
-            "memory build / memory add), or pass --labels for a zero-shot memory"
+            "memory build / memory add; in Python memory.builders), or give labels for a "
+            "zero-shot memory (--labels; in Python labels=[...])"
         )
     logger.info("memory %r is empty: using the built-in vocabulary", settings.collection)
     return None

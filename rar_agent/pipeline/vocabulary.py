@@ -42,11 +42,12 @@ def vocabulary_memory(
     if labels is not None and not has_text_tower(encoder):
         spec = spec_for(encoder.fingerprint)
         raise EncoderError(
-            "zero-shot --labels needs an encoder with a text tower (CLIP), and "
-            f"{spec.label if spec else encoder.fingerprint} has none: pass a CLIP model with "
-            "--clip-model (e.g. local-dir:/path/to/open_clip_dir), build a few-shot memory from "
-            "example images (rar-agent memory build --from-folder DIR), or leave out --labels "
-            "for its built-in ImageNet-1k classes"
+            "zero-shot labels (--labels) need an encoder with a text tower (CLIP), and "
+            f"{spec.label if spec else encoder.fingerprint} has none: use a CLIP model "
+            "(--clip-model local-dir:/path/to/open_clip_dir; in Python clip_model=...), build a "
+            "few-shot memory from example images (rar-agent memory build --from-folder DIR; in "
+            "Python memory.builders.add_images), or leave out the labels for its built-in "
+            "ImageNet-1k classes"
         )
     if labels is None and isinstance(encoder, BuiltinVocabulary):
         return _builtin_vocabulary_memory(settings, encoder, progress)
@@ -68,7 +69,10 @@ def _text_vocabulary_memory(
     templates = short_templates() if labels is None else None
     names = [n.strip() for n in names if n.strip()]
     if not names:
-        raise LabelError("no labels given: pass comma-separated names, e.g. --labels 'cat,dog'")
+        raise LabelError(
+            "no labels given: pass class names, e.g. --labels 'cat,dog' (in Python "
+            "labels=['cat', 'dog'])"
+        )
     key = hashlib.sha256(("\n".join(names) + "\x00" + encoder.fingerprint).encode()).hexdigest()
     prefix = "imagenet" if labels is None else "labels"
     memory = open_memory(settings, collection=f"{prefix}-{key[:16]}")

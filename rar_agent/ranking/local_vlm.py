@@ -80,14 +80,16 @@ def _load_failure(base: str, exc: BaseException) -> str:
         return (
             f"Could not load the local ranker from {base}: {why}. Give a directory holding a "
             "saved image-text-to-text model (or a PEFT adapter), a hosted ranker (e.g. "
-            "openai:gpt-4o-mini), or --ranker none for retrieval only."
+            "openai:gpt-4o-mini), or no ranker (--ranker none; in Python ranker=None) for "
+            "retrieval only."
         )
     if constants.HF_HUB_OFFLINE or not hub_reachable():
         why = "its weights are not on this machine and the model hub cannot be reached"
     return (
         f"Could not load the local ranker {base!r}: {why}. Download it where the hub is "
         f"reachable (hf download {base}), pass hf:/path/to/model_dir, pick a hosted ranker "
-        "(e.g. openai:gpt-4o-mini), or use --ranker none for retrieval only."
+        "(e.g. openai:gpt-4o-mini), or no ranker (--ranker none; in Python ranker=None) for "
+        "retrieval only."
     )
 
 

@@ -152,7 +152,7 @@ def test_a_memory_remembers_its_encoder(tmp_path: Path, monkeypatch: pytest.Monk
     assert other.exit_code == 2
     message = " ".join(other.output.split())
     assert "hashing_encoder" in message and "efficientnet-lite0" in message
-    assert "leave out --clip-model" in message and "--clip-pretrained" not in message
+    assert "or leave them out and its own loads" in message and "--clip-pretrained" not in message
 
 
 def test_python_api_opens_a_memory_with_its_recorded_encoder(tmp_path: Path) -> None:
@@ -171,8 +171,9 @@ def test_python_api_opens_a_memory_with_its_recorded_encoder(tmp_path: Path) -> 
         memory.bind_encoder("made-by-hand", 16)
         with pytest.raises(ConfigError, match="records no encoder spec"):
             Recognizer(memory)
-    with CategoryMemory.open(tmp_path / "mem") as memory, pytest.raises(EncoderMismatchError):
+    with CategoryMemory.open(tmp_path / "mem") as memory, pytest.raises(EncoderMismatchError) as e:
         Recognizer(memory, load_encoder("efficientnet-lite0", device="cpu"))
+    assert "Recognizer(memory) with no encoder" in str(e.value)  # the Python way, not only flags
 
 
 def test_recognize_refuses_a_mistyped_memory_without_creating_it(tmp_path: Path) -> None:

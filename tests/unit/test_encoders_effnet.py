@@ -132,8 +132,9 @@ def test_labels_without_a_text_tower_is_a_clear_error(effnet: Any, tmp_path: Pat
     from rar_agent.config import Settings
     from rar_agent.pipeline import vocabulary_memory
 
-    with pytest.raises(EncoderError, match="needs an encoder with a text tower"):
+    with pytest.raises(EncoderError, match="need an encoder with a text tower") as info:
         vocabulary_memory(Settings(home=tmp_path), effnet, ["cat", "dog"])
+    assert "--labels" in str(info.value) and "in Python" in str(info.value)  # both audiences
     assert not (tmp_path / "memories").exists()  # nothing half-written
 
 
