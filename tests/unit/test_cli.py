@@ -130,7 +130,7 @@ def test_an_explicit_clip_model_offline_never_falls_back(tmp_path: Path) -> None
     )
     assert proc.returncode == 2, proc.stderr
     assert "local-dir:" in proc.stderr and "RAR_CLIP_MODEL" in proc.stderr
-    assert "Traceback" not in proc.stderr and "efficientnet-lite0" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "using the offline encoder" not in proc.stderr
 
 
 def test_help_lists_the_commands() -> None:
