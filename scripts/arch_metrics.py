@@ -165,13 +165,14 @@ def contract_dependencies(graph, layers: list[list[str]], pyproject: Path) -> in
     return len(graph.find_illegal_dependencies_for_layers(layers=grimp_layers))
 
 
+_BRANCHES = (ast.If, ast.IfExp, ast.For, ast.AsyncFor, ast.While, ast.ExceptHandler, ast.match_case)
+
+
 def complexity(node: ast.AST) -> int:
     """Cyclomatic complexity of a function body (nested functions not included)."""
     score = 1
     for child in _walk_own(node):
-        if isinstance(child, ast.If | ast.IfExp | ast.For | ast.AsyncFor | ast.While):
-            score += 1
-        elif isinstance(child, ast.ExceptHandler | ast.match_case):
+        if isinstance(child, _BRANCHES):
             score += 1
         elif isinstance(child, ast.comprehension):
             score += len(child.ifs)
@@ -225,8 +226,7 @@ def _name(node: ast.AST) -> str:
 
 def _has_any(node: ast.AST | None) -> bool:
     return node is not None and any(
-        isinstance(n, ast.Name) and n.id == "Any" or isinstance(n, ast.Attribute) and n.attr == "Any"
-        for n in ast.walk(node)
+        isinstance(n, ast.Name | ast.Attribute) and _name(n) == "Any" for n in ast.walk(node)
     )
 
 
@@ -245,9 +245,9 @@ def any_boundaries(module: str, tree: ast.Module) -> tuple[list[str], list[str]]
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.ClassDef) and not child.name.startswith("_"):
                 for item in child.body:
-                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-                        if not item.target.id.startswith("_"):
-                            note(f"{module}:{child.name}.{item.target.id}", item.annotation)
+                    target = item.target if isinstance(item, ast.AnnAssign) else None
+                    if isinstance(target, ast.Name) and not target.id.startswith("_"):
+                        note(f"{module}:{child.name}.{target.id}", item.annotation)
                 visit(child, prefix + child.name + ".")
             elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
                 public = not child.name.startswith("_") or child.name == "__init__"
