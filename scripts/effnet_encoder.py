@@ -9,7 +9,7 @@ class-name (zero-shot) memories.
 
 Use it anywhere an encoder is accepted::
 
-    rar-agent eval --encoder tools.effnet_encoder:create ...   # from the repository root
+    rar-agent eval --encoder scripts.effnet_encoder:create ...   # from the repository root
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ Every figure is printed with its baseline and the ratio; ``--json PATH`` writes 
 
 Usage::
 
-    python tools/bench_e2e.py                 # full sizes
-    python tools/bench_e2e.py --quick         # small sizes (seconds)
-    python tools/bench_e2e.py --only startup --json out.json
+    python scripts/bench_e2e.py                 # full sizes
+    python scripts/bench_e2e.py --quick         # small sizes (seconds)
+    python scripts/bench_e2e.py --only startup --json out.json
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ _BUILD = """
 import sys, numpy as np
 sys.path.insert(0, {root!r})
 from rar_agent.memory import CategoryMemory
-from tools.bench_e2e import fill_random
+from scripts.bench_e2e import fill_random
 with CategoryMemory.open({path!r}, collection="rss") as m:
     m.bind_encoder("bench:random", {dim})
     fill_random(m, {dim}, {n}, {labels})
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a few seconds each)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    parser.add_argument("--encoder", default="tools.effnet_encoder:create")
+    parser.add_argument("--encoder", default="scripts.effnet_encoder:create")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     args.images = 8 if args.quick else 16
