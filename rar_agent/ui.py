@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import mimetypes
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,12 @@ from rar_agent.registry import ImageRegistry
 
 if TYPE_CHECKING:
     import gradio as gr
-    from langchain_core.messages import BaseMessage, ToolMessage
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
+    from langchain_core.runnables import Runnable
+    from langchain_core.tools import BaseTool
+
+    from rar_agent.tools import RecognizerLike
 
 __all__ = ["ChatSession", "build_chat_page", "candidates_table", "launch", "render_reply"]
 
@@ -122,7 +127,7 @@ def _image_block(path: str) -> dict[str, Any] | None:
     }
 
 
-def _user_message(text: str, files: Sequence[Any]) -> Any:
+def _user_message(text: str, files: Sequence[Any]) -> HumanMessage:
     from langchain_core.messages import HumanMessage
 
     blocks: list[dict[str, Any]] = []
@@ -187,7 +192,9 @@ class ChatSession:
         recognition_only: The agent runs :class:`~rar_agent.agent.RecognitionOnlyChatModel`.
     """
 
-    def __init__(self, agent: Any, *, recognition_only: bool = False) -> None:
+    def __init__(
+        self, agent: Runnable[dict[str, Any], dict[str, Any]], *, recognition_only: bool = False
+    ) -> None:
         self.agent = agent
         self.recognition_only = recognition_only
 
@@ -215,10 +222,10 @@ class ChatSession:
 
 
 def build_chat_page(
-    recognizer: Any,
-    model: Any = None,
+    recognizer: RecognizerLike,
+    model: str | BaseChatModel | None = None,
     *,
-    tools: Sequence[Any] = (),
+    tools: Sequence[BaseTool | Callable[..., Any]] = (),
     registry: ImageRegistry | None = None,
     title: str = "rar-agent: what is in this photo?",
     **agent_options: Any,
@@ -278,7 +285,7 @@ def build_chat_page(
     )
 
 
-def _model_name(model: Any) -> str:
+def _model_name(model: str | BaseChatModel) -> str:
     if isinstance(model, str):
         return model
     for attr in ("model_name", "model", "model_id"):

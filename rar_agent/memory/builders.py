@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ __all__ = [
     "BuildReport",
     "Progress",
     "add_class_names",
+    "add_examples",
     "add_images",
     "build_from_folder",
     "build_from_manifest",
@@ -177,24 +178,34 @@ def _read_local(path: Path) -> bytes:
         raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
 
 
+# (source, label, the image's bytes when the caller already holds them)
+_Item = tuple[str, str, bytes | None]
+
+
 def _prepare(
-    memory: CategoryMemory, batch: Sequence[tuple[str, str]], seen: set[str], strict: bool
+    memory: CategoryMemory,
+    batch: Sequence[_Item],
+    seen: set[str],
+    strict: bool,
+    extra: Mapping[str, Any],
 ) -> _Prepared:
     """Read + hash, skip stored ids, decode the rest (runs in the background thread)."""
     from rar_agent.images import decode_image_bytes, load_image
 
     out = _Prepared()
     staged: list[tuple[MemoryEntry, bytes | None, Image.Image | None]] = []
-    for source, label in batch:
+    for source, label, data in batch:
         try:
             label = normalize_label(label)
-            if source.startswith(_REMOTE):
+            image = None
+            if data is None and source.startswith(_REMOTE):
                 loaded = load_image(source)
-                data, image, digest = None, loaded.image, loaded.sha256
+                image, digest = loaded.image, loaded.sha256
             else:
-                data = _read_local(Path(source))
-                image, digest = None, hashlib.sha256(data).hexdigest()
-            staged.append((MemoryEntry(label, "image", source, digest), data, image))
+                data = _read_local(Path(source)) if data is None else data
+                digest = hashlib.sha256(data).hexdigest()
+            entry = MemoryEntry(label, "image", source, digest, extra=dict(extra))
+            staged.append((entry, data, image))
         except (ImageError, LabelError, UnsafeInputError) as e:
             if strict:
                 raise
@@ -250,23 +261,71 @@ def add_images(
         ImageError: Under ``strict``, an image could not be read or decoded.
         LabelError: Under ``strict``, a label is unusable.
     """
+    todo: list[_Item] = [(str(source), label, None) for source, label in items]
+    return _add_items(memory, encoder, todo, batch_size, strict, progress, {})
+
+
+def add_examples(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    label: str,
+    images: Iterable[str | Path | tuple[str, bytes]],
+    *,
+    extra: Mapping[str, Any] | None = None,
+    strict: bool = True,
+    batch_size: int = 32,
+) -> BuildReport:
+    """Add images as examples of one label, exactly as :func:`add_images` does.
+
+    Args:
+        memory: The memory to fill (bound to ``encoder`` here).
+        encoder: Any image encoder.
+        label: The category every image is an example of.
+        images: Sources (file path, URL or data URI) or ``(name, data)`` pairs for images
+            already in hand (an upload); ``name`` is stored as the entry's source.
+        extra: Payload fields stored with every entry (e.g. who added it).
+        strict: Raise on a bad image or label (the default here) instead of recording it.
+        batch_size: Images per encoder call.
+
+    Returns:
+        The :class:`BuildReport` (an image already stored under ``label`` is skipped).
+
+    Raises:
+        ImageError: Under ``strict``, an image could not be read or decoded.
+        LabelError: Under ``strict``, the label is unusable.
+    """
+    todo: list[_Item] = [
+        (item[0], label, item[1]) if isinstance(item, tuple) else (str(item), label, None)
+        for item in images
+    ]
+    return _add_items(memory, encoder, todo, batch_size, strict, None, extra or {})
+
+
+def _add_items(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    todo: list[_Item],
+    batch_size: int,
+    strict: bool,
+    progress: Progress | None,
+    extra: Mapping[str, Any],
+) -> BuildReport:
     start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
     memory.bind_encoder(encoder.fingerprint, encoder.dim)
-    todo = [(str(source), label) for source, label in items]
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
     seen: set[str] = set()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
         pending: Future[_Prepared] | None = None
         if batches:
-            pending = pool.submit(_prepare, memory, batches[0], seen, strict)
+            pending = pool.submit(_prepare, memory, batches[0], seen, strict, extra)
         for index in range(len(batches)):
             assert pending is not None
             prepared = pending.result()
             pending = (
-                pool.submit(_prepare, memory, batches[index + 1], seen, strict)
+                pool.submit(_prepare, memory, batches[index + 1], seen, strict, extra)
                 if index + 1 < len(batches)
                 else None
             )

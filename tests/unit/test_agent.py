@@ -11,12 +11,8 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
-from rar_agent.agent import (
-    create_rar_agent,
-    image_blocks_to_ids,
-    last_tool_messages,
-)
-from rar_agent.tools import ImageRegistry
+from rar_agent.agent import create_rar_agent, last_tool_messages
+from rar_agent.registry import ImageRegistry, image_blocks_to_ids
 from tests.helpers.fake_chat import PolicyChatModel, recognize_then_lookup
 from tests.helpers.small_memory import small_recognizer
 
