@@ -18,7 +18,7 @@ from rar_agent.evaluation.metrics import summarize_points
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from rar_agent.evaluation.runner import EvalReport
+    from rar_agent.evaluation.schema import EvalReport
 
 __all__ = [
     "PLOT_FILES",
