@@ -283,21 +283,14 @@ def create_rar_agent(
     from rar_agent.safety import fetch_public_url
 
     registry = registry if registry is not None else ImageRegistry()
-    all_tools: list[BaseTool | Callable[..., Any]] = []
-    if recognizer is not None:
-        all_tools += make_tools(
-            recognizer,
-            registry=registry,
-            allowed_roots=allowed_roots,
-            allow_urls=allow_urls,
-            allow_learning=allow_learning,
-        )
-    all_tools += list(tools)
+    own = [] if recognizer is None else make_tools(
+        recognizer, registry=registry, allowed_roots=allowed_roots, allow_urls=allow_urls,
+        allow_learning=allow_learning,
+    )  # fmt: skip
     fetch = fetch_public_url if allow_urls else None
-    chat_model = model if model is not None else RecognitionOnlyChatModel()
     return create_agent(
-        chat_model,
-        all_tools,
+        model if model is not None else RecognitionOnlyChatModel(),
+        [*own, *tools],
         system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
         middleware=[ImageRegistryMiddleware(registry, fetch_url=fetch), *middleware],
         checkpointer=checkpointer,

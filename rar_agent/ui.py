@@ -165,12 +165,7 @@ def history_to_messages(history: Sequence[dict[str, Any]]) -> list[BaseMessage]:
         parts = content if isinstance(content, list | tuple) else [content]
         if role == "user":
             for part in parts:
-                if isinstance(part, dict) and part.get("type") == "text":
-                    text.append(str(part.get("text", "")))
-                elif isinstance(part, str) and Path(part).suffix.lower() not in _IMAGE_SUFFIXES:
-                    text.append(part)
-                elif part is not None:
-                    files.append(part)
+                _sort_user_part(part, text, files)
         elif role == "assistant":
             flush()
             said = [
@@ -182,6 +177,16 @@ def history_to_messages(history: Sequence[dict[str, Any]]) -> list[BaseMessage]:
                 out.append(AIMessage(content="\n".join(said)))
     flush()
     return out
+
+
+def _sort_user_part(part: object, text: list[str], files: list[Any]) -> None:
+    """A user entry's part goes to the turn's text, or to its files (an upload)."""
+    if isinstance(part, dict) and part.get("type") == "text":
+        text.append(str(part.get("text", "")))
+    elif isinstance(part, str) and Path(part).suffix.lower() not in _IMAGE_SUFFIXES:
+        text.append(part)
+    elif part is not None:
+        files.append(part)
 
 
 class ChatSession:
@@ -254,22 +259,11 @@ def build_chat_page(
         **agent_options,
     )
     session = ChatSession(agent, recognition_only=model is None)
-    labels = recognizer.memory.labels()
-    known = ", ".join(list(labels)[:12]) + (" ..." if len(labels) > 12 else "")
-    mode = (
-        "no chat model: retrieval/ranking output only"
-        if model is None
-        else f"chat model {_model_name(model)}"
-    )
-    description = (
-        f"Upload or paste a photo and ask about it. Memory: {len(labels)} categories "
-        f"({_md(known)}). Mode: {_md(str(mode))}."
-    )
     return gr.ChatInterface(
         session.respond,
         multimodal=True,
         title=title,
-        description=description,
+        description=_page_description(recognizer, model),
         textbox=gr.MultimodalTextbox(
             file_types=["image"],
             file_count="multiple",
@@ -282,6 +276,20 @@ def build_chat_page(
         ),
         analytics_enabled=False,
         fill_height=True,
+    )
+
+
+def _page_description(recognizer: RecognizerLike, model: str | BaseChatModel | None) -> str:
+    labels = recognizer.memory.labels()
+    known = ", ".join(list(labels)[:12]) + (" ..." if len(labels) > 12 else "")
+    mode = (
+        "no chat model: retrieval/ranking output only"
+        if model is None
+        else f"chat model {_model_name(model)}"
+    )
+    return (
+        f"Upload or paste a photo and ask about it. Memory: {len(labels)} categories "
+        f"({_md(known)}). Mode: {_md(str(mode))}."
     )
 
 
