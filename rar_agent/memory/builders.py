@@ -35,7 +35,6 @@ __all__ = [
     "BuildReport",
     "Progress",
     "add_class_names",
-    "add_examples",
     "add_images",
     "build_from_folder",
     "build_from_manifest",
@@ -234,11 +233,12 @@ def _prepare(
 def add_images(
     memory: CategoryMemory,
     encoder: ImageTextEncoder,
-    items: Iterable[tuple[str, str]],
+    items: Iterable[tuple[str, str] | tuple[str, str, bytes]],
     *,
     batch_size: int = 32,
     strict: bool = False,
     progress: Progress | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> BuildReport:
     """Add one image entry per ``(source, label)`` item.
 
@@ -248,11 +248,14 @@ def add_images(
     Args:
         memory: The memory to fill (bound to ``encoder`` here).
         encoder: Any image encoder.
-        items: ``(source, label)`` pairs; a source is a file path, URL or data URI.
+        items: ``(source, label)`` pairs; a source is a file path, URL or data URI. A
+            ``(name, label, data)`` triple adds an image already in hand (an upload): its
+            bytes are used and ``name`` is stored as the source.
         batch_size: Images per encoder call.
         strict: Raise on the first bad image or label, before anything of its batch is
             written; otherwise bad items are recorded in ``report.failed`` and skipped.
         progress: Optional ``progress(done, total)`` callback.
+        extra: Payload fields stored with every entry (e.g. who added it).
 
     Returns:
         The :class:`BuildReport`.
@@ -261,62 +264,17 @@ def add_images(
         ImageError: Under ``strict``, an image could not be read or decoded.
         LabelError: Under ``strict``, a label is unusable.
     """
-    todo: list[_Item] = [(str(source), label, None) for source, label in items]
-    return _add_items(memory, encoder, todo, batch_size, strict, progress, {})
-
-
-def add_examples(
-    memory: CategoryMemory,
-    encoder: ImageTextEncoder,
-    label: str,
-    images: Iterable[str | Path | tuple[str, bytes]],
-    *,
-    extra: Mapping[str, Any] | None = None,
-    strict: bool = True,
-    batch_size: int = 32,
-) -> BuildReport:
-    """Add images as examples of one label, exactly as :func:`add_images` does.
-
-    Args:
-        memory: The memory to fill (bound to ``encoder`` here).
-        encoder: Any image encoder.
-        label: The category every image is an example of.
-        images: Sources (file path, URL or data URI) or ``(name, data)`` pairs for images
-            already in hand (an upload); ``name`` is stored as the entry's source.
-        extra: Payload fields stored with every entry (e.g. who added it).
-        strict: Raise on a bad image or label (the default here) instead of recording it.
-        batch_size: Images per encoder call.
-
-    Returns:
-        The :class:`BuildReport` (an image already stored under ``label`` is skipped).
-
-    Raises:
-        ImageError: Under ``strict``, an image could not be read or decoded.
-        LabelError: Under ``strict``, the label is unusable.
-    """
-    todo: list[_Item] = [
-        (item[0], label, item[1]) if isinstance(item, tuple) else (str(item), label, None)
-        for item in images
-    ]
-    return _add_items(memory, encoder, todo, batch_size, strict, None, extra or {})
-
-
-def _add_items(
-    memory: CategoryMemory,
-    encoder: ImageTextEncoder,
-    todo: list[_Item],
-    batch_size: int,
-    strict: bool,
-    progress: Progress | None,
-    extra: Mapping[str, Any],
-) -> BuildReport:
     start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
     memory.bind_encoder(encoder.fingerprint, encoder.dim)
+    todo: list[_Item] = [
+        (str(item[0]), item[1], item[2] if len(item) == 3 else None) for item in items
+    ]
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
     seen: set[str] = set()
+    extra = extra or {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
         pending: Future[_Prepared] | None = None
         if batches:

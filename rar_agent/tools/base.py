@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import ConfigDict, Field, field_validator
@@ -64,7 +64,7 @@ class RecognizerLike(Protocol):
         boxes: Sequence[Sequence[float]],
         *,
         k: int | None = None,
-        kind: str = "text",
+        kind: Literal["auto", "image", "text"] = "text",
         normalized: bool | None = None,
     ) -> list[RecognitionResult]:
         """Recognize each box of one image."""
@@ -76,7 +76,7 @@ class RecognizerLike(Protocol):
         boxes: Sequence[Sequence[float]],
         *,
         k: int | None = None,
-        kind: str = "text",
+        kind: Literal["auto", "image", "text"] = "text",
         normalized: bool | None = None,
     ) -> list[RecognitionResult]:
         """Async :meth:`recognize_regions`."""

@@ -55,7 +55,7 @@ class AddCategoryTool(RecognizerTool):
         if not self.enabled:
             raise ToolException("learning is disabled for this agent: the memory is read-only")
         from rar_agent.memory import normalize_label
-        from rar_agent.memory.builders import add_examples
+        from rar_agent.memory.builders import add_images
 
         start = time.perf_counter()
         try:
@@ -64,9 +64,13 @@ class AddCategoryTool(RecognizerTool):
             memory = self.recognizer.memory
             # The builders' own path (as `memory build`): same content hash, no duplicates.
             payload = source.payload
-            example = payload if isinstance(payload, Path) else (source.name, payload)
-            report = add_examples(
-                memory, self.recognizer.encoder, clean, [example], extra={"added_by": self.name}
+            item = (
+                (str(payload), clean)
+                if isinstance(payload, Path)
+                else (source.name, clean, payload)
+            )
+            report = add_images(
+                memory, self.recognizer.encoder, [item], strict=True, extra={"added_by": self.name}
             )
             added = report.added
             after = memory.count("image")

@@ -14,7 +14,6 @@ from rar_agent.memory import CategoryMemory
 from rar_agent.memory.builders import (
     BuildReport,
     add_class_names,
-    add_examples,
     add_images,
     build_from_folder,
     build_from_manifest,
@@ -230,27 +229,25 @@ def test_duplicate_items_are_stored_once(
     assert memory.count() == 3
 
 
-def test_add_examples_shares_the_image_path(
+def test_images_in_hand_take_the_same_path(
     folder: Path, memory: CategoryMemory, tiny_encoder
 ) -> None:
-    """Images in hand (an upload) and files: one label, the same ids as ``add_images``."""
+    """``(name, label, bytes)`` items (an upload) get the ids a file build gives them."""
     path = folder / "cat" / "img0.png"
     upload = (folder / "dog" / "img0.png").read_bytes()
-    report = add_examples(
-        memory, tiny_encoder, " grey  heron", [("img-upload", upload), path], extra={"by": "t"}
-    )
+    items = [("img-upload", " grey  heron", upload), (str(path), "grey heron")]
+    report = add_images(memory, tiny_encoder, items, strict=True, extra={"by": "t"})
     assert (report.added, report.skipped_existing, report.failed) == (2, 0, [])
     assert memory.labels("image") == {"grey heron": 2}
     stored = memory.search(np.ones(memory.info.dim, np.float32), limit=10)
     assert {h.source for h in stored} == {"img-upload", str(path)}
     assert all(h.payload["by"] == "t" for h in stored)
-    # the same content hash as a folder build: the file under that label is already stored
-    assert add_images(memory, tiny_encoder, [(str(path), "grey heron")]).skipped_existing == 1
-    assert add_examples(memory, tiny_encoder, "grey heron", [("again", upload)]).added == 0
-    with pytest.raises(ImageError):  # strict by default, nothing written
-        add_examples(memory, tiny_encoder, "grey heron", [("bad", b"not an image")])
-    with pytest.raises(LabelError):
-        add_examples(memory, tiny_encoder, "bad\x00label", [path])
+    # the same content hash as a file: the upload's file under that label is already stored
+    dog = str(folder / "dog" / "img0.png")
+    assert add_images(memory, tiny_encoder, [(dog, "grey heron")]).skipped_existing == 1
+    with pytest.raises(ImageError):  # strict: nothing written
+        add_images(memory, tiny_encoder, [("bad", "grey heron", b"not an image")], strict=True)
+    assert add_images(memory, tiny_encoder, [("bad", "x", b"not an image")]).failed[0][0] == "bad"
     assert memory.count() == 2
 
 
