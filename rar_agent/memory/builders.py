@@ -274,31 +274,36 @@ def add_images(
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
     seen: set[str] = set()
-    extra = extra or {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
-        pending: Future[_Prepared] | None = None
-        if batches:
-            pending = pool.submit(_prepare, memory, batches[0], seen, strict, extra)
+
+        def submit(index: int) -> Future[_Prepared] | None:
+            if index >= len(batches):
+                return None
+            return pool.submit(_prepare, memory, batches[index], seen, strict, extra or {})
+
+        pending = submit(0)
         for index in range(len(batches)):
             assert pending is not None
             prepared = pending.result()
-            pending = (
-                pool.submit(_prepare, memory, batches[index + 1], seen, strict, extra)
-                if index + 1 < len(batches)
-                else None
-            )
-            if prepared.entries:
-                vectors = encoder.embed_images(prepared.images)
-                memory.add_entries(prepared.entries, vectors)
-            report.added += len(prepared.entries)
-            report.skipped_existing += prepared.skipped
-            report.failed.extend(prepared.failed)
-            for source, reason in prepared.failed:
-                logger.warning("skipped %s: %s", source, reason)
+            pending = submit(index + 1)  # decoded while this batch is encoded
+            _write(memory, encoder, prepared, report)
             if progress:
                 progress(report.total, len(todo))
     _finish(memory, report, start)
     return report
+
+
+def _write(
+    memory: CategoryMemory, encoder: ImageTextEncoder, prepared: _Prepared, report: BuildReport
+) -> None:
+    """Encode and store one prepared batch, and count it."""
+    if prepared.entries:
+        memory.add_entries(prepared.entries, encoder.embed_images(prepared.images))
+    report.added += len(prepared.entries)
+    report.skipped_existing += prepared.skipped
+    report.failed.extend(prepared.failed)
+    for source, reason in prepared.failed:
+        logger.warning("skipped %s: %s", source, reason)
 
 
 def _finish(memory: CategoryMemory, report: BuildReport, start: float) -> None:
