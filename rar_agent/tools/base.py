@@ -54,10 +54,6 @@ class RecognizerLike(Protocol):
         """Recognize one image."""
         ...
 
-    async def arecognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
-        """Async :meth:`recognize`."""
-        ...
-
     def recognize_regions(
         self,
         image: ImageInput,
@@ -68,18 +64,6 @@ class RecognizerLike(Protocol):
         normalized: bool | None = None,
     ) -> list[RecognitionResult]:
         """Recognize each box of one image."""
-        ...
-
-    async def arecognize_regions(
-        self,
-        image: ImageInput,
-        boxes: Sequence[Sequence[float]],
-        *,
-        k: int | None = None,
-        kind: Literal["auto", "image", "text"] = "text",
-        normalized: bool | None = None,
-    ) -> list[RecognitionResult]:
-        """Async :meth:`recognize_regions`."""
         ...
 
 

@@ -136,18 +136,7 @@ class RecognizeTool(RecognizerTool):
         boxes: list[list[float]] | None = None,
         run_manager: AsyncCallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        try:
-            source = await asyncio.to_thread(self.resolver().resolve, image)
-            if boxes:
-                results = await self.recognizer.arecognize_regions(
-                    source.payload, boxes, k=k, kind="auto", normalized=False
-                )
-                return _regions_output(results, source.name)
-            result = await self.recognizer.arecognize(source.payload, k=k)
-        except RarError as e:
-            raise tool_error(e) from e
-        result.image = source.name
-        return format_result(result, image_name=source.name), result.model_dump(mode="json")
+        return await asyncio.to_thread(self._run, image, k, boxes)
 
 
 def _regions_output(results: Sequence[RecognitionResult], name: str) -> tuple[str, dict[str, Any]]:
