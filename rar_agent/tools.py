@@ -4,13 +4,15 @@
   (``img-...``), a file inside the allowed directories, or an ``http(s)`` URL when URLs are
   allowed. With no reference it takes the latest registered image.
 - :class:`CategorySearchTool` finds the categories in memory that match a text.
+- :class:`ListCategoriesTool` lists what the memory knows: its labels and how many entries each.
 - :class:`AddCategoryTool` teaches the memory a new example (off unless learning is allowed).
 - :class:`ImageRegistry` holds the images of a conversation by id, so a model passes short
   ids and never raw bytes; the agent middleware, the chat page and the tools share one. It
   lives in :mod:`rar_agent.registry` and is re-exported here.
 
 Every failure reaches the model as a tool error (``ToolException`` with
-``handle_tool_error=True``), never as a crash.
+``handle_tool_error=True``), never as a crash. Each tool's artifact has a declared shape
+(``artifact_type``, a pydantic type), which the MCP server publishes as its output schema.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.tools import BaseTool, ToolException
@@ -31,10 +33,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rar_agent.errors import ImageError, RarError, UnsafeInputError
 from rar_agent.registry import IMAGE_ID_PATTERN as IMAGE_ID_PATTERN
 from rar_agent.registry import ImageRegistry, RegisteredImage, _decode_base64_image
+from rar_agent.results import (
+    Candidate,
+    CategoryCount,
+    CategoryListing,
+    ExampleAdded,
+    RecognitionResult,
+    RegionResults,
+)
 from rar_agent.safety import fetch_public_url, normalize_roots, resolve_inside_roots
-
-if TYPE_CHECKING:
-    from rar_agent.results import RecognitionResult
 
 __all__ = [
     "AddCategoryInput",
@@ -42,6 +49,8 @@ __all__ = [
     "CategorySearchInput",
     "CategorySearchTool",
     "ImageRegistry",
+    "ListCategoriesInput",
+    "ListCategoriesTool",
     "RecognizeInput",
     "RecognizeTool",
     "RegisteredImage",
@@ -77,20 +86,37 @@ class _ImageResolver:
     allowed_roots: tuple[Path, ...] = ()
     allow_urls: bool = False
 
+    def accepted(self) -> str:
+        """The image forms this resolver accepts, in words (for descriptions and errors)."""
+        forms = []
+        if self.registry is not None:
+            forms.append("an image id from the conversation (or nothing, for its latest image)")
+        if self.allowed_roots:
+            where = ", ".join(str(root) for root in self.allowed_roots)
+            forms.append(f"a file path inside {where} (absolute, or relative to it)")
+        if self.allow_urls:
+            forms.append("a public http(s) URL")
+        forms.append("a data URI with base64 image data ('data:image/png;base64,...')")
+        return "; ".join(forms)
+
     def resolve(self, ref: str | None) -> _ImageSource:
         text = (ref or "").strip()
         if not text or text.lower() in _LATEST:
-            latest = self.registry.latest() if self.registry is not None else None
+            if self.registry is None:
+                raise ImageError(f"no image given: pass {self.accepted()}")
+            latest = self.registry.latest()
             if latest is None:
                 raise ImageError(
                     "no image in this conversation yet: ask the user to upload a photo, or "
-                    "pass an image id, a file path or a URL"
+                    f"pass {self.accepted()}"
                 )
             return _ImageSource(latest.id, data=latest.data)
         match = _ID_REF.match(text)
         if match:
             if self.registry is None:
-                raise ImageError(f"image ids like {text!r} need an image registry")
+                raise ImageError(
+                    f"image ids like {text!r} are not available here: pass {self.accepted()}"
+                )
             item = self.registry.get(match.group(1).lower())
             return _ImageSource(item.id, data=item.data)
         if text.startswith(("http://", "https://")):
@@ -151,8 +177,9 @@ class RecognizeInput(BaseModel):
 
     image: str | None = Field(
         default=None,
-        description="The image: an id like 'img-3fa4c2d19b07' from the conversation. Omit it "
-        "to use the latest image the user sent.",
+        description="The image, in a form the tool description lists (e.g. an id like "
+        "'img-3fa4c2d19b07' from the conversation). Omit it to use the latest image of the "
+        "conversation.",
     )
     k: int | None = Field(
         default=None, ge=1, le=50, description="How many candidate categories to return."
@@ -215,6 +242,13 @@ class _RecognizerTool(BaseTool):
         )
 
 
+_RECOGNIZE_WHAT = (
+    "Recognize what an image shows (its category) by comparing it with a memory of known "
+    "categories and ranking the candidates. Returns the answer and the ranked candidate "
+    "categories with scores."
+)
+
+
 class RecognizeTool(_RecognizerTool):
     """Recognize what an image shows by retrieving candidate categories and ranking them.
 
@@ -226,13 +260,12 @@ class RecognizeTool(_RecognizerTool):
 
     name: str = "recognize_image"
     description: str = (
-        "Recognize what an image shows (its category) by comparing it with a memory of known "
-        "categories and ranking the candidates. Pass the image id from the conversation "
-        "(e.g. 'img-3fa4c2d19b07'), or nothing for the latest image. Returns the answer and "
-        "the ranked candidate categories with scores."
+        _RECOGNIZE_WHAT + " Pass the image id from the conversation (e.g. 'img-3fa4c2d19b07'), "
+        "or nothing for the latest image."
     )
     args_schema: type[BaseModel] = RecognizeInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = RecognitionResult | RegionResults
 
     def _run(
         self,
@@ -281,7 +314,7 @@ def _regions_output(results: Sequence[RecognitionResult], name: str) -> tuple[st
         result.image = name
         texts.append(f"Region {i}: " + format_result(result))
     content = "\n".join(texts) if texts else f"No regions were recognized in {name}."
-    return content, {"image": name, "regions": [r.model_dump(mode="json") for r in results]}
+    return content, RegionResults(image=name, regions=list(results)).model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------- search
@@ -308,6 +341,7 @@ class CategorySearchTool(_RecognizerTool):
     )
     args_schema: type[BaseModel] = CategorySearchInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = list[Candidate]
 
     def _run(
         self,
@@ -334,6 +368,91 @@ class CategorySearchTool(_RecognizerTool):
         return await asyncio.to_thread(self._run, query, k)
 
 
+# ---------------------------------------------------------------------------- listing
+
+
+class ListCategoriesInput(BaseModel):
+    """Arguments of :class:`ListCategoriesTool`."""
+
+    contains: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Only labels containing this text (case-insensitive), e.g. 'heron'.",
+    )
+    limit: int = Field(default=100, ge=1, le=1000, description="At most this many labels.")
+
+
+class ListCategoriesTool(_RecognizerTool):
+    """List the categories the memory knows, with their entry counts (alphabetical)."""
+
+    name: str = "list_categories"
+    description: str = (
+        "List the categories the memory knows (what can be recognized), with how many example "
+        "images each has; optionally only the labels containing a text."
+    )
+    args_schema: type[BaseModel] = ListCategoriesInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = CategoryListing
+
+    def _run(
+        self,
+        contains: str | None = None,
+        limit: int = 100,
+        run_manager: CallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        memory = self.recognizer.memory
+        try:
+            images, texts = memory.labels("image"), memory.labels("text")
+            info = memory.info
+        except RarError as e:
+            raise _tool_error(e) from e
+        needle = (contains or "").strip().casefold()
+        names = sorted(n for n in images.keys() | texts.keys() if needle in n.casefold())
+        listing = CategoryListing(
+            collection=info.collection,
+            description=info.description,
+            total=len(names),
+            categories=[
+                CategoryCount(
+                    label=n, image_examples=images.get(n, 0), text_entries=texts.get(n, 0)
+                )
+                for n in names[:limit]
+            ],
+            truncated=len(names) > limit,
+        )
+        return _listing_text(listing, contains), listing.model_dump(mode="json")
+
+    async def _arun(
+        self,
+        contains: str | None = None,
+        limit: int = 100,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._run, contains, limit)
+
+
+def _listing_text(listing: CategoryListing, contains: str | None) -> str:
+    matching = f" matching {contains!r}" if contains else ""
+    if not listing.total:
+        return f"No categories{matching} in memory {listing.collection!r}."
+    about = f" ({listing.description})" if listing.description else ""
+    items = [
+        f"{c.label} ({c.image_examples} example{'s' if c.image_examples != 1 else ''})"
+        if c.image_examples
+        else f"{c.label} (name only)"
+        for c in listing.categories
+    ]
+    more = ""
+    if listing.truncated:
+        more = f"; and {listing.total - len(items)} more (narrow the list with 'contains')"
+    return (
+        f"Memory {listing.collection!r}{about} knows {listing.total} categories{matching}: "
+        + ", ".join(items)
+        + more
+        + "."
+    )
+
+
 # ---------------------------------------------------------------------------- learning
 
 
@@ -358,12 +477,12 @@ class AddCategoryTool(_RecognizerTool):
 
     name: str = "add_category_example"
     description: str = (
-        "Teach the memory: store an image from the conversation as an example of a category "
-        "(label), so it is recognized next time. Use only when the user asks to teach or "
-        "correct a category."
+        "Teach the memory: store an image as an example of a category (label), so it is "
+        "recognized next time. Use only when the user asks to teach or correct a category."
     )
     args_schema: type[BaseModel] = AddCategoryInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = ExampleAdded
     enabled: bool = False
 
     def _run(
@@ -400,14 +519,14 @@ class AddCategoryTool(_RecognizerTool):
             if added
             else f"{source.name} was already stored as an example of {clean!r}."
         )
-        artifact = {
-            "label": clean,
-            "image": source.name,
-            "added": added,
-            "image_entries": after,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-        return text, artifact
+        artifact = ExampleAdded(
+            label=clean,
+            image=source.name,
+            added=added,
+            image_entries=after,
+            seconds=round(time.perf_counter() - start, 3),
+        )
+        return text, artifact.model_dump(mode="json")
 
     async def _arun(
         self,
@@ -428,8 +547,12 @@ def make_tools(
     allowed_roots: Sequence[str | os.PathLike[str]] = (),
     allow_urls: bool = False,
     allow_learning: bool = False,
+    image_ids: bool = True,
 ) -> list[BaseTool]:
     """The recognition tools over one recognizer, sharing one image registry.
+
+    The descriptions of the tools that take an image list the forms this configuration
+    accepts, so a model knows whether it may pass a path or a URL.
 
     Args:
         recognizer: A :class:`~rar_agent.pipeline.Recognizer`.
@@ -438,18 +561,32 @@ def make_tools(
         allow_urls: Let the tools fetch public ``http(s)`` URLs (off by default; loopback,
             private and link-local addresses are always refused).
         allow_learning: Include :class:`AddCategoryTool` (off by default).
+        image_ids: Accept image ids from a conversation's registry. ``False`` for callers
+            that hold no conversation (the MCP server): images come as paths, URLs or data
+            URIs only, and ``registry`` is ignored.
 
     Returns:
-        ``[RecognizeTool, CategorySearchTool]`` plus ``AddCategoryTool`` when learning is
-        allowed.
+        ``[RecognizeTool, CategorySearchTool, ListCategoriesTool]`` plus ``AddCategoryTool``
+        when learning is allowed.
     """
-    shared = {
+    shared: dict[str, Any] = {
         "recognizer": recognizer,
-        "registry": registry if registry is not None else ImageRegistry(),
+        "registry": (registry if registry is not None else ImageRegistry()) if image_ids else None,
         "allowed_roots": normalize_roots(allowed_roots),  # ConfigError here, not in pydantic
         "allow_urls": allow_urls,
     }
-    tools: list[BaseTool] = [RecognizeTool(**shared), CategorySearchTool(**shared)]
+    forms = _ImageResolver(
+        registry=shared["registry"],
+        allowed_roots=shared["allowed_roots"],
+        allow_urls=allow_urls,
+    ).accepted()
+    accepts = f" Images it accepts: {forms}."
+    tools: list[BaseTool] = [
+        RecognizeTool(description=_RECOGNIZE_WHAT + accepts, **shared),
+        CategorySearchTool(**shared),
+        ListCategoriesTool(**shared),
+    ]
     if allow_learning:
-        tools.append(AddCategoryTool(enabled=True, **shared))
+        description = AddCategoryTool.model_fields["description"].default + accepts
+        tools.append(AddCategoryTool(enabled=True, description=description, **shared))
     return tools
