@@ -78,12 +78,15 @@ class Recognizer:
         *,
         labels: Sequence[str] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        read_only: bool = False,
         **overrides: Any,
     ) -> Recognizer:
         """Build a recognizer from ``RAR_*`` settings (plus keyword overrides).
 
         With ``labels`` a text memory for exactly those labels is built (and cached); with an
-        empty memory the built-in ImageNet-1k vocabulary is used zero-shot.
+        empty memory the built-in ImageNet-1k vocabulary is used zero-shot. With
+        ``read_only`` the configured memory must exist and nothing writes to it (the cached
+        vocabulary memories are still built as needed).
         """
         from rar_agent.config import Settings
         from rar_agent.encoders import load_encoder
@@ -95,7 +98,7 @@ class Recognizer:
         if labels is not None:
             memory = vocabulary_memory(settings, encoder, labels, progress=progress)
         else:
-            memory = open_memory(settings)
+            memory = open_memory(settings, read_only=read_only)
             if memory.count() == 0:
                 logger.info(
                     "memory %r is empty: using the ImageNet-1k vocabulary", settings.collection
@@ -316,11 +319,16 @@ def _describe(src: Any) -> str:
 
 
 def open_memory(
-    settings: Settings, collection: str | None = None, *, create: bool = True
+    settings: Settings,
+    collection: str | None = None,
+    *,
+    create: bool = True,
+    read_only: bool = False,
 ) -> CategoryMemory:
     """Open the configured memory: the Qdrant server if ``qdrant_url`` is set, else embedded.
 
-    With ``create=False`` a memory that does not exist yet is an error, not a new empty one.
+    With ``create=False`` a memory that does not exist yet is an error, not a new empty one;
+    ``read_only`` implies it and refuses every write through the returned handle.
     """
     from rar_agent.memory import CategoryMemory
 
@@ -333,12 +341,13 @@ def open_memory(
             create=create,
             shard_number=settings.shard_number,
             replication_factor=settings.replication_factor,
+            read_only=read_only,
         )
     if settings.memory_path is not None and collection is None:
         path = settings.memory_path
     else:
         path = settings.home / "memories" / name
-    return CategoryMemory.open(path, collection=name, create=create)
+    return CategoryMemory.open(path, collection=name, create=create, read_only=read_only)
 
 
 def vocabulary_memory(
