@@ -228,6 +228,8 @@ class _RecognizerTool(BaseTool):
     handle_validation_error: bool | str | Any = Field(
         default_factory=lambda: explain_validation_error
     )
+    #: Whether the tool changes the memory (an MCP client may ask before calling it).
+    writes_memory: ClassVar[bool] = False
 
     @field_validator("allowed_roots", mode="before")
     @classmethod
@@ -483,6 +485,7 @@ class AddCategoryTool(_RecognizerTool):
     args_schema: type[BaseModel] = AddCategoryInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     artifact_type: ClassVar[object] = ExampleAdded
+    writes_memory: ClassVar[bool] = True
     enabled: bool = False
 
     def _run(
