@@ -507,6 +507,7 @@ def memory_stats(
 __import__("rar_agent.cli_eval", fromlist=["register"]).register(app)
 __import__("rar_agent.cli_finetune").cli_finetune.register(app)
 __import__("rar_agent.cli_chat", fromlist=["register"]).register(app)
+__import__("rar_agent.cli_mcp", fromlist=["register"]).register(app)
 
 
 def main() -> None:

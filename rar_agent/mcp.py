@@ -21,11 +21,15 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import math
+import signal
+import socket
+import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -354,7 +358,7 @@ async def serve_http(
     path: str = DEFAULT_HTTP_PATH,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve over streamable HTTP until interrupted (Ctrl+C or SIGTERM).
+    """Serve over streamable HTTP until Ctrl+C or SIGTERM, then return after a clean stop.
 
     Args:
         server: The MCP server.
@@ -362,36 +366,59 @@ async def serve_http(
         port: The port; 0 picks a free one.
         path: The endpoint path.
         on_ready: Called with the endpoint URL (the real port) once it accepts connections.
+
+    Raises:
+        ConfigError: The address cannot be bound (the port is taken, the host is unknown).
     """
+    import anyio
     import uvicorn
 
-    from rar_agent.errors import ConfigError
-
+    sock = _bind(host, port)
     config = uvicorn.Config(
-        http_app(server, host=host, path=path), host=host, port=port, log_level="warning"
+        http_app(server, host=host, path=path), log_level="warning", timeout_graceful_shutdown=5
     )
     web = uvicorn.Server(config)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    with sock, _stop_signals(web):
+        async with anyio.create_task_group() as group:
+            group.start_soon(functools.partial(web.serve, sockets=[sock]))
+            while not web.started and not web.should_exit:
+                await anyio.sleep(0.02)
+            if web.started and on_ready is not None:
+                on_ready(f"http://{shown}:{bound}{path}")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    from rar_agent.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        await _serve_until_stopped(web, host, path, on_ready)
-    except SystemExit:  # uvicorn exits when it cannot bind; it logged the reason
+        return socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as e:
         raise ConfigError(
-            f"cannot serve on {host}:{port}: the port is in use or not allowed here; pick "
-            "another --port (0 picks a free one) or --host"
+            f"cannot serve on {host}:{port} ({e.strerror or e}): pick another --port (0 picks "
+            "a free one) or --host"
         ) from None
 
 
-async def _serve_until_stopped(
-    web: Any, host: str, path: str, on_ready: Callable[[str], None] | None
-) -> None:
-    import anyio
+@contextlib.contextmanager
+def _stop_signals(web: Any) -> Iterator[None]:
+    """Ctrl+C and SIGTERM ask the web server to stop, also before it has started.
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(web.serve)
-        while not web.started:
-            if web.should_exit:
-                return
-            await anyio.sleep(0.02)
-        if on_ready is not None:
-            bound = web.servers[0].sockets[0].getsockname()[1]
-            shown = f"[{host}]" if ":" in host else host
-            on_ready(f"http://{shown}:{bound}{path}")
+    uvicorn raises the stop signal again once it has shut down; the handler here takes it,
+    so :func:`serve_http` returns and the caller closes the memory.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        web.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -199,6 +199,18 @@ def test_output_schemas_allow_unknown_and_name_the_rejection_slot() -> None:
     assert wrapped and listed is not None and listed["required"] == ["result"]
 
 
+async def test_http_on_a_taken_port_is_a_clear_error() -> None:
+    import socket
+
+    from rar_agent.errors import ConfigError
+    from rar_agent.mcp import serve_http
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot serve on 127.0.0.1:{port}"):
+            await serve_http(build_server([]), port=port)
+
+
 # ---------------------------------------------------------------------------- subprocesses
 
 
@@ -275,18 +287,20 @@ def http_server(memory_dir: MemoryDir) -> Iterator[str]:
     finally:
         process.terminate()
         try:
-            process.wait(timeout=30)
+            code = process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=30)
+            pytest.fail("the HTTP server did not stop on SIGTERM")
+    assert code == 0, "".join(seen)  # a clean stop: the memory was closed
 
 
 async def test_http_subprocess_scenario(http_server: str, memory_dir: MemoryDir) -> None:
-    from mcp.client.streamable_http import streamablehttp_client
+    from mcp.client.streamable_http import streamable_http_client
 
     with anyio.fail_after(START_TIMEOUT_S):
         async with (
-            streamablehttp_client(http_server) as (read, write, _),
+            streamable_http_client(http_server) as (read, write, _),
             ClientSession(read, write) as session,
         ):
             await session.initialize()
