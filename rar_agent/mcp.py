@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import json
 import logging
 import math
 import signal
@@ -100,17 +101,24 @@ def output_schema(tool: BaseTool) -> tuple[dict[str, Any] | None, bool]:
         ``(schema, wrapped)``: the schema (``None`` when undeclared) and whether the
         artifact is wrapped under ``"result"``.
     """
-    from pydantic import TypeAdapter
-
     declared = getattr(type(tool), "artifact_type", None)
     if declared is None:
         return None, False
+    text, wrapped = _schema_of(declared)
+    return json.loads(text), wrapped  # a fresh copy: the cached one stays as made
+
+
+@functools.cache
+def _schema_of(declared: Any) -> tuple[str, bool]:
+    """(schema as JSON text, wrapped) for an artifact type; made once per type."""
+    from pydantic import TypeAdapter
+
     schema = TypeAdapter(declared).json_schema(mode="serialization")
     result = schema.get("$defs", {}).get("RecognitionResult")
     if result is not None:
         result.setdefault("properties", {}).setdefault("rejection", _REJECTION_SLOT)
     if schema.get("type") == "object" or "anyOf" in schema:
-        return {**schema, "type": "object"}, False
+        return json.dumps({**schema, "type": "object"}), False
     defs = schema.pop("$defs", None)
     wrapped: dict[str, Any] = {
         "type": "object",
@@ -119,7 +127,7 @@ def output_schema(tool: BaseTool) -> tuple[dict[str, Any] | None, bool]:
     }
     if defs:
         wrapped["$defs"] = defs
-    return wrapped, True
+    return json.dumps(wrapped), True
 
 
 def mcp_tool(tool: BaseTool) -> types.Tool:
@@ -173,7 +181,8 @@ async def call_langchain_tool(tool: BaseTool, arguments: dict[str, Any]) -> type
     if message.status == "error":
         return _error(text)
     artifact = message.artifact
-    _, wrapped = output_schema(tool)
+    declared = getattr(type(tool), "artifact_type", None)
+    wrapped = declared is not None and _schema_of(declared)[1]
     structured = {"result": artifact} if wrapped else artifact
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)],
