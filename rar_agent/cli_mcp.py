@@ -92,9 +92,16 @@ def register(app: typer.Typer) -> None:
 
             import anyio
 
-            from rar_agent.mcp import create_server, is_loopback, serve_http, serve_stdio
+            from rar_agent.mcp import (
+                create_server,
+                is_loopback,
+                require_mcp,
+                serve_http,
+                serve_stdio,
+            )
             from rar_agent.pipeline import Recognizer
 
+            require_mcp()  # before loading models: say at once what is missing
             settings = settings_from_options(
                 memory=memory,
                 qdrant_url=qdrant_url,

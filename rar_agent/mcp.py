@@ -57,6 +57,7 @@ __all__ = [
     "is_loopback",
     "mcp_tool",
     "output_schema",
+    "require_mcp",
     "serve_http",
     "serve_stdio",
 ]
@@ -153,7 +154,8 @@ def mcp_tool(tool: BaseTool) -> types.Tool:
             readOnlyHint=not writes,
             destructiveHint=False,
             idempotentHint=True,
-            openWorldHint=bool(getattr(tool, "allow_urls", False)),
+            # Only a tool that fetches image URLs reaches beyond this machine and its memory.
+            openWorldHint=bool(getattr(tool, "allow_urls", False)) and "image" in tool.args,
         ),
     )
 
@@ -240,6 +242,22 @@ def build_server(
     return server
 
 
+def require_mcp() -> None:
+    """Check that the ``mcp`` extra is installed.
+
+    Raises:
+        ConfigError: It is not, with the command that installs it.
+    """
+    try:
+        import mcp.server.lowlevel  # noqa: F401
+    except ImportError as e:
+        from rar_agent.errors import ConfigError
+
+        raise ConfigError(
+            f"the MCP server needs the mcp package ({e}): pip install 'rar-agent[mcp]'"
+        ) from None
+
+
 def create_server(
     recognizer: Recognizer,
     *,
@@ -269,6 +287,7 @@ def create_server(
     """
     from rar_agent.tools import make_tools
 
+    require_mcp()
     tools = make_tools(
         recognizer,
         allowed_roots=allowed_roots,
