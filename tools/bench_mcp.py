@@ -265,8 +265,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-mcp-") as tmp:
         rows = anyio.run(measure, args, Path(tmp))
     print_table(rows, args.rounds, args.encoder)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    if args.json:  # tools/bench.py's row format; every figure against the direct call
+        bench_rows = [
+            {
+                "name": f"{row['tool']} via {row['path']} (overhead {row['overhead_ms']:+.2f} ms)",
+                "value": row["median_ms"],
+                "unit": "ms",
+                "baseline": "LangChain tool, direct",
+                "baseline_value": next(
+                    r["median_ms"]
+                    for r in rows
+                    if r["tool"] == row["tool"] and r["path"] == "direct"
+                ),
+                "ratio": row["ratio"],
+                **row,
+            }
+            for row in rows
+            if row["path"] != "direct"
+        ]
+        args.json.write_text(json.dumps({"rows": bench_rows}, indent=2))
 
 
 if __name__ == "__main__":
