@@ -241,6 +241,7 @@ def server_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # a server subprocess (a few seconds to start)
 async def test_stdio_subprocess_scenario(memory_dir: MemoryDir) -> None:
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -295,6 +296,7 @@ def http_server(memory_dir: MemoryDir) -> Iterator[str]:
     assert code == 0, "".join(seen)  # a clean stop: the memory was closed
 
 
+@pytest.mark.slow  # a server subprocess (a few seconds to start)
 async def test_http_subprocess_scenario(http_server: str, memory_dir: MemoryDir) -> None:
     from mcp.client.streamable_http import streamable_http_client
 
@@ -320,6 +322,7 @@ async def test_http_subprocess_scenario(http_server: str, memory_dir: MemoryDir)
         )
 
 
+@pytest.mark.slow  # a server subprocess (a few seconds to start)
 async def test_http_refuses_a_foreign_host_header(http_server: str) -> None:
     import httpx
 
