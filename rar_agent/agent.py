@@ -330,9 +330,6 @@ class RecognitionOnlyChatModel(BaseChatModel):
 
 # ---------------------------------------------------------------------------- factory
 
-# Ranker specs that name a model on this machine, not a hosted provider model.
-_LOCAL_RANKER_PREFIXES = ("hf:", "local", "/", ".", "~")
-
 
 def resolve_chat_model(model: str | None, ranker: str | None) -> BaseChatModel | None:
     """The chat model that drives the agent, from ``model`` (``auto`` follows a hosted ranker).
@@ -348,12 +345,12 @@ def resolve_chat_model(model: str | None, ranker: str | None) -> BaseChatModel |
     Raises:
         ConfigError: The model cannot call tools (e.g. a local ``hf:`` vision model).
     """
-    from rar_agent.models import load_ranker
+    from rar_agent.ranking import NO_RANKER, hosted_model_spec, is_no_ranker, load_ranker
 
     spec = (model or "auto").strip()
     if spec.lower() == "auto":
-        spec = _hosted_ranker(ranker) or "none"
-    if spec.lower() in {"none", "off", ""}:
+        spec = hosted_model_spec(ranker) or NO_RANKER
+    if is_no_ranker(spec):
         return None
     chat = load_ranker(spec)
     if chat is None:
@@ -365,14 +362,6 @@ def resolve_chat_model(model: str | None, ranker: str | None) -> BaseChatModel |
             "(it can still rank with --ranker)"
         )
     return chat
-
-
-def _hosted_ranker(ranker: str | None) -> str | None:
-    """``ranker`` when it names a hosted ``provider:model``, else ``None``."""
-    text = (ranker or "").strip()
-    if ":" in text and not text.lower().startswith(_LOCAL_RANKER_PREFIXES):
-        return text
-    return None
 
 
 def create_rar_agent(

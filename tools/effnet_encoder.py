@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.encoders._torch import (
+from rar_agent.encoders.torch_base import (
     TorchEncoderBase,
     configure_cpu_threads,
     resolve_device,

@@ -3,9 +3,9 @@
 Input is the data ``rar-agent finetune-data`` writes (LLaVA/ShareGPT JSON, or OpenAI chat
 JSONL). Each record is turned back into the exact LangChain messages the ranking chain sends
 (system prompt, the image as a 512-px JPEG, the numbered candidates), then into the processor's
-chat format by ``rar_agent.local_vlm`` -- the same path the local ranker uses at inference --
-and rendered with the processor's chat template. The loss covers only the assistant reply
-(the ranked JSON array and the end-of-turn tokens): prompt and image tokens get label -100.
+chat format by ``rar_agent.ranking.vlm_messages`` -- the same path the local ranker uses at
+inference -- and rendered with the processor's chat template. The loss covers only the assistant
+reply (the ranked JSON array and the end-of-turn tokens): prompt and image tokens get label -100.
 
 The saved adapter directory loads as a ranker: ``--ranker hf:<adapter dir>`` (its base model
 is recorded in ``adapter_config.json``), or ``LocalVisionChatModel(model_path=<base>,
@@ -201,7 +201,7 @@ def encode_example(processor: Any, messages: Sequence[Any], target: str) -> dict
     """
     from langchain_core.messages import AIMessage
 
-    from rar_agent.local_vlm import to_processor_messages
+    from rar_agent.ranking.vlm_messages import to_processor_messages
 
     conversation, images = to_processor_messages([*messages, AIMessage(content=target)])
     prompt = _render(processor, conversation[:-1], True)

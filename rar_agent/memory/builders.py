@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.errors import ConfigError, ImageError, LabelError, UnsafeInputError
+from rar_agent.errors import ConfigError
+from rar_agent.memory.batches import REMOTE_PREFIXES, PreparedBatch, prepare_batch
 from rar_agent.memory.entries import MemoryEntry, normalize_label
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from rar_agent.encoders.base import ImageTextEncoder
+    from rar_agent.encoders.prototypes import Template
     from rar_agent.memory.core import CategoryMemory
 
 __all__ = [
@@ -53,7 +53,6 @@ IMAGE_EXTENSIONS = frozenset(
 # Below this many unindexed entries exact search is fast enough; building HNSW is not free.
 OPTIMIZE_MIN_UNINDEXED = 10_000
 _NAMES_PER_CALL = 64
-_REMOTE = ("http://", "https://", "data:")
 
 
 @dataclass
@@ -89,7 +88,7 @@ def add_class_names(
     memory: CategoryMemory,
     encoder: ImageTextEncoder,
     names: Iterable[str],
-    templates: Sequence[Any] | None = None,
+    templates: Sequence[Template] | None = None,
     progress: Progress | None = None,
 ) -> BuildReport:
     """Add one text entry per class name: prompt-template embeddings averaged, normalised.
@@ -153,73 +152,6 @@ def add_class_names(
 # ---------------------------------------------------------------------- images
 
 
-@dataclass
-class _Prepared:
-    """A batch after reading, hashing, the stored-id check and decoding."""
-
-    entries: list[MemoryEntry] = field(default_factory=list)
-    images: list[Image.Image] = field(default_factory=list)
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _read_local(path: Path) -> bytes:
-    from rar_agent.images import MAX_FILE_BYTES
-
-    try:
-        if not path.is_file():
-            raise ImageError(f"image file not found (or not a file): {path}")
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"{path} is {size / 2**20:.0f} MiB, over the image size limit")
-        return path.read_bytes()
-    except OSError as e:
-        raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
-
-
-def _prepare(
-    memory: CategoryMemory, batch: Sequence[tuple[str, str]], seen: set[str], strict: bool
-) -> _Prepared:
-    """Read + hash, skip stored ids, decode the rest (runs in the background thread)."""
-    from rar_agent.images import decode_image_bytes, load_image
-
-    out = _Prepared()
-    staged: list[tuple[MemoryEntry, bytes | None, Image.Image | None]] = []
-    for source, label in batch:
-        try:
-            label = normalize_label(label)
-            if source.startswith(_REMOTE):
-                loaded = load_image(source)
-                data, image, digest = None, loaded.image, loaded.sha256
-            else:
-                data = _read_local(Path(source))
-                image, digest = None, hashlib.sha256(data).hexdigest()
-            staged.append((MemoryEntry(label, "image", source, digest), data, image))
-        except (ImageError, LabelError, UnsafeInputError) as e:
-            if strict:
-                raise
-            out.failed.append((source, str(e)))
-    stored = memory.existing_ids(entry.point_id for entry, _, _ in staged)
-    for entry, data, image in staged:
-        pid = entry.point_id
-        if pid in stored or pid in seen:
-            out.skipped += 1
-            continue
-        try:
-            if image is None:
-                assert data is not None
-                image = decode_image_bytes(data, what=entry.source)
-        except ImageError as e:
-            if strict:
-                raise
-            out.failed.append((entry.source, str(e)))
-            continue
-        seen.add(pid)
-        out.entries.append(entry)
-        out.images.append(image)
-    return out
-
-
 def add_images(
     memory: CategoryMemory,
     encoder: ImageTextEncoder,
@@ -259,14 +191,14 @@ def add_images(
     report = BuildReport()
     seen: set[str] = set()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
-        pending: Future[_Prepared] | None = None
+        pending: Future[PreparedBatch] | None = None
         if batches:
-            pending = pool.submit(_prepare, memory, batches[0], seen, strict)
+            pending = pool.submit(prepare_batch, memory, batches[0], seen, strict)
         for index in range(len(batches)):
             assert pending is not None
             prepared = pending.result()
             pending = (
-                pool.submit(_prepare, memory, batches[index + 1], seen, strict)
+                pool.submit(prepare_batch, memory, batches[index + 1], seen, strict)
                 if index + 1 < len(batches)
                 else None
             )
@@ -369,7 +301,7 @@ def iter_manifest(path: str | Path) -> list[tuple[str, str]]:
         if not isinstance(label, str) or not label.strip():
             raise ConfigError(f"{file}:{line}: the row has no label")
         source = source.strip()
-        if not source.startswith(_REMOTE):
+        if not source.startswith(REMOTE_PREFIXES):
             p = Path(source).expanduser()
             source = str((p if p.is_absolute() else file.parent / p).resolve())
         pairs.append((source, label))

@@ -4,57 +4,30 @@ Qdrant backends."""
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import logging
 import os
-import re
 import threading
-import uuid
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from rar_agent.errors import ConfigError, EncoderMismatchError, MemoryStoreError
-from rar_agent.memory.backend import META_VERSION, MemoryBackend
+from rar_agent.errors import ConfigError, MemoryStoreError
+from rar_agent.memory.backend import MemoryBackend
 from rar_agent.memory.entries import Hit, MemoryEntry, MemoryInfo, check_kind, normalize_label
+from rar_agent.memory.location import open_backend
+from rar_agent.memory.meta import memory_info, record_encoder
+from rar_agent.memory.vectors import as_vector_rows, check_point_ids
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["UPSERT_BATCH", "CategoryMemory", "default_memory_dir"]
+__all__ = ["UPSERT_BATCH", "CategoryMemory"]
 
 logger = logging.getLogger(__name__)
 
 UPSERT_BATCH = 512
-_COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def _check_ids(ids: Sequence[str], n: int) -> list[str]:
-    """Validate explicit point ids: ``n`` UUID strings, returned in canonical form."""
-    if len(ids) != n:
-        raise ConfigError(f"got {n} entries but {len(ids)} ids")
-    out = []
-    for i in ids:
-        try:
-            out.append(str(uuid.UUID(str(i))))
-        except ValueError as e:
-            raise ConfigError(f"point id {i!r} is not a UUID string") from e
-    return out
-
-
-def default_memory_dir(collection: str) -> Path:
-    """``<home>/memories/<collection>``, home being ``Settings().home`` (``RAR_HOME``)."""
-    try:
-        from rar_agent.config import Settings
-
-        home = Path(Settings().home)
-    except ImportError:  # pragma: no cover - config is part of the package
-        from platformdirs import user_data_dir
-
-        home = Path(os.environ.get("RAR_HOME") or user_data_dir("rar-agent", appauthor=False))
-    return home.expanduser() / "memories" / collection
 
 
 class CategoryMemory:
@@ -66,7 +39,7 @@ class CategoryMemory:
     the encoder it was built with and refuses another one. Thread-safe.
 
     Use :meth:`open`; close it (or use it as a context manager) when done. A memory opened
-    with ``read_only=True`` refuses every write (entries, removals, metadata, indexing).
+    with ``read_only=True`` refuses every write (entries, removals, its record, indexing).
     """
 
     def __init__(self, backend: MemoryBackend, collection: str, *, read_only: bool = False) -> None:
@@ -99,7 +72,7 @@ class CategoryMemory:
 
         Args:
             path: The memory's directory (embedded backend). ``None`` with no ``url`` means
-                ``<RAR_HOME>/memories/<collection>``.
+                ``<RAR_HOME>/memories/<collection>`` (see :mod:`rar_agent.memory.location`).
             url: Qdrant server URL; selects the server backend.
             api_key: The server's API key.
             location: ``":memory:"`` for qdrant-client's in-process local mode (tests only).
@@ -115,42 +88,22 @@ class CategoryMemory:
             The open memory.
 
         Raises:
-            ConfigError: Conflicting or invalid arguments.
+            ConfigError: Conflicting or invalid arguments (more than one of ``path``, ``url``
+                and ``location``; a bad collection name).
             MemoryStoreError: It cannot be opened (missing, unreachable, wrong API key).
             MemoryBusyError: Another process holds the embedded memory.
         """
-        if not isinstance(collection, str) or not _COLLECTION.fullmatch(collection):
-            raise ConfigError(
-                f"collection name {collection!r} is invalid: use 1-64 letters, digits, "
-                "'_', '-' or '.'"
-            )
-        if sum(x is not None for x in (path, url, location)) > 1:
-            raise ConfigError("give only one of path (embedded), url (server) or location")
-        backend: MemoryBackend
-        create = create and not read_only
-        if url is not None or location is not None:
-            if location is not None and location != ":memory:":
-                raise ConfigError(
-                    f"location {location!r} is not supported: use url= for a server, path= "
-                    "for an embedded memory, or location=':memory:' in tests"
-                )
-            from rar_agent.memory.server import ServerBackend
-
-            backend = ServerBackend(
-                collection,
-                url=url,
-                api_key=api_key,
-                location=location,
-                create=create,
-                shard_number=shard_number,
-                replication_factor=replication_factor,
-                timeout=timeout,
-            )
-        else:
-            from rar_agent.memory.edge import open_edge
-
-            directory = Path(path) if path is not None else default_memory_dir(collection)
-            backend = open_edge(directory, create=create)
+        backend = open_backend(
+            collection,
+            path=path,
+            url=url,
+            api_key=api_key,
+            location=location,
+            create=create and not read_only,
+            shard_number=shard_number,
+            replication_factor=replication_factor,
+            timeout=timeout,
+        )
         return cls(backend, collection, read_only=read_only)
 
     # ------------------------------------------------------------------ encoder
@@ -174,33 +127,13 @@ class CategoryMemory:
         dim = int(dim)
         with self._lock:
             self._check_open()
-            meta = self._backend.read_meta(refresh=True)
-            if meta and meta.get("fingerprint"):
-                stored, stored_dim = meta["fingerprint"], meta.get("dim")
-                if stored != fingerprint or stored_dim != dim:
-                    raise EncoderMismatchError(
-                        f"memory {self.collection!r} at {self._backend.location} was built with "
-                        f"encoder {stored!r} ({stored_dim}-d), not {fingerprint!r} ({dim}-d): "
-                        "use the same --clip-model / --clip-pretrained it was built with, or "
-                        "rebuild it with this encoder into another --collection"
-                    )
+            if self.read_only:  # record_encoder writes in these two cases only
+                meta = self._backend.read_meta(refresh=True) or {}
+                if not meta.get("fingerprint"):
+                    self._check_writable("record its encoder (it has none yet: build it first)")
                 if description is not None and description != meta.get("description"):
                     self._check_writable("record a description")
-                    self._backend.write_meta({**meta, "description": description})
-            else:
-                self._check_writable("record its encoder (it has none yet: build it first)")
-                meta = {
-                    "version": META_VERSION,
-                    "fingerprint": fingerprint,
-                    "dim": dim,
-                    "collection": self.collection,
-                    "description": description,
-                    "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                }
-                self._backend.create(dim, meta)
-                logger.info(
-                    "memory %r bound to encoder %s (%d-d)", self.collection, fingerprint, dim
-                )
+            record_encoder(self._backend, self.collection, fingerprint, dim, description)
             self._bound = (fingerprint, dim)
 
     def set_description(self, description: str | None) -> None:
@@ -223,22 +156,16 @@ class CategoryMemory:
     def info(self) -> MemoryInfo:
         """What the memory records: encoder fingerprint, dim, backend, description."""
         self._check_open()
-        meta = self._backend.read_meta() or {}
-        return MemoryInfo(
-            fingerprint=meta.get("fingerprint"),
-            dim=meta.get("dim"),
-            collection=self.collection,
-            backend=self._backend.name,
-            description=meta.get("description"),
-            location=self._backend.location,
-            created_at=meta.get("created_at"),
-            gate_margin=meta.get("gate_margin"),
-        )
+        return memory_info(self._backend, self.collection)
 
     # ------------------------------------------------------------------ writing
 
     def add_entries(
-        self, entries: Sequence[MemoryEntry], vectors: Any, *, ids: Sequence[str] | None = None
+        self,
+        entries: Sequence[MemoryEntry],
+        vectors: ArrayLike,
+        *,
+        ids: Sequence[str] | None = None,
     ) -> list[str]:
         """Store entries with their vectors (upserted in batches of ``UPSERT_BATCH``).
 
@@ -276,7 +203,7 @@ class CategoryMemory:
             raise ConfigError(f"got {len(entries)} entries but {rows.shape[0]} vectors")
         if rows.shape[0] and not np.all(np.linalg.norm(rows, axis=1) > 0):
             raise ConfigError("a vector is all zeros: it has no direction to compare by")
-        ids = [e.point_id for e in entries] if ids is None else _check_ids(ids, len(entries))
+        ids = [e.point_id for e in entries] if ids is None else check_point_ids(ids, len(entries))
         for start in range(0, len(entries), UPSERT_BATCH):
             stop = start + UPSERT_BATCH
             batch = entries[start:stop]
@@ -331,7 +258,7 @@ class CategoryMemory:
 
     # ------------------------------------------------------------------ reading
 
-    def search(self, vector: Any, *, kind: str = "image", limit: int = 50) -> list[Hit]:
+    def search(self, vector: ArrayLike, *, kind: str = "image", limit: int = 50) -> list[Hit]:
         """Nearest entries of one vector, best first.
 
         Args:
@@ -350,7 +277,7 @@ class CategoryMemory:
         return self.search_batch(rows, kind=kind, limit=limit)[0]
 
     def search_batch(
-        self, vectors: Any, *, kind: str = "image", limit: int = 50
+        self, vectors: ArrayLike, *, kind: str = "image", limit: int = 50
     ) -> list[list[Hit]]:
         """Nearest entries of each row of ``vectors`` (one batched engine call).
 
@@ -371,12 +298,14 @@ class CategoryMemory:
         results = self._backend.query_batch(rows.tolist(), kind, int(limit))
         return [sorted(hits, key=lambda h: -h.score) for hits in results]
 
-    async def asearch(self, vector: Any, *, kind: str = "image", limit: int = 50) -> list[Hit]:
+    async def asearch(
+        self, vector: ArrayLike, *, kind: str = "image", limit: int = 50
+    ) -> list[Hit]:
         """Async :meth:`search` (runs in a worker thread)."""
         return await asyncio.to_thread(self.search, vector, kind=kind, limit=limit)
 
     async def asearch_batch(
-        self, vectors: Any, *, kind: str = "image", limit: int = 50
+        self, vectors: ArrayLike, *, kind: str = "image", limit: int = 50
     ) -> list[list[Hit]]:
         """Async :meth:`search_batch` (runs in a worker thread)."""
         return await asyncio.to_thread(self.search_batch, vectors, kind=kind, limit=limit)
@@ -462,24 +391,12 @@ class CategoryMemory:
                 "for writing to change it (rar-agent mcp: --allow-learning)"
             )
 
-    def _as_matrix(self, vectors: Any, dim: int | None, *, what: str) -> np.ndarray:
-        try:
-            rows = np.asarray(vectors, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{what} are not a numeric array: {e}") from e
-        if rows.ndim != 2:
-            raise ConfigError(f"{what} must be a 2-D array (n, dim), got shape {rows.shape}")
-        if dim is not None and rows.shape[0] and rows.shape[1] != dim:
-            fp = (
-                self._bound[0]
-                if self._bound
-                else (self._backend.read_meta() or {}).get("fingerprint")
-            )
-            raise EncoderMismatchError(
-                f"{what} have {rows.shape[1]} dimensions but memory {self.collection!r} holds "
-                f"{dim}-d vectors of encoder {fp!r}: use the encoder it was built with"
-            )
-        if not np.all(np.isfinite(rows)):
-            bad = int(np.flatnonzero(~np.all(np.isfinite(rows), axis=1))[0])
-            raise ConfigError(f"{what} row {bad} contains NaN or infinity: nothing was written")
-        return rows
+    def _as_matrix(self, vectors: ArrayLike, dim: int | None, *, what: str) -> np.ndarray:
+        return as_vector_rows(
+            vectors, dim, what=what, collection=self.collection, fingerprint=self._fingerprint
+        )
+
+    def _fingerprint(self) -> str | None:
+        if self._bound:
+            return self._bound[0]
+        return (self._backend.read_meta() or {}).get("fingerprint")

@@ -83,8 +83,7 @@ def test_two_steps_save_an_adapter_that_loads_as_a_ranker(
 ) -> None:
     from safetensors.torch import load_file
 
-    from rar_agent.models import load_ranker
-    from rar_agent.ranking import RankingChain, RankingInput
+    from rar_agent.ranking import RankingChain, RankingInput, load_ranker
 
     out = tmp_path / "adapter"
     cfg = TrainConfig(

@@ -11,13 +11,10 @@ applied on top. (LangChain's ``ChatHuggingFace`` drops images on its local path,
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,18 +22,18 @@ from typing import Any
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
 from rar_agent.errors import ModelLoadError, RankerError
+from rar_agent.ranking.vlm_messages import merge_system_turns, to_processor_messages
 
-__all__ = ["LocalVisionChatModel", "to_processor_messages", "clear_model_cache"]
+__all__ = ["LocalVisionChatModel", "clear_model_cache"]
 
 logger = logging.getLogger(__name__)
 
-_ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -56,105 +53,6 @@ def clear_model_cache() -> None:
     """Forget every loaded local model (frees memory once no instance uses it)."""
     with _CACHE_LOCK:
         _CACHE.clear()
-
-
-def _decode_image(data: bytes) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise RankerError(f"An image in the messages could not be decoded: {exc}.") from exc
-    return img.convert("RGB")
-
-
-def _image_from_url(url: str) -> Any:
-    if not url.startswith("data:"):
-        raise RankerError(
-            "The local model only takes inline images (base64 blocks or data: URLs), not "
-            f"{url[:60]!r}; load the image first and send its bytes."
-        )
-    _, _, payload = url.partition(",")
-    return _image_from_base64(payload)
-
-
-def _image_from_base64(payload: str) -> Any:
-    try:
-        return _decode_image(base64.b64decode(payload, validate=False))
-    except binascii.Error as exc:
-        raise RankerError(f"An image block holds invalid base64 data: {exc}.") from exc
-
-
-def _block_image(block: dict[str, Any]) -> Any | None:
-    """The PIL image of an image content block, or None when the block is not an image."""
-    kind = block.get("type")
-    if kind == "image_url":
-        ref = block.get("image_url")
-        url = ref.get("url") if isinstance(ref, dict) else ref
-        return _image_from_url(str(url))
-    if kind != "image":
-        return None
-    if block.get("base64"):
-        return _image_from_base64(block["base64"])
-    if block.get("source_type") == "base64" and block.get("data"):
-        return _image_from_base64(block["data"])
-    url = block.get("url") or (block.get("data") if block.get("source_type") == "url" else None)
-    if url:
-        return _image_from_url(str(url))
-    raise RankerError("An image block has no base64 data or data: URL the local model can use.")
-
-
-def to_processor_messages(messages: list[BaseMessage]) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Convert LangChain messages to a processor chat (with image placeholders) + the images.
-
-    Args:
-        messages: LangChain messages; content may be a string or a list of content blocks.
-
-    Returns:
-        ``(conversation, images)``: ``[{"role", "content": [{"type": "text"|"image", ...}]}]``
-        for ``processor.apply_chat_template`` and the PIL images in placeholder order.
-
-    Raises:
-        RankerError: An image block cannot be decoded or points to a remote URL.
-    """
-    conversation: list[dict[str, Any]] = []
-    images: list[Any] = []
-    for msg in messages:
-        role = msg.role if isinstance(msg, ChatMessage) else _ROLES.get(msg.type, "user")
-        content: list[dict[str, Any]] = []
-        blocks = [msg.content] if isinstance(msg.content, str) else msg.content
-        for block in blocks:
-            if isinstance(block, str):
-                content.append({"type": "text", "text": block})
-                continue
-            image = _block_image(block)
-            if image is not None:
-                images.append(image)
-                content.append({"type": "image"})
-            elif block.get("type") == "text":
-                content.append({"type": "text", "text": block.get("text", "")})
-            else:
-                logger.debug("skipping content block of type %r", block.get("type"))
-        conversation.append({"role": role, "content": content})
-    return conversation, images
-
-
-def _merge_system(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fold system turns into the next user turn, for templates without a system role."""
-    merged: list[dict[str, Any]] = []
-    pending: list[dict[str, Any]] = []
-    for turn in conversation:
-        if turn["role"] == "system":
-            pending.extend(turn["content"])
-            continue
-        if pending and turn["role"] == "user":
-            turn = {"role": "user", "content": pending + turn["content"]}
-            pending = []
-        merged.append(turn)
-    if pending:
-        merged.insert(0, {"role": "user", "content": pending})
-    return merged
 
 
 def _looks_like_path(name: str) -> bool:
@@ -303,7 +201,7 @@ class LocalVisionChatModel(BaseChatModel):
             logger.debug("chat template refused a system turn (%s); merging it", exc)
             return str(
                 processor.apply_chat_template(
-                    _merge_system(conversation), add_generation_prompt=True, tokenize=False
+                    merge_system_turns(conversation), add_generation_prompt=True, tokenize=False
                 )
             )
 
@@ -379,30 +277,19 @@ class LocalVisionChatModel(BaseChatModel):
 
         worker = threading.Thread(target=run, name="local-vlm-generate", daemon=True)
         worker.start()
-        stops = [s for s in stop or () if s]
-        hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
-        text, sent, finish = "", 0, None
+        pieces = _until_stop(streamer, stop or ())
         try:
-            for piece in streamer:
-                text += piece
-                cut = min((text.index(s) for s in stops if s in text), default=None)
-                upto = cut if cut is not None else max(sent, len(text) - hold)
-                if upto > sent:
-                    chunk = text[sent:upto] if sent else text[:upto].lstrip()
-                    sent = upto
-                    if chunk:
-                        yield self._chunk(chunk, run_manager)
-                if cut is not None:
-                    finish = "stop"
-                    cancel.set()
-                    break
+            for piece in pieces:
+                yield self._chunk(piece, run_manager)
         finally:
             cancel.set()
             worker.join()
         if "error" in result:
             raise result["error"]
-        if finish is None and len(text) > sent:
-            yield self._chunk(text[sent:] if sent else text.lstrip(), run_manager)
+        finish = "stop" if pieces.stopped else None
+        tail = pieces.rest()
+        if tail is not None:
+            yield self._chunk(tail, run_manager)
         n_out = int(result["output"].shape[1]) - req.n_in
         last = AIMessageChunk(
             content="",
@@ -447,6 +334,42 @@ class _Request:
             "output_tokens": n_out,
             "total_tokens": self.n_in + n_out,
         }
+
+
+class _until_stop:  # noqa: N801 - used like a generator function
+    """Text pieces of a streamer, cut at the first stop string.
+
+    Text that could be the start of a stop string is held back until it cannot be;
+    :meth:`rest` gives what was held when the stream ended without a stop.
+    """
+
+    def __init__(self, streamer: Iterable[str], stop: Iterable[str]) -> None:
+        self._streamer = streamer
+        self._stops = [s for s in stop if s]
+        self._text, self._sent = "", 0
+        self.stopped = False
+
+    def __iter__(self) -> Iterator[str]:
+        hold = max((len(s) for s in self._stops), default=1) - 1  # may start a stop string
+        for piece in self._streamer:
+            self._text += piece
+            text, sent = self._text, self._sent
+            cut = min((text.index(s) for s in self._stops if s in text), default=None)
+            upto = cut if cut is not None else max(sent, len(text) - hold)
+            if upto > sent:
+                chunk = text[sent:upto] if sent else text[:upto].lstrip()
+                self._sent = upto
+                if chunk:
+                    yield chunk
+            if cut is not None:
+                self.stopped = True
+                return
+
+    def rest(self) -> str | None:
+        """The held-back tail, or None when nothing is left (always after a stop string)."""
+        if self.stopped or len(self._text) <= self._sent:
+            return None
+        return self._text[self._sent :] if self._sent else self._text.lstrip()
 
 
 def _apply_adapter(model: Any, adapter: str) -> Any:

@@ -1,26 +1,43 @@
-"""The Recognizer: encode -> retrieve -> (gate) -> rank, for single images and batches."""
+"""The Recognizer: encode -> retrieve -> rank (its chain's gate may skip), single or batch."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from rar_agent.config import MemoryKind, validate_k
 from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
-from rar_agent.results import Candidate, RankingInfo, RankingStatus, RecognitionResult
-from rar_agent.retrieval import CategoryRetriever, MemoryKind, validate_k
+from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
+from rar_agent.pipeline.regions import recognize_regions
+from rar_agent.pipeline.vocabulary import vocabulary_memory
+from rar_agent.ranking import (
+    NO_RANKER,
+    RankerSpec,
+    RankingChain,
+    RankingInput,
+    as_ranking_chain,
+    parse_gate,
+    skip_reason,
+)
+from rar_agent.regions import DEFAULT_BLUR
+from rar_agent.results import Candidate, RankingInfo, RecognitionResult
+from rar_agent.retrieval import CategoryRetriever
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
-    from rar_agent.ranking import RankingChain, RankingOutput
+    from rar_agent.memory.builders import Progress
+    from rar_agent.regions import BoxesInput
+    from rar_agent.regions.geometry import Context
 
-__all__ = ["Recognizer", "open_memory", "ranked_result", "vocabulary_memory"]
+__all__ = ["Recognizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +58,8 @@ class Recognizer:
         fetch_k: Memory entries fetched before folding into labels.
         gate: Skip ranking when the top label's score leads the second by more than this
             margin (a number, ``"on"`` for the default margin, ``"auto"`` for the margin
-            ``rar-agent eval --gate auto`` recorded in the memory, ``"off"``/``None``).
+            ``rar-agent eval --gate auto`` recorded in the memory, ``"off"``/``None``). The
+            ranking chain applies it (a given gate replaces a ready chain's own).
         kind: Memory side to query (``auto`` prefers image examples).
         hint: Domain hint for the ranker (defaults to the memory's description).
     """
@@ -51,15 +69,13 @@ class Recognizer:
         memory: CategoryMemory,
         encoder: ImageTextEncoder,
         *,
-        ranker: Any = None,
+        ranker: RankerSpec = None,
         k: int = 5,
         fetch_k: int | None = None,
         gate: float | str | None = None,
         kind: MemoryKind = "auto",
         hint: str | None = None,
     ) -> None:
-        from rar_agent.ranking import parse_gate
-
         memory.bind_encoder(encoder.fingerprint, encoder.dim)
         self.memory = memory
         self.encoder = encoder
@@ -68,7 +84,7 @@ class Recognizer:
         self.retriever = CategoryRetriever(
             memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=kind
         )
-        self.ranker: RankingChain | None = _as_chain(ranker)
+        self.ranker: RankingChain | None = as_ranking_chain(ranker, gate=self.gate)
         self.hint = hint if hint is not None else getattr(memory.info, "description", None)
 
     @classmethod
@@ -77,7 +93,7 @@ class Recognizer:
         settings: Settings | None = None,
         *,
         labels: Sequence[str] | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None,
         read_only: bool = False,
         **overrides: Any,
     ) -> Recognizer:
@@ -90,8 +106,10 @@ class Recognizer:
         """
         from rar_agent.config import Settings
         from rar_agent.encoders import load_encoder
+        from rar_agent.memory import check_collection_name, open_memory
 
         settings = (settings or Settings()).model_copy(update=overrides)
+        check_collection_name(settings.collection)  # before a slow encoder load
         encoder = load_encoder(
             settings.encoder_spec, pretrained=settings.clip_pretrained, device=settings.device
         )
@@ -112,7 +130,7 @@ class Recognizer:
             k=settings.k,
             fetch_k=settings.fetch_k,
             gate=settings.gate,
-            kind=settings.kind,  # type: ignore[arg-type]
+            kind=settings.kind,
         )
 
     # ------------------------------------------------------------------ recognition
@@ -154,14 +172,16 @@ class Recognizer:
     def recognize_regions(
         self,
         image: ImageInput,
-        boxes: Any,
+        boxes: BoxesInput,
         *,
         k: int | None = None,
-        kind: str = "text",
+        kind: MemoryKind = "text",
         context_image: bool = False,
-        **options: Any,
+        normalized: bool | None = None,
+        context: Context = None,
+        blur: float | None = DEFAULT_BLUR,
     ) -> list[RecognitionResult]:
-        """Recognize each box of one image (the detection setting); see ``rar_agent.regions``.
+        """Recognize each box of one image (the detection setting).
 
         Every box is cropped with context (more for small boxes), blurred outside the box and
         padded to a square; all regions are encoded in one batch, retrieved against the
@@ -174,23 +194,50 @@ class Recognizer:
             k: Candidates per region.
             kind: Memory side to query: ``text``, ``image`` or ``auto`` (text if any).
             context_image: Show the ranker the whole image with the box drawn next to the crop.
-            **options: ``normalized``, ``context`` and ``blur`` for ``regions.run_regions``.
+            normalized: Box units: True 0..1, False pixels, None to detect.
+            context: The context curve or a fixed scale (``regions.context_scale``).
+            blur: Blur radius outside the box, as a fraction of the crop; 0/None: no blur.
 
         Returns:
             One result per box, in input order, with ``box`` (pixels, clipped) and ``box_id``;
             unusable boxes get ``error`` set while the others still run.
         """
-        from rar_agent.regions import run_regions
-
-        return run_regions(
-            self, image, boxes, k=k, kind=kind, context_image=context_image, **options
+        return recognize_regions(
+            self,
+            image,
+            boxes,
+            k=k,
+            kind=kind,
+            context_image=context_image,
+            normalized=normalized,
+            context=context,
+            blur=blur,
         )
 
     async def arecognize_regions(
-        self, image: ImageInput, boxes: Any, **kwargs: Any
+        self,
+        image: ImageInput,
+        boxes: BoxesInput,
+        *,
+        k: int | None = None,
+        kind: MemoryKind = "text",
+        context_image: bool = False,
+        normalized: bool | None = None,
+        context: Context = None,
+        blur: float | None = DEFAULT_BLUR,
     ) -> list[RecognitionResult]:
-        """Async :meth:`recognize_regions`."""
-        return await asyncio.to_thread(self.recognize_regions, image, boxes, **kwargs)
+        """Async :meth:`recognize_regions` (runs in a worker thread)."""
+        return await asyncio.to_thread(
+            self.recognize_regions,
+            image,
+            boxes,
+            k=k,
+            kind=kind,
+            context_image=context_image,
+            normalized=normalized,
+            context=context,
+            blur=blur,
+        )
 
     def _recognize_loaded(
         self, loaded: Sequence[LoadedImage], *, k: int | None
@@ -211,42 +258,33 @@ class Recognizer:
     # ------------------------------------------------------------------ ranking
 
     def rank_many(
-        self, images: Sequence[Any], retrieved: Sequence[Sequence[Candidate]]
-    ) -> list[tuple[RankingInfo, list[str] | None]]:
-        """Gate, then rank each (image, candidates) pair; ranker calls run concurrently."""
-        out: list[tuple[RankingInfo, list[str] | None]] = []
-        todo: list[int] = []
-        for i, candidates in enumerate(retrieved):
-            reason = self._skip_reason(candidates)
-            if reason is None:
-                todo.append(i)
-                out.append((RankingInfo(), None))
-            else:
-                status: RankingStatus = "disabled" if self.ranker is None else "skipped"
-                out.append((RankingInfo(status=status, reason=reason), None))
-        if todo and self.ranker is not None:
-            from rar_agent.ranking import RankingInput
+        self, images: Sequence[Image.Image], retrieved: Sequence[Sequence[Candidate]]
+    ) -> list[Ranking]:
+        """Rank each (image, candidates) pair; ranker calls run concurrently.
 
-            inputs = [
-                RankingInput(
-                    image=images[i],
-                    candidates=[c.label for c in retrieved[i]],
-                    scores=[c.score for c in retrieved[i]],
-                    hint=self.hint,
-                )
-                for i in todo
-            ]
-            outputs: list[RankingOutput] = self.ranker.batch(inputs)
-            for i, output in zip(todo, outputs, strict=True):
-                out[i] = (_ranking_info(output), list(output.order))
-        return out
-
-    def _skip_reason(self, candidates: Sequence[Candidate]) -> str | None:
+        The ranking chain decides, per pair, whether its gate skips the model call.
+        """
         if self.ranker is None:
-            return "no ranker configured (--ranker none): retrieval order stands"
-        from rar_agent.ranking import should_skip
-
-        return should_skip([c.score for c in candidates], self.gate)
+            reason = f"no ranker configured (--ranker {NO_RANKER}): retrieval order stands"
+            return [(RankingInfo(status="disabled", reason=reason), None) for _ in retrieved]
+        out: list[Ranking] = [
+            (RankingInfo(status="skipped", reason=skip_reason(0, None, None)), None)
+            for _ in retrieved
+        ]
+        todo = [i for i, candidates in enumerate(retrieved) if candidates]
+        inputs = [
+            RankingInput(
+                image=images[i],
+                candidates=[c.label for c in retrieved[i]],
+                scores=[c.score for c in retrieved[i]],
+                hint=self.hint,
+            )
+            for i in todo
+        ]
+        outputs = self.ranker.batch(inputs) if inputs else []
+        for i, output in zip(todo, outputs, strict=True):
+            out[i] = ranking_of(output)
+        return out
 
     def close(self) -> None:
         """Close the memory."""
@@ -259,124 +297,7 @@ class Recognizer:
         self.close()
 
 
-def _as_chain(ranker: Any) -> RankingChain | None:
-    if ranker is None or (isinstance(ranker, str) and ranker.strip().lower() in {"", "none"}):
-        return None
-    from rar_agent.models import load_ranker
-    from rar_agent.ranking import RankingChain
-
-    if isinstance(ranker, RankingChain):
-        return ranker
-    model = load_ranker(ranker)
-    return RankingChain(model) if model is not None else None
-
-
-def _ranking_info(output: RankingOutput) -> RankingInfo:
-    return RankingInfo(
-        status=output.status,
-        reason=output.reason,
-        model=output.model,
-        raw_reply=output.raw_reply,
-        parsed_order=list(output.order),
-        latency_ms=output.latency_ms,
-    )
-
-
-def ranked_result(
-    candidates: Sequence[Candidate],
-    ranking: tuple[RankingInfo, list[str] | None],
-    timings_ms: dict[str, float],
-    **fields: Any,
-) -> RecognitionResult:
-    """One result: candidates in the ranker's order (if any), the first as the answer."""
-    info, order = ranking
-    final = _reorder(candidates, order)
-    return RecognitionResult(
-        label=final[0].label if final else None,
-        candidates=final,
-        ranking=info,
-        timings_ms={**timings_ms, "rank": info.latency_ms or 0.0},
-        **fields,
-    )
-
-
-def _reorder(candidates: Sequence[Candidate], order: Sequence[str] | None) -> list[Candidate]:
-    if not order:
-        return list(candidates)
-    by_label = {c.label: c for c in candidates}
-    final = [by_label[label] for label in order if label in by_label]
-    seen = {c.label for c in final}
-    return final + [c for c in candidates if c.label not in seen]
-
-
 def _describe(src: Any) -> str:
     if isinstance(src, str):
         return src if len(src) < 200 else src[:60] + "..."
     return type(src).__name__
-
-
-# ---------------------------------------------------------------------- memories
-
-
-def open_memory(
-    settings: Settings,
-    collection: str | None = None,
-    *,
-    create: bool = True,
-    read_only: bool = False,
-) -> CategoryMemory:
-    """Open the configured memory: the Qdrant server if ``qdrant_url`` is set, else embedded.
-
-    With ``create=False`` a memory that does not exist yet is an error, not a new empty one;
-    ``read_only`` implies it and refuses every write through the returned handle.
-    """
-    from rar_agent.memory import CategoryMemory
-
-    name = collection or settings.collection
-    if settings.qdrant_url:
-        return CategoryMemory.open(
-            url=settings.qdrant_url,
-            api_key=settings.qdrant_api_key,
-            collection=name,
-            create=create,
-            shard_number=settings.shard_number,
-            replication_factor=settings.replication_factor,
-            read_only=read_only,
-        )
-    if settings.memory_path is not None and collection is None:
-        path = settings.memory_path
-    else:
-        path = settings.home / "memories" / name
-    return CategoryMemory.open(path, collection=name, create=create, read_only=read_only)
-
-
-def vocabulary_memory(
-    settings: Settings,
-    encoder: ImageTextEncoder,
-    labels: Sequence[str] | None,
-    *,
-    progress: Callable[[int, int], None] | None = None,
-) -> CategoryMemory:
-    """A cached text memory of ``labels`` (ImageNet-1k when ``None``) for this encoder.
-
-    The collection name hashes the labels and the encoder fingerprint, so it is built once
-    per (vocabulary, encoder) and reused; a resumed build skips what is stored.
-    """
-    from rar_agent.encoders import default_vocabulary, short_templates
-    from rar_agent.memory.builders import add_class_names
-
-    names = list(labels) if labels is not None else list(default_vocabulary())
-    # The 1000-class vocabulary uses the short template set; a user's few labels get all 80.
-    templates = short_templates() if labels is None else None
-    names = [n.strip() for n in names if n.strip()]
-    if not names:
-        from rar_agent.errors import LabelError
-
-        raise LabelError("no labels given: pass comma-separated names, e.g. --labels 'cat,dog'")
-    key = hashlib.sha256(("\n".join(names) + "\x00" + encoder.fingerprint).encode()).hexdigest()
-    prefix = "imagenet" if labels is None else "labels"
-    memory = open_memory(settings, collection=f"{prefix}-{key[:16]}")
-    memory.bind_encoder(encoder.fingerprint, encoder.dim)
-    if memory.count("text") < len(set(names)):
-        add_class_names(memory, encoder, names, templates=templates, progress=progress)
-    return memory

@@ -6,8 +6,7 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from rar_agent.errors import ConfigError, ModelLoadError, RankerError
-from rar_agent.models import DEFAULT_LOCAL_RANKER, load_ranker
-from rar_agent.ranking import RankingChain, describe_model
+from rar_agent.ranking import DEFAULT_LOCAL_RANKER, RankingChain, describe_model, load_ranker
 
 
 @pytest.mark.parametrize("spec", [None, "none", "NONE", " off ", ""])
@@ -66,3 +65,27 @@ def test_default_local_ranker_without_weights_is_a_clear_error() -> None:
     assert DEFAULT_LOCAL_RANKER.count("/") == 1
     with pytest.raises(ModelLoadError, match=DEFAULT_LOCAL_RANKER):
         load_ranker("local", local_files_only=True)
+
+
+@pytest.mark.parametrize("spec", [None, "none", " Off ", "", "no", "false"])
+def test_no_ranker_spellings(spec: str | None) -> None:
+    from rar_agent.ranking import NO_RANKER, as_ranking_chain, is_no_ranker
+
+    assert is_no_ranker(spec) and is_no_ranker(NO_RANKER)
+    assert as_ranking_chain(spec) is None
+
+
+def test_as_ranking_chain_wraps_models_and_regates_chains() -> None:
+    from rar_agent.ranking import as_ranking_chain, is_no_ranker
+
+    model = FakeListChatModel(responses=["x"])
+    assert not is_no_ranker("openai:gpt-4o-mini") and not is_no_ranker(model)
+    wrapped = as_ranking_chain(model, gate=0.1)
+    assert isinstance(wrapped, RankingChain) and wrapped.gate == 0.1
+    chain = RankingChain(model, gate=0.2)
+    assert as_ranking_chain(chain) is chain
+    assert as_ranking_chain(chain, gate=0.2) is chain
+    regated = as_ranking_chain(chain, gate=0.3)
+    assert regated is not None and regated.gate == 0.3 and chain.gate == 0.2
+    with pytest.raises(ConfigError):
+        as_ranking_chain(chain, gate=-1.0)

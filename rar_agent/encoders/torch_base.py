@@ -1,4 +1,8 @@
-"""Shared machinery of the torch encoders: device, precision, threads, batching, fingerprint."""
+"""Shared machinery of the torch encoders: device, precision, threads, batching, fingerprint.
+
+Public so that an encoder outside the package (a ``package.module:factory`` encoder such as
+the offline EfficientNet-Lite0 one) can build on :class:`TorchEncoderBase` too.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,7 +20,13 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["TorchEncoderBase", "resolve_device", "resolve_precision", "weights_digest"]
+__all__ = [
+    "TorchEncoderBase",
+    "configure_cpu_threads",
+    "resolve_device",
+    "resolve_precision",
+    "weights_digest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +118,7 @@ class TorchEncoderBase:
     fingerprint: str
     device: str
     batch_size: int
-    dtype: Any
+    dtype: torch.dtype
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Turn RGB PIL images into one pixel tensor with the model's own transform."""

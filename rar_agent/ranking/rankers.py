@@ -1,27 +1,47 @@
-"""Choose the ranking model from one string, as LangChain users expect.
+"""Ranker specs: one string (or object) names the ranking model, as LangChain users expect.
 
-- ``none`` (or None): no ranker; recognition is retrieval only.
+This module is where a spec becomes a chat model and where "no ranker" is spelled; it is the
+one core module allowed to import ``langchain`` itself (lazily, for ``init_chat_model``).
+
+- ``none`` (or None; also ``off``, ``false``, ``no``, empty): no ranker, retrieval only.
 - ``provider:model``: any chat model ``langchain.chat_models.init_chat_model`` knows, e.g.
   ``openai:gpt-4o-mini``, ``anthropic:claude-sonnet-4-5``, ``ollama:qwen2.5vl``,
   ``google_genai:gemini-2.5-flash`` (provider packages: ``pip install 'rar-agent[providers]'``).
 - ``hf:<repo or dir>``: a local transformers image-text-to-text model
-  (:class:`~rar_agent.local_vlm.LocalVisionChatModel`); a directory path alone works too, and
-  a directory holding a PEFT adapter loads its base model with the adapter applied.
+  (:class:`~rar_agent.ranking.local_vlm.LocalVisionChatModel`); a directory path alone works
+  too, and a directory holding a PEFT adapter loads its base model with the adapter applied.
 - ``local``: ``hf:`` + :data:`DEFAULT_LOCAL_RANKER`.
-- a ``BaseChatModel`` instance passes through unchanged.
+- a ``BaseChatModel`` instance passes through unchanged (a ``RankingChain`` too, where a
+  chain is wanted: :func:`as_ranking_chain`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeAlias
+
+from langchain_core.language_models import BaseChatModel
 
 from rar_agent.errors import ConfigError, RankerError
+from rar_agent.ranking.chain import RankingChain
 
-if TYPE_CHECKING:
-    from langchain_core.language_models import BaseChatModel
+__all__ = [
+    "DEFAULT_LOCAL_RANKER",
+    "NO_RANKER",
+    "RankerSpec",
+    "as_ranking_chain",
+    "hosted_model_spec",
+    "is_no_ranker",
+    "load_ranker",
+]
 
-__all__ = ["DEFAULT_LOCAL_RANKER", "load_ranker"]
+RankerSpec: TypeAlias = str | BaseChatModel | RankingChain | None
+"""What names a ranker: a spec string, a chat model, a ready chain, or None for none."""
+
+NO_RANKER = "none"
+"""The canonical spelling of "no ranker" (the settings default)."""
+
+_NO_RANKER_WORDS = frozenset({"", NO_RANKER, "off", "false", "no"})
 
 DEFAULT_LOCAL_RANKER = "HuggingFaceTB/SmolVLM-256M-Instruct"
 """The local model used for ``--ranker local``.
@@ -36,8 +56,40 @@ a model this size cheaply. For better zero-shot ranking on a GPU use
 ``openai:gpt-4o-mini`` or ``anthropic:claude-sonnet-4-5``.
 """
 
-_NONE = ("", "none", "off", "false", "no")
 _PIP_HINT = "pip install 'rar-agent[providers]'"
+
+
+def is_no_ranker(spec: object) -> bool:
+    """Whether ``spec`` asks for no ranker: None or a word such as ``none``/``off``.
+
+    Args:
+        spec: A ranker spec of any kind; only None and strings can mean "no ranker".
+
+    Returns:
+        True for None and (case- and space-insensitively) ``none``, ``off``, ``false``,
+        ``no`` or an empty string.
+    """
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() in _NO_RANKER_WORDS)
+
+
+# Specs that name a model on this machine, not a hosted provider model.
+_LOCAL_SPEC_PREFIXES = ("hf:", "local", "/", ".", "~")
+
+
+def hosted_model_spec(spec: str | None) -> str | None:
+    """``spec`` when it names a hosted ``provider:model`` (which can call tools), else None.
+
+    Args:
+        spec: A ranker spec string, or None.
+
+    Returns:
+        The stripped spec for ``provider:model`` strings; None for no ranker, ``local``,
+        ``hf:...`` and model paths.
+    """
+    text = (spec or "").strip()
+    if ":" in text and not text.lower().startswith(_LOCAL_SPEC_PREFIXES):
+        return text
+    return None
 
 
 def load_ranker(spec: str | BaseChatModel | None, **kwargs: Any) -> BaseChatModel | None:
@@ -58,9 +110,7 @@ def load_ranker(spec: str | BaseChatModel | None, **kwargs: Any) -> BaseChatMode
         ModelLoadError: A local model's weights cannot be loaded (e.g. not downloaded).
         ConfigError: ``spec`` is not a string or model.
     """
-    from langchain_core.language_models import BaseChatModel
-
-    if spec is None:
+    if is_no_ranker(spec):
         return None
     if isinstance(spec, BaseChatModel):
         return spec
@@ -69,8 +119,6 @@ def load_ranker(spec: str | BaseChatModel | None, **kwargs: Any) -> BaseChatMode
             f"A ranker is a model string or a BaseChatModel, not {type(spec).__name__}."
         )
     text = spec.strip()
-    if text.lower() in _NONE:
-        return None
     if text.lower() == "local":
         text = f"hf:{DEFAULT_LOCAL_RANKER}"
     if text.startswith("hf:"):
@@ -80,12 +128,36 @@ def load_ranker(spec: str | BaseChatModel | None, **kwargs: Any) -> BaseChatMode
     return _provider(text, kwargs)
 
 
+def as_ranking_chain(ranker: RankerSpec, *, gate: float | None = None) -> RankingChain | None:
+    """The ranking chain a spec names, or None for no ranker.
+
+    Args:
+        ranker: A :class:`RankingChain` (used as is), a chat model or a spec string (wrapped
+            in a default chain), or a "no ranker" spelling.
+        gate: A confidence-gate margin for the chain; given, it replaces a ready chain's own
+            (on a copy that shares the original's counters).
+
+    Returns:
+        The chain, or None when no ranker is wanted.
+
+    Raises:
+        RankerError, ModelLoadError, ConfigError: As :func:`load_ranker`; ``ConfigError`` for
+            a negative or non-finite ``gate``.
+    """
+    if isinstance(ranker, RankingChain):
+        if gate is None or gate == ranker.gate:
+            return ranker
+        return ranker.with_gate(gate)
+    model = load_ranker(ranker)
+    return None if model is None else RankingChain(model, gate=gate)
+
+
 def _why(exc: BaseException) -> str:
     return str(exc).strip().rstrip(".")
 
 
 def _local(target: str, kwargs: dict[str, Any]) -> BaseChatModel:
-    from rar_agent.local_vlm import LocalVisionChatModel
+    from rar_agent.ranking.local_vlm import LocalVisionChatModel
 
     if not target:
         raise ConfigError("hf: needs a hub repo id or a directory, e.g. hf:./my-model.")
