@@ -6,7 +6,8 @@ Each benchmark script runs in its own process (``--quick`` passes small sizes to
   time, peak RSS of a 100k-entry memory;
 - ``scripts/bench_encode.py``: encoder wrapper vs raw ``encode_image``;
 - ``scripts/bench_memory.py``: memory upsert/query vs raw qdrant-edge and qdrant-client local;
-- ``scripts/bench_ranking.py``: ranking-chain overhead and batch concurrency.
+- ``scripts/bench_ranking.py``: ranking-chain overhead and batch concurrency;
+- ``scripts/bench_mcp.py``: per-call overhead of the MCP server over the LangChain tool.
 
 A script that defines a ``--json PATH`` option also hands over structured rows; the printed
 output of every script is kept as well. Results go to ``benchmarks/results.json`` and
@@ -59,6 +60,7 @@ BENCHES = [
     Bench(
         "ranking", "scripts/bench_ranking.py", ("--repeats", "10", "--n", "16", "--latency", "0.02")
     ),
+    Bench("mcp", "scripts/bench_mcp.py", ("--rounds", "30", "--warmup", "3")),
 ]
 
 
@@ -168,7 +170,9 @@ def render_markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes for every script")
-    parser.add_argument("--only", default=None, help="comma-separated: e2e,encode,memory,ranking")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated: e2e,encode,memory,ranking,mcp"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per script")

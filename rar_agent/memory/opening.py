@@ -14,7 +14,11 @@ __all__ = ["open_memory"]
 
 
 def open_memory(
-    settings: Settings | None = None, collection: str | None = None, *, create: bool = True
+    settings: Settings | None = None,
+    collection: str | None = None,
+    *,
+    create: bool = True,
+    read_only: bool = False,
 ) -> CategoryMemory:
     """Open the memory the settings name (see :func:`~rar_agent.memory.location.memory_target`).
 
@@ -23,6 +27,7 @@ def open_memory(
             default: ``Settings()`` from the ``RAR_*`` environment.
         collection: Another collection than ``settings.collection``.
         create: Create the memory if missing; with False a missing memory is an error.
+        read_only: Refuse every write through the returned handle (implies ``create=False``).
 
     Raises:
         ConfigError: Both a memory path and a server URL are set, or a bad collection name.
@@ -42,4 +47,5 @@ def open_memory(
         create=create,
         shard_number=target.shard_number,
         replication_factor=target.replication_factor,
+        read_only=read_only,
     )

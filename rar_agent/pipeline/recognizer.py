@@ -94,12 +94,15 @@ class Recognizer:
         *,
         labels: Sequence[str] | None = None,
         progress: Progress | None = None,
+        read_only: bool = False,
         **overrides: Any,
     ) -> Recognizer:
         """Build a recognizer from ``RAR_*`` settings (plus keyword overrides).
 
         With ``labels`` a text memory for exactly those labels is built (and cached); with an
-        empty memory the built-in ImageNet-1k vocabulary is used zero-shot.
+        empty memory the built-in ImageNet-1k vocabulary is used zero-shot. With
+        ``read_only`` the configured memory must exist and nothing writes to it (the cached
+        vocabulary memories are still built as needed).
         """
         from rar_agent.config import Settings
         from rar_agent.encoders import load_encoder
@@ -113,7 +116,7 @@ class Recognizer:
         if labels is not None:
             memory = vocabulary_memory(settings, encoder, labels, progress=progress)
         else:
-            memory = open_memory(settings)
+            memory = open_memory(settings, read_only=read_only)
             if memory.count() == 0:
                 logger.info(
                     "memory %r is empty: using the ImageNet-1k vocabulary", settings.collection

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import ConfigDict, Field, field_validator
@@ -97,6 +97,19 @@ class ImageResolver:
     allowed_roots: tuple[Path, ...] = ()
     allow_urls: bool = False
 
+    def accepted(self) -> str:
+        """The image forms this resolver accepts, in words (for descriptions and errors)."""
+        forms = []
+        if self.registry is not None:
+            forms.append("an image id from the conversation (or nothing, for its latest image)")
+        if self.allowed_roots:
+            where = ", ".join(str(root) for root in self.allowed_roots)
+            forms.append(f"a file path inside {where} (absolute, or relative to it)")
+        if self.allow_urls:
+            forms.append("a public http(s) URL")
+        forms.append("a data URI with base64 image data ('data:image/png;base64,...')")
+        return "; ".join(forms)
+
     def resolve(self, ref: str | None) -> ImageSource:
         """The image ``ref`` names: nothing/``latest``, an id, a URL, a data URI or a path.
 
@@ -107,17 +120,21 @@ class ImageResolver:
         """
         text = (ref or "").strip()
         if not text or text.lower() in _LATEST:
-            latest = self.registry.latest() if self.registry is not None else None
+            if self.registry is None:
+                raise ImageError(f"no image given: pass {self.accepted()}")
+            latest = self.registry.latest()
             if latest is None:
                 raise ImageError(
                     "no image in this conversation yet: ask the user to upload a photo, or "
-                    "pass an image id, a file path or a URL"
+                    f"pass {self.accepted()}"
                 )
             return ImageSource(latest.id, latest.data)
         match = _ID_REF.match(text)
         if match:
             if self.registry is None:
-                raise ImageError(f"image ids like {text!r} need an image registry")
+                raise ImageError(
+                    f"image ids like {text!r} are not available here: pass {self.accepted()}"
+                )
             item = self.registry.get(match.group(1).lower())
             return ImageSource(item.id, item.data)
         if text.startswith(("http://", "https://")):
@@ -170,6 +187,10 @@ class RecognizerTool(BaseTool):
     handle_validation_error: bool | str | Callable[[Exception], str] | None = Field(
         default_factory=lambda: explain_validation_error
     )
+    #: Whether the tool changes the memory (an MCP client may ask before calling it).
+    writes_memory: ClassVar[bool] = False
+    #: The artifact's shape (a pydantic type), published by the MCP server as output schema.
+    artifact_type: ClassVar[object] = None
 
     @field_validator("allowed_roots", mode="before")
     @classmethod

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field
 
 from rar_agent.errors import RarError
+from rar_agent.results import ExampleAdded
 from rar_agent.tools.base import RecognizerTool, tool_error
 
 __all__ = ["AddCategoryInput", "AddCategoryTool"]
@@ -38,12 +39,13 @@ class AddCategoryTool(RecognizerTool):
 
     name: str = "add_category_example"
     description: str = (
-        "Teach the memory: store an image from the conversation as an example of a category "
-        "(label), so it is recognized next time. Use only when the user asks to teach or "
-        "correct a category."
+        "Teach the memory: store an image as an example of a category (label), so it is "
+        "recognized next time. Use only when the user asks to teach or correct a category."
     )
     args_schema: type[BaseModel] = AddCategoryInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = ExampleAdded
+    writes_memory: ClassVar[bool] = True
     enabled: bool = False
 
     def _run(
@@ -81,14 +83,14 @@ class AddCategoryTool(RecognizerTool):
             if added
             else f"{source.name} was already stored as an example of {clean!r}."
         )
-        artifact = {
-            "label": clean,
-            "image": source.name,
-            "added": added,
-            "image_entries": after,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-        return text, artifact
+        artifact = ExampleAdded(
+            label=clean,
+            image=source.name,
+            added=added,
+            image_entries=after,
+            seconds=round(time.perf_counter() - start, 3),
+        )
+        return text, artifact.model_dump(mode="json")
 
     async def _arun(
         self,

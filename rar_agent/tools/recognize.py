@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from pydantic import BaseModel, Field, field_validator
 
 from rar_agent.errors import RarError
+from rar_agent.results import Candidate, RecognitionResult, RegionResults
 from rar_agent.tools.base import RecognizerTool, tool_error
-
-if TYPE_CHECKING:
-    from rar_agent.results import RecognitionResult
 
 __all__ = [
     "CategorySearchInput",
     "CategorySearchTool",
     "RecognizeInput",
+    "RECOGNIZE_WHAT",
     "RecognizeTool",
     "format_result",
 ]
 
 _MAX_BOXES = 32
+
+RECOGNIZE_WHAT = (
+    "Recognize what an image shows (its category) by comparing it with a memory of known "
+    "categories and ranking the candidates. Returns the answer and the ranked candidate "
+    "categories with scores."
+)
+"""What the recognize tool does; :func:`~rar_agent.tools.make_tools` adds the image forms."""
 
 # ---------------------------------------------------------------------------- formatting
 
@@ -65,8 +71,9 @@ class RecognizeInput(BaseModel):
 
     image: str | None = Field(
         default=None,
-        description="The image: an id like 'img-3fa4c2d19b07' from the conversation. Omit it "
-        "to use the latest image the user sent.",
+        description="The image, in a form the tool description lists (e.g. an id like "
+        "'img-3fa4c2d19b07' from the conversation). Omit it to use the latest image of the "
+        "conversation.",
     )
     k: int | None = Field(
         default=None, ge=1, le=50, description="How many candidate categories to return."
@@ -101,13 +108,12 @@ class RecognizeTool(RecognizerTool):
 
     name: str = "recognize_image"
     description: str = (
-        "Recognize what an image shows (its category) by comparing it with a memory of known "
-        "categories and ranking the candidates. Pass the image id from the conversation "
-        "(e.g. 'img-3fa4c2d19b07'), or nothing for the latest image. Returns the answer and "
-        "the ranked candidate categories with scores."
+        RECOGNIZE_WHAT + " Pass the image id from the conversation (e.g. 'img-3fa4c2d19b07'), "
+        "or nothing for the latest image."
     )
     args_schema: type[BaseModel] = RecognizeInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = RecognitionResult | RegionResults
 
     def _run(
         self,
@@ -145,7 +151,7 @@ def _regions_output(results: Sequence[RecognitionResult], name: str) -> tuple[st
         result.image = name
         texts.append(f"Region {i}: " + format_result(result))
     content = "\n".join(texts) if texts else f"No regions were recognized in {name}."
-    return content, {"image": name, "regions": [r.model_dump(mode="json") for r in results]}
+    return content, RegionResults(image=name, regions=list(results)).model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------- search
@@ -172,6 +178,7 @@ class CategorySearchTool(RecognizerTool):
     )
     args_schema: type[BaseModel] = CategorySearchInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = list[Candidate]
 
     def _run(
         self,

@@ -133,7 +133,12 @@ def test_composition_recognize_then_knowledge_lookup(recognizer: Any) -> None:
             ]
         }
     )
-    assert model.bound_tools == ["recognize_image", "search_categories", "lookup_knowledge"]
+    assert model.bound_tools == [
+        "recognize_image",
+        "search_categories",
+        "list_categories",
+        "lookup_knowledge",
+    ]
     tools = last_tool_messages(out["messages"])
     assert [t.name for t in tools] == ["recognize_image", "lookup_knowledge"]
     assert tools[0].artifact["label"] == "blue jay"
