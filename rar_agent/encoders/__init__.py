@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         DEFAULT_MODEL,
         DEFAULT_PRETRAINED,
         clear_encoder_cache,
+        load_default_encoder,
         load_encoder,
         spec_for,
     )
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
         fill_template,
         short_templates,
     )
-    from rar_agent.encoders.resolve import load_default_encoder, resolve_encoder
+    from rar_agent.encoders.resolve import resolve_encoder
 
 __all__ = [
     "DEFAULT_CLIP",
@@ -71,7 +72,7 @@ _LAZY = {
     "clear_encoder_cache": "loader",
     "load_encoder": "loader",
     "spec_for": "loader",
-    "load_default_encoder": "resolve",
+    "load_default_encoder": "loader",
     "resolve_encoder": "resolve",
     "EfficientNetLite0Encoder": "effnet_backend",
     "EncoderEmbeddings": "embeddings",

@@ -87,7 +87,7 @@ class EfficientNetLite0Encoder(TorchEncoderBase):
 
     def __init__(
         self,
-        model: Any,
+        model: torch.nn.Module,
         *,
         digest: str,
         device: str = "cpu",
@@ -99,7 +99,8 @@ class EfficientNetLite0Encoder(TorchEncoderBase):
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
             precision
         ]
-        self.model = model.to(device=device, dtype=self.dtype).eval()
+        # efficientnet_lite_pytorch is untyped: its attributes (extract_features, _fc) are Any
+        self.model: Any = model.to(device=device, dtype=self.dtype).eval()
         self.device = device
         self.precision = precision
         self.batch_size = max(1, int(batch_size))
@@ -126,7 +127,7 @@ class EfficientNetLite0Encoder(TorchEncoderBase):
         pooled = self.model.extract_features(pixels).mean(dim=(2, 3))
         return torch.nn.functional.pad(pooled, (0, 1))
 
-    def embed_texts(self, texts: Sequence[str]) -> Any:
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Not available: EfficientNet-Lite0 has no text tower.
 
         Raises:

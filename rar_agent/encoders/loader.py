@@ -23,7 +23,9 @@ __all__ = [
     "DEFAULT_PRETRAINED",
     "canonical_spec",
     "clear_encoder_cache",
+    "clip_unavailable_reason",
     "is_factory_spec",
+    "load_default_encoder",
     "load_encoder",
     "spec_for",
 ]
@@ -80,8 +82,6 @@ def load_encoder(
         ConfigError: The spec is malformed or a factory returned something unusable.
     """
     if spec is None or not spec.strip():
-        from rar_agent.encoders.resolve import load_default_encoder
-
         encoder, note = load_default_encoder(
             device=device, precision=precision, batch_size=batch_size
         )
@@ -98,6 +98,77 @@ def load_encoder(
             logger.info("loaded encoder %s", found.fingerprint)
         _SPECS[found.fingerprint] = canonical  # the latest way this encoder was asked for
         return found
+
+
+# Where open_clip fetches the default's weights from (its pretrained table, entry
+# ViT-B-16/openai; a unit test checks the two agree). Spelled out here so that the check
+# does not import open_clip, which takes seconds.
+_DEFAULT_HUB_REPO = "timm/vit_base_patch16_clip_224.openai"
+_DEFAULT_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+_HOW_TO_GET_CLIP = (
+    "for CLIP, run once where the model hub is reachable (the weights are then cached) or pass "
+    "--clip-model local-dir:/path/to/open_clip_dir (in Python load_encoder('local-dir:...'))"
+)
+
+
+def _default_clip_cached() -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(
+        isinstance(try_to_load_from_cache(_DEFAULT_HUB_REPO, name), str)
+        for name in _DEFAULT_HUB_FILES
+    )
+
+
+def clip_unavailable_reason() -> str | None:
+    """Why the default CLIP weights cannot be had now, or ``None`` when they can.
+
+    They can when they are in the hub cache or the hub (or the HTTPS proxy) answers a TCP
+    connection within 3 s.
+    """
+    if _default_clip_cached():
+        return None
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "its weights are not cached and HF_HUB_OFFLINE is set"
+    from rar_agent.encoders.hub import hub_reachable
+
+    if not hub_reachable():
+        return "its weights are not cached and the model hub did not answer within 3 s"
+    return None
+
+
+def _offline_note(reason: str) -> str:
+    return (
+        f"using the offline encoder {OFFLINE_ENCODER.model} (ImageNet-1k classes, no text "
+        f"tower): CLIP {DEFAULT_CLIP.label} is not available ({reason}); {_HOW_TO_GET_CLIP}"
+    )
+
+
+def load_default_encoder(
+    *, device: str | None = None, precision: str | None = None, batch_size: int = 64
+) -> tuple[ImageTextEncoder, str | None]:
+    """The default encoder and, when it is the offline one, the note saying why.
+
+    Returns:
+        ``(encoder, note)``: CLIP ``ViT-B-16``/``openai`` and ``None``, or EfficientNet-Lite0
+        and a one-line note (what is used, why, how to get CLIP) for the user to see.
+
+    Raises:
+        ModelLoadError: Not even the offline encoder loads (its packages are missing).
+    """
+    options: dict[str, Any] = {"device": device, "precision": precision, "batch_size": batch_size}
+    reason = clip_unavailable_reason()
+    if reason is None:
+        try:
+            return load_encoder(
+                DEFAULT_CLIP.model, pretrained=DEFAULT_CLIP.pretrained, **options
+            ), None
+        except ModelLoadError as e:
+            reason = f"loading it failed: {e}"
+    return load_encoder(OFFLINE_ENCODER.model, **options), _offline_note(reason)
 
 
 def spec_for(fingerprint: str) -> EncoderSpec | None:

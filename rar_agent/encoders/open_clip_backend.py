@@ -9,8 +9,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.encoders._hub import hub_access
 from rar_agent.encoders.base import bound_aspect
+from rar_agent.encoders.hub import hub_access
 from rar_agent.encoders.torch_base import (
     TorchEncoderBase,
     configure_cpu_threads,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 __all__ = ["DEFAULT_CLIP", "OFFLINE_ENCODER", "EncoderSpec"]
 
@@ -32,7 +31,7 @@ class EncoderSpec:
         return {"model": self.model, "pretrained": self.pretrained}
 
     @classmethod
-    def from_meta(cls, data: Any) -> EncoderSpec | None:
+    def from_meta(cls, data: object) -> EncoderSpec | None:
         """Read :meth:`to_meta`'s form back; ``None`` for anything else (older memories)."""
         if not isinstance(data, dict) or not isinstance(data.get("model"), str):
             return None

@@ -7,10 +7,10 @@ ids already stored, and decoded: everything the builder needs before encoding.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ImageError, LabelError, UnsafeInputError
 from rar_agent.memory.entries import MemoryEntry, normalize_label
@@ -20,10 +20,13 @@ if TYPE_CHECKING:
 
     from rar_agent.memory.core import CategoryMemory
 
-__all__ = ["REMOTE_PREFIXES", "PreparedBatch", "prepare_batch", "read_local_image"]
+__all__ = ["REMOTE_PREFIXES", "BatchItem", "PreparedBatch", "prepare_batch", "read_local_image"]
 
 REMOTE_PREFIXES = ("http://", "https://", "data:")
 """Sources that are fetched or decoded, not read from disk."""
+
+BatchItem = tuple[str, str, bytes | None]
+"""``(source, label, the image's bytes when the caller already holds them)``."""
 
 
 @dataclass
@@ -63,12 +66,16 @@ def read_local_image(path: Path) -> bytes:
 
 
 def prepare_batch(
-    memory: CategoryMemory, batch: Sequence[tuple[str, str]], seen: set[str], strict: bool
+    memory: CategoryMemory,
+    batch: Sequence[BatchItem],
+    seen: set[str],
+    strict: bool,
+    extra: Mapping[str, Any],
 ) -> PreparedBatch:
-    """Read and hash each ``(source, label)``, skip ids stored or ``seen``, decode the rest.
+    """Read and hash each item, skip ids stored or ``seen``, decode the rest.
 
     Runs in the builder's background thread. ``seen`` (ids already taken by earlier batches
-    of this build) gains the ids of the entries returned.
+    of this build) gains the ids of the entries returned; ``extra`` goes into every payload.
 
     Raises:
         ImageError, LabelError, UnsafeInputError: Under ``strict``, the first bad item.
@@ -77,16 +84,18 @@ def prepare_batch(
 
     out = PreparedBatch()
     staged: list[tuple[MemoryEntry, bytes | None, Image.Image | None]] = []
-    for source, label in batch:
+    for source, label, data in batch:
         try:
             label = normalize_label(label)
-            if source.startswith(REMOTE_PREFIXES):
+            image = None
+            if data is None and source.startswith(REMOTE_PREFIXES):
                 loaded = load_image(source)
-                data, image, digest = None, loaded.image, loaded.sha256
+                image, digest = loaded.image, loaded.sha256
             else:
-                data = read_local_image(Path(source))
-                image, digest = None, hashlib.sha256(data).hexdigest()
-            staged.append((MemoryEntry(label, "image", source, digest), data, image))
+                data = read_local_image(Path(source)) if data is None else data
+                digest = hashlib.sha256(data).hexdigest()
+            entry = MemoryEntry(label, "image", source, digest, extra=dict(extra))
+            staged.append((entry, data, image))
         except (ImageError, LabelError, UnsafeInputError) as e:
             if strict:
                 raise

@@ -14,14 +14,14 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
-from rar_agent.memory.batches import REMOTE_PREFIXES, PreparedBatch, prepare_batch
+from rar_agent.memory.batches import REMOTE_PREFIXES, BatchItem, PreparedBatch, prepare_batch
 from rar_agent.memory.entries import MemoryEntry, normalize_label
 
 if TYPE_CHECKING:
@@ -155,11 +155,12 @@ def add_class_names(
 def add_images(
     memory: CategoryMemory,
     encoder: ImageTextEncoder,
-    items: Iterable[tuple[str, str]],
+    items: Iterable[tuple[str, str] | tuple[str, str, bytes]],
     *,
     batch_size: int = 32,
     strict: bool = False,
     progress: Progress | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> BuildReport:
     """Add one image entry per ``(source, label)`` item.
 
@@ -169,11 +170,14 @@ def add_images(
     Args:
         memory: The memory to fill (bound to ``encoder`` here).
         encoder: Any image encoder.
-        items: ``(source, label)`` pairs; a source is a file path, URL or data URI.
+        items: ``(source, label)`` pairs; a source is a file path, URL or data URI. A
+            ``(name, label, data)`` triple adds an image already in hand (an upload): its
+            bytes are used and ``name`` is stored as the source.
         batch_size: Images per encoder call.
         strict: Raise on the first bad image or label, before anything of its batch is
             written; otherwise bad items are recorded in ``report.failed`` and skipped.
         progress: Optional ``progress(done, total)`` callback.
+        extra: Payload fields stored with every entry (e.g. who added it).
 
     Returns:
         The :class:`BuildReport`.
@@ -186,34 +190,42 @@ def add_images(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
     memory.bind_encoder(encoder.fingerprint, encoder.dim)
-    todo = [(str(source), label) for source, label in items]
+    todo: list[BatchItem] = [
+        (str(item[0]), item[1], item[2] if len(item) == 3 else None) for item in items
+    ]
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
     seen: set[str] = set()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
-        pending: Future[PreparedBatch] | None = None
-        if batches:
-            pending = pool.submit(prepare_batch, memory, batches[0], seen, strict)
+
+        def submit(index: int) -> Future[PreparedBatch] | None:
+            if index >= len(batches):
+                return None
+            return pool.submit(prepare_batch, memory, batches[index], seen, strict, extra or {})
+
+        pending = submit(0)
         for index in range(len(batches)):
             assert pending is not None
             prepared = pending.result()
-            pending = (
-                pool.submit(prepare_batch, memory, batches[index + 1], seen, strict)
-                if index + 1 < len(batches)
-                else None
-            )
-            if prepared.entries:
-                vectors = encoder.embed_images(prepared.images)
-                memory.add_entries(prepared.entries, vectors)
-            report.added += len(prepared.entries)
-            report.skipped_existing += prepared.skipped
-            report.failed.extend(prepared.failed)
-            for source, reason in prepared.failed:  # the report carries them to the caller
-                logger.info("skipped %s: %s", source, reason)
+            pending = submit(index + 1)  # decoded while this batch is encoded
+            _write(memory, encoder, prepared, report)
             if progress:
                 progress(report.total, len(todo))
     _finish(memory, report, start)
     return report
+
+
+def _write(
+    memory: CategoryMemory, encoder: ImageTextEncoder, prepared: PreparedBatch, report: BuildReport
+) -> None:
+    """Encode and store one prepared batch, and count it."""
+    if prepared.entries:
+        memory.add_entries(prepared.entries, encoder.embed_images(prepared.images))
+    report.added += len(prepared.entries)
+    report.skipped_existing += prepared.skipped
+    report.failed.extend(prepared.failed)
+    for source, reason in prepared.failed:
+        logger.warning("skipped %s: %s", source, reason)
 
 
 def _finish(memory: CategoryMemory, report: BuildReport, start: float) -> None:

@@ -38,12 +38,14 @@ class CategoryMemory:
     ids are deterministic, so adding the same entry twice stores it once. The memory records
     the encoder it was built with and refuses another one. Thread-safe.
 
-    Use :meth:`open`; close it (or use it as a context manager) when done.
+    Use :meth:`open`; close it (or use it as a context manager) when done. A memory opened
+    with ``read_only=True`` refuses every write (entries, removals, its record, indexing).
     """
 
-    def __init__(self, backend: MemoryBackend, collection: str) -> None:
+    def __init__(self, backend: MemoryBackend, collection: str, *, read_only: bool = False) -> None:
         self._backend = backend
         self.collection = collection
+        self.read_only = read_only
         self._lock = threading.RLock()
         self._bound: tuple[str, int] | None = None
         self._dim: int | None = None
@@ -64,6 +66,7 @@ class CategoryMemory:
         shard_number: int | None = None,
         replication_factor: int | None = None,
         timeout: float | None = None,
+        read_only: bool = False,
     ) -> CategoryMemory:
         """Open a memory: embedded at ``path``, or a collection on a Qdrant server.
 
@@ -78,6 +81,8 @@ class CategoryMemory:
             shard_number: Server only: shards of a newly created collection.
             replication_factor: Server only: replicas per shard of a new collection.
             timeout: Server only: request timeout in seconds.
+            read_only: Refuse every write through this handle; the memory must exist
+                (``create`` is ignored).
 
         Returns:
             The open memory.
@@ -94,12 +99,12 @@ class CategoryMemory:
             url=url,
             api_key=api_key,
             location=location,
-            create=create,
+            create=create and not read_only,
             shard_number=shard_number,
             replication_factor=replication_factor,
             timeout=timeout,
         )
-        return cls(backend, collection)
+        return cls(backend, collection, read_only=read_only)
 
     # ------------------------------------------------------------------ encoder
 
@@ -129,7 +134,20 @@ class CategoryMemory:
         spec = spec_for(fingerprint)
         with self._lock:
             self._check_open()
-            record_encoder(self._backend, self.collection, fingerprint, dim, description, spec)
+            if self.read_only:  # record_encoder writes in these two cases only
+                meta = self._backend.read_meta(refresh=True) or {}
+                if not meta.get("fingerprint"):
+                    self._check_writable("record its encoder (it has none yet: build it first)")
+                if description is not None and description != meta.get("description"):
+                    self._check_writable("record a description")
+            record_encoder(
+                self._backend,
+                self.collection,
+                fingerprint,
+                dim,
+                description,
+                None if self.read_only else spec,  # a read-only memory records nothing
+            )
             self._bound = (fingerprint, dim)
 
     def set_encoder_spec(self, spec: dict[str, str | None] | None) -> None:
@@ -145,6 +163,7 @@ class CategoryMemory:
         self._update_meta("gate_margin", None if margin is None else float(margin))
 
     def _update_meta(self, key: str, value: Any) -> None:
+        self._check_writable(f"set the {key.replace('_', ' ')}")
         with self._lock:
             meta = self._backend.read_meta(refresh=True)
             if not meta:
@@ -188,6 +207,7 @@ class CategoryMemory:
         entries = list(entries)
         if any(not isinstance(e, MemoryEntry) for e in entries):
             raise ConfigError("add_entries takes MemoryEntry objects")
+        self._check_writable("add entries")
         with self._lock:
             self._check_open()
             if self._bound is None:
@@ -230,12 +250,12 @@ class CategoryMemory:
 
     def remove_label(self, label: str) -> int:
         """Remove every entry of a category; return how many were removed."""
-        self._check_open()
+        self._check_writable("remove entries")
         return self._backend.delete_label(normalize_label(label))
 
     def remove_ids(self, ids: Iterable[str]) -> int:
         """Remove entries by point id; return how many existed."""
-        self._check_open()
+        self._check_writable("remove entries")
         wanted = [str(i) for i in ids]
         present = self._backend.existing(wanted)
         self._backend.delete_ids(sorted(present))
@@ -251,7 +271,7 @@ class CategoryMemory:
         Returns:
             Whether the index was (re)built.
         """
-        self._check_open()
+        self._check_writable("build its index")
         return self._backend.optimize(min_unindexed)
 
     # ------------------------------------------------------------------ reading
@@ -381,6 +401,14 @@ class CategoryMemory:
     def _check_open(self) -> None:
         if self._closed:
             raise MemoryStoreError(f"memory {self.collection!r} is closed: open it again")
+
+    def _check_writable(self, what: str) -> None:
+        self._check_open()
+        if self.read_only:
+            raise MemoryStoreError(
+                f"memory {self.collection!r} is open read-only, so it cannot {what}: open it "
+                "for writing to change it (rar-agent mcp: --allow-learning)"
+            )
 
     def _as_matrix(self, vectors: ArrayLike, dim: int | None, *, what: str) -> np.ndarray:
         return as_vector_rows(

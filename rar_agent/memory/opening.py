@@ -20,7 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 def open_memory(
-    settings: Settings | None = None, collection: str | None = None, *, create: bool = True
+    settings: Settings | None = None,
+    collection: str | None = None,
+    *,
+    create: bool = True,
+    read_only: bool = False,
 ) -> CategoryMemory:
     """Open the memory the settings name (see :func:`~rar_agent.memory.location.memory_target`).
 
@@ -29,6 +33,7 @@ def open_memory(
             default: ``Settings()`` from the ``RAR_*`` environment.
         collection: Another collection than ``settings.collection``.
         create: Create the memory if missing; with False a missing memory is an error.
+        read_only: Refuse every write through the returned handle (implies ``create=False``).
 
     Raises:
         ConfigError: Both a memory path and a server URL are set, or a bad collection name.
@@ -48,15 +53,17 @@ def open_memory(
         create=create,
         shard_number=target.shard_number,
         replication_factor=target.replication_factor,
+        read_only=read_only,
     )
 
 
-def configured_memory(settings: Settings) -> CategoryMemory | None:
+def configured_memory(settings: Settings, *, read_only: bool = False) -> CategoryMemory | None:
     """The memory the settings name; ``None`` when it is the default one and missing or empty.
 
     A memory named explicitly (``memory_path``, ``collection`` or ``qdrant_url``) that does not
     exist is an error, as in ``rar-agent memory list``, and so is one with no entries: a
-    mistyped path must not turn into an empty memory or a silent fallback.
+    mistyped path must not turn into an empty memory or a silent fallback. With ``read_only``
+    the memory is opened read-only and must exist even when it is the default one.
 
     Raises:
         MemoryStoreError: A named memory is missing, empty (``EmptyMemoryError``) or cannot
@@ -68,11 +75,11 @@ def configured_memory(settings: Settings) -> CategoryMemory | None:
         {"memory_path", "collection"} & settings.model_fields_set
     )
     try:
-        memory = open_memory(settings, create=False)
+        memory = open_memory(settings, create=False, read_only=read_only)
     except MemoryBusyError:
         raise
     except MemoryStoreError:
-        if named:
+        if named or read_only:
             raise
         return None
     if memory.count() > 0:

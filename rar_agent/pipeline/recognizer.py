@@ -101,6 +101,7 @@ class Recognizer:
         labels: Sequence[str] | None = None,
         progress: Progress | None = None,
         announce: Callable[[str], None] | None = None,
+        read_only: bool = False,
         **overrides: Any,
     ) -> Recognizer:
         """Build a recognizer from ``RAR_*`` settings (plus keyword overrides).
@@ -109,12 +110,15 @@ class Recognizer:
         the configured memory is used with the encoder it recorded (unless one is named); a
         memory named explicitly (``memory_path``, ``collection``, ``qdrant_url``) must exist
         and hold entries, while the default one, when missing or empty, gives way to the
-        encoder's built-in vocabulary (ImageNet-1k).
+        encoder's built-in vocabulary (ImageNet-1k). With ``read_only`` the configured memory
+        must exist and nothing writes to it (the cached vocabulary memories are still built as
+        needed).
 
         Args:
             settings: The settings (default: from the environment).
             labels: Class names for a zero-shot memory (needs an encoder with a text tower).
             progress: ``progress(done, total)`` while a vocabulary memory is built.
+            read_only: Open the configured memory read-only.
             announce: Receives the one-line note when the default encoder falls back to the
                 offline one (default: a logged warning).
             **overrides: Settings fields to override.
@@ -128,7 +132,7 @@ class Recognizer:
         settings = (settings or Settings()).model_copy(update=overrides)
         check_collection_name(settings.collection)  # before a slow encoder load
         ranker = as_ranking_chain(settings.ranker)  # first: a ranker that cannot load fails fast
-        memory = None if labels is not None else configured_memory(settings)
+        memory = None if labels is not None else configured_memory(settings, read_only=read_only)
         try:
             encoder = memory_encoder(settings, memory, announce=announce)
             if memory is None:

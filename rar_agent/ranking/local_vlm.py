@@ -27,7 +27,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-from rar_agent.encoders._hub import hub_access, hub_reachable
+from rar_agent.encoders.hub import hub_access, hub_reachable
 from rar_agent.errors import ModelLoadError, RankerError
 from rar_agent.ranking.vlm_messages import merge_system_turns, to_processor_messages
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from rar_agent.config import Settings
 from rar_agent.encoders import EncoderSpec, load_encoder, resolve_encoder, spec_for
-from rar_agent.encoders import resolve as resolve_mod
+from rar_agent.encoders import loader as resolve_mod
 from rar_agent.encoders.loader import canonical_spec
 from rar_agent.errors import ConfigError, EncoderMismatchError, ModelLoadError
 

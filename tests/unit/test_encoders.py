@@ -267,7 +267,7 @@ def test_unreachable_hub_switches_to_cache_only(monkeypatch: pytest.MonkeyPatch)
     """Without HF_HUB_OFFLINE, an unreachable hub must not cost ~50 s of retries."""
     from huggingface_hub import constants
 
-    from rar_agent.encoders import _hub
+    from rar_agent.encoders import hub as _hub
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(_hub, "hub_reachable", lambda: False)
@@ -286,7 +286,7 @@ def test_unreachable_hub_switches_to_cache_only(monkeypatch: pytest.MonkeyPatch)
 def test_hub_probe_reports_closed_port(monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
-    from rar_agent.encoders import _hub
+    from rar_agent.encoders import hub as _hub
 
     monkeypatch.setattr(_hub, "_last_probe", None)
     monkeypatch.delenv("HTTPS_PROXY", raising=False)

@@ -120,7 +120,7 @@ def test_an_unreachable_hub_fails_fast_with_one_message(monkeypatch: pytest.Monk
 
     from huggingface_hub import constants
 
-    from rar_agent.encoders import _hub
+    from rar_agent.encoders import hub as _hub
 
     for name in ("HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(name, raising=False)

@@ -17,9 +17,9 @@ Every figure is printed with its baseline and the ratio; ``--json PATH`` writes 
 
 Usage::
 
-    python tools/bench_e2e.py                 # full sizes
-    python tools/bench_e2e.py --quick         # small sizes (seconds)
-    python tools/bench_e2e.py --only startup --json out.json
+    python scripts/bench_e2e.py                 # full sizes
+    python scripts/bench_e2e.py --quick         # small sizes (seconds)
+    python scripts/bench_e2e.py --only startup --json out.json
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ _BUILD = """
 import sys, numpy as np
 sys.path.insert(0, {root!r})
 from rar_agent.memory import CategoryMemory
-from tools.bench_e2e import fill_random
+from scripts.bench_e2e import fill_random
 with CategoryMemory.open({path!r}, collection="rss") as m:
     m.bind_encoder("bench:random", {dim})
     fill_random(m, {dim}, {n}, {labels})

@@ -13,9 +13,9 @@ over the same images (ViT-B-16 with random weights: real compute, no download).
 
 Usage::
 
-    python tools/bench_memory.py                  # 10k and 100k, plus the build benchmark
-    python tools/bench_memory.py --sizes 10000 --no-build
-    python tools/bench_memory.py --million        # adds 1M (slow: ~16 min optimize, ~9 GB)
+    python scripts/bench_memory.py                  # 10k and 100k, plus the build benchmark
+    python scripts/bench_memory.py --sizes 10000 --no-build
+    python scripts/bench_memory.py --million        # adds 1M (slow: ~16 min optimize, ~9 GB)
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
 Each benchmark script runs in its own process (``--quick`` passes small sizes to each):
 
-- ``tools/bench_e2e.py``: recognize overhead beyond inference, batch vs single, start-up
+- ``scripts/bench_e2e.py``: recognize overhead beyond inference, batch vs single, start-up
   time, peak RSS of a 100k-entry memory;
-- ``tools/bench_encode.py``: encoder wrapper vs raw ``encode_image``;
-- ``tools/bench_memory.py``: memory upsert/query vs raw qdrant-edge and qdrant-client local;
-- ``tools/bench_ranking.py``: ranking-chain overhead and batch concurrency.
+- ``scripts/bench_encode.py``: encoder wrapper vs raw ``encode_image``;
+- ``scripts/bench_memory.py``: memory upsert/query vs raw qdrant-edge and qdrant-client local;
+- ``scripts/bench_ranking.py``: ranking-chain overhead and batch concurrency;
+- ``scripts/bench_mcp.py``: per-call overhead of the MCP server over the LangChain tool.
 
 A script that defines a ``--json PATH`` option also hands over structured rows; the printed
 output of every script is kept as well. Results go to ``results.json`` and ``benchmarks.md``
@@ -15,10 +16,10 @@ committed ``benchmarks/results.json`` and ``docs/benchmarks.md`` instead.
 
 Usage::
 
-    python tools/bench.py                  # full sizes (tens of minutes on 2 cores)
-    python tools/bench.py --quick          # small sizes (a few minutes)
-    python tools/bench.py --only e2e,ranking --out /tmp/bench
-    python tools/bench.py --update-docs    # refresh the committed figures
+    python scripts/bench.py                  # full sizes (tens of minutes on 2 cores)
+    python scripts/bench.py --quick          # small sizes (a few minutes)
+    python scripts/bench.py --only e2e,ranking --out /tmp/bench
+    python scripts/bench.py --update-docs    # refresh the committed figures
 """
 
 from __future__ import annotations
@@ -51,16 +52,17 @@ class Bench:
 
 
 BENCHES = [
-    Bench("e2e", "tools/bench_e2e.py", ("--quick",)),
-    Bench("encode", "tools/bench_encode.py", ("--tiny", "--n", "64", "--repeats", "2")),
+    Bench("e2e", "scripts/bench_e2e.py", ("--quick",)),
+    Bench("encode", "scripts/bench_encode.py", ("--tiny", "--n", "64", "--repeats", "2")),
     Bench(
         "memory",
-        "tools/bench_memory.py",
+        "scripts/bench_memory.py",
         ("--sizes", "10000", "--queries", "50", "--build-images", "32"),
     ),  # fmt: skip
     Bench(
-        "ranking", "tools/bench_ranking.py", ("--repeats", "10", "--n", "16", "--latency", "0.02")
+        "ranking", "scripts/bench_ranking.py", ("--repeats", "10", "--n", "16", "--latency", "0.02")
     ),
+    Bench("mcp", "scripts/bench_mcp.py", ("--rounds", "30", "--warmup", "3")),
 ]
 
 
@@ -170,7 +172,9 @@ def render_markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes for every script")
-    parser.add_argument("--only", default=None, help="comma-separated: e2e,encode,memory,ranking")
+    parser.add_argument(
+        "--only", default=None, help="comma-separated: e2e,encode,memory,ranking,mcp"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     timeout = args.timeout or (900.0 if args.quick else 3600.0)
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python tools/bench.py"
+        "command": "python scripts/bench.py"
         + (" --quick" if args.quick else "")
         + (f" --only {args.only}" if args.only else "")
         + (" --update-docs" if args.update_docs else ""),
