@@ -1,4 +1,8 @@
-"""Result models: every recognition returns data, never a bare string."""
+"""Result models: every recognition returns data, never a bare string.
+
+The tools' artifacts are these models dumped to JSON; the MCP server publishes their JSON
+schemas as the tools' output schemas.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Candidate", "RankingInfo", "RecognitionResult", "RankingStatus"]
+__all__ = [
+    "Candidate",
+    "CategoryCount",
+    "CategoryListing",
+    "ExampleAdded",
+    "RankingInfo",
+    "RankingStatus",
+    "RecognitionResult",
+    "RegionResults",
+]
 
 RankingStatus = Literal["ranked", "skipped", "fallback", "disabled"]
 
@@ -16,7 +29,9 @@ class Candidate(BaseModel):
 
     label: str
     score: float
-    retrieval_rank: int = Field(description="0-based position in retrieval order.")
+    retrieval_rank: int = Field(
+        ge=1, description="Position in retrieval order, 1-based (1 = retrieval's best)."
+    )
     kind: str | None = Field(default=None, description="Memory kind that matched: image/text.")
     source: str | None = Field(default=None, description="Source of the best-matching entry.")
 
@@ -43,6 +58,11 @@ class RecognitionResult(BaseModel):
     box: list[float] | None = Field(default=None, description="xyxy pixel box for regions.")
     box_id: str | None = None
     error: str | None = Field(default=None, description="Per-item error (e.g. a bad box).")
+    encoder: str | None = Field(
+        default=None,
+        description="The encoder used (e.g. 'ViT-B-16/openai', 'efficientnet-lite0'), or its "
+        "fingerprint when it was not loaded by name.",
+    )
 
     def summary(self) -> str:
         """A short human/LLM-readable line: answer plus candidates with scores."""
@@ -50,3 +70,38 @@ class RecognitionResult(BaseModel):
             return f"error: {self.error}"
         cands = ", ".join(f"{c.label} ({c.score:.3f})" for c in self.candidates)
         return f"{self.label} [ranking: {self.ranking.status}] candidates: {cands}"
+
+
+class RegionResults(BaseModel):
+    """The artifact of ``recognize_image`` with boxes: one result per region, in box order."""
+
+    image: str = Field(description="Where the image came from.")
+    regions: list[RecognitionResult]
+
+
+class CategoryCount(BaseModel):
+    """One category of the memory and how many entries it holds."""
+
+    label: str
+    image_examples: int = Field(description="Example images stored for it.")
+    text_entries: int = Field(description="Class-name (text) entries stored for it.")
+
+
+class CategoryListing(BaseModel):
+    """The artifact of ``list_categories``."""
+
+    collection: str = Field(description="The memory's name.")
+    description: str | None = Field(default=None, description="The memory's domain, if set.")
+    total: int = Field(description="Categories matching the filter, listed or not.")
+    categories: list[CategoryCount] = Field(description="Alphabetical, at most ``limit``.")
+    truncated: bool = Field(description="Whether more categories match than are listed.")
+
+
+class ExampleAdded(BaseModel):
+    """The artifact of ``add_category_example``."""
+
+    label: str = Field(description="The label as stored (normalized).")
+    image: str = Field(description="Where the example image came from.")
+    added: int = Field(description="1 if stored now, 0 if this image was already stored.")
+    image_entries: int = Field(description="Example images in the memory afterwards.")
+    seconds: float

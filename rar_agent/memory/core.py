@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as _dt
 import logging
 import os
-import re
 import threading
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from rar_agent.errors import ConfigError, EncoderMismatchError, MemoryStoreError
-from rar_agent.memory.backend import META_VERSION, MemoryBackend
+from rar_agent.errors import ConfigError, MemoryStoreError
+from rar_agent.memory.backend import MemoryBackend
 from rar_agent.memory.entries import Hit, MemoryEntry, MemoryInfo, check_kind, normalize_label
+from rar_agent.memory.location import open_backend
+from rar_agent.memory.meta import ENCODER_SPEC_KEY, memory_info, record_encoder
 from rar_agent.memory.storage import (
     STORAGE_KEY,
     Footprint,
@@ -27,57 +26,25 @@ from rar_agent.memory.storage import (
     estimate_footprint,
     footprint_from_parts,
 )
+from rar_agent.memory.vectors import as_vector_rows, check_point_ids
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = [
-    "OPTIMIZE_MIN_UNINDEXED",
-    "UPSERT_BATCH",
-    "CategoryMemory",
-    "StoredPoint",
-    "default_memory_dir",
-]
-
-StoredPoint = tuple[str, str, list[float], dict[str, Any]]
-"""``(id, kind, vector, payload)`` of one stored entry, as :meth:`CategoryMemory.scroll` gives."""
+__all__ = ["OPTIMIZE_MIN_UNINDEXED", "UPSERT_BATCH", "CategoryMemory", "StoredPoint"]
 
 logger = logging.getLogger(__name__)
 
-# Points per upsert call. Measured on 2 cores at 50k x 512-d (tools/bench_scale.py
+# Points per upsert call. Measured on 2 cores at 50k x 512-d (scripts/bench_scale.py
 # --upsert-batches): 16.2k points/s at 64-128, 15.0k at 256, 11.3k at 512, 9k at 1024-4096
 # (bigger batches build bigger Python lists and lose the caches); a server's guide asks for
 # 64-256 per request too.
 UPSERT_BATCH = 128
 # Below this many unindexed entries exact search is fast enough; building HNSW is not free.
 OPTIMIZE_MIN_UNINDEXED = 10_000
-_COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-
-def _check_ids(ids: Sequence[str], n: int) -> list[str]:
-    """Validate explicit point ids: ``n`` UUID strings, returned in canonical form."""
-    if len(ids) != n:
-        raise ConfigError(f"got {n} entries but {len(ids)} ids")
-    out = []
-    for i in ids:
-        try:
-            out.append(str(uuid.UUID(str(i))))
-        except ValueError as e:
-            raise ConfigError(f"point id {i!r} is not a UUID string") from e
-    return out
-
-
-def default_memory_dir(collection: str) -> Path:
-    """``<home>/memories/<collection>``, home being ``Settings().home`` (``RAR_HOME``)."""
-    try:
-        from rar_agent.config import Settings
-
-        home = Path(Settings().home)
-    except ImportError:  # pragma: no cover - config is part of the package
-        from platformdirs import user_data_dir
-
-        home = Path(os.environ.get("RAR_HOME") or user_data_dir("rar-agent", appauthor=False))
-    return home.expanduser() / "memories" / collection
+StoredPoint = tuple[str, str, list[float], dict[str, Any]]
+"""``(id, kind, vector, payload)`` of one stored entry, as :meth:`CategoryMemory.scroll` gives."""
 
 
 class CategoryMemory:
@@ -88,14 +55,21 @@ class CategoryMemory:
     ids are deterministic, so adding the same entry twice stores it once. The memory records
     the encoder it was built with and refuses another one. Thread-safe.
 
-    Use :meth:`open`; close it (or use it as a context manager) when done.
+    Use :meth:`open`; close it (or use it as a context manager) when done. A memory opened
+    with ``read_only=True`` refuses every write (entries, removals, its record, indexing).
     """
 
     def __init__(
-        self, backend: MemoryBackend, collection: str, storage: StorageSettings | None = None
+        self,
+        backend: MemoryBackend,
+        collection: str,
+        *,
+        read_only: bool = False,
+        storage: StorageSettings | None = None,
     ) -> None:
         self._backend = backend
         self.collection = collection
+        self.read_only = read_only
         self._lock = threading.RLock()
         self._bound: tuple[str, int] | None = None
         self._dim: int | None = None
@@ -119,13 +93,14 @@ class CategoryMemory:
         replication_factor: int | None = None,
         write_consistency_factor: int | None = None,
         timeout: float | None = None,
+        read_only: bool = False,
         storage: StorageSettings | None = None,
     ) -> CategoryMemory:
         """Open a memory: embedded at ``path``, or a collection on a Qdrant server.
 
         Args:
             path: The memory's directory (embedded backend). ``None`` with no ``url`` means
-                ``<RAR_HOME>/memories/<collection>``.
+                ``<RAR_HOME>/memories/<collection>`` (see :mod:`rar_agent.memory.location`).
             url: Qdrant server URL; selects the server backend.
             api_key: The server's API key.
             location: ``":memory:"`` for qdrant-client's in-process local mode (tests only).
@@ -135,6 +110,8 @@ class CategoryMemory:
             replication_factor: Server only: replicas per shard of a new collection.
             write_consistency_factor: Server only: replicas that must acknowledge a write.
             timeout: Server only: request timeout in seconds.
+            read_only: Refuse every write through this handle; the memory must exist
+                (``create`` is ignored).
             storage: Storage settings for a memory created by this handle (fixed from then
                 on); ``None`` picks them by the size of the first build
                 (:meth:`StorageSettings.for_entries`). An existing memory with other
@@ -144,46 +121,26 @@ class CategoryMemory:
             The open memory.
 
         Raises:
-            ConfigError: Conflicting or invalid arguments.
+            ConfigError: Conflicting or invalid arguments (more than one of ``path``, ``url``
+                and ``location``; a bad collection name).
             MemoryStoreError: It cannot be opened (missing, unreachable, wrong API key).
             MemoryBusyError: Another process holds the embedded memory.
         """
-        if not isinstance(collection, str) or not _COLLECTION.fullmatch(collection):
-            raise ConfigError(
-                f"collection name {collection!r} is invalid: use 1-64 letters, digits, "
-                "'_', '-' or '.'"
-            )
-        if sum(x is not None for x in (path, url, location)) > 1:
-            raise ConfigError("give only one of path (embedded), url (server) or location")
-        backend: MemoryBackend
-        if url is not None or location is not None:
-            if location is not None and location != ":memory:":
-                raise ConfigError(
-                    f"location {location!r} is not supported: use url= for a server, path= "
-                    "for an embedded memory, or location=':memory:' in tests"
-                )
-            from rar_agent.memory.server import ServerBackend
-
-            backend = ServerBackend(
-                collection,
-                url=url,
-                api_key=api_key,
-                location=location,
-                create=create,
-                shard_number=shard_number,
-                replication_factor=replication_factor,
-                write_consistency_factor=write_consistency_factor,
-                timeout=timeout,
-            )
-        else:
-            from rar_agent.memory.edge import open_edge
-
-            directory = Path(path) if path is not None else default_memory_dir(collection)
-            backend = open_edge(directory, create=create)
         if storage is not None and not isinstance(storage, StorageSettings):
-            backend.close()
             raise ConfigError(f"storage must be StorageSettings, not {type(storage).__name__}")
-        return cls(backend, collection, storage)
+        backend = open_backend(
+            collection,
+            path=path,
+            url=url,
+            api_key=api_key,
+            location=location,
+            create=create and not read_only,
+            shard_number=shard_number,
+            replication_factor=replication_factor,
+            write_consistency_factor=write_consistency_factor,
+            timeout=timeout,
+        )
+        return cls(backend, collection, read_only=read_only, storage=storage)
 
     # ------------------------------------------------------------------ encoder
 
@@ -197,6 +154,10 @@ class CategoryMemory:
     ) -> None:
         """Record the encoder on first use (creating the storage); refuse another one later.
 
+        When the encoder was loaded with :func:`rar_agent.encoders.load_encoder`, how it was
+        loaded (its :class:`~rar_agent.encoders.EncoderSpec`) is recorded too, as
+        ``info.encoder_spec``, so the memory can be opened later without naming the encoder.
+
         Args:
             fingerprint: The encoder's fingerprint (model + weights identity).
             dim: The encoder's embedding length.
@@ -209,46 +170,33 @@ class CategoryMemory:
             ConfigError: ``dim`` is not a positive integer, the fingerprint is empty, or
                 the storage settings given to :meth:`open` differ from the memory's.
         """
+        from rar_agent.encoders.loader import spec_for
+
         if not isinstance(fingerprint, str) or not fingerprint:
             raise ConfigError("the encoder fingerprint must be a non-empty string")
         if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
             raise ConfigError(f"the embedding dimension must be a positive integer, not {dim!r}")
         dim = int(dim)
+        spec = spec_for(fingerprint)
         with self._lock:
             self._check_open()
-            meta = self._backend.read_meta(refresh=True)
-            if meta and meta.get("fingerprint"):
-                stored, stored_dim = meta["fingerprint"], meta.get("dim")
-                if stored != fingerprint or stored_dim != dim:
-                    raise EncoderMismatchError(
-                        f"memory {self.collection!r} at {self._backend.location} was built with "
-                        f"encoder {stored!r} ({stored_dim}-d), not {fingerprint!r} ({dim}-d): "
-                        "use the same --clip-model / --clip-pretrained it was built with, or "
-                        "rebuild it with this encoder into another --collection"
-                    )
-                self._check_storage(meta)
+            if self.read_only:  # record_encoder writes in these two cases only
+                meta = self._backend.read_meta(refresh=True) or {}
+                if not meta.get("fingerprint"):
+                    self._check_writable("record its encoder (it has none yet: build it first)")
                 if description is not None and description != meta.get("description"):
-                    self._backend.write_meta({**meta, "description": description})
-            else:
-                storage = self._storage_request or StorageSettings.for_entries(expected_entries)
-                meta = {
-                    "version": META_VERSION,
-                    "fingerprint": fingerprint,
-                    "dim": dim,
-                    "collection": self.collection,
-                    "description": description,
-                    "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                    STORAGE_KEY: storage.to_dict(),
-                }
-                self._backend.create(dim, meta, storage)
-                self._storage = storage
-                logger.info(
-                    "memory %r bound to encoder %s (%d-d), storage: %s",
-                    self.collection,
-                    fingerprint,
-                    dim,
-                    storage.describe(),
-                )
+                    self._check_writable("record a description")
+            storage = self._storage_request or StorageSettings.for_entries(expected_entries)
+            record_encoder(
+                self._backend,
+                self.collection,
+                fingerprint,
+                dim,
+                description,
+                None if self.read_only else spec,  # a read-only memory records nothing
+                storage,
+            )
+            self._check_storage(self._backend.read_meta() or {})
             self._bound = (fingerprint, dim)
 
     def bind_metadata(self, meta: dict[str, Any]) -> None:
@@ -266,20 +214,12 @@ class CategoryMemory:
         if not isinstance(fingerprint, str) or not isinstance(dim, int):
             raise ConfigError("the source memory records no encoder: bind one and build it first")
         storage = StorageSettings.from_dict(meta.get(STORAGE_KEY))
+        self._check_writable("copy another memory into it")
         with self._lock:
-            self._check_open()
             self._storage_request = storage
             self.bind_encoder(fingerprint, dim)
             self._backend.write_meta({**meta, "collection": self.collection})
             self._storage = storage
-
-    def set_description(self, description: str | None) -> None:
-        """Record a domain description (e.g. "bird species"); requires a bound encoder."""
-        self._update_meta("description", description)
-
-    def set_gate_margin(self, margin: float | None) -> None:
-        """Record the ranking-gate margin the evaluation harness chose (for ``gate="auto"``)."""
-        self._update_meta("gate_margin", None if margin is None else float(margin))
 
     def _check_storage(self, meta: dict[str, Any]) -> None:
         stored = StorageSettings.from_dict(meta.get(STORAGE_KEY))
@@ -298,12 +238,9 @@ class CategoryMemory:
         if self._storage is None:
             self._check_open()
             meta = self._backend.read_meta() or {}
-            if STORAGE_KEY in meta:
-                self._storage = StorageSettings.from_dict(meta[STORAGE_KEY])
-            elif meta:
-                self._storage = StorageSettings()
-            else:  # not created yet: what creating it now would use
+            if not meta:  # not created yet: what creating it now would use
                 return self._storage_request or StorageSettings()
+            self._storage = StorageSettings.from_dict(meta.get(STORAGE_KEY))
         return self._storage
 
     @property
@@ -312,7 +249,20 @@ class CategoryMemory:
         self._check_open()
         return dict(self._backend.read_meta(refresh=True) or {})
 
+    def set_encoder_spec(self, spec: dict[str, str | None] | None) -> None:
+        """Record how to load the memory's encoder (``EncoderSpec.to_meta()``'s form)."""
+        self._update_meta(ENCODER_SPEC_KEY, spec)
+
+    def set_description(self, description: str | None) -> None:
+        """Record a domain description (e.g. "bird species"); requires a bound encoder."""
+        self._update_meta("description", description)
+
+    def set_gate_margin(self, margin: float | None) -> None:
+        """Record the ranking-gate margin the evaluation harness chose (for ``gate="auto"``)."""
+        self._update_meta("gate_margin", None if margin is None else float(margin))
+
     def _update_meta(self, key: str, value: Any) -> None:
+        self._check_writable(f"set the {key.replace('_', ' ')}")
         with self._lock:
             meta = self._backend.read_meta(refresh=True)
             if not meta:
@@ -323,23 +273,16 @@ class CategoryMemory:
     def info(self) -> MemoryInfo:
         """What the memory records: encoder fingerprint, dim, backend, description."""
         self._check_open()
-        meta = self._backend.read_meta() or {}
-        return MemoryInfo(
-            fingerprint=meta.get("fingerprint"),
-            dim=meta.get("dim"),
-            collection=self.collection,
-            backend=self._backend.name,
-            description=meta.get("description"),
-            location=self._backend.location,
-            created_at=meta.get("created_at"),
-            gate_margin=meta.get("gate_margin"),
-            storage=self.storage if meta else None,
-        )
+        return memory_info(self._backend, self.collection)
 
     # ------------------------------------------------------------------ writing
 
     def add_entries(
-        self, entries: Sequence[MemoryEntry], vectors: Any, *, ids: Sequence[str] | None = None
+        self,
+        entries: Sequence[MemoryEntry],
+        vectors: ArrayLike,
+        *,
+        ids: Sequence[str] | None = None,
     ) -> list[str]:
         """Store entries with their vectors (upserted in batches of ``UPSERT_BATCH``).
 
@@ -363,6 +306,7 @@ class CategoryMemory:
         entries = list(entries)
         if any(not isinstance(e, MemoryEntry) for e in entries):
             raise ConfigError("add_entries takes MemoryEntry objects")
+        self._check_writable("add entries")
         with self._lock:
             self._check_open()
             if self._bound is None:
@@ -374,7 +318,7 @@ class CategoryMemory:
         rows = self._as_matrix(vectors, dim, what="vectors")
         if rows.shape[0] != len(entries):
             raise ConfigError(f"got {len(entries)} entries but {rows.shape[0]} vectors")
-        ids = [e.point_id for e in entries] if ids is None else _check_ids(ids, len(entries))
+        ids = [e.point_id for e in entries] if ids is None else check_point_ids(ids, len(entries))
         self._upsert(ids, [e.kind for e in entries], rows, [e.payload() for e in entries])
         return ids
 
@@ -388,14 +332,14 @@ class CategoryMemory:
             MemoryStoreError: No encoder is bound.
             ConfigError: A bad id, kind or vector (nothing is written).
         """
+        self._check_writable("write entries")
         with self._lock:
-            self._check_open()
             if self._bound is None:
                 raise MemoryStoreError("bind the source's metadata before writing its points")
             dim = self._bound[1]
         if not points:
             return
-        ids = _check_ids([p[0] for p in points], len(points))
+        ids = check_point_ids([p[0] for p in points], len(points))
         kinds = [check_kind(p[1]) for p in points]
         rows = self._as_matrix([p[2] for p in points], dim, what="vectors")
         self._upsert(ids, kinds, rows, [p[3] for p in points])
@@ -432,12 +376,12 @@ class CategoryMemory:
 
     def remove_label(self, label: str) -> int:
         """Remove every entry of a category; return how many were removed."""
-        self._check_open()
+        self._check_writable("remove entries")
         return self._backend.delete_label(normalize_label(label))
 
     def remove_ids(self, ids: Iterable[str]) -> int:
         """Remove entries by point id; return how many existed."""
-        self._check_open()
+        self._check_writable("remove entries")
         wanted = [str(i) for i in ids]
         present = self._backend.existing(wanted)
         self._backend.delete_ids(sorted(present))
@@ -453,7 +397,7 @@ class CategoryMemory:
         Returns:
             Whether the index was (re)built.
         """
-        self._check_open()
+        self._check_writable("build its index")
         return self._backend.optimize(min_unindexed)
 
     @contextlib.contextmanager
@@ -465,7 +409,7 @@ class CategoryMemory:
         (it resumes deferred). Indexing is switched back on even if the build fails; the
         index itself is built (:meth:`optimize`) only when it succeeds.
         """
-        self._check_open()
+        self._check_writable("load entries")
         defer = self._backend.indexing_deferred() or (
             expected_entries >= OPTIMIZE_MIN_UNINDEXED and self.count() == 0
         )
@@ -515,7 +459,7 @@ class CategoryMemory:
 
     # ------------------------------------------------------------------ reading
 
-    def search(self, vector: Any, *, kind: str = "image", limit: int = 50) -> list[Hit]:
+    def search(self, vector: ArrayLike, *, kind: str = "image", limit: int = 50) -> list[Hit]:
         """Nearest entries of one vector, best first.
 
         Args:
@@ -534,7 +478,7 @@ class CategoryMemory:
         return self.search_batch(rows, kind=kind, limit=limit)[0]
 
     def search_batch(
-        self, vectors: Any, *, kind: str = "image", limit: int = 50
+        self, vectors: ArrayLike, *, kind: str = "image", limit: int = 50
     ) -> list[list[Hit]]:
         """Nearest entries of each row of ``vectors`` (one batched engine call).
 
@@ -555,12 +499,14 @@ class CategoryMemory:
         results = self._backend.query_batch(rows.tolist(), kind, int(limit), self.storage)
         return [sorted(hits, key=lambda h: -h.score) for hits in results]
 
-    async def asearch(self, vector: Any, *, kind: str = "image", limit: int = 50) -> list[Hit]:
+    async def asearch(
+        self, vector: ArrayLike, *, kind: str = "image", limit: int = 50
+    ) -> list[Hit]:
         """Async :meth:`search` (runs in a worker thread)."""
         return await asyncio.to_thread(self.search, vector, kind=kind, limit=limit)
 
     async def asearch_batch(
-        self, vectors: Any, *, kind: str = "image", limit: int = 50
+        self, vectors: ArrayLike, *, kind: str = "image", limit: int = 50
     ) -> list[list[Hit]]:
         """Async :meth:`search_batch` (runs in a worker thread)."""
         return await asyncio.to_thread(self.search_batch, vectors, kind=kind, limit=limit)
@@ -585,6 +531,7 @@ class CategoryMemory:
             "backend": info.backend,
             "location": info.location,
             "fingerprint": info.fingerprint,
+            "encoder_spec": info.encoder_spec,
             "dim": info.dim,
             "description": info.description,
             "created_at": info.created_at,
@@ -595,11 +542,7 @@ class CategoryMemory:
             "storage": self.storage.to_dict(),
             "storage_summary": self.storage.describe(),
             "footprint": footprint.to_dict(),
-            **(
-                {"disk_mib_by_part": {k: round(v / 2**20, 1) for k, v in parts.items()}}
-                if parts
-                else {}
-            ),
+            "disk_mib_by_part": {k: round(v / 2**20, 1) for k, v in (parts or {}).items()},
             **{f"storage_{k}": v for k, v in self._backend.stats().items()},
         }
 
@@ -647,24 +590,20 @@ class CategoryMemory:
         if self._closed:
             raise MemoryStoreError(f"memory {self.collection!r} is closed: open it again")
 
-    def _as_matrix(self, vectors: Any, dim: int | None, *, what: str) -> np.ndarray:
-        try:
-            rows = np.asarray(vectors, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{what} are not a numeric array: {e}") from e
-        if rows.ndim != 2:
-            raise ConfigError(f"{what} must be a 2-D array (n, dim), got shape {rows.shape}")
-        if dim is not None and rows.shape[0] and rows.shape[1] != dim:
-            fp = (
-                self._bound[0]
-                if self._bound
-                else (self._backend.read_meta() or {}).get("fingerprint")
+    def _check_writable(self, what: str) -> None:
+        self._check_open()
+        if self.read_only:
+            raise MemoryStoreError(
+                f"memory {self.collection!r} is open read-only, so it cannot {what}: open it "
+                "for writing to change it (rar-agent mcp: --allow-learning)"
             )
-            raise EncoderMismatchError(
-                f"{what} have {rows.shape[1]} dimensions but memory {self.collection!r} holds "
-                f"{dim}-d vectors of encoder {fp!r}: use the encoder it was built with"
-            )
-        if not np.all(np.isfinite(rows)):
-            bad = int(np.flatnonzero(~np.all(np.isfinite(rows), axis=1))[0])
-            raise ConfigError(f"{what} row {bad} contains NaN or infinity: nothing was written")
-        return rows
+
+    def _as_matrix(self, vectors: ArrayLike, dim: int | None, *, what: str) -> np.ndarray:
+        return as_vector_rows(
+            vectors, dim, what=what, collection=self.collection, fingerprint=self._fingerprint
+        )
+
+    def _fingerprint(self) -> str | None:
+        if self._bound:
+            return self._bound[0]
+        return (self._backend.read_meta() or {}).get("fingerprint")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -98,8 +101,16 @@ def test_errors_are_one_clear_line_not_a_traceback(env: Path) -> None:
     assert code == 2 and "k:" in out and "greater than or equal to 1" in out
 
 
-def test_offline_default_model_names_the_fix(tmp_path: Path) -> None:
-    env = {"HF_HUB_OFFLINE": "1", "RAR_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+def _subprocess_env(home: Path) -> dict[str, str]:
+    """A bare environment (offline, private RAR_HOME) that still imports this checkout."""
+    env = {"HF_HUB_OFFLINE": "1", "RAR_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+def test_an_explicit_clip_model_offline_never_falls_back(tmp_path: Path) -> None:
+    env = _subprocess_env(tmp_path)
     proc = subprocess.run(
         [
             sys.executable,
@@ -107,6 +118,8 @@ def test_offline_default_model_names_the_fix(tmp_path: Path) -> None:
             "rar_agent.cli",
             "recognize",
             "examples/images/cat.jpg",
+            "--clip-model",
+            "ViT-B-16",
             "--no-progress",
         ],
         capture_output=True,
@@ -117,7 +130,7 @@ def test_offline_default_model_names_the_fix(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "local-dir:" in proc.stderr and "RAR_CLIP_MODEL" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "using the offline encoder" not in proc.stderr
 
 
 def test_help_lists_the_commands() -> None:
@@ -151,7 +164,7 @@ def test_console_script_finds_an_encoder_factory_in_the_working_directory(tmp_pa
     import shutil
 
     script = shutil.which("rar-agent") or str(Path(sys.executable).parent / "rar-agent")
-    env = {"HF_HUB_OFFLINE": "1", "RAR_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = _subprocess_env(tmp_path)
     proc = subprocess.run(
         [
             script,
@@ -181,3 +194,113 @@ def test_reading_a_memory_that_does_not_exist_says_so(env: Path) -> None:
         assert code == 2, out
         assert "no category memory" in out and "memory build" in out
     assert not missing.exists(), "a read must not create an empty memory"
+
+
+def _command_paths(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path of the ``rar-agent`` tree (click commands), groups included."""
+    paths = [prefix]
+    for name, command in sorted(group.commands.items()):
+        if hasattr(command, "commands"):
+            paths += _command_paths(command, (*prefix, name))
+        else:
+            paths.append((*prefix, name))
+    return paths
+
+
+COMMAND_PATHS = _command_paths(typer.main.get_command(app))
+
+
+def test_the_command_tree_has_every_subcommand() -> None:
+    assert set(COMMAND_PATHS) >= {
+        ("recognize",),
+        ("memory", "build"),
+        ("memory", "add"),
+        ("memory", "remove"),
+        ("memory", "list"),
+        ("memory", "stats"),
+        ("chat",),
+        ("mcp",),
+        ("eval",),
+        ("finetune-data",),
+    }
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "root")
+def test_every_command_help_lists_all_its_options(path: tuple[str, ...]) -> None:
+    code, out = _run(*path, "--help")
+    assert code == 0, out
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    for param in command.params:
+        if param.param_type_name == "option":
+            assert param.opts[0] in out, f"{param.opts[0]} missing from {' '.join(path)} --help"
+
+
+def test_root_help_is_a_tutorial_with_examples() -> None:
+    code, out = _run("--help")
+    assert code == 0
+    for example in ["rar-agent recognize photo.jpg --labels", "rar-agent memory build"]:
+        assert example in out
+
+
+HEAVY = (
+    "torch",
+    "open_clip",
+    "transformers",
+    "numpy",
+    "PIL",
+    "langchain",
+    "langchain_core",
+    "langgraph",
+    "gradio",
+    "mcp",
+    "qdrant_client",
+    "qdrant_edge",
+    "matplotlib",
+    "httpx",
+)
+
+
+def test_the_cli_imports_no_library_module_and_no_heavy_package() -> None:
+    """``import rar_agent.cli`` and every ``--help`` stay light: the library loads in commands."""
+    script = (
+        "import json, sys\n"
+        "import rar_agent.cli\n"
+        "at_import = sorted(m for m in sys.modules if m.startswith('rar_agent'))\n"
+        "from rar_agent.cli import app\n"
+        f"for path in {COMMAND_PATHS!r}:\n"
+        "    try:\n"
+        "        app([*path, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "top = sorted({m.split('.')[0] for m in sys.modules})\n"
+        "print(json.dumps({'at_import': at_import, 'top': top}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(m == "rar_agent" or m.startswith("rar_agent.cli") for m in loaded["at_import"]), (
+        loaded["at_import"]
+    )
+    assert "rar_agent.cli.options" in loaded["at_import"]
+    assert not set(HEAVY) & set(loaded["top"]), set(HEAVY) & set(loaded["top"])
+
+
+def test_settings_command_refuses_a_command_it_cannot_read() -> None:
+    from rar_agent.cli.options import STORE, settings_command
+
+    def no_settings(k: int = 1) -> None: ...
+
+    def postponed(settings: Any, k: int = 1) -> None: ...  # a string: this module postpones
+
+    with pytest.raises(TypeError, match="settings"):
+        settings_command(STORE)(no_settings)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="postpone"):
+        settings_command(STORE)(postponed)

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rar_agent.cli import app
-from rar_agent.cli_storage import _LineProgress, storage_from_options
+from rar_agent.cli.memory import _storage
+from rar_agent.cli.options import LineProgress
 from rar_agent.memory.storage import StorageSettings
 
 runner = CliRunner()
@@ -84,18 +85,25 @@ def test_push_to_an_unreachable_server_fails_cleanly(
     assert code == 2 and "unreachable" in out
     code, out = _run("memory", "push", "--memory", str(tmp_path / "none"), "--qdrant-url", "x")
     assert code == 2 and "no category memory" in out
+    code, out = _run("memory", "push", "--memory", mem)
+    assert code == 2 and "--qdrant-url" in out
 
 
 def test_storage_flags_fill_the_rest_from_the_size_default() -> None:
-    assert storage_from_options(10, quantization=None) is None
-    big = storage_from_options(500_000, hnsw_m=32)
+    assert _storage(10, {"quantization": None, "hnsw_m": None}) is None
+    big = _storage(500_000, {"hnsw_m": 32, "quantization": None})
     assert big == StorageSettings.for_entries(500_000).replace(hnsw_m=32)
-    assert storage_from_options(10, quantization="int8").vectors_on_disk is False
-    assert storage_from_options(50_000, hnsw_m=8).quantization == "int8"
+    small = _storage(10, {"quantization": "int8"})
+    assert small is not None and small.vectors_on_disk is False
+    mid = _storage(50_000, {"hnsw_m": 8})
+    assert mid is not None and mid.quantization == "int8"
 
 
 def test_line_progress_reports_rate_and_eta(capsys: pytest.CaptureFixture[str]) -> None:
-    progress = _LineProgress("building", every_s=0.0)
+    quiet = LineProgress("quick", every_s=3600.0)
+    quiet(10, 10)  # done before the first line was due: nothing printed
+    assert capsys.readouterr().err == ""
+    progress = LineProgress("building", every_s=0.0)
     progress(500, 1000)
     progress(1000, 1000)
     lines = capsys.readouterr().err.splitlines()

@@ -92,8 +92,7 @@ def test_cluster_profile_app_talks_to_the_cluster_with_consistent_settings(compo
 def test_cluster_settings_reach_the_server_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     """The app's RAR_* cluster variables become the collection's cluster layout."""
     from rar_agent.config import Settings
-    from rar_agent.memory import CategoryMemory
-    from rar_agent.pipeline import open_memory
+    from rar_agent.memory import CategoryMemory, open_memory
 
     for name, value in [
         ("SHARD_NUMBER", "3"),
@@ -103,7 +102,9 @@ def test_cluster_settings_reach_the_server_backend(monkeypatch: pytest.MonkeyPat
     ]:
         monkeypatch.setenv(f"RAR_{name}", value)  # fmt: skip
     seen: dict = {}
-    monkeypatch.setattr(CategoryMemory, "open", classmethod(lambda cls, **kw: seen.update(kw)))
+    monkeypatch.setattr(
+        CategoryMemory, "open", classmethod(lambda cls, path=None, **kw: seen.update(kw, path=path))
+    )
     open_memory(Settings())
     assert seen["url"] == "http://node:6333"
     assert (seen["shard_number"], seen["replication_factor"]) == (3, 2)

@@ -12,9 +12,9 @@ from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, System
 from PIL import Image
 
 from rar_agent.errors import ModelLoadError, RankerError
-from rar_agent.local_vlm import LocalVisionChatModel, _merge_system, to_processor_messages
-from rar_agent.models import load_ranker
-from rar_agent.ranking import RankingChain, RankingInput, image_block
+from rar_agent.ranking import RankingChain, RankingInput, image_block, load_ranker
+from rar_agent.ranking.local_vlm import LocalVisionChatModel
+from rar_agent.ranking.vlm_messages import merge_system_turns, to_processor_messages
 from tests.helpers.tiny_vlm import make_tiny_vlm
 
 CANDS = ["tabby cat", "lynx", "golden retriever", "ship", "猫"]
@@ -95,7 +95,7 @@ def test_merge_system_folds_into_next_user_turn() -> None:
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "U"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "A"}]},
     ]
-    merged = _merge_system(conv)
+    merged = merge_system_turns(conv)
     assert [t["role"] for t in merged] == ["user", "assistant"]
     assert merged[0]["content"][0] == {"type": "text", "text": "S"}
     assert merged[0]["content"][1] == {"type": "image"}
@@ -110,8 +110,32 @@ def test_missing_directory_is_a_clear_error() -> None:
 
 
 def test_missing_weights_offline_is_a_clear_error() -> None:
-    with pytest.raises(ModelLoadError, match="download it beforehand"):
+    with pytest.raises(ModelLoadError, match="hf download nobody-here/no-such-vlm"):
         load_ranker("hf:nobody-here/no-such-vlm", local_files_only=True)
+
+
+def test_an_unreachable_hub_fails_fast_with_one_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not offline by setting, just no hub: a 3 s probe, then cache-only (no retry loop)."""
+    import time
+
+    from huggingface_hub import constants
+
+    from rar_agent.encoders import hub as _hub
+
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(_hub, "_last_probe", None)
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError) as info:
+        load_ranker("local")
+    seconds = time.perf_counter() - start
+    message = str(info.value)
+    assert "SmolVLM-256M-Instruct" in message and "cannot be reached" in message
+    assert "--ranker none" in message and "\n" not in message
+    assert seconds < 60, f"{seconds:.1f} s: a retry loop against the hub?"  # was ~146 s
+    print(f"local ranker with no hub failed in {seconds:.2f} s")
 
 
 def test_weights_load_once_per_process(tiny_vlm_spec: str, ranker: LocalVisionChatModel) -> None:

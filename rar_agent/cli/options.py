@@ -1,0 +1,524 @@
+"""What every ``rar-agent`` command shares: options, settings, the error guard, progress.
+
+Each option shared by two or more commands is defined here once, as an ``Annotated`` alias
+that carries its flag, help text and ``RAR_*`` environment variable. Only typer and the
+standard library are imported at module level; the rest is imported by the helpers when a
+command runs, so ``rar-agent --help`` answers fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Concatenate, ParamSpec
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.progress import ProgressColumn, Task
+
+    from rar_agent.config import Settings
+    from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+
+__all__ = [
+    "ENCODER",
+    "EXIT_INPUT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "GATE_HELP",
+    "RANKING",
+    "STORE",
+    "RANKER_HELP",
+    "AllowLearningOpt",
+    "AllowRootOpt",
+    "AllowUrlsOpt",
+    "ApiKeyOpt",
+    "ClipModelOpt",
+    "ClipPretrainedOpt",
+    "CollectionOpt",
+    "EncoderOpt",
+    "FromFolderOpt",
+    "FromManifestOpt",
+    "GateOpt",
+    "HintOpt",
+    "HostOpt",
+    "JsonOpt",
+    "KOpt",
+    "LineProgress",
+    "LabelsOpt",
+    "MemoryOpt",
+    "PortOpt",
+    "ProgressOpt",
+    "QdrantUrlOpt",
+    "RankerOpt",
+    "ShotsOpt",
+    "error_guard",
+    "load_settings_encoder",
+    "open_recognizer",
+    "print_error",
+    "print_note",
+    "progress_bar",
+    "settings_command",
+    "settings_from_options",
+    "staged_progress",
+]
+
+# ---------------------------------------------------------------------------- help texts
+
+RANKER_HELP = (
+    "Ranking model: none (keep the retrieval order), local (SmolVLM-256M on this machine), "
+    "hf:<repo|dir> (a local transformers vision model or a LoRA adapter folder), or a "
+    "provider string provider:model (openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, "
+    "ollama:qwen2.5vl)."
+)
+GATE_HELP = (
+    "Skip the ranker when retrieval is sure: off, on (the default margin), "
+    "a score margin such as 0.05 (skip when the first label leads the second by more)"
+)
+
+# ---------------------------------------------------------------------------- where the memory is
+
+_MEMORY_PANEL = "Memory options"
+_ENCODER_PANEL = "Encoder options"
+
+MemoryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--memory",
+        help="Embedded memory folder.",
+        envvar="RAR_MEMORY_PATH",
+        show_default="RAR_HOME/memories/NAME",
+        rich_help_panel=_MEMORY_PANEL,
+    ),
+]
+QdrantUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--qdrant-url",
+        help="Qdrant server URL, e.g. http://localhost:6333 (unset: the embedded memory).",
+        envvar="RAR_QDRANT_URL",
+        rich_help_panel=_MEMORY_PANEL,
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        help="Qdrant server API key.",
+        envvar="RAR_QDRANT_API_KEY",
+        rich_help_panel=_MEMORY_PANEL,
+    ),
+]
+CollectionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--collection",
+        help="Memory name.",
+        envvar="RAR_COLLECTION",
+        show_default="default",
+        rich_help_panel=_MEMORY_PANEL,
+    ),
+]
+
+# ---------------------------------------------------------------------------- the encoder
+
+ClipModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--clip-model",
+        help="Encoder: an open_clip name (ViT-B-16), local-dir:/path, hf-hub:org/repo, "
+        "hf:<repo|dir> (a transformers CLIP/SigLIP), or efficientnet-lite0 (offline, "
+        "image-only, ImageNet-1k classes).",
+        envvar="RAR_CLIP_MODEL",
+        show_default="the memory's own encoder; else ViT-B-16/openai where its weights can "
+        "be had, else efficientnet-lite0",
+        rich_help_panel=_ENCODER_PANEL,
+    ),
+]
+ClipPretrainedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--clip-pretrained",
+        help="Weights for an open_clip name: a pretrained tag or a checkpoint file.",
+        envvar="RAR_CLIP_PRETRAINED",
+        show_default="openai",
+        rich_help_panel=_ENCODER_PANEL,
+    ),
+]
+EncoderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--encoder",
+        help="Encoder factory package.module:factory or path/to/file.py:factory "
+        "(replaces --clip-model).",
+        envvar="RAR_ENCODER",
+        rich_help_panel=_ENCODER_PANEL,
+    ),
+]
+
+# ---------------------------------------------------------------------------- recognition
+
+KOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--k",
+        help="Candidates retrieved and handed to the ranker (1-100).",
+        show_default="RAR_K, else 5",
+    ),
+]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--labels",
+        help="Comma-separated class names: recognize zero-shot among exactly these "
+        "(a text memory of them is built and cached).",
+    ),
+]
+RankerOpt = Annotated[
+    str | None,
+    typer.Option("--ranker", help=RANKER_HELP, envvar="RAR_RANKER", show_default="none"),
+]
+GateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gate",
+        help=f"{GATE_HELP}, or auto (the margin `rar-agent eval --gate auto` kept in the memory).",
+        envvar="RAR_GATE",
+        show_default="off",
+    ),
+]
+
+# ---------------------------------------------------------------------------- inputs and output
+
+FromFolderOpt = Annotated[
+    Path | None,
+    typer.Option("--from-folder", help="Labelled images as DIR/<label>/*.jpg (ImageFolder)."),
+]
+FromManifestOpt = Annotated[
+    Path | None,
+    typer.Option("--from-manifest", help="Labelled images as a CSV or JSONL of path,label."),
+]
+ShotsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--shots", help="Example images per class, sampled with --seed.", show_default="all"
+    ),
+]
+HintOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--hint",
+        help="Domain hint in the ranker's prompt, e.g. 'clothing items'.",
+        show_default="the memory's description",
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON on stdout (notes and progress go to stderr).")
+]
+ProgressOpt = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Progress bars on a terminal; elsewhere a line every 10 s for long jobs.",
+    ),
+]
+
+# ---------------------------------------------------------------------------- serving (chat, mcp)
+
+HostOpt = Annotated[
+    str, typer.Option("--host", help="Interface to serve on (0.0.0.0 for a network).")
+]
+PortOpt = Annotated[int, typer.Option("--port", help="Port to serve on.")]
+AllowRootOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--allow-root", help="Folder whose image files the tools may read."),
+]
+AllowUrlsOpt = Annotated[
+    bool, typer.Option("--allow-urls", help="Let the tools fetch public image URLs.")
+]
+AllowLearningOpt = Annotated[
+    bool, typer.Option("--allow-learning", help="Let the tools add examples to the memory.")
+]
+
+
+# ---------------------------------------------------------------------------- option groups
+
+
+def _param(name: str, annotation: object) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
+
+
+STORE = (
+    _param("memory", MemoryOpt),
+    _param("qdrant_url", QdrantUrlOpt),
+    _param("api_key", ApiKeyOpt),
+    _param("collection", CollectionOpt),
+)
+"""Where the memory lives: ``--memory``, ``--qdrant-url``, ``--api-key``, ``--collection``."""
+ENCODER = (
+    _param("clip_model", ClipModelOpt),
+    _param("clip_pretrained", ClipPretrainedOpt),
+    _param("encoder", EncoderOpt),
+)
+"""Which encoder: ``--clip-model``, ``--clip-pretrained``, ``--encoder``."""
+RANKING = (_param("k", KOpt), _param("ranker", RankerOpt), _param("gate", GateOpt))
+"""How to recognize: ``--k``, ``--ranker``, ``--gate``."""
+
+_P = ParamSpec("_P")
+
+
+def settings_command(
+    *groups: tuple[inspect.Parameter, ...],
+) -> Callable[[Callable[Concatenate[Settings, _P], None]], Callable[_P, None]]:
+    """Give a command the options of ``groups``; it is called with the ``Settings`` they make.
+
+    The command's first parameter is ``settings``; its other parameters are its own options.
+    The returned function's signature (what typer reads) is the command's own options followed
+    by the groups' options, so each shared option is declared once, here. The command runs
+    inside :func:`error_guard`. Command modules leave out ``from __future__ import
+    annotations``: the signature is read as objects, not strings.
+    """
+    shared = [p for group in groups for p in group]
+
+    def decorate(func: Callable[Concatenate[Settings, _P], None]) -> Callable[_P, None]:
+        own = list(inspect.signature(func).parameters.values())
+        if not own or own[0].name != "settings":
+            raise TypeError(f"{func.__name__}: the first parameter must be `settings`")
+        if any(isinstance(p.annotation, str) for p in own[1:]):
+            raise TypeError(f"{func.__name__}: its module must not postpone annotations")
+
+        @functools.wraps(func)
+        def command(*args: _P.args, **kwargs: _P.kwargs) -> None:
+            options = {p.name: kwargs.pop(p.name, None) for p in shared}
+            with error_guard():
+                func(settings_from_options(**options), *args, **kwargs)
+
+        params = own[1:] + shared
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def settings_from_options(**options: object) -> Settings:
+    """Settings from ``RAR_*`` variables, overridden by the options given on the command line.
+
+    Args:
+        **options: Option values by parameter name; ``None`` means "not given".
+
+    Raises:
+        ConfigError: A value is invalid; the message names the setting.
+    """
+    from pydantic import ValidationError
+
+    from rar_agent.config import Settings
+    from rar_agent.errors import ConfigError
+
+    names = {"memory": "memory_path", "api_key": "qdrant_api_key"}
+    update = {names.get(k, k): v for k, v in options.items() if v is not None}
+    try:
+        return Settings(**update)  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(
+            f"invalid setting ({problems}): fix the option or RAR_* variable"
+        ) from None
+
+
+def load_settings_encoder(
+    settings: Settings, memory: CategoryMemory | None = None
+) -> ImageTextEncoder:
+    """The encoder the settings name, else ``memory``'s recorded one, else the default.
+
+    The default's fallback to the offline encoder is announced on stderr.
+    """
+    from rar_agent.memory import memory_encoder
+
+    return memory_encoder(settings, memory, announce=print_note)
+
+
+def open_recognizer(
+    settings: Settings, labels: str | None, progress: bool, *, read_only: bool = False
+) -> Recognizer:
+    """The recognizer of ``recognize``, ``chat`` and ``mcp``: over ``--labels``, else the memory.
+
+    With ``read_only`` the memory must exist and nothing writes to it.
+    """
+    from rar_agent.pipeline import Recognizer
+
+    label_list = labels.split(",") if labels is not None else None
+    bar, update = progress_bar(progress, "building vocabulary memory")
+    with bar:
+        return Recognizer.from_settings(
+            settings, labels=label_list, progress=update, read_only=read_only, announce=print_note
+        )
+
+
+#: Exit codes, one contract for every command (the README documents it).
+EXIT_OK = 0
+EXIT_INPUT_FAILED = 1
+"""Some inputs failed (each reported with its reason); the others were still processed."""
+EXIT_USAGE = 2
+"""A usage or configuration error: bad option, missing memory, a model that cannot load."""
+EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def error_guard() -> Iterator[None]:
+    """Turn a ``RarError`` into one ``error:`` line and its exit code.
+
+    An input that cannot be used (``ImageError``: an unreadable or invalid image) exits 1;
+    every other ``RarError`` is a usage or configuration error and exits 2; Ctrl+C exits 130.
+    """
+    from rar_agent.errors import ImageError, RarError
+
+    try:
+        yield
+    except RarError as e:
+        print_error(str(e))
+        raise typer.Exit(EXIT_INPUT_FAILED if isinstance(e, ImageError) else EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def print_error(message: str) -> None:
+    """Print ``error: message`` on stderr."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+
+
+def print_note(message: str) -> None:
+    """Print a dim note on stderr (stdout stays clean for ``--json``)."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[dim]{message}[/]", highlight=False)
+
+
+ProgressPair = tuple[AbstractContextManager[object], Callable[[int, int], None] | None]
+StagedPair = tuple[AbstractContextManager[object], Callable[[str, int, int], None] | None]
+
+
+def _rate_column() -> ProgressColumn:
+    """A rich column showing items per second (defined here: rich loads lazily)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Items per second."""
+
+        def render(self, task: Task) -> Text:
+            speed = task.speed
+            return Text(f"{speed:,.0f}/s" if speed else "?/s", style="progress.data.speed")
+
+    return RateColumn()
+
+
+class LineProgress:
+    """``update(done, total)`` printing ``description: done/total (p%), rate/s, eta`` lines.
+
+    At most one line every ``every_s`` seconds, the first after ``every_s`` seconds, and a
+    last one at the end if any was printed.
+    """
+
+    def __init__(self, description: str, every_s: float = 10.0) -> None:
+        self.description = description
+        self.every_s = every_s
+        self.start = self.last = time.monotonic()
+        self.printed = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        finished = done >= total
+        if now - self.last < self.every_s and not (finished and self.printed):
+            return
+        self.last, self.printed = now, True
+        rate = done / max(now - self.start, 1e-9)
+        eta = f"{(total - done) / rate:,.0f} s" if rate > 0 else "?"
+        share = 100.0 * done / total if total else 100.0
+        print(
+            f"{self.description}: {done:,}/{total:,} ({share:.0f}%), {rate:,.0f}/s, eta {eta}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def staged_progress(enabled: bool, names: Mapping[str, str] | None = None) -> StagedPair:
+    """A progress display on stderr and its ``update(stage, done, total)``: one bar a stage.
+
+    Args:
+        enabled: ``--progress``; bars are drawn only when stderr is a terminal.
+        names: Bar titles by stage name (default: the stage name).
+
+    Returns:
+        The display to enter around the work, and the callback (``None`` when disabled).
+    """
+    if not enabled or not sys.stderr.isatty():
+        return contextlib.nullcontext(), None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        _rate_column(),
+        TimeElapsedColumn(),
+        "eta",
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+    titles = dict(names or {})
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(titles.get(stage, stage), total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return bar, update
+
+
+def progress_bar(enabled: bool, description: str) -> ProgressPair:
+    """One progress bar titled ``description`` and its ``update(done, total)``.
+
+    Off a terminal (a log file, a pipe) a long job still reports: one line on stderr every
+    10 seconds with the rate and the time left (nothing for a job done sooner).
+    """
+    if enabled and not sys.stderr.isatty():
+        return contextlib.nullcontext(), LineProgress(description)
+    bar, staged = staged_progress(enabled)
+    if staged is None:
+        return bar, None
+
+    def update(done: int, total: int) -> None:
+        staged(description, done, total)
+
+    return bar, update

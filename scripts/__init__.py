@@ -1,0 +1,5 @@
+"""Maintainer scripts: benchmarks, the LoRA fine-tuning script, architecture metrics (not part
+of the package).
+
+Importable from the repository root (``python -m scripts.bench``).
+"""
