@@ -405,17 +405,17 @@ def print_table(records: list[dict[str, Any]]) -> None:
 
 def bench_upsert_batches(n: int, dim: int, batches: list[int], rounds: int = 2) -> None:
     """Upsert rate of ``CategoryMemory`` per batch size (fresh memory each; rounds interleaved)."""
-    from rar_agent.memory import CategoryMemory, MemoryEntry, core
+    from rar_agent.memory import CategoryMemory, MemoryEntry, storage_ops
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, dim)).astype(np.float32)
     entries = [MemoryEntry(f"class-{i % 1000}", "image", f"v{i}", f"h{i}") for i in range(n)]
     results: dict[int, list[tuple[float, float]]] = {b: [] for b in batches}
-    saved = core.UPSERT_BATCH
+    saved = storage_ops.UPSERT_BATCH
     try:
         for _ in range(rounds):
             for size in batches:
-                core.UPSERT_BATCH = size
+                storage_ops.UPSERT_BATCH = size
                 tmp = tempfile.mkdtemp(prefix="rar-batch-")
                 with CategoryMemory.open(Path(tmp) / "m") as mem:
                     mem.bind_encoder("bench", dim)
@@ -425,7 +425,7 @@ def bench_upsert_batches(n: int, dim: int, batches: list[int], rounds: int = 2) 
                     results[size].append((time.perf_counter() - wall, _cpu_s() - cpu))
                 shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        core.UPSERT_BATCH = saved
+        storage_ops.UPSERT_BATCH = saved
     print(f"\n== upsert batch size, {n:,} entries, {dim}-d (best of {rounds}), load {load_avg()}")
     print(f"{'batch':>6} {'points/s':>10} {'points/CPU-s':>13}")
     for size, runs in results.items():

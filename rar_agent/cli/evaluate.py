@@ -26,8 +26,8 @@ from rar_agent.cli.options import (
     error_guard,
     load_settings_encoder,
     settings_from_options,
-    staged_progress,
 )
+from rar_agent.cli.progress import staged_progress
 
 __all__ = ["evaluate"]
 

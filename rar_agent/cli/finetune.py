@@ -20,9 +20,9 @@ from rar_agent.cli.options import (
     ProgressOpt,
     load_settings_encoder,
     print_error,
-    progress_bar,
     settings_command,
 )
+from rar_agent.cli.progress import progress_bar
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings

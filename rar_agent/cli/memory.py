@@ -20,9 +20,9 @@ from rar_agent.cli.options import (
     ProgressOpt,
     ShotsOpt,
     load_settings_encoder,
-    progress_bar,
     settings_command,
 )
+from rar_agent.cli.progress import progress_bar
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -45,6 +45,14 @@ __all__ = [
 
 app = typer.Typer(help="Build and inspect category memories.", no_args_is_help=True)
 
+FromNamesOpt = Annotated[
+    Path | None, typer.Option("--from-names", help="Text file, one class name per line.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --shots sampling.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first bad image.")]
+DescriptionOpt = Annotated[
+    str | None, typer.Option("--description", help="Domain hint, e.g. 'aircraft variants'.")
+]
 _STORAGE_PANEL = "Storage options (when the memory is created)"
 FromVectorsOpt = Annotated[
     Path | None,
@@ -115,19 +123,15 @@ OversamplingOpt = Annotated[
 def memory_build(
     settings: "Settings",
     from_folder: FromFolderOpt = None,
-    from_names: Annotated[
-        Path | None, typer.Option("--from-names", help="Text file, one class name per line.")
-    ] = None,
+    from_names: FromNamesOpt = None,
     from_manifest: FromManifestOpt = None,
     from_vectors: FromVectorsOpt = None,
     labels: LabelsFileOpt = None,
     fingerprint: FingerprintOpt = None,
     shots: ShotsOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for --shots sampling.")] = 0,
-    strict: Annotated[bool, typer.Option("--strict", help="Fail on the first bad image.")] = False,
-    description: Annotated[
-        str | None, typer.Option("--description", help="Domain hint, e.g. 'aircraft variants'.")
-    ] = None,
+    seed: SeedOpt = 0,
+    strict: StrictOpt = False,
+    description: DescriptionOpt = None,
     quantization: QuantizationOpt = None,
     vectors_on_disk: VectorsDiskOpt = None,
     payload_on_disk: PayloadDiskOpt = None,
@@ -144,7 +148,6 @@ def memory_build(
     originals), and from 100k entries keeps the originals and payloads on disk.
     """
     from rar_agent.errors import ConfigError
-    from rar_agent.memory import builders, open_memory
 
     sources = (from_folder, from_names, from_manifest, from_vectors)
     if sum(s is not None for s in sources) != 1:
@@ -169,6 +172,23 @@ def memory_build(
     # Read the sources first: a missing folder or an empty names file leaves no memory behind.
     names = _read_names(from_names) if from_names is not None else None
     items = None if names is not None else _labelled_images(from_folder, from_manifest, shots, seed)
+    report = _build(settings, names, items, flags, description, strict, progress)
+    if report.failed:
+        raise typer.Exit(EXIT_INPUT_FAILED)
+
+
+def _build(
+    settings: "Settings",
+    names: list[str] | None,
+    items: list[tuple[str, str]] | None,
+    flags: "Mapping[str, object]",
+    description: str | None,
+    strict: bool,
+    progress: bool,
+) -> "BuildReport":
+    """Encode and store class names or labelled images; the storage default knows the count."""
+    from rar_agent.memory import builders, open_memory
+
     count = len(names) if names is not None else len(items or [])
     with open_memory(settings, storage=_storage(count, flags)) as mem:
         enc = load_settings_encoder(settings, mem)
@@ -182,8 +202,7 @@ def memory_build(
             else:
                 report = builders.add_images(mem, enc, items or [], strict=strict, progress=update)
         _print_report(report, mem)
-    if report.failed:
-        raise typer.Exit(EXIT_INPUT_FAILED)
+    return report
 
 
 def _storage(entries: int, flags: "Mapping[str, object]") -> "StorageSettings | None":

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rar_agent.cli.options import STORE, ProgressOpt, progress_bar, settings_command
+from rar_agent.cli.options import STORE, ProgressOpt, settings_command
+from rar_agent.cli.progress import progress_bar
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings

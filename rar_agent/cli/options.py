@@ -1,9 +1,8 @@
-"""What every ``rar-agent`` command shares: options, settings, the error guard, progress.
+"""What every ``rar-agent`` command shares: options, settings, the error guard.
 
 Each option shared by two or more commands is defined here once, as an ``Annotated`` alias
-that carries its flag, help text and ``RAR_*`` environment variable. Only typer and the
-standard library are imported at module level; the rest is imported by the helpers when a
-command runs, so ``rar-agent --help`` answers fast.
+with its flag, help text and ``RAR_*`` environment variable. Only typer and the standard
+library at module level (the helpers import the rest when a command runs).
 """
 
 from __future__ import annotations
@@ -11,18 +10,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Concatenate, ParamSpec
 
 import typer
 
 if TYPE_CHECKING:
-    from rich.progress import ProgressColumn, Task
-
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
@@ -53,7 +47,6 @@ __all__ = [
     "HostOpt",
     "JsonOpt",
     "KOpt",
-    "LineProgress",
     "LabelsOpt",
     "MemoryOpt",
     "PortOpt",
@@ -66,10 +59,8 @@ __all__ = [
     "open_recognizer",
     "print_error",
     "print_note",
-    "progress_bar",
     "settings_command",
     "settings_from_options",
-    "staged_progress",
 ]
 
 # ---------------------------------------------------------------------------- help texts
@@ -225,11 +216,7 @@ JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON on stdout (notes and progress go to stderr).")
 ]
 ProgressOpt = Annotated[
-    bool,
-    typer.Option(
-        "--progress/--no-progress",
-        help="Progress bars on a terminal; elsewhere a line every 10 s for long jobs.",
-    ),
+    bool, typer.Option("--progress/--no-progress", help="Progress bars (off a terminal: lines).")
 ]
 
 # ---------------------------------------------------------------------------- serving (chat, mcp)
@@ -358,10 +345,9 @@ def load_settings_encoder(
 def open_recognizer(
     settings: Settings, labels: str | None, progress: bool, *, read_only: bool = False
 ) -> Recognizer:
-    """The recognizer of ``recognize``, ``chat`` and ``mcp``: over ``--labels``, else the memory.
-
-    With ``read_only`` the memory must exist and nothing writes to it.
-    """
+    """The recognizer of ``recognize``, ``chat`` and ``mcp``: over ``--labels``, else the memory
+    (with ``read_only`` it must exist and nothing writes to it)."""
+    from rar_agent.cli.progress import progress_bar
     from rar_agent.pipeline import Recognizer
 
     label_list = labels.split(",") if labels is not None else None
@@ -412,113 +398,3 @@ def print_note(message: str) -> None:
     from rich.console import Console
 
     Console(stderr=True, soft_wrap=True).print(f"[dim]{message}[/]", highlight=False)
-
-
-ProgressPair = tuple[AbstractContextManager[object], Callable[[int, int], None] | None]
-StagedPair = tuple[AbstractContextManager[object], Callable[[str, int, int], None] | None]
-
-
-def _rate_column() -> ProgressColumn:
-    """A rich column showing items per second (defined here: rich loads lazily)."""
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        """Items per second."""
-
-        def render(self, task: Task) -> Text:
-            speed = task.speed
-            return Text(f"{speed:,.0f}/s" if speed else "?/s", style="progress.data.speed")
-
-    return RateColumn()
-
-
-class LineProgress:
-    """``update(done, total)`` printing ``description: done/total (p%), rate/s, eta`` lines.
-
-    At most one line every ``every_s`` seconds, the first after ``every_s`` seconds, and a
-    last one at the end if any was printed.
-    """
-
-    def __init__(self, description: str, every_s: float = 10.0) -> None:
-        self.description = description
-        self.every_s = every_s
-        self.start = self.last = time.monotonic()
-        self.printed = False
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        finished = done >= total
-        if now - self.last < self.every_s and not (finished and self.printed):
-            return
-        self.last, self.printed = now, True
-        rate = done / max(now - self.start, 1e-9)
-        eta = f"{(total - done) / rate:,.0f} s" if rate > 0 else "?"
-        share = 100.0 * done / total if total else 100.0
-        print(
-            f"{self.description}: {done:,}/{total:,} ({share:.0f}%), {rate:,.0f}/s, eta {eta}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-def staged_progress(enabled: bool, names: Mapping[str, str] | None = None) -> StagedPair:
-    """A progress display on stderr and its ``update(stage, done, total)``: one bar a stage.
-
-    Args:
-        enabled: ``--progress``; bars are drawn only when stderr is a terminal.
-        names: Bar titles by stage name (default: the stage name).
-
-    Returns:
-        The display to enter around the work, and the callback (``None`` when disabled).
-    """
-    if not enabled or not sys.stderr.isatty():
-        return contextlib.nullcontext(), None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskID,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        _rate_column(),
-        TimeElapsedColumn(),
-        "eta",
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    tasks: dict[str, TaskID] = {}
-    titles = dict(names or {})
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(titles.get(stage, stage), total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-
-    return bar, update
-
-
-def progress_bar(enabled: bool, description: str) -> ProgressPair:
-    """One progress bar titled ``description`` and its ``update(done, total)``.
-
-    Off a terminal (a log file, a pipe) a long job still reports: one line on stderr every
-    10 seconds with the rate and the time left (nothing for a job done sooner).
-    """
-    if enabled and not sys.stderr.isatty():
-        return contextlib.nullcontext(), LineProgress(description)
-    bar, staged = staged_progress(enabled)
-    if staged is None:
-        return bar, None
-
-    def update(done: int, total: int) -> None:
-        staged(description, done, total)
-
-    return bar, update

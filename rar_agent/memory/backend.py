@@ -8,9 +8,12 @@ from typing import Any, Protocol
 from rar_agent.memory.entries import Hit
 from rar_agent.memory.storage import StorageSettings
 
-__all__ = ["META_VERSION", "MemoryBackend"]
+__all__ = ["META_VERSION", "MemoryBackend", "ScrollPage"]
 
 META_VERSION = 1
+
+ScrollPage = tuple[list[tuple[str, dict[str, list[float]], dict[str, Any]]], str | None]
+"""One page of a scroll: ``(id, {vector name: vector}, payload)`` points and the next offset."""
 
 
 class MemoryBackend(Protocol):
@@ -69,9 +72,7 @@ class MemoryBackend(Protocol):
         """
         ...
 
-    def scroll(
-        self, offset: str | None, limit: int
-    ) -> tuple[list[tuple[str, dict[str, list[float]], dict[str, Any]]], str | None]:
+    def scroll(self, offset: str | None, limit: int) -> ScrollPage:
         """Up to ``limit`` points from ``offset`` on, in id order, as ``(id, vectors,
         payload)``, and the offset of the next page (``None`` after the last)."""
         ...

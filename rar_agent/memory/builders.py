@@ -80,8 +80,11 @@ class BuildReport:
 # ---------------------------------------------------------------------- class names
 
 
-def _text_content_hash(prompts: Sequence[str]) -> str:
-    return hashlib.sha256("\x00".join(prompts).encode()).hexdigest()
+def _name_entry(label: str, prompts: Sequence[str]) -> MemoryEntry:
+    """A class name's text entry; its content hash covers the filled prompts."""
+    digest = hashlib.sha256("\x00".join(prompts).encode()).hexdigest()
+    source = f"class name x {len(prompts)} prompt templates"
+    return MemoryEntry(label, "text", source, digest, {"templates": len(prompts)})
 
 
 def add_class_names(
@@ -122,16 +125,7 @@ def add_class_names(
         raise ConfigError("templates is empty: give at least one prompt template such as '{}'")
     labels = list(dict.fromkeys(normalize_label(n) for n in names))
     memory.bind_encoder(encoder.fingerprint, encoder.dim, expected_entries=len(labels))
-    entries = [
-        MemoryEntry(
-            label,
-            "text",
-            f"class name x {len(tmpl)} prompt templates",
-            _text_content_hash([fill_template(t, label) for t in tmpl]),
-            {"templates": len(tmpl)},
-        )
-        for label in labels
-    ]
+    entries = [_name_entry(label, [fill_template(t, label) for t in tmpl]) for label in labels]
     report = BuildReport()
     stored = memory.existing_ids(e.point_id for e in entries)
     todo = [e for e in entries if e.point_id not in stored]
@@ -196,16 +190,30 @@ def add_images(
     memory.bind_encoder(encoder.fingerprint, encoder.dim, expected_entries=len(todo))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
+    with memory.bulk_load(len(todo)):
+        _pipelined(memory, encoder, batches, report, (strict, extra or {}), progress)
+    finish_build(memory, report, start)
+    return report
+
+
+def _pipelined(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    batches: Sequence[Sequence[BatchItem]],
+    report: BuildReport,
+    options: tuple[bool, Mapping[str, Any]],
+    progress: Progress | None,
+) -> None:
+    """Encode and write each batch while the next one is read and decoded in a thread."""
+    strict, extra = options
+    total = sum(len(b) for b in batches)
     seen: set[str] = set()
-    with (
-        memory.bulk_load(len(todo)),
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool,
-    ):
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
 
         def submit(index: int) -> Future[PreparedBatch] | None:
             if index >= len(batches):
                 return None
-            return pool.submit(prepare_batch, memory, batches[index], seen, strict, extra or {})
+            return pool.submit(prepare_batch, memory, batches[index], seen, strict, extra)
 
         pending = submit(0)
         for index in range(len(batches)):
@@ -214,9 +222,7 @@ def add_images(
             pending = submit(index + 1)  # decoded while this batch is encoded
             _write(memory, encoder, prepared, report)
             if progress:
-                progress(report.total, len(todo))
-    finish_build(memory, report, start)
-    return report
+                progress(report.total, total)
 
 
 def _write(

@@ -14,7 +14,6 @@ shard's lock. Another process gets :class:`MemoryBusyError`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import threading
@@ -23,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from rar_agent.errors import MemoryBusyError, MemoryStoreError, RarError
+from rar_agent.memory.backend import ScrollPage
 from rar_agent.memory.edge_files import acquire_lock, read_json, release_lock, write_json_atomic
-from rar_agent.memory.entries import KINDS, Hit
+from rar_agent.memory.engine_settings import edge_config, edge_search_params, shard_file_part
+from rar_agent.memory.entries import Hit
 from rar_agent.memory.storage import StorageSettings
 
 __all__ = ["EdgeBackend", "META_FILE", "SHARD_DIR", "open_edge"]
@@ -34,8 +35,6 @@ logger = logging.getLogger(__name__)
 META_FILE = "rar_memory.json"
 SHARD_DIR = "shard"
 _CHUNK = 1024
-# Qdrant's default: segments below this many KB of vectors are searched exactly.
-_FULL_SCAN_KB = 10_000
 # Flush after this many written points: the WAL keeps every update until a flush, so a 1M
 # bulk load mapped 2.5 GB of WAL; flushing every 100k keeps it near 0.2 GB (for ~15% slower
 # upserts, a small part of such a build).
@@ -134,50 +133,6 @@ def _load_shard(shard_path: Path) -> Any:
         return EdgeShard.load(str(shard_path))
 
 
-def _edge_config(dim: int, storage: StorageSettings) -> Any:
-    """The shard configuration of a memory with ``dim``-long vectors and these settings."""
-    from qdrant_edge import (
-        Distance,
-        EdgeConfig,
-        EdgeVectorParams,
-        HnswIndexConfig,
-        Memory,
-        ScalarQuantizationConfig,
-        ScalarType,
-    )
-
-    quantization = (
-        ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99, memory=Memory.Pinned)
-        if storage.quantization == "int8"
-        else None
-    )
-    vectors = Memory.Cold if storage.vectors_on_disk else Memory.Cached
-    return EdgeConfig(
-        vectors={
-            k: EdgeVectorParams(size=dim, distance=Distance.Cosine, memory=vectors) for k in KINDS
-        },
-        hnsw_config=HnswIndexConfig(
-            m=storage.hnsw_m,
-            ef_construct=storage.hnsw_ef_construct,
-            full_scan_threshold=_FULL_SCAN_KB,
-        ),
-        quantization_config=quantization,
-        payload_memory=Memory.Cold if storage.payload_on_disk else Memory.Cached,
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _search_params(storage: StorageSettings) -> Any:
-    from qdrant_edge import QuantizationSearchParams, SearchParams
-
-    if storage.quantization == "none":
-        return SearchParams(hnsw_ef=storage.search_ef)
-    return SearchParams(
-        hnsw_ef=storage.search_ef,
-        quantization=QuantizationSearchParams(rescore=True, oversampling=storage.oversampling),
-    )
-
-
 def _kind_filter(kind: str | None, label: str | None = None) -> Any:
     from qdrant_edge import FieldCondition, Filter, MatchValue
 
@@ -187,23 +142,6 @@ def _kind_filter(kind: str | None, label: str | None = None) -> Any:
     if label is not None:
         must.append(FieldCondition("label", match=MatchValue(label)))
     return Filter(must=must) if must else None
-
-
-def _component(rel: tuple[str, ...], name: str) -> str:
-    """Which part of a memory a shard file belongs to (see ``storage.Footprint``)."""
-    if rel[:1] == ("wal",):
-        return "wal"
-    inner = rel[2:3] if rel[:1] in (("segments",), ("temp_segments",)) else ()
-    folder = inner[0] if inner else ""
-    if folder.startswith("vector_storage"):
-        return "quantized" if name.startswith("quantized") else "vectors"
-    if folder.startswith("vector_index"):
-        return "hnsw"
-    if folder == "payload_storage":
-        return "payload"
-    if folder == "payload_index" or name.startswith("id_tracker"):
-        return "ids_and_indexes"
-    return "other"
 
 
 class EdgeBackend:
@@ -246,7 +184,7 @@ class EdgeBackend:
             if s.shard is None:
                 shard_path = s.path / SHARD_DIR
                 with _engine("create the shard", shard_path):
-                    s.shard = EdgeShard.create(str(shard_path), _edge_config(dim, storage))
+                    s.shard = EdgeShard.create(str(shard_path), edge_config(dim, storage))
             # Also for a shard whose creator was killed before indexing it: without the
             # ``label`` index, ``labels()`` (a facet) would fail forever.
             with _engine("index the shard", s.path):
@@ -318,7 +256,7 @@ class EdgeBackend:
         """Batch nearest-neighbour search (``query`` for one vector, ``query_batch`` else)."""
         from qdrant_edge import Query, QueryBatchRequest, QueryRequest
 
-        params = _search_params(storage)
+        params = edge_search_params(storage)
         requests = [
             QueryRequest(
                 limit=limit, query=Query.Nearest(v, using=using), with_payload=True, params=params
@@ -334,9 +272,7 @@ class EdgeBackend:
                 results = shard.query_batch(QueryBatchRequest(requests))
         return [[Hit.from_point(p.id, p.score, p.payload) for p in res] for res in results]
 
-    def scroll(
-        self, offset: str | None, limit: int
-    ) -> tuple[list[tuple[str, dict[str, list[float]], dict[str, Any]]], str | None]:
+    def scroll(self, offset: str | None, limit: int) -> ScrollPage:
         """One page of points in id order, with vectors and payloads, and the next offset."""
         from qdrant_edge import ScrollRequest
 
@@ -424,7 +360,7 @@ class EdgeBackend:
                         size = (Path(dirpath) / name).stat().st_blocks * 512
                     except OSError:
                         continue  # a segment file replaced while we walk
-                    part = _component(rel, name)
+                    part = shard_file_part(rel, name)
                     totals[part] = totals.get(part, 0) + size
         return totals
 

@@ -76,9 +76,8 @@ def add_vectors(
     batch_size: int = UPSERT_BATCH,
     progress: Progress | None = None,
 ) -> BuildReport:
-    """Add one entry per row of ``vectors``, labelled by ``labels[row]``.
+    """Add one entry per row of ``vectors``, labelled by ``labels[row]``, in a bulk load.
 
-    Indexing is deferred until the end of a bulk load (:meth:`CategoryMemory.bulk_load`).
     A fresh memory skips the stored-id checks; a memory that already holds entries (a
     resumed build) checks each batch and writes only the missing rows.
 
@@ -113,15 +112,7 @@ def add_vectors(
         for begin in range(0, n, batch_size):
             stop = min(n, begin + batch_size)
             rows = np.ascontiguousarray(vectors[begin:stop], dtype=np.float32)
-            entries = [
-                MemoryEntry(
-                    labels[begin + i],
-                    kind,
-                    f"{source}#{begin + i}",
-                    hashlib.sha256(row.tobytes()).hexdigest()[:32],
-                )
-                for i, row in enumerate(rows)
-            ]
+            entries = _entries(rows, labels[begin:stop], kind, source, begin)
             if resume:
                 stored = memory.existing_ids(e.point_id for e in entries)
                 keep = [i for i, e in enumerate(entries) if e.point_id not in stored]
@@ -134,6 +125,18 @@ def add_vectors(
                 progress(stop, n)
     finish_build(memory, report, start)
     return report
+
+
+def _entries(
+    rows: np.ndarray, labels: Sequence[str], kind: EntryKind, source: str, first: int
+) -> list[MemoryEntry]:
+    """One entry per row: its label, ``<source>#<row number>``, the hash of its bytes."""
+    return [
+        MemoryEntry(
+            label, kind, f"{source}#{first + i}", hashlib.sha256(row.tobytes()).hexdigest()[:32]
+        )
+        for i, (row, label) in enumerate(zip(rows, labels, strict=True))
+    ]
 
 
 def build_from_vectors(

@@ -14,10 +14,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rar_agent.errors import MemoryStoreError, RarError
+from rar_agent.memory.backend import ScrollPage
+from rar_agent.memory.engine_settings import collection_config, server_search_params
 from rar_agent.memory.entries import KINDS, Hit
 from rar_agent.memory.storage import StorageSettings
 
-__all__ = ["META_KEY", "ServerBackend", "collection_config"]
+__all__ = ["META_KEY", "ServerBackend"]
 
 META_KEY = "rar_memory"
 _CHUNK = 1024
@@ -62,11 +64,8 @@ class ServerBackend:
         self.collection = collection
         self.location = url or location or ""
         self._local = url is None
-        self._cluster = {
-            "shard_number": shard_number,
-            "replication_factor": replication_factor,
-            "write_consistency_factor": write_consistency_factor,
-        }
+        self._cluster = dict(shard_number=shard_number, replication_factor=replication_factor,
+                             write_consistency_factor=write_consistency_factor)  # fmt: skip
         # Local mode is plain Python dicts: serialise it. A server handles concurrency itself.
         self._lock: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if self._local else contextlib.nullcontext()
@@ -265,7 +264,7 @@ class ServerBackend:
         if not self._exists:
             return [[] for _ in vectors]
         # Local mode is an exact search that warns about any search parameters.
-        params = None if self._local else _search_params(storage)
+        params = None if self._local else server_search_params(storage)
         requests = [
             models.QueryRequest(query=v, using=using, limit=limit, with_payload=True, params=params)
             for v in vectors
@@ -274,9 +273,7 @@ class ServerBackend:
             responses = self._client.query_batch_points(self.collection, requests=requests)
         return [[Hit.from_point(p.id, p.score, p.payload) for p in r.points] for r in responses]
 
-    def scroll(
-        self, offset: str | None, limit: int
-    ) -> tuple[list[tuple[str, dict[str, list[float]], dict[str, Any]]], str | None]:
+    def scroll(self, offset: str | None, limit: int) -> ScrollPage:
         """One page of points in id order, with vectors and payloads, and the next offset."""
         self._check_open()
         if not self._exists:
@@ -351,11 +348,8 @@ class ServerBackend:
         return False
 
     def set_indexing(self, enabled: bool, storage: StorageSettings) -> None:
-        """Defer HNSW building during a bulk load (``m=0``), or restore the memory's ``m``.
-
-        Qdrant's own advice for bulk loads: segments are still merged and quantized, but no
-        graph is built until ``m`` is set back, which then indexes everything once.
-        """
+        """Defer HNSW building during a bulk load (``m=0``, Qdrant's advice: segments are
+        still merged and quantized), or restore the memory's ``m`` (indexes everything once)."""
         from qdrant_client import models
 
         self._check_open()
@@ -404,58 +398,3 @@ class ServerBackend:
         self._closed = True
         with contextlib.suppress(Exception):
             self._client.close()
-
-
-def collection_config(
-    dim: int,
-    storage: StorageSettings,
-    *,
-    shard_number: int | None = None,
-    replication_factor: int | None = None,
-    write_consistency_factor: int | None = None,
-) -> dict[str, Any]:
-    """``create_collection`` arguments for a memory: vectors, storage and cluster layout.
-
-    The same settings as the embedded backend's shard: int8 scalar quantization kept in RAM,
-    float32 originals on disk, payload on disk, HNSW ``m`` / ``ef_construct``.
-    """
-    from qdrant_client import models
-
-    quantization = (
-        models.ScalarQuantization(
-            scalar=models.ScalarQuantizationConfig(
-                type=models.ScalarType.INT8, quantile=0.99, always_ram=True
-            )
-        )
-        if storage.quantization == "int8"
-        else None
-    )
-    return {
-        "vectors_config": {
-            k: models.VectorParams(
-                size=dim, distance=models.Distance.COSINE, on_disk=storage.vectors_on_disk
-            )
-            for k in KINDS
-        },
-        "hnsw_config": models.HnswConfigDiff(
-            m=storage.hnsw_m, ef_construct=storage.hnsw_ef_construct
-        ),
-        "quantization_config": quantization,
-        "on_disk_payload": storage.payload_on_disk,
-        "shard_number": shard_number,
-        "replication_factor": replication_factor,
-        "write_consistency_factor": write_consistency_factor,
-    }
-
-
-def _search_params(storage: StorageSettings) -> Any:
-    from qdrant_client import models
-
-    if storage.quantization == "none":
-        return models.SearchParams(hnsw_ef=storage.search_ef)
-    return models.SearchParams(
-        hnsw_ef=storage.search_ef,
-        quantization=models.QuantizationSearchParams(
-            rescore=True, oversampling=storage.oversampling
-        ),
-    )

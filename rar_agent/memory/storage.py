@@ -84,6 +84,12 @@ class StorageSettings:
                 f"oversampling must be a number from 1 to 16, not {self.oversampling!r}"
             )
 
+    @staticmethod
+    def check(value: object) -> None:
+        """Refuse anything but ``None`` or a :class:`StorageSettings` (``ConfigError``)."""
+        if value is not None and not isinstance(value, StorageSettings):
+            raise ConfigError(f"storage must be StorageSettings, not {type(value).__name__}")
+
     @classmethod
     def for_entries(cls, entries: int | None) -> StorageSettings:
         """The default for a memory expected to hold ``entries`` (``None``: unknown, small).

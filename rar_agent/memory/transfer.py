@@ -14,11 +14,14 @@ from dataclasses import dataclass
 
 from rar_agent.errors import ConfigError, MemoryStoreError
 from rar_agent.memory.builders import Progress
-from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED, UPSERT_BATCH, CategoryMemory
+from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED, CategoryMemory
 
-__all__ = ["TransferReport", "copy_memory", "verify_copy"]
+__all__ = ["PAGE_SIZE", "TransferReport", "copy_memory", "verify_copy"]
 
 logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 512
+"""Points read (and checked against the target) per page; writes go in ``UPSERT_BATCH``."""
 
 
 @dataclass
@@ -42,7 +45,7 @@ def copy_memory(
     source: CategoryMemory,
     target: CategoryMemory,
     *,
-    batch_size: int = UPSERT_BATCH,
+    batch_size: int = PAGE_SIZE,
     progress: Progress | None = None,
 ) -> TransferReport:
     """Copy ``source`` into ``target`` (created with the source's metadata), then verify.
@@ -72,24 +75,9 @@ def copy_memory(
         )
     total = source.count()
     target.bind_metadata(meta)
-    resume = target.count() > 0
     report = TransferReport(entries=total)
     with target.bulk_load(total):
-        offset: str | None = None
-        done = 0
-        while True:
-            page, offset = source.scroll(offset, batch_size)
-            done += len(page)
-            if resume and page:
-                stored = target.existing_ids(p[0] for p in page)
-                report.skipped_existing += len(stored)
-                page = [p for p in page if p[0] not in stored]
-            target.write_points(page)
-            report.copied += len(page)
-            if progress:
-                progress(done, total)
-            if offset is None:
-                break
+        _copy_pages(source, target, batch_size, report, progress)
     target.optimize(min_unindexed=OPTIMIZE_MIN_UNINDEXED)
     verify_copy(source, target)
     report.seconds = time.perf_counter() - start
@@ -102,6 +90,32 @@ def copy_memory(
         report.seconds,
     )
     return report
+
+
+def _copy_pages(
+    source: CategoryMemory,
+    target: CategoryMemory,
+    batch_size: int,
+    report: TransferReport,
+    progress: Progress | None,
+) -> None:
+    """Every page of ``source`` in id order; a resumed copy writes only what is missing."""
+    resume = target.count() > 0
+    offset: str | None = None
+    done = 0
+    while True:
+        page, offset = source.scroll(offset, batch_size)
+        done += len(page)
+        if resume and page:
+            stored = target.existing_ids(p[0] for p in page)
+            report.skipped_existing += len(stored)
+            page = [p for p in page if p[0] not in stored]
+        target.write_points(page)
+        report.copied += len(page)
+        if progress:
+            progress(done, report.entries)
+        if offset is None:
+            return
 
 
 def verify_copy(source: CategoryMemory, target: CategoryMemory) -> None:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from rar_agent.cli import app
 from rar_agent.cli.memory import _storage
-from rar_agent.cli.options import LineProgress
+from rar_agent.cli.progress import LineProgress
 from rar_agent.memory.storage import StorageSettings
 
 runner = CliRunner()

@@ -12,7 +12,8 @@ import pytest
 from rar_agent.errors import ConfigError
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.memory.edge import META_FILE, SHARD_DIR
-from rar_agent.memory.server import ServerBackend, collection_config
+from rar_agent.memory.engine_settings import collection_config
+from rar_agent.memory.server import ServerBackend
 from rar_agent.memory.storage import (
     DISK_FROM_ENTRIES,
     QUANTIZE_FROM_ENTRIES,
