@@ -95,3 +95,17 @@ def test_bad_files_get_clear_errors(tmp_path: Path) -> None:
     names.write_text("a\n\nc\n", encoding="utf-8")
     with CategoryMemory.open(tmp_path / "m") as mem, pytest.raises(ConfigError, match=":2: blank"):
         build_from_vectors(mem, vectors, names)
+
+
+def test_a_resumed_build_that_adds_nothing_still_finishes_indexing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build killed during indexing left every entry stored: the rerun indexes them."""
+    x, labels = _data(50)
+    with CategoryMemory.open(tmp_path / "m") as mem:
+        add_vectors(mem, x, labels, fingerprint="enc")
+        calls: list[int] = []
+        monkeypatch.setattr(mem, "optimize", lambda *, min_unindexed=0: calls.append(1) or True)
+        again = add_vectors(mem, x, labels, fingerprint="enc")
+        assert (again.added, again.skipped_existing) == (0, 50)
+        assert calls == [1]
