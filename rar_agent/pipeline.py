@@ -1,4 +1,4 @@
-"""The Recognizer: encode -> retrieve -> (gate) -> rank, for single images and batches."""
+"""The Recognizer: encode -> retrieve -> reject -> (gate) -> rank, for single images and batches."""
 
 from __future__ import annotations
 
@@ -11,13 +11,20 @@ from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
-from rar_agent.results import Candidate, RankingInfo, RankingStatus, RecognitionResult
+from rar_agent.results import (
+    Candidate,
+    RankingInfo,
+    RankingStatus,
+    RecognitionResult,
+    RejectionInfo,
+)
 from rar_agent.retrieval import CategoryRetriever, MemoryKind, validate_k
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
+    from rar_agent.memory.calibration import Calibration
     from rar_agent.ranking import RankingChain, RankingOutput
 
 __all__ = ["Recognizer", "open_memory", "ranked_result", "vocabulary_memory"]
@@ -44,6 +51,10 @@ class Recognizer:
             ``rar-agent eval --gate auto`` recorded in the memory, ``"off"``/``None``).
         kind: Memory side to query (``auto`` prefers image examples).
         hint: Domain hint for the ranker (defaults to the memory's description).
+        reject: When an image is *unknown* (not a category in memory): ``"auto"`` (the
+            default) uses the memory's calibrated per-category thresholds and lets the ranker
+            answer "none of these"; a number is a fixed top-1 similarity threshold; ``"off"``
+            always answers with the closest category.
     """
 
     def __init__(
@@ -57,7 +68,9 @@ class Recognizer:
         gate: float | str | None = None,
         kind: MemoryKind = "auto",
         hint: str | None = None,
+        reject: str | float | None = "auto",
     ) -> None:
+        from rar_agent.config import parse_reject
         from rar_agent.ranking import parse_gate
 
         memory.bind_encoder(encoder.fingerprint, encoder.dim)
@@ -70,6 +83,10 @@ class Recognizer:
         )
         self.ranker: RankingChain | None = _as_chain(ranker)
         self.hint = hint if hint is not None else getattr(memory.info, "description", None)
+        self.reject = parse_reject(reject)
+        self._calibration_cache: tuple[Any, Calibration | None] = (None, None)
+        if self.reject.mode == "auto":
+            self._ensure_calibrated()
 
     @classmethod
     def from_settings(
@@ -110,6 +127,7 @@ class Recognizer:
             fetch_k=settings.fetch_k,
             gate=settings.gate,
             kind=settings.kind,  # type: ignore[arg-type]
+            reject=settings.reject,
         )
 
     # ------------------------------------------------------------------ recognition
@@ -198,23 +216,90 @@ class Recognizer:
         t1 = time.perf_counter()
         retrieved = self.retriever.retrieve_vectors(vectors, k=k)
         retrieve_ms = _ms(t1) / len(loaded)
-        rankings = self.rank_many([item.image for item in loaded], retrieved)
-        timings = {"encode": round(encode_ms, 3), "retrieve": round(retrieve_ms, 3)}
+        t2 = time.perf_counter()
+        verdicts = self.judge_many(retrieved)
+        reject_ms = _ms(t2) / len(loaded)
+        rankings = self.rank_many([item.image for item in loaded], retrieved, verdicts)
+        timings = {
+            "encode": round(encode_ms, 3),
+            "retrieve": round(retrieve_ms, 3),
+            "reject": round(reject_ms, 3),
+        }
         return [
-            ranked_result(candidates, ranking, timings, image=item.source)
-            for item, candidates, ranking in zip(loaded, retrieved, rankings, strict=True)
+            ranked_result(candidates, ranking, timings, rejection=verdict, image=item.source)
+            for item, candidates, ranking, verdict in zip(
+                loaded, retrieved, rankings, verdicts, strict=True
+            )
         ]
+
+    # ------------------------------------------------------------------ rejection
+
+    def _ensure_calibrated(self) -> None:
+        """Calibrate a memory that has image examples but no calibration yet (built earlier)."""
+        from rar_agent.memory.calibration import calibrate, load_calibration
+
+        if load_calibration(self.memory) is None and self.memory.count("image") > 0:
+            calibrate(self.memory)
+
+    def calibration(self) -> Calibration | None:
+        """The memory's current calibration (re-read only when its revision changed)."""
+        from rar_agent.memory.calibration import CALIBRATION_KEY, load_calibration
+
+        stored = self.memory.get_meta(CALIBRATION_KEY)
+        key = (stored.get("revision"), stored.get("updated_at")) if stored else None
+        if key != self._calibration_cache[0]:
+            self._calibration_cache = (key, load_calibration(self.memory))
+        return self._calibration_cache[1]
+
+    def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
+        """The retrieval-side verdict for each candidate list: known, or unknown and why.
+
+        An image is unknown when its best candidate's similarity is below the threshold for
+        that candidate's category (see :mod:`rar_agent.memory.calibration`).
+        """
+        mode = self.reject.mode
+        if mode == "off":
+            return [RejectionInfo(mode=mode) for _ in retrieved]
+        cal = self.calibration() if mode == "auto" else None
+        out = []
+        for candidates in retrieved:
+            if not candidates:
+                out.append(RejectionInfo(mode=mode))
+                continue
+            top = candidates[0]
+            info = RejectionInfo(mode=mode, similarity=round(top.score, 6))
+            if mode == "fixed":
+                threshold = self.reject.threshold
+            else:
+                threshold = cal.threshold_for(top.label) if cal and top.kind == "image" else None
+            if threshold is None:
+                info.note = _no_threshold_note(top.kind, cal)
+            else:
+                info.threshold = round(threshold, 6)
+                info.margin = round(top.score - threshold, 6)
+                if top.score < threshold:
+                    info.reasons.append("below_threshold")
+            out.append(info)
+        return out
 
     # ------------------------------------------------------------------ ranking
 
     def rank_many(
-        self, images: Sequence[Any], retrieved: Sequence[Sequence[Candidate]]
+        self,
+        images: Sequence[Any],
+        retrieved: Sequence[Sequence[Candidate]],
+        verdicts: Sequence[RejectionInfo] | None = None,
     ) -> list[tuple[RankingInfo, list[str] | None]]:
-        """Gate, then rank each (image, candidates) pair; ranker calls run concurrently."""
+        """Gate, then rank each (image, candidates) pair; ranker calls run concurrently.
+
+        Images already judged unknown by retrieval (``verdicts``) are not ranked.
+        """
         out: list[tuple[RankingInfo, list[str] | None]] = []
         todo: list[int] = []
         for i, candidates in enumerate(retrieved):
             reason = self._skip_reason(candidates)
+            if reason is None and verdicts is not None and verdicts[i].reasons:
+                reason = "unknown: the best match is below the memory's threshold"
             if reason is None:
                 todo.append(i)
                 out.append((RankingInfo(), None))
@@ -230,6 +315,7 @@ class Recognizer:
                     candidates=[c.label for c in retrieved[i]],
                     scores=[c.score for c in retrieved[i]],
                     hint=self.hint,
+                    allow_none=self.reject.enabled,
                 )
                 for i in todo
             ]
@@ -283,18 +369,41 @@ def ranked_result(
     candidates: Sequence[Candidate],
     ranking: tuple[RankingInfo, list[str] | None],
     timings_ms: dict[str, float],
+    *,
+    rejection: RejectionInfo | None = None,
     **fields: Any,
 ) -> RecognitionResult:
-    """One result: candidates in the ranker's order (if any), the first as the answer."""
+    """One result: candidates in the ranker's order (if any), the first as the answer.
+
+    The result is *unknown* (no label; candidates kept as the closest categories) when the
+    retrieval verdict rejected it, or when rejection is on and the ranker said none fits.
+    """
     info, order = ranking
     final = _reorder(candidates, order)
+    verdict = (rejection or RejectionInfo()).model_copy(deep=True)
+    if verdict.mode != "off" and info.status == "no_match":
+        verdict.reasons.append("ranker_none")
+    unknown = bool(verdict.reasons)
     return RecognitionResult(
-        label=final[0].label if final else None,
+        label=final[0].label if final and not unknown else None,
+        unknown=unknown,
         candidates=final,
         ranking=info,
+        rejection=verdict,
         timings_ms={**timings_ms, "rank": info.latency_ms or 0.0},
         **fields,
     )
+
+
+def _no_threshold_note(kind: str | None, calibration: Calibration | None) -> str:
+    if kind == "text":
+        return (
+            "class-name (text) entries have no calibrated threshold: only the ranker's "
+            "'none of these' or a fixed --reject threshold can reject"
+        )
+    if calibration is None:
+        return "the memory is not calibrated yet"
+    return calibration.reason or "no threshold"
 
 
 def _reorder(candidates: Sequence[Candidate], order: Sequence[str] | None) -> list[Candidate]:

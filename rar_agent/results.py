@@ -6,9 +6,19 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Candidate", "RankingInfo", "RecognitionResult", "RankingStatus"]
+__all__ = [
+    "Candidate",
+    "RankingInfo",
+    "RankingStatus",
+    "RecognitionResult",
+    "RejectReason",
+    "RejectionInfo",
+]
 
-RankingStatus = Literal["ranked", "skipped", "fallback", "disabled"]
+RankingStatus = Literal["ranked", "skipped", "fallback", "disabled", "no_match"]
+"""``no_match``: the ranker answered that none of the candidates fits the image."""
+
+RejectReason = Literal["below_threshold", "ranker_none"]
 
 
 class Candidate(BaseModel):
@@ -32,12 +42,44 @@ class RankingInfo(BaseModel):
     latency_ms: float | None = None
 
 
-class RecognitionResult(BaseModel):
-    """The answer for one image (or one region of an image)."""
+class RejectionInfo(BaseModel):
+    """The open-set check: does the image show a category the memory knows?"""
 
-    label: str | None = Field(description="Final answer: first candidate after ranking.")
+    mode: Literal["off", "auto", "fixed"] = Field(
+        default="off", description="The reject setting in force."
+    )
+    similarity: float | None = Field(
+        default=None, description="Top-1 retrieval similarity (the best candidate's score)."
+    )
+    threshold: float | None = Field(
+        default=None,
+        description="Similarity a known image of the best candidate's category reaches "
+        "(None: no threshold, e.g. rejection off or an uncalibrated memory).",
+    )
+    margin: float | None = Field(
+        default=None, description="Known-ness score: similarity minus threshold (< 0: unknown)."
+    )
+    reasons: list[RejectReason] = Field(
+        default_factory=list, description="Why the image is unknown (empty when known)."
+    )
+    note: str | None = Field(default=None, description="E.g. why there is no threshold.")
+
+
+class RecognitionResult(BaseModel):
+    """The answer for one image (or one region of an image).
+
+    An image that matches no category in memory well enough is *unknown*: ``unknown`` is
+    true, ``label`` is None, the closest categories are still in ``candidates`` and
+    ``rejection`` says why and with what score.
+    """
+
+    label: str | None = Field(
+        description="Final answer: first candidate after ranking; None when unknown."
+    )
+    unknown: bool = Field(default=False, description="Not a category in memory.")
     candidates: list[Candidate] = Field(default_factory=list, description="Final order.")
     ranking: RankingInfo = Field(default_factory=RankingInfo)
+    rejection: RejectionInfo = Field(default_factory=RejectionInfo)
     timings_ms: dict[str, float] = Field(default_factory=dict)
     image: str | None = Field(default=None, description="Where the image came from, if known.")
     box: list[float] | None = Field(default=None, description="xyxy pixel box for regions.")
@@ -49,4 +91,6 @@ class RecognitionResult(BaseModel):
         if self.error:
             return f"error: {self.error}"
         cands = ", ".join(f"{c.label} ({c.score:.3f})" for c in self.candidates)
+        if self.unknown:
+            return f"unknown ({', '.join(self.rejection.reasons)}) closest: {cands}"
         return f"{self.label} [ranking: {self.ranking.status}] candidates: {cands}"

@@ -56,6 +56,19 @@ class MemoryBackend(Protocol):
         """``(id, payload)`` of the stored points among ``ids`` (missing ids are skipped)."""
         ...
 
+    def retrieve_vectors(
+        self, ids: Sequence[str]
+    ) -> list[tuple[str, dict[str, list[float]], dict[str, Any]]]:
+        """``(id, vectors, payload)`` of the stored points among ``ids``."""
+        ...
+
+    def scroll(
+        self, offset: str | None, limit: int
+    ) -> tuple[list[tuple[str, dict[str, list[float]], dict[str, Any]]], str | None]:
+        """Up to ``limit`` points from ``offset`` on, in id order, as ``(id, vectors,
+        payload)``, and the offset of the next page (``None`` after the last)."""
+        ...
+
     def query_batch(
         self, vectors: Sequence[list[float]], using: str, limit: int
     ) -> list[list[Hit]]:

@@ -258,6 +258,7 @@ def add_images(
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
     seen: set[str] = set()
+    added: dict[str, str] = {}  # label -> source of its first added example
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
         pending: Future[_Prepared] | None = None
         if batches:
@@ -272,7 +273,9 @@ def add_images(
             )
             if prepared.entries:
                 vectors = encoder.embed_images(prepared.images)
-                memory.add_entries(prepared.entries, vectors)
+                memory.add_entries(prepared.entries, vectors, calibrate=False)
+                for entry in prepared.entries:
+                    added.setdefault(entry.label, entry.source)
             report.added += len(prepared.entries)
             report.skipped_existing += prepared.skipped
             report.failed.extend(prepared.failed)
@@ -280,8 +283,30 @@ def add_images(
                 logger.warning("skipped %s: %s", source, reason)
             if progress:
                 progress(report.total, len(todo))
+    if report.added:
+        _calibrate(memory, encoder, added)
     _finish(memory, report, start)
     return report
+
+
+def _calibrate(memory: CategoryMemory, encoder: ImageTextEncoder, added: dict[str, str]) -> None:
+    """Calibrate the memory after a build; categories left with one example get a view.
+
+    Only local files are read again for the views (a URL is not fetched twice).
+    """
+    from rar_agent.images import decode_image_bytes
+    from rar_agent.memory.calibration import add_view_standins, calibrate
+
+    calibrate(memory)
+    counts = memory.labels("image")
+    examples = []
+    for label, source in added.items():
+        if counts.get(label) == 1 and not source.startswith(_REMOTE):
+            try:
+                examples.append((label, decode_image_bytes(_read_local(Path(source)))))
+            except ImageError as e:
+                logger.warning("no calibration view for %r: %s", label, e)
+    add_view_standins(memory, encoder, examples)
 
 
 def _finish(memory: CategoryMemory, report: BuildReport, start: float) -> None:

@@ -23,7 +23,10 @@ from rar_agent.memory.entries import Hit, MemoryEntry, MemoryInfo, check_kind, n
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["UPSERT_BATCH", "CategoryMemory", "default_memory_dir"]
+__all__ = ["UPSERT_BATCH", "CategoryMemory", "StoredPoint", "default_memory_dir"]
+
+StoredPoint = tuple[str, str, list[float], dict[str, Any]]
+"""``(id, kind, vector, payload)`` of one stored entry, as :meth:`CategoryMemory.scroll` gives."""
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +206,22 @@ class CategoryMemory:
         """Record the ranking-gate margin the evaluation harness chose (for ``gate="auto"``)."""
         self._update_meta("gate_margin", None if margin is None else float(margin))
 
+    def get_meta(self, key: str) -> Any:
+        """One value of the memory's metadata (``None`` when it is not recorded)."""
+        self._check_open()
+        return (self._backend.read_meta() or {}).get(key)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Record one JSON-serialisable value in the memory's metadata (bind an encoder first).
+
+        Raises:
+            MemoryStoreError: No encoder was bound yet.
+        """
+        self._update_meta(key, value)
+
     def _update_meta(self, key: str, value: Any) -> None:
         with self._lock:
+            self._check_open()
             meta = self._backend.read_meta(refresh=True)
             if not meta:
                 raise MemoryStoreError(f"bind an encoder before setting the {key}")
@@ -229,18 +246,26 @@ class CategoryMemory:
     # ------------------------------------------------------------------ writing
 
     def add_entries(
-        self, entries: Sequence[MemoryEntry], vectors: Any, *, ids: Sequence[str] | None = None
+        self,
+        entries: Sequence[MemoryEntry],
+        vectors: Any,
+        *,
+        ids: Sequence[str] | None = None,
+        calibrate: bool = True,
     ) -> list[str]:
         """Store entries with their vectors (upserted in batches of ``UPSERT_BATCH``).
 
         Everything is validated before anything is written. Re-adding an entry replaces it
-        (same id), so rebuilding never duplicates.
+        (same id), so rebuilding never duplicates. New image entries then update the
+        open-set calibration (:mod:`rar_agent.memory.calibration`).
 
         Args:
             entries: The entries; ``entries[i]`` is stored under its ``kind`` vector.
             vectors: Array-like ``(len(entries), dim)`` of finite, non-zero vectors.
             ids: Point ids (UUID strings) to store under instead of each ``entry.point_id``
                 (the LangChain vector store maps its document ids to these).
+            calibrate: Update the calibration now (builders pass ``False`` and calibrate
+                once at the end).
 
         Returns:
             The point ids, in the order of ``entries``.
@@ -276,6 +301,10 @@ class CategoryMemory:
                 rows[start:stop].tolist(),
                 [e.payload() for e in batch],
             )
+        if calibrate and any(e.kind == "image" for e in entries):
+            from rar_agent.memory.calibration import update_on_add
+
+            update_on_add(self, ids, entries)
         return ids
 
     def existing_ids(self, ids: Iterable[str]) -> set[str]:
@@ -293,18 +322,65 @@ class CategoryMemory:
         found = dict(self._backend.retrieve(wanted))
         return [Hit.from_point(i, 0.0, found[i]) for i in dict.fromkeys(wanted) if i in found]
 
-    def remove_label(self, label: str) -> int:
-        """Remove every entry of a category; return how many were removed."""
+    def get_vectors(self, ids: Iterable[str]) -> dict[str, list[float]]:
+        """The stored vectors of the entries among ``ids`` (their own kind's vector)."""
         self._check_open()
-        return self._backend.delete_label(normalize_label(label))
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        out: dict[str, list[float]] = {}
+        for pid, vectors, payload in self._backend.retrieve_vectors(wanted):
+            kind = payload.get("kind")
+            vector = vectors.get(kind) if kind in vectors else next(iter(vectors.values()), None)
+            if vector:
+                out[pid] = list(vector)
+        return out
+
+    def scroll(
+        self, offset: str | None = None, limit: int = 512
+    ) -> tuple[list[StoredPoint], str | None]:
+        """One page of stored entries in id order, with their vectors.
+
+        Args:
+            offset: The id to start from (``None``: the first); pass the returned next
+                offset to continue.
+            limit: Entries per page.
+
+        Returns:
+            ``(points, next_offset)``; ``next_offset`` is ``None`` after the last page.
+        """
+        self._check_open()
+        page, following = self._backend.scroll(offset, int(limit))
+        points = []
+        for pid, vectors, payload in page:
+            stated = str(payload.get("kind", ""))
+            kind = stated if stated in vectors else next(iter(vectors), "")
+            points.append((pid, kind, list(vectors.get(kind, [])), payload))
+        return points, following
+
+    def remove_label(self, label: str) -> int:
+        """Remove every entry of a category; return how many were removed.
+
+        The open-set calibration is redone (a bounded sample), since stand-ins may have
+        matched the removed entries.
+        """
+        self._check_open()
+        removed = self._backend.delete_label(normalize_label(label))
+        self._recalibrate_after_removal(removed)
+        return removed
 
     def remove_ids(self, ids: Iterable[str]) -> int:
-        """Remove entries by point id; return how many existed."""
+        """Remove entries by point id; return how many existed (the calibration is redone)."""
         self._check_open()
         wanted = [str(i) for i in ids]
         present = self._backend.existing(wanted)
         self._backend.delete_ids(sorted(present))
+        self._recalibrate_after_removal(len(present))
         return len(present)
+
+    def _recalibrate_after_removal(self, removed: int) -> None:
+        if removed and self.get_meta("calibration") is not None:
+            from rar_agent.memory.calibration import calibrate
+
+            calibrate(self)
 
     def optimize(self, *, min_unindexed: int = 0) -> bool:
         """Build the search index after bulk loads (embedded backend; blocks).

@@ -305,6 +305,34 @@ class EdgeBackend:
                     found.append((str(r.id), dict(r.payload or {})))
         return found
 
+    def retrieve_vectors(
+        self, ids: Sequence[str]
+    ) -> list[tuple[str, dict[str, list[float]], dict[str, Any]]]:
+        """``(id, vectors, payload)`` of the stored points among ``ids``."""
+        found: list[tuple[str, dict[str, list[float]], dict[str, Any]]] = []
+        with self._use("read entries") as shard:
+            if shard is None:
+                return found
+            for i in range(0, len(ids), _CHUNK):
+                for r in shard.retrieve(list(ids[i : i + _CHUNK]), True, True):
+                    found.append((str(r.id), dict(r.vector or {}), dict(r.payload or {})))
+        return found
+
+    def scroll(
+        self, offset: str | None, limit: int
+    ) -> tuple[list[tuple[str, dict[str, list[float]], dict[str, Any]]], str | None]:
+        """One page of points in id order, with vectors and payloads, and the next offset."""
+        from qdrant_edge import ScrollRequest
+
+        with self._use("read entries") as shard:
+            if shard is None:
+                return [], None
+            records, following = shard.scroll(
+                ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=True)
+            )
+        page = [(str(r.id), dict(r.vector or {}), dict(r.payload or {})) for r in records]
+        return page, None if following is None else str(following)
+
     def query_batch(
         self, vectors: Sequence[list[float]], using: str, limit: int
     ) -> list[list[Hit]]:

@@ -49,7 +49,8 @@ RANKING_SCHEMA: dict[str, Any] = {
         "ranking": {
             "type": "array",
             "items": {"type": "string"},
-            "description": "Every candidate name exactly once, most likely first.",
+            "description": "Every candidate name exactly once, most likely first; or just "
+            '["none of these"] when the image shows none of the candidates.',
         }
     },
     "required": ["ranking"],
@@ -66,6 +67,9 @@ class RankingInput(BaseModel):
     candidates: list[str] = Field(min_length=1, description="Distinct labels, retrieval order.")
     hint: str | None = Field(default=None, description='Domain hint, e.g. "aircraft variants".')
     scores: list[float] | None = Field(default=None, description="Retrieval scores (for gating).")
+    allow_none: bool = Field(
+        default=True, description='Offer the answer "none of these" (open-set rejection).'
+    )
 
     @field_validator("candidates")
     @classmethod
@@ -87,7 +91,9 @@ class RankingOutput(BaseModel):
     """What the ranker did: the final order and how it was obtained."""
 
     order: list[str] = Field(description="A permutation of the candidates, best first.")
-    status: Literal["ranked", "fallback", "skipped"]
+    status: Literal["ranked", "fallback", "skipped", "no_match"] = Field(
+        description="no_match: the model said none of the candidates fits (order = retrieval)."
+    )
     reason: str | None = None
     raw_reply: str | None = None
     model: str | None = None
@@ -294,7 +300,12 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
             self._count("skipped")
             return RankingOutput(order=list(inp.candidates), status="skipped", reason=reason)
         return build_ranking_messages(
-            inp.image, inp.candidates, inp.hint, self.examples, image_max_side=self.image_max_side
+            inp.image,
+            inp.candidates,
+            inp.hint,
+            self.examples,
+            image_max_side=self.image_max_side,
+            allow_none=inp.allow_none,
         )
 
     def _runnable(self) -> Runnable[Any, Any]:
@@ -311,7 +322,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
             raw = _reply_text(reply["raw"])
             items = _structured_items(reply.get("parsed"))
             result = parse_items(items, inp.candidates) if items else None
-            if result is None or result.status != "ranked":
+            if result is None or result.status == "fallback":
                 result = parse_reply(raw, inp.candidates)
         else:
             raw = _reply_text(reply)

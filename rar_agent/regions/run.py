@@ -122,25 +122,27 @@ def run_regions(
         ranker_view(crop, loaded.image if context_image else None, coords)
         for _, coords, crop in jobs
     ]
-    rankings = recognizer.rank_many(views, retrieved)
+    verdicts = recognizer.judge_many(retrieved)
+    rankings = recognizer.rank_many(views, retrieved, verdicts)
     n = len(jobs)
     timings = {
         "prepare": round(prepare_ms / n, 3),
         "encode": round(encode_ms / n, 3),
         "retrieve": round(retrieve_ms / n, 3),
     }
-    done = iter(zip(jobs, retrieved, rankings, strict=True))
+    done = iter(zip(jobs, retrieved, rankings, verdicts, strict=True))
     out: list[RecognitionResult] = []
     for slot in results:
         if slot is not None:
             out.append(slot)
             continue
-        (box, coords, _), candidates, ranking = next(done)
+        (box, coords, _), candidates, ranking, verdict = next(done)
         out.append(
             ranked_result(
                 candidates,
                 ranking,
                 timings,
+                rejection=verdict,
                 image=loaded.source,
                 box=[round(v, 3) for v in coords],
                 box_id=box.id,

@@ -1,0 +1,394 @@
+"""Open-set calibration: how similar a query of a *known* category usually is to the memory.
+
+The memory calibrates itself, with no labelled queries. Each sampled image entry is treated
+as a query against the memory without it (leave-one-out): its best similarity to any other
+entry, and the label of that entry, are a *stand-in* for a known query. A category with a
+single example cannot do that (its nearest other entry belongs to another category), so an
+augmented view of its example is the stand-in instead (:func:`add_view_standins`).
+
+From the stand-ins:
+
+- each category's typical similarity ``mean[c]`` (its stand-ins' mean, shrunk towards the
+  global mean with the weight of ``SHRINK`` stand-ins, so a category with few examples is not
+  judged by one or two numbers);
+- an offset: the one-sided ``Z`` (1.645, the 5 % tail of a normal fit) below the mean of
+  ``score - mean[predicted category]`` over all stand-ins.
+
+A query whose best candidate is ``c`` with similarity ``s`` is *known* when
+``s >= mean[c] + offset``, its per-category threshold. Tight categories thus get a higher
+threshold than diverse ones. Only the top candidate's label and score are needed at query
+time: a dict lookup, no extra search.
+
+Text-only memories (class-name prototypes) get no automatic threshold: image-to-text
+similarities live on another scale than the text entries' similarities among themselves, so
+the memory holds nothing to calibrate them with. They reject only when the ranker answers
+"none of these", or at a threshold the user gives.
+
+The stand-ins are a bounded reservoir (``MAX_STANDINS``): a full calibration samples that
+many entries (never all pairs), and each later addition enters the reservoir with the
+standard reservoir probability, so keeping the calibration current costs a handful of
+searches per added batch. The calibration lives in the memory's metadata under
+``"calibration"``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from rar_agent.errors import ConfigError, MemoryStoreError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from rar_agent.encoders.base import ImageTextEncoder
+    from rar_agent.memory.core import CategoryMemory
+
+__all__ = [
+    "CALIBRATION_KEY",
+    "MAX_STANDINS",
+    "MIN_STANDINS",
+    "SHRINK",
+    "Z",
+    "Calibration",
+    "StandIn",
+    "add_view_standins",
+    "augmented_view",
+    "calibrate",
+    "load_calibration",
+    "update_on_add",
+]
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_KEY = "calibration"
+MAX_STANDINS = 1000
+"""Stand-in queries kept (and sampled by a full calibration)."""
+MIN_STANDINS = 5
+"""Fewer stand-ins than this give no threshold (too few to estimate a tail)."""
+SHRINK = 5.0
+"""Weight, in stand-ins, of the global mean in each category's mean."""
+Z = 1.645
+"""Standard deviations below the mean: the one-sided 5 % tail of a normal fit."""
+_LIMIT = 4  # hits per leave-one-out search: the entry itself plus possible duplicates
+_VERSION = 1
+
+StandIn = tuple[str, str, float, str]
+"""``(label, predicted label, top-1 similarity, "loo" | "view")`` of one stand-in query."""
+
+
+class Calibration(BaseModel):
+    """A memory's open-set calibration (image side), as stored in its metadata.
+
+    Attributes:
+        method: ``leave-one-out`` when a threshold was fitted, ``none`` when it could not be.
+        reason: Why there is no threshold (``method == "none"``).
+        offset: Added to a category's mean similarity to give its threshold.
+        global_mean: Mean stand-in similarity (the mean of categories with no stand-in).
+        standins: The stand-in queries the fit used.
+        seen: Entries offered to the reservoir so far (for its sampling probability).
+        full_at: Image entries at the last full calibration (redone when they double).
+        revision: Grows with every change (lets readers cache derived values).
+    """
+
+    version: int = _VERSION
+    kind: Literal["image"] = "image"
+    method: Literal["leave-one-out", "none"] = "none"
+    reason: str | None = None
+    z: float = Z
+    shrink: float = SHRINK
+    offset: float | None = None
+    global_mean: float | None = None
+    standins: list[StandIn] = Field(default_factory=list)
+    seen: int = 0
+    full_at: int = 0
+    revision: int = 0
+    updated_at: str | None = None
+    _means: dict[str, float] | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether a threshold is available."""
+        return self.offset is not None
+
+    def class_means(self) -> dict[str, float]:
+        """Each category's shrunk mean stand-in similarity (leave-one-out stand-ins only)."""
+        if self._means is None:
+            self._means = _class_means(self.standins, self.global_mean or 0.0, self.shrink)
+        return self._means
+
+    def threshold_for(self, label: str) -> float | None:
+        """The similarity a query whose best candidate is ``label`` must reach (None: off)."""
+        if self.offset is None or self.global_mean is None:
+            return None
+        return self.class_means().get(label, self.global_mean) + self.offset
+
+    def refit(self) -> Calibration:
+        """A copy whose threshold is fitted to the current stand-ins."""
+        cal = _fit(self.standins, seen=self.seen, revision=self.revision + 1)
+        cal.full_at = self.full_at
+        return cal
+
+    def summary(self) -> dict[str, Any]:
+        """Headline figures for people (no stand-in list)."""
+        loo = sum(1 for s in self.standins if s[3] == "loo")
+        return {
+            "method": self.method,
+            "reason": self.reason,
+            "offset": self.offset,
+            "global_mean": self.global_mean,
+            "standins": len(self.standins),
+            "leave_one_out": loo,
+            "views": len(self.standins) - loo,
+            "categories": len(self.class_means()),
+            "updated_at": self.updated_at,
+        }
+
+
+def _class_means(standins: Sequence[StandIn], g: float, shrink: float) -> dict[str, float]:
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for label, _, score, flag in standins:
+        if flag == "loo":
+            sums[label] += score
+            counts[label] += 1
+    return {c: (sums[c] + shrink * g) / (counts[c] + shrink) for c in sums}
+
+
+def _fit(standins: Sequence[StandIn], *, seen: int, revision: int) -> Calibration:
+    """Fit class means and the offset to the stand-ins (see the module docstring)."""
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    cal = Calibration(standins=list(standins), seen=seen, revision=revision, updated_at=now)
+    if len(standins) < MIN_STANDINS:
+        cal.reason = (
+            f"only {len(standins)} stand-in queries (at least {MIN_STANDINS} needed): add "
+            "more example images, or give a threshold such as --reject 0.8"
+        )
+        return cal
+    loo = [s[2] for s in standins if s[3] == "loo"]
+    cal.global_mean = float(np.mean(loo if loo else [s[2] for s in standins]))
+    means = cal.class_means()
+    rel = np.array([s[2] - means.get(s[1], cal.global_mean) for s in standins])
+    cal.offset = float(rel.mean() - Z * rel.std())
+    cal.method = "leave-one-out"
+    return cal
+
+
+# ---------------------------------------------------------------------- stored form
+
+
+def load_calibration(memory: CategoryMemory) -> Calibration | None:
+    """The calibration stored in ``memory``, or ``None`` if it has none (or an old form)."""
+    data = memory.get_meta(CALIBRATION_KEY)
+    if not isinstance(data, dict) or data.get("version") != _VERSION:
+        return None
+    try:
+        return Calibration.model_validate(data)
+    except ValueError:
+        logger.warning("memory %r: unreadable calibration ignored", memory.collection)
+        return None
+
+
+def _store(memory: CategoryMemory, cal: Calibration) -> Calibration:
+    """Write the calibration into the memory's metadata (a read-only memory keeps its own)."""
+    try:
+        memory.set_meta(CALIBRATION_KEY, cal.model_dump(mode="json"))
+    except MemoryStoreError as e:
+        logger.info("calibration not stored in memory %r: %s", memory.collection, e)
+    return cal
+
+
+# ---------------------------------------------------------------------- computing
+
+
+def _leave_one_out(
+    memory: CategoryMemory, ids: Sequence[str], vectors: np.ndarray
+) -> list[tuple[float, str] | None]:
+    """Best similarity to any *other* image entry, and its label, for each vector."""
+    if not len(ids):
+        return []
+    batches = memory.search_batch(vectors, kind="image", limit=_LIMIT)
+    out: list[tuple[float, str] | None] = []
+    for own, hits in zip(ids, batches, strict=True):
+        other = next((h for h in hits if h.id != own), None)
+        out.append(None if other is None else (float(other.score), other.label))
+    return out
+
+
+def _sample(memory: CategoryMemory, limit: int) -> tuple[list[str], list[str], np.ndarray]:
+    """Up to ``limit`` image entries in id order: ids are hashes, so this is a fair sample."""
+    ids: list[str] = []
+    labels: list[str] = []
+    rows: list[list[float]] = []
+    offset: str | None = None
+    while len(ids) < limit:
+        page, offset = memory.scroll(offset, limit=512)
+        for pid, kind, vector, payload in page:
+            if kind == "image" and vector and len(ids) < limit:
+                ids.append(pid)
+                labels.append(str(payload.get("label")))
+                rows.append(vector)
+        if offset is None:
+            break
+    return ids, labels, np.asarray(rows, dtype=np.float32)
+
+
+def calibrate(memory: CategoryMemory, *, sample: int = MAX_STANDINS) -> Calibration:
+    """Calibrate ``memory`` from scratch (a sample of ``sample`` entries) and store it.
+
+    Cost: one scroll over at most ``sample`` entries and one batched search of as many
+    vectors, whatever the memory's size. View stand-ins of categories that still have a
+    single example are kept.
+
+    Args:
+        memory: The memory (a read-only one is calibrated but not written to).
+        sample: How many entries to use as leave-one-out queries.
+
+    Returns:
+        The new calibration.
+    """
+    if sample < 1:
+        raise ConfigError(f"the calibration sample must be >= 1 entry, got {sample}")
+    counts = memory.labels("image")
+    old = load_calibration(memory)
+    revision = old.revision + 1 if old else 1
+    if not counts:
+        cal = _fit([], seen=0, revision=revision)
+        cal.reason = "the memory holds no example images (a text-only memory has no threshold)"
+        return _store(memory, cal)
+    ids, labels, vectors = _sample(memory, sample)
+    standins: list[StandIn] = []
+    for label, found in zip(labels, _leave_one_out(memory, ids, vectors), strict=True):
+        if found is not None and counts.get(label, 0) >= 2:
+            standins.append((label, found[1], found[0], "loo"))
+    if old is not None:
+        standins += [s for s in old.standins if s[3] == "view" and counts.get(s[0]) == 1]
+    cal = _fit(standins, seen=sum(counts.values()), revision=revision)
+    cal.full_at = cal.seen
+    logger.info("memory %r calibrated: %s", memory.collection, cal.summary())
+    return _store(memory, cal)
+
+
+def update_on_add(memory: CategoryMemory, ids: Sequence[str], entries: Sequence[Any]) -> None:
+    """Keep the calibration current after image entries were added.
+
+    When the image entries have doubled since the last full calibration, it is redone (so
+    stand-ins searched in a much smaller memory do not linger; over a memory's growth this
+    costs a constant number of searches per entry). Otherwise each new image entry enters
+    the stand-in reservoir with probability ``MAX_STANDINS / seen``; the ones that enter
+    are searched leave-one-out (one batched search). Entries of a category that has no
+    other example are not stand-ins.
+
+    Args:
+        memory: The memory the entries were just written to.
+        ids: Their point ids.
+        entries: The ``MemoryEntry`` objects, same order.
+    """
+    new = [(pid, e.label) for pid, e in zip(ids, entries, strict=True) if e.kind == "image"]
+    if not new:
+        return
+    cal = load_calibration(memory)
+    if cal is None or cal.seen + len(new) >= 2 * max(cal.full_at, 1):
+        calibrate(memory)
+        return
+    pool = list(cal.standins)
+    chosen: list[tuple[int | None, str, str]] = []  # (slot to replace or None, id, label)
+    free, seen = MAX_STANDINS - len(pool), cal.seen
+    for pid, label in new:
+        seen += 1
+        target: int | None = None
+        if free > 0:
+            free -= 1
+        else:
+            target = random.Random(f"{memory.collection}\x00{seen}").randrange(seen)
+            if target >= MAX_STANDINS:
+                continue
+        chosen.append((target, pid, label))
+    cal.seen = seen
+    if chosen:
+        vectors = _vectors_of(memory, [pid for _, pid, _ in chosen])
+        counts = memory.labels("image")
+        found = _leave_one_out(memory, [pid for _, pid, _ in chosen], vectors)
+        for (slot, _, label), hit in zip(chosen, found, strict=True):
+            if hit is None or counts.get(label, 0) < 2:
+                continue
+            standin: StandIn = (label, hit[1], hit[0], "loo")
+            if slot is None or slot >= len(pool):
+                pool.append(standin)
+            else:
+                pool[slot] = standin
+        # A category that now has a second example no longer needs its view stand-in.
+        pool = [s for s in pool if s[3] != "view" or counts.get(s[0]) == 1]
+    cal.standins = pool
+    _store(memory, cal.refit())
+
+
+def _vectors_of(memory: CategoryMemory, ids: Sequence[str]) -> np.ndarray:
+    vectors = memory.get_vectors(ids)
+    return np.asarray([vectors[i] for i in ids], dtype=np.float32)
+
+
+# ---------------------------------------------------------------------- views
+
+
+def augmented_view(image: Image.Image, seed: int) -> Image.Image:
+    """Another look at an image: a random crop (70-100 % of each side), a flip half of the
+    time, and brightness/contrast jitter of up to 20 %; deterministic for a seed."""
+    from PIL import ImageEnhance, ImageOps
+
+    rng = random.Random(seed)
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    cw, ch = max(1, round(w * rng.uniform(0.7, 1.0))), max(1, round(h * rng.uniform(0.7, 1.0)))
+    left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    out = rgb.crop((left, top, left + cw, top + ch)).resize((w, h))
+    if rng.random() < 0.5:
+        out = ImageOps.mirror(out)
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast):
+        out = enhancer(out).enhance(rng.uniform(0.8, 1.2))
+    return out
+
+
+def add_view_standins(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    examples: Iterable[tuple[str, Image.Image]],
+) -> int:
+    """Stand-ins for categories with a single example: an augmented view of it, searched.
+
+    Call after the examples were added. Examples whose category has more than one entry are
+    skipped (leave-one-out covers them).
+
+    Args:
+        memory: The memory holding the examples.
+        encoder: The memory's encoder (embeds the views).
+        examples: ``(label, image)`` of the examples just added.
+
+    Returns:
+        How many view stand-ins were recorded.
+    """
+    items = list(examples)
+    if not items:
+        return 0
+    counts = memory.labels("image")
+    single = [(label, img) for label, img in items if counts.get(label) == 1][:MAX_STANDINS]
+    if not single:
+        return 0
+    views = [augmented_view(img, seed=i) for i, (_, img) in enumerate(single)]
+    batches = memory.search_batch(encoder.embed_images(views), kind="image", limit=1)
+    cal = load_calibration(memory) or Calibration(seen=sum(counts.values()))
+    labels = {label for label, _ in single}
+    pool = [s for s in cal.standins if not (s[3] == "view" and s[0] in labels)]
+    for (label, _), hits in zip(single, batches, strict=True):
+        if hits:
+            pool.append((label, hits[0].label, float(hits[0].score), "view"))
+    cal.standins = pool[-MAX_STANDINS:]
+    _store(memory, cal.refit())
+    return len(single)
