@@ -102,6 +102,24 @@ def register(app: typer.Typer) -> None:
         max_loss: Annotated[
             float, typer.Option("--max-loss", help="Accuracy points --gate auto may lose.")
         ] = 0.5,
+        open_set: Annotated[
+            float | None,
+            typer.Option(
+                "--open-set",
+                help="Hold this share of the classes out of the memory (seeded by --seed) and "
+                "measure rejection of their images: AUROC, known top-1 with and without "
+                "rejection, share of unknowns rejected, ROC plot.",
+            ),
+        ] = None,
+        reject: Annotated[
+            str,
+            typer.Option(
+                "--reject",
+                help="off | auto (the memory's calibrated thresholds + the ranker's 'none of "
+                "these') | a top-1 similarity threshold.",
+                envvar="RAR_REJECT",
+            ),
+        ] = "auto",
         batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.")] = 32,
         out: Annotated[
             Path, typer.Option("--out", help="Folder for report.json/.md and the PNG plots.")
@@ -119,7 +137,10 @@ def register(app: typer.Typer) -> None:
         encoder: EncoderOpt = None,
         progress: ProgressOpt = True,
     ) -> None:
-        """Evaluate kNN (retrieval) vs retrieve-and-rank: top-1, recall@k, gating, latency."""
+        """Evaluate kNN (retrieval) vs retrieve-and-rank: top-1, recall@k, gating, latency.
+
+        With --open-set, also how well unknown categories are rejected.
+        """
 
         def run() -> None:
             from rich.console import Console
@@ -135,6 +156,7 @@ def register(app: typer.Typer) -> None:
                 dataset=dataset, memory_set=memory_set, test_set=test_set, shots=shots,
                 text_memory=text_memory, limit=limit, seed=seed, k=k, max_k=max_k,
                 ranker=ranker, hint=hint, gate=gate, max_loss=max_loss, batch_size=batch_size,
+                open_set=open_set, reject=reject,
                 encoder=spec, pretrained=pretrained, device=settings.device,
                 memory=str(memory) if memory else None,
             )  # fmt: skip

@@ -53,7 +53,7 @@ class Recognizer:
         hint: Domain hint for the ranker (defaults to the memory's description).
         reject: When an image is *unknown* (not a category in memory): ``"auto"`` (the
             default) uses the memory's calibrated per-category thresholds and lets the ranker
-            answer "none of these"; a number is a fixed top-1 similarity threshold; ``"off"``
+            answer "none of these"; a number is a fixed similarity threshold; ``"off"``
             always answers with the closest category.
     """
 
@@ -254,8 +254,9 @@ class Recognizer:
     def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
         """The retrieval-side verdict for each candidate list: known, or unknown and why.
 
-        An image is unknown when its best candidate's similarity is below the threshold for
-        that candidate's category (see :mod:`rar_agent.memory.calibration`).
+        An image is unknown when its best candidate's support (the mean similarity of that
+        category's closest entries) is below the threshold for that category (see
+        :mod:`rar_agent.memory.calibration`).
         """
         mode = self.reject.mode
         if mode == "off":
@@ -267,7 +268,8 @@ class Recognizer:
                 out.append(RejectionInfo(mode=mode))
                 continue
             top = candidates[0]
-            info = RejectionInfo(mode=mode, similarity=round(top.score, 6))
+            stat = top.support if top.support is not None else top.score
+            info = RejectionInfo(mode=mode, similarity=round(stat, 6))
             if mode == "fixed":
                 threshold = self.reject.threshold
             else:
@@ -276,8 +278,8 @@ class Recognizer:
                 info.note = _no_threshold_note(top.kind, cal)
             else:
                 info.threshold = round(threshold, 6)
-                info.margin = round(top.score - threshold, 6)
-                if top.score < threshold:
+                info.margin = round(stat - threshold, 6)
+                if stat < threshold:
                     info.reasons.append("below_threshold")
             out.append(info)
         return out

@@ -29,6 +29,11 @@ class Candidate(BaseModel):
     retrieval_rank: int = Field(description="0-based position in retrieval order.")
     kind: str | None = Field(default=None, description="Memory kind that matched: image/text.")
     source: str | None = Field(default=None, description="Source of the best-matching entry.")
+    support: float | None = Field(
+        default=None,
+        description="Mean similarity of the category's closest entries (up to 2) among those "
+        "retrieved: the statistic the open-set check compares with a threshold.",
+    )
 
 
 class RankingInfo(BaseModel):
@@ -49,12 +54,14 @@ class RejectionInfo(BaseModel):
         default="off", description="The reject setting in force."
     )
     similarity: float | None = Field(
-        default=None, description="Top-1 retrieval similarity (the best candidate's score)."
+        default=None,
+        description="Known-ness statistic: mean similarity of the best candidate category's "
+        "closest entries (up to 2; its support).",
     )
     threshold: float | None = Field(
         default=None,
-        description="Similarity a known image of the best candidate's category reaches "
-        "(None: no threshold, e.g. rejection off or an uncalibrated memory).",
+        description="The similarity an image of the best candidate's category must reach to "
+        "count as known (None: no threshold, e.g. rejection off or an uncalibrated memory).",
     )
     margin: float | None = Field(
         default=None, description="Known-ness score: similarity minus threshold (< 0: unknown)."

@@ -50,17 +50,27 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
         k: How many distinct labels to keep.
 
     Returns:
-        Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set.
+        Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set,
+        ``support`` = mean of the label's ``SUPPORT_ENTRIES`` best scores among ``hits``.
     """
+    from rar_agent.memory.calibration import SUPPORT_ENTRIES
+
     best: dict[str, Hit] = {}
+    scores: dict[str, list[float]] = {}
     for hit in hits:
         held = best.get(hit.label)
         if held is None or hit.score > held.score:
             best[hit.label] = hit
+        scores.setdefault(hit.label, []).append(float(hit.score))
     ranked = sorted(best.values(), key=lambda h: -h.score)[:k]
     return [
         Candidate(
-            label=h.label, score=float(h.score), retrieval_rank=i, kind=h.kind, source=h.source
+            label=h.label,
+            score=float(h.score),
+            retrieval_rank=i,
+            kind=h.kind,
+            source=h.source,
+            support=sum(top := sorted(scores[h.label], reverse=True)[:SUPPORT_ENTRIES]) / len(top),
         )
         for i, h in enumerate(ranked)
     ]

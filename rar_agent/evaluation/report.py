@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
 from rar_agent.evaluation.metrics import summarize_points
+from rar_agent.evaluation.openset import open_set_markdown, open_set_rows, plot_roc
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -36,6 +37,7 @@ PLOT_FILES = {
     "accuracy": "accuracy_vs_k.png",
     "gating": "gating_curve.png",
     "confusion": "confusion.png",
+    "roc": "roc_open_set.png",
 }
 
 
@@ -176,6 +178,7 @@ def write_plots(report: EvalReport, out_dir: Path) -> dict[str, Path]:
         "accuracy": (_plot_accuracy, bool(report.recall_at_k)),
         "gating": (_plot_gating, bool(report.gating_curve)),
         "confusion": (_plot_confusion, bool(report.confusion)),
+        "roc": (plot_roc, bool(report.open_set and report.open_set.roc)),
     }
     for name, (draw, has_data) in drawers.items():
         if has_data:
@@ -205,6 +208,8 @@ def command_line(report: EvalReport) -> str:
         ("--ranker", c.ranker or "none"),
         ("--hint", c.hint),
         ("--gate", c.gate),
+        ("--open-set", c.open_set),
+        ("--reject", None if c.reject == "auto" else c.reject),
         ("--seed", c.seed),
     ]
     if c.gate == "auto":
@@ -272,9 +277,10 @@ def _summary_rows(report: EvalReport) -> list[tuple[str, str]]:
                 + _loss_text(choice.loss_points),
             )
         )
+    rows += open_set_rows(report)
     if report.status:
         rows.append(("ranking status", ", ".join(f"{k} {v}" for k, v in report.status.items())))
-    for stage in ("load", "encode", "retrieve", "rank"):
+    for stage in ("load", "encode", "retrieve", "reject", "rank"):
         lat = report.latency_ms.get(stage)
         if lat:
             rows.append((f"{stage} ms p50 / p95", f"{lat['p50']:.2f} / {lat['p95']:.2f}"))
@@ -339,6 +345,7 @@ def render_markdown(report: EvalReport, plots: dict[str, Path] | None = None) ->
         )  # fmt: skip
     if "gating" in plots:
         lines += [f"![gating curve]({plots['gating'].name})", ""]
+    lines += open_set_markdown(report, plots)
     lines += ["## Per class", ""]
     lines += _md_table(
         ["class", "n", "kNN top-1", "final top-1"],

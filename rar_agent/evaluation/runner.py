@@ -23,8 +23,9 @@ from pydantic import BaseModel, Field
 
 from rar_agent.errors import ConfigError, RarError
 from rar_agent.evaluation import metrics
-from rar_agent.evaluation.data import EvalSets, resolve_sets
+from rar_agent.evaluation.data import EvalSets, hold_out_classes, resolve_sets
 from rar_agent.evaluation.metrics import GateChoice, Outcomes, QueryRecord
+from rar_agent.evaluation.openset import OpenSetReport, open_set_report
 
 if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
@@ -66,6 +67,10 @@ class EvalConfig(BaseModel):
     )
     collection: str = "eval"
     fashion_mnist_root: str | None = None
+    open_set: float | None = Field(
+        default=None, description="Share of classes held out of the memory (open-set run)."
+    )
+    reject: str = Field(default="auto", description="off | auto | a similarity threshold.")
 
 
 class EvalReport(BaseModel):
@@ -104,6 +109,10 @@ class EvalReport(BaseModel):
     confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
     gating_curve: list[metrics.GatePoint] = Field(default_factory=list)
     gate_choice: GateChoice = Field(default_factory=GateChoice)
+    open_set: OpenSetReport | None = None
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="The memory's open-set calibration (summary)."
+    )
     notes: list[str] = Field(default_factory=list)
     records: list[QueryRecord] = Field(default_factory=list, exclude=True)
 
@@ -159,9 +168,14 @@ def _check(config: EvalConfig) -> None:
         problems.append(f"--batch-size must be >= 1, got {config.batch_size}")
     if config.max_loss < 0:
         problems.append(f"--max-loss must be >= 0 points, got {config.max_loss}")
+    if config.open_set is not None and not 0.0 < config.open_set < 1.0:
+        problems.append(f"--open-set is a share of classes in (0, 1), got {config.open_set}")
     if problems:
         raise ConfigError("; ".join(problems))
     _parse_gate(config.gate)
+    from rar_agent.config import parse_reject
+
+    parse_reject(config.reject)
 
 
 def build_report(
@@ -182,6 +196,10 @@ def build_report(
     report.records = list(records)
     report.queries_evaluated = sum(r.error is None for r in records)
     report.query_errors = sum(r.error is not None for r in records)
+    if config.open_set is not None:
+        unknown = report.open_set.unknown_classes if report.open_set else []
+        report.open_set = open_set_report(records, unknown)
+        records = [r for r in records if r.known]  # accuracy is measured on known classes
     report.knn_top1 = metrics.top1(records)
     report.final_top1 = metrics.top1(records, final=True)
     report.recall_at_k = metrics.recall_at_k(records, report.max_k)
@@ -213,6 +231,7 @@ def _items_to_records(
     *,
     k: int,
     max_k: int,
+    known_labels: set[str],
 ) -> list[QueryRecord]:
     """Load, encode, retrieve and rank one batch of test images."""
     from rar_agent.images import load_image
@@ -244,14 +263,32 @@ def _items_to_records(
     start = time.perf_counter()
     retrieved = recognizer.retriever.retrieve_vectors(vectors, k=max_k)
     retrieve_ms = (time.perf_counter() - start) * 1000.0 / len(good)
+    start = time.perf_counter()
+    verdicts = recognizer.judge_many(retrieved)
+    reject_ms = (time.perf_counter() - start) * 1000.0 / len(good)
+    # Every query is ranked (also those retrieval rejects), so top-1 with and without
+    # rejection both come from this one run.
     rankings = recognizer.rank_many(images, [cands[:k] for cands in retrieved])
-    for record, cands, (info, order) in zip(good, retrieved, rankings, strict=True):
+    cal = recognizer.calibration()
+    for record, cands, (info, order), verdict in zip(
+        good, retrieved, rankings, verdicts, strict=True
+    ):
         record.candidates = [c.label for c in cands]
         record.scores = [round(c.score, 6) for c in cands]
         record.status = info.status
         record.reason = info.reason
         record.ranked = list(order) if order else None
-        record.timings_ms.update(encode=encode_ms, retrieve=retrieve_ms)
+        record.known = record.label in known_labels
+        if cands:
+            top = cands[0]
+            record.similarity = round(top.support if top.support is not None else top.score, 6)
+        record.threshold = verdict.threshold
+        if cal is not None and cands and cands[0].kind == "image":
+            auto = cal.threshold_for(cands[0].label)
+            record.auto_threshold = None if auto is None else round(auto, 6)
+        ranker_none = verdict.mode != "off" and info.status == "no_match"
+        record.rejected = bool(verdict.reasons) or ranker_none
+        record.timings_ms.update(encode=encode_ms, retrieve=retrieve_ms, reject=reject_ms)
         if info.status in ("ranked", "fallback") and info.latency_ms is not None:
             record.timings_ms["rank"] = info.latency_ms
         record.timings_ms = {s: round(v, 3) for s, v in record.timings_ms.items()}
@@ -340,6 +377,9 @@ def run_evaluation(
                 workdir=workdir,
                 fashion_mnist_root=config.fashion_mnist_root,
             )
+            if config.open_set is not None:
+                sets = hold_out_classes(sets, config.open_set, config.seed)
+                report.open_set = OpenSetReport(unknown_classes=sets.unknown_classes)
             report.notes.extend(sets.notes)
             report.queries_planned = len(sets.test_items)
             if encoder is None:
@@ -370,7 +410,11 @@ def run_evaluation(
                 gate=fixed,
                 kind=report.memory["kind"],
                 hint=config.hint,
+                reject=config.reject,
             )
+            cal = recognizer.calibration()
+            report.calibration = cal.summary() if cal is not None else None
+            known_labels = set(memory.labels())
             if recognizer.ranker is not None:
                 from rar_agent.ranking import describe_model
 
@@ -384,7 +428,11 @@ def run_evaluation(
             total = len(sets.test_items)
             for start in range(0, total, config.batch_size):
                 batch = sets.test_items[start : start + config.batch_size]
-                records.extend(_items_to_records(recognizer, batch, k=k, max_k=max_k))
+                records.extend(
+                    _items_to_records(
+                        recognizer, batch, k=k, max_k=max_k, known_labels=known_labels
+                    )
+                )
                 if progress:
                     progress("queries", len(records), total)
         except KeyboardInterrupt:

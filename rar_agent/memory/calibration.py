@@ -1,10 +1,17 @@
 """Open-set calibration: how similar a query of a *known* category usually is to the memory.
 
+The known-ness statistic of a query is the *support* of its best candidate category: the
+mean similarity of that category's ``SUPPORT_ENTRIES`` (2) closest entries (its single entry
+when it has one). Two neighbours are steadier than one: on Fashion-MNIST (EfficientNet-Lite0,
+10 shots, all 120 ways to hold out 3 of 10 classes) the AUROC is 0.792 against 0.779 for the
+top-1 similarity, with a smaller accuracy cost at the same rejection rate.
+
 The memory calibrates itself, with no labelled queries. Each sampled image entry is treated
-as a query against the memory without it (leave-one-out): its best similarity to any other
-entry, and the label of that entry, are a *stand-in* for a known query. A category with a
-single example cannot do that (its nearest other entry belongs to another category), so an
-augmented view of its example is the stand-in instead (:func:`add_view_standins`).
+as a query against the memory without it (leave-one-out): its best other entry's label and
+the support of that label (other entries only) are a *stand-in* for a known query. A
+category with a single example cannot do that (its nearest other entry belongs to another
+category), so an augmented view of its example is the stand-in instead
+(:func:`add_view_standins`).
 
 From the stand-ins:
 
@@ -14,10 +21,10 @@ From the stand-ins:
 - an offset: the one-sided ``Z`` (1.645, the 5 % tail of a normal fit) below the mean of
   ``score - mean[predicted category]`` over all stand-ins.
 
-A query whose best candidate is ``c`` with similarity ``s`` is *known* when
+A query whose best candidate is ``c`` with support ``s`` is *known* when
 ``s >= mean[c] + offset``, its per-category threshold. Tight categories thus get a higher
-threshold than diverse ones. Only the top candidate's label and score are needed at query
-time: a dict lookup, no extra search.
+threshold than diverse ones. Only the top candidate's label and support (computed while
+retrieval folds its hits) are needed at query time: a dict lookup, no extra search.
 
 Text-only memories (class-name prototypes) get no automatic threshold: image-to-text
 similarities live on another scale than the text entries' similarities among themselves, so
@@ -50,12 +57,14 @@ if TYPE_CHECKING:
 
     from rar_agent.encoders.base import ImageTextEncoder
     from rar_agent.memory.core import CategoryMemory
+    from rar_agent.memory.entries import Hit
 
 __all__ = [
     "CALIBRATION_KEY",
     "MAX_STANDINS",
     "MIN_STANDINS",
     "SHRINK",
+    "SUPPORT_ENTRIES",
     "Z",
     "Calibration",
     "StandIn",
@@ -77,11 +86,13 @@ SHRINK = 5.0
 """Weight, in stand-ins, of the global mean in each category's mean."""
 Z = 1.645
 """Standard deviations below the mean: the one-sided 5 % tail of a normal fit."""
-_LIMIT = 4  # hits per leave-one-out search: the entry itself plus possible duplicates
+SUPPORT_ENTRIES = 2
+"""Closest entries of a category averaged into its support (the known-ness statistic)."""
+_LIMIT = 16  # hits per calibration search: enough to hold the best label's 2 closest others
 _VERSION = 1
 
 StandIn = tuple[str, str, float, str]
-"""``(label, predicted label, top-1 similarity, "loo" | "view")`` of one stand-in query."""
+"""``(label, predicted label, its support, "loo" | "view")`` of one stand-in query."""
 
 
 class Calibration(BaseModel):
@@ -208,18 +219,24 @@ def _store(memory: CategoryMemory, cal: Calibration) -> Calibration:
 # ---------------------------------------------------------------------- computing
 
 
+def _support(hits: Sequence[Hit], skip: str | None = None) -> tuple[float, str] | None:
+    """``(support, label)`` of the best label among ``hits`` (leaving out the id ``skip``)."""
+    others = [h for h in hits if h.id != skip]
+    if not others:
+        return None
+    label = others[0].label
+    top = [float(h.score) for h in others if h.label == label][:SUPPORT_ENTRIES]
+    return sum(top) / len(top), label
+
+
 def _leave_one_out(
     memory: CategoryMemory, ids: Sequence[str], vectors: np.ndarray
 ) -> list[tuple[float, str] | None]:
-    """Best similarity to any *other* image entry, and its label, for each vector."""
+    """Support and label of the best *other* category for each entry's vector."""
     if not len(ids):
         return []
     batches = memory.search_batch(vectors, kind="image", limit=_LIMIT)
-    out: list[tuple[float, str] | None] = []
-    for own, hits in zip(ids, batches, strict=True):
-        other = next((h for h in hits if h.id != own), None)
-        out.append(None if other is None else (float(other.score), other.label))
-    return out
+    return [_support(hits, own) for own, hits in zip(ids, batches, strict=True)]
 
 
 def _sample(memory: CategoryMemory, limit: int) -> tuple[list[str], list[str], np.ndarray]:
@@ -382,13 +399,14 @@ def add_view_standins(
     if not single:
         return 0
     views = [augmented_view(img, seed=i) for i, (_, img) in enumerate(single)]
-    batches = memory.search_batch(encoder.embed_images(views), kind="image", limit=1)
+    batches = memory.search_batch(encoder.embed_images(views), kind="image", limit=_LIMIT)
     cal = load_calibration(memory) or Calibration(seen=sum(counts.values()))
     labels = {label for label, _ in single}
     pool = [s for s in cal.standins if not (s[3] == "view" and s[0] in labels)]
     for (label, _), hits in zip(single, batches, strict=True):
-        if hits:
-            pool.append((label, hits[0].label, float(hits[0].score), "view"))
+        found = _support(hits)
+        if found is not None:
+            pool.append((label, found[1], found[0], "view"))
     cal.standins = pool[-MAX_STANDINS:]
     _store(memory, cal.refit())
     return len(single)
