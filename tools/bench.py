@@ -6,7 +6,9 @@ Each benchmark script runs in its own process (``--quick`` passes small sizes to
   time, peak RSS of a 100k-entry memory;
 - ``tools/bench_encode.py``: encoder wrapper vs raw ``encode_image``;
 - ``tools/bench_memory.py``: memory upsert/query vs raw qdrant-edge and qdrant-client local;
-- ``tools/bench_ranking.py``: ranking-chain overhead and batch concurrency.
+- ``tools/bench_ranking.py``: ranking-chain overhead and batch concurrency;
+- ``tools/bench_reject.py``: open-set rejection cost per query vs retrieval alone, and the
+  cost of calibrating.
 
 A script that defines a ``--json PATH`` option also hands over structured rows; the printed
 output of every script is kept as well. Results go to ``benchmarks/results.json`` and
@@ -59,6 +61,7 @@ BENCHES = [
     Bench(
         "ranking", "tools/bench_ranking.py", ("--repeats", "10", "--n", "16", "--latency", "0.02")
     ),
+    Bench("reject", "tools/bench_reject.py", ("--sizes", "10000", "--queries", "100")),
 ]
 
 

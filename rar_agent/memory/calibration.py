@@ -257,7 +257,7 @@ def _sample(memory: CategoryMemory, limit: int) -> tuple[list[str], list[str], n
     return ids, labels, np.asarray(rows, dtype=np.float32)
 
 
-def calibrate(memory: CategoryMemory, *, sample: int = MAX_STANDINS) -> Calibration:
+def calibrate(memory: CategoryMemory, *, sample: int | None = None) -> Calibration:
     """Calibrate ``memory`` from scratch (a sample of ``sample`` entries) and store it.
 
     Cost: one scroll over at most ``sample`` entries and one batched search of as many
@@ -266,11 +266,12 @@ def calibrate(memory: CategoryMemory, *, sample: int = MAX_STANDINS) -> Calibrat
 
     Args:
         memory: The memory (a read-only one is calibrated but not written to).
-        sample: How many entries to use as leave-one-out queries.
+        sample: How many entries to use as leave-one-out queries (``MAX_STANDINS``).
 
     Returns:
         The new calibration.
     """
+    sample = MAX_STANDINS if sample is None else sample
     if sample < 1:
         raise ConfigError(f"the calibration sample must be >= 1 entry, got {sample}")
     counts = memory.labels("image")
