@@ -78,8 +78,8 @@ def bench_size(n: int, n_queries: int, rows: list[dict[str, Any]]) -> None:
         memory.bind_encoder(_VectorsOnly.fingerprint, DIM)
         t0 = time.perf_counter()
         for start in range(0, n, 4096):
-            memory.add_entries(entries[start : min(n, start + 4096)], x[start : min(n, start + 4096)],
-                               calibrate=False)  # fmt: skip
+            stop = min(n, start + 4096)
+            memory.add_entries(entries[start:stop], x[start:stop], calibrate=False)
         memory.optimize(min_unindexed=10_000)
         print(f"\n{n} entries: built in {time.perf_counter() - t0:.1f} s")
 

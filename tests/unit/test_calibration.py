@@ -56,7 +56,7 @@ def test_leave_one_out_calibration_is_stored_and_separates_known_from_unknown(
     accepted = []
     for label in LABELS:
         for i in range(5, 8):
-            sims = sorted((clusters.vector(label, i) @ clusters.vector(label, j) for j in range(5)))
+            sims = sorted(clusters.vector(label, i) @ clusters.vector(label, j) for j in range(5))
             accepted.append(float(np.mean(sims[-2:])) >= cal.threshold_for(label))
     assert sum(accepted) >= 10
     # ... while an image of a category the memory never saw is far below every threshold.
@@ -183,7 +183,7 @@ def test_view_stand_ins_only_for_single_example_categories(tmp_path: Path) -> No
     only = [("bicycle", clusters.image("bicycle", 0))]
     assert add_view_standins(memory, clusters.encoder, only) == 1
     cal = load_calibration(memory)
-    assert cal is not None and ("bicycle", "bicycle") == cal.standins[-1][:2]
+    assert cal is not None and cal.standins[-1][:2] == ("bicycle", "bicycle")
     assert cal.standins[-1][3] == "view"
     memory.close()
 
