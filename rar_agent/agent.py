@@ -29,7 +29,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from rar_agent.errors import RarError
+from rar_agent.errors import ConfigError, RarError
 from rar_agent.registry import IMAGE_ID_PATTERN, ImageRegistry
 from rar_agent.tools import make_tools
 
@@ -48,6 +48,7 @@ __all__ = [
     "create_rar_agent",
     "image_blocks_to_ids",
     "last_tool_messages",
+    "resolve_chat_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -328,6 +329,50 @@ class RecognitionOnlyChatModel(BaseChatModel):
 
 
 # ---------------------------------------------------------------------------- factory
+
+# Ranker specs that name a model on this machine, not a hosted provider model.
+_LOCAL_RANKER_PREFIXES = ("hf:", "local", "/", ".", "~")
+
+
+def resolve_chat_model(model: str | None, ranker: str | None) -> BaseChatModel | None:
+    """The chat model that drives the agent, from ``model`` (``auto`` follows a hosted ranker).
+
+    Args:
+        model: ``none`` (recognition only), ``auto``/None, or ``provider:model``.
+        ranker: The ranker spec; ``auto`` reuses it when it names a hosted
+            ``provider:model`` (a local ``hf:`` model cannot call tools).
+
+    Returns:
+        A tool-calling chat model, or ``None`` for :class:`RecognitionOnlyChatModel`.
+
+    Raises:
+        ConfigError: The model cannot call tools (e.g. a local ``hf:`` vision model).
+    """
+    from rar_agent.models import load_ranker
+
+    spec = (model or "auto").strip()
+    if spec.lower() == "auto":
+        spec = _hosted_ranker(ranker) or "none"
+    if spec.lower() in {"none", "off", ""}:
+        return None
+    chat = load_ranker(spec)
+    if chat is None:
+        return None
+    if type(chat).bind_tools is BaseChatModel.bind_tools:
+        raise ConfigError(
+            f"chat model {spec!r} cannot call tools, so it cannot drive the agent: use a "
+            "provider model (--model openai:gpt-4o-mini, ollama:qwen2.5vl...) or --model none "
+            "(it can still rank with --ranker)"
+        )
+    return chat
+
+
+def _hosted_ranker(ranker: str | None) -> str | None:
+    """``ranker`` when it names a hosted ``provider:model``, else ``None``."""
+    text = (ranker or "").strip()
+    if ":" in text and not text.lower().startswith(_LOCAL_RANKER_PREFIXES):
+        return text
+    return None
 
 
 def create_rar_agent(

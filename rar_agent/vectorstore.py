@@ -264,8 +264,9 @@ class CategoryVectorStore(VectorStore):
         ]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
-        # Cosine similarity in [-1, 1] -> relevance in [0, 1].
-        return lambda score: (score + 1.0) / 2.0
+        # Cosine similarity in [-1, 1] -> relevance in [0, 1]; float32 rounding can put a
+        # perfect match a hair above 1, so clamp.
+        return lambda score: min(1.0, max(0.0, (score + 1.0) / 2.0))
 
     @staticmethod
     def _to_document(hit: Hit) -> Document:

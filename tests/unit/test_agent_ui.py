@@ -131,7 +131,7 @@ async def test_session_reports_model_failures_readably(recognizer: Any) -> None:
 
 def test_resolve_chat_model(monkeypatch: pytest.MonkeyPatch) -> None:
     from rar_agent import models
-    from rar_agent.cli_chat import resolve_chat_model
+    from rar_agent.agent import resolve_chat_model
 
     assert resolve_chat_model("none", "openai:gpt-4o") is None
     assert resolve_chat_model("auto", "none") is None

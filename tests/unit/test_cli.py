@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -181,3 +183,112 @@ def test_reading_a_memory_that_does_not_exist_says_so(env: Path) -> None:
         assert code == 2, out
         assert "no category memory" in out and "memory build" in out
     assert not missing.exists(), "a read must not create an empty memory"
+
+
+def _command_paths(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path of the ``rar-agent`` tree (click commands), groups included."""
+    paths = [prefix]
+    for name, command in sorted(group.commands.items()):
+        if hasattr(command, "commands"):
+            paths += _command_paths(command, (*prefix, name))
+        else:
+            paths.append((*prefix, name))
+    return paths
+
+
+COMMAND_PATHS = _command_paths(typer.main.get_command(app))
+
+
+def test_the_command_tree_has_every_subcommand() -> None:
+    assert set(COMMAND_PATHS) >= {
+        ("recognize",),
+        ("memory", "build"),
+        ("memory", "add"),
+        ("memory", "remove"),
+        ("memory", "list"),
+        ("memory", "stats"),
+        ("chat",),
+        ("eval",),
+        ("finetune-data",),
+    }
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "root")
+def test_every_command_help_lists_all_its_options(path: tuple[str, ...]) -> None:
+    code, out = _run(*path, "--help")
+    assert code == 0, out
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    for param in command.params:
+        if param.param_type_name == "option":
+            assert param.opts[0] in out, f"{param.opts[0]} missing from {' '.join(path)} --help"
+
+
+def test_root_help_is_a_tutorial_with_examples() -> None:
+    code, out = _run("--help")
+    assert code == 0
+    for example in ["rar-agent recognize photo.jpg --labels", "rar-agent memory build"]:
+        assert example in out
+
+
+HEAVY = (
+    "torch",
+    "open_clip",
+    "transformers",
+    "numpy",
+    "PIL",
+    "langchain",
+    "langchain_core",
+    "langgraph",
+    "gradio",
+    "mcp",
+    "qdrant_client",
+    "qdrant_edge",
+    "matplotlib",
+    "httpx",
+)
+
+
+def test_the_cli_imports_no_library_module_and_no_heavy_package() -> None:
+    """``import rar_agent.cli`` and every ``--help`` stay light: the library loads in commands."""
+    script = (
+        "import json, sys\n"
+        "import rar_agent.cli\n"
+        "at_import = sorted(m for m in sys.modules if m.startswith('rar_agent'))\n"
+        "from rar_agent.cli import app\n"
+        f"for path in {COMMAND_PATHS!r}:\n"
+        "    try:\n"
+        "        app([*path, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "top = sorted({m.split('.')[0] for m in sys.modules})\n"
+        "print(json.dumps({'at_import': at_import, 'top': top}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(m == "rar_agent" or m.startswith("rar_agent.cli") for m in loaded["at_import"]), (
+        loaded["at_import"]
+    )
+    assert "rar_agent.cli.options" in loaded["at_import"]
+    assert not set(HEAVY) & set(loaded["top"]), set(HEAVY) & set(loaded["top"])
+
+
+def test_settings_command_refuses_a_command_it_cannot_read() -> None:
+    from rar_agent.cli.options import STORE, settings_command
+
+    def no_settings(k: int = 1) -> None: ...
+
+    def postponed(settings: Any, k: int = 1) -> None: ...  # a string: this module postpones
+
+    with pytest.raises(TypeError, match="settings"):
+        settings_command(STORE)(no_settings)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="postpone"):
+        settings_command(STORE)(postponed)

@@ -1,0 +1,54 @@
+"""The ``rar-agent`` command line.
+
+One module per subcommand (``recognize``, ``memory``, ``chat``, ``evaluate``, ``finetune``), the
+options and helpers they share in ``options``. Only typer and the standard library are imported
+at module level, so ``rar-agent --help`` answers fast; a command imports the library when it runs.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from rar_agent.cli import chat, evaluate, finetune, memory, recognize
+
+__all__ = ["app", "main"]
+
+_TUTORIAL = """\
+Retrieve-and-rank visual recognition: an image encoder's category memory in Qdrant, then a \
+multimodal chat model ranks the top k candidates.
+
+Recognize among your own labels (zero-shot, nothing to build first):
+  rar-agent recognize photo.jpg --labels "cat,dog,fox"
+
+Build a memory from example images in DIR/<label>/*.jpg, then use it:
+  rar-agent memory build --from-folder photos/
+  rar-agent memory list
+  rar-agent recognize photo.jpg --ranker openai:gpt-4o-mini --json
+
+Measure retrieval alone (kNN) against retrieve-and-rank on labelled images:
+  rar-agent eval --dataset photos/ --shots 4 --ranker local
+
+Chat with the agent in the browser; write fine-tuning data for a ranker:
+  rar-agent chat --ranker ollama:qwen2.5vl
+  rar-agent finetune-data --from-folder photos/ --out train.json
+
+Options shown with an env var also read it from the environment (RAR_MEMORY_PATH, \
+RAR_RANKER, ...): see rar-agent COMMAND --help."""
+
+app = typer.Typer(
+    name="rar-agent",
+    help=_TUTORIAL,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("recognize")(recognize.recognize)
+app.add_typer(memory.app, name="memory")
+app.command("eval")(evaluate.evaluate)
+app.command("finetune-data", help=finetune.HELP)(finetune.finetune_data)
+app.command("chat")(chat.chat)
+
+
+def main() -> None:
+    """Console-script entry point (``rar-agent``)."""
+    app()

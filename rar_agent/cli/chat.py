@@ -1,0 +1,78 @@
+"""``rar-agent chat``: serve the multimodal chat page over the agent.
+
+No ``from __future__ import annotations``: :func:`settings_command` reads the option types.
+"""
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from rar_agent.cli.options import (
+    ENCODER,
+    RANKING,
+    STORE,
+    LabelsOpt,
+    ProgressOpt,
+    open_recognizer,
+    settings_command,
+)
+
+if TYPE_CHECKING:
+    from rar_agent.config import Settings
+
+__all__ = ["chat"]
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Chat model that drives the agent: provider:model (openai:gpt-4o-mini, "
+        "ollama:qwen2.5vl...), none (recognition only), or auto (the --ranker when it "
+        "is a hosted model, else none).",
+        envvar="RAR_CHAT_MODEL",
+    ),
+]
+HostOpt = Annotated[
+    str, typer.Option("--host", help="Interface to serve on (0.0.0.0 for a network).")
+]
+PortOpt = Annotated[int, typer.Option("--port", help="Port to serve on.")]
+AllowRootOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--allow-root", help="Folder whose image files the agent may read."),
+]
+AllowUrlsOpt = Annotated[
+    bool, typer.Option("--allow-urls", help="Let the agent fetch public image URLs.")
+]
+AllowLearningOpt = Annotated[
+    bool, typer.Option("--allow-learning", help="Let the agent add examples to the memory.")
+]
+
+
+@settings_command(RANKING, STORE, ENCODER)
+def chat(
+    settings: "Settings",
+    model: ModelOpt = "auto",
+    labels: LabelsOpt = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 7860,
+    allow_root: AllowRootOpt = None,
+    allow_urls: AllowUrlsOpt = False,
+    allow_learning: AllowLearningOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Serve a chat page: upload a photo, ask about it, see the ranked categories."""
+    from rar_agent.agent import resolve_chat_model
+    from rar_agent.ui import build_chat_page, launch
+
+    chat_model = resolve_chat_model(model, settings.ranker)
+    with open_recognizer(settings, labels, progress) as recognizer:
+        page = build_chat_page(
+            recognizer,
+            chat_model,
+            allowed_roots=list(allow_root or []),
+            allow_urls=allow_urls,
+            allow_learning=allow_learning,
+        )
+        typer.echo(f"chat page on http://{host}:{port}/ (Ctrl+C to stop)", err=True)
+        launch(page, host, port, block=True)

@@ -1,0 +1,153 @@
+"""``rar-agent eval``: measure kNN vs retrieve-and-rank accuracy on labelled images.
+
+Its ``--k``, ``--ranker``, ``--gate``, ``--reject`` and ``--memory`` are its own: an evaluation
+states what it measures, so they read no ``RAR_*`` variable, and ``--gate auto`` chooses a
+margin here. ``--open-set`` holds classes out of the memory and measures their rejection.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rar_agent.cli.options import (
+    GATE_HELP,
+    RANKER_HELP,
+    REJECT_HELP,
+    ClipModelOpt,
+    ClipPretrainedOpt,
+    EncoderOpt,
+    HintOpt,
+    JsonOpt,
+    ProgressOpt,
+    ShotsOpt,
+    error_guard,
+    settings_from_options,
+    staged_progress,
+)
+
+__all__ = ["evaluate"]
+
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="One labelled set (ImageFolder DIR or manifest) split by --shots, or "
+        "'fashion-mnist' (Debian's dataset-fashion-mnist: memory from train, queries from test).",
+    ),
+]
+MemorySetOpt = Annotated[
+    str | None, typer.Option("--memory-set", help="Images to store (DIR or manifest).")
+]
+TestSetOpt = Annotated[
+    str | None, typer.Option("--test-set", help="Query images (DIR or manifest).")
+]
+TextMemoryOpt = Annotated[
+    bool, typer.Option("--text-memory", help="Memory of class names only (zero-shot).")
+]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", help="At most N test images (class-balanced).")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every sample.")]
+EvalKOpt = Annotated[int, typer.Option("--k", help="Candidates handed to the ranker.")]
+MaxKOpt = Annotated[int, typer.Option("--max-k", help="Largest k of recall@k.")]
+EvalRankerOpt = Annotated[str, typer.Option("--ranker", help=RANKER_HELP)]
+EvalGateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gate",
+        help=f"{GATE_HELP}, or auto: choose the margin that skips the most ranker calls "
+        "within --max-loss (kept in --memory for `recognize --gate auto`).",
+        show_default="off",
+    ),
+]
+MaxLossOpt = Annotated[
+    float, typer.Option("--max-loss", help="Accuracy points --gate auto may lose.")
+]
+OpenSetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--open-set",
+        help="Hold this share of the classes out of the memory (seeded by --seed) and measure "
+        "how their images are rejected: AUROC of the known-ness score, known-class top-1 with "
+        "and without rejection, share of unknowns rejected, a ROC plot.",
+    ),
+]
+EvalRejectOpt = Annotated[str, typer.Option("--reject", help=f"{REJECT_HELP}.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
+OutOpt = Annotated[
+    Path, typer.Option("--out", help="Folder for report.json/.md and the PNG plots.")
+]
+PlotsOpt = Annotated[bool, typer.Option("--plots/--no-plots", help="Draw PNG plots.")]
+EvalMemoryOpt = Annotated[
+    Path | None,
+    typer.Option("--memory", help="Keep the evaluation memory here.", show_default="temporary"),
+]
+
+
+def evaluate(
+    dataset: DatasetOpt = None,
+    memory_set: MemorySetOpt = None,
+    test_set: TestSetOpt = None,
+    shots: ShotsOpt = None,
+    text_memory: TextMemoryOpt = False,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    k: EvalKOpt = 5,
+    max_k: MaxKOpt = 10,
+    ranker: EvalRankerOpt = "none",
+    hint: HintOpt = None,
+    gate: EvalGateOpt = None,
+    max_loss: MaxLossOpt = 0.5,
+    open_set: OpenSetOpt = None,
+    reject: EvalRejectOpt = "auto",
+    batch_size: BatchSizeOpt = 32,
+    out: OutOpt = Path("rar-eval"),
+    plots: PlotsOpt = True,
+    as_json: JsonOpt = False,
+    memory: EvalMemoryOpt = None,
+    clip_model: ClipModelOpt = None,
+    clip_pretrained: ClipPretrainedOpt = None,
+    encoder: EncoderOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Evaluate kNN (retrieval) vs retrieve-and-rank: top-1, recall@k, gating, latency.
+
+    With --open-set, also how well images of categories missing from the memory are rejected.
+    """
+    with error_guard():
+        from rich.console import Console
+
+        from rar_agent.evaluation import EvalConfig, run_evaluation, summary_table, write_report
+
+        settings = settings_from_options(
+            clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder
+        )
+        # An encoder factory gets only an explicit --clip-pretrained, never the CLIP default.
+        pretrained = clip_pretrained if settings.encoder else settings.clip_pretrained
+        config = EvalConfig(
+            dataset=dataset, memory_set=memory_set, test_set=test_set, shots=shots,
+            text_memory=text_memory, limit=limit, seed=seed, k=k, max_k=max_k,
+            ranker=ranker, hint=hint, gate=gate, max_loss=max_loss, batch_size=batch_size,
+            encoder=settings.encoder_spec, pretrained=pretrained, device=settings.device,
+            memory=str(memory) if memory else None, open_set=open_set, reject=reject,
+        )  # fmt: skip
+        bar, update = staged_progress(
+            progress, {"memory": "building memory", "queries": "evaluating queries"}
+        )
+        with bar:
+            report = run_evaluation(config, progress=update)
+        files = write_report(report, out, plots=plots)
+        if as_json:
+            sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+        else:
+            Console().print(summary_table(report))
+            Console().print(f"report: {files['markdown']}", highlight=False)
+    if report.interrupted:
+        Console(stderr=True).print(
+            f"[yellow]interrupted:[/] partial report written to {out}", highlight=False
+        )
+        raise typer.Exit(130)

@@ -1,0 +1,141 @@
+"""``rar-agent finetune-data``: ranking fine-tuning conversations from a labelled image set.
+
+No ``from __future__ import annotations``: :func:`settings_command` reads the option types.
+"""
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from rar_agent.cli.options import (
+    ENCODER,
+    STORE,
+    FromFolderOpt,
+    FromManifestOpt,
+    HintOpt,
+    JsonOpt,
+    ProgressOpt,
+    load_settings_encoder,
+    print_error,
+    progress_bar,
+    settings_command,
+)
+
+if TYPE_CHECKING:
+    from rar_agent.config import Settings
+    from rar_agent.finetune_data import FinetuneSummary
+
+__all__ = ["HELP", "finetune_data"]
+
+HELP = (
+    "Write ranking conversations (true label first) for fine-tuning a ranker.\n\n"
+    "For each labelled image the memory is searched with the image's own entry excluded; "
+    "windows of k retrieved labels that contain the true label become conversations whose "
+    "prompt is exactly the ranking chain's. Build the memory first, e.g. with "
+    "`rar-agent memory build --from-folder DIR`."
+)
+
+OutOpt = Annotated[Path, typer.Option("--out", help="Output file (.json or .jsonl).")]
+FormatOpt = Annotated[
+    str, typer.Option("--format", help="llava (ShareGPT JSON) or openai (chat JSONL).")
+]
+KOpt = Annotated[int, typer.Option("--k", help="Candidates per conversation.")]
+TopNOpt = Annotated[int, typer.Option("--top-n", help="Labels retrieved per image.")]
+WindowsOpt = Annotated[int, typer.Option("--windows", help="Conversations per image.")]
+ShuffleOpt = Annotated[
+    bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle candidates in the prompt.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for windows and shuffling.")]
+KindOpt = Annotated[str, typer.Option("--kind", help="Memory side: auto, image or text.")]
+MaxPerClassOpt = Annotated[
+    int | None, typer.Option("--max-per-class", help="Cap conversations per class.")
+]
+DedupOpt = Annotated[
+    bool, typer.Option("--dedup/--no-dedup", help="Skip repeated images/conversations.")
+]
+ImageRootOpt = Annotated[
+    Path | None, typer.Option("--image-root", help="LLaVA: image paths relative to this.")
+]
+
+
+@settings_command(STORE, ENCODER)
+def finetune_data(
+    settings: "Settings",
+    out: OutOpt,
+    from_folder: FromFolderOpt = None,
+    from_manifest: FromManifestOpt = None,
+    fmt: FormatOpt = "llava",
+    k: KOpt = 5,
+    top_n: TopNOpt = 20,
+    windows: WindowsOpt = 1,
+    shuffle: ShuffleOpt = False,
+    seed: SeedOpt = 0,
+    kind: KindOpt = "auto",
+    max_per_class: MaxPerClassOpt = None,
+    dedup: DedupOpt = True,
+    hint: HintOpt = None,
+    image_root: ImageRootOpt = None,
+    as_json: JsonOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Write ranking conversations (true label first) for fine-tuning a ranker (see HELP)."""
+    from rar_agent.errors import ConfigError
+    from rar_agent.finetune_data import FORMATS, FinetuneOptions, build_finetune_data
+    from rar_agent.memory import builders
+    from rar_agent.pipeline import open_memory
+
+    if (from_folder is None) == (from_manifest is None):
+        raise ConfigError("give exactly one of --from-folder and --from-manifest")
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    options = FinetuneOptions(
+        k=k, top_n=top_n, windows=windows, shuffle=shuffle, seed=seed,
+        kind=kind, hint=hint, dedup=dedup, max_per_class=max_per_class,  # type: ignore[arg-type]
+    )  # fmt: skip
+    items = (
+        builders.iter_image_folder(from_folder)
+        if from_folder is not None
+        else builders.iter_manifest(from_manifest)  # type: ignore[arg-type]
+    )
+    enc = load_settings_encoder(settings)
+    bar, update = progress_bar(progress, "writing conversations")
+    with open_memory(settings) as mem, bar:
+        summary = build_finetune_data(
+            mem, enc, items, out, fmt=fmt, options=options,  # type: ignore[arg-type]
+            image_root=image_root, progress=update,
+        )  # fmt: skip
+    _print_summary(summary, out, as_json)
+    if summary.conversations == 0:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: "FinetuneSummary", out: Path, as_json: bool) -> None:
+    """The summary as one JSON line, or a per-class table and a sentence."""
+    import json
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    if as_json:
+        sys.stdout.write(json.dumps({"out": str(out), **summary.to_dict()}) + "\n")
+        return
+    console = Console()
+    table = Table("class", "conversations", "true label not retrieved", title="per class")
+    for label in sorted(set(summary.per_class) | set(summary.missed_per_class)):
+        table.add_row(label, str(summary.per_class[label]), str(summary.missed_per_class[label]))
+    console.print(table)
+    console.print(
+        f"wrote {summary.conversations} conversations to {out} from {summary.images} images "
+        f"in {summary.seconds:.1f} s; own entries excluded {summary.self_hits_excluded}, "
+        f"true label not in the top-N {summary.not_retrieved}, duplicates skipped "
+        f"{summary.duplicates}, capped {summary.capped}, failed {len(summary.failed)}",
+        highlight=False,
+    )
+    for source, reason in summary.failed[:20]:
+        console.print(f"  [yellow]skipped[/] {source}: {reason}", highlight=False)
+    if summary.conversations == 0:
+        print_error(
+            "no conversations: is the memory built from these labels, and is --top-n large enough?"
+        )

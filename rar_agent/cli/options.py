@@ -1,0 +1,421 @@
+"""What every ``rar-agent`` command shares: options, settings, the error guard, progress.
+
+Each option shared by two or more commands is defined here once, as an ``Annotated`` alias
+that carries its flag, help text and ``RAR_*`` environment variable. Only typer and the
+standard library are imported at module level; the rest is imported by the helpers when a
+command runs, so ``rar-agent --help`` answers fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Concatenate, ParamSpec
+
+import typer
+
+if TYPE_CHECKING:
+    from rar_agent.config import Settings
+    from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.pipeline import Recognizer
+
+__all__ = [
+    "ENCODER",
+    "GATE_HELP",
+    "RANKING",
+    "STORE",
+    "RANKER_HELP",
+    "REJECT_HELP",
+    "ApiKeyOpt",
+    "ClipModelOpt",
+    "ClipPretrainedOpt",
+    "CollectionOpt",
+    "EncoderOpt",
+    "FromFolderOpt",
+    "FromManifestOpt",
+    "GateOpt",
+    "HintOpt",
+    "JsonOpt",
+    "KOpt",
+    "LabelsOpt",
+    "MemoryOpt",
+    "ProgressOpt",
+    "QdrantUrlOpt",
+    "RankerOpt",
+    "RejectOpt",
+    "ShotsOpt",
+    "error_guard",
+    "load_settings_encoder",
+    "open_recognizer",
+    "print_error",
+    "print_note",
+    "progress_bar",
+    "settings_command",
+    "settings_from_options",
+    "staged_progress",
+]
+
+# ---------------------------------------------------------------------------- help texts
+
+RANKER_HELP = (
+    "Ranking model: none (keep the retrieval order), local (SmolVLM-256M on this machine), "
+    "hf:<repo|dir> (a local transformers vision model or a LoRA adapter folder), or a "
+    "provider string provider:model (openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, "
+    "ollama:qwen2.5vl)."
+)
+GATE_HELP = (
+    "Skip the ranker when retrieval is sure: off, on (the default margin), "
+    "a score margin such as 0.05 (skip when the first label leads the second by more)"
+)
+
+REJECT_HELP = (
+    "When an image is 'unknown' (not a category in memory): auto (thresholds the memory "
+    "calibrated from its own examples, plus the ranker's 'none of these'), off (always the "
+    "closest category), or a similarity threshold such as 0.8"
+)
+
+# ---------------------------------------------------------------------------- where the memory is
+
+_MEMORY_PANEL = "Memory options"
+_ENCODER_PANEL = "Encoder options"
+
+MemoryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--memory",
+        help="Embedded memory folder.",
+        envvar="RAR_MEMORY_PATH",
+        show_default="RAR_HOME/memories/NAME",
+        rich_help_panel=_MEMORY_PANEL,
+    ),
+]
+QdrantUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--qdrant-url",
+        help="Qdrant server URL, e.g. http://localhost:6333 (unset: the embedded memory).",
+        envvar="RAR_QDRANT_URL",
+        rich_help_panel=_MEMORY_PANEL,
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        help="Qdrant server API key.",
+        envvar="RAR_QDRANT_API_KEY",
+        rich_help_panel=_MEMORY_PANEL,
+    ),
+]
+CollectionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--collection",
+        help="Memory name.",
+        envvar="RAR_COLLECTION",
+        show_default="default",
+        rich_help_panel=_MEMORY_PANEL,
+    ),
+]
+
+# ---------------------------------------------------------------------------- the encoder
+
+ClipModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--clip-model",
+        help="Image-text encoder: an open_clip name (ViT-B-16), local-dir:/path, "
+        "hf-hub:org/repo, or hf:<repo|dir> (a transformers CLIP/SigLIP).",
+        envvar="RAR_CLIP_MODEL",
+        show_default="ViT-B-16",
+        rich_help_panel=_ENCODER_PANEL,
+    ),
+]
+ClipPretrainedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--clip-pretrained",
+        help="Weights for an open_clip name: a pretrained tag or a checkpoint file.",
+        envvar="RAR_CLIP_PRETRAINED",
+        show_default="openai",
+        rich_help_panel=_ENCODER_PANEL,
+    ),
+]
+EncoderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--encoder",
+        help="Encoder factory package.module:factory (replaces --clip-model).",
+        envvar="RAR_ENCODER",
+        rich_help_panel=_ENCODER_PANEL,
+    ),
+]
+
+# ---------------------------------------------------------------------------- recognition
+
+KOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--k",
+        help="Candidates retrieved and handed to the ranker (1-100).",
+        show_default="RAR_K, else 5",
+    ),
+]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--labels",
+        help="Comma-separated class names: recognize zero-shot among exactly these "
+        "(a text memory of them is built and cached).",
+    ),
+]
+RankerOpt = Annotated[
+    str | None,
+    typer.Option("--ranker", help=RANKER_HELP, envvar="RAR_RANKER", show_default="none"),
+]
+GateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gate",
+        help=f"{GATE_HELP}, or auto (the margin `rar-agent eval --gate auto` kept in the memory).",
+        envvar="RAR_GATE",
+        show_default="off",
+    ),
+]
+
+RejectOpt = Annotated[
+    str | None,
+    typer.Option("--reject", help=f"{REJECT_HELP}.", envvar="RAR_REJECT", show_default="auto"),
+]
+
+# ---------------------------------------------------------------------------- inputs and output
+
+FromFolderOpt = Annotated[
+    Path | None,
+    typer.Option("--from-folder", help="Labelled images as DIR/<label>/*.jpg (ImageFolder)."),
+]
+FromManifestOpt = Annotated[
+    Path | None,
+    typer.Option("--from-manifest", help="Labelled images as a CSV or JSONL of path,label."),
+]
+ShotsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--shots", help="Example images per class, sampled with --seed.", show_default="all"
+    ),
+]
+HintOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--hint",
+        help="Domain hint in the ranker's prompt, e.g. 'clothing items'.",
+        show_default="the memory's description",
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON on stdout (notes and progress go to stderr).")
+]
+ProgressOpt = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Progress bars (on a terminal only).")
+]
+
+
+# ---------------------------------------------------------------------------- option groups
+
+
+def _param(name: str, annotation: object) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
+
+
+STORE = (
+    _param("memory", MemoryOpt),
+    _param("qdrant_url", QdrantUrlOpt),
+    _param("api_key", ApiKeyOpt),
+    _param("collection", CollectionOpt),
+)
+"""Where the memory lives: ``--memory``, ``--qdrant-url``, ``--api-key``, ``--collection``."""
+ENCODER = (
+    _param("clip_model", ClipModelOpt),
+    _param("clip_pretrained", ClipPretrainedOpt),
+    _param("encoder", EncoderOpt),
+)
+"""Which encoder: ``--clip-model``, ``--clip-pretrained``, ``--encoder``."""
+RANKING = (
+    _param("k", KOpt),
+    _param("ranker", RankerOpt),
+    _param("gate", GateOpt),
+    _param("reject", RejectOpt),
+)
+"""How to recognize: ``--k``, ``--ranker``, ``--gate``, ``--reject``."""
+
+_P = ParamSpec("_P")
+
+
+def settings_command(
+    *groups: tuple[inspect.Parameter, ...],
+) -> Callable[[Callable[Concatenate[Settings, _P], None]], Callable[_P, None]]:
+    """Give a command the options of ``groups``; it is called with the ``Settings`` they make.
+
+    The command's first parameter is ``settings``; its other parameters are its own options.
+    The returned function's signature (what typer reads) is the command's own options followed
+    by the groups' options, so each shared option is declared once, here. The command runs
+    inside :func:`error_guard`. Command modules leave out ``from __future__ import
+    annotations``: the signature is read as objects, not strings.
+    """
+    shared = [p for group in groups for p in group]
+
+    def decorate(func: Callable[Concatenate[Settings, _P], None]) -> Callable[_P, None]:
+        own = list(inspect.signature(func).parameters.values())
+        if not own or own[0].name != "settings":
+            raise TypeError(f"{func.__name__}: the first parameter must be `settings`")
+        if any(isinstance(p.annotation, str) for p in own[1:]):
+            raise TypeError(f"{func.__name__}: its module must not postpone annotations")
+
+        @functools.wraps(func)
+        def command(*args: _P.args, **kwargs: _P.kwargs) -> None:
+            options = {p.name: kwargs.pop(p.name, None) for p in shared}
+            with error_guard():
+                func(settings_from_options(**options), *args, **kwargs)
+
+        params = own[1:] + shared
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def settings_from_options(**options: object) -> Settings:
+    """Settings from ``RAR_*`` variables, overridden by the options given on the command line.
+
+    Args:
+        **options: Option values by parameter name; ``None`` means "not given".
+
+    Raises:
+        ConfigError: A value is invalid; the message names the setting.
+    """
+    from pydantic import ValidationError
+
+    from rar_agent.config import Settings
+    from rar_agent.errors import ConfigError
+
+    names = {"memory": "memory_path", "api_key": "qdrant_api_key"}
+    update = {names.get(k, k): v for k, v in options.items() if v is not None}
+    try:
+        return Settings(**update)  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(
+            f"invalid setting ({problems}): fix the option or RAR_* variable"
+        ) from None
+
+
+def load_settings_encoder(settings: Settings) -> ImageTextEncoder:
+    """The encoder the settings name (``--encoder`` or ``--clip-model``)."""
+    from rar_agent.encoders import load_encoder
+
+    return load_encoder(
+        settings.encoder_spec, pretrained=settings.clip_pretrained, device=settings.device
+    )
+
+
+def open_recognizer(settings: Settings, labels: str | None, progress: bool) -> Recognizer:
+    """The recognizer of ``recognize`` and ``chat``: over ``--labels``, else the memory."""
+    from rar_agent.pipeline import Recognizer
+
+    label_list = labels.split(",") if labels is not None else None
+    bar, update = progress_bar(progress, "building vocabulary memory")
+    with bar:
+        return Recognizer.from_settings(settings, labels=label_list, progress=update)
+
+
+@contextlib.contextmanager
+def error_guard() -> Iterator[None]:
+    """Turn a ``RarError`` into one ``error:`` line and exit code 2 (130 on Ctrl+C)."""
+    from rar_agent.errors import RarError
+
+    try:
+        yield
+    except RarError as e:
+        print_error(str(e))
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        raise typer.Exit(130) from None
+
+
+def print_error(message: str) -> None:
+    """Print ``error: message`` on stderr."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+
+
+def print_note(message: str) -> None:
+    """Print a dim note on stderr (stdout stays clean for ``--json``)."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(f"[dim]{message}[/]", highlight=False)
+
+
+ProgressPair = tuple[AbstractContextManager[object], Callable[[int, int], None] | None]
+StagedPair = tuple[AbstractContextManager[object], Callable[[str, int, int], None] | None]
+
+
+def staged_progress(enabled: bool, names: Mapping[str, str] | None = None) -> StagedPair:
+    """A progress display on stderr and its ``update(stage, done, total)``: one bar a stage.
+
+    Args:
+        enabled: ``--progress``; bars are drawn only when stderr is a terminal.
+        names: Bar titles by stage name (default: the stage name).
+
+    Returns:
+        The display to enter around the work, and the callback (``None`` when disabled).
+    """
+    if not enabled or not sys.stderr.isatty():
+        return contextlib.nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TimeElapsedColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+    titles = dict(names or {})
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(titles.get(stage, stage), total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return bar, update
+
+
+def progress_bar(enabled: bool, description: str) -> ProgressPair:
+    """One progress bar titled ``description`` and its ``update(done, total)``."""
+    bar, staged = staged_progress(enabled)
+    if staged is None:
+        return bar, None
+
+    def update(done: int, total: int) -> None:
+        staged(description, done, total)
+
+    return bar, update

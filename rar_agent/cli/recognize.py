@@ -1,0 +1,156 @@
+"""``rar-agent recognize``: what is in each image, or in each box of one image.
+
+No ``from __future__ import annotations``: :func:`settings_command` reads the option types.
+"""
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from rar_agent.cli.options import (
+    ENCODER,
+    RANKING,
+    STORE,
+    JsonOpt,
+    LabelsOpt,
+    ProgressOpt,
+    open_recognizer,
+    print_note,
+    settings_command,
+)
+
+if TYPE_CHECKING:
+    from rar_agent.config import Settings
+    from rar_agent.pipeline import Recognizer
+    from rar_agent.results import RecognitionResult
+
+__all__ = ["recognize"]
+
+ImagesArg = Annotated[list[str], typer.Argument(help="Image files, URLs or data URIs.")]
+BoxesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--boxes", help="JSON boxes (xyxy or COCO detections) in one image: a result each."
+    ),
+]
+NormalizedOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--normalized/--pixels",
+        help="Box units: 0..1 or pixels.",
+        show_default="detected from the values",
+    ),
+]
+AnnotateOpt = Annotated[
+    Path | None,
+    typer.Option("--annotate", help="With --boxes: save a picture with the labels drawn."),
+]
+
+
+@settings_command(RANKING, STORE, ENCODER)
+def recognize(
+    settings: "Settings",
+    images: ImagesArg,
+    labels: LabelsOpt = None,
+    as_json: JsonOpt = False,
+    boxes: BoxesOpt = None,
+    normalized: NormalizedOpt = None,
+    annotate: AnnotateOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Recognize what is in each image (retrieve top-k, then rank), or in each box of one image."""
+    recognizer = open_recognizer(settings, labels, progress)
+    if recognizer.ranker is None and not as_json:
+        print_note("ranking is disabled (--ranker none): showing retrieval order")
+    with recognizer:
+        if boxes is not None or annotate is not None:
+            results = _recognize_boxes(recognizer, images, boxes, normalized, annotate)
+        else:
+            results = recognizer.recognize_batch(images)
+    _print_results(results, as_json)
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+def _recognize_boxes(
+    recognizer: "Recognizer",
+    images: list[str],
+    boxes: Path | None,
+    normalized: bool | None,
+    annotate: Path | None,
+) -> "list[RecognitionResult]":
+    """``recognize --boxes``: every box of one image, optionally drawn into ``annotate``."""
+    from rar_agent.errors import ConfigError
+    from rar_agent.images import load_image
+    from rar_agent.regions import annotate as draw_results
+    from rar_agent.regions import load_boxes
+
+    if boxes is None:
+        raise ConfigError("--annotate draws region labels: give the regions with --boxes FILE")
+    if len(images) != 1:
+        raise ConfigError(f"--boxes applies to one image, got {len(images)}: pass exactly one")
+    parsed = load_boxes(boxes, normalized=normalized)
+    if not parsed:
+        raise ConfigError(f"{boxes} holds no boxes: write a JSON list of [x0, y0, x1, y1]")
+    loaded = load_image(images[0])
+    results = recognizer.recognize_regions(loaded.image, parsed, kind="auto")
+    for result in results:
+        result.image = loaded.source
+    if annotate is not None:
+        picture = draw_results(loaded.image, results)
+        try:
+            picture.save(annotate)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot write {annotate}: {e}; use a .png or .jpg path") from e
+    return results
+
+
+def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
+    """One JSON line per result, or a table of candidates per result."""
+    if as_json:
+        for r in results:
+            sys.stdout.write(r.model_dump_json() + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for r in results:
+        if r.error:
+            where = r.image if r.box_id is None else f"{r.image} box {r.box_id}"
+            console.print(f"[bold]{where}[/]: [red]{r.error}[/]", highlight=False, soft_wrap=True)
+            continue
+        where = r.image if r.box_id is None else f"{r.image} box {r.box_id} {r.box}"
+        answer = (
+            "[bold yellow]unknown[/] (closest below)" if r.unknown else f"[bold green]{r.label}[/]"
+        )
+        table = Table(title=f"{where}: {answer}", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("label")
+        table.add_column("score", justify="right")
+        table.add_column("retrieval rank", justify="right")
+        for i, c in enumerate(r.candidates, 1):
+            table.add_row(str(i), c.label, f"{c.score:.4f}", str(c.retrieval_rank + 1))
+        console.print(table)
+        reason = f" ({r.ranking.reason})" if r.ranking.reason else ""
+        timings = ", ".join(f"{k} {v:.1f} ms" for k, v in r.timings_ms.items())
+        console.print(f"ranking: {r.ranking.status}{reason}; {timings}", highlight=False)
+        console.print(_rejection_line(r), highlight=False)
+
+
+def _rejection_line(r: "RecognitionResult") -> str:
+    """How the open-set check went, in one line."""
+    rej = r.rejection
+    if rej.mode == "off":
+        return "open-set check: off"
+    if rej.threshold is None:
+        return f"open-set check: {rej.note or 'no threshold'}" + (
+            "; the ranker said none of these fits" if "ranker_none" in rej.reasons else ""
+        )
+    verdict = "unknown: " + ", ".join(rej.reasons) if r.unknown else "known"
+    return (
+        f"open-set check ({rej.mode}): {verdict}; support {rej.similarity:.4f} vs threshold "
+        f"{rej.threshold:.4f}"
+    )
