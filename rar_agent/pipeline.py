@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import logging
 import time
@@ -233,6 +234,17 @@ class Recognizer:
         ]
 
     # ------------------------------------------------------------------ rejection
+
+    def with_reject(self, reject: str | float | None) -> Recognizer:
+        """A recognizer sharing this one's memory, encoder and ranker, with another
+        reject setting (``off``, ``auto`` or a threshold). Closing either closes the memory."""
+        from rar_agent.config import parse_reject
+
+        other = copy.copy(self)
+        other.reject = parse_reject(reject)
+        if other.reject.mode == "auto":
+            other._ensure_calibrated()
+        return other
 
     def _ensure_calibrated(self) -> None:
         """Calibrate a memory that has image examples but no calibration yet (built earlier)."""

@@ -114,13 +114,21 @@ def _tool_error(e: Exception) -> ToolException:
 # ---------------------------------------------------------------------------- formatting
 
 
-def format_result(result: RecognitionResult, *, image_name: str | None = None) -> str:
-    """The short text a model sees: the answer, how it was ranked, the scored candidates."""
+def format_result(
+    result: RecognitionResult, *, image_name: str | None = None, can_learn: bool = False
+) -> str:
+    """The short text a model sees: the answer, how it was ranked, the scored candidates.
+
+    An unknown image is reported plainly as "not a category in memory", with the closest
+    categories; ``can_learn`` adds how to teach it.
+    """
     where = f" for {image_name}" if image_name else ""
     if result.error:
         return f"Recognition failed{where}: {result.error}"
     if not result.candidates:
         return f"No categories found{where}: the memory returned nothing."
+    if result.unknown:
+        return _format_unknown(result, where, can_learn)
     info = result.ranking
     if info.status == "ranked":
         how = f"ranked by {info.model}" if info.model else "ranked by the model"
@@ -141,6 +149,35 @@ def format_result(result: RecognitionResult, *, image_name: str | None = None) -
     lines.append("Candidates (label: retrieval score):")
     lines += [f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)]
     return "\n".join(lines)
+
+
+def _format_unknown(result: RecognitionResult, where: str, can_learn: bool) -> str:
+    closest = ", ".join(f"{c.label} ({c.score:.3f})" for c in result.candidates[:3])
+    box = ""
+    if result.box is not None:
+        box = " in box [" + ", ".join(f"{v:g}" for v in result.box) + "]"
+    why = []
+    rej = result.rejection
+    if "below_threshold" in rej.reasons and rej.similarity is not None and rej.threshold:
+        why.append(
+            f"its best match scores {rej.similarity:.3f}, below the {rej.threshold:.3f} that "
+            "images of that category reach"
+        )
+    if "ranker_none" in rej.reasons:
+        why.append("the ranking model said none of the candidates fits")
+    lines = [
+        f"Unknown{where}{box}: not a category in memory; closest: {closest}.",
+        "Why: " + "; ".join(why) + "." if why else "",
+        "Candidates (label: retrieval score):",
+        *(f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)),
+        "Ask the user what it shows"
+        + (
+            "; once they name it, add_category_example(label=...) teaches the memory."
+            if can_learn
+            else "."
+        ),
+    ]
+    return "\n".join(line for line in lines if line)
 
 
 # ---------------------------------------------------------------------------- recognize
@@ -229,10 +266,14 @@ class RecognizeTool(_RecognizerTool):
         "Recognize what an image shows (its category) by comparing it with a memory of known "
         "categories and ranking the candidates. Pass the image id from the conversation "
         "(e.g. 'img-3fa4c2d19b07'), or nothing for the latest image. Returns the answer and "
-        "the ranked candidate categories with scores."
+        "the ranked candidate categories with scores, or says the image is not a category "
+        "in memory and lists the closest ones."
     )
     args_schema: type[BaseModel] = RecognizeInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    can_learn: bool = Field(
+        default=False, description="An add_category_example tool is available (text hint)."
+    )
 
     def _run(
         self,
@@ -247,12 +288,13 @@ class RecognizeTool(_RecognizerTool):
                 results = self.recognizer.recognize_regions(
                     source.payload(), boxes, k=k, kind="auto", normalized=False
                 )
-                return _regions_output(results, source.name)
+                return _regions_output(results, source.name, self.can_learn)
             result = self.recognizer.recognize(source.payload(), k=k)
         except RarError as e:
             raise _tool_error(e) from e
         result.image = source.name
-        return format_result(result, image_name=source.name), result.model_dump(mode="json")
+        text = format_result(result, image_name=source.name, can_learn=self.can_learn)
+        return text, result.model_dump(mode="json")
 
     async def _arun(
         self,
@@ -267,19 +309,22 @@ class RecognizeTool(_RecognizerTool):
                 results = await self.recognizer.arecognize_regions(
                     source.payload(), boxes, k=k, kind="auto", normalized=False
                 )
-                return _regions_output(results, source.name)
+                return _regions_output(results, source.name, self.can_learn)
             result = await self.recognizer.arecognize(source.payload(), k=k)
         except RarError as e:
             raise _tool_error(e) from e
         result.image = source.name
-        return format_result(result, image_name=source.name), result.model_dump(mode="json")
+        text = format_result(result, image_name=source.name, can_learn=self.can_learn)
+        return text, result.model_dump(mode="json")
 
 
-def _regions_output(results: Sequence[RecognitionResult], name: str) -> tuple[str, dict[str, Any]]:
+def _regions_output(
+    results: Sequence[RecognitionResult], name: str, can_learn: bool
+) -> tuple[str, dict[str, Any]]:
     texts = []
     for i, result in enumerate(results, 1):
         result.image = name
-        texts.append(f"Region {i}: " + format_result(result))
+        texts.append(f"Region {i}: " + format_result(result, can_learn=can_learn))
     content = "\n".join(texts) if texts else f"No regions were recognized in {name}."
     return content, {"image": name, "regions": [r.model_dump(mode="json") for r in results]}
 
@@ -392,18 +437,30 @@ class AddCategoryTool(_RecognizerTool):
             if not memory.existing_ids([entry.point_id]):
                 memory.add_entries([entry], encoder.embed_images([loaded.image]))
                 added = 1
+            examples = memory.labels("image").get(clean, 0)
+            if added and examples == 1:
+                # A new category: an augmented view of its one example calibrates it.
+                from rar_agent.memory.calibration import add_view_standins
+
+                add_view_standins(memory, encoder, [(clean, loaded.image)])
             after = memory.count("image")
         except RarError as e:
             raise _tool_error(e) from e
-        text = (
-            f"Stored {source.name} as an example of {clean!r}."
-            if added
-            else f"{source.name} was already stored as an example of {clean!r}."
-        )
+        if not added:
+            text = f"{source.name} was already stored as an example of {clean!r}."
+        elif examples == 1:
+            text = (
+                f"Stored {source.name} as the first example of the new category {clean!r}; "
+                "images like it are now recognized as it."
+            )
+        else:
+            text = f"Stored {source.name} as an example of {clean!r} ({examples} examples now)."
         artifact = {
             "label": clean,
             "image": source.name,
             "added": added,
+            "new_category": bool(added and examples == 1),
+            "category_examples": examples,
             "image_entries": after,
             "seconds": round(time.perf_counter() - start, 3),
         }
@@ -428,6 +485,7 @@ def make_tools(
     allowed_roots: Sequence[str | os.PathLike[str]] = (),
     allow_urls: bool = False,
     allow_learning: bool = False,
+    reject: str | float | None = None,
 ) -> list[BaseTool]:
     """The recognition tools over one recognizer, sharing one image registry.
 
@@ -438,18 +496,25 @@ def make_tools(
         allow_urls: Let the tools fetch public ``http(s)`` URLs (off by default; loopback,
             private and link-local addresses are always refused).
         allow_learning: Include :class:`AddCategoryTool` (off by default).
+        reject: When an image is "not a category in memory" (``off``, ``auto`` or a
+            threshold); ``None`` keeps the recognizer's own setting (``RAR_REJECT``).
 
     Returns:
         ``[RecognizeTool, CategorySearchTool]`` plus ``AddCategoryTool`` when learning is
         allowed.
     """
+    if reject is not None:
+        recognizer = recognizer.with_reject(reject)
     shared = {
         "recognizer": recognizer,
         "registry": registry if registry is not None else ImageRegistry(),
         "allowed_roots": normalize_roots(allowed_roots),  # ConfigError here, not in pydantic
         "allow_urls": allow_urls,
     }
-    tools: list[BaseTool] = [RecognizeTool(**shared), CategorySearchTool(**shared)]
+    tools: list[BaseTool] = [
+        RecognizeTool(can_learn=allow_learning, **shared),
+        CategorySearchTool(**shared),
+    ]
     if allow_learning:
         tools.append(AddCategoryTool(enabled=True, **shared))
     return tools
