@@ -267,8 +267,9 @@ class Recognizer:
         """The retrieval-side verdict for each candidate list: known, or unknown and why.
 
         An image is unknown when its best candidate's support (the mean similarity of that
-        category's closest entries) is below the threshold for that category (see
-        :mod:`rar_agent.memory.calibration`).
+        category's two closest entries) is below the threshold for that category, or, when
+        only one entry of it was retrieved, its similarity is below the single-entry
+        threshold (see :mod:`rar_agent.memory.calibration`).
         """
         mode = self.reject.mode
         if mode == "off":
@@ -280,12 +281,16 @@ class Recognizer:
                 out.append(RejectionInfo(mode=mode))
                 continue
             top = candidates[0]
-            stat = top.support if top.support is not None else top.score
+            single = top.support is None
+            stat = top.score if single else top.support
+            assert stat is not None
             info = RejectionInfo(mode=mode, similarity=round(stat, 6))
             if mode == "fixed":
                 threshold = self.reject.threshold
+            elif cal is not None and top.kind == "image":
+                threshold = cal.threshold_for(top.label, single=single)
             else:
-                threshold = cal.threshold_for(top.label) if cal and top.kind == "image" else None
+                threshold = None
             if threshold is None:
                 info.note = _no_threshold_note(top.kind, cal)
             else:

@@ -31,8 +31,8 @@ class Candidate(BaseModel):
     source: str | None = Field(default=None, description="Source of the best-matching entry.")
     support: float | None = Field(
         default=None,
-        description="Mean similarity of the category's closest entries (up to 2) among those "
-        "retrieved: the statistic the open-set check compares with a threshold.",
+        description="Mean similarity of the category's 2 closest entries among those "
+        "retrieved (None with fewer): what the open-set check compares with a threshold.",
     )
 
 
@@ -55,8 +55,8 @@ class RejectionInfo(BaseModel):
     )
     similarity: float | None = Field(
         default=None,
-        description="Known-ness statistic: mean similarity of the best candidate category's "
-        "closest entries (up to 2; its support).",
+        description="Known-ness statistic: the best candidate's support, or its similarity "
+        "when only one entry of that category was retrieved.",
     )
     threshold: float | None = Field(
         default=None,

@@ -51,7 +51,8 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
 
     Returns:
         Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set,
-        ``support`` = mean of the label's ``SUPPORT_ENTRIES`` best scores among ``hits``.
+        ``support`` = mean of the label's ``SUPPORT_ENTRIES`` best scores among ``hits``
+        (``None`` when fewer of its entries are among them).
     """
     from rar_agent.memory.calibration import SUPPORT_ENTRIES
 
@@ -63,17 +64,21 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
             best[hit.label] = hit
         scores.setdefault(hit.label, []).append(float(hit.score))
     ranked = sorted(best.values(), key=lambda h: -h.score)[:k]
-    return [
-        Candidate(
-            label=h.label,
-            score=float(h.score),
-            retrieval_rank=i,
-            kind=h.kind,
-            source=h.source,
-            support=sum(top := sorted(scores[h.label], reverse=True)[:SUPPORT_ENTRIES]) / len(top),
+    out = []
+    for i, h in enumerate(ranked):
+        top = sorted(scores[h.label], reverse=True)[:SUPPORT_ENTRIES]
+        support = sum(top) / len(top) if len(top) == SUPPORT_ENTRIES else None
+        out.append(
+            Candidate(
+                label=h.label,
+                score=float(h.score),
+                retrieval_rank=i,
+                kind=h.kind,
+                source=h.source,
+                support=support,
+            )
         )
-        for i, h in enumerate(ranked)
-    ]
+    return out
 
 
 # Memory sides tried in order; "auto" prefers image examples, "auto-text" class names.

@@ -281,11 +281,12 @@ def _items_to_records(
         record.known = record.label in known_labels
         if cands:
             top = cands[0]
-            record.similarity = round(top.support if top.support is not None else top.score, 6)
+            single = top.support is None
+            record.similarity = round(top.score if single else float(top.support or 0.0), 6)
+            if cal is not None and top.kind == "image":
+                auto = cal.threshold_for(top.label, single=single)
+                record.auto_threshold = None if auto is None else round(auto, 6)
         record.threshold = verdict.threshold
-        if cal is not None and cands and cands[0].kind == "image":
-            auto = cal.threshold_for(cands[0].label)
-            record.auto_threshold = None if auto is None else round(auto, 6)
         ranker_none = verdict.mode != "off" and info.status == "no_match"
         record.rejected = bool(verdict.reasons) or ranker_none
         record.timings_ms.update(encode=encode_ms, retrieve=retrieve_ms, reject=reject_ms)

@@ -21,10 +21,16 @@ From the stand-ins:
 - an offset: the one-sided ``Z`` (1.645, the 5 % tail of a normal fit) below the mean of
   ``score - mean[predicted category]`` over all stand-ins.
 
-A query whose best candidate is ``c`` with support ``s`` is *known* when
+A query whose best candidate is ``c`` with support ``s`` (mean of ``c``'s two closest
+entries among the hits) is *known* when
 ``s >= mean[c] + offset``, its per-category threshold. Tight categories thus get a higher
 threshold than diverse ones. Only the top candidate's label and support (computed while
 retrieval folds its hits) are needed at query time: a dict lookup, no extra search.
+
+A category with a single entry among the hits (one taught from a single example) has no
+support to speak of: the query's similarity to that entry is compared with a threshold fitted
+the same way to the stand-ins' *pair* similarities (how close one example of a category is
+to another), so a category taught from one photo recognizes the next photo of it.
 
 Text-only memories (class-name prototypes) get no automatic threshold: image-to-text
 similarities live on another scale than the text entries' similarities among themselves, so
@@ -91,8 +97,13 @@ SUPPORT_ENTRIES = 2
 _LIMIT = 16  # hits per calibration search: enough to hold the best label's 2 closest others
 _VERSION = 1
 
-StandIn = tuple[str, str, float, str]
-"""``(label, predicted label, its support, "loo" | "view")`` of one stand-in query."""
+StandIn = tuple[str, str, float | None, str, float | None]
+"""One stand-in query: ``(label, predicted label, support, "loo" | "view", pair)``.
+
+``support`` is the predicted label's support (``None`` when only one entry of it was among
+the hits); ``pair`` the mean similarity to the other entries of its *own* label among the
+hits (``None`` when there were none): how close one example of a category is to another.
+"""
 
 
 class Calibration(BaseModel):
@@ -101,8 +112,11 @@ class Calibration(BaseModel):
     Attributes:
         method: ``leave-one-out`` when a threshold was fitted, ``none`` when it could not be.
         reason: Why there is no threshold (``method == "none"``).
-        offset: Added to a category's mean similarity to give its threshold.
-        global_mean: Mean stand-in similarity (the mean of categories with no stand-in).
+        offset: Added to a category's mean support to give its threshold.
+        global_mean: Mean stand-in support (the mean of categories with no stand-in).
+        single_threshold: The similarity a query must reach when its best category has a
+            single entry among the hits (a category taught from one example): the ``Z``
+            tail of the stand-ins' ``pair`` similarities.
         standins: The stand-in queries the fit used.
         seen: Entries offered to the reservoir so far (for its sampling probability).
         full_at: Image entries at the last full calibration (redone when they double).
@@ -117,6 +131,7 @@ class Calibration(BaseModel):
     shrink: float = SHRINK
     offset: float | None = None
     global_mean: float | None = None
+    single_threshold: float | None = None
     standins: list[StandIn] = Field(default_factory=list)
     seen: int = 0
     full_at: int = 0
@@ -126,17 +141,25 @@ class Calibration(BaseModel):
 
     @property
     def calibrated(self) -> bool:
-        """Whether a threshold is available."""
-        return self.offset is not None
+        """Whether any threshold is available."""
+        return self.offset is not None or self.single_threshold is not None
 
     def class_means(self) -> dict[str, float]:
-        """Each category's shrunk mean stand-in similarity (leave-one-out stand-ins only)."""
+        """Each category's shrunk mean stand-in support (leave-one-out stand-ins only)."""
         if self._means is None:
             self._means = _class_means(self.standins, self.global_mean or 0.0, self.shrink)
         return self._means
 
-    def threshold_for(self, label: str) -> float | None:
-        """The similarity a query whose best candidate is ``label`` must reach (None: off)."""
+    def threshold_for(self, label: str, *, single: bool = False) -> float | None:
+        """What a query whose best candidate is ``label`` must reach (None: no threshold).
+
+        Args:
+            label: The best candidate's category.
+            single: Only one entry of it was among the hits: the query's similarity to that
+                entry is compared with :attr:`single_threshold` instead of its support.
+        """
+        if single:
+            return self.single_threshold
         if self.offset is None or self.global_mean is None:
             return None
         return self.class_means().get(label, self.global_mean) + self.offset
@@ -155,6 +178,7 @@ class Calibration(BaseModel):
             "reason": self.reason,
             "offset": self.offset,
             "global_mean": self.global_mean,
+            "single_threshold": self.single_threshold,
             "standins": len(self.standins),
             "leave_one_out": loo,
             "views": len(self.standins) - loo,
@@ -166,29 +190,41 @@ class Calibration(BaseModel):
 def _class_means(standins: Sequence[StandIn], g: float, shrink: float) -> dict[str, float]:
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    for label, _, score, flag in standins:
-        if flag == "loo":
-            sums[label] += score
+    for label, _, support, flag, _ in standins:
+        if flag == "loo" and support is not None:
+            sums[label] += support
             counts[label] += 1
     return {c: (sums[c] + shrink * g) / (counts[c] + shrink) for c in sums}
 
 
+def _tail(values: Sequence[float]) -> float:
+    """The one-sided ``Z`` tail of a normal fit: ``mean - Z * std``."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean() - Z * arr.std())
+
+
 def _fit(standins: Sequence[StandIn], *, seen: int, revision: int) -> Calibration:
-    """Fit class means and the offset to the stand-ins (see the module docstring)."""
+    """Fit class means, the offset and the single-entry threshold (module docstring)."""
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     cal = Calibration(standins=list(standins), seen=seen, revision=revision, updated_at=now)
-    if len(standins) < MIN_STANDINS:
+    supported = [(s[1], s[2], s[3]) for s in standins if s[2] is not None]
+    if len(supported) >= MIN_STANDINS:
+        loo = [support for _, support, flag in supported if flag == "loo"]
+        cal.global_mean = float(np.mean(loo or [support for _, support, _ in supported]))
+        means = cal.class_means()
+        g = cal.global_mean
+        cal.offset = _tail([support - means.get(pred, g) for pred, support, _ in supported])
+    pairs = [s[4] for s in standins if s[3] == "loo" and s[4] is not None]
+    pairs = pairs or [s[4] for s in standins if s[4] is not None]
+    if len(pairs) >= MIN_STANDINS:
+        cal.single_threshold = _tail(pairs)
+    if cal.calibrated:
+        cal.method = "leave-one-out"
+    else:
         cal.reason = (
             f"only {len(standins)} stand-in queries (at least {MIN_STANDINS} needed): add "
             "more example images, or give a threshold such as --reject 0.8"
         )
-        return cal
-    loo = [s[2] for s in standins if s[3] == "loo"]
-    cal.global_mean = float(np.mean(loo if loo else [s[2] for s in standins]))
-    means = cal.class_means()
-    rel = np.array([s[2] - means.get(s[1], cal.global_mean) for s in standins])
-    cal.offset = float(rel.mean() - Z * rel.std())
-    cal.method = "leave-one-out"
     return cal
 
 
@@ -219,24 +255,29 @@ def _store(memory: CategoryMemory, cal: Calibration) -> Calibration:
 # ---------------------------------------------------------------------- computing
 
 
-def _support(hits: Sequence[Hit], skip: str | None = None) -> tuple[float, str] | None:
-    """``(support, label)`` of the best label among ``hits`` (leaving out the id ``skip``)."""
+def _standin(hits: Sequence[Hit], label: str, flag: str, skip: str | None) -> StandIn | None:
+    """The stand-in an example of ``label`` makes from its search ``hits`` (minus ``skip``)."""
     others = [h for h in hits if h.id != skip]
     if not others:
         return None
-    label = others[0].label
-    top = [float(h.score) for h in others if h.label == label][:SUPPORT_ENTRIES]
-    return sum(top) / len(top), label
+    pred = others[0].label
+    top = [float(h.score) for h in others if h.label == pred][:SUPPORT_ENTRIES]
+    support = sum(top) / len(top) if len(top) == SUPPORT_ENTRIES else None
+    own = [float(h.score) for h in others if h.label == label]
+    return (label, pred, support, flag, sum(own) / len(own) if own else None)
 
 
 def _leave_one_out(
-    memory: CategoryMemory, ids: Sequence[str], vectors: np.ndarray
-) -> list[tuple[float, str] | None]:
-    """Support and label of the best *other* category for each entry's vector."""
+    memory: CategoryMemory, ids: Sequence[str], labels: Sequence[str], vectors: np.ndarray
+) -> list[StandIn | None]:
+    """Each entry searched against the memory without itself."""
     if not len(ids):
         return []
     batches = memory.search_batch(vectors, kind="image", limit=_LIMIT)
-    return [_support(hits, own) for own, hits in zip(ids, batches, strict=True)]
+    return [
+        _standin(hits, label, "loo", own)
+        for own, label, hits in zip(ids, labels, batches, strict=True)
+    ]
 
 
 def _sample(memory: CategoryMemory, limit: int) -> tuple[list[str], list[str], np.ndarray]:
@@ -282,10 +323,11 @@ def calibrate(memory: CategoryMemory, *, sample: int | None = None) -> Calibrati
         cal.reason = "the memory holds no example images (a text-only memory has no threshold)"
         return _store(memory, cal)
     ids, labels, vectors = _sample(memory, sample)
-    standins: list[StandIn] = []
-    for label, found in zip(labels, _leave_one_out(memory, ids, vectors), strict=True):
-        if found is not None and counts.get(label, 0) >= 2:
-            standins.append((label, found[1], found[0], "loo"))
+    standins = [
+        found
+        for label, found in zip(labels, _leave_one_out(memory, ids, labels, vectors), strict=True)
+        if found is not None and counts.get(label, 0) >= 2
+    ]
     if old is not None:
         standins += [s for s in old.standins if s[3] == "view" and counts.get(s[0]) == 1]
     cal = _fit(standins, seen=sum(counts.values()), revision=revision)
@@ -333,11 +375,11 @@ def update_on_add(memory: CategoryMemory, ids: Sequence[str], entries: Sequence[
     if chosen:
         vectors = _vectors_of(memory, [pid for _, pid, _ in chosen])
         counts = memory.labels("image")
-        found = _leave_one_out(memory, [pid for _, pid, _ in chosen], vectors)
-        for (slot, _, label), hit in zip(chosen, found, strict=True):
-            if hit is None or counts.get(label, 0) < 2:
+        ids, labels = [pid for _, pid, _ in chosen], [label for _, _, label in chosen]
+        found = _leave_one_out(memory, ids, labels, vectors)
+        for (slot, _, label), standin in zip(chosen, found, strict=True):
+            if standin is None or counts.get(label, 0) < 2:
                 continue
-            standin: StandIn = (label, hit[1], hit[0], "loo")
             if slot is None or slot >= len(pool):
                 pool.append(standin)
             else:
@@ -405,9 +447,9 @@ def add_view_standins(
     labels = {label for label, _ in single}
     pool = [s for s in cal.standins if not (s[3] == "view" and s[0] in labels)]
     for (label, _), hits in zip(single, batches, strict=True):
-        found = _support(hits)
+        found = _standin(hits, label, "view", None)
         if found is not None:
-            pool.append((label, found[1], found[0], "view"))
+            pool.append(found)
     cal.standins = pool[-MAX_STANDINS:]
     _store(memory, cal.refit())
     return len(single)

@@ -47,7 +47,8 @@ def test_leave_one_out_calibration_is_stored_and_separates_known_from_unknown(
     cal = calibrate(memory)
     assert cal.calibrated and cal.method == "leave-one-out"
     assert len(cal.standins) == 5 * len(LABELS)
-    assert all(flag == "loo" for *_, flag in cal.standins)
+    assert all(s[3] == "loo" for s in cal.standins)
+    assert cal.single_threshold is not None and cal.single_threshold < cal.global_mean
     assert set(cal.class_means()) == set(LABELS)
     stored = memory.get_meta(CALIBRATION_KEY)
     assert stored["offset"] == pytest.approx(cal.offset)
@@ -154,13 +155,13 @@ def test_single_example_categories_use_augmented_views(tmp_path: Path) -> None:
     cal = load_calibration(memory)
     assert cal is not None
     assert sorted(label for label, *_ in cal.standins) == sorted(LABELS[:3])
-    assert all(flag == "view" for *_, flag in cal.standins)
+    assert all(s[3] == "view" for s in cal.standins)
     assert not cal.calibrated and str(MIN_STANDINS) in (cal.reason or "")
     # a second example of a category replaces its view by leave-one-out stand-ins
     add_images(memory, clusters.encoder, [(str(clusters.save("heron", 1, folder)), "heron")])
     cal = load_calibration(memory)
     assert cal is not None
-    flags = {(label, flag) for label, _, _, flag in cal.standins}
+    flags = {(s[0], s[3]) for s in cal.standins}
     assert ("heron", "loo") in flags and ("heron", "view") not in flags
     assert ("lynx", "view") in flags
     memory.close()
@@ -184,7 +185,8 @@ def test_view_stand_ins_only_for_single_example_categories(tmp_path: Path) -> No
     assert add_view_standins(memory, clusters.encoder, only) == 1
     cal = load_calibration(memory)
     assert cal is not None and cal.standins[-1][:2] == ("bicycle", "bicycle")
-    assert cal.standins[-1][3] == "view"
+    assert cal.standins[-1][2] is None  # one entry of it: no support, only a pair similarity
+    assert cal.standins[-1][3] == "view" and cal.standins[-1][4] > 0.8
     memory.close()
 
 
@@ -209,12 +211,22 @@ def test_unreadable_or_old_calibration_is_ignored(tmp_path: Path) -> None:
 
 
 def test_too_few_stand_ins_give_no_threshold() -> None:
-    cal = Calibration(standins=[("a", "a", 0.9, "loo")] * (MIN_STANDINS - 1)).refit()
+    cal = Calibration(standins=[("a", "a", 0.9, "loo", 0.8)] * (MIN_STANDINS - 1)).refit()
     assert cal.offset is None and cal.threshold_for("a") is None
-    cal = Calibration(standins=[("a", "a", 0.9, "loo"), ("b", "b", 0.7, "loo")] * 3).refit()
+    assert cal.threshold_for("a", single=True) is None and not cal.calibrated
+    pairs = [
+        ("a", "a", 0.9, "loo", 0.85),
+        ("b", "b", 0.7, "loo", 0.6),
+        ("c", "c", None, "loo", 0.7),
+    ]
+    cal = Calibration(standins=pairs * 3).refit()
     assert cal.calibrated
     # tight category a gets a higher threshold than diverse b; unseen labels the global mean
     assert cal.threshold_for("a") > cal.threshold_for("zebra") > cal.threshold_for("b")
+    # a category with one entry among the hits is judged by the pair similarities
+    pair_values = np.array([0.85, 0.6, 0.7] * 3)
+    expected = pair_values.mean() - 1.645 * pair_values.std()
+    assert cal.threshold_for("zebra", single=True) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
