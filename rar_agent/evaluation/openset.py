@@ -100,14 +100,15 @@ def roc_curve(known: Sequence[float], unknown: Sequence[float], limit: int = 201
     k, u = np.asarray(known, float), np.asarray(unknown, float)
     values = np.unique(np.concatenate([k, u]))
     picks = values[np.linspace(0, len(values) - 1, min(limit, len(values))).round().astype(int)]
-    thresholds = [float(values[0]) - 1e-9, *map(float, picks), float(values[-1]) + 1e-9]
+    ends = [float(values[0]) - 1e-6, float(values[-1]) + 1e-6]
+    thresholds = sorted({round(t, 6) for t in [*map(float, picks), *ends]})
     return [
         RocPoint(
-            threshold=round(t, 6),
+            threshold=t,
             unknown_rejected=float((u < t).mean()),
             known_rejected=float((k < t).mean()),
         )
-        for t in sorted(set(thresholds))
+        for t in thresholds
     ]
 
 

@@ -21,7 +21,15 @@ from PIL import Image
 
 from rar_agent.errors import EncoderError
 
-__all__ = ["DIM", "PaletteEncoder", "Clusters", "make_clusters"]
+__all__ = [
+    "DEMO_LABELS",
+    "DIM",
+    "Clusters",
+    "PaletteEncoder",
+    "demo_clusters",
+    "demo_encoder",
+    "make_clusters",
+]
 
 DIM = 32
 Colour = tuple[int, int, int]
@@ -102,3 +110,17 @@ def make_clusters(
             vectors[colour] = (vector / np.linalg.norm(vector)).astype(np.float32)
             colours[label].append(colour)
     return Clusters(colours, vectors)
+
+
+DEMO_LABELS = ("heron", "tabby cat", "lynx", "red fox", "barn owl", "bicycle")
+"""The categories of :func:`demo_clusters` (and of the ``demo_encoder`` factory)."""
+
+
+def demo_clusters() -> Clusters:
+    """Six categories of eight examples each (seed 0): the set the CLI tests use."""
+    return make_clusters(DEMO_LABELS, 8)
+
+
+def demo_encoder(pretrained: str | None = None, device: str | None = None) -> PaletteEncoder:
+    """Encoder factory for ``--encoder tests.helpers.clusters:demo_encoder``."""
+    return demo_clusters().encoder
