@@ -59,18 +59,15 @@ def candidates_table(result: dict[str, Any]) -> str:
 
 def _answer_head(item: dict[str, Any], can_learn: bool) -> str:
     """The line above a result's table: the answer, or that the image is unknown."""
-    if item.get("unknown"):
-        head = "**Unknown: not a category in memory.** The closest categories are below"
-        head += (
-            ". Tell me what it shows (for example *it is a bicycle*) and I will remember it."
-            if can_learn
-            else "."
-        )
-    else:
-        head = f"**Answer: {_md(str(item.get('label')))}**"
-    if item.get("box"):
-        head += " (box " + _md(str([round(v, 1) for v in item["box"]])) + ")"
-    return head
+    box = " in box " + _md(str([round(v, 1) for v in item["box"]])) if item.get("box") else ""
+    if not item.get("unknown"):
+        return f"**Answer: {_md(str(item.get('label')))}**{box}"
+    offer = (
+        " Tell me what it shows (for example *it is a bicycle*) and I will remember it."
+        if can_learn
+        else ""
+    )
+    return f"**Unknown{box}: not a category in memory.** The closest categories:{offer}"
 
 
 def render_reply(
