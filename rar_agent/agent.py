@@ -30,15 +30,21 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from rar_agent.errors import ConfigError, RarError
-from rar_agent.registry import IMAGE_ID_PATTERN, ImageRegistry
+from rar_agent.errors import ConfigError
+from rar_agent.registry import IMAGE_ID_PATTERN, ImageRegistry, image_blocks_to_ids
 from rar_agent.tools import make_tools
 
 if TYPE_CHECKING:
+    import os
+
+    from langchain_core.messages import ToolCall
     from langchain_core.tools import BaseTool
+    from langgraph.graph.state import CompiledStateGraph
     from langgraph.prebuilt.tool_node import ToolCallRequest
     from langgraph.runtime import Runtime
-    from langgraph.types import Command
+    from langgraph.types import Checkpointer, Command
+
+    from rar_agent.tools import RecognizerLike
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
@@ -47,7 +53,6 @@ __all__ = [
     "RarAgentState",
     "RecognitionOnlyChatModel",
     "create_rar_agent",
-    "image_blocks_to_ids",
     "last_tool_messages",
     "resolve_chat_model",
 ]
@@ -75,99 +80,6 @@ class RarAgentState(AgentState[Any]):
     """Agent state plus the ids of this conversation's images, oldest first."""
 
     images: NotRequired[list[str]]
-
-
-# ---------------------------------------------------------------------------- image blocks
-
-
-def _block_image(block: Any) -> tuple[str | bytes, str | None, str | None] | None:
-    """``(data, mime, name)`` of an image content block, or ``None`` if it is not one.
-
-    ``data`` is base64 text / a data URI, or an ``http(s)`` URL string (returned as is).
-    """
-    if not isinstance(block, dict):
-        return None
-    kind = block.get("type")
-    raw_meta = block.get("metadata")
-    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
-    name = block.get("name") or block.get("filename") or meta.get("name") or meta.get("filename")
-    mime = block.get("mime_type") or block.get("mimeType") or block.get("media_type")
-    if kind == "image_url":  # OpenAI chat completions
-        inner = block.get("image_url")
-        url = inner.get("url") if isinstance(inner, dict) else inner
-        return (url, mime, name) if isinstance(url, str) and url else None
-    if kind == "input_image":  # OpenAI responses API
-        url = block.get("image_url")
-        return (url, mime, name) if isinstance(url, str) and url else None
-    if kind == "image" and isinstance(block.get("source"), dict):  # Anthropic
-        source = block["source"]
-        if source.get("type") == "base64" and source.get("data"):
-            return source["data"], source.get("media_type") or mime, name
-        if source.get("type") == "url" and source.get("url"):
-            return source["url"], mime, name
-        return None
-    if kind in ("image", "file"):
-        if kind == "file" and not str(mime or "").startswith("image/"):
-            return None
-        # v1 standard blocks ("base64"/"url"), v0 ("source_type" + "data"/"url"), chat UI
-        # (camelCase "mimeType" + "data").
-        data = block.get("base64") or block.get("data")
-        if isinstance(data, str) and data:
-            return data, mime, name
-        url = block.get("url")
-        if isinstance(url, str) and url:
-            return url, mime, name
-    return None
-
-
-def image_blocks_to_ids(
-    content: Any,
-    registry: ImageRegistry,
-    *,
-    fetch_url: Callable[[str], bytes] | None = None,
-) -> tuple[Any, list[str]]:
-    """Register the images in a message's content and replace them by id placeholders.
-
-    Args:
-        content: A message's content (a string or a list of blocks).
-        registry: Where the images go.
-        fetch_url: How to download ``http(s)`` image URLs; ``None`` leaves URL blocks as
-            they are (the model may still see them; the tools cannot).
-
-    Returns:
-        ``(new_content, ids)``: the content with each image replaced by a text block
-        ``[image id img-...]`` (or a note saying why it could not be read) and the ids of
-        the registered images, in order. Content without images comes back unchanged.
-    """
-    if not isinstance(content, list):
-        return content, []
-    new: list[Any] = []
-    ids: list[str] = []
-    changed = False
-    for block in content:
-        found = _block_image(block)
-        if found is None:
-            new.append(block)
-            continue
-        data, mime, name = found
-        try:
-            if isinstance(data, str) and data.startswith(("http://", "https://")):
-                if fetch_url is None:
-                    new.append(block)
-                    continue
-                image_id = registry.register(fetch_url(data), name=name or data, mime_type=mime)
-            else:
-                image_id = registry.register(data, name=name, mime_type=mime)
-        except RarError as e:
-            logger.info("could not register an image from a user turn: %s", e)
-            new.append({"type": "text", "text": f"[an image that could not be read: {e}]"})
-            changed = True
-            continue
-        label = f"[image id {image_id}" + (f", file {name}]" if name else "]")
-        new.append({"type": "text", "text": label})
-        ids.append(image_id)
-        changed = True
-    return (new if changed else content), ids
 
 
 # ---------------------------------------------------------------------------- middleware
@@ -271,7 +183,7 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         return prepared if isinstance(prepared, ToolMessage) else await handler(prepared)
 
 
-def _tool_error(call: Any, text: str) -> ToolMessage:
+def _tool_error(call: ToolCall, text: str) -> ToolMessage:
     return ToolMessage(
         content=text, tool_call_id=call.get("id") or "", name=call.get("name"), status="error"
     )
@@ -358,9 +270,6 @@ class RecognitionOnlyChatModel(BaseChatModel):
 
 # ---------------------------------------------------------------------------- factory
 
-# Ranker specs that name a model on this machine, not a hosted provider model.
-_LOCAL_RANKER_PREFIXES = ("hf:", "local", "/", ".", "~")
-
 
 def resolve_chat_model(model: str | None, ranker: str | None) -> BaseChatModel | None:
     """The chat model that drives the agent, from ``model`` (``auto`` follows a hosted ranker).
@@ -376,12 +285,12 @@ def resolve_chat_model(model: str | None, ranker: str | None) -> BaseChatModel |
     Raises:
         ConfigError: The model cannot call tools (e.g. a local ``hf:`` vision model).
     """
-    from rar_agent.models import load_ranker
+    from rar_agent.ranking import NO_RANKER, hosted_model_spec, is_no_ranker, load_ranker
 
     spec = (model or "auto").strip()
     if spec.lower() == "auto":
-        spec = _hosted_ranker(ranker) or "none"
-    if spec.lower() in {"none", "off", ""}:
+        spec = hosted_model_spec(ranker) or NO_RANKER
+    if is_no_ranker(spec):
         return None
     chat = load_ranker(spec)
     if chat is None:
@@ -395,29 +304,21 @@ def resolve_chat_model(model: str | None, ranker: str | None) -> BaseChatModel |
     return chat
 
 
-def _hosted_ranker(ranker: str | None) -> str | None:
-    """``ranker`` when it names a hosted ``provider:model``, else ``None``."""
-    text = (ranker or "").strip()
-    if ":" in text and not text.lower().startswith(_LOCAL_RANKER_PREFIXES):
-        return text
-    return None
-
-
 def create_rar_agent(
     model: str | BaseChatModel | None,
     *,
-    recognizer: Any = None,
+    recognizer: RecognizerLike | None = None,
     tools: Sequence[BaseTool | Callable[..., Any]] = (),
     registry: ImageRegistry | None = None,
-    allowed_roots: Sequence[Any] = (),
+    allowed_roots: Sequence[str | os.PathLike[str]] = (),
     allow_urls: bool = False,
     allow_learning: bool = False,
     reject: str | float | None = None,
     system_prompt: str | None = None,
     middleware: Sequence[AgentMiddleware[Any, Any]] = (),
-    checkpointer: Any = None,
+    checkpointer: Checkpointer = None,
     **kwargs: Any,
-) -> Any:
+) -> CompiledStateGraph[Any, Any, Any, Any]:
     """Build a tool-calling agent that recognizes images with the RAR tools.
 
     Args:
@@ -445,27 +346,17 @@ def create_rar_agent(
     """
     from langchain.agents import create_agent
 
-    registry = registry if registry is not None else ImageRegistry()
-    all_tools: list[Any] = []
-    if recognizer is not None:
-        all_tools += make_tools(
-            recognizer,
-            registry=registry,
-            allowed_roots=allowed_roots,
-            allow_urls=allow_urls,
-            allow_learning=allow_learning,
-            reject=reject,
-        )
-    all_tools += list(tools)
-    fetch = None
-    if allow_urls:
-        from rar_agent.safety import fetch_public_url
+    from rar_agent.safety import fetch_public_url
 
-        fetch = fetch_public_url
-    chat_model = model if model is not None else RecognitionOnlyChatModel()
+    registry = registry if registry is not None else ImageRegistry()
+    own = [] if recognizer is None else make_tools(
+        recognizer, registry=registry, allowed_roots=allowed_roots, allow_urls=allow_urls,
+        allow_learning=allow_learning, reject=reject,
+    )  # fmt: skip
+    fetch = fetch_public_url if allow_urls else None
     return create_agent(
-        chat_model,
-        all_tools,
+        model if model is not None else RecognitionOnlyChatModel(),
+        [*own, *tools],
         system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
         middleware=[ImageRegistryMiddleware(registry, fetch_url=fetch), *middleware],
         checkpointer=checkpointer,

@@ -1,17 +1,50 @@
-"""Settings from ``RAR_*`` environment variables (and ``.env``), with sensible defaults."""
+"""Settings from ``RAR_*`` environment variables (and ``.env``), with sensible defaults.
+
+Also the value rules every layer shares and this floor module must own because ``Settings``
+needs them: the candidate count bounds (:data:`MIN_K`, :data:`MAX_K`, :func:`validate_k`) and
+the memory sides a query may use (:data:`MemoryKind`).
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rar_agent.errors import ConfigError
 
-__all__ = ["RejectSetting", "Settings", "default_home", "parse_reject"]
+__all__ = [
+    "MAX_K",
+    "MEMORY_KINDS",
+    "MIN_K",
+    "MemoryKind",
+    "RejectSetting",
+    "Settings",
+    "default_home",
+    "parse_reject",
+    "validate_k",
+]
+
+MIN_K = 1
+"""Fewest candidates a recognition may ask for."""
+MAX_K = 100
+"""Most candidates a recognition may ask for."""
+
+MemoryKind = Literal["auto", "image", "text"]
+"""Memory side a query uses: ``image`` examples, ``text`` class names, or ``auto``
+(whichever side holds entries, image examples first)."""
+
+MEMORY_KINDS: tuple[MemoryKind, ...] = get_args(MemoryKind)
+
+
+def validate_k(k: int) -> int:
+    """Return ``k`` if it is a usable candidate count, else raise ``ConfigError``."""
+    if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= MAX_K:
+        raise ConfigError(f"k must be an integer between {MIN_K} and {MAX_K}, got {k!r}")
+    return k
 
 
 def default_home() -> Path:
@@ -83,7 +116,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAR_", env_file=".env", extra="ignore")
 
     home: Path = Field(default_factory=default_home, description="Data directory (memories).")
-    collection: str = Field(default="default", description="Memory (collection) name.")
+    collection: str = Field(
+        default="default",
+        description="Memory (collection) name; the memory checks it when it opens.",
+    )
     memory_path: Path | None = Field(
         default=None, description="Embedded memory directory; default <home>/memories/<name>."
     )
@@ -95,34 +131,25 @@ class Settings(BaseSettings):
     clip_pretrained: str | None = Field(default="openai", description="Tag or checkpoint file.")
     encoder: str | None = Field(default=None, description="package.module:factory override.")
     device: str | None = None
-    k: int = Field(default=5, ge=1, le=100)
+    k: int = Field(default=5, ge=MIN_K, le=MAX_K)
     fetch_k: int | None = Field(default=None, ge=1, description="Entries fetched before folding.")
     ranker: str = Field(default="none", description="none | provider:model | hf:<repo|dir>.")
     gate: str | None = Field(
         default=None, description="Ranking gate: off | on | auto | a score margin (skip above it)."
     )
-    kind: str = Field(default="auto", description="Memory side to query: auto | image | text.")
+    kind: MemoryKind = Field(
+        default="auto", description="Memory side to query: auto | image | text."
+    )
     reject: str = Field(
         default="auto",
         description="Unknown images: auto (calibrated per memory + the ranker's 'none of "
-        "these') | off | a top-1 similarity threshold.",
+        "these') | off | a similarity threshold.",
     )
 
-    @field_validator("collection")
+    @field_validator("kind", mode="before")
     @classmethod
-    def _check_collection(cls, v: str) -> str:
-        import re
-
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
-            raise ValueError(
-                f"collection name {v!r} is invalid: use 1-64 letters, digits, '_', '-' or '.'"
-            )
-        return v
-
-    @field_validator("kind")
-    @classmethod
-    def _check_kind(cls, v: str) -> str:
-        if v not in {"auto", "image", "text"}:
+    def _check_kind(cls, v: object) -> object:
+        if v not in MEMORY_KINDS:
             raise ValueError(f"kind must be auto, image or text, not {v!r}")
         return v
 

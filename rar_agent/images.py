@@ -102,12 +102,7 @@ def load_image(
         digest = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
         return LoadedImage(image, name or "<PIL image>", digest)
     if isinstance(src, bytes | bytearray | memoryview):
-        data = bytes(src)
-        return LoadedImage(
-            decode_image_bytes(data, max_pixels=max_pixels, what=name or "bytes"),
-            name or "<bytes>",
-            hashlib.sha256(data).hexdigest(),
-        )
+        return _from_bytes(bytes(src), name or "bytes", name or "<bytes>", max_pixels)
     if isinstance(src, os.PathLike):
         return read_image_file(Path(src), max_pixels=max_pixels, name=name)
     if not isinstance(src, str):
@@ -115,36 +110,33 @@ def load_image(
             f"cannot read an image from a {type(src).__name__}: pass a file path, URL, "
             "data URI, base64 text, bytes or a PIL image"
         )
-    text = src.strip()
+    return _load_reference(src.strip(), max_pixels, name, allow_private_urls)
+
+
+def _from_bytes(data: bytes, what: str, source: str, max_pixels: int) -> LoadedImage:
+    image = decode_image_bytes(data, max_pixels=max_pixels, what=what)
+    return LoadedImage(image, source, hashlib.sha256(data).hexdigest())
+
+
+def _load_reference(
+    text: str, max_pixels: int, name: str | None, allow_private_urls: bool
+) -> LoadedImage:
+    """A string reference: URL, data URI, raw base64 or a file path."""
     if not text:
         raise ImageError("the image reference is empty: pass a file path, URL or data URI")
     if text.startswith(("http://", "https://")):
         from rar_agent.netfetch import fetch_url
 
         data = fetch_url(text, allow_private=allow_private_urls)
-        return LoadedImage(
-            decode_image_bytes(data, max_pixels=max_pixels, what=text),
-            name or text,
-            hashlib.sha256(data).hexdigest(),
-        )
+        return _from_bytes(data, text, name or text, max_pixels)
     if text.startswith("data:"):
-        data = _decode_data_uri(text)
-        return LoadedImage(
-            decode_image_bytes(data, max_pixels=max_pixels, what="data URI"),
-            name or "<data URI>",
-            hashlib.sha256(data).hexdigest(),
-        )
+        return _from_bytes(_decode_data_uri(text), "data URI", name or "<data URI>", max_pixels)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         scheme = text.split("://", 1)[0]
         raise ImageError(f"unsupported URL scheme {scheme!r}: use a file path or http(s) URL")
     path = Path(text).expanduser()
     if not path.exists() and len(text) > 64 and _B64_CHARS.match(text):
-        data = _b64decode(text)
-        return LoadedImage(
-            decode_image_bytes(data, max_pixels=max_pixels, what="base64 text"),
-            name or "<base64>",
-            hashlib.sha256(data).hexdigest(),
-        )
+        return _from_bytes(_b64decode(text), "base64 text", name or "<base64>", max_pixels)
     return read_image_file(path, max_pixels=max_pixels, name=name)
 
 

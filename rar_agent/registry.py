@@ -4,6 +4,8 @@
 by a hash of the image bytes; the agent middleware, the chat page and the tools share one.
 Registration accepts bytes, data URIs, base64 text, PIL images and paths, and validates that
 the data decodes as an image.
+:func:`image_blocks_to_ids` registers the images in a user turn's content blocks (every
+provider's block format) and replaces them by ``[image id img-...]`` text.
 """
 
 from __future__ import annotations
@@ -17,17 +19,25 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.errors import ImageError
+from rar_agent.errors import ImageError, RarError
 from rar_agent.images import decode_image_bytes
 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["IMAGE_ID_PATTERN", "ImageRegistry", "RegisteredImage"]
+__all__ = [
+    "IMAGE_ID_PATTERN",
+    "ImageRegistry",
+    "MessageContent",
+    "RegisteredImage",
+    "decode_base64_image",
+    "image_blocks_to_ids",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -169,14 +179,19 @@ def _to_bytes(image: Any) -> tuple[bytes, str | None]:
         except OSError as e:
             raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
     if isinstance(image, str):
-        return _decode_base64_image(image)
+        return decode_base64_image(image)
     raise ImageError(
         f"cannot register a {type(image).__name__}: pass bytes, a data URI, base64 text, "
         "a PIL image or a pathlib.Path"
     )
 
 
-def _decode_base64_image(text: str) -> tuple[bytes, str | None]:
+def decode_base64_image(text: str) -> tuple[bytes, str | None]:
+    """``(bytes, mime type or None)`` of a ``data:image/...;base64,`` URI or raw base64 text.
+
+    Raises:
+        ImageError: Malformed data URI, a non-image MIME type, or invalid base64.
+    """
     text = text.strip()
     mime = None
     if text.startswith("data:"):
@@ -193,3 +208,126 @@ def _decode_base64_image(text: str) -> tuple[bytes, str | None]:
         return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True), mime
     except (binascii.Error, ValueError) as e:
         raise ImageError(f"invalid base64 image data ({e})") from e
+
+
+# ---------------------------------------------------------------------------- content blocks
+
+MessageContent = str | list[str | dict[str, Any]]
+"""A chat message's content, as LangChain messages hold it."""
+
+# (data: base64 text, a data URI or an http(s) URL; MIME type; display name)
+_BlockImage = tuple[str | bytes, str | None, str | None]
+_Found = _BlockImage | None
+
+
+def image_blocks_to_ids(
+    content: MessageContent,
+    registry: ImageRegistry,
+    *,
+    fetch_url: Callable[[str], bytes] | None = None,
+) -> tuple[MessageContent, list[str]]:
+    """Register the images in a message's content and replace them by id placeholders.
+
+    Args:
+        content: A message's content (a string or a list of blocks).
+        registry: Where the images go.
+        fetch_url: How to download ``http(s)`` image URLs; ``None`` leaves URL blocks as
+            they are (the model may still see them; the tools cannot).
+
+    Returns:
+        ``(new_content, ids)``: the content with each image replaced by a text block
+        ``[image id img-...]`` (or a note saying why it could not be read) and the ids of
+        the registered images, in order. Content without images comes back unchanged.
+    """
+    if not isinstance(content, list):
+        return content, []
+    new: list[str | dict[str, Any]] = []
+    ids: list[str] = []
+    changed = False
+    for block in content:
+        found = _block_image(block)
+        replaced = None if found is None else _register_block(found, registry, fetch_url)
+        if replaced is None:
+            new.append(block)
+            continue
+        text, image_id = replaced
+        new.append({"type": "text", "text": text})
+        ids += [image_id] if image_id else []
+        changed = True
+    return (new if changed else content), ids
+
+
+def _register_block(
+    found: _BlockImage, registry: ImageRegistry, fetch_url: Callable[[str], bytes] | None
+) -> tuple[str, str | None] | None:
+    """``(placeholder text, id or None)`` for one image block; ``None`` keeps the block."""
+    data, mime, name = found
+    try:
+        if isinstance(data, str) and data.startswith(("http://", "https://")):
+            if fetch_url is None:
+                return None
+            image_id = registry.register(fetch_url(data), name=name or data, mime_type=mime)
+        else:
+            image_id = registry.register(data, name=name, mime_type=mime)
+    except RarError as e:
+        logger.info("could not register an image from a user turn: %s", e)
+        return f"[an image that could not be read: {e}]", None
+    return f"[image id {image_id}" + (f", file {name}]" if name else "]"), image_id
+
+
+def _block_image(block: object) -> _BlockImage | None:
+    """``(data, mime, name)`` of an image content block, or ``None`` if it is not one."""
+    if not isinstance(block, dict):
+        return None
+    reader = _BLOCK_READERS.get(block.get("type"))
+    if reader is None:
+        return None
+    raw_meta = block.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+    name = block.get("name") or block.get("filename") or meta.get("name") or meta.get("filename")
+    mime = block.get("mime_type") or block.get("mimeType") or block.get("media_type")
+    return reader(block, mime, name)
+
+
+def _text(value: object, mime: str | None, name: str | None) -> _BlockImage | None:
+    return (value, mime, name) if isinstance(value, str) and value else None
+
+
+def _openai_chat_block(block: dict[str, Any], mime: str | None, name: str | None) -> _Found:
+    inner = block.get("image_url")  # {"url": ...} or the URL itself
+    return _text(inner.get("url") if isinstance(inner, dict) else inner, mime, name)
+
+
+def _openai_responses_block(block: dict[str, Any], mime: str | None, name: str | None) -> _Found:
+    return _text(block.get("image_url"), mime, name)
+
+
+def _image_block(block: dict[str, Any], mime: str | None, name: str | None) -> _Found:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        return _inline_block(block, mime, name)
+    # Anthropic: {"source": {"type": "base64", "media_type", "data"} | {"type": "url", "url"}}
+    if source.get("type") == "base64" and source.get("data"):
+        return source["data"], source.get("media_type") or mime, name
+    if source.get("type") == "url" and source.get("url"):
+        return source["url"], mime, name
+    return None
+
+
+def _file_block(block: dict[str, Any], mime: str | None, name: str | None) -> _Found:
+    return _inline_block(block, mime, name) if str(mime or "").startswith("image/") else None
+
+
+def _inline_block(block: dict[str, Any], mime: str | None, name: str | None) -> _Found:
+    # v1 standard blocks ("base64"/"url"), v0 ("source_type" + "data"/"url"), chat UI
+    # (camelCase "mimeType" + "data").
+    data = _text(block.get("base64") or block.get("data"), mime, name)
+    return data or _text(block.get("url"), mime, name)
+
+
+_BLOCK_READERS: dict[object, Callable[[dict[str, Any], str | None, str | None], _Found]] = {
+    "image_url": _openai_chat_block,  # OpenAI chat completions
+    "input_image": _openai_responses_block,  # OpenAI responses API
+    "image": _image_block,  # LangChain standard (v1, v0, chat UI) and Anthropic
+    "file": _file_block,  # a file block with an image MIME type
+}

@@ -1,4 +1,8 @@
-"""Result models: every recognition returns data, never a bare string."""
+"""Result models: every recognition returns data, never a bare string.
+
+The tools' artifacts are these models dumped to JSON; the MCP server publishes their JSON
+schemas as the tools' output schemas.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,13 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "Candidate",
+    "CategoryCount",
+    "CategoryListing",
+    "ExampleAdded",
     "RankingInfo",
     "RankingStatus",
     "RecognitionResult",
+    "RegionResults",
     "RejectReason",
     "RejectionInfo",
 ]
@@ -101,3 +109,42 @@ class RecognitionResult(BaseModel):
         if self.unknown:
             return f"unknown ({', '.join(self.rejection.reasons)}) closest: {cands}"
         return f"{self.label} [ranking: {self.ranking.status}] candidates: {cands}"
+
+
+class RegionResults(BaseModel):
+    """The artifact of ``recognize_image`` with boxes: one result per region, in box order."""
+
+    image: str = Field(description="Where the image came from.")
+    regions: list[RecognitionResult]
+
+
+class CategoryCount(BaseModel):
+    """One category of the memory and how many entries it holds."""
+
+    label: str
+    image_examples: int = Field(description="Example images stored for it.")
+    text_entries: int = Field(description="Class-name (text) entries stored for it.")
+
+
+class CategoryListing(BaseModel):
+    """The artifact of ``list_categories``."""
+
+    collection: str = Field(description="The memory's name.")
+    description: str | None = Field(default=None, description="The memory's domain, if set.")
+    total: int = Field(description="Categories matching the filter, listed or not.")
+    categories: list[CategoryCount] = Field(description="Alphabetical, at most ``limit``.")
+    truncated: bool = Field(description="Whether more categories match than are listed.")
+
+
+class ExampleAdded(BaseModel):
+    """The artifact of ``add_category_example``."""
+
+    label: str = Field(description="The label as stored (normalized).")
+    image: str = Field(description="Where the example image came from.")
+    added: int = Field(description="1 if stored now, 0 if this image was already stored.")
+    new_category: bool = Field(
+        default=False, description="Whether this is the first example of its category."
+    )
+    category_examples: int = Field(default=0, description="Examples of the category now.")
+    image_entries: int = Field(description="Example images in the memory afterwards.")
+    seconds: float

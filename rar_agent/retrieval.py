@@ -3,38 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, SkipValidation
 
+from rar_agent.config import MEMORY_KINDS, MemoryKind, validate_k
+from rar_agent.encoders import ImageTextEncoder
 from rar_agent.errors import ConfigError, EmptyMemoryError
 from rar_agent.images import ImageInput, is_image_reference, load_image
+from rar_agent.memory import CategoryMemory, EntryKind, Hit
 from rar_agent.results import Candidate
-
-if TYPE_CHECKING:
-    from rar_agent.memory import CategoryMemory, Hit
 
 __all__ = [
     "fold_hits",
     "CategoryRetriever",
+    "candidates_to_documents",
     "resolve_kind",
     "search_sides",
     "fetch_limit",
-    "validate_k",
 ]
-
-MemoryKind = Literal["auto", "auto-text", "image", "text"]
-
-
-def validate_k(k: int) -> int:
-    """Return ``k`` if it is a usable candidate count, else raise ``ConfigError``."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > 100:
-        raise ConfigError(f"k must be an integer between 1 and 100, got {k!r}")
-    return k
 
 
 def fetch_limit(k: int, fetch_k: int | None) -> int:
@@ -81,19 +71,13 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
     return out
 
 
-# Memory sides tried in order; "auto" prefers image examples, "auto-text" class names.
-_SIDES: dict[str, tuple[Literal["image", "text"], ...]] = {
-    "auto": ("image", "text"),
-    "auto-text": ("text", "image"),
-    "image": ("image",),
-    "text": ("text",),
-}
-
-
-def _sides(kind: str) -> tuple[Literal["image", "text"], ...]:
-    if kind not in _SIDES:
+def _sides(kind: str, prefer: EntryKind = "image") -> tuple[EntryKind, ...]:
+    """Memory sides to try, in order: ``auto`` tries ``prefer`` first, then the other."""
+    if kind not in MEMORY_KINDS:
         raise ConfigError(f"kind must be auto, image or text, not {kind!r}")
-    return _SIDES[kind]
+    if kind == "auto":
+        return (prefer, "text" if prefer == "image" else "image")
+    return (kind,)
 
 
 def _empty_error(kind: str) -> EmptyMemoryError:
@@ -109,9 +93,17 @@ def _empty_error(kind: str) -> EmptyMemoryError:
 
 
 def search_sides(
-    memory: CategoryMemory, vectors: np.ndarray, kind: str, limit: int
+    memory: CategoryMemory,
+    vectors: np.ndarray,
+    kind: MemoryKind,
+    limit: int,
+    *,
+    prefer: EntryKind = "image",
 ) -> list[list[Hit]]:
     """Search the first memory side (in ``kind``'s order) that holds any entries.
+
+    ``auto`` tries ``prefer`` first (image examples by default; region crops prefer class
+    names, which small crops match better).
 
     Nothing is counted up front (an exact count costs more than an indexed search on a large
     memory): a side with entries always returns hits, so an empty answer means an empty side.
@@ -121,14 +113,14 @@ def search_sides(
     """
     if len(vectors) == 0:
         return []
-    for side in _sides(kind):
+    for side in _sides(kind, prefer):
         batches = memory.search_batch(vectors, kind=side, limit=limit)
         if any(batches):
             return batches
     raise _empty_error(kind)
 
 
-def resolve_kind(memory: CategoryMemory, kind: MemoryKind) -> Literal["image", "text"]:
+def resolve_kind(memory: CategoryMemory, kind: MemoryKind) -> EntryKind:
     """The memory side ``kind`` selects (``auto`` prefers image examples), checked non-empty."""
     for side in _sides(kind):
         if memory.count(side) > 0:
@@ -148,8 +140,8 @@ class CategoryRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    memory: Any = Field(description="A rar_agent.memory.CategoryMemory.")
-    encoder: Any = Field(description="An ImageTextEncoder matching the memory.")
+    memory: SkipValidation[CategoryMemory] = Field(description="The category memory.")
+    encoder: SkipValidation[ImageTextEncoder] = Field(description="The memory's encoder.")
     k: int = 5
     fetch_k: int | None = None
     kind: MemoryKind = "auto"
@@ -167,12 +159,20 @@ class CategoryRetriever(BaseRetriever):
         return self.retrieve_vectors(vector[None, :], k=k)[0]
 
     def retrieve_vectors(
-        self, vectors: np.ndarray, *, k: int | None = None, kind: MemoryKind | None = None
+        self,
+        vectors: np.ndarray,
+        *,
+        k: int | None = None,
+        kind: MemoryKind | None = None,
+        prefer: EntryKind = "image",
     ) -> list[list[Candidate]]:
-        """Top-k distinct labels for each row of an ``(n, dim)`` array of image embeddings."""
+        """Top-k distinct labels for each row of an ``(n, dim)`` array of image embeddings.
+
+        ``kind`` overrides the retriever's; ``prefer`` is the side ``auto`` tries first.
+        """
         k = validate_k(k if k is not None else self.k)
         limit = fetch_limit(k, self.fetch_k)
-        batches = search_sides(self.memory, vectors, kind or self.kind, limit)
+        batches = search_sides(self.memory, vectors, kind or self.kind, limit, prefer=prefer)
         return [fold_hits(hits, k) for hits in batches]
 
     def search_text(self, text: str, *, k: int | None = None) -> list[Candidate]:

@@ -110,7 +110,7 @@ def resolve_inside_roots(path: str | os.PathLike[str], roots: Sequence[Path]) ->
     where = ", ".join(str(r) for r in roots)
     raise UnsafeInputError(
         f"{text} is not a file inside the allowed directories ({where}): give a path inside "
-        "them, or the id of an image from the conversation"
+        "them, or the image in another form the tool accepts (see its description)"
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import mimetypes
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,12 @@ from rar_agent.registry import ImageRegistry
 
 if TYPE_CHECKING:
     import gradio as gr
-    from langchain_core.messages import BaseMessage, ToolMessage
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
+    from langchain_core.runnables import Runnable
+    from langchain_core.tools import BaseTool
+
+    from rar_agent.tools import RecognizerLike
 
 __all__ = ["ChatSession", "build_chat_page", "candidates_table", "launch", "render_reply"]
 
@@ -139,7 +144,7 @@ def _image_block(path: str) -> dict[str, Any] | None:
     }
 
 
-def _user_message(text: str, files: Sequence[Any]) -> Any:
+def _user_message(text: str, files: Sequence[Any]) -> HumanMessage:
     from langchain_core.messages import HumanMessage
 
     blocks: list[dict[str, Any]] = []
@@ -177,12 +182,7 @@ def history_to_messages(history: Sequence[dict[str, Any]]) -> list[BaseMessage]:
         parts = content if isinstance(content, list | tuple) else [content]
         if role == "user":
             for part in parts:
-                if isinstance(part, dict) and part.get("type") == "text":
-                    text.append(str(part.get("text", "")))
-                elif isinstance(part, str) and Path(part).suffix.lower() not in _IMAGE_SUFFIXES:
-                    text.append(part)
-                elif part is not None:
-                    files.append(part)
+                _sort_user_part(part, text, files)
         elif role == "assistant":
             flush()
             said = [
@@ -196,6 +196,16 @@ def history_to_messages(history: Sequence[dict[str, Any]]) -> list[BaseMessage]:
     return out
 
 
+def _sort_user_part(part: object, text: list[str], files: list[Any]) -> None:
+    """A user entry's part goes to the turn's text, or to its files (an upload)."""
+    if isinstance(part, dict) and part.get("type") == "text":
+        text.append(str(part.get("text", "")))
+    elif isinstance(part, str) and Path(part).suffix.lower() not in _IMAGE_SUFFIXES:
+        text.append(part)
+    elif part is not None:
+        files.append(part)
+
+
 class ChatSession:
     """Runs one chat turn through the agent and renders the reply (no Gradio needed).
 
@@ -205,7 +215,13 @@ class ChatSession:
         can_learn: The agent has the learning tool (unknown images get an offer to name them).
     """
 
-    def __init__(self, agent: Any, *, recognition_only: bool = False, can_learn: bool = False):
+    def __init__(
+        self,
+        agent: Runnable[dict[str, Any], dict[str, Any]],
+        *,
+        recognition_only: bool = False,
+        can_learn: bool = False,
+    ) -> None:
         self.agent = agent
         self.recognition_only = recognition_only
         self.can_learn = can_learn
@@ -237,10 +253,10 @@ class ChatSession:
 
 
 def build_chat_page(
-    recognizer: Any,
-    model: Any = None,
+    recognizer: RecognizerLike,
+    model: str | BaseChatModel | None = None,
     *,
-    tools: Sequence[Any] = (),
+    tools: Sequence[BaseTool | Callable[..., Any]] = (),
     registry: ImageRegistry | None = None,
     title: str = "rar-agent: what is in this photo?",
     **agent_options: Any,
@@ -270,22 +286,11 @@ def build_chat_page(
     )
     can_learn = bool(agent_options.get("allow_learning"))
     session = ChatSession(agent, recognition_only=model is None, can_learn=can_learn)
-    labels = recognizer.memory.labels()
-    known = ", ".join(list(labels)[:12]) + (" ..." if len(labels) > 12 else "")
-    mode = (
-        "no chat model: retrieval/ranking output only"
-        if model is None
-        else f"chat model {_model_name(model)}"
-    )
-    description = (
-        f"Upload or paste a photo and ask about it. Memory: {len(labels)} categories "
-        f"({_md(known)}). Mode: {_md(str(mode))}."
-    )
     return gr.ChatInterface(
         session.respond,
         multimodal=True,
         title=title,
-        description=description,
+        description=_page_description(recognizer, model),
         textbox=gr.MultimodalTextbox(
             file_types=["image"],
             file_count="multiple",
@@ -301,7 +306,21 @@ def build_chat_page(
     )
 
 
-def _model_name(model: Any) -> str:
+def _page_description(recognizer: RecognizerLike, model: str | BaseChatModel | None) -> str:
+    labels = recognizer.memory.labels()
+    known = ", ".join(list(labels)[:12]) + (" ..." if len(labels) > 12 else "")
+    mode = (
+        "no chat model: retrieval/ranking output only"
+        if model is None
+        else f"chat model {_model_name(model)}"
+    )
+    return (
+        f"Upload or paste a photo and ask about it. Memory: {len(labels)} categories "
+        f"({_md(known)}). Mode: {_md(str(mode))}."
+    )
+
+
+def _model_name(model: str | BaseChatModel) -> str:
     if isinstance(model, str):
         return model
     for attr in ("model_name", "model", "model_id"):

@@ -1,15 +1,16 @@
 """The ``rar-agent`` command line.
 
-One module per subcommand (``recognize``, ``memory``, ``chat``, ``evaluate``, ``finetune``), the
-options and helpers they share in ``options``. Only typer and the standard library are imported
-at module level, so ``rar-agent --help`` answers fast; a command imports the library when it runs.
+One module per subcommand (``recognize``, ``memory``, ``chat``, ``mcp``, ``evaluate``,
+``finetune``), the options and helpers they share in ``options``. Only typer and the standard
+library are imported at module level, so ``rar-agent --help`` answers fast; a command imports
+the library when it runs.
 """
 
 from __future__ import annotations
 
 import typer
 
-from rar_agent.cli import chat, evaluate, finetune, memory, recognize
+from rar_agent.cli import chat, evaluate, finetune, mcp, memory, recognize
 
 __all__ = ["app", "main"]
 
@@ -32,6 +33,9 @@ Chat with the agent in the browser; write fine-tuning data for a ranker:
   rar-agent chat --ranker ollama:qwen2.5vl
   rar-agent finetune-data --from-folder photos/ --out train.json
 
+Serve the tools to desktop and IDE agents (MCP over stdio; --http for a URL):
+  rar-agent mcp --memory photos-memory/ --allow-root ~/Pictures
+
 Options shown with an env var also read it from the environment (RAR_MEMORY_PATH, \
 RAR_RANKER, ...): see rar-agent COMMAND --help."""
 
@@ -47,6 +51,7 @@ app.add_typer(memory.app, name="memory")
 app.command("eval")(evaluate.evaluate)
 app.command("finetune-data", help=finetune.HELP)(finetune.finetune_data)
 app.command("chat")(chat.chat)
+app.command("mcp")(mcp.mcp)
 
 
 def main() -> None:

@@ -3,7 +3,6 @@
 No ``from __future__ import annotations``: :func:`settings_command` reads the option types.
 """
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -12,7 +11,12 @@ from rar_agent.cli.options import (
     ENCODER,
     RANKING,
     STORE,
+    AllowLearningOpt,
+    AllowRootOpt,
+    AllowUrlsOpt,
+    HostOpt,
     LabelsOpt,
+    PortOpt,
     ProgressOpt,
     open_recognizer,
     settings_command,
@@ -32,20 +36,6 @@ ModelOpt = Annotated[
         "is a hosted model, else none).",
         envvar="RAR_CHAT_MODEL",
     ),
-]
-HostOpt = Annotated[
-    str, typer.Option("--host", help="Interface to serve on (0.0.0.0 for a network).")
-]
-PortOpt = Annotated[int, typer.Option("--port", help="Port to serve on.")]
-AllowRootOpt = Annotated[
-    list[Path] | None,
-    typer.Option("--allow-root", help="Folder whose image files the agent may read."),
-]
-AllowUrlsOpt = Annotated[
-    bool, typer.Option("--allow-urls", help="Let the agent fetch public image URLs.")
-]
-AllowLearningOpt = Annotated[
-    bool, typer.Option("--allow-learning", help="Let the agent add examples to the memory.")
 ]
 
 

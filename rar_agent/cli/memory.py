@@ -54,7 +54,7 @@ def memory_build(
 ) -> None:
     """Build (or resume building) a memory from images or class names."""
     from rar_agent.errors import ConfigError
-    from rar_agent.pipeline import open_memory
+    from rar_agent.memory import open_memory
 
     if sum(s is not None for s in (from_folder, from_names, from_manifest)) != 1:
         raise ConfigError("give exactly one of --from-folder, --from-names, --from-manifest")
@@ -147,8 +147,7 @@ def memory_add(
     ] = None,
 ) -> None:
     """Add one category: example images, or its name as a text entry."""
-    from rar_agent.memory import builders
-    from rar_agent.pipeline import open_memory
+    from rar_agent.memory import builders, open_memory
 
     enc = load_settings_encoder(settings)
     with open_memory(settings) as mem:
@@ -168,7 +167,7 @@ def memory_remove(
     label: Annotated[str, typer.Argument(help="Category label to remove (all its entries).")],
 ) -> None:
     """Remove a category and all its entries."""
-    from rar_agent.pipeline import open_memory
+    from rar_agent.memory import open_memory
 
     with open_memory(settings, create=False) as mem:
         removed = mem.remove_label(label)
@@ -182,7 +181,7 @@ def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rar_agent.pipeline import open_memory
+    from rar_agent.memory import open_memory
 
     with open_memory(settings, create=False) as mem:
         counts = mem.labels()
@@ -199,7 +198,7 @@ def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
 @settings_command(STORE)
 def memory_stats(settings: "Settings") -> None:
     """Show the memory's size, encoder and backend as JSON."""
-    from rar_agent.pipeline import open_memory
+    from rar_agent.memory import open_memory
 
     with open_memory(settings, create=False) as mem:
         stats = mem.stats()

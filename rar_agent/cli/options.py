@@ -31,6 +31,9 @@ __all__ = [
     "STORE",
     "RANKER_HELP",
     "REJECT_HELP",
+    "AllowLearningOpt",
+    "AllowRootOpt",
+    "AllowUrlsOpt",
     "ApiKeyOpt",
     "ClipModelOpt",
     "ClipPretrainedOpt",
@@ -40,10 +43,12 @@ __all__ = [
     "FromManifestOpt",
     "GateOpt",
     "HintOpt",
+    "HostOpt",
     "JsonOpt",
     "KOpt",
     "LabelsOpt",
     "MemoryOpt",
+    "PortOpt",
     "ProgressOpt",
     "QdrantUrlOpt",
     "RankerOpt",
@@ -224,6 +229,23 @@ ProgressOpt = Annotated[
     bool, typer.Option("--progress/--no-progress", help="Progress bars (on a terminal only).")
 ]
 
+# ---------------------------------------------------------------------------- serving (chat, mcp)
+
+HostOpt = Annotated[
+    str, typer.Option("--host", help="Interface to serve on (0.0.0.0 for a network).")
+]
+PortOpt = Annotated[int, typer.Option("--port", help="Port to serve on.")]
+AllowRootOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--allow-root", help="Folder whose image files the tools may read."),
+]
+AllowUrlsOpt = Annotated[
+    bool, typer.Option("--allow-urls", help="Let the tools fetch public image URLs.")
+]
+AllowLearningOpt = Annotated[
+    bool, typer.Option("--allow-learning", help="Let the tools add examples to the memory.")
+]
+
 
 # ---------------------------------------------------------------------------- option groups
 
@@ -332,14 +354,21 @@ def load_settings_encoder(settings: Settings) -> ImageTextEncoder:
     )
 
 
-def open_recognizer(settings: Settings, labels: str | None, progress: bool) -> Recognizer:
-    """The recognizer of ``recognize`` and ``chat``: over ``--labels``, else the memory."""
+def open_recognizer(
+    settings: Settings, labels: str | None, progress: bool, *, read_only: bool = False
+) -> Recognizer:
+    """The recognizer of ``recognize``, ``chat`` and ``mcp``: over ``--labels``, else the memory.
+
+    With ``read_only`` the memory must exist and nothing writes to it.
+    """
     from rar_agent.pipeline import Recognizer
 
     label_list = labels.split(",") if labels is not None else None
     bar, update = progress_bar(progress, "building vocabulary memory")
     with bar:
-        return Recognizer.from_settings(settings, labels=label_list, progress=update)
+        return Recognizer.from_settings(
+            settings, labels=label_list, progress=update, read_only=read_only
+        )
 
 
 @contextlib.contextmanager

@@ -116,7 +116,7 @@ def _add_working_dir_to_path() -> None:
     """Let ``module:factory`` name modules in the working directory, as ``python -m`` does.
 
     Console scripts start with their own bin directory on ``sys.path``, not the working
-    directory, so ``--encoder tools.effnet_encoder:create`` would otherwise fail from a checkout.
+    directory, so ``--encoder scripts.effnet_encoder:create`` would otherwise fail from a checkout.
     """
     import os
     import sys

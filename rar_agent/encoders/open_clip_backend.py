@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.encoders._hub import hub_access
-from rar_agent.encoders._torch import (
+from rar_agent.encoders.base import bound_aspect
+from rar_agent.encoders.torch_base import (
     TorchEncoderBase,
     configure_cpu_threads,
     resolve_device,
     resolve_precision,
     weights_digest,
 )
-from rar_agent.encoders.base import bound_aspect
 from rar_agent.errors import ModelLoadError
 
 if TYPE_CHECKING:

@@ -16,7 +16,8 @@ from rar_agent.evaluation.metrics import (
     recall_at_k,
 )
 from rar_agent.evaluation.report import render_markdown, summary_table, write_report
-from rar_agent.evaluation.runner import EvalConfig, EvalReport, build_report, run_evaluation
+from rar_agent.evaluation.runner import run_evaluation
+from rar_agent.evaluation.schema import EvalConfig, EvalReport, build_report
 
 __all__ = [
     "FASHION_MNIST",

@@ -216,34 +216,50 @@ def resolve_sets(
     if text_memory:
         if memory_set is not None:
             raise ConfigError("--text-memory builds the memory from class names: drop --memory-set")
-        source = dataset or test_set
-        if source is None:
-            raise ConfigError("--text-memory needs --test-set (or --dataset) to evaluate on")
-        test = load_items(source)
-        return EvalSets(
-            test_items=limit_items(test, limit, seed),
-            class_names=sorted({label for _, label in test}),
-        )
+        return _text_memory_sets(dataset or test_set, limit, seed)
     if dataset is not None:
-        if shots is None:
-            raise ConfigError(
-                f"--dataset {dataset} needs --shots N (images per class kept as memory), or "
-                "--text-memory for a class-name memory"
-            )
-        memory, test = split_shots(load_items(dataset), shots, seed)
-        sets = EvalSets(memory_items=memory, test_items=limit_items(test, limit, seed))
-        empty = sorted({lb for _, lb in memory} - {lb for _, lb in test})
-        if empty:
-            sets.notes.append(
-                f"{len(empty)} class(es) had no image left for testing after {shots} shots: "
-                + ", ".join(empty[:10])
-            )
-        return sets
+        return _shot_split_sets(dataset, shots, limit, seed)
     if memory_set is None or test_set is None:
         raise ConfigError(
             "say what to evaluate: --dataset DIR --shots N, or --memory-set DIR --test-set DIR, "
             "or --text-memory --test-set DIR, or --dataset fashion-mnist"
         )
+    return _separate_sets(memory_set, test_set, shots, limit, seed)
+
+
+def _text_memory_sets(source: str | None, limit: int | None, seed: int) -> EvalSets:
+    """Class names of the test set as the memory (zero-shot)."""
+    if source is None:
+        raise ConfigError("--text-memory needs --test-set (or --dataset) to evaluate on")
+    test = load_items(source)
+    return EvalSets(
+        test_items=limit_items(test, limit, seed),
+        class_names=sorted({label for _, label in test}),
+    )
+
+
+def _shot_split_sets(dataset: str, shots: int | None, limit: int | None, seed: int) -> EvalSets:
+    """One labelled set split per class: ``shots`` images to memory, the rest are queries."""
+    if shots is None:
+        raise ConfigError(
+            f"--dataset {dataset} needs --shots N (images per class kept as memory), or "
+            "--text-memory for a class-name memory"
+        )
+    memory, test = split_shots(load_items(dataset), shots, seed)
+    sets = EvalSets(memory_items=memory, test_items=limit_items(test, limit, seed))
+    empty = sorted({lb for _, lb in memory} - {lb for _, lb in test})
+    if empty:
+        sets.notes.append(
+            f"{len(empty)} class(es) had no image left for testing after {shots} shots: "
+            + ", ".join(empty[:10])
+        )
+    return sets
+
+
+def _separate_sets(
+    memory_set: str, test_set: str, shots: int | None, limit: int | None, seed: int
+) -> EvalSets:
+    """A memory set (``shots`` sampled from it) and a separate test set."""
     memory = load_items(memory_set)
     if shots is not None:
         memory, _ = split_shots(memory, shots, seed)

@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 __all__ = [
+    "most_confused",
+    "percent",
     "ClassScore",
     "GateChoice",
     "GatePoint",
@@ -186,6 +188,21 @@ def confusion(records: Sequence[QueryRecord], *, final: bool = True) -> dict[str
     return {label: dict(row) for label, row in sorted(matrix.items())}
 
 
+def most_confused(confusion: dict[str, dict[str, int]], limit: int = 10) -> list[str]:
+    """Classes with the most errors (as true label plus as wrong prediction), worst first.
+
+    Only classes involved in at least one error are returned.
+    """
+    errors: dict[str, int] = {}
+    for truth, row in confusion.items():
+        for pred, count in row.items():
+            if pred != truth:
+                errors[truth] = errors.get(truth, 0) + count
+                errors[pred] = errors.get(pred, 0) + count
+    ranked = sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [label for label, _ in ranked[:limit]]
+
+
 def latency_summary(records: Sequence[QueryRecord]) -> dict[str, dict[str, float]]:
     """p50 / p95 / mean milliseconds per stage over the queries that have the stage."""
     import numpy as np
@@ -317,3 +334,8 @@ def summarize_points(curve: Sequence[GatePoint], limit: int = 101) -> list[dict[
     else:
         picks = sorted({round(i * (len(curve) - 1) / (limit - 1)) for i in range(limit)})
     return [curve[i].model_dump() for i in picks]
+
+
+def percent(value: float | None, digits: int = 1) -> str:
+    """A share as the reports show it (``"87.5%"``; ``"-"`` for no value)."""
+    return "-" if value is None else f"{100.0 * value:.{digits}f}%"

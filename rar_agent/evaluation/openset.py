@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, Field
 
-from rar_agent.evaluation.metrics import QueryRecord
+from rar_agent.evaluation.metrics import QueryRecord, percent
 
 if TYPE_CHECKING:
-    from rar_agent.evaluation.runner import EvalReport
+    from rar_agent.evaluation.schema import EvalReport
 
 __all__ = [
     "OpenSetReport",
@@ -31,10 +31,6 @@ __all__ = [
     "plot_roc",
     "roc_curve",
 ]
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100.0 * value:.1f}%"
 
 
 class RocPoint(BaseModel):
@@ -162,10 +158,10 @@ def open_set_rows(report: EvalReport) -> list[tuple[str, str]]:
         ("AUROC known-ness (raw support)", f"{auroc} ({raw})"),
         (
             f"known top-1 without / with --reject {report.config.reject}",
-            f"{_pct(o.known_top1)} / {_pct(o.known_top1_rejecting)} (drop {drop})",
+            f"{percent(o.known_top1)} / {percent(o.known_top1_rejecting)} (drop {drop})",
         ),
-        ("unknown-class queries rejected", _pct(o.unknown_rejected)),
-        ("known-class queries rejected", _pct(o.known_rejected)),
+        ("unknown-class queries rejected", percent(o.unknown_rejected)),
+        ("known-class queries rejected", percent(o.known_rejected)),
     ]
 
 

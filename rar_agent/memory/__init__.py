@@ -1,9 +1,11 @@
 """Category memory over Qdrant: embedded (qdrant-edge) or server (qdrant-client).
 
+Where a memory lives and which backend opens it is decided in
+:mod:`~rar_agent.memory.location`; :func:`open_memory` opens the one the settings name.
 Qdrant itself is imported only when a memory is opened.
 """
 
-from rar_agent.memory.core import CategoryMemory, default_memory_dir
+from rar_agent.memory.core import CategoryMemory
 from rar_agent.memory.entries import (
     KINDS,
     MAX_LABEL_CHARS,
@@ -13,6 +15,8 @@ from rar_agent.memory.entries import (
     MemoryInfo,
     normalize_label,
 )
+from rar_agent.memory.location import check_collection_name, default_memory_dir
+from rar_agent.memory.opening import open_memory
 
 __all__ = [
     "KINDS",
@@ -22,6 +26,8 @@ __all__ = [
     "Hit",
     "MemoryEntry",
     "MemoryInfo",
+    "check_collection_name",
     "default_memory_dir",
     "normalize_label",
+    "open_memory",
 ]

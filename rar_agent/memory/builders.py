@@ -14,19 +14,19 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.errors import ConfigError, ImageError, LabelError, UnsafeInputError
+from rar_agent.errors import ConfigError
+from rar_agent.memory.batches import REMOTE_PREFIXES, BatchItem, PreparedBatch, prepare_batch
 from rar_agent.memory.entries import MemoryEntry, normalize_label
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from rar_agent.encoders.base import ImageTextEncoder
+    from rar_agent.encoders.prototypes import Template
     from rar_agent.memory.core import CategoryMemory
 
 __all__ = [
@@ -53,7 +53,6 @@ IMAGE_EXTENSIONS = frozenset(
 # Below this many unindexed entries exact search is fast enough; building HNSW is not free.
 OPTIMIZE_MIN_UNINDEXED = 10_000
 _NAMES_PER_CALL = 64
-_REMOTE = ("http://", "https://", "data:")
 
 
 @dataclass
@@ -89,7 +88,7 @@ def add_class_names(
     memory: CategoryMemory,
     encoder: ImageTextEncoder,
     names: Iterable[str],
-    templates: Sequence[Any] | None = None,
+    templates: Sequence[Template] | None = None,
     progress: Progress | None = None,
 ) -> BuildReport:
     """Add one text entry per class name: prompt-template embeddings averaged, normalised.
@@ -153,81 +152,15 @@ def add_class_names(
 # ---------------------------------------------------------------------- images
 
 
-@dataclass
-class _Prepared:
-    """A batch after reading, hashing, the stored-id check and decoding."""
-
-    entries: list[MemoryEntry] = field(default_factory=list)
-    images: list[Image.Image] = field(default_factory=list)
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _read_local(path: Path) -> bytes:
-    from rar_agent.images import MAX_FILE_BYTES
-
-    try:
-        if not path.is_file():
-            raise ImageError(f"image file not found (or not a file): {path}")
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"{path} is {size / 2**20:.0f} MiB, over the image size limit")
-        return path.read_bytes()
-    except OSError as e:
-        raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
-
-
-def _prepare(
-    memory: CategoryMemory, batch: Sequence[tuple[str, str]], seen: set[str], strict: bool
-) -> _Prepared:
-    """Read + hash, skip stored ids, decode the rest (runs in the background thread)."""
-    from rar_agent.images import decode_image_bytes, load_image
-
-    out = _Prepared()
-    staged: list[tuple[MemoryEntry, bytes | None, Image.Image | None]] = []
-    for source, label in batch:
-        try:
-            label = normalize_label(label)
-            if source.startswith(_REMOTE):
-                loaded = load_image(source)
-                data, image, digest = None, loaded.image, loaded.sha256
-            else:
-                data = _read_local(Path(source))
-                image, digest = None, hashlib.sha256(data).hexdigest()
-            staged.append((MemoryEntry(label, "image", source, digest), data, image))
-        except (ImageError, LabelError, UnsafeInputError) as e:
-            if strict:
-                raise
-            out.failed.append((source, str(e)))
-    stored = memory.existing_ids(entry.point_id for entry, _, _ in staged)
-    for entry, data, image in staged:
-        pid = entry.point_id
-        if pid in stored or pid in seen:
-            out.skipped += 1
-            continue
-        try:
-            if image is None:
-                assert data is not None
-                image = decode_image_bytes(data, what=entry.source)
-        except ImageError as e:
-            if strict:
-                raise
-            out.failed.append((entry.source, str(e)))
-            continue
-        seen.add(pid)
-        out.entries.append(entry)
-        out.images.append(image)
-    return out
-
-
 def add_images(
     memory: CategoryMemory,
     encoder: ImageTextEncoder,
-    items: Iterable[tuple[str, str]],
+    items: Iterable[tuple[str, str] | tuple[str, str, bytes]],
     *,
     batch_size: int = 32,
     strict: bool = False,
     progress: Progress | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> BuildReport:
     """Add one image entry per ``(source, label)`` item.
 
@@ -237,11 +170,14 @@ def add_images(
     Args:
         memory: The memory to fill (bound to ``encoder`` here).
         encoder: Any image encoder.
-        items: ``(source, label)`` pairs; a source is a file path, URL or data URI.
+        items: ``(source, label)`` pairs; a source is a file path, URL or data URI. A
+            ``(name, label, data)`` triple adds an image already in hand (an upload): its
+            bytes are used and ``name`` is stored as the source.
         batch_size: Images per encoder call.
         strict: Raise on the first bad image or label, before anything of its batch is
             written; otherwise bad items are recorded in ``report.failed`` and skipped.
         progress: Optional ``progress(done, total)`` callback.
+        extra: Payload fields stored with every entry (e.g. who added it).
 
     Returns:
         The :class:`BuildReport`.
@@ -254,59 +190,77 @@ def add_images(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
     memory.bind_encoder(encoder.fingerprint, encoder.dim)
-    todo = [(str(source), label) for source, label in items]
+    todo: list[BatchItem] = [
+        (str(item[0]), item[1], item[2] if len(item) == 3 else None) for item in items
+    ]
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
     seen: set[str] = set()
     added: dict[str, str] = {}  # label -> source of its first added example
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
-        pending: Future[_Prepared] | None = None
-        if batches:
-            pending = pool.submit(_prepare, memory, batches[0], seen, strict)
+
+        def submit(index: int) -> Future[PreparedBatch] | None:
+            if index >= len(batches):
+                return None
+            return pool.submit(prepare_batch, memory, batches[index], seen, strict, extra or {})
+
+        pending = submit(0)
         for index in range(len(batches)):
             assert pending is not None
             prepared = pending.result()
-            pending = (
-                pool.submit(_prepare, memory, batches[index + 1], seen, strict)
-                if index + 1 < len(batches)
-                else None
-            )
-            if prepared.entries:
-                vectors = encoder.embed_images(prepared.images)
-                memory.add_entries(prepared.entries, vectors, calibrate=False)
-                for entry in prepared.entries:
-                    added.setdefault(entry.label, entry.source)
-            report.added += len(prepared.entries)
-            report.skipped_existing += prepared.skipped
-            report.failed.extend(prepared.failed)
-            for source, reason in prepared.failed:
-                logger.warning("skipped %s: %s", source, reason)
+            pending = submit(index + 1)  # decoded while this batch is encoded
+            _write(memory, encoder, prepared, report)
+            for entry in prepared.entries:
+                added.setdefault(entry.label, entry.source)
             if progress:
                 progress(report.total, len(todo))
     if report.added:
-        _calibrate(memory, encoder, added)
+        in_hand = {source: data for source, _, data in todo if data is not None}
+        _calibrate(memory, encoder, {lb: (src, in_hand.get(src)) for lb, src in added.items()})
     _finish(memory, report, start)
     return report
 
 
-def _calibrate(memory: CategoryMemory, encoder: ImageTextEncoder, added: dict[str, str]) -> None:
+def _calibrate(
+    memory: CategoryMemory, encoder: ImageTextEncoder, added: dict[str, tuple[str, bytes | None]]
+) -> None:
     """Calibrate the memory after a build; categories left with one example get a view.
 
-    Only local files are read again for the views (a URL is not fetched twice).
+    ``added`` maps each label to the source (and bytes, for images given in hand) of its
+    first example written now. Only those bytes and local files are read again for the views
+    (a URL is not fetched twice).
     """
+    from rar_agent.errors import ImageError
     from rar_agent.images import decode_image_bytes
+    from rar_agent.memory.batches import read_local_image
     from rar_agent.memory.calibration import add_view_standins, calibrate
 
     calibrate(memory)
     counts = memory.labels("image")
     examples = []
-    for label, source in added.items():
-        if counts.get(label) == 1 and not source.startswith(_REMOTE):
-            try:
-                examples.append((label, decode_image_bytes(_read_local(Path(source)))))
-            except ImageError as e:
-                logger.warning("no calibration view for %r: %s", label, e)
+    for label, (source, data) in added.items():
+        if counts.get(label) != 1 or (data is None and source.startswith(REMOTE_PREFIXES)):
+            continue
+        try:
+            raw = data if data is not None else read_local_image(Path(source))
+            examples.append((label, decode_image_bytes(raw)))
+        except ImageError as e:
+            logger.warning("no calibration view for %r: %s", label, e)
     add_view_standins(memory, encoder, examples)
+
+
+def _write(
+    memory: CategoryMemory, encoder: ImageTextEncoder, prepared: PreparedBatch, report: BuildReport
+) -> None:
+    """Encode and store one prepared batch, and count it."""
+    if prepared.entries:
+        vectors = encoder.embed_images(prepared.images)
+        memory.add_entries(prepared.entries, vectors, calibrate=False)
+    report.added += len(prepared.entries)
+    report.skipped_existing += prepared.skipped
+    report.failed.extend(prepared.failed)
+    for source, reason in prepared.failed:
+        logger.warning("skipped %s: %s", source, reason)
 
 
 def _finish(memory: CategoryMemory, report: BuildReport, start: float) -> None:
@@ -394,7 +348,7 @@ def iter_manifest(path: str | Path) -> list[tuple[str, str]]:
         if not isinstance(label, str) or not label.strip():
             raise ConfigError(f"{file}:{line}: the row has no label")
         source = source.strip()
-        if not source.startswith(_REMOTE):
+        if not source.startswith(REMOTE_PREFIXES):
             p = Path(source).expanduser()
             source = str((p if p.is_absolute() else file.parent / p).resolve())
         pairs.append((source, label))

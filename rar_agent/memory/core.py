@@ -4,26 +4,26 @@ Qdrant backends."""
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import logging
 import os
-import re
 import threading
-import uuid
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from rar_agent.errors import ConfigError, EncoderMismatchError, MemoryStoreError
-from rar_agent.memory.backend import META_VERSION, MemoryBackend
+from rar_agent.errors import ConfigError, MemoryStoreError
+from rar_agent.memory.backend import MemoryBackend
 from rar_agent.memory.entries import Hit, MemoryEntry, MemoryInfo, check_kind, normalize_label
+from rar_agent.memory.location import open_backend
+from rar_agent.memory.meta import memory_info, record_encoder
+from rar_agent.memory.vectors import as_vector_rows, check_point_ids
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["UPSERT_BATCH", "CategoryMemory", "StoredPoint", "default_memory_dir"]
+__all__ = ["UPSERT_BATCH", "CategoryMemory", "StoredPoint"]
 
 StoredPoint = tuple[str, str, list[float], dict[str, Any]]
 """``(id, kind, vector, payload)`` of one stored entry, as :meth:`CategoryMemory.scroll` gives."""
@@ -31,33 +31,6 @@ StoredPoint = tuple[str, str, list[float], dict[str, Any]]
 logger = logging.getLogger(__name__)
 
 UPSERT_BATCH = 512
-_COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def _check_ids(ids: Sequence[str], n: int) -> list[str]:
-    """Validate explicit point ids: ``n`` UUID strings, returned in canonical form."""
-    if len(ids) != n:
-        raise ConfigError(f"got {n} entries but {len(ids)} ids")
-    out = []
-    for i in ids:
-        try:
-            out.append(str(uuid.UUID(str(i))))
-        except ValueError as e:
-            raise ConfigError(f"point id {i!r} is not a UUID string") from e
-    return out
-
-
-def default_memory_dir(collection: str) -> Path:
-    """``<home>/memories/<collection>``, home being ``Settings().home`` (``RAR_HOME``)."""
-    try:
-        from rar_agent.config import Settings
-
-        home = Path(Settings().home)
-    except ImportError:  # pragma: no cover - config is part of the package
-        from platformdirs import user_data_dir
-
-        home = Path(os.environ.get("RAR_HOME") or user_data_dir("rar-agent", appauthor=False))
-    return home.expanduser() / "memories" / collection
 
 
 class CategoryMemory:
@@ -68,12 +41,14 @@ class CategoryMemory:
     ids are deterministic, so adding the same entry twice stores it once. The memory records
     the encoder it was built with and refuses another one. Thread-safe.
 
-    Use :meth:`open`; close it (or use it as a context manager) when done.
+    Use :meth:`open`; close it (or use it as a context manager) when done. A memory opened
+    with ``read_only=True`` refuses every write (entries, removals, its record, indexing).
     """
 
-    def __init__(self, backend: MemoryBackend, collection: str) -> None:
+    def __init__(self, backend: MemoryBackend, collection: str, *, read_only: bool = False) -> None:
         self._backend = backend
         self.collection = collection
+        self.read_only = read_only
         self._lock = threading.RLock()
         self._bound: tuple[str, int] | None = None
         self._dim: int | None = None
@@ -94,12 +69,13 @@ class CategoryMemory:
         shard_number: int | None = None,
         replication_factor: int | None = None,
         timeout: float | None = None,
+        read_only: bool = False,
     ) -> CategoryMemory:
         """Open a memory: embedded at ``path``, or a collection on a Qdrant server.
 
         Args:
             path: The memory's directory (embedded backend). ``None`` with no ``url`` means
-                ``<RAR_HOME>/memories/<collection>``.
+                ``<RAR_HOME>/memories/<collection>`` (see :mod:`rar_agent.memory.location`).
             url: Qdrant server URL; selects the server backend.
             api_key: The server's API key.
             location: ``":memory:"`` for qdrant-client's in-process local mode (tests only).
@@ -108,47 +84,30 @@ class CategoryMemory:
             shard_number: Server only: shards of a newly created collection.
             replication_factor: Server only: replicas per shard of a new collection.
             timeout: Server only: request timeout in seconds.
+            read_only: Refuse every write through this handle; the memory must exist
+                (``create`` is ignored).
 
         Returns:
             The open memory.
 
         Raises:
-            ConfigError: Conflicting or invalid arguments.
+            ConfigError: Conflicting or invalid arguments (more than one of ``path``, ``url``
+                and ``location``; a bad collection name).
             MemoryStoreError: It cannot be opened (missing, unreachable, wrong API key).
             MemoryBusyError: Another process holds the embedded memory.
         """
-        if not isinstance(collection, str) or not _COLLECTION.fullmatch(collection):
-            raise ConfigError(
-                f"collection name {collection!r} is invalid: use 1-64 letters, digits, "
-                "'_', '-' or '.'"
-            )
-        if sum(x is not None for x in (path, url, location)) > 1:
-            raise ConfigError("give only one of path (embedded), url (server) or location")
-        backend: MemoryBackend
-        if url is not None or location is not None:
-            if location is not None and location != ":memory:":
-                raise ConfigError(
-                    f"location {location!r} is not supported: use url= for a server, path= "
-                    "for an embedded memory, or location=':memory:' in tests"
-                )
-            from rar_agent.memory.server import ServerBackend
-
-            backend = ServerBackend(
-                collection,
-                url=url,
-                api_key=api_key,
-                location=location,
-                create=create,
-                shard_number=shard_number,
-                replication_factor=replication_factor,
-                timeout=timeout,
-            )
-        else:
-            from rar_agent.memory.edge import open_edge
-
-            directory = Path(path) if path is not None else default_memory_dir(collection)
-            backend = open_edge(directory, create=create)
-        return cls(backend, collection)
+        backend = open_backend(
+            collection,
+            path=path,
+            url=url,
+            api_key=api_key,
+            location=location,
+            create=create and not read_only,
+            shard_number=shard_number,
+            replication_factor=replication_factor,
+            timeout=timeout,
+        )
+        return cls(backend, collection, read_only=read_only)
 
     # ------------------------------------------------------------------ encoder
 
@@ -171,31 +130,13 @@ class CategoryMemory:
         dim = int(dim)
         with self._lock:
             self._check_open()
-            meta = self._backend.read_meta(refresh=True)
-            if meta and meta.get("fingerprint"):
-                stored, stored_dim = meta["fingerprint"], meta.get("dim")
-                if stored != fingerprint or stored_dim != dim:
-                    raise EncoderMismatchError(
-                        f"memory {self.collection!r} at {self._backend.location} was built with "
-                        f"encoder {stored!r} ({stored_dim}-d), not {fingerprint!r} ({dim}-d): "
-                        "use the same --clip-model / --clip-pretrained it was built with, or "
-                        "rebuild it with this encoder into another --collection"
-                    )
+            if self.read_only:  # record_encoder writes in these two cases only
+                meta = self._backend.read_meta(refresh=True) or {}
+                if not meta.get("fingerprint"):
+                    self._check_writable("record its encoder (it has none yet: build it first)")
                 if description is not None and description != meta.get("description"):
-                    self._backend.write_meta({**meta, "description": description})
-            else:
-                meta = {
-                    "version": META_VERSION,
-                    "fingerprint": fingerprint,
-                    "dim": dim,
-                    "collection": self.collection,
-                    "description": description,
-                    "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                }
-                self._backend.create(dim, meta)
-                logger.info(
-                    "memory %r bound to encoder %s (%d-d)", self.collection, fingerprint, dim
-                )
+                    self._check_writable("record a description")
+            record_encoder(self._backend, self.collection, fingerprint, dim, description)
             self._bound = (fingerprint, dim)
 
     def set_description(self, description: str | None) -> None:
@@ -220,6 +161,7 @@ class CategoryMemory:
         self._update_meta(key, value)
 
     def _update_meta(self, key: str, value: Any) -> None:
+        self._check_writable(f"set the {key.replace('_', ' ')}")
         with self._lock:
             self._check_open()
             meta = self._backend.read_meta(refresh=True)
@@ -231,24 +173,14 @@ class CategoryMemory:
     def info(self) -> MemoryInfo:
         """What the memory records: encoder fingerprint, dim, backend, description."""
         self._check_open()
-        meta = self._backend.read_meta() or {}
-        return MemoryInfo(
-            fingerprint=meta.get("fingerprint"),
-            dim=meta.get("dim"),
-            collection=self.collection,
-            backend=self._backend.name,
-            description=meta.get("description"),
-            location=self._backend.location,
-            created_at=meta.get("created_at"),
-            gate_margin=meta.get("gate_margin"),
-        )
+        return memory_info(self._backend, self.collection)
 
     # ------------------------------------------------------------------ writing
 
     def add_entries(
         self,
         entries: Sequence[MemoryEntry],
-        vectors: Any,
+        vectors: ArrayLike,
         *,
         ids: Sequence[str] | None = None,
         calibrate: bool = True,
@@ -278,6 +210,7 @@ class CategoryMemory:
         entries = list(entries)
         if any(not isinstance(e, MemoryEntry) for e in entries):
             raise ConfigError("add_entries takes MemoryEntry objects")
+        self._check_writable("add entries")
         with self._lock:
             self._check_open()
             if self._bound is None:
@@ -291,7 +224,7 @@ class CategoryMemory:
             raise ConfigError(f"got {len(entries)} entries but {rows.shape[0]} vectors")
         if rows.shape[0] and not np.all(np.linalg.norm(rows, axis=1) > 0):
             raise ConfigError("a vector is all zeros: it has no direction to compare by")
-        ids = [e.point_id for e in entries] if ids is None else _check_ids(ids, len(entries))
+        ids = [e.point_id for e in entries] if ids is None else check_point_ids(ids, len(entries))
         for start in range(0, len(entries), UPSERT_BATCH):
             stop = start + UPSERT_BATCH
             batch = entries[start:stop]
@@ -362,14 +295,14 @@ class CategoryMemory:
         The open-set calibration is redone (a bounded sample), since stand-ins may have
         matched the removed entries.
         """
-        self._check_open()
+        self._check_writable("remove entries")
         removed = self._backend.delete_label(normalize_label(label))
         self._recalibrate_after_removal(removed)
         return removed
 
     def remove_ids(self, ids: Iterable[str]) -> int:
         """Remove entries by point id; return how many existed (the calibration is redone)."""
-        self._check_open()
+        self._check_writable("remove entries")
         wanted = [str(i) for i in ids]
         present = self._backend.existing(wanted)
         self._backend.delete_ids(sorted(present))
@@ -392,12 +325,12 @@ class CategoryMemory:
         Returns:
             Whether the index was (re)built.
         """
-        self._check_open()
+        self._check_writable("build its index")
         return self._backend.optimize(min_unindexed)
 
     # ------------------------------------------------------------------ reading
 
-    def search(self, vector: Any, *, kind: str = "image", limit: int = 50) -> list[Hit]:
+    def search(self, vector: ArrayLike, *, kind: str = "image", limit: int = 50) -> list[Hit]:
         """Nearest entries of one vector, best first.
 
         Args:
@@ -416,7 +349,7 @@ class CategoryMemory:
         return self.search_batch(rows, kind=kind, limit=limit)[0]
 
     def search_batch(
-        self, vectors: Any, *, kind: str = "image", limit: int = 50
+        self, vectors: ArrayLike, *, kind: str = "image", limit: int = 50
     ) -> list[list[Hit]]:
         """Nearest entries of each row of ``vectors`` (one batched engine call).
 
@@ -437,12 +370,14 @@ class CategoryMemory:
         results = self._backend.query_batch(rows.tolist(), kind, int(limit))
         return [sorted(hits, key=lambda h: -h.score) for hits in results]
 
-    async def asearch(self, vector: Any, *, kind: str = "image", limit: int = 50) -> list[Hit]:
+    async def asearch(
+        self, vector: ArrayLike, *, kind: str = "image", limit: int = 50
+    ) -> list[Hit]:
         """Async :meth:`search` (runs in a worker thread)."""
         return await asyncio.to_thread(self.search, vector, kind=kind, limit=limit)
 
     async def asearch_batch(
-        self, vectors: Any, *, kind: str = "image", limit: int = 50
+        self, vectors: ArrayLike, *, kind: str = "image", limit: int = 50
     ) -> list[list[Hit]]:
         """Async :meth:`search_batch` (runs in a worker thread)."""
         return await asyncio.to_thread(self.search_batch, vectors, kind=kind, limit=limit)
@@ -520,24 +455,20 @@ class CategoryMemory:
         if self._closed:
             raise MemoryStoreError(f"memory {self.collection!r} is closed: open it again")
 
-    def _as_matrix(self, vectors: Any, dim: int | None, *, what: str) -> np.ndarray:
-        try:
-            rows = np.asarray(vectors, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{what} are not a numeric array: {e}") from e
-        if rows.ndim != 2:
-            raise ConfigError(f"{what} must be a 2-D array (n, dim), got shape {rows.shape}")
-        if dim is not None and rows.shape[0] and rows.shape[1] != dim:
-            fp = (
-                self._bound[0]
-                if self._bound
-                else (self._backend.read_meta() or {}).get("fingerprint")
+    def _check_writable(self, what: str) -> None:
+        self._check_open()
+        if self.read_only:
+            raise MemoryStoreError(
+                f"memory {self.collection!r} is open read-only, so it cannot {what}: open it "
+                "for writing to change it (rar-agent mcp: --allow-learning)"
             )
-            raise EncoderMismatchError(
-                f"{what} have {rows.shape[1]} dimensions but memory {self.collection!r} holds "
-                f"{dim}-d vectors of encoder {fp!r}: use the encoder it was built with"
-            )
-        if not np.all(np.isfinite(rows)):
-            bad = int(np.flatnonzero(~np.all(np.isfinite(rows), axis=1))[0])
-            raise ConfigError(f"{what} row {bad} contains NaN or infinity: nothing was written")
-        return rows
+
+    def _as_matrix(self, vectors: ArrayLike, dim: int | None, *, what: str) -> np.ndarray:
+        return as_vector_rows(
+            vectors, dim, what=what, collection=self.collection, fingerprint=self._fingerprint
+        )
+
+    def _fingerprint(self) -> str | None:
+        if self._bound:
+            return self._bound[0]
+        return (self._backend.read_meta() or {}).get("fingerprint")

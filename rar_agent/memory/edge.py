@@ -14,7 +14,6 @@ shard's lock. Another process gets :class:`MemoryBusyError`.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rar_agent.errors import MemoryBusyError, MemoryStoreError, RarError
+from rar_agent.memory.edge_files import acquire_lock, read_json, release_lock, write_json_atomic
 from rar_agent.memory.entries import KINDS, Hit
 
 __all__ = ["EdgeBackend", "META_FILE", "SHARD_DIR", "open_edge"]
@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 META_FILE = "rar_memory.json"
 SHARD_DIR = "shard"
-LOCK_FILE = ".rar.lock"
 _CHUNK = 1024
 
 
@@ -89,73 +88,17 @@ def _open_shared(path: Path, create: bool) -> _Shared:
     except OSError as e:
         raise MemoryStoreError(f"cannot create the memory directory {path}: {e}") from e
     shared = _Shared(path)
-    shared.lock_fd = _acquire_lock(path)
+    shared.lock_fd = acquire_lock(path)
     try:
         meta_path = path / META_FILE
         if meta_path.is_file():
-            shared.meta = _read_json(meta_path)
+            shared.meta = read_json(meta_path)
         if (path / SHARD_DIR / "edge_config.json").is_file():
             shared.shard = _load_shard(path / SHARD_DIR)
     except BaseException:
-        _release_lock(shared.lock_fd)
+        release_lock(shared.lock_fd)
         raise
     return shared
-
-
-def _acquire_lock(path: Path) -> int | None:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: Qdrant's own WAL lock still refuses
-        return None
-    lock_path = path / LOCK_FILE
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise MemoryStoreError(f"cannot create the lock file {lock_path}: {e}") from e
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise MemoryBusyError(
-            f"memory at {path} is in use by process {holder}; close it, or use a Qdrant "
-            "server (--qdrant-url) for many processes"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
-
-
-def _release_lock(fd: int | None) -> None:
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)  # closing the descriptor releases the flock
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MemoryStoreError(
-            f"cannot read memory metadata {path}: {e}; restore it or rebuild the memory"
-        ) from e
-    if not isinstance(data, dict):
-        raise MemoryStoreError(f"memory metadata {path} is not a JSON object: rebuild the memory")
-    return data
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise MemoryStoreError(f"cannot write memory metadata {path}: {e}") from e
 
 
 @contextlib.contextmanager
@@ -259,7 +202,7 @@ class EdgeBackend:
         """Write ``rar_memory.json`` atomically."""
         s = self._s
         with s.lock:
-            _write_json_atomic(s.path / META_FILE, meta)
+            write_json_atomic(s.path / META_FILE, meta)
             s.meta = dict(meta)
 
     # -------------------------------------------------------------- data
@@ -439,5 +382,5 @@ class EdgeBackend:
                         shared.shard.close()
             finally:
                 shared.shard = None
-                _release_lock(shared.lock_fd)
+                release_lock(shared.lock_fd)
                 shared.lock_fd = None

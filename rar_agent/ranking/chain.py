@@ -9,7 +9,6 @@ retrieval order and the reason. Every call is independent; nothing is carried be
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -21,122 +20,24 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ContextThreadPoolExecutor, patch_config
-from PIL import Image
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, PrivateAttr, ValidationError
 
 from rar_agent.errors import ConfigError, RankerError
-from rar_agent.ranking.gate import should_skip
+from rar_agent.ranking.gate import skip_reason, validate_margin
+from rar_agent.ranking.io import (
+    RANKING_SCHEMA,
+    RankingInput,
+    RankingOutput,
+    describe_model,
+    reply_text,
+    structured_items,
+)
 from rar_agent.ranking.parser import MAX_REPLY_CHARS, ParseResult, parse_items, parse_reply
 from rar_agent.ranking.prompt import RankingExample, build_ranking_messages
 
-__all__ = ["RankingInput", "RankingOutput", "RankingChain", "RANKING_SCHEMA", "describe_model"]
+__all__ = ["RankingChain"]
 
 logger = logging.getLogger(__name__)
-
-RANKING_SCHEMA: dict[str, Any] = {
-    "title": "ranked_candidates",
-    "description": "All candidate names, ordered from most to least likely.",
-    "type": "object",
-    "properties": {
-        "ranking": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "Every candidate name exactly once, most likely first; or just "
-            '["none of these"] when the image shows none of the candidates.',
-        }
-    },
-    "required": ["ranking"],
-}
-"""JSON schema used for structured output: ``{"ranking": [names...]}``."""
-
-
-class RankingInput(BaseModel):
-    """One ranking request: the image and its candidates in retrieval order."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    image: Image.Image
-    candidates: list[str] = Field(min_length=1, description="Distinct labels, retrieval order.")
-    hint: str | None = Field(default=None, description='Domain hint, e.g. "aircraft variants".')
-    scores: list[float] | None = Field(default=None, description="Retrieval scores (for gating).")
-    allow_none: bool = Field(
-        default=True, description='Offer the answer "none of these" (open-set rejection).'
-    )
-
-    @field_validator("candidates")
-    @classmethod
-    def _distinct(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("candidates must be distinct labels")
-        if any(not label.strip() for label in value):
-            raise ValueError("candidates must not be empty strings")
-        return value
-
-    @model_validator(mode="after")
-    def _scores_match(self) -> RankingInput:
-        if self.scores is not None and len(self.scores) != len(self.candidates):
-            raise ValueError("scores must have one value per candidate")
-        return self
-
-
-class RankingOutput(BaseModel):
-    """What the ranker did: the final order and how it was obtained."""
-
-    order: list[str] = Field(description="A permutation of the candidates, best first.")
-    status: Literal["ranked", "fallback", "skipped", "no_match"] = Field(
-        description="no_match: the model said none of the candidates fits (order = retrieval)."
-    )
-    reason: str | None = None
-    raw_reply: str | None = None
-    model: str | None = None
-    latency_ms: float = 0.0
-    parse: Literal["structured", "json", "text", "none"] = "none"
-    attempts: int = Field(default=0, description="Model calls made (retries included).")
-
-
-def describe_model(model: BaseChatModel) -> str:
-    """A short name for a chat model, e.g. ``openai:gpt-4o-mini``."""
-    try:
-        params = model._get_ls_params()
-    except Exception:  # noqa: BLE001 - any model may implement this oddly
-        params = {}
-    provider = params.get("ls_provider")
-    name = params.get("ls_model_name")
-    for attr in ("model_name", "model", "model_id", "model_path"):
-        if name:
-            break
-        value = getattr(model, attr, None)
-        name = value if isinstance(value, str) else None
-    if provider and name:
-        return f"{provider}:{name}"
-    return str(name or provider or model._llm_type)
-
-
-def _reply_text(message: Any) -> str:
-    """The reply as text: the message text, or its first tool call's arguments."""
-    if isinstance(message, BaseMessage):
-        text = message.text
-        calls = getattr(message, "tool_calls", None)
-        if not text.strip() and calls:
-            return json.dumps(calls[0].get("args", {}), ensure_ascii=False)
-        return text
-    return "" if message is None else str(message)
-
-
-def _structured_items(parsed: Any) -> list[Any] | None:
-    if isinstance(parsed, BaseModel):
-        parsed = parsed.model_dump()
-    if isinstance(parsed, dict):
-        parsed = parsed.get("ranking")
-    return parsed if isinstance(parsed, list) and parsed else None
 
 
 class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
@@ -196,8 +97,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
             problems.append(f"max_retries must be >= 0, got {self.max_retries}")
         if self.max_concurrency < 1:
             problems.append(f"max_concurrency must be >= 1, got {self.max_concurrency}")
-        if self.gate is not None:
-            should_skip([1.0, 0.0], self.gate)
+        validate_margin(self.gate)
         if problems:
             raise ConfigError("Invalid RankingChain settings: " + "; ".join(problems) + ".")
         self._counts = dict.fromkeys(("calls", "model_calls", "skipped", "fallback"), 0)
@@ -213,6 +113,14 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
                         f"({exc}); use structured='auto' or 'never'."
                     ) from exc
                 logger.debug("structured output unavailable, using plain text: %s", exc)
+
+    def with_gate(self, gate: float | None) -> RankingChain:
+        """A copy with another gate margin, sharing this chain's model, settings and counters.
+
+        Raises:
+            ConfigError: ``gate`` is negative or not finite.
+        """
+        return self.model_copy(update={"gate": validate_margin(gate)})
 
     @property
     def uses_structured_output(self) -> bool:
@@ -239,15 +147,25 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
         """Async :meth:`invoke`; the timeout cancels the model call."""
         return await self._acall_with_config(self._arank, self._coerce(input), config)
 
-    def batch(self, inputs: list[Any], config: Any = None, **kwargs: Any) -> list[RankingOutput]:
+    def batch(
+        self,
+        inputs: Sequence[RankingInput | dict[str, Any]],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        **kwargs: Any,
+    ) -> list[RankingOutput]:
         """Rank many inputs, at most ``max_concurrency`` at once."""
-        return super().batch(inputs, self._limit(config), **kwargs)
+        return super().batch(list(inputs), self._limit(config), **kwargs)  # type: ignore[arg-type]
 
     async def abatch(
-        self, inputs: list[Any], config: Any = None, **kwargs: Any
+        self,
+        inputs: Sequence[RankingInput | dict[str, Any]],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        **kwargs: Any,
     ) -> list[RankingOutput]:
         """Async :meth:`batch`, at most ``max_concurrency`` calls in flight."""
-        return await super().abatch(inputs, self._limit(config), **kwargs)
+        return await super().abatch(list(inputs), self._limit(config), **kwargs)  # type: ignore[arg-type]
+
+    # The two below keep the base class's loose types: it declares them as overloads.
 
     def batch_as_completed(
         self, inputs: Sequence[Any], config: Any = None, **kwargs: Any
@@ -264,13 +182,17 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _limit(self, config: Any) -> Any:
+    def _limit(
+        self, config: RunnableConfig | Sequence[RunnableConfig] | None
+    ) -> RunnableConfig | list[RunnableConfig]:
         def one(cfg: RunnableConfig | None) -> RunnableConfig:
             out = RunnableConfig(**(cfg or {}))
             out.setdefault("max_concurrency", self.max_concurrency)
             return out
 
-        return [one(c) for c in config] if isinstance(config, list) else one(config)
+        if isinstance(config, Sequence):
+            return [one(c) for c in config]
+        return one(config)
 
     @staticmethod
     def _coerce(value: RankingInput | dict[str, Any]) -> RankingInput:
@@ -290,12 +212,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
     def _prepare(self, inp: RankingInput) -> RankingOutput | list[BaseMessage]:
         """A finished output when no model call is needed, else the messages to send."""
         self._count("calls")
-        if len(inp.candidates) == 1:
-            reason = should_skip([0.0], None)
-        elif self.gate is not None and inp.scores is not None:
-            reason = should_skip(inp.scores, self.gate)
-        else:
-            reason = None
+        reason = skip_reason(len(inp.candidates), inp.scores, self.gate)
         if reason is not None:
             self._count("skipped")
             return RankingOutput(order=list(inp.candidates), status="skipped", reason=reason)
@@ -319,13 +236,13 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
             result = ParseResult(list(inp.candidates), "fallback", error, "none")
             raw = None
         elif isinstance(reply, dict) and "raw" in reply:
-            raw = _reply_text(reply["raw"])
-            items = _structured_items(reply.get("parsed"))
+            raw = reply_text(reply["raw"])
+            items = structured_items(reply.get("parsed"))
             result = parse_items(items, inp.candidates) if items else None
             if result is None or result.status == "fallback":
                 result = parse_reply(raw, inp.candidates)
         else:
-            raw = _reply_text(reply)
+            raw = reply_text(reply)
             result = parse_reply(raw, inp.candidates)
         if result.status == "fallback":
             self._count("fallback")

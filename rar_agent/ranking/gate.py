@@ -1,4 +1,9 @@
-"""Confidence gating: skip the ranker when retrieval is already sure of its answer."""
+"""Confidence gating: skip the ranker when retrieval is already sure of its answer.
+
+Every skip decision is made here: the margin rule, the one-candidate rule, which settings
+mean a gate and which margins are valid. ``RankingChain`` asks :func:`skip_reason` for each
+request; the Recognizer hands its gate to its chain and decides nothing itself.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,23 @@ from collections.abc import Sequence
 
 from rar_agent.errors import ConfigError
 
-__all__ = ["DEFAULT_GATE_MARGIN", "should_skip", "parse_gate"]
+__all__ = ["DEFAULT_GATE_MARGIN", "parse_gate", "should_skip", "skip_reason", "validate_margin"]
 
 DEFAULT_GATE_MARGIN = 0.05
 """Margin used for ``gate="on"``: a top-1 cosine lead over top-2 larger than this skips."""
+
+_OFF_WORDS = frozenset({"", "off", "none", "false", "no"})
+
+
+def validate_margin(margin: float | None) -> float | None:
+    """Return ``margin`` if it is a usable gate margin (None: no gate).
+
+    Raises:
+        ConfigError: ``margin`` is negative or not a finite number.
+    """
+    if margin is not None and not 0 <= margin < float("inf"):
+        raise ConfigError(f"The gate margin must be a finite number >= 0, got {margin}.")
+    return margin
 
 
 def should_skip(scores: Sequence[float], margin: float | None) -> str | None:
@@ -29,16 +47,38 @@ def should_skip(scores: Sequence[float], margin: float | None) -> str | None:
     Raises:
         ConfigError: ``margin`` is negative or not a finite number.
     """
-    if margin is not None and not 0 <= margin < float("inf"):
-        raise ConfigError(f"The gate margin must be a finite number >= 0, got {margin}.")
+    validate_margin(margin)
     if len(scores) <= 1:
-        return "only one candidate; nothing to rank" if scores else "no candidates to rank"
+        return _too_few(len(scores))
     if margin is None:
         return None
     lead = float(scores[0]) - max(float(s) for s in scores[1:])
     if lead > margin:
         return f"retrieval is confident: top score leads by {lead:.4f} > gate {margin:.4f}"
     return None
+
+
+def skip_reason(
+    n_candidates: int, scores: Sequence[float] | None, margin: float | None
+) -> str | None:
+    """The gate's decision for one ranking request.
+
+    Args:
+        n_candidates: How many candidates the request holds.
+        scores: Their retrieval scores (best first), or None when unknown: then only the
+            one-candidate rule applies.
+        margin: The gate margin, or None for no margin test.
+
+    Returns:
+        The reason for skipping the model call, or None when the model should rank.
+    """
+    if scores is None:
+        return _too_few(n_candidates) if n_candidates <= 1 else None
+    return should_skip(scores, margin)
+
+
+def _too_few(n: int) -> str:
+    return "only one candidate; nothing to rank" if n else "no candidates to rank"
 
 
 def parse_gate(spec: str | float | None, calibrated: float | None = None) -> float | None:
@@ -59,7 +99,7 @@ def parse_gate(spec: str | float | None, calibrated: float | None = None) -> flo
         margin = None if spec is None else float(spec)
     else:
         word = spec.strip().lower()
-        if word in ("", "off", "none", "false", "no"):
+        if word in _OFF_WORDS:
             return None
         if word == "on":
             margin = DEFAULT_GATE_MARGIN
@@ -77,6 +117,4 @@ def parse_gate(spec: str | float | None, calibrated: float | None = None) -> flo
                 raise ConfigError(
                     f"Unknown gate setting {spec!r}; use off, on, auto or a margin like 0.05."
                 ) from None
-    if margin is not None:
-        should_skip([1.0, 0.0], margin)  # validates the range
-    return margin
+    return validate_margin(margin)

@@ -207,7 +207,7 @@ def _json_lists(text: str) -> list[list[Any]]:
     return found
 
 
-def match_items(items: Sequence[Any], candidates: Sequence[str]) -> tuple[list[str], list[str]]:
+def match_items(items: Sequence[object], candidates: Sequence[str]) -> tuple[list[str], list[str]]:
     """Match reply items to candidates, in the reply's order.
 
     Integers in ``1..k`` are read as candidate numbers when no item is a string.
@@ -223,7 +223,7 @@ def match_items(items: Sequence[Any], candidates: Sequence[str]) -> tuple[list[s
 _NAME_KEYS = ("name", "label", "category", "class", "candidate", "answer")
 
 
-def _as_name(item: Any) -> str | None:
+def _as_name(item: object) -> str | None:
     """The name in one array item (None when it holds none).
 
     Models often return ``{"name": .., "score": ..}`` objects or ``["name", score]`` pairs
@@ -241,7 +241,7 @@ def _as_name(item: Any) -> str | None:
     return None
 
 
-def _match(matcher: _Matcher, items: Sequence[Any]) -> tuple[list[str], list[str]]:
+def _match(matcher: _Matcher, items: Sequence[object]) -> tuple[list[str], list[str]]:
     everything = set(matcher.candidates)
     remaining = set(everything)
     numbers = all(isinstance(x, int) and not isinstance(x, bool) for x in items)
@@ -250,7 +250,7 @@ def _match(matcher: _Matcher, items: Sequence[Any]) -> tuple[list[str], list[str
     for item in items:
         cand: str | None = None
         name = None if numbers else _as_name(item)
-        if numbers and 1 <= item <= len(matcher.candidates):
+        if numbers and isinstance(item, int) and 1 <= item <= len(matcher.candidates):
             cand = matcher.candidates[item - 1]
             cand = cand if cand in remaining else None
         elif name is not None:
@@ -397,7 +397,7 @@ def parse_ranking(
     return result.order, result.status, result.reason
 
 
-def parse_items(items: Sequence[Any], candidates: Sequence[str]) -> ParseResult:
+def parse_items(items: Sequence[object], candidates: Sequence[str]) -> ParseResult:
     """Read an already-structured list of names (e.g. from structured output).
 
     Args:

@@ -14,13 +14,13 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rar_agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
-    from PIL import Image
 
 __all__ = [
     "NONE_OF_THESE",
@@ -66,7 +66,7 @@ class RankingExample(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    image: Any = Field(description="A PIL image.")
+    image: Image.Image = Field(description="A PIL image.")
     candidates: list[str] = Field(min_length=1, description="Candidates as retrieval gave them.")
     order: list[str] = Field(description="The correct order: a permutation of the candidates.")
 
@@ -90,8 +90,6 @@ def encode_image(image: Image.Image, max_side: int = 512) -> bytes:
     Raises:
         ConfigError: ``max_side`` is not positive.
     """
-    from PIL import Image as PILImage
-
     if max_side <= 0:
         raise ConfigError(f"image_max_side must be a positive pixel count, got {max_side}.")
     img = image
@@ -103,7 +101,7 @@ def encode_image(image: Image.Image, max_side: int = 512) -> bytes:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         # Box-reduce by the integer part of the scale, then an antialiased bilinear pass for
         # the rest: about 3x cheaper than a full bicubic resample of a 1 MP image.
-        img = img.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=1.0)
+        img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()

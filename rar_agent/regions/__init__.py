@@ -5,18 +5,27 @@ The detection setting of the RAR method: each box is cropped with some context a
 and resized for the encoder. Boxes are ``[x0, y0, x1, y1]`` in pixels or normalised to 0..1;
 COCO-style ``bbox`` entries are ``[x, y, width, height]`` in pixels.
 
-The package is split by stage: :mod:`~rar_agent.regions.boxes` (the :class:`Box` type,
-parsing and checking), :mod:`~rar_agent.regions.geometry` (context window and the crop
-pre-processing), :mod:`~rar_agent.regions.annotate` (drawing results) and
-:mod:`~rar_agent.regions.run` (recognizing every box of one image).
+Pure functions on boxes and images, split by stage: :mod:`~rar_agent.regions.boxes` (the
+:class:`Box` type, parsing and checking), :mod:`~rar_agent.regions.geometry` (context window
+and the crop pre-processing) and :mod:`~rar_agent.regions.annotate` (drawing results and the
+ranker's view). Recognizing the boxes of an image is the pipeline's job:
+:meth:`rar_agent.pipeline.Recognizer.recognize_regions`.
 """
 
 from __future__ import annotations
 
-import logging
-
-from rar_agent.regions.annotate import annotate, draw_box
-from rar_agent.regions.boxes import Box, BoxError, as_boxes, check_box, load_boxes, parse_boxes
+from rar_agent.regions.annotate import PALETTE, RANKER_SIDE, annotate, draw_box, ranker_view
+from rar_agent.regions.boxes import (
+    Box,
+    BoxError,
+    BoxesInput,
+    Coords,
+    as_boxes,
+    as_coords,
+    check_box,
+    load_boxes,
+    parse_boxes,
+)
 from rar_agent.regions.geometry import (
     DEFAULT_BLUR,
     DEFAULT_CONTEXT,
@@ -27,17 +36,20 @@ from rar_agent.regions.geometry import (
     encoder_input_size,
     prepare_region,
     region_geometry,
+    square_resize,
 )
-from rar_agent.regions.run import RANKER_SIDE, ranker_view, run_regions
 
 __all__ = [
     "Box",
     "BoxError",
+    "BoxesInput",
     "ContextCurve",
+    "Coords",
     "RegionGeometry",
     "DEFAULT_CONTEXT",
     "DEFAULT_BLUR",
     "PAD_COLOR",
+    "PALETTE",
     "parse_boxes",
     "load_boxes",
     "check_box",
@@ -48,9 +60,8 @@ __all__ = [
     "draw_box",
     "encoder_input_size",
     "as_boxes",
+    "as_coords",
     "ranker_view",
-    "run_regions",
+    "square_resize",
     "RANKER_SIDE",
 ]
-
-logger = logging.getLogger(__name__)

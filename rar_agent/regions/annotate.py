@@ -1,4 +1,4 @@
-"""Annotation: draw region results (boxes and captions) on an image."""
+"""Drawing on images: region results (boxes and captions), and the ranker's view of a region."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ if TYPE_CHECKING:
 
     from rar_agent.results import RecognitionResult
 
-__all__ = ["annotate", "draw_box"]
+__all__ = ["PALETTE", "RANKER_SIDE", "annotate", "draw_box", "ranker_view"]
 
-_PALETTE = [
+PALETTE: list[tuple[int, int, int]] = [
     (230, 25, 75),
     (60, 180, 75),
     (0, 130, 200),
@@ -25,7 +25,11 @@ _PALETTE = [
     (0, 128, 128),
     (255, 225, 25),
 ]
+"""Box colours, one per region in turn (the first also marks the box in :func:`ranker_view`)."""
 _ERROR_COLOR = (200, 0, 0)
+
+#: Smaller region crops are enlarged to this side before they are shown to the ranker.
+RANKER_SIDE = 448
 
 
 def _text_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -98,9 +102,43 @@ def annotate(
         if result.error:
             color, text = _ERROR_COLOR, f"{result.box_id or i}: error"
         else:
-            color = _PALETTE[i % len(_PALETTE)]
+            color = PALETTE[i % len(PALETTE)]
             text = result.label or "?"
             if show_score and result.candidates:
                 text = f"{text} {result.candidates[0].score:.2f}"
         draw_box(out, box, text, color, line_width=line_width, font_size=font_size)
     return out
+
+
+def ranker_view(
+    region: Image.Image,
+    whole: Image.Image | None = None,
+    box: Sequence[float] | None = None,
+    *,
+    side: int = RANKER_SIDE,
+) -> Image.Image:
+    """The picture the ranking model sees for one region.
+
+    The square region crop, enlarged to ``side`` when smaller. With ``whole`` and ``box``, the
+    whole image with the box drawn (scaled to fit the same square) is placed to the right of
+    it, as context: the ranking chain sends a single image, so both views travel as one
+    picture (the chain downscales it to its ``image_max_side``; raise that for detail).
+    """
+    from PIL import Image as PILImage
+
+    if region.width < side:
+        region = region.resize((side, side), PILImage.Resampling.BICUBIC)
+    if whole is None or box is None:
+        return region
+    side = region.height
+    factor = side / max(whole.width, whole.height)  # the whole image fits a side x side square
+    scaled = whole.resize(
+        (max(1, round(whole.width * factor)), max(1, round(whole.height * factor))),
+        PILImage.Resampling.BICUBIC,
+    )
+    draw_box(scaled, [v * factor for v in box], None, PALETTE[0], line_width=max(2, side // 100))
+    gap = max(4, side // 50)
+    canvas = PILImage.new("RGB", (region.width + gap + scaled.width, side), (255, 255, 255))
+    canvas.paste(region, (0, 0))
+    canvas.paste(scaled, (region.width + gap, (side - scaled.height) // 2))
+    return canvas

@@ -12,13 +12,26 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from rar_agent.errors import ConfigError
 
-__all__ = ["Box", "BoxError", "as_boxes", "check_box", "load_boxes", "parse_boxes"]
+__all__ = [
+    "Box",
+    "BoxError",
+    "BoxesInput",
+    "Coords",
+    "as_boxes",
+    "as_coords",
+    "check_box",
+    "load_boxes",
+    "parse_boxes",
+]
 
 Coords = tuple[float, float, float, float]
+
+BoxesInput: TypeAlias = "str | os.PathLike[str] | Iterable[object] | Mapping[str, object]"
+"""Boxes in any accepted form: a JSON file path, or what :func:`parse_boxes` reads."""
 
 
 class BoxError(ConfigError):
@@ -84,7 +97,12 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
-def _four(values: Any, where: str) -> Coords:
+def as_coords(values: object, where: str) -> Coords:
+    """Four numbers ``[x0, y0, x1, y1]`` as floats (None becomes NaN, reported later).
+
+    Raises:
+        BoxError: Not a sequence of four numbers; ``where`` says which box.
+    """
     if isinstance(values, str | bytes) or not isinstance(values, Sequence) or len(values) != 4:
         raise BoxError(f"{where}: expected four numbers [x0, y0, x1, y1], got {values!r}")
     a, b, c, d = (_number(v, where) for v in values)
@@ -105,7 +123,7 @@ def _parse_one(
         extra = {"id": item.id, "category": item.category, "score": item.score}
         return item.xyxy, extra, item.normalized
     if not isinstance(item, Mapping):
-        return _four(item, where), {}, None
+        return as_coords(item, where), {}, None
     box_id = next((item[key] for key in _ID_KEYS if item.get(key) is not None), None)
     where = f"box {box_id!r}" if box_id is not None else where
     extra["id"] = None if box_id is None else str(box_id)
@@ -117,9 +135,9 @@ def _parse_one(
     extra["score"] = None if score is None else _number(score, where)
     for key in _XYXY_KEYS:
         if key in item:
-            return _four(item[key], where), extra, None
+            return as_coords(item[key], where), extra, None
     if "bbox" in item:
-        x, y, w, h = _four(item["bbox"], where)
+        x, y, w, h = as_coords(item["bbox"], where)
         return (x, y, x + w, y + h), extra, False
     raise BoxError(
         f"{where}: no coordinates; give 'xyxy' (or 'box') as [x0, y0, x1, y1], or a "
@@ -159,10 +177,10 @@ def _entries(data: Any, image_id: Any) -> tuple[list[Any], dict[Any, str], bool 
 
 
 def parse_boxes(
-    data: Any,
+    data: Iterable[object] | Mapping[str, object],
     *,
     normalized: bool | None = None,
-    image_id: Any = None,
+    image_id: str | int | None = None,
     min_score: float | None = None,
 ) -> list[Box]:
     """Parse boxes from Python data or decoded JSON.
@@ -216,7 +234,7 @@ def load_boxes(
     path: str | Path,
     *,
     normalized: bool | None = None,
-    image_id: Any = None,
+    image_id: str | int | None = None,
     min_score: float | None = None,
 ) -> list[Box]:
     """Read boxes from a JSON file (any shape :func:`parse_boxes` accepts).
@@ -277,7 +295,7 @@ def check_box(box: Box, width: int, height: int) -> Coords:
     return (cx0, cy0, cx1, cy1)
 
 
-def as_boxes(boxes: Any, *, normalized: bool | None = None) -> list[Box]:
+def as_boxes(boxes: BoxesInput, *, normalized: bool | None = None) -> list[Box]:
     """Boxes from any accepted form: :class:`Box` objects, Python data or a JSON file path."""
     if isinstance(boxes, os.PathLike):
         return load_boxes(Path(boxes), normalized=normalized)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
-from rar_agent.regions.boxes import Box, Coords, _four, check_box
+from rar_agent.regions.boxes import Box, Coords, as_coords, check_box
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -27,6 +27,7 @@ __all__ = [
     "encoder_input_size",
     "prepare_region",
     "region_geometry",
+    "square_resize",
 ]
 
 #: Default blur radius as a fraction of the crop window's longer side.
@@ -196,7 +197,7 @@ def prepare_region(
     from PIL import ImageFilter
 
     if not isinstance(box, Box):
-        box = Box(*_four(list(box), "box"))
+        box = Box(*as_coords(list(box), "box"))
     coords = check_box(box, *image.size)
     geo = region_geometry(coords, image.size, context=context)
     if image.mode != "RGB":
@@ -217,12 +218,12 @@ def prepare_region(
     return canvas
 
 
-def encoder_input_size(encoder: Any, default: int = 224) -> int:
+def encoder_input_size(encoder: object, default: int = 224) -> int:
     """The square input side an encoder expects, when it can be found; else ``default``."""
     paths = ("image_size", "model.visual.image_size", "model.config.vision_config.image_size")
     candidates = []
     for path in paths:
-        value = encoder
+        value: Any = encoder
         for attr in path.split("."):
             value = getattr(value, attr, None)
         candidates.append(value)
@@ -234,7 +235,8 @@ def encoder_input_size(encoder: Any, default: int = 224) -> int:
     return default
 
 
-def _square(image: Image.Image, side: int) -> Image.Image:
+def square_resize(image: Image.Image, side: int) -> Image.Image:
+    """``image`` resized to ``side`` x ``side`` (bicubic), or itself when it already is."""
     from PIL import Image as PILImage
 
     if image.size == (side, side):

@@ -11,12 +11,8 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
-from rar_agent.agent import (
-    create_rar_agent,
-    image_blocks_to_ids,
-    last_tool_messages,
-)
-from rar_agent.tools import ImageRegistry
+from rar_agent.agent import create_rar_agent, last_tool_messages
+from rar_agent.registry import ImageRegistry, image_blocks_to_ids
 from tests.helpers.fake_chat import PolicyChatModel, recognize_then_lookup
 from tests.helpers.small_memory import small_recognizer
 
@@ -137,7 +133,12 @@ def test_composition_recognize_then_knowledge_lookup(recognizer: Any) -> None:
             ]
         }
     )
-    assert model.bound_tools == ["recognize_image", "search_categories", "lookup_knowledge"]
+    assert model.bound_tools == [
+        "recognize_image",
+        "search_categories",
+        "list_categories",
+        "lookup_knowledge",
+    ]
     tools = last_tool_messages(out["messages"])
     assert [t.name for t in tools] == ["recognize_image", "lookup_knowledge"]
     assert tools[0].artifact["label"] == "blue jay"

@@ -130,17 +130,17 @@ async def test_session_reports_model_failures_readably(recognizer: Any) -> None:
 
 
 def test_resolve_chat_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rar_agent import models
+    from rar_agent import ranking
     from rar_agent.agent import resolve_chat_model
 
     assert resolve_chat_model("none", "openai:gpt-4o") is None
     assert resolve_chat_model("auto", "none") is None
     assert resolve_chat_model(None, "hf:/models/qwen") is None
-    monkeypatch.setattr(models, "load_ranker", lambda spec: FakeListChatModel(responses=["x"]))
+    monkeypatch.setattr(ranking, "load_ranker", lambda spec: FakeListChatModel(responses=["x"]))
     with pytest.raises(ConfigError, match="cannot call tools"):
         resolve_chat_model("auto", "someprovider:some-model")
     tool_model = PolicyChatModel(policy=lambda m: AIMessage(content="ok"))
-    monkeypatch.setattr(models, "load_ranker", lambda spec: tool_model)
+    monkeypatch.setattr(ranking, "load_ranker", lambda spec: tool_model)
     assert resolve_chat_model("someprovider:some-model", None) is tool_model
 
 

@@ -208,6 +208,7 @@ def test_the_command_tree_has_every_subcommand() -> None:
         ("memory", "list"),
         ("memory", "stats"),
         ("chat",),
+        ("mcp",),
         ("eval",),
         ("finetune-data",),
     }

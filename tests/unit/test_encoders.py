@@ -213,7 +213,7 @@ def test_missing_checkpoint_file_is_a_load_error(tmp_path: Path) -> None:
 def test_device_and_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from rar_agent.encoders._torch import resolve_device, resolve_precision
+    from rar_agent.encoders.torch_base import resolve_device, resolve_precision
 
     assert resolve_device("cpu") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -232,7 +232,7 @@ def test_device_and_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cpu_threads_respect_user_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from rar_agent.encoders import _torch
+    from rar_agent.encoders import torch_base as _torch
 
     before = torch.get_num_threads()
     try:

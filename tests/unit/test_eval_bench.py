@@ -6,8 +6,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tools.bench import Bench, render_markdown, run_bench
-from tools.bench_e2e import row
+from scripts.bench import Bench, render_markdown, run_bench
+from scripts.bench_e2e import row
 
 SCRIPT = textwrap.dedent(
     """
@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
 
 def _report(results: list[dict]) -> dict:
     machine = {"processor": "cpu", "cpus": 2, "python": "3", "platform": "linux"}
-    return {"finished_at": "now", "command": "python tools/bench.py", "quick": True,
+    return {"finished_at": "now", "command": "python scripts/bench.py", "quick": True,
             "machine": machine, "results": results}  # fmt: skip
 
 

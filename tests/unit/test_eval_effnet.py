@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def effnet() -> Any:
-    from tools.effnet_encoder import create
+    from scripts.effnet_encoder import create
 
     return create(device="cpu")
 
@@ -72,12 +72,12 @@ def test_pretrained_features_separate_real_classes(effnet: Any, tmp_path: Path) 
 def test_loads_through_load_encoder_and_tolerates_a_clip_tag() -> None:
     from rar_agent.encoders import load_encoder
 
-    a = load_encoder("tools.effnet_encoder:create", pretrained="openai", device="cpu")
+    a = load_encoder("scripts.effnet_encoder:create", pretrained="openai", device="cpu")
     assert a.dim == 1280
 
 
 def test_missing_weights_file_is_a_model_load_error(tmp_path: Path) -> None:
-    from tools.effnet_encoder import create
+    from scripts.effnet_encoder import create
 
     with pytest.raises(ModelLoadError, match="does not exist"):
         create(pretrained=str(tmp_path / "nope.pth"))
@@ -93,11 +93,11 @@ def test_cli_eval_smoke_on_fashion_mnist_with_effnet(tmp_path: Path) -> None:
     if not datasets.fashion_mnist_available():
         pytest.skip("Debian dataset-fashion-mnist is not installed")
     out = tmp_path / "report"
-    # the console script (not ``python -m``): ``tools`` must import from the working folder
+    # the console script (not ``python -m``): ``scripts`` must import from the working folder
     script = Path(sys.executable).parent / "rar-agent"
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "rar_agent.cli"]
     cmd += ["eval", "--dataset", "fashion-mnist", "--shots", "2", "--limit", "40",
-            "--encoder", "tools.effnet_encoder:create", "--ranker", "none", "--gate", "auto",
+            "--encoder", "scripts.effnet_encoder:create", "--ranker", "none", "--gate", "auto",
             "--out", str(out), "--no-progress", "--json"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()

@@ -7,8 +7,7 @@ import math
 import pytest
 
 from rar_agent.evaluation import metrics
-from rar_agent.evaluation.metrics import QueryRecord
-from rar_agent.evaluation.report import most_confused
+from rar_agent.evaluation.metrics import QueryRecord, most_confused
 
 
 def rec(

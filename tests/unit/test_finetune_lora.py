@@ -19,7 +19,7 @@ from tests.helpers.tiny_vlm import make_tiny_vlm
 
 pytest.importorskip("peft")
 
-from tools.finetune_ranker import (  # noqa: E402
+from scripts.finetune_ranker import (  # noqa: E402
     TrainConfig,
     encode_example,
     load_records,
@@ -83,8 +83,7 @@ def test_two_steps_save_an_adapter_that_loads_as_a_ranker(
 ) -> None:
     from safetensors.torch import load_file
 
-    from rar_agent.models import load_ranker
-    from rar_agent.ranking import RankingChain, RankingInput
+    from rar_agent.ranking import RankingChain, RankingInput, load_ranker
 
     out = tmp_path / "adapter"
     cfg = TrainConfig(
@@ -139,7 +138,7 @@ def test_training_lowers_the_loss_on_one_example(
 def test_script_reports_bad_data_clearly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tools.finetune_ranker import main
+    from scripts.finetune_ranker import main
 
     bad = tmp_path / "bad.json"
     bad.write_text("[{]")

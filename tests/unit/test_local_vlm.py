@@ -12,9 +12,9 @@ from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, System
 from PIL import Image
 
 from rar_agent.errors import ModelLoadError, RankerError
-from rar_agent.local_vlm import LocalVisionChatModel, _merge_system, to_processor_messages
-from rar_agent.models import load_ranker
-from rar_agent.ranking import RankingChain, RankingInput, image_block
+from rar_agent.ranking import RankingChain, RankingInput, image_block, load_ranker
+from rar_agent.ranking.local_vlm import LocalVisionChatModel
+from rar_agent.ranking.vlm_messages import merge_system_turns, to_processor_messages
 from tests.helpers.tiny_vlm import make_tiny_vlm
 
 CANDS = ["tabby cat", "lynx", "golden retriever", "ship", "猫"]
@@ -95,7 +95,7 @@ def test_merge_system_folds_into_next_user_turn() -> None:
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "U"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "A"}]},
     ]
-    merged = _merge_system(conv)
+    merged = merge_system_turns(conv)
     assert [t["role"] for t in merged] == ["user", "assistant"]
     assert merged[0]["content"][0] == {"type": "text", "text": "S"}
     assert merged[0]["content"][1] == {"type": "image"}

@@ -8,7 +8,7 @@ import tempfile
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from rar_agent.local_vlm import LocalVisionChatModel
+from rar_agent.ranking.local_vlm import LocalVisionChatModel
 from tests.helpers.tiny_vlm import make_tiny_vlm
 
 

@@ -229,6 +229,28 @@ def test_duplicate_items_are_stored_once(
     assert memory.count() == 3
 
 
+def test_images_in_hand_take_the_same_path(
+    folder: Path, memory: CategoryMemory, tiny_encoder
+) -> None:
+    """``(name, label, bytes)`` items (an upload) get the ids a file build gives them."""
+    path = folder / "cat" / "img0.png"
+    upload = (folder / "dog" / "img0.png").read_bytes()
+    items = [("img-upload", " grey  heron", upload), (str(path), "grey heron")]
+    report = add_images(memory, tiny_encoder, items, strict=True, extra={"by": "t"})
+    assert (report.added, report.skipped_existing, report.failed) == (2, 0, [])
+    assert memory.labels("image") == {"grey heron": 2}
+    stored = memory.search(np.ones(memory.info.dim, np.float32), limit=10)
+    assert {h.source for h in stored} == {"img-upload", str(path)}
+    assert all(h.payload["by"] == "t" for h in stored)
+    # the same content hash as a file: the upload's file under that label is already stored
+    dog = str(folder / "dog" / "img0.png")
+    assert add_images(memory, tiny_encoder, [(dog, "grey heron")]).skipped_existing == 1
+    with pytest.raises(ImageError):  # strict: nothing written
+        add_images(memory, tiny_encoder, [("bad", "grey heron", b"not an image")], strict=True)
+    assert add_images(memory, tiny_encoder, [("bad", "x", b"not an image")]).failed[0][0] == "bad"
+    assert memory.count() == 2
+
+
 def test_class_names(memory: CategoryMemory, tiny_encoder) -> None:
     calls: list[tuple[int, int]] = []
     report = add_class_names(

@@ -67,6 +67,31 @@ def test_missing_memory_without_create(tmp_path: Path) -> None:
         CategoryMemory.open(tmp_path / "afile")
 
 
+def test_read_only_memory_reads_and_refuses_every_write(tmp_path: Path) -> None:
+    with pytest.raises(MemoryStoreError, match="no category memory"):
+        CategoryMemory.open(tmp_path / "missing", read_only=True, create=True)
+    assert not (tmp_path / "missing").exists()
+    with CategoryMemory.open(tmp_path / "m") as mem:
+        mem.bind_encoder("enc", DIM)
+        mem.add_entries(_entries("cat", 2), _vectors(2, 0))
+    with CategoryMemory.open(tmp_path / "m", read_only=True) as ro:
+        assert ro.read_only and ro.labels() == {"cat": 2}
+        ro.bind_encoder("enc", DIM)  # the same encoder: a read, allowed
+        assert ro.search(_vectors(1, 0)[0])[0].label == "cat"
+        writes = [
+            lambda: ro.add_entries(_entries("dog", 1), _vectors(1, 1)),
+            lambda: ro.remove_label("cat"),
+            lambda: ro.remove_ids(["00000000-0000-0000-0000-000000000000"]),
+            lambda: ro.set_description("animals"),
+            lambda: ro.bind_encoder("enc", DIM, description="animals"),
+            lambda: ro.optimize(),
+        ]
+        for write in writes:
+            with pytest.raises(MemoryStoreError, match="read-only"):
+                write()
+        assert ro.labels() == {"cat": 2} and ro.info.description is None
+
+
 def test_default_location_is_under_rar_home(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

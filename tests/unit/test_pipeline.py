@@ -228,3 +228,15 @@ def test_retriever_refuses_private_urls_and_can_ignore_file_paths(few_shot, tiny
     words_only = CategoryRetriever(memory=memory, encoder=tiny_encoder, k=2, read_files=False)
     docs = words_only.invoke(path)  # embedded as text, so no entry matches it exactly
     assert len(docs) == 2 and docs[0].metadata["score"] < 0.99
+
+
+def test_the_recognizer_gate_is_applied_by_its_chain(few_shot, tiny_encoder) -> None:  # noqa: ANN001
+    folder, memory = few_shot
+    model = FakeListChatModel(responses=['["green circle", "red square", "blue stripes"]'])
+    chain = RankingChain(model, structured="never")
+    gated = Recognizer(memory, tiny_encoder, k=3, gate=0.05, ranker=chain)
+    assert gated.ranker is not None and gated.ranker.gate == 0.05 and chain.gate is None
+    result = gated.recognize(folder / "red square" / "0.png")
+    assert result.ranking.status == "skipped" and result.ranking.parsed_order is None
+    assert chain.stats["skipped"] == 1, "the copy counts into the chain the caller holds"
+    assert chain.stats["model_calls"] == 0

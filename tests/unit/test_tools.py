@@ -20,6 +20,7 @@ from rar_agent.tools import (
     AddCategoryTool,
     CategorySearchTool,
     ImageRegistry,
+    ListCategoriesTool,
     RecognizeTool,
     make_tools,
 )
@@ -232,9 +233,42 @@ def test_category_search(recognizer: Any) -> None:
     assert _call(tool, {"query": ""}).status == "error"
 
 
+def test_list_categories_counts_filters_and_truncates(recognizer: Any) -> None:
+    tool = ListCategoriesTool(recognizer=recognizer)
+    msg = _call(tool, {})
+    assert msg.status == "success", msg.content
+    listing = msg.artifact
+    assert listing["total"] == len(COLOURS) and not listing["truncated"]
+    assert [c["label"] for c in listing["categories"]] == sorted(COLOURS)
+    assert all(c["image_examples"] == 1 and c["text_entries"] == 1 for c in listing["categories"])
+    assert "knows 5 categories" in msg.content and "black cat (1 example)" in msg.content
+    only = _call(tool, {"contains": "AN", "limit": 1})
+    assert only.artifact["total"] == 1 and only.artifact["categories"][0]["label"] == (
+        "yellow banana"
+    )
+    first = _call(tool, {"limit": 2})
+    assert first.artifact["truncated"] and len(first.artifact["categories"]) == 2
+    assert "and 3 more" in first.content
+    assert "No categories matching 'zebra'" in _call(tool, {"contains": "zebra"}).content
+    assert _call(tool, {"limit": 0}).status == "error"
+
+
+def test_tool_descriptions_list_the_accepted_image_forms(recognizer: Any, tmp_path: Path) -> None:
+    plain = {t.name: t.description for t in make_tools(recognizer, allow_learning=True)}
+    assert "an image id from the conversation" in plain["recognize_image"]
+    assert "file path" not in plain["recognize_image"] and "URL" not in plain["recognize_image"]
+    assert "data URI" in plain["add_category_example"]
+    tools = make_tools(recognizer, image_ids=False, allowed_roots=[tmp_path], allow_urls=True)
+    text = tools[0].description
+    assert "image id" not in text and str(tmp_path.resolve()) in text and "http(s) URL" in text
+    message = _call(tools[0], {})
+    assert message.status == "error" and message.content.startswith("no image given: pass")
+    assert "not available here" in _call(tools[0], {"image": "img-0123456789ab"}).content
+
+
 def test_add_category_disabled_by_default(recognizer: Any) -> None:
     names = [t.name for t in make_tools(recognizer)]
-    assert names == ["recognize_image", "search_categories"]
+    assert names == ["recognize_image", "search_categories", "list_categories"]
     tool = AddCategoryTool(recognizer=recognizer, registry=ImageRegistry())
     msg = _call(tool, {"label": "grey heron"})
     assert msg.status == "error" and "learning is disabled" in msg.content
@@ -317,6 +351,16 @@ class _Add(_Std):
         return {"label": "red apple", "image": self._registry.latest().id}
 
 
+class _List(_Std):
+    @property
+    def tool_constructor(self) -> type[BaseTool]:
+        return ListCategoriesTool
+
+    @property
+    def tool_invoke_params_example(self) -> dict[str, Any]:
+        return {"contains": "a", "limit": 3}
+
+
 class TestRecognizeToolUnit(_Recognize, ToolsUnitTests):
     pass
 
@@ -330,6 +374,14 @@ class TestCategorySearchToolUnit(_Search, ToolsUnitTests):
 
 
 class TestCategorySearchToolIntegration(_Search, ToolsIntegrationTests):
+    pass
+
+
+class TestListCategoriesToolUnit(_List, ToolsUnitTests):
+    pass
+
+
+class TestListCategoriesToolIntegration(_List, ToolsIntegrationTests):
     pass
 
 

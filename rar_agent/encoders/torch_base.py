@@ -1,0 +1,175 @@
+"""Shared machinery of the torch encoders: device, precision, threads, batching, fingerprint.
+
+Public so that an encoder outside the package (a ``package.module:factory`` encoder such as
+the offline EfficientNet-Lite0 one) can build on :class:`TorchEncoderBase` too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rar_agent.encoders.base import l2_normalize
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+__all__ = [
+    "TorchEncoderBase",
+    "configure_cpu_threads",
+    "resolve_device",
+    "resolve_precision",
+    "weights_digest",
+]
+
+logger = logging.getLogger(__name__)
+
+_THREADS_CONFIGURED = False
+_THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAR_TORCH_THREADS")
+
+
+def resolve_device(device: str | None) -> str:
+    """Pick a torch device: the one asked for, else cuda, then mps, then cpu."""
+    import torch
+
+    if device and device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """``fp16`` on a GPU and ``fp32`` on CPU unless ``precision`` says otherwise."""
+    if precision:
+        if precision not in {"fp32", "fp16", "bf16"}:
+            from rar_agent.errors import ConfigError
+
+            raise ConfigError(f"precision must be fp32, fp16 or bf16, not {precision!r}")
+        return precision
+    return "fp16" if device.split(":")[0] in {"cuda", "mps"} else "fp32"
+
+
+def configure_cpu_threads() -> None:
+    """Cap torch's intra-op threads at the CPUs this process may use, once per process.
+
+    Does nothing when the user set ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``RAR_TORCH_THREADS``
+    (``RAR_TORCH_THREADS`` is applied as given) or already changed torch's thread count.
+    """
+    global _THREADS_CONFIGURED
+    if _THREADS_CONFIGURED:
+        return
+    _THREADS_CONFIGURED = True
+    import torch
+
+    wanted = os.environ.get("RAR_TORCH_THREADS")
+    if wanted and wanted.isdigit() and int(wanted) > 0:
+        torch.set_num_threads(int(wanted))
+        return
+    if any(os.environ.get(v) for v in _THREAD_ENV_VARS):
+        return
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    if torch.get_num_threads() > usable:
+        logger.debug("setting torch threads to %d (usable CPUs)", usable)
+        torch.set_num_threads(usable)
+
+
+def weights_digest(module: torch.nn.Module, *, samples: int = 4) -> str:
+    """A short hash of a model's weights: every tensor name and shape plus a few tensors' values.
+
+    Sampled tensors are hashed as float32 on CPU, so the digest does not depend on the
+    device or precision the model runs in later (call it before casting to half anyway).
+    """
+    state = module.state_dict()
+    names = sorted(state)
+    h = hashlib.sha256()
+    for name in names:
+        h.update(f"{name}:{tuple(state[name].shape)};".encode())
+    if names:
+        picks = sorted({round(i * (len(names) - 1) / max(samples - 1, 1)) for i in range(samples)})
+        for i in picks:
+            t = state[names[i]].detach()
+            if t.is_floating_point():
+                t = t.float()
+            h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class TorchEncoderBase:
+    """Batching, inference mode and normalisation around a model's two encode functions.
+
+    Subclasses set ``dim``, ``fingerprint``, ``device``, ``dtype`` and implement
+    :meth:`preprocess`, :meth:`_encode_pixels` and :meth:`_encode_texts`.
+    """
+
+    dim: int
+    fingerprint: str
+    device: str
+    batch_size: int
+    dtype: torch.dtype
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Turn RGB PIL images into one pixel tensor with the model's own transform."""
+        raise NotImplementedError
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, self.dim), dtype=np.float32)
+
+    def embed_pixel_batch(self, pixels: torch.Tensor) -> np.ndarray:
+        """Embed an already preprocessed pixel tensor ``(n, 3, H, W)`` in one forward pass.
+
+        Lets a caller decode and preprocess in another thread while this thread encodes.
+        """
+        import torch
+
+        if pixels.shape[0] == 0:
+            return self._empty()
+        with torch.inference_mode():
+            feats = self._encode_pixels(pixels.to(self.device, dtype=self.dtype))
+        return l2_normalize(feats.float().cpu().numpy())
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed RGB PIL images into a float32 ``(n, dim)`` array, rows L2-normalised."""
+        images = list(images)
+        if not images:
+            return self._empty()
+        out = [
+            self.embed_pixel_batch(self.preprocess(images[i : i + self.batch_size]))
+            for i in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(out, axis=0)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed strings into a float32 ``(n, dim)`` array, rows L2-normalised."""
+        import torch
+
+        texts = [str(t) for t in texts]
+        if not texts:
+            return self._empty()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                feats = self._encode_texts(texts[i : i + self.batch_size])
+                out.append(l2_normalize(feats.float().cpu().numpy()))
+        return np.concatenate(out, axis=0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fingerprint={self.fingerprint!r}, device={self.device!r})"

@@ -1,0 +1,173 @@
+"""The evaluation's data: what to run (:class:`EvalConfig`), what it measured
+(:class:`EvalReport`), and the report computed from the per-query records (:func:`build_report`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from rar_agent.errors import ConfigError
+from rar_agent.evaluation import metrics
+from rar_agent.evaluation.metrics import GateChoice, Outcomes, QueryRecord
+from rar_agent.evaluation.openset import OpenSetReport, open_set_report
+
+__all__ = ["EvalConfig", "EvalReport", "build_report", "check_config", "gate_setting"]
+
+
+class EvalConfig(BaseModel):
+    """What to evaluate and how (mirrors the ``rar-agent eval`` options)."""
+
+    dataset: str | None = Field(
+        None, description="Folder/manifest split by shots, or fashion-mnist."
+    )
+    memory_set: str | None = None
+    test_set: str | None = None
+    shots: int | None = Field(default=None, description="Memory images per class.")
+    text_memory: bool = Field(default=False, description="Memory of class names only (zero-shot).")
+    limit: int | None = Field(default=None, description="At most this many test images (balanced).")
+    seed: int = 0
+    k: int = Field(default=5, description="Candidates handed to the ranker.")
+    max_k: int = Field(default=10, description="Largest k of the recall@k curve.")
+    ranker: str | None = "none"
+    hint: str | None = Field(default=None, description='Domain hint for the ranker ("clothing").')
+    gate: str | None = Field(default=None, description="None/off, a margin, or auto.")
+    max_loss: float = Field(default=0.5, description="Accuracy points --gate auto may lose.")
+    batch_size: int = 32
+    encoder: str | None = Field(default=None, description="Encoder spec for load_encoder.")
+    pretrained: str | None = None
+    device: str | None = None
+    memory: str | None = Field(
+        default=None, description="Memory directory to keep (default: temporary)."
+    )
+    collection: str = "eval"
+    fashion_mnist_root: str | None = None
+    open_set: float | None = Field(
+        default=None, description="Share of classes held out of the memory (open-set run)."
+    )
+    reject: str = Field(default="auto", description="off | auto | a similarity threshold.")
+
+
+class EvalReport(BaseModel):
+    """Everything one evaluation measured (``records`` holds the per-query details)."""
+
+    config: EvalConfig
+    started_at: str
+    seconds: float = 0.0
+    interrupted: bool = False
+    machine: dict[str, Any] = Field(default_factory=dict)
+    encoder: str | None = None
+    ranker: str | None = None
+    memory: dict[str, Any] = Field(default_factory=dict)
+    k: int = Field(default=5, description="Candidates ranked (config.k capped by the labels).")
+    max_k: int = Field(default=10, description="Largest k of recall@k actually measured.")
+    queries_planned: int = 0
+    queries_evaluated: int = 0
+    query_errors: int = 0
+    knn_top1: float | None = None
+    final_top1: float | None = Field(
+        default=None, description="Top-1 after ranking, as the run ran."
+    )
+    gated_top1: float | None = Field(
+        default=None, description="Top-1 with the chosen gate applied."
+    )
+    gate_used: float | None = None
+    gate_skip_share: float | None = None
+    recall_at_k: dict[int, float] = Field(default_factory=dict)
+    outcomes: Outcomes = Field(default_factory=Outcomes)
+    status: dict[str, int] = Field(default_factory=dict)
+    ranker_calls: int = 0
+    model_calls: int = 0
+    tokens: dict[str, int] = Field(default_factory=dict)
+    latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)
+    per_class: dict[str, metrics.ClassScore] = Field(default_factory=dict)
+    confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
+    gating_curve: list[metrics.GatePoint] = Field(default_factory=list)
+    gate_choice: GateChoice = Field(default_factory=GateChoice)
+    open_set: OpenSetReport | None = None
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="The memory's open-set calibration (summary)."
+    )
+    notes: list[str] = Field(default_factory=list)
+    records: list[QueryRecord] = Field(default_factory=list, exclude=True)
+
+
+def gate_setting(gate: str | None) -> tuple[float | None, bool]:
+    """``(fixed margin or None, auto?)`` from the ``--gate`` setting."""
+    if gate is None or str(gate).strip().lower() in ("", "off", "none", "no", "false"):
+        return None, False
+    if str(gate).strip().lower() == "auto":
+        return None, True
+    from rar_agent.ranking import parse_gate
+
+    return parse_gate(gate), False
+
+
+def check_config(config: EvalConfig) -> None:
+    """Refuse out-of-range settings with one message naming every problem."""
+    problems = []
+    if not 1 <= config.k <= 100:
+        problems.append(f"--k must be between 1 and 100, got {config.k}")
+    if not 1 <= config.max_k <= 100:
+        problems.append(f"--max-k must be between 1 and 100, got {config.max_k}")
+    if config.batch_size < 1:
+        problems.append(f"--batch-size must be >= 1, got {config.batch_size}")
+    if config.max_loss < 0:
+        problems.append(f"--max-loss must be >= 0 points, got {config.max_loss}")
+    if config.open_set is not None and not 0.0 < config.open_set < 1.0:
+        problems.append(f"--open-set is a share of classes in (0, 1), got {config.open_set}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    gate_setting(config.gate)
+    from rar_agent.config import parse_reject
+
+    parse_reject(config.reject)
+
+
+def build_report(
+    config: EvalConfig,
+    records: Sequence[QueryRecord],
+    *,
+    started_at: str,
+    ranker_on: bool,
+    base: EvalReport | None = None,
+) -> EvalReport:
+    """Compute every metric from the records (also used for partial, interrupted runs)."""
+    fixed, auto = gate_setting(config.gate)
+    if base is None:
+        base = EvalReport(
+            config=config, started_at=started_at, k=config.k, max_k=max(config.max_k, config.k)
+        )
+    report = base.model_copy()
+    report.records = list(records)
+    report.queries_evaluated = sum(r.error is None for r in records)
+    report.query_errors = sum(r.error is not None for r in records)
+    if config.open_set is not None:
+        unknown = report.open_set.unknown_classes if report.open_set else []
+        report.open_set = open_set_report(records, unknown)
+        records = [r for r in records if r.known]  # accuracy is measured on known classes
+    report.knn_top1 = metrics.top1(records)
+    report.final_top1 = metrics.top1(records, final=True)
+    report.recall_at_k = metrics.recall_at_k(records, report.max_k)
+    report.outcomes = metrics.outcomes(records)
+    report.status = metrics.status_counts(records)
+    report.latency_ms = metrics.latency_summary(records)
+    report.per_class = metrics.per_class(records)
+    report.confusion = metrics.confusion(records)
+    report.gating_curve = metrics.gating_curve(records, max_threshold=fixed)
+    baseline = report.final_top1
+    report.gate_choice = metrics.choose_gate(
+        report.gating_curve, baseline, max_loss_points=config.max_loss, ranker=ranker_on
+    )
+    if auto and report.gate_choice.threshold is not None:
+        report.gate_used = report.gate_choice.threshold
+        report.gated_top1 = report.gate_choice.accuracy
+        report.gate_skip_share = report.gate_choice.skip_share
+    elif fixed is not None:
+        report.gate_used = fixed
+        report.gated_top1 = report.final_top1
+        point = next((p for p in report.gating_curve if p.threshold == round(fixed, 6)), None)
+        report.gate_skip_share = point.skip_share if point else None
+    return report

@@ -1,0 +1,74 @@
+"""Ranking fine-tuning data (the RAR paper's section 3.3), built from a labelled image set.
+
+For every labelled image: retrieve the top-N memory entries *excluding the image itself*
+(same content hash or same point id; the paper's released code lets each query find itself,
+which teaches the model to trust a perfect first hit), fold them into distinct labels, take
+windows of ``k`` labels that contain the true label, and emit a conversation whose target is
+the window with the true label first and the others in retrieval order (window 0 is the served
+top-``k``; further windows pair the true label with the next negatives). The prompt comes from
+:func:`rar_agent.ranking.build_ranking_messages` and the reply from
+:func:`rar_agent.ranking.format_target`, exactly what the ranking chain sends at inference.
+
+Formats: ``llava`` (LLaVA / ShareGPT JSON: image path, ``system`` and ``conversations`` with an
+``<image>`` token) and ``openai`` (chat fine-tuning JSONL, the image as a ``data:`` URL).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rar_agent.finetune_data.formats import FORMATS, Format, to_llava, to_openai, write_samples
+from rar_agent.finetune_data.samples import (
+    FinetuneOptions,
+    FinetuneSummary,
+    RankingSample,
+    iter_samples,
+    label_windows,
+)
+
+if TYPE_CHECKING:
+    from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.memory import CategoryMemory
+
+__all__ = [
+    "FORMATS",
+    "FinetuneOptions",
+    "FinetuneSummary",
+    "RankingSample",
+    "build_finetune_data",
+    "iter_samples",
+    "label_windows",
+    "to_llava",
+    "to_openai",
+    "write_samples",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def build_finetune_data(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    items: Iterable[tuple[str, str]],
+    out: str | Path,
+    *,
+    fmt: Format = "llava",
+    options: FinetuneOptions | None = None,
+    image_root: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> FinetuneSummary:
+    """Build the conversations and write them to ``out``; return the summary.
+
+    Raises:
+        ConfigError: Bad options or an unwritable output.
+        MemoryStoreError: The memory cannot be searched (empty, other encoder...).
+    """
+    summary = FinetuneSummary()
+    samples = iter_samples(memory, encoder, items, options, summary=summary, progress=progress)
+    write_samples(samples, out, fmt, image_root=image_root)
+    if summary.conversations == 0:
+        logger.warning("no conversations were written: see the summary for why")
+    return summary

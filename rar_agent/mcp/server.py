@@ -1,0 +1,265 @@
+"""LangChain tools -> an MCP server: definitions, output schemas, calls, errors.
+
+Only the standard library is imported at module level; ``mcp``, pydantic and the tools are
+imported when a server is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rar_agent import __version__
+
+if TYPE_CHECKING:
+    import os
+
+    from langchain_core.tools import BaseTool
+    from mcp import types
+    from mcp.server.lowlevel import Server
+
+    from rar_agent.pipeline import Recognizer
+
+__all__ = [
+    "SERVER_NAME",
+    "build_server",
+    "call_langchain_tool",
+    "create_server",
+    "mcp_tool",
+    "output_schema",
+    "require_mcp",
+]
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "rar-agent"
+
+# The result model gets its rejection field from open-set rejection (issue 13); until it
+# does, the published schema already names the slot, so clients can rely on it.
+_REJECTION_SLOT: dict[str, Any] = {
+    "anyOf": [{"type": "object"}, {"type": "null"}],
+    "default": None,
+    "description": "Why the answer is unknown (label null), when the result was rejected.",
+}
+
+
+def output_schema(tool: BaseTool) -> tuple[dict[str, Any] | None, bool]:
+    """The JSON schema of a tool's structured content, from its ``artifact_type``.
+
+    MCP structured content is a JSON object: an artifact that is not one (a list) is
+    wrapped as ``{"result": artifact}``.
+
+    Args:
+        tool: A LangChain tool; without an ``artifact_type`` it has no output schema.
+
+    Returns:
+        ``(schema, wrapped)``: the schema (``None`` when undeclared) and whether the
+        artifact is wrapped under ``"result"``.
+    """
+    declared = getattr(type(tool), "artifact_type", None)
+    if declared is None:
+        return None, False
+    text, wrapped = _schema_of(declared)
+    return json.loads(text), wrapped  # a fresh copy: the cached one stays as made
+
+
+@functools.cache
+def _schema_of(declared: Any) -> tuple[str, bool]:
+    """(schema as JSON text, wrapped) for an artifact type; made once per type."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(declared).json_schema(mode="serialization")
+    result = schema.get("$defs", {}).get("RecognitionResult")
+    if result is not None:
+        result.setdefault("properties", {}).setdefault("rejection", _REJECTION_SLOT)
+    if schema.get("type") == "object" or "anyOf" in schema:
+        return json.dumps({**schema, "type": "object"}), False
+    defs = schema.pop("$defs", None)
+    wrapped: dict[str, Any] = {
+        "type": "object",
+        "properties": {"result": schema},
+        "required": ["result"],
+    }
+    if defs:
+        wrapped["$defs"] = defs
+    return json.dumps(wrapped), True
+
+
+def mcp_tool(tool: BaseTool) -> types.Tool:
+    """The MCP definition of a LangChain tool: name, description, input and output schemas."""
+    from mcp import types
+    from pydantic import BaseModel
+
+    arguments = tool.tool_call_schema
+    if isinstance(arguments, type) and issubclass(arguments, BaseModel):
+        input_schema = arguments.model_json_schema()
+    elif isinstance(arguments, dict):
+        input_schema = arguments
+    else:
+        raise TypeError(f"tool {tool.name}: give it a pydantic v2 args_schema or a JSON schema")
+    schema, _ = output_schema(tool)
+    writes = bool(getattr(type(tool), "writes_memory", False))
+    return types.Tool(
+        name=tool.name,
+        description=tool.description,
+        inputSchema=input_schema,
+        outputSchema=schema,
+        annotations=types.ToolAnnotations(
+            readOnlyHint=not writes,
+            destructiveHint=False,
+            idempotentHint=True,
+            # Only a tool that fetches image URLs reaches beyond this machine and its memory.
+            openWorldHint=bool(getattr(tool, "allow_urls", False)) and "image" in tool.args,
+        ),
+    )
+
+
+async def call_langchain_tool(tool: BaseTool, arguments: dict[str, Any]) -> types.CallToolResult:
+    """Invoke a LangChain tool as an MCP tool call.
+
+    Args:
+        tool: The tool (``content_and_artifact`` tools give structured content).
+        arguments: The call's arguments, validated by the tool's own schema.
+
+    Returns:
+        The text as content and the artifact as structured content; a tool error (bad
+        arguments, an unsafe path, an unreadable image...) as ``isError`` with its message.
+    """
+    from mcp import types
+
+    call = {"type": "tool_call", "name": tool.name, "args": arguments, "id": uuid.uuid4().hex}
+    try:
+        message = await tool.ainvoke(call)
+    except Exception as e:  # a bug, not bad input: keep serving, say where to look
+        logger.exception("tool %s failed", tool.name)
+        return _error(f"{tool.name} failed unexpectedly ({type(e).__name__}: {e}); see the log")
+    text: str = message.text
+    if message.status == "error":
+        return _error(text)
+    artifact = message.artifact
+    declared = getattr(type(tool), "artifact_type", None)
+    wrapped = declared is not None and _schema_of(declared)[1]
+    structured = {"result": artifact} if wrapped else artifact
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structuredContent=structured if isinstance(structured, dict) else None,
+    )
+
+
+def _error(message: str) -> types.CallToolResult:
+    from mcp import types
+
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=message)], isError=True
+    )
+
+
+@dataclass(frozen=True)
+class _Served:
+    """One LangChain tool and its MCP definition."""
+
+    tool: BaseTool
+    definition: types.Tool
+
+
+def build_server(
+    tools: Sequence[BaseTool], *, name: str = SERVER_NAME, instructions: str | None = None
+) -> Server:
+    """An MCP server (the official SDK's low-level ``Server``) over LangChain tools.
+
+    Args:
+        tools: The tools to serve, each under its own name.
+        name: The server's name, as clients show it.
+        instructions: What the server is for, as clients pass it to their model.
+
+    Returns:
+        The server; run it with :func:`serve_stdio` or :func:`serve_http`.
+    """
+    from mcp.server.lowlevel import Server
+
+    served = {tool.name: _Served(tool, mcp_tool(tool)) for tool in tools}
+    server: Server = Server(name, version=__version__, instructions=instructions)
+
+    @server.list_tools()
+    async def list_tools() -> list[types.Tool]:
+        return [entry.definition for entry in served.values()]
+
+    # Arguments are checked by each LangChain tool, so errors read the same everywhere.
+    @server.call_tool(validate_input=False)
+    async def call_tool(tool_name: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        entry = served.get(tool_name)
+        if entry is None:
+            known = ", ".join(served)
+            return _error(f"unknown tool {tool_name!r}: this server has {known}")
+        return await call_langchain_tool(entry.tool, arguments or {})
+
+    return server
+
+
+def require_mcp() -> None:
+    """Check that the ``mcp`` extra is installed.
+
+    Raises:
+        ConfigError: It is not, with the command that installs it.
+    """
+    try:
+        import mcp.server.lowlevel  # noqa: F401
+    except ImportError as e:
+        from rar_agent.errors import ConfigError
+
+        raise ConfigError(
+            f"the MCP server needs the mcp package ({e}): pip install 'rar-agent[mcp]'"
+        ) from None
+
+
+def create_server(
+    recognizer: Recognizer,
+    *,
+    allowed_roots: Sequence[str | os.PathLike[str]] = (),
+    allow_urls: bool = False,
+    allow_learning: bool = False,
+    name: str = SERVER_NAME,
+) -> Server:
+    """The rar-agent MCP server over one recognizer.
+
+    Tools: ``recognize_image``, ``search_categories``, ``list_categories``, and
+    ``add_category_example`` with ``allow_learning``. Images come as file paths inside
+    ``allowed_roots``, public ``http(s)`` URLs when ``allow_urls``, or base64 data URIs.
+
+    Args:
+        recognizer: The recognizer the tools use (its memory, encoder, ranker and gate).
+        allowed_roots: Directories whose image files clients may name (none by default).
+        allow_urls: Let clients pass public ``http(s)`` image URLs.
+        allow_learning: Serve the tool that adds examples to the memory.
+        name: The server's name.
+
+    Returns:
+        The server.
+
+    Raises:
+        ConfigError: An allowed root is missing or a system directory.
+    """
+    from rar_agent.tools import make_tools
+
+    require_mcp()
+    tools = make_tools(
+        recognizer,
+        allowed_roots=allowed_roots,
+        allow_urls=allow_urls,
+        allow_learning=allow_learning,
+        image_ids=False,
+    )
+    memory = recognizer.memory.info
+    about = f" ({memory.description})" if memory.description else ""
+    instructions = (
+        f"Visual recognition with the category memory {memory.collection!r}{about}: "
+        "recognize_image retrieves the closest known categories for an image and ranks them; "
+        "list_categories and search_categories tell what the memory knows."
+        + (" add_category_example teaches it a new example." if allow_learning else "")
+    )
+    return build_server(tools, name=name, instructions=instructions)

@@ -1,0 +1,182 @@
+"""Serving an MCP server: stdio for a client that starts it, streamable HTTP on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import math
+import signal
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mcp.server.lowlevel import Server
+    from starlette.applications import Starlette
+
+__all__ = [
+    "DEFAULT_HTTP_PATH",
+    "MAX_HTTP_BODY_BYTES",
+    "http_app",
+    "is_loopback",
+    "serve_http",
+    "serve_stdio",
+]
+
+DEFAULT_HTTP_PATH = "/mcp"
+
+
+def _max_http_body() -> int:
+    from rar_agent.netfetch import MAX_DOWNLOAD_BYTES
+
+    # A data URI may carry as large an image as a URL download may: base64 adds a third.
+    return math.ceil(MAX_DOWNLOAD_BYTES * 4 / 3) + 64 * 1024
+
+
+#: Largest HTTP request body accepted (a base64 image up to the URL download limit).
+MAX_HTTP_BODY_BYTES = _max_http_body()
+
+
+async def serve_stdio(server: Server) -> None:
+    """Serve over standard input/output until the client closes it (stdout is the protocol)."""
+    from mcp.server.stdio import stdio_server
+
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _Endpoint:
+    """The streamable HTTP endpoint as a raw ASGI app (Starlette calls it as one)."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.manager.handle_request(scope, receive, send)
+
+
+def http_app(
+    server: Server, *, host: str = "127.0.0.1", path: str = DEFAULT_HTTP_PATH
+) -> Starlette:
+    """A Starlette app serving ``server`` over streamable HTTP at ``path``.
+
+    On a loopback ``host`` the Host and Origin headers must name the loopback too (DNS
+    rebinding protection: a web page cannot reach the server through a name it controls).
+
+    Args:
+        server: The MCP server.
+        host: The interface it will listen on.
+        path: The endpoint path.
+
+    Returns:
+        The ASGI app; its lifespan runs the session manager.
+    """
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+    from mcp.server.transport_security import TransportSecuritySettings
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    security = None
+    if is_loopback(host):
+        names = ["127.0.0.1", "localhost", "[::1]"]
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=[f"{n}:*" for n in names],
+            allowed_origins=[f"http://{n}:*" for n in names],
+        )
+    manager = StreamableHTTPSessionManager(
+        app=server, security_settings=security, max_request_body_size=MAX_HTTP_BODY_BYTES
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with manager.run():
+            yield
+
+    return Starlette(routes=[Route(path, endpoint=_Endpoint(manager))], lifespan=lifespan)
+
+
+async def serve_http(
+    server: Server,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    path: str = DEFAULT_HTTP_PATH,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve over streamable HTTP until Ctrl+C or SIGTERM, then return after a clean stop.
+
+    Args:
+        server: The MCP server.
+        host: The interface: loopback by default; another one serves the network.
+        port: The port; 0 picks a free one.
+        path: The endpoint path.
+        on_ready: Called with the endpoint URL (the real port) once it accepts connections.
+
+    Raises:
+        ConfigError: The address cannot be bound (the port is taken, the host is unknown).
+    """
+    import anyio
+    import uvicorn
+
+    sock = _bind(host, port)
+    config = uvicorn.Config(
+        http_app(server, host=host, path=path), log_level="warning", timeout_graceful_shutdown=5
+    )
+    web = uvicorn.Server(config)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    with sock, _stop_signals(web):
+        async with anyio.create_task_group() as group:
+            group.start_soon(functools.partial(web.serve, sockets=[sock]))
+            while not web.started and not web.should_exit:
+                await anyio.sleep(0.02)
+            if web.started and on_ready is not None:
+                on_ready(f"http://{shown}:{bound}{path}")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    from rar_agent.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot serve on {host}:{port} ({e.strerror or e}): pick another --port (0 picks "
+            "a free one) or --host"
+        ) from None
+
+
+@contextlib.contextmanager
+def _stop_signals(web: Any) -> Iterator[None]:
+    """Ctrl+C and SIGTERM ask the web server to stop, also before it has started.
+
+    uvicorn raises the stop signal again once it has shut down; the handler here takes it,
+    so :func:`serve_http` returns and the caller closes the memory.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        web.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

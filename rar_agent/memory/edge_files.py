@@ -1,0 +1,90 @@
+"""Files beside an embedded shard: the process lock and the metadata JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rar_agent.errors import MemoryBusyError, MemoryStoreError
+
+__all__ = ["LOCK_FILE", "acquire_lock", "read_json", "release_lock", "write_json_atomic"]
+
+LOCK_FILE = ".rar.lock"
+
+
+def acquire_lock(path: Path) -> int | None:
+    """Lock memory directory ``path`` for this process; return the descriptor to release.
+
+    The lock file holds the owner's process id, for the message another process gets.
+
+    Raises:
+        MemoryBusyError: Another process holds the lock.
+        MemoryStoreError: The lock file cannot be created.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: Qdrant's own WAL lock still refuses
+        return None
+    lock_path = path / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise MemoryStoreError(f"cannot create the lock file {lock_path}: {e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise MemoryBusyError(
+            f"memory at {path} is in use by process {holder}; close it, or use a Qdrant "
+            "server (--qdrant-url) for many processes"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def release_lock(fd: int | None) -> None:
+    """Release a lock taken by :func:`acquire_lock` (None: nothing to release)."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing the descriptor releases the flock
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (a memory's metadata file).
+
+    Raises:
+        MemoryStoreError: It cannot be read or is not a JSON object.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MemoryStoreError(
+            f"cannot read memory metadata {path}: {e}; restore it or rebuild the memory"
+        ) from e
+    if not isinstance(data, dict):
+        raise MemoryStoreError(f"memory metadata {path} is not a JSON object: rebuild the memory")
+    return data
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file, so no reader sees half.
+
+    Raises:
+        MemoryStoreError: It cannot be written.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise MemoryStoreError(f"cannot write memory metadata {path}: {e}") from e

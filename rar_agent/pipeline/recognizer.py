@@ -1,0 +1,371 @@
+"""The Recognizer: encode -> retrieve -> reject -> rank (its chain's gate may skip), single
+or batch."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rar_agent.config import MemoryKind, parse_reject, validate_k
+from rar_agent.errors import RarError
+from rar_agent.images import ImageInput, LoadedImage, load_image
+from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
+from rar_agent.pipeline.regions import recognize_regions
+from rar_agent.pipeline.reject import RANKER_SKIP_REASON, judge
+from rar_agent.pipeline.vocabulary import vocabulary_memory
+from rar_agent.ranking import (
+    NO_RANKER,
+    RankerSpec,
+    RankingChain,
+    RankingInput,
+    as_ranking_chain,
+    parse_gate,
+    skip_reason,
+)
+from rar_agent.regions import DEFAULT_BLUR
+from rar_agent.results import Candidate, RankingInfo, RecognitionResult, RejectionInfo
+from rar_agent.retrieval import CategoryRetriever
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from rar_agent.config import Settings
+    from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.memory.builders import Progress
+    from rar_agent.memory.calibration import Calibration
+    from rar_agent.regions import BoxesInput
+    from rar_agent.regions.geometry import Context
+
+__all__ = ["Recognizer"]
+
+logger = logging.getLogger(__name__)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+class Recognizer:
+    """Retrieve-and-rank recognition over a category memory.
+
+    Args:
+        memory: The category memory to retrieve from.
+        encoder: The encoder the memory was built with.
+        ranker: A ``RankingChain``, a chat model, a model string (``"openai:gpt-4o-mini"``,
+            ``"hf:<dir>"``) or ``None``/``"none"`` for retrieval only.
+        k: Candidates handed to the ranker (and returned).
+        fetch_k: Memory entries fetched before folding into labels.
+        gate: Skip ranking when the top label's score leads the second by more than this
+            margin (a number, ``"on"`` for the default margin, ``"auto"`` for the margin
+            ``rar-agent eval --gate auto`` recorded in the memory, ``"off"``/``None``). The
+            ranking chain applies it (a given gate replaces a ready chain's own).
+        kind: Memory side to query (``auto`` prefers image examples).
+        hint: Domain hint for the ranker (defaults to the memory's description).
+        reject: When an image is *unknown* (not a category in memory): ``"auto"`` (the
+            default) uses the memory's calibrated per-category thresholds and lets the ranker
+            answer "none of these"; a number is a fixed similarity threshold; ``"off"``
+            always answers with the closest category.
+    """
+
+    def __init__(
+        self,
+        memory: CategoryMemory,
+        encoder: ImageTextEncoder,
+        *,
+        ranker: RankerSpec = None,
+        k: int = 5,
+        fetch_k: int | None = None,
+        gate: float | str | None = None,
+        kind: MemoryKind = "auto",
+        hint: str | None = None,
+        reject: str | float | None = "auto",
+    ) -> None:
+        memory.bind_encoder(encoder.fingerprint, encoder.dim)
+        self.memory = memory
+        self.encoder = encoder
+        self.k = validate_k(k)
+        self.gate = parse_gate(gate, calibrated=memory.info.gate_margin)
+        self.retriever = CategoryRetriever(
+            memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=kind
+        )
+        self.ranker: RankingChain | None = as_ranking_chain(ranker, gate=self.gate)
+        self.hint = hint if hint is not None else getattr(memory.info, "description", None)
+        self.reject = parse_reject(reject)
+        self._calibration_cache: tuple[object, Calibration | None] = (None, None)
+        self._computed: Calibration | None = None  # made here, not storable (read-only)
+        if self.reject.mode == "auto":
+            self._ensure_calibrated()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        labels: Sequence[str] | None = None,
+        progress: Progress | None = None,
+        read_only: bool = False,
+        **overrides: Any,
+    ) -> Recognizer:
+        """Build a recognizer from ``RAR_*`` settings (plus keyword overrides).
+
+        With ``labels`` a text memory for exactly those labels is built (and cached); with an
+        empty memory the built-in ImageNet-1k vocabulary is used zero-shot. With
+        ``read_only`` the configured memory must exist and nothing writes to it (the cached
+        vocabulary memories are still built as needed).
+        """
+        from rar_agent.config import Settings
+        from rar_agent.encoders import load_encoder
+        from rar_agent.memory import check_collection_name, open_memory
+
+        settings = (settings or Settings()).model_copy(update=overrides)
+        check_collection_name(settings.collection)  # before a slow encoder load
+        encoder = load_encoder(
+            settings.encoder_spec, pretrained=settings.clip_pretrained, device=settings.device
+        )
+        if labels is not None:
+            memory = vocabulary_memory(settings, encoder, labels, progress=progress)
+        else:
+            memory = open_memory(settings, read_only=read_only)
+            if memory.count() == 0:
+                logger.info(
+                    "memory %r is empty: using the ImageNet-1k vocabulary", settings.collection
+                )
+                memory.close()
+                memory = vocabulary_memory(settings, encoder, None, progress=progress)
+        return cls(
+            memory,
+            encoder,
+            ranker=settings.ranker,
+            k=settings.k,
+            fetch_k=settings.fetch_k,
+            gate=settings.gate,
+            kind=settings.kind,
+            reject=settings.reject,
+        )
+
+    # ------------------------------------------------------------------ recognition
+
+    def recognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
+        """Recognize one image; raises ``RarError`` on bad input."""
+        start = time.perf_counter()
+        loaded = load_image(image)
+        load_ms = _ms(start)
+        result = self._recognize_loaded([loaded], k=k)[0]
+        result.timings_ms = {"load": load_ms, **result.timings_ms}
+        return result
+
+    def recognize_batch(
+        self, images: Sequence[ImageInput], *, k: int | None = None
+    ) -> list[RecognitionResult]:
+        """Recognize many images with one encoder pass; bad images get a per-item error."""
+        loaded: list[LoadedImage] = []
+        results: list[RecognitionResult | None] = []
+        for src in images:
+            try:
+                loaded.append(load_image(src))
+                results.append(None)
+            except RarError as e:
+                results.append(RecognitionResult(label=None, image=_describe(src), error=str(e)))
+        done = iter(self._recognize_loaded(loaded, k=k)) if loaded else iter(())
+        return [r if r is not None else next(done) for r in results]
+
+    async def arecognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
+        """Async :meth:`recognize` (encoding runs in a worker thread)."""
+        return await asyncio.to_thread(self.recognize, image, k=k)
+
+    async def arecognize_batch(
+        self, images: Sequence[ImageInput], *, k: int | None = None
+    ) -> list[RecognitionResult]:
+        """Async :meth:`recognize_batch`."""
+        return await asyncio.to_thread(self.recognize_batch, images, k=k)
+
+    def recognize_regions(
+        self,
+        image: ImageInput,
+        boxes: BoxesInput,
+        *,
+        k: int | None = None,
+        kind: MemoryKind = "text",
+        context_image: bool = False,
+        normalized: bool | None = None,
+        context: Context = None,
+        blur: float | None = DEFAULT_BLUR,
+    ) -> list[RecognitionResult]:
+        """Recognize each box of one image (the detection setting).
+
+        Every box is cropped with context (more for small boxes), blurred outside the box and
+        padded to a square; all regions are encoded in one batch, retrieved against the
+        ``text`` memory by default (``image`` or ``auto`` optional) and ranked concurrently.
+
+        Args:
+            image: The whole image.
+            boxes: ``Box`` objects, ``[x0, y0, x1, y1]`` lists (pixels or 0..1), COCO-style
+                dicts, or a path to a JSON file of them.
+            k: Candidates per region.
+            kind: Memory side to query: ``text``, ``image`` or ``auto`` (text if any).
+            context_image: Show the ranker the whole image with the box drawn next to the crop.
+            normalized: Box units: True 0..1, False pixels, None to detect.
+            context: The context curve or a fixed scale (``regions.context_scale``).
+            blur: Blur radius outside the box, as a fraction of the crop; 0/None: no blur.
+
+        Returns:
+            One result per box, in input order, with ``box`` (pixels, clipped) and ``box_id``;
+            unusable boxes get ``error`` set while the others still run.
+        """
+        return recognize_regions(
+            self,
+            image,
+            boxes,
+            k=k,
+            kind=kind,
+            context_image=context_image,
+            normalized=normalized,
+            context=context,
+            blur=blur,
+        )
+
+    async def arecognize_regions(
+        self,
+        image: ImageInput,
+        boxes: BoxesInput,
+        *,
+        k: int | None = None,
+        kind: MemoryKind = "text",
+        context_image: bool = False,
+        normalized: bool | None = None,
+        context: Context = None,
+        blur: float | None = DEFAULT_BLUR,
+    ) -> list[RecognitionResult]:
+        """Async :meth:`recognize_regions` (runs in a worker thread)."""
+        return await asyncio.to_thread(
+            self.recognize_regions,
+            image,
+            boxes,
+            k=k,
+            kind=kind,
+            context_image=context_image,
+            normalized=normalized,
+            context=context,
+            blur=blur,
+        )
+
+    def _recognize_loaded(
+        self, loaded: Sequence[LoadedImage], *, k: int | None
+    ) -> list[RecognitionResult]:
+        t0 = time.perf_counter()
+        vectors = self.encoder.embed_images([item.image for item in loaded])
+        encode_ms = _ms(t0) / len(loaded)
+        t1 = time.perf_counter()
+        retrieved = self.retriever.retrieve_vectors(vectors, k=k)
+        retrieve_ms = _ms(t1) / len(loaded)
+        t2 = time.perf_counter()
+        verdicts = self.judge_many(retrieved)
+        reject_ms = _ms(t2) / len(loaded)
+        rankings = self.rank_many([item.image for item in loaded], retrieved, verdicts)
+        timings = {
+            "encode": round(encode_ms, 3),
+            "retrieve": round(retrieve_ms, 3),
+            "reject": round(reject_ms, 3),
+        }
+        return [
+            ranked_result(candidates, ranking, timings, rejection=verdict, image=item.source)
+            for item, candidates, ranking, verdict in zip(
+                loaded, retrieved, rankings, verdicts, strict=True
+            )
+        ]
+
+    # ------------------------------------------------------------------ rejection
+
+    def with_reject(self, reject: str | float | None) -> Recognizer:
+        """A recognizer sharing this one's memory, encoder and ranker, with another reject
+        setting (``off``, ``auto`` or a threshold). Closing either closes the memory."""
+        other = copy.copy(self)
+        other.reject = parse_reject(reject)
+        if other.reject.mode == "auto":
+            other._ensure_calibrated()
+        return other
+
+    def _ensure_calibrated(self) -> None:
+        """Calibrate a memory that has image examples but no calibration yet (built earlier);
+        a read-only memory keeps the result here instead of storing it."""
+        from rar_agent.memory.calibration import calibrate, load_calibration
+
+        if load_calibration(self.memory) is None and self.memory.count("image") > 0:
+            self._computed = calibrate(self.memory)
+
+    def calibration(self) -> Calibration | None:
+        """The memory's current calibration (re-read only when its revision changed)."""
+        from rar_agent.memory.calibration import CALIBRATION_KEY, load_calibration
+
+        stored = self.memory.get_meta(CALIBRATION_KEY)
+        key = (stored.get("revision"), stored.get("updated_at")) if stored else None
+        if key != self._calibration_cache[0]:
+            self._calibration_cache = (key, load_calibration(self.memory))
+        return self._calibration_cache[1] or self._computed
+
+    def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
+        """The retrieval-side open-set verdict for each candidate list (see :mod:`.reject`)."""
+        cal = self.calibration() if self.reject.mode == "auto" else None
+        return [judge(candidates, self.reject, cal) for candidates in retrieved]
+
+    # ------------------------------------------------------------------ ranking
+
+    def rank_many(
+        self,
+        images: Sequence[Image.Image],
+        retrieved: Sequence[Sequence[Candidate]],
+        verdicts: Sequence[RejectionInfo] | None = None,
+    ) -> list[Ranking]:
+        """Rank each (image, candidates) pair; ranker calls run concurrently.
+
+        The ranking chain decides, per pair, whether its gate skips the model call. Images
+        already judged unknown by retrieval (``verdicts``) are not ranked.
+        """
+        if self.ranker is None:
+            reason = f"no ranker configured (--ranker {NO_RANKER}): retrieval order stands"
+            return [(RankingInfo(status="disabled", reason=reason), None) for _ in retrieved]
+        out: list[Ranking] = [
+            (RankingInfo(status="skipped", reason=skip_reason(0, None, None)), None)
+            for _ in retrieved
+        ]
+        todo = []
+        for i, candidates in enumerate(retrieved):
+            if verdicts is not None and verdicts[i].reasons:
+                out[i] = (RankingInfo(status="skipped", reason=RANKER_SKIP_REASON), None)
+            elif candidates:
+                todo.append(i)
+        inputs = [
+            RankingInput(
+                image=images[i],
+                candidates=[c.label for c in retrieved[i]],
+                scores=[c.score for c in retrieved[i]],
+                hint=self.hint,
+                allow_none=self.reject.enabled,
+            )
+            for i in todo
+        ]
+        outputs = self.ranker.batch(inputs) if inputs else []
+        for i, output in zip(todo, outputs, strict=True):
+            out[i] = ranking_of(output)
+        return out
+
+    def close(self) -> None:
+        """Close the memory."""
+        self.memory.close()
+
+    def __enter__(self) -> Recognizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _describe(src: Any) -> str:
+    if isinstance(src, str):
+        return src if len(src) < 200 else src[:60] + "..."
+    return type(src).__name__

@@ -1,0 +1,189 @@
+"""Ranker specs: one string (or object) names the ranking model, as LangChain users expect.
+
+This module is where a spec becomes a chat model and where "no ranker" is spelled; it is the
+one core module allowed to import ``langchain`` itself (lazily, for ``init_chat_model``).
+
+- ``none`` (or None; also ``off``, ``false``, ``no``, empty): no ranker, retrieval only.
+- ``provider:model``: any chat model ``langchain.chat_models.init_chat_model`` knows, e.g.
+  ``openai:gpt-4o-mini``, ``anthropic:claude-sonnet-4-5``, ``ollama:qwen2.5vl``,
+  ``google_genai:gemini-2.5-flash`` (provider packages: ``pip install 'rar-agent[providers]'``).
+- ``hf:<repo or dir>``: a local transformers image-text-to-text model
+  (:class:`~rar_agent.ranking.local_vlm.LocalVisionChatModel`); a directory path alone works
+  too, and a directory holding a PEFT adapter loads its base model with the adapter applied.
+- ``local``: ``hf:`` + :data:`DEFAULT_LOCAL_RANKER`.
+- a ``BaseChatModel`` instance passes through unchanged (a ``RankingChain`` too, where a
+  chain is wanted: :func:`as_ranking_chain`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from langchain_core.language_models import BaseChatModel
+
+from rar_agent.errors import ConfigError, RankerError
+from rar_agent.ranking.chain import RankingChain
+
+__all__ = [
+    "DEFAULT_LOCAL_RANKER",
+    "NO_RANKER",
+    "RankerSpec",
+    "as_ranking_chain",
+    "hosted_model_spec",
+    "is_no_ranker",
+    "load_ranker",
+]
+
+RankerSpec: TypeAlias = str | BaseChatModel | RankingChain | None
+"""What names a ranker: a spec string, a chat model, a ready chain, or None for none."""
+
+NO_RANKER = "none"
+"""The canonical spelling of "no ranker" (the settings default)."""
+
+_NO_RANKER_WORDS = frozenset({"", NO_RANKER, "off", "false", "no"})
+
+DEFAULT_LOCAL_RANKER = "HuggingFaceTB/SmolVLM-256M-Instruct"
+"""The local model used for ``--ranker local``.
+
+SmolVLM-256M-Instruct is an instruction-tuned image-text-to-text model that transformers
+supports natively (Idefics3 architecture, no remote code) and that is small enough (about
+0.5 GB in bf16, about 1 GB in float32) to rank a handful of candidates on a laptop CPU in
+seconds, with no server and no API key. Ranking k names is a short, constrained task, the
+parser tolerates prose replies, and the fine-tuning scripts (paper section 3.3) can specialise
+a model this size cheaply. For better zero-shot ranking on a GPU use
+``hf:Qwen/Qwen2.5-VL-3B-Instruct``; for the best quality use a hosted model such as
+``openai:gpt-4o-mini`` or ``anthropic:claude-sonnet-4-5``.
+"""
+
+_PIP_HINT = "pip install 'rar-agent[providers]'"
+
+
+def is_no_ranker(spec: object) -> bool:
+    """Whether ``spec`` asks for no ranker: None or a word such as ``none``/``off``.
+
+    Args:
+        spec: A ranker spec of any kind; only None and strings can mean "no ranker".
+
+    Returns:
+        True for None and (case- and space-insensitively) ``none``, ``off``, ``false``,
+        ``no`` or an empty string.
+    """
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() in _NO_RANKER_WORDS)
+
+
+# Specs that name a model on this machine, not a hosted provider model.
+_LOCAL_SPEC_PREFIXES = ("hf:", "local", "/", ".", "~")
+
+
+def hosted_model_spec(spec: str | None) -> str | None:
+    """``spec`` when it names a hosted ``provider:model`` (which can call tools), else None.
+
+    Args:
+        spec: A ranker spec string, or None.
+
+    Returns:
+        The stripped spec for ``provider:model`` strings; None for no ranker, ``local``,
+        ``hf:...`` and model paths.
+    """
+    text = (spec or "").strip()
+    if ":" in text and not text.lower().startswith(_LOCAL_SPEC_PREFIXES):
+        return text
+    return None
+
+
+def load_ranker(spec: str | BaseChatModel | None, **kwargs: Any) -> BaseChatModel | None:
+    """Create the ranking chat model named by ``spec``.
+
+    Args:
+        spec: ``none``/None, ``provider:model``, ``hf:<repo or dir>``, a model directory,
+            ``local``, or a ``BaseChatModel`` (returned as is).
+        **kwargs: Passed to the model: ``init_chat_model`` keyword arguments for providers
+            (``temperature``, ``api_key``...), :class:`LocalVisionChatModel` fields for local
+            models (``adapter``, ``max_new_tokens``, ``device``, ``dtype``...).
+
+    Returns:
+        The chat model, or None when no ranker is wanted.
+
+    Raises:
+        RankerError: The provider package is missing or the provider refused the settings.
+        ModelLoadError: A local model's weights cannot be loaded (e.g. not downloaded).
+        ConfigError: ``spec`` is not a string or model.
+    """
+    if is_no_ranker(spec):
+        return None
+    if isinstance(spec, BaseChatModel):
+        return spec
+    if not isinstance(spec, str):
+        raise ConfigError(
+            f"A ranker is a model string or a BaseChatModel, not {type(spec).__name__}."
+        )
+    text = spec.strip()
+    if text.lower() == "local":
+        text = f"hf:{DEFAULT_LOCAL_RANKER}"
+    if text.startswith("hf:"):
+        return _local(text[3:].strip(), kwargs)
+    if Path(text).expanduser().is_dir():
+        return _local(text, kwargs)
+    return _provider(text, kwargs)
+
+
+def as_ranking_chain(ranker: RankerSpec, *, gate: float | None = None) -> RankingChain | None:
+    """The ranking chain a spec names, or None for no ranker.
+
+    Args:
+        ranker: A :class:`RankingChain` (used as is), a chat model or a spec string (wrapped
+            in a default chain), or a "no ranker" spelling.
+        gate: A confidence-gate margin for the chain; given, it replaces a ready chain's own
+            (on a copy that shares the original's counters).
+
+    Returns:
+        The chain, or None when no ranker is wanted.
+
+    Raises:
+        RankerError, ModelLoadError, ConfigError: As :func:`load_ranker`; ``ConfigError`` for
+            a negative or non-finite ``gate``.
+    """
+    if isinstance(ranker, RankingChain):
+        if gate is None or gate == ranker.gate:
+            return ranker
+        return ranker.with_gate(gate)
+    model = load_ranker(ranker)
+    return None if model is None else RankingChain(model, gate=gate)
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc).strip().rstrip(".")
+
+
+def _local(target: str, kwargs: dict[str, Any]) -> BaseChatModel:
+    from rar_agent.ranking.local_vlm import LocalVisionChatModel
+
+    if not target:
+        raise ConfigError("hf: needs a hub repo id or a directory, e.g. hf:./my-model.")
+    return LocalVisionChatModel(model_path=target, **kwargs).load()
+
+
+def _provider(spec: str, kwargs: dict[str, Any]) -> BaseChatModel:
+    try:
+        from langchain.chat_models import init_chat_model
+    except ImportError as exc:
+        raise RankerError(f"Ranker {spec!r} needs the langchain package: {_PIP_HINT}.") from exc
+    try:
+        return init_chat_model(spec, **kwargs)
+    except ImportError as exc:
+        raise RankerError(
+            f"Ranker {spec!r} needs its provider package ({_why(exc)}). Install the "
+            f"providers with {_PIP_HINT}, or the provider's langchain-<name> package."
+        ) from exc
+    except ValueError as exc:
+        raise RankerError(
+            f"Unknown ranker {spec!r} ({_why(exc)}). Use provider:model (openai:gpt-4o-mini, "
+            "anthropic:claude-sonnet-4-5, ollama:qwen2.5vl, google_genai:gemini-2.5-flash), "
+            "hf:<repo or dir> for a local model, or none for retrieval only."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - providers raise their own error types
+        raise RankerError(
+            f"Could not create ranker {spec!r}: {type(exc).__name__}: {_why(exc)}. Check "
+            "the provider's API key environment variable (e.g. OPENAI_API_KEY) and settings."
+        ) from exc

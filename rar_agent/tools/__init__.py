@@ -1,0 +1,118 @@
+"""LangChain tools over a :class:`~rar_agent.pipeline.Recognizer` (langchain-core only).
+
+- :class:`RecognizeTool` recognizes an image given by reference: a registered image id
+  (``img-...``), a file inside the allowed directories, or an ``http(s)`` URL when URLs are
+  allowed. With no reference it takes the latest registered image.
+- :class:`CategorySearchTool` finds the categories in memory that match a text.
+- :class:`ListCategoriesTool` lists what the memory knows: its labels and how many entries each.
+- :class:`AddCategoryTool` teaches the memory a new example (off unless learning is allowed).
+- :class:`ImageRegistry` holds the images of a conversation by id, so a model passes short
+  ids and never raw bytes; the agent middleware, the chat page and the tools share one. It
+  lives in :mod:`rar_agent.registry` and is re-exported here.
+- :class:`RecognizerLike` is what the tools need of a recognizer
+  (:class:`~rar_agent.pipeline.Recognizer` is one).
+
+Every failure reaches the model as a tool error (``ToolException`` with
+``handle_tool_error=True``), never as a crash. Each tool's artifact has a declared shape
+(``artifact_type``, a pydantic type), which the MCP server publishes as its output schema.
+Modules: ``base`` (the recognizer protocol, image references, the shared base tool),
+``recognize`` (recognize and search), ``listing`` (list categories), ``learn`` (add an
+example).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.tools import BaseTool
+
+from rar_agent.registry import IMAGE_ID_PATTERN as IMAGE_ID_PATTERN
+from rar_agent.registry import ImageRegistry, RegisteredImage
+from rar_agent.safety import normalize_roots
+from rar_agent.tools.base import ImageResolver, RecognizerLike
+from rar_agent.tools.learn import AddCategoryInput, AddCategoryTool
+from rar_agent.tools.listing import ListCategoriesInput, ListCategoriesTool
+from rar_agent.tools.recognize import (
+    RECOGNIZE_WHAT,
+    CategorySearchInput,
+    CategorySearchTool,
+    RecognizeInput,
+    RecognizeTool,
+    format_result,
+)
+
+__all__ = [
+    "AddCategoryInput",
+    "AddCategoryTool",
+    "CategorySearchInput",
+    "CategorySearchTool",
+    "ImageRegistry",
+    "ListCategoriesInput",
+    "ListCategoriesTool",
+    "RecognizeInput",
+    "RecognizeTool",
+    "RecognizerLike",
+    "RegisteredImage",
+    "format_result",
+    "make_tools",
+]
+
+
+def make_tools(
+    recognizer: RecognizerLike,
+    *,
+    registry: ImageRegistry | None = None,
+    allowed_roots: Sequence[str | os.PathLike[str]] = (),
+    allow_urls: bool = False,
+    allow_learning: bool = False,
+    image_ids: bool = True,
+    reject: str | float | None = None,
+) -> list[BaseTool]:
+    """The recognition tools over one recognizer, sharing one image registry.
+
+    The descriptions of the tools that take an image list the forms this configuration
+    accepts, so a model knows whether it may pass a path or a URL.
+
+    Args:
+        recognizer: A :class:`~rar_agent.pipeline.Recognizer`.
+        registry: Where conversation images live (a new one if ``None``).
+        allowed_roots: Directories whose files the tools may read (none by default).
+        allow_urls: Let the tools fetch public ``http(s)`` URLs (off by default; loopback,
+            private and link-local addresses are always refused).
+        allow_learning: Include :class:`AddCategoryTool` (off by default).
+        image_ids: Accept image ids from a conversation's registry. ``False`` for callers
+            that hold no conversation (the MCP server): images come as paths, URLs or data
+            URIs only, and ``registry`` is ignored.
+        reject: When an image is "not a category in memory" (``off``, ``auto`` or a
+            threshold); ``None`` keeps the recognizer's own setting (``RAR_REJECT``).
+
+    Returns:
+        ``[RecognizeTool, CategorySearchTool, ListCategoriesTool]`` plus ``AddCategoryTool``
+        when learning is allowed.
+    """
+    if reject is not None:
+        recognizer = recognizer.with_reject(reject)
+    if not image_ids:
+        registry = None
+    elif registry is None:
+        registry = ImageRegistry()
+    roots = normalize_roots(allowed_roots)  # ConfigError here, not in pydantic
+    shared: dict[str, Any] = {
+        "recognizer": recognizer,
+        "registry": registry,
+        "allowed_roots": roots,
+        "allow_urls": allow_urls,
+    }
+    forms = ImageResolver(registry=registry, allowed_roots=roots, allow_urls=allow_urls)
+    accepts = f" Images it accepts: {forms.accepted()}."
+    tools: list[BaseTool] = [
+        RecognizeTool(description=RECOGNIZE_WHAT + accepts, can_learn=allow_learning, **shared),
+        CategorySearchTool(**shared),
+        ListCategoriesTool(**shared),
+    ]
+    if allow_learning:
+        description = AddCategoryTool.model_fields["description"].default + accepts
+        tools.append(AddCategoryTool(enabled=True, description=description, **shared))
+    return tools

@@ -1,0 +1,212 @@
+"""What every RAR tool shares: the recognizer protocol, image references, the base tool.
+
+A model chooses the ``image`` argument, so :class:`ImageResolver` applies the safety rules to
+it: registered ids and ``latest`` come from the conversation's
+:class:`~rar_agent.registry.ImageRegistry`; files only inside the allowed folders; ``http(s)``
+URLs only when allowed and then public addresses only; ``data:`` URIs decoded in place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import ConfigDict, Field, field_validator
+
+from rar_agent.errors import ImageError, UnsafeInputError
+from rar_agent.registry import ImageRegistry, decode_base64_image
+from rar_agent.safety import fetch_public_url, normalize_roots, resolve_inside_roots
+
+if TYPE_CHECKING:
+    from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.images import ImageInput
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.results import RecognitionResult
+    from rar_agent.retrieval import CategoryRetriever
+
+__all__ = [
+    "ImageResolver",
+    "ImageSource",
+    "RecognizerLike",
+    "RecognizerTool",
+    "explain_validation_error",
+    "tool_error",
+]
+
+_ID_REF = re.compile(r"^\[?\s*(?:image(?:\s+id)?\s*[:=]?\s*)?(img-[0-9a-f]{6,64})\s*\]?$", re.I)
+_LATEST = {"latest", "last", "latest image", "the latest image", "last image", "current"}
+
+
+@runtime_checkable
+class RecognizerLike(Protocol):
+    """What the tools need of a recognizer (:class:`~rar_agent.pipeline.Recognizer` is one)."""
+
+    memory: CategoryMemory
+    encoder: ImageTextEncoder
+    retriever: CategoryRetriever
+
+    def recognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
+        """Recognize one image."""
+        ...
+
+    def with_reject(self, reject: str | float | None) -> RecognizerLike:
+        """The same recognizer with another reject setting (``off``, ``auto``, a number)."""
+        ...
+
+    def recognize_regions(
+        self,
+        image: ImageInput,
+        boxes: Sequence[Sequence[float]],
+        *,
+        k: int | None = None,
+        kind: Literal["auto", "image", "text"] = "text",
+        normalized: bool | None = None,
+    ) -> list[RecognitionResult]:
+        """Recognize each box of one image."""
+        ...
+
+
+# ---------------------------------------------------------------------------- references
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where an image reference led.
+
+    Attributes:
+        name: What to call it (the image id, the path or URL as given, ``<data URI>``).
+        payload: The image bytes, or a file path already checked against the allowed folders.
+    """
+
+    name: str
+    payload: bytes | Path
+
+
+@dataclass(frozen=True)
+class ImageResolver:
+    """Turns a model-chosen image reference into image data, applying the safety rules.
+
+    Attributes:
+        registry: Where ids (and ``latest``) are looked up; ``None`` refuses ids.
+        allowed_roots: Folders whose files may be read (none by default).
+        allow_urls: Fetch public ``http(s)`` URLs (never loopback or private addresses).
+    """
+
+    registry: ImageRegistry | None = None
+    allowed_roots: tuple[Path, ...] = ()
+    allow_urls: bool = False
+
+    def accepted(self) -> str:
+        """The image forms this resolver accepts, in words (for descriptions and errors)."""
+        forms = []
+        if self.registry is not None:
+            forms.append("an image id from the conversation (or nothing, for its latest image)")
+        if self.allowed_roots:
+            where = ", ".join(str(root) for root in self.allowed_roots)
+            forms.append(f"a file path inside {where} (absolute, or relative to it)")
+        if self.allow_urls:
+            forms.append("a public http(s) URL")
+        forms.append("a data URI with base64 image data ('data:image/png;base64,...')")
+        return "; ".join(forms)
+
+    def resolve(self, ref: str | None) -> ImageSource:
+        """The image ``ref`` names: nothing/``latest``, an id, a URL, a data URI or a path.
+
+        Raises:
+            ImageError: No such image, or none in the conversation yet.
+            UnsafeInputError: A URL while URLs are off, another scheme, or a path outside
+                the allowed folders.
+        """
+        text = (ref or "").strip()
+        if not text or text.lower() in _LATEST:
+            if self.registry is None:
+                raise ImageError(f"no image given: pass {self.accepted()}")
+            latest = self.registry.latest()
+            if latest is None:
+                raise ImageError(
+                    "no image in this conversation yet: ask the user to upload a photo, or "
+                    f"pass {self.accepted()}"
+                )
+            return ImageSource(latest.id, latest.data)
+        match = _ID_REF.match(text)
+        if match:
+            if self.registry is None:
+                raise ImageError(
+                    f"image ids like {text!r} are not available here: pass {self.accepted()}"
+                )
+            item = self.registry.get(match.group(1).lower())
+            return ImageSource(item.id, item.data)
+        if text.startswith(("http://", "https://")):
+            if not self.allow_urls:
+                raise UnsafeInputError(
+                    "fetching URLs is disabled for this tool: ask the user to upload the image"
+                )
+            return ImageSource(text, fetch_public_url(text))
+        if text.startswith("data:"):
+            return ImageSource("<data URI>", decode_base64_image(text)[0])
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+            raise UnsafeInputError(f"unsupported reference {text[:40]!r}: use an image id")
+        return ImageSource(text, resolve_inside_roots(text, self.allowed_roots))
+
+
+def tool_error(e: Exception) -> ToolException:
+    """The ``ToolException`` that carries ``e``'s message to the model."""
+    return ToolException(str(e))
+
+
+def explain_validation_error(error: Exception) -> str:
+    """Tell the model which argument was wrong and why, so it can correct the call."""
+    details = getattr(error, "errors", None)
+    if not callable(details):
+        return f"invalid tool arguments: {error}"
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in item.get('loc', ())) or 'arguments'}: {item.get('msg')}"
+        for item in details()
+    )
+    return f"invalid tool arguments ({problems}); fix them and call the tool again"
+
+
+class RecognizerTool(BaseTool):
+    """Shared fields of the tools that work on images and the recognizer.
+
+    Attributes:
+        recognizer: What the tools recognize with (a :class:`RecognizerLike`).
+        registry: The conversation's images (ids, ``latest``).
+        allowed_roots: Folders whose files the tool may read (none by default).
+        allow_urls: Let the tool fetch public ``http(s)`` URLs.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    recognizer: RecognizerLike = Field(description="A rar_agent.pipeline.Recognizer.", exclude=True)
+    registry: ImageRegistry | None = Field(default=None, exclude=True)
+    allowed_roots: tuple[Path, ...] = ()
+    allow_urls: bool = False
+    handle_tool_error: bool | str | Callable[[ToolException], str] | None = True
+    handle_validation_error: bool | str | Callable[[Exception], str] | None = Field(
+        default_factory=lambda: explain_validation_error
+    )
+    #: Whether the tool changes the memory (an MCP client may ask before calling it).
+    writes_memory: ClassVar[bool] = False
+    #: The artifact's shape (a pydantic type), published by the MCP server as output schema.
+    artifact_type: ClassVar[object] = None
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _roots(
+        cls, roots: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None
+    ) -> tuple[Path, ...]:
+        if isinstance(roots, str | os.PathLike):
+            roots = [roots]
+        return normalize_roots(roots or ())
+
+    def resolver(self) -> ImageResolver:
+        """The reference resolver with this tool's registry and safety settings."""
+        return ImageResolver(
+            registry=self.registry, allowed_roots=self.allowed_roots, allow_urls=self.allow_urls
+        )

@@ -1,0 +1,98 @@
+"""The listing tool: what the memory knows (its labels and how many entries each)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from pydantic import BaseModel, Field
+
+from rar_agent.errors import RarError
+from rar_agent.results import CategoryCount, CategoryListing
+from rar_agent.tools.base import RecognizerTool, tool_error
+
+__all__ = ["ListCategoriesInput", "ListCategoriesTool"]
+
+
+class ListCategoriesInput(BaseModel):
+    """Arguments of :class:`ListCategoriesTool`."""
+
+    contains: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Only labels containing this text (case-insensitive), e.g. 'heron'.",
+    )
+    limit: int = Field(default=100, ge=1, le=1000, description="At most this many labels.")
+
+
+class ListCategoriesTool(RecognizerTool):
+    """List the categories the memory knows, with their entry counts (alphabetical)."""
+
+    name: str = "list_categories"
+    description: str = (
+        "List the categories the memory knows (what can be recognized), with how many example "
+        "images each has; optionally only the labels containing a text."
+    )
+    args_schema: type[BaseModel] = ListCategoriesInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = CategoryListing
+
+    def _run(
+        self,
+        contains: str | None = None,
+        limit: int = 100,
+        run_manager: CallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        memory = self.recognizer.memory
+        try:
+            images, texts = memory.labels("image"), memory.labels("text")
+            info = memory.info
+        except RarError as e:
+            raise tool_error(e) from e
+        needle = (contains or "").strip().casefold()
+        names = sorted(n for n in images.keys() | texts.keys() if needle in n.casefold())
+        listing = CategoryListing(
+            collection=info.collection,
+            description=info.description,
+            total=len(names),
+            categories=[
+                CategoryCount(
+                    label=n, image_examples=images.get(n, 0), text_entries=texts.get(n, 0)
+                )
+                for n in names[:limit]
+            ],
+            truncated=len(names) > limit,
+        )
+        return listing_text(listing, contains), listing.model_dump(mode="json")
+
+    async def _arun(
+        self,
+        contains: str | None = None,
+        limit: int = 100,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._run, contains, limit)
+
+
+def listing_text(listing: CategoryListing, contains: str | None = None) -> str:
+    """The short text a model sees for a listing: the labels with their example counts."""
+    matching = f" matching {contains!r}" if contains else ""
+    if not listing.total:
+        return f"No categories{matching} in memory {listing.collection!r}."
+    about = f" ({listing.description})" if listing.description else ""
+    items = [
+        f"{c.label} ({c.image_examples} example{'s' if c.image_examples != 1 else ''})"
+        if c.image_examples
+        else f"{c.label} (name only)"
+        for c in listing.categories
+    ]
+    more = ""
+    if listing.truncated:
+        more = f"; and {listing.total - len(items)} more (narrow the list with 'contains')"
+    return (
+        f"Memory {listing.collection!r}{about} knows {listing.total} categories{matching}: "
+        + ", ".join(items)
+        + more
+        + "."
+    )

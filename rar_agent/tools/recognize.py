@@ -1,0 +1,245 @@
+"""The read-only tools: recognize an image (or its regions), search the categories by text."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from pydantic import BaseModel, Field, field_validator
+
+from rar_agent.errors import RarError
+from rar_agent.results import Candidate, RecognitionResult, RegionResults
+from rar_agent.tools.base import RecognizerTool, tool_error
+
+__all__ = [
+    "CategorySearchInput",
+    "CategorySearchTool",
+    "RecognizeInput",
+    "RECOGNIZE_WHAT",
+    "RecognizeTool",
+    "format_result",
+]
+
+_MAX_BOXES = 32
+
+RECOGNIZE_WHAT = (
+    "Recognize what an image shows (its category) by comparing it with a memory of known "
+    "categories and ranking the candidates. Returns the answer and the ranked candidate "
+    "categories with scores, or says the image is not a category in memory and lists the "
+    "closest ones."
+)
+"""What the recognize tool does; :func:`~rar_agent.tools.make_tools` adds the image forms."""
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def format_result(
+    result: RecognitionResult, *, image_name: str | None = None, can_learn: bool = False
+) -> str:
+    """The short text a model sees: the answer, how it was ranked, the scored candidates.
+
+    An unknown image is reported plainly as "not a category in memory", with the closest
+    categories; ``can_learn`` adds how to teach it.
+    """
+    where = f" for {image_name}" if image_name else ""
+    if result.error:
+        return f"Recognition failed{where}: {result.error}"
+    if not result.candidates:
+        return f"No categories found{where}: the memory returned nothing."
+    if result.unknown:
+        return _format_unknown(result, where, can_learn)
+    info = result.ranking
+    if info.status == "ranked":
+        how = f"ranked by {info.model}" if info.model else "ranked by the model"
+    elif info.status == "skipped":
+        how = (
+            f"retrieval order, ranking skipped ({info.reason})"
+            if info.reason
+            else ("retrieval order, ranking skipped")
+        )
+    elif info.status == "fallback":
+        how = "retrieval order, the ranker's reply could not be used"
+    else:
+        how = "retrieval order only, no ranker"
+    box = ""
+    if result.box is not None:
+        box = " in box [" + ", ".join(f"{v:g}" for v in result.box) + "]"
+    lines = [f"Answer{where}{box}: {result.label} ({how})."]
+    lines.append("Candidates (label: retrieval score):")
+    lines += [f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)]
+    return "\n".join(lines)
+
+
+def _format_unknown(result: RecognitionResult, where: str, can_learn: bool) -> str:
+    closest = ", ".join(f"{c.label} ({c.score:.3f})" for c in result.candidates[:3])
+    box = ""
+    if result.box is not None:
+        box = " in box [" + ", ".join(f"{v:g}" for v in result.box) + "]"
+    why = []
+    rej = result.rejection
+    if "below_threshold" in rej.reasons and rej.similarity is not None and rej.threshold:
+        why.append(
+            f"its best match scores {rej.similarity:.3f}, below the {rej.threshold:.3f} that "
+            "images of that category reach"
+        )
+    if "ranker_none" in rej.reasons:
+        why.append("the ranking model said none of the candidates fits")
+    teach = "; once they name it, add_category_example(label=...) teaches the memory."
+    lines = [
+        f"Unknown{where}{box}: not a category in memory; closest: {closest}.",
+        "Why: " + "; ".join(why) + "." if why else "",
+        "Candidates (label: retrieval score):",
+        *(f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)),
+        "Ask the user what it shows" + (teach if can_learn else "."),
+    ]
+    return "\n".join(line for line in lines if line)
+
+
+# ---------------------------------------------------------------------------- recognize
+
+
+class RecognizeInput(BaseModel):
+    """Arguments of :class:`RecognizeTool`."""
+
+    image: str | None = Field(
+        default=None,
+        description="The image, in a form the tool description lists (e.g. an id like "
+        "'img-3fa4c2d19b07' from the conversation). Omit it to use the latest image of the "
+        "conversation.",
+    )
+    k: int | None = Field(
+        default=None, ge=1, le=50, description="How many candidate categories to return."
+    )
+    boxes: list[list[float]] | None = Field(
+        default=None,
+        description="Optional regions as [x1, y1, x2, y2] pixel boxes; each is recognized "
+        "separately.",
+    )
+
+    @field_validator("boxes")
+    @classmethod
+    def _check_boxes(cls, boxes: list[list[float]] | None) -> list[list[float]] | None:
+        if boxes is None:
+            return None
+        if len(boxes) > _MAX_BOXES:
+            raise ValueError(f"at most {_MAX_BOXES} boxes per call")
+        for box in boxes:
+            if len(box) != 4:
+                raise ValueError(f"a box needs 4 numbers [x1, y1, x2, y2], got {box}")
+        return boxes
+
+
+class RecognizeTool(RecognizerTool):
+    """Recognize what an image shows by retrieving candidate categories and ranking them.
+
+    The model sees a short text (the answer plus the ranked candidates with their retrieval
+    scores); the full :class:`~rar_agent.results.RecognitionResult` (as a dict) is the tool
+    message's artifact. With ``boxes``, each region is recognized and the artifact is
+    ``{"image": ..., "regions": [result, ...]}``.
+    """
+
+    name: str = "recognize_image"
+    description: str = (
+        RECOGNIZE_WHAT + " Pass the image id from the conversation (e.g. 'img-3fa4c2d19b07'), "
+        "or nothing for the latest image."
+    )
+    args_schema: type[BaseModel] = RecognizeInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = RecognitionResult | RegionResults
+    can_learn: bool = Field(
+        default=False, description="An add_category_example tool is available (text hint)."
+    )
+
+    def _run(
+        self,
+        image: str | None = None,
+        k: int | None = None,
+        boxes: list[list[float]] | None = None,
+        run_manager: CallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        try:
+            source = self.resolver().resolve(image)
+            if boxes:
+                results = self.recognizer.recognize_regions(
+                    source.payload, boxes, k=k, kind="auto", normalized=False
+                )
+                return _regions_output(results, source.name, self.can_learn)
+            result = self.recognizer.recognize(source.payload, k=k)
+        except RarError as e:
+            raise tool_error(e) from e
+        result.image = source.name
+        text = format_result(result, image_name=source.name, can_learn=self.can_learn)
+        return text, result.model_dump(mode="json")
+
+    async def _arun(
+        self,
+        image: str | None = None,
+        k: int | None = None,
+        boxes: list[list[float]] | None = None,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._run, image, k, boxes)
+
+
+def _regions_output(
+    results: Sequence[RecognitionResult], name: str, can_learn: bool
+) -> tuple[str, dict[str, Any]]:
+    texts = []
+    for i, result in enumerate(results, 1):
+        result.image = name
+        texts.append(f"Region {i}: " + format_result(result, can_learn=can_learn))
+    content = "\n".join(texts) if texts else f"No regions were recognized in {name}."
+    return content, RegionResults(image=name, regions=list(results)).model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------- search
+
+
+class CategorySearchInput(BaseModel):
+    """Arguments of :class:`CategorySearchTool`."""
+
+    query: str = Field(
+        min_length=1,
+        max_length=500,
+        description="Words describing the categories to look for, e.g. 'heron'.",
+    )
+    k: int | None = Field(default=None, ge=1, le=50, description="How many categories.")
+
+
+class CategorySearchTool(RecognizerTool):
+    """Find the categories in memory whose entries best match a text (text embedding)."""
+
+    name: str = "search_categories"
+    description: str = (
+        "Search the memory of known categories by text, e.g. 'which herons do you know?'. "
+        "Returns matching category names with similarity scores."
+    )
+    args_schema: type[BaseModel] = CategorySearchInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = list[Candidate]
+
+    def _run(
+        self,
+        query: str,
+        k: int | None = None,
+        run_manager: CallbackManagerForToolRun | None = None,
+    ) -> tuple[str, list[dict[str, Any]]]:
+        try:
+            candidates = self.recognizer.retriever.search_text(query, k=k)
+        except RarError as e:
+            raise tool_error(e) from e
+        if not candidates:
+            return f"No categories in memory match {query!r}.", []
+        lines = [f"Categories matching {query!r} (label: similarity):"]
+        lines += [f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(candidates, 1)]
+        return "\n".join(lines), [c.model_dump(mode="json") for c in candidates]
+
+    async def _arun(
+        self,
+        query: str,
+        k: int | None = None,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+    ) -> tuple[str, list[dict[str, Any]]]:
+        return await asyncio.to_thread(self._run, query, k)

@@ -1,0 +1,336 @@
+"""The MCP server, driven by the official ``mcp`` client: in process, over stdio, over HTTP.
+
+The memory is a small real one (coloured pictures plus the example photo of a cat, embedded
+by the deterministic hashing encoder), so every server starts in a second or two and the
+right answers are known: an image stored in memory finds itself first.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import ClientSession, types
+from mcp.shared.memory import create_connected_server_and_client_session
+
+from rar_agent.mcp import build_server, create_server, mcp_tool, output_schema
+from rar_agent.tools import make_tools
+from tests.helpers.encoder_factories import hashing_encoder
+from tests.helpers.small_memory import small_recognizer
+
+ROOT = Path(__file__).resolve().parents[2]
+ENCODER_SPEC = "tests.helpers.encoder_factories:hashing_encoder"
+PHOTOS = ROOT / "examples" / "images"
+START_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class MemoryDir:
+    """A built memory on disk and the folder of its images (the server's allowed root)."""
+
+    memory: Path
+    images: Path
+
+
+def build_memory(directory: Path) -> MemoryDir:
+    """The five coloured pictures plus ``cat.jpg`` as "cat"; ``coffee.jpg`` is copied, unknown."""
+    from rar_agent.memory import builders
+
+    encoder = hashing_encoder()
+    recognizer = small_recognizer(directory, encoder)
+    images = directory / "images"
+    for name in ("cat.jpg", "coffee.jpg"):
+        shutil.copy(PHOTOS / name, images / name)
+    builders.add_images(recognizer.memory, encoder, [(str(images / "cat.jpg"), "cat")])
+    recognizer.close()
+    return MemoryDir(directory / "memory", images)
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def text_of(result: types.CallToolResult) -> str:
+    block = result.content[0]
+    assert isinstance(block, types.TextContent)
+    return block.text
+
+
+async def exercise(session: ClientSession, images: Path, *, learning: bool) -> dict[str, Any]:
+    """The scenario every transport runs; returns the recorded listing and one call's result."""
+    listing = await session.list_tools()
+    names = [tool.name for tool in listing.tools]
+    expected = ["recognize_image", "search_categories", "list_categories"]
+    assert names == expected + (["add_category_example"] if learning else [])
+    assert all(tool.outputSchema is not None for tool in listing.tools)
+
+    # A real photo by path (relative to the allowed root); the client checks the structured
+    # content against the tool's output schema.
+    by_path = await session.call_tool("recognize_image", {"image": "cat.jpg", "k": 3})
+    assert not by_path.isError, text_of(by_path)
+    assert text_of(by_path).startswith("Answer for cat.jpg: cat (")
+    result = by_path.structuredContent
+    assert result is not None and result["label"] == "cat"
+    assert len(result["candidates"]) == 3 and result["candidates"][0]["score"] > 0.99
+    assert result["ranking"]["status"] == "disabled" and result["ranking"]["reason"]
+    assert {"load", "encode", "retrieve"} <= set(result["timings_ms"])
+
+    # The same photo as base64 with its MIME type (a data URI).
+    by_data = await session.call_tool("recognize_image", {"image": data_uri(images / "cat.jpg")})
+    assert not by_data.isError and by_data.structuredContent["label"] == "cat"
+
+    outside = await session.call_tool("recognize_image", {"image": str(ROOT / "README.md")})
+    assert outside.isError and "is not a file inside the allowed directories" in text_of(outside)
+    loopback = await session.call_tool("recognize_image", {"image": "http://127.0.0.1:9/cat.jpg"})
+    assert loopback.isError and "loopback" in text_of(loopback)
+    bad = await session.call_tool("recognize_image", {"image": "cat.jpg", "k": 0})
+    assert bad.isError and text_of(bad).startswith("invalid tool arguments (k:")
+
+    known = await session.call_tool("list_categories", {})
+    assert known.structuredContent["total"] == 6 and "cat (1 example)" in text_of(known)
+
+    if learning:
+        coffee = data_uri(images / "coffee.jpg")
+        taught = await session.call_tool(
+            "add_category_example", {"label": "coffee", "image": coffee}
+        )
+        assert not taught.isError, text_of(taught)
+        assert taught.structuredContent["added"] == 1
+        again = await session.call_tool("recognize_image", {"image": "coffee.jpg"})
+        assert again.structuredContent["label"] == "coffee"
+    return {"tools": listing.tools, "result": by_path}
+
+
+# ---------------------------------------------------------------------------- in process
+
+
+@pytest.fixture
+def memory_dir(tmp_path: Path) -> MemoryDir:
+    return build_memory(tmp_path)
+
+
+@asynccontextmanager
+async def in_process(
+    memory_dir: MemoryDir, *, learning: bool, read_only: bool = False
+) -> AsyncIterator[ClientSession]:
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+
+    memory = CategoryMemory.open(memory_dir.memory, collection="small", read_only=read_only)
+    with Recognizer(memory, hashing_encoder(), k=5) as recognizer:
+        server = create_server(
+            recognizer, allowed_roots=[memory_dir.images], allow_urls=True, allow_learning=learning
+        )
+        async with create_connected_server_and_client_session(server) as session:
+            yield session
+
+
+async def test_in_process_scenario_with_learning(memory_dir: MemoryDir) -> None:
+    async with in_process(memory_dir, learning=True) as session:
+        await exercise(session, memory_dir.images, learning=True)
+
+
+async def test_read_only_server_has_no_learning_tool_and_memory_refuses(
+    memory_dir: MemoryDir,
+) -> None:
+    async with in_process(memory_dir, learning=False, read_only=True) as session:
+        await exercise(session, memory_dir.images, learning=False)
+        missing = await session.call_tool("add_category_example", {"label": "x"})
+        assert missing.isError and "unknown tool 'add_category_example'" in text_of(missing)
+
+
+async def test_learning_on_a_read_only_memory_is_a_tool_error(memory_dir: MemoryDir) -> None:
+    async with in_process(memory_dir, learning=True, read_only=True) as session:
+        image = data_uri(memory_dir.images / "coffee.jpg")
+        result = await session.call_tool(
+            "add_category_example", {"label": "coffee", "image": image}
+        )
+        assert result.isError and "read-only" in text_of(result)
+
+
+async def test_mcp_tools_are_the_langchain_tools(memory_dir: MemoryDir) -> None:
+    """Same names, descriptions, argument schemas and messages: one definition."""
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+
+    memory = CategoryMemory.open(memory_dir.memory, collection="small")
+    with Recognizer(memory, hashing_encoder(), k=5) as recognizer:
+        tools = make_tools(recognizer, allowed_roots=[memory_dir.images], image_ids=False)
+        async with create_connected_server_and_client_session(build_server(tools)) as session:
+            listed = {tool.name: tool for tool in (await session.list_tools()).tools}
+            for tool in tools:
+                mine = listed[tool.name]
+                assert mine.description == tool.description
+                assert mine.inputSchema == mcp_tool(tool).inputSchema
+                assert set(mine.inputSchema["properties"]) == set(tool.args)
+            for args in ({"image": "../x.png"}, {"k": 99}, {}):
+                message = tools[0].invoke(
+                    {"type": "tool_call", "name": "recognize_image", "args": args, "id": "1"}
+                )
+                answer = await session.call_tool("recognize_image", args)
+                assert answer.isError and text_of(answer) == message.text
+            search = await session.call_tool("search_categories", {"query": "cat", "k": 2})
+            assert len(search.structuredContent["result"]) == 2
+
+
+def test_output_schemas_allow_unknown_and_name_the_rejection_slot() -> None:
+    from rar_agent.tools import CategorySearchTool, RecognizeTool
+
+    schema, wrapped = output_schema(RecognizeTool.model_construct())
+    assert schema is not None and not wrapped and schema["type"] == "object"
+    result = schema["$defs"]["RecognitionResult"]
+    assert {"type": "null"} in result["properties"]["label"]["anyOf"]
+    assert "rejection" in result["properties"]
+    assert {"candidates", "ranking", "timings_ms"} <= set(result["properties"])
+    listed, wrapped = output_schema(CategorySearchTool.model_construct())
+    assert wrapped and listed is not None and listed["required"] == ["result"]
+
+
+async def test_http_on_a_taken_port_is_a_clear_error() -> None:
+    import socket
+
+    from rar_agent.errors import ConfigError
+    from rar_agent.mcp import serve_http
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot serve on 127.0.0.1:{port}"):
+            await serve_http(build_server([]), port=port)
+
+
+# ---------------------------------------------------------------------------- subprocesses
+
+
+def server_command(memory_dir: MemoryDir, *extra: str) -> list[str]:
+    """``rar-agent mcp`` on the test memory (through the console script's entry point)."""
+    return [
+        sys.executable,
+        "-c",
+        "from rar_agent.cli import main; main()",
+        "mcp",
+        "--memory",
+        str(memory_dir.memory),
+        "--collection",
+        "small",
+        "--encoder",
+        ENCODER_SPEC,
+        "--allow-root",
+        str(memory_dir.images),
+        "--allow-urls",
+        "--allow-learning",
+        *extra,
+    ]
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+@pytest.mark.slow  # a server subprocess (a few seconds to start)
+async def test_stdio_subprocess_scenario(memory_dir: MemoryDir) -> None:
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=server_command(memory_dir)[1:],
+        env=server_env(),
+        cwd=str(ROOT),
+    )
+    with anyio.fail_after(START_TIMEOUT_S):
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            await exercise(session, memory_dir.images, learning=True)
+
+
+@pytest.fixture
+def http_server(memory_dir: MemoryDir) -> Iterator[str]:
+    """``rar-agent mcp --http --port 0`` on 127.0.0.1; yields its URL, stops it afterwards."""
+    process = subprocess.Popen(
+        server_command(memory_dir, "--http", "--port", "0"),
+        cwd=ROOT,
+        env=server_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stderr is not None
+    stderr = process.stderr
+    threading.Thread(target=lambda: [lines.put(line) for line in stderr], daemon=True).start()
+    url, seen = None, []
+    try:
+        while url is None:
+            try:
+                line = lines.get(timeout=START_TIMEOUT_S)
+            except queue.Empty:
+                pytest.fail(f"the HTTP server did not start: {''.join(seen)}")
+            seen.append(line)
+            if "MCP server on http://" in line:
+                url = line.split(" on ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/mcp")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+            pytest.fail("the HTTP server did not stop on SIGTERM")
+    assert code == 0, "".join(seen)  # a clean stop: the memory was closed
+
+
+@pytest.mark.slow  # a server subprocess (a few seconds to start)
+async def test_http_subprocess_scenario(http_server: str, memory_dir: MemoryDir) -> None:
+    from mcp.client.streamable_http import streamable_http_client
+
+    with anyio.fail_after(START_TIMEOUT_S):
+        async with (
+            streamable_http_client(http_server) as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            recorded = await exercise(session, memory_dir.images, learning=True)
+    record = os.environ.get("RAR_MCP_RECORD")
+    if record:  # the closing note's recorded listing and call
+        Path(record).write_text(
+            json.dumps(
+                {
+                    "tools": [
+                        t.model_dump(mode="json", exclude_none=True) for t in recorded["tools"]
+                    ],
+                    "call": recorded["result"].model_dump(mode="json", exclude_none=True),
+                },
+                indent=2,
+            )
+        )
+
+
+@pytest.mark.slow  # a server subprocess (a few seconds to start)
+async def test_http_refuses_a_foreign_host_header(http_server: str) -> None:
+    import httpx
+
+    body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            http_server,
+            json=body,
+            headers={"Host": "attacker.example", "Accept": "application/json, text/event-stream"},
+        )
+    assert response.status_code in (400, 403, 421)

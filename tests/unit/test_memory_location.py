@@ -1,0 +1,64 @@
+"""Where a memory lives: one rule for collection names, the default directory, and a
+refusal when the settings name both an embedded path and a server URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rar_agent.config import Settings
+from rar_agent.errors import ConfigError
+from rar_agent.memory import check_collection_name, default_memory_dir, open_memory
+from rar_agent.memory.location import memory_target
+
+
+@pytest.mark.parametrize("name", ["default", "birds-2", "a.b_c", "x" * 64])
+def test_good_collection_names_pass(name: str) -> None:
+    assert check_collection_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "../evil", "-dash", "a b", "x" * 65, 3])
+def test_bad_collection_names_are_refused(name: object) -> None:
+    with pytest.raises(ConfigError, match="collection name"):
+        check_collection_name(name)
+
+
+def test_default_dir_uses_the_given_home_or_the_settings(tmp_path: Path, rar_home: Path) -> None:
+    assert default_memory_dir("pets", tmp_path) == tmp_path / "memories" / "pets"
+    assert default_memory_dir("pets") == rar_home / "memories" / "pets"
+    with pytest.raises(ConfigError, match="collection name"):
+        default_memory_dir("../up", tmp_path)
+
+
+def test_settings_targets(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    embedded = memory_target(Settings(home=home, collection="pets"))
+    assert (embedded.path, embedded.url) == (home / "memories" / "pets", None)
+    explicit = memory_target(Settings(home=home, memory_path=tmp_path / "mine"))
+    assert explicit.path == tmp_path / "mine"
+    # A derived memory (a cached vocabulary) sits beside the others, not in --memory.
+    derived = memory_target(Settings(home=home, memory_path=tmp_path / "mine"), "labels-1")
+    assert derived.path == home / "memories" / "labels-1"
+    server = memory_target(Settings(home=home, qdrant_url="http://q:6333"), "labels-1")
+    assert (server.path, server.url) == (None, "http://q:6333")
+
+
+def test_a_path_and_a_url_together_are_refused_naming_both(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path, memory_path=tmp_path / "mine", qdrant_url="http://127.0.0.1:9"
+    )
+    for collection in (None, "labels-1"):
+        with pytest.raises(ConfigError) as info:
+            open_memory(settings, collection)
+        assert str(tmp_path / "mine") in str(info.value)
+        assert "http://127.0.0.1:9" in str(info.value)
+    assert not (tmp_path / "mine").exists(), "nothing is created when the settings conflict"
+
+
+def test_open_memory_opens_the_embedded_default(tmp_path: Path) -> None:
+    with open_memory(Settings(home=tmp_path, collection="pets")) as memory:
+        assert memory.info.backend == "edge"
+        assert memory.info.location == str(tmp_path / "memories" / "pets")
+    with pytest.raises(ConfigError, match="collection name"):
+        open_memory(Settings(home=tmp_path, collection="no good"))
