@@ -233,7 +233,8 @@ def _calibrate(
     from rar_agent.errors import ImageError
     from rar_agent.images import decode_image_bytes
     from rar_agent.memory.batches import read_local_image
-    from rar_agent.memory.calibration import add_view_standins, calibrate
+    from rar_agent.memory.calibration import calibrate
+    from rar_agent.memory.views import add_view_standins
 
     calibrate(memory)
     counts = memory.labels("image")

@@ -11,7 +11,7 @@ as a query against the memory without it (leave-one-out): its best other entry's
 the support of that label (other entries only) are a *stand-in* for a known query. A
 category with a single example cannot do that (its nearest other entry belongs to another
 category), so an augmented view of its example is the stand-in instead
-(:func:`add_view_standins`).
+(:func:`rar_agent.memory.views.add_view_standins`).
 
 From the stand-ins:
 
@@ -50,7 +50,7 @@ import datetime as _dt
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -59,9 +59,6 @@ from pydantic import BaseModel, Field
 from rar_agent.errors import ConfigError, MemoryStoreError
 
 if TYPE_CHECKING:
-    from PIL import Image
-
-    from rar_agent.encoders.base import ImageTextEncoder
     from rar_agent.memory.core import CategoryMemory
     from rar_agent.memory.entries import Hit
 
@@ -74,10 +71,10 @@ __all__ = [
     "Z",
     "Calibration",
     "StandIn",
-    "add_view_standins",
-    "augmented_view",
     "calibrate",
     "load_calibration",
+    "make_standin",
+    "store_calibration",
     "update_on_add",
 ]
 
@@ -94,7 +91,8 @@ Z = 1.645
 """Standard deviations below the mean: the one-sided 5 % tail of a normal fit."""
 SUPPORT_ENTRIES = 2
 """Closest entries of a category averaged into its support (the known-ness statistic)."""
-_LIMIT = 16  # hits per calibration search: enough to hold the best label's 2 closest others
+SEARCH_LIMIT = 16
+"""Hits per calibration search: enough to hold the best label's 2 closest others."""
 _VERSION = 1
 
 StandIn = tuple[str, str, float | None, str, float | None]
@@ -243,8 +241,9 @@ def load_calibration(memory: CategoryMemory) -> Calibration | None:
         return None
 
 
-def _store(memory: CategoryMemory, cal: Calibration) -> Calibration:
-    """Write the calibration into the memory's metadata (a read-only memory keeps its own)."""
+def store_calibration(memory: CategoryMemory, cal: Calibration) -> Calibration:
+    """Write the calibration into the memory's metadata and return it (on a read-only memory
+    nothing is written)."""
     try:
         memory.set_meta(CALIBRATION_KEY, cal.model_dump(mode="json"))
     except MemoryStoreError as e:
@@ -255,8 +254,12 @@ def _store(memory: CategoryMemory, cal: Calibration) -> Calibration:
 # ---------------------------------------------------------------------- computing
 
 
-def _standin(hits: Sequence[Hit], label: str, flag: str, skip: str | None) -> StandIn | None:
-    """The stand-in an example of ``label`` makes from its search ``hits`` (minus ``skip``)."""
+def make_standin(hits: Sequence[Hit], label: str, flag: str, skip: str | None) -> StandIn | None:
+    """The stand-in an example of ``label`` makes from its search ``hits`` (minus ``skip``).
+
+    ``flag`` is ``loo`` (an entry searched without itself, ``skip`` its id) or ``view`` (an
+    augmented view of an entry, nothing skipped).
+    """
     others = [h for h in hits if h.id != skip]
     if not others:
         return None
@@ -273,9 +276,9 @@ def _leave_one_out(
     """Each entry searched against the memory without itself."""
     if not len(ids):
         return []
-    batches = memory.search_batch(vectors, kind="image", limit=_LIMIT)
+    batches = memory.search_batch(vectors, kind="image", limit=SEARCH_LIMIT)
     return [
-        _standin(hits, label, "loo", own)
+        make_standin(hits, label, "loo", own)
         for own, label, hits in zip(ids, labels, batches, strict=True)
     ]
 
@@ -321,7 +324,7 @@ def calibrate(memory: CategoryMemory, *, sample: int | None = None) -> Calibrati
     if not counts:
         cal = _fit([], seen=0, revision=revision)
         cal.reason = "the memory holds no example images (a text-only memory has no threshold)"
-        return _store(memory, cal)
+        return store_calibration(memory, cal)
     ids, labels, vectors = _sample(memory, sample)
     standins = [
         found
@@ -333,7 +336,7 @@ def calibrate(memory: CategoryMemory, *, sample: int | None = None) -> Calibrati
     cal = _fit(standins, seen=sum(counts.values()), revision=revision)
     cal.full_at = cal.seen
     logger.info("memory %r calibrated: %s", memory.collection, cal.summary())
-    return _store(memory, cal)
+    return store_calibration(memory, cal)
 
 
 def update_on_add(memory: CategoryMemory, ids: Sequence[str], entries: Sequence[Any]) -> None:
@@ -387,69 +390,9 @@ def update_on_add(memory: CategoryMemory, ids: Sequence[str], entries: Sequence[
         # A category that now has a second example no longer needs its view stand-in.
         pool = [s for s in pool if s[3] != "view" or counts.get(s[0]) == 1]
     cal.standins = pool
-    _store(memory, cal.refit())
+    store_calibration(memory, cal.refit())
 
 
 def _vectors_of(memory: CategoryMemory, ids: Sequence[str]) -> np.ndarray:
     vectors = memory.get_vectors(ids)
     return np.asarray([vectors[i] for i in ids], dtype=np.float32)
-
-
-# ---------------------------------------------------------------------- views
-
-
-def augmented_view(image: Image.Image, seed: int) -> Image.Image:
-    """Another look at an image: a random crop (70-100 % of each side), a flip half of the
-    time, and brightness/contrast jitter of up to 20 %; deterministic for a seed."""
-    from PIL import ImageEnhance, ImageOps
-
-    rng = random.Random(seed)
-    rgb = image.convert("RGB")
-    w, h = rgb.size
-    cw, ch = max(1, round(w * rng.uniform(0.7, 1.0))), max(1, round(h * rng.uniform(0.7, 1.0)))
-    left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
-    out = rgb.crop((left, top, left + cw, top + ch)).resize((w, h))
-    if rng.random() < 0.5:
-        out = ImageOps.mirror(out)
-    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast):
-        out = enhancer(out).enhance(rng.uniform(0.8, 1.2))
-    return out
-
-
-def add_view_standins(
-    memory: CategoryMemory,
-    encoder: ImageTextEncoder,
-    examples: Iterable[tuple[str, Image.Image]],
-) -> int:
-    """Stand-ins for categories with a single example: an augmented view of it, searched.
-
-    Call after the examples were added. Examples whose category has more than one entry are
-    skipped (leave-one-out covers them).
-
-    Args:
-        memory: The memory holding the examples.
-        encoder: The memory's encoder (embeds the views).
-        examples: ``(label, image)`` of the examples just added.
-
-    Returns:
-        How many view stand-ins were recorded.
-    """
-    items = list(examples)
-    if not items:
-        return 0
-    counts = memory.labels("image")
-    single = [(label, img) for label, img in items if counts.get(label) == 1][:MAX_STANDINS]
-    if not single:
-        return 0
-    views = [augmented_view(img, seed=i) for i, (_, img) in enumerate(single)]
-    batches = memory.search_batch(encoder.embed_images(views), kind="image", limit=_LIMIT)
-    cal = load_calibration(memory) or Calibration(seen=sum(counts.values()))
-    labels = {label for label, _ in single}
-    pool = [s for s in cal.standins if not (s[3] == "view" and s[0] in labels)]
-    for (label, _), hits in zip(single, batches, strict=True):
-        found = _standin(hits, label, "view", None)
-        if found is not None:
-            pool.append(found)
-    cal.standins = pool[-MAX_STANDINS:]
-    _store(memory, cal.refit())
-    return len(single)

@@ -16,11 +16,10 @@ from rar_agent.memory.calibration import (
     CALIBRATION_KEY,
     MIN_STANDINS,
     Calibration,
-    add_view_standins,
-    augmented_view,
     calibrate,
     load_calibration,
 )
+from rar_agent.memory.views import add_view_standins, augmented_view
 from tests.helpers.clusters import DIM, Clusters, make_clusters
 
 LABELS = ["heron", "tabby cat", "lynx", "red fox"]
