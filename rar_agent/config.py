@@ -127,9 +127,17 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = None
     shard_number: int | None = Field(default=None, description="Server collections only.")
     replication_factor: int | None = Field(default=None, description="Server collections only.")
-    clip_model: str = Field(default="ViT-B-16", description="open_clip name, hf:, local-dir:.")
-    clip_pretrained: str | None = Field(default="openai", description="Tag or checkpoint file.")
-    encoder: str | None = Field(default=None, description="package.module:factory override.")
+    clip_model: str | None = Field(
+        default=None,
+        description="open_clip name, local-dir:, hf-hub:, hf:, efficientnet-lite0; None = the "
+        "default (CLIP ViT-B-16/openai where its weights can be had, else efficientnet-lite0).",
+    )
+    clip_pretrained: str | None = Field(
+        default="openai", description="Tag or checkpoint file (for an open_clip name)."
+    )
+    encoder: str | None = Field(
+        default=None, description="Factory override: package.module:factory or file.py:factory."
+    )
     device: str | None = None
     k: int = Field(default=5, ge=MIN_K, le=MAX_K)
     fetch_k: int | None = Field(default=None, ge=1, description="Entries fetched before folding.")
@@ -162,6 +170,18 @@ class Settings(BaseSettings):
             raise ValueError(str(e)) from None
 
     @property
-    def encoder_spec(self) -> str:
-        """The spec handed to ``load_encoder``: the factory override or the CLIP model."""
-        return self.encoder or self.clip_model
+    def explicit_encoder(self) -> tuple[str, str | None] | None:
+        """``(spec, pretrained)`` of the encoder the user named, or ``None`` for the default.
+
+        Named means ``encoder``, ``clip_model`` or ``clip_pretrained`` was set (an option or a
+        ``RAR_*`` variable). A factory gets ``clip_pretrained`` only when it was set; a bare
+        ``clip_pretrained`` names the default architecture with those weights.
+        """
+        pretrained_set = "clip_pretrained" in self.model_fields_set
+        if self.encoder:
+            return self.encoder, self.clip_pretrained if pretrained_set else None
+        if self.clip_model:
+            return self.clip_model, self.clip_pretrained
+        if pretrained_set:
+            return "ViT-B-16", self.clip_pretrained
+        return None

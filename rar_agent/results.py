@@ -34,7 +34,9 @@ class Candidate(BaseModel):
 
     label: str
     score: float
-    retrieval_rank: int = Field(description="0-based position in retrieval order.")
+    retrieval_rank: int = Field(
+        ge=1, description="Position in retrieval order, 1-based (1 = retrieval's best)."
+    )
     kind: str | None = Field(default=None, description="Memory kind that matched: image/text.")
     source: str | None = Field(default=None, description="Source of the best-matching entry.")
     support: float | None = Field(
@@ -100,6 +102,11 @@ class RecognitionResult(BaseModel):
     box: list[float] | None = Field(default=None, description="xyxy pixel box for regions.")
     box_id: str | None = None
     error: str | None = Field(default=None, description="Per-item error (e.g. a bad box).")
+    encoder: str | None = Field(
+        default=None,
+        description="The encoder used (e.g. 'ViT-B-16/openai', 'efficientnet-lite0'), or its "
+        "fingerprint when it was not loaded by name.",
+    )
 
     def summary(self) -> str:
         """A short human/LLM-readable line: answer plus candidates with scores."""

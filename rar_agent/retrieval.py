@@ -40,9 +40,9 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
         k: How many distinct labels to keep.
 
     Returns:
-        Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set,
-        ``support`` = mean of the label's ``SUPPORT_ENTRIES`` best scores among ``hits``
-        (``None`` when fewer of its entries are among them).
+        Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set
+        (1 for the best), ``support`` = mean of the label's ``SUPPORT_ENTRIES`` best scores
+        among ``hits`` (``None`` when fewer of its entries are among them).
     """
     from rar_agent.memory.calibration import SUPPORT_ENTRIES
 
@@ -55,7 +55,7 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
         scores.setdefault(hit.label, []).append(float(hit.score))
     ranked = sorted(best.values(), key=lambda h: -h.score)[:k]
     out = []
-    for i, h in enumerate(ranked):
+    for i, h in enumerate(ranked, 1):
         top = sorted(scores[h.label], reverse=True)[:SUPPORT_ENTRIES]
         support = sum(top) / len(top) if len(top) == SUPPORT_ENTRIES else None
         out.append(
@@ -88,7 +88,8 @@ def _empty_error(kind: str) -> EmptyMemoryError:
         )
     return EmptyMemoryError(
         "the memory is empty: add categories with `rar-agent memory build --from-names FILE` "
-        "or `--from-folder DIR`, or pass --labels"
+        "or `--from-folder DIR` (in Python memory.builders), or give labels (--labels; in "
+        "Python labels=[...])"
     )
 
 

@@ -357,7 +357,7 @@ def launch(
         server_port=port,
         share=False,
         prevent_thread_lock=not block,
-        quiet=not block,
+        quiet=True,  # the caller says where the page is; Gradio would add a share=True hint
         max_file_size=max_file_size,
         theme=theme,
         show_error=True,

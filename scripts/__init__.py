@@ -1,5 +1,5 @@
-"""Maintainer scripts: benchmarks, example encoders, fine-tuning data (not part of the package).
+"""Maintainer scripts: benchmarks, the LoRA fine-tuning script, architecture metrics (not part
+of the package).
 
-Importable from the repository root (``python -m scripts.bench``, ``--encoder
-scripts.effnet_encoder:create``).
+Importable from the repository root (``python -m scripts.bench``).
 """

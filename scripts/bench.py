@@ -12,14 +12,16 @@ Each benchmark script runs in its own process (``--quick`` passes small sizes to
   cost of calibrating.
 
 A script that defines a ``--json PATH`` option also hands over structured rows; the printed
-output of every script is kept as well. Results go to ``benchmarks/results.json`` and
-``docs/benchmarks.md``.
+output of every script is kept as well. Results go to ``results.json`` and ``benchmarks.md``
+in ``--out`` (default ``bench-results/``, ignored by git); ``--update-docs`` writes the
+committed ``benchmarks/results.json`` and ``docs/benchmarks.md`` instead.
 
 Usage::
 
-    python scripts/bench.py            # full sizes (tens of minutes on 2 cores)
-    python scripts/bench.py --quick    # small sizes (a few minutes)
-    python scripts/bench.py --only e2e,ranking
+    python scripts/bench.py                  # full sizes (tens of minutes on 2 cores)
+    python scripts/bench.py --quick          # small sizes (a few minutes)
+    python scripts/bench.py --only e2e,ranking --out /tmp/bench
+    python scripts/bench.py --update-docs    # refresh the committed figures
 """
 
 from __future__ import annotations
@@ -176,10 +178,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=None, help="comma-separated: e2e,encode,memory,ranking,mcp,reject"
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
-    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="folder for results.json and benchmarks.md (default: bench-results/)",
+    )
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="write the committed benchmarks/results.json and docs/benchmarks.md instead",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds per script")
     args = parser.parse_args(argv)
+    if args.update_docs:
+        json_path, markdown_path = (
+            ROOT / "benchmarks" / "results.json",
+            ROOT / "docs" / "benchmarks.md",
+        )
+    else:
+        json_path, markdown_path = args.out / "results.json", args.out / "benchmarks.md"
     from rar_agent.evaluation.runner import machine_info
 
     wanted = {s.strip() for s in args.only.split(",")} if args.only else None
@@ -191,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python scripts/bench.py"
         + (" --quick" if args.quick else "")
-        + (f" --only {args.only}" if args.only else ""),
+        + (f" --only {args.only}" if args.only else "")
+        + (" --update-docs" if args.update_docs else ""),
         "quick": args.quick,
         "machine": machine_info(),
         "results": [],
@@ -205,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         print(result.get("stdout", "").rstrip() or result.get("error", ""), flush=True)
         print(f"-- {bench.name}: rc {result.get('rc')} in {result.get('seconds')} s\n", flush=True)
     report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(render_markdown(report), encoding="utf-8")
-    print(f"wrote {args.out} and {args.markdown}")
+    for path in (json_path, markdown_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    markdown_path.write_text(render_markdown(report), encoding="utf-8")
+    print(f"wrote {json_path} and {markdown_path}")
     return 0 if all(r.get("rc") == 0 for r in report["results"]) else 1
 
 

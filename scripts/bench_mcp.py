@@ -250,7 +250,7 @@ async def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", default="scripts.effnet_encoder:create", help="encoder spec")
+    parser.add_argument("--encoder", default="efficientnet-lite0", help="encoder spec")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument(

@@ -10,7 +10,7 @@ splits meet the issue's targets (drop <= 5 points with >= 1/3 of unknowns reject
 
 Usage::
 
-    python scripts/eval_open_set_splits.py --encoder scripts.effnet_encoder:create
+    python scripts/eval_open_set_splits.py --encoder efficientnet-lite0
     python scripts/eval_open_set_splits.py --shots 10 --test-per-class 100 --json out.json
 """
 
@@ -95,7 +95,7 @@ def run_split(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--encoder", default="scripts.effnet_encoder:create")
+    parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--shots", type=int, default=10, help="Train images per class.")
     parser.add_argument("--test-per-class", type=int, default=100)
     parser.add_argument("--held-out", type=int, default=3, help="Classes held out per split.")

@@ -52,3 +52,24 @@ def tiny_encoder(tiny_openclip_spec: str):  # noqa: ANN201 - returns an ImageTex
     from rar_agent.encoders import load_encoder
 
     return load_encoder(tiny_openclip_spec, device="cpu")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ANN201
+    """Point skip reasons at our test module, not at a line of an installed package.
+
+    LangChain's standard suites skip from inside ``langchain_tests`` (in the virtual
+    environment), and their test methods are defined there too, so the summary would name
+    that file. Shown at the test class in our module instead, ``-ra`` says which of our
+    suites skipped what, and why.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    longrepr = report.longrepr
+    if not (report.skipped and isinstance(longrepr, tuple) and len(longrepr) == 3):
+        return
+    if Path(_ROOT) in Path(str(longrepr[0])).parents and ".venv" not in Path(longrepr[0]).parts:
+        return
+    owner = item.getparent(pytest.Class)  # our subclass of the suite, defined in item.path
+    lineno = owner.reportinfo()[1] if owner is not None else None
+    report.longrepr = (str(item.path), (lineno or 0) + 1, longrepr[2])

@@ -1,16 +1,16 @@
 """The ``rar-agent`` command line.
 
 One module per subcommand (``recognize``, ``memory``, ``chat``, ``mcp``, ``evaluate``,
-``finetune``), the options and helpers they share in ``options``. Only typer and the standard
-library are imported at module level, so ``rar-agent --help`` answers fast; a command imports
-the library when it runs.
+``finetune``, ``datasets``), the options and helpers they share in ``options``. Only typer and
+the standard library are imported at module level, so ``rar-agent --help`` answers fast; a
+command imports the library when it runs.
 """
 
 from __future__ import annotations
 
 import typer
 
-from rar_agent.cli import chat, evaluate, finetune, mcp, memory, recognize
+from rar_agent.cli import chat, datasets, evaluate, finetune, mcp, memory, recognize
 
 __all__ = ["app", "main"]
 
@@ -28,6 +28,7 @@ Build a memory from example images in DIR/<label>/*.jpg, then use it:
 
 Measure retrieval alone (kNN) against retrieve-and-rank on labelled images:
   rar-agent eval --dataset photos/ --shots 4 --ranker local
+  rar-agent datasets export fashion-mnist garments/ --per-class 10   # offline labelled images
 
 Chat with the agent in the browser; write fine-tuning data for a ranker:
   rar-agent chat --ranker ollama:qwen2.5vl
@@ -52,6 +53,7 @@ app.command("eval")(evaluate.evaluate)
 app.command("finetune-data", help=finetune.HELP)(finetune.finetune_data)
 app.command("chat")(chat.chat)
 app.command("mcp")(mcp.mcp)
+app.add_typer(datasets.app, name="datasets")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from rar_agent.cli.options import (
+    EXIT_INTERRUPTED,
     GATE_HELP,
     RANKER_HELP,
     REJECT_HELP,
@@ -25,6 +26,7 @@ from rar_agent.cli.options import (
     ProgressOpt,
     ShotsOpt,
     error_guard,
+    load_settings_encoder,
     settings_from_options,
     staged_progress,
 )
@@ -121,25 +123,27 @@ def evaluate(
     with error_guard():
         from rich.console import Console
 
+        from rar_agent.encoders import spec_for
         from rar_agent.evaluation import EvalConfig, run_evaluation, summary_table, write_report
 
         settings = settings_from_options(
             clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder
         )
-        # An encoder factory gets only an explicit --clip-pretrained, never the CLIP default.
-        pretrained = clip_pretrained if settings.encoder else settings.clip_pretrained
+        enc = load_settings_encoder(settings)
+        loaded = spec_for(enc.fingerprint)  # as resolved, so the report reproduces it
         config = EvalConfig(
             dataset=dataset, memory_set=memory_set, test_set=test_set, shots=shots,
             text_memory=text_memory, limit=limit, seed=seed, k=k, max_k=max_k,
             ranker=ranker, hint=hint, gate=gate, max_loss=max_loss, batch_size=batch_size,
-            encoder=settings.encoder_spec, pretrained=pretrained, device=settings.device,
+            encoder=loaded.model if loaded else None,
+            pretrained=loaded.pretrained if loaded else None, device=settings.device,
             memory=str(memory) if memory else None, open_set=open_set, reject=reject,
         )  # fmt: skip
         bar, update = staged_progress(
             progress, {"memory": "building memory", "queries": "evaluating queries"}
         )
         with bar:
-            report = run_evaluation(config, progress=update)
+            report = run_evaluation(config, encoder=enc, progress=update)
         files = write_report(report, out, plots=plots)
         if as_json:
             sys.stdout.write(report.model_dump_json(indent=2) + "\n")
@@ -150,4 +154,4 @@ def evaluate(
         Console(stderr=True).print(
             f"[yellow]interrupted:[/] partial report written to {out}", highlight=False
         )
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)

@@ -10,6 +10,8 @@ import typer
 
 from rar_agent.cli.options import (
     ENCODER,
+    EXIT_INPUT_FAILED,
+    EXIT_USAGE,
     STORE,
     FromFolderOpt,
     FromManifestOpt,
@@ -97,16 +99,18 @@ def finetune_data(
         if from_folder is not None
         else builders.iter_manifest(from_manifest)  # type: ignore[arg-type]
     )
-    enc = load_settings_encoder(settings)
     bar, update = progress_bar(progress, "writing conversations")
-    with open_memory(settings) as mem, bar:
+    with open_memory(settings, create=False) as mem, bar:
+        enc = load_settings_encoder(settings, mem)
         summary = build_finetune_data(
             mem, enc, items, out, fmt=fmt, options=options,  # type: ignore[arg-type]
             image_root=image_root, progress=update,
         )  # fmt: skip
     _print_summary(summary, out, as_json)
-    if summary.conversations == 0:
-        raise typer.Exit(1)
+    if summary.conversations == 0:  # nothing to learn from: the memory or --top-n is wrong
+        raise typer.Exit(EXIT_USAGE if not summary.failed else EXIT_INPUT_FAILED)
+    if summary.failed:
+        raise typer.Exit(EXIT_INPUT_FAILED)
 
 
 def _print_summary(summary: "FinetuneSummary", out: Path, as_json: bool) -> None:

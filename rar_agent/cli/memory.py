@@ -11,6 +11,7 @@ import typer
 
 from rar_agent.cli.options import (
     ENCODER,
+    EXIT_INPUT_FAILED,
     STORE,
     FromFolderOpt,
     FromManifestOpt,
@@ -23,10 +24,7 @@ from rar_agent.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from rar_agent.config import Settings
-    from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
     from rar_agent.memory.builders import BuildReport
 
@@ -54,56 +52,38 @@ def memory_build(
 ) -> None:
     """Build (or resume building) a memory from images or class names."""
     from rar_agent.errors import ConfigError
-    from rar_agent.memory import open_memory
+    from rar_agent.memory import builders, open_memory
 
     if sum(s is not None for s in (from_folder, from_names, from_manifest)) != 1:
         raise ConfigError("give exactly one of --from-folder, --from-names, --from-manifest")
-    enc = load_settings_encoder(settings)
+    # Read the sources first: a missing folder or an empty names file leaves no memory behind.
+    names = _read_names(from_names) if from_names is not None else None
+    items = None if names is not None else _labelled_images(from_folder, from_manifest, shots, seed)
     with open_memory(settings) as mem:
+        enc = load_settings_encoder(settings, mem)
         mem.bind_encoder(enc.fingerprint, enc.dim)
         if description is not None:
             mem.set_description(description)
         bar, update = progress_bar(progress, "building memory")
         with bar:
-            if from_names is not None:
-                report = _add_names(mem, enc, from_names, update)
+            if names is not None:
+                report = builders.add_class_names(mem, enc, names, progress=update)
             else:
-                report = _add_images(
-                    mem, enc, from_folder, from_manifest, shots, seed, strict, update
-                )
+                report = builders.add_images(mem, enc, items or [], strict=strict, progress=update)
         _print_report(report, mem)
+    if report.failed:
+        raise typer.Exit(EXIT_INPUT_FAILED)
 
 
-def _add_names(
-    mem: "CategoryMemory",
-    enc: "ImageTextEncoder",
-    path: Path,
-    update: "Callable[[int, int], None] | None",
-) -> "BuildReport":
-    """``--from-names``: one text entry per class name in the file."""
-    from rar_agent.memory import builders
-
-    return builders.add_class_names(mem, enc, _read_names(path), progress=update)
-
-
-def _add_images(
-    mem: "CategoryMemory",
-    enc: "ImageTextEncoder",
-    folder: Path | None,
-    manifest: Path | None,
-    shots: int | None,
-    seed: int,
-    strict: bool,
-    update: "Callable[[int, int], None] | None",
-) -> "BuildReport":
-    """``--from-folder`` or ``--from-manifest``: one image entry per labelled image."""
+def _labelled_images(
+    folder: Path | None, manifest: Path | None, shots: int | None, seed: int
+) -> list[tuple[str, str]]:
+    """``--from-folder`` or ``--from-manifest``: the ``(path, label)`` pairs to store."""
     from rar_agent.memory import builders
 
     if folder is not None:
-        items = builders.iter_image_folder(folder, shots=shots, seed=seed)
-    else:
-        items = builders.iter_manifest(manifest)  # type: ignore[arg-type]
-    return builders.add_images(mem, enc, items, strict=strict, progress=update)
+        return list(builders.iter_image_folder(folder, shots=shots, seed=seed))
+    return list(builders.iter_manifest(manifest))  # type: ignore[arg-type]
 
 
 def _read_names(path: Path) -> list[str]:
@@ -126,7 +106,7 @@ def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
     """What a build or add did, and what the memory now holds."""
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)  # whole paths and lines, for reading and grepping
     console.print(
         f"added {report.added}, already stored {report.skipped_existing}, "
         f"failed {len(report.failed)} in {report.seconds:.1f} s; "
@@ -135,6 +115,8 @@ def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
     )
     for source, reason in report.failed[:20]:
         console.print(f"  [yellow]skipped[/] {source}: {reason}", highlight=False)
+    if len(report.failed) > 20:
+        console.print(f"  [yellow]and {len(report.failed) - 20} more skipped[/]", highlight=False)
 
 
 @app.command("add")
@@ -149,8 +131,8 @@ def memory_add(
     """Add one category: example images, or its name as a text entry."""
     from rar_agent.memory import builders, open_memory
 
-    enc = load_settings_encoder(settings)
     with open_memory(settings) as mem:
+        enc = load_settings_encoder(settings, mem)
         mem.bind_encoder(enc.fingerprint, enc.dim)
         if images:
             pairs = [(str(p), label) for p in images]

@@ -22,10 +22,15 @@ import typer
 if TYPE_CHECKING:
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.memory import CategoryMemory
     from rar_agent.pipeline import Recognizer
 
 __all__ = [
     "ENCODER",
+    "EXIT_INPUT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
     "GATE_HELP",
     "RANKING",
     "STORE",
@@ -134,10 +139,12 @@ ClipModelOpt = Annotated[
     str | None,
     typer.Option(
         "--clip-model",
-        help="Image-text encoder: an open_clip name (ViT-B-16), local-dir:/path, "
-        "hf-hub:org/repo, or hf:<repo|dir> (a transformers CLIP/SigLIP).",
+        help="Encoder: an open_clip name (ViT-B-16), local-dir:/path, hf-hub:org/repo, "
+        "hf:<repo|dir> (a transformers CLIP/SigLIP), or efficientnet-lite0 (offline, "
+        "image-only, ImageNet-1k classes).",
         envvar="RAR_CLIP_MODEL",
-        show_default="ViT-B-16",
+        show_default="the memory's own encoder; else ViT-B-16/openai where its weights can "
+        "be had, else efficientnet-lite0",
         rich_help_panel=_ENCODER_PANEL,
     ),
 ]
@@ -155,7 +162,8 @@ EncoderOpt = Annotated[
     str | None,
     typer.Option(
         "--encoder",
-        help="Encoder factory package.module:factory (replaces --clip-model).",
+        help="Encoder factory package.module:factory or path/to/file.py:factory "
+        "(replaces --clip-model).",
         envvar="RAR_ENCODER",
         rich_help_panel=_ENCODER_PANEL,
     ),
@@ -345,13 +353,16 @@ def settings_from_options(**options: object) -> Settings:
         ) from None
 
 
-def load_settings_encoder(settings: Settings) -> ImageTextEncoder:
-    """The encoder the settings name (``--encoder`` or ``--clip-model``)."""
-    from rar_agent.encoders import load_encoder
+def load_settings_encoder(
+    settings: Settings, memory: CategoryMemory | None = None
+) -> ImageTextEncoder:
+    """The encoder the settings name, else ``memory``'s recorded one, else the default.
 
-    return load_encoder(
-        settings.encoder_spec, pretrained=settings.clip_pretrained, device=settings.device
-    )
+    The default's fallback to the offline encoder is announced on stderr.
+    """
+    from rar_agent.memory import memory_encoder
+
+    return memory_encoder(settings, memory, announce=print_note)
 
 
 def open_recognizer(
@@ -367,23 +378,36 @@ def open_recognizer(
     bar, update = progress_bar(progress, "building vocabulary memory")
     with bar:
         return Recognizer.from_settings(
-            settings, labels=label_list, progress=update, read_only=read_only
+            settings, labels=label_list, progress=update, read_only=read_only, announce=print_note
         )
+
+
+#: Exit codes, one contract for every command (the README documents it).
+EXIT_OK = 0
+EXIT_INPUT_FAILED = 1
+"""Some inputs failed (each reported with its reason); the others were still processed."""
+EXIT_USAGE = 2
+"""A usage or configuration error: bad option, missing memory, a model that cannot load."""
+EXIT_INTERRUPTED = 130
 
 
 @contextlib.contextmanager
 def error_guard() -> Iterator[None]:
-    """Turn a ``RarError`` into one ``error:`` line and exit code 2 (130 on Ctrl+C)."""
-    from rar_agent.errors import RarError
+    """Turn a ``RarError`` into one ``error:`` line and its exit code.
+
+    An input that cannot be used (``ImageError``: an unreadable or invalid image) exits 1;
+    every other ``RarError`` is a usage or configuration error and exits 2; Ctrl+C exits 130.
+    """
+    from rar_agent.errors import ImageError, RarError
 
     try:
         yield
     except RarError as e:
         print_error(str(e))
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_INPUT_FAILED if isinstance(e, ImageError) else EXIT_USAGE) from None
     except KeyboardInterrupt:
         print_error("interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def print_error(message: str) -> None:

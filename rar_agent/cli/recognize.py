@@ -11,6 +11,7 @@ import typer
 
 from rar_agent.cli.options import (
     ENCODER,
+    EXIT_INPUT_FAILED,
     RANKING,
     STORE,
     JsonOpt,
@@ -61,17 +62,28 @@ def recognize(
     progress: ProgressOpt = True,
 ) -> None:
     """Recognize what is in each image (retrieve top-k, then rank), or in each box of one image."""
+    if boxes is not None or annotate is not None:
+        _check_box_usage(images, boxes)  # before loading anything
     recognizer = open_recognizer(settings, labels, progress)
-    if recognizer.ranker is None and not as_json:
-        print_note("ranking is disabled (--ranker none): showing retrieval order")
     with recognizer:
         if boxes is not None or annotate is not None:
             results = _recognize_boxes(recognizer, images, boxes, normalized, annotate)
         else:
             results = recognizer.recognize_batch(images)
+    if recognizer.ranker is None and not as_json:  # after any usage error, before the answers
+        print_note("ranking is disabled (--ranker none): showing retrieval order")
     _print_results(results, as_json)
     if any(r.error for r in results):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_INPUT_FAILED)
+
+
+def _check_box_usage(images: list[str], boxes: Path | None) -> None:
+    from rar_agent.errors import ConfigError
+
+    if boxes is None:
+        raise ConfigError("--annotate draws region labels: give the regions with --boxes FILE")
+    if len(images) != 1:
+        raise ConfigError(f"--boxes applies to one image, got {len(images)}: pass exactly one")
 
 
 def _recognize_boxes(
@@ -87,10 +99,7 @@ def _recognize_boxes(
     from rar_agent.regions import annotate as draw_results
     from rar_agent.regions import load_boxes
 
-    if boxes is None:
-        raise ConfigError("--annotate draws region labels: give the regions with --boxes FILE")
-    if len(images) != 1:
-        raise ConfigError(f"--boxes applies to one image, got {len(images)}: pass exactly one")
+    assert boxes is not None  # _check_box_usage
     parsed = load_boxes(boxes, normalized=normalized)
     if not parsed:
         raise ConfigError(f"{boxes} holds no boxes: write a JSON list of [x0, y0, x1, y1]")
@@ -132,7 +141,7 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
         table.add_column("score", justify="right")
         table.add_column("retrieval rank", justify="right")
         for i, c in enumerate(r.candidates, 1):
-            table.add_row(str(i), c.label, f"{c.score:.4f}", str(c.retrieval_rank + 1))
+            table.add_row(str(i), c.label, f"{c.score:.4f}", str(c.retrieval_rank))
         console.print(table)
         reason = f" ({r.ranking.reason})" if r.ranking.reason else ""
         timings = ", ".join(f"{k} {v:.1f} ms" for k, v in r.timings_ms.items())

@@ -1,4 +1,5 @@
-"""Image-text encoders: the protocol, the open_clip and transformers backends, and helpers.
+"""Image-text encoders: the protocol, the open_clip, transformers and offline EfficientNet-Lite0
+backends, how to choose one, and helpers.
 
 Heavy libraries (torch, open_clip, transformers, langchain_core) load only when a backend or
 :class:`EncoderEmbeddings` is first used, so importing this package stays cheap.
@@ -9,16 +10,25 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.encoders.base import ImageTextEncoder, l2_normalize
+from rar_agent.encoders.base import (
+    BuiltinVocabulary,
+    ImageTextEncoder,
+    has_text_tower,
+    l2_normalize,
+)
+from rar_agent.encoders.spec import DEFAULT_CLIP, OFFLINE_ENCODER, EncoderSpec
 
 if TYPE_CHECKING:
+    from rar_agent.encoders.effnet_backend import EfficientNetLite0Encoder
     from rar_agent.encoders.embeddings import EncoderEmbeddings
     from rar_agent.encoders.hf_backend import TransformersClipEncoder
     from rar_agent.encoders.loader import (
         DEFAULT_MODEL,
         DEFAULT_PRETRAINED,
         clear_encoder_cache,
+        load_default_encoder,
         load_encoder,
+        spec_for,
     )
     from rar_agent.encoders.open_clip_backend import OpenClipEncoder
     from rar_agent.encoders.prototypes import (
@@ -28,11 +38,17 @@ if TYPE_CHECKING:
         fill_template,
         short_templates,
     )
+    from rar_agent.encoders.resolve import resolve_encoder
 
 __all__ = [
+    "DEFAULT_CLIP",
     "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED",
+    "OFFLINE_ENCODER",
+    "BuiltinVocabulary",
+    "EfficientNetLite0Encoder",
     "EncoderEmbeddings",
+    "EncoderSpec",
     "ImageTextEncoder",
     "OpenClipEncoder",
     "TransformersClipEncoder",
@@ -41,9 +57,13 @@ __all__ = [
     "default_templates",
     "default_vocabulary",
     "fill_template",
+    "has_text_tower",
     "l2_normalize",
+    "load_default_encoder",
     "load_encoder",
+    "resolve_encoder",
     "short_templates",
+    "spec_for",
 ]
 
 _LAZY = {
@@ -51,6 +71,10 @@ _LAZY = {
     "DEFAULT_PRETRAINED": "loader",
     "clear_encoder_cache": "loader",
     "load_encoder": "loader",
+    "spec_for": "loader",
+    "load_default_encoder": "loader",
+    "resolve_encoder": "resolve",
+    "EfficientNetLite0Encoder": "effnet_backend",
     "EncoderEmbeddings": "embeddings",
     "OpenClipEncoder": "open_clip_backend",
     "TransformersClipEncoder": "hf_backend",

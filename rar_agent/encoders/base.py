@@ -10,7 +10,14 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["ImageTextEncoder", "l2_normalize", "bound_aspect", "MAX_ASPECT"]
+__all__ = [
+    "MAX_ASPECT",
+    "BuiltinVocabulary",
+    "ImageTextEncoder",
+    "bound_aspect",
+    "has_text_tower",
+    "l2_normalize",
+]
 
 MAX_ASPECT = 16.0
 
@@ -37,6 +44,20 @@ class ImageTextEncoder(Protocol):
         Image-only encoders raise :class:`rar_agent.errors.EncoderError`.
         """
         ...
+
+
+@runtime_checkable
+class BuiltinVocabulary(Protocol):
+    """An encoder that brings its own class vocabulary (e.g. a classifier head)."""
+
+    def builtin_vocabulary(self) -> tuple[list[str], np.ndarray]:
+        """``(class names, float32 (n, dim) unit rows)`` in the encoder's embedding space."""
+        ...
+
+
+def has_text_tower(encoder: object) -> bool:
+    """Whether ``encoder`` can embed text; image-only encoders set ``text_tower = False``."""
+    return bool(getattr(encoder, "text_tower", True))
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -8,8 +8,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.encoders._hub import hub_access
 from rar_agent.encoders.base import bound_aspect
+from rar_agent.encoders.hub import hub_access
 from rar_agent.encoders.open_clip_backend import describe_load_failure, model_load_help
 from rar_agent.encoders.torch_base import (
     TorchEncoderBase,

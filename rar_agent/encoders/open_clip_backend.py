@@ -9,8 +9,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.encoders._hub import hub_access
 from rar_agent.encoders.base import bound_aspect
+from rar_agent.encoders.hub import hub_access
 from rar_agent.encoders.torch_base import (
     TorchEncoderBase,
     configure_cpu_threads,
@@ -39,7 +39,8 @@ def model_load_help(what: str, reason: str) -> str:
         "--clip-model local-dir:/path/to/open_clip_dir (a folder with open_clip_config.json and "
         "the weights), --clip-model hf:/path/to/dir (a transformers CLIP/SigLIP folder), or "
         "--clip-model ViT-B-16 --clip-pretrained /path/to/checkpoint.pt; or set RAR_CLIP_MODEL "
-        "/ RAR_CLIP_PRETRAINED to the same values."
+        "/ RAR_CLIP_PRETRAINED to the same values (in Python: load_encoder(spec, "
+        "pretrained=...)); or leave the encoder unset for the offline efficientnet-lite0."
     )
 
 

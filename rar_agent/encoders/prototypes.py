@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -20,18 +26,35 @@ __all__ = [
 Template = str | Callable[[str], str]
 
 
+@functools.cache
+def _metadata() -> ModuleType:
+    """open_clip's ``zero_shot_metadata`` module (class names and prompt templates).
+
+    That file is plain data with no imports, while ``import open_clip`` loads the model code
+    (2-5 s). Unless open_clip is already imported, the file is loaded on its own, so encoders
+    that never touch open_clip (EfficientNet-Lite0) get ImageNet's class names at once.
+    """
+    if "open_clip" in sys.modules:
+        return importlib.import_module("open_clip.zero_shot_metadata")
+    spec = importlib.util.find_spec("open_clip")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(folders[0]) / "zero_shot_metadata.py" if folders else None
+    if path is None or not path.is_file():
+        return importlib.import_module("open_clip.zero_shot_metadata")
+    file_spec = importlib.util.spec_from_file_location("_rar_open_clip_metadata", path)
+    module = importlib.util.module_from_spec(file_spec)  # type: ignore[arg-type]
+    file_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 def default_vocabulary() -> list[str]:
     """open_clip's ImageNet-1k class names (1000 names, in class-index order)."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-    return list(IMAGENET_CLASSNAMES)
+    return list(_metadata().IMAGENET_CLASSNAMES)
 
 
 def default_templates() -> list[Template]:
     """open_clip's copy of OpenAI's 80 ImageNet prompt templates (callables of a name)."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-    return list(OPENAI_IMAGENET_TEMPLATES)
+    return list(_metadata().OPENAI_IMAGENET_TEMPLATES)
 
 
 def short_templates() -> list[Template]:
@@ -40,9 +63,7 @@ def short_templates() -> list[Template]:
     Used for the built-in 1000-class vocabulary, so its first build takes about a minute on a
     CPU instead of several.
     """
-    from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
-
-    return list(SIMPLE_IMAGENET_TEMPLATES)
+    return list(_metadata().SIMPLE_IMAGENET_TEMPLATES)
 
 
 def fill_template(template: Template, name: str) -> str:

@@ -48,7 +48,7 @@ def command_line(report: EvalReport) -> str:
         ("--test-set", c.test_set),
         ("--shots", c.shots),
         ("--limit", c.limit),
-        ("--encoder", c.encoder),
+        (_encoder_flag(c.encoder), c.encoder),
         ("--clip-pretrained", c.pretrained),
         ("--k", c.k),
         ("--max-k", c.max_k),
@@ -67,6 +67,12 @@ def command_line(report: EvalReport) -> str:
     if c.text_memory:
         args.append("--text-memory")
     return shlex.join(args)
+
+
+def _encoder_flag(spec: str | None) -> str:
+    from rar_agent.encoders.loader import is_factory_spec
+
+    return "--encoder" if spec and is_factory_spec(spec) else "--clip-model"
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:

@@ -16,7 +16,7 @@ from rar_agent.memory.entries import (
     normalize_label,
 )
 from rar_agent.memory.location import check_collection_name, default_memory_dir
-from rar_agent.memory.opening import open_memory
+from rar_agent.memory.opening import configured_memory, memory_encoder, open_memory
 
 __all__ = [
     "KINDS",
@@ -27,7 +27,9 @@ __all__ = [
     "MemoryEntry",
     "MemoryInfo",
     "check_collection_name",
+    "configured_memory",
     "default_memory_dir",
+    "memory_encoder",
     "normalize_label",
     "open_memory",
 ]

@@ -17,7 +17,7 @@ from rar_agent.errors import ConfigError, MemoryStoreError
 from rar_agent.memory.backend import MemoryBackend
 from rar_agent.memory.entries import Hit, MemoryEntry, MemoryInfo, check_kind, normalize_label
 from rar_agent.memory.location import open_backend
-from rar_agent.memory.meta import memory_info, record_encoder
+from rar_agent.memory.meta import ENCODER_SPEC_KEY, memory_info, record_encoder
 from rar_agent.memory.vectors import as_vector_rows, check_point_ids
 
 if TYPE_CHECKING:
@@ -114,6 +114,10 @@ class CategoryMemory:
     def bind_encoder(self, fingerprint: str, dim: int, *, description: str | None = None) -> None:
         """Record the encoder on first use; refuse a different one afterwards.
 
+        When the encoder was loaded with :func:`rar_agent.encoders.load_encoder`, how it was
+        loaded (its :class:`~rar_agent.encoders.EncoderSpec`) is recorded too, as
+        ``info.encoder_spec``, so the memory can be opened later without naming the encoder.
+
         Args:
             fingerprint: The encoder's fingerprint (model + weights identity).
             dim: The encoder's embedding length.
@@ -123,11 +127,14 @@ class CategoryMemory:
             EncoderMismatchError: The memory was built with another encoder.
             ConfigError: ``dim`` is not a positive integer or the fingerprint is empty.
         """
+        from rar_agent.encoders.loader import spec_for
+
         if not isinstance(fingerprint, str) or not fingerprint:
             raise ConfigError("the encoder fingerprint must be a non-empty string")
         if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
             raise ConfigError(f"the embedding dimension must be a positive integer, not {dim!r}")
         dim = int(dim)
+        spec = spec_for(fingerprint)
         with self._lock:
             self._check_open()
             if self.read_only:  # record_encoder writes in these two cases only
@@ -136,8 +143,19 @@ class CategoryMemory:
                     self._check_writable("record its encoder (it has none yet: build it first)")
                 if description is not None and description != meta.get("description"):
                     self._check_writable("record a description")
-            record_encoder(self._backend, self.collection, fingerprint, dim, description)
+            record_encoder(
+                self._backend,
+                self.collection,
+                fingerprint,
+                dim,
+                description,
+                None if self.read_only else spec,  # a read-only memory records nothing
+            )
             self._bound = (fingerprint, dim)
+
+    def set_encoder_spec(self, spec: dict[str, str | None] | None) -> None:
+        """Record how to load the memory's encoder (``EncoderSpec.to_meta()``'s form)."""
+        self._update_meta(ENCODER_SPEC_KEY, spec)
 
     def set_description(self, description: str | None) -> None:
         """Record a domain description (e.g. "bird species"); requires a bound encoder."""
@@ -401,6 +419,7 @@ class CategoryMemory:
             "backend": info.backend,
             "location": info.location,
             "fingerprint": info.fingerprint,
+            "encoder_spec": info.encoder_spec,
             "dim": info.dim,
             "description": info.description,
             "created_at": info.created_at,

@@ -78,8 +78,8 @@ def _open_shared(path: Path, create: bool) -> _Shared:
     exists = (path / META_FILE).is_file() or (path / SHARD_DIR).is_dir()
     if not exists and not create:
         raise MemoryStoreError(
-            f"no category memory at {path}: build one first (rar-agent memory build) "
-            "or check --memory / RAR_HOME and --collection"
+            f"no category memory at {path}: build one first (rar-agent memory build; in "
+            "Python memory.builders) or check the path (--memory, or RAR_HOME and --collection)"
         )
     if path.exists() and not path.is_dir():
         raise MemoryStoreError(f"{path} is a file, not a memory directory: choose another path")

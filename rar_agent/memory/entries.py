@@ -171,6 +171,8 @@ class MemoryInfo:
         location: The memory's directory or server URL.
         created_at: ISO timestamp of when the encoder was bound, if known.
         gate_margin: Ranking-gate margin chosen by ``rar-agent eval --gate auto``, if any.
+        encoder_spec: How to load the encoder (``{"model": ..., "pretrained": ...}``, see
+            ``rar_agent.encoders.EncoderSpec``), if it was recorded.
     """
 
     fingerprint: str | None
@@ -181,3 +183,4 @@ class MemoryInfo:
     location: str = ""
     created_at: str | None = None
     gate_margin: float | None = None
+    encoder_spec: dict[str, str | None] | None = None

@@ -1,7 +1,10 @@
-"""Open the memory the settings name: the entry point for the CLI, the pipeline and tools."""
+"""Open the memory the settings name, and its encoder: the entry point for the CLI, the
+pipeline and tools."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rar_agent.memory.core import CategoryMemory
@@ -9,8 +12,11 @@ from rar_agent.memory.location import memory_target
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings
+    from rar_agent.encoders import ImageTextEncoder
 
-__all__ = ["open_memory"]
+__all__ = ["configured_memory", "memory_encoder", "open_memory"]
+
+logger = logging.getLogger(__name__)
 
 
 def open_memory(
@@ -49,3 +55,66 @@ def open_memory(
         replication_factor=target.replication_factor,
         read_only=read_only,
     )
+
+
+def configured_memory(settings: Settings, *, read_only: bool = False) -> CategoryMemory | None:
+    """The memory the settings name; ``None`` when it is the default one and missing or empty.
+
+    A memory named explicitly (``memory_path``, ``collection`` or ``qdrant_url``) that does not
+    exist is an error, as in ``rar-agent memory list``, and so is one with no entries: a
+    mistyped path must not turn into an empty memory or a silent fallback. With ``read_only``
+    the memory is opened read-only and must exist even when it is the default one.
+
+    Raises:
+        MemoryStoreError: A named memory is missing, empty (``EmptyMemoryError``) or cannot
+            be opened.
+    """
+    from rar_agent.errors import EmptyMemoryError, MemoryBusyError, MemoryStoreError
+
+    named = bool(settings.qdrant_url) or bool(
+        {"memory_path", "collection"} & settings.model_fields_set
+    )
+    try:
+        memory = open_memory(settings, create=False, read_only=read_only)
+    except MemoryBusyError:
+        raise
+    except MemoryStoreError:
+        if named or read_only:
+            raise
+        return None
+    if memory.count() > 0:
+        return memory
+    where = memory.info.location
+    memory.close()
+    if named:
+        raise EmptyMemoryError(
+            f"memory {settings.collection!r} at {where} holds no entries: add some (rar-agent "
+            "memory build / memory add; in Python memory.builders), or give labels for a "
+            "zero-shot memory (--labels; in Python labels=[...])"
+        )
+    logger.info("memory %r is empty: using the built-in vocabulary", settings.collection)
+    return None
+
+
+def memory_encoder(
+    settings: Settings,
+    memory: CategoryMemory | None = None,
+    *,
+    announce: Callable[[str], None] | None = None,
+) -> ImageTextEncoder:
+    """The encoder to use: the one the settings name, else ``memory``'s own, else the default.
+
+    Args:
+        settings: ``encoder`` / ``clip_model`` / ``clip_pretrained`` name one explicitly.
+        memory: An open memory whose recorded encoder spec applies when none is named.
+        announce: Receives the note when the default falls back to the offline encoder.
+
+    Raises:
+        ModelLoadError: The named or recorded encoder cannot be loaded.
+    """
+    from rar_agent.encoders import EncoderSpec, resolve_encoder
+
+    named = settings.explicit_encoder
+    explicit = EncoderSpec(*named) if named is not None else None
+    stored = EncoderSpec.from_meta(memory.info.encoder_spec) if memory is not None else None
+    return resolve_encoder(explicit, stored, device=settings.device, announce=announce)

@@ -41,6 +41,7 @@ def ranked_result(
     image: str | None = None,
     box: list[float] | None = None,
     box_id: str | None = None,
+    encoder: str | None = None,
 ) -> RecognitionResult:
     """One result: candidates in the ranker's order (if any), the first as the answer.
 
@@ -55,6 +56,7 @@ def ranked_result(
         image: Where the image came from.
         box: The region's pixel box (region recognition).
         box_id: The region's id (region recognition).
+        encoder: The encoder used (its spec label or fingerprint).
     """
     info, order = ranking
     final = _reorder(candidates, order)
@@ -70,6 +72,7 @@ def ranked_result(
         image=image,
         box=box,
         box_id=box_id,
+        encoder=encoder,
     )
 
 

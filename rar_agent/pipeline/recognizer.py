@@ -7,10 +7,11 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.config import MemoryKind, parse_reject, validate_k
+from rar_agent.encoders.loader import spec_for
 from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
 from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
@@ -55,7 +56,8 @@ class Recognizer:
 
     Args:
         memory: The category memory to retrieve from.
-        encoder: The encoder the memory was built with.
+        encoder: The encoder the memory was built with; ``None`` loads the one the memory
+            recorded (``memory.info.encoder_spec``).
         ranker: A ``RankingChain``, a chat model, a model string (``"openai:gpt-4o-mini"``,
             ``"hf:<dir>"``) or ``None``/``"none"`` for retrieval only.
         k: Candidates handed to the ranker (and returned).
@@ -75,7 +77,7 @@ class Recognizer:
     def __init__(
         self,
         memory: CategoryMemory,
-        encoder: ImageTextEncoder,
+        encoder: ImageTextEncoder | None = None,
         *,
         ranker: RankerSpec = None,
         k: int = 5,
@@ -85,9 +87,13 @@ class Recognizer:
         hint: str | None = None,
         reject: str | float | None = "auto",
     ) -> None:
+        if encoder is None:
+            encoder = _recorded_encoder(memory)
         memory.bind_encoder(encoder.fingerprint, encoder.dim)
         self.memory = memory
         self.encoder = encoder
+        spec = spec_for(encoder.fingerprint)
+        self.encoder_name = spec.label if spec is not None else encoder.fingerprint
         self.k = validate_k(k)
         self.gate = parse_gate(gate, calibrated=memory.info.gate_margin)
         self.retriever = CategoryRetriever(
@@ -108,45 +114,57 @@ class Recognizer:
         *,
         labels: Sequence[str] | None = None,
         progress: Progress | None = None,
+        announce: Callable[[str], None] | None = None,
         read_only: bool = False,
         **overrides: Any,
     ) -> Recognizer:
         """Build a recognizer from ``RAR_*`` settings (plus keyword overrides).
 
-        With ``labels`` a text memory for exactly those labels is built (and cached); with an
-        empty memory the built-in ImageNet-1k vocabulary is used zero-shot. With
-        ``read_only`` the configured memory must exist and nothing writes to it (the cached
-        vocabulary memories are still built as needed).
+        With ``labels`` a text memory of exactly those labels is built (and cached). Without,
+        the configured memory is used with the encoder it recorded (unless one is named); a
+        memory named explicitly (``memory_path``, ``collection``, ``qdrant_url``) must exist
+        and hold entries, while the default one, when missing or empty, gives way to the
+        encoder's built-in vocabulary (ImageNet-1k). With ``read_only`` the configured memory
+        must exist and nothing writes to it (the cached vocabulary memories are still built as
+        needed).
+
+        Args:
+            settings: The settings (default: from the environment).
+            labels: Class names for a zero-shot memory (needs an encoder with a text tower).
+            progress: ``progress(done, total)`` while a vocabulary memory is built.
+            read_only: Open the configured memory read-only.
+            announce: Receives the one-line note when the default encoder falls back to the
+                offline one (default: a logged warning).
+            **overrides: Settings fields to override.
+
+        Raises:
+            RarError: The memory or the encoder cannot be opened (the message says why).
         """
         from rar_agent.config import Settings
-        from rar_agent.encoders import load_encoder
-        from rar_agent.memory import check_collection_name, open_memory
+        from rar_agent.memory import check_collection_name, configured_memory, memory_encoder
 
         settings = (settings or Settings()).model_copy(update=overrides)
         check_collection_name(settings.collection)  # before a slow encoder load
-        encoder = load_encoder(
-            settings.encoder_spec, pretrained=settings.clip_pretrained, device=settings.device
-        )
-        if labels is not None:
-            memory = vocabulary_memory(settings, encoder, labels, progress=progress)
-        else:
-            memory = open_memory(settings, read_only=read_only)
-            if memory.count() == 0:
-                logger.info(
-                    "memory %r is empty: using the ImageNet-1k vocabulary", settings.collection
-                )
+        ranker = as_ranking_chain(settings.ranker)  # first: a ranker that cannot load fails fast
+        memory = None if labels is not None else configured_memory(settings, read_only=read_only)
+        try:
+            encoder = memory_encoder(settings, memory, announce=announce)
+            if memory is None:
+                memory = vocabulary_memory(settings, encoder, labels, progress=progress)
+            return cls(
+                memory,
+                encoder,
+                ranker=ranker,
+                k=settings.k,
+                fetch_k=settings.fetch_k,
+                gate=settings.gate,
+                kind=settings.kind,
+                reject=settings.reject,
+            )
+        except BaseException:
+            if memory is not None:
                 memory.close()
-                memory = vocabulary_memory(settings, encoder, None, progress=progress)
-        return cls(
-            memory,
-            encoder,
-            ranker=settings.ranker,
-            k=settings.k,
-            fetch_k=settings.fetch_k,
-            gate=settings.gate,
-            kind=settings.kind,
-            reject=settings.reject,
-        )
+            raise
 
     # ------------------------------------------------------------------ recognition
 
@@ -273,7 +291,14 @@ class Recognizer:
             "reject": round(reject_ms, 3),
         }
         return [
-            ranked_result(candidates, ranking, timings, rejection=verdict, image=item.source)
+            ranked_result(
+                candidates,
+                ranking,
+                timings,
+                rejection=verdict,
+                image=item.source,
+                encoder=self.encoder_name,
+            )
             for item, candidates, ranking, verdict in zip(
                 loaded, retrieved, rankings, verdicts, strict=True
             )
@@ -363,6 +388,20 @@ class Recognizer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _recorded_encoder(memory: CategoryMemory) -> ImageTextEncoder:
+    from rar_agent.encoders import EncoderSpec, resolve_encoder
+    from rar_agent.errors import ConfigError
+
+    stored = EncoderSpec.from_meta(memory.info.encoder_spec)
+    if stored is None:
+        raise ConfigError(
+            f"memory {memory.collection!r} records no encoder spec (it was built before specs "
+            f"were recorded, or with an encoder made by hand): pass the encoder it was built "
+            f"with ({memory.info.fingerprint})"
+        )
+    return resolve_encoder(None, stored)
 
 
 def _describe(src: Any) -> str:

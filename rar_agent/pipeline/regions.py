@@ -45,6 +45,7 @@ class Stages(Protocol):
     """The recognizer stages region recognition runs (a :class:`Recognizer` has them)."""
 
     encoder: ImageTextEncoder
+    encoder_name: str
     retriever: CategoryRetriever
 
     def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
@@ -126,9 +127,15 @@ def recognize_regions(
             job, candidates, ranking, verdict = next(done)
             box = [round(v, 3) for v in job.coords]
             slot = ranked_result(
-                candidates, ranking, timings, rejection=verdict, image=loaded.source, box=box,
+                candidates,
+                ranking,
+                timings,
+                rejection=verdict,
+                image=loaded.source,
+                box=box,
                 box_id=job.box.id,
-            )  # fmt: skip
+                encoder=recognizer.encoder_name,
+            )
         out.append(slot)
     return out
 

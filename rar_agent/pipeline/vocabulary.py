@@ -1,4 +1,4 @@
-"""Zero-shot vocabularies: a cached text memory of class names for one encoder."""
+"""Vocabulary memories: a cached text memory of class names, or an encoder's own classes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from rar_agent.errors import LabelError
+from rar_agent.encoders.loader import spec_for
+from rar_agent.errors import EncoderError, LabelError
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings
@@ -24,15 +25,41 @@ def vocabulary_memory(
     *,
     progress: Progress | None = None,
 ) -> CategoryMemory:
-    """A cached text memory of ``labels`` (ImageNet-1k when ``None``) for this encoder.
+    """A cached text memory of ``labels``, or of the encoder's built-in vocabulary when ``None``.
 
-    The collection name hashes the labels and the encoder fingerprint, so it is built once
-    per (vocabulary, encoder) and reused; a resumed build skips what is stored. It lives
-    where the settings keep memories (see :func:`rar_agent.memory.open_memory`).
+    The built-in vocabulary is the encoder's own (EfficientNet-Lite0: its ImageNet-1k
+    classifier rows) or, for an encoder with a text tower, ImageNet-1k's class names as text
+    prototypes. The collection name hashes the labels and the encoder fingerprint, so it is
+    built once per (vocabulary, encoder) and reused; a resumed build skips what is stored. It
+    lives where the settings keep memories (see :func:`rar_agent.memory.open_memory`).
 
     Raises:
+        EncoderError: ``labels`` were given but the encoder has no text tower.
         LabelError: No usable label was given.
     """
+    from rar_agent.encoders import BuiltinVocabulary, has_text_tower
+
+    if labels is not None and not has_text_tower(encoder):
+        spec = spec_for(encoder.fingerprint)
+        raise EncoderError(
+            "zero-shot labels (--labels) need an encoder with a text tower (CLIP), and "
+            f"{spec.label if spec else encoder.fingerprint} has none: use a CLIP model "
+            "(--clip-model local-dir:/path/to/open_clip_dir; in Python clip_model=...), build a "
+            "few-shot memory from example images (rar-agent memory build --from-folder DIR; in "
+            "Python memory.builders.add_images), or leave out the labels for its built-in "
+            "ImageNet-1k classes"
+        )
+    if labels is None and isinstance(encoder, BuiltinVocabulary):
+        return _builtin_vocabulary_memory(settings, encoder, progress)
+    return _text_vocabulary_memory(settings, encoder, labels, progress)
+
+
+def _text_vocabulary_memory(
+    settings: Settings,
+    encoder: ImageTextEncoder,
+    labels: Sequence[str] | None,
+    progress: Progress | None,
+) -> CategoryMemory:
     from rar_agent.encoders import default_vocabulary, short_templates
     from rar_agent.memory import open_memory
     from rar_agent.memory.builders import add_class_names
@@ -42,11 +69,30 @@ def vocabulary_memory(
     templates = short_templates() if labels is None else None
     names = [n.strip() for n in names if n.strip()]
     if not names:
-        raise LabelError("no labels given: pass comma-separated names, e.g. --labels 'cat,dog'")
+        raise LabelError(
+            "no labels given: pass class names, e.g. --labels 'cat,dog' (in Python "
+            "labels=['cat', 'dog'])"
+        )
     key = hashlib.sha256(("\n".join(names) + "\x00" + encoder.fingerprint).encode()).hexdigest()
     prefix = "imagenet" if labels is None else "labels"
     memory = open_memory(settings, collection=f"{prefix}-{key[:16]}")
     memory.bind_encoder(encoder.fingerprint, encoder.dim)
     if memory.count("text") < len(set(names)):
         add_class_names(memory, encoder, names, templates=templates, progress=progress)
+    return memory
+
+
+def _builtin_vocabulary_memory(
+    settings: Settings, encoder: ImageTextEncoder, progress: Progress | None
+) -> CategoryMemory:
+    from rar_agent.memory import open_memory
+    from rar_agent.memory.vocabulary import add_builtin_vocabulary
+
+    key = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()
+    memory = open_memory(settings, collection=f"builtin-{key[:16]}")
+    try:
+        add_builtin_vocabulary(memory, encoder, progress=progress)  # stores only what is missing
+    except BaseException:
+        memory.close()
+        raise
     return memory

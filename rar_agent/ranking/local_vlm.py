@@ -27,6 +27,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
+from rar_agent.encoders.hub import hub_access, hub_reachable
 from rar_agent.errors import ModelLoadError, RankerError
 from rar_agent.ranking.vlm_messages import merge_system_turns, to_processor_messages
 
@@ -53,6 +54,43 @@ def clear_model_cache() -> None:
     """Forget every loaded local model (frees memory once no instance uses it)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _hub_unavailable(model: LocalVisionChatModel) -> bool:
+    from huggingface_hub import constants
+
+    return bool(model.local_files_only) or constants.HF_HUB_OFFLINE or not hub_reachable()
+
+
+def _load_failure(base: str, exc: BaseException) -> str:
+    """One message for a local ranker that cannot be loaded: what, why, what to do instead."""
+    from huggingface_hub import constants
+
+    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    if Path(base).is_dir():
+        return (
+            f"Could not load the local ranker from {base}: {why}. Give a directory holding a "
+            "saved image-text-to-text model (or a PEFT adapter), a hosted ranker (e.g. "
+            "openai:gpt-4o-mini), or no ranker (--ranker none; in Python ranker=None) for "
+            "retrieval only."
+        )
+    if constants.HF_HUB_OFFLINE or not hub_reachable():
+        why = "its weights are not on this machine and the model hub cannot be reached"
+    return (
+        f"Could not load the local ranker {base!r}: {why}. Download it where the hub is "
+        f"reachable (hf download {base}), pass hf:/path/to/model_dir, pick a hosted ranker "
+        "(e.g. openai:gpt-4o-mini), or no ranker (--ranker none; in Python ranker=None) for "
+        "retrieval only."
+    )
 
 
 def _looks_like_path(name: str) -> bool:
@@ -153,6 +191,9 @@ class LocalVisionChatModel(BaseChatModel):
             return _CACHE[key]
 
     def _load(self, base: str, adapter: str | None) -> _Loaded:
+        if not Path(base).is_dir() and not _in_hub_cache(base) and _hub_unavailable(self):
+            # Known to fail: say so before importing torch and transformers (seconds).
+            raise ModelLoadError(_load_failure(base, OSError("not in the hub cache")))
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -170,17 +211,15 @@ class LocalVisionChatModel(BaseChatModel):
             common["local_files_only"] = self.local_files_only
         logger.info("loading local ranker %s on %s (%s)", base, device, dtype)
         try:
-            processor = AutoProcessor.from_pretrained(base, **common)
-            model = AutoModelForImageTextToText.from_pretrained(
-                base, dtype=getattr(torch, dtype), **common
-            )
+            # An unreachable hub means cache-only loading after a 3 s probe, not minutes of
+            # retries before the same error.
+            with hub_access(f"the local ranker {base}"):
+                processor = AutoProcessor.from_pretrained(base, **common)
+                model = AutoModelForImageTextToText.from_pretrained(
+                    base, dtype=getattr(torch, dtype), **common
+                )
         except (OSError, ValueError, KeyError, ImportError) as exc:
-            raise ModelLoadError(
-                f"Could not load the local ranker {base!r}: {str(exc).strip().rstrip('.')}. "
-                "Without internet, download it beforehand (hf download <repo>) or pass a local "
-                "directory; or pick a hosted ranker (e.g. openai:gpt-4o-mini), or none for "
-                "retrieval only."
-            ) from exc
+            raise ModelLoadError(_load_failure(base, exc)) from exc
         if adapter is not None:
             model = _apply_adapter(model, adapter)
         model = model.to(device).eval()  # type: ignore[arg-type]

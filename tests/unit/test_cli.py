@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,8 +101,16 @@ def test_errors_are_one_clear_line_not_a_traceback(env: Path) -> None:
     assert code == 2 and "k:" in out and "greater than or equal to 1" in out
 
 
-def test_offline_default_model_names_the_fix(tmp_path: Path) -> None:
-    env = {"HF_HUB_OFFLINE": "1", "RAR_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+def _subprocess_env(home: Path) -> dict[str, str]:
+    """A bare environment (offline, private RAR_HOME) that still imports this checkout."""
+    env = {"HF_HUB_OFFLINE": "1", "RAR_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+def test_an_explicit_clip_model_offline_never_falls_back(tmp_path: Path) -> None:
+    env = _subprocess_env(tmp_path)
     proc = subprocess.run(
         [
             sys.executable,
@@ -109,6 +118,8 @@ def test_offline_default_model_names_the_fix(tmp_path: Path) -> None:
             "rar_agent.cli",
             "recognize",
             "examples/images/cat.jpg",
+            "--clip-model",
+            "ViT-B-16",
             "--no-progress",
         ],
         capture_output=True,
@@ -119,7 +130,7 @@ def test_offline_default_model_names_the_fix(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "local-dir:" in proc.stderr and "RAR_CLIP_MODEL" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "using the offline encoder" not in proc.stderr
 
 
 def test_help_lists_the_commands() -> None:
@@ -153,7 +164,7 @@ def test_console_script_finds_an_encoder_factory_in_the_working_directory(tmp_pa
     import shutil
 
     script = shutil.which("rar-agent") or str(Path(sys.executable).parent / "rar-agent")
-    env = {"HF_HUB_OFFLINE": "1", "RAR_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = _subprocess_env(tmp_path)
     proc = subprocess.run(
         [
             script,

@@ -166,3 +166,29 @@ def test_augment_folder_rejects_bad_arguments(tmp_path: Path) -> None:
     (tmp_path / "empty" / "label").mkdir(parents=True)
     with pytest.raises(ConfigError, match="no images"):
         datasets.augment_folder(tmp_path / "empty", tmp_path / "p", n=1)
+
+
+def test_cli_exports_an_imagefolder_that_memory_build_reads(tmp_path: Path) -> None:
+    """``rar-agent datasets export`` (on the idx format, so it runs without Debian's package)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    (tmp_path / "idx").mkdir()
+    root = _fake_root(tmp_path / "idx")
+    out = tmp_path / "garments"
+    runner = CliRunner()
+    args = ["fashion-mnist", str(out), "--per-class", "2", "--classes", "bag,coat"]
+    done = runner.invoke(app, ["datasets", "export", *args, "--root", str(root), "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout) == {
+        "out": str(out),
+        "images": 4,
+        "classes": {"bag": 2, "coat": 2},
+    }
+    assert sorted({label for _, label in iter_image_folder(out)}) == ["bag", "coat"]
+    for bad in (["mnist", str(out)], ["fashion-mnist", str(out), "--split", "val"]):
+        done = runner.invoke(app, ["datasets", "export", *bad, "--root", str(root)])
+        assert done.exit_code == 2 and "error:" in done.output

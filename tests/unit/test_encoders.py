@@ -188,10 +188,13 @@ def test_offline_hub_model_fails_fast_with_help(spec: str, pretrained: str | Non
     _assert_offline_help(str(info.value), spec)
 
 
-def test_default_spec_is_the_papers_model() -> None:
-    with pytest.raises(ModelLoadError) as info:
-        load_encoder()
-    _assert_offline_help(str(info.value), "ViT-B-16 (pretrained=openai)")
+def test_default_spec_offline_is_the_offline_encoder(caplog: pytest.LogCaptureFixture) -> None:
+    from rar_agent.encoders import spec_for
+
+    with caplog.at_level("WARNING", logger="rar_agent.encoders.loader"):
+        encoder = load_encoder(device="cpu")  # CLIP ViT-B-16/openai is not on this machine
+    assert str(spec_for(encoder.fingerprint).label) == "efficientnet-lite0"
+    assert "CLIP ViT-B-16/openai is not available" in caplog.text
 
 
 @pytest.mark.parametrize("layout", ["missing", "no-config", "no-weights"])
@@ -264,7 +267,7 @@ def test_unreachable_hub_switches_to_cache_only(monkeypatch: pytest.MonkeyPatch)
     """Without HF_HUB_OFFLINE, an unreachable hub must not cost ~50 s of retries."""
     from huggingface_hub import constants
 
-    from rar_agent.encoders import _hub
+    from rar_agent.encoders import hub as _hub
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(_hub, "hub_reachable", lambda: False)
@@ -283,7 +286,7 @@ def test_unreachable_hub_switches_to_cache_only(monkeypatch: pytest.MonkeyPatch)
 def test_hub_probe_reports_closed_port(monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
-    from rar_agent.encoders import _hub
+    from rar_agent.encoders import hub as _hub
 
     monkeypatch.setattr(_hub, "_last_probe", None)
     monkeypatch.delenv("HTTPS_PROXY", raising=False)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from scripts.bench import Bench, render_markdown, run_bench
 from scripts.bench_e2e import row
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent(
     """
@@ -64,3 +70,32 @@ def test_rows_carry_the_ratio_to_their_baseline() -> None:
     assert r["ratio"] == 2.0 and r["met"] is True
     assert row("y", 1.0, "s")["ratio"] is None
     assert sys.executable  # the runner uses the same interpreter
+
+
+def test_results_go_to_a_scratch_folder_unless_docs_are_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scripts.bench as bench
+
+    fake = {"name": "ranking", "script": "x.py", "rc": 0, "seconds": 0.1, "stdout": "table",
+            "command": "x"}  # fmt: skip
+    monkeypatch.setattr(bench, "run_bench", lambda *_a, **_k: dict(fake))
+    docs = [ROOT / "docs" / "benchmarks.md", ROOT / "benchmarks" / "results.json"]
+    before = [p.read_bytes() for p in docs]
+    assert bench.main(["--only", "ranking", "--out", str(tmp_path / "b")]) == 0
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["benchmarks.md", "results.json"]
+    assert [p.read_bytes() for p in docs] == before  # committed figures untouched
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--only", "ranking"]) == 0
+    assert (tmp_path / "bench-results" / "benchmarks.md").is_file()
+
+
+def test_generated_files_are_ignored_by_git_and_committed_docs_are_not() -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["rar-eval/report.md", "bench-results/results.json", "docs/eval/predictions.jsonl"]
+    kept = ["docs/eval/report.md", "docs/benchmarks.md", "benchmarks/results.json"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", *paths, *kept], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    assert ignored == paths

@@ -110,8 +110,32 @@ def test_missing_directory_is_a_clear_error() -> None:
 
 
 def test_missing_weights_offline_is_a_clear_error() -> None:
-    with pytest.raises(ModelLoadError, match="download it beforehand"):
+    with pytest.raises(ModelLoadError, match="hf download nobody-here/no-such-vlm"):
         load_ranker("hf:nobody-here/no-such-vlm", local_files_only=True)
+
+
+def test_an_unreachable_hub_fails_fast_with_one_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not offline by setting, just no hub: a 3 s probe, then cache-only (no retry loop)."""
+    import time
+
+    from huggingface_hub import constants
+
+    from rar_agent.encoders import hub as _hub
+
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(_hub, "_last_probe", None)
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError) as info:
+        load_ranker("local")
+    seconds = time.perf_counter() - start
+    message = str(info.value)
+    assert "SmolVLM-256M-Instruct" in message and "cannot be reached" in message
+    assert "--ranker none" in message and "\n" not in message
+    assert seconds < 60, f"{seconds:.1f} s: a retry loop against the hub?"  # was ~146 s
+    print(f"local ranker with no hub failed in {seconds:.2f} s")
 
 
 def test_weights_load_once_per_process(tiny_vlm_spec: str, ranker: LocalVisionChatModel) -> None:

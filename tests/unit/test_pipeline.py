@@ -30,7 +30,7 @@ def test_fold_hits_keeps_best_score_per_label_and_k_distinct() -> None:
     folded = fold_hits(hits, k=2)
     assert [c.label for c in folded] == ["a", "b"]
     assert [c.score for c in folded] == [0.95, 0.9]
-    assert [c.retrieval_rank for c in folded] == [0, 1]
+    assert [c.retrieval_rank for c in folded] == [1, 2]  # 1-based, as in the CLI tables
     assert len(fold_hits(hits, k=10)) == 3
 
 

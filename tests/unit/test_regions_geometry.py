@@ -219,7 +219,7 @@ def test_annotate_draws_boxes_and_captions() -> None:
     image = Image.new("RGB", (200, 100), (255, 255, 255))
     ok = RecognitionResult(
         label="mug",
-        candidates=[Candidate(label="mug", score=0.87, retrieval_rank=0)],
+        candidates=[Candidate(label="mug", score=0.87, retrieval_rank=1)],
         box=[20, 40, 80, 90],
         box_id="0",
     )

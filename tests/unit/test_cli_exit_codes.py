@@ -1,0 +1,97 @@
+"""One exit-code contract for every command (the README's): 0 all good, 1 some inputs failed
+(each reported, the others still answered), 2 usage or configuration error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from rar_agent.cli import app
+from rar_agent.cli.options import EXIT_INPUT_FAILED, EXIT_OK, EXIT_USAGE
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def folder(tmp_path: Path, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_CLIP_MODEL", tiny_openclip_spec)
+    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+    for name in ("RAR_QDRANT_URL", "RAR_MEMORY_PATH", "RAR_ENCODER", "RAR_COLLECTION"):
+        monkeypatch.delenv(name, raising=False)
+    rng = np.random.default_rng(2)
+    for label in ("alpha", "beta"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        arr = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(tmp_path / "imgs" / label / "0.png")
+    (tmp_path / "bad.png").write_text("not an image")
+    return tmp_path
+
+
+def test_contract_values() -> None:
+    assert (EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE) == (0, 1, 2)
+
+
+def test_recognize_some_bad_inputs_exit_1_and_the_rest_are_answered(folder: Path) -> None:
+    good = str(folder / "imgs" / "alpha" / "0.png")
+    done = runner.invoke(app, ["recognize", good, str(folder / "bad.png"), "--labels", "a,b",
+                               "--json"])  # fmt: skip
+    assert done.exit_code == EXIT_INPUT_FAILED
+    first, second = (json.loads(line) for line in done.stdout.splitlines())
+    assert first["label"] in {"a", "b"} and first["error"] is None
+    assert "not an image" in second["error"]
+
+
+def test_one_bad_image_in_box_mode_exits_1(folder: Path) -> None:
+    boxes = folder / "boxes.json"
+    boxes.write_text("[[0, 0, 10, 10]]")
+    done = runner.invoke(
+        app, ["recognize", str(folder / "bad.png"), "--boxes", str(boxes), "--labels", "a,b"]
+    )
+    assert done.exit_code == EXIT_INPUT_FAILED and "not an image" in done.output
+
+
+def test_usage_errors_exit_2_before_anything_loads(folder: Path) -> None:
+    good = str(folder / "imgs" / "alpha" / "0.png")
+    done = runner.invoke(app, ["recognize", good, good, "--boxes", str(folder / "b.json")])
+    assert done.exit_code == EXIT_USAGE and "exactly one" in done.output
+    assert "ranking is disabled" not in done.output  # no note before a usage error
+    done = runner.invoke(app, ["recognize", good, "--memory", str(folder / "no-such-memory")])
+    assert done.exit_code == EXIT_USAGE and "no category memory" in done.output
+    assert not (folder / "no-such-memory").exists()
+    done = runner.invoke(app, ["recognize", good, "--k", "0"])
+    assert done.exit_code == EXIT_USAGE
+
+
+def test_memory_build_with_bad_items_exits_1_and_stores_the_rest(folder: Path) -> None:
+    (folder / "imgs" / "beta" / "broken.png").write_text("not an image")
+    memory = str(folder / "mem")
+    done = runner.invoke(app, ["memory", "build", "--from-folder", str(folder / "imgs"),
+                               "--memory", memory, "--no-progress"])  # fmt: skip
+    assert done.exit_code == EXIT_INPUT_FAILED
+    assert "added 2" in done.output
+    assert sum("broken.png" in line for line in done.output.splitlines()) == 1  # reported once
+    strict = runner.invoke(app, ["memory", "build", "--from-folder", str(folder / "imgs"),
+                                 "--memory", str(folder / "strict"), "--strict"])  # fmt: skip
+    assert strict.exit_code == EXIT_INPUT_FAILED
+    assert "skipped" not in strict.output and "broken.png" in strict.output
+
+
+def test_memory_build_from_a_missing_folder_leaves_no_memory(folder: Path) -> None:
+    memory = folder / "mem"
+    done = runner.invoke(app, ["memory", "build", "--from-folder", str(folder / "nothing"),
+                               "--memory", str(memory)])  # fmt: skip
+    assert done.exit_code == EXIT_USAGE
+    assert not memory.exists()
+
+
+def test_retrieval_rank_is_1_based_in_json_and_tables(folder: Path) -> None:
+    good = str(folder / "imgs" / "alpha" / "0.png")
+    done = runner.invoke(app, ["recognize", good, "--labels", "a,b,c", "--k", "3", "--json"])
+    ranks = [c["retrieval_rank"] for c in json.loads(done.stdout)["candidates"]]
+    assert sorted(ranks) == [1, 2, 3]

@@ -1,0 +1,29 @@
+"""The user docs stand on their own: every link stays inside the repository and resolves."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_resolve_inside_the_repository(doc: Path) -> None:
+    for target in LINK.findall(doc.read_text(encoding="utf-8")):
+        if target.startswith(("http://", "https://", "mailto:", "#")):
+            continue
+        path = (doc.parent / target.split("#", 1)[0]).resolve()
+        assert ROOT in path.parents, f"{doc.name} links outside the repository: {target}"
+        assert path.exists(), f"{doc.name} links to a missing file: {target}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_pointers_outside_the_repository_or_to_the_build_machines(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
+    for phrase in ("../shared", "/work/", "shared/DESIGN", "this project is built on"):
+        assert phrase not in text, f"{doc.name} mentions {phrase!r}"

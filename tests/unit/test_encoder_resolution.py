@@ -1,0 +1,191 @@
+"""Which encoder loads: named > the memory's recorded spec > CLIP where it can be had > offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from rar_agent.config import Settings
+from rar_agent.encoders import EncoderSpec, load_encoder, resolve_encoder, spec_for
+from rar_agent.encoders import loader as resolve_mod
+from rar_agent.encoders.loader import canonical_spec
+from rar_agent.errors import ConfigError, EncoderMismatchError, ModelLoadError
+
+ROOT = Path(__file__).resolve().parents[2]
+FACTORY_FILE = ROOT / "tests" / "helpers" / "encoder_factories.py"
+runner = CliRunner()
+
+
+def test_the_default_hub_repo_is_open_clips_entry_for_the_default() -> None:
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg("ViT-B-16", "openai")
+    assert cfg["hf_hub"].rstrip("/") == resolve_mod._DEFAULT_HUB_REPO
+
+
+def test_offline_the_default_is_the_offline_encoder_with_one_note() -> None:
+    # conftest: HF_HUB_OFFLINE=1 and an empty hub cache
+    reason = resolve_mod.clip_unavailable_reason()
+    assert reason and "HF_HUB_OFFLINE" in reason
+    encoder, note = resolve_mod.load_default_encoder(device="cpu")
+    assert spec_for(encoder.fingerprint) == EncoderSpec("efficientnet-lite0")
+    assert note is not None and "\n" not in note
+    assert "efficientnet-lite0" in note and "ViT-B-16/openai" in note and "--clip-model" in note
+    heard: list[str] = []
+    assert resolve_encoder(None, device="cpu", announce=heard.append) is encoder
+    assert heard == [note]
+
+
+def test_the_default_is_clip_when_it_can_be_had(
+    monkeypatch: pytest.MonkeyPatch, tiny_openclip_spec: str
+) -> None:
+    monkeypatch.setattr(resolve_mod, "clip_unavailable_reason", lambda: None)
+    monkeypatch.setattr(resolve_mod, "DEFAULT_CLIP", EncoderSpec(tiny_openclip_spec))
+    encoder, note = resolve_mod.load_default_encoder(device="cpu")
+    assert note is None and encoder.fingerprint.startswith("open_clip:")
+    # the hub answered but the load failed: still an answer, with the reason
+    monkeypatch.setattr(resolve_mod, "DEFAULT_CLIP", EncoderSpec("local-dir:/no/such/clip"))
+    encoder, note = resolve_mod.load_default_encoder(device="cpu")
+    assert encoder.fingerprint.startswith("effnet:") and "loading it failed" in (note or "")
+
+
+def test_a_named_encoder_never_falls_back() -> None:
+    with pytest.raises(ModelLoadError):
+        resolve_encoder(EncoderSpec("local-dir:/no/such/clip"), device="cpu")
+    with pytest.raises(ModelLoadError, match="this memory was built with encoder"):
+        resolve_encoder(None, EncoderSpec("local-dir:/no/such/clip"), device="cpu")
+
+
+def test_settings_say_whether_an_encoder_was_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RAR_CLIP_MODEL", "RAR_CLIP_PRETRAINED", "RAR_ENCODER"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings().explicit_encoder is None
+    assert Settings(clip_model="ViT-B-32").explicit_encoder == ("ViT-B-32", "openai")
+    assert Settings(clip_pretrained="/w.pt").explicit_encoder == ("ViT-B-16", "/w.pt")
+    assert Settings(encoder="m:f").explicit_encoder == ("m:f", None)
+    assert Settings(encoder="m:f", clip_pretrained="x").explicit_encoder == ("m:f", "x")
+    monkeypatch.setenv("RAR_CLIP_MODEL", "efficientnet-lite0")
+    assert Settings().explicit_encoder == ("efficientnet-lite0", "openai")
+
+
+def test_canonical_specs_load_from_any_directory(tmp_path: Path) -> None:
+    os.chdir(tmp_path)
+    try:
+        (tmp_path / "clip").mkdir()
+        assert canonical_spec("local-dir:clip", "openai") == EncoderSpec(
+            f"local-dir:{tmp_path / 'clip'}"
+        )
+        assert canonical_spec("hf:clip").model == f"hf:{tmp_path / 'clip'}"
+        assert canonical_spec("hf:org/repo").model == "hf:org/repo"
+        assert canonical_spec("efficientnet-lite0", "openai") == EncoderSpec("efficientnet-lite0")
+        assert canonical_spec("x/f.py:create").model == f"{tmp_path / 'x' / 'f.py'}:create"
+        assert canonical_spec("pkg.mod:create", "openai") == EncoderSpec("pkg.mod:create", "openai")
+        assert canonical_spec("ViT-B-16", "openai") == EncoderSpec("ViT-B-16", "openai")
+    finally:
+        os.chdir(ROOT)
+
+
+def test_a_factory_file_path_loads_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    encoder = load_encoder(f"{FACTORY_FILE}:hashing_encoder")
+    assert encoder.fingerprint == "hashing:16:0"
+    monkeypatch.chdir(FACTORY_FILE.parent)
+    assert load_encoder("encoder_factories.py:hashing_encoder") is encoder  # same file, cached
+    assert spec_for(encoder.fingerprint) == EncoderSpec(f"{FACTORY_FILE}:hashing_encoder")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_encoder("no_such_file.py:create")
+    with pytest.raises(ConfigError, match="has no attribute"):
+        load_encoder(f"{FACTORY_FILE}:no_such_factory")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(ConfigError, match="boom"):
+        load_encoder(f"{broken}:create")
+
+
+def _images(root: Path) -> Path:
+    rng = np.random.default_rng(3)
+    for label in ("alpha", "beta"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            arr = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / label / f"{i}.png")
+    return root
+
+
+def test_a_memory_remembers_its_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rar_agent.cli import app
+
+    for name in ("RAR_CLIP_MODEL", "RAR_CLIP_PRETRAINED", "RAR_ENCODER", "RAR_MEMORY_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    images = _images(tmp_path / "imgs")
+    memory = tmp_path / "mem"
+    monkeypatch.chdir(FACTORY_FILE.parent)
+    built = runner.invoke(app, ["memory", "build", "--from-folder", str(images), "--memory",
+                                str(memory), "--encoder", "encoder_factories.py:hashing_encoder",
+                                "--no-progress"])  # fmt: skip
+    assert built.exit_code == 0, built.output
+    stats = json.loads(runner.invoke(app, ["memory", "stats", "--memory", str(memory)]).stdout)
+    assert stats["encoder_spec"] == {"model": f"{FACTORY_FILE}:hashing_encoder", "pretrained": None}
+
+    monkeypatch.chdir(tmp_path)  # elsewhere, and no encoder flag: the memory's own is used
+    query = str(images / "beta" / "1.png")
+    done = runner.invoke(app, ["recognize", query, "--memory", str(memory), "--k", "2", "--json"])
+    assert done.exit_code == 0, done.output
+    record = json.loads(done.stdout)
+    assert record["label"] == "beta" and record["encoder"] == f"{FACTORY_FILE}:hashing_encoder"
+    added = runner.invoke(app, ["memory", "add", "gamma", query, "--memory", str(memory)])
+    assert added.exit_code == 0, added.output
+
+    other = runner.invoke(app, ["recognize", query, "--memory", str(memory),
+                                "--clip-model", "efficientnet-lite0"])  # fmt: skip
+    assert other.exit_code == 2
+    message = " ".join(other.output.split())
+    assert "hashing_encoder" in message and "efficientnet-lite0" in message
+    assert "or leave them out and its own loads" in message and "--clip-pretrained" not in message
+
+
+def test_python_api_opens_a_memory_with_its_recorded_encoder(tmp_path: Path) -> None:
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.memory.builders import add_images, iter_image_folder
+    from rar_agent.pipeline import Recognizer
+
+    encoder = load_encoder(f"{FACTORY_FILE}:hashing_encoder")
+    images = _images(tmp_path / "imgs")
+    with CategoryMemory.open(tmp_path / "mem") as memory:
+        add_images(memory, encoder, iter_image_folder(images))
+    with Recognizer(CategoryMemory.open(tmp_path / "mem"), k=2) as rec:
+        assert rec.encoder is encoder
+        assert rec.recognize(images / "alpha" / "0.png").label == "alpha"
+    with CategoryMemory.open(tmp_path / "bare") as memory:
+        memory.bind_encoder("made-by-hand", 16)
+        with pytest.raises(ConfigError, match="records no encoder spec"):
+            Recognizer(memory)
+    with CategoryMemory.open(tmp_path / "mem") as memory, pytest.raises(EncoderMismatchError) as e:
+        Recognizer(memory, load_encoder("efficientnet-lite0", device="cpu"))
+    assert "Recognizer(memory) with no encoder" in str(e.value)  # the Python way, not only flags
+
+
+def test_recognize_refuses_a_mistyped_memory_without_creating_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAR_")}
+    env["RAR_HOME"] = str(tmp_path / "home")
+    missing = tmp_path / "no-such-memory"
+    done = subprocess.run(
+        [sys.executable, "-m", "rar_agent.cli", "recognize", str(ROOT / "examples/images/cat.jpg"),
+         "--memory", str(missing), "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "no category memory" in done.stderr and "memory build" in done.stderr
+    assert "ranking is disabled" not in done.stderr and "efficientnet" not in done.stderr
+    assert not missing.exists()
