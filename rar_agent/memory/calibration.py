@@ -1,10 +1,10 @@
 """Open-set calibration: how similar a query of a *known* category usually is to the memory.
 
 The known-ness statistic of a query is the *support* of its best candidate category: the
-mean similarity of that category's ``SUPPORT_ENTRIES`` (2) closest entries (its single entry
-when it has one). Two neighbours are steadier than one: on Fashion-MNIST (EfficientNet-Lite0,
-10 shots, all 120 ways to hold out 3 of 10 classes) the AUROC is 0.792 against 0.779 for the
-top-1 similarity, with a smaller accuracy cost at the same rejection rate.
+mean similarity of that category's ``SUPPORT_ENTRIES`` (2) closest entries. Two neighbours
+are steadier than one: on Fashion-MNIST (EfficientNet-Lite0, 10 shots, all 120 ways to hold
+out 3 of 10 classes; docs/eval/open-set) the AUROC was 0.792 against 0.779 for the top-1
+similarity with the same per-category thresholds, at a smaller accuracy cost.
 
 The memory calibrates itself, with no labelled queries. Each sampled image entry is treated
 as a query against the memory without it (leave-one-out): its best other entry's label and
@@ -22,8 +22,8 @@ From the stand-ins:
   ``score - mean[predicted category]`` over all stand-ins.
 
 A query whose best candidate is ``c`` with support ``s`` (mean of ``c``'s two closest
-entries among the hits) is *known* when
-``s >= mean[c] + offset``, its per-category threshold. Tight categories thus get a higher
+entries among the hits) is *known* when ``s >= mean[c] + offset``, its per-category
+threshold. Tight categories thus get a higher
 threshold than diverse ones. Only the top candidate's label and support (computed while
 retrieval folds its hits) are needed at query time: a dict lookup, no extra search.
 
@@ -38,10 +38,10 @@ the memory holds nothing to calibrate them with. They reject only when the ranke
 "none of these", or at a threshold the user gives.
 
 The stand-ins are a bounded reservoir (``MAX_STANDINS``): a full calibration samples that
-many entries (never all pairs), and each later addition enters the reservoir with the
-standard reservoir probability, so keeping the calibration current costs a handful of
-searches per added batch. The calibration lives in the memory's metadata under
-``"calibration"``.
+many entries (never all pairs); each later addition enters the reservoir with the standard
+reservoir probability, and a full calibration is redone when the image entries have doubled,
+so keeping the calibration current costs a constant number of searches per added entry.
+The calibration lives in the memory's metadata under ``"calibration"``.
 """
 
 from __future__ import annotations
