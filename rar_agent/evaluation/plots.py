@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rar_agent.evaluation.metrics import most_confused, percent
-from rar_agent.evaluation.openset import plot_roc
+from rar_agent.evaluation.openset_render import plot_roc
 
 if TYPE_CHECKING:
     from rar_agent.evaluation.schema import EvalReport

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
 from rar_agent.evaluation.metrics import percent, summarize_points
-from rar_agent.evaluation.openset import open_set_markdown, open_set_rows
+from rar_agent.evaluation.openset_render import open_set_markdown, open_set_rows
 from rar_agent.evaluation.plots import write_plots
 
 if TYPE_CHECKING:
