@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NotRequired
 
@@ -67,7 +68,10 @@ DEFAULT_SYSTEM_PROMPT = (
     "recognize_image tool with that id (omit the id for the latest image); it retrieves "
     "candidate categories from a memory and ranks them. Base your answer on the tool's "
     "answer, mention the strongest alternatives with their scores when the call is close, "
-    "and say so plainly when a tool reports an error. Use the other tools when they help "
+    "and say so plainly when a tool reports an error. When the tool says the image is not a "
+    "category in memory, do not guess: tell the user, name the closest categories, and ask "
+    "what it shows; if they name it and the add_category_example tool is available, call it "
+    "with that label so the memory learns the category. Use the other tools when they help "
     "answer the user's question."
 )
 
@@ -188,23 +192,36 @@ def _tool_error(call: ToolCall, text: str) -> ToolMessage:
 # ---------------------------------------------------------------------------- fallback model
 
 
+_NAMING = re.compile(
+    r"^\s*(?:it(?:'s| is)|this is|that is|that's|call it|name it|it's called|label it)\s+"
+    r"(?:an?\s+|the\s+)?(?P<label>[^.!?\n]{1,120}?)\s*[.!]?\s*$",
+    re.IGNORECASE,
+)
+
+
 class RecognitionOnlyChatModel(BaseChatModel):
     """A deterministic stand-in for a chat model: recognize the latest image, report it.
 
     On a user turn with an image id it calls ``recognize_image``; after the tool answers it
-    replies with the tool's output, labelled as retrieval/ranking output; otherwise it says
-    what it can do. Useful with no hosted model, in demos and in tests.
+    replies with the tool's output, labelled as retrieval/ranking output. When the learning
+    tool is bound, a turn such as "it is a bicycle" calls ``add_category_example`` with that
+    label (for the latest image). Otherwise it says what it can do. Useful with no hosted
+    model, in demos and in tests.
     """
 
     tool_name: str = "recognize_image"
+    learn_tool_name: str = "add_category_example"
+    can_learn: bool = False
 
     @property
     def _llm_type(self) -> str:
         return "rar-recognition-only"
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> RecognitionOnlyChatModel:
-        """Accept the agent's tools (this model only ever calls ``tool_name``)."""
-        return self
+        """Accept the agent's tools (this model calls ``tool_name`` and, when bound, the
+        learning tool)."""
+        names = {getattr(t, "name", None) for t in tools}
+        return self.model_copy(update={"can_learn": self.learn_tool_name in names})
 
     def _generate(
         self,
@@ -220,12 +237,23 @@ class RecognitionOnlyChatModel(BaseChatModel):
         if isinstance(last, ToolMessage):
             if last.status == "error":
                 return AIMessage(content=f"The recognition tool reported an error: {last.text}")
+            if last.name == self.learn_tool_name:
+                return AIMessage(content=last.text)
             return AIMessage(
                 content="Retrieval/ranking output (no chat model is configured, so this is "
                 f"the recognizer's result, not a conversational answer):\n\n{last.text}"
             )
         if isinstance(last, HumanMessage):
             ids = IMAGE_ID_PATTERN.findall(last.text)
+            named = _NAMING.match(last.text) if self.can_learn and not ids else None
+            if named:
+                call = {
+                    "name": self.learn_tool_name,
+                    "args": {"label": named.group("label").strip()},
+                    "id": "call-rar-learn",
+                    "type": "tool_call",
+                }
+                return AIMessage(content="", tool_calls=[call])
             if ids:
                 call = {
                     "name": self.tool_name,
@@ -285,6 +313,7 @@ def create_rar_agent(
     allowed_roots: Sequence[str | os.PathLike[str]] = (),
     allow_urls: bool = False,
     allow_learning: bool = False,
+    reject: str | float | None = None,
     system_prompt: str | None = None,
     middleware: Sequence[AgentMiddleware[Any, Any]] = (),
     checkpointer: Checkpointer = None,
@@ -305,6 +334,8 @@ def create_rar_agent(
         allow_urls: Let the tools, and the middleware for URL image blocks, fetch public
             ``http(s)`` URLs (never loopback/private addresses).
         allow_learning: Add the tool that teaches the memory new examples.
+        reject: When an image counts as "not a category in memory": ``off``, ``auto`` or a
+            threshold; ``None`` keeps the recognizer's setting (``RAR_REJECT``, default auto).
         system_prompt: Replaces :data:`DEFAULT_SYSTEM_PROMPT`.
         middleware: More middleware, run after the image middleware.
         checkpointer: A LangGraph checkpointer for conversations by ``thread_id``.
@@ -320,7 +351,7 @@ def create_rar_agent(
     registry = registry if registry is not None else ImageRegistry()
     own = [] if recognizer is None else make_tools(
         recognizer, registry=registry, allowed_roots=allowed_roots, allow_urls=allow_urls,
-        allow_learning=allow_learning,
+        allow_learning=allow_learning, reject=reject,
     )  # fmt: skip
     fetch = fetch_public_url if allow_urls else None
     return create_agent(

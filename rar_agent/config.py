@@ -7,10 +7,11 @@ the memory sides a query may use (:data:`MemoryKind`).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rar_agent.errors import ConfigError
@@ -20,8 +21,10 @@ __all__ = [
     "MEMORY_KINDS",
     "MIN_K",
     "MemoryKind",
+    "RejectSetting",
     "Settings",
     "default_home",
+    "parse_reject",
     "validate_k",
 ]
 
@@ -49,6 +52,62 @@ def default_home() -> Path:
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("rar-agent", appauthor=False))
+
+
+class RejectSetting(BaseModel):
+    """A parsed ``--reject`` / ``RAR_REJECT`` value.
+
+    Attributes:
+        mode: ``off`` (never unknown), ``auto`` (the memory's calibrated per-category
+            thresholds, plus the ranker's "none of these") or ``fixed``.
+        threshold: For ``fixed``: the top-1 similarity below which an image is unknown.
+    """
+
+    mode: Literal["off", "auto", "fixed"] = "auto"
+    threshold: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether results may be unknown at all."""
+        return self.mode != "off"
+
+    def __str__(self) -> str:
+        return f"{self.threshold:g}" if self.mode == "fixed" else self.mode
+
+
+def parse_reject(spec: str | float | RejectSetting | None) -> RejectSetting:
+    """Read a reject setting: ``off``, ``auto`` or a similarity threshold in [-1, 1].
+
+    Args:
+        spec: The setting; ``None`` means the default, ``auto``.
+
+    Raises:
+        ConfigError: The value is not one of those.
+    """
+    if isinstance(spec, RejectSetting):
+        return spec
+    if spec is None:
+        return RejectSetting()
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
+        value = float(spec)
+    else:
+        word = str(spec).strip().lower()
+        if word in ("off", "none", "no", "false"):
+            return RejectSetting(mode="off")
+        if word in ("auto", ""):
+            return RejectSetting()
+        try:
+            value = float(word)
+        except ValueError:
+            raise ConfigError(
+                f"unknown reject setting {spec!r}: use off, auto, or a similarity threshold "
+                "such as 0.8"
+            ) from None
+    if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+        raise ConfigError(
+            f"a reject threshold is a cosine similarity between -1 and 1, got {spec!r}"
+        )
+    return RejectSetting(mode="fixed", threshold=value)
 
 
 class Settings(BaseSettings):
@@ -92,6 +151,11 @@ class Settings(BaseSettings):
     kind: MemoryKind = Field(
         default="auto", description="Memory side to query: auto | image | text."
     )
+    reject: str = Field(
+        default="auto",
+        description="Unknown images: auto (calibrated per memory + the ranker's 'none of "
+        "these') | off | a similarity threshold.",
+    )
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -99,6 +163,14 @@ class Settings(BaseSettings):
         if v not in MEMORY_KINDS:
             raise ValueError(f"kind must be auto, image or text, not {v!r}")
         return v
+
+    @field_validator("reject")
+    @classmethod
+    def _check_reject(cls, v: str) -> str:
+        try:
+            return str(parse_reject(v))
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
     @property
     def explicit_encoder(self) -> tuple[str, str | None] | None:

@@ -19,9 +19,14 @@ __all__ = [
     "RankingStatus",
     "RecognitionResult",
     "RegionResults",
+    "RejectReason",
+    "RejectionInfo",
 ]
 
-RankingStatus = Literal["ranked", "skipped", "fallback", "disabled"]
+RankingStatus = Literal["ranked", "skipped", "fallback", "disabled", "no_match"]
+"""``no_match``: the ranker answered that none of the candidates fits the image."""
+
+RejectReason = Literal["below_threshold", "ranker_none"]
 
 
 class Candidate(BaseModel):
@@ -34,6 +39,11 @@ class Candidate(BaseModel):
     )
     kind: str | None = Field(default=None, description="Memory kind that matched: image/text.")
     source: str | None = Field(default=None, description="Source of the best-matching entry.")
+    support: float | None = Field(
+        default=None,
+        description="Mean similarity of the category's 2 closest entries among those "
+        "retrieved (None with fewer): what the open-set check compares with a threshold.",
+    )
 
 
 class RankingInfo(BaseModel):
@@ -47,12 +57,46 @@ class RankingInfo(BaseModel):
     latency_ms: float | None = None
 
 
-class RecognitionResult(BaseModel):
-    """The answer for one image (or one region of an image)."""
+class RejectionInfo(BaseModel):
+    """The open-set check: does the image show a category the memory knows?"""
 
-    label: str | None = Field(description="Final answer: first candidate after ranking.")
+    mode: Literal["off", "auto", "fixed"] = Field(
+        default="off", description="The reject setting in force."
+    )
+    similarity: float | None = Field(
+        default=None,
+        description="Known-ness statistic: the best candidate's support, or its similarity "
+        "when only one entry of that category was retrieved.",
+    )
+    threshold: float | None = Field(
+        default=None,
+        description="The similarity an image of the best candidate's category must reach to "
+        "count as known (None: no threshold, e.g. rejection off or an uncalibrated memory).",
+    )
+    margin: float | None = Field(
+        default=None, description="Known-ness score: similarity minus threshold (< 0: unknown)."
+    )
+    reasons: list[RejectReason] = Field(
+        default_factory=list, description="Why the image is unknown (empty when known)."
+    )
+    note: str | None = Field(default=None, description="E.g. why there is no threshold.")
+
+
+class RecognitionResult(BaseModel):
+    """The answer for one image (or one region of an image).
+
+    An image that matches no category in memory well enough is *unknown*: ``unknown`` is
+    true, ``label`` is None, the closest categories are still in ``candidates`` and
+    ``rejection`` says why and with what score.
+    """
+
+    label: str | None = Field(
+        description="Final answer: first candidate after ranking; None when unknown."
+    )
+    unknown: bool = Field(default=False, description="Not a category in memory.")
     candidates: list[Candidate] = Field(default_factory=list, description="Final order.")
     ranking: RankingInfo = Field(default_factory=RankingInfo)
+    rejection: RejectionInfo = Field(default_factory=RejectionInfo)
     timings_ms: dict[str, float] = Field(default_factory=dict)
     image: str | None = Field(default=None, description="Where the image came from, if known.")
     box: list[float] | None = Field(default=None, description="xyxy pixel box for regions.")
@@ -69,6 +113,8 @@ class RecognitionResult(BaseModel):
         if self.error:
             return f"error: {self.error}"
         cands = ", ".join(f"{c.label} ({c.score:.3f})" for c in self.candidates)
+        if self.unknown:
+            return f"unknown ({', '.join(self.rejection.reasons)}) closest: {cands}"
         return f"{self.label} [ranking: {self.ranking.status}] candidates: {cands}"
 
 
@@ -103,5 +149,9 @@ class ExampleAdded(BaseModel):
     label: str = Field(description="The label as stored (normalized).")
     image: str = Field(description="Where the example image came from.")
     added: int = Field(description="1 if stored now, 0 if this image was already stored.")
+    new_category: bool = Field(
+        default=False, description="Whether this is the first example of its category."
+    )
+    category_examples: int = Field(default=0, description="Examples of the category now.")
     image_entries: int = Field(description="Example images in the memory afterwards.")
     seconds: float

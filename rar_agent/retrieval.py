@@ -41,20 +41,34 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
 
     Returns:
         Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set
-        (1 for the best).
+        (1 for the best), ``support`` = mean of the label's ``SUPPORT_ENTRIES`` best scores
+        among ``hits`` (``None`` when fewer of its entries are among them).
     """
+    from rar_agent.memory.calibration import SUPPORT_ENTRIES
+
     best: dict[str, Hit] = {}
+    scores: dict[str, list[float]] = {}
     for hit in hits:
         held = best.get(hit.label)
         if held is None or hit.score > held.score:
             best[hit.label] = hit
+        scores.setdefault(hit.label, []).append(float(hit.score))
     ranked = sorted(best.values(), key=lambda h: -h.score)[:k]
-    return [
-        Candidate(
-            label=h.label, score=float(h.score), retrieval_rank=i, kind=h.kind, source=h.source
+    out = []
+    for i, h in enumerate(ranked, 1):
+        top = sorted(scores[h.label], reverse=True)[:SUPPORT_ENTRIES]
+        support = sum(top) / len(top) if len(top) == SUPPORT_ENTRIES else None
+        out.append(
+            Candidate(
+                label=h.label,
+                score=float(h.score),
+                retrieval_rank=i,
+                kind=h.kind,
+                source=h.source,
+                support=support,
+            )
         )
-        for i, h in enumerate(ranked, 1)
-    ]
+    return out
 
 
 def _sides(kind: str, prefer: EntryKind = "image") -> tuple[EntryKind, ...]:

@@ -57,12 +57,30 @@ def candidates_table(result: dict[str, Any]) -> str:
         "ranked": f"ranked by {ranking.get('model') or 'the chat model'}",
         "skipped": "retrieval order (ranking skipped: retrieval was confident)",
         "fallback": "retrieval order (the ranker's reply could not be used)",
+        "no_match": "retrieval order (the ranker said none of these fits)",
     }.get(status, "retrieval order (no ranker configured)")
     return "\n".join(rows) + f"\n\n<sub>{_md(how)}</sub>"
 
 
+def _answer_head(item: dict[str, Any], can_learn: bool) -> str:
+    """The line above a result's table: the answer, or that the image is unknown."""
+    box = " in box " + _md(str([round(v, 1) for v in item["box"]])) if item.get("box") else ""
+    if not item.get("unknown"):
+        return f"**Answer: {_md(str(item.get('label')))}**{box}"
+    offer = (
+        " Tell me what it shows (for example *it is a bicycle*) and I will remember it."
+        if can_learn
+        else ""
+    )
+    return f"**Unknown{box}: not a category in memory.** The closest categories:{offer}"
+
+
 def render_reply(
-    final_text: str, tool_messages: Sequence[ToolMessage], *, recognition_only: bool = False
+    final_text: str,
+    tool_messages: Sequence[ToolMessage],
+    *,
+    recognition_only: bool = False,
+    can_learn: bool = False,
 ) -> str:
     """The Markdown shown for one agent turn: the reply, candidate tables, tool errors.
 
@@ -70,6 +88,8 @@ def render_reply(
         final_text: The agent's final message.
         tool_messages: The turn's tool messages (their artifacts carry the results).
         recognition_only: The agent has no chat model: show the recognizer's output plainly.
+        can_learn: The agent may teach the memory: an unknown image comes with an offer to
+            name it.
     """
     parts: list[str] = []
     results = [
@@ -92,10 +112,7 @@ def render_reply(
             if item.get("error"):
                 parts.append(f"⚠️ {_md(str(item['error']))}")
                 continue
-            head = f"**Answer: {_md(str(item.get('label')))}**"
-            if item.get("box"):
-                head += " in box " + _md(str([round(v, 1) for v in item["box"]]))
-            parts.append(head + "\n\n" + candidates_table(item))
+            parts.append(_answer_head(item, can_learn) + "\n\n" + candidates_table(item))
     return "\n\n".join(parts) if parts else "(no reply)"
 
 
@@ -195,13 +212,19 @@ class ChatSession:
     Args:
         agent: A graph from :func:`~rar_agent.agent.create_rar_agent`.
         recognition_only: The agent runs :class:`~rar_agent.agent.RecognitionOnlyChatModel`.
+        can_learn: The agent has the learning tool (unknown images get an offer to name them).
     """
 
     def __init__(
-        self, agent: Runnable[dict[str, Any], dict[str, Any]], *, recognition_only: bool = False
+        self,
+        agent: Runnable[dict[str, Any], dict[str, Any]],
+        *,
+        recognition_only: bool = False,
+        can_learn: bool = False,
     ) -> None:
         self.agent = agent
         self.recognition_only = recognition_only
+        self.can_learn = can_learn
 
     async def respond(self, message: dict[str, Any] | str, history: list[dict[str, Any]]) -> str:
         """Answer one user turn given the session's history (Gradio's ``fn`` signature)."""
@@ -222,7 +245,10 @@ class ChatSession:
             return f"⚠️ **The agent failed:** {_md(type(e).__name__ + ': ' + str(e))}"
         final = out["messages"][-1]
         return render_reply(
-            final.text, last_tool_messages(out["messages"]), recognition_only=self.recognition_only
+            final.text,
+            last_tool_messages(out["messages"]),
+            recognition_only=self.recognition_only,
+            can_learn=self.can_learn,
         )
 
 
@@ -245,7 +271,7 @@ def build_chat_page(
         registry: The image registry (a new one if ``None``).
         title: Page title.
         **agent_options: Passed to :func:`~rar_agent.agent.create_rar_agent`
-            (``allow_urls``, ``allow_learning``, ``allowed_roots``...).
+            (``allow_urls``, ``allow_learning``, ``allowed_roots``, ``reject``...).
     """
     import gradio as gr
 
@@ -258,7 +284,8 @@ def build_chat_page(
         registry=registry or ImageRegistry(),
         **agent_options,
     )
-    session = ChatSession(agent, recognition_only=model is None)
+    can_learn = bool(agent_options.get("allow_learning"))
+    session = ChatSession(agent, recognition_only=model is None, can_learn=can_learn)
     return gr.ChatInterface(
         session.respond,
         multimodal=True,

@@ -7,7 +7,9 @@ Each benchmark script runs in its own process (``--quick`` passes small sizes to
 - ``scripts/bench_encode.py``: encoder wrapper vs raw ``encode_image``;
 - ``scripts/bench_memory.py``: memory upsert/query vs raw qdrant-edge and qdrant-client local;
 - ``scripts/bench_ranking.py``: ranking-chain overhead and batch concurrency;
-- ``scripts/bench_mcp.py``: per-call overhead of the MCP server over the LangChain tool.
+- ``scripts/bench_mcp.py``: per-call overhead of the MCP server over the LangChain tool;
+- ``scripts/bench_reject.py``: open-set rejection cost per query vs retrieval alone, and the
+  cost of calibrating.
 
 A script that defines a ``--json PATH`` option also hands over structured rows; the printed
 output of every script is kept as well. Results go to ``results.json`` and ``benchmarks.md``
@@ -63,6 +65,7 @@ BENCHES = [
         "ranking", "scripts/bench_ranking.py", ("--repeats", "10", "--n", "16", "--latency", "0.02")
     ),
     Bench("mcp", "scripts/bench_mcp.py", ("--rounds", "30", "--warmup", "3")),
+    Bench("reject", "scripts/bench_reject.py", ("--sizes", "10000", "--queries", "100")),
 ]
 
 
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes for every script")
     parser.add_argument(
-        "--only", default=None, help="comma-separated: e2e,encode,memory,ranking,mcp"
+        "--only", default=None, help="comma-separated: e2e,encode,memory,ranking,mcp,reject"
     )
     parser.add_argument(
         "--out",

@@ -1,7 +1,8 @@
 """``rar-agent eval``: measure kNN vs retrieve-and-rank accuracy on labelled images.
 
-Its ``--k``, ``--ranker``, ``--gate`` and ``--memory`` are its own: an evaluation states what it
-measures, so they read no ``RAR_*`` variable, and ``--gate auto`` chooses a margin here.
+Its ``--k``, ``--ranker``, ``--gate``, ``--reject`` and ``--memory`` are its own: an evaluation
+states what it measures, so they read no ``RAR_*`` variable, and ``--gate auto`` chooses a
+margin here. ``--open-set`` holds classes out of the memory and measures their rejection.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rar_agent.cli.options import (
     EXIT_INTERRUPTED,
     GATE_HELP,
     RANKER_HELP,
+    REJECT_HELP,
     ClipModelOpt,
     ClipPretrainedOpt,
     EncoderOpt,
@@ -67,6 +69,16 @@ EvalGateOpt = Annotated[
 MaxLossOpt = Annotated[
     float, typer.Option("--max-loss", help="Accuracy points --gate auto may lose.")
 ]
+OpenSetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--open-set",
+        help="Hold this share of the classes out of the memory (seeded by --seed) and measure "
+        "how their images are rejected: AUROC of the known-ness score, known-class top-1 with "
+        "and without rejection, share of unknowns rejected, a ROC plot.",
+    ),
+]
+EvalRejectOpt = Annotated[str, typer.Option("--reject", help=f"{REJECT_HELP}.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
 OutOpt = Annotated[
     Path, typer.Option("--out", help="Folder for report.json/.md and the PNG plots.")
@@ -92,6 +104,8 @@ def evaluate(
     hint: HintOpt = None,
     gate: EvalGateOpt = None,
     max_loss: MaxLossOpt = 0.5,
+    open_set: OpenSetOpt = None,
+    reject: EvalRejectOpt = "auto",
     batch_size: BatchSizeOpt = 32,
     out: OutOpt = Path("rar-eval"),
     plots: PlotsOpt = True,
@@ -102,7 +116,10 @@ def evaluate(
     encoder: EncoderOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Evaluate kNN (retrieval) vs retrieve-and-rank: top-1, recall@k, gating, latency."""
+    """Evaluate kNN (retrieval) vs retrieve-and-rank: top-1, recall@k, gating, latency.
+
+    With --open-set, also how well images of categories missing from the memory are rejected.
+    """
     with error_guard():
         from rich.console import Console
 
@@ -120,7 +137,7 @@ def evaluate(
             ranker=ranker, hint=hint, gate=gate, max_loss=max_loss, batch_size=batch_size,
             encoder=loaded.model if loaded else None,
             pretrained=loaded.pretrained if loaded else None, device=settings.device,
-            memory=str(memory) if memory else None,
+            memory=str(memory) if memory else None, open_set=open_set, reject=reject,
         )  # fmt: skip
         bar, update = staged_progress(
             progress, {"memory": "building memory", "queries": "evaluating queries"}

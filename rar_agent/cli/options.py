@@ -32,6 +32,7 @@ __all__ = [
     "RANKING",
     "STORE",
     "RANKER_HELP",
+    "REJECT_HELP",
     "AllowLearningOpt",
     "AllowRootOpt",
     "AllowUrlsOpt",
@@ -53,6 +54,7 @@ __all__ = [
     "ProgressOpt",
     "QdrantUrlOpt",
     "RankerOpt",
+    "RejectOpt",
     "ShotsOpt",
     "error_guard",
     "load_settings_encoder",
@@ -74,6 +76,12 @@ RANKER_HELP = (
 GATE_HELP = (
     "Skip the ranker when retrieval is sure: off, on (the default margin), "
     "a score margin such as 0.05 (skip when the first label leads the second by more)"
+)
+
+REJECT_HELP = (
+    "When an image is 'unknown' (not a category in memory): auto (thresholds the memory "
+    "calibrated from its own examples, plus the ranker's 'none of these'), off (always the "
+    "closest category), or a similarity threshold such as 0.8"
 )
 
 # ---------------------------------------------------------------------------- where the memory is
@@ -188,6 +196,11 @@ GateOpt = Annotated[
     ),
 ]
 
+RejectOpt = Annotated[
+    str | None,
+    typer.Option("--reject", help=f"{REJECT_HELP}.", envvar="RAR_REJECT", show_default="auto"),
+]
+
 # ---------------------------------------------------------------------------- inputs and output
 
 FromFolderOpt = Annotated[
@@ -259,8 +272,13 @@ ENCODER = (
     _param("encoder", EncoderOpt),
 )
 """Which encoder: ``--clip-model``, ``--clip-pretrained``, ``--encoder``."""
-RANKING = (_param("k", KOpt), _param("ranker", RankerOpt), _param("gate", GateOpt))
-"""How to recognize: ``--k``, ``--ranker``, ``--gate``."""
+RANKING = (
+    _param("k", KOpt),
+    _param("ranker", RankerOpt),
+    _param("gate", GateOpt),
+    _param("reject", RejectOpt),
+)
+"""How to recognize: ``--k``, ``--ranker``, ``--gate``, ``--reject``."""
 
 _P = ParamSpec("_P")
 

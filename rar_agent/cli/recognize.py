@@ -132,7 +132,10 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
             console.print(f"[bold]{where}[/]: [red]{r.error}[/]", highlight=False, soft_wrap=True)
             continue
         where = r.image if r.box_id is None else f"{r.image} box {r.box_id} {r.box}"
-        table = Table(title=f"{where}: [bold green]{r.label}[/]", title_justify="left")
+        answer = (
+            "[bold yellow]unknown[/] (closest below)" if r.unknown else f"[bold green]{r.label}[/]"
+        )
+        table = Table(title=f"{where}: {answer}", title_justify="left")
         table.add_column("#", justify="right")
         table.add_column("label")
         table.add_column("score", justify="right")
@@ -143,3 +146,20 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
         reason = f" ({r.ranking.reason})" if r.ranking.reason else ""
         timings = ", ".join(f"{k} {v:.1f} ms" for k, v in r.timings_ms.items())
         console.print(f"ranking: {r.ranking.status}{reason}; {timings}", highlight=False)
+        console.print(_rejection_line(r), highlight=False)
+
+
+def _rejection_line(r: "RecognitionResult") -> str:
+    """How the open-set check went, in one line."""
+    rej = r.rejection
+    if rej.mode == "off":
+        return "open-set check: off"
+    if rej.threshold is None:
+        return f"open-set check: {rej.note or 'no threshold'}" + (
+            "; the ranker said none of these fits" if "ranker_none" in rej.reasons else ""
+        )
+    verdict = "unknown: " + ", ".join(rej.reasons) if r.unknown else "known"
+    return (
+        f"open-set check ({rej.mode}): {verdict}; support {rej.similarity:.4f} vs threshold "
+        f"{rej.threshold:.4f}"
+    )

@@ -12,7 +12,15 @@ from pathlib import Path
 
 from rar_agent.errors import ConfigError
 
-__all__ = ["FASHION_MNIST", "EvalSets", "limit_items", "load_items", "resolve_sets", "split_shots"]
+__all__ = [
+    "FASHION_MNIST",
+    "EvalSets",
+    "hold_out_classes",
+    "limit_items",
+    "load_items",
+    "resolve_sets",
+    "split_shots",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +39,15 @@ class EvalSets:
         test_items: ``(source, label)`` query images.
         class_names: Labels written as text entries (text-memory mode), else empty.
         notes: Remarks for the report (e.g. classes with no test image left).
+        unknown_classes: Open-set mode: classes kept out of the memory (their test images
+            are queries of categories the memory does not know).
     """
 
     memory_items: Items = field(default_factory=list)
     test_items: Items = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unknown_classes: list[str] = field(default_factory=list)
 
 
 def load_items(source: str | Path) -> Items:
@@ -129,6 +140,41 @@ def _fashion_mnist(
     sets.notes.append(
         "Fashion-MNIST: memory from the train split, queries from the test split "
         "(no image is in both)."
+    )
+    return sets
+
+
+def hold_out_classes(sets: EvalSets, fraction: float, seed: int) -> EvalSets:
+    """Open-set evaluation: keep a seeded share of the classes out of the memory.
+
+    Their memory images (or class names) are dropped; their test images stay, as queries
+    of categories the memory does not know.
+
+    Args:
+        sets: The resolved sets.
+        fraction: Share of the classes to hold out, in (0, 1); at least one class is held
+            out and at least one stays known.
+        seed: Seed of the choice (the same seed holds out the same classes).
+
+    Raises:
+        ConfigError: ``fraction`` is out of range or there are fewer than two classes.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(
+            f"--open-set is the share of classes to hold out, in (0, 1); got {fraction}"
+        )
+    classes = sorted(set(sets.class_names) | {label for _, label in sets.memory_items})
+    if len(classes) < 2:
+        raise ConfigError("--open-set needs at least two classes: one known, one held out")
+    n_out = min(len(classes) - 1, max(1, round(fraction * len(classes))))
+    held = sorted(random.Random(f"{seed}\x00open-set").sample(classes, n_out))
+    out = set(held)
+    sets.memory_items = [item for item in sets.memory_items if item[1] not in out]
+    sets.class_names = [name for name in sets.class_names if name not in out]
+    sets.unknown_classes = held
+    sets.notes.append(
+        f"open set: {n_out} of {len(classes)} classes held out of the memory (seed {seed}): "
+        + ", ".join(held)
     )
     return sets
 

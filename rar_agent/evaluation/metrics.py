@@ -46,8 +46,18 @@ class QueryRecord(BaseModel):
         ranked: The ranker's order of those ``k`` candidates, or None when it did not run.
         status: Ranking status: ``ranked``, ``fallback``, ``skipped`` or ``disabled``.
         reason: Why ranking was skipped or fell back.
-        timings_ms: Milliseconds per stage for this image (load, encode, retrieve, rank).
+        timings_ms: Milliseconds per stage for this image (load, encode, retrieve, reject,
+            rank).
         error: Why the image could not be evaluated (it then counts in no metric).
+        known: Whether its true label is in the memory (false for held-out classes in an
+            open-set run).
+        similarity: The known-ness statistic: the top category's support (mean similarity
+            of its closest entries, up to 2).
+        threshold: The threshold the run's reject setting applied (None: none).
+        auto_threshold: The memory's calibrated threshold for the top candidate's category
+            (the known-ness score is ``similarity - auto_threshold``).
+        rejected: Whether the run answered "unknown" (below the threshold, or the ranker
+            said none of the candidates fits while rejection was on).
     """
 
     source: str
@@ -60,6 +70,11 @@ class QueryRecord(BaseModel):
     reason: str | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     error: str | None = None
+    known: bool = True
+    similarity: float | None = None
+    threshold: float | None = None
+    auto_threshold: float | None = None
+    rejected: bool = False
 
     @property
     def knn(self) -> str | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rar_agent.evaluation.metrics import most_confused, percent
+from rar_agent.evaluation.openset_render import plot_roc
 
 if TYPE_CHECKING:
     from rar_agent.evaluation.schema import EvalReport
@@ -19,6 +20,7 @@ PLOT_FILES = {
     "accuracy": "accuracy_vs_k.png",
     "gating": "gating_curve.png",
     "confusion": "confusion.png",
+    "roc": "roc_open_set.png",
 }
 
 
@@ -129,6 +131,7 @@ def write_plots(report: EvalReport, out_dir: Path) -> dict[str, Path]:
         "accuracy": (_plot_accuracy, bool(report.recall_at_k)),
         "gating": (_plot_gating, bool(report.gating_curve)),
         "confusion": (_plot_confusion, bool(report.confusion)),
+        "roc": (plot_roc, bool(report.open_set and report.open_set.roc)),
     }
     for name, (draw, has_data) in drawers.items():
         if has_data:

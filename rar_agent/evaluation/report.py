@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
 from rar_agent.evaluation.metrics import percent, summarize_points
+from rar_agent.evaluation.openset_render import open_set_markdown, open_set_rows
 from rar_agent.evaluation.plots import write_plots
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ def command_line(report: EvalReport) -> str:
         ("--ranker", c.ranker or "none"),
         ("--hint", c.hint),
         ("--gate", c.gate),
+        ("--open-set", c.open_set),
+        ("--reject", None if c.reject == "auto" else c.reject),
         ("--seed", c.seed),
     ]
     if c.gate == "auto":
@@ -129,7 +132,8 @@ def _summary_rows(report: EvalReport) -> list[tuple[str, str]]:
         )
     if report.status:
         rows.append(("ranking status", ", ".join(f"{k} {v}" for k, v in report.status.items())))
-    for stage in ("load", "encode", "retrieve", "rank"):
+    rows += open_set_rows(report)
+    for stage in ("load", "encode", "retrieve", "reject", "rank"):
         lat = report.latency_ms.get(stage)
         if lat:
             rows.append((f"{stage} ms p50 / p95", f"{lat['p50']:.2f} / {lat['p95']:.2f}"))
@@ -162,7 +166,8 @@ def render_markdown(report: EvalReport, plots: dict[str, Path] | None = None) ->
         ]
     lines += ["Reproduce with:", "", "```bash", command_line(report), "```", ""]
     lines += _md_table(["metric", "value"], _summary_rows(report))
-    for section in (_md_recall, _md_gating, _md_per_class, _md_latency, _md_run):
+    sections = (_md_recall, _md_gating, open_set_markdown, _md_per_class, _md_latency, _md_run)
+    for section in sections:
         lines += section(report, plots)
     return "\n".join(lines) + "\n"
 

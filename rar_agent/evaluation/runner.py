@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import RarError
-from rar_agent.evaluation.data import EvalSets, resolve_sets
+from rar_agent.evaluation.data import EvalSets, hold_out_classes, resolve_sets
 from rar_agent.evaluation.metrics import QueryRecord
+from rar_agent.evaluation.openset import OpenSetReport
 from rar_agent.evaluation.schema import (
     EvalConfig,
     EvalReport,
@@ -36,8 +37,10 @@ if TYPE_CHECKING:
 
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
+    from rar_agent.memory.calibration import Calibration
     from rar_agent.pipeline import Recognizer
     from rar_agent.ranking import RankingChain
+    from rar_agent.results import Candidate, RejectionInfo
 
 __all__ = ["Progress", "machine_info", "run_evaluation"]
 
@@ -83,8 +86,13 @@ def _items_to_records(
     *,
     k: int,
     max_k: int,
+    known_labels: set[str],
 ) -> list[QueryRecord]:
-    """Load, encode, retrieve and rank one batch of test images."""
+    """Load, encode, retrieve, judge (open set) and rank one batch of test images.
+
+    Every query is ranked, also those retrieval rejects, so top-1 with and without
+    rejection both come from one run.
+    """
     from rar_agent.images import load_image
 
     records: list[QueryRecord] = []
@@ -114,18 +122,47 @@ def _items_to_records(
     start = time.perf_counter()
     retrieved = recognizer.retriever.retrieve_vectors(vectors, k=max_k)
     retrieve_ms = (time.perf_counter() - start) * 1000.0 / len(good)
+    start = time.perf_counter()
+    verdicts = recognizer.judge_many(retrieved)
+    reject_ms = (time.perf_counter() - start) * 1000.0 / len(good)
     rankings = recognizer.rank_many(images, [cands[:k] for cands in retrieved])
-    for record, cands, (info, order) in zip(good, retrieved, rankings, strict=True):
+    cal = recognizer.calibration()
+    for record, cands, (info, order), verdict in zip(
+        good, retrieved, rankings, verdicts, strict=True
+    ):
         record.candidates = [c.label for c in cands]
         record.scores = [round(c.score, 6) for c in cands]
         record.status = info.status
         record.reason = info.reason
         record.ranked = list(order) if order else None
-        record.timings_ms.update(encode=encode_ms, retrieve=retrieve_ms)
+        _open_set_fields(record, cands, verdict, cal, known_labels)
+        record.rejected = record.rejected or (verdict.mode != "off" and info.status == "no_match")
+        record.timings_ms.update(encode=encode_ms, retrieve=retrieve_ms, reject=reject_ms)
         if info.status in ("ranked", "fallback") and info.latency_ms is not None:
             record.timings_ms["rank"] = info.latency_ms
         record.timings_ms = {s: round(v, 3) for s, v in record.timings_ms.items()}
     return records
+
+
+def _open_set_fields(
+    record: QueryRecord,
+    cands: Sequence[Candidate],
+    verdict: RejectionInfo,
+    cal: Calibration | None,
+    known_labels: set[str],
+) -> None:
+    """Whether the query's class is in memory, its known-ness statistic and thresholds."""
+    record.known = record.label in known_labels
+    record.threshold = verdict.threshold
+    record.rejected = bool(verdict.reasons)
+    if not cands:
+        return
+    top = cands[0]
+    single = top.support is None
+    record.similarity = round(top.score if top.support is None else top.support, 6)
+    if cal is not None and top.kind == "image":
+        auto = cal.threshold_for(top.label, single=single)
+        record.auto_threshold = None if auto is None else round(auto, 6)
 
 
 def _build_memory(
@@ -241,6 +278,9 @@ class _Run:
         config, report = self.report.config, self.report
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rar-eval-")))
         sets = _resolve(config, workdir)
+        if config.open_set is not None:
+            sets = hold_out_classes(sets, config.open_set, config.seed)
+            report.open_set = OpenSetReport(unknown_classes=sets.unknown_classes)
         report.notes.extend(sets.notes)
         report.queries_planned = len(sets.test_items)
         if encoder is None:
@@ -253,6 +293,9 @@ class _Run:
         memory = stack.enter_context(_open_memory(config, workdir))
         report.memory = _build_memory(memory, encoder, sets, config.batch_size, progress)
         self.recognizer = self._recognizer(memory, encoder, ranker)
+        cal = self.recognizer.calibration()
+        report.calibration = cal.summary() if cal is not None else None
+        known = set(memory.labels())
         if self.recognizer.ranker is not None:
             from rar_agent.evaluation.usage import count_tokens
             from rar_agent.ranking import describe_model
@@ -264,7 +307,9 @@ class _Run:
         for start in range(0, total, config.batch_size):
             batch = sets.test_items[start : start + config.batch_size]
             self.records.extend(
-                _items_to_records(self.recognizer, batch, k=report.k, max_k=report.max_k)
+                _items_to_records(
+                    self.recognizer, batch, k=report.k, max_k=report.max_k, known_labels=known
+                )
             )
             if progress:
                 progress("queries", len(self.records), total)
@@ -294,6 +339,7 @@ class _Run:
             gate=gate_setting(config.gate)[0],
             kind=report.memory["kind"],
             hint=config.hint,
+            reject=config.reject,
         )
 
     def count_calls(self) -> None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from rar_agent.errors import ConfigError
 from rar_agent.evaluation import metrics
 from rar_agent.evaluation.metrics import GateChoice, Outcomes, QueryRecord
+from rar_agent.evaluation.openset import OpenSetReport, open_set_report
 
 __all__ = ["EvalConfig", "EvalReport", "build_report", "check_config", "gate_setting"]
 
@@ -43,6 +44,10 @@ class EvalConfig(BaseModel):
     )
     collection: str = "eval"
     fashion_mnist_root: str | None = None
+    open_set: float | None = Field(
+        default=None, description="Share of classes held out of the memory (open-set run)."
+    )
+    reject: str = Field(default="auto", description="off | auto | a similarity threshold.")
 
 
 class EvalReport(BaseModel):
@@ -81,6 +86,10 @@ class EvalReport(BaseModel):
     confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
     gating_curve: list[metrics.GatePoint] = Field(default_factory=list)
     gate_choice: GateChoice = Field(default_factory=GateChoice)
+    open_set: OpenSetReport | None = None
+    calibration: dict[str, Any] | None = Field(
+        default=None, description="The memory's open-set calibration (summary)."
+    )
     notes: list[str] = Field(default_factory=list)
     records: list[QueryRecord] = Field(default_factory=list, exclude=True)
 
@@ -107,9 +116,14 @@ def check_config(config: EvalConfig) -> None:
         problems.append(f"--batch-size must be >= 1, got {config.batch_size}")
     if config.max_loss < 0:
         problems.append(f"--max-loss must be >= 0 points, got {config.max_loss}")
+    if config.open_set is not None and not 0.0 < config.open_set < 1.0:
+        problems.append(f"--open-set is a share of classes in (0, 1), got {config.open_set}")
     if problems:
         raise ConfigError("; ".join(problems))
     gate_setting(config.gate)
+    from rar_agent.config import parse_reject
+
+    parse_reject(config.reject)
 
 
 def build_report(
@@ -130,6 +144,10 @@ def build_report(
     report.records = list(records)
     report.queries_evaluated = sum(r.error is None for r in records)
     report.query_errors = sum(r.error is not None for r in records)
+    if config.open_set is not None:
+        unknown = report.open_set.unknown_classes if report.open_set else []
+        report.open_set = open_set_report(records, unknown)
+        records = [r for r in records if r.known]  # accuracy is measured on known classes
     report.knn_top1 = metrics.top1(records)
     report.final_top1 = metrics.top1(records, final=True)
     report.recall_at_k = metrics.recall_at_k(records, report.max_k)

@@ -63,6 +63,12 @@ class MemoryBackend(Protocol):
         """``(id, payload)`` of the stored points among ``ids`` (missing ids are skipped)."""
         ...
 
+    def retrieve_vectors(
+        self, ids: Sequence[str]
+    ) -> list[tuple[str, dict[str, list[float]], dict[str, Any]]]:
+        """``(id, vectors, payload)`` of the stored points among ``ids``."""
+        ...
+
     def query_batch(
         self, vectors: Sequence[list[float]], using: str, limit: int, storage: StorageSettings
     ) -> list[list[Hit]]:

@@ -196,9 +196,23 @@ class CategoryMemory(StorageOps):
         """Record the ranking-gate margin the evaluation harness chose (for ``gate="auto"``)."""
         self._update_meta("gate_margin", None if margin is None else float(margin))
 
+    def get_meta(self, key: str) -> Any:
+        """One value of the memory's metadata (``None`` when it is not recorded)."""
+        self._check_open()
+        return (self._backend.read_meta() or {}).get(key)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Record one JSON-serialisable value in the memory's metadata (bind an encoder first).
+
+        Raises:
+            MemoryStoreError: No encoder was bound yet.
+        """
+        self._update_meta(key, value)
+
     def _update_meta(self, key: str, value: Any) -> None:
         self._check_writable(f"set the {key.replace('_', ' ')}")
         with self._lock:
+            self._check_open()
             meta = self._backend.read_meta(refresh=True)
             if not meta:
                 raise MemoryStoreError(f"bind an encoder before setting the {key}")
@@ -218,17 +232,21 @@ class CategoryMemory(StorageOps):
         vectors: ArrayLike,
         *,
         ids: Sequence[str] | None = None,
+        calibrate: bool = True,
     ) -> list[str]:
         """Store entries with their vectors (upserted in batches of ``UPSERT_BATCH``).
 
         Everything is validated before anything is written. Re-adding an entry replaces it
-        (same id), so rebuilding never duplicates.
+        (same id), so rebuilding never duplicates. New image entries then update the
+        open-set calibration (:mod:`rar_agent.memory.calibration`).
 
         Args:
             entries: The entries; ``entries[i]`` is stored under its ``kind`` vector.
             vectors: Array-like ``(len(entries), dim)`` of finite, non-zero vectors.
             ids: Point ids (UUID strings) to store under instead of each ``entry.point_id``
                 (the LangChain vector store maps its document ids to these).
+            calibrate: Update the calibration now (builders pass ``False`` and calibrate
+                once at the end).
 
         Returns:
             The point ids, in the order of ``entries``.
@@ -255,6 +273,10 @@ class CategoryMemory(StorageOps):
             raise ConfigError(f"got {len(entries)} entries but {rows.shape[0]} vectors")
         ids = [e.point_id for e in entries] if ids is None else check_point_ids(ids, len(entries))
         self._upsert(ids, [e.kind for e in entries], rows, [e.payload() for e in entries])
+        if calibrate and any(e.kind == "image" for e in entries):
+            from rar_agent.memory.calibration import update_on_add
+
+            update_on_add(self, ids, entries)
         return ids
 
     def existing_ids(self, ids: Iterable[str]) -> set[str]:
@@ -272,18 +294,43 @@ class CategoryMemory(StorageOps):
         found = dict(self._backend.retrieve(wanted))
         return [Hit.from_point(i, 0.0, found[i]) for i in dict.fromkeys(wanted) if i in found]
 
+    def get_vectors(self, ids: Iterable[str]) -> dict[str, list[float]]:
+        """The stored vectors of the entries among ``ids`` (their own kind's vector)."""
+        self._check_open()
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        out: dict[str, list[float]] = {}
+        for pid, vectors, payload in self._backend.retrieve_vectors(wanted):
+            kind = payload.get("kind")
+            vector = vectors.get(kind) if kind in vectors else next(iter(vectors.values()), None)
+            if vector:
+                out[pid] = list(vector)
+        return out
+
     def remove_label(self, label: str) -> int:
-        """Remove every entry of a category; return how many were removed."""
+        """Remove every entry of a category; return how many were removed.
+
+        The open-set calibration is redone (a bounded sample), since stand-ins may have
+        matched the removed entries.
+        """
         self._check_writable("remove entries")
-        return self._backend.delete_label(normalize_label(label))
+        removed = self._backend.delete_label(normalize_label(label))
+        self._recalibrate_after_removal(removed)
+        return removed
 
     def remove_ids(self, ids: Iterable[str]) -> int:
-        """Remove entries by point id; return how many existed."""
+        """Remove entries by point id; return how many existed (the calibration is redone)."""
         self._check_writable("remove entries")
         wanted = [str(i) for i in ids]
         present = self._backend.existing(wanted)
         self._backend.delete_ids(sorted(present))
+        self._recalibrate_after_removal(len(present))
         return len(present)
+
+    def _recalibrate_after_removal(self, removed: int) -> None:
+        if removed and self.get_meta("calibration") is not None:
+            from rar_agent.memory.calibration import calibrate
+
+            calibrate(self)
 
     def optimize(self, *, min_unindexed: int = 0) -> bool:
         """Build the search index after bulk loads (embedded backend; blocks).

@@ -250,6 +250,19 @@ class EdgeBackend:
                     found.append((str(r.id), dict(r.payload or {})))
         return found
 
+    def retrieve_vectors(
+        self, ids: Sequence[str]
+    ) -> list[tuple[str, dict[str, list[float]], dict[str, Any]]]:
+        """``(id, vectors, payload)`` of the stored points among ``ids``."""
+        found: list[tuple[str, dict[str, list[float]], dict[str, Any]]] = []
+        with self._use("read entries") as shard:
+            if shard is None:
+                return found
+            for i in range(0, len(ids), _CHUNK):
+                for r in shard.retrieve(list(ids[i : i + _CHUNK]), True, True):
+                    found.append((str(r.id), dict(r.vector or {}), dict(r.payload or {})))
+        return found
+
     def query_batch(
         self, vectors: Sequence[list[float]], using: str, limit: int, storage: StorageSettings
     ) -> list[list[Hit]]:

@@ -254,6 +254,29 @@ class ServerBackend:
                 found.extend((str(r.id), dict(r.payload or {})) for r in records)
         return found
 
+    def retrieve_vectors(
+        self, ids: Sequence[str]
+    ) -> list[tuple[str, dict[str, list[float]], dict[str, Any]]]:
+        """``(id, vectors, payload)`` of the stored points among ``ids``."""
+        self._check_open()
+        found: list[tuple[str, dict[str, list[float]], dict[str, Any]]] = []
+        if not self._exists:
+            return found
+        with self._call("read entries"):
+            for i in range(0, len(ids), _CHUNK):
+                records = self._client.retrieve(
+                    self.collection,
+                    list(ids[i : i + _CHUNK]),
+                    with_payload=True,
+                    with_vectors=True,
+                )
+                found.extend(
+                    (str(r.id), dict(r.vector) if isinstance(r.vector, dict) else {},
+                     dict(r.payload or {}))
+                    for r in records
+                )  # fmt: skip
+        return found
+
     def query_batch(
         self, vectors: Sequence[list[float]], using: str, limit: int, storage: StorageSettings
     ) -> list[list[Hit]]:

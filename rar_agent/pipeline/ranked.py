@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
-from rar_agent.results import Candidate, RankingInfo, RecognitionResult
+from rar_agent.pipeline.reject import with_ranker_verdict
+from rar_agent.results import Candidate, RankingInfo, RecognitionResult, RejectionInfo
 
 if TYPE_CHECKING:
     from rar_agent.ranking import RankingOutput
@@ -36,6 +37,7 @@ def ranked_result(
     ranking: Ranking,
     timings_ms: dict[str, float],
     *,
+    rejection: RejectionInfo | None = None,
     image: str | None = None,
     box: list[float] | None = None,
     box_id: str | None = None,
@@ -43,10 +45,14 @@ def ranked_result(
 ) -> RecognitionResult:
     """One result: candidates in the ranker's order (if any), the first as the answer.
 
+    The result is *unknown* (no label; the candidates stay as the closest categories) when
+    the retrieval verdict rejected it, or when rejection is on and the ranker said none fits.
+
     Args:
         candidates: Retrieval candidates, best first.
         ranking: What the ranking stage did and the order it chose.
         timings_ms: Per-stage timings; the ranking latency is added as ``rank``.
+        rejection: The retrieval-side open-set verdict (see :mod:`.reject`).
         image: Where the image came from.
         box: The region's pixel box (region recognition).
         box_id: The region's id (region recognition).
@@ -54,10 +60,14 @@ def ranked_result(
     """
     info, order = ranking
     final = _reorder(candidates, order)
+    verdict = with_ranker_verdict(rejection, info)
+    unknown = bool(verdict.reasons)
     return RecognitionResult(
-        label=final[0].label if final else None,
+        label=final[0].label if final and not unknown else None,
+        unknown=unknown,
         candidates=final,
         ranking=info,
+        rejection=verdict,
         timings_ms={**timings_ms, "rank": info.latency_ms or 0.0},
         image=image,
         box=box,

@@ -1,19 +1,22 @@
-"""The Recognizer: encode -> retrieve -> rank (its chain's gate may skip), single or batch."""
+"""The Recognizer: encode -> retrieve -> reject -> rank (its chain's gate may skip), single
+or batch."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.config import MemoryKind, validate_k
+from rar_agent.config import MemoryKind, parse_reject, validate_k
 from rar_agent.encoders.loader import spec_for
 from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
 from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
 from rar_agent.pipeline.regions import recognize_regions
+from rar_agent.pipeline.reject import RANKER_SKIP_REASON, judge
 from rar_agent.pipeline.vocabulary import vocabulary_memory
 from rar_agent.ranking import (
     NO_RANKER,
@@ -25,7 +28,7 @@ from rar_agent.ranking import (
     skip_reason,
 )
 from rar_agent.regions import DEFAULT_BLUR
-from rar_agent.results import Candidate, RankingInfo, RecognitionResult
+from rar_agent.results import Candidate, RankingInfo, RecognitionResult, RejectionInfo
 from rar_agent.retrieval import CategoryRetriever
 
 if TYPE_CHECKING:
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
     from rar_agent.memory.builders import Progress
+    from rar_agent.memory.calibration import Calibration
     from rar_agent.regions import BoxesInput
     from rar_agent.regions.geometry import Context
 
@@ -64,6 +68,10 @@ class Recognizer:
             ranking chain applies it (a given gate replaces a ready chain's own).
         kind: Memory side to query (``auto`` prefers image examples).
         hint: Domain hint for the ranker (defaults to the memory's description).
+        reject: When an image is *unknown* (not a category in memory): ``"auto"`` (the
+            default) uses the memory's calibrated per-category thresholds and lets the ranker
+            answer "none of these"; a number is a fixed similarity threshold; ``"off"``
+            always answers with the closest category.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class Recognizer:
         gate: float | str | None = None,
         kind: MemoryKind = "auto",
         hint: str | None = None,
+        reject: str | float | None = "auto",
     ) -> None:
         if encoder is None:
             encoder = _recorded_encoder(memory)
@@ -92,6 +101,11 @@ class Recognizer:
         )
         self.ranker: RankingChain | None = as_ranking_chain(ranker, gate=self.gate)
         self.hint = hint if hint is not None else getattr(memory.info, "description", None)
+        self.reject = parse_reject(reject)
+        self._calibration_cache: tuple[object, Calibration | None] = (None, None)
+        self._computed: Calibration | None = None  # made here, not storable (read-only)
+        if self.reject.mode == "auto":
+            self._ensure_calibrated()
 
     @classmethod
     def from_settings(
@@ -145,6 +159,7 @@ class Recognizer:
                 fetch_k=settings.fetch_k,
                 gate=settings.gate,
                 kind=settings.kind,
+                reject=settings.reject,
             )
         except BaseException:
             if memory is not None:
@@ -266,23 +281,75 @@ class Recognizer:
         t1 = time.perf_counter()
         retrieved = self.retriever.retrieve_vectors(vectors, k=k)
         retrieve_ms = _ms(t1) / len(loaded)
-        rankings = self.rank_many([item.image for item in loaded], retrieved)
-        timings = {"encode": round(encode_ms, 3), "retrieve": round(retrieve_ms, 3)}
+        t2 = time.perf_counter()
+        verdicts = self.judge_many(retrieved)
+        reject_ms = _ms(t2) / len(loaded)
+        rankings = self.rank_many([item.image for item in loaded], retrieved, verdicts)
+        timings = {
+            "encode": round(encode_ms, 3),
+            "retrieve": round(retrieve_ms, 3),
+            "reject": round(reject_ms, 3),
+        }
         return [
             ranked_result(
-                candidates, ranking, timings, image=item.source, encoder=self.encoder_name
+                candidates,
+                ranking,
+                timings,
+                rejection=verdict,
+                image=item.source,
+                encoder=self.encoder_name,
             )
-            for item, candidates, ranking in zip(loaded, retrieved, rankings, strict=True)
+            for item, candidates, ranking, verdict in zip(
+                loaded, retrieved, rankings, verdicts, strict=True
+            )
         ]
+
+    # ------------------------------------------------------------------ rejection
+
+    def with_reject(self, reject: str | float | None) -> Recognizer:
+        """A recognizer sharing this one's memory, encoder and ranker, with another reject
+        setting (``off``, ``auto`` or a threshold). Closing either closes the memory."""
+        other = copy.copy(self)
+        other.reject = parse_reject(reject)
+        if other.reject.mode == "auto":
+            other._ensure_calibrated()
+        return other
+
+    def _ensure_calibrated(self) -> None:
+        """Calibrate a memory that has image examples but no calibration yet (built earlier);
+        a read-only memory keeps the result here instead of storing it."""
+        from rar_agent.memory.calibration import calibrate, load_calibration
+
+        if load_calibration(self.memory) is None and self.memory.count("image") > 0:
+            self._computed = calibrate(self.memory)
+
+    def calibration(self) -> Calibration | None:
+        """The memory's current calibration (re-read only when its revision changed)."""
+        from rar_agent.memory.calibration import CALIBRATION_KEY, load_calibration
+
+        stored = self.memory.get_meta(CALIBRATION_KEY)
+        key = (stored.get("revision"), stored.get("updated_at")) if stored else None
+        if key != self._calibration_cache[0]:
+            self._calibration_cache = (key, load_calibration(self.memory))
+        return self._calibration_cache[1] or self._computed
+
+    def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
+        """The retrieval-side open-set verdict for each candidate list (see :mod:`.reject`)."""
+        cal = self.calibration() if self.reject.mode == "auto" else None
+        return [judge(candidates, self.reject, cal) for candidates in retrieved]
 
     # ------------------------------------------------------------------ ranking
 
     def rank_many(
-        self, images: Sequence[Image.Image], retrieved: Sequence[Sequence[Candidate]]
+        self,
+        images: Sequence[Image.Image],
+        retrieved: Sequence[Sequence[Candidate]],
+        verdicts: Sequence[RejectionInfo] | None = None,
     ) -> list[Ranking]:
         """Rank each (image, candidates) pair; ranker calls run concurrently.
 
-        The ranking chain decides, per pair, whether its gate skips the model call.
+        The ranking chain decides, per pair, whether its gate skips the model call. Images
+        already judged unknown by retrieval (``verdicts``) are not ranked.
         """
         if self.ranker is None:
             reason = f"no ranker configured (--ranker {NO_RANKER}): retrieval order stands"
@@ -291,13 +358,19 @@ class Recognizer:
             (RankingInfo(status="skipped", reason=skip_reason(0, None, None)), None)
             for _ in retrieved
         ]
-        todo = [i for i, candidates in enumerate(retrieved) if candidates]
+        todo = []
+        for i, candidates in enumerate(retrieved):
+            if verdicts is not None and verdicts[i].reasons:
+                out[i] = (RankingInfo(status="skipped", reason=RANKER_SKIP_REASON), None)
+            elif candidates:
+                todo.append(i)
         inputs = [
             RankingInput(
                 image=images[i],
                 candidates=[c.label for c in retrieved[i]],
                 scores=[c.score for c in retrieved[i]],
                 hint=self.hint,
+                allow_none=self.reject.enabled,
             )
             for i in todo
         ]

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.images import ImageInput
     from rar_agent.regions.geometry import Context
-    from rar_agent.results import Candidate
+    from rar_agent.results import Candidate, RejectionInfo
     from rar_agent.retrieval import CategoryRetriever
 
 __all__ = ["Stages", "recognize_regions"]
@@ -48,10 +48,17 @@ class Stages(Protocol):
     encoder_name: str
     retriever: CategoryRetriever
 
+    def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
+        """The open-set verdict for each candidate list."""
+        ...
+
     def rank_many(
-        self, images: Sequence[Image.Image], retrieved: Sequence[Sequence[Candidate]]
+        self,
+        images: Sequence[Image.Image],
+        retrieved: Sequence[Sequence[Candidate]],
+        verdicts: Sequence[RejectionInfo] | None = None,
     ) -> list[Ranking]:
-        """Rank each (image, candidates) pair."""
+        """Rank each (image, candidates) pair (not those judged unknown)."""
         ...
 
 
@@ -104,23 +111,26 @@ def recognize_regions(
     retrieved = recognizer.retriever.retrieve_vectors(vectors, k=k, kind=kind, prefer="text")
     retrieve_ms = _ms(t1)
     whole = loaded.image if context_image else None
-    rankings = recognizer.rank_many([ranker_view(j.crop, whole, j.coords) for j in jobs], retrieved)
+    verdicts = recognizer.judge_many(retrieved)
+    views = [ranker_view(j.crop, whole, j.coords) for j in jobs]
+    rankings = recognizer.rank_many(views, retrieved, verdicts)
     n = len(jobs)
     timings = {
         "prepare": round(prepare_ms / n, 3),
         "encode": round(encode_ms / n, 3),
         "retrieve": round(retrieve_ms / n, 3),
     }
-    done = iter(zip(jobs, retrieved, rankings, strict=True))
+    done = iter(zip(jobs, retrieved, rankings, verdicts, strict=True))
     out: list[RecognitionResult] = []
     for slot in slots:
         if slot is None:
-            job, candidates, ranking = next(done)
+            job, candidates, ranking, verdict = next(done)
             box = [round(v, 3) for v in job.coords]
             slot = ranked_result(
                 candidates,
                 ranking,
                 timings,
+                rejection=verdict,
                 image=loaded.source,
                 box=box,
                 box_id=job.box.id,

@@ -217,7 +217,12 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
             self._count("skipped")
             return RankingOutput(order=list(inp.candidates), status="skipped", reason=reason)
         return build_ranking_messages(
-            inp.image, inp.candidates, inp.hint, self.examples, image_max_side=self.image_max_side
+            inp.image,
+            inp.candidates,
+            inp.hint,
+            self.examples,
+            image_max_side=self.image_max_side,
+            allow_none=inp.allow_none,
         )
 
     def _runnable(self) -> Runnable[Any, Any]:
@@ -234,7 +239,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
             raw = reply_text(reply["raw"])
             items = structured_items(reply.get("parsed"))
             result = parse_items(items, inp.candidates) if items else None
-            if result is None or result.status != "ranked":
+            if result is None or result.status == "fallback":
                 result = parse_reply(raw, inp.candidates)
         else:
             raw = reply_text(reply)

@@ -28,7 +28,8 @@ RANKING_SCHEMA: dict[str, Any] = {
         "ranking": {
             "type": "array",
             "items": {"type": "string"},
-            "description": "Every candidate name exactly once, most likely first.",
+            "description": "Every candidate name exactly once, most likely first; or just "
+            '["none of these"] when the image shows none of the candidates.',
         }
     },
     "required": ["ranking"],
@@ -45,6 +46,9 @@ class RankingInput(BaseModel):
     candidates: list[str] = Field(min_length=1, description="Distinct labels, retrieval order.")
     hint: str | None = Field(default=None, description='Domain hint, e.g. "aircraft variants".')
     scores: list[float] | None = Field(default=None, description="Retrieval scores (for gating).")
+    allow_none: bool = Field(
+        default=True, description='Offer the answer "none of these" (open-set rejection).'
+    )
 
     @field_validator("candidates")
     @classmethod
@@ -66,7 +70,9 @@ class RankingOutput(BaseModel):
     """What the ranker did: the final order and how it was obtained."""
 
     order: list[str] = Field(description="A permutation of the candidates, best first.")
-    status: Literal["ranked", "fallback", "skipped"]
+    status: Literal["ranked", "fallback", "skipped", "no_match"] = Field(
+        description="no_match: the model said none of the candidates fits (order = retrieval)."
+    )
     reason: str | None = None
     raw_reply: str | None = None
     model: str | None = None

@@ -5,6 +5,11 @@ case, width, whitespace and punctuation (Unicode NFKC + casefold), then by close
 (difflib, high cutoff). Names outside the set are dropped, repeats are ignored, and candidates
 the reply left out are appended in retrieval order. A reply in which no candidate can be found
 keeps the retrieval order with status ``fallback``.
+
+A reply that says none of the candidates fits (``["none of these"]`` first in a JSON array or
+structured output, or a text that opens with "None of these" or names no candidate but says
+"none of ...") is its own outcome, status ``no_match``: the retrieval order is kept and the
+caller decides what it means. A candidate that is itself called "none" stays a candidate.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ __all__ = [
     "match_items",
     "normalize_label",
     "MAX_REPLY_CHARS",
+    "NONE_FORMS",
+    "is_none_answer",
 ]
 
 MAX_REPLY_CHARS = 20_000
@@ -45,6 +52,26 @@ _UNSPACED = (
 )
 
 ParseMethod = Literal["structured", "json", "text", "none"]
+ParseStatus = Literal["ranked", "fallback", "no_match"]
+
+NONE_FORMS = frozenset(
+    {
+        "none",
+        "none of these",
+        "none of them",
+        "none of those",
+        "none of the above",
+        "none of the candidates",
+        "none of these candidates",
+        "none of the options",
+        "none fits",
+        "no match",
+        "nothing",
+    }
+)
+"""Normalised answers that mean "none of the candidates fits"."""
+_NONE_TEXT = re.compile(r"(?:^|\s)(?:none of (?:these|them|those|the)|no match)(?:\s|$)")
+_NO_MATCH_REASON = "the model answered that none of the candidates fits the image"
 
 
 @dataclass
@@ -52,7 +79,7 @@ class ParseResult:
     """How a reply was read: the full order plus what happened on the way."""
 
     order: list[str]
-    status: Literal["ranked", "fallback"]
+    status: ParseStatus
     reason: str | None
     method: ParseMethod
     matched: int = 0
@@ -66,6 +93,11 @@ def normalize_label(text: str) -> str:
     spaces, whitespace collapsed.
     """
     return _normalize_with_offsets(unicodedata.normalize("NFKC", text))[0]
+
+
+def is_none_answer(text: Any) -> bool:
+    """Whether one reply item says "none of these" (in any case or punctuation)."""
+    return isinstance(text, str) and normalize_label(text) in NONE_FORMS
 
 
 def _normalize_with_offsets(text: str) -> tuple[str, list[int]]:
@@ -224,12 +256,37 @@ def _match(matcher: _Matcher, items: Sequence[object]) -> tuple[list[str], list[
         elif name is not None:
             cand = matcher.item(name, remaining)
         if cand is None:
-            if name is None or matcher.item(name, everything) is None:
+            known = name is not None and matcher.item(name, everything) is not None
+            if not known and not is_none_answer(name):
                 dropped.append(str(item))  # a repeat of a named candidate is not "dropped"
             continue
         remaining.discard(cand)
         matched.append(cand)
     return matched, dropped
+
+
+def _none_first(matcher: _Matcher, items: Sequence[Any]) -> bool:
+    """Whether a reply list opens with "none of these" (and that is not a candidate's name)."""
+    if not items:
+        return False
+    name = _as_name(items[0])
+    return is_none_answer(name) and matcher.item(str(name), set(matcher.candidates)) is None
+
+
+def _none_text(matcher: _Matcher, text: str) -> bool:
+    """A free-text "none": it opens with a none answer, or names no candidate and says so."""
+    if any(n in NONE_FORMS for n in matcher.norm):
+        return False  # a candidate is called "none": read the reply as naming it
+    norm = normalize_label(text)
+    # "None of these. The closest is lynx" opens with the answer; "None of the others fit as
+    # well as lynx" does not, so the one-word forms count only as the whole reply.
+    if norm in NONE_FORMS or any(norm.startswith(f + " ") for f in NONE_FORMS if " " in f):
+        return True
+    return not matcher.mentions(text, set(matcher.candidates)) and bool(_NONE_TEXT.search(norm))
+
+
+def _no_match(candidates: Sequence[str], method: ParseMethod) -> ParseResult:
+    return ParseResult(list(dict.fromkeys(candidates)), "no_match", _NO_MATCH_REASON, method)
 
 
 def _text_order(matcher: _Matcher, text: str) -> list[str]:
@@ -284,8 +341,9 @@ def parse_reply(reply: str | None, candidates: Sequence[str]) -> ParseResult:
     """Read a free-text or JSON reply against the candidate set.
 
     A JSON array anywhere in the reply wins (the one naming most candidates, the later one on a
-    tie); otherwise candidates are ordered by where the text mentions them, with close matches
-    of list items or comma-separated pieces filling gaps.
+    tie; an array opening with "none of these" wins when it comes after that one); otherwise
+    a "none of these" text is ``no_match`` and candidates are ordered by where the text
+    mentions them, with close matches of list items or comma-separated pieces filling gaps.
 
     Args:
         reply: The model's reply text (may be None or empty).
@@ -301,23 +359,32 @@ def parse_reply(reply: str | None, candidates: Sequence[str]) -> ParseResult:
     text = reply[:MAX_REPLY_CHARS]
     matcher = _Matcher(base)
     best: tuple[list[str], list[str]] | None = None
-    for items in _json_lists(text):
+    best_at = none_at = -1
+    for at, items in enumerate(_json_lists(text)):
+        if _none_first(matcher, items):
+            none_at = at
+            continue
         matched, dropped = _match(matcher, items)
         if matched and (best is None or len(matched) >= len(best[0])):
-            best = (matched, dropped)
+            best, best_at = (matched, dropped), at
+    if none_at > best_at:
+        return _no_match(base, "json")
     if best is not None:
         return _finish(best[0], best[1], base, "json", truncated)
+    if _none_text(matcher, text):
+        return _no_match(base, "text")
     return _finish(_text_order(matcher, text), [], base, "text", truncated)
 
 
 def parse_ranking(
     reply: str | None, candidates: Sequence[str]
-) -> tuple[list[str], Literal["ranked", "fallback"], str | None]:
+) -> tuple[list[str], ParseStatus, str | None]:
     """Parse a ranking reply into ``(order, status, reason)``.
 
     ``order`` is always a permutation of ``candidates`` (duplicates in ``candidates`` are
     collapsed). ``status`` is ``ranked`` when at least one candidate was found in the reply,
-    else ``fallback`` (retrieval order kept) with ``reason`` saying why.
+    ``no_match`` when the reply says none fits, else ``fallback`` (retrieval order kept) with
+    ``reason`` saying why.
 
     Args:
         reply: The model's reply text.
@@ -338,7 +405,10 @@ def parse_items(items: Sequence[object], candidates: Sequence[str]) -> ParseResu
         candidates: Candidate labels in retrieval order.
 
     Returns:
-        A :class:`ParseResult` with method ``structured``.
+        A :class:`ParseResult` with method ``structured`` (status ``no_match`` when the list
+        opens with "none of these").
     """
+    if _none_first(_Matcher(candidates), items):
+        return _no_match(candidates, "structured")
     matched, dropped = match_items(items, candidates)
     return _finish(matched, dropped, candidates, "structured", False)

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
 
 __all__ = [
+    "NONE_OF_THESE",
     "SYSTEM_PROMPT",
+    "system_prompt",
     "RankingExample",
     "build_ranking_messages",
     "format_target",
@@ -31,7 +33,10 @@ __all__ = [
     "encode_image",
 ]
 
-SYSTEM_PROMPT = (
+NONE_OF_THESE = "none of these"
+"""The reply item that says no candidate fits the image (offered unless rejection is off)."""
+
+_RANK_PROMPT = (
     "You are an expert visual classifier. You are shown one image and a numbered list of "
     "candidate category names. Judge how likely it is that the image shows each candidate, "
     "then reply with every candidate, ordered from most likely to least likely.\n"
@@ -40,6 +45,18 @@ SYSTEM_PROMPT = (
     "Reply with a JSON array of strings and nothing else. It must contain each candidate "
     "name exactly once, spelled exactly as given, most likely first."
 )
+_NONE_RULE = (
+    f'\nIf the image clearly shows none of the candidates, reply with ["{NONE_OF_THESE}"] instead.'
+)
+
+
+def system_prompt(allow_none: bool = True) -> str:
+    """The ranking instructions; with ``allow_none`` the model may answer "none of these"."""
+    return _RANK_PROMPT + (_NONE_RULE if allow_none else "")
+
+
+SYSTEM_PROMPT = system_prompt(True)
+"""The system prompt as served by default (ranking, with the "none of these" answer)."""
 
 JPEG_QUALITY = 85
 
@@ -108,15 +125,15 @@ def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _user_text(candidates: Sequence[str], hint: str | None) -> str:
+def _user_text(candidates: Sequence[str], hint: str | None, allow_none: bool) -> str:
     lines = []
     if hint:
         lines.append(f"Domain of the candidates: {_quote(hint)}.")
     lines.append(f"Candidates ({len(candidates)}):")
     lines.extend(f"{i}. {_quote(name)}" for i, name in enumerate(candidates, 1))
-    lines.append(
-        f"Reply with a JSON array of all {len(candidates)} candidate names, most likely first."
-    )
+    ask = f"Reply with a JSON array of all {len(candidates)} candidate names, most likely first"
+    # Said in words, not as a JSON array: a model that echoes the prompt must not answer "none".
+    lines.append(ask + (f' (or "{NONE_OF_THESE}" if none of them fits).' if allow_none else "."))
     return "\n".join(lines)
 
 
@@ -139,6 +156,7 @@ def build_ranking_messages(
     examples: Sequence[RankingExample] | None = None,
     *,
     image_max_side: int = 512,
+    allow_none: bool = True,
 ) -> list[BaseMessage]:
     """Build the chat messages that ask a model to rank ``candidates`` for ``image``.
 
@@ -152,6 +170,7 @@ def build_ranking_messages(
         hint: Optional domain hint, e.g. ``"aircraft variants"``.
         examples: Optional few-shot examples with their correct order.
         image_max_side: Longest side of every image sent, in pixels.
+        allow_none: Offer the answer ``["none of these"]`` (for open-set rejection).
 
     Returns:
         A list of LangChain messages.
@@ -163,11 +182,15 @@ def build_ranking_messages(
 
     if not candidates:
         raise ConfigError("Ranking needs at least one candidate label; got none.")
-    messages: list[BaseMessage] = [SystemMessage(content=SYSTEM_PROMPT)]
+    messages: list[BaseMessage] = [SystemMessage(content=system_prompt(allow_none))]
     for ex in examples or ():
-        messages.append(_user_message(HumanMessage, ex.image, ex.candidates, hint, image_max_side))
+        messages.append(
+            _user_message(HumanMessage, ex.image, ex.candidates, hint, image_max_side, allow_none)
+        )
         messages.append(AIMessage(content=format_target(ex.order)))
-    messages.append(_user_message(HumanMessage, image, candidates, hint, image_max_side))
+    messages.append(
+        _user_message(HumanMessage, image, candidates, hint, image_max_side, allow_none)
+    )
     return messages
 
 
@@ -177,9 +200,10 @@ def _user_message(
     candidates: Sequence[str],
     hint: str | None,
     max_side: int,
+    allow_none: bool,
 ) -> BaseMessage:
     content: list[str | dict[str, Any]] = [
         image_block(image, max_side),
-        {"type": "text", "text": _user_text(candidates, hint)},
+        {"type": "text", "text": _user_text(candidates, hint, allow_none)},
     ]
     return cls(content=content)

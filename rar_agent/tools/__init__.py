@@ -68,6 +68,7 @@ def make_tools(
     allow_urls: bool = False,
     allow_learning: bool = False,
     image_ids: bool = True,
+    reject: str | float | None = None,
 ) -> list[BaseTool]:
     """The recognition tools over one recognizer, sharing one image registry.
 
@@ -84,11 +85,15 @@ def make_tools(
         image_ids: Accept image ids from a conversation's registry. ``False`` for callers
             that hold no conversation (the MCP server): images come as paths, URLs or data
             URIs only, and ``registry`` is ignored.
+        reject: When an image is "not a category in memory" (``off``, ``auto`` or a
+            threshold); ``None`` keeps the recognizer's own setting (``RAR_REJECT``).
 
     Returns:
         ``[RecognizeTool, CategorySearchTool, ListCategoriesTool]`` plus ``AddCategoryTool``
         when learning is allowed.
     """
+    if reject is not None:
+        recognizer = recognizer.with_reject(reject)
     if not image_ids:
         registry = None
     elif registry is None:
@@ -103,7 +108,7 @@ def make_tools(
     forms = ImageResolver(registry=registry, allowed_roots=roots, allow_urls=allow_urls)
     accepts = f" Images it accepts: {forms.accepted()}."
     tools: list[BaseTool] = [
-        RecognizeTool(description=RECOGNIZE_WHAT + accepts, **shared),
+        RecognizeTool(description=RECOGNIZE_WHAT + accepts, can_learn=allow_learning, **shared),
         CategorySearchTool(**shared),
         ListCategoriesTool(**shared),
     ]

@@ -54,6 +54,10 @@ class RecognizerLike(Protocol):
         """Recognize one image."""
         ...
 
+    def with_reject(self, reject: str | float | None) -> RecognizerLike:
+        """The same recognizer with another reject setting (``off``, ``auto``, a number)."""
+        ...
+
     def recognize_regions(
         self,
         image: ImageInput,

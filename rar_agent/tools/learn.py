@@ -75,18 +75,26 @@ class AddCategoryTool(RecognizerTool):
                 memory, self.recognizer.encoder, [item], strict=True, extra={"added_by": self.name}
             )
             added = report.added
+            examples = memory.labels("image").get(clean, 0)
             after = memory.count("image")
         except RarError as e:
             raise tool_error(e) from e
-        text = (
-            f"Stored {source.name} as an example of {clean!r}."
-            if added
-            else f"{source.name} was already stored as an example of {clean!r}."
-        )
+        new = bool(added and examples == 1)
+        if not added:
+            text = f"{source.name} was already stored as an example of {clean!r}."
+        elif new:
+            text = (
+                f"Stored {source.name} as the first example of the new category {clean!r}; "
+                "images like it are now recognized as it."
+            )
+        else:
+            text = f"Stored {source.name} as an example of {clean!r} ({examples} examples now)."
         artifact = ExampleAdded(
             label=clean,
             image=source.name,
             added=added,
+            new_category=new,
+            category_examples=examples,
             image_entries=after,
             seconds=round(time.perf_counter() - start, 3),
         )

@@ -27,20 +27,29 @@ _MAX_BOXES = 32
 RECOGNIZE_WHAT = (
     "Recognize what an image shows (its category) by comparing it with a memory of known "
     "categories and ranking the candidates. Returns the answer and the ranked candidate "
-    "categories with scores."
+    "categories with scores, or says the image is not a category in memory and lists the "
+    "closest ones."
 )
 """What the recognize tool does; :func:`~rar_agent.tools.make_tools` adds the image forms."""
 
 # ---------------------------------------------------------------------------- formatting
 
 
-def format_result(result: RecognitionResult, *, image_name: str | None = None) -> str:
-    """The short text a model sees: the answer, how it was ranked, the scored candidates."""
+def format_result(
+    result: RecognitionResult, *, image_name: str | None = None, can_learn: bool = False
+) -> str:
+    """The short text a model sees: the answer, how it was ranked, the scored candidates.
+
+    An unknown image is reported plainly as "not a category in memory", with the closest
+    categories; ``can_learn`` adds how to teach it.
+    """
     where = f" for {image_name}" if image_name else ""
     if result.error:
         return f"Recognition failed{where}: {result.error}"
     if not result.candidates:
         return f"No categories found{where}: the memory returned nothing."
+    if result.unknown:
+        return _format_unknown(result, where, can_learn)
     info = result.ranking
     if info.status == "ranked":
         how = f"ranked by {info.model}" if info.model else "ranked by the model"
@@ -61,6 +70,31 @@ def format_result(result: RecognitionResult, *, image_name: str | None = None) -
     lines.append("Candidates (label: retrieval score):")
     lines += [f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)]
     return "\n".join(lines)
+
+
+def _format_unknown(result: RecognitionResult, where: str, can_learn: bool) -> str:
+    closest = ", ".join(f"{c.label} ({c.score:.3f})" for c in result.candidates[:3])
+    box = ""
+    if result.box is not None:
+        box = " in box [" + ", ".join(f"{v:g}" for v in result.box) + "]"
+    why = []
+    rej = result.rejection
+    if "below_threshold" in rej.reasons and rej.similarity is not None and rej.threshold:
+        why.append(
+            f"its best match scores {rej.similarity:.3f}, below the {rej.threshold:.3f} that "
+            "images of that category reach"
+        )
+    if "ranker_none" in rej.reasons:
+        why.append("the ranking model said none of the candidates fits")
+    teach = "; once they name it, add_category_example(label=...) teaches the memory."
+    lines = [
+        f"Unknown{where}{box}: not a category in memory; closest: {closest}.",
+        "Why: " + "; ".join(why) + "." if why else "",
+        "Candidates (label: retrieval score):",
+        *(f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)),
+        "Ask the user what it shows" + (teach if can_learn else "."),
+    ]
+    return "\n".join(line for line in lines if line)
 
 
 # ---------------------------------------------------------------------------- recognize
@@ -114,6 +148,9 @@ class RecognizeTool(RecognizerTool):
     args_schema: type[BaseModel] = RecognizeInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     artifact_type: ClassVar[object] = RecognitionResult | RegionResults
+    can_learn: bool = Field(
+        default=False, description="An add_category_example tool is available (text hint)."
+    )
 
     def _run(
         self,
@@ -128,12 +165,13 @@ class RecognizeTool(RecognizerTool):
                 results = self.recognizer.recognize_regions(
                     source.payload, boxes, k=k, kind="auto", normalized=False
                 )
-                return _regions_output(results, source.name)
+                return _regions_output(results, source.name, self.can_learn)
             result = self.recognizer.recognize(source.payload, k=k)
         except RarError as e:
             raise tool_error(e) from e
         result.image = source.name
-        return format_result(result, image_name=source.name), result.model_dump(mode="json")
+        text = format_result(result, image_name=source.name, can_learn=self.can_learn)
+        return text, result.model_dump(mode="json")
 
     async def _arun(
         self,
@@ -145,11 +183,13 @@ class RecognizeTool(RecognizerTool):
         return await asyncio.to_thread(self._run, image, k, boxes)
 
 
-def _regions_output(results: Sequence[RecognitionResult], name: str) -> tuple[str, dict[str, Any]]:
+def _regions_output(
+    results: Sequence[RecognitionResult], name: str, can_learn: bool
+) -> tuple[str, dict[str, Any]]:
     texts = []
     for i, result in enumerate(results, 1):
         result.image = name
-        texts.append(f"Region {i}: " + format_result(result))
+        texts.append(f"Region {i}: " + format_result(result, can_learn=can_learn))
     content = "\n".join(texts) if texts else f"No regions were recognized in {name}."
     return content, RegionResults(image=name, regions=list(results)).model_dump(mode="json")
 

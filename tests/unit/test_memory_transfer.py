@@ -25,9 +25,9 @@ def _fill(mem: CategoryMemory, n: int = 130) -> np.ndarray:
         for i in range(n)
     ]
     mem.bind_encoder("enc-A", DIM, description="things")
-    mem._update_meta("calibration", {"threshold": 0.31, "method": "test"})
+    mem.add_entries(entries, x)  # image entries: the open-set calibration is recorded too
     mem._update_meta("encoder_spec", {"name": "tiny", "pretrained": None})
-    mem.add_entries(entries, x)
+    mem._update_meta("future_key", {"kept": True})
     return x
 
 
@@ -50,7 +50,8 @@ def test_push_copies_points_payloads_and_the_whole_metadata(source: Any) -> None
         assert {k: v for k, v in meta.items() if k != "collection"} == {
             k: v for k, v in src_meta.items() if k != "collection"
         }
-        assert meta["calibration"]["threshold"] == 0.31 and meta["encoder_spec"]["name"] == "tiny"
+        assert meta["calibration"] and meta["calibration"] == src_meta["calibration"]
+        assert meta["encoder_spec"]["name"] == "tiny" and meta["future_key"] == {"kept": True}
         assert dst.storage == SETTINGS and dst.info.description == "things"
         assert dst.labels() == src.labels() and dst.count("text") == src.count("text")
         for q in x[:5]:
@@ -90,7 +91,7 @@ def test_pull_brings_a_server_memory_back_to_an_embedded_one(source: Any, tmp_pa
         with CategoryMemory.open(tmp_path / "pulled", collection="pulled") as local:
             copy_memory(server, local, batch_size=64)
             assert local.storage == SETTINGS
-            assert local.metadata["calibration"] == {"threshold": 0.31, "method": "test"}
+            assert local.metadata["calibration"] == src.metadata["calibration"]
             assert local.search(x[3], limit=1)[0].id == src.search(x[3], limit=1)[0].id
     with CategoryMemory.open(tmp_path / "pulled", collection="pulled", create=False) as again:
         assert again.count() == 130 and again.storage == SETTINGS

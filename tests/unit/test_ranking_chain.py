@@ -411,3 +411,32 @@ def test_scores_must_match_candidates(image) -> None:
 def test_model_name_is_recorded(image) -> None:
     out = RankingChain(FakeListChatModel(responses=['["a"]'])).invoke(request(image, ["a", "b"]))
     assert out.model == "fakelistchatmodel"
+
+
+# -- "none of these" ------------------------------------------------------------------------
+
+
+def test_none_of_these_is_offered_and_read_as_no_match(image) -> None:
+    recorder = Recorder()
+    model = FakeListChatModel(responses=["None of these."])
+    out = RankingChain(model).invoke(request(image), {"callbacks": [recorder]})
+    assert out.status == "no_match" and out.order == CANDS and out.attempts == 1
+    assert out.reason and "none of the candidates" in out.reason
+    system, user = recorder.chat_inputs[0][0], recorder.chat_inputs[0][-1]
+    assert '["none of these"]' in system.content
+    assert '"none of these" if none of them fits' in user.content[1]["text"]
+
+
+def test_structured_none_of_these(image) -> None:
+    model = ToolCallingFake(messages=iter([tool_reply(["none of these"])]))
+    out = RankingChain(model).invoke(request(image))
+    assert out.status == "no_match" and out.parse == "structured" and out.order == CANDS
+
+
+def test_none_is_not_offered_when_rejection_is_off(image) -> None:
+    recorder = Recorder()
+    model = FakeListChatModel(responses=['["lynx"]'])
+    out = RankingChain(model).invoke(request(image, allow_none=False), {"callbacks": [recorder]})
+    assert out.status == "ranked" and out.order[0] == "lynx"
+    system, user = recorder.chat_inputs[0][0], recorder.chat_inputs[0][-1]
+    assert "none of" not in system.content and "none of" not in user.content[1]["text"]

@@ -184,7 +184,9 @@ candidate_lists = st.lists(labels, min_size=1, max_size=8, unique=True)
 def test_any_text_reply_gives_a_permutation(cands: list[str], reply: str | None) -> None:
     order, status, _ = parse_ranking(reply, cands)
     assert sorted(order) == sorted(cands)
-    assert status in ("ranked", "fallback")
+    assert status in ("ranked", "fallback", "no_match")
+    if status == "no_match":
+        assert order == list(dict.fromkeys(cands))  # "none of these" keeps retrieval order
 
 
 @settings(max_examples=300, deadline=None)
@@ -207,3 +209,73 @@ def test_format_target_round_trips(data: st.DataObject, cands: list[str]) -> Non
     assert order == list(perm)
     assert status == "ranked"
     assert reason is None
+
+
+# ---------------------------------------------------------------------------- "none of these"
+
+NONE_CANDS = ["tabby cat", "lynx", "grey heron"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '["none of these"]',  # the prompt's own form (OpenAI, Gemini, Mistral in JSON mode)
+        '{"ranking": ["none of these"]}',  # a tool call's arguments / JSON object reply
+        'Looking at the image, it shows a bicycle.\n\n```json\n["None of these"]\n```',  # Claude
+        ' [ "None of these" ] \n',  # Gemini: spacing, capitals
+        "None of these.",  # Ollama llava / qwen2.5vl, free text
+        "none of these",  # a small local VLM (SmolVLM) without quotes
+        '"none of these"',  # a bare JSON string
+        "**None of these.** The picture shows a bicycle.",  # markdown
+        "NONE_OF_THESE",
+        "None.",
+        "None of the candidates match; the closest might be lynx.",
+        "The image shows a bicycle, which matches none of the candidates.",
+        '["none"]',
+        '["none of these", "lynx", "tabby cat"]',  # none first, then an order anyway
+        'First I thought ["lynx", "tabby cat"], but no: ["none of these"]',  # the later wins
+    ],
+)
+def test_none_of_these_is_its_own_outcome(reply: str) -> None:
+    result = parse_reply(reply, NONE_CANDS)
+    assert result.status == "no_match"
+    assert result.order == NONE_CANDS  # retrieval order, still a permutation
+    assert result.reason and "none of the candidates" in result.reason
+    assert result.dropped == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "first"),
+    [
+        ('["lynx", "none of these", "tabby cat"]', "lynx"),  # a candidate ranked first
+        ('["none of these"] or maybe ["lynx", "grey heron"]', "lynx"),  # the later list wins
+        ("None of the others fit as well as lynx.", "lynx"),
+        ("lynx. None of the others.", "lynx"),
+        # a model that echoes the prompt names every candidate: a ranking, not "none"
+        (
+            'Candidates (3):\n1. "tabby cat"\n2. "lynx"\n3. "grey heron"\nReply with a JSON '
+            'array of all 3 candidate names, most likely first (or "none of these" if none '
+            "of them fits).",
+            "tabby cat",
+        ),
+    ],
+)
+def test_none_mentioned_but_a_candidate_chosen_is_ranked(reply: str, first: str) -> None:
+    result = parse_reply(reply, NONE_CANDS)
+    assert result.status == "ranked"
+    assert result.order[0] == first
+
+
+def test_a_candidate_called_none_stays_a_candidate() -> None:
+    cands = ["none", "cat"]
+    assert parse_reply('["none", "cat"]', cands).status == "ranked"
+    assert parse_reply("none", cands).order[0] == "none"
+    assert parse_items(["none"], cands).status == "ranked"
+
+
+def test_structured_none_and_garbage() -> None:
+    assert parse_items(["None of these"], NONE_CANDS).status == "no_match"
+    assert parse_items(["none of these", "lynx"], NONE_CANDS).status == "no_match"
+    assert parse_items(["lynx", "none of these"], NONE_CANDS).order[0] == "lynx"
+    assert parse_reply("I cannot tell.", NONE_CANDS).status == "fallback"
+    assert parse_reply("Nothing", NONE_CANDS).status == "no_match"

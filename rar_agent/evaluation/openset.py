@@ -1,0 +1,135 @@
+"""Open-set metrics: does the known-ness score tell held-out classes from known ones?
+
+Known-class queries are positives, unknown-class queries negatives. The known-ness score is
+the top category's support (mean similarity of its closest entries, up to 2) minus the
+memory's calibrated threshold for that category (or the raw support when the memory has no
+calibration). Pure functions over query records; :mod:`~rar_agent.evaluation.openset_render`
+draws them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from rar_agent.evaluation.metrics import QueryRecord
+
+__all__ = [
+    "OpenSetReport",
+    "RocPoint",
+    "auroc",
+    "known_score",
+    "open_set_report",
+    "roc_curve",
+]
+
+
+class RocPoint(BaseModel):
+    """One threshold of the ROC curve (reject when the score is below ``threshold``)."""
+
+    threshold: float
+    unknown_rejected: float = Field(description="True positive rate: unknowns rejected.")
+    known_rejected: float = Field(description="False positive rate: knowns rejected.")
+
+
+class OpenSetReport(BaseModel):
+    """Open-set figures of one run."""
+
+    known_queries: int = 0
+    unknown_queries: int = 0
+    unknown_classes: list[str] = Field(default_factory=list)
+    auroc: float | None = Field(default=None, description="AUROC of the known-ness score.")
+    auroc_similarity: float | None = Field(
+        default=None, description="AUROC of the raw support (no per-category threshold)."
+    )
+    known_top1: float | None = Field(default=None, description="Known classes, no rejection.")
+    known_top1_rejecting: float | None = Field(
+        default=None, description="Known classes: right and not rejected."
+    )
+    top1_drop_points: float | None = None
+    unknown_rejected: float | None = Field(default=None, description="Share of unknowns.")
+    known_rejected: float | None = Field(default=None, description="Share of knowns.")
+    ranker_none_known: int = 0
+    ranker_none_unknown: int = 0
+    calibrated: bool = False
+    roc: list[RocPoint] = Field(default_factory=list)
+
+
+def known_score(record: QueryRecord) -> float | None:
+    """``similarity - auto_threshold`` (or the similarity when uncalibrated)."""
+    if record.similarity is None:
+        return None
+    if record.auto_threshold is None:
+        return record.similarity
+    return record.similarity - record.auto_threshold
+
+
+def auroc(known: Sequence[float], unknown: Sequence[float]) -> float | None:
+    """P(score of a known query > score of an unknown one), ties counting half."""
+    if not known or not unknown:
+        return None
+    scores = np.concatenate([np.asarray(known, float), np.asarray(unknown, float)])
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    for start, n in zip(first, counts, strict=True):
+        ranks[order[start : start + n]] = start + (n + 1) / 2.0
+    n_k, n_u = len(known), len(unknown)
+    return float((ranks[:n_k].sum() - n_k * (n_k + 1) / 2.0) / (n_k * n_u))
+
+
+def roc_curve(known: Sequence[float], unknown: Sequence[float], limit: int = 201) -> list[RocPoint]:
+    """Rejection rates at up to ``limit`` thresholds spread over the observed scores."""
+    if not known or not unknown:
+        return []
+    k, u = np.asarray(known, float), np.asarray(unknown, float)
+    values = np.unique(np.concatenate([k, u]))
+    picks = values[np.linspace(0, len(values) - 1, min(limit, len(values))).round().astype(int)]
+    ends = [float(values[0]) - 1e-6, float(values[-1]) + 1e-6]
+    thresholds = sorted({round(t, 6) for t in [*map(float, picks), *ends]})
+    return [
+        RocPoint(
+            threshold=t,
+            unknown_rejected=float((u < t).mean()),
+            known_rejected=float((k < t).mean()),
+        )
+        for t in thresholds
+    ]
+
+
+def open_set_report(
+    records: Sequence[QueryRecord], unknown_classes: Sequence[str]
+) -> OpenSetReport:
+    """AUROC, known top-1 with and without rejection, shares rejected, the ROC curve."""
+    rows = [r for r in records if r.error is None]
+    known = [r for r in rows if r.known]
+    unknown = [r for r in rows if not r.known]
+    out = OpenSetReport(
+        known_queries=len(known),
+        unknown_queries=len(unknown),
+        unknown_classes=list(unknown_classes),
+        calibrated=any(r.auto_threshold is not None for r in rows),
+        ranker_none_known=sum(r.status == "no_match" for r in known),
+        ranker_none_unknown=sum(r.status == "no_match" for r in unknown),
+    )
+    ks = [s for r in known if (s := known_score(r)) is not None]
+    us = [s for r in unknown if (s := known_score(r)) is not None]
+    out.auroc = auroc(ks, us)
+    out.auroc_similarity = auroc(
+        [r.similarity for r in known if r.similarity is not None],
+        [r.similarity for r in unknown if r.similarity is not None],
+    )
+    out.roc = roc_curve(ks, us)
+    if known:
+        out.known_top1 = sum(r.rar == r.label for r in known) / len(known)
+        hits = sum(r.rar == r.label and not r.rejected for r in known)
+        out.known_top1_rejecting = hits / len(known)
+        out.top1_drop_points = round(100.0 * (out.known_top1 - out.known_top1_rejecting), 4)
+        out.known_rejected = sum(r.rejected for r in known) / len(known)
+    if unknown:
+        out.unknown_rejected = sum(r.rejected for r in unknown) / len(unknown)
+    return out

@@ -1,0 +1,100 @@
+"""The open-set part of an evaluation report: summary rows, the ROC plot, the Markdown section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rar_agent.evaluation.metrics import percent
+
+if TYPE_CHECKING:
+    from rar_agent.evaluation.schema import EvalReport
+
+__all__ = ["open_set_markdown", "open_set_rows", "plot_roc"]
+
+
+def open_set_rows(report: EvalReport) -> list[tuple[str, str]]:
+    """Headline open-set rows for the summary table (none for a closed-set run)."""
+    o = report.open_set
+    if o is None:
+        return []
+    auroc = "-" if o.auroc is None else f"{o.auroc:.3f}"
+    raw = "-" if o.auroc_similarity is None else f"{o.auroc_similarity:.3f}"
+    drop = "-" if o.top1_drop_points is None else f"{o.top1_drop_points:.2f} pt"
+    return [
+        ("open set: queries known / unknown", f"{o.known_queries} / {o.unknown_queries}"),
+        ("AUROC known-ness (raw support)", f"{auroc} ({raw})"),
+        (
+            f"known top-1 without / with --reject {report.config.reject}",
+            f"{percent(o.known_top1)} / {percent(o.known_top1_rejecting)} (drop {drop})",
+        ),
+        ("unknown-class queries rejected", percent(o.unknown_rejected)),
+        ("known-class queries rejected", percent(o.known_rejected)),
+    ]
+
+
+def plot_roc(report: EvalReport, path: Path) -> None:
+    """Draw the ROC curve of the known-ness score with the run's operating point."""
+    import matplotlib.pyplot as plt
+
+    o = report.open_set
+    assert o is not None
+    fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=110)
+    ax.plot(
+        [100 * p.known_rejected for p in o.roc],
+        [100 * p.unknown_rejected for p in o.roc],
+        label=f"known-ness score (AUROC {o.auroc:.3f})" if o.auroc is not None else "score",
+    )
+    ax.plot([0, 100], [0, 100], color="tab:gray", linestyle=":", label="chance")
+    if o.known_rejected is not None and o.unknown_rejected is not None:
+        ax.scatter(
+            [100 * o.known_rejected],
+            [100 * o.unknown_rejected],
+            color="tab:red",
+            zorder=3,
+            label=f"--reject {report.config.reject}",
+        )
+    ax.set_xlabel("known-class queries rejected (%)")
+    ax.set_ylabel("unknown-class queries rejected (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 101)
+    ax.set_title("Open set: rejecting unknown categories")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def open_set_markdown(report: EvalReport, plots: dict[str, Path]) -> list[str]:
+    """The report's "Open set" section (empty for a closed-set run)."""
+    o = report.open_set
+    if o is None:
+        return []
+    lines = ["## Open set", ""]
+    lines += [
+        f"Held out of the memory: {', '.join(o.unknown_classes) or '-'}. Known-class queries are "
+        "positives, held-out-class queries negatives. The known-ness score is the top "
+        "category's support (mean similarity of its 2 closest entries) minus the memory's "
+        "calibrated threshold for that category"
+        + ("" if o.calibrated else " (the memory is not calibrated: raw support)")
+        + ".",
+        "",
+    ]
+    if report.calibration:
+        cal = report.calibration
+        lines += [
+            f"Calibration: {cal.get('method')}, {cal.get('standins')} stand-in queries "
+            f"({cal.get('leave_one_out')} leave-one-out, {cal.get('views')} augmented views), "
+            f"offset {cal.get('offset')}" + (f"; {cal['reason']}" if cal.get("reason") else ""),
+            "",
+        ]
+    if o.ranker_none_known or o.ranker_none_unknown:
+        lines += [
+            f"The ranker answered 'none of these' for {o.ranker_none_unknown} unknown and "
+            f"{o.ranker_none_known} known queries.",
+            "",
+        ]
+    if "roc" in plots:
+        lines += [f"![ROC curve]({plots['roc'].name})", ""]
+    return lines

@@ -1,0 +1,157 @@
+"""Benchmark open-set rejection against retrieval alone, measured in the same run.
+
+On a memory of clustered random unit vectors (``--sizes``, 10 entries per category):
+
+- per query: retrieval alone (``memory.search_batch`` + a plain max-per-label fold, the raw
+  baseline) against retrieval with the support statistic plus the reject decision
+  (``CategoryRetriever.retrieve_vectors`` + ``Recognizer.judge_many``), one query at a time;
+  the difference is what rejection costs (target: under 1 ms per query);
+- a full calibration (a sample of at most 1000 entries) against one batched search of as many
+  vectors (its floor), to show it does not grow with the memory;
+- adding a batch of 32 entries with and without the calibration update.
+
+Usage::
+
+    python scripts/bench_reject.py                 # 10k and 100k entries
+    python scripts/bench_reject.py --sizes 10000 --queries 200 --json rows.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rar_agent.memory import CategoryMemory, MemoryEntry  # noqa: E402
+from rar_agent.memory.calibration import MAX_STANDINS, calibrate  # noqa: E402
+from rar_agent.pipeline import Recognizer  # noqa: E402
+from rar_agent.retrieval import fetch_limit  # noqa: E402
+
+DIM = 512
+PER_LABEL = 10
+K = 5
+
+
+class _VectorsOnly:
+    """Stands in for an encoder: the benchmark hands vectors to retrieval directly."""
+
+    fingerprint = "bench:vectors"
+    dim = DIM
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = -(-n // PER_LABEL)
+    centres = rng.standard_normal((labels, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    ids = np.repeat(np.arange(labels), PER_LABEL)[:n]
+    x = centres[ids] + rng.normal(0, 0.5 / np.sqrt(DIM), (n, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, ids
+
+
+def _plain_fold(hits: list[Any], k: int) -> list[tuple[str, float]]:
+    best: dict[str, float] = {}
+    for h in hits:
+        if h.score > best.get(h.label, -2.0):
+            best[h.label] = h.score
+    return sorted(best.items(), key=lambda kv: -kv[1])[:k]
+
+
+def _ms(samples: list[float]) -> float:
+    return float(np.median(samples)) * 1000.0
+
+
+def bench_size(n: int, n_queries: int, rows: list[dict[str, Any]]) -> None:
+    x, ids = _data(n + n_queries + 32, seed=n)
+    entries = [MemoryEntry(f"category {c}", "image", f"e{i}", f"h{i}") for i, c in enumerate(ids)]
+    with tempfile.TemporaryDirectory(prefix="rar-bench-reject-") as tmp:
+        memory = CategoryMemory.open(Path(tmp) / "mem", collection="bench")
+        memory.bind_encoder(_VectorsOnly.fingerprint, DIM)
+        t0 = time.perf_counter()
+        for start in range(0, n, 4096):
+            stop = min(n, start + 4096)
+            memory.add_entries(entries[start:stop], x[start:stop], calibrate=False)
+        memory.optimize(min_unindexed=10_000)
+        print(f"\n{n} entries: built in {time.perf_counter() - t0:.1f} s")
+
+        sample = x[: min(MAX_STANDINS, n)]
+        floor_s = calib_s = float("inf")
+        for _ in range(2):  # best of two: the machine is shared
+            t0 = time.perf_counter()
+            memory.search_batch(sample, kind="image", limit=16)
+            floor_s = min(floor_s, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            cal = calibrate(memory)
+            calib_s = min(calib_s, time.perf_counter() - t0)
+        print(f"full calibration: {calib_s:.2f} s ({len(cal.standins)} stand-ins); one batched "
+              f"search of {len(sample)} vectors: {floor_s:.2f} s")  # fmt: skip
+
+        rec = Recognizer(memory, _VectorsOnly(), k=K, reject="auto")  # type: ignore[arg-type]
+        queries = x[n : n + n_queries]
+        limit = fetch_limit(K, None)
+        base, full, judge = [], [], []
+        for q in queries:
+            row = q[None, :]
+            t0 = time.perf_counter()
+            _plain_fold(memory.search_batch(row, kind="image", limit=limit)[0], K)
+            base.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            retrieved = rec.retriever.retrieve_vectors(row)
+            t1 = time.perf_counter()
+            rec.judge_many(retrieved)
+            t2 = time.perf_counter()
+            full.append(t2 - t0)
+            judge.append(t2 - t1)
+        extra = _ms(full) - _ms(base)
+        print(f"per query (median of {n_queries}): retrieval alone {_ms(base):.3f} ms; with "
+              f"support + reject {_ms(full):.3f} ms (+{extra:.3f} ms); judge alone "
+              f"{_ms(judge):.4f} ms")  # fmt: skip
+
+        batch = entries[n + n_queries :]
+        vecs = x[n + n_queries :]
+        t0 = time.perf_counter()
+        memory.add_entries(batch[:16], vecs[:16], calibrate=False)
+        add_plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        memory.add_entries(batch[16:], vecs[16:], calibrate=True)
+        add_cal = time.perf_counter() - t0
+        print(f"add 16 entries: {add_plain * 1000:.1f} ms without, {add_cal * 1000:.1f} ms with "
+              "the calibration update")  # fmt: skip
+        memory.close()
+    rows += [
+        {"name": f"reject cost per query, {n} entries", "value": round(extra, 4), "unit": "ms",
+         "baseline": "retrieval alone", "baseline_value": round(_ms(base), 4),
+         "ratio": round(_ms(full) / _ms(base), 3), "target": "< 1 ms", "met": extra < 1.0},
+        {"name": f"full calibration, {n} entries", "value": round(calib_s, 3), "unit": "s",
+         "baseline": f"one batched search of {len(sample)} vectors",
+         "baseline_value": round(floor_s, 3), "ratio": round(calib_s / floor_s, 2)},
+        {"name": f"add 16 entries with calibration update, {n} entries",
+         "value": round(add_cal * 1000, 2), "unit": "ms", "baseline": "add without update",
+         "baseline_value": round(add_plain * 1000, 2), "ratio": round(add_cal / add_plain, 2)},
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000", help="Comma-separated entry counts.")
+    parser.add_argument("--queries", type=int, default=300, help="Queries timed per size.")
+    parser.add_argument("--json", type=Path, help="Write the figures as JSON rows here.")
+    args = parser.parse_args(argv)
+    rows: list[dict[str, Any]] = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        bench_size(size, args.queries, rows)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
