@@ -8,12 +8,14 @@ from typing import Any, Protocol
 from rar_agent.memory.entries import Hit
 from rar_agent.memory.storage import StorageSettings
 
-__all__ = ["META_VERSION", "MemoryBackend", "ScrollPage"]
+__all__ = ["META_VERSION", "MemoryBackend", "PointVectors", "ScrollPage"]
 
 META_VERSION = 1
 
-ScrollPage = tuple[list[tuple[str, dict[str, list[float]], dict[str, Any]]], str | None]
-"""One page of a scroll: ``(id, {vector name: vector}, payload)`` points and the next offset."""
+PointVectors = tuple[str, dict[str, list[float]], dict[str, Any]]
+"""``(id, {vector name: vector}, payload)`` of one stored point."""
+ScrollPage = tuple[list[PointVectors], str | None]
+"""One page of a scroll: points and the offset of the next page (``None`` after the last)."""
 
 
 class MemoryBackend(Protocol):
@@ -63,9 +65,7 @@ class MemoryBackend(Protocol):
         """``(id, payload)`` of the stored points among ``ids`` (missing ids are skipped)."""
         ...
 
-    def retrieve_vectors(
-        self, ids: Sequence[str]
-    ) -> list[tuple[str, dict[str, list[float]], dict[str, Any]]]:
+    def retrieve_vectors(self, ids: Sequence[str]) -> list[PointVectors]:
         """``(id, vectors, payload)`` of the stored points among ``ids``."""
         ...
 

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from rar_agent.errors import MemoryBusyError, MemoryStoreError, RarError
-from rar_agent.memory.backend import ScrollPage
+from rar_agent.memory.backend import PointVectors, ScrollPage
 from rar_agent.memory.edge_files import acquire_lock, read_json, release_lock, write_json_atomic
-from rar_agent.memory.engine_settings import edge_config, edge_search_params, shard_file_part
+from rar_agent.memory.edge_files import disk_usage as shard_disk_usage
+from rar_agent.memory.engine_settings import edge_config, edge_search_params
 from rar_agent.memory.entries import Hit
 from rar_agent.memory.storage import StorageSettings
 
@@ -250,11 +251,9 @@ class EdgeBackend:
                     found.append((str(r.id), dict(r.payload or {})))
         return found
 
-    def retrieve_vectors(
-        self, ids: Sequence[str]
-    ) -> list[tuple[str, dict[str, list[float]], dict[str, Any]]]:
+    def retrieve_vectors(self, ids: Sequence[str]) -> list[PointVectors]:
         """``(id, vectors, payload)`` of the stored points among ``ids``."""
-        found: list[tuple[str, dict[str, list[float]], dict[str, Any]]] = []
+        found: list[PointVectors] = []
         with self._use("read entries") as shard:
             if shard is None:
                 return found
@@ -362,20 +361,9 @@ class EdgeBackend:
         return False
 
     def disk_usage(self) -> dict[str, int] | None:
-        """Bytes on disk per component of the shard (allocated blocks, not apparent sizes)."""
-        totals: dict[str, int] = {}
+        """Bytes on disk per part of the shard (see ``edge_files.disk_usage``)."""
         with self._s.lock:
-            root = self._s.path / SHARD_DIR
-            for dirpath, _dirs, files in os.walk(root):
-                rel = Path(dirpath).relative_to(root).parts
-                for name in files:
-                    try:
-                        size = (Path(dirpath) / name).stat().st_blocks * 512
-                    except OSError:
-                        continue  # a segment file replaced while we walk
-                    part = shard_file_part(rel, name)
-                    totals[part] = totals.get(part, 0) + size
-        return totals
+            return shard_disk_usage(self._s.path / SHARD_DIR)
 
     def stats(self) -> dict[str, Any]:
         """Points, segments and indexed vectors of the shard."""

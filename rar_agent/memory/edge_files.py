@@ -1,4 +1,4 @@
-"""Files beside an embedded shard: the process lock and the metadata JSON."""
+"""Files of an embedded memory: the process lock, the metadata JSON, the shard's bytes on disk."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from typing import Any
 
 from rar_agent.errors import MemoryBusyError, MemoryStoreError
 
-__all__ = ["LOCK_FILE", "acquire_lock", "read_json", "release_lock", "write_json_atomic"]
+__all__ = [
+    "LOCK_FILE",
+    "acquire_lock",
+    "disk_usage",
+    "read_json",
+    "release_lock",
+    "shard_file_part",
+    "write_json_atomic",
+]
 
 LOCK_FILE = ".rar.lock"
 
@@ -88,3 +96,40 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise MemoryStoreError(f"cannot write memory metadata {path}: {e}") from e
+
+
+def disk_usage(shard: Path) -> dict[str, int]:
+    """Bytes on disk per part of a qdrant-edge shard (allocated blocks, not apparent sizes)."""
+    totals: dict[str, int] = {}
+    for dirpath, _dirs, files in os.walk(shard):
+        rel = Path(dirpath).relative_to(shard).parts
+        for name in files:
+            try:
+                size = (Path(dirpath) / name).stat().st_blocks * 512
+            except OSError:
+                continue  # a segment file replaced while we walk
+            part = shard_file_part(rel, name)
+            totals[part] = totals.get(part, 0) + size
+    return totals
+
+
+def shard_file_part(rel: tuple[str, ...], name: str) -> str:
+    """Which part of a memory a shard file holds (see ``storage.Footprint``).
+
+    Args:
+        rel: The file's folder, relative to the shard (``("segments", id, folder)``).
+        name: The file name.
+    """
+    if rel[:1] == ("wal",):
+        return "wal"
+    inner = rel[2:3] if rel[:1] in (("segments",), ("temp_segments",)) else ()
+    folder = inner[0] if inner else ""
+    if folder.startswith("vector_storage"):
+        return "quantized" if name.startswith("quantized") else "vectors"
+    if folder.startswith("vector_index"):
+        return "hnsw"
+    if folder == "payload_storage":
+        return "payload"
+    if folder == "payload_index" or name.startswith("id_tracker"):
+        return "ids_and_indexes"
+    return "other"

@@ -23,7 +23,6 @@ __all__ = [
     "edge_config",
     "edge_search_params",
     "server_search_params",
-    "shard_file_part",
 ]
 
 # Qdrant's default: segments below this many KB of vectors are searched exactly.
@@ -132,25 +131,3 @@ def server_search_params(storage: StorageSettings) -> models.SearchParams:
             rescore=True, oversampling=storage.oversampling
         ),
     )
-
-
-def shard_file_part(rel: tuple[str, ...], name: str) -> str:
-    """Which part of a memory a qdrant-edge shard file holds (see ``storage.Footprint``).
-
-    Args:
-        rel: The file's folder, relative to the shard (``("segments", id, folder)``).
-        name: The file name.
-    """
-    if rel[:1] == ("wal",):
-        return "wal"
-    inner = rel[2:3] if rel[:1] in (("segments",), ("temp_segments",)) else ()
-    folder = inner[0] if inner else ""
-    if folder.startswith("vector_storage"):
-        return "quantized" if name.startswith("quantized") else "vectors"
-    if folder.startswith("vector_index"):
-        return "hnsw"
-    if folder == "payload_storage":
-        return "payload"
-    if folder == "payload_index" or name.startswith("id_tracker"):
-        return "ids_and_indexes"
-    return "other"

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rar_agent.errors import MemoryStoreError, RarError
-from rar_agent.memory.backend import ScrollPage
+from rar_agent.memory.backend import PointVectors, ScrollPage
 from rar_agent.memory.engine_settings import collection_config, server_search_params
 from rar_agent.memory.entries import KINDS, Hit
 from rar_agent.memory.storage import StorageSettings
@@ -254,12 +254,10 @@ class ServerBackend:
                 found.extend((str(r.id), dict(r.payload or {})) for r in records)
         return found
 
-    def retrieve_vectors(
-        self, ids: Sequence[str]
-    ) -> list[tuple[str, dict[str, list[float]], dict[str, Any]]]:
+    def retrieve_vectors(self, ids: Sequence[str]) -> list[PointVectors]:
         """``(id, vectors, payload)`` of the stored points among ``ids``."""
         self._check_open()
-        found: list[tuple[str, dict[str, list[float]], dict[str, Any]]] = []
+        found: list[PointVectors] = []
         if not self._exists:
             return found
         with self._call("read entries"):
@@ -270,11 +268,7 @@ class ServerBackend:
                     with_payload=True,
                     with_vectors=True,
                 )
-                found.extend(
-                    (str(r.id), dict(r.vector) if isinstance(r.vector, dict) else {},
-                     dict(r.payload or {}))
-                    for r in records
-                )  # fmt: skip
+                found.extend(_point(r) for r in records)
         return found
 
     def query_batch(
@@ -305,11 +299,7 @@ class ServerBackend:
             records, following = self._client.scroll(
                 self.collection, offset=offset, limit=limit, with_payload=True, with_vectors=True
             )
-        page = [
-            (str(r.id), dict(r.vector) if isinstance(r.vector, dict) else {}, dict(r.payload or {}))
-            for r in records
-        ]
-        return page, None if following is None else str(following)
+        return [_point(r) for r in records], None if following is None else str(following)
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         """Delete points by id."""
@@ -421,3 +411,9 @@ class ServerBackend:
         self._closed = True
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+def _point(record: Any) -> PointVectors:
+    """``(id, named vectors, payload)`` of a qdrant-client record."""
+    vectors = dict(record.vector) if isinstance(record.vector, dict) else {}
+    return str(record.id), vectors, dict(record.payload or {})
