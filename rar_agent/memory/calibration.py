@@ -50,8 +50,8 @@ import datetime as _dt
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -59,11 +59,14 @@ from pydantic import BaseModel, Field
 from rar_agent.errors import ConfigError, MemoryStoreError
 
 if TYPE_CHECKING:
-    from rar_agent.memory.core import CategoryMemory
+    from numpy.typing import ArrayLike
+
     from rar_agent.memory.entries import Hit
+    from rar_agent.memory.storage_ops import StoredPoint
 
 __all__ = [
     "CALIBRATION_KEY",
+    "CalibratedMemory",
     "MAX_STANDINS",
     "MIN_STANDINS",
     "SHRINK",
@@ -77,6 +80,45 @@ __all__ = [
     "store_calibration",
     "update_on_add",
 ]
+
+
+class CalibratedMemory(Protocol):
+    """What calibration reads and writes of a memory (:class:`~rar_agent.memory.CategoryMemory`).
+
+    A protocol rather than the class itself, so that the memory can call calibration without
+    the two modules importing each other.
+    """
+
+    collection: str
+
+    def get_meta(self, key: str) -> Any:
+        """A value of the memory's metadata."""
+        ...
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a value in the memory's metadata."""
+        ...
+
+    def get_vectors(self, ids: Iterable[str]) -> dict[str, list[float]]:
+        """The stored image vectors of these entries."""
+        ...
+
+    def labels(self, kind: str | None = None) -> dict[str, int]:
+        """Entry counts per label."""
+        ...
+
+    def scroll(
+        self, offset: str | None = None, limit: int = 512
+    ) -> tuple[list[StoredPoint], str | None]:
+        """One page of stored points and the offset of the next."""
+        ...
+
+    def search_batch(
+        self, vectors: ArrayLike, *, kind: str = "image", limit: int = 50
+    ) -> list[list[Hit]]:
+        """The nearest entries of each vector."""
+        ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +271,7 @@ def _fit(standins: Sequence[StandIn], *, seen: int, revision: int) -> Calibratio
 # ---------------------------------------------------------------------- stored form
 
 
-def load_calibration(memory: CategoryMemory) -> Calibration | None:
+def load_calibration(memory: CalibratedMemory) -> Calibration | None:
     """The calibration stored in ``memory``, or ``None`` if it has none (or an old form)."""
     data = memory.get_meta(CALIBRATION_KEY)
     if not isinstance(data, dict) or data.get("version") != _VERSION:
@@ -241,7 +283,7 @@ def load_calibration(memory: CategoryMemory) -> Calibration | None:
         return None
 
 
-def store_calibration(memory: CategoryMemory, cal: Calibration) -> Calibration:
+def store_calibration(memory: CalibratedMemory, cal: Calibration) -> Calibration:
     """Write the calibration into the memory's metadata and return it (on a read-only memory
     nothing is written)."""
     try:
@@ -271,7 +313,7 @@ def make_standin(hits: Sequence[Hit], label: str, flag: str, skip: str | None) -
 
 
 def _leave_one_out(
-    memory: CategoryMemory, ids: Sequence[str], labels: Sequence[str], vectors: np.ndarray
+    memory: CalibratedMemory, ids: Sequence[str], labels: Sequence[str], vectors: np.ndarray
 ) -> list[StandIn | None]:
     """Each entry searched against the memory without itself."""
     if not len(ids):
@@ -283,7 +325,7 @@ def _leave_one_out(
     ]
 
 
-def _sample(memory: CategoryMemory, limit: int) -> tuple[list[str], list[str], np.ndarray]:
+def _sample(memory: CalibratedMemory, limit: int) -> tuple[list[str], list[str], np.ndarray]:
     """Up to ``limit`` image entries in id order: ids are hashes, so this is a fair sample."""
     ids: list[str] = []
     labels: list[str] = []
@@ -301,7 +343,7 @@ def _sample(memory: CategoryMemory, limit: int) -> tuple[list[str], list[str], n
     return ids, labels, np.asarray(rows, dtype=np.float32)
 
 
-def calibrate(memory: CategoryMemory, *, sample: int | None = None) -> Calibration:
+def calibrate(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
     """Calibrate ``memory`` from scratch (a sample of ``sample`` entries) and store it.
 
     Cost: one scroll over at most ``sample`` entries and one batched search of as many
@@ -339,7 +381,7 @@ def calibrate(memory: CategoryMemory, *, sample: int | None = None) -> Calibrati
     return store_calibration(memory, cal)
 
 
-def update_on_add(memory: CategoryMemory, ids: Sequence[str], entries: Sequence[Any]) -> None:
+def update_on_add(memory: CalibratedMemory, ids: Sequence[str], entries: Sequence[Any]) -> None:
     """Keep the calibration current after image entries were added.
 
     When the image entries have doubled since the last full calibration, it is redone (so
@@ -393,6 +435,6 @@ def update_on_add(memory: CategoryMemory, ids: Sequence[str], entries: Sequence[
     store_calibration(memory, cal.refit())
 
 
-def _vectors_of(memory: CategoryMemory, ids: Sequence[str]) -> np.ndarray:
+def _vectors_of(memory: CalibratedMemory, ids: Sequence[str]) -> np.ndarray:
     vectors = memory.get_vectors(ids)
     return np.asarray([vectors[i] for i in ids], dtype=np.float32)
