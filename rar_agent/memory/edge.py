@@ -231,36 +231,30 @@ class EdgeBackend:
 
     def existing(self, ids: Sequence[str]) -> set[str]:
         """Stored subset of ``ids``."""
-        found: set[str] = set()
-        with self._use("look up entries") as shard:
-            if shard is None:
-                return found
-            for i in range(0, len(ids), _CHUNK):
-                records = shard.retrieve(list(ids[i : i + _CHUNK]), False, False)
-                found.update(str(r.id) for r in records)
-        return found
+        records = self._retrieve(ids, "look up entries", payload=False, vectors=False)
+        return {str(r.id) for r in records}
 
     def retrieve(self, ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
         """``(id, payload)`` of the stored points among ``ids``."""
-        found: list[tuple[str, dict[str, Any]]] = []
-        with self._use("read entries") as shard:
-            if shard is None:
-                return found
-            for i in range(0, len(ids), _CHUNK):
-                for r in shard.retrieve(list(ids[i : i + _CHUNK]), True, False):
-                    found.append((str(r.id), dict(r.payload or {})))
-        return found
+        records = self._retrieve(ids, "read entries", payload=True, vectors=False)
+        return [(str(r.id), dict(r.payload or {})) for r in records]
 
     def retrieve_vectors(self, ids: Sequence[str]) -> list[PointVectors]:
         """``(id, vectors, payload)`` of the stored points among ``ids``."""
-        found: list[PointVectors] = []
-        with self._use("read entries") as shard:
+        records = self._retrieve(ids, "read entries", payload=True, vectors=True)
+        return [(str(r.id), dict(r.vector or {}), dict(r.payload or {})) for r in records]
+
+    def _retrieve(
+        self, ids: Sequence[str], what: str, *, payload: bool, vectors: bool
+    ) -> list[Any]:
+        """The stored records among ``ids``, fetched in chunks (none before creation)."""
+        records: list[Any] = []
+        with self._use(what) as shard:
             if shard is None:
-                return found
+                return records
             for i in range(0, len(ids), _CHUNK):
-                for r in shard.retrieve(list(ids[i : i + _CHUNK]), True, True):
-                    found.append((str(r.id), dict(r.vector or {}), dict(r.payload or {})))
-        return found
+                records += shard.retrieve(list(ids[i : i + _CHUNK]), payload, vectors)
+        return records
 
     def query_batch(
         self, vectors: Sequence[list[float]], using: str, limit: int, storage: StorageSettings

@@ -222,54 +222,36 @@ class ServerBackend:
 
     def existing(self, ids: Sequence[str]) -> set[str]:
         """Stored subset of ``ids``."""
-        self._check_open()
-        found: set[str] = set()
-        if not self._exists:
-            return found
-        with self._call("look up entries"):
-            for i in range(0, len(ids), _CHUNK):
-                records = self._client.retrieve(
-                    self.collection,
-                    list(ids[i : i + _CHUNK]),
-                    with_payload=False,
-                    with_vectors=False,
-                )
-                found.update(str(r.id) for r in records)
-        return found
+        records = self._retrieve(ids, "look up entries", payload=False, vectors=False)
+        return {str(r.id) for r in records}
 
     def retrieve(self, ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
         """``(id, payload)`` of the stored points among ``ids``."""
-        self._check_open()
-        found: list[tuple[str, dict[str, Any]]] = []
-        if not self._exists:
-            return found
-        with self._call("read entries"):
-            for i in range(0, len(ids), _CHUNK):
-                records = self._client.retrieve(
-                    self.collection,
-                    list(ids[i : i + _CHUNK]),
-                    with_payload=True,
-                    with_vectors=False,
-                )
-                found.extend((str(r.id), dict(r.payload or {})) for r in records)
-        return found
+        records = self._retrieve(ids, "read entries", payload=True, vectors=False)
+        return [(str(r.id), dict(r.payload or {})) for r in records]
 
     def retrieve_vectors(self, ids: Sequence[str]) -> list[PointVectors]:
         """``(id, vectors, payload)`` of the stored points among ``ids``."""
+        records = self._retrieve(ids, "read entries", payload=True, vectors=True)
+        return [_point(r) for r in records]
+
+    def _retrieve(
+        self, ids: Sequence[str], what: str, *, payload: bool, vectors: bool
+    ) -> list[Any]:
+        """The stored records among ``ids``, fetched in chunks (none before creation)."""
         self._check_open()
-        found: list[PointVectors] = []
+        records: list[Any] = []
         if not self._exists:
-            return found
-        with self._call("read entries"):
+            return records
+        with self._call(what):
             for i in range(0, len(ids), _CHUNK):
-                records = self._client.retrieve(
+                records += self._client.retrieve(
                     self.collection,
                     list(ids[i : i + _CHUNK]),
-                    with_payload=True,
-                    with_vectors=True,
+                    with_payload=payload,
+                    with_vectors=vectors,
                 )
-                found.extend(_point(r) for r in records)
-        return found
+        return records
 
     def query_batch(
         self, vectors: Sequence[list[float]], using: str, limit: int, storage: StorageSettings
