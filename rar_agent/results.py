@@ -15,6 +15,7 @@ __all__ = [
     "CategoryCount",
     "CategoryListing",
     "ExampleAdded",
+    "Explanation",
     "RankingInfo",
     "RankingStatus",
     "RecognitionResult",
@@ -82,6 +83,34 @@ class RejectionInfo(BaseModel):
     note: str | None = Field(default=None, description="E.g. why there is no threshold.")
 
 
+class Explanation(BaseModel):
+    """What a result says and why, decided once by the pipeline.
+
+    The tool text, the chat page and the CLI only format these fields; none of them works
+    out from the other fields how the answer came about.
+    """
+
+    answer: str | None = Field(
+        default=None, description="The answer (the label); None when unknown or failed."
+    )
+    unknown: bool = Field(default=False, description="Not a category in memory.")
+    order: Literal["ranker", "retrieval"] = Field(
+        default="retrieval",
+        description="Who ordered the candidates: the ranking model, or retrieval (no ranker, "
+        "ranking skipped, the reply unusable, or the ranker said none fits).",
+    )
+    how: str = Field(
+        default="",
+        description="How the candidates were ordered, in words, e.g. 'ranked by "
+        "openai:gpt-4o-mini' or 'retrieval order, ranking skipped (...)'.",
+    )
+    why_unknown: list[str] = Field(
+        default_factory=list,
+        description="Why the image counts as unknown, one phrase per reason (empty when known).",
+    )
+    sentence: str = Field(default="", description="All of the above in one sentence.")
+
+
 class RecognitionResult(BaseModel):
     """The answer for one image (or one region of an image).
 
@@ -106,6 +135,11 @@ class RecognitionResult(BaseModel):
         default=None,
         description="The encoder used (e.g. 'ViT-B-16/openai', 'efficientnet-lite0'), or its "
         "fingerprint when it was not loaded by name.",
+    )
+    explanation: Explanation | None = Field(
+        default=None,
+        description="The answer, how the candidates were ordered and why the image is "
+        "unknown, as the pipeline decided them (None on results not made by the pipeline).",
     )
 
     def summary(self) -> str:

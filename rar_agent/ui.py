@@ -47,29 +47,29 @@ def _md(text: str) -> str:
 
 
 def candidates_table(result: dict[str, Any]) -> str:
-    """A Markdown table of a recognition result's ranked candidates."""
+    """A Markdown table of a recognition result's ranked candidates, and below it how they
+    were ordered (and why the image is unknown), from the result's one explanation."""
+    from rar_agent.pipeline import explanation_of
+
     rows = ["| # | category | retrieval score |", "|---:|---|---:|"]
     for i, cand in enumerate(result.get("candidates") or [], 1):
         label = _md(str(cand.get("label", "")))
         if i == 1:
             label = f"**{label}**"
         rows.append(f"| {i} | {label} | {float(cand.get('score', 0.0)):.3f} |")
-    ranking = result.get("ranking") or {}
-    status = ranking.get("status", "disabled")
-    how = {
-        "ranked": f"ranked by {ranking.get('model') or 'the chat model'}",
-        "skipped": "retrieval order (ranking skipped: retrieval was confident)",
-        "fallback": "retrieval order (the ranker's reply could not be used)",
-        "no_match": "retrieval order (the ranker said none of these fits)",
-    }.get(status, "retrieval order (no ranker configured)")
-    return "\n".join(rows) + f"\n\n<sub>{_md(how)}</sub>"
+    ex = explanation_of(result)
+    note = ex.how + ("; unknown because " + "; ".join(ex.why_unknown) if ex.why_unknown else "")
+    return "\n".join(rows) + f"\n\n<sub>{_md(note)}</sub>"
 
 
 def _answer_head(item: dict[str, Any], can_learn: bool) -> str:
     """The line above a result's table: the answer, or that the image is unknown."""
+    from rar_agent.pipeline import explanation_of
+
+    ex = explanation_of(item)
     box = " in box " + _md(str([round(v, 1) for v in item["box"]])) if item.get("box") else ""
-    if not item.get("unknown"):
-        return f"**Answer: {_md(str(item.get('label')))}**{box}"
+    if not ex.unknown:
+        return f"**Answer: {_md(str(ex.answer))}**{box}"
     offer = (
         " Tell me what it shows (for example *it is a bicycle*) and I will remember it."
         if can_learn

@@ -117,7 +117,7 @@ def _recognize_boxes(
 
 
 def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
-    """One JSON line per result, or a table of candidates per result."""
+    """One JSON line per result, or a table of candidates per result with its explanation."""
     if as_json:
         for r in results:
             sys.stdout.write(r.model_dump_json() + "\n")
@@ -125,15 +125,20 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from rar_agent.pipeline import explanation_of
+
     console = Console()
     for r in results:
         if r.error:
             where = r.image if r.box_id is None else f"{r.image} box {r.box_id}"
             console.print(f"[bold]{where}[/]: [red]{r.error}[/]", highlight=False, soft_wrap=True)
             continue
+        ex = explanation_of(r)
         where = r.image if r.box_id is None else f"{r.image} box {r.box_id} {r.box}"
         answer = (
-            "[bold yellow]unknown[/] (closest below)" if r.unknown else f"[bold green]{r.label}[/]"
+            "[bold yellow]unknown[/] (closest below)"
+            if ex.unknown
+            else f"[bold green]{ex.answer}[/]"
         )
         table = Table(title=f"{where}: {answer}", title_justify="left")
         table.add_column("#", justify="right")
@@ -143,22 +148,19 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
         for i, c in enumerate(r.candidates, 1):
             table.add_row(str(i), c.label, f"{c.score:.4f}", str(c.retrieval_rank))
         console.print(table)
-        reason = f" ({r.ranking.reason})" if r.ranking.reason else ""
         timings = ", ".join(f"{k} {v:.1f} ms" for k, v in r.timings_ms.items())
-        console.print(f"ranking: {r.ranking.status}{reason}; {timings}", highlight=False)
-        console.print(_rejection_line(r), highlight=False)
+        console.print(f"ranking: {r.ranking.status} ({ex.how}); {timings}", highlight=False)
+        console.print(_rejection_line(r, ex.why_unknown), highlight=False)
 
 
-def _rejection_line(r: "RecognitionResult") -> str:
-    """How the open-set check went, in one line."""
+def _rejection_line(r: "RecognitionResult", why_unknown: "list[str]") -> str:
+    """The open-set check's figures in one line, with the explanation's verdict."""
     rej = r.rejection
     if rej.mode == "off":
         return "open-set check: off"
+    verdict = "unknown: " + "; ".join(why_unknown) if why_unknown else "known"
     if rej.threshold is None:
-        return f"open-set check: {rej.note or 'no threshold'}" + (
-            "; the ranker said none of these fits" if "ranker_none" in rej.reasons else ""
-        )
-    verdict = "unknown: " + ", ".join(rej.reasons) if r.unknown else "known"
+        return f"open-set check ({rej.mode}): {rej.note or 'no threshold'}; {verdict}"
     return (
         f"open-set check ({rej.mode}): {verdict}; support {rej.similarity:.4f} vs threshold "
         f"{rej.threshold:.4f}"

@@ -1,8 +1,9 @@
 """Run an evaluation: build the memory, query it with every test image, measure everything.
 
-The test set is encoded once, in batches; each batch retrieves ``max_k`` labels (for the
-recall@k curve) and hands the first ``k`` to the ranker through the same
-:meth:`Recognizer.rank_many` path recognition uses. Ctrl-C stops the run between steps and
+The test set is encoded once, in batches; each batch runs the one stage runner recognition
+uses (:class:`~rar_agent.pipeline.stages.StageRunner`): it retrieves ``max_k`` labels (for
+the recall@k curve), hands the first ``k`` to the ranker, and the unknown verdict is the
+pipeline's (:mod:`rar_agent.pipeline.verdict`). Ctrl-C stops the run between steps and
 the report covers what was measured so far (``interrupted`` is then true).
 """
 
@@ -116,28 +117,22 @@ def _items_to_records(
     good = [r for r in records if r.error is None]
     if not good:
         return records
-    start = time.perf_counter()
-    vectors = recognizer.encoder.embed_images(images)
-    encode_ms = (time.perf_counter() - start) * 1000.0 / len(good)
-    start = time.perf_counter()
-    retrieved = recognizer.retriever.retrieve_vectors(vectors, k=max_k)
-    retrieve_ms = (time.perf_counter() - start) * 1000.0 / len(good)
-    start = time.perf_counter()
-    verdicts = recognizer.judge_many(retrieved)
-    reject_ms = (time.perf_counter() - start) * 1000.0 / len(good)
-    rankings = recognizer.rank_many(images, [cands[:k] for cands in retrieved])
+    outcomes = recognizer.stages.run(images, k=max_k, rank_k=k, rank_rejected=True)
     cal = recognizer.calibration()
-    for record, cands, (info, order), verdict in zip(
-        good, retrieved, rankings, verdicts, strict=True
-    ):
+    for record, outcome in zip(good, outcomes, strict=True):
+        cands = outcome.candidates
+        info, order = outcome.ranking
         record.candidates = [c.label for c in cands]
         record.scores = [round(c.score, 6) for c in cands]
         record.status = info.status
         record.reason = info.reason
         record.ranked = list(order) if order else None
-        _open_set_fields(record, cands, verdict, cal, known_labels)
-        record.rejected = record.rejected or (verdict.mode != "off" and info.status == "no_match")
-        record.timings_ms.update(encode=encode_ms, retrieve=retrieve_ms, reject=reject_ms)
+        _open_set_fields(record, cands, outcome.rejection, cal, known_labels)
+        record.rejected = outcome.unknown
+        timings = outcome.timings_ms
+        record.timings_ms.update(
+            encode=timings["encode"], retrieve=timings["retrieve"], reject=timings["reject"]
+        )
         if info.status in ("ranked", "fallback") and info.latency_ms is not None:
             record.timings_ms["rank"] = info.latency_ms
         record.timings_ms = {s: round(v, 3) for s, v in record.timings_ms.items()}
@@ -154,7 +149,6 @@ def _open_set_fields(
     """Whether the query's class is in memory, its known-ness statistic and thresholds."""
     record.known = record.label in known_labels
     record.threshold = verdict.threshold
-    record.rejected = bool(verdict.reasons)
     if not cands:
         return
     top = cands[0]
@@ -331,7 +325,7 @@ class _Run:
             report.notes.append(
                 f"k lowered to {report.k}: the memory holds {labels_in_memory} labels"
             )
-        return Recognizer(
+        return Recognizer.from_memory(
             memory,
             encoder,
             ranker=ranker if ranker is not None else config.ranker,

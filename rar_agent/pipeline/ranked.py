@@ -1,17 +1,19 @@
-"""From retrieval candidates and what the ranker did to one :class:`RecognitionResult`."""
+"""From retrieval candidates and what the ranker did to one :class:`RecognitionResult`,
+with its verdict (:mod:`.verdict`) and its explanation (:mod:`.explain`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
-from rar_agent.pipeline.reject import with_ranker_verdict
+from rar_agent.pipeline.explain import explain
+from rar_agent.pipeline.verdict import is_unknown, verdict
 from rar_agent.results import Candidate, RankingInfo, RecognitionResult, RejectionInfo
 
 if TYPE_CHECKING:
     from rar_agent.ranking import RankingOutput
 
-__all__ = ["Ranking", "ranked_result", "ranking_of"]
+__all__ = ["Ranking", "failed_result", "ranked_result", "ranking_of"]
 
 Ranking: TypeAlias = "tuple[RankingInfo, list[str] | None]"
 """What the ranking stage did for one item, and the order it chose (None: retrieval order)."""
@@ -52,7 +54,7 @@ def ranked_result(
         candidates: Retrieval candidates, best first.
         ranking: What the ranking stage did and the order it chose.
         timings_ms: Per-stage timings; the ranking latency is added as ``rank``.
-        rejection: The retrieval-side open-set verdict (see :mod:`.reject`).
+        rejection: The open-set check's verdict (:func:`.verdict.open_set_check`).
         image: Where the image came from.
         box: The region's pixel box (region recognition).
         box_id: The region's id (region recognition).
@@ -60,14 +62,22 @@ def ranked_result(
     """
     info, order = ranking
     final = _reorder(candidates, order)
-    verdict = with_ranker_verdict(rejection, info)
-    unknown = bool(verdict.reasons)
+    decided = verdict(rejection, info)
+    unknown = is_unknown(decided)
+    label = final[0].label if final and not unknown else None
     return RecognitionResult(
-        label=final[0].label if final and not unknown else None,
+        label=label,
         unknown=unknown,
         candidates=final,
         ranking=info,
-        rejection=verdict,
+        rejection=decided,
+        explanation=explain(
+            label=label,
+            candidates=[(c.label, c.score) for c in final],
+            ranking=info,
+            rejection=decided,
+            unknown=unknown,
+        ),
         timings_ms={**timings_ms, "rank": info.latency_ms or 0.0},
         image=image,
         box=box,
@@ -83,3 +93,28 @@ def _reorder(candidates: Sequence[Candidate], order: Sequence[str] | None) -> li
     final = [by_label[label] for label in order if label in by_label]
     seen = {c.label for c in final}
     return final + [c for c in candidates if c.label not in seen]
+
+
+def failed_result(
+    error: str,
+    *,
+    image: str | None = None,
+    box: list[float] | None = None,
+    box_id: str | None = None,
+) -> RecognitionResult:
+    """The result of an item that could not be recognized (a bad image or box)."""
+    return RecognitionResult(
+        label=None,
+        image=image,
+        box=box,
+        box_id=box_id,
+        error=error,
+        explanation=explain(
+            label=None,
+            candidates=[],
+            ranking=RankingInfo(),
+            rejection=RejectionInfo(),
+            unknown=False,
+            error=error,
+        ),
+    )

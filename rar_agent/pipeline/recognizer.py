@@ -1,5 +1,11 @@
-"""The Recognizer: encode -> retrieve -> reject -> rank (its chain's gate may skip), single
-or batch."""
+"""The Recognizer: encode -> retrieve -> reject -> rank (the chain's gate may skip), single
+or batch, through the one :class:`~rar_agent.pipeline.stages.StageRunner`.
+
+Its constructor only stores its parts (it reads the memory's record to check the encoder, and
+loads the recorded encoder when none is given); :meth:`Recognizer.from_memory` and
+:meth:`Recognizer.from_settings` are the factories that write: they bind the encoder to the
+memory and store a missing open-set calibration.
+"""
 
 from __future__ import annotations
 
@@ -14,21 +20,13 @@ from rar_agent.config import MemoryKind, parse_reject, validate_k
 from rar_agent.encoders.loader import spec_for
 from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
-from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
-from rar_agent.pipeline.regions import recognize_regions
-from rar_agent.pipeline.reject import RANKER_SKIP_REASON, judge
+from rar_agent.pipeline.ranked import Ranking, failed_result
+from rar_agent.pipeline.regions import arecognize_regions, recognize_regions
+from rar_agent.pipeline.stages import StageRunner
 from rar_agent.pipeline.vocabulary import vocabulary_memory
-from rar_agent.ranking import (
-    NO_RANKER,
-    RankerSpec,
-    RankingChain,
-    RankingInput,
-    as_ranking_chain,
-    parse_gate,
-    skip_reason,
-)
+from rar_agent.ranking import RankerSpec, RankingChain, as_ranking_chain, parse_gate
 from rar_agent.regions import DEFAULT_BLUR
-from rar_agent.results import Candidate, RankingInfo, RecognitionResult, RejectionInfo
+from rar_agent.results import Candidate, RecognitionResult, RejectionInfo
 from rar_agent.retrieval import CategoryRetriever
 
 if TYPE_CHECKING:
@@ -89,7 +87,7 @@ class Recognizer:
     ) -> None:
         if encoder is None:
             encoder = _recorded_encoder(memory)
-        memory.bind_encoder(encoder.fingerprint, encoder.dim)
+        _check_encoder(memory, encoder)
         self.memory = memory
         self.encoder = encoder
         spec = spec_for(encoder.fingerprint)
@@ -103,9 +101,33 @@ class Recognizer:
         self.hint = hint if hint is not None else getattr(memory.info, "description", None)
         self.reject = parse_reject(reject)
         self._calibration_cache: tuple[object, Calibration | None] = (None, None)
-        self._computed: Calibration | None = None  # made here, not storable (read-only)
-        if self.reject.mode == "auto":
-            self._ensure_calibrated()
+        self._computed: Calibration | None = None  # made here, not stored (see calibration)
+
+    @classmethod
+    def from_memory(
+        cls, memory: CategoryMemory, encoder: ImageTextEncoder | None = None, **options: Any
+    ) -> Recognizer:
+        """A recognizer over ``memory``, with the I/O the constructor leaves out.
+
+        Binds the encoder to the memory (recording it on first use) and, with rejection
+        ``auto``, stores the open-set calibration of a memory that has image examples but
+        none yet (a read-only memory keeps it in the recognizer instead).
+
+        Args:
+            memory: The category memory.
+            encoder: Its encoder (None: the one the memory recorded).
+            **options: The constructor's keyword arguments (``ranker``, ``k``, ``gate``...).
+
+        Raises:
+            RarError: The encoder does not fit the memory, or an option is invalid.
+        """
+        if encoder is None:
+            encoder = _recorded_encoder(memory)
+        memory.bind_encoder(encoder.fingerprint, encoder.dim)
+        recognizer = cls(memory, encoder, **options)
+        if recognizer.reject.mode == "auto":
+            recognizer._store_missing_calibration()
+        return recognizer
 
     @classmethod
     def from_settings(
@@ -151,7 +173,7 @@ class Recognizer:
             encoder = memory_encoder(settings, memory, announce=announce)
             if memory is None:
                 memory = vocabulary_memory(settings, encoder, labels, progress=progress)
-            return cls(
+            return cls.from_memory(
                 memory,
                 encoder,
                 ranker=ranker,
@@ -168,39 +190,45 @@ class Recognizer:
 
     # ------------------------------------------------------------------ recognition
 
+    @property
+    def stages(self) -> StageRunner:
+        """The stage runner over this recognizer's current parts."""
+        return StageRunner(
+            encoder=self.encoder,
+            retriever=self.retriever,
+            ranker=self.ranker,
+            reject=self.reject,
+            calibration=self.calibration,
+            hint=self.hint,
+            encoder_name=self.encoder_name,
+        )
+
     def recognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
         """Recognize one image; raises ``RarError`` on bad input."""
         start = time.perf_counter()
         loaded = load_image(image)
-        load_ms = _ms(start)
-        result = self._recognize_loaded([loaded], k=k)[0]
-        result.timings_ms = {"load": load_ms, **result.timings_ms}
-        return result
+        return self._recognize_loaded([loaded], [_ms(start)], k=k)[0]
 
     def recognize_batch(
         self, images: Sequence[ImageInput], *, k: int | None = None
     ) -> list[RecognitionResult]:
         """Recognize many images with one encoder pass; bad images get a per-item error."""
-        loaded: list[LoadedImage] = []
-        results: list[RecognitionResult | None] = []
-        for src in images:
-            try:
-                loaded.append(load_image(src))
-                results.append(None)
-            except RarError as e:
-                results.append(RecognitionResult(label=None, image=_describe(src), error=str(e)))
-        done = iter(self._recognize_loaded(loaded, k=k)) if loaded else iter(())
-        return [r if r is not None else next(done) for r in results]
+        slots, loaded, load_ms = _load_all(images)
+        return _fill(slots, self._recognize_loaded(loaded, load_ms, k=k))
 
     async def arecognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
-        """Async :meth:`recognize` (encoding runs in a worker thread)."""
-        return await asyncio.to_thread(self.recognize, image, k=k)
+        """Async :meth:`recognize`: loading and encoding in a worker thread, ranking through
+        the chain's ``abatch``."""
+        start = time.perf_counter()
+        loaded = await asyncio.to_thread(load_image, image)
+        return (await self._arecognize_loaded([loaded], [_ms(start)], k=k))[0]
 
     async def arecognize_batch(
         self, images: Sequence[ImageInput], *, k: int | None = None
     ) -> list[RecognitionResult]:
         """Async :meth:`recognize_batch`."""
-        return await asyncio.to_thread(self.recognize_batch, images, k=k)
+        slots, loaded, load_ms = await asyncio.to_thread(_load_all, images)
+        return _fill(slots, await self._arecognize_loaded(loaded, load_ms, k=k))
 
     def recognize_regions(
         self,
@@ -236,7 +264,7 @@ class Recognizer:
             unusable boxes get ``error`` set while the others still run.
         """
         return recognize_regions(
-            self,
+            self.stages,
             image,
             boxes,
             k=k,
@@ -259,9 +287,10 @@ class Recognizer:
         context: Context = None,
         blur: float | None = DEFAULT_BLUR,
     ) -> list[RecognitionResult]:
-        """Async :meth:`recognize_regions` (runs in a worker thread)."""
-        return await asyncio.to_thread(
-            self.recognize_regions,
+        """Async :meth:`recognize_regions`: cropping and encoding in a worker thread,
+        ranking through the chain's ``abatch``."""
+        return await arecognize_regions(
+            self.stages,
             image,
             boxes,
             k=k,
@@ -273,35 +302,23 @@ class Recognizer:
         )
 
     def _recognize_loaded(
-        self, loaded: Sequence[LoadedImage], *, k: int | None
+        self, loaded: Sequence[LoadedImage], load_ms: Sequence[float], *, k: int | None
     ) -> list[RecognitionResult]:
-        t0 = time.perf_counter()
-        vectors = self.encoder.embed_images([item.image for item in loaded])
-        encode_ms = _ms(t0) / len(loaded)
-        t1 = time.perf_counter()
-        retrieved = self.retriever.retrieve_vectors(vectors, k=k)
-        retrieve_ms = _ms(t1) / len(loaded)
-        t2 = time.perf_counter()
-        verdicts = self.judge_many(retrieved)
-        reject_ms = _ms(t2) / len(loaded)
-        rankings = self.rank_many([item.image for item in loaded], retrieved, verdicts)
-        timings = {
-            "encode": round(encode_ms, 3),
-            "retrieve": round(retrieve_ms, 3),
-            "reject": round(reject_ms, 3),
-        }
+        stages = self.stages
+        outcomes = stages.run([item.image for item in loaded], k=k)
         return [
-            ranked_result(
-                candidates,
-                ranking,
-                timings,
-                rejection=verdict,
-                image=item.source,
-                encoder=self.encoder_name,
-            )
-            for item, candidates, ranking, verdict in zip(
-                loaded, retrieved, rankings, verdicts, strict=True
-            )
+            stages.result(o, image=item.source, timings_ms={"load": ms})
+            for item, o, ms in zip(loaded, outcomes, load_ms, strict=True)
+        ]
+
+    async def _arecognize_loaded(
+        self, loaded: Sequence[LoadedImage], load_ms: Sequence[float], *, k: int | None
+    ) -> list[RecognitionResult]:
+        stages = self.stages
+        outcomes = await stages.arun([item.image for item in loaded], k=k)
+        return [
+            stages.result(o, image=item.source, timings_ms={"load": ms})
+            for item, o, ms in zip(loaded, outcomes, load_ms, strict=True)
         ]
 
     # ------------------------------------------------------------------ rejection
@@ -311,20 +328,22 @@ class Recognizer:
         setting (``off``, ``auto`` or a threshold). Closing either closes the memory."""
         other = copy.copy(self)
         other.reject = parse_reject(reject)
-        if other.reject.mode == "auto":
-            other._ensure_calibrated()
         return other
 
-    def _ensure_calibrated(self) -> None:
-        """Calibrate a memory that has image examples but no calibration yet (built earlier);
-        a read-only memory keeps the result here instead of storing it."""
+    def _store_missing_calibration(self) -> None:
+        """Calibrate a memory that has image examples but no calibration yet (built earlier)
+        and store it; a read-only memory keeps the result here instead."""
         from rar_agent.memory.calibration import calibrate, load_calibration
 
         if load_calibration(self.memory) is None and self.memory.count("image") > 0:
             self._computed = calibrate(self.memory)
 
     def calibration(self) -> Calibration | None:
-        """The memory's current calibration (re-read only when its revision changed)."""
+        """The memory's current calibration (re-read only when its revision changed).
+
+        A memory built before calibrations existed has none until :meth:`from_memory` (or
+        :meth:`from_settings`) calibrates it; the constructor never does.
+        """
         from rar_agent.memory.calibration import CALIBRATION_KEY, load_calibration
 
         stored = self.memory.get_meta(CALIBRATION_KEY)
@@ -334,9 +353,8 @@ class Recognizer:
         return self._calibration_cache[1] or self._computed
 
     def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
-        """The retrieval-side open-set verdict for each candidate list (see :mod:`.reject`)."""
-        cal = self.calibration() if self.reject.mode == "auto" else None
-        return [judge(candidates, self.reject, cal) for candidates in retrieved]
+        """The open-set check of each candidate list (:func:`.verdict.open_set_check`)."""
+        return self.stages.judge(retrieved)
 
     # ------------------------------------------------------------------ ranking
 
@@ -348,36 +366,10 @@ class Recognizer:
     ) -> list[Ranking]:
         """Rank each (image, candidates) pair; ranker calls run concurrently.
 
-        The ranking chain decides, per pair, whether its gate skips the model call. Images
-        already judged unknown by retrieval (``verdicts``) are not ranked.
+        The ranking chain's gate decides, per pair, whether the model is called; images the
+        open-set check judged unknown (``verdicts``) are not ranked.
         """
-        if self.ranker is None:
-            reason = f"no ranker configured (--ranker {NO_RANKER}): retrieval order stands"
-            return [(RankingInfo(status="disabled", reason=reason), None) for _ in retrieved]
-        out: list[Ranking] = [
-            (RankingInfo(status="skipped", reason=skip_reason(0, None, None)), None)
-            for _ in retrieved
-        ]
-        todo = []
-        for i, candidates in enumerate(retrieved):
-            if verdicts is not None and verdicts[i].reasons:
-                out[i] = (RankingInfo(status="skipped", reason=RANKER_SKIP_REASON), None)
-            elif candidates:
-                todo.append(i)
-        inputs = [
-            RankingInput(
-                image=images[i],
-                candidates=[c.label for c in retrieved[i]],
-                scores=[c.score for c in retrieved[i]],
-                hint=self.hint,
-                allow_none=self.reject.enabled,
-            )
-            for i in todo
-        ]
-        outputs = self.ranker.batch(inputs) if inputs else []
-        for i, output in zip(todo, outputs, strict=True):
-            out[i] = ranking_of(output)
-        return out
+        return self.stages.rank(images, retrieved, verdicts)
 
     def close(self) -> None:
         """Close the memory."""
@@ -388,6 +380,44 @@ class Recognizer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _load_all(
+    images: Sequence[ImageInput],
+) -> tuple[list[RecognitionResult | None], list[LoadedImage], list[float]]:
+    """Load every image: a failed result in the slot of each bad one, None for the others."""
+    slots: list[RecognitionResult | None] = []
+    loaded: list[LoadedImage] = []
+    load_ms: list[float] = []
+    for src in images:
+        start = time.perf_counter()
+        try:
+            loaded.append(load_image(src))
+        except RarError as e:
+            slots.append(failed_result(str(e), image=_describe(src)))
+            continue
+        load_ms.append(_ms(start))
+        slots.append(None)
+    return slots, loaded, load_ms
+
+
+def _fill(
+    slots: Sequence[RecognitionResult | None], done: Sequence[RecognitionResult]
+) -> list[RecognitionResult]:
+    """The slots in order, each empty one taking the next result."""
+    rest = iter(done)
+    return [slot if slot is not None else next(rest) for slot in slots]
+
+
+def _check_encoder(memory: CategoryMemory, encoder: ImageTextEncoder) -> None:
+    """Refuse an encoder the memory was not built with, writing nothing.
+
+    The memory's own check (``bind_encoder``) raises before it writes anything on a mismatch,
+    so it is asked only then; a matching or not yet recorded encoder is left to the factory.
+    """
+    info = memory.info
+    if info.fingerprint and (info.fingerprint != encoder.fingerprint or info.dim != encoder.dim):
+        memory.bind_encoder(encoder.fingerprint, encoder.dim)
 
 
 def _recorded_encoder(memory: CategoryMemory) -> ImageTextEncoder:

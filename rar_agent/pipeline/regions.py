@@ -1,18 +1,19 @@
-"""Region recognition: crop, encode, retrieve and rank every box of one image.
+"""Region recognition: crop every box of one image, then run the stages over the crops.
 
 The geometry (box checks, context window, crop + blur, the ranker's view) comes from
-:mod:`rar_agent.regions`; this module runs the recognizer's stages over the crops.
+:mod:`rar_agent.regions`; the stages (encode, retrieve, reject, rank) are the one
+:class:`~rar_agent.pipeline.stages.StageRunner` whole images use too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from rar_agent.pipeline.ranked import Ranking, ranked_result
+from rar_agent.pipeline.ranked import failed_result
 from rar_agent.regions import (
     DEFAULT_BLUR,
     Box,
@@ -32,34 +33,11 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from rar_agent.config import MemoryKind
-    from rar_agent.encoders import ImageTextEncoder
     from rar_agent.images import ImageInput
+    from rar_agent.pipeline.stages import Outcome, StageRunner
     from rar_agent.regions.geometry import Context
-    from rar_agent.results import Candidate, RejectionInfo
-    from rar_agent.retrieval import CategoryRetriever
 
-__all__ = ["Stages", "recognize_regions"]
-
-
-class Stages(Protocol):
-    """The recognizer stages region recognition runs (a :class:`Recognizer` has them)."""
-
-    encoder: ImageTextEncoder
-    encoder_name: str
-    retriever: CategoryRetriever
-
-    def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
-        """The open-set verdict for each candidate list."""
-        ...
-
-    def rank_many(
-        self,
-        images: Sequence[Image.Image],
-        retrieved: Sequence[Sequence[Candidate]],
-        verdicts: Sequence[RejectionInfo] | None = None,
-    ) -> list[Ranking]:
-        """Rank each (image, candidates) pair (not those judged unknown)."""
-        ...
+__all__ = ["arecognize_regions", "recognize_regions"]
 
 
 @dataclass
@@ -71,12 +49,24 @@ class _Job:
     crop: Image.Image
 
 
+@dataclass
+class _Prepared:
+    """One image's boxes, ready for the stages."""
+
+    source: str
+    slots: list[RecognitionResult | None]
+    jobs: list[_Job]
+    crops: list[Image.Image]  # what the encoder sees, one per job
+    views: list[Image.Image]  # what the ranker sees, one per job
+    prepare_ms: float
+
+
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
 def recognize_regions(
-    recognizer: Stages,
+    stages: StageRunner,
     image: ImageInput,
     boxes: BoxesInput,
     *,
@@ -88,6 +78,45 @@ def recognize_regions(
     blur: float | None = DEFAULT_BLUR,
 ) -> list[RecognitionResult]:
     """Recognize each box of one image (see :meth:`Recognizer.recognize_regions`)."""
+    prepared = _prepare_all(stages, image, boxes, context_image, normalized, context, blur)
+    # Regions prefer class names: small crops embed poorly against image examples.
+    outcomes = stages.run(prepared.crops, views=prepared.views, k=k, kind=kind, prefer="text")
+    return _results(stages, prepared, outcomes)
+
+
+async def arecognize_regions(
+    stages: StageRunner,
+    image: ImageInput,
+    boxes: BoxesInput,
+    *,
+    k: int | None = None,
+    kind: MemoryKind = "text",
+    context_image: bool = False,
+    normalized: bool | None = None,
+    context: Context = None,
+    blur: float | None = DEFAULT_BLUR,
+) -> list[RecognitionResult]:
+    """Async :func:`recognize_regions`: cropping in a worker thread, the stages'
+    :meth:`~rar_agent.pipeline.stages.StageRunner.arun`."""
+    prepared = await asyncio.to_thread(
+        _prepare_all, stages, image, boxes, context_image, normalized, context, blur
+    )
+    outcomes = await stages.arun(
+        prepared.crops, views=prepared.views, k=k, kind=kind, prefer="text"
+    )
+    return _results(stages, prepared, outcomes)
+
+
+def _prepare_all(
+    stages: StageRunner,
+    image: ImageInput,
+    boxes: BoxesInput,
+    context_image: bool,
+    normalized: bool | None,
+    context: Context,
+    blur: float | None,
+) -> _Prepared:
+    """Load the image, check and crop every box, and make the encoder's and ranker's views."""
     from rar_agent.images import load_image
 
     start = time.perf_counter()
@@ -99,42 +128,36 @@ def recognize_regions(
         context=context,
         blur=blur,
     )
-    prepare_ms = _ms(start)
-    if not jobs:
-        return [r for r in slots if r is not None]
-    side = encoder_input_size(recognizer.encoder)
-    t0 = time.perf_counter()
-    vectors = recognizer.encoder.embed_images([square_resize(job.crop, side) for job in jobs])
-    encode_ms = _ms(t0)
-    t1 = time.perf_counter()
-    # Regions prefer class names: small crops embed poorly against image examples.
-    retrieved = recognizer.retriever.retrieve_vectors(vectors, k=k, kind=kind, prefer="text")
-    retrieve_ms = _ms(t1)
+    side = encoder_input_size(stages.encoder)
     whole = loaded.image if context_image else None
-    verdicts = recognizer.judge_many(retrieved)
-    views = [ranker_view(j.crop, whole, j.coords) for j in jobs]
-    rankings = recognizer.rank_many(views, retrieved, verdicts)
-    n = len(jobs)
-    timings = {
-        "prepare": round(prepare_ms / n, 3),
-        "encode": round(encode_ms / n, 3),
-        "retrieve": round(retrieve_ms / n, 3),
-    }
-    done = iter(zip(jobs, retrieved, rankings, verdicts, strict=True))
+    return _Prepared(
+        source=loaded.source,
+        slots=slots,
+        jobs=jobs,
+        crops=[square_resize(job.crop, side) for job in jobs],
+        views=[ranker_view(job.crop, whole, job.coords) for job in jobs],
+        prepare_ms=_ms(start),
+    )
+
+
+def _results(
+    stages: StageRunner, prepared: _Prepared, outcomes: list[Outcome]
+) -> list[RecognitionResult]:
+    """One result per box, in input order: the error slots and the outcomes of the rest."""
+    if not prepared.jobs:
+        return [r for r in prepared.slots if r is not None]
+    timings = {"prepare": round(prepared.prepare_ms / len(prepared.jobs), 3)}
+    done = iter(zip(prepared.jobs, outcomes, strict=True))
     out: list[RecognitionResult] = []
-    for slot in slots:
+    for slot in prepared.slots:
         if slot is None:
-            job, candidates, ranking, verdict = next(done)
-            box = [round(v, 3) for v in job.coords]
-            slot = ranked_result(
-                candidates,
-                ranking,
-                timings,
-                rejection=verdict,
-                image=loaded.source,
-                box=box,
+            job, outcome = next(done)
+            slot = stages.result(
+                outcome,
+                image=prepared.source,
+                box=[round(v, 3) for v in job.coords],
                 box_id=job.box.id,
-                encoder=recognizer.encoder_name,
+                timings_ms=timings,
             )
         out.append(slot)
     return out
@@ -163,9 +186,7 @@ def _prepare(
         except BoxError as e:
             pixels = box.to_pixels(width, height).xyxy
             shown = list(pixels) if all(math.isfinite(v) for v in pixels) else None
-            slots.append(
-                RecognitionResult(label=None, image=source, box=shown, box_id=box.id, error=str(e))
-            )
+            slots.append(failed_result(str(e), image=source, box=shown, box_id=box.id))
             continue
         slots.append(None)
         jobs.append(_Job(box, coords, crop))

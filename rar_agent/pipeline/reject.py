@@ -1,8 +1,9 @@
 """The open-set decision: is the best candidate close enough to count as *known*?
 
 The memory's calibration (:mod:`rar_agent.memory.calibration`) says what a known image of
-each category scores; this module compares one query's best candidate with it, and turns the
-ranker's "none of these" into a reason. Pure functions: no search, a dict lookup a query.
+each category scores; this module compares one query's best candidate with it. Pure
+functions: no search, a dict lookup a query. The pipeline calls it only through
+:func:`rar_agent.pipeline.verdict.open_set_check`, which also holds the final verdict.
 """
 
 from __future__ import annotations
@@ -10,16 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from rar_agent.results import Candidate, RankingInfo, RejectionInfo
+from rar_agent.results import Candidate, RejectionInfo
 
 if TYPE_CHECKING:
     from rar_agent.config import RejectSetting
     from rar_agent.memory.calibration import Calibration
 
-__all__ = ["RANKER_SKIP_REASON", "judge", "with_ranker_verdict"]
-
-RANKER_SKIP_REASON = "unknown: the best match is below the memory's threshold"
-"""Why an image retrieval already judged unknown is not sent to the ranker."""
+__all__ = ["judge"]
 
 
 def judge(
@@ -58,15 +56,6 @@ def judge(
     if stat < threshold:
         info.reasons.append("below_threshold")
     return info
-
-
-def with_ranker_verdict(verdict: RejectionInfo | None, ranking: RankingInfo) -> RejectionInfo:
-    """The final verdict: the retrieval one, plus ``ranker_none`` when the ranker answered
-    "none of these" and rejection is on."""
-    out = (verdict or RejectionInfo()).model_copy(deep=True)
-    if out.mode != "off" and ranking.status == "no_match":
-        out.reasons.append("ranker_none")
-    return out
 
 
 def _no_threshold_note(kind: str | None, calibration: Calibration | None) -> str:

@@ -10,6 +10,7 @@ model). The local transformers chat model lives in :mod:`rar_agent.ranking.local
 from rar_agent.ranking.chain import RankingChain
 from rar_agent.ranking.gate import (
     DEFAULT_GATE_MARGIN,
+    REJECTED_SKIP_REASON,
     parse_gate,
     should_skip,
     skip_reason,
@@ -71,5 +72,6 @@ __all__ = [
     "parse_reply",
     "should_skip",
     "skip_reason",
+    "REJECTED_SKIP_REASON",
     "validate_margin",
 ]

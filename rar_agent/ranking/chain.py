@@ -212,7 +212,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
     def _prepare(self, inp: RankingInput) -> RankingOutput | list[BaseMessage]:
         """A finished output when no model call is needed, else the messages to send."""
         self._count("calls")
-        reason = skip_reason(len(inp.candidates), inp.scores, self.gate)
+        reason = skip_reason(len(inp.candidates), inp.scores, self.gate, rejected=inp.rejected)
         if reason is not None:
             self._count("skipped")
             return RankingOutput(order=list(inp.candidates), status="skipped", reason=reason)

@@ -1,8 +1,9 @@
 """Confidence gating: skip the ranker when retrieval is already sure of its answer.
 
-Every skip decision is made here: the margin rule, the one-candidate rule, which settings
-mean a gate and which margins are valid. ``RankingChain`` asks :func:`skip_reason` for each
-request; the Recognizer hands its gate to its chain and decides nothing itself.
+Every skip decision is made here: the one-candidate rule, the rejected-image rule, the
+margin rule, which settings mean a gate and which margins are valid. ``RankingChain`` asks
+:func:`skip_reason` for each request; the pipeline hands its gate to its chain, marks the
+images its open-set check rejected (``RankingInput.rejected``) and decides nothing itself.
 """
 
 from __future__ import annotations
@@ -11,10 +12,20 @@ from collections.abc import Sequence
 
 from rar_agent.errors import ConfigError
 
-__all__ = ["DEFAULT_GATE_MARGIN", "parse_gate", "should_skip", "skip_reason", "validate_margin"]
+__all__ = [
+    "DEFAULT_GATE_MARGIN",
+    "REJECTED_SKIP_REASON",
+    "parse_gate",
+    "should_skip",
+    "skip_reason",
+    "validate_margin",
+]
 
 DEFAULT_GATE_MARGIN = 0.05
 """Margin used for ``gate="on"``: a top-1 cosine lead over top-2 larger than this skips."""
+
+REJECTED_SKIP_REASON = "unknown: the best match is below the memory's threshold"
+"""Why an image the open-set check already judged unknown is not sent to the ranker."""
 
 _OFF_WORDS = frozenset({"", "off", "none", "false", "no"})
 
@@ -59,22 +70,32 @@ def should_skip(scores: Sequence[float], margin: float | None) -> str | None:
 
 
 def skip_reason(
-    n_candidates: int, scores: Sequence[float] | None, margin: float | None
+    n_candidates: int,
+    scores: Sequence[float] | None,
+    margin: float | None,
+    *,
+    rejected: bool = False,
 ) -> str | None:
-    """The gate's decision for one ranking request.
+    """The gate's decision for one ranking request: the one ranker-skip decision.
+
+    In order: no or one candidate (nothing to rank), an image the open-set check rejected
+    (no candidate fits, so ordering them buys nothing), a confident retrieval (margin).
 
     Args:
         n_candidates: How many candidates the request holds.
-        scores: Their retrieval scores (best first), or None when unknown: then only the
-            one-candidate rule applies.
+        scores: Their retrieval scores (best first), or None when unknown: then the margin
+            test is off.
         margin: The gate margin, or None for no margin test.
+        rejected: The open-set check already judged the image unknown.
 
     Returns:
         The reason for skipping the model call, or None when the model should rank.
     """
-    if scores is None:
-        return _too_few(n_candidates) if n_candidates <= 1 else None
-    return should_skip(scores, margin)
+    if n_candidates <= 1:
+        return _too_few(n_candidates)
+    if rejected:
+        return REJECTED_SKIP_REASON
+    return None if scores is None else should_skip(scores, margin)
 
 
 def _too_few(n: int) -> str:

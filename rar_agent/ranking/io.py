@@ -49,6 +49,11 @@ class RankingInput(BaseModel):
     allow_none: bool = Field(
         default=True, description='Offer the answer "none of these" (open-set rejection).'
     )
+    rejected: bool = Field(
+        default=False,
+        description="The open-set check already judged the image unknown: the gate skips "
+        "the model call.",
+    )
 
     @field_validator("candidates")
     @classmethod

@@ -40,58 +40,34 @@ def format_result(
 ) -> str:
     """The short text a model sees: the answer, how it was ranked, the scored candidates.
 
-    An unknown image is reported plainly as "not a category in memory", with the closest
-    categories; ``can_learn`` adds how to teach it.
+    It formats the result's one explanation (``result.explanation``, decided by the
+    pipeline) and works nothing out itself. An unknown image is reported plainly as "not a
+    category in memory", with the closest categories; ``can_learn`` adds how to teach it.
     """
+    from rar_agent.pipeline import explanation_of
+
+    ex = explanation_of(result)
     where = f" for {image_name}" if image_name else ""
     if result.error:
         return f"Recognition failed{where}: {result.error}"
     if not result.candidates:
         return f"No categories found{where}: the memory returned nothing."
-    if result.unknown:
-        return _format_unknown(result, where, can_learn)
-    info = result.ranking
-    if info.status == "ranked":
-        how = f"ranked by {info.model}" if info.model else "ranked by the model"
-    elif info.status == "skipped":
-        how = (
-            f"retrieval order, ranking skipped ({info.reason})"
-            if info.reason
-            else ("retrieval order, ranking skipped")
-        )
-    elif info.status == "fallback":
-        how = "retrieval order, the ranker's reply could not be used"
-    else:
-        how = "retrieval order only, no ranker"
     box = ""
     if result.box is not None:
         box = " in box [" + ", ".join(f"{v:g}" for v in result.box) + "]"
-    lines = [f"Answer{where}{box}: {result.label} ({how})."]
-    lines.append("Candidates (label: retrieval score):")
-    lines += [f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)]
-    return "\n".join(lines)
-
-
-def _format_unknown(result: RecognitionResult, where: str, can_learn: bool) -> str:
+    listing = [
+        "Candidates (label: retrieval score):",
+        *(f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)),
+    ]
+    if not ex.unknown:
+        return "\n".join([f"Answer{where}{box}: {ex.answer} ({ex.how}).", *listing])
     closest = ", ".join(f"{c.label} ({c.score:.3f})" for c in result.candidates[:3])
-    box = ""
-    if result.box is not None:
-        box = " in box [" + ", ".join(f"{v:g}" for v in result.box) + "]"
-    why = []
-    rej = result.rejection
-    if "below_threshold" in rej.reasons and rej.similarity is not None and rej.threshold:
-        why.append(
-            f"its best match scores {rej.similarity:.3f}, below the {rej.threshold:.3f} that "
-            "images of that category reach"
-        )
-    if "ranker_none" in rej.reasons:
-        why.append("the ranking model said none of the candidates fits")
     teach = "; once they name it, add_category_example(label=...) teaches the memory."
     lines = [
         f"Unknown{where}{box}: not a category in memory; closest: {closest}.",
-        "Why: " + "; ".join(why) + "." if why else "",
-        "Candidates (label: retrieval score):",
-        *(f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)),
+        "Why: " + "; ".join(ex.why_unknown) + "." if ex.why_unknown else "",
+        f"Ranking: {ex.how}.",
+        *listing,
         "Ask the user what it shows" + (teach if can_learn else "."),
     ]
     return "\n".join(line for line in lines if line)

@@ -113,9 +113,12 @@ def test_a_memory_built_before_calibration_existed_is_calibrated_on_use(
     vectors = np.stack([clusters.vector(lb, i) for lb in LABELS for i in range(4)])
     memory.add_entries(entries, vectors, calibrate=False)
     assert memory.get_meta(CALIBRATION_KEY) is None
-    Recognizer(memory, clusters.encoder, reject="off")  # off: nothing is computed
+    Recognizer.from_memory(memory, clusters.encoder, reject="off")  # off: nothing is computed
     assert memory.get_meta(CALIBRATION_KEY) is None
-    rec = Recognizer(memory, clusters.encoder)
+    # The constructor only stores its parts; the factory does the I/O (issue 18).
+    assert Recognizer(memory, clusters.encoder).calibration() is None
+    assert memory.get_meta(CALIBRATION_KEY) is None
+    rec = Recognizer.from_memory(memory, clusters.encoder)
     assert load_calibration(memory) is not None and rec.calibration() is not None
     assert rec.recognize(clusters.image(STRANGER, 0)).unknown
     memory.close()

@@ -1,0 +1,156 @@
+"""One explanation of each result: the answer, how the candidates were ordered, why unknown.
+
+The pipeline calls :func:`explain` once for every result it makes (:func:`.ranked.ranked_result`,
+error results too); the tool text, the chat page and the CLI only format
+``result.explanation``. :func:`explanation_of` serves renderers given a result (or its JSON
+form) that carries none, built by hand or by an older version: it asks :func:`explain` too, so
+no renderer works anything out itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from rar_agent.results import Explanation, RankingInfo, RecognitionResult, RejectionInfo
+
+__all__ = ["explain", "explanation_of"]
+
+_CLOSEST = 3
+
+
+def explain(
+    *,
+    label: str | None,
+    candidates: Sequence[tuple[str, float]],
+    ranking: RankingInfo,
+    rejection: RejectionInfo,
+    unknown: bool,
+    error: str | None = None,
+) -> Explanation:
+    """The explanation of one result.
+
+    Args:
+        label: The answer (None when unknown or failed).
+        candidates: ``(label, retrieval score)`` in the final order.
+        ranking: What the ranking stage did.
+        rejection: The final open-set verdict.
+        unknown: Whether the result is unknown.
+        error: The per-item error, if recognition failed.
+    """
+    if error:
+        return Explanation(how="not recognized", sentence=f"Recognition failed: {error}")
+    if not candidates:
+        return Explanation(
+            how="no candidates", sentence="No categories found: the memory returned nothing."
+        )
+    how = _how(ranking, rejection)
+    order: Literal["ranker", "retrieval"] = "ranker" if ranking.status == "ranked" else "retrieval"
+    if not unknown:
+        return Explanation(answer=label, order=order, how=how, sentence=f"{label} ({how}).")
+    why = _why_unknown(rejection)
+    closest = ", ".join(f"{name} ({score:.3f})" for name, score in candidates[:_CLOSEST])
+    sentence = "Unknown: not a category in memory"
+    sentence += f" ({'; '.join(why)})" if why else ""
+    return Explanation(
+        unknown=True,
+        order=order,
+        how=how,
+        why_unknown=why,
+        sentence=f"{sentence}; closest: {closest}.",
+    )
+
+
+def explanation_of(result: RecognitionResult | Mapping[str, Any]) -> Explanation:
+    """A result's explanation: the one it carries, else :func:`explain` over its fields.
+
+    Accepts a :class:`RecognitionResult` or its JSON form (a tool artifact), also a partial
+    one: missing fields count as absent.
+    """
+    if isinstance(result, RecognitionResult):
+        if result.explanation is not None:
+            return result.explanation
+        return explain(
+            label=result.label,
+            candidates=[(c.label, c.score) for c in result.candidates],
+            ranking=result.ranking,
+            rejection=result.rejection,
+            unknown=result.unknown,
+            error=result.error,
+        )
+    data = dict(result)
+    if data.get("explanation"):
+        try:
+            return Explanation.model_validate(data["explanation"])
+        except ValidationError:
+            pass
+    return explain(
+        label=data.get("label"),
+        candidates=[
+            (str(c.get("label", "")), float(c.get("score") or 0.0))
+            for c in data.get("candidates") or []
+            if isinstance(c, Mapping)
+        ],
+        ranking=_lenient(RankingInfo, data.get("ranking")),
+        rejection=_lenient(RejectionInfo, data.get("rejection")),
+        unknown=bool(data.get("unknown")),
+        error=data.get("error"),
+    )
+
+
+def _lenient(model: type[Any], value: object) -> Any:
+    try:
+        return model.model_validate(value or {})
+    except ValidationError:
+        return model()
+
+
+def _how(ranking: RankingInfo, rejection: RejectionInfo) -> str:
+    """How the candidates were ordered, in words."""
+    status, reason = ranking.status, ranking.reason
+    if status == "ranked":
+        return f"ranked by {ranking.model}" if ranking.model else "ranked by the model"
+    if status == "skipped":
+        return (
+            f"retrieval order, ranking skipped ({reason})"
+            if reason
+            else ("retrieval order, ranking skipped")
+        )
+    if status == "fallback":
+        return "retrieval order, the ranker's reply could not be used" + (
+            f" ({reason})" if reason else ""
+        )
+    if status == "no_match":
+        said = "retrieval order, the ranker said none of the candidates fits"
+        if rejection.mode == "off":
+            return said + " (rejection is off, so the closest category is the answer)"
+        return said
+    return "retrieval order only, no ranker"
+
+
+def _why_unknown(rejection: RejectionInfo) -> list[str]:
+    """One phrase per reason the image is unknown."""
+    why = []
+    if "below_threshold" in rejection.reasons:
+        if rejection.similarity is not None and rejection.threshold is not None:
+            if rejection.mode == "fixed":
+                why.append(
+                    f"its best match scores {rejection.similarity:.3f}, below the fixed "
+                    f"threshold {rejection.threshold:.3f}"
+                )
+                return why + _ranker_none(rejection)
+            why.append(
+                f"its best match scores {rejection.similarity:.3f}, below the "
+                f"{rejection.threshold:.3f} that images of that category reach"
+            )
+        else:
+            why.append("its best match is below the memory's threshold")
+    return why + _ranker_none(rejection)
+
+
+def _ranker_none(rejection: RejectionInfo) -> list[str]:
+    if "ranker_none" in rejection.reasons:
+        return ["the ranking model said none of the candidates fits"]
+    return []

@@ -1,0 +1,54 @@
+"""The unknown verdict, decided in one place.
+
+One rule in two steps. Before ranking, :func:`open_set_check` (the only caller of the
+retrieval-side check in :mod:`.reject`, so that check's internals can change behind it)
+judges the retrieved candidates. After ranking, :func:`verdict` adds the ranker's "none of
+these" when rejection is on. A result is unknown exactly when the final verdict holds a
+reason (:func:`is_unknown`); the stage runner, the results and the evaluation all ask here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rar_agent.pipeline.reject import judge
+from rar_agent.results import Candidate, RankingInfo, RejectionInfo
+
+if TYPE_CHECKING:
+    from rar_agent.config import RejectSetting
+    from rar_agent.memory.calibration import Calibration
+
+__all__ = ["is_unknown", "open_set_check", "verdict"]
+
+
+def open_set_check(
+    candidates: Sequence[Candidate], setting: RejectSetting, calibration: Calibration | None
+) -> RejectionInfo:
+    """The retrieval-side open-set check of one image's candidates (best first).
+
+    Args:
+        candidates: The retrieval candidates.
+        setting: The reject setting (``off``, ``auto`` or ``fixed``).
+        calibration: The memory's calibration (used by ``auto``).
+    """
+    return judge(candidates, setting, calibration)
+
+
+def verdict(retrieval: RejectionInfo | None, ranking: RankingInfo) -> RejectionInfo:
+    """The final verdict: the open-set check's, plus ``ranker_none`` when the ranker answered
+    "none of these" and rejection is on (with rejection off the closest category stands).
+
+    Args:
+        retrieval: What :func:`open_set_check` said (None: no check ran).
+        ranking: What the ranking stage did.
+    """
+    out = (retrieval or RejectionInfo()).model_copy(deep=True)
+    if out.mode != "off" and ranking.status == "no_match" and "ranker_none" not in out.reasons:
+        out.reasons.append("ranker_none")
+    return out
+
+
+def is_unknown(final: RejectionInfo) -> bool:
+    """Whether a (final or retrieval-side) verdict makes the image unknown."""
+    return bool(final.reasons)

@@ -1,0 +1,202 @@
+"""One recognition path (issue 18): the stage runner, the verdict, the ranker-skip decision, the
+explanation every renderer formats, and a constructor that writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import ToolMessage
+
+from rar_agent.memory import CategoryMemory
+from rar_agent.memory.builders import add_images
+from rar_agent.pipeline import Recognizer, explanation_of
+from rar_agent.ranking import REJECTED_SKIP_REASON, RankingChain, skip_reason
+from rar_agent.results import RecognitionResult
+from rar_agent.tools import format_result
+from rar_agent.ui import candidates_table, render_reply
+from tests.helpers.clusters import Clusters, make_clusters
+
+LABELS = ["heron", "tabby cat", "lynx", "red fox", "barn owl"]
+STRANGER = "bicycle"  # a category the memory never sees
+
+
+@pytest.fixture(scope="module")
+def clusters() -> Clusters:
+    return make_clusters([*LABELS, STRANGER], 8)
+
+
+@pytest.fixture
+def memory(tmp_path: Path, clusters: Clusters) -> CategoryMemory:
+    items = [
+        (str(clusters.save(label, i, tmp_path / "examples" / label)), label)
+        for label in LABELS
+        for i in range(5)
+    ]
+    memory = CategoryMemory.open(tmp_path / "mem", collection="explain")
+    add_images(memory, clusters.encoder, items)
+    yield memory
+    memory.close()
+
+
+def _none_of_these(n: int = 4) -> RankingChain:
+    return RankingChain(FakeListChatModel(responses=["None of these."] * n), structured="never")
+
+
+def _page(result: RecognitionResult) -> str:
+    message = ToolMessage(content="...", tool_call_id="1", name="recognize_image")
+    message.artifact = result.model_dump(mode="json")
+    return render_reply("", [message])
+
+
+def _cli(result: RecognitionResult, capsys: pytest.CaptureFixture[str]) -> str:
+    from rar_agent.cli.recognize import _print_results
+
+    _print_results([result], as_json=False)
+    return " ".join(capsys.readouterr().out.split())
+
+
+# ---------------------------------------------------------------------------- the two bugs
+
+
+def test_reject_off_and_a_ranker_saying_none_is_not_reported_as_no_ranker(
+    memory: CategoryMemory, clusters: Clusters
+) -> None:
+    """The tool said "retrieval order only, no ranker" when rejection was off and the ranker
+    answered "none of these"."""
+    rec = Recognizer(memory, clusters.encoder, ranker=_none_of_these(), k=3, reject="off")
+    result = rec.recognize(clusters.image("lynx", 6))
+    assert result.ranking.status == "no_match" and not result.unknown
+    text = format_result(result)
+    assert "no ranker" not in text
+    assert text.startswith("Answer: lynx (retrieval order, the ranker said none of the")
+    assert "rejection is off, so the closest category is the answer" in text
+    assert result.explanation is not None and result.explanation.order == "retrieval"
+
+
+def test_the_page_never_says_confident_above_an_unknown_answer(
+    memory: CategoryMemory, clusters: Clusters
+) -> None:
+    """The page printed "Unknown" above "ranking skipped: retrieval was confident" for an
+    image the open-set check had rejected."""
+    rec = Recognizer(memory, clusters.encoder, ranker=_none_of_these(), k=3)
+    result = rec.recognize(clusters.image(STRANGER, 0))
+    assert result.unknown and result.ranking.status == "skipped"
+    shown = _page(result)
+    assert "**Unknown: not a category in memory.**" in shown
+    assert "confident" not in shown
+    assert "below the memory" in shown and "unknown because its best match scores" in shown
+
+
+# ---------------------------------------------------------------------------- one explanation
+
+
+def test_every_renderer_formats_the_same_explanation(
+    memory: CategoryMemory, clusters: Clusters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ranked = RankingChain(
+        FakeListChatModel(responses=['["lynx", "red fox", "heron"]'] * 2), structured="never"
+    )
+    cases = [
+        Recognizer(memory, clusters.encoder, k=3).recognize(clusters.image("lynx", 6)),
+        Recognizer(memory, clusters.encoder, k=3, ranker=ranked).recognize(
+            clusters.image("lynx", 6)
+        ),
+        Recognizer(memory, clusters.encoder, k=3, ranker=_none_of_these()).recognize(
+            clusters.image("lynx", 6)
+        ),
+        Recognizer(memory, clusters.encoder, k=3, ranker=_none_of_these(), reject="off").recognize(
+            clusters.image("lynx", 6)
+        ),
+        Recognizer(memory, clusters.encoder, k=3, ranker=_none_of_these()).recognize(
+            clusters.image(STRANGER, 1)
+        ),
+        Recognizer(memory, clusters.encoder, k=3, gate=0.0, ranker=_none_of_these()).recognize(
+            clusters.image("heron", 6)
+        ),
+    ]
+    statuses = [r.ranking.status for r in cases]
+    assert statuses == ["disabled", "ranked", "no_match", "no_match", "skipped", "skipped"]
+    for result in cases:
+        ex = result.explanation
+        assert ex is not None and ex == explanation_of(result.model_dump(mode="json"))
+        assert ex.unknown == result.unknown and ex.answer == result.label
+        assert ex.how in format_result(result)
+        assert ex.how in _page(result).replace("\\", "")
+        assert ex.how in _cli(result, capsys)
+        for why in ex.why_unknown:
+            assert why in format_result(result) and why in _cli(result, capsys)
+    assert cases[1].explanation.order == "ranker" and cases[1].explanation.how.startswith(
+        "ranked by"
+    )
+    assert cases[2].explanation.why_unknown == [
+        "the ranking model said none of the candidates fits"
+    ]
+    assert "retrieval is confident" in cases[5].explanation.how
+
+
+def test_a_result_without_an_explanation_is_explained_the_same_way() -> None:
+    artifact = {
+        "label": "osprey",
+        "candidates": [{"label": "osprey", "score": 0.9}, {"label": "kite", "score": 0.8}],
+        "ranking": {"status": "skipped", "reason": "only one candidate; nothing to rank"},
+    }
+    ex = explanation_of(artifact)
+    assert ex.answer == "osprey" and ex.how.startswith("retrieval order, ranking skipped")
+    assert "nothing to rank" in candidates_table(artifact)
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+def test_one_ranker_skip_decision(memory: CategoryMemory, clusters: Clusters) -> None:
+    assert skip_reason(1, [0.9], None, rejected=True) == "only one candidate; nothing to rank"
+    assert skip_reason(3, [0.9, 0.2, 0.1], 0.05, rejected=True) == REJECTED_SKIP_REASON
+    assert skip_reason(3, [0.9, 0.2, 0.1], 0.05).startswith("retrieval is confident")
+    assert skip_reason(3, None, 0.05) is None
+    chain = _none_of_these()
+    rec = Recognizer(memory, clusters.encoder, ranker=chain, k=3)
+    result = rec.recognize(clusters.image(STRANGER, 0))
+    assert result.ranking.reason == REJECTED_SKIP_REASON
+    assert chain.stats["skipped"] == 1 and chain.stats["model_calls"] == 0  # the chain decided
+
+
+async def test_async_recognition_ranks_through_the_chains_abatch(
+    memory: CategoryMemory, clusters: Clusters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    original = RankingChain.abatch
+
+    async def counting(self: RankingChain, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(inputs))
+        return await original(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(RankingChain, "abatch", counting)
+    chain = RankingChain(
+        FakeListChatModel(responses=['["lynx", "red fox", "heron"]'] * 8), structured="never"
+    )
+    rec = Recognizer(memory, clusters.encoder, ranker=chain, k=3)
+    images = [clusters.image("lynx", 6), clusters.image(STRANGER, 0), b"not an image"]
+    results = await rec.arecognize_batch(images)
+    assert calls == [2]  # one batch: the stranger goes too, and the chain's gate skips it
+    assert results[0].label == "lynx" and results[0].ranking.status == "ranked"
+    assert results[1].unknown and results[1].ranking.reason == REJECTED_SKIP_REASON
+    assert results[2].error and results[2].explanation is not None
+    assert results[2].explanation.sentence.startswith("Recognition failed")
+    single = await rec.arecognize(clusters.image("lynx", 7))
+    assert single.label == "lynx" and "load" in single.timings_ms and calls == [2, 1]
+
+
+def test_the_constructor_writes_nothing_and_the_factory_binds(
+    tmp_path: Path, clusters: Clusters
+) -> None:
+    memory = CategoryMemory.open(tmp_path / "fresh", collection="fresh")
+    try:
+        Recognizer(memory, clusters.encoder)
+        assert memory.info.fingerprint is None  # nothing recorded by the constructor
+        Recognizer.from_memory(memory, clusters.encoder, reject="off")
+        assert memory.info.fingerprint == clusters.encoder.fingerprint
+    finally:
+        memory.close()
