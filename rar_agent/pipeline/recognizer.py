@@ -52,6 +52,10 @@ def _ms(start: float) -> float:
 class Recognizer:
     """Retrieve-and-rank recognition over a category memory.
 
+    The constructor stores its parts and writes nothing to the memory; build one with
+    :meth:`from_memory` or :meth:`from_settings` to bind the encoder and calibrate a memory
+    that has no calibration yet.
+
     Args:
         memory: The category memory to retrieve from.
         encoder: The encoder the memory was built with; ``None`` loads the one the memory
@@ -101,7 +105,7 @@ class Recognizer:
         self.hint = hint if hint is not None else getattr(memory.info, "description", None)
         self.reject = parse_reject(reject)
         self._calibration_cache: tuple[object, Calibration | None] = (None, None)
-        self._computed: Calibration | None = None  # made here, not stored (see calibration)
+        self._computed: Calibration | None = None  # by from_memory, on a read-only memory
 
     @classmethod
     def from_memory(
