@@ -175,7 +175,16 @@ class MemoryRecord(BaseModel):
             data = {**data, "collection": collection}
         try:
             return cls.model_validate(data)
-        except (ValidationError, ValueError) as e:
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'record'}: {err['msg']}"
+                for err in e.errors()
+            )
+            raise MemoryStoreError(
+                f"the memory record{f' at {where}' if where else ''} is not readable "
+                f"({problems}); restore it from a copy, or rebuild the memory"
+            ) from e
+        except ValueError as e:  # e.g. ConfigError from the storage settings
             raise MemoryStoreError(
                 f"the memory record{f' at {where}' if where else ''} is not readable ({e}); "
                 "restore it from a copy, or rebuild the memory"

@@ -42,7 +42,9 @@ class TestEncoderEmbeddingsStandard(EmbeddingsUnitTests):
 
     @property
     def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
-        return {"RAR_CLIP_MODEL": self.spec}, {"device": "cpu"}, {"model_spec": self.spec}
+        # Nothing is read from the environment (RAR_CLIP_MODEL is read by the entry points
+        # and passed in), so LangChain's init-from-env test does not apply: empty = skipped.
+        return {}, {}, {}
 
 
 @pytest.fixture
