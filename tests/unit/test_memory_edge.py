@@ -13,8 +13,8 @@ import pytest
 
 from rar_agent.errors import ConfigError, MemoryBusyError, MemoryStoreError
 from rar_agent.memory import CategoryMemory, MemoryEntry, MemoryLocation, default_memory_dir
-from rar_agent.memory.record import RECORD_VERSION
 from rar_agent.memory.edge import META_FILE, SHARD_DIR
+from rar_agent.memory.record import RECORD_VERSION
 
 DIM = 8
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def test_layout_and_persistence_across_reopen(tmp_path: Path) -> None:
         )
     assert (path / META_FILE).is_file() and (path / SHARD_DIR / "edge_config.json").is_file()
     meta = json.loads((path / META_FILE).read_text())
-    assert meta["fingerprint"] == "enc-A" and meta["dim"] == DIM and meta["version"] == RECORD_VERSION
+    assert (meta["fingerprint"], meta["dim"], meta["version"]) == ("enc-A", DIM, RECORD_VERSION)
 
     with CategoryMemory.open(path, collection="pets", create=False) as mem:
         assert mem.info.fingerprint == "enc-A"

@@ -67,3 +67,50 @@ def test_open_memory_opens_the_embedded_default(tmp_path: Path) -> None:
         assert memory.info.location == str(tmp_path / "memories" / "pets")
     with pytest.raises(ConfigError, match="collection name"):
         open_memory(Settings(home=tmp_path, collection="no good"))
+
+
+def test_a_location_is_one_value_with_its_rules(tmp_path: Path) -> None:
+    here = MemoryLocation.parse(tmp_path / "m", "pets")
+    assert (here.backend, here.path, here.collection) == ("edge", tmp_path / "m", "pets")
+    assert MemoryLocation.parse(here) is here
+    server = MemoryLocation.parse("https://q.example:6333", "pets")
+    assert (server.backend, server.url, server.describe()) == (
+        "server",
+        "https://q.example:6333",
+        "https://q.example:6333",
+    )
+    local = MemoryLocation.parse(":memory:", "pets")
+    assert local.in_process and local.backend == "server" and local.describe() == ":memory:"
+    assert here.with_collection("birds").path == tmp_path / "birds"
+    assert server.with_collection("birds").url == server.url
+    with pytest.raises(ConfigError, match="exactly one"):
+        MemoryLocation(collection="x")
+    with pytest.raises(ConfigError, match="apply to a Qdrant server"):
+        MemoryLocation(path=tmp_path, api_key="k", shard_number=2)
+    with pytest.raises(ConfigError, match="http"):
+        MemoryLocation.server("q.example:6333")
+    with pytest.raises(ConfigError, match="timeout"):
+        MemoryLocation.server("http://q:6333", timeout=0)
+    with pytest.raises(ConfigError, match="shard_number"):
+        MemoryLocation.server("http://q:6333", shard_number=0)
+    with pytest.raises(ConfigError, match="collection name"):
+        MemoryLocation.embedded(tmp_path, "no good")
+    with pytest.raises(ConfigError, match="MemoryLocation"):
+        MemoryLocation.parse(3)  # type: ignore[arg-type]
+
+
+def test_memory_reads_no_settings_and_no_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """memory/ builds no Settings(): where a memory lives comes from the caller."""
+    import rar_agent.config as config
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("memory/ built Settings() itself")
+
+    settings = Settings(home=tmp_path, collection="pets")
+    monkeypatch.setattr(config, "Settings", refuse)
+    with open_memory(settings) as memory:
+        memory.bind_encoder("enc", 4)
+    with open_memory(settings, "other") as memory:
+        assert memory.info.location == str(tmp_path / "memories" / "other")

@@ -236,11 +236,31 @@ def test_engine_busy_errors_are_classified_in_one_place() -> None:
 def test_a_busy_shard_is_a_memory_busy_error(tmp_path: Path) -> None:
     from qdrant_edge import EdgeShard
 
-    from rar_agent.memory.edge import SHARD_DIR
+    from rar_agent.memory import edge
 
-    with _bound(tmp_path / "m"):
-        with pytest.raises(MemoryBusyError, match="in use by another process"):
-            from rar_agent.memory import edge
+    busy = pytest.raises(MemoryBusyError, match="in use by another process")
+    with _bound(tmp_path / "m"), busy:
+        edge._load_shard(tmp_path / "m" / edge.SHARD_DIR)
+    EdgeShard.load(str(tmp_path / "m" / edge.SHARD_DIR)).close()  # closed: free again
 
-            edge._load_shard(tmp_path / "m" / SHARD_DIR)
-    EdgeShard.load(str(tmp_path / "m" / SHARD_DIR)).close()  # closed: free again
+
+def test_the_recorded_encoder_spec_comes_from_the_encoder_not_the_process(
+    tmp_path: Path,
+) -> None:
+    """Before: a module-level table in encoders/loader.py gave every encoder with a loaded
+    one's fingerprint that one's spec, whatever the memory was bound with."""
+    from rar_agent.encoders import load_encoder, spec_of
+    from rar_agent.ingest import bind_memory
+    from tests.helpers.encoder_factories import hashing_encoder
+
+    factory = Path(__file__).resolve().parents[1] / "helpers" / "encoder_factories.py"
+    loaded = load_encoder(f"{factory}:hashing_encoder")
+    made = hashing_encoder()
+    assert made.fingerprint == loaded.fingerprint and spec_of(made) is None
+    with CategoryMemory.open(tmp_path / "a") as a:
+        bind_memory(a, made)
+        assert a.info.encoder_spec is None
+    with CategoryMemory.open(tmp_path / "b") as b:
+        bind_memory(b, loaded)
+        spec = spec_of(loaded)
+        assert spec is not None and b.info.encoder_spec == spec.to_meta()
