@@ -1,7 +1,7 @@
 """Server backend: a Qdrant server (or cluster) through qdrant-client.
 
-The memory's metadata (encoder fingerprint, dim, ...) lives in the collection's own
-metadata under the key ``rar_memory`` (Qdrant >= 1.16). ``MemoryLocation.in_process_store()`` runs
+The memory's record (encoder fingerprint, dim, ...) lives in the collection's own metadata
+under the key ``rar_memory`` (Qdrant >= 1.16). ``MemoryLocation.in_process_store()`` runs
 qdrant-client's pure-Python local mode: a test double for this code path, not a store.
 """
 
