@@ -10,8 +10,8 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import ToolMessage
 
+from rar_agent.ingest.builders import add_images
 from rar_agent.memory import CategoryMemory
-from rar_agent.memory.builders import add_images
 from rar_agent.pipeline import Recognizer, explanation_of
 from rar_agent.ranking import REJECTED_SKIP_REASON, RankingChain, skip_reason
 from rar_agent.results import RecognitionResult
