@@ -224,7 +224,11 @@ def test_chat_command_builds_and_serves_the_page(
 
 @pytest.mark.parametrize("learning", [False, True])
 def test_chat_opens_the_memory_read_only_unless_learning_is_allowed(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_encoder: Any, learning: bool
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    tiny_encoder: Any,
+    tiny_openclip_spec: str,
+    learning: bool,
 ) -> None:
     """Bug 3: `rar-agent chat` opened the memory writable without --allow-learning."""
     from typer.testing import CliRunner
@@ -242,7 +246,8 @@ def test_chat_opens_the_memory_read_only_unless_learning_is_allowed(
     monkeypatch.setattr(ui, "build_chat_page", fake_page)
     monkeypatch.setattr(ui, "launch", lambda page, host, port, *, block=True: page)
     args = ["chat", "--model", "none", "--memory", str(tmp_path / "memory"), "--no-progress"]
-    args += ["--collection", "small", *(["--allow-learning"] if learning else [])]
+    args += ["--collection", "small", "--clip-model", tiny_openclip_spec]
+    args += ["--allow-learning"] if learning else []
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert opened == {"read_only": not learning, "learning": learning}
