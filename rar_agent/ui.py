@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import mimetypes
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,14 @@ if TYPE_CHECKING:
 
     from rar_agent.tools import RecognizerLike
 
-__all__ = ["ChatSession", "build_chat_page", "candidates_table", "launch", "render_reply"]
+__all__ = [
+    "ChatSession",
+    "answer_options",
+    "build_chat_page",
+    "candidates_table",
+    "launch",
+    "render_reply",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +75,23 @@ def _answer_head(item: dict[str, Any], can_learn: bool) -> str:
     box = " in box " + _md(str([round(v, 1) for v in item["box"]])) if item.get("box") else ""
     if not item.get("unknown"):
         return f"**Answer: {_md(str(item.get('label')))}**{box}"
-    offer = (
-        " Tell me what it shows (for example *it is a bicycle*) and I will remember it."
-        if can_learn
-        else ""
-    )
-    return f"**Unknown{box}: not a category in memory.** The closest categories:{offer}"
+    return f"**Unknown{box}: not a category in memory.** The closest categories:"
+
+
+def _unknown_offer(can_learn: bool) -> str:
+    """What to do about an unknown image (below its table)."""
+    if can_learn:
+        return "Tell me what it shows (for example *it is a bicycle*) and I will remember it."
+    return "Learning is off on this page, so it cannot be taught here."
+
+
+_IMAGE_ID = re.compile(r"\bimg-[0-9a-f]{6,64}\b")
+_ENTRY_ID = re.compile(r"\s*\(?\[?entry [0-9a-f-]{36}\]?\)?")
+
+
+def _plain(text: str) -> str:
+    """A tool's text for a person: no internal image or entry ids."""
+    return _ENTRY_ID.sub("", _IMAGE_ID.sub("this photo", text))
 
 
 def render_reply(
@@ -84,6 +103,9 @@ def render_reply(
 ) -> str:
     """The Markdown shown for one agent turn: the reply, candidate tables, tool errors.
 
+    Internal ids are not shown; each answer carries a hidden note of the image it was about
+    (:func:`~rar_agent.agent.answer_marker`), so a correction in the next turn finds it.
+
     Args:
         final_text: The agent's final message.
         tool_messages: The turn's tool messages (their artifacts carry the results).
@@ -91,6 +113,8 @@ def render_reply(
         can_learn: The agent may teach the memory: an unknown image comes with an offer to
             name it.
     """
+    from rar_agent.agent import answer_marker
+
     parts: list[str] = []
     results = [
         t for t in tool_messages if t.name == "recognize_image" and isinstance(t.artifact, dict)
@@ -102,9 +126,9 @@ def render_reply(
             "recognizer's result, not a conversational answer.*"
         )
     elif final_text.strip():
-        parts.append(final_text.strip())
+        parts.append(_plain(final_text.strip()) if recognition_only else final_text.strip())
     for t in errors:
-        parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(t.text)}")
+        parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(_plain(t.text))}")
     for t in results:
         artifact = t.artifact
         items = artifact.get("regions") if "regions" in artifact else [artifact]
@@ -112,8 +136,44 @@ def render_reply(
             if item.get("error"):
                 parts.append(f"⚠️ {_md(str(item['error']))}")
                 continue
-            parts.append(_answer_head(item, can_learn) + "\n\n" + candidates_table(item))
+            block = _answer_head(item, can_learn) + "\n\n" + candidates_table(item)
+            if item.get("unknown"):
+                block += "\n\n" + _unknown_offer(can_learn)
+            image = artifact.get("image")
+            if "regions" not in artifact and isinstance(image, str) and _IMAGE_ID.fullmatch(image):
+                block += "\n" + answer_marker(image, item.get("label"))
+            parts.append(block)
     return "\n\n".join(parts) if parts else "(no reply)"
+
+
+def answer_options(tool_messages: Sequence[ToolMessage]) -> list[dict[str, str]]:
+    """The controls under an answer (Gradio message options): confirm it, keep the photo,
+    pick another candidate, or say it is something else. Each sends a message that the one
+    name parser reads (``yes``, ``yes, keep it``, ``no, it's X``, ``no``). Only for a turn
+    with exactly one whole-image result."""
+    results = [
+        t.artifact
+        for t in tool_messages
+        if t.name == "recognize_image" and isinstance(t.artifact, dict) and t.status != "error"
+    ]
+    if len(results) != 1 or "regions" in results[0] or results[0].get("error"):
+        return []
+    result = results[0]
+    label = result.get("label")
+    others = [
+        str(c.get("label")) for c in result.get("candidates") or [] if c.get("label") != label
+    ]
+    options: list[dict[str, str]] = []
+    if label and not result.get("unknown"):
+        options += [
+            {"label": f"✓ Yes, {label}", "value": "yes"},
+            {"label": "✓ Yes, keep this photo", "value": "yes, keep it"},
+        ]
+        options += [{"label": f"No, it's {o}", "value": f"no, it's {o}"} for o in others[:3]]
+        options.append({"label": "No, something else…", "value": "no"})
+    else:
+        options += [{"label": f"It's {o}", "value": f"it's {o}"} for o in others[:3]]
+    return options
 
 
 def _file_path(part: Any) -> str | None:
@@ -226,30 +286,43 @@ class ChatSession:
         self.recognition_only = recognition_only
         self.can_learn = can_learn
 
-    async def respond(self, message: dict[str, Any] | str, history: list[dict[str, Any]]) -> str:
-        """Answer one user turn given the session's history (Gradio's ``fn`` signature)."""
+    async def respond(
+        self, message: dict[str, Any] | str, history: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Answer one user turn given the session's history (Gradio's ``fn`` signature).
+
+        Returns:
+            A Gradio message: ``{"role": "assistant", "content": Markdown, "options": [...]}``
+            (the options are the correction controls when learning is on).
+        """
         from rar_agent.agent import last_tool_messages
 
         if isinstance(message, str):
             message = {"text": message, "files": []}
         turn = _user_message(str(message.get("text") or ""), message.get("files") or [])
         if not turn.content:
-            return "Type a question or upload a photo."
+            return _reply("Type a question or upload a photo.")
         messages = [*history_to_messages(history), turn]
         try:
             out = await self.agent.ainvoke({"messages": messages})
         except RarError as e:
-            return f"⚠️ **Error:** {_md(str(e))}"
+            return _reply(f"⚠️ **Error:** {_md(_plain(str(e)))}")
         except Exception as e:  # the page must answer, whatever the model provider does
             logger.exception("agent turn failed")
-            return f"⚠️ **The agent failed:** {_md(type(e).__name__ + ': ' + str(e))}"
+            return _reply(f"⚠️ **The agent failed:** {_md(type(e).__name__ + ': ' + str(e))}")
         final = out["messages"][-1]
-        return render_reply(
-            final.text,
-            last_tool_messages(out["messages"]),
-            recognition_only=self.recognition_only,
-            can_learn=self.can_learn,
+        tools = last_tool_messages(out["messages"])
+        text = render_reply(
+            final.text, tools, recognition_only=self.recognition_only, can_learn=self.can_learn
         )
+        return _reply(text, answer_options(tools) if self.can_learn else [])
+
+
+def _reply(text: str, options: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+    reply: dict[str, Any] = {"role": "assistant", "content": text}
+    if options:
+        reply["options"] = list(options)
+    return reply
 
 
 def build_chat_page(
@@ -290,7 +363,7 @@ def build_chat_page(
         session.respond,
         multimodal=True,
         title=title,
-        description=_page_description(recognizer, model),
+        description=_page_description(recognizer, model, can_learn=can_learn),
         textbox=gr.MultimodalTextbox(
             file_types=["image"],
             file_count="multiple",
@@ -306,18 +379,18 @@ def build_chat_page(
     )
 
 
-def _page_description(recognizer: RecognizerLike, model: str | BaseChatModel | None) -> str:
+def _page_description(
+    recognizer: RecognizerLike, model: str | BaseChatModel | None, *, can_learn: bool = False
+) -> str:
+    from rar_agent.agent import CAPABILITIES, LEARNING_OFF, TEACHING_HELP
+
     labels = recognizer.memory.labels()
     known = ", ".join(list(labels)[:12]) + (" ..." if len(labels) > 12 else "")
-    mode = (
-        "no chat model: retrieval/ranking output only"
-        if model is None
-        else f"chat model {_model_name(model)}"
-    )
-    return (
-        f"Upload or paste a photo and ask about it. Memory: {len(labels)} categories "
-        f"({_md(known)}). Mode: {_md(str(mode))}."
-    )
+    if model is None:
+        mode = CAPABILITIES + (TEACHING_HELP if can_learn else LEARNING_OFF)
+    else:
+        mode = f"Chat model: {_md(_model_name(model))}." + ("" if can_learn else LEARNING_OFF)
+    return f"Memory: {len(labels)} categories ({_md(known)}). {mode}"
 
 
 def _model_name(model: str | BaseChatModel) -> str:

@@ -297,17 +297,17 @@ def memory_add(
         list[Path] | None, typer.Argument(help="Example images; none = add the class name.")
     ] = None,
 ) -> None:
-    """Add one category: example images, or its name as a text entry."""
+    """Add one category: example images (as `rar-agent teach`), or its name as a text entry."""
+    from rar_agent.cli.teach import teach_images
     from rar_agent.memory import builders, open_memory
 
+    if images:
+        teach_images(settings, label, images)
+        return
     with open_memory(settings) as mem:
         enc = load_settings_encoder(settings, mem)
         mem.bind_encoder(enc.fingerprint, enc.dim)
-        if images:
-            pairs = [(str(p), label) for p in images]
-            report = builders.add_images(mem, enc, pairs, strict=True)
-        else:
-            report = builders.add_class_names(mem, enc, [label])
+        report = builders.add_class_names(mem, enc, [label])
         _print_report(report, mem)
 
 

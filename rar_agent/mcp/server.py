@@ -227,8 +227,10 @@ def create_server(
 ) -> Server:
     """The rar-agent MCP server over one recognizer.
 
-    Tools: ``recognize_image``, ``search_categories``, ``list_categories``, and
-    ``add_category_example`` with ``allow_learning``. Images come as file paths inside
+    Tools: ``recognize_image``, ``search_categories`` (when the encoder has a text side),
+    ``list_categories``, and with ``allow_learning`` the teaching tools
+    (``add_category_example``, ``relabel_example``, ``teaching_history``, ``undo_teaching``;
+    taught examples record ``via="mcp"``). Images come as file paths inside
     ``allowed_roots``, public ``http(s)`` URLs when ``allow_urls``, or base64 data URIs.
 
     Args:
@@ -253,13 +255,22 @@ def create_server(
         allow_urls=allow_urls,
         allow_learning=allow_learning,
         image_ids=False,
+        via="mcp",
     )
     memory = recognizer.memory.info
     about = f" ({memory.description})" if memory.description else ""
+    names = {tool.name for tool in tools}
+    knows = " and ".join(n for n in ("list_categories", "search_categories") if n in names)
     instructions = (
         f"Visual recognition with the category memory {memory.collection!r}{about}: "
         "recognize_image retrieves the closest known categories for an image and ranks them; "
-        "list_categories and search_categories tell what the memory knows."
-        + (" add_category_example teaches it a new example." if allow_learning else "")
+        f"{knows} tell what the memory knows."
+        + (
+            " add_category_example teaches it an example (or the right label for a wrong "
+            "answer), relabel_example moves a stored example to another label, "
+            "teaching_history and undo_teaching list and reverse what was taught."
+            if allow_learning
+            else ""
+        )
     )
     return build_server(tools, name=name, instructions=instructions)

@@ -80,9 +80,14 @@ def _format_unknown(result: RecognitionResult, where: str, can_learn: bool) -> s
     why = []
     rej = result.rejection
     if "below_threshold" in rej.reasons and rej.similarity is not None and rej.threshold:
+        top = result.candidates[0]
+        measured = (
+            f"its closest example of {top.label} scores {rej.similarity:.3f}"
+            if abs(rej.similarity - top.score) < 5e-4
+            else f"the 2 closest examples of {top.label} average {rej.similarity:.3f}"
+        )
         why.append(
-            f"its best match scores {rej.similarity:.3f}, below the {rej.threshold:.3f} that "
-            "images of that category reach"
+            f"{measured}, below the {rej.threshold:.3f} that images of that category reach"
         )
     if "ranker_none" in rej.reasons:
         why.append("the ranking model said none of the candidates fits")
@@ -105,9 +110,7 @@ class RecognizeInput(BaseModel):
 
     image: str | None = Field(
         default=None,
-        description="The image, in a form the tool description lists (e.g. an id like "
-        "'img-3fa4c2d19b07' from the conversation). Omit it to use the latest image of the "
-        "conversation.",
+        description="The image, in one of the forms the tool description lists.",
     )
     k: int | None = Field(
         default=None, ge=1, le=50, description="How many candidate categories to return."

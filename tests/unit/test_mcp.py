@@ -74,7 +74,8 @@ async def exercise(session: ClientSession, images: Path, *, learning: bool) -> d
     listing = await session.list_tools()
     names = [tool.name for tool in listing.tools]
     expected = ["recognize_image", "search_categories", "list_categories"]
-    assert names == expected + (["add_category_example"] if learning else [])
+    teaching = ["add_category_example", "relabel_example", "teaching_history", "undo_teaching"]
+    assert names == expected + (teaching if learning else [])
     assert all(tool.outputSchema is not None for tool in listing.tools)
 
     # A real photo by path (relative to the allowed root); the client checks the structured
