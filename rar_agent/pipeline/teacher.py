@@ -51,7 +51,6 @@ from rar_agent.results import (
 )
 
 if TYPE_CHECKING:
-    import numpy as np
     from PIL import Image
 
     from rar_agent.encoders import ImageTextEncoder
@@ -279,13 +278,18 @@ class Teacher:
             LabelError: The label is unusable.
         """
         start = time.perf_counter()
-        clean = self.known_form(label)
-        wrong = self.known_form(corrected_from) if corrected_from else None
+        given = normalize_label(label)
+        wrong = normalize_label(corrected_from) if corrected_from else None
         if not images:
             raise ConfigError("give at least one example image to teach")
         prepared = [_prepare(ExampleImage.of(image)) for image in images]
-        self._encoder()
+        encoder = self._encoder()
         self._bind()
+        vectors = encoder.embed_images([p.image for p in prepared])
+        hits = self.memory.search_batch(vectors, kind="image", limit=_DUPLICATE_SEARCH)
+        near = [h for found in hits for h in found]
+        clean = self._spelling(given, near)
+        wrong = self._spelling(wrong, near) if wrong is not None else None
         meta: dict[str, Any] = {"via": self.via, "by": self.by, "action": action}
         if wrong is not None:
             meta["corrected_from"] = wrong
@@ -295,35 +299,35 @@ class Teacher:
         ]
         stored = self.memory.existing_ids(e.point_id for e in entries)
         todo = [
-            (p, e)
-            for i, (p, e) in enumerate(zip(prepared, entries, strict=True))
+            i
+            for i, e in enumerate(entries)
             if e.point_id not in stored and e.point_id not in {x.point_id for x in entries[:i]}
         ]
-        flagged: dict[str, list[NearDuplicate]] = {}
+        flagged = self._check_duplicates(clean, [(prepared[i], entries[i], hits[i]) for i in todo])
         if todo:
-            vectors = self._encoder().embed_images([p.image for p, _ in todo])
-            flagged = self._check_duplicates(clean, todo, vectors)
             final = [
                 MemoryEntry(
-                    e.label,
+                    clean,
                     "image",
-                    e.source,
-                    e.content_hash,
-                    {**e.extra, "thumbnail": make_thumbnail(p.image)},
+                    entries[i].source,
+                    entries[i].content_hash,
+                    {**entries[i].extra, "thumbnail": make_thumbnail(prepared[i].image)},
                 )
-                for p, e in todo
+                for i in todo
             ]
-            ids = self.memory.add_entries(final, vectors, calibrate=False)
+            ids = self.memory.add_entries(final, vectors[todo], calibrate=False)
+        examples = self.memory.count("image", label=clean)
+        if todo:
+            new = examples == len(todo)  # a category that had no example before
             update_calibration(
                 self.memory,
-                self.encoder,
+                encoder,
                 added=list(zip(ids, final, strict=True)),
-                views=[(clean, todo[0][0].image)],
+                views=[(clean, prepared[todo[0]].image)] if new else [],
             )
-        examples = self.memory.labels("image").get(clean, 0)
         after = self.memory.count("image")
         seconds = round(time.perf_counter() - start, 3)
-        new_ids = {e.point_id for _, e in todo}
+        new_ids = {entries[i].point_id for i in todo}
         out = []
         for p, e in zip(prepared, entries, strict=True):
             added = e.point_id in new_ids
@@ -359,11 +363,18 @@ class Teacher:
         """``label`` normalised, in the spelling of a stored category that differs only in
         case ("Sandal" teaches "sandal" when the memory knows "sandal")."""
         clean = normalize_label(label)
-        labels = self.memory.labels()
-        if clean in labels:
+        if self.memory.count(label=clean):
             return clean
         folded = clean.casefold()
-        return next((known for known in labels if known.casefold() == folded), clean)
+        return next((known for known in self.memory.labels() if known.casefold() == folded), clean)
+
+    def _spelling(self, clean: str, hits: Sequence[Hit]) -> str:
+        """:meth:`known_form` for images being taught, without listing every label: a stored
+        label that differs only in case is looked for among the images' nearest examples."""
+        if self.memory.count(label=clean):
+            return clean
+        folded = clean.casefold()
+        return next((h.label for h in hits if h.label.casefold() == folded), clean)
 
     def _encoder(self) -> ImageTextEncoder:
         if self.encoder is None:
@@ -384,12 +395,11 @@ class Teacher:
         self._bound = True
 
     def _check_duplicates(
-        self, label: str, todo: Sequence[tuple[_Prepared, MemoryEntry]], vectors: np.ndarray
+        self, label: str, todo: Sequence[tuple[_Prepared, MemoryEntry, list[Hit]]]
     ) -> dict[str, list[NearDuplicate]]:
         """Refuse content stored under another label; flag near-duplicates (by entry id)."""
-        batches = self.memory.search_batch(vectors, kind="image", limit=_DUPLICATE_SEARCH)
         flagged: dict[str, list[NearDuplicate]] = {}
-        for (prepared, entry), hits in zip(todo, batches, strict=True):
+        for prepared, entry, hits in todo:
             for hit in hits:
                 if hit.label == label:
                     continue

@@ -74,11 +74,16 @@ class TeachingTool(RecognizerTool):
 def describe_added(result: ExampleAdded) -> str:
     """One person- and model-readable sentence about a taught example."""
     label = result.label
+    fix = (
+        f" (it had been answered {result.corrected_from!r})"
+        if result.action == "correct" and result.corrected_from
+        else ""
+    )
     if not result.added:
         text = f"{result.image} was already stored as an example of {label!r}."
     elif result.new_category:
         text = (
-            f"Stored {result.image} as the first example of the new category {label!r}; "
+            f"Stored {result.image} as the first example of the new category {label!r}{fix}; "
             "images like it are now recognized as it."
         )
     elif result.action == "confirm":
@@ -86,10 +91,10 @@ def describe_added(result: ExampleAdded) -> str:
             f"Kept {result.image} as an example of {label!r}, as confirmed "
             f"({result.category_examples} examples now)."
         )
-    elif result.action == "correct" and result.corrected_from:
+    elif fix:
         text = (
-            f"Corrected: stored {result.image} as an example of {label!r} (it had been "
-            f"answered {result.corrected_from!r}); {result.category_examples} examples now."
+            f"Corrected: stored {result.image} as an example of {label!r}{fix}; "
+            f"{result.category_examples} examples now."
         )
     else:
         text = (

@@ -86,9 +86,7 @@ def _format_unknown(result: RecognitionResult, where: str, can_learn: bool) -> s
             if abs(rej.similarity - top.score) < 5e-4
             else f"the 2 closest examples of {top.label} average {rej.similarity:.3f}"
         )
-        why.append(
-            f"{measured}, below the {rej.threshold:.3f} that images of that category reach"
-        )
+        why.append(f"{measured}, below the {rej.threshold:.3f} that images of that category reach")
     if "ranker_none" in rej.reasons:
         why.append("the ranking model said none of the candidates fits")
     teach = "; once they name it, add_category_example(label=...) teaches the memory."

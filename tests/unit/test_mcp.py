@@ -112,6 +112,15 @@ async def exercise(session: ClientSession, images: Path, *, learning: bool) -> d
         assert taught.structuredContent["added"] == 1
         again = await session.call_tool("recognize_image", {"image": "coffee.jpg"})
         assert again.structuredContent["label"] == "coffee"
+        refused = await session.call_tool(
+            "add_category_example", {"label": "dog", "image": "cat.jpg"}
+        )
+        assert refused.isError and "already stored as an example of 'cat'" in text_of(refused)
+        history = await session.call_tool("teaching_history", {"limit": 5})
+        [event] = history.structuredContent["events"]
+        assert event["label"] == "coffee" and event["via"] == "mcp"
+        undone = await session.call_tool("undo_teaching", {"n": 1})
+        assert not undone.isError and undone.structuredContent["undone"][0]["label"] == "coffee"
     return {"tools": listing.tools, "result": by_path}
 
 
