@@ -121,8 +121,11 @@ def bench(n: int, examples: int, rows: list[dict[str, Any]]) -> None:
             (taught if j % 4 else new_category).append(time.perf_counter() - t0)
         memory.close()
     print(f"plain add_entries of one entry (median of {examples}): {_ms(plain):.2f} ms")
-    print(f"teach one example of a known category (median of {len(taught)}): {_ms(taught):.2f} "
-          f"ms; of a new category (with its view stand-in): {_ms(new_category):.2f} ms")  # fmt: skip
+    print(
+        f"teach one example of a known category (median of {len(taught)}): "
+        f"{_ms(taught):.2f} ms; of a new category (with its view stand-in): "
+        f"{_ms(new_category):.2f} ms"
+    )
     for name, samples in (("known category", taught), ("new category", new_category)):
         rows.append(
             {
