@@ -203,8 +203,11 @@ class CategoryVectorStore(VectorStore):
             )
             for text, meta, doc_id in zip(texts, metas, doc_ids, strict=True)
         ]
+        from rar_agent.pipeline.teacher import learn_entries
+
         self.memory.bind_encoder(self.fingerprint, len(vectors[0]))
-        self.memory.add_entries(entries, vectors, ids=[point_id_for(d) for d in doc_ids])
+        # The teacher's door: the calibration follows every write.
+        learn_entries(self.memory, entries, vectors, ids=[point_id_for(d) for d in doc_ids])
         return doc_ids
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
