@@ -16,6 +16,7 @@ __all__ = [
     "CategoryListing",
     "ExampleAdded",
     "ExampleRelabeled",
+    "MatchedExample",
     "NearDuplicate",
     "TeachAction",
     "TeachVia",
@@ -42,6 +43,19 @@ TeachAction = Literal["add", "confirm", "correct"]
 """What the teaching said: a new example, a confirmed answer, a corrected answer."""
 
 
+class MatchedExample(BaseModel):
+    """A memory entry a candidate matched: why the candidate is there."""
+
+    id: str = Field(description="The entry's id.")
+    score: float = Field(description="Cosine similarity to the query.")
+    kind: str | None = Field(default=None, description="image (an example) or text (a name).")
+    thumbnail: str | None = Field(
+        default=None,
+        description="A small JPEG data URI of the example image, where the memory keeps one "
+        "(taught examples do).",
+    )
+
+
 class Candidate(BaseModel):
     """One candidate category with its retrieval score (cosine similarity)."""
 
@@ -56,6 +70,11 @@ class Candidate(BaseModel):
         default=None,
         description="Mean similarity of the category's 2 closest entries among those "
         "retrieved (None with fewer): what the open-set check compares with a threshold.",
+    )
+    examples: list[MatchedExample] = Field(
+        default_factory=list,
+        description="The category's closest memory entries to the query, best first (at "
+        "most 2): the evidence for this candidate.",
     )
 
 

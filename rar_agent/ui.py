@@ -14,7 +14,7 @@ import base64
 import logging
 import mimetypes
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +100,7 @@ def render_reply(
     *,
     recognition_only: bool = False,
     can_learn: bool = False,
+    queries: Mapping[str, str] | None = None,
 ) -> str:
     """The Markdown shown for one agent turn: the reply, candidate tables, tool errors.
 
@@ -112,6 +113,8 @@ def render_reply(
         recognition_only: The agent has no chat model: show the recognizer's output plainly.
         can_learn: The agent may teach the memory: an unknown image comes with an offer to
             name it.
+        queries: Thumbnails (data URIs) of this turn's photos by image id: each answer then
+            shows its photo beside the closest stored examples of the top candidates.
     """
     from rar_agent.agent import answer_marker
 
@@ -137,13 +140,43 @@ def render_reply(
                 parts.append(f"⚠️ {_md(str(item['error']))}")
                 continue
             block = _answer_head(item, can_learn) + "\n\n" + candidates_table(item)
+            image = artifact.get("image")
+            evidence = _evidence(
+                item, (queries or {}).get(image) if isinstance(image, str) else None
+            )
+            if evidence:
+                block += "\n\n" + evidence
             if item.get("unknown"):
                 block += "\n\n" + _unknown_offer(can_learn)
-            image = artifact.get("image")
             if "regions" not in artifact and isinstance(image, str) and _IMAGE_ID.fullmatch(image):
                 block += "\n" + answer_marker(image, item.get("label"))
             parts.append(block)
     return "\n\n".join(parts) if parts else "(no reply)"
+
+
+EVIDENCE_CANDIDATES = 3
+"""Top candidates whose closest stored example the page shows beside the photo."""
+
+
+def _evidence(item: dict[str, Any], query: str | None) -> str:
+    """The photo beside the closest stored example of each top candidate (a one-row table of
+    thumbnails), when the memory keeps thumbnails."""
+    shown = []
+    for cand in (item.get("candidates") or [])[:EVIDENCE_CANDIDATES]:
+        for example in cand.get("examples") or []:
+            thumb = str(example.get("thumbnail") or "")
+            if thumb.startswith("data:image/") and not set(thumb) & set("\n ()"):
+                score = float(example.get("score", 0.0))
+                shown.append((f"{_md(str(cand.get('label', '')))} {score:.3f}", thumb))
+                break
+    if not shown:
+        return ""
+    cells = [("this photo", query)] if query else []
+    cells += shown
+    head = "| " + " | ".join(name for name, _ in cells) + " |"
+    rule = "|" + ":-:|" * len(cells)
+    row = "| " + " | ".join(f"![{name}]({uri})" for name, uri in cells) + " |"
+    return "<sub>Why: the closest stored examples</sub>\n\n" + "\n".join([head, rule, row])
 
 
 def answer_options(tool_messages: Sequence[ToolMessage]) -> list[dict[str, str]]:
@@ -313,9 +346,31 @@ class ChatSession:
         final = out["messages"][-1]
         tools = last_tool_messages(out["messages"])
         text = render_reply(
-            final.text, tools, recognition_only=self.recognition_only, can_learn=self.can_learn
+            final.text,
+            tools,
+            recognition_only=self.recognition_only,
+            can_learn=self.can_learn,
+            queries=_query_thumbnails(message.get("files") or []),
         )
         return _reply(text, answer_options(tools) if self.can_learn else [])
+
+
+def _query_thumbnails(files: Sequence[Any]) -> dict[str, str]:
+    """Thumbnails of a turn's uploaded photos by the id the registry gives them."""
+    from rar_agent.images import decode_image_bytes, make_thumbnail
+    from rar_agent.registry import image_id_for
+
+    out: dict[str, str] = {}
+    for part in files:
+        path = _file_path(part)
+        if not path or Path(path).suffix.lower() not in _IMAGE_SUFFIXES:
+            continue
+        try:
+            data = Path(path).read_bytes()
+            out[image_id_for(data)] = make_thumbnail(decode_image_bytes(data, what=path))
+        except (OSError, RarError) as e:
+            logger.warning("no thumbnail for %s: %s", path, e)
+    return out
 
 
 def _reply(text: str, options: Sequence[dict[str, str]] = ()) -> dict[str, Any]:

@@ -146,9 +146,26 @@ async def call_langchain_tool(tool: BaseTool, arguments: dict[str, Any]) -> type
     wrapped = declared is not None and _schema_of(declared)[1]
     structured = {"result": artifact} if wrapped else artifact
     return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)],
+        content=_content(message.content, text),
         structuredContent=structured if isinstance(structured, dict) else None,
     )
+
+
+def _content(blocks: Any, text: str) -> list[types.ContentBlock]:
+    """MCP content from a tool message: its text, then its image blocks (if any) as images."""
+    from mcp import types
+
+    out: list[types.ContentBlock] = []
+    if isinstance(blocks, list):
+        for block in blocks:
+            if isinstance(block, str):
+                out.append(types.TextContent(type="text", text=block))
+            elif isinstance(block, dict) and block.get("type") == "text":
+                out.append(types.TextContent(type="text", text=str(block.get("text", ""))))
+            elif isinstance(block, dict) and block.get("type") == "image" and block.get("base64"):
+                mime = str(block.get("mime_type") or "image/jpeg")
+                out.append(types.ImageContent(type="image", data=block["base64"], mimeType=mime))
+    return out or [types.TextContent(type="text", text=text)]
 
 
 def _error(message: str) -> types.CallToolResult:
@@ -223,6 +240,7 @@ def create_server(
     allowed_roots: Sequence[str | os.PathLike[str]] = (),
     allow_urls: bool = False,
     allow_learning: bool = False,
+    example_images: bool = False,
     name: str = SERVER_NAME,
 ) -> Server:
     """The rar-agent MCP server over one recognizer.
@@ -238,6 +256,8 @@ def create_server(
         allowed_roots: Directories whose image files clients may name (none by default).
         allow_urls: Let clients pass public ``http(s)`` image URLs.
         allow_learning: Serve the tool that adds examples to the memory.
+        example_images: ``recognize_image`` also returns the closest stored examples of its
+            top candidates as image content (opt-in; the text comes first).
         name: The server's name.
 
     Returns:
@@ -256,6 +276,7 @@ def create_server(
         allow_learning=allow_learning,
         image_ids=False,
         via="mcp",
+        example_images=example_images,
     )
     memory = recognizer.memory.info
     about = f" ({memory.description})" if memory.description else ""

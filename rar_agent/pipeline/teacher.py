@@ -26,10 +26,8 @@ the rules below hold wherever an example comes from:
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import hashlib
-import io
 import logging
 import time
 from collections.abc import Sequence
@@ -38,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError, DuplicateExampleError, ImageError
+from rar_agent.images import THUMBNAIL_MAX_BYTES, THUMBNAIL_SIDE, make_thumbnail
 from rar_agent.memory import MemoryEntry, normalize_label
 from rar_agent.results import (
     ExampleAdded,
@@ -75,10 +74,6 @@ VIA: tuple[TeachVia, ...] = ("cli", "chat", "tool", "mcp", "api")
 """Where teaching can come from (``taught.via``)."""
 NEAR_DUPLICATE = 0.95
 """Cosine similarity from which an example of another category counts as a near-duplicate."""
-THUMBNAIL_SIDE = 64
-"""Longest side of a stored thumbnail, in pixels."""
-THUMBNAIL_MAX_BYTES = 4096
-"""Largest stored thumbnail (JPEG bytes, before base64); quality is lowered to fit."""
 _DUPLICATE_SEARCH = 16
 """Nearest examples checked for the same content or a near-duplicate (an identical image
 embeds identically, so its entry is the first hit)."""
@@ -86,20 +81,6 @@ embeds identically, so its entry is the first hit)."""
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
-
-
-def make_thumbnail(image: Image.Image) -> str:
-    """A small JPEG data URI of ``image`` (longest side ``THUMBNAIL_SIDE``, bounded bytes)."""
-    thumb = image.convert("RGB")
-    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    data = b""
-    for quality in (75, 60, 45, 30):
-        buf = io.BytesIO()
-        thumb.save(buf, format="JPEG", quality=quality, optimize=True)
-        data = buf.getvalue()
-        if len(data) <= THUMBNAIL_MAX_BYTES:
-            break
-    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
 
 @dataclass(frozen=True)

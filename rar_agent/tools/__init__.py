@@ -93,6 +93,7 @@ def make_tools(
     reject: str | float | None = None,
     via: TeachVia = "tool",
     by: str | None = None,
+    example_images: bool = False,
 ) -> list[BaseTool]:
     """The recognition tools over one recognizer, sharing one image registry.
 
@@ -132,7 +133,12 @@ def make_tools(
     forms = ImageResolver(registry=registry, allowed_roots=roots, allow_urls=allow_urls)
     accepts = f" Images it accepts: {forms.accepted()}."
     tools: list[BaseTool] = [
-        RecognizeTool(description=RECOGNIZE_WHAT + accepts, can_learn=allow_learning, **shared),
+        RecognizeTool(
+            description=RECOGNIZE_WHAT + accepts,
+            can_learn=allow_learning,
+            example_images=example_images,
+            **shared,
+        ),
         CategorySearchTool(**shared),
         ListCategoriesTool(**shared),
     ]

@@ -230,3 +230,58 @@ def test_search_tool_left_out_for_image_only_encoders_and_missing_files_said_so(
     assert (
         missing.status == "error" and "no such file in the allowed directories" in missing.content
     )
+
+
+# ---------------------------------------------------------------------------- show why
+
+
+def test_results_carry_matched_examples_with_thumbnails_everywhere(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    from rar_agent.memory.builders import add_images
+    from rar_agent.ui import render_reply
+
+    photo = tmp_path / "kiwi.png"
+    photo.write_bytes(_png((120, 160, 40), 5))
+    add_images(recognizer.memory, recognizer.encoder, [(str(photo), "kiwi")])
+    [entry] = [h for h in recognizer.memory.search(
+        recognizer.encoder.embed_images([Image.open(photo)])[0], limit=1)]  # fmt: skip
+    assert entry.payload["thumbnail"].startswith("data:image/jpeg;base64,")  # built entries too
+
+    registry = ImageRegistry()
+    image_id = registry.register(photo.read_bytes())
+    tools = {t.name: t for t in make_tools(recognizer, registry=registry, example_images=True)}
+    msg = _call(tools["recognize_image"], {"image": image_id})
+    top = msg.artifact["candidates"][0]
+    assert top["label"] == "kiwi" and top["examples"][0]["id"] == entry.id
+    assert top["examples"][0]["score"] > 0.99 and top["examples"][0]["thumbnail"]
+    assert isinstance(msg.content, list) and msg.content[0]["type"] == "text"
+    assert msg.content[0]["text"].startswith("Answer for")
+    images = [b for b in msg.content if b.get("type") == "image"]
+    assert images and images[0]["mime_type"] == "image/jpeg"
+    plain = _call(make_tools(recognizer, registry=registry)[0], {"image": image_id})
+    assert isinstance(plain.content, str)  # opt-in only
+
+    shown = render_reply("", [msg], queries={image_id: "data:image/png;base64,AAAA"})
+    assert (
+        "| this photo | kiwi 1.000" in shown
+        and "![this photo](data:image/png;base64,AAAA)" in shown
+    )
+
+
+async def test_mcp_returns_example_images_when_asked(recognizer: Any, tmp_path: Path) -> None:
+    from mcp import types
+    from mcp.shared.memory import create_connected_server_and_client_session
+
+    from rar_agent.mcp import create_server
+    from rar_agent.pipeline.teacher import Teacher
+
+    Teacher(recognizer.memory, recognizer.encoder).add("plum", [("p.png", _png((90, 20, 90)))])
+    (tmp_path / "q.png").write_bytes(_png((90, 20, 90)))
+    server = create_server(recognizer, allowed_roots=[tmp_path], example_images=True)
+    async with create_connected_server_and_client_session(server) as session:
+        result = await session.call_tool("recognize_image", {"image": "q.png"})
+    assert not result.isError
+    assert isinstance(result.content[0], types.TextContent)
+    assert result.content[0].text.startswith("Answer for q.png: plum")
+    assert any(isinstance(c, types.ImageContent) for c in result.content)
