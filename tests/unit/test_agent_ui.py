@@ -131,13 +131,13 @@ async def test_a_session_never_recognizes_another_sessions_image(recognizer: Any
     agent = create_rar_agent(PolicyChatModel(policy=recognize_latest), recognizer=recognizer)
     alice, bob = ChatSession(agent), ChatSession(agent)  # one page, two browser sessions
     photo = str(recognizer.example_images["black cat"])
-    seen = await alice.respond({"text": "what is it?", "files": [photo]}, [])
+    seen = (await alice.respond({"text": "what is it?", "files": [photo]}, []))["content"]
     assert "**Answer: black cat**" in seen
-    reply = await bob.respond({"text": f"what is in {ref}?", "files": []}, [])
+    reply = (await bob.respond({"text": f"what is in {ref}?", "files": []}, []))["content"]
     assert "black cat" not in reply
     assert "**Tool error** (recognize\\_image): no image in this conversation yet" in reply
     own = str(recognizer.example_images["red apple"])
-    mine = await bob.respond({"text": f"and {ref}?", "files": [own]}, [])
+    mine = (await bob.respond({"text": f"and {ref}?", "files": [own]}, []))["content"]
     assert "**Answer: red apple**" in mine and "black cat" not in mine.split("|")[0]
 
 
