@@ -367,7 +367,9 @@ class Teacher:
         if self._bound:
             return
         if self.encoder is not None:
-            self.memory.bind_encoder(self.encoder.fingerprint, self.encoder.dim)
+            from rar_agent.ingest import bind_memory
+
+            bind_memory(self.memory, self.encoder)
         else:
             info = self.memory.info
             if info.fingerprint is None or info.dim is None:
