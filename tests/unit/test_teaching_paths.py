@@ -238,7 +238,7 @@ def test_search_tool_left_out_for_image_only_encoders_and_missing_files_said_so(
 def test_results_carry_matched_examples_with_thumbnails_everywhere(
     recognizer: Any, tmp_path: Path
 ) -> None:
-    from rar_agent.memory.builders import add_images
+    from rar_agent.ingest.builders import add_images
     from rar_agent.ui import render_reply
 
     photo = tmp_path / "kiwi.png"
