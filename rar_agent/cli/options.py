@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Concatenate, ParamSpec
 import typer
 
 if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
@@ -339,13 +341,17 @@ def settings_from_options(**options: object) -> Settings:
     try:
         return Settings(**update)  # type: ignore[arg-type]
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in e.errors()
-        )
-        raise ConfigError(
-            f"invalid setting ({problems}): fix the option or RAR_* variable"
-        ) from None
+        problems = "; ".join(_setting_problem(err) for err in e.errors())
+        raise ConfigError(f"invalid {problems}") from None
+
+
+def _setting_problem(err: ErrorDetails) -> str:
+    """One validation error in the user's words: the option, its variable, our message."""
+    field = ".".join(str(p) for p in err["loc"]) or "settings"
+    options = {v: k for k, v in {"memory": "memory_path", "api_key": "qdrant_api_key"}.items()}
+    where = f"--{options.get(field, field).replace('_', '-')} (RAR_{field.upper()})"
+    cause = err.get("ctx", {}).get("error") if err["type"] == "value_error" else None
+    return f"{where}: {cause if cause is not None else err['msg']}"
 
 
 def load_settings_encoder(
