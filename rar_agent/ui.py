@@ -308,15 +308,18 @@ def build_chat_page(
 
 def _page_description(recognizer: RecognizerLike, model: str | BaseChatModel | None) -> str:
     labels = recognizer.memory.labels()
-    known = ", ".join(list(labels)[:12]) + (" ..." if len(labels) > 12 else "")
+    names = sorted(labels, key=str.casefold)  # alphabetical: the first few read as a sample
+    known = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+    entries = sum(labels.values())
     mode = (
         "no chat model: retrieval/ranking output only"
         if model is None
         else f"chat model {_model_name(model)}"
     )
     return (
-        f"Upload or paste a photo and ask about it. Memory: {len(labels)} categories "
-        f"({_md(known)}). Mode: {_md(str(mode))}."
+        f"Upload or paste a photo and ask about it. Memory: {len(labels)} categories"
+        + (f" in {entries} entries" if entries != len(labels) else "")
+        + f" ({_md(known)}). Mode: {_md(str(mode))}."
     )
 
 

@@ -56,7 +56,7 @@ def chat(
     from rar_agent.ui import build_chat_page, launch
 
     chat_model = resolve_chat_model(model, settings.ranker)
-    with open_recognizer(settings, labels, progress) as recognizer:
+    with open_recognizer(settings, labels, progress, command="chat") as recognizer:
         page = build_chat_page(
             recognizer,
             chat_model,
