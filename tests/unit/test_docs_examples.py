@@ -7,7 +7,8 @@ kind of block means:
   entry linked, so ``examples/images/cat.jpg`` resolves and what a block writes lands in the
   scratch folder) with a fresh ``RAR_HOME``; the blocks of one file run in order in one
   namespace, so a later block may use an earlier one's names;
-- a ```bash block of README.md runs the same way, with ``.venv/bin`` first on ``PATH``;
+- a ```bash block of README.md runs the same way, with ``.venv/bin`` first on ``PATH``, after
+  closing what earlier Python blocks opened (an embedded memory admits one process);
 - a block whose first line is ``# requires: <what>`` (an API key, network, CLIP weights, a
   GPU...) is only compiled (Python) or syntax-checked (``bash -n``), and every import in a
   Python one must resolve;
@@ -79,6 +80,8 @@ def evaluate_bash(example: Example) -> str | None:
     """Run the block with bash (``-e``: the first failing command fails it), or ``bash -n``."""
     source = str(example.parsed)
     checked_only = requirement(source) is not None or Path(example.path) not in RUN_SHELL
+    if not checked_only:  # a reader runs shell commands on their own, not inside the Python
+        _close_opened(example.namespace)  # of earlier blocks: an embedded memory is locked
     args = ["bash", "-n"] if checked_only else ["bash", "-euo", "pipefail"]
     done = subprocess.run(
         [*args, "-c", source], capture_output=True, text=True, timeout=600,

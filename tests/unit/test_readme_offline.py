@@ -22,7 +22,7 @@ def readme_recognize_step() -> str:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## On a fresh machine", 1)[1]
     block = section.split("```bash", 1)[1].split("```", 1)[0]
-    first = block.strip().splitlines()[0]
+    first = [line for line in block.strip().splitlines() if not line.startswith("#")][0]
     [step] = [s.strip() for s in first.split("&&") if " recognize " in s]
     return step
 
