@@ -310,3 +310,9 @@ def test_settings_command_refuses_a_command_it_cannot_read() -> None:
         settings_command(STORE)(no_settings)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="postpone"):
         settings_command(STORE)(postponed)
+
+
+def test_recognize_help_says_json_is_json_lines() -> None:
+    result = runner.invoke(app, ["recognize", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "JSON Lines" in result.output and "one JSON object per line" in result.output
