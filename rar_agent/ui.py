@@ -443,12 +443,18 @@ def _page_description(
     from rar_agent.agent import CAPABILITIES, LEARNING_OFF, TEACHING_HELP
 
     labels = recognizer.memory.labels()
-    known = ", ".join(list(labels)[:12]) + (" ..." if len(labels) > 12 else "")
+    names = sorted(labels, key=str.casefold)  # alphabetical: the first few read as a sample
+    known = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+    entries = sum(labels.values())
     if model is None:
         mode = CAPABILITIES + (TEACHING_HELP if can_learn else LEARNING_OFF)
     else:
         mode = f"Chat model: {_md(_model_name(model))}." + ("" if can_learn else LEARNING_OFF)
-    return f"Memory: {len(labels)} categories ({_md(known)}). {mode}"
+    return (
+        f"Memory: {len(labels)} categories"
+        + (f" in {entries} entries" if entries != len(labels) else "")
+        + f" ({_md(known)}). {mode}"
+    )
 
 
 def _model_name(model: str | BaseChatModel) -> str:

@@ -69,7 +69,10 @@ def mcp(
     from rar_agent.mcp import create_server, is_loopback, require_mcp, serve_http, serve_stdio
 
     require_mcp()  # before any model loads: say at once what is missing
-    with open_recognizer(settings, labels, progress, read_only=not allow_learning) as recognizer:
+    recognizer = open_recognizer(
+        settings, labels, progress, read_only=not allow_learning, command="mcp"
+    )
+    with recognizer:
         server = create_server(
             recognizer,
             allowed_roots=list(allow_root or []),
