@@ -50,7 +50,7 @@ def explain(
     order: Literal["ranker", "retrieval"] = "ranker" if ranking.status == "ranked" else "retrieval"
     if not unknown:
         return Explanation(answer=label, order=order, how=how, sentence=f"{label} ({how}).")
-    why = _why_unknown(rejection)
+    why = _why_unknown(rejection, candidates[0])
     closest = ", ".join(f"{name} ({score:.3f})" for name, score in candidates[:_CLOSEST])
     sentence = "Unknown: not a category in memory"
     sentence += f" ({'; '.join(why)})" if why else ""
@@ -130,23 +130,28 @@ def _how(ranking: RankingInfo, rejection: RejectionInfo) -> str:
     return "retrieval order only, no ranker"
 
 
-def _why_unknown(rejection: RejectionInfo) -> list[str]:
-    """One phrase per reason the image is unknown."""
+def _why_unknown(rejection: RejectionInfo, top: tuple[str, float] | None) -> list[str]:
+    """One phrase per reason the image is unknown (``top``: the first candidate)."""
     why = []
     if "below_threshold" in rejection.reasons:
-        if rejection.similarity is not None and rejection.threshold is not None:
-            if rejection.mode == "fixed":
-                why.append(
-                    f"its best match scores {rejection.similarity:.3f}, below the fixed "
-                    f"threshold {rejection.threshold:.3f}"
-                )
-                return why + _ranker_none(rejection)
-            why.append(
-                f"its best match scores {rejection.similarity:.3f}, below the "
-                f"{rejection.threshold:.3f} that images of that category reach"
-            )
-        else:
+        sim, threshold = rejection.similarity, rejection.threshold
+        if sim is None or threshold is None:
             why.append("its best match is below the memory's threshold")
+        else:
+            measured = f"its best match scores {sim:.3f}"
+            if top is not None:
+                label, score = top
+                measured = (
+                    f"its closest example of {label} scores {sim:.3f}"
+                    if abs(sim - score) < 5e-4
+                    else f"the 2 closest examples of {label} average {sim:.3f}"
+                )
+            if rejection.mode == "fixed":
+                why.append(f"{measured}, below the fixed threshold {threshold:.3f}")
+            else:
+                why.append(
+                    f"{measured}, below the {threshold:.3f} that images of that category reach"
+                )
     return why + _ranker_none(rejection)
 
 

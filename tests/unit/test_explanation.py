@@ -87,7 +87,8 @@ def test_the_page_never_says_confident_above_an_unknown_answer(
     shown = _page(result)
     assert "**Unknown: not a category in memory.**" in shown
     assert "confident" not in shown
-    assert "below the memory" in shown and "unknown because its best match scores" in shown
+    assert "below the memory" in shown and "unknown because " in shown
+    assert "that images of that category reach" in shown
 
 
 # ---------------------------------------------------------------------------- one explanation
