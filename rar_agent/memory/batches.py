@@ -1,13 +1,15 @@
 """One batch of a folder or manifest build, made ready in a background thread.
 
 Each ``(source, label)`` is read and hashed (SHA-256 of the file bytes), checked against the
-ids already stored, and decoded: everything the builder needs before encoding.
+ids already stored, and decoded (no larger than the encoder needs, on a pool of decode
+threads when the builder gives one): everything the builder needs before encoding.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,11 +73,17 @@ def prepare_batch(
     seen: set[str],
     strict: bool,
     extra: Mapping[str, Any],
+    *,
+    need: int | None = None,
+    decoders: Executor | None = None,
 ) -> PreparedBatch:
     """Read and hash each item, skip ids stored or ``seen``, decode the rest.
 
     Runs in the builder's background thread. ``seen`` (ids already taken by earlier batches
     of this build) gains the ids of the entries returned; ``extra`` goes into every payload.
+    Images are decoded with their shorter side no smaller than ``need`` (the encoder's input
+    side; ``None``: full size), on ``decoders`` when given (Pillow and libheif decode outside
+    the GIL, so threads decode in parallel).
 
     Raises:
         ImageError, LabelError, UnsafeInputError: Under ``strict``, the first bad item.
@@ -89,7 +97,7 @@ def prepare_batch(
             label = normalize_label(label)
             image = None
             if data is None and source.startswith(REMOTE_PREFIXES):
-                loaded = load_image(source)
+                loaded = load_image(source, need=need)
                 image, digest = loaded.image, loaded.sha256
             else:
                 data = read_local_image(Path(source)) if data is None else data
@@ -101,21 +109,33 @@ def prepare_batch(
                 raise
             out.failed.append((source, str(e)))
     stored = memory.existing_ids(entry.point_id for entry, _, _ in staged)
+    todo = []
     for entry, data, image in staged:
         pid = entry.point_id
         if pid in stored or pid in seen:
             out.skipped += 1
             continue
+        seen.add(pid)  # taken now, so a repeat later in this batch is skipped too
+        todo.append((entry, data, image))
+
+    def decode(item: tuple[MemoryEntry, bytes | None, Image.Image | None]) -> Any:
+        entry, data, image = item
+        if image is not None:
+            return image
+        assert data is not None
         try:
-            if image is None:
-                assert data is not None
-                image = decode_image_bytes(data, what=entry.source)
+            return decode_image_bytes(data, what=entry.source, need=need)
         except ImageError as e:
+            return e
+
+    results = decoders.map(decode, todo) if decoders is not None else map(decode, todo)
+    for (entry, _, _), result in zip(todo, results, strict=True):
+        if isinstance(result, ImageError):
+            seen.discard(entry.point_id)
             if strict:
-                raise
-            out.failed.append((entry.source, str(e)))
+                raise result
+            out.failed.append((entry.source, str(result)))
             continue
-        seen.add(pid)
         out.entries.append(entry)
-        out.images.append(image)
+        out.images.append(result)
     return out

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
+from rar_agent.images.decode import IMAGE_SUFFIXES
 from rar_agent.memory.batches import REMOTE_PREFIXES, BatchItem, PreparedBatch, prepare_batch
 from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED
 from rar_agent.memory.entries import MemoryEntry, normalize_label
@@ -49,9 +50,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 """``progress(done, total)``, called after each batch."""
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-)
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 _NAMES_PER_CALL = 64
 
 
@@ -211,16 +210,31 @@ def _pipelined(
 
     Returns each label added now with the source of its first example (for calibration).
     """
+    from rar_agent.encoders.base import input_size_of
+
     strict, extra = options
     total = sum(len(b) for b in batches)
     seen: set[str] = set()
     added: dict[str, str] = {}  # label -> source of its first added example
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
+    need = input_size_of(encoder)
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-batch") as pool,
+        ThreadPoolExecutor(decode_workers(encoder), thread_name_prefix="rar-decode") as decoders,
+    ):
 
         def submit(index: int) -> Future[PreparedBatch] | None:
             if index >= len(batches):
                 return None
-            return pool.submit(prepare_batch, memory, batches[index], seen, strict, extra)
+            return pool.submit(
+                prepare_batch,
+                memory,
+                batches[index],
+                seen,
+                strict,
+                extra,
+                need=need,
+                decoders=decoders,
+            )
 
         pending = submit(0)
         for index in range(len(batches)):
@@ -235,6 +249,25 @@ def _pipelined(
     return added
 
 
+def decode_workers(encoder: ImageTextEncoder) -> int:
+    """Decode threads for a build: enough to keep a GPU fed, few where torch uses the CPUs.
+
+    A CPU encoder already keeps every core busy, so decoding takes half of them (at least
+    one thread, overlapped with encoding as before); a GPU encoder leaves the CPUs to
+    decoding (up to 8 threads).
+    """
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    device = str(getattr(encoder, "device", "cpu")).split(":")[0]
+    if device == "cpu":
+        return max(1, cpus // 2)
+    return max(1, min(8, cpus))
+
+
 def _calibrate(
     memory: CategoryMemory, encoder: ImageTextEncoder, added: dict[str, tuple[str, bytes | None]]
 ) -> None:
@@ -244,6 +277,7 @@ def _calibrate(
     first example written now. Only those bytes and local files are read again for the views
     (a URL is not fetched twice).
     """
+    from rar_agent.encoders.base import input_size_of
     from rar_agent.errors import ImageError
     from rar_agent.images import decode_image_bytes
     from rar_agent.memory.batches import read_local_image
@@ -252,13 +286,15 @@ def _calibrate(
 
     calibrate(memory)
     counts = memory.labels("image")
+    side = input_size_of(encoder)
+    need = None if side is None else 2 * side  # a view crops 70-100 % of each side
     examples = []
     for label, (source, data) in added.items():
         if counts.get(label) != 1 or (data is None and source.startswith(REMOTE_PREFIXES)):
             continue
         try:
             raw = data if data is not None else read_local_image(Path(source))
-            examples.append((label, decode_image_bytes(raw)))
+            examples.append((label, decode_image_bytes(raw, need=need)))
         except ImageError as e:
             logger.warning("no calibration view for %r: %s", label, e)
     add_view_standins(memory, encoder, examples)
