@@ -146,7 +146,12 @@ def test_every_exif_orientation_is_honoured_at_any_decode_size(orientation: int)
         assert _close(got, want), (orientation, got, want)
     # a need computed from the upright size sees the upright size
     seen: list[tuple[int, int]] = []
-    load_image(data, need=lambda size: seen.append(size) or None)
+
+    def need(size: tuple[int, int]) -> int:
+        seen.append(size)
+        return 224
+
+    assert load_image(data, need=need).image.size == (400, 300)
     assert seen == [(1600, 1200)]
 
 
