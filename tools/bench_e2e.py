@@ -9,6 +9,12 @@ Sections (``--only`` picks some):
   Target: overhead <= 5 ms/image.
 - ``startup``: wall time of ``python -c "import rar_agent"`` and ``rar-agent --help`` against
   ``python -c pass``. Targets: < 0.3 s and < 0.5 s.
+- ``photos``: phone photos (12 MP JPEG, 12 MP HEIC with and without its thumbnail, 50 MP
+  JPEG) beside the small photo, recognize one by one and in a batch, and a memory build,
+  decoded to need (after) and in full (before), against the small photo, the raw encoder and
+  libheif (``tools/bench_photos.py``). Targets: 12 MP JPEG <= 1.5x the small photo; HEIC <=
+  (libheif full decode + small photo) x1.2, with a thumbnail <= 2x; build >= 1/1.3 of the
+  raw encoder's images/s.
 - ``rss``: peak RSS (``VmHWM``; ``ru_maxrss`` where /proc is missing) of a fresh process that
   opens a 100k-entry memory (512-d, HNSW-indexed as a build leaves it) and runs queries,
   against the same process importing everything but opening nothing.
@@ -414,7 +420,19 @@ def print_table(rows: list[Row]) -> None:
             print(f"{'':60}baseline: {r['baseline']}")
 
 
-SECTIONS = {"recognize": bench_recognize, "startup": bench_startup, "rss": bench_rss}
+def bench_photos(args: argparse.Namespace) -> list[Row]:
+    """The ``photos`` section (``tools/bench_photos.py``)."""
+    from tools.bench_photos import bench_photos as run
+
+    return run(args)
+
+
+SECTIONS = {
+    "recognize": bench_recognize,
+    "photos": bench_photos,
+    "startup": bench_startup,
+    "rss": bench_rss,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--wall", action="store_true", help="photos: wall time, not CPU time")
     args = parser.parse_args(argv)
     args.images = 8 if args.quick else 16
     args.repeats = 2 if args.quick else 5
