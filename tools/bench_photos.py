@@ -265,5 +265,5 @@ def bench_photos(args: argparse.Namespace) -> list[Row]:
                 continue
             rows.extend(_format_rows(kind, make_photos(kind), ctx, repeats))
         memory.close()
-    rows.extend(_build_rows(encoder, 2 if args.quick else 4, repeats))
+    rows.extend(_build_rows(encoder, 2 if args.quick else 8, repeats))
     return rows
