@@ -22,7 +22,14 @@ if TYPE_CHECKING:
 
     from rar_agent.memory.core import CategoryMemory
 
-__all__ = ["REMOTE_PREFIXES", "BatchItem", "PreparedBatch", "prepare_batch", "read_local_image"]
+__all__ = [
+    "REMOTE_PREFIXES",
+    "BatchItem",
+    "PreparedBatch",
+    "decode_workers",
+    "prepare_batch",
+    "read_local_image",
+]
 
 REMOTE_PREFIXES = ("http://", "https://", "data:")
 """Sources that are fetched or decoded, not read from disk."""
@@ -46,6 +53,25 @@ class PreparedBatch:
     images: list[Image.Image] = field(default_factory=list)
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def decode_workers(encoder: object) -> int:
+    """Decode threads for a build: enough to keep a GPU fed, few where torch uses the CPUs.
+
+    A CPU encoder already keeps every core busy, so decoding takes half of them (at least
+    one thread, overlapped with encoding as before); a GPU encoder leaves the CPUs to
+    decoding (up to 8 threads).
+    """
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    device = str(getattr(encoder, "device", "cpu")).split(":")[0]
+    if device == "cpu":
+        return max(1, cpus // 2)
+    return max(1, min(8, cpus))
 
 
 def read_local_image(path: Path) -> bytes:

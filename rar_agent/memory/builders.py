@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
 from rar_agent.images.decode import IMAGE_SUFFIXES
-from rar_agent.memory.batches import REMOTE_PREFIXES, BatchItem, PreparedBatch, prepare_batch
+from rar_agent.memory.batches import (
+    REMOTE_PREFIXES,
+    BatchItem,
+    PreparedBatch,
+    decode_workers,
+    prepare_batch,
+)
 from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED
 from rar_agent.memory.entries import MemoryEntry, normalize_label
 
@@ -247,25 +253,6 @@ def _pipelined(
             if progress:
                 progress(report.total, total)
     return added
-
-
-def decode_workers(encoder: ImageTextEncoder) -> int:
-    """Decode threads for a build: enough to keep a GPU fed, few where torch uses the CPUs.
-
-    A CPU encoder already keeps every core busy, so decoding takes half of them (at least
-    one thread, overlapped with encoding as before); a GPU encoder leaves the CPUs to
-    decoding (up to 8 threads).
-    """
-    import os
-
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    device = str(getattr(encoder, "device", "cpu")).split(":")[0]
-    if device == "cpu":
-        return max(1, cpus // 2)
-    return max(1, min(8, cpus))
 
 
 def _calibrate(

@@ -134,7 +134,8 @@ def test_regions_decode_only_as_large_as_the_smallest_box_needs() -> None:
 def test_builds_decode_phone_photos_to_need_on_threads(effnet: Any, tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from rar_agent.memory.builders import add_images, decode_workers
+    from rar_agent.memory.batches import decode_workers
+    from rar_agent.memory.builders import add_images
 
     assert decode_workers(effnet) >= 1
     items = []
