@@ -196,8 +196,8 @@ def _format_rows(kind: Kind, paths: list[Path], ctx: dict[str, Any], repeats: in
 def _build_rows(encoder: Any, n_variants: int, repeats: int) -> list[Row]:
     """A memory build from a folder of 12 MP JPEGs vs the raw encoder on decoded images."""
     from rar_agent.images import load_image
+    from rar_agent.ingest.builders import add_images
     from rar_agent.memory import CategoryMemory
-    from rar_agent.memory.builders import add_images
 
     paths = make_photos(KINDS[1], n_variants)
     items = [(str(p), p.stem.split("-")[0]) for p in paths]

@@ -242,7 +242,7 @@ def test_avif_is_read_at_need() -> None:
 
 
 def test_heic_and_avif_files_are_listed_by_folder_builds(tmp_path: Path) -> None:
-    from rar_agent.memory.builders import iter_image_folder
+    from rar_agent.ingest.builders import iter_image_folder
 
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "a.HEIC").write_bytes(_heic(_quadrants((64, 48))))

@@ -48,7 +48,7 @@ def effnet() -> Any:
 @pytest.fixture(scope="module")
 def imagenet(effnet: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A recognizer over EfficientNet-Lite0's own 1000 ImageNet classes."""
-    from rar_agent.memory.vocabulary import add_builtin_vocabulary
+    from rar_agent.ingest.vocabulary import add_builtin_vocabulary
 
     memory = CategoryMemory.open(tmp_path_factory.mktemp("imagenet"), collection="imagenet")
     add_builtin_vocabulary(memory, effnet)
@@ -134,8 +134,8 @@ def test_regions_decode_only_as_large_as_the_smallest_box_needs() -> None:
 def test_builds_decode_phone_photos_to_need_on_threads(effnet: Any, tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from rar_agent.memory.batches import decode_workers
-    from rar_agent.memory.builders import add_images
+    from rar_agent.ingest.batches import decode_workers
+    from rar_agent.ingest.builders import add_images
 
     assert decode_workers(effnet) >= 1
     items = []
@@ -153,7 +153,7 @@ def test_builds_decode_phone_photos_to_need_on_threads(effnet: Any, tmp_path: Pa
     assert stored[PHOTOS[0].stem] == pytest.approx(1.0, abs=0.01)
     memory.close()
     with ThreadPoolExecutor(2) as pool:
-        from rar_agent.memory.batches import prepare_batch
+        from rar_agent.ingest.batches import prepare_batch
 
         other = CategoryMemory.open(tmp_path / "mem2", collection="photos")
         other.bind_encoder(effnet.fingerprint, effnet.dim)
