@@ -211,14 +211,20 @@ def _decode(
         im.draft(None, wanted.target(width, height))
     decoded_size = im.size
     im.load()
-    upright: Image.Image = ImageOps.exif_transpose(im) or im
+    if wanted is None:  # a full decode, exactly as before decode-to-need existed
+        upright: Image.Image = ImageOps.exif_transpose(im) or im
+    else:  # in place: an upright photo is not copied at full size (36 MB for 12 MP)
+        ImageOps.exif_transpose(im, in_place=True)
+        upright = im
     turned = upright.size != decoded_size and upright.size == decoded_size[::-1]
     full = (height, width) if turned else (width, height)
     if wanted is None:
         return to_rgb(upright), full
     if upright.mode in {"RGB", "L"}:
-        return to_rgb(_reduce(upright, wanted)), full
-    return _reduce(to_rgb(upright), wanted), full
+        out = to_rgb(_reduce(upright, wanted))
+    else:
+        out = _reduce(to_rgb(upright), wanted)
+    return (out.copy() if out is im else out), full  # a plain image, never the file object
 
 
 def _reduce(image: Image.Image, need: DecodeNeed) -> Image.Image:
