@@ -2,7 +2,8 @@
 
 Each ``(source, label)`` is read and hashed (SHA-256 of the file bytes), checked against the
 ids already stored, and decoded (no larger than the encoder needs, on a pool of decode
-threads when the builder gives one): everything the builder needs before encoding.
+threads when the builder gives one): everything the builder needs before encoding. Each entry
+keeps a small thumbnail (:func:`rar_agent.images.make_thumbnail`) for results to show.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def prepare_batch(
     Raises:
         ImageError, LabelError, UnsafeInputError: Under ``strict``, the first bad item.
     """
-    from rar_agent.images import decode_image_bytes, load_image
+    from rar_agent.images import decode_image_bytes, load_image, make_thumbnail
 
     out = PreparedBatch()
     staged: list[tuple[MemoryEntry, bytes | None, Image.Image | None]] = []
@@ -145,14 +146,15 @@ def prepare_batch(
         todo.append((entry, data, image))
 
     def decode(item: tuple[MemoryEntry, bytes | None, Image.Image | None]) -> Any:
+        """``(image, thumbnail data URI)``, or the ImageError (runs on a decode thread)."""
         entry, data, image = item
-        if image is not None:
-            return image
-        assert data is not None
         try:
-            return decode_image_bytes(data, what=entry.source, need=need)
+            if image is None:
+                assert data is not None
+                image = decode_image_bytes(data, what=entry.source, need=need)
         except ImageError as e:
             return e
+        return image, make_thumbnail(image)
 
     results = decoders.map(decode, todo) if decoders is not None else map(decode, todo)
     for (entry, _, _), result in zip(todo, results, strict=True):
@@ -162,6 +164,8 @@ def prepare_batch(
                 raise result
             out.failed.append((entry.source, str(result)))
             continue
+        image, thumbnail = result
+        entry.extra["thumbnail"] = thumbnail  # not part of the id
         out.entries.append(entry)
-        out.images.append(result)
+        out.images.append(image)
     return out
