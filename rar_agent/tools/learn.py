@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from rar_agent.errors import RarError
 from rar_agent.results import ExampleAdded
 from rar_agent.tools.base import RecognizerTool, tool_error
+from rar_agent.tools.provenance import taught_record
 
 __all__ = ["AddCategoryInput", "AddCategoryTool"]
 
@@ -72,7 +73,11 @@ class AddCategoryTool(RecognizerTool):
                 else (source.name, clean, payload)
             )
             report = add_images(
-                memory, self.recognizer.encoder, [item], strict=True, extra={"added_by": self.name}
+                memory,
+                self.recognizer.encoder,
+                [item],
+                strict=True,
+                extra={"taught": taught_record()},
             )
             added = report.added
             examples = memory.labels("image").get(clean, 0)
