@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from langchain_core.tools import BaseTool
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 
@@ -389,3 +390,100 @@ async def test_requests_in_flight_are_limited_per_token() -> None:
             assert statuses == [429]
             release.set()
     assert sorted(statuses) == [200, 200, 200, 429]
+
+
+class _SlowTool(BaseTool):
+    """Answers once ``release`` is set: a request that stays in flight."""
+
+    name: str = "slow"
+    description: str = "Waits until the test lets it answer."
+    release: threading.Event
+
+    def _run(self) -> str:
+        self.release.wait(30)
+        return "done"
+
+    async def _arun(self) -> str:
+        return await anyio.to_thread.run_sync(self._run)
+
+
+async def test_requests_in_flight_over_http(tmp_path: Path) -> None:
+    """With one request of alice's in flight, her next is refused (429) and bob's is served."""
+    import uvicorn
+
+    from rar_agent.mcp import build_server
+
+    store = TokenStore(tmp_path / "auth.toml")
+    alice, bob = store.add("alice", ["recognize"])[1], store.add("bob", ["recognize"])[1]
+    release = threading.Event()
+    server = build_server([_SlowTool(release=release)], auth_required=True)
+    sock = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    app = http_app(
+        server, verifier=StoreTokenVerifier(store), limits=ServiceLimits(max_concurrent=1)
+    )
+    web = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=web.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not web.started:
+        time.sleep(0.02)
+    try:
+        with anyio.fail_after(60):
+            async with session_with(url, bearer(alice)) as first:
+                answers: list[types.CallToolResult] = []
+
+                async def wait_slow() -> None:
+                    answers.append(await first.call_tool("slow", {}))
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(wait_slow)
+                    await anyio.sleep(0.3)  # alice's call is in flight now
+                    assert await refused(url, bearer(alice)) == 429
+                    async with session_with(url, bearer(bob)) as other:
+                        assert [t.name for t in (await other.list_tools()).tools] == ["slow"]
+                    release.set()
+                assert text_of(answers[0]) == "done"
+    finally:
+        release.set()
+        web.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+@pytest.mark.slow  # a server subprocess (a few seconds to start)
+async def test_the_command_requires_tokens_once_the_auth_file_names_one(tmp_path: Path) -> None:
+    import queue
+    import subprocess
+
+    from tests.unit.test_mcp import build_memory, server_command, server_env
+
+    memory_dir = build_memory(tmp_path)
+    store = TokenStore(tmp_path / "auth.toml")
+    token = store.add("alice", ["recognize"])[1]
+    command = [*server_command(memory_dir, "--http", "--port", "0"), "--auth", str(store.path)]
+    process = subprocess.Popen(
+        command, env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stderr is not None
+    stderr = process.stderr
+    threading.Thread(target=lambda: [lines.put(x) for x in stderr], daemon=True).start()
+    try:
+        url = None
+        while url is None:
+            line = lines.get(timeout=120)
+            if "MCP server on http://" in line:
+                url = line.split(" on ", 1)[1].split()[0]
+        assert await refused(url) == 401
+        with anyio.fail_after(60):
+            async with session_with(url, bearer(token)) as session:
+                names = [t.name for t in (await session.list_tools()).tools]
+                seen = await session.call_tool("recognize_image", {"image": "cat.jpg"})
+        assert "add_category_example" not in names  # alice may not teach
+        assert seen.structuredContent["candidates"][0]["source"] == "cat.jpg"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
