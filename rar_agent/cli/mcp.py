@@ -80,7 +80,7 @@ MaxConcurrentOpt = Annotated[
     int,
     typer.Option(
         "--max-concurrent",
-        help="Requests in flight per token (per address without auth); 429 over it.",
+        help="Requests in flight per token (per session without auth); 429 over it.",
         envvar="RAR_MAX_CONCURRENT",
         rich_help_panel=_LIMITS,
     ),
@@ -89,7 +89,7 @@ PerMinuteOpt = Annotated[
     int,
     typer.Option(
         "--per-minute",
-        help="Requests per minute per token (per address without auth); 429 over it.",
+        help="Requests per minute per token (per session without auth); 429 over it.",
         envvar="RAR_PER_MINUTE",
         rich_help_panel=_LIMITS,
     ),

@@ -2,7 +2,7 @@
 
 A request over a limit gets a clear answer and nothing else happens: a body over
 ``max_body_bytes`` gets 413 (the SDK's transport refuses it before parsing); a token (or,
-without authentication, a client address) with ``max_concurrent`` requests in flight, or
+without authentication, a client's MCP session) with ``max_concurrent`` requests in flight, or
 ``per_minute`` requests in the last minute, gets 429 with ``Retry-After``; an image over
 ``max_pixels`` is a tool error before it is decoded. Other clients are not slowed by one
 that hits its limits: the checks are constant-time and hold no lock.
@@ -37,8 +37,8 @@ class ServiceLimits:
         max_body_bytes: Largest request body (default: a base64 image as large as a URL
             download may be, about 27 MiB).
         max_pixels: Largest image, in declared pixels (default 25 million, e.g. 5000x5000).
-        max_concurrent: Requests in flight per token (per client address without auth).
-        per_minute: Requests per token (per address) in any 60 seconds.
+        max_concurrent: Requests in flight per token (per MCP session without auth).
+        per_minute: Requests per token (per session) in any 60 seconds.
     """
 
     max_body_bytes: int = _max_http_body()
@@ -61,8 +61,8 @@ DEFAULT_LIMITS = ServiceLimits()
 class RequestLimiter:
     """ASGI wrapper: at most ``max_concurrent`` POSTs in flight and ``per_minute`` per minute.
 
-    Counted per token (per client address when the server has no authentication); the
-    long-lived GET stream of a session is not counted.
+    Counted per token (per client address and MCP session when the server has no
+    authentication); the long-lived GET stream of a session is not counted.
 
     Args:
         app: The endpoint.
@@ -79,9 +79,7 @@ class RequestLimiter:
         if scope.get("type") != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        name = token_name(scope)
-        key = f"token {name}" if name else f"address {(scope.get('client') or ('?',))[0]}"
-        refusal = self._admit(key)
+        refusal = self._admit(key := _client_key(scope))
         if refusal is not None:
             await _too_many(send, *refusal)
             return
@@ -116,6 +114,20 @@ class RequestLimiter:
             )
         recent.append(now)
         return None
+
+
+def _client_key(scope: Any) -> str:
+    """Whom a request counts against: its token; without one, its address and MCP session.
+
+    Without authentication every process on one machine shares an address, so each of their
+    sessions has its own allowance (a session's opening request counts for the address).
+    """
+    name = token_name(scope)
+    if name:
+        return f"token {name}"
+    address = (scope.get("client") or ("?",))[0]
+    session = dict(scope.get("headers") or []).get(b"mcp-session-id", b"").decode("latin-1")
+    return f"address {address}" + (f" session {session[:64]}" if session else "")
 
 
 async def _too_many(send: Any, why: str, retry_after: int) -> None:
