@@ -56,9 +56,10 @@ def chat(
 ) -> None:
     """Serve a chat page: upload a photo, ask about it, see the ranked categories.
 
-    With tokens in the auth file (rar-agent auth add), and always off loopback, people sign
-    in with a token's name and the token; only tokens with the learn scope may teach, and
-    what they teach is recorded under their name.
+    The memory opens read-only unless --allow-learning lets the page teach it. With tokens
+    in the auth file (rar-agent auth add), and always off loopback, people sign in with a
+    token's name and the token; only tokens with the learn scope may teach, and what they
+    teach is recorded under their name.
     """
     from rar_agent.agent import resolve_chat_model
     from rar_agent.ui import build_chat_page, launch, token_login
@@ -66,7 +67,8 @@ def chat(
     store = auth_store(auth)
     secured = require_login_off_loopback(store, host, "chat")
     chat_model = resolve_chat_model(model, settings.ranker)
-    with open_recognizer(settings, labels, progress) as recognizer:
+    # Like `mcp`: the page can only write to the memory when learning is allowed.
+    with open_recognizer(settings, labels, progress, read_only=not allow_learning) as recognizer:
         page = build_chat_page(
             recognizer,
             chat_model,
