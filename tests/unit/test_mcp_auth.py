@@ -433,7 +433,15 @@ async def test_requests_in_flight_over_http(tmp_path: Path) -> None:
                 answers: list[types.CallToolResult] = []
 
                 async def wait_slow() -> None:
-                    answers.append(await first.call_tool("slow", {}))
+                    # The request alone (call_tool would list the tools after the answer, a
+                    # second request racing the end of the first one's response).
+                    call = types.CallToolRequest(
+                        params=types.CallToolRequestParams(name="slow", arguments={})
+                    )
+                    answer = await first.send_request(
+                        types.ClientRequest(call), types.CallToolResult
+                    )
+                    answers.append(answer)
 
                 async with anyio.create_task_group() as group:
                     group.start_soon(wait_slow)
