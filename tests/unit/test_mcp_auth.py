@@ -398,8 +398,10 @@ class _SlowTool(BaseTool):
     name: str = "slow"
     description: str = "Waits until the test lets it answer."
     release: threading.Event
+    started: threading.Event
 
     def _run(self) -> str:
+        self.started.set()
         self.release.wait(30)
         return "done"
 
@@ -415,8 +417,8 @@ async def test_requests_in_flight_over_http(tmp_path: Path) -> None:
 
     store = TokenStore(tmp_path / "auth.toml")
     alice, bob = store.add("alice", ["recognize"])[1], store.add("bob", ["recognize"])[1]
-    release = threading.Event()
-    server = build_server([_SlowTool(release=release)], auth_required=True)
+    release, started = threading.Event(), threading.Event()
+    server = build_server([_SlowTool(release=release, started=started)], auth_required=True)
     sock = socket.create_server(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
     app = http_app(
@@ -445,7 +447,7 @@ async def test_requests_in_flight_over_http(tmp_path: Path) -> None:
 
                 async with anyio.create_task_group() as group:
                     group.start_soon(wait_slow)
-                    await anyio.sleep(0.3)  # alice's call is in flight now
+                    await anyio.to_thread.run_sync(started.wait, 30)  # alice's call runs
                     assert await refused(url, bearer(alice)) == 429
                     async with session_with(url, bearer(bob)) as other:
                         assert [t.name for t in (await other.list_tools()).tools] == ["slow"]
