@@ -48,19 +48,14 @@ def memory_snapshot(
     server holds an embedded memory, ask it with --server URL --token TOKEN.
     """
     from rar_agent.errors import MemoryBusyError
-    from rar_agent.memory import CategoryMemory, open_memory
+    from rar_agent.memory import open_memory
     from rar_agent.memory.snapshot import write_qdrant_snapshot, write_snapshot
 
     if server:
         _through_server(server, token, out.name)
         return
     if settings.qdrant_url:
-        with CategoryMemory.open(
-            url=settings.qdrant_url,
-            api_key=settings.qdrant_api_key,
-            collection=settings.collection,
-            create=False,
-        ) as memory:
+        with open_memory(settings, read_only=True) as memory:
             report = write_qdrant_snapshot(
                 memory, settings.qdrant_url, out, api_key=settings.qdrant_api_key
             )

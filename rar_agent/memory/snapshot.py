@@ -5,8 +5,9 @@ reads (:meth:`CategoryMemory.scroll`, :attr:`CategoryMemory.metadata`), so it do
 on qdrant-edge's file layout and restores into either backend::
 
     rar-snapshot.json        {"format", "version", "created_at", "collection", "entries",
-                              "kinds", "labels", "metadata": the memory's whole record
-                              (encoder, storage settings, calibration, ...)}
+                              "kinds", "labels", "record": the memory's whole record
+                              (encoder, storage settings, extensions such as the
+                              open-set calibration; ``MemoryRecord.to_stored()``)}
     points/000000.json       ids, kinds and payloads of one page
     points/000000.npy        that page's vectors (float32 rows)
 
@@ -116,8 +117,8 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _header(memory: CategoryMemory, kind: str) -> dict[str, Any]:
-    meta = memory.metadata
-    if not meta.get("fingerprint"):
+    record = memory.record
+    if record is None:
         raise ConfigError(
             f"memory {memory.collection!r} at {memory.info.location} records no encoder: there "
             "is nothing to snapshot"
@@ -131,7 +132,7 @@ def _header(memory: CategoryMemory, kind: str) -> dict[str, Any]:
         "entries": memory.count(),
         "kinds": {k: memory.count(k) for k in ("image", "text")},
         "labels": memory.labels(),
-        "metadata": meta,
+        "record": record.to_stored(),
     }
 
 
@@ -261,6 +262,7 @@ def restore_snapshot(
         MemoryStoreError: The restored counts differ from the snapshot's.
     """
     from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED
+    from rar_agent.memory.record import MemoryRecord
 
     start = time.perf_counter()
     source = Path(path).expanduser()
@@ -277,7 +279,10 @@ def restore_snapshot(
                 f"{target.count()} entries: restore into a new --memory or --collection"
             )
         total = int(header["entries"])
-        target.bind_metadata(header["metadata"])
+        record = MemoryRecord.from_stored(
+            header["record"], collection=target.collection, where=str(source)
+        )
+        target.bind_record(record)
         done = 0
         with target.bulk_load(total):
             for name in sorted(m.name for m in tar.getmembers() if m.name.endswith(".json")):

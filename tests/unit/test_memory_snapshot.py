@@ -49,9 +49,11 @@ def fill(memory: CategoryMemory, n: int = 130) -> np.ndarray:
 
 def same_memory(a: CategoryMemory, b: CategoryMemory, probe: np.ndarray) -> None:
     """Same record (but the name), counts, labels, payloads and search answers."""
-    meta_a = {k: v for k, v in a.metadata.items() if k != "collection"}
-    meta_b = {k: v for k, v in b.metadata.items() if k != "collection"}
-    assert meta_a == meta_b and "calibration" in meta_a and "storage" in meta_a
+    skip = {"collection", "revision"}
+    record_a, record_b = a.record, b.record
+    assert record_a is not None and record_b is not None
+    assert record_a.model_dump(exclude=skip) == record_b.model_dump(exclude=skip)
+    assert record_a.extensions["calibration"] and record_b.collection == b.collection
     assert a.count() == b.count() and a.labels() == b.labels()
     assert a.count("text") == b.count("text")
     for row in probe[:5]:
@@ -68,7 +70,7 @@ def test_snapshot_restores_everything(tmp_path: Path) -> None:
         assert report.entries == 130 and report.labels == 7 and out.is_file()
         header = read_snapshot_header(out)
         assert header["kinds"] == {"image": 104, "text": 26}
-        assert header["metadata"]["fingerprint"] == "enc-A"
+        assert header["record"]["fingerprint"] == "enc-A"
         with CategoryMemory.open(tmp_path / "copy", collection="copy") as copy:
             restored = restore_snapshot(out, copy)
             assert restored.entries == 130
@@ -233,13 +235,16 @@ def test_qdrant_server_snapshot_round_trip(tmp_path: Path) -> None:
 
     url, key = _qdrant()
     name = f"rar-snap-{os.getpid()}"
-    memory: Any = CategoryMemory.open(url=url, api_key=key, collection=name)
+    from rar_agent.memory.location import MemoryLocation
+
+    memory: Any = CategoryMemory.open(MemoryLocation(collection=name, url=url, api_key=key))
     with memory:
         vectors = fill(memory)
         out = tmp_path / "server.tar"
         report = write_qdrant_snapshot(memory, url, out, api_key=key)
         assert report.entries == 130 and read_snapshot_header(out)["kind"] == "qdrant"
         restore_qdrant_snapshot(out, url, name + "-back", api_key=key)
-        back = CategoryMemory.open(url=url, api_key=key, collection=name + "-back", create=False)
+        where = MemoryLocation(collection=name + "-back", url=url, api_key=key)
+        back = CategoryMemory.open(where, create=False)
         with back:
             same_memory(memory, back, vectors)
