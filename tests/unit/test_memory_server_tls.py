@@ -19,6 +19,7 @@ import pytest
 
 from rar_agent.errors import MemoryStoreError
 from rar_agent.memory import CategoryMemory
+from rar_agent.memory.location import MemoryLocation
 
 
 def _certificate(directory: Path) -> tuple[Path, Path]:
@@ -93,7 +94,7 @@ def test_untrusted_certificate_is_refused_before_the_key_is_sent(
     url, _, seen = tls_server
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     with pytest.raises(MemoryStoreError, match="CERTIFICATE_VERIFY_FAILED") as err:
-        CategoryMemory.open(url=url, api_key="team-key", collection="pets")
+        CategoryMemory.open(MemoryLocation(collection="pets", url=url, api_key="team-key"))
     assert url in str(err.value) and seen == []
 
 
@@ -103,5 +104,5 @@ def test_trusted_private_ca_carries_the_api_key(
     url, ca, seen = tls_server
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
     with pytest.raises(MemoryStoreError, match="refused the API key"):
-        CategoryMemory.open(url=url, api_key="team-key", collection="pets")
+        CategoryMemory.open(MemoryLocation(collection="pets", url=url, api_key="team-key"))
     assert seen and set(seen) == {"team-key"}
