@@ -267,9 +267,13 @@ class CategoryMemory:
         self._commit(lambda rec: rec.changed(gate_margin=value), what="set the gate margin")
 
     def extension(self, name: str) -> dict[str, Any] | None:
-        """The extension ``name`` of the record (a copy), ``None`` when there is none."""
+        """The extension ``name`` of the record (a shallow copy), ``None`` when there is none.
+
+        Read from this handle's copy of the record (a server is not asked on every call:
+        searches read the calibration this way); :meth:`update_extension` re-reads it.
+        """
         self._check_open()
-        rec = self._read_record(refresh=True)
+        rec = self._read_record()
         value = rec.extensions.get(name) if rec else None
         return dict(value) if value is not None else None
 
