@@ -31,6 +31,14 @@ if TYPE_CHECKING:
 
 __all__ = ["mcp", "require_login_off_loopback"]
 
+ExampleImagesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--example-images",
+        help="recognize_image also returns the closest stored examples of its top candidates "
+        "as image content (for multimodal clients).",
+    ),
+]
 _LIMITS = "Limits (HTTP)"
 HttpOpt = Annotated[
     bool,
@@ -125,6 +133,7 @@ def mcp(
     allow_root: AllowRootOpt = None,
     allow_urls: AllowUrlsOpt = False,
     allow_learning: AllowLearningOpt = False,
+    example_images: ExampleImagesOpt = False,
     labels: LabelsOpt = None,
     auth: AuthFileOpt = None,
     public_url: PublicUrlOpt = None,
@@ -161,12 +170,16 @@ def mcp(
     )
     if snapshot_dir is None and secured:
         snapshot_dir = settings.home / "snapshots"
-    with open_recognizer(settings, labels, progress, read_only=not allow_learning) as recognizer:
+    recognizer = open_recognizer(
+        settings, labels, progress, read_only=not allow_learning, command="mcp"
+    )
+    with recognizer:
         server = create_server(
             recognizer,
             allowed_roots=list(allow_root or []),
             allow_urls=allow_urls,
             allow_learning=allow_learning,
+            example_images=example_images,
             max_pixels=limits.max_pixels,
             auth_required=secured,
             snapshot_dir=snapshot_dir if http else None,
