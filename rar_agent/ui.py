@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 import logging
 import mimetypes
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +31,19 @@ if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
     from langchain_core.tools import BaseTool
 
+    from rar_agent.auth import TokenStore
     from rar_agent.tools import RecognizerLike
 
-__all__ = ["ChatSession", "build_chat_page", "candidates_table", "launch", "render_reply"]
+__all__ = [
+    "PAGE_CSS",
+    "ChatSession",
+    "answer_options",
+    "build_chat_page",
+    "candidates_table",
+    "launch",
+    "render_reply",
+    "token_login",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +81,23 @@ def _answer_head(item: dict[str, Any], can_learn: bool) -> str:
     box = " in box " + _md(str([round(v, 1) for v in item["box"]])) if item.get("box") else ""
     if not item.get("unknown"):
         return f"**Answer: {_md(str(item.get('label')))}**{box}"
-    offer = (
-        " Tell me what it shows (for example *it is a bicycle*) and I will remember it."
-        if can_learn
-        else ""
-    )
-    return f"**Unknown{box}: not a category in memory.** The closest categories:{offer}"
+    return f"**Unknown{box}: not a category in memory.** The closest categories:"
+
+
+def _unknown_offer(can_learn: bool) -> str:
+    """What to do about an unknown image (below its table)."""
+    if can_learn:
+        return "Tell me what it shows (for example *it is a bicycle*) and I will remember it."
+    return "Learning is off on this page, so it cannot be taught here."
+
+
+_IMAGE_ID = re.compile(r"\bimg-[0-9a-f]{6,64}\b")
+_ENTRY_ID = re.compile(r"\s*\(?\[?entry [0-9a-f-]{36}\]?\)?")
+
+
+def _plain(text: str) -> str:
+    """A tool's text for a person: no internal image or entry ids."""
+    return _ENTRY_ID.sub("", _IMAGE_ID.sub("this photo", text))
 
 
 def render_reply(
@@ -84,8 +106,12 @@ def render_reply(
     *,
     recognition_only: bool = False,
     can_learn: bool = False,
+    queries: Mapping[str, str] | None = None,
 ) -> str:
     """The Markdown shown for one agent turn: the reply, candidate tables, tool errors.
+
+    Internal ids are not shown; each answer carries a hidden note of the image it was about
+    (:func:`~rar_agent.agent.answer_marker`), so a correction in the next turn finds it.
 
     Args:
         final_text: The agent's final message.
@@ -93,7 +119,11 @@ def render_reply(
         recognition_only: The agent has no chat model: show the recognizer's output plainly.
         can_learn: The agent may teach the memory: an unknown image comes with an offer to
             name it.
+        queries: Thumbnails (data URIs) of this turn's photos by image id: each answer then
+            shows its photo beside the closest stored examples of the top candidates.
     """
+    from rar_agent.agent import answer_marker
+
     parts: list[str] = []
     results = [
         t for t in tool_messages if t.name == "recognize_image" and isinstance(t.artifact, dict)
@@ -105,9 +135,9 @@ def render_reply(
             "recognizer's result, not a conversational answer.*"
         )
     elif final_text.strip():
-        parts.append(final_text.strip())
+        parts.append(_plain(final_text.strip()) if recognition_only else final_text.strip())
     for t in errors:
-        parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(t.text)}")
+        parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(_plain(t.text))}")
     for t in results:
         artifact = t.artifact
         items = artifact.get("regions") if "regions" in artifact else [artifact]
@@ -115,8 +145,74 @@ def render_reply(
             if item.get("error"):
                 parts.append(f"⚠️ {_md(str(item['error']))}")
                 continue
-            parts.append(_answer_head(item, can_learn) + "\n\n" + candidates_table(item))
+            block = _answer_head(item, can_learn) + "\n\n" + candidates_table(item)
+            image = artifact.get("image")
+            evidence = _evidence(
+                item, (queries or {}).get(image) if isinstance(image, str) else None
+            )
+            if evidence:
+                block += "\n\n" + evidence
+            if item.get("unknown"):
+                block += "\n\n" + _unknown_offer(can_learn)
+            if "regions" not in artifact and isinstance(image, str) and _IMAGE_ID.fullmatch(image):
+                block += "\n" + answer_marker(image, item.get("label"))
+            parts.append(block)
     return "\n\n".join(parts) if parts else "(no reply)"
+
+
+EVIDENCE_CANDIDATES = 3
+"""Top candidates whose closest stored example the page shows beside the photo."""
+
+
+def _evidence(item: dict[str, Any], query: str | None) -> str:
+    """The photo beside the closest stored example of each top candidate (a one-row table of
+    thumbnails), when the memory keeps thumbnails."""
+    shown = []
+    for cand in (item.get("candidates") or [])[:EVIDENCE_CANDIDATES]:
+        for example in cand.get("examples") or []:
+            thumb = str(example.get("thumbnail") or "")
+            if thumb.startswith("data:image/") and not set(thumb) & set("\n ()"):
+                score = float(example.get("score", 0.0))
+                shown.append((f"{_md(str(cand.get('label', '')))} {score:.3f}", thumb))
+                break
+    if not shown:
+        return ""
+    cells = [("this photo", query)] if query else []
+    cells += shown
+    head = "| " + " | ".join(name for name, _ in cells) + " |"
+    rule = "|" + ":-:|" * len(cells)
+    row = "| " + " | ".join(f"![{name}]({uri})" for name, uri in cells) + " |"
+    return "<sub>Why: the closest stored examples</sub>\n\n" + "\n".join([head, rule, row])
+
+
+def answer_options(tool_messages: Sequence[ToolMessage]) -> list[dict[str, str]]:
+    """The controls under an answer (Gradio message options): confirm it, keep the photo,
+    pick another candidate, or say it is something else. Each sends a message that the one
+    name parser reads (``yes``, ``yes, keep it``, ``no, it's X``, ``no``). Only for a turn
+    with exactly one whole-image result."""
+    results = [
+        t.artifact
+        for t in tool_messages
+        if t.name == "recognize_image" and isinstance(t.artifact, dict) and t.status != "error"
+    ]
+    if len(results) != 1 or "regions" in results[0] or results[0].get("error"):
+        return []
+    result = results[0]
+    label = result.get("label")
+    others = [
+        str(c.get("label")) for c in result.get("candidates") or [] if c.get("label") != label
+    ]
+    options: list[dict[str, str]] = []
+    if label and not result.get("unknown"):
+        options += [
+            {"label": f"✓ Yes, {label}", "value": "yes"},
+            {"label": "✓ Yes, keep this photo", "value": "yes, keep it"},
+        ]
+        options += [{"label": f"No, it's {o}", "value": f"no, it's {o}"} for o in others[:3]]
+        options.append({"label": "No, something else…", "value": "no"})
+    else:
+        options += [{"label": f"It's {o}", "value": f"it's {o}"} for o in others[:3]]
+    return options
 
 
 def _file_path(part: Any) -> str | None:
@@ -224,35 +320,93 @@ class ChatSession:
         *,
         recognition_only: bool = False,
         can_learn: bool = False,
+        reading_agent: Runnable[dict[str, Any], dict[str, Any]] | None = None,
+        may_learn: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.agent = agent
         self.recognition_only = recognition_only
         self.can_learn = can_learn
+        self.reading_agent = reading_agent
+        self.may_learn = may_learn
 
-    async def respond(self, message: dict[str, Any] | str, history: list[dict[str, Any]]) -> str:
-        """Answer one user turn given the session's history (Gradio's ``fn`` signature)."""
+    def _agent_for(self, user: str | None) -> tuple[Runnable[dict[str, Any], dict[str, Any]], bool]:
+        """The agent a signed-in ``user`` may use, and whether it can teach."""
+        if self.may_learn is None or self.reading_agent is None or self.may_learn(user):
+            return self.agent, self.can_learn
+        return self.reading_agent, False
+
+    async def respond(
+        self,
+        message: dict[str, Any] | str,
+        history: list[dict[str, Any]],
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        """Answer one user turn given the session's history (Gradio's ``fn`` signature).
+
+        Args:
+            message: The user's turn (text and uploaded files).
+            history: The conversation so far.
+            user: Who signed in (a token's name): what they teach is recorded under it,
+                and without the ``learn`` scope they get the agent that cannot teach.
+
+        Returns:
+            A Gradio message: ``{"role": "assistant", "content": Markdown, "options": [...]}``
+            (the options are the correction controls when learning is on).
+        """
         from rar_agent.agent import last_tool_messages
+        from rar_agent.tools.provenance import teaching_as
+
+        agent, can_learn = self._agent_for(user)
 
         if isinstance(message, str):
             message = {"text": message, "files": []}
         turn = _user_message(str(message.get("text") or ""), message.get("files") or [])
         if not turn.content:
-            return "Type a question or upload a photo."
+            return _reply("Type a question or upload a photo.")
         messages = [*history_to_messages(history), turn]
         try:
-            out = await self.agent.ainvoke({"messages": messages})
+            with teaching_as("chat", user):
+                out = await agent.ainvoke({"messages": messages})
         except RarError as e:
-            return f"⚠️ **Error:** {_md(str(e))}"
+            return _reply(f"⚠️ **Error:** {_md(_plain(str(e)))}")
         except Exception as e:  # the page must answer, whatever the model provider does
             logger.exception("agent turn failed")
-            return f"⚠️ **The agent failed:** {_md(type(e).__name__ + ': ' + str(e))}"
+            return _reply(f"⚠️ **The agent failed:** {_md(type(e).__name__ + ': ' + str(e))}")
         final = out["messages"][-1]
-        return render_reply(
+        tools = last_tool_messages(out["messages"])
+        text = render_reply(
             final.text,
-            last_tool_messages(out["messages"]),
+            tools,
             recognition_only=self.recognition_only,
-            can_learn=self.can_learn,
+            can_learn=can_learn,
+            queries=_query_thumbnails(message.get("files") or []),
         )
+        return _reply(text, answer_options(tools) if can_learn else [])
+
+
+def _query_thumbnails(files: Sequence[Any]) -> dict[str, str]:
+    """Thumbnails of a turn's uploaded photos by the id the registry gives them."""
+    from rar_agent.images import decode_image_bytes, make_thumbnail
+    from rar_agent.registry import image_id_for
+
+    out: dict[str, str] = {}
+    for part in files:
+        path = _file_path(part)
+        if not path or Path(path).suffix.lower() not in _IMAGE_SUFFIXES:
+            continue
+        try:
+            data = Path(path).read_bytes()
+            out[image_id_for(data)] = make_thumbnail(decode_image_bytes(data, what=path))
+        except (OSError, RarError) as e:
+            logger.warning("no thumbnail for %s: %s", path, e)
+    return out
+
+
+def _reply(text: str, options: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+    reply: dict[str, Any] = {"role": "assistant", "content": text}
+    if options:
+        reply["options"] = list(options)
+    return reply
 
 
 def build_chat_page(
@@ -262,6 +416,7 @@ def build_chat_page(
     tools: Sequence[BaseTool | Callable[..., Any]] = (),
     registry: ImageRegistry | None = None,
     title: str = "rar-agent: what is in this photo?",
+    logins: TokenStore | None = None,
     **agent_options: Any,
 ) -> gr.ChatInterface:
     """Build the chat page (not launched).
@@ -273,6 +428,10 @@ def build_chat_page(
         tools: Extra tools for the agent.
         registry: The image registry (a new one if ``None``).
         title: Page title.
+        logins: The tokens people sign in with (launch the page with
+            ``auth=token_login(logins)``): a person whose token lacks the ``learn`` scope
+            gets the agent that cannot teach, and what a person teaches is recorded under
+            their token's name.
         **agent_options: Passed to :func:`~rar_agent.agent.create_rar_agent`
             (``allow_urls``, ``allow_learning``, ``allowed_roots``, ``reject``...).
     """
@@ -280,20 +439,39 @@ def build_chat_page(
 
     from rar_agent.agent import create_rar_agent
 
+    shared_registry = registry or ImageRegistry()
     agent = create_rar_agent(
-        model,
-        recognizer=recognizer,
-        tools=tools,
-        registry=registry or ImageRegistry(),
-        **agent_options,
+        model, recognizer=recognizer, tools=tools, registry=shared_registry, **agent_options
     )
     can_learn = bool(agent_options.get("allow_learning"))
-    session = ChatSession(agent, recognition_only=model is None, can_learn=can_learn)
+    reading = None
+    if logins is not None and can_learn:
+        reading = create_rar_agent(
+            model,
+            recognizer=recognizer,
+            tools=tools,
+            registry=shared_registry,
+            **{**agent_options, "allow_learning": False},
+        )
+    session = ChatSession(
+        agent,
+        recognition_only=model is None,
+        can_learn=can_learn,
+        reading_agent=reading,
+        may_learn=_may_learn(logins) if logins is not None else None,
+    )
+
+    async def respond(
+        message: dict[str, Any] | str, history: list[dict[str, Any]], request: gr.Request
+    ) -> dict[str, Any]:
+        return await session.respond(message, history, getattr(request, "username", None))
+
+    respond.__annotations__["request"] = gr.Request  # Gradio injects it by this type
     return gr.ChatInterface(
-        session.respond,
+        respond,
         multimodal=True,
         title=title,
-        description=_page_description(recognizer, model),
+        description=_page_description(recognizer, model, can_learn=can_learn),
         textbox=gr.MultimodalTextbox(
             file_types=["image"],
             file_count="multiple",
@@ -301,28 +479,50 @@ def build_chat_page(
             placeholder="Ask about a photo: drop, paste or upload it here",
             elem_id="rar-input",
         ),
-        chatbot=gr.Chatbot(
-            elem_id="rar-chat", height=520, sanitize_html=True, label="Conversation"
-        ),
+        chatbot=gr.Chatbot(elem_id="rar-chat", sanitize_html=True, label="Conversation", scale=1),
         analytics_enabled=False,
-        fill_height=True,
+        fill_height=True,  # the conversation takes the window's height, the input below
+        fill_width=True,
     )
 
 
-def _page_description(recognizer: RecognizerLike, model: str | BaseChatModel | None) -> str:
+def _may_learn(logins: TokenStore) -> Callable[[str | None], bool]:
+    """Whether the signed-in name holds a valid token with the ``learn`` scope now."""
+
+    def may_learn(user: str | None) -> bool:
+        info = logins.tokens().get(user or "")
+        return info is not None and info.active and "learn" in info.granted
+
+    return may_learn
+
+
+def token_login(logins: TokenStore) -> Callable[[str, str], bool]:
+    """Gradio's ``auth`` callable: the user name is a token's name, the password the token."""
+
+    def check(username: str, password: str) -> bool:
+        info = logins.verify(password)
+        return info is not None and info.name == username
+
+    return check
+
+
+def _page_description(
+    recognizer: RecognizerLike, model: str | BaseChatModel | None, *, can_learn: bool = False
+) -> str:
+    from rar_agent.agent import CAPABILITIES, LEARNING_OFF, TEACHING_HELP
+
     labels = recognizer.memory.labels()
     names = sorted(labels, key=str.casefold)  # alphabetical: the first few read as a sample
     known = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
     entries = sum(labels.values())
-    mode = (
-        "no chat model: retrieval/ranking output only"
-        if model is None
-        else f"chat model {_model_name(model)}"
-    )
+    if model is None:
+        mode = CAPABILITIES + (TEACHING_HELP if can_learn else LEARNING_OFF)
+    else:
+        mode = f"Chat model: {_md(_model_name(model))}." + ("" if can_learn else LEARNING_OFF)
     return (
-        f"Upload or paste a photo and ask about it. Memory: {len(labels)} categories"
+        f"Memory: {len(labels)} categories"
         + (f" in {entries} entries" if entries != len(labels) else "")
-        + f" ({_md(known)}). Mode: {_md(str(mode))}."
+        + f" ({_md(known)}). {mode}"
     )
 
 
@@ -343,6 +543,7 @@ def launch(
     *,
     block: bool = True,
     max_file_size: str = "20mb",
+    auth: Callable[[str, str], bool] | None = None,
 ) -> gr.Blocks:
     """Serve the page on ``host:port`` (local only by default; Gradio's share links off).
 
@@ -352,6 +553,8 @@ def launch(
         port: Port (``None``: Gradio picks one).
         block: Block until interrupted (``False`` returns once the server is up).
         max_file_size: Upload size limit.
+        auth: Checks a login (user name, password); ``None`` serves without one. See
+            :func:`token_login`.
     """
     import gradio as gr
 
@@ -366,7 +569,26 @@ def launch(
         quiet=True,  # the caller says where the page is; Gradio would add a share=True hint
         max_file_size=max_file_size,
         theme=theme,
+        css=PAGE_CSS,
         show_error=True,
         footer_links=[],
+        auth=auth,
+        auth_message="Sign in with your token: its name as user name, the token as password."
+        if auth is not None
+        else None,
     )
     return page
+
+
+PAGE_CSS = """
+#rar-chat { flex-grow: 1; min-height: 55vh; }
+#rar-chat table { display: block; max-width: 100%; overflow-x: auto; }
+#rar-chat table img { max-width: 64px; height: auto; }
+#rar-chat th, #rar-chat td { white-space: nowrap; padding: 2px 8px; }
+@media (max-width: 640px) {
+  #rar-chat { min-height: 60vh; }
+  #rar-chat .message { font-size: 15px; }
+}
+"""
+"""The page's layout rules: the conversation fills the window, tables scroll sideways on a
+phone instead of breaking, thumbnails stay small."""

@@ -1,6 +1,6 @@
 """The ``rar-agent`` command line.
 
-One module per subcommand (``recognize``, ``memory``, ``chat``, ``mcp``, ``evaluate``,
+One module per subcommand (``recognize``, ``memory``, ``teach``, ``chat``, ``mcp``, ``evaluate``,
 ``finetune``, ``datasets``), the options and helpers they share in ``options``. Only typer and
 the standard library are imported at module level, so ``rar-agent --help`` answers fast; a
 command imports the library when it runs.
@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import typer
 
-from rar_agent.cli import chat, datasets, evaluate, finetune, mcp, memory, recognize
+from rar_agent.cli import (
+    auth,
+    chat,
+    datasets,
+    evaluate,
+    finetune,
+    mcp,
+    memory,
+    recognize,
+    teach,
+)
 
 __all__ = ["app", "main"]
 
@@ -26,6 +36,11 @@ Build a memory from example images in DIR/<label>/*.jpg, then use it:
   rar-agent memory list
   rar-agent recognize photo.jpg --ranker openai:gpt-4o-mini --json
 
+Teach it (a new category, or the right label for a wrong answer), look back, undo:
+  rar-agent teach sandal new/sandal1.jpg new/sandal2.jpg
+  rar-agent memory history
+  rar-agent memory undo 1
+
 Measure retrieval alone (kNN) against retrieve-and-rank on labelled images:
   rar-agent eval --dataset photos/ --shots 4 --ranker local
   rar-agent datasets export fashion-mnist garments/ --per-class 10   # offline labelled images
@@ -36,6 +51,10 @@ Chat with the agent in the browser; write fine-tuning data for a ranker:
 
 Serve the tools to desktop and IDE agents (MCP over stdio; --http for a URL):
   rar-agent mcp --memory photos-memory/ --allow-root ~/Pictures
+
+Share one memory with a team (tokens with scopes; see docs/deploy.md):
+  rar-agent auth add alice --scope recognize --scope learn
+  rar-agent mcp --http --host 0.0.0.0 --allow-learning
 
 Options shown with an env var also read it from the environment (RAR_MEMORY_PATH, \
 RAR_RANKER, ...): see rar-agent COMMAND --help."""
@@ -48,12 +67,17 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("recognize")(recognize.recognize)
+app.command("teach")(teach.teach)
+memory.app.command("history")(teach.memory_history)
+memory.app.command("undo")(teach.memory_undo)
+memory.app.command("relabel")(teach.memory_relabel)
 app.add_typer(memory.app, name="memory")
 app.command("eval")(evaluate.evaluate)
 app.command("finetune-data", help=finetune.HELP)(finetune.finetune_data)
 app.command("chat")(chat.chat)
 app.command("mcp")(mcp.mcp)
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(auth.app, name="auth")
 
 
 def main() -> None:

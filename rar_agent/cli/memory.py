@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rar_agent.cli import memory_copy
+from rar_agent.cli import memory_copy, memory_snapshot
 from rar_agent.cli.options import (
     ENCODER,
     EXIT_INPUT_FAILED,
@@ -302,18 +302,18 @@ def memory_add(
         list[Path] | None, typer.Argument(help="Example images; none = add the class name.")
     ] = None,
 ) -> None:
-    """Add one category: example images, or its name as a text entry."""
+    """Add one category: example images (as `rar-agent teach`), or its name as a text entry."""
+    from rar_agent.cli.teach import teach_images
     from rar_agent.ingest import bind_memory, builders
     from rar_agent.memory import open_memory
 
+    if images:
+        teach_images(settings, label, images)
+        return
     with open_memory(settings) as mem:
         enc = load_settings_encoder(settings, mem)
         bind_memory(mem, enc)
-        if images:
-            pairs = [(str(p), label) for p in images]
-            report = builders.add_images(mem, enc, pairs, strict=True)
-        else:
-            report = builders.add_class_names(mem, enc, [label])
+        report = builders.add_class_names(mem, enc, [label])
         _print_report(report, mem)
         remember_memory(settings, mem, "memory add")
 
@@ -389,5 +389,7 @@ def memory_stats(settings: "Settings") -> None:
 
 app.command("push")(memory_copy.memory_push)
 app.command("pull")(memory_copy.memory_pull)
+app.command("snapshot")(memory_snapshot.memory_snapshot)
+app.command("restore")(memory_snapshot.memory_restore)
 memory_push = memory_copy.memory_push
 memory_pull = memory_copy.memory_pull

@@ -690,10 +690,12 @@ class CategoryMemory:
         counts = self._backend.label_counts(None if kind is None else check_kind(kind))
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
-    def count(self, kind: str | None = None) -> int:
-        """Number of entries (optionally of one kind)."""
+    def count(self, kind: str | None = None, *, label: str | None = None) -> int:
+        """Number of entries (optionally of one kind, of one label: an indexed count, far
+        cheaper than :meth:`labels` on a memory with many labels)."""
         self._check_open()
-        return self._backend.count(None if kind is None else check_kind(kind))
+        wanted = None if label is None else normalize_label(label)
+        return self._backend.count(None if kind is None else check_kind(kind), wanted)
 
     def stats(self) -> dict[str, Any]:
         """Entries per kind, labels, encoder, backend, storage settings and footprint."""

@@ -6,7 +6,10 @@
   :class:`~rar_agent.registry.ImageScope`, or filled in by the agent's middleware).
 - :class:`CategorySearchTool` finds the categories in memory that match a text.
 - :class:`ListCategoriesTool` lists what the memory knows: its labels and how many entries each.
-- :class:`AddCategoryTool` teaches the memory a new example (off unless learning is allowed).
+- :class:`AddCategoryTool` teaches the memory a new example or corrects an answer;
+  :class:`RelabelExampleTool`, :class:`TeachingHistoryTool` and :class:`UndoTeachingTool`
+  move an example, list and undo what was taught (all off unless learning is allowed; all
+  through :class:`~rar_agent.pipeline.teacher.Teacher`).
 - :class:`ImageRegistry` holds the images of a conversation by id, so a model passes short
   ids and never raw bytes; the agent middleware, the chat page and the tools share one. It
   lives in :mod:`rar_agent.registry` and is re-exported here.
@@ -17,23 +20,33 @@ Every failure reaches the model as a tool error (``ToolException`` with
 ``handle_tool_error=True``), never as a crash. Each tool's artifact has a declared shape
 (``artifact_type``, a pydantic type), which the MCP server publishes as its output schema.
 Modules: ``base`` (the recognizer protocol, image references, the shared base tool),
-``recognize`` (recognize and search), ``listing`` (list categories), ``learn`` (add an
-example).
+``recognize`` (recognize and search), ``listing`` (list categories), ``learn`` (the
+teaching tools).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.tools import BaseTool
 
+from rar_agent.encoders.base import has_text_tower
 from rar_agent.registry import IMAGE_ID_PATTERN as IMAGE_ID_PATTERN
 from rar_agent.registry import ImageRegistry, ImageScope, RegisteredImage
 from rar_agent.safety import normalize_roots
 from rar_agent.tools.base import ImageResolver, RecognizerLike
-from rar_agent.tools.learn import AddCategoryInput, AddCategoryTool
+from rar_agent.tools.learn import (
+    AddCategoryInput,
+    AddCategoryTool,
+    RelabelExampleInput,
+    RelabelExampleTool,
+    TeachingHistoryInput,
+    TeachingHistoryTool,
+    UndoTeachingInput,
+    UndoTeachingTool,
+)
 from rar_agent.tools.listing import ListCategoriesInput, ListCategoriesTool
 from rar_agent.tools.recognize import (
     RECOGNIZE_WHAT,
@@ -43,6 +56,9 @@ from rar_agent.tools.recognize import (
     RecognizeTool,
     format_result,
 )
+
+if TYPE_CHECKING:
+    from rar_agent.results import TeachVia
 
 __all__ = [
     "AddCategoryInput",
@@ -57,6 +73,12 @@ __all__ = [
     "RecognizeTool",
     "RecognizerLike",
     "RegisteredImage",
+    "RelabelExampleInput",
+    "RelabelExampleTool",
+    "TeachingHistoryInput",
+    "TeachingHistoryTool",
+    "UndoTeachingInput",
+    "UndoTeachingTool",
     "format_result",
     "make_tools",
 ]
@@ -71,6 +93,10 @@ def make_tools(
     allow_learning: bool = False,
     image_ids: bool = True,
     reject: str | float | None = None,
+    via: TeachVia = "tool",
+    by: str | None = None,
+    example_images: bool = False,
+    max_pixels: int | None = None,
 ) -> list[BaseTool]:
     """The recognition tools over one recognizer, sharing one image registry.
 
@@ -86,12 +112,14 @@ def make_tools(
         allowed_roots: Directories whose files the tools may read (none by default).
         allow_urls: Let the tools fetch public ``http(s)`` URLs (off by default; loopback,
             private and link-local addresses are always refused).
-        allow_learning: Include :class:`AddCategoryTool` (off by default).
+        allow_learning: Include the teaching tools (off by default).
         image_ids: Accept image ids from a conversation's registry. ``False`` for callers
             that hold no conversation (the MCP server): images come as paths, URLs or data
             URIs only, and ``registry`` is ignored.
         reject: When an image is "not a category in memory" (``off``, ``auto`` or a
             threshold); ``None`` keeps the recognizer's own setting (``RAR_REJECT``).
+        max_pixels: Refuse images larger than this before decoding them (a served
+            memory's limit); ``None`` leaves the decoder's own limit.
 
     Returns:
         ``[RecognizeTool, CategorySearchTool, ListCategoriesTool]`` plus ``AddCategoryTool``
@@ -109,15 +137,29 @@ def make_tools(
         "registry": registry,
         "allowed_roots": roots,
         "allow_urls": allow_urls,
+        "max_pixels": max_pixels,
     }
     forms = ImageResolver(registry=registry, allowed_roots=roots, allow_urls=allow_urls)
     accepts = f" Images it accepts: {forms.accepted()}."
     tools: list[BaseTool] = [
-        RecognizeTool(description=RECOGNIZE_WHAT + accepts, can_learn=allow_learning, **shared),
+        RecognizeTool(
+            description=RECOGNIZE_WHAT + accepts,
+            can_learn=allow_learning,
+            example_images=example_images,
+            **shared,
+        ),
         CategorySearchTool(**shared),
         ListCategoriesTool(**shared),
     ]
+    if not has_text_tower(recognizer.encoder):  # it could only ever fail
+        tools = [t for t in tools if not isinstance(t, CategorySearchTool)]
     if allow_learning:
         description = AddCategoryTool.model_fields["description"].default + accepts
-        tools.append(AddCategoryTool(enabled=True, description=description, **shared))
+        teach = {"enabled": True, "via": via, "by": by, **shared}
+        tools += [
+            AddCategoryTool(description=description, **teach),
+            RelabelExampleTool(**teach),
+            TeachingHistoryTool(**teach),
+            UndoTeachingTool(**teach),
+        ]
     return tools
