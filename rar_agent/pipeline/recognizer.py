@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.config import MemoryKind, parse_reject, validate_k
+from rar_agent.encoders.base import input_size_of
 from rar_agent.encoders.spec import spec_of
 from rar_agent.errors import RarError
-from rar_agent.images import ImageInput, LoadedImage, load_image
+from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.pipeline.ranked import Ranking, failed_result
 from rar_agent.pipeline.regions import arecognize_regions, recognize_regions
@@ -209,31 +210,44 @@ class Recognizer:
             encoder_name=self.encoder_name,
         )
 
+    @property
+    def decode_need(self) -> DecodeNeed | None:
+        """How large images must be decoded for this recognizer: the encoder's input side
+        (the shorter side) and, with a ranker, the longer side the ranker sends; ``None``
+        (full size) when the encoder does not say its input size."""
+        side = input_size_of(self.encoder)
+        if side is None:
+            return None
+        need = DecodeNeed(short=side)
+        if self.ranker is not None:
+            need = need | DecodeNeed(long=self.ranker.image_max_side)
+        return need
+
     def recognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
         """Recognize one image; raises ``RarError`` on bad input."""
         start = time.perf_counter()
-        loaded = load_image(image)
+        loaded = load_image(image, need=self.decode_need)
         return self._recognize_loaded([loaded], [_ms(start)], k=k)[0]
 
     def recognize_batch(
         self, images: Sequence[ImageInput], *, k: int | None = None
     ) -> list[RecognitionResult]:
         """Recognize many images with one encoder pass; bad images get a per-item error."""
-        slots, loaded, load_ms = _load_all(images)
+        slots, loaded, load_ms = _load_all(images, self.decode_need)
         return _fill(slots, self._recognize_loaded(loaded, load_ms, k=k))
 
     async def arecognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
         """Async :meth:`recognize`: loading and encoding in a worker thread, ranking through
         the chain's ``abatch``."""
         start = time.perf_counter()
-        loaded = await asyncio.to_thread(load_image, image)
+        loaded = await asyncio.to_thread(load_image, image, need=self.decode_need)
         return (await self._arecognize_loaded([loaded], [_ms(start)], k=k))[0]
 
     async def arecognize_batch(
         self, images: Sequence[ImageInput], *, k: int | None = None
     ) -> list[RecognitionResult]:
         """Async :meth:`recognize_batch`."""
-        slots, loaded, load_ms = await asyncio.to_thread(_load_all, images)
+        slots, loaded, load_ms = await asyncio.to_thread(_load_all, images, self.decode_need)
         return _fill(slots, await self._arecognize_loaded(loaded, load_ms, k=k))
 
     def recognize_regions(
@@ -279,6 +293,7 @@ class Recognizer:
             normalized=normalized,
             context=context,
             blur=blur,
+            decode_need=self.decode_need,
         )
 
     async def arecognize_regions(
@@ -305,6 +320,7 @@ class Recognizer:
             normalized=normalized,
             context=context,
             blur=blur,
+            decode_need=self.decode_need,
         )
 
     def _recognize_loaded(
@@ -389,7 +405,7 @@ class Recognizer:
 
 
 def _load_all(
-    images: Sequence[ImageInput],
+    images: Sequence[ImageInput], need: DecodeNeed | None
 ) -> tuple[list[RecognitionResult | None], list[LoadedImage], list[float]]:
     """Load every image: a failed result in the slot of each bad one, None for the others."""
     slots: list[RecognitionResult | None] = []
@@ -398,7 +414,7 @@ def _load_all(
     for src in images:
         start = time.perf_counter()
         try:
-            loaded.append(load_image(src))
+            loaded.append(load_image(src, need=need))
         except RarError as e:
             slots.append(failed_result(str(e), image=_describe(src)))
             continue

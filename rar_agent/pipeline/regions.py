@@ -2,7 +2,8 @@
 
 The geometry (box checks, context window, crop + blur, the ranker's view) comes from
 :mod:`rar_agent.regions`; the stages (encode, retrieve, reject, rank) are the one
-:class:`~rar_agent.pipeline.stages.StageRunner` whole images use too.
+:class:`~rar_agent.pipeline.stages.StageRunner` whole images use too. The image is decoded
+only as large as the smallest box's crop needs (:func:`regions_need`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,7 @@ from rar_agent.regions import (
     encoder_input_size,
     prepare_region,
     ranker_view,
+    region_geometry,
     square_resize,
 )
 from rar_agent.results import RecognitionResult
@@ -33,19 +36,21 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from rar_agent.config import MemoryKind
-    from rar_agent.images import ImageInput
+    from rar_agent.images import DecodeNeed, ImageInput
     from rar_agent.pipeline.stages import Outcome, StageRunner
     from rar_agent.regions.geometry import Context
 
-__all__ = ["arecognize_regions", "recognize_regions"]
+__all__ = ["arecognize_regions", "recognize_regions", "regions_need"]
 
 
 @dataclass
 class _Job:
-    """One usable box: its parsed form, pixel coordinates and prepared crop."""
+    """One usable box: its parsed form, its pixels in the full image and in the decoded one,
+    and its prepared crop."""
 
     box: Box
     coords: Coords
+    scaled: Coords
     crop: Image.Image
 
 
@@ -76,9 +81,16 @@ def recognize_regions(
     normalized: bool | None = None,
     context: Context = None,
     blur: float | None = DEFAULT_BLUR,
+    decode_need: DecodeNeed | None = None,
 ) -> list[RecognitionResult]:
-    """Recognize each box of one image (see :meth:`Recognizer.recognize_regions`)."""
-    prepared = _prepare_all(stages, image, boxes, context_image, normalized, context, blur)
+    """Recognize each box of one image (see :meth:`Recognizer.recognize_regions`).
+
+    Boxes are in the full image's coordinates; ``decode_need`` is what a whole image needs
+    (None: decode at full size), from which :func:`regions_need` sizes the decode.
+    """
+    prepared = _prepare_all(
+        stages, image, boxes, context_image, normalized, context, blur, decode_need
+    )
     # Regions prefer class names: small crops embed poorly against image examples.
     outcomes = stages.run(prepared.crops, views=prepared.views, k=k, kind=kind, prefer="text")
     return _results(stages, prepared, outcomes)
@@ -95,11 +107,12 @@ async def arecognize_regions(
     normalized: bool | None = None,
     context: Context = None,
     blur: float | None = DEFAULT_BLUR,
+    decode_need: DecodeNeed | None = None,
 ) -> list[RecognitionResult]:
-    """Async :func:`recognize_regions`: cropping in a worker thread, the stages'
-    :meth:`~rar_agent.pipeline.stages.StageRunner.arun`."""
+    """Async :func:`recognize_regions`: decoding and cropping in a worker thread, the
+    stages' :meth:`~rar_agent.pipeline.stages.StageRunner.arun`."""
     prepared = await asyncio.to_thread(
-        _prepare_all, stages, image, boxes, context_image, normalized, context, blur
+        _prepare_all, stages, image, boxes, context_image, normalized, context, blur, decode_need
     )
     outcomes = await stages.arun(
         prepared.crops, views=prepared.views, k=k, kind=kind, prefer="text"
@@ -115,16 +128,27 @@ def _prepare_all(
     normalized: bool | None,
     context: Context,
     blur: float | None,
+    whole_need: DecodeNeed | None,
 ) -> _Prepared:
-    """Load the image, check and crop every box, and make the encoder's and ranker's views."""
+    """Decode the image as large as the boxes need, check and crop every box, and make the
+    encoder's and the ranker's views."""
     from rar_agent.images import load_image
 
     start = time.perf_counter()
-    loaded = load_image(image)
+    parsed = as_boxes(boxes, normalized=normalized)
+    need = None
+    if whole_need is not None:
+        side_needed = max(whole_need.short, whole_need.long)
+
+        def need(full: tuple[int, int]) -> DecodeNeed:
+            return regions_need(parsed, full, side_needed, context=context, whole=context_image)
+
+    loaded = load_image(image, need=need)
     slots, jobs = _prepare(
         loaded.image,
         loaded.source,
-        as_boxes(boxes, normalized=normalized),
+        parsed,
+        full_size=loaded.full_size,
         context=context,
         blur=blur,
     )
@@ -135,7 +159,7 @@ def _prepare_all(
         slots=slots,
         jobs=jobs,
         crops=[square_resize(job.crop, side) for job in jobs],
-        views=[ranker_view(job.crop, whole, job.coords) for job in jobs],
+        views=[ranker_view(job.crop, whole, job.scaled) for job in jobs],
         prepare_ms=_ms(start),
     )
 
@@ -163,31 +187,71 @@ def _results(
     return out
 
 
+def regions_need(
+    boxes: Sequence[Box],
+    full_size: tuple[int, int],
+    side: int,
+    *,
+    context: Context = None,
+    whole: bool = False,
+) -> DecodeNeed:
+    """The decode size that gives every usable box's crop ``side`` pixels (or all it has).
+
+    A box's crop window (box plus context, padded to a square) may shrink by ``window / side``
+    before the encoder loses detail (a thin box: until it is a pixel across); the image as a
+    whole may shrink by the least of those.
+    With ``whole``, the full image (the ranker's context view) keeps ``side`` pixels too.
+    """
+    from rar_agent.images import DecodeNeed
+
+    width, height = full_size
+    reduction = math.inf
+    for box in boxes:
+        try:
+            x0, y0, x1, y1 = check_box(box, width, height)
+            geo = region_geometry((x0, y0, x1, y1), full_size, context=context)
+        except BoxError:
+            continue  # answered with an error, decoded for nothing
+        # the crop keeps ``side`` pixels, and a thin box at least one pixel across
+        reduction = min(reduction, geo.side / side, x1 - x0, y1 - y0)
+    need = DecodeNeed(long=side) if whole or math.isinf(reduction) else DecodeNeed()
+    if math.isinf(reduction):
+        return need
+    short = math.ceil(min(width, height) / max(1.0, reduction))
+    return need | DecodeNeed(short=short)
+
+
 def _prepare(
     image: Image.Image,
     source: str,
     boxes: list[Box],
     *,
+    full_size: tuple[int, int],
     context: Context,
     blur: float | None,
 ) -> tuple[list[RecognitionResult | None], list[_Job]]:
     """Check and crop every box: an error result for each unusable one, a job for the rest.
 
+    Boxes are checked against ``full_size`` (the coordinates they are given in) and cropped
+    from ``image``, which may be that image decoded smaller.
+
     Returns:
         One slot per box (its error result, or None where a job will answer) and the jobs.
     """
-    width, height = image.size
+    width, height = full_size
+    sx, sy = width / image.width, height / image.height
     slots: list[RecognitionResult | None] = []
     jobs: list[_Job] = []
     for box in boxes:
         try:
             coords = check_box(box, width, height)
-            crop = prepare_region(image, coords, size=None, context=context, blur=blur)
+            scaled = (coords[0] / sx, coords[1] / sy, coords[2] / sx, coords[3] / sy)
+            crop = prepare_region(image, scaled, size=None, context=context, blur=blur)
         except BoxError as e:
             pixels = box.to_pixels(width, height).xyxy
             shown = list(pixels) if all(math.isfinite(v) for v in pixels) else None
             slots.append(failed_result(str(e), image=source, box=shown, box_id=box.id))
             continue
         slots.append(None)
-        jobs.append(_Job(box, coords, crop))
+        jobs.append(_Job(box, coords, scaled, crop))
     return slots, jobs
