@@ -5,6 +5,10 @@
   allowed. With no reference it takes the latest registered image.
 - :class:`CategorySearchTool` finds the categories in memory that match a text.
 - :class:`ListCategoriesTool` lists what the memory knows: its labels and how many entries each.
+- :class:`RecognizeImagesTool` recognizes many photos in one call (a folder inside the
+  allowed directories, or a list of images), a bounded number per call, with a progress note;
+  :func:`folder_tools` adds langchain-community's read-only ``list_directory`` and
+  ``file_search`` confined to those folders.
 - :class:`AddCategoryTool` teaches the memory a new example (off unless learning is allowed).
 - :class:`ImageRegistry` holds the images of a conversation by id, so a model passes short
   ids and never raw bytes; the agent middleware, the chat page and the tools share one. It
@@ -17,7 +21,7 @@ Every failure reaches the model as a tool error (``ToolException`` with
 (``artifact_type``, a pydantic type), which the MCP server publishes as its output schema.
 Modules: ``base`` (the recognizer protocol, image references, the shared base tool),
 ``recognize`` (recognize and search), ``listing`` (list categories), ``learn`` (add an
-example).
+example), ``folders`` (browse photo folders, recognize many photos).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from rar_agent.registry import IMAGE_ID_PATTERN as IMAGE_ID_PATTERN
 from rar_agent.registry import ImageRegistry, RegisteredImage
 from rar_agent.safety import normalize_roots
 from rar_agent.tools.base import ImageResolver, RecognizerLike
+from rar_agent.tools.folders import RecognizeImagesInput, RecognizeImagesTool, folder_tools
 from rar_agent.tools.learn import AddCategoryInput, AddCategoryTool
 from rar_agent.tools.listing import ListCategoriesInput, ListCategoriesTool
 from rar_agent.tools.recognize import (
@@ -51,10 +56,13 @@ __all__ = [
     "ImageRegistry",
     "ListCategoriesInput",
     "ListCategoriesTool",
+    "RecognizeImagesInput",
+    "RecognizeImagesTool",
     "RecognizeInput",
     "RecognizeTool",
     "RecognizerLike",
     "RegisteredImage",
+    "folder_tools",
     "format_result",
     "make_tools",
 ]
@@ -89,8 +97,9 @@ def make_tools(
             threshold); ``None`` keeps the recognizer's own setting (``RAR_REJECT``).
 
     Returns:
-        ``[RecognizeTool, CategorySearchTool, ListCategoriesTool]`` plus ``AddCategoryTool``
-        when learning is allowed.
+        ``[RecognizeTool, CategorySearchTool, ListCategoriesTool]``, plus
+        ``RecognizeImagesTool`` when there are allowed directories (a folder's photos in one
+        call) and ``AddCategoryTool`` when learning is allowed.
     """
     if reject is not None:
         recognizer = recognizer.with_reject(reject)
@@ -112,6 +121,8 @@ def make_tools(
         CategorySearchTool(**shared),
         ListCategoriesTool(**shared),
     ]
+    if roots:
+        tools.append(RecognizeImagesTool(**shared))
     if allow_learning:
         description = AddCategoryTool.model_fields["description"].default + accepts
         tools.append(AddCategoryTool(enabled=True, description=description, **shared))
