@@ -51,18 +51,28 @@ def chat(
     allow_learning: AllowLearningOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Serve a chat page: upload a photo, ask about it, see the ranked categories."""
+    """Serve a chat page: upload a photo, ask about it, see the ranked categories.
+
+    Conversations (messages and photos) are kept in <RAR_HOME>/conversations.sqlite and
+    resumed with ?conversation=ID; each --allow-root folder can be browsed (read-only) and
+    recognized in one go by the agent.
+    """
     from rar_agent.agent import resolve_chat_model
+    from rar_agent.conversations import ConversationStore
     from rar_agent.ui import build_chat_page, launch
 
     chat_model = resolve_chat_model(model, settings.ranker)
-    with open_recognizer(settings, labels, progress) as recognizer:
+    with (
+        open_recognizer(settings, labels, progress) as recognizer,
+        ConversationStore.under(settings.home) as conversations,
+    ):
         page = build_chat_page(
             recognizer,
             chat_model,
-            allowed_roots=list(allow_root or []),
+            folders=list(allow_root or []),
             allow_urls=allow_urls,
             allow_learning=allow_learning,
+            conversations=conversations,
         )
         typer.echo(f"chat page on http://{host}:{port}/ (Ctrl+C to stop)", err=True)
         launch(page, host, port, block=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,44 +17,14 @@ from rar_agent.conversations import (
 )
 from rar_agent.errors import ConfigError
 from rar_agent.registry import ImageRegistry
-from tests.helpers.fake_chat import PolicyChatModel
+from tests.helpers.fake_chat import PolicyChatModel, remember_photos
 from tests.helpers.small_memory import small_recognizer
-
-_ID_AND_FILE = re.compile(r"\[image id (img-[0-9a-f]+), file ([^\]]+)\]")
-
 
 @pytest.fixture(scope="module")
 def recognizer(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Any) -> Any:
     rec = small_recognizer(tmp_path_factory.mktemp("conversations"), tiny_encoder)
     yield rec
     rec.close()
-
-
-def remembering(messages: list[BaseMessage]) -> AIMessage:
-    """Policy: recognize a new photo; answer "what was the first photo?" from the history."""
-    last = messages[-1]
-    if isinstance(last, ToolMessage):
-        return AIMessage(last.text.splitlines()[0])
-    text = last.text
-    if "first photo" in text:
-        seen = [_ID_AND_FILE.search(m.text) for m in messages if isinstance(m, HumanMessage)]
-        first = next((m for m in seen if m), None)
-        if first is None:
-            return AIMessage("There is no photo in this conversation.")
-        answer = next(
-            m.text.split(": ", 1)[1].split(" (", 1)[0]
-            for m in messages
-            if isinstance(m, ToolMessage) and first[1] in m.text
-        )
-        return AIMessage(f"The first photo was {first[2]} ({first[1]}): {answer}.")
-    if "again" in text:  # recognize the latest image once more (needs its bytes)
-        call = {"name": "recognize_image", "args": {}, "id": "again", "type": "tool_call"}
-        return AIMessage("", tool_calls=[call])
-    if _ID_AND_FILE.search(text):
-        call = {"name": "recognize_image", "args": {}, "id": f"c{len(messages)}",
-                "type": "tool_call"}  # fmt: skip
-        return AIMessage("", tool_calls=[call])
-    return AIMessage("Send me a photo.")
 
 
 def _photo_turn(recognizer: Any, label: str, text: str = "What is this?") -> HumanMessage:
@@ -71,7 +40,7 @@ def _photo_turn(recognizer: Any, label: str, text: str = "What is this?") -> Hum
 
 def _agent(recognizer: Any, store: ConversationStore | Path) -> Any:
     return create_rar_agent(
-        PolicyChatModel(policy=remembering),
+        PolicyChatModel(policy=remember_photos),
         recognizer=recognizer,
         registry=ImageRegistry(),  # a fresh registry: as after a restart
         conversations=store,
@@ -177,3 +146,32 @@ def test_store_rules(tmp_path: Path, recognizer: Any) -> None:
     store.delete("a")
     assert not store.exists("a") and store.get_image("a", image.id) is None
     store.close()
+
+
+async def test_chat_session_resumes_by_id_and_never_adopts_a_chosen_one(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    from rar_agent.ui import ChatSession
+
+    db = tmp_path / "page.sqlite"
+    with ConversationStore(db) as store:
+        session = ChatSession(_agent(recognizer, store), conversations=store)
+        conversation, history, _ = session.resume(None)
+        assert history == []
+        photo = recognizer.example_images["yellow banana"]
+        reply = await session.respond({"text": "", "files": [str(photo)]}, [], conversation)
+        assert "Answer: yellow banana" in reply
+    with ConversationStore(db) as store:  # the page restarted
+        session = ChatSession(_agent(recognizer, store), conversations=store)
+        same, history, note = session.resume(conversation)
+        assert same == conversation and "Resumed" in note
+        assert [h["role"] for h in history] == ["user", "assistant"]
+        assert "🖼 yellow_banana.png" in history[0]["content"].replace("\\", "")
+        assert "Answer: yellow banana" in history[1]["content"]
+        answer = await session.respond("what was the first photo?", [], conversation)
+        assert answer.startswith("The first photo was yellow_banana.png")
+        chosen = "0" * 32  # a well-formed id nobody created: a fresh random one instead
+        other, history, note = session.resume(chosen)
+        assert other != chosen and history == [] and "not found" in note
+        fresh = await session.respond("what was the first photo?", [], other)
+        assert fresh == "There is no photo in this conversation."
