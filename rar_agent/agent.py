@@ -484,7 +484,7 @@ def _conversation_store(
 
 
 def _check_unique_names(tools: Sequence[BaseTool | Callable[..., Any]]) -> None:
-    names = [getattr(t, "name", None) or getattr(t, "__name__", "") for t in tools]
+    names = [str(getattr(t, "name", None) or getattr(t, "__name__", "")) for t in tools]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(

@@ -267,9 +267,7 @@ class ChatSession:
                     {"messages": [turn]}, conversation_config(conversation)
                 )
             else:
-                out = await self.agent.ainvoke(
-                    {"messages": [*history_to_messages(history), turn]}
-                )
+                out = await self.agent.ainvoke({"messages": [*history_to_messages(history), turn]})
         except RarError as e:
             return f"⚠️ **Error:** {_md(str(e))}"
         except Exception as e:  # the page must answer, whatever the model provider does
@@ -298,9 +296,7 @@ class ChatSession:
         store = self.conversations
         wanted = (conversation or "").strip()
         found = bool(
-            store is not None
-            and CONVERSATION_ID_PATTERN.match(wanted)
-            and store.exists(wanted)
+            store is not None and CONVERSATION_ID_PATTERN.match(wanted) and store.exists(wanted)
         )
         if not found or store is None:
             fresh = new_conversation_id()
@@ -459,9 +455,7 @@ def build_chat_page(
             fill_height=True,
         )
         note = gr.Markdown(elem_id="rar-conversation")
-        page.load(
-            open_conversation, None, [conversation, chat.chatbot, chat.chatbot_state, note]
-        )
+        page.load(open_conversation, None, [conversation, chat.chatbot, chat.chatbot_state, note])
         chat.chatbot.clear(new_conversation, None, [conversation, note])
     return page
 

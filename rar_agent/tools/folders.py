@@ -148,8 +148,10 @@ class ConfinedFileTool(BaseTool):
             text = str(answer)
             if text.startswith("Error"):
                 raise ToolException(text)
-            entries = [] if text.startswith("No files found") else self._entries(root, directory, text)
-            where = directory if relative == "." else f"{root} / {relative}"
+            entries = (
+                [] if text.startswith("No files found") else self._entries(root, directory, text)
+            )
+            where = directory
             if not entries:
                 blocks.append(f"Nothing found in {where}.")
                 continue
@@ -279,9 +281,7 @@ class RecognizeImagesTool(RecognizerTool):
                 break
         else:
             where = ", ".join(str(r) for r in self.allowed_roots)
-            raise UnsafeInputError(
-                f"{folder} is not a folder inside the allowed folders ({where})"
-            )
+            raise UnsafeInputError(f"{folder} is not a folder inside the allowed folders ({where})")
         walker = directory.rglob("*") if recursive else directory.iterdir()
         files = []
         for path in walker:
@@ -386,4 +386,3 @@ def _one_line(result: RecognitionResult) -> str:
     if result.unknown:
         return f"unknown, not a category in memory; closest: {closest}"
     return f"{result.label} ({result.candidates[0].score:.3f}); candidates: {closest}"
-

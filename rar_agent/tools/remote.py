@@ -77,8 +77,7 @@ def mcp_server_tools(
         from langchain_mcp_adapters.client import MultiServerMCPClient
     except ImportError as e:  # pragma: no cover - an install without the agent extra
         raise ConfigError(
-            "composing MCP servers needs langchain-mcp-adapters: pip install "
-            "'rar-agent[agent]'"
+            "composing MCP servers needs langchain-mcp-adapters: pip install 'rar-agent[agent]'"
         ) from e
     connections = {name: dict(conn) for name, conn in servers.items()}
     for name, conn in connections.items():
@@ -96,7 +95,6 @@ def mcp_server_tools(
         ) from e
     except Exception as e:  # the SDK raises many kinds (OSError, McpError, ExceptionGroup)
         raise ConfigError(
-            f"could not list the tools of MCP servers {', '.join(servers)}: "
-            f"{type(e).__name__}: {e}"
+            f"could not list the tools of MCP servers {', '.join(servers)}: {type(e).__name__}: {e}"
         ) from e
     return [_with_sync_path(tool) for tool in tools]

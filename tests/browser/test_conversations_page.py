@@ -22,9 +22,7 @@ def _serve(recognizer: Any, db: Path, port: int) -> tuple[Any, Any, str]:
     from rar_agent.ui import build_chat_page, launch
 
     store = ConversationStore(db)
-    page = build_chat_page(
-        recognizer, PolicyChatModel(policy=remember_photos), conversations=store
-    )
+    page = build_chat_page(recognizer, PolicyChatModel(policy=remember_photos), conversations=store)
     launch(page, "127.0.0.1", port, block=False)
     return page, store, f"http://127.0.0.1:{port}/"
 

@@ -20,6 +20,7 @@ from rar_agent.registry import ImageRegistry
 from tests.helpers.fake_chat import PolicyChatModel, remember_photos
 from tests.helpers.small_memory import small_recognizer
 
+
 @pytest.fixture(scope="module")
 def recognizer(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Any) -> Any:
     rec = small_recognizer(tmp_path_factory.mktemp("conversations"), tiny_encoder)
@@ -55,12 +56,8 @@ def test_a_restarted_agent_resumes_a_conversation_with_its_images(
     with ConversationStore(db) as store:
         agent = _agent(recognizer, store)
         agent.invoke({"messages": [_photo_turn(recognizer, "blue jay")]}, conversation_config(one))
-        agent.invoke(
-            {"messages": [_photo_turn(recognizer, "red apple")]}, conversation_config(one)
-        )
-        agent.invoke(
-            {"messages": [_photo_turn(recognizer, "black cat")]}, conversation_config(two)
-        )
+        agent.invoke({"messages": [_photo_turn(recognizer, "red apple")]}, conversation_config(one))
+        agent.invoke({"messages": [_photo_turn(recognizer, "black cat")]}, conversation_config(two))
 
     with ConversationStore(db) as store:  # a new process would do exactly this
         agent = _agent(recognizer, store)

@@ -106,9 +106,7 @@ def test_several_folders_and_bad_folders(tree: dict[str, Path], tmp_path: Path) 
 # ---------------------------------------------------------------------------- batch
 
 
-def test_batch_recognizes_a_folder_with_a_bounded_count(
-    recognizer: Any, tmp_path: Path
-) -> None:
+def test_batch_recognizes_a_folder_with_a_bounded_count(recognizer: Any, tmp_path: Path) -> None:
     truth = _photos(recognizer, tmp_path / "album", 7)
     tool = RecognizeImagesTool(recognizer=recognizer, allowed_roots=[tmp_path])
     first = _call(tool, {"folder": "album", "limit": 5})
@@ -124,17 +122,18 @@ def test_batch_recognizes_a_folder_with_a_bounded_count(
     assert _call(tool, {"folder": "album", "limit": MAX_BATCH + 1}).status == "error"
 
 
-def test_batch_refuses_outside_and_skips_links_out(
-    recognizer: Any, tree: dict[str, Path]
-) -> None:
+def test_batch_refuses_outside_and_skips_links_out(recognizer: Any, tree: dict[str, Path]) -> None:
     tool = RecognizeImagesTool(recognizer=recognizer, allowed_roots=[tree["root"]])
     for folder in ("../secret", "link_out", str(tree["secret"])):
         message = _call(tool, {"folder": folder})
         assert message.status == "error" and "not a folder inside" in message.text
     names = [r["image"] for r in _call(tool, {"folder": "holiday"}).artifact["results"]]
     assert "holiday/stolen.png" not in names
-    assert sorted(names) == ["holiday/photo_00.png", "holiday/photo_01.png",
-                             "holiday/photo_02.png"]  # fmt: skip  (inside.png is photo_01)
+    assert sorted(names) == [
+        "holiday/photo_00.png",
+        "holiday/photo_01.png",
+        "holiday/photo_02.png",
+    ]  # fmt: skip  (inside.png is photo_01)
     outside = _call(tool, {"images": [str(tree["secret"] / "photo_00.png")]})
     assert outside.status == "error" and "not a file inside" in outside.text
     no_roots = _call(RecognizeImagesTool(recognizer=recognizer), {"folder": "."})
