@@ -8,8 +8,10 @@ recognition tools, any extra tools the caller passes, and :class:`ImageRegistryM
   sends) are stored in an :class:`~rar_agent.registry.ImageRegistry` and replaced in the
   history by a short text ``[image id img-...]``, so the model passes an id, never bytes;
 - the agent state keeps this conversation's image ids (``images``); when the model calls an
-  image tool without an id, the latest one is filled in, and ids from other conversations
-  are refused;
+  image tool without an id or with a "latest" word
+  (:func:`~rar_agent.registry.is_latest_ref`), this conversation's latest one is filled in
+  (:class:`~rar_agent.registry.ImageScope`), and ids from other conversations are refused.
+  The registry's own most recent image is never used: it may be another conversation's;
 - with a :class:`~rar_agent.conversations.ConversationStore` (``conversations=``), messages
   persist as LangGraph checkpoints by conversation id (``thread_id``) and each image is kept
   under its conversation, so a restarted agent resumes a conversation with its photos and no
@@ -41,7 +43,13 @@ from langchain_core.runnables import RunnableConfig
 
 from rar_agent.conversations import ConversationStore
 from rar_agent.errors import ConfigError
-from rar_agent.registry import IMAGE_ID_PATTERN, ImageRegistry, image_blocks_to_ids
+from rar_agent.registry import (
+    IMAGE_ID_PATTERN,
+    ImageRegistry,
+    ImageScope,
+    image_blocks_to_ids,
+    is_latest_ref,
+)
 from rar_agent.tools import folder_tools, make_tools
 
 if TYPE_CHECKING:
@@ -186,7 +194,8 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         if name not in self.image_tools and name not in IMAGE_LIST_TOOLS:
             return request
         state = request.state if isinstance(request.state, dict) else {}
-        known = list(state.get("images") or [])
+        conversation = ImageScope(self.registry, state.get("images") or [])
+        known = conversation.ids()
         config = getattr(request.runtime, "config", None)
         args = dict(call.get("args") or {})
         if name in IMAGE_LIST_TOOLS:
@@ -197,14 +206,15 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
             self._restore(known, config)
             return request
         ref = args.get("image")
-        if not ref or (isinstance(ref, str) and ref.strip().lower() in {"latest", "last"}):
-            if not known:
+        if is_latest_ref(ref):
+            latest = conversation.latest_id()
+            if latest is None:
                 return _tool_error(
                     call,
                     "no image in this conversation yet: ask the user to upload or paste a photo",
                 )
-            args["image"] = known[-1]
-            self._restore(known[-1:], config)
+            args["image"] = latest
+            self._restore([latest], config)
             return request.override(tool_call={**call, "args": args})
         foreign = _foreign_ids([ref], known)
         if foreign:

@@ -6,8 +6,11 @@ conversation id in a :class:`~rar_agent.conversations.ConversationStore` (SQLite
 ``RAR_HOME`` for ``rar-agent chat``): its messages as LangGraph checkpoints and its images
 under that id, so the page resumes a conversation after a restart (``?conversation=ID``)
 and no conversation sees another's messages or photos. Clearing the chat starts a new one.
-Tool errors show up as readable messages. Without a chat model the page still works: a deterministic
-stand-in calls the recognize tool and the reply says it is retrieval/ranking output.
+The sessions share one image registry, but "the latest image" is always this session's: the
+agent's middleware takes it from the session's own images
+(:class:`~rar_agent.registry.ImageScope`). Tool errors show up as readable messages. Without
+a chat model the page still works: a deterministic stand-in calls the recognize tool and the
+reply says it is retrieval/ranking output.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ def chat(
 ) -> None:
     """Serve a chat page: upload a photo, ask about it, see the ranked categories.
 
+    The memory opens read-only unless --allow-learning lets the page teach it.
     Conversations (messages and photos) are kept in <RAR_HOME>/conversations.sqlite and
     resumed with ?conversation=ID; each --allow-root folder can be browsed (read-only) and
     recognized in one go by the agent.
@@ -62,8 +63,9 @@ def chat(
     from rar_agent.ui import build_chat_page, launch
 
     chat_model = resolve_chat_model(model, settings.ranker)
+    # Like `mcp`: the page can only write to the memory when learning is allowed.
     with (
-        open_recognizer(settings, labels, progress) as recognizer,
+        open_recognizer(settings, labels, progress, read_only=not allow_learning) as recognizer,
         ConversationStore.under(settings.home) as conversations,
     ):
         page = build_chat_page(
