@@ -151,15 +151,14 @@ class ConfinedFileTool(BaseTool):
             entries = (
                 [] if text.startswith("No files found") else self._entries(root, directory, text)
             )
-            where = directory
             if not entries:
-                blocks.append(f"Nothing found in {where}.")
+                blocks.append(f"Nothing found in {directory}.")
                 continue
             more = len(entries) - _MAX_LINES
             shown = entries[:_MAX_LINES] + ([f"... and {more} more"] if more > 0 else [])
+            count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
             blocks.append(
-                f"In {where} ({len(entries)} entries; paths relative to {root}):\n"
-                + "\n".join(shown)
+                f"In {directory} ({count}; paths relative to {root}):\n" + "\n".join(shown)
             )
         return "\n\n".join(blocks)
 
