@@ -50,7 +50,7 @@ import datetime as _dt
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -61,8 +61,8 @@ from rar_agent.errors import ConfigError, MemoryStoreError
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
+    from rar_agent.memory.core import StoredPoint
     from rar_agent.memory.entries import Hit
-    from rar_agent.memory.storage_ops import StoredPoint
 
 __all__ = [
     "CALIBRATION_KEY",
@@ -78,6 +78,7 @@ __all__ = [
     "load_calibration",
     "make_standin",
     "store_calibration",
+    "update_calibration",
     "update_on_add",
 ]
 
@@ -91,12 +92,14 @@ class CalibratedMemory(Protocol):
 
     collection: str
 
-    def get_meta(self, key: str) -> Any:
-        """A value of the memory's metadata."""
+    def extension(self, name: str) -> dict[str, Any] | None:
+        """An extension of the memory's record."""
         ...
 
-    def set_meta(self, key: str, value: Any) -> None:
-        """Store a value in the memory's metadata."""
+    def update_extension(
+        self, name: str, fn: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """Change an extension of the memory's record atomically (compare-and-set)."""
         ...
 
     def get_vectors(self, ids: Iterable[str]) -> dict[str, list[float]]:
@@ -273,7 +276,10 @@ def _fit(standins: Sequence[StandIn], *, seen: int, revision: int) -> Calibratio
 
 def load_calibration(memory: CalibratedMemory) -> Calibration | None:
     """The calibration stored in ``memory``, or ``None`` if it has none (or an old form)."""
-    data = memory.get_meta(CALIBRATION_KEY)
+    return _parse(memory, memory.extension(CALIBRATION_KEY))
+
+
+def _parse(memory: CalibratedMemory, data: object) -> Calibration | None:
     if not isinstance(data, dict) or data.get("version") != _VERSION:
         return None
     try:
@@ -283,14 +289,35 @@ def load_calibration(memory: CalibratedMemory) -> Calibration | None:
         return None
 
 
-def store_calibration(memory: CalibratedMemory, cal: Calibration) -> Calibration:
-    """Write the calibration into the memory's metadata and return it (on a read-only memory
-    nothing is written)."""
+def update_calibration(
+    memory: CalibratedMemory, compute: Callable[[Calibration | None], Calibration]
+) -> Calibration:
+    """Store ``compute(stored calibration or None)`` atomically and return it.
+
+    Goes through the memory's compare-and-set (``update_extension``): when another writer
+    changed the calibration meanwhile, ``compute`` runs again on the newer one, so
+    concurrent updates are never lost. On a read-only (or unbound) memory the result is
+    computed but not written.
+    """
+    made: list[Calibration] = []
+
+    def change(current: dict[str, Any] | None) -> dict[str, Any]:
+        made.append(compute(_parse(memory, current)))
+        return made[-1].model_dump(mode="json")
+
     try:
-        memory.set_meta(CALIBRATION_KEY, cal.model_dump(mode="json"))
+        memory.update_extension(CALIBRATION_KEY, change)
     except MemoryStoreError as e:
         logger.info("calibration not stored in memory %r: %s", memory.collection, e)
-    return cal
+        if not made:
+            made.append(compute(load_calibration(memory)))
+    return made[-1]
+
+
+def store_calibration(memory: CalibratedMemory, cal: Calibration) -> Calibration:
+    """Write the calibration into the memory's record and return it (on a read-only memory
+    nothing is written)."""
+    return update_calibration(memory, lambda _old: cal)
 
 
 # ---------------------------------------------------------------------- computing
@@ -357,16 +384,20 @@ def calibrate(memory: CalibratedMemory, *, sample: int | None = None) -> Calibra
     Returns:
         The new calibration.
     """
-    sample = MAX_STANDINS if sample is None else sample
-    if sample < 1:
-        raise ConfigError(f"the calibration sample must be >= 1 entry, got {sample}")
+    size = MAX_STANDINS if sample is None else sample
+    if size < 1:
+        raise ConfigError(f"the calibration sample must be >= 1 entry, got {size}")
+    return update_calibration(memory, lambda old: _full(memory, old, size))
+
+
+def _full(memory: CalibratedMemory, old: Calibration | None, sample: int) -> Calibration:
+    """A calibration from scratch (``old`` gives the revision and the view stand-ins)."""
     counts = memory.labels("image")
-    old = load_calibration(memory)
     revision = old.revision + 1 if old else 1
     if not counts:
         cal = _fit([], seen=0, revision=revision)
         cal.reason = "the memory holds no example images (a text-only memory has no threshold)"
-        return store_calibration(memory, cal)
+        return cal
     ids, labels, vectors = _sample(memory, sample)
     standins = [
         found
@@ -378,7 +409,7 @@ def calibrate(memory: CalibratedMemory, *, sample: int | None = None) -> Calibra
     cal = _fit(standins, seen=sum(counts.values()), revision=revision)
     cal.full_at = cal.seen
     logger.info("memory %r calibrated: %s", memory.collection, cal.summary())
-    return store_calibration(memory, cal)
+    return cal
 
 
 def update_on_add(memory: CalibratedMemory, ids: Sequence[str], entries: Sequence[Any]) -> None:
@@ -397,12 +428,17 @@ def update_on_add(memory: CalibratedMemory, ids: Sequence[str], entries: Sequenc
         entries: The ``MemoryEntry`` objects, same order.
     """
     new = [(pid, e.label) for pid, e in zip(ids, entries, strict=True) if e.kind == "image"]
-    if not new:
-        return
-    cal = load_calibration(memory)
+    if new:
+        # Read, change and write in one compare-and-set, so concurrent adds each count.
+        update_calibration(memory, lambda old: _added(memory, old, new))
+
+
+def _added(
+    memory: CalibratedMemory, cal: Calibration | None, new: Sequence[tuple[str, str]]
+) -> Calibration:
+    """``cal`` after the image entries ``new`` (``(id, label)``) were added."""
     if cal is None or cal.seen + len(new) >= 2 * max(cal.full_at, 1):
-        calibrate(memory)
-        return
+        return _full(memory, cal, MAX_STANDINS)
     pool = list(cal.standins)
     chosen: list[tuple[int | None, str, str]] = []  # (slot to replace or None, id, label)
     free, seen = MAX_STANDINS - len(pool), cal.seen
@@ -432,7 +468,7 @@ def update_on_add(memory: CalibratedMemory, ids: Sequence[str], entries: Sequenc
         # A category that now has a second example no longer needs its view stand-in.
         pool = [s for s in pool if s[3] != "view" or counts.get(s[0]) == 1]
     cal.standins = pool
-    store_calibration(memory, cal.refit())
+    return cal.refit()
 
 
 def _vectors_of(memory: CalibratedMemory, ids: Sequence[str]) -> np.ndarray:

@@ -17,9 +17,8 @@ from rar_agent.memory.calibration import (
     MAX_STANDINS,
     SEARCH_LIMIT,
     Calibration,
-    load_calibration,
     make_standin,
-    store_calibration,
+    update_calibration,
 )
 
 if TYPE_CHECKING:
@@ -76,13 +75,18 @@ def add_view_standins(
         return 0
     views = [augmented_view(img, seed=i) for i, (_, img) in enumerate(single)]
     batches = memory.search_batch(encoder.embed_images(views), kind="image", limit=SEARCH_LIMIT)
-    cal = load_calibration(memory) or Calibration(seen=sum(counts.values()))
     labels = {label for label, _ in single}
-    pool = [s for s in cal.standins if not (s[3] == "view" and s[0] in labels)]
-    for (label, _), hits in zip(single, batches, strict=True):
-        found = make_standin(hits, label, "view", None)
-        if found is not None:
-            pool.append(found)
-    cal.standins = pool[-MAX_STANDINS:]
-    store_calibration(memory, cal.refit())
+    found = [
+        make_standin(hits, label, "view", None)
+        for (label, _), hits in zip(single, batches, strict=True)
+    ]
+
+    def with_views(old: Calibration | None) -> Calibration:
+        cal = old or Calibration(seen=sum(counts.values()))
+        pool = [s for s in cal.standins if not (s[3] == "view" and s[0] in labels)]
+        pool += [s for s in found if s is not None]
+        cal.standins = pool[-MAX_STANDINS:]
+        return cal.refit()
+
+    update_calibration(memory, with_views)
     return len(single)

@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.config import MemoryKind, parse_reject, validate_k
-from rar_agent.encoders.loader import spec_for
+from rar_agent.encoders.spec import spec_of
 from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
+from rar_agent.ingest.encoder import bind_memory
 from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
 from rar_agent.pipeline.regions import recognize_regions
 from rar_agent.pipeline.reject import RANKER_SKIP_REASON, judge
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
 
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.ingest.builders import Progress
     from rar_agent.memory import CategoryMemory
-    from rar_agent.memory.builders import Progress
     from rar_agent.memory.calibration import Calibration
     from rar_agent.regions import BoxesInput
     from rar_agent.regions.geometry import Context
@@ -89,10 +90,10 @@ class Recognizer:
     ) -> None:
         if encoder is None:
             encoder = _recorded_encoder(memory)
-        memory.bind_encoder(encoder.fingerprint, encoder.dim)
+        bind_memory(memory, encoder)
         self.memory = memory
         self.encoder = encoder
-        spec = spec_for(encoder.fingerprint)
+        spec = spec_of(encoder)
         self.encoder_name = spec.label if spec is not None else encoder.fingerprint
         self.k = validate_k(k)
         self.gate = parse_gate(gate, calibrated=memory.info.gate_margin)
@@ -141,7 +142,8 @@ class Recognizer:
             RarError: The memory or the encoder cannot be opened (the message says why).
         """
         from rar_agent.config import Settings
-        from rar_agent.memory import check_collection_name, configured_memory, memory_encoder
+        from rar_agent.ingest import memory_encoder
+        from rar_agent.memory import check_collection_name, configured_memory
 
         settings = (settings or Settings()).model_copy(update=overrides)
         check_collection_name(settings.collection)  # before a slow encoder load
@@ -327,7 +329,7 @@ class Recognizer:
         """The memory's current calibration (re-read only when its revision changed)."""
         from rar_agent.memory.calibration import CALIBRATION_KEY, load_calibration
 
-        stored = self.memory.get_meta(CALIBRATION_KEY)
+        stored = self.memory.extension(CALIBRATION_KEY)
         key = (stored.get("revision"), stored.get("updated_at")) if stored else None
         if key != self._calibration_cache[0]:
             self._calibration_cache = (key, load_calibration(self.memory))

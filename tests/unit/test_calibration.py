@@ -9,9 +9,9 @@ import pytest
 
 from rar_agent.config import RejectSetting, Settings, parse_reject
 from rar_agent.errors import ConfigError
+from rar_agent.ingest.builders import add_images
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.memory import calibration as cal_mod
-from rar_agent.memory.builders import add_images
 from rar_agent.memory.calibration import (
     CALIBRATION_KEY,
     MIN_STANDINS,
@@ -49,7 +49,7 @@ def test_leave_one_out_calibration_is_stored_and_separates_known_from_unknown(
     assert all(s[3] == "loo" for s in cal.standins)
     assert cal.single_threshold is not None and cal.single_threshold < cal.global_mean
     assert set(cal.class_means()) == set(LABELS)
-    stored = memory.get_meta(CALIBRATION_KEY)
+    stored = memory.extension(CALIBRATION_KEY)
     assert stored["offset"] == pytest.approx(cal.offset)
     # Held-out examples of known categories mostly reach their category's threshold (the
     # threshold sits in the 5 % tail of the stand-ins, so a few may not) ...
@@ -202,9 +202,9 @@ def test_text_only_memory_has_no_threshold(tmp_path: Path) -> None:
 def test_unreadable_or_old_calibration_is_ignored(tmp_path: Path) -> None:
     clusters = make_clusters(LABELS, 3)
     memory = _memory(tmp_path, clusters, per_class=3)
-    memory.set_meta(CALIBRATION_KEY, {"version": 99})
+    memory.update_extension(CALIBRATION_KEY, lambda _: {"version": 99})
     assert load_calibration(memory) is None
-    memory.set_meta(CALIBRATION_KEY, {"version": 1, "standins": "nonsense"})
+    memory.update_extension(CALIBRATION_KEY, lambda _: {"version": 1, "standins": "nonsense"})
     assert load_calibration(memory) is None
     memory.close()
 
