@@ -15,9 +15,10 @@ from rar_agent.encoders import ImageTextEncoder
 from rar_agent.errors import ConfigError, EmptyMemoryError
 from rar_agent.images import ImageInput, is_image_reference, load_image
 from rar_agent.memory import CategoryMemory, EntryKind, Hit
-from rar_agent.results import Candidate
+from rar_agent.results import Candidate, MatchedExample
 
 __all__ = [
+    "EXAMPLES_PER_CANDIDATE",
     "fold_hits",
     "CategoryRetriever",
     "candidates_to_documents",
@@ -42,21 +43,21 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
     Returns:
         Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set
         (1 for the best), ``support`` = mean of the label's ``SUPPORT_ENTRIES`` best scores
-        among ``hits`` (``None`` when fewer of its entries are among them).
+        among ``hits`` (``None`` when fewer of its entries are among them), ``examples`` its
+        ``EXAMPLES_PER_CANDIDATE`` closest entries (id, score, stored thumbnail).
     """
     from rar_agent.memory.calibration import SUPPORT_ENTRIES
 
-    best: dict[str, Hit] = {}
-    scores: dict[str, list[float]] = {}
+    by_label: dict[str, list[Hit]] = {}
     for hit in hits:
-        held = best.get(hit.label)
-        if held is None or hit.score > held.score:
-            best[hit.label] = hit
-        scores.setdefault(hit.label, []).append(float(hit.score))
-    ranked = sorted(best.values(), key=lambda h: -h.score)[:k]
+        by_label.setdefault(hit.label, []).append(hit)
+    for group in by_label.values():
+        group.sort(key=lambda h: -h.score)
+    ranked = sorted(by_label.values(), key=lambda g: -g[0].score)[:k]
     out = []
-    for i, h in enumerate(ranked, 1):
-        top = sorted(scores[h.label], reverse=True)[:SUPPORT_ENTRIES]
+    for i, group in enumerate(ranked, 1):
+        h = group[0]
+        top = [float(x.score) for x in group[:SUPPORT_ENTRIES]]
         support = sum(top) / len(top) if len(top) == SUPPORT_ENTRIES else None
         out.append(
             Candidate(
@@ -66,9 +67,24 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
                 kind=h.kind,
                 source=h.source,
                 support=support,
+                examples=[_matched(x) for x in group[:EXAMPLES_PER_CANDIDATE]],
             )
         )
     return out
+
+
+EXAMPLES_PER_CANDIDATE = 2
+"""Closest entries each candidate carries as its evidence."""
+
+
+def _matched(hit: Hit) -> MatchedExample:
+    thumb = hit.payload.get("thumbnail")
+    return MatchedExample(
+        id=hit.id,
+        score=float(hit.score),
+        kind=hit.kind or None,
+        thumbnail=thumb if isinstance(thumb, str) and thumb.startswith("data:image/") else None,
+    )
 
 
 def _sides(kind: str, prefer: EntryKind = "image") -> tuple[EntryKind, ...]:

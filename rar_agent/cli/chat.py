@@ -64,10 +64,10 @@ def chat(
 
     chat_model = resolve_chat_model(model, settings.ranker)
     # Like `mcp`: the page can only write to the memory when learning is allowed.
-    with (
-        open_recognizer(settings, labels, progress, read_only=not allow_learning) as recognizer,
-        ConversationStore.under(settings.home) as conversations,
-    ):
+    recognizer = open_recognizer(
+        settings, labels, progress, read_only=not allow_learning, command="chat"
+    )
+    with recognizer, ConversationStore.under(settings.home) as conversations:
         page = build_chat_page(
             recognizer,
             chat_model,

@@ -61,8 +61,7 @@ from rar_agent.errors import ConfigError, MemoryStoreError
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-    from rar_agent.memory.core import StoredPoint
-    from rar_agent.memory.entries import Hit
+    from rar_agent.memory.entries import Hit, StoredPoint
 
 __all__ = [
     "CALIBRATION_KEY",

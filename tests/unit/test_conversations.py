@@ -156,7 +156,9 @@ async def test_chat_session_resumes_by_id_and_never_adopts_a_chosen_one(
         conversation, history, _ = session.resume(None)
         assert history == []
         photo = recognizer.example_images["yellow banana"]
-        reply = await session.respond({"text": "", "files": [str(photo)]}, [], conversation)
+        reply = (await session.respond({"text": "", "files": [str(photo)]}, [], conversation))[
+            "content"
+        ]
         assert "Answer: yellow banana" in reply
     with ConversationStore(db) as store:  # the page restarted
         session = ChatSession(_agent(recognizer, store), conversations=store)
@@ -165,10 +167,10 @@ async def test_chat_session_resumes_by_id_and_never_adopts_a_chosen_one(
         assert [h["role"] for h in history] == ["user", "assistant"]
         assert "🖼 yellow_banana.png" in history[0]["content"].replace("\\", "")
         assert "Answer: yellow banana" in history[1]["content"]
-        answer = await session.respond("what was the first photo?", [], conversation)
+        answer = (await session.respond("what was the first photo?", [], conversation))["content"]
         assert answer.startswith("The first photo was yellow_banana.png")
         chosen = "0" * 32  # a well-formed id nobody created: a fresh random one instead
         other, history, note = session.resume(chosen)
         assert other != chosen and history == [] and "not found" in note
-        fresh = await session.respond("what was the first photo?", [], other)
+        fresh = (await session.respond("what was the first photo?", [], other))["content"]
         assert fresh == "There is no photo in this conversation."
