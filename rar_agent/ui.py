@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from rar_agent.tools import RecognizerLike
 
 __all__ = [
+    "PAGE_CSS",
     "ChatSession",
     "answer_options",
     "build_chat_page",
@@ -554,7 +555,9 @@ def build_chat_page(
         conversation, _, note = session.resume(None)
         return conversation, note
 
-    with gr.Blocks(title=title, analytics_enabled=False, fill_height=True) as page:
+    with gr.Blocks(
+        title=title, analytics_enabled=False, fill_height=True, fill_width=True, css=PAGE_CSS
+    ) as page:
         conversation = gr.State(None)
         chat = gr.ChatInterface(
             session.respond,
@@ -569,11 +572,12 @@ def build_chat_page(
                 elem_id="rar-input",
             ),
             chatbot=gr.Chatbot(
-                elem_id="rar-chat", height=520, sanitize_html=True, label="Conversation"
+                elem_id="rar-chat", sanitize_html=True, label="Conversation", scale=1
             ),
             additional_inputs=[conversation],
             analytics_enabled=False,
-            fill_height=True,
+            fill_height=True,  # the conversation takes the window's height, the input below
+            fill_width=True,
         )
         note = gr.Markdown(elem_id="rar-conversation")
         page.load(open_conversation, None, [conversation, chat.chatbot, chat.chatbot_state, note])
@@ -641,7 +645,22 @@ def launch(
         quiet=True,  # the caller says where the page is; Gradio would add a share=True hint
         max_file_size=max_file_size,
         theme=theme,
+        css=PAGE_CSS,
         show_error=True,
         footer_links=[],
     )
     return page
+
+
+PAGE_CSS = """
+#rar-chat { flex-grow: 1; min-height: 55vh; }
+#rar-chat table { display: block; max-width: 100%; overflow-x: auto; }
+#rar-chat table img { max-width: 64px; height: auto; }
+#rar-chat th, #rar-chat td { white-space: nowrap; padding: 2px 8px; }
+@media (max-width: 640px) {
+  #rar-chat { min-height: 60vh; }
+  #rar-chat .message { font-size: 15px; }
+}
+"""
+"""The page's layout rules: the conversation fills the window, tables scroll sideways on a
+phone instead of breaking, thumbnails stay small."""
