@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
     from langchain_core.tools import BaseTool
 
+    from rar_agent.auth import TokenStore
     from rar_agent.conversations import ConversationStore
     from rar_agent.tools import RecognizerLike
 
@@ -45,6 +46,7 @@ __all__ = [
     "launch",
     "messages_to_history",
     "render_reply",
+    "token_login",
 ]
 
 logger = logging.getLogger(__name__)
@@ -326,22 +328,40 @@ class ChatSession:
         recognition_only: bool = False,
         can_learn: bool = False,
         conversations: ConversationStore | None = None,
+        reading_agent: Runnable[dict[str, Any], dict[str, Any]] | None = None,
+        may_learn: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.agent = agent
         self.recognition_only = recognition_only
         self.can_learn = can_learn
         self.conversations = conversations
+        self.reading_agent = reading_agent
+        self.may_learn = may_learn
+
+    def _agent_for(self, user: str | None) -> tuple[Runnable[dict[str, Any], dict[str, Any]], bool]:
+        """The agent a signed-in ``user`` may use, and whether it can teach."""
+        if self.may_learn is None or self.reading_agent is None or self.may_learn(user):
+            return self.agent, self.can_learn
+        return self.reading_agent, False
 
     async def respond(
         self,
         message: dict[str, Any] | str,
         history: list[dict[str, Any]],
         conversation: str | None = None,
+        user: str | None = None,
     ) -> dict[str, Any]:
         """Answer one user turn (Gradio's ``fn`` signature, plus the conversation id).
 
         With a conversation store and an id, only the new turn is sent: the agent's
         checkpoint holds the conversation. Otherwise the page's ``history`` is replayed.
+
+        Args:
+            message: The user's turn (text and uploaded files).
+            history: The conversation so far (replayed when there is no conversation id).
+            conversation: The conversation id (with a conversation store).
+            user: Who signed in (a token's name): what they teach is recorded under it,
+                and without the ``learn`` scope they get the agent that cannot teach.
 
         Returns:
             A Gradio message: ``{"role": "assistant", "content": Markdown, "options": [...]}``
@@ -349,6 +369,9 @@ class ChatSession:
         """
         from rar_agent.agent import last_tool_messages
         from rar_agent.conversations import conversation_config
+        from rar_agent.tools.provenance import teaching_as
+
+        agent, can_learn = self._agent_for(user)
 
         if isinstance(message, str):
             message = {"text": message, "files": []}
@@ -356,12 +379,13 @@ class ChatSession:
         if not turn.content:
             return _reply("Type a question or upload a photo.")
         try:
-            if self.conversations is not None and conversation:
-                out = await self.agent.ainvoke(
-                    {"messages": [turn]}, conversation_config(conversation)
-                )
-            else:
-                out = await self.agent.ainvoke({"messages": [*history_to_messages(history), turn]})
+            with teaching_as("chat", user):
+                if self.conversations is not None and conversation:
+                    out = await agent.ainvoke(
+                        {"messages": [turn]}, conversation_config(conversation)
+                    )
+                else:
+                    out = await agent.ainvoke({"messages": [*history_to_messages(history), turn]})
         except RarError as e:
             return _reply(f"⚠️ **Error:** {_md(_plain(str(e)))}")
         except Exception as e:  # the page must answer, whatever the model provider does
@@ -373,10 +397,10 @@ class ChatSession:
             final.text,
             tools,
             recognition_only=self.recognition_only,
-            can_learn=self.can_learn,
+            can_learn=can_learn,
             queries=_query_thumbnails(message.get("files") or []),
         )
-        return _reply(text, answer_options(tools) if self.can_learn else [])
+        return _reply(text, answer_options(tools) if can_learn else [])
 
     def resume(self, conversation: str | None) -> tuple[str, list[dict[str, Any]], str]:
         """Open a conversation for a page: ``(id, chat history to show, a note)``.
@@ -508,6 +532,7 @@ def build_chat_page(
     registry: ImageRegistry | None = None,
     conversations: ConversationStore | None = None,
     title: str = "rar-agent: what is in this photo?",
+    logins: TokenStore | None = None,
     **agent_options: Any,
 ) -> gr.Blocks:
     """Build the chat page (not launched).
@@ -521,6 +546,10 @@ def build_chat_page(
         conversations: Where conversations persist (``ConversationStore.under(home)``);
             ``None``: a store in memory, for as long as the page runs.
         title: Page title.
+        logins: The tokens people sign in with (launch the page with
+            ``auth=token_login(logins)``): a person whose token lacks the ``learn`` scope
+            gets the agent that cannot teach, and what a person teaches is recorded under
+            their token's name.
         **agent_options: Passed to :func:`~rar_agent.agent.create_rar_agent`
             (``allow_urls``, ``allow_learning``, ``allowed_roots``, ``folders``, ``reject``,
             ``mcp_servers``...).
@@ -531,18 +560,45 @@ def build_chat_page(
     from rar_agent.conversations import ConversationStore
 
     store = conversations if conversations is not None else ConversationStore(":memory:")
+    shared_registry = registry or ImageRegistry()
     agent = create_rar_agent(
         model,
         recognizer=recognizer,
         tools=tools,
-        registry=registry or ImageRegistry(),
+        registry=shared_registry,
         conversations=store,
         **agent_options,
     )
     can_learn = bool(agent_options.get("allow_learning"))
+    reading = None
+    if logins is not None and can_learn:
+        reading = create_rar_agent(
+            model,
+            recognizer=recognizer,
+            tools=tools,
+            registry=shared_registry,
+            conversations=store,
+            **{**agent_options, "allow_learning": False},
+        )
     session = ChatSession(
-        agent, recognition_only=model is None, can_learn=can_learn, conversations=store
+        agent,
+        recognition_only=model is None,
+        can_learn=can_learn,
+        reading_agent=reading,
+        may_learn=_may_learn(logins) if logins is not None else None,
+        conversations=store,
     )
+
+    async def respond(
+        message: dict[str, Any] | str,
+        history: list[dict[str, Any]],
+        conversation: str | None,
+        request: gr.Request,
+    ) -> dict[str, Any]:
+        user = getattr(request, "username", None)
+        return await session.respond(message, history, conversation, user)
+
+    respond.__annotations__["request"] = gr.Request  # Gradio injects it by this type
 
     def open_conversation(request: gr.Request) -> tuple[Any, ...]:
         wanted = request.query_params.get("conversation") if request else None
@@ -560,7 +616,7 @@ def build_chat_page(
     ) as page:
         conversation = gr.State(None)
         chat = gr.ChatInterface(
-            session.respond,
+            respond,
             multimodal=True,
             title=title,
             description=_page_description(recognizer, model, can_learn=can_learn),
@@ -583,6 +639,26 @@ def build_chat_page(
         page.load(open_conversation, None, [conversation, chat.chatbot, chat.chatbot_state, note])
         chat.chatbot.clear(new_conversation, None, [conversation, note])
     return page
+
+
+def _may_learn(logins: TokenStore) -> Callable[[str | None], bool]:
+    """Whether the signed-in name holds a valid token with the ``learn`` scope now."""
+
+    def may_learn(user: str | None) -> bool:
+        info = logins.tokens().get(user or "")
+        return info is not None and info.active and "learn" in info.granted
+
+    return may_learn
+
+
+def token_login(logins: TokenStore) -> Callable[[str, str], bool]:
+    """Gradio's ``auth`` callable: the user name is a token's name, the password the token."""
+
+    def check(username: str, password: str) -> bool:
+        info = logins.verify(password)
+        return info is not None and info.name == username
+
+    return check
 
 
 def _page_description(
@@ -622,6 +698,7 @@ def launch(
     *,
     block: bool = True,
     max_file_size: str = "20mb",
+    auth: Callable[[str, str], bool] | None = None,
 ) -> gr.Blocks:
     """Serve the page on ``host:port`` (local only by default; Gradio's share links off).
 
@@ -631,6 +708,8 @@ def launch(
         port: Port (``None``: Gradio picks one).
         block: Block until interrupted (``False`` returns once the server is up).
         max_file_size: Upload size limit.
+        auth: Checks a login (user name, password); ``None`` serves without one. See
+            :func:`token_login`.
     """
     import gradio as gr
 
@@ -648,6 +727,10 @@ def launch(
         css=PAGE_CSS,
         show_error=True,
         footer_links=[],
+        auth=auth,
+        auth_message="Sign in with your token: its name as user name, the token as password."
+        if auth is not None
+        else None,
     )
     return page
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rar_agent.cli import memory_copy
+from rar_agent.cli import memory_copy, memory_snapshot
 from rar_agent.cli.options import (
     ENCODER,
     EXIT_INPUT_FAILED,
@@ -389,5 +389,7 @@ def memory_stats(settings: "Settings") -> None:
 
 app.command("push")(memory_copy.memory_push)
 app.command("pull")(memory_copy.memory_pull)
+app.command("snapshot")(memory_snapshot.memory_snapshot)
+app.command("restore")(memory_snapshot.memory_restore)
 memory_push = memory_copy.memory_push
 memory_pull = memory_copy.memory_pull
