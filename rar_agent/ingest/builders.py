@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
-from rar_agent.ingest.batches import REMOTE_PREFIXES, BatchItem, PreparedBatch, prepare_batch
+from rar_agent.images.decode import IMAGE_SUFFIXES
+from rar_agent.ingest.batches import (
+    REMOTE_PREFIXES,
+    BatchItem,
+    PreparedBatch,
+    decode_workers,
+    prepare_batch,
+)
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED
 from rar_agent.memory.entries import MemoryEntry, normalize_label
@@ -50,9 +57,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 """``progress(done, total)``, called after each batch."""
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-)
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 _NAMES_PER_CALL = 64
 
 
@@ -212,16 +217,31 @@ def _pipelined(
 
     Returns each label added now with the source of its first example (for calibration).
     """
+    from rar_agent.encoders.base import input_size_of
+
     strict, extra = options
     total = sum(len(b) for b in batches)
     seen: set[str] = set()
     added: dict[str, str] = {}  # label -> source of its first added example
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
+    need = input_size_of(encoder)
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-batch") as pool,
+        ThreadPoolExecutor(decode_workers(encoder), thread_name_prefix="rar-decode") as decoders,
+    ):
 
         def submit(index: int) -> Future[PreparedBatch] | None:
             if index >= len(batches):
                 return None
-            return pool.submit(prepare_batch, memory, batches[index], seen, strict, extra)
+            return pool.submit(
+                prepare_batch,
+                memory,
+                batches[index],
+                seen,
+                strict,
+                extra,
+                need=need,
+                decoders=decoders,
+            )
 
         pending = submit(0)
         for index in range(len(batches)):
@@ -245,6 +265,7 @@ def _calibrate(
     first example written now. Only those bytes and local files are read again for the views
     (a URL is not fetched twice).
     """
+    from rar_agent.encoders.base import input_size_of
     from rar_agent.errors import ImageError
     from rar_agent.images import decode_image_bytes
     from rar_agent.ingest.batches import read_local_image
@@ -253,13 +274,15 @@ def _calibrate(
 
     calibrate(memory)
     counts = memory.labels("image")
+    side = input_size_of(encoder)
+    need = None if side is None else 2 * side  # a view crops 70-100 % of each side
     examples = []
     for label, (source, data) in added.items():
         if counts.get(label) != 1 or (data is None and source.startswith(REMOTE_PREFIXES)):
             continue
         try:
             raw = data if data is not None else read_local_image(Path(source))
-            examples.append((label, decode_image_bytes(raw)))
+            examples.append((label, decode_image_bytes(raw, need=need)))
         except ImageError as e:
             logger.warning("no calibration view for %r: %s", label, e)
     add_view_standins(memory, encoder, examples)
