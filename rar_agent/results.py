@@ -39,10 +39,10 @@ class Candidate(BaseModel):
     )
     kind: str | None = Field(default=None, description="Memory kind that matched: image/text.")
     source: str | None = Field(default=None, description="Source of the best-matching entry.")
-    support: float | None = Field(
-        default=None,
-        description="Mean similarity of the category's 2 closest entries among those "
-        "retrieved (None with fewer): what the open-set check compares with a threshold.",
+    scores: list[float] = Field(
+        default_factory=list,
+        description="Similarities of the category's closest entries among those retrieved, "
+        "best first (at most 5): what the open-set known-ness statistic is computed from.",
     )
 
 

@@ -18,6 +18,7 @@ from rar_agent.memory import CategoryMemory, EntryKind, Hit
 from rar_agent.results import Candidate
 
 __all__ = [
+    "LABEL_SCORES",
     "fold_hits",
     "CategoryRetriever",
     "candidates_to_documents",
@@ -25,6 +26,10 @@ __all__ = [
     "search_sides",
     "fetch_limit",
 ]
+
+
+LABEL_SCORES = 5
+"""Similarities kept per candidate category (its closest entries among the hits)."""
 
 
 def fetch_limit(k: int, fetch_k: int | None) -> int:
@@ -41,11 +46,9 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
 
     Returns:
         Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set
-        (1 for the best), ``support`` = mean of the label's ``SUPPORT_ENTRIES`` best scores
-        among ``hits`` (``None`` when fewer of its entries are among them).
+        (1 for the best), ``scores`` = the label's ``LABEL_SCORES`` best similarities among
+        ``hits``, best first (the open-set statistic's input).
     """
-    from rar_agent.memory.calibration import SUPPORT_ENTRIES
-
     best: dict[str, Hit] = {}
     scores: dict[str, list[float]] = {}
     for hit in hits:
@@ -56,8 +59,6 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
     ranked = sorted(best.values(), key=lambda h: -h.score)[:k]
     out = []
     for i, h in enumerate(ranked, 1):
-        top = sorted(scores[h.label], reverse=True)[:SUPPORT_ENTRIES]
-        support = sum(top) / len(top) if len(top) == SUPPORT_ENTRIES else None
         out.append(
             Candidate(
                 label=h.label,
@@ -65,7 +66,7 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
                 retrieval_rank=i,
                 kind=h.kind,
                 source=h.source,
-                support=support,
+                scores=sorted(scores[h.label], reverse=True)[:LABEL_SCORES],
             )
         )
     return out

@@ -204,7 +204,11 @@ class CategoryVectorStore(VectorStore):
             for text, meta, doc_id in zip(texts, metas, doc_ids, strict=True)
         ]
         self.memory.bind_encoder(self.fingerprint, len(vectors[0]))
-        self.memory.add_entries(entries, vectors, ids=[point_id_for(d) for d in doc_ids])
+        added = self.memory.add_entries(entries, vectors, ids=[point_id_for(d) for d in doc_ids])
+        if kind == "image":  # example images move the open-set calibration (one policy)
+            from rar_agent import openset
+
+            openset.update(self.memory, added=added)
         return doc_ids
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
@@ -216,7 +220,11 @@ class CategoryVectorStore(VectorStore):
         """
         if ids is None:
             raise ConfigError("delete needs the ids of the documents to delete")
-        self.memory.remove_ids([point_id_for(i) for i in ids])
+        removed = self.memory.remove_ids([point_id_for(i) for i in ids])
+        if removed and self.memory.count("image"):
+            from rar_agent import openset
+
+            openset.update(self.memory, removed=removed)
         return True
 
     # ------------------------------------------------------------------ reading

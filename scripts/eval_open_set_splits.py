@@ -3,7 +3,7 @@
 ``rar-agent eval --open-set`` measures one seeded split; which classes are held out matters a
 lot on Fashion-MNIST (a held-out "shirt" looks like the known "pullover"). This script encodes
 the images once, then for each of the C(10, n) held-out sets builds the memory of the other
-classes (``CategoryMemory``), calibrates it (``calibrate``), retrieves every test image
+classes (``CategoryMemory``), calibrates it (``openset.fit``), retrieves every test image
 (``CategoryRetriever``) and judges it (``Recognizer.judge_many`` with ``reject="auto"``), and
 reports the spread: AUROC, known-class top-1 drop, share of unknowns rejected, and how many
 splits meet the issue's targets (drop <= 5 points with >= 1/3 of unknowns rejected).
@@ -33,7 +33,7 @@ from rar_agent.encoders import load_encoder  # noqa: E402
 from rar_agent.evaluation.metrics import QueryRecord  # noqa: E402
 from rar_agent.evaluation.openset import open_set_report  # noqa: E402
 from rar_agent.memory import CategoryMemory, MemoryEntry  # noqa: E402
-from rar_agent.memory.calibration import calibrate  # noqa: E402
+from rar_agent.openset import fit, known_score  # noqa: E402
 from rar_agent.pipeline import Recognizer  # noqa: E402
 
 
@@ -66,19 +66,19 @@ def run_split(
     entries = [MemoryEntry(n, "image", f"train-{i}", f"{n}-{i}") for i, n in enumerate(names)]
     with CategoryMemory.open(workdir / "-".join(map(str, held)), collection="split") as memory:
         memory.bind_encoder(encoder.fingerprint, encoder.dim)
-        memory.add_entries(entries, vectors[keep], calibrate=False)
-        cal = calibrate(memory)
+        memory.add_entries(entries, vectors[keep])
+        cal = fit(memory)
         rec = Recognizer(memory, encoder, k=5, reject="auto")
         retrieved = rec.retriever.retrieve_vectors(test_set[0])
         verdicts = rec.judge_many(retrieved)
     records = []
     for cands, verdict, y in zip(retrieved, verdicts, test_set[1], strict=True):
         top = cands[0]
-        single = top.support is None
+        similarity, single = known_score(top.scores) or (top.score, True)
         records.append(QueryRecord(
             source="", label=FASHION_MNIST_CLASSES[y], candidates=[c.label for c in cands],
             scores=[c.score for c in cands], known=int(y) not in held,
-            similarity=top.score if single else top.support,
+            similarity=similarity,
             auto_threshold=cal.threshold_for(top.label, single=single),
             rejected=bool(verdict.reasons),
         ))  # fmt: skip

@@ -201,8 +201,17 @@ def _build(
                 report = builders.add_class_names(mem, enc, names, progress=update)
             else:
                 report = builders.add_images(mem, enc, items or [], strict=strict, progress=update)
+        _recalibrate(mem, report)
         _print_report(report, mem)
     return report
+
+
+def _recalibrate(mem: "CategoryMemory", report: "BuildReport", removed: int = 0) -> None:
+    """Keep the memory's open-set calibration current after a change (the one policy)."""
+    from rar_agent import openset
+
+    if (report.added or removed) and mem.count("image"):
+        openset.update(mem, added=report.sample_ids, removed=removed)
 
 
 def _storage(entries: int, flags: "Mapping[str, object]") -> "StorageSettings | None":
@@ -239,6 +248,7 @@ def _build_from_vectors(
                 source=vectors_path.name,
                 progress=update,
             )
+        _recalibrate(mem, report)
         if description is not None:
             mem.set_description(description)
         _print_report(report, mem)
@@ -308,6 +318,7 @@ def memory_add(
             report = builders.add_images(mem, enc, pairs, strict=True)
         else:
             report = builders.add_class_names(mem, enc, [label])
+        _recalibrate(mem, report)
         _print_report(report, mem)
 
 
@@ -319,9 +330,11 @@ def memory_remove(
 ) -> None:
     """Remove a category and all its entries."""
     from rar_agent.memory import open_memory
+    from rar_agent.memory.builders import BuildReport
 
     with open_memory(settings, create=False) as mem:
         removed = mem.remove_label(label)
+        _recalibrate(mem, BuildReport(), removed)
     typer.echo(f"removed {removed} entries of {label!r}")
 
 

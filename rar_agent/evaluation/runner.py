@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
-    from rar_agent.memory.calibration import Calibration
+    from rar_agent.openset import Calibration
     from rar_agent.pipeline import Recognizer
     from rar_agent.ranking import RankingChain
     from rar_agent.results import Candidate, RejectionInfo
@@ -157,9 +157,11 @@ def _open_set_fields(
     record.rejected = bool(verdict.reasons)
     if not cands:
         return
+    from rar_agent.openset import known_score
+
     top = cands[0]
-    single = top.support is None
-    record.similarity = round(top.score if top.support is None else top.support, 6)
+    similarity, single = known_score(top.scores) or (top.score, True)
+    record.similarity = round(similarity, 6)
     if cal is not None and top.kind == "image":
         auto = cal.threshold_for(top.label, single=single)
         record.auto_threshold = None if auto is None else round(auto, 6)
@@ -184,6 +186,10 @@ def _build_memory(
     else:
         build = add_images(memory, encoder, sets.memory_items, batch_size=batch_size, progress=tick)
         kind = "image"
+        if build.added:
+            from rar_agent import openset
+
+            openset.update(memory, added=build.sample_ids)
     for source, reason in build.failed[:5]:
         logger.warning("memory image skipped: %s: %s", source, reason)
     return {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
-from rar_agent.pipeline.reject import with_ranker_verdict
+from rar_agent.openset import with_ranker_verdict
 from rar_agent.results import Candidate, RankingInfo, RecognitionResult, RejectionInfo
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def ranked_result(
         candidates: Retrieval candidates, best first.
         ranking: What the ranking stage did and the order it chose.
         timings_ms: Per-stage timings; the ranking latency is added as ``rank``.
-        rejection: The retrieval-side open-set verdict (see :mod:`.reject`).
+        rejection: The retrieval-side open-set verdict (see :mod:`rar_agent.openset.verdict`).
         image: Where the image came from.
         box: The region's pixel box (region recognition).
         box_id: The region's id (region recognition).

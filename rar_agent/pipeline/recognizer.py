@@ -14,9 +14,9 @@ from rar_agent.config import MemoryKind, parse_reject, validate_k
 from rar_agent.encoders.loader import spec_for
 from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
+from rar_agent.openset import RANKER_SKIP_REASON, judge
 from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
 from rar_agent.pipeline.regions import recognize_regions
-from rar_agent.pipeline.reject import RANKER_SKIP_REASON, judge
 from rar_agent.pipeline.vocabulary import vocabulary_memory
 from rar_agent.ranking import (
     NO_RANKER,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
     from rar_agent.memory.builders import Progress
-    from rar_agent.memory.calibration import Calibration
+    from rar_agent.openset import Calibration
     from rar_agent.regions import BoxesInput
     from rar_agent.regions.geometry import Context
 
@@ -318,19 +318,20 @@ class Recognizer:
     def _ensure_calibrated(self) -> None:
         """Calibrate a memory that has image examples but no calibration yet (built earlier);
         a read-only memory keeps the result here instead of storing it."""
-        from rar_agent.memory.calibration import calibrate, load_calibration
+        from rar_agent import openset
 
-        if load_calibration(self.memory) is None and self.memory.count("image") > 0:
-            self._computed = calibrate(self.memory)
+        if openset.load(self.memory) is None:
+            self._computed = openset.ensure(self.memory, self.memory.count("image"))
 
     def calibration(self) -> Calibration | None:
         """The memory's current calibration (re-read only when its revision changed)."""
-        from rar_agent.memory.calibration import CALIBRATION_KEY, load_calibration
+        from rar_agent.openset import load
+        from rar_agent.openset.store import read_extension
 
-        stored = self.memory.get_meta(CALIBRATION_KEY)
+        stored = read_extension(self.memory)
         key = (stored.get("revision"), stored.get("updated_at")) if stored else None
         if key != self._calibration_cache[0]:
-            self._calibration_cache = (key, load_calibration(self.memory))
+            self._calibration_cache = (key, load(self.memory))
         return self._calibration_cache[1] or self._computed
 
     def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:

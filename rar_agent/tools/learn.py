@@ -56,6 +56,7 @@ class AddCategoryTool(RecognizerTool):
     ) -> tuple[str, dict[str, Any]]:
         if not self.enabled:
             raise ToolException("learning is disabled for this agent: the memory is read-only")
+        from rar_agent import openset
         from rar_agent.memory import normalize_label
         from rar_agent.memory.builders import add_images
 
@@ -75,6 +76,8 @@ class AddCategoryTool(RecognizerTool):
                 memory, self.recognizer.encoder, [item], strict=True, extra={"added_by": self.name}
             )
             added = report.added
+            if added:  # a taught example updates the calibration, never a full refit
+                openset.update(memory, added=report.sample_ids)
             examples = memory.labels("image").get(clean, 0)
             after = memory.count("image")
         except RarError as e:

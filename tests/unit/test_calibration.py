@@ -7,19 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rar_agent import openset
 from rar_agent.config import RejectSetting, Settings, parse_reject
 from rar_agent.errors import ConfigError
 from rar_agent.memory import CategoryMemory, MemoryEntry
-from rar_agent.memory import calibration as cal_mod
 from rar_agent.memory.builders import add_images
-from rar_agent.memory.calibration import (
-    CALIBRATION_KEY,
-    MIN_STANDINS,
-    Calibration,
-    calibrate,
-    load_calibration,
-)
-from rar_agent.memory.views import add_view_standins, augmented_view
+from rar_agent.openset import calibration as cal_mod
+from rar_agent.openset.calibration import MIN_STANDINS
+from rar_agent.openset.calibration import fit as calibrate
+from rar_agent.openset.calibration import load as load_calibration
+from rar_agent.openset.store import EXTENSION
 from tests.helpers.clusters import DIM, Clusters, make_clusters
 
 LABELS = ["heron", "tabby cat", "lynx", "red fox"]
@@ -30,11 +27,16 @@ def _entries(clusters: Clusters, label: str, idx: range) -> tuple[list[MemoryEnt
     return entries, np.stack([clusters.vector(label, i) for i in idx])
 
 
+def _add(memory: CategoryMemory, entries: list[MemoryEntry], vectors: np.ndarray) -> None:
+    """Add entries the way every caller does: write, then update the calibration."""
+    openset.update(memory, added=memory.add_entries(entries, vectors))
+
+
 def _memory(tmp_path: Path, clusters: Clusters, per_class: int = 5) -> CategoryMemory:
     memory = CategoryMemory.open(tmp_path / "mem", collection="cal")
     memory.bind_encoder(clusters.encoder.fingerprint, DIM)
     for label in LABELS:
-        memory.add_entries(*_entries(clusters, label, range(per_class)))
+        _add(memory, *_entries(clusters, label, range(per_class)))
     return memory
 
 
@@ -46,10 +48,9 @@ def test_leave_one_out_calibration_is_stored_and_separates_known_from_unknown(
     cal = calibrate(memory)
     assert cal.calibrated and cal.method == "leave-one-out"
     assert len(cal.standins) == 5 * len(LABELS)
-    assert all(s[3] == "loo" for s in cal.standins)
     assert cal.single_threshold is not None and cal.single_threshold < cal.global_mean
     assert set(cal.class_means()) == set(LABELS)
-    stored = memory.get_meta(CALIBRATION_KEY)
+    stored = memory.get_meta(EXTENSION)
     assert stored["offset"] == pytest.approx(cal.offset)
     # Held-out examples of known categories mostly reach their category's threshold (the
     # threshold sits in the 5 % tail of the stand-ins, so a few may not) ...
@@ -84,7 +85,7 @@ def test_adding_examples_updates_the_calibration(tmp_path: Path) -> None:
     memory = _memory(tmp_path, clusters, per_class=5)
     before = load_calibration(memory)
     assert before is not None and "bicycle" not in before.class_means()
-    memory.add_entries(*_entries(clusters, "bicycle", range(3)))
+    _add(memory, *_entries(clusters, "bicycle", range(3)))
     after = load_calibration(memory)
     assert after is not None and after.revision > before.revision
     assert "bicycle" in after.class_means()  # the new category has stand-ins of its own
@@ -97,7 +98,7 @@ def test_growth_past_double_recalibrates_in_full(tmp_path: Path) -> None:
     memory.bind_encoder(clusters.encoder.fingerprint, DIM)
     for i in range(6):  # one example per category at a time
         for label in LABELS:
-            memory.add_entries(*_entries(clusters, label, range(i, i + 1)))
+            _add(memory, *_entries(clusters, label, range(i, i + 1)))
     cal = load_calibration(memory)
     assert cal is not None and cal.calibrated
     # the last full calibration saw at least half of today's entries
@@ -120,7 +121,7 @@ def test_reservoir_keeps_the_stand_ins_bounded(tmp_path: Path, monkeypatch) -> N
 
     monkeypatch.setattr(memory, "search_batch", counting)
     for label in LABELS:
-        memory.add_entries(*_entries(clusters, label, range(4, 6)))
+        _add(memory, *_entries(clusters, label, range(4, 6)))
     cal = load_calibration(memory)
     assert cal is not None and len(cal.standins) <= 8 and cal.seen == 24
     # a sample, not every entry: never more searches than entries offered
@@ -136,56 +137,55 @@ def test_full_calibration_samples_a_bounded_number_of_entries(tmp_path: Path) ->
         calibrate(memory, sample=0)
 
 
+def test_the_memory_never_calibrates_itself(tmp_path: Path) -> None:
+    clusters = make_clusters(LABELS, 5)
+    memory = CategoryMemory.open(tmp_path / "mem", collection="cal")
+    memory.bind_encoder(clusters.encoder.fingerprint, DIM)
+    for label in LABELS:
+        memory.add_entries(*_entries(clusters, label, range(5)))
+    assert load_calibration(memory) is None
+    calibrate(memory)
+    before = load_calibration(memory)
+    memory.remove_label("lynx")
+    assert load_calibration(memory) == before  # stored, untouched, until a caller updates it
+    memory.close()
+
+
+def test_a_taught_example_costs_no_full_calibration(tmp_path: Path, monkeypatch) -> None:
+    clusters = make_clusters([*LABELS, "bicycle"], 8)
+    memory = _memory(tmp_path, clusters, per_class=6)
+    fits: list[int] = []
+    real = cal_mod.fit
+    monkeypatch.setattr(cal_mod, "fit", lambda m, **kw: fits.append(1) or real(m, **kw))
+    before = load_calibration(memory)
+    _add(memory, *_entries(clusters, "lynx", range(6, 7)))
+    after = load_calibration(memory)
+    assert not fits and after.revision == before.revision + 1 and after.seen == before.seen + 1
+    memory.close()
+
+
 def test_removing_a_category_recalibrates(tmp_path: Path) -> None:
     clusters = make_clusters(LABELS, 5)
     memory = _memory(tmp_path, clusters)
-    memory.remove_label("lynx")
+    openset.update(memory, removed=memory.remove_label("lynx"))
     cal = load_calibration(memory)
     assert cal is not None and "lynx" not in cal.class_means()
     assert all(label != "lynx" and pred != "lynx" for label, pred, *_ in cal.standins)
 
 
-def test_single_example_categories_use_augmented_views(tmp_path: Path) -> None:
+def test_single_example_categories_cannot_calibrate_and_say_so(tmp_path: Path) -> None:
     clusters = make_clusters(LABELS, 2)
     folder = tmp_path / "imgs"
     items = [(str(clusters.save(label, 0, folder / label)), label) for label in LABELS[:3]]
     memory = CategoryMemory.open(tmp_path / "mem", collection="cal")
-    add_images(memory, clusters.encoder, items)
-    cal = load_calibration(memory)
-    assert cal is not None
-    assert sorted(label for label, *_ in cal.standins) == sorted(LABELS[:3])
-    assert all(s[3] == "view" for s in cal.standins)
-    assert not cal.calibrated and str(MIN_STANDINS) in (cal.reason or "")
-    # a second example of a category replaces its view by leave-one-out stand-ins
-    add_images(memory, clusters.encoder, [(str(clusters.save("heron", 1, folder)), "heron")])
-    cal = load_calibration(memory)
-    assert cal is not None
-    flags = {(s[0], s[3]) for s in cal.standins}
-    assert ("heron", "loo") in flags and ("heron", "view") not in flags
-    assert ("lynx", "view") in flags
-    memory.close()
-
-
-def test_views_are_deterministic_and_keep_the_size() -> None:
-    from PIL import Image
-
-    image = Image.linear_gradient("L").convert("RGB").resize((40, 30))
-    a, b = augmented_view(image, 3), augmented_view(image, 3)
-    assert a.size == image.size and a.tobytes() == b.tobytes()
-    assert augmented_view(image, 4).tobytes() != a.tobytes()
-
-
-def test_view_stand_ins_only_for_single_example_categories(tmp_path: Path) -> None:
-    clusters = make_clusters([*LABELS, "bicycle"], 5)
-    memory = _memory(tmp_path, clusters, per_class=5)
-    assert add_view_standins(memory, clusters.encoder, [("lynx", clusters.image("lynx", 0))]) == 0
-    memory.add_entries(*_entries(clusters, "bicycle", range(1)))
-    only = [("bicycle", clusters.image("bicycle", 0))]
-    assert add_view_standins(memory, clusters.encoder, only) == 1
-    cal = load_calibration(memory)
-    assert cal is not None and cal.standins[-1][:2] == ("bicycle", "bicycle")
-    assert cal.standins[-1][2] is None  # one entry of it: no support, only a pair similarity
-    assert cal.standins[-1][3] == "view" and cal.standins[-1][4] > 0.8
+    report = add_images(memory, clusters.encoder, items)
+    cal = openset.update(memory, added=report.sample_ids)
+    assert not cal.calibrated and cal.standins == []
+    assert "cannot calibrate" in (cal.reason or "") and "two example" in (cal.reason or "")
+    # a second example of a category gives it leave-one-out stand-ins
+    more = add_images(memory, clusters.encoder, [(str(clusters.save("heron", 1, folder)), "heron")])
+    cal = openset.update(memory, added=more.sample_ids)
+    assert {s[0] for s in cal.standins} == {"heron"}
     memory.close()
 
 
@@ -202,15 +202,17 @@ def test_text_only_memory_has_no_threshold(tmp_path: Path) -> None:
 def test_unreadable_or_old_calibration_is_ignored(tmp_path: Path) -> None:
     clusters = make_clusters(LABELS, 3)
     memory = _memory(tmp_path, clusters, per_class=3)
-    memory.set_meta(CALIBRATION_KEY, {"version": 99})
+    memory.set_meta(EXTENSION, {"version": 99})
     assert load_calibration(memory) is None
-    memory.set_meta(CALIBRATION_KEY, {"version": 1, "standins": "nonsense"})
+    memory.set_meta(EXTENSION, {"version": 2, "standins": "nonsense"})
     assert load_calibration(memory) is None
     memory.close()
 
 
 def test_too_few_stand_ins_give_no_threshold() -> None:
-    cal = Calibration(standins=[("a", "a", 0.9, "loo", 0.8)] * (MIN_STANDINS - 1)).refit()
+    cal = cal_mod._fit(
+        [("a", "a", 0.9, "loo", 0.8)] * (MIN_STANDINS - 1), seen=4, full_at=4, revision=1
+    )
     assert cal.offset is None and cal.threshold_for("a") is None
     assert cal.threshold_for("a", single=True) is None and not cal.calibrated
     pairs = [
@@ -218,7 +220,7 @@ def test_too_few_stand_ins_give_no_threshold() -> None:
         ("b", "b", 0.7, "loo", 0.6),
         ("c", "c", None, "loo", 0.7),
     ]
-    cal = Calibration(standins=pairs * 3).refit()
+    cal = cal_mod._fit(pairs * 3, seen=9, full_at=9, revision=1)
     assert cal.calibrated
     # tight category a gets a higher threshold than diverse b; unseen labels the global mean
     assert cal.threshold_for("a") > cal.threshold_for("zebra") > cal.threshold_for("b")

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rar_agent import openset
 from rar_agent.errors import EncoderMismatchError, MemoryStoreError
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.memory.storage import StorageSettings
@@ -25,7 +26,7 @@ def _fill(mem: CategoryMemory, n: int = 130) -> np.ndarray:
         for i in range(n)
     ]
     mem.bind_encoder("enc-A", DIM, description="things")
-    mem.add_entries(entries, x)  # image entries: the open-set calibration is recorded too
+    openset.update(mem, added=mem.add_entries(entries, x))  # the calibration is recorded too
     mem._update_meta("encoder_spec", {"name": "tiny", "pretrained": None})
     mem._update_meta("future_key", {"kept": True})
     return x
@@ -50,7 +51,7 @@ def test_push_copies_points_payloads_and_the_whole_metadata(source: Any) -> None
         assert {k: v for k, v in meta.items() if k != "collection"} == {
             k: v for k, v in src_meta.items() if k != "collection"
         }
-        assert meta["calibration"] and meta["calibration"] == src_meta["calibration"]
+        assert meta[openset.EXTENSION] and meta[openset.EXTENSION] == src_meta[openset.EXTENSION]
         assert meta["encoder_spec"]["name"] == "tiny" and meta["future_key"] == {"kept": True}
         assert dst.storage == SETTINGS and dst.info.description == "things"
         assert dst.labels() == src.labels() and dst.count("text") == src.count("text")
@@ -91,7 +92,7 @@ def test_pull_brings_a_server_memory_back_to_an_embedded_one(source: Any, tmp_pa
         with CategoryMemory.open(tmp_path / "pulled", collection="pulled") as local:
             copy_memory(server, local, batch_size=64)
             assert local.storage == SETTINGS
-            assert local.metadata["calibration"] == src.metadata["calibration"]
+            assert local.metadata[openset.EXTENSION] == src.metadata[openset.EXTENSION]
             assert local.search(x[3], limit=1)[0].id == src.search(x[3], limit=1)[0].id
     with CategoryMemory.open(tmp_path / "pulled", collection="pulled", create=False) as again:
         assert again.count() == 130 and again.storage == SETTINGS

@@ -1,6 +1,6 @@
 """The open-set decision: is the best candidate close enough to count as *known*?
 
-The memory's calibration (:mod:`rar_agent.memory.calibration`) says what a known image of
+The memory's calibration (:mod:`rar_agent.openset.calibration`) says what a known image of
 each category scores; this module compares one query's best candidate with it, and turns the
 ranker's "none of these" into a reason. Pure functions: no search, a dict lookup a query.
 """
@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from rar_agent.openset.statistic import known_score
 from rar_agent.results import Candidate, RankingInfo, RejectionInfo
 
 if TYPE_CHECKING:
     from rar_agent.config import RejectSetting
-    from rar_agent.memory.calibration import Calibration
+    from rar_agent.openset.calibration import Calibration
 
 __all__ = ["RANKER_SKIP_REASON", "judge", "with_ranker_verdict"]
 
@@ -27,10 +28,9 @@ def judge(
 ) -> RejectionInfo:
     """The retrieval-side verdict for one image's candidates (best first).
 
-    The statistic is the best candidate's support (mean similarity of its category's two
-    closest entries), or its similarity when only one entry of that category was retrieved;
-    the threshold is the fixed one, or the calibrated one for that category (image entries
-    only: class-name entries have none).
+    The statistic is :func:`~rar_agent.openset.statistic.known_score` of the best
+    candidate; the threshold is the fixed one, or the calibrated one for that category
+    (image entries only: class-name entries have none).
 
     Args:
         candidates: The retrieval candidates.
@@ -41,8 +41,7 @@ def judge(
     if mode == "off" or not candidates:
         return RejectionInfo(mode=mode)
     top = candidates[0]
-    single = top.support is None
-    stat = top.score if top.support is None else top.support
+    stat, single = known_score(top.scores) or (top.score, True)
     info = RejectionInfo(mode=mode, similarity=round(stat, 6))
     if mode == "fixed":
         threshold = setting.threshold

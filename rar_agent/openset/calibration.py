@@ -1,17 +1,14 @@
 """Open-set calibration: how similar a query of a *known* category usually is to the memory.
 
-The known-ness statistic of a query is the *support* of its best candidate category: the
-mean similarity of that category's ``SUPPORT_ENTRIES`` (2) closest entries. Two neighbours
-are steadier than one: on Fashion-MNIST (EfficientNet-Lite0, 10 shots, all 120 ways to hold
-out 3 of 10 classes; docs/eval/open-set) the AUROC was 0.792 against 0.779 for the top-1
-similarity with the same per-category thresholds, at a smaller accuracy cost.
+The known-ness statistic of a query is :func:`~rar_agent.openset.statistic.known_score` of its
+best candidate category (the *support*: the mean similarity of its closest entries).
 
-The memory calibrates itself, with no labelled queries. Each sampled image entry is treated
-as a query against the memory without it (leave-one-out): its best other entry's label and
-the support of that label (other entries only) are a *stand-in* for a known query. A
+The calibration is fitted from the memory's own examples, with no labelled queries. Each
+sampled image entry is treated as a query against the memory without it (leave-one-out):
+its best other entry's label and the support of that label (other entries only) are a
+*stand-in* for a known query. A
 category with a single example cannot do that (its nearest other entry belongs to another
-category), so an augmented view of its example is the stand-in instead
-(:func:`rar_agent.memory.views.add_view_standins`).
+category), so it gives no stand-in.
 
 From the stand-ins:
 
@@ -37,11 +34,15 @@ similarities live on another scale than the text entries' similarities among the
 the memory holds nothing to calibrate them with. They reject only when the ranker answers
 "none of these", or at a threshold the user gives.
 
-The stand-ins are a bounded reservoir (``MAX_STANDINS``): a full calibration samples that
-many entries (never all pairs); each later addition enters the reservoir with the standard
-reservoir probability, and a full calibration is redone when the image entries have doubled,
-so keeping the calibration current costs a constant number of searches per added entry.
-The calibration lives in the memory's metadata under ``"calibration"``.
+One update policy keeps it current (:func:`update`): the stand-ins are a bounded reservoir
+(``MAX_STANDINS``); a full calibration (:func:`fit`) samples that many entries (never all
+pairs) and is redone only when the image entries have doubled since the last one or entries
+were removed; otherwise each added entry enters the reservoir with the standard reservoir
+probability. Keeping the calibration current thus costs a constant number of searches per
+added entry, and a taught example never costs a full calibration. The memory never triggers
+any of it: its callers (builds, the teacher, the recognizer factory) call :func:`update`.
+The calibration lives in the memory record's extension ``"openset"``
+(:mod:`rar_agent.openset.store`).
 """
 
 from __future__ import annotations
@@ -56,47 +57,46 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
-from rar_agent.errors import ConfigError, MemoryStoreError
+from rar_agent.errors import ConfigError
+from rar_agent.openset.statistic import known_score
+from rar_agent.openset.store import read_extension, update_extension
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-    from rar_agent.memory.entries import Hit
-    from rar_agent.memory.storage_ops import StoredPoint
+    from rar_agent.memory import Hit
+    from rar_agent.memory.core import StoredPoint
 
 __all__ = [
-    "CALIBRATION_KEY",
-    "CalibratedMemory",
     "MAX_STANDINS",
     "MIN_STANDINS",
     "SHRINK",
-    "SUPPORT_ENTRIES",
     "Z",
+    "CalibratedMemory",
     "Calibration",
     "StandIn",
-    "calibrate",
-    "load_calibration",
+    "fit",
+    "load",
     "make_standin",
-    "store_calibration",
-    "update_on_add",
+    "update",
 ]
 
 
 class CalibratedMemory(Protocol):
-    """What calibration reads and writes of a memory (:class:`~rar_agent.memory.CategoryMemory`).
-
-    A protocol rather than the class itself, so that the memory can call calibration without
-    the two modules importing each other.
-    """
+    """What calibration reads and writes of a memory (:class:`~rar_agent.memory.CategoryMemory`)."""
 
     collection: str
 
     def get_meta(self, key: str) -> Any:
-        """A value of the memory's metadata."""
+        """A value of the memory's record."""
         ...
 
     def set_meta(self, key: str, value: Any) -> None:
-        """Store a value in the memory's metadata."""
+        """Store a value in the memory's record."""
+        ...
+
+    def get_entries(self, ids: Iterable[str]) -> list[Hit]:
+        """The stored entries among ``ids`` (payloads, no vectors)."""
         ...
 
     def get_vectors(self, ids: Iterable[str]) -> dict[str, list[float]]:
@@ -122,7 +122,6 @@ class CalibratedMemory(Protocol):
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_KEY = "calibration"
 MAX_STANDINS = 1000
 """Stand-in queries kept (and sampled by a full calibration)."""
 MIN_STANDINS = 5
@@ -131,14 +130,12 @@ SHRINK = 5.0
 """Weight, in stand-ins, of the global mean in each category's mean."""
 Z = 1.645
 """Standard deviations below the mean: the one-sided 5 % tail of a normal fit."""
-SUPPORT_ENTRIES = 2
-"""Closest entries of a category averaged into its support (the known-ness statistic)."""
 SEARCH_LIMIT = 16
-"""Hits per calibration search: enough to hold the best label's 2 closest others."""
-_VERSION = 1
+"""Hits per calibration search: enough to hold the best label's closest others."""
+_VERSION = 2
 
 StandIn = tuple[str, str, float | None, str, float | None]
-"""One stand-in query: ``(label, predicted label, support, "loo" | "view", pair)``.
+"""One stand-in query: ``(label, predicted label, support, "loo", pair)``.
 
 ``support`` is the predicted label's support (``None`` when only one entry of it was among
 the hits); ``pair`` the mean similarity to the other entries of its *own* label among the
@@ -147,7 +144,7 @@ hits (``None`` when there were none): how close one example of a category is to 
 
 
 class Calibration(BaseModel):
-    """A memory's open-set calibration (image side), as stored in its metadata.
+    """A memory's open-set calibration (image side), as stored in its record.
 
     Attributes:
         method: ``leave-one-out`` when a threshold was fitted, ``none`` when it could not be.
@@ -158,7 +155,7 @@ class Calibration(BaseModel):
             single entry among the hits (a category taught from one example): the ``Z``
             tail of the stand-ins' ``pair`` similarities.
         standins: The stand-in queries the fit used.
-        seen: Entries offered to the reservoir so far (for its sampling probability).
+        seen: Image entries offered to the reservoir so far (for its sampling probability).
         full_at: Image entries at the last full calibration (redone when they double).
         revision: Grows with every change (lets readers cache derived values).
     """
@@ -185,7 +182,7 @@ class Calibration(BaseModel):
         return self.offset is not None or self.single_threshold is not None
 
     def class_means(self) -> dict[str, float]:
-        """Each category's shrunk mean stand-in support (leave-one-out stand-ins only)."""
+        """Each category's shrunk mean stand-in support."""
         if self._means is None:
             self._means = _class_means(self.standins, self.global_mean or 0.0, self.shrink)
         return self._means
@@ -204,15 +201,8 @@ class Calibration(BaseModel):
             return None
         return self.class_means().get(label, self.global_mean) + self.offset
 
-    def refit(self) -> Calibration:
-        """A copy whose threshold is fitted to the current stand-ins."""
-        cal = _fit(self.standins, seen=self.seen, revision=self.revision + 1)
-        cal.full_at = self.full_at
-        return cal
-
     def summary(self) -> dict[str, Any]:
         """Headline figures for people (no stand-in list)."""
-        loo = sum(1 for s in self.standins if s[3] == "loo")
         return {
             "method": self.method,
             "reason": self.reason,
@@ -220,8 +210,6 @@ class Calibration(BaseModel):
             "global_mean": self.global_mean,
             "single_threshold": self.single_threshold,
             "standins": len(self.standins),
-            "leave_one_out": loo,
-            "views": len(self.standins) - loo,
             "categories": len(self.class_means()),
             "updated_at": self.updated_at,
         }
@@ -230,8 +218,8 @@ class Calibration(BaseModel):
 def _class_means(standins: Sequence[StandIn], g: float, shrink: float) -> dict[str, float]:
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    for label, _, support, flag, _ in standins:
-        if flag == "loo" and support is not None:
+    for label, _, support, _, _ in standins:
+        if support is not None:
             sums[label] += support
             counts[label] += 1
     return {c: (sums[c] + shrink * g) / (counts[c] + shrink) for c in sums}
@@ -243,27 +231,37 @@ def _tail(values: Sequence[float]) -> float:
     return float(arr.mean() - Z * arr.std())
 
 
-def _fit(standins: Sequence[StandIn], *, seen: int, revision: int) -> Calibration:
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _fit(standins: Sequence[StandIn], *, seen: int, full_at: int, revision: int) -> Calibration:
     """Fit class means, the offset and the single-entry threshold (module docstring)."""
-    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    cal = Calibration(standins=list(standins), seen=seen, revision=revision, updated_at=now)
-    supported = [(s[1], s[2], s[3]) for s in standins if s[2] is not None]
+    cal = Calibration(
+        standins=list(standins), seen=seen, full_at=full_at, revision=revision, updated_at=_now()
+    )
+    supported = [(s[1], s[2]) for s in standins if s[2] is not None]
     if len(supported) >= MIN_STANDINS:
-        loo = [support for _, support, flag in supported if flag == "loo"]
-        cal.global_mean = float(np.mean(loo or [support for _, support, _ in supported]))
+        cal.global_mean = float(np.mean([support for _, support in supported]))
         means = cal.class_means()
         g = cal.global_mean
-        cal.offset = _tail([support - means.get(pred, g) for pred, support, _ in supported])
-    pairs = [s[4] for s in standins if s[3] == "loo" and s[4] is not None]
-    pairs = pairs or [s[4] for s in standins if s[4] is not None]
+        cal.offset = _tail([support - means.get(pred, g) for pred, support in supported])
+    pairs = [s[4] for s in standins if s[4] is not None]
     if len(pairs) >= MIN_STANDINS:
         cal.single_threshold = _tail(pairs)
     if cal.calibrated:
         cal.method = "leave-one-out"
+    elif seen and not standins:
+        cal.reason = (
+            "cannot calibrate: no category has two example images, so the memory holds no "
+            "stand-in for a known query; add a second example to some categories, or give a "
+            "threshold such as --reject 0.8"
+        )
     else:
         cal.reason = (
-            f"only {len(standins)} stand-in queries (at least {MIN_STANDINS} needed): add "
-            "more example images, or give a threshold such as --reject 0.8"
+            f"cannot calibrate: only {len(standins)} stand-in queries from categories with "
+            f"two or more examples (at least {MIN_STANDINS} needed); add example images, or "
+            "give a threshold such as --reject 0.8"
         )
     return cal
 
@@ -271,45 +269,39 @@ def _fit(standins: Sequence[StandIn], *, seen: int, revision: int) -> Calibratio
 # ---------------------------------------------------------------------- stored form
 
 
-def load_calibration(memory: CalibratedMemory) -> Calibration | None:
+def load(memory: CalibratedMemory) -> Calibration | None:
     """The calibration stored in ``memory``, or ``None`` if it has none (or an old form)."""
-    data = memory.get_meta(CALIBRATION_KEY)
+    return _parse(read_extension(memory), memory.collection)
+
+
+def _parse(data: dict[str, Any] | None, collection: str) -> Calibration | None:
     if not isinstance(data, dict) or data.get("version") != _VERSION:
         return None
     try:
         return Calibration.model_validate(data)
     except ValueError:
-        logger.warning("memory %r: unreadable calibration ignored", memory.collection)
+        logger.warning("memory %r: unreadable calibration ignored", collection)
         return None
 
 
-def store_calibration(memory: CalibratedMemory, cal: Calibration) -> Calibration:
-    """Write the calibration into the memory's metadata and return it (on a read-only memory
-    nothing is written)."""
-    try:
-        memory.set_meta(CALIBRATION_KEY, cal.model_dump(mode="json"))
-    except MemoryStoreError as e:
-        logger.info("calibration not stored in memory %r: %s", memory.collection, e)
+def _store(memory: CalibratedMemory, cal: Calibration) -> Calibration:
+    update_extension(memory, lambda _old: cal.model_dump(mode="json"))
     return cal
 
 
 # ---------------------------------------------------------------------- computing
 
 
-def make_standin(hits: Sequence[Hit], label: str, flag: str, skip: str | None) -> StandIn | None:
-    """The stand-in an example of ``label`` makes from its search ``hits`` (minus ``skip``).
-
-    ``flag`` is ``loo`` (an entry searched without itself, ``skip`` its id) or ``view`` (an
-    augmented view of an entry, nothing skipped).
-    """
+def make_standin(hits: Sequence[Hit], label: str, skip: str | None) -> StandIn | None:
+    """The stand-in an example of ``label`` makes from its search ``hits`` (minus ``skip``)."""
     others = [h for h in hits if h.id != skip]
     if not others:
         return None
     pred = others[0].label
-    top = [float(h.score) for h in others if h.label == pred][:SUPPORT_ENTRIES]
-    support = sum(top) / len(top) if len(top) == SUPPORT_ENTRIES else None
+    score = known_score([float(h.score) for h in others if h.label == pred])
+    support = score[0] if score is not None and not score[1] else None
     own = [float(h.score) for h in others if h.label == label]
-    return (label, pred, support, flag, sum(own) / len(own) if own else None)
+    return (label, pred, support, "loo", sum(own) / len(own) if own else None)
 
 
 def _leave_one_out(
@@ -320,7 +312,7 @@ def _leave_one_out(
         return []
     batches = memory.search_batch(vectors, kind="image", limit=SEARCH_LIMIT)
     return [
-        make_standin(hits, label, "loo", own)
+        make_standin(hits, label, own)
         for own, label, hits in zip(ids, labels, batches, strict=True)
     ]
 
@@ -343,12 +335,11 @@ def _sample(memory: CalibratedMemory, limit: int) -> tuple[list[str], list[str],
     return ids, labels, np.asarray(rows, dtype=np.float32)
 
 
-def calibrate(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
+def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
     """Calibrate ``memory`` from scratch (a sample of ``sample`` entries) and store it.
 
     Cost: one scroll over at most ``sample`` entries and one batched search of as many
-    vectors, whatever the memory's size. View stand-ins of categories that still have a
-    single example are kept.
+    vectors, whatever the memory's size.
 
     Args:
         memory: The memory (a read-only one is calibrated but not written to).
@@ -361,52 +352,59 @@ def calibrate(memory: CalibratedMemory, *, sample: int | None = None) -> Calibra
     if sample < 1:
         raise ConfigError(f"the calibration sample must be >= 1 entry, got {sample}")
     counts = memory.labels("image")
-    old = load_calibration(memory)
+    old = load(memory)
     revision = old.revision + 1 if old else 1
     if not counts:
-        cal = _fit([], seen=0, revision=revision)
-        cal.reason = "the memory holds no example images (a text-only memory has no threshold)"
-        return store_calibration(memory, cal)
+        cal = _fit([], seen=0, full_at=0, revision=revision)
+        cal.reason = (
+            "cannot calibrate: the memory holds no example images (a text-only memory has no "
+            "automatic threshold)"
+        )
+        return _store(memory, cal)
     ids, labels, vectors = _sample(memory, sample)
     standins = [
         found
         for label, found in zip(labels, _leave_one_out(memory, ids, labels, vectors), strict=True)
         if found is not None and counts.get(label, 0) >= 2
     ]
-    if old is not None:
-        standins += [s for s in old.standins if s[3] == "view" and counts.get(s[0]) == 1]
-    cal = _fit(standins, seen=sum(counts.values()), revision=revision)
-    cal.full_at = cal.seen
+    seen = sum(counts.values())
+    cal = _fit(standins, seen=seen, full_at=seen, revision=revision)
     logger.info("memory %r calibrated: %s", memory.collection, cal.summary())
-    return store_calibration(memory, cal)
+    return _store(memory, cal)
 
 
-def update_on_add(memory: CalibratedMemory, ids: Sequence[str], entries: Sequence[Any]) -> None:
-    """Keep the calibration current after image entries were added.
+def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int = 0) -> Calibration:
+    """Keep the calibration current after entries were added or removed (the one policy).
 
-    When the image entries have doubled since the last full calibration, it is redone (so
-    stand-ins searched in a much smaller memory do not linger; over a memory's growth this
-    costs a constant number of searches per entry). Otherwise each new image entry enters
-    the stand-in reservoir with probability ``MAX_STANDINS / seen``; the ones that enter
-    are searched leave-one-out (one batched search). Entries of a category that has no
-    other example are not stand-ins.
+    A full calibration (:func:`fit`) is made when there is none yet, when entries were
+    removed (stand-ins may have matched them), or when the image entries have doubled since
+    the last full one (so stand-ins searched in a much smaller memory do not linger; over a
+    memory's growth this costs a constant number of searches per entry). Otherwise each new
+    image entry enters the stand-in reservoir with probability ``MAX_STANDINS / seen``; the
+    ones that enter are searched leave-one-out (one batched search). Entries of a category
+    that has no other example are not stand-ins.
 
     Args:
-        memory: The memory the entries were just written to.
-        ids: Their point ids.
-        entries: The ``MemoryEntry`` objects, same order.
+        memory: The memory the entries were written to (or removed from).
+        added: Point ids of the entries just added (text entries are ignored); a uniform
+            sample of them is enough when a build added very many.
+        removed: How many entries were just removed.
+
+    Returns:
+        The calibration now stored.
     """
-    new = [(pid, e.label) for pid, e in zip(ids, entries, strict=True) if e.kind == "image"]
-    if not new:
-        return
-    cal = load_calibration(memory)
-    if cal is None or cal.seen + len(new) >= 2 * max(cal.full_at, 1):
-        calibrate(memory)
-        return
-    pool = list(cal.standins)
-    chosen: list[tuple[int | None, str, str]] = []  # (slot to replace or None, id, label)
-    free, seen = MAX_STANDINS - len(pool), cal.seen
-    for pid, label in new:
+    cal = load(memory)
+    counts = memory.labels("image")
+    total = sum(counts.values())
+    if cal is None or removed or total >= 2 * max(cal.full_at, 1):
+        return fit(memory)
+    vectors_by_id = memory.get_vectors(added) if added else {}
+    labels = _labels_of(memory, list(vectors_by_id))
+    new = [pid for pid in vectors_by_id if pid in labels]
+    seen = max(cal.seen, total - len(new))
+    chosen: list[tuple[int | None, str]] = []  # (slot to replace or None, id)
+    free = MAX_STANDINS - len(cal.standins)
+    for pid in new:
         seen += 1
         target: int | None = None
         if free > 0:
@@ -415,26 +413,37 @@ def update_on_add(memory: CalibratedMemory, ids: Sequence[str], entries: Sequenc
             target = random.Random(f"{memory.collection}\x00{seen}").randrange(seen)
             if target >= MAX_STANDINS:
                 continue
-        chosen.append((target, pid, label))
-    cal.seen = seen
+        chosen.append((target, pid))
+    found: list[StandIn | None] = []
     if chosen:
-        vectors = _vectors_of(memory, [pid for _, pid, _ in chosen])
-        counts = memory.labels("image")
-        ids, labels = [pid for _, pid, _ in chosen], [label for _, _, label in chosen]
-        found = _leave_one_out(memory, ids, labels, vectors)
-        for (slot, _, label), standin in zip(chosen, found, strict=True):
-            if standin is None or counts.get(label, 0) < 2:
+        ids = [pid for _, pid in chosen]
+        rows = np.asarray([vectors_by_id[i] for i in ids], dtype=np.float32)
+        found = _leave_one_out(memory, ids, [labels[i] for i in ids], rows)
+
+    def merge(data: dict[str, Any] | None) -> dict[str, Any]:
+        current = _parse(data, memory.collection) or cal
+        pool = list(current.standins)
+        for (slot, pid), standin in zip(chosen, found, strict=True):
+            if standin is None or counts.get(labels[pid], 0) < 2:
                 continue
             if slot is None or slot >= len(pool):
                 pool.append(standin)
             else:
                 pool[slot] = standin
-        # A category that now has a second example no longer needs its view stand-in.
-        pool = [s for s in pool if s[3] != "view" or counts.get(s[0]) == 1]
-    cal.standins = pool
-    store_calibration(memory, cal.refit())
+        out = _fit(
+            pool[-MAX_STANDINS:],
+            seen=max(seen, current.seen),
+            full_at=current.full_at,
+            revision=current.revision + 1,
+        )
+        return out.model_dump(mode="json")
+
+    stored = update_extension(memory, merge)
+    return _parse(stored, memory.collection) or Calibration.model_validate(merge(None))
 
 
-def _vectors_of(memory: CalibratedMemory, ids: Sequence[str]) -> np.ndarray:
-    vectors = memory.get_vectors(ids)
-    return np.asarray([vectors[i] for i in ids], dtype=np.float32)
+def _labels_of(memory: CalibratedMemory, ids: Sequence[str]) -> dict[str, str]:
+    """The label of each image entry among ``ids``."""
+    if not ids:
+        return {}
+    return {h.id: h.label for h in memory.get_entries(ids) if h.kind == "image"}
