@@ -8,8 +8,10 @@ recognition tools, any extra tools the caller passes, and :class:`ImageRegistryM
   sends) are stored in an :class:`~rar_agent.registry.ImageRegistry` and replaced in the
   history by a short text ``[image id img-...]``, so the model passes an id, never bytes;
 - the agent state keeps this conversation's image ids (``images``); when the model calls an
-  image tool without an id, the latest one is filled in, and ids from other conversations
-  are refused.
+  image tool without an id or with a "latest" word
+  (:func:`~rar_agent.registry.is_latest_ref`), this conversation's latest one is filled in
+  (:class:`~rar_agent.registry.ImageScope`), and ids from other conversations are refused.
+  The registry's own most recent image is never used: it may be another conversation's.
 
 :class:`RecognitionOnlyChatModel` is a deterministic stand-in for a chat model: it calls the
 recognize tool on the latest image and returns the tool's output, so the agent (and the
@@ -31,7 +33,13 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from rar_agent.errors import ConfigError
-from rar_agent.registry import IMAGE_ID_PATTERN, ImageRegistry, image_blocks_to_ids
+from rar_agent.registry import (
+    IMAGE_ID_PATTERN,
+    ImageRegistry,
+    ImageScope,
+    image_blocks_to_ids,
+    is_latest_ref,
+)
 from rar_agent.tools import make_tools
 
 if TYPE_CHECKING:
@@ -143,24 +151,25 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         if call.get("name") not in self.image_tools:
             return request
         state = request.state if isinstance(request.state, dict) else {}
-        known = list(state.get("images") or [])
+        conversation = ImageScope(self.registry, state.get("images") or [])
         args = dict(call.get("args") or {})
         ref = args.get("image")
-        if not ref or (isinstance(ref, str) and ref.strip().lower() in {"latest", "last"}):
-            if not known:
+        if is_latest_ref(ref):
+            latest = conversation.latest_id()
+            if latest is None:
                 return _tool_error(
                     call,
                     "no image in this conversation yet: ask the user to upload or paste a photo",
                 )
-            args["image"] = known[-1]
+            args["image"] = latest
             return request.override(tool_call={**call, "args": args})
         if isinstance(ref, str):
             match = IMAGE_ID_PATTERN.search(ref)
-            if match and match.group(0) not in known:
+            if match and match.group(0) not in conversation:
                 return _tool_error(
                     call,
                     f"image {match.group(0)} is not part of this "
-                    f"conversation; its images are: {', '.join(known) or 'none'}",
+                    f"conversation; its images are: {', '.join(conversation.ids()) or 'none'}",
                 )
         return request
 

@@ -4,6 +4,11 @@
 by a hash of the image bytes; the agent middleware, the chat page and the tools share one.
 Registration accepts bytes, data URIs, base64 text, PIL images and paths, and validates that
 the data decodes as an image.
+
+"The latest image" is a conversation's, never the registry's: :class:`ImageScope` holds one
+conversation's image ids over the shared registry, and :meth:`ImageScope.latest_id` is the
+only definition of "this conversation's latest image"; :func:`is_latest_ref` is the only list
+of the words a model may use for it.
 :func:`image_blocks_to_ids` registers the images in a user turn's content blocks (every
 provider's block format) and replaces them by ``[image id img-...]`` text.
 """
@@ -19,7 +24,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,16 +37,48 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_ID_PATTERN",
+    "LATEST_IMAGE_REFS",
     "ImageRegistry",
+    "ImageScope",
     "MessageContent",
     "RegisteredImage",
     "decode_base64_image",
     "image_blocks_to_ids",
+    "is_latest_ref",
 ]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_ID_PATTERN = re.compile(r"img-[0-9a-f]{6,64}")
+
+LATEST_IMAGE_REFS = frozenset(
+    {
+        "latest",
+        "last",
+        "current",
+        "latest image",
+        "last image",
+        "current image",
+        "the latest image",
+        "the last image",
+        "the current image",
+    }
+)
+"""The words that mean "this conversation's latest image" (as does no reference at all)."""
+
+
+def is_latest_ref(ref: object) -> bool:
+    """Whether a model-chosen image reference means "this conversation's latest image".
+
+    Nothing (``None``, an empty or blank string) does, and so does any of
+    :data:`LATEST_IMAGE_REFS` in any case, with extra spaces or quotes.
+    """
+    if ref is None:
+        return True
+    if not isinstance(ref, str):
+        return False
+    words = " ".join(ref.strip().strip("'\"`").lower().split())
+    return not words or words in LATEST_IMAGE_REFS
 
 
 @dataclass(frozen=True)
@@ -142,15 +179,8 @@ class ImageRegistry:
             )
         return item
 
-    def latest(self) -> RegisteredImage | None:
-        """The most recently registered (or used) image, or ``None`` when empty."""
-        with self._lock:
-            if not self._items:
-                return None
-            return next(reversed(self._items.values()))
-
     def ids(self) -> list[str]:
-        """Ids, oldest first."""
+        """Ids, least recently registered or used first (every conversation's)."""
         with self._lock:
             return list(self._items)
 
@@ -161,6 +191,101 @@ class ImageRegistry:
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+    def scope(self, ids: Iterable[str] = ()) -> ImageScope:
+        """A conversation's view of this registry (see :class:`ImageScope`)."""
+        return ImageScope(self, ids)
+
+
+class ImageScope:
+    """The images of one conversation, over a registry that many conversations share.
+
+    It knows which ids this conversation has shown, in order; its :meth:`latest_id` is the
+    one definition of "this conversation's latest image", and :meth:`get` refuses ids of
+    other conversations. The agent keeps a conversation's ids in its state and scopes them
+    here on every tool call; a tool bound to a scope (instead of the bare registry) resolves
+    "latest" with it.
+
+    Args:
+        registry: The shared store of image bytes.
+        ids: The conversation's image ids so far, oldest first.
+    """
+
+    def __init__(self, registry: ImageRegistry, ids: Iterable[str] = ()) -> None:
+        self.registry = registry
+        self._ids: list[str] = []
+        self._lock = threading.Lock()
+        for image_id in ids:
+            self.add(image_id)
+
+    def add(self, image_id: str) -> None:
+        """Record that the conversation showed ``image_id`` (again): it becomes the latest."""
+        with self._lock:
+            if image_id in self._ids:
+                self._ids.remove(image_id)
+            self._ids.append(image_id)
+
+    def register(
+        self,
+        image: bytes | str | os.PathLike[str] | Image.Image,
+        *,
+        name: str | None = None,
+        mime_type: str | None = None,
+    ) -> str:
+        """Store an image in the registry as this conversation's latest; return its id.
+
+        Raises:
+            ImageError: The data is not a readable image.
+        """
+        image_id = self.registry.register(image, name=name, mime_type=mime_type)
+        self.add(image_id)
+        return image_id
+
+    def ids(self) -> list[str]:
+        """This conversation's image ids, oldest first."""
+        with self._lock:
+            return list(self._ids)
+
+    def latest_id(self) -> str | None:
+        """The id of this conversation's latest image, or ``None`` when it has none."""
+        with self._lock:
+            return self._ids[-1] if self._ids else None
+
+    def get(self, image_id: str) -> RegisteredImage:
+        """One of this conversation's images.
+
+        Raises:
+            ImageError: The id is not one of this conversation's, or the registry dropped it.
+        """
+        with self._lock:
+            mine = image_id in self._ids
+        if not mine:
+            raise ImageError(
+                f"image {image_id} is not part of this conversation; its images are: "
+                f"{', '.join(self.ids()) or 'none'}"
+            )
+        return self.registry.get(image_id)
+
+    def latest(self) -> RegisteredImage:
+        """This conversation's latest image.
+
+        Raises:
+            ImageError: The conversation has no image yet (or the registry dropped it).
+        """
+        image_id = self.latest_id()
+        if image_id is None:
+            raise ImageError(
+                "no image in this conversation yet: ask the user to upload or paste a photo"
+            )
+        return self.registry.get(image_id)
+
+    def __contains__(self, image_id: object) -> bool:
+        with self._lock:
+            return image_id in self._ids
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ids)
 
 
 def _to_bytes(image: Any) -> tuple[bytes, str | None]:

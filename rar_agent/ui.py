@@ -3,7 +3,10 @@
 Upload or paste a photo, ask in words, and read the answer with the ranked candidates and
 their scores as a small table. Each browser session has its own conversation (Gradio keeps
 the history per session; every turn replays it through the agent, so images in it are
-registered again by id and "the latest image" is always this session's). Tool errors show
+registered again by id and become the session's image scope). The sessions share one image
+registry, but "the latest image" is always this session's: the agent's middleware takes it
+from the session's own images (:class:`~rar_agent.registry.ImageScope`), and the tools never
+fall back to the registry's most recent image, which may be another session's. Tool errors show
 up as readable messages. Without a chat model the page still works: a deterministic
 stand-in calls the recognize tool and the reply says it is retrieval/ranking output.
 """

@@ -51,12 +51,15 @@ def chat(
     allow_learning: AllowLearningOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Serve a chat page: upload a photo, ask about it, see the ranked categories."""
+    """Serve a chat page: upload a photo, ask about it, see the ranked categories.
+
+    The memory opens read-only unless --allow-learning lets the page teach it."""
     from rar_agent.agent import resolve_chat_model
     from rar_agent.ui import build_chat_page, launch
 
     chat_model = resolve_chat_model(model, settings.ranker)
-    with open_recognizer(settings, labels, progress) as recognizer:
+    # Like `mcp`: the page can only write to the memory when learning is allowed.
+    with open_recognizer(settings, labels, progress, read_only=not allow_learning) as recognizer:
         page = build_chat_page(
             recognizer,
             chat_model,

@@ -2,7 +2,8 @@
 
 - :class:`RecognizeTool` recognizes an image given by reference: a registered image id
   (``img-...``), a file inside the allowed directories, or an ``http(s)`` URL when URLs are
-  allowed. With no reference it takes the latest registered image.
+  allowed. With no reference it takes the conversation's latest image (from an
+  :class:`~rar_agent.registry.ImageScope`, or filled in by the agent's middleware).
 - :class:`CategorySearchTool` finds the categories in memory that match a text.
 - :class:`ListCategoriesTool` lists what the memory knows: its labels and how many entries each.
 - :class:`AddCategoryTool` teaches the memory a new example (off unless learning is allowed).
@@ -29,7 +30,7 @@ from typing import Any
 from langchain_core.tools import BaseTool
 
 from rar_agent.registry import IMAGE_ID_PATTERN as IMAGE_ID_PATTERN
-from rar_agent.registry import ImageRegistry, RegisteredImage
+from rar_agent.registry import ImageRegistry, ImageScope, RegisteredImage
 from rar_agent.safety import normalize_roots
 from rar_agent.tools.base import ImageResolver, RecognizerLike
 from rar_agent.tools.learn import AddCategoryInput, AddCategoryTool
@@ -49,6 +50,7 @@ __all__ = [
     "CategorySearchInput",
     "CategorySearchTool",
     "ImageRegistry",
+    "ImageScope",
     "ListCategoriesInput",
     "ListCategoriesTool",
     "RecognizeInput",
@@ -63,7 +65,7 @@ __all__ = [
 def make_tools(
     recognizer: RecognizerLike,
     *,
-    registry: ImageRegistry | None = None,
+    registry: ImageRegistry | ImageScope | None = None,
     allowed_roots: Sequence[str | os.PathLike[str]] = (),
     allow_urls: bool = False,
     allow_learning: bool = False,
@@ -77,7 +79,10 @@ def make_tools(
 
     Args:
         recognizer: A :class:`~rar_agent.pipeline.Recognizer`.
-        registry: Where conversation images live (a new one if ``None``).
+        registry: Where conversation images live (a new one if ``None``): one
+            conversation's :class:`~rar_agent.registry.ImageScope` (then "latest" is its
+            latest image), or a registry shared by conversations (ids only; an agent's
+            middleware fills in each conversation's latest).
         allowed_roots: Directories whose files the tools may read (none by default).
         allow_urls: Let the tools fetch public ``http(s)`` URLs (off by default; loopback,
             private and link-local addresses are always refused).

@@ -1,9 +1,11 @@
 """What every RAR tool shares: the recognizer protocol, image references, the base tool.
 
 A model chooses the ``image`` argument, so :class:`ImageResolver` applies the safety rules to
-it: registered ids and ``latest`` come from the conversation's
-:class:`~rar_agent.registry.ImageRegistry`; files only inside the allowed folders; ``http(s)``
-URLs only when allowed and then public addresses only; ``data:`` URIs decoded in place.
+it: registered ids come from the :class:`~rar_agent.registry.ImageRegistry`, and "the latest
+image" only from a conversation's :class:`~rar_agent.registry.ImageScope` (never the
+registry's most recent image, which may be another conversation's); files only inside the
+allowed folders; ``http(s)`` URLs only when allowed and then public addresses only; ``data:``
+URIs decoded in place.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import ConfigDict, Field, field_validator
 
 from rar_agent.errors import ImageError, UnsafeInputError
-from rar_agent.registry import ImageRegistry, decode_base64_image
+from rar_agent.registry import ImageRegistry, ImageScope, decode_base64_image, is_latest_ref
 from rar_agent.safety import fetch_public_url, normalize_roots, resolve_inside_roots
 
 if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.images import ImageInput
     from rar_agent.memory import CategoryMemory
+    from rar_agent.registry import RegisteredImage
     from rar_agent.results import RecognitionResult
     from rar_agent.retrieval import CategoryRetriever
 
@@ -39,7 +42,6 @@ __all__ = [
 ]
 
 _ID_REF = re.compile(r"^\[?\s*(?:image(?:\s+id)?\s*[:=]?\s*)?(img-[0-9a-f]{6,64})\s*\]?$", re.I)
-_LATEST = {"latest", "last", "latest image", "the latest image", "last image", "current"}
 
 
 @runtime_checkable
@@ -92,12 +94,16 @@ class ImageResolver:
     """Turns a model-chosen image reference into image data, applying the safety rules.
 
     Attributes:
-        registry: Where ids (and ``latest``) are looked up; ``None`` refuses ids.
+        registry: Where ids are looked up: a conversation's :class:`ImageScope` (its ids
+            only, and "latest" is its latest image), or a bare :class:`ImageRegistry` shared
+            by conversations (any id it holds; "latest" is refused, since the registry's most
+            recent image may be another conversation's: the agent middleware turns "latest"
+            into this conversation's id before the tool runs); ``None`` refuses ids.
         allowed_roots: Folders whose files may be read (none by default).
         allow_urls: Fetch public ``http(s)`` URLs (never loopback or private addresses).
     """
 
-    registry: ImageRegistry | None = None
+    registry: ImageRegistry | ImageScope | None = None
     allowed_roots: tuple[Path, ...] = ()
     allow_urls: bool = False
 
@@ -118,20 +124,14 @@ class ImageResolver:
         """The image ``ref`` names: nothing/``latest``, an id, a URL, a data URI or a path.
 
         Raises:
-            ImageError: No such image, or none in the conversation yet.
+            ImageError: No such image, an id of another conversation, or "latest" with no
+                conversation to take it from (or none in the conversation yet).
             UnsafeInputError: A URL while URLs are off, another scheme, or a path outside
                 the allowed folders.
         """
         text = (ref or "").strip()
-        if not text or text.lower() in _LATEST:
-            if self.registry is None:
-                raise ImageError(f"no image given: pass {self.accepted()}")
-            latest = self.registry.latest()
-            if latest is None:
-                raise ImageError(
-                    "no image in this conversation yet: ask the user to upload a photo, or "
-                    f"pass {self.accepted()}"
-                )
+        if is_latest_ref(text):
+            latest = self._latest(text)
             return ImageSource(latest.id, latest.data)
         match = _ID_REF.match(text)
         if match:
@@ -152,6 +152,24 @@ class ImageResolver:
         if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
             raise UnsafeInputError(f"unsupported reference {text[:40]!r}: use an image id")
         return ImageSource(text, resolve_inside_roots(text, self.allowed_roots))
+
+    def _latest(self, text: str) -> RegisteredImage:
+        """This conversation's latest image (``text`` is a "latest" word or empty)."""
+        if self.registry is None:
+            raise ImageError(f"no image given: pass {self.accepted()}")
+        if not isinstance(self.registry, ImageScope):
+            said = f"{text!r} means" if text else "no image means"
+            raise ImageError(
+                f"no image in this conversation yet ({said} this conversation's latest image, "
+                "and this tool is not bound to a conversation): pass an image id from the "
+                "conversation (img-...), or ask the user to upload or paste a photo"
+            )
+        if self.registry.latest_id() is None:
+            raise ImageError(
+                "no image in this conversation yet: ask the user to upload a photo, or "
+                f"pass {self.accepted()}"
+            )
+        return self.registry.latest()
 
 
 def tool_error(e: Exception) -> ToolException:
@@ -176,7 +194,9 @@ class RecognizerTool(BaseTool):
 
     Attributes:
         recognizer: What the tools recognize with (a :class:`RecognizerLike`).
-        registry: The conversation's images (ids, ``latest``).
+        registry: The images: a conversation's :class:`ImageScope` (ids and ``latest``), or a
+            registry shared by conversations (ids only; an agent's middleware fills in the
+            conversation's latest image).
         allowed_roots: Folders whose files the tool may read (none by default).
         allow_urls: Let the tool fetch public ``http(s)`` URLs.
     """
@@ -184,7 +204,7 @@ class RecognizerTool(BaseTool):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     recognizer: RecognizerLike = Field(description="A rar_agent.pipeline.Recognizer.", exclude=True)
-    registry: ImageRegistry | None = Field(default=None, exclude=True)
+    registry: ImageRegistry | ImageScope | None = Field(default=None, exclude=True)
     allowed_roots: tuple[Path, ...] = ()
     allow_urls: bool = False
     handle_tool_error: bool | str | Callable[[ToolException], str] | None = True

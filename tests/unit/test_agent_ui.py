@@ -117,6 +117,30 @@ async def test_session_turns_keep_the_conversation_image(recognizer: Any) -> Non
     assert "**Answer: yellow banana**" in again
 
 
+@pytest.mark.parametrize("ref", ["the latest image", "current", "last image", "latest"])
+async def test_a_session_never_recognizes_another_sessions_image(recognizer: Any, ref: str) -> None:
+    """Bug 1: two browser sessions on one page share the image registry; a session with no
+    image whose model asked for "the latest image" got the other session's photo."""
+
+    def recognize_latest(messages: list[Any]) -> AIMessage:
+        if isinstance(messages[-1], ToolMessage):
+            return AIMessage(content="done")
+        call = {"name": "recognize_image", "args": {"image": ref}, "id": "c1", "type": "tool_call"}
+        return AIMessage(content="", tool_calls=[call])
+
+    agent = create_rar_agent(PolicyChatModel(policy=recognize_latest), recognizer=recognizer)
+    alice, bob = ChatSession(agent), ChatSession(agent)  # one page, two browser sessions
+    photo = str(recognizer.example_images["black cat"])
+    seen = await alice.respond({"text": "what is it?", "files": [photo]}, [])
+    assert "**Answer: black cat**" in seen
+    reply = await bob.respond({"text": f"what is in {ref}?", "files": []}, [])
+    assert "black cat" not in reply
+    assert "**Tool error** (recognize\\_image): no image in this conversation yet" in reply
+    own = str(recognizer.example_images["red apple"])
+    mine = await bob.respond({"text": f"and {ref}?", "files": [own]}, [])
+    assert "**Answer: red apple**" in mine and "black cat" not in mine.split("|")[0]
+
+
 async def test_session_reports_model_failures_readably(recognizer: Any) -> None:
     def broken(messages: list[Any]) -> AIMessage:
         raise RuntimeError("provider is down")
@@ -196,3 +220,29 @@ def test_chat_command_builds_and_serves_the_page(
         ],
     )
     assert bad.exit_code == 2 and "system directory" in bad.output
+
+
+@pytest.mark.parametrize("learning", [False, True])
+def test_chat_opens_the_memory_read_only_unless_learning_is_allowed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_encoder: Any, learning: bool
+) -> None:
+    """Bug 3: `rar-agent chat` opened the memory writable without --allow-learning."""
+    from typer.testing import CliRunner
+
+    from rar_agent import ui
+    from rar_agent.cli import app
+
+    small_recognizer(tmp_path, tiny_encoder).close()
+    opened: dict[str, Any] = {}
+
+    def fake_page(recognizer: Any, model: Any, **options: Any) -> str:
+        opened.update(read_only=recognizer.memory.read_only, learning=options["allow_learning"])
+        return "page"
+
+    monkeypatch.setattr(ui, "build_chat_page", fake_page)
+    monkeypatch.setattr(ui, "launch", lambda page, host, port, *, block=True: page)
+    args = ["chat", "--model", "none", "--memory", str(tmp_path / "memory"), "--no-progress"]
+    args += ["--collection", "small", *(["--allow-learning"] if learning else [])]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert opened == {"read_only": not learning, "learning": learning}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench import Bench, render_markdown, run_bench
-from scripts.bench_e2e import row
+from tools.bench import Bench, render_markdown, run_bench
+from tools.bench_e2e import row
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
 
 def _report(results: list[dict]) -> dict:
     machine = {"processor": "cpu", "cpus": 2, "python": "3", "platform": "linux"}
-    return {"finished_at": "now", "command": "python scripts/bench.py", "quick": True,
+    return {"finished_at": "now", "command": "python tools/bench.py", "quick": True,
             "machine": machine, "results": results}  # fmt: skip
 
 
@@ -75,7 +75,7 @@ def test_rows_carry_the_ratio_to_their_baseline() -> None:
 def test_results_go_to_a_scratch_folder_unless_docs_are_asked_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import scripts.bench as bench
+    import tools.bench as bench
 
     fake = {"name": "ranking", "script": "x.py", "rc": 0, "seconds": 0.1, "stdout": "table",
             "command": "x"}  # fmt: skip

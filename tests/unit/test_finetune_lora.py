@@ -19,7 +19,7 @@ from tests.helpers.tiny_vlm import make_tiny_vlm
 
 pytest.importorskip("peft")
 
-from scripts.finetune_ranker import (  # noqa: E402
+from tools.finetune_ranker import (  # noqa: E402
     TrainConfig,
     encode_example,
     load_records,
@@ -138,7 +138,7 @@ def test_training_lowers_the_loss_on_one_example(
 def test_script_reports_bad_data_clearly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from scripts.finetune_ranker import main
+    from tools.finetune_ranker import main
 
     bad = tmp_path / "bad.json"
     bad.write_text("[{]")

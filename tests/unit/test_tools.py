@@ -103,7 +103,7 @@ def test_registry_ids_forms_latest_and_eviction() -> None:
     assert reg.register(b64) == first
     second = reg.register(Image.new("RGB", (9, 7), (1, 2, 3)))
     assert reg.get(second).mime_type == "image/png"
-    assert reg.latest().id == second
+    assert reg.ids()[-1] == second
     assert reg.get(second).size == (9, 7)
     third = reg.register(_png((4, 5, 6)))
     assert reg.ids() == [second, third]  # max_items=2: the oldest went first
@@ -119,7 +119,7 @@ def test_registry_refuses_non_images() -> None:
         reg.register("data:text/plain;base64,aGVsbG8=")
     with pytest.raises(ImageError):
         reg.register(12)  # type: ignore[arg-type]
-    assert reg.latest() is None
+    assert reg.ids() == []
 
 
 # ---------------------------------------------------------------------------- recognize
@@ -143,14 +143,52 @@ def test_recognize_by_id_returns_text_and_full_artifact(recognizer: Any) -> None
 
 
 def test_recognize_defaults_to_latest_image(recognizer: Any) -> None:
-    reg = ImageRegistry()
-    tool = RecognizeTool(recognizer=recognizer, registry=reg)
+    conversation = ImageRegistry().scope()
+    tool = RecognizeTool(recognizer=recognizer, registry=conversation)
     empty = _call(tool, {})
     assert empty.status == "error" and "no image in this conversation" in empty.content
-    reg.register(recognizer.example_images["red apple"].read_bytes())
-    reg.register(recognizer.example_images["black cat"].read_bytes())
+    conversation.register(recognizer.example_images["red apple"].read_bytes())
+    conversation.register(recognizer.example_images["black cat"].read_bytes())
     assert _call(tool, {}).artifact["label"] == "black cat"
     assert _call(tool, {"image": "latest"}).artifact["label"] == "black cat"
+
+
+@pytest.mark.parametrize(
+    "ref", [None, "", "latest", "last", "current", "the latest image", "Latest Image", "last image"]
+)
+def test_latest_is_never_another_conversations_image(recognizer: Any, ref: str | None) -> None:
+    """Bug 1: a conversation with no image that says "the latest image" got the registry's
+    most recent image, which another conversation had uploaded."""
+    shared = ImageRegistry()
+    mine, theirs = shared.scope(), shared.scope()
+    theirs.register(recognizer.example_images["black cat"].read_bytes())
+    args = {} if ref is None else {"image": ref}
+    for registry, expected in [(mine, "no image in this conversation yet"), (shared, "img-")]:
+        msg = _call(RecognizeTool(recognizer=recognizer, registry=registry), args)
+        assert msg.status == "error" and "no image in this conversation yet" in msg.content
+        assert msg.artifact is None and expected in msg.content
+    assert (
+        "not bound to a conversation"
+        in _call(RecognizeTool(recognizer=recognizer, registry=shared), args).content
+    )
+    # A conversation only reaches its own ids.
+    foreign = theirs.latest_id()
+    assert foreign is not None
+    msg = _call(RecognizeTool(recognizer=recognizer, registry=mine), {"image": foreign})
+    assert msg.status == "error" and "not part of this conversation" in msg.content
+    mine.register(recognizer.example_images["red apple"].read_bytes())
+    ok = _call(RecognizeTool(recognizer=recognizer, registry=mine), args)
+    assert ok.artifact["label"] == "red apple"
+
+
+def test_latest_words_have_one_definition() -> None:
+    from rar_agent.registry import LATEST_IMAGE_REFS, is_latest_ref
+
+    for word in LATEST_IMAGE_REFS:
+        assert is_latest_ref(word) and is_latest_ref(f"  '{word.upper()}' ")
+    assert is_latest_ref(None) and is_latest_ref("  ")
+    for other in ["img-0123456789ab", "latest.png", "the latest image of a cat", 3]:
+        assert not is_latest_ref(other)
 
 
 async def test_recognize_async(recognizer: Any) -> None:
@@ -277,7 +315,7 @@ def test_add_category_disabled_by_default(recognizer: Any) -> None:
 def test_add_category_teaches_a_new_label(tmp_path: Path, tiny_encoder: Any) -> None:
     rec = small_recognizer(tmp_path, tiny_encoder)
     try:
-        reg = ImageRegistry()
+        reg = ImageRegistry().scope()  # one conversation: "no image" means its latest
         tools = {t.name: t for t in make_tools(rec, registry=reg, allow_learning=True)}
         image_id = reg.register(_png((120, 120, 120), size=(40, 40)))
         msg = _call(tools["add_category_example"], {"label": "  grey   heron ", "image": image_id})
@@ -323,7 +361,7 @@ class _Recognize(_Std):
 
     @property
     def tool_invoke_params_example(self) -> dict[str, Any]:
-        return {"image": self._registry.latest().id, "k": 3}
+        return {"image": self._registry.ids()[-1], "k": 3}
 
 
 class _Search(_Std):
@@ -348,7 +386,7 @@ class _Add(_Std):
     @property
     def tool_invoke_params_example(self) -> dict[str, Any]:
         # The very picture already stored for "red apple": same content hash, nothing added.
-        return {"label": "red apple", "image": self._registry.latest().id}
+        return {"label": "red apple", "image": self._registry.ids()[-1]}
 
 
 class _List(_Std):

@@ -12,8 +12,8 @@ On a memory of clustered random unit vectors (``--sizes``, 10 entries per catego
 
 Usage::
 
-    python scripts/bench_reject.py                 # 10k and 100k entries
-    python scripts/bench_reject.py --sizes 10000 --queries 200 --json rows.json
+    python tools/bench_reject.py                 # 10k and 100k entries
+    python tools/bench_reject.py --sizes 10000 --queries 200 --json rows.json
 """
 
 from __future__ import annotations

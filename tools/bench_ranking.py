@@ -12,8 +12,8 @@
 
 Each timing is the median (and min) of ``--repeats`` interleaved rounds. Usage::
 
-    python scripts/bench_ranking.py
-    python scripts/bench_ranking.py --k 10 --n 64 --latency 0.02
+    python tools/bench_ranking.py
+    python tools/bench_ranking.py --k 10 --n 64 --latency 0.02
 """
 
 from __future__ import annotations

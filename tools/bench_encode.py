@@ -13,8 +13,8 @@ busy shared machine hurts every method alike. Target: wrapper within 10% of raw.
 
 Usage::
 
-    python scripts/bench_encode.py                 # ViT-B-16, 32 images
-    python scripts/bench_encode.py --tiny --n 512  # the tiny test model
+    python tools/bench_encode.py                 # ViT-B-16, 32 images
+    python tools/bench_encode.py --tiny --n 512  # the tiny test model
 """
 
 from __future__ import annotations

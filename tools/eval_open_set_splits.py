@@ -10,8 +10,8 @@ splits meet the issue's targets (drop <= 5 points with >= 1/3 of unknowns reject
 
 Usage::
 
-    python scripts/eval_open_set_splits.py --encoder efficientnet-lite0
-    python scripts/eval_open_set_splits.py --shots 10 --test-per-class 100 --json out.json
+    python tools/eval_open_set_splits.py --encoder efficientnet-lite0
+    python tools/eval_open_set_splits.py --shots 10 --test-per-class 100 --json out.json
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ Every figure is printed with its baseline and the ratio; ``--json PATH`` writes 
 
 Usage::
 
-    python scripts/bench_e2e.py                 # full sizes
-    python scripts/bench_e2e.py --quick         # small sizes (seconds)
-    python scripts/bench_e2e.py --only startup --json out.json
+    python tools/bench_e2e.py                 # full sizes
+    python tools/bench_e2e.py --quick         # small sizes (seconds)
+    python tools/bench_e2e.py --only startup --json out.json
 """
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ _BUILD = """
 import sys, numpy as np
 sys.path.insert(0, {root!r})
 from rar_agent.memory import CategoryMemory
-from scripts.bench_e2e import fill_random
+from tools.bench_e2e import fill_random
 with CategoryMemory.open({path!r}, collection="rss") as m:
     m.bind_encoder("bench:random", {dim}, expected_entries={n})
     fill_random(m, {dim}, {n}, {labels})

@@ -15,9 +15,9 @@ The 1-minute load average is recorded beside each phase: the machine may be shar
 
 Usage::
 
-    python scripts/bench_scale.py --sizes 10000 100000 --settings float,int8,int8-disk
-    python scripts/bench_scale.py --sizes 1000000 --settings int8-disk --raw --json out.json
-    python scripts/bench_scale.py --sizes 50000 --upsert-batches 128 256 512 1024 2048
+    python tools/bench_scale.py --sizes 10000 100000 --settings float,int8,int8-disk
+    python tools/bench_scale.py --sizes 1000000 --settings int8-disk --raw --json out.json
+    python tools/bench_scale.py --sizes 50000 --upsert-batches 128 256 512 1024 2048
 """
 
 from __future__ import annotations

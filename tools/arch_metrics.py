@@ -22,8 +22,8 @@ Figures (one line each, then details):
 
 Usage::
 
-    python scripts/arch_metrics.py                 # this checkout
-    python scripts/arch_metrics.py --root /tmp/old --pyproject pyproject.toml
+    python tools/arch_metrics.py                 # this checkout
+    python tools/arch_metrics.py --root /tmp/old --pyproject pyproject.toml
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 Each benchmark script runs in its own process (``--quick`` passes small sizes to each):
 
-- ``scripts/bench_e2e.py``: recognize overhead beyond inference, batch vs single, start-up
+- ``tools/bench_e2e.py``: recognize overhead beyond inference, batch vs single, start-up
   time, peak RSS of a 100k-entry memory;
-- ``scripts/bench_encode.py``: encoder wrapper vs raw ``encode_image``;
-- ``scripts/bench_memory.py``: memory upsert/query vs raw qdrant-edge and qdrant-client local;
-- ``scripts/bench_ranking.py``: ranking-chain overhead and batch concurrency;
-- ``scripts/bench_mcp.py``: per-call overhead of the MCP server over the LangChain tool;
-- ``scripts/bench_reject.py``: open-set rejection cost per query vs retrieval alone, and the
+- ``tools/bench_encode.py``: encoder wrapper vs raw ``encode_image``;
+- ``tools/bench_memory.py``: memory upsert/query vs raw qdrant-edge and qdrant-client local;
+- ``tools/bench_ranking.py``: ranking-chain overhead and batch concurrency;
+- ``tools/bench_mcp.py``: per-call overhead of the MCP server over the LangChain tool;
+- ``tools/bench_reject.py``: open-set rejection cost per query vs retrieval alone, and the
   cost of calibrating.
 
 A script that defines a ``--json PATH`` option also hands over structured rows; the printed
@@ -18,10 +18,10 @@ committed ``benchmarks/results.json`` and ``docs/benchmarks.md`` instead.
 
 Usage::
 
-    python scripts/bench.py                  # full sizes (tens of minutes on 2 cores)
-    python scripts/bench.py --quick          # small sizes (a few minutes)
-    python scripts/bench.py --only e2e,ranking --out /tmp/bench
-    python scripts/bench.py --update-docs    # refresh the committed figures
+    python tools/bench.py                  # full sizes (tens of minutes on 2 cores)
+    python tools/bench.py --quick          # small sizes (a few minutes)
+    python tools/bench.py --only e2e,ranking --out /tmp/bench
+    python tools/bench.py --update-docs    # refresh the committed figures
 """
 
 from __future__ import annotations
@@ -54,18 +54,18 @@ class Bench:
 
 
 BENCHES = [
-    Bench("e2e", "scripts/bench_e2e.py", ("--quick",)),
-    Bench("encode", "scripts/bench_encode.py", ("--tiny", "--n", "64", "--repeats", "2")),
+    Bench("e2e", "tools/bench_e2e.py", ("--quick",)),
+    Bench("encode", "tools/bench_encode.py", ("--tiny", "--n", "64", "--repeats", "2")),
     Bench(
         "memory",
-        "scripts/bench_memory.py",
+        "tools/bench_memory.py",
         ("--sizes", "10000", "--queries", "50", "--build-images", "32"),
     ),  # fmt: skip
     Bench(
-        "ranking", "scripts/bench_ranking.py", ("--repeats", "10", "--n", "16", "--latency", "0.02")
+        "ranking", "tools/bench_ranking.py", ("--repeats", "10", "--n", "16", "--latency", "0.02")
     ),
-    Bench("mcp", "scripts/bench_mcp.py", ("--rounds", "30", "--warmup", "3")),
-    Bench("reject", "scripts/bench_reject.py", ("--sizes", "10000", "--queries", "100")),
+    Bench("mcp", "tools/bench_mcp.py", ("--rounds", "30", "--warmup", "3")),
+    Bench("reject", "tools/bench_reject.py", ("--sizes", "10000", "--queries", "100")),
 ]
 
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     timeout = args.timeout or (900.0 if args.quick else 3600.0)
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python scripts/bench.py"
+        "command": "python tools/bench.py"
         + (" --quick" if args.quick else "")
         + (f" --only {args.only}" if args.only else "")
         + (" --update-docs" if args.update_docs else ""),

@@ -11,7 +11,7 @@ with payload, after optimize) of:
 It also times a memory build from an image folder against raw batched ``embed_images``
 over the same images (ViT-B-16 with random weights: real compute, no download).
 
-``--million`` adds the scale benchmark at 1,000,000 entries (``scripts/bench_scale.py``):
+``--million`` adds the scale benchmark at 1,000,000 entries (``tools/bench_scale.py``):
 ``CategoryMemory`` built with ``build_from_vectors`` under the storage default for that size
 (int8 in RAM, float32 originals and payloads on disk) against raw qdrant-edge with the same
 settings, each build and each query run in its own process so its RssAnon / RssFile are
@@ -19,9 +19,9 @@ its own: build wall and CPU time, query p50/p95, recall@10 against exact search.
 
 Usage::
 
-    python scripts/bench_memory.py                  # 10k and 100k, plus the build benchmark
-    python scripts/bench_memory.py --sizes 10000 --no-build
-    python scripts/bench_memory.py --million --sizes --no-build   # only the 1M scale run
+    python tools/bench_memory.py                  # 10k and 100k, plus the build benchmark
+    python tools/bench_memory.py --sizes 10000 --no-build
+    python tools/bench_memory.py --million --sizes --no-build   # only the 1M scale run
 """
 
 from __future__ import annotations
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--million",
         action="store_true",
-        help="also 1,000,000 entries vs raw qdrant-edge (int8 defaults; scripts/bench_scale.py)",
+        help="also 1,000,000 entries vs raw qdrant-edge (int8 defaults; tools/bench_scale.py)",
     )
     parser.add_argument("--million-queries", type=int, default=500)
     parser.add_argument("--million-json", type=Path, default=None, help="1M records as JSON")
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         local_q = args.local_queries or (min(200, args.queries) if n <= 10_000 else 20)
         bench_size(n, args.dim, args.queries, local_q, args.local_max)
     if args.million:
-        from scripts.bench_scale import run as run_scale
+        from tools.bench_scale import run as run_scale
 
         records = run_scale([1_000_000], ["int8-disk"], raw=True, dim=args.dim,
                             queries=args.million_queries, workdir=args.workdir)  # fmt: skip

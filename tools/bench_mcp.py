@@ -20,9 +20,9 @@ The calls: ``list_categories`` (a cheap tool: the figure is almost all overhead)
 ``recognize_image`` of a photo by path (decode, encode, retrieve). Each subprocess server gets
 its own copy of the memory (an embedded memory opens in one process at a time). Usage::
 
-    python scripts/bench_mcp.py                       # EfficientNet-Lite0, offline weights
-    python scripts/bench_mcp.py --encoder tests.helpers.encoder_factories:hashing_encoder
-    python scripts/bench_mcp.py --rounds 300 --json mcp.json
+    python tools/bench_mcp.py                       # EfficientNet-Lite0, offline weights
+    python tools/bench_mcp.py --encoder tests.helpers.encoder_factories:hashing_encoder
+    python tools/bench_mcp.py --rounds 300 --json mcp.json
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-mcp-") as tmp:
         rows = anyio.run(measure, args, Path(tmp))
     print_table(rows, args.rounds, args.encoder)
-    if args.json:  # scripts/bench.py's row format; every figure against the direct call
+    if args.json:  # tools/bench.py's row format; every figure against the direct call
         bench_rows = [
             {
                 "name": f"{row['tool']} via {row['path']} (overhead {row['overhead_ms']:+.2f} ms)",

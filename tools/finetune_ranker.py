@@ -12,7 +12,7 @@ is recorded in ``adapter_config.json``), or ``LocalVisionChatModel(model_path=<b
 adapter=<adapter dir>)``. Usage::
 
     rar-agent finetune-data --from-folder train/ --out train.json
-    python scripts/finetune_ranker.py --model hf:HuggingFaceTB/SmolVLM-256M-Instruct \\
+    python tools/finetune_ranker.py --model hf:HuggingFaceTB/SmolVLM-256M-Instruct \\
         --data train.json --out adapters/smolvlm-rank --epochs 1
     rar-agent recognize photo.jpg --ranker hf:adapters/smolvlm-rank
 """

@@ -1,5 +1,0 @@
-"""Maintainer scripts: benchmarks, the LoRA fine-tuning script, architecture metrics (not part
-of the package).
-
-Importable from the repository root (``python -m scripts.bench``).
-"""
