@@ -65,13 +65,19 @@ class RejectionInfo(BaseModel):
     )
     similarity: float | None = Field(
         default=None,
-        description="Known-ness statistic: the best candidate's support, or its similarity "
-        "when only one entry of that category was retrieved.",
+        description="Known-ness statistic: the mean similarity of the best candidate's two "
+        "closest entries, or its similarity when only one entry of it was retrieved.",
     )
     threshold: float | None = Field(
         default=None,
         description="The similarity an image of the best candidate's category must reach to "
-        "count as known (None: no threshold, e.g. rejection off or an uncalibrated memory).",
+        "count as known (None: no threshold, e.g. rejection off or a memory that cannot "
+        "calibrate; ``note`` says why).",
+    )
+    alpha: float | None = Field(
+        default=None,
+        description="With --reject auto:ALPHA, the promise: at most this share of images of "
+        "known categories is rejected.",
     )
     margin: float | None = Field(
         default=None, description="Known-ness score: similarity minus threshold (< 0: unknown)."

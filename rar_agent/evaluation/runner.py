@@ -135,7 +135,7 @@ def _items_to_records(
         record.status = info.status
         record.reason = info.reason
         record.ranked = list(order) if order else None
-        _open_set_fields(record, cands, verdict, cal, known_labels)
+        _open_set_fields(record, cands, verdict, cal, known_labels, recognizer.reject.alpha)
         record.rejected = record.rejected or (verdict.mode != "off" and info.status == "no_match")
         record.timings_ms.update(encode=encode_ms, retrieve=retrieve_ms, reject=reject_ms)
         if info.status in ("ranked", "fallback") and info.latency_ms is not None:
@@ -150,6 +150,7 @@ def _open_set_fields(
     verdict: RejectionInfo,
     cal: Calibration | None,
     known_labels: set[str],
+    alpha: float,
 ) -> None:
     """Whether the query's class is in memory, its known-ness statistic and thresholds."""
     record.known = record.label in known_labels
@@ -157,14 +158,19 @@ def _open_set_fields(
     record.rejected = bool(verdict.reasons)
     if not cands:
         return
+    from rar_agent.evaluation.openset import PROMISE_ALPHAS
     from rar_agent.openset import known_score
 
     top = cands[0]
-    similarity, single = known_score(top.scores) or (top.score, True)
+    similarity, _ = known_score(top.scores) or (top.score, True)
     record.similarity = round(similarity, 6)
+    record.shots = max(1, len(top.scores))
     if cal is not None and top.kind == "image":
-        auto = cal.threshold_for(top.label, single=single)
+        auto, _ = cal.threshold(alpha, record.shots)
         record.auto_threshold = None if auto is None else round(auto, 6)
+        record.alpha_thresholds = {
+            f"{a:g}": cal.threshold(a, record.shots)[0] for a in PROMISE_ALPHAS
+        }
 
 
 def _build_memory(
@@ -300,7 +306,8 @@ class _Run:
         report.memory = _build_memory(memory, encoder, sets, config.batch_size, progress)
         self.recognizer = self._recognizer(memory, encoder, ranker)
         cal = self.recognizer.calibration()
-        report.calibration = cal.summary() if cal is not None else None
+        alpha = self.recognizer.reject.alpha
+        report.calibration = cal.summary(alpha) if cal is not None else None
         known = set(memory.labels())
         if self.recognizer.ranker is not None:
             from rar_agent.evaluation.usage import count_tokens

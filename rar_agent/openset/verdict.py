@@ -29,8 +29,10 @@ def judge(
     """The retrieval-side verdict for one image's candidates (best first).
 
     The statistic is :func:`~rar_agent.openset.statistic.known_score` of the best
-    candidate; the threshold is the fixed one, or the calibrated one for that category
-    (image entries only: class-name entries have none).
+    candidate; the threshold is the fixed one, or the conformal one at the setting's ALPHA for
+    as many examples as the best category has among the hits (image entries only: class-name
+    entries have none). Where the memory cannot support the promise, nothing is rejected and
+    the note says why ("cannot calibrate ...").
 
     Args:
         candidates: The retrieval candidates.
@@ -41,16 +43,18 @@ def judge(
     if mode == "off" or not candidates:
         return RejectionInfo(mode=mode)
     top = candidates[0]
-    stat, single = known_score(top.scores) or (top.score, True)
+    stat, _ = known_score(top.scores) or (top.score, True)
     info = RejectionInfo(mode=mode, similarity=round(stat, 6))
+    why: str | None = None
     if mode == "fixed":
         threshold = setting.threshold
     elif calibration is not None and top.kind == "image":
-        threshold = calibration.threshold_for(top.label, single=single)
+        info.alpha = setting.alpha
+        threshold, why = calibration.threshold(setting.alpha, max(1, len(top.scores)))
     else:
         threshold = None
     if threshold is None:
-        info.note = _no_threshold_note(top.kind, calibration)
+        info.note = why or _no_threshold_note(top.kind, calibration)
         return info
     info.threshold = round(threshold, 6)
     info.margin = round(stat - threshold, 6)
