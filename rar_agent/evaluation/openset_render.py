@@ -40,6 +40,14 @@ def open_set_rows(report: EvalReport) -> list[tuple[str, str]]:
                 + _cannot(promised.calibrated, report),
             )
         )
+    for p in o.promise:
+        rows.append(
+            (
+                f"auto:{p.alpha:g} promised / delivered",
+                f"{percent(p.alpha)} / {percent(p.known_rejected)} of knowns rejected; "
+                f"unknowns {percent(p.unknown_rejected)}" + _cannot(p.calibrated, report),
+            )
+        )
     return rows
 
 
@@ -56,8 +64,7 @@ def _same(a: float, b: float) -> bool:
 def _cannot(calibrated: float | None, report: EvalReport) -> str:
     if calibrated is None or calibrated >= 1.0:
         return ""
-    why = (report.calibration or {}).get("cannot_calibrate") or "cannot calibrate"
-    return f" ({percent(1.0 - calibrated)} of queries without a threshold: {why})"
+    return f" ({percent(1.0 - calibrated)} of queries met 'cannot calibrate': not rejected)"
 
 
 def promise_rows(report: EvalReport) -> list[tuple[str, str, str, str]]:

@@ -156,10 +156,10 @@ def test_learning_a_new_category_makes_its_next_image_known(memory, clusters) ->
         clusters.vector(STRANGER, 0)[None, :],
     )
     openset.update(memory, added=taught)
-    # Other images of it: compared with the one example (the single-entry threshold, the 5 %
-    # tail of how close two examples of a category are), so nearly all are recognized.
+    # Other images of it: compared with the one-shot threshold (how close one example of a
+    # category lies to another, from the categories with several), so nearly all are known.
     again = rec.recognize_batch([clusters.image(STRANGER, i) for i in range(1, 8)])
     assert all(r.candidates[0].label == STRANGER for r in again)
-    single = rec.calibration().single_threshold
+    single, _ = rec.calibration().threshold(0.05, 1)
     assert all(r.rejection.threshold == pytest.approx(single, abs=1e-6) for r in again)
     assert sum(r.label == STRANGER for r in again) >= 6
