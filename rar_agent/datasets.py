@@ -285,7 +285,7 @@ def augment_folder(
     """
     from PIL import Image, UnidentifiedImageError
 
-    from rar_agent.memory.builders import iter_image_folder
+    from rar_agent.ingest.builders import iter_image_folder
 
     if n < 1:
         raise ConfigError(f"n (views per image) must be >= 1, got {n}")

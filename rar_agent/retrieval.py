@@ -89,7 +89,7 @@ def _empty_error(kind: str) -> EmptyMemoryError:
         )
     return EmptyMemoryError(
         "the memory is empty: add categories with `rar-agent memory build --from-names FILE` "
-        "or `--from-folder DIR` (in Python memory.builders), or give labels (--labels; in "
+        "or `--from-folder DIR` (in Python rar_agent.ingest), or give labels (--labels; in "
         "Python labels=[...])"
     )
 

@@ -203,7 +203,14 @@ class CategoryVectorStore(VectorStore):
             )
             for text, meta, doc_id in zip(texts, metas, doc_ids, strict=True)
         ]
-        self.memory.bind_encoder(self.fingerprint, len(vectors[0]))
+        from rar_agent.encoders.spec import spec_of
+
+        spec = spec_of(getattr(self.embeddings, "encoder", None))
+        self.memory.bind_encoder(
+            self.fingerprint,
+            len(vectors[0]),
+            encoder_spec=spec.to_meta() if spec is not None else None,
+        )
         added = self.memory.add_entries(entries, vectors, ids=[point_id_for(d) for d in doc_ids])
         if kind == "image":  # example images move the open-set calibration (one policy)
             from rar_agent import openset
@@ -345,20 +352,26 @@ class CategoryVectorStore(VectorStore):
             embedding: The embeddings.
             metadatas: Optional metadata per text.
             ids: Optional ids.
-            memory: The memory to use; otherwise one is opened with the remaining keyword
-                arguments of :meth:`CategoryMemory.open` (``path=``, ``url=``, ``api_key=``,
-                ``collection=``...), defaulting to qdrant-client's in-process
-                ``location=":memory:"``.
+            memory: The memory to use; otherwise one is opened at ``location=`` (a
+                ``MemoryLocation``, a directory, a server URL; default: qdrant-client's
+                in-process ``":memory:"``) or ``path=`` / ``url=`` (with ``api_key=``), as
+                ``collection=`` (default ``"langchain"``); other keywords go to
+                :meth:`CategoryMemory.open`.
             **kwargs: ``kind`` and ``fingerprint`` for the store; the rest for the memory.
         """
-        from rar_agent.memory import CategoryMemory
+        from rar_agent.memory import CategoryMemory, MemoryLocation
 
         store_args = {k: kwargs.pop(k) for k in ("kind", "fingerprint") if k in kwargs}
         if memory is None:
-            if not {"path", "url", "location"} & kwargs.keys():
-                kwargs["location"] = ":memory:"
-            kwargs.setdefault("collection", "langchain")
-            memory = CategoryMemory.open(**kwargs)
+            collection = kwargs.pop("collection", "langchain")
+            places = [kwargs.pop(k) for k in ("location", "path", "url") if k in kwargs]
+            if len(places) > 1:
+                raise ValueError("give one of location=, path= or url= for the memory")
+            where = MemoryLocation.parse(places[0] if places else ":memory:", collection)
+            api_key = kwargs.pop("api_key", None)
+            if api_key is not None and where.url is not None:
+                where = MemoryLocation.server(where.url, collection, api_key=api_key)
+            memory = CategoryMemory.open(where, **kwargs)
         store = cls(memory, embedding, **store_args)
         store.add_texts(texts, metadatas, ids=ids)
         return store

@@ -66,6 +66,7 @@ BENCHES = [
     ),
     Bench("mcp", "tools/bench_mcp.py", ("--rounds", "30", "--warmup", "3")),
     Bench("reject", "tools/bench_reject.py", ("--sizes", "10000", "--queries", "100")),
+    Bench("concurrency", "tools/bench_concurrency.py", ("--entries", "20000", "--queries", "200")),
 ]
 
 

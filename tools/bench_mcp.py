@@ -57,7 +57,8 @@ def build_memory(directory: Path, encoder_spec: str) -> tuple[Path, Path]:
     from PIL import Image
 
     from rar_agent.encoders import load_encoder
-    from rar_agent.memory import CategoryMemory, builders
+    from rar_agent.ingest import builders
+    from rar_agent.memory import CategoryMemory
 
     images = directory / "images"
     images.mkdir(parents=True)

@@ -329,7 +329,7 @@ def bench_build(n_images: int, batch_size: int) -> None:
     from PIL import Image
 
     from rar_agent.encoders import load_encoder
-    from rar_agent.memory.builders import build_from_folder, iter_image_folder
+    from rar_agent.ingest.builders import build_from_folder, iter_image_folder
 
     print(
         f"\n== memory build vs raw embed_images: {n_images} JPEGs (ViT-B-16, random "

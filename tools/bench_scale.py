@@ -111,8 +111,8 @@ def _status() -> dict[str, int]:
 
 
 def child_build_ours(a: argparse.Namespace) -> dict[str, Any]:
+    from rar_agent.ingest.from_vectors import build_from_vectors
     from rar_agent.memory import CategoryMemory
-    from rar_agent.memory.from_vectors import build_from_vectors
 
     settings = StorageSettings.from_dict(json.loads(a.settings))
     wall, cpu = time.perf_counter(), _cpu_s()
@@ -405,17 +405,17 @@ def print_table(records: list[dict[str, Any]]) -> None:
 
 def bench_upsert_batches(n: int, dim: int, batches: list[int], rounds: int = 2) -> None:
     """Upsert rate of ``CategoryMemory`` per batch size (fresh memory each; rounds interleaved)."""
-    from rar_agent.memory import CategoryMemory, MemoryEntry, storage_ops
+    from rar_agent.memory import CategoryMemory, MemoryEntry, core
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, dim)).astype(np.float32)
     entries = [MemoryEntry(f"class-{i % 1000}", "image", f"v{i}", f"h{i}") for i in range(n)]
     results: dict[int, list[tuple[float, float]]] = {b: [] for b in batches}
-    saved = storage_ops.UPSERT_BATCH
+    saved = core.UPSERT_BATCH
     try:
         for _ in range(rounds):
             for size in batches:
-                storage_ops.UPSERT_BATCH = size
+                core.UPSERT_BATCH = size
                 tmp = tempfile.mkdtemp(prefix="rar-batch-")
                 with CategoryMemory.open(Path(tmp) / "m") as mem:
                     mem.bind_encoder("bench", dim)
@@ -425,7 +425,7 @@ def bench_upsert_batches(n: int, dim: int, batches: list[int], rounds: int = 2) 
                     results[size].append((time.perf_counter() - wall, _cpu_s() - cpu))
                 shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        storage_ops.UPSERT_BATCH = saved
+        core.UPSERT_BATCH = saved
     print(f"\n== upsert batch size, {n:,} entries, {dim}-d (best of {rounds}), load {load_avg()}")
     print(f"{'batch':>6} {'points/s':>10} {'points/CPU-s':>13}")
     for size, runs in results.items():

@@ -123,14 +123,14 @@ def evaluate(
     with error_guard():
         from rich.console import Console
 
-        from rar_agent.encoders import spec_for
+        from rar_agent.encoders import spec_of
         from rar_agent.evaluation import EvalConfig, run_evaluation, summary_table, write_report
 
         settings = settings_from_options(
             clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder
         )
         enc = load_settings_encoder(settings)
-        loaded = spec_for(enc.fingerprint)  # as resolved, so the report reproduces it
+        loaded = spec_of(enc)  # as resolved, so the report reproduces it
         config = EvalConfig(
             dataset=dataset, memory_set=memory_set, test_set=test_set, shots=shots,
             text_memory=text_memory, limit=limit, seed=seed, k=k, max_k=max_k,

@@ -84,7 +84,8 @@ def finetune_data(
     """Write ranking conversations (true label first) for fine-tuning a ranker (see HELP)."""
     from rar_agent.errors import ConfigError
     from rar_agent.finetune_data import FORMATS, FinetuneOptions, build_finetune_data
-    from rar_agent.memory import builders, open_memory
+    from rar_agent.ingest import builders
+    from rar_agent.memory import open_memory
 
     if (from_folder is None) == (from_manifest is None):
         raise ConfigError("give exactly one of --from-folder and --from-manifest")

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from rar_agent.config import Settings
+    from rar_agent.ingest.builders import BuildReport
     from rar_agent.memory import CategoryMemory
-    from rar_agent.memory.builders import BuildReport
     from rar_agent.memory.storage import StorageSettings
 
 __all__ = [
@@ -187,12 +187,13 @@ def _build(
     progress: bool,
 ) -> "BuildReport":
     """Encode and store class names or labelled images; the storage default knows the count."""
-    from rar_agent.memory import builders, open_memory
+    from rar_agent.ingest import bind_memory, builders
+    from rar_agent.memory import open_memory
 
     count = len(names) if names is not None else len(items or [])
     with open_memory(settings, storage=_storage(count, flags)) as mem:
         enc = load_settings_encoder(settings, mem)
-        mem.bind_encoder(enc.fingerprint, enc.dim, expected_entries=count)
+        bind_memory(mem, enc, expected_entries=count)
         if description is not None:
             mem.set_description(description)
         bar, update = progress_bar(progress, "building memory")
@@ -232,8 +233,8 @@ def _build_from_vectors(
     progress: bool,
 ) -> None:
     """``--from-vectors``: no encoder runs; the vectors' encoder is named by ``--fingerprint``."""
+    from rar_agent.ingest.from_vectors import add_vectors, read_labels, read_vectors
     from rar_agent.memory import open_memory
-    from rar_agent.memory.from_vectors import add_vectors, read_labels, read_vectors
 
     vectors_path, labels_path = files
     rows, names = read_vectors(vectors_path), read_labels(labels_path)
@@ -258,7 +259,7 @@ def _labelled_images(
     folder: Path | None, manifest: Path | None, shots: int | None, seed: int
 ) -> list[tuple[str, str]]:
     """``--from-folder`` or ``--from-manifest``: the ``(path, label)`` pairs to store."""
-    from rar_agent.memory import builders
+    from rar_agent.ingest import builders
 
     if folder is not None:
         return list(builders.iter_image_folder(folder, shots=shots, seed=seed))
@@ -308,11 +309,12 @@ def memory_add(
     ] = None,
 ) -> None:
     """Add one category: example images, or its name as a text entry."""
-    from rar_agent.memory import builders, open_memory
+    from rar_agent.ingest import bind_memory, builders
+    from rar_agent.memory import open_memory
 
     with open_memory(settings) as mem:
         enc = load_settings_encoder(settings, mem)
-        mem.bind_encoder(enc.fingerprint, enc.dim)
+        bind_memory(mem, enc)
         if images:
             pairs = [(str(p), label) for p in images]
             report = builders.add_images(mem, enc, pairs, strict=True)
@@ -329,8 +331,8 @@ def memory_remove(
     label: Annotated[str, typer.Argument(help="Category label to remove (all its entries).")],
 ) -> None:
     """Remove a category and all its entries."""
+    from rar_agent.ingest.builders import BuildReport
     from rar_agent.memory import open_memory
-    from rar_agent.memory.builders import BuildReport
 
     with open_memory(settings, create=False) as mem:
         removed = mem.remove_label(label)

@@ -47,20 +47,19 @@ def memory_push(
     Points, payloads and the memory's whole record (encoder, storage settings, calibration)
     are copied; the counts are verified. Run it again after an interruption: it resumes.
     """
-    from rar_agent.memory import CategoryMemory, open_memory
+    from rar_agent.memory import open_memory
 
-    url = _server_url(settings, "push")
-    with open_memory(_embedded(settings), create=False) as source:
-        target = CategoryMemory.open(
-            url=url,
-            api_key=settings.qdrant_api_key,
-            collection=to_collection or settings.collection,
-            shard_number=shard_number or settings.shard_number,
-            replication_factor=replication_factor or settings.replication_factor,
-            write_consistency_factor=write_consistency_factor or settings.write_consistency_factor,
-        )
-        with target:
-            _copy(source, target, batch_size, progress)
+    layout = {
+        "shard_number": shard_number,
+        "replication_factor": replication_factor,
+        "write_consistency_factor": write_consistency_factor,
+    }
+    server = _server(settings, "push").model_copy(
+        update={k: v for k, v in layout.items() if v is not None}
+    )
+    source = open_memory(_embedded(settings), create=False)
+    with source, open_memory(server, to_collection) as target:
+        _copy(source, target, batch_size, progress)
 
 
 @settings_command(STORE)
@@ -75,12 +74,9 @@ def memory_pull(
     The copy goes to --memory, or to the default place of --to-collection (or the same
     name). Resumable and verified like ``memory push``.
     """
-    from rar_agent.memory import CategoryMemory, open_memory
+    from rar_agent.memory import open_memory
 
-    url = _server_url(settings, "pull")
-    source = CategoryMemory.open(
-        url=url, api_key=settings.qdrant_api_key, collection=settings.collection, create=False
-    )
+    source = open_memory(_server(settings, "pull"), create=False)
     local = _embedded(settings)
     if to_collection:
         local = local.model_copy(update={"collection": to_collection})
@@ -88,14 +84,15 @@ def memory_pull(
         _copy(source, target, batch_size, progress)
 
 
-def _server_url(settings: "Settings", verb: str) -> str:
+def _server(settings: "Settings", verb: str) -> "Settings":
+    """The same settings naming the server side (the embedded path is the other side)."""
     from rar_agent.errors import ConfigError
 
     if not settings.qdrant_url:
         raise ConfigError(
             f"memory {verb} needs the server: give --qdrant-url (or set RAR_QDRANT_URL)"
         )
-    return settings.qdrant_url
+    return settings.model_copy(update={"memory_path": None})
 
 
 def _embedded(settings: "Settings") -> "Settings":

@@ -355,7 +355,7 @@ def load_settings_encoder(
 
     The default's fallback to the offline encoder is announced on stderr.
     """
-    from rar_agent.memory import memory_encoder
+    from rar_agent.ingest import memory_encoder
 
     return memory_encoder(settings, memory, announce=print_note)
 

@@ -16,7 +16,7 @@ from rar_agent.encoders.base import (
     has_text_tower,
     l2_normalize,
 )
-from rar_agent.encoders.spec import DEFAULT_CLIP, OFFLINE_ENCODER, EncoderSpec
+from rar_agent.encoders.spec import DEFAULT_CLIP, OFFLINE_ENCODER, EncoderSpec, spec_of
 
 if TYPE_CHECKING:
     from rar_agent.encoders.effnet_backend import EfficientNetLite0Encoder
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
         clear_encoder_cache,
         load_default_encoder,
         load_encoder,
-        spec_for,
     )
     from rar_agent.encoders.open_clip_backend import OpenClipEncoder
     from rar_agent.encoders.prototypes import (
@@ -63,7 +62,7 @@ __all__ = [
     "load_encoder",
     "resolve_encoder",
     "short_templates",
-    "spec_for",
+    "spec_of",
 ]
 
 _LAZY = {
@@ -71,7 +70,6 @@ _LAZY = {
     "DEFAULT_PRETRAINED": "loader",
     "clear_encoder_cache": "loader",
     "load_encoder": "loader",
-    "spec_for": "loader",
     "load_default_encoder": "loader",
     "resolve_encoder": "resolve",
     "EfficientNetLite0Encoder": "effnet_backend",

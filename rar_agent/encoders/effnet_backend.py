@@ -136,7 +136,7 @@ class EfficientNetLite0Encoder(TorchEncoderBase):
         raise EncoderError(
             f"{MODEL_NAME} is an image-only encoder: it cannot embed class names. Build the "
             "memory from example images (memory build --from-folder; in Python "
-            "memory.builders.add_images), use its built-in ImageNet-1k classes (no labels), or "
+            "rar_agent.ingest.add_images), use its built-in ImageNet-1k classes (no labels), or "
             "use a CLIP encoder for class-name (zero-shot) memories."
         )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from langchain_core.embeddings import Embeddings
@@ -29,8 +28,9 @@ class EncoderEmbeddings(Embeddings):
     ``OpenCLIPEmbeddings``. Vectors are L2-normalised, so cosine and dot product agree.
 
     Args:
-        encoder: An encoder object, or a spec for :func:`load_encoder`; ``None`` reads
-            ``RAR_CLIP_MODEL`` / ``RAR_CLIP_PRETRAINED`` and falls back to the default model.
+        encoder: An encoder object, or a spec for :func:`load_encoder`; ``None`` loads the
+            default encoder. Nothing is read from the environment: an entry point passes
+            ``Settings().clip_model`` / ``clip_pretrained`` here if it wants them.
         pretrained: Weights for a spec (ignored when ``encoder`` is an object).
         device: Torch device for a spec (ignored when ``encoder`` is an object).
     """
@@ -45,9 +45,7 @@ class EncoderEmbeddings(Embeddings):
         if encoder is None or isinstance(encoder, str):
             from rar_agent.encoders.loader import load_encoder
 
-            spec = encoder or os.environ.get("RAR_CLIP_MODEL") or None
-            if pretrained is None and encoder is None:
-                pretrained = os.environ.get("RAR_CLIP_PRETRAINED") or None
+            spec = encoder or None
             encoder = load_encoder(spec, pretrained=pretrained, device=device)
             self.model_spec: str | None = spec
         else:

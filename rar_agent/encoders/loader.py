@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rar_agent.encoders.base import ImageTextEncoder
-from rar_agent.encoders.spec import DEFAULT_CLIP, OFFLINE_ENCODER, EncoderSpec
+from rar_agent.encoders.spec import DEFAULT_CLIP, OFFLINE_ENCODER, EncoderSpec, attach_spec
 from rar_agent.errors import ConfigError, ModelLoadError
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "is_factory_spec",
     "load_default_encoder",
     "load_encoder",
-    "spec_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,8 +39,6 @@ _ATTR = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
 _FACTORY = re.compile(rf"^{_ATTR}:{_ATTR}$")
 _FILE_FACTORY = re.compile(rf"^(?P<path>.+\.py):(?P<attr>{_ATTR})$")
 _CACHE: dict[tuple[str, str | None, str | None, str | None, int], ImageTextEncoder] = {}
-#: How each loaded fingerprint was loaded, so a memory can record it (see ``spec_for``).
-_SPECS: dict[str, EncoderSpec] = {}
 _LOCK = threading.Lock()
 
 
@@ -95,8 +92,8 @@ def load_encoder(
         if found is None:
             found = _create(canonical.model, canonical.pretrained, device, precision, batch_size)
             _CACHE[key] = found
+            attach_spec(found, canonical)  # how it loads again: what a memory records
             logger.info("loaded encoder %s", found.fingerprint)
-        _SPECS[found.fingerprint] = canonical  # the latest way this encoder was asked for
         return found
 
 
@@ -169,15 +166,6 @@ def load_default_encoder(
         except ModelLoadError as e:
             reason = f"loading it failed: {e}"
     return load_encoder(OFFLINE_ENCODER.model, **options), _offline_note(reason)
-
-
-def spec_for(fingerprint: str) -> EncoderSpec | None:
-    """How the encoder with this fingerprint was loaded in this process, if by ``load_encoder``.
-
-    A memory records it when the encoder binds it, so opening the memory later needs no flags.
-    """
-    with _LOCK:
-        return _SPECS.get(fingerprint)
 
 
 def clear_encoder_cache() -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_CLIP", "OFFLINE_ENCODER", "EncoderSpec"]
+__all__ = ["DEFAULT_CLIP", "OFFLINE_ENCODER", "EncoderSpec", "attach_spec", "spec_of"]
+
+#: The attribute ``load_encoder`` sets on what it loads: how it was loaded.
+_SPEC_ATTRIBUTE = "rar_encoder_spec"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,21 @@ class EncoderSpec:
             return None
         pretrained = data.get("pretrained")
         return cls(data["model"], pretrained if isinstance(pretrained, str) else None)
+
+
+def attach_spec(encoder: object, spec: EncoderSpec) -> None:
+    """Remember on ``encoder`` how it was loaded (an object that takes no new attributes,
+    such as one with ``__slots__``, keeps nothing: its memories then record no spec)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(encoder, _SPEC_ATTRIBUTE, spec)
+
+
+def spec_of(encoder: object) -> EncoderSpec | None:
+    """How ``encoder`` was loaded, if by :func:`~rar_agent.encoders.load_encoder`: the spec
+    a memory records (passed to ``CategoryMemory.bind_encoder``) so that it reopens with
+    its own encoder. ``None`` for an encoder made another way."""
+    spec = getattr(encoder, _SPEC_ATTRIBUTE, None)
+    return spec if isinstance(spec, EncoderSpec) else None
 
 
 #: The RAR paper's encoder, the default wherever its weights can be had.

@@ -58,7 +58,7 @@ def load_items(source: str | Path) -> Items:
     Raises:
         ConfigError: ``source`` does not exist or holds nothing usable.
     """
-    from rar_agent.memory.builders import iter_image_folder, iter_manifest
+    from rar_agent.ingest.builders import iter_image_folder, iter_manifest
     from rar_agent.memory.entries import normalize_label
 
     path = Path(source).expanduser()

@@ -180,7 +180,7 @@ def _build_memory(
     batch_size: int,
     progress: Progress | None,
 ) -> dict[str, Any]:
-    from rar_agent.memory.builders import add_class_names, add_images
+    from rar_agent.ingest.builders import add_class_names, add_images
 
     def tick(done: int, total: int) -> None:
         if progress:

@@ -182,7 +182,7 @@ def iter_samples(
     Args:
         memory: The category memory to retrieve from (usually built from the same images).
         encoder: The encoder the memory was built with.
-        items: ``(source, label)`` pairs, e.g. from ``memory.builders.iter_image_folder``.
+        items: ``(source, label)`` pairs, e.g. from ``rar_agent.ingest.iter_image_folder``.
         options: How conversations are made.
         summary: Filled in as samples are produced (pass one to read the counts).
         progress: Optional ``progress(done, total)`` callback.
@@ -191,12 +191,13 @@ def iter_samples(
         EncoderMismatchError: The memory was built with another encoder.
         EmptyMemoryError: The memory has no entries of the requested kind.
     """
+    from rar_agent.ingest import bind_memory
     from rar_agent.retrieval import resolve_kind
 
     opts = options or FinetuneOptions()
     stats = summary if summary is not None else FinetuneSummary()
     start = time.perf_counter()
-    memory.bind_encoder(encoder.fingerprint, encoder.dim)
+    bind_memory(memory, encoder)
     hint = opts.hint if opts.hint is not None else getattr(memory.info, "description", None)
     maker = _SampleMaker(memory, encoder, opts, stats, resolve_kind(memory, opts.kind), hint)
     todo = list(items)

@@ -1,8 +1,10 @@
 """Category memory over Qdrant: embedded (qdrant-edge) or server (qdrant-client).
 
-Where a memory lives and which backend opens it is decided in
-:mod:`~rar_agent.memory.location`; :func:`open_memory` opens the one the settings name.
-Qdrant itself is imported only when a memory is opened.
+Numpy and Qdrant only: no images, no encoders (ingestion is :mod:`rar_agent.ingest`). Where
+a memory lives is one value, :class:`MemoryLocation`; what it records about itself is one
+typed :class:`MemoryRecord` with atomic extension updates. :func:`open_memory` opens the
+memory a ``Settings`` object (built by an entry point) names. Qdrant itself is imported
+only when a memory is opened.
 """
 
 from rar_agent.memory.core import CategoryMemory
@@ -15,21 +17,24 @@ from rar_agent.memory.entries import (
     MemoryInfo,
     normalize_label,
 )
-from rar_agent.memory.location import check_collection_name, default_memory_dir
-from rar_agent.memory.opening import configured_memory, memory_encoder, open_memory
+from rar_agent.memory.location import MemoryLocation, check_collection_name, default_memory_dir
+from rar_agent.memory.opening import configured_memory, open_memory
+from rar_agent.memory.record import EncoderRecord, MemoryRecord
 
 __all__ = [
     "KINDS",
     "MAX_LABEL_CHARS",
     "CategoryMemory",
+    "EncoderRecord",
     "EntryKind",
     "Hit",
     "MemoryEntry",
     "MemoryInfo",
+    "MemoryLocation",
+    "MemoryRecord",
     "check_collection_name",
     "configured_memory",
     "default_memory_dir",
-    "memory_encoder",
     "normalize_label",
     "open_memory",
 ]

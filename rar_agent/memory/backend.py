@@ -8,9 +8,7 @@ from typing import Any, Protocol
 from rar_agent.memory.entries import Hit
 from rar_agent.memory.storage import StorageSettings
 
-__all__ = ["META_VERSION", "MemoryBackend", "PointVectors", "ScrollPage"]
-
-META_VERSION = 1
+__all__ = ["MemoryBackend", "PointVectors", "ScrollPage"]
 
 PointVectors = tuple[str, dict[str, list[float]], dict[str, Any]]
 """``(id, {vector name: vector}, payload)`` of one stored point."""
@@ -33,7 +31,8 @@ class MemoryBackend(Protocol):
     location: str
 
     def read_meta(self, *, refresh: bool = False) -> dict[str, Any] | None:
-        """The stored metadata (fingerprint, dim, ...), or ``None`` if none was recorded."""
+        """The stored record (``MemoryRecord.to_stored()``'s JSON object, or an older flat
+        one), or ``None`` if none was recorded; ``refresh`` re-reads a cached copy."""
         ...
 
     def create(self, dim: int, meta: dict[str, Any], storage: StorageSettings) -> None:
@@ -43,8 +42,9 @@ class MemoryBackend(Protocol):
         """
         ...
 
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        """Replace the stored metadata."""
+    def replace_meta(self, meta: dict[str, Any], expected_revision: int) -> bool:
+        """Replace the stored record if its ``revision`` (0 when absent) is still
+        ``expected_revision`` (compare-and-set); return whether it was written."""
         ...
 
     def upsert(

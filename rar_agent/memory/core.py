@@ -1,47 +1,74 @@
 """``CategoryMemory``: one API over the embedded (qdrant-edge) and server (qdrant-client)
-Qdrant backends."""
+Qdrant backends: its record, its entries, searching, storage and copies."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import random
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from rar_agent.errors import ConfigError, MemoryStoreError
+from rar_agent.errors import ConfigError, EncoderMismatchError, MemoryStoreError
 from rar_agent.memory.backend import MemoryBackend
-from rar_agent.memory.entries import Hit, MemoryEntry, check_kind, normalize_label
-from rar_agent.memory.location import open_backend
-from rar_agent.memory.meta_ops import MetaOps
-from rar_agent.memory.storage import StorageSettings
-from rar_agent.memory.storage_ops import (
-    OPTIMIZE_MIN_UNINDEXED,
-    UPSERT_BATCH,
-    StorageOps,
-    StoredPoint,
+from rar_agent.memory.entries import Hit, MemoryEntry, MemoryInfo, check_kind, normalize_label
+from rar_agent.memory.location import MemoryLocation, open_backend
+from rar_agent.memory.record import EncoderRecord, MemoryRecord
+from rar_agent.memory.storage import (
+    Footprint,
+    StorageSettings,
+    estimate_footprint,
+    footprint_from_parts,
 )
 from rar_agent.memory.vectors import as_vector_rows, check_point_ids
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["OPTIMIZE_MIN_UNINDEXED", "UPSERT_BATCH", "CategoryMemory", "StoredPoint"]
+__all__ = [
+    "CAS_ATTEMPTS",
+    "OPTIMIZE_MIN_UNINDEXED",
+    "UPSERT_BATCH",
+    "CategoryMemory",
+    "ExtensionUpdate",
+    "StoredPoint",
+]
 
 logger = logging.getLogger(__name__)
 
+# Points per upsert call. Measured on 2 cores at 50k x 512-d (tools/bench_scale.py
+# --upsert-batches): 16.2k points/s at 64-128, 15.0k at 256, 11.3k at 512, 9k at 1024-4096
+# (bigger batches build bigger Python lists and lose the caches); a server's guide asks for
+# 64-256 per request too.
+UPSERT_BATCH = 128
+# Below this many unindexed entries exact search is fast enough; building HNSW is not free.
+OPTIMIZE_MIN_UNINDEXED = 10_000
+#: Compare-and-set attempts of one record update before it gives up.
+CAS_ATTEMPTS = 50
 
-class CategoryMemory(MetaOps, StorageOps):
+StoredPoint = tuple[str, str, list[float], dict[str, Any]]
+"""``(id, kind, vector, payload)`` of one stored entry, as :meth:`CategoryMemory.scroll`
+gives."""
+ExtensionUpdate = Callable[[dict[str, Any] | None], dict[str, Any] | None]
+"""``fn(current extension or None) -> new extension or None (delete it)``."""
+
+
+class CategoryMemory:
     """A category memory: labelled vectors in Qdrant, searched by cosine similarity.
 
     Each entry is one point with a named vector (``image`` for example images, ``text`` for
     class-name prototypes) and a payload ``{label, kind, source, content_hash, ...}``. Point
-    ids are deterministic, so adding the same entry twice stores it once. The memory records
-    the encoder it was built with and refuses another one. Thread-safe.
+    ids are deterministic, so adding the same entry twice stores it once. The memory keeps a
+    typed :class:`~rar_agent.memory.record.MemoryRecord` of itself (its encoder, storage
+    settings, description and extensions such as the open-set calibration), changed by
+    compare-and-set on its revision, and refuses vectors of another encoder. Thread-safe.
 
     Use :meth:`open`; close it (or use it as a context manager) when done. A memory opened
     with ``read_only=True`` refuses every write (entries, removals, its record, indexing).
@@ -59,6 +86,9 @@ class CategoryMemory(MetaOps, StorageOps):
         self.collection = collection
         self.read_only = read_only
         self._lock = threading.RLock()
+        # Serialises this handle's record updates, so its own threads never race each
+        # other's compare-and-set (other handles and processes are caught by the revision).
+        self._record_lock = threading.RLock()
         self._bound: tuple[str, int] | None = None
         self._dim: int | None = None
         self._storage_request = storage
@@ -70,34 +100,23 @@ class CategoryMemory(MetaOps, StorageOps):
     @classmethod
     def open(
         cls,
-        path: str | os.PathLike[str] | None = None,
+        where: MemoryLocation | str | os.PathLike[str],
         *,
-        url: str | None = None,
-        api_key: str | None = None,
-        location: str | None = None,
         collection: str = "default",
         create: bool = True,
-        shard_number: int | None = None,
-        replication_factor: int | None = None,
-        write_consistency_factor: int | None = None,
-        timeout: float | None = None,
         read_only: bool = False,
         storage: StorageSettings | None = None,
     ) -> CategoryMemory:
-        """Open a memory: embedded at ``path``, or a collection on a Qdrant server.
+        """Open a memory: embedded in a directory, or a collection on a Qdrant server.
 
         Args:
-            path: The memory's directory (embedded backend). ``None`` with no ``url`` means
-                ``<RAR_HOME>/memories/<collection>`` (see :mod:`rar_agent.memory.location`).
-            url: Qdrant server URL; selects the server backend.
-            api_key: The server's API key.
-            location: ``":memory:"`` for qdrant-client's in-process local mode (tests only).
-            collection: Collection name (1-64 of letters, digits, ``_ - .``).
+            where: A :class:`~rar_agent.memory.location.MemoryLocation` (a server with its
+                API key, timeout, cluster layout; ``MemoryLocation.from_settings`` reads
+                the settings), a directory (embedded), an ``http(s)://`` URL (a server
+                without a key) or ``":memory:"`` (qdrant-client's local mode, tests only).
+            collection: Collection name (1-64 of letters, digits, ``_ - .``) when ``where``
+                is not a ``MemoryLocation`` (which names its own).
             create: Create the memory if it does not exist yet.
-            shard_number, replication_factor, write_consistency_factor: Server only: the
-                cluster layout of a new collection (shards, replicas per shard, replicas
-                that acknowledge a write).
-            timeout: Server only: request timeout in seconds.
             read_only: Refuse every write through this handle; the memory must exist
                 (``create`` is ignored).
             storage: Storage settings if this handle creates the memory (fixed from then
@@ -107,25 +126,365 @@ class CategoryMemory(MetaOps, StorageOps):
             The open memory.
 
         Raises:
-            ConfigError: Conflicting or invalid arguments (more than one of ``path``, ``url``
-                and ``location``; a bad collection name).
+            ConfigError: An invalid location or collection name.
             MemoryStoreError: It cannot be opened (missing, unreachable, wrong API key).
             MemoryBusyError: Another process holds the embedded memory.
         """
         StorageSettings.check(storage)
-        backend = open_backend(
-            collection,
-            path=path,
-            url=url,
-            api_key=api_key,
-            location=location,
-            create=create and not read_only,
-            shard_number=shard_number,
-            replication_factor=replication_factor,
-            write_consistency_factor=write_consistency_factor,
-            timeout=timeout,
+        location = MemoryLocation.parse(where, collection)
+        backend = open_backend(location, create=create and not read_only)
+        return cls(backend, location.collection, read_only=read_only, storage=storage)
+
+    # ------------------------------------------------------------------ the record
+
+    @property
+    def record(self) -> MemoryRecord | None:
+        """What the memory records about itself (a copy), ``None`` before an encoder is
+        bound. Re-read from the backend (a server's record may change elsewhere)."""
+        self._check_open()
+        return self._read_record(refresh=True)
+
+    @property
+    def info(self) -> MemoryInfo:
+        """What the memory records: encoder fingerprint, dim, backend, description."""
+        self._check_open()
+        rec = self._read_record()
+        return MemoryInfo(
+            fingerprint=rec.fingerprint if rec else None,
+            dim=rec.dim if rec else None,
+            collection=self.collection,
+            backend=self._backend.name,
+            description=rec.description if rec else None,
+            location=self._backend.location,
+            created_at=rec.created_at if rec else None,
+            gate_margin=rec.gate_margin if rec else None,
+            encoder_spec=rec.encoder_spec.model_dump() if rec and rec.encoder_spec else None,
+            storage=rec.storage if rec else None,
         )
-        return cls(backend, collection, read_only=read_only, storage=storage)
+
+    def bind_encoder(
+        self,
+        fingerprint: str,
+        dim: int,
+        *,
+        encoder_spec: EncoderRecord | dict[str, str | None] | None = None,
+        description: str | None = None,
+        expected_entries: int | None = None,
+    ) -> None:
+        """Record the encoder on first use (creating the storage); refuse another one later.
+
+        Args:
+            fingerprint: The encoder's fingerprint (model + weights identity).
+            dim: The encoder's embedding length.
+            encoder_spec: How the encoder loads again (``{"model", "pretrained"}``, what
+                ``EncoderSpec.to_meta()`` gives), recorded if the memory has none yet, so
+                it can be opened later without naming the encoder. The caller passes it:
+                the memory knows nothing about encoders.
+            description: Optional domain description to record (a hint for the ranker).
+            expected_entries: How many entries the first build will add; picks the storage
+                settings when none were given to :meth:`open`.
+
+        Raises:
+            EncoderMismatchError: The memory was built with another encoder.
+            ConfigError: ``dim`` is not a positive integer, the fingerprint is empty, or
+                the storage settings given to :meth:`open` differ from the memory's.
+            MemoryStoreError: A read-only memory would have to record something.
+        """
+        if not isinstance(fingerprint, str) or not fingerprint:
+            raise ConfigError("the encoder fingerprint must be a non-empty string")
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+            raise ConfigError(f"the embedding dimension must be a positive integer, not {dim!r}")
+        dim = int(dim)
+        spec = EncoderRecord.parse(encoder_spec)
+        with self._lock, self._record_lock:
+            self._check_open()
+            current = self._read_record(refresh=True)
+            if current is None:
+                self._check_writable("record its encoder (it has none yet: build it first)")
+                storage = self._storage_request or StorageSettings.for_entries(expected_entries)
+                record = MemoryRecord.new(
+                    self.collection,
+                    fingerprint,
+                    dim,
+                    description=description,
+                    encoder_spec=spec,
+                    storage=storage,
+                )
+                self._backend.create(dim, record.to_stored(), storage)
+                logger.info(
+                    "memory %r bound to encoder %s (%d-d), storage: %s",
+                    self.collection,
+                    fingerprint,
+                    dim,
+                    storage.describe(),
+                )
+            else:
+                if current.fingerprint != fingerprint or current.dim != dim:
+                    raise EncoderMismatchError(self._mismatch(current, fingerprint, dim, spec))
+                changes: dict[str, Any] = {}
+                if description is not None and description != current.description:
+                    changes["description"] = description
+                if spec is not None and current.encoder_spec is None:
+                    changes["encoder_spec"] = spec
+                if changes and self.read_only and "description" in changes:
+                    self._check_writable("record a description")
+                if changes and not self.read_only:  # a read-only memory records nothing
+                    self._commit(lambda rec: rec.changed(**changes), what="record its encoder")
+            self._check_storage(self._read_record())
+            self._bound = (fingerprint, dim)
+
+    def set_encoder_spec(self, spec: EncoderRecord | dict[str, str | None] | None) -> None:
+        """Record how to load the memory's encoder (``EncoderSpec.to_meta()``'s form)."""
+        value = EncoderRecord.parse(spec)
+        self._commit(lambda rec: rec.changed(encoder_spec=value), what="set the encoder spec")
+
+    def set_description(self, description: str | None) -> None:
+        """Record a domain description (e.g. "bird species"); requires a bound encoder."""
+        self._commit(lambda rec: rec.changed(description=description), what="set the description")
+
+    def set_gate_margin(self, margin: float | None) -> None:
+        """Record the ranking-gate margin the evaluation harness chose (for ``gate="auto"``)."""
+        value = None if margin is None else float(margin)
+        self._commit(lambda rec: rec.changed(gate_margin=value), what="set the gate margin")
+
+    def extension(self, name: str) -> dict[str, Any] | None:
+        """The extension ``name`` of the record (a copy), ``None`` when there is none."""
+        self._check_open()
+        rec = self._read_record(refresh=True)
+        value = rec.extensions.get(name) if rec else None
+        return dict(value) if value is not None else None
+
+    def update_extension(self, name: str, fn: ExtensionUpdate) -> dict[str, Any] | None:
+        """Change the extension ``name`` atomically: ``fn(current) -> new`` (``None``: delete).
+
+        A compare-and-set on the record's revision: ``fn`` gets the current extension (or
+        ``None``) and returns the new one; if the record changed meanwhile, ``fn`` runs
+        again on the newer one (so it must only compute, and may run more than once).
+        Updates through this handle are serialised; other handles and processes are caught
+        by the revision. On the embedded backend the check and the atomic file replace
+        happen under the shard's write lock, so no update is ever lost; on a server,
+        Qdrant has no conditional write for collection metadata, so another *process*
+        writing between this one's re-read and write can still win (see
+        ``ServerBackend.replace_meta``).
+
+        Args:
+            name: The extension's name (``"calibration"``, ...).
+            fn: The change, from the current JSON object (or ``None``) to the new one.
+
+        Returns:
+            The extension as stored (``None`` when deleted or absent).
+
+        Raises:
+            MemoryStoreError: No encoder is bound yet, the memory is read-only, or
+                ``CAS_ATTEMPTS`` attempts all met a newer record.
+            ConfigError: ``fn`` returned something that is not a dict or ``None``.
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"an extension name must be a non-empty string, not {name!r}")
+        result: list[dict[str, Any] | None] = [None]
+
+        def change(rec: MemoryRecord) -> MemoryRecord | None:
+            current = rec.extensions.get(name)
+            new = fn(dict(current) if current is not None else None)
+            if new is not None and not isinstance(new, dict):
+                raise ConfigError(
+                    f"the update of extension {name!r} returned {type(new).__name__}, not a "
+                    "dict or None"
+                )
+            result[0] = new
+            if new == current:
+                return None
+            extensions = {k: v for k, v in rec.extensions.items() if k != name}
+            if new is not None:
+                extensions[name] = new
+            return rec.changed(extensions=extensions)
+
+        self._commit(change, what=f"update its {name}")
+        return result[0]
+
+    def bind_record(self, record: MemoryRecord) -> None:
+        """Create this memory as a copy of another's record (``memory push`` / ``pull``).
+
+        Everything is kept (encoder, storage settings, extensions, ...) except the
+        collection name, which names this memory. A memory that already exists must hold
+        the same encoder; its own record is then replaced by ``record``.
+
+        Raises:
+            EncoderMismatchError: This memory exists with another encoder.
+        """
+        storage = record.storage
+        self._check_writable("copy another memory into it")
+        with self._lock, self._record_lock:
+            self._storage_request = storage
+            self.bind_encoder(record.fingerprint, record.dim)
+            self._commit(
+                lambda rec: record.changed(collection=self.collection, revision=rec.revision),
+                what="copy another memory's record",
+            )
+            self._storage = storage
+
+    def _read_record(self, *, refresh: bool = False) -> MemoryRecord | None:
+        data = self._backend.read_meta(refresh=refresh)
+        if not data:
+            return None
+        return MemoryRecord.from_stored(
+            data, collection=self.collection, where=self._backend.location
+        )
+
+    def _commit(
+        self, change: Callable[[MemoryRecord], MemoryRecord | None], *, what: str
+    ) -> MemoryRecord:
+        """Apply ``change`` to the record by compare-and-set on its revision, retried.
+
+        ``change`` returns the new record (with the revision one higher) or ``None`` when
+        nothing changes.
+        """
+        self._check_writable(what)
+        with self._record_lock:
+            for attempt in range(CAS_ATTEMPTS):
+                self._check_open()
+                current = self._read_record(refresh=True)
+                if current is None:
+                    raise MemoryStoreError(
+                        f"memory {self.collection!r} has no encoder bound yet, so it cannot "
+                        f"{what}: build it (or call bind_encoder) first"
+                    )
+                new = change(current)
+                if new is None:
+                    return current
+                if new.revision != current.revision + 1:
+                    new = new.model_copy(update={"revision": current.revision + 1})
+                if self._backend.replace_meta(new.to_stored(), current.revision):
+                    return new
+                logger.debug("memory %r: record changed meanwhile, retrying", self.collection)
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise MemoryStoreError(
+            f"memory {self.collection!r} could not {what}: its record kept changing under "
+            f"{CAS_ATTEMPTS} attempts (many writers at once); try again"
+        )
+
+    def _mismatch(
+        self, stored: MemoryRecord, fingerprint: str, dim: int, spec: EncoderRecord | None
+    ) -> str:
+        """The refusal naming both encoders (by spec where known) and what to do."""
+        built = f"{stored.fingerprint!r} ({stored.dim}-d)"
+        if stored.encoder_spec:
+            built = f"{stored.encoder_spec.label} ({stored.fingerprint}, {stored.dim}-d)"
+        given = f"{spec.label} ({fingerprint}, {dim}-d)" if spec else f"{fingerprint!r} ({dim}-d)"
+        own = (
+            " or leave them out and its own loads (in Python: Recognizer(memory) with no encoder)"
+            if stored.encoder_spec
+            else ""
+        )
+        return (
+            f"memory {self.collection!r} at {self._backend.location} was built with encoder "
+            f"{built}, not {given}: use the same --clip-model / --encoder it was built with (in "
+            f"Python: load_encoder of that spec){own}, or build a memory for this encoder under "
+            "another collection"
+        )
+
+    # ------------------------------------------------------------------ storage
+
+    def _check_storage(self, record: MemoryRecord | None) -> None:
+        stored = record.storage if record else StorageSettings()
+        wanted = self._storage_request
+        if wanted is not None and wanted != stored:
+            raise ConfigError(
+                f"memory {self.collection!r} at {self._backend.location} was created with "
+                f"storage settings ({stored.describe()}), not ({wanted.describe()}): they are "
+                "fixed at creation; drop the storage options, or build into another --collection"
+            )
+        self._storage = stored
+
+    @property
+    def storage(self) -> StorageSettings:
+        """The memory's storage settings (the defaults for a memory created without any)."""
+        if self._storage is None:
+            self._check_open()
+            rec = self._read_record()
+            if rec is None:  # not created yet: what creating it now would use
+                return self._storage_request or StorageSettings()
+            self._storage = rec.storage
+        return self._storage
+
+    def write_points(self, points: Sequence[StoredPoint]) -> None:
+        """Store points as another memory's :meth:`scroll` gave them (``memory push/pull``).
+
+        Ids, kinds, vectors and payloads are kept exactly; the memory must be bound (see
+        :meth:`bind_record`) to vectors of the same length.
+
+        Raises:
+            MemoryStoreError: No encoder is bound.
+            ConfigError: A bad id, kind or vector (nothing is written).
+        """
+        self._check_writable("write entries")
+        with self._lock:
+            if self._bound is None:
+                raise MemoryStoreError("bind the source's record before writing its points")
+            dim = self._bound[1]
+        if not points:
+            return
+        ids = check_point_ids([p[0] for p in points], len(points))
+        kinds = [check_kind(p[1]) for p in points]
+        rows = self._as_matrix([p[2] for p in points], dim, what="vectors")
+        self._upsert(ids, kinds, rows, [p[3] for p in points])
+
+    @contextlib.contextmanager
+    def bulk_load(self, expected_entries: int) -> Iterator[None]:
+        """Defer indexing while a big build writes, then index once at the end.
+
+        Deferred only when it pays: an empty memory about to receive at least
+        ``OPTIMIZE_MIN_UNINDEXED`` entries, or one whose earlier bulk load was interrupted
+        (it resumes deferred). Indexing is switched back on even if the build fails; the
+        index itself is built (:meth:`optimize`) only when it succeeds.
+        """
+        self._check_writable("load entries")
+        defer = self._backend.indexing_deferred() or (
+            expected_entries >= OPTIMIZE_MIN_UNINDEXED and self.count() == 0
+        )
+        if defer:
+            self._backend.set_indexing(False, self.storage)
+        try:
+            yield
+        finally:
+            if defer:
+                self._backend.set_indexing(True, self.storage)
+
+    def scroll(
+        self, offset: str | None = None, limit: int = 512
+    ) -> tuple[list[StoredPoint], str | None]:
+        """One page of stored entries in id order, with their vectors (for copying a memory).
+
+        Args:
+            offset: The id to start from (``None``: the first); pass the returned next
+                offset to continue.
+            limit: Entries per page.
+
+        Returns:
+            ``(points, next_offset)``; ``next_offset`` is ``None`` after the last page.
+        """
+        self._check_open()
+        page, following = self._backend.scroll(offset, int(limit))
+        points = []
+        for pid, vectors, payload in page:
+            kind = str(payload.get("kind", ""))
+            if kind not in vectors:
+                kind = next(iter(vectors), "")
+            points.append((pid, kind, list(vectors.get(kind, [])), payload))
+        return points, following
+
+    def footprint(self) -> tuple[Footprint, dict[str, int] | None]:
+        """RAM and disk the memory takes, and the measured bytes on disk per component.
+
+        On the embedded backend the figures come from the shard's files, sorted by where
+        each part lives under the memory's settings; a server reports no files, so there
+        they are computed from the entry count (:func:`estimate_footprint`).
+        """
+        self._check_open()
+        parts = self._backend.disk_usage()
+        if parts is None:
+            return estimate_footprint(self.storage, self.count(), self._stored_dim() or 1), None
+        return footprint_from_parts(self.storage, parts), parts
 
     # ------------------------------------------------------------------ writing
 
@@ -353,8 +712,8 @@ class CategoryMemory(MetaOps, StorageOps):
     def _stored_dim(self) -> int | None:
         """The memory's vector length (cached once known: it never changes)."""
         if self._dim is None:
-            meta = self._backend.read_meta()
-            self._dim = meta.get("dim") if meta else None
+            rec = self._read_record()
+            self._dim = rec.dim if rec else None
         return self._dim
 
     def _check_open(self) -> None:
@@ -377,4 +736,21 @@ class CategoryMemory(MetaOps, StorageOps):
     def _fingerprint(self) -> str | None:
         if self._bound:
             return self._bound[0]
-        return (self._backend.read_meta() or {}).get("fingerprint")
+        rec = self._read_record()
+        return rec.fingerprint if rec else None
+
+    def _upsert(
+        self,
+        ids: Sequence[str],
+        kinds: Sequence[str],
+        rows: np.ndarray,
+        payloads: Sequence[dict[str, Any]],
+    ) -> None:
+        """Upsert rows in batches of ``UPSERT_BATCH`` after the zero-vector check."""
+        if rows.shape[0] and not np.all(np.linalg.norm(rows, axis=1) > 0):
+            raise ConfigError("a vector is all zeros: it has no direction to compare by")
+        for start in range(0, len(ids), UPSERT_BATCH):
+            stop = start + UPSERT_BATCH
+            self._backend.upsert(
+                ids[start:stop], kinds[start:stop], rows[start:stop].tolist(), payloads[start:stop]
+            )

@@ -7,8 +7,13 @@ Everything qdrant-edge specific lives in this module. Layout of one memory direc
     <dir>/shard/            the Qdrant edge shard (edge_config.json, segments/, wal/)
 
 A shard path can be opened only once per process, so open shards live in a process-wide
-registry shared by every ``CategoryMemory`` on that path, and every call goes through the
-shard's lock. Another process gets :class:`MemoryBusyError`.
+registry shared by every ``CategoryMemory`` on that path; a shard stays registered until it
+is really closed (flushed), so reopening it at once waits for that instead of failing.
+Another process gets :class:`MemoryBusyError`.
+
+Every call goes through the shard's read/write lock: searches, reads and counts share it
+(qdrant-edge releases the GIL while it searches, so concurrent searches overlap; see
+``tools/bench_concurrency.py``), writes, index builds and closing hold it alone.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from rar_agent.memory.engine_settings import edge_config, edge_search_params
 from rar_agent.memory.entries import Hit
 from rar_agent.memory.storage import StorageSettings
 
-__all__ = ["EdgeBackend", "META_FILE", "SHARD_DIR", "open_edge"]
+__all__ = ["META_FILE", "SHARD_DIR", "EdgeBackend", "ReadWriteLock", "is_busy_error", "open_edge"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +47,77 @@ _CHUNK = 1024
 _FLUSH_EVERY = 100_000
 
 
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer goes before new readers.
+
+    The writer may re-enter (for reading or writing); a reader must not (a nested read
+    behind a waiting writer would wait forever).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer: int | None = None
+        self._depth = 0
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        """Hold the lock shared with other readers."""
+        me = threading.get_ident()
+        with self._cond:
+            nested = self._writer == me
+            if nested:
+                self._depth += 1
+            else:
+                while self._writer is not None or self._writers_waiting:
+                    self._cond.wait()
+                self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if nested:
+                    self._depth -= 1
+                else:
+                    self._readers -= 1
+                    if self._readers == 0:
+                        self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """Hold the lock alone."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer == me:
+                self._depth += 1
+            else:
+                self._writers_waiting += 1
+                try:
+                    while self._writer is not None or self._readers:
+                        self._cond.wait()
+                finally:
+                    self._writers_waiting -= 1
+                self._writer, self._depth = me, 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._writer = None
+                    self._cond.notify_all()
+
+
 class _Shared:
     """One open memory directory, shared by every handle in this process."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.lock = threading.RLock()
+        self.lock = ReadWriteLock()
         self.refs = 0
+        self.closing = False
+        self.closed = threading.Event()
         self.shard: Any = None
         self.lock_fd: int | None = None
         self.meta: dict[str, Any] | None = None
@@ -74,13 +143,17 @@ def open_edge(path: str | os.PathLike[str], *, create: bool = True) -> EdgeBacke
         MemoryBusyError: Another process has it open.
     """
     resolved = Path(path).expanduser().resolve()
-    with _REGISTRY_LOCK:
-        shared = _REGISTRY.get(resolved)
-        if shared is None:
-            shared = _open_shared(resolved, create)
-            _REGISTRY[resolved] = shared
-        shared.refs += 1
-    return EdgeBackend(shared)
+    while True:
+        with _REGISTRY_LOCK:
+            shared = _REGISTRY.get(resolved)
+            if shared is None:
+                shared = _open_shared(resolved, create)
+                _REGISTRY[resolved] = shared
+            if not shared.closing:
+                shared.refs += 1
+                return EdgeBackend(shared)
+            closed = shared.closed
+        closed.wait()  # its last handle is flushing it: open it again once it is closed
 
 
 def _open_shared(path: Path, create: bool) -> _Shared:
@@ -88,7 +161,7 @@ def _open_shared(path: Path, create: bool) -> _Shared:
     if not exists and not create:
         raise MemoryStoreError(
             f"no category memory at {path}: build one first (rar-agent memory build; in "
-            "Python memory.builders) or check the path (--memory, or RAR_HOME and --collection)"
+            "Python rar_agent.ingest) or check the path (--memory, or RAR_HOME and --collection)"
         )
     if path.exists() and not path.is_dir():
         raise MemoryStoreError(f"{path} is a file, not a memory directory: choose another path")
@@ -110,6 +183,18 @@ def _open_shared(path: Path, create: bool) -> _Shared:
     return shared
 
 
+def is_busy_error(error: BaseException) -> bool:
+    """Whether a qdrant-edge error says another process holds the shard's WAL lock.
+
+    qdrant-edge 0.9 raises a plain ``Exception`` whose text carries the Rust I/O error kind
+    (``... Can't init WAL: Kind(WouldBlock)``): no exception type, no errno. This is the one
+    place that reads it; a future typed error belongs here.
+    """
+    if isinstance(error, BlockingIOError):
+        return True
+    return type(error) is Exception and "WouldBlock" in str(error)
+
+
 @contextlib.contextmanager
 def _engine(what: str, path: Path) -> Iterator[None]:
     """Turn qdrant-edge's plain exceptions into ``MemoryStoreError``."""
@@ -119,7 +204,7 @@ def _engine(what: str, path: Path) -> Iterator[None]:
         raise
     except Exception as e:
         text = str(e)
-        if "WouldBlock" in text:
+        if is_busy_error(e):
             raise MemoryBusyError(
                 f"memory at {path} is in use by another process; close it, or use a Qdrant "
                 "server (--qdrant-url) for many processes"
@@ -132,6 +217,12 @@ def _load_shard(shard_path: Path) -> Any:
 
     with _engine("open the shard", shard_path):
         return EdgeShard.load(str(shard_path))
+
+
+def _revision(meta: dict[str, Any] | None) -> int:
+    """The revision of a stored record (0 for none, or one from before revisions)."""
+    value = (meta or {}).get("revision", 0)
+    return value if isinstance(value, int) else 0
 
 
 def _kind_filter(kind: str | None, label: str | None = None) -> Any:
@@ -163,25 +254,27 @@ class EdgeBackend:
         return self._shared
 
     @contextlib.contextmanager
-    def _use(self, what: str) -> Iterator[Any]:
-        """Hold the shard lock and yield the shard (``None`` before :meth:`create`)."""
+    def _use(self, what: str, *, write: bool = False) -> Iterator[Any]:
+        """Hold the shard lock (shared, or alone to ``write``) and yield the shard (``None``
+        before :meth:`create`)."""
         s = self._s
-        with s.lock, _engine(what, s.path):
+        with s.lock.write() if write else s.lock.read(), _engine(what, s.path):
             yield s.shard
 
     # -------------------------------------------------------------- metadata
 
     def read_meta(self, *, refresh: bool = False) -> dict[str, Any] | None:
         """The metadata of ``rar_memory.json`` (kept in memory while open)."""
-        with self._s.lock:
-            return dict(self._s.meta) if self._s.meta is not None else None
+        s = self._s
+        with s.lock.read():
+            return dict(s.meta) if s.meta is not None else None
 
     def create(self, dim: int, meta: dict[str, Any], storage: StorageSettings) -> None:
         """Create the shard (named vectors ``image``/``text``, cosine) and record ``meta``."""
         from qdrant_edge import EdgeShard, PayloadSchemaType, UpdateOperation
 
         s = self._s
-        with s.lock:
+        with s.lock.write():
             if s.shard is None:
                 shard_path = s.path / SHARD_DIR
                 with _engine("create the shard", shard_path):
@@ -195,14 +288,26 @@ class EdgeBackend:
                         s.shard.update(
                             UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword)
                         )
-            self.write_meta(meta)
-
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        """Write ``rar_memory.json`` atomically."""
-        s = self._s
-        with s.lock:
             write_json_atomic(s.path / META_FILE, meta)
             s.meta = dict(meta)
+
+    def replace_meta(self, meta: dict[str, Any], expected_revision: int) -> bool:
+        """Write ``rar_memory.json`` if the record is still at ``expected_revision``.
+
+        A compare-and-set under the shard's write lock, with an atomic file replace. One
+        process holds the directory (its lock file), and every handle in it shares this
+        shard, so no other writer can interleave.
+
+        Returns:
+            Whether it was written (``False``: another writer changed it first).
+        """
+        s = self._s
+        with s.lock.write():
+            if _revision(s.meta) != expected_revision:
+                return False
+            write_json_atomic(s.path / META_FILE, meta)
+            s.meta = dict(meta)
+            return True
 
     # -------------------------------------------------------------- data
 
@@ -220,7 +325,7 @@ class EdgeBackend:
             Point(pid, {kind: vec}, payload)
             for pid, kind, vec, payload in zip(ids, kinds, vectors, payloads, strict=True)
         ]
-        with self._use("write entries") as shard:
+        with self._use("write entries", write=True) as shard:
             if shard is None:
                 raise MemoryStoreError("the memory has no shard yet: call bind_encoder first")
             shard.update(UpdateOperation.upsert_points(points))
@@ -295,7 +400,7 @@ class EdgeBackend:
         """Delete points by id."""
         from qdrant_edge import UpdateOperation
 
-        with self._use("delete entries") as shard:
+        with self._use("delete entries", write=True) as shard:
             if shard is not None and ids:
                 shard.update(UpdateOperation.delete_points(list(ids)))
 
@@ -303,7 +408,7 @@ class EdgeBackend:
         """Delete every point of ``label``."""
         from qdrant_edge import CountRequest, UpdateOperation
 
-        with self._use("delete a label") as shard:
+        with self._use("delete a label", write=True) as shard:
             if shard is None:
                 return 0
             flt = _kind_filter(None, label)
@@ -337,7 +442,7 @@ class EdgeBackend:
 
     def optimize(self, min_unindexed: int) -> bool:
         """Build the HNSW index (blocking) when enough points are still unindexed."""
-        with self._use("optimize") as shard:
+        with self._use("optimize", write=True) as shard:
             if shard is None:
                 return False
             if min_unindexed > 0:
@@ -356,8 +461,9 @@ class EdgeBackend:
 
     def disk_usage(self) -> dict[str, int] | None:
         """Bytes on disk per part of the shard (see ``edge_files.disk_usage``)."""
-        with self._s.lock:
-            return shard_disk_usage(self._s.path / SHARD_DIR)
+        s = self._s
+        with s.lock.read():
+            return shard_disk_usage(s.path / SHARD_DIR)
 
     def stats(self) -> dict[str, Any]:
         """Points, segments and indexed vectors of the shard."""
@@ -373,7 +479,12 @@ class EdgeBackend:
             }
 
     def close(self) -> None:
-        """Drop this handle; the last one flushes and closes the shard and the lock."""
+        """Drop this handle; the last one flushes and closes the shard and the lock.
+
+        The shard stays in the registry (marked closing) until it is closed, so an open of
+        the same path meanwhile waits and then opens it afresh, instead of finding the
+        directory locked by its own process.
+        """
         shared, self._shared = self._shared, None
         if shared is None:
             return
@@ -381,14 +492,20 @@ class EdgeBackend:
             shared.refs -= 1
             if shared.refs > 0:
                 return
-            _REGISTRY.pop(shared.path, None)
-        with shared.lock:
-            try:
-                if shared.shard is not None:
-                    with _engine("close the shard", shared.path):
-                        shared.shard.flush()
-                        shared.shard.close()
-            finally:
-                shared.shard = None
-                release_lock(shared.lock_fd)
-                shared.lock_fd = None
+            shared.closing = True
+        try:
+            with shared.lock.write():
+                try:
+                    if shared.shard is not None:
+                        with _engine("close the shard", shared.path):
+                            shared.shard.flush()
+                            shared.shard.close()
+                finally:
+                    shared.shard = None
+                    release_lock(shared.lock_fd)
+                    shared.lock_fd = None
+        finally:
+            with _REGISTRY_LOCK:
+                if _REGISTRY.get(shared.path) is shared:
+                    del _REGISTRY[shared.path]
+            shared.closed.set()

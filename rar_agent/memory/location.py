@@ -1,22 +1,26 @@
-"""Where a memory lives and which backend opens it: the one home of those decisions.
+"""Where a memory lives: :class:`MemoryLocation`, the one definition of a memory's address and
+connection parameters, and :func:`open_backend`, which opens the backend it names.
 
-- A memory is either *embedded* (a directory, opened with qdrant-edge) or a collection on a
-  Qdrant *server* (a URL, opened with qdrant-client); :func:`open_backend` picks the backend,
-  and refuses a memory path and a server URL given together.
-- An embedded memory without an explicit path lives in :func:`default_memory_dir`:
-  ``<home>/memories/<collection>``.
-- :func:`memory_target` reads those choices from :class:`~rar_agent.config.Settings`.
+- A memory is either *embedded* (a directory, opened with qdrant-edge), a collection on a
+  Qdrant *server* (a URL, opened with qdrant-client, with its API key, timeout and the
+  cluster layout of a new collection), or qdrant-client's *in-process* local mode (a test
+  double for the server code path).
+- An embedded memory named by collection only lives in :func:`default_memory_dir`:
+  ``<home>/memories/<collection>``. The home comes from the caller: this layer reads no
+  settings and no environment; :meth:`MemoryLocation.from_settings` reads a ``Settings``
+  object an entry point built.
 - Collection names follow :func:`check_collection_name` everywhere (they are also directory
   names).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from rar_agent.errors import ConfigError
 
@@ -25,14 +29,16 @@ if TYPE_CHECKING:
     from rar_agent.memory.backend import MemoryBackend
 
 __all__ = [
-    "MemoryTarget",
+    "IN_PROCESS",
+    "MemoryLocation",
     "check_collection_name",
     "default_memory_dir",
-    "memory_target",
     "open_backend",
 ]
 
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: The ``where`` that names qdrant-client's in-process local mode (tests only).
+IN_PROCESS = ":memory:"
 
 
 def check_collection_name(name: object) -> str:
@@ -50,119 +56,240 @@ def check_collection_name(name: object) -> str:
     return name
 
 
-def default_memory_dir(collection: str, home: str | os.PathLike[str] | None = None) -> Path:
+def default_memory_dir(collection: str, home: str | os.PathLike[str]) -> Path:
     """``<home>/memories/<collection>``, the directory of an embedded memory by default.
 
     Args:
         collection: The collection name (checked).
-        home: The data directory; None means ``Settings().home`` (``RAR_HOME``).
+        home: The data directory (``Settings.home``, read by the caller).
 
     Raises:
         ConfigError: The collection name is invalid.
     """
     check_collection_name(collection)
-    if home is None:
-        from rar_agent.config import Settings
-
-        home = Settings().home
     return Path(home).expanduser() / "memories" / collection
 
 
 @dataclass(frozen=True)
-class MemoryTarget:
-    """Where the settings say a memory lives: ``path`` (embedded) or ``url`` (server)."""
+class MemoryLocation:
+    """Where one memory lives and how to reach it: the one home of these parameters.
 
-    collection: str
+    Exactly one of ``path`` (embedded), ``url`` (server) and ``in_process`` is set. Build
+    one with :meth:`embedded`, :meth:`server`, :meth:`in_process_store`, :meth:`parse` or
+    :meth:`from_settings`; open it with ``CategoryMemory.open(location)``.
+
+    Attributes:
+        collection: The collection name (checked; also the directory name by default).
+        path: The embedded memory's directory.
+        url: The Qdrant server's URL (``http://host:6333``).
+        api_key: The server's API key (never shown in ``repr``).
+        in_process: qdrant-client's in-process local mode (a test double, not a store).
+        timeout: Server request timeout in seconds.
+        shard_number: Shards of a new server collection.
+        replication_factor: Replicas of each shard of a new server collection.
+        write_consistency_factor: Replicas that must acknowledge a write.
+
+    Raises:
+        ConfigError: A bad collection name, none or more than one place, server options
+            on an embedded memory, or a non-positive number.
+    """
+
+    collection: str = "default"
     path: Path | None = None
     url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    in_process: bool = False
+    timeout: float | None = None
     shard_number: int | None = None
     replication_factor: int | None = None
     write_consistency_factor: int | None = None
 
+    def __post_init__(self) -> None:
+        check_collection_name(self.collection)
+        if self.path is not None and not isinstance(self.path, Path):
+            object.__setattr__(self, "path", Path(self.path))
+        if self.path is not None and self.url is not None:
+            raise ConfigError(
+                f"both a memory path ({self.path}) and a Qdrant server URL ({self.url}) are "
+                "set: a memory lives in one place, so give only one: --memory / "
+                "RAR_MEMORY_PATH for an embedded memory, or --qdrant-url / RAR_QDRANT_URL "
+                "for a server"
+            )
+        places = (self.path is not None) + (self.url is not None) + bool(self.in_process)
+        if places != 1:
+            raise ConfigError(
+                "a memory location needs exactly one of a path (embedded), a url (server) or "
+                "in_process (tests)"
+            )
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"Qdrant URL {self.url!r} must start with http:// or https://")
+        server_only = {
+            "api_key": self.api_key,
+            "timeout": self.timeout,
+            "shard_number": self.shard_number,
+            "replication_factor": self.replication_factor,
+            "write_consistency_factor": self.write_consistency_factor,
+        }
+        given = sorted(k for k, v in server_only.items() if v is not None)
+        if self.path is not None and given:
+            raise ConfigError(
+                f"{', '.join(given)} apply to a Qdrant server, not to the embedded memory at "
+                f"{self.path}: drop them, or give a server URL instead of a path"
+            )
+        for name in ("shard_number", "replication_factor", "write_consistency_factor"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+        if self.timeout is not None and (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, int | float)
+            or self.timeout <= 0
+        ):
+            raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
 
-def memory_target(settings: Settings, collection: str | None = None) -> MemoryTarget:
-    """Read where a memory lives from the settings.
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def embedded(cls, path: str | os.PathLike[str], collection: str = "default") -> MemoryLocation:
+        """An embedded memory in directory ``path``."""
+        return cls(collection=collection, path=Path(path))
+
+    @classmethod
+    def server(
+        cls,
+        url: str,
+        collection: str = "default",
+        *,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        write_consistency_factor: int | None = None,
+    ) -> MemoryLocation:
+        """A collection on the Qdrant server at ``url`` (the layout applies when created)."""
+        return cls(
+            collection=collection,
+            url=url,
+            api_key=api_key,
+            timeout=timeout,
+            shard_number=shard_number,
+            replication_factor=replication_factor,
+            write_consistency_factor=write_consistency_factor,
+        )
+
+    @classmethod
+    def in_process_store(cls, collection: str = "default") -> MemoryLocation:
+        """qdrant-client's in-process local mode: the server code path, for tests."""
+        return cls(collection=collection, in_process=True)
+
+    @classmethod
+    def parse(
+        cls, where: MemoryLocation | str | os.PathLike[str], collection: str = "default"
+    ) -> MemoryLocation:
+        """A location from what a caller gave: itself, ``":memory:"``, a URL or a directory.
+
+        Args:
+            where: A :class:`MemoryLocation` (returned as it is: ``collection`` is then
+                ignored), :data:`IN_PROCESS`, an ``http(s)://`` URL, or a directory.
+            collection: The collection name for the other forms.
+
+        Raises:
+            ConfigError: ``where`` is none of these, or the collection name is invalid.
+        """
+        if isinstance(where, MemoryLocation):
+            return where
+        if isinstance(where, str) and where == IN_PROCESS:
+            return cls.in_process_store(collection)
+        if isinstance(where, str) and where.startswith(("http://", "https://")):
+            return cls.server(where, collection)
+        if isinstance(where, str | os.PathLike):
+            return cls.embedded(where, collection)
+        raise ConfigError(
+            f"a memory location must be a directory, a Qdrant URL, ':memory:' or a "
+            f"MemoryLocation, not {type(where).__name__}"
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, collection: str | None = None) -> MemoryLocation:
+        """Where the settings say a memory lives (read by an entry point and passed here).
+
+        Args:
+            settings: ``memory_path`` (embedded directory), ``qdrant_url`` /
+                ``qdrant_api_key`` and the cluster layout (server), ``home`` and
+                ``collection``.
+            collection: Another collection than ``settings.collection`` (e.g. a cached
+                vocabulary memory): it lives beside the others, in ``<home>/memories/``, or
+                on the configured server.
+
+        Raises:
+            ConfigError: Both a memory path and a server URL are set, or a bad name.
+        """
+        name = check_collection_name(collection or settings.collection)
+        url = settings.qdrant_url or None
+        path = settings.memory_path
+        if url is None and (path is None or collection is not None):
+            path = default_memory_dir(name, settings.home)
+        if url is None or path is not None:
+            return cls(collection=name, path=path, url=url)
+        return cls.server(
+            url,
+            name,
+            api_key=settings.qdrant_api_key,
+            shard_number=settings.shard_number,
+            replication_factor=settings.replication_factor,
+            write_consistency_factor=settings.write_consistency_factor,
+        )
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def backend(self) -> Literal["edge", "server"]:
+        """``"edge"`` for an embedded memory, ``"server"`` for qdrant-client."""
+        return "edge" if self.path is not None else "server"
+
+    @property
+    def cluster_layout(self) -> dict[str, int | None]:
+        """The cluster layout of a new server collection (``None``: the server's default)."""
+        return {
+            "shard_number": self.shard_number,
+            "replication_factor": self.replication_factor,
+            "write_consistency_factor": self.write_consistency_factor,
+        }
+
+    def describe(self) -> str:
+        """The directory, the URL or ``":memory:"``, for messages."""
+        if self.path is not None:
+            return str(self.path)
+        return self.url or IN_PROCESS
+
+    def with_collection(self, collection: str) -> MemoryLocation:
+        """The same place with another collection (an embedded one in a sibling directory)."""
+        if self.path is not None:
+            return dataclasses.replace(
+                self,
+                collection=collection,
+                path=self.path.parent / check_collection_name(collection),
+            )
+        return dataclasses.replace(self, collection=collection)
+
+
+def open_backend(location: MemoryLocation, *, create: bool = True) -> MemoryBackend:
+    """Open the storage of the memory at ``location``.
 
     Args:
-        settings: ``memory_path`` (embedded directory), ``qdrant_url``/``qdrant_api_key``
-            (server), ``home`` and ``collection``.
-        collection: Another collection than ``settings.collection`` (e.g. a cached
-            vocabulary memory): it lives beside the others, in ``<home>/memories/``, or on
-            the configured server.
-
-    Returns:
-        The target; both ``path`` and ``url`` are set when the settings name both, which
-        :func:`open_backend` refuses.
-    """
-    name = check_collection_name(collection or settings.collection)
-    url = settings.qdrant_url or None
-    path = settings.memory_path
-    if url is None and (path is None or collection is not None):
-        path = default_memory_dir(name, settings.home)
-    return MemoryTarget(
-        collection=name,
-        path=path,
-        url=url,
-        api_key=settings.qdrant_api_key,
-        shard_number=settings.shard_number,
-        replication_factor=settings.replication_factor,
-        write_consistency_factor=settings.write_consistency_factor,
-    )
-
-
-def open_backend(
-    collection: str,
-    *,
-    path: str | os.PathLike[str] | None = None,
-    url: str | None = None,
-    api_key: str | None = None,
-    location: str | None = None,
-    create: bool = True,
-    shard_number: int | None = None,
-    replication_factor: int | None = None,
-    write_consistency_factor: int | None = None,
-    timeout: float | None = None,
-) -> MemoryBackend:
-    """Open the storage of one memory: embedded at ``path``, or on the server at ``url``.
-
-    Arguments as :meth:`CategoryMemory.open <rar_agent.memory.CategoryMemory.open>`.
+        location: Where it lives.
+        create: Whether a missing memory may be created.
 
     Raises:
-        ConfigError: An invalid collection name, or more than one of ``path``, ``url`` and
-            ``location`` (a memory lives in one place).
         MemoryStoreError: It cannot be opened (missing, unreachable, wrong API key).
         MemoryBusyError: Another process holds the embedded memory.
     """
-    check_collection_name(collection)
-    if path is not None and url is not None:
-        raise ConfigError(
-            f"both a memory path ({path}) and a Qdrant server URL ({url}) are set: a memory "
-            "lives in one place, so give only one: --memory / RAR_MEMORY_PATH for an embedded "
-            "memory, or --qdrant-url / RAR_QDRANT_URL for a server"
-        )
-    if location is not None and (path is not None or url is not None):
-        raise ConfigError("give only one of path (embedded), url (server) or location")
-    if url is None and location is None:
+    if location.path is not None:
         from rar_agent.memory.edge import open_edge
 
-        directory = Path(path) if path is not None else default_memory_dir(collection)
-        return open_edge(directory, create=create)
-    if location is not None and location != ":memory:":
-        raise ConfigError(
-            f"location {location!r} is not supported: use url= for a server, path= "
-            "for an embedded memory, or location=':memory:' in tests"
-        )
+        return open_edge(location.path, create=create)
     from rar_agent.memory.server import ServerBackend
 
-    return ServerBackend(
-        collection,
-        url=url,
-        api_key=api_key,
-        location=location,
-        create=create,
-        shard_number=shard_number,
-        replication_factor=replication_factor,
-        write_consistency_factor=write_consistency_factor,
-        timeout=timeout,
-    )
+    return ServerBackend(location, create=create)

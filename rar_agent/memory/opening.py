@@ -1,38 +1,37 @@
-"""Open the memory the settings name, and its encoder: the entry point for the CLI, the
-pipeline and tools."""
+"""Open the memory a ``Settings`` object names (one an entry point built and passed down:
+nothing here reads the environment)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rar_agent.memory.core import CategoryMemory
-from rar_agent.memory.location import memory_target
+from rar_agent.memory.location import MemoryLocation
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings
-    from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory.storage import StorageSettings
 
-__all__ = ["configured_memory", "memory_encoder", "open_memory"]
+__all__ = ["configured_memory", "open_memory"]
 
 logger = logging.getLogger(__name__)
 
 
 def open_memory(
-    settings: Settings | None = None,
+    settings: Settings,
     collection: str | None = None,
     *,
     create: bool = True,
     read_only: bool = False,
     storage: StorageSettings | None = None,
 ) -> CategoryMemory:
-    """Open the memory the settings name (see :func:`~rar_agent.memory.location.memory_target`).
+    """Open the memory the settings name (see :meth:`MemoryLocation.from_settings
+    <rar_agent.memory.location.MemoryLocation.from_settings>`).
 
     Args:
-        settings: Where memories live (``memory_path``, ``qdrant_url``, ``home``...);
-            default: ``Settings()`` from the ``RAR_*`` environment.
+        settings: Where memories live (``memory_path``, ``qdrant_url``, ``home``...), as
+            the entry point read them.
         collection: Another collection than ``settings.collection``.
         create: Create the memory if missing; with False a missing memory is an error.
         read_only: Refuse every write through the returned handle (implies ``create=False``).
@@ -43,23 +42,8 @@ def open_memory(
         MemoryStoreError: It cannot be opened.
         MemoryBusyError: Another process holds the embedded memory.
     """
-    if settings is None:
-        from rar_agent.config import Settings
-
-        settings = Settings()
-    target = memory_target(settings, collection)
-    return CategoryMemory.open(
-        target.path,
-        url=target.url,
-        api_key=target.api_key,
-        collection=target.collection,
-        create=create,
-        shard_number=target.shard_number,
-        replication_factor=target.replication_factor,
-        write_consistency_factor=target.write_consistency_factor,
-        read_only=read_only,
-        storage=storage,
-    )
+    location = MemoryLocation.from_settings(settings, collection)
+    return CategoryMemory.open(location, create=create, read_only=read_only, storage=storage)
 
 
 def configured_memory(settings: Settings, *, read_only: bool = False) -> CategoryMemory | None:
@@ -94,32 +78,8 @@ def configured_memory(settings: Settings, *, read_only: bool = False) -> Categor
     if named:
         raise EmptyMemoryError(
             f"memory {settings.collection!r} at {where} holds no entries: add some (rar-agent "
-            "memory build / memory add; in Python memory.builders), or give labels for a "
+            "memory build / memory add; in Python rar_agent.ingest), or give labels for a "
             "zero-shot memory (--labels; in Python labels=[...])"
         )
     logger.info("memory %r is empty: using the built-in vocabulary", settings.collection)
     return None
-
-
-def memory_encoder(
-    settings: Settings,
-    memory: CategoryMemory | None = None,
-    *,
-    announce: Callable[[str], None] | None = None,
-) -> ImageTextEncoder:
-    """The encoder to use: the one the settings name, else ``memory``'s own, else the default.
-
-    Args:
-        settings: ``encoder`` / ``clip_model`` / ``clip_pretrained`` name one explicitly.
-        memory: An open memory whose recorded encoder spec applies when none is named.
-        announce: Receives the note when the default falls back to the offline encoder.
-
-    Raises:
-        ModelLoadError: The named or recorded encoder cannot be loaded.
-    """
-    from rar_agent.encoders import EncoderSpec, resolve_encoder
-
-    named = settings.explicit_encoder
-    explicit = EncoderSpec(*named) if named is not None else None
-    stored = EncoderSpec.from_meta(memory.info.encoder_spec) if memory is not None else None
-    return resolve_encoder(explicit, stored, device=settings.device, announce=announce)

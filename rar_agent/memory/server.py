@@ -1,7 +1,7 @@
 """Server backend: a Qdrant server (or cluster) through qdrant-client.
 
-The memory's metadata (encoder fingerprint, dim, ...) lives in the collection's own
-metadata under the key ``rar_memory`` (Qdrant >= 1.16). ``location=":memory:"`` runs
+The memory's record (encoder fingerprint, dim, ...) lives in the collection's own metadata
+under the key ``rar_memory`` (Qdrant >= 1.16). ``MemoryLocation.in_process_store()`` runs
 qdrant-client's pure-Python local mode: a test double for this code path, not a store.
 """
 
@@ -17,6 +17,7 @@ from rar_agent.errors import MemoryStoreError, RarError
 from rar_agent.memory.backend import PointVectors, ScrollPage
 from rar_agent.memory.engine_settings import collection_config, server_search_params
 from rar_agent.memory.entries import KINDS, Hit
+from rar_agent.memory.location import IN_PROCESS, MemoryLocation
 from rar_agent.memory.storage import StorageSettings
 
 __all__ = ["META_KEY", "ServerBackend"]
@@ -26,18 +27,12 @@ _CHUNK = 1024
 
 
 class ServerBackend:
-    """One collection on a Qdrant server.
+    """One collection on a Qdrant server (or qdrant-client's in-process local mode).
 
     Args:
-        collection: Collection name.
-        url: Server URL (``http://host:6333``).
-        api_key: Server API key, if it requires one.
-        location: ``":memory:"`` for qdrant-client's local mode (tests only).
+        location: Where the collection lives: URL, API key, timeout and the cluster layout
+            of a new collection, or ``in_process`` (tests only).
         create: Whether a missing collection may be created (on ``bind_encoder``).
-        shard_number: Shards of a new collection (clusters).
-        replication_factor: Replicas of each shard of a new collection (clusters).
-        write_consistency_factor: Replicas that must acknowledge a write (clusters).
-        timeout: Request timeout in seconds.
 
     Raises:
         MemoryStoreError: The server is unreachable, refuses the API key, or the collection
@@ -46,37 +41,27 @@ class ServerBackend:
 
     name = "server"
 
-    def __init__(
-        self,
-        collection: str,
-        *,
-        url: str | None = None,
-        api_key: str | None = None,
-        location: str | None = None,
-        create: bool = True,
-        shard_number: int | None = None,
-        replication_factor: int | None = None,
-        write_consistency_factor: int | None = None,
-        timeout: float | None = None,
-    ) -> None:
+    def __init__(self, location: MemoryLocation, *, create: bool = True) -> None:
         from qdrant_client import QdrantClient
 
-        self.collection = collection
-        self.location = url or location or ""
-        self._local = url is None
-        self._cluster = dict(shard_number=shard_number, replication_factor=replication_factor,
-                             write_consistency_factor=write_consistency_factor)  # fmt: skip
+        self.collection = collection = location.collection
+        self.location = location.describe()
+        self._local = location.url is None
+        self._cluster = location.cluster_layout
         # Local mode is plain Python dicts: serialise it. A server handles concurrency itself.
         self._lock: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if self._local else contextlib.nullcontext()
         )
+        # Serialises this handle's record writes (see ``replace_meta``).
+        self._meta_lock = threading.Lock()
+        timeout = location.timeout
         with self._call("connect"):
             if self._local:
-                self._client: Any = QdrantClient(location=location)
+                self._client: Any = QdrantClient(location=IN_PROCESS)
             else:
                 self._client = QdrantClient(
-                    url=url,
-                    api_key=api_key,
+                    url=location.url,
+                    api_key=location.api_key,
                     timeout=max(1, round(timeout)) if timeout is not None else None,
                     check_compatibility=False,
                 )
@@ -174,7 +159,7 @@ class ServerBackend:
                         )
             self._exists = True
         self._check_vectors(dim)
-        self.write_meta(meta)
+        self._write_meta(meta)
 
     def _check_vectors(self, dim: int) -> None:
         with self._call("read the collection"):
@@ -187,7 +172,27 @@ class ServerBackend:
                 f", not named vectors 'image' and 'text' of size {dim}: use another --collection"
             )
 
-    def write_meta(self, meta: dict[str, Any]) -> None:
+    def replace_meta(self, meta: dict[str, Any], expected_revision: int) -> bool:
+        """Store ``meta`` if the stored record is still at ``expected_revision``.
+
+        Qdrant offers no conditional write for collection metadata (its conditional update,
+        ``update_filter``, applies to points only), so this is a compare-and-set within
+        this handle: the record is re-read from the server and written under a lock.
+        Writers in other processes (or other handles) can still interleave between that
+        read and the write; the last write then wins.
+
+        Returns:
+            Whether it was written (``False``: another writer changed it first).
+        """
+        with self._meta_lock:
+            stored = self._fetch_meta() if self._exists else None
+            if _revision(stored) != expected_revision:
+                self._meta = stored
+                return False
+            self._write_meta(meta)
+            return True
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
         """Store ``meta`` in the collection metadata and check the server kept it."""
         self._check_open()
         with self._call("write the collection metadata"):
@@ -393,6 +398,12 @@ class ServerBackend:
         self._closed = True
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+def _revision(meta: dict[str, Any] | None) -> int:
+    """The revision of a stored record (0 for none, or one from before revisions)."""
+    value = (meta or {}).get("revision", 0)
+    return value if isinstance(value, int) else 0
 
 
 def _point(record: Any) -> PointVectors:

@@ -1,8 +1,9 @@
 """Copy a memory to another backend: ``memory push`` (embedded -> server), ``memory pull``.
 
-Everything the source records travels: points (ids, vectors, payloads) and the whole
-metadata dict (encoder, storage settings, calibration, ...). The copy is resumable: the
-target is filled page by page in id order, and a rerun writes only the points it lacks.
+Everything the source records travels: points (ids, vectors, payloads) and its whole
+record (encoder, storage settings, extensions such as the calibration, ...). The copy is
+resumable: the target is filled page by page in id order, and a rerun writes only the
+points it lacks.
 At the end the counts are verified (all entries, per kind, per label).
 """
 
@@ -10,15 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rar_agent.errors import ConfigError, MemoryStoreError
-from rar_agent.memory.builders import Progress
 from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED, CategoryMemory
 
 __all__ = ["PAGE_SIZE", "TransferReport", "copy_memory", "verify_copy"]
 
 logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``, called after each page."""
 
 PAGE_SIZE = 512
 """Points read (and checked against the target) per page; writes go in ``UPSERT_BATCH``."""
@@ -48,7 +52,7 @@ def copy_memory(
     batch_size: int = PAGE_SIZE,
     progress: Progress | None = None,
 ) -> TransferReport:
-    """Copy ``source`` into ``target`` (created with the source's metadata), then verify.
+    """Copy ``source`` into ``target`` (created with the source's record), then verify.
 
     Args:
         source: The memory to copy (not changed).
@@ -67,14 +71,14 @@ def copy_memory(
     start = time.perf_counter()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
-    meta = source.metadata
-    if not meta.get("fingerprint"):
+    record = source.record
+    if record is None:
         raise ConfigError(
             f"memory {source.collection!r} at {source.info.location} records no encoder: "
             "there is nothing to copy"
         )
     total = source.count()
-    target.bind_metadata(meta)
+    target.bind_record(record)
     report = TransferReport(entries=total)
     with target.bulk_load(total):
         _copy_pages(source, target, batch_size, report, progress)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from rar_agent.openset.calibration import (
     CalibratedMemory,
     Calibration,
+    current,
     fit,
     load,
     update,
@@ -39,6 +40,7 @@ __all__ = [
     "Calibration",
     "Calibrator",
     "LeaveOneOutCalibrator",
+    "current",
     "ensure",
     "fit",
     "judge",

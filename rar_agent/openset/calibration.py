@@ -44,7 +44,10 @@ import datetime as _dt
 import logging
 import math
 import random
-from collections.abc import Iterable, Sequence
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -69,6 +72,7 @@ __all__ = [
     "Calibration",
     "StandIn",
     "Threshold",
+    "current",
     "fit",
     "load",
     "make_standin",
@@ -81,13 +85,16 @@ class CalibratedMemory(Protocol):
     """What calibration reads and writes of a memory (:class:`~rar_agent.memory.CategoryMemory`)."""
 
     collection: str
+    read_only: bool
 
-    def get_meta(self, key: str) -> Any:
-        """A value of the memory's record."""
+    def extension(self, name: str) -> dict[str, Any] | None:
+        """An extension of the memory's record."""
         ...
 
-    def set_meta(self, key: str, value: Any) -> None:
-        """Store a value in the memory's record."""
+    def update_extension(
+        self, name: str, fn: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """Change an extension of the memory's record atomically (compare-and-set)."""
         ...
 
     def get_entries(self, ids: Iterable[str]) -> list[Hit]:
@@ -292,6 +299,39 @@ def load(memory: CalibratedMemory) -> Calibration | None:
     return _parse(read_extension(memory), memory.collection)
 
 
+MAX_AGE_S = 1.0
+"""How long :func:`current` trusts its copy before reading the record again."""
+_CURRENT: weakref.WeakKeyDictionary[Any, tuple[float, Calibration | None]] = (
+    weakref.WeakKeyDictionary()
+)
+_CURRENT_LOCK = threading.Lock()
+
+
+def current(memory: CalibratedMemory, *, max_age: float = MAX_AGE_S) -> Calibration | None:
+    """The memory's calibration for judging queries, without re-reading the record for each.
+
+    Updates made through this module in this process are seen at once; changes made by
+    another process within ``max_age`` seconds (the record is re-read at most that often,
+    since parsing it costs more than a query's verdict).
+    """
+    now = time.monotonic()
+    with _CURRENT_LOCK:
+        held = _CURRENT.get(memory)
+    if held is not None and now - held[0] < max_age:
+        return held[1]
+    cal = load(memory)
+    _remember(memory, cal)
+    return cal
+
+
+def _remember(memory: CalibratedMemory, cal: Calibration | None) -> None:
+    try:
+        with _CURRENT_LOCK:
+            _CURRENT[memory] = (time.monotonic(), cal)
+    except TypeError:  # an object that takes no weak references: nothing is kept
+        pass
+
+
 def _parse(data: dict[str, Any] | None, collection: str) -> Calibration | None:
     if not isinstance(data, dict) or data.get("version") != _VERSION:
         return None
@@ -304,6 +344,7 @@ def _parse(data: dict[str, Any] | None, collection: str) -> Calibration | None:
 
 def _store(memory: CalibratedMemory, cal: Calibration) -> Calibration:
     update_extension(memory, lambda _old: cal.model_dump(mode="json"))
+    _remember(memory, cal)
     return cal
 
 
@@ -478,7 +519,9 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
         return out.model_dump(mode="json")
 
     stored = update_extension(memory, merge)
-    return _parse(stored, memory.collection) or Calibration.model_validate(merge(None))
+    result = _parse(stored, memory.collection) or Calibration.model_validate(merge(None))
+    _remember(memory, result)
+    return result
 
 
 def _labels_of(memory: CalibratedMemory, ids: Sequence[str]) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """Where the open-set calibration lives: the memory record's extension ``"openset"``.
 
 The memory stores the calibration and never decides when to recompute it. Every read and
-every read-modify-write of it goes through the two functions below, so switching to the
-memory record's atomic ``update_extension`` is a change here only.
+every read-modify-write of it goes through the two functions below; the write is the
+memory's atomic compare-and-set (``CategoryMemory.update_extension``), so concurrent
+updates are never lost.
 """
 
 from __future__ import annotations
@@ -18,44 +19,38 @@ logger = logging.getLogger(__name__)
 EXTENSION = "openset"
 """The name of the memory record's extension holding the calibration."""
 
+ExtensionUpdate = Callable[[dict[str, Any] | None], dict[str, Any] | None]
+
 
 class ExtensionStore(Protocol):
     """The part of :class:`~rar_agent.memory.CategoryMemory` that stores the calibration."""
 
     collection: str
+    read_only: bool
 
-    def get_meta(self, key: str) -> Any:
-        """A value of the memory's record."""
+    def extension(self, name: str) -> dict[str, Any] | None:
+        """An extension of the memory's record."""
         ...
 
-    def set_meta(self, key: str, value: Any) -> None:
-        """Store a value in the memory's record."""
+    def update_extension(self, name: str, fn: ExtensionUpdate) -> dict[str, Any] | None:
+        """Change an extension of the memory's record atomically (compare-and-set)."""
         ...
 
 
 def read_extension(memory: ExtensionStore) -> dict[str, Any] | None:
     """The stored calibration (a JSON dict), or ``None`` when there is none."""
-    extension = getattr(memory, "extension", None)
-    data = extension(EXTENSION) if callable(extension) else memory.get_meta(EXTENSION)
+    data = memory.extension(EXTENSION)
     return data if isinstance(data, dict) else None
 
 
-def update_extension(
-    memory: ExtensionStore, fn: Callable[[dict[str, Any] | None], dict[str, Any] | None]
-) -> dict[str, Any] | None:
-    """Replace the stored calibration with ``fn(current)`` and return what was stored.
+def update_extension(memory: ExtensionStore, fn: ExtensionUpdate) -> dict[str, Any] | None:
+    """Replace the stored calibration with ``fn(current)`` atomically and return it.
 
-    Uses the memory's atomic ``update_extension`` (compare-and-set on its record's revision)
-    where it has one; ``fn`` may then run more than once, so it only merges (no searches).
-    On a read-only memory nothing is written and ``fn``'s result is only returned.
+    ``fn`` may run more than once (compare-and-set retries), so it only merges (no
+    searches). On a read-only memory nothing is written and ``fn``'s result is only
+    returned.
     """
-    if getattr(memory, "read_only", False):
+    if memory.read_only:
         logger.info("memory %r is read-only: its calibration is not stored", memory.collection)
         return fn(read_extension(memory))
-    atomic = getattr(memory, "update_extension", None)
-    if callable(atomic):
-        atomic(EXTENSION, fn)
-        return read_extension(memory)
-    new = fn(read_extension(memory))
-    memory.set_meta(EXTENSION, new)
-    return new
+    return memory.update_extension(EXTENSION, fn)

@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.config import MemoryKind, parse_reject, validate_k
-from rar_agent.encoders.loader import spec_for
+from rar_agent.encoders.spec import spec_of
 from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
+from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset import RANKER_SKIP_REASON, judge
 from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
 from rar_agent.pipeline.regions import recognize_regions
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
 
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.ingest.builders import Progress
     from rar_agent.memory import CategoryMemory
-    from rar_agent.memory.builders import Progress
     from rar_agent.openset import Calibration
     from rar_agent.regions import BoxesInput
     from rar_agent.regions.geometry import Context
@@ -89,10 +90,10 @@ class Recognizer:
     ) -> None:
         if encoder is None:
             encoder = _recorded_encoder(memory)
-        memory.bind_encoder(encoder.fingerprint, encoder.dim)
+        bind_memory(memory, encoder)
         self.memory = memory
         self.encoder = encoder
-        spec = spec_for(encoder.fingerprint)
+        spec = spec_of(encoder)
         self.encoder_name = spec.label if spec is not None else encoder.fingerprint
         self.k = validate_k(k)
         self.gate = parse_gate(gate, calibrated=memory.info.gate_margin)
@@ -102,7 +103,6 @@ class Recognizer:
         self.ranker: RankingChain | None = as_ranking_chain(ranker, gate=self.gate)
         self.hint = hint if hint is not None else getattr(memory.info, "description", None)
         self.reject = parse_reject(reject)
-        self._calibration_cache: tuple[object, Calibration | None] = (None, None)
         self._computed: Calibration | None = None  # made here, not storable (read-only)
         if self.reject.mode == "auto":
             self._ensure_calibrated()
@@ -141,7 +141,8 @@ class Recognizer:
             RarError: The memory or the encoder cannot be opened (the message says why).
         """
         from rar_agent.config import Settings
-        from rar_agent.memory import check_collection_name, configured_memory, memory_encoder
+        from rar_agent.ingest import memory_encoder
+        from rar_agent.memory import check_collection_name, configured_memory
 
         settings = (settings or Settings()).model_copy(update=overrides)
         check_collection_name(settings.collection)  # before a slow encoder load
@@ -324,15 +325,11 @@ class Recognizer:
             self._computed = openset.ensure(self.memory, self.memory.count("image"))
 
     def calibration(self) -> Calibration | None:
-        """The memory's current calibration (re-read only when its revision changed)."""
-        from rar_agent.openset import load
-        from rar_agent.openset.store import read_extension
+        """The memory's current calibration (:func:`rar_agent.openset.current`: updates made
+        in this process at once, others within a second)."""
+        from rar_agent.openset import current
 
-        stored = read_extension(self.memory)
-        key = (stored.get("revision"), stored.get("updated_at")) if stored else None
-        if key != self._calibration_cache[0]:
-            self._calibration_cache = (key, load(self.memory))
-        return self._calibration_cache[1] or self._computed
+        return current(self.memory) or self._computed
 
     def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
         """The retrieval-side open-set verdict for each candidate list (see :mod:`.reject`)."""

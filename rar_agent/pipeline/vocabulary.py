@@ -6,14 +6,15 @@ import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from rar_agent.encoders.loader import spec_for
+from rar_agent.encoders.spec import spec_of
 from rar_agent.errors import EncoderError, LabelError
+from rar_agent.ingest.encoder import bind_memory
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.ingest.builders import Progress
     from rar_agent.memory import CategoryMemory
-    from rar_agent.memory.builders import Progress
 
 __all__ = ["vocabulary_memory"]
 
@@ -40,13 +41,13 @@ def vocabulary_memory(
     from rar_agent.encoders import BuiltinVocabulary, has_text_tower
 
     if labels is not None and not has_text_tower(encoder):
-        spec = spec_for(encoder.fingerprint)
+        spec = spec_of(encoder)
         raise EncoderError(
             "zero-shot labels (--labels) need an encoder with a text tower (CLIP), and "
             f"{spec.label if spec else encoder.fingerprint} has none: use a CLIP model "
             "(--clip-model local-dir:/path/to/open_clip_dir; in Python clip_model=...), build a "
             "few-shot memory from example images (rar-agent memory build --from-folder DIR; in "
-            "Python memory.builders.add_images), or leave out the labels for its built-in "
+            "Python rar_agent.ingest.add_images), or leave out the labels for its built-in "
             "ImageNet-1k classes"
         )
     if labels is None and isinstance(encoder, BuiltinVocabulary):
@@ -61,8 +62,8 @@ def _text_vocabulary_memory(
     progress: Progress | None,
 ) -> CategoryMemory:
     from rar_agent.encoders import default_vocabulary, short_templates
+    from rar_agent.ingest.builders import add_class_names
     from rar_agent.memory import open_memory
-    from rar_agent.memory.builders import add_class_names
 
     names = list(labels) if labels is not None else list(default_vocabulary())
     # The 1000-class vocabulary uses the short template set; a user's few labels get all 80.
@@ -76,7 +77,7 @@ def _text_vocabulary_memory(
     key = hashlib.sha256(("\n".join(names) + "\x00" + encoder.fingerprint).encode()).hexdigest()
     prefix = "imagenet" if labels is None else "labels"
     memory = open_memory(settings, collection=f"{prefix}-{key[:16]}")
-    memory.bind_encoder(encoder.fingerprint, encoder.dim)
+    bind_memory(memory, encoder)
     if memory.count("text") < len(set(names)):
         add_class_names(memory, encoder, names, templates=templates, progress=progress)
     return memory
@@ -85,8 +86,8 @@ def _text_vocabulary_memory(
 def _builtin_vocabulary_memory(
     settings: Settings, encoder: ImageTextEncoder, progress: Progress | None
 ) -> CategoryMemory:
+    from rar_agent.ingest.vocabulary import add_builtin_vocabulary
     from rar_agent.memory import open_memory
-    from rar_agent.memory.vocabulary import add_builtin_vocabulary
 
     key = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()
     memory = open_memory(settings, collection=f"builtin-{key[:16]}")

@@ -57,8 +57,8 @@ class AddCategoryTool(RecognizerTool):
         if not self.enabled:
             raise ToolException("learning is disabled for this agent: the memory is read-only")
         from rar_agent import openset
+        from rar_agent.ingest.builders import add_images
         from rar_agent.memory import normalize_label
-        from rar_agent.memory.builders import add_images
 
         start = time.perf_counter()
         try:

@@ -75,7 +75,7 @@ def small_recognizer(directory: Path, encoder: Any, *, location: str | None = No
 
     images = make_images(directory / "images")
     if location is not None:
-        memory = CategoryMemory.open(location=location, collection="small")
+        memory = CategoryMemory.open(location, collection="small")
     else:
         memory = CategoryMemory.open(directory / "memory", collection="small")
     fill_memory(memory, encoder, images)

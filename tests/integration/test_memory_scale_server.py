@@ -14,13 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rar_agent.memory import CategoryMemory, MemoryEntry
-from rar_agent.memory.from_vectors import add_vectors
+from rar_agent.ingest.from_vectors import add_vectors
+from rar_agent.memory import CategoryMemory, MemoryEntry, MemoryLocation
 from rar_agent.memory.storage import StorageSettings
 from rar_agent.memory.transfer import copy_memory
 
 URL = os.environ.get("QDRANT_URL")
 API_KEY = os.environ.get("QDRANT_API_KEY")
+
+
+def _at(name: str) -> MemoryLocation:
+    return MemoryLocation.server(str(URL), name, api_key=API_KEY)
+
 
 pytestmark = [
     pytest.mark.server,
@@ -56,7 +61,7 @@ def _name(names: list[str]) -> str:
 
 def test_storage_settings_become_the_collection_config(names: list[str]) -> None:
     name = _name(names)
-    with CategoryMemory.open(url=URL, api_key=API_KEY, collection=name, storage=SETTINGS) as mem:
+    with CategoryMemory.open(_at(name), storage=SETTINGS) as mem:
         mem.bind_encoder("enc", 8)
     from qdrant_client import QdrantClient
 
@@ -69,7 +74,7 @@ def test_storage_settings_become_the_collection_config(names: list[str]) -> None
     assert config.params.on_disk_payload is True
     assert config.hnsw_config.m == 12
     assert config.quantization_config.scalar.type.value == "int8"
-    with CategoryMemory.open(url=URL, api_key=API_KEY, collection=name, create=False) as mem:
+    with CategoryMemory.open(_at(name), create=False) as mem:
         assert mem.storage == SETTINGS
 
 
@@ -82,11 +87,11 @@ def test_bulk_load_restores_indexing_and_push_pull_round_trip(
     with CategoryMemory.open(tmp_path / "src", storage=SETTINGS) as src:
         add_vectors(src, x, labels, fingerprint="enc")
         src.add_entries([MemoryEntry("words", "text", "t", "h")], np.ones((1, 16)))
-        with CategoryMemory.open(url=URL, api_key=API_KEY, collection=_name(names)) as server:
+        with CategoryMemory.open(_at(_name(names))) as server:
             report = copy_memory(src, server, batch_size=1000)
             assert report.copied == src.count() and server.storage == SETTINGS
             assert not server._backend.indexing_deferred()  # m restored after the bulk load
             assert server.search(x[5], limit=1)[0].id == src.search(x[5], limit=1)[0].id
             with CategoryMemory.open(tmp_path / "back") as back:
                 copy_memory(server, back)
-                assert back.labels() == src.labels() and back.metadata["fingerprint"] == "enc"
+                assert back.labels() == src.labels() and back.info.fingerprint == "enc"

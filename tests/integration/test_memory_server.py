@@ -15,10 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from rar_agent.memory import CategoryMemory
+from rar_agent.memory import CategoryMemory, MemoryLocation
 
 URL = os.environ.get("QDRANT_URL")
 API_KEY = os.environ.get("QDRANT_API_KEY")
+
+
+def _at(name: str) -> MemoryLocation:
+    return MemoryLocation.server(str(URL), name, api_key=API_KEY)
+
 
 pytestmark = [
     pytest.mark.server,
@@ -52,7 +57,7 @@ def make_memory() -> Iterator[Callable[[], CategoryMemory]]:
 
     def make() -> CategoryMemory:
         name = f"rar-test-{uuid.uuid4().hex[:12]}"
-        mem = CategoryMemory.open(url=URL, api_key=API_KEY, collection=name, timeout=30)
+        mem = CategoryMemory.open(MemoryLocation.server(URL, name, api_key=API_KEY, timeout=30))
         opened.append(mem)
         return mem
 
@@ -76,11 +81,11 @@ def test_server_collection_options_and_reopen() -> None:
     name = f"rar-test-{uuid.uuid4().hex[:12]}"
     try:
         with CategoryMemory.open(
-            url=URL, api_key=API_KEY, collection=name, shard_number=2, replication_factor=1
+            MemoryLocation.server(URL, name, api_key=API_KEY, shard_number=2, replication_factor=1)
         ) as mem:
             mem.bind_encoder("enc-A", 4, description="pets")
             mem.add_entries([MemoryEntry("cat", "image", "a.png", "h")], np.eye(4)[:1])
-        with CategoryMemory.open(url=URL, api_key=API_KEY, collection=name, create=False) as mem:
+        with CategoryMemory.open(_at(name), create=False) as mem:
             assert mem.info.fingerprint == "enc-A" and mem.info.description == "pets"
             assert mem.labels() == {"cat": 1}
             assert mem.stats()["storage_payload_indexes"] == ["kind", "label"]

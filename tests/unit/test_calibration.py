@@ -164,7 +164,7 @@ def test_thresholds_grow_with_the_shot_count() -> None:
 def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> None:
     space = _Space(4)
     memory = _shots_memory(tmp_path, space, [6] * 4, "stored")
-    stored = memory.get_meta(EXTENSION)
+    stored = memory.extension(EXTENSION)
     assert stored["version"] == 3 and stored["method"] == "conformal"
     assert len(stored["standins"]) == 24
     label, own, others, rival = stored["standins"][0]
@@ -275,9 +275,9 @@ def test_text_only_memory_has_no_threshold(tmp_path: Path) -> None:
 
 def test_unreadable_or_old_calibration_is_ignored(tmp_path: Path) -> None:
     memory = _memory(tmp_path)
-    memory.set_meta(EXTENSION, {"version": 99})
+    memory.update_extension(EXTENSION, lambda _: {"version": 99})
     assert load(memory) is None
-    memory.set_meta(EXTENSION, {"version": 3, "standins": "nonsense"})
+    memory.update_extension(EXTENSION, lambda _: {"version": 3, "standins": "nonsense"})
     assert load(memory) is None
     memory.close()
 

@@ -103,9 +103,13 @@ def test_cluster_settings_reach_the_server_backend(monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv(f"RAR_{name}", value)  # fmt: skip
     seen: dict = {}
     monkeypatch.setattr(
-        CategoryMemory, "open", classmethod(lambda cls, path=None, **kw: seen.update(kw, path=path))
+        CategoryMemory, "open", classmethod(lambda cls, where, **kw: seen.update(where=where))
     )
     open_memory(Settings())
-    assert seen["url"] == "http://node:6333"
-    assert (seen["shard_number"], seen["replication_factor"]) == (3, 2)
-    assert seen["write_consistency_factor"] == 1
+    where = seen["where"]
+    assert where.url == "http://node:6333"
+    assert where.cluster_layout == {
+        "shard_number": 3,
+        "replication_factor": 2,
+        "write_consistency_factor": 1,
+    }

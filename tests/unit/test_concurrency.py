@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rar_agent.ingest.builders import add_class_names, add_images
 from rar_agent.memory import CategoryMemory
-from rar_agent.memory.builders import add_class_names, add_images
 from rar_agent.pipeline import Recognizer
 from rar_agent.tools import ImageRegistry, RecognizeTool
 

@@ -47,7 +47,7 @@ ZYGOTE = textwrap.dedent(
     import io, json, os, sys, threading, time, traceback
     import torch, open_clip  # heavy imports once; no tensor op happens before a fork
     import qdrant_edge
-    import rar_agent.encoders, rar_agent.memory, rar_agent.memory.builders, rar_agent.tools
+    import rar_agent.encoders, rar_agent.memory, rar_agent.ingest.builders, rar_agent.tools
 
 
     def log(f, *parts):
@@ -58,7 +58,7 @@ ZYGOTE = textwrap.dedent(
     def build(job, f):
         from rar_agent.encoders import load_encoder
         from rar_agent.memory import CategoryMemory
-        from rar_agent.memory.builders import add_images
+        from rar_agent.ingest.builders import add_images
 
         encoder = load_encoder(job["spec"], device="cpu")
         log(f, "READY")
@@ -90,7 +90,7 @@ ZYGOTE = textwrap.dedent(
         """A bulk build in one thread while the add-category tool learns in another."""
         from rar_agent.encoders import load_encoder
         from rar_agent.memory import CategoryMemory
-        from rar_agent.memory.builders import add_images
+        from rar_agent.ingest.builders import add_images
         from rar_agent.pipeline import Recognizer
         from rar_agent.tools import AddCategoryTool, ImageRegistry
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from rar_agent import datasets
 from rar_agent.errors import ConfigError
-from rar_agent.memory.builders import iter_image_folder
+from rar_agent.ingest.builders import iter_image_folder
 
 needs_fmnist = pytest.mark.skipif(
     not datasets.fashion_mnist_available(),

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from rar_agent.config import Settings
-from rar_agent.encoders import EncoderSpec, load_encoder, resolve_encoder, spec_for
+from rar_agent.encoders import EncoderSpec, load_encoder, resolve_encoder, spec_of
 from rar_agent.encoders import loader as resolve_mod
 from rar_agent.encoders.loader import canonical_spec
 from rar_agent.errors import ConfigError, EncoderMismatchError, ModelLoadError
@@ -36,7 +36,7 @@ def test_offline_the_default_is_the_offline_encoder_with_one_note() -> None:
     reason = resolve_mod.clip_unavailable_reason()
     assert reason and "HF_HUB_OFFLINE" in reason
     encoder, note = resolve_mod.load_default_encoder(device="cpu")
-    assert spec_for(encoder.fingerprint) == EncoderSpec("efficientnet-lite0")
+    assert spec_of(encoder) == EncoderSpec("efficientnet-lite0")
     assert note is not None and "\n" not in note
     assert "efficientnet-lite0" in note and "ViT-B-16/openai" in note and "--clip-model" in note
     heard: list[str] = []
@@ -101,7 +101,7 @@ def test_a_factory_file_path_loads_from_any_directory(
     assert encoder.fingerprint == "hashing:16:0"
     monkeypatch.chdir(FACTORY_FILE.parent)
     assert load_encoder("encoder_factories.py:hashing_encoder") is encoder  # same file, cached
-    assert spec_for(encoder.fingerprint) == EncoderSpec(f"{FACTORY_FILE}:hashing_encoder")
+    assert spec_of(encoder) == EncoderSpec(f"{FACTORY_FILE}:hashing_encoder")
     with pytest.raises(ConfigError, match="does not exist"):
         load_encoder("no_such_file.py:create")
     with pytest.raises(ConfigError, match="has no attribute"):
@@ -156,8 +156,8 @@ def test_a_memory_remembers_its_encoder(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_python_api_opens_a_memory_with_its_recorded_encoder(tmp_path: Path) -> None:
+    from rar_agent.ingest.builders import add_images, iter_image_folder
     from rar_agent.memory import CategoryMemory
-    from rar_agent.memory.builders import add_images, iter_image_folder
     from rar_agent.pipeline import Recognizer
 
     encoder = load_encoder(f"{FACTORY_FILE}:hashing_encoder")

@@ -189,11 +189,11 @@ def test_offline_hub_model_fails_fast_with_help(spec: str, pretrained: str | Non
 
 
 def test_default_spec_offline_is_the_offline_encoder(caplog: pytest.LogCaptureFixture) -> None:
-    from rar_agent.encoders import spec_for
+    from rar_agent.encoders import spec_of
 
     with caplog.at_level("WARNING", logger="rar_agent.encoders.loader"):
         encoder = load_encoder(device="cpu")  # CLIP ViT-B-16/openai is not on this machine
-    assert str(spec_for(encoder.fingerprint).label) == "efficientnet-lite0"
+    assert str(spec_of(encoder).label) == "efficientnet-lite0"
     assert "CLIP ViT-B-16/openai is not available" in caplog.text
 
 

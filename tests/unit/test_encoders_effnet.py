@@ -150,11 +150,11 @@ def test_pretrained_features_separate_real_classes(effnet: Any, tmp_path: Path) 
 
 
 def test_a_clip_tag_means_the_installed_weights_and_is_not_recorded() -> None:
-    from rar_agent.encoders import load_encoder, spec_for
+    from rar_agent.encoders import load_encoder, spec_of
 
     a = load_encoder("efficientnet-lite0", pretrained="openai", device="cpu")
     assert a is load_encoder("efficientnet-lite0", device="cpu")
-    assert spec_for(a.fingerprint).to_meta() == {"model": "efficientnet-lite0", "pretrained": None}
+    assert spec_of(a).to_meta() == {"model": "efficientnet-lite0", "pretrained": None}
 
 
 def test_missing_weights_file_is_a_model_load_error(tmp_path: Path) -> None:

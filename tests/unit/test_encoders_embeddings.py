@@ -42,7 +42,9 @@ class TestEncoderEmbeddingsStandard(EmbeddingsUnitTests):
 
     @property
     def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
-        return {"RAR_CLIP_MODEL": self.spec}, {"device": "cpu"}, {"model_spec": self.spec}
+        # Nothing is read from the environment (RAR_CLIP_MODEL is read by the entry points
+        # and passed in), so LangChain's init-from-env test does not apply: empty = skipped.
+        return {}, {}, {}
 
 
 @pytest.fixture
@@ -120,3 +122,18 @@ def test_default_vocabulary_and_templates(tiny_encoder) -> None:
     assert "goldfish" in fill_template(templates[0], "goldfish")
     protos = build_text_prototypes(tiny_encoder, vocab[:3])
     np.testing.assert_allclose(np.linalg.norm(protos, axis=1), 1.0, atol=1e-5)
+
+
+def test_no_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAR_CLIP_MODEL is read by the entry points (Settings), not by the embeddings."""
+    import rar_agent.encoders.loader as loader
+
+    asked: list[tuple[str | None, str | None]] = []
+    monkeypatch.setattr(
+        loader, "load_encoder", lambda spec=None, **kw: asked.append((spec, kw.get("pretrained")))
+    )
+    monkeypatch.setenv("RAR_CLIP_MODEL", "ViT-L-14")
+    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "laion2b")
+    EncoderEmbeddings()
+    EncoderEmbeddings("hf:/some/dir")
+    assert asked == [(None, None), ("hf:/some/dir", None)]

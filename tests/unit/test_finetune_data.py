@@ -22,8 +22,8 @@ from rar_agent.finetune_data import (
     iter_samples,
     label_windows,
 )
+from rar_agent.ingest.builders import add_images, iter_image_folder
 from rar_agent.memory import CategoryMemory
-from rar_agent.memory.builders import add_images, iter_image_folder
 from rar_agent.ranking import build_ranking_messages, format_target
 from rar_agent.ranking.prompt import SYSTEM_PROMPT
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from rar_agent.errors import ConfigError
 from rar_agent.finetune_data import FinetuneOptions, build_finetune_data
+from rar_agent.ingest.builders import add_images, iter_image_folder
 from rar_agent.memory import CategoryMemory
-from rar_agent.memory.builders import add_images, iter_image_folder
 from tests.helpers.tiny_vlm import make_tiny_vlm
 
 pytest.importorskip("peft")

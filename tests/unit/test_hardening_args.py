@@ -29,8 +29,8 @@ from rar_agent.errors import (
     MemoryStoreError,
     RarError,
 )
-from rar_agent.memory import CategoryMemory
-from rar_agent.memory.builders import add_images, iter_manifest
+from rar_agent.ingest.builders import add_images, iter_manifest
+from rar_agent.memory import CategoryMemory, MemoryLocation
 from rar_agent.memory.edge import META_FILE
 from rar_agent.pipeline import Recognizer
 from rar_agent.regions import BoxError, load_boxes
@@ -281,7 +281,7 @@ def test_qdrant_url_that_refuses() -> None:
     url = f"http://127.0.0.1:{closed_port()}"
     start = time.monotonic()
     with pytest.raises(MemoryStoreError, match="unreachable.*Connection refused"):
-        CategoryMemory.open(url=url, collection="pets", timeout=2)
+        CategoryMemory.open(MemoryLocation.server(url, "pets", timeout=2))
     assert time.monotonic() - start < 10
 
 
@@ -289,7 +289,7 @@ def test_qdrant_url_that_times_out() -> None:
     with LocalHTTPServer(default=Route(delay_s=4, body=b"{}")) as server:
         start = time.monotonic()
         with pytest.raises(MemoryStoreError, match="timed out"):
-            CategoryMemory.open(url=server.url(), collection="pets", timeout=1)
+            CategoryMemory.open(MemoryLocation.server(server.url(), "pets", timeout=1))
         assert time.monotonic() - start < 3.5
 
 
@@ -303,7 +303,7 @@ def test_qdrant_wrong_api_key(status: int) -> None:
             pytest.warns(UserWarning, match="insecure"),
             pytest.raises(MemoryStoreError, match=f"refused the API key \\({status}\\)"),
         ):
-            CategoryMemory.open(url=server.url(), api_key="wrong-key", collection="pets")
+            CategoryMemory.open(MemoryLocation.server(server.url(), "pets", api_key="wrong-key"))
         assert server.requests and server.requests[0][2].get("api-key") == "wrong-key"
 
 

@@ -19,8 +19,8 @@ from PIL import Image, features
 
 from rar_agent.errors import ImageError, RarError
 from rar_agent.images import load_image
+from rar_agent.ingest.builders import add_images
 from rar_agent.memory import CategoryMemory
-from rar_agent.memory.builders import add_images
 from rar_agent.pipeline import Recognizer
 from tests.helpers.http_server import LocalHTTPServer
 from tests.helpers.small_memory import fill_memory, make_images

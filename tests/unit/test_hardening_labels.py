@@ -20,8 +20,8 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from PIL import Image
 
 from rar_agent.errors import LabelError
+from rar_agent.ingest.builders import add_class_names, add_images
 from rar_agent.memory import MAX_LABEL_CHARS, CategoryMemory, MemoryEntry, normalize_label
-from rar_agent.memory.builders import add_class_names, add_images
 from rar_agent.pipeline import Recognizer
 from rar_agent.ranking import RankingChain, RankingInput
 from rar_agent.tools import AddCategoryTool, ImageRegistry

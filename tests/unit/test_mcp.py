@@ -47,7 +47,7 @@ class MemoryDir:
 
 def build_memory(directory: Path) -> MemoryDir:
     """The five coloured pictures plus ``cat.jpg`` as "cat"; ``coffee.jpg`` is copied, unknown."""
-    from rar_agent.memory import builders
+    from rar_agent.ingest import builders
 
     encoder = hashing_encoder()
     recognizer = small_recognizer(directory, encoder)

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from rar_agent.errors import ConfigError, ImageError, LabelError
-from rar_agent.memory import CategoryMemory
-from rar_agent.memory.builders import (
+from rar_agent.ingest.builders import (
     BuildReport,
     add_class_names,
     add_images,
@@ -20,6 +19,7 @@ from rar_agent.memory.builders import (
     iter_image_folder,
     iter_manifest,
 )
+from rar_agent.memory import CategoryMemory
 
 CLASSES = {"cat": 4, "dog": 4, "sea otter": 3}
 

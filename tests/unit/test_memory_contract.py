@@ -31,7 +31,7 @@ def make_memory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make
         if request.param == "edge":
             mem = CategoryMemory.open(tmp_path / name, collection=name)
         else:
-            mem = CategoryMemory.open(location=":memory:", collection=name)
+            mem = CategoryMemory.open(":memory:", collection=name)
         opened.append(mem)
         return mem
 

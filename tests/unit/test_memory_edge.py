@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from rar_agent.errors import ConfigError, MemoryBusyError, MemoryStoreError
-from rar_agent.memory import CategoryMemory, MemoryEntry, default_memory_dir
+from rar_agent.memory import CategoryMemory, MemoryEntry, MemoryLocation, default_memory_dir
 from rar_agent.memory.edge import META_FILE, SHARD_DIR
+from rar_agent.memory.record import RECORD_VERSION
 
 DIM = 8
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +49,7 @@ def test_layout_and_persistence_across_reopen(tmp_path: Path) -> None:
         )
     assert (path / META_FILE).is_file() and (path / SHARD_DIR / "edge_config.json").is_file()
     meta = json.loads((path / META_FILE).read_text())
-    assert meta["fingerprint"] == "enc-A" and meta["dim"] == DIM and meta["version"] == 1
+    assert (meta["fingerprint"], meta["dim"], meta["version"]) == ("enc-A", DIM, RECORD_VERSION)
 
     with CategoryMemory.open(path, collection="pets", create=False) as mem:
         assert mem.info.fingerprint == "enc-A"
@@ -95,9 +96,13 @@ def test_read_only_memory_reads_and_refuses_every_write(tmp_path: Path) -> None:
 def test_default_location_is_under_rar_home(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    from rar_agent.config import Settings
+    from rar_agent.memory import MemoryLocation
+
     monkeypatch.setenv("RAR_HOME", str(tmp_path))
-    assert default_memory_dir("birds") == tmp_path / "memories" / "birds"
-    with CategoryMemory.open(collection="birds") as mem:
+    assert default_memory_dir("birds", tmp_path) == tmp_path / "memories" / "birds"
+    where = MemoryLocation.from_settings(Settings(collection="birds"))
+    with CategoryMemory.open(where) as mem:
         assert mem.info.location == str((tmp_path / "memories" / "birds").resolve())
 
 
@@ -105,9 +110,9 @@ def test_bad_open_arguments(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="collection name"):
         CategoryMemory.open(tmp_path, collection="../evil")
     with pytest.raises(ConfigError, match="only one"):
-        CategoryMemory.open(tmp_path, url="http://localhost:6333")
+        MemoryLocation(path=tmp_path, url="http://localhost:6333")
     with pytest.raises(ConfigError, match="location"):
-        CategoryMemory.open(location="/some/dir")
+        CategoryMemory.open(42)  # type: ignore[arg-type]
 
 
 def test_same_process_double_open_shares_the_shard(tmp_path: Path) -> None:

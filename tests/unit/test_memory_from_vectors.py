@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rar_agent.errors import ConfigError, LabelError
+from rar_agent.ingest.from_vectors import add_vectors, build_from_vectors, read_vectors
 from rar_agent.memory import CategoryMemory
-from rar_agent.memory.from_vectors import add_vectors, build_from_vectors, read_vectors
 from rar_agent.memory.storage import StorageSettings
 
 DIM = 12

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from rar_agent.errors import MemoryStoreError
-from rar_agent.memory import CategoryMemory, MemoryEntry
+from rar_agent.memory import CategoryMemory, MemoryEntry, MemoryLocation
 
 
 def _serve(status: int, delay: float = 0.0) -> tuple[ThreadingHTTPServer, str]:
@@ -65,33 +65,33 @@ def _free_port() -> int:
 def test_refused_url() -> None:
     url = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(MemoryStoreError, match="unreachable") as err:
-        CategoryMemory.open(url=url, collection="pets")
+        CategoryMemory.open(MemoryLocation.server(url, "pets"))
     assert url in str(err.value) and "--qdrant-url" in str(err.value)
 
 
 @pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
 def test_wrong_api_key(unauthorized: str) -> None:
     with pytest.raises(MemoryStoreError, match="refused the API key") as err:
-        CategoryMemory.open(url=unauthorized, api_key="wrong", collection="pets")
+        CategoryMemory.open(MemoryLocation.server(unauthorized, "pets", api_key="wrong"))
     assert "RAR_QDRANT_API_KEY" in str(err.value)
 
 
 def test_timeout(slow: str) -> None:
     start = time.perf_counter()
     with pytest.raises(MemoryStoreError, match="timed out"):
-        CategoryMemory.open(url=slow, collection="pets", timeout=1)
+        CategoryMemory.open(MemoryLocation.server(slow, "pets", timeout=1))
     assert time.perf_counter() - start < 2.9
 
 
 def test_missing_collection_without_create() -> None:
     with pytest.raises(MemoryStoreError, match="no collection 'pets'"):
-        CategoryMemory.open(location=":memory:", collection="pets", create=False)
+        CategoryMemory.open(":memory:", collection="pets", create=False)
 
 
 def test_local_mode_keeps_metadata_in_the_collection() -> None:
     from rar_agent.memory.server import META_KEY
 
-    with CategoryMemory.open(location=":memory:", collection="pets") as mem:
+    with CategoryMemory.open(":memory:", collection="pets") as mem:
         mem.bind_encoder("enc-A", 4, description="pets")
         mem.add_entries([MemoryEntry("cat", "image", "a.png", "h1")], np.eye(4)[:1])
         client = mem._backend._client  # type: ignore[attr-defined]

@@ -194,10 +194,10 @@ def test_server_collection_config_carries_the_settings_and_cluster_layout() -> N
 
 def test_server_settings_are_stored_in_the_collection_metadata() -> None:
     x, entries = _clustered(50)
-    with CategoryMemory.open(location=":memory:", collection="m", storage=INT8) as mem:
+    with CategoryMemory.open(":memory:", collection="m", storage=INT8) as mem:
         mem.bind_encoder("enc", DIM)
         mem.add_entries(entries, x)
-        assert mem.metadata["storage"] == INT8.to_dict()
+        assert mem.record is not None and mem.record.storage == INT8
         assert mem.storage == INT8
         assert mem.search(x[3], limit=1)[0].id == entries[3].point_id
         stats = mem.stats()
@@ -228,7 +228,7 @@ class _Recorder:
 
 def test_server_bulk_load_defers_hnsw_and_restores_the_memorys_m() -> None:
     """A fresh big load sets m=0, then the memory's m, even when the load fails."""
-    with CategoryMemory.open(location=":memory:", collection="m", storage=INT8) as mem:
+    with CategoryMemory.open(":memory:", collection="m", storage=INT8) as mem:
         mem.bind_encoder("enc", DIM)
         backend = mem._backend
         assert isinstance(backend, ServerBackend)

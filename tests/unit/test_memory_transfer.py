@@ -27,8 +27,8 @@ def _fill(mem: CategoryMemory, n: int = 130) -> np.ndarray:
     ]
     mem.bind_encoder("enc-A", DIM, description="things")
     openset.update(mem, added=mem.add_entries(entries, x))  # the calibration is recorded too
-    mem._update_meta("encoder_spec", {"name": "tiny", "pretrained": None})
-    mem._update_meta("future_key", {"kept": True})
+    mem.set_encoder_spec({"model": "tiny", "pretrained": None})
+    mem.update_extension("future_key", lambda _: {"kept": True})
     return x
 
 
@@ -39,20 +39,22 @@ def source(tmp_path: Path) -> Any:
         yield mem, vectors
 
 
-def test_push_copies_points_payloads_and_the_whole_metadata(source: Any) -> None:
+def test_push_copies_points_payloads_and_the_whole_record(source: Any) -> None:
     src, x = source
-    with CategoryMemory.open(location=":memory:", collection="pushed") as dst:
+    with CategoryMemory.open(":memory:", collection="pushed") as dst:
         seen: list[tuple[int, int]] = []
         report = copy_memory(src, dst, batch_size=32, progress=lambda d, t: seen.append((d, t)))
         assert (report.copied, report.skipped_existing, report.entries) == (130, 0, 130)
         assert seen[-1] == (130, 130)
-        meta, src_meta = dst.metadata, src.metadata
-        assert meta["collection"] == "pushed"
-        assert {k: v for k, v in meta.items() if k != "collection"} == {
-            k: v for k, v in src_meta.items() if k != "collection"
-        }
-        assert meta[openset.EXTENSION] and meta[openset.EXTENSION] == src_meta[openset.EXTENSION]
-        assert meta["encoder_spec"]["name"] == "tiny" and meta["future_key"] == {"kept": True}
+        record, src_record = dst.record, src.record
+        assert record is not None and src_record is not None
+        assert record.collection == "pushed"
+        skip = {"collection", "revision"}
+        assert record.model_dump(exclude=skip) == src_record.model_dump(exclude=skip)
+        assert record.extensions[openset.EXTENSION]
+        assert record.extensions[openset.EXTENSION] == src_record.extensions[openset.EXTENSION]
+        assert record.encoder_spec is not None and record.encoder_spec.model == "tiny"
+        assert dst.extension("future_key") == {"kept": True}
         assert dst.storage == SETTINGS and dst.info.description == "things"
         assert dst.labels() == src.labels() and dst.count("text") == src.count("text")
         for q in x[:5]:
@@ -63,7 +65,7 @@ def test_push_copies_points_payloads_and_the_whole_metadata(source: Any) -> None
 
 def test_an_interrupted_push_resumes_and_verifies(source: Any, monkeypatch: Any) -> None:
     src, _ = source
-    with CategoryMemory.open(location=":memory:", collection="pushed") as dst:
+    with CategoryMemory.open(":memory:", collection="pushed") as dst:
         real = dst.write_points
         calls = {"n": 0}
 
@@ -87,12 +89,12 @@ def test_an_interrupted_push_resumes_and_verifies(source: Any, monkeypatch: Any)
 
 def test_pull_brings_a_server_memory_back_to_an_embedded_one(source: Any, tmp_path: Path) -> None:
     src, x = source
-    with CategoryMemory.open(location=":memory:", collection="srv") as server:
+    with CategoryMemory.open(":memory:", collection="srv") as server:
         copy_memory(src, server)
         with CategoryMemory.open(tmp_path / "pulled", collection="pulled") as local:
             copy_memory(server, local, batch_size=64)
             assert local.storage == SETTINGS
-            assert local.metadata[openset.EXTENSION] == src.metadata[openset.EXTENSION]
+            assert local.extension(openset.EXTENSION) == src.extension(openset.EXTENSION)
             assert local.search(x[3], limit=1)[0].id == src.search(x[3], limit=1)[0].id
     with CategoryMemory.open(tmp_path / "pulled", collection="pulled", create=False) as again:
         assert again.count() == 130 and again.storage == SETTINGS
@@ -104,7 +106,7 @@ def test_a_target_with_other_points_or_encoder_is_caught(source: Any, tmp_path: 
         other.bind_encoder("enc-B", DIM)
         with pytest.raises(EncoderMismatchError):
             copy_memory(src, other)
-    with CategoryMemory.open(location=":memory:", collection="extra") as dst:
+    with CategoryMemory.open(":memory:", collection="extra") as dst:
         copy_memory(src, dst)
         dst.add_entries([MemoryEntry("stray", "image", "s", "h")], np.ones((1, DIM)))
         with pytest.raises(MemoryStoreError, match="131"):
@@ -116,7 +118,7 @@ def test_an_empty_source_has_nothing_to_copy(tmp_path: Path) -> None:
 
     with (
         CategoryMemory.open(tmp_path / "empty") as src,
-        CategoryMemory.open(location=":memory:", collection="x") as dst,
+        CategoryMemory.open(":memory:", collection="x") as dst,
         pytest.raises(ConfigError, match="nothing to copy"),
     ):
         copy_memory(src, dst)

@@ -11,8 +11,8 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from rar_agent import openset
 from rar_agent.config import Settings
+from rar_agent.ingest.builders import add_images
 from rar_agent.memory import CategoryMemory, MemoryEntry
-from rar_agent.memory.builders import add_images
 from rar_agent.openset import EXTENSION, known_score
 from rar_agent.openset import load as load_calibration
 from rar_agent.pipeline import Recognizer
@@ -114,9 +114,9 @@ def test_a_memory_built_before_calibration_existed_is_calibrated_on_use(
     entries = [MemoryEntry(lb, "image", f"{lb}{i}", f"{lb}{i}") for lb in LABELS for i in range(4)]
     vectors = np.stack([clusters.vector(lb, i) for lb in LABELS for i in range(4)])
     memory.add_entries(entries, vectors)
-    assert memory.get_meta(EXTENSION) is None
+    assert memory.extension(EXTENSION) is None
     Recognizer(memory, clusters.encoder, reject="off")  # off: nothing is computed
-    assert memory.get_meta(EXTENSION) is None
+    assert memory.extension(EXTENSION) is None
     rec = Recognizer(memory, clusters.encoder)
     assert load_calibration(memory) is not None and rec.calibration() is not None
     assert rec.recognize(clusters.image(STRANGER, 0)).unknown
@@ -124,7 +124,7 @@ def test_a_memory_built_before_calibration_existed_is_calibrated_on_use(
 
 
 def test_text_entries_have_no_automatic_threshold(tmp_path: Path, tiny_encoder) -> None:
-    from rar_agent.memory.builders import add_class_names
+    from rar_agent.ingest.builders import add_class_names
 
     memory = CategoryMemory.open(tmp_path / "txt", collection="txt")
     add_class_names(memory, tiny_encoder, ["cat", "dog", "heron"], templates=["{}"])

@@ -10,8 +10,8 @@ import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from rar_agent.agent import create_rar_agent, last_tool_messages
+from rar_agent.ingest.builders import add_images
 from rar_agent.memory import CategoryMemory
-from rar_agent.memory.builders import add_images
 from rar_agent.openset import load as load_calibration
 from rar_agent.pipeline import Recognizer
 from rar_agent.tools import ImageRegistry, make_tools

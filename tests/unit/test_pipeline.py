@@ -10,8 +10,8 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from PIL import Image
 
 from rar_agent.errors import ConfigError, EmptyMemoryError, EncoderMismatchError
+from rar_agent.ingest.builders import add_images, iter_image_folder
 from rar_agent.memory import CategoryMemory, Hit, MemoryEntry
-from rar_agent.memory.builders import add_images, iter_image_folder
 from rar_agent.pipeline import Recognizer
 from rar_agent.ranking import RankingChain
 from rar_agent.retrieval import CategoryRetriever, fold_hits

@@ -37,7 +37,7 @@ class TestLocalClientVectorStoreStandard(VectorStoreIntegrationTests):
 
     @pytest.fixture
     def vectorstore(self) -> Generator[VectorStore, None, None]:  # type: ignore[override]
-        memory = CategoryMemory.open(location=":memory:", collection=f"std{next(_names)}")
+        memory = CategoryMemory.open(":memory:", collection=f"std{next(_names)}")
         try:
             yield CategoryVectorStore(memory, self.get_embeddings())
         finally:
@@ -94,7 +94,7 @@ def test_encoder_embeddings_text_and_images(tmp_path: Path, tiny_encoder: Any) -
 
 def test_builder_entries_come_back_as_label_documents(tmp_path: Path, tiny_encoder: Any) -> None:
     from rar_agent.encoders import EncoderEmbeddings
-    from rar_agent.memory.builders import add_class_names
+    from rar_agent.ingest.builders import add_class_names
 
     memory = CategoryMemory.open(tmp_path / "mem", collection="built")
     try:
@@ -113,7 +113,7 @@ def test_errors_are_clear(tmp_path: Path, tiny_encoder: Any) -> None:
 
     from rar_agent.encoders import EncoderEmbeddings
 
-    memory = CategoryMemory.open(location=":memory:", collection="errors")
+    memory = CategoryMemory.open(":memory:", collection="errors")
     fake = CategoryVectorStore(memory, DeterministicFakeEmbedding(size=8))
     with pytest.raises(ConfigError, match="cannot embed images"):
         fake.add_images(["x.png"], [{"label": "x"}])
@@ -164,7 +164,7 @@ async def test_async_search_matches_sync(tmp_path: Path) -> None:
 def test_memory_explicit_ids_and_get_entries() -> None:
     from rar_agent.memory import MemoryEntry
 
-    memory = CategoryMemory.open(location=":memory:", collection="ids")
+    memory = CategoryMemory.open(":memory:", collection="ids")
     try:
         memory.bind_encoder("fake", 2)
         entries = [MemoryEntry("a", "text", "s", "h1"), MemoryEntry("b", "text", "s", "h2")]

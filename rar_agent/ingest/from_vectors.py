@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rar_agent.errors import ConfigError
-from rar_agent.memory.builders import BuildReport, Progress, finish_build
+from rar_agent.ingest.builders import BuildReport, Progress, finish_build
 from rar_agent.memory.core import UPSERT_BATCH
 from rar_agent.memory.entries import EntryKind, MemoryEntry, check_kind
 

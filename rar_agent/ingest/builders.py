@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
-from rar_agent.memory.batches import REMOTE_PREFIXES, BatchItem, PreparedBatch, prepare_batch
+from rar_agent.ingest.batches import REMOTE_PREFIXES, BatchItem, PreparedBatch, prepare_batch
+from rar_agent.ingest.encoder import bind_memory
 from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED
 from rar_agent.memory.entries import MemoryEntry, normalize_label
 
@@ -142,7 +143,7 @@ def add_class_names(
     if not tmpl:
         raise ConfigError("templates is empty: give at least one prompt template such as '{}'")
     labels = list(dict.fromkeys(normalize_label(n) for n in names))
-    memory.bind_encoder(encoder.fingerprint, encoder.dim, expected_entries=len(labels))
+    bind_memory(memory, encoder, expected_entries=len(labels))
     entries = [_name_entry(label, [fill_template(t, label) for t in tmpl]) for label in labels]
     report = BuildReport()
     stored = memory.existing_ids(e.point_id for e in entries)
@@ -204,7 +205,7 @@ def add_images(
     todo: list[BatchItem] = [
         (str(item[0]), item[1], item[2] if len(item) == 3 else None) for item in items
     ]
-    memory.bind_encoder(encoder.fingerprint, encoder.dim, expected_entries=len(todo))
+    bind_memory(memory, encoder, expected_entries=len(todo))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
     with memory.bulk_load(len(todo)):

@@ -7,7 +7,8 @@ import time
 
 from rar_agent.encoders.base import BuiltinVocabulary, ImageTextEncoder
 from rar_agent.errors import ConfigError
-from rar_agent.memory.builders import BuildReport, Progress
+from rar_agent.ingest.builders import BuildReport, Progress
+from rar_agent.ingest.encoder import bind_memory
 from rar_agent.memory.core import CategoryMemory
 from rar_agent.memory.entries import MemoryEntry
 
@@ -31,7 +32,7 @@ def add_builtin_vocabulary(
         progress: Optional ``progress(done, total)`` callback.
 
     Returns:
-        The :class:`~rar_agent.memory.builders.BuildReport`.
+        The :class:`~rar_agent.ingest.builders.BuildReport`.
 
     Raises:
         ConfigError: The encoder has no built-in vocabulary.
@@ -42,7 +43,7 @@ def add_builtin_vocabulary(
             f"encoder {encoder.fingerprint} has no built-in vocabulary: build the memory from "
             "class names or example images"
         )
-    memory.bind_encoder(encoder.fingerprint, encoder.dim)
+    bind_memory(memory, encoder)
     names, rows = encoder.builtin_vocabulary()
     source = f"{encoder.fingerprint.split(':')[1]} classifier"
     entries = [

@@ -1,0 +1,188 @@
+"""Benchmark concurrent searches on one embedded memory: do they overlap?
+
+An embedded memory (qdrant-edge) is one shard per process, shared by every thread. Searches
+take the shard's read lock together, writes take it alone (``memory/edge.py``). This script
+measures, in one run on one memory of clustered random unit vectors:
+
+- whether a qdrant-edge query releases the GIL: a pure-Python counting thread runs beside
+  single-thread searches, and its progress is compared with its progress alone (near 1.0:
+  released; near 0: held);
+- the single-thread query rate (the baseline);
+- 8 threads searching at once through one exclusive lock around every search (how the
+  shard was shared before: one lock for everything);
+- 8 threads searching at once through ``CategoryMemory.search`` (the read/write lock).
+
+The ratio ``8 threads / 1 thread`` is the figure (target: >= 1.5 on 2 cores, issue 18). Run
+it on an idle machine or pin it (``taskset -c 0,1``); on a shared machine say the load.
+
+Usage::
+
+    python tools/bench_concurrency.py                    # 100k entries, exact search
+    python tools/bench_concurrency.py --entries 20000 --queries 400 --json rows.json
+    python tools/bench_concurrency.py --index --dir /tmp/mem-100k   # HNSW, kept for reruns
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rar_agent.memory import CategoryMemory, MemoryEntry  # noqa: E402
+
+PER_LABEL = 10
+LIMIT = 50
+THREADS = 8
+
+
+def _data(n: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = -(-n // PER_LABEL)
+    centres = rng.standard_normal((labels, dim)).astype(np.float32)
+    ids = np.repeat(np.arange(labels), PER_LABEL)[:n]
+    x = centres[ids] + rng.normal(0, 0.5, (n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def _memory(directory: Path, n: int, dim: int, index: bool) -> CategoryMemory:
+    """Open the memory in ``directory``, building it first when it is not there yet."""
+    memory = CategoryMemory.open(directory, collection="bench")
+    if memory.count() >= n:
+        return memory
+    memory.bind_encoder("bench:concurrency", dim, expected_entries=n)
+    x = _data(n, dim, seed=0)
+    start = time.perf_counter()
+    with memory.bulk_load(n):
+        for begin in range(0, n, 4096):
+            rows = x[begin : begin + 4096]
+            entries = [
+                MemoryEntry(
+                    f"c{(begin + i) // PER_LABEL}", "image", f"r{begin + i}", f"h{begin + i}"
+                )
+                for i in range(len(rows))
+            ]
+            memory.add_entries(entries, rows)
+    built = time.perf_counter() - start
+    if index:
+        memory.optimize()
+    print(f"built {n} entries in {built:.1f} s (index: {'HNSW' if index else 'none, exact'}, "
+          f"{time.perf_counter() - start - built:.1f} s)", flush=True)  # fmt: skip
+    return memory
+
+
+def _rate(search: Callable[[np.ndarray], Any], queries: np.ndarray, threads: int) -> float:
+    """Queries per second with ``threads`` threads sharing ``queries`` between them."""
+    parts = np.array_split(queries, threads)
+    barrier = threading.Barrier(threads + 1)
+
+    def work(rows: np.ndarray) -> None:
+        barrier.wait()
+        for q in rows:
+            search(q)
+
+    pool = [threading.Thread(target=work, args=(p,)) for p in parts]
+    for t in pool:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in pool:
+        t.join()
+    return len(queries) / (time.perf_counter() - start)
+
+
+def _gil_share(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> float:
+    """How much a pure-Python thread gets done beside searches, relative to alone."""
+
+    def count_for(seconds: float, stop: threading.Event | None = None) -> int:
+        n, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end and not (stop and stop.is_set()):
+            n += 1
+        return n
+
+    alone = count_for(0.5) / 0.5
+    stop, result = threading.Event(), {}
+    start = time.perf_counter()
+
+    def counter() -> None:
+        result["n"] = count_for(60.0, stop)
+
+    t = threading.Thread(target=counter)
+    t.start()
+    for q in queries:
+        search(q)
+    stop.set()
+    t.join()
+    beside = result["n"] / (time.perf_counter() - start)
+    return beside / alone
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=100_000, help="memory size")
+    parser.add_argument("--dim", type=int, default=512, help="vector length")
+    parser.add_argument("--queries", type=int, default=400, help="queries per measurement")
+    parser.add_argument("--index", action="store_true", help="build HNSW (slow: ~1 min at 100k)")
+    parser.add_argument("--dir", type=Path, help="keep the memory here and reuse it next time")
+    parser.add_argument("--json", type=Path, help="write result rows here")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = args.dir or Path(tmp) / "mem"
+        memory = _memory(directory, args.entries, args.dim, args.index)
+        queries = _data(args.queries, args.dim, seed=1)
+        exclusive = threading.Lock()
+
+        def search(q: np.ndarray) -> Any:
+            return memory.search(q, limit=LIMIT)
+
+        def search_one_lock(q: np.ndarray) -> Any:
+            with exclusive:
+                return memory.search(q, limit=LIMIT)
+
+        search(queries[0])  # warm the caches
+        gil = _gil_share(search, queries[: max(20, args.queries // 4)])
+        one = _rate(search, queries, 1)
+        locked = _rate(search_one_lock, queries, THREADS)
+        shared = _rate(search, queries, THREADS)
+        memory.close()
+
+    ratio, before = shared / one, locked / one
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    kind = "HNSW" if args.index else "exact"
+    print(f"memory: {args.entries} x {args.dim}-d, {kind} search, top-{LIMIT}; "
+          f"{os.cpu_count()} CPUs visible, load {load:.2f}")  # fmt: skip
+    print(f"python thread progress beside a search (GIL released ~1.0, held ~0): {gil:.2f}")
+    print(f"1 thread:                       {one:8.1f} queries/s")
+    print(f"{THREADS} threads, one exclusive lock:  {locked:8.1f} queries/s ({before:.2f}x)")
+    print(f"{THREADS} threads, read/write lock:     {shared:8.1f} queries/s ({ratio:.2f}x)")
+    print(f"target >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'}")
+    if args.json:
+        rows = [
+            {"name": f"8 threads / 1 thread, {args.entries} entries, {kind}",
+             "value": round(shared, 1),
+             "unit": "queries/s", "baseline": "1 thread", "baseline_value": round(one, 1),
+             "ratio": round(ratio, 2), "target": ">= 1.5", "met": ratio >= 1.5},
+            {"name": f"8 threads, one exclusive lock, {kind}", "value": round(locked, 1),
+             "unit": "queries/s", "baseline": "1 thread", "baseline_value": round(one, 1),
+             "ratio": round(before, 2)},
+            {"name": "python progress beside a search (GIL)", "value": round(gil, 2),
+             "unit": "share of alone"},
+        ]  # fmt: skip
+        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
