@@ -15,6 +15,8 @@ __all__ = [
     "CategoryCount",
     "CategoryListing",
     "ExampleAdded",
+    "NovelGroup",
+    "NovelGroups",
     "RankingInfo",
     "RankingStatus",
     "RecognitionResult",
@@ -88,6 +90,23 @@ class RejectionInfo(BaseModel):
     note: str | None = Field(default=None, description="E.g. why there is no threshold.")
 
 
+class NovelGroup(BaseModel):
+    """Unknown images that look alike: probably one new category seen several times."""
+
+    id: str = Field(description="The group's id (stays while the group grows).")
+    size: int = Field(ge=1, description="How many unknown images it holds.")
+    images: list[str] = Field(
+        default_factory=list, description="Its images as they were named (at most 20)."
+    )
+
+
+class NovelGroups(BaseModel):
+    """The groups of look-alike unknown images seen lately (the unknown-groups tool)."""
+
+    groups: list[NovelGroup] = Field(default_factory=list)
+    unknown_images: int = Field(default=0, description="Unknown images kept in the log.")
+
+
 class RecognitionResult(BaseModel):
     """The answer for one image (or one region of an image).
 
@@ -105,6 +124,11 @@ class RecognitionResult(BaseModel):
     rejection: RejectionInfo = Field(default_factory=RejectionInfo)
     timings_ms: dict[str, float] = Field(default_factory=dict)
     image: str | None = Field(default=None, description="Where the image came from, if known.")
+    novel_group: NovelGroup | None = Field(
+        default=None,
+        description="When unknown: the earlier unknown images it looks like (one new thing "
+        "seen again); None when it has no look-alike yet.",
+    )
     box: list[float] | None = Field(default=None, description="xyxy pixel box for regions.")
     box_id: str | None = None
     error: str | None = Field(default=None, description="Per-item error (e.g. a bad box).")

@@ -39,6 +39,7 @@ from rar_agent.config import parse_reject  # noqa: E402
 from rar_agent.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 from rar_agent.evaluation.openset import PROMISE_ALPHAS, auroc  # noqa: E402
 from rar_agent.memory import CategoryMemory, MemoryEntry  # noqa: E402
+from rar_agent.openset.groups import NovelGroupLog, purity  # noqa: E402
 from rar_agent.retrieval import CategoryRetriever  # noqa: E402
 
 CLASSES = list(FASHION_MNIST_CLASSES)
@@ -149,9 +150,29 @@ def run(data: dict[str, Any], held: list[int], rows: np.ndarray, workdir: Path) 
                 [(v.similarity or 0.0) - (v.threshold or 0.0) for v in verdicts], dtype=float
             )
             out["auroc"] = auroc(score[known].tolist(), score[~known].tolist())
+            out["groups"] = _groups(data, rejected, cal, alpha)
     out["alphas"] = per_alpha
     out["standins"] = len(cal.standins) if cal else 0
     return out
+
+
+def _groups(
+    data: dict[str, Any], rejected: np.ndarray, cal: Any, alpha: float
+) -> dict[str, float | None]:
+    """The rejected queries through the novel-group log, in test order: how pure the groups
+    are (by true class) and how many rejected queries joined one."""
+    link = cal.threshold(alpha, 1)[0] if cal is not None else None
+    log = NovelGroupLog(capacity=4096)
+    for i in np.flatnonzero(rejected):
+        log.add(data["test_x"][i], str(i), link)
+    groups = log.groups()
+    labels = [[CLASSES[data["test_y"][int(m)]] for m in log.members(g.id)] for g in groups]
+    grouped = sum(len(g) for g in labels)
+    return {
+        "purity": purity(labels),
+        "groups": float(len(groups)),
+        "grouped_share": grouped / max(1, int(rejected.sum())),
+    }
 
 
 def _mean(rows: list[dict[str, Any]], *path: str) -> float | None:
@@ -174,6 +195,8 @@ def shots_table(data: dict[str, Any], workdir: Path) -> dict[str, Any]:
         ]
         table[str(shots)] = {
             "auroc": _mean(runs, "auroc"),
+            "group_purity": _mean(runs, "groups", "purity"),
+            "grouped_share": _mean(runs, "groups", "grouped_share"),
             "known_top1": _mean(runs, "known_top1"),
             "standins": _mean(runs, "standins"),
             "alphas": {

@@ -27,10 +27,11 @@ from rar_agent.cli.progress import progress_bar
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from rar_agent.config import Settings
+    from rar_agent.config import RejectSetting, Settings
     from rar_agent.ingest.builders import BuildReport
     from rar_agent.memory import CategoryMemory
     from rar_agent.memory.storage import StorageSettings
+    from rar_agent.openset import Calibration
 
 __all__ = [
     "app",
@@ -363,12 +364,30 @@ def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
 @app.command("stats")
 @settings_command(STORE)
 def memory_stats(settings: "Settings") -> None:
-    """Show the memory's size, encoder and backend as JSON."""
+    """Show the memory's size, encoder, backend and open-set calibration as JSON."""
+    from rar_agent import openset
+    from rar_agent.config import parse_reject
     from rar_agent.memory import open_memory
 
     with open_memory(settings, create=False) as mem:
         stats = mem.stats()
+        stats["open_set"] = _open_set_stats(openset.load(mem), parse_reject(settings.reject))
     typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))
+
+
+def _open_set_stats(cal: "Calibration | None", setting: "RejectSetting") -> dict[str, object]:
+    """What ``--reject auto:ALPHA`` can promise with this memory (or why it cannot)."""
+    if cal is None:
+        return {"calibrated": False, "note": "not calibrated yet: recognizing calibrates it"}
+    alpha = setting.alpha
+    summary = cal.summary(alpha)
+    why = summary["cannot_calibrate"] or cal.reason
+    return {
+        "calibrated": why is None,
+        "promise": f"--reject auto:{alpha:g}: at most {alpha:.0%} of known images rejected",
+        **summary,
+        "note": why,
+    }
 
 
 app.command("push")(memory_copy.memory_push)

@@ -159,7 +159,13 @@ def _rejection_line(r: "RecognitionResult") -> str:
             "; the ranker said none of these fits" if "ranker_none" in rej.reasons else ""
         )
     verdict = "unknown: " + ", ".join(rej.reasons) if r.unknown else "known"
+    promise = f", at most {rej.alpha:.0%} of known images rejected" if rej.alpha else ""
+    group = ""
+    if r.novel_group is not None:
+        group = (
+            f"; looks like {r.novel_group.size - 1} earlier unknown image(s) ({r.novel_group.id})"
+        )
     return (
-        f"open-set check ({rej.mode}): {verdict}; support {rej.similarity:.4f} vs threshold "
-        f"{rej.threshold:.4f}"
+        f"open-set check ({rej.mode}{promise}): {verdict}; similarity {rej.similarity:.4f} vs "
+        f"threshold {rej.threshold:.4f}" + group
     )

@@ -512,7 +512,7 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
                 pool[slot] = standin
         out = _make(
             pool[-MAX_STANDINS:],
-            seen=max(seen, current.seen),
+            seen=max(total, current.seen),  # entries now held (concurrent adds counted once)
             full_at=current.full_at,
             revision=current.revision + 1,
         )

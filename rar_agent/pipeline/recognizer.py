@@ -16,6 +16,7 @@ from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset import RANKER_SKIP_REASON, judge
+from rar_agent.openset.groups import NovelGroupLog
 from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
 from rar_agent.pipeline.regions import recognize_regions
 from rar_agent.pipeline.vocabulary import vocabulary_memory
@@ -29,7 +30,13 @@ from rar_agent.ranking import (
     skip_reason,
 )
 from rar_agent.regions import DEFAULT_BLUR
-from rar_agent.results import Candidate, RankingInfo, RecognitionResult, RejectionInfo
+from rar_agent.results import (
+    Candidate,
+    NovelGroups,
+    RankingInfo,
+    RecognitionResult,
+    RejectionInfo,
+)
 from rar_agent.retrieval import CategoryRetriever
 
 if TYPE_CHECKING:
@@ -70,9 +77,13 @@ class Recognizer:
         kind: Memory side to query (``auto`` prefers image examples).
         hint: Domain hint for the ranker (defaults to the memory's description).
         reject: When an image is *unknown* (not a category in memory): ``"auto"`` (the
-            default) uses the memory's calibrated per-category thresholds and lets the ranker
-            answer "none of these"; a number is a fixed similarity threshold; ``"off"``
-            always answers with the closest category.
+            default) or ``"auto:ALPHA"`` rejects at most ALPHA (default 0.05) of the images of
+            known categories, by a threshold calibrated from the memory's own examples (a
+            memory too small for it says "cannot calibrate" in ``rejection.note`` and rejects
+            nothing), and lets the ranker answer "none of these"; a number is a fixed
+            similarity threshold; ``"off"`` always answers with the closest category.
+            Unknown images that look alike are grouped (``result.novel_group``,
+            :meth:`unknown_groups`).
     """
 
     def __init__(
@@ -103,6 +114,7 @@ class Recognizer:
         self.ranker: RankingChain | None = as_ranking_chain(ranker, gate=self.gate)
         self.hint = hint if hint is not None else getattr(memory.info, "description", None)
         self.reject = parse_reject(reject)
+        self.novel_groups = NovelGroupLog()
         self._computed: Calibration | None = None  # made here, not storable (read-only)
         if self.reject.mode == "auto":
             self._ensure_calibrated()
@@ -291,7 +303,7 @@ class Recognizer:
             "retrieve": round(retrieve_ms, 3),
             "reject": round(reject_ms, 3),
         }
-        return [
+        results = [
             ranked_result(
                 candidates,
                 ranking,
@@ -304,6 +316,22 @@ class Recognizer:
                 loaded, retrieved, rankings, verdicts, strict=True
             )
         ]
+        self._log_unknown(results, vectors)
+        return results
+
+    def _log_unknown(self, results: Sequence[RecognitionResult], vectors: Any) -> None:
+        """Put the unknown images in the novel-group log and name each one's group."""
+        if not any(r.unknown for r in results):
+            return
+        cal = self.calibration() if self.reject.mode == "auto" else None
+        link = cal.threshold(self.reject.alpha, 1)[0] if cal is not None else None
+        for result, vector in zip(results, vectors, strict=True):
+            if result.unknown:
+                result.novel_group = self.novel_groups.add(vector, result.image, link)
+
+    def unknown_groups(self) -> NovelGroups:
+        """The groups of look-alike unknown images seen lately (largest first)."""
+        return NovelGroups(groups=self.novel_groups.groups(), unknown_images=len(self.novel_groups))
 
     # ------------------------------------------------------------------ rejection
 

@@ -6,6 +6,8 @@
   :class:`~rar_agent.registry.ImageScope`, or filled in by the agent's middleware).
 - :class:`CategorySearchTool` finds the categories in memory that match a text.
 - :class:`ListCategoriesTool` lists what the memory knows: its labels and how many entries each.
+- :class:`UnknownGroupsTool` lists the groups of look-alike unknown images seen lately, so an
+  agent asks once about a new thing seen many times.
 - :class:`AddCategoryTool` teaches the memory a new example (off unless learning is allowed).
 - :class:`ImageRegistry` holds the images of a conversation by id, so a model passes short
   ids and never raw bytes; the agent middleware, the chat page and the tools share one. It
@@ -34,7 +36,12 @@ from rar_agent.registry import ImageRegistry, ImageScope, RegisteredImage
 from rar_agent.safety import normalize_roots
 from rar_agent.tools.base import ImageResolver, RecognizerLike
 from rar_agent.tools.learn import AddCategoryInput, AddCategoryTool
-from rar_agent.tools.listing import ListCategoriesInput, ListCategoriesTool
+from rar_agent.tools.listing import (
+    ListCategoriesInput,
+    ListCategoriesTool,
+    UnknownGroupsInput,
+    UnknownGroupsTool,
+)
 from rar_agent.tools.recognize import (
     RECOGNIZE_WHAT,
     CategorySearchInput,
@@ -57,6 +64,8 @@ __all__ = [
     "RecognizeTool",
     "RecognizerLike",
     "RegisteredImage",
+    "UnknownGroupsInput",
+    "UnknownGroupsTool",
     "format_result",
     "make_tools",
 ]
@@ -94,7 +103,8 @@ def make_tools(
             threshold); ``None`` keeps the recognizer's own setting (``RAR_REJECT``).
 
     Returns:
-        ``[RecognizeTool, CategorySearchTool, ListCategoriesTool]`` plus ``AddCategoryTool``
+        ``[RecognizeTool, CategorySearchTool, ListCategoriesTool, UnknownGroupsTool]`` plus
+        ``AddCategoryTool``
         when learning is allowed.
     """
     if reject is not None:
@@ -116,6 +126,7 @@ def make_tools(
         RecognizeTool(description=RECOGNIZE_WHAT + accepts, can_learn=allow_learning, **shared),
         CategorySearchTool(**shared),
         ListCategoriesTool(**shared),
+        UnknownGroupsTool(**shared),
     ]
     if allow_learning:
         description = AddCategoryTool.model_fields["description"].default + accepts

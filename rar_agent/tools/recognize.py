@@ -86,6 +86,12 @@ def _format_unknown(result: RecognitionResult, where: str, can_learn: bool) -> s
         )
     if "ranker_none" in rej.reasons:
         why.append("the ranking model said none of the candidates fits")
+    group = result.novel_group
+    if group is not None:
+        why.append(
+            f"it looks like {group.size - 1} earlier unknown image(s) (group {group.id}: "
+            "list_unknown_groups shows them; ask once for all)"
+        )
     teach = "; once they name it, add_category_example(label=...) teaches the memory."
     lines = [
         f"Unknown{where}{box}: not a category in memory; closest: {closest}.",

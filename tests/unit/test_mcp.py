@@ -73,7 +73,7 @@ async def exercise(session: ClientSession, images: Path, *, learning: bool) -> d
     """The scenario every transport runs; returns the recorded listing and one call's result."""
     listing = await session.list_tools()
     names = [tool.name for tool in listing.tools]
-    expected = ["recognize_image", "search_categories", "list_categories"]
+    expected = ["recognize_image", "search_categories", "list_categories", "list_unknown_groups"]
     assert names == expected + (["add_category_example"] if learning else [])
     assert all(tool.outputSchema is not None for tool in listing.tools)
 
