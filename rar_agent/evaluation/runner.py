@@ -166,11 +166,14 @@ def _open_set_fields(
     record.similarity = round(similarity, 6)
     record.shots = max(1, len(top.scores))
     if cal is not None and top.kind == "image":
-        auto, _ = cal.threshold(alpha, record.shots)
+        stat, (auto, _) = cal.judge_scores(top.scores, alpha)
+        record.similarity = round(stat, 6)
         record.auto_threshold = None if auto is None else round(auto, 6)
-        record.alpha_thresholds = {
-            f"{a:g}": cal.threshold(a, record.shots)[0] for a in PROMISE_ALPHAS
-        }
+        # the margin at each ALPHA (statistic and threshold may both change with ALPHA)
+        record.alpha_thresholds = {}
+        for a in PROMISE_ALPHAS:
+            s_a, (t_a, _) = cal.judge_scores(top.scores, a)
+            record.alpha_thresholds[f"{a:g}"] = None if t_a is None else t_a - s_a + stat
 
 
 def _build_memory(

@@ -188,14 +188,37 @@ class Calibration(BaseModel):
         """Whether any threshold can be given (at some ALPHA)."""
         return bool(self.standins)
 
+    def eligible(self, shots: int) -> list[StandIn]:
+        """The stand-ins that can stand for a query at ``shots`` examples (their category
+        has at least that many other examples)."""
+        return [s for s in self.standins if s[2] >= shots]
+
     def scores_at(self, shots: int) -> np.ndarray:
-        """The stand-ins' statistics as if their category had ``shots`` examples, sorted
-        (``DRAWS`` draws per stand-in, each an equal share of it)."""
+        """The eligible stand-ins' statistics as if their category had ``shots`` examples,
+        sorted (``DRAWS`` draws per stand-in, each an equal share of it)."""
         if self._by_shots is None:
             self._by_shots = [
-                np.sort(_simulate(self.standins, m), axis=None) for m in range(1, MAX_SHOTS + 1)
+                np.sort(_simulate(self.eligible(m), m), axis=None) for m in range(1, MAX_SHOTS + 1)
             ]
         return self._by_shots[min(max(shots, 1), MAX_SHOTS) - 1]
+
+    def judge_scores(self, scores: Sequence[float], alpha: float) -> tuple[float, Threshold]:
+        """The statistic of a query's best category and the threshold it must reach.
+
+        With ``m`` of the category's entries among the hits (``scores``, best first), the
+        threshold is the one at the largest shot count ``m' <= m`` the stand-ins can support,
+        and the statistic is taken over the best ``m'`` entries (at least as high as over
+        ``m'`` random ones, so the promise errs on the side of rejecting less).
+
+        Returns:
+            ``(statistic, (threshold, why))``.
+        """
+        top = sorted((float(v) for v in scores), reverse=True)
+        shots = max(1, min(len(top), MAX_SHOTS))
+        while shots > 1 and self.threshold(alpha, shots)[0] is None:
+            shots -= 1
+        score = known_score(top[:shots])
+        return (score[0] if score else -math.inf), self.threshold(alpha, shots)
 
     def threshold(self, alpha: float, shots: int = MAX_SHOTS) -> Threshold:
         """The conformal threshold for a query whose best category has ``shots`` entries.
@@ -213,14 +236,15 @@ class Calibration(BaseModel):
         return self._thresholds[key]
 
     def _threshold(self, alpha: float, shots: int) -> Threshold:
-        n = len(self.standins)
-        if n == 0:
+        if not self.standins:
             return None, self.reason or "cannot calibrate: no stand-in queries"
-        categories = len({s[0] for s in self.standins})
+        eligible = self.eligible(shots)
+        n = len(eligible)
+        categories = len({s[0] for s in eligible})
         if categories < MIN_CATEGORIES:
             have = "category has" if categories == 1 else "categories have"
             return None, (
-                f"cannot calibrate: only {categories} {have} two or more examples "
+                f"cannot calibrate: only {categories} {have} {shots + 1} or more examples "
                 f"(at least {MIN_CATEGORIES} needed to say how close two "
                 "photos of one category lie); add a second example to more categories, or give "
                 "a threshold such as --reject 0.8"
@@ -229,7 +253,7 @@ class Calibration(BaseModel):
         if k < 1:
             return None, (
                 f"cannot calibrate for ALPHA {alpha:g}: {n} stand-in queries from categories "
-                f"with two or more examples, at least {min_standins(alpha)} needed; add "
+                f"with {shots + 1} or more examples, at least {min_standins(alpha)} needed; add "
                 "examples, or accept a larger ALPHA (auto:0.1)"
             )
         # k-th smallest of n stand-ins, each an equal mixture of its DRAWS draws
@@ -263,10 +287,9 @@ def _simulate(standins: Sequence[StandIn], shots: int) -> np.ndarray:
     for row, (label, own, others, rival) in enumerate(standins):
         rng = random.Random(f"{label}\x00{row}\x00{shots}")
         floor = -math.inf if rival is None else rival
-        pool = range(max(others, len(own), 1))
-        m = min(shots, len(pool))
+        pool = range(max(others, len(own), shots))
         for d in range(DRAWS):
-            picked = [own[i] for i in rng.sample(pool, m) if i < len(own)]
+            picked = [own[i] for i in rng.sample(pool, shots) if i < len(own)]
             score = known_score(sorted(picked, reverse=True))
             out[row, d] = max(floor, score[0] if score is not None else -math.inf)
     return out

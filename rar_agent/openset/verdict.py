@@ -44,15 +44,16 @@ def judge(
         return RejectionInfo(mode=mode)
     top = candidates[0]
     stat, _ = known_score(top.scores) or (top.score, True)
-    info = RejectionInfo(mode=mode, similarity=round(stat, 6))
     why: str | None = None
     if mode == "fixed":
         threshold = setting.threshold
     elif calibration is not None and top.kind == "image":
-        info.alpha = setting.alpha
-        threshold, why = calibration.threshold(setting.alpha, max(1, len(top.scores)))
+        stat, (threshold, why) = calibration.judge_scores(top.scores or [top.score], setting.alpha)
     else:
         threshold = None
+    info = RejectionInfo(mode=mode, similarity=round(stat, 6))
+    if mode == "auto" and calibration is not None and top.kind == "image":
+        info.alpha = setting.alpha
     if threshold is None:
         info.note = why or _no_threshold_note(top.kind, calibration)
         return info

@@ -121,7 +121,7 @@ def test_stand_ins_from_too_few_categories_cannot_calibrate(tmp_path: Path) -> N
     memory = _shots_memory(tmp_path, space, [1] * 2 + [10] * (MIN_CATEGORIES - 1), "few")
     verdicts = _judge(memory, space.draw(0, 10), DEFAULT_ALPHA)
     assert all(not v.reasons and "cannot calibrate" in (v.note or "") for v in verdicts)
-    assert "categories have two or more examples" in verdicts[0].note
+    assert "categories have 2 or more examples" in verdicts[0].note
     memory.close()
 
 
@@ -140,9 +140,14 @@ def test_smaller_alpha_needs_more_stand_ins() -> None:
     assert min_standins(0.05) == 19 and min_standins(0.01) == 99 and min_standins(0.2) == 4
     standins = [(f"c{i % 6}", [0.9, 0.8], 3, 0.2) for i in range(30)]
     cal = cal_mod._make(standins, seen=30, full_at=30, revision=1)
-    assert cal.threshold(0.05)[0] is not None
-    threshold, why = cal.threshold(0.01)
+    assert cal.threshold(0.05, 3)[0] is not None
+    threshold, why = cal.threshold(0.01, 3)
     assert threshold is None and "at least 99 needed" in (why or "")
+    # a query whose category shows more entries than any stand-in's has is judged at the
+    # largest shot count the stand-ins support, by its best entries that many
+    assert cal.threshold(0.05, 4)[0] is None
+    stat, (threshold, _) = cal.judge_scores([0.95, 0.9, 0.7, 0.6, 0.5], 0.05)
+    assert threshold == cal.threshold(0.05, 3)[0] and stat == pytest.approx(0.925)
 
 
 def test_thresholds_grow_with_the_shot_count() -> None:
