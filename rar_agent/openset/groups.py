@@ -2,8 +2,12 @@
 
 A recognizer keeps the queries it judged unknown lately (a bounded log). Two of them are
 *linked* when they are as close as two photos of one category usually are: their similarity
-reaches the memory's one-shot threshold at the same ALPHA (a category taught from one of them
-would recognize the other). Linked queries form groups (single linkage), so an agent can ask
+reaches the memory's one-shot threshold at ``GROUP_ALPHA`` (closer than 80 % of the pairs of
+examples of one category; a category taught from one of them would recognize the other).
+Measured on Fashion-MNIST (10 shots, 3 classes held out, seeds 0-4): 79 % of the grouped
+rejected queries share their group's class, 71 % of them join a group; linking at the 5 %
+tail instead chains look-alike classes into one group (51 % pure), at the median splits them
+(76 %, 45 % grouped). Linked queries form groups (single linkage), so an agent can ask
 once, "what are these 7 images?", instead of seven times. Without a one-shot threshold (a
 memory that cannot calibrate) nothing is linked.
 """
@@ -17,7 +21,10 @@ import numpy as np
 
 from rar_agent.results import NovelGroup
 
-__all__ = ["MAX_MEMBERS_SHOWN", "NovelGroupLog", "purity"]
+__all__ = ["GROUP_ALPHA", "MAX_MEMBERS_SHOWN", "NovelGroupLog", "purity"]
+
+GROUP_ALPHA = 0.2
+"""The one-shot threshold at this ALPHA links two unknown queries (see the module docs)."""
 
 MAX_MEMBERS_SHOWN = 20
 """Member images listed per group (the size counts all of them)."""

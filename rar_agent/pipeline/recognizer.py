@@ -16,7 +16,7 @@ from rar_agent.errors import RarError
 from rar_agent.images import ImageInput, LoadedImage, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset import RANKER_SKIP_REASON, judge
-from rar_agent.openset.groups import NovelGroupLog
+from rar_agent.openset.groups import GROUP_ALPHA, NovelGroupLog
 from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
 from rar_agent.pipeline.regions import recognize_regions
 from rar_agent.pipeline.vocabulary import vocabulary_memory
@@ -324,7 +324,7 @@ class Recognizer:
         if not any(r.unknown for r in results):
             return
         cal = self.calibration() if self.reject.mode == "auto" else None
-        link = cal.threshold(self.reject.alpha, 1)[0] if cal is not None else None
+        link = cal.threshold(GROUP_ALPHA, 1)[0] if cal is not None else None
         for result, vector in zip(results, vectors, strict=True):
             if result.unknown:
                 result.novel_group = self.novel_groups.add(vector, result.image, link)
