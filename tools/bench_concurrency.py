@@ -4,9 +4,8 @@ An embedded memory (qdrant-edge) is one shard per process, shared by every threa
 take the shard's read lock together, writes take it alone (``memory/edge.py``). This script
 measures, in one run on one memory of clustered random unit vectors:
 
-- whether a qdrant-edge query releases the GIL: a pure-Python counting thread runs beside
-  single-thread searches, and its progress is compared with its progress alone (near 1.0:
-  released; near 0: held);
+- whether qdrant-edge queries run at once: the share of the wall time during which two or
+  more threads were inside the engine's query call together (0 if a query held the GIL);
 - the single-thread query rate (the baseline);
 - 8 threads searching at once through one exclusive lock around every search (how the
   shard was shared before: one lock for everything);
@@ -102,30 +101,39 @@ def _rate(search: Callable[[np.ndarray], Any], queries: np.ndarray, threads: int
     return len(queries) / (time.perf_counter() - start)
 
 
-def _gil_share(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> float:
-    """How much a pure-Python thread gets done beside searches, relative to alone."""
+def _overlap(memory: CategoryMemory, queries: np.ndarray, threads: int) -> float:
+    """Share of the wall time during which 2+ threads were inside the engine's query at once.
 
-    def count_for(seconds: float, stop: threading.Event | None = None) -> int:
-        n, end = 0, time.perf_counter() + seconds
-        while time.perf_counter() < end and not (stop and stop.is_set()):
-            n += 1
-        return n
+    One ``shard.query`` is one call into qdrant-edge: two threads can be inside it together
+    only if it releases the GIL. Measured by wrapping the embedded shard (a probe of this
+    benchmark, reaching into the backend's private state).
+    """
+    shared = memory._backend._shared  # type: ignore[attr-defined]
+    real, spans = shared.shard, []
 
-    alone = count_for(0.5) / 0.5
-    stop, result = threading.Event(), {}
-    start = time.perf_counter()
+    class Probe:
+        def query(self, request: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return real.query(request)
+            finally:
+                spans.append((start, time.perf_counter()))
 
-    def counter() -> None:
-        result["n"] = count_for(60.0, stop)
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
 
-    t = threading.Thread(target=counter)
-    t.start()
-    for q in queries:
-        search(q)
-    stop.set()
-    t.join()
-    beside = result["n"] / (time.perf_counter() - start)
-    return beside / alone
+    shared.shard = Probe()
+    try:
+        _rate(lambda q: memory.search(q, limit=LIMIT), queries, threads)
+    finally:
+        shared.shard = real
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    inside, last, together = 0, events[0][0], 0.0
+    for t, step in events:
+        if inside >= 2:
+            together += t - last
+        inside, last = inside + step, t
+    return together / (events[-1][0] - events[0][0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 return memory.search(q, limit=LIMIT)
 
         search(queries[0])  # warm the caches
-        gil = _gil_share(search, queries[: max(20, args.queries // 4)])
+        together = _overlap(memory, queries[: max(40, args.queries // 4)], THREADS)
         one = _rate(search, queries, 1)
         locked = _rate(search_one_lock, queries, THREADS)
         shared = _rate(search, queries, THREADS)
@@ -163,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     kind = "HNSW" if args.index else "exact"
     print(f"memory: {args.entries} x {args.dim}-d, {kind} search, top-{LIMIT}; "
           f"{os.cpu_count()} CPUs visible, load {load:.2f}")  # fmt: skip
-    print(f"python thread progress beside a search (GIL released ~1.0, held ~0): {gil:.2f}")
+    print(f"time with 2+ threads inside one engine query call at once: {together:.0%} "
+          "(0% if a query held the GIL)")  # fmt: skip
     print(f"1 thread:                       {one:8.1f} queries/s")
     print(f"{THREADS} threads, one exclusive lock:  {locked:8.1f} queries/s ({before:.2f}x)")
     print(f"{THREADS} threads, read/write lock:     {shared:8.1f} queries/s ({ratio:.2f}x)")
@@ -177,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             {"name": f"8 threads, one exclusive lock, {kind}", "value": round(locked, 1),
              "unit": "queries/s", "baseline": "1 thread", "baseline_value": round(one, 1),
              "ratio": round(before, 2)},
-            {"name": "python progress beside a search (GIL)", "value": round(gil, 2),
-             "unit": "share of alone"},
+            {"name": "wall time with 2+ threads inside the engine's query", "unit": "share",
+             "value": round(together, 2), "target": "> 0 (the GIL is released)",
+             "met": together > 0},
         ]  # fmt: skip
         args.json.write_text(json.dumps({"rows": rows}, indent=2))
     return 0

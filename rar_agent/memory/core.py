@@ -18,8 +18,15 @@ from numpy.typing import ArrayLike
 
 from rar_agent.errors import ConfigError, EncoderMismatchError, MemoryStoreError
 from rar_agent.memory.backend import MemoryBackend
-from rar_agent.memory.entries import Hit, MemoryEntry, MemoryInfo, check_kind, normalize_label
-from rar_agent.memory.location import MemoryLocation, open_backend
+from rar_agent.memory.entries import (
+    Hit,
+    MemoryEntry,
+    MemoryInfo,
+    StoredPoint,
+    check_kind,
+    normalize_label,
+)
+from rar_agent.memory.location import MemoryLocation
 from rar_agent.memory.record import EncoderRecord, MemoryRecord
 from rar_agent.memory.storage import (
     Footprint,
@@ -53,9 +60,6 @@ OPTIMIZE_MIN_UNINDEXED = 10_000
 #: Compare-and-set attempts of one record update before it gives up.
 CAS_ATTEMPTS = 50
 
-StoredPoint = tuple[str, str, list[float], dict[str, Any]]
-"""``(id, kind, vector, payload)`` of one stored entry, as :meth:`CategoryMemory.scroll`
-gives."""
 ExtensionUpdate = Callable[[dict[str, Any] | None], dict[str, Any] | None]
 """``fn(current extension or None) -> new extension or None (delete it)``."""
 
@@ -132,7 +136,7 @@ class CategoryMemory:
         """
         StorageSettings.check(storage)
         location = MemoryLocation.parse(where, collection)
-        backend = open_backend(location, create=create and not read_only)
+        backend = _open_backend(location, create=create and not read_only)
         return cls(backend, location.collection, read_only=read_only, storage=storage)
 
     # ------------------------------------------------------------------ the record
@@ -200,38 +204,53 @@ class CategoryMemory:
             self._check_open()
             current = self._read_record(refresh=True)
             if current is None:
-                self._check_writable("record its encoder (it has none yet: build it first)")
                 storage = self._storage_request or StorageSettings.for_entries(expected_entries)
-                record = MemoryRecord.new(
-                    self.collection,
-                    fingerprint,
-                    dim,
-                    description=description,
-                    encoder_spec=spec,
-                    storage=storage,
-                )
-                self._backend.create(dim, record.to_stored(), storage)
-                logger.info(
-                    "memory %r bound to encoder %s (%d-d), storage: %s",
-                    self.collection,
-                    fingerprint,
-                    dim,
-                    storage.describe(),
+                self._create(
+                    MemoryRecord.new(
+                        self.collection,
+                        fingerprint,
+                        dim,
+                        description=description,
+                        encoder_spec=spec,
+                        storage=storage,
+                    )
                 )
             else:
-                if current.fingerprint != fingerprint or current.dim != dim:
-                    raise EncoderMismatchError(self._mismatch(current, fingerprint, dim, spec))
-                changes: dict[str, Any] = {}
-                if description is not None and description != current.description:
-                    changes["description"] = description
-                if spec is not None and current.encoder_spec is None:
-                    changes["encoder_spec"] = spec
-                if changes and self.read_only and "description" in changes:
-                    self._check_writable("record a description")
-                if changes and not self.read_only:  # a read-only memory records nothing
-                    self._commit(lambda rec: rec.changed(**changes), what="record its encoder")
+                self._confirm(current, fingerprint, dim, spec, description)
             self._check_storage(self._read_record())
             self._bound = (fingerprint, dim)
+
+    def _create(self, record: MemoryRecord) -> None:
+        """Create the storage of a new memory and store its first record."""
+        self._check_writable("record its encoder (it has none yet: build it first)")
+        self._backend.create(record.dim, record.to_stored(), record.storage)
+        logger.info(
+            "memory %r bound to encoder %s (%d-d), storage: %s",
+            self.collection,
+            record.fingerprint,
+            record.dim,
+            record.storage.describe(),
+        )
+
+    def _confirm(
+        self,
+        current: MemoryRecord,
+        fingerprint: str,
+        dim: int,
+        spec: EncoderRecord | None,
+        description: str | None,
+    ) -> None:
+        """Check an existing memory's encoder; record a new description or a missing spec."""
+        if current.fingerprint != fingerprint or current.dim != dim:
+            raise EncoderMismatchError(self._mismatch(current, fingerprint, dim, spec))
+        changes: dict[str, Any] = {}
+        if description is not None and description != current.description:
+            self._check_writable("record a description")
+            changes["description"] = description
+        if spec is not None and current.encoder_spec is None and not self.read_only:
+            changes["encoder_spec"] = spec  # a read-only memory records nothing
+        if changes:
+            self._commit(lambda rec: rec.changed(**changes), what="record its encoder")
 
     def set_encoder_spec(self, spec: EncoderRecord | dict[str, str | None] | None) -> None:
         """Record how to load the memory's encoder (``EncoderSpec.to_meta()``'s form)."""
@@ -754,3 +773,19 @@ class CategoryMemory:
             self._backend.upsert(
                 ids[start:stop], kinds[start:stop], rows[start:stop].tolist(), payloads[start:stop]
             )
+
+
+def _open_backend(location: MemoryLocation, *, create: bool) -> MemoryBackend:
+    """Open the storage of the memory at ``location`` (the engine is imported only now).
+
+    Raises:
+        MemoryStoreError: It cannot be opened (missing, unreachable, wrong API key).
+        MemoryBusyError: Another process holds the embedded memory.
+    """
+    if location.path is not None:
+        from rar_agent.memory.edge import open_edge
+
+        return open_edge(location.path, create=create)
+    from rar_agent.memory.server import ServerBackend
+
+    return ServerBackend(location, create=create)

@@ -15,6 +15,7 @@ __all__ = [
     "KINDS",
     "MAX_LABEL_CHARS",
     "RESERVED_PAYLOAD_KEYS",
+    "StoredPoint",
     "EntryKind",
     "Hit",
     "MemoryEntry",
@@ -23,6 +24,8 @@ __all__ = [
     "normalize_label",
 ]
 
+StoredPoint = tuple[str, str, list[float], dict[str, Any]]
+"""``(id, kind, vector, payload)`` of one stored entry, as ``CategoryMemory.scroll`` gives."""
 EntryKind = Literal["image", "text"]
 KINDS: tuple[EntryKind, ...] = ("image", "text")
 MAX_LABEL_CHARS = 200

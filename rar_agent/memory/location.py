@@ -1,5 +1,5 @@
 """Where a memory lives: :class:`MemoryLocation`, the one definition of a memory's address and
-connection parameters, and :func:`open_backend`, which opens the backend it names.
+connection parameters (``CategoryMemory.open`` opens the backend it names).
 
 - A memory is either *embedded* (a directory, opened with qdrant-edge), a collection on a
   Qdrant *server* (a URL, opened with qdrant-client, with its API key, timeout and the
@@ -26,14 +26,12 @@ from rar_agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings
-    from rar_agent.memory.backend import MemoryBackend
 
 __all__ = [
     "IN_PROCESS",
     "MemoryLocation",
     "check_collection_name",
     "default_memory_dir",
-    "open_backend",
 ]
 
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -108,6 +106,11 @@ class MemoryLocation:
         check_collection_name(self.collection)
         if self.path is not None and not isinstance(self.path, Path):
             object.__setattr__(self, "path", Path(self.path))
+        self._check_place()
+        self._check_server_options()
+
+    def _check_place(self) -> None:
+        """Exactly one of path, url and in_process; a URL that names its scheme."""
         if self.path is not None and self.url is not None:
             raise ConfigError(
                 f"both a memory path ({self.path}) and a Qdrant server URL ({self.url}) are "
@@ -123,31 +126,27 @@ class MemoryLocation:
             )
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"Qdrant URL {self.url!r} must start with http:// or https://")
-        server_only = {
-            "api_key": self.api_key,
-            "timeout": self.timeout,
-            "shard_number": self.shard_number,
-            "replication_factor": self.replication_factor,
-            "write_consistency_factor": self.write_consistency_factor,
-        }
-        given = sorted(k for k, v in server_only.items() if v is not None)
+
+    def _check_server_options(self) -> None:
+        """Server options only for a server, each a positive number."""
+        layout = self.cluster_layout
+        options = {**layout, "api_key": self.api_key, "timeout": self.timeout}
+        given = sorted(k for k, v in options.items() if v is not None)
         if self.path is not None and given:
             raise ConfigError(
                 f"{', '.join(given)} apply to a Qdrant server, not to the embedded memory at "
                 f"{self.path}: drop them, or give a server URL instead of a path"
             )
-        for name in ("shard_number", "replication_factor", "write_consistency_factor"):
-            value = getattr(self, name)
+        for name, value in layout.items():
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}")
-        if self.timeout is not None and (
-            isinstance(self.timeout, bool)
-            or not isinstance(self.timeout, int | float)
-            or self.timeout <= 0
+        timeout = self.timeout
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
         ):
-            raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
+            raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
 
     # ------------------------------------------------------------------ constructors
 
@@ -273,23 +272,3 @@ class MemoryLocation:
                 path=self.path.parent / check_collection_name(collection),
             )
         return dataclasses.replace(self, collection=collection)
-
-
-def open_backend(location: MemoryLocation, *, create: bool = True) -> MemoryBackend:
-    """Open the storage of the memory at ``location``.
-
-    Args:
-        location: Where it lives.
-        create: Whether a missing memory may be created.
-
-    Raises:
-        MemoryStoreError: It cannot be opened (missing, unreachable, wrong API key).
-        MemoryBusyError: Another process holds the embedded memory.
-    """
-    if location.path is not None:
-        from rar_agent.memory.edge import open_edge
-
-        return open_edge(location.path, create=create)
-    from rar_agent.memory.server import ServerBackend
-
-    return ServerBackend(location, create=create)

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
     from rar_agent.memory import Hit
-    from rar_agent.memory.core import StoredPoint
+    from rar_agent.memory.entries import StoredPoint
 
 __all__ = [
     "DRAWS",

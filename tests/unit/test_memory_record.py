@@ -269,3 +269,47 @@ def test_the_recorded_encoder_spec_comes_from_the_encoder_not_the_process(
         bind_memory(b, loaded)
         spec = spec_of(loaded)
         assert spec is not None and b.info.encoder_spec == spec.to_meta()
+
+
+def test_the_shard_lock_lets_readers_overlap_and_writers_exclude() -> None:
+    from rar_agent.memory.edge import ReadWriteLock
+
+    lock, inside, peak = ReadWriteLock(), [0], [0]
+    both_in = threading.Barrier(2, timeout=5)
+
+    def reader() -> None:
+        with lock.read():
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+            both_in.wait()  # only passes when two readers hold the lock at once
+            inside[0] -= 1
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    assert peak[0] == 2
+    order: list[str] = []
+    with lock.write():
+        with lock.read(), lock.write():  # the writer may re-enter
+            order.append("writer")
+
+        def late_reader() -> None:
+            with lock.read():
+                order.append("reader")
+
+        late = threading.Thread(target=late_reader)
+        late.start()
+        late.join(0.2)
+        assert late.is_alive() and order == ["writer"]  # a reader waits for the writer
+    late.join(5)
+    assert order == ["writer", "reader"]
+
+
+def test_a_stale_revision_is_refused_by_both_backends(memory: CategoryMemory) -> None:
+    backend = memory._backend  # type: ignore[attr-defined]
+    stored = backend.read_meta(refresh=True)
+    assert backend.replace_meta({**stored, "description": "x"}, stored["revision"] + 5) is False
+    assert memory.info.description is None
+    assert backend.replace_meta({**stored, "revision": stored["revision"] + 1}, stored["revision"])
