@@ -86,7 +86,10 @@ def load_vectors(cache: Path, pool: int, test: int) -> dict[str, Any]:
             batch = [Image.fromarray(a).convert("RGB") for a in images[idx[start : start + 64]]]
             rows.append(encoder.embed_images(batch))
         out[f"{split}_x"], out[f"{split}_y"] = np.concatenate(rows), labels[idx]
-    out["imagenet_rows"] = encoder.builtin_vocabulary()[1]
+    vocabulary = getattr(encoder, "builtin_vocabulary", None)
+    if vocabulary is None:
+        raise SystemExit("the encoder has no built-in vocabulary (EfficientNet-Lite0 does)")
+    out["imagenet_rows"] = vocabulary()[1]
     for name in ("train_x", "train_y", "test_x", "test_y", "imagenet_rows"):
         np.save(cache / f"{name}.npy", out[name])
     meta.write_text(json.dumps({"fingerprint": out["fingerprint"], "pool": pool, "test": test}))
@@ -214,7 +217,7 @@ def shots_table(data: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 for a in runs[0]["alphas"]
             },
         }
-        row = table[str(shots)]["alphas"]["0.05"]
+        row: dict[str, Any] = table[str(shots)]["alphas"]["0.05"]  # type: ignore[index]
         print(
             f"shots {shots}: known rejected {row['known_rejected']:.3f} (ALPHA 0.05), unknown "
             f"{row['unknown_rejected']:.3f}, drop {row['top1_drop_points']:.2f} pt, AUROC "
@@ -421,10 +424,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, help="Draw delivered vs promised here (PNG).")
     args = parser.parse_args(argv)
     if args.from_json:
-        out = {}
+        earlier: dict[str, Any] = {}
         for file in args.from_json:
-            out.update(json.loads(file.read_text()))
-        _render(out, args)
+            earlier.update(json.loads(file.read_text()))
+        _render(earlier, args)
         return
     data = load_vectors(args.cache, args.pool, args.test_per_class)
     parts = set(args.only.split(","))
