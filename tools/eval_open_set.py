@@ -397,11 +397,12 @@ def plot(out: dict[str, Any], path: Path) -> None:
             label="promised (ALPHA)")  # fmt: skip
     for name, row in out["shots"].items():
         ys = [100 * (row["alphas"][f"{a:g}"]["known_rejected"] or 0.0) for a in alphas]
-        ax.plot([100 * a for a in alphas], ys, marker="o", label=f"{name} per class")
+        label = "mixed (4 classes x 1, 3 x 10)" if name == MIXED else f"{name} per class"
+        ax.plot([100 * a for a in alphas], ys, marker="o", label=label)
     ax.set_xscale("log")
     ax.set_xticks([100 * a for a in alphas], [f"{100 * a:g}" for a in alphas])
     ax.set_xlabel("ALPHA in --reject auto:ALPHA (%)")
-    ax.set_ylabel("known-class queries rejected (%)")
+    ax.set_ylabel("known-class queries rejected (%); 0 = cannot calibrate")
     ax.set_title("Fashion-MNIST, 3 of 10 held out, seeds 0-4")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

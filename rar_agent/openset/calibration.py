@@ -54,7 +54,7 @@ import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr
 
 from rar_agent.errors import ConfigError
-from rar_agent.openset.statistic import known_score
+from rar_agent.openset.statistic import known_score, known_score_rows
 from rar_agent.openset.store import read_extension, update_extension
 
 if TYPE_CHECKING:
@@ -282,16 +282,20 @@ class Calibration(BaseModel):
 
 
 def _simulate(standins: Sequence[StandIn], shots: int) -> np.ndarray:
-    """Each stand-in's statistic with its category cut to ``shots`` random examples."""
+    """Each stand-in's statistic with its category cut to ``shots`` random examples
+    (``DRAWS`` draws; examples outside its search hits count as missing)."""
     out = np.empty((len(standins), DRAWS), dtype=np.float64)
-    for row, (label, own, others, rival) in enumerate(standins):
-        rng = random.Random(f"{label}\x00{row}\x00{shots}")
-        floor = -math.inf if rival is None else rival
-        pool = range(max(others, len(own), shots))
-        for d in range(DRAWS):
-            picked = [own[i] for i in rng.sample(pool, shots) if i < len(own)]
-            score = known_score(sorted(picked, reverse=True))
-            out[row, d] = max(floor, score[0] if score is not None else -math.inf)
+    rng = np.random.default_rng(shots)
+    for row, (_, own, others, rival) in enumerate(standins):
+        size = max(others, len(own), shots)
+        values = np.full(size, -np.inf)
+        values[: len(own)] = own
+        keys = rng.random((DRAWS, size))
+        picks = np.argpartition(keys, shots - 1, axis=1)[:, :shots] if shots < size else None
+        drawn = values[picks] if picks is not None else np.tile(values, (DRAWS, 1))
+        drawn = -np.sort(-drawn, axis=1)
+        stats = known_score_rows(drawn)
+        out[row] = np.maximum(stats, -np.inf if rival is None else rival)
     return out
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["SUPPORT_ENTRIES", "KnownScore", "known_score"]
+import numpy as np
+
+__all__ = ["SUPPORT_ENTRIES", "KnownScore", "known_score", "known_score_rows"]
 
 SUPPORT_ENTRIES = 2
 """Closest entries of a category averaged into its support."""
@@ -38,3 +40,22 @@ def known_score(scores: Sequence[float]) -> KnownScore | None:
     if len(top) < SUPPORT_ENTRIES:
         return top[0], True
     return sum(top) / len(top), False
+
+
+def known_score_rows(rows: np.ndarray) -> np.ndarray:
+    """:func:`known_score` of many sets of similarities at once (the calibration's draws).
+
+    Args:
+        rows: ``(n, m)`` similarities, each row sorted best first, ``-inf`` where an entry
+            is missing (a row of fewer than ``m`` entries).
+
+    Returns:
+        ``(n,)`` statistics, ``-inf`` for a row with no entry.
+    """
+    first = rows[:, 0]
+    if rows.shape[1] < SUPPORT_ENTRIES:
+        return first
+    top = rows[:, :SUPPORT_ENTRIES]
+    with np.errstate(invalid="ignore"):
+        support = top.mean(axis=1)
+    return np.where(np.isfinite(top[:, -1]), support, first)

@@ -321,3 +321,17 @@ def test_settings_read_rar_reject(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAR_REJECT", "sometimes")
     with pytest.raises(ValueError, match="reject"):
         Settings()
+
+
+def test_the_statistic_is_one_definition_for_queries_and_stand_in_draws() -> None:
+    from rar_agent.openset.statistic import known_score, known_score_rows
+
+    rng = np.random.default_rng(3)
+    for width in (1, 2, 4):
+        rows = -np.sort(-rng.uniform(0, 1, (20, width)), axis=1)
+        rows[rng.uniform(size=(20, width)) < 0.3] = -np.inf
+        rows = -np.sort(-rows, axis=1)
+        many = known_score_rows(rows)
+        for row, value in zip(rows, many, strict=True):
+            one = known_score([v for v in row if np.isfinite(v)])
+            assert (one is None and value == -np.inf) or value == pytest.approx(one[0])
