@@ -60,8 +60,11 @@ __all__ = [
     "ImageRegistryMiddleware",
     "RarAgentState",
     "RecognitionOnlyChatModel",
+    "CAPABILITIES",
+    "answer_marker",
     "create_rar_agent",
     "last_tool_messages",
+    "previous_answer",
     "resolve_chat_model",
 ]
 
@@ -79,8 +82,12 @@ DEFAULT_SYSTEM_PROMPT = (
     "and say so plainly when a tool reports an error. When the tool says the image is not a "
     "category in memory, do not guess: tell the user, name the closest categories, and ask "
     "what it shows; if they name it and the add_category_example tool is available, call it "
-    "with that label so the memory learns the category. Use the other tools when they help "
-    "answer the user's question."
+    "with that label so the memory learns the category. When the user says an answer was "
+    "wrong and names the right category, call add_category_example with that label, the "
+    "image, and corrects=<the wrong answer>; when they confirm an answer and want the photo "
+    "kept, call it with confirmed=true. If it refuses because the image is stored under "
+    "another label, tell the user and offer relabel_example. Use the other tools when they "
+    "help answer the user's question."
 )
 
 
@@ -201,21 +208,61 @@ def _tool_error(call: ToolCall, text: str) -> ToolMessage:
 # ---------------------------------------------------------------------------- fallback model
 
 
-_NAMING = re.compile(
-    r"^\s*(?:it(?:'s| is)|this is|that is|that's|call it|name it|it's called|label it)\s+"
-    r"(?:an?\s+|the\s+)?(?P<label>[^.!?\n]{1,120}?)\s*[.!]?\s*$",
-    re.IGNORECASE,
+_ANSWER_MARK = re.compile(r"<!-- rar-answer (?P<image>img-[0-9a-f]{6,64}): (?P<label>.*?) -->")
+_UNKNOWN = "(unknown)"
+_TEACH_TOOLS = ("add_category_example", "relabel_example", "teaching_history", "undo_teaching")
+
+
+def answer_marker(image: str, label: str | None) -> str:
+    """A hidden note of which image an answer was about (kept in a page's history, so a
+    later "no, it's a sandal" knows what it corrects)."""
+    return f"<!-- rar-answer {image}: {label if label else _UNKNOWN} -->"
+
+
+def previous_answer(messages: Sequence[BaseMessage]) -> tuple[str, str | None] | None:
+    """The last recognition answer in ``messages``: ``(image id, label or None if unknown)``.
+
+    Read from a ``recognize_image`` tool message's result, or from an :func:`answer_marker`
+    in an assistant message (a chat page's history keeps only the text).
+    """
+    for message in reversed(messages):
+        if isinstance(message, ToolMessage) and message.name == "recognize_image":
+            artifact = message.artifact if isinstance(message.artifact, dict) else {}
+            image = artifact.get("image")
+            if isinstance(image, str) and IMAGE_ID_PATTERN.fullmatch(image):
+                return image, artifact.get("label")
+        elif isinstance(message, AIMessage):
+            found = list(_ANSWER_MARK.finditer(message.text))
+            if found:
+                label = found[-1].group("label")
+                return found[-1].group("image"), None if label == _UNKNOWN else label
+    return None
+
+
+CAPABILITIES = (
+    "No chat model is configured, so this page recognizes photos and does not hold a "
+    "conversation. Send a photo (several at once are each answered)."
+)
+TEACHING_HELP = (
+    " After an answer, say *yes* (or *yes, keep it* to keep the photo as an example), *no, "
+    "sandal* or *it's a sandal* to correct it, or *call it X* to name it exactly; a photo "
+    "sent with *this is an ankle boot* is stored under that name."
+)
+LEARNING_OFF = (
+    " Learning is off here, so names you give are not stored (start the page with "
+    "--allow-learning to teach it)."
 )
 
 
 class RecognitionOnlyChatModel(BaseChatModel):
-    """A deterministic stand-in for a chat model: recognize the latest image, report it.
+    """A deterministic stand-in for a chat model: recognize photos, learn names, report.
 
-    On a user turn with an image id it calls ``recognize_image``; after the tool answers it
-    replies with the tool's output, labelled as retrieval/ranking output. When the learning
-    tool is bound, a turn such as "it is a bicycle" calls ``add_category_example`` with that
-    label (for the latest image). Otherwise it says what it can do. Useful with no hosted
-    model, in demos and in tests.
+    On a user turn with image ids it calls ``recognize_image`` once per image (or, when the
+    same turn names them, ``add_category_example``). When the learning tool is bound, a turn
+    that names, corrects or confirms the last answer (by
+    :func:`~rar_agent.pipeline.naming.parse_teaching`, the one name parser) calls
+    ``add_category_example`` for that answer's image. Otherwise it says plainly what it can
+    do. Useful with no hosted model, in demos and in tests.
     """
 
     tool_name: str = "recognize_image"
@@ -244,37 +291,96 @@ class RecognitionOnlyChatModel(BaseChatModel):
     def _reply(self, messages: Sequence[BaseMessage]) -> AIMessage:
         last = messages[-1] if messages else None
         if isinstance(last, ToolMessage):
-            if last.status == "error":
-                return AIMessage(content=f"The recognition tool reported an error: {last.text}")
-            if last.name == self.learn_tool_name:
-                return AIMessage(content=last.text)
-            return AIMessage(
-                content="Retrieval/ranking output (no chat model is configured, so this is "
-                f"the recognizer's result, not a conversational answer):\n\n{last.text}"
-            )
+            return AIMessage(content=self._report(messages))
         if isinstance(last, HumanMessage):
-            ids = IMAGE_ID_PATTERN.findall(last.text)
-            named = _NAMING.match(last.text) if self.can_learn and not ids else None
-            if named:
-                call = {
-                    "name": self.learn_tool_name,
-                    "args": {"label": named.group("label").strip()},
-                    "id": "call-rar-learn",
-                    "type": "tool_call",
-                }
-                return AIMessage(content="", tool_calls=[call])
-            if ids:
-                call = {
-                    "name": self.tool_name,
-                    "args": {"image": ids[-1]},
-                    "id": "call-rar-1",
-                    "type": "tool_call",
-                }
-                return AIMessage(content="", tool_calls=[call])
-        return AIMessage(
-            content="No chat model is configured, so I can only recognize images: upload or "
-            "paste a photo and I will show the retrieved and ranked categories."
+            return self._answer_user(last, messages[:-1])
+        return AIMessage(content=self._capabilities())
+
+    def _capabilities(self) -> str:
+        return CAPABILITIES + (TEACHING_HELP if self.can_learn else LEARNING_OFF)
+
+    def _report(self, messages: Sequence[BaseMessage]) -> str:
+        """The reply after this turn's tool calls: each tool's text, errors said as such."""
+        turn: list[ToolMessage] = []
+        for message in reversed(messages):
+            if not isinstance(message, ToolMessage):
+                break
+            turn.append(message)
+        parts, recognized = [], False
+        for message in reversed(turn):
+            if message.status == "error":
+                parts.append(f"The {message.name or 'recognition'} tool reported an error: "
+                             f"{message.text}")  # fmt: skip
+            elif message.name in _TEACH_TOOLS:
+                parts.append(message.text)
+            else:
+                recognized = True
+                parts.append(message.text)
+        head = (
+            "Retrieval/ranking output (no chat model is configured, so this is the "
+            "recognizer's result, not a conversational answer):\n\n"
+            if recognized
+            else ""
         )
+        return head + "\n\n".join(parts)
+
+    def _answer_user(self, last: HumanMessage, earlier: Sequence[BaseMessage]) -> AIMessage:
+        from rar_agent.pipeline.naming import parse_teaching
+
+        text = last.text
+        ids = list(dict.fromkeys(IMAGE_ID_PATTERN.findall(text)))
+        words = re.sub(r"\[?\s*image id\s+img-[0-9a-f]+\s*\]?", " ", text).strip()
+        words = IMAGE_ID_PATTERN.sub(" ", words).strip()
+        before = previous_answer(earlier)
+        teaching = parse_teaching(words, bare=bool(ids) or before is not None)
+        if ids:
+            if teaching is not None and teaching.label and teaching.intent in ("name", "correct"):
+                if not self.can_learn:
+                    return AIMessage(content=f"I cannot store {teaching.label!r}:" + LEARNING_OFF)
+                return _calls(
+                    self.learn_tool_name, [{"label": teaching.label, "image": i} for i in ids]
+                )
+            return _calls(self.tool_name, [{"image": i} for i in ids])
+        if teaching is None:
+            return AIMessage(content=self._capabilities())
+        if not self.can_learn:
+            named = f"I cannot store {teaching.label!r}:" if teaching.label else ""
+            return AIMessage(content=(named + LEARNING_OFF).strip())
+        if before is None:
+            return AIMessage(content="Send a photo first, then tell me what it shows.")
+        image, answer = before
+        if teaching.intent == "reject":
+            return AIMessage(
+                content="Which category is it, then? Say for example *it's a sandal*, or "
+                "*call it X* for a new one."
+            )
+        if teaching.intent == "confirm":
+            if answer is None:
+                return AIMessage(content="It was not recognized: tell me what it shows.")
+            if not teaching.keep:
+                return AIMessage(
+                    content=f"Good: {answer!r} was right. Nothing was stored; say *yes, keep "
+                    f"it* to keep this photo as an example of {answer!r}."
+                )
+            return _calls(
+                self.learn_tool_name, [{"label": answer, "image": image, "confirmed": True}]
+            )
+        label = teaching.label or ""
+        args: dict[str, Any] = {"label": label, "image": image}
+        if answer is not None and answer.casefold() != label.casefold():
+            args["corrects"] = answer
+        elif answer is not None:
+            args["confirmed"] = True
+        return _calls(self.learn_tool_name, [args])
+
+
+def _calls(name: str, arguments: Sequence[dict[str, Any]]) -> AIMessage:
+    """An assistant message calling ``name`` once per argument set."""
+    calls = [
+        {"name": name, "args": dict(args), "id": f"call-rar-{name}-{i}", "type": "tool_call"}
+        for i, args in enumerate(arguments, 1)
+    ]
+    return AIMessage(content="", tool_calls=calls)
 
 
 # ---------------------------------------------------------------------------- factory

@@ -17,6 +17,7 @@ __all__ = [
     "EncoderMismatchError",
     "EmptyMemoryError",
     "LabelError",
+    "DuplicateExampleError",
     "RankerError",
     "UnsafeInputError",
 ]
@@ -60,6 +61,20 @@ class EmptyMemoryError(MemoryStoreError):
 
 class LabelError(RarError, ValueError):
     """A category label is empty, too long or otherwise unusable."""
+
+
+class DuplicateExampleError(LabelError):
+    """The same image (content hash) is already stored under another label.
+
+    Attributes:
+        stored_label: The label it is stored under.
+        entry_id: The stored entry's id (what a relabel names).
+    """
+
+    def __init__(self, message: str, *, stored_label: str, entry_id: str) -> None:
+        super().__init__(message)
+        self.stored_label = stored_label
+        self.entry_id = entry_id
 
 
 class RankerError(RarError):

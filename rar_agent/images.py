@@ -32,12 +32,21 @@ __all__ = [
     "is_image_reference",
     "DEFAULT_MAX_PIXELS",
     "MAX_FILE_BYTES",
+    "THUMBNAIL_MAX_BYTES",
+    "THUMBNAIL_SIDE",
+    "make_thumbnail",
 ]
 
 ImageInput = Union[str, os.PathLike, bytes, "Image.Image"]
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; larger declared sizes are treated as bombs
 MAX_FILE_BYTES = 64 * 1024 * 1024
+THUMBNAIL_SIDE = 64
+"""Longest side of a thumbnail stored with an example image, in pixels."""
+THUMBNAIL_MAX_BYTES = 4096
+"""Largest stored thumbnail (JPEG bytes, before base64); quality is lowered to fit. A
+thumbnail costs 1-3 KB of payload per image entry (about 2 KB on photos), so 2 GB at 1M
+entries: payloads go to disk from 100k entries by default."""
 _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?),(?P<data>.*)$", re.DOTALL
 )
@@ -265,3 +274,18 @@ def _sniff(data: bytes) -> str:
         return "it looks like text"
     except UnicodeDecodeError:
         return "unknown format"
+
+
+def make_thumbnail(image: Image.Image) -> str:
+    """A small JPEG data URI of ``image`` (longest side ``THUMBNAIL_SIDE``, at most
+    ``THUMBNAIL_MAX_BYTES`` bytes), stored with each example so results can show it."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    data = b""
+    for quality in (75, 60, 45, 30):
+        buf = io.BytesIO()
+        thumb.save(buf, format="JPEG", quality=quality, optimize=True)
+        data = buf.getvalue()
+        if len(data) <= THUMBNAIL_MAX_BYTES:
+            break
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")

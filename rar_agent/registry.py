@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
+    "image_id_for",
     "IMAGE_ID_PATTERN",
     "LATEST_IMAGE_REFS",
     "ImageRegistry",
@@ -141,7 +142,7 @@ class ImageRegistry:
             ImageError: The data is not a readable image.
         """
         data, detected_mime = _to_bytes(image)
-        image_id = "img-" + hashlib.sha256(data).hexdigest()[:12]
+        image_id = image_id_for(data)
         with self._lock:
             if image_id in self._items:  # already validated: just make it the latest
                 self._items.move_to_end(image_id)
@@ -286,6 +287,11 @@ class ImageScope:
     def __len__(self) -> int:
         with self._lock:
             return len(self._ids)
+
+
+def image_id_for(data: bytes) -> str:
+    """The id an image's bytes get in a registry (``img-`` + 12 hex digits of its SHA-256)."""
+    return "img-" + hashlib.sha256(data).hexdigest()[:12]
 
 
 def _to_bytes(image: Any) -> tuple[bytes, str | None]:

@@ -17,6 +17,14 @@ __all__ = [
     "ExampleAdded",
     "NovelGroup",
     "NovelGroups",
+    "ExampleRelabeled",
+    "MatchedExample",
+    "NearDuplicate",
+    "TeachAction",
+    "TeachVia",
+    "TeachingEvent",
+    "TeachingHistory",
+    "TeachingUndone",
     "RankingInfo",
     "RankingStatus",
     "RecognitionResult",
@@ -29,6 +37,25 @@ RankingStatus = Literal["ranked", "skipped", "fallback", "disabled", "no_match"]
 """``no_match``: the ranker answered that none of the candidates fits the image."""
 
 RejectReason = Literal["below_threshold", "ranker_none"]
+
+TeachVia = Literal["cli", "chat", "tool", "mcp", "api"]
+"""Where a taught example came from (recorded in its payload's ``taught.via``)."""
+
+TeachAction = Literal["add", "confirm", "correct"]
+"""What the teaching said: a new example, a confirmed answer, a corrected answer."""
+
+
+class MatchedExample(BaseModel):
+    """A memory entry a candidate matched: why the candidate is there."""
+
+    id: str = Field(description="The entry's id.")
+    score: float = Field(description="Cosine similarity to the query.")
+    kind: str | None = Field(default=None, description="image (an example) or text (a name).")
+    thumbnail: str | None = Field(
+        default=None,
+        description="A small JPEG data URI of the example image, where the memory keeps one "
+        "(taught examples do).",
+    )
 
 
 class Candidate(BaseModel):
@@ -45,6 +72,11 @@ class Candidate(BaseModel):
         default_factory=list,
         description="Similarities of the category's closest entries among those retrieved, "
         "best first (at most 5): what the open-set known-ness statistic is computed from.",
+    )
+    examples: list[MatchedExample] = Field(
+        default_factory=list,
+        description="The category's closest memory entries to the query, best first (at "
+        "most 2): the evidence for this candidate.",
     )
 
 
@@ -173,8 +205,16 @@ class CategoryListing(BaseModel):
     truncated: bool = Field(description="Whether more categories match than are listed.")
 
 
+class NearDuplicate(BaseModel):
+    """A stored example of *another* category that a taught image is nearly identical to."""
+
+    id: str = Field(description="The stored example's entry id.")
+    label: str = Field(description="Its category.")
+    similarity: float = Field(description="Cosine similarity to the taught image.")
+
+
 class ExampleAdded(BaseModel):
-    """The artifact of ``add_category_example``."""
+    """The artifact of ``add_category_example``: one taught image."""
 
     label: str = Field(description="The label as stored (normalized).")
     image: str = Field(description="Where the example image came from.")
@@ -185,3 +225,52 @@ class ExampleAdded(BaseModel):
     category_examples: int = Field(default=0, description="Examples of the category now.")
     image_entries: int = Field(description="Example images in the memory afterwards.")
     seconds: float
+    id: str | None = Field(default=None, description="The entry id of the example.")
+    action: TeachAction = Field(default="add", description="add, confirm or correct.")
+    corrected_from: str | None = Field(
+        default=None, description="The wrong answer this example corrects, if any."
+    )
+    near_duplicates: list[NearDuplicate] = Field(
+        default_factory=list,
+        description="Examples of other categories nearly identical to this image (flagged, "
+        "not refused: the two labels may be confused).",
+    )
+
+
+class ExampleRelabeled(BaseModel):
+    """The artifact of ``relabel_example``: one stored example moved to another label."""
+
+    id: str = Field(description="The example's entry id now (ids follow the label).")
+    previous_id: str = Field(description="Its entry id before the move.")
+    label: str = Field(description="The label it is stored under now.")
+    previous_label: str = Field(description="The label it was stored under.")
+    category_examples: int = Field(description="Examples of the new label now.")
+
+
+class TeachingEvent(BaseModel):
+    """One thing the memory was taught: an example added, or an example relabelled."""
+
+    event: Literal["taught", "relabeled"]
+    id: str = Field(description="The example's entry id now.")
+    label: str = Field(description="The label it was taught as / moved to.")
+    previous_label: str | None = Field(default=None, description="Relabel: the old label.")
+    at: str = Field(description="When (ISO 8601, UTC).")
+    via: str = Field(description="From where: cli, chat, tool, mcp or api.")
+    by: str | None = Field(default=None, description="Who, when known (a token's name).")
+    action: TeachAction | None = Field(default=None, description="Taught: add/confirm/correct.")
+    corrected_from: str | None = Field(default=None, description="The wrong answer corrected.")
+    source: str | None = Field(default=None, description="The example image's name.")
+
+
+class TeachingHistory(BaseModel):
+    """The artifact of ``teaching_history``: taught examples and relabels, newest last."""
+
+    events: list[TeachingEvent]
+    total: int = Field(description="Events recorded in the memory (listed or not).")
+
+
+class TeachingUndone(BaseModel):
+    """The artifact of ``undo_teaching``: what was reversed, newest first."""
+
+    undone: list[TeachingEvent]
+    image_entries: int = Field(description="Example images in the memory afterwards.")

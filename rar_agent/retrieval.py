@@ -15,9 +15,10 @@ from rar_agent.encoders import ImageTextEncoder
 from rar_agent.errors import ConfigError, EmptyMemoryError
 from rar_agent.images import ImageInput, is_image_reference, load_image
 from rar_agent.memory import CategoryMemory, EntryKind, Hit
-from rar_agent.results import Candidate
+from rar_agent.results import Candidate, MatchedExample
 
 __all__ = [
+    "EXAMPLES_PER_CANDIDATE",
     "LABEL_SCORES",
     "fold_hits",
     "CategoryRetriever",
@@ -47,18 +48,18 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
     Returns:
         Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set
         (1 for the best), ``scores`` = the label's ``LABEL_SCORES`` best similarities among
-        ``hits``, best first (the open-set statistic's input).
+        ``hits``, best first (the open-set statistic's input), ``examples`` its
+        ``EXAMPLES_PER_CANDIDATE`` closest entries (id, score, stored thumbnail).
     """
-    best: dict[str, Hit] = {}
-    scores: dict[str, list[float]] = {}
+    by_label: dict[str, list[Hit]] = {}
     for hit in hits:
-        held = best.get(hit.label)
-        if held is None or hit.score > held.score:
-            best[hit.label] = hit
-        scores.setdefault(hit.label, []).append(float(hit.score))
-    ranked = sorted(best.values(), key=lambda h: -h.score)[:k]
+        by_label.setdefault(hit.label, []).append(hit)
+    for group in by_label.values():
+        group.sort(key=lambda h: -h.score)
+    ranked = sorted(by_label.values(), key=lambda g: -g[0].score)[:k]
     out = []
-    for i, h in enumerate(ranked, 1):
+    for i, group in enumerate(ranked, 1):
+        h = group[0]
         out.append(
             Candidate(
                 label=h.label,
@@ -66,10 +67,25 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
                 retrieval_rank=i,
                 kind=h.kind,
                 source=h.source,
-                scores=sorted(scores[h.label], reverse=True)[:LABEL_SCORES],
+                scores=[float(x.score) for x in group[:LABEL_SCORES]],
+                examples=[_matched(x) for x in group[:EXAMPLES_PER_CANDIDATE]],
             )
         )
     return out
+
+
+EXAMPLES_PER_CANDIDATE = 2
+"""Closest entries each candidate carries as its evidence."""
+
+
+def _matched(hit: Hit) -> MatchedExample:
+    thumb = hit.payload.get("thumbnail")
+    return MatchedExample(
+        id=hit.id,
+        score=float(hit.score),
+        kind=hit.kind or None,
+        thumbnail=thumb if isinstance(thumb, str) and thumb.startswith("data:image/") else None,
+    )
 
 
 def _sides(kind: str, prefer: EntryKind = "image") -> tuple[EntryKind, ...]:

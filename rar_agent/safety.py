@@ -108,10 +108,21 @@ def resolve_inside_roots(path: str | os.PathLike[str], roots: Sequence[Path]) ->
             raise UnsafeInputError(f"{text} is not a regular file (a directory or device?)")
         return resolved
     where = ", ".join(str(r) for r in roots)
+    if any(_lexically_inside(c, roots) and not os.path.lexists(c) for c in candidates):
+        raise UnsafeInputError(
+            f"{text}: no such file in the allowed directories ({where}): check the name, or "
+            "give the image in another form the tool accepts (see its description)"
+        )
     raise UnsafeInputError(
         f"{text} is not a file inside the allowed directories ({where}): give a path inside "
         "them, or the image in another form the tool accepts (see its description)"
     )
+
+
+def _lexically_inside(path: Path, roots: Sequence[Path]) -> bool:
+    """Whether ``path``, normalised without following links, lies inside a root."""
+    plain = Path(os.path.normpath(path))
+    return any(plain == root or root in plain.parents for root in roots)
 
 
 def fetch_public_url(url: str, *, max_bytes: int | None = None, timeout_s: float = 10.0) -> bytes:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import base64
 import logging
 import mimetypes
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,14 @@ if TYPE_CHECKING:
 
     from rar_agent.tools import RecognizerLike
 
-__all__ = ["ChatSession", "build_chat_page", "candidates_table", "launch", "render_reply"]
+__all__ = [
+    "ChatSession",
+    "answer_options",
+    "build_chat_page",
+    "candidates_table",
+    "launch",
+    "render_reply",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +78,23 @@ def _answer_head(item: dict[str, Any], can_learn: bool) -> str:
     box = " in box " + _md(str([round(v, 1) for v in item["box"]])) if item.get("box") else ""
     if not item.get("unknown"):
         return f"**Answer: {_md(str(item.get('label')))}**{box}"
-    offer = (
-        " Tell me what it shows (for example *it is a bicycle*) and I will remember it."
-        if can_learn
-        else ""
-    )
-    return f"**Unknown{box}: not a category in memory.** The closest categories:{offer}"
+    return f"**Unknown{box}: not a category in memory.** The closest categories:"
+
+
+def _unknown_offer(can_learn: bool) -> str:
+    """What to do about an unknown image (below its table)."""
+    if can_learn:
+        return "Tell me what it shows (for example *it is a bicycle*) and I will remember it."
+    return "Learning is off on this page, so it cannot be taught here."
+
+
+_IMAGE_ID = re.compile(r"\bimg-[0-9a-f]{6,64}\b")
+_ENTRY_ID = re.compile(r"\s*\(?\[?entry [0-9a-f-]{36}\]?\)?")
+
+
+def _plain(text: str) -> str:
+    """A tool's text for a person: no internal image or entry ids."""
+    return _ENTRY_ID.sub("", _IMAGE_ID.sub("this photo", text))
 
 
 def render_reply(
@@ -84,8 +103,12 @@ def render_reply(
     *,
     recognition_only: bool = False,
     can_learn: bool = False,
+    queries: Mapping[str, str] | None = None,
 ) -> str:
     """The Markdown shown for one agent turn: the reply, candidate tables, tool errors.
+
+    Internal ids are not shown; each answer carries a hidden note of the image it was about
+    (:func:`~rar_agent.agent.answer_marker`), so a correction in the next turn finds it.
 
     Args:
         final_text: The agent's final message.
@@ -93,7 +116,11 @@ def render_reply(
         recognition_only: The agent has no chat model: show the recognizer's output plainly.
         can_learn: The agent may teach the memory: an unknown image comes with an offer to
             name it.
+        queries: Thumbnails (data URIs) of this turn's photos by image id: each answer then
+            shows its photo beside the closest stored examples of the top candidates.
     """
+    from rar_agent.agent import answer_marker
+
     parts: list[str] = []
     results = [
         t for t in tool_messages if t.name == "recognize_image" and isinstance(t.artifact, dict)
@@ -105,9 +132,9 @@ def render_reply(
             "recognizer's result, not a conversational answer.*"
         )
     elif final_text.strip():
-        parts.append(final_text.strip())
+        parts.append(_plain(final_text.strip()) if recognition_only else final_text.strip())
     for t in errors:
-        parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(t.text)}")
+        parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(_plain(t.text))}")
     for t in results:
         artifact = t.artifact
         items = artifact.get("regions") if "regions" in artifact else [artifact]
@@ -115,8 +142,74 @@ def render_reply(
             if item.get("error"):
                 parts.append(f"⚠️ {_md(str(item['error']))}")
                 continue
-            parts.append(_answer_head(item, can_learn) + "\n\n" + candidates_table(item))
+            block = _answer_head(item, can_learn) + "\n\n" + candidates_table(item)
+            image = artifact.get("image")
+            evidence = _evidence(
+                item, (queries or {}).get(image) if isinstance(image, str) else None
+            )
+            if evidence:
+                block += "\n\n" + evidence
+            if item.get("unknown"):
+                block += "\n\n" + _unknown_offer(can_learn)
+            if "regions" not in artifact and isinstance(image, str) and _IMAGE_ID.fullmatch(image):
+                block += "\n" + answer_marker(image, item.get("label"))
+            parts.append(block)
     return "\n\n".join(parts) if parts else "(no reply)"
+
+
+EVIDENCE_CANDIDATES = 3
+"""Top candidates whose closest stored example the page shows beside the photo."""
+
+
+def _evidence(item: dict[str, Any], query: str | None) -> str:
+    """The photo beside the closest stored example of each top candidate (a one-row table of
+    thumbnails), when the memory keeps thumbnails."""
+    shown = []
+    for cand in (item.get("candidates") or [])[:EVIDENCE_CANDIDATES]:
+        for example in cand.get("examples") or []:
+            thumb = str(example.get("thumbnail") or "")
+            if thumb.startswith("data:image/") and not set(thumb) & set("\n ()"):
+                score = float(example.get("score", 0.0))
+                shown.append((f"{_md(str(cand.get('label', '')))} {score:.3f}", thumb))
+                break
+    if not shown:
+        return ""
+    cells = [("this photo", query)] if query else []
+    cells += shown
+    head = "| " + " | ".join(name for name, _ in cells) + " |"
+    rule = "|" + ":-:|" * len(cells)
+    row = "| " + " | ".join(f"![{name}]({uri})" for name, uri in cells) + " |"
+    return "<sub>Why: the closest stored examples</sub>\n\n" + "\n".join([head, rule, row])
+
+
+def answer_options(tool_messages: Sequence[ToolMessage]) -> list[dict[str, str]]:
+    """The controls under an answer (Gradio message options): confirm it, keep the photo,
+    pick another candidate, or say it is something else. Each sends a message that the one
+    name parser reads (``yes``, ``yes, keep it``, ``no, it's X``, ``no``). Only for a turn
+    with exactly one whole-image result."""
+    results = [
+        t.artifact
+        for t in tool_messages
+        if t.name == "recognize_image" and isinstance(t.artifact, dict) and t.status != "error"
+    ]
+    if len(results) != 1 or "regions" in results[0] or results[0].get("error"):
+        return []
+    result = results[0]
+    label = result.get("label")
+    others = [
+        str(c.get("label")) for c in result.get("candidates") or [] if c.get("label") != label
+    ]
+    options: list[dict[str, str]] = []
+    if label and not result.get("unknown"):
+        options += [
+            {"label": f"✓ Yes, {label}", "value": "yes"},
+            {"label": "✓ Yes, keep this photo", "value": "yes, keep it"},
+        ]
+        options += [{"label": f"No, it's {o}", "value": f"no, it's {o}"} for o in others[:3]]
+        options.append({"label": "No, something else…", "value": "no"})
+    else:
+        options += [{"label": f"It's {o}", "value": f"it's {o}"} for o in others[:3]]
+    return options
 
 
 def _file_path(part: Any) -> str | None:
@@ -229,30 +322,65 @@ class ChatSession:
         self.recognition_only = recognition_only
         self.can_learn = can_learn
 
-    async def respond(self, message: dict[str, Any] | str, history: list[dict[str, Any]]) -> str:
-        """Answer one user turn given the session's history (Gradio's ``fn`` signature)."""
+    async def respond(
+        self, message: dict[str, Any] | str, history: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Answer one user turn given the session's history (Gradio's ``fn`` signature).
+
+        Returns:
+            A Gradio message: ``{"role": "assistant", "content": Markdown, "options": [...]}``
+            (the options are the correction controls when learning is on).
+        """
         from rar_agent.agent import last_tool_messages
 
         if isinstance(message, str):
             message = {"text": message, "files": []}
         turn = _user_message(str(message.get("text") or ""), message.get("files") or [])
         if not turn.content:
-            return "Type a question or upload a photo."
+            return _reply("Type a question or upload a photo.")
         messages = [*history_to_messages(history), turn]
         try:
             out = await self.agent.ainvoke({"messages": messages})
         except RarError as e:
-            return f"⚠️ **Error:** {_md(str(e))}"
+            return _reply(f"⚠️ **Error:** {_md(_plain(str(e)))}")
         except Exception as e:  # the page must answer, whatever the model provider does
             logger.exception("agent turn failed")
-            return f"⚠️ **The agent failed:** {_md(type(e).__name__ + ': ' + str(e))}"
+            return _reply(f"⚠️ **The agent failed:** {_md(type(e).__name__ + ': ' + str(e))}")
         final = out["messages"][-1]
-        return render_reply(
+        tools = last_tool_messages(out["messages"])
+        text = render_reply(
             final.text,
-            last_tool_messages(out["messages"]),
+            tools,
             recognition_only=self.recognition_only,
             can_learn=self.can_learn,
+            queries=_query_thumbnails(message.get("files") or []),
         )
+        return _reply(text, answer_options(tools) if self.can_learn else [])
+
+
+def _query_thumbnails(files: Sequence[Any]) -> dict[str, str]:
+    """Thumbnails of a turn's uploaded photos by the id the registry gives them."""
+    from rar_agent.images import decode_image_bytes, make_thumbnail
+    from rar_agent.registry import image_id_for
+
+    out: dict[str, str] = {}
+    for part in files:
+        path = _file_path(part)
+        if not path or Path(path).suffix.lower() not in _IMAGE_SUFFIXES:
+            continue
+        try:
+            data = Path(path).read_bytes()
+            out[image_id_for(data)] = make_thumbnail(decode_image_bytes(data, what=path))
+        except (OSError, RarError) as e:
+            logger.warning("no thumbnail for %s: %s", path, e)
+    return out
+
+
+def _reply(text: str, options: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+    reply: dict[str, Any] = {"role": "assistant", "content": text}
+    if options:
+        reply["options"] = list(options)
+    return reply
 
 
 def build_chat_page(
@@ -293,7 +421,7 @@ def build_chat_page(
         session.respond,
         multimodal=True,
         title=title,
-        description=_page_description(recognizer, model),
+        description=_page_description(recognizer, model, can_learn=can_learn),
         textbox=gr.MultimodalTextbox(
             file_types=["image"],
             file_count="multiple",
@@ -309,17 +437,23 @@ def build_chat_page(
     )
 
 
-def _page_description(recognizer: RecognizerLike, model: str | BaseChatModel | None) -> str:
+def _page_description(
+    recognizer: RecognizerLike, model: str | BaseChatModel | None, *, can_learn: bool = False
+) -> str:
+    from rar_agent.agent import CAPABILITIES, LEARNING_OFF, TEACHING_HELP
+
     labels = recognizer.memory.labels()
-    known = ", ".join(list(labels)[:12]) + (" ..." if len(labels) > 12 else "")
-    mode = (
-        "no chat model: retrieval/ranking output only"
-        if model is None
-        else f"chat model {_model_name(model)}"
-    )
+    names = sorted(labels, key=str.casefold)  # alphabetical: the first few read as a sample
+    known = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+    entries = sum(labels.values())
+    if model is None:
+        mode = CAPABILITIES + (TEACHING_HELP if can_learn else LEARNING_OFF)
+    else:
+        mode = f"Chat model: {_md(_model_name(model))}." + ("" if can_learn else LEARNING_OFF)
     return (
-        f"Upload or paste a photo and ask about it. Memory: {len(labels)} categories "
-        f"({_md(known)}). Mode: {_md(str(mode))}."
+        f"Memory: {len(labels)} categories"
+        + (f" in {entries} entries" if entries != len(labels) else "")
+        + f" ({_md(known)}). {mode}"
     )
 
 

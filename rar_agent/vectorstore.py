@@ -204,6 +204,7 @@ class CategoryVectorStore(VectorStore):
             for text, meta, doc_id in zip(texts, metas, doc_ids, strict=True)
         ]
         from rar_agent.encoders.spec import spec_of
+        from rar_agent.pipeline.teacher import learn_entries
 
         spec = spec_of(getattr(self.embeddings, "encoder", None))
         self.memory.bind_encoder(
@@ -211,11 +212,8 @@ class CategoryVectorStore(VectorStore):
             len(vectors[0]),
             encoder_spec=spec.to_meta() if spec is not None else None,
         )
-        added = self.memory.add_entries(entries, vectors, ids=[point_id_for(d) for d in doc_ids])
-        if kind == "image":  # example images move the open-set calibration (one policy)
-            from rar_agent import openset
-
-            openset.update(self.memory, added=added)
+        # The teacher's door: the calibration follows every write.
+        learn_entries(self.memory, entries, vectors, ids=[point_id_for(d) for d in doc_ids])
         return doc_ids
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:

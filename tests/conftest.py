@@ -1,8 +1,14 @@
-"""Suite-wide set-up: no hub access, a private RAR_HOME, tiny random encoders on disk."""
+"""Suite-wide set-up: no hub access, a private RAR_HOME, tiny random encoders on disk.
+
+Everything a test run writes goes under one temporary root (``RAR_HOME``, pytest's
+``tmp_path`` folders, and ``tempfile``'s default directory, so subprocesses too), removed when
+the run ends (``RAR_KEEP_TEST_TMP=1`` keeps it and prints where).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -18,14 +24,33 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-_SESSION_HOME = tempfile.mkdtemp(prefix="rar-test-home-")
+_SESSION_ROOT = tempfile.mkdtemp(prefix="rar-tests-")
+_SESSION_HOME = os.path.join(_SESSION_ROOT, "rar-home")
+_SESSION_TMP = os.path.join(_SESSION_ROOT, "tmp")
+os.makedirs(_SESSION_TMP)
 os.environ["RAR_HOME"] = _SESSION_HOME
+os.environ["TMPDIR"] = _SESSION_TMP  # subprocesses' temporary files land in the root too
+tempfile.tempdir = _SESSION_TMP
 # An empty hub cache: tests never pick up weights a developer happens to have cached.
 os.environ["HF_HOME"] = os.path.join(_SESSION_HOME, "hf-home")
 
 import pytest  # noqa: E402
 
 from tests.helpers.tiny_models import make_tiny_hf_clip, make_tiny_openclip  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest's ``tmp_path`` folders go under the session's root unless --basetemp is given."""
+    if config.option.basetemp is None:
+        config.option.basetemp = os.path.join(_SESSION_ROOT, "pytest")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's temporary root (kept, and named, with RAR_KEEP_TEST_TMP=1)."""
+    if os.environ.get("RAR_KEEP_TEST_TMP") == "1":
+        sys.stderr.write(f"test files kept in {_SESSION_ROOT}\n")
+        return
+    shutil.rmtree(_SESSION_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_bench(bench, args.quick, timeout)
         report["results"].append(result)
         print(result.get("stdout", "").rstrip() or result.get("error", ""), flush=True)
+        if result.get("rc") != 0 and result.get("stderr"):
+            print(result["stderr"].rstrip()[-1500:], flush=True)  # why it failed, at once
         print(f"-- {bench.name}: rc {result.get('rc')} in {result.get('seconds')} s\n", flush=True)
     report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     for path in (json_path, markdown_path):
@@ -230,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     markdown_path.write_text(render_markdown(report), encoding="utf-8")
     print(f"wrote {json_path} and {markdown_path}")
-    return 0 if all(r.get("rc") == 0 for r in report["results"]) else 1
+    failed = [r["name"] for r in report["results"] if r.get("rc") != 0]
+    if failed:
+        print(f"FAILED: {', '.join(failed)} (exit status 1)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

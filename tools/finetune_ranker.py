@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from rar_agent.encoders.hub import hub_access  # noqa: E402
 from rar_agent.errors import ConfigError, ModelLoadError, RarError  # noqa: E402
 
 __all__ = [
@@ -236,6 +237,22 @@ def _model_path(spec: str) -> str:
     return str(path.resolve()) if path.is_dir() else name
 
 
+def _load_failure(base: str, exc: BaseException) -> str:
+    """Why the base model cannot be loaded, and what to do instead."""
+    from huggingface_hub import constants
+
+    from rar_agent.encoders.hub import hub_reachable
+
+    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    if not Path(base).is_dir() and (constants.HF_HUB_OFFLINE or not hub_reachable()):
+        why = "its weights are not on this machine and the model hub cannot be reached"
+        return (
+            f"cannot load {base!r}: {why}; download it where the hub is reachable "
+            f"(hf download {base}) and pass --model hf:/path/to/model_dir"
+        )
+    return f"cannot load {base!r} as an image-text-to-text model: {why}"
+
+
 def lora_targets(model: Any, pattern: str = DEFAULT_TARGETS) -> str | list[str]:
     """The LoRA target modules: ``pattern`` if it matches linear layers, else ``all-linear``."""
     import re
@@ -296,10 +313,12 @@ def train(cfg: TrainConfig, progress: Callable[[int, float], None] | None = None
     dtype = torch.bfloat16 if bf16 else torch.float32
     model: Any
     try:
-        processor = AutoProcessor.from_pretrained(base)
-        model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
+        # An unreachable hub: cache-only loading after a 3 s probe, not minutes of retries.
+        with hub_access(base):
+            processor = AutoProcessor.from_pretrained(base)
+            model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
     except (OSError, ValueError, KeyError, ImportError) as e:
-        raise ModelLoadError(f"cannot load {base!r} as an image-text-to-text model: {e}") from e
+        raise ModelLoadError(_load_failure(base, e)) from e
     lora = LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,

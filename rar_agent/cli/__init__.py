@@ -1,6 +1,6 @@
 """The ``rar-agent`` command line.
 
-One module per subcommand (``recognize``, ``memory``, ``chat``, ``mcp``, ``evaluate``,
+One module per subcommand (``recognize``, ``memory``, ``teach``, ``chat``, ``mcp``, ``evaluate``,
 ``finetune``, ``datasets``), the options and helpers they share in ``options``. Only typer and
 the standard library are imported at module level, so ``rar-agent --help`` answers fast; a
 command imports the library when it runs.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from rar_agent.cli import chat, datasets, evaluate, finetune, mcp, memory, recognize
+from rar_agent.cli import chat, datasets, evaluate, finetune, mcp, memory, recognize, teach
 
 __all__ = ["app", "main"]
 
@@ -25,6 +25,11 @@ Build a memory from example images in DIR/<label>/*.jpg, then use it:
   rar-agent memory build --from-folder photos/
   rar-agent memory list
   rar-agent recognize photo.jpg --ranker openai:gpt-4o-mini --json
+
+Teach it (a new category, or the right label for a wrong answer), look back, undo:
+  rar-agent teach sandal new/sandal1.jpg new/sandal2.jpg
+  rar-agent memory history
+  rar-agent memory undo 1
 
 Measure retrieval alone (kNN) against retrieve-and-rank on labelled images:
   rar-agent eval --dataset photos/ --shots 4 --ranker local
@@ -48,6 +53,10 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("recognize")(recognize.recognize)
+app.command("teach")(teach.teach)
+memory.app.command("history")(teach.memory_history)
+memory.app.command("undo")(teach.memory_undo)
+memory.app.command("relabel")(teach.memory_relabel)
 app.add_typer(memory.app, name="memory")
 app.command("eval")(evaluate.evaluate)
 app.command("finetune-data", help=finetune.HELP)(finetune.finetune_data)

@@ -59,7 +59,10 @@ def chat(
 
     chat_model = resolve_chat_model(model, settings.ranker)
     # Like `mcp`: the page can only write to the memory when learning is allowed.
-    with open_recognizer(settings, labels, progress, read_only=not allow_learning) as recognizer:
+    recognizer = open_recognizer(
+        settings, labels, progress, read_only=not allow_learning, command="chat"
+    )
+    with recognizer:
         page = build_chat_page(
             recognizer,
             chat_model,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -30,6 +30,10 @@ from rar_agent.cli.options import (
     settings_from_options,
 )
 from rar_agent.cli.progress import staged_progress
+
+if TYPE_CHECKING:
+    from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.evaluation import EvalConfig
 
 __all__ = ["evaluate"]
 
@@ -84,6 +88,19 @@ OutOpt = Annotated[
     Path, typer.Option("--out", help="Folder for report.json/.md and the PNG plots.")
 ]
 PlotsOpt = Annotated[bool, typer.Option("--plots/--no-plots", help="Draw PNG plots.")]
+StreamOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stream",
+        help="Stream half the test images through recognize-then-teach (every wrong or "
+        "unknown answer taught with the true label) and measure what teaching buys: online "
+        "top-1, held-out top-1 before/after, a same-budget random control, a curve "
+        "(--shots 0 allowed: initial examples per class, default 1).",
+    ),
+]
+StreamShareOpt = Annotated[
+    float, typer.Option("--stream-share", help="With --stream: share of test images streamed.")
+]
 EvalMemoryOpt = Annotated[
     Path | None,
     typer.Option("--memory", help="Keep the evaluation memory here.", show_default="temporary"),
@@ -111,6 +128,8 @@ def evaluate(
     plots: PlotsOpt = True,
     as_json: JsonOpt = False,
     memory: EvalMemoryOpt = None,
+    stream: StreamOpt = False,
+    stream_share: StreamShareOpt = 0.5,
     clip_model: ClipModelOpt = None,
     clip_pretrained: ClipPretrainedOpt = None,
     encoder: EncoderOpt = None,
@@ -139,6 +158,10 @@ def evaluate(
             pretrained=loaded.pretrained if loaded else None, device=settings.device,
             memory=str(memory) if memory else None, open_set=open_set, reject=reject,
         )  # fmt: skip
+        if stream:
+            _stream(config, enc, out, stream_share, plots=plots, as_json=as_json,
+                    progress=progress)  # fmt: skip
+            return
         bar, update = staged_progress(
             progress, {"memory": "building memory", "queries": "evaluating queries"}
         )
@@ -155,3 +178,43 @@ def evaluate(
             f"[yellow]interrupted:[/] partial report written to {out}", highlight=False
         )
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _stream(
+    config: EvalConfig,
+    enc: ImageTextEncoder,
+    out: Path,
+    share: float,
+    *,
+    plots: bool,
+    as_json: bool,
+    progress: bool,
+) -> None:
+    """``eval --stream``: run the stream, write report.json (its "stream" object), the plot."""
+    import json
+    import tempfile
+
+    from rich.console import Console
+
+    from rar_agent.evaluation.stream import run_stream, write_stream_report
+
+    bar, update = staged_progress(progress, {"stream": "streaming and teaching"})
+    with tempfile.TemporaryDirectory(prefix="rar-stream-") as tmp, bar:
+        report = run_stream(config, encoder=enc, workdir=Path(tmp), stream_share=share,
+                            progress=update)  # fmt: skip
+    files = write_stream_report(report, config, out, plots=plots)
+    if as_json:
+        sys.stdout.write(json.dumps({"stream": report.model_dump(mode="json")}, indent=2) + "\n")
+        return
+    console = Console()
+    for rule, r in report.rules.items():
+        console.print(
+            f"{rule}: held-out top-1 {r.heldout_top1_start} -> {r.heldout_top1_end:.3f}, "
+            f"control {r.control_top1:.3f} ({r.vs_control_points:+.1f} pts)",
+            highlight=False,
+        )
+    console.print(
+        f"online top-1 {report.online_top1:.3f}; taught {report.taught} of {report.steps}; "
+        f"report: {files['markdown']}",
+        highlight=False,
+    )

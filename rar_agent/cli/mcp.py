@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 
 __all__ = ["mcp"]
 
+ExampleImagesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--example-images",
+        help="recognize_image also returns the closest stored examples of its top candidates "
+        "as image content (for multimodal clients).",
+    ),
+]
 HttpOpt = Annotated[
     bool,
     typer.Option(
@@ -47,6 +55,7 @@ def mcp(
     allow_root: AllowRootOpt = None,
     allow_urls: AllowUrlsOpt = False,
     allow_learning: AllowLearningOpt = False,
+    example_images: ExampleImagesOpt = False,
     labels: LabelsOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
@@ -60,12 +69,16 @@ def mcp(
     from rar_agent.mcp import create_server, is_loopback, require_mcp, serve_http, serve_stdio
 
     require_mcp()  # before any model loads: say at once what is missing
-    with open_recognizer(settings, labels, progress, read_only=not allow_learning) as recognizer:
+    recognizer = open_recognizer(
+        settings, labels, progress, read_only=not allow_learning, command="mcp"
+    )
+    with recognizer:
         server = create_server(
             recognizer,
             allowed_roots=list(allow_root or []),
             allow_urls=allow_urls,
             allow_learning=allow_learning,
+            example_images=example_images,
         )
         if not http:
             print_note("rar-agent MCP server on stdio")

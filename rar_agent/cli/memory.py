@@ -20,9 +20,11 @@ from rar_agent.cli.options import (
     ProgressOpt,
     ShotsOpt,
     load_settings_encoder,
+    print_note,
     settings_command,
 )
 from rar_agent.cli.progress import progress_bar
+from rar_agent.cli.recent import remember_memory
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -205,6 +207,7 @@ def _build(
                 report = builders.add_images(mem, enc, items or [], strict=strict, progress=update)
         _recalibrate(mem, report)
         _print_report(report, mem)
+        remember_memory(settings, mem, "memory build")
     return report
 
 
@@ -254,6 +257,7 @@ def _build_from_vectors(
         if description is not None:
             mem.set_description(description)
         _print_report(report, mem)
+        remember_memory(settings, mem, "memory build")
 
 
 def _labelled_images(
@@ -309,20 +313,20 @@ def memory_add(
         list[Path] | None, typer.Argument(help="Example images; none = add the class name.")
     ] = None,
 ) -> None:
-    """Add one category: example images, or its name as a text entry."""
+    """Add one category: example images (as `rar-agent teach`), or its name as a text entry."""
+    from rar_agent.cli.teach import teach_images
     from rar_agent.ingest import bind_memory, builders
     from rar_agent.memory import open_memory
 
+    if images:
+        teach_images(settings, label, images)
+        return
     with open_memory(settings) as mem:
         enc = load_settings_encoder(settings, mem)
         bind_memory(mem, enc)
-        if images:
-            pairs = [(str(p), label) for p in images]
-            report = builders.add_images(mem, enc, pairs, strict=True)
-        else:
-            report = builders.add_class_names(mem, enc, [label])
-        _recalibrate(mem, report)
+        report = builders.add_class_names(mem, enc, [label])
         _print_report(report, mem)
+        remember_memory(settings, mem, "memory add")
 
 
 @app.command("remove")
@@ -348,9 +352,7 @@ def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rar_agent.memory import open_memory
-
-    with open_memory(settings, create=False) as mem:
+    with _open_shown_memory(settings) as mem:
         counts = mem.labels()
     if as_json:
         typer.echo(json.dumps(counts, ensure_ascii=False))
@@ -361,15 +363,41 @@ def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
     Console().print(table)
 
 
+def _open_shown_memory(settings: "Settings") -> "CategoryMemory":
+    """The memory ``list`` / ``stats`` show: the one named, else the one the last command used.
+
+    Raises:
+        MemoryStoreError: It does not exist; unless one was named, the message lists the
+            memories that do and how to pick one.
+    """
+    from rar_agent.cli.recent import describe_choice, last_used_settings, names_a_memory
+    from rar_agent.errors import MemoryBusyError, MemoryStoreError
+    from rar_agent.memory import open_memory
+
+    shown, note = last_used_settings(settings)
+    try:
+        memory = open_memory(shown, create=False)
+    except MemoryBusyError:
+        raise
+    except MemoryStoreError:
+        if names_a_memory(settings):
+            raise
+        raise MemoryStoreError(
+            f"no memory named {settings.collection!r}: {describe_choice(settings)}"
+        ) from None
+    if note:
+        print_note(note)
+    return memory
+
+
 @app.command("stats")
 @settings_command(STORE)
 def memory_stats(settings: "Settings") -> None:
     """Show the memory's size, encoder, backend and open-set calibration as JSON."""
     from rar_agent import openset
     from rar_agent.config import parse_reject
-    from rar_agent.memory import open_memory
 
-    with open_memory(settings, create=False) as mem:
+    with _open_shown_memory(settings) as mem:
         stats = mem.stats()
         stats["open_set"] = _open_set_stats(openset.load(mem), parse_reject(settings.reject))
     typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Concatenate, ParamSpec
 import typer
 
 if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
@@ -341,13 +343,17 @@ def settings_from_options(**options: object) -> Settings:
     try:
         return Settings(**update)  # type: ignore[arg-type]
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in e.errors()
-        )
-        raise ConfigError(
-            f"invalid setting ({problems}): fix the option or RAR_* variable"
-        ) from None
+        problems = "; ".join(_setting_problem(err) for err in e.errors())
+        raise ConfigError(f"invalid {problems}") from None
+
+
+def _setting_problem(err: ErrorDetails) -> str:
+    """One validation error in the user's words: the option, its variable, our message."""
+    field = ".".join(str(p) for p in err["loc"]) or "settings"
+    options = {v: k for k, v in {"memory": "memory_path", "api_key": "qdrant_api_key"}.items()}
+    where = f"--{options.get(field, field).replace('_', '-')} (RAR_{field.upper()})"
+    cause = err.get("ctx", {}).get("error") if err["type"] == "value_error" else None
+    return f"{where}: {cause if cause is not None else err['msg']}"
 
 
 def load_settings_encoder(
@@ -363,19 +369,35 @@ def load_settings_encoder(
 
 
 def open_recognizer(
-    settings: Settings, labels: str | None, progress: bool, *, read_only: bool = False
+    settings: Settings,
+    labels: str | None,
+    progress: bool,
+    *,
+    read_only: bool = False,
+    command: str = "recognize",
 ) -> Recognizer:
     """The recognizer of ``recognize``, ``chat`` and ``mcp``: over ``--labels``, else the memory
-    (with ``read_only`` it must exist and nothing writes to it)."""
+    the settings name, else the built-in one (see ``memory.configured_memory``); with
+    ``read_only`` nothing writes to a named memory. Records the memory as the last used."""
     from rar_agent.cli.progress import progress_bar
+    from rar_agent.cli.recent import names_a_memory, remember_memory
     from rar_agent.pipeline import Recognizer
 
     label_list = labels.split(",") if labels is not None else None
     bar, update = progress_bar(progress, "building vocabulary memory")
     with bar:
-        return Recognizer.from_settings(
+        recognizer = Recognizer.from_settings(
             settings, labels=label_list, progress=update, read_only=read_only, announce=print_note
         )
+    name = recognizer.memory.info.collection
+    if label_list is None and not names_a_memory(settings) and name != settings.collection:
+        print_note(
+            f"no memory named {settings.collection!r} yet: using the built-in memory {name!r} "
+            f"({len(recognizer.memory.labels())} labels; `rar-agent memory list` shows it, "
+            f"--collection {name} names it)"
+        )
+    remember_memory(settings, recognizer.memory, command)
+    return recognizer
 
 
 #: Exit codes, one contract for every command (the README documents it).

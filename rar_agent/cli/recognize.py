@@ -14,10 +14,10 @@ from rar_agent.cli.options import (
     EXIT_INPUT_FAILED,
     RANKING,
     STORE,
-    JsonOpt,
     LabelsOpt,
     ProgressOpt,
     open_recognizer,
+    print_error,
     print_note,
     settings_command,
 )
@@ -44,9 +44,20 @@ NormalizedOpt = Annotated[
         show_default="detected from the values",
     ),
 ]
+JsonLinesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print JSON Lines on stdout: one JSON object per line, per image (per box with "
+        "--boxes); notes and progress go to stderr.",
+    ),
+]
 AnnotateOpt = Annotated[
     Path | None,
-    typer.Option("--annotate", help="With --boxes: save a picture with the labels drawn."),
+    typer.Option(
+        "--annotate",
+        help="With --boxes: save a picture with the labels drawn to this path (.png, .jpg).",
+    ),
 ]
 
 
@@ -55,7 +66,7 @@ def recognize(
     settings: "Settings",
     images: ImagesArg,
     labels: LabelsOpt = None,
-    as_json: JsonOpt = False,
+    as_json: JsonLinesOpt = False,
     boxes: BoxesOpt = None,
     normalized: NormalizedOpt = None,
     annotate: AnnotateOpt = None,
@@ -113,6 +124,7 @@ def _recognize_boxes(
             picture.save(annotate)
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot write {annotate}: {e}; use a .png or .jpg path") from e
+        print_note(f"wrote the annotated image to {annotate}")
     return results
 
 
@@ -129,7 +141,7 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
     for r in results:
         if r.error:
             where = r.image if r.box_id is None else f"{r.image} box {r.box_id}"
-            console.print(f"[bold]{where}[/]: [red]{r.error}[/]", highlight=False, soft_wrap=True)
+            print_error(f"{where}: {r.error}")
             continue
         where = r.image if r.box_id is None else f"{r.image} box {r.box_id} {r.box}"
         answer = (

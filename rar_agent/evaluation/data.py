@@ -213,6 +213,8 @@ def resolve_sets(
         raise ConfigError("give either --dataset or --memory-set/--test-set, not both")
     if dataset is not None and dataset.strip().lower() == FASHION_MNIST:
         return _fashion_mnist(workdir, shots, limit, seed, text_memory, fashion_mnist_root)
+    if dataset is not None:
+        _check_dataset_name(dataset)
     if text_memory:
         if memory_set is not None:
             raise ConfigError("--text-memory builds the memory from class names: drop --memory-set")
@@ -225,6 +227,20 @@ def resolve_sets(
             "or --text-memory --test-set DIR, or --dataset fashion-mnist"
         )
     return _separate_sets(memory_set, test_set, shots, limit, seed)
+
+
+def _check_dataset_name(dataset: str) -> None:
+    """Refuse a ``--dataset`` that is no path but looks like a mistyped built-in name."""
+    import difflib
+
+    if Path(dataset).expanduser().exists():
+        return
+    typed = dataset.strip().lower().replace("_", "-").replace(" ", "-")
+    if difflib.get_close_matches(typed, [FASHION_MNIST], n=1, cutoff=0.75):
+        raise ConfigError(
+            f"--dataset {dataset!r} is neither a built-in dataset nor a folder or manifest: "
+            f"did you mean --dataset {FASHION_MNIST}?"
+        )
 
 
 def _text_memory_sets(source: str | None, limit: int | None, seed: int) -> EvalSets:

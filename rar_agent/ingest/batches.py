@@ -1,7 +1,8 @@
 """One batch of a folder or manifest build, made ready in a background thread.
 
 Each ``(source, label)`` is read and hashed (SHA-256 of the file bytes), checked against the
-ids already stored, and decoded: everything the builder needs before encoding.
+ids already stored, and decoded: everything the builder needs before encoding. Each entry
+keeps a small thumbnail (:func:`rar_agent.images.make_thumbnail`) for results to show.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def prepare_batch(
     Raises:
         ImageError, LabelError, UnsafeInputError: Under ``strict``, the first bad item.
     """
-    from rar_agent.images import decode_image_bytes, load_image
+    from rar_agent.images import decode_image_bytes, load_image, make_thumbnail
 
     out = PreparedBatch()
     staged: list[tuple[MemoryEntry, bytes | None, Image.Image | None]] = []
@@ -116,6 +117,7 @@ def prepare_batch(
             out.failed.append((entry.source, str(e)))
             continue
         seen.add(pid)
+        entry.extra["thumbnail"] = make_thumbnail(image)  # not part of the id
         out.entries.append(entry)
         out.images.append(image)
     return out

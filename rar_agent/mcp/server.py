@@ -146,9 +146,26 @@ async def call_langchain_tool(tool: BaseTool, arguments: dict[str, Any]) -> type
     wrapped = declared is not None and _schema_of(declared)[1]
     structured = {"result": artifact} if wrapped else artifact
     return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)],
+        content=_content(message.content, text),
         structuredContent=structured if isinstance(structured, dict) else None,
     )
+
+
+def _content(blocks: Any, text: str) -> list[types.ContentBlock]:
+    """MCP content from a tool message: its text, then its image blocks (if any) as images."""
+    from mcp import types
+
+    out: list[types.ContentBlock] = []
+    if isinstance(blocks, list):
+        for block in blocks:
+            if isinstance(block, str):
+                out.append(types.TextContent(type="text", text=block))
+            elif isinstance(block, dict) and block.get("type") == "text":
+                out.append(types.TextContent(type="text", text=str(block.get("text", ""))))
+            elif isinstance(block, dict) and block.get("type") == "image" and block.get("base64"):
+                mime = str(block.get("mime_type") or "image/jpeg")
+                out.append(types.ImageContent(type="image", data=block["base64"], mimeType=mime))
+    return out or [types.TextContent(type="text", text=text)]
 
 
 def _error(message: str) -> types.CallToolResult:
@@ -223,12 +240,15 @@ def create_server(
     allowed_roots: Sequence[str | os.PathLike[str]] = (),
     allow_urls: bool = False,
     allow_learning: bool = False,
+    example_images: bool = False,
     name: str = SERVER_NAME,
 ) -> Server:
     """The rar-agent MCP server over one recognizer.
 
-    Tools: ``recognize_image``, ``search_categories``, ``list_categories``, and
-    ``add_category_example`` with ``allow_learning``. Images come as file paths inside
+    Tools: ``recognize_image``, ``search_categories`` (when the encoder has a text side),
+    ``list_categories``, and with ``allow_learning`` the teaching tools
+    (``add_category_example``, ``relabel_example``, ``teaching_history``, ``undo_teaching``;
+    taught examples record ``via="mcp"``). Images come as file paths inside
     ``allowed_roots``, public ``http(s)`` URLs when ``allow_urls``, or base64 data URIs.
 
     Args:
@@ -236,6 +256,8 @@ def create_server(
         allowed_roots: Directories whose image files clients may name (none by default).
         allow_urls: Let clients pass public ``http(s)`` image URLs.
         allow_learning: Serve the tool that adds examples to the memory.
+        example_images: ``recognize_image`` also returns the closest stored examples of its
+            top candidates as image content (opt-in; the text comes first).
         name: The server's name.
 
     Returns:
@@ -253,13 +275,23 @@ def create_server(
         allow_urls=allow_urls,
         allow_learning=allow_learning,
         image_ids=False,
+        via="mcp",
+        example_images=example_images,
     )
     memory = recognizer.memory.info
     about = f" ({memory.description})" if memory.description else ""
+    names = {tool.name for tool in tools}
+    knows = " and ".join(n for n in ("list_categories", "search_categories") if n in names)
     instructions = (
         f"Visual recognition with the category memory {memory.collection!r}{about}: "
         "recognize_image retrieves the closest known categories for an image and ranks them; "
-        "list_categories and search_categories tell what the memory knows."
-        + (" add_category_example teaches it a new example." if allow_learning else "")
+        f"{knows} tell what the memory knows."
+        + (
+            " add_category_example teaches it an example (or the right label for a wrong "
+            "answer), relabel_example moves a stored example to another label, "
+            "teaching_history and undo_teaching list and reverse what was taught."
+            if allow_learning
+            else ""
+        )
     )
     return build_server(tools, name=name, instructions=instructions)

@@ -95,8 +95,8 @@ class MemoryBackend(Protocol):
         """Number of points per label, optionally only of one kind."""
         ...
 
-    def count(self, kind: str | None) -> int:
-        """Number of points, optionally only of one kind."""
+    def count(self, kind: str | None, label: str | None = None) -> int:
+        """Number of points, optionally only of one kind and/or one label."""
         ...
 
     def optimize(self, min_unindexed: int) -> bool:

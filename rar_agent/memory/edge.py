@@ -431,14 +431,15 @@ class EdgeBackend:
             response = shard.facet(FacetRequest("label", limit=total, exact=True, filter=flt))
             return {str(h.value): int(h.count) for h in response if h.count > 0}
 
-    def count(self, kind: str | None) -> int:
-        """Number of points (of one kind)."""
+    def count(self, kind: str | None, label: str | None = None) -> int:
+        """Number of points (of one kind, of one label)."""
         from qdrant_edge import CountRequest
 
         with self._use("count entries") as shard:
             if shard is None:
                 return 0
-            return int(shard.count(CountRequest(exact=True, filter=_kind_filter(kind))))
+            flt = _kind_filter(kind, label)
+            return int(shard.count(CountRequest(exact=True, filter=flt)))
 
     def optimize(self, min_unindexed: int) -> bool:
         """Build the HNSW index (blocking) when enough points are still unindexed."""

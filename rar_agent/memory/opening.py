@@ -49,10 +49,13 @@ def open_memory(
 def configured_memory(settings: Settings, *, read_only: bool = False) -> CategoryMemory | None:
     """The memory the settings name; ``None`` when it is the default one and missing or empty.
 
-    A memory named explicitly (``memory_path``, ``collection`` or ``qdrant_url``) that does not
-    exist is an error, as in ``rar-agent memory list``, and so is one with no entries: a
-    mistyped path must not turn into an empty memory or a silent fallback. With ``read_only``
-    the memory is opened read-only and must exist even when it is the default one.
+    This is the one answer to "no memory was named" for ``recognize``, ``chat``, ``mcp`` and
+    ``Recognizer.from_settings``: ``None`` means the caller uses the built-in memory (see
+    ``pipeline.vocabulary_memory``). A memory named explicitly (``memory_path``,
+    ``collection`` or ``qdrant_url``) that does not exist is an error, as in ``rar-agent
+    memory list``, and so is one with no entries: a mistyped path must not turn into an empty
+    memory or a silent fallback. ``read_only`` opens the memory read-only; it changes nothing
+    about which memory is meant.
 
     Raises:
         MemoryStoreError: A named memory is missing, empty (``EmptyMemoryError``) or cannot
@@ -68,7 +71,7 @@ def configured_memory(settings: Settings, *, read_only: bool = False) -> Categor
     except MemoryBusyError:
         raise
     except MemoryStoreError:
-        if named or read_only:
+        if named:
             raise
         return None
     if memory.count() > 0:

@@ -331,14 +331,14 @@ class ServerBackend:
             )
         return {str(h.value): int(h.count) for h in response.hits if h.count > 0}
 
-    def count(self, kind: str | None) -> int:
-        """Number of points (of one kind)."""
+    def count(self, kind: str | None, label: str | None = None) -> int:
+        """Number of points (of one kind, of one label)."""
         self._check_open()
         if not self._exists:
             return 0
         with self._call("count entries"):
             result = self._client.count(
-                self.collection, count_filter=self._filter(kind), exact=True
+                self.collection, count_filter=self._filter(kind, label), exact=True
             )
         return int(result.count)
 

@@ -136,9 +136,9 @@ class Recognizer:
         the configured memory is used with the encoder it recorded (unless one is named); a
         memory named explicitly (``memory_path``, ``collection``, ``qdrant_url``) must exist
         and hold entries, while the default one, when missing or empty, gives way to the
-        encoder's built-in vocabulary (ImageNet-1k). With ``read_only`` the configured memory
-        must exist and nothing writes to it (the cached vocabulary memories are still built as
-        needed).
+        encoder's built-in vocabulary (ImageNet-1k). With ``read_only`` nothing writes to the
+        configured memory; the same memory is chosen (the cached vocabulary memories are still
+        built as needed).
 
         Args:
             settings: The settings (default: from the environment).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from rar_agent.ingest.builders import Progress
     from rar_agent.memory import CategoryMemory
 
-__all__ = ["vocabulary_memory"]
+__all__ = ["builtin_memory_name", "vocabulary_memory"]
 
 
 def vocabulary_memory(
@@ -55,6 +56,21 @@ def vocabulary_memory(
     return _text_vocabulary_memory(settings, encoder, labels, progress)
 
 
+def builtin_memory_name(encoder: ImageTextEncoder) -> str:
+    """The collection name of an encoder's built-in memory: ``builtin-efficientnet-lite0-8838``.
+
+    Readable (the encoder's name) and unique per encoder (a short hash of its fingerprint), so
+    a person can type it: ``rar-agent memory list --collection builtin-...``.
+    """
+    spec = spec_of(encoder)
+    name = spec.label if spec is not None else encoder.fingerprint.split(":", 1)[0]
+    if ":" in name:  # local-dir:/path/to/model, hf-hub:org/repo...: the last part reads best
+        name = name.rstrip("/").rsplit("/", 1)[-1]
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "encoder"
+    key = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()
+    return f"builtin-{slug}-{key[:4]}"
+
+
 def _text_vocabulary_memory(
     settings: Settings,
     encoder: ImageTextEncoder,
@@ -75,8 +91,8 @@ def _text_vocabulary_memory(
             "labels=['cat', 'dog'])"
         )
     key = hashlib.sha256(("\n".join(names) + "\x00" + encoder.fingerprint).encode()).hexdigest()
-    prefix = "imagenet" if labels is None else "labels"
-    memory = open_memory(settings, collection=f"{prefix}-{key[:16]}")
+    name = builtin_memory_name(encoder) if labels is None else f"labels-{key[:16]}"
+    memory = open_memory(settings, collection=name)
     bind_memory(memory, encoder)
     if memory.count("text") < len(set(names)):
         add_class_names(memory, encoder, names, templates=templates, progress=progress)
@@ -89,8 +105,7 @@ def _builtin_vocabulary_memory(
     from rar_agent.ingest.vocabulary import add_builtin_vocabulary
     from rar_agent.memory import open_memory
 
-    key = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()
-    memory = open_memory(settings, collection=f"builtin-{key[:16]}")
+    memory = open_memory(settings, collection=builtin_memory_name(encoder))
     try:
         add_builtin_vocabulary(memory, encoder, progress=progress)  # stores only what is missing
     except BaseException:

@@ -8,7 +8,10 @@
 - :class:`ListCategoriesTool` lists what the memory knows: its labels and how many entries each.
 - :class:`UnknownGroupsTool` lists the groups of look-alike unknown images seen lately, so an
   agent asks once about a new thing seen many times.
-- :class:`AddCategoryTool` teaches the memory a new example (off unless learning is allowed).
+- :class:`AddCategoryTool` teaches the memory a new example or corrects an answer;
+  :class:`RelabelExampleTool`, :class:`TeachingHistoryTool` and :class:`UndoTeachingTool`
+  move an example, list and undo what was taught (all off unless learning is allowed; all
+  through :class:`~rar_agent.pipeline.teacher.Teacher`).
 - :class:`ImageRegistry` holds the images of a conversation by id, so a model passes short
   ids and never raw bytes; the agent middleware, the chat page and the tools share one. It
   lives in :mod:`rar_agent.registry` and is re-exported here.
@@ -19,23 +22,33 @@ Every failure reaches the model as a tool error (``ToolException`` with
 ``handle_tool_error=True``), never as a crash. Each tool's artifact has a declared shape
 (``artifact_type``, a pydantic type), which the MCP server publishes as its output schema.
 Modules: ``base`` (the recognizer protocol, image references, the shared base tool),
-``recognize`` (recognize and search), ``listing`` (list categories), ``learn`` (add an
-example).
+``recognize`` (recognize and search), ``listing`` (list categories), ``learn`` (the
+teaching tools).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.tools import BaseTool
 
+from rar_agent.encoders.base import has_text_tower
 from rar_agent.registry import IMAGE_ID_PATTERN as IMAGE_ID_PATTERN
 from rar_agent.registry import ImageRegistry, ImageScope, RegisteredImage
 from rar_agent.safety import normalize_roots
 from rar_agent.tools.base import ImageResolver, RecognizerLike
-from rar_agent.tools.learn import AddCategoryInput, AddCategoryTool
+from rar_agent.tools.learn import (
+    AddCategoryInput,
+    AddCategoryTool,
+    RelabelExampleInput,
+    RelabelExampleTool,
+    TeachingHistoryInput,
+    TeachingHistoryTool,
+    UndoTeachingInput,
+    UndoTeachingTool,
+)
 from rar_agent.tools.listing import (
     ListCategoriesInput,
     ListCategoriesTool,
@@ -51,6 +64,9 @@ from rar_agent.tools.recognize import (
     format_result,
 )
 
+if TYPE_CHECKING:
+    from rar_agent.results import TeachVia
+
 __all__ = [
     "AddCategoryInput",
     "AddCategoryTool",
@@ -64,6 +80,12 @@ __all__ = [
     "RecognizeTool",
     "RecognizerLike",
     "RegisteredImage",
+    "RelabelExampleInput",
+    "RelabelExampleTool",
+    "TeachingHistoryInput",
+    "TeachingHistoryTool",
+    "UndoTeachingInput",
+    "UndoTeachingTool",
     "UnknownGroupsInput",
     "UnknownGroupsTool",
     "format_result",
@@ -80,6 +102,9 @@ def make_tools(
     allow_learning: bool = False,
     image_ids: bool = True,
     reject: str | float | None = None,
+    via: TeachVia = "tool",
+    by: str | None = None,
+    example_images: bool = False,
 ) -> list[BaseTool]:
     """The recognition tools over one recognizer, sharing one image registry.
 
@@ -95,7 +120,7 @@ def make_tools(
         allowed_roots: Directories whose files the tools may read (none by default).
         allow_urls: Let the tools fetch public ``http(s)`` URLs (off by default; loopback,
             private and link-local addresses are always refused).
-        allow_learning: Include :class:`AddCategoryTool` (off by default).
+        allow_learning: Include the teaching tools (off by default).
         image_ids: Accept image ids from a conversation's registry. ``False`` for callers
             that hold no conversation (the MCP server): images come as paths, URLs or data
             URIs only, and ``registry`` is ignored.
@@ -123,12 +148,25 @@ def make_tools(
     forms = ImageResolver(registry=registry, allowed_roots=roots, allow_urls=allow_urls)
     accepts = f" Images it accepts: {forms.accepted()}."
     tools: list[BaseTool] = [
-        RecognizeTool(description=RECOGNIZE_WHAT + accepts, can_learn=allow_learning, **shared),
+        RecognizeTool(
+            description=RECOGNIZE_WHAT + accepts,
+            can_learn=allow_learning,
+            example_images=example_images,
+            **shared,
+        ),
         CategorySearchTool(**shared),
         ListCategoriesTool(**shared),
         UnknownGroupsTool(**shared),
     ]
+    if not has_text_tower(recognizer.encoder):  # it could only ever fail
+        tools = [t for t in tools if not isinstance(t, CategorySearchTool)]
     if allow_learning:
         description = AddCategoryTool.model_fields["description"].default + accepts
-        tools.append(AddCategoryTool(enabled=True, description=description, **shared))
+        teach = {"enabled": True, "via": via, "by": by, **shared}
+        tools += [
+            AddCategoryTool(description=description, **teach),
+            RelabelExampleTool(**teach),
+            TeachingHistoryTool(**teach),
+            UndoTeachingTool(**teach),
+        ]
     return tools

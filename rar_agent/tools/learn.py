@@ -1,21 +1,130 @@
-"""The learning tool: store an example image under a label (off unless learning is allowed)."""
+"""The teaching tools (off unless learning is allowed): add or correct an example, move one
+to another label, read the teaching history, undo it.
+
+All of them go through :class:`~rar_agent.pipeline.teacher.Teacher`, the one door through
+which the memory learns, so a tool call obeys the same rules as the CLI and the chat page
+(provenance, no image under two labels, calibration kept current).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field
 
 from rar_agent.errors import RarError
-from rar_agent.results import ExampleAdded
+from rar_agent.results import (
+    ExampleAdded,
+    ExampleRelabeled,
+    TeachAction,
+    TeachingEvent,
+    TeachingHistory,
+    TeachingUndone,
+    TeachVia,
+)
 from rar_agent.tools.base import RecognizerTool, tool_error
 
-__all__ = ["AddCategoryInput", "AddCategoryTool"]
+if TYPE_CHECKING:
+    from rar_agent.pipeline.teacher import Teacher
+
+__all__ = [
+    "AddCategoryInput",
+    "AddCategoryTool",
+    "RelabelExampleInput",
+    "RelabelExampleTool",
+    "TeachingHistoryInput",
+    "TeachingHistoryTool",
+    "TeachingTool",
+    "UndoTeachingInput",
+    "UndoTeachingTool",
+    "describe_added",
+    "describe_event",
+]
+
+
+class TeachingTool(RecognizerTool):
+    """Shared fields of the teaching tools.
+
+    Off unless ``enabled=True``: an agent that talks to untrusted people should not be able
+    to rewrite what the memory knows. :func:`~rar_agent.tools.make_tools` sets it from
+    ``allow_learning``.
+
+    Attributes:
+        via: Where the teaching comes from, recorded with each example (tool, mcp, chat).
+        by: Who teaches, when known (recorded).
+    """
+
+    writes_memory: ClassVar[bool] = True
+    enabled: bool = False
+    via: TeachVia = "tool"
+    by: str | None = None
+
+    def teacher(self) -> Teacher:
+        """A teacher over the recognizer's memory, recording this tool's ``via``/``by``."""
+        from rar_agent.pipeline.teacher import Teacher
+
+        if not self.enabled:
+            raise ToolException("learning is disabled for this agent: the memory is read-only")
+        return Teacher(self.recognizer.memory, self.recognizer.encoder, via=self.via, by=self.by)
+
+
+def describe_added(result: ExampleAdded) -> str:
+    """One person- and model-readable sentence about a taught example."""
+    label = result.label
+    fix = (
+        f" (it had been answered {result.corrected_from!r})"
+        if result.action == "correct" and result.corrected_from
+        else ""
+    )
+    if not result.added:
+        text = f"{result.image} was already stored as an example of {label!r}."
+    elif result.new_category:
+        text = (
+            f"Stored {result.image} as the first example of the new category {label!r}{fix}; "
+            "images like it are now recognized as it."
+        )
+    elif result.action == "confirm":
+        text = (
+            f"Kept {result.image} as an example of {label!r}, as confirmed "
+            f"({result.category_examples} examples now)."
+        )
+    elif fix:
+        text = (
+            f"Corrected: stored {result.image} as an example of {label!r}{fix}; "
+            f"{result.category_examples} examples now."
+        )
+    else:
+        text = (
+            f"Stored {result.image} as an example of {label!r} "
+            f"({result.category_examples} examples now)."
+        )
+    for near in result.near_duplicates[:3]:
+        text += (
+            f" Note: it is nearly identical (similarity {near.similarity:.3f}) to an example "
+            f"of {near.label!r} (entry {near.id}), so the two may be confused; if that "
+            "example is wrong, relabel it."
+        )
+    return text
+
+
+def describe_event(event: TeachingEvent) -> str:
+    """One line of the teaching history."""
+    who = f" by {event.by}" if event.by else ""
+    if event.event == "relabeled":
+        what = (
+            f"moved {event.source or 'an example'} from {event.previous_label!r} to {event.label!r}"
+        )
+    else:
+        verb = {"confirm": "confirmed", "correct": "corrected"}.get(event.action or "", "taught")
+        fix = f" (was answered {event.corrected_from!r})" if event.corrected_from else ""
+        what = f"{verb} {event.source or 'an example'} as {event.label!r}{fix}"
+    return f"{event.at[:19].replace('T', ' ')} via {event.via}{who}: {what} [entry {event.id}]"
+
+
+# ---------------------------------------------------------------------------- add / correct
 
 
 class AddCategoryInput(BaseModel):
@@ -26,87 +135,189 @@ class AddCategoryInput(BaseModel):
     )
     image: str | None = Field(
         default=None,
-        description="The example image id from the conversation; omit for the latest image.",
+        description="The example image, in one of the forms the tool description lists.",
+    )
+    corrects: str | None = Field(
+        default=None,
+        max_length=200,
+        description="When the user says an answer was wrong: the wrong answer (recorded).",
+    )
+    confirmed: bool = Field(
+        default=False,
+        description="True when the user confirmed the recognizer's answer (label) and wants "
+        "the photo kept as an example.",
     )
 
 
-class AddCategoryTool(RecognizerTool):
-    """Teach the memory a category from an example image (a new category or a new example).
-
-    Off unless ``enabled=True``: an agent that talks to untrusted people should not be able
-    to rewrite what the memory knows. :func:`make_tools` sets it from ``allow_learning``.
-    """
+class AddCategoryTool(TeachingTool):
+    """Teach the memory a category from an example image (a new category, a new example, or
+    the right label for an answer that was wrong)."""
 
     name: str = "add_category_example"
     description: str = (
         "Teach the memory: store an image as an example of a category (label), so it is "
-        "recognized next time. Use only when the user asks to teach or correct a category."
+        "recognized next time. Use when the user names what an image shows, confirms an "
+        "answer and wants the photo kept, or says an answer was wrong (pass the wrong answer "
+        "as corrects). An image already stored under another label is refused: relabel that "
+        "example instead if the user confirms."
     )
     args_schema: type[BaseModel] = AddCategoryInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     artifact_type: ClassVar[object] = ExampleAdded
-    writes_memory: ClassVar[bool] = True
-    enabled: bool = False
 
     def _run(
         self,
         label: str,
         image: str | None = None,
+        corrects: str | None = None,
+        confirmed: bool = False,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        if not self.enabled:
-            raise ToolException("learning is disabled for this agent: the memory is read-only")
-        from rar_agent import openset
-        from rar_agent.ingest.builders import add_images
-        from rar_agent.memory import normalize_label
+        from rar_agent.pipeline.teacher import ExampleImage
 
-        start = time.perf_counter()
         try:
-            clean = normalize_label(label)
+            teacher = self.teacher()
             source = self.resolver().resolve(image)
-            memory = self.recognizer.memory
-            # The builders' own path (as `memory build`): same content hash, no duplicates.
-            payload = source.payload
-            item = (
-                (str(payload), clean)
-                if isinstance(payload, Path)
-                else (source.name, clean, payload)
-            )
-            report = add_images(
-                memory, self.recognizer.encoder, [item], strict=True, extra={"added_by": self.name}
-            )
-            added = report.added
-            if added:  # a taught example updates the calibration, never a full refit
-                openset.update(memory, added=report.sample_ids)
-            examples = memory.labels("image").get(clean, 0)
-            after = memory.count("image")
+            example = ExampleImage(source.name, source.payload)
+            action: TeachAction = "correct" if corrects else "confirm" if confirmed else "add"
+            result = teacher.add(label, [example], action=action, corrected_from=corrects)[0]
         except RarError as e:
             raise tool_error(e) from e
-        new = bool(added and examples == 1)
-        if not added:
-            text = f"{source.name} was already stored as an example of {clean!r}."
-        elif new:
-            text = (
-                f"Stored {source.name} as the first example of the new category {clean!r}; "
-                "images like it are now recognized as it."
-            )
-        else:
-            text = f"Stored {source.name} as an example of {clean!r} ({examples} examples now)."
-        artifact = ExampleAdded(
-            label=clean,
-            image=source.name,
-            added=added,
-            new_category=new,
-            category_examples=examples,
-            image_entries=after,
-            seconds=round(time.perf_counter() - start, 3),
-        )
-        return text, artifact.model_dump(mode="json")
+        return describe_added(result), result.model_dump(mode="json")
 
     async def _arun(
         self,
         label: str,
         image: str | None = None,
+        corrects: str | None = None,
+        confirmed: bool = False,
         run_manager: AsyncCallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        return await asyncio.to_thread(self._run, label, image)
+        return await asyncio.to_thread(self._run, label, image, corrects, confirmed)
+
+
+# ---------------------------------------------------------------------------- relabel
+
+
+class RelabelExampleInput(BaseModel):
+    """Arguments of :class:`RelabelExampleTool`."""
+
+    example: str = Field(
+        min_length=1,
+        max_length=100,
+        description="The stored example's entry id (a refusal or the history names it).",
+    )
+    label: str = Field(min_length=1, max_length=200, description="The label to move it to.")
+
+
+class RelabelExampleTool(TeachingTool):
+    """Move one stored example to another label (when it was taught under the wrong one)."""
+
+    name: str = "relabel_example"
+    description: str = (
+        "Move a stored example image to another label, by its entry id: use it when the user "
+        "confirms that an example was stored under the wrong category (add_category_example "
+        "refuses to store the same image under a second label and names the entry)."
+    )
+    args_schema: type[BaseModel] = RelabelExampleInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = ExampleRelabeled
+
+    def _run(
+        self, example: str, label: str, run_manager: CallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        try:
+            moved = self.teacher().relabel(example, label)
+        except RarError as e:
+            raise tool_error(e) from e
+        if moved.previous_label == moved.label:
+            text = f"Entry {moved.id} is already an example of {moved.label!r}."
+        else:
+            text = (
+                f"Moved the example from {moved.previous_label!r} to {moved.label!r} (entry "
+                f"{moved.id} now; {moved.category_examples} examples of {moved.label!r})."
+            )
+        return text, moved.model_dump(mode="json")
+
+    async def _arun(
+        self, example: str, label: str, run_manager: AsyncCallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._run, example, label)
+
+
+# ---------------------------------------------------------------------------- history, undo
+
+
+class TeachingHistoryInput(BaseModel):
+    """Arguments of :class:`TeachingHistoryTool`."""
+
+    limit: int = Field(default=10, ge=1, le=200, description="How many recent events.")
+
+
+class TeachingHistoryTool(TeachingTool):
+    """List what the memory was taught recently (examples added, corrected, relabelled)."""
+
+    name: str = "teaching_history"
+    description: str = (
+        "List the most recent teaching events of the memory (examples added, confirmed, "
+        "corrected or relabelled), oldest first, with when, from where and by whom."
+    )
+    args_schema: type[BaseModel] = TeachingHistoryInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = TeachingHistory
+    writes_memory: ClassVar[bool] = False
+
+    def _run(
+        self, limit: int = 10, run_manager: CallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        try:
+            history = self.teacher().history(limit)
+        except RarError as e:
+            raise tool_error(e) from e
+        if not history.events:
+            return "Nothing has been taught to this memory yet.", history.model_dump(mode="json")
+        lines = [f"Last {len(history.events)} of {history.total} teaching events:"]
+        lines += [describe_event(e) for e in history.events]
+        return "\n".join(lines), history.model_dump(mode="json")
+
+    async def _arun(
+        self, limit: int = 10, run_manager: AsyncCallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._run, limit)
+
+
+class UndoTeachingInput(BaseModel):
+    """Arguments of :class:`UndoTeachingTool`."""
+
+    n: int = Field(default=1, ge=1, le=50, description="How many of the last events to undo.")
+
+
+class UndoTeachingTool(TeachingTool):
+    """Undo the last teaching events (remove taught examples, move relabelled ones back)."""
+
+    name: str = "undo_teaching"
+    description: str = (
+        "Undo the last n teaching events: taught examples are removed, relabelled ones moved "
+        "back. Use only when the user asks to undo what was taught."
+    )
+    args_schema: type[BaseModel] = UndoTeachingInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = TeachingUndone
+
+    def _run(
+        self, n: int = 1, run_manager: CallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        try:
+            undone = self.teacher().undo(n)
+        except RarError as e:
+            raise tool_error(e) from e
+        if not undone.undone:
+            return "Nothing to undo: nothing has been taught.", undone.model_dump(mode="json")
+        lines = [f"Undid {len(undone.undone)} teaching event(s), newest first:"]
+        lines += [describe_event(e) for e in undone.undone]
+        return "\n".join(lines), undone.model_dump(mode="json")
+
+    async def _arun(
+        self, n: int = 1, run_manager: AsyncCallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._run, n)

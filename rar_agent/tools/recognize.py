@@ -19,6 +19,8 @@ __all__ = [
     "RecognizeInput",
     "RECOGNIZE_WHAT",
     "RecognizeTool",
+    "EXAMPLE_BLOCKS",
+    "example_blocks",
     "format_result",
 ]
 
@@ -80,10 +82,13 @@ def _format_unknown(result: RecognitionResult, where: str, can_learn: bool) -> s
     why = []
     rej = result.rejection
     if "below_threshold" in rej.reasons and rej.similarity is not None and rej.threshold:
-        why.append(
-            f"its best match scores {rej.similarity:.3f}, below the {rej.threshold:.3f} that "
-            "images of that category reach"
+        top = result.candidates[0]
+        measured = (
+            f"its closest example of {top.label} scores {rej.similarity:.3f}"
+            if abs(rej.similarity - top.score) < 5e-4
+            else f"the 2 closest examples of {top.label} average {rej.similarity:.3f}"
         )
+        why.append(f"{measured}, below the {rej.threshold:.3f} that images of that category reach")
     if "ranker_none" in rej.reasons:
         why.append("the ranking model said none of the candidates fits")
     group = result.novel_group
@@ -111,9 +116,7 @@ class RecognizeInput(BaseModel):
 
     image: str | None = Field(
         default=None,
-        description="The image, in a form the tool description lists (e.g. an id like "
-        "'img-3fa4c2d19b07' from the conversation). Omit it to use the latest image of the "
-        "conversation.",
+        description="The image, in one of the forms the tool description lists.",
     )
     k: int | None = Field(
         default=None, ge=1, le=50, description="How many candidate categories to return."
@@ -157,6 +160,11 @@ class RecognizeTool(RecognizerTool):
     can_learn: bool = Field(
         default=False, description="An add_category_example tool is available (text hint)."
     )
+    example_images: bool = Field(
+        default=False,
+        description="Return the closest stored examples of the top candidates as image "
+        "content blocks after the text (for multimodal models; opt-in).",
+    )
 
     def _run(
         self,
@@ -164,7 +172,7 @@ class RecognizeTool(RecognizerTool):
         k: int | None = None,
         boxes: list[list[float]] | None = None,
         run_manager: CallbackManagerForToolRun | None = None,
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str | list[str | dict[str, Any]], dict[str, Any]]:
         try:
             source = self.resolver().resolve(image)
             if boxes:
@@ -177,7 +185,10 @@ class RecognizeTool(RecognizerTool):
             raise tool_error(e) from e
         result.image = source.name
         text = format_result(result, image_name=source.name, can_learn=self.can_learn)
-        return text, result.model_dump(mode="json")
+        blocks = example_blocks(result) if self.example_images else []
+        return ([{"type": "text", "text": text}, *blocks] if blocks else text), result.model_dump(
+            mode="json"
+        )
 
     async def _arun(
         self,
@@ -185,8 +196,29 @@ class RecognizeTool(RecognizerTool):
         k: int | None = None,
         boxes: list[list[float]] | None = None,
         run_manager: AsyncCallbackManagerForToolRun | None = None,
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str | list[str | dict[str, Any]], dict[str, Any]]:
         return await asyncio.to_thread(self._run, image, k, boxes)
+
+
+EXAMPLE_BLOCKS = 3
+"""Candidates whose closest stored example is returned as an image block (opt-in)."""
+
+
+def example_blocks(result: RecognitionResult) -> list[dict[str, Any]]:
+    """Content blocks showing why: for each of the top candidates with a stored thumbnail, a
+    caption and its closest example as a LangChain standard image block."""
+    blocks: list[dict[str, Any]] = []
+    for cand in result.candidates[:EXAMPLE_BLOCKS]:
+        example = next((e for e in cand.examples if e.thumbnail), None)
+        if example is None or example.thumbnail is None:
+            continue
+        mime, _, data = example.thumbnail.removeprefix("data:").partition(";base64,")
+        caption = f"Closest stored example of {cand.label} (similarity {example.score:.3f}):"
+        blocks += [
+            {"type": "text", "text": caption},
+            {"type": "image", "base64": data, "mime_type": mime or "image/jpeg"},
+        ]
+    return blocks
 
 
 def _regions_output(

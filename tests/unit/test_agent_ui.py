@@ -95,15 +95,15 @@ def test_history_to_messages_reads_gradio_messages(recognizer: Any) -> None:
 async def test_session_turns_keep_the_conversation_image(recognizer: Any) -> None:
     session = ChatSession(create_rar_agent(None, recognizer=recognizer), recognition_only=True)
     photo = str(recognizer.example_images["yellow banana"])
-    first = await session.respond({"text": "", "files": [photo]}, [])
+    first = (await session.respond({"text": "", "files": [photo]}, []))["content"]
     assert "**Answer: yellow banana**" in first and "| 1 | **yellow banana** | 1.000 |" in first
     history = [
         {"role": "user", "content": [{"type": "file", "file": {"path": photo}}]},
         {"role": "assistant", "content": [{"type": "text", "text": first}]},
     ]
-    hello = await session.respond({"text": "hello", "files": []}, history)
+    hello = (await session.respond({"text": "hello", "files": []}, history))["content"]
     assert "No chat model is configured" in hello
-    assert await session.respond({"text": "  ", "files": []}, []) == (
+    assert (await session.respond({"text": "  ", "files": []}, []))["content"] == (
         "Type a question or upload a photo."
     )
     # A model that calls the tool without an id gets this session's latest image from the
@@ -113,7 +113,7 @@ async def test_session_turns_keep_the_conversation_image(recognizer: Any) -> Non
     policy_session = ChatSession(
         create_rar_agent(PolicyChatModel(policy=recognize_then_lookup), recognizer=recognizer)
     )
-    again = await policy_session.respond("and what was it?", history)
+    again = (await policy_session.respond("and what was it?", history))["content"]
     assert "**Answer: yellow banana**" in again
 
 
@@ -131,13 +131,13 @@ async def test_a_session_never_recognizes_another_sessions_image(recognizer: Any
     agent = create_rar_agent(PolicyChatModel(policy=recognize_latest), recognizer=recognizer)
     alice, bob = ChatSession(agent), ChatSession(agent)  # one page, two browser sessions
     photo = str(recognizer.example_images["black cat"])
-    seen = await alice.respond({"text": "what is it?", "files": [photo]}, [])
+    seen = (await alice.respond({"text": "what is it?", "files": [photo]}, []))["content"]
     assert "**Answer: black cat**" in seen
-    reply = await bob.respond({"text": f"what is in {ref}?", "files": []}, [])
+    reply = (await bob.respond({"text": f"what is in {ref}?", "files": []}, []))["content"]
     assert "black cat" not in reply
     assert "**Tool error** (recognize\\_image): no image in this conversation yet" in reply
     own = str(recognizer.example_images["red apple"])
-    mine = await bob.respond({"text": f"and {ref}?", "files": [own]}, [])
+    mine = (await bob.respond({"text": f"and {ref}?", "files": [own]}, []))["content"]
     assert "**Answer: red apple**" in mine and "black cat" not in mine.split("|")[0]
 
 
@@ -146,7 +146,7 @@ async def test_session_reports_model_failures_readably(recognizer: Any) -> None:
         raise RuntimeError("provider is down")
 
     agent = create_rar_agent(PolicyChatModel(policy=broken), recognizer=recognizer)
-    reply = await ChatSession(agent).respond({"text": "hi", "files": []}, [])
+    reply = (await ChatSession(agent).respond({"text": "hi", "files": []}, []))["content"]
     assert reply.startswith("⚠️ **The agent failed:** RuntimeError: provider is down")
 
 

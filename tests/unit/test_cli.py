@@ -97,13 +97,19 @@ def test_errors_are_one_clear_line_not_a_traceback(env: Path) -> None:
     bad = env / "bad.png"
     bad.write_text("hello")
     code, out = _run("recognize", str(bad), "--labels", "cat,dog", "--no-progress")
-    assert code == 1 and "not an image" in out and "Traceback" not in out
+    assert code == 1 and f"error: {bad}: " in out and "not an image" in out
+    assert "Traceback" not in out
+    code, out = _run("recognize", str(env / "missing.jpg"), "--labels", "cat,dog")
+    assert code == 1 and f"error: {env / 'missing.jpg'}: image file not found" in out
     code, out = _run("memory", "build", "--no-progress")
     assert code == 2 and "exactly one of" in out
     code, out = _run(
         "recognize", str(env / "imgs" / "alpha" / "0.png"), "--k", "0", "--labels", "a,b"
     )
-    assert code == 2 and "k:" in out and "greater than or equal to 1" in out
+    assert code == 2 and "--k (RAR_K): " in out and "greater than or equal to 1" in out
+    code, out = _run("recognize", str(bad), "--reject", "banana")
+    assert code == 2 and "Value error" not in out
+    assert "error: invalid --reject (RAR_REJECT): unknown reject setting 'banana'" in out
 
 
 def _subprocess_env(home: Path) -> dict[str, str]:
@@ -309,3 +315,9 @@ def test_settings_command_refuses_a_command_it_cannot_read() -> None:
         settings_command(STORE)(no_settings)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="postpone"):
         settings_command(STORE)(postponed)
+
+
+def test_recognize_help_says_json_is_json_lines() -> None:
+    result = runner.invoke(app, ["recognize", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "JSON Lines" in result.output and "one JSON object per line" in result.output

@@ -144,7 +144,11 @@ def test_a_memory_remembers_its_encoder(tmp_path: Path, monkeypatch: pytest.Monk
     assert done.exit_code == 0, done.output
     record = json.loads(done.stdout)
     assert record["label"] == "beta" and record["encoder"] == f"{FACTORY_FILE}:hashing_encoder"
-    added = runner.invoke(app, ["memory", "add", "gamma", query, "--memory", str(memory)])
+    refused = runner.invoke(app, ["memory", "add", "gamma", query, "--memory", str(memory)])
+    assert refused.exit_code == 2 and "already stored as an example of 'beta'" in refused.output
+    fresh = tmp_path / "gamma.png"
+    Image.new("RGB", (24, 24), (10, 200, 90)).save(fresh)
+    added = runner.invoke(app, ["memory", "add", "gamma", str(fresh), "--memory", str(memory)])
     assert added.exit_code == 0, added.output
 
     other = runner.invoke(app, ["recognize", query, "--memory", str(memory),

@@ -147,3 +147,21 @@ def test_script_reports_bad_data_clearly(
     bad.write_text(json.dumps([{"conversations": [{"from": "human", "value": "hi"}]}]))
     with pytest.raises(ConfigError, match="gpt"):
         record_messages(load_records(bad)[0], image_root=tmp_path)
+
+
+def test_script_without_the_model_offline_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No weights and no hub: one message at once (cache only), not minutes of retries."""
+    from huggingface_hub import constants
+
+    from tools.finetune_ranker import main
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    data = tmp_path / "train.json"
+    turns = [{"from": "human", "value": "<image>rank"}, {"from": "gpt", "value": '["a"]'}]
+    data.write_text(json.dumps([{"image": "x.png", "conversations": turns}]))
+    code = main(["--model", "hf:nobody/no-such-model", "--data", str(data),
+                 "--out", str(tmp_path / "o"), "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "model hub cannot be reached" in err and "hf download" in err

@@ -74,7 +74,8 @@ async def exercise(session: ClientSession, images: Path, *, learning: bool) -> d
     listing = await session.list_tools()
     names = [tool.name for tool in listing.tools]
     expected = ["recognize_image", "search_categories", "list_categories", "list_unknown_groups"]
-    assert names == expected + (["add_category_example"] if learning else [])
+    teaching = ["add_category_example", "relabel_example", "teaching_history", "undo_teaching"]
+    assert names == expected + (teaching if learning else [])
     assert all(tool.outputSchema is not None for tool in listing.tools)
 
     # A real photo by path (relative to the allowed root); the client checks the structured
@@ -111,6 +112,15 @@ async def exercise(session: ClientSession, images: Path, *, learning: bool) -> d
         assert taught.structuredContent["added"] == 1
         again = await session.call_tool("recognize_image", {"image": "coffee.jpg"})
         assert again.structuredContent["label"] == "coffee"
+        refused = await session.call_tool(
+            "add_category_example", {"label": "dog", "image": "cat.jpg"}
+        )
+        assert refused.isError and "already stored as an example of 'cat'" in text_of(refused)
+        history = await session.call_tool("teaching_history", {"limit": 5})
+        [event] = history.structuredContent["events"]
+        assert event["label"] == "coffee" and event["via"] == "mcp"
+        undone = await session.call_tool("undo_teaching", {"n": 1})
+        assert not undone.isError and undone.structuredContent["undone"][0]["label"] == "coffee"
     return {"tools": listing.tools, "result": by_path}
 
 

@@ -198,18 +198,18 @@ async def test_chat_page_session_unknown_then_named_then_known(
     agent = create_rar_agent(None, recognizer=recognizer, allow_learning=True)
     session = ChatSession(agent, recognition_only=True, can_learn=True)
     first_photo = str(clusters.save(NEW, 1, tmp_path / "page"))
-    first = await session.respond({"text": "", "files": [first_photo]}, [])
+    first = (await session.respond({"text": "", "files": [first_photo]}, []))["content"]
     assert "**Unknown: not a category in memory.**" in first and "Tell me what it shows" in first
     history = [
         {"role": "user", "content": [{"type": "file", "file": {"path": first_photo}}]},
         {"role": "assistant", "content": [{"type": "text", "text": first}]},
     ]
-    named = await session.respond({"text": "it is a bicycle", "files": []}, history)
+    named = (await session.respond({"text": "it is a bicycle", "files": []}, history))["content"]
     assert "new category 'bicycle'" in named
     second_photo = str(clusters.save(NEW, 5, tmp_path / "page"))
     history += [
         {"role": "user", "content": [{"type": "text", "text": "it is a bicycle"}]},
         {"role": "assistant", "content": [{"type": "text", "text": named}]},
     ]
-    known = await session.respond({"text": "", "files": [second_photo]}, history)
+    known = (await session.respond({"text": "", "files": [second_photo]}, history))["content"]
     assert "**Answer: bicycle**" in known

@@ -209,7 +209,7 @@ def test_an_empty_memory_falls_back_to_the_imagenet_vocabulary(
     settings = Settings(home=tmp_path / "home", clip_model=tiny_openclip_spec, k=3)
     image = Image.new("RGB", (32, 32), (20, 150, 90))
     with Recognizer.from_settings(settings) as rec:
-        assert rec.memory.info.collection.startswith("imagenet-")
+        assert rec.memory.info.collection.startswith("builtin-tiny")  # named for its encoder
         assert rec.memory.count("text") == len(set(default_vocabulary()))  # 998: two repeats
         result = rec.recognize(image)
     assert result.label in set(default_vocabulary())

@@ -208,6 +208,7 @@ def test_cli_boxes_json_and_annotate(
     assert [r["box_id"] for r in records] == ["red", "bad"]
     assert records[0]["label"] == "red block" and records[0]["image"].endswith("scene.png")
     assert "inverted" in records[1]["error"]
+    assert f"wrote the annotated image to {out_png}" in result.output  # says where
     drawn = np.asarray(Image.open(out_png).convert("RGB"))
     assert drawn.shape == (100, 200, 3)
     assert tuple(drawn[60, 20]) == (230, 25, 75)  # the red box's outline, first palette colour

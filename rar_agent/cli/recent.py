@@ -1,0 +1,102 @@
+"""Which memory the last command used, so ``memory list`` / ``stats`` with no flags show it.
+
+``recognize``, ``chat``, ``mcp``, ``memory build`` and ``memory add`` record the memory they
+used in ``<RAR_HOME>/last-memory.json`` (its collection, and its folder or server URL). A
+``memory list`` or ``memory stats`` that names no memory (no ``--memory``, ``--collection`` or
+``--qdrant-url``, nor their ``RAR_*`` variables) opens that one and says so; with no record
+and no default memory, it says which memories exist and how to pick one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rar_agent.config import Settings
+    from rar_agent.memory import CategoryMemory
+
+__all__ = ["describe_choice", "last_used_settings", "names_a_memory", "remember_memory"]
+
+logger = logging.getLogger(__name__)
+
+_RECORD = "last-memory.json"
+
+
+def names_a_memory(settings: Settings) -> bool:
+    """Whether the settings name a memory (an option or a ``RAR_*`` variable), or leave it to us."""
+    return bool(settings.qdrant_url) or bool(
+        {"memory_path", "collection"} & settings.model_fields_set
+    )
+
+
+def remember_memory(settings: Settings, memory: CategoryMemory, command: str) -> None:
+    """Record ``memory`` as the one ``command`` used last (best effort: a failure is logged)."""
+    info = memory.info
+    record = {
+        "collection": info.collection,
+        "location": info.location,
+        "command": command,
+        "server": bool(settings.qdrant_url),
+    }
+    try:
+        home = Path(settings.home).expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        (home / _RECORD).write_text(json.dumps(record) + "\n", encoding="utf-8")
+    except OSError as e:  # a read-only home must not fail the command
+        logger.info("cannot record the last memory used: %s", e)
+
+
+def _last_record(settings: Settings) -> dict[str, object] | None:
+    path = Path(settings.home).expanduser() / _RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("collection") else None
+
+
+def last_used_settings(settings: Settings) -> tuple[Settings, str | None]:
+    """The settings of the memory to show when none is named, and a note saying which it is.
+
+    Returns ``settings`` unchanged (and no note) when they name a memory, when no command
+    recorded one, or when the recorded one is the default memory anyway.
+    """
+    if names_a_memory(settings):
+        return settings, None
+    record = _last_record(settings)
+    if record is None or record.get("server"):
+        return settings, None  # a server memory is shown when --qdrant-url names the server
+    collection, location = str(record["collection"]), str(record.get("location") or "")
+    from rar_agent.memory.location import default_memory_dir
+
+    if location == str(default_memory_dir(settings.collection, settings.home)):
+        return settings, None  # the default memory: nothing to explain
+    update: dict[str, object] = {"collection": collection}
+    if location and Path(location).is_dir():
+        update["memory_path"] = Path(location)
+    note = (
+        f"memory {collection!r}, used last by `rar-agent {record.get('command', '?')}`"
+        + (f" ({location})" if location else "")
+        + ": pick another with --collection NAME or --memory DIR"
+    )
+    return settings.model_copy(update=update), note
+
+
+def describe_choice(settings: Settings) -> str:
+    """Which embedded memories exist under ``RAR_HOME`` and how to pick one (for an error)."""
+    from rar_agent.memory.location import default_memory_dir
+
+    folder = default_memory_dir(settings.collection, settings.home).parent
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not names:
+        return (
+            f"no memory exists under {folder} yet: `rar-agent recognize IMAGE` builds and uses "
+            "the built-in one, `rar-agent memory build --from-folder DIR` a few-shot one"
+        )
+    return (
+        f"memories under {folder}: {', '.join(names)}; pick one with --collection NAME "
+        "(or --memory DIR for one elsewhere)"
+    )

@@ -1,0 +1,445 @@
+"""``rar-agent eval --stream``: what teaching buys, measured against a same-budget control.
+
+The test images are split (seeded) into a *stream* (``stream_share`` of them) and a
+*held-out* part. The stream arrives in seeded order; each image is recognized by the real
+recognizer (retrieval + the calibrated open-set verdict, no ranker) and a simulated user
+teaches every wrong or unknown answer with the true label, through the real
+:class:`~rar_agent.pipeline.teacher.Teacher` (so the memory, its thumbnails and its
+calibration grow exactly as on the chat page).
+
+Measured:
+
+- ``online_top1``: the share of stream images answered right at first sight (known and
+  correct), as in CLOC's online accuracy;
+- ``new_class_first_seen_rejected``: for classes absent from the initial memory
+  (``--open-set``, or ``--shots 0``), the share whose first stream image was answered
+  "unknown" rather than with a wrong known label;
+- held-out top-1 (the first candidate, no rejection) at the start, along the stream
+  (``curve``) and at the end;
+- ``control_top1``: a static memory with the same number of examples per class as the
+  stream memory ended with, the extra ones drawn at random from the stream, on the same
+  held-out part: what the same budget buys without choosing the examples.
+
+The held-out and control accuracies are computed for three decision rules on the same
+vectors (``rules``): ``nearest`` (the label of the single most similar example: what the
+recognizer answers), ``support`` (the best mean similarity of a class's 2 closest examples:
+the open-set statistic) and ``prototype`` (the nearest class mean). The headline fields use
+``nearest``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from rar_agent.errors import ConfigError, DuplicateExampleError, EmptyMemoryError
+
+if TYPE_CHECKING:
+    from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.evaluation.schema import EvalConfig
+
+__all__ = [
+    "RULES",
+    "StreamPoint",
+    "StreamReport",
+    "StreamRule",
+    "classify",
+    "plot_stream",
+    "render_stream_markdown",
+    "run_stream",
+    "write_stream_report",
+]
+
+logger = logging.getLogger(__name__)
+
+RULES = ("nearest", "support", "prototype")
+"""Decision rules compared on the held-out part (module docstring)."""
+SUPPORT_ENTRIES = 2
+
+
+class StreamPoint(BaseModel):
+    """One point of the learning curve."""
+
+    step: int = Field(description="Stream images seen.")
+    taught: int = Field(description="Examples taught so far.")
+    heldout_top1: dict[str, float] = Field(description="Held-out top-1 per decision rule.")
+    window_top1: float | None = Field(
+        default=None, description="Online top-1 over the last `window` stream images."
+    )
+
+
+class StreamRule(BaseModel):
+    """Held-out accuracy of one decision rule."""
+
+    heldout_top1_start: float | None
+    heldout_top1_end: float
+    control_top1: float
+    gain_points: float | None = Field(description="(end - start) x 100.")
+    vs_control_points: float = Field(
+        description="(end - control) x 100; >= 0: the corrections counted at least as much "
+        "as random examples."
+    )
+
+
+class StreamReport(BaseModel):
+    """The ``"stream"`` object of ``report.json``."""
+
+    steps: int
+    taught: int
+    online_top1: float
+    new_classes: list[str] = Field(default_factory=list)
+    new_class_first_seen_rejected: float | None = None
+    heldout: int
+    heldout_top1_start: float | None
+    heldout_top1_end: float
+    control_top1: float
+    rule: str = "nearest"
+    rules: dict[str, StreamRule]
+    curve: list[StreamPoint]
+    window: int
+    examples_start: int
+    examples_end: int
+    teach_ms_median: float | None = Field(
+        default=None, description="Median time to teach one example (encoding included)."
+    )
+    seconds: float = 0.0
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------- decision rules
+
+
+def classify(
+    memory: np.ndarray, labels: Sequence[str], queries: np.ndarray, rule: str
+) -> list[str | None]:
+    """The label each query gets from a memory of example vectors under a decision rule.
+
+    Args:
+        memory: ``(n, d)`` unit vectors.
+        labels: Their labels.
+        queries: ``(m, d)`` unit vectors.
+        rule: ``nearest``, ``support`` or ``prototype`` (module docstring).
+
+    Returns:
+        One label per query (``None`` for all when the memory is empty).
+    """
+    if rule not in RULES:
+        raise ConfigError(f"rule must be one of {', '.join(RULES)}, not {rule!r}")
+    if len(labels) == 0:
+        return [None] * len(queries)
+    names = sorted(set(labels))
+    index = np.array([names.index(label) for label in labels])
+    if rule == "prototype":
+        means = np.stack([memory[index == c].mean(axis=0) for c in range(len(names))])
+        means /= np.linalg.norm(means, axis=1, keepdims=True)
+        return [names[i] for i in np.argmax(queries @ means.T, axis=1)]
+    sims = queries @ memory.T
+    if rule == "nearest":
+        return [labels[i] for i in np.argmax(sims, axis=1)]
+    scores = np.full((len(queries), len(names)), -np.inf, dtype=np.float64)
+    for c in range(len(names)):
+        block = np.sort(sims[:, index == c], axis=1)[:, ::-1][:, :SUPPORT_ENTRIES]
+        scores[:, c] = block.mean(axis=1)
+    return [names[i] for i in np.argmax(scores, axis=1)]
+
+
+def _top1(
+    memory: np.ndarray, labels: Sequence[str], data: tuple[np.ndarray, list[str]]
+) -> dict[str, float]:
+    queries, truth = data
+    out = {}
+    for rule in RULES:
+        predicted = classify(memory, labels, queries, rule)
+        out[rule] = round(
+            float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)])), 4
+        )
+    return out
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def _encode(encoder: ImageTextEncoder, paths: Sequence[str], batch: int) -> np.ndarray:
+    from rar_agent.images import read_image_file
+
+    rows = []
+    for i in range(0, len(paths), batch):
+        images = [read_image_file(Path(p)).image for p in paths[i : i + batch]]
+        rows.append(np.asarray(encoder.embed_images(images), dtype=np.float32))
+    out = np.concatenate(rows) if rows else np.zeros((0, encoder.dim), dtype=np.float32)
+    return out / np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def run_stream(
+    config: EvalConfig,
+    *,
+    encoder: ImageTextEncoder,
+    workdir: Path,
+    stream_share: float = 0.5,
+    points: int = 10,
+    window: int = 100,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> StreamReport:
+    """Stream the test images through recognize-then-teach and measure (module docstring).
+
+    Args:
+        config: The evaluation inputs (``dataset``/``memory_set``/``test_set``, ``shots``
+            per class initially in memory, 0 allowed; ``open_set``; ``limit``; ``seed``).
+        encoder: The image encoder.
+        workdir: Scratch folder (exported images, the memory).
+        stream_share: Share of the test images streamed (the rest is held out).
+        points: Points on the learning curve.
+        window: Stream images in the windowed online accuracy.
+        progress: Optional ``progress(stage, done, total)``.
+
+    Raises:
+        ConfigError: Bad arguments (a share outside (0, 1), too few test images).
+    """
+    from rar_agent.evaluation.data import hold_out_classes, resolve_sets
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+    from rar_agent.pipeline.teacher import Teacher
+
+    if not 0.0 < stream_share < 1.0:
+        raise ConfigError(f"the streamed share must be in (0, 1), got {stream_share}")
+    shots = config.shots if config.shots is not None else 1
+    if shots < 0:
+        raise ConfigError(f"--shots must be >= 0 initial examples per class, got {shots}")
+    t0 = time.perf_counter()
+    sets = resolve_sets(
+        dataset=config.dataset, memory_set=config.memory_set, test_set=config.test_set,
+        shots=max(shots, 1), text_memory=False, limit=config.limit, seed=config.seed,
+        workdir=workdir, fashion_mnist_root=config.fashion_mnist_root,
+    )  # fmt: skip
+    if config.open_set:
+        sets = hold_out_classes(sets, config.open_set, config.seed)
+    initial = [] if shots == 0 else sets.memory_items
+    tests = list(sets.test_items)
+    random.Random(f"{config.seed}\x00stream").shuffle(tests)
+    n_stream = int(round(stream_share * len(tests)))
+    stream, held = tests[:n_stream], tests[n_stream:]
+    if len(stream) < 1 or len(held) < 1:
+        raise ConfigError(f"{len(tests)} test images are too few to stream and hold out")
+    known = {label for _, label in initial}
+    new_classes = sorted({label for _, label in stream} - known)
+
+    def tick(stage: str, done: int, total: int) -> None:
+        if progress:
+            progress(stage, done, total)
+
+    vectors = _encode(encoder, [p for p, _ in initial + tests], config.batch_size)
+    init_v, test_v = vectors[: len(initial)], vectors[len(initial) :]
+    stream_v, held_v = test_v[:n_stream], test_v[n_stream:]
+    held_data = (held_v, [label for _, label in held])
+
+    memory = CategoryMemory.open(workdir / "stream-memory", collection="stream")
+    teacher = Teacher(memory, encoder, via="api", by="eval --stream")
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for path, label in initial:
+        by_label[label].append(path)
+    for label, paths in by_label.items():
+        teacher.add(label, paths)
+    recognizer = Recognizer(memory, encoder, k=config.k, reject=config.reject)
+    mem_v = list(init_v)
+    mem_l = [label for _, label in initial]
+    start = _top1(np.asarray(mem_v), mem_l, held_data) if mem_l else None
+    curve = [StreamPoint(step=0, taught=0, heldout_top1=start or dict.fromkeys(RULES, 0.0))]
+    every = max(1, len(stream) // max(points, 1))
+    right: list[bool] = []
+    taught_labels: list[str] = []
+    first_seen: dict[str, bool] = {}
+    teach_s: list[float] = []
+    try:
+        for step, ((path, label), vector) in enumerate(zip(stream, stream_v, strict=True), 1):
+            answer, unknown = _answer(recognizer, vector)
+            if label in new_classes and label not in first_seen:
+                first_seen[label] = unknown
+            ok = answer == label and not unknown
+            right.append(ok)
+            if not ok:
+                s0 = time.perf_counter()
+                try:
+                    teacher.add(label, [(Path(path).name, Path(path))], action="correct",
+                                corrected_from=None if unknown else answer)  # fmt: skip
+                except DuplicateExampleError as e:
+                    logger.warning("stream: not taught: %s", e)
+                else:
+                    teach_s.append(time.perf_counter() - s0)
+                    mem_v.append(vector)
+                    mem_l.append(label)
+                    taught_labels.append(label)
+            if step % every == 0 or step == len(stream):
+                curve.append(
+                    StreamPoint(
+                        step=step,
+                        taught=len(taught_labels),
+                        heldout_top1=_top1(np.asarray(mem_v), mem_l, held_data),
+                        window_top1=round(float(np.mean(right[-window:])), 4),
+                    )
+                )
+            tick("stream", step, len(stream))
+    finally:
+        memory.close()
+    end = curve[-1].heldout_top1
+    control = _control(init_v, [lb for _, lb in initial], stream, stream_v, taught_labels,
+                       config.seed, held_data)  # fmt: skip
+    rules = {
+        rule: StreamRule(
+            heldout_top1_start=None if start is None else start[rule],
+            heldout_top1_end=end[rule],
+            control_top1=control[rule],
+            gain_points=None if start is None else round(100 * (end[rule] - start[rule]), 2),
+            vs_control_points=round(100 * (end[rule] - control[rule]), 2),
+        )
+        for rule in RULES
+    }
+    rejected = [first_seen[c] for c in new_classes if c in first_seen]
+    return StreamReport(
+        steps=len(stream),
+        taught=len(taught_labels),
+        online_top1=round(float(np.mean(right)), 4),
+        new_classes=new_classes,
+        new_class_first_seen_rejected=round(float(np.mean(rejected)), 4) if rejected else None,
+        heldout=len(held),
+        heldout_top1_start=None if start is None else start["nearest"],
+        heldout_top1_end=end["nearest"],
+        control_top1=control["nearest"],
+        rules=rules,
+        curve=curve,
+        window=window,
+        examples_start=len(initial),
+        examples_end=len(mem_l),
+        teach_ms_median=round(float(np.median(teach_s)) * 1000, 1) if teach_s else None,
+        seconds=round(time.perf_counter() - t0, 2),
+        seed=config.seed,
+    )
+
+
+def _answer(recognizer: Any, vector: np.ndarray) -> tuple[str | None, bool]:
+    """The recognizer's answer to one query vector: (label, unknown)."""
+    try:
+        retrieved = recognizer.retriever.retrieve_vectors(vector[None, :])
+    except EmptyMemoryError:
+        return None, True
+    [verdict] = recognizer.judge_many(retrieved)
+    candidates = retrieved[0]
+    if not candidates:
+        return None, True
+    return candidates[0].label, bool(verdict.reasons)
+
+
+def _control(
+    init_v: np.ndarray,
+    init_l: list[str],
+    stream: Sequence[tuple[str, str]],
+    stream_v: np.ndarray,
+    taught: Sequence[str],
+    seed: int,
+    held: tuple[np.ndarray, list[str]],
+) -> dict[str, float]:
+    """Held-out top-1 of a static memory: the initial examples plus, per class, as many
+    stream images drawn at random as were taught of that class."""
+    rng = random.Random(f"{seed}\x00control")
+    pool: dict[str, list[int]] = defaultdict(list)
+    for i, (_, label) in enumerate(stream):
+        pool[label].append(i)
+    picked: list[int] = []
+    for label, n in Counter(taught).items():
+        picked += rng.sample(pool[label], min(n, len(pool[label])))
+    vectors = np.concatenate([init_v, stream_v[picked]]) if picked else init_v
+    labels = init_l + [stream[i][1] for i in picked]
+    return _top1(vectors, labels, held)
+
+
+# ---------------------------------------------------------------------- plot
+
+
+def plot_stream(report: StreamReport, path: Path) -> Path:
+    """Held-out top-1 along the stream (per rule) with the control as dashed lines, and the
+    windowed online accuracy; saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    steps = [p.step for p in report.curve]
+    colours = {"nearest": "tab:blue", "support": "tab:green", "prototype": "tab:purple"}
+    for rule in RULES:
+        ax.plot(steps, [p.heldout_top1[rule] for p in report.curve], marker="o", ms=3,
+                color=colours[rule], label=f"held-out top-1, {rule}")  # fmt: skip
+        ax.axhline(report.rules[rule].control_top1, color=colours[rule], ls="--", lw=1,
+                   label=f"control (random, same budget), {rule}")  # fmt: skip
+    window = [(p.step, p.window_top1) for p in report.curve if p.window_top1 is not None]
+    if window:
+        ax.plot(*zip(*window, strict=True), color="tab:orange", lw=1.2,
+                label=f"online top-1, last {report.window}")  # fmt: skip
+    ax.set_xlabel(f"stream images seen ({report.taught} taught)")
+    ax.set_ylabel("top-1")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Learning from corrections")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def render_stream_markdown(report: StreamReport, config: EvalConfig) -> str:
+    """A short Markdown page of a stream run."""
+    shots = config.shots if config.shots is not None else 1
+    lines = [
+        "# Learning from corrections (`rar-agent eval --stream`)",
+        "",
+        f"Input: {config.dataset or config.test_set}, {shots} initial example(s) per class, "
+        f"open set {config.open_set or 0}, seed {report.seed}; "
+        f"{report.steps} images streamed, {report.heldout} held out.",
+        "",
+        f"- taught {report.taught} of {report.steps} stream images (every wrong or unknown answer)",
+        f"- online top-1 (right at first sight): {report.online_top1:.3f}",
+    ]
+    if report.new_class_first_seen_rejected is not None:
+        lines.append(
+            f"- new classes ({', '.join(report.new_classes)}): first image answered unknown "
+            f"for {report.new_class_first_seen_rejected:.0%} of them"
+        )
+    lines += ["", "| rule | held-out start | end | control (same budget) | end - control |",
+              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for rule, r in report.rules.items():
+        start = "-" if r.heldout_top1_start is None else f"{r.heldout_top1_start:.3f}"
+        lines.append(
+            f"| {rule} | {start} | {r.heldout_top1_end:.3f} | {r.control_top1:.3f} | "
+            f"{r.vs_control_points:+.1f} pts |"
+        )
+    if report.teach_ms_median is not None:
+        lines += ["", f"Teaching one example took {report.teach_ms_median:.0f} ms (median, "
+                      "encoding included)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_stream_report(
+    report: StreamReport, config: EvalConfig, out_dir: str | Path, *, plots: bool = True
+) -> dict[str, Path]:
+    """Write ``report.json`` (``{"config", "stream"}``), ``report.md`` and ``stream.png``."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "report.json", "markdown": out / "report.md"}
+    data = {"config": config.model_dump(mode="json"), "stream": report.model_dump(mode="json")}
+    files["json"].write_text(json.dumps(data, indent=2), encoding="utf-8")
+    markdown = render_stream_markdown(report, config)
+    if plots:
+        files["stream.png"] = plot_stream(report, out / "stream.png")
+        markdown += "\n![held-out top-1 along the stream](stream.png)\n"
+    files["markdown"].write_text(markdown, encoding="utf-8")
+    return files

@@ -1,0 +1,233 @@
+"""What a person means when they tell the page (or an agent) what a photo shows.
+
+:func:`parse_teaching` is the one name parser: the chat page, its buttons and the agent's
+stand-in model all call it. The rules, in order (case-insensitive; surrounding spaces,
+quotes and a final ``.``/``!`` are ignored):
+
+1. A question (any ``?``, or a first word such as *what*, *which*, *how*, *can*) is not
+   teaching: ``None``.
+2. **Confirm**: *yes*, *yep*, *right*, *correct*, *exactly*, *that's right*, *ok*; with
+   *keep it* / *keep the photo* / *remember it* / *save it* (or *keep it* alone) the photo
+   is to be kept as an example (``keep=True``).
+3. **Correct**: *no*, *nope*, *wrong*, *incorrect*, *not quite*, *actually*, or *it's not X*
+   followed by a name (*no, sandal*; *no it's a sandal*; *it's not a sneaker, it's a
+   sandal*; *actually a sandal*). Without a name (*no*, *wrong*) the intent is ``reject``:
+   the answer was wrong and the right name is still to be asked.
+4. **Name, explicitly**: *call it X*, *name it X*, *label it X*, *it's called X*: ``X`` is
+   taken exactly as given (up to 200 characters).
+5. **Name, by statement**: *it's X*, *it is X*, *this is X*, *that's X*, *these are X*,
+   *it shows X*.
+6. **A bare name** (*sandal*, *a cat*): only where one is expected (``bare=True``: after an
+   answer or an unknown, or sent with an image), 1 to 5 words, not a greeting or a command.
+
+A name from rules 3, 5 and 6 is cleaned: a leading article (*a*, *an*, *the*, *some*) is
+dropped; a possessive (*my*, *our*, *your*, *his*, *her*, *their*) marks a personal name, so
+"this is my cat Tom" and "this is Tom, my cat" teach the category *cat*, not "my cat Tom"
+(the capitalised words after the common noun are the pet's name); names longer than 6 words
+are not taken as names. Matching a name to an existing category (case) is the teacher's job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["MAX_NAME_WORDS", "TeachingIntent", "Teaching", "parse_teaching"]
+
+MAX_NAME_WORDS = 6
+"""Longest name (in words) taken from a statement or a bare reply."""
+
+TeachingIntent = Literal["name", "correct", "confirm", "reject"]
+
+
+@dataclass(frozen=True)
+class Teaching:
+    """What a message teaches.
+
+    Attributes:
+        intent: ``name`` (this is X), ``correct`` (the answer was wrong, it is X),
+            ``confirm`` (the answer was right) or ``reject`` (it was wrong, no name given).
+        label: The category named (``None`` for ``confirm`` and ``reject``).
+        keep: ``confirm`` only: keep the photo as an example of the answer.
+    """
+
+    intent: TeachingIntent
+    label: str | None = None
+    keep: bool = False
+
+
+_QUESTION_WORDS = frozenset(
+    [
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "how",
+        "why",
+        "where",
+        "when",
+        "can",
+        "could",
+        "would",
+        "should",
+        "do",
+        "does",
+        "did",
+        "is",
+        "are",
+        "was",
+        "were",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "tell",
+        "show",
+        "list",
+        "help",
+    ]
+)
+_NOT_NAMES = frozenset(
+    [
+        "hi",
+        "hello",
+        "hey",
+        "thanks",
+        "thank",
+        "ok",
+        "okay",
+        "yes",
+        "no",
+        "nope",
+        "please",
+        "sorry",
+        "bye",
+        "goodbye",
+        "undo",
+    ]
+)
+_ARTICLES = ("a ", "an ", "the ", "some ")
+_POSSESSIVES = ("my", "our", "your", "his", "her", "their")
+_KEEP = r"(?:keep|save|store|remember)\s+(?:it|this|that|the\s+photo|this\s+photo|the\s+image)"
+_CONFIRM = re.compile(
+    r"^(?:(?P<yes>yes|yep|yeah|yup|right|correct|exactly|indeed|true|ok|okay|that'?s\s+right|"
+    r"that\s+is\s+right|that'?s\s+correct|that\s+is\s+correct|good|confirm(?:ed)?)"
+    rf"(?:[\s,;:!-]+(?P<keep>{_KEEP}(?:\s+as\s+an?\s+example)?))?"
+    rf"|(?P<keeponly>{_KEEP}(?:\s+as\s+an?\s+example)?))$",
+    re.IGNORECASE,
+)
+_CORRECT = re.compile(
+    r"^(?:no|nope|nah|wrong|incorrect|not\s+quite|not\s+really|actually)\b[\s,;:!.-]*(?P<rest>.*)$",
+    re.IGNORECASE,
+)
+_NOT_X = re.compile(
+    r"^(?:it'?s|it\s+is|this\s+is|that'?s|that\s+is)?\s*not\s+[^,;]+[,;]\s*(?:but\s+)?(?P<rest>.+)$",
+    re.IGNORECASE,
+)
+_EXPLICIT = re.compile(
+    r"^(?:call\s+it|name\s+it|label\s+it|it'?s\s+called|it\s+is\s+called|this\s+is\s+called)"
+    r"\s+(?P<name>.+)$",
+    re.IGNORECASE,
+)
+_STATEMENT = re.compile(
+    r"^(?:it'?s|it\s+is|this\s+is|this'?s|that'?s|that\s+is|these\s+are|those\s+are|"
+    r"this\s+one\s+is|it\s+shows|this\s+shows|i\s+think\s+it'?s|i\s+think\s+it\s+is)"
+    r"(?:\s+actually)?\s+(?P<name>.+)$",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"^[\w'&/-]+$", re.UNICODE)
+
+
+def _strip(text: str) -> str:
+    text = " ".join(text.replace("\u2019", "'").split())
+    text = text.strip(" \"'`“”‘’")
+    text = re.sub(r"[.!]+$", "", text).strip(" \"'`“”‘’")
+    return text
+
+
+def _clean_name(phrase: str) -> str | None:
+    """A category name from a phrase (articles, possessives, pets' names; module doc)."""
+    name = _strip(phrase)
+    if "," in name:  # "Tom, my cat" / "my cat, Tom": the part with the possessive
+        parts = [p.strip() for p in name.split(",") if p.strip()]
+        owned = [p for p in parts if p.split()[0].lower() in _POSSESSIVES]
+        if not owned:
+            return None  # a list or a sentence, not a name
+        name = owned[0]
+    words = name.split()
+    possessive = bool(words) and words[0].lower() in _POSSESSIVES
+    if possessive:
+        words = words[1:]
+        while len(words) > 1 and words[-1][:1].isupper() and words[0][:1].islower():
+            words = words[:-1]  # "cat Tom": Tom is the pet's name, cat the category
+    name = " ".join(words)
+    lowered = name.lower()
+    for article in _ARTICLES:
+        if lowered.startswith(article):
+            name = name[len(article) :]
+            break
+    words = name.split()
+    if not words or len(words) > MAX_NAME_WORDS or not all(_WORD.match(w) for w in words):
+        return None
+    if len(words) == 1 and words[0].lower() in _NOT_NAMES | _QUESTION_WORDS:
+        return None
+    return name
+
+
+def _bare_name(text: str) -> str | None:
+    words = text.split()
+    if not words or len(words) > 5 or words[0].lower() in _QUESTION_WORDS | _NOT_NAMES:
+        return None
+    return _clean_name(text)
+
+
+def _named(text: str, *, bare: bool) -> str | None:
+    """The name a statement, an explicit naming or (if ``bare``) a bare phrase gives."""
+    explicit = _EXPLICIT.match(text)
+    if explicit:
+        name = _strip(explicit.group("name"))
+        return name[:200] or None
+    statement = _STATEMENT.match(text)
+    if statement:
+        return _clean_name(statement.group("name"))
+    return _bare_name(text) if bare else None
+
+
+def parse_teaching(text: str, *, bare: bool = False) -> Teaching | None:
+    """What ``text`` teaches about the photo under discussion, by the module's rules.
+
+    Args:
+        text: The person's message.
+        bare: Whether a bare name (*sandal*) counts: after an answer or an unknown, or with
+            an image in the same message.
+
+    Returns:
+        The :class:`Teaching`, or ``None`` when the message does not teach (a question,
+        small talk, a long sentence).
+    """
+    body = _strip(text or "")
+    if not body or "?" in body or len(body) > 300:
+        return None
+    first = body.split()[0].lower().strip(",;:!")
+    confirm = _CONFIRM.match(body)
+    if confirm:
+        return Teaching("confirm", keep=bool(confirm.group("keep") or confirm.group("keeponly")))
+    correction = _CORRECT.match(body)
+    if correction:
+        rest = _strip(correction.group("rest"))
+        not_x = _NOT_X.match(rest) if rest else None
+        rest = _strip(not_x.group("rest")) if not_x else rest
+        if not rest:
+            return Teaching("reject")
+        name = _named(rest, bare=True)
+        return Teaching("correct", name) if name else None
+    not_x = _NOT_X.match(body)
+    if not_x:
+        name = _named(_strip(not_x.group("rest")), bare=True)
+        return Teaching("correct", name) if name else None
+    if first in _QUESTION_WORDS and not _EXPLICIT.match(body):
+        return None
+    name = _named(body, bare=bare)
+    return Teaching("name", name) if name else None

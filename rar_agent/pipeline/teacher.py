@@ -1,0 +1,563 @@
+"""The one door through which the memory learns: add, confirm, correct, relabel, undo.
+
+Every way of teaching (the tools, the chat page, MCP, the CLI, the LangChain vector store)
+goes through :class:`Teacher` (or, for entries already embedded, :func:`learn_entries`), so
+the rules below hold wherever an example comes from:
+
+- **Provenance.** Each taught example's payload records ``taught: {at, via, by, action}``
+  (``at`` ISO 8601 UTC to the microsecond, ``via`` one of cli/chat/tool/mcp/api, ``by`` who
+  when known, ``action`` add/confirm/correct, plus ``corrected_from`` for a correction). A
+  relabel appends ``{from, to, at, via, by}`` to the payload's ``relabels``. The history
+  (:meth:`Teacher.history`) is read from these payloads; :meth:`Teacher.undo` reverses its
+  last events.
+- **No silent poisoning.** An image whose content (SHA-256 of its bytes) is already stored
+  under another label is refused (:class:`~rar_agent.errors.DuplicateExampleError`) with a
+  message naming that label, the entry id and how to move it (:meth:`Teacher.relabel`). An
+  image whose embedding is at least :data:`NEAR_DUPLICATE` cosine-similar to an example of
+  another category is stored but flagged (``ExampleAdded.near_duplicates``).
+- **A thumbnail per example.** Each taught image entry keeps a small JPEG thumbnail in its
+  payload (``thumbnail``, a data URI: longest side :data:`THUMBNAIL_SIDE` px, at most
+  :data:`THUMBNAIL_MAX_BYTES` bytes, about 1-3 KB), so results can show the examples they
+  matched.
+- **Calibration kept current.** After every change the open-set calibration is updated
+  through one function, :func:`update_calibration` (the only place that calls
+  :func:`rar_agent.openset.update`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rar_agent.errors import ConfigError, DuplicateExampleError, ImageError
+from rar_agent.images import THUMBNAIL_MAX_BYTES, THUMBNAIL_SIDE, make_thumbnail
+from rar_agent.memory import MemoryEntry, normalize_label
+from rar_agent.results import (
+    ExampleAdded,
+    ExampleRelabeled,
+    NearDuplicate,
+    TeachAction,
+    TeachingEvent,
+    TeachingHistory,
+    TeachingUndone,
+    TeachVia,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.memory import CategoryMemory, Hit
+
+__all__ = [
+    "NEAR_DUPLICATE",
+    "THUMBNAIL_MAX_BYTES",
+    "THUMBNAIL_SIDE",
+    "VIA",
+    "ExampleImage",
+    "ImageLike",
+    "Teacher",
+    "learn_entries",
+    "make_thumbnail",
+    "update_calibration",
+]
+
+logger = logging.getLogger(__name__)
+
+VIA: tuple[TeachVia, ...] = ("cli", "chat", "tool", "mcp", "api")
+"""Where teaching can come from (``taught.via``)."""
+NEAR_DUPLICATE = 0.95
+"""Cosine similarity from which an example of another category counts as a near-duplicate."""
+_DUPLICATE_SEARCH = 16
+"""Nearest examples checked for the same content or a near-duplicate (an identical image
+embeds identically, so its entry is the first hit)."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class ExampleImage:
+    """An image to teach: what to call it and its bytes (or a file to read them from).
+
+    Attributes:
+        name: Stored as the entry's ``source`` (an image id, a file name, ``<upload>``).
+        data: The image bytes, or a local file path (already checked by the caller).
+    """
+
+    name: str
+    data: bytes | Path
+
+    @classmethod
+    def of(
+        cls, image: ExampleImage | bytes | str | Path | tuple[str, bytes | Path]
+    ) -> ExampleImage:
+        """Accept an :class:`ExampleImage`, bytes, a file path or a ``(name, data)`` pair."""
+        if isinstance(image, ExampleImage):
+            return image
+        if isinstance(image, bytes):
+            return cls("<upload>", image)
+        if isinstance(image, str | Path):
+            return cls(str(image), Path(image))
+        if isinstance(image, tuple) and len(image) == 2:
+            return cls(str(image[0]), image[1])
+        raise ConfigError(f"an example image is bytes, a path or (name, data), not {image!r}")
+
+
+ImageLike = ExampleImage | bytes | str | Path | tuple[str, bytes | Path]
+"""What :class:`Teacher` accepts as an example image."""
+
+
+@dataclass
+class _Prepared:
+    """One example image after reading, hashing and decoding."""
+
+    name: str
+    digest: str
+    image: Image.Image
+
+
+# ---------------------------------------------------------------------- calibration
+
+
+def update_calibration(
+    memory: CategoryMemory,
+    *,
+    added: Sequence[tuple[str, MemoryEntry]] = (),
+    removed: int = 0,
+) -> None:
+    """Keep the open-set calibration current after teaching changed the memory.
+
+    The one place the teacher calls the calibrator (:func:`rar_agent.openset.update`, one
+    policy): new image entries enter its stand-in reservoir (a taught example never costs a
+    full calibration); a removal (undo, relabel) refits it from a bounded sample.
+
+    Args:
+        memory: The memory just written to.
+        added: ``(point id, entry)`` of the entries written.
+        removed: How many entries were removed.
+    """
+    from rar_agent import openset
+
+    images = [pid for pid, e in added if e.kind == "image"]
+    if images or removed:
+        openset.update(memory, added=images, removed=removed)
+
+
+def learn_entries(
+    memory: CategoryMemory,
+    entries: Sequence[MemoryEntry],
+    vectors: Any,
+    *,
+    ids: Sequence[str] | None = None,
+) -> list[str]:
+    """Store already embedded entries and keep the calibration current (the vector store's
+    door: its documents come embedded, with their own ids).
+
+    Returns:
+        The point ids written.
+    """
+    written = memory.add_entries(entries, vectors, ids=ids)
+    update_calibration(memory, added=list(zip(written, entries, strict=True)))
+    return written
+
+
+# ---------------------------------------------------------------------- the teacher
+
+
+class Teacher:
+    """Teaches one memory: add / confirm / correct examples, relabel them, undo, history.
+
+    Args:
+        memory: The memory to teach (open for writing).
+        encoder: The memory's encoder (``None`` for a teacher that only relabels, lists and
+            undoes: those encode nothing).
+        via: Where the teaching comes from (cli, chat, tool, mcp or api), recorded.
+        by: Who teaches, when known (e.g. a token's name), recorded.
+        near_duplicate: Similarity from which another category's example is flagged.
+
+    Example:
+        ```python
+        teacher = Teacher(recognizer.memory, recognizer.encoder, via="api")
+        added = teacher.add("sandal", ["photos/sandal.jpg"])
+        teacher.undo(1)
+        ```
+    """
+
+    def __init__(
+        self,
+        memory: CategoryMemory,
+        encoder: ImageTextEncoder | None,
+        *,
+        via: TeachVia = "api",
+        by: str | None = None,
+        near_duplicate: float = NEAR_DUPLICATE,
+    ) -> None:
+        if via not in VIA:
+            raise ConfigError(f"via must be one of {', '.join(VIA)}, not {via!r}")
+        if not 0.0 < float(near_duplicate) <= 1.0:
+            raise ConfigError(f"near_duplicate must be in (0, 1], not {near_duplicate!r}")
+        self.memory = memory
+        self.encoder = encoder
+        self.via: TeachVia = via
+        self.by = by
+        self.near_duplicate = float(near_duplicate)
+        self._bound = False
+
+    def acting(self, *, via: TeachVia | None = None, by: str | None = None) -> Teacher:
+        """The same teacher recording another source (a request's token name, a channel)."""
+        return Teacher(
+            self.memory,
+            self.encoder,
+            via=via or self.via,
+            by=by if by is not None else self.by,
+            near_duplicate=self.near_duplicate,
+        )
+
+    # ------------------------------------------------------------------ adding
+
+    def add(
+        self,
+        label: str,
+        images: Sequence[ImageLike],
+        *,
+        action: TeachAction = "add",
+        corrected_from: str | None = None,
+    ) -> list[ExampleAdded]:
+        """Store images as examples of ``label`` (a new category or a new example).
+
+        All images are checked before anything is written: if one of them is stored under
+        another label, nothing is.
+
+        Args:
+            label: The category (normalised).
+            images: The example images.
+            action: ``add``, ``confirm`` (the answer was right) or ``correct`` (it was wrong).
+            corrected_from: For a correction: the wrong answer.
+
+        Returns:
+            One :class:`ExampleAdded` per image (``added`` 0 when it was already stored
+            under this label).
+
+        Raises:
+            DuplicateExampleError: An image is stored under another label.
+            ImageError: An image cannot be read or decoded.
+            LabelError: The label is unusable.
+        """
+        start = time.perf_counter()
+        given = normalize_label(label)
+        wrong = normalize_label(corrected_from) if corrected_from else None
+        if not images:
+            raise ConfigError("give at least one example image to teach")
+        prepared = [_prepare(ExampleImage.of(image)) for image in images]
+        encoder = self._encoder()
+        self._bind()
+        vectors = encoder.embed_images([p.image for p in prepared])
+        hits = self.memory.search_batch(vectors, kind="image", limit=_DUPLICATE_SEARCH)
+        near = [h for found in hits for h in found]
+        clean = self._spelling(given, near)
+        wrong = self._spelling(wrong, near) if wrong is not None else None
+        meta: dict[str, Any] = {"via": self.via, "by": self.by, "action": action}
+        if wrong is not None:
+            meta["corrected_from"] = wrong
+        entries = [
+            MemoryEntry(clean, "image", p.name, p.digest, {"taught": {**meta, "at": _now()}})
+            for p in prepared
+        ]
+        stored = self.memory.existing_ids(e.point_id for e in entries)
+        todo = [
+            i
+            for i, e in enumerate(entries)
+            if e.point_id not in stored and e.point_id not in {x.point_id for x in entries[:i]}
+        ]
+        flagged = self._check_duplicates(clean, [(prepared[i], entries[i], hits[i]) for i in todo])
+        if todo:
+            final = [
+                MemoryEntry(
+                    clean,
+                    "image",
+                    entries[i].source,
+                    entries[i].content_hash,
+                    {**entries[i].extra, "thumbnail": make_thumbnail(prepared[i].image)},
+                )
+                for i in todo
+            ]
+            ids = self.memory.add_entries(final, vectors[todo])
+        examples = self.memory.count("image", label=clean)
+        if todo:
+            update_calibration(self.memory, added=list(zip(ids, final, strict=True)))
+        after = self.memory.count("image")
+        seconds = round(time.perf_counter() - start, 3)
+        new_ids = {entries[i].point_id for i in todo}
+        out = []
+        for p, e in zip(prepared, entries, strict=True):
+            added = e.point_id in new_ids
+            new_ids.discard(e.point_id)  # a repeated image counts once
+            out.append(
+                ExampleAdded(
+                    label=clean,
+                    image=p.name,
+                    added=int(added),
+                    new_category=added and examples == len(todo),
+                    category_examples=examples,
+                    image_entries=after,
+                    seconds=seconds,
+                    id=e.point_id,
+                    action=action,
+                    corrected_from=wrong,
+                    near_duplicates=flagged.get(e.point_id, []),
+                )
+            )
+        return out
+
+    def confirm(self, label: str, image: ExampleImage | bytes | str | Path) -> ExampleAdded:
+        """The answer ``label`` was right: keep the image as one more example of it."""
+        return self.add(label, [image], action="confirm")[0]
+
+    def correct(
+        self, label: str, image: ExampleImage | bytes | str | Path, *, was: str | None = None
+    ) -> ExampleAdded:
+        """The answer (``was``) was wrong: store the image under the right ``label``."""
+        return self.add(label, [image], action="correct", corrected_from=was)[0]
+
+    def known_form(self, label: str) -> str:
+        """``label`` normalised, in the spelling of a stored category that differs only in
+        case ("Sandal" teaches "sandal" when the memory knows "sandal")."""
+        clean = normalize_label(label)
+        if self.memory.count(label=clean):
+            return clean
+        folded = clean.casefold()
+        return next((known for known in self.memory.labels() if known.casefold() == folded), clean)
+
+    def _spelling(self, clean: str, hits: Sequence[Hit]) -> str:
+        """:meth:`known_form` for images being taught, without listing every label: a stored
+        label that differs only in case is looked for among the images' nearest examples."""
+        if self.memory.count(label=clean):
+            return clean
+        folded = clean.casefold()
+        return next((h.label for h in hits if h.label.casefold() == folded), clean)
+
+    def _encoder(self) -> ImageTextEncoder:
+        if self.encoder is None:
+            raise ConfigError("this teacher has no encoder: give one to teach new images")
+        return self.encoder
+
+    def _bind(self) -> None:
+        """Bind the memory to the encoder (or, with none, to the encoder it records)."""
+        if self._bound:
+            return
+        if self.encoder is not None:
+            from rar_agent.ingest import bind_memory
+
+            bind_memory(self.memory, self.encoder)
+        else:
+            info = self.memory.info
+            if info.fingerprint is None or info.dim is None:
+                raise ConfigError(f"memory {self.memory.collection!r} holds no examples yet")
+            self.memory.bind_encoder(info.fingerprint, info.dim)
+        self._bound = True
+
+    def _check_duplicates(
+        self, label: str, todo: Sequence[tuple[_Prepared, MemoryEntry, list[Hit]]]
+    ) -> dict[str, list[NearDuplicate]]:
+        """Refuse content stored under another label; flag near-duplicates (by entry id)."""
+        flagged: dict[str, list[NearDuplicate]] = {}
+        for prepared, entry, hits in todo:
+            for hit in hits:
+                if hit.label == label:
+                    continue
+                if hit.payload.get("content_hash") == prepared.digest:
+                    raise _duplicate_error(prepared.name, label, hit)
+                if hit.score >= self.near_duplicate:
+                    flagged.setdefault(entry.point_id, []).append(
+                        NearDuplicate(id=hit.id, label=hit.label, similarity=round(hit.score, 4))
+                    )
+        return flagged
+
+    # ------------------------------------------------------------------ relabelling
+
+    def find(self, image: ExampleImage | bytes | str | Path) -> list[Hit]:
+        """The stored image entries with exactly this image's content (any label)."""
+        prepared = _prepare(ExampleImage.of(image))
+        self._bind()
+        vector = self._encoder().embed_images([prepared.image])
+        hits = self.memory.search_batch(vector, kind="image", limit=_DUPLICATE_SEARCH)[0]
+        return [h for h in hits if h.payload.get("content_hash") == prepared.digest]
+
+    def relabel(self, example: str, label: str) -> ExampleRelabeled:
+        """Move one stored example to another label (its id follows the label).
+
+        Args:
+            example: The example's entry id (as a refusal or a result names it).
+            label: The label to store it under.
+
+        Raises:
+            ConfigError: No image example has that id.
+            LabelError: The label is unusable.
+        """
+        clean = self.known_form(label)
+        hit = self._entry(example)
+        if hit.label == clean:
+            return ExampleRelabeled(
+                id=hit.id,
+                previous_id=hit.id,
+                label=clean,
+                previous_label=clean,
+                category_examples=self.memory.labels("image").get(clean, 0),
+            )
+        record = {"from": hit.label, "to": clean, "at": _now(), "via": self.via, "by": self.by}
+        new_id = self._move(hit, clean, [*hit.payload.get("relabels", []), record])
+        return ExampleRelabeled(
+            id=new_id,
+            previous_id=hit.id,
+            label=clean,
+            previous_label=hit.label,
+            category_examples=self.memory.labels("image").get(clean, 0),
+        )
+
+    def _entry(self, example: str) -> Hit:
+        found = self.memory.get_entries([example.strip()])
+        if not found or found[0].kind != "image":
+            raise ConfigError(
+                f"no example image with id {example!r} in memory {self.memory.collection!r}: "
+                "use the id a result or `rar-agent memory history` shows"
+            )
+        return found[0]
+
+    def _move(self, hit: Hit, label: str, relabels: list[dict[str, Any]]) -> str:
+        """Store ``hit``'s vector and payload under ``label``, then remove the old entry."""
+        vector = self.memory.get_vectors([hit.id]).get(hit.id)
+        if vector is None:
+            raise ConfigError(f"example {hit.id} has no stored vector to move")
+        extra = {
+            k: v
+            for k, v in hit.payload.items()
+            if k not in {"label", "kind", "source", "content_hash", "relabels"}
+        }
+        if relabels:
+            extra["relabels"] = relabels
+        source, digest = hit.source, str(hit.payload.get("content_hash") or hit.id)
+        entry = MemoryEntry(label, "image", source, digest, extra)
+        self._bind()
+        new_id = self.memory.add_entries([entry], [vector])[0]
+        removed = self.memory.remove_ids([hit.id]) if new_id != hit.id else 0
+        update_calibration(self.memory, added=[(new_id, entry)], removed=removed)
+        return new_id
+
+    # ------------------------------------------------------------------ history, undo
+
+    def history(self, limit: int | None = None) -> TeachingHistory:
+        """What the memory was taught (examples added, relabels), oldest first.
+
+        Args:
+            limit: Keep only the last ``limit`` events.
+        """
+        events = _events(self.memory)
+        shown = events if limit is None else events[-limit:] if limit > 0 else []
+        return TeachingHistory(events=shown, total=len(events))
+
+    def undo(self, n: int = 1) -> TeachingUndone:
+        """Reverse the last ``n`` teaching events, newest first.
+
+        A taught example is removed; a relabel is moved back. The calibration follows.
+
+        Raises:
+            ConfigError: ``n`` is not a positive integer.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"undo takes a positive number of events, not {n!r}")
+        events = _events(self.memory)[-n:][::-1]
+        renamed: dict[str, str] = {}
+        for event in events:
+            current = renamed.get(event.id, event.id)
+            if event.event == "taught":
+                update_calibration(self.memory, removed=self.memory.remove_ids([current]))
+                continue
+            hit = self._entry(current)
+            relabels = list(hit.payload.get("relabels", []))[:-1]
+            renamed[event.id] = self._move(hit, event.previous_label or hit.label, relabels)
+        return TeachingUndone(undone=events, image_entries=self.memory.count("image"))
+
+
+def _prepare(example: ExampleImage) -> _Prepared:
+    """Read, hash and decode one example image."""
+    from rar_agent.images import decode_image_bytes, read_image_file
+
+    if isinstance(example.data, Path):
+        loaded = read_image_file(example.data, name=example.name)
+        return _Prepared(example.name, loaded.sha256, loaded.image)
+    if not isinstance(example.data, bytes) or not example.data:
+        raise ImageError(f"{example.name}: no image bytes")
+    image = decode_image_bytes(example.data, what=example.name)
+    return _Prepared(example.name, hashlib.sha256(example.data).hexdigest(), image)
+
+
+def _duplicate_error(name: str, label: str, hit: Hit) -> DuplicateExampleError:
+    return DuplicateExampleError(
+        f"{name} is already stored as an example of {hit.label!r} (entry {hit.id}), so it "
+        f"was not stored as {label!r}. If {hit.label!r} was wrong, move it: "
+        f"`rar-agent memory relabel {hit.id} {label!r}` (or the relabel_example tool); "
+        "the same image under two labels would make both answers equally likely.",
+        stored_label=hit.label,
+        entry_id=hit.id,
+    )
+
+
+def _events(memory: CategoryMemory) -> list[TeachingEvent]:
+    """Every teaching event recorded in the memory's payloads, oldest first."""
+    events: list[TeachingEvent] = []
+    offset: str | None = None
+    while True:
+        page, offset = memory.scroll(offset, limit=1024)
+        for pid, kind, _, payload in page:
+            if kind == "image":
+                events.extend(_entry_events(pid, payload))
+        if offset is None:
+            break
+    events.sort(key=lambda e: e.at)
+    return events
+
+
+def _entry_events(pid: str, payload: dict[str, Any]) -> list[TeachingEvent]:
+    out: list[TeachingEvent] = []
+    relabels = [r for r in payload.get("relabels") or [] if isinstance(r, dict)]
+    taught = payload.get("taught")
+    if isinstance(taught, dict) and taught.get("at"):
+        first = relabels[0].get("from") if relabels else payload.get("label")
+        out.append(
+            TeachingEvent(
+                event="taught",
+                id=pid,
+                label=str(first),
+                at=str(taught["at"]),
+                via=str(taught.get("via") or "api"),
+                by=taught.get("by"),
+                action=taught.get("action") if taught.get("action") in _ACTIONS else None,
+                corrected_from=taught.get("corrected_from"),
+                source=payload.get("source"),
+            )
+        )
+    for record in relabels:
+        out.append(
+            TeachingEvent(
+                event="relabeled",
+                id=pid,
+                label=str(record.get("to")),
+                previous_label=str(record.get("from")),
+                at=str(record.get("at")),
+                via=str(record.get("via") or "api"),
+                by=record.get("by"),
+                source=payload.get("source"),
+            )
+        )
+    return out
+
+
+_ACTIONS = ("add", "confirm", "correct")

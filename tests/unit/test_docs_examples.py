@@ -1,0 +1,193 @@
+"""Docs are tests: every example in README.md and docs/**/*.md runs as written.
+
+Sybil (a documentation-testing library) finds the fenced blocks; this module says what each
+kind of block means:
+
+- a ```python block runs, offline, in a scratch copy of the repository root (every top-level
+  entry linked, so ``examples/images/cat.jpg`` resolves and what a block writes lands in the
+  scratch folder) with a fresh ``RAR_HOME``; the blocks of one file run in order in one
+  namespace, so a later block may use an earlier one's names;
+- a ```bash block of README.md runs the same way, with ``.venv/bin`` first on ``PATH``, after
+  closing what earlier Python blocks opened (an embedded memory admits one process);
+- a block whose first line is ``# requires: <what>`` (an API key, network, CLIP weights, a
+  GPU...) is only compiled (Python) or syntax-checked (``bash -n``), and every import in a
+  Python one must resolve;
+- pseudo-code goes in ```text blocks, which nothing runs.
+
+The rule is written for people in docs/ARCHITECTURE.md ("Writing docs").
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sybil import Example, Sybil
+from sybil.parsers.markdown import CodeBlockParser
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+REQUIRES = re.compile(r"#\s*requires:\s*(?P<what>\S.*)")
+RUN_SHELL = {ROOT / "README.md"}  # docs/ shell blocks are read, not run
+FENCE = re.compile(r"^ {0,3}(```+|~~~+)[ \t]*([^\s`]*)", re.M)
+KNOWN_LANGUAGES = {"python", "bash", "text", "json", "yaml", "toml", "dockerfile", "ini", "diff"}
+
+
+def requirement(source: str) -> str | None:
+    """What a block needs that this machine may not have (its ``# requires:`` line), if any."""
+    lines = [line.strip() for line in source.strip().splitlines()]
+    match = REQUIRES.fullmatch(lines[0]) if lines else None
+    return match["what"] if match else None
+
+
+def _padded(example: Example) -> str:
+    """The block's code, shifted so that tracebacks give the line numbers of the document."""
+    return "\n" * (example.line + example.parsed.line_offset) + str(example.parsed)
+
+
+def check_imports(tree: ast.AST, where: str) -> None:
+    """Every ``import x`` / ``from x import y`` in ``tree`` resolves in this environment."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                importlib.import_module(alias.name)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if alias.name != "*" and not hasattr(module, alias.name):
+                    importlib.import_module(f"{node.module}.{alias.name}")  # a submodule
+
+
+def evaluate_python(example: Example) -> None:
+    """Run the block in the document's namespace, or only compile it and check its imports."""
+    where = f"{example.path}:{example.line}"
+    code = _padded(example)
+    tree = ast.parse(code, filename=str(example.path))
+    if requirement(example.parsed) is not None:
+        compile(tree, str(example.path), "exec")
+        check_imports(tree, where)
+        return
+    exec(compile(tree, str(example.path), "exec"), example.namespace)  # noqa: S102
+
+
+def evaluate_bash(example: Example) -> str | None:
+    """Run the block with bash (``-e``: the first failing command fails it), or ``bash -n``."""
+    source = str(example.parsed)
+    checked_only = requirement(source) is not None or Path(example.path) not in RUN_SHELL
+    if not checked_only:  # a reader runs shell commands on their own, not inside the Python
+        _close_opened(example.namespace)  # of earlier blocks: an embedded memory is locked
+    args = ["bash", "-n"] if checked_only else ["bash", "-euo", "pipefail"]
+    done = subprocess.run(
+        [*args, "-c", source], capture_output=True, text=True, timeout=600,
+        env=example.namespace["__env__"], cwd=example.namespace["__cwd__"],
+    )  # fmt: skip
+    if done.returncode != 0:
+        return (
+            f"{example.path}:{example.line}: the block exited {done.returncode}\n"
+            f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
+        )
+    return None
+
+
+SYBIL = Sybil(
+    parsers=[
+        CodeBlockParser(language="python", evaluator=evaluate_python),
+        CodeBlockParser(language="bash", evaluator=evaluate_bash),
+    ]
+)
+
+
+def _runnable(doc: Path) -> bool:
+    return any(lang in ("python", "bash") for _, lang in FENCE.findall(_read(doc)))
+
+
+def _read(doc: Path) -> str:
+    return doc.read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def scratch_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A scratch copy of the repository root (links), a fresh RAR_HOME, no model hub."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name != ".git":
+            (root / entry.name).symlink_to(entry)
+    home = tmp_path / "rar-home"
+    for name in [n for n in os.environ if n.startswith("RAR_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RAR_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(root)
+    yield root
+
+
+def _close_opened(namespace: dict[str, object]) -> None:
+    """Close what the blocks opened (recognizers, memories): embedded memories are locked."""
+    for value in list(namespace.values()):
+        close = getattr(value, "close", None)
+        if callable(close) and type(value).__module__.startswith("rar_agent"):
+            close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "doc", [d for d in DOCS if _runnable(d)], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_examples_run_as_written(doc: Path, scratch_root: Path) -> None:
+    document = SYBIL.parse(doc)
+    venv_bin = ROOT / ".venv" / "bin"
+    path = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+    document.namespace.update(__env__={**os.environ, "PATH": path}, __cwd__=scratch_root)
+    ran = 0
+    try:
+        for example in document:
+            example.evaluate()
+            ran += 1
+    finally:
+        _close_opened(document.namespace)
+    assert ran > 0, f"{doc.name}: no python or bash block found, though the fences say so"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_fence_names_a_known_language(doc: Path) -> None:
+    """No Python hides from the runner as ```py or an unlabelled block; pseudo-code is text."""
+    opened = False
+    for _, language in FENCE.findall(_read(doc)):
+        if opened:  # a closing fence
+            opened = False
+            continue
+        opened = True
+        assert language in KNOWN_LANGUAGES, (
+            f"{doc.relative_to(ROOT)}: a ```{language or '(no language)'} block: use ```python "
+            "(it runs), ```bash, ```text for pseudo-code, or another of "
+            f"{sorted(KNOWN_LANGUAGES)}"
+        )
+
+
+def test_requires_marks_only_check_syntax_and_imports(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "```python\n# requires: an API key\nfrom rar_agent import Recognizer\nraise SystemExit\n"
+        "```\n\n```python\n# requires: network\nfrom rar_agent import NoSuchName\n```\n",
+        encoding="utf-8",
+    )
+    first, second = SYBIL.parse(doc)
+    first.evaluate()  # compiled and imports checked, not run (it would raise SystemExit)
+    with pytest.raises(ModuleNotFoundError, match="NoSuchName"):
+        second.evaluate()
+
+
+def test_a_failing_block_names_its_line_in_the_document(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text("# title\n\n```python\nx = 1\n\ny = x / 0\n```\n", encoding="utf-8")
+    [example] = SYBIL.parse(doc)
+    with pytest.raises(ZeroDivisionError) as caught:
+        example.evaluate()
+    assert caught.traceback[-1].lineno + 1 == 6  # the document's line of ``y = x / 0``

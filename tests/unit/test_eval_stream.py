@@ -1,0 +1,70 @@
+"""``eval --stream``: the stream report on a small labelled set (a deterministic encoder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rar_agent.evaluation import EvalConfig
+from rar_agent.evaluation.stream import RULES, classify, run_stream, write_stream_report
+from tests.helpers.encoder_factories import hashing_encoder
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 200), "grey": (128,) * 3}
+
+
+def _folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for label, colour in COLOURS.items():
+        (root / label).mkdir(parents=True)
+        for i in range(10):
+            noise = rng.integers(-40, 40, (16, 16, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).resize((32, 32)).save(root / label / f"{i}.png")
+    return root
+
+
+def test_classify_rules_on_known_vectors() -> None:
+    memory = np.array([[1.0, 0.0], [0.8, 0.6], [0.65, 0.76], [0.6, 0.8]])
+    labels = ["a", "a", "b", "b"]
+    query = np.array([[0.75, 0.66]])
+    query /= np.linalg.norm(query)
+    assert classify(memory, labels, query, "nearest") == ["a"]  # 0.8,0.6 is the closest
+    assert classify(memory, labels, query, "support") == ["b"]  # b's two average higher
+    assert classify(memory, labels, query, "prototype")[0] in {"a", "b"}
+    assert classify(memory[:0], [], query, "nearest") == [None]
+
+
+def test_stream_report_on_a_small_set(tmp_path: Path) -> None:
+    data = _folder(tmp_path / "set")
+    config = EvalConfig(dataset=str(data), shots=1, open_set=0.25, seed=0, batch_size=8)
+    report = run_stream(config, encoder=hashing_encoder(), workdir=tmp_path / "work", points=4)
+    assert report.steps + report.heldout == 4 * 9  # 1 shot per class kept, the rest tested
+    assert 0 < report.taught <= report.steps
+    assert len(report.new_classes) == 1 and report.new_class_first_seen_rejected in (0.0, 1.0)
+    assert report.examples_end == report.examples_start + report.taught
+    assert report.curve[0].step == 0 and report.curve[-1].step == report.steps
+    assert report.curve[-1].taught == report.taught
+    assert set(report.rules) == set(RULES)
+    assert report.heldout_top1_end == report.rules["nearest"].heldout_top1_end
+    assert 0.0 <= report.control_top1 <= 1.0 and report.teach_ms_median is not None
+    files = write_stream_report(report, config, tmp_path / "out")
+    stream = json.loads(files["json"].read_text())["stream"]
+    for key in ("steps", "taught", "online_top1", "new_class_first_seen_rejected",
+                "heldout_top1_start", "heldout_top1_end", "control_top1", "curve"):  # fmt: skip
+        assert key in stream
+    assert files["stream.png"].stat().st_size > 1000
+    assert "| nearest |" in files["markdown"].read_text()
+
+
+def test_stream_with_no_initial_examples(tmp_path: Path) -> None:
+    data = _folder(tmp_path / "set")
+    config = EvalConfig(dataset=str(data), shots=0, seed=1, batch_size=8)
+    report = run_stream(config, encoder=hashing_encoder(), workdir=tmp_path / "work", points=3)
+    assert report.examples_start == 0 and report.heldout_top1_start is None
+    assert len(report.new_classes) == 4 and report.new_class_first_seen_rejected is not None
+    with pytest.raises(Exception, match="streamed share"):
+        run_stream(config, encoder=hashing_encoder(), workdir=tmp_path / "w2", stream_share=1.0)

@@ -1,0 +1,110 @@
+"""Which memory a command uses when none is named, and how a person finds it again.
+
+recognize, chat and mcp resolve "no --memory" in one place (``configured_memory``): the
+default memory if it holds entries, else the built-in one; ``memory list`` / ``stats`` with no
+flags show the memory the last command used, or say which exist and how to pick one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from rar_agent.cli import app
+from rar_agent.cli.recent import describe_choice, last_used_settings, names_a_memory
+from rar_agent.config import Settings
+from rar_agent.errors import ConfigError, MemoryStoreError
+from rar_agent.memory import configured_memory
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def home(tmp_path: Path, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("RAR_MEMORY_PATH", "RAR_COLLECTION", "RAR_QDRANT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_CLIP_MODEL", tiny_openclip_spec)
+    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    return tmp_path / "home"
+
+
+def test_read_only_does_not_change_which_memory_is_meant(home: Path) -> None:
+    """mcp opens read-only: a missing default memory still means the built-in one (None)."""
+    settings = Settings()
+    assert configured_memory(settings, read_only=True) is None
+    assert configured_memory(settings) is None
+    named = Settings(collection="nothing-here")
+    with pytest.raises(MemoryStoreError, match="no category memory"):
+        configured_memory(named, read_only=True)
+
+
+def test_an_option_or_variable_names_a_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAR_COLLECTION", raising=False)
+    monkeypatch.delenv("RAR_MEMORY_PATH", raising=False)
+    monkeypatch.delenv("RAR_QDRANT_URL", raising=False)
+    assert not names_a_memory(Settings())
+    assert names_a_memory(Settings(collection="x"))
+    monkeypatch.setenv("RAR_COLLECTION", "from-env")
+    assert names_a_memory(Settings())
+
+
+def test_memory_list_without_flags_shows_the_memory_the_last_command_used(
+    home: Path, tmp_path: Path
+) -> None:
+    done = runner.invoke(app, ["memory", "list"])
+    assert done.exit_code == 2
+    assert "no memory exists under" in done.output and "memory build" in done.output
+
+    added = runner.invoke(app, ["memory", "add", "thing", str(tmp_path / "a.png"),
+                                "--collection", "my-things"])  # fmt: skip
+    assert added.exit_code == 0, added.output
+    listed = runner.invoke(app, ["memory", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.strip() == '{"thing": 1}'
+    assert "memory 'my-things', used last by `rar-agent memory add`" in listed.output
+    stats = runner.invoke(app, ["memory", "stats"])
+    assert stats.exit_code == 0 and '"collection": "my-things"' in stats.stdout
+
+    named = runner.invoke(app, ["memory", "list", "--collection", "other"])
+    assert named.exit_code == 2 and "no category memory" in named.output
+
+
+def test_without_a_record_the_error_lists_the_memories_and_how_to_pick(home: Path) -> None:
+    for name in ("birds", "garments"):
+        (home / "memories" / name).mkdir(parents=True)
+    message = describe_choice(Settings())
+    assert "birds, garments" in message and "--collection NAME" in message
+    assert last_used_settings(Settings()) == (Settings(), None)
+
+
+def test_recognize_names_the_built_in_memory_and_memory_list_finds_it(
+    home: Path, tmp_path: Path
+) -> None:
+    done = runner.invoke(app, ["recognize", str(tmp_path / "a.png"), "--no-progress"])
+    assert done.exit_code == 0, done.output
+    note = next(line for line in done.output.splitlines() if "built-in memory" in line)
+    name = note.split("built-in memory '", 1)[1].split("'", 1)[0]
+    assert name.startswith("builtin-") and (home / "memories" / name).is_dir()
+    listed = runner.invoke(app, ["memory", "list", "--json"])
+    assert listed.exit_code == 0 and f"memory {name!r}, used last by" in listed.output
+    again = runner.invoke(app, ["memory", "stats", "--collection", name])
+    assert again.exit_code == 0 and f'"collection": "{name}"' in again.stdout
+
+
+def test_eval_suggests_the_built_in_dataset_name(tmp_path: Path) -> None:
+    from rar_agent.evaluation.data import resolve_sets
+
+    def resolve(dataset: str) -> object:
+        return resolve_sets(dataset=dataset, memory_set=None, test_set=None, shots=10,
+                            text_memory=False, limit=None, seed=0, workdir=tmp_path)  # fmt: skip
+
+    with pytest.raises(ConfigError, match="did you mean --dataset fashion-mnist"):
+        resolve("fashion_mnist")
+    with pytest.raises(ConfigError, match="does not exist"):  # not a near miss: the usual error
+        resolve("cifar")

@@ -1,0 +1,205 @@
+"""The teacher: provenance, no image under two labels, near-duplicates, relabel, history, undo,
+thumbnails and the calibration kept current; the name parser's stated rules."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from rar_agent.errors import ConfigError, DuplicateExampleError
+from rar_agent.pipeline.naming import Teaching, parse_teaching
+from rar_agent.pipeline.teacher import (
+    THUMBNAIL_MAX_BYTES,
+    THUMBNAIL_SIDE,
+    Teacher,
+    make_thumbnail,
+)
+from tests.helpers.small_memory import small_recognizer
+
+
+def _png(colour: tuple[int, int, int], mark: int = 0, size: tuple[int, int] = (40, 32)) -> bytes:
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", size, colour)
+    ImageDraw.Draw(image).rectangle((2 + mark, 2, 8 + mark, 8), fill=(250, 250, 250))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def recognizer(tmp_path: Path, tiny_encoder: Any) -> Any:
+    rec = small_recognizer(tmp_path, tiny_encoder)
+    yield rec
+    rec.close()
+
+
+def test_add_records_provenance_and_thumbnail(recognizer: Any) -> None:
+    teacher = Teacher(recognizer.memory, recognizer.encoder, via="chat", by="ana")
+    [added] = teacher.add("sandal", [("img-1", _png((120, 90, 40)))])
+    assert added.added == 1 and added.new_category and added.category_examples == 1
+    [entry] = recognizer.memory.get_entries([added.id])
+    taught = entry.payload["taught"]
+    assert taught["via"] == "chat" and taught["by"] == "ana" and taught["action"] == "add"
+    assert taught["at"].endswith("+00:00")
+    assert entry.source == "img-1" and entry.label == "sandal"
+    thumb = entry.payload["thumbnail"]
+    assert thumb.startswith("data:image/jpeg;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(thumb.split(",", 1)[1])))
+    assert max(decoded.size) <= THUMBNAIL_SIDE
+    # the same image again under the same label: stored once
+    [again] = teacher.add("sandal", [("img-1", _png((120, 90, 40)))])
+    assert again.added == 0 and again.id == added.id
+
+
+def test_same_image_under_a_second_label_is_refused_with_the_way_to_move_it(
+    recognizer: Any,
+) -> None:
+    teacher = Teacher(recognizer.memory, recognizer.encoder, via="tool")
+    cat = recognizer.example_images["black cat"]
+    before = recognizer.memory.count("image")
+    with pytest.raises(DuplicateExampleError) as refused:
+        teacher.add("dog", [cat])
+    message = str(refused.value)
+    assert "'black cat'" in message and "memory relabel" in message
+    assert refused.value.stored_label == "black cat"
+    assert recognizer.memory.count("image") == before  # nothing written
+    assert "dog" not in recognizer.memory.labels()
+
+
+def test_near_duplicate_of_another_category_is_flagged(recognizer: Any) -> None:
+    teacher = Teacher(recognizer.memory, recognizer.encoder, near_duplicate=0.5)
+    # a slightly different picture of the red apple, taught as something else
+    [added] = teacher.add("tomato", [("tomato.png", _png((201, 30, 30), mark=1, size=(48, 40)))])
+    assert added.added == 1
+    assert any(n.label == "red apple" for n in added.near_duplicates)
+    strict = Teacher(recognizer.memory, recognizer.encoder, near_duplicate=1.0)
+    [other] = strict.add("plum", [("plum.png", _png((90, 20, 90)))])
+    assert other.near_duplicates == []
+
+
+def test_correct_records_the_wrong_answer_and_case_follows_the_known_label(
+    recognizer: Any,
+) -> None:
+    teacher = Teacher(recognizer.memory, recognizer.encoder)
+    result = teacher.correct("Blue Jay", ("jay2.png", _png((30, 61, 209))), was="Black Cat")
+    assert result.label == "blue jay" and result.action == "correct"
+    assert result.corrected_from == "black cat"
+    assert result.category_examples == 2 and not result.new_category
+
+
+def test_relabel_moves_an_example_and_undo_moves_it_back(recognizer: Any) -> None:
+    memory = recognizer.memory
+    teacher = Teacher(memory, recognizer.encoder, via="cli")
+    [added] = teacher.add("dog", [("pet.png", _png((10, 200, 200)))])
+    moved = teacher.relabel(added.id, "cat")
+    assert moved.previous_label == "dog" and moved.label == "cat" and moved.id != added.id
+    assert memory.get_entries([added.id]) == []
+    [entry] = memory.get_entries([moved.id])
+    assert entry.payload["taught"]["via"] == "cli" and entry.payload["thumbnail"]
+    assert entry.payload["relabels"][0]["from"] == "dog"
+    history = teacher.history()
+    assert [e.event for e in history.events] == ["taught", "relabeled"]
+    assert history.events[0].label == "dog" and history.events[1].previous_label == "dog"
+    undone = teacher.undo(1)
+    assert undone.undone[0].event == "relabeled"
+    assert memory.labels("image").get("dog") == 1 and "cat" not in memory.labels("image")
+    [back] = memory.get_entries([added.id])
+    assert "relabels" not in back.payload
+    with pytest.raises(ConfigError, match="no example image"):
+        teacher.relabel("00000000-0000-0000-0000-000000000000", "cat")
+
+
+def test_history_and_undo_last_n_keep_calibration_current(recognizer: Any) -> None:
+    from rar_agent.openset import load as load_calibration
+
+    memory = recognizer.memory
+    teacher = Teacher(memory, recognizer.encoder, via="mcp", by="token-a")
+    built = memory.count("image")
+    for i in range(3):
+        teacher.add(f"thing {i}", [(f"t{i}.png", _png((30 * i, 100, 50 + 40 * i), mark=i))])
+    assert memory.count("image") == built + 3
+    history = teacher.history(limit=2)
+    assert history.total == 3 and [e.label for e in history.events] == ["thing 1", "thing 2"]
+    assert all(e.via == "mcp" and e.by == "token-a" for e in history.events)
+    revision = (load_calibration(memory) or pytest.fail("no calibration")).revision
+    undone = teacher.undo(2)
+    assert [e.label for e in undone.undone] == ["thing 2", "thing 1"]
+    assert memory.count("image") == built + 1 and undone.image_entries == built + 1
+    assert (load_calibration(memory) or pytest.fail("no calibration")).revision > revision
+    assert teacher.history().total == 1
+    assert teacher.undo(5).image_entries == built  # more than there is: all of it
+    assert teacher.undo(1).undone == []
+    with pytest.raises(ConfigError):
+        teacher.undo(0)
+
+
+def test_teacher_without_encoder_relabels_but_cannot_teach(recognizer: Any) -> None:
+    full = Teacher(recognizer.memory, recognizer.encoder)
+    [added] = full.add("mug", [("mug.png", _png((200, 200, 200)))])
+    bare = Teacher(recognizer.memory, None, via="cli")
+    assert bare.relabel(added.id, "cup").label == "cup"
+    with pytest.raises(ConfigError, match="no encoder"):
+        bare.add("cup", [("x.png", _png((1, 2, 3)))])
+    with pytest.raises(ConfigError, match="via"):
+        Teacher(recognizer.memory, None, via="email")  # type: ignore[arg-type]
+
+
+def test_thumbnail_is_bounded_for_noisy_large_images() -> None:
+    import numpy as np
+
+    noise = np.random.default_rng(0).integers(0, 255, (900, 1400, 3), dtype=np.uint8)
+    thumb = make_thumbnail(Image.fromarray(noise))
+    assert len(base64.b64decode(thumb.split(",", 1)[1])) <= THUMBNAIL_MAX_BYTES
+
+
+# ---------------------------------------------------------------------------- name parser
+
+
+@pytest.mark.parametrize(
+    ("text", "bare", "expected"),
+    [
+        ("it's a sandal", False, Teaching("name", "sandal")),
+        ("It is an ankle boot.", False, Teaching("name", "ankle boot")),
+        ("sandal", True, Teaching("name", "sandal")),
+        ("a cat", True, Teaching("name", "cat")),
+        ("no, sandal", False, Teaching("correct", "sandal")),
+        ("no it's a sandal", False, Teaching("correct", "sandal")),
+        ("it's not a sneaker, it's a sandal", False, Teaching("correct", "sandal")),
+        ("actually a loafer", False, Teaching("correct", "loafer")),
+        ("wrong", False, Teaching("reject")),
+        ("call it Grandma's teapot", False, Teaching("name", "Grandma's teapot")),
+        ("call it my cat Tom", False, Teaching("name", "my cat Tom")),
+        ("this is my cat Tom", False, Teaching("name", "cat")),
+        ("this is Tom, my cat", False, Teaching("name", "cat")),
+        ("yes", False, Teaching("confirm")),
+        ("yes, keep it", False, Teaching("confirm", keep=True)),
+        ("keep this photo", False, Teaching("confirm", keep=True)),
+    ],
+)
+def test_parse_teaching_rules(text: str, bare: bool, expected: Teaching) -> None:
+    assert parse_teaching(text, bare=bare) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sandal",  # a bare name only where one is expected
+        "What is in this image?",
+        "is it a sandal",
+        "hello",
+        "thanks",
+        "show me the categories",
+        "this is a really long sentence that describes the picture in detail",
+        "",
+    ],
+)
+def test_parse_teaching_ignores_what_is_not_teaching(text: str) -> None:
+    assert parse_teaching(text) is None
+    if text != "sandal":
+        assert parse_teaching(text, bare=True) is None

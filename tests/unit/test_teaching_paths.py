@@ -1,0 +1,287 @@
+"""Every way of teaching goes through the teacher: the tools, the stand-in agent (the chat
+page's free text and buttons), MCP and the CLI, each with refusal, history and undo."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.tools import BaseTool
+from PIL import Image
+from typer.testing import CliRunner
+
+from rar_agent.agent import create_rar_agent, last_tool_messages
+from rar_agent.tools import ImageRegistry, make_tools
+from rar_agent.ui import ChatSession, answer_options
+from tests.helpers.encoder_factories import hashing_encoder
+from tests.helpers.small_memory import small_recognizer
+
+
+def _png(colour: tuple[int, int, int], mark: int = 0) -> bytes:
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (40, 32), colour)
+    ImageDraw.Draw(image).rectangle((2 + mark, 2, 9 + mark, 9), fill=(255, 255, 255))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _block(data: bytes) -> dict[str, Any]:
+    return {"type": "image", "base64": base64.b64encode(data).decode(), "mime_type": "image/png"}
+
+
+@pytest.fixture
+def recognizer(tmp_path: Path) -> Any:
+    rec = small_recognizer(tmp_path, hashing_encoder())
+    yield rec
+    rec.close()
+
+
+def _call(tool: BaseTool, args: dict[str, Any]) -> ToolMessage:
+    msg = tool.invoke({"type": "tool_call", "name": tool.name, "args": args, "id": "c1"})
+    assert isinstance(msg, ToolMessage)
+    return msg
+
+
+# ---------------------------------------------------------------------------- tools
+
+
+def test_tools_refuse_a_second_label_then_relabel_history_and_undo(recognizer: Any) -> None:
+    registry = ImageRegistry()
+    tools = {
+        t.name: t
+        for t in make_tools(recognizer, registry=registry, allow_learning=True, by="tester")
+    }
+    cat = registry.register(recognizer.example_images["black cat"].read_bytes())
+    refused = _call(tools["add_category_example"], {"label": "dog", "image": cat})
+    assert refused.status == "error"
+    assert "already stored as an example of 'black cat'" in refused.content
+    assert "relabel_example" in refused.content
+
+    new = registry.register(_png((120, 60, 10)))
+    taught = _call(tools["add_category_example"], {"label": "dog", "image": new})
+    assert taught.status == "success" and taught.artifact["new_category"]
+    fixed = _call(
+        tools["add_category_example"],
+        {"label": "fox", "image": registry.register(_png((200, 90, 20), 3)), "corrects": "dog"},
+    )
+    assert fixed.artifact["action"] == "correct" and "had been answered 'dog'" in fixed.content
+
+    moved = _call(tools["relabel_example"], {"example": taught.artifact["id"], "label": "wolf"})
+    assert moved.status == "success" and moved.artifact["previous_label"] == "dog"
+    history = _call(tools["teaching_history"], {"limit": 5})
+    assert [e["event"] for e in history.artifact["events"]] == ["taught", "taught", "relabeled"]
+    assert all(e["via"] == "tool" and e["by"] == "tester" for e in history.artifact["events"])
+    assert "moved" in history.content and "corrected" in history.content
+
+    undone = _call(tools["undo_teaching"], {"n": 2})
+    assert [e["event"] for e in undone.artifact["undone"]] == ["relabeled", "taught"]
+    labels = recognizer.memory.labels("image")
+    assert labels.get("dog") == 1 and "fox" not in labels and "wolf" not in labels
+
+
+# ---------------------------------------------------------------------------- the stand-in agent
+
+
+def _say(agent: Any, content: Any, config: dict[str, Any]) -> list[ToolMessage]:
+    out = agent.invoke({"messages": [HumanMessage(content=content)]}, config)
+    return last_tool_messages(out["messages"])
+
+
+def test_stand_in_agent_corrects_confirms_names_and_answers_each_image(recognizer: Any) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    agent = create_rar_agent(
+        None, recognizer=recognizer, allow_learning=True, checkpointer=InMemorySaver()
+    )
+    config = {"configurable": {"thread_id": "t"}}
+    apple = recognizer.example_images["red apple"].read_bytes()
+    (seen,) = _say(agent, [_block(_png((205, 35, 30), 2))], config)
+    answer = seen.artifact["label"]
+    assert answer is not None
+
+    # free text after an answer: a correction of that answer, for that image
+    (fixed,) = _say(agent, "no, it's a tomato", config)
+    assert fixed.name == "add_category_example" and fixed.artifact["label"] == "tomato"
+    assert fixed.artifact["corrected_from"] == answer and fixed.artifact["action"] == "correct"
+
+    # confirm without keeping stores nothing; "yes, keep it" keeps the photo
+    _say(agent, [_block(apple)], config)
+    assert _say(agent, "yes", config) == []
+    (kept,) = _say(agent, "yes, keep it", config)
+    assert kept.artifact["added"] == 0 and "already stored" in kept.text  # its own example
+    (kept,) = _say(agent, [_block(_png((200, 30, 30), 4))], config)
+    (kept,) = _say(agent, "yes, keep it", config)
+    assert kept.artifact["action"] == "confirm" and kept.artifact["added"] == 1
+
+    # an image and its name in one message; then two images, each answered
+    (named,) = _say(
+        agent, [{"type": "text", "text": "this is an ankle boot"}, _block(_png((90, 90, 90)))],
+        config,
+    )  # fmt: skip
+    assert named.artifact["label"] == "ankle boot" and named.artifact["new_category"]
+    two = _say(agent, [_block(apple), _block(_png((30, 60, 210), 1))], config)
+    assert [t.name for t in two] == ["recognize_image", "recognize_image"]
+    assert two[0].artifact["label"] == "red apple"
+
+
+def test_stand_in_agent_says_what_it_can_do_with_learning_off(recognizer: Any) -> None:
+    agent = create_rar_agent(None, recognizer=recognizer)
+    out = agent.invoke({"messages": [HumanMessage("it's a sandal")]})
+    reply = out["messages"][-1].text
+    assert "Learning is off" in reply and "cannot store 'sandal'" in reply
+    assert not last_tool_messages(out["messages"])
+    out = agent.invoke({"messages": [HumanMessage("what can you do")]})
+    assert "No chat model is configured" in out["messages"][-1].text
+
+
+async def test_page_options_and_a_correction_through_the_history(recognizer: Any) -> None:
+    agent = create_rar_agent(None, recognizer=recognizer, allow_learning=True)
+    session = ChatSession(agent, recognition_only=True, can_learn=True)
+    photo = recognizer.example_images["blue jay"]
+    first = await session.respond({"text": "", "files": [str(photo)]}, [])
+    assert "img-" not in first["content"].split("<!--")[0]  # no internal ids shown
+    values = [o["value"] for o in first["options"]]
+    assert values[:2] == ["yes", "yes, keep it"] and "no" in values
+    other = next(v for v in values if v.startswith("no, it's "))
+    history = [
+        {"role": "user", "content": [{"type": "file", "file": {"path": str(photo)}}]},
+        {"role": "assistant", "content": first["content"]},
+    ]
+    # the "No, it's X" button sends its value as the next message
+    refused = await session.respond(other, history)
+    assert "already stored as an example of 'blue jay'" in refused["content"]
+    assert answer_options([]) == []
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_ENCODER", "tests.helpers.encoder_factories:hashing_encoder")
+    monkeypatch.delenv("RAR_QDRANT_URL", raising=False)
+    for i, colour in enumerate([(200, 20, 20), (20, 200, 20), (20, 20, 200)]):
+        (tmp_path / f"{i}.png").write_bytes(_png(colour, i))
+    return tmp_path
+
+
+def test_cli_teach_refuse_history_relabel_undo(cli_env: Path) -> None:
+    from rar_agent.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, list(args))
+        return result.exit_code, result.output
+
+    code, out = run("teach", "red thing", str(cli_env / "0.png"), "--by", "ana")
+    assert code == 0 and "first example of the new category 'red thing'" in out, out
+    code, out = run("memory", "add", "green thing", str(cli_env / "1.png"))
+    assert code == 0 and "'green thing'" in out, out
+    code, out = run("teach", "blue thing", str(cli_env / "0.png"))
+    assert code != 0 and "already stored as an example of 'red thing'" in out
+    assert "rar-agent memory relabel" in out
+    code, out = run("memory", "history", "--json")
+    events = json.loads(out)["events"]
+    assert code == 0 and [e["label"] for e in events] == ["red thing", "green thing"]
+    assert events[0]["via"] == "cli" and events[0]["by"] == "ana"
+    code, out = run("memory", "relabel", events[0]["id"], "crimson thing")
+    assert code == 0 and "to 'crimson thing'" in out, out
+    code, out = run("memory", "history")
+    assert "moved" in out and "crimson thing" in out
+    code, out = run("memory", "undo", "2")
+    assert code == 0 and "undid 2 teaching event(s)" in out, out
+    code, out = run("memory", "list", "--json")
+    assert json.loads(out) == {"red thing": 1}
+
+
+# ---------------------------------------------------------------------------- MCP fixes
+
+
+def test_search_tool_left_out_for_image_only_encoders_and_missing_files_said_so(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    from rar_agent.encoders.base import has_text_tower
+
+    assert has_text_tower(recognizer.encoder)
+    names = [t.name for t in make_tools(recognizer, image_ids=False)]
+    assert "search_categories" in names
+    recognizer.encoder.text_tower = False
+    try:
+        names = [t.name for t in make_tools(recognizer, image_ids=False)]
+        assert names == ["recognize_image", "list_categories"]
+    finally:
+        del recognizer.encoder.text_tower
+    (tool,) = [
+        t for t in make_tools(recognizer, image_ids=False, allowed_roots=[tmp_path])
+        if t.name == "recognize_image"
+    ]  # fmt: skip
+    assert "latest" not in tool.args["image"]["description"]
+    assert "conversation" not in tool.args["image"]["description"]
+    missing = _call(tool, {"image": "no_such.png"})
+    assert (
+        missing.status == "error" and "no such file in the allowed directories" in missing.content
+    )
+
+
+# ---------------------------------------------------------------------------- show why
+
+
+def test_results_carry_matched_examples_with_thumbnails_everywhere(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    from rar_agent.ingest.builders import add_images
+    from rar_agent.ui import render_reply
+
+    photo = tmp_path / "kiwi.png"
+    photo.write_bytes(_png((120, 160, 40), 5))
+    add_images(recognizer.memory, recognizer.encoder, [(str(photo), "kiwi")])
+    [entry] = [h for h in recognizer.memory.search(
+        recognizer.encoder.embed_images([Image.open(photo)])[0], limit=1)]  # fmt: skip
+    assert entry.payload["thumbnail"].startswith("data:image/jpeg;base64,")  # built entries too
+
+    registry = ImageRegistry()
+    image_id = registry.register(photo.read_bytes())
+    tools = {t.name: t for t in make_tools(recognizer, registry=registry, example_images=True)}
+    msg = _call(tools["recognize_image"], {"image": image_id})
+    top = msg.artifact["candidates"][0]
+    assert top["label"] == "kiwi" and top["examples"][0]["id"] == entry.id
+    assert top["examples"][0]["score"] > 0.99 and top["examples"][0]["thumbnail"]
+    assert isinstance(msg.content, list) and msg.content[0]["type"] == "text"
+    assert msg.content[0]["text"].startswith("Answer for")
+    images = [b for b in msg.content if b.get("type") == "image"]
+    assert images and images[0]["mime_type"] == "image/jpeg"
+    plain = _call(make_tools(recognizer, registry=registry)[0], {"image": image_id})
+    assert isinstance(plain.content, str)  # opt-in only
+
+    shown = render_reply("", [msg], queries={image_id: "data:image/png;base64,AAAA"})
+    assert (
+        "| this photo | kiwi 1.000" in shown
+        and "![this photo](data:image/png;base64,AAAA)" in shown
+    )
+
+
+async def test_mcp_returns_example_images_when_asked(recognizer: Any, tmp_path: Path) -> None:
+    from mcp import types
+    from mcp.shared.memory import create_connected_server_and_client_session
+
+    from rar_agent.mcp import create_server
+    from rar_agent.pipeline.teacher import Teacher
+
+    Teacher(recognizer.memory, recognizer.encoder).add("plum", [("p.png", _png((90, 20, 90)))])
+    (tmp_path / "q.png").write_bytes(_png((90, 20, 90)))
+    server = create_server(recognizer, allowed_roots=[tmp_path], example_images=True)
+    async with create_connected_server_and_client_session(server) as session:
+        result = await session.call_tool("recognize_image", {"image": "q.png"})
+    assert not result.isError
+    assert isinstance(result.content[0], types.TextContent)
+    assert result.content[0].text.startswith("Answer for q.png: plum")
+    assert any(isinstance(c, types.ImageContent) for c in result.content)
