@@ -329,7 +329,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
 
         text = last.text
         ids = list(dict.fromkeys(IMAGE_ID_PATTERN.findall(text)))
-        words = re.sub(r"\[?\s*image id\s+img-[0-9a-f]+\s*\]?", " ", text).strip()
+        words = re.sub(r"\[\s*image id\s+img-[0-9a-f]+[^\]]*\]", " ", text).strip()
         words = IMAGE_ID_PATTERN.sub(" ", words).strip()
         before = previous_answer(earlier)
         teaching = parse_teaching(words, bare=bool(ids) or before is not None)

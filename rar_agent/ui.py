@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from rar_agent.tools import RecognizerLike
 
 __all__ = [
+    "PAGE_CSS",
     "ChatSession",
     "answer_options",
     "build_chat_page",
@@ -429,11 +430,10 @@ def build_chat_page(
             placeholder="Ask about a photo: drop, paste or upload it here",
             elem_id="rar-input",
         ),
-        chatbot=gr.Chatbot(
-            elem_id="rar-chat", height=520, sanitize_html=True, label="Conversation"
-        ),
+        chatbot=gr.Chatbot(elem_id="rar-chat", sanitize_html=True, label="Conversation", scale=1),
         analytics_enabled=False,
-        fill_height=True,
+        fill_height=True,  # the conversation takes the window's height, the input below
+        fill_width=True,
     )
 
 
@@ -497,7 +497,22 @@ def launch(
         quiet=True,  # the caller says where the page is; Gradio would add a share=True hint
         max_file_size=max_file_size,
         theme=theme,
+        css=PAGE_CSS,
         show_error=True,
         footer_links=[],
     )
     return page
+
+
+PAGE_CSS = """
+#rar-chat { flex-grow: 1; min-height: 55vh; }
+#rar-chat table { display: block; max-width: 100%; overflow-x: auto; }
+#rar-chat table img { max-width: 64px; height: auto; }
+#rar-chat th, #rar-chat td { white-space: nowrap; padding: 2px 8px; }
+@media (max-width: 640px) {
+  #rar-chat { min-height: 60vh; }
+  #rar-chat .message { font-size: 15px; }
+}
+"""
+"""The page's layout rules: the conversation fills the window, tables scroll sideways on a
+phone instead of breaking, thumbnails stay small."""

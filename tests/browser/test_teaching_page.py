@@ -1,0 +1,126 @@
+"""Correcting answers on the chat page in a real browser (no chat model, learning on): the
+controls under an answer, free text, an image with its name, two images at once; the layout
+at desktop and phone sizes (screenshots go to docs/img/)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.encoder_factories import hashing_encoder
+from tests.helpers.small_memory import small_recognizer
+
+pytestmark = pytest.mark.browser
+
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
+
+
+def _png(path: Path, colour: tuple[int, int, int], mark: int) -> Path:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (64, 56), colour)
+    ImageDraw.Draw(image).rectangle((4 + mark, 4, 16 + mark, 16), fill=(255, 255, 255))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory: pytest.TempPathFactory, new_port: Any) -> Iterator[Any]:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from rar_agent.ui import build_chat_page, launch
+
+    folder = tmp_path_factory.mktemp("teach-page")
+    recognizer = small_recognizer(folder, hashing_encoder())
+    page = build_chat_page(recognizer, None, allow_learning=True)
+    port = new_port()
+    launch(page, "127.0.0.1", port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/", recognizer, folder
+    finally:
+        page.close()
+        recognizer.close()
+
+
+def _send(page: Any, text: str = "", files: list[Path] = ()) -> Any:  # type: ignore[assignment]
+    box = page.locator("#rar-input")
+    before = page.locator("#rar-chat [data-testid='bot']").count()
+    if files:
+        box.locator("input[type=file]").set_input_files([str(f) for f in files])
+        box.locator("img").first.wait_for(timeout=30_000)
+    box.locator("textarea").fill(text)
+    box.locator("textarea").press("Enter")
+    return _next_reply(page, before)
+
+
+def _next_reply(page: Any, before: int) -> Any:
+    bots = page.locator("#rar-chat [data-testid='bot']")
+    page.wait_for_function(
+        "n => document.querySelectorAll(\"#rar-chat [data-testid='bot']\").length > n",
+        arg=before,
+        timeout=90_000,
+    )
+    bot = bots.last
+    page.wait_for_timeout(300)
+    return bot
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_correct_an_answer_with_the_controls_and_in_words(
+    page_url: tuple[str, Any, Path], browser: Any, size: str
+) -> None:
+    url, recognizer, folder = page_url
+    width, height = SIZES[size]
+    shade = 40 * list(SIZES).index(size)  # other pictures at each size
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    try:
+        page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+        page.locator("#rar-input textarea").wait_for(timeout=60_000)
+        header = page.locator("body").inner_text()
+        assert "No chat model is configured" in header and "call it X" in header
+
+        # a photo: the answer, the evidence, the controls under it
+        photo = _png(folder / f"odd-{size}.png", (200, 40 + shade, 30), 7)
+        bot = _send(page, files=[photo])
+        reply = bot.inner_text()
+        assert "Answer:" in reply and "img-" not in reply
+        chat = page.locator("#rar-chat")
+        box = chat.bounding_box()
+        assert box is not None and box["height"] > 0.5 * height  # fills the window
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOCS_IMG / f"teach-answer-{size}.png"))
+
+        # "No, it's ..." control: a correction stored under the other category
+        option = page.get_by_role("button", name="No, it's").first
+        option.wait_for(timeout=10_000)
+        before = page.locator("#rar-chat [data-testid='bot']").count()
+        option.click()
+        fixed = _next_reply(page, before).inner_text()
+        assert "Corrected: stored this photo as an example of" in fixed
+        assert "had been answered" in fixed and "img-" not in fixed
+
+        # free text names a new category for the next photo
+        other = _png(folder / f"new-{size}.png", (20, 20 + shade, 20), 11)
+        _send(page, files=[other])
+        named = _send(page, f"call it mystery {size}").inner_text()
+        assert f"'mystery {size}'" in named
+
+        # an image and its name in one message; then two images, each answered
+        boot = _png(folder / f"boot-{size}.png", (90, 60 + shade, 30), 2)
+        stored = _send(page, "this is an ankle boot", files=[boot]).inner_text()
+        assert "'ankle boot'" in stored
+        pair = [recognizer.example_images["blue jay"], recognizer.example_images["green leaf"]]
+        both = _send(page, files=pair).inner_text()
+        assert "Answer: blue jay" in both and "Answer: green leaf" in both
+        page.screenshot(path=str(DOCS_IMG / f"teach-conversation-{size}.png"), full_page=True)
+        assert recognizer.memory.count("image", label="ankle boot") >= 1
+    finally:
+        context.close()
