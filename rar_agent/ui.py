@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from langchain_core.runnables import Runnable
     from langchain_core.tools import BaseTool
 
+    from rar_agent.auth import TokenStore
     from rar_agent.tools import RecognizerLike
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "candidates_table",
     "launch",
     "render_reply",
+    "token_login",
 ]
 
 logger = logging.getLogger(__name__)
@@ -318,21 +320,43 @@ class ChatSession:
         *,
         recognition_only: bool = False,
         can_learn: bool = False,
+        reading_agent: Runnable[dict[str, Any], dict[str, Any]] | None = None,
+        may_learn: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.agent = agent
         self.recognition_only = recognition_only
         self.can_learn = can_learn
+        self.reading_agent = reading_agent
+        self.may_learn = may_learn
+
+    def _agent_for(self, user: str | None) -> tuple[Runnable[dict[str, Any], dict[str, Any]], bool]:
+        """The agent a signed-in ``user`` may use, and whether it can teach."""
+        if self.may_learn is None or self.reading_agent is None or self.may_learn(user):
+            return self.agent, self.can_learn
+        return self.reading_agent, False
 
     async def respond(
-        self, message: dict[str, Any] | str, history: list[dict[str, Any]]
+        self,
+        message: dict[str, Any] | str,
+        history: list[dict[str, Any]],
+        user: str | None = None,
     ) -> dict[str, Any]:
         """Answer one user turn given the session's history (Gradio's ``fn`` signature).
+
+        Args:
+            message: The user's turn (text and uploaded files).
+            history: The conversation so far.
+            user: Who signed in (a token's name): what they teach is recorded under it,
+                and without the ``learn`` scope they get the agent that cannot teach.
 
         Returns:
             A Gradio message: ``{"role": "assistant", "content": Markdown, "options": [...]}``
             (the options are the correction controls when learning is on).
         """
         from rar_agent.agent import last_tool_messages
+        from rar_agent.tools.provenance import teaching_as
+
+        agent, can_learn = self._agent_for(user)
 
         if isinstance(message, str):
             message = {"text": message, "files": []}
@@ -341,7 +365,8 @@ class ChatSession:
             return _reply("Type a question or upload a photo.")
         messages = [*history_to_messages(history), turn]
         try:
-            out = await self.agent.ainvoke({"messages": messages})
+            with teaching_as("chat", user):
+                out = await agent.ainvoke({"messages": messages})
         except RarError as e:
             return _reply(f"⚠️ **Error:** {_md(_plain(str(e)))}")
         except Exception as e:  # the page must answer, whatever the model provider does
@@ -353,10 +378,10 @@ class ChatSession:
             final.text,
             tools,
             recognition_only=self.recognition_only,
-            can_learn=self.can_learn,
+            can_learn=can_learn,
             queries=_query_thumbnails(message.get("files") or []),
         )
-        return _reply(text, answer_options(tools) if self.can_learn else [])
+        return _reply(text, answer_options(tools) if can_learn else [])
 
 
 def _query_thumbnails(files: Sequence[Any]) -> dict[str, str]:
@@ -391,6 +416,7 @@ def build_chat_page(
     tools: Sequence[BaseTool | Callable[..., Any]] = (),
     registry: ImageRegistry | None = None,
     title: str = "rar-agent: what is in this photo?",
+    logins: TokenStore | None = None,
     **agent_options: Any,
 ) -> gr.ChatInterface:
     """Build the chat page (not launched).
@@ -402,6 +428,10 @@ def build_chat_page(
         tools: Extra tools for the agent.
         registry: The image registry (a new one if ``None``).
         title: Page title.
+        logins: The tokens people sign in with (launch the page with
+            ``auth=token_login(logins)``): a person whose token lacks the ``learn`` scope
+            gets the agent that cannot teach, and what a person teaches is recorded under
+            their token's name.
         **agent_options: Passed to :func:`~rar_agent.agent.create_rar_agent`
             (``allow_urls``, ``allow_learning``, ``allowed_roots``, ``reject``...).
     """
@@ -409,17 +439,36 @@ def build_chat_page(
 
     from rar_agent.agent import create_rar_agent
 
+    shared_registry = registry or ImageRegistry()
     agent = create_rar_agent(
-        model,
-        recognizer=recognizer,
-        tools=tools,
-        registry=registry or ImageRegistry(),
-        **agent_options,
+        model, recognizer=recognizer, tools=tools, registry=shared_registry, **agent_options
     )
     can_learn = bool(agent_options.get("allow_learning"))
-    session = ChatSession(agent, recognition_only=model is None, can_learn=can_learn)
+    reading = None
+    if logins is not None and can_learn:
+        reading = create_rar_agent(
+            model,
+            recognizer=recognizer,
+            tools=tools,
+            registry=shared_registry,
+            **{**agent_options, "allow_learning": False},
+        )
+    session = ChatSession(
+        agent,
+        recognition_only=model is None,
+        can_learn=can_learn,
+        reading_agent=reading,
+        may_learn=_may_learn(logins) if logins is not None else None,
+    )
+
+    async def respond(
+        message: dict[str, Any] | str, history: list[dict[str, Any]], request: gr.Request
+    ) -> dict[str, Any]:
+        return await session.respond(message, history, getattr(request, "username", None))
+
+    respond.__annotations__["request"] = gr.Request  # Gradio injects it by this type
     return gr.ChatInterface(
-        session.respond,
+        respond,
         multimodal=True,
         title=title,
         description=_page_description(recognizer, model, can_learn=can_learn),
@@ -435,6 +484,26 @@ def build_chat_page(
         fill_height=True,  # the conversation takes the window's height, the input below
         fill_width=True,
     )
+
+
+def _may_learn(logins: TokenStore) -> Callable[[str | None], bool]:
+    """Whether the signed-in name holds a valid token with the ``learn`` scope now."""
+
+    def may_learn(user: str | None) -> bool:
+        info = logins.tokens().get(user or "")
+        return info is not None and info.active and "learn" in info.granted
+
+    return may_learn
+
+
+def token_login(logins: TokenStore) -> Callable[[str, str], bool]:
+    """Gradio's ``auth`` callable: the user name is a token's name, the password the token."""
+
+    def check(username: str, password: str) -> bool:
+        info = logins.verify(password)
+        return info is not None and info.name == username
+
+    return check
 
 
 def _page_description(
@@ -474,6 +543,7 @@ def launch(
     *,
     block: bool = True,
     max_file_size: str = "20mb",
+    auth: Callable[[str, str], bool] | None = None,
 ) -> gr.Blocks:
     """Serve the page on ``host:port`` (local only by default; Gradio's share links off).
 
@@ -483,6 +553,8 @@ def launch(
         port: Port (``None``: Gradio picks one).
         block: Block until interrupted (``False`` returns once the server is up).
         max_file_size: Upload size limit.
+        auth: Checks a login (user name, password); ``None`` serves without one. See
+            :func:`token_login`.
     """
     import gradio as gr
 
@@ -500,6 +572,10 @@ def launch(
         css=PAGE_CSS,
         show_error=True,
         footer_links=[],
+        auth=auth,
+        auth_message="Sign in with your token: its name as user name, the token as password."
+        if auth is not None
+        else None,
     )
     return page
 

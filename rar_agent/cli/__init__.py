@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import typer
 
-from rar_agent.cli import chat, datasets, evaluate, finetune, mcp, memory, recognize, teach
+from rar_agent.cli import (
+    auth,
+    chat,
+    datasets,
+    evaluate,
+    finetune,
+    mcp,
+    memory,
+    recognize,
+    teach,
+)
 
 __all__ = ["app", "main"]
 
@@ -42,6 +52,10 @@ Chat with the agent in the browser; write fine-tuning data for a ranker:
 Serve the tools to desktop and IDE agents (MCP over stdio; --http for a URL):
   rar-agent mcp --memory photos-memory/ --allow-root ~/Pictures
 
+Share one memory with a team (tokens with scopes; see docs/deploy.md):
+  rar-agent auth add alice --scope recognize --scope learn
+  rar-agent mcp --http --host 0.0.0.0 --allow-learning
+
 Options shown with an env var also read it from the environment (RAR_MEMORY_PATH, \
 RAR_RANKER, ...): see rar-agent COMMAND --help."""
 
@@ -63,6 +77,7 @@ app.command("finetune-data", help=finetune.HELP)(finetune.finetune_data)
 app.command("chat")(chat.chat)
 app.command("mcp")(mcp.mcp)
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(auth.app, name="auth")
 
 
 def main() -> None:

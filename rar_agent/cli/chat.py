@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from rar_agent.cli.auth import AuthFileOpt, auth_store
+from rar_agent.cli.mcp import require_login_off_loopback
 from rar_agent.cli.options import (
     ENCODER,
     RANKING,
@@ -49,14 +51,21 @@ def chat(
     allow_root: AllowRootOpt = None,
     allow_urls: AllowUrlsOpt = False,
     allow_learning: AllowLearningOpt = False,
+    auth: AuthFileOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Serve a chat page: upload a photo, ask about it, see the ranked categories.
 
-    The memory opens read-only unless --allow-learning lets the page teach it."""
+    The memory opens read-only unless --allow-learning lets the page teach it. With tokens
+    in the auth file (rar-agent auth add), and always off loopback, people sign in with a
+    token's name and the token; only tokens with the learn scope may teach, and what they
+    teach is recorded under their name.
+    """
     from rar_agent.agent import resolve_chat_model
-    from rar_agent.ui import build_chat_page, launch
+    from rar_agent.ui import build_chat_page, launch, token_login
 
+    store = auth_store(auth)
+    secured = require_login_off_loopback(store, host, "chat")
     chat_model = resolve_chat_model(model, settings.ranker)
     # Like `mcp`: the page can only write to the memory when learning is allowed.
     recognizer = open_recognizer(
@@ -69,6 +78,11 @@ def chat(
             allowed_roots=list(allow_root or []),
             allow_urls=allow_urls,
             allow_learning=allow_learning,
+            logins=store if secured else None,
         )
-        typer.echo(f"chat page on http://{host}:{port}/ (Ctrl+C to stop)", err=True)
-        launch(page, host, port, block=True)
+        login = " (sign in with a token)" if secured else ""
+        typer.echo(f"chat page on http://{host}:{port}/{login} (Ctrl+C to stop)", err=True)
+        if secured:
+            launch(page, host, port, block=True, auth=token_login(store))
+        else:
+            launch(page, host, port, block=True)

@@ -3,10 +3,12 @@
 No ``from __future__ import annotations``: :func:`settings_command` reads the option types.
 """
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from rar_agent.cli.auth import AuthFileOpt, auth_store
 from rar_agent.cli.options import (
     ENCODER,
     RANKING,
@@ -24,9 +26,10 @@ from rar_agent.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from rar_agent.auth import TokenStore
     from rar_agent.config import Settings
 
-__all__ = ["mcp"]
+__all__ = ["mcp", "require_login_off_loopback"]
 
 ExampleImagesOpt = Annotated[
     bool,
@@ -36,6 +39,7 @@ ExampleImagesOpt = Annotated[
         "as image content (for multimodal clients).",
     ),
 ]
+_LIMITS = "Limits (HTTP)"
 HttpOpt = Annotated[
     bool,
     typer.Option(
@@ -44,6 +48,80 @@ HttpOpt = Annotated[
         "free one).",
     ),
 ]
+PublicUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--public-url",
+        help="The endpoint's URL as clients reach it (behind a TLS reverse proxy: "
+        "https://NAME/mcp), named in 401 answers. Default: http://HOST:PORT/mcp.",
+        envvar="RAR_PUBLIC_URL",
+    ),
+]
+SnapshotDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--snapshot-dir",
+        help="Where the admin tool snapshot_memory writes snapshots. Default with "
+        "authentication: RAR_HOME/snapshots.",
+        envvar="RAR_SNAPSHOT_DIR",
+    ),
+]
+MaxBodyOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-body-mb",
+        help="Largest request body in MiB (413 over it). Default: 27 (a base64 image of 20 MB).",
+        envvar="RAR_MAX_BODY_MB",
+        rich_help_panel=_LIMITS,
+    ),
+]
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        help="Largest image in pixels (a tool error over it).",
+        envvar="RAR_MAX_PIXELS",
+        rich_help_panel=_LIMITS,
+    ),
+]
+MaxConcurrentOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-concurrent",
+        help="Requests in flight per token (per session without auth); 429 over it.",
+        envvar="RAR_MAX_CONCURRENT",
+        rich_help_panel=_LIMITS,
+    ),
+]
+PerMinuteOpt = Annotated[
+    int,
+    typer.Option(
+        "--per-minute",
+        help="Requests per minute per token (per session without auth); 429 over it.",
+        envvar="RAR_PER_MINUTE",
+        rich_help_panel=_LIMITS,
+    ),
+]
+
+
+def require_login_off_loopback(store: "TokenStore", host: str, what: str) -> bool:
+    """Whether tokens are configured; off loopback, refuse to serve without them.
+
+    Raises:
+        ConfigError: ``host`` is not loopback and the auth file names no token.
+    """
+    from rar_agent.errors import ConfigError
+    from rar_agent.mcp.transports import is_loopback
+
+    configured = store.exists()
+    if not configured and not is_loopback(host):
+        raise ConfigError(
+            f"{what} on {host} serves the network and needs authentication: make a token with "
+            f"`rar-agent auth add NAME --scope recognize` (add --scope learn to let it "
+            f"teach), stored in {store.path} (--auth FILE or RAR_AUTH_FILE for another "
+            "file), and start again; or serve on --host 127.0.0.1"
+        )
+    return configured
 
 
 @settings_command(RANKING, STORE, ENCODER)
@@ -57,18 +135,41 @@ def mcp(
     allow_learning: AllowLearningOpt = False,
     example_images: ExampleImagesOpt = False,
     labels: LabelsOpt = None,
+    auth: AuthFileOpt = None,
+    public_url: PublicUrlOpt = None,
+    snapshot_dir: SnapshotDirOpt = None,
+    max_body_mb: MaxBodyOpt = None,
+    max_pixels: MaxPixelsOpt = 25_000_000,
+    max_concurrent: MaxConcurrentOpt = 4,
+    per_minute: PerMinuteOpt = 600,
     progress: ProgressOpt = True,
 ) -> None:
     """Serve recognize_image, search_categories and list_categories over MCP (stdio, or
     --http); --allow-learning adds add_category_example and opens the memory for writing,
-    which is read-only otherwise."""
+    which is read-only otherwise.
+
+    Over HTTP, the tokens of the auth file (rar-agent auth add) are required whenever it
+    names any, and always off loopback; each token sees the tools its scopes grant.
+    """
     import functools
 
     import anyio
 
-    from rar_agent.mcp import create_server, is_loopback, require_mcp, serve_http, serve_stdio
+    from rar_agent.mcp import create_server, require_mcp, serve_http, serve_stdio
+    from rar_agent.mcp.auth import StoreTokenVerifier
+    from rar_agent.mcp.limits import DEFAULT_LIMITS, ServiceLimits
 
     require_mcp()  # before any model loads: say at once what is missing
+    store = auth_store(auth)
+    secured = http and require_login_off_loopback(store, host, "mcp --http")
+    limits = ServiceLimits(
+        max_body_bytes=max_body_mb * 1024 * 1024 if max_body_mb else DEFAULT_LIMITS.max_body_bytes,
+        max_pixels=max_pixels,
+        max_concurrent=max_concurrent,
+        per_minute=per_minute,
+    )
+    if snapshot_dir is None and secured:
+        snapshot_dir = settings.home / "snapshots"
     recognizer = open_recognizer(
         settings, labels, progress, read_only=not allow_learning, command="mcp"
     )
@@ -79,18 +180,35 @@ def mcp(
             allow_urls=allow_urls,
             allow_learning=allow_learning,
             example_images=example_images,
+            max_pixels=limits.max_pixels,
+            auth_required=secured,
+            snapshot_dir=snapshot_dir if http else None,
         )
         if not http:
             print_note("rar-agent MCP server on stdio")
             anyio.run(serve_stdio, server)
             return
-        if not is_loopback(host):
+        if secured:
+            active = sum(t.active for t in store.tokens().values())
+            print_note(f"bearer tokens required ({active} active in {store.path})")
+        else:
             print_note(
-                f"serving on {host}, not loopback: anyone who reaches it can call the tools "
-                "(there is no authentication)"
+                "no auth file: open to every process on this machine (rar-agent auth add "
+                "NAME --scope recognize turns tokens on)"
             )
 
         def announce(url: str) -> None:
             typer.echo(f"rar-agent MCP server on {url} (Ctrl+C to stop)", err=True)
 
-        anyio.run(functools.partial(serve_http, server, host=host, port=port, on_ready=announce))
+        anyio.run(
+            functools.partial(
+                serve_http,
+                server,
+                host=host,
+                port=port,
+                on_ready=announce,
+                verifier=StoreTokenVerifier(store) if secured else None,
+                public_url=public_url,
+                limits=limits,
+            )
+        )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rar_agent.cli import memory_copy
+from rar_agent.cli import memory_copy, memory_snapshot
 from rar_agent.cli.options import (
     ENCODER,
     EXIT_INPUT_FAILED,
@@ -420,5 +420,7 @@ def _open_set_stats(cal: "Calibration | None", setting: "RejectSetting") -> dict
 
 app.command("push")(memory_copy.memory_push)
 app.command("pull")(memory_copy.memory_pull)
+app.command("snapshot")(memory_snapshot.memory_snapshot)
+app.command("restore")(memory_snapshot.memory_restore)
 memory_push = memory_copy.memory_push
 memory_pull = memory_copy.memory_pull

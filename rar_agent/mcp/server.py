@@ -9,16 +9,16 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from rar_agent import __version__
 
 if TYPE_CHECKING:
-    import os
-
     from langchain_core.tools import BaseTool
     from mcp import types
     from mcp.server.lowlevel import Server
@@ -32,7 +32,9 @@ __all__ = [
     "create_server",
     "mcp_tool",
     "output_schema",
+    "public_source",
     "require_mcp",
+    "required_scope",
 ]
 
 logger = logging.getLogger(__name__)
@@ -176,44 +178,132 @@ def _error(message: str) -> types.CallToolResult:
     )
 
 
+def required_scope(tool: BaseTool) -> str:
+    """The token scope a tool needs: ``admin`` (snapshots), ``learn`` (writes), ``recognize``."""
+    if getattr(type(tool), "admin_only", False):
+        return "admin"
+    if getattr(type(tool), "writes_memory", False):
+        return "learn"
+    return "recognize"
+
+
+def public_source(source: str, roots: Sequence[Path] = ()) -> str:
+    """How an answer names a stored example: never the server's absolute path.
+
+    A path inside one of ``roots`` becomes relative to it; another absolute path keeps its
+    folder and file name (``label/photo.jpg``, as a folder build stores it); anything else
+    (a data URI's name, a class-name prompt, an id) is kept.
+    """
+    if not source or not os.path.isabs(source):
+        return source
+    path = Path(source)
+    for root in roots:
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return PurePath(*path.parts[-2:]).as_posix() if len(path.parts) > 2 else path.name
+
+
+def _publish(value: Any, roots: Sequence[Path]) -> Any:
+    """``value`` (an artifact) with every candidate's ``source`` made public, in place."""
+    if isinstance(value, dict):
+        if "label" in value and isinstance(value.get("source"), str):
+            value["source"] = public_source(value["source"], roots)
+        for item in value.values():
+            _publish(item, roots)
+    elif isinstance(value, list):
+        for item in value:
+            _publish(item, roots)
+    return value
+
+
 @dataclass(frozen=True)
 class _Served:
-    """One LangChain tool and its MCP definition."""
+    """One LangChain tool, its MCP definition and the scope it needs."""
 
     tool: BaseTool
     definition: types.Tool
+    scope: str
 
 
 def build_server(
-    tools: Sequence[BaseTool], *, name: str = SERVER_NAME, instructions: str | None = None
+    tools: Sequence[BaseTool],
+    *,
+    name: str = SERVER_NAME,
+    instructions: str | None = None,
+    auth_required: bool = False,
 ) -> Server:
     """An MCP server (the official SDK's low-level ``Server``) over LangChain tools.
+
+    Over HTTP with bearer tokens (:mod:`rar_agent.mcp.auth`), a token lists and calls only
+    the tools its scopes grant (:func:`required_scope`); what a token teaches is recorded
+    under its name (``taught.by``). Calls of tools that change the memory run one at a time
+    (a snapshot through the server sees no half-written example). Candidates name stored
+    examples by a path relative to their folder, never the server's absolute path.
 
     Args:
         tools: The tools to serve, each under its own name.
         name: The server's name, as clients show it.
         instructions: What the server is for, as clients pass it to their model.
+        auth_required: Serve nothing to a request without a token (defence in depth
+            behind the HTTP middleware); ``False`` serves every tool to unauthenticated
+            callers (stdio, loopback without an auth file).
 
     Returns:
         The server; run it with :func:`serve_stdio` or :func:`serve_http`.
     """
+    import anyio
     from mcp.server.lowlevel import Server
 
-    served = {tool.name: _Served(tool, mcp_tool(tool)) for tool in tools}
+    from rar_agent.mcp.auth import token_name, token_scopes
+    from rar_agent.tools.provenance import teaching_as
+
+    served = {tool.name: _Served(tool, mcp_tool(tool), required_scope(tool)) for tool in tools}
+    roots = [root for tool in tools for root in getattr(tool, "allowed_roots", ())]
     server: Server = Server(name, version=__version__, instructions=instructions)
+    writing = anyio.Lock()
+
+    def caller() -> tuple[str | None, frozenset[str] | None]:
+        """The calling token's name and scopes; scopes ``None`` = every tool."""
+        try:
+            request = server.request_context.request
+        except LookupError:
+            request = None
+        scope = getattr(request, "scope", None)
+        scopes = token_scopes(scope)
+        if scopes is None and auth_required:
+            return None, frozenset()
+        return token_name(scope), scopes
 
     @server.list_tools()
     async def list_tools() -> list[types.Tool]:
-        return [entry.definition for entry in served.values()]
+        _, scopes = caller()
+        return [e.definition for e in served.values() if scopes is None or e.scope in scopes]
 
     # Arguments are checked by each LangChain tool, so errors read the same everywhere.
     @server.call_tool(validate_input=False)
     async def call_tool(tool_name: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        who, scopes = caller()
         entry = served.get(tool_name)
         if entry is None:
-            known = ", ".join(served)
+            known = ", ".join(
+                e.tool.name for e in served.values() if scopes is None or e.scope in scopes
+            )
             return _error(f"unknown tool {tool_name!r}: this server has {known}")
-        return await call_langchain_tool(entry.tool, arguments or {})
+        if scopes is not None and entry.scope not in scopes:
+            return _error(
+                f"{tool_name} needs the scope {entry.scope!r}; the token {who!r} has "
+                f"{', '.join(sorted(scopes)) or 'none'}: ask for a token made with "
+                f"rar-agent auth add NAME --scope {entry.scope}"
+            )
+        with teaching_as("mcp", who):
+            if entry.scope == "recognize":
+                result = await call_langchain_tool(entry.tool, arguments or {})
+            else:
+                async with writing:
+                    result = await call_langchain_tool(entry.tool, arguments or {})
+        if result.structuredContent is not None:
+            _publish(result.structuredContent, roots)
+        return result
 
     return server
 
@@ -242,14 +332,18 @@ def create_server(
     allow_learning: bool = False,
     example_images: bool = False,
     name: str = SERVER_NAME,
+    max_pixels: int | None = None,
+    auth_required: bool = False,
+    snapshot_dir: str | os.PathLike[str] | None = None,
 ) -> Server:
     """The rar-agent MCP server over one recognizer.
 
     Tools: ``recognize_image``, ``search_categories`` (when the encoder has a text side),
-    ``list_categories``, and with ``allow_learning`` the teaching tools
-    (``add_category_example``, ``relabel_example``, ``teaching_history``, ``undo_teaching``;
-    taught examples record ``via="mcp"``). Images come as file paths inside
-    ``allowed_roots``, public ``http(s)`` URLs when ``allow_urls``, or base64 data URIs.
+    ``list_categories``, with ``allow_learning`` the teaching tools (``add_category_example``,
+    ``relabel_example``, ``teaching_history``, ``undo_teaching``; taught examples record
+    ``via="mcp"`` and, over HTTP with tokens, ``by`` = the token's name), and
+    ``snapshot_memory`` (scope ``admin``) with a ``snapshot_dir``. Images come as file paths
+    inside ``allowed_roots``, public ``http(s)`` URLs when ``allow_urls``, or base64 data URIs.
 
     Args:
         recognizer: The recognizer the tools use (its memory, encoder, ranker and gate).
@@ -259,6 +353,10 @@ def create_server(
         example_images: ``recognize_image`` also returns the closest stored examples of its
             top candidates as image content (opt-in; the text comes first).
         name: The server's name.
+        max_pixels: Refuse larger images before decoding them (``None``: the decoder's limit).
+        auth_required: Every request must carry a token (see :func:`build_server`).
+        snapshot_dir: Where ``snapshot_memory`` writes snapshots of the served memory
+            (``None``: no snapshot tool).
 
     Returns:
         The server.
@@ -277,7 +375,12 @@ def create_server(
         image_ids=False,
         via="mcp",
         example_images=example_images,
+        max_pixels=max_pixels,
     )
+    if snapshot_dir is not None:
+        from rar_agent.mcp.admin import SnapshotTool
+
+        tools.append(SnapshotTool(memory=recognizer.memory, folder=Path(snapshot_dir)))
     memory = recognizer.memory.info
     about = f" ({memory.description})" if memory.description else ""
     names = {tool.name for tool in tools}
@@ -294,4 +397,4 @@ def create_server(
             else ""
         )
     )
-    return build_server(tools, name=name, instructions=instructions)
+    return build_server(tools, name=name, instructions=instructions, auth_required=auth_required)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import math
 import signal
 import socket
 import threading
@@ -15,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
     from starlette.applications import Starlette
+
+    from rar_agent.mcp.auth import StoreTokenVerifier
+    from rar_agent.mcp.limits import ServiceLimits
 
 __all__ = [
     "DEFAULT_HTTP_PATH",
@@ -29,13 +31,12 @@ DEFAULT_HTTP_PATH = "/mcp"
 
 
 def _max_http_body() -> int:
-    from rar_agent.netfetch import MAX_DOWNLOAD_BYTES
+    from rar_agent.mcp.limits import DEFAULT_LIMITS
 
-    # A data URI may carry as large an image as a URL download may: base64 adds a third.
-    return math.ceil(MAX_DOWNLOAD_BYTES * 4 / 3) + 64 * 1024
+    return DEFAULT_LIMITS.max_body_bytes
 
 
-#: Largest HTTP request body accepted (a base64 image up to the URL download limit).
+#: Largest HTTP request body accepted by default (a base64 image up to the URL download limit).
 MAX_HTTP_BODY_BYTES = _max_http_body()
 
 
@@ -68,17 +69,30 @@ class _Endpoint:
 
 
 def http_app(
-    server: Server, *, host: str = "127.0.0.1", path: str = DEFAULT_HTTP_PATH
+    server: Server,
+    *,
+    host: str = "127.0.0.1",
+    path: str = DEFAULT_HTTP_PATH,
+    verifier: StoreTokenVerifier | None = None,
+    resource_url: str | None = None,
+    limits: ServiceLimits | None = None,
 ) -> Starlette:
     """A Starlette app serving ``server`` over streamable HTTP at ``path``.
 
     On a loopback ``host`` the Host and Origin headers must name the loopback too (DNS
     rebinding protection: a web page cannot reach the server through a name it controls).
+    With a ``verifier`` every request needs a valid bearer token (the SDK's resource-server
+    middleware, see :mod:`rar_agent.mcp.auth`); requests are counted against ``limits``.
 
     Args:
         server: The MCP server.
         host: The interface it will listen on.
         path: The endpoint path.
+        verifier: Checks bearer tokens; ``None`` serves without authentication.
+        resource_url: The endpoint's public URL (as clients reach it, e.g. behind a
+            reverse proxy), named in the 401 answers' metadata; default
+            ``http://HOST{path}``.
+        limits: Body size, requests in flight and per minute (default :class:`ServiceLimits`).
 
     Returns:
         The ASGI app; its lifespan runs the session manager.
@@ -87,6 +101,11 @@ def http_app(
     from mcp.server.transport_security import TransportSecuritySettings
     from starlette.applications import Starlette
     from starlette.routing import Route
+
+    from rar_agent.mcp.auth import auth_layers, auth_settings
+    from rar_agent.mcp.limits import DEFAULT_LIMITS, RequestLimiter
+
+    limits = limits or DEFAULT_LIMITS
 
     security = None
     if is_loopback(host):
@@ -97,7 +116,7 @@ def http_app(
             allowed_origins=[f"http://{n}:*" for n in names],
         )
     manager = StreamableHTTPSessionManager(
-        app=server, security_settings=security, max_request_body_size=MAX_HTTP_BODY_BYTES
+        app=server, security_settings=security, max_request_body_size=limits.max_body_bytes
     )
 
     @contextlib.asynccontextmanager
@@ -105,7 +124,15 @@ def http_app(
         async with manager.run():
             yield
 
-    return Starlette(routes=[Route(path, endpoint=_Endpoint(manager))], lifespan=lifespan)
+    endpoint: Any = RequestLimiter(_Endpoint(manager), limits)
+    middleware: list[Any] = []
+    routes: list[Any] = []
+    if verifier is not None:
+        shown = f"[{host}]" if ":" in host else host
+        settings = auth_settings(resource_url or f"http://{shown}{path}")
+        endpoint, middleware, routes = auth_layers(endpoint, verifier, settings)
+    routes.append(Route(path, endpoint=endpoint))
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
 async def serve_http(
@@ -115,6 +142,9 @@ async def serve_http(
     port: int = 8765,
     path: str = DEFAULT_HTTP_PATH,
     on_ready: Callable[[str], None] | None = None,
+    verifier: StoreTokenVerifier | None = None,
+    public_url: str | None = None,
+    limits: ServiceLimits | None = None,
 ) -> None:
     """Serve over streamable HTTP until Ctrl+C or SIGTERM, then return after a clean stop.
 
@@ -124,6 +154,9 @@ async def serve_http(
         port: The port; 0 picks a free one.
         path: The endpoint path.
         on_ready: Called with the endpoint URL (the real port) once it accepts connections.
+        verifier: Checks bearer tokens (see :func:`http_app`); ``None``: no authentication.
+        public_url: The endpoint's URL as clients reach it (default: this host and port).
+        limits: The request limits (default :class:`~rar_agent.mcp.limits.ServiceLimits`).
 
     Raises:
         ConfigError: The address cannot be bound (the port is taken, the host is unknown).
@@ -132,12 +165,18 @@ async def serve_http(
     import uvicorn
 
     sock = _bind(host, port)
-    config = uvicorn.Config(
-        http_app(server, host=host, path=path), log_level="warning", timeout_graceful_shutdown=5
-    )
-    web = uvicorn.Server(config)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
+    app = http_app(
+        server,
+        host=host,
+        path=path,
+        verifier=verifier,
+        resource_url=public_url or f"http://{shown}:{bound}{path}",
+        limits=limits,
+    )
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    web = uvicorn.Server(config)
     with sock, _stop_signals(web):
         async with anyio.create_task_group() as group:
             group.start_soon(functools.partial(web.serve, sockets=[sock]))

@@ -105,6 +105,7 @@ def make_tools(
     via: TeachVia = "tool",
     by: str | None = None,
     example_images: bool = False,
+    max_pixels: int | None = None,
 ) -> list[BaseTool]:
     """The recognition tools over one recognizer, sharing one image registry.
 
@@ -126,6 +127,8 @@ def make_tools(
             URIs only, and ``registry`` is ignored.
         reject: When an image is "not a category in memory" (``off``, ``auto`` or a
             threshold); ``None`` keeps the recognizer's own setting (``RAR_REJECT``).
+        max_pixels: Refuse images larger than this before decoding them (a served
+            memory's limit); ``None`` leaves the decoder's own limit.
 
     Returns:
         ``[RecognizeTool, CategorySearchTool, ListCategoriesTool, UnknownGroupsTool]`` plus
@@ -144,6 +147,7 @@ def make_tools(
         "registry": registry,
         "allowed_roots": roots,
         "allow_urls": allow_urls,
+        "max_pixels": max_pixels,
     }
     forms = ImageResolver(registry=registry, allowed_roots=roots, allow_urls=allow_urls)
     accepts = f" Images it accepts: {forms.accepted()}."

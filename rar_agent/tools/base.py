@@ -101,11 +101,14 @@ class ImageResolver:
             into this conversation's id before the tool runs); ``None`` refuses ids.
         allowed_roots: Folders whose files may be read (none by default).
         allow_urls: Fetch public ``http(s)`` URLs (never loopback or private addresses).
+        max_pixels: Refuse images whose declared size is larger (``None``: the decoder's
+            own limit), checked from the header before anything is decoded.
     """
 
     registry: ImageRegistry | ImageScope | None = None
     allowed_roots: tuple[Path, ...] = ()
     allow_urls: bool = False
+    max_pixels: int | None = None
 
     def accepted(self) -> str:
         """The image forms this resolver accepts, in words (for descriptions and errors)."""
@@ -124,11 +127,18 @@ class ImageResolver:
         """The image ``ref`` names: nothing/``latest``, an id, a URL, a data URI or a path.
 
         Raises:
-            ImageError: No such image, an id of another conversation, or "latest" with no
-                conversation to take it from (or none in the conversation yet).
+            ImageError: No such image, an id of another conversation, "latest" with no
+                conversation to take it from (or none in the conversation yet), or (with
+                ``max_pixels``) an image declaring more pixels than that.
             UnsafeInputError: A URL while URLs are off, another scheme, or a path outside
                 the allowed folders.
         """
+        source = self._resolve(ref)
+        if self.max_pixels is not None:
+            _check_pixels(source, self.max_pixels)
+        return source
+
+    def _resolve(self, ref: str | None) -> ImageSource:
         text = (ref or "").strip()
         if is_latest_ref(text):
             latest = self._latest(text)
@@ -172,6 +182,31 @@ class ImageResolver:
         return self.registry.latest()
 
 
+def _check_pixels(source: ImageSource, limit: int) -> None:
+    """Refuse an image whose header declares more than ``limit`` pixels (nothing decoded)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = source.payload
+        handle = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")  # noqa: SIM115
+        with handle, Image.open(handle) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        raise ImageError(
+            f"{source.name} declares far more than this server's limit of {limit:,} pixels: "
+            "send a smaller image (downscale it first)"
+        ) from None
+    except (OSError, UnidentifiedImageError):
+        return  # not an image header PIL reads: decoding says what is wrong with it
+    if width * height > limit:
+        raise ImageError(
+            f"{source.name} is {width}x{height} pixels, over this server's limit of "
+            f"{limit:,} pixels: send a smaller image (downscale it first)"
+        )
+
+
 def tool_error(e: Exception) -> ToolException:
     """The ``ToolException`` that carries ``e``'s message to the model."""
     return ToolException(str(e))
@@ -199,6 +234,7 @@ class RecognizerTool(BaseTool):
             conversation's latest image).
         allowed_roots: Folders whose files the tool may read (none by default).
         allow_urls: Let the tool fetch public ``http(s)`` URLs.
+        max_pixels: Refuse larger images before decoding them (``None``: the decoder's limit).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -207,6 +243,7 @@ class RecognizerTool(BaseTool):
     registry: ImageRegistry | ImageScope | None = Field(default=None, exclude=True)
     allowed_roots: tuple[Path, ...] = ()
     allow_urls: bool = False
+    max_pixels: int | None = None
     handle_tool_error: bool | str | Callable[[ToolException], str] | None = True
     handle_validation_error: bool | str | Callable[[Exception], str] | None = Field(
         default_factory=lambda: explain_validation_error
@@ -228,5 +265,8 @@ class RecognizerTool(BaseTool):
     def resolver(self) -> ImageResolver:
         """The reference resolver with this tool's registry and safety settings."""
         return ImageResolver(
-            registry=self.registry, allowed_roots=self.allowed_roots, allow_urls=self.allow_urls
+            registry=self.registry,
+            allowed_roots=self.allowed_roots,
+            allow_urls=self.allow_urls,
+            max_pixels=self.max_pixels,
         )

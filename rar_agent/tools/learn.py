@@ -26,6 +26,7 @@ from rar_agent.results import (
     TeachVia,
 )
 from rar_agent.tools.base import RecognizerTool, tool_error
+from rar_agent.tools.provenance import serving_teacher
 
 if TYPE_CHECKING:
     from rar_agent.pipeline.teacher import Teacher
@@ -63,12 +64,16 @@ class TeachingTool(RecognizerTool):
     by: str | None = None
 
     def teacher(self) -> Teacher:
-        """A teacher over the recognizer's memory, recording this tool's ``via``/``by``."""
+        """A teacher over the recognizer's memory, recording this tool's ``via``/``by``, or
+        those of the request being served (:func:`~rar_agent.tools.provenance.teaching_as`)."""
         from rar_agent.pipeline.teacher import Teacher
 
         if not self.enabled:
             raise ToolException("learning is disabled for this agent: the memory is read-only")
-        return Teacher(self.recognizer.memory, self.recognizer.encoder, via=self.via, by=self.by)
+        # A server that knows who asks (a token, a login) says so around the call.
+        served = serving_teacher()
+        via, by = (served.via, served.by) if served is not None else (self.via, self.by)
+        return Teacher(self.recognizer.memory, self.recognizer.encoder, via=via, by=by)
 
 
 def describe_added(result: ExampleAdded) -> str:

@@ -1,0 +1,174 @@
+"""``rar-agent memory snapshot`` / ``memory restore``: one file that restores a memory.
+
+No ``from __future__ import annotations``: :func:`settings_command` reads the option types.
+"""
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from rar_agent.cli.options import STORE, ProgressOpt, settings_command
+from rar_agent.cli.progress import progress_bar
+
+if TYPE_CHECKING:
+    from rar_agent.config import Settings
+    from rar_agent.memory.snapshot import SnapshotReport
+
+__all__ = ["memory_restore", "memory_snapshot"]
+
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="Ask the rar-agent MCP server at this URL (http://HOST:PORT/mcp) that holds the "
+        "memory for the snapshot; OUT is then a file name in its snapshot folder. Needs a "
+        "token with the admin scope (--token).",
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", help="Bearer token for --server.", envvar="RAR_TOKEN"),
+]
+
+
+@settings_command(STORE)
+def memory_snapshot(
+    settings: "Settings",
+    out: Annotated[Path, typer.Argument(help="The snapshot file (replaced when complete).")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Write a consistent snapshot of the memory (--memory / --collection, or the server
+    collection at --qdrant-url, through Qdrant's snapshot API) to OUT.
+
+    Every entry and the memory's record (encoder, storage, calibration) go in one file;
+    killing the command leaves the memory and an earlier OUT intact. While a rar-agent
+    server holds an embedded memory, ask it with --server URL --token TOKEN.
+    """
+    from rar_agent.errors import MemoryBusyError
+    from rar_agent.memory import open_memory
+    from rar_agent.memory.snapshot import write_qdrant_snapshot, write_snapshot
+
+    if server:
+        _through_server(server, token, out.name)
+        return
+    if settings.qdrant_url:
+        with open_memory(settings, read_only=True) as memory:
+            report = write_qdrant_snapshot(
+                memory, settings.qdrant_url, out, api_key=settings.qdrant_api_key
+            )
+        _print(report, "wrote the Qdrant snapshot")
+        return
+    try:
+        memory = open_memory(settings, read_only=True)
+    except MemoryBusyError as e:
+        raise MemoryBusyError(
+            f"{e}. If a rar-agent server holds it, ask the server: rar-agent memory snapshot "
+            f"{out.name} --server http://HOST:PORT/mcp --token TOKEN (a token with --scope admin)"
+        ) from None
+    with memory:
+        bar, update = progress_bar(progress, f"snapshot of {memory.collection}")
+        with bar:
+            report = write_snapshot(memory, out, progress=update)
+    _print(report, "wrote the snapshot")
+
+
+@settings_command(STORE)
+def memory_restore(
+    settings: "Settings",
+    snapshot: Annotated[Path, typer.Argument(help="A file from rar-agent memory snapshot.")],
+    progress: ProgressOpt = True,
+) -> None:
+    """Restore a snapshot into an empty memory (--memory / --collection, or --qdrant-url
+    for a Qdrant snapshot); counts per kind and label are verified."""
+    from rich.console import Console
+
+    from rar_agent.memory import open_memory
+    from rar_agent.memory.snapshot import restore_qdrant_snapshot, restore_snapshot
+
+    if settings.qdrant_url:
+        header = restore_qdrant_snapshot(
+            snapshot, settings.qdrant_url, settings.collection, api_key=settings.qdrant_api_key
+        )
+        Console(soft_wrap=True).print(
+            f"restored {header['entries']} entries into {settings.collection!r} at "
+            f"{settings.qdrant_url} (Qdrant snapshot of {header['created_at']})",
+            highlight=False,
+        )
+        return
+    with open_memory(settings) as memory:
+        bar, update = progress_bar(progress, f"restoring into {memory.collection}")
+        with bar:
+            report = restore_snapshot(snapshot, memory, progress=update)
+        where = memory.info.location
+    _print(report, f"restored into {where} from")
+
+
+def _print(report: "SnapshotReport", what: str) -> None:
+    from rich.console import Console
+
+    Console(soft_wrap=True).print(
+        f"{what} {report.path}: {report.entries} entries, {report.labels} labels, "
+        f"{report.bytes:,} bytes in {report.seconds:.1f} s",
+        highlight=False,
+    )
+
+
+def _through_server(url: str, token: str | None, name: str) -> None:
+    import anyio
+
+    from rar_agent.errors import ConfigError
+
+    if not token:
+        raise ConfigError("--server needs a token with the admin scope: --token or RAR_TOKEN")
+    result = anyio.run(_call_snapshot, url, token, name)
+    typer.echo(result)
+
+
+async def _call_snapshot(url: str, token: str, name: str) -> str:
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    from rar_agent.errors import ConfigError, MemoryStoreError
+
+    client = _http_client(token)
+    try:
+        async with (
+            client,
+            streamable_http_client(url, http_client=client) as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            result = await session.call_tool("snapshot_memory", {"name": name})
+    except Exception as e:  # HTTP 401/403/429, refused connections: say which
+        status = _status_of(e)
+        raise ConfigError(
+            f"the server at {url} refused the snapshot ({status or e}): check the URL and "
+            "that the token has the admin scope"
+        ) from None
+    text = "".join(getattr(block, "text", "") for block in result.content)
+    if result.isError:
+        raise MemoryStoreError(f"the server could not write the snapshot: {text}")
+    return text
+
+
+def _http_client(token: str) -> Any:
+    import httpx
+
+    return httpx.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(30.0, read=600.0)
+    )
+
+
+def _status_of(error: BaseException) -> str | None:
+    import httpx
+
+    if isinstance(error, httpx.HTTPStatusError):
+        return f"HTTP {error.response.status_code}"
+    for inner in getattr(error, "exceptions", ()):
+        found = _status_of(inner)
+        if found:
+            return found
+    return None

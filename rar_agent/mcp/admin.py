@@ -1,0 +1,100 @@
+"""The admin tool: a snapshot of the served memory, taken by the server that holds it.
+
+An embedded memory is held by one process; while a server serves it, ``rar-agent memory
+snapshot`` cannot open it, so a token with the ``admin`` scope asks the server instead. The
+server writes the snapshot into its snapshot folder (``mcp --snapshot-dir``, default
+``RAR_HOME/snapshots``) while its write lock keeps teaching calls waiting, so the copy is
+consistent; recognition goes on meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import BaseModel, ConfigDict, Field
+
+from rar_agent.errors import RarError
+from rar_agent.memory import CategoryMemory
+
+__all__ = ["SnapshotInput", "SnapshotTool", "SnapshotWritten"]
+
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
+
+
+class SnapshotInput(BaseModel):
+    """Arguments of :class:`SnapshotTool`."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=121,
+        description="File name of the snapshot inside the server's snapshot folder, e.g. "
+        "'nightly.tar' (letters, digits, _ . -; an existing file of that name is replaced).",
+    )
+
+
+class SnapshotWritten(BaseModel):
+    """The artifact of ``snapshot_memory``."""
+
+    file: str = Field(description="The snapshot's file name in the server's snapshot folder.")
+    entries: int
+    labels: int
+    bytes: int
+    seconds: float
+
+
+class SnapshotTool(BaseTool):
+    """Write a consistent snapshot of the served memory into the server's snapshot folder."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str = "snapshot_memory"
+    description: str = (
+        "Write a consistent snapshot of the memory (every example and its record) into the "
+        "server's snapshot folder; restore it with rar-agent memory restore. Admin only."
+    )
+    args_schema: type[BaseModel] = SnapshotInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = SnapshotWritten
+    writes_memory: ClassVar[bool] = False
+    admin_only: ClassVar[bool] = True
+    handle_tool_error: bool = True
+
+    memory: CategoryMemory = Field(exclude=True)
+    folder: Path
+
+    def _run(
+        self, name: str, run_manager: CallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        from rar_agent.memory.snapshot import write_snapshot
+
+        if not _FILE_NAME.match(name):
+            raise ToolException(
+                f"snapshot name {name!r}: use a file name of letters, digits and _ . - "
+                "(no folders), e.g. nightly.tar"
+            )
+        try:
+            report = write_snapshot(self.memory, self.folder / name)
+        except RarError as e:
+            raise ToolException(str(e)) from e
+        done = SnapshotWritten(
+            file=name,
+            entries=report.entries,
+            labels=report.labels,
+            bytes=report.bytes,
+            seconds=report.seconds,
+        )
+        text = (
+            f"Wrote the snapshot {name} ({done.entries} entries, {done.labels} labels, "
+            f"{done.bytes:,} bytes) into the server's snapshot folder."
+        )
+        return text, done.model_dump(mode="json")
+
+    async def _arun(
+        self, name: str, run_manager: AsyncCallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._run, name)

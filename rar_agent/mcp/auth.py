@@ -1,0 +1,142 @@
+"""Bearer-token authorization for the HTTP server, through the MCP SDK's own hooks.
+
+The SDK's resource-server pieces do the work: a :class:`StoreTokenVerifier` (the SDK's
+``TokenVerifier`` protocol) checks a token against the auth file of :mod:`rar_agent.auth`;
+``AuthSettings`` names this server as the protected resource; Starlette's
+``AuthenticationMiddleware`` with the SDK's ``BearerAuthBackend`` reads the
+``Authorization: Bearer`` header (and nothing else: a token in another header or in the query
+string is not looked at, as the MCP authorization spec requires); the SDK's
+``RequireAuthMiddleware`` answers 401 with a ``WWW-Authenticate: Bearer`` header that names
+the protected-resource metadata (RFC 9728), served at
+``/.well-known/oauth-protected-resource/mcp``. Tokens are issued by ``rar-agent auth add`` on
+the serving machine (there is no OAuth authorization server to discover): a client is given
+its token and sends it. The tools a token may list and call follow its scopes
+(:mod:`rar_agent.mcp.server`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from rar_agent.auth import SCOPES, TokenStore
+
+if TYPE_CHECKING:
+    from mcp.server.auth.provider import AccessToken
+    from mcp.server.auth.settings import AuthSettings
+    from starlette.middleware import Middleware
+    from starlette.routing import Route
+
+__all__ = [
+    "REQUIRED_SCOPE",
+    "StoreTokenVerifier",
+    "auth_layers",
+    "auth_settings",
+    "token_name",
+    "token_scopes",
+]
+
+REQUIRED_SCOPE = "recognize"
+"""The scope every request needs (every scope implies it)."""
+
+
+class StoreTokenVerifier:
+    """The SDK's ``TokenVerifier`` over the auth file: a valid token -> an ``AccessToken``.
+
+    The access token's ``client_id`` (and ``subject``) is the token's name; its scopes are
+    the granted ones, implied scopes included. The file is re-read when it changes, so a
+    revoked token is refused from the next request on.
+
+    Args:
+        store: The token store.
+    """
+
+    def __init__(self, store: TokenStore) -> None:
+        self.store = store
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The access token for ``token``, or ``None`` (unknown, malformed or revoked)."""
+        from mcp.server.auth.provider import AccessToken
+
+        info = self.store.verify(token)
+        if info is None:
+            return None
+        return AccessToken(
+            token=info.id,  # the public prefix: the secret stays out of the request state
+            client_id=info.name,
+            subject=info.name,
+            scopes=sorted(info.granted),
+        )
+
+
+def auth_settings(resource_url: str) -> AuthSettings:
+    """The SDK's ``AuthSettings`` of this server as a protected resource at ``resource_url``.
+
+    The issuer is the serving machine itself (``rar-agent auth add`` issues the tokens).
+    """
+    from mcp.server.auth.settings import AuthSettings
+
+    parts = urlsplit(resource_url)
+    return AuthSettings(
+        issuer_url=f"{parts.scheme}://{parts.netloc}",  # type: ignore[arg-type]
+        resource_server_url=resource_url,  # type: ignore[arg-type]
+        required_scopes=[REQUIRED_SCOPE],
+        validate_token_resource=False,  # tokens are this server's own, not audience-bound
+    )
+
+
+def auth_layers(
+    endpoint: Any, verifier: StoreTokenVerifier, settings: AuthSettings
+) -> tuple[Any, list[Middleware], list[Route]]:
+    """Wrap ``endpoint`` as the SDK does for a resource server.
+
+    Returns:
+        ``(endpoint, middleware, routes)``: the endpoint behind ``RequireAuthMiddleware``,
+        the app middleware that authenticates every request, and the protected-resource
+        metadata route.
+    """
+    from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
+    from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
+    from mcp.server.auth.routes import (
+        build_resource_metadata_url,
+        create_protected_resource_routes,
+    )
+    from starlette.middleware import Middleware
+    from starlette.middleware.authentication import AuthenticationMiddleware
+
+    assert settings.resource_server_url is not None
+    middleware = [
+        Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)),
+        Middleware(AuthContextMiddleware),
+    ]
+    protected = RequireAuthMiddleware(
+        endpoint,
+        settings.required_scopes or [],
+        build_resource_metadata_url(settings.resource_server_url),
+    )
+    routes = create_protected_resource_routes(
+        resource_url=settings.resource_server_url,
+        authorization_servers=[settings.issuer_url],
+        scopes_supported=list(SCOPES),
+        resource_name="rar-agent recognition memory",
+    )
+    return protected, middleware, routes
+
+
+def _user(scope: Any) -> Any:
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+
+    user = scope.get("user") if isinstance(scope, dict) else None
+    return user if isinstance(user, AuthenticatedUser) else None
+
+
+def token_name(scope: Any) -> str | None:
+    """The token's name of an authenticated ASGI request scope, else ``None``."""
+    user = _user(scope)
+    return user.access_token.client_id if user is not None else None
+
+
+def token_scopes(scope: Any) -> frozenset[str] | None:
+    """The scopes of an authenticated ASGI request scope, else ``None``."""
+    user = _user(scope)
+    return frozenset(user.scopes) if user is not None else None

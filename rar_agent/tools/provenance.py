@@ -1,0 +1,55 @@
+"""Who teaches: the request a served tool call comes from.
+
+Every taught example's payload carries ``taught: {at, via, by, ...}`` (written by
+:class:`~rar_agent.pipeline.teacher.Teacher`). The tools are made once per server, but ``by``
+differs per request: the serving layer (the MCP server, the chat page) knows who is asking
+and says so with :func:`teaching_as` around a tool call; the teaching tools read it with
+:func:`serving_teacher` and record it instead of their own ``via``/``by``. A context variable
+carries it, so concurrent requests never mix their names up, and ``asyncio.to_thread`` hands
+it to the worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rar_agent.results import TeachVia
+
+__all__ = ["Caller", "serving_teacher", "teaching_as"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Where a teaching request comes from and who sent it.
+
+    Attributes:
+        via: The door it came through.
+        by: The token's or the login's name; ``None`` when nobody signed in.
+    """
+
+    via: TeachVia = "tool"
+    by: str | None = None
+
+
+_TEACHER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "rar_agent_teacher", default=None
+)
+
+
+def serving_teacher() -> Caller | None:
+    """Who the request being served comes from, if a server said (else ``None``)."""
+    return _TEACHER.get()
+
+
+@contextlib.contextmanager
+def teaching_as(via: TeachVia, by: str | None) -> Iterator[Caller]:
+    """Within the block, what tools teach is recorded as coming from ``via`` and ``by``."""
+    teacher = Caller(via, by)
+    token = _TEACHER.set(teacher)
+    try:
+        yield teacher
+    finally:
+        _TEACHER.reset(token)

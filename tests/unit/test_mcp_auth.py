@@ -1,0 +1,501 @@
+"""The shared service: tokens with scopes, the bad-credential catalogue, provenance, limits.
+
+Each test serves a small real memory over streamable HTTP (uvicorn in a thread, on a free
+loopback port) and drives it with the official MCP client, as a colleague's agent would.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from langchain_core.tools import BaseTool
+from mcp import ClientSession, types
+from mcp.client.streamable_http import streamable_http_client
+
+from rar_agent.auth import TokenStore
+from rar_agent.mcp import create_server, http_app
+from rar_agent.mcp.auth import StoreTokenVerifier
+from rar_agent.mcp.limits import ServiceLimits
+from tests.helpers.encoder_factories import hashing_encoder
+from tests.helpers.small_memory import small_recognizer
+
+PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "images"
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+
+
+@dataclass
+class Service:
+    """A served memory: its URL, token store, memory and the tokens made for the test."""
+
+    url: str
+    store: TokenStore
+    recognizer: Any
+    images: Path
+    tokens: dict[str, str]
+
+    def count(self) -> int:
+        return int(self.recognizer.memory.count())
+
+
+def png(size: tuple[int, int] = (40, 30), colour: tuple[int, int, int] = (90, 40, 200)) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@contextmanager
+def serving(
+    tmp_path: Path,
+    *,
+    auth: bool = True,
+    limits: ServiceLimits | None = None,
+    snapshot_dir: Path | None = None,
+) -> Iterator[Service]:
+    """Serve a small memory with learning on; tokens alice (learn), bob (recognize), root."""
+    import uvicorn
+
+    store = TokenStore(tmp_path / "auth.toml")
+    tokens = {}
+    if auth:
+        tokens["alice"] = store.add("alice", ["learn"])[1]
+        tokens["bob"] = store.add("bob", ["recognize"])[1]
+        tokens["root"] = store.add("root", ["admin"])[1]
+    recognizer = small_recognizer(tmp_path, hashing_encoder())
+    images = tmp_path / "images"
+    server = create_server(
+        recognizer,
+        allowed_roots=[images],
+        allow_learning=True,
+        max_pixels=(limits or ServiceLimits()).max_pixels,
+        auth_required=auth,
+        snapshot_dir=snapshot_dir,
+    )
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/mcp"
+    app = http_app(
+        server,
+        verifier=StoreTokenVerifier(store) if auth else None,
+        resource_url=url,
+        limits=limits,
+    )
+    web = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=web.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not web.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield Service(url, store, recognizer, images, tokens)
+    finally:
+        web.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        recognizer.close()
+
+
+@asynccontextmanager
+async def session_with(
+    url: str, headers: dict[str, str] | None = None, *, query: str = ""
+) -> AsyncIterator[ClientSession]:
+    """An initialized official MCP client session sending ``headers``."""
+    client = httpx.AsyncClient(headers=headers or {}, timeout=httpx.Timeout(30.0, read=60.0))
+    async with (
+        client,
+        streamable_http_client(url + query, http_client=client) as (read, write, _),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def status_in(error: BaseException) -> int | None:
+    """The HTTP status an MCP client failure carries (it may be wrapped in groups)."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return error.response.status_code
+    for inner in getattr(error, "exceptions", ()):
+        found = status_in(inner)
+        if found is not None:
+            return found
+    return None
+
+
+async def refused(url: str, headers: dict[str, str] | None = None, *, query: str = "") -> int:
+    """Open a session that should be refused; returns the HTTP status it got."""
+    with anyio.fail_after(30):
+        try:
+            async with session_with(url, headers, query=query) as session:
+                await session.list_tools()
+        except Exception as e:  # the client raises the HTTP error, maybe inside a group
+            status = status_in(e)
+            assert status is not None, f"refused without an HTTP status: {e!r}"
+            return status
+    pytest.fail("the session was accepted")
+
+
+def text_of(result: types.CallToolResult) -> str:
+    block = result.content[0]
+    assert isinstance(block, types.TextContent)
+    return block.text
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+def test_store_keeps_hashes_only_and_verifies(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path / "auth.toml")
+    info, token = store.add("alice", ["recognize", "learn"])
+    text = (tmp_path / "auth.toml").read_text()
+    assert token not in text and token.split("_")[-1] not in text
+    assert info.hash in text and (tmp_path / "auth.toml").stat().st_mode & 0o777 == 0o600
+    assert store.verify(token) == store.tokens()["alice"]
+    assert store.verify(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert store.verify("rar_nothing") is None
+    # Two tokens never share a hash, even for one name made twice (salted).
+    store.revoke("alice")
+    again, second = store.add("alice", ["recognize"])
+    assert again.hash != info.hash and store.verify(token) is None and store.verify(second)
+
+
+def test_store_refuses_bad_names_scopes_and_duplicates(tmp_path: Path) -> None:
+    from rar_agent.errors import ConfigError
+
+    store = TokenStore(tmp_path / "auth.toml")
+    with pytest.raises(ConfigError, match="token name"):
+        store.add("al ice", ["recognize"])
+    with pytest.raises(ConfigError, match="give one or more --scope"):
+        store.add("alice", ["write"])
+    store.add("alice", ["recognize"])
+    with pytest.raises(ConfigError, match="revoke it first"):
+        store.add("alice", ["learn"])
+    with pytest.raises(ConfigError, match="no token named 'bob'"):
+        store.revoke("bob")
+
+
+def test_cli_prints_the_token_once_on_the_last_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    runner = CliRunner()
+    auth = str(tmp_path / "team.toml")
+    made = runner.invoke(app, ["auth", "add", "ci-bot", "--scope", "recognize", "--auth", auth])
+    assert made.exit_code == 0, made.output
+    token = made.stdout.strip().splitlines()[-1]
+    assert TokenStore(auth).verify(token) is not None
+    listed = runner.invoke(app, ["auth", "list", "--auth", auth])
+    assert "ci-bot\trecognize" in listed.stdout and token not in listed.stdout
+    gone = runner.invoke(app, ["auth", "revoke", "ci-bot"], env={"RAR_AUTH_FILE": auth})
+    assert gone.exit_code == 0 and TokenStore(auth).verify(token) is None
+    bad = runner.invoke(app, ["auth", "add", "x", "--scope", "everything", "--auth", auth])
+    assert bad.exit_code == 2
+
+
+# ---------------------------------------------------------------------------- credentials
+
+
+async def test_bad_credentials_are_refused_and_change_nothing(tmp_path: Path) -> None:
+    with serving(tmp_path) as service:
+        before = service.count()
+        alice = service.tokens["alice"]
+        wrong = "rar_0123456789ab_" + "x" * 43
+        cases = {
+            "no token": ({}, ""),
+            "wrong token": (bearer(wrong), ""),
+            "not a bearer scheme": ({"Authorization": f"Token {alice}"}, ""),
+            "another header": ({"X-API-Key": alice}, ""),
+            "query string": ({}, f"?access_token={alice}"),
+        }
+        for name, (headers, query) in cases.items():
+            assert await refused(service.url, headers, query=query) == 401, name
+
+        # The 401 follows the MCP authorization spec: WWW-Authenticate names the metadata.
+        async with httpx.AsyncClient() as raw:
+            answer = await raw.post(service.url, json=PING, headers=ACCEPT)
+            assert answer.status_code == 401
+            challenge = answer.headers["www-authenticate"]
+            assert challenge.startswith("Bearer ") and "resource_metadata=" in challenge
+            meta_url = challenge.split('resource_metadata="')[1].split('"')[0]
+            meta = (await raw.get(meta_url)).json()
+            assert meta["resource"] == service.url
+            assert set(meta["scopes_supported"]) == {"recognize", "learn", "admin"}
+
+        # Revoked: the session that worked a moment ago is refused from the next request.
+        image = png()
+        with anyio.fail_after(60), pytest.raises(Exception) as caught:  # noqa: PT011
+            async with session_with(service.url, bearer(alice)) as session:
+                await session.list_tools()
+                service.store.revoke("alice")
+                await session.call_tool("add_category_example", {"label": "violet", "image": image})
+        assert status_in(caught.value) == 401  # the client raises the 401 (in an error group)
+        assert await refused(service.url, bearer(alice)) == 401
+        assert service.count() == before
+
+
+async def test_scopes_decide_what_is_listed_and_called(tmp_path: Path) -> None:
+    with serving(tmp_path, snapshot_dir=tmp_path / "snapshots") as service:
+        before = service.count()
+        image = png()
+        with anyio.fail_after(60):
+            async with session_with(service.url, bearer(service.tokens["bob"])) as bob:
+                names = [t.name for t in (await bob.list_tools()).tools]
+                reads = ["recognize_image", "search_categories", "list_categories"]
+                assert names == [*reads, "teaching_history"]  # the history only reads
+                taught = await bob.call_tool(
+                    "add_category_example", {"label": "violet", "image": image}
+                )
+                assert taught.isError and "needs the scope 'learn'" in text_of(taught)
+                snap = await bob.call_tool("snapshot_memory", {"name": "x.tar"})
+                assert snap.isError and "needs the scope 'admin'" in text_of(snap)
+                seen = await bob.call_tool("recognize_image", {"image": "red_apple.png"})
+                assert not seen.isError and seen.structuredContent["label"] == "red apple"
+            assert service.count() == before and not (tmp_path / "snapshots").exists()
+
+            async with session_with(service.url, bearer(service.tokens["alice"])) as alice:
+                names = [t.name for t in (await alice.list_tools()).tools]
+                writes = {"add_category_example", "relabel_example", "undo_teaching"}
+                assert writes <= set(names) and "snapshot_memory" not in names
+                taught = await alice.call_tool(
+                    "add_category_example", {"label": "violet", "image": image}
+                )
+                assert not taught.isError, text_of(taught)
+            async with session_with(service.url, bearer(service.tokens["root"])) as root:
+                names = [t.name for t in (await root.list_tools()).tools]
+                assert "snapshot_memory" in names and "add_category_example" not in names
+                snap = await root.call_tool("snapshot_memory", {"name": "../escape.tar"})
+                assert snap.isError and "no folders" in text_of(snap)
+                snap = await root.call_tool("snapshot_memory", {"name": "team.tar"})
+                assert not snap.isError, text_of(snap)
+                assert snap.structuredContent["entries"] == before + 1
+        assert (tmp_path / "snapshots" / "team.tar").is_file()
+        assert service.count() == before + 1
+
+
+async def test_what_a_token_teaches_is_recorded_under_its_name(tmp_path: Path) -> None:
+    with serving(tmp_path) as service:
+        with anyio.fail_after(60):
+            async with session_with(service.url, bearer(service.tokens["alice"])) as alice:
+                done = await alice.call_tool(
+                    "add_category_example", {"label": "violet", "image": png()}
+                )
+                assert not done.isError, text_of(done)
+        memory = service.recognizer.memory
+        points, _ = memory.scroll(None, 100)
+        taught = [p[3] for p in points if p[3].get("label") == "violet"]
+        assert len(taught) == 1
+        record = taught[0]["taught"]
+        assert record["by"] == "alice" and record["via"] == "mcp"
+        assert record["at"].endswith("+00:00")
+
+
+async def test_answers_never_show_the_servers_paths(tmp_path: Path) -> None:
+    with serving(tmp_path) as service:
+        with anyio.fail_after(60):
+            async with session_with(service.url, bearer(service.tokens["bob"])) as bob:
+                seen = await bob.call_tool("recognize_image", {"image": "red_apple.png", "k": 3})
+        sources = [c["source"] for c in seen.structuredContent["candidates"]]
+        assert sources[0] == "red_apple.png"  # relative to the allowed folder it lies in
+        assert not any(str(tmp_path) in str(s) for s in sources)
+        assert str(tmp_path) not in text_of(seen)
+
+
+async def test_loopback_without_an_auth_file_stays_open(tmp_path: Path) -> None:
+    with serving(tmp_path, auth=False) as service, anyio.fail_after(60):
+        async with session_with(service.url) as session:
+            names = [t.name for t in (await session.list_tools()).tools]
+            assert "add_category_example" in names
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+async def test_limits_body_pixels_and_rate(tmp_path: Path) -> None:
+    limits = ServiceLimits(max_body_bytes=64 * 1024, max_pixels=10_000, per_minute=8)
+    with serving(tmp_path, limits=limits) as service:
+        before = service.count()
+        headers = {**ACCEPT, **bearer(service.tokens["alice"])}
+        with anyio.fail_after(60):
+            async with session_with(service.url, bearer(service.tokens["alice"])) as alice:
+                big = await alice.call_tool(
+                    "add_category_example", {"label": "big", "image": png((200, 100))}
+                )
+                assert big.isError and "over this server's limit of 10,000 pixels" in text_of(big)
+            async with httpx.AsyncClient() as raw:
+                huge = {**PING, "params": {"pad": "x" * 100_000}}
+                answer = await raw.post(service.url, json=huge, headers=headers)
+                assert answer.status_code == 413
+                codes = [
+                    (await raw.post(service.url, json=PING, headers=headers)).status_code
+                    for _ in range(limits.per_minute)
+                ]
+                assert 429 in codes  # the session above used some of the minute
+                last = await raw.post(service.url, json=PING, headers=headers)
+                assert last.status_code == 429 and int(last.headers["retry-after"]) >= 1
+                assert "retry in" in last.json()["error_description"]
+                # Another token is not held back by alice's limit.
+                other = {**ACCEPT, **bearer(service.tokens["bob"])}
+                assert (await raw.post(service.url, json=PING, headers=other)).status_code != 429
+            assert await refused(service.url, bearer(service.tokens["alice"])) == 429
+        assert service.count() == before
+
+
+async def test_requests_in_flight_are_limited_per_token() -> None:
+    from rar_agent.mcp.limits import RequestLimiter
+
+    release = anyio.Event()
+    statuses: list[int] = []
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    limiter = RequestLimiter(slow, ServiceLimits(max_concurrent=2))
+
+    async def call(client: tuple[str, int]) -> None:
+        scope = {"type": "http", "method": "POST", "client": client}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await limiter(scope, None, send)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(call, ("10.0.0.1", 1))
+            await anyio.sleep(0.05)
+            assert statuses == [429]  # the third one, at once: no stall
+            group.start_soon(call, ("10.0.0.2", 1))  # another client is not held back
+            await anyio.sleep(0.05)
+            assert statuses == [429]
+            release.set()
+    assert sorted(statuses) == [200, 200, 200, 429]
+
+
+class _SlowTool(BaseTool):
+    """Answers once ``release`` is set: a request that stays in flight."""
+
+    name: str = "slow"
+    description: str = "Waits until the test lets it answer."
+    release: threading.Event
+    started: threading.Event
+
+    def _run(self) -> str:
+        self.started.set()
+        self.release.wait(30)
+        return "done"
+
+    async def _arun(self) -> str:
+        return await anyio.to_thread.run_sync(self._run)
+
+
+async def test_requests_in_flight_over_http(tmp_path: Path) -> None:
+    """With one request of alice's in flight, her next is refused (429) and bob's is served."""
+    import uvicorn
+
+    from rar_agent.mcp import build_server
+
+    store = TokenStore(tmp_path / "auth.toml")
+    alice, bob = store.add("alice", ["recognize"])[1], store.add("bob", ["recognize"])[1]
+    release, started = threading.Event(), threading.Event()
+    server = build_server([_SlowTool(release=release, started=started)], auth_required=True)
+    sock = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    app = http_app(
+        server, verifier=StoreTokenVerifier(store), limits=ServiceLimits(max_concurrent=1)
+    )
+    web = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=web.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not web.started:
+        time.sleep(0.02)
+    try:
+        with anyio.fail_after(60):
+            async with session_with(url, bearer(alice)) as first:
+                answers: list[types.CallToolResult] = []
+
+                async def wait_slow() -> None:
+                    # The request alone (call_tool would list the tools after the answer, a
+                    # second request racing the end of the first one's response).
+                    call = types.CallToolRequest(
+                        params=types.CallToolRequestParams(name="slow", arguments={})
+                    )
+                    answer = await first.send_request(
+                        types.ClientRequest(call), types.CallToolResult
+                    )
+                    answers.append(answer)
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(wait_slow)
+                    await anyio.to_thread.run_sync(started.wait, 30)  # alice's call runs
+                    assert await refused(url, bearer(alice)) == 429
+                    async with session_with(url, bearer(bob)) as other:
+                        assert [t.name for t in (await other.list_tools()).tools] == ["slow"]
+                    release.set()
+                assert text_of(answers[0]) == "done"
+    finally:
+        release.set()
+        web.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+@pytest.mark.slow  # a server subprocess (a few seconds to start)
+async def test_the_command_requires_tokens_once_the_auth_file_names_one(tmp_path: Path) -> None:
+    import queue
+    import subprocess
+
+    from tests.unit.test_mcp import build_memory, server_command, server_env
+
+    memory_dir = build_memory(tmp_path)
+    store = TokenStore(tmp_path / "auth.toml")
+    token = store.add("alice", ["recognize"])[1]
+    command = [*server_command(memory_dir, "--http", "--port", "0"), "--auth", str(store.path)]
+    process = subprocess.Popen(
+        command, env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stderr is not None
+    stderr = process.stderr
+    threading.Thread(target=lambda: [lines.put(x) for x in stderr], daemon=True).start()
+    try:
+        url = None
+        while url is None:
+            line = lines.get(timeout=120)
+            if "MCP server on http://" in line:
+                url = line.split(" on ", 1)[1].split()[0]
+        assert await refused(url) == 401
+        with anyio.fail_after(60):
+            async with session_with(url, bearer(token)) as session:
+                names = [t.name for t in (await session.list_tools()).tools]
+                seen = await session.call_tool("recognize_image", {"image": "cat.jpg"})
+        assert "add_category_example" not in names  # alice may not teach
+        assert seen.structuredContent["candidates"][0]["source"] == "cat.jpg"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,0 +1,250 @@
+"""``memory snapshot`` / ``memory restore``: one file restores a memory, record and all; a
+killed snapshot leaves the memory and the previous snapshot intact; Qdrant's own snapshots for
+a server memory (with ``QDRANT_URL``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rar_agent.errors import ConfigError
+from rar_agent.memory import CategoryMemory, MemoryEntry
+from rar_agent.memory.snapshot import (
+    read_snapshot_header,
+    restore_snapshot,
+    write_snapshot,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DIM = 8
+
+
+def fill(memory: CategoryMemory, n: int = 130) -> np.ndarray:
+    """``n`` entries over 7 labels, both kinds, with payload extras; calibrated."""
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
+    entries = [
+        MemoryEntry(
+            f"l{i % 7}",
+            "image" if i % 5 else "text",
+            f"/data/l{i % 7}/{i}.png",
+            f"h{i}",
+            {"row": i},
+        )
+        for i in range(n)
+    ]
+    memory.bind_encoder("enc-A", DIM, description="things")
+    memory.add_entries(entries, vectors)
+    return vectors
+
+
+def same_memory(a: CategoryMemory, b: CategoryMemory, probe: np.ndarray) -> None:
+    """Same record (but the name), counts, labels, payloads and search answers."""
+    skip = {"collection", "revision"}
+    record_a, record_b = a.record, b.record
+    assert record_a is not None and record_b is not None
+    assert record_a.model_dump(exclude=skip) == record_b.model_dump(exclude=skip)
+    assert record_a.extensions["calibration"] and record_b.collection == b.collection
+    assert a.count() == b.count() and a.labels() == b.labels()
+    assert a.count("text") == b.count("text")
+    for row in probe[:5]:
+        hits_a = [(h.id, round(h.score, 5), h.payload) for h in a.search(row, limit=5)]
+        hits_b = [(h.id, round(h.score, 5), h.payload) for h in b.search(row, limit=5)]
+        assert hits_a == hits_b
+
+
+def test_snapshot_restores_everything(tmp_path: Path) -> None:
+    out = tmp_path / "snaps" / "one.tar"
+    with CategoryMemory.open(tmp_path / "src", collection="src") as source:
+        vectors = fill(source)
+        report = write_snapshot(source, out)
+        assert report.entries == 130 and report.labels == 7 and out.is_file()
+        header = read_snapshot_header(out)
+        assert header["kinds"] == {"image": 104, "text": 26}
+        assert header["record"]["fingerprint"] == "enc-A"
+        with CategoryMemory.open(tmp_path / "copy", collection="copy") as copy:
+            restored = restore_snapshot(out, copy)
+            assert restored.entries == 130
+            same_memory(source, copy, vectors)
+            with pytest.raises(ConfigError, match="holds 130 entries"):
+                restore_snapshot(out, copy)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_not_a_snapshot_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"not a tar at all")
+    with pytest.raises(ConfigError, match="cannot read the snapshot"):
+        read_snapshot_header(bad)
+    other = tmp_path / "other.tar"
+    with tarfile.open(other, "w") as tar:
+        tar.add(bad, arcname="something.txt")
+    with pytest.raises(ConfigError, match="lacks rar-snapshot.json"):
+        read_snapshot_header(other)
+    with (
+        CategoryMemory.open(tmp_path / "empty", collection="empty") as memory,
+        pytest.raises(ConfigError, match="nothing to snapshot"),
+    ):
+        write_snapshot(memory, tmp_path / "x.tar")
+    assert not (tmp_path / "x.tar").exists()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+_SLOW_SNAPSHOT = """
+import sys, time
+from rar_agent.memory import CategoryMemory
+from rar_agent.memory import snapshot
+snapshot.PAGE = 16  # many pages; the process is killed after the first
+def stall(done, total):
+    print("writing", done, flush=True)
+    time.sleep(600)
+with CategoryMemory.open(sys.argv[1], collection="src", read_only=True) as memory:
+    snapshot.write_snapshot(memory, sys.argv[2], progress=stall)
+"""
+
+
+@pytest.mark.slow  # a subprocess, killed mid-snapshot
+def test_killing_a_snapshot_leaves_memory_and_previous_snapshot_intact(tmp_path: Path) -> None:
+    out = tmp_path / "nightly.tar"
+    with CategoryMemory.open(tmp_path / "src", collection="src") as source:
+        vectors = fill(source)
+        write_snapshot(source, out)
+    before = out.read_bytes()
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_SNAPSHOT, str(tmp_path / "src"), str(out)],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("writing 16"), line + process.stderr.read()
+        partial = [p for p in tmp_path.iterdir() if p.name.startswith(".nightly.tar.partial-")]
+        assert partial and partial[0].stat().st_size > 0  # it was mid-write
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    assert out.read_bytes() == before  # the previous snapshot, untouched
+    with CategoryMemory.open(tmp_path / "src", collection="src") as source:
+        assert source.count() == 130  # the memory opens (lock freed) and is whole
+        with CategoryMemory.open(tmp_path / "back", collection="back") as back:
+            restore_snapshot(out, back)
+            same_memory(source, back, vectors)
+
+
+def test_cli_snapshot_and_restore(tmp_path: Path) -> None:
+    from rar_agent.cli import app
+
+    with CategoryMemory.open(tmp_path / "src", collection="src") as source:
+        fill(source)
+    runner = CliRunner()
+    out = tmp_path / "cli.tar"
+    made = runner.invoke(
+        app,
+        [
+            "memory",
+            "snapshot",
+            str(out),
+            "--memory",
+            str(tmp_path / "src"),
+            "--collection",
+            "src",
+            "--no-progress",
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    assert "wrote the snapshot" in made.stdout and "130 entries" in made.stdout
+    back = runner.invoke(
+        app,
+        [
+            "memory",
+            "restore",
+            str(out),
+            "--memory",
+            str(tmp_path / "back"),
+            "--collection",
+            "back",
+            "--no-progress",
+        ],
+    )
+    assert back.exit_code == 0, back.output
+    with CategoryMemory.open(tmp_path / "back", collection="back") as memory:
+        assert memory.count() == 130
+    again = runner.invoke(
+        app,
+        [
+            "memory",
+            "restore",
+            str(out),
+            "--memory",
+            str(tmp_path / "back"),
+            "--collection",
+            "back",
+            "--no-progress",
+        ],
+    )
+    assert again.exit_code == 2 and "holds 130 entries" in again.output
+
+
+def test_cli_snapshot_through_the_server(tmp_path: Path) -> None:
+    """While a server holds the memory, a token with the admin scope asks the server."""
+    from rar_agent.cli import app
+    from tests.unit.test_mcp_auth import serving
+
+    with serving(tmp_path, snapshot_dir=tmp_path / "snapshots") as service:
+        runner = CliRunner()
+        for token, code in ((service.tokens["bob"], 2), (service.tokens["root"], 0)):
+            result = runner.invoke(
+                app,
+                ["memory", "snapshot", "team.tar", "--server", service.url, "--token", token],
+            )
+            assert result.exit_code == code, result.output
+        assert "needs the scope 'admin'" not in result.output
+        assert "Wrote the snapshot team.tar" in result.stdout
+        header = read_snapshot_header(tmp_path / "snapshots" / "team.tar")
+        assert header["entries"] == service.count()
+
+
+def _qdrant() -> tuple[str, str | None]:
+    url = os.environ.get("QDRANT_URL")
+    if not url:
+        pytest.skip("Qdrant's snapshot API needs a server: set QDRANT_URL (and QDRANT_API_KEY)")
+    return url, os.environ.get("QDRANT_API_KEY")
+
+
+def test_qdrant_server_snapshot_round_trip(tmp_path: Path) -> None:
+    from rar_agent.memory.snapshot import restore_qdrant_snapshot, write_qdrant_snapshot
+
+    url, key = _qdrant()
+    name = f"rar-snap-{os.getpid()}"
+    from rar_agent.memory.location import MemoryLocation
+
+    memory: Any = CategoryMemory.open(MemoryLocation(collection=name, url=url, api_key=key))
+    with memory:
+        vectors = fill(memory)
+        out = tmp_path / "server.tar"
+        report = write_qdrant_snapshot(memory, url, out, api_key=key)
+        assert report.entries == 130 and read_snapshot_header(out)["kind"] == "qdrant"
+        restore_qdrant_snapshot(out, url, name + "-back", api_key=key)
+        where = MemoryLocation(collection=name + "-back", url=url, api_key=key)
+        back = CategoryMemory.open(where, create=False)
+        with back:
+            same_memory(memory, back, vectors)

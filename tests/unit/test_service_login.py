@@ -1,0 +1,144 @@
+"""Off loopback nothing serves without authentication; the chat page's login and scopes."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from rar_agent.agent import create_rar_agent
+from rar_agent.auth import TokenStore
+from rar_agent.ui import ChatSession, _may_learn, build_chat_page, launch, token_login
+from tests.helpers.encoder_factories import hashing_encoder
+from tests.helpers.small_memory import small_recognizer
+
+ENCODER_SPEC = "tests.helpers.encoder_factories:hashing_encoder"
+
+
+@pytest.mark.parametrize("command", [["mcp", "--http"], ["chat", "--model", "none"]])
+def test_off_loopback_without_tokens_refuses_to_start(command: list[str], tmp_path: Path) -> None:
+    from rar_agent.cli import app
+
+    auth = tmp_path / "none.toml"
+    result = CliRunner().invoke(
+        app,
+        [*command, "--host", "0.0.0.0", "--labels", "a,b", "--encoder", ENCODER_SPEC],
+        env={"RAR_AUTH_FILE": str(auth)},
+    )
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "needs authentication" in message and "rar-agent auth add NAME" in message
+    assert str(auth) in message
+
+
+def test_tokens_turn_the_chat_login_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from rar_agent import ui
+    from rar_agent.cli import app
+
+    served: dict[str, Any] = {}
+
+    def fake_launch(page: Any, host: str, port: int, **options: Any) -> Any:
+        served.update(host=host, **options)
+        return page
+
+    monkeypatch.setattr(ui, "launch", fake_launch)
+    auth = tmp_path / "team.toml"
+    _, token = TokenStore(auth).add("alice", ["learn"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "chat",
+            "--model",
+            "none",
+            "--host",
+            "0.0.0.0",
+            "--labels",
+            "a,b",
+            "--encoder",
+            ENCODER_SPEC,
+            "--no-progress",
+            "--auth",
+            str(auth),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    check = served["auth"]
+    assert served["host"] == "0.0.0.0" and check("alice", token) and not check("bob", token)
+    assert not check("alice", token[:-2] + "xx")
+
+
+@pytest.fixture
+def team(tmp_path: Path) -> Any:
+    store = TokenStore(tmp_path / "auth.toml")
+    tokens = {"alice": store.add("alice", ["learn"])[1], "bob": store.add("bob", ["recognize"])[1]}
+    recognizer = small_recognizer(tmp_path, hashing_encoder())
+    yield store, tokens, recognizer
+    recognizer.close()
+
+
+async def test_chat_teaching_follows_scopes_and_records_the_name(team: Any, tmp_path: Path) -> None:
+    store, _, recognizer = team
+    teach = create_rar_agent(None, recognizer=recognizer, allow_learning=True)
+    read = create_rar_agent(None, recognizer=recognizer, allow_learning=False)
+    session = ChatSession(
+        teach,
+        recognition_only=True,
+        can_learn=True,
+        reading_agent=read,
+        may_learn=_may_learn(store),
+    )
+    from PIL import Image
+
+    photo = str(tmp_path / "new.png")
+    Image.new("RGB", (40, 30), (120, 10, 60)).save(photo)
+    before = recognizer.memory.count()
+
+    async def shown(path: str, user: str) -> list[dict[str, Any]]:
+        """The history after ``user`` showed the photo (the page's own first answer)."""
+        first = await session.respond({"text": "", "files": [path]}, [], user)
+        return [
+            {"role": "user", "content": [{"type": "file", "file": {"path": path}}]},
+            {"role": "assistant", "content": first["content"]},
+        ]
+
+    reply = await session.respond("it is a crimson thing", await shown(photo, "bob"), "bob")
+    assert recognizer.memory.count() == before, reply
+    reply = await session.respond("it is a crimson thing", await shown(photo, "alice"), "alice")
+    assert recognizer.memory.count() == before + 1, reply
+    points, _ = recognizer.memory.scroll(None, 100)
+    taught = [p[3]["taught"] for p in points if p[3].get("label") == "crimson thing"]
+    assert len(taught) == 1 and taught[0]["by"] == "alice" and taught[0]["via"] == "chat"
+    store.revoke("alice")  # a revoked token teaches no more, even in an open page
+    other = str(tmp_path / "other.png")
+    Image.new("RGB", (40, 30), (10, 120, 60)).save(other)
+    await session.respond("it is a scarlet thing", await shown(other, "alice"), "alice")
+    assert recognizer.memory.count() == before + 1
+
+
+@pytest.mark.slow  # a real Gradio server on loopback
+def test_the_page_asks_for_a_login(team: Any) -> None:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    store, tokens, recognizer = team
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    page = build_chat_page(recognizer, None, allow_learning=True, logins=store)
+    launch(page, "127.0.0.1", port, block=False, auth=token_login(store))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(timeout=30) as client:
+            assert client.get(f"{url}/config").status_code in (401, 403)
+            wrong = client.post(f"{url}/login", data={"username": "alice", "password": "x"})
+            assert wrong.status_code >= 400
+            right = client.post(
+                f"{url}/login", data={"username": "alice", "password": tokens["alice"]}
+            )
+            assert right.status_code == 200, right.text
+            assert client.get(f"{url}/config").status_code == 200
+    finally:
+        page.close()

@@ -1,0 +1,250 @@
+"""Benchmark: the shared service under load, with tokens, on loopback.
+
+``rar-agent mcp --http --allow-learning`` with an auth file of one token per client (16 with
+``recognize``, 2 with ``learn``), driven by the official MCP client (``ClientSession``; the
+recognitions send ``tools/call`` without the client's output-schema check unless
+``--validate``, since the clients share the server's CPUs):
+
+1. ``alone``: one client, ``--calls`` recognitions one after another (the baseline);
+2. ``load``: ``--clients`` clients with ``--calls`` recognitions each, all at once, while
+   ``--teachers`` clients each teach ``--teach`` new images (distinct pictures, so each adds
+   one example).
+
+Printed: errors (any tool error or HTTP refusal counts), p50/p95 latency of a recognition
+alone and under load and their ratio (target: p95 under load at most 10x the p50 alone), and
+the memory's image count before and after against what was taught (nothing lost). The
+server runs in a subprocess with the default limits; each client is its own token, so the
+per-token limits are those a team member would meet. Usage::
+
+    python tools/bench_service.py                                # hashing encoder: the service
+    python tools/bench_service.py --encoder efficientnet-lite0   # a real encoder's cost too
+    python tools/bench_service.py --clients 4 --calls 50 --json service.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools.bench_mcp import (  # noqa: E402
+    _announced_url,
+    build_memory,
+    child_env,
+    raw_call,
+    server_args,
+)
+
+HASHING = "tests.helpers.encoder_factories:hashing_encoder"
+
+
+def picture(i: int) -> str:
+    """A distinct small PNG as a data URI (one new example per call)."""
+    import base64
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    colour = (37 * i % 256, 91 * i % 256, 53 * (i + 7) % 256)
+    image = Image.new("RGB", (48, 40), colour)
+    image.putpixel((i % 48, (i // 48) % 40), (255 - colour[0], 0, 0))
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@asynccontextmanager
+async def session(url: str, token: str) -> AsyncIterator[Any]:
+    import httpx
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    client = httpx.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(60.0, read=300.0)
+    )
+    async with (
+        client,
+        streamable_http_client(url, http_client=client) as (read, write, _),
+        ClientSession(read, write) as opened,
+    ):
+        await opened.initialize()
+        yield opened
+
+
+async def recognitions(
+    url: str, token: str, calls: int, errors: list[str], validate: bool = False
+) -> list[float]:
+    times = []
+    args = {"image": "cat.jpg", "k": 5}
+    async with session(url, token) as s:
+        for _ in range(calls):
+            start = time.perf_counter()
+            if validate:
+                result = await s.call_tool("recognize_image", args)
+            else:
+                result = await raw_call(s, "recognize_image", args)
+            times.append((time.perf_counter() - start) * 1000)
+            if result.isError or (result.structuredContent or {}).get("label") != "cat":
+                errors.append(f"recognize: {result.content}")
+    return times
+
+
+async def teaching(url: str, token: str, first: int, count: int, errors: list[str]) -> int:
+    added = 0
+    async with session(url, token) as s:
+        for i in range(first, first + count):
+            args = {"label": f"taught {i % 5}", "image": picture(i)}
+            result = await s.call_tool("add_category_example", args)
+            if result.isError:
+                errors.append(f"teach: {result.content}")
+            else:
+                added += int((result.structuredContent or {}).get("added", 0))
+    return added
+
+
+async def image_count(url: str, token: str) -> int:
+    async with session(url, token) as s:
+        listing = await s.call_tool("list_categories", {"limit": 1000})
+    return sum(c["image_examples"] for c in (listing.structuredContent or {})["categories"])
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import anyio
+
+    from rar_agent.auth import TokenStore
+
+    memory, images = build_memory(work, args.encoder)
+    store = TokenStore(work / "auth.toml")
+    readers = [store.add(f"reader{i}", ["recognize"])[1] for i in range(args.clients)]
+    teachers = [store.add(f"teacher{i}", ["learn"])[1] for i in range(args.teachers)]
+    command = [
+        *server_args(memory, images, args.encoder, "--allow-learning"),
+        *("--http", "--port", "0", "--auth", str(work / "auth.toml")),
+    ]
+    process = await anyio.open_process([sys.executable, *command], env=child_env(), cwd=ROOT)
+    errors: list[str] = []
+    try:
+        url = await _announced_url(process)
+        before = await image_count(url, readers[0])
+        await recognitions(url, readers[0], 10, errors)  # warm-up
+        alone = await recognitions(url, readers[0], args.calls, errors, args.validate)
+        loaded: list[float] = []
+        taught: list[int] = []
+
+        async def reader(token: str) -> None:
+            loaded.extend(await recognitions(url, token, args.calls, errors, args.validate))
+
+        async def teacher(n: int, token: str) -> None:
+            taught.append(await teaching(url, token, n * args.teach, args.teach, errors))
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as group:
+            for token in readers:
+                group.start_soon(reader, token)
+            for n, token in enumerate(teachers):
+                group.start_soon(teacher, n, token)
+        wall = time.perf_counter() - start
+        after = await image_count(url, readers[0])
+    finally:
+        process.terminate()
+        await process.wait()
+    return {
+        "errors": errors,
+        "alone_p50": pct(alone, 0.5),
+        "alone_p95": pct(alone, 0.95),
+        "load_p50": pct(loaded, 0.5),
+        "load_p95": pct(loaded, 0.95),
+        "load_mean": statistics.fmean(loaded),
+        "recognitions": len(loaded),
+        "throughput": len(loaded) / wall,
+        "taught": sum(taught),
+        "before": before,
+        "after": after,
+        "wall_s": wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", default=HASHING, help="encoder spec (default: hashing)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--calls", type=int, default=200, help="recognitions per client")
+    parser.add_argument("--teachers", type=int, default=2)
+    parser.add_argument("--teach", type=int, default=25, help="examples each teacher adds")
+    parser.add_argument(
+        "--validate",
+        action="store_true",
+        help="recognize with ClientSession.call_tool, which re-checks every answer against "
+        "the output schema on the client (default: the same request without that check, so "
+        "the clients' own CPU, on the same machine, weighs less on the server's figures)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+
+    import anyio
+
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+        r = anyio.run(measure, args, Path(tmp))
+    load = os.getloadavg()
+    ratio = r["load_p95"] / r["alone_p50"]
+    lost = r["before"] + r["taught"] - r["after"]
+    print(
+        f"service under load: {args.clients} clients x {args.calls} recognitions + "
+        f"{args.teachers} teaching x {args.teach}; encoder {args.encoder}; "
+        f"load average before the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    print(f"errors: {len(r['errors'])}" + (f" (first: {r['errors'][0]})" if r["errors"] else ""))
+    print(f"one client alone:  p50 {r['alone_p50']:.1f} ms  p95 {r['alone_p95']:.1f} ms")
+    print(
+        f"under load:        p50 {r['load_p50']:.1f} ms  p95 {r['load_p95']:.1f} ms  "
+        f"({r['recognitions']} recognitions, {r['throughput']:.0f}/s, {r['wall_s']:.1f} s)"
+    )
+    print(f"p95 under load / p50 alone: {ratio:.1f}x (target <= 10x)")
+    print(
+        f"memory images: {r['before']} before + {r['taught']} taught = {r['after']} after "
+        f"({'nothing lost' if lost == 0 else f'{lost} LOST'})"
+    )
+    if args.json:
+        rows = [
+            {
+                "name": "recognition p95 under load",
+                "value": round(r["load_p95"], 2),
+                "unit": "ms",
+                "baseline": "one client alone, p50",
+                "baseline_value": round(r["alone_p50"], 2),
+                "ratio": round(ratio, 2),
+                "target": "<= 10x",
+                "met": ratio <= 10 and not r["errors"] and lost == 0,
+            },
+            {
+                "name": "errors under load",
+                "value": len(r["errors"]),
+                "unit": "errors",
+                "target": "0",
+                "met": not r["errors"],
+            },
+        ]
+        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+    if r["errors"] or lost:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
