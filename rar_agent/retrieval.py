@@ -11,7 +11,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, SkipValidation
 
 from rar_agent.config import MEMORY_KINDS, MemoryKind, validate_k
-from rar_agent.encoders import ImageTextEncoder
+from rar_agent.encoders import ImageTextEncoder, input_size_of
 from rar_agent.errors import ConfigError, EmptyMemoryError
 from rar_agent.images import ImageInput, is_image_reference, load_image
 from rar_agent.memory import CategoryMemory, EntryKind, Hit
@@ -172,7 +172,9 @@ class CategoryRetriever(BaseRetriever):
 
     def retrieve(self, image: ImageInput, *, k: int | None = None) -> list[Candidate]:
         """Top-k distinct labels for one image (URLs obey ``allow_private_urls``)."""
-        loaded = load_image(image, allow_private_urls=self.allow_private_urls)
+        loaded = load_image(
+            image, allow_private_urls=self.allow_private_urls, need=input_size_of(self.encoder)
+        )
         vector = self.encoder.embed_images([loaded.image])[0]
         return self.retrieve_vectors(vector[None, :], k=k)[0]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import RarError
+from rar_agent.images import IMAGE_SUFFIXES
 from rar_agent.registry import ImageRegistry
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUESTION = "What is in this image?"
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+_IMAGE_SUFFIXES = IMAGE_SUFFIXES  # HEIC/HEIF and AVIF uploads included
+_PHONE_TYPES = {".heic": "image/heic", ".heif": "image/heif", ".avif": "image/avif"}
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+-.!|~"})
 
 
@@ -234,7 +236,8 @@ def _image_block(path: str) -> dict[str, Any] | None:
     except OSError as e:
         logger.warning("cannot read uploaded file %s: %s", file, e)
         return None
-    mime = mimetypes.guess_type(file.name)[0] or "image/png"
+    suffix = file.suffix.lower()
+    mime = _PHONE_TYPES.get(suffix) or mimetypes.guess_type(file.name)[0] or "image/png"
     return {
         "type": "image",
         "base64": base64.b64encode(data).decode("ascii"),
@@ -473,7 +476,7 @@ def build_chat_page(
         title=title,
         description=_page_description(recognizer, model, can_learn=can_learn),
         textbox=gr.MultimodalTextbox(
-            file_types=["image"],
+            file_types=["image", ".heic", ".heif", ".avif"],
             file_count="multiple",
             sources=["upload"],
             placeholder="Ask about a photo: drop, paste or upload it here",

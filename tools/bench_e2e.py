@@ -9,6 +9,12 @@ Sections (``--only`` picks some):
   Target: overhead <= 5 ms/image.
 - ``startup``: wall time of ``python -c "import rar_agent"`` and ``rar-agent --help`` against
   ``python -c pass``. Targets: < 0.3 s and < 0.5 s.
+- ``photos``: phone photos (12 MP JPEG, 12 MP HEIC with and without its thumbnail, 50 MP
+  JPEG) beside the small photo, recognize one by one and in a batch, and a memory build,
+  decoded to need (after) and in full (before), against the small photo, the raw encoder and
+  libheif (``tools/bench_photos.py``). Targets: 12 MP JPEG <= 1.5x the small photo; HEIC <=
+  (libheif full decode + small photo) x1.2, with a thumbnail <= 2x; build >= 1/1.3 of the
+  raw encoder's images/s.
 - ``rss``: peak RSS (``VmHWM``; ``ru_maxrss`` where /proc is missing) of a fresh process that
   opens a 100k-entry memory (512-d, HNSW-indexed as a build leaves it) and runs queries,
   against the same process importing everything but opening nothing.
@@ -64,10 +70,12 @@ def row(
 class TimedEncoder:
     """Proxy that adds up wall and calling-thread CPU seconds spent inside ``embed_images``."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, sized: bool = True) -> None:
         self.inner = inner
         self.dim = inner.dim
         self.fingerprint = inner.fingerprint
+        if sized and getattr(inner, "input_size", None):  # images are decoded to need
+            self.input_size = inner.input_size
         self.seconds = 0.0
         self.cpu_seconds = 0.0
 
@@ -176,6 +184,8 @@ def _stages(recognizer: Any, memory: Any, paths: list[str], repeats: int) -> lis
             im.convert("RGB")
 
     ours = _median_ms(load_image, paths, repeats)
+    side = getattr(recognizer.encoder, "input_size", None) or 224
+    to_need = _median_ms(lambda p: load_image(p, need=side), paths, repeats)
     raw = _median_ms(raw_decode, paths, repeats)
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(len(paths), memory.info.dim)).astype(np.float32)
@@ -186,6 +196,13 @@ def _stages(recognizer: Any, memory: Any, paths: list[str], repeats: int) -> lis
     return [
         row(
             "  load_image (validate, EXIF, RGB) 640x480 JPEG", ours, "ms", "PIL open + convert", raw
+        ),  # fmt: skip
+        row(
+            f"  load_image decoded to need ({side} px shorter side)",
+            to_need,
+            "ms",
+            "full decode (load_image)",
+            ours,
         ),  # fmt: skip
         row(
             "  retrieve_vectors (search + fold to labels)",
@@ -251,10 +268,17 @@ def bench_recognize(args: argparse.Namespace) -> list[Row]:
                             "encoder embed_images inside it", embed))  # fmt: skip
             rows.append(row(f"recognize overhead p50 ({args.entries} entries)", p50, "ms",
                             target="<= 5 ms", met=p50 <= 5.0))  # fmt: skip
+            full = TimedEncoder(encoder, sized=False)  # hides input_size: the old full decode
+            before = Recognizer(memory, full, ranker=None, k=5)
+            f_over, f_cpu = _overhead(before, full, paths, args.repeats)[2:]
+            rows.append(row("  same, before (full decode)", statistics.median(f_over), "ms",
+                            "after (decoded to need)", p50))  # fmt: skip
             rows.append(row("recognize overhead p95 / min", p95, "ms"))
             rows[-1]["name"] += f" (min {min(over):.2f} ms)"
             rows.append(row("recognize overhead p50, main-thread CPU time", cpu50, "ms",
                             target="<= 5 ms", met=cpu50 <= 5.0))  # fmt: skip
+            rows.append(row("  same, before (full decode)", statistics.median(f_cpu), "ms",
+                            "after (decoded to need)", cpu50))  # fmt: skip
             rows.extend(_stages(recognizer, memory, paths, args.repeats))
             ranked = Recognizer(memory, timed, ranker=_instant_ranker(), k=5)
             ranked.recognize(paths[0])
@@ -414,7 +438,19 @@ def print_table(rows: list[Row]) -> None:
             print(f"{'':60}baseline: {r['baseline']}")
 
 
-SECTIONS = {"recognize": bench_recognize, "startup": bench_startup, "rss": bench_rss}
+def bench_photos(args: argparse.Namespace) -> list[Row]:
+    """The ``photos`` section (``tools/bench_photos.py``)."""
+    from tools.bench_photos import bench_photos as run
+
+    return run(args)
+
+
+SECTIONS = {
+    "recognize": bench_recognize,
+    "photos": bench_photos,
+    "startup": bench_startup,
+    "rss": bench_rss,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--wall", action="store_true", help="photos: wall time, not CPU time")
     args = parser.parse_args(argv)
     args.images = 8 if args.quick else 16
     args.repeats = 2 if args.quick else 5

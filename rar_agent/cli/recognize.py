@@ -114,7 +114,9 @@ def _recognize_boxes(
     parsed = load_boxes(boxes, normalized=normalized)
     if not parsed:
         raise ConfigError(f"{boxes} holds no boxes: write a JSON list of [x0, y0, x1, y1]")
-    loaded = load_image(images[0])
+    if annotate is None:  # decoded only as large as the boxes need
+        return recognizer.recognize_regions(images[0], parsed, kind="auto")
+    loaded = load_image(images[0])  # the full image, drawn on
     results = recognizer.recognize_regions(loaded.image, parsed, kind="auto")
     for result in results:
         result.image = loaded.source

@@ -14,6 +14,7 @@ from rar_agent.encoders.base import (
     BuiltinVocabulary,
     ImageTextEncoder,
     has_text_tower,
+    input_size_of,
     l2_normalize,
 )
 from rar_agent.encoders.spec import DEFAULT_CLIP, OFFLINE_ENCODER, EncoderSpec, spec_of
@@ -57,6 +58,7 @@ __all__ = [
     "default_vocabulary",
     "fill_template",
     "has_text_tower",
+    "input_size_of",
     "l2_normalize",
     "load_default_encoder",
     "load_encoder",

@@ -16,6 +16,7 @@ __all__ = [
     "ImageTextEncoder",
     "bound_aspect",
     "has_text_tower",
+    "input_size_of",
     "l2_normalize",
 ]
 
@@ -29,6 +30,12 @@ class ImageTextEncoder(Protocol):
     Attributes:
         dim: Length of every embedding.
         fingerprint: Identity of model + weights; a memory refuses other fingerprints.
+
+    An encoder may also say which image size its transform needs: ``input_size``, the side
+    its transform resizes an image's shorter side to (224 for most CLIP models). The built-in
+    backends have it, and the loaders then decode photos no larger than that
+    (:func:`input_size_of`); an encoder without it gets full-size images, as before. It is not
+    a required member, so encoders written against the protocol before it keep working.
     """
 
     dim: int
@@ -53,6 +60,20 @@ class BuiltinVocabulary(Protocol):
     def builtin_vocabulary(self) -> tuple[list[str], np.ndarray]:
         """``(class names, float32 (n, dim) unit rows)`` in the encoder's embedding space."""
         ...
+
+
+def input_size_of(encoder: object) -> int | None:
+    """The side ``encoder``'s transform resizes an image's shorter side to, when it says.
+
+    Reads the encoder's ``input_size`` (an int, or a sequence whose largest item counts);
+    ``None`` when it has none, so that callers decode the full image.
+    """
+    value = getattr(encoder, "input_size", None)
+    if isinstance(value, Sequence) and not isinstance(value, str) and value:
+        value = max(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 def has_text_tower(encoder: object) -> bool:

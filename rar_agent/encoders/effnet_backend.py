@@ -84,6 +84,8 @@ class EfficientNetLite0Encoder(TorchEncoderBase):
     text_tower = False
     #: The square input side (regions are padded to it).
     image_size = INPUT_SIZE
+    #: The side the transform resizes an image's shorter side to (images decode to it).
+    input_size = INPUT_SIZE
 
     def __init__(
         self,

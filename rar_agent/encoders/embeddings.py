@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from langchain_core.embeddings import Embeddings
 
-from rar_agent.encoders.base import ImageTextEncoder
+from rar_agent.encoders.base import ImageTextEncoder, input_size_of
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -14,10 +14,10 @@ if TYPE_CHECKING:
 __all__ = ["EncoderEmbeddings"]
 
 
-def _open_rgb(uri: str) -> Image.Image:
+def _open_rgb(uri: str, need: int | None = None) -> Image.Image:
     from rar_agent.images import load_image
 
-    return load_image(uri).image
+    return load_image(uri, need=need).image
 
 
 class EncoderEmbeddings(Embeddings):
@@ -62,7 +62,8 @@ class EncoderEmbeddings(Embeddings):
 
     def embed_image(self, uris: list[str]) -> list[list[float]]:
         """Embed images given as file paths, URLs or data URIs (validated and decoded)."""
-        images = [_open_rgb(u) for u in uris]
+        side = input_size_of(self.encoder)
+        images = [_open_rgb(u, side) for u in uris]
         return self.encoder.embed_images(images).tolist()
 
     async def aembed_image(self, uris: list[str]) -> list[list[float]]:

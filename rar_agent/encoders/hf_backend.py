@@ -92,6 +92,22 @@ class TransformersClipEncoder(TorchEncoderBase):
         self.fingerprint = f"hf:{identity}:{digest}"
         self.dim = self._probe_dim()
 
+    @property
+    def input_size(self) -> int | None:
+        """The largest side the image processor resizes or crops to (224 for most CLIPs)."""
+        sides: list[int] = []
+        for attr in ("size", "crop_size"):
+            value = getattr(self.image_processor, attr, None)
+            if isinstance(value, dict):
+                sides += [v for v in value.values() if isinstance(v, int)]
+            elif isinstance(value, int):
+                sides.append(value)
+        if not sides:
+            vision = getattr(self.model.config, "vision_config", None)
+            side = getattr(vision, "image_size", None)
+            sides = [side] if isinstance(side, int) else []
+        return max(sides) if sides and max(sides) > 0 else None
+
     def _probe_dim(self) -> int:
         if self.tokenizer is not None:
             return int(self.embed_texts(["a"]).shape[1])

@@ -102,6 +102,14 @@ class OpenClipEncoder(TorchEncoderBase):
         self.dim = int(self._probe_dim())
         self.fingerprint = f"open_clip:{identity}:{digest}"
 
+    @property
+    def input_size(self) -> int | None:
+        """The side the transform resizes an image's shorter side to (the model's input)."""
+        size = getattr(getattr(self.model, "visual", None), "image_size", None)
+        if isinstance(size, int | tuple | list):
+            return _largest(size)
+        return None
+
     def _probe_dim(self) -> int:
         proj = getattr(self.model, "text_projection", None)
         visual = getattr(self.model, "visual", None)
@@ -186,6 +194,11 @@ class OpenClipEncoder(TorchEncoderBase):
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts).to(self.device)
         return self.model.encode_text(tokens)
+
+
+def _largest(size: int | tuple[int, ...] | list[int]) -> int | None:
+    values = [v for v in ([size] if isinstance(size, int) else size) if isinstance(v, int)]
+    return max(values) if values and max(values) > 0 else None
 
 
 def _check_pretrained(name: str, pretrained: str, what: str) -> None:

@@ -97,10 +97,11 @@ def _items_to_records(
 
     records: list[QueryRecord] = []
     images = []
+    need = recognizer.decode_need
     for source, label in batch:
         start = time.perf_counter()
         try:
-            loaded = load_image(source)
+            loaded = load_image(source, need=need)
         except RarError as e:
             records.append(QueryRecord(source=source, label=label, error=str(e)))
             continue

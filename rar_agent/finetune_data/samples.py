@@ -225,15 +225,19 @@ class _SampleMaker:
 
     def load(self, items: Sequence[tuple[str, str]]) -> list[tuple[LoadedImage, str]]:
         """Decode a batch; unreadable items are recorded, repeated images skipped."""
-        from rar_agent.images import load_image
+        from rar_agent.encoders import input_size_of
+        from rar_agent.images import DecodeNeed, load_image
         from rar_agent.memory.entries import normalize_label
 
+        side = input_size_of(self.encoder)
+        # the encoder's input, and the longer side the conversation's image is sent at
+        need = None if side is None else DecodeNeed(side, self.opts.image_max_side)
         batch = []
         for source, raw_label in items:
             self.stats.images += 1
             try:
                 label = normalize_label(raw_label)
-                loaded = load_image(source)
+                loaded = load_image(source, need=need)
             except RarError as e:
                 self.stats.failed.append((str(source), str(e)))
                 logger.warning("skipped %s: %s", source, e)

@@ -1,7 +1,8 @@
 """One batch of a folder or manifest build, made ready in a background thread.
 
 Each ``(source, label)`` is read and hashed (SHA-256 of the file bytes), checked against the
-ids already stored, and decoded: everything the builder needs before encoding. Each entry
+ids already stored, and decoded (no larger than the encoder needs, on a pool of decode
+threads when the builder gives one): everything the builder needs before encoding. Each entry
 keeps a small thumbnail (:func:`rar_agent.images.make_thumbnail`) for results to show.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +23,14 @@ if TYPE_CHECKING:
 
     from rar_agent.memory.core import CategoryMemory
 
-__all__ = ["REMOTE_PREFIXES", "BatchItem", "PreparedBatch", "prepare_batch", "read_local_image"]
+__all__ = [
+    "REMOTE_PREFIXES",
+    "BatchItem",
+    "PreparedBatch",
+    "decode_workers",
+    "prepare_batch",
+    "read_local_image",
+]
 
 REMOTE_PREFIXES = ("http://", "https://", "data:")
 """Sources that are fetched or decoded, not read from disk."""
@@ -45,6 +54,25 @@ class PreparedBatch:
     images: list[Image.Image] = field(default_factory=list)
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def decode_workers(encoder: object) -> int:
+    """Decode threads for a build: enough to keep a GPU fed, few where torch uses the CPUs.
+
+    A CPU encoder already keeps every core busy, so decoding takes half of them (at least
+    one thread, overlapped with encoding as before); a GPU encoder leaves the CPUs to
+    decoding (up to 8 threads).
+    """
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    device = str(getattr(encoder, "device", "cpu")).split(":")[0]
+    if device == "cpu":
+        return max(1, cpus // 2)
+    return max(1, min(8, cpus))
 
 
 def read_local_image(path: Path) -> bytes:
@@ -72,11 +100,17 @@ def prepare_batch(
     seen: set[str],
     strict: bool,
     extra: Mapping[str, Any],
+    *,
+    need: int | None = None,
+    decoders: Executor | None = None,
 ) -> PreparedBatch:
     """Read and hash each item, skip ids stored or ``seen``, decode the rest.
 
     Runs in the builder's background thread. ``seen`` (ids already taken by earlier batches
     of this build) gains the ids of the entries returned; ``extra`` goes into every payload.
+    Images are decoded with their shorter side no smaller than ``need`` (the encoder's input
+    side; ``None``: full size), on ``decoders`` when given (Pillow and libheif decode outside
+    the GIL, so threads decode in parallel).
 
     Raises:
         ImageError, LabelError, UnsafeInputError: Under ``strict``, the first bad item.
@@ -90,7 +124,7 @@ def prepare_batch(
             label = normalize_label(label)
             image = None
             if data is None and source.startswith(REMOTE_PREFIXES):
-                loaded = load_image(source)
+                loaded = load_image(source, need=need)
                 image, digest = loaded.image, loaded.sha256
             else:
                 data = read_local_image(Path(source)) if data is None else data
@@ -102,22 +136,36 @@ def prepare_batch(
                 raise
             out.failed.append((source, str(e)))
     stored = memory.existing_ids(entry.point_id for entry, _, _ in staged)
+    todo = []
     for entry, data, image in staged:
         pid = entry.point_id
         if pid in stored or pid in seen:
             out.skipped += 1
             continue
+        seen.add(pid)  # taken now, so a repeat later in this batch is skipped too
+        todo.append((entry, data, image))
+
+    def decode(item: tuple[MemoryEntry, bytes | None, Image.Image | None]) -> Any:
+        """``(image, thumbnail data URI)``, or the ImageError (runs on a decode thread)."""
+        entry, data, image = item
         try:
             if image is None:
                 assert data is not None
-                image = decode_image_bytes(data, what=entry.source)
+                image = decode_image_bytes(data, what=entry.source, need=need)
         except ImageError as e:
+            return e
+        return image, make_thumbnail(image)
+
+    results = decoders.map(decode, todo) if decoders is not None else map(decode, todo)
+    for (entry, _, _), result in zip(todo, results, strict=True):
+        if isinstance(result, ImageError):
+            seen.discard(entry.point_id)
             if strict:
-                raise
-            out.failed.append((entry.source, str(e)))
+                raise result
+            out.failed.append((entry.source, str(result)))
             continue
-        seen.add(pid)
-        entry.extra["thumbnail"] = make_thumbnail(image)  # not part of the id
+        image, thumbnail = result
+        entry.extra["thumbnail"] = thumbnail  # not part of the id
         out.entries.append(entry)
         out.images.append(image)
     return out

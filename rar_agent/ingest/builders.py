@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
-from rar_agent.ingest.batches import REMOTE_PREFIXES, BatchItem, PreparedBatch, prepare_batch
+from rar_agent.images.decode import IMAGE_SUFFIXES
+from rar_agent.ingest.batches import (
+    REMOTE_PREFIXES,
+    BatchItem,
+    PreparedBatch,
+    decode_workers,
+    prepare_batch,
+)
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED
 from rar_agent.memory.entries import MemoryEntry, normalize_label
@@ -50,9 +57,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 """``progress(done, total)``, called after each batch."""
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-)
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 _NAMES_PER_CALL = 64
 SAMPLE_IDS = 1024
 """Ids of added entries a :class:`BuildReport` keeps (a uniform sample beyond that)."""
@@ -223,15 +228,31 @@ def _pipelined(
     progress: Progress | None,
 ) -> None:
     """Encode and write each batch while the next one is read and decoded in a thread."""
+    from rar_agent.encoders.base import input_size_of
+
     strict, extra = options
     total = sum(len(b) for b in batches)
     seen: set[str] = set()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-decode") as pool:
+    need = input_size_of(encoder)
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-batch") as pool,
+        ThreadPoolExecutor(decode_workers(encoder), thread_name_prefix="rar-decode") as decoders,
+    ):
+>>>>>>> main
 
         def submit(index: int) -> Future[PreparedBatch] | None:
             if index >= len(batches):
                 return None
-            return pool.submit(prepare_batch, memory, batches[index], seen, strict, extra)
+            return pool.submit(
+                prepare_batch,
+                memory,
+                batches[index],
+                seen,
+                strict,
+                extra,
+                need=need,
+                decoders=decoders,
+            )
 
         pending = submit(0)
         for index in range(len(batches)):

@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.config import MemoryKind, parse_reject, validate_k
+from rar_agent.encoders.base import input_size_of
 from rar_agent.encoders.spec import spec_of
 from rar_agent.errors import RarError
-from rar_agent.images import ImageInput, LoadedImage, load_image
+from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset import RANKER_SKIP_REASON, judge
 from rar_agent.openset.groups import GROUP_ALPHA, NovelGroupLog
@@ -181,10 +182,23 @@ class Recognizer:
 
     # ------------------------------------------------------------------ recognition
 
+    @property
+    def decode_need(self) -> DecodeNeed | None:
+        """How large images must be decoded for this recognizer: the encoder's input side
+        (the shorter side) and, with a ranker, the longer side the ranker sends; ``None``
+        (full size) when the encoder does not say its input size."""
+        side = input_size_of(self.encoder)
+        if side is None:
+            return None
+        need = DecodeNeed(short=side)
+        if self.ranker is not None:
+            need = need | DecodeNeed(long=self.ranker.image_max_side)
+        return need
+
     def recognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
         """Recognize one image; raises ``RarError`` on bad input."""
         start = time.perf_counter()
-        loaded = load_image(image)
+        loaded = load_image(image, need=self.decode_need)
         load_ms = _ms(start)
         result = self._recognize_loaded([loaded], k=k)[0]
         result.timings_ms = {"load": load_ms, **result.timings_ms}
@@ -196,9 +210,10 @@ class Recognizer:
         """Recognize many images with one encoder pass; bad images get a per-item error."""
         loaded: list[LoadedImage] = []
         results: list[RecognitionResult | None] = []
+        need = self.decode_need
         for src in images:
             try:
-                loaded.append(load_image(src))
+                loaded.append(load_image(src, need=need))
                 results.append(None)
             except RarError as e:
                 results.append(RecognitionResult(label=None, image=_describe(src), error=str(e)))

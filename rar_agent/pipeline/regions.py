@@ -24,6 +24,7 @@ from rar_agent.regions import (
     encoder_input_size,
     prepare_region,
     ranker_view,
+    region_geometry,
     square_resize,
 )
 from rar_agent.results import RecognitionResult
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
     from rar_agent.config import MemoryKind
     from rar_agent.encoders import ImageTextEncoder
-    from rar_agent.images import ImageInput
+    from rar_agent.images import DecodeNeed, ImageInput
     from rar_agent.regions.geometry import Context
     from rar_agent.results import Candidate, RejectionInfo
     from rar_agent.retrieval import CategoryRetriever
@@ -47,6 +48,11 @@ class Stages(Protocol):
     encoder: ImageTextEncoder
     encoder_name: str
     retriever: CategoryRetriever
+
+    @property
+    def decode_need(self) -> DecodeNeed | None:
+        """How large a whole image must be decoded (None: full size)."""
+        ...
 
     def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
         """The open-set verdict for each candidate list."""
@@ -64,10 +70,12 @@ class Stages(Protocol):
 
 @dataclass
 class _Job:
-    """One usable box: its parsed form, pixel coordinates and prepared crop."""
+    """One usable box: its parsed form, its pixels in the full image and in the decoded one,
+    and its prepared crop."""
 
     box: Box
     coords: Coords
+    scaled: Coords
     crop: Image.Image
 
 
@@ -87,15 +95,29 @@ def recognize_regions(
     context: Context = None,
     blur: float | None = DEFAULT_BLUR,
 ) -> list[RecognitionResult]:
-    """Recognize each box of one image (see :meth:`Recognizer.recognize_regions`)."""
+    """Recognize each box of one image (see :meth:`Recognizer.recognize_regions`).
+
+    Boxes are in the full image's coordinates. The image is decoded only as large as the
+    smallest box's crop needs (:func:`regions_need`), and each box is scaled to it.
+    """
     from rar_agent.images import load_image
 
     start = time.perf_counter()
-    loaded = load_image(image)
+    parsed = as_boxes(boxes, normalized=normalized)
+    whole_need = recognizer.decode_need
+    need = None
+    if whole_need is not None:
+        side = max(whole_need.short, whole_need.long)
+
+        def need(full: tuple[int, int]) -> DecodeNeed:
+            return regions_need(parsed, full, side, context=context, whole=context_image)
+
+    loaded = load_image(image, need=need)
     slots, jobs = _prepare(
         loaded.image,
         loaded.source,
-        as_boxes(boxes, normalized=normalized),
+        parsed,
+        full_size=loaded.full_size,
         context=context,
         blur=blur,
     )
@@ -112,7 +134,7 @@ def recognize_regions(
     retrieve_ms = _ms(t1)
     whole = loaded.image if context_image else None
     verdicts = recognizer.judge_many(retrieved)
-    views = [ranker_view(j.crop, whole, j.coords) for j in jobs]
+    views = [ranker_view(j.crop, whole, j.scaled) for j in jobs]
     rankings = recognizer.rank_many(views, retrieved, verdicts)
     n = len(jobs)
     timings = {
@@ -140,26 +162,66 @@ def recognize_regions(
     return out
 
 
+def regions_need(
+    boxes: Sequence[Box],
+    full_size: tuple[int, int],
+    side: int,
+    *,
+    context: Context = None,
+    whole: bool = False,
+) -> DecodeNeed:
+    """The decode size that gives every usable box's crop ``side`` pixels (or all it has).
+
+    A box's crop window (box plus context, padded to a square) may shrink by ``window / side``
+    before the encoder loses detail (a thin box: until it is a pixel across); the image as a
+    whole may shrink by the least of those.
+    With ``whole``, the full image (the ranker's context view) keeps ``side`` pixels too.
+    """
+    from rar_agent.images import DecodeNeed
+
+    width, height = full_size
+    reduction = math.inf
+    for box in boxes:
+        try:
+            x0, y0, x1, y1 = check_box(box, width, height)
+            geo = region_geometry((x0, y0, x1, y1), full_size, context=context)
+        except BoxError:
+            continue  # answered with an error, decoded for nothing
+        # the crop keeps ``side`` pixels, and a thin box at least one pixel across
+        reduction = min(reduction, geo.side / side, x1 - x0, y1 - y0)
+    need = DecodeNeed(long=side) if whole or math.isinf(reduction) else DecodeNeed()
+    if math.isinf(reduction):
+        return need
+    short = math.ceil(min(width, height) / max(1.0, reduction))
+    return need | DecodeNeed(short=short)
+
+
 def _prepare(
     image: Image.Image,
     source: str,
     boxes: list[Box],
     *,
+    full_size: tuple[int, int],
     context: Context,
     blur: float | None,
 ) -> tuple[list[RecognitionResult | None], list[_Job]]:
     """Check and crop every box: an error result for each unusable one, a job for the rest.
 
+    Boxes are checked against ``full_size`` (the coordinates they are given in) and cropped
+    from ``image``, which may be that image decoded smaller.
+
     Returns:
         One slot per box (its error result, or None where a job will answer) and the jobs.
     """
-    width, height = image.size
+    width, height = full_size
+    sx, sy = width / image.width, height / image.height
     slots: list[RecognitionResult | None] = []
     jobs: list[_Job] = []
     for box in boxes:
         try:
             coords = check_box(box, width, height)
-            crop = prepare_region(image, coords, size=None, context=context, blur=blur)
+            scaled = (coords[0] / sx, coords[1] / sy, coords[2] / sx, coords[3] / sy)
+            crop = prepare_region(image, scaled, size=None, context=context, blur=blur)
         except BoxError as e:
             pixels = box.to_pixels(width, height).xyxy
             shown = list(pixels) if all(math.isfinite(v) for v in pixels) else None
@@ -168,5 +230,5 @@ def _prepare(
             )
             continue
         slots.append(None)
-        jobs.append(_Job(box, coords, crop))
+        jobs.append(_Job(box, coords, scaled, crop))
     return slots, jobs

@@ -220,7 +220,12 @@ def prepare_region(
 
 def encoder_input_size(encoder: object, default: int = 224) -> int:
     """The square input side an encoder expects, when it can be found; else ``default``."""
-    paths = ("image_size", "model.visual.image_size", "model.config.vision_config.image_size")
+    paths = (
+        "input_size",
+        "image_size",
+        "model.visual.image_size",
+        "model.config.vision_config.image_size",
+    )
     candidates = []
     for path in paths:
         value: Any = encoder

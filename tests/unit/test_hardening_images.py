@@ -120,9 +120,24 @@ def _exif_rotated() -> bytes:
 
 
 def _heic_like() -> bytes:
-    """The ISO-BMFF header of a HEIC file (Pillow cannot decode HEIC without a plugin)."""
+    """The ISO-BMFF header of a HEIC file and nothing an image needs after it."""
     ftyp = b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heic"
     return struct.pack(">I", 8 + len(ftyp)) + ftyp + b"\x00" * 200
+
+
+def _heic(size: tuple[int, int] = (48, 32), **save: Any) -> bytes:
+    """A real HEIC (pillow-heif's encoder): left half red, right half blue."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    im = Image.new("RGB", size, (230, 10, 10))
+    im.paste((10, 10, 230), (size[0] // 2, 0, size[0], size[1]))
+    return _encode(im, "HEIF", quality=90, **save)
+
+
+def _truncated_heic() -> bytes:
+    data = _heic((64, 64))
+    return data[: len(data) * 2 // 3]
 
 
 # ---------------------------------------------------------------------------- the catalogue
@@ -178,7 +193,8 @@ REFUSED: dict[str, Bad] = {
     "decompression bomb (declares 9000x9000, under Pillow's own limit)": Bad(
         "bomb2.png", lambda: _png_declaring(9000, 9000), ("decompression bomb", "downscale")
     ),
-    "HEIC (no decoder installed)": Bad("phone.heic", _heic_like, ("HEIC", "convert it to JPEG")),
+    "HEIC header and nothing else": Bad("phone.heic", _heic_like, ("HEIC", "corrupt")),
+    "truncated HEIC": Bad("cut.heic", _truncated_heic, ("truncated", "re-download")),
 }
 
 ACCEPTED: dict[str, Good] = {
@@ -245,6 +261,14 @@ ACCEPTED: dict[str, Good] = {
         ),
     ),
 }
+ACCEPTED["HEIC (pillow-heif)"] = Good(
+    "phone.heic",
+    _heic,
+    lambda im: _expect(
+        im.size == (48, 32) and im.getpixel((4, 16))[0] > 180 and im.getpixel((44, 16))[2] > 180,
+        im,
+    ),
+)
 if features.check("avif"):
     ACCEPTED["AVIF (decoder present)"] = Good(
         "modern.avif",

@@ -1,7 +1,10 @@
 """Load and validate images from paths, URLs, bytes, base64 and PIL objects.
 
 Every failure raises :class:`~rar_agent.errors.ImageError` with a message that says what was
-wrong and what to do. A returned image is always a fully decoded RGB ``PIL.Image``.
+wrong and what to do. A returned image is always a fully decoded, upright RGB ``PIL.Image``:
+at full size, or (given a ``need``) at the smallest size its consumers can use, with the full
+size recorded beside it (:mod:`rar_agent.images.decode`). JPEG, PNG, WebP, GIF, BMP, TIFF,
+HEIC/HEIF (pillow-heif) and AVIF are read.
 """
 
 from __future__ import annotations
@@ -12,19 +15,30 @@ import hashlib
 import io
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 from rar_agent.errors import ImageError
+from rar_agent.images.decode import (
+    IMAGE_SUFFIXES,
+    DecodeNeed,
+    NeedSpec,
+    decode_to_need,
+    register_image_plugins,
+    to_rgb,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
+    "IMAGE_SUFFIXES",
+    "DecodeNeed",
     "ImageInput",
     "LoadedImage",
+    "NeedSpec",
+    "register_image_plugins",
     "load_image",
     "decode_image_bytes",
     "read_image_file",
@@ -55,11 +69,31 @@ _B64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """A decoded RGB image, where it came from, and the SHA-256 of its source bytes."""
+    """A decoded RGB image, where it came from, and the SHA-256 of its source bytes.
+
+    Attributes:
+        image: The upright RGB image (smaller than the original when decoded to a need).
+        source: Where it came from (a path, URL or given name).
+        sha256: SHA-256 of the source bytes.
+        original_size: The upright ``(width, height)`` of the full image, when the image was
+            decoded smaller; ``None`` means ``image`` is full size.
+    """
 
     image: Image.Image
     source: str
     sha256: str
+    original_size: tuple[int, int] | None = None
+
+    @property
+    def full_size(self) -> tuple[int, int]:
+        """The upright ``(width, height)`` of the full image: boxes refer to this size."""
+        return self.original_size or self.image.size
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """``(sx, sy)``: full-size pixels per decoded pixel (``(1.0, 1.0)`` at full size)."""
+        (fw, fh), (w, h) = self.full_size, self.image.size
+        return (fw / w, fh / h)
 
 
 def is_image_reference(text: str, *, files: bool = True) -> bool:
@@ -81,6 +115,7 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
     allow_private_urls: bool = True,
+    need: NeedSpec = None,
 ) -> LoadedImage:
     """Load, validate and normalise an image from any supported input.
 
@@ -95,9 +130,13 @@ def load_image(
         name: Optional display name used as ``source`` (e.g. an uploaded file name).
         allow_private_urls: Let URLs reach loopback, private and link-local addresses (the
             default, for a CLI user's own network); ``False`` allows public addresses only.
+        need: Decode only as large as this (a :class:`DecodeNeed`, an encoder's input side,
+            or a function of the full upright size); ``None`` decodes the full image. A PIL
+            image is never resized.
 
     Returns:
-        A :class:`LoadedImage` with an RGB image, its source and a content hash.
+        A :class:`LoadedImage` with an RGB image, its source, a content hash and, when decoded
+        smaller, the full size.
 
     Raises:
         ImageError: The input is missing, unreadable, not an image, truncated or too large.
@@ -111,24 +150,27 @@ def load_image(
         digest = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
         return LoadedImage(image, name or "<PIL image>", digest)
     if isinstance(src, bytes | bytearray | memoryview):
-        return _from_bytes(bytes(src), name or "bytes", name or "<bytes>", max_pixels)
+        return _from_bytes(bytes(src), name or "bytes", name or "<bytes>", max_pixels, need)
     if isinstance(src, os.PathLike):
-        return read_image_file(Path(src), max_pixels=max_pixels, name=name)
+        return read_image_file(Path(src), max_pixels=max_pixels, name=name, need=need)
     if not isinstance(src, str):
         raise ImageError(
             f"cannot read an image from a {type(src).__name__}: pass a file path, URL, "
             "data URI, base64 text, bytes or a PIL image"
         )
-    return _load_reference(src.strip(), max_pixels, name, allow_private_urls)
+    return _load_reference(src.strip(), max_pixels, name, allow_private_urls, need)
 
 
-def _from_bytes(data: bytes, what: str, source: str, max_pixels: int) -> LoadedImage:
-    image = decode_image_bytes(data, max_pixels=max_pixels, what=what)
-    return LoadedImage(image, source, hashlib.sha256(data).hexdigest())
+def _from_bytes(
+    data: bytes, what: str, source: str, max_pixels: int, need: NeedSpec = None
+) -> LoadedImage:
+    image, full = decode_to_need(data, need=need, max_pixels=max_pixels, what=what)
+    original = full if image.size != full else None
+    return LoadedImage(image, source, hashlib.sha256(data).hexdigest(), original)
 
 
 def _load_reference(
-    text: str, max_pixels: int, name: str | None, allow_private_urls: bool
+    text: str, max_pixels: int, name: str | None, allow_private_urls: bool, need: NeedSpec
 ) -> LoadedImage:
     """A string reference: URL, data URI, raw base64 or a file path."""
     if not text:
@@ -137,20 +179,26 @@ def _load_reference(
         from rar_agent.netfetch import fetch_url
 
         data = fetch_url(text, allow_private=allow_private_urls)
-        return _from_bytes(data, text, name or text, max_pixels)
+        return _from_bytes(data, text, name or text, max_pixels, need)
     if text.startswith("data:"):
-        return _from_bytes(_decode_data_uri(text), "data URI", name or "<data URI>", max_pixels)
+        data = _decode_data_uri(text)
+        return _from_bytes(data, "data URI", name or "<data URI>", max_pixels, need)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         scheme = text.split("://", 1)[0]
         raise ImageError(f"unsupported URL scheme {scheme!r}: use a file path or http(s) URL")
     path = Path(text).expanduser()
     if not path.exists() and len(text) > 64 and _B64_CHARS.match(text):
-        return _from_bytes(_b64decode(text), "base64 text", name or "<base64>", max_pixels)
-    return read_image_file(path, max_pixels=max_pixels, name=name)
+        data = _b64decode(text)
+        return _from_bytes(data, "base64 text", name or "<base64>", max_pixels, need)
+    return read_image_file(path, max_pixels=max_pixels, name=name, need=need)
 
 
 def read_image_file(
-    path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+    path: Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+    need: NeedSpec = None,
 ) -> LoadedImage:
     """Read and decode one image file (see :func:`load_image`)."""
     try:
@@ -171,69 +219,21 @@ def read_image_file(
         raise ImageError(f"no permission to read {path}: check the file's permissions") from e
     except OSError as e:
         raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
-    image = decode_image_bytes(data, max_pixels=max_pixels, what=str(path))
-    return LoadedImage(image, name or str(path), hashlib.sha256(data).hexdigest())
+    return _from_bytes(data, str(path), name or str(path), max_pixels, need)
 
 
 def decode_image_bytes(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image"
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    what: str = "image",
+    need: NeedSpec = None,
 ) -> Image.Image:
-    """Fully decode image bytes into an RGB image, validating size and integrity."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Decode image bytes into an upright RGB image, validating size and integrity.
 
-    if not data:
-        raise ImageError(f"{what} is empty (0 bytes): pass a real image file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            width, height = im.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"{what} declares {width}x{height} pixels, over the limit of {max_pixels:,}"
-                    " (possible decompression bomb): downscale it first"
-                )
-            if width < 1 or height < 1:
-                raise ImageError(f"{what} has an empty size {width}x{height}")
-            if getattr(im, "is_animated", False):
-                im.seek(0)  # animated GIF/WebP/PNG: recognise the first frame
-            im.load()
-            upright: Image.Image = ImageOps.exif_transpose(im) or im
-            return to_rgb(upright)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{what} is too large to decode safely ({e}): downscale it first") from e
-    except UnidentifiedImageError as e:
-        raise ImageError(
-            f"{what} is not an image Pillow can read ({_sniff(data)}): pass a JPEG, PNG, "
-            "WebP, GIF, BMP or TIFF file"
-        ) from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(
-            f"{what} could not be decoded, it may be truncated or corrupt ({e}): "
-            "re-export or re-download the file"
-        ) from e
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any mode to 8-bit RGB; transparency is composited on white."""
-    from PIL import Image
-
-    if im.mode == "RGB":
-        return im.copy() if im.readonly else im
-    if im.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
-        import numpy as np
-
-        arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(scaled.astype("uint8"), mode="L").convert("RGB")
-    if im.mode == "P" or im.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return im.convert("RGB")
+    Full size unless ``need`` says less is enough (see :func:`load_image`).
+    """
+    return decode_to_need(data, need=need, max_pixels=max_pixels, what=what)[0]
 
 
 def _decode_data_uri(text: str) -> bytes:
@@ -256,24 +256,6 @@ def _b64decode(text: str) -> bytes:
         return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
     except (binascii.Error, ValueError) as e:
         raise ImageError(f"invalid base64 image data ({e})") from e
-
-
-def _sniff(data: bytes) -> str:
-    head = data[:64].lstrip()
-    lowered = head.lower()
-    if head.startswith(b"%PDF"):
-        return "it is a PDF"
-    if lowered.startswith((b"<!doctype html", b"<html")):
-        return "it is an HTML page, maybe an error page instead of the image"
-    if head[4:12] in {b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1"}:
-        return "it is HEIC/HEIF, which this installation cannot decode; convert it to JPEG"
-    if head[4:12] in {b"ftypavif", b"ftypavis"}:
-        return "it is AVIF, which this installation cannot decode; convert it to JPEG"
-    try:
-        head.decode("utf-8")
-        return "it looks like text"
-    except UnicodeDecodeError:
-        return "unknown format"
 
 
 def make_thumbnail(image: Image.Image) -> str:

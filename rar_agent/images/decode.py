@@ -1,0 +1,332 @@
+"""Image bytes -> an upright RGB image, decoded no larger than its consumers need.
+
+Decode to need: a 12-megapixel phone photo is shown to an encoder as a 224-pixel square, so
+most of a full decode is thrown away. Given a :class:`DecodeNeed`, a JPEG is decoded with DCT
+scaling (``Image.draft``: 1/2, 1/4 or 1/8 of its size, the smallest that still meets the
+need), a HEIC with an embedded thumbnail when one is big enough (pillow-heif's ``draft``), and
+whatever is left over the need (any format) is shrunk by an integer box filter
+(``Image.reduce``) before the EXIF rotation and the colour conversion. Every check (declared
+size, truncation, bombs) runs as in a full decode; only the pixels kept are fewer.
+
+HEIC/HEIF is read through pillow-heif (registered here on first use), AVIF through Pillow's
+own plugin (Pillow 11.2 and later).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rar_agent.errors import ImageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DecodeNeed",
+    "NeedSpec",
+    "decode_to_need",
+    "register_image_plugins",
+    "to_rgb",
+]
+
+#: File name endings of the image formats this package reads (folders are listed by them).
+IMAGE_SUFFIXES = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".heic",
+        ".heif",
+        ".avif",
+    }
+)
+
+# Shrink by ``Image.reduce`` only down to this multiple of the need: a box filter aliases
+# more than the bicubic resize that follows it, so that resize keeps a 2x margin (as Pillow's
+# own ``thumbnail`` does). DCT scaling (``draft``) filters properly and goes down to 1x.
+REDUCE_GAP = 2.0
+_ISOBMFF_BRANDS = (b"ftyp",)
+_PLUGINS_LOCK = threading.Lock()
+_plugins_registered = False
+
+
+@dataclass(frozen=True)
+class DecodeNeed:
+    """The smallest decoded size an image's consumers can use without losing detail.
+
+    Attributes:
+        short: The decoded image's shorter side must be at least this many pixels (an
+            encoder's input side: its transform resizes the shorter side to it, then crops).
+        long: Its longer side must be at least this many pixels (a ranker that sends the
+            image with its longer side scaled to this).
+    """
+
+    short: int = 0
+    long: int = 0
+
+    def __post_init__(self) -> None:
+        if self.short < 0 or self.long < 0:
+            raise ValueError(f"decode sizes must not be negative, got {self.short}, {self.long}")
+
+    def __or__(self, other: DecodeNeed) -> DecodeNeed:
+        """The need that satisfies both (the larger of each side)."""
+        return DecodeNeed(max(self.short, other.short), max(self.long, other.long))
+
+    def reduction(self, width: int, height: int) -> float:
+        """By how much a ``width`` x ``height`` image may be shrunk and still meet the need
+        (``inf`` when nothing is needed, at least 1)."""
+        short, long_ = min(width, height), max(width, height)
+        factor = math.inf
+        if self.short:
+            factor = min(factor, short / self.short)
+        if self.long:
+            factor = min(factor, long_ / self.long)
+        return max(1.0, factor)
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        """The smallest size, in the image's own proportions, that meets the need."""
+        factor = self.reduction(width, height)
+        if math.isinf(factor):
+            return (1, 1)
+        return (max(1, math.ceil(width / factor)), max(1, math.ceil(height / factor)))
+
+
+NeedSpec = DecodeNeed | int | Callable[[tuple[int, int]], DecodeNeed | int | None] | None
+"""What a loader is told about the size needed: a :class:`DecodeNeed`, an ``int`` (the shorter
+side, as an encoder's input size), a function of the image's upright full size (for a need that
+depends on it, such as boxes' crops), or ``None`` for a full decode."""
+
+
+def _as_need(spec: DecodeNeed | int | None) -> DecodeNeed | None:
+    if spec is None:
+        return None
+    if isinstance(spec, DecodeNeed):
+        return spec if (spec.short or spec.long) else None
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return DecodeNeed(short=spec) if spec > 0 else None
+    raise TypeError(f"a decode need is a DecodeNeed, an int or None, not {type(spec).__name__}")
+
+
+def register_image_plugins() -> None:
+    """Let Pillow open HEIC/HEIF (pillow-heif), once per process; a no-op without it."""
+    global _plugins_registered
+    if _plugins_registered:
+        return
+    with _PLUGINS_LOCK:
+        if _plugins_registered:
+            return
+        try:
+            from pillow_heif import register_heif_opener
+        except ImportError:  # an installation without it says so when a HEIC arrives
+            pass
+        else:
+            register_heif_opener()
+        _plugins_registered = True
+
+
+def decode_to_need(
+    data: bytes, *, need: NeedSpec = None, max_pixels: int, what: str
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode, validate and make upright RGB, at the smallest size that meets ``need``.
+
+    Args:
+        data: The encoded image.
+        need: What the image's consumers need (see :data:`NeedSpec`); ``None``: full size.
+        max_pixels: Refuse images whose declared size exceeds this many pixels.
+        what: How the image is named in error messages.
+
+    Returns:
+        ``(image, full size)``: the RGB image, and the upright size a full decode would give
+        (boxes and other coordinates refer to that size).
+
+    Raises:
+        ImageError: Empty, not an image, truncated or corrupt, or too large.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ImageError(f"{what} is empty (0 bytes): pass a real image file")
+    register_image_plugins()
+    _check_container(data, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _decode(Image.open(io.BytesIO(data)), need, max_pixels, what)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{what} is too large to decode safely ({e}): downscale it first") from e
+    except UnidentifiedImageError as e:
+        kind = _phone_format(data)
+        if kind is not None and _can_read(kind):
+            raise ImageError(
+                f"{what} is a {kind} file that could not be decoded, it may be truncated or "
+                "corrupt: re-export or re-download the file"
+            ) from e
+        raise ImageError(
+            f"{what} is not an image this installation can read ({sniff(data)}): pass a "
+            "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF file"
+        ) from e
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as e:
+        raise ImageError(
+            f"{what} could not be decoded, it may be truncated or corrupt ({e}): "
+            "re-export or re-download the file"
+        ) from e
+
+
+def _decode(
+    im: Image.Image, need: NeedSpec, max_pixels: int, what: str
+) -> tuple[Image.Image, tuple[int, int]]:
+    """The checks, then draft, load, upright, colour and reduce (see :func:`decode_to_need`)."""
+    from PIL import ImageOps
+
+    width, height = im.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{what} declares {width}x{height} pixels, over the limit of {max_pixels:,}"
+            " (possible decompression bomb): downscale it first"
+        )
+    if width < 1 or height < 1:
+        raise ImageError(f"{what} has an empty size {width}x{height}")
+    if getattr(im, "is_animated", False):
+        im.seek(0)  # animated GIF/WebP/PNG: recognise the first frame
+    wanted = _as_need(need(_upright_size(im)) if callable(need) else need)
+    if wanted is not None:
+        # JPEG: DCT scaling; HEIC: an embedded thumbnail; other formats ignore it
+        im.draft(None, wanted.target(width, height))
+    decoded_size = im.size
+    im.load()
+    if wanted is None:  # a full decode, exactly as before decode-to-need existed
+        upright: Image.Image = ImageOps.exif_transpose(im) or im
+    else:  # in place: an upright photo is not copied at full size (36 MB for 12 MP)
+        ImageOps.exif_transpose(im, in_place=True)
+        upright = im
+    turned = upright.size != decoded_size and upright.size == decoded_size[::-1]
+    full = (height, width) if turned else (width, height)
+    if wanted is None:
+        return to_rgb(upright), full
+    if upright.mode in {"RGB", "L"}:
+        out = to_rgb(_reduce(upright, wanted))
+    else:
+        out = _reduce(to_rgb(upright), wanted)
+    return (out.copy() if out is im else out), full  # a plain image, never the file object
+
+
+def _reduce(image: Image.Image, need: DecodeNeed) -> Image.Image:
+    """``image`` shrunk by the largest integer factor that keeps :data:`REDUCE_GAP` x ``need``."""
+    factor = int(need.reduction(*image.size) / REDUCE_GAP)
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    """The size ``im`` will have once its EXIF orientation is applied."""
+    width, height = im.size
+    orientation = im.getexif().get(0x0112, 1)
+    return (height, width) if orientation in {5, 6, 7, 8} else (width, height)
+
+
+def _check_container(data: bytes, what: str) -> None:
+    """Refuse a HEIF/AVIF file whose top-level boxes run past its end (a truncated file).
+
+    libheif fills the missing tiles of a cut-off grid image instead of failing, so the
+    truncation is caught here, from the box sizes.
+    """
+    if data[4:8] not in _ISOBMFF_BRANDS:
+        return
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 8 > end:
+            break  # trailing padding shorter than a box header
+        size, header = int.from_bytes(data[pos : pos + 4], "big"), 8
+        if size == 1 and pos + 16 <= end:
+            size, header = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
+        elif size == 0:
+            size = end - pos  # the last box runs to the end of the file
+        if size < header:
+            raise ImageError(
+                f"{what} is a corrupt HEIF/AVIF file (a box of {size} bytes at offset {pos}): "
+                "re-export or re-download the file"
+            )
+        if pos + size > end:
+            raise ImageError(
+                f"{what} is truncated: its {data[pos + 4 : pos + 8].decode('latin-1')!r} box "
+                f"needs {pos + size - end:,} more bytes than the file holds; re-export or "
+                "re-download the file"
+            )
+        pos += size
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any mode to 8-bit RGB; transparency is composited on white."""
+    from PIL import Image
+
+    if im.mode == "RGB":
+        return im.copy() if im.readonly else im
+    if im.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(scaled.astype("uint8"), mode="L").convert("RGB")
+    if im.mode == "P" or im.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def sniff(data: bytes) -> str:
+    """A short guess at what unreadable bytes are, for an error message."""
+    head = data[:64].lstrip()
+    lowered = head.lower()
+    if head.startswith(b"%PDF"):
+        return "it is a PDF"
+    if lowered.startswith((b"<!doctype html", b"<html")):
+        return "it is an HTML page, maybe an error page instead of the image"
+    kind = _phone_format(data)
+    if kind == "HEIC/HEIF":
+        return "it is HEIC/HEIF: install pillow-heif (pip install pillow-heif) to read it"
+    if kind == "AVIF":
+        return "it is AVIF, which this Pillow cannot decode: upgrade to Pillow 11.2 or later"
+    try:
+        head.decode("utf-8")
+        return "it looks like text"
+    except UnicodeDecodeError:
+        return "unknown format"
+
+
+def _phone_format(data: bytes) -> str | None:
+    """``HEIC/HEIF`` or ``AVIF`` when the bytes start like one, else None."""
+    brand = data[4:12]
+    if brand in {b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftyphevc", b"ftypheim"}:
+        return "HEIC/HEIF"
+    if brand in {b"ftypavif", b"ftypavis"}:
+        return "AVIF"
+    return None
+
+
+def _can_read(kind: str) -> bool:
+    """Whether this installation has a decoder for ``kind`` (see :func:`_phone_format`)."""
+    if kind == "AVIF":
+        from PIL import features
+
+        return bool(features.check("avif"))
+    import importlib.util
+
+    return importlib.util.find_spec("pillow_heif") is not None

@@ -1,0 +1,269 @@
+"""Phone photos through the recognizer and a memory build: the ``photos`` section of
+``tools/bench_e2e.py``.
+
+The shipped example photos (``examples/images``) are upscaled to a 12 MP JPEG, a 12 MP HEIC
+(pillow-heif's encoder; once plain, once with the 320-pixel thumbnail phones embed) and a
+50 MP JPEG, beside the small photo as it ships. Each is recognized one by one and in a batch,
+decoded to need (*after*: the encoder says its input size) and in full (*before*: the same
+encoder behind a proxy that does not say it, which is the old code path), and compared with
+the small photo, the raw encoder on the already-decoded image, and (HEIC) libheif's own full
+decode. A memory build from a folder of 12 MP JPEGs is compared with the raw encoder's
+images/s on the decoded images. Generated photos are cached (HEVC encoding is slow).
+
+Times are the process's CPU time with torch on one thread (``--wall`` for wall time): on a
+shared, busy machine wall time mostly measures waiting for a CPU, while CPU time is what the
+work costs on an idle one. A build's images/s are wall figures (overlap is the point there),
+given next to its CPU time per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = [ROOT / "examples" / "images" / "cat.jpg", ROOT / "examples" / "images" / "coffee.jpg"]
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One photo format: a name, the size it is upscaled to (None: as shipped), how saved."""
+
+    name: str
+    size: tuple[int, int] | None
+    fmt: str = "JPEG"
+    save: dict[str, Any] = field(default_factory=dict)
+
+
+KINDS = [
+    Kind("small photo (as shipped)", None),
+    Kind("12 MP JPEG", (4032, 3024), save={"quality": 90}),
+    Kind("12 MP HEIC", (4032, 3024), "HEIF", {"quality": 70}),
+    Kind("12 MP HEIC + 320 px thumbnail", (4032, 3024), "HEIF",
+         {"quality": 70, "thumbnails": [320]}),
+    Kind("50 MP JPEG", (8160, 6120), save={"quality": 90}),
+]  # fmt: skip
+
+
+class Encoder:
+    """An encoder proxy that times ``embed_images`` and says its input size only if asked."""
+
+    def __init__(self, inner: Any, *, sized: bool) -> None:
+        self.inner = inner
+        self.dim, self.fingerprint = inner.dim, inner.fingerprint
+        if sized:
+            self.input_size = inner.input_size
+        self.seconds = 0.0
+
+    def embed_images(self, images: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.inner.embed_images(images)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def embed_texts(self, texts: Any) -> Any:
+        return self.inner.embed_texts(texts)
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    path = base / "rar-agent-bench" / "photos"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def make_photos(kind: Kind, variants: int = 1) -> list[Path]:
+    """The example photos in ``kind``'s size and format (``variants`` shifted copies each)."""
+    from PIL import Image, ImageOps
+
+    if kind.fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    suffix = ".heic" if kind.fmt == "HEIF" else ".jpg"
+    slug = kind.name.split(" (")[0].replace(" ", "_").replace("+", "").replace("__", "_")
+    out = []
+    for photo in EXAMPLES:
+        for v in range(variants):
+            path = cache_dir() / f"{photo.stem}-{slug}-{v}{suffix}"
+            if not path.exists():
+                image = Image.open(photo).convert("RGB")
+                if v:  # a slightly different crop: another memory entry
+                    image = ImageOps.crop(image, v * 3)
+                if kind.size is not None:
+                    image = image.resize(kind.size, Image.Resampling.BICUBIC)
+                params = dict(kind.save)
+                if kind.fmt == "HEIF":
+                    params["enc_params"] = {"preset": "ultrafast"}
+                image.save(path, format=kind.fmt, **params)
+            out.append(path)
+    return out
+
+
+CLOCK = time.process_time  # the CPU time of every thread of this process; --wall: wall time
+
+
+def _ms(func: Any, items: list[Any], repeats: int) -> float:
+    """Median ms per item (:data:`CLOCK`)."""
+    times = []
+    for _ in range(repeats):
+        for item in items:
+            start = CLOCK()
+            func(item)
+            times.append((CLOCK() - start) * 1000)
+    return statistics.median(times)
+
+
+def _batch_ms(recognizer: Any, paths: list[Path], repeats: int) -> float:
+    """Best per-image ms of ``recognize_batch(paths)`` (:data:`CLOCK`)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = CLOCK()
+        recognizer.recognize_batch(paths)
+        best = min(best, (CLOCK() - start) * 1000 / len(paths))
+    return best
+
+
+def _row(
+    name: str,
+    value: float,
+    unit: str,
+    baseline: str | None = None,
+    base: float | None = None,
+    target: str | None = None,
+    met: bool | None = None,
+) -> Row:
+    ratio = round(value / base, 3) if base else None
+    return {"name": name, "value": round(value, 3), "unit": unit, "baseline": baseline,
+            "baseline_value": None if base is None else round(base, 3), "ratio": ratio,
+            "target": target, "met": met}  # fmt: skip
+
+
+def _format_rows(kind: Kind, paths: list[Path], ctx: dict[str, Any], repeats: int) -> list[Row]:
+    from rar_agent.images import load_image
+
+    after, before, raw = ctx["after"], ctx["before"], ctx["encoder"]
+    one = _ms(after.recognize, paths, repeats)
+    old = _ms(before.recognize, paths, repeats)
+    batch = _batch_ms(after, paths, repeats)
+    old_batch = _batch_ms(before, paths, repeats)
+    decoded = [load_image(p, need=raw.input_size).image for p in paths]
+    encode = _ms(lambda im: raw.embed_images([im]), decoded, repeats)
+    if kind.size is None:
+        ctx["small"], ctx["small_batch"] = one, batch
+    small, small_batch = ctx["small"], ctx["small_batch"]
+    target, met = None, None
+    if kind.name == "12 MP JPEG":
+        target = "<= 1.5x small photo"
+        met = one <= 1.5 * small and batch <= 1.5 * small_batch
+    rows = [
+        _row(f"{kind.name}: recognize, per image", one, "ms", "small photo, recognize", small,
+             target, met),
+        _row("  same, before (full decode)", old, "ms", "after (decode to need)", one),
+        _row("  recognize vs the raw encoder on the decoded image", one, "ms",
+             "raw embed_images, 1 image", encode),
+        _row(f"  recognize_batch({len(paths)}), per image", batch, "ms",
+             "small photo, recognize_batch", small_batch),
+        _row("  same, before (full decode)", old_batch, "ms", "after (decode to need)", batch),
+    ]  # fmt: skip
+    if kind.fmt == "HEIF":
+        from PIL import Image
+
+        def libheif(path: Path) -> None:
+            with Image.open(path) as im:
+                im.load()
+
+        full = _ms(libheif, paths, repeats)
+        thumb = bool(kind.save.get("thumbnails"))
+        limit = 2.0 * small if thumb else 1.2 * (full + small)
+        rows.append(_row("  libheif's own full decode (pillow-heif), per image", full, "ms"))
+        rows.append(
+            _row("  recognize vs the target", one, "ms",
+                 "2x small photo" if thumb else "(libheif full decode + small photo) x1.2",
+                 limit, "<= 1.0x", one <= limit)
+        )  # fmt: skip
+    return rows
+
+
+def _build_rows(encoder: Any, n_variants: int, repeats: int) -> list[Row]:
+    """A memory build from a folder of 12 MP JPEGs vs the raw encoder on decoded images."""
+    from rar_agent.images import load_image
+    from rar_agent.ingest.builders import add_images
+    from rar_agent.memory import CategoryMemory
+
+    paths = make_photos(KINDS[1], n_variants)
+    items = [(str(p), p.stem.split("-")[0]) for p in paths]
+    decoded = [load_image(p, need=encoder.input_size).image for p in paths]
+    raw = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encoder.embed_images(decoded)
+        raw.append(len(decoded) / (time.perf_counter() - start))
+    raw_cpu = _ms(lambda ims: encoder.embed_images(ims), [decoded], repeats) / len(decoded)
+    rates, cpu = {}, {}
+    for label, sized in (("after", True), ("before", False)):
+        best, cpu_ms = 0.0, float("inf")
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory(prefix="rar-photos-") as tmp:
+                memory = CategoryMemory.open(Path(tmp) / "m", collection="photos")
+                start, start_cpu = time.perf_counter(), time.process_time()
+                add_images(memory, Encoder(encoder, sized=sized), items, batch_size=16)
+                best = max(best, len(items) / (time.perf_counter() - start))
+                cpu_ms = min(cpu_ms, (time.process_time() - start_cpu) * 1000 / len(items))
+                memory.close()
+        rates[label], cpu[label] = best, cpu_ms
+    raw_best = max(raw)
+    return [
+        _row(f"memory build, {len(items)} x 12 MP JPEG, wall images/s", rates["after"],
+             "img/s", "raw encoder wall images/s on decoded images", raw_best,
+             ">= 1/1.3 of raw (ratio >= 0.77)", rates["after"] >= raw_best / 1.3),
+        _row("  same, before (full decode)", rates["before"], "img/s", "after", rates["after"]),
+        _row("  build CPU time per image", cpu["after"], "ms",
+             "raw encoder CPU time per image", raw_cpu),
+        _row("  same, before (full decode)", cpu["before"], "ms", "after", cpu["after"]),
+    ]  # fmt: skip
+
+
+def bench_photos(args: argparse.Namespace) -> list[Row]:
+    """Recognize and build rows for the phone photo formats (see the module docstring)."""
+    import torch
+
+    from rar_agent.encoders import load_encoder
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+    from tools.bench_e2e import fill_random
+
+    global CLOCK
+    if getattr(args, "wall", False):
+        CLOCK = time.perf_counter
+    else:
+        torch.set_num_threads(1)  # CPU time then counts work, not OpenMP threads spinning
+    encoder = load_encoder(args.encoder, device="cpu")
+    repeats = max(1, args.repeats // 2)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="rar-photos-") as tmp:
+        memory = CategoryMemory.open(Path(tmp) / "mem", collection="photos")
+        memory.bind_encoder(encoder.fingerprint, encoder.dim, expected_entries=args.entries)
+        fill_random(memory, encoder.dim, args.entries, args.labels)
+        memory.optimize(min_unindexed=10_000)
+        ctx = {
+            "encoder": encoder,
+            "after": Recognizer(memory, Encoder(encoder, sized=True), k=5, reject="off"),
+            "before": Recognizer(memory, Encoder(encoder, sized=False), k=5, reject="off"),
+        }
+        ctx["after"].recognize(EXAMPLES[0])  # warm-up
+        for kind in KINDS:
+            if args.quick and kind.fmt == "HEIF" and not kind.save.get("thumbnails"):
+                continue
+            rows.extend(_format_rows(kind, make_photos(kind), ctx, repeats))
+        memory.close()
+    rows.extend(_build_rows(encoder, 2 if args.quick else 8, repeats))
+    return rows
