@@ -238,7 +238,6 @@ def _pipelined(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-batch") as pool,
         ThreadPoolExecutor(decode_workers(encoder), thread_name_prefix="rar-decode") as decoders,
     ):
->>>>>>> main
 
         def submit(index: int) -> Future[PreparedBatch] | None:
             if index >= len(batches):
