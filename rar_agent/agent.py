@@ -11,7 +11,15 @@ recognition tools, any extra tools the caller passes, and :class:`ImageRegistryM
   image tool without an id or with a "latest" word
   (:func:`~rar_agent.registry.is_latest_ref`), this conversation's latest one is filled in
   (:class:`~rar_agent.registry.ImageScope`), and ids from other conversations are refused.
-  The registry's own most recent image is never used: it may be another conversation's.
+  The registry's own most recent image is never used: it may be another conversation's;
+- with a :class:`~rar_agent.conversations.ConversationStore` (``conversations=``), messages
+  persist as LangGraph checkpoints by conversation id (``thread_id``) and each image is kept
+  under its conversation, so a restarted agent resumes a conversation with its photos and no
+  conversation reaches another's.
+
+``folders=`` adds read-only browsing of photo folders (langchain-community's
+``list_directory`` / ``file_search``, confined) and ``recognize_images`` (a folder in one
+call); ``mcp_servers=`` adds the tools of other MCP servers (``langchain-mcp-adapters``).
 
 :class:`RecognitionOnlyChatModel` is a deterministic stand-in for a chat model: it calls the
 recognize tool on the latest image and returns the tool's output, so the agent (and the
@@ -31,7 +39,9 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import RunnableConfig
 
+from rar_agent.conversations import ConversationStore
 from rar_agent.errors import ConfigError
 from rar_agent.registry import (
     IMAGE_ID_PATTERN,
@@ -40,7 +50,7 @@ from rar_agent.registry import (
     image_blocks_to_ids,
     is_latest_ref,
 )
-from rar_agent.tools import make_tools
+from rar_agent.tools import folder_tools, make_tools
 
 if TYPE_CHECKING:
     import os
@@ -53,9 +63,11 @@ if TYPE_CHECKING:
     from langgraph.types import Checkpointer, Command
 
     from rar_agent.tools import RecognizerLike
+    from rar_agent.tools.remote import MCPServers
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
+    "IMAGE_LIST_TOOLS",
     "IMAGE_TOOLS",
     "ImageRegistryMiddleware",
     "RarAgentState",
@@ -72,6 +84,8 @@ logger = logging.getLogger(__name__)
 
 #: Tools whose ``image`` argument defaults to the conversation's latest image.
 IMAGE_TOOLS = ("recognize_image", "add_category_example")
+#: Tools whose ``images`` argument lists image references (ids are checked one by one).
+IMAGE_LIST_TOOLS = ("recognize_images",)
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a visual recognition assistant. Images the user sends appear in the "
@@ -87,7 +101,9 @@ DEFAULT_SYSTEM_PROMPT = (
     "image, and corrects=<the wrong answer>; when they confirm an answer and want the photo "
     "kept, call it with confirmed=true. If it refuses because the image is stored under "
     "another label, tell the user and offer relabel_example. Use the other tools when they "
-    "help answer the user's question."
+    "help answer the user's question. For many photos (a folder), call recognize_images once "
+    "instead of recognize_image per photo; list_directory and file_search, when available, "
+    "browse the photo folders."
 )
 
 
@@ -107,6 +123,9 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         registry: The shared image registry (the tools must use the same one).
         image_tools: Names of tools whose ``image`` argument defaults to the latest image.
         fetch_url: Downloader for image URLs in user turns (``None``: leave them as they are).
+        store: Where each conversation's images persist (keyed by the run's ``thread_id``);
+            an image a tool needs that the registry no longer holds (a restart, an eviction)
+            is read back from this conversation's own images, never another's.
     """
 
     state_schema = RarAgentState
@@ -117,11 +136,13 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         *,
         image_tools: Sequence[str] = IMAGE_TOOLS,
         fetch_url: Callable[[str], bytes] | None = None,
+        store: ConversationStore | None = None,
     ) -> None:
         super().__init__()
         self.registry = registry
         self.image_tools = tuple(image_tools)
         self.fetch_url = fetch_url
+        self.store = store
 
     # -- before each model call: swap images for ids
 
@@ -141,6 +162,7 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
                     if image_id in ids:
                         ids.remove(image_id)
                     ids.append(image_id)
+                self._persist(found)
         if not updated:
             return None
         return {"messages": updated, "images": ids}
@@ -149,17 +171,47 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         self, state: RarAgentState, runtime: Runtime[Any]
     ) -> dict[str, Any] | None:
         """Async :meth:`before_model` (decoding runs in a worker thread)."""
-        return await asyncio.to_thread(self.before_model, state, runtime)
+        return await asyncio.to_thread(self.before_model, state, runtime)  # copies the context
+
+    def _persist(self, image_ids: Sequence[str]) -> None:
+        conversation = _conversation_id(None)
+        if self.store is None or conversation is None:
+            return
+        for image_id in image_ids:
+            if image_id in self.registry:
+                self.store.put_image(conversation, self.registry.get(image_id))
+
+    def _restore(self, image_ids: Sequence[str], config: RunnableConfig | None) -> None:
+        """Put this conversation's stored images back into the registry when it lost them."""
+        conversation = _conversation_id(config)
+        if self.store is None or conversation is None:
+            return
+        for image_id in image_ids:
+            if image_id in self.registry:
+                continue
+            image = self.store.get_image(conversation, image_id)
+            if image is not None:
+                self.registry.register(image.data, name=image.name, mime_type=image.mime_type)
 
     # -- around each tool call: default and check the image id
 
     def _prepare(self, request: ToolCallRequest) -> ToolCallRequest | ToolMessage:
         call = request.tool_call
-        if call.get("name") not in self.image_tools:
+        name = call.get("name")
+        if name not in self.image_tools and name not in IMAGE_LIST_TOOLS:
             return request
         state = request.state if isinstance(request.state, dict) else {}
         conversation = ImageScope(self.registry, state.get("images") or [])
+        known = conversation.ids()
+        config = getattr(request.runtime, "config", None)
         args = dict(call.get("args") or {})
+        if name in IMAGE_LIST_TOOLS:
+            refs = args.get("images") or []
+            foreign = _foreign_ids(refs if isinstance(refs, list) else [], known)
+            if foreign:
+                return _tool_error(call, _not_here(foreign[0], known))
+            self._restore(known, config)
+            return request
         ref = args.get("image")
         if is_latest_ref(ref):
             latest = conversation.latest_id()
@@ -169,15 +221,12 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
                     "no image in this conversation yet: ask the user to upload or paste a photo",
                 )
             args["image"] = latest
+            self._restore([latest], config)
             return request.override(tool_call={**call, "args": args})
-        if isinstance(ref, str):
-            match = IMAGE_ID_PATTERN.search(ref)
-            if match and match.group(0) not in conversation:
-                return _tool_error(
-                    call,
-                    f"image {match.group(0)} is not part of this "
-                    f"conversation; its images are: {', '.join(conversation.ids()) or 'none'}",
-                )
+        foreign = _foreign_ids([ref], known)
+        if foreign:
+            return _tool_error(call, _not_here(foreign[0], known))
+        self._restore(known, config)
         return request
 
     def wrap_tool_call(
@@ -195,8 +244,39 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
     ) -> ToolMessage | Command[Any]:
         """Async :meth:`wrap_tool_call`."""
-        prepared = self._prepare(request)
+        prepared = await asyncio.to_thread(self._prepare, request)
         return prepared if isinstance(prepared, ToolMessage) else await handler(prepared)
+
+
+def _conversation_id(config: RunnableConfig | None) -> str | None:
+    """The run's ``thread_id`` (the conversation), if it has one."""
+    if config is None:
+        from langgraph.config import get_config
+
+        try:
+            config = get_config()
+        except RuntimeError:  # outside a graph run
+            return None
+    thread = (config.get("configurable") or {}).get("thread_id")
+    return str(thread) if thread is not None else None
+
+
+def _foreign_ids(refs: Sequence[object], known: Sequence[str]) -> list[str]:
+    """Image ids among ``refs`` that are not this conversation's."""
+    out = []
+    for ref in refs:
+        if isinstance(ref, str):
+            match = IMAGE_ID_PATTERN.search(ref)
+            if match and match.group(0) not in known:
+                out.append(match.group(0))
+    return out
+
+
+def _not_here(image_id: str, known: Sequence[str]) -> str:
+    return (
+        f"image {image_id} is not part of this conversation; its images are: "
+        f"{', '.join(known) or 'none'}"
+    )
 
 
 def _tool_error(call: ToolCall, text: str) -> ToolMessage:
@@ -426,12 +506,15 @@ def create_rar_agent(
     tools: Sequence[BaseTool | Callable[..., Any]] = (),
     registry: ImageRegistry | None = None,
     allowed_roots: Sequence[str | os.PathLike[str]] = (),
+    folders: Sequence[str | os.PathLike[str]] = (),
     allow_urls: bool = False,
     allow_learning: bool = False,
     reject: str | float | None = None,
     system_prompt: str | None = None,
     middleware: Sequence[AgentMiddleware[Any, Any]] = (),
     checkpointer: Checkpointer = None,
+    conversations: ConversationStore | str | os.PathLike[str] | None = None,
+    mcp_servers: MCPServers | None = None,
     **kwargs: Any,
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """Build a tool-calling agent that recognizes images with the RAR tools.
@@ -446,6 +529,9 @@ def create_rar_agent(
         registry: The image registry shared with the tools (and a chat page); a new one if
             ``None``.
         allowed_roots: Directories the tools may read image files from (none by default).
+        folders: Photo folders: like ``allowed_roots``, plus read-only browsing
+            (langchain-community's ``list_directory`` and ``file_search``, confined to the
+            folders, symlinks included) and ``recognize_images`` (a folder in one call).
         allow_urls: Let the tools, and the middleware for URL image blocks, fetch public
             ``http(s)`` URLs (never loopback/private addresses).
         allow_learning: Add the tool that teaches the memory new examples.
@@ -453,30 +539,74 @@ def create_rar_agent(
             threshold; ``None`` keeps the recognizer's setting (``RAR_REJECT``, default auto).
         system_prompt: Replaces :data:`DEFAULT_SYSTEM_PROMPT`.
         middleware: More middleware, run after the image middleware.
-        checkpointer: A LangGraph checkpointer for conversations by ``thread_id``.
+        checkpointer: A LangGraph checkpointer for conversations by ``thread_id`` (messages
+            only; use ``conversations`` to keep their images too).
+        conversations: A :class:`~rar_agent.conversations.ConversationStore` (or the path of
+            its SQLite file): messages and images persist per conversation id; invoke with
+            ``config=conversation_config(id)``. Replaces ``checkpointer``.
+        mcp_servers: Other MCP servers whose tools the agent may call, as
+            ``langchain-mcp-adapters`` connections by name (``{"kb": {"transport": "stdio",
+            "command": ..., "args": [...]}}`` or ``{"transport": "streamable_http", "url":
+            ...}``); their tools are listed once, here.
         **kwargs: Passed to ``create_agent``.
 
     Returns:
         The compiled agent graph; invoke it with ``{"messages": [...]}``.
+
+    Raises:
+        ConfigError: A folder does not exist, both ``checkpointer`` and ``conversations``
+            are given, or an MCP server cannot be reached.
     """
     from langchain.agents import create_agent
 
     from rar_agent.safety import fetch_public_url
 
     registry = registry if registry is not None else ImageRegistry()
+    roots = [*allowed_roots, *folders]
     own = [] if recognizer is None else make_tools(
-        recognizer, registry=registry, allowed_roots=allowed_roots, allow_urls=allow_urls,
+        recognizer, registry=registry, allowed_roots=roots, allow_urls=allow_urls,
         allow_learning=allow_learning, reject=reject,
     )  # fmt: skip
+    browse = folder_tools(folders)
+    store = _conversation_store(conversations)
+    if store is not None:
+        if checkpointer is not None:
+            raise ConfigError("pass conversations= or checkpointer=, not both")
+        checkpointer = store.checkpointer
+    remote: list[BaseTool] = []
+    if mcp_servers:
+        from rar_agent.tools.remote import mcp_server_tools
+
+        remote = mcp_server_tools(mcp_servers)
     fetch = fetch_public_url if allow_urls else None
+    all_tools = [*own, *browse, *tools, *remote]
+    _check_unique_names(all_tools)
     return create_agent(
         model if model is not None else RecognitionOnlyChatModel(),
-        [*own, *tools],
+        all_tools,
         system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
-        middleware=[ImageRegistryMiddleware(registry, fetch_url=fetch), *middleware],
+        middleware=[ImageRegistryMiddleware(registry, fetch_url=fetch, store=store), *middleware],
         checkpointer=checkpointer,
         **kwargs,
     )
+
+
+def _conversation_store(
+    conversations: ConversationStore | str | os.PathLike[str] | None,
+) -> ConversationStore | None:
+    if conversations is None or isinstance(conversations, ConversationStore):
+        return conversations
+    return ConversationStore(conversations)
+
+
+def _check_unique_names(tools: Sequence[BaseTool | Callable[..., Any]]) -> None:
+    names = [str(getattr(t, "name", None) or getattr(t, "__name__", "")) for t in tools]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(
+            f"two tools are named {', '.join(twice)}: rename one, or pass an MCP server's "
+            "tools as tools=mcp_server_tools(servers, prefix=True) (named <server>_<tool>)"
+        )
 
 
 def last_tool_messages(messages: Sequence[BaseMessage]) -> list[ToolMessage]:

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 __all__ = [
+    "BatchResults",
     "Candidate",
     "CategoryCount",
     "CategoryListing",
@@ -185,6 +186,19 @@ class RegionResults(BaseModel):
 
     image: str = Field(description="Where the image came from.")
     regions: list[RecognitionResult]
+
+
+class BatchResults(BaseModel):
+    """The artifact of ``recognize_images``: one call's share of a folder or image list."""
+
+    source: str = Field(description="The folder (or 'the given images') recognized.")
+    total: int = Field(description="Images found there, recognized in this call or not.")
+    offset: int = Field(default=0, description="Images skipped before this call's first.")
+    results: list[RecognitionResult] = Field(description="This call's results, in order.")
+    next_offset: int | None = Field(
+        default=None, description="Where the next call continues; None when all are done."
+    )
+    seconds: float = Field(default=0.0, description="Time this call took.")
 
 
 class CategoryCount(BaseModel):

@@ -1,14 +1,16 @@
 """A Gradio multimodal chat page over the RAR agent (extra ``ui``).
 
 Upload or paste a photo, ask in words, and read the answer with the ranked candidates and
-their scores as a small table. Each browser session has its own conversation (Gradio keeps
-the history per session; every turn replays it through the agent, so images in it are
-registered again by id and become the session's image scope). The sessions share one image
-registry, but "the latest image" is always this session's: the agent's middleware takes it
-from the session's own images (:class:`~rar_agent.registry.ImageScope`), and the tools never
-fall back to the registry's most recent image, which may be another session's. Tool errors show
-up as readable messages. Without a chat model the page still works: a deterministic
-stand-in calls the recognize tool and the reply says it is retrieval/ranking output.
+their scores as a small table. Each browser session has its own conversation, kept under a
+conversation id in a :class:`~rar_agent.conversations.ConversationStore` (SQLite under
+``RAR_HOME`` for ``rar-agent chat``): its messages as LangGraph checkpoints and its images
+under that id, so the page resumes a conversation after a restart (``?conversation=ID``)
+and no conversation sees another's messages or photos. Clearing the chat starts a new one.
+The sessions share one image registry, but "the latest image" is always this session's: the
+agent's middleware takes it from the session's own images
+(:class:`~rar_agent.registry.ImageScope`). Tool errors show up as readable messages. Without
+a chat model the page still works: a deterministic stand-in calls the recognize tool and the
+reply says it is retrieval/ranking output.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import RarError
 from rar_agent.images import IMAGE_SUFFIXES
-from rar_agent.registry import ImageRegistry
+from rar_agent.registry import IMAGE_ID_PATTERN, ImageRegistry
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
 
     from rar_agent.auth import TokenStore
+    from rar_agent.conversations import ConversationStore
     from rar_agent.tools import RecognizerLike
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "build_chat_page",
     "candidates_table",
     "launch",
+    "messages_to_history",
     "render_reply",
     "token_login",
 ]
@@ -315,6 +319,9 @@ class ChatSession:
         agent: A graph from :func:`~rar_agent.agent.create_rar_agent`.
         recognition_only: The agent runs :class:`~rar_agent.agent.RecognitionOnlyChatModel`.
         can_learn: The agent has the learning tool (unknown images get an offer to name them).
+        conversations: The store the agent checkpoints into (``conversations=`` of
+            :func:`~rar_agent.agent.create_rar_agent`): turns then go to a conversation by
+            id and the history comes from there, not from the page.
     """
 
     def __init__(
@@ -323,12 +330,14 @@ class ChatSession:
         *,
         recognition_only: bool = False,
         can_learn: bool = False,
+        conversations: ConversationStore | None = None,
         reading_agent: Runnable[dict[str, Any], dict[str, Any]] | None = None,
         may_learn: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.agent = agent
         self.recognition_only = recognition_only
         self.can_learn = can_learn
+        self.conversations = conversations
         self.reading_agent = reading_agent
         self.may_learn = may_learn
 
@@ -342,13 +351,18 @@ class ChatSession:
         self,
         message: dict[str, Any] | str,
         history: list[dict[str, Any]],
+        conversation: str | None = None,
         user: str | None = None,
     ) -> dict[str, Any]:
-        """Answer one user turn given the session's history (Gradio's ``fn`` signature).
+        """Answer one user turn (Gradio's ``fn`` signature, plus the conversation id).
+
+        With a conversation store and an id, only the new turn is sent: the agent's
+        checkpoint holds the conversation. Otherwise the page's ``history`` is replayed.
 
         Args:
             message: The user's turn (text and uploaded files).
-            history: The conversation so far.
+            history: The conversation so far (replayed when there is no conversation id).
+            conversation: The conversation id (with a conversation store).
             user: Who signed in (a token's name): what they teach is recorded under it,
                 and without the ``learn`` scope they get the agent that cannot teach.
 
@@ -357,6 +371,7 @@ class ChatSession:
             (the options are the correction controls when learning is on).
         """
         from rar_agent.agent import last_tool_messages
+        from rar_agent.conversations import conversation_config
         from rar_agent.tools.provenance import teaching_as
 
         agent, can_learn = self._agent_for(user)
@@ -366,10 +381,14 @@ class ChatSession:
         turn = _user_message(str(message.get("text") or ""), message.get("files") or [])
         if not turn.content:
             return _reply("Type a question or upload a photo.")
-        messages = [*history_to_messages(history), turn]
         try:
             with teaching_as("chat", user):
-                out = await agent.ainvoke({"messages": messages})
+                if self.conversations is not None and conversation:
+                    out = await agent.ainvoke(
+                        {"messages": [turn]}, conversation_config(conversation)
+                    )
+                else:
+                    out = await agent.ainvoke({"messages": [*history_to_messages(history), turn]})
         except RarError as e:
             return _reply(f"⚠️ **Error:** {_md(_plain(str(e)))}")
         except Exception as e:  # the page must answer, whatever the model provider does
@@ -385,6 +404,36 @@ class ChatSession:
             queries=_query_thumbnails(message.get("files") or []),
         )
         return _reply(text, answer_options(tools) if can_learn else [])
+
+    def resume(self, conversation: str | None) -> tuple[str, list[dict[str, Any]], str]:
+        """Open a conversation for a page: ``(id, chat history to show, a note)``.
+
+        A stored id resumes that conversation; no id, or one that is not stored, starts a new
+        one (with a fresh random id: an id is never chosen by the visitor).
+        """
+        from rar_agent.conversations import (
+            CONVERSATION_ID_PATTERN,
+            conversation_config,
+            new_conversation_id,
+        )
+
+        store = self.conversations
+        wanted = (conversation or "").strip()
+        found = bool(
+            store is not None and CONVERSATION_ID_PATTERN.match(wanted) and store.exists(wanted)
+        )
+        if not found or store is None:
+            fresh = new_conversation_id()
+            missing = " (the one asked for was not found)" if wanted else ""
+            return fresh, [], _conversation_note(fresh, resumed=False) + missing
+        get_state = getattr(self.agent, "get_state", None)
+        values = get_state(conversation_config(wanted)).values if get_state else {}
+        history = messages_to_history(
+            values.get("messages") or [],
+            recognition_only=self.recognition_only,
+            can_learn=self.can_learn,
+        )
+        return wanted, history, _conversation_note(wanted, resumed=True)
 
 
 def _query_thumbnails(files: Sequence[Any]) -> dict[str, str]:
@@ -412,16 +461,83 @@ def _reply(text: str, options: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
     return reply
 
 
+def _conversation_note(conversation: str, *, resumed: bool) -> str:
+    how = "Resumed conversation" if resumed else "Conversation"
+    return (
+        f"<sub>{how} `{conversation}`: open this page with "
+        f"[?conversation={conversation}](?conversation={conversation}) to come back to it; "
+        "clear the chat for a new one.</sub>"
+    )
+
+
+def messages_to_history(
+    messages: Sequence[BaseMessage], *, recognition_only: bool = False, can_learn: bool = False
+) -> list[dict[str, Any]]:
+    """A stored conversation as Gradio chat history: each user turn and its rendered reply.
+
+    Images show as their file name (the bytes stay in the conversation store).
+    """
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    out: list[dict[str, Any]] = []
+    turn: list[BaseMessage] = []
+
+    def flush() -> None:
+        if not turn:
+            return
+        finals = [m for m in turn if isinstance(m, AIMessage) and not m.tool_calls]
+        tools = [m for m in turn if isinstance(m, ToolMessage)]
+        out.append(
+            {
+                "role": "assistant",
+                "content": render_reply(
+                    finals[-1].text if finals else "",
+                    tools,
+                    recognition_only=recognition_only,
+                    can_learn=can_learn,
+                ),
+            }
+        )
+        turn.clear()
+
+    for message in messages:
+        if isinstance(message, HumanMessage):
+            flush()
+            out.append({"role": "user", "content": _shown_user_text(message)})
+        else:
+            turn.append(message)
+    flush()
+    return out
+
+
+def _shown_user_text(message: BaseMessage) -> str:
+    content = message.content
+    parts = content if isinstance(content, list) else [content]
+    text = "\n".join(
+        p if isinstance(p, str) else str(p.get("text", ""))
+        for p in parts
+        if isinstance(p, str) or p.get("type") == "text"
+    )
+    shown = _PLACEHOLDER.sub(lambda m: f"🖼 {_md(m.group('name') or m.group('id'))}", text)
+    return shown.strip() or "🖼"
+
+
+_PLACEHOLDER = re.compile(
+    r"\[image id (?P<id>" + IMAGE_ID_PATTERN.pattern + r")(?:, file (?P<name>[^\]]+))?\]"
+)
+
+
 def build_chat_page(
     recognizer: RecognizerLike,
     model: str | BaseChatModel | None = None,
     *,
     tools: Sequence[BaseTool | Callable[..., Any]] = (),
     registry: ImageRegistry | None = None,
+    conversations: ConversationStore | None = None,
     title: str = "rar-agent: what is in this photo?",
     logins: TokenStore | None = None,
     **agent_options: Any,
-) -> gr.ChatInterface:
+) -> gr.Blocks:
     """Build the chat page (not launched).
 
     Args:
@@ -430,21 +546,31 @@ def build_chat_page(
             stand-in.
         tools: Extra tools for the agent.
         registry: The image registry (a new one if ``None``).
+        conversations: Where conversations persist (``ConversationStore.under(home)``);
+            ``None``: a store in memory, for as long as the page runs.
         title: Page title.
         logins: The tokens people sign in with (launch the page with
             ``auth=token_login(logins)``): a person whose token lacks the ``learn`` scope
             gets the agent that cannot teach, and what a person teaches is recorded under
             their token's name.
         **agent_options: Passed to :func:`~rar_agent.agent.create_rar_agent`
-            (``allow_urls``, ``allow_learning``, ``allowed_roots``, ``reject``...).
+            (``allow_urls``, ``allow_learning``, ``allowed_roots``, ``folders``, ``reject``,
+            ``mcp_servers``...).
     """
     import gradio as gr
 
     from rar_agent.agent import create_rar_agent
+    from rar_agent.conversations import ConversationStore
 
+    store = conversations if conversations is not None else ConversationStore(":memory:")
     shared_registry = registry or ImageRegistry()
     agent = create_rar_agent(
-        model, recognizer=recognizer, tools=tools, registry=shared_registry, **agent_options
+        model,
+        recognizer=recognizer,
+        tools=tools,
+        registry=shared_registry,
+        conversations=store,
+        **agent_options,
     )
     can_learn = bool(agent_options.get("allow_learning"))
     reading = None
@@ -454,6 +580,7 @@ def build_chat_page(
             recognizer=recognizer,
             tools=tools,
             registry=shared_registry,
+            conversations=store,
             **{**agent_options, "allow_learning": False},
         )
     session = ChatSession(
@@ -462,31 +589,59 @@ def build_chat_page(
         can_learn=can_learn,
         reading_agent=reading,
         may_learn=_may_learn(logins) if logins is not None else None,
+        conversations=store,
     )
 
     async def respond(
-        message: dict[str, Any] | str, history: list[dict[str, Any]], request: gr.Request
+        message: dict[str, Any] | str,
+        history: list[dict[str, Any]],
+        conversation: str | None,
+        request: gr.Request,
     ) -> dict[str, Any]:
-        return await session.respond(message, history, getattr(request, "username", None))
+        user = getattr(request, "username", None)
+        return await session.respond(message, history, conversation, user)
 
     respond.__annotations__["request"] = gr.Request  # Gradio injects it by this type
-    return gr.ChatInterface(
-        respond,
-        multimodal=True,
-        title=title,
-        description=_page_description(recognizer, model, can_learn=can_learn),
-        textbox=gr.MultimodalTextbox(
-            file_types=["image", ".heic", ".heif", ".avif"],
-            file_count="multiple",
-            sources=["upload"],
-            placeholder="Ask about a photo: drop, paste or upload it here",
-            elem_id="rar-input",
-        ),
-        chatbot=gr.Chatbot(elem_id="rar-chat", sanitize_html=True, label="Conversation", scale=1),
-        analytics_enabled=False,
-        fill_height=True,  # the conversation takes the window's height, the input below
-        fill_width=True,
-    )
+
+    def open_conversation(request: gr.Request) -> tuple[Any, ...]:
+        wanted = request.query_params.get("conversation") if request else None
+        conversation, history, note = session.resume(wanted)
+        return conversation, history, history, note
+
+    open_conversation.__annotations__["request"] = gr.Request  # Gradio injects it by type
+
+    def new_conversation() -> tuple[str, str]:
+        conversation, _, note = session.resume(None)
+        return conversation, note
+
+    with gr.Blocks(
+        title=title, analytics_enabled=False, fill_height=True, fill_width=True, css=PAGE_CSS
+    ) as page:
+        conversation = gr.State(None)
+        chat = gr.ChatInterface(
+            respond,
+            multimodal=True,
+            title=title,
+            description=_page_description(recognizer, model, can_learn=can_learn),
+            textbox=gr.MultimodalTextbox(
+                file_types=["image", ".heic", ".heif", ".avif"],
+                file_count="multiple",
+                sources=["upload"],
+                placeholder="Ask about a photo: drop, paste or upload it here",
+                elem_id="rar-input",
+            ),
+            chatbot=gr.Chatbot(
+                elem_id="rar-chat", sanitize_html=True, label="Conversation", scale=1
+            ),
+            additional_inputs=[conversation],
+            analytics_enabled=False,
+            fill_height=True,  # the conversation takes the window's height, the input below
+            fill_width=True,
+        )
+        note = gr.Markdown(elem_id="rar-conversation")
+        page.load(open_conversation, None, [conversation, chat.chatbot, chat.chatbot_state, note])
+        chat.chatbot.clear(new_conversation, None, [conversation, note])
+    return page
 
 
 def _may_learn(logins: TokenStore) -> Callable[[str | None], bool]:

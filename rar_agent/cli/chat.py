@@ -59,9 +59,12 @@ def chat(
     The memory opens read-only unless --allow-learning lets the page teach it. With tokens
     in the auth file (rar-agent auth add), and always off loopback, people sign in with a
     token's name and the token; only tokens with the learn scope may teach, and what they
-    teach is recorded under their name.
+    teach is recorded under their name. Conversations (messages and photos) are kept in
+    <RAR_HOME>/conversations.sqlite and resumed with ?conversation=ID; each --allow-root
+    folder can be browsed (read-only) and recognized in one go by the agent.
     """
     from rar_agent.agent import resolve_chat_model
+    from rar_agent.conversations import ConversationStore
     from rar_agent.ui import build_chat_page, launch, token_login
 
     store = auth_store(auth)
@@ -71,13 +74,14 @@ def chat(
     recognizer = open_recognizer(
         settings, labels, progress, read_only=not allow_learning, command="chat"
     )
-    with recognizer:
+    with recognizer, ConversationStore.under(settings.home) as conversations:
         page = build_chat_page(
             recognizer,
             chat_model,
-            allowed_roots=list(allow_root or []),
+            folders=list(allow_root or []),
             allow_urls=allow_urls,
             allow_learning=allow_learning,
+            conversations=conversations,
             logins=store if secured else None,
         )
         login = " (sign in with a token)" if secured else ""

@@ -244,7 +244,11 @@ HostOpt = Annotated[
 PortOpt = Annotated[int, typer.Option("--port", help="Port to serve on.")]
 AllowRootOpt = Annotated[
     list[Path] | None,
-    typer.Option("--allow-root", help="Folder whose image files the tools may read."),
+    typer.Option(
+        "--allow-root",
+        help="Photo folder the tools may read (repeatable): recognize its files one by one "
+        "or all at once (recognize_images); chat also browses it read-only.",
+    ),
 ]
 AllowUrlsOpt = Annotated[
     bool, typer.Option("--allow-urls", help="Let the tools fetch public image URLs.")

@@ -8,6 +8,10 @@
 - :class:`ListCategoriesTool` lists what the memory knows: its labels and how many entries each.
 - :class:`UnknownGroupsTool` lists the groups of look-alike unknown images seen lately, so an
   agent asks once about a new thing seen many times.
+- :class:`RecognizeImagesTool` recognizes many photos in one call (a folder inside the
+  allowed directories, or a list of images), a bounded number per call, with a progress note;
+  :func:`folder_tools` adds langchain-community's read-only ``list_directory`` and
+  ``file_search`` confined to those folders.
 - :class:`AddCategoryTool` teaches the memory a new example or corrects an answer;
   :class:`RelabelExampleTool`, :class:`TeachingHistoryTool` and :class:`UndoTeachingTool`
   move an example, list and undo what was taught (all off unless learning is allowed; all
@@ -23,7 +27,7 @@ Every failure reaches the model as a tool error (``ToolException`` with
 (``artifact_type``, a pydantic type), which the MCP server publishes as its output schema.
 Modules: ``base`` (the recognizer protocol, image references, the shared base tool),
 ``recognize`` (recognize and search), ``listing`` (list categories), ``learn`` (the
-teaching tools).
+teaching tools), ``folders`` (browse photo folders, recognize many photos).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from rar_agent.registry import IMAGE_ID_PATTERN as IMAGE_ID_PATTERN
 from rar_agent.registry import ImageRegistry, ImageScope, RegisteredImage
 from rar_agent.safety import normalize_roots
 from rar_agent.tools.base import ImageResolver, RecognizerLike
+from rar_agent.tools.folders import RecognizeImagesInput, RecognizeImagesTool, folder_tools
 from rar_agent.tools.learn import (
     AddCategoryInput,
     AddCategoryTool,
@@ -76,6 +81,8 @@ __all__ = [
     "ImageScope",
     "ListCategoriesInput",
     "ListCategoriesTool",
+    "RecognizeImagesInput",
+    "RecognizeImagesTool",
     "RecognizeInput",
     "RecognizeTool",
     "RecognizerLike",
@@ -88,6 +95,7 @@ __all__ = [
     "UndoTeachingTool",
     "UnknownGroupsInput",
     "UnknownGroupsTool",
+    "folder_tools",
     "format_result",
     "make_tools",
 ]
@@ -131,9 +139,9 @@ def make_tools(
             memory's limit); ``None`` leaves the decoder's own limit.
 
     Returns:
-        ``[RecognizeTool, CategorySearchTool, ListCategoriesTool, UnknownGroupsTool]`` plus
-        ``AddCategoryTool``
-        when learning is allowed.
+        ``[RecognizeTool, CategorySearchTool, ListCategoriesTool, UnknownGroupsTool]``, plus
+        ``RecognizeImagesTool`` when there are allowed directories (a folder's photos in one
+        call) and ``AddCategoryTool`` when learning is allowed.
     """
     if reject is not None:
         recognizer = recognizer.with_reject(reject)
@@ -164,6 +172,8 @@ def make_tools(
     ]
     if not has_text_tower(recognizer.encoder):  # it could only ever fail
         tools = [t for t in tools if not isinstance(t, CategorySearchTool)]
+    if roots:
+        tools.append(RecognizeImagesTool(**shared))
     if allow_learning:
         description = AddCategoryTool.model_fields["description"].default + accepts
         teach = {"enabled": True, "via": via, "by": by, **shared}

@@ -56,6 +56,12 @@ class RecognizerLike(Protocol):
         """Recognize one image."""
         ...
 
+    def recognize_batch(
+        self, images: Sequence[ImageInput], *, k: int | None = None
+    ) -> list[RecognitionResult]:
+        """Recognize many images (one encoder pass); a bad image gets a per-item error."""
+        ...
+
     def with_reject(self, reject: str | float | None) -> RecognizerLike:
         """The same recognizer with another reject setting (``off``, ``auto``, a number)."""
         ...

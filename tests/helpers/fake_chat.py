@@ -9,6 +9,7 @@ on what the tools actually returned.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +18,9 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
-__all__ = ["PolicyChatModel", "recognize_then_lookup"]
+__all__ = ["PolicyChatModel", "recognize_then_lookup", "remember_photos"]
+
+_ID_AND_FILE = re.compile(r"\[image id (img-[0-9a-f]+), file ([^\]]+)\]")
 
 
 class PolicyChatModel(GenericFakeChatModel):
@@ -77,3 +80,31 @@ def recognize_then_lookup(messages: list[BaseMessage]) -> AIMessage:
         if m.name == "recognize_image"
     )
     return AIMessage(content=f"This looks like a {label}. {facts.get('summary', '')}".strip())
+
+
+def remember_photos(messages: list[BaseMessage]) -> AIMessage:
+    """Policy: recognize each new photo; answer "what was the first photo?" from the history.
+
+    A user turn with an image id calls ``recognize_image`` (the latest image); "... again"
+    recognizes the latest image once more (so its bytes must still be at hand); "what was
+    the first photo?" is answered from the conversation's own messages: the first image
+    placeholder and the recognition result that named it.
+    """
+    last = messages[-1]
+    if isinstance(last, ToolMessage):
+        return AIMessage(content=last.text.splitlines()[0])
+    text = last.text
+    if "first photo" in text:
+        seen = [_ID_AND_FILE.search(m.text) for m in messages if isinstance(m, HumanMessage)]
+        first = next((m for m in seen if m), None)
+        if first is None:
+            return AIMessage(content="There is no photo in this conversation.")
+        answer = next(
+            m.text.split(": ", 1)[1].split(" (", 1)[0]
+            for m in messages
+            if isinstance(m, ToolMessage) and first[1] in m.text
+        )
+        return AIMessage(content=f"The first photo was {first[2]} ({first[1]}): {answer}.")
+    if "again" in text or _ID_AND_FILE.search(text):
+        return _call("recognize_image", {}, len(messages))
+    return AIMessage(content="Send me a photo.")

@@ -202,7 +202,8 @@ def test_chat_command_builds_and_serves_the_page(
     )
     assert result.exit_code == 0, result.output
     assert (served["host"], served["port"], served["block"]) == ("127.0.0.1", 7999, True)
-    assert "2 categories" in served["page"].description
+    shown = [str(getattr(b, "value", "")) for b in served["page"].blocks.values()]
+    assert any("2 categories" in text for text in shown)
     bad = CliRunner().invoke(
         app,
         [

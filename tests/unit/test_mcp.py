@@ -74,9 +74,17 @@ async def exercise(session: ClientSession, images: Path, *, learning: bool) -> d
     listing = await session.list_tools()
     names = [tool.name for tool in listing.tools]
     expected = ["recognize_image", "search_categories", "list_categories", "list_unknown_groups"]
+    expected.append("recognize_images")
     teaching = ["add_category_example", "relabel_example", "teaching_history", "undo_teaching"]
     assert names == expected + (teaching if learning else [])
     assert all(tool.outputSchema is not None for tool in listing.tools)
+
+    # The allowed folder in one call: names relative to it, never the server's layout.
+    folder = await session.call_tool("recognize_images", {"folder": ".", "pattern": "cat*"})
+    assert not folder.isError, text_of(folder)
+    assert text_of(folder).startswith("Recognized photos 1-1 of 1 in .")
+    assert folder.structuredContent["results"][0]["image"] == "cat.jpg"
+    assert str(images) not in text_of(folder)
 
     # A real photo by path (relative to the allowed root); the client checks the structured
     # content against the tool's output schema.

@@ -1,0 +1,387 @@
+"""Photo folders as a source: read-only browsing and recognizing many photos in one call.
+
+- :func:`folder_tools` gives a model langchain-community's file-management tools
+  ``list_directory`` and ``file_search`` (read-only; never read, write, copy, move or delete),
+  one community tool per allowed folder behind one confined tool each: a ``dir_path`` is
+  resolved (symlinks included) and must lie inside an allowed folder before the community
+  tool sees it, and every entry it returns whose real location is outside the folders (a
+  symlink pointing out) is dropped. Paths come back relative to their folder, the form
+  ``recognize_image`` and ``recognize_images`` accept.
+- :class:`RecognizeImagesTool` (``recognize_images``) recognizes a folder's photos (or a list
+  of images) in one tool call, a bounded number per call (:data:`MAX_BATCH`), encoded in
+  batches, with a progress note that says what is left and how to ask for it.
+
+langchain-community is being sunset upstream; only its two file-management tools are used,
+imported lazily, and the confinement is ours, so replacing them is local to this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rar_agent.errors import RarError, UnsafeInputError
+from rar_agent.results import BatchResults, RecognitionResult
+from rar_agent.safety import normalize_roots, resolve_inside_roots
+from rar_agent.tools.base import ImageSource, RecognizerTool, explain_validation_error, tool_error
+
+__all__ = [
+    "BATCH_CHUNK",
+    "FOLDER_TOOLS",
+    "IMAGE_SUFFIXES",
+    "MAX_BATCH",
+    "ConfinedFileTool",
+    "RecognizeImagesInput",
+    "RecognizeImagesTool",
+    "folder_tools",
+]
+
+#: The community file-management tools a model gets for the allowed folders (read-only).
+FOLDER_TOOLS = ("list_directory", "file_search")
+#: Most images one ``recognize_images`` call recognizes (the rest: call again with offset).
+MAX_BATCH = 200
+#: Images encoded per encoder pass inside one call.
+BATCH_CHUNK = 32
+#: File suffixes ``recognize_images`` treats as photos.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+_MAX_LINES = 500
+
+
+def _community_file_tools(root: Path) -> dict[str, BaseTool]:
+    """langchain-community's list/search tools rooted at ``root`` (its sunset note silenced)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*langchain-community.*", category=Warning)
+        from langchain_community.agent_toolkits import FileManagementToolkit
+
+        toolkit = FileManagementToolkit(root_dir=str(root), selected_tools=list(FOLDER_TOOLS))
+    return {tool.name: tool for tool in toolkit.get_tools()}
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+class ConfinedFileTool(BaseTool):
+    """One langchain-community file tool per allowed folder, confined to those folders.
+
+    The ``dir_path`` a model passes is resolved first (``..`` and symlinks included); it
+    must be a directory inside an allowed folder, or the call is refused. A relative path is
+    tried against each folder in turn; ``.`` with several folders covers all of them. The
+    community tool's answer is filtered: entries whose real location is outside the folders
+    are dropped, and the rest are shown relative to their folder.
+
+    Attributes:
+        roots: The allowed folders (resolved).
+        inner: Per folder, the community tool of this name rooted there.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    roots: tuple[Path, ...]
+    inner: dict[Path, BaseTool] = Field(exclude=True)
+    handle_tool_error: bool | str | Any = True
+    handle_validation_error: bool | str | Any = Field(
+        default_factory=lambda: explain_validation_error
+    )
+
+    def _targets(self, dir_path: str | None) -> list[tuple[Path, Path]]:
+        """``(root, directory)`` pairs to run on; refuses anything outside the roots."""
+        text = (dir_path or ".").strip() or "."
+        if "\x00" in text or len(text) > 1024:
+            raise ToolException("dir_path is not a usable path")
+        if text == "." and len(self.roots) > 1:
+            return [(root, root) for root in self.roots]
+        given = Path(text).expanduser()
+        candidates = [given] if given.is_absolute() else [root / given for root in self.roots]
+        for candidate in candidates:
+            try:
+                resolved = candidate.resolve(strict=True)
+            except (OSError, RuntimeError):
+                continue
+            for root in self.roots:
+                if _inside(resolved, [root]) and resolved.is_dir():
+                    return [(root, resolved)]
+        where = ", ".join(str(r) for r in self.roots)
+        raise ToolException(
+            f"{text} is not a folder inside the allowed folders ({where}): pass one of them, "
+            "or a folder inside them (relative paths are relative to a folder)"
+        )
+
+    def _entries(self, root: Path, directory: Path, answer: str) -> list[str]:
+        """The community tool's lines, kept when inside the roots, relative to ``root``."""
+        out: list[str] = []
+        for line in answer.splitlines():
+            name = line.strip()
+            if not name:
+                continue
+            entry = directory / name
+            try:
+                real = entry.resolve(strict=True)
+            except (OSError, RuntimeError):
+                continue
+            if not _inside(real, self.roots):
+                continue  # a symlink out of the folders: not there as far as the model knows
+            shown = entry.relative_to(root).as_posix()
+            out.append(shown + "/" if real.is_dir() else shown)
+        return out
+
+    def _run(
+        self,
+        dir_path: str = ".",
+        run_manager: CallbackManagerForToolRun | None = None,
+        **kwargs: Any,
+    ) -> str:
+        blocks = []
+        for root, directory in self._targets(dir_path):
+            relative = directory.relative_to(root).as_posix()
+            answer = self.inner[root].invoke({"dir_path": relative, **kwargs})
+            text = str(answer)
+            if text.startswith("Error"):
+                raise ToolException(text)
+            entries = (
+                [] if text.startswith("No files found") else self._entries(root, directory, text)
+            )
+            if not entries:
+                blocks.append(f"Nothing found in {directory}.")
+                continue
+            more = len(entries) - _MAX_LINES
+            shown = entries[:_MAX_LINES] + ([f"... and {more} more"] if more > 0 else [])
+            count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+            blocks.append(
+                f"In {directory} ({count}; paths relative to {root}):\n" + "\n".join(shown)
+            )
+        return "\n\n".join(blocks)
+
+    async def _arun(
+        self,
+        dir_path: str = ".",
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+        **kwargs: Any,
+    ) -> str:
+        return await asyncio.to_thread(self._run, dir_path, **kwargs)
+
+
+def folder_tools(folders: Sequence[str | os.PathLike[str]]) -> list[BaseTool]:
+    """Read-only browsing of ``folders``: ``list_directory`` and ``file_search``.
+
+    Args:
+        folders: The photo folders (each must exist; system trees are refused).
+
+    Returns:
+        The two confined tools (none when ``folders`` is empty).
+
+    Raises:
+        ConfigError: A folder does not exist or is a system directory.
+    """
+    roots = normalize_roots(folders)
+    if not roots:
+        return []
+    per_root = {root: _community_file_tools(root) for root in roots}
+    where = ", ".join(str(r) for r in roots)
+    tools: list[BaseTool] = []
+    for name in FOLDER_TOOLS:
+        first = per_root[roots[0]][name]
+        tools.append(
+            ConfinedFileTool(
+                name=name,
+                description=f"{first.description} (read-only). The photo folders: {where}. "
+                "dir_path is one of them or a folder inside them (relative to a folder). "
+                "Pass the paths it returns to recognize_image or recognize_images.",
+                args_schema=first.args_schema,
+                roots=roots,
+                inner={root: tools_[name] for root, tools_ in per_root.items()},
+            )
+        )
+    return tools
+
+
+# ---------------------------------------------------------------------------- batch
+
+
+class RecognizeImagesInput(BaseModel):
+    """Arguments of :class:`RecognizeImagesTool`."""
+
+    folder: str | None = Field(
+        default=None,
+        description="A photo folder (one of the allowed folders or a folder inside them) "
+        "whose photos to recognize.",
+    )
+    pattern: str = Field(
+        default="*",
+        max_length=200,
+        description="Only file names matching this shell pattern, e.g. '*.jpg' or '*beach*'.",
+    )
+    recursive: bool = Field(default=False, description="Include the folder's subfolders.")
+    images: list[str] | None = Field(
+        default=None,
+        max_length=MAX_BATCH,
+        description="Instead of a folder: the images to recognize (ids from the "
+        "conversation or file paths inside the allowed folders).",
+    )
+    offset: int = Field(default=0, ge=0, description="Skip this many (to continue a folder).")
+    limit: int = Field(
+        default=100, ge=1, le=MAX_BATCH, description="Most images to recognize in this call."
+    )
+    k: int | None = Field(default=None, ge=1, le=50, description="Candidates per image.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, pattern: str) -> str:
+        if "/" in pattern or "\x00" in pattern:
+            raise ValueError("pattern matches file names: no '/' in it")
+        return pattern or "*"
+
+
+class RecognizeImagesTool(RecognizerTool):
+    """Recognize many photos in one call: a folder's photos, or a list of images.
+
+    At most ``limit`` (<= :data:`MAX_BATCH`) images per call, encoded in batches of
+    :data:`BATCH_CHUNK`; the answer starts with a progress note (how many of how many, how
+    many unknown or failed, and ``offset=`` for the rest) followed by one line per image.
+    Folders and files must lie inside the allowed folders (symlinks resolved first).
+    """
+
+    name: str = "recognize_images"
+    description: str = (
+        "Recognize many photos in one call: every photo of a folder (optionally matching a "
+        "file-name pattern, optionally with subfolders), or a list of images. Returns one line "
+        "per photo (its answer, or unknown/failed) after a progress note. Use it instead of "
+        "calling recognize_image once per photo."
+    )
+    args_schema: type[BaseModel] = RecognizeImagesInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = BatchResults
+
+    def _folder_files(self, folder: str, pattern: str, recursive: bool) -> tuple[Path, list[Path]]:
+        """``(the folder resolved, its photo files inside the roots, sorted)``."""
+        if not self.allowed_roots:
+            raise UnsafeInputError(
+                "reading folders is disabled: no photo folders are configured (folders= / "
+                "--allow-root)"
+            )
+        given = Path(folder.strip() or ".").expanduser()
+        tries = [given] if given.is_absolute() else [root / given for root in self.allowed_roots]
+        for candidate in tries:
+            try:
+                directory = candidate.resolve(strict=True)
+            except (OSError, RuntimeError):
+                continue
+            if directory.is_dir() and _inside(directory, self.allowed_roots):
+                break
+        else:
+            where = ", ".join(str(r) for r in self.allowed_roots)
+            raise UnsafeInputError(f"{folder} is not a folder inside the allowed folders ({where})")
+        walker = directory.rglob("*") if recursive else directory.iterdir()
+        files = []
+        for path in walker:
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not fnmatch.fnmatch(path.name, pattern):
+                continue
+            try:
+                files.append(resolve_inside_roots(path, self.allowed_roots))
+            except UnsafeInputError:
+                continue  # a link out of the folders, or not a regular file
+        return directory, sorted(set(files))
+
+    def _name(self, path: Path) -> str:
+        for root in self.allowed_roots:
+            if root in path.parents:
+                return path.relative_to(root).as_posix()
+        return path.name
+
+    def _sources(self, args: RecognizeImagesInput) -> tuple[str, list[ImageSource]]:
+        if args.images:
+            resolver = self.resolver()
+            return "the given images", [resolver.resolve(ref) for ref in args.images]
+        if args.folder is None:
+            raise UnsafeInputError("pass a folder (or a list of images) to recognize")
+        _, files = self._folder_files(args.folder, args.pattern, args.recursive)
+        return args.folder, [ImageSource(self._name(f), f) for f in files]
+
+    def _run(
+        self,
+        run_manager: CallbackManagerForToolRun | None = None,
+        **kwargs: Any,
+    ) -> tuple[str, dict[str, Any]]:
+        args = RecognizeImagesInput(**kwargs)
+        start = time.perf_counter()
+        try:
+            where, sources = self._sources(args)
+        except RarError as e:
+            raise tool_error(e) from e
+        total = len(sources)
+        chosen = sources[args.offset : args.offset + args.limit]
+        results: list[RecognitionResult] = []
+        for at in range(0, len(chosen), BATCH_CHUNK):
+            chunk = chosen[at : at + BATCH_CHUNK]
+            try:
+                done = self.recognizer.recognize_batch([s.payload for s in chunk], k=args.k)
+            except RarError as e:
+                raise tool_error(e) from e
+            for source, result in zip(chunk, done, strict=True):
+                result.image = source.name
+                results.append(result)
+            if run_manager is not None:
+                run_manager.on_text(f"recognized {args.offset + len(results)} of {total}\n")
+        batch = BatchResults(
+            source=where,
+            total=total,
+            offset=args.offset,
+            results=results,
+            next_offset=args.offset + len(results) if args.offset + len(results) < total else None,
+            seconds=round(time.perf_counter() - start, 3),
+        )
+        return _batch_text(batch), batch.model_dump(mode="json")
+
+    async def _arun(
+        self,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+        **kwargs: Any,
+    ) -> tuple[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._run, None, **kwargs)
+
+
+def _batch_text(batch: BatchResults) -> str:
+    """The progress note, then one line per image."""
+    results = batch.results
+    if batch.total == 0:
+        return f"No photos found in {batch.source}."
+    failed = sum(1 for r in results if r.error)
+    unknown = sum(1 for r in results if not r.error and r.unknown)
+    first, last = batch.offset + 1, batch.offset + len(results)
+    note = (
+        f"Recognized photos {first}-{last} of {batch.total} in {batch.source} "
+        f"({len(results) - failed - unknown} known, {unknown} unknown, {failed} failed; "
+        f"{batch.seconds:g} s)."
+    )
+    if not results:
+        note = f"No photos left in {batch.source}: offset {batch.offset} of {batch.total}."
+    if batch.next_offset is not None:
+        note += (
+            f" {batch.total - last} more: call recognize_images again with "
+            f"offset={batch.next_offset}."
+        )
+    lines = [note]
+    for result in results:
+        lines.append(f"- {result.image}: {_one_line(result)}")
+    return "\n".join(lines)
+
+
+def _one_line(result: RecognitionResult) -> str:
+    if result.error:
+        return f"failed ({result.error})"
+    if not result.candidates:
+        return "no categories found"
+    closest = ", ".join(f"{c.label} ({c.score:.3f})" for c in result.candidates[:3])
+    if result.unknown:
+        return f"unknown, not a category in memory; closest: {closest}"
+    return f"{result.label} ({result.candidates[0].score:.3f}); candidates: {closest}"

@@ -1,0 +1,114 @@
+"""The chat page keeps conversations: resumed after a restart, invisible to another one."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.fake_chat import PolicyChatModel, remember_photos
+from tests.helpers.small_memory import small_recognizer
+
+pytestmark = pytest.mark.browser
+
+
+def _serve(recognizer: Any, db: Path, port: int) -> tuple[Any, Any, str]:
+    """A chat page over the conversation store in ``db`` (a fresh page: a restart)."""
+    from rar_agent.conversations import ConversationStore
+    from rar_agent.ui import build_chat_page, launch
+
+    store = ConversationStore(db)
+    page = build_chat_page(recognizer, PolicyChatModel(policy=remember_photos), conversations=store)
+    launch(page, "127.0.0.1", port, block=False)
+    return page, store, f"http://127.0.0.1:{port}/"
+
+
+def _ask(page: Any, text: str, photo: Path | None = None) -> str:
+    """Send one turn and return the new reply's text."""
+    bots = page.locator("#rar-chat [data-testid='bot']")
+    before = bots.count()
+    _wait_ready(page)
+    box = page.locator("#rar-input")
+    if photo is not None:
+        box.locator("input[type=file]").set_input_files(str(photo))
+        box.locator("img").first.wait_for(timeout=30_000)
+    box.locator("textarea").fill(text)
+    box.locator("textarea").press("Enter")
+    page.wait_for_function(
+        "n => document.querySelectorAll(\"#rar-chat [data-testid='bot']\").length > n",
+        arg=before,
+        timeout=60_000,
+    )
+    _wait_ready(page)  # the turn is over: the input is usable again
+    return str(bots.last.inner_text())
+
+
+def _wait_ready(page: Any) -> None:
+    page.wait_for_function(
+        "() => { const t = document.querySelector('#rar-input textarea');"
+        " return t && !t.disabled; }",
+        timeout=60_000,
+    )
+
+
+def _open(context: Any, url: str) -> Any:
+    page = context.new_page()
+    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    page.locator("#rar-input textarea").wait_for(timeout=60_000)
+    page.locator("#rar-conversation").get_by_text("onversation").wait_for(timeout=30_000)
+    return page
+
+
+def test_a_conversation_resumes_after_a_restart_and_another_cannot_see_it(
+    tmp_path: Path,
+    tiny_encoder: Any,
+    browser: Any,
+    new_port: Callable[[], int],
+    artifacts_dir: Path,
+) -> None:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    recognizer = small_recognizer(tmp_path / "memory", tiny_encoder)
+    db = tmp_path / "home" / "conversations.sqlite"
+    served, store, url = _serve(recognizer, db, new_port())
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        page = _open(context, url)
+        first = _ask(page, "What is this?", recognizer.example_images["blue jay"])
+        assert "Answer: blue jay" in first
+        second = _ask(page, "And this?", recognizer.example_images["red apple"])
+        assert "Answer: red apple" in second
+        note = page.locator("#rar-conversation").inner_text()
+        conversation = re.search(r"conversation=([0-9a-f]{32})", note)
+        assert conversation is not None, note
+    finally:
+        context.close()
+        served.close()
+        store.close()
+
+    served, store, url = _serve(recognizer, db, new_port())  # the page restarted
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        page = _open(context, f"{url}?conversation={conversation[1]}")
+        shown = page.locator("#rar-chat").inner_text()
+        assert "blue_jay.png" in shown and "Answer: red apple" in shown  # history is back
+        answer = _ask(page, "what was the first photo?")
+        assert "The first photo was blue_jay.png" in answer and answer.rstrip().endswith(
+            ": blue jay."
+        )
+        page.screenshot(path=str(artifacts_dir / "chat_page_resumed.png"), full_page=True)
+
+        other = _open(context, url)  # a second conversation, same page and store
+        assert conversation[1] not in other.locator("#rar-conversation").inner_text()
+        assert "blue" not in other.locator("#rar-chat").inner_text()
+        assert _ask(other, "what was the first photo?") == (
+            "There is no photo in this conversation."
+        )
+    finally:
+        context.close()
+        served.close()
+        store.close()
+        recognizer.close()

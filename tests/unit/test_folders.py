@@ -1,0 +1,181 @@
+"""Photo folders: confined read-only browsing (community tools) and the batch recognize tool."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+
+from rar_agent.agent import create_rar_agent
+from rar_agent.errors import ConfigError
+from rar_agent.tools import RecognizeImagesTool, folder_tools, make_tools
+from rar_agent.tools.folders import MAX_BATCH
+from tests.helpers.fake_chat import PolicyChatModel
+from tests.helpers.small_memory import COLOURS, small_recognizer
+
+
+@pytest.fixture(scope="module")
+def recognizer(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Any) -> Any:
+    rec = small_recognizer(tmp_path_factory.mktemp("folders"), tiny_encoder)
+    yield rec
+    rec.close()
+
+
+def _photos(recognizer: Any, folder: Path, n: int) -> dict[str, str]:
+    """``n`` photos (copies of the memory's examples, each a distinct file): name -> label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = list(COLOURS)
+    truth = {}
+    for i in range(n):
+        label = labels[i % len(labels)]
+        name = f"photo_{i:02d}.png"
+        (folder / name).write_bytes(recognizer.example_images[label].read_bytes())
+        truth[name] = label
+    return truth
+
+
+def _call(tool: Any, args: dict[str, Any]) -> ToolMessage:
+    return tool.invoke({"type": "tool_call", "name": tool.name, "args": args, "id": "1"})
+
+
+@pytest.fixture()
+def tree(tmp_path: Path, recognizer: Any) -> dict[str, Path]:
+    """An allowed folder with photos and a subfolder, a secret folder beside it, and links."""
+    root = tmp_path / "photos"
+    _photos(recognizer, root / "holiday", 3)
+    (root / "notes.txt").write_text("not a photo")
+    secret = tmp_path / "secret"
+    _photos(recognizer, secret, 2)
+    (root / "link_out").symlink_to(secret, target_is_directory=True)
+    (root / "holiday" / "stolen.png").symlink_to(secret / "photo_00.png")
+    (root / "holiday" / "inside.png").symlink_to(root / "holiday" / "photo_01.png")
+    return {"root": root, "secret": secret}
+
+
+# ---------------------------------------------------------------------------- browsing
+
+
+def test_list_and_search_stay_inside_the_folders(tree: dict[str, Path]) -> None:
+    tools = {t.name: t for t in folder_tools([tree["root"]])}
+    assert set(tools) == {"list_directory", "file_search"}
+    listed = _call(tools["list_directory"], {})
+    assert listed.status != "error"
+    assert "holiday/" in listed.text and "notes.txt" in listed.text
+    assert "link_out" not in listed.text  # a link out of the folder is not shown
+
+    inner = _call(tools["list_directory"], {"dir_path": "holiday"}).text
+    assert "holiday/photo_00.png" in inner and "holiday/inside.png" in inner
+    assert "stolen.png" not in inner  # links to files outside are dropped too
+
+    found = _call(tools["file_search"], {"pattern": "*.png"}).text
+    assert "holiday/photo_02.png" in found and "stolen" not in found
+    assert str(tree["secret"]) not in found
+
+
+@pytest.mark.parametrize(
+    "dir_path", ["..", "../secret", "link_out", "holiday/../../secret", "/etc", "{secret}"]
+)
+def test_paths_outside_the_folders_are_refused(tree: dict[str, Path], dir_path: str) -> None:
+    dir_path = dir_path.format(secret=tree["secret"])
+    for tool in folder_tools([tree["root"]]):
+        args = {"dir_path": dir_path} | ({"pattern": "*"} if tool.name == "file_search" else {})
+        message = _call(tool, args)
+        assert message.status == "error", (tool.name, dir_path, message.text)
+        assert "not a folder inside the allowed folders" in message.text
+        assert "photo_00" not in message.text
+
+
+def test_several_folders_and_bad_folders(tree: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.png").write_bytes(b"")
+    listing = {t.name: t for t in folder_tools([tree["root"], other])}["list_directory"]
+    text = _call(listing, {}).text
+    assert "holiday/" in text and "x.png" in text
+    assert "x.png" in _call(listing, {"dir_path": str(other)}).text
+    with pytest.raises(ConfigError):
+        folder_tools([tmp_path / "missing"])
+    with pytest.raises(ConfigError):
+        folder_tools(["/proc"])
+    assert folder_tools([]) == []
+
+
+# ---------------------------------------------------------------------------- batch
+
+
+def test_batch_recognizes_a_folder_with_a_bounded_count(recognizer: Any, tmp_path: Path) -> None:
+    truth = _photos(recognizer, tmp_path / "album", 7)
+    tool = RecognizeImagesTool(recognizer=recognizer, allowed_roots=[tmp_path])
+    first = _call(tool, {"folder": "album", "limit": 5})
+    assert first.status != "error", first.text
+    assert first.text.startswith("Recognized photos 1-5 of 7 in album")
+    assert "call recognize_images again with offset=5" in first.text
+    assert first.artifact["next_offset"] == 5 and first.artifact["total"] == 7
+    rest = _call(tool, {"folder": "album", "limit": 5, "offset": 5})
+    assert rest.artifact["next_offset"] is None and "more:" not in rest.text
+    results = first.artifact["results"] + rest.artifact["results"]
+    assert {r["image"]: r["label"] for r in results} == {f"album/{n}": t for n, t in truth.items()}
+    assert _call(tool, {"folder": "album", "pattern": "photo_0[01].png"}).artifact["total"] == 2
+    assert _call(tool, {"folder": "album", "limit": MAX_BATCH + 1}).status == "error"
+
+
+def test_batch_refuses_outside_and_skips_links_out(recognizer: Any, tree: dict[str, Path]) -> None:
+    tool = RecognizeImagesTool(recognizer=recognizer, allowed_roots=[tree["root"]])
+    for folder in ("../secret", "link_out", str(tree["secret"])):
+        message = _call(tool, {"folder": folder})
+        assert message.status == "error" and "not a folder inside" in message.text
+    names = [r["image"] for r in _call(tool, {"folder": "holiday"}).artifact["results"]]
+    assert "holiday/stolen.png" not in names
+    assert sorted(names) == [
+        "holiday/photo_00.png",
+        "holiday/photo_01.png",
+        "holiday/photo_02.png",
+    ]  # fmt: skip  (inside.png is photo_01)
+    outside = _call(tool, {"images": [str(tree["secret"] / "photo_00.png")]})
+    assert outside.status == "error" and "not a file inside" in outside.text
+    no_roots = _call(RecognizeImagesTool(recognizer=recognizer), {"folder": "."})
+    assert no_roots.status == "error" and "no photo folders" in no_roots.text
+
+
+def test_make_tools_adds_the_batch_tool_with_folders(recognizer: Any, tmp_path: Path) -> None:
+    assert "recognize_images" not in [t.name for t in make_tools(recognizer)]
+    names = [t.name for t in make_tools(recognizer, allowed_roots=[tmp_path])]
+    assert "recognize_images" in names
+
+
+def test_scripted_agent_recognizes_a_50_photo_folder_in_3_model_turns(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    truth = _photos(recognizer, tmp_path / "holiday", 50)
+
+    def policy(messages: list[BaseMessage]) -> AIMessage:
+        done = [m for m in messages if isinstance(m, ToolMessage)]
+        if not done:
+            return AIMessage("", tool_calls=[_tc("list_directory", {}, 1)])
+        if len(done) == 1:
+            folder = re.search(r"^(\S+)/$", done[0].text, re.M)
+            assert folder is not None, done[0].text
+            return AIMessage("", tool_calls=[_tc("recognize_images", {"folder": folder[1]}, 2)])
+        return AIMessage(done[-1].text.splitlines()[0])
+
+    model = PolicyChatModel(policy=policy)
+    agent = create_rar_agent(model, recognizer=recognizer, folders=[tmp_path])
+    out = agent.invoke({"messages": [HumanMessage("What is in my holiday folder?")]})
+    assert len(model.seen) <= 3
+    batch = [m for m in out["messages"] if isinstance(m, ToolMessage)][-1]
+    got = {r["image"]: r["label"] for r in batch.artifact["results"]}
+    assert got == {f"holiday/{name}": label for name, label in truth.items()}
+    assert out["messages"][-1].text.startswith("Recognized photos 1-50 of 50")
+    assert {"list_directory", "file_search", "recognize_images"} <= set(model.bound_tools)
+
+
+def _tc(name: str, args: dict[str, Any], n: int) -> dict[str, Any]:
+    return {"name": name, "args": args, "id": f"call-{n}", "type": "tool_call"}
+
+
+def test_folders_need_existing_directories(recognizer: Any, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not an existing directory"):
+        create_rar_agent(None, recognizer=recognizer, folders=[tmp_path / "nope"])
