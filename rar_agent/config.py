@@ -25,6 +25,7 @@ __all__ = [
     "Settings",
     "default_home",
     "parse_reject",
+    "DEFAULT_ALPHA",
     "validate_k",
 ]
 
@@ -54,17 +55,24 @@ def default_home() -> Path:
     return Path(user_data_dir("rar-agent", appauthor=False))
 
 
+DEFAULT_ALPHA = 0.05
+"""``--reject auto``'s promise: at most this share of known-category queries is rejected."""
+
+
 class RejectSetting(BaseModel):
     """A parsed ``--reject`` / ``RAR_REJECT`` value.
 
     Attributes:
-        mode: ``off`` (never unknown), ``auto`` (the memory's calibrated per-category
-            thresholds, plus the ranker's "none of these") or ``fixed``.
-        threshold: For ``fixed``: the top-1 similarity below which an image is unknown.
+        mode: ``off`` (never unknown), ``auto`` (a threshold calibrated from the memory's own
+            examples so that at most ``alpha`` of the queries of known categories are
+            rejected, plus the ranker's "none of these") or ``fixed``.
+        threshold: For ``fixed``: the similarity below which an image is unknown.
+        alpha: For ``auto``: the promised share of known-category queries rejected.
     """
 
     mode: Literal["off", "auto", "fixed"] = "auto"
     threshold: float | None = None
+    alpha: float = DEFAULT_ALPHA
 
     @property
     def enabled(self) -> bool:
@@ -72,11 +80,19 @@ class RejectSetting(BaseModel):
         return self.mode != "off"
 
     def __str__(self) -> str:
-        return f"{self.threshold:g}" if self.mode == "fixed" else self.mode
+        if self.mode == "fixed":
+            return f"{self.threshold:g}"
+        if self.mode == "auto" and self.alpha != DEFAULT_ALPHA:
+            return f"auto:{self.alpha:g}"
+        return self.mode
 
 
 def parse_reject(spec: str | float | RejectSetting | None) -> RejectSetting:
-    """Read a reject setting: ``off``, ``auto`` or a similarity threshold in [-1, 1].
+    """Read a reject setting: ``off``, ``auto``, ``auto:ALPHA`` or a similarity threshold.
+
+    ``auto`` promises that at most 5 % of the queries of known categories are rejected;
+    ``auto:0.01`` promises 1 % (ALPHA in (0, 0.5]). A number in [-1, 1] is a fixed
+    similarity threshold.
 
     Args:
         spec: The setting; ``None`` means the default, ``auto``.
@@ -96,11 +112,14 @@ def parse_reject(spec: str | float | RejectSetting | None) -> RejectSetting:
             return RejectSetting(mode="off")
         if word in ("auto", ""):
             return RejectSetting()
+        if word.startswith("auto:"):
+            return RejectSetting(alpha=_alpha(spec, word[5:]))
         try:
             value = float(word)
         except ValueError:
             raise ConfigError(
-                f"unknown reject setting {spec!r}: use off, auto, or a similarity threshold "
+                f"unknown reject setting {spec!r}: use off, auto, auto:ALPHA (e.g. auto:0.01, "
+                "the share of known-category images it may reject) or a similarity threshold "
                 "such as 0.8"
             ) from None
     if not math.isfinite(value) or not -1.0 <= value <= 1.0:
@@ -108,6 +127,19 @@ def parse_reject(spec: str | float | RejectSetting | None) -> RejectSetting:
             f"a reject threshold is a cosine similarity between -1 and 1, got {spec!r}"
         )
     return RejectSetting(mode="fixed", threshold=value)
+
+
+def _alpha(spec: object, text: str) -> float:
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = float("nan")
+    if not math.isfinite(alpha) or not 0.0 < alpha <= 0.5:
+        raise ConfigError(
+            f"reject setting {spec!r}: ALPHA in auto:ALPHA is the share of known-category "
+            "images that may be rejected, a number in (0, 0.5] such as auto:0.05"
+        )
+    return alpha
 
 
 class Settings(BaseSettings):
@@ -153,7 +185,8 @@ class Settings(BaseSettings):
     )
     reject: str = Field(
         default="auto",
-        description="Unknown images: auto (calibrated per memory + the ranker's 'none of "
+        description="Unknown images: auto | auto:ALPHA (at most ALPHA, default 0.05, of "
+        "known-category images rejected, calibrated per memory, plus the ranker's 'none of "
         "these') | off | a similarity threshold.",
     )
 

@@ -17,6 +17,8 @@ __all__ = [
     "CategoryListing",
     "ExampleAdded",
     "Explanation",
+    "NovelGroup",
+    "NovelGroups",
     "ExampleRelabeled",
     "MatchedExample",
     "NearDuplicate",
@@ -68,10 +70,10 @@ class Candidate(BaseModel):
     )
     kind: str | None = Field(default=None, description="Memory kind that matched: image/text.")
     source: str | None = Field(default=None, description="Source of the best-matching entry.")
-    support: float | None = Field(
-        default=None,
-        description="Mean similarity of the category's 2 closest entries among those "
-        "retrieved (None with fewer): what the open-set check compares with a threshold.",
+    scores: list[float] = Field(
+        default_factory=list,
+        description="Similarities of the category's closest entries among those retrieved, "
+        "best first (at most 5): what the open-set known-ness statistic is computed from.",
     )
     examples: list[MatchedExample] = Field(
         default_factory=list,
@@ -99,13 +101,19 @@ class RejectionInfo(BaseModel):
     )
     similarity: float | None = Field(
         default=None,
-        description="Known-ness statistic: the best candidate's support, or its similarity "
-        "when only one entry of that category was retrieved.",
+        description="Known-ness statistic: the mean similarity of the best candidate's two "
+        "closest entries, or its similarity when only one entry of it was retrieved.",
     )
     threshold: float | None = Field(
         default=None,
         description="The similarity an image of the best candidate's category must reach to "
-        "count as known (None: no threshold, e.g. rejection off or an uncalibrated memory).",
+        "count as known (None: no threshold, e.g. rejection off or a memory that cannot "
+        "calibrate; ``note`` says why).",
+    )
+    alpha: float | None = Field(
+        default=None,
+        description="With --reject auto:ALPHA, the promise: at most this share of images of "
+        "known categories is rejected.",
     )
     margin: float | None = Field(
         default=None, description="Known-ness score: similarity minus threshold (< 0: unknown)."
@@ -114,6 +122,23 @@ class RejectionInfo(BaseModel):
         default_factory=list, description="Why the image is unknown (empty when known)."
     )
     note: str | None = Field(default=None, description="E.g. why there is no threshold.")
+
+
+class NovelGroup(BaseModel):
+    """Unknown images that look alike: probably one new category seen several times."""
+
+    id: str = Field(description="The group's id (stays while the group grows).")
+    size: int = Field(ge=1, description="How many unknown images it holds.")
+    images: list[str] = Field(
+        default_factory=list, description="Its images as they were named (at most 20)."
+    )
+
+
+class NovelGroups(BaseModel):
+    """The groups of look-alike unknown images seen lately (the unknown-groups tool)."""
+
+    groups: list[NovelGroup] = Field(default_factory=list)
+    unknown_images: int = Field(default=0, description="Unknown images kept in the log.")
 
 
 class Explanation(BaseModel):
@@ -141,6 +166,20 @@ class Explanation(BaseModel):
         default_factory=list,
         description="Why the image counts as unknown, one phrase per reason (empty when known).",
     )
+    promise: str | None = Field(
+        default=None,
+        description="What the open-set check promises, e.g. 'at most 5% of known images "
+        "rejected' (calibrated threshold only).",
+    )
+    check_note: str | None = Field(
+        default=None,
+        description="Why the open-set check had no threshold, e.g. 'cannot calibrate ...'.",
+    )
+    novel_group: str | None = Field(
+        default=None,
+        description="The unknown image's look-alikes, e.g. 'it looks like 2 earlier unknown "
+        "image(s) (group g1)'.",
+    )
     sentence: str = Field(default="", description="All of the above in one sentence.")
 
 
@@ -161,6 +200,11 @@ class RecognitionResult(BaseModel):
     rejection: RejectionInfo = Field(default_factory=RejectionInfo)
     timings_ms: dict[str, float] = Field(default_factory=dict)
     image: str | None = Field(default=None, description="Where the image came from, if known.")
+    novel_group: NovelGroup | None = Field(
+        default=None,
+        description="When unknown: the earlier unknown images it looks like (one new thing "
+        "seen again); None when it has no look-alike yet.",
+    )
     box: list[float] | None = Field(default=None, description="xyxy pixel box for regions.")
     box_id: str | None = None
     error: str | None = Field(default=None, description="Per-item error (e.g. a bad box).")

@@ -19,6 +19,7 @@ from rar_agent.results import Candidate, MatchedExample
 
 __all__ = [
     "EXAMPLES_PER_CANDIDATE",
+    "LABEL_SCORES",
     "fold_hits",
     "CategoryRetriever",
     "candidates_to_documents",
@@ -26,6 +27,10 @@ __all__ = [
     "search_sides",
     "fetch_limit",
 ]
+
+
+LABEL_SCORES = 5
+"""Similarities kept per candidate category (its closest entries among the hits)."""
 
 
 def fetch_limit(k: int, fetch_k: int | None) -> int:
@@ -42,12 +47,10 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
 
     Returns:
         Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set
-        (1 for the best), ``support`` = mean of the label's ``SUPPORT_ENTRIES`` best scores
-        among ``hits`` (``None`` when fewer of its entries are among them), ``examples`` its
+        (1 for the best), ``scores`` = the label's ``LABEL_SCORES`` best similarities among
+        ``hits``, best first (the open-set statistic's input), ``examples`` its
         ``EXAMPLES_PER_CANDIDATE`` closest entries (id, score, stored thumbnail).
     """
-    from rar_agent.memory.calibration import SUPPORT_ENTRIES
-
     by_label: dict[str, list[Hit]] = {}
     for hit in hits:
         by_label.setdefault(hit.label, []).append(hit)
@@ -57,8 +60,6 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
     out = []
     for i, group in enumerate(ranked, 1):
         h = group[0]
-        top = [float(x.score) for x in group[:SUPPORT_ENTRIES]]
-        support = sum(top) / len(top) if len(top) == SUPPORT_ENTRIES else None
         out.append(
             Candidate(
                 label=h.label,
@@ -66,7 +67,7 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
                 retrieval_rank=i,
                 kind=h.kind,
                 source=h.source,
-                support=support,
+                scores=[float(x.score) for x in group[:LABEL_SCORES]],
                 examples=[_matched(x) for x in group[:EXAMPLES_PER_CANDIDATE]],
             )
         )

@@ -225,7 +225,11 @@ class CategoryVectorStore(VectorStore):
         """
         if ids is None:
             raise ConfigError("delete needs the ids of the documents to delete")
-        self.memory.remove_ids([point_id_for(i) for i in ids])
+        removed = self.memory.remove_ids([point_id_for(i) for i in ids])
+        if removed and self.memory.count("image"):
+            from rar_agent import openset
+
+            openset.update(self.memory, removed=removed)
         return True
 
     # ------------------------------------------------------------------ reading

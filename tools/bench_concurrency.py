@@ -72,7 +72,7 @@ def _memory(directory: Path, n: int, dim: int, index: bool) -> CategoryMemory:
                 )
                 for i in range(len(rows))
             ]
-            memory.add_entries(entries, rows, calibrate=False)
+            memory.add_entries(entries, rows)
     built = time.perf_counter() - start
     if index:
         memory.optimize()

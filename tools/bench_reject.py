@@ -30,8 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rar_agent import openset  # noqa: E402
 from rar_agent.memory import CategoryMemory, MemoryEntry  # noqa: E402
-from rar_agent.memory.calibration import MAX_STANDINS, calibrate  # noqa: E402
+from rar_agent.openset.calibration import MAX_STANDINS  # noqa: E402
 from rar_agent.pipeline import Recognizer  # noqa: E402
 from rar_agent.retrieval import fetch_limit  # noqa: E402
 
@@ -79,7 +80,7 @@ def bench_size(n: int, n_queries: int, rows: list[dict[str, Any]]) -> None:
         t0 = time.perf_counter()
         for start in range(0, n, 4096):
             stop = min(n, start + 4096)
-            memory.add_entries(entries[start:stop], x[start:stop], calibrate=False)
+            memory.add_entries(entries[start:stop], x[start:stop])
         memory.optimize(min_unindexed=10_000)
         print(f"\n{n} entries: built in {time.perf_counter() - t0:.1f} s")
 
@@ -90,7 +91,7 @@ def bench_size(n: int, n_queries: int, rows: list[dict[str, Any]]) -> None:
             memory.search_batch(sample, kind="image", limit=16)
             floor_s = min(floor_s, time.perf_counter() - t0)
             t0 = time.perf_counter()
-            cal = calibrate(memory)
+            cal = openset.fit(memory)
             calib_s = min(calib_s, time.perf_counter() - t0)
         print(f"full calibration: {calib_s:.2f} s ({len(cal.standins)} stand-ins); one batched "
               f"search of {len(sample)} vectors: {floor_s:.2f} s")  # fmt: skip
@@ -119,10 +120,10 @@ def bench_size(n: int, n_queries: int, rows: list[dict[str, Any]]) -> None:
         batch = entries[n + n_queries :]
         vecs = x[n + n_queries :]
         t0 = time.perf_counter()
-        memory.add_entries(batch[:16], vecs[:16], calibrate=False)
+        memory.add_entries(batch[:16], vecs[:16])
         add_plain = time.perf_counter() - t0
         t0 = time.perf_counter()
-        memory.add_entries(batch[16:], vecs[16:], calibrate=True)
+        openset.update(memory, added=memory.add_entries(batch[16:], vecs[16:]))
         add_cal = time.perf_counter() - t0
         print(f"add 16 entries: {add_plain * 1000:.1f} ms without, {add_cal * 1000:.1f} ms with "
               "the calibration update")  # fmt: skip

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rar_agent.memory import CategoryMemory, MemoryEntry  # noqa: E402
-from rar_agent.memory.calibration import calibrate  # noqa: E402
+from rar_agent.openset import fit as calibrate  # noqa: E402
 from rar_agent.pipeline.teacher import Teacher  # noqa: E402
 
 DIM = 512
@@ -99,7 +99,7 @@ def bench(n: int, examples: int, rows: list[dict[str, Any]]) -> None:
         t0 = time.perf_counter()
         for start in range(0, n, 4096):
             stop = min(n, start + 4096)
-            memory.add_entries(entries[start:stop], x[start:stop], calibrate=False)
+            memory.add_entries(entries[start:stop], x[start:stop])
         memory.optimize(min_unindexed=10_000)
         calibrate(memory)
         print(f"{n} entries: built and calibrated in {time.perf_counter() - t0:.1f} s")
@@ -107,7 +107,7 @@ def bench(n: int, examples: int, rows: list[dict[str, Any]]) -> None:
         plain = []
         for i in range(n, n + examples):  # the floor: one write, no checks, no calibration
             t0 = time.perf_counter()
-            memory.add_entries([entries[i]], x[i : i + 1], calibrate=False)
+            memory.add_entries([entries[i]], x[i : i + 1])
             plain.append(time.perf_counter() - t0)
 
         teacher = Teacher(memory, encoder, via="api")  # type: ignore[arg-type]

@@ -29,10 +29,11 @@ from rar_agent.cli.recent import remember_memory
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from rar_agent.config import Settings
+    from rar_agent.config import RejectSetting, Settings
     from rar_agent.ingest.builders import BuildReport
     from rar_agent.memory import CategoryMemory
     from rar_agent.memory.storage import StorageSettings
+    from rar_agent.openset import Calibration
 
 __all__ = [
     "app",
@@ -204,9 +205,18 @@ def _build(
                 report = builders.add_class_names(mem, enc, names, progress=update)
             else:
                 report = builders.add_images(mem, enc, items or [], strict=strict, progress=update)
+        _recalibrate(mem, report)
         _print_report(report, mem)
         remember_memory(settings, mem, "memory build")
     return report
+
+
+def _recalibrate(mem: "CategoryMemory", report: "BuildReport", removed: int = 0) -> None:
+    """Keep the memory's open-set calibration current after a change (the one policy)."""
+    from rar_agent import openset
+
+    if (report.added or removed) and mem.count("image"):
+        openset.update(mem, added=report.sample_ids, removed=removed)
 
 
 def _storage(entries: int, flags: "Mapping[str, object]") -> "StorageSettings | None":
@@ -243,6 +253,7 @@ def _build_from_vectors(
                 source=vectors_path.name,
                 progress=update,
             )
+        _recalibrate(mem, report)
         if description is not None:
             mem.set_description(description)
         _print_report(report, mem)
@@ -325,10 +336,12 @@ def memory_remove(
     label: Annotated[str, typer.Argument(help="Category label to remove (all its entries).")],
 ) -> None:
     """Remove a category and all its entries."""
+    from rar_agent.ingest.builders import BuildReport
     from rar_agent.memory import open_memory
 
     with open_memory(settings, create=False) as mem:
         removed = mem.remove_label(label)
+        _recalibrate(mem, BuildReport(), removed)
     typer.echo(f"removed {removed} entries of {label!r}")
 
 
@@ -380,11 +393,29 @@ def _open_shown_memory(settings: "Settings") -> "CategoryMemory":
 @app.command("stats")
 @settings_command(STORE)
 def memory_stats(settings: "Settings") -> None:
-    """Show the memory's size, encoder and backend as JSON."""
+    """Show the memory's size, encoder, backend and open-set calibration as JSON."""
+    from rar_agent import openset
+    from rar_agent.config import parse_reject
 
     with _open_shown_memory(settings) as mem:
         stats = mem.stats()
+        stats["open_set"] = _open_set_stats(openset.load(mem), parse_reject(settings.reject))
     typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))
+
+
+def _open_set_stats(cal: "Calibration | None", setting: "RejectSetting") -> dict[str, object]:
+    """What ``--reject auto:ALPHA`` can promise with this memory (or why it cannot)."""
+    if cal is None:
+        return {"calibrated": False, "note": "not calibrated yet: recognizing calibrates it"}
+    alpha = setting.alpha
+    summary = cal.summary(alpha)
+    why = summary["cannot_calibrate"] or cal.reason
+    return {
+        "calibrated": why is None,
+        "promise": f"--reject auto:{alpha:g}: at most {alpha:.0%} of known images rejected",
+        **summary,
+        "note": why,
+    }
 
 
 app.command("push")(memory_copy.memory_push)

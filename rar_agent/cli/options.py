@@ -81,9 +81,11 @@ GATE_HELP = (
 )
 
 REJECT_HELP = (
-    "When an image is 'unknown' (not a category in memory): auto (thresholds the memory "
-    "calibrated from its own examples, plus the ranker's 'none of these'), off (always the "
-    "closest category), or a similarity threshold such as 0.8"
+    "When an image is 'unknown' (not a category in memory): auto or auto:ALPHA (at most ALPHA, "
+    "default 0.05, of the images of known categories rejected, by a threshold the memory "
+    "calibrates from its own examples, or 'cannot calibrate' and no rejection when it is too "
+    "small; plus the ranker's 'none of these'), off (always the closest category), or a "
+    "similarity threshold such as 0.8"
 )
 
 # ---------------------------------------------------------------------------- where the memory is

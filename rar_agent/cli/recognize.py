@@ -25,7 +25,7 @@ from rar_agent.cli.options import (
 if TYPE_CHECKING:
     from rar_agent.config import Settings
     from rar_agent.pipeline import Recognizer
-    from rar_agent.results import RecognitionResult
+    from rar_agent.results import Explanation, RecognitionResult
 
 __all__ = ["recognize"]
 
@@ -164,18 +164,19 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
         console.print(table)
         timings = ", ".join(f"{k} {v:.1f} ms" for k, v in r.timings_ms.items())
         console.print(f"ranking: {r.ranking.status} ({ex.how}); {timings}", highlight=False)
-        console.print(_rejection_line(r, ex.why_unknown), highlight=False)
+        console.print(_rejection_line(r, ex), highlight=False)
 
 
-def _rejection_line(r: "RecognitionResult", why_unknown: "list[str]") -> str:
+def _rejection_line(r: "RecognitionResult", ex: "Explanation") -> str:
     """The open-set check's figures in one line, with the explanation's verdict."""
     rej = r.rejection
     if rej.mode == "off":
         return "open-set check: off"
-    verdict = "unknown: " + "; ".join(why_unknown) if why_unknown else "known"
+    verdict = "unknown: " + "; ".join(ex.why_unknown) if ex.why_unknown else "known"
     if rej.threshold is None:
-        return f"open-set check ({rej.mode}): {rej.note or 'no threshold'}; {verdict}"
+        return f"open-set check ({rej.mode}): {ex.check_note or 'no threshold'}; {verdict}"
+    promise = f", {ex.promise}" if ex.promise else ""
     return (
-        f"open-set check ({rej.mode}): {verdict}; support {rej.similarity:.4f} vs threshold "
-        f"{rej.threshold:.4f}"
+        f"open-set check ({rej.mode}{promise}): {verdict}; similarity {rej.similarity:.4f} vs "
+        f"threshold {rej.threshold:.4f}"
     )

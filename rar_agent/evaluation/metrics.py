@@ -51,11 +51,14 @@ class QueryRecord(BaseModel):
         error: Why the image could not be evaluated (it then counts in no metric).
         known: Whether its true label is in the memory (false for held-out classes in an
             open-set run).
-        similarity: The known-ness statistic: the top category's support (mean similarity
-            of its closest entries, up to 2).
+        similarity: The known-ness statistic (:func:`rar_agent.openset.known_score` of the
+            top candidate).
         threshold: The threshold the run's reject setting applied (None: none).
-        auto_threshold: The memory's calibrated threshold for the top candidate's category
-            (the known-ness score is ``similarity - auto_threshold``).
+        auto_threshold: The memory's conformal threshold at the run's ALPHA for the top
+            candidate (the known-ness score is ``similarity - auto_threshold``).
+        shots: Entries of the top candidate's category among the hits (which threshold).
+        alpha_thresholds: The conformal threshold at each ALPHA of the promise-vs-delivered
+            curve (``str(alpha)`` -> threshold, None where the memory cannot calibrate).
         rejected: Whether the run answered "unknown" (below the threshold, or the ranker
             said none of the candidates fits while rejection was on).
     """
@@ -74,6 +77,8 @@ class QueryRecord(BaseModel):
     similarity: float | None = None
     threshold: float | None = None
     auto_threshold: float | None = None
+    shots: int | None = None
+    alpha_thresholds: dict[str, float | None] | None = None
     rejected: bool = False
 
     @property

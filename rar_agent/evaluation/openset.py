@@ -1,9 +1,11 @@
 """Open-set metrics: does the known-ness score tell held-out classes from known ones?
 
 Known-class queries are positives, unknown-class queries negatives. The known-ness score is
-the top category's support (mean similarity of its closest entries, up to 2) minus the
-memory's calibrated threshold for that category (or the raw support when the memory has no
-calibration). Pure functions over query records; :mod:`~rar_agent.evaluation.openset_render`
+the known-ness statistic (:func:`rar_agent.openset.known_score`) minus the memory's conformal
+threshold for the query (or the raw statistic when the memory cannot calibrate). The promise
+of ``--reject auto:ALPHA`` is checked at every ALPHA of ``PROMISE_ALPHAS``: the share of
+known-class queries rejected (delivered) next to ALPHA (promised). Pure functions over query
+records; :mod:`~rar_agent.evaluation.openset_render`
 draws them.
 """
 
@@ -17,13 +19,36 @@ from pydantic import BaseModel, Field
 from rar_agent.evaluation.metrics import QueryRecord
 
 __all__ = [
+    "PROMISE_ALPHAS",
     "OpenSetReport",
+    "PromisePoint",
     "RocPoint",
     "auroc",
     "known_score",
     "open_set_report",
     "roc_curve",
 ]
+
+
+PROMISE_ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.2)
+"""The ALPHAs of the promise-vs-delivered curve."""
+
+
+class PromisePoint(BaseModel):
+    """``--reject auto:ALPHA``: what was promised and what was delivered."""
+
+    alpha: float = Field(description="Promised: at most this share of knowns rejected.")
+    known_rejected: float | None = Field(
+        default=None, description="Delivered: share of known-class queries rejected."
+    )
+    unknown_rejected: float | None = Field(
+        default=None, description="Share of unknown-class queries rejected."
+    )
+    calibrated: float | None = Field(
+        default=None,
+        description="Share of queries that had a threshold (the rest met 'cannot calibrate' "
+        "and were not rejected).",
+    )
 
 
 class RocPoint(BaseModel):
@@ -55,6 +80,9 @@ class OpenSetReport(BaseModel):
     ranker_none_unknown: int = 0
     calibrated: bool = False
     roc: list[RocPoint] = Field(default_factory=list)
+    promise: list[PromisePoint] = Field(
+        default_factory=list, description="Promised vs delivered over PROMISE_ALPHAS."
+    )
 
 
 def known_score(record: QueryRecord) -> float | None:
@@ -132,4 +160,33 @@ def open_set_report(
         out.known_rejected = sum(r.rejected for r in known) / len(known)
     if unknown:
         out.unknown_rejected = sum(r.rejected for r in unknown) / len(unknown)
+    out.promise = promise_curve(rows)
     return out
+
+
+def promise_curve(rows: Sequence[QueryRecord]) -> list[PromisePoint]:
+    """Known and unknown queries rejected by the conformal threshold at each ALPHA (from the
+    records' ``alpha_thresholds``; empty when the run recorded none)."""
+    usable = [r for r in rows if r.alpha_thresholds is not None and r.similarity is not None]
+    if not usable:
+        return []
+    points = []
+    for alpha in PROMISE_ALPHAS:
+        key = f"{alpha:g}"
+
+        def rejected(r: QueryRecord, key: str = key) -> bool:
+            t = (r.alpha_thresholds or {}).get(key)
+            return t is not None and (r.similarity or 0.0) < t
+
+        known = [r for r in usable if r.known]
+        unknown = [r for r in usable if not r.known]
+        with_threshold = [r for r in usable if (r.alpha_thresholds or {}).get(key) is not None]
+        points.append(
+            PromisePoint(
+                alpha=alpha,
+                known_rejected=sum(map(rejected, known)) / len(known) if known else None,
+                unknown_rejected=sum(map(rejected, unknown)) / len(unknown) if unknown else None,
+                calibrated=len(with_threshold) / len(usable),
+            )
+        )
+    return points

@@ -10,7 +10,7 @@ from rar_agent.evaluation.metrics import percent
 if TYPE_CHECKING:
     from rar_agent.evaluation.schema import EvalReport
 
-__all__ = ["open_set_markdown", "open_set_rows", "plot_roc"]
+__all__ = ["open_set_markdown", "open_set_rows", "plot_promise", "plot_roc", "promise_rows"]
 
 
 def open_set_rows(report: EvalReport) -> list[tuple[str, str]]:
@@ -21,9 +21,10 @@ def open_set_rows(report: EvalReport) -> list[tuple[str, str]]:
     auroc = "-" if o.auroc is None else f"{o.auroc:.3f}"
     raw = "-" if o.auroc_similarity is None else f"{o.auroc_similarity:.3f}"
     drop = "-" if o.top1_drop_points is None else f"{o.top1_drop_points:.2f} pt"
-    return [
+    promised = next((p for p in o.promise if _same(p.alpha, _alpha(report))), None)
+    rows = [
         ("open set: queries known / unknown", f"{o.known_queries} / {o.unknown_queries}"),
-        ("AUROC known-ness (raw support)", f"{auroc} ({raw})"),
+        ("AUROC known-ness (raw statistic)", f"{auroc} ({raw})"),
         (
             f"known top-1 without / with --reject {report.config.reject}",
             f"{percent(o.known_top1)} / {percent(o.known_top1_rejecting)} (drop {drop})",
@@ -31,6 +32,89 @@ def open_set_rows(report: EvalReport) -> list[tuple[str, str]]:
         ("unknown-class queries rejected", percent(o.unknown_rejected)),
         ("known-class queries rejected", percent(o.known_rejected)),
     ]
+    if promised is not None:
+        rows.append(
+            (
+                f"promise: at most {percent(promised.alpha)} of knowns rejected",
+                f"delivered {percent(promised.known_rejected)}"
+                + _cannot(promised.calibrated, report),
+            )
+        )
+    for p in o.promise:
+        rows.append(
+            (
+                f"auto:{p.alpha:g} promised / delivered",
+                f"{percent(p.alpha)} / {percent(p.known_rejected)} of knowns rejected; "
+                f"unknowns {percent(p.unknown_rejected)}" + _cannot(p.calibrated, report),
+            )
+        )
+    return rows
+
+
+def _alpha(report: EvalReport) -> float:
+    from rar_agent.config import parse_reject
+
+    return parse_reject(report.config.reject).alpha
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) < 1e-9
+
+
+def _cannot(calibrated: float | None, report: EvalReport) -> str:
+    if calibrated is None or calibrated >= 1.0:
+        return ""
+    return f" ({percent(1.0 - calibrated)} of queries met 'cannot calibrate': not rejected)"
+
+
+def promise_rows(report: EvalReport) -> list[tuple[str, str, str, str]]:
+    """``(ALPHA, known rejected, unknown rejected, with a threshold)`` per promised ALPHA."""
+    o = report.open_set
+    if o is None:
+        return []
+    return [
+        (
+            percent(p.alpha),
+            percent(p.known_rejected),
+            percent(p.unknown_rejected),
+            percent(p.calibrated),
+        )
+        for p in o.promise
+    ]
+
+
+def plot_promise(report: EvalReport, path: Path) -> None:
+    """Delivered vs promised share of known-class queries rejected, over ALPHA."""
+    import matplotlib.pyplot as plt
+
+    o = report.open_set
+    assert o is not None
+    alphas = [100 * p.alpha for p in o.promise]
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=110)
+    ax.plot(alphas, alphas, color="tab:gray", linestyle=":", label="promised (ALPHA)")
+    ax.plot(
+        alphas,
+        [100 * (p.known_rejected or 0.0) for p in o.promise],
+        marker="o",
+        label="known-class queries rejected (delivered)",
+    )
+    ax.plot(
+        alphas,
+        [100 * (p.unknown_rejected or 0.0) for p in o.promise],
+        marker="s",
+        label="unknown-class queries rejected",
+    )
+    ax.set_xscale("log")
+    ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+    ax.set_xlabel("ALPHA in --reject auto:ALPHA (%)")
+    ax.set_ylabel("queries rejected (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Open set: promised vs delivered")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot_roc(report: EvalReport, path: Path) -> None:
@@ -75,20 +159,34 @@ def open_set_markdown(report: EvalReport, plots: dict[str, Path]) -> list[str]:
     lines += [
         f"Held out of the memory: {', '.join(o.unknown_classes) or '-'}. Known-class queries are "
         "positives, held-out-class queries negatives. The known-ness score is the top "
-        "category's support (mean similarity of its 2 closest entries) minus the memory's "
-        "calibrated threshold for that category"
-        + ("" if o.calibrated else " (the memory is not calibrated: raw support)")
+        "category's statistic (mean similarity of its 2 closest entries) minus the memory's "
+        "conformal threshold for the query"
+        + ("" if o.calibrated else " (the memory cannot calibrate: raw statistic)")
         + ".",
         "",
     ]
     if report.calibration:
         cal = report.calibration
         lines += [
-            f"Calibration: {cal.get('method')}, {cal.get('standins')} stand-in queries "
-            f"({cal.get('leave_one_out')} leave-one-out, {cal.get('views')} augmented views), "
-            f"offset {cal.get('offset')}" + (f"; {cal['reason']}" if cal.get("reason") else ""),
+            f"Calibration: {cal.get('method')}, {cal.get('standins')} leave-one-out stand-in "
+            f"queries over {cal.get('categories')} categories; smallest ALPHA it supports "
+            f"{cal.get('smallest_alpha')}"
+            + (f"; {cal['cannot_calibrate']}" if cal.get("cannot_calibrate") else ""),
             "",
         ]
+    if o.promise:
+        lines += [
+            "Promise of `--reject auto:ALPHA` (at most ALPHA of known-class queries rejected) "
+            "and what this run delivered:",
+            "",
+            "| ALPHA (promised) | known rejected (delivered) | unknown rejected | "
+            "queries with a threshold |",
+            "|---|---|---|---|",
+            *(f"| {a} | {k} | {u} | {c} |" for a, k, u, c in promise_rows(report)),
+            "",
+        ]
+        if "promise" in plots:
+            lines += [f"![promised vs delivered]({plots['promise'].name})", ""]
     if o.ranker_none_known or o.ranker_none_unknown:
         lines += [
             f"The ranker answered 'none of these' for {o.ranker_none_unknown} unknown and "

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rar_agent.evaluation.metrics import most_confused, percent
-from rar_agent.evaluation.openset_render import plot_roc
+from rar_agent.evaluation.openset_render import plot_promise, plot_roc
 
 if TYPE_CHECKING:
     from rar_agent.evaluation.schema import EvalReport
@@ -21,6 +21,7 @@ PLOT_FILES = {
     "gating": "gating_curve.png",
     "confusion": "confusion.png",
     "roc": "roc_open_set.png",
+    "promise": "promise_open_set.png",
 }
 
 
@@ -132,6 +133,7 @@ def write_plots(report: EvalReport, out_dir: Path) -> dict[str, Path]:
         "gating": (_plot_gating, bool(report.gating_curve)),
         "confusion": (_plot_confusion, bool(report.confusion)),
         "roc": (plot_roc, bool(report.open_set and report.open_set.roc)),
+        "promise": (plot_promise, bool(report.open_set and report.open_set.promise)),
     }
     for name, (draw, has_data) in drawers.items():
         if has_data:

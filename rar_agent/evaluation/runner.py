@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
-    from rar_agent.memory.calibration import Calibration
+    from rar_agent.openset import Calibration
     from rar_agent.pipeline import Recognizer
     from rar_agent.ranking import RankingChain
     from rar_agent.results import Candidate, RejectionInfo
@@ -128,7 +128,9 @@ def _items_to_records(
         record.status = info.status
         record.reason = info.reason
         record.ranked = list(order) if order else None
-        _open_set_fields(record, cands, outcome.rejection, cal, known_labels)
+        _open_set_fields(
+            record, cands, outcome.rejection, cal, known_labels, recognizer.reject.alpha
+        )
         record.rejected = outcome.unknown
         timings = outcome.timings_ms
         record.timings_ms.update(
@@ -146,18 +148,29 @@ def _open_set_fields(
     verdict: RejectionInfo,
     cal: Calibration | None,
     known_labels: set[str],
+    alpha: float,
 ) -> None:
     """Whether the query's class is in memory, its known-ness statistic and thresholds."""
     record.known = record.label in known_labels
     record.threshold = verdict.threshold
     if not cands:
         return
+    from rar_agent.evaluation.openset import PROMISE_ALPHAS
+    from rar_agent.openset import known_score
+
     top = cands[0]
-    single = top.support is None
-    record.similarity = round(top.score if top.support is None else top.support, 6)
+    similarity, _ = known_score(top.scores) or (top.score, True)
+    record.similarity = round(similarity, 6)
+    record.shots = max(1, len(top.scores))
     if cal is not None and top.kind == "image":
-        auto = cal.threshold_for(top.label, single=single)
+        stat, (auto, _) = cal.judge_scores(top.scores, alpha)
+        record.similarity = round(stat, 6)
         record.auto_threshold = None if auto is None else round(auto, 6)
+        # the margin at each ALPHA (statistic and threshold may both change with ALPHA)
+        record.alpha_thresholds = {}
+        for a in PROMISE_ALPHAS:
+            s_a, (t_a, _) = cal.judge_scores(top.scores, a)
+            record.alpha_thresholds[f"{a:g}"] = None if t_a is None else t_a - s_a + stat
 
 
 def _build_memory(
@@ -179,6 +192,10 @@ def _build_memory(
     else:
         build = add_images(memory, encoder, sets.memory_items, batch_size=batch_size, progress=tick)
         kind = "image"
+        if build.added:
+            from rar_agent import openset
+
+            openset.update(memory, added=build.sample_ids)
     for source, reason in build.failed[:5]:
         logger.warning("memory image skipped: %s: %s", source, reason)
     return {
@@ -289,7 +306,8 @@ class _Run:
         report.memory = _build_memory(memory, encoder, sets, config.batch_size, progress)
         self.recognizer = self._recognizer(memory, encoder, ranker)
         cal = self.recognizer.calibration()
-        report.calibration = cal.summary() if cal is not None else None
+        alpha = self.recognizer.reject.alpha
+        report.calibration = cal.summary(alpha) if cal is not None else None
         known = set(memory.labels())
         if self.recognizer.ranker is not None:
             from rar_agent.evaluation.usage import count_tokens

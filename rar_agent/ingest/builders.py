@@ -59,6 +59,8 @@ Progress = Callable[[int, int], None]
 
 IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 _NAMES_PER_CALL = 64
+SAMPLE_IDS = 1024
+"""Ids of added entries a :class:`BuildReport` keeps (a uniform sample beyond that)."""
 
 
 @dataclass
@@ -70,12 +72,28 @@ class BuildReport:
         skipped_existing: Entries already stored (resumed builds, repeated items).
         failed: ``(source, reason)`` of every item that was skipped as unusable.
         seconds: Wall time of the build.
+        sample_ids: A uniform sample of the added entries' point ids (all of them up to
+            ``SAMPLE_IDS``), for whatever keeps derived state current after the build (the
+            open-set calibration: :func:`rar_agent.openset.update`).
     """
 
     added: int = 0
     skipped_existing: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    sample_ids: list[str] = field(default_factory=list)
+
+    def note_added(self, ids: Sequence[str]) -> None:
+        """Count entries just written and keep their ids in the bounded uniform sample."""
+        rng = random.Random(self.added)
+        for pid in ids:
+            self.added += 1
+            if len(self.sample_ids) < SAMPLE_IDS:
+                self.sample_ids.append(pid)
+            else:
+                slot = rng.randrange(self.added)
+                if slot < SAMPLE_IDS:
+                    self.sample_ids[slot] = pid
 
     @property
     def total(self) -> int:
@@ -142,8 +160,7 @@ def add_class_names(
         for i in range(0, len(todo), _NAMES_PER_CALL):
             chunk = todo[i : i + _NAMES_PER_CALL]
             vectors = build_text_prototypes(encoder, [e.label for e in chunk], tmpl)
-            memory.add_entries(chunk, vectors)
-            report.added += len(chunk)
+            report.note_added(memory.add_entries(chunk, vectors))
             if progress:
                 progress(report.total, len(entries))
     finish_build(memory, report, start)
@@ -197,11 +214,8 @@ def add_images(
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
     with memory.bulk_load(len(todo)):
-        added = _pipelined(memory, encoder, batches, report, (strict, extra or {}), progress)
-    in_hand = {source: data for source, _, data in todo if data is not None}
-    views = {label: (src, in_hand.get(src)) for label, src in added.items()}
-    then = (lambda: _calibrate(memory, encoder, views)) if report.added else None
-    finish_build(memory, report, start, then)
+        _pipelined(memory, encoder, batches, report, (strict, extra or {}), progress)
+    finish_build(memory, report, start)
     return report
 
 
@@ -212,17 +226,13 @@ def _pipelined(
     report: BuildReport,
     options: tuple[bool, Mapping[str, Any]],
     progress: Progress | None,
-) -> dict[str, str]:
-    """Encode and write each batch while the next one is read and decoded in a thread.
-
-    Returns each label added now with the source of its first example (for calibration).
-    """
+) -> None:
+    """Encode and write each batch while the next one is read and decoded in a thread."""
     from rar_agent.encoders.base import input_size_of
 
     strict, extra = options
     total = sum(len(b) for b in batches)
     seen: set[str] = set()
-    added: dict[str, str] = {}  # label -> source of its first added example
     need = input_size_of(encoder)
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-batch") as pool,
@@ -249,43 +259,8 @@ def _pipelined(
             prepared = pending.result()
             pending = submit(index + 1)  # decoded while this batch is encoded
             _write(memory, encoder, prepared, report)
-            for entry in prepared.entries:
-                added.setdefault(entry.label, entry.source)
             if progress:
                 progress(report.total, total)
-    return added
-
-
-def _calibrate(
-    memory: CategoryMemory, encoder: ImageTextEncoder, added: dict[str, tuple[str, bytes | None]]
-) -> None:
-    """Calibrate the memory after a build; categories left with one example get a view.
-
-    ``added`` maps each label to the source (and bytes, for images given in hand) of its
-    first example written now. Only those bytes and local files are read again for the views
-    (a URL is not fetched twice).
-    """
-    from rar_agent.encoders.base import input_size_of
-    from rar_agent.errors import ImageError
-    from rar_agent.images import decode_image_bytes
-    from rar_agent.ingest.batches import read_local_image
-    from rar_agent.memory.calibration import calibrate
-    from rar_agent.memory.views import add_view_standins
-
-    calibrate(memory)
-    counts = memory.labels("image")
-    side = input_size_of(encoder)
-    need = None if side is None else 2 * side  # a view crops 70-100 % of each side
-    examples = []
-    for label, (source, data) in added.items():
-        if counts.get(label) != 1 or (data is None and source.startswith(REMOTE_PREFIXES)):
-            continue
-        try:
-            raw = data if data is not None else read_local_image(Path(source))
-            examples.append((label, decode_image_bytes(raw, need=need)))
-        except ImageError as e:
-            logger.warning("no calibration view for %r: %s", label, e)
-    add_view_standins(memory, encoder, examples)
 
 
 def _write(
@@ -294,25 +269,17 @@ def _write(
     """Encode and store one prepared batch, and count it."""
     if prepared.entries:
         vectors = encoder.embed_images(prepared.images)
-        memory.add_entries(prepared.entries, vectors, calibrate=False)
-    report.added += len(prepared.entries)
+        report.note_added(memory.add_entries(prepared.entries, vectors))
     report.skipped_existing += prepared.skipped
     report.failed.extend(prepared.failed)
     for source, reason in prepared.failed:
         logger.warning("skipped %s: %s", source, reason)
 
 
-def finish_build(
-    memory: CategoryMemory,
-    report: BuildReport,
-    start: float,
-    then: Callable[[], object] | None = None,
-) -> None:
-    """Index what a build left unindexed (also after a resumed build added nothing), run
-    ``then`` (a calibration: its searches use the index), time and log the build."""
+def finish_build(memory: CategoryMemory, report: BuildReport, start: float) -> None:
+    """Index what a build left unindexed (also after a resumed build added nothing), time
+    and log the build."""
     memory.optimize(min_unindexed=OPTIMIZE_MIN_UNINDEXED)
-    if then is not None:
-        then()
     report.seconds = time.perf_counter() - start
     logger.info(
         "build: %d added, %d already stored, %d failed in %.1f s",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,23 +119,11 @@ def add_vectors(
                 report.skipped_existing += len(entries) - len(keep)
                 entries, rows = [entries[i] for i in keep], rows[keep]
             if entries:
-                memory.add_entries(entries, rows, calibrate=False)
-                report.added += len(entries)
+                report.note_added(memory.add_entries(entries, rows))
             if progress:
                 progress(stop, n)
-    finish_build(memory, report, start, _calibration(memory, kind, report))
+    finish_build(memory, report, start)
     return report
-
-
-def _calibration(
-    memory: CategoryMemory, kind: str, report: BuildReport
-) -> Callable[[], object] | None:
-    """Calibrate once at the end of a build that added image entries (not after each batch)."""
-    if kind != "image" or not report.added:
-        return None
-    from rar_agent.memory.calibration import calibrate
-
-    return lambda: calibrate(memory)
 
 
 def _entries(

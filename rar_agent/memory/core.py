@@ -517,21 +517,18 @@ class CategoryMemory:
         vectors: ArrayLike,
         *,
         ids: Sequence[str] | None = None,
-        calibrate: bool = True,
     ) -> list[str]:
         """Store entries with their vectors (upserted in batches of ``UPSERT_BATCH``).
 
         Everything is validated before anything is written. Re-adding an entry replaces it
-        (same id), so rebuilding never duplicates. New image entries then update the
-        open-set calibration (:mod:`rar_agent.memory.calibration`).
+        (same id), so rebuilding never duplicates. The memory never recomputes its open-set
+        calibration itself: the caller does (:func:`rar_agent.openset.update`).
 
         Args:
             entries: The entries; ``entries[i]`` is stored under its ``kind`` vector.
             vectors: Array-like ``(len(entries), dim)`` of finite, non-zero vectors.
             ids: Point ids (UUID strings) to store under instead of each ``entry.point_id``
                 (the LangChain vector store maps its document ids to these).
-            calibrate: Update the calibration now (builders pass ``False`` and calibrate
-                once at the end).
 
         Returns:
             The point ids, in the order of ``entries``.
@@ -558,10 +555,6 @@ class CategoryMemory:
             raise ConfigError(f"got {len(entries)} entries but {rows.shape[0]} vectors")
         ids = [e.point_id for e in entries] if ids is None else check_point_ids(ids, len(entries))
         self._upsert(ids, [e.kind for e in entries], rows, [e.payload() for e in entries])
-        if calibrate and any(e.kind == "image" for e in entries):
-            from rar_agent.memory.calibration import update_on_add
-
-            update_on_add(self, ids, entries)
         return ids
 
     def existing_ids(self, ids: Iterable[str]) -> set[str]:
@@ -592,30 +585,17 @@ class CategoryMemory:
         return out
 
     def remove_label(self, label: str) -> int:
-        """Remove every entry of a category; return how many were removed.
-
-        The open-set calibration is redone (a bounded sample), since stand-ins may have
-        matched the removed entries.
-        """
+        """Remove every entry of a category; return how many were removed."""
         self._check_writable("remove entries")
-        removed = self._backend.delete_label(normalize_label(label))
-        self._recalibrate_after_removal(removed)
-        return removed
+        return self._backend.delete_label(normalize_label(label))
 
     def remove_ids(self, ids: Iterable[str]) -> int:
-        """Remove entries by point id; return how many existed (the calibration is redone)."""
+        """Remove entries by point id; return how many existed."""
         self._check_writable("remove entries")
         wanted = [str(i) for i in ids]
         present = self._backend.existing(wanted)
         self._backend.delete_ids(sorted(present))
-        self._recalibrate_after_removal(len(present))
         return len(present)
-
-    def _recalibrate_after_removal(self, removed: int) -> None:
-        from rar_agent.memory.calibration import CALIBRATION_KEY, calibrate
-
-        if removed and self.extension(CALIBRATION_KEY) is not None:
-            calibrate(self)
 
     def optimize(self, *, min_unindexed: int = 0) -> bool:
         """Build the search index after bulk loads (embedded backend; blocks).

@@ -14,9 +14,15 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from rar_agent.results import Explanation, RankingInfo, RecognitionResult, RejectionInfo
+from rar_agent.results import (
+    Explanation,
+    NovelGroup,
+    RankingInfo,
+    RecognitionResult,
+    RejectionInfo,
+)
 
-__all__ = ["explain", "explanation_of"]
+__all__ = ["explain", "explain_result", "explanation_of"]
 
 _CLOSEST = 3
 
@@ -29,6 +35,7 @@ def explain(
     rejection: RejectionInfo,
     unknown: bool,
     error: str | None = None,
+    novel_group: NovelGroup | None = None,
 ) -> Explanation:
     """The explanation of one result.
 
@@ -39,6 +46,7 @@ def explain(
         rejection: The final open-set verdict.
         unknown: Whether the result is unknown.
         error: The per-item error, if recognition failed.
+        novel_group: The group of look-alike unknown images this one joined.
     """
     if error:
         return Explanation(how="not recognized", sentence=f"Recognition failed: {error}")
@@ -48,9 +56,24 @@ def explain(
         )
     how = _how(ranking, rejection)
     order: Literal["ranker", "retrieval"] = "ranker" if ranking.status == "ranked" else "retrieval"
+    promise, check_note = _check(rejection)
     if not unknown:
-        return Explanation(answer=label, order=order, how=how, sentence=f"{label} ({how}).")
+        return Explanation(
+            answer=label,
+            order=order,
+            how=how,
+            sentence=f"{label} ({how}).",
+            promise=promise,
+            check_note=check_note,
+        )
     why = _why_unknown(rejection, candidates[0])
+    group = None
+    if novel_group is not None:
+        group = (
+            f"it looks like {novel_group.size - 1} earlier unknown image(s) "
+            f"(group {novel_group.id})"
+        )
+        why.append(group)
     closest = ", ".join(f"{name} ({score:.3f})" for name, score in candidates[:_CLOSEST])
     sentence = "Unknown: not a category in memory"
     sentence += f" ({'; '.join(why)})" if why else ""
@@ -59,7 +82,23 @@ def explain(
         order=order,
         how=how,
         why_unknown=why,
+        novel_group=group,
         sentence=f"{sentence}; closest: {closest}.",
+        promise=promise,
+        check_note=check_note,
+    )
+
+
+def explain_result(result: RecognitionResult) -> Explanation:
+    """:func:`explain` over a result's own fields (e.g. once its novel group is known)."""
+    return explain(
+        label=result.label,
+        candidates=[(c.label, c.score) for c in result.candidates],
+        ranking=result.ranking,
+        rejection=result.rejection,
+        unknown=result.unknown,
+        error=result.error,
+        novel_group=result.novel_group,
     )
 
 
@@ -72,14 +111,7 @@ def explanation_of(result: RecognitionResult | Mapping[str, Any]) -> Explanation
     if isinstance(result, RecognitionResult):
         if result.explanation is not None:
             return result.explanation
-        return explain(
-            label=result.label,
-            candidates=[(c.label, c.score) for c in result.candidates],
-            ranking=result.ranking,
-            rejection=result.rejection,
-            unknown=result.unknown,
-            error=result.error,
-        )
+        return explain_result(result)
     data = dict(result)
     if data.get("explanation"):
         try:
@@ -97,6 +129,7 @@ def explanation_of(result: RecognitionResult | Mapping[str, Any]) -> Explanation
         rejection=_lenient(RejectionInfo, data.get("rejection")),
         unknown=bool(data.get("unknown")),
         error=data.get("error"),
+        novel_group=_group(data.get("novel_group")),
     )
 
 
@@ -105,6 +138,26 @@ def _lenient(model: type[Any], value: object) -> Any:
         return model.model_validate(value or {})
     except ValidationError:
         return model()
+
+
+def _group(value: object) -> NovelGroup | None:
+    if not value:
+        return None
+    try:
+        return NovelGroup.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def _check(rejection: RejectionInfo) -> tuple[str | None, str | None]:
+    """What the open-set check promised, or why it had no threshold."""
+    if rejection.mode == "off":
+        return None, None
+    promise = f"at most {rejection.alpha:.0%} of known images rejected" if rejection.alpha else None
+    note = None
+    if rejection.threshold is None:
+        note = rejection.note or "no threshold"
+    return promise, note
 
 
 def _how(ranking: RankingInfo, rejection: RejectionInfo) -> str:

@@ -22,13 +22,15 @@ from rar_agent.encoders.spec import spec_of
 from rar_agent.errors import RarError
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, load_image
 from rar_agent.ingest.encoder import bind_memory
+from rar_agent.openset.groups import GROUP_ALPHA, NovelGroupLog
+from rar_agent.pipeline.explain import explain_result
 from rar_agent.pipeline.ranked import Ranking, failed_result
 from rar_agent.pipeline.regions import arecognize_regions, recognize_regions
-from rar_agent.pipeline.stages import StageRunner
+from rar_agent.pipeline.stages import Outcome, StageRunner
 from rar_agent.pipeline.vocabulary import vocabulary_memory
 from rar_agent.ranking import RankerSpec, RankingChain, as_ranking_chain, parse_gate
 from rar_agent.regions import DEFAULT_BLUR
-from rar_agent.results import Candidate, RecognitionResult, RejectionInfo
+from rar_agent.results import Candidate, NovelGroups, RecognitionResult, RejectionInfo
 from rar_agent.retrieval import CategoryRetriever
 
 if TYPE_CHECKING:
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.ingest.builders import Progress
     from rar_agent.memory import CategoryMemory
-    from rar_agent.memory.calibration import Calibration
+    from rar_agent.openset import Calibration
     from rar_agent.regions import BoxesInput
     from rar_agent.regions.geometry import Context
 
@@ -73,9 +75,13 @@ class Recognizer:
         kind: Memory side to query (``auto`` prefers image examples).
         hint: Domain hint for the ranker (defaults to the memory's description).
         reject: When an image is *unknown* (not a category in memory): ``"auto"`` (the
-            default) uses the memory's calibrated per-category thresholds and lets the ranker
-            answer "none of these"; a number is a fixed similarity threshold; ``"off"``
-            always answers with the closest category.
+            default) or ``"auto:ALPHA"`` rejects at most ALPHA (default 0.05) of the images of
+            known categories, by a threshold calibrated from the memory's own examples (a
+            memory too small for it says "cannot calibrate" in ``rejection.note`` and rejects
+            nothing), and lets the ranker answer "none of these"; a number is a fixed
+            similarity threshold; ``"off"`` always answers with the closest category.
+            Unknown images that look alike are grouped (``result.novel_group``,
+            :meth:`unknown_groups`).
     """
 
     def __init__(
@@ -106,7 +112,7 @@ class Recognizer:
         self.ranker: RankingChain | None = as_ranking_chain(ranker, gate=self.gate)
         self.hint = hint if hint is not None else getattr(memory.info, "description", None)
         self.reject = parse_reject(reject)
-        self._calibration_cache: tuple[object, Calibration | None] = (None, None)
+        self.novel_groups = NovelGroupLog()
         self._computed: Calibration | None = None  # by from_memory, on a read-only memory
 
     @classmethod
@@ -117,7 +123,8 @@ class Recognizer:
 
         Binds the encoder to the memory (recording it on first use) and, with rejection
         ``auto``, stores the open-set calibration of a memory that has image examples but
-        none yet (a read-only memory keeps it in the recognizer instead).
+        none yet (:func:`rar_agent.openset.ensure`; a read-only memory keeps it in the
+        recognizer instead).
 
         Args:
             memory: The category memory.
@@ -132,7 +139,7 @@ class Recognizer:
         bind_memory(memory, encoder)
         recognizer = cls(memory, encoder, **options)
         if recognizer.reject.mode == "auto":
-            recognizer._store_missing_calibration()
+            recognizer._ensure_calibrated()
         return recognizer
 
     @classmethod
@@ -328,20 +335,39 @@ class Recognizer:
     ) -> list[RecognitionResult]:
         stages = self.stages
         outcomes = stages.run([item.image for item in loaded], k=k)
-        return [
-            stages.result(o, image=item.source, timings_ms={"load": ms})
-            for item, o, ms in zip(loaded, outcomes, load_ms, strict=True)
-        ]
+        return self._results(loaded, outcomes, load_ms)
 
     async def _arecognize_loaded(
         self, loaded: Sequence[LoadedImage], load_ms: Sequence[float], *, k: int | None
     ) -> list[RecognitionResult]:
+        outcomes = await self.stages.arun([item.image for item in loaded], k=k)
+        return self._results(loaded, outcomes, load_ms)
+
+    def _results(
+        self, loaded: Sequence[LoadedImage], outcomes: Sequence[Outcome], load_ms: Sequence[float]
+    ) -> list[RecognitionResult]:
         stages = self.stages
-        outcomes = await stages.arun([item.image for item in loaded], k=k)
-        return [
+        results = [
             stages.result(o, image=item.source, timings_ms={"load": ms})
             for item, o, ms in zip(loaded, outcomes, load_ms, strict=True)
         ]
+        self._log_unknown(results, [o.vector for o in outcomes])
+        return results
+
+    def _log_unknown(self, results: Sequence[RecognitionResult], vectors: Any) -> None:
+        """Put the unknown images in the novel-group log and name each one's group."""
+        if not any(r.unknown for r in results):
+            return
+        cal = self.calibration() if self.reject.mode == "auto" else None
+        link = cal.threshold(GROUP_ALPHA, 1)[0] if cal is not None else None
+        for result, vector in zip(results, vectors, strict=True):
+            if result.unknown:
+                result.novel_group = self.novel_groups.add(vector, result.image, link)
+                result.explanation = explain_result(result)
+
+    def unknown_groups(self) -> NovelGroups:
+        """The groups of look-alike unknown images seen lately (largest first)."""
+        return NovelGroups(groups=self.novel_groups.groups(), unknown_images=len(self.novel_groups))
 
     # ------------------------------------------------------------------ rejection
 
@@ -352,27 +378,24 @@ class Recognizer:
         other.reject = parse_reject(reject)
         return other
 
-    def _store_missing_calibration(self) -> None:
+    def _ensure_calibrated(self) -> None:
         """Calibrate a memory that has image examples but no calibration yet (built earlier)
         and store it; a read-only memory keeps the result here instead."""
-        from rar_agent.memory.calibration import calibrate, load_calibration
+        from rar_agent import openset
 
-        if load_calibration(self.memory) is None and self.memory.count("image") > 0:
-            self._computed = calibrate(self.memory)
+        if openset.load(self.memory) is None:
+            self._computed = openset.ensure(self.memory, self.memory.count("image"))
 
     def calibration(self) -> Calibration | None:
-        """The memory's current calibration (re-read only when its revision changed).
+        """The memory's current calibration (:func:`rar_agent.openset.current`: updates made
+        in this process at once, others within a second).
 
         A memory built before calibrations existed has none until :meth:`from_memory` (or
         :meth:`from_settings`) calibrates it; the constructor never does.
         """
-        from rar_agent.memory.calibration import CALIBRATION_KEY, load_calibration
+        from rar_agent.openset import current
 
-        stored = self.memory.extension(CALIBRATION_KEY)
-        key = (stored.get("revision"), stored.get("updated_at")) if stored else None
-        if key != self._calibration_cache[0]:
-            self._calibration_cache = (key, load_calibration(self.memory))
-        return self._calibration_cache[1] or self._computed
+        return current(self.memory) or self._computed
 
     def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
         """The open-set check of each candidate list (:func:`.verdict.open_set_check`)."""

@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
 from rar_agent.pipeline.verdict import is_unknown, open_set_check, verdict
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from rar_agent.config import MemoryKind, RejectSetting
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import EntryKind
-    from rar_agent.memory.calibration import Calibration
+    from rar_agent.openset.calibration import Calibration
     from rar_agent.retrieval import CategoryRetriever
 
 __all__ = ["Outcome", "StageRunner"]
@@ -48,12 +48,14 @@ class Outcome:
         ranking: What the ranking stage did, and the order it chose (None: retrieval order).
         timings_ms: Per-image stage times: ``encode``, ``retrieve``, ``reject`` (a batch's
             time shared out) and ``rank`` (this image's model call, 0 when none).
+        vector: The image's embedding (None where the caller gave candidates only).
     """
 
     candidates: list[Candidate]
     rejection: RejectionInfo
     ranking: Ranking
     timings_ms: dict[str, float] = field(default_factory=dict)
+    vector: Any = None
 
     @property
     def verdict(self) -> RejectionInfo:
@@ -71,6 +73,7 @@ class _Retrieved:
     candidates: list[list[Candidate]]
     checks: list[RejectionInfo]
     timings_ms: dict[str, float]
+    vectors: Any = None
 
 
 class StageRunner:
@@ -236,7 +239,7 @@ class StageRunner:
             "retrieve": round(retrieve_ms / n, 3),
             "reject": round(reject_ms / n, 3),
         }
-        return _Retrieved(candidates, checks, timings)
+        return _Retrieved(candidates, checks, timings, vectors)
 
     def _plan(
         self,
@@ -290,8 +293,9 @@ class StageRunner:
                 rejection=check,
                 ranking=ranking,
                 timings_ms={**found.timings_ms, "rank": ranking[0].latency_ms or 0.0},
+                vector=None if found.vectors is None else found.vectors[i],
             )
-            for candidates, check, ranking in zip(
-                found.candidates, found.checks, rankings, strict=True
+            for i, (candidates, check, ranking) in enumerate(
+                zip(found.candidates, found.checks, rankings, strict=True)
             )
         ]

@@ -20,8 +20,8 @@ the rules below hold wherever an example comes from:
   :data:`THUMBNAIL_MAX_BYTES` bytes, about 1-3 KB), so results can show the examples they
   matched.
 - **Calibration kept current.** After every change the open-set calibration is updated
-  through one function, :func:`update_calibration` (the only place that names the
-  calibrator).
+  through one function, :func:`update_calibration` (the only place that calls
+  :func:`rar_agent.openset.update`).
 """
 
 from __future__ import annotations
@@ -129,33 +129,26 @@ class _Prepared:
 
 def update_calibration(
     memory: CategoryMemory,
-    encoder: ImageTextEncoder | None,
     *,
     added: Sequence[tuple[str, MemoryEntry]] = (),
-    views: Sequence[tuple[str, Image.Image]] = (),
+    removed: int = 0,
 ) -> None:
-    """Keep the open-set calibration current after teaching added entries.
+    """Keep the open-set calibration current after teaching changed the memory.
 
-    The one place the teacher calls the calibrator: new image entries enter its stand-in
-    reservoir, and a category left with a single example gets an augmented-view stand-in
-    (so a category taught from one photo recognizes the next). Removals are recalibrated by
-    the memory's own removal call today.
+    The one place the teacher calls the calibrator (:func:`rar_agent.openset.update`, one
+    policy): new image entries enter its stand-in reservoir (a taught example never costs a
+    full calibration); a removal (undo, relabel) refits it from a bounded sample.
 
     Args:
         memory: The memory just written to.
-        encoder: Its encoder (embeds the views; ``None``: no views).
         added: ``(point id, entry)`` of the entries written.
-        views: ``(label, image)`` of examples whose category may have a single example.
+        removed: How many entries were removed.
     """
-    from rar_agent.memory.calibration import update_on_add
+    from rar_agent import openset
 
-    images = [(pid, e) for pid, e in added if e.kind == "image"]
-    if images:
-        update_on_add(memory, [pid for pid, _ in images], [e for _, e in images])
-    if views and encoder is not None:
-        from rar_agent.memory.views import add_view_standins
-
-        add_view_standins(memory, encoder, list(views))
+    images = [pid for pid, e in added if e.kind == "image"]
+    if images or removed:
+        openset.update(memory, added=images, removed=removed)
 
 
 def learn_entries(
@@ -171,8 +164,8 @@ def learn_entries(
     Returns:
         The point ids written.
     """
-    written = memory.add_entries(entries, vectors, ids=ids, calibrate=False)
-    update_calibration(memory, None, added=list(zip(written, entries, strict=True)))
+    written = memory.add_entries(entries, vectors, ids=ids)
+    update_calibration(memory, added=list(zip(written, entries, strict=True)))
     return written
 
 
@@ -296,16 +289,10 @@ class Teacher:
                 )
                 for i in todo
             ]
-            ids = self.memory.add_entries(final, vectors[todo], calibrate=False)
+            ids = self.memory.add_entries(final, vectors[todo])
         examples = self.memory.count("image", label=clean)
         if todo:
-            new = examples == len(todo)  # a category that had no example before
-            update_calibration(
-                self.memory,
-                encoder,
-                added=list(zip(ids, final, strict=True)),
-                views=[(clean, prepared[todo[0]].image)] if new else [],
-            )
+            update_calibration(self.memory, added=list(zip(ids, final, strict=True)))
         after = self.memory.count("image")
         seconds = round(time.perf_counter() - start, 3)
         new_ids = {entries[i].point_id for i in todo}
@@ -459,9 +446,9 @@ class Teacher:
         source, digest = hit.source, str(hit.payload.get("content_hash") or hit.id)
         entry = MemoryEntry(label, "image", source, digest, extra)
         self._bind()
-        new_id = self.memory.add_entries([entry], [vector], calibrate=False)[0]
-        if new_id != hit.id:
-            self.memory.remove_ids([hit.id])  # recalibrates (covers the entry just added)
+        new_id = self.memory.add_entries([entry], [vector])[0]
+        removed = self.memory.remove_ids([hit.id]) if new_id != hit.id else 0
+        update_calibration(self.memory, added=[(new_id, entry)], removed=removed)
         return new_id
 
     # ------------------------------------------------------------------ history, undo
@@ -491,7 +478,7 @@ class Teacher:
         for event in events:
             current = renamed.get(event.id, event.id)
             if event.event == "taught":
-                self.memory.remove_ids([current])
+                update_calibration(self.memory, removed=self.memory.remove_ids([current]))
                 continue
             hit = self._entry(current)
             relabels = list(hit.payload.get("relabels", []))[:-1]

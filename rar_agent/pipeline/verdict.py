@@ -1,10 +1,11 @@
 """The unknown verdict, decided in one place.
 
 One rule in two steps. Before ranking, :func:`open_set_check` (the only caller of the
-retrieval-side check in :mod:`.reject`, so that check's internals can change behind it)
-judges the retrieved candidates. After ranking, :func:`verdict` adds the ranker's "none of
-these" when rejection is on. A result is unknown exactly when the final verdict holds a
-reason (:func:`is_unknown`); the stage runner, the results and the evaluation all ask here.
+retrieval-side check in :mod:`rar_agent.openset.verdict`, so that check's internals can
+change behind it) judges the retrieved candidates. After ranking, :func:`verdict` adds
+the ranker's "none of these" when rejection is on. A result is unknown exactly when the
+final verdict holds a reason (:func:`is_unknown`); the stage runner, the results and the
+evaluation all ask here.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from rar_agent.pipeline.reject import judge
+from rar_agent.openset import judge, with_ranker_verdict
 from rar_agent.results import Candidate, RankingInfo, RejectionInfo
 
 if TYPE_CHECKING:
     from rar_agent.config import RejectSetting
-    from rar_agent.memory.calibration import Calibration
+    from rar_agent.openset.calibration import Calibration
 
 __all__ = ["is_unknown", "open_set_check", "verdict"]
 
@@ -43,10 +44,7 @@ def verdict(retrieval: RejectionInfo | None, ranking: RankingInfo) -> RejectionI
         retrieval: What :func:`open_set_check` said (None: no check ran).
         ranking: What the ranking stage did.
     """
-    out = (retrieval or RejectionInfo()).model_copy(deep=True)
-    if out.mode != "off" and ranking.status == "no_match" and "ranker_none" not in out.reasons:
-        out.reasons.append("ranker_none")
-    return out
+    return with_ranker_verdict(retrieval, ranking)
 
 
 def is_unknown(final: RejectionInfo) -> bool:

@@ -6,6 +6,8 @@
   :class:`~rar_agent.registry.ImageScope`, or filled in by the agent's middleware).
 - :class:`CategorySearchTool` finds the categories in memory that match a text.
 - :class:`ListCategoriesTool` lists what the memory knows: its labels and how many entries each.
+- :class:`UnknownGroupsTool` lists the groups of look-alike unknown images seen lately, so an
+  agent asks once about a new thing seen many times.
 - :class:`RecognizeImagesTool` recognizes many photos in one call (a folder inside the
   allowed directories, or a list of images), a bounded number per call, with a progress note;
   :func:`folder_tools` adds langchain-community's read-only ``list_directory`` and
@@ -52,7 +54,12 @@ from rar_agent.tools.learn import (
     UndoTeachingInput,
     UndoTeachingTool,
 )
-from rar_agent.tools.listing import ListCategoriesInput, ListCategoriesTool
+from rar_agent.tools.listing import (
+    ListCategoriesInput,
+    ListCategoriesTool,
+    UnknownGroupsInput,
+    UnknownGroupsTool,
+)
 from rar_agent.tools.recognize import (
     RECOGNIZE_WHAT,
     CategorySearchInput,
@@ -86,6 +93,8 @@ __all__ = [
     "TeachingHistoryTool",
     "UndoTeachingInput",
     "UndoTeachingTool",
+    "UnknownGroupsInput",
+    "UnknownGroupsTool",
     "folder_tools",
     "format_result",
     "make_tools",
@@ -130,7 +139,7 @@ def make_tools(
             memory's limit); ``None`` leaves the decoder's own limit.
 
     Returns:
-        ``[RecognizeTool, CategorySearchTool, ListCategoriesTool]``, plus
+        ``[RecognizeTool, CategorySearchTool, ListCategoriesTool, UnknownGroupsTool]``, plus
         ``RecognizeImagesTool`` when there are allowed directories (a folder's photos in one
         call) and ``AddCategoryTool`` when learning is allowed.
     """
@@ -159,6 +168,7 @@ def make_tools(
         ),
         CategorySearchTool(**shared),
         ListCategoriesTool(**shared),
+        UnknownGroupsTool(**shared),
     ]
     if not has_text_tower(recognizer.encoder):  # it could only ever fail
         tools = [t for t in tools if not isinstance(t, CategorySearchTool)]

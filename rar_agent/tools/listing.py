@@ -1,4 +1,5 @@
-"""The listing tool: what the memory knows (its labels and how many entries each)."""
+"""The listing tools: what the memory knows (its labels and how many entries each), and the
+groups of look-alike unknown images seen lately."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import asyncio
 from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field
 
 from rar_agent.errors import RarError
-from rar_agent.results import CategoryCount, CategoryListing
+from rar_agent.results import CategoryCount, CategoryListing, NovelGroups
 from rar_agent.tools.base import RecognizerTool, tool_error
 
-__all__ = ["ListCategoriesInput", "ListCategoriesTool"]
+__all__ = ["ListCategoriesInput", "ListCategoriesTool", "UnknownGroupsInput", "UnknownGroupsTool"]
 
 
 class ListCategoriesInput(BaseModel):
@@ -96,3 +98,52 @@ def listing_text(listing: CategoryListing, contains: str | None = None) -> str:
         + more
         + "."
     )
+
+
+class UnknownGroupsInput(BaseModel):
+    """Arguments of :class:`UnknownGroupsTool` (none needed)."""
+
+    min_size: int = Field(
+        default=2, ge=1, le=1000, description="Only groups of at least this many images."
+    )
+
+
+class UnknownGroupsTool(RecognizerTool):
+    """List groups of recent unknown images that look alike, with their member images."""
+
+    name: str = "list_unknown_groups"
+    description: str = (
+        "List groups of recently recognized images that were NOT a category in memory but "
+        "look alike (probably one new thing seen several times), with their images. Ask the "
+        "user once what a group shows instead of asking about each image."
+    )
+    args_schema: type[BaseModel] = UnknownGroupsInput
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    artifact_type: ClassVar[object] = NovelGroups
+
+    def _run(
+        self, min_size: int = 2, run_manager: CallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        unknown_groups = getattr(self.recognizer, "unknown_groups", None)
+        if unknown_groups is None:
+            raise ToolException("this recognizer keeps no log of unknown images")
+        found: NovelGroups = unknown_groups()
+        found.groups = [g for g in found.groups if g.size >= min_size]
+        if not found.groups:
+            text = (
+                f"No group of look-alike unknown images yet ({found.unknown_images} unknown "
+                "images seen lately)."
+            )
+        else:
+            lines = [
+                f"- {g.id}: {g.size} images: {', '.join(g.images)}"
+                + (" ..." if g.size > len(g.images) else "")
+                for g in found.groups
+            ]
+            text = "Groups of look-alike unknown images (ask what each shows):\n" + "\n".join(lines)
+        return text, found.model_dump(mode="json")
+
+    async def _arun(
+        self, min_size: int = 2, run_manager: AsyncCallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._run, min_size)

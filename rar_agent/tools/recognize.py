@@ -68,6 +68,7 @@ def format_result(
     lines = [
         f"Unknown{where}{box}: not a category in memory; closest: {closest}.",
         "Why: " + "; ".join(ex.why_unknown) + "." if ex.why_unknown else "",
+        "list_unknown_groups shows that group; ask once for all." if ex.novel_group else "",
         f"Ranking: {ex.how}.",
         *listing,
         "Ask the user what it shows" + (teach if can_learn else "."),

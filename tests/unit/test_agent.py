@@ -137,6 +137,7 @@ def test_composition_recognize_then_knowledge_lookup(recognizer: Any) -> None:
         "recognize_image",
         "search_categories",
         "list_categories",
+        "list_unknown_groups",
         "lookup_knowledge",
     ]
     tools = last_tool_messages(out["messages"])

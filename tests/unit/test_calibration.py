@@ -1,4 +1,4 @@
-"""Open-set calibration: computed from the memory itself, stored, reloaded, kept current."""
+"""Open-set calibration: a kept promise at every memory size, its stored form and updates."""
 
 from __future__ import annotations
 
@@ -7,110 +7,230 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rar_agent.config import RejectSetting, Settings, parse_reject
+from rar_agent import openset
+from rar_agent.config import DEFAULT_ALPHA, RejectSetting, Settings, parse_reject
 from rar_agent.errors import ConfigError
-from rar_agent.ingest.builders import add_images
 from rar_agent.memory import CategoryMemory, MemoryEntry
-from rar_agent.memory import calibration as cal_mod
-from rar_agent.memory.calibration import (
-    CALIBRATION_KEY,
-    MIN_STANDINS,
-    Calibration,
-    calibrate,
-    load_calibration,
-)
-from rar_agent.memory.views import add_view_standins, augmented_view
-from tests.helpers.clusters import DIM, Clusters, make_clusters
+from rar_agent.openset import calibration as cal_mod
+from rar_agent.openset.calibration import MIN_CATEGORIES, fit, load, min_standins
+from rar_agent.openset.store import EXTENSION
+from rar_agent.results import Candidate
+from rar_agent.retrieval import CategoryRetriever
 
-LABELS = ["heron", "tabby cat", "lynx", "red fox"]
+DIM = 48
 
 
-def _entries(clusters: Clusters, label: str, idx: range) -> tuple[list[MemoryEntry], np.ndarray]:
-    entries = [MemoryEntry(label, "image", f"{label}-{i}", f"{label}-{i}") for i in idx]
-    return entries, np.stack([clusters.vector(label, i) for i in idx])
+class _Space:
+    """Categories as random directions; each category has its own spread (some tight, some
+    diverse), so the calibration has to cope with categories that differ."""
+
+    def __init__(self, n_categories: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.centres = rng.normal(size=(n_categories, DIM))
+        self.spread = np.linspace(0.6, 1.2, n_categories)
+        self.rng = np.random.default_rng(seed + 1)
+
+    def draw(self, category: int, n: int) -> np.ndarray:
+        noise = self.rng.normal(size=(n, DIM)) * self.spread[category]
+        x = self.centres[category] / np.sqrt(DIM) * 2.2 + noise / np.sqrt(DIM)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _memory(tmp_path: Path, clusters: Clusters, per_class: int = 5) -> CategoryMemory:
-    memory = CategoryMemory.open(tmp_path / "mem", collection="cal")
-    memory.bind_encoder(clusters.encoder.fingerprint, DIM)
-    for label in LABELS:
-        memory.add_entries(*_entries(clusters, label, range(per_class)))
+class _Vectors:
+    fingerprint = "vectors:test"
+    dim = DIM
+
+
+def _memory(tmp_path: Path, name: str = "mem") -> CategoryMemory:
+    memory = CategoryMemory.open(tmp_path / name, collection="cal")
+    memory.bind_encoder(_Vectors.fingerprint, DIM)
     return memory
 
 
-def test_leave_one_out_calibration_is_stored_and_separates_known_from_unknown(
+def _add(memory: CategoryMemory, label: str, vectors: np.ndarray, start: int = 0) -> list[str]:
+    """Add examples the way every caller does: write, then update the calibration."""
+    entries = [
+        MemoryEntry(label, "image", f"{label}-{start + i}", f"{label}-{start + i}")
+        for i in range(len(vectors))
+    ]
+    ids = memory.add_entries(entries, vectors)
+    openset.update(memory, added=ids)
+    return ids
+
+
+def _judge(memory: CategoryMemory, queries: np.ndarray, alpha: float) -> list:
+    retriever = CategoryRetriever(memory=memory, encoder=_Vectors(), k=3)  # type: ignore[arg-type]
+    setting = parse_reject(f"auto:{alpha}")
+    cal = openset.load(memory)
+    return [openset.judge(c, setting, cal) for c in retriever.retrieve_vectors(queries)]
+
+
+def _shots_memory(tmp_path: Path, space: _Space, shots: list[int], name: str) -> CategoryMemory:
+    memory = _memory(tmp_path, name)
+    for c, n in enumerate(shots):
+        _add(memory, f"category {c}", space.draw(c, n))
+    return memory
+
+
+# ------------------------------------------------------------------ the promise, every size
+
+
+@pytest.mark.parametrize("shots", [1, 2, 3, 5, 10, 50])
+def test_every_memory_size_keeps_the_promise_or_says_it_cannot(tmp_path: Path, shots) -> None:  # noqa: ANN001
+    space = _Space(8)
+    memory = _shots_memory(tmp_path, space, [shots] * 8, f"m{shots}")
+    known = np.concatenate([space.draw(c, 40) for c in range(8)])
+    stranger = _Space(4, seed=7).draw(0, 40)
+    for alpha in (0.05, 0.2):
+        verdicts = _judge(memory, known, alpha)
+        rejected = np.mean([bool(v.reasons) for v in verdicts])
+        standins = 8 * shots if shots > 1 else 0
+        if standins < min_standins(alpha):
+            # too few examples to estimate anything: nothing is rejected, and it says why
+            assert rejected == 0.0
+            assert all(v.threshold is None and "cannot calibrate" in v.note for v in verdicts)
+        else:
+            assert rejected <= alpha + 0.05, (shots, alpha, rejected)
+            assert all(v.threshold is not None and v.alpha == alpha for v in verdicts)
+            assert np.mean([bool(v.reasons) for v in _judge(memory, stranger, alpha)]) > 0.5
+    memory.close()
+
+
+def test_a_mixed_memory_judges_single_example_categories_by_their_own_threshold(
     tmp_path: Path,
 ) -> None:
-    clusters = make_clusters([*LABELS, "bicycle"], 8)
-    memory = _memory(tmp_path, clusters)
-    cal = calibrate(memory)
-    assert cal.calibrated and cal.method == "leave-one-out"
-    assert len(cal.standins) == 5 * len(LABELS)
-    assert all(s[3] == "loo" for s in cal.standins)
-    assert cal.single_threshold is not None and cal.single_threshold < cal.global_mean
-    assert set(cal.class_means()) == set(LABELS)
-    stored = memory.extension(CALIBRATION_KEY)
-    assert stored["offset"] == pytest.approx(cal.offset)
-    # Held-out examples of known categories mostly reach their category's threshold (the
-    # threshold sits in the 5 % tail of the stand-ins, so a few may not) ...
-    accepted = []
-    for label in LABELS:
-        for i in range(5, 8):
-            sims = sorted(clusters.vector(label, i) @ clusters.vector(label, j) for j in range(5))
-            accepted.append(float(np.mean(sims[-2:])) >= cal.threshold_for(label))
-    assert sum(accepted) >= 10
-    # ... while an image of a category the memory never saw is far below every threshold.
-    stranger = clusters.vector("bicycle", 0)
-    best = max(float(stranger @ clusters.vector(lb, i)) for lb in LABELS for i in range(5))
-    assert best < min(cal.threshold_for(lb) for lb in LABELS)
+    space = _Space(11)
+    shots = [1] * 6 + [10] * 5  # most categories taught from one photo, some from many
+    memory = _shots_memory(tmp_path, space, shots, "mixed")
+    cal = openset.load(memory)
+    assert cal is not None
+    assert {s[0] for s in cal.standins} == {f"category {c}" for c in range(6, 11)}
+    one_shot = cal.threshold(DEFAULT_ALPHA, 1)[0]
+    many = cal.threshold(DEFAULT_ALPHA, 5)[0]
+    assert one_shot is not None and many is not None and one_shot < many
+    known = np.concatenate([space.draw(c, 40) for c in range(11)])
+    verdicts = _judge(memory, known, DEFAULT_ALPHA)
+    assert np.mean([bool(v.reasons) for v in verdicts]) <= DEFAULT_ALPHA + 0.05
+    singles = _judge(memory, np.concatenate([space.draw(c, 20) for c in range(6)]), 0.05)
+    assert all(v.threshold == pytest.approx(one_shot, abs=1e-6) for v in singles)
     memory.close()
 
 
-def test_calibration_survives_reopening(tmp_path: Path) -> None:
-    clusters = make_clusters(LABELS, 5)
-    memory = _memory(tmp_path, clusters)
-    first = load_calibration(memory)
+def test_stand_ins_from_too_few_categories_cannot_calibrate(tmp_path: Path) -> None:
+    space = _Space(MIN_CATEGORIES + 1)
+    memory = _shots_memory(tmp_path, space, [1] * 2 + [10] * (MIN_CATEGORIES - 1), "few")
+    verdicts = _judge(memory, space.draw(0, 10), DEFAULT_ALPHA)
+    assert all(not v.reasons and "cannot calibrate" in (v.note or "") for v in verdicts)
+    assert "categories have 2 or more examples" in verdicts[0].note
     memory.close()
-    with CategoryMemory.open(tmp_path / "mem", collection="cal") as again:
-        reloaded = load_calibration(again)
-    assert first is not None and reloaded is not None
-    assert reloaded.offset == pytest.approx(first.offset)
-    assert reloaded.threshold_for("lynx") == pytest.approx(first.threshold_for("lynx"))
-    assert reloaded.standins == first.standins
 
 
-def test_adding_examples_updates_the_calibration(tmp_path: Path) -> None:
-    clusters = make_clusters([*LABELS, "bicycle"], 6)
-    memory = _memory(tmp_path, clusters, per_class=5)
-    before = load_calibration(memory)
-    assert before is not None and "bicycle" not in before.class_means()
-    memory.add_entries(*_entries(clusters, "bicycle", range(3)))
-    after = load_calibration(memory)
-    assert after is not None and after.revision > before.revision
-    assert "bicycle" in after.class_means()  # the new category has stand-ins of its own
-    assert after.seen == before.seen + 3
+def test_a_memory_of_single_examples_says_it_cannot_calibrate(tmp_path: Path) -> None:
+    space = _Space(5)
+    memory = _shots_memory(tmp_path, space, [1] * 5, "singles")
+    cal = openset.load(memory)
+    assert cal is not None and cal.method == "none" and not cal.calibrated
+    assert "cannot calibrate" in (cal.reason or "") and "two example" in (cal.reason or "")
+    summary = cal.summary()
+    assert summary["cannot_calibrate"] and summary["thresholds"]["1"] is None
+    memory.close()
+
+
+def test_smaller_alpha_needs_more_stand_ins() -> None:
+    assert min_standins(0.05) == 19 and min_standins(0.01) == 99 and min_standins(0.2) == 4
+    standins = [(f"c{i % 6}", [0.9, 0.8], 3, 0.2) for i in range(30)]
+    cal = cal_mod._make(standins, seen=30, full_at=30, revision=1)
+    assert cal.threshold(0.05, 3)[0] is not None
+    threshold, why = cal.threshold(0.01, 3)
+    assert threshold is None and "at least 99 needed" in (why or "")
+    # a query whose category shows more entries than any stand-in's has is judged at the
+    # largest shot count the stand-ins support, by its best entries that many
+    assert cal.threshold(0.05, 4)[0] is None
+    stat, (threshold, _) = cal.judge_scores([0.95, 0.9, 0.7, 0.6, 0.5], 0.05)
+    assert threshold == cal.threshold(0.05, 3)[0] and stat == pytest.approx(0.925)
+
+
+def test_thresholds_grow_with_the_shot_count() -> None:
+    rng = np.random.default_rng(0)
+    standins = [
+        (f"c{i % 5}", sorted(rng.uniform(0.5, 0.95, 9).round(4).tolist(), reverse=True), 9, 0.3)
+        for i in range(100)
+    ]
+    cal = cal_mod._make(standins, seen=100, full_at=100, revision=1)
+    values = [cal.threshold(0.1, m)[0] for m in range(1, 6)]
+    assert all(v is not None for v in values)
+    assert values == sorted(values) and values[0] < values[-1]
+    assert cal.threshold(0.1, 50) == cal.threshold(0.1, 5)  # more shots share the last one
+
+
+# ------------------------------------------------------------------ stored form and updates
+
+
+def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> None:
+    space = _Space(4)
+    memory = _shots_memory(tmp_path, space, [6] * 4, "stored")
+    stored = memory.extension(EXTENSION)
+    assert stored["version"] == 3 and stored["method"] == "conformal"
+    assert len(stored["standins"]) == 24
+    label, own, others, rival = stored["standins"][0]
+    assert others == 5 and len(own) == 5 and own == sorted(own, reverse=True)
+    assert rival is None or rival < own[0]
+    memory.close()
+    with CategoryMemory.open(tmp_path / "stored", collection="cal") as again:
+        reloaded = load(again)
+        assert reloaded is not None and reloaded.threshold(0.05) == load(again).threshold(0.05)
+
+
+def test_the_memory_never_calibrates_itself(tmp_path: Path) -> None:
+    space = _Space(4)
+    memory = _memory(tmp_path)
+    for c in range(4):
+        memory.add_entries(
+            [MemoryEntry(f"c{c}", "image", f"s{c}{i}", f"h{c}{i}") for i in range(5)],
+            space.draw(c, 5),
+        )
+    assert load(memory) is None
+    fit(memory)
+    before = load(memory)
+    memory.remove_label("c1")
+    assert load(memory) == before  # stored, untouched, until a caller updates it
+    memory.close()
+
+
+def test_a_taught_example_is_a_reservoir_step_not_a_full_calibration(
+    tmp_path: Path, monkeypatch
+) -> None:
+    space = _Space(5)
+    memory = _shots_memory(tmp_path, space, [6] * 4 + [1], "teach")
+    fits: list[int] = []
+    real = cal_mod.fit
+    monkeypatch.setattr(cal_mod, "fit", lambda m, **kw: fits.append(1) or real(m, **kw))
+    before = load(memory)
+    assert "category 4" not in {s[0] for s in before.standins}
+    _add(memory, "category 4", space.draw(4, 1), start=1)  # its second example
+    after = load(memory)
+    assert not fits and after.revision == before.revision + 1 and after.seen == before.seen + 1
+    assert "category 4" in {s[0] for s in after.standins}
+    memory.close()
 
 
 def test_growth_past_double_recalibrates_in_full(tmp_path: Path) -> None:
-    clusters = make_clusters(LABELS, 6)
-    memory = CategoryMemory.open(tmp_path / "mem", collection="cal")
-    memory.bind_encoder(clusters.encoder.fingerprint, DIM)
+    space = _Space(4)
+    memory = _memory(tmp_path)
     for i in range(6):  # one example per category at a time
-        for label in LABELS:
-            memory.add_entries(*_entries(clusters, label, range(i, i + 1)))
-    cal = load_calibration(memory)
-    assert cal is not None and cal.calibrated
-    # the last full calibration saw at least half of today's entries
-    assert cal.full_at * 2 > memory.count("image")
-    full = calibrate(memory)
-    assert len(cal.standins) == len(full.standins) == 24
+        for c in range(4):
+            _add(memory, f"c{c}", space.draw(c, 1), start=i)
+    cal = load(memory)
+    assert cal is not None and cal.calibrated and cal.full_at * 2 > memory.count("image")
+    assert len(fit(memory).standins) == 24
+    memory.close()
 
 
-def test_reservoir_keeps_the_stand_ins_bounded(tmp_path: Path, monkeypatch) -> None:
+def test_the_reservoir_keeps_the_stand_ins_bounded(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(cal_mod, "MAX_STANDINS", 8)
-    clusters = make_clusters(LABELS, 12)
-    memory = _memory(tmp_path, clusters, per_class=4)
-    assert len(load_calibration(memory).standins) <= 8
+    space = _Space(4)
+    memory = _shots_memory(tmp_path, space, [4] * 4, "bounded")
+    assert len(load(memory).standins) <= 8
     searched: list[int] = []
     real = memory.search_batch
 
@@ -119,128 +239,72 @@ def test_reservoir_keeps_the_stand_ins_bounded(tmp_path: Path, monkeypatch) -> N
         return real(vectors, **kw)
 
     monkeypatch.setattr(memory, "search_batch", counting)
-    for label in LABELS:
-        memory.add_entries(*_entries(clusters, label, range(4, 6)))
-    cal = load_calibration(memory)
-    assert cal is not None and len(cal.standins) <= 8 and cal.seen == 24
-    # a sample, not every entry: never more searches than entries offered
-    assert sum(searched) <= 8
-
-
-def test_full_calibration_samples_a_bounded_number_of_entries(tmp_path: Path) -> None:
-    clusters = make_clusters(LABELS, 10)
-    memory = _memory(tmp_path, clusters, per_class=10)
-    cal = calibrate(memory, sample=12)
-    assert len(cal.standins) <= 12 and cal.calibrated
-    with pytest.raises(ConfigError):
-        calibrate(memory, sample=0)
-
-
-def test_removing_a_category_recalibrates(tmp_path: Path) -> None:
-    clusters = make_clusters(LABELS, 5)
-    memory = _memory(tmp_path, clusters)
-    memory.remove_label("lynx")
-    cal = load_calibration(memory)
-    assert cal is not None and "lynx" not in cal.class_means()
-    assert all(label != "lynx" and pred != "lynx" for label, pred, *_ in cal.standins)
-
-
-def test_single_example_categories_use_augmented_views(tmp_path: Path) -> None:
-    clusters = make_clusters(LABELS, 2)
-    folder = tmp_path / "imgs"
-    items = [(str(clusters.save(label, 0, folder / label)), label) for label in LABELS[:3]]
-    memory = CategoryMemory.open(tmp_path / "mem", collection="cal")
-    add_images(memory, clusters.encoder, items)
-    cal = load_calibration(memory)
-    assert cal is not None
-    assert sorted(label for label, *_ in cal.standins) == sorted(LABELS[:3])
-    assert all(s[3] == "view" for s in cal.standins)
-    assert not cal.calibrated and str(MIN_STANDINS) in (cal.reason or "")
-    # a second example of a category replaces its view by leave-one-out stand-ins
-    add_images(memory, clusters.encoder, [(str(clusters.save("heron", 1, folder)), "heron")])
-    cal = load_calibration(memory)
-    assert cal is not None
-    flags = {(s[0], s[3]) for s in cal.standins}
-    assert ("heron", "loo") in flags and ("heron", "view") not in flags
-    assert ("lynx", "view") in flags
+    for c in range(4):
+        _add(memory, f"category {c}", space.draw(c, 2), start=4)
+    cal = load(memory)
+    assert len(cal.standins) <= 8 and cal.seen == 24 and sum(searched) <= 8
     memory.close()
 
 
-def test_views_are_deterministic_and_keep_the_size() -> None:
-    from PIL import Image
+def test_removing_a_category_recalibrates(tmp_path: Path) -> None:
+    space = _Space(4)
+    memory = _shots_memory(tmp_path, space, [5] * 4, "remove")
+    cal = openset.update(memory, removed=memory.remove_label("category 2"))
+    assert "category 2" not in {s[0] for s in cal.standins} and len(cal.standins) == 15
+    memory.close()
 
-    image = Image.linear_gradient("L").convert("RGB").resize((40, 30))
-    a, b = augmented_view(image, 3), augmented_view(image, 3)
-    assert a.size == image.size and a.tobytes() == b.tobytes()
-    assert augmented_view(image, 4).tobytes() != a.tobytes()
 
-
-def test_view_stand_ins_only_for_single_example_categories(tmp_path: Path) -> None:
-    clusters = make_clusters([*LABELS, "bicycle"], 5)
-    memory = _memory(tmp_path, clusters, per_class=5)
-    assert add_view_standins(memory, clusters.encoder, [("lynx", clusters.image("lynx", 0))]) == 0
-    memory.add_entries(*_entries(clusters, "bicycle", range(1)))
-    only = [("bicycle", clusters.image("bicycle", 0))]
-    assert add_view_standins(memory, clusters.encoder, only) == 1
-    cal = load_calibration(memory)
-    assert cal is not None and cal.standins[-1][:2] == ("bicycle", "bicycle")
-    assert cal.standins[-1][2] is None  # one entry of it: no support, only a pair similarity
-    assert cal.standins[-1][3] == "view" and cal.standins[-1][4] > 0.8
+def test_full_calibration_samples_a_bounded_number_of_entries(tmp_path: Path) -> None:
+    space = _Space(4)
+    memory = _shots_memory(tmp_path, space, [10] * 4, "sample")
+    assert len(fit(memory, sample=12).standins) == 12
+    with pytest.raises(ConfigError):
+        fit(memory, sample=0)
     memory.close()
 
 
 def test_text_only_memory_has_no_threshold(tmp_path: Path) -> None:
-    memory = CategoryMemory.open(tmp_path / "mem", collection="txt")
+    memory = CategoryMemory.open(tmp_path / "txt", collection="txt")
     memory.bind_encoder("text-only", 4)
     memory.add_entries([MemoryEntry(n, "text", "name", n) for n in ("cat", "dog")], np.eye(4)[:2])
-    cal = calibrate(memory)
+    cal = fit(memory)
     assert not cal.calibrated and "text-only" in (cal.reason or "")
-    assert cal.threshold_for("cat") is None
+    verdict = openset.judge(
+        [Candidate(label="cat", score=0.3, retrieval_rank=1, kind="text", scores=[0.3])],
+        parse_reject("auto"),
+        cal,
+    )
+    assert verdict.threshold is None and "class-name (text) entries" in (verdict.note or "")
     memory.close()
 
 
 def test_unreadable_or_old_calibration_is_ignored(tmp_path: Path) -> None:
-    clusters = make_clusters(LABELS, 3)
-    memory = _memory(tmp_path, clusters, per_class=3)
-    memory.update_extension(CALIBRATION_KEY, lambda _: {"version": 99})
-    assert load_calibration(memory) is None
-    memory.update_extension(CALIBRATION_KEY, lambda _: {"version": 1, "standins": "nonsense"})
-    assert load_calibration(memory) is None
+    memory = _memory(tmp_path)
+    memory.update_extension(EXTENSION, lambda _: {"version": 99})
+    assert load(memory) is None
+    memory.update_extension(EXTENSION, lambda _: {"version": 3, "standins": "nonsense"})
+    assert load(memory) is None
     memory.close()
 
 
-def test_too_few_stand_ins_give_no_threshold() -> None:
-    cal = Calibration(standins=[("a", "a", 0.9, "loo", 0.8)] * (MIN_STANDINS - 1)).refit()
-    assert cal.offset is None and cal.threshold_for("a") is None
-    assert cal.threshold_for("a", single=True) is None and not cal.calibrated
-    pairs = [
-        ("a", "a", 0.9, "loo", 0.85),
-        ("b", "b", 0.7, "loo", 0.6),
-        ("c", "c", None, "loo", 0.7),
-    ]
-    cal = Calibration(standins=pairs * 3).refit()
-    assert cal.calibrated
-    # tight category a gets a higher threshold than diverse b; unseen labels the global mean
-    assert cal.threshold_for("a") > cal.threshold_for("zebra") > cal.threshold_for("b")
-    # a category with one entry among the hits is judged by the pair similarities
-    pair_values = np.array([0.85, 0.6, 0.7] * 3)
-    expected = pair_values.mean() - 1.645 * pair_values.std()
-    assert cal.threshold_for("zebra", single=True) == pytest.approx(expected)
+# ------------------------------------------------------------------ the setting
 
 
 @pytest.mark.parametrize(
-    ("spec", "mode", "threshold"),
-    [(None, "auto", None), ("auto", "auto", None), ("OFF", "off", None), ("0.8", "fixed", 0.8),
-     (0.25, "fixed", 0.25), ("-0.1", "fixed", -0.1)],
+    ("spec", "mode", "threshold", "alpha"),
+    [(None, "auto", None, 0.05), ("auto", "auto", None, 0.05), ("auto:0.01", "auto", None, 0.01),
+     (" AUTO:0.2 ", "auto", None, 0.2), ("OFF", "off", None, 0.05), ("0.8", "fixed", 0.8, 0.05),
+     (0.25, "fixed", 0.25, 0.05), ("-0.1", "fixed", -0.1, 0.05)],
 )  # fmt: skip
-def test_parse_reject(spec, mode: str, threshold: float | None) -> None:  # noqa: ANN001
+def test_parse_reject(spec, mode: str, threshold: float | None, alpha: float) -> None:  # noqa: ANN001
     parsed = parse_reject(spec)
-    assert (parsed.mode, parsed.threshold) == (mode, threshold)
+    assert (parsed.mode, parsed.threshold, parsed.alpha) == (mode, threshold, alpha)
     assert parse_reject(parsed) is parsed
+    assert parse_reject(str(parsed)) == parsed
     assert parsed.enabled == (mode != "off")
 
 
-@pytest.mark.parametrize("spec", ["maybe", "1.5", "nan", "-2"])
+@pytest.mark.parametrize("spec", ["maybe", "1.5", "nan", "-2", "auto:0", "auto:0.9", "auto:x"])
 def test_parse_reject_refuses_nonsense(spec: str) -> None:
     with pytest.raises(ConfigError, match="reject"):
         parse_reject(spec)
@@ -252,6 +316,22 @@ def test_settings_read_rar_reject(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().reject == "0.75"
     assert str(parse_reject(Settings().reject)) == "0.75"
     assert str(RejectSetting(mode="off")) == "off"
+    monkeypatch.setenv("RAR_REJECT", "auto:0.01")
+    assert parse_reject(Settings().reject).alpha == 0.01
     monkeypatch.setenv("RAR_REJECT", "sometimes")
     with pytest.raises(ValueError, match="reject"):
         Settings()
+
+
+def test_the_statistic_is_one_definition_for_queries_and_stand_in_draws() -> None:
+    from rar_agent.openset.statistic import known_score, known_score_rows
+
+    rng = np.random.default_rng(3)
+    for width in (1, 2, 4):
+        rows = -np.sort(-rng.uniform(0, 1, (20, width)), axis=1)
+        rows[rng.uniform(size=(20, width)) < 0.3] = -np.inf
+        rows = -np.sort(-rows, axis=1)
+        many = known_score_rows(rows)
+        for row, value in zip(rows, many, strict=True):
+            one = known_score([v for v in row if np.isfinite(v)])
+            assert (one is None and value == -np.inf) or value == pytest.approx(one[0])

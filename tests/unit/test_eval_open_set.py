@@ -16,6 +16,7 @@ from rar_agent.evaluation import EvalConfig, render_markdown, run_evaluation, wr
 from rar_agent.evaluation.data import EvalSets, hold_out_classes
 from rar_agent.evaluation.metrics import QueryRecord
 from rar_agent.evaluation.openset import auroc, known_score, open_set_report, roc_curve
+from rar_agent.evaluation.openset_render import open_set_rows
 from rar_agent.evaluation.report import command_line
 from tests.helpers.clusters import DEMO_LABELS, demo_clusters
 
@@ -105,24 +106,39 @@ def test_hold_out_is_seeded_and_keeps_the_test_images() -> None:
 def test_open_set_run_measures_rejection_and_writes_the_roc_plot(
     folder: Path, tmp_path: Path
 ) -> None:
-    config = EvalConfig(dataset=str(folder), shots=5, open_set=0.34, k=3, max_k=4, batch_size=8)
+    # 5 known categories: the fewest the calibration takes stand-ins from
+    config = EvalConfig(dataset=str(folder), shots=5, open_set=0.17, k=3, max_k=4, batch_size=8)
     report = run_evaluation(config, encoder=demo_clusters().encoder)
     o = report.open_set
-    assert o is not None and len(o.unknown_classes) == 2
-    assert (o.known_queries, o.unknown_queries) == (4 * 3, 2 * 3)
-    assert report.memory["labels"] == 4
+    assert o is not None and len(o.unknown_classes) == 1
+    assert (o.known_queries, o.unknown_queries) == (5 * 3, 1 * 3)
+    assert report.memory["labels"] == 5
     assert o.auroc is not None and o.auroc > 0.95  # well separated clusters
-    # every unknown is rejected; the 5 % tail of 20 stand-ins costs a few of 12 knowns
+    # every unknown is rejected; the promise (5 % of knowns at most) costs a few of 15 knowns
     assert o.unknown_rejected == 1.0 and o.known_rejected <= 0.25
     assert o.known_top1 == 1.0 and report.knn_top1 == 1.0  # accuracy over known classes
-    assert report.calibration and report.calibration["method"] == "leave-one-out"
+    assert report.calibration and report.calibration["method"] == "conformal"
+    # promised vs delivered at every ALPHA: 25 stand-ins support 0.05 and up, not 0.01/0.02
+    promise = {p.alpha: p for p in o.promise}
+    assert sorted(promise) == [0.01, 0.02, 0.05, 0.1, 0.2]
+    assert promise[0.01].calibrated == 0.0 and promise[0.01].known_rejected == 0.0
+    assert promise[0.05].calibrated == 1.0 and promise[0.05].unknown_rejected == 1.0
+    assert promise[0.05].known_rejected == pytest.approx(o.known_rejected)
+    rejected = [promise[a].known_rejected for a in sorted(promise)]
+    assert rejected == sorted(rejected)  # a larger ALPHA never rejects fewer knowns
     assert all(r.known == (r.label not in o.unknown_classes) for r in report.records)
     assert "reject" in report.latency_ms
     files = write_report(report, tmp_path / "out")
     assert files["roc"].name == "roc_open_set.png" and files["roc"].stat().st_size > 1000
+    assert files["promise"].name == "promise_open_set.png"
     md = files["markdown"].read_text()
     assert "## Open set" in md and "![ROC curve](roc_open_set.png)" in md
-    assert "--open-set 0.34" in command_line(report)
+    assert "| ALPHA (promised) | known rejected (delivered) |" in md
+    assert "![promised vs delivered](promise_open_set.png)" in md
+    rows = dict(open_set_rows(report))
+    assert rows["promise: at most 5.0% of knowns rejected"].startswith("delivered ")
+    assert "met 'cannot calibrate'" in rows["auto:0.01 promised / delivered"]
+    assert "--open-set 0.17" in command_line(report)
     saved = json.loads(files["json"].read_text())
     assert saved["open_set"]["auroc"] == pytest.approx(o.auroc)
 

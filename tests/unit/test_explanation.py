@@ -10,6 +10,7 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import ToolMessage
 
+from rar_agent import openset
 from rar_agent.ingest.builders import add_images
 from rar_agent.memory import CategoryMemory
 from rar_agent.pipeline import Recognizer, explanation_of
@@ -37,6 +38,7 @@ def memory(tmp_path: Path, clusters: Clusters) -> CategoryMemory:
     ]
     memory = CategoryMemory.open(tmp_path / "mem", collection="explain")
     add_images(memory, clusters.encoder, items)
+    openset.fit(memory)  # what a build does (the constructor never calibrates, issue 18)
     yield memory
     memory.close()
 

@@ -73,7 +73,8 @@ async def exercise(session: ClientSession, images: Path, *, learning: bool) -> d
     """The scenario every transport runs; returns the recorded listing and one call's result."""
     listing = await session.list_tools()
     names = [tool.name for tool in listing.tools]
-    expected = ["recognize_image", "search_categories", "list_categories", "recognize_images"]
+    expected = ["recognize_image", "search_categories", "list_categories", "list_unknown_groups"]
+    expected.append("recognize_images")
     teaching = ["add_category_example", "relabel_example", "teaching_history", "undo_teaching"]
     assert names == expected + (teaching if learning else [])
     assert all(tool.outputSchema is not None for tool in listing.tools)

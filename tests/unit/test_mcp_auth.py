@@ -260,6 +260,7 @@ async def test_scopes_decide_what_is_listed_and_called(tmp_path: Path) -> None:
             async with session_with(service.url, bearer(service.tokens["bob"])) as bob:
                 names = [t.name for t in (await bob.list_tools()).tools]
                 reads = ["recognize_image", "search_categories", "list_categories"]
+                reads.append("list_unknown_groups")
                 reads.append("recognize_images")  # the service has an allowed folder
                 assert names == [*reads, "teaching_history"]  # the history only reads
                 taught = await bob.call_tool(

@@ -11,12 +11,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rar_agent import openset
 from rar_agent.errors import ConfigError, MemoryBusyError, MemoryStoreError
 from rar_agent.memory import CategoryMemory, MemoryEntry, MemoryRecord
-from rar_agent.memory.calibration import CALIBRATION_KEY, calibrate, load_calibration
 from rar_agent.memory.edge import META_FILE, is_busy_error
 from rar_agent.memory.record import LEGACY_EXTENSION, RECORD_VERSION
 from rar_agent.memory.storage import StorageSettings
+from rar_agent.openset import EXTENSION as CALIBRATION_KEY
+from rar_agent.openset import fit as calibrate
+from rar_agent.openset import load as load_calibration
 from tests.helpers.clusters import DIM, make_clusters
 
 V1_RECORD = {
@@ -180,7 +183,9 @@ def test_concurrent_teaching_counts_every_added_image(tmp_path: Path) -> None:
     def teach(label: str) -> None:
         for i in range(25, 45):
             entry = MemoryEntry(label, "image", f"{label}-{i}", f"{label}-{i}")
-            memory.add_entries([entry], clusters.vector(label, i)[None, :])
+            openset.update(
+                memory, added=memory.add_entries([entry], clusters.vector(label, i)[None, :])
+            )
 
     threads = [threading.Thread(target=teach, args=(label,)) for label in labels]
     for t in threads:

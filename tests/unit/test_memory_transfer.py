@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rar_agent import openset
 from rar_agent.errors import EncoderMismatchError, MemoryStoreError
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.memory.storage import StorageSettings
@@ -25,7 +26,7 @@ def _fill(mem: CategoryMemory, n: int = 130) -> np.ndarray:
         for i in range(n)
     ]
     mem.bind_encoder("enc-A", DIM, description="things")
-    mem.add_entries(entries, x)  # image entries: the open-set calibration is recorded too
+    openset.update(mem, added=mem.add_entries(entries, x))  # the calibration is recorded too
     mem.set_encoder_spec({"model": "tiny", "pretrained": None})
     mem.update_extension("future_key", lambda _: {"kept": True})
     return x
@@ -50,8 +51,8 @@ def test_push_copies_points_payloads_and_the_whole_record(source: Any) -> None:
         assert record.collection == "pushed"
         skip = {"collection", "revision"}
         assert record.model_dump(exclude=skip) == src_record.model_dump(exclude=skip)
-        assert record.extensions["calibration"]
-        assert record.extensions["calibration"] == src_record.extensions["calibration"]
+        assert record.extensions[openset.EXTENSION]
+        assert record.extensions[openset.EXTENSION] == src_record.extensions[openset.EXTENSION]
         assert record.encoder_spec is not None and record.encoder_spec.model == "tiny"
         assert dst.extension("future_key") == {"kept": True}
         assert dst.storage == SETTINGS and dst.info.description == "things"
@@ -93,7 +94,7 @@ def test_pull_brings_a_server_memory_back_to_an_embedded_one(source: Any, tmp_pa
         with CategoryMemory.open(tmp_path / "pulled", collection="pulled") as local:
             copy_memory(server, local, batch_size=64)
             assert local.storage == SETTINGS
-            assert local.extension("calibration") == src.extension("calibration")
+            assert local.extension(openset.EXTENSION) == src.extension(openset.EXTENSION)
             assert local.search(x[3], limit=1)[0].id == src.search(x[3], limit=1)[0].id
     with CategoryMemory.open(tmp_path / "pulled", collection="pulled", create=False) as again:
         assert again.count() == 130 and again.storage == SETTINGS

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
+from rar_agent import openset
 from rar_agent.config import Settings
 from rar_agent.ingest.builders import add_images
 from rar_agent.memory import CategoryMemory, MemoryEntry
-from rar_agent.memory.calibration import CALIBRATION_KEY, load_calibration
+from rar_agent.openset import EXTENSION, known_score
+from rar_agent.openset import load as load_calibration
 from rar_agent.pipeline import Recognizer
 from rar_agent.ranking import RankingChain
 from tests.helpers.clusters import Clusters, make_clusters
@@ -35,6 +37,7 @@ def memory(tmp_path: Path, clusters: Clusters) -> CategoryMemory:
     ]
     memory = CategoryMemory.open(tmp_path / "mem", collection="open")
     add_images(memory, clusters.encoder, items)
+    openset.fit(memory)  # what a build does (the constructor never calibrates, issue 18)
     yield memory
     memory.close()
 
@@ -50,7 +53,7 @@ def test_known_images_keep_their_label_and_record_the_check(memory, clusters) ->
     for r in results:
         assert not r.unknown and r.rejection.mode == "auto" and r.rejection.reasons == []
         assert r.rejection.threshold is not None and r.rejection.margin >= 0
-        assert r.rejection.similarity == pytest.approx(r.candidates[0].support, abs=1e-6)
+        assert r.rejection.similarity == pytest.approx(known_score(r.candidates[0].scores)[0])
         assert "reject" in r.timings_ms
 
 
@@ -111,13 +114,13 @@ def test_a_memory_built_before_calibration_existed_is_calibrated_on_use(
     memory.bind_encoder(clusters.encoder.fingerprint, clusters.encoder.dim)
     entries = [MemoryEntry(lb, "image", f"{lb}{i}", f"{lb}{i}") for lb in LABELS for i in range(4)]
     vectors = np.stack([clusters.vector(lb, i) for lb in LABELS for i in range(4)])
-    memory.add_entries(entries, vectors, calibrate=False)
-    assert memory.extension(CALIBRATION_KEY) is None
+    memory.add_entries(entries, vectors)
+    assert memory.extension(EXTENSION) is None
     Recognizer.from_memory(memory, clusters.encoder, reject="off")  # off: nothing is computed
-    assert memory.extension(CALIBRATION_KEY) is None
+    assert memory.extension(EXTENSION) is None
     # The constructor only stores its parts; the factory does the I/O (issue 18).
     assert Recognizer(memory, clusters.encoder).calibration() is None
-    assert memory.extension(CALIBRATION_KEY) is None
+    assert memory.extension(EXTENSION) is None
     rec = Recognizer.from_memory(memory, clusters.encoder)
     assert load_calibration(memory) is not None and rec.calibration() is not None
     assert rec.recognize(clusters.image(STRANGER, 0)).unknown
@@ -152,14 +155,15 @@ def test_settings_and_with_reject(memory, clusters, monkeypatch: pytest.MonkeyPa
 def test_learning_a_new_category_makes_its_next_image_known(memory, clusters) -> None:
     rec = Recognizer(memory, clusters.encoder, k=3)
     assert rec.recognize(clusters.image(STRANGER, 1)).unknown
-    memory.add_entries(
+    taught = memory.add_entries(
         [MemoryEntry(STRANGER, "image", "taught", "taught")],
         clusters.vector(STRANGER, 0)[None, :],
     )
-    # Other images of it: compared with the one example (the single-entry threshold, the 5 %
-    # tail of how close two examples of a category are), so nearly all are recognized.
+    openset.update(memory, added=taught)
+    # Other images of it: compared with the one-shot threshold (how close one example of a
+    # category lies to another, from the categories with several), so nearly all are known.
     again = rec.recognize_batch([clusters.image(STRANGER, i) for i in range(1, 8)])
     assert all(r.candidates[0].label == STRANGER for r in again)
-    single = rec.calibration().single_threshold
+    single, _ = rec.calibration().threshold(0.05, 1)
     assert all(r.rejection.threshold == pytest.approx(single, abs=1e-6) for r in again)
     assert sum(r.label == STRANGER for r in again) >= 6

@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from rar_agent.agent import create_rar_agent, last_tool_messages
 from rar_agent.ingest.builders import add_images
 from rar_agent.memory import CategoryMemory
-from rar_agent.memory.calibration import load_calibration
+from rar_agent.openset import load as load_calibration
 from rar_agent.pipeline import Recognizer
 from rar_agent.tools import ImageRegistry, make_tools
 from rar_agent.ui import ChatSession, render_reply
@@ -76,7 +76,7 @@ def test_the_tool_says_plainly_that_the_image_is_not_in_memory(recognizer, clust
     assert recognizer.reject.mode == "auto"  # the tool got its own copy
 
 
-def test_teaching_a_new_category_records_a_view_stand_in(recognizer, clusters) -> None:
+def test_teaching_a_new_category_updates_the_calibration(recognizer, clusters) -> None:
     registry = ImageRegistry()
     image_id = registry.register(
         clusters.save(NEW, 0, Path(recognizer.memory.info.location)).read_bytes()
@@ -87,7 +87,7 @@ def test_teaching_a_new_category_records_a_view_stand_in(recognizer, clusters) -
     assert "first example of the new category 'bicycle'" in msg.text
     assert msg.artifact["new_category"] and msg.artifact["category_examples"] == 1
     cal = load_calibration(recognizer.memory)
-    assert cal is not None and any(s[0] == NEW and s[3] == "view" for s in cal.standins)
+    assert cal is not None and cal.seen == recognizer.memory.count("image")
     again = _call(add, {"label": NEW, "image": image_id})
     assert "already stored" in again.text and not again.artifact["new_category"]
 

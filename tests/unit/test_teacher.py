@@ -116,7 +116,7 @@ def test_relabel_moves_an_example_and_undo_moves_it_back(recognizer: Any) -> Non
 
 
 def test_history_and_undo_last_n_keep_calibration_current(recognizer: Any) -> None:
-    from rar_agent.memory.calibration import load_calibration
+    from rar_agent.openset import load as load_calibration
 
     memory = recognizer.memory
     teacher = Teacher(memory, recognizer.encoder, via="mcp", by="token-a")

@@ -217,7 +217,7 @@ def test_search_tool_left_out_for_image_only_encoders_and_missing_files_said_so(
     recognizer.encoder.text_tower = False
     try:
         names = [t.name for t in make_tools(recognizer, image_ids=False)]
-        assert names == ["recognize_image", "list_categories"]
+        assert names == ["recognize_image", "list_categories", "list_unknown_groups"]
     finally:
         del recognizer.encoder.text_tower
     (tool,) = [

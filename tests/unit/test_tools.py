@@ -306,7 +306,12 @@ def test_tool_descriptions_list_the_accepted_image_forms(recognizer: Any, tmp_pa
 
 def test_add_category_disabled_by_default(recognizer: Any) -> None:
     names = [t.name for t in make_tools(recognizer)]
-    assert names == ["recognize_image", "search_categories", "list_categories"]
+    assert names == [
+        "recognize_image",
+        "search_categories",
+        "list_categories",
+        "list_unknown_groups",
+    ]
     tool = AddCategoryTool(recognizer=recognizer, registry=ImageRegistry())
     msg = _call(tool, {"label": "grey heron"})
     assert msg.status == "error" and "learning is disabled" in msg.content

@@ -1,0 +1,85 @@
+"""The open-set decision: is the best candidate close enough to count as *known*?
+
+The memory's calibration (:mod:`rar_agent.openset.calibration`) says what a known image of
+each category scores; this module compares one query's best candidate with it, and turns the
+ranker's "none of these" into a reason. Pure functions: no search, a dict lookup a query. The
+pipeline calls it only through :mod:`rar_agent.pipeline.verdict`, which holds the final verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rar_agent.openset.statistic import known_score
+from rar_agent.results import Candidate, RankingInfo, RejectionInfo
+
+if TYPE_CHECKING:
+    from rar_agent.config import RejectSetting
+    from rar_agent.openset.calibration import Calibration
+
+__all__ = ["RANKER_SKIP_REASON", "judge", "with_ranker_verdict"]
+
+RANKER_SKIP_REASON = "unknown: the best match is below the memory's threshold"
+"""Why an image retrieval already judged unknown is not sent to the ranker."""
+
+
+def judge(
+    candidates: Sequence[Candidate], setting: RejectSetting, calibration: Calibration | None
+) -> RejectionInfo:
+    """The retrieval-side verdict for one image's candidates (best first).
+
+    The statistic is :func:`~rar_agent.openset.statistic.known_score` of the best
+    candidate; the threshold is the fixed one, or the conformal one at the setting's ALPHA for
+    as many examples as the best category has among the hits (image entries only: class-name
+    entries have none). Where the memory cannot support the promise, nothing is rejected and
+    the note says why ("cannot calibrate ...").
+
+    Args:
+        candidates: The retrieval candidates.
+        setting: The reject setting (``off``, ``auto`` or ``fixed``).
+        calibration: The memory's calibration (used by ``auto``).
+    """
+    mode = setting.mode
+    if mode == "off" or not candidates:
+        return RejectionInfo(mode=mode)
+    top = candidates[0]
+    stat, _ = known_score(top.scores) or (top.score, True)
+    why: str | None = None
+    if mode == "fixed":
+        threshold = setting.threshold
+    elif calibration is not None and top.kind == "image":
+        stat, (threshold, why) = calibration.judge_scores(top.scores or [top.score], setting.alpha)
+    else:
+        threshold = None
+    info = RejectionInfo(mode=mode, similarity=round(stat, 6))
+    if mode == "auto" and calibration is not None and top.kind == "image":
+        info.alpha = setting.alpha
+    if threshold is None:
+        info.note = why or _no_threshold_note(top.kind, calibration)
+        return info
+    info.threshold = round(threshold, 6)
+    info.margin = round(stat - threshold, 6)
+    if stat < threshold:
+        info.reasons.append("below_threshold")
+    return info
+
+
+def with_ranker_verdict(verdict: RejectionInfo | None, ranking: RankingInfo) -> RejectionInfo:
+    """The final verdict: the retrieval one, plus ``ranker_none`` when the ranker answered
+    "none of these" and rejection is on."""
+    out = (verdict or RejectionInfo()).model_copy(deep=True)
+    if out.mode != "off" and ranking.status == "no_match" and "ranker_none" not in out.reasons:
+        out.reasons.append("ranker_none")
+    return out
+
+
+def _no_threshold_note(kind: str | None, calibration: Calibration | None) -> str:
+    if kind == "text":
+        return (
+            "class-name (text) entries have no calibrated threshold: only the ranker's "
+            "'none of these' or a fixed --reject threshold can reject"
+        )
+    if calibration is None:
+        return "the memory is not calibrated yet"
+    return calibration.reason or "no threshold"

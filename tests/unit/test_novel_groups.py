@@ -1,0 +1,121 @@
+"""Novel groups: unknown images that look alike are listed together (result field and tool)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from langchain_core.messages import ToolMessage
+
+from rar_agent.memory import CategoryMemory
+from rar_agent.openset.groups import NovelGroupLog, purity
+from rar_agent.pipeline import Recognizer
+from rar_agent.registry import ImageRegistry
+from rar_agent.tools import UnknownGroupsTool, make_tools
+from tests.helpers.clusters import Clusters, make_clusters
+
+LABELS = ["heron", "tabby cat", "lynx", "red fox", "barn owl"]
+NEW = ["bicycle", "teapot"]  # categories the memory never saw
+
+
+def _two_new_things(n: int = 6, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(2, 32))
+    rows, labels = [], []
+    for _ in range(n):
+        for c, name in enumerate(NEW):
+            x = centres[c] + 0.3 * rng.normal(size=32)
+            rows.append(x / np.linalg.norm(x))
+            labels.append(name)
+    return np.stack(rows), labels
+
+
+def test_look_alike_unknowns_form_pure_groups() -> None:
+    vectors, labels = _two_new_things()
+    log = NovelGroupLog()
+    first = log.add(vectors[0], "img-0", link=0.8)
+    assert first is None  # nothing looks like it yet
+    groups = [log.add(v, f"img-{i}", link=0.8) for i, v in enumerate(vectors[1:], 1)]
+    listed = log.groups()
+    assert [g.size for g in listed] == [6, 6]
+    members = [[labels[int(name.split("-")[1])] for name in g.images] for g in listed]
+    assert purity(members) == 1.0
+    # a group keeps its id as it grows, and each result names the group it joined
+    bicycle = next(g for g in listed if "img-0" in g.images)
+    assert bicycle.id == "unknown-0"
+    assert groups[-2] is not None and groups[-2].id == bicycle.id and groups[-2].size == 6
+    assert log.members(bicycle.id) == [f"img-{i}" for i in range(0, 12, 2)]
+    assert log.members("unknown-999") == [] and log.members("nonsense") == []
+
+
+def test_without_a_threshold_nothing_is_linked() -> None:
+    vectors, _ = _two_new_things()
+    log = NovelGroupLog()
+    assert all(log.add(v, None, link=None) is None for v in vectors)
+    assert log.groups() == [] and len(log) == len(vectors)
+
+
+def test_the_log_is_bounded_and_keeps_recent_groups() -> None:
+    vectors, _ = _two_new_things(n=20)
+    log = NovelGroupLog(capacity=10)
+    for i, v in enumerate(vectors):
+        log.add(v, f"img-{i}", link=0.8)
+    assert len(log) <= 10
+    assert sum(g.size for g in log.groups()) == len(log)
+    assert all(int(g.id.split("-")[1]) >= 20 for g in log.groups())  # old ones dropped
+    with pytest.raises(ValueError):
+        NovelGroupLog(capacity=1)
+
+
+def test_purity_counts_the_majority_of_each_group() -> None:
+    assert purity([["a", "a", "b"], ["c", "c"]]) == pytest.approx(4 / 5)
+    assert purity([]) is None
+
+
+@pytest.fixture
+def recognizer(tmp_path: Path) -> Any:
+    from rar_agent import openset
+
+    clusters = make_clusters([*LABELS, "bicycle"], 8)
+    memory = CategoryMemory.open(tmp_path / "mem", collection="groups")
+    memory.bind_encoder(clusters.encoder.fingerprint, clusters.encoder.dim)
+    from rar_agent.memory import MemoryEntry
+
+    entries = [MemoryEntry(lb, "image", f"{lb}{i}", f"{lb}{i}") for lb in LABELS for i in range(5)]
+    vectors = np.stack([clusters.vector(lb, i) for lb in LABELS for i in range(5)])
+    openset.update(memory, added=memory.add_entries(entries, vectors))
+    rec = Recognizer(memory, clusters.encoder, k=3)
+    rec.clusters = clusters  # type: ignore[attr-defined]
+    yield rec
+    memory.close()
+
+
+def test_results_name_their_group_and_the_tool_lists_it(recognizer: Any, tmp_path: Path) -> None:
+    clusters: Clusters = recognizer.clusters
+    registry = ImageRegistry()
+    ids = [
+        registry.register(clusters.save("bicycle", i, tmp_path / "bikes").read_bytes())
+        for i in range(4)
+    ]
+    recognize, *_, groups_tool = make_tools(recognizer, registry=registry)
+    assert isinstance(groups_tool, UnknownGroupsTool)
+    empty = groups_tool.invoke({"type": "tool_call", "id": "0", "name": "g", "args": {}})
+    assert "No group of look-alike unknown images yet" in empty.content
+    artifacts = []
+    for n, image_id in enumerate(ids):
+        call = {"type": "tool_call", "id": str(n), "name": recognize.name, "args": {}}
+        call["args"] = {"image": image_id}
+        message: ToolMessage = recognize.invoke(call)
+        artifacts.append(message.artifact)
+    assert all(a["unknown"] for a in artifacts)
+    assert artifacts[0]["novel_group"] is None
+    assert artifacts[-1]["novel_group"]["size"] == 4
+    listed = groups_tool.invoke({"type": "tool_call", "id": "9", "name": "g", "args": {}})
+    group = listed.artifact["groups"][0]
+    assert group["size"] == 4 and len(group["images"]) == 4
+    assert group["id"] in listed.content and "ask what each shows" in listed.content
+    # a known image joins no group
+    known = recognizer.recognize(clusters.image("lynx", 6))
+    assert not known.unknown and known.novel_group is None

@@ -1,0 +1,458 @@
+"""Open-set rejection on Fashion-MNIST: the promise of ``--reject auto:ALPHA`` at every
+number of examples, every way to hold classes out, and the known-ness scores compared.
+
+``rar-agent eval --open-set`` measures one seeded run end to end (encoding included). This
+script encodes a pool of images once (``--cache DIR``: EfficientNet-Lite0 vectors as .npy,
+reused by later runs), then runs the shipped code on them: ``CategoryMemory`` (embedded),
+``openset.fit``, ``CategoryRetriever.retrieve_vectors`` and ``openset.judge``.
+
+- ``shots``: 3 of 10 classes held out (the seeded choice of ``eval --open-set 0.3``), memories
+  of 1, 2, 5 and 10 examples per known class and a mixed one (four classes 1 example, three
+  classes 10), seeds 0-4: promised ALPHA vs the share of known-class queries rejected, the
+  share of unknowns rejected, the known top-1 drop, the AUROC.
+- ``splits``: all 120 ways to hold 3 of 10 classes out, at 10 examples per class.
+- ``scores``: known-ness scores compared on the same vectors (numpy, AUROC only).
+
+Usage::
+
+    python tools/eval_open_set.py --cache artifacts/openset --json docs/eval/open-set/table.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rar_agent import openset  # noqa: E402
+from rar_agent.config import parse_reject  # noqa: E402
+from rar_agent.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
+from rar_agent.evaluation.openset import PROMISE_ALPHAS, auroc  # noqa: E402
+from rar_agent.memory import CategoryMemory, MemoryEntry  # noqa: E402
+from rar_agent.openset.groups import GROUP_ALPHA, NovelGroupLog, purity  # noqa: E402
+from rar_agent.retrieval import CategoryRetriever  # noqa: E402
+
+CLASSES = list(FASHION_MNIST_CLASSES)
+SHOTS = (1, 2, 5, 10)
+MIXED = "mixed"
+"""Four known classes with 1 example, three with 10."""
+
+
+class _Vectors:
+    """Stands in for the encoder: the vectors are precomputed (fingerprint and dim only)."""
+
+    def __init__(self, fingerprint: str, dim: int) -> None:
+        self.fingerprint, self.dim = fingerprint, dim
+
+
+def _pick(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate(
+        [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)]
+    )
+
+
+def load_vectors(cache: Path, pool: int, test: int) -> dict[str, Any]:
+    """Train-pool and test vectors (encoded once, then read from ``cache``)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    meta = cache / "vectors.json"
+    if meta.exists():
+        info = json.loads(meta.read_text())
+        out: dict[str, Any] = {"fingerprint": info["fingerprint"]}
+        for name in ("train_x", "train_y", "test_x", "test_y", "imagenet_rows"):
+            out[name] = np.load(cache / f"{name}.npy")
+        return out
+    from PIL import Image
+
+    from rar_agent.encoders import load_encoder
+
+    encoder = load_encoder("efficientnet-lite0")
+    out = {"fingerprint": encoder.fingerprint}
+    for split, per_class, seed in (("test", test, 1), ("train", pool, 0)):
+        images, labels = load_fashion_mnist(split)  # type: ignore[arg-type]
+        idx = _pick(labels, per_class, seed)
+        rows = []
+        for start in range(0, len(idx), 64):
+            batch = [Image.fromarray(a).convert("RGB") for a in images[idx[start : start + 64]]]
+            rows.append(encoder.embed_images(batch))
+        out[f"{split}_x"], out[f"{split}_y"] = np.concatenate(rows), labels[idx]
+    vocabulary = getattr(encoder, "builtin_vocabulary", None)
+    if vocabulary is None:
+        raise SystemExit("the encoder has no built-in vocabulary (EfficientNet-Lite0 does)")
+    out["imagenet_rows"] = vocabulary()[1]
+    for name in ("train_x", "train_y", "test_x", "test_y", "imagenet_rows"):
+        np.save(cache / f"{name}.npy", out[name])
+    meta.write_text(json.dumps({"fingerprint": out["fingerprint"], "pool": pool, "test": test}))
+    return out
+
+
+def held_out(seed: int) -> list[int]:
+    """The classes ``rar-agent eval --open-set 0.3 --seed SEED`` holds out."""
+    names = sorted(CLASSES)
+    held = random.Random(f"{seed}\x00open-set").sample(names, 3)
+    return sorted(CLASSES.index(h) for h in held)
+
+
+def memory_rows(data: dict[str, Any], held: list[int], shots: int | str, seed: int) -> np.ndarray:
+    """Indices into the train pool: ``shots`` per known class (or the mixed memory)."""
+    rng = np.random.default_rng(1000 + seed)
+    known = [c for c in range(10) if c not in held]
+    picked = []
+    for i, c in enumerate(known):
+        n = (10 if i < 3 else 1) if shots == MIXED else int(shots)
+        picked.append(rng.choice(np.flatnonzero(data["train_y"] == c), n, replace=False))
+    return np.concatenate(picked)
+
+
+def run(data: dict[str, Any], held: list[int], rows: np.ndarray, workdir: Path) -> dict[str, Any]:
+    """One memory through the shipped code: build, fit, retrieve, judge at every ALPHA."""
+    x, y = data["train_x"][rows], data["train_y"][rows]
+    names = [CLASSES[c] for c in y]
+    entries = [
+        MemoryEntry(n, "image", f"train-{i}", f"{n}-{i}") for i, n in zip(rows, names, strict=True)
+    ]
+    encoder = _Vectors(data["fingerprint"], x.shape[1])
+    with CategoryMemory.open(workdir / f"m{len(list(workdir.iterdir()))}", collection="o") as mem:
+        mem.bind_encoder(encoder.fingerprint, encoder.dim)
+        openset.update(mem, added=mem.add_entries(entries, x))
+        cal = openset.load(mem)
+        retriever = CategoryRetriever(memory=mem, encoder=encoder, k=5)  # type: ignore[arg-type]
+        retrieved = retriever.retrieve_vectors(data["test_x"])
+    known = ~np.isin(data["test_y"], held)
+    truth = np.array([CLASSES[c] for c in data["test_y"]])
+    top1 = np.array([c[0].label for c in retrieved]) == truth
+    out: dict[str, Any] = {"known_top1": float(top1[known].mean())}
+    per_alpha = {}
+    for alpha in PROMISE_ALPHAS:
+        setting = parse_reject(f"auto:{alpha}")
+        start = time.perf_counter()
+        verdicts = [openset.judge(c, setting, cal) for c in retrieved]
+        per_query_ms = (time.perf_counter() - start) * 1000.0 / len(retrieved)
+        rejected = np.array([bool(v.reasons) for v in verdicts])
+        thresholds = [v.threshold for v in verdicts]
+        per_alpha[f"{alpha:g}"] = {
+            "known_rejected": float(rejected[known].mean()),
+            "unknown_rejected": float(rejected[~known].mean()),
+            "top1_drop_points": 100.0 * float((top1 & known & rejected).sum() / known.sum()),
+            "with_threshold": float(np.mean([t is not None for t in thresholds])),
+            "note": next((v.note for v in verdicts if v.note), None),
+            "judge_ms_per_query": per_query_ms,
+        }
+        if alpha == 0.05:
+            score = np.array(
+                [(v.similarity or 0.0) - (v.threshold or 0.0) for v in verdicts], dtype=float
+            )
+            out["auroc"] = auroc(score[known].tolist(), score[~known].tolist())
+            out["groups"] = _groups(data, rejected, cal, alpha)
+    out["alphas"] = per_alpha
+    out["standins"] = len(cal.standins) if cal else 0
+    return out
+
+
+def _groups(
+    data: dict[str, Any], rejected: np.ndarray, cal: Any, alpha: float
+) -> dict[str, float | None]:
+    """The rejected queries through the novel-group log, in test order: how pure the groups
+    are (by true class) and how many rejected queries joined one."""
+    link = cal.threshold(GROUP_ALPHA, 1)[0] if cal is not None else None
+    log = NovelGroupLog(capacity=4096)
+    for i in np.flatnonzero(rejected):
+        log.add(data["test_x"][i], str(i), link)
+    groups = log.groups()
+    labels = [[CLASSES[data["test_y"][int(m)]] for m in log.members(g.id)] for g in groups]
+    grouped = sum(len(g) for g in labels)
+    return {
+        "purity": purity(labels),
+        "groups": float(len(groups)),
+        "grouped_share": grouped / max(1, int(rejected.sum())),
+    }
+
+
+def _mean(rows: list[dict[str, Any]], *path: str) -> float | None:
+    values = []
+    for r in rows:
+        v: Any = r
+        for p in path:
+            v = v[p]
+        if v is not None:
+            values.append(float(v))
+    return float(np.mean(values)) if values else None
+
+
+def shots_table(data: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    table = {}
+    for shots in (*SHOTS, MIXED):
+        runs = [
+            run(data, held_out(seed), memory_rows(data, held_out(seed), shots, seed), workdir)
+            for seed in range(5)
+        ]
+        table[str(shots)] = {
+            "auroc": _mean(runs, "auroc"),
+            "group_purity": _mean(runs, "groups", "purity"),
+            "grouped_share": _mean(runs, "groups", "grouped_share"),
+            "known_top1": _mean(runs, "known_top1"),
+            "standins": _mean(runs, "standins"),
+            "alphas": {
+                a: {
+                    key: _mean(runs, "alphas", a, key)
+                    for key in (
+                        "known_rejected",
+                        "unknown_rejected",
+                        "top1_drop_points",
+                        "with_threshold",
+                        "judge_ms_per_query",
+                    )
+                }  # fmt: skip
+                | {"note": runs[0]["alphas"][a]["note"]}
+                for a in runs[0]["alphas"]
+            },
+        }
+        row: dict[str, Any] = table[str(shots)]["alphas"]["0.05"]  # type: ignore[index]
+        print(
+            f"shots {shots}: known rejected {row['known_rejected']:.3f} (ALPHA 0.05), unknown "
+            f"{row['unknown_rejected']:.3f}, drop {row['top1_drop_points']:.2f} pt, AUROC "
+            f"{table[str(shots)]['auroc']}",
+            flush=True,
+        )
+    return table
+
+
+def splits_table(data: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    splits = []
+    for held in itertools.combinations(range(10), 3):
+        result = run(data, list(held), memory_rows(data, list(held), 10, 0), workdir)
+        a = result["alphas"]["0.05"]
+        splits.append(
+            {
+                "held_out": [CLASSES[c] for c in held],
+                "auroc": result["auroc"],
+                "known_rejected": a["known_rejected"],
+                "unknown_rejected": a["unknown_rejected"],
+                "top1_drop_points": a["top1_drop_points"],
+            }
+        )
+    keys = ("auroc", "known_rejected", "unknown_rejected", "top1_drop_points")
+    table = np.array([[s[k] for k in keys] for s in splits], dtype=float)
+    met = (table[:, 3] <= 5.0) & (table[:, 2] >= 1 / 3)
+    summary = {
+        "splits": len(splits),
+        "mean": dict(zip(keys, np.round(table.mean(0), 4).tolist(), strict=True)),
+        "median": dict(zip(keys, np.round(np.median(table, 0), 4).tolist(), strict=True)),
+        "share_meeting_reach": round(float(met.mean()), 4),
+    }
+    print(json.dumps(summary), flush=True)
+    return {"summary": summary, "splits": splits}
+
+
+# ---------------------------------------------------------------------- score comparison
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def compare_scores(data: dict[str, Any], shots: int = 10) -> dict[str, float]:
+    """AUROC of candidate known-ness scores (higher = more known), seeds 0-4, mean."""
+    results: dict[str, list[float]] = {}
+    rows_w = _unit(np.asarray(data["imagenet_rows"], dtype=np.float64))
+    for seed in range(5):
+        held = held_out(seed)
+        idx = memory_rows(data, held, shots, seed)
+        mx, my = _unit(data["train_x"][idx].astype(np.float64)), data["train_y"][idx]
+        qx = _unit(data["test_x"].astype(np.float64))
+        known = ~np.isin(data["test_y"], held)
+        sims = qx @ mx.T
+        labels = np.unique(my)
+        per = [-np.sort(-sims[:, my == c], axis=1) for c in labels]
+        best = np.stack([p[:, 0] for p in per], 1)
+        order = np.argsort(-best, 1)
+        top = order[:, 0]
+        rows = np.arange(len(qx))
+        top1 = best[rows, top]
+        support2 = np.array([per[t][i, :2].mean() for i, t in enumerate(top)])
+        support3 = np.array([per[t][i, :3].mean() for i, t in enumerate(top)])
+        ordered = -np.sort(-sims, axis=1)
+        loo = mx @ mx.T
+        np.fill_diagonal(loo, -np.inf)
+        mu = {c: float(loo[np.ix_(my == c, my == c)].max(1).mean()) for c in labels}
+        mu_top = np.array([mu[labels[t]] for t in top])
+        # NegLabel-style: the ImageNet classifier rows least like every memory example are
+        # "something else" directions; a query close to them is less known
+        affinity = (mx @ rows_w.T).max(0)
+        negatives = rows_w[np.argsort(affinity)[:100]]
+        neg = (qx @ negatives.T).max(1)
+        zneg = (neg - neg[known].mean()) / (neg[known].std() + 1e-9)
+        ztop = (support2 - support2[known].mean()) / (support2[known].std() + 1e-9)
+        scores = {
+            "top-1 similarity": top1,
+            "support: mean of the 2 closest of the best category (shipped)": support2,
+            "mean of the 3 closest of the best category": support3,
+            "2nd nearest neighbour, any category": ordered[:, 1],
+            "5th nearest neighbour, any category": ordered[:, 4],
+            "margin between the best two categories": top1 - best[rows, order[:, 1]],
+            "top-1 minus the category's typical leave-one-out similarity": top1 - mu_top,
+            "support minus the category's typical similarity": support2 - mu_top,
+            "support minus ImageNet negative prototypes (NegLabel-style, z-scored)": ztop - zneg,
+            "support minus 0.5 x negative prototypes": ztop - 0.5 * zneg,
+        }
+        for name, value in scores.items():
+            results.setdefault(name, []).append(
+                auroc(value[known].tolist(), value[~known].tolist()) or 0.0
+            )
+    return {k: round(float(np.mean(v)), 4) for k, v in results.items()}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The tables of docs/eval/open-set from this script's JSON."""
+    lines: list[str] = []
+    shots = out.get("shots") or {}
+    if shots:
+        lines += [
+            "| examples per class | known rejected (promised 5%) | unknown rejected | known "
+            "top-1 drop | AUROC | stand-ins | novel-group purity | note |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, row in shots.items():
+            a = row["alphas"]["0.05"]
+            cannot = a["with_threshold"] is not None and a["with_threshold"] < 1.0
+            lines.append(
+                f"| {name} | {_pct(a['known_rejected'])} | {_pct(a['unknown_rejected'])} | "
+                f"{a['top1_drop_points']:.1f} pt | {row['auroc']:.3f} | {row['standins']:.0f} | "
+                f"{_pct(row.get('group_purity'))} | "
+                + (
+                    f"cannot calibrate ({_pct(1 - a['with_threshold'])} of queries)"
+                    if cannot
+                    else ""
+                )
+                + " |"
+            )
+        alphas = list(next(iter(shots.values()))["alphas"])
+        lines += [
+            "",
+            "Delivered vs promised: known-class queries rejected at each ALPHA (unknowns "
+            "rejected in brackets; `cannot` = the memory states it cannot calibrate and rejects "
+            "nothing).",
+            "",
+            "| examples per class | " + " | ".join(f"ALPHA {a}" for a in alphas) + " |",
+            "|---|" + "---|" * len(alphas),
+        ]
+        for name, row in shots.items():
+            cells = []
+            for a in alphas:
+                r = row["alphas"][a]
+                if not r["with_threshold"]:
+                    cells.append("cannot")
+                else:
+                    cells.append(f"{_pct(r['known_rejected'])} ({_pct(r['unknown_rejected'])})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        judge = max(
+            r["judge_ms_per_query"] for row in shots.values() for r in row["alphas"].values()
+        )
+        lines += ["", f"Reject step (the verdict alone): at most {judge:.4f} ms per query.", ""]
+    splits = out.get("splits")
+    if splits:
+        m, md = splits["summary"]["mean"], splits["summary"]["median"]
+        lines += [
+            "",
+            "| over 120 splits, 10 shots, ALPHA 0.05 | AUROC | known rejected | unknown "
+            "rejected | known top-1 drop |",
+            "|---|---|---|---|---|",
+            f"| mean | {m['auroc']:.3f} | {_pct(m['known_rejected'])} | "
+            f"{_pct(m['unknown_rejected'])} | {m['top1_drop_points']:.1f} pt |",
+            f"| median | {md['auroc']:.3f} | {_pct(md['known_rejected'])} | "
+            f"{_pct(md['unknown_rejected'])} | {md['top1_drop_points']:.1f} pt |",
+            "",
+        ]
+    scores = out.get("scores")
+    if scores:
+        lines += ["| known-ness score (10 shots, seeds 0-4) | AUROC |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(out: dict[str, Any], path: Path) -> None:
+    """Delivered vs promised share of known queries rejected, one line per memory size."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 4.6), dpi=110)
+    alphas = [float(a) for a in next(iter(out["shots"].values()))["alphas"]]
+    ax.plot([100 * a for a in alphas], [100 * a for a in alphas], ":", color="gray",
+            label="promised (ALPHA)")  # fmt: skip
+    for name, row in out["shots"].items():
+        ys = [100 * (row["alphas"][f"{a:g}"]["known_rejected"] or 0.0) for a in alphas]
+        label = "mixed (4 classes x 1, 3 x 10)" if name == MIXED else f"{name} per class"
+        ax.plot([100 * a for a in alphas], ys, marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xticks([100 * a for a in alphas], [f"{100 * a:g}" for a in alphas])
+    ax.set_xlabel("ALPHA in --reject auto:ALPHA (%)")
+    ax.set_ylabel("known-class queries rejected (%); 0 = cannot calibrate")
+    ax.set_title("Fashion-MNIST, 3 of 10 held out, seeds 0-4")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, default=Path("artifacts/openset"))
+    parser.add_argument("--pool", type=int, default=20, help="Train images per class encoded.")
+    parser.add_argument("--test-per-class", type=int, default=100)
+    parser.add_argument(
+        "--only", default="scores,shots,splits", help="Comma list of scores, shots, splits."
+    )
+    parser.add_argument("--json", type=Path, help="Write every figure here.")
+    parser.add_argument("--from-json", type=Path, nargs="*", help="Render earlier results.")
+    parser.add_argument("--markdown", type=Path, help="Write the tables here (Markdown).")
+    parser.add_argument("--plot", type=Path, help="Draw delivered vs promised here (PNG).")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        earlier: dict[str, Any] = {}
+        for file in args.from_json:
+            earlier.update(json.loads(file.read_text()))
+        _render(earlier, args)
+        return
+    data = load_vectors(args.cache, args.pool, args.test_per_class)
+    parts = set(args.only.split(","))
+    out: dict[str, Any] = {"fingerprint": data["fingerprint"]}
+    if "scores" in parts:
+        out["scores"] = compare_scores(data)
+        for name, value in sorted(out["scores"].items(), key=lambda kv: -kv[1]):
+            print(f"AUROC {value:.3f}  {name}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="rar-open-set-") as tmp:
+        if "shots" in parts:
+            out["shots"] = shots_table(data, Path(tmp))
+        if "splits" in parts:
+            out["splits"] = splits_table(data, Path(tmp))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, default=float))
+    _render(out, args)
+
+
+def _render(out: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.markdown:
+        args.markdown.write_text(markdown(out))
+    if args.plot and out.get("shots"):
+        plot(out, args.plot)
+
+
+if __name__ == "__main__":
+    main()
