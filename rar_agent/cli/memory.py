@@ -319,7 +319,7 @@ def memory_add(
     from rar_agent.memory import open_memory
 
     if images:
-        teach_images(settings, label, images)
+        teach_images(settings, label, images, command="memory add")
         return
     with open_memory(settings) as mem:
         enc = load_settings_encoder(settings, mem)

@@ -34,8 +34,13 @@ def teach_images(
     *,
     by: str | None = None,
     corrects: str | None = None,
+    command: str = "teach",
 ) -> None:
-    """Store images as examples of ``label`` and print what happened (one line each)."""
+    """Store images as examples of ``label`` and print what happened (one line each).
+
+    The memory is recorded as the one ``command`` used last (``memory list`` shows it).
+    """
+    from rar_agent.cli.recent import remember_memory
     from rar_agent.memory import open_memory
     from rar_agent.pipeline.teacher import Teacher
     from rar_agent.results import TeachAction
@@ -47,6 +52,7 @@ def teach_images(
         action: TeachAction = "correct" if corrects else "add"
         for result in teacher.add(label, list(images), action=action, corrected_from=corrects):
             typer.echo(describe_added(result))
+        remember_memory(settings, mem, command)
 
 
 @settings_command(STORE, ENCODER)

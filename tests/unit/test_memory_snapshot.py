@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from rar_agent import openset
 from rar_agent.errors import ConfigError
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.memory.snapshot import (
@@ -44,6 +45,7 @@ def fill(memory: CategoryMemory, n: int = 130) -> np.ndarray:
     ]
     memory.bind_encoder("enc-A", DIM, description="things")
     memory.add_entries(entries, vectors)
+    openset.fit(memory)  # the memory never calibrates itself: the caller does
     return vectors
 
 
@@ -53,7 +55,7 @@ def same_memory(a: CategoryMemory, b: CategoryMemory, probe: np.ndarray) -> None
     record_a, record_b = a.record, b.record
     assert record_a is not None and record_b is not None
     assert record_a.model_dump(exclude=skip) == record_b.model_dump(exclude=skip)
-    assert record_a.extensions["calibration"] and record_b.collection == b.collection
+    assert record_a.extensions[openset.EXTENSION] and record_b.collection == b.collection
     assert a.count() == b.count() and a.labels() == b.labels()
     assert a.count("text") == b.count("text")
     for row in probe[:5]:

@@ -100,15 +100,17 @@ async def test_chat_teaching_follows_scopes_and_records_the_name(team: Any, tmp_
 
     async def shown(path: str, user: str) -> list[dict[str, Any]]:
         """The history after ``user`` showed the photo (the page's own first answer)."""
-        first = await session.respond({"text": "", "files": [path]}, [], user)
+        first = await session.respond({"text": "", "files": [path]}, [], user=user)
         return [
             {"role": "user", "content": [{"type": "file", "file": {"path": path}}]},
             {"role": "assistant", "content": first["content"]},
         ]
 
-    reply = await session.respond("it is a crimson thing", await shown(photo, "bob"), "bob")
+    reply = await session.respond("it is a crimson thing", await shown(photo, "bob"), user="bob")
     assert recognizer.memory.count() == before, reply
-    reply = await session.respond("it is a crimson thing", await shown(photo, "alice"), "alice")
+    reply = await session.respond(
+        "it is a crimson thing", await shown(photo, "alice"), user="alice"
+    )
     assert recognizer.memory.count() == before + 1, reply
     points, _ = recognizer.memory.scroll(None, 100)
     taught = [p[3]["taught"] for p in points if p[3].get("label") == "crimson thing"]
@@ -116,7 +118,7 @@ async def test_chat_teaching_follows_scopes_and_records_the_name(team: Any, tmp_
     store.revoke("alice")  # a revoked token teaches no more, even in an open page
     other = str(tmp_path / "other.png")
     Image.new("RGB", (40, 30), (10, 120, 60)).save(other)
-    await session.respond("it is a scarlet thing", await shown(other, "alice"), "alice")
+    await session.respond("it is a scarlet thing", await shown(other, "alice"), user="alice")
     assert recognizer.memory.count() == before + 1
 
 
