@@ -37,7 +37,7 @@ def recognizer(tmp_path: Path, clusters: Clusters) -> Recognizer:
     ]
     memory = CategoryMemory.open(tmp_path / "mem", collection="learn")
     add_images(memory, clusters.encoder, items)
-    rec = Recognizer(memory, clusters.encoder, k=3)
+    rec = Recognizer.from_memory(memory, clusters.encoder, k=3)  # the factory calibrates
     yield rec
     rec.close()
 
