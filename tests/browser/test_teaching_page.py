@@ -1,6 +1,8 @@
 """Correcting answers on the chat page in a real browser (no chat model, learning on): the
 controls under an answer, free text, an image with its name, two images at once; the layout
-at desktop and phone sizes (screenshots go to docs/img/)."""
+at desktop and phone sizes. Screenshots go to the gitignored browser artifacts folder;
+``RAR_UPDATE_DOCS_IMG=1`` writes them to docs/img/ instead, to refresh the docs' pictures
+(so a plain test run leaves the tree as it was)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,16 @@ from tests.helpers.small_memory import small_recognizer
 pytestmark = pytest.mark.browser
 
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+_UPDATE_DOCS_IMG = os.environ.get("RAR_UPDATE_DOCS_IMG") == "1"
+
+
+def _shots(artifacts_dir: Path) -> Path:
+    """Where this run's screenshots go: docs/img/ only when asked to refresh them."""
+    folder = DOCS_IMG if _UPDATE_DOCS_IMG else artifacts_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
 
 
@@ -74,7 +86,7 @@ def _next_reply(page: Any, before: int) -> Any:
 
 @pytest.mark.parametrize("size", list(SIZES))
 def test_correct_an_answer_with_the_controls_and_in_words(
-    page_url: tuple[str, Any, Path], browser: Any, size: str
+    page_url: tuple[str, Any, Path], browser: Any, size: str, artifacts_dir: Path
 ) -> None:
     url, recognizer, folder = page_url
     width, height = SIZES[size]
@@ -95,8 +107,7 @@ def test_correct_an_answer_with_the_controls_and_in_words(
         chat = page.locator("#rar-chat")
         box = chat.bounding_box()
         assert box is not None and box["height"] > 0.5 * height  # fills the window
-        DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(DOCS_IMG / f"teach-answer-{size}.png"))
+        page.screenshot(path=str(_shots(artifacts_dir) / f"teach-answer-{size}.png"))
 
         # "No, it's ..." control: a correction stored under the other category
         option = page.get_by_role("button", name="No, it's").first
@@ -120,7 +131,9 @@ def test_correct_an_answer_with_the_controls_and_in_words(
         pair = [recognizer.example_images["blue jay"], recognizer.example_images["green leaf"]]
         both = _send(page, files=pair).inner_text()
         assert "Answer: blue jay" in both and "Answer: green leaf" in both
-        page.screenshot(path=str(DOCS_IMG / f"teach-conversation-{size}.png"), full_page=True)
+        page.screenshot(
+            path=str(_shots(artifacts_dir) / f"teach-conversation-{size}.png"), full_page=True
+        )
         assert recognizer.memory.count("image", label="ankle boot") >= 1
     finally:
         context.close()
