@@ -247,7 +247,7 @@ def run_stream(
         by_label[label].append(path)
     for label, paths in by_label.items():
         teacher.add(label, paths)
-    recognizer = Recognizer(memory, encoder, k=config.k, reject=config.reject)
+    recognizer = Recognizer.from_memory(memory, encoder, k=config.k, reject=config.reject)
     mem_v = list(init_v)
     mem_l = [label for _, label in initial]
     start = _top1(np.asarray(mem_v), mem_l, held_data) if mem_l else None
