@@ -165,7 +165,7 @@ def _local_mean(
     from rar_agent.retrieval import RANK_HITS, category_scores
 
     top = np.argsort(-sims, kind="stable")[:RANK_HITS]
-    scores = category_scores(query, memory[top], [labels[i] for i in top], sims[top])
+    scores = category_scores(query, memory[top], [labels[i] for i in top], sims[top].tolist())
     return max(scores, key=lambda label: scores[label])
 
 
