@@ -39,6 +39,9 @@ LABEL_SCORES = 5
 RANK_HITS = 20
 """Nearest entries of a query whose per-category means rank the categories
 (:func:`category_scores`)."""
+TAPER = 0.02
+"""Similarity over which an entry's weight in its category's local mean rises from 0 (at
+the first entry beyond the nearest ``RANK_HITS``) to 1."""
 NEAR_DUPLICATE = 0.95
 """Cosine similarity from which two images count as the same picture: an example this close
 to a query decides its category's score, and the teacher flags one of another category."""
@@ -50,33 +53,42 @@ def category_scores(
     """How well each category matches a query, from the query's nearest entries: the rule
     by which categories are ranked (the recognizer and the evaluations use this one).
 
-    A category's score is the cosine between the query and the mean of its entries among
-    ``rows`` (a local class mean: one odd example, often a taught correction near another
-    category, does not outweigh the rest of its category), or the similarity of its closest
-    entry when that entry is a near-duplicate of the query (``NEAR_DUPLICATE``: the query
-    *is* that example) or its only one among ``rows``. A category's score is never below the
-    mean of its entries' similarities (when that is positive), so a category whose entries
-    are all among the nearest outranks any whose entries are not.
+    A category's score is the cosine between the query and the weighted mean of its entries
+    among the ``RANK_HITS`` nearest (a local class mean: one odd example, often a taught
+    correction near another category, does not outweigh the rest of its category). Every
+    entry weighs 1 except those within ``TAPER`` of the similarity of the first entry
+    beyond the nearest (of 0 when there is none), whose weight falls to 0 there: the score
+    changes smoothly with the query, with no jump when an entry enters the nearest. A
+    category with one weighted entry, or whose closest entry is a near-duplicate of the
+    query (``NEAR_DUPLICATE``: the query *is* that example), scores that entry's similarity.
+    A score is never below the weighted mean of its entries' similarities (when positive),
+    so a category with entries among the nearest outranks any without.
 
     Args:
         query: ``(d,)`` unit vector.
-        rows: ``(m, d)`` vectors of its nearest entries (``RANK_HITS`` is enough).
+        rows: ``(m, d)`` vectors of its nearest entries, best first (``RANK_HITS + 1`` are
+            enough: the last one only sets the weights' zero).
         labels: Their categories.
         sims: Their similarities to ``query``.
 
     Returns:
-        The score of each category among ``labels``.
+        The score of each category among the first ``RANK_HITS`` entries.
     """
+    values = np.asarray(sims, dtype=np.float64)
+    n = min(len(values), RANK_HITS)
+    cut = float(values[n]) if len(values) > n else 0.0
+    weights = np.clip((values[:n] - cut) / TAPER, 0.0, 1.0)
     groups: dict[str, list[int]] = {}
-    for i, label in enumerate(labels):
-        groups.setdefault(label, []).append(i)
+    for i in range(n):
+        groups.setdefault(labels[i], []).append(i)
     out: dict[str, float] = {}
     for label, members in groups.items():
-        best = max(float(sims[i]) for i in members)
-        if len(members) == 1 or best >= NEAR_DUPLICATE:
+        best = float(values[members].max())
+        weight = weights[members]
+        if len(members) == 1 or best >= NEAR_DUPLICATE or weight.sum() <= 0:
             out[label] = best
             continue
-        mean = rows[members].mean(axis=0)
+        mean = weight @ rows[members]
         norm = float(np.linalg.norm(mean))
         out[label] = float(query @ mean) / norm if norm > 0 else best
     return out
@@ -252,9 +264,9 @@ class CategoryRetriever(BaseRetriever):
         return [fold_hits(hits, k, r) for hits, r in zip(batches, ranks, strict=True)]
 
     def _ranks(self, vectors: np.ndarray, batches: list[list[Hit]]) -> list[dict[str, float]]:
-        """The category scores of each query's nearest ``RANK_HITS`` entries (one fetch of
-        their vectors for all queries)."""
-        nearest = [sorted(hits, key=lambda h: -h.score)[:RANK_HITS] for hits in batches]
+        """The category scores of each query's nearest entries (one fetch of their vectors
+        for all queries)."""
+        nearest = [sorted(hits, key=lambda h: -h.score)[: RANK_HITS + 1] for hits in batches]
         wanted = [h.id for hits in nearest for h in hits]
         stored = self.memory.get_vectors(wanted) if wanted else {}
         out: list[dict[str, float]] = []

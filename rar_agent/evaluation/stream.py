@@ -164,7 +164,7 @@ def _local_mean(
     """The recognizer's rule for one query, over its ``RANK_HITS`` nearest examples."""
     from rar_agent.retrieval import RANK_HITS, category_scores
 
-    top = np.argsort(-sims, kind="stable")[:RANK_HITS]
+    top = np.argsort(-sims, kind="stable")[: RANK_HITS + 1]
     scores = category_scores(query, memory[top], [labels[i] for i in top], sims[top].tolist())
     return max(scores, key=lambda label: scores[label])
 
