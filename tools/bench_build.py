@@ -84,10 +84,14 @@ def _export(rev: str, into: Path) -> str:
     return str(into)
 
 
-def _spawn(tree: str, paths_file: Path, small: int, encoder: str) -> dict[str, Any]:
+def _spawn(
+    tree: str, paths_file: Path, small: int, encoder: str, threads: int | None = None
+) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tree, "--paths-file",
            str(paths_file), "--small", str(small), "--encoder", encoder]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    if threads:  # torch's threads as a user sets them (the default: the encoder decides)
+        env["RAR_TORCH_THREADS"] = str(threads)
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     result["load"] = os.getloadavg()[0]
