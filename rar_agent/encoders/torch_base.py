@@ -10,7 +10,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -24,12 +24,14 @@ __all__ = [
     "CPU_FORWARD_BATCH",
     "TorchEncoderBase",
     "configure_cpu_threads",
+    "placement",
     "resolve_device",
     "resolve_precision",
     "weights_digest",
 ]
 
 logger = logging.getLogger(__name__)
+_Model = TypeVar("_Model", bound="torch.nn.Module")
 
 # Images per forward pass on a CPU. Per-image CPU time by batch size, measured on 2 cores
 # (one torch thread, so other load does not distort it; docs/scaling.md): EfficientNet-Lite0
@@ -63,6 +65,17 @@ def resolve_precision(precision: str | None, device: str) -> str:
             raise ConfigError(f"precision must be fp32, fp16 or bf16, not {precision!r}")
         return precision
     return "fp16" if device.split(":")[0] in {"cuda", "mps"} else "fp32"
+
+
+def placement(device: str | None, precision: str | None) -> tuple[str, str]:
+    """The device and precision a model loads with (:func:`resolve_device`,
+    :func:`resolve_precision`); on a CPU, torch's threads are capped first
+    (:func:`configure_cpu_threads`)."""
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if dev == "cpu":
+        configure_cpu_threads()
+    return dev, prec
 
 
 def configure_cpu_threads() -> None:
@@ -123,8 +136,21 @@ class TorchEncoderBase:
     dim: int
     fingerprint: str
     device: str
+    precision: str
     batch_size: int
     dtype: torch.dtype
+
+    def _place(self, model: _Model, device: str, precision: str, batch_size: int) -> _Model:
+        """``model`` in eval mode on ``device`` in ``precision``; the encoder keeps the three
+        settings (``dtype`` too)."""
+        import torch
+
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        self.dtype = dtypes[precision]
+        self.device = device
+        self.precision = precision
+        self.batch_size = max(1, int(batch_size))
+        return model.to(device=device, dtype=self.dtype).eval()
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Turn RGB PIL images into one pixel tensor with the model's own transform."""
