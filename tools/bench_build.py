@@ -39,6 +39,8 @@ Row = dict[str, Any]
 def worker(tree: str, paths: list[str], small: int, encoder_name: str) -> dict[str, Any]:
     """One process's figures for the package under ``tree`` (see the module docstring)."""
     sys.path.insert(0, tree)
+    import torch
+
     import rar_agent
     from rar_agent.encoders import load_encoder
     from rar_agent.images import load_image
@@ -49,13 +51,14 @@ def worker(tree: str, paths: list[str], small: int, encoder_name: str) -> dict[s
     encoder = load_encoder(encoder_name, device="cpu")
     need = getattr(encoder, "input_size", None)
     decoded = [load_image(p, need=need).image for p in paths]
-    encoder.embed_images(decoded[:4])  # warm-up
-    start, cpu = time.perf_counter(), time.process_time()
-    encoder.embed_images(decoded)
-    out: dict[str, Any] = {
-        "raw": [time.perf_counter() - start, time.process_time() - cpu],
-        "threads": _threads(),
-    }
+    out: dict[str, Any] = {"threads": torch.get_num_threads()}
+    for key, threads in (("raw", out["threads"]), ("raw_1", 1)):
+        torch.set_num_threads(threads)
+        encoder.embed_images(decoded[:4])  # warm-up
+        start, cpu = time.perf_counter(), time.process_time()
+        encoder.embed_images(decoded)
+        out[key] = [time.perf_counter() - start, time.process_time() - cpu]
+    torch.set_num_threads(out["threads"])
     del decoded
     items = [(p, Path(p).stem.split("-")[0]) for p in paths]
     for name, part in (("small", items[:small]), ("large", items)):
@@ -67,12 +70,6 @@ def worker(tree: str, paths: list[str], small: int, encoder_name: str) -> dict[s
             memory.close()
         assert report.added == len(part) and not report.failed, report
     return out
-
-
-def _threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads())
 
 
 def _export(rev: str, into: Path) -> str:
@@ -108,18 +105,22 @@ def _row(name: str, value: float, unit: str, baseline: str | None = None,
 
 
 def summarize(runs: list[dict[str, Any]], n: int, small: int) -> dict[str, float]:
-    """Best-of figures over one tree's processes: images/s, fixed cost, per-image times."""
-    best = {k: min(r[k][0] for r in runs) for k in ("raw", "small", "large")}
-    cpu = {k: min(r[k][1] for r in runs) for k in ("raw", "large")}
+    """Best-of figures over one tree's processes: images/s, fixed cost, per-image times.
+
+    The raw encoder's figure is its better thread count's: torch's own (all CPUs) or one.
+    """
+    best = {k: min(r[k][0] for r in runs) for k in ("raw", "raw_1", "small", "large")}
+    raw_key = "raw" if best["raw"] <= best["raw_1"] else "raw_1"
+    cpu = {k: min(r[k][1] for r in runs) for k in (raw_key, "large")}
     per_image = (best["large"] - best["small"]) / (n - small)
     return {
-        "raw_rate": n / best["raw"],
+        "raw_rate": n / best[raw_key],
+        "raw_threads": runs[0]["threads"] if raw_key == "raw" else 1,
         "rate": n / best["large"],
         "steady_rate": 1 / per_image if per_image > 0 else float("inf"),
         "fixed_ms": (best["large"] - n * per_image) * 1000,
         "cpu_ms": cpu["large"] * 1000 / n,
-        "raw_cpu_ms": cpu["raw"] * 1000 / n,
-        "threads": runs[0]["threads"],
+        "raw_cpu_ms": cpu[raw_key] * 1000 / n,
     }
 
 
@@ -128,8 +129,8 @@ def rows_for(label: str, s: dict[str, float], n: int, small: int) -> list[Row]:
     raw = s["raw_rate"]
     return [
         _row(f"memory build, {n} x 12 MP JPEG ({label}), wall images/s", s["rate"], "img/s",
-             f"raw encoder images/s on the decoded images (torch threads: {s['threads']:.0f})",
-             raw, ">= 1/1.3 of raw (ratio >= 0.77)", s["rate"] >= raw / 1.3),
+             f"raw encoder images/s on the decoded images (best: {s['raw_threads']:.0f} torch "
+             "threads)", raw, ">= 1/1.3 of raw (ratio >= 0.77)", s["rate"] >= raw / 1.3),
         _row("  steady state (from builds of both sizes), images/s", s["steady_rate"], "img/s",
              "raw encoder", raw),
         _row(f"  fixed cost per build (new memory, first decode, end; {small} vs {n})",
@@ -140,7 +141,12 @@ def rows_for(label: str, s: dict[str, float], n: int, small: int) -> list[Row]:
 
 
 def build_rows(
-    paths: list[Path], small: int, repeats: int, encoder: str, against: str | None = None
+    paths: list[Path],
+    small: int,
+    repeats: int,
+    encoder: str,
+    against: str | None = None,
+    threads: int | None = None,
 ) -> list[Row]:
     """This tree's build rows (and ``against``'s, measured interleaved)."""
     trees = {"this tree": str(ROOT)}
@@ -152,7 +158,7 @@ def build_rows(
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
         for _ in range(repeats):
             for label, tree in trees.items():
-                runs[label].append(_spawn(tree, paths_file, small, encoder))
+                runs[label].append(_spawn(tree, paths_file, small, encoder, threads))
     loads = [r["load"] for rs in runs.values() for r in rs]
     rows = []
     for label in trees:
@@ -168,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="processes per tree (best of)")
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--against", default=None, help="git revision to compare with")
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="RAR_TORCH_THREADS for the builds"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--paths-file", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -182,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from tools.bench_photos import photo_folder
 
     rows = build_rows(photo_folder(args.images), args.small, args.repeats, args.encoder,
-                      args.against)  # fmt: skip
+                      args.against, args.torch_threads)  # fmt: skip
     print_table(rows)
     return 0
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -27,6 +29,8 @@ __all__ = [
     "placement",
     "resolve_device",
     "resolve_precision",
+    "sharing_cpus",
+    "usable_cpus",
     "weights_digest",
 ]
 
@@ -40,6 +44,9 @@ _Model = TypeVar("_Model", bound="torch.nn.Module")
 CPU_FORWARD_BATCH = 4
 _THREADS_CONFIGURED = False
 _THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAR_TORCH_THREADS")
+_SHARING_LOCK = threading.Lock()
+_SHARERS: list[int] = []  # the busy threads of each build sharing the CPUs now
+_BEFORE: list[int] = []  # torch's thread count before the first of them
 
 
 def resolve_device(device: str | None) -> str:
@@ -96,13 +103,55 @@ def configure_cpu_threads() -> None:
         return
     if any(os.environ.get(v) for v in _THREAD_ENV_VARS):
         return
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 1
+    usable = usable_cpus()
     if torch.get_num_threads() > usable:
         logger.debug("setting torch threads to %d (usable CPUs)", usable)
         torch.set_num_threads(usable)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def sharing_cpus(encoder: object, busy: int) -> Iterator[None]:
+    """While ``busy`` other threads of this process work beside ``encoder`` (a build's
+    decoding), torch's intra-op threads take only the CPUs left, at least one.
+
+    Torch's OpenMP threads that outnumber the free CPUs wait for one another at every
+    operation instead of working (docs/benchmarks.md, "Phone photos"). Only a torch encoder
+    on a CPU is concerned, and only when the user has not chosen the thread count
+    (``RAR_TORCH_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``); the count never
+    grows, and comes back when the last sharer leaves.
+    """
+    device = str(getattr(encoder, "device", "")).split(":")[0]
+    chosen = any(os.environ.get(v) for v in _THREAD_ENV_VARS)
+    if not isinstance(encoder, TorchEncoderBase) or device != "cpu" or chosen:
+        yield
+        return
+    import torch
+
+    def apply() -> None:
+        torch.set_num_threads(max(1, min(_BEFORE[0], usable_cpus() - max(_SHARERS))))
+
+    with _SHARING_LOCK:
+        if not _SHARERS:
+            _BEFORE[:] = [torch.get_num_threads()]
+        _SHARERS.append(busy)
+        apply()
+    try:
+        yield
+    finally:
+        with _SHARING_LOCK:
+            _SHARERS.remove(busy)
+            if _SHARERS:
+                apply()
+            else:
+                torch.set_num_threads(_BEFORE.pop())
 
 
 def weights_digest(module: torch.nn.Module, *, samples: int = 4) -> str:

@@ -235,14 +235,17 @@ def _pipelined(
     it starts after a few images, not after a whole batch.
     """
     from rar_agent.encoders.base import input_size_of
+    from rar_agent.encoders.torch_base import sharing_cpus
 
     strict, extra = options
     total = sum(len(b) for b in batches)
     seen: set[str] = set()
     need = input_size_of(encoder)
+    workers = decode_workers(encoder)
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-batch") as pool,
-        ThreadPoolExecutor(decode_workers(encoder), thread_name_prefix="rar-decode") as decoders,
+        ThreadPoolExecutor(workers, thread_name_prefix="rar-decode") as decoders,
+        sharing_cpus(encoder, workers),
     ):
 
         def submit(index: int, after: Sequence[Future[Any]] = ()) -> Future[PreparedBatch]:
