@@ -245,7 +245,7 @@ def _pipelined(
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-batch") as pool,
         ThreadPoolExecutor(workers, thread_name_prefix="rar-decode") as decoders,
-        sharing_cpus(encoder, workers),
+        sharing_cpus(encoder, workers if total > 1 else 0),  # one image: nothing overlaps
     ):
 
         def submit(index: int, after: Sequence[Future[Any]] = ()) -> Future[PreparedBatch]:
