@@ -109,6 +109,10 @@ class CalibratedMemory(Protocol):
         """Entry counts per label."""
         ...
 
+    def count(self, kind: str | None = None, *, label: str | None = None) -> int:
+        """Entries (of one kind, of one label): an indexed count."""
+        ...
+
     def scroll(
         self, offset: str | None = None, limit: int = 512
     ) -> tuple[list[StoredPoint], str | None]:
@@ -166,7 +170,9 @@ class Calibration(BaseModel):
         method: ``conformal`` when stand-ins exist, ``none`` when there are none.
         reason: Why there is no threshold at all (``method == "none"``).
         standins: The stand-in queries (see :data:`StandIn`).
-        seen: Image entries offered to the reservoir so far (for its sampling probability).
+        seen: Image entries offered to the reservoir when it last changed (an update
+            recounts the memory's entries, so a taught example not drawn into the full
+            reservoir writes nothing).
         full_at: Image entries at the last full calibration (redone when they double).
         revision: Grows with every change (lets readers cache derived values).
     """
@@ -488,6 +494,9 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     image entry enters the stand-in reservoir with probability ``MAX_STANDINS / seen``; the
     ones that enter are searched leave-one-out (one batched search). A new entry that gives
     its category a second example is always searched (the category gains stand-ins).
+    Counting is indexed (the image entries, and those of the searched entries' categories)
+    and the calibration is written only when an entry was drawn into the reservoir, so a
+    taught example that is not (most, once the reservoir is full) costs a count and no write.
 
     Args:
         memory: The memory the entries were written to (or removed from).
@@ -499,8 +508,7 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
         The calibration now stored.
     """
     cal = load(memory)
-    counts = memory.labels("image")
-    total = sum(counts.values())
+    total = memory.count("image")
     if cal is None or removed or total >= 2 * max(cal.full_at, 1):
         return fit(memory)
     labels = _labels_of(memory, added)
@@ -525,7 +533,14 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
         chosen = keep
         rows = np.asarray([vectors[pid] for _, pid in chosen], dtype=np.float32)
         ids = [pid for _, pid in chosen]
+        counts = _image_counts(memory, [labels[i] for i in ids])
         found = _leave_one_out(memory, ids, [labels[i] for i in ids], rows, counts)
+    if not chosen:
+        # nothing was drawn into the full reservoir: the stored calibration stands, and no
+        # write (of every stand-in) is paid for a taught example that changes nothing
+        cal.seen = max(cal.seen, total)
+        _remember(memory, cal)
+        return cal
 
     def merge(data: dict[str, Any] | None) -> dict[str, Any]:
         current = _parse(data, memory.collection) or cal
@@ -549,6 +564,12 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     result = _parse(stored, memory.collection) or Calibration.model_validate(merge(None))
     _remember(memory, result)
     return result
+
+
+def _image_counts(memory: CalibratedMemory, labels: Iterable[str]) -> dict[str, int]:
+    """Image entries of each of ``labels``: indexed counts, far cheaper than counting every
+    label (``memory.labels``, a facet) when a few examples were taught."""
+    return {label: memory.count("image", label=label) for label in dict.fromkeys(labels)}
 
 
 def _labels_of(memory: CalibratedMemory, ids: Sequence[str]) -> dict[str, str]:

@@ -246,6 +246,33 @@ def test_the_reservoir_keeps_the_stand_ins_bounded(tmp_path: Path, monkeypatch) 
     memory.close()
 
 
+def test_an_example_not_drawn_into_the_reservoir_writes_nothing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Teaching cost: the stored stand-ins are rewritten only when the full reservoir drew
+    the new entry, and an update never counts every label (a facet over the whole memory)."""
+    monkeypatch.setattr(cal_mod, "MAX_STANDINS", 8)
+    space = _Space(4)
+    memory = _shots_memory(tmp_path, space, [6] * 4, "quiet")
+    monkeypatch.setattr(memory, "labels", lambda *a, **kw: pytest.fail("labels() counted"))
+    writes: list[int] = []
+    real = memory.update_extension
+    monkeypatch.setattr(
+        memory, "update_extension", lambda *a, **kw: writes.append(1) or real(*a, **kw)
+    )
+    revisions = []
+    for i in range(8):
+        before = load(memory)
+        entry = MemoryEntry(f"category {i % 4}", "image", f"late-{i}", f"late-{i}")
+        cal = openset.update(memory, added=memory.add_entries([entry], space.draw(i % 4, 1)))
+        after = load(memory)
+        revisions.append(after.revision - before.revision)
+        assert cal.seen == memory.count("image") and cal.standins == after.standins
+    assert 0 in revisions and 1 in revisions  # some were drawn into the full reservoir
+    assert len(writes) == revisions.count(1)
+    memory.close()
+
+
 def test_removing_a_category_recalibrates(tmp_path: Path) -> None:
     space = _Space(4)
     memory = _shots_memory(tmp_path, space, [5] * 4, "remove")
