@@ -39,7 +39,7 @@ from rar_agent.config import parse_reject  # noqa: E402
 from rar_agent.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 from rar_agent.evaluation.openset import PROMISE_ALPHAS, auroc  # noqa: E402
 from rar_agent.memory import CategoryMemory, MemoryEntry  # noqa: E402
-from rar_agent.openset.groups import GROUP_ALPHA, NovelGroupLog, purity  # noqa: E402
+from rar_agent.openset.groups import NovelGroupLog, purity  # noqa: E402
 from rar_agent.retrieval import CategoryRetriever  # noqa: E402
 
 CLASSES = list(FASHION_MNIST_CLASSES)
@@ -136,7 +136,10 @@ def run(data: dict[str, Any], held: list[int], rows: np.ndarray, workdir: Path) 
     for alpha in PROMISE_ALPHAS:
         setting = parse_reject(f"auto:{alpha}")
         start = time.perf_counter()
-        verdicts = [openset.judge(c, setting, cal) for c in retrieved]
+        verdicts = [
+            openset.judge(c, setting, cal, v)
+            for c, v in zip(retrieved, data["test_x"], strict=True)
+        ]
         per_query_ms = (time.perf_counter() - start) * 1000.0 / len(retrieved)
         rejected = np.array([bool(v.reasons) for v in verdicts])
         thresholds = [v.threshold for v in verdicts]
@@ -164,7 +167,7 @@ def _groups(
 ) -> dict[str, float | None]:
     """The rejected queries through the novel-group log, in test order: how pure the groups
     are (by true class) and how many rejected queries joined one."""
-    link = cal.threshold(GROUP_ALPHA, 1)[0] if cal is not None else None
+    link = cal.link if cal is not None else None
     log = NovelGroupLog(capacity=4096)
     for i in np.flatnonzero(rejected):
         log.add(data["test_x"][i], str(i), link)
