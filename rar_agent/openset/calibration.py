@@ -145,6 +145,8 @@ FOLDS = 20
 on Fashion-MNIST, 10 shots, ALPHA 0.05: 5 folds rejected 3.3 % of known queries, 20 folds
 4.0 %, leaving each example out alone 5.3 %: fewer folds fit the stand-ins' statistic on
 fewer examples than the query's, which only errs on the side of rejecting less)."""
+FOLD_ROWS = 2000
+"""Rows a full calibration's cross-fitting may fit in all (see :func:`_folds`)."""
 SHOT_LEVELS = tuple(range(1, 17))
 """Shot counts with a threshold of their own (a category with more shares the last)."""
 DRAWS = 8
@@ -477,13 +479,14 @@ def _cross_fitted(
     for i, label in enumerate(labels):
         groups.setdefault(label, []).append(i)
     chosen = [i for i in range(len(ids)) if len(groups[labels[i]]) >= 2][:limit]
-    fold = np.arange(len(ids)) % FOLDS
+    folds = _folds(len(ids))
+    fold = np.arange(len(ids)) % folds
     out: list[StandIn] = []
-    for k in range(FOLDS):
+    for k in range(folds):
         mine = [i for i in chosen if fold[i] == k]
         train = np.flatnonzero(fold != k)
         fold_labels = [labels[int(i)] for i in train]
-        model = Whitening.fit(x[train], fold_labels, rank=_rank(len(x))) if mine else None
+        model = Whitening.fit(x[train], fold_labels, rank=_rank(len(x), folds)) if mine else None
         if model is None:
             continue
         z = model.project(x)
@@ -498,11 +501,17 @@ def _cross_fitted(
     return out
 
 
-def _rank(n: int) -> int:
+def _folds(n: int) -> int:
+    """Cross-fitting folds for ``n`` examples: ``FOLDS`` for small memories, fewer (at least
+    5) for large ones, so a full calibration fits at most about ``FOLD_ROWS`` rows."""
+    return max(5, min(FOLDS, FOLD_ROWS // max(n, 1)))
+
+
+def _rank(n: int, folds: int) -> int:
     """The rank of the statistic fitted on ``n`` examples: the one its cross-fitted
-    stand-ins can have too (fitted on ``(FOLDS - 1) / FOLDS`` of them), since the
+    stand-ins can have too (fitted on ``(folds - 1) / folds`` of them), since the
     statistic's spread grows with the rank."""
-    return max(1, min(RANK, n - math.ceil(n / FOLDS) - 1))
+    return max(1, min(RANK, n - math.ceil(n / folds) - 1))
 
 
 def _link(labels: Sequence[str], x: np.ndarray, per_category: int = 50) -> float | None:
@@ -580,7 +589,7 @@ def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
     ids = [pid for pid, _, _ in first]
     labels = [label for _, label, _ in first]
     x = np.asarray([v for _, _, v in first], dtype=np.float64)
-    model = Whitening.fit(x, labels, rank=_rank(len(x)))
+    model = Whitening.fit(x, labels, rank=_rank(len(x), _folds(len(x))))
     if model is not None:
         cal.statistic = model.to_json()
         cal.categories = _category_sums(model, first, entries)

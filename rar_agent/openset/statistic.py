@@ -115,11 +115,9 @@ class Whitening:
         if not multi or len(x) < 3:
             return None
         mean = x.mean(axis=0)
-        _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
-        keep = int(min(rank, len(x) - 1, int((sv > sv[0] * 1e-6).sum())))
-        if keep < 1:
+        basis = _principal(x - mean, min(rank, len(x) - 1))
+        if basis is None:
             return None
-        basis = vt[:keep]
         z = (x - mean) @ basis.T
         deviations = np.concatenate([z[idx] - z[idx].mean(axis=0) for idx in multi])
         within = _shrunk_precision(deviations.T @ deviations / len(deviations))
@@ -190,6 +188,24 @@ def _groups(labels: Sequence[str]) -> dict[str, np.ndarray]:
     for i, label in enumerate(labels):
         out.setdefault(label, []).append(i)
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _principal(centred: np.ndarray, rank: int) -> np.ndarray | None:
+    """The ``rank`` leading principal directions ``(rank, dim)`` of centred rows (an
+    eigendecomposition of the smaller of the Gram and the scatter matrix), dropping
+    directions without variance; ``None`` when none is left."""
+    n, dim = centred.shape
+    small = centred @ centred.T if n <= dim else centred.T @ centred
+    values, vectors = np.linalg.eigh(small)
+    order = np.argsort(values)[::-1][: max(rank, 0)]
+    values, vectors = values[order], vectors[:, order]
+    keep = values > max(float(values[0]) if len(values) else 0.0, 1e-300) * 1e-10
+    values, vectors = values[keep], vectors[:, keep]
+    if not len(values):
+        return None
+    if n <= dim:  # directions from the Gram matrix's eigenvectors
+        return np.asarray((centred.T @ vectors / np.sqrt(values)).T)
+    return np.asarray(vectors.T)
 
 
 def _shrunk_precision(cov: np.ndarray) -> np.ndarray:
