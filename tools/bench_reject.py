@@ -26,18 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rar_agent import openset  # noqa: E402
-from rar_agent.memory import CategoryMemory, MemoryEntry  # noqa: E402
 from rar_agent.openset.calibration import MAX_STANDINS  # noqa: E402
 from rar_agent.pipeline import Recognizer  # noqa: E402
 from rar_agent.retrieval import fetch_limit  # noqa: E402
+from tools.bench_clusters import DIM, build, clustered, entries_of  # noqa: E402
+from tools.bench_clusters import median_ms as _ms  # noqa: E402
 
-DIM = 512
-PER_LABEL = 10
 K = 5
 
 
@@ -48,17 +45,6 @@ class _VectorsOnly:
     dim = DIM
 
 
-def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = -(-n // PER_LABEL)
-    centres = rng.standard_normal((labels, DIM)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    ids = np.repeat(np.arange(labels), PER_LABEL)[:n]
-    x = centres[ids] + rng.normal(0, 0.5 / np.sqrt(DIM), (n, DIM)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x, ids
-
-
 def _plain_fold(hits: list[Any], k: int) -> list[tuple[str, float]]:
     best: dict[str, float] = {}
     for h in hits:
@@ -67,22 +53,12 @@ def _plain_fold(hits: list[Any], k: int) -> list[tuple[str, float]]:
     return sorted(best.items(), key=lambda kv: -kv[1])[:k]
 
 
-def _ms(samples: list[float]) -> float:
-    return float(np.median(samples)) * 1000.0
-
-
 def bench_size(n: int, n_queries: int, rows: list[dict[str, Any]]) -> None:
-    x, ids = _data(n + n_queries + 32, seed=n)
-    entries = [MemoryEntry(f"category {c}", "image", f"e{i}", f"h{i}") for i, c in enumerate(ids)]
+    x, ids = clustered(n + n_queries + 32, seed=n)
+    entries = entries_of(ids)
     with tempfile.TemporaryDirectory(prefix="rar-bench-reject-") as tmp:
-        memory = CategoryMemory.open(Path(tmp) / "mem", collection="bench")
-        memory.bind_encoder(_VectorsOnly.fingerprint, DIM)
-        t0 = time.perf_counter()
-        for start in range(0, n, 4096):
-            stop = min(n, start + 4096)
-            memory.add_entries(entries[start:stop], x[start:stop])
-        memory.optimize(min_unindexed=10_000)
-        print(f"\n{n} entries: built in {time.perf_counter() - t0:.1f} s")
+        memory, built_s = build(Path(tmp) / "mem", entries, x, n, _VectorsOnly.fingerprint)
+        print(f"\n{n} entries: built in {built_s:.1f} s")
 
         sample = x[: min(MAX_STANDINS, n)]
         floor_s = calib_s = float("inf")

@@ -120,6 +120,10 @@ class CalibratedMemory(Protocol):
         """Entry counts per label."""
         ...
 
+    def count(self, kind: str | None = None, *, label: str | None = None) -> int:
+        """Entries (of one kind, of one label): an indexed count."""
+        ...
+
     def scroll(
         self, offset: str | None = None, limit: int = 512
     ) -> tuple[list[StoredPoint], str | None]:
@@ -576,7 +580,7 @@ def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
     if sample < 1:
         raise ConfigError(f"the calibration sample must be >= 1 entry, got {sample}")
     old = load(memory)
-    seen = sum(memory.labels("image").values())
+    seen = memory.count("image")
     cal = Calibration(seen=seen, full_at=seen, revision=old.revision + 1 if old else 1)
     entries = _image_entries(memory)
     first = list(itertools.islice(entries, FIT_SAMPLE))
@@ -608,7 +612,9 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     without a statistic gained a category of two examples. Otherwise the statistic stays as
     fitted: each new image entry is projected and added to its category's sum, and enters the
     stand-in reservoir with probability ``MAX_STANDINS / seen``; the ones that enter are
-    searched once (one batched search) for their category's other examples.
+    searched once (one batched search) for their category's other examples. Counting is
+    indexed (the image entries, and the new entries' categories; never every label). Every
+    added example changes its category's mean, so each update writes the calibration once.
 
     Args:
         memory: The memory the entries were written to (or removed from).
@@ -619,17 +625,13 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
         The calibration now stored.
     """
     cal = load(memory)
-    counts = memory.labels("image")
-    total = sum(counts.values())
+    total = memory.count("image")
     model = cal.model() if cal is not None else None
-    if (
-        cal is None
-        or removed
-        or total >= 2 * max(cal.full_at, 1)
-        or (model is None and any(c >= 2 for c in counts.values()))
-    ):
+    if cal is None or removed or total >= 2 * max(cal.full_at, 1):
         return fit(memory)
     labels = _labels_of(memory, added)
+    if model is None and any(n >= 2 for n in _image_counts(memory, labels.values()).values()):
+        return fit(memory)  # a first category of two examples: a statistic can be fitted
     vectors = memory.get_vectors([pid for pid in added if pid in labels]) if model else {}
     new = [pid for pid in added if pid in vectors]
     z = model.project(np.asarray([vectors[p] for p in new])) if model and new else None
@@ -712,6 +714,12 @@ def _reservoir_standins(
         if standin is not None:
             out.append((slot, standin))
     return out
+
+
+def _image_counts(memory: CalibratedMemory, labels: Iterable[str]) -> dict[str, int]:
+    """Image entries of each of ``labels``: indexed counts, far cheaper than counting every
+    label (``memory.labels``, a facet) when a few examples were taught."""
+    return {label: memory.count("image", label=label) for label in dict.fromkeys(labels)}
 
 
 def _labels_of(memory: CalibratedMemory, ids: Sequence[str]) -> dict[str, str]:

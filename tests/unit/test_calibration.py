@@ -268,6 +268,39 @@ def test_the_reservoir_keeps_the_stand_ins_bounded(tmp_path: Path, monkeypatch) 
     memory.close()
 
 
+def test_an_example_not_drawn_into_the_reservoir_is_searched_for_nothing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Teaching cost: a taught example is searched (and its stand-in made) only when the full
+    reservoir drew it; it always joins its category's mean (one write); an update never
+    counts every label (a facet over the whole memory)."""
+    monkeypatch.setattr(cal_mod, "MAX_STANDINS", 8)
+    space = _Space(4)
+    memory = _shots_memory(tmp_path, space, [6] * 4, "quiet")
+    monkeypatch.setattr(memory, "labels", lambda *a, **kw: pytest.fail("labels() counted"))
+    writes: list[int] = []
+    searches: list[int] = []
+    real_write, real_search = memory.update_extension, memory.search_batch
+    monkeypatch.setattr(
+        memory, "update_extension", lambda *a, **kw: writes.append(1) or real_write(*a, **kw)
+    )
+    monkeypatch.setattr(
+        memory, "search_batch", lambda v, **kw: searches.append(len(v)) or real_search(v, **kw)
+    )
+    changed = []
+    for i in range(8):
+        before = load(memory)
+        entry = MemoryEntry(f"category {i % 4}", "image", f"late-{i}", f"late-{i}")
+        cal = openset.update(memory, added=memory.add_entries([entry], space.draw(i % 4, 1)))
+        after = load(memory)
+        assert cal.seen == memory.count("image") and cal.standins == after.standins
+        assert after.categories[f"category {i % 4}"][0] == 7 + i // 4
+        changed.append(after.standins != before.standins)
+    assert True in changed and False in changed  # some were drawn into the full reservoir
+    assert len(writes) == 8 and len(searches) == changed.count(True)
+    memory.close()
+
+
 def test_removing_a_category_recalibrates(tmp_path: Path) -> None:
     space = _Space(4)
     memory = _shots_memory(tmp_path, space, [5] * 4, "remove")
