@@ -82,6 +82,7 @@ __all__ = [
     "SHOT_LEVELS",
     "CalibratedMemory",
     "Calibration",
+    "CategorySums",
     "StandIn",
     "Threshold",
     "current",
@@ -188,6 +189,38 @@ def _level(shots: int) -> int:
     return max(i for i, m in enumerate(SHOT_LEVELS) if m <= max(shots, 1))
 
 
+class CategorySums(BaseModel):
+    """Each category's number of examples and sum of coordinates (the stored form)."""
+
+    labels: list[str] = Field(default_factory=list)
+    counts: list[int] = Field(default_factory=list)
+    sums: str = ""
+
+    def matrix(self, rank: int) -> np.ndarray:
+        """The sums as ``(categories, rank)``."""
+        return decode_array(self.sums, (len(self.labels), rank))
+
+    def add(self, labels: Sequence[str], z: np.ndarray) -> None:
+        """Add examples (coordinates ``z``, one row each) to their categories' sums."""
+        sums = self.matrix(z.shape[1]) if self.labels else np.zeros((0, z.shape[1]))
+        index = {label: i for i, label in enumerate(self.labels)}
+        extra = [label for label in dict.fromkeys(labels) if label not in index]
+        for label in extra:
+            index[label] = len(index)
+        self.labels += extra
+        self.counts += [0] * len(extra)
+        sums = np.concatenate([sums, np.zeros((len(extra), z.shape[1]))])
+        rows = np.asarray([index[label] for label in labels], dtype=np.int64)
+        np.add.at(sums, rows, z)
+        counts = np.asarray(self.counts) + np.bincount(rows, minlength=len(self.labels))
+        self.counts = [int(c) for c in counts]
+        self.sums = encode_array(sums)
+
+    def count_of(self, label: str) -> int:
+        """Examples of ``label`` (0 when unknown)."""
+        return self.counts[self.labels.index(label)] if label in self.labels else 0
+
+
 class Calibration(BaseModel):
     """A memory's open-set calibration (image side), as stored in its record.
 
@@ -195,8 +228,9 @@ class Calibration(BaseModel):
         method: ``conformal`` when stand-ins exist, ``none`` when there are none.
         reason: Why there is no threshold at all (``method == "none"``).
         statistic: The fitted statistic (:meth:`Whitening.to_json`), ``None`` without one.
-        categories: Per category: its number of examples and the sum of their coordinates
-            (base64 float32), from which the category means are derived.
+        categories: Per category (in ``labels`` order): its number of examples and the sum
+            of their coordinates (one base64 float32 ``(categories, rank)`` block), from which
+            the category means are derived.
         standins: The stand-in queries (see :data:`StandIn`).
         link: The similarity at which two unknown queries are one new thing.
         seen: Image entries offered to the reservoir so far (for its sampling probability).
@@ -209,7 +243,7 @@ class Calibration(BaseModel):
     method: Literal["conformal", "none"] = "none"
     reason: str | None = None
     statistic: dict[str, Any] | None = None
-    categories: dict[str, tuple[int, str]] = Field(default_factory=dict)
+    categories: CategorySums = Field(default_factory=lambda: CategorySums())
     standins: list[StandIn] = Field(default_factory=list)
     link: float | None = None
     seen: int = 0
@@ -238,11 +272,10 @@ class Calibration(BaseModel):
         if self._means is None:
             model = self.model()
             rank = model.rank if model is not None else 0
-            labels = sorted(self.categories)
-            counts = np.array([self.categories[k][0] for k in labels], dtype=np.float64)
-            sums = [decode_array(self.categories[k][1], (rank,)) for k in labels]
-            means = np.stack(sums) / counts[:, None] if labels else np.zeros((0, rank))
-            self._means = (labels, counts, means)
+            labels = list(self.categories.labels)
+            counts = np.asarray(self.categories.counts, dtype=np.float64)
+            sums = self.categories.matrix(rank) if labels else np.zeros((0, rank))
+            self._means = (labels, counts, sums / np.maximum(counts, 1.0)[:, None])
         return self._means
 
     def terms(self) -> CentreTerms:
@@ -278,7 +311,7 @@ class Calibration(BaseModel):
             ``(statistic, shots, (threshold, why))``.
         """
         model = self.model()
-        if model is None or not self.categories:
+        if model is None or not self.categories.labels:
             return -math.inf, 0, (None, self.reason or "cannot calibrate: no statistic")
         counts = self.means()[1]
         row = model.scores(model.project(np.asarray(vector)), self.terms())[0]
@@ -549,18 +582,15 @@ def _image_entries(memory: CalibratedMemory) -> Iterator[tuple[str, str, list[fl
 
 def _category_sums(
     model: Whitening, first: Sequence[tuple[str, str, list[float]]], rest: Iterator[Any]
-) -> dict[str, tuple[int, str]]:
+) -> CategorySums:
     """Each category's number of examples and sum of coordinates, over every example."""
-    counts: dict[str, int] = {}
-    sums: dict[str, np.ndarray] = {}
+    out = CategorySums()
     chunk = list(first)
     while chunk:
         z = model.project(np.asarray([v for _, _, v in chunk], dtype=np.float64))
-        for (_, label, _), row in zip(chunk, z, strict=True):
-            counts[label] = counts.get(label, 0) + 1
-            sums[label] = sums.get(label, 0.0) + row
-        chunk = list(itertools.islice(rest, 512))
-    return {label: (counts[label], encode_array(sums[label])) for label in counts}
+        out.add([label for _, label, _ in chunk], z)
+        chunk = list(itertools.islice(rest, 4096))
+    return out
 
 
 def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
@@ -641,7 +671,7 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     def merge(data: dict[str, Any] | None) -> dict[str, Any]:
         now = _parse(data, memory.collection) or cal
         if z is not None and now.statistic == cal.statistic:
-            _add_to_sums(now, [labels[p] for p in new], z)
+            now.categories.add([labels[p] for p in new], z)
         pool = list(now.standins)
         for slot, standin in found:
             if slot is None or slot >= len(pool):
@@ -657,14 +687,6 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     result = _parse(stored, memory.collection) or Calibration.model_validate(merge(None))
     _remember(memory, result)
     return result
-
-
-def _add_to_sums(cal: Calibration, labels: Sequence[str], z: np.ndarray) -> None:
-    model = cal.model()
-    rank = model.rank if model is not None else z.shape[1]
-    for label, row in zip(labels, z, strict=True):
-        n, text = cal.categories.get(label, (0, encode_array(np.zeros(rank))))
-        cal.categories[label] = (n + 1, encode_array(decode_array(text, (rank,)) + row))
 
 
 def _reservoir(collection: str, cal: Calibration, total: int, new: int) -> list[int | None]:

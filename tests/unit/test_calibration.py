@@ -193,9 +193,10 @@ def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> N
     assert 1 <= rank <= min(RANK, 24) and statistic["dim"] == DIM
     assert Whitening.from_json(statistic).basis.shape == (rank, DIM)
     # per category: its number of examples and the sum of their coordinates
-    assert {k: v[0] for k, v in stored["categories"].items()} == {
-        f"category {c}": 6 for c in range(4)
-    }
+    categories = stored["categories"]
+    assert sorted(categories["labels"]) == [f"category {c}" for c in range(4)]
+    assert categories["counts"] == [6] * 4
+    assert cal_mod.CategorySums(**categories).matrix(rank).shape == (4, rank)
     assert stored["link"] is not None and -1.0 <= stored["link"] <= 1.0
     memory.close()
     with CategoryMemory.open(tmp_path / "stored", collection="cal") as again:
@@ -294,7 +295,7 @@ def test_an_example_not_drawn_into_the_reservoir_is_searched_for_nothing(
         cal = openset.update(memory, added=memory.add_entries([entry], space.draw(i % 4, 1)))
         after = load(memory)
         assert cal.seen == memory.count("image") and cal.standins == after.standins
-        assert after.categories[f"category {i % 4}"][0] == 7 + i // 4
+        assert after.categories.count_of(f"category {i % 4}") == 7 + i // 4
         changed.append(after.standins != before.standins)
     assert True in changed and False in changed  # some were drawn into the full reservoir
     assert len(writes) == 8 and len(searches) == changed.count(True)
@@ -428,5 +429,5 @@ def test_a_taught_example_joins_its_category_mean_exactly(tmp_path: Path) -> Non
     assert counts[i] == 5 and means[i] == pytest.approx(expected, abs=1e-4)
     # a new category gets its mean the same way
     _add(memory, "category 9", space.draw(4, 1))
-    assert load(memory).categories["category 9"][0] == 1
+    assert load(memory).categories.count_of("category 9") == 1
     memory.close()
