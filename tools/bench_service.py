@@ -27,6 +27,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -120,6 +121,34 @@ async def image_count(url: str, token: str) -> int:
     return sum(c["image_examples"] for c in (listing.structuredContent or {})["categories"])
 
 
+def cpu_seconds(pid: int | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process: this one (all its threads) or ``pid``'s.
+
+    CPU time is what machine load does not distort (wall time is): the figure to compare
+    between runs on a shared machine. Another process's is read from ``/proc`` (Linux).
+    """
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime, usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+class CpuMeter:
+    """CPU time of the server and of the clients (this process) across one phase."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+        self.start = (*cpu_seconds(server_pid), *cpu_seconds())
+
+    def per_call(self, calls: int) -> dict[str, float]:
+        """Milliseconds of CPU per call since the start: server user/sys, clients user+sys."""
+        now = (*cpu_seconds(self.pid), *cpu_seconds())
+        used = [(b - a) * 1000 / max(calls, 1) for a, b in zip(self.start, now, strict=True)]
+        return {"server_user": used[0], "server_sys": used[1], "clients": used[2] + used[3]}
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -137,6 +166,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     command = [
         *server_args(memory, images, args.encoder, "--allow-learning"),
         *("--http", "--port", "0", "--auth", str(work / "auth.toml")),
+        *(("--batch-images", str(args.batch_images)) if args.batch_images else ()),
     ]
     process = await anyio.open_process([sys.executable, *command], env=child_env(), cwd=ROOT)
     errors: list[str] = []
@@ -144,7 +174,9 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         url = await _announced_url(process)
         before = await image_count(url, readers[0])
         await recognitions(url, readers[0], 10, errors)  # warm-up
+        meter = CpuMeter(process.pid)
         alone = await recognitions(url, readers[0], args.calls, errors, args.validate)
+        cpu_alone = meter.per_call(len(alone))
         loaded: list[float] = []
         taught: list[int] = []
 
@@ -155,12 +187,14 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             taught.append(await teaching(url, token, n * args.teach, args.teach, errors))
 
         start = time.perf_counter()
+        meter = CpuMeter(process.pid)
         async with anyio.create_task_group() as group:
             for token in readers:
                 group.start_soon(reader, token)
             for n, token in enumerate(teachers):
                 group.start_soon(teacher, n, token)
         wall = time.perf_counter() - start
+        cpu_load = meter.per_call(len(loaded) + sum(taught))
         after = await image_count(url, readers[0])
     finally:
         process.terminate()
@@ -178,6 +212,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "before": before,
         "after": after,
         "wall_s": wall,
+        "cpu_alone": cpu_alone,
+        "cpu_load": cpu_load,
     }
 
 
@@ -194,6 +230,12 @@ def main() -> None:
         help="recognize with ClientSession.call_tool, which re-checks every answer against "
         "the output schema on the client (default: the same request without that check, so "
         "the clients' own CPU, on the same machine, weighs less on the server's figures)",
+    )
+    parser.add_argument(
+        "--batch-images",
+        type=int,
+        help="the server's --batch-images (default: the server's; 1: each request encodes "
+        "alone, the baseline of the shared passes)",
     )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
@@ -216,6 +258,12 @@ def main() -> None:
         f"under load:        p50 {r['load_p50']:.1f} ms  p95 {r['load_p95']:.1f} ms  "
         f"({r['recognitions']} recognitions, {r['throughput']:.0f}/s, {r['wall_s']:.1f} s)"
     )
+    for phase in ("alone", "load"):
+        c = r[f"cpu_{phase}"]
+        print(
+            f"CPU per call {phase + ':':<6}   server {c['server_user']:.1f} ms user + "
+            f"{c['server_sys']:.1f} ms sys, clients {c['clients']:.1f} ms"
+        )
     print(f"p95 under load / p50 alone: {ratio:.1f}x (target <= 10x)")
     print(
         f"memory images: {r['before']} before + {r['taught']} taught = {r['after']} after "

@@ -93,6 +93,17 @@ MaxConcurrentOpt = Annotated[
         rich_help_panel=_LIMITS,
     ),
 ]
+BatchImagesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-images",
+        min=1,
+        help="Concurrent requests share the encoder's forward passes, up to this many images "
+        "in one (default 8); 1 encodes each request alone.",
+        envvar="RAR_BATCH_IMAGES",
+        rich_help_panel=_LIMITS,
+    ),
+]
 PerMinuteOpt = Annotated[
     int,
     typer.Option(
@@ -142,6 +153,7 @@ def mcp(
     max_pixels: MaxPixelsOpt = 25_000_000,
     max_concurrent: MaxConcurrentOpt = 4,
     per_minute: PerMinuteOpt = 600,
+    batch_images: BatchImagesOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Serve recognize_image, search_categories and list_categories over MCP (stdio, or
@@ -183,6 +195,7 @@ def mcp(
             max_pixels=limits.max_pixels,
             auth_required=secured,
             snapshot_dir=snapshot_dir if http else None,
+            batch_images=batch_images,
         )
         if not http:
             print_note("rar-agent MCP server on stdio")

@@ -24,8 +24,10 @@ __all__ = [
     "CPU_FORWARD_BATCH",
     "TorchEncoderBase",
     "configure_cpu_threads",
+    "keep_freed_memory",
     "resolve_device",
     "resolve_precision",
+    "usable_cpus",
     "weights_digest",
 ]
 
@@ -83,13 +85,49 @@ def configure_cpu_threads() -> None:
         return
     if any(os.environ.get(v) for v in _THREAD_ENV_VARS):
         return
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 1
+    usable = usable_cpus()
     if torch.get_num_threads() > usable:
         logger.debug("setting torch threads to %d (usable CPUs)", usable)
         torch.set_num_threads(usable)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity on Linux, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory(mmap_mb: int = 64, trim_mb: int = 256) -> bool:
+    """Let glibc's allocator reuse freed memory for a server's forward passes (Linux).
+
+    By default glibc hands blocks over a few MiB (a convolution's activations) back to the
+    kernel when freed, so every forward pass maps them again and faults every page in: 5-15
+    ms of system CPU per 224x224 image measured here. Raising the mmap threshold to
+    ``mmap_mb`` and the trim threshold to ``trim_mb`` keeps them in the heap for the next
+    pass, at the price of holding up to about ``trim_mb`` MiB of freed memory. It changes
+    the whole process; call it where a long-lived service starts.
+
+    Returns:
+        Whether the allocator took the settings (False off glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    took = mallopt(_M_MMAP_THRESHOLD, mmap_mb << 20) == 1
+    return mallopt(_M_TRIM_THRESHOLD, trim_mb << 20) == 1 and took
 
 
 def weights_digest(module: torch.nn.Module, *, samples: int = 4) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from rar_agent.mcp.auth import token_name
 
-__all__ = ["DEFAULT_LIMITS", "RequestLimiter", "ServiceLimits"]
+__all__ = ["DEFAULT_LIMITS", "RequestLimiter", "ServiceLimits", "client_key"]
 
 
 def _max_http_body() -> int:
@@ -79,17 +79,36 @@ class RequestLimiter:
         if scope.get("type") != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        refusal = self._admit(key := _client_key(scope))
+        refusal = self._admit(key := client_key(scope))
         if refusal is not None:
             await _too_many(send, *refusal)
             return
         self._in_flight[key] += 1
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._in_flight[key] -= 1
+                if not self._in_flight[key]:
+                    del self._in_flight[key]
+
+        async def sending(message: Any) -> None:
+            # The answer's last part frees the slot before it leaves, so a client that waits
+            # for each answer before its next request is never counted twice.
+            if message.get("type") == "http.response.body" and not message.get("more_body"):
+                release()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, sending)
         finally:
-            self._in_flight[key] -= 1
-            if not self._in_flight[key]:
-                del self._in_flight[key]
+            release()
+
+    def in_flight(self, key: str) -> int:
+        """Requests of ``key`` (``"token NAME"``, see :func:`client_key`) now in flight."""
+        return self._in_flight.get(key, 0)
 
     def _admit(self, key: str) -> tuple[str, int] | None:
         """``None`` to go ahead, else (why, seconds to wait)."""
@@ -116,7 +135,7 @@ class RequestLimiter:
         return None
 
 
-def _client_key(scope: Any) -> str:
+def client_key(scope: Any) -> str:
     """Whom a request counts against: its token; without one, its address and MCP session.
 
     Without authentication every process on one machine shares an address, so each of their

@@ -95,7 +95,8 @@ def http_app(
         limits: Body size, requests in flight and per minute (default :class:`ServiceLimits`).
 
     Returns:
-        The ASGI app; its lifespan runs the session manager.
+        The ASGI app; its lifespan runs the session manager; ``app.state.limiter`` is its
+        :class:`~rar_agent.mcp.limits.RequestLimiter` (requests in flight per client).
     """
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
     from mcp.server.transport_security import TransportSecuritySettings
@@ -124,7 +125,8 @@ def http_app(
         async with manager.run():
             yield
 
-    endpoint: Any = RequestLimiter(_Endpoint(manager), limits)
+    limiter = RequestLimiter(_Endpoint(manager), limits)
+    endpoint: Any = limiter
     middleware: list[Any] = []
     routes: list[Any] = []
     if verifier is not None:
@@ -132,7 +134,9 @@ def http_app(
         settings = auth_settings(resource_url or f"http://{shown}{path}")
         endpoint, middleware, routes = auth_layers(endpoint, verifier, settings)
     routes.append(Route(path, endpoint=endpoint))
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.limiter = limiter
+    return app
 
 
 async def serve_http(

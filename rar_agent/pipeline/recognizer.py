@@ -378,6 +378,20 @@ class Recognizer:
         other.reject = parse_reject(reject)
         return other
 
+    def with_encoder(self, encoder: ImageTextEncoder) -> Recognizer:
+        """A recognizer sharing this one's memory, ranker and settings, encoding with
+        ``encoder`` (the same model behind another door, e.g. a
+        :class:`~rar_agent.encoders.batching.BatchingEncoder` shared by concurrent requests).
+
+        Raises:
+            RarError: ``encoder`` is not the one the memory was built with.
+        """
+        _check_encoder(self.memory, encoder)
+        other = copy.copy(self)
+        other.encoder = encoder
+        other.retriever = self.retriever.model_copy(update={"encoder": encoder})
+        return other
+
     def _ensure_calibrated(self) -> None:
         """Calibrate a memory that has image examples but no calibration yet (built earlier)
         and store it; a read-only memory keeps the result here instead."""

@@ -67,6 +67,32 @@ def test_effnet_meets_the_encoder_protocol(effnet: Any) -> None:
         effnet.embed_texts(["a cat"])
 
 
+def test_the_inference_graph_folds_batch_norms_and_keeps_the_features() -> None:
+    import copy
+
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from rar_agent.encoders.effnet_backend import inference_graph
+
+    torch.manual_seed(0)
+    model = EfficientNet.from_name("efficientnet-lite0").eval()
+    for module in model.modules():  # statistics far from the identity, so folding shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    pixels = torch.randn(3, 3, 224, 224)
+    with torch.inference_mode():
+        before = model.extract_features(pixels).mean(dim=(2, 3))
+        folded = inference_graph(copy.deepcopy(model))
+        after = folded.extract_features(pixels).mean(dim=(2, 3))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy changed
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
 def test_preprocessing_scales_to_minus_one_one_at_224(effnet: Any) -> None:
     pixels = effnet.preprocess([Image.new("RGB", (300, 100), (255, 0, 128))])
     assert tuple(pixels.shape) == (1, 3, 224, 224)

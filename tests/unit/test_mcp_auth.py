@@ -10,7 +10,6 @@ import base64
 import io
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -96,11 +95,7 @@ def serving(
     )
     web = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=web.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not web.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
+    thread.start()  # the socket listens already: requests wait for the start
     try:
         yield Service(url, store, recognizer, images, tokens)
     finally:
@@ -387,55 +382,75 @@ async def test_requests_in_flight_are_limited_per_token() -> None:
         async with anyio.create_task_group() as group:
             for _ in range(3):
                 group.start_soon(call, ("10.0.0.1", 1))
-            await anyio.sleep(0.05)
+            await anyio.wait_all_tasks_blocked()
             assert statuses == [429]  # the third one, at once: no stall
+            assert limiter.in_flight("address 10.0.0.1") == 2
             group.start_soon(call, ("10.0.0.2", 1))  # another client is not held back
-            await anyio.sleep(0.05)
-            assert statuses == [429]
+            await anyio.wait_all_tasks_blocked()
+            assert statuses == [429] and limiter.in_flight("address 10.0.0.2") == 1
             release.set()
     assert sorted(statuses) == [200, 200, 200, 429]
+    assert limiter.in_flight("address 10.0.0.1") == limiter.in_flight("address 10.0.0.2") == 0
 
 
 class _SlowTool(BaseTool):
-    """Answers once ``release`` is set: a request that stays in flight."""
+    """Answers once ``release`` is set: requests that stay in flight; counts those running."""
 
     name: str = "slow"
     description: str = "Waits until the test lets it answer."
     release: threading.Event
-    started: threading.Event
+    running: list[int]
+    changed: threading.Condition
 
     def _run(self) -> str:
-        self.started.set()
-        self.release.wait(30)
+        with self.changed:
+            self.running[0] += 1
+            self.changed.notify_all()
+        self.release.wait(60)
         return "done"
 
     async def _arun(self) -> str:
         return await anyio.to_thread.run_sync(self._run)
 
+    def wait_running(self, n: int) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.running[0] >= n, timeout=60)
+
+
+async def settled(limiter: Any, key: str, count: int) -> None:
+    """Wait until the server counts ``count`` requests of ``key`` in flight (a client may
+    read an answer before the server has finished sending it)."""
+    while limiter.in_flight(key) != count:
+        await anyio.sleep(0.005)
+
 
 async def test_requests_in_flight_over_http(tmp_path: Path) -> None:
-    """With one request of alice's in flight, her next is refused (429) and bob's is served."""
+    """With two requests of alice's in flight (her limit), her next is refused (429) and
+    bob's are served."""
     import uvicorn
 
     from rar_agent.mcp import build_server
 
     store = TokenStore(tmp_path / "auth.toml")
     alice, bob = store.add("alice", ["recognize"])[1], store.add("bob", ["recognize"])[1]
-    release, started = threading.Event(), threading.Event()
-    server = build_server([_SlowTool(release=release, started=started)], auth_required=True)
-    sock = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+    slow = _SlowTool(release=release, running=[0], changed=threading.Condition())
+    server = build_server([slow], auth_required=True)
+    sock = socket.create_server(("127.0.0.1", 0))  # listening: requests wait for the start
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    # A limit of 2: the official client may send a request while the server still counts
+    # the end of its previous answer, so a limit of 1 would refuse ordinary traffic.
     app = http_app(
-        server, verifier=StoreTokenVerifier(store), limits=ServiceLimits(max_concurrent=1)
+        server, verifier=StoreTokenVerifier(store), limits=ServiceLimits(max_concurrent=2)
     )
+    limiter = app.state.limiter
     web = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=web.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    while not web.started:
-        time.sleep(0.02)
     try:
-        with anyio.fail_after(60):
+        with anyio.fail_after(120):
             async with session_with(url, bearer(alice)) as first:
+                await settled(limiter, "token alice", 0)
                 answers: list[types.CallToolResult] = []
 
                 async def wait_slow() -> None:
@@ -451,12 +466,15 @@ async def test_requests_in_flight_over_http(tmp_path: Path) -> None:
 
                 async with anyio.create_task_group() as group:
                     group.start_soon(wait_slow)
-                    await anyio.to_thread.run_sync(started.wait, 30)  # alice's call runs
+                    group.start_soon(wait_slow)
+                    assert await anyio.to_thread.run_sync(slow.wait_running, 2)
+                    assert limiter.in_flight("token alice") == 2  # both held by the tool
                     assert await refused(url, bearer(alice)) == 429
                     async with session_with(url, bearer(bob)) as other:
                         assert [t.name for t in (await other.list_tools()).tools] == ["slow"]
                     release.set()
-                assert text_of(answers[0]) == "done"
+                assert [text_of(a) for a in answers] == ["done", "done"]
+            await settled(limiter, "token alice", 0)  # every slot given back
     finally:
         release.set()
         web.should_exit = True

@@ -1,0 +1,244 @@
+"""Micro-batching (BatchingEncoder): same answers as alone, one bad image fails only its own
+caller, concurrent callers share passes; the Recognizer and the MCP server use it.
+
+No test here times anything: the speed lives in ``tools/bench_service.py``. Passes are made
+deterministic by holding the worker inside a pass (an event) while the next calls queue.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rar_agent.encoders.batching import BatchingEncoder
+from rar_agent.errors import EncoderError
+from tests.helpers.encoder_factories import HashingEncoder
+
+BAD_SIZE = (13, 13)  # the recording encoder refuses images of this size
+
+
+def picture(i: int, size: tuple[int, int] = (24, 20)) -> Image.Image:
+    """A distinct small picture."""
+    image = Image.new("RGB", size, (37 * i % 256, 91 * i % 256, 53 * (i + 7) % 256))
+    image.putpixel((i % size[0], 0), (255, 255, 255))
+    return image
+
+
+class Recording(HashingEncoder):
+    """The hashing encoder, recording each call's size; ``hold`` keeps the first call waiting
+    until ``release`` is set (so the next callers queue up behind it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+        self.threads: set[str] = set()
+        self.input_size = 224
+        self.hold = threading.Event()
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        self.sizes.append(len(images))
+        self.threads.add(threading.current_thread().name)
+        if self.hold.is_set() and not self.holding.is_set():
+            self.holding.set()
+            assert self.release.wait(30)
+        if any(image.size == BAD_SIZE for image in images):
+            raise EncoderError("this image cannot be encoded")
+        return super().embed_images(images)
+
+
+@pytest.fixture
+def inner() -> Recording:
+    return Recording()
+
+
+@pytest.fixture
+def batching(inner: Recording) -> Iterator[BatchingEncoder]:
+    encoder = BatchingEncoder(inner, max_batch=8)
+    yield encoder
+    inner.release.set()
+    encoder.close()
+
+
+def queued(encoder: BatchingEncoder, calls: int) -> None:
+    """Wait until ``calls`` calls are queued behind the held pass (a condition, no sleep)."""
+    with encoder._ready:
+        assert encoder._ready.wait_for(lambda: len(encoder._queue) == calls, timeout=30)
+
+
+def held_then(
+    batching: BatchingEncoder, inner: Recording, calls: list[list[Image.Image]]
+) -> list[Any]:
+    """Hold the worker in a first pass, queue ``calls`` from threads, release; the outcomes
+    (rows or the exception) in order."""
+    inner.hold.set()
+    pool = ThreadPoolExecutor(len(calls) + 1)
+    first = pool.submit(batching.embed_images, [picture(99)])
+    assert inner.holding.wait(30)
+    futures = [pool.submit(batching.embed_images, images) for images in calls]
+    queued(batching, len(calls))
+    inner.release.set()
+    first.result(30)
+    outcomes = []
+    for future in futures:
+        try:
+            outcomes.append(future.result(30))
+        except Exception as e:
+            outcomes.append(e)
+    pool.shutdown()
+    return outcomes
+
+
+def test_it_is_the_wrapped_encoder_to_its_users(batching: BatchingEncoder, inner: Recording):
+    assert (batching.dim, batching.fingerprint) == (inner.dim, inner.fingerprint)
+    assert batching.input_size == 224  # any other attribute is the wrapped encoder's
+    assert batching.embed_images([]).shape == (0, inner.dim)
+    texts = ["a heron", "a cat"]
+    np.testing.assert_array_equal(batching.embed_texts(texts), inner.embed_texts(texts))
+
+
+def test_queued_calls_share_one_pass_and_get_their_own_rows(
+    batching: BatchingEncoder, inner: Recording
+) -> None:
+    calls = [[picture(1)], [picture(2), picture(3)], [picture(4)]]
+    outcomes = held_then(batching, inner, calls)
+    assert inner.sizes == [1, 4]  # the held pass, then all three calls in one
+    for images, rows in zip(calls, outcomes, strict=True):
+        np.testing.assert_allclose(rows, inner.embed_images(images), rtol=0, atol=1e-6)
+
+
+def test_a_pass_takes_at_most_max_batch_images(inner: Recording) -> None:
+    with BatchingEncoder(inner, max_batch=3) as batching:
+        calls = [[picture(i)] for i in range(5)] + [[picture(i) for i in range(4)]]
+        outcomes = held_then(batching, inner, calls)
+    # 3 + 2 queued singles, then the call of 4 alone (a call is never split between passes)
+    assert inner.sizes == [1, 3, 2, 4]
+    assert all(isinstance(rows, np.ndarray) for rows in outcomes)
+
+
+def test_one_bad_image_fails_only_its_caller(batching: BatchingEncoder, inner: Recording) -> None:
+    calls = [[picture(1)], [picture(2, BAD_SIZE)], [picture(3), picture(4)]]
+    good, bad, also_good = held_then(batching, inner, calls)
+    assert isinstance(bad, EncoderError) and "cannot be encoded" in str(bad)
+    np.testing.assert_allclose(good, inner.embed_images(calls[0]), atol=1e-6)
+    np.testing.assert_allclose(also_good, inner.embed_images(calls[2]), atol=1e-6)
+    # the shared pass failed, then each call went alone
+    assert inner.sizes[:5] == [1, 4, 1, 1, 2]
+
+
+def test_a_wrong_row_count_is_an_error_not_a_mixup(inner: Recording) -> None:
+    class Short(Recording):
+        def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+            return super().embed_images(images)[:-1]
+
+    with BatchingEncoder(Short()) as batching, pytest.raises(EncoderError, match="2 images"):
+        batching.embed_images([picture(1), picture(2)])
+
+
+def test_many_threads_get_the_same_answers_as_alone(inner: Recording) -> None:
+    images = [picture(i) for i in range(12)]
+    alone = [inner.embed_images([image]) for image in images]
+    inner.threads.clear()
+    with BatchingEncoder(inner, max_batch=4, workers=2) as batching, ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda i: batching.embed_images([images[i % 12]]), range(96)))
+    for i, rows in enumerate(got):
+        np.testing.assert_allclose(rows, alone[i % 12], atol=1e-6)
+    assert inner.threads == {"rar-encoder"}  # every pass ran in a worker
+    assert batching.images == 96 and batching.passes <= 96
+
+
+def test_close_answers_the_queue_then_refuses(batching: BatchingEncoder, inner: Recording) -> None:
+    assert batching.embed_images([picture(1)]).shape == (1, inner.dim)
+    batching.close()
+    assert not batching._workers
+    with pytest.raises(EncoderError, match="closed"):
+        batching.embed_images([picture(2)])
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("max_batch", 0), ("workers", 0), ("threads", 0), ("max_wait_ms", -1)]
+)
+def test_bad_settings_are_refused(inner: Recording, option: str, value: int) -> None:
+    with pytest.raises(ValueError, match=option):
+        BatchingEncoder(inner, **{option: value})
+
+
+def test_a_wait_gathers_a_full_batch(inner: Recording) -> None:
+    # the first call waits for the second (a full batch), not for 30 s
+    batching = BatchingEncoder(inner, max_batch=2, max_wait_ms=30_000)
+    with batching, ThreadPoolExecutor(2) as pool:
+        rows = list(pool.map(lambda i: batching.embed_images([picture(i)]), range(2)))
+    assert inner.sizes == [2] and [len(r) for r in rows] == [1, 1]
+
+
+# ---------------------------------------------------------------------------- users
+
+
+def test_a_recognizer_with_a_shared_encoder_answers_as_before(tmp_path: Path) -> None:
+    from tests.helpers.small_memory import small_recognizer
+
+    inner = Recording()
+    recognizer = small_recognizer(tmp_path, inner)
+    paths = sorted(recognizer.example_images.values())
+    alone = [recognizer.recognize(path) for path in paths]
+    with BatchingEncoder(inner, max_batch=4) as shared:
+        sharing = recognizer.with_encoder(shared)
+        assert sharing.memory is recognizer.memory and sharing.retriever.encoder is shared
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(sharing.recognize, paths * 3))
+    assert "rar-encoder" in inner.threads
+    for i, result in enumerate(together):
+        expected = alone[i % len(paths)]
+        assert result.label == expected.label
+        assert [(c.label, round(c.score, 5)) for c in result.candidates] == [
+            (c.label, round(c.score, 5)) for c in expected.candidates
+        ]
+    recognizer.close()
+
+
+def test_a_recognizer_refuses_another_models_encoder(tmp_path: Path) -> None:
+    from rar_agent.errors import RarError
+    from tests.helpers.small_memory import small_recognizer
+
+    recognizer = small_recognizer(tmp_path, HashingEncoder())
+    with pytest.raises(RarError):
+        recognizer.with_encoder(HashingEncoder(dim=8))
+    recognizer.close()
+
+
+async def test_the_mcp_server_shares_passes_between_concurrent_calls(tmp_path: Path) -> None:
+    import anyio
+    from mcp.shared.memory import create_connected_server_and_client_session
+
+    from rar_agent.mcp import create_server
+    from tests.helpers.small_memory import small_recognizer
+
+    inner = Recording()
+    recognizer = small_recognizer(tmp_path, inner)
+    folder = tmp_path / "images"
+    names = sorted(p.name for p in recognizer.example_images.values())
+    expected = {name: recognizer.recognize(folder / name).label for name in names}
+    inner.threads.clear()
+    server = create_server(recognizer, allowed_roots=[folder])
+    answers: dict[int, Any] = {}
+    async with create_connected_server_and_client_session(server) as session:
+
+        async def call(i: int) -> None:
+            answers[i] = await session.call_tool("recognize_image", {"image": names[i % 5]})
+
+        async with anyio.create_task_group() as group:
+            for i in range(15):
+                group.start_soon(call, i)
+    for i, result in answers.items():
+        assert not result.isError
+        assert result.structuredContent["label"] == expected[names[i % 5]]
+    assert inner.threads == {"rar-encoder"}  # every forward pass in the server's workers
+    recognizer.close()
