@@ -380,7 +380,8 @@ class Calibration(BaseModel):
             "thresholds": {
                 str(m): None if t is None else round(t, 4) for m, (t, _) in per_shot.items()
             },
-            "cannot_calibrate": per_shot[10][1],
+            # a query falls back to fewer shots: the promise holds wherever one shot does
+            "cannot_calibrate": per_shot[1][1],
             "updated_at": self.updated_at,
         }
 

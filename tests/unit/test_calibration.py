@@ -431,3 +431,14 @@ def test_a_taught_example_joins_its_category_mean_exactly(tmp_path: Path) -> Non
     _add(memory, "category 9", space.draw(4, 1))
     assert load(memory).categories.count_of("category 9") == 1
     memory.close()
+
+
+def test_summary_says_calibrated_when_fewer_shots_carry_the_promise(tmp_path: Path) -> None:
+    space = _Space(6)
+    memory = _shots_memory(tmp_path, space, [5] * 6, "summary")
+    summary = load(memory).summary(0.1)
+    # 30 stand-ins of 4 others each: thresholds up to 4 shots, a 5-example category is
+    # judged at 4, so the memory as a whole keeps the promise
+    assert summary["cannot_calibrate"] is None and summary["thresholds"]["1"] is not None
+    assert summary["thresholds"]["5"] is None and summary["statistic"].startswith("relative")
+    memory.close()
