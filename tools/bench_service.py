@@ -11,8 +11,11 @@ recognitions send ``tools/call`` without the client's output-schema check unless
    one example).
 
 Printed: errors (any tool error or HTTP refusal counts), p50/p95 latency of a recognition
-alone and under load and their ratio (target: p95 under load at most 10x the p50 alone), and
-the memory's image count before and after against what was taught (nothing lost). The
+alone and under load and their ratio (target: p95 under load at most 10x the p50 alone), the
+CPU time per call of the server and of the clients in each phase (what load from other jobs
+does not distort, unlike the wall times), and the memory's image count before and after
+against what was taught (nothing lost). ``--batch-images 1`` runs the server without shared
+forward passes, the baseline of the micro-batching. The
 server runs in a subprocess with the default limits; each client is its own token, so the
 per-token limits are those a team member would meet. Usage::
 

@@ -39,9 +39,8 @@ __all__ = ["DEFAULT_MAX_BATCH", "BatchingEncoder"]
 
 logger = logging.getLogger(__name__)
 
-#: Images per shared pass by default: a few more than a CPU pass takes at once
-#: (:data:`~rar_agent.encoders.torch_base.CPU_FORWARD_BATCH`), so a full queue is drained in
-#: one turn of the worker.
+#: Images per shared pass for an encoder that does not say how many one forward pass takes
+#: (a torch encoder's ``forward_batch``: 4 on a CPU, its ``batch_size`` on a GPU).
 DEFAULT_MAX_BATCH = 8
 _IDLE_S = 10.0  # a worker with nothing to do for this long ends (no thread left behind)
 
@@ -66,7 +65,10 @@ class BatchingEncoder:
     Args:
         encoder: The encoder to share (its answers are unchanged).
         max_batch: Most images in one shared pass (a single call with more still goes in
-            one call of the wrapped encoder, which splits it as it always does).
+            one call of the wrapped encoder, which splits it as it always does); ``None``:
+            what one forward pass of the encoder takes (its ``forward_batch``; a longer pass
+            on a CPU costs no less per image and holds every caller in it longer), else
+            :data:`DEFAULT_MAX_BATCH`.
         max_wait_ms: How long the worker waits for more images once one call is queued
             (0, the default: it takes what is queued, so a lone caller never waits; under
             load, the calls that arrive during a pass make the next batch).
@@ -86,11 +88,13 @@ class BatchingEncoder:
         self,
         encoder: ImageTextEncoder,
         *,
-        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch: int | None = None,
         max_wait_ms: float = 0.0,
         workers: int = 1,
         threads: int | None = None,
     ) -> None:
+        if max_batch is None:
+            max_batch = getattr(encoder, "forward_batch", None) or DEFAULT_MAX_BATCH
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         if max_wait_ms < 0:

@@ -337,16 +337,14 @@ def shared_encoder(encoder: ImageTextEncoder, max_batch: int | None = None) -> B
     next pass (:func:`~rar_agent.encoders.torch_base.keep_freed_memory`). On a GPU, one
     worker with torch's own setting.
     """
-    from rar_agent.encoders.batching import DEFAULT_MAX_BATCH, BatchingEncoder
+    from rar_agent.encoders.batching import BatchingEncoder
     from rar_agent.encoders.torch_base import keep_freed_memory, usable_cpus
 
     workers, threads = 1, None
     if str(getattr(encoder, "device", "cpu")).split(":")[0] == "cpu":
         workers, threads = usable_cpus(), 1
         keep_freed_memory()
-    return BatchingEncoder(
-        encoder, max_batch=max_batch or DEFAULT_MAX_BATCH, workers=workers, threads=threads
-    )
+    return BatchingEncoder(encoder, max_batch=max_batch, workers=workers, threads=threads)
 
 
 def create_server(
