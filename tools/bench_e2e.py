@@ -460,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--wall", action="store_true", help="photos: wall time, not CPU time")
+    parser.add_argument(
+        "--against", default=None, help="photos: also build with the package as of this git rev"
+    )
     args = parser.parse_args(argv)
     args.images = 8 if args.quick else 16
     args.repeats = 2 if args.quick else 5

@@ -29,9 +29,7 @@ import numpy as np
 
 from rar_agent.encoders.torch_base import (
     TorchEncoderBase,
-    configure_cpu_threads,
-    resolve_device,
-    resolve_precision,
+    placement,
     weights_digest,
 )
 from rar_agent.errors import EncoderError, ModelLoadError
@@ -102,16 +100,8 @@ class EfficientNetLite0Encoder(TorchEncoderBase):
         precision: str = "fp32",
         batch_size: int = 64,
     ) -> None:
-        import torch
-
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-            precision
-        ]
         # efficientnet_lite_pytorch is untyped: its attributes (extract_features, _fc) are Any
-        self.model: Any = inference_graph(model).to(device=device, dtype=self.dtype)
-        self.device = device
-        self.precision = precision
-        self.batch_size = max(1, int(batch_size))
+        self.model: Any = self._place(inference_graph(model), device, precision, batch_size)
         self.dim = FEATURE_DIM + 1
         self.fingerprint = f"effnet:{MODEL_NAME}/imagenet-fc:{digest}"
 
@@ -246,9 +236,7 @@ def create(
     except ImportError as e:
         raise ModelLoadError(f"efficientnet-lite-pytorch is not installed: {_INSTALL}") from e
     path = _weights_file(pretrained)
-    dev = resolve_device(device)
-    if dev == "cpu":
-        configure_cpu_threads()
+    dev, prec = placement(device, precision)
     model = EfficientNet.from_name(MODEL_NAME)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -259,6 +247,6 @@ def create(
         model,
         digest=weights_digest(model),
         device=dev,
-        precision=resolve_precision(precision, dev),
+        precision=prec,
         batch_size=batch_size,
     )

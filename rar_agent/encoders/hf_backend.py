@@ -13,9 +13,7 @@ from rar_agent.encoders.hub import hub_access
 from rar_agent.encoders.open_clip_backend import describe_load_failure, model_load_help
 from rar_agent.encoders.torch_base import (
     TorchEncoderBase,
-    configure_cpu_threads,
-    resolve_device,
-    resolve_precision,
+    placement,
     weights_digest,
 )
 from rar_agent.errors import EncoderError, ModelLoadError
@@ -66,8 +64,6 @@ class TransformersClipEncoder(TorchEncoderBase):
         batch_size: int = 64,
         digest: str | None = None,
     ) -> None:
-        import torch
-
         for attr in ("get_image_features", "get_text_features"):
             if not hasattr(model, attr):
                 raise ModelLoadError(
@@ -76,15 +72,9 @@ class TransformersClipEncoder(TorchEncoderBase):
                     "--encoder package.module:factory."
                 )
         digest = digest or weights_digest(model)
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-            precision
-        ]
-        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.model = self._place(model, device, precision, batch_size)
         self.image_processor = image_processor
         self.tokenizer = tokenizer
-        self.device = device
-        self.precision = precision
-        self.batch_size = max(1, int(batch_size))
         self.identity = identity
         model_type = str(getattr(model.config, "model_type", ""))
         self._pad_max = model_type.startswith("siglip")
@@ -144,10 +134,7 @@ class TransformersClipEncoder(TorchEncoderBase):
         what = f"hf:{source}"
         if not is_dir and (source.startswith((".", "/", "~")) or local.exists()):
             raise ModelLoadError(model_load_help(what, f"{local} is not a folder"))
-        dev = resolve_device(device)
-        prec = resolve_precision(precision, dev)
-        if dev == "cpu":
-            configure_cpu_threads()
+        dev, prec = placement(device, precision)
         where = str(local) if is_dir else source
         try:
             with nullcontext() if is_dir else hub_access(what):

@@ -13,9 +13,7 @@ from rar_agent.encoders.base import bound_aspect
 from rar_agent.encoders.hub import hub_access
 from rar_agent.encoders.torch_base import (
     TorchEncoderBase,
-    configure_cpu_threads,
-    resolve_device,
-    resolve_precision,
+    placement,
     weights_digest,
 )
 from rar_agent.errors import ModelLoadError
@@ -86,18 +84,10 @@ class OpenClipEncoder(TorchEncoderBase):
         batch_size: int = 64,
         digest: str | None = None,
     ) -> None:
-        import torch
-
         digest = digest or weights_digest(model)
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-            precision
-        ]
-        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.model = self._place(model, device, precision, batch_size)
         self.transform = preprocess
         self.tokenizer = tokenizer
-        self.device = device
-        self.precision = precision
-        self.batch_size = max(1, int(batch_size))
         self.identity = identity
         self.dim = int(self._probe_dim())
         self.fingerprint = f"open_clip:{identity}:{digest}"
@@ -148,10 +138,7 @@ class OpenClipEncoder(TorchEncoderBase):
 
         if name.startswith(_SCHEMAS):
             pretrained = None
-        dev = resolve_device(device)
-        prec = resolve_precision(precision, dev)
-        if dev == "cpu":
-            configure_cpu_threads()
+        dev, prec = placement(device, precision)
         what = name + (f" (pretrained={pretrained})" if pretrained else "")
         if name.startswith("local-dir:"):
             _check_local_dir(name[len("local-dir:") :], what)

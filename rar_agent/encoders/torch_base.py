@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -25,13 +27,16 @@ __all__ = [
     "TorchEncoderBase",
     "configure_cpu_threads",
     "keep_freed_memory",
+    "placement",
     "resolve_device",
     "resolve_precision",
+    "sharing_cpus",
     "usable_cpus",
     "weights_digest",
 ]
 
 logger = logging.getLogger(__name__)
+_Model = TypeVar("_Model", bound="torch.nn.Module")
 
 # Images per forward pass on a CPU. Per-image CPU time by batch size, measured on 2 cores
 # (one torch thread, so other load does not distort it; docs/scaling.md): EfficientNet-Lite0
@@ -40,6 +45,9 @@ logger = logging.getLogger(__name__)
 CPU_FORWARD_BATCH = 4
 _THREADS_CONFIGURED = False
 _THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAR_TORCH_THREADS")
+_SHARING_LOCK = threading.Lock()
+_SHARERS: list[int] = []  # the busy threads of each build sharing the CPUs now
+_BEFORE: list[int] = []  # torch's thread count before the first of them
 
 
 def resolve_device(device: str | None) -> str:
@@ -65,6 +73,17 @@ def resolve_precision(precision: str | None, device: str) -> str:
             raise ConfigError(f"precision must be fp32, fp16 or bf16, not {precision!r}")
         return precision
     return "fp16" if device.split(":")[0] in {"cuda", "mps"} else "fp32"
+
+
+def placement(device: str | None, precision: str | None) -> tuple[str, str]:
+    """The device and precision a model loads with (:func:`resolve_device`,
+    :func:`resolve_precision`); on a CPU, torch's threads are capped first
+    (:func:`configure_cpu_threads`)."""
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if dev == "cpu":
+        configure_cpu_threads()
+    return dev, prec
 
 
 def configure_cpu_threads() -> None:
@@ -97,6 +116,43 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+@contextmanager
+def sharing_cpus(encoder: object, busy: int) -> Iterator[None]:
+    """While ``busy`` other threads of this process work beside ``encoder`` (a build's
+    decoding), torch's intra-op threads take only the CPUs left, at least one.
+
+    Torch's OpenMP threads that outnumber the free CPUs wait for one another at every
+    operation instead of working (docs/benchmarks.md, "Phone photos"). Only a torch encoder
+    on a CPU is concerned, and only when the user has not chosen the thread count
+    (``RAR_TORCH_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``); the count never
+    grows, and comes back when the last sharer leaves.
+    """
+    device = str(getattr(encoder, "device", "")).split(":")[0]
+    chosen = any(os.environ.get(v) for v in _THREAD_ENV_VARS)
+    if not isinstance(encoder, TorchEncoderBase) or device != "cpu" or chosen:
+        yield
+        return
+    import torch
+
+    def apply() -> None:
+        torch.set_num_threads(max(1, min(_BEFORE[0], usable_cpus() - max(_SHARERS))))
+
+    with _SHARING_LOCK:
+        if not _SHARERS:
+            _BEFORE[:] = [torch.get_num_threads()]
+        _SHARERS.append(busy)
+        apply()
+    try:
+        yield
+    finally:
+        with _SHARING_LOCK:
+            _SHARERS.remove(busy)
+            if _SHARERS:
+                apply()
+            else:
+                torch.set_num_threads(_BEFORE.pop())
 
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
@@ -161,8 +217,21 @@ class TorchEncoderBase:
     dim: int
     fingerprint: str
     device: str
+    precision: str
     batch_size: int
     dtype: torch.dtype
+
+    def _place(self, model: _Model, device: str, precision: str, batch_size: int) -> _Model:
+        """``model`` in eval mode on ``device`` in ``precision``; the encoder keeps the three
+        settings (``dtype`` too)."""
+        import torch
+
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        self.dtype = dtypes[precision]
+        self.device = device
+        self.precision = precision
+        self.batch_size = max(1, int(batch_size))
+        return model.to(device=device, dtype=self.dtype).eval()
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Turn RGB PIL images into one pixel tensor with the model's own transform."""

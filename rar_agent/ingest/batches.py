@@ -9,8 +9,8 @@ keeps a small thumbnail (:func:`rar_agent.images.make_thumbnail`) for results to
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "REMOTE_PREFIXES",
     "BatchItem",
+    "Decoded",
     "PreparedBatch",
     "decode_workers",
     "prepare_batch",
@@ -39,39 +40,65 @@ BatchItem = tuple[str, str, bytes | None]
 """``(source, label, the image's bytes when the caller already holds them)``."""
 
 
+Decoded = tuple["Image.Image", str]
+"""A decoded image and its thumbnail (a JPEG data URI)."""
+
+
 @dataclass
 class PreparedBatch:
-    """A batch after reading, hashing, the stored-id check and decoding.
+    """A batch after reading, hashing and the stored-id check, its images being decoded.
 
     Attributes:
-        entries: The new entries, one per decoded image.
-        images: Their decoded images, in the same order.
+        entries: The new entries, in order, each with its image decoding.
+        decoding: For each entry, the decode: ``(image, thumbnail)`` or the
+            :class:`~rar_agent.errors.ImageError` that made it unusable (whose id is then
+            no longer taken).
         skipped: Items already stored (or repeated within the build).
-        failed: ``(source, reason)`` of every unusable item.
+        failed: ``(source, reason)`` of every item found unusable before decoding.
     """
 
     entries: list[MemoryEntry] = field(default_factory=list)
-    images: list[Image.Image] = field(default_factory=list)
+    decoding: list[Future[Decoded | ImageError]] = field(default_factory=list)
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
 
+    def decoded(self, strict: bool) -> Iterator[tuple[MemoryEntry, Image.Image]]:
+        """Each usable entry with its image, in order, as soon as it is decoded.
+
+        The thumbnail goes into the entry's payload; unusable ones are added to
+        ``failed``.
+
+        Raises:
+            ImageError: Under ``strict``, the first image that could not be decoded.
+        """
+        for entry, future in zip(self.entries, self.decoding, strict=True):
+            result = future.result()
+            if isinstance(result, ImageError):
+                if strict:
+                    raise result
+                self.failed.append((entry.source, str(result)))
+                continue
+            image, thumbnail = result
+            entry.extra["thumbnail"] = thumbnail  # not part of the id
+            yield entry, image
+
 
 def decode_workers(encoder: object) -> int:
-    """Decode threads for a build: enough to keep a GPU fed, few where torch uses the CPUs.
+    """Decode threads for a build: a quarter of the CPUs beside a CPU encoder (at least
+    one), up to 8 beside a GPU one.
 
-    A CPU encoder already keeps every core busy, so decoding takes half of them (at least
-    one thread, overlapped with encoding as before); a GPU encoder leaves the CPUs to
-    decoding (up to 8 threads).
+    Beside a CPU encoder torch gives these threads their CPUs for the build
+    (:func:`rar_agent.encoders.torch_base.sharing_cpus`): a 12 MP JPEG decodes to need in
+    about a third of the time EfficientNet-Lite0 takes to encode it on one CPU, and heavier
+    encoders need still less decoding beside them. A GPU encoder leaves the CPUs to
+    decoding.
     """
-    import os
+    from rar_agent.encoders.torch_base import usable_cpus
 
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     device = str(getattr(encoder, "device", "cpu")).split(":")[0]
     if device == "cpu":
-        return max(1, cpus // 2)
+        return max(1, cpus // 4)
     return max(1, min(8, cpus))
 
 
@@ -103,22 +130,53 @@ def prepare_batch(
     *,
     need: int | None = None,
     decoders: Executor | None = None,
+    after: Sequence[Future[Any]] = (),
 ) -> PreparedBatch:
-    """Read and hash each item, skip ids stored or ``seen``, decode the rest.
+    """Read and hash each item, skip ids stored or ``seen``, start decoding the rest.
 
-    Runs in the builder's background thread. ``seen`` (ids already taken by earlier batches
-    of this build) gains the ids of the entries returned; ``extra`` goes into every payload.
+    Runs in the builder's background thread and returns once the decodes are started (on
+    ``decoders`` when given: Pillow and libheif decode outside the GIL, so threads decode in
+    parallel; else here), so that the encoder can take each image as soon as it is ready.
     Images are decoded with their shorter side no smaller than ``need`` (the encoder's input
-    side; ``None``: full size), on ``decoders`` when given (Pillow and libheif decode outside
-    the GIL, so threads decode in parallel).
+    side; ``None``: full size). ``seen`` (ids already taken by earlier batches of this
+    build) gains the ids of the entries returned and loses those whose image fails to
+    decode; ``after`` (the previous batch's decodes) are waited for before ``seen`` is read,
+    so a repeat of an image that failed is tried again. ``extra`` goes into every payload.
 
     Raises:
-        ImageError, LabelError, UnsafeInputError: Under ``strict``, the first bad item.
+        ImageError, LabelError, UnsafeInputError: Under ``strict``, the first bad item found
+            before decoding (a decode failure surfaces from :meth:`PreparedBatch.decoded`).
     """
-    from rar_agent.images import decode_image_bytes, load_image, make_thumbnail
-
     out = PreparedBatch()
-    staged: list[tuple[MemoryEntry, bytes | None, Image.Image | None]] = []
+    staged = _read_and_hash(batch, strict, extra, need, out.failed)
+    wait(after)
+    stored = memory.existing_ids(entry.point_id for entry, _, _ in staged)
+    for entry, data, image in staged:
+        pid = entry.point_id
+        if pid in stored or pid in seen:
+            out.skipped += 1
+            continue
+        seen.add(pid)  # taken now, so a repeat later in this batch is skipped too
+        job = _decode_job(entry, data, image, need, seen)
+        out.entries.append(entry)
+        out.decoding.append(decoders.submit(job) if decoders is not None else _done(job))
+    return out
+
+
+Staged = tuple[MemoryEntry, "bytes | None", "Image.Image | None"]
+
+
+def _read_and_hash(
+    batch: Sequence[BatchItem],
+    strict: bool,
+    extra: Mapping[str, Any],
+    need: int | None,
+    failed: list[tuple[str, str]],
+) -> list[Staged]:
+    """Each item's entry with its bytes (a local file, read) or its image (a URL, loaded)."""
+    from rar_agent.images import load_image
+
+    staged: list[Staged] = []
     for source, label, data in batch:
         try:
             label = normalize_label(label)
@@ -134,38 +192,36 @@ def prepare_batch(
         except (ImageError, LabelError, UnsafeInputError) as e:
             if strict:
                 raise
-            out.failed.append((source, str(e)))
-    stored = memory.existing_ids(entry.point_id for entry, _, _ in staged)
-    todo = []
-    for entry, data, image in staged:
-        pid = entry.point_id
-        if pid in stored or pid in seen:
-            out.skipped += 1
-            continue
-        seen.add(pid)  # taken now, so a repeat later in this batch is skipped too
-        todo.append((entry, data, image))
+            failed.append((source, str(e)))
+    return staged
 
-    def decode(item: tuple[MemoryEntry, bytes | None, Image.Image | None]) -> Any:
-        """``(image, thumbnail data URI)``, or the ImageError (runs on a decode thread)."""
-        entry, data, image = item
+
+def _decode_job(
+    entry: MemoryEntry,
+    data: bytes | None,
+    image: Image.Image | None,
+    need: int | None,
+    seen: set[str],
+) -> Callable[[], Decoded | ImageError]:
+    """The decode of one entry's image and its thumbnail, to run on a decode thread."""
+    from rar_agent.images import decode_image_bytes, make_thumbnail
+
+    def job() -> Decoded | ImageError:
         try:
-            if image is None:
+            decoded = image
+            if decoded is None:
                 assert data is not None
-                image = decode_image_bytes(data, what=entry.source, need=need)
+                decoded = decode_image_bytes(data, what=entry.source, need=need)
         except ImageError as e:
+            seen.discard(entry.point_id)  # before the next batch reads ``seen``
             return e
-        return image, make_thumbnail(image)
+        return decoded, make_thumbnail(decoded)
 
-    results = decoders.map(decode, todo) if decoders is not None else map(decode, todo)
-    for (entry, _, _), result in zip(todo, results, strict=True):
-        if isinstance(result, ImageError):
-            seen.discard(entry.point_id)
-            if strict:
-                raise result
-            out.failed.append((entry.source, str(result)))
-            continue
-        image, thumbnail = result
-        entry.extra["thumbnail"] = thumbnail  # not part of the id
-        out.entries.append(entry)
-        out.images.append(image)
-    return out
+    return job
+
+
+def _done(job: Callable[[], Decoded | ImageError]) -> Future[Decoded | ImageError]:
+    """A future already holding ``job()`` (decoding without a thread pool)."""
+    future: Future[Decoded | ImageError] = Future()
+    future.set_result(job())
+    return future

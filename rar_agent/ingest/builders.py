@@ -34,6 +34,8 @@ from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED
 from rar_agent.memory.entries import MemoryEntry, normalize_label
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from rar_agent.encoders.base import ImageTextEncoder
     from rar_agent.encoders.prototypes import Template
     from rar_agent.memory.core import CategoryMemory
@@ -227,21 +229,26 @@ def _pipelined(
     options: tuple[bool, Mapping[str, Any]],
     progress: Progress | None,
 ) -> None:
-    """Encode and write each batch while the next one is read and decoded in a thread."""
+    """Encode and write each batch while the next one is read and decoded in threads.
+
+    The encoder takes a batch's images a forward pass at a time as they are decoded, so
+    it starts after a few images, not after a whole batch.
+    """
     from rar_agent.encoders.base import input_size_of
+    from rar_agent.encoders.torch_base import sharing_cpus
 
     strict, extra = options
     total = sum(len(b) for b in batches)
     seen: set[str] = set()
     need = input_size_of(encoder)
+    workers = decode_workers(encoder)
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-batch") as pool,
-        ThreadPoolExecutor(decode_workers(encoder), thread_name_prefix="rar-decode") as decoders,
+        ThreadPoolExecutor(workers, thread_name_prefix="rar-decode") as decoders,
+        sharing_cpus(encoder, workers if total > 1 else 0),  # one image: nothing overlaps
     ):
 
-        def submit(index: int) -> Future[PreparedBatch] | None:
-            if index >= len(batches):
-                return None
+        def submit(index: int, after: Sequence[Future[Any]] = ()) -> Future[PreparedBatch]:
             return pool.submit(
                 prepare_batch,
                 memory,
@@ -251,29 +258,58 @@ def _pipelined(
                 extra,
                 need=need,
                 decoders=decoders,
+                after=after,
             )
 
-        pending = submit(0)
+        pending = submit(0) if batches else None
         for index in range(len(batches)):
             assert pending is not None
             prepared = pending.result()
-            pending = submit(index + 1)  # decoded while this batch is encoded
-            _write(memory, encoder, prepared, report)
+            if index + 1 < len(batches):  # read and hashed while this batch is encoded
+                pending = submit(index + 1, prepared.decoding)
+            _write(memory, encoder, prepared, report, strict)
             if progress:
                 progress(report.total, total)
 
 
 def _write(
-    memory: CategoryMemory, encoder: ImageTextEncoder, prepared: PreparedBatch, report: BuildReport
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    prepared: PreparedBatch,
+    report: BuildReport,
+    strict: bool,
 ) -> None:
-    """Encode and store one prepared batch, and count it."""
-    if prepared.entries:
-        vectors = encoder.embed_images(prepared.images)
-        report.note_added(memory.add_entries(prepared.entries, vectors))
+    """Encode (a forward pass at a time, as the images arrive) and store one batch, and
+    count it: nothing of it is written when, under ``strict``, an image fails."""
+    import numpy as np
+
+    step = _forward_step(encoder, len(prepared.entries))
+    entries: list[MemoryEntry] = []
+    images: list[Image.Image] = []
+    vectors = []
+    for entry, image in prepared.decoded(strict):
+        entries.append(entry)
+        images.append(image)
+        if len(images) == step:
+            vectors.append(encoder.embed_images(images))
+            images = []
+    if images:
+        vectors.append(encoder.embed_images(images))
+    if entries:
+        report.note_added(memory.add_entries(entries, np.concatenate(vectors)))
     report.skipped_existing += prepared.skipped
     report.failed.extend(prepared.failed)
     for source, reason in prepared.failed:
         logger.warning("skipped %s: %s", source, reason)
+
+
+def _forward_step(encoder: object, batch: int) -> int:
+    """Images to hand ``encoder`` at once: its forward pass (``forward_batch``, as torch
+    encoders say) when smaller than ``batch``, else the whole batch."""
+    step = getattr(encoder, "forward_batch", None)
+    if isinstance(step, int) and not isinstance(step, bool) and 0 < step < batch:
+        return step
+    return max(1, batch)
 
 
 def finish_build(memory: CategoryMemory, report: BuildReport, start: float) -> None:

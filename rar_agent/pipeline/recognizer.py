@@ -25,7 +25,7 @@ from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
 from rar_agent.pipeline.explain import explain_result
 from rar_agent.pipeline.ranked import Ranking, failed_result
-from rar_agent.pipeline.regions import arecognize_regions, recognize_regions
+from rar_agent.pipeline.regions import RegionOptions, arecognize_regions, recognize_regions
 from rar_agent.pipeline.stages import Outcome, StageRunner
 from rar_agent.pipeline.vocabulary import vocabulary_memory
 from rar_agent.ranking import RankerSpec, RankingChain, as_ranking_chain, parse_gate
@@ -290,18 +290,8 @@ class Recognizer:
             One result per box, in input order, with ``box`` (pixels, clipped) and ``box_id``;
             unusable boxes get ``error`` set while the others still run.
         """
-        return recognize_regions(
-            self.stages,
-            image,
-            boxes,
-            k=k,
-            kind=kind,
-            context_image=context_image,
-            normalized=normalized,
-            context=context,
-            blur=blur,
-            decode_need=self.decode_need,
-        )
+        options = RegionOptions(k, kind, context_image, normalized, context, blur, self.decode_need)
+        return recognize_regions(self.stages, image, boxes, options)
 
     async def arecognize_regions(
         self,
@@ -317,18 +307,8 @@ class Recognizer:
     ) -> list[RecognitionResult]:
         """Async :meth:`recognize_regions`: cropping and encoding in a worker thread,
         ranking through the chain's ``abatch``."""
-        return await arecognize_regions(
-            self.stages,
-            image,
-            boxes,
-            k=k,
-            kind=kind,
-            context_image=context_image,
-            normalized=normalized,
-            context=context,
-            blur=blur,
-            decode_need=self.decode_need,
-        )
+        options = RegionOptions(k, kind, context_image, normalized, context, blur, self.decode_need)
+        return await arecognize_regions(self.stages, image, boxes, options)
 
     def _recognize_loaded(
         self, loaded: Sequence[LoadedImage], load_ms: Sequence[float], *, k: int | None

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from rar_agent.pipeline.stages import Outcome, StageRunner
     from rar_agent.regions.geometry import Context
 
-__all__ = ["arecognize_regions", "recognize_regions", "regions_need"]
+__all__ = ["RegionOptions", "arecognize_regions", "recognize_regions", "regions_need"]
 
 
 @dataclass
@@ -70,78 +70,72 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
-def recognize_regions(
-    stages: StageRunner,
-    image: ImageInput,
-    boxes: BoxesInput,
-    *,
-    k: int | None = None,
-    kind: MemoryKind = "text",
-    context_image: bool = False,
-    normalized: bool | None = None,
-    context: Context = None,
-    blur: float | None = DEFAULT_BLUR,
-    decode_need: DecodeNeed | None = None,
-) -> list[RecognitionResult]:
-    """Recognize each box of one image (see :meth:`Recognizer.recognize_regions`).
+@dataclass(frozen=True)
+class RegionOptions:
+    """How the boxes of one image are recognized (see :meth:`Recognizer.recognize_regions`).
 
-    Boxes are in the full image's coordinates; ``decode_need`` is what a whole image needs
-    (None: decode at full size), from which :func:`regions_need` sizes the decode.
+    Attributes:
+        k: Candidates per region (None: the retriever's).
+        kind: Memory side to query: ``text``, ``image`` or ``auto``.
+        context_image: Show the ranker the whole image with the box drawn next to the crop.
+        normalized: Box units: True 0..1, False pixels, None to detect.
+        context: The context curve or a fixed scale.
+        blur: Blur radius outside the box, as a fraction of the crop; 0/None: no blur.
+        decode_need: What a whole image needs (None: decode at full size), from which
+            :func:`regions_need` sizes the decode.
     """
-    prepared = _prepare_all(
-        stages, image, boxes, context_image, normalized, context, blur, decode_need
-    )
+
+    k: int | None = None
+    kind: MemoryKind = "text"
+    context_image: bool = False
+    normalized: bool | None = None
+    context: Context = None
+    blur: float | None = DEFAULT_BLUR
+    decode_need: DecodeNeed | None = None
+
+
+def recognize_regions(
+    stages: StageRunner, image: ImageInput, boxes: BoxesInput, options: RegionOptions
+) -> list[RecognitionResult]:
+    """Recognize each box of one image (boxes in the full image's coordinates)."""
+    prepared = _prepare_all(stages, image, boxes, options)
     # Regions prefer class names: small crops embed poorly against image examples.
-    outcomes = stages.run(prepared.crops, views=prepared.views, k=k, kind=kind, prefer="text")
+    outcomes = stages.run(
+        prepared.crops, views=prepared.views, k=options.k, kind=options.kind, prefer="text"
+    )
     return _results(stages, prepared, outcomes)
 
 
 async def arecognize_regions(
-    stages: StageRunner,
-    image: ImageInput,
-    boxes: BoxesInput,
-    *,
-    k: int | None = None,
-    kind: MemoryKind = "text",
-    context_image: bool = False,
-    normalized: bool | None = None,
-    context: Context = None,
-    blur: float | None = DEFAULT_BLUR,
-    decode_need: DecodeNeed | None = None,
+    stages: StageRunner, image: ImageInput, boxes: BoxesInput, options: RegionOptions
 ) -> list[RecognitionResult]:
     """Async :func:`recognize_regions`: decoding and cropping in a worker thread, the
     stages' :meth:`~rar_agent.pipeline.stages.StageRunner.arun`."""
-    prepared = await asyncio.to_thread(
-        _prepare_all, stages, image, boxes, context_image, normalized, context, blur, decode_need
-    )
+    prepared = await asyncio.to_thread(_prepare_all, stages, image, boxes, options)
     outcomes = await stages.arun(
-        prepared.crops, views=prepared.views, k=k, kind=kind, prefer="text"
+        prepared.crops, views=prepared.views, k=options.k, kind=options.kind, prefer="text"
     )
     return _results(stages, prepared, outcomes)
 
 
 def _prepare_all(
-    stages: StageRunner,
-    image: ImageInput,
-    boxes: BoxesInput,
-    context_image: bool,
-    normalized: bool | None,
-    context: Context,
-    blur: float | None,
-    whole_need: DecodeNeed | None,
+    stages: StageRunner, image: ImageInput, boxes: BoxesInput, options: RegionOptions
 ) -> _Prepared:
     """Decode the image as large as the boxes need, check and crop every box, and make the
     encoder's and the ranker's views."""
     from rar_agent.images import load_image
 
     start = time.perf_counter()
-    parsed = as_boxes(boxes, normalized=normalized)
+    parsed = as_boxes(boxes, normalized=options.normalized)
+    context, whole_need = options.context, options.decode_need
     need = None
     if whole_need is not None:
         side_needed = max(whole_need.short, whole_need.long)
 
         def need(full: tuple[int, int]) -> DecodeNeed:
-            return regions_need(parsed, full, side_needed, context=context, whole=context_image)
+            return regions_need(
+                parsed, full, side_needed, context=context, whole=options.context_image
+            )
 
     loaded = load_image(image, need=need)
     slots, jobs = _prepare(
@@ -150,10 +144,10 @@ def _prepare_all(
         parsed,
         full_size=loaded.full_size,
         context=context,
-        blur=blur,
+        blur=options.blur,
     )
     side = encoder_input_size(stages.encoder)
-    whole = loaded.image if context_image else None
+    whole = loaded.image if options.context_image else None
     return _Prepared(
         source=loaded.source,
         slots=slots,

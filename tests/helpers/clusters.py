@@ -24,10 +24,13 @@ from rar_agent.errors import EncoderError
 __all__ = [
     "DEMO_LABELS",
     "DIM",
+    "KNOWN",
+    "STRANGER",
     "Clusters",
     "PaletteEncoder",
     "demo_clusters",
     "demo_encoder",
+    "example_items",
     "make_clusters",
 ]
 
@@ -116,9 +119,27 @@ DEMO_LABELS = ("heron", "tabby cat", "lynx", "red fox", "barn owl", "bicycle")
 """The categories of :func:`demo_clusters` (and of the ``demo_encoder`` factory)."""
 
 
+KNOWN = list(DEMO_LABELS[:5])
+"""The demo categories a test memory holds (``tests/unit/conftest.py``)."""
+STRANGER = DEMO_LABELS[5]
+"""The demo category a test memory never sees: its pictures must come out unknown."""
+
+
 def demo_clusters() -> Clusters:
     """Six categories of eight examples each (seed 0): the set the CLI tests use."""
     return make_clusters(DEMO_LABELS, 8)
+
+
+def example_items(
+    clusters: Clusters, labels: Sequence[str], root: Path, per_label: int = 5
+) -> list[tuple[str, str]]:
+    """``(path, label)`` of the first ``per_label`` examples of each label, saved as PNGs
+    under ``root/<label>/`` (what a memory build takes)."""
+    return [
+        (str(clusters.save(label, i, root / label)), label)
+        for label in labels
+        for i in range(per_label)
+    ]
 
 
 def demo_encoder(pretrained: str | None = None, device: str | None = None) -> PaletteEncoder:

@@ -10,37 +10,20 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import ToolMessage
 
-from rar_agent import openset
-from rar_agent.ingest.builders import add_images
 from rar_agent.memory import CategoryMemory
 from rar_agent.pipeline import Recognizer, explanation_of
 from rar_agent.ranking import REJECTED_SKIP_REASON, RankingChain, skip_reason
 from rar_agent.results import RecognitionResult
 from rar_agent.tools import format_result
 from rar_agent.ui import candidates_table, render_reply
-from tests.helpers.clusters import Clusters, make_clusters
+from tests.helpers.clusters import KNOWN, STRANGER, Clusters
 
-LABELS = ["heron", "tabby cat", "lynx", "red fox", "barn owl"]
-STRANGER = "bicycle"  # a category the memory never sees
-
-
-@pytest.fixture(scope="module")
-def clusters() -> Clusters:
-    return make_clusters([*LABELS, STRANGER], 8)
+LABELS = KNOWN
 
 
 @pytest.fixture
-def memory(tmp_path: Path, clusters: Clusters) -> CategoryMemory:
-    items = [
-        (str(clusters.save(label, i, tmp_path / "examples" / label)), label)
-        for label in LABELS
-        for i in range(5)
-    ]
-    memory = CategoryMemory.open(tmp_path / "mem", collection="explain")
-    add_images(memory, clusters.encoder, items)
-    openset.fit(memory)  # what a build does (the constructor never calibrates, issue 18)
-    yield memory
-    memory.close()
+def memory(calibrated_memory: CategoryMemory) -> CategoryMemory:
+    return calibrated_memory
 
 
 def _none_of_these(n: int = 4) -> RankingChain:

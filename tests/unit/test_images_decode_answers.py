@@ -160,9 +160,10 @@ def test_builds_decode_phone_photos_to_need_on_threads(effnet: Any, tmp_path: Pa
         batch = [(p, label, None) for p, label in items]
         prepared = prepare_batch(other, batch, set(), False, {}, need=224, decoders=pool)
         other.close()
-    assert [min(im.size) for im in prepared.images] == [225, 225]  # 1/8 of 1800: >= 224
+        images = [image for _, image in prepared.decoded(strict=True)]
+    assert [min(im.size) for im in images] == [225, 225]  # 1/8 of 1800: >= 224
     assert np.allclose(
-        effnet.embed_images(prepared.images),
+        effnet.embed_images(images),
         effnet.embed_images([load_image(p).image for p, _ in items]),
         atol=0.02,
     )

@@ -298,3 +298,88 @@ def test_builder_refuses_another_encoder(
     with pytest.raises(EncoderMismatchError):
         build_from_folder(memory, tiny_encoder, folder)
     assert memory.count() == 0
+
+
+class _PassRecorder:
+    """A deterministic encoder that says its forward pass and records what it is handed."""
+
+    forward_batch = 2
+
+    def __init__(self) -> None:
+        from tests.helpers.encoder_factories import HashingEncoder
+
+        self.inner = HashingEncoder()
+        self.dim, self.fingerprint = self.inner.dim, self.inner.fingerprint
+        self.calls: list[int] = []
+
+    def embed_images(self, images):  # noqa: ANN001, ANN201 - the encoder protocol
+        self.calls.append(len(images))
+        return self.inner.embed_images(images)
+
+    def embed_texts(self, texts):  # noqa: ANN001, ANN201
+        return self.inner.embed_texts(texts)
+
+
+def test_the_encoder_takes_a_forward_pass_at_a_time(folder: Path, tmp_path: Path) -> None:
+    """A batch goes to the encoder as its images decode, a forward pass at a time, and stores
+    the vectors a whole-batch call gives."""
+    items = iter_image_folder(folder)[:7]
+    encoder = _PassRecorder()
+    with CategoryMemory.open(tmp_path / "passes") as memory:
+        report = add_images(memory, encoder, items, batch_size=4)
+        assert report.added == 7 and encoder.calls == [2, 2, 2, 1]
+        whole = encoder.inner.embed_images([Image.open(p).convert("RGB") for p, _ in items])
+        for vector, (path, label) in zip(whole, items, strict=True):
+            [hit] = memory.search(vector, limit=1)
+            assert (hit.label, hit.source, hit.score) == (label, path, pytest.approx(1.0))
+
+
+def test_a_repeat_of_a_broken_image_in_a_later_batch_fails_again(
+    folder: Path, memory: CategoryMemory, tiny_encoder
+) -> None:
+    """A failed image's id is released before the next batch is checked, so its repeat is
+    tried (and fails) rather than counted as already stored."""
+    good = iter_image_folder(folder)[:4]
+    broken = folder / "cat" / "cut.png"
+    broken.write_bytes((folder / "cat" / "img0.png").read_bytes()[:60])
+    items = [good[0], (str(broken), "cat"), (str(broken), "cat"), *good[1:]]  # batches of 2
+    report = add_images(memory, tiny_encoder, items, batch_size=2)
+    assert (report.added, report.skipped_existing) == (4, 0)
+    assert [source for source, _ in report.failed] == [str(broken), str(broken)]
+
+
+def test_builds_share_the_cpus_with_torch(monkeypatch: pytest.MonkeyPatch, tiny_encoder) -> None:
+    """Beside a CPU torch encoder, a build's decode threads take their CPUs from torch for
+    the build (nested builds too), and torch gets its thread count back after."""
+    import torch
+
+    from rar_agent.encoders import torch_base
+    from rar_agent.encoders.torch_base import sharing_cpus
+    from rar_agent.ingest.batches import decode_workers
+
+    for var in ("RAR_TORCH_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch_base, "usable_cpus", lambda: 8)
+    assert decode_workers(tiny_encoder) == 2
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        with sharing_cpus(tiny_encoder, 2):
+            assert torch.get_num_threads() == 6
+            with sharing_cpus(tiny_encoder, 3):
+                assert torch.get_num_threads() == 5
+            assert torch.get_num_threads() == 6
+        assert torch.get_num_threads() == 8
+        torch.set_num_threads(3)  # fewer than the CPUs left: never raised
+        with sharing_cpus(tiny_encoder, 2):
+            assert torch.get_num_threads() == 3
+        monkeypatch.setattr(torch_base, "usable_cpus", lambda: 2)
+        with sharing_cpus(tiny_encoder, 4):
+            assert torch.get_num_threads() == 1  # at least one
+        with sharing_cpus(_PassRecorder(), 1):  # not a torch encoder: untouched
+            assert torch.get_num_threads() == 3
+        monkeypatch.setenv("RAR_TORCH_THREADS", "3")  # the user's choice stands
+        with sharing_cpus(tiny_encoder, 1):
+            assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -16,27 +16,17 @@ from rar_agent.openset import load as load_calibration
 from rar_agent.pipeline import Recognizer
 from rar_agent.tools import ImageRegistry, make_tools
 from rar_agent.ui import ChatSession, render_reply
-from tests.helpers.clusters import Clusters, make_clusters
+from tests.helpers.clusters import KNOWN, STRANGER, Clusters, example_items
 from tests.helpers.fake_chat import PolicyChatModel
 
-LABELS = ["heron", "tabby cat", "lynx", "red fox", "barn owl"]
-NEW = "bicycle"
-
-
-@pytest.fixture(scope="module")
-def clusters() -> Clusters:
-    return make_clusters([*LABELS, NEW], 8)
+LABELS = KNOWN
+NEW = STRANGER
 
 
 @pytest.fixture
 def recognizer(tmp_path: Path, clusters: Clusters) -> Recognizer:
-    items = [
-        (str(clusters.save(label, i, tmp_path / "examples" / label)), label)
-        for label in LABELS
-        for i in range(5)
-    ]
     memory = CategoryMemory.open(tmp_path / "mem", collection="learn")
-    add_images(memory, clusters.encoder, items)
+    add_images(memory, clusters.encoder, example_items(clusters, LABELS, tmp_path / "examples"))
     rec = Recognizer.from_memory(memory, clusters.encoder, k=3)  # the factory calibrates
     yield rec
     rec.close()

@@ -1,0 +1,208 @@
+"""``memory build`` from a folder of 12 MP JPEGs against the raw encoder: the build rows of
+the ``photos`` section (``tools/bench_photos.py``), also runnable alone.
+
+Every measurement runs in a fresh process with the product's own threading (torch's threads
+as the encoder sets them, the build's decode threads), so one configuration never leaks into
+another. A process measures, for one tree of the package: the raw encoder's images/s on the
+folder's images already decoded (to the encoder's need), then builds of a small and a large
+part of the folder, each into a new memory (``add_images``, batch 32 as ``memory build``),
+wall and CPU time, and the open-set calibration ``memory build`` runs after the build (timed
+apart). The fixed cost of a build (creating the memory, decoding the first images
+before the encoder has anything to do, indexing at the end) and its steady time per image
+come from the two sizes: ``T(n) = fixed + n x per_image``. With ``--against REV`` the same is
+measured for the package as of git revision ``REV`` (its ``rar_agent/`` exported to a temp
+folder), the two trees' processes interleaved so that before and after share the load.
+
+Usage::
+
+    python tools/bench_build.py                     # 96 images, this tree
+    python tools/bench_build.py --against main      # and main, interleaved
+    python tools/bench_build.py --images 32 --small 16 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 32
+Row = dict[str, Any]
+
+
+def worker(tree: str, paths: list[str], small: int, encoder_name: str) -> dict[str, Any]:
+    """One process's figures for the package under ``tree`` (see the module docstring)."""
+    sys.path.insert(0, tree)
+    import torch
+
+    import rar_agent
+    from rar_agent import openset
+    from rar_agent.encoders import load_encoder
+    from rar_agent.images import load_image
+    from rar_agent.ingest.builders import add_images
+    from rar_agent.memory import CategoryMemory
+
+    assert Path(rar_agent.__file__).is_relative_to(tree), rar_agent.__file__
+    encoder = load_encoder(encoder_name, device="cpu")
+    need = getattr(encoder, "input_size", None)
+    decoded = [load_image(p, need=need).image for p in paths]
+    out: dict[str, Any] = {"threads": torch.get_num_threads()}
+    for key, threads in (("raw", out["threads"]), ("raw_1", 1)):
+        torch.set_num_threads(threads)
+        encoder.embed_images(decoded[:4])  # warm-up
+        start, cpu = time.perf_counter(), time.process_time()
+        encoder.embed_images(decoded)
+        out[key] = [time.perf_counter() - start, time.process_time() - cpu]
+    torch.set_num_threads(out["threads"])
+    del decoded
+    items = [(p, Path(p).stem.split("-")[0]) for p in paths]
+    for name, part in (("small", items[:small]), ("large", items)):
+        with tempfile.TemporaryDirectory(prefix="rar-build-") as tmp:
+            memory = CategoryMemory.open(Path(tmp) / "m", collection="photos")
+            start, cpu = time.perf_counter(), time.process_time()
+            report = add_images(memory, encoder, part, batch_size=BATCH)
+            out[name] = [time.perf_counter() - start, time.process_time() - cpu]
+            start = time.perf_counter()  # what `memory build` does next
+            openset.update(memory, added=report.sample_ids)
+            out[f"{name}_calibrate"] = time.perf_counter() - start
+            memory.close()
+        assert report.added == len(part) and not report.failed, report
+    return out
+
+
+def _export(rev: str, into: Path) -> str:
+    """``rar_agent/`` as of git revision ``rev``, written under ``into``."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "rar_agent"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return str(into)
+
+
+def _spawn(
+    tree: str, paths_file: Path, small: int, encoder: str, threads: int | None = None
+) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tree, "--paths-file",
+           str(paths_file), "--small", str(small), "--encoder", encoder]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    if threads:  # torch's threads as a user sets them (the default: the encoder decides)
+        env["RAR_TORCH_THREADS"] = str(threads)
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["load"] = os.getloadavg()[0]
+    return result
+
+
+def _row(name: str, value: float, unit: str, baseline: str | None = None,
+         base: float | None = None, target: str | None = None,
+         met: bool | None = None) -> Row:  # fmt: skip
+    ratio = round(value / base, 3) if base else None
+    return {"name": name, "value": round(value, 3), "unit": unit, "baseline": baseline,
+            "baseline_value": None if base is None else round(base, 3), "ratio": ratio,
+            "target": target, "met": met}  # fmt: skip
+
+
+def summarize(runs: list[dict[str, Any]], n: int, small: int) -> dict[str, float]:
+    """Best-of figures over one tree's processes: images/s, fixed cost, per-image times.
+
+    The raw encoder's figure is its better thread count's: torch's own (all CPUs) or one.
+    """
+    best = {k: min(r[k][0] for r in runs) for k in ("raw", "raw_1", "small", "large")}
+    raw_key = "raw" if best["raw"] <= best["raw_1"] else "raw_1"
+    cpu = {k: min(r[k][1] for r in runs) for k in (raw_key, "large")}
+    per_image = (best["large"] - best["small"]) / (n - small)
+    return {
+        "raw_rate": n / best[raw_key],
+        "raw_threads": runs[0]["threads"] if raw_key == "raw" else 1,
+        "rate": n / best["large"],
+        "steady_rate": 1 / per_image if per_image > 0 else float("inf"),
+        "fixed_ms": (best["large"] - n * per_image) * 1000,
+        "cpu_ms": cpu["large"] * 1000 / n,
+        "raw_cpu_ms": cpu[raw_key] * 1000 / n,
+        "calibrate_ms": min(r["large_calibrate"] for r in runs) * 1000,
+    }
+
+
+def rows_for(label: str, s: dict[str, float], n: int, small: int) -> list[Row]:
+    """The table rows of one tree (``label``: what it is)."""
+    raw = s["raw_rate"]
+    return [
+        _row(f"memory build, {n} x 12 MP JPEG ({label}), wall images/s", s["rate"], "img/s",
+             f"raw encoder images/s on the decoded images (best: {s['raw_threads']:.0f} torch "
+             "threads)", raw, ">= 1/1.3 of raw (ratio >= 0.77)", s["rate"] >= raw / 1.3),
+        _row("  steady state (from builds of both sizes), images/s", s["steady_rate"], "img/s",
+             "raw encoder", raw),
+        _row(f"  fixed cost per build (new memory, first decode, end; {small} vs {n})",
+             s["fixed_ms"], "ms"),
+        _row("  build CPU time per image", s["cpu_ms"], "ms", "raw encoder CPU per image",
+             s["raw_cpu_ms"]),
+        _row(f"  then the open-set calibration of the {n} entries (memory build does it)",
+             s["calibrate_ms"], "ms"),
+    ]  # fmt: skip
+
+
+def build_rows(
+    paths: list[Path],
+    small: int,
+    repeats: int,
+    encoder: str,
+    against: str | None = None,
+    threads: int | None = None,
+) -> list[Row]:
+    """This tree's build rows (and ``against``'s, measured interleaved)."""
+    trees = {"this tree": str(ROOT)}
+    with tempfile.TemporaryDirectory(prefix="rar-bench-build-") as tmp:
+        if against:
+            trees[against] = _export(against, Path(tmp))
+        paths_file = Path(tmp) / "paths.json"
+        paths_file.write_text(json.dumps([str(p) for p in paths]))
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
+        for _ in range(repeats):
+            for label, tree in trees.items():
+                runs[label].append(_spawn(tree, paths_file, small, encoder, threads))
+    loads = [r["load"] for rs in runs.values() for r in rs]
+    rows = []
+    for label in trees:
+        rows.extend(rows_for(label, summarize(runs[label], len(paths), small), len(paths), small))
+    rows.append(_row("  load average (1 min) during these runs, max", max(loads), ""))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=96, help="the large build's images")
+    parser.add_argument("--small", type=int, default=32, help="the small build's images")
+    parser.add_argument("--repeats", type=int, default=3, help="processes per tree (best of)")
+    parser.add_argument("--encoder", default="efficientnet-lite0")
+    parser.add_argument("--against", default=None, help="git revision to compare with")
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="RAR_TORCH_THREADS for the builds"
+    )
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--paths-file", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        paths = json.loads(args.paths_file.read_text())
+        print(json.dumps(worker(args.worker, paths, args.small, args.encoder)))
+        return 0
+    if not 0 < args.small < args.images:
+        parser.error("need 0 < --small < --images")
+    sys.path.insert(0, str(ROOT))
+    from tools.bench_e2e import print_table
+    from tools.bench_photos import photo_folder
+
+    rows = build_rows(photo_folder(args.images), args.small, args.repeats, args.encoder,
+                      args.against, args.torch_threads)  # fmt: skip
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
