@@ -669,8 +669,11 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     slots = _reservoir(memory.collection, cal, total, len(new))
     found = _reservoir_standins(memory, cal, new, labels, vectors, slots) if model else []
 
+    merged: list[Calibration] = []
+
     def merge(data: dict[str, Any] | None) -> dict[str, Any]:
-        now = _parse(data, memory.collection) or cal
+        now = _parse(data, memory.collection) or cal.model_copy(deep=True)
+        merged.append(now)
         if z is not None and now.statistic == cal.statistic:
             now.categories.add([labels[p] for p in new], z)
         pool = list(now.standins)
@@ -684,8 +687,8 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
         now.revision += 1
         return _finish(now).model_dump(mode="json")
 
-    stored = update_extension(memory, merge)
-    result = _parse(stored, memory.collection) or Calibration.model_validate(merge(None))
+    update_extension(memory, merge)
+    result = merged[-1]  # what was stored last (compare-and-set may have merged again)
     _remember(memory, result)
     return result
 
