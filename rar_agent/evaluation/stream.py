@@ -347,7 +347,7 @@ def _answer(recognizer: Any, vector: np.ndarray) -> tuple[str | None, bool]:
         retrieved = recognizer.retriever.retrieve_vectors(vector[None, :])
     except EmptyMemoryError:
         return None, True
-    [verdict] = recognizer.judge_many(retrieved)
+    [verdict] = recognizer.judge_many(retrieved, vector[None, :])
     candidates = retrieved[0]
     if not candidates:
         return None, True
