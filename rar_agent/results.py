@@ -101,12 +101,13 @@ class RejectionInfo(BaseModel):
     )
     similarity: float | None = Field(
         default=None,
-        description="Known-ness statistic: the mean similarity of the best candidate's two "
-        "closest entries, or its similarity when only one entry of it was retrieved.",
+        description="Known-ness statistic: with --reject auto the memory's calibrated score "
+        "(relative Mahalanobis, higher = more known); with a fixed threshold the mean "
+        "similarity of the best candidate's two closest entries (or its one entry's).",
     )
     threshold: float | None = Field(
         default=None,
-        description="The similarity an image of the best candidate's category must reach to "
+        description="The statistic an image of the best candidate's category must reach to "
         "count as known (None: no threshold, e.g. rejection off or a memory that cannot "
         "calibrate; ``note`` says why).",
     )
@@ -116,7 +117,7 @@ class RejectionInfo(BaseModel):
         "known categories is rejected.",
     )
     margin: float | None = Field(
-        default=None, description="Known-ness score: similarity minus threshold (< 0: unknown)."
+        default=None, description="Known-ness margin: statistic minus threshold (< 0: unknown)."
     )
     reasons: list[RejectReason] = Field(
         default_factory=list, description="Why the image is unknown (empty when known)."

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -20,6 +20,9 @@ from rar_agent.results import Candidate, MatchedExample
 __all__ = [
     "EXAMPLES_PER_CANDIDATE",
     "LABEL_SCORES",
+    "NEAR_DUPLICATE",
+    "RANK_HITS",
+    "category_scores",
     "fold_hits",
     "CategoryRetriever",
     "candidates_to_documents",
@@ -33,17 +36,79 @@ LABEL_SCORES = 5
 """Similarities kept per candidate category (its closest entries among the hits)."""
 
 
+RANK_HITS = 20
+"""Nearest entries of a query whose per-category means rank the categories
+(:func:`category_scores`)."""
+TAPER = 0.02
+"""Similarity over which an entry's weight in its category's local mean rises from 0 (at
+the first entry beyond the nearest ``RANK_HITS``) to 1."""
+NEAR_DUPLICATE = 0.95
+"""Cosine similarity from which two images count as the same picture: an example this close
+to a query decides its category's score, and the teacher flags one of another category."""
+
+
+def category_scores(
+    query: np.ndarray, rows: np.ndarray, labels: Sequence[str], sims: Sequence[float]
+) -> dict[str, float]:
+    """How well each category matches a query, from the query's nearest entries: the rule
+    by which categories are ranked (the recognizer and the evaluations use this one).
+
+    A category's score is the cosine between the query and the weighted mean of its entries
+    among the ``RANK_HITS`` nearest (a local class mean: one odd example, often a taught
+    correction near another category, does not outweigh the rest of its category). Every
+    entry weighs 1 except those within ``TAPER`` of the similarity of the first entry
+    beyond the nearest (of 0 when there is none), whose weight falls to 0 there: the score
+    changes smoothly with the query, with no jump when an entry enters the nearest. A
+    category with one weighted entry, or whose closest entry is a near-duplicate of the
+    query (``NEAR_DUPLICATE``: the query *is* that example), scores that entry's similarity.
+    A score is never below the weighted mean of its entries' similarities (when positive),
+    so a category with entries among the nearest outranks any without.
+
+    Args:
+        query: ``(d,)`` unit vector.
+        rows: ``(m, d)`` vectors of its nearest entries, best first (``RANK_HITS + 1`` are
+            enough: the last one only sets the weights' zero).
+        labels: Their categories.
+        sims: Their similarities to ``query``.
+
+    Returns:
+        The score of each category among the first ``RANK_HITS`` entries.
+    """
+    values = np.asarray(sims, dtype=np.float64)
+    n = min(len(values), RANK_HITS)
+    cut = float(values[n]) if len(values) > n else 0.0
+    weights = np.clip((values[:n] - cut) / TAPER, 0.0, 1.0)
+    groups: dict[str, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(labels[i], []).append(i)
+    out: dict[str, float] = {}
+    for label, members in groups.items():
+        best = float(values[members].max())
+        weight = weights[members]
+        if len(members) == 1 or best >= NEAR_DUPLICATE or weight.sum() <= 0:
+            out[label] = best
+            continue
+        mean = weight @ rows[members]
+        norm = float(np.linalg.norm(mean))
+        out[label] = float(query @ mean) / norm if norm > 0 else best
+    return out
+
+
 def fetch_limit(k: int, fetch_k: int | None) -> int:
     """How many entries to fetch so that ``k`` distinct labels are likely among them."""
     return max(fetch_k or 0, k * 10, 50)
 
 
-def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
-    """Fold memory entries into distinct labels (best score wins) and keep the best ``k``.
+def fold_hits(
+    hits: Iterable[Hit], k: int, ranks: Mapping[str, float] | None = None
+) -> list[Candidate]:
+    """Fold memory entries into distinct labels and keep the best ``k``.
 
     Args:
         hits: Entries from a memory search, in any order.
         k: How many distinct labels to keep.
+        ranks: Category scores (:func:`category_scores`) of the labels among the nearest
+            hits; any other label scores its best similarity (the only score without them).
 
     Returns:
         Candidates sorted by score (ties keep the first label seen), ``retrieval_rank`` set
@@ -56,14 +121,16 @@ def fold_hits(hits: Iterable[Hit], k: int) -> list[Candidate]:
         by_label.setdefault(hit.label, []).append(hit)
     for group in by_label.values():
         group.sort(key=lambda h: -h.score)
-    ranked = sorted(by_label.values(), key=lambda g: -g[0].score)[:k]
+    given = ranks or {}
+    score = {label: given.get(label, g[0].score) for label, g in by_label.items()}
+    ranked = sorted(by_label.values(), key=lambda g: -score[g[0].label])[:k]
     out = []
     for i, group in enumerate(ranked, 1):
         h = group[0]
         out.append(
             Candidate(
                 label=h.label,
-                score=float(h.score),
+                score=float(score[h.label]),
                 retrieval_rank=i,
                 kind=h.kind,
                 source=h.source,
@@ -193,7 +260,26 @@ class CategoryRetriever(BaseRetriever):
         k = validate_k(k if k is not None else self.k)
         limit = fetch_limit(k, self.fetch_k)
         batches = search_sides(self.memory, vectors, kind or self.kind, limit, prefer=prefer)
-        return [fold_hits(hits, k) for hits in batches]
+        ranks = self._ranks(np.asarray(vectors, dtype=np.float32), batches)
+        return [fold_hits(hits, k, r) for hits, r in zip(batches, ranks, strict=True)]
+
+    def _ranks(self, vectors: np.ndarray, batches: list[list[Hit]]) -> list[dict[str, float]]:
+        """The category scores of each query's nearest entries (one fetch of their vectors
+        for all queries)."""
+        nearest = [sorted(hits, key=lambda h: -h.score)[: RANK_HITS + 1] for hits in batches]
+        wanted = [h.id for hits in nearest for h in hits]
+        stored = self.memory.get_vectors(wanted) if wanted else {}
+        out: list[dict[str, float]] = []
+        for query, hits in zip(vectors, nearest, strict=True):
+            kept = [h for h in hits if h.id in stored]
+            if not kept:
+                out.append({})
+                continue
+            rows = np.asarray([stored[h.id] for h in kept], dtype=np.float32)
+            rows /= np.linalg.norm(rows, axis=1, keepdims=True).clip(min=1e-12)
+            q = query / max(float(np.linalg.norm(query)), 1e-12)
+            out.append(category_scores(q, rows, [h.label for h in kept], [h.score for h in kept]))
+        return out
 
     def search_text(self, text: str, *, k: int | None = None) -> list[Candidate]:
         """Categories whose entries best match a text query (text embedding)."""

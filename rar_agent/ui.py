@@ -614,15 +614,18 @@ def build_chat_page(
         conversation, _, note = session.resume(None)
         return conversation, note
 
+    def describe() -> str:
+        return _page_description(recognizer, model, can_learn=can_learn)
+
     with gr.Blocks(
         title=title, analytics_enabled=False, fill_height=True, fill_width=True, css=PAGE_CSS
     ) as page:
         conversation = gr.State(None)
+        gr.Markdown(f"<h1 style='text-align: center; margin-bottom: 1rem'>{title}</h1>")
+        header = gr.Markdown(describe(), elem_id="rar-header")
         chat = gr.ChatInterface(
             respond,
             multimodal=True,
-            title=title,
-            description=_page_description(recognizer, model, can_learn=can_learn),
             textbox=gr.MultimodalTextbox(
                 file_types=["image", ".heic", ".heif", ".avif"],
                 file_count="multiple",
@@ -640,6 +643,10 @@ def build_chat_page(
         )
         note = gr.Markdown(elem_id="rar-conversation")
         page.load(open_conversation, None, [conversation, chat.chatbot, chat.chatbot_state, note])
+        # the header's counts stay current: recounted on load and after every reply (an
+        # answer may have taught the memory a new example or category)
+        page.load(describe, None, header, show_progress="hidden")
+        chat.chatbot.change(describe, None, header, show_progress="hidden")
         chat.chatbot.clear(new_conversation, None, [conversation, note])
     return page
 

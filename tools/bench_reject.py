@@ -84,7 +84,7 @@ def bench_size(n: int, n_queries: int, rows: list[dict[str, Any]]) -> None:
             t0 = time.perf_counter()
             retrieved = rec.retriever.retrieve_vectors(row)
             t1 = time.perf_counter()
-            rec.judge_many(retrieved)
+            rec.judge_many(retrieved, row)
             t2 = time.perf_counter()
             full.append(t2 - t0)
             judge.append(t2 - t1)

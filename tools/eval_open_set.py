@@ -39,7 +39,7 @@ from rar_agent.config import parse_reject  # noqa: E402
 from rar_agent.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 from rar_agent.evaluation.openset import PROMISE_ALPHAS, auroc  # noqa: E402
 from rar_agent.memory import CategoryMemory, MemoryEntry  # noqa: E402
-from rar_agent.openset.groups import GROUP_ALPHA, NovelGroupLog, purity  # noqa: E402
+from rar_agent.openset.groups import NovelGroupLog, purity  # noqa: E402
 from rar_agent.retrieval import CategoryRetriever  # noqa: E402
 
 CLASSES = list(FASHION_MNIST_CLASSES)
@@ -136,7 +136,10 @@ def run(data: dict[str, Any], held: list[int], rows: np.ndarray, workdir: Path) 
     for alpha in PROMISE_ALPHAS:
         setting = parse_reject(f"auto:{alpha}")
         start = time.perf_counter()
-        verdicts = [openset.judge(c, setting, cal) for c in retrieved]
+        verdicts = [
+            openset.judge(c, setting, cal, v)
+            for c, v in zip(retrieved, data["test_x"], strict=True)
+        ]
         per_query_ms = (time.perf_counter() - start) * 1000.0 / len(retrieved)
         rejected = np.array([bool(v.reasons) for v in verdicts])
         thresholds = [v.threshold for v in verdicts]
@@ -164,7 +167,7 @@ def _groups(
 ) -> dict[str, float | None]:
     """The rejected queries through the novel-group log, in test order: how pure the groups
     are (by true class) and how many rejected queries joined one."""
-    link = cal.threshold(GROUP_ALPHA, 1)[0] if cal is not None else None
+    link = cal.link if cal is not None else None
     log = NovelGroupLog(capacity=4096)
     for i in np.flatnonzero(rejected):
         log.add(data["test_x"][i], str(i), link)
@@ -294,8 +297,9 @@ def compare_scores(data: dict[str, Any], shots: int = 10) -> dict[str, float]:
         zneg = (neg - neg[known].mean()) / (neg[known].std() + 1e-9)
         ztop = (support2 - support2[known].mean()) / (support2[known].std() + 1e-9)
         scores = {
+            **_whitened_scores(mx, my, qx, labels, support2),
             "top-1 similarity": top1,
-            "support: mean of the 2 closest of the best category (shipped)": support2,
+            "support: mean of the 2 closest of the best category (before)": support2,
             "mean of the 3 closest of the best category": support3,
             "2nd nearest neighbour, any category": ordered[:, 1],
             "5th nearest neighbour, any category": ordered[:, 4],
@@ -310,6 +314,60 @@ def compare_scores(data: dict[str, Any], shots: int = 10) -> dict[str, float]:
                 auroc(value[known].tolist(), value[~known].tolist()) or 0.0
             )
     return {k: round(float(np.mean(v)), 4) for k, v in results.items()}
+
+
+def _mahalanobis(x: np.ndarray, cov_rows: np.ndarray, shrink: float) -> np.ndarray:
+    """Squared distances of the rows of ``x`` under ``(1 - a) S + a (tr S / d) I``, where
+    ``S = cov_rows' cov_rows / n`` (low-rank form: ``d`` may exceed ``n``)."""
+    _, sv, vt = np.linalg.svd(cov_rows, full_matrices=False)
+    lam = sv**2 / len(cov_rows)
+    target = shrink * lam.sum() / x.shape[1]
+    coef = (1 - shrink) * lam / ((1 - shrink) * lam + target)
+    return np.asarray(((x**2).sum(1) - ((x @ vt.T) ** 2 * coef).sum(1)) / target)
+
+
+def _whitened_scores(
+    mx: np.ndarray, my: np.ndarray, qx: np.ndarray, labels: np.ndarray, support2: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The candidates from the literature on frozen features: centring, class means,
+    (relative) Mahalanobis with a shrunk shared covariance, PCA whitening, and the shipped
+    statistic (``Whitening``, fitted on the memory as the calibration does)."""
+    from rar_agent.openset.statistic import Whitening
+
+    mu = mx.mean(0)
+    mc, qc = _unit(mx - mu), _unit(qx - mu)
+    means = np.stack([mx[my == c].mean(0) for c in labels])
+    cen = qc @ mc.T
+    centred2 = np.stack([-np.sort(-cen[:, my == c], axis=1)[:, :2].mean(1) for c in labels], 1).max(
+        1
+    )
+    within = mx - means[np.searchsorted(labels, my)]
+    rel = {}
+    for shrink in (0.5, 0.95):
+        md = np.stack([_mahalanobis(qx - m, within, shrink) for m in means], 1).min(1)
+        rel[shrink] = (md, md - _mahalanobis(qx - mu, mx - mu, shrink))
+    _, _, vt = np.linalg.svd(mx - mu, full_matrices=False)
+    pm, pq = _unit((mx - mu) @ vt[:32].T), _unit((qx - mu) @ vt[:32].T)
+    psims = pq @ pm.T
+    pca2 = np.stack([-np.sort(-psims[:, my == c], axis=1)[:, :2].mean(1) for c in labels], 1)
+    model = Whitening.fit(mx, [str(c) for c in my])
+    assert model is not None
+    shipped = model.known(model.project(qx), np.stack([model.project(m)[0] for m in means]))
+    return {
+        "**relative Mahalanobis, memory's 64 principal directions, shrink 0.2 (shipped)**": (
+            shipped
+        ),
+        "relative Mahalanobis, all 1281 dimensions, shrink 0.95": -rel[0.95][1],
+        "relative Mahalanobis, all 1281 dimensions, shrink 0.5": -rel[0.5][1],
+        "Mahalanobis to the class mean (shared covariance, shrink 0.5)": -rel[0.5][0],
+        "cosine to the class mean": (qx @ _unit(means).T).max(1),
+        "cosine to the class mean, features centred on the memory's mean": (
+            qc @ _unit(means - mu).T
+        ).max(1),
+        "support on features centred on the memory's mean": centred2,
+        "support on PCA-whitened features (32 directions)": pca2.max(1),
+        "support minus the query's similarity to the memory's mean": support2 - qx @ mu,
+    }
 
 
 def _pct(v: float | None) -> str:

@@ -101,6 +101,14 @@ StreamOpt = Annotated[
 StreamShareOpt = Annotated[
     float, typer.Option("--stream-share", help="With --stream: share of test images streamed.")
 ]
+FeatureCacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--feature-cache",
+        help="Keep each image's vector in a cache file in this folder, so repeated runs "
+        "(other seeds, the same images) encode each image once.",
+    ),
+]
 EvalMemoryOpt = Annotated[
     Path | None,
     typer.Option("--memory", help="Keep the evaluation memory here.", show_default="temporary"),
@@ -130,6 +138,7 @@ def evaluate(
     memory: EvalMemoryOpt = None,
     stream: StreamOpt = False,
     stream_share: StreamShareOpt = 0.5,
+    feature_cache: FeatureCacheOpt = None,
     clip_model: ClipModelOpt = None,
     clip_pretrained: ClipPretrainedOpt = None,
     encoder: EncoderOpt = None,
@@ -158,15 +167,24 @@ def evaluate(
             pretrained=loaded.pretrained if loaded else None, device=settings.device,
             memory=str(memory) if memory else None, open_set=open_set, reject=reject,
         )  # fmt: skip
-        if stream:
-            _stream(config, enc, out, stream_share, plots=plots, as_json=as_json,
-                    progress=progress)  # fmt: skip
-            return
-        bar, update = staged_progress(
-            progress, {"memory": "building memory", "queries": "evaluating queries"}
-        )
-        with bar:
-            report = run_evaluation(config, encoder=enc, progress=update)
+        cached = None
+        if feature_cache is not None:
+            from rar_agent.evaluation.features import CachedEncoder
+
+            enc = cached = CachedEncoder(enc, feature_cache)
+        try:
+            if stream:
+                _stream(config, enc, out, stream_share, plots=plots, as_json=as_json,
+                        progress=progress)  # fmt: skip
+                return
+            bar, update = staged_progress(
+                progress, {"memory": "building memory", "queries": "evaluating queries"}
+            )
+            with bar:
+                report = run_evaluation(config, encoder=enc, progress=update)
+        finally:
+            if cached is not None:
+                cached.save()
         files = write_report(report, out, plots=plots)
         if as_json:
             sys.stdout.write(report.model_dump_json(indent=2) + "\n")

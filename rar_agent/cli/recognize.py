@@ -177,6 +177,7 @@ def _rejection_line(r: "RecognitionResult", ex: "Explanation") -> str:
         return f"open-set check ({rej.mode}): {ex.check_note or 'no threshold'}; {verdict}"
     promise = f", {ex.promise}" if ex.promise else ""
     return (
-        f"open-set check ({rej.mode}{promise}): {verdict}; similarity {rej.similarity:.4f} vs "
+        f"open-set check ({rej.mode}{promise}): {verdict}; "
+        f"{'similarity' if rej.mode == 'fixed' else 'known-ness'} {rej.similarity:.4f} vs "
         f"threshold {rej.threshold:.4f}"
     )

@@ -5,10 +5,12 @@ No ``from __future__ import annotations``: :func:`settings_command` reads the op
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+from pydantic import BaseModel
 
 from rar_agent.cli.options import ENCODER, STORE, JsonOpt, load_settings_encoder, settings_command
 
@@ -21,6 +23,8 @@ __all__ = ["memory_history", "memory_relabel", "memory_undo", "teach", "teach_im
 ByOpt = Annotated[
     str | None, typer.Option("--by", help="Who teaches (recorded with each example).")
 ]
+T = TypeVar("T", bound=BaseModel)
+
 CorrectsOpt = Annotated[
     str | None,
     typer.Option("--corrects", help="The wrong answer these images were given (recorded)."),
@@ -87,20 +91,9 @@ def memory_history(
     as_json: JsonOpt = False,
 ) -> None:
     """List what the memory was taught (examples added, corrected, relabelled), oldest first."""
-    from rar_agent.tools.learn import describe_event
+    from rar_agent.tools.learn import describe_history
 
-    teacher = _teacher(settings)
-    with teacher.memory:
-        history = teacher.history(limit)
-    if as_json:
-        typer.echo(json.dumps(history.model_dump(mode="json"), ensure_ascii=False))
-        return
-    if not history.events:
-        typer.echo("nothing has been taught to this memory")
-        return
-    typer.echo(f"last {len(history.events)} of {history.total} teaching events:")
-    for event in history.events:
-        typer.echo(describe_event(event))
+    _answer(settings, lambda teacher: teacher.history(limit), describe_history, as_json)
 
 
 @settings_command(STORE)
@@ -110,21 +103,26 @@ def memory_undo(
     as_json: JsonOpt = False,
 ) -> None:
     """Undo the last N teaching events: taught examples removed, relabels moved back."""
-    from rar_agent.tools.learn import describe_event
+    from rar_agent.tools.learn import describe_undone
 
+    _answer(settings, lambda teacher: teacher.undo(n), describe_undone, as_json)
+
+
+def _answer(
+    settings: "Settings",
+    do: "Callable[[Teacher], T]",
+    describe: Callable[[T], str],
+    as_json: bool,
+) -> None:
+    """Run ``do`` with a CLI teacher and print its result as JSON or as the text the tools
+    also answer with."""
     teacher = _teacher(settings)
     with teacher.memory:
-        undone = teacher.undo(n)
+        result = do(teacher)
     if as_json:
-        typer.echo(json.dumps(undone.model_dump(mode="json"), ensure_ascii=False))
-        return
-    if not undone.undone:
-        typer.echo("nothing to undo: nothing has been taught to this memory")
-        return
-    typer.echo(f"undid {len(undone.undone)} teaching event(s), newest first:")
-    for event in undone.undone:
-        typer.echo("  " + describe_event(event))
-    typer.echo(f"memory now holds {undone.image_entries} example images")
+        typer.echo(json.dumps(result.model_dump(mode="json"), ensure_ascii=False))
+    else:
+        typer.echo(describe(result))
 
 
 @settings_command(STORE)
@@ -134,13 +132,9 @@ def memory_relabel(
     label: Annotated[str, typer.Argument(help="The label to move it to.")],
 ) -> None:
     """Move one stored example to another label (when it was stored under the wrong one)."""
+    from rar_agent.tools.learn import describe_relabeled
+
     teacher = _teacher(settings)
     with teacher.memory:
         moved = teacher.relabel(example, label)
-    if moved.previous_label == moved.label:
-        typer.echo(f"entry {moved.id} is already an example of {moved.label!r}")
-    else:
-        typer.echo(
-            f"moved entry {moved.previous_id} from {moved.previous_label!r} to "
-            f"{moved.label!r} (now entry {moved.id})"
-        )
+    typer.echo(describe_relabeled(moved))

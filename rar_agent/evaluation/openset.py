@@ -1,9 +1,10 @@
 """Open-set metrics: does the known-ness score tell held-out classes from known ones?
 
 Known-class queries are positives, unknown-class queries negatives. The known-ness score is
-the known-ness statistic (:func:`rar_agent.openset.known_score`) minus the memory's conformal
-threshold for the query (or the raw statistic when the memory cannot calibrate). The promise
-of ``--reject auto:ALPHA`` is checked at every ALPHA of ``PROMISE_ALPHAS``: the share of
+the memory's calibrated statistic (``Calibration.judge_vector``; the support
+:func:`rar_agent.openset.known_score` where the memory has no statistic) minus the memory's
+conformal threshold for the query (or the raw statistic when the memory cannot calibrate).
+The promise of ``--reject auto:ALPHA`` is checked at every ALPHA of ``PROMISE_ALPHAS``: the share of
 known-class queries rejected (delivered) next to ALPHA (promised). Pure functions over query
 records; :mod:`~rar_agent.evaluation.openset_render`
 draws them.
@@ -67,7 +68,7 @@ class OpenSetReport(BaseModel):
     unknown_classes: list[str] = Field(default_factory=list)
     auroc: float | None = Field(default=None, description="AUROC of the known-ness score.")
     auroc_similarity: float | None = Field(
-        default=None, description="AUROC of the raw support (no per-category threshold)."
+        default=None, description="AUROC of the raw statistic (no per-shot threshold)."
     )
     known_top1: float | None = Field(default=None, description="Known classes, no rejection.")
     known_top1_rejecting: float | None = Field(

@@ -158,9 +158,10 @@ def open_set_markdown(report: EvalReport, plots: dict[str, Path]) -> list[str]:
     lines = ["## Open set", ""]
     lines += [
         f"Held out of the memory: {', '.join(o.unknown_classes) or '-'}. Known-class queries are "
-        "positives, held-out-class queries negatives. The known-ness score is the top "
-        "category's statistic (mean similarity of its 2 closest entries) minus the memory's "
-        "conformal threshold for the query"
+        "positives, held-out-class queries negatives. The known-ness score is the memory's "
+        "calibrated statistic (relative Mahalanobis in its principal subspace; the support, "
+        "the mean similarity of the top category's 2 closest entries, where it has none) "
+        "minus the memory's conformal threshold for the query"
         + ("" if o.calibrated else " (the memory cannot calibrate: raw statistic)")
         + ".",
         "",

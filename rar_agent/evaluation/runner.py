@@ -129,7 +129,12 @@ def _items_to_records(
         record.reason = info.reason
         record.ranked = list(order) if order else None
         _open_set_fields(
-            record, cands, outcome.rejection, cal, known_labels, recognizer.reject.alpha
+            record,
+            cands,
+            (outcome.rejection, outcome.vector),
+            cal,
+            known_labels,
+            recognizer.reject.alpha,
         )
         record.rejected = outcome.unknown
         timings = outcome.timings_ms
@@ -145,12 +150,14 @@ def _items_to_records(
 def _open_set_fields(
     record: QueryRecord,
     cands: Sequence[Candidate],
-    verdict: RejectionInfo,
+    checked: tuple[RejectionInfo, Any],
     cal: Calibration | None,
     known_labels: set[str],
     alpha: float,
 ) -> None:
-    """Whether the query's class is in memory, its known-ness statistic and thresholds."""
+    """Whether the query's class is in memory, its known-ness statistic and thresholds
+    (``checked``: the open-set check's verdict and the query's embedding)."""
+    verdict, vector = checked
     record.known = record.label in known_labels
     record.threshold = verdict.threshold
     if not cands:
@@ -162,15 +169,15 @@ def _open_set_fields(
     similarity, _ = known_score(top.scores) or (top.score, True)
     record.similarity = round(similarity, 6)
     record.shots = max(1, len(top.scores))
-    if cal is not None and top.kind == "image":
-        stat, (auto, _) = cal.judge_scores(top.scores, alpha)
+    if cal is not None and top.kind == "image" and cal.calibrated and vector is not None:
+        stat, shots, (auto, _) = cal.judge_vector(vector, alpha)
         record.similarity = round(stat, 6)
+        record.shots = shots
         record.auto_threshold = None if auto is None else round(auto, 6)
-        # the margin at each ALPHA (statistic and threshold may both change with ALPHA)
         record.alpha_thresholds = {}
         for a in PROMISE_ALPHAS:
-            s_a, (t_a, _) = cal.judge_scores(top.scores, a)
-            record.alpha_thresholds[f"{a:g}"] = None if t_a is None else t_a - s_a + stat
+            _, _, (t_a, _) = cal.judge_vector(vector, a)
+            record.alpha_thresholds[f"{a:g}"] = None if t_a is None else t_a
 
 
 def _build_memory(

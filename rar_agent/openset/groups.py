@@ -2,13 +2,12 @@
 
 A recognizer keeps the queries it judged unknown lately (a bounded log). Two of them are
 *linked* when they are as close as two photos of one category usually are: their similarity
-reaches the memory's one-shot threshold at ``GROUP_ALPHA`` (closer than 80 % of the pairs of
-examples of one category; a category taught from one of them would recognize the other).
-Measured on Fashion-MNIST (10 shots, 3 classes held out, seeds 0-4): 79 % of the grouped
-rejected queries share their group's class, 71 % of them join a group; linking at the 5 %
-tail instead chains look-alike classes into one group (51 % pure), at the median splits them
-(76 %, 45 % grouped). Linked queries form groups (single linkage), so an agent can ask
-once, "what are these 7 images?", instead of seven times. Without a one-shot threshold (a
+reaches the memory's ``link`` (:attr:`rar_agent.openset.Calibration.link`: the median of each
+example's similarity to its closest other example of its category,
+``calibration.GROUP_QUANTILE``; a category taught from one of them would recognize the
+other). Linked queries form groups (single linkage), so
+an agent can ask once, "what are these 7 images?", instead of seven times. How pure the
+groups are on Fashion-MNIST's held-out classes: ``docs/eval/open-set``. Without a link (a
 memory that cannot calibrate) nothing is linked.
 """
 
@@ -21,10 +20,7 @@ import numpy as np
 
 from rar_agent.results import NovelGroup
 
-__all__ = ["GROUP_ALPHA", "MAX_MEMBERS_SHOWN", "NovelGroupLog", "purity"]
-
-GROUP_ALPHA = 0.2
-"""The one-shot threshold at this ALPHA links two unknown queries (see the module docs)."""
+__all__ = ["MAX_MEMBERS_SHOWN", "NovelGroupLog", "purity"]
 
 MAX_MEMBERS_SHOWN = 20
 """Member images listed per group (the size counts all of them)."""
@@ -56,7 +52,7 @@ class NovelGroupLog:
             vector: The query's embedding.
             image: How the caller named the image (an id, a path, a URL).
             link: The similarity at which two queries are one new thing (the memory's
-                one-shot threshold), ``None`` when the memory has none.
+                ``Calibration.link``), ``None`` when the memory has none.
         """
         row = np.asarray(vector, dtype=np.float32).ravel()
         row = row / (float(np.linalg.norm(row)) or 1.0)

@@ -15,6 +15,8 @@ from rar_agent.openset.statistic import known_score
 from rar_agent.results import Candidate, RankingInfo, RejectionInfo
 
 if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
     from rar_agent.config import RejectSetting
     from rar_agent.openset.calibration import Calibration
 
@@ -25,20 +27,29 @@ RANKER_SKIP_REASON = "unknown: the best match is below the memory's threshold"
 
 
 def judge(
-    candidates: Sequence[Candidate], setting: RejectSetting, calibration: Calibration | None
+    candidates: Sequence[Candidate],
+    setting: RejectSetting,
+    calibration: Calibration | None,
+    vector: ArrayLike | None = None,
 ) -> RejectionInfo:
     """The retrieval-side verdict for one image's candidates (best first).
 
-    The statistic is :func:`~rar_agent.openset.statistic.known_score` of the best
-    candidate; the threshold is the fixed one, or the conformal one at the setting's ALPHA for
-    as many examples as the best category has among the hits (image entries only: class-name
-    entries have none). Where the memory cannot support the promise, nothing is rejected and
-    the note says why ("cannot calibrate ...").
+    ``fixed``: the best candidate's support
+    (:func:`~rar_agent.openset.statistic.known_score`) against the given threshold. ``auto``:
+    the query's known-ness (:meth:`~rar_agent.openset.calibration.Calibration.judge_vector`,
+    the calibrated statistic of its embedding) against the conformal threshold at the
+    setting's ALPHA for its best category's number of examples (image entries only:
+    class-name entries have none). Where the memory cannot support the promise, nothing is
+    rejected and the note says why ("cannot calibrate ..."). The answer stays retrieval's.
 
     Args:
         candidates: The retrieval candidates.
         setting: The reject setting (``off``, ``auto`` or ``fixed``).
         calibration: The memory's calibration (used by ``auto``).
+        vector: The query's embedding (needed by ``auto`` on a calibrated image memory).
+
+    Raises:
+        ValueError: ``auto`` on a calibrated image memory without the query's embedding.
     """
     mode = setting.mode
     if mode == "off" or not candidates:
@@ -48,8 +59,10 @@ def judge(
     why: str | None = None
     if mode == "fixed":
         threshold = setting.threshold
-    elif calibration is not None and top.kind == "image":
-        stat, (threshold, why) = calibration.judge_scores(top.scores or [top.score], setting.alpha)
+    elif calibration is not None and top.kind == "image" and calibration.calibrated:
+        if vector is None:
+            raise ValueError("the auto open-set check needs the query's embedding")
+        stat, _, (threshold, why) = calibration.judge_vector(vector, setting.alpha)
     else:
         threshold = None
     info = RejectionInfo(mode=mode, similarity=round(stat, 6))

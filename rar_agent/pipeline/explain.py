@@ -190,6 +190,13 @@ def _why_unknown(rejection: RejectionInfo, top: tuple[str, float] | None) -> lis
         sim, threshold = rejection.similarity, rejection.threshold
         if sim is None or threshold is None:
             why.append("its best match is below the memory's threshold")
+        elif rejection.mode != "fixed":
+            # the calibrated statistic (rar_agent.openset.statistic), not a similarity
+            why.append(
+                f"its known-ness {sim:.2f} (how much closer it lies to the nearest category's "
+                f"examples than to the memory's as a whole) is below the {threshold:.2f} "
+                "that images of that category reach"
+            )
         else:
             measured = f"its best match scores {sim:.3f}"
             if top is not None:
@@ -199,12 +206,7 @@ def _why_unknown(rejection: RejectionInfo, top: tuple[str, float] | None) -> lis
                     if abs(sim - score) < 5e-4
                     else f"the 2 closest examples of {label} average {sim:.3f}"
                 )
-            if rejection.mode == "fixed":
-                why.append(f"{measured}, below the fixed threshold {threshold:.3f}")
-            else:
-                why.append(
-                    f"{measured}, below the {threshold:.3f} that images of that category reach"
-                )
+            why.append(f"{measured}, below the fixed threshold {threshold:.3f}")
     return why + _ranker_none(rejection)
 
 

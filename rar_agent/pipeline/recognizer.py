@@ -22,7 +22,7 @@ from rar_agent.encoders.spec import spec_of
 from rar_agent.errors import RarError
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, load_image
 from rar_agent.ingest.encoder import bind_memory
-from rar_agent.openset.groups import GROUP_ALPHA, NovelGroupLog
+from rar_agent.openset.groups import NovelGroupLog
 from rar_agent.pipeline.explain import explain_result
 from rar_agent.pipeline.ranked import Ranking, failed_result
 from rar_agent.pipeline.regions import RegionOptions, arecognize_regions, recognize_regions
@@ -339,7 +339,7 @@ class Recognizer:
         if not any(r.unknown for r in results):
             return
         cal = self.calibration() if self.reject.mode == "auto" else None
-        link = cal.threshold(GROUP_ALPHA, 1)[0] if cal is not None else None
+        link = cal.link if cal is not None else None
         for result, vector in zip(results, vectors, strict=True):
             if result.unknown:
                 result.novel_group = self.novel_groups.add(vector, result.image, link)
@@ -391,9 +391,12 @@ class Recognizer:
 
         return current(self.memory) or self._computed
 
-    def judge_many(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
-        """The open-set check of each candidate list (:func:`.verdict.open_set_check`)."""
-        return self.stages.judge(retrieved)
+    def judge_many(
+        self, retrieved: Sequence[Sequence[Candidate]], vectors: Any = None
+    ) -> list[RejectionInfo]:
+        """The open-set check of each candidate list (:func:`.verdict.open_set_check`), given
+        the images' embeddings (``vectors``, one row per list; ``--reject auto`` scores them)."""
+        return self.stages.judge(retrieved, vectors)
 
     # ------------------------------------------------------------------ ranking
 

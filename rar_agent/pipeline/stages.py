@@ -162,10 +162,17 @@ class StageRunner:
         )
         return self._outcomes(found, inputs, outputs, rankings)
 
-    def judge(self, retrieved: Sequence[Sequence[Candidate]]) -> list[RejectionInfo]:
-        """The open-set check of each candidate list (:func:`.verdict.open_set_check`)."""
+    def judge(
+        self, retrieved: Sequence[Sequence[Candidate]], vectors: Any = None
+    ) -> list[RejectionInfo]:
+        """The open-set check of each candidate list (:func:`.verdict.open_set_check`), with
+        the images' embeddings (``vectors``, one row each; ``auto`` needs them)."""
         cal = self.calibration() if self.reject.mode == "auto" else None
-        return [open_set_check(candidates, self.reject, cal) for candidates in retrieved]
+        rows = [None] * len(retrieved) if vectors is None else list(vectors)
+        return [
+            open_set_check(candidates, self.reject, cal, row)
+            for candidates, row in zip(retrieved, rows, strict=True)
+        ]
 
     def rank(
         self,
@@ -232,7 +239,7 @@ class StageRunner:
         candidates = self.retriever.retrieve_vectors(vectors, k=k, kind=kind, prefer=prefer)
         retrieve_ms = _ms(t1)
         t2 = time.perf_counter()
-        checks = self.judge(candidates)
+        checks = self.judge(candidates, vectors)
         reject_ms = _ms(t2)
         timings = {
             "encode": round(encode_ms / n, 3),

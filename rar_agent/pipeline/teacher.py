@@ -48,6 +48,7 @@ from rar_agent.results import (
     TeachingUndone,
     TeachVia,
 )
+from rar_agent.retrieval import NEAR_DUPLICATE
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -72,8 +73,6 @@ logger = logging.getLogger(__name__)
 
 VIA: tuple[TeachVia, ...] = ("cli", "chat", "tool", "mcp", "api")
 """Where teaching can come from (``taught.via``)."""
-NEAR_DUPLICATE = 0.95
-"""Cosine similarity from which an example of another category counts as a near-duplicate."""
 _DUPLICATE_SEARCH = 16
 """Nearest examples checked for the same content or a near-duplicate (an identical image
 embeds identically, so its entry is the first hit)."""

@@ -17,6 +17,8 @@ from rar_agent.openset import judge, with_ranker_verdict
 from rar_agent.results import Candidate, RankingInfo, RejectionInfo
 
 if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
     from rar_agent.config import RejectSetting
     from rar_agent.openset.calibration import Calibration
 
@@ -24,7 +26,10 @@ __all__ = ["is_unknown", "open_set_check", "verdict"]
 
 
 def open_set_check(
-    candidates: Sequence[Candidate], setting: RejectSetting, calibration: Calibration | None
+    candidates: Sequence[Candidate],
+    setting: RejectSetting,
+    calibration: Calibration | None,
+    vector: ArrayLike | None = None,
 ) -> RejectionInfo:
     """The retrieval-side open-set check of one image's candidates (best first).
 
@@ -32,8 +37,9 @@ def open_set_check(
         candidates: The retrieval candidates.
         setting: The reject setting (``off``, ``auto`` or ``fixed``).
         calibration: The memory's calibration (used by ``auto``).
+        vector: The image's embedding (``auto`` scores it).
     """
-    return judge(candidates, setting, calibration)
+    return judge(candidates, setting, calibration, vector)
 
 
 def verdict(retrieval: RejectionInfo | None, ranking: RankingInfo) -> RejectionInfo:

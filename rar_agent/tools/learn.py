@@ -8,10 +8,10 @@ which the memory learns, so a tool call obeys the same rules as the CLI and the 
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
-from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.callbacks import CallbackManagerForToolRun
 from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field
 
@@ -31,6 +31,8 @@ from rar_agent.tools.provenance import serving_teacher
 if TYPE_CHECKING:
     from rar_agent.pipeline.teacher import Teacher
 
+Result = TypeVar("Result", bound=BaseModel)
+
 __all__ = [
     "AddCategoryInput",
     "AddCategoryTool",
@@ -43,6 +45,9 @@ __all__ = [
     "UndoTeachingTool",
     "describe_added",
     "describe_event",
+    "describe_history",
+    "describe_relabeled",
+    "describe_undone",
 ]
 
 
@@ -59,6 +64,7 @@ class TeachingTool(RecognizerTool):
     """
 
     writes_memory: ClassVar[bool] = True
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     enabled: bool = False
     via: TeachVia = "tool"
     by: str | None = None
@@ -74,6 +80,17 @@ class TeachingTool(RecognizerTool):
         served = serving_teacher()
         via, by = (served.via, served.by) if served is not None else (self.via, self.by)
         return Teacher(self.recognizer.memory, self.recognizer.encoder, via=via, by=by)
+
+    def answer(
+        self, do: Callable[[Teacher], Result], describe: Callable[[Result], str]
+    ) -> tuple[str, dict[str, Any]]:
+        """Run ``do`` with :meth:`teacher`: its result described for the model, and as the
+        artifact (a refusal or error becomes a ``ToolException``)."""
+        try:
+            result = do(self.teacher())
+        except RarError as e:
+            raise tool_error(e) from e
+        return describe(result), result.model_dump(mode="json")
 
 
 def describe_added(result: ExampleAdded) -> str:
@@ -129,6 +146,33 @@ def describe_event(event: TeachingEvent) -> str:
     return f"{event.at[:19].replace('T', ' ')} via {event.via}{who}: {what} [entry {event.id}]"
 
 
+def describe_relabeled(moved: ExampleRelabeled) -> str:
+    """What a relabel did, in one sentence (the tool's reply, the CLI's output)."""
+    if moved.previous_label == moved.label:
+        return f"Entry {moved.id} is already an example of {moved.label!r}."
+    return (
+        f"Moved entry {moved.previous_id} from {moved.previous_label!r} to {moved.label!r} "
+        f"(now entry {moved.id}; {moved.category_examples} examples of {moved.label!r})."
+    )
+
+
+def describe_history(history: TeachingHistory) -> str:
+    """The teaching history as lines of text (the tool's reply, the CLI's output)."""
+    if not history.events:
+        return "Nothing has been taught to this memory yet."
+    heading = f"Last {len(history.events)} of {history.total} teaching events:"
+    return "\n".join([heading, *(describe_event(e) for e in history.events)])
+
+
+def describe_undone(undone: TeachingUndone) -> str:
+    """What an undo reversed, as lines of text (the tool's reply, the CLI's output)."""
+    if not undone.undone:
+        return "Nothing to undo: nothing has been taught to this memory."
+    heading = f"Undid {len(undone.undone)} teaching event(s), newest first:"
+    lines = [heading, *(describe_event(e) for e in undone.undone)]
+    return "\n".join([*lines, f"The memory now holds {undone.image_entries} example images."])
+
+
 # ---------------------------------------------------------------------------- add / correct
 
 
@@ -167,7 +211,6 @@ class AddCategoryTool(TeachingTool):
         "example instead if the user confirms."
     )
     args_schema: type[BaseModel] = AddCategoryInput
-    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     artifact_type: ClassVar[object] = ExampleAdded
 
     def _run(
@@ -189,16 +232,6 @@ class AddCategoryTool(TeachingTool):
         except RarError as e:
             raise tool_error(e) from e
         return describe_added(result), result.model_dump(mode="json")
-
-    async def _arun(
-        self,
-        label: str,
-        image: str | None = None,
-        corrects: str | None = None,
-        confirmed: bool = False,
-        run_manager: AsyncCallbackManagerForToolRun | None = None,
-    ) -> tuple[str, dict[str, Any]]:
-        return await asyncio.to_thread(self._run, label, image, corrects, confirmed)
 
 
 # ---------------------------------------------------------------------------- relabel
@@ -225,29 +258,12 @@ class RelabelExampleTool(TeachingTool):
         "refuses to store the same image under a second label and names the entry)."
     )
     args_schema: type[BaseModel] = RelabelExampleInput
-    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     artifact_type: ClassVar[object] = ExampleRelabeled
 
     def _run(
         self, example: str, label: str, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        try:
-            moved = self.teacher().relabel(example, label)
-        except RarError as e:
-            raise tool_error(e) from e
-        if moved.previous_label == moved.label:
-            text = f"Entry {moved.id} is already an example of {moved.label!r}."
-        else:
-            text = (
-                f"Moved the example from {moved.previous_label!r} to {moved.label!r} (entry "
-                f"{moved.id} now; {moved.category_examples} examples of {moved.label!r})."
-            )
-        return text, moved.model_dump(mode="json")
-
-    async def _arun(
-        self, example: str, label: str, run_manager: AsyncCallbackManagerForToolRun | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        return await asyncio.to_thread(self._run, example, label)
+        return self.answer(lambda teacher: teacher.relabel(example, label), describe_relabeled)
 
 
 # ---------------------------------------------------------------------------- history, undo
@@ -268,27 +284,13 @@ class TeachingHistoryTool(TeachingTool):
         "corrected or relabelled), oldest first, with when, from where and by whom."
     )
     args_schema: type[BaseModel] = TeachingHistoryInput
-    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     artifact_type: ClassVar[object] = TeachingHistory
     writes_memory: ClassVar[bool] = False
 
     def _run(
         self, limit: int = 10, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        try:
-            history = self.teacher().history(limit)
-        except RarError as e:
-            raise tool_error(e) from e
-        if not history.events:
-            return "Nothing has been taught to this memory yet.", history.model_dump(mode="json")
-        lines = [f"Last {len(history.events)} of {history.total} teaching events:"]
-        lines += [describe_event(e) for e in history.events]
-        return "\n".join(lines), history.model_dump(mode="json")
-
-    async def _arun(
-        self, limit: int = 10, run_manager: AsyncCallbackManagerForToolRun | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        return await asyncio.to_thread(self._run, limit)
+        return self.answer(lambda teacher: teacher.history(limit), describe_history)
 
 
 class UndoTeachingInput(BaseModel):
@@ -306,23 +308,9 @@ class UndoTeachingTool(TeachingTool):
         "back. Use only when the user asks to undo what was taught."
     )
     args_schema: type[BaseModel] = UndoTeachingInput
-    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     artifact_type: ClassVar[object] = TeachingUndone
 
     def _run(
         self, n: int = 1, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        try:
-            undone = self.teacher().undo(n)
-        except RarError as e:
-            raise tool_error(e) from e
-        if not undone.undone:
-            return "Nothing to undo: nothing has been taught.", undone.model_dump(mode="json")
-        lines = [f"Undid {len(undone.undone)} teaching event(s), newest first:"]
-        lines += [describe_event(e) for e in undone.undone]
-        return "\n".join(lines), undone.model_dump(mode="json")
-
-    async def _arun(
-        self, n: int = 1, run_manager: AsyncCallbackManagerForToolRun | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        return await asyncio.to_thread(self._run, n)
+        return self.answer(lambda teacher: teacher.undo(n), describe_undone)

@@ -72,6 +72,16 @@ def _send(page: Any, text: str = "", files: list[Path] = ()) -> Any:  # type: ig
     return _next_reply(page, before)
 
 
+def _categories(page: Any) -> int:
+    """The category count the page's header shows."""
+    import re
+
+    text = page.locator("#rar-header").inner_text()
+    found = re.search(r"Memory: (\d+) categories", text)
+    assert found, text
+    return int(found.group(1))
+
+
 def _next_reply(page: Any, before: int) -> Any:
     bots = page.locator("#rar-chat [data-testid='bot']")
     page.wait_for_function(
@@ -98,6 +108,7 @@ def test_correct_an_answer_with_the_controls_and_in_words(
         page.locator("#rar-input textarea").wait_for(timeout=60_000)
         header = page.locator("body").inner_text()
         assert "No chat model is configured" in header and "call it X" in header
+        known = _categories(page)
 
         # a photo: the answer, the evidence, the controls under it
         photo = _png(folder / f"odd-{size}.png", (200, 40 + shade, 30), 7)
@@ -123,6 +134,14 @@ def test_correct_an_answer_with_the_controls_and_in_words(
         _send(page, files=[other])
         named = _send(page, f"call it mystery {size}").inner_text()
         assert f"'mystery {size}'" in named
+        # the header counts the category just learned (it went stale before)
+        page.wait_for_function(
+            "n => /Memory: (\\d+) categories/.exec("
+            "document.querySelector('#rar-header').innerText)?.[1] == n",
+            arg=known + 1,
+            timeout=10_000,
+        )
+        assert _categories(page) == known + 1 == len(recognizer.memory.labels())
 
         # an image and its name in one message; then two images, each answered
         boot = _png(folder / f"boot-{size}.png", (90, 60 + shade, 30), 2)

@@ -13,6 +13,7 @@ from rar_agent.errors import ConfigError
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.openset import calibration as cal_mod
 from rar_agent.openset.calibration import MIN_CATEGORIES, fit, load, min_standins
+from rar_agent.openset.statistic import RANK, Whitening, encode_array
 from rar_agent.openset.store import EXTENSION
 from rar_agent.results import Candidate
 from rar_agent.retrieval import CategoryRetriever
@@ -62,7 +63,8 @@ def _judge(memory: CategoryMemory, queries: np.ndarray, alpha: float) -> list:
     retriever = CategoryRetriever(memory=memory, encoder=_Vectors(), k=3)  # type: ignore[arg-type]
     setting = parse_reject(f"auto:{alpha}")
     cal = openset.load(memory)
-    return [openset.judge(c, setting, cal) for c in retriever.retrieve_vectors(queries)]
+    found = retriever.retrieve_vectors(queries)
+    return [openset.judge(c, setting, cal, v) for c, v in zip(found, queries, strict=True)]
 
 
 def _shots_memory(tmp_path: Path, space: _Space, shots: list[int], name: str) -> CategoryMemory:
@@ -136,31 +138,41 @@ def test_a_memory_of_single_examples_says_it_cannot_calibrate(tmp_path: Path) ->
     memory.close()
 
 
+def _synthetic(standins: list[tuple[str, int, np.ndarray]]) -> cal_mod.Calibration:
+    """A calibration holding hand-made stand-ins (draws ``(levels, DRAWS)`` each)."""
+    space = _Space(2)
+    x = np.concatenate([space.draw(0, 3), space.draw(1, 3)])
+    model = Whitening.fit(x, ["a"] * 3 + ["b"] * 3)
+    assert model is not None
+    cal = cal_mod.Calibration(
+        statistic=model.to_json(),
+        standins=[(label, others, encode_array(d)) for label, others, d in standins],
+    )
+    return cal_mod._finish(cal)
+
+
 def test_smaller_alpha_needs_more_stand_ins() -> None:
     assert min_standins(0.05) == 19 and min_standins(0.01) == 99 and min_standins(0.2) == 4
-    standins = [(f"c{i % 6}", [0.9, 0.8], 3, 0.2) for i in range(30)]
-    cal = cal_mod._make(standins, seen=30, full_at=30, revision=1)
-    assert cal.threshold(0.05, 3)[0] is not None
+    draws = np.full((3, cal_mod.DRAWS), 1.0)
+    cal = _synthetic([(f"c{i % 6}", 3, draws) for i in range(30)])
+    assert cal.threshold(0.05, 3)[0] == 1.0
     threshold, why = cal.threshold(0.01, 3)
     assert threshold is None and "at least 99 needed" in (why or "")
-    # a query whose category shows more entries than any stand-in's has is judged at the
-    # largest shot count the stand-ins support, by its best entries that many
+    # a query whose category has more examples than any stand-in's others is judged at the
+    # largest shot count the stand-ins support
     assert cal.threshold(0.05, 4)[0] is None
-    stat, (threshold, _) = cal.judge_scores([0.95, 0.9, 0.7, 0.6, 0.5], 0.05)
-    assert threshold == cal.threshold(0.05, 3)[0] and stat == pytest.approx(0.925)
 
 
 def test_thresholds_grow_with_the_shot_count() -> None:
     rng = np.random.default_rng(0)
-    standins = [
-        (f"c{i % 5}", sorted(rng.uniform(0.5, 0.95, 9).round(4).tolist(), reverse=True), 9, 0.3)
-        for i in range(100)
-    ]
-    cal = cal_mod._make(standins, seen=100, full_at=100, revision=1)
-    values = [cal.threshold(0.1, m)[0] for m in range(1, 6)]
+    levels = np.arange(1, 10, dtype=float)[:, None]  # a category's mean better known: higher
+    cal = _synthetic(
+        [(f"c{i % 5}", 9, levels + rng.normal(0, 0.3, (9, cal_mod.DRAWS))) for i in range(100)]
+    )
+    values = [cal.threshold(0.1, m)[0] for m in range(1, 10)]
     assert all(v is not None for v in values)
     assert values == sorted(values) and values[0] < values[-1]
-    assert cal.threshold(0.1, 50) == cal.threshold(0.1, 5)  # more shots share the last one
+    assert cal.threshold(0.1, 50) == cal.threshold(0.1, len(cal_mod.SHOT_LEVELS))  # shared
 
 
 # ------------------------------------------------------------------ stored form and updates
@@ -170,11 +182,22 @@ def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> N
     space = _Space(4)
     memory = _shots_memory(tmp_path, space, [6] * 4, "stored")
     stored = memory.extension(EXTENSION)
-    assert stored["version"] == 3 and stored["method"] == "conformal"
+    assert stored["version"] == 4 and stored["method"] == "conformal"
     assert len(stored["standins"]) == 24
-    label, own, others, rival = stored["standins"][0]
-    assert others == 5 and len(own) == 5 and own == sorted(own, reverse=True)
-    assert rival is None or rival < own[0]
+    label, others, draws = stored["standins"][0]
+    assert label.startswith("category") and others == 5
+    assert cal_mod._draw_rows((label, others, draws)).shape == (5, cal_mod.DRAWS)
+    # the statistic: mean, basis and two precisions (rank <= 24 examples - 2 folds' share)
+    statistic = stored["statistic"]
+    rank = statistic["rank"]
+    assert 1 <= rank <= min(RANK, 24) and statistic["dim"] == DIM
+    assert Whitening.from_json(statistic).basis.shape == (rank, DIM)
+    # per category: its number of examples and the sum of their coordinates
+    categories = stored["categories"]
+    assert sorted(categories["labels"]) == [f"category {c}" for c in range(4)]
+    assert categories["counts"] == [6] * 4
+    assert cal_mod.CategorySums(**categories).matrix(rank).shape == (4, rank)
+    assert stored["link"] is not None and -1.0 <= stored["link"] <= 1.0
     memory.close()
     with CategoryMemory.open(tmp_path / "stored", collection="cal") as again:
         reloaded = load(again)
@@ -246,30 +269,36 @@ def test_the_reservoir_keeps_the_stand_ins_bounded(tmp_path: Path, monkeypatch) 
     memory.close()
 
 
-def test_an_example_not_drawn_into_the_reservoir_writes_nothing(
+def test_an_example_not_drawn_into_the_reservoir_is_searched_for_nothing(
     tmp_path: Path, monkeypatch
 ) -> None:
-    """Teaching cost: the stored stand-ins are rewritten only when the full reservoir drew
-    the new entry, and an update never counts every label (a facet over the whole memory)."""
+    """Teaching cost: a taught example is searched (and its stand-in made) only when the full
+    reservoir drew it; it always joins its category's mean (one write); an update never
+    counts every label (a facet over the whole memory)."""
     monkeypatch.setattr(cal_mod, "MAX_STANDINS", 8)
     space = _Space(4)
     memory = _shots_memory(tmp_path, space, [6] * 4, "quiet")
     monkeypatch.setattr(memory, "labels", lambda *a, **kw: pytest.fail("labels() counted"))
     writes: list[int] = []
-    real = memory.update_extension
+    searches: list[int] = []
+    real_write, real_search = memory.update_extension, memory.search_batch
     monkeypatch.setattr(
-        memory, "update_extension", lambda *a, **kw: writes.append(1) or real(*a, **kw)
+        memory, "update_extension", lambda *a, **kw: writes.append(1) or real_write(*a, **kw)
     )
-    revisions = []
+    monkeypatch.setattr(
+        memory, "search_batch", lambda v, **kw: searches.append(len(v)) or real_search(v, **kw)
+    )
+    changed = []
     for i in range(8):
         before = load(memory)
         entry = MemoryEntry(f"category {i % 4}", "image", f"late-{i}", f"late-{i}")
         cal = openset.update(memory, added=memory.add_entries([entry], space.draw(i % 4, 1)))
         after = load(memory)
-        revisions.append(after.revision - before.revision)
         assert cal.seen == memory.count("image") and cal.standins == after.standins
-    assert 0 in revisions and 1 in revisions  # some were drawn into the full reservoir
-    assert len(writes) == revisions.count(1)
+        assert after.categories.count_of(f"category {i % 4}") == 7 + i // 4
+        changed.append(after.standins != before.standins)
+    assert True in changed and False in changed  # some were drawn into the full reservoir
+    assert len(writes) == 8 and len(searches) == changed.count(True)
     memory.close()
 
 
@@ -309,7 +338,9 @@ def test_unreadable_or_old_calibration_is_ignored(tmp_path: Path) -> None:
     memory = _memory(tmp_path)
     memory.update_extension(EXTENSION, lambda _: {"version": 99})
     assert load(memory) is None
-    memory.update_extension(EXTENSION, lambda _: {"version": 3, "standins": "nonsense"})
+    memory.update_extension(EXTENSION, lambda _: {"version": 3, "standins": []})  # old form
+    assert load(memory) is None
+    memory.update_extension(EXTENSION, lambda _: {"version": 4, "standins": "nonsense"})
     assert load(memory) is None
     memory.close()
 
@@ -350,15 +381,64 @@ def test_settings_read_rar_reject(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
-def test_the_statistic_is_one_definition_for_queries_and_stand_in_draws() -> None:
-    from rar_agent.openset.statistic import known_score, known_score_rows
+def test_the_statistic_is_one_definition_for_queries_and_stand_ins(tmp_path: Path) -> None:
+    space = _Space(6)
+    memory = _memory(tmp_path)
+    first = space.draw(0, 4)
+    _add(memory, "category 0", first)
+    for c in range(1, 6):
+        _add(memory, f"category {c}", space.draw(c, 4))
+    taught = space.draw(0, 1)
+    _add(memory, "category 0", taught, start=4)  # a reservoir step: a stand-in of its own
+    cal = load(memory)
+    assert cal is not None
+    model = cal.model()
+    assert model is not None
+    labels, counts, means = cal.means()
+    # a query: the best category's statistic over the stored category means
+    query = space.draw(2, 1)[0]
+    stat, shots, _ = cal.judge_vector(query, 0.1)
+    assert stat == pytest.approx(float(model.known(model.project(query), means)[0]))
+    assert shots == 4
+    # the taught example's stand-in, through the same function: its category's mean over its
+    # 4 others (the top shot level), or the best other category's when that scores higher
+    label, others, _ = cal.standins[-1]
+    assert (label, others) == ("category 0", 4)
+    z = model.project(taught)
+    own = model.scores(z, model.project(first).mean(axis=0))[0, 0]
+    rival = model.known(z, means[[i for i, k in enumerate(labels) if k != label]])[0]
+    top = cal_mod._draw_rows(cal.standins[-1])[3]
+    assert top == pytest.approx(np.full(cal_mod.DRAWS, max(own, rival)), rel=1e-5)
+    memory.close()
 
-    rng = np.random.default_rng(3)
-    for width in (1, 2, 4):
-        rows = -np.sort(-rng.uniform(0, 1, (20, width)), axis=1)
-        rows[rng.uniform(size=(20, width)) < 0.3] = -np.inf
-        rows = -np.sort(-rows, axis=1)
-        many = known_score_rows(rows)
-        for row, value in zip(rows, many, strict=True):
-            one = known_score([v for v in row if np.isfinite(v)])
-            assert (one is None and value == -np.inf) or value == pytest.approx(one[0])
+
+def test_a_taught_example_joins_its_category_mean_exactly(tmp_path: Path) -> None:
+    space = _Space(5)
+    memory = _shots_memory(tmp_path, space, [3] * 5, "means")
+    before = load(memory)
+    taught = space.draw(1, 2)
+    _add(memory, "category 1", taught, start=3)
+    after = load(memory)
+    assert after is not None and before is not None and after.statistic == before.statistic
+    model = after.model()
+    assert model is not None
+    labels, counts, means = after.means()
+    i = labels.index("category 1")
+    old = before.means()[2][before.means()[0].index("category 1")]
+    expected = (3 * old + model.project(taught).sum(axis=0)) / 5
+    assert counts[i] == 5 and means[i] == pytest.approx(expected, abs=1e-4)
+    # a new category gets its mean the same way
+    _add(memory, "category 9", space.draw(4, 1))
+    assert load(memory).categories.count_of("category 9") == 1
+    memory.close()
+
+
+def test_summary_says_calibrated_when_fewer_shots_carry_the_promise(tmp_path: Path) -> None:
+    space = _Space(6)
+    memory = _shots_memory(tmp_path, space, [5] * 6, "summary")
+    summary = load(memory).summary(0.1)
+    # 30 stand-ins of 4 others each: thresholds up to 4 shots, a 5-example category is
+    # judged at 4, so the memory as a whole keeps the promise
+    assert summary["cannot_calibrate"] is None and summary["thresholds"]["1"] is not None
+    assert summary["thresholds"]["5"] is None and summary["statistic"].startswith("relative")
+    memory.close()

@@ -36,6 +36,8 @@ def test_classify_rules_on_known_vectors() -> None:
     assert classify(memory, labels, query, "support") == ["b"]  # b's two average higher
     assert classify(memory, labels, query, "prototype")[0] in {"a", "b"}
     assert classify(memory[:0], [], query, "nearest") == [None]
+    # both nearest examples are near-duplicates (>= 0.95): they decide, as in the recognizer
+    assert classify(memory, labels, query, "local_mean") == ["a"]
 
 
 def test_stream_report_on_a_small_set(tmp_path: Path) -> None:
@@ -49,7 +51,7 @@ def test_stream_report_on_a_small_set(tmp_path: Path) -> None:
     assert report.curve[0].step == 0 and report.curve[-1].step == report.steps
     assert report.curve[-1].taught == report.taught
     assert set(report.rules) == set(RULES)
-    assert report.heldout_top1_end == report.rules["nearest"].heldout_top1_end
+    assert report.heldout_top1_end == report.rules["local_mean"].heldout_top1_end
     assert 0.0 <= report.control_top1 <= 1.0 and report.teach_ms_median is not None
     files = write_stream_report(report, config, tmp_path / "out")
     stream = json.loads(files["json"].read_text())["stream"]
@@ -57,7 +59,7 @@ def test_stream_report_on_a_small_set(tmp_path: Path) -> None:
                 "heldout_top1_start", "heldout_top1_end", "control_top1", "curve"):  # fmt: skip
         assert key in stream
     assert files["stream.png"].stat().st_size > 1000
-    assert "| nearest |" in files["markdown"].read_text()
+    assert "| local_mean |" in files["markdown"].read_text()
 
 
 def test_stream_with_no_initial_examples(tmp_path: Path) -> None:

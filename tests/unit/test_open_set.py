@@ -12,7 +12,7 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from rar_agent import openset
 from rar_agent.config import Settings
 from rar_agent.memory import CategoryMemory, MemoryEntry
-from rar_agent.openset import EXTENSION, known_score
+from rar_agent.openset import EXTENSION
 from rar_agent.openset import load as load_calibration
 from rar_agent.pipeline import Recognizer
 from rar_agent.ranking import RankingChain
@@ -34,10 +34,15 @@ def test_known_images_keep_their_label_and_record_the_check(memory, clusters) ->
     rec = Recognizer(memory, clusters.encoder, k=3)
     results = rec.recognize_batch(_known(clusters))
     assert [r.label for r in results] == LABELS
-    for r in results:
+    cal = load_calibration(memory)
+    vectors = clusters.encoder.embed_images(_known(clusters))
+    for r, vector in zip(results, vectors, strict=True):
         assert not r.unknown and r.rejection.mode == "auto" and r.rejection.reasons == []
         assert r.rejection.threshold is not None and r.rejection.margin >= 0
-        assert r.rejection.similarity == pytest.approx(known_score(r.candidates[0].scores)[0])
+        # the calibrated statistic of the image's embedding: the one the stand-ins used
+        stat, _, (threshold, _) = cal.judge_vector(vector, r.rejection.alpha)
+        assert r.rejection.similarity == pytest.approx(stat, abs=1e-5)
+        assert r.rejection.threshold == pytest.approx(threshold, abs=1e-5)
         assert "reject" in r.timings_ms
 
 

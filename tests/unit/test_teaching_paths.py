@@ -198,7 +198,7 @@ def test_cli_teach_refuse_history_relabel_undo(cli_env: Path) -> None:
     code, out = run("memory", "history")
     assert "moved" in out and "crimson thing" in out
     code, out = run("memory", "undo", "2")
-    assert code == 0 and "undid 2 teaching event(s)" in out, out
+    assert code == 0 and "Undid 2 teaching event(s)" in out, out
     code, out = run("memory", "list", "--json")
     assert json.loads(out) == {"red thing": 1}
 
