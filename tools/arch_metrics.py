@@ -245,7 +245,9 @@ def any_boundaries(module: str, tree: ast.Module) -> tuple[list[str], list[str]]
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.ClassDef) and not child.name.startswith("_"):
                 for item in child.body:
-                    target = item.target if isinstance(item, ast.AnnAssign) else None
+                    if not isinstance(item, ast.AnnAssign):
+                        continue
+                    target = item.target
                     if isinstance(target, ast.Name) and not target.id.startswith("_"):
                         note(f"{module}:{child.name}.{target.id}", item.annotation)
                 visit(child, prefix + child.name + ".")

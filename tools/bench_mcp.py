@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +227,8 @@ async def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 "convert": lambda: call_langchain_tool(tools[tool], CALLS[tool]),
             }
             for name, session in sessions.items():
-                out[f"{name}/raw"] = lambda s=session: raw_call(s, tool, CALLS[tool])
-                out[f"{name}/validated"] = lambda s=session: s.call_tool(tool, CALLS[tool])
+                out[f"{name}/raw"] = partial(raw_call, session, tool, CALLS[tool])
+                out[f"{name}/validated"] = partial(session.call_tool, tool, CALLS[tool])
             return out
 
         plan = {tool: paths(tool) for tool in CALLS}

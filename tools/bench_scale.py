@@ -217,7 +217,7 @@ def child_query(a: argparse.Namespace) -> dict[str, Any]:
                 with_payload=True,
                 params=params,
             )
-            return [p.payload["source"] for p in shard.query(request)]
+            return [(p.payload or {})["source"] for p in shard.query(request)]
 
     opened = _status()
     for q in queries[:20]:
