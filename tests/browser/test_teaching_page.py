@@ -82,6 +82,16 @@ def _categories(page: Any) -> int:
     return int(found.group(1))
 
 
+def _wait_for_count(page: Any, count: int) -> None:
+    """Wait until the header shows ``count`` categories (it is recounted after a reply)."""
+    page.wait_for_function(
+        "n => /Memory: (\\d+) categories/.exec("
+        "document.querySelector('#rar-header').innerText)?.[1] == n",
+        arg=count,
+        timeout=10_000,
+    )
+
+
 def _next_reply(page: Any, before: int) -> Any:
     bots = page.locator("#rar-chat [data-testid='bot']")
     page.wait_for_function(
@@ -108,7 +118,10 @@ def test_correct_an_answer_with_the_controls_and_in_words(
         page.locator("#rar-input textarea").wait_for(timeout=60_000)
         header = page.locator("body").inner_text()
         assert "No chat model is configured" in header and "call it X" in header
-        known = _categories(page)
+        # the page is built with the count at start and recounted on load: wait for the
+        # memory's current count (an earlier run's teaching included)
+        known = len(recognizer.memory.labels())
+        _wait_for_count(page, known)
 
         # a photo: the answer, the evidence, the controls under it
         photo = _png(folder / f"odd-{size}.png", (200, 40 + shade, 30), 7)
@@ -135,12 +148,7 @@ def test_correct_an_answer_with_the_controls_and_in_words(
         named = _send(page, f"call it mystery {size}").inner_text()
         assert f"'mystery {size}'" in named
         # the header counts the category just learned (it went stale before)
-        page.wait_for_function(
-            "n => /Memory: (\\d+) categories/.exec("
-            "document.querySelector('#rar-header').innerText)?.[1] == n",
-            arg=known + 1,
-            timeout=10_000,
-        )
+        _wait_for_count(page, known + 1)
         assert _categories(page) == known + 1 == len(recognizer.memory.labels())
 
         # an image and its name in one message; then two images, each answered
