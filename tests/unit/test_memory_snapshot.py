@@ -174,35 +174,13 @@ def test_cli_snapshot_and_restore(tmp_path: Path) -> None:
     )
     assert made.exit_code == 0, made.output
     assert "wrote the snapshot" in made.stdout and "130 entries" in made.stdout
-    back = runner.invoke(
-        app,
-        [
-            "memory",
-            "restore",
-            str(out),
-            "--memory",
-            str(tmp_path / "back"),
-            "--collection",
-            "back",
-            "--no-progress",
-        ],
-    )
+    restore = ["memory", "restore", str(out), "--memory", str(tmp_path / "back")]
+    restore += ["--collection", "back", "--no-progress"]
+    back = runner.invoke(app, restore)
     assert back.exit_code == 0, back.output
     with CategoryMemory.open(tmp_path / "back", collection="back") as memory:
         assert memory.count() == 130
-    again = runner.invoke(
-        app,
-        [
-            "memory",
-            "restore",
-            str(out),
-            "--memory",
-            str(tmp_path / "back"),
-            "--collection",
-            "back",
-            "--no-progress",
-        ],
-    )
+    again = runner.invoke(app, restore)  # into the memory just restored: refused
     assert again.exit_code == 2 and "holds 130 entries" in again.output
 
 
