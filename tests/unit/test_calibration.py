@@ -388,7 +388,8 @@ def test_the_distance_off_the_subspace_counts_against_being_known() -> None:
     centred = x - model.mean
     assert z[:, -1] == pytest.approx((centred**2).sum(1) - (z[:, :6] ** 2).sum(1), abs=1e-9)
     # a query at a category's mean, moved off the memory's subspace: less known the farther
-    off_axis = np.linalg.qr(np.concatenate([basis.T, rng.normal(size=(DIM, 1))], 1))[0][:, -1]
+    fitted = model.basis.T
+    off_axis = np.linalg.qr(np.concatenate([fitted, rng.normal(size=(DIM, 1))], 1))[0][:, -1]
     at_mean = model.mean + (means[0, :6] @ model.basis)
     steps = [model.known(model.project(at_mean + d * off_axis), means)[0] for d in (0, 1, 2)]
     assert steps[0] > steps[1] > steps[2]
