@@ -130,13 +130,15 @@ def _ms(func: Any, items: list[Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _batch_ms(recognizer: Any, paths: list[Path], repeats: int) -> float:
-    """Best per-image ms of ``recognize_batch(paths)`` (:data:`CLOCK`)."""
-    best = float("inf")
+def _batch_ms(recognizer: Any, batches: list[list[Path]], repeats: int) -> list[float]:
+    """Best per-image ms of ``recognize_batch`` over each of ``batches``, run in turns
+    (:data:`CLOCK`)."""
+    best = [float("inf")] * len(batches)
     for _ in range(repeats):
-        start = CLOCK()
-        recognizer.recognize_batch(paths)
-        best = min(best, (CLOCK() - start) * 1000 / len(paths))
+        for i, paths in enumerate(batches):
+            start = CLOCK()
+            recognizer.recognize_batch(paths)
+            best[i] = min(best[i], (CLOCK() - start) * 1000 / len(paths))
     return best
 
 
@@ -193,13 +195,12 @@ def _format_rows(kind: Kind, paths: list[Path], ctx: dict[str, Any], repeats: in
     probes = {"one": (after.recognize, paths), "small": (after.recognize, ctx["small_paths"])}
     if heif:
         probes |= {"libheif": (_libheif, paths), "alone": (_libheif_alone, paths)}
-    # the targets' figures and their baselines in turns, twice the repeats (HEIC: 4 apiece)
+    # the targets' figures and their baselines in turns, twice the repeats (4 x 2 photos)
     turns = _in_turns(probes, 2 * repeats)
     one, small = turns["one"], turns["small"]
     old = _ms(before.recognize, paths, repeats)
-    batch = _batch_ms(after, paths, repeats)
-    small_batch = _batch_ms(after, ctx["small_paths"], repeats)
-    old_batch = _batch_ms(before, paths, repeats)
+    batch, small_batch = _batch_ms(after, [paths, ctx["small_paths"]], 2 * repeats)
+    (old_batch,) = _batch_ms(before, [paths], repeats)
     decoded = [load_image(p, need=raw.input_size).image for p in paths]
     encode = _ms(lambda im: raw.embed_images([im]), decoded, repeats)
     target, met = None, None
