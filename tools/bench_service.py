@@ -124,8 +124,9 @@ async def image_count(url: str, token: str) -> int:
     return sum(c["image_examples"] for c in (listing.structuredContent or {})["categories"])
 
 
-def cpu_seconds(pid: int | None = None) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process: this one (all its threads) or ``pid``'s.
+def cpu_seconds(pid: int | str | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process: this one (all its threads) or ``pid``'s
+    (``"PID/task/TID"``: one of its threads).
 
     CPU time is what machine load does not distort (wall time is): the figure to compare
     between runs on a shared machine. Another process's is read from ``/proc`` (Linux).
@@ -139,17 +140,32 @@ def cpu_seconds(pid: int | None = None) -> tuple[float, float]:
 
 
 class CpuMeter:
-    """CPU time of the server and of the clients (this process) across one phase."""
+    """CPU time of the server, of its event loop thread, and of the clients (this process)
+    across one phase."""
 
     def __init__(self, server_pid: int) -> None:
         self.pid = server_pid
-        self.start = (*cpu_seconds(server_pid), *cpu_seconds())
+        self.start = self._now()
+        self.wall = time.perf_counter()
+
+    def _now(self) -> tuple[float, ...]:
+        loop = f"{self.pid}/task/{self.pid}"  # the server's main thread runs its event loop
+        return (*cpu_seconds(self.pid), *cpu_seconds(loop), *cpu_seconds())
 
     def per_call(self, calls: int) -> dict[str, float]:
-        """Milliseconds of CPU per call since the start: server user/sys, clients user+sys."""
-        now = (*cpu_seconds(self.pid), *cpu_seconds())
+        """Milliseconds of CPU per call since the start: server user/sys, its event loop
+        (user+sys), clients (user+sys); and ``cores``: the CPUs that server and clients kept
+        busy on average (2 = both cores of a 2-core machine)."""
+        now = self._now()
         used = [(b - a) * 1000 / max(calls, 1) for a, b in zip(self.start, now, strict=True)]
-        return {"server_user": used[0], "server_sys": used[1], "clients": used[2] + used[3]}
+        total = used[0] + used[1] + used[4] + used[5]
+        return {
+            "server_user": used[0],
+            "server_sys": used[1],
+            "event_loop": used[2] + used[3],
+            "clients": used[4] + used[5],
+            "cores": total * max(calls, 1) / 1000 / (time.perf_counter() - self.wall),
+        }
 
 
 def pct(values: list[float], q: float) -> float:
@@ -265,7 +281,8 @@ def main() -> None:
         c = r[f"cpu_{phase}"]
         print(
             f"CPU per call {phase + ':':<6}   server {c['server_user']:.1f} ms user + "
-            f"{c['server_sys']:.1f} ms sys, clients {c['clients']:.1f} ms"
+            f"{c['server_sys']:.1f} ms sys (event loop {c['event_loop']:.1f}), clients "
+            f"{c['clients']:.1f} ms; {c['cores']:.2f} cores busy"
         )
     print(f"p95 under load / p50 alone: {ratio:.1f}x (target <= 10x)")
     print(
