@@ -407,7 +407,7 @@ class Calibration(BaseModel):
                 f"the encoder prior covers ALPHA {prior.alphas[0]:g} to {prior.alphas[-1]:g} "
                 f"only, not {alpha:g}"
             )
-        return similarity_at(score, self.scale.scale), None
+        return similarity_at(score, self.scale), None
 
     def _no_prior(self) -> str:
         if self.scale is None:
@@ -483,7 +483,7 @@ class Calibration(BaseModel):
             "prior_thresholds": {
                 str(m): None if t is None else round(t, 4) for m, (t, _) in prior.items()
             },
-            "scale": None if self.scale is None else self.scale.scale,
+            "scale": None if self.scale is None else self.scale.model_dump(),
             # a query falls back to fewer shots: the promise holds wherever one shot does,
             # or the encoder prior where it does not
             "cannot_calibrate": per_shot[1][1] if prior[1][0] is None else None,

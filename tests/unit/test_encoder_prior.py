@@ -54,7 +54,7 @@ def _fitted_prior(shots: tuple[int, ...] = (1, 2, 3)) -> EncoderPrior:
             scale = MemoryScale.measure(labels, memory)
             assert scale is not None
             queries = np.concatenate([_photos(centres, c, 30, rng) for c in range(8)])
-            scores.append(prior_score((queries @ memory.T).max(axis=1), scale.scale))
+            scores.append(prior_score((queries @ memory.T).max(axis=1), scale))
         quantiles[str(m)] = [float(np.quantile(np.concatenate(scores), a)) for a in ALPHAS]
     return EncoderPrior(
         fingerprint=FINGERPRINT,
@@ -133,11 +133,13 @@ def test_the_scale_is_the_mean_similarity_to_the_nearest_other_category() -> Non
     x[1] = [0.8, 0.6, 0, 0, 0, 0]  # category "b" lies 0.8 from "a"
     scale = MemoryScale.measure(list("abcdef"), x)
     assert scale is not None and scale.categories == 6 and scale.examples == 6
-    assert scale.scale == pytest.approx((0.8 + 0.8 + 0 + 0 + 0 + 0) / 6, abs=1e-6)
+    nearest = np.array([0.8, 0.8, 0, 0, 0, 0])
+    assert scale.centre == pytest.approx(nearest.mean(), abs=1e-6)
+    assert scale.spread == pytest.approx(nearest.std(), abs=1e-6)
     assert MemoryScale.measure(list("abcd"), x[:4]) is None  # too few categories
     with pytest.raises(ValueError, match="labels for"):
         MemoryScale.measure(list("abc"), x)
-    assert similarity_at(prior_score(0.7, scale.scale), scale.scale) == pytest.approx(0.7)
+    assert similarity_at(prior_score(0.7, scale), scale) == pytest.approx(0.7)
 
 
 # ------------------------------------------------------------------ every small memory
