@@ -12,12 +12,14 @@ recognitions send ``tools/call`` without the client's output-schema check unless
 
 Printed: errors (any tool error or HTTP refusal counts), p50/p95 latency of a recognition
 alone and under load and their ratio (target: p95 under load at most 10x the p50 alone), the
-CPU time per call of the server and of the clients in each phase (what load from other jobs
-does not distort, unlike the wall times), and the memory's image count before and after
-against what was taught (nothing lost). ``--batch-images 1`` runs the server without shared
-forward passes, the baseline of the micro-batching. The
-server runs in a subprocess with the default limits; each client is its own token, so the
-per-token limits are those a team member would meet. Usage::
+CPU time per call of the server (and of its event loop thread) and of the clients in each
+phase (what load from other jobs does not distort, unlike the wall times) with the cores they
+kept busy, the order of service under load (for each call, the calls that ended while it
+waited and the later ones that overtook it: counts, not times, see :func:`fairness`), and the
+memory's image count before and after against what was taught (nothing lost).
+``--batch-images 1`` runs the server without shared forward passes, the baseline of the
+micro-batching. The server runs in a subprocess with the default limits; each client is its
+own token, so the per-token limits are those a team member would meet. Usage::
 
     python tools/bench_service.py                                # hashing encoder: the service
     python tools/bench_service.py --encoder efficientnet-lite0   # a real encoder's cost too
@@ -27,6 +29,7 @@ per-token limits are those a team member would meet. Usage::
 from __future__ import annotations
 
 import argparse
+import bisect
 import io
 import json
 import os
@@ -35,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -88,8 +91,15 @@ async def session(url: str, token: str) -> AsyncIterator[Any]:
 
 
 async def recognitions(
-    url: str, token: str, calls: int, errors: list[str], validate: bool = False
+    url: str,
+    token: str,
+    calls: int,
+    errors: list[str],
+    validate: bool = False,
+    spans: list[tuple[float, float]] | None = None,
 ) -> list[float]:
+    """``calls`` recognitions one after another; their latencies in ms (and each call's
+    (start, end) appended to ``spans``)."""
     times = []
     args = {"image": "cat.jpg", "k": 5}
     async with session(url, token) as s:
@@ -99,10 +109,34 @@ async def recognitions(
                 result = await s.call_tool("recognize_image", args)
             else:
                 result = await raw_call(s, "recognize_image", args)
-            times.append((time.perf_counter() - start) * 1000)
+            end = time.perf_counter()
+            times.append((end - start) * 1000)
+            if spans is not None:
+                spans.append((start, end))
             if result.isError or (result.structuredContent or {}).get("label") != "cat":
                 errors.append(f"recognize: {result.content}")
     return times
+
+
+def fairness(spans: list[tuple[float, float]]) -> dict[str, float]:
+    """How fairly the server took turns: for each call, the calls that ended while it waited
+    (first-come first-served with N clients each waiting for its answer: about N - 1 each),
+    and the calls sent after it that ended before it (first-come first-served: none).
+
+    Counted in calls, not milliseconds, so machine load does not change it; the p95 against
+    the p50 of "ended meanwhile" is the part of p95 / p50 that the order of service makes.
+    """
+    ends = sorted(end for _, end in spans)
+    meanwhile, overtaken = [], []
+    for start, end in spans:
+        meanwhile.append(bisect.bisect_left(ends, end) - bisect.bisect_right(ends, start))
+        overtaken.append(sum(1 for s, e in spans if s > start and e < end))
+    return {
+        "meanwhile_p50": pct(meanwhile, 0.5),
+        "meanwhile_p95": pct(meanwhile, 0.95),
+        "overtaken_p50": pct(overtaken, 0.5),
+        "overtaken_p95": pct(overtaken, 0.95),
+    }
 
 
 async def teaching(url: str, token: str, first: int, count: int, errors: list[str]) -> int:
@@ -124,8 +158,9 @@ async def image_count(url: str, token: str) -> int:
     return sum(c["image_examples"] for c in (listing.structuredContent or {})["categories"])
 
 
-def cpu_seconds(pid: int | None = None) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process: this one (all its threads) or ``pid``'s.
+def cpu_seconds(pid: int | str | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process: this one (all its threads) or ``pid``'s
+    (``"PID/task/TID"``: one of its threads).
 
     CPU time is what machine load does not distort (wall time is): the figure to compare
     between runs on a shared machine. Another process's is read from ``/proc`` (Linux).
@@ -139,20 +174,35 @@ def cpu_seconds(pid: int | None = None) -> tuple[float, float]:
 
 
 class CpuMeter:
-    """CPU time of the server and of the clients (this process) across one phase."""
+    """CPU time of the server, of its event loop thread, and of the clients (this process)
+    across one phase."""
 
     def __init__(self, server_pid: int) -> None:
         self.pid = server_pid
-        self.start = (*cpu_seconds(server_pid), *cpu_seconds())
+        self.start = self._now()
+        self.wall = time.perf_counter()
+
+    def _now(self) -> tuple[float, ...]:
+        loop = f"{self.pid}/task/{self.pid}"  # the server's main thread runs its event loop
+        return (*cpu_seconds(self.pid), *cpu_seconds(loop), *cpu_seconds())
 
     def per_call(self, calls: int) -> dict[str, float]:
-        """Milliseconds of CPU per call since the start: server user/sys, clients user+sys."""
-        now = (*cpu_seconds(self.pid), *cpu_seconds())
+        """Milliseconds of CPU per call since the start: server user/sys, its event loop
+        (user+sys), clients (user+sys); and ``cores``: the CPUs that server and clients kept
+        busy on average (2 = both cores of a 2-core machine)."""
+        now = self._now()
         used = [(b - a) * 1000 / max(calls, 1) for a, b in zip(self.start, now, strict=True)]
-        return {"server_user": used[0], "server_sys": used[1], "clients": used[2] + used[3]}
+        total = used[0] + used[1] + used[4] + used[5]
+        return {
+            "server_user": used[0],
+            "server_sys": used[1],
+            "event_loop": used[2] + used[3],
+            "clients": used[4] + used[5],
+            "cores": total * max(calls, 1) / 1000 / (time.perf_counter() - self.wall),
+        }
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
@@ -181,10 +231,11 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         alone = await recognitions(url, readers[0], args.calls, errors, args.validate)
         cpu_alone = meter.per_call(len(alone))
         loaded: list[float] = []
+        spans: list[tuple[float, float]] = []
         taught: list[int] = []
 
         async def reader(token: str) -> None:
-            loaded.extend(await recognitions(url, token, args.calls, errors, args.validate))
+            loaded.extend(await recognitions(url, token, args.calls, errors, args.validate, spans))
 
         async def teacher(n: int, token: str) -> None:
             taught.append(await teaching(url, token, n * args.teach, args.teach, errors))
@@ -217,6 +268,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "wall_s": wall,
         "cpu_alone": cpu_alone,
         "cpu_load": cpu_load,
+        "fairness": fairness(spans),
     }
 
 
@@ -265,8 +317,15 @@ def main() -> None:
         c = r[f"cpu_{phase}"]
         print(
             f"CPU per call {phase + ':':<6}   server {c['server_user']:.1f} ms user + "
-            f"{c['server_sys']:.1f} ms sys, clients {c['clients']:.1f} ms"
+            f"{c['server_sys']:.1f} ms sys (event loop {c['event_loop']:.1f}), clients "
+            f"{c['clients']:.1f} ms; {c['cores']:.2f} cores busy"
         )
+    f = r["fairness"]
+    print(
+        f"turns under load:  calls ended while one waited p50 {f['meanwhile_p50']:.0f} "
+        f"p95 {f['meanwhile_p95']:.0f}; overtaken by later calls p50 {f['overtaken_p50']:.0f} "
+        f"p95 {f['overtaken_p95']:.0f} (first come first served: {args.clients - 1} and 0)"
+    )
     print(f"p95 under load / p50 alone: {ratio:.1f}x (target <= 10x)")
     print(
         f"memory images: {r['before']} before + {r['taught']} taught = {r['after']} after "

@@ -99,8 +99,8 @@ BatchImagesOpt = Annotated[
         "--batch-images",
         min=1,
         help="Concurrent requests share the encoder's forward passes, up to this many images "
-        "in one (default: what one forward pass takes, 4 on a CPU); 1 encodes each request "
-        "alone.",
+        "in one (default: 2 on a CPU, what one forward pass takes on a GPU); 1 encodes each "
+        "request alone.",
         envvar="RAR_BATCH_IMAGES",
         rich_help_panel=_LIMITS,
     ),

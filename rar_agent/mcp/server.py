@@ -330,19 +330,21 @@ def shared_encoder(encoder: ImageTextEncoder, max_batch: int | None = None) -> B
     """The encoder as the server's requests share it: workers run every forward pass, each
     taking the images of the requests queued meanwhile (up to ``max_batch``) in one pass.
 
-    On a CPU, one worker per usable core, each with one torch thread: concurrent requests
+    On a CPU, one worker per usable core, each with one torch thread and passes of up to
+    :data:`~rar_agent.encoders.batching.CPU_SHARED_BATCH` images: concurrent requests
     keep every core busy, and no torch thread spins waiting for another that a busy machine
     has descheduled (two intra-op threads per pass cost 30-470 ms of CPU per image on 2
     shared cores, against 22-30 ms for one), and freed activations stay in the heap for the
     next pass (:func:`~rar_agent.encoders.torch_base.keep_freed_memory`). On a GPU, one
     worker with torch's own setting.
     """
-    from rar_agent.encoders.batching import BatchingEncoder
+    from rar_agent.encoders.batching import CPU_SHARED_BATCH, BatchingEncoder
     from rar_agent.encoders.torch_base import keep_freed_memory, usable_cpus
 
     workers, threads = 1, None
     if str(getattr(encoder, "device", "cpu")).split(":")[0] == "cpu":
         workers, threads = usable_cpus(), 1
+        max_batch = max_batch or CPU_SHARED_BATCH
         keep_freed_memory()
     return BatchingEncoder(encoder, max_batch=max_batch, workers=workers, threads=threads)
 

@@ -116,8 +116,14 @@ def http_app(
             allowed_hosts=[f"{n}:*" for n in names],
             allowed_origins=[f"http://{n}:*" for n in names],
         )
+    # Each answer is one JSON body (the spec lets a server answer a request with JSON or an
+    # event stream, and clients take both): the tools send no notifications while they run,
+    # and a stream per request costs the server a task, two channels and the event framing.
     manager = StreamableHTTPSessionManager(
-        app=server, security_settings=security, max_request_body_size=limits.max_body_bytes
+        app=server,
+        json_response=True,
+        security_settings=security,
+        max_request_body_size=limits.max_body_bytes,
     )
 
     @contextlib.asynccontextmanager

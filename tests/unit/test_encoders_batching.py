@@ -242,3 +242,24 @@ async def test_the_mcp_server_shares_passes_between_concurrent_calls(tmp_path: P
         assert result.structuredContent["label"] == expected[names[i % 5]]
     assert inner.threads == {"rar-encoder"}  # every forward pass in the server's workers
     recognizer.close()
+
+
+def test_the_servers_cpu_workers_share_passes_of_the_cpu_size() -> None:
+    from rar_agent.encoders.batching import CPU_SHARED_BATCH
+    from rar_agent.encoders.torch_base import usable_cpus
+    from rar_agent.mcp.server import shared_encoder
+
+    cpu = Recording()
+    with shared_encoder(cpu) as shared:
+        assert (shared.max_batch, shared.workers, shared.threads) == (
+            CPU_SHARED_BATCH,
+            usable_cpus(),
+            1,
+        )
+    with shared_encoder(cpu, max_batch=6) as chosen:
+        assert chosen.max_batch == 6
+    gpu = Recording()
+    gpu.device = "cuda:0"
+    gpu.forward_batch = 32  # type: ignore[attr-defined]
+    with shared_encoder(gpu) as shared:
+        assert (shared.max_batch, shared.workers, shared.threads) == (32, 1, None)

@@ -93,6 +93,59 @@ def test_the_inference_graph_folds_batch_norms_and_keeps_the_features() -> None:
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
+def _random_encoder() -> Any:
+    """EfficientNet-Lite0 with random weights (no weights file), as the encoder wraps it."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from rar_agent.encoders.effnet_backend import EfficientNetLite0Encoder
+
+    torch.manual_seed(1)
+    return EfficientNetLite0Encoder(EfficientNet.from_name("efficientnet-lite0"), digest="random")
+
+
+def test_the_compiled_graph_gives_the_modules_features() -> None:
+    import torch
+
+    encoder = _random_encoder()
+    images = [Image.new("RGB", (90, 60), (20 * i, 200 - 30 * i, 90)) for i in range(3)]
+    images[1].putpixel((5, 5), (255, 255, 255))
+    vectors = encoder.embed_images(images)  # the first CPU pass makes the graph
+    graph = encoder.compiled_graph()
+    assert isinstance(graph, torch.jit.ScriptModule)
+    pixels = encoder.preprocess(images).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        module = encoder.model.extract_features(pixels).mean(dim=(2, 3))
+        for batch in (pixels[:1], pixels):  # one graph for every batch size
+            torch.testing.assert_close(graph(batch), module[: len(batch)], rtol=1e-5, atol=1e-5)
+    expected = torch.nn.functional.pad(module, (0, 1)).numpy()
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(vectors, expected, atol=1e-5)
+
+
+def test_other_inputs_and_a_failed_trace_run_the_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from rar_agent.encoders import effnet_backend
+
+    encoder = _random_encoder()
+    with torch.inference_mode():
+        small = torch.randn(2, 3, 112, 112)  # not the graph's 224x224: the module runs it
+        pooled = encoder._encode_pixels(small)
+        module = encoder.model.extract_features(small).mean(dim=(2, 3))
+    assert tuple(pooled.shape) == (2, 1281)
+    torch.testing.assert_close(pooled[:, :1280], module)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no tracer here")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    assert effnet_backend.pooled_graph(encoder.model) is None
+    untraced = _random_encoder()
+    vectors = untraced.embed_images([Image.new("RGB", (50, 50), (1, 2, 3))])
+    assert untraced.compiled_graph() is None and vectors.shape == (1, 1281)
+
+
 def test_preprocessing_scales_to_minus_one_one_at_224(effnet: Any) -> None:
     pixels = effnet.preprocess([Image.new("RGB", (300, 100), (255, 0, 128))])
     assert tuple(pixels.shape) == (1, 3, 224, 224)

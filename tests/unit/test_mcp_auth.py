@@ -323,6 +323,31 @@ async def test_loopback_without_an_auth_file_stays_open(tmp_path: Path) -> None:
             assert "add_category_example" in names
 
 
+async def test_each_answer_is_one_json_body(tmp_path: Path) -> None:
+    """Requests are answered with ``application/json`` (no event stream per request), which
+    the official client reads as it reads a stream."""
+    with serving(tmp_path) as service, anyio.fail_after(60):
+        headers = {**ACCEPT, **bearer(service.tokens["bob"])}
+        opening = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": types.LATEST_PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"},
+            },
+        }
+        async with httpx.AsyncClient() as raw:
+            answer = await raw.post(service.url, json=opening, headers=headers)
+            assert answer.status_code == 200
+            assert answer.headers["content-type"].startswith("application/json")
+            assert answer.json()["result"]["serverInfo"]["name"] == "rar-agent"
+        async with session_with(service.url, bearer(service.tokens["bob"])) as session:
+            result = await session.call_tool("recognize_image", {"image": png()})
+            assert not result.isError and result.structuredContent is not None
+
+
 # ---------------------------------------------------------------------------- limits
 
 
