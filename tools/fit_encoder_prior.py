@@ -275,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         "fingerprint": fingerprint,
         "encoder": args.encoder,
         "measured_on": (
-            "Fashion-MNIST (7 known of 10 garments) and glyphs of 62 characters in "
+            "Fashion-MNIST garments and the glyphs of "
             f"{len(set(json.loads((args.glyphs / 'glyphs.json').read_text())['fonts']))} font "
-            "families (24 known), the smallest quantile of the three sets"
+            "families"
         ),
         "alphas": list(ALPHAS),
         "quantiles": {k: [round(v, 5) for v in row] for k, row in prior.items()},

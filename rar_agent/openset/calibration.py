@@ -431,7 +431,7 @@ class Calibration(BaseModel):
         if prior is None or self.scale is None:
             return None
         return (
-            f"the encoder prior of {prior.encoder} measured on {prior.measured_on}, not on "
+            f"the encoder prior of {prior.encoder} (measured on {prior.measured_on}), not on "
             f"this memory (scaled by how far its {self.scale.categories} categories lie apart)"
         )
 
@@ -457,8 +457,8 @@ class Calibration(BaseModel):
         if threshold is None:
             return Judged(stat, shots, None, f"{why}; {no_prior}")
         similarity = top.scores[0] if top.scores else top.score
-        own = (why or "").removeprefix("cannot calibrate: ")
-        note = f"threshold set by {self._prior_words()}; its own examples cannot: {own}"
+        own = (why or "").removeprefix("cannot calibrate")
+        note = f"threshold set by {self._prior_words()}; its own examples cannot{own}"
         return Judged(float(similarity), shots, threshold, note)
 
     def summary(self, alpha: float | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rar_agent import openset
+from rar_agent.cli.memory import _open_set_stats
 from rar_agent.config import parse_reject
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.openset import prior as prior_mod
@@ -259,4 +260,6 @@ def test_teaching_a_single_example_keeps_the_scale_and_counts_exact(
     stats = after.summary(0.05)
     assert stats["prior_thresholds"]["1"] is not None and stats["cannot_calibrate"] is None
     assert "not on this memory" in stats["source"]
+    shown = _open_set_stats(after, parse_reject("auto"))  # what `memory stats` prints
+    assert shown["calibrated"] is True and "encoder prior of synthetic" in shown["note"]
     memory.close()
