@@ -11,7 +11,8 @@ reused by later runs), then runs the shipped code on them: ``CategoryMemory`` (e
   classes 10), seeds 0-4: promised ALPHA vs the share of known-class queries rejected, the
   share of unknowns rejected, the known top-1 drop, the AUROC.
 - ``splits``: all 120 ways to hold 3 of 10 classes out, at 10 examples per class.
-- ``scores``: known-ness scores compared on the same vectors (numpy, AUROC only).
+- ``scores``: known-ness scores compared on the same vectors (numpy, AUROC only), at 10
+  examples per class, seeds 0-4 and the 120 splits (``split-scores``: the 120 alone).
 
 Usage::
 
@@ -232,8 +233,8 @@ def shots_table(data: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def splits_table(data: dict[str, Any], workdir: Path) -> dict[str, Any]:
     splits = []
-    for held in itertools.combinations(range(10), 3):
-        result = run(data, list(held), memory_rows(data, list(held), 10, 0), workdir)
+    for held, seed in split_memories():
+        result = run(data, held, memory_rows(data, held, 10, seed), workdir)
         a = result["alphas"]["0.05"]
         splits.append(
             {
@@ -264,12 +265,25 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
-def compare_scores(data: dict[str, Any], shots: int = 10) -> dict[str, float]:
-    """AUROC of candidate known-ness scores (higher = more known), seeds 0-4, mean."""
+def seed_memories() -> list[tuple[list[int], int]]:
+    """``(held-out classes, seed)`` of the runs ``rar-agent eval --open-set 0.3`` makes,
+    seeds 0-4."""
+    return [(held_out(seed), seed) for seed in range(5)]
+
+
+def split_memories() -> list[tuple[list[int], int]]:
+    """The 120 ways to hold 3 of 10 classes out (the memory drawn with seed 0)."""
+    return [(list(held), 0) for held in itertools.combinations(range(10), 3)]
+
+
+def compare_scores(
+    data: dict[str, Any], memories: list[tuple[list[int], int]], shots: int = 10
+) -> dict[str, float]:
+    """AUROC of candidate known-ness scores (higher = more known), mean over ``memories``
+    (``(held-out classes, seed)`` each)."""
     results: dict[str, list[float]] = {}
     rows_w = _unit(np.asarray(data["imagenet_rows"], dtype=np.float64))
-    for seed in range(5):
-        held = held_out(seed)
+    for held, seed in memories:
         idx = memory_rows(data, held, shots, seed)
         mx, my = _unit(data["train_x"][idx].astype(np.float64)), data["train_y"][idx]
         qx = _unit(data["test_x"].astype(np.float64))
@@ -299,7 +313,7 @@ def compare_scores(data: dict[str, Any], shots: int = 10) -> dict[str, float]:
         scores = {
             **_whitened_scores(mx, my, qx, labels, support2),
             "top-1 similarity": top1,
-            "support: mean of the 2 closest of the best category (before)": support2,
+            "support: mean of the 2 closest of the best category (fixed thresholds)": support2,
             "mean of the 3 closest of the best category": support3,
             "2nd nearest neighbour, any category": ordered[:, 1],
             "5th nearest neighbour, any category": ordered[:, 4],
@@ -331,8 +345,11 @@ def _whitened_scores(
 ) -> dict[str, np.ndarray]:
     """The candidates from the literature on frozen features: centring, class means,
     (relative) Mahalanobis with a shrunk shared covariance, PCA whitening, and the shipped
-    statistic (``Whitening``, fitted on the memory as the calibration does)."""
-    from rar_agent.openset.statistic import Whitening
+    statistic (``Whitening``, fitted on the memory as the calibration does) with its
+    variants."""
+    import dataclasses
+
+    from rar_agent.openset.statistic import OFF_WEIGHT, Whitening
 
     mu = mx.mean(0)
     mc, qc = _unit(mx - mu), _unit(qx - mu)
@@ -352,11 +369,25 @@ def _whitened_scores(
     pca2 = np.stack([-np.sort(-psims[:, my == c], axis=1)[:, :2].mean(1) for c in labels], 1)
     model = Whitening.fit(mx, [str(c) for c in my])
     assert model is not None
-    shipped = model.known(model.project(qx), np.stack([model.project(m)[0] for m in means]))
+    z, centres = model.project(qx), model.project(means)
+    shipped = model.known(z, centres)
+
+    def off_weight(weight: float) -> np.ndarray:
+        return dataclasses.replace(model, off=model.off * weight / OFF_WEIGHT).known(z, centres)
+
+    zs = (support2 - support2.mean()) / (support2.std() + 1e-12)
     return {
-        "**relative Mahalanobis, memory's 64 principal directions, shrink 0.2 (shipped)**": (
-            shipped
+        "**relative Mahalanobis, 64 principal directions + the distance off them x 0.3 "
+        "(shipped)**": shipped,
+        "the same without the distance off the subspace (shipped before)": off_weight(0.0),
+        "the same, distance off the subspace x 0.5": off_weight(0.5),
+        "the same, distance off the subspace x 1 (the Gaussian's own weight)": off_weight(1.0),
+        "shipped, each category's distances scaled by its own scatter": _own_scatter(
+            model, mx, my, labels, z, centres
         ),
+        "shipped + 0.25 x support (both z-scored)": (shipped - shipped.mean())
+        / (shipped.std() + 1e-12)
+        + 0.25 * zs,
         "relative Mahalanobis, all 1281 dimensions, shrink 0.95": -rel[0.95][1],
         "relative Mahalanobis, all 1281 dimensions, shrink 0.5": -rel[0.5][1],
         "Mahalanobis to the class mean (shared covariance, shrink 0.5)": -rel[0.5][0],
@@ -370,8 +401,31 @@ def _whitened_scores(
     }
 
 
+def _own_scatter(
+    model: Any, mx: np.ndarray, my: np.ndarray, labels: np.ndarray, z: np.ndarray, centres: Any
+) -> np.ndarray:
+    """The shipped statistic with each category's within distance divided by how far its
+    own examples lie from its mean (relative to the average category): class-conditional
+    normalisation."""
+    zm = model.project(mx)[:, : model.rank]
+    c = np.asarray(centres)[:, : model.rank]
+    dev = zm - c[np.searchsorted(labels, my)]
+    own = np.einsum("ij,jk,ik->i", dev, model.within, dev)
+    scale = np.array([own[my == k].mean() for k in labels])
+    scale /= scale.mean()
+    q = z[:, : model.rank]
+    d = q[:, None, :] - c[None, :, :]
+    within = np.einsum("qcj,jk,qck->qc", d, model.within, d)
+    rest = model.scores(z, centres) + within  # the statistic less its within distance
+    return np.asarray((rest - within / scale[None, :]).max(axis=1))
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def markdown(out: dict[str, Any]) -> str:
@@ -435,10 +489,16 @@ def markdown(out: dict[str, Any]) -> str:
             f"{_pct(md['unknown_rejected'])} | {md['top1_drop_points']:.1f} pt |",
             "",
         ]
-    scores = out.get("scores")
-    if scores:
-        lines += ["| known-ness score (10 shots, seeds 0-4) | AUROC |", "|---|---|"]
-        lines += [f"| {k} | {v:.3f} |" for k, v in sorted(scores.items(), key=lambda kv: -kv[1])]
+    scores, over_splits = out.get("scores") or {}, out.get("split_scores") or {}
+    if scores or over_splits:
+        lines += [
+            "| known-ness score (10 shots) | AUROC, seeds 0-4 | AUROC, 120 splits |",
+            "|---|---|---|",
+        ]
+        names = sorted(
+            set(scores) | set(over_splits), key=lambda k: -over_splits.get(k, scores.get(k, 0))
+        )
+        lines += [f"| {k} | {_num(scores.get(k))} | {_num(over_splits.get(k))} |" for k in names]
     return "\n".join(lines) + "\n"
 
 
@@ -475,7 +535,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", type=int, default=20, help="Train images per class encoded.")
     parser.add_argument("--test-per-class", type=int, default=100)
     parser.add_argument(
-        "--only", default="scores,shots,splits", help="Comma list of scores, shots, splits."
+        "--only",
+        default="scores,split-scores,shots,splits",
+        help="Comma list of scores, split-scores, shots, splits.",
     )
     parser.add_argument("--json", type=Path, help="Write every figure here.")
     parser.add_argument("--from-json", type=Path, nargs="*", help="Render earlier results.")
@@ -491,10 +553,11 @@ def main(argv: list[str] | None = None) -> None:
     data = load_vectors(args.cache, args.pool, args.test_per_class)
     parts = set(args.only.split(","))
     out: dict[str, Any] = {"fingerprint": data["fingerprint"]}
-    if "scores" in parts:
-        out["scores"] = compare_scores(data)
-        for name, value in sorted(out["scores"].items(), key=lambda kv: -kv[1]):
-            print(f"AUROC {value:.3f}  {name}", flush=True)
+    for part, memories in (("scores", seed_memories), ("split_scores", split_memories)):
+        if part.replace("_", "-") in parts:
+            out[part] = compare_scores(data, memories())
+            for name, value in sorted(out[part].items(), key=lambda kv: -kv[1]):
+                print(f"{part}: AUROC {value:.3f}  {name}", flush=True)
     with tempfile.TemporaryDirectory(prefix="rar-open-set-") as tmp:
         if "shots" in parts:
             out["shots"] = shots_table(data, Path(tmp))

@@ -15,7 +15,6 @@ import hashlib
 import io
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -67,22 +66,48 @@ _DATA_URI = re.compile(
 _B64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")
 
 
-@dataclass(frozen=True)
 class LoadedImage:
     """A decoded RGB image, where it came from, and the SHA-256 of its source bytes.
 
     Attributes:
         image: The upright RGB image (smaller than the original when decoded to a need).
         source: Where it came from (a path, URL or given name).
-        sha256: SHA-256 of the source bytes.
+        sha256: SHA-256 of the source bytes; given, or hashed from ``data`` on first use
+            (recognition never asks: 0.5 ms of a 12 MP JPEG's 780 KiB saved).
         original_size: The upright ``(width, height)`` of the full image, when the image was
             decoded smaller; ``None`` means ``image`` is full size.
     """
 
-    image: Image.Image
-    source: str
-    sha256: str
-    original_size: tuple[int, int] | None = None
+    __slots__ = ("image", "source", "original_size", "_sha256", "_data")
+
+    def __init__(
+        self,
+        image: Image.Image,
+        source: str,
+        sha256: str | None = None,
+        original_size: tuple[int, int] | None = None,
+        *,
+        data: bytes | None = None,
+    ) -> None:
+        if (sha256 is None) == (data is None):
+            raise ValueError("a LoadedImage takes its sha256 or the bytes to hash, not both")
+        self.image = image
+        self.source = source
+        self.original_size = original_size
+        self._sha256 = sha256 or ""
+        self._data = data
+
+    def __repr__(self) -> str:
+        return f"LoadedImage(source={self.source!r}, size={self.image.size}, full={self.full_size})"
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the source bytes (hex)."""
+        data = self._data  # read once: another thread may hash and drop it meanwhile
+        if data is not None:
+            self._sha256 = hashlib.sha256(data).hexdigest()
+            self._data = None
+        return self._sha256
 
     @property
     def full_size(self) -> tuple[int, int]:
@@ -166,7 +191,7 @@ def _from_bytes(
 ) -> LoadedImage:
     image, full = decode_to_need(data, need=need, max_pixels=max_pixels, what=what)
     original = full if image.size != full else None
-    return LoadedImage(image, source, hashlib.sha256(data).hexdigest(), original)
+    return LoadedImage(image, source, original_size=original, data=data)
 
 
 def _load_reference(

@@ -167,7 +167,9 @@ MIN_CATEGORIES = 5
 category, and a few categories say too little about the others (on Fashion-MNIST,
 EfficientNet-Lite0, a memory of 4 single-example categories calibrated from 3 categories of
 10 examples rejected 12.5 % of known queries at ALPHA 0.05, seeds 0-4)."""
-_VERSION = 4
+_VERSION = 5
+"""The stored form's version (5: coordinates carry the distance off the subspace); a
+calibration stored in another is refitted."""
 
 StandIn = tuple[str, int, str]
 """One stand-in query: ``(label, others, draws)``: its category, how many other examples of
@@ -196,9 +198,9 @@ class CategorySums(BaseModel):
     counts: list[int] = Field(default_factory=list)
     sums: str = ""
 
-    def matrix(self, rank: int) -> np.ndarray:
-        """The sums as ``(categories, rank)``."""
-        return decode_array(self.sums, (len(self.labels), rank))
+    def matrix(self, width: int) -> np.ndarray:
+        """The sums as ``(categories, width)`` (coordinates of :meth:`Whitening.project`)."""
+        return decode_array(self.sums, (len(self.labels), width))
 
     def add(self, labels: Sequence[str], z: np.ndarray) -> None:
         """Add examples (coordinates ``z``, one row each) to their categories' sums."""
@@ -229,7 +231,7 @@ class Calibration(BaseModel):
         reason: Why there is no threshold at all (``method == "none"``).
         statistic: The fitted statistic (:meth:`Whitening.to_json`), ``None`` without one.
         categories: Per category (in ``labels`` order): its number of examples and the sum
-            of their coordinates (one base64 float32 ``(categories, rank)`` block), from which
+            of their coordinates (a base64 float32 ``(categories, rank + 1)`` block), from which
             the category means are derived.
         standins: The stand-in queries (see :data:`StandIn`).
         link: The similarity at which two unknown queries are one new thing.
@@ -271,10 +273,10 @@ class Calibration(BaseModel):
         """``(labels, counts, mean coordinates)`` of the memory's categories."""
         if self._means is None:
             model = self.model()
-            rank = model.rank if model is not None else 0
+            width = model.width if model is not None else 0
             labels = list(self.categories.labels)
             counts = np.asarray(self.categories.counts, dtype=np.float64)
-            sums = self.categories.matrix(rank) if labels else np.zeros((0, rank))
+            sums = self.categories.matrix(width) if labels else np.zeros((0, width))
             self._means = (labels, counts, sums / np.maximum(counts, 1.0)[:, None])
         return self._means
 
@@ -735,7 +737,7 @@ def _reservoir_standins(
     out: list[tuple[int | None, StandIn]] = []
     for (slot, pid), row, rival in zip(chosen, z, rivals, strict=True):
         mine = [others[i] for i in own[pid] if i in others]
-        z_own = model.project(np.asarray(mine)) if mine else np.zeros((0, model.rank))
+        z_own = model.project(np.asarray(mine)) if mine else np.zeros((0, model.width))
         standin = _standin(model, labels[pid], row, z_own, float(rival), pid)
         if standin is not None:
             out.append((slot, standin))

@@ -182,21 +182,25 @@ def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> N
     space = _Space(4)
     memory = _shots_memory(tmp_path, space, [6] * 4, "stored")
     stored = memory.extension(EXTENSION)
-    assert stored["version"] == 4 and stored["method"] == "conformal"
+    assert stored["version"] == cal_mod._VERSION == 5 and stored["method"] == "conformal"
     assert len(stored["standins"]) == 24
     label, others, draws = stored["standins"][0]
     assert label.startswith("category") and others == 5
     assert cal_mod._draw_rows((label, others, draws)).shape == (5, cal_mod.DRAWS)
-    # the statistic: mean, basis and two precisions (rank <= 24 examples - 2 folds' share)
+    # the statistic: mean, basis, two precisions (rank <= 24 examples - 2 folds' share) and
+    # the weight of the distance off the subspace (negative: off it counts against known)
     statistic = stored["statistic"]
     rank = statistic["rank"]
     assert 1 <= rank <= min(RANK, 24) and statistic["dim"] == DIM
-    assert Whitening.from_json(statistic).basis.shape == (rank, DIM)
-    # per category: its number of examples and the sum of their coordinates
+    model = Whitening.from_json(statistic)
+    assert model.basis.shape == (rank, DIM) and model.width == rank + 1
+    assert statistic["off"] < 0.0 and model.off == statistic["off"]
+    # per category: its number of examples and the sum of their coordinates (the principal
+    # ones and the distance off the subspace)
     categories = stored["categories"]
     assert sorted(categories["labels"]) == [f"category {c}" for c in range(4)]
     assert categories["counts"] == [6] * 4
-    assert cal_mod.CategorySums(**categories).matrix(rank).shape == (4, rank)
+    assert cal_mod.CategorySums(**categories).matrix(rank + 1).shape == (4, rank + 1)
     assert stored["link"] is not None and -1.0 <= stored["link"] <= 1.0
     memory.close()
     with CategoryMemory.open(tmp_path / "stored", collection="cal") as again:
@@ -340,9 +344,63 @@ def test_unreadable_or_old_calibration_is_ignored(tmp_path: Path) -> None:
     assert load(memory) is None
     memory.update_extension(EXTENSION, lambda _: {"version": 3, "standins": []})  # old form
     assert load(memory) is None
-    memory.update_extension(EXTENSION, lambda _: {"version": 4, "standins": "nonsense"})
+    memory.update_extension(EXTENSION, lambda _: {"version": 5, "standins": "nonsense"})
     assert load(memory) is None
     memory.close()
+
+
+def test_a_calibration_stored_in_the_previous_form_is_refitted(tmp_path: Path) -> None:
+    space = _Space(5)
+    memory = _shots_memory(tmp_path, space, [4] * 5, "old")
+
+    def version_4(data: dict | None) -> dict:  # the form before the distance off the subspace
+        assert data is not None
+        statistic = {k: v for k, v in data["statistic"].items() if k != "off"}
+        rank = statistic["rank"]
+        sums = cal_mod.CategorySums(**data["categories"]).matrix(rank + 1)[:, :rank]
+        categories = data["categories"] | {"sums": encode_array(sums)}
+        return data | {"version": 4, "statistic": statistic, "categories": categories}
+
+    memory.update_extension(EXTENSION, version_4)
+    assert load(memory) is None  # an old form is never read as the new one
+    taught = _add(memory, "category 2", space.draw(2, 1), start=4)
+    cal = load(memory)
+    assert cal is not None and cal.version == 5 and cal.calibrated
+    assert cal.categories.count_of("category 2") == 5 and len(taught) == 1
+    assert cal.statistic is not None and "off" in cal.statistic
+    assert cal.full_at == 21 and cal.revision == 1  # refitted in full, from scratch
+    memory.close()
+
+
+def test_the_distance_off_the_subspace_counts_against_being_known() -> None:
+    rng = np.random.default_rng(3)
+    basis = np.linalg.qr(rng.normal(size=(DIM, 6)))[0].T  # the memory lies in 6 directions
+    centres = rng.normal(size=(4, 6)) * 3.0
+    labels = [f"c{c}" for c in range(4) for _ in range(8)]
+    coords = np.repeat(centres, 8, axis=0) + rng.normal(size=(32, 6))
+    x = coords @ basis + rng.normal(size=(32, DIM)) * 0.05  # and barely off them
+    model = Whitening.fit(x, labels, rank=6)
+    assert model is not None and model.rank == 6 and model.off < 0.0
+    z = model.project(x)
+    means = np.stack([z[[i for i, k in enumerate(labels) if k == c]].mean(axis=0)
+                      for c in dict.fromkeys(labels)])  # fmt: skip
+    # coordinates: the principal ones, then the squared distance off the subspace
+    centred = x - model.mean
+    assert z[:, -1] == pytest.approx((centred**2).sum(1) - (z[:, :6] ** 2).sum(1), abs=1e-9)
+    # a query at a category's mean, moved off the memory's subspace: less known the farther
+    fitted = model.basis.T
+    off_axis = np.linalg.qr(np.concatenate([fitted, rng.normal(size=(DIM, 1))], 1))[0][:, -1]
+    at_mean = model.mean + (means[0, :6] @ model.basis)
+    steps = [model.known(model.project(at_mean + d * off_axis), means)[0] for d in (0, 1, 2)]
+    assert steps[0] > steps[1] > steps[2]
+    assert steps[0] - steps[1] == pytest.approx(-model.off, rel=1e-6)
+    # moving along the subspace away from every category costs too (the Mahalanobis part)
+    far = model.known(model.project(model.mean + 40.0 * basis[0]), means)[0]
+    assert far < steps[0]
+    # the stored form reads back to the same statistic
+    again = Whitening.from_json(model.to_json())
+    query = model.project(at_mean + off_axis)
+    assert again.known(query, means)[0] == pytest.approx(model.known(query, means)[0], rel=1e-4)
 
 
 # ------------------------------------------------------------------ the setting

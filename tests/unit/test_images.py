@@ -34,6 +34,23 @@ def test_every_input_form_gives_the_same_rgb_image_and_hash(tmp_path: Path) -> N
     assert loaded[0].source == str(path)
 
 
+def test_the_content_hash_is_of_the_source_bytes_and_taken_on_first_use() -> None:
+    import hashlib
+
+    from rar_agent.images import LoadedImage
+
+    data = _png()
+    loaded = load_image(data)
+    assert loaded._data is data and loaded._sha256 == ""  # recognition never pays for it
+    assert loaded.sha256 == hashlib.sha256(data).hexdigest()
+    assert loaded._data is None and loaded.sha256 == hashlib.sha256(data).hexdigest()
+    image = Image.new("RGB", (2, 2))
+    assert LoadedImage(image, "x", "abc").sha256 == "abc"
+    for bad in ({}, {"sha256": "abc", "data": data}):
+        with pytest.raises(ValueError, match="sha256 or the bytes"):
+            LoadedImage(image, "x", **bad)
+
+
 def test_pil_input_and_alpha_composited_on_white() -> None:
     transparent = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     loaded = load_image(transparent)

@@ -222,6 +222,76 @@ def test_heic_orientation_is_applied_once() -> None:
             assert _close(got, want, tol=40), (need, got, want)
 
 
+@pytest.mark.parametrize("orientation", [1, 6, 3])
+def test_a_heic_without_thumbnail_is_reduced_straight_from_libheifs_buffer(
+    orientation: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from rar_agent.images import decode
+
+    upright = _quadrants((1203, 902))  # not a multiple of the factor: narrower last blocks
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _heic(_stored_for(orientation, upright), exif=exif.tobytes())
+    taken: list[bool] = []
+    reduced = decode._heif_reduced
+
+    def spy(*args: Any) -> Any:
+        taken.append(True)
+        return reduced(*args)
+
+    monkeypatch.setattr(decode, "_heif_reduced", spy)
+    small = load_image(data, need=100)
+    factor = int(902 / 100 / REDUCE_GAP)
+    assert taken and factor == 4
+    assert small.full_size == (1203, 902) and small.image.mode == "RGB"
+    assert small.image.size == (math.ceil(1203 / factor), math.ceil(902 / factor))
+    for got, want in zip(_quadrant_colours(small.image), QUADRANTS, strict=True):
+        assert _close(got, want, tol=40), (orientation, got, want)
+    # the pixels of the ordinary path: the full decode, reduced by Pillow
+    ordinary = load_image(data).image.reduce(factor)
+    diff = np.abs(np.asarray(small.image, dtype=int) - np.asarray(ordinary, dtype=int))
+    assert diff.max() <= 1
+
+
+def test_heic_in_l_mode_is_reduced_from_the_buffer_and_rgba_takes_the_ordinary_path() -> None:
+    from rar_agent.images import decode
+
+    im = _quadrants((1200, 900)).convert("RGBA")
+    im.putpixel((0, 0), (0, 0, 0, 0))
+    data = _heic(im)
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.mode == "RGBA"
+        assert decode._heif_reduced(opened, data, DecodeNeed(100)) is None
+    loaded = load_image(data, need=100)
+    assert loaded.full_size == (1200, 900) and loaded.image.mode == "RGB"
+    assert loaded.image.size == (300, 225)
+    grey = load_image(_heic(Image.new("L", (1200, 900), 90)), need=100)  # L: from the buffer
+    assert grey.image.mode == "RGB" and grey.image.size == (300, 225)
+    assert _close(grey.image.getpixel((150, 110)), (90, 90, 90), tol=2)  # type: ignore[arg-type]
+    for got, want in zip(_quadrant_colours(loaded.image), QUADRANTS, strict=True):
+        assert _close(got, want, tol=40), (got, want)
+
+
+@pytest.mark.parametrize(
+    ("shape", "factor"),
+    [((60, 48, 3), 6), ((61, 50, 3), 6), ((7, 5, 1), 2), ((40, 40, 3), 17), ((5, 5, 1), 8)],
+)
+def test_box_means_are_pillows_reduce(shape: tuple[int, int, int], factor: int) -> None:
+    import numpy as np
+
+    from rar_agent.images.decode import box_means
+
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    pixels[:4] = 255  # sums at the top of the range (uint16 / uint32 accumulators)
+    means = box_means(pixels, factor)
+    image = Image.fromarray(pixels[:, :, 0] if shape[2] == 1 else pixels)
+    want = np.asarray(image.reduce(factor), dtype=int).reshape(means.shape)
+    assert means.dtype == np.uint8
+    assert np.abs(means.astype(int) - want).max() <= 1
+
+
 def test_broken_heic_files_get_a_clear_error() -> None:
     data = _heic(_quadrants((256, 256)))
     with pytest.raises(ImageError, match="truncated") as err:
