@@ -409,12 +409,12 @@ def _open_set_stats(cal: "Calibration | None", setting: "RejectSetting") -> dict
         return {"calibrated": False, "note": "not calibrated yet: recognizing calibrates it"}
     alpha = setting.alpha
     summary = cal.summary(alpha)
-    why = summary["cannot_calibrate"] or cal.reason
+    why = summary["cannot_calibrate"]
     return {
         "calibrated": why is None,
         "promise": f"--reject auto:{alpha:g}: at most {alpha:.0%} of known images rejected",
         **summary,
-        "note": why,
+        "note": why or f"thresholds set by {summary['source']}",
     }
 
 

@@ -169,15 +169,25 @@ def _open_set_fields(
     similarity, _ = known_score(top.scores) or (top.score, True)
     record.similarity = round(similarity, 6)
     record.shots = max(1, len(top.scores))
-    if cal is not None and top.kind == "image" and cal.calibrated and vector is not None:
-        stat, shots, (auto, _) = cal.judge_vector(vector, alpha)
+    if cal is not None and top.kind == "image" and vector is not None:
+        judged = cal.judge_query(vector, top, alpha)
+        stat = similarity if judged.statistic is None else judged.statistic
         record.similarity = round(stat, 6)
-        record.shots = shots
+        record.shots = judged.shots
+        auto = judged.threshold
         record.auto_threshold = None if auto is None else round(auto, 6)
         record.alpha_thresholds = {}
         for a in PROMISE_ALPHAS:
-            _, _, (t_a, _) = cal.judge_vector(vector, a)
-            record.alpha_thresholds[f"{a:g}"] = None if t_a is None else t_a
+            at_a = cal.judge_query(vector, top, a)
+            # the memory's stand-ins and the encoder prior judge different statistics: each
+            # ALPHA's threshold is put on the recorded statistic's scale (same verdict)
+            record.alpha_thresholds[f"{a:g}"] = (
+                None
+                if at_a.threshold is None
+                else at_a.threshold
+                - (at_a.statistic if at_a.statistic is not None else stat)
+                + stat
+            )
 
 
 def _build_memory(

@@ -52,12 +52,13 @@ import time
 import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr
 
 from rar_agent.errors import ConfigError
+from rar_agent.openset.prior import EncoderPrior, MemoryScale, encoder_prior, similarity_at
 from rar_agent.openset.statistic import (
     RANK,
     CentreTerms,
@@ -70,8 +71,9 @@ from rar_agent.openset.store import read_extension, update_extension
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-    from rar_agent.memory import Hit
+    from rar_agent.memory import Hit, MemoryInfo
     from rar_agent.memory.entries import StoredPoint
+    from rar_agent.results import Candidate
 
 __all__ = [
     "DRAWS",
@@ -83,6 +85,7 @@ __all__ = [
     "CalibratedMemory",
     "Calibration",
     "CategorySums",
+    "Judged",
     "StandIn",
     "Threshold",
     "current",
@@ -98,6 +101,11 @@ class CalibratedMemory(Protocol):
 
     collection: str
     read_only: bool
+
+    @property
+    def info(self) -> MemoryInfo:
+        """What the memory records (its encoder's fingerprint: the key of an encoder prior)."""
+        ...
 
     def extension(self, name: str) -> dict[str, Any] | None:
         """An extension of the memory's record."""
@@ -167,9 +175,10 @@ MIN_CATEGORIES = 5
 category, and a few categories say too little about the others (on Fashion-MNIST,
 EfficientNet-Lite0, a memory of 4 single-example categories calibrated from 3 categories of
 10 examples rejected 12.5 % of known queries at ALPHA 0.05, seeds 0-4)."""
-_VERSION = 5
-"""The stored form's version (5: coordinates carry the distance off the subspace); a
-calibration stored in another is refitted."""
+_VERSION = 6
+"""The stored form's version (5: coordinates carry the distance off the subspace; 6: the
+encoder's fingerprint and the memory's scale for an encoder prior); a calibration stored in
+another is refitted."""
 
 StandIn = tuple[str, int, str]
 """One stand-in query: ``(label, others, draws)``: its category, how many other examples of
@@ -179,6 +188,20 @@ shots)."""
 
 Threshold = tuple[float | None, str | None]
 """``(threshold, why not)``: a threshold, or ``None`` and the reason there is none."""
+
+
+class Judged(NamedTuple):
+    """One query's known-ness against its threshold (:meth:`Calibration.judge_query`)."""
+
+    statistic: float | None
+    """The known-ness compared (``None``: the memory has none for this query)."""
+    shots: int
+    """Examples of the category the threshold is for."""
+    threshold: float | None
+    """The threshold (``None``: cannot calibrate, see ``note``)."""
+    note: str | None
+    """Where the threshold came from when not from the memory's stand-ins, or why there is
+    none."""
 
 
 def min_standins(alpha: float) -> int:
@@ -227,8 +250,12 @@ class Calibration(BaseModel):
     """A memory's open-set calibration (image side), as stored in its record.
 
     Attributes:
-        method: ``conformal`` when stand-ins exist, ``none`` when there are none.
-        reason: Why there is no threshold at all (``method == "none"``).
+        method: ``conformal`` when stand-ins exist; ``prior`` when there are none but the
+            encoder has a prior (:mod:`~rar_agent.openset.prior`); ``none`` otherwise.
+        reason: Why the memory's own examples give no threshold (no stand-in at all).
+        encoder: The encoder's fingerprint (the key of its prior).
+        scale: How far the memory's categories lie apart (what an encoder prior's
+            threshold is scaled by), ``None`` with too few categories.
         statistic: The fitted statistic (:meth:`Whitening.to_json`), ``None`` without one.
         categories: Per category (in ``labels`` order): its number of examples and the sum
             of their coordinates (a base64 float32 ``(categories, rank + 1)`` block), from which
@@ -242,8 +269,10 @@ class Calibration(BaseModel):
 
     version: int = _VERSION
     kind: Literal["image"] = "image"
-    method: Literal["conformal", "none"] = "none"
+    method: Literal["conformal", "prior", "none"] = "none"
     reason: str | None = None
+    encoder: str | None = None
+    scale: MemoryScale | None = None
     statistic: dict[str, Any] | None = None
     categories: CategorySums = Field(default_factory=lambda: CategorySums())
     standins: list[StandIn] = Field(default_factory=list)
@@ -365,6 +394,76 @@ class Calibration(BaseModel):
         index = min(len(values) - 1, max(0, math.ceil(k / n * len(values)) - 1))
         return float(values[index]), None
 
+    def prior(self) -> EncoderPrior | None:
+        """The encoder's prior, when it has one and the memory has a scale to apply it to."""
+        return encoder_prior(self.encoder) if self.scale is not None else None
+
+    def prior_threshold(self, alpha: float, shots: int) -> Threshold:
+        """The similarity threshold the encoder prior sets for a query whose category has
+        ``shots`` examples, or ``(None, why not)``."""
+        prior = self.prior()
+        if prior is None or self.scale is None:
+            return None, self._no_prior()
+        score = prior.threshold(alpha, shots)
+        if score is None:
+            return None, (
+                f"the encoder prior covers ALPHA {prior.alphas[0]:g} to {prior.alphas[-1]:g} "
+                f"only, not {alpha:g}"
+            )
+        return similarity_at(score, self.scale), None
+
+    def _no_prior(self) -> str:
+        if self.scale is None:
+            return (
+                f"an encoder prior needs at least {MIN_CATEGORIES} categories to measure how "
+                "far they lie apart"
+            )
+        return f"no encoder prior for {self.encoder or 'this encoder'}"
+
+    def source(self) -> str:
+        """Which source sets the thresholds, in words (for notes and ``memory stats``)."""
+        said = self._prior_words()
+        if said is None:
+            return "this memory's own examples" if self.calibrated else "none"
+        if not self.calibrated:
+            return said
+        return f"this memory's own examples where they suffice, elsewhere {said}"
+
+    def _prior_words(self) -> str | None:
+        prior = self.prior()
+        if prior is None or self.scale is None:
+            return None
+        return (
+            f"the encoder prior of {prior.encoder} (measured on {prior.measured_on}), not on "
+            f"this memory (scaled by how far its {self.scale.categories} categories lie apart)"
+        )
+
+    def judge_query(self, vector: ArrayLike | None, top: Candidate, alpha: float) -> Judged:
+        """One image query's known-ness and threshold at ``alpha``, from the memory's own
+        stand-ins (:meth:`judge_vector`) where they give one, else from the encoder prior
+        (the similarity of the answer's closest example against the prior's threshold).
+
+        Raises:
+            ValueError: A calibrated memory without the query's embedding.
+        """
+        why: str | None = self.reason or NO_PAIRS
+        stat: float | None = None
+        if self.calibrated:
+            if vector is None:
+                raise ValueError("the auto open-set check needs the query's embedding")
+            value, shots, (threshold, why) = self.judge_vector(vector, alpha)
+            if threshold is not None:
+                return Judged(value, shots, threshold, None)
+            stat = value if math.isfinite(value) else None
+        shots = max(1, self.categories.count_of(top.label))
+        threshold, no_prior = self.prior_threshold(alpha, shots)
+        if threshold is None:
+            return Judged(stat, shots, None, f"{why}; {no_prior}")
+        similarity = top.scores[0] if top.scores else top.score
+        own = (why or "").removeprefix("cannot calibrate")
+        note = f"threshold set by {self._prior_words()}; its own examples cannot{own}"
+        return Judged(float(similarity), shots, threshold, note)
+
     def summary(self, alpha: float | None = None) -> dict[str, Any]:
         """Headline figures for people (no stand-in list); thresholds at ``alpha``."""
         from rar_agent.config import DEFAULT_ALPHA
@@ -372,6 +471,7 @@ class Calibration(BaseModel):
         alpha = DEFAULT_ALPHA if alpha is None else alpha
         per_shot = {m: self.threshold(alpha, m) for m in (1, 2, 5, 10)}
         model = self.model()
+        prior = {m: self.prior_threshold(alpha, m) for m in (1, 2, 3)}
         return {
             "method": self.method,
             "statistic": None if model is None else f"relative Mahalanobis, rank {model.rank}",
@@ -382,8 +482,14 @@ class Calibration(BaseModel):
             "thresholds": {
                 str(m): None if t is None else round(t, 4) for m, (t, _) in per_shot.items()
             },
-            # a query falls back to fewer shots: the promise holds wherever one shot does
-            "cannot_calibrate": per_shot[1][1],
+            "source": self.source(),
+            "prior_thresholds": {
+                str(m): None if t is None else round(t, 4) for m, (t, _) in prior.items()
+            },
+            "scale": None if self.scale is None else self.scale.model_dump(),
+            # a query falls back to fewer shots: the promise holds wherever one shot does,
+            # or the encoder prior where it does not
+            "cannot_calibrate": per_shot[1][1] if prior[1][0] is None else None,
             "updated_at": self.updated_at,
         }
 
@@ -404,7 +510,8 @@ def _finish(cal: Calibration) -> Calibration:
     if cal.standins and cal.statistic is not None:
         cal.method, cal.reason = "conformal", None
     else:
-        cal.method, cal.reason = "none", cal.reason or NO_PAIRS
+        cal.method = "prior" if cal.prior() is not None else "none"
+        cal.reason = cal.reason or NO_PAIRS
     return cal
 
 
@@ -584,13 +691,15 @@ def _image_entries(memory: CalibratedMemory) -> Iterator[tuple[str, str, list[fl
 
 
 def _category_sums(
-    model: Whitening, first: Sequence[tuple[str, str, list[float]]], rest: Iterator[Any]
+    model: Whitening | None, first: Sequence[tuple[str, str, list[float]]], rest: Iterator[Any]
 ) -> CategorySums:
-    """Each category's number of examples and sum of coordinates, over every example."""
+    """Each category's number of examples and sum of coordinates, over every example (only
+    the numbers without a statistic)."""
     out = CategorySums()
     chunk = list(first)
     while chunk:
-        z = model.project(np.asarray([v for _, _, v in chunk], dtype=np.float64))
+        x = np.asarray([v for _, _, v in chunk], dtype=np.float64)
+        z = model.project(x) if model is not None else np.zeros((len(x), 0))
         out.add([label for _, label, _ in chunk], z)
         chunk = list(itertools.islice(rest, 4096))
     return out
@@ -627,9 +736,10 @@ def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
     labels = [label for _, label, _ in first]
     x = np.asarray([v for _, _, v in first], dtype=np.float64)
     model = Whitening.fit(x, labels, rank=_rank(len(x), _folds(len(x))))
+    cal.encoder, cal.scale = memory.info.fingerprint, MemoryScale.measure(labels, x)
+    cal.categories = _category_sums(model, first, entries)
     if model is not None:
         cal.statistic = model.to_json()
-        cal.categories = _category_sums(model, first, entries)
         cal.standins = _cross_fitted(ids, labels, x, sample)
         cal.link = _link(labels, x)
     _finish(cal)
@@ -642,7 +752,10 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
 
     A full calibration (:func:`fit`) is made when there is none yet, when entries were
     removed, when the image entries have doubled since the last full one, or when a memory
-    without a statistic gained a category of two examples. Otherwise the statistic stays as
+    without a statistic (no category of two examples) gained entries and holds at most
+    ``FIT_SAMPLE`` (a scroll with nothing to fit: its category counts and the
+    :class:`~rar_agent.openset.prior.MemoryScale` an encoder prior is scaled by stay exact)
+    or gained a category of two examples. Otherwise the statistic stays as
     fitted: each new image entry is projected and added to its category's sum, and enters the
     stand-in reservoir with probability ``MAX_STANDINS / seen``; the ones that enter are
     searched once (one batched search) for their category's other examples. Counting is
@@ -662,6 +775,8 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     model = cal.model() if cal is not None else None
     if cal is None or removed or total >= 2 * max(cal.full_at, 1):
         return fit(memory)
+    if model is None and total <= FIT_SAMPLE:
+        return fit(memory)  # no statistic to fit: the counts and the scale, kept exact
     labels = _labels_of(memory, added)
     if model is None and any(n >= 2 for n in _image_counts(memory, labels.values()).values()):
         return fit(memory)  # a first category of two examples: a statistic can be fitted

@@ -39,8 +39,11 @@ def judge(
     the query's known-ness (:meth:`~rar_agent.openset.calibration.Calibration.judge_vector`,
     the calibrated statistic of its embedding) against the conformal threshold at the
     setting's ALPHA for its best category's number of examples (image entries only:
-    class-name entries have none). Where the memory cannot support the promise, nothing is
-    rejected and the note says why ("cannot calibrate ..."). The answer stays retrieval's.
+    class-name entries have none); where the memory's own examples cannot set one, the
+    encoder prior's threshold for the similarity of the answer's closest example, and the
+    note says so (:meth:`~rar_agent.openset.calibration.Calibration.judge_query`). Where
+    neither can support the promise, nothing is rejected and the note says why ("cannot
+    calibrate ..."). The answer stays retrieval's.
 
     Args:
         candidates: The retrieval candidates.
@@ -59,10 +62,10 @@ def judge(
     why: str | None = None
     if mode == "fixed":
         threshold = setting.threshold
-    elif calibration is not None and top.kind == "image" and calibration.calibrated:
-        if vector is None:
-            raise ValueError("the auto open-set check needs the query's embedding")
-        stat, _, (threshold, why) = calibration.judge_vector(vector, setting.alpha)
+    elif calibration is not None and top.kind == "image":
+        judged = calibration.judge_query(vector, top, setting.alpha)
+        stat = stat if judged.statistic is None else judged.statistic
+        threshold, why = judged.threshold, judged.note
     else:
         threshold = None
     info = RejectionInfo(mode=mode, similarity=round(stat, 6))
@@ -72,6 +75,7 @@ def judge(
         info.note = why or _no_threshold_note(top.kind, calibration)
         return info
     info.threshold = round(threshold, 6)
+    info.note = why
     info.margin = round(stat - threshold, 6)
     if stat < threshold:
         info.reasons.append("below_threshold")

@@ -182,7 +182,8 @@ def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> N
     space = _Space(4)
     memory = _shots_memory(tmp_path, space, [6] * 4, "stored")
     stored = memory.extension(EXTENSION)
-    assert stored["version"] == cal_mod._VERSION == 5 and stored["method"] == "conformal"
+    assert stored["version"] == cal_mod._VERSION == 6 and stored["method"] == "conformal"
+    assert stored["encoder"] == _Vectors.fingerprint and stored["scale"] is None  # 4 categories
     assert len(stored["standins"]) == 24
     label, others, draws = stored["standins"][0]
     assert label.startswith("category") and others == 5
@@ -365,7 +366,7 @@ def test_a_calibration_stored_in_the_previous_form_is_refitted(tmp_path: Path) -
     assert load(memory) is None  # an old form is never read as the new one
     taught = _add(memory, "category 2", space.draw(2, 1), start=4)
     cal = load(memory)
-    assert cal is not None and cal.version == 5 and cal.calibrated
+    assert cal is not None and cal.version == cal_mod._VERSION and cal.calibrated
     assert cal.categories.count_of("category 2") == 5 and len(taught) == 1
     assert cal.statistic is not None and "off" in cal.statistic
     assert cal.full_at == 21 and cal.revision == 1  # refitted in full, from scratch

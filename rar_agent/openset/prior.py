@@ -1,0 +1,178 @@
+"""Encoder priors: the statistic a memory too small to calibrate cannot measure itself.
+
+A memory of one example per category holds no two photos of one category, so nothing in it
+says how far a second photo of a known category lies from the first: the conformal threshold
+(:mod:`~rar_agent.openset.calibration`) has no stand-in query. What such a memory does hold
+is how far its categories lie from *each other*: each example's similarity to its nearest
+example of another category, which is what a query of a category the memory does not know
+looks like. An *encoder prior* supplies the missing half, measured once per encoder on
+labelled reference data and shipped with the package (``priors/*.json``, keyed by the
+encoder's fingerprint): the quantiles, over known-category queries of many small reference
+memories, of the *scale-free* known-ness
+
+    (s - c) / d
+
+where ``s`` is the query's similarity to its answer's closest example, and ``c`` and ``d``
+the memory's *scale* (:class:`MemoryScale`): the mean and the standard deviation of its
+categories' similarities to their nearest other category (one example of each). Raw similarities do
+not carry over from one kind of image to another (EfficientNet-Lite0: a known garment's
+similarity is above 0.55 for 95% of Fashion-MNIST queries, a known glyph's above 0.77); the
+scale is measured on the memory itself, so the prior only carries how a second photo of a
+category compares with how the memory's own categories lie apart. Of the scales measured
+(raw similarity, the nearest-other mean, the mean over all pairs, z-scores of either), this
+one carried over best between the reference sets (``tools/fit_encoder_prior.py``).
+
+The threshold for ``--reject auto:ALPHA`` is then the prior's ALPHA-quantile at the query's
+number of examples (:meth:`EncoderPrior.threshold`), turned back into a similarity for this
+memory (:func:`similarity_at`). It keeps its promise to the extent that the memory's data
+resemble the reference data (``measured_on``); its held-out figures travel in the stored
+prior (``validated``). An encoder without a prior gets none: its memories say they cannot
+calibrate. Once a memory's own stand-ins support a conformal threshold, that one is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+__all__ = [
+    "MIN_SCALE_CATEGORIES",
+    "PRIOR_DIR",
+    "EncoderPrior",
+    "MemoryScale",
+    "encoder_prior",
+    "prior_score",
+    "similarity_at",
+]
+
+logger = logging.getLogger(__name__)
+
+PRIOR_DIR = Path(__file__).with_name("priors")
+"""Where the shipped encoder priors live (one JSON file per encoder)."""
+MIN_SCALE_CATEGORIES = 5
+"""Categories a memory needs for its scale to mean anything (the mean of fewer nearest-other
+similarities says little about the next category)."""
+SCALE_SAMPLE = 1000
+"""Categories the scale is measured over at most (one example each)."""
+
+
+MIN_SPREAD = 1e-3
+"""Smallest spread a scale divides by (a memory of near-identical spacings)."""
+
+
+def prior_score(similarity: float | np.ndarray, scale: MemoryScale) -> Any:
+    """The scale-free known-ness of a query: ``(s - c) / d`` (the one definition, for
+    reference data and queries alike)."""
+    return (similarity - scale.centre) / max(scale.spread, MIN_SPREAD)
+
+
+def similarity_at(score: float, scale: MemoryScale) -> float:
+    """The similarity whose :func:`prior_score` is ``score`` in a memory of this scale."""
+    return float(scale.centre + score * max(scale.spread, MIN_SPREAD))
+
+
+class MemoryScale(BaseModel):
+    """The memory's side of a prior threshold: how far its categories lie apart.
+
+    Attributes:
+        centre: Mean similarity of the examples to their nearest example of another category.
+        spread: The standard deviation of those similarities.
+        categories: Categories it was measured over.
+        examples: Examples it was measured over.
+    """
+
+    centre: float
+    spread: float
+    categories: int
+    examples: int
+
+    @classmethod
+    def measure(cls, labels: Sequence[str], vectors: np.ndarray) -> MemoryScale | None:
+        """The scale of examples ``vectors`` (rows) of ``labels``, over the first example of
+        each category (up to ``SCALE_SAMPLE``): one per category, so that a category with
+        many examples does not crowd the others' nearest neighbours (the scale of a memory
+        of 1 and 10 examples per category is that of single examples, as the prior's);
+        ``None`` with fewer than ``MIN_SCALE_CATEGORIES`` categories.
+
+        Raises:
+            ValueError: When labels and vectors differ in number.
+        """
+        names = list(labels)
+        if len(names) != len(vectors):
+            raise ValueError(f"{len(names)} labels for {len(vectors)} vectors")
+        first = list({name: i for i, name in reversed(list(enumerate(names)))}.values())
+        first = sorted(first)[:SCALE_SAMPLE]
+        if len(first) < MIN_SCALE_CATEGORIES:
+            return None
+        x = np.asarray(vectors, dtype=np.float64)[first]
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        sims = unit @ unit.T
+        np.fill_diagonal(sims, -np.inf)
+        nearest_other = sims.max(axis=1)
+        return cls(
+            centre=round(float(nearest_other.mean()), 6),
+            spread=round(float(nearest_other.std()), 6),
+            categories=len(first),
+            examples=len(names),
+        )
+
+
+class EncoderPrior(BaseModel):
+    """One encoder's prior, as shipped (``priors/<name>.json``).
+
+    Attributes:
+        fingerprint: The encoder's fingerprint (the key it is found by).
+        encoder: A readable name of the encoder.
+        measured_on: The reference data it was measured on (said in every note).
+        alphas: The ALPHA grid the quantiles are given at (increasing).
+        quantiles: Per number of examples of the query's category (``"1"``, ``"2"``, ...):
+            the known queries' :func:`prior_score` quantile at each ALPHA of the grid.
+        validated: Held-out figures (promised vs delivered), for people.
+    """
+
+    fingerprint: str = Field(min_length=1)
+    encoder: str
+    measured_on: str
+    alphas: list[float]
+    quantiles: dict[str, list[float]]
+    validated: dict[str, Any] = Field(default_factory=dict)
+
+    def shots(self) -> list[int]:
+        """The numbers of examples with quantiles of their own (increasing)."""
+        return sorted(int(k) for k in self.quantiles)
+
+    def threshold(self, alpha: float, shots: int) -> float | None:
+        """The known-ness quantile at ``alpha`` for a query whose category has ``shots``
+        examples (the largest measured level not above it: more examples only raise a known
+        query's similarity); ``None`` outside the ALPHA grid."""
+        if not self.alphas or not self.alphas[0] - 1e-9 <= alpha <= self.alphas[-1] + 1e-9:
+            return None
+        levels = [m for m in self.shots() if m <= max(shots, 1)] or self.shots()[:1]
+        row = self.quantiles[str(levels[-1])]
+        return float(np.interp(math.log(alpha), np.log(self.alphas), row))
+
+
+@functools.cache
+def _priors() -> dict[str, EncoderPrior]:
+    out: dict[str, EncoderPrior] = {}
+    for path in sorted(PRIOR_DIR.glob("*.json")):
+        try:
+            prior = EncoderPrior.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, ValidationError) as exc:
+            logger.warning("encoder prior %s unreadable, ignored: %s", path.name, exc)
+            continue
+        out[prior.fingerprint] = prior
+    return out
+
+
+def encoder_prior(fingerprint: str | None) -> EncoderPrior | None:
+    """The shipped prior of the encoder with this fingerprint, ``None`` when there is none."""
+    return _priors().get(fingerprint) if fingerprint else None

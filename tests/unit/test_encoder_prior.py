@@ -1,0 +1,266 @@
+"""Memories too small to calibrate themselves: the encoder prior, its stored form, where it
+keeps the promise, where it cannot, and the switch to the memory's own conformal threshold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rar_agent import openset
+from rar_agent.cli.memory import _open_set_stats
+from rar_agent.config import parse_reject
+from rar_agent.memory import CategoryMemory, MemoryEntry
+from rar_agent.openset import prior as prior_mod
+from rar_agent.openset.calibration import MIN_CATEGORIES, load, min_standins
+from rar_agent.openset.prior import (
+    PRIOR_DIR,
+    EncoderPrior,
+    MemoryScale,
+    encoder_prior,
+    prior_score,
+    similarity_at,
+)
+from rar_agent.retrieval import CategoryRetriever
+
+DIM = 48
+FINGERPRINT = "vectors:prior-test"
+ALPHAS = [0.01, 0.02, 0.05, 0.1, 0.2]
+
+
+def _world(seed: int, categories: int) -> np.ndarray:
+    """Category centres of one synthetic "dataset" (every dataset from one generator, so a
+    prior measured on some carries over to the others)."""
+    return np.random.default_rng(seed).normal(size=(categories, DIM))
+
+
+def _photos(centres: np.ndarray, category: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    x = centres[category] / np.sqrt(DIM) * 1.6 + rng.normal(size=(n, DIM)) / np.sqrt(DIM)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _fitted_prior(shots: tuple[int, ...] = (1, 2, 3)) -> EncoderPrior:
+    """A prior measured the way ``tools/fit_encoder_prior.py`` measures one, on other
+    synthetic datasets than the tests judge (seeds 100-139)."""
+    rng = np.random.default_rng(5)
+    quantiles = {}
+    for m in shots:
+        scores = []
+        for seed in range(100, 140):
+            centres = _world(seed, 8)
+            memory = np.concatenate([_photos(centres, c, m, rng) for c in range(8)])
+            labels = [str(c) for c in range(8) for _ in range(m)]
+            scale = MemoryScale.measure(labels, memory)
+            assert scale is not None
+            queries = np.concatenate([_photos(centres, c, 30, rng) for c in range(8)])
+            scores.append(prior_score((queries @ memory.T).max(axis=1), scale))
+        quantiles[str(m)] = [float(np.quantile(np.concatenate(scores), a)) for a in ALPHAS]
+    return EncoderPrior(
+        fingerprint=FINGERPRINT,
+        encoder="synthetic",
+        measured_on="synthetic categories (seeds 100-139)",
+        alphas=ALPHAS,
+        quantiles=quantiles,
+    )
+
+
+@pytest.fixture
+def with_prior(monkeypatch: pytest.MonkeyPatch) -> EncoderPrior:
+    prior = _fitted_prior()
+    monkeypatch.setattr(prior_mod, "_priors", lambda: {FINGERPRINT: prior})
+    return prior
+
+
+class _Vectors:
+    fingerprint = FINGERPRINT
+    dim = DIM
+
+
+def _memory(tmp_path: Path, centres: np.ndarray, shots: list[int], seed: int = 0) -> CategoryMemory:
+    """A memory of ``shots[c]`` examples of category ``c``, calibrated as every caller does."""
+    rng = np.random.default_rng(seed + 1000)  # photo noise apart from the centres' draws
+    memory = CategoryMemory.open(tmp_path / f"m{seed}-{'-'.join(map(str, shots))}", collection="p")
+    memory.bind_encoder(FINGERPRINT, DIM)
+    for c, n in enumerate(shots):
+        entries = [MemoryEntry(f"c{c}", "image", f"c{c}-{i}", f"c{c}-{i}") for i in range(n)]
+        openset.update(memory, added=memory.add_entries(entries, _photos(centres, c, n, rng)))
+    return memory
+
+
+def _judge(memory: CategoryMemory, queries: np.ndarray, alpha: float) -> list:
+    retriever = CategoryRetriever(memory=memory, encoder=_Vectors(), k=3)  # type: ignore[arg-type]
+    cal = openset.load(memory)
+    setting = parse_reject(f"auto:{alpha}")
+    found = retriever.retrieve_vectors(queries)
+    return [openset.judge(c, setting, cal, v) for c, v in zip(found, queries, strict=True)]
+
+
+def _rejected(verdicts: list) -> float:
+    return float(np.mean([bool(v.reasons) for v in verdicts]))
+
+
+# ------------------------------------------------------------------ the stored form
+
+
+def test_the_shipped_prior_is_keyed_by_the_encoder_and_well_formed() -> None:
+    files = sorted(PRIOR_DIR.glob("*.json"))
+    assert files, "no encoder prior ships with the package"
+    for path in files:
+        prior = EncoderPrior.model_validate(json.loads(path.read_text()))
+        shipped = encoder_prior(prior.fingerprint)
+        assert shipped is not None and shipped.quantiles == prior.quantiles
+        assert prior.alphas == sorted(prior.alphas) and prior.shots()[0] == 1
+        for row in prior.quantiles.values():
+            assert len(row) == len(prior.alphas) and row == sorted(row)
+        assert prior.threshold(prior.alphas[2], 1) == pytest.approx(prior.quantiles["1"][2])
+        assert prior.threshold(prior.alphas[-1] * 1.5, 1) is None  # outside the measured grid
+        assert prior.validated  # the held-out figures travel with it
+    effnet = [p for p in files if "efficientnet-lite0" in p.name]
+    assert effnet and encoder_prior(json.loads(effnet[0].read_text())["fingerprint"])
+
+
+def test_a_prior_threshold_uses_the_largest_measured_shot_count_not_above() -> None:
+    prior = _fitted_prior()
+    assert prior.threshold(0.05, 2) == pytest.approx(prior.quantiles["2"][2])
+    assert prior.threshold(0.05, 9) == pytest.approx(prior.quantiles["3"][2])
+    between = prior.threshold(0.03, 1)
+    assert between is not None and prior.quantiles["1"][1] < between < prior.quantiles["1"][2]
+    assert encoder_prior("no:such-encoder") is None and encoder_prior(None) is None
+
+
+def test_the_scale_is_the_mean_similarity_to_the_nearest_other_category() -> None:
+    x = np.eye(6)[:, :6].copy()
+    x[1] = [0.8, 0.6, 0, 0, 0, 0]  # category "b" lies 0.8 from "a"
+    scale = MemoryScale.measure(list("abcdef"), x)
+    assert scale is not None and scale.categories == 6 and scale.examples == 6
+    nearest = np.array([0.8, 0.8, 0, 0, 0, 0])
+    assert scale.centre == pytest.approx(nearest.mean(), abs=1e-6)
+    assert scale.spread == pytest.approx(nearest.std(), abs=1e-6)
+    assert MemoryScale.measure(list("abcd"), x[:4]) is None  # too few categories
+    with pytest.raises(ValueError, match="labels for"):
+        MemoryScale.measure(list("abc"), x)
+    assert similarity_at(prior_score(0.7, scale), scale) == pytest.approx(0.7)
+
+
+# ------------------------------------------------------------------ every small memory
+
+
+def test_without_a_prior_single_examples_still_say_they_cannot_calibrate(tmp_path: Path) -> None:
+    centres = _world(0, 10)
+    memory = _memory(tmp_path, centres, [1] * 8)
+    rng = np.random.default_rng(1)
+    verdicts = _judge(memory, _photos(centres, 0, 10, rng), 0.05)
+    assert all(v.threshold is None and not v.reasons for v in verdicts)
+    assert "cannot calibrate" in verdicts[0].note
+    assert f"no encoder prior for {FINGERPRINT}" in verdicts[0].note
+    cal = load(memory)
+    assert cal is not None and cal.method == "none" and cal.summary()["cannot_calibrate"]
+    memory.close()
+
+
+@pytest.mark.parametrize("shots", [1, 2, 3])
+def test_each_small_memory_keeps_the_promise_with_the_prior(
+    tmp_path: Path, with_prior: EncoderPrior, shots: int
+) -> None:
+    known, unseen, alphas = 8, 4, (0.01, 0.05, 0.2)
+    rates: dict[float, list[float]] = {a: [] for a in alphas}
+    unseen_rates: dict[float, list[float]] = {a: [] for a in alphas}
+    for seed in range(6):
+        centres = _world(seed, known + unseen)
+        memory = _memory(tmp_path, centres, [shots] * known, seed=seed)
+        rng = np.random.default_rng(seed + 50)
+        queries = np.concatenate([_photos(centres, c, 25, rng) for c in range(known)])
+        strangers = np.concatenate(
+            [_photos(centres, c, 25, rng) for c in range(known, known + unseen)]
+        )
+        for alpha in alphas:
+            verdicts = _judge(memory, queries, alpha)
+            assert all(v.threshold is not None and v.alpha == alpha for v in verdicts)
+            if shots > 1 and known * shots >= min_standins(alpha):  # the memory's own
+                assert all(v.note is None for v in verdicts), (shots, alpha)
+            else:
+                assert all("encoder prior of synthetic" in v.note for v in verdicts)
+                assert all("not on this memory" in v.note for v in verdicts)
+            rates[alpha].append(_rejected(verdicts))
+            unseen_rates[alpha].append(_rejected(_judge(memory, strangers, alpha)))
+        memory.close()
+    for alpha in alphas:
+        assert np.mean(rates[alpha]) <= alpha + 0.025, (shots, alpha, rates[alpha])
+        assert np.mean(unseen_rates[alpha]) > np.mean(rates[alpha])
+
+
+def test_a_mixed_memory_whose_stand_ins_cannot_calibrate_uses_the_prior(
+    tmp_path: Path, with_prior: EncoderPrior
+) -> None:
+    centres = _world(3, 10)
+    shots = [1] * 5 + [10] * (MIN_CATEGORIES - 2)  # stand-ins from 3 categories only
+    memory = _memory(tmp_path, centres, shots)
+    rng = np.random.default_rng(4)
+    one = _judge(memory, _photos(centres, 0, 5, rng), 0.05)
+    many = _judge(memory, _photos(centres, 6, 5, rng), 0.05)
+    assert all("encoder prior" in v.note and v.threshold is not None for v in one + many)
+    cal = load(memory)
+    assert cal is not None and cal.scale is not None
+    # a 10-example category is judged at the largest shot count the prior measured
+    assert many[0].threshold == pytest.approx(cal.prior_threshold(0.05, 3)[0], abs=1e-6)
+    assert one[0].threshold == pytest.approx(cal.prior_threshold(0.05, 1)[0], abs=1e-6)
+    summary = cal.summary(0.05)
+    assert summary["cannot_calibrate"] is None and summary["method"] == "conformal"
+    assert "elsewhere the encoder prior of synthetic" in summary["source"]
+    memory.close()
+
+
+def test_too_few_categories_for_a_scale_cannot_calibrate(
+    tmp_path: Path, with_prior: EncoderPrior
+) -> None:
+    centres = _world(0, 10)
+    memory = _memory(tmp_path, centres, [1] * (MIN_CATEGORIES - 1))
+    verdicts = _judge(memory, _photos(centres, 0, 5, np.random.default_rng(0)), 0.05)
+    assert all(v.threshold is None and not v.reasons for v in verdicts)
+    assert f"at least {MIN_CATEGORIES} categories" in verdicts[0].note
+    memory.close()
+
+
+def test_the_conformal_threshold_takes_over_at_its_minimum(
+    tmp_path: Path, with_prior: EncoderPrior
+) -> None:
+    """At ALPHA 0.2 a conformal threshold needs 4 stand-ins from 5 categories: four
+    categories of two examples and one more give 8 stand-ins from 4 categories (prior);
+    a second example of the fifth makes 10 stand-ins from 5 (the memory's own)."""
+    centres = _world(2, 8)
+    memory = _memory(tmp_path, centres, [2] * 4 + [1] * 3)
+    query = _photos(centres, 0, 3, np.random.default_rng(9))
+    before = _judge(memory, query, 0.2)
+    assert all("encoder prior" in v.note for v in before)
+    assert load(memory).method == "conformal"  # stand-ins exist, too few categories
+    entry = MemoryEntry("c4", "image", "c4-extra", "c4-extra")
+    extra = _photos(centres, 4, 1, np.random.default_rng(10))
+    openset.update(memory, added=memory.add_entries([entry], extra))
+    after = _judge(memory, query, 0.2)
+    assert all(v.note is None and v.threshold is not None for v in after)
+    assert load(memory).summary(0.2)["source"].startswith("this memory's own examples")
+    memory.close()
+
+
+def test_teaching_a_single_example_keeps_the_scale_and_counts_exact(
+    tmp_path: Path, with_prior: EncoderPrior
+) -> None:
+    centres = _world(1, 10)
+    memory = _memory(tmp_path, centres, [1] * 6)
+    before = load(memory)
+    assert before is not None and before.method == "prior" and before.scale is not None
+    entry = MemoryEntry("c7", "image", "c7-0", "c7-0")
+    vector = _photos(centres, 7, 1, np.random.default_rng(3))
+    openset.update(memory, added=memory.add_entries([entry], vector))
+    after = load(memory)
+    assert after is not None and after.scale is not None
+    assert after.scale.categories == 7 and after.categories.count_of("c7") == 1
+    assert after.revision > before.revision
+    stats = after.summary(0.05)
+    assert stats["prior_thresholds"]["1"] is not None and stats["cannot_calibrate"] is None
+    assert "not on this memory" in stats["source"]
+    shown = _open_set_stats(after, parse_reject("auto"))  # what `memory stats` prints
+    assert shown["calibrated"] is True and "encoder prior of synthetic" in shown["note"]
+    memory.close()
