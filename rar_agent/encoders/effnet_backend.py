@@ -52,6 +52,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# torch.jit's notices that it is deprecated (for torch.compile, which needs a C compiler at run
+# time): said here once, not on every start. Set at import, not in a catch_warnings around
+# the trace: another thread's catch_warnings (a decode) would put the old filters back.
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+
 #: The short name users type (``--clip-model efficientnet-lite0``).
 MODEL_NAME = "efficientnet-lite0"
 INPUT_SIZE = 224
@@ -240,8 +245,7 @@ def pooled_graph(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tenso
         memory_format=torch.channels_last
     )
     try:
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+        with torch.inference_mode():
             traced = torch.jit.trace(Pooled(model).eval(), example, check_trace=False)
             graph: Callable[[torch.Tensor], torch.Tensor] = torch.jit.freeze(traced)
     except Exception as e:  # an older or newer torch without a working tracer

@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from mcp import types
     from mcp.server.lowlevel import Server
 
-    from rar_agent.encoders import ImageTextEncoder
-    from rar_agent.encoders.batching import BatchingEncoder
     from rar_agent.pipeline import Recognizer
 
 __all__ = [
@@ -326,29 +324,6 @@ def require_mcp() -> None:
         ) from None
 
 
-def shared_encoder(encoder: ImageTextEncoder, max_batch: int | None = None) -> BatchingEncoder:
-    """The encoder as the server's requests share it: workers run every forward pass, each
-    taking the images of the requests queued meanwhile (up to ``max_batch``) in one pass.
-
-    On a CPU, one worker per usable core, each with one torch thread and passes of up to
-    :data:`~rar_agent.encoders.batching.CPU_SHARED_BATCH` images: concurrent requests
-    keep every core busy, and no torch thread spins waiting for another that a busy machine
-    has descheduled (two intra-op threads per pass cost 30-470 ms of CPU per image on 2
-    shared cores, against 22-30 ms for one), and freed activations stay in the heap for the
-    next pass (:func:`~rar_agent.encoders.torch_base.keep_freed_memory`). On a GPU, one
-    worker with torch's own setting.
-    """
-    from rar_agent.encoders.batching import CPU_SHARED_BATCH, BatchingEncoder
-    from rar_agent.encoders.torch_base import keep_freed_memory, usable_cpus
-
-    workers, threads = 1, None
-    if str(getattr(encoder, "device", "cpu")).split(":")[0] == "cpu":
-        workers, threads = usable_cpus(), 1
-        max_batch = max_batch or CPU_SHARED_BATCH
-        keep_freed_memory()
-    return BatchingEncoder(encoder, max_batch=max_batch, workers=workers, threads=threads)
-
-
 def create_server(
     recognizer: Recognizer,
     *,
@@ -384,8 +359,8 @@ def create_server(
         snapshot_dir: Where ``snapshot_memory`` writes snapshots of the served memory
             (``None``: no snapshot tool).
         batch_images: Concurrent requests share the encoder's forward passes, up to this
-            many images in one (:func:`shared_encoder`; ``None``: its default); 1 encodes each
-            request alone.
+            many images in one (:func:`~rar_agent.encoders.batching.shared_encoder`; ``None``:
+            its default); 1 encodes each request alone.
 
     Returns:
         The server.
@@ -393,6 +368,7 @@ def create_server(
     Raises:
         ConfigError: An allowed root is missing or a system directory.
     """
+    from rar_agent.encoders.batching import shared_encoder
     from rar_agent.tools import make_tools
 
     require_mcp()

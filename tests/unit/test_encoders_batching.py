@@ -179,6 +179,21 @@ def test_a_wait_gathers_a_full_batch(inner: Recording) -> None:
     assert inner.sizes == [2] and [len(r) for r in rows] == [1, 1]
 
 
+def test_workers_waiting_for_a_batch_survive_each_other(inner: Recording) -> None:
+    """Two workers gathering a batch at once: the one that finds the queue emptied by the
+    other goes back to waiting (no worker ends on an empty queue, no call is left behind)."""
+    images = [picture(i) for i in range(8)]
+    alone = [inner.embed_images([image]) for image in images]
+    batching = BatchingEncoder(inner, max_batch=3, max_wait_ms=5, workers=2)
+    with batching, ThreadPoolExecutor(12) as pool:
+        for _ in range(4):
+            got = list(pool.map(lambda i: batching.embed_images([images[i % 8]]), range(60)))
+            for i, rows in enumerate(got):
+                np.testing.assert_allclose(rows, alone[i % 8], atol=1e-6)
+            assert all(worker.is_alive() for worker in batching._workers)
+    assert batching.images == 240
+
+
 # ---------------------------------------------------------------------------- users
 
 
@@ -245,9 +260,8 @@ async def test_the_mcp_server_shares_passes_between_concurrent_calls(tmp_path: P
 
 
 def test_the_servers_cpu_workers_share_passes_of_the_cpu_size() -> None:
-    from rar_agent.encoders.batching import CPU_SHARED_BATCH
+    from rar_agent.encoders.batching import CPU_SHARED_BATCH, shared_encoder
     from rar_agent.encoders.torch_base import usable_cpus
-    from rar_agent.mcp.server import shared_encoder
 
     cpu = Recording()
     with shared_encoder(cpu) as shared:

@@ -229,6 +229,27 @@ async def test_http_on_a_taken_port_is_a_clear_error() -> None:
             await serve_http(build_server([]), port=port)
 
 
+async def test_http_keeps_what_is_loaded_out_of_the_collectors_full_passes() -> None:
+    import gc
+    import signal
+
+    from rar_agent.mcp import serve_http
+
+    frozen: list[int] = []
+
+    def ready(url: str) -> None:
+        frozen.append(gc.get_freeze_count())
+        os.kill(os.getpid(), signal.SIGINT)  # serve_http's own handler stops it
+
+    gc.unfreeze()
+    try:
+        with anyio.fail_after(60):
+            await serve_http(build_server([]), port=0, on_ready=ready)
+    finally:
+        gc.unfreeze()
+    assert frozen and frozen[0] > 0
+
+
 # ---------------------------------------------------------------------------- subprocesses
 
 
