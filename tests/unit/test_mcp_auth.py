@@ -348,6 +348,23 @@ async def test_each_answer_is_one_json_body(tmp_path: Path) -> None:
             assert not result.isError and result.structuredContent is not None
 
 
+def test_the_service_socket_sends_without_waiting_for_acks() -> None:
+    """The listening socket disables Nagle's algorithm, so each accepted connection sends an
+    answer's body without waiting for the client's delayed ACK of its headers (a 40 ms stall
+    per call with one JSON body per answer)."""
+    from rar_agent.mcp.transports import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        client = socket.create_connection(sock.getsockname()[:2])
+        accepted, _ = sock.accept()
+        with client, accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
+
+
 # ---------------------------------------------------------------------------- limits
 
 
