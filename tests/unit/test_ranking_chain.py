@@ -91,12 +91,18 @@ class FailingModel(BaseChatModel):
 
 
 class PeakModel(BaseChatModel):
-    """Sleeps ``delay`` per call and records the most calls in flight at once."""
+    """Sleeps ``delay`` per call and records the most calls in flight at once.
+
+    With ``gather`` (and a ``threading.Condition`` as ``lock``) a sync call first waits, up to
+    5 s, until that many calls have been in flight at once, so reaching the peak does not
+    depend on how fast a loaded machine starts its threads.
+    """
 
     delay: float = 0.05
     live: int = 0
     peak: int = 0
     lock: Any = None
+    gather: int = 0
 
     def _enter(self) -> None:
         with self.lock:
@@ -112,6 +118,10 @@ class PeakModel(BaseChatModel):
 
     def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any):
         self._enter()
+        if self.gather:
+            with self.lock:
+                self.lock.notify_all()
+                self.lock.wait_for(lambda: self.peak >= self.gather, timeout=5)
         time.sleep(self.delay)
         self._leave()
         return self._result(messages)
@@ -349,7 +359,7 @@ async def test_abatch_honours_max_concurrency(image, limit: int) -> None:
 
 
 def test_config_max_concurrency_overrides_default(image) -> None:
-    model = PeakModel(lock=threading.Lock())
+    model = PeakModel(lock=threading.Condition(), gather=4)
     RankingChain(model, max_concurrency=1).batch(
         [request(image, ["a", "lynx"])] * 4, {"max_concurrency": 4}
     )
