@@ -234,9 +234,15 @@ def _decode(
 
 
 def _reduce(image: Image.Image, need: DecodeNeed) -> Image.Image:
-    """``image`` shrunk by the largest integer factor that keeps :data:`REDUCE_GAP` x ``need``."""
-    factor = int(need.reduction(*image.size) / REDUCE_GAP)
+    """``image`` shrunk by :func:`_reduce_factor` (unchanged below a factor of 2)."""
+    factor = _reduce_factor(image.size, need)
     return image.reduce(factor) if factor >= 2 else image
+
+
+def _reduce_factor(size: tuple[int, int], need: DecodeNeed) -> int:
+    """The largest integer factor an image of ``size`` shrinks by and keeps
+    :data:`REDUCE_GAP` x ``need``."""
+    return int(need.reduction(*size) / REDUCE_GAP)
 
 
 def _draft(im: Image.Image, data: bytes, need: DecodeNeed) -> Image.Image | None:
@@ -263,7 +269,7 @@ def _heif_reduced(im: Image.Image, data: bytes, need: DecodeNeed) -> Image.Image
     from PIL import Image
     from pillow_heif import open_heif
 
-    factor = int(need.reduction(*im.size) / REDUCE_GAP)
+    factor = _reduce_factor(im.size, need)
     channels = {"RGB": 3, "L": 1}.get(im.mode)
     if factor < 2 or channels is None:
         return None
