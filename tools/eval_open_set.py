@@ -121,7 +121,7 @@ def run(data: dict[str, Any], held: list[int], rows: np.ndarray, workdir: Path) 
     truth = np.array([CLASSES[c] for c in data["test_y"]])
     known = ~np.isin(data["test_y"], held)
     return run_memory(
-        data["fingerprint"], data["train_x"][rows], names, [f"train-{i}" for i in rows],
+        data["fingerprint"], data["train_x"][rows], names, [str(i) for i in rows],
         data["test_x"], truth, known, workdir,
     )  # fmt: skip
 
@@ -139,8 +139,11 @@ def run_memory(
 ) -> dict[str, Any]:
     """A memory of examples ``x`` (labels ``names``, unique ``keys``) through the shipped
     code: build, calibrate (``openset.update``), retrieve the ``queries`` (true labels
-    ``truth``; ``known``: of a category the memory holds), judge at every ALPHA."""
-    entries = [MemoryEntry(n, "image", k, f"{n}-{k}") for k, n in zip(keys, names, strict=True)]
+    ``truth``; ``known``: of a category the memory holds), judge at every ALPHA. The point
+    ids come from the labels and keys (the calibration's folds follow their order)."""
+    entries = [
+        MemoryEntry(n, "image", f"train-{k}", f"{n}-{k}") for k, n in zip(keys, names, strict=True)
+    ]
     encoder = _Vectors(fingerprint, x.shape[1])
     with CategoryMemory.open(workdir / f"m{len(list(workdir.iterdir()))}", collection="o") as mem:
         mem.bind_encoder(encoder.fingerprint, encoder.dim)
