@@ -22,6 +22,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from PIL import Image
+from pydantic import Field
 
 from rar_agent.errors import ConfigError, RankerError
 from rar_agent.ranking import (
@@ -88,6 +89,36 @@ class FailingModel(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "failing-fake"
+
+
+class HangingModel(BaseChatModel):
+    """Answers only once the test sets ``release`` (60 s at most): a call that overruns any
+    timeout. ``finished`` is set when a sync call returned; ``cancelled`` records that an async
+    call was cancelled while it waited."""
+
+    release: Any = Field(default_factory=threading.Event)
+    finished: Any = Field(default_factory=threading.Event)
+    cancelled: bool = False
+
+    def _result(self) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content='["lynx"]'))])
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any):
+        self.release.wait(60)
+        self.finished.set()
+        return self._result()
+
+    async def _agenerate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw):
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return self._result()
+
+    @property
+    def _llm_type(self) -> str:
+        return "hanging-fake"
 
 
 class PeakModel(BaseChatModel):
@@ -302,21 +333,22 @@ def test_retry_recovers(image) -> None:
 
 
 def test_sync_timeout_is_a_fallback(image) -> None:
-    chain = RankingChain(FakeListChatModel(responses=['["lynx"]'], sleep=0.5), timeout_s=0.05,
-                         max_retries=0)  # fmt: skip
-    start = time.perf_counter()
-    out = chain.invoke(request(image))
-    assert time.perf_counter() - start < 0.4
+    model = HangingModel()
+    chain = RankingChain(model, timeout_s=0.05, max_retries=0)
+    try:
+        out = chain.invoke(request(image))
+        # The answer came while the model call still hung: the wait ended at the timeout.
+        assert not model.finished.is_set()
+    finally:
+        model.release.set()
     assert out.status == "fallback" and out.order == CANDS
     assert "timed out after 0.05 s" in (out.reason or "")
 
 
 async def test_async_timeout_is_a_fallback(image) -> None:
-    chain = RankingChain(PeakModel(delay=0.5, lock=threading.Lock()), timeout_s=0.05,
-                         max_retries=0)  # fmt: skip
-    start = time.perf_counter()
-    out = await chain.ainvoke(request(image))
-    assert time.perf_counter() - start < 0.4
+    model = HangingModel()
+    out = await RankingChain(model, timeout_s=0.05, max_retries=0).ainvoke(request(image))
+    assert model.cancelled  # the timeout cancelled the hanging call, it did not wait for it
     assert out.status == "fallback" and "timed out" in (out.reason or "")
 
 
