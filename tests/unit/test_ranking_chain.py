@@ -124,9 +124,9 @@ class HangingModel(BaseChatModel):
 class PeakModel(BaseChatModel):
     """Sleeps ``delay`` per call and records the most calls in flight at once.
 
-    With ``gather`` (and a ``threading.Condition`` as ``lock``) a sync call first waits, up to
-    5 s, until that many calls have been in flight at once, so reaching the peak does not
-    depend on how fast a loaded machine starts its threads.
+    With ``gather`` (and a ``threading.Condition`` as ``lock``) a call first waits, up to 5 s,
+    until that many calls have been in flight at once, so reaching the peak does not depend on
+    how fast a loaded machine starts its threads or tasks.
     """
 
     delay: float = 0.05
@@ -159,6 +159,9 @@ class PeakModel(BaseChatModel):
 
     async def _agenerate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw):
         self._enter()
+        deadline = time.monotonic() + 5
+        while self.peak < self.gather and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)  # the other calls run on this loop: let them in
         await asyncio.sleep(self.delay)
         self._leave()
         return self._result(messages)
@@ -374,7 +377,7 @@ async def test_ainvoke_and_abatch(image) -> None:
 
 @pytest.mark.parametrize("limit", [1, 3])
 def test_batch_honours_max_concurrency(image, limit: int) -> None:
-    model = PeakModel(lock=threading.Lock())
+    model = PeakModel(lock=threading.Condition(), gather=limit)
     chain = RankingChain(model, max_concurrency=limit)
     outs = chain.batch([request(image, ["a", "lynx"])] * 6)
     assert [o.order for o in outs] == [["lynx", "a"]] * 6
@@ -383,7 +386,7 @@ def test_batch_honours_max_concurrency(image, limit: int) -> None:
 
 @pytest.mark.parametrize("limit", [1, 3])
 async def test_abatch_honours_max_concurrency(image, limit: int) -> None:
-    model = PeakModel(lock=threading.Lock())
+    model = PeakModel(lock=threading.Condition(), gather=limit)
     chain = RankingChain(model, max_concurrency=limit)
     outs = await chain.abatch([request(image, ["a", "lynx"])] * 6)
     assert len(outs) == 6
