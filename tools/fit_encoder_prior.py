@@ -44,6 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rar_agent.openset.prior import MemoryScale, prior_score  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from emoji_reference import load_emoji  # noqa: E402
+from icon_reference import load_icons  # noqa: E402
+
 ALPHAS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 """The ALPHA grid the prior is stored at (``auto:ALPHA`` interpolates between them)."""
 SHOTS = (1, 2, 3)
@@ -51,15 +55,24 @@ CHARS = string.ascii_letters + string.digits
 SKIP_STYLES = ("bold", "italic", "oblique", "light", "thin", "black", "medium", "heavy", "cond")
 
 
-@dataclass
+@dataclass(eq=False)
 class RefSet:
-    """One reference set: memory pool and query pool (vectors, integer labels)."""
+    """One reference set: memory pool and query pool (vectors, integer labels).
+
+    ``same_pool``: the queries are the memory pool (a memory example is then never a query of
+    its own memory)."""
 
     name: str
     memory_x: np.ndarray
     memory_y: np.ndarray
     query_x: np.ndarray
     query_y: np.ndarray
+    same_pool: bool = False
+
+    @classmethod
+    def pool(cls, name: str, x: np.ndarray, y: np.ndarray) -> RefSet:
+        """A set whose memories and queries come from one pool."""
+        return cls(name, x, y, x, y, same_pool=True)
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -74,7 +87,7 @@ def fashion_sets(cache: Path) -> tuple[RefSet, RefSet]:
     """Fashion-MNIST: (fitting: train pool as memory and queries, held out: test queries)."""
     x, y = _unit(np.load(cache / "train_x.npy")), np.load(cache / "train_y.npy")
     tx, ty = _unit(np.load(cache / "test_x.npy")), np.load(cache / "test_y.npy")
-    return RefSet("fashion", x, y, x, y), RefSet("fashion (test images)", x, y, tx, ty)
+    return RefSet.pool("fashion", x, y), RefSet("fashion (test images)", x, y, tx, ty)
 
 
 def _font_families() -> dict[str, str]:
@@ -125,8 +138,8 @@ def glyph_sets(cache: Path, encoder: str, families: int) -> tuple[RefSet, RefSet
     half = np.asarray([names.index(f) % 2 for f in info["fonts"]])
     a, b = half == 0, half == 1
     return (
-        RefSet("glyphs A", x[a], y[a], x[a], y[a]),
-        RefSet("glyphs B", x[b], y[b], x[b], y[b]),
+        RefSet.pool("glyphs A", x[a], y[a]),
+        RefSet.pool("glyphs B", x[b], y[b]),
     )
 
 
@@ -182,7 +195,7 @@ def trials(ref: RefSet, shots: int, known: int, unseen: int, n: int, seed: int) 
         if scale is None:
             raise SystemExit(f"{ref.name}: too few categories for a scale")
         queries = np.flatnonzero(np.isin(ref.query_y, np.concatenate([mine, others])))
-        if ref.query_x is ref.memory_x:  # the same pool: never a memory example as a query
+        if ref.same_pool:  # never a memory example as a query of its own memory
             queries = np.setdiff1d(queries, picks)
         sims = ref.query_x[queries] @ ref.memory_x[picks].T
         best = sims.argmax(axis=1)
@@ -228,11 +241,20 @@ def _smallest(rows: Any) -> list[float]:
     return [float(min(v)) for v in zip(*rows, strict=True)]
 
 
+def picture_set(name: str, x: np.ndarray, labels: list[str]) -> RefSet:
+    """A reference set of drawings (icons, emoji): memories and queries from one pool."""
+    names = sorted(set(labels))
+    y = np.asarray([names.index(v) for v in labels])
+    return RefSet.pool(name, _unit(x), y)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Fit the prior, check it held out, write it."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fashion", type=Path, required=True, help="tools/eval_open_set.py cache")
     p.add_argument("--glyphs", type=Path, required=True, help="glyph vector cache (made once)")
+    p.add_argument("--icons", type=Path, help="icon vector cache (icon_reference.py): fitted")
+    p.add_argument("--emoji", type=Path, help="emoji vector cache (emoji_reference.py): held out")
     p.add_argument("--encoder", default="efficientnet-lite0")
     p.add_argument("--families", type=int, default=50, help="font families to render")
     p.add_argument("--trials", type=int, default=300)
@@ -241,28 +263,39 @@ def main(argv: list[str] | None = None) -> int:
 
     fashion_fit, fashion_test = fashion_sets(args.fashion)
     glyphs_a, glyphs_b = glyph_sets(args.glyphs, args.encoder, args.families)
-    # Fashion-MNIST: the eval's 7 known / 3 held out; glyphs: the 24 known / 8 unseen shape
-    refs = {"fashion": fashion_fit, "glyphs A": glyphs_a, "glyphs B": glyphs_b}
-    shapes = {"fashion": (7, 3), "glyphs": (24, 8)}
+    # each fitted set -> the set it is judged on when left out
+    refs = {fashion_fit: fashion_test, glyphs_a: glyphs_a, glyphs_b: glyphs_b}
+    measured_on = "Fashion-MNIST garments, the glyphs of 50 font families"
+    if args.icons:
+        x, labels, _, _ = load_icons(args.icons)
+        icons = picture_set("icons", x, labels)
+        refs[icons] = icons
+        measured_on += f", {len(set(labels))} icon names drawn by Debian's icon themes"
+    held_only = []  # never fitted: judged by the prior from every fitted set
+    if args.emoji:
+        x, labels, _, _ = load_emoji(args.emoji)
+        held_only.append(picture_set("emoji", x, labels))
     prior: dict[str, list[float]] = {}
     validated: dict[str, Any] = {}
     for shots in SHOTS:
-        runs = {}
-        for ref in (fashion_fit, fashion_test, glyphs_a, glyphs_b):
-            known, unseen = shapes[ref.name.split()[0]]
-            runs[ref.name] = trials(ref, shots, known, unseen, args.trials, seed=shots)
-        fitted = {name: quantiles(runs[ref.name]) for name, ref in refs.items()}
+        judged = {*refs, *refs.values(), *held_only}
+        runs = {
+            ref.name: trials(ref, shots, *_shape(ref), args.trials, seed=shots) for ref in judged
+        }
+        fitted = {ref.name: quantiles(runs[ref.name]) for ref in refs}
         prior[str(shots)] = _smallest(fitted.values())
-        held_out = {"fashion": fashion_test.name, "glyphs A": "glyphs A", "glyphs B": "glyphs B"}
         validated[str(shots)] = {
-            "shipped prior on fashion test images": delivered(
-                runs[fashion_test.name], prior[str(shots)]
-            ),
             **{
-                f"{name} left out (prior from the others)": delivered(
-                    runs[held_out[name]], _smallest(v for k, v in fitted.items() if k != name)
+                f"shipped prior on {ref.name} (held out)": delivered(
+                    runs[ref.name], prior[str(shots)]
                 )
-                for name in refs
+                for ref in (fashion_test, *held_only)
+            },
+            **{
+                f"{ref.name} left out (prior from the others)": delivered(
+                    runs[judge.name], _smallest(v for k, v in fitted.items() if k != ref.name)
+                )
+                for ref, judge in refs.items()
             },
             "known top-1 without rejection": {
                 name: round(float(np.mean([r["correct"].mean() for r in rs])), 4)
@@ -274,11 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "fingerprint": fingerprint,
         "encoder": args.encoder,
-        "measured_on": (
-            "Fashion-MNIST garments and the glyphs of "
-            f"{len(set(json.loads((args.glyphs / 'glyphs.json').read_text())['fonts']))} font "
-            "families"
-        ),
+        "measured_on": measured_on,
         "alphas": list(ALPHAS),
         "quantiles": {k: [round(v, 5) for v in row] for k, row in prior.items()},
         "validated": validated,
@@ -286,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def _shape(ref: RefSet) -> tuple[int, int]:
+    """Known and unseen categories of a reference set's memories: Fashion-MNIST the eval's
+    7 / 3, the others the 24 / 8 of the one-example check."""
+    return (7, 3) if ref.name.startswith("fashion") else (24, 8)
 
 
 if __name__ == "__main__":
