@@ -207,27 +207,53 @@ def trials(ref: RefSet, shots: int, known: int, unseen: int, n: int, seed: int) 
                 "unseen": score[~is_known],
                 "correct": (labels[best] == ref.query_y[queries])[is_known],
                 "scale": scale.centre,
+                "pair_spread": float(scale.pair_spread or 0.0),
             }
         )
     return out
 
 
-def quantiles(runs: list[dict]) -> list[float]:
-    """The known queries' score quantile at each ALPHA (each memory weighs the same)."""
+def fit_slopes(runs: list[dict]) -> list[float]:
+    """At each ALPHA, how a memory's known-query quantile rises with its pair spread: the
+    least-squares slope over ``runs`` (each memory one point; the memories of every fitted
+    reference set together, so the slope is mostly how the sets differ)."""
+    spread = np.asarray([r["pair_spread"] for r in runs])
+    design = np.stack([np.ones_like(spread), spread], axis=1)
+    out = []
+    for a in ALPHAS:
+        own = np.asarray([np.quantile(r["known"], a) for r in runs])
+        out.append(float(np.linalg.lstsq(design, own, rcond=None)[0][1]))
+    return out
+
+
+def quantiles(runs: list[dict], slopes: list[float] | None = None) -> list[float]:
+    """The known queries' score quantile at each ALPHA, each score less its memory's pair
+    spread x the ALPHA's slope (each memory weighs the same)."""
     weights = np.concatenate([np.full(len(r["known"]), 1.0 / len(r["known"])) for r in runs])
-    scores = np.concatenate([r["known"] for r in runs])
-    order = np.argsort(scores)
-    cdf = np.cumsum(weights[order]) / weights.sum()
-    return [float(scores[order][np.searchsorted(cdf, a)]) for a in ALPHAS]
+    out = []
+    for i, a in enumerate(ALPHAS):
+        slope = slopes[i] if slopes else 0.0
+        scores = np.concatenate([r["known"] - slope * r["pair_spread"] for r in runs])
+        order = np.argsort(scores)
+        cdf = np.cumsum(weights[order]) / weights.sum()
+        out.append(float(scores[order][np.searchsorted(cdf, a)]))
+    return out
 
 
-def delivered(runs: list[dict], thresholds: list[float]) -> dict[str, Any]:
-    """Mean over memories of the known and unseen queries rejected at each ALPHA."""
+def delivered(
+    runs: list[dict], thresholds: list[float], slopes: list[float] | None = None
+) -> dict[str, Any]:
+    """Mean over memories of the known and unseen queries rejected at each ALPHA (a memory's
+    threshold: the ALPHA's quantile + slope x its pair spread)."""
     rows = {}
-    for a, t in zip(ALPHAS, thresholds, strict=True):
-        known = np.mean([np.mean(r["known"] < t) for r in runs])
-        unseen = np.mean([np.mean(r["unseen"] < t) for r in runs])
-        drop = np.mean([np.mean(r["correct"] & (r["known"] < t)) for r in runs])
+    for i, (a, t) in enumerate(zip(ALPHAS, thresholds, strict=True)):
+        slope = slopes[i] if slopes else 0.0
+        cut = [t + slope * r["pair_spread"] for r in runs]
+        known = np.mean([np.mean(r["known"] < c) for r, c in zip(runs, cut, strict=True)])
+        unseen = np.mean([np.mean(r["unseen"] < c) for r, c in zip(runs, cut, strict=True)])
+        drop = np.mean(
+            [np.mean(r["correct"] & (r["known"] < c)) for r, c in zip(runs, cut, strict=True)]
+        )
         rows[f"{a:g}"] = {
             "known_rejected": round(float(known), 4),
             "unseen_rejected": round(float(unseen), 4),
@@ -239,6 +265,13 @@ def delivered(runs: list[dict], thresholds: list[float]) -> dict[str, Any]:
 def _smallest(rows: Any) -> list[float]:
     """The smallest quantile at each ALPHA over the reference sets' rows."""
     return [float(min(v)) for v in zip(*rows, strict=True)]
+
+
+def fit_rule(runs: dict[str, list[dict]], sets: list[str]) -> tuple[list[float], list[float]]:
+    """``(quantiles, slopes)`` from the runs of ``sets``: the slopes over all their memories,
+    the smallest slope-adjusted quantile over the sets."""
+    slopes = fit_slopes([r for name in sets for r in runs[name]])
+    return _smallest(quantiles(runs[name], slopes) for name in sets), slopes
 
 
 def picture_set(name: str, x: np.ndarray, labels: list[str]) -> RefSet:
@@ -276,24 +309,25 @@ def main(argv: list[str] | None = None) -> int:
         x, labels, _, _ = load_emoji(args.emoji)
         held_only.append(picture_set("emoji", x, labels))
     prior: dict[str, list[float]] = {}
+    slopes: dict[str, list[float]] = {}
     validated: dict[str, Any] = {}
     for shots in SHOTS:
         judged = {*refs, *refs.values(), *held_only}
         runs = {
             ref.name: trials(ref, shots, *_shape(ref), args.trials, seed=shots) for ref in judged
         }
-        fitted = {ref.name: quantiles(runs[ref.name]) for ref in refs}
-        prior[str(shots)] = _smallest(fitted.values())
+        names = [ref.name for ref in refs]
+        prior[str(shots)], slopes[str(shots)] = fit_rule(runs, names)
         validated[str(shots)] = {
             **{
                 f"shipped prior on {ref.name} (held out)": delivered(
-                    runs[ref.name], prior[str(shots)]
+                    runs[ref.name], prior[str(shots)], slopes[str(shots)]
                 )
                 for ref in (fashion_test, *held_only)
             },
             **{
                 f"{ref.name} left out (prior from the others)": delivered(
-                    runs[judge.name], _smallest(v for k, v in fitted.items() if k != ref.name)
+                    runs[judge.name], *fit_rule(runs, [n for n in names if n != ref.name])
                 )
                 for ref, judge in refs.items()
             },
@@ -310,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "measured_on": measured_on,
         "alphas": list(ALPHAS),
         "quantiles": {k: [round(v, 5) for v in row] for k, row in prior.items()},
+        "slopes": {k: [round(v, 5) for v in row] for k, row in slopes.items()},
         "validated": validated,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

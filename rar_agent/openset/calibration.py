@@ -175,10 +175,10 @@ MIN_CATEGORIES = 5
 category, and a few categories say too little about the others (on Fashion-MNIST,
 EfficientNet-Lite0, a memory of 4 single-example categories calibrated from 3 categories of
 10 examples rejected 12.5 % of known queries at ALPHA 0.05, seeds 0-4)."""
-_VERSION = 6
+_VERSION = 7
 """The stored form's version (5: coordinates carry the distance off the subspace; 6: the
-encoder's fingerprint and the memory's scale for an encoder prior); a calibration stored in
-another is refitted."""
+encoder's fingerprint and the memory's scale for an encoder prior; 7: the scale's pair
+spread); a calibration stored in another is refitted."""
 
 StandIn = tuple[str, int, str]
 """One stand-in query: ``(label, others, draws)``: its category, how many other examples of
@@ -404,7 +404,7 @@ class Calibration(BaseModel):
         prior = self.prior()
         if prior is None or self.scale is None:
             return None, self._no_prior()
-        score = prior.threshold(alpha, shots)
+        score = prior.threshold(alpha, shots, self.scale)
         if score is None:
             return None, (
                 f"the encoder prior covers ALPHA {prior.alphas[0]:g} to {prior.alphas[-1]:g} "

@@ -23,8 +23,12 @@ category compares with how the memory's own categories lie apart. Of the scales 
 one carried over best between the reference sets (``tools/fit_encoder_prior.py``).
 
 The threshold for ``--reject auto:ALPHA`` is then the prior's ALPHA-quantile at the query's
-number of examples (:meth:`EncoderPrior.threshold`), turned back into a similarity for this
-memory (:func:`similarity_at`). It keeps its promise to the extent that the memory's data
+number of examples (:meth:`EncoderPrior.threshold`), shifted by the memory's *pair spread*
+(the spread of the similarities over all pairs of its categories) times the prior's slope
+(measured across the reference memories: sets whose categories lie evenly apart, emoji or
+garments, have their known queries higher above the nearest-other similarities than sets
+whose categories form clusters, glyphs or icon themes), and turned back into a similarity for
+this memory (:func:`similarity_at`). It keeps its promise to the extent that the memory's data
 resemble the reference data (``measured_on``); its held-out figures travel in the stored
 prior (``validated``). An encoder without a prior gets none: its memories say they cannot
 calibrate. Once a memory's own stand-ins support a conformal threshold, that one is used.
@@ -93,6 +97,9 @@ class MemoryScale(BaseModel):
     spread: float
     categories: int
     examples: int
+    pair_spread: float | None = None
+    """The standard deviation of the similarities over all pairs of those examples (what an
+    encoder prior's ``slopes`` shift its quantile by)."""
 
     @classmethod
     def measure(cls, labels: Sequence[str], vectors: np.ndarray) -> MemoryScale | None:
@@ -115,6 +122,7 @@ class MemoryScale(BaseModel):
         x = np.asarray(vectors, dtype=np.float64)[first]
         unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         sims = unit @ unit.T
+        pairs = sims[np.triu_indices(len(first), 1)]
         np.fill_diagonal(sims, -np.inf)
         nearest_other = sims.max(axis=1)
         return cls(
@@ -122,6 +130,7 @@ class MemoryScale(BaseModel):
             spread=round(float(nearest_other.std()), 6),
             categories=len(first),
             examples=len(names),
+            pair_spread=round(float(pairs.std()), 6),
         )
 
 
@@ -134,7 +143,12 @@ class EncoderPrior(BaseModel):
         measured_on: The reference data it was measured on (said in every note).
         alphas: The ALPHA grid the quantiles are given at (increasing).
         quantiles: Per number of examples of the query's category (``"1"``, ``"2"``, ...):
-            the known queries' :func:`prior_score` quantile at each ALPHA of the grid.
+            the known queries' :func:`prior_score` quantile at each ALPHA of the grid, less
+            ``slopes`` x their memory's :attr:`MemoryScale.pair_spread`.
+        slopes: Per number of examples, at each ALPHA: how much a memory's quantile rises
+            with its pair spread (fitted across the reference memories; none: 0). A memory
+            whose categories lie evenly apart (a small pair spread) is judged at a higher
+            quantile than one whose categories form clusters.
         validated: Held-out figures (promised vs delivered), for people.
     """
 
@@ -143,21 +157,32 @@ class EncoderPrior(BaseModel):
     measured_on: str
     alphas: list[float]
     quantiles: dict[str, list[float]]
+    slopes: dict[str, list[float]] = Field(default_factory=dict)
     validated: dict[str, Any] = Field(default_factory=dict)
 
     def shots(self) -> list[int]:
         """The numbers of examples with quantiles of their own (increasing)."""
         return sorted(int(k) for k in self.quantiles)
 
-    def threshold(self, alpha: float, shots: int) -> float | None:
+    def threshold(self, alpha: float, shots: int, scale: MemoryScale | None = None) -> float | None:
         """The known-ness quantile at ``alpha`` for a query whose category has ``shots``
         examples (the largest measured level not above it: more examples only raise a known
-        query's similarity); ``None`` outside the ALPHA grid."""
+        query's similarity), in a memory of ``scale`` (its pair spread shifts it by the
+        level's ``slopes``); ``None`` outside the ALPHA grid, or with slopes and no pair
+        spread to apply them to."""
         if not self.alphas or not self.alphas[0] - 1e-9 <= alpha <= self.alphas[-1] + 1e-9:
             return None
         levels = [m for m in self.shots() if m <= max(shots, 1)] or self.shots()[:1]
-        row = self.quantiles[str(levels[-1])]
-        return float(np.interp(math.log(alpha), np.log(self.alphas), row))
+        key = str(levels[-1])
+        where = math.log(alpha)
+        value = float(np.interp(where, np.log(self.alphas), self.quantiles[key]))
+        slopes = self.slopes.get(key)
+        if not slopes:
+            return value
+        if scale is None or scale.pair_spread is None:
+            return None
+        slope = float(np.interp(where, np.log(self.alphas), slopes))
+        return value + slope * scale.pair_spread
 
 
 @functools.cache

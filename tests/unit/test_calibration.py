@@ -182,7 +182,7 @@ def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> N
     space = _Space(4)
     memory = _shots_memory(tmp_path, space, [6] * 4, "stored")
     stored = memory.extension(EXTENSION)
-    assert stored["version"] == cal_mod._VERSION == 6 and stored["method"] == "conformal"
+    assert stored["version"] == cal_mod._VERSION == 7 and stored["method"] == "conformal"
     assert stored["encoder"] == _Vectors.fingerprint and stored["scale"] is None  # 4 categories
     assert len(stored["standins"]) == 24
     label, others, draws = stored["standins"][0]
@@ -347,6 +347,26 @@ def test_unreadable_or_old_calibration_is_ignored(tmp_path: Path) -> None:
     assert load(memory) is None
     memory.update_extension(EXTENSION, lambda _: {"version": 5, "standins": "nonsense"})
     assert load(memory) is None
+    memory.close()
+
+
+def test_a_calibration_without_the_pair_spread_is_refitted(tmp_path: Path) -> None:
+    space = _Space(6)
+    memory = _shots_memory(tmp_path, space, [1] * 6, "single")
+    stored = memory.extension(EXTENSION)
+    assert stored is not None and stored["scale"]["pair_spread"] is not None
+
+    def version_6(data: dict | None) -> dict:  # the form before the scale's pair spread
+        assert data is not None
+        scale = {k: v for k, v in data["scale"].items() if k != "pair_spread"}
+        return data | {"version": 6, "scale": scale}
+
+    memory.update_extension(EXTENSION, version_6)
+    assert load(memory) is None  # never judged by a scale without its pair spread
+    _add(memory, "category 1", space.draw(1, 1), start=1)
+    cal = load(memory)
+    assert cal is not None and cal.version == cal_mod._VERSION
+    assert cal.scale is not None and cal.scale.pair_spread is not None
     memory.close()
 
 

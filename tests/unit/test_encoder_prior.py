@@ -112,10 +112,15 @@ def test_the_shipped_prior_is_keyed_by_the_encoder_and_well_formed() -> None:
         shipped = encoder_prior(prior.fingerprint)
         assert shipped is not None and shipped.quantiles == prior.quantiles
         assert prior.alphas == sorted(prior.alphas) and prior.shots()[0] == 1
-        for row in prior.quantiles.values():
-            assert len(row) == len(prior.alphas) and row == sorted(row)
-        assert prior.threshold(prior.alphas[2], 1) == pytest.approx(prior.quantiles["1"][2])
-        assert prior.threshold(prior.alphas[-1] * 1.5, 1) is None  # outside the measured grid
+        scale = MemoryScale(centre=0.6, spread=0.08, categories=24, examples=24, pair_spread=0.1)
+        for key, row in prior.quantiles.items():
+            slopes = prior.slopes.get(key, [0.0] * len(row))
+            assert len(row) == len(prior.alphas) == len(slopes)
+            at = [prior.threshold(a, int(key), scale) for a in prior.alphas]
+            assert at == sorted(at)  # a larger ALPHA never lowers the threshold
+        expected = prior.quantiles["1"][2] + prior.slopes.get("1", [0.0] * 3)[2] * 0.1
+        assert prior.threshold(prior.alphas[2], 1, scale) == pytest.approx(expected)
+        assert prior.threshold(prior.alphas[-1] * 1.5, 1, scale) is None  # outside the grid
         assert prior.validated  # the held-out figures travel with it
     effnet = [p for p in files if "efficientnet-lite0" in p.name]
     assert effnet and encoder_prior(json.loads(effnet[0].read_text())["fingerprint"])
@@ -142,6 +147,27 @@ def test_the_scale_is_the_mean_similarity_to_the_nearest_other_category() -> Non
     with pytest.raises(ValueError, match="labels for"):
         MemoryScale.measure(list("abc"), x)
     assert similarity_at(prior_score(0.7, scale), scale) == pytest.approx(0.7)
+
+
+def test_the_pair_spread_is_the_spread_of_every_pair_and_shifts_a_sloped_prior() -> None:
+    x = np.eye(6)
+    x[1] = [0.8, 0.6, 0, 0, 0, 0]
+    scale = MemoryScale.measure(list("abcdef"), x)
+    assert scale is not None and scale.pair_spread is not None
+    pairs = (x @ x.T)[np.triu_indices(6, 1)]  # 0.8 once, 0 fourteen times
+    assert scale.pair_spread == pytest.approx(pairs.std(), abs=1e-6)
+    flat = _fitted_prior()
+    sloped = flat.model_copy(
+        update={"slopes": {k: [-10.0] * len(v) for k, v in flat.quantiles.items()}}
+    )
+    base = flat.threshold(0.05, 1, scale)
+    assert base is not None and flat.threshold(0.05, 1) == base  # no slopes: no scale needed
+    # categories that form clusters (a wide pair spread) are judged at a lower quantile
+    assert sloped.threshold(0.05, 1, scale) == pytest.approx(base - 10.0 * scale.pair_spread)
+    even = scale.model_copy(update={"pair_spread": scale.pair_spread / 2})
+    assert sloped.threshold(0.05, 1, even) == pytest.approx(base - 5.0 * scale.pair_spread)
+    assert sloped.threshold(0.05, 1, None) is None  # slopes and nothing to apply them to
+    assert sloped.threshold(0.05, 1, scale.model_copy(update={"pair_spread": None})) is None
 
 
 # ------------------------------------------------------------------ every small memory

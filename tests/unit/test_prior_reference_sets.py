@@ -6,7 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tools.fit_encoder_prior import ALPHAS, RefSet, picture_set, quantiles, trials
+from tools.fit_encoder_prior import (
+    ALPHAS,
+    RefSet,
+    _smallest,
+    delivered,
+    fit_rule,
+    picture_set,
+    quantiles,
+    trials,
+)
 
 
 def _pool(categories: int, per: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -45,3 +54,25 @@ def test_the_quantile_is_the_knowns_own_at_each_alpha() -> None:
     assert q == sorted(q) and len(q) == len(ALPHAS)
     share = np.mean([np.mean(r["known"] < q[ALPHAS.index(0.1)]) for r in runs])
     assert share == pytest.approx(0.1, abs=0.03)
+
+
+def test_the_slopes_carry_how_the_quantile_moves_with_the_pair_spread() -> None:
+    rng = np.random.default_rng(4)
+    runs: dict[str, list[dict]] = {}
+    for name, spread, level in (("even", 0.05, 0.0), ("clustered", 0.15, -1.0)):
+        runs[name] = [
+            {
+                "known": level + rng.normal(size=200),
+                "unseen": level - 1.0 + rng.normal(size=50),
+                "correct": np.ones(200, dtype=bool),
+                "pair_spread": spread + rng.normal(scale=0.005),
+            }
+            for _ in range(40)
+        ]
+    q, slopes = fit_rule(runs, ["even", "clustered"])
+    assert all(s == pytest.approx(-10.0, abs=2.0) for s in slopes)  # -1 per 0.1 of spread
+    for name in runs:  # each set judged at its own spread keeps ALPHA
+        got = delivered(runs[name], q, slopes)["0.1"]["known_rejected"]
+        assert got == pytest.approx(0.1, abs=0.03)
+    flat = delivered(runs["even"], _smallest([quantiles(r) for r in runs.values()]))
+    assert flat["0.1"]["known_rejected"] < 0.05  # one quantile for both: the even set loses
