@@ -18,12 +18,25 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-# Before anything imports huggingface_hub / transformers: no test may reach a model hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before anything imports huggingface_hub / transformers: no test may reach a model hub, even
+# where the developer's shell says otherwise (HF_HUB_OFFLINE=0).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# The product's settings (RAR_QDRANT_URL, RAR_CLIP_MODEL, RAR_RANKER, ...) come from the tests
+# alone, never from the shell that started them; kept: the test suite's own switches and where
+# this machine keeps Fashion-MNIST.
+_TEST_SWITCHES = {
+    "RAR_KEEP_TEST_TMP",
+    "RAR_UPDATE_DOCS_IMG",
+    "RAR_CHROMIUM",
+    "RAR_MCP_RECORD",
+    "RAR_FASHION_MNIST_DIR",
+}
+for _name in [n for n in os.environ if n.startswith("RAR_") and n not in _TEST_SWITCHES]:
+    del os.environ[_name]
 _SESSION_ROOT = tempfile.mkdtemp(prefix="rar-tests-")
 _SESSION_HOME = os.path.join(_SESSION_ROOT, "rar-home")
 _SESSION_TMP = os.path.join(_SESSION_ROOT, "tmp")
@@ -35,6 +48,13 @@ tempfile.tempdir = _SESSION_TMP
 os.environ["HF_HOME"] = os.path.join(_SESSION_HOME, "hf-home")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests try the same examples on every run (seeded from each test), with no time limit
+# per example: a loaded CI machine is slow, not wrong. Explore afresh with
+# ``--hypothesis-profile=default``.
+settings.register_profile("rar-tests", derandomize=True, deadline=None)
+settings.load_profile("rar-tests")
 
 from tests.helpers.tiny_models import make_tiny_hf_clip, make_tiny_openclip  # noqa: E402
 

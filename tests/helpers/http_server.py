@@ -59,8 +59,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         owner = self.server.owner
         path = self.path.split("?", 1)[0]
-        with owner.lock:
+        with owner.arrived:
             owner.requests.append((self.command, self.path, dict(self.headers.items())))
+            owner.arrived.notify_all()
             route = owner.routes.get(path, owner.default)
         if route is None:
             route = Route(status=404, body=b"not found", content_type="text/plain")
@@ -106,6 +107,7 @@ class LocalHTTPServer:
         self.default = default
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)  # notified on every request
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -128,6 +130,12 @@ class LocalHTTPServer:
     def redirect(self, path: str, location: str, status: int = 302) -> str:
         """Answer ``path`` with a redirect to ``location``; return its URL."""
         return self.route(path, status=status, headers={"Location": location})
+
+    def wait_for_requests(self, count: int, timeout_s: float = 30.0) -> bool:
+        """Wait until at least ``count`` requests have arrived (a condition, not a fixed sleep:
+        a client may give up before a loaded server has even read its request)."""
+        with self.arrived:
+            return self.arrived.wait_for(lambda: len(self.requests) >= count, timeout_s)
 
     def start(self) -> LocalHTTPServer:
         """Start serving (the context manager does this)."""

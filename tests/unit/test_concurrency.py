@@ -235,16 +235,18 @@ def test_second_process_gets_memory_busy_and_nothing_is_corrupted(
     path = tmp_path / "shared"
     with CategoryMemory.open(path) as memory:
         add_class_names(memory, tiny_encoder, ["heron", "egret"], TEMPLATES)
-    first = _spawn(path, 20)
-    assert first.stdout is not None
-    assert first.stdout.readline().split()[:2] == ["OPEN", "2"]
-    second = _spawn(path, 0)
-    out, err = second.communicate(timeout=60)
+    first = _spawn(path, 600)  # holds the memory until killed, however slow the second starts
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline().split()[:2] == ["OPEN", "2"]
+        second = _spawn(path, 0)
+        out, err = second.communicate(timeout=120)
+    finally:
+        first.kill()
+        first.wait(timeout=30)
     assert second.returncode == 0, err
     assert out.startswith("BUSY") and f"in use by process {first.pid}" in out
     assert "--qdrant-url" in out
-    first.kill()
-    first.wait(timeout=30)
     with CategoryMemory.open(path, create=False) as memory:
         assert memory.labels() == {"egret": 1, "heron": 1}
 

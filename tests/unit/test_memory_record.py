@@ -204,8 +204,10 @@ class _SlowFlush:
 
     def __init__(self, shard: Any) -> None:
         self._shard = shard
+        self.flushing = threading.Event()
 
     def flush(self) -> None:
+        self.flushing.set()
         time.sleep(0.5)
         self._shard.flush()
 
@@ -221,10 +223,10 @@ def test_reopening_while_the_last_handle_flushes_waits_instead_of_failing(
     mem = _bound(tmp_path / "m")
     mem.add_entries([MemoryEntry("cat", "image", "a", "a")], np.eye(4)[:1])
     shared = mem._backend._shared  # type: ignore[attr-defined]
-    shared.shard = _SlowFlush(shared.shard)
+    slow = shared.shard = _SlowFlush(shared.shard)
     closer = threading.Thread(target=mem.close)
     closer.start()
-    time.sleep(0.1)  # the close is flushing now
+    assert slow.flushing.wait(30)  # the close is flushing now (not "100 ms later, probably")
     with CategoryMemory.open(tmp_path / "m") as again:  # before the fix: MemoryBusyError
         assert again.count() == 1 and again.info.fingerprint == "enc-A"
     closer.join()

@@ -22,6 +22,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from PIL import Image
+from pydantic import Field
 
 from rar_agent.errors import ConfigError, RankerError
 from rar_agent.ranking import (
@@ -90,12 +91,42 @@ class FailingModel(BaseChatModel):
         return "failing-fake"
 
 
+class HangingModel(BaseChatModel):
+    """Answers only once the test sets ``release`` (60 s at most): a call that overruns any
+    timeout. ``finished`` is set when a sync call returned; ``cancelled`` records that an async
+    call was cancelled while it waited."""
+
+    release: Any = Field(default_factory=threading.Event)
+    finished: Any = Field(default_factory=threading.Event)
+    cancelled: bool = False
+
+    def _result(self) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content='["lynx"]'))])
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any):
+        self.release.wait(60)
+        self.finished.set()
+        return self._result()
+
+    async def _agenerate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw):
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return self._result()
+
+    @property
+    def _llm_type(self) -> str:
+        return "hanging-fake"
+
+
 class PeakModel(BaseChatModel):
     """Sleeps ``delay`` per call and records the most calls in flight at once.
 
-    With ``gather`` (and a ``threading.Condition`` as ``lock``) a sync call first waits, up to
-    5 s, until that many calls have been in flight at once, so reaching the peak does not
-    depend on how fast a loaded machine starts its threads.
+    With ``gather`` (and a ``threading.Condition`` as ``lock``) a call first waits, up to 5 s,
+    until that many calls have been in flight at once, so reaching the peak does not depend on
+    how fast a loaded machine starts its threads or tasks.
     """
 
     delay: float = 0.05
@@ -128,6 +159,9 @@ class PeakModel(BaseChatModel):
 
     async def _agenerate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw):
         self._enter()
+        deadline = time.monotonic() + 5
+        while self.peak < self.gather and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)  # the other calls run on this loop: let them in
         await asyncio.sleep(self.delay)
         self._leave()
         return self._result(messages)
@@ -302,21 +336,22 @@ def test_retry_recovers(image) -> None:
 
 
 def test_sync_timeout_is_a_fallback(image) -> None:
-    chain = RankingChain(FakeListChatModel(responses=['["lynx"]'], sleep=0.5), timeout_s=0.05,
-                         max_retries=0)  # fmt: skip
-    start = time.perf_counter()
-    out = chain.invoke(request(image))
-    assert time.perf_counter() - start < 0.4
+    model = HangingModel()
+    chain = RankingChain(model, timeout_s=0.05, max_retries=0)
+    try:
+        out = chain.invoke(request(image))
+        # The answer came while the model call still hung: the wait ended at the timeout.
+        assert not model.finished.is_set()
+    finally:
+        model.release.set()
     assert out.status == "fallback" and out.order == CANDS
     assert "timed out after 0.05 s" in (out.reason or "")
 
 
 async def test_async_timeout_is_a_fallback(image) -> None:
-    chain = RankingChain(PeakModel(delay=0.5, lock=threading.Lock()), timeout_s=0.05,
-                         max_retries=0)  # fmt: skip
-    start = time.perf_counter()
-    out = await chain.ainvoke(request(image))
-    assert time.perf_counter() - start < 0.4
+    model = HangingModel()
+    out = await RankingChain(model, timeout_s=0.05, max_retries=0).ainvoke(request(image))
+    assert model.cancelled  # the timeout cancelled the hanging call, it did not wait for it
     assert out.status == "fallback" and "timed out" in (out.reason or "")
 
 
@@ -342,7 +377,7 @@ async def test_ainvoke_and_abatch(image) -> None:
 
 @pytest.mark.parametrize("limit", [1, 3])
 def test_batch_honours_max_concurrency(image, limit: int) -> None:
-    model = PeakModel(lock=threading.Lock())
+    model = PeakModel(lock=threading.Condition(), gather=limit)
     chain = RankingChain(model, max_concurrency=limit)
     outs = chain.batch([request(image, ["a", "lynx"])] * 6)
     assert [o.order for o in outs] == [["lynx", "a"]] * 6
@@ -351,7 +386,7 @@ def test_batch_honours_max_concurrency(image, limit: int) -> None:
 
 @pytest.mark.parametrize("limit", [1, 3])
 async def test_abatch_honours_max_concurrency(image, limit: int) -> None:
-    model = PeakModel(lock=threading.Lock())
+    model = PeakModel(lock=threading.Condition(), gather=limit)
     chain = RankingChain(model, max_concurrency=limit)
     outs = await chain.abatch([request(image, ["a", "lynx"])] * 6)
     assert len(outs) == 6
