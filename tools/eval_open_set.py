@@ -117,29 +117,48 @@ def memory_rows(data: dict[str, Any], held: list[int], shots: int | str, seed: i
 
 def run(data: dict[str, Any], held: list[int], rows: np.ndarray, workdir: Path) -> dict[str, Any]:
     """One memory through the shipped code: build, fit, retrieve, judge at every ALPHA."""
-    x, y = data["train_x"][rows], data["train_y"][rows]
-    names = [CLASSES[c] for c in y]
+    names = [CLASSES[c] for c in data["train_y"][rows]]
+    truth = np.array([CLASSES[c] for c in data["test_y"]])
+    known = ~np.isin(data["test_y"], held)
+    return run_memory(
+        data["fingerprint"], data["train_x"][rows], names, [str(i) for i in rows],
+        data["test_x"], truth, known, workdir,
+    )  # fmt: skip
+
+
+def run_memory(
+    fingerprint: str,
+    x: np.ndarray,
+    names: list[str],
+    keys: list[str],
+    queries: np.ndarray,
+    truth: np.ndarray,
+    known: np.ndarray,
+    workdir: Path,
+    alphas: tuple[float, ...] = PROMISE_ALPHAS,
+) -> dict[str, Any]:
+    """A memory of examples ``x`` (labels ``names``, unique ``keys``) through the shipped
+    code: build, calibrate (``openset.update``), retrieve the ``queries`` (true labels
+    ``truth``; ``known``: of a category the memory holds), judge at every ALPHA. The point
+    ids come from the labels and keys (the calibration's folds follow their order)."""
     entries = [
-        MemoryEntry(n, "image", f"train-{i}", f"{n}-{i}") for i, n in zip(rows, names, strict=True)
+        MemoryEntry(n, "image", f"train-{k}", f"{n}-{k}") for k, n in zip(keys, names, strict=True)
     ]
-    encoder = _Vectors(data["fingerprint"], x.shape[1])
+    encoder = _Vectors(fingerprint, x.shape[1])
     with CategoryMemory.open(workdir / f"m{len(list(workdir.iterdir()))}", collection="o") as mem:
         mem.bind_encoder(encoder.fingerprint, encoder.dim)
         openset.update(mem, added=mem.add_entries(entries, x))
         cal = openset.load(mem)
         retriever = CategoryRetriever(memory=mem, encoder=encoder, k=5)  # type: ignore[arg-type]
-        retrieved = retriever.retrieve_vectors(data["test_x"])
-    known = ~np.isin(data["test_y"], held)
-    truth = np.array([CLASSES[c] for c in data["test_y"]])
+        retrieved = retriever.retrieve_vectors(queries)
     top1 = np.array([c[0].label for c in retrieved]) == truth
     out: dict[str, Any] = {"known_top1": float(top1[known].mean())}
     per_alpha = {}
-    for alpha in PROMISE_ALPHAS:
+    for alpha in alphas:
         setting = parse_reject(f"auto:{alpha}")
         start = time.perf_counter()
         verdicts = [
-            openset.judge(c, setting, cal, v)
-            for c, v in zip(retrieved, data["test_x"], strict=True)
+            openset.judge(c, setting, cal, v) for c, v in zip(retrieved, queries, strict=True)
         ]
         per_query_ms = (time.perf_counter() - start) * 1000.0 / len(retrieved)
         rejected = np.array([bool(v.reasons) for v in verdicts])
@@ -157,23 +176,23 @@ def run(data: dict[str, Any], held: list[int], rows: np.ndarray, workdir: Path) 
                 [(v.similarity or 0.0) - (v.threshold or 0.0) for v in verdicts], dtype=float
             )
             out["auroc"] = auroc(score[known].tolist(), score[~known].tolist())
-            out["groups"] = _groups(data, rejected, cal, alpha)
+            out["groups"] = _groups(queries, truth, rejected, cal)
     out["alphas"] = per_alpha
     out["standins"] = len(cal.standins) if cal else 0
     return out
 
 
 def _groups(
-    data: dict[str, Any], rejected: np.ndarray, cal: Any, alpha: float
+    queries: np.ndarray, truth: np.ndarray, rejected: np.ndarray, cal: Any
 ) -> dict[str, float | None]:
-    """The rejected queries through the novel-group log, in test order: how pure the groups
+    """The rejected queries through the novel-group log, in query order: how pure the groups
     are (by true class) and how many rejected queries joined one."""
     link = cal.link if cal is not None else None
     log = NovelGroupLog(capacity=4096)
     for i in np.flatnonzero(rejected):
-        log.add(data["test_x"][i], str(i), link)
+        log.add(queries[i], str(i), link)
     groups = log.groups()
-    labels = [[CLASSES[data["test_y"][int(m)]] for m in log.members(g.id)] for g in groups]
+    labels = [[str(truth[int(m)]) for m in log.members(g.id)] for g in groups]
     grouped = sum(len(g) for g in labels)
     return {
         "purity": purity(labels),
