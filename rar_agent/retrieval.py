@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -14,7 +15,7 @@ from rar_agent.config import MEMORY_KINDS, MemoryKind, validate_k
 from rar_agent.encoders import ImageTextEncoder, input_size_of
 from rar_agent.errors import ConfigError, EmptyMemoryError
 from rar_agent.images import ImageInput, is_image_reference, load_image
-from rar_agent.memory import CategoryMemory, EntryKind, Hit
+from rar_agent.memory import KINDS, CategoryMemory, EntryKind, Hit
 from rar_agent.results import Candidate, MatchedExample
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "RANK_HITS",
     "category_scores",
     "fold_hits",
+    "mean_members",
     "CategoryRetriever",
     "candidates_to_documents",
     "resolve_kind",
@@ -67,13 +69,41 @@ def category_scores(
     Args:
         query: ``(d,)`` unit vector.
         rows: ``(m, d)`` vectors of its nearest entries, best first (``RANK_HITS + 1`` are
-            enough: the last one only sets the weights' zero).
+            enough: the last one only sets the weights' zero). Only the rows
+            :func:`mean_members` names are read: the others may hold anything (zeros).
         labels: Their categories.
         sims: Their similarities to ``query``.
 
     Returns:
         The score of each category among the first ``RANK_HITS`` entries.
     """
+    values, weights, groups = _local_groups(labels, sims)
+    out: dict[str, float] = {}
+    for label, members in groups.items():
+        best = float(values[members].max())
+        if not _by_mean(values, weights, members):
+            out[label] = best
+            continue
+        mean = weights[members] @ rows[members]
+        norm = float(np.linalg.norm(mean))
+        out[label] = float(query @ mean) / norm if norm > 0 else best
+    return out
+
+
+def mean_members(labels: Sequence[str], sims: Sequence[float]) -> list[int]:
+    """The positions (in the nearest entries given to :func:`category_scores`) of the
+    entries whose vectors it reads: those of categories scored by a local mean. The others
+    are scored by a similarity alone, so their vectors need not be fetched."""
+    values, weights, groups = _local_groups(labels, sims)
+    chosen = (m for m in groups.values() if _by_mean(values, weights, m))
+    return sorted(i for members in chosen for i in members)
+
+
+def _local_groups(
+    labels: Sequence[str], sims: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, dict[str, list[int]]]:
+    """The similarities, each of the first ``RANK_HITS`` entries' weight (``TAPER``) and
+    the positions of each category's entries among them."""
     values = np.asarray(sims, dtype=np.float64)
     n = min(len(values), RANK_HITS)
     cut = float(values[n]) if len(values) > n else 0.0
@@ -81,17 +111,17 @@ def category_scores(
     groups: dict[str, list[int]] = {}
     for i in range(n):
         groups.setdefault(labels[i], []).append(i)
-    out: dict[str, float] = {}
-    for label, members in groups.items():
-        best = float(values[members].max())
-        weight = weights[members]
-        if len(members) == 1 or best >= NEAR_DUPLICATE or weight.sum() <= 0:
-            out[label] = best
-            continue
-        mean = weight @ rows[members]
-        norm = float(np.linalg.norm(mean))
-        out[label] = float(query @ mean) / norm if norm > 0 else best
-    return out
+    return values, weights, groups
+
+
+def _by_mean(values: np.ndarray, weights: np.ndarray, members: list[int]) -> bool:
+    """Whether a category with these entries is scored by their local mean (else by its
+    best similarity: one entry, a near-duplicate, or no weight)."""
+    return (
+        len(members) > 1
+        and float(values[members].max()) < NEAR_DUPLICATE
+        and float(weights[members].sum()) > 0
+    )
 
 
 def fetch_limit(k: int, fetch_k: int | None) -> int:
@@ -153,6 +183,23 @@ def _matched(hit: Hit) -> MatchedExample:
         kind=hit.kind or None,
         thumbnail=thumb if isinstance(thumb, str) and thumb.startswith("data:image/") else None,
     )
+
+
+def _mean_hits(hits: Sequence[Hit]) -> list[Hit]:
+    """The hits (nearest first) whose vectors :func:`category_scores` reads."""
+    return [hits[i] for i in mean_members([h.label for h in hits], [h.score for h in hits])]
+
+
+def _rows(hits: Sequence[Hit], stored: Mapping[str, list[float]], dim: int) -> np.ndarray:
+    """``(len(hits), dim)`` unit rows: each hit's stored vector, zeros where none was fetched
+    (read in one pass: a row at a time costs a quarter more)."""
+    rows = np.zeros((len(hits), dim), dtype=np.float32)
+    have = [i for i, h in enumerate(hits) if h.id in stored]
+    if have:
+        flat = itertools.chain.from_iterable(stored[hits[i].id] for i in have)
+        rows[have] = np.fromiter(flat, np.float32, count=len(have) * dim).reshape(-1, dim)
+        rows[have] /= np.linalg.norm(rows[have], axis=1, keepdims=True).clip(min=1e-12)
+    return rows
 
 
 def _sides(kind: str, prefer: EntryKind = "image") -> tuple[EntryKind, ...]:
@@ -264,21 +311,31 @@ class CategoryRetriever(BaseRetriever):
         return [fold_hits(hits, k, r) for hits, r in zip(batches, ranks, strict=True)]
 
     def _ranks(self, vectors: np.ndarray, batches: list[list[Hit]]) -> list[dict[str, float]]:
-        """The category scores of each query's nearest entries (one fetch of their vectors
-        for all queries)."""
+        """The category scores of each query's nearest entries (one fetch of the vectors the
+        local means need, for all queries; an entry whose vector is gone is left out)."""
         nearest = [sorted(hits, key=lambda h: -h.score)[: RANK_HITS + 1] for hits in batches]
-        wanted = [h.id for hits in nearest for h in hits]
-        stored = self.memory.get_vectors(wanted) if wanted else {}
+        stored: dict[str, list[float]] = {}
+        asked: set[str] = set()
+        while wanted := [h for hits in nearest for h in _mean_hits(hits) if h.id not in asked]:
+            stored.update(self._vectors(wanted))
+            asked.update(h.id for h in wanted)  # gone meanwhile: leave it out and look again
+            nearest = [[h for h in hits if h.id in stored or h.id not in asked] for hits in nearest]
         out: list[dict[str, float]] = []
         for query, hits in zip(vectors, nearest, strict=True):
-            kept = [h for h in hits if h.id in stored]
-            if not kept:
-                out.append({})
-                continue
-            rows = np.asarray([stored[h.id] for h in kept], dtype=np.float32)
-            rows /= np.linalg.norm(rows, axis=1, keepdims=True).clip(min=1e-12)
+            rows = _rows(hits, stored, len(query))
             q = query / max(float(np.linalg.norm(query)), 1e-12)
-            out.append(category_scores(q, rows, [h.label for h in kept], [h.score for h in kept]))
+            out.append(category_scores(q, rows, [h.label for h in hits], [h.score for h in hits]))
+        return out
+
+    def _vectors(self, hits: Sequence[Hit]) -> dict[str, list[float]]:
+        """The stored vectors of ``hits``: one read per kind among them, of that vector alone
+        (no payloads)."""
+        by_kind: dict[str, list[str]] = {}
+        for hit in hits:
+            by_kind.setdefault(hit.kind, []).append(hit.id)
+        out: dict[str, list[float]] = {}
+        for kind, ids in by_kind.items():
+            out.update(self.memory.get_vectors(ids, kind=kind if kind in KINDS else None))
         return out
 
     def search_text(self, text: str, *, k: int | None = None) -> list[Candidate]:

@@ -32,6 +32,7 @@ import argparse
 import bisect
 import io
 import json
+import math
 import os
 import resource
 import statistics
@@ -139,12 +140,38 @@ def fairness(spans: list[tuple[float, float]]) -> dict[str, float]:
     }
 
 
-async def teaching(url: str, token: str, first: int, count: int, errors: list[str]) -> int:
+def overlapping(
+    spans: Sequence[tuple[float, float]], others: Sequence[tuple[float, float]]
+) -> list[bool]:
+    """For each span, whether any of ``others`` (the teaching calls) overlapped it."""
+    ordered = sorted(others)
+    starts = [s for s, _ in ordered]
+    out = []
+    for start, end in spans:
+        # the others that started before this span ended; one of them may still run
+        before = ordered[: bisect.bisect_left(starts, end)]
+        out.append(any(e > start for _, e in before))
+    return out
+
+
+async def teaching(
+    url: str,
+    token: str,
+    first: int,
+    count: int,
+    errors: list[str],
+    spans: list[tuple[float, float]] | None = None,
+) -> int:
+    """``count`` new examples taught one after another (each call's (start, end) appended
+    to ``spans``); how many were added."""
     added = 0
     async with session(url, token) as s:
         for i in range(first, first + count):
             args = {"label": f"taught {i % 5}", "image": picture(i)}
+            start = time.perf_counter()
             result = await s.call_tool("add_category_example", args)
+            if spans is not None:
+                spans.append((start, time.perf_counter()))
             if result.isError:
                 errors.append(f"teach: {result.content}")
             else:
@@ -202,6 +229,28 @@ class CpuMeter:
         }
 
 
+def teaching_effect(
+    spans: Sequence[tuple[float, float]], teach_spans: Sequence[tuple[float, float]]
+) -> dict[str, float]:
+    """The teaching calls' latency, and the recognitions' with and without a teaching call
+    in flight beside them (p50/p95, ms; how many overlapped): whether teaching stalls the
+    recognitions that meet it."""
+    ms = [(e - s) * 1000 for s, e in spans]
+    met = overlapping(spans, teach_spans)
+    beside = [t for t, m in zip(ms, met, strict=True) if m] or [math.nan]
+    apart = [t for t, m in zip(ms, met, strict=True) if not m] or [math.nan]
+    teach = [(e - s) * 1000 for s, e in teach_spans] or [math.nan]
+    return {
+        "teach_p50": pct(teach, 0.5),
+        "teach_p95": pct(teach, 0.95),
+        "beside_n": float(sum(met)),
+        "beside_p50": pct(beside, 0.5),
+        "beside_p95": pct(beside, 0.95),
+        "apart_p50": pct(apart, 0.5),
+        "apart_p95": pct(apart, 0.95),
+    }
+
+
 def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -233,12 +282,14 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         loaded: list[float] = []
         spans: list[tuple[float, float]] = []
         taught: list[int] = []
+        teach_spans: list[tuple[float, float]] = []
 
         async def reader(token: str) -> None:
             loaded.extend(await recognitions(url, token, args.calls, errors, args.validate, spans))
 
         async def teacher(n: int, token: str) -> None:
-            taught.append(await teaching(url, token, n * args.teach, args.teach, errors))
+            first = n * args.teach
+            taught.append(await teaching(url, token, first, args.teach, errors, teach_spans))
 
         start = time.perf_counter()
         meter = CpuMeter(process.pid)
@@ -269,6 +320,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "cpu_alone": cpu_alone,
         "cpu_load": cpu_load,
         "fairness": fairness(spans),
+        "teaching": teaching_effect(spans, teach_spans),
     }
 
 
@@ -325,6 +377,13 @@ def main() -> None:
         f"turns under load:  calls ended while one waited p50 {f['meanwhile_p50']:.0f} "
         f"p95 {f['meanwhile_p95']:.0f}; overtaken by later calls p50 {f['overtaken_p50']:.0f} "
         f"p95 {f['overtaken_p95']:.0f} (first come first served: {args.clients - 1} and 0)"
+    )
+    t = r["teaching"]
+    print(
+        f"teaching:          p50 {t['teach_p50']:.1f} ms  p95 {t['teach_p95']:.1f} ms; "
+        f"recognitions beside a teaching call ({t['beside_n']:.0f}) p50 {t['beside_p50']:.1f} "
+        f"p95 {t['beside_p95']:.1f} ms, the others p50 {t['apart_p50']:.1f} "
+        f"p95 {t['apart_p95']:.1f} ms"
     )
     print(f"p95 under load / p50 alone: {ratio:.1f}x (target <= 10x)")
     print(

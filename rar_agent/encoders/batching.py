@@ -265,14 +265,17 @@ def shared_encoder(encoder: ImageTextEncoder, max_batch: int | None = None) -> B
     thread spins waiting for another that a busy machine has descheduled (two intra-op
     threads per pass cost 30-470 ms of CPU per image on 2 shared cores, against 22-30 ms for
     one), and freed activations stay in the heap for the next pass
-    (:func:`~rar_agent.encoders.torch_base.keep_freed_memory`). On a GPU, one worker with
-    torch's own setting and passes of what one forward pass takes.
+    (:func:`~rar_agent.encoders.torch_base.keep_freed_memory`); numpy's BLAS runs one
+    thread too (:func:`~rar_agent.encoders.torch_base.one_blas_thread`), so the request
+    threads' small matrices wake no spinning BLAS threads beside the workers. On a GPU, one
+    worker with torch's own setting and passes of what one forward pass takes.
     """
-    from rar_agent.encoders.torch_base import keep_freed_memory, usable_cpus
+    from rar_agent.encoders.torch_base import keep_freed_memory, one_blas_thread, usable_cpus
 
     workers, threads = 1, None
     if str(getattr(encoder, "device", "cpu")).split(":")[0] == "cpu":
         workers, threads = usable_cpus(), 1
         max_batch = max_batch or CPU_SHARED_BATCH
         keep_freed_memory()
+        one_blas_thread()
     return BatchingEncoder(encoder, max_batch=max_batch, workers=workers, threads=threads)

@@ -28,7 +28,13 @@ from typing import Any
 
 from rar_agent.errors import MemoryBusyError, MemoryStoreError, RarError
 from rar_agent.memory.backend import PointVectors, ScrollPage
-from rar_agent.memory.edge_files import acquire_lock, read_json, release_lock, write_json_atomic
+from rar_agent.memory.edge_files import (
+    acquire_lock,
+    read_json,
+    release_lock,
+    staged_json,
+    write_json_atomic,
+)
 from rar_agent.memory.edge_files import disk_usage as shard_disk_usage
 from rar_agent.memory.engine_settings import edge_config, edge_search_params
 from rar_agent.memory.entries import Hit
@@ -296,16 +302,19 @@ class EdgeBackend:
 
         A compare-and-set under the shard's write lock, with an atomic file replace. One
         process holds the directory (its lock file), and every handle in it shares this
-        shard, so no other writer can interleave.
+        shard, so no other writer can interleave. The new file is written and synced before
+        the lock is taken: searches, which share that lock, wait only for the check and the
+        rename, not for the disk (a taught example rewrites the record, calibration
+        included: 25-30 ms per write measured on a busy machine, every search waiting).
 
         Returns:
             Whether it was written (``False``: another writer changed it first).
         """
         s = self._s
-        with s.lock.write():
+        with staged_json(s.path / META_FILE, meta) as staged, s.lock.write():
             if _revision(s.meta) != expected_revision:
                 return False
-            write_json_atomic(s.path / META_FILE, meta)
+            staged.install()
             s.meta = dict(meta)
             return True
 
@@ -344,13 +353,18 @@ class EdgeBackend:
         records = self._retrieve(ids, "read entries", payload=True, vectors=False)
         return [(str(r.id), dict(r.payload or {})) for r in records]
 
-    def retrieve_vectors(self, ids: Sequence[str]) -> list[PointVectors]:
-        """``(id, vectors, payload)`` of the stored points among ``ids``."""
-        records = self._retrieve(ids, "read entries", payload=True, vectors=True)
-        return [(str(r.id), dict(r.vector or {}), dict(r.payload or {})) for r in records]
+    def retrieve_vectors(self, ids: Sequence[str], using: str | None = None) -> list[PointVectors]:
+        """``(id, vectors, payload)`` of the stored points among ``ids``; with ``using``, only
+        that named vector and no payload (points without it are skipped)."""
+        if using is None:
+            records = self._retrieve(ids, "read entries", payload=True, vectors=True)
+            return [(str(r.id), dict(r.vector or {}), dict(r.payload or {})) for r in records]
+        records = self._retrieve(ids, "read entries", payload=False, vectors=[using])
+        found = ((str(r.id), (r.vector or {}).get(using)) for r in records)
+        return [(pid, {using: vector}, {}) for pid, vector in found if vector]
 
     def _retrieve(
-        self, ids: Sequence[str], what: str, *, payload: bool, vectors: bool
+        self, ids: Sequence[str], what: str, *, payload: bool, vectors: bool | list[str]
     ) -> list[Any]:
         """The stored records among ``ids``, fetched in chunks (none before creation)."""
         records: list[Any] = []

@@ -277,3 +277,44 @@ def test_the_servers_cpu_workers_share_passes_of_the_cpu_size() -> None:
     gpu.forward_batch = 32  # type: ignore[attr-defined]
     with shared_encoder(gpu) as shared:
         assert (shared.max_batch, shared.workers, shared.threads) == (32, 1, None)
+
+
+@pytest.fixture
+def blas_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """numpy's BLAS at 2 threads with no thread variable set (the count restored after);
+    yields a function that reads its current thread count."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def now() -> int:
+        return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    before = now()
+    threadpool_limits(limits=2, user_api="blas")
+    if now() < 2:
+        pytest.skip("this numpy's BLAS runs one thread only")
+    yield now
+    threadpool_limits(limits=before, user_api="blas")
+
+
+def test_the_servers_cpu_workers_leave_numpys_blas_one_thread(blas_threads: Any) -> None:
+    from rar_agent.encoders.batching import shared_encoder
+
+    with shared_encoder(Recording()):
+        assert blas_threads() == 1
+
+
+def test_a_gpu_server_and_a_users_thread_setting_keep_the_blas_threads(
+    blas_threads: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rar_agent.encoders.batching import shared_encoder
+    from rar_agent.encoders.torch_base import one_blas_thread
+
+    gpu = Recording()
+    gpu.device = "cuda:0"
+    with shared_encoder(gpu):
+        assert blas_threads() == 2
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    assert one_blas_thread() is False
+    assert blas_threads() == 2

@@ -315,3 +315,47 @@ def test_a_stale_revision_is_refused_by_both_backends(memory: CategoryMemory) ->
     assert backend.replace_meta({**stored, "description": "x"}, stored["revision"] + 5) is False
     assert memory.info.description is None
     assert backend.replace_meta({**stored, "revision": stored["revision"] + 1}, stored["revision"])
+
+
+def test_a_record_write_lets_searches_through_while_it_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A taught example rewrites the record (the calibration with it): searches wait only for
+    the rename, not while the new file is written and synced."""
+    import rar_agent.memory.edge_files as files
+
+    syncing, release = threading.Event(), threading.Event()
+    real_fsync = files.os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        syncing.set()
+        assert release.wait(30)
+        real_fsync(fd)
+
+    with _bound(tmp_path / "m") as mem:
+        mem.add_entries([MemoryEntry("cat", "image", "a.jpg", "h1")], np.eye(4)[:1])
+        monkeypatch.setattr(files.os, "fsync", slow_fsync)
+        writer = threading.Thread(target=mem.update_extension, args=("x", lambda _: {"a": 1}))
+        writer.start()
+        assert syncing.wait(30)  # the writer is inside its sync
+        found: list[Any] = []
+        reader = threading.Thread(target=lambda: found.append(mem.search_batch(np.eye(4)[:1])))
+        reader.start()
+        reader.join(30)  # before the change it waited for the sync, held back here
+        done_during_sync = not reader.is_alive() and not release.is_set()
+        release.set()
+        writer.join(30)
+        reader.join(30)
+        assert done_during_sync and found[0][0][0].label == "cat"
+        assert mem.extension("x") == {"a": 1}
+    assert not [p.name for p in (tmp_path / "m").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_refused_record_write_leaves_no_file_behind(tmp_path: Path) -> None:
+    with _bound(tmp_path / "m") as mem:
+        backend = mem._backend  # type: ignore[attr-defined]
+        stored = backend.read_meta(refresh=True)
+        assert backend.replace_meta({**stored, "description": "x"}, stored["revision"] + 1) is False
+        on_disk = json.loads((tmp_path / "m" / META_FILE).read_text())
+        assert on_disk.get("description") is None and mem.info.description is None
+    assert not [p.name for p in (tmp_path / "m").iterdir() if p.name.endswith(".tmp")]

@@ -1,0 +1,112 @@
+"""The retriever fetches only the stored vectors its category scores read."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rar_agent.errors import ConfigError
+from rar_agent.memory import CategoryMemory, MemoryEntry
+from rar_agent.retrieval import CategoryRetriever, category_scores, mean_members
+
+QUERY = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+# source -> (label, vector): "pair" is scored by a local mean of its two entries, "single"
+# by its one entry, "dup" by its near-duplicate of the query (similarity 0.97)
+ENTRIES = {
+    "pair-1": ("pair", (0.8, 0.6, 0.0, 0.0)),
+    "pair-2": ("pair", (0.75, 0.0, 0.66, 0.0)),
+    "single": ("single", (0.7, 0.0, 0.0, 0.714)),
+    "dup-1": ("dup", (0.97, 0.0, -0.243, 0.0)),
+    "dup-2": ("dup", (0.5, 0.0, 0.0, -0.866)),
+}
+
+
+def _unit(v: tuple[float, ...]) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float32)
+    return a / np.linalg.norm(a)
+
+
+@pytest.fixture
+def memory(tmp_path: Path) -> Iterator[CategoryMemory]:
+    mem = CategoryMemory.open(tmp_path / "m", collection="fetch")
+    mem.bind_encoder("test:fetch", 4)
+    entries = [MemoryEntry(label, "image", src, f"h-{src}") for src, (label, _) in ENTRIES.items()]
+    mem.add_entries(entries, np.stack([_unit(v) for _, v in ENTRIES.values()]))
+    yield mem
+    mem.close()
+
+
+def _recording(memory: CategoryMemory, drop: set[str]) -> list[list[str]]:
+    """Record each ``get_vectors`` call's ids; ids in ``drop`` come back missing (an entry
+    removed between the search and the fetch)."""
+    calls: list[list[str]] = []
+    fetch = memory.get_vectors
+
+    def get_vectors(ids: Iterable[str], *, kind: str | None = None) -> dict[str, list[float]]:
+        wanted = list(ids)
+        calls.append(wanted)
+        return {k: v for k, v in fetch(wanted, kind=kind).items() if k not in drop}
+
+    memory.get_vectors = get_vectors  # type: ignore[method-assign]
+    return calls
+
+
+def test_only_the_local_means_vectors_are_fetched(memory: CategoryMemory) -> None:
+    hits = memory.search(QUERY, kind="image", limit=10)
+    ids = {h.source: h.id for h in hits}
+    calls = _recording(memory, drop=set())
+    retriever = CategoryRetriever(memory=memory, encoder=None, k=3)
+    [candidates] = retriever.retrieve_vectors(QUERY[None, :])
+    assert [sorted(c) for c in calls] == [sorted([ids["pair-1"], ids["pair-2"]])]
+    # the same scores as with every vector at hand
+    rows = np.stack([_unit(ENTRIES[h.source][1]) for h in hits])
+    full = category_scores(QUERY, rows, [h.label for h in hits], [h.score for h in hits])
+    assert {c.label: c.score for c in candidates} == pytest.approx(full, abs=1e-5)
+    assert full["single"] == pytest.approx(
+        float(hits[[h.source for h in hits].index("single")].score)
+    )
+    assert mean_members([h.label for h in hits], [h.score for h in hits]) == sorted(
+        i for i, h in enumerate(hits) if h.label == "pair"
+    )
+
+
+def test_an_entry_gone_before_the_fetch_is_left_out(memory: CategoryMemory) -> None:
+    hits = memory.search(QUERY, kind="image", limit=10)
+    ids = {h.source: h.id for h in hits}
+    calls = _recording(memory, drop={ids["pair-2"]})
+    retriever = CategoryRetriever(memory=memory, encoder=None, k=3)
+    [candidates] = retriever.retrieve_vectors(QUERY[None, :])
+    scores = {c.label: c.score for c in candidates}
+    # "pair" keeps one entry, so its similarity decides; nothing more is fetched
+    first = next(h for h in hits if h.source == "pair-1")
+    assert scores["pair"] == pytest.approx(first.score, abs=1e-6)
+    assert len(calls) == 1
+    assert scores["dup"] == pytest.approx(0.97 / np.linalg.norm([0.97, 0.243]), abs=1e-4)
+
+
+@pytest.mark.parametrize("where", ["edge", "local"])
+def test_get_vectors_of_one_kind_reads_that_vector_alone(where: str, tmp_path: Path) -> None:
+    mem = CategoryMemory.open(tmp_path / "m" if where == "edge" else ":memory:", collection="k")
+    mem.bind_encoder("test:kind", 4)
+    entries = [
+        MemoryEntry("cat", "image", "cat.jpg", "h-image"),
+        MemoryEntry("cat", "text", "templates:test", "h-text"),
+    ]
+    vectors = np.stack([_unit((1.0, 0.2, 0.0, 0.0)), _unit((0.0, 1.0, 0.3, 0.0))])
+    mem.add_entries(entries, vectors)
+    image_id = next(h.id for h in mem.search(vectors[0], kind="image", limit=5))
+    text_id = next(h.id for h in mem.search(vectors[1], kind="text", limit=5))
+    both = mem.get_vectors([image_id, text_id, str(uuid.uuid4())])  # an unknown id: skipped
+    assert set(both) == {image_id, text_id}
+    images = mem.get_vectors([image_id, text_id], kind="image")
+    assert set(images) == {image_id}  # the text entry has no image vector: missing
+    assert images[image_id] == pytest.approx(both[image_id])
+    assert np.asarray(images[image_id]) == pytest.approx(vectors[0], abs=1e-6)
+    assert mem.get_vectors([text_id], kind="text")[text_id] == pytest.approx(both[text_id])
+    with pytest.raises(ConfigError, match="kind"):
+        mem.get_vectors([image_id], kind="video")
+    mem.close()
