@@ -24,7 +24,12 @@ shipped prior on its held-out half (the promise: mean known rejection <= ALPHA +
 Usage::
 
     python tools/fit_encoder_prior.py --fashion artifacts/openset --glyphs artifacts/glyphs \\
+        --icons artifacts/icons --emoji artifacts/emoji \\
         --out rar_agent/openset/priors/efficientnet-lite0.json
+
+(``--icons``: a fourth fitted set, ``tools/icon_reference.py``; ``--emoji``: judged only,
+never fitted, ``tools/emoji_reference.py``; the one-example quantile follows each memory's
+pair spread, ``--sloped``.)
 """
 
 from __future__ import annotations
