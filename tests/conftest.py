@@ -37,6 +37,13 @@ _TEST_SWITCHES = {
 }
 for _name in [n for n in os.environ if n.startswith("RAR_") and n not in _TEST_SWITCHES]:
     del os.environ[_name]
+# Tests talk to servers they start on loopback: never through a proxy the shell names
+# (httpx and urllib send even 127.0.0.1 through HTTP_PROXY / ALL_PROXY unless NO_PROXY says
+# otherwise). And no LangChain call of a test is traced to LangSmith.
+for _name in ("NO_PROXY", "no_proxy"):
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1,localhost,::1"]))
+for _name in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING"):
+    os.environ.pop(_name, None)
 _SESSION_ROOT = tempfile.mkdtemp(prefix="rar-tests-")
 _SESSION_HOME = os.path.join(_SESSION_ROOT, "rar-home")
 _SESSION_TMP = os.path.join(_SESSION_ROOT, "tmp")

@@ -76,21 +76,20 @@ def test_settings_say_whether_an_encoder_was_named(monkeypatch: pytest.MonkeyPat
     assert Settings().explicit_encoder == ("efficientnet-lite0", "openai")
 
 
-def test_canonical_specs_load_from_any_directory(tmp_path: Path) -> None:
-    os.chdir(tmp_path)
-    try:
-        (tmp_path / "clip").mkdir()
-        assert canonical_spec("local-dir:clip", "openai") == EncoderSpec(
-            f"local-dir:{tmp_path / 'clip'}"
-        )
-        assert canonical_spec("hf:clip").model == f"hf:{tmp_path / 'clip'}"
-        assert canonical_spec("hf:org/repo").model == "hf:org/repo"
-        assert canonical_spec("efficientnet-lite0", "openai") == EncoderSpec("efficientnet-lite0")
-        assert canonical_spec("x/f.py:create").model == f"{tmp_path / 'x' / 'f.py'}:create"
-        assert canonical_spec("pkg.mod:create", "openai") == EncoderSpec("pkg.mod:create", "openai")
-        assert canonical_spec("ViT-B-16", "openai") == EncoderSpec("ViT-B-16", "openai")
-    finally:
-        os.chdir(ROOT)
+def test_canonical_specs_load_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # and back to where the run started, whatever that was
+    (tmp_path / "clip").mkdir()
+    assert canonical_spec("local-dir:clip", "openai") == EncoderSpec(
+        f"local-dir:{tmp_path / 'clip'}"
+    )
+    assert canonical_spec("hf:clip").model == f"hf:{tmp_path / 'clip'}"
+    assert canonical_spec("hf:org/repo").model == "hf:org/repo"
+    assert canonical_spec("efficientnet-lite0", "openai") == EncoderSpec("efficientnet-lite0")
+    assert canonical_spec("x/f.py:create").model == f"{tmp_path / 'x' / 'f.py'}:create"
+    assert canonical_spec("pkg.mod:create", "openai") == EncoderSpec("pkg.mod:create", "openai")
+    assert canonical_spec("ViT-B-16", "openai") == EncoderSpec("ViT-B-16", "openai")
 
 
 def test_a_factory_file_path_loads_from_any_directory(
