@@ -65,8 +65,9 @@ class MemoryBackend(Protocol):
         """``(id, payload)`` of the stored points among ``ids`` (missing ids are skipped)."""
         ...
 
-    def retrieve_vectors(self, ids: Sequence[str]) -> list[PointVectors]:
-        """``(id, vectors, payload)`` of the stored points among ``ids``."""
+    def retrieve_vectors(self, ids: Sequence[str], using: str | None = None) -> list[PointVectors]:
+        """``(id, vectors, payload)`` of the stored points among ``ids``; with ``using``, only
+        that named vector and no payload (points without it are skipped)."""
         ...
 
     def query_batch(

@@ -572,14 +572,27 @@ class CategoryMemory:
         found = dict(self._backend.retrieve(wanted))
         return [Hit.from_point(i, 0.0, found[i]) for i in dict.fromkeys(wanted) if i in found]
 
-    def get_vectors(self, ids: Iterable[str]) -> dict[str, list[float]]:
-        """The stored vectors of the entries among ``ids`` (their own kind's vector)."""
+    def get_vectors(self, ids: Iterable[str], *, kind: str | None = None) -> dict[str, list[float]]:
+        """The stored vectors of the entries among ``ids`` (their own kind's vector).
+
+        Args:
+            ids: Entry ids.
+            kind: Entries known to be of this kind (``"image"``/``"text"``, as a search's
+                hits are): only that vector is read, without the payloads (faster); an
+                entry of the other kind is then missing from the answer.
+        """
         self._check_open()
         wanted = list(dict.fromkeys(str(i) for i in ids))
+        if kind is not None:
+            check_kind(kind)
+            points = self._backend.retrieve_vectors(wanted, using=kind)
+            return {pid: vectors[kind] for pid, vectors, _ in points}
         out: dict[str, list[float]] = {}
         for pid, vectors, payload in self._backend.retrieve_vectors(wanted):
-            kind = payload.get("kind")
-            vector = vectors.get(kind) if kind in vectors else next(iter(vectors.values()), None)
+            stored = payload.get("kind")
+            vector = (
+                vectors.get(stored) if stored in vectors else next(iter(vectors.values()), None)
+            )
             if vector:
                 out[pid] = list(vector)
         return out

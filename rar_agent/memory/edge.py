@@ -353,13 +353,18 @@ class EdgeBackend:
         records = self._retrieve(ids, "read entries", payload=True, vectors=False)
         return [(str(r.id), dict(r.payload or {})) for r in records]
 
-    def retrieve_vectors(self, ids: Sequence[str]) -> list[PointVectors]:
-        """``(id, vectors, payload)`` of the stored points among ``ids``."""
-        records = self._retrieve(ids, "read entries", payload=True, vectors=True)
-        return [(str(r.id), dict(r.vector or {}), dict(r.payload or {})) for r in records]
+    def retrieve_vectors(self, ids: Sequence[str], using: str | None = None) -> list[PointVectors]:
+        """``(id, vectors, payload)`` of the stored points among ``ids``; with ``using``, only
+        that named vector and no payload (points without it are skipped)."""
+        if using is None:
+            records = self._retrieve(ids, "read entries", payload=True, vectors=True)
+            return [(str(r.id), dict(r.vector or {}), dict(r.payload or {})) for r in records]
+        records = self._retrieve(ids, "read entries", payload=False, vectors=[using])
+        found = ((str(r.id), (r.vector or {}).get(using)) for r in records)
+        return [(pid, {using: vector}, {}) for pid, vector in found if vector]
 
     def _retrieve(
-        self, ids: Sequence[str], what: str, *, payload: bool, vectors: bool
+        self, ids: Sequence[str], what: str, *, payload: bool, vectors: bool | list[str]
     ) -> list[Any]:
         """The stored records among ``ids``, fetched in chunks (none before creation)."""
         records: list[Any] = []

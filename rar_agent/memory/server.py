@@ -235,13 +235,18 @@ class ServerBackend:
         records = self._retrieve(ids, "read entries", payload=True, vectors=False)
         return [(str(r.id), dict(r.payload or {})) for r in records]
 
-    def retrieve_vectors(self, ids: Sequence[str]) -> list[PointVectors]:
-        """``(id, vectors, payload)`` of the stored points among ``ids``."""
-        records = self._retrieve(ids, "read entries", payload=True, vectors=True)
-        return [_point(r) for r in records]
+    def retrieve_vectors(self, ids: Sequence[str], using: str | None = None) -> list[PointVectors]:
+        """``(id, vectors, payload)`` of the stored points among ``ids``; with ``using``, only
+        that named vector and no payload (points without it are skipped)."""
+        if using is None:
+            records = self._retrieve(ids, "read entries", payload=True, vectors=True)
+            return [_point(r) for r in records]
+        records = self._retrieve(ids, "read entries", payload=False, vectors=[using])
+        points = (_point(r) for r in records)
+        return [(pid, {using: v[using]}, {}) for pid, v, _ in points if v.get(using)]
 
     def _retrieve(
-        self, ids: Sequence[str], what: str, *, payload: bool, vectors: bool
+        self, ids: Sequence[str], what: str, *, payload: bool, vectors: bool | list[str]
     ) -> list[Any]:
         """The stored records among ``ids``, fetched in chunks (none before creation)."""
         self._check_open()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rar_agent.errors import ConfigError
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.retrieval import CategoryRetriever, category_scores, mean_members
 
@@ -44,10 +46,10 @@ def _recording(memory: CategoryMemory, drop: set[str]) -> list[list[str]]:
     calls: list[list[str]] = []
     fetch = memory.get_vectors
 
-    def get_vectors(ids: Iterable[str]) -> dict[str, list[float]]:
+    def get_vectors(ids: Iterable[str], *, kind: str | None = None) -> dict[str, list[float]]:
         wanted = list(ids)
         calls.append(wanted)
-        return {k: v for k, v in fetch(wanted).items() if k not in drop}
+        return {k: v for k, v in fetch(wanted, kind=kind).items() if k not in drop}
 
     memory.get_vectors = get_vectors  # type: ignore[method-assign]
     return calls
@@ -84,3 +86,27 @@ def test_an_entry_gone_before_the_fetch_is_left_out(memory: CategoryMemory) -> N
     assert scores["pair"] == pytest.approx(first.score, abs=1e-6)
     assert len(calls) == 1
     assert scores["dup"] == pytest.approx(0.97 / np.linalg.norm([0.97, 0.243]), abs=1e-4)
+
+
+@pytest.mark.parametrize("where", ["edge", "local"])
+def test_get_vectors_of_one_kind_reads_that_vector_alone(where: str, tmp_path: Path) -> None:
+    mem = CategoryMemory.open(tmp_path / "m" if where == "edge" else ":memory:", collection="k")
+    mem.bind_encoder("test:kind", 4)
+    entries = [
+        MemoryEntry("cat", "image", "cat.jpg", "h-image"),
+        MemoryEntry("cat", "text", "templates:test", "h-text"),
+    ]
+    vectors = np.stack([_unit((1.0, 0.2, 0.0, 0.0)), _unit((0.0, 1.0, 0.3, 0.0))])
+    mem.add_entries(entries, vectors)
+    image_id = next(h.id for h in mem.search(vectors[0], kind="image", limit=5))
+    text_id = next(h.id for h in mem.search(vectors[1], kind="text", limit=5))
+    both = mem.get_vectors([image_id, text_id, str(uuid.uuid4())])  # an unknown id: skipped
+    assert set(both) == {image_id, text_id}
+    images = mem.get_vectors([image_id, text_id], kind="image")
+    assert set(images) == {image_id}  # the text entry has no image vector: missing
+    assert images[image_id] == pytest.approx(both[image_id])
+    assert np.asarray(images[image_id]) == pytest.approx(vectors[0], abs=1e-6)
+    assert mem.get_vectors([text_id], kind="text")[text_id] == pytest.approx(both[text_id])
+    with pytest.raises(ConfigError, match="kind"):
+        mem.get_vectors([image_id], kind="video")
+    mem.close()
