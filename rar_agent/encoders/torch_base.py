@@ -196,7 +196,8 @@ def one_blas_thread() -> bool:
     example updates) is small matrices from many request threads at once. With a BLAS
     thread per core, each such call wakes the BLAS's other threads, which then spin waiting
     for work beside the encoder's workers: measured here on 2 busy cores, a calibration
-    refit of 57 examples took 350-770 ms of CPU instead of 30-70 with one thread. It
+    refit of ~50 examples took 350 ms of CPU on average (770 at most) instead of 33 with
+    one thread, and up to 9.5 s of wall time inside the server under load. It
     changes the whole process; call it where a long-lived service starts. Does nothing
     when the user chose (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``,
     ``MKL_NUM_THREADS``).
