@@ -19,7 +19,6 @@ Used by ``tools/eval_one_shot.py`` and ``tools/fit_encoder_prior.py``.
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from reference_drawings import centred_on_white, load_encoded, rasterize_svg, save_encoded
 
 GEMOJIONE = Path("/usr/share/rubygems-integration/all/gems/gemojione-3.3.0")
 EMOJIFY = Path("/usr/share/javascript/emojify.js/images/emoji")
@@ -42,16 +42,12 @@ SETS = ("noto", "emojione", "emojify", "openmoji")
 
 
 def _on_white(image: Any) -> Any:
-    from PIL import Image
-
     image = image.convert("RGBA")
     box = image.getchannel("A").getbbox()
     image = image.crop(box) if box else image
     scale = FILL / max(image.size)  # every set's drawing the same size: its own bitmaps vary
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-    canvas = Image.new("RGBA", (SIZE, SIZE), (255, 255, 255, 255))
-    canvas.alpha_composite(image, ((SIZE - image.width) // 2, (SIZE - image.height) // 2))
-    return canvas.convert("RGB")
+    return centred_on_white(image, SIZE)
 
 
 def _noto(moji: str) -> Any:
@@ -65,16 +61,7 @@ def _noto(moji: str) -> Any:
 
 
 def _svg(data: bytes) -> Any:
-    from PIL import Image
-
-    png = subprocess.run(
-        ["rsvg-convert", "-w", str(SIZE), "-h", str(SIZE), "--keep-aspect-ratio"],
-        input=data,
-        capture_output=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    return _on_white(Image.open(io.BytesIO(png)))
+    return _on_white(rasterize_svg(data, SIZE))
 
 
 def catalogue(openmoji_wheel: Path) -> list[dict[str, Any]]:
@@ -130,19 +117,13 @@ def encode_emoji(
                 sets.append(s)
                 images.append(image)
     print(f"emoji: {len(images) // len(SETS)} things x {len(SETS)} sets", file=sys.stderr)
-    encoder = load_encoder(encoder_name)
-    rows = [encoder.embed_images(images[i : i + 64]) for i in range(0, len(images), 64)]
-    np.save(cache / "emoji_x.npy", np.concatenate(rows).astype(np.float32))
-    (cache / "emoji.json").write_text(
-        json.dumps({"fingerprint": encoder.fingerprint, "labels": labels, "sets": sets})
-    )
+    save_encoded(cache, "emoji", load_encoder(encoder_name), images, labels, ("sets", sets))
 
 
 def load_emoji(cache: Path) -> tuple[np.ndarray, list[str], list[str], str]:
     """``(vectors, labels, sets, fingerprint)`` of the emoji cache (made by
     :func:`encode_emoji`)."""
-    info = json.loads((cache / "emoji.json").read_text())
-    return np.load(cache / "emoji_x.npy"), info["labels"], info["sets"], info["fingerprint"]
+    return load_encoded(cache, "emoji", "sets")
 
 
 if __name__ == "__main__":

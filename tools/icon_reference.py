@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from reference_drawings import centred_on_white, load_encoded, rasterize_svg, save_encoded
 
 ICON_ROOT = Path("/usr/share/icons")
 THEMES: dict[str, tuple[str, ...]] = {
@@ -117,29 +118,15 @@ def catalogue() -> dict[str, dict[str, str]]:
 
 def render(path: str) -> Any:
     """One icon as a ``SIZE`` px RGB image on white (``None`` when it cannot be read)."""
-    import io
-
     from PIL import Image
 
     try:
-        if path.endswith(".svg"):
-            data = subprocess.run(
-                ["rsvg-convert", "-w", str(SIZE), "-h", str(SIZE), "--keep-aspect-ratio", path],
-                capture_output=True,
-                check=True,
-                timeout=30,
-            ).stdout
-            source = Image.open(io.BytesIO(data))
-        else:
-            source = Image.open(path)
+        source = rasterize_svg(Path(path), SIZE) if path.endswith(".svg") else Image.open(path)
         image = source.convert("RGBA")
         image.thumbnail((SIZE, SIZE))
     except (OSError, subprocess.SubprocessError):
         return None
-    canvas = Image.new("RGBA", (SIZE, SIZE), (255, 255, 255, 255))
-    offset = ((SIZE - image.width) // 2, (SIZE - image.height) // 2)
-    canvas.alpha_composite(image, offset)
-    return canvas.convert("RGB")
+    return centred_on_white(image, SIZE)
 
 
 def encode_icons(cache: Path, encoder_name: str = "efficientnet-lite0") -> None:
@@ -159,20 +146,14 @@ def encode_icons(cache: Path, encoder_name: str = "efficientnet-lite0") -> None:
                 themes.append(theme)
                 images.append(image)
     print(f"icons: {len(cat)} names, {len(images)} drawings", file=sys.stderr, flush=True)
-    rows = [encoder.embed_images(images[i : i + 64]) for i in range(0, len(images), 64)]
-    np.save(cache / "icons_x.npy", np.concatenate(rows).astype(np.float32))
-    (cache / "icons.json").write_text(
-        json.dumps({"fingerprint": encoder.fingerprint, "labels": labels, "themes": themes})
-    )
+    save_encoded(cache, "icons", encoder, images, labels, ("themes", themes))
 
 
 def load_icons(cache: Path) -> tuple[np.ndarray, list[str], list[str], str]:
     """``(vectors, labels, themes, fingerprint)`` of the icons (encoded first if needed)."""
     if not (cache / "icons.json").exists():
         encode_icons(cache)
-    info = json.loads((cache / "icons.json").read_text())
-    x = np.load(cache / "icons_x.npy")
-    return x, info["labels"], info["themes"], info["fingerprint"]
+    return load_encoded(cache, "icons", "themes")
 
 
 if __name__ == "__main__":
