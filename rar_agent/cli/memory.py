@@ -336,13 +336,29 @@ def memory_remove(
     label: Annotated[str, typer.Argument(help="Category label to remove (all its entries).")],
 ) -> None:
     """Remove a category and all its entries."""
+    from rar_agent.errors import ConfigError
     from rar_agent.ingest.builders import BuildReport
     from rar_agent.memory import open_memory
 
     with open_memory(settings, create=False) as mem:
         removed = mem.remove_label(label)
+        if not removed:
+            raise ConfigError(_no_such_label(label, mem.labels()))
         _recalibrate(mem, BuildReport(), removed)
     typer.echo(f"removed {removed} entries of {label!r}")
+
+
+def _no_such_label(label: str, labels: "Mapping[str, int]") -> str:
+    """Why nothing was removed: the label is not in the memory, and the ones it may have meant."""
+    import difflib
+
+    by_lower = {name.lower(): name for name in labels}
+    close = difflib.get_close_matches(label.strip().lower(), list(by_lower), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(repr(by_lower[c]) for c in close)}?)" if close else ""
+    return (
+        f"no category {label!r} in this memory, so nothing was removed{hint}: "
+        "`rar-agent memory list` shows its labels"
+    )
 
 
 @app.command("list")
