@@ -345,10 +345,25 @@ def settings_from_options(**options: object) -> Settings:
     names = {"memory": "memory_path", "api_key": "qdrant_api_key"}
     update = {names.get(k, k): v for k, v in options.items() if v is not None}
     try:
-        return Settings(**update)  # type: ignore[arg-type]
+        settings = Settings(**update)  # type: ignore[arg-type]
     except ValidationError as e:
         problems = "; ".join(_setting_problem(err) for err in e.errors())
         raise ConfigError(f"invalid {problems}") from None
+    _check_gate(settings.gate)
+    return settings
+
+
+def _check_gate(spec: str | None) -> None:
+    """Refuse a ``--gate`` the ranking gate cannot read now, not after the encoder loaded."""
+    if spec is None:
+        return
+    from rar_agent.errors import ConfigError
+    from rar_agent.ranking.gate import parse_gate
+
+    try:
+        parse_gate(spec, calibrated=0.0)  # auto's margin is the memory's, checked when it opens
+    except ConfigError as e:
+        raise ConfigError(f"invalid --gate (RAR_GATE): {e}") from None
 
 
 def _setting_problem(err: ErrorDetails) -> str:

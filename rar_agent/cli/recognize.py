@@ -174,7 +174,8 @@ def _rejection_line(r: "RecognitionResult", ex: "Explanation") -> str:
         return "open-set check: off"
     verdict = "unknown: " + "; ".join(ex.why_unknown) if ex.why_unknown else "known"
     if rej.threshold is None:
-        return f"open-set check ({rej.mode}): {ex.check_note or 'no threshold'}; {verdict}"
+        why = f": {ex.check_note}" if ex.check_note else ""
+        return f"open-set check ({rej.mode}): {verdict} (no threshold{why})"
     promise = f", {ex.promise}" if ex.promise else ""
     return (
         f"open-set check ({rej.mode}{promise}): {verdict}; "

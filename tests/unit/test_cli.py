@@ -73,6 +73,11 @@ def test_build_list_stats_recognize_remove(env: Path) -> None:
     assert [c["label"] for c in record["candidates"]] == ["beta", "alpha"]
     assert record["ranking"]["status"] == "disabled"
 
+    code, out = _run("recognize", str(query), "--k", "2")
+    # the open-set line: the verdict first, then why no threshold judged it (it read "...; known")
+    assert code == 0, out
+    assert "open-set check (auto): known (no threshold: cannot calibrate: " in " ".join(out.split())
+
     code, out = _run("memory", "remove", "Betta")  # a typo removes nothing and says so
     assert code == 2 and "no category 'Betta'" in out and "did you mean 'beta'" in out, out
     code, out = _run("memory", "remove", "beta")
@@ -199,6 +204,13 @@ def test_console_script_finds_an_encoder_factory_in_the_working_directory(tmp_pa
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert record["label"] in {"cat", "coffee"}
+
+
+@pytest.mark.parametrize("gate", ["sure", "-1"])
+def test_a_bad_gate_is_refused_before_anything_loads(env: Path, gate: str) -> None:
+    """It was read only once the encoder had loaded (seconds), without naming the option."""
+    code, out = _run("recognize", "x.png", "--memory", str(env / "nowhere"), "--gate", gate)
+    assert code == 2 and "invalid --gate (RAR_GATE): " in out and "no category memory" not in out
 
 
 def test_reading_a_memory_that_does_not_exist_says_so(env: Path) -> None:
