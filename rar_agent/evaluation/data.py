@@ -205,32 +205,6 @@ def resolve_sets(
     Raises:
         ConfigError: The combination is incomplete or contradictory, or leaves no query.
     """
-    sets = _resolve_sets(
-        dataset, memory_set, test_set, shots, text_memory, limit, seed, workdir,
-        fashion_mnist_root,
-    )  # fmt: skip
-    if not sets.test_items:
-        given = test_set or dataset
-        raise ConfigError(
-            f"nothing to evaluate: {given} leaves no query image"
-            + (f" after --shots {shots} per class went to the memory" if shots else "")
-            + ": give fewer --shots, or a test set of its own (--memory-set DIR --test-set DIR)"
-        )
-    return sets
-
-
-def _resolve_sets(
-    dataset: str | None,
-    memory_set: str | None,
-    test_set: str | None,
-    shots: int | None,
-    text_memory: bool,
-    limit: int | None,
-    seed: int,
-    workdir: Path,
-    fashion_mnist_root: str | None,
-) -> EvalSets:
-    """:func:`resolve_sets`' choice of inputs, before the check that queries remain."""
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     if shots is not None and shots < 1:
@@ -289,6 +263,12 @@ def _shot_split_sets(dataset: str, shots: int | None, limit: int | None, seed: i
             "--text-memory for a class-name memory"
         )
     memory, test = split_shots(items, shots, seed)
+    if not test:
+        raise ConfigError(
+            f"nothing to evaluate: {dataset} leaves no query image after --shots {shots} per "
+            "class went to the memory: give fewer --shots, or a test set of its own "
+            "(--memory-set DIR --test-set DIR)"
+        )
     sets = EvalSets(memory_items=memory, test_items=limit_items(test, limit, seed))
     empty = sorted({lb for _, lb in memory} - {lb for _, lb in test})
     if empty:
