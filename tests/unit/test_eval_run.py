@@ -341,8 +341,12 @@ def test_cli_eval_prints_json_and_writes_the_report(
 def test_cli_eval_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     from rar_agent.cli import app
 
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "a" / "0.png")
     result = CliRunner().invoke(app, ["eval", "--dataset", str(tmp_path), "--no-progress"])
     assert result.exit_code == 2 and "needs --shots" in result.output
+    result = CliRunner().invoke(app, ["eval", "--dataset", str(tmp_path / "b"), "--shots", "1"])
+    assert result.exit_code == 2 and "b does not exist" in result.output
 
 
 def test_cli_eval_exits_130_after_writing_a_partial_report(
@@ -388,6 +392,6 @@ def test_auto_gate_without_a_recorded_margin_says_how_to_get_one(
     from rar_agent.pipeline import Recognizer
 
     memory = CategoryMemory.open(tmp_path / "fresh", collection="fresh")
-    with pytest.raises(ConfigError, match="evaluation harness"):
+    with pytest.raises(ConfigError, match="run `rar-agent eval --gate auto --memory DIR`"):
         Recognizer(memory, tiny_encoder, gate="auto")
     memory.close()
