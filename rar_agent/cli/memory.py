@@ -290,6 +290,7 @@ def _read_names(path: Path) -> list[str]:
 def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
     """What a build or add did, and what the memory now holds."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(soft_wrap=True)  # whole paths and lines, for reading and grepping
     console.print(
@@ -299,7 +300,7 @@ def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
         highlight=False,
     )
     for source, reason in report.failed[:20]:
-        console.print(f"  [yellow]skipped[/] {source}: {reason}", highlight=False)
+        console.print(f"  [yellow]skipped[/] {escape(f'{source}: {reason}')}", highlight=False)
     if len(report.failed) > 20:
         console.print(f"  [yellow]and {len(report.failed) - 20} more skipped[/]", highlight=False)
 
@@ -366,6 +367,7 @@ def _no_such_label(label: str, labels: "Mapping[str, int]") -> str:
 def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
     """List labels with their entry counts."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     with _open_shown_memory(settings) as mem:
@@ -375,7 +377,7 @@ def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
         return
     table = Table("label", "entries")
     for name, count in sorted(counts.items()):
-        table.add_row(name, str(count))
+        table.add_row(escape(name), str(count))
     Console().print(table)
 
 

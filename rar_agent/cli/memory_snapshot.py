@@ -99,6 +99,7 @@ def memory_restore(
             f"restored {header['entries']} entries into {settings.collection!r} at "
             f"{settings.qdrant_url} (Qdrant snapshot of {header['created_at']})",
             highlight=False,
+            markup=False,
         )
         return
     with open_memory(settings) as memory:
@@ -116,6 +117,7 @@ def _print(report: "SnapshotReport", what: str) -> None:
         f"{what} {report.path}: {report.entries} entries, {report.labels} labels, "
         f"{report.bytes:,} bytes in {report.seconds:.1f} s",
         highlight=False,
+        markup=False,
     )
 
 

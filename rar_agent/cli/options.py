@@ -448,14 +448,18 @@ def error_guard() -> Iterator[None]:
 
 
 def print_error(message: str) -> None:
-    """Print ``error: message`` on stderr."""
+    """Print ``error: message`` on stderr (the message as written: brackets are kept)."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False
+    )
 
 
 def print_note(message: str) -> None:
-    """Print a dim note on stderr (stdout stays clean for ``--json``)."""
+    """Print a dim note on stderr (stdout stays clean for ``--json``; brackets are kept)."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[dim]{message}[/]", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[dim]{escape(message)}[/]", highlight=False)

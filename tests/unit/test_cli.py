@@ -206,6 +206,18 @@ def test_console_script_finds_an_encoder_factory_in_the_working_directory(tmp_pa
     assert record["label"] in {"cat", "coffee"}
 
 
+def test_names_with_brackets_print_as_written(env: Path) -> None:
+    """Rich read `[edited]` in `cat [edited].jpg` as markup and printed `cat .jpg`."""
+    code, out = _run("memory", "build", "--from-folder", str(env / "imgs"), "--no-progress")
+    assert code == 0, out
+    photo = env / "beta [edited].png"
+    photo.write_bytes((env / "imgs" / "beta" / "1.png").read_bytes())
+    code, out = _run("recognize", str(photo), str(env / "gone [x].png"), "--k", "2")
+    flat = " ".join(out.split())
+    assert code == 1 and f"{photo}: beta" in flat, out
+    assert f"error: {env / 'gone [x].png'}: image file not found" in flat, out
+
+
 @pytest.mark.parametrize("gate", ["sure", "-1"])
 def test_a_bad_gate_is_refused_before_anything_loads(env: Path, gate: str) -> None:
     """It was read only once the encoder had loaded (seconds), without naming the option."""
