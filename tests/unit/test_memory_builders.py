@@ -383,3 +383,71 @@ def test_builds_share_the_cpus_with_torch(monkeypatch: pytest.MonkeyPatch, tiny_
             assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_cpu_build_runs_one_forward_pass_per_cpu_side_by_side(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, tmp_path: Path, tiny_encoder
+) -> None:
+    """Beside a CPU torch encoder a build runs a pass per CPU at once, each on one torch
+    thread, and stores, in order, the vectors that one whole-batch call on one thread gives."""
+    import threading
+
+    import torch
+
+    from rar_agent.encoders import torch_base
+
+    for var in ("RAR_TORCH_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch_base, "usable_cpus", lambda: 3)
+    items = iter_image_folder(folder)
+    seen: list[tuple[str, int, int]] = []
+    inner = tiny_encoder.embed_images
+
+    def recording(images):  # noqa: ANN001, ANN202 - the encoder protocol
+        seen.append((threading.current_thread().name, torch.get_num_threads(), len(images)))
+        return inner(images)
+
+    monkeypatch.setattr(tiny_encoder, "embed_images", recording)
+    before = torch.get_num_threads()
+    with CategoryMemory.open(tmp_path / "parallel") as memory:
+        report = add_images(memory, tiny_encoder, items, batch_size=8)
+        assert report.added == len(items) and torch.get_num_threads() == before
+        assert all(name.startswith("rar-encode") and threads == 1 for name, threads, _ in seen)
+        assert [n for _, _, n in seen] == [4, 4, 3]  # forward passes of 4 on a CPU, per batch
+        monkeypatch.undo()
+        torch.set_num_threads(1)
+        try:
+            whole = tiny_encoder.embed_images([Image.open(p).convert("RGB") for p, _ in items])
+        finally:
+            torch.set_num_threads(before)
+        for vector, (path, label) in zip(whole, items, strict=True):
+            [hit] = memory.search(vector, limit=1)
+            assert (hit.label, hit.source, hit.score) == (label, path, pytest.approx(1.0))
+
+
+def test_parallel_passes_only_where_torch_threads_are_ours(
+    monkeypatch: pytest.MonkeyPatch, tiny_encoder
+) -> None:
+    """A pass per CPU, torch on one thread for the while, only beside a CPU torch encoder
+    whose thread count the user left alone; else one pass and torch untouched."""
+    import torch
+
+    from rar_agent.encoders import torch_base
+    from rar_agent.encoders.torch_base import parallel_passes
+
+    for var in ("RAR_TORCH_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch_base, "usable_cpus", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        with parallel_passes(tiny_encoder) as passes:
+            assert (passes, torch.get_num_threads()) == (4, 1)
+        assert torch.get_num_threads() == 4
+        with parallel_passes(_PassRecorder()) as passes:  # not a torch encoder
+            assert (passes, torch.get_num_threads()) == (1, 4)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
+        with parallel_passes(tiny_encoder) as passes:
+            assert (passes, torch.get_num_threads()) == (1, 4)
+    finally:
+        torch.set_num_threads(before)
