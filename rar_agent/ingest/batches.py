@@ -87,11 +87,12 @@ def decode_workers(encoder: object) -> int:
     """Decode threads for a build: a quarter of the CPUs beside a CPU encoder (at least
     one), up to 8 beside a GPU one.
 
-    Beside a CPU encoder torch gives these threads their CPUs for the build
-    (:func:`rar_agent.encoders.torch_base.sharing_cpus`): a 12 MP JPEG decodes to need in
-    about a third of the time EfficientNet-Lite0 takes to encode it on one CPU, and heavier
-    encoders need still less decoding beside them. A GPU encoder leaves the CPUs to
-    decoding.
+    Beside a CPU torch encoder these threads share the CPUs with the build's forward passes,
+    one per CPU on one torch thread each
+    (:func:`rar_agent.encoders.torch_base.parallel_passes`), which no thread spins waiting
+    for: a 12 MP JPEG decodes to need in about a third of the time EfficientNet-Lite0 takes
+    to encode it on one CPU, and heavier encoders need still less decoding beside them. A
+    GPU encoder leaves the CPUs to decoding.
     """
     from rar_agent.encoders.torch_base import usable_cpus
 
