@@ -68,8 +68,7 @@ def worker(tree: str, paths: list[str], small: int, encoder_name: str) -> dict[s
         out[key] = [time.perf_counter() - start, time.process_time() - cpu]
     out["raw_parallel"] = _raw_parallel(encoder, decoded)
     torch.set_num_threads(out["threads"])
-    if _keeps_freed_memory():  # as the tree's own `memory build` sets the process
-        keep_freed_memory()
+    _as_memory_build()
     items = [(p, Path(p).stem.split("-")[0]) for p in paths]
     for name, part in (("small", items[:small]), ("large", items)):
         with tempfile.TemporaryDirectory(prefix="rar-build-") as tmp:
@@ -108,13 +107,18 @@ def _raw_parallel(encoder: Any, decoded: list[Any]) -> list[float]:
         return [time.perf_counter() - start, time.process_time() - cpu]
 
 
-def _keeps_freed_memory() -> bool:
-    """Whether the imported tree's ``memory build`` keeps freed memory in the heap."""
+def _as_memory_build() -> None:
+    """Set the process up as the imported tree's ``memory build`` does before it builds
+    (freed memory kept in the heap, one BLAS thread: whichever of them it calls)."""
     import inspect
 
     from rar_agent.cli import memory
+    from rar_agent.encoders import torch_base
 
-    return "keep_freed_memory()" in inspect.getsource(memory._build)
+    source = inspect.getsource(memory._build)
+    for setting in ("keep_freed_memory", "one_blas_thread"):
+        if f"{setting}()" in source:
+            getattr(torch_base, setting)()
 
 
 def _export(rev: str, into: Path) -> str:
