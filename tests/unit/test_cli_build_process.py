@@ -31,8 +31,16 @@ def test_memory_build_keeps_freed_memory_and_one_blas_thread(
             pixels = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / "imgs" / label / f"{i}.png")
     calls: list[str] = []
+
+    def recorder(name: str):  # noqa: ANN202 - a stand-in for a torch_base setting
+        def setting() -> bool:
+            calls.append(name)
+            return True
+
+        return setting
+
     for name in ("keep_freed_memory", "one_blas_thread"):
-        monkeypatch.setattr(torch_base, name, lambda name=name: calls.append(name) or True)
+        monkeypatch.setattr(torch_base, name, recorder(name))
     add_images = builders.add_images
 
     def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
