@@ -187,7 +187,8 @@ def add_images(
     """Add one image entry per ``(source, label)`` item.
 
     Each batch is read, hashed (SHA-256 of the file bytes), checked against the stored ids
-    and decoded in a background thread while the previous batch is encoded and written.
+    and decoded in a background thread while the previous batch is encoded and written; a
+    new memory is created while the first batch is read and decoded.
 
     Args:
         memory: The memory to fill (bound to ``encoder`` here).
@@ -214,11 +215,9 @@ def add_images(
     todo: list[BatchItem] = [
         (str(item[0]), item[1], item[2] if len(item) == 3 else None) for item in items
     ]
-    bind_memory(memory, encoder, expected_entries=len(todo))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
-    with memory.bulk_load(len(todo)):
-        _pipelined(memory, encoder, batches, report, (strict, extra or {}), progress)
+    _pipelined(memory, encoder, batches, report, (strict, extra or {}), progress)
     finish_build(memory, report, start)
     return report
 
@@ -231,8 +230,11 @@ def _pipelined(
     options: tuple[bool, Mapping[str, Any]],
     progress: Progress | None,
 ) -> None:
-    """Encode and write each batch while the next one is read and decoded in threads.
+    """Bind the memory, then encode and write each batch while the next one is read and
+    decoded in threads.
 
+    A new memory is created (100-150 ms, most of it waiting for its files to sync) while the
+    first batch is read and decoded: nothing is stored in it yet, so no decode is in vain.
     The encoder takes a batch's images a forward pass at a time as they are decoded, so
     it starts after a few images, not after a whole batch; beside a CPU torch encoder the
     passes run side by side, one per CPU (:func:`~rar_agent.encoders.torch_base.parallel_passes`).
@@ -251,7 +253,9 @@ def _pipelined(
         ThreadPoolExecutor(passes, thread_name_prefix="rar-encode") as encoders,
     ):
 
-        def submit(index: int, after: Sequence[Future[Any]] = ()) -> Future[PreparedBatch]:
+        def submit(
+            index: int, after: Sequence[Future[Any]] = (), bound: Future[None] | None = None
+        ) -> Future[PreparedBatch]:
             return pool.submit(
                 prepare_batch,
                 memory,
@@ -262,18 +266,42 @@ def _pipelined(
                 need=need,
                 decoders=decoders,
                 after=after,
+                bound=bound,
             )
 
+        bound: Future[None] | None = Future() if memory.info.fingerprint is None else None
+        pending = submit(0, bound=bound) if batches else None
+        _bind(memory, encoder, total, bound, decoders)
         embed = _Embedder(encoder, encoders if passes > 1 else None)
-        pending = submit(0) if batches else None
-        for index in range(len(batches)):
-            assert pending is not None
-            prepared = pending.result()
-            if index + 1 < len(batches):  # read and hashed while this batch is encoded
-                pending = submit(index + 1, prepared.decoding)
-            _write(memory, embed, prepared, report, strict)
-            if progress:
-                progress(report.total, total)
+        with memory.bulk_load(total):
+            for index in range(len(batches)):
+                assert pending is not None
+                prepared = pending.result()
+                if index + 1 < len(batches):  # read and hashed while this batch is encoded
+                    pending = submit(index + 1, prepared.decoding)
+                _write(memory, embed, prepared, report, strict)
+                if progress:
+                    progress(report.total, total)
+
+
+def _bind(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    total: int,
+    bound: Future[None] | None,
+    decoders: ThreadPoolExecutor,
+) -> None:
+    """Bind ``encoder`` to ``memory`` (creating it when new) and say so through ``bound``;
+    when that fails, the decodes not yet started are dropped and the error raised."""
+    try:
+        bind_memory(memory, encoder, expected_entries=total)
+    except BaseException as e:
+        decoders.shutdown(wait=False, cancel_futures=True)
+        if bound is not None:
+            bound.set_exception(e)
+        raise
+    if bound is not None:
+        bound.set_result(None)
 
 
 @dataclass

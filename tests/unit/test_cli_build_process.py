@@ -43,8 +43,11 @@ def test_memory_build_keeps_freed_memory_and_one_blas_thread(
         monkeypatch.setattr(torch_base, name, recorder(name))
     add_images = builders.add_images
 
+    new: list[bool] = []
+
     def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls.append("add_images")
+        new.append(args[0].info.fingerprint is None)  # the builder creates the memory
         return add_images(*args, **kwargs)
 
     monkeypatch.setattr(builders, "add_images", recording)
@@ -54,4 +57,16 @@ def test_memory_build_keeps_freed_memory_and_one_blas_thread(
     assert done.exit_code == 0, done.output
     assert "added 4" in done.output
     assert sorted(calls[:2]) == ["keep_freed_memory", "one_blas_thread"]
-    assert calls[2:] == ["add_images"]
+    assert calls[2:] == ["add_images"] and new == [True]
+    # with a description, the memory is created (and the description recorded) first
+    done = CliRunner().invoke(app, ["memory", "build", "--from-folder", str(tmp_path / "imgs"),
+                                    "--description", "two letters", "--no-progress",
+                                    "--collection", "described"])  # fmt: skip
+    assert done.exit_code == 0 and "added 4" in done.output, done.output
+    assert new == [True, False]
+    from rar_agent.memory import CategoryMemory
+
+    with CategoryMemory.open(
+        tmp_path / "home" / "memories" / "described", collection="described"
+    ) as memory:
+        assert memory.info.description == "two letters"

@@ -451,3 +451,75 @@ def test_parallel_passes_only_where_torch_threads_are_ours(
             assert (passes, torch.get_num_threads()) == (1, 4)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_new_memory_is_created_while_the_first_batch_decodes(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, tmp_path: Path
+) -> None:
+    """Creating a new memory overlaps the first batch's decoding: a decode finishes while
+    the encoder is still being bound, and the build stores every image after."""
+    import threading
+
+    from rar_agent.ingest import batches, builders
+
+    decoded = threading.Event()
+    decode, bind = batches._decode_job, builders.bind_memory
+
+    def decode_job(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        job = decode(*args, **kwargs)
+        return lambda: (job(), decoded.set())[0]
+
+    overlapped: list[bool] = []
+
+    def binding(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        wait = 0.5 if overlapped else 30  # never set without the overlap
+        overlapped.append(decoded.wait(timeout=wait))
+        bind(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "_decode_job", decode_job)
+    monkeypatch.setattr(builders, "bind_memory", binding)
+    items = iter_image_folder(folder)
+    with CategoryMemory.open(tmp_path / "new") as memory:
+        report = add_images(memory, _PassRecorder(), items, batch_size=4)
+        assert overlapped == [True] and report.added == len(items) == memory.count()
+        decoded.clear()
+        again = add_images(memory, _PassRecorder(), items, batch_size=4)  # not new: bound first
+        assert overlapped == [True, False] and again.skipped_existing == len(items)
+
+
+def test_a_failed_binding_of_a_new_memory_stops_the_build(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, tmp_path: Path
+) -> None:
+    """When a new memory cannot be bound, the build raises that error and writes nothing."""
+    from rar_agent.errors import EncoderMismatchError
+    from rar_agent.ingest import builders
+
+    def refusing(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise EncoderMismatchError("another encoder")
+
+    monkeypatch.setattr(builders, "bind_memory", refusing)
+    with CategoryMemory.open(tmp_path / "refused") as memory:
+        with pytest.raises(EncoderMismatchError, match="another encoder"):
+            add_images(memory, _PassRecorder(), iter_image_folder(folder), batch_size=4)
+        assert memory.info.fingerprint is None
+
+
+def test_an_entry_found_stored_once_the_memory_exists_is_skipped(
+    folder: Path, memory: CategoryMemory
+) -> None:
+    """The first batch's ids are taken and decoded before the memory exists; those found
+    stored once it does are skipped, a repeat within the batch too."""
+    from concurrent.futures import Future
+
+    from rar_agent.ingest.batches import prepare_batch
+
+    encoder = _PassRecorder()
+    items = iter_image_folder(folder)[:3]
+    add_images(memory, encoder, items[:1])
+    bound: Future[None] = Future()
+    bound.set_result(None)
+    batch = [(path, label, None) for path, label in [*items, items[1]]]
+    prepared = prepare_batch(memory, batch, set(), False, {}, bound=bound)
+    assert [e.source for e in prepared.entries] == [p for p, _ in items[1:]]
+    assert prepared.skipped == 2 and len(prepared.decoding) == 2
+    assert [entry.source for entry, _ in prepared.decoded(strict=True)] == [p for p, _ in items[1:]]
