@@ -56,7 +56,8 @@ class _Vectors:
         self.fingerprint, self.dim = fingerprint, dim
 
 
-def _pick(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+def pick_rows(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` seeded indices of each of the 10 classes in ``labels`` (the pool drawn)."""
     rng = np.random.default_rng(seed)
     return np.concatenate(
         [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)]
@@ -81,7 +82,7 @@ def load_vectors(cache: Path, pool: int, test: int) -> dict[str, Any]:
     out = {"fingerprint": encoder.fingerprint}
     for split, per_class, seed in (("test", test, 1), ("train", pool, 0)):
         images, labels = load_fashion_mnist(split)  # type: ignore[arg-type]
-        idx = _pick(labels, per_class, seed)
+        idx = pick_rows(labels, per_class, seed)
         rows = []
         for start in range(0, len(idx), 64):
             batch = [Image.fromarray(a).convert("RGB") for a in images[idx[start : start + 64]]]
