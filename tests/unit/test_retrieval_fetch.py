@@ -158,3 +158,17 @@ def test_kept_rows_are_bounded_and_only_for_entries_with_a_content_hash() -> Non
     anonymous = hit(9, None)
     assert kept.put(anonymous, [1.0, 0.0]).tolist() == [1.0, 0.0]
     assert kept.get(anonymous) is None and len(kept) == 2
+
+
+def test_stored_vectors_become_the_same_unit_rows(memory: CategoryMemory) -> None:
+    """The fetched lists of floats become exactly the rows numpy reads from them (then
+    normalised), in the hits' order; a hit whose vector was not fetched gets zeros."""
+    from rar_agent.retrieval import _rows
+
+    hits = memory.search(QUERY, kind="image", limit=10)
+    stored = memory.get_vectors([h.id for h in hits[1:]], kind="image")
+    rows = _rows(hits, stored, 4)
+    expected = np.array([stored[h.id] for h in hits[1:]], dtype=np.float32)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert rows.dtype == np.float32 and rows.shape == (len(hits), 4)
+    assert np.array_equal(rows[1:], expected) and not rows[0].any()
