@@ -436,7 +436,10 @@ def iter_manifest(path: str | Path) -> list[tuple[str, str]]:
     try:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read manifest {file}: {e}") from e
+        raise ConfigError(
+            f"cannot read manifest {file} ({e}): a manifest is a UTF-8 CSV or JSONL file of "
+            "path,label rows; for images in DIR/<label>/*.jpg give the folder DIR instead"
+        ) from e
     jsonl = file.suffix.lower() in {".jsonl", ".ndjson"} or (
         file.suffix.lower() != ".csv" and text.lstrip().startswith("{")
     )
