@@ -238,10 +238,16 @@ async def test_chain_async_and_batch(ranker: LocalVisionChatModel, photo: Image.
 def test_timeout_on_a_slow_local_model_is_a_fallback(
     tiny_vlm_spec: str, photo: Image.Image
 ) -> None:
-    # max_time_s bounds the abandoned generation, which keeps the model's lock meanwhile.
+    # The tiny random model may end its reply within milliseconds, and a loaded machine can
+    # wake the waiting thread after that, so the generation is made slow for certain: the
+    # test holds the model's own lock, which the generation waits for, until the chain has
+    # given up. max_time_s bounds the abandoned generation once the lock is released.
     slow = load_ranker(tiny_vlm_spec, max_new_tokens=1000, max_time_s=0.5)
+    assert isinstance(slow, LocalVisionChatModel)
     chain = RankingChain(slow, timeout_s=0.01, max_retries=0, image_max_side=64)
-    out = chain.invoke(RankingInput(image=photo, candidates=CANDS))
+    lock = slow._loaded().lock
+    with lock:
+        out = chain.invoke(RankingInput(image=photo, candidates=CANDS))
     assert out.status == "fallback" and "timed out" in (out.reason or "")
 
 
