@@ -617,8 +617,8 @@ def build_chat_page(
     def describe() -> str:
         return _page_description(recognizer, model, can_learn=can_learn)
 
-    with gr.Blocks(
-        title=title, analytics_enabled=False, fill_height=True, fill_width=True, css=PAGE_CSS
+    with gr.Blocks(  # its CSS goes to launch(): Gradio 6 warns on Blocks(css=)
+        title=title, analytics_enabled=False, fill_height=True, fill_width=True
     ) as page:
         conversation = gr.State(None)
         gr.Markdown(f"<h1 style='text-align: center; margin-bottom: 1rem'>{title}</h1>")

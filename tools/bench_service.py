@@ -200,13 +200,37 @@ def cpu_seconds(pid: int | str | None = None) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+#: The server's threads by their OS name's start (``rar_agent.encoders.batching.name_os_thread``):
+#: its request threads, the encoder's workers, qdrant-edge's search pool.
+THREAD_KINDS = {"rar-request": "requests", "rar-encoder": "encoder", "edge-search": "search"}
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of a process's live threads, summed per kind of
+    :data:`THREAD_KINDS` (Linux ``/proc``; empty elsewhere); the rest under ``"other"``."""
+    out = dict.fromkeys([*THREAD_KINDS.values(), "other"], 0.0)
+    tasks = Path(f"/proc/{pid}/task")
+    for task in tasks.iterdir() if tasks.is_dir() else ():
+        try:
+            name = (task / "comm").read_text().strip()
+            user, system = cpu_seconds(f"{pid}/task/{task.name}")
+        except OSError:  # the thread ended meanwhile
+            continue
+        if task.name == str(pid):
+            continue  # the event loop, counted on its own
+        kind = next((k for prefix, k in THREAD_KINDS.items() if name.startswith(prefix)), "other")
+        out[kind] += user + system
+    return out
+
+
 class CpuMeter:
-    """CPU time of the server, of its event loop thread, and of the clients (this process)
-    across one phase."""
+    """CPU time of the server, of its event loop thread, of its other threads by kind, and
+    of the clients (this process) across one phase."""
 
     def __init__(self, server_pid: int) -> None:
         self.pid = server_pid
         self.start = self._now()
+        self.threads = thread_cpu(server_pid)
         self.wall = time.perf_counter()
 
     def _now(self) -> tuple[float, ...]:
@@ -215,12 +239,19 @@ class CpuMeter:
 
     def per_call(self, calls: int) -> dict[str, float]:
         """Milliseconds of CPU per call since the start: server user/sys, its event loop
-        (user+sys), clients (user+sys); and ``cores``: the CPUs that server and clients kept
-        busy on average (2 = both cores of a 2-core machine)."""
+        (user+sys), its other threads by kind (``threads_requests``, ``threads_encoder``,
+        ``threads_search``, ``threads_other``; threads that ended meanwhile are missing),
+        clients (user+sys); and ``cores``: the CPUs that server and clients kept busy on
+        average (2 = both cores of a 2-core machine)."""
         now = self._now()
         used = [(b - a) * 1000 / max(calls, 1) for a, b in zip(self.start, now, strict=True)]
         total = used[0] + used[1] + used[4] + used[5]
+        threads = thread_cpu(self.pid)
         return {
+            **{
+                f"threads_{kind}": (threads[kind] - self.threads[kind]) * 1000 / max(calls, 1)
+                for kind in threads
+            },
             "server_user": used[0],
             "server_sys": used[1],
             "event_loop": used[2] + used[3],
@@ -371,6 +402,11 @@ def main() -> None:
             f"CPU per call {phase + ':':<6}   server {c['server_user']:.1f} ms user + "
             f"{c['server_sys']:.1f} ms sys (event loop {c['event_loop']:.1f}), clients "
             f"{c['clients']:.1f} ms; {c['cores']:.2f} cores busy"
+        )
+        print(
+            f"  server threads:   requests {c['threads_requests']:.1f}, encoder "
+            f"{c['threads_encoder']:.1f}, search pool {c['threads_search']:.1f}, other "
+            f"{c['threads_other']:.1f} ms per call"
         )
     f = r["fairness"]
     print(

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from rar_agent.cli.options import JsonOpt, error_guard
+from rar_agent.cli.options import JsonOpt, error_guard, print_note
 
 __all__ = ["app", "datasets_export"]
 
@@ -58,6 +58,8 @@ def datasets_export(
             raise ConfigError(f"unknown dataset {name!r}: choose from {', '.join(NAMES)}")
         if split not in ("train", "test"):
             raise ConfigError(f"--split must be train or test, not {split!r}")
+        if per_class < 1:
+            raise ConfigError(f"--per-class must be >= 1 image per class, got {per_class}")
         which: Split = "train" if split == "train" else "test"
         wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         written = export_imagefolder(out, which, per_class, seed, root=root, classes=wanted)
@@ -69,3 +71,15 @@ def datasets_export(
                 f"wrote {len(written)} images of {len(counts)} classes ({split} split, "
                 f"{per_class} per class, seed {seed}) to {out}"
             )
+        _say_if_mixed(out, len(written), per_class)
+
+
+def _say_if_mixed(out: Path, written: int, per_class: int) -> None:
+    """Warn when ``out`` held other images: a build from it would not see the sample asked."""
+    held = sum(1 for path in out.glob("*/*") if path.is_file())
+    if held > written:
+        print_note(
+            f"{out} already held {held - written} other images, so it now holds {held}, not "
+            f"{per_class} per class: export into an empty folder (or remove it first) for "
+            "exactly this sample"
+        )

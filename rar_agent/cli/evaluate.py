@@ -190,7 +190,7 @@ def evaluate(
             sys.stdout.write(report.model_dump_json(indent=2) + "\n")
         else:
             Console().print(summary_table(report))
-            Console().print(f"report: {files['markdown']}", highlight=False)
+            Console().print(f"report: {files['markdown']}", highlight=False, markup=False)
     if report.interrupted:
         Console(stderr=True).print(
             f"[yellow]interrupted:[/] partial report written to {out}", highlight=False
@@ -235,4 +235,5 @@ def _stream(
         f"online top-1 {report.online_top1:.3f}; taught {report.taught} of {report.steps}; "
         f"report: {files['markdown']}",
         highlight=False,
+        markup=False,
     )

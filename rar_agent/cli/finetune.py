@@ -120,6 +120,7 @@ def _print_summary(summary: "FinetuneSummary", out: Path, as_json: bool) -> None
     import sys
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     if as_json:
@@ -128,7 +129,8 @@ def _print_summary(summary: "FinetuneSummary", out: Path, as_json: bool) -> None
     console = Console()
     table = Table("class", "conversations", "true label not retrieved", title="per class")
     for label in sorted(set(summary.per_class) | set(summary.missed_per_class)):
-        table.add_row(label, str(summary.per_class[label]), str(summary.missed_per_class[label]))
+        counts = (str(summary.per_class[label]), str(summary.missed_per_class[label]))
+        table.add_row(escape(label), *counts)
     console.print(table)
     console.print(
         f"wrote {summary.conversations} conversations to {out} from {summary.images} images "
@@ -136,9 +138,10 @@ def _print_summary(summary: "FinetuneSummary", out: Path, as_json: bool) -> None
         f"true label not in the top-N {summary.not_retrieved}, duplicates skipped "
         f"{summary.duplicates}, capped {summary.capped}, failed {len(summary.failed)}",
         highlight=False,
+        markup=False,
     )
     for source, reason in summary.failed[:20]:
-        console.print(f"  [yellow]skipped[/] {source}: {reason}", highlight=False)
+        console.print(f"  [yellow]skipped[/] {escape(f'{source}: {reason}')}", highlight=False)
     if summary.conversations == 0:
         print_error(
             "no conversations: is the memory built from these labels, and is --top-n large enough?"

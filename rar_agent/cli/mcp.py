@@ -157,9 +157,12 @@ def mcp(
     batch_images: BatchImagesOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Serve recognize_image, search_categories and list_categories over MCP (stdio, or
-    --http); --allow-learning adds add_category_example and opens the memory for writing,
-    which is read-only otherwise.
+    """Serve the recognition tools to MCP clients over stdio (or --http): recognize, teach.
+
+    recognize_image, list_categories and list_unknown_groups; search_categories with a CLIP
+    encoder; recognize_images (a folder's photos) with --allow-root; with --allow-learning
+    the teaching tools add_category_example, relabel_example, teaching_history and
+    undo_teaching, and the memory opens for writing (it is read-only otherwise).
 
     Over HTTP, the tokens of the auth file (rar-agent auth add) are required whenever it
     names any, and always off loopback; each token sees the tools its scopes grant.

@@ -116,4 +116,5 @@ def _copy(
         f"{report.seconds:.1f} s: {where}; counts verified ({report.entries} entries, "
         f"{len(target.labels())} labels); storage: {target.storage.describe()}",
         highlight=False,
+        markup=False,
     )

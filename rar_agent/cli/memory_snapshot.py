@@ -40,12 +40,13 @@ def memory_snapshot(
     token: TokenOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Write a consistent snapshot of the memory (--memory / --collection, or the server
-    collection at --qdrant-url, through Qdrant's snapshot API) to OUT.
+    """Write a consistent snapshot of the memory to OUT: every entry and its record.
 
-    Every entry and the memory's record (encoder, storage, calibration) go in one file;
-    killing the command leaves the memory and an earlier OUT intact. While a rar-agent
-    server holds an embedded memory, ask it with --server URL --token TOKEN.
+    The memory is --memory / --collection, or the server collection at --qdrant-url (through
+    Qdrant's snapshot API). Every entry and the memory's record (encoder, storage,
+    calibration) go in one file; killing the command leaves the memory and an earlier OUT
+    intact. While a rar-agent server holds an embedded memory, ask it with --server URL
+    --token TOKEN.
     """
     from rar_agent.errors import MemoryBusyError
     from rar_agent.memory import open_memory
@@ -81,8 +82,10 @@ def memory_restore(
     snapshot: Annotated[Path, typer.Argument(help="A file from rar-agent memory snapshot.")],
     progress: ProgressOpt = True,
 ) -> None:
-    """Restore a snapshot into an empty memory (--memory / --collection, or --qdrant-url
-    for a Qdrant snapshot); counts per kind and label are verified."""
+    """Restore a snapshot into an empty memory; counts per kind and label are verified.
+
+    The memory is --memory / --collection, or the server collection at --qdrant-url for a
+    Qdrant snapshot."""
     from rich.console import Console
 
     from rar_agent.memory import open_memory
@@ -96,6 +99,7 @@ def memory_restore(
             f"restored {header['entries']} entries into {settings.collection!r} at "
             f"{settings.qdrant_url} (Qdrant snapshot of {header['created_at']})",
             highlight=False,
+            markup=False,
         )
         return
     with open_memory(settings) as memory:
@@ -113,6 +117,7 @@ def _print(report: "SnapshotReport", what: str) -> None:
         f"{what} {report.path}: {report.entries} entries, {report.labels} labels, "
         f"{report.bytes:,} bytes in {report.seconds:.1f} s",
         highlight=False,
+        markup=False,
     )
 
 

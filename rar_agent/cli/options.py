@@ -345,10 +345,25 @@ def settings_from_options(**options: object) -> Settings:
     names = {"memory": "memory_path", "api_key": "qdrant_api_key"}
     update = {names.get(k, k): v for k, v in options.items() if v is not None}
     try:
-        return Settings(**update)  # type: ignore[arg-type]
+        settings = Settings(**update)  # type: ignore[arg-type]
     except ValidationError as e:
         problems = "; ".join(_setting_problem(err) for err in e.errors())
         raise ConfigError(f"invalid {problems}") from None
+    _check_gate(settings.gate)
+    return settings
+
+
+def _check_gate(spec: str | None) -> None:
+    """Refuse a ``--gate`` the ranking gate cannot read now, not after the encoder loaded."""
+    if spec is None:
+        return
+    from rar_agent.errors import ConfigError
+    from rar_agent.ranking.gate import parse_gate
+
+    try:
+        parse_gate(spec, calibrated=0.0)  # auto's margin is the memory's, checked when it opens
+    except ConfigError as e:
+        raise ConfigError(f"invalid --gate (RAR_GATE): {e}") from None
 
 
 def _setting_problem(err: ErrorDetails) -> str:
@@ -433,14 +448,18 @@ def error_guard() -> Iterator[None]:
 
 
 def print_error(message: str) -> None:
-    """Print ``error: message`` on stderr."""
+    """Print ``error: message`` on stderr (the message as written: brackets are kept)."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False
+    )
 
 
 def print_note(message: str) -> None:
-    """Print a dim note on stderr (stdout stays clean for ``--json``)."""
+    """Print a dim note on stderr (stdout stays clean for ``--json``; brackets are kept)."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[dim]{message}[/]", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[dim]{escape(message)}[/]", highlight=False)

@@ -137,6 +137,7 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
             sys.stdout.write(r.model_dump_json() + "\n")
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from rar_agent.pipeline import explanation_of
@@ -147,24 +148,26 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
             where = r.image if r.box_id is None else f"{r.image} box {r.box_id}"
             print_error(f"{where}: {r.error}")
             continue
-        ex = explanation_of(r)
-        where = r.image if r.box_id is None else f"{r.image} box {r.box_id} {r.box}"
+        ex = explanation_of(r)  # names, labels and paths are data, not rich markup: escaped
+        where = escape(f"{r.image}" if r.box_id is None else f"{r.image} box {r.box_id} {r.box}")
         answer = (
             "[bold yellow]unknown[/] (closest below)"
             if ex.unknown
-            else f"[bold green]{ex.answer}[/]"
+            else f"[bold green]{escape(str(ex.answer))}[/]"
         )
-        table = Table(title=f"{where}: {answer}", title_justify="left")
+        console.print(f"{where}: {answer}", highlight=False, soft_wrap=True)  # whole paths
+        table = Table()
         table.add_column("#", justify="right")
         table.add_column("label")
         table.add_column("score", justify="right")
         table.add_column("retrieval rank", justify="right")
         for i, c in enumerate(r.candidates, 1):
-            table.add_row(str(i), c.label, f"{c.score:.4f}", str(c.retrieval_rank))
+            table.add_row(str(i), escape(c.label), f"{c.score:.4f}", str(c.retrieval_rank))
         console.print(table)
         timings = ", ".join(f"{k} {v:.1f} ms" for k, v in r.timings_ms.items())
-        console.print(f"ranking: {r.ranking.status} ({ex.how}); {timings}", highlight=False)
-        console.print(_rejection_line(r, ex), highlight=False)
+        ranking = f"ranking: {r.ranking.status} ({ex.how}); {timings}"
+        console.print(ranking, highlight=False, markup=False)
+        console.print(_rejection_line(r, ex), highlight=False, markup=False)
 
 
 def _rejection_line(r: "RecognitionResult", ex: "Explanation") -> str:
@@ -174,7 +177,8 @@ def _rejection_line(r: "RecognitionResult", ex: "Explanation") -> str:
         return "open-set check: off"
     verdict = "unknown: " + "; ".join(ex.why_unknown) if ex.why_unknown else "known"
     if rej.threshold is None:
-        return f"open-set check ({rej.mode}): {ex.check_note or 'no threshold'}; {verdict}"
+        why = f": {ex.check_note}" if ex.check_note else ""
+        return f"open-set check ({rej.mode}): {verdict} (no threshold{why})"
     promise = f", {ex.promise}" if ex.promise else ""
     return (
         f"open-set check ({rej.mode}{promise}): {verdict}; "

@@ -45,6 +45,7 @@ def teach_images(
     The memory is recorded as the one ``command`` used last (``memory list`` shows it).
     """
     from rar_agent.cli.recent import remember_memory
+    from rar_agent.errors import ImageError
     from rar_agent.memory import open_memory
     from rar_agent.pipeline.teacher import Teacher
     from rar_agent.results import TeachAction
@@ -54,7 +55,15 @@ def teach_images(
         enc = load_settings_encoder(settings, mem)
         teacher = Teacher(mem, enc, via="cli", by=by)
         action: TeachAction = "correct" if corrects else "add"
-        for result in teacher.add(label, list(images), action=action, corrected_from=corrects):
+        try:
+            added = teacher.add(label, list(images), action=action, corrected_from=corrects)
+        except ImageError as e:  # the teacher checks every image before it writes any
+            none = f" (none of the {len(images)} images)" if len(images) > 1 else ""
+            raise ImageError(
+                f"{e}; nothing was taught{none}: leave that image out or replace it, and run "
+                "the command again"
+            ) from None
+        for result in added:
             typer.echo(describe_added(result))
         remember_memory(settings, mem, command)
 

@@ -27,6 +27,7 @@ __all__ = [
     "TorchEncoderBase",
     "configure_cpu_threads",
     "keep_freed_memory",
+    "parallel_passes",
     "placement",
     "resolve_device",
     "resolve_precision",
@@ -129,9 +130,7 @@ def sharing_cpus(encoder: object, busy: int) -> Iterator[None]:
     (``RAR_TORCH_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``); the count never
     grows, and comes back when the last sharer leaves.
     """
-    device = str(getattr(encoder, "device", "")).split(":")[0]
-    chosen = any(os.environ.get(v) for v in _THREAD_ENV_VARS)
-    if not isinstance(encoder, TorchEncoderBase) or device != "cpu" or chosen:
+    if not _threads_ours(encoder):
         yield
         return
     import torch
@@ -153,6 +152,35 @@ def sharing_cpus(encoder: object, busy: int) -> Iterator[None]:
                 apply()
             else:
                 torch.set_num_threads(_BEFORE.pop())
+
+
+@contextmanager
+def parallel_passes(encoder: object) -> Iterator[int]:
+    """How many forward passes a build runs at once: beside a CPU torch encoder whose threads
+    are left to us, one per usable CPU, each on one torch thread (torch's count is one for
+    the while, through :func:`sharing_cpus`); else one, torch untouched.
+
+    As the server's shared encoder does (:func:`rar_agent.encoders.batching.shared_encoder`):
+    two single-threaded passes side by side take 26-28 ms of CPU per EfficientNet-Lite0
+    image against 33 ms for one pass on two intra-op threads, compute the same vectors bit
+    for bit as one thread, and leave no OpenMP thread spinning while the build's decode
+    threads hold a CPU (docs/benchmarks.md, "Phone photos").
+    """
+    if not _threads_ours(encoder):
+        yield 1
+        return
+    cpus = usable_cpus()
+    with sharing_cpus(encoder, cpus - 1):
+        yield cpus
+
+
+def _threads_ours(encoder: object) -> bool:
+    """Whether this process may change torch's threads for ``encoder``: a torch encoder on a
+    CPU, with no thread count chosen by the user (``RAR_TORCH_THREADS``, ``OMP_NUM_THREADS``,
+    ``MKL_NUM_THREADS``)."""
+    device = str(getattr(encoder, "device", "")).split(":")[0]
+    chosen = any(os.environ.get(v) for v in _THREAD_ENV_VARS)
+    return isinstance(encoder, TorchEncoderBase) and device == "cpu" and not chosen
 
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)

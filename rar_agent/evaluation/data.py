@@ -203,7 +203,7 @@ def resolve_sets(
     - ``text_memory`` with ``test_set`` or ``dataset``: class names only (zero-shot).
 
     Raises:
-        ConfigError: The combination is incomplete or contradictory.
+        ConfigError: The combination is incomplete or contradictory, or leaves no query.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
@@ -256,12 +256,19 @@ def _text_memory_sets(source: str | None, limit: int | None, seed: int) -> EvalS
 
 def _shot_split_sets(dataset: str, shots: int | None, limit: int | None, seed: int) -> EvalSets:
     """One labelled set split per class: ``shots`` images to memory, the rest are queries."""
+    items = load_items(dataset)  # first: a path that does not exist says so
     if shots is None:
         raise ConfigError(
             f"--dataset {dataset} needs --shots N (images per class kept as memory), or "
             "--text-memory for a class-name memory"
         )
-    memory, test = split_shots(load_items(dataset), shots, seed)
+    memory, test = split_shots(items, shots, seed)
+    if not test:
+        raise ConfigError(
+            f"nothing to evaluate: {dataset} leaves no query image after --shots {shots} per "
+            "class went to the memory: give fewer --shots, or a test set of its own "
+            "(--memory-set DIR --test-set DIR)"
+        )
     sets = EvalSets(memory_items=memory, test_items=limit_items(test, limit, seed))
     empty = sorted({lb for _, lb in memory} - {lb for _, lb in test})
     if empty:

@@ -87,11 +87,12 @@ def decode_workers(encoder: object) -> int:
     """Decode threads for a build: a quarter of the CPUs beside a CPU encoder (at least
     one), up to 8 beside a GPU one.
 
-    Beside a CPU encoder torch gives these threads their CPUs for the build
-    (:func:`rar_agent.encoders.torch_base.sharing_cpus`): a 12 MP JPEG decodes to need in
-    about a third of the time EfficientNet-Lite0 takes to encode it on one CPU, and heavier
-    encoders need still less decoding beside them. A GPU encoder leaves the CPUs to
-    decoding.
+    Beside a CPU torch encoder these threads share the CPUs with the build's forward passes,
+    one per CPU on one torch thread each
+    (:func:`rar_agent.encoders.torch_base.parallel_passes`), which no thread spins waiting
+    for: a 12 MP JPEG decodes to need in about a third of the time EfficientNet-Lite0 takes
+    to encode it on one CPU, and heavier encoders need still less decoding beside them. A
+    GPU encoder leaves the CPUs to decoding.
     """
     from rar_agent.encoders.torch_base import usable_cpus
 
@@ -131,6 +132,7 @@ def prepare_batch(
     need: int | None = None,
     decoders: Executor | None = None,
     after: Sequence[Future[Any]] = (),
+    bound: Future[None] | None = None,
 ) -> PreparedBatch:
     """Read and hash each item, skip ids stored or ``seen``, start decoding the rest.
 
@@ -142,6 +144,8 @@ def prepare_batch(
     build) gains the ids of the entries returned and loses those whose image fails to
     decode; ``after`` (the previous batch's decodes) are waited for before ``seen`` is read,
     so a repeat of an image that failed is tried again. ``extra`` goes into every payload.
+    ``bound`` (a new memory being created meanwhile, so nothing is stored in it yet): the
+    decodes start before the stored-id check, which waits for it.
 
     Raises:
         ImageError, LabelError, UnsafeInputError: Under ``strict``, the first bad item found
@@ -150,6 +154,8 @@ def prepare_batch(
     out = PreparedBatch()
     staged = _read_and_hash(batch, strict, extra, need, out.failed)
     wait(after)
+    if bound is not None:
+        return _prepare_early(memory, staged, seen, out, (need, decoders), bound)
     stored = memory.existing_ids(entry.point_id for entry, _, _ in staged)
     for entry, data, image in staged:
         pid = entry.point_id
@@ -157,9 +163,39 @@ def prepare_batch(
             out.skipped += 1
             continue
         seen.add(pid)  # taken now, so a repeat later in this batch is skipped too
-        job = _decode_job(entry, data, image, need, seen)
         out.entries.append(entry)
-        out.decoding.append(decoders.submit(job) if decoders is not None else _done(job))
+        out.decoding.append(_start(_decode_job(entry, data, image, need, seen), decoders))
+    return out
+
+
+def _prepare_early(
+    memory: CategoryMemory,
+    staged: list[Staged],
+    seen: set[str],
+    out: PreparedBatch,
+    decoding: tuple[int | None, Executor | None],
+    bound: Future[None],
+) -> PreparedBatch:
+    """:func:`prepare_batch`'s end while its new memory is being created: each id not
+    ``seen`` is taken and its decode started at once; the stored-id check waits for the
+    memory (an entry found stored after all is skipped, its decode cancelled if not begun)."""
+    need, decoders = decoding
+    taken: list[tuple[MemoryEntry, Future[Decoded | ImageError]]] = []
+    for entry, data, image in staged:
+        if entry.point_id in seen:
+            out.skipped += 1
+            continue
+        seen.add(entry.point_id)
+        taken.append((entry, _start(_decode_job(entry, data, image, need, seen), decoders)))
+    bound.result()
+    stored = memory.existing_ids(entry.point_id for entry, _ in taken)
+    for entry, future in taken:
+        if entry.point_id in stored:
+            out.skipped += 1
+            future.cancel()
+            continue
+        out.entries.append(entry)
+        out.decoding.append(future)
     return out
 
 
@@ -220,8 +256,13 @@ def _decode_job(
     return job
 
 
-def _done(job: Callable[[], Decoded | ImageError]) -> Future[Decoded | ImageError]:
-    """A future already holding ``job()`` (decoding without a thread pool)."""
+def _start(
+    job: Callable[[], Decoded | ImageError], decoders: Executor | None
+) -> Future[Decoded | ImageError]:
+    """``job`` submitted to ``decoders``, or run here when there are none (a future already
+    holding its result)."""
+    if decoders is not None:
+        return decoders.submit(job)
     future: Future[Decoded | ImageError] = Future()
     future.set_result(job())
     return future

@@ -15,7 +15,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED
 from rar_agent.memory.entries import MemoryEntry, normalize_label
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from rar_agent.encoders.base import ImageTextEncoder
@@ -185,7 +187,8 @@ def add_images(
     """Add one image entry per ``(source, label)`` item.
 
     Each batch is read, hashed (SHA-256 of the file bytes), checked against the stored ids
-    and decoded in a background thread while the previous batch is encoded and written.
+    and decoded in a background thread while the previous batch is encoded and written; a
+    new memory is created while the first batch is read and decoded.
 
     Args:
         memory: The memory to fill (bound to ``encoder`` here).
@@ -212,11 +215,9 @@ def add_images(
     todo: list[BatchItem] = [
         (str(item[0]), item[1], item[2] if len(item) == 3 else None) for item in items
     ]
-    bind_memory(memory, encoder, expected_entries=len(todo))
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     report = BuildReport()
-    with memory.bulk_load(len(todo)):
-        _pipelined(memory, encoder, batches, report, (strict, extra or {}), progress)
+    _pipelined(memory, encoder, batches, report, (strict, extra or {}), progress)
     finish_build(memory, report, start)
     return report
 
@@ -229,26 +230,32 @@ def _pipelined(
     options: tuple[bool, Mapping[str, Any]],
     progress: Progress | None,
 ) -> None:
-    """Encode and write each batch while the next one is read and decoded in threads.
+    """Bind the memory, then encode and write each batch while the next one is read and
+    decoded in threads.
 
+    A new memory is created (100-150 ms, most of it waiting for its files to sync) while the
+    first batch is read and decoded: nothing is stored in it yet, so no decode is in vain.
     The encoder takes a batch's images a forward pass at a time as they are decoded, so
-    it starts after a few images, not after a whole batch.
+    it starts after a few images, not after a whole batch; beside a CPU torch encoder the
+    passes run side by side, one per CPU (:func:`~rar_agent.encoders.torch_base.parallel_passes`).
     """
     from rar_agent.encoders.base import input_size_of
-    from rar_agent.encoders.torch_base import sharing_cpus
+    from rar_agent.encoders.torch_base import parallel_passes
 
     strict, extra = options
     total = sum(len(b) for b in batches)
     seen: set[str] = set()
     need = input_size_of(encoder)
-    workers = decode_workers(encoder)
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-batch") as pool,
-        ThreadPoolExecutor(workers, thread_name_prefix="rar-decode") as decoders,
-        sharing_cpus(encoder, workers if total > 1 else 0),  # one image: nothing overlaps
+        ThreadPoolExecutor(decode_workers(encoder), thread_name_prefix="rar-decode") as decoders,
+        parallel_passes(encoder) if total > 1 else nullcontext(1) as passes,  # one image: one pass
+        ThreadPoolExecutor(passes, thread_name_prefix="rar-encode") as encoders,
     ):
 
-        def submit(index: int, after: Sequence[Future[Any]] = ()) -> Future[PreparedBatch]:
+        def submit(
+            index: int, after: Sequence[Future[Any]] = (), bound: Future[None] | None = None
+        ) -> Future[PreparedBatch]:
             return pool.submit(
                 prepare_batch,
                 memory,
@@ -259,22 +266,64 @@ def _pipelined(
                 need=need,
                 decoders=decoders,
                 after=after,
+                bound=bound,
             )
 
-        pending = submit(0) if batches else None
-        for index in range(len(batches)):
-            assert pending is not None
-            prepared = pending.result()
-            if index + 1 < len(batches):  # read and hashed while this batch is encoded
-                pending = submit(index + 1, prepared.decoding)
-            _write(memory, encoder, prepared, report, strict)
-            if progress:
-                progress(report.total, total)
+        bound: Future[None] | None = Future() if memory.info.fingerprint is None else None
+        pending = submit(0, bound=bound) if batches else None
+        _bind(memory, encoder, total, bound, decoders)
+        embed = _Embedder(encoder, encoders if passes > 1 else None)
+        with memory.bulk_load(total):
+            for index in range(len(batches)):
+                assert pending is not None
+                prepared = pending.result()
+                if index + 1 < len(batches):  # read and hashed while this batch is encoded
+                    pending = submit(index + 1, prepared.decoding)
+                _write(memory, embed, prepared, report, strict)
+                if progress:
+                    progress(report.total, total)
+
+
+def _bind(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    total: int,
+    bound: Future[None] | None,
+    decoders: ThreadPoolExecutor,
+) -> None:
+    """Bind ``encoder`` to ``memory`` (creating it when new) and say so through ``bound``;
+    when that fails, the decodes not yet started are dropped and the error raised."""
+    try:
+        bind_memory(memory, encoder, expected_entries=total)
+    except BaseException as e:
+        decoders.shutdown(wait=False, cancel_futures=True)
+        if bound is not None:
+            bound.set_exception(e)
+        raise
+    if bound is not None:
+        bound.set_result(None)
+
+
+@dataclass
+class _Embedder:
+    """Forward passes of ``encoder``: on ``passes`` threads side by side when given, else
+    one at a time in the calling thread."""
+
+    encoder: ImageTextEncoder
+    passes: Executor | None
+
+    def __call__(self, images: list[Image.Image]) -> Future[np.ndarray]:
+        """The vectors of ``images`` (one forward pass), as a future."""
+        if self.passes is not None:
+            return self.passes.submit(self.encoder.embed_images, images)
+        done: Future[np.ndarray] = Future()
+        done.set_result(self.encoder.embed_images(images))
+        return done
 
 
 def _write(
     memory: CategoryMemory,
-    encoder: ImageTextEncoder,
+    embed: _Embedder,
     prepared: PreparedBatch,
     report: BuildReport,
     strict: bool,
@@ -283,20 +332,21 @@ def _write(
     count it: nothing of it is written when, under ``strict``, an image fails."""
     import numpy as np
 
-    step = _forward_step(encoder, len(prepared.entries))
+    step = _forward_step(embed.encoder, len(prepared.entries))
     entries: list[MemoryEntry] = []
     images: list[Image.Image] = []
-    vectors = []
+    vectors: list[Future[np.ndarray]] = []
     for entry, image in prepared.decoded(strict):
         entries.append(entry)
         images.append(image)
         if len(images) == step:
-            vectors.append(encoder.embed_images(images))
+            vectors.append(embed(images))
             images = []
     if images:
-        vectors.append(encoder.embed_images(images))
+        vectors.append(embed(images))
     if entries:
-        report.note_added(memory.add_entries(entries, np.concatenate(vectors)))
+        rows = np.concatenate([future.result() for future in vectors])
+        report.note_added(memory.add_entries(entries, rows))
     report.skipped_existing += prepared.skipped
     report.failed.extend(prepared.failed)
     for source, reason in prepared.failed:
@@ -386,7 +436,10 @@ def iter_manifest(path: str | Path) -> list[tuple[str, str]]:
     try:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read manifest {file}: {e}") from e
+        raise ConfigError(
+            f"cannot read manifest {file} ({e}): a manifest is a UTF-8 CSV or JSONL file of "
+            "path,label rows; for images in DIR/<label>/*.jpg give the folder DIR instead"
+        ) from e
     jsonl = file.suffix.lower() in {".jsonl", ".ndjson"} or (
         file.suffix.lower() != ".csv" and text.lstrip().startswith("{")
     )

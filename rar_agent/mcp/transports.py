@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_HTTP_PATH",
     "MAX_HTTP_BODY_BYTES",
+    "REQUEST_THREAD",
     "http_app",
     "is_loopback",
     "serve_http",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 DEFAULT_HTTP_PATH = "/mcp"
+#: The name of the HTTP server's request threads (``rar-request_0``...), also at the OS.
+REQUEST_THREAD = "rar-request"
 
 
 def _max_http_body() -> int:
@@ -193,6 +196,7 @@ async def serve_http(
     )
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
     web = uvicorn.Server(config)
+    _name_request_threads()
     with sock, _stop_signals(web):
         async with anyio.create_task_group() as group:
             group.start_soon(functools.partial(web.serve, sockets=[sock]))
@@ -200,6 +204,25 @@ async def serve_http(
                 await anyio.sleep(0.02)
             if web.started and on_ready is not None:
                 on_ready(f"http://{shown}:{bound}{path}")
+
+
+def _name_request_threads() -> None:
+    """Run the requests' worker threads (``asyncio.to_thread``: the tools' work) in an
+    executor of the default size whose threads carry the name ``rar-request`` at the
+    operating system too, beside the encoder's ``rar-encoder`` workers (``top -H``; the
+    service benchmark's CPU per thread kind)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rar_agent.encoders.batching import name_os_thread
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio): its own threads serve
+        return
+    loop.set_default_executor(
+        ThreadPoolExecutor(thread_name_prefix=REQUEST_THREAD, initializer=name_os_thread)
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -30,6 +30,7 @@ import datetime as _dt
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -422,11 +423,19 @@ class Teacher:
         )
 
     def _entry(self, example: str) -> Hit:
+        where = "use the id a result or `rar-agent memory history` shows"
+        try:
+            uuid.UUID(example.strip())
+        except ValueError:
+            raise ConfigError(
+                f"{example!r} is not an example id (ids look like "
+                f"3cdb9e79-1590-51e9-b14c-6be6c018842b): {where}"
+            ) from None
         found = self.memory.get_entries([example.strip()])
         if not found or found[0].kind != "image":
             raise ConfigError(
                 f"no example image with id {example!r} in memory {self.memory.collection!r}: "
-                "use the id a result or `rar-agent memory history` shows"
+                f"{where}"
             )
         return found[0]
 

@@ -127,8 +127,10 @@ def parse_gate(spec: str | float | None, calibrated: float | None = None) -> flo
         elif word == "auto":
             if calibrated is None:
                 raise ConfigError(
-                    "gate=auto needs a calibrated margin; run the evaluation harness to choose "
-                    "one, or pass a number such as --gate 0.05."
+                    "gate=auto needs a margin chosen on labelled images and kept in the memory, "
+                    "and this memory has none: run `rar-agent eval --gate auto --memory DIR` "
+                    "with your labelled images (--dataset or --memory-set/--test-set), or pass "
+                    "a number such as --gate 0.05."
                 )
             margin = float(calibrated)
         else:

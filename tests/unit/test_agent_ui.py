@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,17 @@ def test_resolve_chat_model(monkeypatch: pytest.MonkeyPatch) -> None:
     tool_model = PolicyChatModel(policy=lambda m: AIMessage(content="ok"))
     monkeypatch.setattr(ranking, "load_ranker", lambda spec: tool_model)
     assert resolve_chat_model("someprovider:some-model", None) is tool_model
+
+
+def test_building_the_page_warns_nothing(recognizer: Any) -> None:
+    """`rar-agent chat` printed Gradio 6's warning about Blocks(css=) on every start."""
+    from rar_agent.ui import build_chat_page
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_chat_page(recognizer)
+    ours = [f"{w.filename}: {w.message}" for w in caught if "rar_agent" in w.filename]
+    assert ours == []
 
 
 def test_chat_command_builds_and_serves_the_page(

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from rar_agent.cli import app
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -72,6 +73,13 @@ def test_build_list_stats_recognize_remove(env: Path) -> None:
     assert [c["label"] for c in record["candidates"]] == ["beta", "alpha"]
     assert record["ranking"]["status"] == "disabled"
 
+    code, out = _run("recognize", str(query), "--k", "2")
+    # the open-set line: the verdict first, then why no threshold judged it (it read "...; known")
+    assert code == 0, out
+    assert "open-set check (auto): known (no threshold: cannot calibrate: " in " ".join(out.split())
+
+    code, out = _run("memory", "remove", "Betta")  # a typo removes nothing and says so
+    assert code == 2 and "no category 'Betta'" in out and "did you mean 'beta'" in out, out
     code, out = _run("memory", "remove", "beta")
     assert code == 0 and "removed 2" in out
     code, out = _run("memory", "list", "--json")
@@ -198,6 +206,25 @@ def test_console_script_finds_an_encoder_factory_in_the_working_directory(tmp_pa
     assert record["label"] in {"cat", "coffee"}
 
 
+def test_names_with_brackets_print_as_written(env: Path) -> None:
+    """Rich read `[edited]` in `cat [edited].jpg` as markup and printed `cat .jpg`."""
+    code, out = _run("memory", "build", "--from-folder", str(env / "imgs"), "--no-progress")
+    assert code == 0, out
+    photo = env / "beta [edited].png"
+    photo.write_bytes((env / "imgs" / "beta" / "1.png").read_bytes())
+    code, out = _run("recognize", str(photo), str(env / "gone [x].png"), "--k", "2")
+    flat = " ".join(out.split())
+    assert code == 1 and f"{photo}: beta" in flat, out
+    assert f"error: {env / 'gone [x].png'}: image file not found" in flat, out
+
+
+@pytest.mark.parametrize("gate", ["sure", "-1"])
+def test_a_bad_gate_is_refused_before_anything_loads(env: Path, gate: str) -> None:
+    """It was read only once the encoder had loaded (seconds), without naming the option."""
+    code, out = _run("recognize", "x.png", "--memory", str(env / "nowhere"), "--gate", gate)
+    assert code == 2 and "invalid --gate (RAR_GATE): " in out and "no category memory" not in out
+
+
 def test_reading_a_memory_that_does_not_exist_says_so(env: Path) -> None:
     missing = env / "no-such-memory"
     for args in (["memory", "list"], ["memory", "stats"], ["memory", "remove", "x"]):
@@ -246,6 +273,36 @@ def test_every_command_help_lists_all_its_options(path: tuple[str, ...]) -> None
     for param in command.params:
         if param.param_type_name == "option":
             assert param.opts[0] in out, f"{param.opts[0]} missing from {' '.join(path)} --help"
+
+
+@pytest.mark.parametrize("path", COMMAND_PATHS[1:], ids=" ".join)
+def test_every_command_summary_is_one_line(path: tuple[str, ...]) -> None:
+    """The command list shows a docstring's first paragraph with its line breaks kept (the
+    `mcp` row broke off mid-sentence): the summary is one line, details go below it."""
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    summary = (command.help or "").strip().split("\n\n", 1)[0]
+    assert summary and "\n" not in summary, f"{' '.join(path)}: {summary!r}"
+
+
+def test_mcp_help_and_readme_name_every_tool_the_server_can_serve(
+    tmp_path: Path, tiny_encoder: Any
+) -> None:
+    from rar_agent.tools import make_tools
+    from tests.helpers.small_memory import small_recognizer
+
+    recognizer = small_recognizer(tmp_path, tiny_encoder)  # CLIP-like: search_categories too
+    try:
+        tools = make_tools(recognizer, allowed_roots=[tmp_path], allow_learning=True)
+    finally:
+        recognizer.close()
+    code, out = _run("mcp", "--help")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## MCP", 1)[1].split("They are the LangChain tools", 1)[0]
+    for name in [tool.name for tool in tools]:
+        assert name in " ".join(out.replace("│", " ").split()), f"`mcp --help` omits {name}"
+        assert f"`{name}`" in section, f"README's MCP section omits {name}"
 
 
 def test_root_help_is_a_tutorial_with_examples() -> None:

@@ -192,3 +192,12 @@ def test_cli_exports_an_imagefolder_that_memory_build_reads(tmp_path: Path) -> N
     for bad in (["mnist", str(out)], ["fashion-mnist", str(out), "--split", "val"]):
         done = runner.invoke(app, ["datasets", "export", *bad, "--root", str(root)])
         assert done.exit_code == 2 and "error:" in done.output
+    zero = [*args, "--per-class", "0", "--root", str(root)]
+    done = runner.invoke(app, ["datasets", "export", *zero])
+    assert done.exit_code == 2 and "--per-class must be >= 1" in done.output  # said n_per_class
+    # the same export again rewrites the same files; another sample into it says it is mixed
+    done = runner.invoke(app, ["datasets", "export", *args, "--root", str(root)])
+    assert done.exit_code == 0 and "already held" not in done.output, done.output
+    done = runner.invoke(app, ["datasets", "export", *args, "--seed", "7", "--root", str(root)])
+    assert done.exit_code == 0 and "already held" in done.output, done.output
+    assert "not 2 per class" in " ".join(done.output.split())

@@ -7,6 +7,7 @@ deterministic by holding the worker inside a pass (an event) while the next call
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rar_agent.encoders.batching import BatchingEncoder
+from rar_agent.encoders.batching import BatchingEncoder, name_os_thread
 from rar_agent.errors import EncoderError
 from tests.helpers.encoder_factories import HashingEncoder
 
@@ -153,6 +154,39 @@ def test_many_threads_get_the_same_answers_as_alone(inner: Recording) -> None:
         np.testing.assert_allclose(rows, alone[i % 12], atol=1e-6)
     assert inner.threads == {"rar-encoder"}  # every pass ran in a worker
     assert batching.images == 96 and batching.passes <= 96
+
+
+def os_thread_name() -> str:
+    """The calling thread's name as the operating system shows it (Linux)."""
+    return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc")
+def test_the_workers_carry_their_name_at_the_operating_system(inner: Recording) -> None:
+    seen: list[str] = []
+
+    class Naming(HashingEncoder):
+        def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+            seen.append(os_thread_name())
+            return super().embed_images(images)
+
+    with BatchingEncoder(Naming()) as batching:
+        batching.embed_images([picture(1)])
+    assert seen == ["rar-encoder"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc")
+def test_a_thread_name_is_cut_to_what_the_system_keeps() -> None:
+    got: list[tuple[bool, str]] = []
+
+    def run() -> None:
+        got.append((name_os_thread(), os_thread_name()))
+        got.append((name_os_thread("a-much-longer-thread-name"), os_thread_name()))
+
+    thread = threading.Thread(target=run, name="rar-test")
+    thread.start()
+    thread.join()
+    assert got == [(True, "rar-test"), (True, "a-much-longer-t")]
 
 
 def test_close_answers_the_queue_then_refuses(batching: BatchingEncoder, inner: Recording) -> None:

@@ -260,7 +260,7 @@ def test_limit_is_balanced_and_seeded() -> None:
     ("kwargs", "message"),
     [
         ({}, "say what to evaluate"),
-        ({"dataset": "X"}, "needs --shots"),
+        ({"dataset": "X"}, "X does not exist"),  # before "needs --shots": the path is wrong
         ({"dataset": "X", "test_set": "Y"}, "not both"),
         ({"text_memory": True, "memory_set": "X", "test_set": "Y"}, "drop --memory-set"),
         ({"text_memory": True}, "needs --test-set"),
@@ -275,6 +275,28 @@ def test_input_combinations_are_checked(
             "text_memory": False, "limit": None, "seed": 0, "workdir": tmp_path}  # fmt: skip
     with pytest.raises(ConfigError, match=message):
         resolve_sets(**{**base, **kwargs})
+
+
+def test_a_split_that_leaves_no_query_is_refused_before_any_encoding(tmp_path: Path) -> None:
+    for label in ("a", "b"):
+        (tmp_path / "set" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (4, 4)).save(tmp_path / "set" / label / f"{i}.png")
+    base = {"dataset": str(tmp_path / "set"), "memory_set": None, "test_set": None,
+            "text_memory": False, "limit": None, "seed": 0, "workdir": tmp_path}  # fmt: skip
+    with pytest.raises(ConfigError, match="needs --shots"):
+        resolve_sets(**base, shots=None)
+    with pytest.raises(ConfigError, match="no query image after --shots 3 .* fewer --shots"):
+        resolve_sets(**base, shots=3)  # every image went to the memory (it printed "0 of 0")
+    assert len(resolve_sets(**base, shots=2).test_items) == 2
+
+
+def test_a_manifest_that_is_no_text_says_what_a_manifest_is(tmp_path: Path) -> None:
+    photo = tmp_path / "cat.jpg"
+    Image.new("RGB", (4, 4)).save(photo)
+    with pytest.raises(ConfigError, match="a manifest is a UTF-8 CSV or JSONL .* give the folder"):
+        resolve_sets(dataset=None, memory_set=str(photo), test_set=str(photo), shots=None,
+                     text_memory=False, limit=None, seed=0, workdir=tmp_path)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -319,8 +341,12 @@ def test_cli_eval_prints_json_and_writes_the_report(
 def test_cli_eval_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     from rar_agent.cli import app
 
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "a" / "0.png")
     result = CliRunner().invoke(app, ["eval", "--dataset", str(tmp_path), "--no-progress"])
     assert result.exit_code == 2 and "needs --shots" in result.output
+    result = CliRunner().invoke(app, ["eval", "--dataset", str(tmp_path / "b"), "--shots", "1"])
+    assert result.exit_code == 2 and "b does not exist" in result.output
 
 
 def test_cli_eval_exits_130_after_writing_a_partial_report(
@@ -366,6 +392,6 @@ def test_auto_gate_without_a_recorded_margin_says_how_to_get_one(
     from rar_agent.pipeline import Recognizer
 
     memory = CategoryMemory.open(tmp_path / "fresh", collection="fresh")
-    with pytest.raises(ConfigError, match="evaluation harness"):
+    with pytest.raises(ConfigError, match="run `rar-agent eval --gate auto --memory DIR`"):
         Recognizer(memory, tiny_encoder, gate="auto")
     memory.close()

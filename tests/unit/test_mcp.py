@@ -250,6 +250,37 @@ async def test_http_keeps_what_is_loaded_out_of_the_collectors_full_passes() -> 
     assert frozen and frozen[0] > 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc")
+async def test_http_runs_the_tools_in_request_threads_named_at_the_system() -> None:
+    import asyncio
+    import signal
+
+    from rar_agent.mcp import serve_http
+
+    names: list[str] = []
+
+    def comm() -> str:
+        return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+    async def ready(url: str) -> None:
+        names.append(await asyncio.to_thread(comm))
+        os.kill(os.getpid(), signal.SIGINT)  # serve_http's own handler stops it
+
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(
+                    lambda: serve_http(
+                        build_server([]), port=0, on_ready=lambda url: group.start_soon(ready, url)
+                    )
+                )
+    finally:
+        import gc
+
+        gc.unfreeze()  # serve_http froze the test process's objects
+    assert names == ["rar-request_0"]
+
+
 # ---------------------------------------------------------------------------- subprocesses
 
 

@@ -383,3 +383,143 @@ def test_builds_share_the_cpus_with_torch(monkeypatch: pytest.MonkeyPatch, tiny_
             assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_cpu_build_runs_one_forward_pass_per_cpu_side_by_side(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, tmp_path: Path, tiny_encoder
+) -> None:
+    """Beside a CPU torch encoder a build runs a pass per CPU at once, each on one torch
+    thread, and stores, in order, the vectors that one whole-batch call on one thread gives."""
+    import threading
+
+    import torch
+
+    from rar_agent.encoders import torch_base
+
+    for var in ("RAR_TORCH_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch_base, "usable_cpus", lambda: 3)
+    items = iter_image_folder(folder)
+    seen: list[tuple[str, int, int]] = []
+    inner = tiny_encoder.embed_images
+
+    def recording(images):  # noqa: ANN001, ANN202 - the encoder protocol
+        seen.append((threading.current_thread().name, torch.get_num_threads(), len(images)))
+        return inner(images)
+
+    monkeypatch.setattr(tiny_encoder, "embed_images", recording)
+    before = torch.get_num_threads()
+    with CategoryMemory.open(tmp_path / "parallel") as memory:
+        report = add_images(memory, tiny_encoder, items, batch_size=8)
+        assert report.added == len(items) and torch.get_num_threads() == before
+        assert all(name.startswith("rar-encode") and threads == 1 for name, threads, _ in seen)
+        assert [n for _, _, n in seen] == [4, 4, 3]  # forward passes of 4 on a CPU, per batch
+        monkeypatch.undo()
+        torch.set_num_threads(1)
+        try:
+            whole = tiny_encoder.embed_images([Image.open(p).convert("RGB") for p, _ in items])
+        finally:
+            torch.set_num_threads(before)
+        for vector, (path, label) in zip(whole, items, strict=True):
+            [hit] = memory.search(vector, limit=1)
+            assert (hit.label, hit.source, hit.score) == (label, path, pytest.approx(1.0))
+
+
+def test_parallel_passes_only_where_torch_threads_are_ours(
+    monkeypatch: pytest.MonkeyPatch, tiny_encoder
+) -> None:
+    """A pass per CPU, torch on one thread for the while, only beside a CPU torch encoder
+    whose thread count the user left alone; else one pass and torch untouched."""
+    import torch
+
+    from rar_agent.encoders import torch_base
+    from rar_agent.encoders.torch_base import parallel_passes
+
+    for var in ("RAR_TORCH_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch_base, "usable_cpus", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        with parallel_passes(tiny_encoder) as passes:
+            assert (passes, torch.get_num_threads()) == (4, 1)
+        assert torch.get_num_threads() == 4
+        with parallel_passes(_PassRecorder()) as passes:  # not a torch encoder
+            assert (passes, torch.get_num_threads()) == (1, 4)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
+        with parallel_passes(tiny_encoder) as passes:
+            assert (passes, torch.get_num_threads()) == (1, 4)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_new_memory_is_created_while_the_first_batch_decodes(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, tmp_path: Path
+) -> None:
+    """Creating a new memory overlaps the first batch's decoding: a decode finishes while
+    the encoder is still being bound, and the build stores every image after."""
+    import threading
+
+    from rar_agent.ingest import batches, builders
+
+    decoded = threading.Event()
+    decode, bind = batches._decode_job, builders.bind_memory
+
+    def decode_job(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        job = decode(*args, **kwargs)
+        return lambda: (job(), decoded.set())[0]
+
+    overlapped: list[bool] = []
+
+    def binding(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        wait = 0.5 if overlapped else 30  # never set without the overlap
+        overlapped.append(decoded.wait(timeout=wait))
+        bind(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "_decode_job", decode_job)
+    monkeypatch.setattr(builders, "bind_memory", binding)
+    items = iter_image_folder(folder)
+    with CategoryMemory.open(tmp_path / "new") as memory:
+        report = add_images(memory, _PassRecorder(), items, batch_size=4)
+        assert overlapped == [True] and report.added == len(items) == memory.count()
+        decoded.clear()
+        again = add_images(memory, _PassRecorder(), items, batch_size=4)  # not new: bound first
+        assert overlapped == [True, False] and again.skipped_existing == len(items)
+
+
+def test_a_failed_binding_of_a_new_memory_stops_the_build(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, tmp_path: Path
+) -> None:
+    """When a new memory cannot be bound, the build raises that error and writes nothing."""
+    from rar_agent.errors import EncoderMismatchError
+    from rar_agent.ingest import builders
+
+    def refusing(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise EncoderMismatchError("another encoder")
+
+    monkeypatch.setattr(builders, "bind_memory", refusing)
+    with CategoryMemory.open(tmp_path / "refused") as memory:
+        with pytest.raises(EncoderMismatchError, match="another encoder"):
+            add_images(memory, _PassRecorder(), iter_image_folder(folder), batch_size=4)
+        assert memory.info.fingerprint is None
+
+
+def test_an_entry_found_stored_once_the_memory_exists_is_skipped(
+    folder: Path, memory: CategoryMemory
+) -> None:
+    """The first batch's ids are taken and decoded before the memory exists; those found
+    stored once it does are skipped, a repeat within the batch too."""
+    from concurrent.futures import Future
+
+    from rar_agent.ingest.batches import prepare_batch
+
+    encoder = _PassRecorder()
+    items = iter_image_folder(folder)[:3]
+    add_images(memory, encoder, items[:1])
+    bound: Future[None] = Future()
+    bound.set_result(None)
+    batch = [(path, label, None) for path, label in [*items, items[1]]]
+    prepared = prepare_batch(memory, batch, set(), False, {}, bound=bound)
+    assert [e.source for e in prepared.entries] == [p for p, _ in items[1:]]
+    assert prepared.skipped == 2 and len(prepared.decoding) == 2
+    assert [entry.source for entry, _ in prepared.decoded(strict=True)] == [p for p, _ in items[1:]]

@@ -59,7 +59,9 @@ def test_parse_gate(spec: str | float | None, expected: float | None) -> None:
 
 def test_parse_gate_auto_needs_a_calibrated_value() -> None:
     assert parse_gate("auto", calibrated=0.12) == 0.12
-    with pytest.raises(ConfigError, match="calibrated"):
+    with pytest.raises(
+        ConfigError, match="this memory has none: run `rar-agent eval --gate auto --memory DIR`"
+    ):
         parse_gate("auto")
 
 

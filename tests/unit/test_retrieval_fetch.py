@@ -110,3 +110,17 @@ def test_get_vectors_of_one_kind_reads_that_vector_alone(where: str, tmp_path: P
     with pytest.raises(ConfigError, match="kind"):
         mem.get_vectors([image_id], kind="video")
     mem.close()
+
+
+def test_stored_vectors_become_the_same_unit_rows(memory: CategoryMemory) -> None:
+    """The fetched lists of floats become exactly the rows numpy reads from them (then
+    normalised), in the hits' order; a hit whose vector was not fetched gets zeros."""
+    from rar_agent.retrieval import _rows
+
+    hits = memory.search(QUERY, kind="image", limit=10)
+    stored = memory.get_vectors([h.id for h in hits[1:]], kind="image")
+    rows = _rows(hits, stored, 4)
+    expected = np.array([stored[h.id] for h in hits[1:]], dtype=np.float32)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert rows.dtype == np.float32 and rows.shape == (len(hits), 4)
+    assert np.array_equal(rows[1:], expected) and not rows[0].any()

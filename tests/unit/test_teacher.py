@@ -113,6 +113,9 @@ def test_relabel_moves_an_example_and_undo_moves_it_back(recognizer: Any) -> Non
     assert "relabels" not in back.payload
     with pytest.raises(ConfigError, match="no example image"):
         teacher.relabel("00000000-0000-0000-0000-000000000000", "cat")
+    for typo in ("x", "1", "3cdb9e79-1590"):  # the memory's storage would fail to parse these
+        with pytest.raises(ConfigError, match=f"'{typo}' is not an example id .*memory history"):
+            teacher.relabel(typo, "cat")
 
 
 def test_history_and_undo_last_n_keep_calibration_current(recognizer: Any) -> None:

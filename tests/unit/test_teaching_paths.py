@@ -201,6 +201,13 @@ def test_cli_teach_refuse_history_relabel_undo(cli_env: Path) -> None:
     assert code == 0 and "Undid 2 teaching event(s)" in out, out
     code, out = run("memory", "list", "--json")
     assert json.loads(out) == {"red thing": 1}
+    # one unreadable image among several: none is stored, and the error says so
+    (cli_env / "bad.png").write_text("not an image")
+    code, out = run("teach", "blue thing", str(cli_env / "2.png"), str(cli_env / "bad.png"))
+    assert code == 1 and "bad.png is not an image" in out, out
+    assert "nothing was taught (none of the 2 images)" in " ".join(out.split()), out
+    code, out = run("memory", "list", "--json")
+    assert json.loads(out) == {"red thing": 1}
 
 
 # ---------------------------------------------------------------------------- MCP fixes
