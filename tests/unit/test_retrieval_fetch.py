@@ -11,7 +11,7 @@ import pytest
 
 from rar_agent.errors import ConfigError
 from rar_agent.memory import CategoryMemory, MemoryEntry
-from rar_agent.retrieval import CategoryRetriever, category_scores, mean_members
+from rar_agent.retrieval import CategoryRetriever, StoredRows, category_scores, mean_members
 
 QUERY = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
 # source -> (label, vector): "pair" is scored by a local mean of its two entries, "single"
@@ -110,6 +110,54 @@ def test_get_vectors_of_one_kind_reads_that_vector_alone(where: str, tmp_path: P
     with pytest.raises(ConfigError, match="kind"):
         mem.get_vectors([image_id], kind="video")
     mem.close()
+
+
+def test_the_next_query_reads_the_kept_vectors_with_the_same_scores(
+    memory: CategoryMemory,
+) -> None:
+    calls = _recording(memory, drop=set())
+    retriever = CategoryRetriever(memory=memory, encoder=None, k=3)
+    first = retriever.retrieve_vectors(QUERY[None, :])
+    again = retriever.retrieve_vectors(np.stack([QUERY, QUERY]))
+    assert len(calls) == 1  # the second and third queries read nothing from the memory
+    fresh = CategoryRetriever(memory=memory, encoder=None, k=3).retrieve_vectors(QUERY[None, :])
+    for candidates in (*again, *first):
+        assert [(c.label, c.score) for c in candidates] == [(c.label, c.score) for c in fresh[0]]
+
+
+def test_an_entry_removed_and_taught_again_reads_its_new_content(
+    memory: CategoryMemory,
+) -> None:
+    retriever = CategoryRetriever(memory=memory, encoder=None, k=3)
+    before = {c.label: c.score for c in retriever.retrieve_vectors(QUERY[None, :])[0]}
+    memory.remove_label("pair")
+    # the same label and source, another content (and so another id and hash)
+    entries = [MemoryEntry("pair", "image", f"pair-{i}", f"h2-pair-{i}") for i in (1, 2)]
+    memory.add_entries(entries, np.stack([_unit((0.1, 0.99, 0.0, 0.0)), _unit((0.9, 0.1, 0.4, 0))]))
+    after = {c.label: c.score for c in retriever.retrieve_vectors(QUERY[None, :])[0]}
+    fresh = CategoryRetriever(memory=memory, encoder=None, k=3).retrieve_vectors(QUERY[None, :])
+    assert after == {c.label: c.score for c in fresh[0]}
+    assert after["pair"] != pytest.approx(before["pair"])
+
+
+def test_kept_rows_are_bounded_and_only_for_entries_with_a_content_hash() -> None:
+    from rar_agent.memory import Hit
+
+    def hit(i: int, digest: str | None) -> Hit:
+        payload = {"label": "x", "kind": "image", "source": f"s{i}"}
+        if digest is not None:
+            payload["content_hash"] = digest
+        return Hit.from_point(str(uuid.uuid4()), 0.5, payload)
+
+    kept = StoredRows(size=2)
+    hits = [hit(i, f"h{i}") for i in range(3)]
+    rows = [kept.put(h, [float(i), 1.0]) for i, h in enumerate(hits)]
+    assert rows[0].dtype == np.float32 and not rows[0].flags.writeable
+    assert kept.get(hits[0]) is None  # the oldest went out
+    assert kept.get(hits[2]) is rows[2] and len(kept) == 2
+    anonymous = hit(9, None)
+    assert kept.put(anonymous, [1.0, 0.0]).tolist() == [1.0, 0.0]
+    assert kept.get(anonymous) is None and len(kept) == 2
 
 
 def test_stored_vectors_become_the_same_unit_rows(memory: CategoryMemory) -> None:
