@@ -21,14 +21,19 @@ the memory) unless said otherwise:
   stand-ins (a per-category conformal location).
 
 Each gets the AUROC and the share of unknown queries below the knowns' own 5% quantile (the
-most any threshold that rejects 5% of the knowns could catch), mean over the memories.
+most any threshold that rejects 5% of the knowns could catch), mean over the memories: the
+memories of ``eval_open_set.py`` (seeds 0-4; ``--splits NAME ...``: the 120 splits too) and,
+as a held-out check (``--glyphs NAME ...``), session 4's 30 glyph memories of 24 characters
+x 10 fonts with 8 unseen.
 
 Usage::
 
-    python tools/eval_open_set_features.py --cache artifacts/openset --json features.json
+    python tools/eval_open_set_features.py --cache artifacts/openset --json features.json \\
+        --splits "standard deviation over positions" --glyphs "standard deviation over positions"
 
-(The first run encodes the train pool and the test images through the network with hooks into
-``--cache``/``layers.npz``, about 2 forward passes per image; later runs read it.)
+(The first run encodes the train pool and the test images, and the first ``--glyphs`` run the
+3100 glyphs, through the network with hooks into ``--cache`` (``layers.npz``,
+``glyph_layers.npz``), two forward passes per image; later runs read them.)
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +143,26 @@ def load_layers(cache: Path, pool: int, test: int) -> dict[str, np.ndarray]:
     return out
 
 
+def load_glyph_layers(cache: Path, families: int = 50) -> dict[str, np.ndarray]:
+    """:func:`encode_layers` of the glyph reference set (``fit_encoder_prior.py``'s: the 62
+    letters and digits in ``families`` font families), with ``y`` (the character's index);
+    encoded once into ``cache/glyph_layers.npz``."""
+    path = cache / "glyph_layers.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            return dict(stored)
+    from rar_agent.encoders import load_encoder
+    from tools.fit_encoder_prior import CHARS, glyph_fonts, render_glyphs
+
+    encoder = load_encoder("efficientnet-lite0")
+    images = [im for _, _, font in glyph_fonts(families) for im in render_glyphs(font) or []]
+    out = encode_layers(encoder, images)
+    out["y"] = np.tile(np.arange(len(CHARS)), len(images) // len(CHARS))
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)  # type: ignore[arg-type]
+    return out
+
+
 def _unit(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
@@ -181,25 +206,26 @@ def standins(mx: np.ndarray, my: np.ndarray, folds: int = STANDIN_FOLDS) -> np.n
 
 
 Layers = dict[str, np.ndarray]
-Candidate = Callable[[Layers, np.ndarray, np.ndarray], np.ndarray]
-"""``(layers, memory rows, memory labels) -> known-ness of every test query``."""
+"""Layer name -> one row per image (:func:`encode_layers`)."""
+Candidate = Callable[[Layers, np.ndarray, Layers], np.ndarray]
+"""``(memory layers, memory labels, query layers) -> known-ness of every query``."""
 
 
-def _layer(layers: Layers, name: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return _unit(layers[f"train_{name}"][rows]), _unit(layers[f"test_{name}"])
+def _layer(memory: Layers, queries: Layers, name: str) -> tuple[np.ndarray, np.ndarray]:
+    return _unit(memory[name]), _unit(queries[name])
 
 
 def _alone(name: str) -> Candidate:
-    def score(layers: Layers, rows: np.ndarray, my: np.ndarray) -> np.ndarray:
-        mx, qx = _layer(layers, name, rows)
+    def score(memory: Layers, my: np.ndarray, queries: Layers) -> np.ndarray:
+        mx, qx = _layer(memory, queries, name)
         return statistic(mx, my, qx)[0].max(axis=1)
 
     return score
 
 
 def _appended(names: Sequence[str], weight: float = 0.5) -> Candidate:
-    def score(layers: Layers, rows: np.ndarray, my: np.ndarray) -> np.ndarray:
-        parts = [_layer(layers, n, rows) for n in ("head", *names)]
+    def score(memory: Layers, my: np.ndarray, queries: Layers) -> np.ndarray:
+        parts = [_layer(memory, queries, n) for n in ("head", *names)]
         w = [1.0] + [weight] * len(names)
         mx = np.concatenate([m * k for (m, _), k in zip(parts, w, strict=True)], axis=1)
         qx = np.concatenate([q * k for (_, q), k in zip(parts, w, strict=True)], axis=1)
@@ -209,10 +235,10 @@ def _appended(names: Sequence[str], weight: float = 0.5) -> Candidate:
 
 
 def _ensemble(names: Sequence[str]) -> Candidate:
-    def score(layers: Layers, rows: np.ndarray, my: np.ndarray) -> np.ndarray:
-        total = np.zeros(len(layers["test_y"]))
+    def score(memory: Layers, my: np.ndarray, queries: Layers) -> np.ndarray:
+        total = np.zeros(len(queries["head"]))
         for name in names:
-            mx, qx = _layer(layers, name, rows)
+            mx, qx = _layer(memory, queries, name)
             own = standins(mx, my)
             total += (statistic(mx, my, qx)[0].max(axis=1) - own.mean()) / own.std()
         return total
@@ -221,9 +247,9 @@ def _ensemble(names: Sequence[str]) -> Candidate:
 
 
 def _mirrored(memory_too: bool) -> Candidate:
-    def score(layers: Layers, rows: np.ndarray, my: np.ndarray) -> np.ndarray:
-        mx, qx = _layer(layers, "head", rows)
-        mirror_m, mirror_q = _layer(layers, "mirrored", rows)
+    def score(memory: Layers, my: np.ndarray, queries: Layers) -> np.ndarray:
+        mx, qx = _layer(memory, queries, "head")
+        mirror_m, mirror_q = _layer(memory, queries, "mirrored")
         return statistic(_unit(mx + mirror_m) if memory_too else mx, my, _unit(qx + mirror_q))[
             0
         ].max(axis=1)
@@ -235,8 +261,8 @@ def _neighbours(k: int, best_category: bool) -> Candidate:
     """Minus the squared distance, in the statistic's whitened subspace coordinates, to the
     ``k``-th closest example (or the mean of the ``k`` closest of the best category)."""
 
-    def score(layers: Layers, rows: np.ndarray, my: np.ndarray) -> np.ndarray:
-        mx, qx = _layer(layers, "head", rows)
+    def score(memory: Layers, my: np.ndarray, queries: Layers) -> np.ndarray:
+        mx, qx = _layer(memory, queries, "head")
         scores, model = statistic(mx, my, qx)
         root = np.linalg.cholesky(model.within)
         wm = model.project(mx)[:, : model.rank] @ root
@@ -252,8 +278,8 @@ def _neighbours(k: int, best_category: bool) -> Candidate:
 
 
 def _per_category(quantile: float = 0.1) -> Candidate:
-    def score(layers: Layers, rows: np.ndarray, my: np.ndarray) -> np.ndarray:
-        mx, qx = _layer(layers, "head", rows)
+    def score(memory: Layers, my: np.ndarray, queries: Layers) -> np.ndarray:
+        mx, qx = _layer(memory, queries, "head")
         own = standins(mx, my)
         where = np.array([np.quantile(own[my == c], quantile) for c in np.unique(my)])
         return (statistic(mx, my, qx)[0] - where[None, :]).max(axis=1)
@@ -281,14 +307,50 @@ def candidates() -> dict[str, Candidate]:
     return out
 
 
-def compare(
-    layers: Layers,
-    memories: list[tuple[list[int], int]],
-    names: Sequence[str] | None = None,
-    shots: int = 10,
-) -> dict[str, dict[str, float]]:
+Trial = tuple[Layers, np.ndarray, Layers, np.ndarray]
+"""``(memory layers, memory labels, query layers, which queries are known)``."""
+Figures = dict[str, dict[str, float]]
+"""Candidate name -> mean ``auroc`` and ``reach``."""
+
+
+def fashion_trials(
+    layers: Layers, memories: list[tuple[list[int], int]], shots: int = 10
+) -> Iterator[Trial]:
+    """The memories of ``eval_open_set.py`` (``(held-out classes, seed)``: ``shots`` train
+    images per known class) against the 1000 test images, as :data:`Trial` s."""
+    train = {k.removeprefix("train_"): v for k, v in layers.items() if k.startswith("train_")}
+    queries = {k.removeprefix("test_"): v for k, v in layers.items() if k.startswith("test_")}
+    for held, seed in memories:
+        rows = memory_rows({"train_y": layers["train_y"]}, held, shots, seed)
+        memory = {k: v[rows] for k, v in train.items()}
+        yield memory, memory.pop("y"), queries, ~np.isin(layers["test_y"], held)
+
+
+def pool_trials(
+    layers: Layers, n: int = 30, shots: int = 10, known: int = 24, unseen: int = 8
+) -> Iterator[Trial]:
+    """``n`` memories drawn from one pool (``y``: its categories): ``shots`` examples of each
+    of ``known`` categories; queries: every other image of those and of ``unseen`` more
+    (session 4's held-out check on the glyphs), as :data:`Trial` s."""
+    y = layers["y"]
+    rng = np.random.default_rng(0)
+    names = np.array([c for c in np.unique(y) if (y == c).sum() >= shots + 2])
+    for _ in range(n):
+        order = rng.permutation(names)
+        mine, other = order[:known], order[known : known + unseen]
+        picks = np.concatenate(
+            [rng.choice(np.flatnonzero(y == c), shots, replace=False) for c in mine]
+        )
+        asked = np.setdiff1d(np.flatnonzero(np.isin(y, np.concatenate([mine, other]))), picks)
+        yield (
+            {k: v[picks] for k, v in layers.items() if k != "y"}, y[picks],
+            {k: v[asked] for k, v in layers.items() if k != "y"}, np.isin(y[asked], mine),
+        )  # fmt: skip
+
+
+def compare(trials: Iterable[Trial], names: Sequence[str] | None = None) -> Figures:
     """AUROC and :func:`reach` of the :func:`candidates` (``names``: some of them), mean
-    over ``memories`` (``(held-out classes, seed)``)."""
+    over the ``trials``."""
     chosen = candidates()
     if names is not None:
         unknown = sorted(set(names) - set(chosen))
@@ -296,12 +358,9 @@ def compare(
             raise SystemExit(f"unknown candidates {unknown}; known: {sorted(chosen)}")
         chosen = {n: chosen[n] for n in names}
     found: dict[str, list[tuple[float, float]]] = {}
-    truth = layers["test_y"]
-    for held, seed in memories:
-        rows = memory_rows({"train_y": layers["train_y"]}, held, shots, seed)
-        known = ~np.isin(truth, held)
+    for memory, my, queries, known in trials:
         for name, score in chosen.items():
-            value = score(layers, rows, layers["train_y"][rows])
+            value = score(memory, my, queries)
             pair = (auroc(value[known].tolist(), value[~known].tolist()) or 0.0,
                     reach(value[known], value[~known]))  # fmt: skip
             found.setdefault(name, []).append(pair)
@@ -314,17 +373,23 @@ def compare(
     }
 
 
-def markdown(seeds: dict[str, dict[str, float]], splits: dict[str, dict[str, float]]) -> str:
-    """One table: AUROC and reach over seeds 0-4 and over the 120 splits."""
+COLUMNS = {"seeds": "seeds 0-4", "splits": "120 splits", "glyphs": "glyphs, 10 fonts each"}
+"""The tables' columns: Fashion-MNIST's seeds and splits, the held-out glyphs."""
+
+
+def markdown(figures: dict[str, Figures]) -> str:
+    """One table: AUROC and reach in each of :data:`COLUMNS` measured (``-``: not)."""
+    columns = [c for c in COLUMNS if c in figures]
     lines = [
-        "| score (10 examples) | AUROC, seeds 0-4 | unknowns below the knowns' 5%, seeds 0-4 "
-        "| AUROC, 120 splits | below the 5%, 120 splits |",
-        "|---|---|---|---|---|",
+        "| score (10 examples) | " + " | ".join(COLUMNS[c] for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
-    for name in seeds | splits:
-        a, b = seeds.get(name), splits.get(name)
-        cells = [f"{a['auroc']:.3f}", f"{100 * a['reach']:.1f}%"] if a else ["-", "-"]
-        cells += [f"{b['auroc']:.3f}", f"{100 * b['reach']:.1f}%"] if b else ["-", "-"]
+    names = dict.fromkeys(n for c in columns for n in figures[c])
+    for name in names:
+        cells = []
+        for c in columns:
+            v = figures[c].get(name)
+            cells.append(f"{v['auroc']:.3f}, {100 * v['reach']:.1f}%" if v else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -338,20 +403,28 @@ def main(argv: list[str] | None = None) -> None:
         "--splits", nargs="*", default=[], metavar="NAME",
         help="Candidates to measure over the 120 splits too (slow: about 1 s each per split).",
     )  # fmt: skip
+    parser.add_argument(
+        "--glyphs", nargs="*", default=[], metavar="NAME",
+        help="Candidates to check on the held-out glyphs (encoded once into --cache).",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="Write the figures here.")
     parser.add_argument("--markdown", type=Path, help="Write the table here (Markdown).")
     args = parser.parse_args(argv)
     layers = load_layers(args.cache, args.pool, args.test_per_class)
-    seeds = compare(layers, seed_memories())
-    for name, v in seeds.items():
-        print(f"seeds 0-4: AUROC {v['auroc']:.3f}, reach {100 * v['reach']:.1f}%  {name}")
-    splits = compare(layers, split_memories(), args.splits) if args.splits else {}
-    for name, v in splits.items():
-        print(f"120 splits: AUROC {v['auroc']:.3f}, reach {100 * v['reach']:.1f}%  {name}")
+    figures = {"seeds": compare(fashion_trials(layers, seed_memories()))}
+    if args.splits:
+        figures["splits"] = compare(fashion_trials(layers, split_memories()), args.splits)
+    if args.glyphs:
+        figures["glyphs"] = compare(pool_trials(load_glyph_layers(args.cache)), args.glyphs)
+    for column, found in figures.items():
+        for name, v in found.items():
+            print(
+                f"{COLUMNS[column]}: AUROC {v['auroc']:.3f}, reach {100 * v['reach']:.1f}%  {name}"
+            )
     if args.json:
-        args.json.write_text(json.dumps({"seeds": seeds, "splits": splits}, indent=1))
+        args.json.write_text(json.dumps(figures, indent=1))
     if args.markdown:
-        args.markdown.write_text(markdown(seeds, splits))
+        args.markdown.write_text(markdown(figures))
 
 
 if __name__ == "__main__":

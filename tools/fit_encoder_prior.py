@@ -109,7 +109,7 @@ def _font_families() -> dict[str, str]:
     return out
 
 
-def _render(path: str) -> list[Any] | None:
+def render_glyphs(path: str) -> list[Any] | None:
     """The characters in one font as 112 px RGB images (``None``: the font lacks them)."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -148,6 +148,14 @@ def glyph_sets(cache: Path, encoder: str, families: int) -> tuple[RefSet, RefSet
     )
 
 
+def glyph_fonts(families: int) -> list[tuple[int, str, str]]:
+    """``(index, family, path)`` of ``families`` font families spread evenly over the
+    installed ones that draw every character (the glyph sets' fonts)."""
+    usable = [(f, p) for f, p in sorted(_font_families().items()) if render_glyphs(p) is not None]
+    picks = np.unique(np.linspace(0, len(usable) - 1, min(families, len(usable))).round())
+    return [(int(i), *usable[int(i)]) for i in picks]
+
+
 def _encode_glyphs(cache: Path, name: str, families: int) -> None:
     """Render and encode ``families`` font families spread over the installed ones (each
     family's vectors saved as it is done, so an interrupted run resumes)."""
@@ -156,14 +164,11 @@ def _encode_glyphs(cache: Path, name: str, families: int) -> None:
     parts = cache / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     encoder = load_encoder(name)
-    usable = [(f, p) for f, p in sorted(_font_families().items()) if _render(p) is not None]
-    picks = np.unique(np.linspace(0, len(usable) - 1, min(families, len(usable))).round())
     fonts, rows = [], []
-    for i in picks.astype(int):
-        family, path = usable[i]
+    for i, family, path in glyph_fonts(families):
         part = parts / f"{i:04d}.npy"
         if not part.exists():
-            np.save(part, encoder.embed_images(_render(path) or []).astype(np.float32))
+            np.save(part, encoder.embed_images(render_glyphs(path) or []).astype(np.float32))
             print(f"glyphs: {family}", file=sys.stderr, flush=True)
         rows.append(np.load(part))
         fonts.append(family)

@@ -15,7 +15,9 @@ from tools.eval_open_set_features import (
     candidates,
     compare,
     encode_layers,
+    fashion_trials,
     markdown,
+    pool_trials,
     reach,
     standins,
     statistic,
@@ -85,12 +87,33 @@ def test_standins_score_each_example_without_its_fold() -> None:
 
 def test_every_candidate_separates_well_separated_classes() -> None:
     layers = _layers(1)
-    found = compare(layers, [([7, 8, 9], 0)])
+    found = compare(fashion_trials(layers, [([7, 8, 9], 0)]))
     assert set(found) == set(candidates())
     for name, v in found.items():
         assert 0.9 <= v["auroc"] <= 1.0, name
         assert 0.0 <= v["reach"] <= 1.0, name
-    table = markdown(found, {})
-    assert table.count("\n") == len(found) + 2 and "| - | - |" in table
+    table = markdown({"seeds": found, "glyphs": {"block 1 alone": found["block 1 alone"]}})
+    assert table.count("\n") == len(found) + 2 and table.count("| - |") == len(found) - 1
     with pytest.raises(SystemExit, match="unknown candidates"):
-        compare(layers, [([7, 8, 9], 0)], ["no such score"])
+        compare(fashion_trials(layers, [([7, 8, 9], 0)]), ["no such score"])
+
+
+def test_fashion_memories_hold_the_known_classes_and_ask_every_test_image() -> None:
+    layers = _layers(2)
+    ((memory, my, queries, known),) = fashion_trials(layers, [([0, 4, 9], 3)], shots=2)
+    assert sorted(set(my.tolist())) == [1, 2, 3, 5, 6, 7, 8] and len(my) == 14
+    assert memory["head"].shape == (14, 24) and "y" not in memory
+    assert queries["head"].shape == (50, 24) and known.sum() == 35
+
+
+def test_pool_memories_never_ask_their_own_examples() -> None:
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(40), 13)
+    pool = {"y": y, "head": rng.normal(size=(len(y), 8)) + y[:, None]}
+    trials = list(pool_trials(pool, n=3))
+    assert len(trials) == 3
+    for memory, my, queries, known in trials:
+        assert len(my) == 24 * 10 and len(set(my.tolist())) == 24
+        assert len(known) == 24 * 3 + 8 * 13 and known.sum() == 24 * 3
+        rows = {tuple(r) for r in memory["head"]}
+        assert not rows & {tuple(r) for r in queries["head"]}
