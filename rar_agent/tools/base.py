@@ -94,6 +94,16 @@ class ImageSource:
     name: str
     payload: bytes | Path
 
+    def as_given(self, text: str) -> str:
+        """``text`` naming the image as the caller gave it, never by its real path.
+
+        A tool's answer goes to a model or an MCP client, possibly over the network: it
+        must not reveal the server's file layout (the decoder names the file it read).
+        """
+        if isinstance(self.payload, Path):
+            return text.replace(str(self.payload), self.name)
+        return text
+
 
 @dataclass(frozen=True)
 class ImageResolver:
@@ -213,9 +223,14 @@ def _check_pixels(source: ImageSource, limit: int) -> None:
         )
 
 
-def tool_error(e: Exception) -> ToolException:
-    """The ``ToolException`` that carries ``e``'s message to the model."""
-    return ToolException(str(e))
+def tool_error(e: Exception, *sources: ImageSource | None) -> ToolException:
+    """The ``ToolException`` that carries ``e``'s message to the model, naming each of
+    ``sources`` as the caller gave it (see :meth:`ImageSource.as_given`)."""
+    message = str(e)
+    for source in sources:
+        if source is not None:
+            message = source.as_given(message)
+    return ToolException(message)
 
 
 def explain_validation_error(error: Exception) -> str:

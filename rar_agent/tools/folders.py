@@ -326,9 +326,10 @@ class RecognizeImagesTool(RecognizerTool):
             try:
                 done = self.recognizer.recognize_batch([s.payload for s in chunk], k=args.k)
             except RarError as e:
-                raise tool_error(e) from e
+                raise tool_error(e, *chunk) from e
             for source, result in zip(chunk, done, strict=True):
                 result.image = source.name
+                _name_as_given(result, source)
                 results.append(result)
             if run_manager is not None:
                 run_manager.on_text(f"recognized {args.offset + len(results)} of {total}\n")
@@ -348,6 +349,15 @@ class RecognizeImagesTool(RecognizerTool):
         **kwargs: Any,
     ) -> tuple[str, dict[str, Any]]:
         return await asyncio.to_thread(self._run, None, **kwargs)
+
+
+def _name_as_given(result: RecognitionResult, source: ImageSource) -> None:
+    """A failed image's error (and the explanation quoting it) name it as the caller did."""
+    from rar_agent.pipeline.explain import explain_result
+
+    if result.error:
+        result.error = source.as_given(result.error)
+        result.explanation = explain_result(result)
 
 
 def _batch_text(batch: BatchResults) -> str:

@@ -25,7 +25,7 @@ from rar_agent.results import (
     TeachingUndone,
     TeachVia,
 )
-from rar_agent.tools.base import RecognizerTool, tool_error
+from rar_agent.tools.base import ImageSource, RecognizerTool, tool_error
 from rar_agent.tools.provenance import serving_teacher
 
 if TYPE_CHECKING:
@@ -223,6 +223,7 @@ class AddCategoryTool(TeachingTool):
     ) -> tuple[str, dict[str, Any]]:
         from rar_agent.pipeline.teacher import ExampleImage
 
+        source: ImageSource | None = None
         try:
             teacher = self.teacher()
             source = self.resolver().resolve(image)
@@ -230,7 +231,7 @@ class AddCategoryTool(TeachingTool):
             action: TeachAction = "correct" if corrects else "confirm" if confirmed else "add"
             result = teacher.add(label, [example], action=action, corrected_from=corrects)[0]
         except RarError as e:
-            raise tool_error(e) from e
+            raise tool_error(e, source) from e
         return describe_added(result), result.model_dump(mode="json")
 
 

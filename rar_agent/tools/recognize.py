@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from rar_agent.errors import RarError
 from rar_agent.results import Candidate, RecognitionResult, RegionResults
-from rar_agent.tools.base import RecognizerTool, tool_error
+from rar_agent.tools.base import ImageSource, RecognizerTool, tool_error
 
 __all__ = [
     "CategorySearchInput",
@@ -141,6 +141,7 @@ class RecognizeTool(RecognizerTool):
         boxes: list[list[float]] | None = None,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str | list[str | dict[str, Any]], dict[str, Any]]:
+        source: ImageSource | None = None
         try:
             source = self.resolver().resolve(image)
             if boxes:
@@ -150,7 +151,7 @@ class RecognizeTool(RecognizerTool):
                 return _regions_output(results, source.name, self.can_learn)
             result = self.recognizer.recognize(source.payload, k=k)
         except RarError as e:
-            raise tool_error(e) from e
+            raise tool_error(e, source) from e
         result.image = source.name
         text = format_result(result, image_name=source.name, can_learn=self.can_learn)
         blocks = example_blocks(result) if self.example_images else []

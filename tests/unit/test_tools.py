@@ -217,6 +217,39 @@ def test_recognize_paths_only_inside_roots(recognizer: Any, tmp_path: Path) -> N
     assert msg.status == "error" and "reading files is disabled" in msg.content
 
 
+def test_image_errors_name_the_image_as_given_never_the_servers_path(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """A corrupt file inside the allowed root: each tool names it as the caller did (issue 22:
+    nothing of the server's file layout in answers), and still says what is wrong."""
+    root = tmp_path / "served"
+    (root / "photos").mkdir(parents=True)
+    (root / "photos" / "corrupt.jpg").write_bytes(b"\xff\xd8 this is not really a jpeg" * 4)
+    secret = str(root.resolve())
+    tools = {
+        t.name: t
+        for t in make_tools(recognizer, allowed_roots=[root], image_ids=False, allow_learning=True)
+    }
+    calls = [
+        ("recognize_image", {"image": "photos/corrupt.jpg"}),
+        ("recognize_image", {"image": "photos/corrupt.jpg", "boxes": [[0, 0, 2, 2]]}),
+        ("add_category_example", {"label": "x", "image": "photos/corrupt.jpg"}),
+        ("recognize_images", {"images": ["photos/corrupt.jpg"]}),
+        ("recognize_images", {"folder": "photos"}),
+    ]
+    for name, args in calls:
+        msg = _call(tools[name], args)
+        answer = str(msg.content) + str(msg.artifact)
+        assert secret not in answer, (name, args, answer)
+        assert "photos/corrupt.jpg" in answer and "not an image" in answer, (name, answer)
+    # a folder, a missing file, a path through "..": named as given, the photos' real
+    # folder never (the allowed root itself is published in the tool descriptions)
+    for ref in ["photos", "photos/missing.jpg", "../served/photos/corrupt.jpg"]:
+        msg = _call(tools["recognize_image"], {"image": ref})
+        assert msg.status == "error" and str(msg.content).startswith(ref), msg.content
+        assert secret + "/photos" not in str(msg.content), msg.content
+
+
 def test_recognize_urls_off_by_default_and_private_hosts_refused(recognizer: Any) -> None:
     off = RecognizeTool(recognizer=recognizer)
     msg = _call(off, {"image": "https://example.com/cat.jpg"})
