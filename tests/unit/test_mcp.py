@@ -404,3 +404,40 @@ async def test_http_refuses_a_foreign_host_header(http_server: str) -> None:
             headers={"Host": "attacker.example", "Accept": "application/json, text/event-stream"},
         )
     assert response.status_code in (400, 403, 421)
+
+
+async def test_image_errors_never_name_the_servers_file_layout(memory_dir: MemoryDir) -> None:
+    """Issue 22: over MCP a bad image is named as the client gave it (or relative to the
+    allowed folder), never by the server's absolute path, and the error still says what to do."""
+    from PIL import Image
+
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+
+    photos = memory_dir.images / "photos"
+    photos.mkdir()
+    (photos / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg " * 8)
+    Image.new("RGB", (64, 64)).save(photos / "big.png")
+    layout = str(memory_dir.images.resolve())
+    garbage = "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8 garbage " * 8).decode()
+    calls = [
+        ("recognize_image", {"image": "photos/corrupt.jpg"}, "photos/corrupt.jpg is not an image"),
+        ("recognize_image", {"image": "photos/big.png"}, "photos/big.png is 64x64 pixels, over"),
+        ("recognize_image", {"image": "photos"}, "photos is not a regular file"),
+        ("recognize_image", {"image": "photos/gone.jpg"}, "photos/gone.jpg: no such file"),
+        ("recognize_image", {"image": garbage}, "not an image"),
+        ("recognize_images", {"images": ["photos/corrupt.jpg"]}, "photos/corrupt.jpg is not an"),
+        ("recognize_images", {"folder": "photos"}, "photos/corrupt.jpg is not an image"),
+        ("add_category_example", {"label": "x", "image": "photos/corrupt.jpg"}, "is not an image"),
+    ]
+    memory = CategoryMemory.open(memory_dir.memory, collection="small")
+    with Recognizer(memory, hashing_encoder(), k=5) as recognizer:
+        server = create_server(
+            recognizer, allowed_roots=[memory_dir.images], allow_learning=True, max_pixels=1000
+        )
+        async with create_connected_server_and_client_session(server) as session:
+            for name, args, expected in calls:
+                answer = await session.call_tool(name, args)
+                seen = text_of(answer) + json.dumps(answer.structuredContent)
+                assert expected in seen, (name, seen)
+                assert layout + "/photos" not in seen, (name, seen)
