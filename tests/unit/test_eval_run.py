@@ -191,7 +191,15 @@ def test_ctrl_c_during_the_memory_build_still_reports(folder: Path, tiny_encoder
     encoder = InterruptingEncoder(tiny_encoder, fail_on=1)
     report = run_evaluation(EvalConfig(dataset=str(folder), shots=3), encoder=encoder)
     assert report.interrupted and report.queries_evaluated == 0
-    assert "queries evaluated | 0 of 9" in render_markdown(report)
+    markdown = render_markdown(report)
+    assert "queries evaluated | 0 of 9" in markdown
+    # the docs test runs unmarked shell blocks: the reproduce command says what it needs
+    reproduce = markdown.split("```bash\n", 1)[1].splitlines()
+    assert (
+        reproduce[0] == f"# requires: the data of {folder}, the default encoder's weights, "
+        "minutes of CPU"
+    )
+    assert reproduce[1].startswith("rar-agent eval --dataset ")
 
 
 def test_persistent_memory_is_reused(folder: Path, tiny_encoder: Any, tmp_path: Path) -> None:
