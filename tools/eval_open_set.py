@@ -549,11 +549,16 @@ def plot(out: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the encoded Fashion-MNIST cache: where it lives and how many images."""
     parser.add_argument("--cache", type=Path, default=Path("artifacts/openset"))
     parser.add_argument("--pool", type=int, default=20, help="Train images per class encoded.")
     parser.add_argument("--test-per-class", type=int, default=100)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_cache_arguments(parser)
     parser.add_argument(
         "--only",
         default="scores,split-scores,shots,splits",

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rar_agent.evaluation.openset import auroc  # noqa: E402
 from rar_agent.openset.statistic import Whitening  # noqa: E402
 from tools.eval_open_set import (  # noqa: E402
+    add_cache_arguments,
     memory_rows,
     pick_rows,
     seed_memories,
@@ -396,9 +397,7 @@ def markdown(figures: dict[str, Figures]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, default=Path("artifacts/openset"))
-    parser.add_argument("--pool", type=int, default=20, help="Train images per class encoded.")
-    parser.add_argument("--test-per-class", type=int, default=100)
+    add_cache_arguments(parser)
     parser.add_argument(
         "--splits", nargs="*", default=[], metavar="NAME",
         help="Candidates to measure over the 120 splits too (slow: about 1 s each per split).",
