@@ -33,6 +33,7 @@ __all__ = [
     "Split",
     "augment_folder",
     "augment_image",
+    "check_fashion_mnist",
     "export_imagefolder",
     "fashion_mnist_available",
     "fashion_mnist_dir",
@@ -83,6 +84,27 @@ def fashion_mnist_available(root: str | os.PathLike[str] | None = None) -> bool:
     return all((folder / name).is_file() for pair in _FILES.values() for name in pair)
 
 
+def check_fashion_mnist(root: str | os.PathLike[str] | None = None) -> None:
+    """Refuse, saying how to install it, when one of the four idx files is missing.
+
+    Raises:
+        ConfigError: A file is missing.
+    """
+    folder = fashion_mnist_dir(root)
+    for pair in _FILES.values():
+        for name in pair:
+            _require_file(folder / name)
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(
+            f"Fashion-MNIST file {path} is missing: install it with "
+            "`apt-get install dataset-fashion-mnist`, or point RAR_FASHION_MNIST_DIR at a "
+            "folder holding the four *-idx*-ubyte.gz files"
+        )
+
+
 def _check_split(split: str) -> Split:
     if split not in _FILES:
         raise ConfigError(f"split must be 'train' or 'test', not {split!r}")
@@ -92,12 +114,7 @@ def _check_split(split: str) -> Split:
 def _read_idx(path: Path, magic: int) -> np.ndarray:
     import numpy as np
 
-    if not path.is_file():
-        raise ConfigError(
-            f"Fashion-MNIST file {path} is missing: install it with "
-            "`apt-get install dataset-fashion-mnist`, or point RAR_FASHION_MNIST_DIR at a "
-            "folder holding the four *-idx*-ubyte.gz files"
-        )
+    _require_file(path)
     try:
         with gzip.open(path, "rb") as fh:
             data = fh.read()

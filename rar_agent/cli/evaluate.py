@@ -153,20 +153,25 @@ def evaluate(
 
         from rar_agent.encoders import spec_of
         from rar_agent.evaluation import EvalConfig, run_evaluation, summary_table, write_report
+        from rar_agent.evaluation.schema import check_config
 
         settings = settings_from_options(
             clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder
         )
-        enc = load_settings_encoder(settings)
-        loaded = spec_of(enc)  # as resolved, so the report reproduces it
         config = EvalConfig(
             dataset=dataset, memory_set=memory_set, test_set=test_set, shots=shots,
             text_memory=text_memory, limit=limit, seed=seed, k=k, max_k=max_k,
             ranker=ranker, hint=hint, gate=gate, max_loss=max_loss, batch_size=batch_size,
-            encoder=loaded.model if loaded else None,
-            pretrained=loaded.pretrained if loaded else None, device=settings.device,
-            memory=str(memory) if memory else None, open_set=open_set, reject=reject,
+            device=settings.device, memory=str(memory) if memory else None,
+            open_set=open_set, reject=reject,
         )  # fmt: skip
+        check_config(config, stream_share=stream_share if stream else None)  # before any model
+        enc = load_settings_encoder(settings)
+        loaded = spec_of(enc)  # as resolved, so the report reproduces it
+        if loaded is not None:
+            config = config.model_copy(
+                update={"encoder": loaded.model, "pretrained": loaded.pretrained}
+            )
         cached = None
         if feature_cache is not None:
             from rar_agent.evaluation.features import CachedEncoder

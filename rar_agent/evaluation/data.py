@@ -15,6 +15,7 @@ from rar_agent.errors import ConfigError
 __all__ = [
     "FASHION_MNIST",
     "EvalSets",
+    "check_sources",
     "hold_out_classes",
     "limit_items",
     "load_items",
@@ -61,16 +62,8 @@ def load_items(source: str | Path) -> Items:
     from rar_agent.ingest.builders import iter_image_folder, iter_manifest
     from rar_agent.memory.entries import normalize_label
 
-    path = Path(source).expanduser()
-    if path.is_dir():
-        pairs = iter_image_folder(path)
-    elif path.is_file():
-        pairs = iter_manifest(path)
-    else:
-        raise ConfigError(
-            f"{source} does not exist: give an ImageFolder root (DIR/<label>/*.png) or a "
-            "CSV/JSONL manifest of path,label"
-        )
+    path = _must_exist(source)
+    pairs = iter_image_folder(path) if path.is_dir() else iter_manifest(path)
     return [(src, normalize_label(label)) for src, label in pairs]
 
 
@@ -179,6 +172,70 @@ def hold_out_classes(sets: EvalSets, fraction: float, seed: int) -> EvalSets:
     return sets
 
 
+def check_sources(
+    *,
+    dataset: str | None,
+    memory_set: str | None,
+    test_set: str | None,
+    shots: int | None,
+    text_memory: bool,
+    limit: int | None,
+    fashion_mnist_root: str | None = None,
+) -> None:
+    """Refuse an incomplete, contradictory or missing choice of inputs, reading no image.
+
+    Cheap (it looks at paths only), so a command checks its inputs with it before it loads
+    a model; :func:`resolve_sets` runs it first.
+
+    Raises:
+        ConfigError: The combination is incomplete or contradictory, a number is out of
+            range, or a named folder, manifest or dataset file does not exist.
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    if shots is not None and shots < 1:
+        raise ConfigError(f"--shots must be >= 1 image per class, got {shots}")
+    if dataset is not None and (memory_set is not None or test_set is not None):
+        raise ConfigError("give either --dataset or --memory-set/--test-set, not both")
+    if dataset is not None and dataset.strip().lower() == FASHION_MNIST:
+        from rar_agent.datasets import check_fashion_mnist
+
+        check_fashion_mnist(fashion_mnist_root)
+        return
+    if dataset is not None:
+        _check_dataset_name(dataset)
+        _must_exist(dataset)
+    if text_memory:
+        if memory_set is not None:
+            raise ConfigError("--text-memory builds the memory from class names: drop --memory-set")
+        if dataset is None and test_set is None:
+            raise ConfigError("--text-memory needs --test-set (or --dataset) to evaluate on")
+    elif dataset is not None and shots is None:
+        raise ConfigError(
+            f"--dataset {dataset} needs --shots N (images per class kept as memory), or "
+            "--text-memory for a class-name memory"
+        )
+    elif dataset is None and (memory_set is None or test_set is None):
+        raise ConfigError(
+            "say what to evaluate: --dataset DIR --shots N, or --memory-set DIR --test-set DIR, "
+            "or --text-memory --test-set DIR, or --dataset fashion-mnist"
+        )
+    for source in (memory_set, test_set):
+        if source is not None:
+            _must_exist(source)
+
+
+def _must_exist(source: str | Path) -> Path:
+    """``source`` as a path, refused unless it is a folder or a file."""
+    path = Path(source).expanduser()
+    if not (path.is_dir() or path.is_file()):
+        raise ConfigError(
+            f"{source} does not exist: give an ImageFolder root (DIR/<label>/*.png) or a "
+            "CSV/JSONL manifest of path,label"
+        )
+    return path
+
+
 def resolve_sets(
     *,
     dataset: str | None,
@@ -203,29 +260,20 @@ def resolve_sets(
     - ``text_memory`` with ``test_set`` or ``dataset``: class names only (zero-shot).
 
     Raises:
-        ConfigError: The combination is incomplete or contradictory, or leaves no query.
+        ConfigError: The combination is incomplete or contradictory (see
+            :func:`check_sources`), or leaves no query.
     """
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
-    if shots is not None and shots < 1:
-        raise ConfigError(f"--shots must be >= 1 image per class, got {shots}")
-    if dataset is not None and (memory_set is not None or test_set is not None):
-        raise ConfigError("give either --dataset or --memory-set/--test-set, not both")
+    check_sources(
+        dataset=dataset, memory_set=memory_set, test_set=test_set, shots=shots,
+        text_memory=text_memory, limit=limit, fashion_mnist_root=fashion_mnist_root,
+    )  # fmt: skip
     if dataset is not None and dataset.strip().lower() == FASHION_MNIST:
         return _fashion_mnist(workdir, shots, limit, seed, text_memory, fashion_mnist_root)
-    if dataset is not None:
-        _check_dataset_name(dataset)
     if text_memory:
-        if memory_set is not None:
-            raise ConfigError("--text-memory builds the memory from class names: drop --memory-set")
         return _text_memory_sets(dataset or test_set, limit, seed)
     if dataset is not None:
         return _shot_split_sets(dataset, shots, limit, seed)
-    if memory_set is None or test_set is None:
-        raise ConfigError(
-            "say what to evaluate: --dataset DIR --shots N, or --memory-set DIR --test-set DIR, "
-            "or --text-memory --test-set DIR, or --dataset fashion-mnist"
-        )
+    assert memory_set is not None and test_set is not None  # check_sources saw to it
     return _separate_sets(memory_set, test_set, shots, limit, seed)
 
 
@@ -245,8 +293,7 @@ def _check_dataset_name(dataset: str) -> None:
 
 def _text_memory_sets(source: str | None, limit: int | None, seed: int) -> EvalSets:
     """Class names of the test set as the memory (zero-shot)."""
-    if source is None:
-        raise ConfigError("--text-memory needs --test-set (or --dataset) to evaluate on")
+    assert source is not None  # check_sources saw to it
     test = load_items(source)
     return EvalSets(
         test_items=limit_items(test, limit, seed),
@@ -256,12 +303,8 @@ def _text_memory_sets(source: str | None, limit: int | None, seed: int) -> EvalS
 
 def _shot_split_sets(dataset: str, shots: int | None, limit: int | None, seed: int) -> EvalSets:
     """One labelled set split per class: ``shots`` images to memory, the rest are queries."""
-    items = load_items(dataset)  # first: a path that does not exist says so
-    if shots is None:
-        raise ConfigError(
-            f"--dataset {dataset} needs --shots N (images per class kept as memory), or "
-            "--text-memory for a class-name memory"
-        )
+    items = load_items(dataset)
+    assert shots is not None  # check_sources saw to it
     memory, test = split_shots(items, shots, seed)
     if not test:
         raise ConfigError(

@@ -105,8 +105,18 @@ def gate_setting(gate: str | None) -> tuple[float | None, bool]:
     return parse_gate(gate), False
 
 
-def check_config(config: EvalConfig) -> None:
-    """Refuse out-of-range settings with one message naming every problem."""
+def check_config(config: EvalConfig, *, stream_share: float | None = None) -> None:
+    """Refuse out-of-range settings and missing inputs, reading no image and loading no model.
+
+    Args:
+        config: The evaluation to check.
+        stream_share: For ``eval --stream``: the streamed share of the test images (then
+            ``shots`` may be 0: no initial example).
+
+    Raises:
+        ConfigError: One message naming every out-of-range number, or the first problem of
+            the inputs (see :func:`~rar_agent.evaluation.data.check_sources`).
+    """
     problems = []
     if not 1 <= config.k <= 100:
         problems.append(f"--k must be between 1 and 100, got {config.k}")
@@ -118,12 +128,26 @@ def check_config(config: EvalConfig) -> None:
         problems.append(f"--max-loss must be >= 0 points, got {config.max_loss}")
     if config.open_set is not None and not 0.0 < config.open_set < 1.0:
         problems.append(f"--open-set is a share of classes in (0, 1), got {config.open_set}")
+    shots = config.shots
+    if stream_share is not None:
+        if not 0.0 < stream_share < 1.0:
+            problems.append(f"the streamed share must be in (0, 1), got {stream_share}")
+        if shots is not None and shots < 0:
+            problems.append(f"--shots must be >= 0 initial examples per class, got {shots}")
+        shots = max(shots if shots is not None else 1, 1)
     if problems:
         raise ConfigError("; ".join(problems))
     gate_setting(config.gate)
     from rar_agent.config import parse_reject
 
     parse_reject(config.reject)
+    from rar_agent.evaluation.data import check_sources
+
+    check_sources(
+        dataset=config.dataset, memory_set=config.memory_set, test_set=config.test_set,
+        shots=shots, text_memory=config.text_memory and stream_share is None,
+        limit=config.limit, fashion_mnist_root=config.fashion_mnist_root,
+    )  # fmt: skip
 
 
 def build_report(

@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from rar_agent.errors import ConfigError, DuplicateExampleError, EmptyMemoryError
+from rar_agent.evaluation.schema import check_config
 
 if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
@@ -226,11 +227,8 @@ def run_stream(
     from rar_agent.pipeline import Recognizer
     from rar_agent.pipeline.teacher import Teacher
 
-    if not 0.0 < stream_share < 1.0:
-        raise ConfigError(f"the streamed share must be in (0, 1), got {stream_share}")
+    check_config(config, stream_share=stream_share)
     shots = config.shots if config.shots is not None else 1
-    if shots < 0:
-        raise ConfigError(f"--shots must be >= 0 initial examples per class, got {shots}")
     t0 = time.perf_counter()
     sets = resolve_sets(
         dataset=config.dataset, memory_set=config.memory_set, test_set=config.test_set,

@@ -358,7 +358,7 @@ def test_cli_eval_reports_bad_input_in_one_line(tmp_path: Path) -> None:
 
 
 def test_cli_eval_exits_130_after_writing_a_partial_report(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    folder: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import rar_agent.evaluation as evaluation
     from rar_agent.cli import app
@@ -369,9 +369,11 @@ def test_cli_eval_exits_130_after_writing_a_partial_report(
     ]
     monkeypatch.setattr(evaluation, "run_evaluation", lambda *a, **k: partial.model_copy())
     result = CliRunner().invoke(
-        app, ["eval", "--dataset", "x", "--out", str(tmp_path), "--no-progress"]
-    )
-    assert result.exit_code == 130
+        app,
+        ["eval", "--dataset", str(folder), "--shots", "2", "--out", str(tmp_path),
+         "--encoder", "tests.helpers.encoder_factories:hashing_encoder", "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 130, result.output
     assert "Interrupted" in (tmp_path / "report.md").read_text()
 
 
@@ -403,3 +405,34 @@ def test_auto_gate_without_a_recorded_margin_says_how_to_get_one(
     with pytest.raises(ConfigError, match="run `rar-agent eval --gate auto --memory DIR`"):
         Recognizer(memory, tiny_encoder, gate="auto")
     memory.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "/nonexistent", "--shots", "2"], "/nonexistent does not exist"),
+        (["--memory-set", "/nonexistent", "--test-set", "/nonexistent"], "does not exist"),
+        ([], "say what to evaluate"),
+        (["--dataset", "fashion-mnst"], "did you mean --dataset fashion-mnist"),
+        (["--dataset", ".", "--shots", "1", "--k", "0"], "--k must be between"),
+        (["--dataset", ".", "--shots", "1", "--reject", "bogus"], "unknown reject setting"),
+        (["--dataset", ".", "--shots", "1", "--gate", "bogus"], "gate setting"),
+        (["--dataset", ".", "--stream", "--stream-share", "2"], "streamed share"),
+        (["--dataset", ".", "--stream", "--shots", "-1"], "--shots must be >= 0"),
+        (["--dataset", "fashion-mnist"], "apt-get install dataset-fashion-mnist"),
+    ],
+)
+def test_cli_eval_checks_its_inputs_before_loading_an_encoder(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from rar_agent.cli import app, evaluate
+
+    monkeypatch.setenv("RAR_FASHION_MNIST_DIR", str(tmp_path))  # an empty folder
+
+    def no_load(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the encoder was loaded before the inputs were checked")
+
+    monkeypatch.setattr(evaluate, "load_settings_encoder", no_load)
+    result = CliRunner().invoke(app, ["eval", *args, "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
