@@ -20,6 +20,7 @@ __all__ = [
     "DuplicateExampleError",
     "RankerError",
     "UnsafeInputError",
+    "failure_line",
 ]
 
 
@@ -83,3 +84,9 @@ class RankerError(RarError):
 
 class UnsafeInputError(RarError, PermissionError):
     """A path or URL given by a caller (often a model) is outside what is allowed."""
+
+
+def failure_line(source: str, reason: str) -> str:
+    """``source: reason`` for one input that failed, or the reason alone where it names the
+    source already (image errors do), so that a path is printed once."""
+    return reason if source in reason else f"{source}: {reason}"

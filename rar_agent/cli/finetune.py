@@ -20,6 +20,7 @@ from rar_agent.cli.options import (
     ProgressOpt,
     load_settings_encoder,
     print_error,
+    print_skipped,
     settings_command,
 )
 from rar_agent.cli.progress import progress_bar
@@ -140,8 +141,7 @@ def _print_summary(summary: "FinetuneSummary", out: Path, as_json: bool) -> None
         highlight=False,
         markup=False,
     )
-    for source, reason in summary.failed[:20]:
-        console.print(f"  [yellow]skipped[/] {escape(f'{source}: {reason}')}", highlight=False)
+    print_skipped(summary.failed)
     if summary.conversations == 0:
         print_error(
             "no conversations: is the memory built from these labels, and is --top-n large enough?"

@@ -21,6 +21,7 @@ from rar_agent.cli.options import (
     ShotsOpt,
     load_settings_encoder,
     print_note,
+    print_skipped,
     settings_command,
 )
 from rar_agent.cli.progress import progress_bar
@@ -301,7 +302,6 @@ def _read_names(path: Path) -> list[str]:
 def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
     """What a build or add did, and what the memory now holds."""
     from rich.console import Console
-    from rich.markup import escape
 
     console = Console(soft_wrap=True)  # whole paths and lines, for reading and grepping
     console.print(
@@ -310,10 +310,7 @@ def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
         f"memory now holds {mem.count()} entries over {len(mem.labels())} labels",
         highlight=False,
     )
-    for source, reason in report.failed[:20]:
-        console.print(f"  [yellow]skipped[/] {escape(f'{source}: {reason}')}", highlight=False)
-    if len(report.failed) > 20:
-        console.print(f"  [yellow]and {len(report.failed) - 20} more skipped[/]", highlight=False)
+    print_skipped(report.failed)
 
 
 @app.command("add")

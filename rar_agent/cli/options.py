@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Concatenate, ParamSpec
 
@@ -63,6 +63,7 @@ __all__ = [
     "open_recognizer",
     "print_error",
     "print_note",
+    "print_skipped",
     "settings_command",
     "settings_from_options",
 ]
@@ -455,6 +456,22 @@ def print_error(message: str) -> None:
     Console(stderr=True, soft_wrap=True).print(
         f"[bold red]error:[/] {escape(message)}", highlight=False
     )
+
+
+def print_skipped(failed: Sequence[tuple[str, str]], shown: int = 20) -> None:
+    """One ``skipped`` line per input a build left out (the first ``shown``), each naming the
+    input once with its reason, then how many more."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from rar_agent.errors import failure_line
+
+    console = Console(soft_wrap=True)  # whole paths and lines, for reading and grepping
+    for source, reason in failed[:shown]:
+        console.print(f"  [yellow]skipped[/] {escape(failure_line(source, reason))}",
+                      highlight=False)  # fmt: skip
+    if len(failed) > shown:
+        console.print(f"  [yellow]and {len(failed) - shown} more skipped[/]", highlight=False)
 
 
 def print_note(message: str) -> None:

@@ -140,13 +140,14 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from rar_agent.errors import failure_line
     from rar_agent.pipeline import explanation_of
 
     console = Console()
     for r in results:
         if r.error:
-            where = r.image if r.box_id is None else f"{r.image} box {r.box_id}"
-            print_error(f"{where}: {r.error}")
+            where = f"{r.image}" if r.box_id is None else f"{r.image} box {r.box_id}"
+            print_error(failure_line(where, r.error))
             continue
         ex = explanation_of(r)  # names, labels and paths are data, not rich markup: escaped
         where = escape(f"{r.image}" if r.box_id is None else f"{r.image} box {r.box_id} {r.box}")

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.errors import RarError
+from rar_agent.errors import RarError, failure_line
 from rar_agent.evaluation.data import EvalSets, hold_out_classes, resolve_sets
 from rar_agent.evaluation.metrics import QueryRecord
 from rar_agent.evaluation.openset import OpenSetReport
@@ -214,7 +214,7 @@ def _build_memory(
 
             openset.update(memory, added=build.sample_ids)
     for source, reason in build.failed[:5]:
-        logger.warning("memory image skipped: %s: %s", source, reason)
+        logger.warning("memory image skipped: %s", failure_line(source, reason))
     return {
         "kind": kind,
         "entries": memory.count(kind),

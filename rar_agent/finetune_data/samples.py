@@ -240,7 +240,7 @@ class _SampleMaker:
                 loaded = load_image(source, need=need)
             except RarError as e:
                 self.stats.failed.append((str(source), str(e)))
-                logger.warning("skipped %s: %s", source, e)
+                logger.debug("skipped %s: %s", source, e)  # the caller reports stats.failed
                 continue
             if self.opts.dedup and loaded.sha256 in self.seen_images:
                 self.stats.duplicates += 1

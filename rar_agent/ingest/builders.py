@@ -349,8 +349,8 @@ def _write(
         report.note_added(memory.add_entries(entries, rows))
     report.skipped_existing += prepared.skipped
     report.failed.extend(prepared.failed)
-    for source, reason in prepared.failed:
-        logger.warning("skipped %s: %s", source, reason)
+    for source, reason in prepared.failed:  # the caller reports them: logged for debugging
+        logger.debug("skipped %s: %s", source, reason)
 
 
 def _forward_step(encoder: object, batch: int) -> int:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,14 @@ def test_recognize_some_bad_inputs_exit_1_and_the_rest_are_answered(folder: Path
     assert "not an image" in second["error"]
 
 
+def test_a_bad_image_is_named_once_in_its_error_line(folder: Path) -> None:
+    bad = str(folder / "bad.png")
+    done = runner.invoke(app, ["recognize", bad, "--labels", "a,b"])
+    assert done.exit_code == EXIT_INPUT_FAILED
+    (line,) = [ln for ln in done.output.splitlines() if ln.startswith("error:")]
+    assert line.count(bad) == 1 and "not an image" in line, line
+
+
 def test_one_bad_image_in_box_mode_exits_1(folder: Path) -> None:
     boxes = folder / "boxes.json"
     boxes.write_text("[[0, 0, 10, 10]]")
@@ -68,14 +77,19 @@ def test_usage_errors_exit_2_before_anything_loads(folder: Path) -> None:
     assert done.exit_code == EXIT_USAGE
 
 
-def test_memory_build_with_bad_items_exits_1_and_stores_the_rest(folder: Path) -> None:
+def test_memory_build_with_bad_items_exits_1_and_stores_the_rest(
+    folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (folder / "imgs" / "beta" / "broken.png").write_text("not an image")
     memory = str(folder / "mem")
+    caplog.set_level(logging.WARNING)  # what a terminal shows of the log (logging's last resort)
     done = runner.invoke(app, ["memory", "build", "--from-folder", str(folder / "imgs"),
                                "--memory", memory, "--no-progress"])  # fmt: skip
     assert done.exit_code == EXIT_INPUT_FAILED
     assert "added 2" in done.output
-    assert sum("broken.png" in line for line in done.output.splitlines()) == 1  # reported once
+    shown = done.output + "".join(f"{r.getMessage()}\n" for r in caplog.records)
+    assert shown.count("broken.png") == 1, shown  # reported once, its path named once
+    assert "not an image" in shown
     strict = runner.invoke(app, ["memory", "build", "--from-folder", str(folder / "imgs"),
                                  "--memory", str(folder / "strict"), "--strict"])  # fmt: skip
     assert strict.exit_code == EXIT_INPUT_FAILED
