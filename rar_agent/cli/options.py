@@ -468,7 +468,7 @@ def print_skipped(failed: Sequence[tuple[str, str]], shown: int = 20) -> None:
 
     console = Console(soft_wrap=True)  # whole paths and lines, for reading and grepping
     for source, reason in failed[:shown]:
-        console.print(f"  [yellow]skipped[/] {escape(failure_line(source, reason))}",
+        console.print(f"  [yellow]skipped:[/] {escape(failure_line(source, reason))}",
                       highlight=False)  # fmt: skip
     if len(failed) > shown:
         console.print(f"  [yellow]and {len(failed) - shown} more skipped[/]", highlight=False)
