@@ -33,6 +33,7 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 _COMPATIBLE = ipaddress.ip_network("::/96")
 _USER_AGENT = b"rar-agent (image fetch)"
+_WHAT_TO_DO = "check the URL and this machine's network, or download the image and pass the file"
 
 
 def check_url(url: str, *, allow_private: bool = False) -> None:
@@ -62,7 +63,7 @@ def _checked_addresses(url: str, *, allow_private: bool) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port or default_port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as e:
-        raise ImageError(f"cannot resolve host {host!r}: {e}") from e
+        raise ImageError(f"cannot resolve host {host!r} ({e}): {_WHAT_TO_DO}") from e
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not allow_private:
         for address in addresses:
@@ -73,7 +74,7 @@ def _checked_addresses(url: str, *, allow_private: bool) -> list[str]:
                     "may be fetched"
                 )
     if not addresses:
-        raise ImageError(f"host {host!r} has no addresses")
+        raise ImageError(f"host {host!r} has no addresses: {_WHAT_TO_DO}")
     return addresses
 
 
@@ -152,7 +153,7 @@ def _get(
             if resp.status in _REDIRECTS and "location" in fields:
                 return resp.status, fields["location"], b""
             if resp.status >= 400:
-                raise ImageError(f"{shown} answered HTTP {resp.status}")
+                raise ImageError(f"{shown} answered HTTP {resp.status}: {_WHAT_TO_DO}")
             declared = fields.get("content-length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise ImageError(f"{shown} is {declared} bytes, over the {max_bytes}-byte cap")
@@ -165,11 +166,13 @@ def _get(
                 chunks.append(chunk)
             return resp.status, None, b"".join(chunks)
     except httpcore.TimeoutException as e:
-        raise ImageError(f"{shown} took longer than the {timeout_s:g} s limit") from e
+        raise ImageError(
+            f"{shown} took longer than the {timeout_s:g} s limit: {_WHAT_TO_DO}"
+        ) from e
     except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as e:
-        raise ImageError(f"cannot download {shown}: {type(e).__name__}: {e}") from e
+        raise ImageError(f"cannot download {shown} ({type(e).__name__}: {e}): {_WHAT_TO_DO}") from e
     except OSError as e:  # TLS failures and other socket errors
-        raise ImageError(f"cannot download {shown}: {e}") from e
+        raise ImageError(f"cannot download {shown} ({e}): {_WHAT_TO_DO}") from e
 
 
 class _DeadlineStream:

@@ -40,6 +40,7 @@ __all__ = [
     "register_image_plugins",
     "load_image",
     "decode_image_bytes",
+    "read_image_bytes",
     "read_image_file",
     "to_rgb",
     "is_image_reference",
@@ -226,11 +227,22 @@ def read_image_file(
     need: NeedSpec = None,
 ) -> LoadedImage:
     """Read and decode one image file (see :func:`load_image`)."""
+    data = read_image_bytes(path)
+    return _from_bytes(data, str(path), name or str(path), max_pixels, need)
+
+
+def read_image_bytes(path: Path) -> bytes:
+    """The bytes of one image file, refused with what to do when it cannot be an image file.
+
+    Raises:
+        ImageError: ``path`` is missing, a directory or special file, over the size limit,
+            or unreadable.
+    """
     try:
         if path.is_dir():
             raise ImageError(f"{path} is a directory, not an image file: pass a file inside it")
         if not path.exists():
-            raise ImageError(f"image file not found: {path}")
+            raise ImageError(f"{path} does not exist: check the path")
         if not path.is_file():
             raise ImageError(f"{path} is not a regular file (device, socket or pipe?)")
         size = path.stat().st_size
@@ -239,12 +251,11 @@ def read_image_file(
                 f"{path} is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB "
                 "limit: downscale or re-encode it first"
             )
-        data = path.read_bytes()
+        return path.read_bytes()
     except PermissionError as e:
         raise ImageError(f"no permission to read {path}: check the file's permissions") from e
     except OSError as e:
         raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
-    return _from_bytes(data, str(path), name or str(path), max_pixels, need)
 
 
 def decode_image_bytes(

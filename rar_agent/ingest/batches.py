@@ -30,7 +30,6 @@ __all__ = [
     "PreparedBatch",
     "decode_workers",
     "prepare_batch",
-    "read_local_image",
 ]
 
 REMOTE_PREFIXES = ("http://", "https://", "data:")
@@ -101,25 +100,6 @@ def decode_workers(encoder: object) -> int:
     if device == "cpu":
         return max(1, cpus // 4)
     return max(1, min(8, cpus))
-
-
-def read_local_image(path: Path) -> bytes:
-    """The bytes of a local image file, refused when missing or over the size limit.
-
-    Raises:
-        ImageError: The file is missing, unreadable or too large.
-    """
-    from rar_agent.images import MAX_FILE_BYTES
-
-    try:
-        if not path.is_file():
-            raise ImageError(f"image file not found (or not a file): {path}")
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"{path} is {size / 2**20:.0f} MiB, over the image size limit")
-        return path.read_bytes()
-    except OSError as e:
-        raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
 
 
 def prepare_batch(
@@ -210,7 +190,7 @@ def _read_and_hash(
     failed: list[tuple[str, str]],
 ) -> list[Staged]:
     """Each item's entry with its bytes (a local file, read) or its image (a URL, loaded)."""
-    from rar_agent.images import load_image
+    from rar_agent.images import load_image, read_image_bytes
 
     staged: list[Staged] = []
     for source, label, data in batch:
@@ -221,7 +201,7 @@ def _read_and_hash(
                 loaded = load_image(source, need=need)
                 image, digest = loaded.image, loaded.sha256
             else:
-                data = read_local_image(Path(source)) if data is None else data
+                data = read_image_bytes(Path(source)) if data is None else data
                 digest = hashlib.sha256(data).hexdigest()
             entry = MemoryEntry(label, "image", source, digest, extra=dict(extra))
             staged.append((entry, data, image))

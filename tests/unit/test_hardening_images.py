@@ -354,12 +354,12 @@ def test_directory_where_a_file_was_expected(setup: Setup, tmp_path: Path) -> No
     with pytest.raises(ImageError, match="directory"):
         setup.recognizer.recognize(str(folder))
     report = add_images(setup.memory, setup.encoder, [(str(folder), "holiday")])
-    assert report.added == 0 and "not a file" in report.failed[0][1]
+    assert report.added == 0 and "is a directory, not an image file" in report.failed[0][1]
     assert setup.unchanged()
 
 
 def test_missing_file(setup: Setup, tmp_path: Path) -> None:
-    with pytest.raises(ImageError, match="not found"):
+    with pytest.raises(ImageError, match="does not exist: check the path"):
         setup.recognizer.recognize(tmp_path / "nowhere.png")
     report = add_images(setup.memory, setup.encoder, [(str(tmp_path / "nowhere.png"), "x")])
     assert report.added == 0 and report.failed
@@ -402,7 +402,7 @@ def test_unreadable_permissions_simulated(
     with pytest.raises(ImageError):
         setup.recognizer.recognize(path)
     report = add_images(setup.memory, setup.encoder, [(str(path), "secret")])
-    assert report.added == 0 and "Permission denied" in report.failed[0][1]
+    assert report.added == 0 and "no permission to read" in report.failed[0][1]
     assert setup.unchanged()
 
 

@@ -198,7 +198,7 @@ def test_bad_images_are_skipped_and_reported(
         [str(truncated), str(fake), str(folder / "missing.png"), good[6][0]]
     )
     reasons = " | ".join(reason for _, reason in report.failed)
-    assert "truncated or corrupt" in reasons and "not found" in reasons and "empty" in reasons
+    assert "truncated or corrupt" in reasons and "does not exist" in reasons and "empty" in reasons
     assert memory.count() == 11
 
 

@@ -466,3 +466,25 @@ def test_load_image_urls_public_only_on_request(server: LocalHTTPServer) -> None
     with pytest.raises(UnsafeInputError, match="loopback"):
         load_image(url, allow_private_urls=False)
     assert len(server.requests) == 1
+
+
+def test_a_download_that_fails_says_what_to_do(
+    server: LocalHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No name service, nothing listening, a 404, too slow: each says what to try next."""
+    from tests.helpers.http_server import closed_port
+
+    def no_dns(*_: Any, **__: Any) -> Any:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(socket, "getaddrinfo", no_dns)
+        with pytest.raises(ImageError, match="cannot resolve host .*: check the URL and .*network"):
+            fetch_url("http://photos.invalid/cat.jpg")
+    closed = f"http://127.0.0.1:{closed_port()}/cat.png"
+    missing = server.url("/missing.png")
+    slow = server.route("/slow2", delay_s=30, body=b"late")
+    for url in (closed, missing, slow):
+        with pytest.raises(ImageError, match="download the image and pass the file") as e:
+            fetch_url(url, allow_private=True, timeout_s=1.0)
+        assert str(e.value).count(url) == 1
