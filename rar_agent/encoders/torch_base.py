@@ -52,10 +52,15 @@ _BEFORE: list[int] = []  # torch's thread count before the first of them
 
 
 def resolve_device(device: str | None) -> str:
-    """Pick a torch device: the one asked for, else cuda, then mps, then cpu."""
+    """Pick a torch device: the one asked for, else cuda, then mps, then cpu.
+
+    Raises:
+        ConfigError: The device asked for is no torch device, or this machine lacks it.
+    """
     import torch
 
     if device and device != "auto":
+        _check_device(device)
         return device
     if torch.cuda.is_available():
         return "cuda"
@@ -63,6 +68,29 @@ def resolve_device(device: str | None) -> str:
     if mps is not None and mps.is_available():
         return "mps"
     return "cpu"
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device torch does not know, or one this machine does not have."""
+    import torch
+
+    from rar_agent.errors import ConfigError
+
+    hint = "use auto (the best one here), cpu, cuda, cuda:N or mps (RAR_DEVICE)"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {device!r}: {hint}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (parsed.index or 0) >= count:
+            raise ConfigError(
+                f"device {device!r} is not available: this machine has {count} CUDA GPU(s); {hint}"
+            )
+    if parsed.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"device {device!r} is not available on this machine; {hint}")
 
 
 def resolve_precision(precision: str | None, device: str) -> str:

@@ -197,11 +197,9 @@ class LocalVisionChatModel(BaseChatModel):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            if device == "cpu" and torch.backends.mps.is_available():
-                device = "mps"
+        from rar_agent.encoders.torch_base import resolve_device
+
+        device = resolve_device(self.device)
         dtype = self.dtype
         if dtype == "auto":
             bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()

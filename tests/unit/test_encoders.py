@@ -232,6 +232,46 @@ def test_device_and_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_precision("fp8", "cpu")
 
 
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("banana", "unknown device 'banana': use auto"),
+        ("cuda", "'cuda' is not available: this machine has 0 CUDA GPU"),
+        ("cuda:1", "'cuda:1' is not available"),
+        ("mps", "'mps' is not available on this machine"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_refused_with_what_to_use(
+    device: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from rar_agent.encoders.torch_base import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=message):
+        resolve_device(device)
+
+
+def test_cli_with_a_bad_device_says_so_in_one_line(
+    tiny_openclip_spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    monkeypatch.setenv("RAR_HOME", str(tmp_path))
+    monkeypatch.setenv("RAR_DEVICE", "banana")
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(photo)
+    done = CliRunner().invoke(
+        app, ["recognize", str(photo), "--clip-model", tiny_openclip_spec, "--labels", "a,b"]
+    )
+    assert done.exit_code == 2, done.output  # the one error line, not a traceback (exit 1)
+    assert "error: unknown device 'banana'" in " ".join(done.output.split())
+
+
 def test_cpu_threads_respect_user_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
