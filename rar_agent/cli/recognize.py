@@ -25,6 +25,7 @@ from rar_agent.cli.options import (
 if TYPE_CHECKING:
     from rar_agent.config import Settings
     from rar_agent.pipeline import Recognizer
+    from rar_agent.regions import Box
     from rar_agent.results import Explanation, RecognitionResult
 
 __all__ = ["recognize"]
@@ -73,12 +74,13 @@ def recognize(
     progress: ProgressOpt = True,
 ) -> None:
     """Recognize what is in each image (retrieve top-k, then rank), or in each box of one image."""
+    regions = None
     if boxes is not None or annotate is not None:
-        _check_box_usage(images, boxes)  # before loading anything
+        regions = _read_boxes(images, boxes, normalized, annotate)  # before loading anything
     recognizer = open_recognizer(settings, labels, progress)
     with recognizer:
-        if boxes is not None or annotate is not None:
-            results = _recognize_boxes(recognizer, images, boxes, normalized, annotate)
+        if regions is not None:
+            results = _recognize_boxes(recognizer, images[0], regions, annotate)
         else:
             results = recognizer.recognize_batch(images)
     if recognizer.ranker is None and not as_json:  # after any usage error, before the answers
@@ -88,45 +90,67 @@ def recognize(
         raise typer.Exit(EXIT_INPUT_FAILED)
 
 
-def _check_box_usage(images: list[str], boxes: Path | None) -> None:
+def _read_boxes(
+    images: list[str], boxes: Path | None, normalized: bool | None, annotate: Path | None
+) -> "list[Box]":
+    """The boxes of ``--boxes``, read before anything loads, with every misuse refused: no
+    boxes file, more than one image, an ``--annotate`` path that cannot be written."""
     from rar_agent.errors import ConfigError
+    from rar_agent.regions import load_boxes
 
     if boxes is None:
         raise ConfigError("--annotate draws region labels: give the regions with --boxes FILE")
     if len(images) != 1:
         raise ConfigError(f"--boxes applies to one image, got {len(images)}: pass exactly one")
+    if annotate is not None:
+        _check_picture_path(annotate)
+    parsed = load_boxes(boxes, normalized=normalized)
+    if not parsed:
+        raise ConfigError(f"{boxes} holds no boxes: write a JSON list of [x0, y0, x1, y1]")
+    return parsed
+
+
+def _check_picture_path(annotate: Path) -> None:
+    """Refuse an ``--annotate`` path whose folder is missing or whose extension Pillow cannot
+    write."""
+    from PIL import Image
+
+    from rar_agent.errors import ConfigError
+
+    Image.init()
+    folder = annotate.expanduser().parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"--annotate {annotate}: the folder {folder} does not exist: create it or pick "
+            "another path"
+        )
+    if Image.registered_extensions().get(annotate.suffix.lower()) not in Image.SAVE:
+        raise ConfigError(
+            f"--annotate {annotate}: cannot write a {annotate.suffix or 'extension-less'} "
+            "picture: use a .png or .jpg path"
+        )
 
 
 def _recognize_boxes(
-    recognizer: "Recognizer",
-    images: list[str],
-    boxes: Path | None,
-    normalized: bool | None,
-    annotate: Path | None,
+    recognizer: "Recognizer", image: str, boxes: "list[Box]", annotate: Path | None
 ) -> "list[RecognitionResult]":
     """``recognize --boxes``: every box of one image, optionally drawn into ``annotate``."""
     from rar_agent.errors import ConfigError
     from rar_agent.images import load_image
     from rar_agent.regions import annotate as draw_results
-    from rar_agent.regions import load_boxes
 
-    assert boxes is not None  # _check_box_usage
-    parsed = load_boxes(boxes, normalized=normalized)
-    if not parsed:
-        raise ConfigError(f"{boxes} holds no boxes: write a JSON list of [x0, y0, x1, y1]")
     if annotate is None:  # decoded only as large as the boxes need
-        return recognizer.recognize_regions(images[0], parsed, kind="auto")
-    loaded = load_image(images[0])  # the full image, drawn on
-    results = recognizer.recognize_regions(loaded.image, parsed, kind="auto")
+        return recognizer.recognize_regions(image, boxes, kind="auto")
+    loaded = load_image(image)  # the full image, drawn on
+    results = recognizer.recognize_regions(loaded.image, boxes, kind="auto")
     for result in results:
         result.image = loaded.source
-    if annotate is not None:
-        picture = draw_results(loaded.image, results)
-        try:
-            picture.save(annotate)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot write {annotate}: {e}; use a .png or .jpg path") from e
-        print_note(f"wrote the annotated image to {annotate}")
+    picture = draw_results(loaded.image, results)
+    try:
+        picture.save(annotate)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot write {annotate}: {e}; use a .png or .jpg path") from e
+    print_note(f"wrote the annotated image to {annotate}")
     return results
 
 

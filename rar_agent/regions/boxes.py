@@ -246,7 +246,7 @@ def load_boxes(
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise BoxError(f"boxes file not found: {path}") from e
+        raise BoxError(f"boxes file {path} does not exist: check the path") from e
     except OSError as e:
         raise BoxError(f"cannot read boxes file {path}: {e.strerror or e}") from e
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -99,7 +99,7 @@ def test_load_boxes_file(tmp_path) -> None:  # noqa: ANN001
     bad.write_text("[1, 2")
     with pytest.raises(BoxError, match="not valid JSON"):
         load_boxes(bad)
-    with pytest.raises(BoxError, match="not found"):
+    with pytest.raises(BoxError, match="does not exist: check the path"):
         load_boxes(tmp_path / "missing.json")
 
 

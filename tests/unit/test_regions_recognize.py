@@ -229,3 +229,34 @@ def test_cli_boxes_json_and_annotate(
         app, ["recognize", "a.png", "b.png", "--boxes", str(tmp_path / "boxes.json"), *common]
     )
     assert two.exit_code == 2 and "one image" in two.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--annotate", "missing-folder/out.png"], "folder .*missing-folder does not exist"),
+        (["--annotate", "out.txt"], "cannot write a .txt picture: use a .png or .jpg path"),
+        (["--boxes", "nope.json"], "nope.json does not exist: check the path"),
+        (["--boxes", "scene.png"], "is not valid JSON"),
+    ],
+)
+def test_cli_bad_boxes_or_annotate_paths_are_refused_before_anything_loads(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app, recognize
+
+    def no_load(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the recognizer was opened before the boxes were checked")
+
+    monkeypatch.setattr(recognize, "open_recognizer", no_load)
+    scene().save(tmp_path / "scene.png")
+    (tmp_path / "boxes.json").write_text("[[20, 30, 70, 90]]")
+    options = {"--boxes": "boxes.json", **dict(zip(args[::2], args[1::2], strict=True))}
+    given = [part for flag, name in options.items() for part in (flag, str(tmp_path / name))]
+    result = CliRunner().invoke(app, ["recognize", str(tmp_path / "scene.png"), *given])
+    assert result.exit_code == 2, result.output
+    assert re.search(message, " ".join(result.output.split())), result.output
