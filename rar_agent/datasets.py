@@ -210,15 +210,29 @@ def export_imagefolder(
         index = FASHION_MNIST_CLASSES.index(name)
         members = np.flatnonzero(labels == index)
         picks = np.sort(rng.choice(members, size=min(n_per_class, members.size), replace=False))
-        folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
         for i in picks:
-            path = folder / f"{split}-{int(i):05d}.png"
+            path = out / name / f"{split}-{int(i):05d}.png"
             if not path.exists():
-                Image.fromarray(images[i]).save(path)
+                _write_png(Image.fromarray(images[i]), path)
             written.append((str(path), name))
     logger.info("exported %d Fashion-MNIST %s images to %s", len(written), split, out)
     return written
+
+
+def _write_png(image: Image.Image, path: Path) -> None:
+    """Save ``image`` at ``path``, its folder created, or say why the folder cannot be written.
+
+    Raises:
+        ConfigError: The folder or file cannot be created (a file in the way, no permission,
+            a full disk).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write {path}: {e.strerror or e}: pick an output folder you can write to"
+        ) from e
 
 
 # ---------------------------------------------------------------------------- augmentation
@@ -320,13 +334,11 @@ def augment_folder(
                 source = img.convert("RGB")
         except (OSError, UnidentifiedImageError) as e:
             raise ImageError(f"cannot read {path} for augmentation: {e}") from e
-        folder = dst_root / label
-        folder.mkdir(parents=True, exist_ok=True)
         for view in range(n):
             key = hashlib.sha256(f"{seed}\x00{relative}\x00{view}".encode()).digest()
             rng = random.Random(int.from_bytes(key[:8], "big"))
-            target = folder / f"{stem}-aug{view}.png"
-            augment_image(source, rng).save(target)
+            target = dst_root / label / f"{stem}-aug{view}.png"
+            _write_png(augment_image(source, rng), target)
             written.append((str(target), label))
     logger.info("wrote %d augmented images to %s", len(written), dst_root)
     return written

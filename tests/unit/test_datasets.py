@@ -201,3 +201,24 @@ def test_cli_exports_an_imagefolder_that_memory_build_reads(tmp_path: Path) -> N
     done = runner.invoke(app, ["datasets", "export", *args, "--seed", "7", "--root", str(root)])
     assert done.exit_code == 0 and "already held" in done.output, done.output
     assert "not 2 per class" in " ".join(done.output.split())
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_clear_error(tmp_path: Path) -> None:
+    """A file where a folder should be (or a read-only place): an error saying so, exit 2."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    (tmp_path / "idx").mkdir()
+    root = _fake_root(tmp_path / "idx")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot write .*a-file.*: pick an output folder"):
+        datasets.export_imagefolder(blocker / "out", "test", 1, root=root)
+    src = tmp_path / "src"
+    _make_folder(src)
+    with pytest.raises(ConfigError, match="cannot write .*a-file.*: pick an output folder"):
+        datasets.augment_folder(src, blocker / "aug", n=1)
+    args = ["datasets", "export", "fashion-mnist", str(blocker / "out"), "--root", str(root)]
+    done = CliRunner().invoke(app, [*args, "--per-class", "1"])
+    assert done.exit_code == 2 and "cannot write" in done.output, done.output
