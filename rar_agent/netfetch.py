@@ -36,18 +36,19 @@ _USER_AGENT = b"rar-agent (image fetch)"
 _WHAT_TO_DO = "check the URL and this machine's network, or download the image and pass the file"
 
 
-def check_url(url: str, *, allow_private: bool = False) -> None:
+def check_url(url: str, *, allow_private: bool = False, timeout_s: float = 10.0) -> None:
     """Refuse non-http(s) schemes and, unless allowed, hosts that resolve to non-public IPs.
 
     Raises:
         UnsafeInputError: The scheme or a resolved address is not allowed.
-        ImageError: The host name cannot be resolved.
+        ImageError: The host name cannot be resolved (within ``timeout_s``).
     """
-    _checked_addresses(url, allow_private=allow_private)
+    _checked_addresses(url, allow_private=allow_private, deadline=time.monotonic() + timeout_s)
 
 
-def _checked_addresses(url: str, *, allow_private: bool) -> list[str]:
-    """Check ``url`` and return the addresses its host resolves to (all of them allowed)."""
+def _checked_addresses(url: str, *, allow_private: bool, deadline: float) -> list[str]:
+    """Check ``url`` and return the addresses its host resolves to (all of them allowed),
+    the name looked up by ``deadline``."""
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"}:
         raise UnsafeInputError(f"URL scheme {parts.scheme!r} is not allowed: use http or https")
@@ -61,7 +62,7 @@ def _checked_addresses(url: str, *, allow_private: bool) -> list[str]:
         raise UnsafeInputError("URLs with credentials are not allowed")
     default_port = 443 if parts.scheme == "https" else 80
     try:
-        infos = socket.getaddrinfo(host, port or default_port, proto=socket.IPPROTO_TCP)
+        infos = _lookup(host, port or default_port, deadline)
     except (socket.gaierror, UnicodeError) as e:
         raise ImageError(f"cannot resolve host {host!r} ({e}): {_WHAT_TO_DO}") from e
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
@@ -76,6 +77,35 @@ def _checked_addresses(url: str, *, allow_private: bool) -> list[str]:
     if not addresses:
         raise ImageError(f"host {host!r} has no addresses: {_WHAT_TO_DO}")
     return addresses
+
+
+def _lookup(host: str, port: int, deadline: float) -> list[Any]:
+    """``socket.getaddrinfo`` for TCP, given up at ``deadline``: a resolver that does not
+    answer (no network) is left to finish in a daemon thread.
+
+    Raises:
+        ImageError: No answer by the deadline.
+    """
+    import threading
+
+    answer: list[Any] = []
+
+    def look_up() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            answer.append(e)
+
+    worker = threading.Thread(target=look_up, name="rar-dns", daemon=True)
+    worker.start()
+    worker.join(max(0.0, deadline - time.monotonic()))
+    if not answer:
+        raise ImageError(
+            f"looking up host {host!r} took longer than the download limit: {_WHAT_TO_DO}"
+        )
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return list(answer[0])
 
 
 def _not_public(address: str) -> str | None:
@@ -123,7 +153,7 @@ def fetch_url(
     deadline = time.monotonic() + timeout_s
     current = url
     for _ in range(_MAX_REDIRECTS + 1):
-        addresses = _checked_addresses(current, allow_private=allow_private)
+        addresses = _checked_addresses(current, allow_private=allow_private, deadline=deadline)
         status, location, body = _get(current, addresses, deadline, max_bytes, url, timeout_s)
         if status in _REDIRECTS and location is not None:
             current = urljoin(current, location)

@@ -95,11 +95,11 @@ def allow_first_hop(monkeypatch: pytest.MonkeyPatch, first_url: str) -> list[str
     real = netfetch._checked_addresses
     checked: list[str] = []
 
-    def checker(url: str, *, allow_private: bool) -> list[str]:
+    def checker(url: str, *, allow_private: bool, deadline: float) -> list[str]:
         checked.append(url)
         if url == first_url:
             return ["127.0.0.1"]
-        return real(url, allow_private=allow_private)
+        return real(url, allow_private=allow_private, deadline=deadline)
 
     monkeypatch.setattr(netfetch, "_checked_addresses", checker)
     return checked
@@ -240,10 +240,10 @@ def test_a_public_redirect_chain_ending_in_an_image_works(
     monkeypatch.setattr(
         netfetch,
         "_checked_addresses",
-        lambda url, *, allow_private: (
+        lambda url, *, allow_private, deadline: (
             ["127.0.0.1"]
             if url.startswith(server.url())
-            else real(url, allow_private=allow_private)
+            else real(url, allow_private=allow_private, deadline=deadline)
         ),
     )
     assert fetch_public_url(hop) == _png()
@@ -488,3 +488,23 @@ def test_a_download_that_fails_says_what_to_do(
         with pytest.raises(ImageError, match="download the image and pass the file") as e:
             fetch_url(url, allow_private=True, timeout_s=1.0)
         assert str(e.value).count(url) == 1
+
+
+def test_a_name_lookup_that_hangs_ends_within_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network but a resolver that never answers: the download limit bounds DNS too."""
+    import threading
+
+    release = threading.Event()
+
+    def hanging_dns(*_: Any, **__: Any) -> Any:
+        release.wait(30)  # a resolver that does not answer
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_dns)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ImageError, match="looking up host 'photos.example' took longer"):
+            fetch_url("http://photos.example/cat.jpg", timeout_s=1.0)
+        assert time.monotonic() - start < 5
+    finally:
+        release.set()
