@@ -312,6 +312,7 @@ class _Run:
             report.open_set = OpenSetReport(unknown_classes=sets.unknown_classes)
         report.notes.extend(sets.notes)
         report.queries_planned = len(sets.test_items)
+        ranker = _load_ranker(ranker if ranker is not None else config.ranker)  # before the build
         if encoder is None:
             from rar_agent.encoders import load_encoder
 
@@ -364,7 +365,7 @@ class _Run:
         return Recognizer.from_memory(
             memory,
             encoder,
-            ranker=ranker if ranker is not None else config.ranker,
+            ranker=ranker,
             k=report.k,
             gate=gate_setting(config.gate)[0],
             kind=report.memory["kind"],
@@ -379,6 +380,18 @@ class _Run:
                 self.recognizer.ranker.stats["model_calls"] - self.calls_before
             )
         self.report.tokens = dict(self.tokens)
+
+
+def _load_ranker(
+    ranker: BaseChatModel | RankingChain | str | None,
+) -> BaseChatModel | RankingChain | str:
+    """The ranker loaded (a chain is kept as is), so that a wrong one fails before the memory
+    is built; ``"none"`` when no ranker is wanted."""
+    from rar_agent.ranking import RankingChain, load_ranker
+
+    if isinstance(ranker, RankingChain):
+        return ranker
+    return load_ranker(ranker) or "none"
 
 
 def _resolve(config: EvalConfig, workdir: Path) -> EvalSets:

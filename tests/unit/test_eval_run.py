@@ -436,3 +436,19 @@ def test_cli_eval_checks_its_inputs_before_loading_an_encoder(
     result = CliRunner().invoke(app, ["eval", *args, "--no-progress"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_an_unknown_ranker_is_refused_before_the_memory_is_built(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rar_agent.errors import RankerError
+    from rar_agent.evaluation import runner
+    from tests.helpers.encoder_factories import hashing_encoder
+
+    def no_build(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the memory was built before the ranker was loaded")
+
+    monkeypatch.setattr(runner, "_build_memory", no_build)
+    config = EvalConfig(dataset=str(folder), shots=2, ranker="bogus")
+    with pytest.raises(RankerError, match="Unknown ranker 'bogus'"):
+        run_evaluation(config, encoder=hashing_encoder())
