@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -172,7 +173,10 @@ def decode_to_need(
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{what} is too large to decode safely ({e}): downscale it first") from e
+        # Pillow's own limit, met while opening: its message holds the pixel count
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        declared = f"{int(found[1]):,}" if found else "more"
+        raise _too_many_pixels(what, declared, max_pixels) from e
     except UnidentifiedImageError as e:
         kind = _phone_format(data)
         if kind is not None and _can_read(kind):
@@ -191,6 +195,14 @@ def decode_to_need(
         ) from e
 
 
+def _too_many_pixels(what: str, declared: str, max_pixels: int) -> ImageError:
+    """The refusal of an image that declares more than ``max_pixels`` pixels."""
+    return ImageError(
+        f"{what} declares {declared} pixels, over the limit of {max_pixels:,}"
+        " (possible decompression bomb): downscale it first"
+    )
+
+
 def _decode(
     im: Image.Image, data: bytes, need: NeedSpec, max_pixels: int, what: str
 ) -> tuple[Image.Image, tuple[int, int]]:
@@ -200,10 +212,7 @@ def _decode(
 
     width, height = im.size
     if width * height > max_pixels:
-        raise ImageError(
-            f"{what} declares {width}x{height} pixels, over the limit of {max_pixels:,}"
-            " (possible decompression bomb): downscale it first"
-        )
+        raise _too_many_pixels(what, f"{width}x{height}", max_pixels)
     if width < 1 or height < 1:
         raise ImageError(f"{what} has an empty size {width}x{height}")
     if getattr(im, "is_animated", False):
