@@ -232,7 +232,7 @@ def _stream(
     console = Console()
     for rule, r in report.rules.items():
         console.print(
-            f"{rule}: held-out top-1 {r.heldout_top1_start} -> {r.heldout_top1_end:.3f}, "
+            f"{rule}: held-out top-1 {r.start_shown} -> {r.heldout_top1_end:.3f}, "
             f"control {r.control_top1:.3f} ({r.vs_control_points:+.1f} pts)",
             highlight=False,
         )

@@ -94,6 +94,11 @@ class StreamRule(BaseModel):
         "as random examples."
     )
 
+    @property
+    def start_shown(self) -> str:
+        """The held-out accuracy at the start as printed: ``-`` with no initial example."""
+        return "-" if self.heldout_top1_start is None else f"{self.heldout_top1_start:.3f}"
+
 
 class StreamReport(BaseModel):
     """The ``"stream"`` object of ``report.json``."""
@@ -439,9 +444,8 @@ def render_stream_markdown(report: StreamReport, config: EvalConfig) -> str:
     lines += ["", "| rule | held-out start | end | control (same budget) | end - control |",
               "|---|---:|---:|---:|---:|"]  # fmt: skip
     for rule, r in report.rules.items():
-        start = "-" if r.heldout_top1_start is None else f"{r.heldout_top1_start:.3f}"
         lines.append(
-            f"| {rule} | {start} | {r.heldout_top1_end:.3f} | {r.control_top1:.3f} | "
+            f"| {rule} | {r.start_shown} | {r.heldout_top1_end:.3f} | {r.control_top1:.3f} | "
             f"{r.vs_control_points:+.1f} pts |"
         )
     if report.teach_ms_median is not None:

@@ -70,3 +70,24 @@ def test_stream_with_no_initial_examples(tmp_path: Path) -> None:
     assert len(report.new_classes) == 4 and report.new_class_first_seen_rejected is not None
     with pytest.raises(Exception, match="streamed share"):
         run_stream(config, encoder=hashing_encoder(), workdir=tmp_path / "w2", stream_share=1.0)
+
+
+@pytest.mark.parametrize("shots", ["0", "2"])
+def test_cli_stream_lines_read_as_figures(shots: str, tmp_path: Path) -> None:
+    """Held-out accuracy before and after, as figures: '-' (no example yet), never 'None'."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    data = _folder(tmp_path / "set")
+    args = ["eval", "--stream", "--dataset", str(data), "--shots", shots, "--no-progress",
+            "--encoder", "tests.helpers.encoder_factories:hashing_encoder",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    lines = [ln for ln in done.output.splitlines() if "held-out top-1" in ln]
+    assert len(lines) == len(RULES) and "None" not in done.output
+    start = "-" if shots == "0" else r"\d\.\d{3}"
+    assert all(re.search(rf"held-out top-1 {start} -> \d\.\d{{3}}, control", ln) for ln in lines)
