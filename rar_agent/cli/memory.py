@@ -20,6 +20,7 @@ from rar_agent.cli.options import (
     ProgressOpt,
     ShotsOpt,
     load_settings_encoder,
+    memory_to_write,
     print_note,
     print_skipped,
     settings_command,
@@ -202,12 +203,11 @@ def _build(
     """
     from rar_agent.encoders.torch_base import keep_freed_memory, one_blas_thread
     from rar_agent.ingest import bind_memory, builders
-    from rar_agent.memory import open_memory
 
     keep_freed_memory()
     one_blas_thread()
     count = len(names) if names is not None else len(items or [])
-    with open_memory(settings, storage=_storage(count, flags)) as mem:
+    with memory_to_write(settings, storage=_storage(count, flags)) as mem:
         enc = load_settings_encoder(settings, mem)
         if description is not None:  # else the builder binds: a new memory is created then
             bind_memory(mem, enc, expected_entries=count, description=description)
@@ -250,11 +250,10 @@ def _build_from_vectors(
 ) -> None:
     """``--from-vectors``: no encoder runs; the vectors' encoder is named by ``--fingerprint``."""
     from rar_agent.ingest.from_vectors import add_vectors, read_labels, read_vectors
-    from rar_agent.memory import open_memory
 
     vectors_path, labels_path = files
     rows, names = read_vectors(vectors_path), read_labels(labels_path)
-    with open_memory(settings, storage=_storage(len(rows), flags)) as mem:
+    with memory_to_write(settings, storage=_storage(len(rows), flags)) as mem:
         bar, update = progress_bar(progress, "building memory")
         with bar:
             report = add_vectors(
@@ -325,12 +324,11 @@ def memory_add(
     """Add one category: example images (as `rar-agent teach`), or its name as a text entry."""
     from rar_agent.cli.teach import teach_images
     from rar_agent.ingest import bind_memory, builders
-    from rar_agent.memory import open_memory
 
     if images:
         teach_images(settings, label, images, command="memory add")
         return
-    with open_memory(settings) as mem:
+    with memory_to_write(settings) as mem:
         enc = load_settings_encoder(settings, mem)
         bind_memory(mem, enc)
         report = builders.add_class_names(mem, enc, [label])

@@ -12,7 +12,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Concatenate, ParamSpec
+from typing import TYPE_CHECKING, Annotated, Any, Concatenate, ParamSpec
 
 import typer
 
@@ -60,6 +60,7 @@ __all__ = [
     "ShotsOpt",
     "error_guard",
     "load_settings_encoder",
+    "memory_to_write",
     "open_recognizer",
     "print_error",
     "print_note",
@@ -427,6 +428,37 @@ EXIT_INPUT_FAILED = 1
 EXIT_USAGE = 2
 """A usage or configuration error: bad option, missing memory, a model that cannot load."""
 EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def memory_to_write(
+    settings: Settings, collection: str | None = None, **options: Any
+) -> Iterator[CategoryMemory]:
+    """The memory a writing command opens (:func:`~rar_agent.memory.open_memory`, created if
+    missing), closed at the end; an embedded memory this command created is removed again
+    when the command fails with nothing stored, so that a refused write leaves no empty
+    memory, bound to the encoder it tried, behind."""
+    import shutil
+
+    from rar_agent.errors import RarError
+    from rar_agent.memory import MemoryLocation, open_memory
+
+    path = MemoryLocation.from_settings(settings, collection).path
+    fresh = path is not None and not path.exists()
+    memory = open_memory(settings, collection, **options)
+    try:
+        yield memory
+    except BaseException:
+        try:
+            empty = fresh and memory.count() == 0
+        except RarError:
+            empty = False
+        memory.close()
+        if empty and path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    finally:
+        memory.close()
 
 
 @contextlib.contextmanager

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from pydantic import BaseModel
 
-from rar_agent.cli.options import ENCODER, STORE, JsonOpt, load_settings_encoder, settings_command
+from rar_agent.cli.options import (
+    ENCODER,
+    STORE,
+    JsonOpt,
+    load_settings_encoder,
+    memory_to_write,
+    settings_command,
+)
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings
@@ -46,12 +53,11 @@ def teach_images(
     """
     from rar_agent.cli.recent import remember_memory
     from rar_agent.errors import ImageError
-    from rar_agent.memory import open_memory
     from rar_agent.pipeline.teacher import Teacher
     from rar_agent.results import TeachAction
     from rar_agent.tools.learn import describe_added
 
-    with open_memory(settings) as mem:
+    with memory_to_write(settings) as mem:
         enc = load_settings_encoder(settings, mem)
         teacher = Teacher(mem, enc, via="cli", by=by)
         action: TeachAction = "correct" if corrects else "add"

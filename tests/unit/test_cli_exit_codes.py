@@ -109,3 +109,26 @@ def test_retrieval_rank_is_1_based_in_json_and_tables(folder: Path) -> None:
     done = runner.invoke(app, ["recognize", good, "--labels", "a,b,c", "--k", "3", "--json"])
     ranks = [c["retrieval_rank"] for c in json.loads(done.stdout)["candidates"]]
     assert sorted(ranks) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["teach", "cat", "{bad}"],
+        ["memory", "add", "cat", "{bad}"],
+        ["memory", "build", "--from-folder", "{imgs}", "--strict", "--no-progress"],
+    ],
+)
+def test_a_failed_write_leaves_no_new_memory_behind(folder: Path, command: list[str]) -> None:
+    """A refused write keeps nothing it created: no empty memory, bound to the encoder used."""
+    (folder / "imgs" / "beta" / "broken.png").write_text("not an image")
+    args = [part.format(bad=folder / "bad.png", imgs=folder / "imgs") for part in command]
+    memory = folder / "fresh"
+    done = runner.invoke(app, [*args, "--memory", str(memory)])
+    assert done.exit_code == EXIT_INPUT_FAILED, done.output
+    assert not memory.exists()
+    kept = folder / "kept"  # a memory that existed before is kept, whatever happens
+    assert runner.invoke(app, ["teach", "alpha", str(folder / "imgs" / "alpha" / "0.png"),
+                               "--memory", str(kept)]).exit_code == 0  # fmt: skip
+    assert runner.invoke(app, [*args, "--memory", str(kept)]).exit_code == EXIT_INPUT_FAILED
+    assert kept.is_dir()
