@@ -190,6 +190,12 @@ class Settings(BaseSettings):
         "these') | off | a similarity threshold.",
     )
 
+    @field_validator("home", mode="before")
+    @classmethod
+    def _blank_home_is_default(cls, v: object) -> object:
+        """A blank ``RAR_HOME`` (``export RAR_HOME=``) means the default, not the cwd."""
+        return default_home() if isinstance(v, str) and not v.strip() else v
+
     @field_validator("kind", mode="before")
     @classmethod
     def _check_kind(cls, v: object) -> object:

@@ -44,6 +44,17 @@ def test_read_only_does_not_change_which_memory_is_meant(home: Path) -> None:
         configured_memory(named, read_only=True)
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+def test_a_blank_rar_home_means_the_default_home_not_this_folder(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``export RAR_HOME=`` unsets it in a person's mind: memories must not land in the cwd."""
+    from rar_agent.config import default_home
+
+    monkeypatch.setenv("RAR_HOME", value)
+    assert Settings().home == default_home()
+
+
 def test_an_option_or_variable_names_a_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAR_COLLECTION", raising=False)
     monkeypatch.delenv("RAR_MEMORY_PATH", raising=False)
