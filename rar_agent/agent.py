@@ -73,6 +73,8 @@ __all__ = [
     "RarAgentState",
     "RecognitionOnlyChatModel",
     "CAPABILITIES",
+    "LEARNING_NOT_GRANTED",
+    "LEARNING_OFF",
     "answer_marker",
     "create_rar_agent",
     "last_tool_messages",
@@ -332,6 +334,10 @@ LEARNING_OFF = (
     " Learning is off here, so names you give are not stored (start the page with "
     "--allow-learning to teach it)."
 )
+LEARNING_NOT_GRANTED = (
+    " Your sign-in may not teach the memory, so names you give are not stored: its token "
+    "lacks the learn scope (ask for one made with rar-agent auth add NAME --scope learn)."
+)
 
 
 class RecognitionOnlyChatModel(BaseChatModel):
@@ -348,6 +354,8 @@ class RecognitionOnlyChatModel(BaseChatModel):
     tool_name: str = "recognize_image"
     learn_tool_name: str = "add_category_example"
     can_learn: bool = False
+    #: Why names are not stored when the learning tool is not bound (said to the person).
+    learning_off: str = LEARNING_OFF
 
     @property
     def _llm_type(self) -> str:
@@ -377,7 +385,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
         return AIMessage(content=self._capabilities())
 
     def _capabilities(self) -> str:
-        return CAPABILITIES + (TEACHING_HELP if self.can_learn else LEARNING_OFF)
+        return CAPABILITIES + (TEACHING_HELP if self.can_learn else self.learning_off)
 
     def _report(self, messages: Sequence[BaseMessage]) -> str:
         """The reply after this turn's tool calls: each tool's text, errors said as such."""
@@ -416,7 +424,9 @@ class RecognitionOnlyChatModel(BaseChatModel):
         if ids:
             if teaching is not None and teaching.label and teaching.intent in ("name", "correct"):
                 if not self.can_learn:
-                    return AIMessage(content=f"I cannot store {teaching.label!r}:" + LEARNING_OFF)
+                    return AIMessage(
+                        content=f"I cannot store {teaching.label!r}:" + self.learning_off
+                    )
                 return _calls(
                     self.learn_tool_name, [{"label": teaching.label, "image": i} for i in ids]
                 )
@@ -425,7 +435,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
             return AIMessage(content=self._capabilities())
         if not self.can_learn:
             named = f"I cannot store {teaching.label!r}:" if teaching.label else ""
-            return AIMessage(content=(named + LEARNING_OFF).strip())
+            return AIMessage(content=(named + self.learning_off).strip())
         if before is None:
             return AIMessage(content="Send a photo first, then tell me what it shows.")
         image, answer = before
