@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.chat_page import send_turn
 from tests.helpers.encoder_factories import hashing_encoder
 from tests.helpers.small_memory import small_recognizer
 
@@ -53,30 +54,8 @@ def _photo(path: Path) -> Path:
     return path
 
 
-def _ready(page: Any) -> None:
-    page.wait_for_function(
-        "() => { const t = document.querySelector('#rar-input textarea');"
-        " return t && !t.disabled; }",
-        timeout=90_000,
-    )
-
-
-def _send(page: Any, text: str = "", files: tuple[Path, ...] = ()) -> str:
-    box = page.locator("#rar-input")
-    before = page.locator("#rar-chat [data-testid='bot']").count()
-    _ready(page)
-    if files:
-        box.locator("input[type=file]").set_input_files([str(f) for f in files])
-        box.locator("img").first.wait_for(timeout=30_000)
-    box.locator("textarea").fill(text)
-    box.locator("textarea").press("Enter")
-    page.wait_for_function(
-        "n => document.querySelectorAll(\"#rar-chat [data-testid='bot']\").length > n",
-        arg=before,
-        timeout=90_000,
-    )
-    _ready(page)
-    return str(page.locator("#rar-chat [data-testid='bot']").last.inner_text())
+def _say(page: Any, text: str = "", files: tuple[Path, ...] = ()) -> str:
+    return str(send_turn(page, text, files).inner_text())
 
 
 def _sign_in(browser: Any, url: str, name: str, token: str) -> tuple[Any, Any]:
@@ -103,9 +82,9 @@ def test_sign_in_then_teach_by_the_tokens_scope(team_page: Any, browser: Any) ->
             timeout=30_000,
         )  # the header says why bob cannot teach, and offers no teaching
         assert "call it X" not in page.locator("#rar-header").inner_text()
-        seen = _send(page, files=(_photo(folder / "bob.png"),))
+        seen = _say(page, files=(_photo(folder / "bob.png"),))
         assert "Unknown" in seen and SCOPE_NOTE in seen and "--allow-learning" not in seen
-        refused = _send(page, "call it teal moon")
+        refused = _say(page, "call it teal moon")
         assert SCOPE_NOTE in refused and "--allow-learning" not in refused
         assert recognizer.memory.count() == before
     finally:
@@ -114,9 +93,9 @@ def test_sign_in_then_teach_by_the_tokens_scope(team_page: Any, browser: Any) ->
     context, page = _sign_in(browser, url, "alice", tokens["alice"])
     try:
         assert "call it X" in page.locator("#rar-header").inner_text()
-        seen = _send(page, files=(_photo(folder / "alice.png"),))
+        seen = _say(page, files=(_photo(folder / "alice.png"),))
         assert "Unknown" in seen and "I will remember it" in seen
-        stored = _send(page, "call it teal moon")
+        stored = _say(page, "call it teal moon")
         assert "'teal moon'" in stored and "not stored" not in stored
     finally:
         context.close()
