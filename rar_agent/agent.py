@@ -17,6 +17,9 @@ recognition tools, any extra tools the caller passes, and :class:`ImageRegistryM
   under its conversation, so a restarted agent resumes a conversation with its photos and no
   conversation reaches another's.
 
+A ``ToolException`` from any tool, the caller's included, reaches the model as an error tool
+message (:class:`ToolErrorMiddleware`), never ends the run.
+
 ``folders=`` adds read-only browsing of photo folders (langchain-community's
 ``list_directory`` / ``file_search``, confined) and ``recognize_images`` (a folder in one
 call); ``mcp_servers=`` adds the tools of other MCP servers (``langchain-mcp-adapters``).
@@ -40,6 +43,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import ToolException
 
 from rar_agent.conversations import ConversationStore
 from rar_agent.errors import ConfigError
@@ -72,6 +76,7 @@ __all__ = [
     "ImageRegistryMiddleware",
     "RarAgentState",
     "RecognitionOnlyChatModel",
+    "ToolErrorMiddleware",
     "CAPABILITIES",
     "LEARNING_NOT_GRANTED",
     "LEARNING_OFF",
@@ -248,6 +253,40 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         """Async :meth:`wrap_tool_call`."""
         prepared = await asyncio.to_thread(self._prepare, request)
         return prepared if isinstance(prepared, ToolMessage) else await handler(prepared)
+
+
+class ToolErrorMiddleware(AgentMiddleware[RarAgentState, Any]):
+    """Hands a ``ToolException`` from any tool to the model as an error tool message.
+
+    ``ToolException`` is how LangChain tools report an error meant for the model, but a
+    tool only turns it into a message when its own ``handle_tool_error`` is set (a plain
+    ``@tool`` function's is not), and the agent's tool node lets it end the run. Composed
+    tools (the caller's, other MCP servers') are held to what the recognition tools do:
+    their errors come back as tool messages and the model decides what to say. Any other
+    exception still ends the run (a bug, not a tool error).
+    """
+
+    def wrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+    ) -> ToolMessage | Command[Any]:
+        """Run the tool; its ``ToolException`` becomes an error tool message."""
+        try:
+            return handler(request)
+        except ToolException as e:
+            return _tool_error(request.tool_call, str(e))
+
+    async def awrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
+        """Async :meth:`wrap_tool_call`."""
+        try:
+            return await handler(request)
+        except ToolException as e:
+            return _tool_error(request.tool_call, str(e))
 
 
 def _conversation_id(config: RunnableConfig | None) -> str | None:
@@ -595,7 +634,11 @@ def create_rar_agent(
         model if model is not None else RecognitionOnlyChatModel(),
         all_tools,
         system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
-        middleware=[ImageRegistryMiddleware(registry, fetch_url=fetch, store=store), *middleware],
+        middleware=[
+            ToolErrorMiddleware(),
+            ImageRegistryMiddleware(registry, fetch_url=fetch, store=store),
+            *middleware,
+        ],
         checkpointer=checkpointer,
         **kwargs,
     )
