@@ -36,7 +36,8 @@ ExampleImagesOpt = Annotated[
     typer.Option(
         "--example-images",
         help="recognize_image also returns the closest stored examples of its top candidates "
-        "as image content (for multimodal clients).",
+        "as image content (for multimodal clients), and their thumbnails in its structured "
+        "answer (without it: their ids and similarities only).",
     ),
 ]
 _LIMITS = "Limits (HTTP)"

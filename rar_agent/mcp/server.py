@@ -203,16 +203,20 @@ def public_source(source: str, roots: Sequence[Path] = ()) -> str:
     return PurePath(*path.parts[-2:]).as_posix() if len(path.parts) > 2 else path.name
 
 
-def _publish(value: Any, roots: Sequence[Path]) -> Any:
-    """``value`` (an artifact) with every candidate's ``source`` made public, in place."""
+def _publish(value: Any, roots: Sequence[Path], *, pictures: bool = False) -> Any:
+    """``value`` (an artifact) as the network sees it, in place: every candidate's
+    ``source`` made public and, unless the server shows example images (``pictures``), no
+    stored example's thumbnail (matched examples keep their id and score)."""
     if isinstance(value, dict):
         if "label" in value and isinstance(value.get("source"), str):
             value["source"] = public_source(value["source"], roots)
+        if not pictures and isinstance(value.get("thumbnail"), str):
+            value["thumbnail"] = None
         for item in value.values():
-            _publish(item, roots)
+            _publish(item, roots, pictures=pictures)
     elif isinstance(value, list):
         for item in value:
-            _publish(item, roots)
+            _publish(item, roots, pictures=pictures)
     return value
 
 
@@ -238,7 +242,10 @@ def build_server(
     the tools its scopes grant (:func:`required_scope`); what a token teaches is recorded
     under its name (``taught.by``). Calls of tools that change the memory run one at a time
     (a snapshot through the server sees no half-written example). Candidates name stored
-    examples by a path relative to their folder, never the server's absolute path.
+    examples by a path relative to their folder, never the server's absolute path, and carry
+    the stored examples' thumbnails only from a tool that shows example images (the
+    operator's ``--example-images``): a token that may recognize sees ids and scores, not
+    pictures that other people taught.
 
     Args:
         tools: The tools to serve, each under its own name.
@@ -302,7 +309,8 @@ def build_server(
                 async with writing:
                     result = await call_langchain_tool(entry.tool, arguments or {})
         if result.structuredContent is not None:
-            _publish(result.structuredContent, roots)
+            pictures = bool(getattr(entry.tool, "example_images", False))
+            _publish(result.structuredContent, roots, pictures=pictures)
         return result
 
     return server

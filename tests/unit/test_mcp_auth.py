@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,7 @@ import pytest
 from langchain_core.tools import BaseTool
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
+from PIL import Image
 
 from rar_agent.auth import TokenStore
 from rar_agent.mcp import create_server, http_app
@@ -315,6 +317,32 @@ async def test_answers_never_show_the_servers_paths(tmp_path: Path) -> None:
         assert sources[0] == "red_apple.png"  # relative to the allowed folder it lies in
         assert not any(str(tmp_path) in str(s) for s in sources)
         assert str(tmp_path) not in text_of(seen)
+
+
+async def test_answers_carry_no_stored_pictures_unless_the_server_shows_them(
+    tmp_path: Path,
+) -> None:
+    """A recognize token sees which examples an answer rests on (ids, scores), not the
+    thumbnails of what other people taught: those go out only with --example-images."""
+    with serving(tmp_path) as service:
+        (service.images / "violet.png").write_bytes(base64.b64decode(png().split(",")[1]))
+        with anyio.fail_after(60):
+            async with session_with(service.url, bearer(service.tokens["alice"])) as alice:
+                done = await alice.call_tool(
+                    "add_category_example", {"label": "violet", "image": png()}
+                )
+                assert not done.isError, text_of(done)
+            async with session_with(service.url, bearer(service.tokens["bob"])) as bob:
+                seen = await bob.call_tool("recognize_image", {"image": "violet.png", "k": 3})
+        stored = service.recognizer.memory.search(
+            service.recognizer.encoder.embed_images([Image.open(service.images / "violet.png")])[0],
+            limit=1,
+        )[0]
+        assert stored.payload["thumbnail"].startswith("data:image/")  # the memory keeps it
+        top = seen.structuredContent["candidates"][0]
+        assert top["label"] == "violet" and top["examples"][0]["id"] == stored.id
+        assert top["examples"][0]["thumbnail"] is None
+        assert "data:image" not in json.dumps(seen.structuredContent)
 
 
 async def test_loopback_without_an_auth_file_stays_open(tmp_path: Path) -> None:

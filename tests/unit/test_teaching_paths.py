@@ -290,3 +290,10 @@ async def test_mcp_returns_example_images_when_asked(recognizer: Any, tmp_path: 
     assert isinstance(result.content[0], types.TextContent)
     assert result.content[0].text.startswith("Answer for q.png: plum")
     assert any(isinstance(c, types.ImageContent) for c in result.content)
+    [example] = result.structuredContent["candidates"][0]["examples"][:1]
+    assert example["thumbnail"].startswith("data:image/jpeg;base64,")  # asked for: kept
+    plain = create_server(recognizer, allowed_roots=[tmp_path])
+    async with create_connected_server_and_client_session(plain) as session:
+        result = await session.call_tool("recognize_image", {"image": "q.png"})
+    [example] = result.structuredContent["candidates"][0]["examples"][:1]
+    assert example["id"] and example["thumbnail"] is None  # not asked for: ids only
