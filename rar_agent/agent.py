@@ -17,6 +17,9 @@ recognition tools, any extra tools the caller passes, and :class:`ImageRegistryM
   under its conversation, so a restarted agent resumes a conversation with its photos and no
   conversation reaches another's.
 
+A ``ToolException`` from any tool, the caller's included, reaches the model as an error tool
+message (:class:`ToolErrorMiddleware`), never ends the run.
+
 ``folders=`` adds read-only browsing of photo folders (langchain-community's
 ``list_directory`` / ``file_search``, confined) and ``recognize_images`` (a folder in one
 call); ``mcp_servers=`` adds the tools of other MCP servers (``langchain-mcp-adapters``).
@@ -40,6 +43,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import ToolException
 
 from rar_agent.conversations import ConversationStore
 from rar_agent.errors import ConfigError
@@ -72,7 +76,10 @@ __all__ = [
     "ImageRegistryMiddleware",
     "RarAgentState",
     "RecognitionOnlyChatModel",
+    "ToolErrorMiddleware",
     "CAPABILITIES",
+    "LEARNING_NOT_GRANTED",
+    "LEARNING_OFF",
     "answer_marker",
     "create_rar_agent",
     "last_tool_messages",
@@ -248,6 +255,40 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         return prepared if isinstance(prepared, ToolMessage) else await handler(prepared)
 
 
+class ToolErrorMiddleware(AgentMiddleware[RarAgentState, Any]):
+    """Hands a ``ToolException`` from any tool to the model as an error tool message.
+
+    ``ToolException`` is how LangChain tools report an error meant for the model, but a
+    tool only turns it into a message when its own ``handle_tool_error`` is set (a plain
+    ``@tool`` function's is not), and the agent's tool node lets it end the run. Composed
+    tools (the caller's, other MCP servers') are held to what the recognition tools do:
+    their errors come back as tool messages and the model decides what to say. Any other
+    exception still ends the run (a bug, not a tool error).
+    """
+
+    def wrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+    ) -> ToolMessage | Command[Any]:
+        """Run the tool; its ``ToolException`` becomes an error tool message."""
+        try:
+            return handler(request)
+        except ToolException as e:
+            return _tool_error(request.tool_call, str(e))
+
+    async def awrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
+        """Async :meth:`wrap_tool_call`."""
+        try:
+            return await handler(request)
+        except ToolException as e:
+            return _tool_error(request.tool_call, str(e))
+
+
 def _conversation_id(config: RunnableConfig | None) -> str | None:
     """The run's ``thread_id`` (the conversation), if it has one."""
     if config is None:
@@ -332,6 +373,10 @@ LEARNING_OFF = (
     " Learning is off here, so names you give are not stored (start the page with "
     "--allow-learning to teach it)."
 )
+LEARNING_NOT_GRANTED = (
+    " Your sign-in may not teach the memory, so names you give are not stored: its token "
+    "lacks the learn scope (ask for one made with rar-agent auth add NAME --scope learn)."
+)
 
 
 class RecognitionOnlyChatModel(BaseChatModel):
@@ -348,6 +393,8 @@ class RecognitionOnlyChatModel(BaseChatModel):
     tool_name: str = "recognize_image"
     learn_tool_name: str = "add_category_example"
     can_learn: bool = False
+    #: Why names are not stored when the learning tool is not bound (said to the person).
+    learning_off: str = LEARNING_OFF
 
     @property
     def _llm_type(self) -> str:
@@ -377,7 +424,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
         return AIMessage(content=self._capabilities())
 
     def _capabilities(self) -> str:
-        return CAPABILITIES + (TEACHING_HELP if self.can_learn else LEARNING_OFF)
+        return CAPABILITIES + (TEACHING_HELP if self.can_learn else self.learning_off)
 
     def _report(self, messages: Sequence[BaseMessage]) -> str:
         """The reply after this turn's tool calls: each tool's text, errors said as such."""
@@ -416,7 +463,9 @@ class RecognitionOnlyChatModel(BaseChatModel):
         if ids:
             if teaching is not None and teaching.label and teaching.intent in ("name", "correct"):
                 if not self.can_learn:
-                    return AIMessage(content=f"I cannot store {teaching.label!r}:" + LEARNING_OFF)
+                    return AIMessage(
+                        content=f"I cannot store {teaching.label!r}:" + self.learning_off
+                    )
                 return _calls(
                     self.learn_tool_name, [{"label": teaching.label, "image": i} for i in ids]
                 )
@@ -425,7 +474,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
             return AIMessage(content=self._capabilities())
         if not self.can_learn:
             named = f"I cannot store {teaching.label!r}:" if teaching.label else ""
-            return AIMessage(content=(named + LEARNING_OFF).strip())
+            return AIMessage(content=(named + self.learning_off).strip())
         if before is None:
             return AIMessage(content="Send a photo first, then tell me what it shows.")
         image, answer = before
@@ -585,7 +634,11 @@ def create_rar_agent(
         model if model is not None else RecognitionOnlyChatModel(),
         all_tools,
         system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
-        middleware=[ImageRegistryMiddleware(registry, fetch_url=fetch, store=store), *middleware],
+        middleware=[
+            ToolErrorMiddleware(),
+            ImageRegistryMiddleware(registry, fetch_url=fetch, store=store),
+            *middleware,
+        ],
         checkpointer=checkpointer,
         **kwargs,
     )

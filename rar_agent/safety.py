@@ -16,7 +16,14 @@ from pathlib import Path
 
 from rar_agent.errors import ConfigError, UnsafeInputError
 
-__all__ = ["MAX_PATH_CHARS", "normalize_roots", "resolve_inside_roots", "fetch_public_url"]
+__all__ = [
+    "MAX_PATH_CHARS",
+    "describe_roots",
+    "fetch_public_url",
+    "normalize_roots",
+    "resolve_folder_inside_roots",
+    "resolve_inside_roots",
+]
 
 #: Paths longer than this are refused before touching the file system.
 MAX_PATH_CHARS = 1024
@@ -57,11 +64,25 @@ def _in_forbidden_tree(path: Path) -> bool:
     return any(path == tree or tree in path.parents for tree in _FORBIDDEN_TREES)
 
 
+def describe_roots(roots: Sequence[Path]) -> str:
+    """The allowed folders as a caller may see them: by name, never where they lie.
+
+    What a tool says reaches a model, or an MCP client over the network: the server's file
+    layout is none of theirs, and their paths are relative to a folder anyway.
+
+    Returns:
+        ``"the allowed folder 'photos'"``, or ``"the allowed folders 'photos', 'scans'"``.
+    """
+    names = ", ".join(repr(root.name or str(root)) for root in roots)
+    return f"the allowed folder{'s' if len(roots) > 1 else ''} {names}"
+
+
 def resolve_inside_roots(path: str | os.PathLike[str], roots: Sequence[Path]) -> Path:
     """Resolve ``path`` and make sure it is a regular file inside one of ``roots``.
 
     A relative path is taken relative to each root in turn (first existing match wins);
     an absolute path must lie inside a root. Symlinks are resolved before the check.
+    Messages name the path as given and the roots by :func:`describe_roots`.
 
     Args:
         path: The path a caller (often a model) asked for.
@@ -74,21 +95,26 @@ def resolve_inside_roots(path: str | os.PathLike[str], roots: Sequence[Path]) ->
         UnsafeInputError: No roots are configured, the path escapes every root, points into
             /proc, /sys or /dev, is not a regular file, is too long or contains a NUL byte.
     """
+    return _resolve_inside(path, roots, folder=False)
+
+
+def resolve_folder_inside_roots(path: str | os.PathLike[str], roots: Sequence[Path]) -> Path:
+    """Resolve ``path`` and make sure it is a folder inside one of ``roots`` (or a root).
+
+    The same rules as :func:`resolve_inside_roots`; an empty path is the first root.
+
+    Raises:
+        UnsafeInputError: No roots are configured, the path escapes every root or is not a
+            folder, is too long or contains a NUL byte.
+    """
+    return _resolve_inside(os.fspath(path).strip() or ".", roots, folder=True)
+
+
+def _resolve_inside(path: str | os.PathLike[str], roots: Sequence[Path], *, folder: bool) -> Path:
     text = os.fspath(path)
-    if not roots:
-        raise UnsafeInputError(
-            "reading files is disabled: no allowed directories are configured (pass "
-            "allowed_roots / --allow-root), or give the image by its id"
-        )
-    if not text.strip():
-        raise UnsafeInputError("the file path is empty: give an image id or a file name")
-    if len(text) > MAX_PATH_CHARS:
-        raise UnsafeInputError(
-            f"the file path is {len(text)} characters long, over the "
-            f"{MAX_PATH_CHARS}-character limit"
-        )
-    if "\x00" in text:
-        raise UnsafeInputError("the file path contains a NUL byte")
+    what = "folder" if folder else "file"
+    _check_path_text(text, roots, what)
+    where = describe_roots(roots)
     given = Path(text).expanduser()
     candidates = [given] if given.is_absolute() else [root / given for root in roots]
     for candidate in candidates:
@@ -104,19 +130,50 @@ def resolve_inside_roots(path: str | os.PathLike[str], roots: Sequence[Path]) ->
             mode = resolved.stat().st_mode
         except OSError:
             continue
+        if folder:
+            if stat.S_ISDIR(mode):
+                return resolved
+            continue  # a file of that name: perhaps a folder of that name in another root
         if not stat.S_ISREG(mode):
             raise UnsafeInputError(f"{text} is not a regular file (a directory or device?)")
         return resolved
-    where = ", ".join(str(r) for r in roots)
     if any(_lexically_inside(c, roots) and not os.path.lexists(c) for c in candidates):
         raise UnsafeInputError(
-            f"{text}: no such file in the allowed directories ({where}): check the name, or "
-            "give the image in another form the tool accepts (see its description)"
+            f"{text}: no such {what} in {where}: check the name (paths are relative to the "
+            f"folder), or {_other_forms(folder)}"
         )
     raise UnsafeInputError(
-        f"{text} is not a file inside the allowed directories ({where}): give a path inside "
-        "them, or the image in another form the tool accepts (see its description)"
+        f"{text} is not a {what} inside {where}: give a path relative to the folder, or "
+        f"{_other_forms(folder)}"
     )
+
+
+def _check_path_text(text: str, roots: Sequence[Path], what: str) -> None:
+    """Refuse what no file system look-up is needed to refuse."""
+    if not roots and what == "folder":
+        raise UnsafeInputError(
+            "reading folders is disabled: no photo folders are configured (folders= / --allow-root)"
+        )
+    if not roots:
+        raise UnsafeInputError(
+            "reading files is disabled: no allowed directories are configured (pass "
+            "allowed_roots / --allow-root), or give the image by its id"
+        )
+    if not text.strip():
+        raise UnsafeInputError("the file path is empty: give an image id or a file name")
+    if len(text) > MAX_PATH_CHARS:
+        raise UnsafeInputError(
+            f"the {what} path is {len(text)} characters long, over the "
+            f"{MAX_PATH_CHARS}-character limit"
+        )
+    if "\x00" in text:
+        raise UnsafeInputError(f"the {what} path contains a NUL byte")
+
+
+def _other_forms(folder: bool) -> str:
+    if folder:
+        return "pass the images themselves (see the tool's description)"
+    return "give the image in another form the tool accepts (see its description)"
 
 
 def _lexically_inside(path: Path, roots: Sequence[Path]) -> bool:

@@ -90,11 +90,14 @@ def _answer_head(item: dict[str, Any], can_learn: bool) -> str:
     return f"**Unknown{box}: not a category in memory.** The closest categories:"
 
 
-def _unknown_offer(can_learn: bool) -> str:
-    """What to do about an unknown image (below its table)."""
+def _unknown_offer(can_learn: bool, learning_off: str | None = None) -> str:
+    """What to do about an unknown image (below its table); ``learning_off`` says why it
+    cannot be taught (default: learning is off on this page)."""
+    from rar_agent.agent import LEARNING_OFF
+
     if can_learn:
         return "Tell me what it shows (for example *it is a bicycle*) and I will remember it."
-    return "Learning is off on this page, so it cannot be taught here."
+    return (learning_off or LEARNING_OFF).strip()
 
 
 _IMAGE_ID = re.compile(r"\bimg-[0-9a-f]{6,64}\b")
@@ -112,6 +115,7 @@ def render_reply(
     *,
     recognition_only: bool = False,
     can_learn: bool = False,
+    learning_off: str | None = None,
     queries: Mapping[str, str] | None = None,
 ) -> str:
     """The Markdown shown for one agent turn: the reply, candidate tables, tool errors.
@@ -125,6 +129,7 @@ def render_reply(
         recognition_only: The agent has no chat model: show the recognizer's output plainly.
         can_learn: The agent may teach the memory: an unknown image comes with an offer to
             name it.
+        learning_off: Otherwise, why not (default: learning is off on this page).
         queries: Thumbnails (data URIs) of this turn's photos by image id: each answer then
             shows its photo beside the closest stored examples of the top candidates.
     """
@@ -159,7 +164,7 @@ def render_reply(
             if evidence:
                 block += "\n\n" + evidence
             if item.get("unknown"):
-                block += "\n\n" + _unknown_offer(can_learn)
+                block += "\n\n" + _unknown_offer(can_learn, learning_off)
             if "regions" not in artifact and isinstance(image, str) and _IMAGE_ID.fullmatch(image):
                 block += "\n" + answer_marker(image, item.get("label"))
             parts.append(block)
@@ -341,9 +346,21 @@ class ChatSession:
         self.reading_agent = reading_agent
         self.may_learn = may_learn
 
+    def may_teach(self, user: str | None) -> bool:
+        """Whether the page teaches and the signed-in ``user`` may (a token with ``learn``)."""
+        if self.may_learn is None or self.reading_agent is None:
+            return self.can_learn
+        return self.can_learn and self.may_learn(user)
+
+    def learning_off(self, user: str | None) -> str:
+        """Why ``user`` cannot teach: learning is off on the page, or their token lacks it."""
+        from rar_agent.agent import LEARNING_NOT_GRANTED, LEARNING_OFF
+
+        return LEARNING_NOT_GRANTED if self.can_learn else LEARNING_OFF
+
     def _agent_for(self, user: str | None) -> tuple[Runnable[dict[str, Any], dict[str, Any]], bool]:
         """The agent a signed-in ``user`` may use, and whether it can teach."""
-        if self.may_learn is None or self.reading_agent is None or self.may_learn(user):
+        if self.may_teach(user) or self.reading_agent is None:
             return self.agent, self.can_learn
         return self.reading_agent, False
 
@@ -401,6 +418,7 @@ class ChatSession:
             tools,
             recognition_only=self.recognition_only,
             can_learn=can_learn,
+            learning_off=self.learning_off(user),
             queries=_query_thumbnails(message.get("files") or []),
         )
         return _reply(text, answer_options(tools) if can_learn else [])
@@ -559,7 +577,8 @@ def build_chat_page(
     """
     import gradio as gr
 
-    from rar_agent.agent import create_rar_agent
+    from rar_agent.agent import LEARNING_NOT_GRANTED as NOT_GRANTED
+    from rar_agent.agent import RecognitionOnlyChatModel, create_rar_agent
     from rar_agent.conversations import ConversationStore
 
     store = conversations if conversations is not None else ConversationStore(":memory:")
@@ -576,7 +595,7 @@ def build_chat_page(
     reading = None
     if logins is not None and can_learn:
         reading = create_rar_agent(
-            model,
+            model if model is not None else RecognitionOnlyChatModel(learning_off=NOT_GRANTED),
             recognizer=recognizer,
             tools=tools,
             registry=shared_registry,
@@ -614,15 +633,22 @@ def build_chat_page(
         conversation, _, note = session.resume(None)
         return conversation, note
 
-    def describe() -> str:
-        return _page_description(recognizer, model, can_learn=can_learn)
+    def describe(request: gr.Request) -> str:
+        user = getattr(request, "username", None)
+        return _page_description(
+            recognizer, model, can_learn=session.may_teach(user), why=session.learning_off(user)
+        )
+
+    describe.__annotations__["request"] = gr.Request  # Gradio injects it by type
 
     with gr.Blocks(  # its CSS goes to launch(): Gradio 6 warns on Blocks(css=)
         title=title, analytics_enabled=False, fill_height=True, fill_width=True
     ) as page:
         conversation = gr.State(None)
         gr.Markdown(f"<h1 style='text-align: center; margin-bottom: 1rem'>{title}</h1>")
-        header = gr.Markdown(describe(), elem_id="rar-header")
+        header = gr.Markdown(
+            _page_description(recognizer, model, can_learn=can_learn), elem_id="rar-header"
+        )
         chat = gr.ChatInterface(
             respond,
             multimodal=True,
@@ -672,18 +698,24 @@ def token_login(logins: TokenStore) -> Callable[[str, str], bool]:
 
 
 def _page_description(
-    recognizer: RecognizerLike, model: str | BaseChatModel | None, *, can_learn: bool = False
+    recognizer: RecognizerLike,
+    model: str | BaseChatModel | None,
+    *,
+    can_learn: bool = False,
+    why: str | None = None,
 ) -> str:
+    """The header: what the memory knows, what the page does, how (or why not) to teach."""
     from rar_agent.agent import CAPABILITIES, LEARNING_OFF, TEACHING_HELP
 
+    off = why or LEARNING_OFF
     labels = recognizer.memory.labels()
     names = sorted(labels, key=str.casefold)  # alphabetical: the first few read as a sample
     known = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
     entries = sum(labels.values())
     if model is None:
-        mode = CAPABILITIES + (TEACHING_HELP if can_learn else LEARNING_OFF)
+        mode = CAPABILITIES + (TEACHING_HELP if can_learn else off)
     else:
-        mode = f"Chat model: {_md(_model_name(model))}." + ("" if can_learn else LEARNING_OFF)
+        mode = f"Chat model: {_md(_model_name(model))}." + ("" if can_learn else off)
     return (
         f"Memory: {len(labels)} categories"
         + (f" in {entries} entries" if entries != len(labels) else "")

@@ -18,7 +18,9 @@ quotes and a final ``.``/``!`` are ignored):
 5. **Name, by statement**: *it's X*, *it is X*, *this is X*, *that's X*, *these are X*,
    *it shows X*.
 6. **A bare name** (*sandal*, *a cat*): only where one is expected (``bare=True``: after an
-   answer or an unknown, or sent with an image), 1 to 5 words, not a greeting or a command.
+   answer or an unknown, or sent with an image), 1 to 5 words, not a greeting or a command
+   (a first word such as *recognize*, *identify*, *describe*, *try*, *check*: a request,
+   which would otherwise be stored as the photo's name).
 
 A name from rules 3, 5 and 6 is cleaned: a leading article (*a*, *an*, *the*, *some*) is
 dropped; a possessive (*my*, *our*, *your*, *his*, *her*, *their*) marks a personal name, so
@@ -108,6 +110,37 @@ _NOT_NAMES = frozenset(
         "undo",
     ]
 )
+_COMMANDS = frozenset(
+    [
+        "recognize",
+        "recognise",
+        "identify",
+        "classify",
+        "describe",
+        "explain",
+        "compare",
+        "find",
+        "search",
+        "look",
+        "check",
+        "try",
+        "again",
+        "repeat",
+        "redo",
+        "analyze",
+        "analyse",
+        "open",
+        "read",
+        "give",
+        "send",
+        "stop",
+        "cancel",
+        "forget",
+        "delete",
+        "remove",
+    ]
+)
+"""First words of a request, never of a bare name (*recognize it again*, *try again*)."""
 _ARTICLES = ("a ", "an ", "the ", "some ")
 _POSSESSIVES = ("my", "our", "your", "his", "her", "their")
 _KEEP = r"(?:keep|save|store|remember)\s+(?:it|this|that|the\s+photo|this\s+photo|the\s+image)"
@@ -178,7 +211,8 @@ def _clean_name(phrase: str) -> str | None:
 
 def _bare_name(text: str) -> str | None:
     words = text.split()
-    if not words or len(words) > 5 or words[0].lower() in _QUESTION_WORDS | _NOT_NAMES:
+    first = words[0].lower() if words else ""
+    if not words or len(words) > 5 or first in _QUESTION_WORDS | _NOT_NAMES | _COMMANDS:
         return None
     return _clean_name(text)
 

@@ -22,7 +22,12 @@ from pydantic import ConfigDict, Field, field_validator
 
 from rar_agent.errors import ImageError, UnsafeInputError
 from rar_agent.registry import ImageRegistry, ImageScope, decode_base64_image, is_latest_ref
-from rar_agent.safety import fetch_public_url, normalize_roots, resolve_inside_roots
+from rar_agent.safety import (
+    describe_roots,
+    fetch_public_url,
+    normalize_roots,
+    resolve_inside_roots,
+)
 
 if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
@@ -132,8 +137,7 @@ class ImageResolver:
         if self.registry is not None:
             forms.append("an image id from the conversation (or nothing, for its latest image)")
         if self.allowed_roots:
-            where = ", ".join(str(root) for root in self.allowed_roots)
-            forms.append(f"a file path inside {where} (absolute, or relative to it)")
+            forms.append(f"a file path relative to {describe_roots(self.allowed_roots)}")
         if self.allow_urls:
             forms.append("a public http(s) URL")
         forms.append("a data URI with base64 image data ('data:image/png;base64,...')")

@@ -32,7 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rar_agent.errors import RarError, UnsafeInputError
 from rar_agent.results import BatchResults, RecognitionResult
-from rar_agent.safety import normalize_roots, resolve_inside_roots
+from rar_agent.safety import (
+    describe_roots,
+    normalize_roots,
+    resolve_folder_inside_roots,
+    resolve_inside_roots,
+)
 from rar_agent.tools.base import ImageSource, RecognizerTool, explain_validation_error, tool_error
 
 __all__ = [
@@ -71,6 +76,12 @@ def _inside(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
+def _shown_folder(root: Path, directory: Path) -> str:
+    """``directory`` as a caller may see it: relative to its root, the root by name."""
+    inner = directory.relative_to(root).as_posix()
+    return describe_roots([root]) if inner == "." else f"'{inner}' in {describe_roots([root])}"
+
+
 class ConfinedFileTool(BaseTool):
     """One langchain-community file tool per allowed folder, confined to those folders.
 
@@ -97,25 +108,14 @@ class ConfinedFileTool(BaseTool):
     def _targets(self, dir_path: str | None) -> list[tuple[Path, Path]]:
         """``(root, directory)`` pairs to run on; refuses anything outside the roots."""
         text = (dir_path or ".").strip() or "."
-        if "\x00" in text or len(text) > 1024:
-            raise ToolException("dir_path is not a usable path")
         if text == "." and len(self.roots) > 1:
             return [(root, root) for root in self.roots]
-        given = Path(text).expanduser()
-        candidates = [given] if given.is_absolute() else [root / given for root in self.roots]
-        for candidate in candidates:
-            try:
-                resolved = candidate.resolve(strict=True)
-            except (OSError, RuntimeError):
-                continue
-            for root in self.roots:
-                if _inside(resolved, [root]) and resolved.is_dir():
-                    return [(root, resolved)]
-        where = ", ".join(str(r) for r in self.roots)
-        raise ToolException(
-            f"{text} is not a folder inside the allowed folders ({where}): pass one of them, "
-            "or a folder inside them (relative paths are relative to a folder)"
-        )
+        try:
+            directory = resolve_folder_inside_roots(text, self.roots)
+        except UnsafeInputError as e:
+            raise ToolException(str(e)) from e
+        root = next(r for r in self.roots if _inside(directory, [r]))
+        return [(root, directory)]
 
     def _entries(self, root: Path, directory: Path, answer: str) -> list[str]:
         """The community tool's lines, kept when inside the roots, relative to ``root``."""
@@ -151,15 +151,14 @@ class ConfinedFileTool(BaseTool):
             entries = (
                 [] if text.startswith("No files found") else self._entries(root, directory, text)
             )
+            where = _shown_folder(root, directory)
             if not entries:
-                blocks.append(f"Nothing found in {directory}.")
+                blocks.append(f"Nothing found in {where}.")
                 continue
             more = len(entries) - _MAX_LINES
             shown = entries[:_MAX_LINES] + ([f"... and {more} more"] if more > 0 else [])
             count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
-            blocks.append(
-                f"In {directory} ({count}; paths relative to {root}):\n" + "\n".join(shown)
-            )
+            blocks.append(f"In {where} ({count}; paths relative to it):\n" + "\n".join(shown))
         return "\n\n".join(blocks)
 
     async def _arun(
@@ -187,15 +186,15 @@ def folder_tools(folders: Sequence[str | os.PathLike[str]]) -> list[BaseTool]:
     if not roots:
         return []
     per_root = {root: _community_file_tools(root) for root in roots}
-    where = ", ".join(str(r) for r in roots)
+    where = describe_roots(roots)
     tools: list[BaseTool] = []
     for name in FOLDER_TOOLS:
         first = per_root[roots[0]][name]
         tools.append(
             ConfinedFileTool(
                 name=name,
-                description=f"{first.description} (read-only). The photo folders: {where}. "
-                "dir_path is one of them or a folder inside them (relative to a folder). "
+                description=f"{first.description} (read-only), in {where}. dir_path is a "
+                "folder inside them, relative to a folder ('.': all of them). "
                 "Pass the paths it returns to recognize_image or recognize_images.",
                 args_schema=first.args_schema,
                 roots=roots,
@@ -264,23 +263,7 @@ class RecognizeImagesTool(RecognizerTool):
 
     def _folder_files(self, folder: str, pattern: str, recursive: bool) -> tuple[Path, list[Path]]:
         """``(the folder resolved, its photo files inside the roots, sorted)``."""
-        if not self.allowed_roots:
-            raise UnsafeInputError(
-                "reading folders is disabled: no photo folders are configured (folders= / "
-                "--allow-root)"
-            )
-        given = Path(folder.strip() or ".").expanduser()
-        tries = [given] if given.is_absolute() else [root / given for root in self.allowed_roots]
-        for candidate in tries:
-            try:
-                directory = candidate.resolve(strict=True)
-            except (OSError, RuntimeError):
-                continue
-            if directory.is_dir() and _inside(directory, self.allowed_roots):
-                break
-        else:
-            where = ", ".join(str(r) for r in self.allowed_roots)
-            raise UnsafeInputError(f"{folder} is not a folder inside the allowed folders ({where})")
+        directory = resolve_folder_inside_roots(folder, self.allowed_roots)
         walker = directory.rglob("*") if recursive else directory.iterdir()
         files = []
         for path in walker:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.chat_page import send_turn
 from tests.helpers.fake_chat import PolicyChatModel, remember_photos
 from tests.helpers.small_memory import small_recognizer
 
@@ -29,30 +30,7 @@ def _serve(recognizer: Any, db: Path, port: int) -> tuple[Any, Any, str]:
 
 def _ask(page: Any, text: str, photo: Path | None = None) -> str:
     """Send one turn and return the new reply's text."""
-    bots = page.locator("#rar-chat [data-testid='bot']")
-    before = bots.count()
-    _wait_ready(page)
-    box = page.locator("#rar-input")
-    if photo is not None:
-        box.locator("input[type=file]").set_input_files(str(photo))
-        box.locator("img").first.wait_for(timeout=30_000)
-    box.locator("textarea").fill(text)
-    box.locator("textarea").press("Enter")
-    page.wait_for_function(
-        "n => document.querySelectorAll(\"#rar-chat [data-testid='bot']\").length > n",
-        arg=before,
-        timeout=60_000,
-    )
-    _wait_ready(page)  # the turn is over: the input is usable again
-    return str(bots.last.inner_text())
-
-
-def _wait_ready(page: Any) -> None:
-    page.wait_for_function(
-        "() => { const t = document.querySelector('#rar-input textarea');"
-        " return t && !t.disabled; }",
-        timeout=60_000,
-    )
+    return str(send_turn(page, text, [photo] if photo else [], timeout_ms=60_000).inner_text())
 
 
 def _open(context: Any, url: str) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.chat_page import send_turn, wait_ready
 from tests.helpers.encoder_factories import hashing_encoder
 from tests.helpers.small_memory import small_recognizer
 
@@ -62,15 +63,7 @@ def page_url(tmp_path_factory: pytest.TempPathFactory, new_port: Any) -> Iterato
 
 
 def _send(page: Any, text: str = "", files: list[Path] = ()) -> Any:  # type: ignore[assignment]
-    box = page.locator("#rar-input")
-    before = page.locator("#rar-chat [data-testid='bot']").count()
-    _wait_ready(page)
-    if files:
-        box.locator("input[type=file]").set_input_files([str(f) for f in files])
-        box.locator("img").first.wait_for(timeout=30_000)
-    box.locator("textarea").fill(text)
-    box.locator("textarea").press("Enter")
-    return _next_reply(page, before)
+    return send_turn(page, text, files)
 
 
 def _categories(page: Any) -> int:
@@ -94,26 +87,13 @@ def _wait_for_count(page: Any, count: int) -> None:
 
 
 def _next_reply(page: Any, before: int) -> Any:
-    bots = page.locator("#rar-chat [data-testid='bot']")
     page.wait_for_function(
         "n => document.querySelectorAll(\"#rar-chat [data-testid='bot']\").length > n",
         arg=before,
         timeout=90_000,
     )
-    # The reply shows before the turn ends; until it ends the input is disabled, and a file
-    # attached meanwhile is dropped when the turn re-enables it (seen on a loaded machine:
-    # the next message went without its photo).
-    _wait_ready(page)
-    return bots.last
-
-
-def _wait_ready(page: Any) -> None:
-    """Wait until the input is usable again: the previous turn is over."""
-    page.wait_for_function(
-        "() => { const t = document.querySelector('#rar-input textarea');"
-        " return t && !t.disabled; }",
-        timeout=90_000,
-    )
+    wait_ready(page)
+    return page.locator("#rar-chat [data-testid='bot']").last
 
 
 @pytest.mark.parametrize("size", list(SIZES))

@@ -205,6 +205,46 @@ def test_missing_image_is_a_tool_error_not_a_crash(recognizer: Any) -> None:
     assert out["messages"][-1].text.startswith("Sorry, recognition failed: no image")
 
 
+@tool
+def flaky_lookup(category: str) -> str:
+    """Look a category up in a knowledge base that is down (a tool error, as LangChain
+    tools report one: ``ToolException``, with the tool's own error handling left off)."""
+    from langchain_core.tools import ToolException
+
+    raise ToolException(f"the knowledge base is down; {category!r} cannot be looked up now")
+
+
+@pytest.mark.parametrize("run", ["invoke", "ainvoke"])
+async def test_a_composed_tools_error_reaches_the_model_not_a_crash(
+    recognizer: Any, run: str
+) -> None:
+    """Recognition composed with the integrator's tool: when that tool raises
+    ``ToolException`` the model gets an error tool message and answers; the agent goes on."""
+    model = PolicyChatModel(policy=_lookup_with(flaky_lookup.name))
+    agent = create_rar_agent(model, recognizer=recognizer, tools=[flaky_lookup])
+    photo = {"type": "image", "base64": _b64(recognizer, "red apple"), "mime_type": "image/png"}
+    question = {"messages": [_user("what is it?", photo)]}
+    out = agent.invoke(question) if run == "invoke" else await agent.ainvoke(question)
+    seen, failed = last_tool_messages(out["messages"])
+    assert seen.name == "recognize_image" and seen.status == "success"
+    assert failed.name == "flaky_lookup" and failed.status == "error"
+    assert "the knowledge base is down" in failed.text
+    assert out["messages"][-1].text.startswith("This looks like a red apple.")
+
+
+def _lookup_with(name: str) -> Any:
+    """``recognize_then_lookup`` calling the lookup tool ``name``."""
+
+    def policy(messages: list[Any]) -> AIMessage:
+        reply = recognize_then_lookup(messages)
+        for call in reply.tool_calls:
+            if call["name"] == "lookup_knowledge":
+                call["name"] = name
+        return reply
+
+    return policy
+
+
 def test_conversation_memory_keeps_the_latest_image(recognizer: Any) -> None:
     from langgraph.checkpoint.memory import InMemorySaver
 

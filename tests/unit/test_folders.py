@@ -75,6 +75,21 @@ def test_list_and_search_stay_inside_the_folders(tree: dict[str, Path]) -> None:
     assert str(tree["secret"]) not in found
 
 
+def test_browsing_names_the_folders_never_where_they_lie(tree: dict[str, Path]) -> None:
+    """What the browse tools say reaches the model (and a chat page's user): the folder by
+    name and paths relative to it, never the machine's layout; refusals alike."""
+    layout = str(tree["root"].parent)
+    tools = {t.name: t for t in folder_tools([tree["root"]])}
+    assert "in the allowed folder 'photos'" in tools["list_directory"].description
+    listed = _call(tools["list_directory"], {"dir_path": "holiday"}).text
+    assert listed.startswith("In 'holiday' in the allowed folder 'photos' (")
+    refused = _call(tools["list_directory"], {"dir_path": "gone"})
+    assert refused.status == "error" and "gone: no such folder in" in refused.text
+    texts = [t.description for t in tools.values()] + [listed, refused.text]
+    texts.append(_call(tools["file_search"], {"pattern": "*.png"}).text)
+    assert not [text for text in texts if layout in text]
+
+
 @pytest.mark.parametrize(
     "dir_path", ["..", "../secret", "link_out", "holiday/../../secret", "/etc", "{secret}"]
 )
@@ -84,7 +99,7 @@ def test_paths_outside_the_folders_are_refused(tree: dict[str, Path], dir_path: 
         args = {"dir_path": dir_path} | ({"pattern": "*"} if tool.name == "file_search" else {})
         message = _call(tool, args)
         assert message.status == "error", (tool.name, dir_path, message.text)
-        assert "not a folder inside the allowed folders" in message.text
+        assert "not a folder inside the allowed folder" in message.text
         assert "photo_00" not in message.text
 
 

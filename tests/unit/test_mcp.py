@@ -102,7 +102,7 @@ async def exercise(session: ClientSession, images: Path, *, learning: bool) -> d
     assert not by_data.isError and by_data.structuredContent["label"] == "cat"
 
     outside = await session.call_tool("recognize_image", {"image": str(ROOT / "README.md")})
-    assert outside.isError and "is not a file inside the allowed directories" in text_of(outside)
+    assert outside.isError and "not a file inside the allowed folder 'images'" in text_of(outside)
     loopback = await session.call_tool("recognize_image", {"image": "http://127.0.0.1:9/cat.jpg"})
     assert loopback.isError and "loopback" in text_of(loopback)
     bad = await session.call_tool("recognize_image", {"image": "cat.jpg", "k": 0})
@@ -441,3 +441,31 @@ async def test_image_errors_never_name_the_servers_file_layout(memory_dir: Memor
                 seen = text_of(answer) + json.dumps(answer.structuredContent)
                 assert expected in seen, (name, seen)
                 assert layout + "/photos" not in seen, (name, seen)
+
+
+async def test_nothing_over_mcp_names_where_the_allowed_folder_lies(memory_dir: MemoryDir) -> None:
+    """A path outside the allowed folder, a missing file or folder: the error names the
+    image as the client gave it and says what to do, but never where the server's allowed
+    folder lies on its disk; nor do the tool descriptions."""
+    layout = str(memory_dir.images.resolve().parent)
+    calls = [
+        ("recognize_image", {"image": "/etc/hostname"}, "/etc/hostname is not a file inside"),
+        ("recognize_image", {"image": "../memory"}, "../memory is not a file inside"),
+        ("recognize_image", {"image": "gone.jpg"}, "gone.jpg: no such file in"),
+        ("recognize_images", {"images": ["gone.jpg"]}, "gone.jpg: no such file in"),
+        ("recognize_images", {"folder": "/etc"}, "/etc is not a folder inside"),
+        ("recognize_images", {"folder": "gone"}, "gone: no such folder in"),
+        ("add_category_example", {"label": "x", "image": "/etc/hostname"}, "is not a file inside"),
+    ]
+    async with in_process(memory_dir, learning=True) as session:
+        listing = (await session.list_tools()).tools
+        for tool in listing:
+            assert layout not in json.dumps(tool.model_dump(mode="json")), tool.name
+        recognize = next(t for t in listing if t.name == "recognize_image")
+        assert "relative to the allowed folder 'images'" in (recognize.description or "")
+        for name, args, expected in calls:
+            answer = await session.call_tool(name, args)
+            seen = text_of(answer) + json.dumps(answer.structuredContent)
+            assert answer.isError and expected in seen, (name, seen)
+            assert "allowed folder 'images'" in seen, (name, seen)
+            assert layout not in seen, (name, seen)

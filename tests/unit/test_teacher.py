@@ -198,6 +198,11 @@ def test_parse_teaching_rules(text: str, bare: bool, expected: Teaching) -> None
         "hello",
         "thanks",
         "show me the categories",
+        "recognize /etc/hostname",  # a command after an answer is not the photo's name
+        "recognise it again",
+        "identify this one",
+        "try again",
+        "describe it",
         "this is a really long sentence that describes the picture in detail",
         "",
     ],

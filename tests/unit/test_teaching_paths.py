@@ -234,9 +234,7 @@ def test_search_tool_left_out_for_image_only_encoders_and_missing_files_said_so(
     assert "latest" not in tool.args["image"]["description"]
     assert "conversation" not in tool.args["image"]["description"]
     missing = _call(tool, {"image": "no_such.png"})
-    assert (
-        missing.status == "error" and "no such file in the allowed directories" in missing.content
-    )
+    assert missing.status == "error" and "no such file in the allowed folder" in missing.content
 
 
 # ---------------------------------------------------------------------------- show why

@@ -1,0 +1,105 @@
+"""The shared chat page in a real browser: sign in with a token, teach by the token's scopes.
+
+A team's page asks for a login (a token's name and the token); a person whose token has the
+``learn`` scope teaches the memory from the page, under their name; one whose token lacks it
+is told so (not that the page was started without learning), and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.chat_page import send_turn
+from tests.helpers.encoder_factories import hashing_encoder
+from tests.helpers.small_memory import small_recognizer
+
+pytestmark = pytest.mark.browser
+
+SCOPE_NOTE = "its token lacks the learn scope"
+
+
+@pytest.fixture(scope="module")
+def team_page(tmp_path_factory: pytest.TempPathFactory, new_port: Any) -> Iterator[Any]:
+    """The page with learning on, behind a login: alice may teach, bob may not."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from rar_agent.auth import TokenStore
+    from rar_agent.ui import build_chat_page, launch, token_login
+
+    folder = tmp_path_factory.mktemp("team-page")
+    store = TokenStore(folder / "auth.toml")
+    tokens = {"alice": store.add("alice", ["learn"])[1], "bob": store.add("bob", ["recognize"])[1]}
+    recognizer = small_recognizer(folder, hashing_encoder()).with_reject(0.9)
+    page = build_chat_page(recognizer, None, allow_learning=True, logins=store)
+    port = new_port()
+    launch(page, "127.0.0.1", port, block=False, auth=token_login(store))
+    try:
+        yield f"http://127.0.0.1:{port}/", tokens, recognizer, folder
+    finally:
+        page.close()
+        recognizer.close()
+
+
+def _photo(path: Path) -> Path:
+    """A picture unlike the memory's (an unknown image at the 0.9 threshold)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (64, 56), (120, 200, 210))
+    ImageDraw.Draw(image).ellipse((10, 8, 50, 48), fill=(30, 30, 30))
+    image.save(path)
+    return path
+
+
+def _say(page: Any, text: str = "", files: tuple[Path, ...] = ()) -> str:
+    return str(send_turn(page, text, files).inner_text())
+
+
+def _sign_in(browser: Any, url: str, name: str, token: str) -> tuple[Any, Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    page.get_by_text("Sign in with your token").wait_for(timeout=60_000)
+    page.locator("input[type=text]").first.fill(name)
+    page.locator("input[type=password]").fill(token)
+    page.get_by_role("button", name="Login").click()
+    page.locator("#rar-input textarea").wait_for(timeout=60_000)
+    return context, page
+
+
+def test_sign_in_then_teach_by_the_tokens_scope(team_page: Any, browser: Any) -> None:
+    url, tokens, recognizer, folder = team_page
+    before = recognizer.memory.count()
+
+    context, page = _sign_in(browser, url, "bob", tokens["bob"])
+    try:
+        page.wait_for_function(
+            "s => document.querySelector('#rar-header').innerText.includes(s)",
+            arg=SCOPE_NOTE,
+            timeout=30_000,
+        )  # the header says why bob cannot teach, and offers no teaching
+        assert "call it X" not in page.locator("#rar-header").inner_text()
+        seen = _say(page, files=(_photo(folder / "bob.png"),))
+        assert "Unknown" in seen and SCOPE_NOTE in seen and "--allow-learning" not in seen
+        refused = _say(page, "call it teal moon")
+        assert SCOPE_NOTE in refused and "--allow-learning" not in refused
+        assert recognizer.memory.count() == before
+    finally:
+        context.close()
+
+    context, page = _sign_in(browser, url, "alice", tokens["alice"])
+    try:
+        assert "call it X" in page.locator("#rar-header").inner_text()
+        seen = _say(page, files=(_photo(folder / "alice.png"),))
+        assert "Unknown" in seen and "I will remember it" in seen
+        stored = _say(page, "call it teal moon")
+        assert "'teal moon'" in stored and "not stored" not in stored
+    finally:
+        context.close()
+    assert recognizer.memory.count() == before + 1
+    points, _ = recognizer.memory.scroll(None, 100)
+    [taught] = [p[3]["taught"] for p in points if p[3].get("label") == "teal moon"]
+    assert taught["by"] == "alice" and taught["via"] == "chat"

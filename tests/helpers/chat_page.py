@@ -1,0 +1,45 @@
+"""Driving the chat page in a browser (playwright): send a turn, wait for its reply."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["send_turn", "wait_ready"]
+
+_BOTS = "#rar-chat [data-testid='bot']"
+
+
+def wait_ready(page: Any, timeout_ms: int = 90_000) -> None:
+    """Wait until the input is usable again: the previous turn is over.
+
+    The reply shows before the turn ends; until it ends the input is disabled, and a file
+    attached meanwhile is dropped when the turn re-enables it (seen on a loaded machine: the
+    next message went without its photo).
+    """
+    page.wait_for_function(
+        "() => { const t = document.querySelector('#rar-input textarea');"
+        " return t && !t.disabled; }",
+        timeout=timeout_ms,
+    )
+
+
+def send_turn(
+    page: Any, text: str = "", files: Sequence[Path] = (), timeout_ms: int = 90_000
+) -> Any:
+    """Send one turn (text and photos) and return the locator of its reply, once the turn
+    is over."""
+    box = page.locator("#rar-input")
+    before = page.locator(_BOTS).count()
+    wait_ready(page, timeout_ms)
+    if files:
+        box.locator("input[type=file]").set_input_files([str(f) for f in files])
+        box.locator("img").first.wait_for(timeout=30_000)
+    box.locator("textarea").fill(text)
+    box.locator("textarea").press("Enter")
+    page.wait_for_function(
+        f'n => document.querySelectorAll("{_BOTS}").length > n', arg=before, timeout=timeout_ms
+    )
+    wait_ready(page, timeout_ms)
+    return page.locator(_BOTS).last
