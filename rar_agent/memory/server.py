@@ -94,9 +94,11 @@ class ServerBackend:
                     f"{where} refused the API key ({e.status_code}) while trying to {what}: "
                     "set the right key with --api-key or RAR_QDRANT_API_KEY"
                 ) from e
-            detail = e.content.decode(errors="replace")[:300]
+            detail = e.content.decode(errors="replace").strip()[:300]
             raise MemoryStoreError(
-                f"{where} answered {e.status_code} while trying to {what}: {detail}"
+                f"{where} answered HTTP {e.status_code}{f' ({detail})' if detail else ''} "
+                f"while trying to {what}: check that --qdrant-url / RAR_QDRANT_URL is a Qdrant "
+                "server's address (such as http://localhost:6333) and that the server is healthy"
             ) from e
         except ResponseHandlingException as e:
             source = e.source

@@ -83,6 +83,18 @@ def test_timeout(slow: LocalHTTPServer) -> None:
     assert len(slow.requests) == 1  # one request, no retries
 
 
+def test_a_url_that_is_no_qdrant_server_says_what_to_check() -> None:
+    """Some other web server (an empty 404, as a proxy answers): the message says what to do."""
+    with (
+        LocalHTTPServer(default=Route(status=404)) as server,
+        pytest.raises(MemoryStoreError) as err,
+    ):
+        CategoryMemory.open(MemoryLocation.server(server.url(), "pets"))
+    message = str(err.value)
+    assert "answered HTTP 404 while trying to connect: check that --qdrant-url" in message
+    assert not message.rstrip().endswith(":")
+
+
 def test_missing_collection_without_create() -> None:
     with pytest.raises(MemoryStoreError, match="no collection 'pets'"):
         CategoryMemory.open(":memory:", collection="pets", create=False)
