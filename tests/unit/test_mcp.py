@@ -469,3 +469,27 @@ async def test_nothing_over_mcp_names_where_the_allowed_folder_lies(memory_dir: 
             assert answer.isError and expected in seen, (name, seen)
             assert "allowed folder 'images'" in seen, (name, seen)
             assert layout not in seen, (name, seen)
+
+
+async def test_a_path_one_client_taught_by_is_not_shown_to_the_next(memory_dir: MemoryDir) -> None:
+    """A client that knows the server's layout teaches by absolute path; what the memory
+    then says about that example (history, candidates, undo), in text and in structured
+    content, names it relative to the allowed folder, never by the server's path."""
+    from PIL import Image
+
+    layout = str(memory_dir.images)
+    Image.new("RGB", (40, 30), (20, 160, 150)).save(memory_dir.images / "mint.png")
+    async with in_process(memory_dir, learning=True) as session:
+        taught = await session.call_tool(
+            "add_category_example", {"label": "mint", "image": layout + "/mint.png"}
+        )
+        assert not taught.isError, text_of(taught)
+        for name, args in [
+            ("teaching_history", {}),
+            ("recognize_image", {"image": "mint.png"}),
+            ("undo_teaching", {}),
+        ]:
+            answer = await session.call_tool(name, args)
+            seen = text_of(answer) + json.dumps(answer.structuredContent)
+            assert not answer.isError and "mint.png" in seen, (name, seen)
+            assert layout not in seen, (name, seen)
