@@ -138,8 +138,12 @@ async def call_langchain_tool(tool: BaseTool, arguments: dict[str, Any]) -> type
     try:
         message = await tool.ainvoke(call)
     except Exception as e:  # a bug, not bad input: keep serving, say where to look
+        # Its text may hold anything (the server's paths, internal state): the log has it.
         logger.exception("tool %s failed", tool.name)
-        return _error(f"{tool.name} failed unexpectedly ({type(e).__name__}: {e}); see the log")
+        return _error(
+            f"{tool.name} failed unexpectedly ({type(e).__name__}); the server's log has the "
+            "details"
+        )
     text: str = message.text
     if message.status == "error":
         return _error(text)

@@ -493,3 +493,19 @@ async def test_a_path_one_client_taught_by_is_not_shown_to_the_next(memory_dir: 
             seen = text_of(answer) + json.dumps(answer.structuredContent)
             assert not answer.isError and "mint.png" in seen, (name, seen)
             assert layout not in seen, (name, seen)
+
+
+async def test_an_unexpected_failure_is_told_without_its_details() -> None:
+    """A bug's exception text may hold anything (a path of the server, internal state): the
+    client hears which tool failed and of what kind; the server's log has the rest."""
+    from langchain_core.tools import StructuredTool
+
+    def broken(image: str) -> str:
+        raise OSError(f"[Errno 5] Input/output error: '/srv/rar/memory/segments/{image}'")
+
+    tool = StructuredTool.from_function(broken, name="recognize_image", description="Breaks.")
+    async with create_connected_server_and_client_session(build_server([tool])) as session:
+        answer = await session.call_tool("recognize_image", {"image": "cat.jpg"})
+    assert answer.isError
+    assert text_of(answer).startswith("recognize_image failed unexpectedly (OSError)")
+    assert "log" in text_of(answer) and "/srv/rar" not in text_of(answer)
