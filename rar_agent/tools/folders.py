@@ -305,7 +305,11 @@ class RecognizeImagesTool(RecognizerTool):
 
         usable = [s for s in chunk if isinstance(s, ImageSource)]
         try:
-            done = iter(self.recognizer.recognize_batch([s.payload for s in usable], k=k))
+            done = iter(
+                self.recognizer.recognize_batch(
+                    [s.payload for s in usable], k=k, names=[s.name for s in usable]
+                )
+            )
         except RarError as e:
             raise tool_error(e, *usable) from e
         results = []
