@@ -337,3 +337,6 @@ class TeachingUndone(BaseModel):
 
     undone: list[TeachingEvent]
     image_entries: int = Field(description="Example images in the memory afterwards.")
+    by: str | None = Field(
+        default=None, description="Only this teacher's events were undone (a shared memory)."
+    )

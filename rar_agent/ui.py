@@ -16,10 +16,11 @@ reply says it is retrieval/ranking output.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import mimetypes
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -758,23 +759,45 @@ def launch(
     theme = gr.themes.Soft(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    page.launch(
-        server_name=host,
-        server_port=port,
-        share=False,
-        prevent_thread_lock=not block,
-        quiet=True,  # the caller says where the page is; Gradio would add a share=True hint
-        max_file_size=max_file_size,
-        theme=theme,
-        css=PAGE_CSS,
-        show_error=True,
-        footer_links=[],
-        auth=auth,
-        auth_message="Sign in with your token: its name as user name, the token as password."
-        if auth is not None
-        else None,
-    )
+    with _sigterm_stops(block):  # docker stop, a service manager: as Ctrl+C, cleanly
+        page.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            prevent_thread_lock=not block,
+            quiet=True,  # the caller says where the page is; Gradio would add a share=True hint
+            max_file_size=max_file_size,
+            theme=theme,
+            css=PAGE_CSS,
+            show_error=True,
+            footer_links=[],
+            auth=auth,
+            auth_message="Sign in with your token: its name as user name, the token as password."
+            if auth is not None
+            else None,
+        )
     return page
+
+
+@contextlib.contextmanager
+def _sigterm_stops(block: bool) -> Iterator[None]:
+    """While a page blocks the main thread, SIGTERM stops it as Ctrl+C does: Gradio closes
+    its server and returns, so the caller closes the memory (and a next process opens it)."""
+    import signal
+    import threading
+
+    if not block or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 PAGE_CSS = """

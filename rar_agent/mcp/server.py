@@ -138,8 +138,12 @@ async def call_langchain_tool(tool: BaseTool, arguments: dict[str, Any]) -> type
     try:
         message = await tool.ainvoke(call)
     except Exception as e:  # a bug, not bad input: keep serving, say where to look
+        # Its text may hold anything (the server's paths, internal state): the log has it.
         logger.exception("tool %s failed", tool.name)
-        return _error(f"{tool.name} failed unexpectedly ({type(e).__name__}: {e}); see the log")
+        return _error(
+            f"{tool.name} failed unexpectedly ({type(e).__name__}); the server's log has the "
+            "details"
+        )
     text: str = message.text
     if message.status == "error":
         return _error(text)
@@ -203,21 +207,41 @@ def public_source(source: str, roots: Sequence[Path] = ()) -> str:
     return PurePath(*path.parts[-2:]).as_posix() if len(path.parts) > 2 else path.name
 
 
-def _publish(value: Any, roots: Sequence[Path], *, pictures: bool = False) -> Any:
+def _publish(
+    value: Any, roots: Sequence[Path], *, pictures: bool = False, renamed: dict[str, str]
+) -> Any:
     """``value`` (an artifact) as the network sees it, in place: every candidate's
     ``source`` made public and, unless the server shows example images (``pictures``), no
-    stored example's thumbnail (matched examples keep their id and score)."""
+    stored example's thumbnail (matched examples keep their id and score). Each source
+    renamed is recorded in ``renamed`` (old -> public), for the text that quotes it."""
     if isinstance(value, dict):
         if "label" in value and isinstance(value.get("source"), str):
-            value["source"] = public_source(value["source"], roots)
+            public = public_source(value["source"], roots)
+            if public != value["source"]:
+                renamed[value["source"]] = public
+            value["source"] = public
         if not pictures and isinstance(value.get("thumbnail"), str):
             value["thumbnail"] = None
         for item in value.values():
-            _publish(item, roots, pictures=pictures)
+            _publish(item, roots, pictures=pictures, renamed=renamed)
     elif isinstance(value, list):
         for item in value:
-            _publish(item, roots, pictures=pictures)
+            _publish(item, roots, pictures=pictures, renamed=renamed)
     return value
+
+
+def _publish_result(result: types.CallToolResult, roots: Sequence[Path], *, pictures: bool) -> None:
+    """A tool's answer as the network sees it (see :func:`_publish`), its text included:
+    a history line quotes the source an example was taught from, perhaps by another client
+    that knew the server's layout."""
+    if result.structuredContent is None:
+        return
+    renamed: dict[str, str] = {}
+    _publish(result.structuredContent, roots, pictures=pictures, renamed=renamed)
+    for block in result.content:
+        if block.type == "text":
+            for old in sorted(renamed, key=len, reverse=True):  # a path before its prefixes
+                block.text = block.text.replace(old, renamed[old])
 
 
 @dataclass(frozen=True)
@@ -308,9 +332,8 @@ def build_server(
             else:
                 async with writing:
                     result = await call_langchain_tool(entry.tool, arguments or {})
-        if result.structuredContent is not None:
-            pictures = bool(getattr(entry.tool, "example_images", False))
-            _publish(result.structuredContent, roots, pictures=pictures)
+        pictures = bool(getattr(entry.tool, "example_images", False))
+        _publish_result(result, roots, pictures=pictures)
         return result
 
     return server

@@ -230,31 +230,48 @@ class Recognizer:
             need = need | DecodeNeed(long=self.ranker.image_max_side)
         return need
 
-    def recognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
-        """Recognize one image; raises ``RarError`` on bad input."""
+    def recognize(
+        self, image: ImageInput, *, k: int | None = None, name: str | None = None
+    ) -> RecognitionResult:
+        """Recognize one image; raises ``RarError`` on bad input.
+
+        ``name`` is what to call the image (``result.image``, and in the unknown images'
+        groups), e.g. as a tool's caller gave it; default: its path or URL, else its type.
+        """
         start = time.perf_counter()
-        loaded = load_image(image, need=self.decode_need)
+        loaded = _named(load_image(image, need=self.decode_need), name)
         return self._recognize_loaded([loaded], [_ms(start)], k=k)[0]
 
     def recognize_batch(
-        self, images: Sequence[ImageInput], *, k: int | None = None
+        self,
+        images: Sequence[ImageInput],
+        *,
+        k: int | None = None,
+        names: Sequence[str | None] | None = None,
     ) -> list[RecognitionResult]:
-        """Recognize many images with one encoder pass; bad images get a per-item error."""
-        slots, loaded, load_ms = _load_all(images, self.decode_need)
+        """Recognize many images with one encoder pass; bad images get a per-item error.
+        ``names``: what to call each image (see :meth:`recognize`)."""
+        slots, loaded, load_ms = _load_all(images, self.decode_need, names)
         return _fill(slots, self._recognize_loaded(loaded, load_ms, k=k))
 
-    async def arecognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
+    async def arecognize(
+        self, image: ImageInput, *, k: int | None = None, name: str | None = None
+    ) -> RecognitionResult:
         """Async :meth:`recognize`: loading and encoding in a worker thread, ranking through
         the chain's ``abatch``."""
         start = time.perf_counter()
         loaded = await asyncio.to_thread(load_image, image, need=self.decode_need)
-        return (await self._arecognize_loaded([loaded], [_ms(start)], k=k))[0]
+        return (await self._arecognize_loaded([_named(loaded, name)], [_ms(start)], k=k))[0]
 
     async def arecognize_batch(
-        self, images: Sequence[ImageInput], *, k: int | None = None
+        self,
+        images: Sequence[ImageInput],
+        *,
+        k: int | None = None,
+        names: Sequence[str | None] | None = None,
     ) -> list[RecognitionResult]:
         """Async :meth:`recognize_batch`."""
-        slots, loaded, load_ms = await asyncio.to_thread(_load_all, images, self.decode_need)
+        slots, loaded, load_ms = await asyncio.to_thread(_load_all, images, self.decode_need, names)
         return _fill(slots, await self._arecognize_loaded(loaded, load_ms, k=k))
 
     def recognize_regions(
@@ -338,7 +355,9 @@ class Recognizer:
         """Put the unknown images in the novel-group log and name each one's group."""
         if not any(r.unknown for r in results):
             return
-        cal = self.calibration() if self.reject.mode == "auto" else None
+        # What counts as one new thing seen again is the memory's own measure, whatever
+        # decided that the images are unknown (auto or a fixed threshold).
+        cal = self.calibration()
         link = cal.link if cal is not None else None
         for result, vector in zip(results, vectors, strict=True):
             if result.unknown:
@@ -424,19 +443,28 @@ class Recognizer:
         self.close()
 
 
+def _named(loaded: LoadedImage, name: str | None) -> LoadedImage:
+    """``loaded``, called ``name`` when one is given (how its caller named it)."""
+    if name:
+        loaded.source = name
+    return loaded
+
+
 def _load_all(
-    images: Sequence[ImageInput], need: DecodeNeed | None
+    images: Sequence[ImageInput],
+    need: DecodeNeed | None,
+    names: Sequence[str | None] | None = None,
 ) -> tuple[list[RecognitionResult | None], list[LoadedImage], list[float]]:
     """Load every image: a failed result in the slot of each bad one, None for the others."""
     slots: list[RecognitionResult | None] = []
     loaded: list[LoadedImage] = []
     load_ms: list[float] = []
-    for src in images:
+    for src, name in zip(images, names or [None] * len(images), strict=True):
         start = time.perf_counter()
         try:
-            loaded.append(load_image(src, need=need))
+            loaded.append(_named(load_image(src, need=need), name))
         except RarError as e:
-            slots.append(failed_result(str(e), image=_describe(src)))
+            slots.append(failed_result(str(e), image=name or _describe(src)))
             continue
         load_ms.append(_ms(start))
         slots.append(None)

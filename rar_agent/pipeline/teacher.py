@@ -471,17 +471,29 @@ class Teacher:
         shown = events if limit is None else events[-limit:] if limit > 0 else []
         return TeachingHistory(events=shown, total=len(events))
 
-    def undo(self, n: int = 1) -> TeachingUndone:
+    def undo(self, n: int = 1, *, own: bool = False) -> TeachingUndone:
         """Reverse the last ``n`` teaching events, newest first.
 
         A taught example is removed; a relabel is moved back. The calibration follows.
 
+        Args:
+            n: How many events.
+            own: Only this teacher's own events (``by``), as on a memory many people
+                teach: one person's undo never takes back another's newer teaching.
+
         Raises:
-            ConfigError: ``n`` is not a positive integer.
+            ConfigError: ``n`` is not a positive integer, or (``own``) someone else changed
+                one of the examples since: undoing it would drop their change.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"undo takes a positive number of events, not {n!r}")
-        events = _events(self.memory)[-n:][::-1]
+        events = _events(self.memory)
+        by = self.by if own else None
+        if by is not None:
+            mine = [e for e in events if e.by == by][-n:]
+            _check_unchanged_since(mine, events, by)
+            events = mine
+        events = events[-n:][::-1]
         renamed: dict[str, str] = {}
         for event in events:
             current = renamed.get(event.id, event.id)
@@ -491,7 +503,23 @@ class Teacher:
             hit = self._entry(current)
             relabels = list(hit.payload.get("relabels", []))[:-1]
             renamed[event.id] = self._move(hit, event.previous_label or hit.label, relabels)
-        return TeachingUndone(undone=events, image_entries=self.memory.count("image"))
+        return TeachingUndone(undone=events, image_entries=self.memory.count("image"), by=by)
+
+
+def _check_unchanged_since(
+    mine: Sequence[TeachingEvent], events: Sequence[TeachingEvent], by: str
+) -> None:
+    """Refuse to undo ``by``'s events when someone else changed one of the examples since."""
+    for event in mine:
+        later = [e for e in events if e.id == event.id and e.at > event.at and e.by != by]
+        if later:
+            other = later[-1]
+            raise ConfigError(
+                f"{by!r} cannot undo teaching {event.label!r} [entry {event.id}]: "
+                f"{other.by or 'someone'} changed that example since ({other.event} "
+                f"{other.label!r} at {other.at}); ask them, or an operator (rar-agent memory "
+                "undo), to undo theirs first"
+            )
 
 
 def _prepare(example: ExampleImage) -> _Prepared:

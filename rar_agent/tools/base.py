@@ -57,12 +57,18 @@ class RecognizerLike(Protocol):
     encoder: ImageTextEncoder
     retriever: CategoryRetriever
 
-    def recognize(self, image: ImageInput, *, k: int | None = None) -> RecognitionResult:
-        """Recognize one image."""
+    def recognize(
+        self, image: ImageInput, *, k: int | None = None, name: str | None = None
+    ) -> RecognitionResult:
+        """Recognize one image, called ``name`` (in the result and the unknown groups)."""
         ...
 
     def recognize_batch(
-        self, images: Sequence[ImageInput], *, k: int | None = None
+        self,
+        images: Sequence[ImageInput],
+        *,
+        k: int | None = None,
+        names: Sequence[str | None] | None = None,
     ) -> list[RecognitionResult]:
         """Recognize many images (one encoder pass); a bad image gets a per-item error."""
         ...

@@ -23,6 +23,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -281,14 +282,46 @@ class RecognizeImagesTool(RecognizerTool):
                 return path.relative_to(root).as_posix()
         return path.name
 
-    def _sources(self, args: RecognizeImagesInput) -> tuple[str, list[ImageSource]]:
+    def _sources(self, args: RecognizeImagesInput) -> tuple[str, list[ImageSource | _Unusable]]:
         if args.images:
-            resolver = self.resolver()
-            return "the given images", [resolver.resolve(ref) for ref in args.images]
+            return "the given images", [self._source(ref) for ref in args.images]
         if args.folder is None:
             raise UnsafeInputError("pass a folder (or a list of images) to recognize")
         _, files = self._folder_files(args.folder, args.pattern, args.recursive)
         return args.folder, [ImageSource(self._name(f), f) for f in files]
+
+    def _source(self, ref: str) -> ImageSource | _Unusable:
+        """The image ``ref`` names, or why it cannot be had (it fails alone, in its place)."""
+        try:
+            return self.resolver().resolve(ref)
+        except RarError as e:
+            return _Unusable(ref, str(e))
+
+    def _recognize(
+        self, chunk: Sequence[ImageSource | _Unusable], k: int | None
+    ) -> list[RecognitionResult]:
+        """One encoder batch of ``chunk``'s images; the unusable ones fail in their place."""
+        from rar_agent.pipeline.ranked import failed_result
+
+        usable = [s for s in chunk if isinstance(s, ImageSource)]
+        try:
+            done = iter(
+                self.recognizer.recognize_batch(
+                    [s.payload for s in usable], k=k, names=[s.name for s in usable]
+                )
+            )
+        except RarError as e:
+            raise tool_error(e, *usable) from e
+        results = []
+        for source in chunk:
+            if isinstance(source, _Unusable):
+                results.append(failed_result(source.error, image=source.name))
+                continue
+            result = next(done)
+            result.image = source.name
+            _name_as_given(result, source)
+            results.append(result)
+        return results
 
     def _run(
         self,
@@ -305,15 +338,7 @@ class RecognizeImagesTool(RecognizerTool):
         chosen = sources[args.offset : args.offset + args.limit]
         results: list[RecognitionResult] = []
         for at in range(0, len(chosen), BATCH_CHUNK):
-            chunk = chosen[at : at + BATCH_CHUNK]
-            try:
-                done = self.recognizer.recognize_batch([s.payload for s in chunk], k=args.k)
-            except RarError as e:
-                raise tool_error(e, *chunk) from e
-            for source, result in zip(chunk, done, strict=True):
-                result.image = source.name
-                _name_as_given(result, source)
-                results.append(result)
+            results += self._recognize(chosen[at : at + BATCH_CHUNK], args.k)
             if run_manager is not None:
                 run_manager.on_text(f"recognized {args.offset + len(results)} of {total}\n")
         batch = BatchResults(
@@ -332,6 +357,14 @@ class RecognizeImagesTool(RecognizerTool):
         **kwargs: Any,
     ) -> tuple[str, dict[str, Any]]:
         return await asyncio.to_thread(self._run, None, **kwargs)
+
+
+@dataclass(frozen=True)
+class _Unusable:
+    """An image of a list that cannot be had (no such file, outside the folders...)."""
+
+    name: str
+    error: str
 
 
 def _name_as_given(result: RecognitionResult, source: ImageSource) -> None:

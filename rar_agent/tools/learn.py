@@ -166,9 +166,10 @@ def describe_history(history: TeachingHistory) -> str:
 
 def describe_undone(undone: TeachingUndone) -> str:
     """What an undo reversed, as lines of text (the tool's reply, the CLI's output)."""
+    whose = f" by {undone.by!r}" if undone.by else ""
     if not undone.undone:
-        return "Nothing to undo: nothing has been taught to this memory."
-    heading = f"Undid {len(undone.undone)} teaching event(s), newest first:"
+        return f"Nothing to undo: nothing has been taught to this memory{whose}."
+    heading = f"Undid {len(undone.undone)} teaching event(s){whose}, newest first:"
     lines = [heading, *(describe_event(e) for e in undone.undone)]
     return "\n".join([*lines, f"The memory now holds {undone.image_entries} example images."])
 
@@ -306,7 +307,8 @@ class UndoTeachingTool(TeachingTool):
     name: str = "undo_teaching"
     description: str = (
         "Undo the last n teaching events: taught examples are removed, relabelled ones moved "
-        "back. Use only when the user asks to undo what was taught."
+        "back. When the caller is known (a token, a signed-in person), only their own events "
+        "are undone. Use only when the user asks to undo what was taught."
     )
     args_schema: type[BaseModel] = UndoTeachingInput
     artifact_type: ClassVar[object] = TeachingUndone
@@ -314,4 +316,4 @@ class UndoTeachingTool(TeachingTool):
     def _run(
         self, n: int = 1, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        return self.answer(lambda teacher: teacher.undo(n), describe_undone)
+        return self.answer(lambda teacher: teacher.undo(n, own=True), describe_undone)

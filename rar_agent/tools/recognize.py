@@ -149,7 +149,7 @@ class RecognizeTool(RecognizerTool):
                     source.payload, boxes, k=k, kind="auto", normalized=False
                 )
                 return _regions_output(results, source.name, self.can_learn)
-            result = self.recognizer.recognize(source.payload, k=k)
+            result = self.recognizer.recognize(source.payload, k=k, name=source.name)
         except RarError as e:
             raise tool_error(e, source) from e
         result.image = source.name

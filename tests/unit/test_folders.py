@@ -150,9 +150,26 @@ def test_batch_refuses_outside_and_skips_links_out(recognizer: Any, tree: dict[s
         "holiday/photo_02.png",
     ]  # fmt: skip  (inside.png is photo_01)
     outside = _call(tool, {"images": [str(tree["secret"] / "photo_00.png")]})
-    assert outside.status == "error" and "not a file inside" in outside.text
+    assert outside.status != "error" and outside.artifact["results"][0]["error"]
+    assert "not a file inside" in outside.text and "0 known, 0 unknown, 1 failed" in outside.text
     no_roots = _call(RecognizeImagesTool(recognizer=recognizer), {"folder": "."})
     assert no_roots.status == "error" and "no photo folders" in no_roots.text
+
+
+def test_a_bad_image_in_a_list_fails_alone(recognizer: Any, tree: dict[str, Path]) -> None:
+    """A list of images is a batch like a folder: an image that cannot be had (a typo, a
+    path outside the folders) gets its own error, in its place, and the others are
+    recognized."""
+    tool = RecognizeImagesTool(recognizer=recognizer, allowed_roots=[tree["root"]])
+    images = ["holiday/photo_00.png", "holiday/typo.png", "../secret/photo_01.png"]
+    message = _call(tool, {"images": [*images, "holiday/photo_02.png"]})
+    assert message.status != "error", message.text
+    results = message.artifact["results"]
+    assert [r["image"] for r in results] == [*images, "holiday/photo_02.png"]
+    assert [bool(r["error"]) for r in results] == [False, True, True, False]
+    assert "holiday/typo.png: no such file in" in results[1]["error"]
+    assert "2 failed" in message.text and "- holiday/typo.png: failed (" in message.text
+    assert results[0]["label"] and results[3]["label"]
 
 
 def test_make_tools_adds_the_batch_tool_with_folders(recognizer: Any, tmp_path: Path) -> None:

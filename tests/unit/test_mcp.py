@@ -466,6 +466,46 @@ async def test_nothing_over_mcp_names_where_the_allowed_folder_lies(memory_dir: 
         for name, args, expected in calls:
             answer = await session.call_tool(name, args)
             seen = text_of(answer) + json.dumps(answer.structuredContent)
-            assert answer.isError and expected in seen, (name, seen)
-            assert "allowed folder 'images'" in seen, (name, seen)
+            assert expected in seen and "allowed folder 'images'" in seen, (name, seen)
+            assert answer.isError or "images" in args, (name, seen)  # a list: per image
             assert layout not in seen, (name, seen)
+
+
+async def test_a_path_one_client_taught_by_is_not_shown_to_the_next(memory_dir: MemoryDir) -> None:
+    """A client that knows the server's layout teaches by absolute path; what the memory
+    then says about that example (history, candidates, undo), in text and in structured
+    content, names it relative to the allowed folder, never by the server's path."""
+    from PIL import Image
+
+    layout = str(memory_dir.images)
+    Image.new("RGB", (40, 30), (20, 160, 150)).save(memory_dir.images / "mint.png")
+    async with in_process(memory_dir, learning=True) as session:
+        taught = await session.call_tool(
+            "add_category_example", {"label": "mint", "image": layout + "/mint.png"}
+        )
+        assert not taught.isError, text_of(taught)
+        for name, args in [
+            ("teaching_history", {}),
+            ("recognize_image", {"image": "mint.png"}),
+            ("undo_teaching", {}),
+        ]:
+            answer = await session.call_tool(name, args)
+            seen = text_of(answer) + json.dumps(answer.structuredContent)
+            assert not answer.isError and "mint.png" in seen, (name, seen)
+            assert layout not in seen, (name, seen)
+
+
+async def test_an_unexpected_failure_is_told_without_its_details() -> None:
+    """A bug's exception text may hold anything (a path of the server, internal state): the
+    client hears which tool failed and of what kind; the server's log has the rest."""
+    from langchain_core.tools import StructuredTool
+
+    def broken(image: str) -> str:
+        raise OSError(f"[Errno 5] Input/output error: '/srv/rar/memory/segments/{image}'")
+
+    tool = StructuredTool.from_function(broken, name="recognize_image", description="Breaks.")
+    async with create_connected_server_and_client_session(build_server([tool])) as session:
+        answer = await session.call_tool("recognize_image", {"image": "cat.jpg"})
+    assert answer.isError
+    assert text_of(answer).startswith("recognize_image failed unexpectedly (OSError)")
+    assert "log" in text_of(answer) and "/srv/rar" not in text_of(answer)

@@ -590,3 +590,44 @@ async def test_the_command_requires_tokens_once_the_auth_file_names_one(tmp_path
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+async def test_a_token_undoes_its_own_teaching_only(tmp_path: Path) -> None:
+    """On a shared memory, ``undo_teaching`` takes back what the calling token taught, never
+    another's newer events; an example someone else changed since is not undone under them."""
+    with serving(tmp_path) as service:
+        carol = service.store.add("carol", ["learn"])[1]
+        with anyio.fail_after(90):
+            async with session_with(service.url, bearer(service.tokens["alice"])) as alice:
+                taught = await alice.call_tool(
+                    "add_category_example", {"label": "violet", "image": png()}
+                )
+                assert not taught.isError, text_of(taught)
+                async with session_with(service.url, bearer(carol)) as other:
+                    mine = await other.call_tool(
+                        "add_category_example",
+                        {"label": "olive", "image": png(colour=(90, 110, 20))},
+                    )
+                    assert not mine.isError, text_of(mine)
+                    undone = await alice.call_tool("undo_teaching", {"n": 5})
+                    assert not undone.isError, text_of(undone)
+                    assert [e["label"] for e in undone.structuredContent["undone"]] == ["violet"]
+                    assert "alice" in text_of(undone)
+                    again = await alice.call_tool("undo_teaching", {})
+                    assert not again.structuredContent["undone"], text_of(again)
+                    labels = service.recognizer.memory.labels()
+                    assert "olive" in labels and "violet" not in labels
+
+                    # alice teaches, carol moves it: alice's undo would drop carol's change
+                    taught = await alice.call_tool(
+                        "add_category_example",
+                        {"label": "plum", "image": png(colour=(120, 20, 90))},
+                    )
+                    moved = await other.call_tool(
+                        "relabel_example",
+                        {"example": taught.structuredContent["id"], "label": "grape"},
+                    )
+                    assert not moved.isError, text_of(moved)
+                    refused = await alice.call_tool("undo_teaching", {})
+                    assert refused.isError and "carol" in text_of(refused), text_of(refused)
+                    assert "grape" in service.recognizer.memory.labels()

@@ -117,7 +117,27 @@ def test_results_name_their_group_and_the_tool_lists_it(recognizer: Any, tmp_pat
     listed = groups_tool.invoke({"type": "tool_call", "id": "9", "name": "g", "args": {}})
     group = listed.artifact["groups"][0]
     assert group["size"] == 6 and len(group["images"]) == 6
+    assert sorted(group["images"]) == sorted(ids)  # named as the agent gave them
     assert group["id"] in listed.content and "ask what each shows" in listed.content
     # a known image joins no group
     known = recognizer.recognize(clusters.image("lynx", 6))
     assert not known.unknown and known.novel_group is None
+
+
+def test_a_fixed_threshold_groups_by_the_memorys_link(recognizer: Any, tmp_path: Path) -> None:
+    """``--reject 0.9`` decides what is unknown; what counts as one new thing seen again is
+    still the memory's own measure (its calibration's link), so the groups form as in auto.
+    The group names its photos as the caller gave them (here paths inside the allowed
+    folder), never by the machine's file layout."""
+    clusters: Clusters = recognizer.clusters
+    for i in range(6):
+        clusters.save("bicycle", i, tmp_path / "bikes")
+    names = sorted(p.name for p in (tmp_path / "bikes").iterdir())
+    tools = make_tools(recognizer, allowed_roots=[tmp_path / "bikes"], reject="0.999")
+    recognize, groups_tool = tools[0], next(t for t in tools if t.name == "list_unknown_groups")
+    for n, name in enumerate(names):
+        call = {"type": "tool_call", "id": str(n), "name": recognize.name, "args": {"image": name}}
+        assert recognize.invoke(call).artifact["unknown"]
+    listed = groups_tool.invoke({"type": "tool_call", "id": "9", "name": "g", "args": {}})
+    [group] = listed.artifact["groups"]
+    assert sorted(group["images"]) == names and str(tmp_path) not in listed.content

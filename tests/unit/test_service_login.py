@@ -144,3 +144,52 @@ def test_the_page_asks_for_a_login(team: Any) -> None:
             assert client.get(f"{url}/config").status_code == 200
     finally:
         page.close()
+
+
+@pytest.mark.slow  # the page in a subprocess (a few seconds to start)
+def test_the_page_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """``docker stop`` and service managers send SIGTERM: the page stops as on Ctrl+C, closes
+    the memory (exit 0) and a next command opens it at once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.unit.test_mcp import build_memory, server_env
+
+    built = build_memory(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**server_env(), "RAR_HOME": str(tmp_path / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    memory = ["--memory", str(built.memory), "--collection", "small"]
+    command = [sys.executable, "-c", "from rar_agent.cli import main; main()"]
+    page = subprocess.Popen(
+        [*command, "chat", *memory, "--encoder", ENCODER_SPEC, "--model", "none"]
+        + ["--allow-learning", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert page.poll() is None, page.communicate()[1]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the page did not start"
+            time.sleep(0.5)
+        page.send_signal(signal.SIGTERM)
+        _, errors = page.communicate(timeout=60)
+    finally:
+        if page.poll() is None:
+            page.kill()
+    assert page.returncode == 0, errors
+    history = subprocess.run(
+        [*command, "memory", "history", *memory], env=env, capture_output=True, text=True
+    )
+    assert history.returncode == 0, history.stderr
