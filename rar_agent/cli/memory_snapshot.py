@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from rar_agent.cli.options import STORE, ProgressOpt, settings_command
+from rar_agent.cli.options import STORE, ProgressOpt, memory_to_write, settings_command
 from rar_agent.cli.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -88,7 +88,6 @@ def memory_restore(
     Qdrant snapshot."""
     from rich.console import Console
 
-    from rar_agent.memory import open_memory
     from rar_agent.memory.snapshot import restore_qdrant_snapshot, restore_snapshot
 
     if settings.qdrant_url:
@@ -102,7 +101,7 @@ def memory_restore(
             markup=False,
         )
         return
-    with open_memory(settings) as memory:
+    with memory_to_write(settings, keep_partial=False) as memory:
         bar, update = progress_bar(progress, f"restoring into {memory.collection}")
         with bar:
             report = restore_snapshot(snapshot, memory, progress=update)

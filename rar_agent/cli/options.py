@@ -432,12 +432,20 @@ EXIT_INTERRUPTED = 130
 
 @contextlib.contextmanager
 def memory_to_write(
-    settings: Settings, collection: str | None = None, **options: Any
+    settings: Settings,
+    collection: str | None = None,
+    *,
+    keep_partial: bool = True,
+    **options: Any,
 ) -> Iterator[CategoryMemory]:
     """The memory a writing command opens (:func:`~rar_agent.memory.open_memory`, created if
-    missing), closed at the end; an embedded memory this command created is removed again
-    when the command fails with nothing stored, so that a refused write leaves no empty
-    memory, bound to the encoder it tried, behind."""
+    missing), closed at the end.
+
+    An embedded memory this command created is removed again when the command fails with
+    nothing stored, so that a refused write leaves no empty memory, bound to the encoder it
+    tried, behind; with ``keep_partial=False`` (a restore: all or nothing) also when it
+    fails after storing some entries. A build keeps them: run again, it resumes.
+    """
     import shutil
 
     from rar_agent.errors import RarError
@@ -450,11 +458,11 @@ def memory_to_write(
         yield memory
     except BaseException:
         try:
-            empty = fresh and memory.count() == 0
+            drop = fresh and (not keep_partial or memory.count() == 0)
         except RarError:
-            empty = False
+            drop = not keep_partial and fresh
         memory.close()
-        if empty and path is not None:
+        if drop and path is not None:
             shutil.rmtree(path, ignore_errors=True)
         raise
     finally:

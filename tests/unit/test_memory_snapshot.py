@@ -228,3 +228,28 @@ def test_qdrant_server_snapshot_round_trip(tmp_path: Path) -> None:
         back = CategoryMemory.open(where, create=False)
         with back:
             same_memory(memory, back, vectors)
+
+
+def test_cli_a_failed_restore_keeps_no_new_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a snapshot, or one cut short after some pages were restored: no memory is left."""
+    from rar_agent.cli import app
+    from rar_agent.memory import snapshot
+
+    monkeypatch.setattr(snapshot, "PAGE", 16)  # pages of 16 entries: the cut comes after some
+    with CategoryMemory.open(tmp_path / "src", collection="src") as source:
+        fill(source)
+        good = tmp_path / "good.tar"
+        write_snapshot(source, good)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"not a tar at all")
+    for snap in (bad, cut):
+        target = tmp_path / f"from-{snap.stem}"
+        done = CliRunner().invoke(
+            app, ["memory", "restore", str(snap), "--memory", str(target), "--no-progress"]
+        )
+        assert done.exit_code == 2, done.output
+        assert not target.exists(), f"{snap.name}: {done.output}"
