@@ -153,6 +153,7 @@ def evaluate(
 
         from rar_agent.encoders import spec_of
         from rar_agent.evaluation import EvalConfig, run_evaluation, summary_table, write_report
+        from rar_agent.evaluation.report import report_folder
         from rar_agent.evaluation.schema import check_config
 
         settings = settings_from_options(
@@ -166,6 +167,7 @@ def evaluate(
             open_set=open_set, reject=reject,
         )  # fmt: skip
         check_config(config, stream_share=stream_share if stream else None)  # before any model
+        report_folder(out)
         enc = load_settings_encoder(settings)
         loaded = spec_of(enc)  # as resolved, so the report reproduces it
         if loaded is not None:

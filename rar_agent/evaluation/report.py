@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,14 @@ if TYPE_CHECKING:
 
     from rar_agent.evaluation.schema import EvalReport
 
-__all__ = ["command_line", "render_markdown", "summary_table", "write_report"]
+__all__ = [
+    "cannot_write_report",
+    "command_line",
+    "render_markdown",
+    "report_folder",
+    "summary_table",
+    "write_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +271,30 @@ def _md_run(report: EvalReport, plots: dict[str, Path]) -> list[str]:
     return lines + [f"- {note}" for note in report.notes]
 
 
+def report_folder(out_dir: str | Path) -> Path:
+    """The report folder, created (its parents too): checked before an evaluation runs, so a
+    wrong ``--out`` costs no run.
+
+    Raises:
+        ConfigError: It cannot be created or written.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write_report(out, e) from e
+    if not os.access(out, os.W_OK):
+        raise cannot_write_report(out, PermissionError("no permission to write there"))
+    return out
+
+
+def cannot_write_report(out: Path, error: OSError) -> ConfigError:
+    """The refusal of a report folder that cannot be written."""
+    return ConfigError(
+        f"cannot write the report to {out}: {error.strerror or error}: pick another --out folder"
+    )
+
+
 def write_report(report: EvalReport, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
     """Write ``report.json``, ``predictions.jsonl``, ``report.md`` and the PNGs into a folder.
 
@@ -273,9 +305,8 @@ def write_report(report: EvalReport, out_dir: str | Path, *, plots: bool = True)
     Raises:
         ConfigError: The folder cannot be created or written.
     """
-    out = Path(out_dir)
+    out = report_folder(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         files = {
             "json": out / "report.json",
             "predictions": out / "predictions.jsonl",
@@ -289,5 +320,5 @@ def write_report(report: EvalReport, out_dir: str | Path, *, plots: bool = True)
         drawn = write_plots(report, out) if plots else {}
         files["markdown"].write_text(render_markdown(report, drawn), encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"cannot write the report to {out}: {e.strerror or e}") from e
+        raise cannot_write_report(out, e) from e
     return {**files, **drawn}

@@ -460,14 +460,18 @@ def write_stream_report(
     """Write ``report.json`` (``{"config", "stream"}``), ``report.md`` and ``stream.png``."""
     import json
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from rar_agent.evaluation.report import cannot_write_report, report_folder
+
+    out = report_folder(out_dir)
     files = {"json": out / "report.json", "markdown": out / "report.md"}
     data = {"config": config.model_dump(mode="json"), "stream": report.model_dump(mode="json")}
-    files["json"].write_text(json.dumps(data, indent=2), encoding="utf-8")
     markdown = render_stream_markdown(report, config)
-    if plots:
-        files["stream.png"] = plot_stream(report, out / "stream.png")
-        markdown += "\n![held-out top-1 along the stream](stream.png)\n"
-    files["markdown"].write_text(markdown, encoding="utf-8")
+    try:
+        files["json"].write_text(json.dumps(data, indent=2), encoding="utf-8")
+        if plots:
+            files["stream.png"] = plot_stream(report, out / "stream.png")
+            markdown += "\n![held-out top-1 along the stream](stream.png)\n"
+        files["markdown"].write_text(markdown, encoding="utf-8")
+    except OSError as e:
+        raise cannot_write_report(out, e) from e
     return files

@@ -420,6 +420,8 @@ def test_auto_gate_without_a_recorded_margin_says_how_to_get_one(
         (["--dataset", ".", "--stream", "--stream-share", "2"], "streamed share"),
         (["--dataset", ".", "--stream", "--shots", "-1"], "--shots must be >= 0"),
         (["--dataset", "fashion-mnist"], "apt-get install dataset-fashion-mnist"),
+        (["--dataset", ".", "--shots", "1", "--out", "{file}"], "cannot write the report"),
+        (["--dataset", ".", "--stream", "--out", "{file}/x"], "cannot write the report"),
     ],
 )
 def test_cli_eval_checks_its_inputs_before_loading_an_encoder(
@@ -433,6 +435,9 @@ def test_cli_eval_checks_its_inputs_before_loading_an_encoder(
         raise AssertionError("the encoder was loaded before the inputs were checked")
 
     monkeypatch.setattr(evaluate, "load_settings_encoder", no_load)
+    a_file = tmp_path / "a-file"  # where --out needs a folder
+    a_file.write_text("not a folder")
+    args = [arg.format(file=a_file) for arg in args]
     result = CliRunner().invoke(app, ["eval", *args, "--no-progress"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
