@@ -113,5 +113,5 @@ def write_samples(
             if fmt == "llava":
                 f.write("\n]\n")
     except OSError as e:
-        raise ConfigError(f"cannot write {out}: {e.strerror or e}") from e
+        raise ConfigError(f"cannot write {out}: {e.strerror or e}: pick another --out path") from e
     return count

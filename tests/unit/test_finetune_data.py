@@ -264,3 +264,12 @@ def test_cli_writes_both_formats_with_a_summary(
         app, ["finetune-data", "--out", str(tmp_path / "c.json"), "--format", "alpaca", *common]
     )
     assert bad.exit_code == 2 and "--format" in bad.output
+
+
+def test_an_output_file_that_cannot_be_written_says_what_to_do(tmp_path: Path) -> None:
+    from rar_agent.finetune_data.formats import write_samples
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot write .*a-file/t.json: .*: pick another --out"):
+        write_samples([], blocker / "t.json", fmt="llava")
