@@ -56,6 +56,10 @@ class CachedEncoder:
         self.fingerprint = encoder.fingerprint
         name = hashlib.sha1(encoder.fingerprint.encode()).hexdigest()[:16]
         self.path = Path(folder) / f"features-{name}.npz"
+        try:  # now, not when the run ends
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise self._cannot_keep(e) from e
         self.hits = 0
         self.misses = 0
         self._rows: dict[str, np.ndarray] = self._load()
@@ -104,15 +108,23 @@ class CachedEncoder:
         """Write the cache (atomically) if it gained vectors; return its path if written."""
         if not self._dirty:
             return None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = np.array(list(self._rows), dtype="S40")
         rows = np.stack(list(self._rows.values())).astype(np.float32)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, keys=keys, rows=rows)
-        os.replace(tmp, self.path)
+        try:
+            np.savez(tmp, keys=keys, rows=rows)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise self._cannot_keep(e) from e
         self._dirty = False
         logger.info("feature cache %s: %d vectors", self.path, len(rows))
         return self.path
+
+    def _cannot_keep(self, error: OSError) -> ConfigError:
+        return ConfigError(
+            f"cannot keep the feature cache in {self.path.parent}: {error.strerror or error}: "
+            "pick another --feature-cache folder"
+        )
 
     def __getattr__(self, name: str) -> Any:
         # the wrapped encoder's other attributes (input_size, spec, builtin_vocabulary, ...)

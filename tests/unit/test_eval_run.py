@@ -457,3 +457,17 @@ def test_an_unknown_ranker_is_refused_before_the_memory_is_built(
     config = EvalConfig(dataset=str(folder), shots=2, ranker="bogus")
     with pytest.raises(RankerError, match="Unknown ranker 'bogus'"):
         run_evaluation(config, encoder=hashing_encoder())
+
+
+def test_a_feature_cache_folder_that_cannot_be_made_is_refused_up_front(tmp_path: Path) -> None:
+    from rar_agent.evaluation.features import CachedEncoder
+    from tests.helpers.encoder_factories import hashing_encoder
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot keep the feature cache in .*a-file.*: pick"):
+        CachedEncoder(hashing_encoder(), blocker)
+    cache = CachedEncoder(hashing_encoder(), tmp_path / "cache")  # a folder that can be made
+    cache.embed_images([Image.new("RGB", (4, 4))])
+    saved = cache.save()
+    assert saved is not None and len(CachedEncoder(hashing_encoder(), tmp_path / "cache")) == 1
