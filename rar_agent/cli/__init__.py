@@ -8,6 +8,8 @@ command imports the library when it runs.
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from rar_agent.cli import (
@@ -82,4 +84,29 @@ app.add_typer(auth.app, name="auth")
 
 def main() -> None:
     """Console-script entry point (``rar-agent``)."""
-    app()
+    command = typer.main.get_command(app)
+    reflow_help(command)
+    command(prog_name="rar-agent")
+
+
+def reflow_help(command: Any) -> None:
+    """Let every help text of ``command`` (a click command, as ``typer.main.get_command``
+    gives it) and its subcommands wrap to the terminal.
+
+    Help texts come from docstrings, whose paragraphs are broken into lines of the source's
+    width; typer prints those breaks as they are, so at 80 columns a paragraph came out
+    ragged (a line of "Without them a", then the rest). Each paragraph's lines are joined
+    into one, which the terminal wraps; a paragraph with an indented line (command
+    examples) keeps its lines.
+    """
+    if command.help:
+        command.help = "\n\n".join(_joined(p) for p in command.help.split("\n\n"))
+    for sub in getattr(command, "commands", {}).values():
+        reflow_help(sub)
+
+
+def _joined(paragraph: str) -> str:
+    lines = paragraph.strip("\n").split("\n")
+    if any(line[:1].isspace() for line in lines[1:]) or paragraph.startswith("\b"):
+        return paragraph
+    return " ".join(line.strip() for line in lines)

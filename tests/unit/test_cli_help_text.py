@@ -1,0 +1,40 @@
+"""``rar-agent --help`` texts wrap to the terminal: a docstring's line breaks are not kept
+(they made ragged paragraphs at 80 columns), command examples keep their lines."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import pytest
+
+from rar_agent.cli import main, reflow_help
+
+
+def test_paragraphs_are_joined_and_examples_kept() -> None:
+    group = click.Group(
+        "top",
+        help="First line.\n\nA paragraph written\nover two lines.\n\nExamples:\n  run a\n  run b",
+    )
+    group.add_command(click.Command("sub", help="Sub\ncommand.\n\nMore\ntext."))
+    reflow_help(group)
+    assert (
+        group.help
+        == "First line.\n\nA paragraph written over two lines.\n\nExamples:\n  run a\n  run b"
+    )
+    assert group.commands["sub"].help == "Sub command.\n\nMore text."
+
+
+def test_the_command_line_help_wraps_at_80_columns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(sys, "argv", ["rar-agent", "memory", "build", "--help"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("Storage options"))
+    paragraph = lines[start : lines.index("", start)]
+    # filled to the width: every line but the last nearly full, none cut after a few words
+    assert all(len(line) > 60 for line in paragraph[:-1]), paragraph
