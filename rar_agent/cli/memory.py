@@ -289,7 +289,9 @@ def _read_names(path: Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise ConfigError(f"cannot read names file {path}: {e.strerror or e}") from e
+        raise ConfigError(
+            f"cannot read names file {path}: {e.strerror or e}: check the path"
+        ) from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"names file {path} is not UTF-8 text") from e
     names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]

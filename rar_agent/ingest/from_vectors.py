@@ -38,8 +38,13 @@ def read_vectors(path: str | Path) -> np.ndarray:
     file = Path(path).expanduser()
     try:
         array = np.load(file, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read vectors {file}: {e}; give a .npy file (numpy.save)") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read vectors {file}: {e.strerror or e}: check the path") from e
+    except ValueError as e:  # numpy takes any other file for pickled data
+        raise ConfigError(
+            f"{file} is not a .npy array: save the vectors with numpy.save (a float matrix of "
+            "rows, dim)"
+        ) from e
     if not isinstance(array, np.ndarray) or array.ndim != 2:
         shape = getattr(array, "shape", None)
         raise ConfigError(f"vectors {file} must be a 2-D array (rows, dim), got shape {shape}")
@@ -57,8 +62,10 @@ def read_labels(path: str | Path) -> list[str]:
     file = Path(path).expanduser()
     try:
         lines = file.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read labels {file}: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read labels {file}: {e.strerror or e}: check the path") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"labels {file} are not UTF-8 text: write one label a line") from e
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             raise ConfigError(f"{file}:{number}: blank label; write one label per vector row")

@@ -132,3 +132,12 @@ def test_a_failed_write_leaves_no_new_memory_behind(folder: Path, command: list[
                                "--memory", str(kept)]).exit_code == 0  # fmt: skip
     assert runner.invoke(app, [*args, "--memory", str(kept)]).exit_code == EXIT_INPUT_FAILED
     assert kept.is_dir()
+
+
+def test_a_missing_names_file_says_to_check_the_path(folder: Path) -> None:
+    memory = folder / "names-memory"
+    done = runner.invoke(app, ["memory", "build", "--from-names", str(folder / "no.txt"),
+                               "--memory", str(memory)])  # fmt: skip
+    assert done.exit_code == EXIT_USAGE
+    assert "cannot read names file" in done.output and "check the path" in done.output
+    assert not memory.exists()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rar_agent.errors import ConfigError, LabelError
-from rar_agent.ingest.from_vectors import add_vectors, build_from_vectors, read_vectors
+from rar_agent.ingest.from_vectors import add_vectors, build_from_vectors, read_labels, read_vectors
 from rar_agent.memory import CategoryMemory
 from rar_agent.memory.storage import StorageSettings
 
@@ -88,8 +88,14 @@ def test_bad_files_get_clear_errors(tmp_path: Path) -> None:
     np.save(ints, np.zeros((3, 2), dtype=np.int64))
     with pytest.raises(ConfigError, match="not floats"):
         read_vectors(ints)
-    with pytest.raises(ConfigError, match="cannot read vectors"):
+    with pytest.raises(ConfigError, match="cannot read vectors .*missing.npy: .*check the path"):
         read_vectors(tmp_path / "missing.npy")
+    text = tmp_path / "text.npy"
+    text.write_text("0.1 0.2\n0.3 0.4\n")
+    with pytest.raises(ConfigError, match="text.npy is not a .npy array: save the vectors with"):
+        read_vectors(text)  # numpy spoke of pickled data
+    with pytest.raises(ConfigError, match="cannot read labels .*nope.txt: .*check the path"):
+        read_labels(tmp_path / "nope.txt")
     x, labels = _data(3)
     vectors, names = _files(tmp_path, x, labels)
     names.write_text("a\n\nc\n", encoding="utf-8")
