@@ -203,18 +203,18 @@ def _format_rows(kind: Kind, paths: list[Path], ctx: dict[str, Any], repeats: in
     (old_batch,) = _batch_ms(before, [paths], repeats)
     decoded = [load_image(p, need=raw.input_size).image for p in paths]
     encode = _ms(lambda im: raw.embed_images([im]), decoded, repeats)
-    target, met = None, None
-    if kind.name == "12 MP JPEG":
-        target = "<= 1.5x small photo"
-        met = one <= 1.5 * small and batch <= 1.5 * small_batch
+    # one target, judged on each row it counts: one by one and in a batch
+    target = "<= 1.5x small photo" if kind.name == "12 MP JPEG" else None
+    met_one = one <= 1.5 * small if target else None
+    met_batch = batch <= 1.5 * small_batch if target else None
     rows = [
         _row(f"{kind.name}: recognize, per image", one, "ms",
-             "small photo, recognize (in turns)", small, target, met),
+             "small photo, recognize (in turns)", small, target, met_one),
         _row("  same, before (full decode)", old, "ms", "after (decode to need)", one),
         _row("  recognize vs the raw encoder on the decoded image", one, "ms",
              "raw embed_images, 1 image", encode),
         _row(f"  recognize_batch({len(paths)}), per image", batch, "ms",
-             "small photo, recognize_batch", small_batch),
+             "small photo, recognize_batch", small_batch, target, met_batch),
         _row("  same, before (full decode)", old_batch, "ms", "after (decode to need)", batch),
     ]  # fmt: skip
     if heif:
