@@ -57,6 +57,7 @@ a model this size cheaply. For better zero-shot ranking on a GPU use
 """
 
 _PIP_HINT = "pip install 'rar-agent[providers]'"
+_PROVIDERS_URL = "https://docs.langchain.com/oss/python/integrations/providers"
 
 
 def is_no_ranker(spec: object) -> bool:
@@ -156,6 +157,27 @@ def _why(exc: BaseException) -> str:
     return str(exc).strip().rstrip(".")
 
 
+def _unknown_ranker(spec: str, exc: ValueError) -> str:
+    """One line for a spec ``init_chat_model`` refused: why, and how to name a ranker.
+
+    LangChain's own message lists every provider it knows over several lines; the user
+    needs the reason and the forms a ranker takes.
+    """
+    provider, colon, _ = spec.partition(":")
+    if "infer model provider" not in str(exc):
+        why = _why(exc).splitlines()[0].rstrip(".")
+    elif colon:
+        why = f"{provider!r} is not a chat-model provider LangChain knows"
+    else:
+        why = "it names no provider (provider:model) and none follows from the model name"
+    return (
+        f"Unknown ranker {spec!r}: {why}. Name a ranker as provider:model (openai:gpt-4o-mini, "
+        "anthropic:claude-sonnet-4-5, ollama:qwen2.5vl, google_genai:gemini-2.5-flash; every "
+        f"provider: {_PROVIDERS_URL}), hf:<repo or dir> or local for a local model, or none "
+        "for retrieval only."
+    )
+
+
 def _local(target: str, kwargs: dict[str, Any]) -> BaseChatModel:
     from rar_agent.ranking.local_vlm import LocalVisionChatModel
 
@@ -177,11 +199,7 @@ def _provider(spec: str, kwargs: dict[str, Any]) -> BaseChatModel:
             f"providers with {_PIP_HINT}, or the provider's langchain-<name> package."
         ) from exc
     except ValueError as exc:
-        raise RankerError(
-            f"Unknown ranker {spec!r} ({_why(exc)}). Use provider:model (openai:gpt-4o-mini, "
-            "anthropic:claude-sonnet-4-5, ollama:qwen2.5vl, google_genai:gemini-2.5-flash), "
-            "hf:<repo or dir> for a local model, or none for retrieval only."
-        ) from exc
+        raise RankerError(_unknown_ranker(spec, exc)) from exc
     except Exception as exc:  # noqa: BLE001 - providers raise their own error types
         raise RankerError(
             f"Could not create ranker {spec!r}: {type(exc).__name__}: {_why(exc)}. Check "

@@ -55,6 +55,23 @@ def test_unknown_provider_lists_the_forms() -> None:
         load_ranker("nosuchprovider:some-model")
 
 
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("foo:bar", "'foo' is not a chat-model provider"),
+        ("bogus", "it names no provider"),
+    ],
+)
+def test_unknown_ranker_is_one_short_message(spec: str, why: str) -> None:
+    with pytest.raises(RankerError) as info:
+        load_ranker(spec)
+    text = str(info.value)
+    assert text.startswith(f"Unknown ranker {spec!r}: {why}")
+    assert "openai:gpt-4o-mini" in text and "none for retrieval only" in text
+    assert "\n" not in text  # one line, not LangChain's provider list
+    assert "model_provider" not in text and "bedrock_mantle" not in text
+
+
 def test_missing_api_key_is_a_ranker_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(RankerError, match="API key"):
