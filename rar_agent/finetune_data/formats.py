@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from rar_agent.errors import ConfigError
 
@@ -91,6 +92,10 @@ def write_samples(
 ) -> int:
     """Write samples to ``path`` (JSON array for ``llava``, JSONL for ``openai``); return count.
 
+    The file is written beside ``path`` under a temporary name and renamed over it once
+    complete, so a build that stops (an error, Ctrl-C) leaves a previous file whole and no
+    half-written one.
+
     Raises:
         ConfigError: Unknown format, or the file cannot be written.
     """
@@ -99,8 +104,7 @@ def write_samples(
     out = Path(path)
     count = 0
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as f:
+        with _replaced_when_complete(out) as f:
             if fmt == "llava":
                 f.write("[")
             for sample in samples:
@@ -115,3 +119,18 @@ def write_samples(
     except OSError as e:
         raise ConfigError(f"cannot write {out}: {e.strerror or e}: pick another --out path") from e
     return count
+
+
+@contextlib.contextmanager
+def _replaced_when_complete(out: Path) -> Iterator[TextIO]:
+    """A text file beside ``out`` that replaces it when the block ends, removed if it raises."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            yield handle
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
