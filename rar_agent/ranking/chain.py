@@ -37,7 +37,10 @@ from rar_agent.ranking.io import (
 from rar_agent.ranking.parser import MAX_REPLY_CHARS, ParseResult, parse_items, parse_reply
 from rar_agent.ranking.prompt import RankingExample, build_ranking_messages
 
-__all__ = ["RankingChain"]
+__all__ = ["DEFAULT_TIMEOUT_S", "RankingChain"]
+
+DEFAULT_TIMEOUT_S = 60.0
+"""Seconds a ranker call may take before the chain gives up on it (one attempt)."""
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
 
     model: BaseChatModel
     image_max_side: int = 512
-    timeout_s: float | None = 60.0
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
     max_retries: int = 1
     max_concurrency: int = 4
     structured: Literal["auto", "never", "always"] = "auto"

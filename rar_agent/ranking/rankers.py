@@ -23,7 +23,7 @@ from typing import Any, TypeAlias
 from langchain_core.language_models import BaseChatModel
 
 from rar_agent.errors import ConfigError, RankerError
-from rar_agent.ranking.chain import RankingChain
+from rar_agent.ranking.chain import DEFAULT_TIMEOUT_S, RankingChain
 
 __all__ = [
     "DEFAULT_LOCAL_RANKER",
@@ -157,6 +157,27 @@ def _why(exc: BaseException) -> str:
     return str(exc).strip().rstrip(".")
 
 
+def _request_timeout_field(model: BaseChatModel) -> str | None:
+    """How ``model``'s class takes an HTTP timeout: ``timeout`` or ``client_kwargs``."""
+    for name, field in type(model).model_fields.items():
+        if "timeout" in (name, field.alias):
+            return "timeout"
+    return "client_kwargs" if "client_kwargs" in type(model).model_fields else None
+
+
+def _bounded_wait(model: BaseChatModel, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus the chain's timeout (one attempt) as the model's HTTP timeout.
+
+    The ranking chain stops waiting at its own timeout, but a call it gave up on runs on in
+    a worker thread until the provider's client gives up (OpenAI's: 10 minutes, three
+    times; Ollama's: never), and the interpreter waits for those threads before a command
+    can exit.
+    """
+    if _request_timeout_field(model) == "timeout":
+        return {**kwargs, "timeout": DEFAULT_TIMEOUT_S}
+    return {**kwargs, "client_kwargs": {"timeout": DEFAULT_TIMEOUT_S}}
+
+
 def _unknown_ranker(spec: str, exc: ValueError) -> str:
     """One line for a spec ``init_chat_model`` refused: why, and how to name a ranker.
 
@@ -192,7 +213,10 @@ def _provider(spec: str, kwargs: dict[str, Any]) -> BaseChatModel:
     except ImportError as exc:
         raise RankerError(f"Ranker {spec!r} needs the langchain package: {_PIP_HINT}.") from exc
     try:
-        return init_chat_model(spec, **kwargs)
+        model = init_chat_model(spec, **kwargs)
+        if _request_timeout_field(model) and not {"timeout", "client_kwargs"} & set(kwargs):
+            return init_chat_model(spec, **_bounded_wait(model, kwargs))
+        return model
     except ImportError as exc:
         raise RankerError(
             f"Ranker {spec!r} needs its provider package ({_why(exc)}). Install the "

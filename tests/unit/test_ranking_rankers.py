@@ -44,6 +44,21 @@ def test_ollama_string_builds_without_a_server() -> None:
     assert isinstance(load_ranker("ollama:qwen2.5vl"), ChatOllama)
 
 
+def test_provider_models_give_up_when_the_chain_does() -> None:
+    """A call the chain gave up on must not wait on for the client's own 10 minutes (or
+    for ever: Ollama's client has no timeout), holding a worker thread and the exit."""
+    from rar_agent.ranking.chain import DEFAULT_TIMEOUT_S
+
+    openai = load_ranker("openai:gpt-4o-mini", api_key="sk-test-not-used")
+    assert openai.request_timeout == DEFAULT_TIMEOUT_S  # type: ignore[union-attr]
+    anthropic = load_ranker("anthropic:claude-sonnet-4-5", api_key="sk-test-not-used")
+    assert anthropic.default_request_timeout == DEFAULT_TIMEOUT_S  # type: ignore[union-attr]
+    ollama = load_ranker("ollama:qwen2.5vl")
+    assert ollama.client_kwargs == {"timeout": DEFAULT_TIMEOUT_S}  # type: ignore[union-attr]
+    mine = load_ranker("openai:gpt-4o-mini", api_key="sk-test-not-used", timeout=5)
+    assert mine.request_timeout == 5  # type: ignore[union-attr]
+
+
 def test_missing_provider_package_names_the_extra() -> None:
     with pytest.raises(RankerError, match=r"rar-agent\[providers\]") as info:
         load_ranker("mistralai:mistral-large-latest")
