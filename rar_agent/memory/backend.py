@@ -25,10 +25,13 @@ class MemoryBackend(Protocol):
     Attributes:
         name: ``"edge"`` or ``"server"``.
         location: Directory or URL, for messages.
+        created: Whether this handle created the storage (the embedded directory, the
+            server collection): it was not there before.
     """
 
     name: str
     location: str
+    created: bool
 
     def read_meta(self, *, refresh: bool = False) -> dict[str, Any] | None:
         """The stored record (``MemoryRecord.to_stored()``'s JSON object, or an older flat
@@ -122,4 +125,8 @@ class MemoryBackend(Protocol):
 
     def close(self) -> None:
         """Release the storage (idempotent)."""
+        ...
+
+    def drop(self) -> None:
+        """Close this handle and delete the storage it created (only when ``created``)."""
         ...

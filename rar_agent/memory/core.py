@@ -728,6 +728,35 @@ class CategoryMemory:
         """Whether :meth:`close` was called."""
         return self._closed
 
+    @property
+    def created(self) -> bool:
+        """Whether this handle created the memory: no memory was in its directory when it
+        was opened, or it created the server collection."""
+        return self._backend.created
+
+    def drop(self) -> None:
+        """Delete the memory this handle created, and close the handle: a first write that
+        failed leaves nothing behind (an embedded directory goes when nothing else is in it).
+
+        Raises:
+            MemoryStoreError: This handle did not create it (a memory that was there before
+                is never deleted; the handle stays open), it is open elsewhere in this
+                process, or its storage cannot be deleted.
+        """
+        with self._lock:
+            self._check_open()
+            self._check_writable("be deleted")
+            if not self.created:
+                raise MemoryStoreError(
+                    f"memory {self.collection!r} at {self._backend.location} was there before "
+                    "this handle opened it: it is not deleted"
+                )
+            self._closed = True
+            try:
+                self._backend.drop()
+            finally:
+                self._backend.close()
+
     def __enter__(self) -> CategoryMemory:
         return self
 
