@@ -252,9 +252,11 @@ def _refuse_if_nothing_stored(report: "BuildReport", mem: "CategoryMemory") -> N
 def _recalibrate(mem: "CategoryMemory", report: "BuildReport", removed: int = 0) -> None:
     """Keep the memory's open-set calibration current after a change (the one policy)."""
     from rar_agent import openset
+    from rar_agent.cli.progress import note_if_slow
 
     if (report.added or removed) and mem.count("image"):
-        openset.update(mem, added=report.sample_ids, removed=removed)
+        with note_if_slow("calibrating the open-set check on a sample of the memory"):
+            openset.update(mem, added=report.sample_ids, removed=removed)
 
 
 def _storage(entries: int, flags: "Mapping[str, object]") -> "StorageSettings | None":

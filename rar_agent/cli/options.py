@@ -447,9 +447,11 @@ def memory_to_write(
     all or nothing) also when it fails after storing some entries. A build keeps them: run
     again, it resumes. A memory that was there before is never deleted.
     """
+    from rar_agent.cli.progress import say
     from rar_agent.memory import open_memory
 
     memory = open_memory(settings, collection, **options)
+    memory.on_slow_step = say  # building the index after a bulk load shows no progress
     try:
         yield memory
     except BaseException:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from rar_agent.memory.entries import Hit
@@ -103,8 +103,9 @@ class MemoryBackend(Protocol):
         """Number of points, optionally only of one kind and/or one label."""
         ...
 
-    def optimize(self, min_unindexed: int) -> bool:
-        """Build indexes if at least ``min_unindexed`` points are not indexed; True if run."""
+    def optimize(self, min_unindexed: int, starting: Callable[[int], None]) -> bool:
+        """Build indexes if at least ``min_unindexed`` points are not indexed; True if run.
+        ``starting(unindexed points)`` is called first when it blocks to build them."""
         ...
 
     def set_indexing(self, enabled: bool, storage: StorageSettings) -> None:

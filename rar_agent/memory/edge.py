@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -460,15 +460,17 @@ class EdgeBackend:
             flt = _kind_filter(kind, label)
             return int(shard.count(CountRequest(exact=True, filter=flt)))
 
-    def optimize(self, min_unindexed: int) -> bool:
-        """Build the HNSW index (blocking) when enough points are still unindexed."""
+    def optimize(self, min_unindexed: int, starting: Callable[[int], None]) -> bool:
+        """Build the HNSW index (blocking) when enough points are still unindexed; say so
+        through ``starting(unindexed points)`` first."""
         with self._use("optimize", write=True) as shard:
             if shard is None:
                 return False
-            if min_unindexed > 0:
-                info = shard.info()
-                if info.points_count - info.indexed_vectors_count < min_unindexed:
-                    return False
+            info = shard.info()
+            unindexed = info.points_count - info.indexed_vectors_count
+            if min_unindexed > 0 and unindexed < min_unindexed:
+                return False
+            starting(unindexed)
             shard.optimize()
             return True
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rar_agent.errors import MemoryStoreError, RarError
@@ -351,7 +351,7 @@ class ServerBackend:
             )
         return int(result.count)
 
-    def optimize(self, min_unindexed: int) -> bool:
+    def optimize(self, min_unindexed: int, starting: Callable[[int], None]) -> bool:
         """Nothing to do: a server builds its indexes in the background."""
         self._check_open()
         return False
