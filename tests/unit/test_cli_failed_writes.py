@@ -20,12 +20,8 @@ runner = CliRunner()
 
 
 @pytest.fixture()
-def folder(tmp_path: Path, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RAR_CLIP_MODEL", tiny_openclip_spec)
-    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
-    for name in ("RAR_QDRANT_URL", "RAR_MEMORY_PATH", "RAR_ENCODER", "RAR_COLLECTION"):
-        monkeypatch.delenv(name, raising=False)
+def folder(tiny_cli_env: Path) -> Path:
+    tmp_path = tiny_cli_env
     rng = np.random.default_rng(3)
     (tmp_path / "good" / "alpha").mkdir(parents=True)
     arr = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
@@ -69,32 +65,19 @@ def test_an_existing_memory_stays_as_it_was(folder: Path) -> None:
 
 
 @pytest.fixture()
-def server(folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+def server(
+    folder: Path, recorded_collections: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, list[str]]:
     """``--qdrant-url`` reaches qdrant-client's local mode (the server code path); the
     collections created and deleted through it are recorded."""
-    from qdrant_client import QdrantClient
-
     from rar_agent.memory import opening
-
-    calls: dict[str, list[str]] = {"created": [], "deleted": []}
-    create, delete = QdrantClient.create_collection, QdrantClient.delete_collection
-
-    def create_collection(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-        calls["created"].append(name)
-        return create(self, name, *args, **kwargs)
-
-    def delete_collection(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-        calls["deleted"].append(name)
-        return delete(self, name, *args, **kwargs)
 
     def from_settings(settings: Any, collection: str | None = None) -> MemoryLocation:
         assert settings.qdrant_url == "http://qdrant.invalid:6333"
         return MemoryLocation.in_process_store(collection or settings.collection)
 
-    monkeypatch.setattr(QdrantClient, "create_collection", create_collection)
-    monkeypatch.setattr(QdrantClient, "delete_collection", delete_collection)
     monkeypatch.setattr(opening.MemoryLocation, "from_settings", from_settings)
-    return calls
+    return recorded_collections
 
 
 @pytest.mark.parametrize(

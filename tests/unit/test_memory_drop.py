@@ -6,7 +6,6 @@ its calls recorded)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -64,31 +63,12 @@ def test_a_second_handle_of_a_new_memory_did_not_create_it(tmp_path: Path) -> No
     assert (tmp_path / "m").is_dir()
 
 
-@pytest.fixture()
-def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    """Collections created and deleted through qdrant-client, as the server backend asks."""
-    from qdrant_client import QdrantClient
-
-    calls: dict[str, list[str]] = {"created": [], "deleted": []}
-    create, delete = QdrantClient.create_collection, QdrantClient.delete_collection
-
-    def create_collection(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-        calls["created"].append(name)
-        return create(self, name, *args, **kwargs)
-
-    def delete_collection(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-        calls["deleted"].append(name)
-        return delete(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(QdrantClient, "create_collection", create_collection)
-    monkeypatch.setattr(QdrantClient, "delete_collection", delete_collection)
-    return calls
-
-
-def test_a_server_collection_it_created_is_deleted(recorded: dict[str, list[str]]) -> None:
+def test_a_server_collection_it_created_is_deleted(
+    recorded_collections: dict[str, list[str]],
+) -> None:
     mem = CategoryMemory.open(MemoryLocation.in_process_store("birds"))
     assert not mem.created  # nothing is created on a server before an encoder is bound
     _fill(mem)
     assert mem.created
     mem.drop()
-    assert recorded == {"created": ["birds"], "deleted": ["birds"]} and mem.closed
+    assert recorded_collections == {"created": ["birds"], "deleted": ["birds"]} and mem.closed
