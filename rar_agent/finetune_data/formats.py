@@ -102,6 +102,8 @@ def write_samples(
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     out = Path(path)
+    if out.is_dir():  # now, not when the last sample is written
+        raise ConfigError(f"--out {out} is a folder: give a file path such as {out / 'train.json'}")
     count = 0
     try:
         with _replaced_when_complete(out) as f:

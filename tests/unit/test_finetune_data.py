@@ -293,3 +293,14 @@ def test_a_build_that_stops_leaves_the_previous_file_whole(
         write_samples(failing(), out, fmt=fmt)  # type: ignore[arg-type]
     assert out.read_text() == '[{"kept": true}]\n'  # not truncated to "["
     assert [p.name for p in tmp_path.iterdir()] == ["train.json"]  # no partial file left
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_sample(tmp_path: Path) -> None:
+    from rar_agent.finetune_data.formats import write_samples
+
+    def never() -> Any:
+        raise AssertionError("a sample was built before --out was checked")
+        yield
+
+    with pytest.raises(ConfigError, match="is a folder: give a file path such as"):
+        write_samples(never(), tmp_path, fmt="llava")
