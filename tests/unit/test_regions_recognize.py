@@ -20,7 +20,7 @@ from rar_agent.errors import EmptyMemoryError
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.pipeline import Recognizer
 from rar_agent.ranking import RankingChain
-from rar_agent.regions import RANKER_SIDE, Box, prepare_region
+from rar_agent.regions import PALETTE, RANKER_SIDE, Box, prepare_region
 
 # Two coloured objects on a grey, noisy scene.
 OBJECTS = {"red block": (20, 30, 70, 90), "blue disc": (120, 40, 150, 70)}
@@ -211,7 +211,7 @@ def test_cli_boxes_json_and_annotate(
     assert f"wrote the annotated image to {out_png}" in result.output  # says where
     drawn = np.asarray(Image.open(out_png).convert("RGB"))
     assert drawn.shape == (100, 200, 3)
-    assert tuple(drawn[60, 20]) == (230, 25, 75)  # the red box's outline, first palette colour
+    assert tuple(drawn[60, 20]) == PALETTE[0]  # the red block's box, first palette colour
 
     table = CliRunner().invoke(
         app,
