@@ -260,3 +260,16 @@ def test_annotate_keeps_red_for_errors_and_says_unknown() -> None:
     expected = image.copy()
     draw_box(expected, [100, 40, 180, 90], "unknown 0.13", (128, 128, 128))
     assert out.tobytes() == expected.tobytes()  # captioned "unknown 0.13", not "? 0.13"
+
+
+def test_detections_of_several_images_are_refused_without_an_image_id() -> None:
+    dets = [
+        {"image_id": 1, "bbox": [0, 0, 10, 10]},
+        {"image_id": 2, "bbox": [5, 5, 10, 10]},
+        {"image_id": "1", "bbox": [1, 1, 2, 2]},
+    ]
+    with pytest.raises(BoxError, match=r"detections of 2 images \(image_id 1, 2\)"):
+        parse_boxes(dets)
+    assert [b.x0 for b in parse_boxes(dets, image_id=1)] == [0, 1]
+    assert len(parse_boxes(dets[:1])) == 1  # one image's detections need no id
+    assert len(parse_boxes({"annotations": [*dets[:1], dets[2]]})) == 2
