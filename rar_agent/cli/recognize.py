@@ -73,7 +73,12 @@ def recognize(
     annotate: AnnotateOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Recognize what is in each image (retrieve top-k, then rank), or in each box of one image."""
+    """Recognize what is in each image (retrieve top-k, then rank), or in each box of one image.
+
+    Many images stream: each answer prints as soon as it is ready, the next photos decoding
+    meanwhile, so a folder of thousands (rar-agent recognize photos/*.jpg --json) holds only
+    a few at a time.
+    """
     regions = None
     if boxes is not None or annotate is not None:
         regions = _read_boxes(images, boxes, normalized, annotate)  # before loading anything
