@@ -252,7 +252,9 @@ class Recognizer:
         names: Sequence[str | None] | None = None,
     ) -> list[RecognitionResult]:
         """Recognize many images with one encoder pass; bad images get a per-item error.
-        ``names``: what to call each image (see :meth:`recognize`)."""
+        ``names``: what to call each image (see :meth:`recognize`). Every image is decoded
+        before the pass: for more than a few dozen, :meth:`recognize_stream` is faster and
+        holds only a few at a time."""
         batch = load_batch(images, self.decode_need, names)
         return batch.fill(self._recognize_loaded(batch.images, batch.load_ms, k=k))
 
