@@ -411,7 +411,7 @@ class ChatSession:
             return _reply(f"⚠️ **Error:** {_md(_plain(str(e)))}")
         except Exception as e:  # the page must answer, whatever the model provider does
             logger.exception("agent turn failed")
-            return _reply(f"⚠️ **The agent failed:** {_md(type(e).__name__ + ': ' + str(e))}")
+            return _reply(_failed(e))
         final = out["messages"][-1]
         tools = last_tool_messages(out["messages"])
         text = render_reply(
@@ -471,6 +471,15 @@ def _query_thumbnails(files: Sequence[Any]) -> dict[str, str]:
         except (OSError, RarError) as e:
             logger.warning("no thumbnail for %s: %s", path, e)
     return out
+
+
+def _failed(error: Exception) -> str:
+    """What a person reads when a turn fails unexpectedly: which kind of failure, not its text
+    (it may hold the server's paths, addresses or internal state); the log has the rest."""
+    return (
+        f"⚠️ **The agent failed unexpectedly** ({_md(type(error).__name__)}): try again; if "
+        "it keeps failing, the page's log on the server has the details."
+    )
 
 
 def _reply(text: str, options: Sequence[dict[str, str]] = ()) -> dict[str, Any]:

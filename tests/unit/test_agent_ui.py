@@ -143,12 +143,16 @@ async def test_a_session_never_recognizes_another_sessions_image(recognizer: Any
 
 
 async def test_session_reports_model_failures_readably(recognizer: Any) -> None:
+    """An unexpected failure says which kind it was, never its text (which may hold the
+    server's paths or addresses): the server's log has that."""
+
     def broken(messages: list[Any]) -> AIMessage:
-        raise RuntimeError("provider is down")
+        raise RuntimeError("provider at http://10.1.2.3:11434 is down; see /srv/rar/ollama.log")
 
     agent = create_rar_agent(PolicyChatModel(policy=broken), recognizer=recognizer)
     reply = (await ChatSession(agent).respond({"text": "hi", "files": []}, []))["content"]
-    assert reply.startswith("⚠️ **The agent failed:** RuntimeError: provider is down")
+    assert reply.startswith("⚠️ **The agent failed unexpectedly** (RuntimeError)")
+    assert "log" in reply and "/srv/rar" not in reply and "10.1.2.3" not in reply
 
 
 # ---------------------------------------------------------------------------- CLI
