@@ -86,6 +86,34 @@ def test_tools_refuse_a_second_label_then_relabel_history_and_undo(recognizer: A
     assert labels.get("dog") == 1 and "fox" not in labels and "wolf" not in labels
 
 
+def test_history_and_undo_tools_never_name_the_servers_layout(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """An example taught from the server's shell by its absolute path (``rar-agent teach``)
+    is named by folder and file in the tools' history and undo (the chat page's text), never
+    by the server's absolute path; inside an allowed folder, relative to it."""
+    from rar_agent.pipeline.teacher import Teacher
+
+    layout = tmp_path / "srv" / "photos"
+    (layout / "mint").mkdir(parents=True)
+    loose = layout / "mint" / "leaf.png"
+    loose.write_bytes(_png((20, 160, 150)))
+    Teacher(recognizer.memory, recognizer.encoder, via="cli").add("mint", [loose])
+    tools = {t.name: t for t in make_tools(recognizer, allow_learning=True)}
+    history = _call(tools["teaching_history"], {})
+    seen = history.content + json.dumps(history.artifact)
+    assert "mint/leaf.png" in seen and str(layout) not in seen, seen
+
+    rooted = {
+        t.name: t for t in make_tools(recognizer, allow_learning=True, allowed_roots=[layout])
+    }
+    seen = _call(rooted["teaching_history"], {}).content
+    assert "mint/leaf.png" in seen and str(layout) not in seen, seen
+    undone = _call(tools["undo_teaching"], {})
+    seen = undone.content + json.dumps(undone.artifact)
+    assert "mint/leaf.png" in seen and str(layout) not in seen, seen
+
+
 # ---------------------------------------------------------------------------- the stand-in agent
 
 
