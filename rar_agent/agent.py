@@ -53,6 +53,7 @@ from rar_agent.registry import (
     ImageScope,
     image_blocks_to_ids,
     is_latest_ref,
+    unreadable_images,
 )
 from rar_agent.tools import folder_tools, make_tools
 
@@ -80,6 +81,7 @@ __all__ = [
     "CAPABILITIES",
     "LEARNING_NOT_GRANTED",
     "LEARNING_OFF",
+    "NO_READABLE_PHOTO",
     "answer_marker",
     "create_rar_agent",
     "last_tool_messages",
@@ -369,6 +371,7 @@ TEACHING_HELP = (
     "sandal* or *it's a sandal* to correct it, or *call it X* to name it exactly; a photo "
     "sent with *this is an ankle boot* is stored under that name."
 )
+NO_READABLE_PHOTO = "No photo in this message could be read, so nothing was recognized or stored."
 LEARNING_OFF = (
     " Learning is off here, so names you give are not stored (start the page with "
     "--allow-learning to teach it)."
@@ -458,6 +461,10 @@ class RecognitionOnlyChatModel(BaseChatModel):
         ids = list(dict.fromkeys(IMAGE_ID_PATTERN.findall(text)))
         words = re.sub(r"\[\s*image id\s+img-[0-9a-f]+[^\]]*\]", " ", text).strip()
         words = IMAGE_ID_PATTERN.sub(" ", words).strip()
+        if not ids and unreadable_images(last.content):
+            # the photo this turn was about could not be read: never answer or teach an
+            # earlier one in its place
+            return AIMessage(content=NO_READABLE_PHOTO)
         before = previous_answer(earlier)
         teaching = parse_teaching(words, bare=bool(ids) or before is not None)
         if ids:

@@ -118,6 +118,7 @@ def render_reply(
     can_learn: bool = False,
     learning_off: str | None = None,
     queries: Mapping[str, str] | None = None,
+    unreadable: Sequence[str] = (),
 ) -> str:
     """The Markdown shown for one agent turn: the reply, candidate tables, tool errors.
 
@@ -133,6 +134,9 @@ def render_reply(
         learning_off: Otherwise, why not (default: learning is off on this page).
         queries: Thumbnails (data URIs) of this turn's photos by image id: each answer then
             shows its photo beside the closest stored examples of the top candidates.
+        unreadable: Why each photo of the turn that could not be read was refused
+            (:func:`~rar_agent.registry.unreadable_images`): said first, so no upload is
+            dropped without a word.
     """
     from rar_agent.agent import answer_marker
 
@@ -141,6 +145,7 @@ def render_reply(
         t for t in tool_messages if t.name == "recognize_image" and isinstance(t.artifact, dict)
     ]
     errors = [t for t in tool_messages if t.status == "error"]
+    parts += [f"⚠️ **A photo could not be read:** {_md(why)}" for why in unreadable]
     if recognition_only and results:
         parts.append(
             "*Retrieval/ranking output: no chat model is configured, so this is the "
@@ -421,6 +426,7 @@ class ChatSession:
             can_learn=can_learn,
             learning_off=self.learning_off(user),
             queries=_query_thumbnails(message.get("files") or []),
+            unreadable=_unreadable(out["messages"]),
         )
         return _reply(text, answer_options(tools) if can_learn else [])
 
@@ -453,6 +459,16 @@ class ChatSession:
             can_learn=self.can_learn,
         )
         return wanted, history, _conversation_note(wanted, resumed=True)
+
+
+def _unreadable(messages: Sequence[BaseMessage]) -> list[str]:
+    """Why each photo of the last user turn could not be read (none: all were)."""
+    from langchain_core.messages import HumanMessage
+
+    from rar_agent.registry import unreadable_images
+
+    turns = [m for m in messages if isinstance(m, HumanMessage)]
+    return unreadable_images(turns[-1].content) if turns else []
 
 
 def _query_thumbnails(files: Sequence[Any]) -> dict[str, str]:
@@ -511,7 +527,7 @@ def messages_to_history(
     turn: list[BaseMessage] = []
 
     def flush() -> None:
-        if not turn:
+        if len(turn) < 2:  # the user's message alone: no reply yet
             return
         finals = [m for m in turn if isinstance(m, AIMessage) and not m.tool_calls]
         tools = [m for m in turn if isinstance(m, ToolMessage)]
@@ -523,17 +539,17 @@ def messages_to_history(
                     tools,
                     recognition_only=recognition_only,
                     can_learn=can_learn,
+                    unreadable=_unreadable(turn[:1]),
                 ),
             }
         )
-        turn.clear()
 
     for message in messages:
         if isinstance(message, HumanMessage):
             flush()
+            turn.clear()
             out.append({"role": "user", "content": _shown_user_text(message)})
-        else:
-            turn.append(message)
+        turn.append(message)
     flush()
     return out
 
