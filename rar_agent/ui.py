@@ -105,8 +105,13 @@ _IMAGE_ID = re.compile(r"\bimg-[0-9a-f]{6,64}\b")
 _ENTRY_ID = re.compile(r"\s*\(?\[?entry [0-9a-f-]{36}\]?\)?")
 
 
+_HISTORY_PHOTO = re.compile(r"\b(taught|confirmed|corrected|moved) img-[0-9a-f]{6,64}\b")
+
+
 def _plain(text: str) -> str:
-    """A tool's text for a person: no internal image or entry ids."""
+    """A tool's text for a person: no internal image or entry ids (a teaching history's
+    photo is "a photo": "this photo" would say it is the one under discussion)."""
+    text = _HISTORY_PHOTO.sub(r"\1 a photo", text)
     return _ENTRY_ID.sub("", _IMAGE_ID.sub("this photo", text))
 
 

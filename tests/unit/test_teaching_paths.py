@@ -188,6 +188,39 @@ async def test_page_options_and_a_correction_through_the_history(recognizer: Any
     assert answer_options([]) == []
 
 
+async def test_page_lists_and_undoes_teaching_in_words(recognizer: Any, tmp_path: Path) -> None:
+    """Without a chat model the page's person asks for the history and undoes their last
+    teaching in words ("history" is never stored as the photo's name); with learning off they
+    are told why not."""
+    from rar_agent.conversations import ConversationStore
+
+    store = ConversationStore(":memory:")
+    agent = create_rar_agent(None, recognizer=recognizer, allow_learning=True, conversations=store)
+    session = ChatSession(agent, recognition_only=True, can_learn=True, conversations=store)
+    photo = tmp_path / "odd.png"
+    photo.write_bytes(_png((90, 200, 40), 5))
+    before = recognizer.memory.count()
+
+    async def say(text: str, *files: Path) -> str:
+        reply = await session.respond({"text": text, "files": [str(f) for f in files]}, [], "c")
+        return str(reply["content"])
+
+    await say("", photo)
+    assert "'tomato'" in await say("call it tomato")
+    assert recognizer.memory.count() == before + 1
+    listed = await say("history")
+    assert "via chat" in listed and "a photo as 'tomato'" in listed and "img-" not in listed
+    assert "history" not in recognizer.memory.labels()
+    undone = await say("undo")
+    assert "Undid 1 teaching event" in undone and "'tomato'" in undone, undone
+    assert recognizer.memory.count() == before and "tomato" not in recognizer.memory.labels()
+    assert "Nothing to undo" in await say("undo")
+
+    reading = ChatSession(create_rar_agent(None, recognizer=recognizer), recognition_only=True)
+    refused = (await reading.respond("undo", []))["content"]
+    assert "no teaching to list or undo" in refused and "Learning is off" in refused
+
+
 # ---------------------------------------------------------------------------- CLI
 
 
