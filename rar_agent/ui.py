@@ -698,6 +698,7 @@ def build_chat_page(
             fill_height=True,  # the conversation takes the window's height, the input below
             fill_width=True,
         )
+        _no_page_undo(chat.chatbot)
         note = gr.Markdown(elem_id="rar-conversation")
         page.load(open_conversation, None, [conversation, chat.chatbot, chat.chatbot_state, note])
         # the header's counts stay current: recounted on load and after every reply (an
@@ -706,6 +707,15 @@ def build_chat_page(
         chat.chatbot.change(describe, None, header, show_progress="hidden")
         chat.chatbot.clear(new_conversation, None, [conversation, note])
     return page
+
+
+def _no_page_undo(chatbot: gr.Chatbot) -> None:
+    """Hide Gradio's own *Undo* and *Retry* buttons under the last message: they only edit
+    what the page shows (the conversation store keeps the turn), so an *Undo* under a taught
+    example would seem to take it back while the memory keeps it, and a *Retry* would send
+    a teaching message twice. Teaching is undone in words (*undo*), through the teacher."""
+    for flag in ("_undoable", "_retryable"):  # Gradio reads these into the page's config
+        setattr(chatbot, flag, False)
 
 
 def _may_learn(logins: TokenStore) -> Callable[[str | None], bool]:
