@@ -154,7 +154,7 @@ def evaluate(
         from rar_agent.encoders import spec_of
         from rar_agent.evaluation import EvalConfig, run_evaluation, summary_table, write_report
         from rar_agent.evaluation.report import report_folder
-        from rar_agent.evaluation.schema import check_config
+        from rar_agent.evaluation.schema import check_config, check_sets
 
         settings = settings_from_options(
             clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder
@@ -166,7 +166,9 @@ def evaluate(
             device=settings.device, memory=str(memory) if memory else None,
             open_set=open_set, reject=reject,
         )  # fmt: skip
-        check_config(config, stream_share=stream_share if stream else None)  # before any model
+        share = stream_share if stream else None
+        check_config(config, stream_share=share)  # before any model
+        check_sets(config, stream_share=share)  # lists the files: --shots, --open-set
         report_folder(out)
         enc = load_settings_encoder(settings)
         loaded = spec_of(enc)  # as resolved, so the report reproduces it

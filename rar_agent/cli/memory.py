@@ -209,7 +209,8 @@ def _build(
     count = len(names) if names is not None else len(items or [])
     with memory_to_write(settings, storage=_storage(count, flags)) as mem:
         enc = load_settings_encoder(settings, mem)
-        if description is not None:  # else the builder binds: a new memory is created then
+        new = mem.info.fingerprint is None
+        if description is not None and new:  # else the builder binds: it creates the memory
             bind_memory(mem, enc, expected_entries=count, description=description)
         bar, update = progress_bar(progress, "building memory")
         with bar:
@@ -217,18 +218,45 @@ def _build(
                 report = builders.add_class_names(mem, enc, names, progress=update)
             else:
                 report = builders.add_images(mem, enc, items or [], strict=strict, progress=update)
+        _refuse_if_nothing_stored(report, mem)  # inside: a new memory is deleted again
+        if description is not None and not new:
+            mem.set_description(description)
         _recalibrate(mem, report)
         _print_report(report, mem)
         remember_memory(settings, mem, "memory build")
     return report
 
 
+def _refuse_if_nothing_stored(report: "BuildReport", mem: "CategoryMemory") -> None:
+    """A build whose every new item failed stores nothing: list them and say what to do.
+
+    Raises:
+        ImageError: Every item that was not stored already failed (none was added).
+    """
+    from rar_agent.errors import ImageError
+
+    if report.added or not report.failed:
+        return
+    print_skipped(report.failed)
+    kept = (
+        "no memory was created"
+        if mem.created and not mem.count()
+        else f"the memory at {mem.info.location} is as it was"
+    )
+    raise ImageError(
+        f"none of the {len(report.failed)} images could be stored (each is listed above with "
+        f"why), so {kept}: fix or replace them, or leave them out, and run the build again"
+    )
+
+
 def _recalibrate(mem: "CategoryMemory", report: "BuildReport", removed: int = 0) -> None:
     """Keep the memory's open-set calibration current after a change (the one policy)."""
     from rar_agent import openset
+    from rar_agent.cli.progress import note_if_slow
 
     if (report.added or removed) and mem.count("image"):
-        openset.update(mem, added=report.sample_ids, removed=removed)
+        with note_if_slow("calibrating the open-set check on a sample of the memory"):
+            openset.update(mem, added=report.sample_ids, removed=removed)
 
 
 def _storage(entries: int, flags: "Mapping[str, object]") -> "StorageSettings | None":

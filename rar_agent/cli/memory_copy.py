@@ -105,8 +105,10 @@ def _copy(
 ) -> None:
     from rich.console import Console
 
+    from rar_agent.cli.progress import say
     from rar_agent.memory.transfer import copy_memory
 
+    target.on_slow_step = say  # building the index after the copy shows no progress
     where = f"{source.info.location} -> {target.info.location}"
     bar, update = progress_bar(progress, f"copying {where}")
     with bar:

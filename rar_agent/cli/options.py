@@ -441,32 +441,43 @@ def memory_to_write(
     """The memory a writing command opens (:func:`~rar_agent.memory.open_memory`, created if
     missing), closed at the end.
 
-    An embedded memory this command created is removed again when the command fails with
-    nothing stored, so that a refused write leaves no empty memory, bound to the encoder it
-    tried, behind; with ``keep_partial=False`` (a restore: all or nothing) also when it
-    fails after storing some entries. A build keeps them: run again, it resumes.
+    A memory this command created (an embedded one or a server collection) is deleted again
+    when the command fails with nothing stored, so that a refused write leaves no empty
+    memory, bound to the encoder it tried, behind; with ``keep_partial=False`` (a restore:
+    all or nothing) also when it fails after storing some entries. A build keeps them: run
+    again, it resumes. A memory that was there before is never deleted.
     """
-    import shutil
+    from rar_agent.cli.progress import say
+    from rar_agent.memory import open_memory
 
-    from rar_agent.errors import RarError
-    from rar_agent.memory import MemoryLocation, open_memory
-
-    path = MemoryLocation.from_settings(settings, collection).path
-    fresh = path is not None and not path.exists()
     memory = open_memory(settings, collection, **options)
+    memory.on_slow_step = say  # building the index after a bulk load shows no progress
     try:
         yield memory
     except BaseException:
-        try:
-            drop = fresh and (not keep_partial or memory.count() == 0)
-        except RarError:
-            drop = not keep_partial and fresh
-        memory.close()
-        if drop and path is not None:
-            shutil.rmtree(path, ignore_errors=True)
+        _drop_if_new(memory, keep_partial)
         raise
     finally:
         memory.close()
+
+
+def _drop_if_new(memory: CategoryMemory, keep_partial: bool) -> None:
+    """Delete ``memory`` if this command created it and keeps nothing of it (see
+    :func:`memory_to_write`); a memory that cannot be deleted is left, with a note."""
+    from rar_agent.errors import RarError
+
+    if memory.closed or not memory.created:
+        return
+    try:
+        drop = not keep_partial or memory.count() == 0
+    except RarError:
+        drop = not keep_partial
+    if not drop:
+        return
+    try:
+        memory.drop()
+    except RarError as e:
+        print_note(f"the new memory could not be deleted: {e}")
 
 
 @contextlib.contextmanager

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,15 @@ if TYPE_CHECKING:
     from rich.progress import ProgressColumn, Task
     from rich.text import Text
 
-__all__ = ["LineProgress", "ProgressPair", "StagedPair", "progress_bar", "staged_progress"]
+__all__ = [
+    "LineProgress",
+    "ProgressPair",
+    "StagedPair",
+    "note_if_slow",
+    "progress_bar",
+    "say",
+    "staged_progress",
+]
 
 
 ProgressPair = tuple[AbstractContextManager[object], Callable[[int, int], None] | None]
@@ -127,3 +136,22 @@ def progress_bar(enabled: bool, description: str) -> ProgressPair:
         staged(description, done, total)
 
     return bar, update
+
+
+def say(message: str) -> None:
+    """One line on stderr: what a step that shows no progress of its own is doing (above a
+    progress bar, which redirects stderr while it is drawn)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def note_if_slow(message: str, after_s: float = 2.0) -> Iterator[None]:
+    """Say ``message`` once if the step inside still runs after ``after_s`` seconds: a step
+    without counts (a calibration over a big memory) is then not mistaken for a hang."""
+    timer = threading.Timer(after_s, say, args=(message,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

@@ -245,7 +245,7 @@ def resolve_sets(
     text_memory: bool,
     limit: int | None,
     seed: int,
-    workdir: Path,
+    workdir: Path | None,
     fashion_mnist_root: str | None = None,
 ) -> EvalSets:
     """Turn the command-line choice of inputs into memory and query lists.
@@ -268,6 +268,8 @@ def resolve_sets(
         text_memory=text_memory, limit=limit, fashion_mnist_root=fashion_mnist_root,
     )  # fmt: skip
     if dataset is not None and dataset.strip().lower() == FASHION_MNIST:
+        if workdir is None:
+            raise ConfigError("Fashion-MNIST is exported to a work folder: give workdir")
         return _fashion_mnist(workdir, shots, limit, seed, text_memory, fashion_mnist_root)
     if text_memory:
         return _text_memory_sets(dataset or test_set, limit, seed)

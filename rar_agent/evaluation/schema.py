@@ -14,7 +14,14 @@ from rar_agent.evaluation import metrics
 from rar_agent.evaluation.metrics import GateChoice, Outcomes, QueryRecord
 from rar_agent.evaluation.openset import OpenSetReport, open_set_report
 
-__all__ = ["EvalConfig", "EvalReport", "build_report", "check_config", "gate_setting"]
+__all__ = [
+    "EvalConfig",
+    "EvalReport",
+    "build_report",
+    "check_config",
+    "check_sets",
+    "gate_setting",
+]
 
 
 class EvalConfig(BaseModel):
@@ -128,13 +135,11 @@ def check_config(config: EvalConfig, *, stream_share: float | None = None) -> No
         problems.append(f"--max-loss must be >= 0 points, got {config.max_loss}")
     if config.open_set is not None and not 0.0 < config.open_set < 1.0:
         problems.append(f"--open-set is a share of classes in (0, 1), got {config.open_set}")
-    shots = config.shots
     if stream_share is not None:
         if not 0.0 < stream_share < 1.0:
             problems.append(f"the streamed share must be in (0, 1), got {stream_share}")
-        if shots is not None and shots < 0:
-            problems.append(f"--shots must be >= 0 initial examples per class, got {shots}")
-        shots = max(shots if shots is not None else 1, 1)
+        if config.shots is not None and config.shots < 0:
+            problems.append(f"--shots must be >= 0 initial examples per class, got {config.shots}")
     if problems:
         raise ConfigError("; ".join(problems))
     gate_setting(config.gate)
@@ -145,9 +150,41 @@ def check_config(config: EvalConfig, *, stream_share: float | None = None) -> No
 
     check_sources(
         dataset=config.dataset, memory_set=config.memory_set, test_set=config.test_set,
-        shots=shots, text_memory=config.text_memory and stream_share is None,
+        shots=_shots(config, stream_share), text_memory=config.text_memory and stream_share is None,
         limit=config.limit, fashion_mnist_root=config.fashion_mnist_root,
     )  # fmt: skip
+
+
+def _shots(config: EvalConfig, stream_share: float | None) -> int | None:
+    """The memory images per class the sets are split by (a stream starts from at least 1)."""
+    if stream_share is None:
+        return config.shots
+    return max(config.shots if config.shots is not None else 1, 1)
+
+
+def check_sets(config: EvalConfig, *, stream_share: float | None = None) -> None:
+    """Refuse inputs whose split cannot be evaluated (a ``--shots`` that leaves no query,
+    ``--open-set`` over fewer than two classes), listing files and reading no image.
+
+    A command runs it after :func:`check_config` and before it loads a model, so that these
+    mistakes are reported in a second, not after the encoder loaded. Fashion-MNIST's sets
+    are fixed (ten classes, a split of its own) and pass.
+
+    Raises:
+        ConfigError: As :func:`~rar_agent.evaluation.data.resolve_sets` and
+            :func:`~rar_agent.evaluation.data.hold_out_classes` would in the run.
+    """
+    from rar_agent.evaluation.data import FASHION_MNIST, hold_out_classes, resolve_sets
+
+    if (config.dataset or "").strip().lower() == FASHION_MNIST:
+        return
+    sets = resolve_sets(
+        dataset=config.dataset, memory_set=config.memory_set, test_set=config.test_set,
+        shots=_shots(config, stream_share), text_memory=config.text_memory and stream_share is None,
+        limit=config.limit, seed=config.seed, workdir=None,
+    )  # fmt: skip
+    if config.open_set is not None:
+        hold_out_classes(sets, config.open_set, config.seed)
 
 
 def build_report(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from rar_agent.memory.entries import Hit
@@ -25,10 +25,13 @@ class MemoryBackend(Protocol):
     Attributes:
         name: ``"edge"`` or ``"server"``.
         location: Directory or URL, for messages.
+        created: Whether this handle created the storage (the embedded directory, the
+            server collection): it was not there before.
     """
 
     name: str
     location: str
+    created: bool
 
     def read_meta(self, *, refresh: bool = False) -> dict[str, Any] | None:
         """The stored record (``MemoryRecord.to_stored()``'s JSON object, or an older flat
@@ -100,8 +103,9 @@ class MemoryBackend(Protocol):
         """Number of points, optionally only of one kind and/or one label."""
         ...
 
-    def optimize(self, min_unindexed: int) -> bool:
-        """Build indexes if at least ``min_unindexed`` points are not indexed; True if run."""
+    def optimize(self, min_unindexed: int, starting: Callable[[int], None]) -> bool:
+        """Build indexes if at least ``min_unindexed`` points are not indexed; True if run.
+        ``starting(unindexed points)`` is called first when it blocks to build them."""
         ...
 
     def set_indexing(self, enabled: bool, storage: StorageSettings) -> None:
@@ -122,4 +126,8 @@ class MemoryBackend(Protocol):
 
     def close(self) -> None:
         """Release the storage (idempotent)."""
+        ...
+
+    def drop(self) -> None:
+        """Close this handle and delete the storage it created (only when ``created``)."""
         ...

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from rar_agent.memory.edge_files import (
     acquire_lock,
     read_json,
     release_lock,
+    remove_memory_files,
     staged_json,
     write_json_atomic,
 )
@@ -128,6 +129,7 @@ class _Shared:
         self.lock_fd: int | None = None
         self.meta: dict[str, Any] | None = None
         self.unflushed = 0
+        self.created = False  # no memory was in the directory: the opening made it
 
 
 _REGISTRY: dict[Path, _Shared] = {}
@@ -152,12 +154,13 @@ def open_edge(path: str | os.PathLike[str], *, create: bool = True) -> EdgeBacke
     while True:
         with _REGISTRY_LOCK:
             shared = _REGISTRY.get(resolved)
+            opened = shared is None
             if shared is None:
                 shared = _open_shared(resolved, create)
                 _REGISTRY[resolved] = shared
             if not shared.closing:
                 shared.refs += 1
-                return EdgeBackend(shared)
+                return EdgeBackend(shared, created=opened and shared.created)
             closed = shared.closed
         closed.wait()  # its last handle is flushing it: open it again once it is closed
 
@@ -176,6 +179,7 @@ def _open_shared(path: Path, create: bool) -> _Shared:
     except OSError as e:
         raise MemoryStoreError(f"cannot create the memory directory {path}: {e}") from e
     shared = _Shared(path)
+    shared.created = not exists
     shared.lock_fd = acquire_lock(path)
     try:
         meta_path = path / META_FILE
@@ -247,9 +251,10 @@ class EdgeBackend:
 
     name = "edge"
 
-    def __init__(self, shared: _Shared) -> None:
+    def __init__(self, shared: _Shared, *, created: bool = False) -> None:
         self._shared: _Shared | None = shared
         self.location = str(shared.path)
+        self.created = created
 
     # -------------------------------------------------------------- plumbing
 
@@ -455,15 +460,17 @@ class EdgeBackend:
             flt = _kind_filter(kind, label)
             return int(shard.count(CountRequest(exact=True, filter=flt)))
 
-    def optimize(self, min_unindexed: int) -> bool:
-        """Build the HNSW index (blocking) when enough points are still unindexed."""
+    def optimize(self, min_unindexed: int, starting: Callable[[int], None]) -> bool:
+        """Build the HNSW index (blocking) when enough points are still unindexed; say so
+        through ``starting(unindexed points)`` first."""
         with self._use("optimize", write=True) as shard:
             if shard is None:
                 return False
-            if min_unindexed > 0:
-                info = shard.info()
-                if info.points_count - info.indexed_vectors_count < min_unindexed:
-                    return False
+            info = shard.info()
+            unindexed = info.points_count - info.indexed_vectors_count
+            if min_unindexed > 0 and unindexed < min_unindexed:
+                return False
+            starting(unindexed)
             shard.optimize()
             return True
 
@@ -524,3 +531,27 @@ class EdgeBackend:
                 if _REGISTRY.get(shared.path) is shared:
                     del _REGISTRY[shared.path]
             shared.closed.set()
+
+    def drop(self) -> None:
+        """Close this handle and delete the memory it created: its files, and its directory
+        when nothing else is left in it.
+
+        Raises:
+            MemoryStoreError: This handle did not create it, another handle of this process
+                has it open, or its files cannot be deleted.
+        """
+        s = self._s
+        if not self.created:
+            raise MemoryStoreError(
+                f"the memory at {s.path} was there before this handle opened it: it is not deleted"
+            )
+        with _REGISTRY_LOCK:
+            if s.refs > 1:
+                raise MemoryStoreError(
+                    f"the memory at {s.path} is open elsewhere in this process: close it first"
+                )
+        self.close()
+        with _REGISTRY_LOCK:  # nobody may open it again while its files go
+            if s.path not in _REGISTRY:
+                remove_memory_files(s.path, (META_FILE, SHARD_DIR))
+        self.created = False

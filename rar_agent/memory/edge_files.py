@@ -19,6 +19,7 @@ __all__ = [
     "disk_usage",
     "read_json",
     "release_lock",
+    "remove_memory_files",
     "shard_file_part",
     "staged_json",
     "write_json_atomic",
@@ -145,6 +146,31 @@ def staged_json(path: Path, data: dict[str, Any]) -> Iterator[StagedJson]:
         if not staged.installed:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def remove_memory_files(path: Path, files: tuple[str, ...]) -> None:
+    """Delete a memory's ``files`` in directory ``path`` (a directory among them with all
+    it holds), then ``path`` itself if nothing else is left in it: a folder the user made
+    and filled keeps its other files.
+
+    Raises:
+        MemoryStoreError: One of them cannot be deleted.
+    """
+    import shutil
+
+    try:
+        for name in (*files, LOCK_FILE):
+            target = path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        for stray in path.glob(".*.tmp"):  # a metadata file a killed writer left staged
+            stray.unlink(missing_ok=True)
+    except OSError as e:
+        raise MemoryStoreError(f"cannot delete the memory at {path}: {e}") from e
+    with contextlib.suppress(OSError):
+        path.rmdir()  # only when empty
 
 
 def disk_usage(shard: Path) -> dict[str, int]:

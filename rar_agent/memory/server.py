@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rar_agent.errors import MemoryStoreError, RarError
@@ -40,6 +40,7 @@ class ServerBackend:
     """
 
     name = "server"
+    created = False
 
     def __init__(self, location: MemoryLocation, *, create: bool = True) -> None:
         from qdrant_client import QdrantClient
@@ -153,6 +154,7 @@ class ServerBackend:
                         **collection_config(dim, storage, **self._cluster),
                         metadata={META_KEY: meta},
                     )
+                    self.created = True
                 with warnings.catch_warnings():  # local mode warns that indexes do nothing
                     warnings.simplefilter("ignore", UserWarning)
                     for field in ("label", "kind"):
@@ -349,7 +351,7 @@ class ServerBackend:
             )
         return int(result.count)
 
-    def optimize(self, min_unindexed: int) -> bool:
+    def optimize(self, min_unindexed: int, starting: Callable[[int], None]) -> bool:
         """Nothing to do: a server builds its indexes in the background."""
         self._check_open()
         return False
@@ -405,6 +407,25 @@ class ServerBackend:
         self._closed = True
         with contextlib.suppress(Exception):
             self._client.close()
+
+    def drop(self) -> None:
+        """Delete the collection this handle created, then close (nothing else is deleted).
+
+        Raises:
+            MemoryStoreError: This handle did not create it, or the server failed to delete it.
+        """
+        if not self.created:
+            raise MemoryStoreError(
+                f"collection {self.collection!r} on {self.location} was there before this "
+                "handle opened it: it is not deleted"
+            )
+        self._check_open()
+        try:
+            with self._call("delete the collection it created"):
+                self._client.delete_collection(self.collection)
+            self.created = self._exists = False
+        finally:
+            self.close()
 
 
 def _revision(meta: dict[str, Any] | None) -> int:

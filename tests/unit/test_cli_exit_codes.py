@@ -19,12 +19,8 @@ runner = CliRunner()
 
 
 @pytest.fixture()
-def folder(tmp_path: Path, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RAR_CLIP_MODEL", tiny_openclip_spec)
-    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
-    for name in ("RAR_QDRANT_URL", "RAR_MEMORY_PATH", "RAR_ENCODER", "RAR_COLLECTION"):
-        monkeypatch.delenv(name, raising=False)
+def folder(tiny_cli_env: Path) -> Path:
+    tmp_path = tiny_cli_env
     rng = np.random.default_rng(2)
     for label in ("alpha", "beta"):
         (tmp_path / "imgs" / label).mkdir(parents=True)

@@ -173,3 +173,32 @@ def test_cli_eval_open_set(folder: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "--open-set" in bad.output
     worse = CliRunner().invoke(app, [*args, "--reject", "sometimes"])
     assert worse.exit_code == 2 and "reject" in worse.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shots", "1", "--open-set", "0.5"], "--open-set needs at least two classes"),
+        (["--shots", "3"], "no query image after --shots 3"),
+        (["--shots", "1", "--open-set", "0.5", "--stream"], "--open-set needs at least two"),
+    ],
+)
+def test_cli_eval_refuses_a_split_it_cannot_evaluate_before_the_encoder_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    from PIL import Image
+
+    from rar_agent.cli import app, evaluate
+
+    for i in range(3):  # one class, three images
+        (tmp_path / "set" / "only").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / "set" / "only" / f"{i}.png")
+
+    def no_encoder(*_: object, **__: object) -> None:
+        raise AssertionError("the encoder was loaded before the inputs were checked")
+
+    monkeypatch.setattr(evaluate, "load_settings_encoder", no_encoder)
+    done = CliRunner().invoke(app, ["eval", "--dataset", str(tmp_path / "set"), *args,
+                                    "--out", str(tmp_path / "out"), "--no-progress"])  # fmt: skip
+    assert done.exit_code == 2, done.output
+    assert message in done.output
