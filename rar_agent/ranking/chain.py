@@ -108,8 +108,8 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
         self._counts = dict.fromkeys(("calls", "model_calls", "skipped", "fallback"), 0)
         if self.structured != "never":
             try:
-                self._structured_model = self.model.with_structured_output(
-                    RANKING_SCHEMA, include_raw=True
+                self._structured_model = _model_in_caller_thread(
+                    self.model.with_structured_output(RANKING_SCHEMA, include_raw=True)
                 )
             except (NotImplementedError, ValueError) as exc:
                 if self.structured == "always":
@@ -342,3 +342,28 @@ def _call_within(call: Callable[[], Any], timeout_s: float) -> Any:
 
     threading.Thread(target=run, name="rar-ranker-call", daemon=True).start()
     return future.result(timeout=timeout_s)
+
+
+def _model_in_caller_thread(structured: Runnable[Any, Any]) -> Runnable[Any, Any]:
+    """``structured`` with its model called in the caller's thread.
+
+    LangChain composes ``with_structured_output(..., include_raw=True)`` as
+    ``RunnableParallel(raw=model) | parser``, and a ``RunnableParallel`` calls the model in a
+    thread pool's worker: a call the chain gave up on then holds that worker, which the
+    interpreter joins at exit. Here the model runs in the chain's own (daemon) thread, with
+    the same output ``{"raw": ..., "parsed": ..., "parsing_error": ...}``; any other
+    composition is returned as it is.
+    """
+    from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnableSequence
+
+    if not isinstance(structured, RunnableSequence):
+        return structured
+    first = structured.first
+    if not isinstance(first, RunnableParallel) or list(first.steps__) != ["raw"]:
+        return structured
+    as_raw = RunnableLambda(_as_raw, name="raw")
+    return RunnableSequence(first.steps__["raw"], as_raw, *structured.middle, structured.last)
+
+
+def _as_raw(message: Any) -> dict[str, Any]:
+    return {"raw": message}

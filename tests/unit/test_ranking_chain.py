@@ -369,22 +369,36 @@ print(out.status)
 """
 
 
-def test_a_timed_out_call_does_not_keep_the_process_alive() -> None:
-    """The answer is printed at the timeout; the hung call must not hold the exit."""
+_STRUCTURED = """
+    def bind_tools(self, tools, **kw):  # tool calling: the chain asks for structured output
+        return self
+
+print(RankingChain(NeverAnswers()).uses_structured_output)
+"""
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_a_timed_out_call_does_not_keep_the_process_alive(structured: bool) -> None:
+    """The answer is printed at the timeout; the hung call must not hold the exit (with
+    structured output, LangChain runs the model in a pool worker the interpreter joins)."""
     import subprocess
     import sys
     from pathlib import Path
 
+    script = _EXIT_AFTER_TIMEOUT
+    if structured:
+        head, tail = script.split("\n\nout = ")
+        script = head + _STRUCTURED + "\nout = " + tail
     root = Path(__file__).resolve().parents[2]
     try:
         done = subprocess.run(
-            [sys.executable, "-c", _EXIT_AFTER_TIMEOUT],
+            [sys.executable, "-c", script],
             cwd=root, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         pytest.fail("the process answered but did not exit: the hung model call held it")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "fallback"
+    assert done.stdout.split() == (["True"] if structured else []) + ["fallback"]
 
 
 async def test_async_timeout_is_a_fallback(image) -> None:
