@@ -155,6 +155,8 @@ def _summary_rows(report: EvalReport) -> list[tuple[str, str]]:
                 + _loss_text(choice.loss_points),
             )
         )
+    elif report.ranker and choice.reason:  # a gate was asked for, or could be: say why none
+        rows.append(("auto gate", f"none: {choice.reason}"))
     if report.status:
         rows.append(("ranking status", ", ".join(f"{k} {v}" for k, v in report.status.items())))
     rows += open_set_rows(report)

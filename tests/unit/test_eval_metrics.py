@@ -181,6 +181,12 @@ def test_no_gate_is_learnt_from_a_ranker_that_never_answered() -> None:
     assert choice.threshold is None and report.gate_used is None
     assert "the ranker answered no query" in (choice.reason or "")
     assert "fell back" in (choice.reason or "")
+    from rar_agent.evaluation.report import summary_table
+
+    report.ranker = "openai:gpt-4o-mini"
+    table = summary_table(report)
+    rows = dict(zip(table.columns[0].cells, table.columns[1].cells, strict=True))
+    assert str(rows["auto gate"]).startswith("none: the ranker answered no query")
 
     answered = [*records[:3], rec("a", ["a", "b"], ranked=["a", "b"], status="ranked")]
     assert build_report(config, answered, started_at="t", ranker_on=True).gate_used is not None
