@@ -158,6 +158,8 @@ def render_reply(
         )
     elif final_text.strip():
         parts.append(_plain(final_text.strip()) if recognition_only else final_text.strip())
+        if recognition_only:  # the stand-in's reply already says each tool's error
+            errors = []
     for t in errors:
         parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(_plain(t.text))}")
     for t in results:
