@@ -49,6 +49,7 @@ __all__ = [
     "messages_to_history",
     "render_reply",
     "token_login",
+    "URLS_OFF",
 ]
 
 logger = logging.getLogger(__name__)
@@ -268,7 +269,18 @@ def _image_block(path: str) -> dict[str, Any] | None:
     }
 
 
-def _user_message(text: str, files: Sequence[Any]) -> HumanMessage:
+_URL = re.compile(r"\bhttps?://[^\s<>\"'`]+")
+URLS_OFF = (
+    "This page does not fetch images from URLs (start it with --allow-urls for that): save "
+    "the photo and upload it here."
+)
+"""What a page without URL fetching says to a message with a URL and no photo."""
+
+
+def _user_message(text: str, files: Sequence[Any], *, urls: bool = False) -> HumanMessage:
+    """A user turn: its text and its photos as image blocks; with ``urls``, each ``http(s)``
+    URL in the text also becomes an image block (the agent's middleware fetches it, and a
+    URL that gives no image is said so as an upload that could not be read is)."""
     from langchain_core.messages import HumanMessage
 
     blocks: list[dict[str, Any]] = []
@@ -277,6 +289,9 @@ def _user_message(text: str, files: Sequence[Any]) -> HumanMessage:
         block = _image_block(path) if path else None
         if block is not None:
             blocks.append(block)
+    if urls:
+        found = dict.fromkeys(u.rstrip(".,;:!?)") for u in _URL.findall(text))
+        blocks += [{"type": "image", "url": url, "name": url} for url in found]
     text = text.strip() or (DEFAULT_QUESTION if blocks else "")
     if not blocks:
         return HumanMessage(content=text)
@@ -340,6 +355,10 @@ class ChatSession:
         conversations: The store the agent checkpoints into (``conversations=`` of
             :func:`~rar_agent.agent.create_rar_agent`): turns then go to a conversation by
             id and the history comes from there, not from the page.
+        reading_agent: The agent for a signed-in person who may not teach.
+        may_learn: Whether a signed-in name may teach (its token has ``learn``).
+        urls: The agent fetches image URLs (``allow_urls``): a URL in a message is
+            recognized as a photo sent with it.
     """
 
     def __init__(
@@ -351,8 +370,10 @@ class ChatSession:
         conversations: ConversationStore | None = None,
         reading_agent: Runnable[dict[str, Any], dict[str, Any]] | None = None,
         may_learn: Callable[[str | None], bool] | None = None,
+        urls: bool = False,
     ) -> None:
         self.agent = agent
+        self.urls = urls
         self.recognition_only = recognition_only
         self.can_learn = can_learn
         self.conversations = conversations
@@ -408,9 +429,12 @@ class ChatSession:
 
         if isinstance(message, str):
             message = {"text": message, "files": []}
-        turn = _user_message(str(message.get("text") or ""), message.get("files") or [])
+        text, files = str(message.get("text") or ""), message.get("files") or []
+        turn = _user_message(text, files, urls=self.urls)
         if not turn.content:
             return _reply("Type a question or upload a photo.")
+        if self.recognition_only and not self.urls and not files and _URL.search(text):
+            return _reply(URLS_OFF)
         try:
             with teaching_as("chat", user):
                 if self.conversations is not None and conversation:
@@ -642,6 +666,7 @@ def build_chat_page(
         reading_agent=reading,
         may_learn=_may_learn(logins) if logins is not None else None,
         conversations=store,
+        urls=bool(agent_options.get("allow_urls")),
     )
 
     async def respond(
