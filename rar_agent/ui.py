@@ -49,6 +49,7 @@ __all__ = [
     "messages_to_history",
     "render_reply",
     "token_login",
+    "SIGNED_OUT",
     "URLS_OFF",
 ]
 
@@ -270,6 +271,11 @@ def _image_block(path: str) -> dict[str, Any] | None:
 
 
 _URL = re.compile(r"\bhttps?://[^\s<>\"'`]+")
+SIGNED_OUT = (
+    "Your sign-in is no longer valid (its token was revoked or replaced), so nothing more is "
+    "answered here: [sign out](logout) and sign in with a current token."
+)
+"""What a session whose token was revoked after it signed in is answered."""
 URLS_OFF = (
     "This page does not fetch images from URLs (start it with --allow-urls for that): save "
     "the photo and upload it here."
@@ -359,6 +365,8 @@ class ChatSession:
         may_learn: Whether a signed-in name may teach (its token has ``learn``).
         urls: The agent fetches image URLs (``allow_urls``): a URL in a message is
             recognized as a photo sent with it.
+        signed_in: Whether a signed-in name still holds a valid token (``None``: no
+            logins): a session whose token was revoked is answered nothing more.
     """
 
     def __init__(
@@ -371,9 +379,11 @@ class ChatSession:
         reading_agent: Runnable[dict[str, Any], dict[str, Any]] | None = None,
         may_learn: Callable[[str | None], bool] | None = None,
         urls: bool = False,
+        signed_in: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.agent = agent
         self.urls = urls
+        self.signed_in = signed_in
         self.recognition_only = recognition_only
         self.can_learn = can_learn
         self.conversations = conversations
@@ -425,6 +435,8 @@ class ChatSession:
         from rar_agent.conversations import conversation_config
         from rar_agent.tools.provenance import teaching_as
 
+        if self.signed_in is not None and not self.signed_in(user):
+            return _reply(SIGNED_OUT)
         agent, can_learn = self._agent_for(user)
 
         if isinstance(message, str):
@@ -667,6 +679,7 @@ def build_chat_page(
         may_learn=_may_learn(logins) if logins is not None else None,
         conversations=store,
         urls=bool(agent_options.get("allow_urls")),
+        signed_in=_holds_token(logins) if logins is not None else None,
     )
 
     async def respond(
@@ -682,6 +695,9 @@ def build_chat_page(
 
     def open_conversation(request: gr.Request) -> tuple[Any, ...]:
         wanted = request.query_params.get("conversation") if request else None
+        user = getattr(request, "username", None)
+        if session.signed_in is not None and not session.signed_in(user):
+            wanted = None  # a revoked sign-in reopens nothing
         conversation, history, note = session.resume(wanted)
         return conversation, history, history, note
 
@@ -693,7 +709,10 @@ def build_chat_page(
 
     def describe(request: gr.Request) -> str:
         user = getattr(request, "username", None)
-        return _page_description(
+        if session.signed_in is not None and not session.signed_in(user):
+            return SIGNED_OUT
+        who = f"Signed in as **{_md(user)}** ([sign out](logout)). " if user else ""
+        return who + _page_description(
             recognizer, model, can_learn=session.may_teach(user), why=session.learning_off(user)
         )
 
@@ -753,6 +772,17 @@ def _may_learn(logins: TokenStore) -> Callable[[str | None], bool]:
         return info is not None and info.active and "learn" in info.granted
 
     return may_learn
+
+
+def _holds_token(logins: TokenStore) -> Callable[[str | None], bool]:
+    """Whether the signed-in name still holds a valid token (the file is re-read when it
+    changes: ``rar-agent auth revoke`` applies to a session signed in before it)."""
+
+    def holds(user: str | None) -> bool:
+        info = logins.tokens().get(user or "")
+        return info is not None and info.active
+
+    return holds
 
 
 def token_login(logins: TokenStore) -> Callable[[str, str], bool]:
