@@ -20,7 +20,9 @@ import contextlib
 import logging
 import mimetypes
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -856,12 +858,12 @@ def launch(
     theme = gr.themes.Soft(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    with _sigterm_stops(block):  # docker stop, a service manager: as Ctrl+C, cleanly
+    with _stop_signals(block) as stopped:  # docker stop, a service manager, Ctrl+C
         page.launch(
             server_name=host,
             server_port=port,
             share=False,
-            prevent_thread_lock=not block,
+            prevent_thread_lock=True,  # returns once serving; the wait is below
             quiet=True,  # the caller says where the page is; Gradio would add a share=True hint
             max_file_size=max_file_size,
             theme=theme,
@@ -873,28 +875,47 @@ def launch(
             if auth is not None
             else None,
         )
+        if block:
+            while not stopped.requested:  # a signal handler takes no lock: a flag, polled
+                time.sleep(0.1)
+            page.close()
     return page
 
 
+@dataclass
+class _StopRequest:
+    """Set by a signal handler: the page should stop."""
+
+    requested: bool = False
+
+
 @contextlib.contextmanager
-def _sigterm_stops(block: bool) -> Iterator[None]:
-    """While a page blocks the main thread, SIGTERM stops it as Ctrl+C does: Gradio closes
-    its server and returns, so the caller closes the memory (and a next process opens it)."""
+def _stop_signals(block: bool) -> Iterator[_StopRequest]:
+    """A stop request that SIGTERM and Ctrl+C set while a page blocks the main thread, so
+    the caller stops the page cleanly and closes the memory (a next process opens it at
+    once).
+
+    The handlers only set the request: a signal that arrives while Gradio is still starting
+    (a busy machine stretches that) no longer interrupts it half-way, and the page stops as
+    soon as it has started.
+    """
     import signal
     import threading
 
+    request = _StopRequest()
     if not block or threading.current_thread() is not threading.main_thread():
-        yield
+        yield request
         return
 
     def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        request.requested = True
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield request
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 PAGE_CSS = """
