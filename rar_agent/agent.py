@@ -53,6 +53,7 @@ from rar_agent.registry import (
     ImageScope,
     image_blocks_to_ids,
     is_latest_ref,
+    unreadable_images,
 )
 from rar_agent.tools import folder_tools, make_tools
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from langgraph.runtime import Runtime
     from langgraph.types import Checkpointer, Command
 
+    from rar_agent.pipeline.naming import Command as TeachingCommand
     from rar_agent.tools import RecognizerLike
     from rar_agent.tools.remote import MCPServers
 
@@ -80,6 +82,7 @@ __all__ = [
     "CAPABILITIES",
     "LEARNING_NOT_GRANTED",
     "LEARNING_OFF",
+    "NO_READABLE_PHOTO",
     "answer_marker",
     "create_rar_agent",
     "last_tool_messages",
@@ -367,8 +370,10 @@ CAPABILITIES = (
 TEACHING_HELP = (
     " After an answer, say *yes* (or *yes, keep it* to keep the photo as an example), *no, "
     "sandal* or *it's a sandal* to correct it, or *call it X* to name it exactly; a photo "
-    "sent with *this is an ankle boot* is stored under that name."
+    "sent with *this is an ankle boot* is stored under that name. Say *undo* to take back "
+    "what you taught last, *history* to see what was taught."
 )
+NO_READABLE_PHOTO = "No photo in this message could be read, so nothing was recognized or stored."
 LEARNING_OFF = (
     " Learning is off here, so names you give are not stored (start the page with "
     "--allow-learning to teach it)."
@@ -452,12 +457,19 @@ class RecognitionOnlyChatModel(BaseChatModel):
         return head + "\n\n".join(parts)
 
     def _answer_user(self, last: HumanMessage, earlier: Sequence[BaseMessage]) -> AIMessage:
-        from rar_agent.pipeline.naming import parse_teaching
+        from rar_agent.pipeline.naming import parse_command, parse_teaching
 
         text = last.text
         ids = list(dict.fromkeys(IMAGE_ID_PATTERN.findall(text)))
         words = re.sub(r"\[\s*image id\s+img-[0-9a-f]+[^\]]*\]", " ", text).strip()
         words = IMAGE_ID_PATTERN.sub(" ", words).strip()
+        if not ids and unreadable_images(last.content):
+            # the photo this turn was about could not be read: never answer or teach an
+            # earlier one in its place
+            return AIMessage(content=NO_READABLE_PHOTO)
+        command = None if ids else parse_command(words)
+        if command is not None:
+            return self._command(command)
         before = previous_answer(earlier)
         teaching = parse_teaching(words, bare=bool(ids) or before is not None)
         if ids:
@@ -501,6 +513,18 @@ class RecognitionOnlyChatModel(BaseChatModel):
         elif answer is not None:
             args["confirmed"] = True
         return _calls(self.learn_tool_name, [args])
+
+    def _command(self, command: TeachingCommand) -> AIMessage:
+        """List or undo the teaching (the tools that come with learning), or say why not."""
+        if not self.can_learn:
+            return AIMessage(content=("There is no teaching to list or undo:" + self.learning_off))
+        if command.action == "undo":
+            return _calls("undo_teaching", [{"n": command.n}])
+        return _calls("teaching_history", [{"limit": HISTORY_SHOWN}])
+
+
+HISTORY_SHOWN = 10
+"""Teaching events the stand-in lists when asked for the history."""
 
 
 def _calls(name: str, arguments: Sequence[dict[str, Any]]) -> AIMessage:

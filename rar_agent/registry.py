@@ -46,6 +46,7 @@ __all__ = [
     "decode_base64_image",
     "image_blocks_to_ids",
     "is_latest_ref",
+    "unreadable_images",
 ]
 
 logger = logging.getLogger(__name__)
@@ -388,6 +389,20 @@ def image_blocks_to_ids(
     return (new if changed else content), ids
 
 
+_UNREADABLE = "[an image that could not be read: "
+
+
+def unreadable_images(content: MessageContent) -> list[str]:
+    """Why each image of a message's content could not be read: the notes
+    :func:`image_blocks_to_ids` put in their place, in order (none for other content)."""
+    if not isinstance(content, list):
+        return []
+    texts = [str(b.get("text", "")) for b in content if isinstance(b, dict)]
+    return [
+        t[len(_UNREADABLE) : -1] for t in texts if t.startswith(_UNREADABLE) and t.endswith("]")
+    ]
+
+
 def _register_block(
     found: _BlockImage, registry: ImageRegistry, fetch_url: Callable[[str], bytes] | None
 ) -> tuple[str, str | None] | None:
@@ -402,7 +417,7 @@ def _register_block(
             image_id = registry.register(data, name=name, mime_type=mime)
     except RarError as e:
         logger.info("could not register an image from a user turn: %s", e)
-        return f"[an image that could not be read: {e}]", None
+        return f"{_UNREADABLE}{e}]", None
     return f"[image id {image_id}" + (f", file {name}]" if name else "]"), image_id
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from rar_agent.errors import ConfigError, UnsafeInputError
 
@@ -21,6 +21,7 @@ __all__ = [
     "describe_roots",
     "fetch_public_url",
     "normalize_roots",
+    "public_source",
     "resolve_folder_inside_roots",
     "resolve_inside_roots",
 ]
@@ -202,3 +203,20 @@ def fetch_public_url(url: str, *, max_bytes: int | None = None, timeout_s: float
     return fetch_url(
         url, allow_private=False, max_bytes=max_bytes or MAX_DOWNLOAD_BYTES, timeout_s=timeout_s
     )
+
+
+def public_source(source: str, roots: Sequence[Path] = ()) -> str:
+    """How an answer over the network names a stored example: never the server's absolute
+    path (the one home of that rule: the MCP server and the teaching tools use it).
+
+    A path inside one of ``roots`` becomes relative to it; another absolute path keeps its
+    folder and file name (``label/photo.jpg``, as a folder build stores it); anything else
+    (a data URI's name, a class-name prompt, an id) is kept.
+    """
+    if not source or not os.path.isabs(source):
+        return source
+    path = Path(source)
+    for root in roots:
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return PurePath(*path.parts[-2:]).as_posix() if len(path.parts) > 2 else path.name

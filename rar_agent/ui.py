@@ -20,7 +20,9 @@ import contextlib
 import logging
 import mimetypes
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,8 +107,13 @@ _IMAGE_ID = re.compile(r"\bimg-[0-9a-f]{6,64}\b")
 _ENTRY_ID = re.compile(r"\s*\(?\[?entry [0-9a-f-]{36}\]?\)?")
 
 
+_HISTORY_PHOTO = re.compile(r"\b(taught|confirmed|corrected|moved) img-[0-9a-f]{6,64}\b")
+
+
 def _plain(text: str) -> str:
-    """A tool's text for a person: no internal image or entry ids."""
+    """A tool's text for a person: no internal image or entry ids (a teaching history's
+    photo is "a photo": "this photo" would say it is the one under discussion)."""
+    text = _HISTORY_PHOTO.sub(r"\1 a photo", text)
     return _ENTRY_ID.sub("", _IMAGE_ID.sub("this photo", text))
 
 
@@ -118,6 +125,7 @@ def render_reply(
     can_learn: bool = False,
     learning_off: str | None = None,
     queries: Mapping[str, str] | None = None,
+    unreadable: Sequence[str] = (),
 ) -> str:
     """The Markdown shown for one agent turn: the reply, candidate tables, tool errors.
 
@@ -133,6 +141,9 @@ def render_reply(
         learning_off: Otherwise, why not (default: learning is off on this page).
         queries: Thumbnails (data URIs) of this turn's photos by image id: each answer then
             shows its photo beside the closest stored examples of the top candidates.
+        unreadable: Why each photo of the turn that could not be read was refused
+            (:func:`~rar_agent.registry.unreadable_images`): said first, so no upload is
+            dropped without a word.
     """
     from rar_agent.agent import answer_marker
 
@@ -141,6 +152,7 @@ def render_reply(
         t for t in tool_messages if t.name == "recognize_image" and isinstance(t.artifact, dict)
     ]
     errors = [t for t in tool_messages if t.status == "error"]
+    parts += [f"⚠️ **A photo could not be read:** {_md(why)}" for why in unreadable]
     if recognition_only and results:
         parts.append(
             "*Retrieval/ranking output: no chat model is configured, so this is the "
@@ -411,7 +423,7 @@ class ChatSession:
             return _reply(f"⚠️ **Error:** {_md(_plain(str(e)))}")
         except Exception as e:  # the page must answer, whatever the model provider does
             logger.exception("agent turn failed")
-            return _reply(f"⚠️ **The agent failed:** {_md(type(e).__name__ + ': ' + str(e))}")
+            return _reply(_failed(e))
         final = out["messages"][-1]
         tools = last_tool_messages(out["messages"])
         text = render_reply(
@@ -421,6 +433,7 @@ class ChatSession:
             can_learn=can_learn,
             learning_off=self.learning_off(user),
             queries=_query_thumbnails(message.get("files") or []),
+            unreadable=_unreadable(out["messages"]),
         )
         return _reply(text, answer_options(tools) if can_learn else [])
 
@@ -455,6 +468,16 @@ class ChatSession:
         return wanted, history, _conversation_note(wanted, resumed=True)
 
 
+def _unreadable(messages: Sequence[BaseMessage]) -> list[str]:
+    """Why each photo of the last user turn could not be read (none: all were)."""
+    from langchain_core.messages import HumanMessage
+
+    from rar_agent.registry import unreadable_images
+
+    turns = [m for m in messages if isinstance(m, HumanMessage)]
+    return unreadable_images(turns[-1].content) if turns else []
+
+
 def _query_thumbnails(files: Sequence[Any]) -> dict[str, str]:
     """Thumbnails of a turn's uploaded photos by the id the registry gives them."""
     from rar_agent.images import decode_image_bytes, make_thumbnail
@@ -471,6 +494,15 @@ def _query_thumbnails(files: Sequence[Any]) -> dict[str, str]:
         except (OSError, RarError) as e:
             logger.warning("no thumbnail for %s: %s", path, e)
     return out
+
+
+def _failed(error: Exception) -> str:
+    """What a person reads when a turn fails unexpectedly: which kind of failure, not its text
+    (it may hold the server's paths, addresses or internal state); the log has the rest."""
+    return (
+        f"⚠️ **The agent failed unexpectedly** ({_md(type(error).__name__)}): try again; if "
+        "it keeps failing, the page's log on the server has the details."
+    )
 
 
 def _reply(text: str, options: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
@@ -502,7 +534,7 @@ def messages_to_history(
     turn: list[BaseMessage] = []
 
     def flush() -> None:
-        if not turn:
+        if len(turn) < 2:  # the user's message alone: no reply yet
             return
         finals = [m for m in turn if isinstance(m, AIMessage) and not m.tool_calls]
         tools = [m for m in turn if isinstance(m, ToolMessage)]
@@ -514,17 +546,17 @@ def messages_to_history(
                     tools,
                     recognition_only=recognition_only,
                     can_learn=can_learn,
+                    unreadable=_unreadable(turn[:1]),
                 ),
             }
         )
-        turn.clear()
 
     for message in messages:
         if isinstance(message, HumanMessage):
             flush()
+            turn.clear()
             out.append({"role": "user", "content": _shown_user_text(message)})
-        else:
-            turn.append(message)
+        turn.append(message)
     flush()
     return out
 
@@ -668,6 +700,7 @@ def build_chat_page(
             fill_height=True,  # the conversation takes the window's height, the input below
             fill_width=True,
         )
+        _no_page_undo(chat.chatbot)
         note = gr.Markdown(elem_id="rar-conversation")
         page.load(open_conversation, None, [conversation, chat.chatbot, chat.chatbot_state, note])
         # the header's counts stay current: recounted on load and after every reply (an
@@ -676,6 +709,15 @@ def build_chat_page(
         chat.chatbot.change(describe, None, header, show_progress="hidden")
         chat.chatbot.clear(new_conversation, None, [conversation, note])
     return page
+
+
+def _no_page_undo(chatbot: gr.Chatbot) -> None:
+    """Hide Gradio's own *Undo* and *Retry* buttons under the last message: they only edit
+    what the page shows (the conversation store keeps the turn), so an *Undo* under a taught
+    example would seem to take it back while the memory keeps it, and a *Retry* would send
+    a teaching message twice. Teaching is undone in words (*undo*), through the teacher."""
+    for flag in ("_undoable", "_retryable"):  # Gradio reads these into the page's config
+        setattr(chatbot, flag, False)
 
 
 def _may_learn(logins: TokenStore) -> Callable[[str | None], bool]:
@@ -759,12 +801,12 @@ def launch(
     theme = gr.themes.Soft(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    with _sigterm_stops(block):  # docker stop, a service manager: as Ctrl+C, cleanly
+    with _stop_signals(block) as stopped:  # docker stop, a service manager, Ctrl+C
         page.launch(
             server_name=host,
             server_port=port,
             share=False,
-            prevent_thread_lock=not block,
+            prevent_thread_lock=True,  # returns once serving; the wait is below
             quiet=True,  # the caller says where the page is; Gradio would add a share=True hint
             max_file_size=max_file_size,
             theme=theme,
@@ -776,28 +818,47 @@ def launch(
             if auth is not None
             else None,
         )
+        if block:
+            while not stopped.requested:  # a signal handler takes no lock: a flag, polled
+                time.sleep(0.1)
+            page.close()
     return page
 
 
+@dataclass
+class _StopRequest:
+    """Set by a signal handler: the page should stop."""
+
+    requested: bool = False
+
+
 @contextlib.contextmanager
-def _sigterm_stops(block: bool) -> Iterator[None]:
-    """While a page blocks the main thread, SIGTERM stops it as Ctrl+C does: Gradio closes
-    its server and returns, so the caller closes the memory (and a next process opens it)."""
+def _stop_signals(block: bool) -> Iterator[_StopRequest]:
+    """A stop request that SIGTERM and Ctrl+C set while a page blocks the main thread, so
+    the caller stops the page cleanly and closes the memory (a next process opens it at
+    once).
+
+    The handlers only set the request: a signal that arrives while Gradio is still starting
+    (a busy machine stretches that) no longer interrupts it half-way, and the page stops as
+    soon as it has started.
+    """
     import signal
     import threading
 
+    request = _StopRequest()
     if not block or threading.current_thread() is not threading.main_thread():
-        yield
+        yield request
         return
 
     def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        request.requested = True
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield request
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 PAGE_CSS = """

@@ -73,7 +73,12 @@ def recognize(
     annotate: AnnotateOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Recognize what is in each image (retrieve top-k, then rank), or in each box of one image."""
+    """Recognize what is in each image (retrieve top-k, then rank), or in each box of one image.
+
+    Many images stream: each answer prints as soon as it is ready, the next photos decoding
+    meanwhile, so a folder of thousands (rar-agent recognize photos/*.jpg --json) holds only
+    a few at a time.
+    """
     regions = None
     if boxes is not None or annotate is not None:
         regions = _read_boxes(images, boxes, normalized, annotate)  # before loading anything
@@ -82,12 +87,11 @@ def recognize(
     with recognizer:
         if regions is not None:
             results = _recognize_boxes(recognizer, images[0], regions, annotate)
+            _note_no_ranker(recognizer, as_json)
+            failed = _print_results(results, as_json)
         else:
-            results = recognizer.recognize_batch(images)
-    if recognizer.ranker is None and not as_json:  # after any usage error, before the answers
-        print_note("ranking is disabled (--ranker none): showing retrieval order")
-    _print_results(results, as_json)
-    if any(r.error for r in results):
+            failed = _stream_results(recognizer, images, as_json, progress)
+    if failed:
         raise typer.Exit(EXIT_INPUT_FAILED)
 
 
@@ -109,6 +113,32 @@ def _refuse_if_none_can_be_read(images: list[str]) -> None:
     raise ImageError(
         f"none of the {len(images)} images can be read: " + "; ".join(map(str, problems))
     )
+
+
+def _note_no_ranker(recognizer: "Recognizer", as_json: bool) -> None:
+    """Say that answers are in retrieval order when no ranker is set (after any usage error,
+    before the answers)."""
+    if recognizer.ranker is None and not as_json:
+        print_note("ranking is disabled (--ranker none): showing retrieval order")
+
+
+def _stream_results(
+    recognizer: "Recognizer", images: list[str], as_json: bool, progress: bool
+) -> bool:
+    """Recognize ``images`` as a stream, printing each answer as soon as it is ready (many
+    photos: decoded ahead while others are encoded, never all held at once), with a
+    progress bar for more than one image; whether any image failed."""
+    from rar_agent.cli.progress import progress_bar
+
+    _note_no_ranker(recognizer, as_json)
+    bar, update = progress_bar(progress and len(images) > 1, "recognizing")
+    failed = False
+    with bar:
+        for done, result in enumerate(recognizer.recognize_stream(images), 1):
+            failed |= _print_results([result], as_json)
+            if update:
+                update(done, len(images))
+    return failed
 
 
 def _read_boxes(
@@ -175,12 +205,15 @@ def _recognize_boxes(
     return results
 
 
-def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
-    """One JSON line per result, or a table of candidates per result with its explanation."""
+def _print_results(results: "list[RecognitionResult]", as_json: bool) -> bool:
+    """One JSON line per result, or a table of candidates per result with its explanation
+    (flushed: a reader of a pipe sees each answer when it is ready); whether any failed."""
+    failed = any(r.error for r in results)
     if as_json:
         for r in results:
             sys.stdout.write(r.model_dump_json() + "\n")
-        return
+        sys.stdout.flush()
+        return failed
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -214,6 +247,8 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> None:
         ranking = f"ranking: {r.ranking.status} ({ex.how}); {timings}"
         console.print(ranking, highlight=False, markup=False)
         console.print(_rejection_line(r, ex), highlight=False, markup=False)
+    sys.stdout.flush()
+    return failed
 
 
 def _rejection_line(r: "RecognitionResult", ex: "Explanation") -> str:

@@ -13,10 +13,11 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent import __version__
+from rar_agent.safety import public_source
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
@@ -189,22 +190,6 @@ def required_scope(tool: BaseTool) -> str:
     if getattr(type(tool), "writes_memory", False):
         return "learn"
     return "recognize"
-
-
-def public_source(source: str, roots: Sequence[Path] = ()) -> str:
-    """How an answer names a stored example: never the server's absolute path.
-
-    A path inside one of ``roots`` becomes relative to it; another absolute path keeps its
-    folder and file name (``label/photo.jpg``, as a folder build stores it); anything else
-    (a data URI's name, a class-name prompt, an id) is kept.
-    """
-    if not source or not os.path.isabs(source):
-        return source
-    path = Path(source)
-    for root in roots:
-        if path.is_relative_to(root):
-            return path.relative_to(root).as_posix()
-    return PurePath(*path.parts[-2:]).as_posix() if len(path.parts) > 2 else path.name
 
 
 def _publish(

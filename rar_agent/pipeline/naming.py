@@ -27,6 +27,11 @@ dropped; a possessive (*my*, *our*, *your*, *his*, *her*, *their*) marks a perso
 "this is my cat Tom" and "this is Tom, my cat" teach the category *cat*, not "my cat Tom"
 (the capitalised words after the common noun are the pet's name); names longer than 6 words
 are not taken as names. Matching a name to an existing category (case) is the teacher's job.
+
+:func:`parse_command` reads the two requests about teaching itself, checked before a name
+(so that *history* is never stored as a photo's name): **undo** (*undo*, *undo that*, *undo
+the last 3*, *take that back*) and **history** (*history*, *show the teaching history*, *what
+have I taught?*, *what did you learn?*).
 """
 
 from __future__ import annotations
@@ -35,7 +40,14 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["MAX_NAME_WORDS", "TeachingIntent", "Teaching", "parse_teaching"]
+__all__ = [
+    "MAX_NAME_WORDS",
+    "Command",
+    "Teaching",
+    "TeachingIntent",
+    "parse_command",
+    "parse_teaching",
+]
 
 MAX_NAME_WORDS = 6
 """Longest name (in words) taken from a statement or a bare reply."""
@@ -227,6 +239,42 @@ def _named(text: str, *, bare: bool) -> str | None:
     if statement:
         return _clean_name(statement.group("name"))
     return _bare_name(text) if bare else None
+
+
+@dataclass(frozen=True)
+class Command:
+    """A request about teaching itself (:func:`parse_command`).
+
+    Attributes:
+        action: ``undo`` (take back the last teaching) or ``history`` (list it).
+        n: ``undo`` only: how many of the last events (1 to 50).
+    """
+
+    action: Literal["undo", "history"]
+    n: int = 1
+
+
+_UNDO = re.compile(
+    r"^(?:please\s+)?(?:undo|take\s+(?:that|it|this)\s+back)\b(?P<rest>.*)$", re.IGNORECASE
+)
+_HISTORY = re.compile(
+    r"^(?:(?:show|list|see)\s+(?:me\s+)?)?(?:the\s+|my\s+)?(?:teaching\s+)?history$"
+    r"|^what\s+(?:have|did|has)\s+(?:i|we|you|it|the\s+memory)\s+(?:been\s+)?"
+    r"(?:taught|teach|learned|learnt|learn)\b",
+    re.IGNORECASE,
+)
+
+
+def parse_command(text: str) -> Command | None:
+    """The request about teaching that ``text`` makes (module doc), or ``None``."""
+    body = _strip(text or "").rstrip("?").strip()
+    undo = _UNDO.match(body)
+    if undo:
+        count = re.search(r"\b(\d{1,2})\b", undo.group("rest"))
+        return Command("undo", min(max(int(count.group(1)), 1), 50) if count else 1)
+    if _HISTORY.match(body):
+        return Command("history")
+    return None
 
 
 def parse_teaching(text: str, *, bare: bool = False) -> Teaching | None:

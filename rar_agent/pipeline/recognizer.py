@@ -13,20 +13,22 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.config import MemoryKind, parse_reject, validate_k
 from rar_agent.encoders.base import input_size_of
 from rar_agent.encoders.spec import spec_of
-from rar_agent.errors import RarError
+from rar_agent.encoders.torch_base import parallel_passes
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
 from rar_agent.pipeline.explain import explain_result
-from rar_agent.pipeline.ranked import Ranking, failed_result
+from rar_agent.pipeline.ranked import Ranking
 from rar_agent.pipeline.regions import RegionOptions, arecognize_regions, recognize_regions
 from rar_agent.pipeline.stages import Outcome, StageRunner
+from rar_agent.pipeline.stream import load_batch, plan_for, stream_results
 from rar_agent.pipeline.vocabulary import vocabulary_memory
 from rar_agent.ranking import RankerSpec, RankingChain, as_ranking_chain, parse_gate
 from rar_agent.regions import DEFAULT_BLUR
@@ -250,9 +252,37 @@ class Recognizer:
         names: Sequence[str | None] | None = None,
     ) -> list[RecognitionResult]:
         """Recognize many images with one encoder pass; bad images get a per-item error.
-        ``names``: what to call each image (see :meth:`recognize`)."""
-        slots, loaded, load_ms = _load_all(images, self.decode_need, names)
-        return _fill(slots, self._recognize_loaded(loaded, load_ms, k=k))
+        ``names``: what to call each image (see :meth:`recognize`). Every image is decoded
+        before the pass: for more than a few dozen, :meth:`recognize_stream` is faster and
+        holds only a few at a time."""
+        batch = load_batch(images, self.decode_need, names)
+        return batch.fill(self._recognize_loaded(batch.images, batch.load_ms, k=k))
+
+    def recognize_stream(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        k: int | None = None,
+        names: Sequence[str | None] | None = None,
+    ) -> Iterator[RecognitionResult]:
+        """Recognize many images, yielding each result in order as soon as it is ready.
+
+        For folders of photos: unlike :meth:`recognize_batch`, the images are decoded a few
+        forward passes ahead in background threads while earlier ones are encoded (beside a
+        CPU torch encoder, one pass per CPU side by side, as memory builds run), so the
+        images held at once stay few however many are given and the first results come
+        after the first pass, not the last (:mod:`rar_agent.pipeline.stream`). Bad images
+        give failed results in their places. ``names``: what to call each image.
+        """
+        with parallel_passes(self.encoder) if len(images) > 1 else nullcontext(1) as passes:
+            plan = plan_for(self.encoder, passes)
+            yield from stream_results(
+                images,
+                names,
+                self.decode_need,
+                lambda loaded, ms: self._recognize_loaded(loaded, ms, k=k),
+                plan,
+            )
 
     async def arecognize(
         self, image: ImageInput, *, k: int | None = None, name: str | None = None
@@ -271,8 +301,8 @@ class Recognizer:
         names: Sequence[str | None] | None = None,
     ) -> list[RecognitionResult]:
         """Async :meth:`recognize_batch`."""
-        slots, loaded, load_ms = await asyncio.to_thread(_load_all, images, self.decode_need, names)
-        return _fill(slots, await self._arecognize_loaded(loaded, load_ms, k=k))
+        batch = await asyncio.to_thread(load_batch, images, self.decode_need, names)
+        return batch.fill(await self._arecognize_loaded(batch.images, batch.load_ms, k=k))
 
     def recognize_regions(
         self,
@@ -450,35 +480,6 @@ def _named(loaded: LoadedImage, name: str | None) -> LoadedImage:
     return loaded
 
 
-def _load_all(
-    images: Sequence[ImageInput],
-    need: DecodeNeed | None,
-    names: Sequence[str | None] | None = None,
-) -> tuple[list[RecognitionResult | None], list[LoadedImage], list[float]]:
-    """Load every image: a failed result in the slot of each bad one, None for the others."""
-    slots: list[RecognitionResult | None] = []
-    loaded: list[LoadedImage] = []
-    load_ms: list[float] = []
-    for src, name in zip(images, names or [None] * len(images), strict=True):
-        start = time.perf_counter()
-        try:
-            loaded.append(_named(load_image(src, need=need), name))
-        except RarError as e:
-            slots.append(failed_result(str(e), image=name or _describe(src)))
-            continue
-        load_ms.append(_ms(start))
-        slots.append(None)
-    return slots, loaded, load_ms
-
-
-def _fill(
-    slots: Sequence[RecognitionResult | None], done: Sequence[RecognitionResult]
-) -> list[RecognitionResult]:
-    """The slots in order, each empty one taking the next result."""
-    rest = iter(done)
-    return [slot if slot is not None else next(rest) for slot in slots]
-
-
 def _check_encoder(memory: CategoryMemory, encoder: ImageTextEncoder) -> None:
     """Refuse an encoder the memory was not built with, writing nothing.
 
@@ -502,9 +503,3 @@ def _recorded_encoder(memory: CategoryMemory) -> ImageTextEncoder:
             f"with ({memory.info.fingerprint})"
         )
     return resolve_encoder(None, stored)
-
-
-def _describe(src: Any) -> str:
-    if isinstance(src, str):
-        return src if len(src) < 200 else src[:60] + "..."
-    return type(src).__name__

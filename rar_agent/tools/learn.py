@@ -25,6 +25,7 @@ from rar_agent.results import (
     TeachingUndone,
     TeachVia,
 )
+from rar_agent.safety import public_source
 from rar_agent.tools.base import ImageSource, RecognizerTool, tool_error
 from rar_agent.tools.provenance import serving_teacher
 
@@ -91,6 +92,14 @@ class TeachingTool(RecognizerTool):
         except RarError as e:
             raise tool_error(e) from e
         return describe(result), result.model_dump(mode="json")
+
+    def public(self, event: TeachingEvent) -> TeachingEvent:
+        """``event`` naming its example as a client may see it: relative to an allowed
+        folder, never by the server's absolute path (an example taught from the server's
+        shell, or by another client that knew its layout)."""
+        if not event.source:
+            return event
+        return event.model_copy(update={"source": public_source(event.source, self.allowed_roots)})
 
 
 def describe_added(result: ExampleAdded) -> str:
@@ -292,7 +301,11 @@ class TeachingHistoryTool(TeachingTool):
     def _run(
         self, limit: int = 10, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        return self.answer(lambda teacher: teacher.history(limit), describe_history)
+        def history(teacher: Teacher) -> TeachingHistory:
+            found = teacher.history(limit)
+            return found.model_copy(update={"events": [self.public(e) for e in found.events]})
+
+        return self.answer(history, describe_history)
 
 
 class UndoTeachingInput(BaseModel):
@@ -316,4 +329,8 @@ class UndoTeachingTool(TeachingTool):
     def _run(
         self, n: int = 1, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        return self.answer(lambda teacher: teacher.undo(n, own=True), describe_undone)
+        def undo(teacher: Teacher) -> TeachingUndone:
+            undone = teacher.undo(n, own=True)
+            return undone.model_copy(update={"undone": [self.public(e) for e in undone.undone]})
+
+        return self.answer(undo, describe_undone)

@@ -143,12 +143,64 @@ async def test_a_session_never_recognizes_another_sessions_image(recognizer: Any
 
 
 async def test_session_reports_model_failures_readably(recognizer: Any) -> None:
+    """An unexpected failure says which kind it was, never its text (which may hold the
+    server's paths or addresses): the server's log has that."""
+
     def broken(messages: list[Any]) -> AIMessage:
-        raise RuntimeError("provider is down")
+        raise RuntimeError("provider at http://10.1.2.3:11434 is down; see /srv/rar/ollama.log")
 
     agent = create_rar_agent(PolicyChatModel(policy=broken), recognizer=recognizer)
     reply = (await ChatSession(agent).respond({"text": "hi", "files": []}, []))["content"]
-    assert reply.startswith("⚠️ **The agent failed:** RuntimeError: provider is down")
+    assert reply.startswith("⚠️ **The agent failed unexpectedly** (RuntimeError)")
+    assert "log" in reply and "/srv/rar" not in reply and "10.1.2.3" not in reply
+
+
+async def test_an_unreadable_upload_is_told_never_dropped_or_taught_in_its_place(
+    tmp_path: Path,
+) -> None:
+    """A corrupt photo, a text file named .jpg, an image over the pixel limit: each is said
+    to be unreadable and why (alone, or beside a photo that is answered), also when the
+    conversation is resumed; and a name sent with such a photo never teaches the previous
+    answer's photo in its place."""
+    from PIL import Image
+
+    from rar_agent.conversations import ConversationStore
+    from rar_agent.ui import messages_to_history
+    from tests.helpers.encoder_factories import hashing_encoder
+
+    rec = small_recognizer(tmp_path, hashing_encoder())
+    store = ConversationStore(":memory:")
+    agent = create_rar_agent(None, recognizer=rec, allow_learning=True, conversations=store)
+    session = ChatSession(agent, recognition_only=True, can_learn=True, conversations=store)
+    good = rec.example_images["black cat"]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo\n" * 20)
+    huge = tmp_path / "panorama.png"
+    Image.new("RGB", (9000, 8000), (90, 120, 200)).save(huge)
+    before = rec.memory.count()
+    try:
+        first = (await session.respond({"text": "", "files": [str(good)]}, [], "c1"))["content"]
+        assert "**Answer: black cat**" in first
+        for bad, why in [(broken, "corrupt"), (notes, "looks like text"), (huge, "pixels")]:
+            said = await session.respond({"text": "it's a fox", "files": [str(bad)]}, [], "c1")
+            text = said["content"].replace("\\", "")  # Markdown escapes
+            assert "A photo could not be read" in text and bad.name in text and why in text
+            assert "could be read, so nothing was recognized or stored" in text, text
+            assert "options" not in said
+        assert rec.memory.count() == before  # "a fox" taught nothing, not the cat photo
+        both = await session.respond({"text": "", "files": [str(good), str(broken)]}, [], "c2")
+        assert "**Answer: black cat**" in both["content"]
+        assert "A photo could not be read" in both["content"] and "broken" in both["content"]
+        assert "nothing was recognized" not in both["content"]
+        resumed = messages_to_history(
+            agent.get_state({"configurable": {"thread_id": "c2"}}).values["messages"],
+            recognition_only=True,
+        )
+        assert "A photo could not be read" in resumed[-1]["content"]
+    finally:
+        rec.close()
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -193,3 +193,28 @@ def test_the_page_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         [*command, "memory", "history", *memory], env=env, capture_output=True, text=True
     )
     assert history.returncode == 0, history.stderr
+
+
+def test_a_stop_signal_while_the_page_starts_stops_it_once_started() -> None:
+    """A busy machine stretches Gradio's start: SIGTERM (or Ctrl+C) arriving then must not
+    break the start half-way (it exited 130, "interrupted"), it stops the page once up."""
+    import os
+    import signal
+
+    from rar_agent.ui import launch
+
+    class Page:
+        closed = False
+
+        def launch(self, **options: object) -> None:
+            assert options["prevent_thread_lock"] is True  # we wait, not Gradio
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while starting
+
+        def close(self) -> None:
+            self.closed = True
+
+    before = signal.getsignal(signal.SIGTERM)
+    page = Page()
+    assert launch(page, "127.0.0.1", 0, block=True) is page  # type: ignore[arg-type]
+    assert page.closed
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from rar_agent.errors import ConfigError, DuplicateExampleError
-from rar_agent.pipeline.naming import Teaching, parse_teaching
+from rar_agent.pipeline.naming import Command, Teaching, parse_command, parse_teaching
 from rar_agent.pipeline.teacher import (
     THUMBNAIL_MAX_BYTES,
     THUMBNAIL_SIDE,
@@ -187,6 +187,30 @@ def test_thumbnail_is_bounded_for_noisy_large_images() -> None:
 )
 def test_parse_teaching_rules(text: str, bare: bool, expected: Teaching) -> None:
     assert parse_teaching(text, bare=bare) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("undo", Command("undo")),
+        ("Undo that.", Command("undo")),
+        ("undo the last 3", Command("undo", 3)),
+        ("please undo 99 of them", Command("undo", 50)),
+        ("take that back", Command("undo")),
+        ("history", Command("history")),
+        ("Show me the teaching history", Command("history")),
+        ("what have I taught?", Command("history")),
+        ("what did you learn", Command("history")),
+        ("history of this bag", None),
+        ("undone deal", None),
+        ("it's a sandal", None),
+        ("what is it?", None),
+    ],
+)
+def test_parse_command_reads_undo_and_history(text: str, expected: Command | None) -> None:
+    """Requests about teaching itself; checked before a name, so that a person's "history"
+    after an answer is a request, never the photo's name."""
+    assert parse_command(text) == expected
 
 
 @pytest.mark.parametrize(

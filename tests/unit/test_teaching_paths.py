@@ -86,6 +86,34 @@ def test_tools_refuse_a_second_label_then_relabel_history_and_undo(recognizer: A
     assert labels.get("dog") == 1 and "fox" not in labels and "wolf" not in labels
 
 
+def test_history_and_undo_tools_never_name_the_servers_layout(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """An example taught from the server's shell by its absolute path (``rar-agent teach``)
+    is named by folder and file in the tools' history and undo (the chat page's text), never
+    by the server's absolute path; inside an allowed folder, relative to it."""
+    from rar_agent.pipeline.teacher import Teacher
+
+    layout = tmp_path / "srv" / "photos"
+    (layout / "mint").mkdir(parents=True)
+    loose = layout / "mint" / "leaf.png"
+    loose.write_bytes(_png((20, 160, 150)))
+    Teacher(recognizer.memory, recognizer.encoder, via="cli").add("mint", [loose])
+    tools = {t.name: t for t in make_tools(recognizer, allow_learning=True)}
+    history = _call(tools["teaching_history"], {})
+    seen = history.content + json.dumps(history.artifact)
+    assert "mint/leaf.png" in seen and str(layout) not in seen, seen
+
+    rooted = {
+        t.name: t for t in make_tools(recognizer, allow_learning=True, allowed_roots=[layout])
+    }
+    seen = _call(rooted["teaching_history"], {}).content
+    assert "mint/leaf.png" in seen and str(layout) not in seen, seen
+    undone = _call(tools["undo_teaching"], {})
+    seen = undone.content + json.dumps(undone.artifact)
+    assert "mint/leaf.png" in seen and str(layout) not in seen, seen
+
+
 # ---------------------------------------------------------------------------- the stand-in agent
 
 
@@ -158,6 +186,39 @@ async def test_page_options_and_a_correction_through_the_history(recognizer: Any
     refused = await session.respond(other, history)
     assert "already stored as an example of 'blue jay'" in refused["content"]
     assert answer_options([]) == []
+
+
+async def test_page_lists_and_undoes_teaching_in_words(recognizer: Any, tmp_path: Path) -> None:
+    """Without a chat model the page's person asks for the history and undoes their last
+    teaching in words ("history" is never stored as the photo's name); with learning off they
+    are told why not."""
+    from rar_agent.conversations import ConversationStore
+
+    store = ConversationStore(":memory:")
+    agent = create_rar_agent(None, recognizer=recognizer, allow_learning=True, conversations=store)
+    session = ChatSession(agent, recognition_only=True, can_learn=True, conversations=store)
+    photo = tmp_path / "odd.png"
+    photo.write_bytes(_png((90, 200, 40), 5))
+    before = recognizer.memory.count()
+
+    async def say(text: str, *files: Path) -> str:
+        reply = await session.respond({"text": text, "files": [str(f) for f in files]}, [], "c")
+        return str(reply["content"])
+
+    await say("", photo)
+    assert "'tomato'" in await say("call it tomato")
+    assert recognizer.memory.count() == before + 1
+    listed = await say("history")
+    assert "via chat" in listed and "a photo as 'tomato'" in listed and "img-" not in listed
+    assert "history" not in recognizer.memory.labels()
+    undone = await say("undo")
+    assert "Undid 1 teaching event" in undone and "'tomato'" in undone, undone
+    assert recognizer.memory.count() == before and "tomato" not in recognizer.memory.labels()
+    assert "Nothing to undo" in await say("undo")
+
+    reading = ChatSession(create_rar_agent(None, recognizer=recognizer), recognition_only=True)
+    refused = (await reading.respond("undo", []))["content"]
+    assert "no teaching to list or undo" in refused and "Learning is off" in refused
 
 
 # ---------------------------------------------------------------------------- CLI

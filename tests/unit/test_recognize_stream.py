@@ -1,0 +1,172 @@
+"""Recognizing many images as a stream: order kept, bad images in their places, a bounded
+number of images decoded ahead, early close leaves no work running, same answers as a
+batch (``Recognizer.recognize_stream``, ``rar-agent recognize`` with many images)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from rar_agent.cli import app
+from rar_agent.images import LoadedImage
+from rar_agent.ingest.builders import add_images, iter_image_folder
+from rar_agent.memory import CategoryMemory
+from rar_agent.pipeline import Recognizer
+from rar_agent.pipeline import stream as stream_module
+from rar_agent.pipeline.stream import StreamPlan, plan_for, stream_results
+from rar_agent.results import RecognitionResult
+
+
+def _pictures(n: int, size: int = 16) -> list[Image.Image]:
+    rng = np.random.default_rng(n)
+    return [
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)
+    ]
+
+
+def _echo(loaded: Sequence[LoadedImage], load_ms: Sequence[float]) -> list[RecognitionResult]:
+    """A recognizer stand-in naming each image by its width (the test's index)."""
+    return [RecognitionResult(label=str(item.image.width)) for item in loaded]
+
+
+def _indexed(n: int) -> list[Image.Image]:
+    """Images whose width is their index plus 8 (the stand-in's label)."""
+    return [Image.new("RGB", (i + 8, 8), (i % 255, 0, 0)) for i in range(n)]
+
+
+def test_results_come_in_order_with_bad_images_in_their_places() -> None:
+    images: list[object] = list(_indexed(23))
+    images[5] = b"not an image"
+    images[17] = b"\xff\xd8\xff broken jpeg"
+    names = [None] * len(images)
+    names[17] = "phone.jpg"
+    out = list(stream_results(images, names, None, _echo, StreamPlan(3, 2, 2)))  # type: ignore[arg-type]
+    assert len(out) == 23
+    for i, result in enumerate(out):
+        if i in (5, 17):
+            assert result.error and result.label is None
+        else:
+            assert result.error is None and result.label == str(i + 8)
+    assert out[17].image == "phone.jpg" and out[5].image == "bytes"
+
+
+def test_a_slow_first_piece_still_comes_first() -> None:
+    second_done = threading.Event()
+
+    def slow_first(loaded: Sequence[LoadedImage], ms: Sequence[float]) -> list[RecognitionResult]:
+        if loaded[0].image.width == 8:  # the first piece waits for the second one
+            assert second_done.wait(10), "the pieces did not run side by side"
+        else:
+            second_done.set()
+        return _echo(loaded, ms)
+
+    out = list(stream_results(_indexed(8), None, None, slow_first, StreamPlan(2, 2, 1)))
+    assert [r.label for r in out] == [str(i + 8) for i in range(8)]
+
+
+def test_only_a_window_of_images_is_loaded_ahead_and_closing_stops_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loads: list[int] = []
+    real = stream_module.load_image
+
+    def counting(src, **kw):  # noqa: ANN001, ANN003, ANN202
+        loads.append(1)
+        return real(src, **kw)
+
+    monkeypatch.setattr(stream_module, "load_image", counting)
+    plan = StreamPlan(piece=4, passes=2, decoders=1)
+    results = stream_results(_pictures(200), None, None, _echo, plan)
+    first = next(results)
+    assert first.error is None
+    _settle(loads)  # what was handed to the decoders meanwhile is loaded by now
+    bound = 5 * plan.piece  # pieces in flight: 2 per pass and 1 per decoder
+    assert plan.window * plan.piece == bound
+    assert len(loads) == bound, (len(loads), bound)  # the window, filled, no more
+    results.close()  # cancels what has not started, waits for what has
+    after_close = len(loads)
+    assert after_close <= bound
+    assert not [t for t in threading.enumerate() if t.name.startswith(("rar-decode", "rar-encode"))]
+
+
+def _settle(loads: list[int], quiet_s: float = 0.3, limit_s: float = 5.0) -> None:
+    """Wait until no load has started for ``quiet_s`` (at most ``limit_s``)."""
+    deadline = time.monotonic() + limit_s
+    seen = -1
+    while len(loads) != seen and time.monotonic() < deadline:
+        seen = len(loads)
+        time.sleep(quiet_s)
+
+
+def test_plans_keep_passes_busy_and_one_pass_takes_the_encoders_batch() -> None:
+    class Cpu:
+        device = "cpu"
+        forward_batch = 4
+
+    side_by_side = plan_for(Cpu(), passes=2)
+    assert side_by_side.passes == 2 and side_by_side.decoders >= 2
+    assert side_by_side.piece == 2  # the cheapest pass per image on one torch thread
+    alone = plan_for(Cpu(), passes=1)
+    assert (alone.piece, alone.passes) == (4, 1)
+    assert plan_for(object(), passes=1).piece == stream_module.DEFAULT_PIECE
+
+
+def _folder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    for label, color in colours.items():
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            arr = np.clip(np.array(color) + rng.normal(0, 25, (40, 40, 3)), 0, 255)
+            Image.fromarray(arr.astype("uint8")).save(root / label / f"{i}.png")
+    return root
+
+
+def test_the_stream_answers_as_the_batch_does(tmp_path: Path, tiny_encoder) -> None:  # noqa: ANN001
+    folder = _folder(tmp_path / "images")
+    with CategoryMemory.open(tmp_path / "mem", collection="colours") as memory:
+        memory.bind_encoder(tiny_encoder.fingerprint, tiny_encoder.dim)
+        add_images(memory, tiny_encoder, iter_image_folder(folder))
+        recognizer = Recognizer(memory, tiny_encoder, k=3, reject="off")
+        bad = tmp_path / "bad.jpg"
+        bad.write_bytes(b"not an image")
+        paths = sorted(folder.rglob("*.png"))
+        paths.insert(4, bad)
+        batch = recognizer.recognize_batch(paths)
+        streamed = list(recognizer.recognize_stream(paths))
+    assert [r.image for r in streamed] == [r.image for r in batch]
+    assert streamed[4].error and "not an image" in streamed[4].error
+    for one, other in zip(batch, streamed, strict=True):
+        assert [c.label for c in one.candidates] == [c.label for c in other.candidates]
+        np.testing.assert_allclose(
+            [c.score for c in one.candidates], [c.score for c in other.candidates], atol=1e-5
+        )
+
+
+def test_the_command_prints_many_answers_in_order(
+    tmp_path: Path, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_CLIP_MODEL", tiny_openclip_spec)
+    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+    for name in ("RAR_QDRANT_URL", "RAR_MEMORY_PATH", "RAR_ENCODER", "RAR_COLLECTION"):
+        monkeypatch.delenv(name, raising=False)
+    folder = _folder(tmp_path / "images")
+    paths = [str(p) for p in sorted(folder.rglob("*.png"))]
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    paths.insert(7, str(bad))
+    done = CliRunner().invoke(app, ["recognize", *paths, "--labels", "red,green,blue", "--json"])
+    assert done.exit_code == 1, done.output
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["image"] for r in records] == paths
+    assert "not an image" in records[7]["error"]
+    assert all(r["label"] in {"red", "green", "blue"} for i, r in enumerate(records) if i != 7)
