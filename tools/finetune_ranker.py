@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -40,6 +41,7 @@ from rar_agent.errors import ConfigError, ModelLoadError, RarError  # noqa: E402
 
 __all__ = [
     "TrainConfig",
+    "check_config",
     "TrainReport",
     "load_records",
     "record_messages",
@@ -272,11 +274,59 @@ def lora_targets(model: Any, pattern: str = DEFAULT_TARGETS) -> str | list[str]:
 
 
 def _device(device: str) -> str:
+    """The torch device ``--device`` names (``auto``: CUDA when there is one, else CPU).
+
+    Raises:
+        ConfigError: Not a device name, or a CUDA device this machine does not have.
+    """
     import torch
 
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"--device {device!r} is not a device: use auto, cpu or cuda") from e
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this machine has no CUDA device; use cpu or auto")
+    return device
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings that would fail, or be ignored, only once the model has loaded or trained.
+
+    Raises:
+        ConfigError: Every problem found, in one message.
+    """
+    import re
+
+    problems = [
+        f"--{name.replace('_', '-')} must be at least 1, got {value}"
+        for name, value in (
+            ("rank", cfg.rank), ("grad_accum", cfg.grad_accum), ("log_every", cfg.log_every),
+            ("image_max_side", cfg.image_max_side), ("max_steps", cfg.max_steps),
+            ("max_samples", cfg.max_samples),
+        )
+        if value is not None and value < 1
+    ]  # fmt: skip
+    if not cfg.lr > 0:
+        problems.append(f"--lr must be above zero, got {cfg.lr}")
+    if cfg.max_steps is None and not cfg.epochs > 0:
+        problems.append(f"--epochs must be above zero (or give --max-steps), got {cfg.epochs}")
+    if not 0 <= cfg.dropout < 1:
+        problems.append(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    try:
+        re.compile(cfg.targets)
+    except re.error as e:
+        problems.append(f"--targets is not a regular expression ({e})")
+    out = Path(cfg.out)
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        problems.append(f"--out {out}: {existing} is a file; the adapter is written as a folder")
+    elif not os.access(existing, os.W_OK):
+        problems.append(f"--out {out}: {existing} cannot be written; pick another folder")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def train(cfg: TrainConfig, progress: Callable[[int, float], None] | None = None) -> TrainReport:
@@ -298,8 +348,8 @@ def train(cfg: TrainConfig, progress: Callable[[int, float], None] | None = None
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     start = time.perf_counter()
-    if cfg.grad_accum < 1 or cfg.rank < 1 or cfg.lr <= 0:
-        raise ConfigError("grad_accum and rank must be positive, and lr above zero")
+    check_config(cfg)
+    device = _device(cfg.device)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     data_path = Path(cfg.data)
@@ -308,7 +358,6 @@ def train(cfg: TrainConfig, progress: Callable[[int, float], None] | None = None
     if cfg.max_samples:
         records = records[: cfg.max_samples]
     base = _model_path(cfg.model)
-    device = _device(cfg.device)
     bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
     dtype = torch.bfloat16 if bf16 else torch.float32
     model: Any

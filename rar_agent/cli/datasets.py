@@ -3,12 +3,14 @@
 No ``from __future__ import annotations``: typer reads the option types.
 """
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from rar_agent.cli.options import JsonOpt, error_guard, print_note
+from rar_agent.cli.options import JsonOpt, ProgressOpt, error_guard, print_note
+from rar_agent.cli.progress import progress_bar
 
 __all__ = ["app", "datasets_export"]
 
@@ -45,11 +47,11 @@ def datasets_export(
         ),
     ] = None,
     as_json: JsonOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Write a class-balanced, seeded sample of a dataset as an ImageFolder tree."""
     with error_guard():
         import json
-        from collections import Counter
 
         from rar_agent.datasets import Split, export_imagefolder
         from rar_agent.errors import ConfigError
@@ -62,16 +64,29 @@ def datasets_export(
             raise ConfigError(f"--per-class must be >= 1 image per class, got {per_class}")
         which: Split = "train" if split == "train" else "test"
         wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-        written = export_imagefolder(out, which, per_class, seed, root=root, classes=wanted)
+        bar, update = progress_bar(progress, f"writing {split} images")
+        with bar:
+            written = export_imagefolder(
+                out, which, per_class, seed, root=root, classes=wanted, progress=update
+            )
         counts = Counter(label for _, label in written)
         if as_json:
             typer.echo(json.dumps({"out": str(out), "images": len(written), "classes": counts}))
         else:
             typer.echo(
                 f"wrote {len(written)} images of {len(counts)} classes ({split} split, "
-                f"{per_class} per class, seed {seed}) to {out}"
+                f"{_per_class(counts, per_class, split)}, seed {seed}) to {out}"
             )
         _say_if_mixed(out, len(written), per_class)
+
+
+def _per_class(counts: Counter[str], asked: int, split: str) -> str:
+    """``N per class``, as written: a class holds fewer images than were asked for."""
+    least, most = min(counts.values()), max(counts.values())
+    if least == asked:
+        return f"{asked} per class"
+    got = str(least) if least == most else f"{least} to {most}"
+    return f"{got} per class: all the {split} split holds, not the {asked} asked"
 
 
 def _say_if_mixed(out: Path, written: int, per_class: int) -> None:

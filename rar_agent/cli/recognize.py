@@ -53,6 +53,14 @@ JsonLinesOpt = Annotated[
         "--boxes); notes and progress go to stderr.",
     ),
 ]
+ImageIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image-id",
+        help="With --boxes: only the detections of this COCO image_id (a file covering "
+        "several images needs it).",
+    ),
+]
 AnnotateOpt = Annotated[
     Path | None,
     typer.Option(
@@ -70,6 +78,7 @@ def recognize(
     as_json: JsonLinesOpt = False,
     boxes: BoxesOpt = None,
     normalized: NormalizedOpt = None,
+    image_id: ImageIdOpt = None,
     annotate: AnnotateOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
@@ -80,8 +89,8 @@ def recognize(
     a few at a time.
     """
     regions = None
-    if boxes is not None or annotate is not None:
-        regions = _read_boxes(images, boxes, normalized, annotate)  # before loading anything
+    if boxes is not None or annotate is not None or image_id is not None:
+        regions = _read_boxes(images, boxes, normalized, annotate, image_id)  # before loading
     _refuse_if_none_can_be_read(images)  # a mistyped path: before the model loads
     recognizer = open_recognizer(settings, labels, progress)
     with recognizer:
@@ -142,7 +151,11 @@ def _stream_results(
 
 
 def _read_boxes(
-    images: list[str], boxes: Path | None, normalized: bool | None, annotate: Path | None
+    images: list[str],
+    boxes: Path | None,
+    normalized: bool | None,
+    annotate: Path | None,
+    image_id: str | None,
 ) -> "list[Box]":
     """The boxes of ``--boxes``, read before anything loads, with every misuse refused: no
     boxes file, more than one image, an ``--annotate`` path that cannot be written."""
@@ -150,12 +163,15 @@ def _read_boxes(
     from rar_agent.regions import load_boxes
 
     if boxes is None:
-        raise ConfigError("--annotate draws region labels: give the regions with --boxes FILE")
+        flag = "--annotate draws region labels" if annotate else "--image-id picks detections"
+        raise ConfigError(f"{flag}: give the regions with --boxes FILE")
     if len(images) != 1:
         raise ConfigError(f"--boxes applies to one image, got {len(images)}: pass exactly one")
     if annotate is not None:
         _check_picture_path(annotate)
-    parsed = load_boxes(boxes, normalized=normalized)
+    parsed = load_boxes(boxes, normalized=normalized, image_id=image_id)
+    if not parsed and image_id is not None:
+        raise ConfigError(f"{boxes} holds no detections with image_id {image_id}")
     if not parsed:
         raise ConfigError(f"{boxes} holds no boxes: write a JSON list of [x0, y0, x1, y1]")
     return parsed

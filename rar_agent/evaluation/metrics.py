@@ -299,6 +299,7 @@ def choose_gate(
     *,
     max_loss_points: float = 0.5,
     ranker: bool = True,
+    answered: int | None = None,
 ) -> GateChoice:
     """Pick the threshold that skips the most ranker calls within an accuracy budget.
 
@@ -311,6 +312,9 @@ def choose_gate(
         baseline: Top-1 accuracy when always ranking.
         max_loss_points: Accuracy the gate may cost, in percentage points.
         ranker: Whether a ranker ran; without one there is nothing to gate.
+        answered: How many queries the ranker answered (ranked, or "none of these"), when
+            known: with none, every call fell back to the retrieval order, and the curve
+            says nothing about what ranking is worth.
     """
     choice = GateChoice(max_loss_points=max_loss_points)
     if not ranker:
@@ -318,6 +322,13 @@ def choose_gate(
         return choice
     if baseline is None or not curve:
         choice.reason = "no query was evaluated"
+        return choice
+    if answered == 0:
+        choice.reason = (
+            "the ranker answered no query (every call fell back to the retrieval order: see "
+            "the ranking status and its reasons), so there is no ranking to weigh a gate "
+            "against; fix the ranker and run again"
+        )
         return choice
     floor = baseline - max_loss_points / 100.0 - 1e-12
     feasible = [p for p in curve if p.accuracy >= floor]

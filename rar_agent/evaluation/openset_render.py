@@ -51,14 +51,16 @@ def open_set_rows(report: EvalReport) -> list[tuple[str, str]]:
     return rows
 
 
-def _alpha(report: EvalReport) -> float:
+def _alpha(report: EvalReport) -> float | None:
+    """The ALPHA the run's ``--reject`` promised: None for ``off`` or a fixed threshold."""
     from rar_agent.config import parse_reject
 
-    return parse_reject(report.config.reject).alpha
+    setting = parse_reject(report.config.reject)
+    return setting.alpha if setting.mode == "auto" else None
 
 
-def _same(a: float, b: float) -> bool:
-    return abs(a - b) < 1e-9
+def _same(a: float, b: float | None) -> bool:
+    return b is not None and abs(a - b) < 1e-9
 
 
 def _cannot(calibrated: float | None, report: EvalReport) -> str:

@@ -220,7 +220,11 @@ def build_report(
     report.gating_curve = metrics.gating_curve(records, max_threshold=fixed)
     baseline = report.final_top1
     report.gate_choice = metrics.choose_gate(
-        report.gating_curve, baseline, max_loss_points=config.max_loss, ranker=ranker_on
+        report.gating_curve,
+        baseline,
+        max_loss_points=config.max_loss,
+        ranker=ranker_on,
+        answered=sum(r.status in ("ranked", "no_match") for r in records),
     )
     if auto and report.gate_choice.threshold is not None:
         report.gate_used = report.gate_choice.threshold

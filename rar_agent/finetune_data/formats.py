@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from rar_agent.errors import ConfigError
 
@@ -91,16 +92,21 @@ def write_samples(
 ) -> int:
     """Write samples to ``path`` (JSON array for ``llava``, JSONL for ``openai``); return count.
 
+    The file is written beside ``path`` under a temporary name and renamed over it once
+    complete, so a build that stops (an error, Ctrl-C) leaves a previous file whole and no
+    half-written one.
+
     Raises:
         ConfigError: Unknown format, or the file cannot be written.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     out = Path(path)
+    if out.is_dir():  # now, not when the last sample is written
+        raise ConfigError(f"--out {out} is a folder: give a file path such as {out / 'train.json'}")
     count = 0
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as f:
+        with _replaced_when_complete(out) as f:
             if fmt == "llava":
                 f.write("[")
             for sample in samples:
@@ -115,3 +121,18 @@ def write_samples(
     except OSError as e:
         raise ConfigError(f"cannot write {out}: {e.strerror or e}: pick another --out path") from e
     return count
+
+
+@contextlib.contextmanager
+def _replaced_when_complete(out: Path) -> Iterator[TextIO]:
+    """A text file beside ``out`` that replaces it when the block ends, removed if it raises."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            yield handle
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

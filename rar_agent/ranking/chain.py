@@ -9,17 +9,19 @@ retrieval order and the reason. Every call is independent; nothing is carried be
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
-from langchain_core.runnables.config import ContextThreadPoolExecutor, patch_config
+from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, PrivateAttr, ValidationError
 
 from rar_agent.errors import ConfigError, RankerError
@@ -35,7 +37,10 @@ from rar_agent.ranking.io import (
 from rar_agent.ranking.parser import MAX_REPLY_CHARS, ParseResult, parse_items, parse_reply
 from rar_agent.ranking.prompt import RankingExample, build_ranking_messages
 
-__all__ = ["RankingChain"]
+__all__ = ["DEFAULT_TIMEOUT_S", "RankingChain"]
+
+DEFAULT_TIMEOUT_S = 60.0
+"""Seconds a ranker call may take before the chain gives up on it (one attempt)."""
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +62,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
 
     model: BaseChatModel
     image_max_side: int = 512
-    timeout_s: float | None = 60.0
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
     max_retries: int = 1
     max_concurrency: int = 4
     structured: Literal["auto", "never", "always"] = "auto"
@@ -304,14 +309,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
         runnable = self._runnable()
         if self.timeout_s is None:
             return runnable.invoke(messages, config)
-        # The model call runs in a helper thread so the wait can end at the timeout; a call
-        # that overruns finishes in the background and its reply is discarded.
-        executor = ContextThreadPoolExecutor(max_workers=1)
-        try:
-            future = executor.submit(runnable.invoke, messages, config)
-            return future.result(timeout=self.timeout_s)
-        finally:
-            executor.shutdown(wait=False)
+        return _call_within(lambda: runnable.invoke(messages, config), self.timeout_s)
 
     def _describe_failure(self, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):
@@ -323,3 +321,24 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
         if error is None:
             return None
         return f"model call failed ({attempts} attempt(s)): {error}"
+
+
+def _call_within(call: Callable[[], Any], timeout_s: float) -> Any:
+    """``call()``'s result, or ``TimeoutError`` once ``timeout_s`` has passed.
+
+    The call runs in a daemon thread (with the caller's context, so callbacks and tracing
+    follow it): a call that overruns finishes in the background, its reply discarded, and
+    never holds the process's exit, as a thread pool's worker would (the interpreter joins
+    those: a command that had printed its answer would wait for a hung provider).
+    """
+    future: Future[Any] = Future()
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            future.set_result(context.run(call))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="rar-ranker-call", daemon=True).start()
+    return future.result(timeout=timeout_s)

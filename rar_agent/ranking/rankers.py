@@ -23,7 +23,7 @@ from typing import Any, TypeAlias
 from langchain_core.language_models import BaseChatModel
 
 from rar_agent.errors import ConfigError, RankerError
-from rar_agent.ranking.chain import RankingChain
+from rar_agent.ranking.chain import DEFAULT_TIMEOUT_S, RankingChain
 
 __all__ = [
     "DEFAULT_LOCAL_RANKER",
@@ -57,6 +57,7 @@ a model this size cheaply. For better zero-shot ranking on a GPU use
 """
 
 _PIP_HINT = "pip install 'rar-agent[providers]'"
+_PROVIDERS_URL = "https://docs.langchain.com/oss/python/integrations/providers"
 
 
 def is_no_ranker(spec: object) -> bool:
@@ -156,6 +157,48 @@ def _why(exc: BaseException) -> str:
     return str(exc).strip().rstrip(".")
 
 
+def _request_timeout_field(model: BaseChatModel) -> str | None:
+    """How ``model``'s class takes an HTTP timeout: ``timeout`` or ``client_kwargs``."""
+    for name, field in type(model).model_fields.items():
+        if "timeout" in (name, field.alias):
+            return "timeout"
+    return "client_kwargs" if "client_kwargs" in type(model).model_fields else None
+
+
+def _bounded_wait(model: BaseChatModel, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus the chain's timeout (one attempt) as the model's HTTP timeout.
+
+    The ranking chain stops waiting at its own timeout, but a call it gave up on runs on in
+    a worker thread until the provider's client gives up (OpenAI's: 10 minutes, three
+    times; Ollama's: never), and the interpreter waits for those threads before a command
+    can exit.
+    """
+    if _request_timeout_field(model) == "timeout":
+        return {**kwargs, "timeout": DEFAULT_TIMEOUT_S}
+    return {**kwargs, "client_kwargs": {"timeout": DEFAULT_TIMEOUT_S}}
+
+
+def _unknown_ranker(spec: str, exc: ValueError) -> str:
+    """One line for a spec ``init_chat_model`` refused: why, and how to name a ranker.
+
+    LangChain's own message lists every provider it knows over several lines; the user
+    needs the reason and the forms a ranker takes.
+    """
+    provider, colon, _ = spec.partition(":")
+    if "infer model provider" not in str(exc):
+        why = _why(exc).splitlines()[0].rstrip(".")
+    elif colon:
+        why = f"{provider!r} is not a chat-model provider LangChain knows"
+    else:
+        why = "it names no provider (provider:model) and none follows from the model name"
+    return (
+        f"Unknown ranker {spec!r}: {why}. Name a ranker as provider:model (openai:gpt-4o-mini, "
+        "anthropic:claude-sonnet-4-5, ollama:qwen2.5vl, google_genai:gemini-2.5-flash; every "
+        f"provider: {_PROVIDERS_URL}), hf:<repo or dir> or local for a local model, or none "
+        "for retrieval only."
+    )
+
+
 def _local(target: str, kwargs: dict[str, Any]) -> BaseChatModel:
     from rar_agent.ranking.local_vlm import LocalVisionChatModel
 
@@ -170,18 +213,17 @@ def _provider(spec: str, kwargs: dict[str, Any]) -> BaseChatModel:
     except ImportError as exc:
         raise RankerError(f"Ranker {spec!r} needs the langchain package: {_PIP_HINT}.") from exc
     try:
-        return init_chat_model(spec, **kwargs)
+        model = init_chat_model(spec, **kwargs)
+        if _request_timeout_field(model) and not {"timeout", "client_kwargs"} & set(kwargs):
+            return init_chat_model(spec, **_bounded_wait(model, kwargs))
+        return model
     except ImportError as exc:
         raise RankerError(
             f"Ranker {spec!r} needs its provider package ({_why(exc)}). Install the "
             f"providers with {_PIP_HINT}, or the provider's langchain-<name> package."
         ) from exc
     except ValueError as exc:
-        raise RankerError(
-            f"Unknown ranker {spec!r} ({_why(exc)}). Use provider:model (openai:gpt-4o-mini, "
-            "anthropic:claude-sonnet-4-5, ollama:qwen2.5vl, google_genai:gemini-2.5-flash), "
-            "hf:<repo or dir> for a local model, or none for retrieval only."
-        ) from exc
+        raise RankerError(_unknown_ranker(spec, exc)) from exc
     except Exception as exc:  # noqa: BLE001 - providers raise their own error types
         raise RankerError(
             f"Could not create ranker {spec!r}: {type(exc).__name__}: {_why(exc)}. Check "

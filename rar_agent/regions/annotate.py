@@ -14,9 +14,8 @@ if TYPE_CHECKING:
 __all__ = ["PALETTE", "RANKER_SIDE", "annotate", "draw_box", "ranker_view"]
 
 PALETTE: list[tuple[int, int, int]] = [
-    (230, 25, 75),
-    (60, 180, 75),
     (0, 130, 200),
+    (60, 180, 75),
     (245, 130, 48),
     (145, 30, 180),
     (70, 240, 240),
@@ -25,8 +24,12 @@ PALETTE: list[tuple[int, int, int]] = [
     (0, 128, 128),
     (255, 225, 25),
 ]
-"""Box colours, one per region in turn (the first also marks the box in :func:`ranker_view`)."""
+"""Box colours, one per region in turn (the first also marks the box in :func:`ranker_view`).
+
+No red among them: red marks the boxes that could not be used, grey the unknown ones.
+"""
 _ERROR_COLOR = (200, 0, 0)
+_UNKNOWN_COLOR = (128, 128, 128)
 
 #: Smaller region crops are enlarged to this side before they are shown to the ranker.
 RANKER_SIDE = 448
@@ -77,7 +80,9 @@ def annotate(
     """Draw each result's box and ``label score`` on a copy of ``image``.
 
     Results without a drawable box (missing, not finite, empty or entirely outside the image)
-    are skipped; results with an error are drawn in red with ``<id>: error`` as their caption.
+    are skipped; results with an error are drawn in red with ``<id>: error`` as their caption,
+    unknown ones (no label: the open-set check rejected them) in grey as ``unknown`` with the
+    closest category's score.
 
     Args:
         image: The whole image the boxes refer to.
@@ -102,8 +107,8 @@ def annotate(
         if result.error:
             color, text = _ERROR_COLOR, f"{result.box_id or i}: error"
         else:
-            color = PALETTE[i % len(PALETTE)]
-            text = result.label or "?"
+            color = _UNKNOWN_COLOR if result.label is None else PALETTE[i % len(PALETTE)]
+            text = result.label or "unknown"
             if show_score and result.candidates:
                 text = f"{text} {result.candidates[0].score:.2f}"
         draw_box(out, box, text, color, line_width=line_width, font_size=font_size)

@@ -173,7 +173,22 @@ def _entries(data: Any, image_id: Any) -> tuple[list[Any], dict[Any, str], bool 
             for it in items
             if isinstance(it, Mapping) and str(it.get("image_id")) == str(image_id)
         ]
+    else:
+        _refuse_several_images(items)
     return items, categories, flag
+
+
+def _refuse_several_images(items: list[Any]) -> None:
+    """A COCO file covering many images gives no boxes for one until one image is picked."""
+    ids = list(dict.fromkeys(str(it["image_id"]) for it in items if isinstance(it, Mapping)
+                             and it.get("image_id") is not None))  # fmt: skip
+    if len(ids) > 1:
+        shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+        raise BoxError(
+            f"the boxes are detections of {len(ids)} images (image_id {shown}), and they "
+            "are all drawn on the one image given: pick that image's with --image-id ID "
+            "(in Python image_id=ID)"
+        )
 
 
 def parse_boxes(

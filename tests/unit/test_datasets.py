@@ -222,3 +222,27 @@ def test_an_output_folder_that_cannot_be_written_is_one_clear_error(tmp_path: Pa
     args = ["datasets", "export", "fashion-mnist", str(blocker / "out"), "--root", str(root)]
     done = CliRunner().invoke(app, [*args, "--per-class", "1"])
     assert done.exit_code == 2 and "cannot write" in done.output, done.output
+
+
+def test_export_says_how_many_per_class_it_wrote_and_reports_progress(tmp_path: Path) -> None:
+    """More asked than the split holds: the line tells what was written, not what was asked."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    (tmp_path / "idx").mkdir()
+    root = _fake_root(tmp_path / "idx")  # 4 images per class
+    seen: list[tuple[int, int]] = []
+    datasets.export_imagefolder(
+        tmp_path / "lib", "train", 3, root=root, classes=["bag", "coat"],
+        progress=lambda done, total: seen.append((done, total)),
+    )  # fmt: skip
+    assert seen == [(i, 6) for i in range(1, 7)]
+
+    args = ["datasets", "export", "fashion-mnist", str(tmp_path / "out"), "--root", str(root)]
+    done = CliRunner().invoke(app, [*args, "--per-class", "10", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    line = " ".join(done.output.split())
+    assert "wrote 40 images of 10 classes" in line
+    assert "4 per class: all the train split holds, not the 10 asked" in line
+    assert "10 per class," not in line

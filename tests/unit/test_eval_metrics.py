@@ -165,3 +165,22 @@ def test_summarize_points_keeps_ends_and_caps_length() -> None:
     points = metrics.summarize_points(curve, limit=11)
     assert len(points) == 11
     assert points[0]["threshold"] == 0 and points[-1]["threshold"] == 0.499
+
+
+def test_no_gate_is_learnt_from_a_ranker_that_never_answered() -> None:
+    """Every call fell back (a dead endpoint): 'skip it always, lose nothing' is no finding."""
+    from rar_agent.evaluation.schema import EvalConfig, build_report
+
+    records = [
+        rec(r.label, r.candidates, r.scores, ranked=r.candidates, status="fallback")
+        for r in _gate_records()
+    ]
+    config = EvalConfig(dataset="x", ranker="openai:gpt-4o-mini", gate="auto")
+    report = build_report(config, records, started_at="t", ranker_on=True)
+    choice = report.gate_choice
+    assert choice.threshold is None and report.gate_used is None
+    assert "the ranker answered no query" in (choice.reason or "")
+    assert "fell back" in (choice.reason or "")
+
+    answered = [*records[:3], rec("a", ["a", "b"], ranked=["a", "b"], status="ranked")]
+    assert build_report(config, answered, started_at="t", ranker_on=True).gate_used is not None

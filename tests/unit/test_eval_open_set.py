@@ -138,6 +138,12 @@ def test_open_set_run_measures_rejection_and_writes_the_roc_plot(
     rows = dict(open_set_rows(report))
     assert rows["promise: at most 5.0% of knowns rejected"].startswith("delivered ")
     assert "met 'cannot calibrate'" in rows["auto:0.01 promised / delivered"]
+    for reject in ("off", "0.5"):  # no promise was made: the row would restate auto:0.05's
+        other = report.model_copy(update={"config": config.model_copy(update={"reject": reject})})
+        other_rows = dict(open_set_rows(other))
+        assert not [k for k in other_rows if k.startswith("promise:")], other_rows
+        assert f"known top-1 without / with --reject {reject}" in other_rows
+        assert "auto:0.05 promised / delivered" in other_rows
     assert "--open-set 0.17" in command_line(report)
     saved = json.loads(files["json"].read_text())
     assert saved["open_set"]["auroc"] == pytest.approx(o.auroc)

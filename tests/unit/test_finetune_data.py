@@ -273,3 +273,34 @@ def test_an_output_file_that_cannot_be_written_says_what_to_do(tmp_path: Path) -
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError, match="cannot write .*a-file/t.json: .*: pick another --out"):
         write_samples([], blocker / "t.json", fmt="llava")
+
+
+@pytest.mark.parametrize("fmt", ["llava", "openai"])
+@pytest.mark.parametrize("stop", [ConfigError("the memory has no text entries"), KeyboardInterrupt])
+def test_a_build_that_stops_leaves_the_previous_file_whole(
+    tmp_path: Path, fmt: str, stop: BaseException | type[BaseException]
+) -> None:
+    from rar_agent.finetune_data.formats import write_samples
+
+    out = tmp_path / "train.json"
+    out.write_text('[{"kept": true}]\n')
+
+    def failing() -> Any:
+        raise stop
+        yield  # a generator: the error comes once writing has begun
+
+    with pytest.raises((ConfigError, KeyboardInterrupt)):
+        write_samples(failing(), out, fmt=fmt)  # type: ignore[arg-type]
+    assert out.read_text() == '[{"kept": true}]\n'  # not truncated to "["
+    assert [p.name for p in tmp_path.iterdir()] == ["train.json"]  # no partial file left
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_sample(tmp_path: Path) -> None:
+    from rar_agent.finetune_data.formats import write_samples
+
+    def never() -> Any:
+        raise AssertionError("a sample was built before --out was checked")
+        yield
+
+    with pytest.raises(ConfigError, match="is a folder: give a file path such as"):
+        write_samples(never(), tmp_path, fmt="llava")

@@ -165,3 +165,52 @@ def test_script_without_the_model_offline_says_what_to_do(
                  "--out", str(tmp_path / "o"), "--device", "cpu"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "model hub cannot be reached" in err and "hf download" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--out", "{file}"], "is a file; the adapter is written as a folder"),
+        (["--out", "{file}/sub"], "is a file; the adapter is written as a folder"),
+        (["--log-every", "0"], "--log-every must be at least 1"),
+        (["--epochs", "0"], "--epochs must be above zero"),
+        (["--max-steps", "0"], "--max-steps must be at least 1"),
+        (["--targets", "(("], "--targets is not a regular expression"),
+        (["--dropout", "1"], "--dropout must be in [0, 1)"),
+        (["--lr", "-1", "--rank", "0"], "--rank must be at least 1, got 0; --lr must be above"),
+        (["--device", "gpu"], "--device 'gpu' is not a device"),
+    ],
+)
+def test_script_refuses_bad_settings_before_loading_or_training(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    says: str,
+) -> None:
+    """Each of these used to fail (a traceback) or be ignored only after the model trained."""
+    import tools.finetune_ranker as script
+
+    def no_load(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(script, "_model_path", no_load)
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    data = tmp_path / "train.json"
+    data.write_text("[]")
+    args = [f.format(file=afile) for f in flags]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "adapter")]
+    code = script.main(["--model", "hf:/nowhere", "--data", str(data), *out, *args])
+    assert code == 2 and says in capsys.readouterr().err
+
+
+def test_cuda_asked_on_a_machine_without_it_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tools.finetune_ranker import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device; use cpu or auto"):
+        _device("cuda")
+    assert _device("auto") == "cpu" and _device("cpu") == "cpu"

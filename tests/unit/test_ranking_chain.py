@@ -348,6 +348,45 @@ def test_sync_timeout_is_a_fallback(image) -> None:
     assert "timed out after 0.05 s" in (out.reason or "")
 
 
+_EXIT_AFTER_TIMEOUT = """
+import threading
+from langchain_core.language_models import BaseChatModel
+from PIL import Image
+from rar_agent.ranking import RankingChain, RankingInput
+
+class NeverAnswers(BaseChatModel):
+    def _generate(self, messages, stop=None, run_manager=None, **kw):
+        threading.Event().wait()  # a server that accepted the request and never replies
+
+    @property
+    def _llm_type(self):
+        return "never-answers"
+
+out = RankingChain(NeverAnswers(), timeout_s=0.2, max_retries=0).invoke(
+    RankingInput(image=Image.new("RGB", (8, 8)), candidates=["lynx", "cat"])
+)
+print(out.status)
+"""
+
+
+def test_a_timed_out_call_does_not_keep_the_process_alive() -> None:
+    """The answer is printed at the timeout; the hung call must not hold the exit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _EXIT_AFTER_TIMEOUT],
+            cwd=root, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process answered but did not exit: the hung model call held it")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "fallback"
+
+
 async def test_async_timeout_is_a_fallback(image) -> None:
     model = HangingModel()
     out = await RankingChain(model, timeout_s=0.05, max_retries=0).ainvoke(request(image))

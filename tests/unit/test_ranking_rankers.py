@@ -44,6 +44,21 @@ def test_ollama_string_builds_without_a_server() -> None:
     assert isinstance(load_ranker("ollama:qwen2.5vl"), ChatOllama)
 
 
+def test_provider_models_give_up_when_the_chain_does() -> None:
+    """A call the chain gave up on must not wait on for the client's own 10 minutes (or
+    for ever: Ollama's client has no timeout), holding a worker thread and the exit."""
+    from rar_agent.ranking.chain import DEFAULT_TIMEOUT_S
+
+    openai = load_ranker("openai:gpt-4o-mini", api_key="sk-test-not-used")
+    assert openai.request_timeout == DEFAULT_TIMEOUT_S  # type: ignore[union-attr]
+    anthropic = load_ranker("anthropic:claude-sonnet-4-5", api_key="sk-test-not-used")
+    assert anthropic.default_request_timeout == DEFAULT_TIMEOUT_S  # type: ignore[union-attr]
+    ollama = load_ranker("ollama:qwen2.5vl")
+    assert ollama.client_kwargs == {"timeout": DEFAULT_TIMEOUT_S}  # type: ignore[union-attr]
+    mine = load_ranker("openai:gpt-4o-mini", api_key="sk-test-not-used", timeout=5)
+    assert mine.request_timeout == 5  # type: ignore[union-attr]
+
+
 def test_missing_provider_package_names_the_extra() -> None:
     with pytest.raises(RankerError, match=r"rar-agent\[providers\]") as info:
         load_ranker("mistralai:mistral-large-latest")
@@ -53,6 +68,23 @@ def test_missing_provider_package_names_the_extra() -> None:
 def test_unknown_provider_lists_the_forms() -> None:
     with pytest.raises(RankerError, match="hf:<repo or dir>"):
         load_ranker("nosuchprovider:some-model")
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("foo:bar", "'foo' is not a chat-model provider"),
+        ("bogus", "it names no provider"),
+    ],
+)
+def test_unknown_ranker_is_one_short_message(spec: str, why: str) -> None:
+    with pytest.raises(RankerError) as info:
+        load_ranker(spec)
+    text = str(info.value)
+    assert text.startswith(f"Unknown ranker {spec!r}: {why}")
+    assert "openai:gpt-4o-mini" in text and "none for retrieval only" in text
+    assert "\n" not in text  # one line, not LangChain's provider list
+    assert "model_provider" not in text and "bedrock_mantle" not in text
 
 
 def test_missing_api_key_is_a_ranker_error(monkeypatch: pytest.MonkeyPatch) -> None:

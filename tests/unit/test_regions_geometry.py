@@ -12,12 +12,14 @@ from PIL import Image
 from rar_agent.errors import ConfigError, RarError
 from rar_agent.regions import (
     PAD_COLOR,
+    PALETTE,
     Box,
     BoxError,
     ContextCurve,
     annotate,
     check_box,
     context_scale,
+    draw_box,
     encoder_input_size,
     load_boxes,
     parse_boxes,
@@ -231,10 +233,43 @@ def test_annotate_draws_boxes_and_captions() -> None:
     out = annotate(image, [ok, bad, none, inverted])
     assert out.size == image.size and image.getpixel((20, 60)) == (255, 255, 255)  # copy
     arr = np.asarray(out)
-    assert tuple(arr[60, 20]) == (230, 25, 75)  # left edge of the first box, first colour
+    assert tuple(arr[60, 20]) == PALETTE[0]  # left edge of the first box, first colour
     assert tuple(arr[50, 120]) == (200, 0, 0)  # the bad box in red
     assert (arr[100 - 5, 100] == 255).all()  # untouched between boxes
-    # the caption sits above the box on a filled background, with dark text on it
+    # the caption sits above the box on a filled background, with light text on it
     caption = arr[:40, 20:80]
-    assert ((caption == (230, 25, 75)).all(axis=-1)).sum() > 100
-    assert (caption.sum(axis=-1) > 600).sum() > 10  # white text on the red-pink label
+    assert ((caption == PALETTE[0]).all(axis=-1)).sum() > 100
+    assert (caption.sum(axis=-1) > 600).sum() > 10  # white text on the blue label
+
+
+def test_annotate_keeps_red_for_errors_and_says_unknown() -> None:
+    """A box that worked must not look like one that failed; an unknown one says so."""
+    for r, g, b in PALETTE:  # no colour reads as red beside the error red (200, 0, 0)
+        assert not (r > 150 and g < 110 and b < 110), (r, g, b)
+    image = Image.new("RGB", (200, 100), (255, 255, 255))
+    unknown = RecognitionResult(
+        label=None,
+        unknown=True,
+        candidates=[Candidate(label="oil filter", score=0.13, retrieval_rank=1)],
+        box=[100, 40, 180, 90],
+        box_id="edge",
+    )
+    out = annotate(image, [unknown])
+    arr = np.asarray(out)
+    assert tuple(arr[60, 100]) == (128, 128, 128)  # grey, not a palette colour
+    expected = image.copy()
+    draw_box(expected, [100, 40, 180, 90], "unknown 0.13", (128, 128, 128))
+    assert out.tobytes() == expected.tobytes()  # captioned "unknown 0.13", not "? 0.13"
+
+
+def test_detections_of_several_images_are_refused_without_an_image_id() -> None:
+    dets = [
+        {"image_id": 1, "bbox": [0, 0, 10, 10]},
+        {"image_id": 2, "bbox": [5, 5, 10, 10]},
+        {"image_id": "1", "bbox": [1, 1, 2, 2]},
+    ]
+    with pytest.raises(BoxError, match=r"detections of 2 images \(image_id 1, 2\)"):
+        parse_boxes(dets)
+    assert [b.x0 for b in parse_boxes(dets, image_id=1)] == [0, 1]
+    assert len(parse_boxes(dets[:1])) == 1  # one image's detections need no id
+    assert len(parse_boxes({"annotations": [*dets[:1], dets[2]]})) == 2

@@ -20,7 +20,7 @@ from rar_agent.errors import EmptyMemoryError
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.pipeline import Recognizer
 from rar_agent.ranking import RankingChain
-from rar_agent.regions import RANKER_SIDE, Box, prepare_region
+from rar_agent.regions import PALETTE, RANKER_SIDE, Box, prepare_region
 
 # Two coloured objects on a grey, noisy scene.
 OBJECTS = {"red block": (20, 30, 70, 90), "blue disc": (120, 40, 150, 70)}
@@ -211,7 +211,7 @@ def test_cli_boxes_json_and_annotate(
     assert f"wrote the annotated image to {out_png}" in result.output  # says where
     drawn = np.asarray(Image.open(out_png).convert("RGB"))
     assert drawn.shape == (100, 200, 3)
-    assert tuple(drawn[60, 20]) == (230, 25, 75)  # the red box's outline, first palette colour
+    assert tuple(drawn[60, 20]) == PALETTE[0]  # the red block's box, first palette colour
 
     table = CliRunner().invoke(
         app,
@@ -260,3 +260,45 @@ def test_cli_bad_boxes_or_annotate_paths_are_refused_before_anything_loads(
     result = CliRunner().invoke(app, ["recognize", str(tmp_path / "scene.png"), *given])
     assert result.exit_code == 2, result.output
     assert re.search(message, " ".join(result.output.split())), result.output
+
+
+def test_cli_coco_detections_of_several_images_need_an_image_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A detector's COCO results cover a whole dataset: boxes of other images must not be
+    drawn on this one; --image-id picks this image's."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app, recognize
+
+    class Opened:
+        ranker = None
+
+        def __enter__(self) -> Opened:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+    seen: list[Any] = []
+    monkeypatch.setattr(recognize, "open_recognizer", lambda *_, **__: Opened())
+    monkeypatch.setattr(
+        recognize, "_recognize_boxes", lambda _rec, _image, boxes, _out: seen.append(boxes) or []
+    )
+    scene().save(tmp_path / "scene.png")
+    dets = [
+        {"image_id": 7, "category_id": 1, "bbox": [20, 30, 50, 60], "score": 0.9},
+        {"image_id": 8, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.8},
+        {"image_id": 7, "category_id": 2, "bbox": [5, 5, 20, 20], "score": 0.7},
+    ]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    base = ["recognize", str(tmp_path / "scene.png"), "--boxes", str(tmp_path / "dets.json")]
+    refused = CliRunner().invoke(app, base)
+    assert refused.exit_code == 2 and not seen, refused.output
+    said = " ".join(refused.output.split())
+    assert "detections of 2 images (image_id 7, 8)" in said and "--image-id ID" in said
+    picked = CliRunner().invoke(app, [*base, "--image-id", "7"])
+    assert picked.exit_code == 0, picked.output
+    assert [(b.x0, b.y0, b.x1, b.y1) for b in seen[0]] == [(20, 30, 70, 90), (5, 5, 25, 25)]
+    none = CliRunner().invoke(app, [*base, "--image-id", "9"])
+    assert none.exit_code == 2 and "no detections with image_id 9" in none.output
