@@ -51,6 +51,8 @@ __all__ = [
     "messages_to_history",
     "render_reply",
     "token_login",
+    "SIGNED_OUT",
+    "URLS_OFF",
 ]
 
 logger = logging.getLogger(__name__)
@@ -160,6 +162,8 @@ def render_reply(
         )
     elif final_text.strip():
         parts.append(_plain(final_text.strip()) if recognition_only else final_text.strip())
+        if recognition_only:  # the stand-in's reply already says each tool's error
+            errors = []
     for t in errors:
         parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(_plain(t.text))}")
     for t in results:
@@ -268,7 +272,23 @@ def _image_block(path: str) -> dict[str, Any] | None:
     }
 
 
-def _user_message(text: str, files: Sequence[Any]) -> HumanMessage:
+_URL = re.compile(r"\bhttps?://[^\s<>\"'`]+")
+SIGNED_OUT = (
+    "Your sign-in is no longer valid (its token was revoked or replaced), so nothing more is "
+    "answered here: [sign out](logout) and sign in with a current token."
+)
+"""What a session whose token was revoked after it signed in is answered."""
+URLS_OFF = (
+    "This page does not fetch images from URLs (start it with --allow-urls for that): save "
+    "the photo and upload it here."
+)
+"""What a page without URL fetching says to a message with a URL and no photo."""
+
+
+def _user_message(text: str, files: Sequence[Any], *, urls: bool = False) -> HumanMessage:
+    """A user turn: its text and its photos as image blocks; with ``urls``, each ``http(s)``
+    URL in the text also becomes an image block (the agent's middleware fetches it, and a
+    URL that gives no image is said so as an upload that could not be read is)."""
     from langchain_core.messages import HumanMessage
 
     blocks: list[dict[str, Any]] = []
@@ -277,6 +297,9 @@ def _user_message(text: str, files: Sequence[Any]) -> HumanMessage:
         block = _image_block(path) if path else None
         if block is not None:
             blocks.append(block)
+    if urls:
+        found = dict.fromkeys(u.rstrip(".,;:!?)") for u in _URL.findall(text))
+        blocks += [{"type": "image", "url": url, "name": url} for url in found]
     text = text.strip() or (DEFAULT_QUESTION if blocks else "")
     if not blocks:
         return HumanMessage(content=text)
@@ -340,6 +363,12 @@ class ChatSession:
         conversations: The store the agent checkpoints into (``conversations=`` of
             :func:`~rar_agent.agent.create_rar_agent`): turns then go to a conversation by
             id and the history comes from there, not from the page.
+        reading_agent: The agent for a signed-in person who may not teach.
+        may_learn: Whether a signed-in name may teach (its token has ``learn``).
+        urls: The agent fetches image URLs (``allow_urls``): a URL in a message is
+            recognized as a photo sent with it.
+        signed_in: Whether a signed-in name still holds a valid token (``None``: no
+            logins): a session whose token was revoked is answered nothing more.
     """
 
     def __init__(
@@ -351,8 +380,12 @@ class ChatSession:
         conversations: ConversationStore | None = None,
         reading_agent: Runnable[dict[str, Any], dict[str, Any]] | None = None,
         may_learn: Callable[[str | None], bool] | None = None,
+        urls: bool = False,
+        signed_in: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.agent = agent
+        self.urls = urls
+        self.signed_in = signed_in
         self.recognition_only = recognition_only
         self.can_learn = can_learn
         self.conversations = conversations
@@ -404,13 +437,18 @@ class ChatSession:
         from rar_agent.conversations import conversation_config
         from rar_agent.tools.provenance import teaching_as
 
+        if self.signed_in is not None and not self.signed_in(user):
+            return _reply(SIGNED_OUT)
         agent, can_learn = self._agent_for(user)
 
         if isinstance(message, str):
             message = {"text": message, "files": []}
-        turn = _user_message(str(message.get("text") or ""), message.get("files") or [])
+        text, files = str(message.get("text") or ""), message.get("files") or []
+        turn = _user_message(text, files, urls=self.urls)
         if not turn.content:
             return _reply("Type a question or upload a photo.")
+        if self.recognition_only and not self.urls and not files and _URL.search(text):
+            return _reply(URLS_OFF)
         try:
             with teaching_as("chat", user):
                 if self.conversations is not None and conversation:
@@ -642,6 +680,8 @@ def build_chat_page(
         reading_agent=reading,
         may_learn=_may_learn(logins) if logins is not None else None,
         conversations=store,
+        urls=bool(agent_options.get("allow_urls")),
+        signed_in=_holds_token(logins) if logins is not None else None,
     )
 
     async def respond(
@@ -657,6 +697,9 @@ def build_chat_page(
 
     def open_conversation(request: gr.Request) -> tuple[Any, ...]:
         wanted = request.query_params.get("conversation") if request else None
+        user = getattr(request, "username", None)
+        if session.signed_in is not None and not session.signed_in(user):
+            wanted = None  # a revoked sign-in reopens nothing
         conversation, history, note = session.resume(wanted)
         return conversation, history, history, note
 
@@ -668,7 +711,10 @@ def build_chat_page(
 
     def describe(request: gr.Request) -> str:
         user = getattr(request, "username", None)
-        return _page_description(
+        if session.signed_in is not None and not session.signed_in(user):
+            return SIGNED_OUT
+        who = f"Signed in as **{_md(user)}** ([sign out](logout)). " if user else ""
+        return who + _page_description(
             recognizer, model, can_learn=session.may_teach(user), why=session.learning_off(user)
         )
 
@@ -728,6 +774,17 @@ def _may_learn(logins: TokenStore) -> Callable[[str | None], bool]:
         return info is not None and info.active and "learn" in info.granted
 
     return may_learn
+
+
+def _holds_token(logins: TokenStore) -> Callable[[str | None], bool]:
+    """Whether the signed-in name still holds a valid token (the file is re-read when it
+    changes: ``rar-agent auth revoke`` applies to a session signed in before it)."""
+
+    def holds(user: str | None) -> bool:
+        info = logins.tokens().get(user or "")
+        return info is not None and info.active
+
+    return holds
 
 
 def token_login(logins: TokenStore) -> Callable[[str, str], bool]:

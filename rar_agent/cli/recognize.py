@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = ["recognize"]
 
-ImagesArg = Annotated[list[str], typer.Argument(help="Image files, URLs or data URIs.")]
+ImagesArg = Annotated[
+    list[str],
+    typer.Argument(help="Image files, folders of them (sub-folders too), URLs or data URIs."),
+]
 BoxesOpt = Annotated[
     Path | None,
     typer.Option(
@@ -85,12 +88,14 @@ def recognize(
     """Recognize what is in each image (retrieve top-k, then rank), or in each box of one image.
 
     Many images stream: each answer prints as soon as it is ready, the next photos decoding
-    meanwhile, so a folder of thousands (rar-agent recognize photos/*.jpg --json) holds only
-    a few at a time.
+    meanwhile, so a folder of thousands (rar-agent recognize photos/ --json: every image in
+    it and its sub-folders) holds only a few at a time.
     """
     regions = None
     if boxes is not None or annotate is not None or image_id is not None:
         regions = _read_boxes(images, boxes, normalized, annotate, image_id)  # before loading
+    else:
+        images = _with_folders_listed(images)
     _refuse_if_none_can_be_read(images)  # a mistyped path: before the model loads
     recognizer = open_recognizer(settings, labels, progress)
     with recognizer:
@@ -122,6 +127,26 @@ def _refuse_if_none_can_be_read(images: list[str]) -> None:
     raise ImageError(
         f"none of the {len(images)} images can be read: " + "; ".join(map(str, problems))
     )
+
+
+def _with_folders_listed(images: list[str]) -> list[str]:
+    """``images`` with each folder among them replaced by the image files in it and its
+    sub-folders, sorted (before anything loads: a folder without images is a usage error)."""
+    from rar_agent.errors import ConfigError
+    from rar_agent.images import IMAGE_SUFFIXES, image_files
+
+    out: list[str] = []
+    for item in images:
+        folder = Path(item).expanduser()
+        if not folder.is_dir():
+            out.append(item)
+            continue
+        files = image_files(folder)
+        if not files:
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise ConfigError(f"no image files in the folder {item} or below it ({suffixes})")
+        out.extend(str(p) for p in files)
+    return out
 
 
 def _note_no_ranker(recognizer: "Recognizer", as_json: bool) -> None:

@@ -24,6 +24,7 @@ from rar_agent.images.decode import (
     DecodeNeed,
     NeedSpec,
     decode_to_need,
+    image_files,
     register_image_plugins,
     to_rgb,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "DecodeNeed",
     "ImageInput",
     "LoadedImage",
+    "image_files",
     "NeedSpec",
     "register_image_plugins",
     "load_image",

@@ -21,6 +21,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rar_agent.errors import ImageError
@@ -35,6 +36,7 @@ __all__ = [
     "NeedSpec",
     "box_means",
     "decode_to_need",
+    "image_files",
     "register_image_plugins",
     "to_rgb",
 ]
@@ -58,6 +60,19 @@ IMAGE_SUFFIXES = frozenset(
         ".avif",
     }
 )
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files in ``folder`` and its sub-folders (by :data:`IMAGE_SUFFIXES`), sorted;
+    hidden files and folders are left out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
 
 # Shrink by ``Image.reduce`` only down to this multiple of the need: a box filter aliases
 # more than the bicubic resize that follows it, so that resize keeps a 2x margin (as Pillow's

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ConfigError
-from rar_agent.images.decode import IMAGE_SUFFIXES
+from rar_agent.images.decode import IMAGE_SUFFIXES, image_files
 from rar_agent.ingest.batches import (
     REMOTE_PREFIXES,
     BatchItem,
@@ -405,13 +405,7 @@ def iter_image_folder(
     for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         if class_dir.name.startswith("."):
             continue
-        files = sorted(
-            p
-            for p in class_dir.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS
-            and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
-        )
+        files = image_files(class_dir)
         if shots is not None and len(files) > shots:
             files = sorted(random.Random(f"{seed}\x00{class_dir.name}").sample(files, shots))
         pairs.extend((str(p.resolve()), class_dir.name) for p in files)

@@ -103,3 +103,31 @@ def test_sign_in_then_teach_by_the_tokens_scope(team_page: Any, browser: Any) ->
     points, _ = recognizer.memory.scroll(None, 100)
     [taught] = [p[3]["taught"] for p in points if p[3].get("label") == "teal moon"]
     assert taught["by"] == "alice" and taught["via"] == "chat"
+
+
+def test_the_header_names_the_sign_in_and_a_revoked_token_is_answered_nothing(
+    team_page: Any, browser: Any
+) -> None:
+    """The page says who is signed in and how to sign out; a token revoked while its
+    person is signed in (``rar-agent auth revoke``) gets no more answers, not even
+    recognition, and signing out leads back to the login."""
+    url, _, recognizer, folder = team_page
+    from rar_agent.auth import TokenStore
+
+    store = TokenStore(folder / "auth.toml")
+    token = store.add("carol", ["recognize"])[1]
+    context, page = _sign_in(browser, url, "carol", token)
+    try:
+        page.wait_for_function(
+            "() => document.querySelector('#rar-header').innerText.includes('Signed in as carol')",
+            timeout=30_000,
+        )
+        assert "Answer" in _say(page, files=(recognizer.example_images["red apple"],))
+        store.revoke("carol")
+        refused = _say(page, files=(recognizer.example_images["blue jay"],))
+        assert "no longer valid" in refused and "blue jay" not in refused, refused
+        link = page.locator("#rar-header").get_by_role("link", name="sign out")
+        page.goto(url + str(link.get_attribute("href")), wait_until="domcontentloaded")
+        page.get_by_text("Sign in with your token").wait_for(timeout=60_000)
+    finally:
+        context.close()

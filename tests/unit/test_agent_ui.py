@@ -203,6 +203,40 @@ async def test_an_unreadable_upload_is_told_never_dropped_or_taught_in_its_place
         rec.close()
 
 
+async def test_a_url_in_a_message_is_recognized_as_a_photo_where_urls_are_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --allow-urls, an image URL pasted into the message is fetched and answered as a
+    photo (then it can be named like one); a URL that gives no image is said so; without
+    --allow-urls the page says how to send the photo instead of what it can do."""
+    from rar_agent import safety
+    from rar_agent.errors import UnsafeInputError
+    from tests.helpers.encoder_factories import hashing_encoder
+
+    rec = small_recognizer(tmp_path, hashing_encoder())
+    served = {"https://photos.example.org/jay.png": rec.example_images["blue jay"].read_bytes()}
+
+    def fetch(url: str, **_: Any) -> bytes:
+        if url not in served:
+            raise UnsafeInputError(f"{url} is not a public address")
+        return served[url]
+
+    monkeypatch.setattr(safety, "fetch_public_url", fetch)
+    try:
+        agent = create_rar_agent(None, recognizer=rec, allow_urls=True, allow_learning=True)
+        session = ChatSession(agent, recognition_only=True, can_learn=True, urls=True)
+        seen = await session.respond("what is https://photos.example.org/jay.png?", [])
+        assert "**Answer: blue jay**" in seen["content"] and seen.get("options")
+        refused = (await session.respond("and http://127.0.0.1:8000/x.png", []))["content"]
+        assert "A photo could not be read" in refused and "not a public address" in refused
+
+        closed = ChatSession(create_rar_agent(None, recognizer=rec), recognition_only=True)
+        said = (await closed.respond("https://photos.example.org/jay.png", []))["content"]
+        assert "--allow-urls" in said and "upload" in said and "blue jay" not in said
+    finally:
+        rec.close()
+
+
 # ---------------------------------------------------------------------------- CLI
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from rar_agent.cli import app
 from rar_agent.cli.options import EXIT_INPUT_FAILED
-from rar_agent.images import reference_problem
+from rar_agent.images import MAX_FILE_BYTES, reference_problem
 
 runner = CliRunner()
 
@@ -37,10 +37,13 @@ def test_recognize_a_missing_file_is_refused_before_anything_loads(no_model: Pat
 
 
 def test_recognize_refuses_when_none_of_several_can_be_read(no_model: Path) -> None:
-    done = runner.invoke(app, ["recognize", str(no_model / "a.jpg"), str(no_model), "--json"])
+    big = no_model / "huge.jpg"
+    with big.open("wb") as f:  # sparse: over the size limit without the bytes
+        f.truncate(MAX_FILE_BYTES + 1)
+    done = runner.invoke(app, ["recognize", str(no_model / "a.jpg"), str(big), "--json"])
     assert done.exit_code == EXIT_INPUT_FAILED, done.output
     assert "none of the 2 images can be read" in done.output
-    assert "a.jpg does not exist" in done.output and "is a directory" in done.output
+    assert "a.jpg does not exist" in done.output and "over the 64 MiB limit" in done.output
 
 
 def test_teach_a_missing_file_teaches_nothing_and_loads_nothing(no_model: Path) -> None:

@@ -151,17 +151,10 @@ def test_the_stream_answers_as_the_batch_does(tmp_path: Path, tiny_encoder) -> N
         )
 
 
-def test_the_command_prints_many_answers_in_order(
-    tmp_path: Path, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RAR_CLIP_MODEL", tiny_openclip_spec)
-    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
-    for name in ("RAR_QDRANT_URL", "RAR_MEMORY_PATH", "RAR_ENCODER", "RAR_COLLECTION"):
-        monkeypatch.delenv(name, raising=False)
-    folder = _folder(tmp_path / "images")
+def test_the_command_prints_many_answers_in_order(tiny_cli_env: Path) -> None:
+    folder = _folder(tiny_cli_env / "images")
     paths = [str(p) for p in sorted(folder.rglob("*.png"))]
-    bad = tmp_path / "bad.png"
+    bad = tiny_cli_env / "bad.png"
     bad.write_text("not an image")
     paths.insert(7, str(bad))
     done = CliRunner().invoke(app, ["recognize", *paths, "--labels", "red,green,blue", "--json"])
@@ -170,3 +163,35 @@ def test_the_command_prints_many_answers_in_order(
     assert [r["image"] for r in records] == paths
     assert "not an image" in records[7]["error"]
     assert all(r["label"] in {"red", "green", "blue"} for i, r in enumerate(records) if i != 7)
+
+
+def test_a_folder_is_every_image_in_it_and_below(tiny_cli_env: Path) -> None:
+    folder = _folder(tiny_cli_env / "photos")
+    (folder / "notes.txt").write_text("not a photo: left out")
+    (folder / "red" / ".hidden.png").write_bytes((folder / "red" / "0.png").read_bytes())
+    single = tiny_cli_env / "one.png"
+    single.write_bytes((folder / "blue" / "1.png").read_bytes())
+    done = CliRunner().invoke(
+        app, ["recognize", str(single), str(folder), "--labels", "red,green,blue", "--json"]
+    )
+    assert done.exit_code == 0, done.output
+    images = [json.loads(line)["image"] for line in done.stdout.splitlines()]
+    assert images == [str(single)] + [str(p) for p in sorted(folder.glob("*/[0-9].png"))]
+
+
+def test_a_folder_without_images_is_refused_before_the_model_loads(
+    tiny_cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rar_agent.cli import recognize as command
+
+    empty = tiny_cli_env / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("no photo here")
+
+    def loaded(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model loaded before the inputs were checked")
+
+    monkeypatch.setattr(command, "open_recognizer", loaded)
+    done = CliRunner().invoke(app, ["recognize", str(empty), "--labels", "a,b"])
+    assert done.exit_code == 2, done.output
+    assert f"no image files in the folder {empty}" in done.output
