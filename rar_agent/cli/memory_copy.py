@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rar_agent.cli.options import STORE, ProgressOpt, settings_command
+from rar_agent.cli.options import STORE, ProgressOpt, memory_to_write, settings_command
 from rar_agent.cli.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -45,7 +45,8 @@ def memory_push(
     """Copy the embedded memory (--memory / --collection) to the server at --qdrant-url.
 
     Points, payloads and the memory's whole record (encoder, storage settings, calibration)
-    are copied; the counts are verified. Run it again after an interruption: it resumes.
+    are copied; the counts are verified. Run it again after an interruption: it resumes. A
+    copy that fails before it stores anything leaves no new collection.
     """
     from rar_agent.memory import open_memory
 
@@ -58,7 +59,7 @@ def memory_push(
         update={k: v for k, v in layout.items() if v is not None}
     )
     source = open_memory(_embedded(settings), create=False)
-    with source, open_memory(server, to_collection) as target:
+    with source, memory_to_write(server, to_collection) as target:
         _copy(source, target, batch_size, progress)
 
 
@@ -80,7 +81,7 @@ def memory_pull(
     local = _embedded(settings)
     if to_collection:
         local = local.model_copy(update={"collection": to_collection})
-    with source, open_memory(local) as target:
+    with source, memory_to_write(local) as target:
         _copy(source, target, batch_size, progress)
 
 
@@ -105,10 +106,8 @@ def _copy(
 ) -> None:
     from rich.console import Console
 
-    from rar_agent.cli.progress import say
     from rar_agent.memory.transfer import copy_memory
 
-    target.on_slow_step = say  # building the index after the copy shows no progress
     where = f"{source.info.location} -> {target.info.location}"
     bar, update = progress_bar(progress, f"copying {where}")
     with bar:

@@ -96,6 +96,7 @@ def recognize(
         regions = _read_boxes(images, boxes, normalized, annotate, image_id)  # before loading
     else:
         images = _with_folders_listed(images)
+    _refuse_if_none_can_be_read(images)  # a mistyped path: before the model loads
     recognizer = open_recognizer(settings, labels, progress)
     with recognizer:
         if regions is not None:
@@ -106,6 +107,26 @@ def recognize(
             failed = _stream_results(recognizer, images, as_json, progress)
     if failed:
         raise typer.Exit(EXIT_INPUT_FAILED)
+
+
+def _refuse_if_none_can_be_read(images: list[str]) -> None:
+    """Refuse at once when every image is a file that cannot be read (one that is missing,
+    a folder, too big); with one that may be read, each failure is reported in its place.
+
+    Raises:
+        ImageError: No image can be read: the reason of each.
+    """
+    from rar_agent.errors import ImageError
+    from rar_agent.images import reference_problem
+
+    problems = [p for p in map(reference_problem, images) if p is not None]
+    if not problems or len(problems) < len(images):
+        return
+    if len(problems) == 1:
+        raise problems[0]
+    raise ImageError(
+        f"none of the {len(images)} images can be read: " + "; ".join(map(str, problems))
+    )
 
 
 def _with_folders_listed(images: list[str]) -> list[str]:

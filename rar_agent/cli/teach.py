@@ -53,10 +53,15 @@ def teach_images(
     """
     from rar_agent.cli.recent import remember_memory
     from rar_agent.errors import ImageError
+    from rar_agent.images import reference_problem
     from rar_agent.pipeline.teacher import Teacher
     from rar_agent.results import TeachAction
     from rar_agent.tools.learn import describe_added
 
+    for image in images:  # a mistyped path is refused before the encoder loads
+        problem = reference_problem(str(image))
+        if problem is not None:
+            raise _nothing_taught(problem, len(images))
     with memory_to_write(settings) as mem:
         enc = load_settings_encoder(settings, mem)
         teacher = Teacher(mem, enc, via="cli", by=by)
@@ -64,14 +69,21 @@ def teach_images(
         try:
             added = teacher.add(label, list(images), action=action, corrected_from=corrects)
         except ImageError as e:  # the teacher checks every image before it writes any
-            none = f" (none of the {len(images)} images)" if len(images) > 1 else ""
-            raise ImageError(
-                f"{e}; nothing was taught{none}: leave that image out or replace it, and run "
-                "the command again"
-            ) from None
+            raise _nothing_taught(e, len(images)) from None
         for result in added:
             typer.echo(describe_added(result))
         remember_memory(settings, mem, command)
+
+
+def _nothing_taught(error: Exception, images: int) -> Exception:
+    """``error`` (an image that cannot be used), saying that nothing was taught and what to do."""
+    from rar_agent.errors import ImageError
+
+    none = f" (none of the {images} images)" if images > 1 else ""
+    return ImageError(
+        f"{error}; nothing was taught{none}: leave that image out or replace it, and run the "
+        "command again"
+    )
 
 
 @settings_command(STORE, ENCODER)

@@ -42,8 +42,10 @@ __all__ = [
     "register_image_plugins",
     "load_image",
     "decode_image_bytes",
+    "check_image_file",
     "read_image_bytes",
     "read_image_file",
+    "reference_problem",
     "to_rgb",
     "is_image_reference",
     "DEFAULT_MAX_PIXELS",
@@ -197,10 +199,45 @@ def _from_bytes(
     return LoadedImage(image, source, original_size=original, data=data)
 
 
+def _file_of(text: str) -> Path | None:
+    """The file a string reference names; ``None`` for a URL, a data URI, raw base64 or
+    nothing (the one reading of a reference, for :func:`load_image` and its checks)."""
+    if not text or text.startswith(("http://", "https://", "data:")):
+        return None
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+        return None
+    path = Path(text).expanduser()
+    if not path.exists() and len(text) > 64 and _B64_CHARS.match(text):
+        return None
+    return path
+
+
+def reference_problem(src: str) -> ImageError | None:
+    """Why the file a string reference names cannot be an image file, found without reading
+    it (missing, a folder, a special file, over the size limit); ``None`` when it may be one,
+    or the reference is no file (a URL, a data URI, base64: those are checked when loaded).
+
+    A command asks before it loads a model, so that a mistyped path is refused at once.
+    """
+    path = _file_of(src.strip())
+    if path is None:
+        return None
+    try:
+        check_image_file(path)
+    except ImageError as e:
+        return e
+    except OSError:  # its status cannot be read: loading it says why
+        return None
+    return None
+
+
 def _load_reference(
     text: str, max_pixels: int, name: str | None, allow_private_urls: bool, need: NeedSpec
 ) -> LoadedImage:
     """A string reference: URL, data URI, raw base64 or a file path."""
+    path = _file_of(text)
+    if path is not None:
+        return read_image_file(path, max_pixels=max_pixels, name=name, need=need)
     if not text:
         raise ImageError("the image reference is empty: pass a file path, URL or data URI")
     if text.startswith(("http://", "https://")):
@@ -214,11 +251,8 @@ def _load_reference(
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         scheme = text.split("://", 1)[0]
         raise ImageError(f"unsupported URL scheme {scheme!r}: use a file path or http(s) URL")
-    path = Path(text).expanduser()
-    if not path.exists() and len(text) > 64 and _B64_CHARS.match(text):
-        data = _b64decode(text)
-        return _from_bytes(data, "base64 text", name or "<base64>", max_pixels, need)
-    return read_image_file(path, max_pixels=max_pixels, name=name, need=need)
+    data = _b64decode(text)  # what _file_of leaves: raw base64
+    return _from_bytes(data, "base64 text", name or "<base64>", max_pixels, need)
 
 
 def read_image_file(
@@ -241,23 +275,33 @@ def read_image_bytes(path: Path) -> bytes:
             or unreadable.
     """
     try:
-        if path.is_dir():
-            raise ImageError(f"{path} is a directory, not an image file: pass a file inside it")
-        if not path.exists():
-            raise ImageError(f"{path} does not exist: check the path")
-        if not path.is_file():
-            raise ImageError(f"{path} is not a regular file (device, socket or pipe?)")
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(
-                f"{path} is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB "
-                "limit: downscale or re-encode it first"
-            )
+        check_image_file(path)
         return path.read_bytes()
     except PermissionError as e:
         raise ImageError(f"no permission to read {path}: check the file's permissions") from e
     except OSError as e:
         raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def check_image_file(path: Path) -> None:
+    """Refuse, without reading it, a path that cannot be an image file.
+
+    Raises:
+        ImageError: ``path`` is missing, a directory or special file, or over the size limit.
+        OSError: Its status cannot be read.
+    """
+    if path.is_dir():
+        raise ImageError(f"{path} is a directory, not an image file: pass a file inside it")
+    if not path.exists():
+        raise ImageError(f"{path} does not exist: check the path")
+    if not path.is_file():
+        raise ImageError(f"{path} is not a regular file (device, socket or pipe?)")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ImageError(
+            f"{path} is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB "
+            "limit: downscale or re-encode it first"
+        )
 
 
 def decode_image_bytes(

@@ -54,29 +54,39 @@ class PreparedBatch:
             no longer taken).
         skipped: Items already stored (or repeated within the build).
         failed: ``(source, reason)`` of every item found unusable before decoding.
+        repeats: Items with the same id as an entry of this batch: ``(source, index of that
+            entry)``; each counts as skipped once that entry is stored, as failed when it
+            fails (the same bytes).
     """
 
     entries: list[MemoryEntry] = field(default_factory=list)
     decoding: list[Future[Decoded | ImageError]] = field(default_factory=list)
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    repeats: list[tuple[str, int]] = field(default_factory=list)
 
     def decoded(self, strict: bool) -> Iterator[tuple[MemoryEntry, Image.Image]]:
         """Each usable entry with its image, in order, as soon as it is decoded.
 
         The thumbnail goes into the entry's payload; unusable ones are added to
-        ``failed``.
+        ``failed``, with their :attr:`repeats` (the others of those are counted skipped).
 
         Raises:
             ImageError: Under ``strict``, the first image that could not be decoded.
         """
-        for entry, future in zip(self.entries, self.decoding, strict=True):
+        for index, (entry, future) in enumerate(zip(self.entries, self.decoding, strict=True)):
             result = future.result()
+            repeats = [source for source, of in self.repeats if of == index]
             if isinstance(result, ImageError):
                 if strict:
                     raise result
                 self.failed.append((entry.source, str(result)))
+                self.failed.extend(
+                    (source, f"{source} holds the same bytes as {entry.source}: {result}")
+                    for source in repeats
+                )
                 continue
+            self.skipped += len(repeats)
             image, thumbnail = result
             entry.extra["thumbnail"] = thumbnail  # not part of the id
             yield entry, image
@@ -137,12 +147,17 @@ def prepare_batch(
     if bound is not None:
         return _prepare_early(memory, staged, seen, out, (need, decoders), bound)
     stored = memory.existing_ids(entry.point_id for entry, _, _ in staged)
+    here: dict[str, int] = {}  # id -> index of its entry in this batch
     for entry, data, image in staged:
         pid = entry.point_id
+        if pid in here:
+            out.repeats.append((entry.source, here[pid]))
+            continue
         if pid in stored or pid in seen:
             out.skipped += 1
             continue
-        seen.add(pid)  # taken now, so a repeat later in this batch is skipped too
+        seen.add(pid)  # taken now: a later batch skips it (or retries it, should it fail)
+        here[pid] = len(out.entries)
         out.entries.append(entry)
         out.decoding.append(_start(_decode_job(entry, data, image, need, seen), decoders))
     return out
@@ -161,21 +176,34 @@ def _prepare_early(
     memory (an entry found stored after all is skipped, its decode cancelled if not begun)."""
     need, decoders = decoding
     taken: list[tuple[MemoryEntry, Future[Decoded | ImageError]]] = []
+    repeats: list[tuple[str, str]] = []  # (source, id) of a repeat of an item taken here
+    here: set[str] = set()
     for entry, data, image in staged:
+        if entry.point_id in here:
+            repeats.append((entry.source, entry.point_id))
+            continue
         if entry.point_id in seen:
             out.skipped += 1
             continue
         seen.add(entry.point_id)
+        here.add(entry.point_id)
         taken.append((entry, _start(_decode_job(entry, data, image, need, seen), decoders)))
     bound.result()
     stored = memory.existing_ids(entry.point_id for entry, _ in taken)
+    index: dict[str, int] = {}
     for entry, future in taken:
         if entry.point_id in stored:
             out.skipped += 1
             future.cancel()
             continue
+        index[entry.point_id] = len(out.entries)
         out.entries.append(entry)
         out.decoding.append(future)
+    for source, pid in repeats:
+        if pid in index:
+            out.repeats.append((source, index[pid]))
+        else:
+            out.skipped += 1  # its first was stored already
     return out
 
 

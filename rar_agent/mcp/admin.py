@@ -79,8 +79,13 @@ class SnapshotTool(BaseTool):
             )
         try:
             report = write_snapshot(self.memory, self.folder / name)
-        except RarError as e:
-            raise ToolException(str(e)) from e
+        except RarError as e:  # in the client's words: no path of the server's
+            where = {str(self.folder / name): name, str(self.folder): "the snapshot folder",
+                     self.memory.info.location: "the served memory"}  # fmt: skip
+            message = str(e)
+            for path in sorted(where, key=len, reverse=True):
+                message = message.replace(path, where[path])
+            raise ToolException(message) from e
         done = SnapshotWritten(
             file=name,
             entries=report.entries,

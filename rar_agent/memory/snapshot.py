@@ -88,9 +88,22 @@ def _now() -> str:
 
 @contextlib.contextmanager
 def _atomic_file(out: Path) -> Iterator[IO[bytes]]:
-    """A temporary file beside ``out``, renamed over it once complete and on disk."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+    """A temporary file beside ``out``, renamed over it once complete and on disk.
+
+    Raises:
+        MemoryStoreError: ``out`` cannot be written (a folder, under a file, no room or no
+            permission); nothing is left behind.
+    """
+    if out.is_dir():
+        raise MemoryStoreError(
+            f"cannot write the snapshot {out}: it is a folder; name a file, such as "
+            f"{out / 'memory.tar'}"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+    except OSError as e:
+        raise _cannot_write(out, e) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -103,10 +116,20 @@ def _atomic_file(out: Path) -> Iterator[IO[bytes]]:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _cannot_write(out, e) from None
         raise
+
+
+def _cannot_write(out: Path, error: OSError) -> MemoryStoreError:
+    """What went wrong writing the snapshot ``out``, in words (no temporary file names)."""
+    return MemoryStoreError(
+        f"cannot write the snapshot {out}: {error.strerror or error}: pick a file in a folder "
+        "you can write, with room for the memory"
+    )
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -210,10 +233,14 @@ def _open_snapshot(path: Path) -> Iterator[tarfile.TarFile]:
     try:
         with tarfile.open(path, mode="r") as tar:
             yield tar
-    except (OSError, tarfile.TarError) as e:
+    except OSError as e:
         raise ConfigError(
-            f"cannot read the snapshot {path} ({e}): give a file written by rar-agent memory "
-            "snapshot"
+            f"cannot read the snapshot {path}: {e.strerror or e}: check the path"
+        ) from None
+    except tarfile.TarError:
+        raise ConfigError(
+            f"cannot read the snapshot {path}: it is not a tar file; give a file written by "
+            "rar-agent memory snapshot"
         ) from None
 
 

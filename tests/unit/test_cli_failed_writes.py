@@ -72,7 +72,11 @@ def server(
     collections created and deleted through it are recorded."""
     from rar_agent.memory import opening
 
+    embedded = MemoryLocation.from_settings
+
     def from_settings(settings: Any, collection: str | None = None) -> MemoryLocation:
+        if not settings.qdrant_url:
+            return embedded(settings, collection)
         assert settings.qdrant_url == "http://qdrant.invalid:6333"
         return MemoryLocation.in_process_store(collection or settings.collection)
 
@@ -108,3 +112,24 @@ def test_a_server_collection_that_takes_entries_is_kept(
     assert done.exit_code == 0, done.output
     assert server == {"created": ["birds"], "deleted": []}
     assert json.loads((folder / "home" / "last-memory.json").read_text())["collection"] == "birds"
+
+
+def test_a_push_that_fails_before_storing_leaves_no_collection(
+    folder: Path, server: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rar_agent.errors import MemoryStoreError
+    from rar_agent.memory import transfer
+
+    assert _build(folder, "good", folder / "local").exit_code == 0
+
+    def cut_off(source: CategoryMemory, target: CategoryMemory, **_: object) -> None:
+        record = source.record
+        assert record is not None
+        target.bind_record(record)  # the collection is created, then the server goes away
+        raise MemoryStoreError("the Qdrant server at http://qdrant.invalid:6333 is unreachable")
+
+    monkeypatch.setattr(transfer, "copy_memory", cut_off)
+    done = runner.invoke(app, ["memory", "push", "--memory", str(folder / "local"),
+                               "--qdrant-url", "http://qdrant.invalid:6333"])  # fmt: skip
+    assert done.exit_code == 2 and "unreachable" in done.output, done.output
+    assert server == {"created": ["default"], "deleted": ["default"]}

@@ -113,3 +113,71 @@ def test_cluster_settings_reach_the_server_backend(monkeypatch: pytest.MonkeyPat
         "replication_factor": 2,
         "write_consistency_factor": 1,
     }
+
+
+def _rar_agent_commands(text: str) -> list[list[str]]:
+    """The ``rar-agent ...`` commands a file's comments show, as argument lists."""
+    import shlex
+
+    found = []
+    for line in text.splitlines():
+        comment = line.partition("#")[2]
+        if "rar-agent " in comment:
+            words = shlex.split(comment.split("rar-agent ", 1)[1].split("#")[0])
+            found.append(words)
+    return found
+
+
+def _parse(args: list[str]) -> None:
+    """Parse ``rar-agent ARGS`` as the command line would, running nothing."""
+    from typer.main import get_command
+
+    from rar_agent.cli import app
+
+    command = get_command(app)
+    while args and args[0] in getattr(command, "commands", {}):
+        command, args = command.commands[args[0]], args[1:]  # type: ignore[attr-defined]
+    command.make_context(command.name, list(args))
+
+
+def test_the_commands_the_compose_file_shows_run_as_written() -> None:
+    """Its comments showed `memory push --shard-number 3 --replication-factor 2`, options
+    that do not exist (the command says --shards / --replicas)."""
+    commands = _rar_agent_commands((ROOT / "docker-compose.yml").read_text())
+    assert any(c[:2] == ["memory", "push"] for c in commands)
+    for args in commands:
+        _parse(args)
+
+
+def test_a_page_served_to_the_network_is_shown_how_to_make_its_token(compose: dict) -> None:
+    """`rar-agent chat --host 0.0.0.0` refuses to start without a token in its RAR_HOME: the
+    compose file shows the step that makes one, in the volume the page reads."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    for service in compose["services"].values():
+        command = service.get("command") or []
+        if command[:2] != ["rar-agent", "chat"] or "0.0.0.0" not in command:
+            continue
+        home = {v.split(":")[1] for v in service["volumes"] if v.startswith("rar_home:")}
+        assert home == {"/root/.local/share/rar-agent"}, "the page's RAR_HOME is that volume"
+    runs = [line for line in text.splitlines() if "run --rm chat rar-agent auth add" in line]
+    assert runs and "--profile chat" in runs[0]
+    assert compose["services"]["chat-cluster"]["volumes"] == compose["services"]["chat"]["volumes"]
+
+
+def test_the_image_installs_cpu_torch_of_the_pinned_versions() -> None:
+    """The image is for CPUs: torch comes from PyTorch's CPU index first (the CUDA build from
+    PyPI added about 4.6 GB), at the versions pyproject.toml pins."""
+    import tomllib
+
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    pins = [
+        dep.replace(" ", "")
+        for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if dep.startswith(("torch==", "torchvision=="))
+    ]
+    assert len(pins) == 2
+    runs = [line for line in dockerfile.splitlines() if line.startswith("RUN pip install")]
+    cpu, package = runs[0], runs[-1]
+    assert all(pin in cpu.split() for pin in pins), (pins, cpu)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in " ".join(cpu.split())
+    assert '".[' in package and dockerfile.index(cpu) < dockerfile.index(package)

@@ -521,5 +521,33 @@ def test_an_entry_found_stored_once_the_memory_exists_is_skipped(
     batch = [(path, label, None) for path, label in [*items, items[1]]]
     prepared = prepare_batch(memory, batch, set(), False, {}, bound=bound)
     assert [e.source for e in prepared.entries] == [p for p, _ in items[1:]]
-    assert prepared.skipped == 2 and len(prepared.decoding) == 2
+    assert prepared.skipped == 1 and len(prepared.decoding) == 2
+    assert prepared.repeats == [(items[1][0], 0)]  # skipped once its first is decoded
     assert [entry.source for entry, _ in prepared.decoded(strict=True)] == [p for p, _ in items[1:]]
+    assert prepared.skipped == 2
+
+
+@pytest.mark.parametrize("batch_size", [32, 1])
+def test_copies_of_a_bad_file_fail_with_it_and_copies_of_a_good_one_are_skipped(
+    tmp_path: Path, tiny_encoder, batch_size: int
+) -> None:
+    """Two copies of one error page are two failures, not one failure and one entry
+    'already stored' (the report said so of a memory that then held nothing)."""
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((16, 16, 3), 90, dtype=np.uint8)).save(good)
+    items = []
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (tmp_path / name).write_text("<html>404</html>")
+        items.append((str(tmp_path / name), "thing"))
+    items += [(str(good), "thing"), (str(good), "thing")]
+    for new in (True, False):  # a new memory (created while the first batch decodes), then not
+        with CategoryMemory.open(tmp_path / f"m{new}{batch_size}") as mem:
+            if not new:
+                mem.bind_encoder(tiny_encoder.fingerprint, tiny_encoder.dim)
+            report = add_images(mem, tiny_encoder, items, batch_size=batch_size)
+            assert (report.added, report.skipped_existing, len(report.failed)) == (1, 1, 3)
+            assert mem.count() == 1
+        failed = dict(report.failed)
+        assert set(failed) == {src for src, _ in items[:3]}
+        if batch_size == 32:
+            assert "holds the same bytes as" in failed[items[1][0]]

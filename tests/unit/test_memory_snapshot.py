@@ -253,3 +253,46 @@ def test_cli_a_failed_restore_keeps_no_new_memory(
         )
         assert done.exit_code == 2, done.output
         assert not target.exists(), f"{snap.name}: {done.output}"
+
+
+def test_a_snapshot_that_cannot_be_written_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    from rar_agent.cli import app
+    from rar_agent.errors import MemoryStoreError
+
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    with CategoryMemory.open(tmp_path / "src", collection="src") as source:
+        fill(source)
+        with pytest.raises(MemoryStoreError, match="it is a folder; name a file"):
+            write_snapshot(source, tmp_path / "a-folder")
+        with pytest.raises(MemoryStoreError, match="cannot write the snapshot .*a-file/x.tar"):
+            write_snapshot(source, tmp_path / "a-file" / "x.tar")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "a-folder", "src"]
+    assert not list((tmp_path / "a-folder").iterdir())
+    done = CliRunner().invoke(app, ["memory", "snapshot", str(tmp_path / "a-folder"), "--memory",
+                                    str(tmp_path / "src"), "--collection", "src"])  # fmt: skip
+    assert done.exit_code == 2 and "error: cannot write the snapshot" in done.output
+
+
+def test_a_file_that_is_no_tar_is_named_as_such(tmp_path: Path) -> None:
+    bad = tmp_path / "photo.png"
+    bad.write_bytes(b"\x89PNG not a tar")
+    with pytest.raises(ConfigError) as caught:
+        read_snapshot_header(bad)
+    assert "it is not a tar file" in str(caught.value)
+    assert "method gz" not in str(caught.value)  # tarfile's attempts, one line each
+    with pytest.raises(ConfigError, match="no.tar: No such file or directory: check the path"):
+        read_snapshot_header(tmp_path / "no.tar")
+
+
+def test_the_admin_tool_names_no_server_path_when_it_cannot_write(tmp_path: Path) -> None:
+    from rar_agent.mcp.admin import SnapshotTool
+
+    folder = tmp_path / "snapshots"
+    (folder / "team.tar").mkdir(parents=True)  # in the way
+    with CategoryMemory.open(tmp_path / "src", collection="src") as source:
+        fill(source)
+        tool = SnapshotTool(memory=source, folder=folder)
+        answer = tool.invoke({"name": "team.tar"})
+    assert "cannot write the snapshot team.tar: it is a folder" in answer
+    assert str(tmp_path) not in answer, answer
