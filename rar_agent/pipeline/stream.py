@@ -63,9 +63,10 @@ def plan_for(encoder: object, passes: int) -> StreamPlan:
     Several passes (a CPU torch encoder, one torch thread each) take pieces of
     :data:`~rar_agent.encoders.batching.CPU_SHARED_BATCH` images, the cheapest per image on
     one thread, and a decoder thread each (a 12 MP JPEG decodes to need in about half the
-    time a pass takes per image): on 2 CPUs, 96 12 MP JPEGs went at 54 images/s against 46
-    with pieces of 4 and one decoder (docs/benchmarks.md, "Recognizing a folder of
-    photos"). One pass takes what one forward pass of the encoder takes (its
+    time a pass takes per image): on 2 shared CPUs, 96 12 MP JPEGs went at 54 images/s
+    against 43-46 with pieces of 4 and one decoder, in turns in one process (the stream's
+    figures: docs/benchmarks.md, "Session 7: recognizing a folder of photos"). One pass
+    takes what one forward pass of the encoder takes (its
     ``forward_batch``, else :data:`DEFAULT_PIECE`) with the build's decoders beside it.
     """
     from rar_agent.encoders.batching import CPU_SHARED_BATCH
@@ -164,9 +165,8 @@ def stream_results(
             return passes.submit(_recognize_piece, loads, recognize)
 
         in_flight: collections.deque[Future[list[RecognitionResult]]] = collections.deque()
-        todo = iter(pieces)
         try:
-            for piece in todo:
+            for piece in pieces:
                 in_flight.append(submit(piece))
                 if len(in_flight) >= plan.window:
                     yield from in_flight.popleft().result()
