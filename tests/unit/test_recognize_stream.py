@@ -23,6 +23,7 @@ from rar_agent.pipeline import Recognizer
 from rar_agent.pipeline import stream as stream_module
 from rar_agent.pipeline.stream import StreamPlan, plan_for, stream_results
 from rar_agent.results import RecognitionResult
+from tests.unit.test_pipeline import LABELS, _make_folder
 
 
 def _pictures(n: int, size: int = 16) -> list[Image.Image]:
@@ -119,19 +120,8 @@ def test_plans_keep_passes_busy_and_one_pass_takes_the_encoders_batch() -> None:
     assert plan_for(object(), passes=1).piece == stream_module.DEFAULT_PIECE
 
 
-def _folder(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-    for label, color in colours.items():
-        (root / label).mkdir(parents=True)
-        for i in range(4):
-            arr = np.clip(np.array(color) + rng.normal(0, 25, (40, 40, 3)), 0, 255)
-            Image.fromarray(arr.astype("uint8")).save(root / label / f"{i}.png")
-    return root
-
-
 def test_the_stream_answers_as_the_batch_does(tmp_path: Path, tiny_encoder) -> None:  # noqa: ANN001
-    folder = _folder(tmp_path / "images")
+    folder = _make_folder(tmp_path / "images")
     with CategoryMemory.open(tmp_path / "mem", collection="colours") as memory:
         memory.bind_encoder(tiny_encoder.fingerprint, tiny_encoder.dim)
         add_images(memory, tiny_encoder, iter_image_folder(folder))
@@ -152,27 +142,29 @@ def test_the_stream_answers_as_the_batch_does(tmp_path: Path, tiny_encoder) -> N
 
 
 def test_the_command_prints_many_answers_in_order(tiny_cli_env: Path) -> None:
-    folder = _folder(tiny_cli_env / "images")
+    folder = _make_folder(tiny_cli_env / "images")
     paths = [str(p) for p in sorted(folder.rglob("*.png"))]
     bad = tiny_cli_env / "bad.png"
     bad.write_text("not an image")
     paths.insert(7, str(bad))
-    done = CliRunner().invoke(app, ["recognize", *paths, "--labels", "red,green,blue", "--json"])
+    done = CliRunner().invoke(app, ["recognize", *paths, "--labels", ",".join(LABELS), "--json"])
     assert done.exit_code == 1, done.output
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["image"] for r in records] == paths
     assert "not an image" in records[7]["error"]
-    assert all(r["label"] in {"red", "green", "blue"} for i, r in enumerate(records) if i != 7)
+    assert all(r["label"] in LABELS for i, r in enumerate(records) if i != 7)
 
 
 def test_a_folder_is_every_image_in_it_and_below(tiny_cli_env: Path) -> None:
-    folder = _folder(tiny_cli_env / "photos")
+    folder = _make_folder(tiny_cli_env / "photos")
     (folder / "notes.txt").write_text("not a photo: left out")
-    (folder / "red" / ".hidden.png").write_bytes((folder / "red" / "0.png").read_bytes())
+    (folder / "red square" / ".hidden.png").write_bytes(
+        (folder / "red square" / "0.png").read_bytes()
+    )
     single = tiny_cli_env / "one.png"
-    single.write_bytes((folder / "blue" / "1.png").read_bytes())
+    single.write_bytes((folder / "blue stripes" / "1.png").read_bytes())
     done = CliRunner().invoke(
-        app, ["recognize", str(single), str(folder), "--labels", "red,green,blue", "--json"]
+        app, ["recognize", str(single), str(folder), "--labels", ",".join(LABELS), "--json"]
     )
     assert done.exit_code == 0, done.output
     images = [json.loads(line)["image"] for line in done.stdout.splitlines()]
