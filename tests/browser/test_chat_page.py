@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from langchain_core.tools import tool
 
+from tests.helpers.chat_page import served_page
 from tests.helpers.fake_chat import PolicyChatModel, recognize_then_lookup
 from tests.helpers.small_memory import COLOURS, small_recognizer
 
@@ -33,18 +34,13 @@ def served(
 ) -> Iterator[Any]:
     """The chat page on 127.0.0.1 (a free port) over a small memory and a fake model."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from rar_agent.ui import build_chat_page, launch
+    from rar_agent.ui import build_chat_page
 
     recognizer = small_recognizer(tmp_path_factory.mktemp("page"), tiny_encoder)
     model = PolicyChatModel(policy=recognize_then_lookup)
     page = build_chat_page(recognizer, model, tools=[lookup_knowledge])
-    port = free_port
-    launch(page, "127.0.0.1", port, block=False)
-    try:
-        yield f"http://127.0.0.1:{port}/", recognizer
-    finally:
-        page.close()
-        recognizer.close()
+    with served_page(page, recognizer, free_port) as url:
+        yield url, recognizer
 
 
 def test_upload_ask_and_read_the_ranked_answer(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.chat_page import send_turn
+from tests.helpers.chat_page import send_turn, served_page
 from tests.helpers.encoder_factories import hashing_encoder
 from tests.helpers.small_memory import small_recognizer
 
@@ -28,20 +28,15 @@ def team_page(tmp_path_factory: pytest.TempPathFactory, new_port: Any) -> Iterat
     """The page with learning on, behind a login: alice may teach, bob may not."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from rar_agent.auth import TokenStore
-    from rar_agent.ui import build_chat_page, launch, token_login
+    from rar_agent.ui import build_chat_page, token_login
 
     folder = tmp_path_factory.mktemp("team-page")
     store = TokenStore(folder / "auth.toml")
     tokens = {"alice": store.add("alice", ["learn"])[1], "bob": store.add("bob", ["recognize"])[1]}
     recognizer = small_recognizer(folder, hashing_encoder()).with_reject(0.9)
     page = build_chat_page(recognizer, None, allow_learning=True, logins=store)
-    port = new_port()
-    launch(page, "127.0.0.1", port, block=False, auth=token_login(store))
-    try:
-        yield f"http://127.0.0.1:{port}/", tokens, recognizer, folder
-    finally:
-        page.close()
-        recognizer.close()
+    with served_page(page, recognizer, new_port(), auth=token_login(store)) as url:
+        yield url, tokens, recognizer, folder
 
 
 def _photo(path: Path) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.chat_page import send_turn
+from tests.helpers.chat_page import send_turn, served_page
 from tests.helpers.encoder_factories import hashing_encoder
 from tests.helpers.small_memory import small_recognizer
 
@@ -40,7 +40,7 @@ def loop_page(tmp_path_factory: pytest.TempPathFactory, new_port: Any) -> Iterat
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from rar_agent.auth import TokenStore
     from rar_agent.pipeline.teacher import Teacher
-    from rar_agent.ui import build_chat_page, launch, token_login
+    from rar_agent.ui import build_chat_page, token_login
 
     folder = tmp_path_factory.mktemp("loop-page")
     store = TokenStore(folder / "auth.toml")
@@ -53,13 +53,8 @@ def loop_page(tmp_path_factory: pytest.TempPathFactory, new_port: Any) -> Iterat
     Image.new("RGB", (40, 30), (20, 160, 150)).save(shell / "leaf.png")
     Teacher(recognizer.memory, recognizer.encoder, via="cli").add("mint", [shell / "leaf.png"])
     page = build_chat_page(recognizer, None, allow_learning=True, logins=store)
-    port = new_port()
-    launch(page, "127.0.0.1", port, block=False, auth=token_login(store))
-    try:
-        yield f"http://127.0.0.1:{port}/", token, recognizer, folder
-    finally:
-        page.close()
-        recognizer.close()
+    with served_page(page, recognizer, new_port(), auth=token_login(store)) as url:
+        yield url, token, recognizer, folder
 
 
 def _sign_in(browser: Any, url: str, token: str) -> tuple[Any, Any]:

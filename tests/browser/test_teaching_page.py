@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.chat_page import send_turn, wait_ready
+from tests.helpers.chat_page import send_turn, served_page, wait_ready
 from tests.helpers.encoder_factories import hashing_encoder
 from tests.helpers.small_memory import small_recognizer
 
@@ -48,18 +48,13 @@ def _png(path: Path, colour: tuple[int, int, int], mark: int) -> Path:
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory: pytest.TempPathFactory, new_port: Any) -> Iterator[Any]:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from rar_agent.ui import build_chat_page, launch
+    from rar_agent.ui import build_chat_page
 
     folder = tmp_path_factory.mktemp("teach-page")
     recognizer = small_recognizer(folder, hashing_encoder())
     page = build_chat_page(recognizer, None, allow_learning=True)
-    port = new_port()
-    launch(page, "127.0.0.1", port, block=False)
-    try:
-        yield f"http://127.0.0.1:{port}/", recognizer, folder
-    finally:
-        page.close()
-        recognizer.close()
+    with served_page(page, recognizer, new_port()) as url:
+        yield url, recognizer, folder
 
 
 def _send(page: Any, text: str = "", files: list[Path] = ()) -> Any:  # type: ignore[assignment]

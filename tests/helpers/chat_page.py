@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["send_turn", "wait_ready"]
+__all__ = ["send_turn", "served_page", "wait_ready"]
 
 _BOTS = "#rar-chat [data-testid='bot']"
+
+
+@contextlib.contextmanager
+def served_page(
+    page: Any, recognizer: Any, port: int, auth: Callable[[str, str], bool] | None = None
+) -> Iterator[str]:
+    """``page`` served on ``port`` of 127.0.0.1 (``auth``: its login check, as
+    :func:`rar_agent.ui.token_login` makes); yields its URL, then closes the page and
+    ``recognizer``."""
+    from rar_agent.ui import launch
+
+    launch(page, "127.0.0.1", port, block=False, auth=auth)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        page.close()
+        recognizer.close()
 
 
 def wait_ready(page: Any, timeout_ms: int = 90_000) -> None:
