@@ -28,7 +28,7 @@ from rar_agent.pipeline.explain import explain_result
 from rar_agent.pipeline.ranked import Ranking
 from rar_agent.pipeline.regions import RegionOptions, arecognize_regions, recognize_regions
 from rar_agent.pipeline.stages import Outcome, StageRunner
-from rar_agent.pipeline.stream import load_batch, plan_for, stream_results
+from rar_agent.pipeline.stream import load_batch, named, plan_for, stream_results
 from rar_agent.pipeline.vocabulary import vocabulary_memory
 from rar_agent.ranking import RankerSpec, RankingChain, as_ranking_chain, parse_gate
 from rar_agent.regions import DEFAULT_BLUR
@@ -241,7 +241,7 @@ class Recognizer:
         groups), e.g. as a tool's caller gave it; default: its path or URL, else its type.
         """
         start = time.perf_counter()
-        loaded = _named(load_image(image, need=self.decode_need), name)
+        loaded = named(load_image(image, need=self.decode_need), name)
         return self._recognize_loaded([loaded], [_ms(start)], k=k)[0]
 
     def recognize_batch(
@@ -291,7 +291,7 @@ class Recognizer:
         the chain's ``abatch``."""
         start = time.perf_counter()
         loaded = await asyncio.to_thread(load_image, image, need=self.decode_need)
-        return (await self._arecognize_loaded([_named(loaded, name)], [_ms(start)], k=k))[0]
+        return (await self._arecognize_loaded([named(loaded, name)], [_ms(start)], k=k))[0]
 
     async def arecognize_batch(
         self,
@@ -471,13 +471,6 @@ class Recognizer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _named(loaded: LoadedImage, name: str | None) -> LoadedImage:
-    """``loaded``, called ``name`` when one is given (how its caller named it)."""
-    if name:
-        loaded.source = name
-    return loaded
 
 
 def _check_encoder(memory: CategoryMemory, encoder: ImageTextEncoder) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "LoadedBatch",
     "StreamPlan",
     "load_batch",
+    "named",
     "plan_for",
     "stream_results",
 ]
@@ -97,6 +98,13 @@ def _describe(src: object) -> str:
     return type(src).__name__
 
 
+def named(loaded: LoadedImage, name: str | None) -> LoadedImage:
+    """``loaded``, called ``name`` when one is given (how its caller named it)."""
+    if name:
+        loaded.source = name
+    return loaded
+
+
 def _load_one(src: ImageInput, need: DecodeNeed | None, name: str | None) -> _Loaded:
     """Load one image (a bad one becomes its failed result, named as its caller named it)."""
     start = time.perf_counter()
@@ -104,9 +112,7 @@ def _load_one(src: ImageInput, need: DecodeNeed | None, name: str | None) -> _Lo
         loaded = load_image(src, need=need)
     except RarError as e:
         return _Loaded(None, 0.0, failed_result(str(e), image=name or _describe(src)))
-    if name:
-        loaded.source = name
-    return _Loaded(loaded, round((time.perf_counter() - start) * 1000.0, 3), None)
+    return _Loaded(named(loaded, name), round((time.perf_counter() - start) * 1000.0, 3), None)
 
 
 @dataclass
