@@ -56,6 +56,7 @@ __all__ = [
     "ProgressOpt",
     "QdrantUrlOpt",
     "RankerOpt",
+    "RankerTimeoutOpt",
     "RejectOpt",
     "ShotsOpt",
     "error_guard",
@@ -192,6 +193,16 @@ RankerOpt = Annotated[
     str | None,
     typer.Option("--ranker", help=RANKER_HELP, envvar="RAR_RANKER", show_default="none"),
 ]
+RankerTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--ranker-timeout",
+        help="Seconds one ranker call may take (each of at most 2 attempts); then the "
+        "retrieval answer stands, marked fallback.",
+        envvar="RAR_RANKER_TIMEOUT",
+        show_default="60",
+    ),
+]
 GateOpt = Annotated[
     str | None,
     typer.Option(
@@ -285,10 +296,11 @@ ENCODER = (
 RANKING = (
     _param("k", KOpt),
     _param("ranker", RankerOpt),
+    _param("ranker_timeout", RankerTimeoutOpt),
     _param("gate", GateOpt),
     _param("reject", RejectOpt),
 )
-"""How to recognize: ``--k``, ``--ranker``, ``--gate``, ``--reject``."""
+"""How to recognize: ``--k``, ``--ranker``, ``--ranker-timeout``, ``--gate``, ``--reject``."""
 
 _P = ParamSpec("_P")
 
