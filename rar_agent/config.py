@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     )
     qdrant_url: str | None = Field(default=None, description="Qdrant server URL; None = embedded.")
     qdrant_api_key: str | None = None
+    qdrant_timeout: int | None = Field(
+        default=None,
+        ge=1,
+        description="Seconds one Qdrant server request may take; None = qdrant-client's 5.",
+    )
     shard_number: int | None = Field(default=None, description="Server collections only.")
     replication_factor: int | None = Field(default=None, description="Server collections only.")
     write_consistency_factor: int | None = Field(

@@ -54,6 +54,7 @@ __all__ = [
     "MemoryOpt",
     "PortOpt",
     "ProgressOpt",
+    "QdrantTimeoutOpt",
     "QdrantUrlOpt",
     "RankerOpt",
     "RankerTimeoutOpt",
@@ -121,6 +122,16 @@ ApiKeyOpt = Annotated[
         "--api-key",
         help="Qdrant server API key.",
         envvar="RAR_QDRANT_API_KEY",
+        rich_help_panel=_MEMORY_PANEL,
+    ),
+]
+QdrantTimeoutOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--qdrant-timeout",
+        help="Seconds one Qdrant server request may take.",
+        envvar="RAR_QDRANT_TIMEOUT",
+        show_default="5",
         rich_help_panel=_MEMORY_PANEL,
     ),
 ]
@@ -284,9 +295,11 @@ STORE = (
     _param("memory", MemoryOpt),
     _param("qdrant_url", QdrantUrlOpt),
     _param("api_key", ApiKeyOpt),
+    _param("qdrant_timeout", QdrantTimeoutOpt),
     _param("collection", CollectionOpt),
 )
-"""Where the memory lives: ``--memory``, ``--qdrant-url``, ``--api-key``, ``--collection``."""
+"""Where the memory lives: ``--memory``, ``--qdrant-url``, ``--api-key``, ``--qdrant-timeout``,
+``--collection``."""
 ENCODER = (
     _param("clip_model", ClipModelOpt),
     _param("clip_pretrained", ClipPretrainedOpt),
