@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -61,16 +62,19 @@ def _guarded(tool: BaseTool, timeout_s: float) -> BaseTool:
     coroutine, name, handler = tool.coroutine, tool.name, tool.handle_tool_error
 
     async def call(**kwargs: Any) -> Any:
+        deadline = time.monotonic() + timeout_s
         try:
             return await asyncio.wait_for(coroutine(**kwargs), timeout_s)
         except ToolException:
             raise
-        except TimeoutError as e:
-            raise ToolException(
-                f"{name} failed: its MCP server gave no answer within {timeout_s:g} s; go on "
-                "without it or try again later"
-            ) from e
         except Exception as e:  # the SDK raises many kinds (McpError, OSError, ExceptionGroup)
+            # A call cancelled at the deadline may end in the transport's own error instead
+            # of TimeoutError (its clean-up breaks a stream): the clock says which it was.
+            if isinstance(e, TimeoutError) or time.monotonic() >= deadline:
+                raise ToolException(
+                    f"{name} failed: its MCP server gave no answer within {timeout_s:g} s; go "
+                    "on without it or try again later"
+                ) from e
             raise ToolException(
                 f"{name} failed: its MCP server did not complete the call ({_cause(e)})"
             ) from e
