@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.config import MemoryKind, parse_reject, validate_k
+from rar_agent.config import MemoryKind, parse_reject, validate_k, validate_kind
 from rar_agent.encoders.base import input_size_of
 from rar_agent.encoders.spec import spec_of
 from rar_agent.encoders.torch_base import parallel_passes
@@ -144,7 +144,7 @@ class Recognizer:
         self.k = validate_k(k)
         self.gate = parse_gate(gate, calibrated=memory.info.gate_margin)
         self.retriever = CategoryRetriever(
-            memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=kind
+            memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=validate_kind(kind)
         )
         self.ranker: RankingChain | None = as_ranking_chain(
             ranker, gate=self.gate, timeout_s=ranker_timeout

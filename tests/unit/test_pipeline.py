@@ -223,6 +223,16 @@ def test_from_settings_refuses_overrides_it_would_ignore(
     assert not (tmp_path / "home").exists()  # refused before anything was opened
 
 
+def test_the_constructor_refuses_an_unknown_kind(few_shot, tiny_encoder) -> None:  # noqa: ANN001
+    """``Recognizer(kind="video")`` raised pydantic's ValidationError, which no ``except
+    RarError`` catches; it is the ConfigError the settings give."""
+    from rar_agent.errors import ConfigError
+
+    _, memory = few_shot
+    with pytest.raises(ConfigError, match="kind must be auto, image or text, not 'video'"):
+        Recognizer(memory, tiny_encoder, kind="video")  # type: ignore[arg-type]
+
+
 def test_from_settings_overrides_keep_what_was_named(tiny_openclip_spec: str) -> None:
     """A checked override counts as named (the encoder a user names never falls back)."""
     from rar_agent.config import Settings
