@@ -55,6 +55,7 @@ from rar_agent.registry import (
     is_latest_ref,
     unreadable_images,
 )
+from rar_agent.safety import normalize_roots
 from rar_agent.tools import folder_tools, make_tools
 
 if TYPE_CHECKING:
@@ -635,7 +636,7 @@ def create_rar_agent(
     from rar_agent.safety import fetch_public_url
 
     registry = registry if registry is not None else ImageRegistry()
-    roots = [*allowed_roots, *folders]
+    roots = [*normalize_roots(allowed_roots), *normalize_roots(folders)]
     own = [] if recognizer is None else make_tools(
         recognizer, registry=registry, allowed_roots=roots, allow_urls=allow_urls,
         allow_learning=allow_learning, reject=reject,
