@@ -62,7 +62,7 @@ def add_builtin_vocabulary(
     if todo:
         memory.add_entries([entries[i] for i in todo], rows[todo])
         report.added = len(todo)
-    if progress:
-        progress(len(entries), len(entries))
+        if progress:  # only a build reports: reopening a whole memory shows no bar
+            progress(len(entries), len(entries))
     report.seconds = time.perf_counter() - start
     return report

@@ -207,6 +207,24 @@ def test_builtin_memory_retrieval_equals_the_classifier_on_real_images(
     assert answers["coffee.jpg"] in {"espresso", "cup", "coffee mug", "tea cup"}
 
 
+def test_reopening_the_builtin_memory_reports_no_build(effnet: Any, tmp_path: Path) -> None:
+    """Every start opens the built-in memory: once it is whole, nothing is built, so no
+    "building vocabulary memory" bar shows."""
+    from rar_agent.config import Settings
+    from rar_agent.pipeline import vocabulary_memory
+
+    calls: list[tuple[int, int]] = []
+    vocabulary_memory(
+        Settings(home=tmp_path), effnet, None, progress=lambda *a: calls.append(a)
+    ).close()
+    assert calls[-1] == (1000, 1000)
+    calls.clear()
+    vocabulary_memory(
+        Settings(home=tmp_path), effnet, None, progress=lambda *a: calls.append(a)
+    ).close()
+    assert calls == []
+
+
 def test_labels_without_a_text_tower_is_a_clear_error(effnet: Any, tmp_path: Path) -> None:
     from rar_agent.config import Settings
     from rar_agent.pipeline import vocabulary_memory
