@@ -32,6 +32,7 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rar_agent.errors import RarError, UnsafeInputError
+from rar_agent.images import IMAGE_SUFFIXES
 from rar_agent.results import BatchResults, RecognitionResult
 from rar_agent.safety import (
     describe_roots,
@@ -44,7 +45,6 @@ from rar_agent.tools.base import ImageSource, RecognizerTool, explain_validation
 __all__ = [
     "BATCH_CHUNK",
     "FOLDER_TOOLS",
-    "IMAGE_SUFFIXES",
     "MAX_BATCH",
     "ConfinedFileTool",
     "RecognizeImagesInput",
@@ -58,8 +58,6 @@ FOLDER_TOOLS = ("list_directory", "file_search")
 MAX_BATCH = 200
 #: Images encoded per encoder pass inside one call.
 BATCH_CHUNK = 32
-#: File suffixes ``recognize_images`` treats as photos.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 _MAX_LINES = 500
 
 

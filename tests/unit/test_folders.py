@@ -148,6 +148,30 @@ def test_batch_recognizes_a_folder_with_a_bounded_count(recognizer: Any, tmp_pat
     assert _call(tool, {"folder": "album", "limit": MAX_BATCH + 1}).status == "error"
 
 
+def test_batch_takes_phone_photos_heic_and_avif(recognizer: Any, tmp_path: Path) -> None:
+    """The folder tool lists the same photo formats as everything else that reads images."""
+    import pillow_heif
+    from PIL import Image
+
+    pillow_heif.register_heif_opener()
+    album = tmp_path / "phone"
+    album.mkdir()
+    label = next(iter(COLOURS))
+    example = Image.open(recognizer.example_images[label]).convert("RGB")
+    example.save(album / "IMG_0001.HEIC", format="HEIF", quality=90)
+    example.save(album / "IMG_0002.avif", format="AVIF", quality=90)
+    (album / "IMG_0003.AAE").write_text("<plist/>")  # an iPhone sidecar, no photo
+    out = _call(
+        RecognizeImagesTool(recognizer=recognizer, allowed_roots=[tmp_path]), {"folder": "phone"}
+    )
+    assert out.status != "error", out.text
+    assert {r["image"] for r in out.artifact["results"]} == {
+        "phone/IMG_0001.HEIC",
+        "phone/IMG_0002.avif",
+    }
+    assert all(r["error"] is None for r in out.artifact["results"])
+
+
 def test_batch_refuses_outside_and_skips_links_out(recognizer: Any, tree: dict[str, Path]) -> None:
     tool = RecognizeImagesTool(recognizer=recognizer, allowed_roots=[tree["root"]])
     for folder in ("../secret", "link_out", str(tree["secret"])):
