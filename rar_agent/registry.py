@@ -15,8 +15,6 @@ provider's block format) and replaces them by ``[image id img-...]`` text.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import io
 import logging
@@ -30,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ImageError, RarError
-from rar_agent.images import decode_image_bytes, looks_like_base64
+from rar_agent.images import decode_base64_image, decode_image_bytes, looks_like_base64
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -43,7 +41,6 @@ __all__ = [
     "ImageScope",
     "MessageContent",
     "RegisteredImage",
-    "decode_base64_image",
     "image_blocks_to_ids",
     "is_latest_ref",
     "unreadable_images",
@@ -324,30 +321,6 @@ def _to_bytes(image: Any) -> tuple[bytes, str | None]:
         f"cannot register a {type(image).__name__}: pass bytes, a data URI, base64 text, "
         "a PIL image or a pathlib.Path"
     )
-
-
-def decode_base64_image(text: str) -> tuple[bytes, str | None]:
-    """``(bytes, mime type or None)`` of a ``data:image/...;base64,`` URI or raw base64 text.
-
-    Raises:
-        ImageError: Malformed data URI, a non-image MIME type, or invalid base64.
-    """
-    text = text.strip()
-    mime = None
-    if text.startswith("data:"):
-        header, sep, text = text.partition(",")
-        if not sep or ";base64" not in header:
-            raise ImageError("malformed data URI: expected data:image/<type>;base64,<data>")
-        mime = header[5:].split(";", 1)[0] or None
-        if mime and not mime.startswith("image/"):
-            raise ImageError(f"data URI has type {mime!r}, not an image type")
-    cleaned = re.sub(r"\s+", "", text)
-    try:
-        if "-" in cleaned or "_" in cleaned:
-            return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4)), mime
-        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True), mime
-    except (binascii.Error, ValueError) as e:
-        raise ImageError(f"invalid base64 image data ({e})") from e
 
 
 # ---------------------------------------------------------------------------- content blocks

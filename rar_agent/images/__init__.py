@@ -41,6 +41,7 @@ __all__ = [
     "NeedSpec",
     "register_image_plugins",
     "load_image",
+    "decode_base64_image",
     "decode_image_bytes",
     "check_image_file",
     "read_image_bytes",
@@ -253,12 +254,12 @@ def _load_reference(
         data = fetch_url(text, allow_private=allow_private_urls)
         return _from_bytes(data, text, name or text, max_pixels, need)
     if text.startswith("data:"):
-        data = _decode_data_uri(text)
+        data = decode_base64_image(text)[0]
         return _from_bytes(data, "data URI", name or "<data URI>", max_pixels, need)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         scheme = text.split("://", 1)[0]
         raise ImageError(f"unsupported URL scheme {scheme!r}: use a file path or http(s) URL")
-    data = _b64decode(text)  # what _file_of leaves: raw base64
+    data = decode_base64_image(text)[0]  # what _file_of leaves: raw base64
     return _from_bytes(data, "base64 text", name or "<base64>", max_pixels, need)
 
 
@@ -325,7 +326,16 @@ def decode_image_bytes(
     return decode_to_need(data, need=need, max_pixels=max_pixels, what=what)[0]
 
 
-def _decode_data_uri(text: str) -> bytes:
+def decode_base64_image(text: str) -> tuple[bytes, str | None]:
+    """``(bytes, MIME type or None)`` of a ``data:image/...;base64,`` URI or raw base64 text
+    (standard or URL-safe alphabet, whitespace and missing padding allowed).
+
+    Raises:
+        ImageError: A malformed data URI, a non-image MIME type, or invalid base64.
+    """
+    text = text.strip()
+    if not text.startswith("data:"):
+        return _b64decode(text), None
     match = _DATA_URI.match(text)
     if not match:
         raise ImageError("malformed data URI: expected data:image/<type>;base64,<data>")
@@ -334,7 +344,7 @@ def _decode_data_uri(text: str) -> bytes:
         raise ImageError(f"data URI has type {mime!r}, not an image type")
     if ";base64" not in (match.group("params") or ""):
         raise ImageError("data URI is not base64-encoded: use data:image/<type>;base64,<data>")
-    return _b64decode(match.group("data"))
+    return _b64decode(match.group("data")), mime or None
 
 
 def _b64decode(text: str) -> bytes:

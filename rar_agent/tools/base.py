@@ -21,8 +21,8 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import ConfigDict, Field, field_validator
 
 from rar_agent.errors import ImageError, UnsafeInputError
-from rar_agent.images import looks_like_base64
-from rar_agent.registry import ImageRegistry, ImageScope, decode_base64_image, is_latest_ref
+from rar_agent.images import decode_base64_image, looks_like_base64
+from rar_agent.registry import ImageRegistry, ImageScope, is_latest_ref
 from rar_agent.safety import (
     describe_roots,
     fetch_public_url,
