@@ -447,14 +447,33 @@ def _open_shown_memory(settings: "Settings") -> "CategoryMemory":
 @app.command("stats")
 @settings_command(STORE)
 def memory_stats(settings: "Settings") -> None:
-    """Show the memory's size, encoder, backend and open-set calibration as JSON."""
+    """Show the memory's size, encoder, backend and open-set calibration as JSON.
+
+    `unfinished_build` is null, or what a build that stopped part-way recorded (a note on
+    stderr then says what to do).
+    """
     from rar_agent import openset
     from rar_agent.config import parse_reject
+    from rar_agent.ingest.builders import unfinished_build
 
     with _open_shown_memory(settings) as mem:
         stats = mem.stats()
+        stats["unfinished_build"] = unfinished_build(mem)
         stats["open_set"] = _open_set_stats(openset.load(mem), parse_reject(settings.reject))
+    if stats["unfinished_build"] is not None:
+        print_note(_unfinished_note(stats["unfinished_build"], stats["entries"]))
     typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))
+
+
+def _unfinished_note(started: "Mapping[str, object]", entries: object) -> str:
+    """What a person reads about a build that stopped part-way, and what to do."""
+    return (
+        f"the build started at {started.get('started_at')} ({started.get('items')} items, "
+        f"{started.get('entries_before')} entries before it) did not finish: it was "
+        "interrupted or killed (or still runs in another process). The memory holds the "
+        f"{entries} entries stored by then; run the same `rar-agent memory build` command "
+        "again to finish it (what is stored is skipped)"
+    )
 
 
 def _open_set_stats(cal: "Calibration | None", setting: "RejectSetting") -> dict[str, object]:
