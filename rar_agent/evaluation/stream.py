@@ -406,6 +406,8 @@ def _stream_figure(report: StreamReport) -> Figure:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from rar_agent.evaluation.plots import legend_beside
+
     # the legend (nine entries) goes beside the plot: inside, it covered the curves
     fig, ax = plt.subplots(figsize=(9.6, 4.2), dpi=110, layout="constrained")
     steps = [p.step for p in report.curve]
@@ -428,7 +430,7 @@ def _stream_figure(report: StreamReport) -> Figure:
     ax.set_ylabel("top-1")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    legend_beside(ax, fontsize=7)
     ax.set_title("Learning from corrections")
     return fig
 
