@@ -3,6 +3,7 @@
 No ``from __future__ import annotations``: :func:`settings_command` reads the option types.
 """
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -29,7 +30,7 @@ from rar_agent.cli.progress import progress_bar
 from rar_agent.cli.recent import remember_memory
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
     from rar_agent.config import RejectSetting, Settings
     from rar_agent.ingest.builders import BuildReport
@@ -213,7 +214,7 @@ def _build(
         if description is not None and new:  # else the builder binds: it creates the memory
             bind_memory(mem, enc, expected_entries=count, description=description)
         bar, update = progress_bar(progress, "building memory")
-        with bar:
+        with bar, _resume_hint(mem):
             if names is not None:
                 report = builders.add_class_names(mem, enc, names, progress=update)
             else:
@@ -225,6 +226,26 @@ def _build(
         _print_report(report, mem)
         remember_memory(settings, mem, "memory build")
     return report
+
+
+@contextlib.contextmanager
+def _resume_hint(mem: "CategoryMemory") -> "Iterator[None]":
+    """On Ctrl+C mid-build, say what the memory kept and how to finish the build (the
+    command then exits 130)."""
+    from rar_agent.errors import RarError
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        with contextlib.suppress(RarError):
+            kept = mem.count()
+            print_note(
+                f"the memory keeps the {kept} entries stored so far: run the same command "
+                "again to finish the build (what is stored is skipped)"
+                if kept
+                else "nothing was stored yet"
+            )
+        raise
 
 
 def _refuse_if_nothing_stored(report: "BuildReport", mem: "CategoryMemory") -> None:
@@ -283,7 +304,7 @@ def _build_from_vectors(
     rows, names = read_vectors(vectors_path), read_labels(labels_path)
     with memory_to_write(settings, storage=_storage(len(rows), flags)) as mem:
         bar, update = progress_bar(progress, "building memory")
-        with bar:
+        with bar, _resume_hint(mem):
             report = add_vectors(
                 mem,
                 rows,

@@ -50,6 +50,9 @@ def test_stats_flags_a_build_interrupted_after_its_first_batch(
         patch.setattr(builders, "_write", interrupted)
         done = CliRunner().invoke(app, build)
     assert done.exit_code == 130, done.output
+    assert "the memory keeps the 32 entries stored so far: run the same command again" in (
+        done.stderr
+    )
 
     stats, note = _stats()
     unfinished = stats["unfinished_build"]
