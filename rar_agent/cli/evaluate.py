@@ -24,7 +24,6 @@ from rar_agent.cli.options import (
     HintOpt,
     JsonOpt,
     ProgressOpt,
-    ShotsOpt,
     error_guard,
     load_settings_encoder,
     settings_from_options,
@@ -54,8 +53,22 @@ TestSetOpt = Annotated[
 TextMemoryOpt = Annotated[
     bool, typer.Option("--text-memory", help="Memory of class names only (zero-shot).")
 ]
+# the fashion-mnist defaults are evaluation.data's FASHION_MNIST_SHOTS and _QUERIES
+EvalShotsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--shots",
+        help="Example images per class, sampled with --seed.",
+        show_default="all; 10 with --dataset fashion-mnist; 1 with --stream",
+    ),
+]
 LimitOpt = Annotated[
-    int | None, typer.Option("--limit", help="At most N test images (class-balanced).")
+    int | None,
+    typer.Option(
+        "--limit",
+        help="At most N test images (class-balanced).",
+        show_default="all; 300 with --dataset fashion-mnist",
+    ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every sample.")]
 EvalKOpt = Annotated[int, typer.Option("--k", help="Candidates handed to the ranker.")]
@@ -119,7 +132,7 @@ def evaluate(
     dataset: DatasetOpt = None,
     memory_set: MemorySetOpt = None,
     test_set: TestSetOpt = None,
-    shots: ShotsOpt = None,
+    shots: EvalShotsOpt = None,
     text_memory: TextMemoryOpt = False,
     limit: LimitOpt = None,
     seed: SeedOpt = 0,

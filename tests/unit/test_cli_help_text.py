@@ -38,3 +38,20 @@ def test_the_command_line_help_wraps_at_80_columns(
     paragraph = lines[start : lines.index("", start)]
     # filled to the width: every line but the last nearly full, none cut after a few words
     assert all(len(line) > 60 for line in paragraph[:-1]), paragraph
+
+
+def test_eval_help_states_the_fashion_mnist_defaults() -> None:
+    """`eval --dataset fashion-mnist` stores 10 shots and asks 300 queries unless told; the
+    help said `--shots [default: (all)]` (60,000 train images) and named no query count."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+    from rar_agent.evaluation.data import FASHION_MNIST_QUERIES, FASHION_MNIST_SHOTS
+
+    done = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    lines = {m.group(1): m.group(2) for m in re.finditer(r"│ (--\S+)\s+<\w+>\s+(.*)", done.output)}
+    assert f"{FASHION_MNIST_SHOTS} with --dataset fashion-mnist" in lines["--shots"]
+    assert f"{FASHION_MNIST_QUERIES} with --dataset fashion-mnist" in lines["--limit"]
