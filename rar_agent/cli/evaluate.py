@@ -212,9 +212,11 @@ def evaluate(
             sys.stdout.write(report.model_dump_json(indent=2) + "\n")
         else:
             Console().print(summary_table(report))
-            Console().print(f"report: {files['markdown']}", highlight=False, markup=False)
+            Console(soft_wrap=True).print(  # whole paths, for reading and grepping
+                f"report: {files['markdown']}", highlight=False, markup=False
+            )
     if report.interrupted:
-        Console(stderr=True).print(
+        Console(stderr=True, soft_wrap=True).print(
             f"[yellow]interrupted:[/] partial report written to {out}", highlight=False
         )
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -246,7 +248,7 @@ def _stream(
     if as_json:
         sys.stdout.write(json.dumps({"stream": report.model_dump(mode="json")}, indent=2) + "\n")
         return
-    console = Console()
+    console = Console(soft_wrap=True)  # whole lines and paths, for reading and grepping
     for rule, r in report.rules.items():
         console.print(
             f"{rule}: held-out top-1 {r.start_shown} -> {r.heldout_top1_end:.3f}, "

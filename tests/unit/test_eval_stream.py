@@ -82,11 +82,13 @@ def test_cli_stream_lines_read_as_figures(shots: str, tmp_path: Path) -> None:
     from rar_agent.cli import app
 
     data = _folder(tmp_path / "set")
+    out = tmp_path / ("a-long-folder-name-" * 4)  # the report's path stays whole, on one line
     args = ["eval", "--stream", "--dataset", str(data), "--shots", shots, "--no-progress",
             "--encoder", "tests.helpers.encoder_factories:hashing_encoder",
-            "--out", str(tmp_path / "out")]  # fmt: skip
+            "--out", str(out)]  # fmt: skip
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
+    assert f"report: {out / 'report.md'}\n" in done.stdout
     lines = [ln for ln in done.output.splitlines() if "held-out top-1" in ln]
     assert len(lines) == len(RULES) and "None" not in done.output
     start = "-" if shots == "0" else r"\d\.\d{3}"
