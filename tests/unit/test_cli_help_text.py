@@ -55,3 +55,18 @@ def test_eval_help_states_the_fashion_mnist_defaults() -> None:
     lines = {m.group(1): m.group(2) for m in re.finditer(r"│ (--\S+)\s+<\w+>\s+(.*)", done.output)}
     assert f"{FASHION_MNIST_SHOTS} with --dataset fashion-mnist" in lines["--shots"]
     assert f"{FASHION_MNIST_QUERIES} with --dataset fashion-mnist" in lines["--limit"]
+
+
+def test_root_help_leads_with_what_runs_offline() -> None:
+    """The first example runs on any machine (the built-in memory); zero-shot `--labels`,
+    which an offline machine refuses (its encoder has no text tower), says it needs CLIP."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    done = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    lines = [line.strip(" │") for line in done.output.splitlines()]
+    examples = [i for i, line in enumerate(lines) if line.startswith("rar-agent ")]
+    assert lines[examples[0]] == "rar-agent recognize photo.jpg"
+    zero_shot = next(i for i in examples if "--labels" in lines[i])
+    assert "CLIP" in lines[zero_shot - 1], lines[zero_shot - 1]
