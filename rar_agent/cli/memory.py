@@ -480,7 +480,9 @@ def memory_stats(settings: "Settings") -> None:
     with _open_shown_memory(settings) as mem:
         stats = mem.stats()
         stats["unfinished_build"] = unfinished_build(mem)
-        stats["open_set"] = _open_set_stats(openset.load(mem), parse_reject(settings.reject))
+        stats["open_set"] = _open_set_stats(
+            openset.load(mem), parse_reject(settings.reject), stats["image_entries"]
+        )
     if stats["unfinished_build"] is not None:
         print_note(_unfinished_note(stats["unfinished_build"], stats["entries"]))
     typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))
@@ -497,10 +499,17 @@ def _unfinished_note(started: "Mapping[str, object]", entries: object) -> str:
     )
 
 
-def _open_set_stats(cal: "Calibration | None", setting: "RejectSetting") -> dict[str, object]:
+def _open_set_stats(
+    cal: "Calibration | None", setting: "RejectSetting", image_entries: int
+) -> dict[str, object]:
     """What ``--reject auto:ALPHA`` can promise with this memory (or why it cannot)."""
+    from rar_agent.openset.verdict import TEXT_ENTRIES_NOTE
+
     if cal is None:
-        return {"calibrated": False, "note": "not calibrated yet: recognizing calibrates it"}
+        note = (
+            "not calibrated yet: recognizing calibrates it" if image_entries else TEXT_ENTRIES_NOTE
+        )
+        return {"calibrated": False, "note": note}
     alpha = setting.alpha
     summary = cal.summary(alpha)
     why = summary["cannot_calibrate"]
