@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 import click
 import pytest
@@ -70,3 +71,20 @@ def test_root_help_leads_with_what_runs_offline() -> None:
     assert lines[examples[0]] == "rar-agent recognize photo.jpg"
     zero_shot = next(i for i in examples if "--labels" in lines[i])
     assert "CLIP" in lines[zero_shot - 1], lines[zero_shot - 1]
+
+
+def test_no_command_help_shows_rst_quotes() -> None:
+    """The help quotes commands with single backticks; a docstring's RST ``double`` ones
+    were shown as typed (``Authorization: Bearer TOKEN``)."""
+    import typer.main
+
+    from rar_agent.cli import app
+
+    def walk(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    texts = [(path, command.help or "") for path, command in walk(typer.main.get_command(app), "")]
+    assert len(texts) > 20
+    assert [path for path, text in texts if "``" in text] == []
