@@ -6,6 +6,8 @@ conversation id in a :class:`~rar_agent.conversations.ConversationStore` (SQLite
 ``RAR_HOME`` for ``rar-agent chat``): its messages as LangGraph checkpoints and its images
 under that id, so the page resumes a conversation after a restart (``?conversation=ID``)
 and no conversation sees another's messages or photos. Clearing the chat starts a new one.
+Where people sign in, a conversation is its starter's: another person who opens its link
+gets a new conversation of their own, never a look at it or a turn in it.
 The sessions share one image registry, but "the latest image" is always this session's: the
 agent's middleware takes it from the session's own images
 (:class:`~rar_agent.registry.ImageScope`). Tool errors show up as readable messages. Without
@@ -51,6 +53,7 @@ __all__ = [
     "messages_to_history",
     "render_reply",
     "token_login",
+    "NOT_YOURS",
     "SIGNED_OUT",
     "URLS_OFF",
 ]
@@ -278,6 +281,11 @@ SIGNED_OUT = (
     "answered here: [sign out](logout) and sign in with a current token."
 )
 """What a session whose token was revoked after it signed in is answered."""
+NOT_YOURS = (
+    "This conversation was started by someone else, so it is not continued here: clear the "
+    "chat to start one of your own."
+)
+"""What a signed-in person is answered on another person's conversation."""
 URLS_OFF = (
     "This page does not fetch images from URLs (start it with --allow-urls for that): save "
     "the photo and upload it here."
@@ -449,6 +457,8 @@ class ChatSession:
             return _reply("Type a question or upload a photo.")
         if self.recognition_only and not self.urls and not files and _URL.search(text):
             return _reply(URLS_OFF)
+        if not self._continues(conversation, user):
+            return _reply(NOT_YOURS)
         try:
             with teaching_as("chat", user):
                 if self.conversations is not None and conversation:
@@ -475,11 +485,25 @@ class ChatSession:
         )
         return _reply(text, answer_options(tools) if can_learn else [])
 
-    def resume(self, conversation: str | None) -> tuple[str, list[dict[str, Any]], str]:
+    def _continues(self, conversation: str | None, user: str | None) -> bool:
+        """Whether ``user`` may send a turn to ``conversation``; a signed-in person's first
+        turn makes a conversation theirs (``ConversationStore.claim``)."""
+        store = self.conversations
+        if store is None or not conversation:
+            return True
+        if user is None:
+            return store.opens_for(conversation, None)
+        return store.claim(conversation, user)
+
+    def resume(
+        self, conversation: str | None, user: str | None = None
+    ) -> tuple[str, list[dict[str, Any]], str]:
         """Open a conversation for a page: ``(id, chat history to show, a note)``.
 
-        A stored id resumes that conversation; no id, or one that is not stored, starts a new
-        one (with a fresh random id: an id is never chosen by the visitor).
+        A stored id that ``user`` may open resumes that conversation (a signed-in person
+        opens only their own); no id, or one that is not stored or is another's, starts a
+        new one (with a fresh random id: an id is never chosen by the visitor). The note says
+        the same for another's as for a missing one, so it tells nobody whose ids exist.
         """
         from rar_agent.conversations import (
             CONVERSATION_ID_PATTERN,
@@ -490,18 +514,23 @@ class ChatSession:
         store = self.conversations
         wanted = (conversation or "").strip()
         found = bool(
-            store is not None and CONVERSATION_ID_PATTERN.match(wanted) and store.exists(wanted)
+            store is not None
+            and CONVERSATION_ID_PATTERN.match(wanted)
+            and store.exists(wanted)
+            and store.opens_for(wanted, user)
         )
         if not found or store is None:
             fresh = new_conversation_id()
-            missing = " (the one asked for was not found)" if wanted else ""
-            return fresh, [], _conversation_note(fresh, resumed=False) + missing
+            among = " among yours" if user else ""
+            missing = f"The conversation asked for was not found{among}. " if wanted else ""
+            return fresh, [], _conversation_note(fresh, resumed=False, before=missing)
         get_state = getattr(self.agent, "get_state", None)
         values = get_state(conversation_config(wanted)).values if get_state else {}
         history = messages_to_history(
             values.get("messages") or [],
             recognition_only=self.recognition_only,
-            can_learn=self.can_learn,
+            can_learn=self.may_teach(user),
+            learning_off=self.learning_off(user),
         )
         return wanted, history, _conversation_note(wanted, resumed=True)
 
@@ -550,19 +579,24 @@ def _reply(text: str, options: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
     return reply
 
 
-def _conversation_note(conversation: str, *, resumed: bool) -> str:
+def _conversation_note(conversation: str, *, resumed: bool, before: str = "") -> str:
     how = "Resumed conversation" if resumed else "Conversation"
     return (
-        f"<sub>{how} `{conversation}`: open this page with "
+        f"<sub>{before}{how} `{conversation}`: open this page with "
         f"[?conversation={conversation}](?conversation={conversation}) to come back to it; "
         "clear the chat for a new one.</sub>"
     )
 
 
 def messages_to_history(
-    messages: Sequence[BaseMessage], *, recognition_only: bool = False, can_learn: bool = False
+    messages: Sequence[BaseMessage],
+    *,
+    recognition_only: bool = False,
+    can_learn: bool = False,
+    learning_off: str | None = None,
 ) -> list[dict[str, Any]]:
-    """A stored conversation as Gradio chat history: each user turn and its rendered reply.
+    """A stored conversation as Gradio chat history: each user turn and its rendered reply
+    (``can_learn`` and ``learning_off`` as for :func:`render_reply`: for whom it is shown).
 
     Images show as their file name (the bytes stay in the conversation store).
     """
@@ -584,6 +618,7 @@ def messages_to_history(
                     tools,
                     recognition_only=recognition_only,
                     can_learn=can_learn,
+                    learning_off=learning_off,
                     unreadable=_unreadable(turn[:1]),
                 ),
             }
@@ -700,7 +735,7 @@ def build_chat_page(
         user = getattr(request, "username", None)
         if session.signed_in is not None and not session.signed_in(user):
             wanted = None  # a revoked sign-in reopens nothing
-        conversation, history, note = session.resume(wanted)
+        conversation, history, note = session.resume(wanted, user)
         return conversation, history, history, note
 
     open_conversation.__annotations__["request"] = gr.Request  # Gradio injects it by type

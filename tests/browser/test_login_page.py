@@ -126,3 +126,43 @@ def test_the_header_names_the_sign_in_and_a_revoked_token_is_answered_nothing(
         page.get_by_text("Sign in with your token").wait_for(timeout=60_000)
     finally:
         context.close()
+
+
+def test_two_people_at_once_each_see_only_their_own_conversations(
+    team_page: Any, browser: Any, artifacts_dir: Path
+) -> None:
+    """Alice and bob signed in at the same time, in two browsers: bob opening the link of
+    alice's conversation gets a new one of his own (nothing of hers shown, and his turns
+    never join hers); alice, in a second tab, gets hers back with its answer."""
+    import re
+
+    url, tokens, recognizer, _ = team_page
+    alice_context, alice = _sign_in(browser, url, "alice", tokens["alice"])
+    bob_context = None
+    try:
+        assert "Answer: blue jay" in _say(alice, files=(recognizer.example_images["blue jay"],))
+        note = alice.locator("#rar-conversation").inner_text()
+        found = re.search(r"conversation=([0-9a-f]{32})", note)
+        assert found is not None, note
+        link = f"{url}?conversation={found[1]}"
+
+        bob_context, bob = _sign_in(browser, link, "bob", tokens["bob"])
+        bob.locator("#rar-conversation").get_by_text("not found among yours").wait_for(
+            timeout=30_000
+        )
+        assert found[1] not in bob.locator("#rar-conversation").inner_text()
+        assert "blue jay" not in bob.locator("#rar-chat").inner_text()
+        assert "Answer: red apple" in _say(bob, files=(recognizer.example_images["red apple"],))
+        bob.screenshot(path=str(artifacts_dir / "two-people-bob.png"), full_page=True)
+
+        again = alice_context.new_page()  # alice's second tab, on her link
+        again.goto(link, wait_until="domcontentloaded", timeout=60_000)
+        again.locator("#rar-conversation").get_by_text("Resumed conversation").wait_for(
+            timeout=30_000
+        )
+        shown = again.locator("#rar-chat").inner_text()
+        assert "Answer: blue jay" in shown and "Answer: red apple" not in shown
+    finally:
+        alice_context.close()
+        if bob_context is not None:
+            bob_context.close()
