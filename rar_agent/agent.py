@@ -110,10 +110,10 @@ DEFAULT_SYSTEM_PROMPT = (
     "wrong and names the right category, call add_category_example with that label, the "
     "image, and corrects=<the wrong answer>; when they confirm an answer and want the photo "
     "kept, call it with confirmed=true. If it refuses because the image is stored under "
-    "another label, tell the user and offer relabel_example. Use the other tools when they "
-    "help answer the user's question. For many photos (a folder), call recognize_images once "
-    "instead of recognize_image per photo; list_directory and file_search, when available, "
-    "browse the photo folders."
+    "another label, tell the user and, if they say that label is wrong, call it again with "
+    "move=true. Use the other tools when they help answer the user's question. For many "
+    "photos (a folder), call recognize_images once instead of recognize_image per photo; "
+    "list_directory and file_search, when available, browse the photo folders."
 )
 
 
@@ -441,8 +441,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
         parts, recognized = [], False
         for message in reversed(turn):
             if message.status == "error":
-                parts.append(f"The {message.name or 'recognition'} tool reported an error: "
-                             f"{message.text}")  # fmt: skip
+                parts.append(_tool_failure(message))
             elif message.name in _TEACH_TOOLS:
                 parts.append(message.text)
             else:
@@ -490,6 +489,10 @@ class RecognitionOnlyChatModel(BaseChatModel):
         if before is None:
             return AIMessage(content="Send a photo first, then tell me what it shows.")
         image, answer = before
+        if teaching.intent == "move":
+            return _calls(
+                self.learn_tool_name, [{"label": teaching.label, "image": image, "move": True}]
+            )
         if teaching.intent == "reject":
             return AIMessage(
                 content="Which category is it, then? Say for example *it's a sandal*, or "
@@ -525,6 +528,17 @@ class RecognitionOnlyChatModel(BaseChatModel):
 
 HISTORY_SHOWN = 10
 """Teaching events the stand-in lists when asked for the history."""
+
+
+def _tool_failure(message: ToolMessage) -> str:
+    """A tool's error as the stand-in says it; a photo refused as stored under another
+    label in a person's words, with how to move it."""
+    from rar_agent.tools.learn import describe_duplicate, duplicate_refusal
+
+    refused = duplicate_refusal(message.text) if message.name == "add_category_example" else None
+    if refused is not None:
+        return describe_duplicate(*refused)
+    return f"The {message.name or 'recognition'} tool reported an error: {message.text}"
 
 
 def _calls(name: str, arguments: Sequence[dict[str, Any]]) -> AIMessage:

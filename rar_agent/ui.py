@@ -151,6 +151,7 @@ def render_reply(
             dropped without a word.
     """
     from rar_agent.agent import answer_marker
+    from rar_agent.tools.learn import describe_duplicate
 
     parts: list[str] = []
     results = [
@@ -168,6 +169,10 @@ def render_reply(
         if recognition_only:  # the stand-in's reply already says each tool's error
             errors = []
     for t in errors:
+        refused = _refused_duplicate(t)
+        if refused is not None:
+            parts.append(f"⚠️ {describe_duplicate(*refused)}")
+            continue
         parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(_plain(t.text))}")
     for t in results:
         artifact = t.artifact
@@ -216,11 +221,26 @@ def _evidence(item: dict[str, Any], query: str | None) -> str:
     return "<sub>Why: the closest stored examples</sub>\n\n" + "\n".join([head, rule, row])
 
 
+def _refused_duplicate(message: ToolMessage) -> tuple[str, str] | None:
+    """``(stored label, label asked for)`` when ``message`` refused a photo stored under
+    another label."""
+    from rar_agent.tools.learn import duplicate_refusal
+
+    if message.name != "add_category_example" or message.status != "error":
+        return None
+    return duplicate_refusal(message.text)
+
+
 def answer_options(tool_messages: Sequence[ToolMessage]) -> list[dict[str, str]]:
     """The controls under an answer (Gradio message options): confirm it, keep the photo,
     pick another candidate, or say it is something else. Each sends a message that the one
     name parser reads (``yes``, ``yes, keep it``, ``no, it's X``, ``no``). Only for a turn
-    with exactly one whole-image result."""
+    with exactly one whole-image result; under a photo refused as stored under another
+    label, the button that moves it (``move it to X``)."""
+    refusals = [r for r in map(_refused_duplicate, tool_messages) if r is not None]
+    if len(refusals) == 1:
+        target = refusals[0][1]
+        return [{"label": f"Move it to {target}", "value": f"move it to {target}"}]
     results = [
         t.artifact
         for t in tool_messages
