@@ -138,12 +138,36 @@ class LoadedBatch:
         return [item.failed if item.failed is not None else next(rest) for item in self.items]
 
 
+def _names_for(
+    images: Sequence[ImageInput], names: Sequence[str | None] | None
+) -> Sequence[str | None]:
+    """What to call each image: ``names`` (one per image) or nothing given for any."""
+    if names is None:
+        return [None] * len(images)
+    if len(names) != len(images):
+        raise ValueError(f"names: one per image, got {len(names)} for {len(images)} images")
+    return names
+
+
 def load_batch(
     images: Sequence[ImageInput], need: DecodeNeed | None, names: Sequence[str | None] | None
 ) -> LoadedBatch:
-    """Load every image, one after the other (``names``: what to call each one)."""
-    names = names if names is not None else [None] * len(images)
-    return LoadedBatch([_load_one(s, need, n) for s, n in zip(images, names, strict=True)])
+    """Load every image, one per CPU at a time (``names``: what to call each one).
+
+    Nothing else runs before the batch's forward pass, and Pillow's decoders let go of the
+    GIL, so decoding side by side shortens the wait by up to the number of CPUs: a 12 MP
+    JPEG's entropy decoding alone takes about 12 ms, half what a small photo's whole
+    recognition costs in a batch (docs/benchmarks.md, "Phone photos").
+    """
+    from rar_agent.encoders.torch_base import usable_cpus
+
+    names = _names_for(images, names)
+    needs = [need] * len(images)
+    workers = min(len(images), usable_cpus())
+    if workers < 2:
+        return LoadedBatch(list(map(_load_one, images, needs, names)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="rar-decode") as pool:
+        return LoadedBatch(list(pool.map(_load_one, images, needs, names)))
 
 
 def stream_results(
@@ -159,7 +183,7 @@ def stream_results(
     Closing the iterator early cancels the pieces not started and waits for the running
     ones (at most ``plan.window`` pieces).
     """
-    names = names if names is not None else [None] * len(images)
+    names = _names_for(images, names)
     pieces = [range(i, min(i + plan.piece, len(images))) for i in range(0, len(images), plan.piece)]
     with (
         ThreadPoolExecutor(plan.decoders, thread_name_prefix="rar-decode") as decoders,

@@ -187,3 +187,34 @@ def test_a_folder_without_images_is_refused_before_the_model_loads(
     done = CliRunner().invoke(app, ["recognize", str(empty), "--labels", "a,b"])
     assert done.exit_code == 2, done.output
     assert f"no image files in the folder {empty}" in done.output
+
+
+def test_a_batch_decodes_its_images_side_by_side_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    both_decoding = threading.Barrier(2, timeout=10)
+    real = stream_module.load_image
+
+    def load_together(src: object, need: object = None) -> LoadedImage:
+        both_decoding.wait()  # breaks (and fails the test) unless two decode at once
+        return real(src, need=need)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stream_module, "load_image", load_together)
+    monkeypatch.setattr("rar_agent.encoders.torch_base.usable_cpus", lambda: 2)
+    images: list[object] = list(_indexed(6))
+    images[3] = b"not an image"
+    batch = stream_module.load_batch(images, None, ["a", "b", "c", "d", "e", "f"])  # type: ignore[arg-type]
+    assert [image.image.width for image in batch.images] == [8, 9, 10, 12, 13]
+    assert [image.source for image in batch.images] == ["a", "b", "c", "e", "f"]
+    results = batch.fill(_echo(batch.images, batch.load_ms))
+    assert results[3].error and results[3].image == "d"
+
+
+@pytest.mark.parametrize("run", ["batch", "stream"])
+def test_names_must_be_one_per_image(run: str) -> None:
+    images = _indexed(3)
+    with pytest.raises(ValueError, match="one per image, got 2 for 3"):
+        if run == "batch":
+            stream_module.load_batch(images, None, ["a", "b"])
+        else:
+            list(stream_results(images, ["a", "b"], None, _echo, StreamPlan(2, 1, 1)))
