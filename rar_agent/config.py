@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     )
     qdrant_url: str | None = Field(default=None, description="Qdrant server URL; None = embedded.")
     qdrant_api_key: str | None = None
+    qdrant_timeout: int | None = Field(
+        default=None,
+        ge=1,
+        description="Seconds one Qdrant server request may take; None = qdrant-client's 5.",
+    )
     shard_number: int | None = Field(default=None, description="Server collections only.")
     replication_factor: int | None = Field(default=None, description="Server collections only.")
     write_consistency_factor: int | None = Field(
@@ -177,6 +182,13 @@ class Settings(BaseSettings):
     k: int = Field(default=5, ge=MIN_K, le=MAX_K)
     fetch_k: int | None = Field(default=None, ge=1, description="Entries fetched before folding.")
     ranker: str = Field(default="none", description="none | provider:model | hf:<repo|dir>.")
+    ranker_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds one ranker call may take before the retrieval answer stands "
+        "(each of at most 2 attempts); None = the ranking chain's default, 60.",
+    )
     gate: str | None = Field(
         default=None, description="Ranking gate: off | on | auto | a score margin (skip above it)."
     )

@@ -54,8 +54,10 @@ __all__ = [
     "MemoryOpt",
     "PortOpt",
     "ProgressOpt",
+    "QdrantTimeoutOpt",
     "QdrantUrlOpt",
     "RankerOpt",
+    "RankerTimeoutOpt",
     "RejectOpt",
     "ShotsOpt",
     "error_guard",
@@ -120,6 +122,16 @@ ApiKeyOpt = Annotated[
         "--api-key",
         help="Qdrant server API key.",
         envvar="RAR_QDRANT_API_KEY",
+        rich_help_panel=_MEMORY_PANEL,
+    ),
+]
+QdrantTimeoutOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--qdrant-timeout",
+        help="Seconds one Qdrant server request may take.",
+        envvar="RAR_QDRANT_TIMEOUT",
+        show_default="5",
         rich_help_panel=_MEMORY_PANEL,
     ),
 ]
@@ -191,6 +203,16 @@ LabelsOpt = Annotated[
 RankerOpt = Annotated[
     str | None,
     typer.Option("--ranker", help=RANKER_HELP, envvar="RAR_RANKER", show_default="none"),
+]
+RankerTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--ranker-timeout",
+        help="Seconds one ranker call may take (each of at most 2 attempts); then the "
+        "retrieval answer stands, marked fallback.",
+        envvar="RAR_RANKER_TIMEOUT",
+        show_default="60",
+    ),
 ]
 GateOpt = Annotated[
     str | None,
@@ -273,9 +295,11 @@ STORE = (
     _param("memory", MemoryOpt),
     _param("qdrant_url", QdrantUrlOpt),
     _param("api_key", ApiKeyOpt),
+    _param("qdrant_timeout", QdrantTimeoutOpt),
     _param("collection", CollectionOpt),
 )
-"""Where the memory lives: ``--memory``, ``--qdrant-url``, ``--api-key``, ``--collection``."""
+"""Where the memory lives: ``--memory``, ``--qdrant-url``, ``--api-key``, ``--qdrant-timeout``,
+``--collection``."""
 ENCODER = (
     _param("clip_model", ClipModelOpt),
     _param("clip_pretrained", ClipPretrainedOpt),
@@ -285,10 +309,11 @@ ENCODER = (
 RANKING = (
     _param("k", KOpt),
     _param("ranker", RankerOpt),
+    _param("ranker_timeout", RankerTimeoutOpt),
     _param("gate", GateOpt),
     _param("reject", RejectOpt),
 )
-"""How to recognize: ``--k``, ``--ranker``, ``--gate``, ``--reject``."""
+"""How to recognize: ``--k``, ``--ranker``, ``--ranker-timeout``, ``--gate``, ``--reject``."""
 
 _P = ParamSpec("_P")
 

@@ -48,6 +48,7 @@ __all__ = [
     "reference_problem",
     "to_rgb",
     "is_image_reference",
+    "looks_like_base64",
     "DEFAULT_MAX_PIXELS",
     "MAX_FILE_BYTES",
     "THUMBNAIL_MAX_BYTES",
@@ -199,6 +200,12 @@ def _from_bytes(
     return LoadedImage(image, source, original_size=original, data=data)
 
 
+def looks_like_base64(text: str) -> bool:
+    """Whether a string reference reads as bare base64 image data (no ``data:`` prefix): over
+    64 characters, all of the base64 alphabet (standard or URL-safe, whitespace allowed)."""
+    return len(text) > 64 and _B64_CHARS.match(text) is not None
+
+
 def _file_of(text: str) -> Path | None:
     """The file a string reference names; ``None`` for a URL, a data URI, raw base64 or
     nothing (the one reading of a reference, for :func:`load_image` and its checks)."""
@@ -207,7 +214,7 @@ def _file_of(text: str) -> Path | None:
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         return None
     path = Path(text).expanduser()
-    if not path.exists() and len(text) > 64 and _B64_CHARS.match(text):
+    if not path.exists() and looks_like_base64(text):
         return None
     return path
 

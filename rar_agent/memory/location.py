@@ -216,8 +216,8 @@ class MemoryLocation:
 
         Args:
             settings: ``memory_path`` (embedded directory), ``qdrant_url`` /
-                ``qdrant_api_key`` and the cluster layout (server), ``home`` and
-                ``collection``.
+                ``qdrant_api_key`` / ``qdrant_timeout`` and the cluster layout (server),
+                ``home`` and ``collection``.
             collection: Another collection than ``settings.collection`` (e.g. a cached
                 vocabulary memory): it lives beside the others, in ``<home>/memories/``, or
                 on the configured server.
@@ -236,6 +236,7 @@ class MemoryLocation:
             url,
             name,
             api_key=settings.qdrant_api_key,
+            timeout=settings.qdrant_timeout,
             shard_number=settings.shard_number,
             replication_factor=settings.replication_factor,
             write_consistency_factor=settings.write_consistency_factor,

@@ -24,6 +24,8 @@ __all__ = ["META_KEY", "ServerBackend"]
 
 META_KEY = "rar_memory"
 _CHUNK = 1024
+_CLIENT_TIMEOUT_S = 5
+"""qdrant-client's request timeout when none is given (its HTTP client's default)."""
 
 
 class ServerBackend:
@@ -55,7 +57,8 @@ class ServerBackend:
         )
         # Serialises this handle's record writes (see ``replace_meta``).
         self._meta_lock = threading.Lock()
-        timeout = location.timeout
+        timeout = max(1, round(location.timeout)) if location.timeout is not None else None
+        self._timeout = timeout or _CLIENT_TIMEOUT_S  # for the timed-out message
         with self._call("connect"):
             if self._local:
                 self._client: Any = QdrantClient(location=IN_PROCESS)
@@ -63,7 +66,7 @@ class ServerBackend:
                 self._client = QdrantClient(
                     url=location.url,
                     api_key=location.api_key,
-                    timeout=max(1, round(timeout)) if timeout is not None else None,
+                    timeout=timeout,
                     check_compatibility=False,
                 )
             exists = self._client.collection_exists(collection)
@@ -103,11 +106,15 @@ class ServerBackend:
             ) from e
         except ResponseHandlingException as e:
             source = e.source
-            kind = "timed out" if "timeout" in type(source).__name__.lower() else "unreachable"
+            timed_out = "timeout" in type(source).__name__.lower()
+            kind = "timed out" if timed_out else "unreachable"
+            longer = (
+                f"; or allow more than {self._timeout} s: RAR_QDRANT_TIMEOUT" if timed_out else ""
+            )
             raise MemoryStoreError(
                 f"{where} is {kind} ({type(source).__name__}: {source}) while trying to {what}: "
                 "check --qdrant-url / RAR_QDRANT_URL and that the server is running "
-                "(docker compose up -d qdrant)"
+                f"(docker compose up -d qdrant){longer}"
             ) from e
         except Exception as e:
             raise MemoryStoreError(f"{where} failed to {what}: {type(e).__name__}: {e}") from e

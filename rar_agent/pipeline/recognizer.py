@@ -68,6 +68,9 @@ class Recognizer:
             recorded (``memory.info.encoder_spec``).
         ranker: A ``RankingChain``, a chat model, a model string (``"openai:gpt-4o-mini"``,
             ``"hf:<dir>"``) or ``None``/``"none"`` for retrieval only.
+        ranker_timeout: Seconds one ranker call may take before the retrieval answer
+            stands (status ``fallback``; each of the chain's attempts, at most two by
+            default); ``None`` keeps the default (60 s) or a ready chain's own.
         k: Candidates handed to the ranker (and returned).
         fetch_k: Memory entries fetched before folding into labels.
         gate: Skip ranking when the top label's score leads the second by more than this
@@ -92,6 +95,7 @@ class Recognizer:
         encoder: ImageTextEncoder | None = None,
         *,
         ranker: RankerSpec = None,
+        ranker_timeout: float | None = None,
         k: int = 5,
         fetch_k: int | None = None,
         gate: float | str | None = None,
@@ -111,7 +115,9 @@ class Recognizer:
         self.retriever = CategoryRetriever(
             memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=kind
         )
-        self.ranker: RankingChain | None = as_ranking_chain(ranker, gate=self.gate)
+        self.ranker: RankingChain | None = as_ranking_chain(
+            ranker, gate=self.gate, timeout_s=ranker_timeout
+        )
         self.hint = hint if hint is not None else getattr(memory.info, "description", None)
         self.reject = parse_reject(reject)
         self.novel_groups = NovelGroupLog()
@@ -183,7 +189,8 @@ class Recognizer:
 
         settings = (settings or Settings()).model_copy(update=overrides)
         check_collection_name(settings.collection)  # before a slow encoder load
-        ranker = as_ranking_chain(settings.ranker)  # first: a ranker that cannot load fails fast
+        # first: a ranker that cannot load fails fast
+        ranker = as_ranking_chain(settings.ranker, timeout_s=settings.ranker_timeout)
         memory = None if labels is not None else configured_memory(settings, read_only=read_only)
         try:
             encoder = memory_encoder(settings, memory, announce=announce)

@@ -7,7 +7,7 @@ model). The local transformers chat model lives in :mod:`rar_agent.ranking.local
 (imported on first use: it pulls in torch and transformers when it loads weights).
 """
 
-from rar_agent.ranking.chain import RankingChain
+from rar_agent.ranking.chain import DEFAULT_TIMEOUT_S, RankingChain, check_timeout
 from rar_agent.ranking.gate import (
     DEFAULT_GATE_MARGIN,
     REJECTED_SKIP_REASON,
@@ -46,6 +46,7 @@ from rar_agent.ranking.rankers import (
 __all__ = [
     "DEFAULT_GATE_MARGIN",
     "DEFAULT_LOCAL_RANKER",
+    "DEFAULT_TIMEOUT_S",
     "NO_RANKER",
     "RANKING_SCHEMA",
     "SYSTEM_PROMPT",
@@ -58,6 +59,7 @@ __all__ = [
     "as_ranking_chain",
     "hosted_model_spec",
     "build_ranking_messages",
+    "check_timeout",
     "describe_model",
     "encode_image",
     "format_target",

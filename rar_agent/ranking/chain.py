@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -37,10 +38,33 @@ from rar_agent.ranking.io import (
 from rar_agent.ranking.parser import MAX_REPLY_CHARS, ParseResult, parse_items, parse_reply
 from rar_agent.ranking.prompt import RankingExample, build_ranking_messages
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RankingChain"]
+__all__ = ["DEFAULT_TIMEOUT_S", "RankingChain", "check_timeout"]
 
 DEFAULT_TIMEOUT_S = 60.0
 """Seconds a ranker call may take before the chain gives up on it (one attempt)."""
+
+
+def _timeout_problem(timeout_s: float | None) -> str | None:
+    if timeout_s is None:
+        return None
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float):
+        return f"timeout_s must be a number of seconds or None, got {timeout_s!r}"
+    if not math.isfinite(timeout_s) or timeout_s <= 0:
+        return f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}"
+    return None
+
+
+def check_timeout(timeout_s: float | None) -> float | None:
+    """``timeout_s`` if it is a usable ranker timeout (seconds > 0, or None for none).
+
+    Raises:
+        ConfigError: It is not a positive, finite number of seconds.
+    """
+    problem = _timeout_problem(timeout_s)
+    if problem is not None:
+        raise ConfigError(f"Invalid ranker timeout: {problem}.")
+    return timeout_s
+
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +120,9 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
         problems = []
         if self.image_max_side < 16:
             problems.append(f"image_max_side must be >= 16 pixels, got {self.image_max_side}")
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            problems.append(f"timeout_s must be > 0 or None, got {self.timeout_s}")
+        timeout_problem = _timeout_problem(self.timeout_s)
+        if timeout_problem is not None:
+            problems.append(timeout_problem)
         if self.max_retries < 0:
             problems.append(f"max_retries must be >= 0, got {self.max_retries}")
         if self.max_concurrency < 1:

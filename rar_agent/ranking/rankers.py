@@ -23,7 +23,7 @@ from typing import Any, TypeAlias
 from langchain_core.language_models import BaseChatModel
 
 from rar_agent.errors import ConfigError, RankerError
-from rar_agent.ranking.chain import DEFAULT_TIMEOUT_S, RankingChain
+from rar_agent.ranking.chain import DEFAULT_TIMEOUT_S, RankingChain, check_timeout
 
 __all__ = [
     "DEFAULT_LOCAL_RANKER",
@@ -93,12 +93,20 @@ def hosted_model_spec(spec: str | None) -> str | None:
     return None
 
 
-def load_ranker(spec: str | BaseChatModel | None, **kwargs: Any) -> BaseChatModel | None:
+def load_ranker(
+    spec: str | BaseChatModel | None,
+    *,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    **kwargs: Any,
+) -> BaseChatModel | None:
     """Create the ranking chat model named by ``spec``.
 
     Args:
         spec: ``none``/None, ``provider:model``, ``hf:<repo or dir>``, a model directory,
             ``local``, or a ``BaseChatModel`` (returned as is).
+        timeout_s: A provider model's HTTP timeout (the ranking chain's timeout, so that a
+            call the chain gave up on ends too); None leaves the provider's own. A
+            ``timeout`` or ``client_kwargs`` in ``kwargs`` wins.
         **kwargs: Passed to the model: ``init_chat_model`` keyword arguments for providers
             (``temperature``, ``api_key``...), :class:`LocalVisionChatModel` fields for local
             models (``adapter``, ``max_new_tokens``, ``device``, ``dtype``...).
@@ -126,10 +134,12 @@ def load_ranker(spec: str | BaseChatModel | None, **kwargs: Any) -> BaseChatMode
         return _local(text[3:].strip(), kwargs)
     if Path(text).expanduser().is_dir():
         return _local(text, kwargs)
-    return _provider(text, kwargs)
+    return _provider(text, kwargs, timeout_s)
 
 
-def as_ranking_chain(ranker: RankerSpec, *, gate: float | None = None) -> RankingChain | None:
+def as_ranking_chain(
+    ranker: RankerSpec, *, gate: float | None = None, timeout_s: float | None = None
+) -> RankingChain | None:
     """The ranking chain a spec names, or None for no ranker.
 
     Args:
@@ -137,20 +147,28 @@ def as_ranking_chain(ranker: RankerSpec, *, gate: float | None = None) -> Rankin
             in a default chain), or a "no ranker" spelling.
         gate: A confidence-gate margin for the chain; given, it replaces a ready chain's own
             (on a copy that shares the original's counters).
+        timeout_s: Seconds one ranker call may take (each of the chain's attempts; a
+            provider model's HTTP timeout too); None keeps the default
+            (:data:`DEFAULT_TIMEOUT_S`) or a ready chain's own. Given, it replaces a ready
+            chain's own, on a copy as ``gate`` does.
 
     Returns:
         The chain, or None when no ranker is wanted.
 
     Raises:
         RankerError, ModelLoadError, ConfigError: As :func:`load_ranker`; ``ConfigError`` for
-            a negative or non-finite ``gate``.
+            a negative or non-finite ``gate`` or a ``timeout_s`` that is not a positive number.
     """
+    check_timeout(timeout_s)
     if isinstance(ranker, RankingChain):
-        if gate is None or gate == ranker.gate:
-            return ranker
-        return ranker.with_gate(gate)
-    model = load_ranker(ranker)
-    return None if model is None else RankingChain(model, gate=gate)
+        if gate is not None and gate != ranker.gate:
+            ranker = ranker.with_gate(gate)
+        if timeout_s is not None and timeout_s != ranker.timeout_s:
+            ranker = ranker.model_copy(update={"timeout_s": timeout_s})
+        return ranker
+    limit = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+    model = load_ranker(ranker, timeout_s=limit)
+    return None if model is None else RankingChain(model, gate=gate, timeout_s=limit)
 
 
 def _why(exc: BaseException) -> str:
@@ -165,7 +183,7 @@ def _request_timeout_field(model: BaseChatModel) -> str | None:
     return "client_kwargs" if "client_kwargs" in type(model).model_fields else None
 
 
-def _bounded_wait(model: BaseChatModel, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _bounded_wait(model: BaseChatModel, kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """``kwargs`` plus the chain's timeout (one attempt) as the model's HTTP timeout.
 
     The ranking chain stops waiting at its own timeout, but a call it gave up on runs on in
@@ -174,8 +192,8 @@ def _bounded_wait(model: BaseChatModel, kwargs: dict[str, Any]) -> dict[str, Any
     can exit.
     """
     if _request_timeout_field(model) == "timeout":
-        return {**kwargs, "timeout": DEFAULT_TIMEOUT_S}
-    return {**kwargs, "client_kwargs": {"timeout": DEFAULT_TIMEOUT_S}}
+        return {**kwargs, "timeout": timeout_s}
+    return {**kwargs, "client_kwargs": {"timeout": timeout_s}}
 
 
 def _unknown_ranker(spec: str, exc: ValueError) -> str:
@@ -207,15 +225,16 @@ def _local(target: str, kwargs: dict[str, Any]) -> BaseChatModel:
     return LocalVisionChatModel(model_path=target, **kwargs).load()
 
 
-def _provider(spec: str, kwargs: dict[str, Any]) -> BaseChatModel:
+def _provider(spec: str, kwargs: dict[str, Any], timeout_s: float | None) -> BaseChatModel:
     try:
         from langchain.chat_models import init_chat_model
     except ImportError as exc:
         raise RankerError(f"Ranker {spec!r} needs the langchain package: {_PIP_HINT}.") from exc
     try:
         model = init_chat_model(spec, **kwargs)
-        if _request_timeout_field(model) and not {"timeout", "client_kwargs"} & set(kwargs):
-            return init_chat_model(spec, **_bounded_wait(model, kwargs))
+        mine = {"timeout", "client_kwargs"} & set(kwargs)
+        if timeout_s is not None and _request_timeout_field(model) and not mine:
+            return init_chat_model(spec, **_bounded_wait(model, kwargs, timeout_s))
         return model
     except ImportError as exc:
         raise RankerError(

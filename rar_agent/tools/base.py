@@ -21,6 +21,7 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import ConfigDict, Field, field_validator
 
 from rar_agent.errors import ImageError, UnsafeInputError
+from rar_agent.images import looks_like_base64
 from rar_agent.registry import ImageRegistry, ImageScope, decode_base64_image, is_latest_ref
 from rar_agent.safety import (
     describe_roots,
@@ -146,7 +147,7 @@ class ImageResolver:
             forms.append(f"a file path relative to {describe_roots(self.allowed_roots)}")
         if self.allow_urls:
             forms.append("a public http(s) URL")
-        forms.append("a data URI with base64 image data ('data:image/png;base64,...')")
+        forms.append("base64 image data, best as a data URI ('data:image/png;base64,...')")
         return "; ".join(forms)
 
     def resolve(self, ref: str | None) -> ImageSource:
@@ -187,7 +188,12 @@ class ImageResolver:
             return ImageSource("<data URI>", decode_base64_image(text)[0])
         if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
             raise UnsafeInputError(f"unsupported reference {text[:40]!r}: use an image id")
-        return ImageSource(text, resolve_inside_roots(text, self.allowed_roots))
+        try:
+            return ImageSource(text, resolve_inside_roots(text, self.allowed_roots))
+        except UnsafeInputError:
+            if not looks_like_base64(text):
+                raise
+        return ImageSource("<base64>", decode_base64_image(text)[0])  # no data: prefix
 
     def _latest(self, text: str) -> RegisteredImage:
         """This conversation's latest image (``text`` is a "latest" word or empty)."""

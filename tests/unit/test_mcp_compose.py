@@ -81,3 +81,66 @@ def recognizer_tool_named(name: str) -> Any:
     from langchain_core.tools import StructuredTool
 
     return StructuredTool.from_function(lambda: "x", name=name, description="a clash")
+
+
+FLAKY = {
+    "flaky": {
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": [str(SERVER.with_name("flaky_mcp_server.py"))],
+    }
+}
+
+
+def _calls(tool: str) -> Any:
+    """A policy: call ``tool`` once, then answer with what it returned."""
+    from langchain_core.messages import AIMessage
+
+    def policy(messages: list[Any]) -> AIMessage:
+        done = [m for m in messages if isinstance(m, ToolMessage)]
+        if not done:
+            call = {"name": tool, "args": {"text": "hi"}, "id": "c1", "type": "tool_call"}
+            return AIMessage(content="", tool_calls=[call])
+        return AIMessage(content=f"The tool said: {done[-1].text}")
+
+    return policy
+
+
+async def test_a_server_that_dies_mid_call_is_a_tool_error_not_a_crash(recognizer: Any) -> None:
+    """The MCP server's process ends during the call: the model gets an error tool message
+    (and answers), the agent run goes on instead of raising the SDK's McpError."""
+    agent = create_rar_agent(
+        PolicyChatModel(policy=_calls("crash")), recognizer=recognizer, mcp_servers=FLAKY
+    )
+    out = await agent.ainvoke({"messages": [HumanMessage("go")]})
+    (message,) = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert message.name == "crash" and message.status == "error"
+    assert message.text.startswith("crash failed: its MCP server did not complete the call")
+    assert out["messages"][-1].text.startswith("The tool said: crash failed")
+    again = agent.invoke({"messages": [HumanMessage("go")]})  # the sync path too
+    assert [m.status for m in again["messages"] if isinstance(m, ToolMessage)] == ["error"]
+
+
+def test_a_server_that_never_answers_is_bounded(recognizer: Any) -> None:
+    """A stalled call ends at ``call_timeout_s`` as an error tool message, in a plain
+    LangChain agent too (the tool handles its own errors), and the next call still works."""
+    from langchain.agents import create_agent
+
+    tools = {t.name: t for t in mcp_server_tools(FLAKY, call_timeout_s=2)}
+    agent = create_agent(PolicyChatModel(policy=_calls("stall")), list(tools.values()))
+    out = agent.invoke({"messages": [HumanMessage("go")]})
+    (message,) = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert message.status == "error"
+    assert message.text == (
+        "stall failed: its MCP server gave no answer within 2 s; go on without it or try "
+        "again later"
+    )
+    echo = tools["echo"].invoke(
+        {"type": "tool_call", "name": "echo", "args": {"text": "still here"}, "id": "2"}
+    )
+    assert echo.status == "success" and "echo: still here" in echo.text
+
+
+def test_call_timeout_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="call_timeout_s"):
+        mcp_server_tools(FLAKY, call_timeout_s=0)

@@ -112,3 +112,40 @@ def test_local_mode_keeps_metadata_in_the_collection() -> None:
         assert set(info.config.params.vectors) == {"image", "text"}
         assert info.config.params.vectors["image"].size == 4
         assert mem.stats()["storage_points"] == 1
+
+
+def test_timeout_is_a_setting(slow: LocalHTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAR_QDRANT_TIMEOUT reaches the client (the server here is silent for 3 s, qdrant-client's
+    own default is 5 s), and a timed-out request says how to allow more."""
+    from rar_agent.config import Settings
+
+    monkeypatch.setenv("RAR_QDRANT_TIMEOUT", "1")
+    settings = Settings(qdrant_url=slow.url(), collection="pets")
+    location = MemoryLocation.from_settings(settings)
+    assert location.timeout == 1
+    with pytest.raises(MemoryStoreError, match="timed out") as err:
+        CategoryMemory.open(location)
+    assert "allow more than 1 s: RAR_QDRANT_TIMEOUT" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon"])
+def test_a_bad_qdrant_timeout_names_the_variable(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rar_agent.cli.options import settings_from_options
+    from rar_agent.errors import ConfigError
+
+    monkeypatch.setenv("RAR_QDRANT_TIMEOUT", value)
+    with pytest.raises(ConfigError, match="RAR_QDRANT_TIMEOUT"):
+        settings_from_options()
+
+
+def test_cli_qdrant_timeout_option(slow: LocalHTTPServer, tiny_cli_env: object) -> None:
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    args = ["memory", "stats", "--qdrant-url", slow.url(), "--collection", "pets"]
+    out = CliRunner().invoke(app, [*args, "--qdrant-timeout", "1"])
+    assert out.exit_code != 0
+    assert "timed out" in out.output and "allow more than 1 s" in out.output

@@ -277,6 +277,29 @@ def test_recognize_bad_arguments_become_tool_errors(recognizer: Any) -> None:
     assert _call(tool, {"image": "data:image/png;base64,!!!"}).status == "error"
 
 
+def test_bare_base64_is_an_image_not_a_file_path(recognizer: Any, tmp_path: Path) -> None:
+    """Models often send base64 without the ``data:`` prefix: it is recognized as the data
+    URI would be (with or without allowed folders), never read as a 40 KB "file path"."""
+    photo = recognizer.example_images["blue jay"].read_bytes()
+    bare = base64.b64encode(photo).decode()
+    for tool in (
+        RecognizeTool(recognizer=recognizer),
+        RecognizeTool(recognizer=recognizer, allowed_roots=[tmp_path]),
+    ):
+        msg = _call(tool, {"image": bare})
+        assert msg.status == "success", msg.content
+        assert msg.artifact["label"] == "blue jay" and msg.artifact["image"] == "<base64>"
+        garbage = _call(tool, {"image": base64.b64encode(b"not an image" * 20).decode()})
+        assert garbage.status == "error" and "not an image" in garbage.content
+    assert "base64 image data" in make_tools(recognizer)[0].description
+    # a file name is still a file name, inside the allowed folder
+    (tmp_path / "bluejay").write_bytes(photo)
+    by_name = _call(
+        RecognizeTool(recognizer=recognizer, allowed_roots=[tmp_path]), {"image": "bluejay"}
+    )
+    assert by_name.artifact["label"] == "blue jay" and by_name.artifact["image"] == "bluejay"
+
+
 def test_recognize_boxes_use_recognize_regions(recognizer: Any) -> None:
     reg = ImageRegistry()
     image_id = reg.register(recognizer.example_images["yellow banana"].read_bytes())
