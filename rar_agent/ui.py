@@ -779,7 +779,9 @@ def build_chat_page(
         title=title, analytics_enabled=False, fill_height=True, fill_width=True
     ) as page:
         conversation = gr.State(None)
-        gr.Markdown(f"<h1 style='text-align: center; margin-bottom: 1rem'>{title}</h1>")
+        gr.Markdown(
+            f"<h1 style='text-align: center; margin-bottom: 1rem'>{title}</h1>", elem_id="rar-title"
+        )
         header = gr.Markdown(
             _page_description(recognizer, model, can_learn=can_learn), elem_id="rar-header"
         )
@@ -793,8 +795,12 @@ def build_chat_page(
                 placeholder="Ask about a photo: drop, paste or upload it here",
                 elem_id="rar-input",
             ),
-            chatbot=gr.Chatbot(
-                elem_id="rar-chat", sanitize_html=True, label="Conversation", scale=1
+            chatbot=gr.Chatbot(  # no floating label badge: it covered the answer's first line
+                elem_id="rar-chat",
+                sanitize_html=True,
+                label="Conversation",
+                show_label=False,
+                scale=1,
             ),
             additional_inputs=[conversation],
             analytics_enabled=False,
@@ -978,10 +984,19 @@ PAGE_CSS = """
 #rar-chat table { display: block; max-width: 100%; overflow-x: auto; }
 #rar-chat table img { max-width: 64px; height: auto; }
 #rar-chat th, #rar-chat td { white-space: nowrap; padding: 2px 8px; }
+#rar-chat .top-panel { position: static; width: fit-content; margin: 4px 4px 0 auto; }
 @media (max-width: 640px) {
-  #rar-chat { min-height: 60vh; }
+  #rar-title h1 { font-size: 1.25rem; margin-bottom: 0 !important; }
+  #rar-header, #rar-header p { font-size: 13px !important; line-height: 1.35 !important; }
+  #rar-header { max-height: 8.6em; overflow-y: auto; padding-bottom: 0.5em;
+    mask-image: linear-gradient(to bottom, #000 75%, transparent); }
+  #rar-chat { height: 52vh !important; min-height: 52vh; }
   #rar-chat .message { font-size: 15px; }
 }
 """
 """The page's layout rules: the conversation fills the window, tables scroll sideways on a
-phone instead of breaking, thumbnails stay small."""
+phone instead of breaking, thumbnails stay small, the conversation's buttons (clear, copy)
+sit in a row of their own instead of over the answers; on a phone the title and the header are
+smaller (the header scrolls within six lines, its last one fading out), so that the
+conversation takes half the window and the box to send a photo shows below it without
+scrolling."""
