@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PAGE_CSS",
+    "PAGE_JS",
     "ChatSession",
     "answer_options",
     "build_chat_page",
@@ -929,6 +930,7 @@ def launch(
             max_file_size=max_file_size,
             theme=theme,
             css=PAGE_CSS,
+            js=PAGE_JS,
             show_error=True,
             footer_links=[],
             auth=auth,
@@ -1000,3 +1002,24 @@ sit in a row of their own instead of over the answers; on a phone the title and 
 smaller (the header scrolls within six lines, its last one fading out), so that the
 conversation takes half the window and the box to send a photo shows below it without
 scrolling."""
+
+PAGE_JS = """
+() => {
+  // A turn disables the input and an answer's buttons go when pressed, which drops the
+  // keyboard focus on the page's body (the next Tab starts from the top): when that happens
+  // to a person using the keyboard, the focus goes back to the input once it is usable.
+  // After a pointer the focus is left alone, so a phone's on-screen keyboard does not pop
+  // up over the answer.
+  let byKey = false;
+  document.addEventListener('keydown', () => { byKey = true; }, true);
+  document.addEventListener('pointerdown', () => { byKey = false; }, true);
+  new MutationObserver(() => {
+    const input = document.querySelector('#rar-input textarea');
+    const lost = !document.activeElement || document.activeElement === document.body;
+    if (byKey && lost && input && !input.disabled) input.focus();
+  }).observe(document.body, {
+    subtree: true, childList: true, attributes: true, attributeFilter: ['disabled']
+  });
+}
+"""
+"""The page's script: after a turn sent from the keyboard, the focus is back in the input."""
