@@ -379,8 +379,8 @@ LEARNING_OFF = (
     "--allow-learning to teach it)."
 )
 LEARNING_NOT_GRANTED = (
-    " Your sign-in may not teach the memory, so names you give are not stored: its token "
-    "lacks the learn scope (ask for one made with rar-agent auth add NAME --scope learn)."
+    " You are signed in to recognize photos, not to teach, so names you give are not stored: "
+    "to teach, ask whoever runs this page for a sign-in that may (the learn scope)."
 )
 
 
@@ -475,7 +475,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
             if teaching is not None and teaching.label and teaching.intent in ("name", "correct"):
                 if not self.can_learn:
                     return AIMessage(
-                        content=f"I cannot store {teaching.label!r}:" + self.learning_off
+                        content=f"I cannot store {teaching.label!r}." + self.learning_off
                     )
                 return _calls(
                     self.learn_tool_name, [{"label": teaching.label, "image": i} for i in ids]
@@ -484,7 +484,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
         if teaching is None:
             return AIMessage(content=self._capabilities())
         if not self.can_learn:
-            named = f"I cannot store {teaching.label!r}:" if teaching.label else ""
+            named = f"I cannot store {teaching.label!r}." if teaching.label else ""
             return AIMessage(content=(named + self.learning_off).strip())
         if before is None:
             return AIMessage(content="Send a photo first, then tell me what it shows.")
@@ -520,7 +520,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
     def _command(self, command: TeachingCommand) -> AIMessage:
         """List or undo the teaching (the tools that come with learning), or say why not."""
         if not self.can_learn:
-            return AIMessage(content=("There is no teaching to list or undo:" + self.learning_off))
+            return AIMessage(content="Nothing to list or undo here." + self.learning_off)
         if command.action == "undo":
             return _calls("undo_teaching", [{"n": command.n}])
         return _calls("teaching_history", [{"limit": HISTORY_SHOWN}])

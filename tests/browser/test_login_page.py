@@ -20,7 +20,7 @@ from tests.helpers.small_memory import small_recognizer
 
 pytestmark = pytest.mark.browser
 
-SCOPE_NOTE = "its token lacks the learn scope"
+SCOPE_NOTE = "signed in to recognize photos, not to teach"
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,8 @@ def test_sign_in_then_teach_by_the_tokens_scope(team_page: Any, browser: Any) ->
         assert "Unknown" in seen and SCOPE_NOTE in seen and "--allow-learning" not in seen
         refused = _say(page, "call it teal moon")
         assert SCOPE_NOTE in refused and "--allow-learning" not in refused
+        # in words for the person at the page: who to ask, not a command to run
+        assert "ask whoever runs this page" in refused and "rar-agent" not in refused
         assert recognizer.memory.count() == before
     finally:
         context.close()

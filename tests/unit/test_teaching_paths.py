@@ -249,7 +249,7 @@ async def test_page_lists_and_undoes_teaching_in_words(recognizer: Any, tmp_path
 
     reading = ChatSession(create_rar_agent(None, recognizer=recognizer), recognition_only=True)
     refused = (await reading.respond("undo", []))["content"]
-    assert "no teaching to list or undo" in refused and "Learning is off" in refused
+    assert "Nothing to list or undo here" in refused and "Learning is off" in refused
 
 
 # ---------------------------------------------------------------------------- CLI
