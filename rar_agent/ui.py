@@ -54,6 +54,7 @@ __all__ = [
     "messages_to_history",
     "render_reply",
     "token_login",
+    "ELSEWHERE",
     "NOT_YOURS",
     "SIGNED_OUT",
     "URLS_OFF",
@@ -307,6 +308,11 @@ NOT_YOURS = (
     "chat to start one of your own."
 )
 """What a signed-in person is answered on another person's conversation."""
+ELSEWHERE = (
+    "This conversation went on in another tab or window since this page showed it, so "
+    "nothing was done with this message: reload the page to see all of it, then go on."
+)
+"""What a page showing an older state of its conversation is answered."""
 URLS_OFF = (
     "This page does not fetch images from URLs (start it with --allow-urls for that): save "
     "the photo and upload it here."
@@ -449,7 +455,9 @@ class ChatSession:
         """Answer one user turn (Gradio's ``fn`` signature, plus the conversation id).
 
         With a conversation store and an id, only the new turn is sent: the agent's
-        checkpoint holds the conversation. Otherwise the page's ``history`` is replayed.
+        checkpoint holds the conversation, and a page whose ``history`` shows fewer answers
+        than it holds (the conversation went on in another tab) is told to reload first.
+        Otherwise the page's ``history`` is replayed.
 
         Args:
             message: The user's turn (text and uploaded files).
@@ -480,6 +488,8 @@ class ChatSession:
             return _reply(URLS_OFF)
         if not self._continues(conversation, user):
             return _reply(NOT_YOURS)
+        if self._behind(history, conversation):
+            return _reply(ELSEWHERE)
         try:
             with teaching_as("chat", user):
                 if self.conversations is not None and conversation:
@@ -515,6 +525,23 @@ class ChatSession:
         if user is None:
             return store.opens_for(conversation, None)
         return store.claim(conversation, user)
+
+    def _behind(self, history: Sequence[dict[str, Any]], conversation: str | None) -> bool:
+        """Whether the stored conversation has answers that this page's ``history`` lacks
+        (it went on in another tab): *yes* or *no, it's X* would then be about a photo this
+        page does not show. An empty ``history`` is a caller that sends only the turn (a page
+        shows every turn of a conversation it can continue)."""
+        from langchain_core.messages import AIMessage
+
+        from rar_agent.conversations import conversation_config
+
+        get_state = getattr(self.agent, "get_state", None)
+        if not history or self.conversations is None or not conversation or get_state is None:
+            return False
+        stored = get_state(conversation_config(conversation)).values.get("messages") or []
+        answers = sum(1 for m in stored if isinstance(m, AIMessage) and not m.tool_calls)
+        shown = sum(1 for entry in history if entry.get("role") == "assistant")
+        return shown < answers
 
     def resume(
         self, conversation: str | None, user: str | None = None

@@ -168,3 +168,35 @@ def test_two_people_at_once_each_see_only_their_own_conversations(
         alice_context.close()
         if bob_context is not None:
             bob_context.close()
+
+
+def test_a_second_tab_behind_the_conversation_asks_for_a_reload(
+    team_page: Any, browser: Any
+) -> None:
+    """Alice in two tabs on one conversation: the tab that does not show the other's newer
+    answer does not act on it ("yes, keep it" there would keep a photo it never showed);
+    reloaded, it shows that answer."""
+    import re
+
+    url, tokens, recognizer, _ = team_page
+    context, first = _sign_in(browser, url, "alice", tokens["alice"])
+    try:
+        assert "Answer: blue jay" in _say(first, files=(recognizer.example_images["blue jay"],))
+        found = re.search(
+            r"conversation=([0-9a-f]{32})", first.locator("#rar-conversation").inner_text()
+        )
+        assert found is not None
+        second = context.new_page()
+        second.goto(f"{url}?conversation={found[1]}", wait_until="domcontentloaded")
+        second.locator("#rar-conversation").get_by_text("Resumed conversation").wait_for(
+            timeout=30_000
+        )
+        assert "Answer: red apple" in _say(first, files=(recognizer.example_images["red apple"],))
+        before = recognizer.memory.count()
+        stale = _say(second, "yes, keep it")
+        assert "went on in another tab" in stale and "reload the page" in stale, stale
+        assert recognizer.memory.count() == before
+        second.reload(wait_until="domcontentloaded")
+        second.locator("#rar-chat").get_by_text("Answer: red apple").wait_for(timeout=30_000)
+    finally:
+        context.close()

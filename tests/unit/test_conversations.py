@@ -253,3 +253,28 @@ async def test_a_resumed_conversation_offers_teaching_only_to_who_may_teach(
             assert LEARNING_NOT_GRANTED.strip() in history[-1]["content"]
     finally:
         rec.close()
+
+
+async def test_a_tab_behind_its_conversation_is_told_to_reload(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """Two tabs of one person on one conversation: a turn from the tab that does not show
+    the other's newer answer is not run (its *yes* would be about a photo it does not show);
+    reloaded, it goes on."""
+    from rar_agent.ui import ELSEWHERE, ChatSession
+
+    with ConversationStore(tmp_path / "tabs.sqlite") as store:
+        session = ChatSession(_agent(recognizer, store), conversations=store)
+        conversation, _, _ = session.resume(None, "alice")
+        jay = {"text": "", "files": [str(recognizer.example_images["blue jay"])]}
+        first = await session.respond(jay, [], conversation, "alice")
+        _, one, _ = session.resume(conversation, "alice")  # tab one
+        _, two, _ = session.resume(conversation, "alice")  # tab two, the same link
+        apple = {"text": "", "files": [str(recognizer.example_images["red apple"])]}
+        second = await session.respond(apple, one, conversation, "alice")
+        assert "Answer: red apple" in second["content"] and "Answer: blue jay" in first["content"]
+        stale = await session.respond("what was the first photo?", two, conversation, "alice")
+        assert stale["content"] == ELSEWHERE
+        _, reloaded, _ = session.resume(conversation, "alice")
+        fresh = await session.respond("what was the first photo?", reloaded, conversation, "alice")
+        assert fresh["content"].startswith("The first photo was blue_jay.png")
