@@ -8,16 +8,13 @@ back in the input after every turn.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers.chat_page import send_turn, served_page, wait_ready
-from tests.helpers.encoder_factories import hashing_encoder
-from tests.helpers.small_memory import small_recognizer
+from tests.helpers.chat_page import learning_page, send_turn, wait_ready
 
 pytestmark = pytest.mark.browser
 
@@ -27,14 +24,8 @@ _BOTS = "#rar-chat [data-testid='bot']"
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory: pytest.TempPathFactory, new_port: Any) -> Iterator[Any]:
     """The page with learning on (no sign-in), over a small memory."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from rar_agent.ui import build_chat_page
-
-    folder = tmp_path_factory.mktemp("phone-page")
-    recognizer = small_recognizer(folder, hashing_encoder())
-    page = build_chat_page(recognizer, None, allow_learning=True)
-    with served_page(page, recognizer, new_port()) as url:
-        yield url, recognizer
+    with learning_page(tmp_path_factory.mktemp("phone-page"), new_port()) as served:
+        yield served
 
 
 def _open(browser: Any, url: str, width: int, height: int) -> tuple[Any, Any]:

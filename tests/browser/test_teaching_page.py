@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.chat_page import send_turn, served_page, wait_ready
-from tests.helpers.encoder_factories import hashing_encoder
-from tests.helpers.small_memory import small_recognizer
+from tests.helpers.chat_page import learning_page, send_turn, wait_ready
 
 pytestmark = pytest.mark.browser
 
@@ -47,13 +45,8 @@ def _png(path: Path, colour: tuple[int, int, int], mark: int) -> Path:
 
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory: pytest.TempPathFactory, new_port: Any) -> Iterator[Any]:
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from rar_agent.ui import build_chat_page
-
     folder = tmp_path_factory.mktemp("teach-page")
-    recognizer = small_recognizer(folder, hashing_encoder())
-    page = build_chat_page(recognizer, None, allow_learning=True)
-    with served_page(page, recognizer, new_port()) as url:
+    with learning_page(folder, new_port()) as (url, recognizer):
         yield url, recognizer, folder
 
 
