@@ -52,15 +52,22 @@ def test_on_a_phone_the_photo_box_shows_and_nothing_covers_an_answer(
         assert "Answer: blue jay" in reply.inner_text()
         # the answer's first line, scrolled to the top of the conversation, is not covered
         # (a floating label badge and the conversation's buttons were drawn over it)
+        # (once its thumbnails have loaded: the page scrolls to the bottom when they do)
+        reply.evaluate(
+            "e => Promise.all([...e.querySelectorAll('img')].map(i => i.decode().catch(() => 0)))"
+        )
+        page.wait_for_timeout(500)
         reply.evaluate("e => e.scrollIntoView({block: 'start'})")
-        covered = reply.evaluate(
+        page.wait_for_timeout(300)
+        top, covered = reply.evaluate(
             "e => { const r = e.getBoundingClientRect(); const out = [];"
             " for (let i = 0; i <= 8; i++) {"
             "  const x = r.left + 4 + i * (r.width - 8) / 8;"
             "  const hit = document.elementFromPoint(x, r.top + 14);"
             "  if (!e.contains(hit)) out.push(hit && hit.outerHTML.slice(0, 100)); }"
-            " return out; }"
+            " return [r.top, out]; }"
         )
+        assert 0 <= top < 844 - 14, top  # the answer's first line is in view
         assert covered == [], covered
         page.screenshot(path=str(artifacts_dir / "phone-answer.png"))
     finally:
@@ -84,6 +91,22 @@ def _tab_to(page: Any, wanted: str, key: str = "Tab", most: int = 40) -> None:
         if wanted in _focused(page):
             return
     raise AssertionError(f"{wanted!r} not reached with {key}; focus on {_focused(page)!r}")
+
+
+def _choose_file(page: Any, photo: Path, tries: int = 3) -> None:
+    """Tab to *Upload a file*, Enter, pick ``photo`` in the file chooser (on a loaded
+    machine the page may still be settling: the key press is tried again)."""
+    for attempt in range(tries):
+        _tab_to(page, "Upload a file")
+        try:
+            with page.expect_file_chooser(timeout=10_000) as chooser:
+                page.keyboard.press("Enter")
+        except Exception:  # playwright's TimeoutError: no chooser opened
+            if attempt == tries - 1:
+                raise AssertionError(f"no file chooser; focus on {_focused(page)!r}") from None
+            continue
+        chooser.value.set_files(str(photo))
+        return
 
 
 def _turn_over(page: Any, before: int) -> str:
@@ -110,10 +133,7 @@ def test_the_teaching_loop_from_the_keyboard_alone(
     image.save(photo)
     context, page = _open(browser, url, 1280, 900)
     try:
-        _tab_to(page, "Upload a file")
-        with page.expect_file_chooser() as chooser:
-            page.keyboard.press("Enter")
-        chooser.value.set_files(str(photo))
+        _choose_file(page, photo)
         page.locator("#rar-input img").first.wait_for(timeout=30_000)
         _tab_to(page, "TEXTAREA")
         page.keyboard.press("Enter")
