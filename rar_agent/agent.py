@@ -55,6 +55,7 @@ from rar_agent.registry import (
     is_latest_ref,
     unreadable_images,
 )
+from rar_agent.safety import normalize_roots
 from rar_agent.tools import folder_tools, make_tools
 
 if TYPE_CHECKING:
@@ -567,14 +568,28 @@ def resolve_chat_model(model: str | None, ranker: str | None) -> BaseChatModel |
     Raises:
         ConfigError: The model cannot call tools (e.g. a local ``hf:`` vision model).
     """
-    from rar_agent.ranking import NO_RANKER, hosted_model_spec, is_no_ranker, load_ranker
+    from rar_agent.ranking import NO_RANKER, hosted_model_spec
 
     spec = (model or "auto").strip()
     if spec.lower() == "auto":
         spec = hosted_model_spec(ranker) or NO_RANKER
-    if is_no_ranker(spec):
-        return None
-    chat = load_ranker(spec)
+    return _tool_calling_model(spec)
+
+
+def _tool_calling_model(spec: str, **kwargs: Any) -> BaseChatModel | None:
+    """The chat model a model string names, checked to call tools; None for ``none``.
+
+    Args:
+        spec: ``provider:model`` (``init_chat_model``), or ``none`` for no model.
+        **kwargs: Passed to :func:`~rar_agent.ranking.load_ranker` (``timeout_s``...).
+
+    Raises:
+        RankerError: The provider is unknown, its package or API key is missing.
+        ConfigError: The model cannot call tools (e.g. a local ``hf:`` vision model).
+    """
+    from rar_agent.ranking import load_ranker
+
+    chat = load_ranker(spec, **kwargs)
     if chat is None:
         return None
     if type(chat).bind_tools is BaseChatModel.bind_tools:
@@ -608,8 +623,8 @@ def create_rar_agent(
 
     Args:
         model: A chat model that supports tool calling, a model string such as
-            ``"openai:gpt-4o-mini"`` (via ``init_chat_model``), or ``None`` for
-            :class:`RecognitionOnlyChatModel`.
+            ``"openai:gpt-4o-mini"`` (via ``init_chat_model``), or ``None`` (or ``"none"``)
+            for :class:`RecognitionOnlyChatModel`.
         recognizer: A :class:`~rar_agent.pipeline.Recognizer`; its tools come from
             :func:`~rar_agent.tools.make_tools`. ``None``: only ``tools``.
         tools: Extra tools (any LangChain tools: lookups, search, ...).
@@ -641,15 +656,21 @@ def create_rar_agent(
         The compiled agent graph; invoke it with ``{"messages": [...]}``.
 
     Raises:
+        RankerError: A model string names an unknown provider, or its package or API key
+            is missing.
         ConfigError: A folder does not exist, both ``checkpointer`` and ``conversations``
-            are given, or an MCP server cannot be reached.
+            are given, a model string names a model that cannot call tools, or an MCP
+            server cannot be reached.
     """
     from langchain.agents import create_agent
 
     from rar_agent.safety import fetch_public_url
 
+    if isinstance(model, str):  # checked here: a clear RarError, not the provider's own
+        model = _tool_calling_model(model, timeout_s=None)
+
     registry = registry if registry is not None else ImageRegistry()
-    roots = [*allowed_roots, *folders]
+    roots = [*normalize_roots(allowed_roots), *normalize_roots(folders)]
     own = [] if recognizer is None else make_tools(
         recognizer, registry=registry, allowed_roots=roots, allow_urls=allow_urls,
         allow_learning=allow_learning, reject=reject,

@@ -27,6 +27,7 @@ __all__ = [
     "parse_reject",
     "DEFAULT_ALPHA",
     "validate_k",
+    "validate_kind",
 ]
 
 MIN_K = 1
@@ -39,6 +40,13 @@ MemoryKind = Literal["auto", "image", "text"]
 (whichever side holds entries, image examples first)."""
 
 MEMORY_KINDS: tuple[MemoryKind, ...] = get_args(MemoryKind)
+
+
+def validate_kind(kind: str) -> MemoryKind:
+    """Return ``kind`` if it is a memory side a query may use, else raise ``ConfigError``."""
+    if kind not in MEMORY_KINDS:
+        raise ConfigError(f"kind must be auto, image or text, not {kind!r}")
+    return kind
 
 
 def validate_k(k: int) -> int:
@@ -211,9 +219,10 @@ class Settings(BaseSettings):
     @field_validator("kind", mode="before")
     @classmethod
     def _check_kind(cls, v: object) -> object:
-        if v not in MEMORY_KINDS:
-            raise ValueError(f"kind must be auto, image or text, not {v!r}")
-        return v
+        try:
+            return validate_kind(v)  # type: ignore[arg-type]
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("reject")
     @classmethod

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ImageError, RarError
-from rar_agent.images import decode_image_bytes
+from rar_agent.images import decode_image_bytes, looks_like_base64
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -311,7 +311,15 @@ def _to_bytes(image: Any) -> tuple[bytes, str | None]:
         except OSError as e:
             raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
     if isinstance(image, str):
-        return decode_base64_image(image)
+        try:
+            return decode_base64_image(image)
+        except ImageError:
+            if image.startswith("data:") or looks_like_base64(image.strip()):
+                raise
+            raise ImageError(  # a path, most likely
+                f"{image[:80]!r} is not base64 image data, and a str is never read as a file "
+                "path here: pass pathlib.Path(...) for a file, or the image's bytes"
+            ) from None
     raise ImageError(
         f"cannot register a {type(image).__name__}: pass bytes, a data URI, base64 text, "
         "a PIL image or a pathlib.Path"

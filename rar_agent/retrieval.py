@@ -6,6 +6,7 @@ import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -16,7 +17,13 @@ from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation
 from rar_agent.config import MEMORY_KINDS, MemoryKind, validate_k
 from rar_agent.encoders import ImageTextEncoder, input_size_of
 from rar_agent.errors import ConfigError, EmptyMemoryError
-from rar_agent.images import ImageInput, is_image_reference, load_image
+from rar_agent.images import (
+    IMAGE_SUFFIXES,
+    ImageInput,
+    is_image_reference,
+    load_image,
+    reference_problem,
+)
 from rar_agent.memory import KINDS, CategoryMemory, EntryKind, Hit
 from rar_agent.results import Candidate, MatchedExample
 
@@ -432,10 +439,25 @@ class CategoryRetriever(BaseRetriever):
         hits = search_sides(self.memory, vector, self.kind, fetch_limit(k, self.fetch_k))
         return fold_hits(hits[0], k)
 
+    def _check_words(self, query: str) -> None:
+        """Refuse a query that is not words: empty, or naming an image file that is not there
+        (a mistyped path would otherwise be answered as if it were a description)."""
+        text = query.strip()
+        if not text:
+            raise ConfigError(
+                "the query is empty: pass an image (a file path, URL or data URI) or words"
+            )
+        if self.read_files and "\n" not in text and Path(text).suffix.lower() in IMAGE_SUFFIXES:
+            problem = reference_problem(text)
+            if problem is not None:
+                raise problem
+
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
         is_image = is_image_reference(query, files=self.read_files)
+        if not is_image:
+            self._check_words(query)
         candidates = self.retrieve(query, k=k) if is_image else self.search_text(query, k=k)
         return candidates_to_documents(candidates)
 

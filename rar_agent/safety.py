@@ -31,11 +31,14 @@ MAX_PATH_CHARS = 1024
 _FORBIDDEN_TREES = (Path("/proc"), Path("/sys"), Path("/dev"), Path("/run"))
 
 
-def normalize_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[Path, ...]:
+def normalize_roots(
+    roots: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+) -> tuple[Path, ...]:
     """Resolve configured root directories (each must exist and be a directory).
 
     Args:
-        roots: Directories a tool may read from.
+        roots: Directories a tool may read from (one alone may be given as itself: a
+            string is one folder, never the characters of one).
 
     Returns:
         The resolved roots, duplicates dropped, order kept.
@@ -43,6 +46,8 @@ def normalize_roots(roots: Iterable[str | os.PathLike[str]]) -> tuple[Path, ...]
     Raises:
         ConfigError: A root does not exist, is not a directory, or is a system tree.
     """
+    if isinstance(roots, str | os.PathLike):
+        roots = [roots]
     out: list[Path] = []
     for root in roots:
         resolved = Path(root).expanduser().resolve()

@@ -264,9 +264,21 @@ class CategoryVectorStore(VectorStore):
         Keyword Args:
             kind: ``"text"`` or ``"image"`` to override the store's side for this call.
             score_threshold: Drop results below this similarity.
+
+        Raises:
+            ConfigError: ``k`` is not a positive integer, or another keyword is given (such
+                as ``filter``: this store cannot filter, and ignoring it would answer with
+                documents the caller excluded).
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
+        unknown = sorted(set(kwargs) - {"kind", "score_threshold"})
+        if unknown:
+            raise ConfigError(
+                f"CategoryVectorStore searches take kind= and score_threshold=, not "
+                f"{', '.join(f'{name}=' for name in unknown)}: it cannot filter; search with "
+                "a larger k and keep the documents whose metadata you want"
+            )
         kind = kwargs.get("kind", self.kind)
         hits = self.memory.search(list(embedding), kind=kind, limit=k)
         threshold = kwargs.get("score_threshold")

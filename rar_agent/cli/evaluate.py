@@ -24,6 +24,7 @@ from rar_agent.cli.options import (
     HintOpt,
     JsonOpt,
     ProgressOpt,
+    RankerTimeoutOpt,
     ShotsOpt,
     error_guard,
     load_settings_encoder,
@@ -126,6 +127,7 @@ def evaluate(
     k: EvalKOpt = 5,
     max_k: MaxKOpt = 10,
     ranker: EvalRankerOpt = "none",
+    ranker_timeout: RankerTimeoutOpt = None,
     hint: HintOpt = None,
     gate: EvalGateOpt = None,
     max_loss: MaxLossOpt = 0.5,
@@ -162,7 +164,8 @@ def evaluate(
         config = EvalConfig(
             dataset=dataset, memory_set=memory_set, test_set=test_set, shots=shots,
             text_memory=text_memory, limit=limit, seed=seed, k=k, max_k=max_k,
-            ranker=ranker, hint=hint, gate=gate, max_loss=max_loss, batch_size=batch_size,
+            ranker=ranker, ranker_timeout=ranker_timeout, hint=hint, gate=gate,
+            max_loss=max_loss, batch_size=batch_size,
             device=settings.device, memory=str(memory) if memory else None,
             open_set=open_set, reject=reject,
         )  # fmt: skip

@@ -312,7 +312,9 @@ class _Run:
             report.open_set = OpenSetReport(unknown_classes=sets.unknown_classes)
         report.notes.extend(sets.notes)
         report.queries_planned = len(sets.test_items)
-        ranker = _load_ranker(ranker if ranker is not None else config.ranker)  # before the build
+        ranker = _load_ranker(  # before the build
+            ranker if ranker is not None else config.ranker, config.ranker_timeout
+        )
         if encoder is None:
             from rar_agent.encoders import load_encoder
 
@@ -366,6 +368,7 @@ class _Run:
             memory,
             encoder,
             ranker=ranker,
+            ranker_timeout=config.ranker_timeout,
             k=report.k,
             gate=gate_setting(config.gate)[0],
             kind=report.memory["kind"],
@@ -383,15 +386,16 @@ class _Run:
 
 
 def _load_ranker(
-    ranker: BaseChatModel | RankingChain | str | None,
+    ranker: BaseChatModel | RankingChain | str | None, timeout_s: float | None
 ) -> BaseChatModel | RankingChain | str:
     """The ranker loaded (a chain is kept as is), so that a wrong one fails before the memory
-    is built; ``"none"`` when no ranker is wanted."""
-    from rar_agent.ranking import RankingChain, load_ranker
+    is built; ``"none"`` when no ranker is wanted. ``timeout_s``: its calls' time limit."""
+    from rar_agent.ranking import DEFAULT_TIMEOUT_S, RankingChain, load_ranker
 
     if isinstance(ranker, RankingChain):
         return ranker
-    return load_ranker(ranker) or "none"
+    limit = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+    return load_ranker(ranker, timeout_s=limit) or "none"
 
 
 def _resolve(config: EvalConfig, workdir: Path) -> EvalSets:

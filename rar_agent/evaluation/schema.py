@@ -39,6 +39,9 @@ class EvalConfig(BaseModel):
     k: int = Field(default=5, description="Candidates handed to the ranker.")
     max_k: int = Field(default=10, description="Largest k of the recall@k curve.")
     ranker: str | None = "none"
+    ranker_timeout: float | None = Field(
+        default=None, description="Seconds one ranker call may take (None: the default, 60)."
+    )
     hint: str | None = Field(default=None, description='Domain hint for the ranker ("clothing").')
     gate: str | None = Field(default=None, description="None/off, a margin, or auto.")
     max_loss: float = Field(default=0.5, description="Accuracy points --gate auto may lose.")
@@ -140,6 +143,14 @@ def check_config(config: EvalConfig, *, stream_share: float | None = None) -> No
             problems.append(f"the streamed share must be in (0, 1), got {stream_share}")
         if config.shots is not None and config.shots < 0:
             problems.append(f"--shots must be >= 0 initial examples per class, got {config.shots}")
+    from rar_agent.ranking import check_timeout
+
+    try:
+        check_timeout(config.ranker_timeout)
+    except ConfigError:
+        problems.append(
+            f"--ranker-timeout must be a positive number of seconds, got {config.ranker_timeout}"
+        )
     if problems:
         raise ConfigError("; ".join(problems))
     gate_setting(config.gate)

@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.config import MemoryKind, parse_reject, validate_k
+from rar_agent.config import MemoryKind, parse_reject, validate_k, validate_kind
 from rar_agent.encoders.base import input_size_of
 from rar_agent.encoders.spec import spec_of
 from rar_agent.encoders.torch_base import parallel_passes
+from rar_agent.errors import ConfigError
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
@@ -49,6 +50,36 @@ if TYPE_CHECKING:
 __all__ = ["Recognizer"]
 
 logger = logging.getLogger(__name__)
+
+
+def _with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
+    """A copy of ``settings`` with ``overrides``, each checked as the field it names."""
+    import difflib
+
+    from pydantic import ValidationError
+
+    fields = type(settings).model_fields
+    unknown = [name for name in overrides if name not in fields]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, list(fields), n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(
+            f"no setting named {', '.join(hints)}: the settings are the fields of "
+            "rar_agent.config.Settings"
+        )
+    copy = settings.model_copy()
+    for name, value in overrides.items():
+        try:
+            type(settings).__pydantic_validator__.validate_assignment(copy, name, value)
+        except ValidationError as e:
+            error = e.errors()[0]
+            cause = error.get("ctx", {}).get("error") if error["type"] == "value_error" else None
+            raise ConfigError(
+                f"invalid setting {name}={value!r}: {cause or error['msg']}"
+            ) from None
+    return copy
 
 
 def _ms(start: float) -> float:
@@ -113,7 +144,7 @@ class Recognizer:
         self.k = validate_k(k)
         self.gate = parse_gate(gate, calibrated=memory.info.gate_margin)
         self.retriever = CategoryRetriever(
-            memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=kind
+            memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=validate_kind(kind)
         )
         self.ranker: RankingChain | None = as_ranking_chain(
             ranker, gate=self.gate, timeout_s=ranker_timeout
@@ -178,16 +209,18 @@ class Recognizer:
             read_only: Open the configured memory read-only.
             announce: Receives the one-line note when the default encoder falls back to the
                 offline one (default: a logged warning).
-            **overrides: Settings fields to override.
+            **overrides: Settings fields to override (``ranker="openai:gpt-4o-mini"``, ``k=3``...).
 
         Raises:
+            ConfigError: An override names no setting (a misspelt name is not ignored) or has
+                a value that setting refuses.
             RarError: The memory or the encoder cannot be opened (the message says why).
         """
         from rar_agent.config import Settings
         from rar_agent.ingest import memory_encoder
         from rar_agent.memory import check_collection_name, configured_memory
 
-        settings = (settings or Settings()).model_copy(update=overrides)
+        settings = _with_overrides(settings or Settings(), overrides)
         check_collection_name(settings.collection)  # before a slow encoder load
         # first: a ranker that cannot load fails fast
         ranker = as_ranking_chain(settings.ranker, timeout_s=settings.ranker_timeout)
@@ -493,7 +526,6 @@ def _check_encoder(memory: CategoryMemory, encoder: ImageTextEncoder) -> None:
 
 def _recorded_encoder(memory: CategoryMemory) -> ImageTextEncoder:
     from rar_agent.encoders import EncoderSpec, resolve_encoder
-    from rar_agent.errors import ConfigError
 
     stored = EncoderSpec.from_meta(memory.info.encoder_spec)
     if stored is None:

@@ -239,7 +239,7 @@ class Teacher:
 
         Args:
             label: The category (normalised).
-            images: The example images.
+            images: The example images (one image, a path or bytes, may stand alone).
             action: ``add``, ``confirm`` (the answer was right) or ``correct`` (it was wrong).
             corrected_from: For a correction: the wrong answer.
             move: An image stored under another label is moved to ``label`` (a relabel,
@@ -256,6 +256,8 @@ class Teacher:
             LabelError: The label is unusable.
         """
         start = time.perf_counter()
+        if isinstance(images, str | bytes | Path | ExampleImage):
+            images = [images]  # one image, not the characters of its path
         given = normalize_label(label)
         wrong = normalize_label(corrected_from) if corrected_from else None
         if not images:

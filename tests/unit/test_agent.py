@@ -264,3 +264,30 @@ def test_conversation_memory_keeps_the_latest_image(recognizer: Any) -> None:
         {"messages": [HumanMessage("and mine?")]}, {"configurable": {"thread_id": "t2"}}
     )
     assert last_tool_messages(other["messages"])[0].status == "error"
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "words"),
+    [
+        ("nosuchprovider:some-model", "RankerError", "Unknown ranker 'nosuchprovider:some-model'"),
+        ("openai:gpt-4o-mini", "RankerError", "API key"),
+        ("hf:/nonexistent-model-dir", "ModelLoadError", "/nonexistent-model-dir"),
+    ],
+)
+def test_a_model_string_that_cannot_drive_the_agent_is_a_rar_error(
+    spec: str, error: str, words: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``create_rar_agent("nosuch:model")`` raised LangChain's ValueError (its whole provider
+    list) and a missing key the provider's own OpenAIError: neither is a RarError."""
+    from rar_agent import errors
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(errors.RarError) as info:
+        create_rar_agent(spec)
+    assert type(info.value).__name__ == error and words in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_string_of_none_is_the_recognition_only_stand_in() -> None:
+    reply = create_rar_agent("none").invoke({"messages": [HumanMessage("hello")]})
+    assert reply["messages"][-1].text.startswith("No chat model is configured")

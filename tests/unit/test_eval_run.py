@@ -132,6 +132,41 @@ def test_fixed_gate_really_skips_the_ranker(folder: Path, tiny_encoder: Any) -> 
     assert report.gate_used == 0.0 and [p.threshold for p in report.gating_curve] == [0.0]
 
 
+class SilentModel(GenericFakeChatModel):
+    """A ranker that gives no answer until the test releases it (30 s at most)."""
+
+    release: Any = None
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        self.release.wait(30)
+        return super()._generate(messages, stop, run_manager, **kw)
+
+
+def test_ranker_timeout_bounds_a_silent_ranker(folder: Path, tiny_encoder: Any) -> None:
+    """An evaluation had no --ranker-timeout: a ranker that never answered cost 2 x 60 s per
+    test image; with one, each image costs two attempts of it and keeps retrieval's answer."""
+    import threading
+
+    release = threading.Event()
+    silent = SilentModel(messages=itertools.repeat(AIMessage(content="1. apple")), release=release)
+    config = EvalConfig(dataset=str(folder), shots=3, k=3, limit=2, ranker_timeout=0.2)
+    try:
+        report = run_evaluation(config, encoder=tiny_encoder, ranker=silent)
+    finally:
+        release.set()
+    assert report.status == {"fallback": 2}
+    assert all("timed out after 0.2 s" in (r.reason or "") for r in report.records)
+    assert report.final_top1 == report.knn_top1
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan")])
+def test_a_bad_ranker_timeout_is_refused_before_any_model(value: float) -> None:
+    from rar_agent.evaluation.schema import check_config
+
+    with pytest.raises(ConfigError, match="--ranker-timeout must be a positive number"):
+        check_config(EvalConfig(dataset="x", ranker_timeout=value))
+
+
 def test_without_a_ranker_final_equals_knn_and_auto_gate_explains(
     folder: Path, tiny_encoder: Any
 ) -> None:

@@ -118,6 +118,17 @@ def test_several_folders_and_bad_folders(tree: dict[str, Path], tmp_path: Path) 
     assert folder_tools([]) == []
 
 
+def test_one_folder_may_be_given_alone(recognizer: Any, tree: dict[str, Path]) -> None:
+    """``allowed_roots="photos"`` (a string, not a list) was read as one folder per
+    character ("allowed root p is not an existing directory"); it is one folder."""
+    root = str(tree["root"])
+    names = [t.name for t in make_tools(recognizer, allowed_roots=root)]
+    assert "recognize_images" in names
+    assert {t.name for t in folder_tools(tree["root"])} == {"list_directory", "file_search"}
+    agent = create_rar_agent(None, recognizer=recognizer, allowed_roots=root, folders=root)
+    assert "list_directory" in agent.get_graph().nodes["tools"].data.tools_by_name  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------------------- batch
 
 

@@ -200,6 +200,49 @@ def test_from_settings_builds_a_label_vocabulary_once(
         assert rec.memory.count("text") == 3
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"rankr": "openai:gpt-4o-mini"}, "no setting named 'rankr' (did you mean 'ranker'?)"),
+        ({"k": 0}, "invalid setting k=0: Input should be greater than or equal to 1"),
+        ({"kind": "video"}, "invalid setting kind='video': kind must be auto, image or text"),
+        ({"reject": "sometimes"}, "invalid setting reject='sometimes': unknown reject setting"),
+    ],
+)
+def test_from_settings_refuses_overrides_it_would_ignore(
+    tmp_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    """A misspelt override (``rankr=``) was silently dropped: no ranker, and no word why."""
+    from rar_agent.config import Settings
+    from rar_agent.errors import ConfigError
+
+    settings = Settings(home=tmp_path / "home")
+    with pytest.raises(ConfigError) as info:
+        Recognizer.from_settings(settings, **overrides)
+    assert str(info.value).startswith(message)
+    assert not (tmp_path / "home").exists()  # refused before anything was opened
+
+
+def test_the_constructor_refuses_an_unknown_kind(few_shot, tiny_encoder) -> None:  # noqa: ANN001
+    """``Recognizer(kind="video")`` raised pydantic's ValidationError, which no ``except
+    RarError`` catches; it is the ConfigError the settings give."""
+    from rar_agent.errors import ConfigError
+
+    _, memory = few_shot
+    with pytest.raises(ConfigError, match="kind must be auto, image or text, not 'video'"):
+        Recognizer(memory, tiny_encoder, kind="video")  # type: ignore[arg-type]
+
+
+def test_from_settings_overrides_keep_what_was_named(tiny_openclip_spec: str) -> None:
+    """A checked override counts as named (the encoder a user names never falls back)."""
+    from rar_agent.config import Settings
+    from rar_agent.pipeline.recognizer import _with_overrides
+
+    settings = _with_overrides(Settings(), {"clip_pretrained": "", "k": "3"})
+    assert settings.k == 3 and "clip_pretrained" in settings.model_fields_set
+    assert settings.explicit_encoder == ("ViT-B-16", "")
+
+
 def test_an_empty_memory_falls_back_to_the_imagenet_vocabulary(
     tiny_openclip_spec: str, tmp_path: Path
 ) -> None:

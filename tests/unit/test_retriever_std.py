@@ -53,3 +53,26 @@ def test_image_query_finds_its_own_category(small: Any) -> None:
     docs = retriever.invoke(str(small.example_images["yellow banana"]))
     assert docs[0].page_content == "yellow banana"
     assert docs[0].metadata["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("query", ["", "   "])
+def test_an_empty_query_is_refused(small: Any, query: str) -> None:
+    from rar_agent.errors import ConfigError
+
+    retriever = CategoryRetriever(memory=small.memory, encoder=small.encoder, k=2)
+    with pytest.raises(ConfigError, match="the query is empty"):
+        retriever.invoke(query)
+
+
+def test_a_missing_image_path_is_an_error_not_words(small: Any, tmp_path: Path) -> None:
+    """A mistyped path was embedded as a description and answered with some categories."""
+    from rar_agent.errors import ImageError
+
+    retriever = CategoryRetriever(memory=small.memory, encoder=small.encoder, k=2)
+    missing = tmp_path / "blue_jay.png"
+    with pytest.raises(ImageError, match="does not exist"):
+        retriever.invoke(str(missing))
+    # where files are off (an agent's retriever), the same text is words, as documented
+    agents = CategoryRetriever(memory=small.memory, encoder=small.encoder, k=2, read_files=False)
+    assert len(agents.invoke(str(missing))) == 2
+    assert len(retriever.invoke("a photo of a bird.")) == 2  # words stay words

@@ -57,6 +57,20 @@ def test_add_records_provenance_and_thumbnail(recognizer: Any) -> None:
     assert again.added == 0 and again.id == added.id
 
 
+def test_one_image_may_be_given_alone(recognizer: Any, tmp_path: Path) -> None:
+    """``teacher.add("sandal", "sandal.jpg")`` read the path's characters as images ("/ is a
+    directory"); a path, bytes or an ExampleImage alone is one image."""
+    photo = tmp_path / "sandal.png"
+    photo.write_bytes(_png((120, 90, 40)))
+    teacher = Teacher(recognizer.memory, recognizer.encoder)
+    [by_text] = teacher.add("sandal", str(photo))
+    assert by_text.added == 1 and by_text.image == str(photo)
+    [by_path] = teacher.add("sandal", photo)
+    assert by_path.id == by_text.id and by_path.added == 0
+    [by_bytes] = teacher.add("boot", _png((20, 20, 200), mark=5))
+    assert by_bytes.added == 1 and by_bytes.image == "<upload>"
+
+
 def test_same_image_under_a_second_label_is_refused_with_the_way_to_move_it(
     recognizer: Any,
 ) -> None:

@@ -122,6 +122,19 @@ def test_registry_refuses_non_images() -> None:
     assert reg.ids() == []
 
 
+def test_registry_says_a_str_path_is_not_read(tmp_path: Path) -> None:
+    """``register("photos/cat.jpg")`` said "invalid base64 image data (Only base64 data is
+    allowed)"; it says a str is never a path here and what to pass instead."""
+    photo = tmp_path / "cat.png"
+    photo.write_bytes(_png())
+    reg = ImageRegistry()
+    with pytest.raises(ImageError, match="never read as a file path here: pass pathlib.Path"):
+        reg.register(str(photo))
+    assert reg.register(photo).startswith("img-")
+    with pytest.raises(ImageError, match="invalid base64"):  # base64 that is broken stays so
+        reg.register("data:image/png;base64,!!!")
+
+
 # ---------------------------------------------------------------------------- recognize
 
 

@@ -134,6 +134,28 @@ def test_errors_are_clear(tmp_path: Path, tiny_encoder: Any) -> None:
     memory.close()
 
 
+def test_a_search_option_it_cannot_honour_is_refused_not_ignored() -> None:
+    """LangChain code often passes ``filter=``: answering with the documents it excluded
+    (as the store did) is wrong; the search says it cannot filter instead."""
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    store = CategoryVectorStore.from_texts(
+        ["kingfisher", "heron"],
+        DeterministicFakeEmbedding(size=8),
+        metadatas=[{"label": "kingfisher"}, {"label": "heron"}],
+    )
+    try:
+        with pytest.raises(ConfigError, match="not filter=: it cannot filter"):
+            store.similarity_search("heron", k=2, filter={"label": "heron"})
+        retriever = store.as_retriever(search_kwargs={"k": 2, "filter": {"label": "heron"}})
+        with pytest.raises(ConfigError, match="not filter="):
+            retriever.invoke("heron")
+        kept = store.similarity_search("heron", k=2, kind="text", score_threshold=-1.0)
+        assert {d.page_content for d in kept} == {"kingfisher", "heron"}
+    finally:
+        store.memory.close()
+
+
 def test_from_texts_defaults_to_an_in_process_memory() -> None:
     from langchain_core.embeddings import DeterministicFakeEmbedding
 
