@@ -104,9 +104,10 @@ def load_ranker(
     Args:
         spec: ``none``/None, ``provider:model``, ``hf:<repo or dir>``, a model directory,
             ``local``, or a ``BaseChatModel`` (returned as is).
-        timeout_s: A provider model's HTTP timeout (the ranking chain's timeout, so that a
-            call the chain gave up on ends too); None leaves the provider's own. A
-            ``timeout`` or ``client_kwargs`` in ``kwargs`` wins.
+        timeout_s: A provider model's HTTP timeout, a local model's generation time limit
+            (the ranking chain's timeout, so that a call the chain gave up on ends too); None
+            leaves the model's own. A ``timeout``, ``client_kwargs`` or ``max_time_s`` in
+            ``kwargs`` wins.
         **kwargs: Passed to the model: ``init_chat_model`` keyword arguments for providers
             (``temperature``, ``api_key``...), :class:`LocalVisionChatModel` fields for local
             models (``adapter``, ``max_new_tokens``, ``device``, ``dtype``...).
@@ -131,9 +132,9 @@ def load_ranker(
     if text.lower() == "local":
         text = f"hf:{DEFAULT_LOCAL_RANKER}"
     if text.startswith("hf:"):
-        return _local(text[3:].strip(), kwargs)
+        return _local(text[3:].strip(), kwargs, timeout_s)
     if Path(text).expanduser().is_dir():
-        return _local(text, kwargs)
+        return _local(text, kwargs, timeout_s)
     return _provider(text, kwargs, timeout_s)
 
 
@@ -217,11 +218,15 @@ def _unknown_ranker(spec: str, exc: ValueError) -> str:
     )
 
 
-def _local(target: str, kwargs: dict[str, Any]) -> BaseChatModel:
+def _local(target: str, kwargs: dict[str, Any], timeout_s: float | None) -> BaseChatModel:
+    """A local model; it stops generating at the chain's timeout (as a provider's HTTP call
+    does), so a call the chain gave up on does not hold the CPU for the next images."""
     from rar_agent.ranking.local_vlm import LocalVisionChatModel
 
     if not target:
         raise ConfigError("hf: needs a hub repo id or a directory, e.g. hf:./my-model.")
+    if timeout_s is not None and "max_time_s" not in kwargs:
+        kwargs = {**kwargs, "max_time_s": timeout_s}
     return LocalVisionChatModel(model_path=target, **kwargs).load()
 
 

@@ -138,6 +138,21 @@ def test_an_unreachable_hub_fails_fast_with_one_message(monkeypatch: pytest.Monk
     print(f"local ranker with no hub failed in {seconds:.2f} s")
 
 
+def test_generation_stops_when_the_chain_gives_up(tiny_vlm_spec: str) -> None:
+    """A local ranker generated on after the chain's timeout, holding the CPU the next images
+    need; its generation limit is the chain's timeout (the ranker timeout setting)."""
+    from rar_agent.ranking import DEFAULT_TIMEOUT_S, as_ranking_chain
+
+    default = load_ranker(tiny_vlm_spec)
+    assert isinstance(default, LocalVisionChatModel)
+    assert default.max_time_s == DEFAULT_TIMEOUT_S
+    chain = as_ranking_chain(tiny_vlm_spec, timeout_s=7.0)
+    assert chain is not None and chain.timeout_s == 7.0
+    assert chain.model.max_time_s == 7.0  # type: ignore[attr-defined]
+    mine = load_ranker(tiny_vlm_spec, timeout_s=7.0, max_time_s=2.0)
+    assert mine.max_time_s == 2.0  # type: ignore[union-attr]
+
+
 def test_weights_load_once_per_process(tiny_vlm_spec: str, ranker: LocalVisionChatModel) -> None:
     again = load_ranker(tiny_vlm_spec, max_new_tokens=5)
     assert isinstance(again, LocalVisionChatModel)
