@@ -30,7 +30,10 @@ _TUTORIAL = """\
 Retrieve-and-rank visual recognition: an image encoder's category memory in Qdrant, then a \
 multimodal chat model ranks the top k candidates.
 
-Recognize among your own labels (zero-shot, nothing to build first):
+What is in a photo (the built-in memory of ImageNet's 1000 classes, built on first use):
+  rar-agent recognize photo.jpg
+
+Recognize among your own labels (zero-shot: needs a CLIP encoder for the names):
   rar-agent recognize photo.jpg --labels "cat,dog,fox"
 
 Build a memory from example images in DIR/<label>/*.jpg, then use it:

@@ -55,7 +55,7 @@ def auth_add(
 ) -> None:
     """Make a token for NAME and print it once, alone on the last line of stdout.
 
-    Only its hash is stored: copy it now. Clients send it as ``Authorization: Bearer TOKEN``.
+    Only its hash is stored: copy it now. Clients send it as `Authorization: Bearer TOKEN`.
     """
     with error_guard():
         store = auth_store(auth)

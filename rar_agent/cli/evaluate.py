@@ -7,7 +7,9 @@ margin here. ``--open-set`` holds classes out of the memory and measures their r
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,7 +27,6 @@ from rar_agent.cli.options import (
     JsonOpt,
     ProgressOpt,
     RankerTimeoutOpt,
-    ShotsOpt,
     error_guard,
     load_settings_encoder,
     settings_from_options,
@@ -55,8 +56,22 @@ TestSetOpt = Annotated[
 TextMemoryOpt = Annotated[
     bool, typer.Option("--text-memory", help="Memory of class names only (zero-shot).")
 ]
+# the fashion-mnist defaults are evaluation.data's FASHION_MNIST_SHOTS and _QUERIES
+EvalShotsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--shots",
+        help="Example images per class, sampled with --seed.",
+        show_default="all; 10 with --dataset fashion-mnist; 1 with --stream",
+    ),
+]
 LimitOpt = Annotated[
-    int | None, typer.Option("--limit", help="At most N test images (class-balanced).")
+    int | None,
+    typer.Option(
+        "--limit",
+        help="At most N test images (class-balanced).",
+        show_default="all; 300 with --dataset fashion-mnist",
+    ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every sample.")]
 EvalKOpt = Annotated[int, typer.Option("--k", help="Candidates handed to the ranker.")]
@@ -120,7 +135,7 @@ def evaluate(
     dataset: DatasetOpt = None,
     memory_set: MemorySetOpt = None,
     test_set: TestSetOpt = None,
-    shots: ShotsOpt = None,
+    shots: EvalShotsOpt = None,
     text_memory: TextMemoryOpt = False,
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
@@ -155,7 +170,6 @@ def evaluate(
 
         from rar_agent.encoders import spec_of
         from rar_agent.evaluation import EvalConfig, run_evaluation, summary_table, write_report
-        from rar_agent.evaluation.report import report_folder
         from rar_agent.evaluation.schema import check_config, check_sets
 
         settings = settings_from_options(
@@ -172,42 +186,61 @@ def evaluate(
         share = stream_share if stream else None
         check_config(config, stream_share=share)  # before any model
         check_sets(config, stream_share=share)  # lists the files: --shots, --open-set
-        report_folder(out)
-        enc = load_settings_encoder(settings)
-        loaded = spec_of(enc)  # as resolved, so the report reproduces it
-        if loaded is not None:
-            config = config.model_copy(
-                update={"encoder": loaded.model, "pretrained": loaded.pretrained}
-            )
-        cached = None
-        if feature_cache is not None:
-            from rar_agent.evaluation.features import CachedEncoder
+        with _new_report_folder(out):
+            enc = load_settings_encoder(settings)
+            loaded = spec_of(enc)  # as resolved, so the report reproduces it
+            if loaded is not None:
+                config = config.model_copy(
+                    update={"encoder": loaded.model, "pretrained": loaded.pretrained}
+                )
+            cached = None
+            if feature_cache is not None:
+                from rar_agent.evaluation.features import CachedEncoder
 
-            enc = cached = CachedEncoder(enc, feature_cache)
-        try:
-            if stream:
-                _stream(config, enc, out, stream_share, plots=plots, as_json=as_json,
-                        progress=progress)  # fmt: skip
-                return
-            bar, update = staged_progress(
-                progress, {"memory": "building memory", "queries": "evaluating queries"}
-            )
-            with bar:
-                report = run_evaluation(config, encoder=enc, progress=update)
-        finally:
-            if cached is not None:
-                cached.save()
-        files = write_report(report, out, plots=plots)
-        if as_json:
-            sys.stdout.write(report.model_dump_json(indent=2) + "\n")
-        else:
-            Console().print(summary_table(report))
-            Console().print(f"report: {files['markdown']}", highlight=False, markup=False)
+                enc = cached = CachedEncoder(enc, feature_cache)
+            try:
+                if stream:
+                    _stream(config, enc, out, stream_share, plots=plots, as_json=as_json,
+                            progress=progress)  # fmt: skip
+                    return
+                bar, update = staged_progress(
+                    progress, {"memory": "building memory", "queries": "evaluating queries"}
+                )
+                with bar:
+                    report = run_evaluation(config, encoder=enc, progress=update)
+            finally:
+                if cached is not None:
+                    cached.save()
+            files = write_report(report, out, plots=plots)
+            if as_json:
+                sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+            else:
+                Console().print(summary_table(report))
+                Console(soft_wrap=True).print(  # whole paths, for reading and grepping
+                    f"report: {files['markdown']}", highlight=False, markup=False
+                )
     if report.interrupted:
-        Console(stderr=True).print(
+        Console(stderr=True, soft_wrap=True).print(
             f"[yellow]interrupted:[/] partial report written to {out}", highlight=False
         )
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _new_report_folder(out: Path) -> Iterator[None]:
+    """The report folder, made before the run (a wrong --out costs no run) and removed again
+    when the run fails with nothing written into it (a ranker that cannot load, Ctrl+C
+    while the encoder loads): no empty ``rar-eval/`` is left behind."""
+    from rar_agent.evaluation.report import report_folder
+
+    new = not out.exists()
+    report_folder(out)
+    try:
+        yield
+    except BaseException:
+        if new and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def _stream(
@@ -236,7 +269,7 @@ def _stream(
     if as_json:
         sys.stdout.write(json.dumps({"stream": report.model_dump(mode="json")}, indent=2) + "\n")
         return
-    console = Console()
+    console = Console(soft_wrap=True)  # whole lines and paths, for reading and grepping
     for rule, r in report.rules.items():
         console.print(
             f"{rule}: held-out top-1 {r.start_shown} -> {r.heldout_top1_end:.3f}, "

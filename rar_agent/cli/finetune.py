@@ -127,7 +127,7 @@ def _print_summary(summary: "FinetuneSummary", out: Path, as_json: bool) -> None
     if as_json:
         sys.stdout.write(json.dumps({"out": str(out), **summary.to_dict()}) + "\n")
         return
-    console = Console()
+    console = Console(soft_wrap=True)  # the summary's path whole, for reading and grepping
     table = Table("class", "conversations", "true label not retrieved", title="per class")
     for label in sorted(set(summary.per_class) | set(summary.missed_per_class)):
         counts = (str(summary.per_class[label]), str(summary.missed_per_class[label]))

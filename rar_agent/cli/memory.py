@@ -3,6 +3,7 @@
 No ``from __future__ import annotations``: :func:`settings_command` reads the option types.
 """
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -29,7 +30,7 @@ from rar_agent.cli.progress import progress_bar
 from rar_agent.cli.recent import remember_memory
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
     from rar_agent.config import RejectSetting, Settings
     from rar_agent.ingest.builders import BuildReport
@@ -213,7 +214,7 @@ def _build(
         if description is not None and new:  # else the builder binds: it creates the memory
             bind_memory(mem, enc, expected_entries=count, description=description)
         bar, update = progress_bar(progress, "building memory")
-        with bar:
+        with bar, _resume_hint(mem):
             if names is not None:
                 report = builders.add_class_names(mem, enc, names, progress=update)
             else:
@@ -225,6 +226,26 @@ def _build(
         _print_report(report, mem)
         remember_memory(settings, mem, "memory build")
     return report
+
+
+@contextlib.contextmanager
+def _resume_hint(mem: "CategoryMemory") -> "Iterator[None]":
+    """On Ctrl+C mid-build, say what the memory kept and how to finish the build (the
+    command then exits 130)."""
+    from rar_agent.errors import RarError
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        with contextlib.suppress(RarError):
+            kept = mem.count()
+            print_note(
+                f"the memory keeps the {kept} entries stored so far: run the same command "
+                "again to finish the build (what is stored is skipped)"
+                if kept
+                else "nothing was stored yet"
+            )
+        raise
 
 
 def _refuse_if_nothing_stored(report: "BuildReport", mem: "CategoryMemory") -> None:
@@ -283,7 +304,7 @@ def _build_from_vectors(
     rows, names = read_vectors(vectors_path), read_labels(labels_path)
     with memory_to_write(settings, storage=_storage(len(rows), flags)) as mem:
         bar, update = progress_bar(progress, "building memory")
-        with bar:
+        with bar, _resume_hint(mem):
             report = add_vectors(
                 mem,
                 rows,
@@ -447,20 +468,48 @@ def _open_shown_memory(settings: "Settings") -> "CategoryMemory":
 @app.command("stats")
 @settings_command(STORE)
 def memory_stats(settings: "Settings") -> None:
-    """Show the memory's size, encoder, backend and open-set calibration as JSON."""
+    """Show the memory's size, encoder, backend and open-set calibration as JSON.
+
+    `unfinished_build` is null, or what a build that stopped part-way recorded (a note on
+    stderr then says what to do).
+    """
     from rar_agent import openset
     from rar_agent.config import parse_reject
+    from rar_agent.ingest.builders import unfinished_build
 
     with _open_shown_memory(settings) as mem:
         stats = mem.stats()
-        stats["open_set"] = _open_set_stats(openset.load(mem), parse_reject(settings.reject))
+        stats["unfinished_build"] = unfinished_build(mem)
+        stats["open_set"] = _open_set_stats(
+            openset.load(mem), parse_reject(settings.reject), stats["image_entries"]
+        )
+    if stats["unfinished_build"] is not None:
+        print_note(_unfinished_note(stats["unfinished_build"], stats["entries"]))
     typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))
 
 
-def _open_set_stats(cal: "Calibration | None", setting: "RejectSetting") -> dict[str, object]:
+def _unfinished_note(started: "Mapping[str, object]", entries: object) -> str:
+    """What a person reads about a build that stopped part-way, and what to do."""
+    return (
+        f"the build started at {started.get('started_at')} ({started.get('items')} items, "
+        f"{started.get('entries_before')} entries before it) did not finish: it was "
+        "interrupted or killed (or still runs in another process). The memory holds the "
+        f"{entries} entries stored by then; run the same `rar-agent memory build` command "
+        "again to finish it (what is stored is skipped)"
+    )
+
+
+def _open_set_stats(
+    cal: "Calibration | None", setting: "RejectSetting", image_entries: int
+) -> dict[str, object]:
     """What ``--reject auto:ALPHA`` can promise with this memory (or why it cannot)."""
+    from rar_agent.openset.verdict import TEXT_ENTRIES_NOTE
+
     if cal is None:
-        return {"calibrated": False, "note": "not calibrated yet: recognizing calibrates it"}
+        note = (
+            "not calibrated yet: recognizing calibrates it" if image_entries else TEXT_ENTRIES_NOTE
+        )
+        return {"calibrated": False, "note": note}
     alpha = setting.alpha
     summary = cal.summary(alpha)
     why = summary["cannot_calibrate"]

@@ -73,7 +73,7 @@ def memory_pull(
     """Copy the server collection --collection at --qdrant-url to an embedded memory.
 
     The copy goes to --memory, or to the default place of --to-collection (or the same
-    name). Resumable and verified like ``memory push``.
+    name). Resumable and verified like `memory push`.
     """
     from rar_agent.memory import open_memory
 

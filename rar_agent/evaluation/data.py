@@ -14,6 +14,8 @@ from rar_agent.errors import ConfigError
 
 __all__ = [
     "FASHION_MNIST",
+    "FASHION_MNIST_QUERIES",
+    "FASHION_MNIST_SHOTS",
     "EvalSets",
     "check_sources",
     "hold_out_classes",
@@ -27,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 FASHION_MNIST = "fashion-mnist"
 """``--dataset`` name of the built-in Fashion-MNIST set (Debian's dataset-fashion-mnist)."""
+FASHION_MNIST_SHOTS = 10
+"""Train images per class in the memory when ``--shots`` is not given (``--help`` says so)."""
+FASHION_MNIST_QUERIES = 300
+"""Test images asked about when ``--limit`` is not given (``--help`` says so)."""
 
 Items = list[tuple[str, str]]
 
@@ -121,14 +127,15 @@ def _fashion_mnist(
 ) -> EvalSets:
     from rar_agent.datasets import FASHION_MNIST_CLASSES, export_imagefolder
 
-    per_class = math.ceil((limit or 300) / len(FASHION_MNIST_CLASSES))
+    queries = limit or FASHION_MNIST_QUERIES
+    per_class = math.ceil(queries / len(FASHION_MNIST_CLASSES))
     test = export_imagefolder(workdir / "test", "test", per_class, seed, root=root)
-    sets = EvalSets(test_items=limit_items(test, limit or 300, seed))
+    sets = EvalSets(test_items=limit_items(test, queries, seed))
     if text:
         sets.class_names = list(FASHION_MNIST_CLASSES)
     else:
         sets.memory_items = export_imagefolder(
-            workdir / "memory", "train", shots or 10, seed, root=root
+            workdir / "memory", "train", shots or FASHION_MNIST_SHOTS, seed, root=root
         )
     sets.notes.append(
         "Fashion-MNIST: memory from the train split, queries from the test split "

@@ -12,9 +12,12 @@ from rar_agent.evaluation.metrics import most_confused, percent
 from rar_agent.evaluation.openset_render import plot_promise, plot_roc
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
     from rar_agent.evaluation.schema import EvalReport
 
-__all__ = ["PLOT_FILES", "write_plots"]
+__all__ = ["PLOT_FILES", "legend_beside", "write_plots"]
 
 PLOT_FILES = {
     "accuracy": "accuracy_vs_k.png",
@@ -58,11 +61,26 @@ def _plot_accuracy(report: EvalReport, path: Path) -> None:
     plt.close(fig)
 
 
+def legend_beside(ax: Axes, fontsize: float = 8) -> None:
+    """The axes' legend to the right of the plot, top-aligned, off the curves (for curves
+    that fill the plot; the figure needs ``layout="constrained"`` to make room for it)."""
+    ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def _plot_gating(report: EvalReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
+    fig = _gating_figure(report)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _gating_figure(report: EvalReport) -> Figure:
+    """The gating curve: its curves span the whole plot, so the legend stands beside it."""
+    import matplotlib.pyplot as plt
+
     curve = report.gating_curve
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(8.4, 4.0), dpi=110, layout="constrained")
     xs = [p.threshold for p in curve]
     ax.step(
         xs, [100 * p.skip_share for p in curve], where="post", label="queries skipping the ranker"
@@ -84,10 +102,8 @@ def _plot_gating(report: EvalReport, path: Path) -> None:
     ax.set_ylim(0, 101)
     ax.set_title("Gating curve: skip ranking when margin > threshold")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    legend_beside(ax)
+    return fig
 
 
 def _plot_confusion(report: EvalReport, path: Path, limit: int = 10) -> None:

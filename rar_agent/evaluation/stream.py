@@ -46,6 +46,8 @@ from rar_agent.errors import ConfigError, DuplicateExampleError, EmptyMemoryErro
 from rar_agent.evaluation.schema import check_config
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.evaluation.schema import EvalConfig
 
@@ -389,12 +391,25 @@ def _control(
 def plot_stream(report: StreamReport, path: Path) -> Path:
     """Held-out top-1 along the stream (per rule) with the control as dashed lines, and the
     windowed online accuracy; saved as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = _stream_figure(report)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _stream_figure(report: StreamReport) -> Figure:
+    """The figure :func:`plot_stream` saves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    from rar_agent.evaluation.plots import legend_beside
+
+    # the legend (nine entries) goes beside the plot: inside, it covered the curves
+    fig, ax = plt.subplots(figsize=(9.6, 4.2), dpi=110, layout="constrained")
     steps = [p.step for p in report.curve]
     colours = {
         "local_mean": "tab:red",
@@ -415,12 +430,9 @@ def plot_stream(report: StreamReport, path: Path) -> Path:
     ax.set_ylabel("top-1")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    legend_beside(ax, fontsize=7)
     ax.set_title("Learning from corrections")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def render_stream_markdown(report: StreamReport, config: EvalConfig) -> str:

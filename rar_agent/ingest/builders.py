@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from rar_agent.memory.core import CategoryMemory
 
 __all__ = [
+    "BUILD_EXTENSION",
     "IMAGE_EXTENSIONS",
     "OPTIMIZE_MIN_UNINDEXED",
     "BuildReport",
@@ -50,6 +52,8 @@ __all__ = [
     "add_class_names",
     "add_images",
     "finish_build",
+    "mark_build_started",
+    "unfinished_build",
     "build_from_folder",
     "build_from_manifest",
     "iter_image_folder",
@@ -62,6 +66,8 @@ Progress = Callable[[int, int], None]
 """``progress(done, total)``, called after each batch."""
 
 IMAGE_EXTENSIONS = IMAGE_SUFFIXES
+BUILD_EXTENSION = "build"
+"""The memory record's extension that says a build is under way (:func:`mark_build_started`)."""
 _NAMES_PER_CALL = 64
 SAMPLE_IDS = 1024
 """Ids of added entries a :class:`BuildReport` keeps (a uniform sample beyond that)."""
@@ -160,6 +166,7 @@ def add_class_names(
     report.skipped_existing = len(entries) - len(todo)
     if progress:
         progress(report.skipped_existing, len(entries))
+    mark_build_started(memory, len(entries), writes=-(-len(todo) // _NAMES_PER_CALL))
     with memory.bulk_load(len(todo)):
         for i in range(0, len(todo), _NAMES_PER_CALL):
             chunk = todo[i : i + _NAMES_PER_CALL]
@@ -272,6 +279,7 @@ def _pipelined(
         bound: Future[None] | None = Future() if memory.info.fingerprint is None else None
         pending = submit(0, bound=bound) if batches else None
         _bind(memory, encoder, total, bound, decoders)
+        mark_build_started(memory, total, writes=len(batches))
         embed = _Embedder(encoder, encoders if passes > 1 else None)
         with memory.bulk_load(total):
             for index in range(len(batches)):
@@ -362,10 +370,34 @@ def _forward_step(encoder: object, batch: int) -> int:
     return max(1, batch)
 
 
+def mark_build_started(memory: CategoryMemory, items: int, *, writes: int) -> None:
+    """Record in ``memory`` that a build of ``items`` is under way (extension
+    :data:`BUILD_EXTENSION`: when, how many items, the entries before), so that a build stopped
+    part-way (Ctrl+C, a kill, a crash) shows as unfinished (:func:`unfinished_build`) until a
+    build of it runs to the end (:func:`finish_build` clears it). A build of one write stores
+    all or nothing and is not marked (one record write spared, e.g. per taught photo)."""
+    if writes < 2:
+        return
+    started = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "items": items,
+        "entries_before": memory.count(),
+    }
+    memory.update_extension(BUILD_EXTENSION, lambda _current: started)
+
+
+def unfinished_build(memory: CategoryMemory) -> dict[str, Any] | None:
+    """What :func:`mark_build_started` recorded of a build that has not finished (it was
+    stopped, or still runs in another process), ``None`` when there is none."""
+    return memory.extension(BUILD_EXTENSION)
+
+
 def finish_build(memory: CategoryMemory, report: BuildReport, start: float) -> None:
-    """Index what a build left unindexed (also after a resumed build added nothing), time
-    and log the build."""
+    """Index what a build left unindexed (also after a resumed build added nothing), say
+    that no build is under way any more, time and log the build."""
     memory.optimize(min_unindexed=OPTIMIZE_MIN_UNINDEXED)
+    if unfinished_build(memory) is not None:
+        memory.update_extension(BUILD_EXTENSION, lambda _current: None)
     report.seconds = time.perf_counter() - start
     logger.info(
         "build: %d added, %d already stored, %d failed in %.1f s",

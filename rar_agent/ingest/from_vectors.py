@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rar_agent.errors import ConfigError
-from rar_agent.ingest.builders import BuildReport, Progress, finish_build
+from rar_agent.ingest.builders import BuildReport, Progress, finish_build, mark_build_started
 from rar_agent.memory.core import UPSERT_BATCH
 from rar_agent.memory.entries import EntryKind, MemoryEntry, check_kind
 
@@ -115,6 +115,7 @@ def add_vectors(
     memory.bind_encoder(fingerprint, int(dim), expected_entries=n)
     resume = memory.count() > 0
     report = BuildReport()
+    mark_build_started(memory, n, writes=-(-n // batch_size))
     with memory.bulk_load(n):
         for begin in range(0, n, batch_size):
             stop = min(n, begin + batch_size)

@@ -20,10 +20,15 @@ if TYPE_CHECKING:
     from rar_agent.config import RejectSetting
     from rar_agent.openset.calibration import Calibration
 
-__all__ = ["RANKER_SKIP_REASON", "judge", "with_ranker_verdict"]
+__all__ = ["RANKER_SKIP_REASON", "TEXT_ENTRIES_NOTE", "judge", "with_ranker_verdict"]
 
 RANKER_SKIP_REASON = "unknown: the best match is below the memory's threshold"
 """Why an image retrieval already judged unknown is not sent to the ranker."""
+TEXT_ENTRIES_NOTE = (
+    "class-name (text) entries have no calibrated threshold: only the ranker's "
+    "'none of these' or a fixed --reject threshold can reject"
+)
+"""Why a memory of class names only is never calibrated (its verdicts and `memory stats`)."""
 
 
 def judge(
@@ -93,10 +98,7 @@ def with_ranker_verdict(verdict: RejectionInfo | None, ranking: RankingInfo) -> 
 
 def _no_threshold_note(kind: str | None, calibration: Calibration | None) -> str:
     if kind == "text":
-        return (
-            "class-name (text) entries have no calibrated threshold: only the ranker's "
-            "'none of these' or a fixed --reject threshold can reject"
-        )
+        return TEXT_ENTRIES_NOTE
     if calibration is None:
         return "the memory is not calibrated yet"
     return calibration.reason or "no threshold"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 import click
 import pytest
@@ -38,3 +39,52 @@ def test_the_command_line_help_wraps_at_80_columns(
     paragraph = lines[start : lines.index("", start)]
     # filled to the width: every line but the last nearly full, none cut after a few words
     assert all(len(line) > 60 for line in paragraph[:-1]), paragraph
+
+
+def test_eval_help_states_the_fashion_mnist_defaults() -> None:
+    """`eval --dataset fashion-mnist` stores 10 shots and asks 300 queries unless told; the
+    help said `--shots [default: (all)]` (60,000 train images) and named no query count."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+    from rar_agent.evaluation.data import FASHION_MNIST_QUERIES, FASHION_MNIST_SHOTS
+
+    done = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    lines = {m.group(1): m.group(2) for m in re.finditer(r"│ (--\S+)\s+<\w+>\s+(.*)", done.output)}
+    assert f"{FASHION_MNIST_SHOTS} with --dataset fashion-mnist" in lines["--shots"]
+    assert f"{FASHION_MNIST_QUERIES} with --dataset fashion-mnist" in lines["--limit"]
+
+
+def test_root_help_leads_with_what_runs_offline() -> None:
+    """The first example runs on any machine (the built-in memory); zero-shot `--labels`,
+    which an offline machine refuses (its encoder has no text tower), says it needs CLIP."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    done = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    lines = [line.strip(" │") for line in done.output.splitlines()]
+    examples = [i for i, line in enumerate(lines) if line.startswith("rar-agent ")]
+    assert lines[examples[0]] == "rar-agent recognize photo.jpg"
+    zero_shot = next(i for i in examples if "--labels" in lines[i])
+    assert "CLIP" in lines[zero_shot - 1], lines[zero_shot - 1]
+
+
+def test_no_command_help_shows_rst_quotes() -> None:
+    """The help quotes commands with single backticks; a docstring's RST ``double`` ones
+    were shown as typed (``Authorization: Bearer TOKEN``)."""
+    import typer.main
+
+    from rar_agent.cli import app
+
+    def walk(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    texts = [(path, command.help or "") for path, command in walk(typer.main.get_command(app), "")]
+    assert len(texts) > 20
+    assert [path for path, text in texts if "``" in text] == []

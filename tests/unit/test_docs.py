@@ -27,3 +27,17 @@ def test_no_pointers_outside_the_repository_or_to_the_build_machines(doc: Path) 
     text = doc.read_text(encoding="utf-8")
     for phrase in ("../shared", "/work/", "shared/DESIGN", "this project is built on"):
         assert phrase not in text, f"{doc.name} mentions {phrase!r}"
+
+
+SHELL_BLOCK = re.compile(r"```(?:bash|sh)\n(.*?)```", re.S)
+BARE_PYTHON = re.compile(r"(?:^|[\s;&|(])python3?\s+(?!-m venv)")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shell_blocks_run_python_from_the_venv(doc: Path) -> None:
+    """A shell block that runs Python runs the venv's (`.venv/bin/python`): the system one
+    lacks the packages (`python tools/eval_open_set.py` stopped at `No module named
+    'langchain_core'`). Only `python3 -m venv` itself is the system's."""
+    for block in SHELL_BLOCK.findall(doc.read_text(encoding="utf-8")):
+        for line in block.splitlines():
+            assert not BARE_PYTHON.search(line), f"{doc.name}: use .venv/bin/python in {line!r}"

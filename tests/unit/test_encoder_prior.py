@@ -287,6 +287,6 @@ def test_teaching_a_single_example_keeps_the_scale_and_counts_exact(
     stats = after.summary(0.05)
     assert stats["prior_thresholds"]["1"] is not None and stats["cannot_calibrate"] is None
     assert "not on this memory" in stats["source"]
-    shown = _open_set_stats(after, parse_reject("auto"))  # what `memory stats` prints
+    shown = _open_set_stats(after, parse_reject("auto"), memory.count("image"))  # as stats shows
     assert shown["calibrated"] is True and "encoder prior of synthetic" in shown["note"]
     memory.close()

@@ -403,13 +403,34 @@ def test_cli_eval_exits_130_after_writing_a_partial_report(
         metrics.QueryRecord(source="x.png", label="a", candidates=["a", "b"], scores=[0.9, 0.1])
     ]
     monkeypatch.setattr(evaluation, "run_evaluation", lambda *a, **k: partial.model_copy())
+    out = tmp_path / ("a-long-folder-name-" * 4)  # the paths printed stay whole, on one line
     result = CliRunner().invoke(
         app,
-        ["eval", "--dataset", str(folder), "--shots", "2", "--out", str(tmp_path),
+        ["eval", "--dataset", str(folder), "--shots", "2", "--out", str(out),
          "--encoder", "tests.helpers.encoder_factories:hashing_encoder", "--no-progress"],
     )  # fmt: skip
     assert result.exit_code == 130, result.output
-    assert "Interrupted" in (tmp_path / "report.md").read_text()
+    assert "Interrupted" in (out / "report.md").read_text()
+    assert f"report: {out / 'report.md'}\n" in result.stdout
+    assert f"partial report written to {out}\n" in result.stderr
+
+
+def test_cli_eval_that_fails_before_writing_leaves_no_report_folder(
+    folder: Path, tmp_path: Path
+) -> None:
+    """A ranker that cannot load stops the run: the --out folder it made goes again (an
+    empty rar-eval/ was left behind), and a folder that was there before stays."""
+    from rar_agent.cli import app
+
+    args = ["eval", "--dataset", str(folder), "--shots", "2", "--no-progress",
+            "--encoder", "tests.helpers.encoder_factories:hashing_encoder",
+            "--ranker", f"hf:{tmp_path / 'no-such-model'}"]  # fmt: skip
+    for out, existed in ((tmp_path / "new" / "report", False), (tmp_path / "kept", True)):
+        if existed:
+            out.mkdir()
+        result = CliRunner().invoke(app, [*args, "--out", str(out)])
+        assert result.exit_code == 2 and "error:" in result.output, result.output
+        assert out.exists() == existed
 
 
 def test_auto_gate_is_recorded_in_a_kept_memory_for_recognition(

@@ -82,12 +82,48 @@ def test_cli_stream_lines_read_as_figures(shots: str, tmp_path: Path) -> None:
     from rar_agent.cli import app
 
     data = _folder(tmp_path / "set")
+    out = tmp_path / ("a-long-folder-name-" * 4)  # the report's path stays whole, on one line
     args = ["eval", "--stream", "--dataset", str(data), "--shots", shots, "--no-progress",
             "--encoder", "tests.helpers.encoder_factories:hashing_encoder",
-            "--out", str(tmp_path / "out")]  # fmt: skip
+            "--out", str(out)]  # fmt: skip
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
+    assert f"report: {out / 'report.md'}\n" in done.stdout
     lines = [ln for ln in done.output.splitlines() if "held-out top-1" in ln]
     assert len(lines) == len(RULES) and "None" not in done.output
     start = "-" if shots == "0" else r"\d\.\d{3}"
     assert all(re.search(rf"held-out top-1 {start} -> \d\.\d{{3}}, control", ln) for ln in lines)
+
+
+def test_stream_plot_legend_stays_off_the_curves() -> None:
+    """The legend (nine entries) sits beside the plot, whole, not over the curves."""
+    from rar_agent.evaluation.stream import StreamPoint, StreamReport, StreamRule, _stream_figure
+
+    curve = [
+        StreamPoint(
+            step=step,
+            taught=step // 4,
+            heldout_top1={rule: 0.3 + 0.4 * step / 1000 for rule in RULES},
+            window_top1=None if step == 0 else 0.2 + 0.5 * step / 1000,
+        )
+        for step in range(0, 1001, 100)
+    ]
+    rule = StreamRule(
+        heldout_top1_start=0.3,
+        heldout_top1_end=0.7,
+        control_top1=0.25,
+        gain_points=40.0,
+        vs_control_points=45.0,
+    )
+    report = StreamReport(steps=1000, taught=250, online_top1=0.5, heldout=1000,
+                          heldout_top1_start=0.3, heldout_top1_end=0.7, control_top1=0.25,
+                          rules=dict.fromkeys(RULES, rule), curve=curve, window=100,
+                          examples_start=7, examples_end=257)  # fmt: skip
+    figure = _stream_figure(report)
+    figure.canvas.draw()
+    (axes,) = figure.axes
+    legend = axes.get_legend()
+    box, plot, whole = legend.get_window_extent(), axes.get_window_extent(), figure.bbox
+    assert len(legend.get_texts()) == 2 * len(RULES) + 1
+    assert not box.overlaps(plot)
+    assert whole.x0 <= box.x0 and box.x1 <= whole.x1 and whole.y0 <= box.y0 and box.y1 <= whole.y1
