@@ -111,10 +111,10 @@ DEFAULT_SYSTEM_PROMPT = (
     "wrong and names the right category, call add_category_example with that label, the "
     "image, and corrects=<the wrong answer>; when they confirm an answer and want the photo "
     "kept, call it with confirmed=true. If it refuses because the image is stored under "
-    "another label, tell the user and offer relabel_example. Use the other tools when they "
-    "help answer the user's question. For many photos (a folder), call recognize_images once "
-    "instead of recognize_image per photo; list_directory and file_search, when available, "
-    "browse the photo folders."
+    "another label, tell the user and, if they say that label is wrong, call it again with "
+    "move=true. Use the other tools when they help answer the user's question. For many "
+    "photos (a folder), call recognize_images once instead of recognize_image per photo; "
+    "list_directory and file_search, when available, browse the photo folders."
 )
 
 
@@ -380,8 +380,8 @@ LEARNING_OFF = (
     "--allow-learning to teach it)."
 )
 LEARNING_NOT_GRANTED = (
-    " Your sign-in may not teach the memory, so names you give are not stored: its token "
-    "lacks the learn scope (ask for one made with rar-agent auth add NAME --scope learn)."
+    " You are signed in to recognize photos, not to teach, so names you give are not stored: "
+    "to teach, ask whoever runs this page for a sign-in that may (the learn scope)."
 )
 
 
@@ -442,8 +442,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
         parts, recognized = [], False
         for message in reversed(turn):
             if message.status == "error":
-                parts.append(f"The {message.name or 'recognition'} tool reported an error: "
-                             f"{message.text}")  # fmt: skip
+                parts.append(_tool_failure(message))
             elif message.name in _TEACH_TOOLS:
                 parts.append(message.text)
             else:
@@ -477,7 +476,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
             if teaching is not None and teaching.label and teaching.intent in ("name", "correct"):
                 if not self.can_learn:
                     return AIMessage(
-                        content=f"I cannot store {teaching.label!r}:" + self.learning_off
+                        content=f"I cannot store {teaching.label!r}." + self.learning_off
                     )
                 return _calls(
                     self.learn_tool_name, [{"label": teaching.label, "image": i} for i in ids]
@@ -486,11 +485,15 @@ class RecognitionOnlyChatModel(BaseChatModel):
         if teaching is None:
             return AIMessage(content=self._capabilities())
         if not self.can_learn:
-            named = f"I cannot store {teaching.label!r}:" if teaching.label else ""
+            named = f"I cannot store {teaching.label!r}." if teaching.label else ""
             return AIMessage(content=(named + self.learning_off).strip())
         if before is None:
             return AIMessage(content="Send a photo first, then tell me what it shows.")
         image, answer = before
+        if teaching.intent == "move":
+            return _calls(
+                self.learn_tool_name, [{"label": teaching.label, "image": image, "move": True}]
+            )
         if teaching.intent == "reject":
             return AIMessage(
                 content="Which category is it, then? Say for example *it's a sandal*, or "
@@ -518,7 +521,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
     def _command(self, command: TeachingCommand) -> AIMessage:
         """List or undo the teaching (the tools that come with learning), or say why not."""
         if not self.can_learn:
-            return AIMessage(content=("There is no teaching to list or undo:" + self.learning_off))
+            return AIMessage(content="Nothing to list or undo here." + self.learning_off)
         if command.action == "undo":
             return _calls("undo_teaching", [{"n": command.n}])
         return _calls("teaching_history", [{"limit": HISTORY_SHOWN}])
@@ -526,6 +529,17 @@ class RecognitionOnlyChatModel(BaseChatModel):
 
 HISTORY_SHOWN = 10
 """Teaching events the stand-in lists when asked for the history."""
+
+
+def _tool_failure(message: ToolMessage) -> str:
+    """A tool's error as the stand-in says it; a photo refused as stored under another
+    label in a person's words, with how to move it."""
+    from rar_agent.tools.learn import describe_duplicate, duplicate_refusal
+
+    refused = duplicate_refusal(message.text) if message.name == "add_category_example" else None
+    if refused is not None:
+        return describe_duplicate(*refused)
+    return f"The {message.name or 'recognition'} tool reported an error: {message.text}"
 
 
 def _calls(name: str, arguments: Sequence[dict[str, Any]]) -> AIMessage:

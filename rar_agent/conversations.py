@@ -10,8 +10,13 @@ One SQLite file (by default ``<RAR_HOME>/conversations.sqlite``) holds
   so an image id resolves only inside the conversation that sent it, and a restarted agent
   still has the photos its history talks about.
 
-The agent's image middleware writes and reads the images; nothing here decides who may open
-a conversation: its id (128 random bits from :func:`new_conversation_id`) is the key.
+- whose each conversation is (table ``rar_owners``): on a page where people sign in, a
+  conversation belongs to the person who started it, and :meth:`ConversationStore.opens_for`
+  is the one rule of who may see and continue it (its owner; anyone who holds the id of a
+  conversation nobody signed in to).
+
+The agent's image middleware writes and reads the images. An id is 128 random bits from
+:func:`new_conversation_id`: on a page without sign-in it is the key to its conversation.
 """
 
 from __future__ import annotations
@@ -64,7 +69,11 @@ CREATE TABLE IF NOT EXISTS rar_images (
     height INTEGER NOT NULL,
     added REAL NOT NULL,
     PRIMARY KEY (conversation, id)
-)
+);
+CREATE TABLE IF NOT EXISTS rar_owners (
+    conversation TEXT PRIMARY KEY,
+    owner TEXT NOT NULL
+);
 """
 
 
@@ -181,7 +190,7 @@ class ConversationStore:
         try:
             self._conn = sqlite3.connect(text, check_same_thread=False, timeout=30)
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(_SCHEMA)
+            self._conn.executescript(_SCHEMA)
             self._conn.commit()
             saver_conn = sqlite3.connect(text, check_same_thread=False, timeout=30)
         except sqlite3.Error as e:
@@ -238,6 +247,31 @@ class ConversationStore:
             ).fetchall()
         return [row[0] for row in rows]
 
+    # -- owners
+
+    def owner(self, conversation: str) -> str | None:
+        """Who ``conversation`` belongs to (the name they signed in with), or ``None``."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT owner FROM rar_owners WHERE conversation = ?", (_checked(conversation),)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def opens_for(self, conversation: str, user: str | None) -> bool:
+        """Whether ``user`` (a signed-in name; ``None``: nobody signed in) may see and continue
+        ``conversation``: its owner may, and anyone may one that nobody owns."""
+        owner = self.owner(conversation)
+        return owner is None or owner == user
+
+    def claim(self, conversation: str, user: str) -> bool:
+        """Make ``conversation`` ``user``'s unless someone else's already; whether it is
+        ``user``'s now (``False``: another person's, which ``user`` must not continue)."""
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO rar_owners VALUES (?, ?)", (_checked(conversation), user)
+            )
+        return self.owner(conversation) == user
+
     # -- conversations
 
     def exists(self, conversation: str) -> bool:
@@ -247,7 +281,7 @@ class ConversationStore:
         return bool(self.image_ids(conversation))
 
     def conversations(self) -> list[ConversationInfo]:
-        """Every stored conversation, most recently changed first (for the owner's eyes)."""
+        """Every stored conversation, most recently changed first (for the operator's eyes)."""
         ids: dict[str, ConversationInfo] = {}
         seen = {t.config["configurable"]["thread_id"]: t for t in self._latest_checkpoints()}
         with self._lock:
@@ -270,10 +304,11 @@ class ConversationStore:
         yield from latest.values()
 
     def delete(self, conversation: str) -> None:
-        """Forget ``conversation``: its checkpoints and its images."""
+        """Forget ``conversation``: its checkpoints, its images and whose it was."""
         self.checkpointer.delete_thread(_checked(conversation))
         with self._lock, self._conn:
             self._conn.execute("DELETE FROM rar_images WHERE conversation = ?", (conversation,))
+            self._conn.execute("DELETE FROM rar_owners WHERE conversation = ?", (conversation,))
 
     def close(self) -> None:
         """Close both connections."""

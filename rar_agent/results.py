@@ -298,6 +298,11 @@ class ExampleAdded(BaseModel):
         description="Examples of other categories nearly identical to this image (flagged, "
         "not refused: the two labels may be confused).",
     )
+    moved_from: str | None = Field(
+        default=None,
+        description="The label this very image was stored under before it was moved to "
+        "label (a relabel, asked for with move), if it was.",
+    )
 
 
 class ExampleRelabeled(BaseModel):

@@ -6,6 +6,8 @@ conversation id in a :class:`~rar_agent.conversations.ConversationStore` (SQLite
 ``RAR_HOME`` for ``rar-agent chat``): its messages as LangGraph checkpoints and its images
 under that id, so the page resumes a conversation after a restart (``?conversation=ID``)
 and no conversation sees another's messages or photos. Clearing the chat starts a new one.
+Where people sign in, a conversation is its starter's: another person who opens its link
+gets a new conversation of their own, never a look at it or a turn in it.
 The sessions share one image registry, but "the latest image" is always this session's: the
 agent's middleware takes it from the session's own images
 (:class:`~rar_agent.registry.ImageScope`). Tool errors show up as readable messages. Without
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PAGE_CSS",
+    "PAGE_JS",
     "ChatSession",
     "answer_options",
     "build_chat_page",
@@ -51,6 +54,8 @@ __all__ = [
     "messages_to_history",
     "render_reply",
     "token_login",
+    "ELSEWHERE",
+    "NOT_YOURS",
     "SIGNED_OUT",
     "URLS_OFF",
 ]
@@ -148,6 +153,7 @@ def render_reply(
             dropped without a word.
     """
     from rar_agent.agent import answer_marker
+    from rar_agent.tools.learn import describe_duplicate
 
     parts: list[str] = []
     results = [
@@ -165,6 +171,10 @@ def render_reply(
         if recognition_only:  # the stand-in's reply already says each tool's error
             errors = []
     for t in errors:
+        refused = _refused_duplicate(t)
+        if refused is not None:
+            parts.append(f"⚠️ {describe_duplicate(*refused)}")
+            continue
         parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(_plain(t.text))}")
     for t in results:
         artifact = t.artifact
@@ -213,11 +223,26 @@ def _evidence(item: dict[str, Any], query: str | None) -> str:
     return "<sub>Why: the closest stored examples</sub>\n\n" + "\n".join([head, rule, row])
 
 
+def _refused_duplicate(message: ToolMessage) -> tuple[str, str] | None:
+    """``(stored label, label asked for)`` when ``message`` refused a photo stored under
+    another label."""
+    from rar_agent.tools.learn import duplicate_refusal
+
+    if message.name != "add_category_example" or message.status != "error":
+        return None
+    return duplicate_refusal(message.text)
+
+
 def answer_options(tool_messages: Sequence[ToolMessage]) -> list[dict[str, str]]:
     """The controls under an answer (Gradio message options): confirm it, keep the photo,
     pick another candidate, or say it is something else. Each sends a message that the one
     name parser reads (``yes``, ``yes, keep it``, ``no, it's X``, ``no``). Only for a turn
-    with exactly one whole-image result."""
+    with exactly one whole-image result; under a photo refused as stored under another
+    label, the button that moves it (``move it to X``)."""
+    refusals = [r for r in map(_refused_duplicate, tool_messages) if r is not None]
+    if len(refusals) == 1:
+        target = refusals[0][1]
+        return [{"label": f"Move it to {target}", "value": f"move it to {target}"}]
     results = [
         t.artifact
         for t in tool_messages
@@ -278,6 +303,16 @@ SIGNED_OUT = (
     "answered here: [sign out](logout) and sign in with a current token."
 )
 """What a session whose token was revoked after it signed in is answered."""
+NOT_YOURS = (
+    "This conversation was started by someone else, so it is not continued here: clear the "
+    "chat to start one of your own."
+)
+"""What a signed-in person is answered on another person's conversation."""
+ELSEWHERE = (
+    "This conversation went on in another tab or window since this page showed it, so "
+    "nothing was done with this message: reload the page to see all of it, then go on."
+)
+"""What a page showing an older state of its conversation is answered."""
 URLS_OFF = (
     "This page does not fetch images from URLs (start it with --allow-urls for that): save "
     "the photo and upload it here."
@@ -420,7 +455,9 @@ class ChatSession:
         """Answer one user turn (Gradio's ``fn`` signature, plus the conversation id).
 
         With a conversation store and an id, only the new turn is sent: the agent's
-        checkpoint holds the conversation. Otherwise the page's ``history`` is replayed.
+        checkpoint holds the conversation, and a page whose ``history`` shows fewer answers
+        than it holds (the conversation went on in another tab) is told to reload first.
+        Otherwise the page's ``history`` is replayed.
 
         Args:
             message: The user's turn (text and uploaded files).
@@ -449,6 +486,10 @@ class ChatSession:
             return _reply("Type a question or upload a photo.")
         if self.recognition_only and not self.urls and not files and _URL.search(text):
             return _reply(URLS_OFF)
+        if not self._continues(conversation, user):
+            return _reply(NOT_YOURS)
+        if self._behind(history, conversation):
+            return _reply(ELSEWHERE)
         try:
             with teaching_as("chat", user):
                 if self.conversations is not None and conversation:
@@ -475,11 +516,42 @@ class ChatSession:
         )
         return _reply(text, answer_options(tools) if can_learn else [])
 
-    def resume(self, conversation: str | None) -> tuple[str, list[dict[str, Any]], str]:
+    def _continues(self, conversation: str | None, user: str | None) -> bool:
+        """Whether ``user`` may send a turn to ``conversation``; a signed-in person's first
+        turn makes a conversation theirs (``ConversationStore.claim``)."""
+        store = self.conversations
+        if store is None or not conversation:
+            return True
+        if user is None:
+            return store.opens_for(conversation, None)
+        return store.claim(conversation, user)
+
+    def _behind(self, history: Sequence[dict[str, Any]], conversation: str | None) -> bool:
+        """Whether the stored conversation has answers that this page's ``history`` lacks
+        (it went on in another tab): *yes* or *no, it's X* would then be about a photo this
+        page does not show. An empty ``history`` is a caller that sends only the turn (a page
+        shows every turn of a conversation it can continue)."""
+        from langchain_core.messages import AIMessage
+
+        from rar_agent.conversations import conversation_config
+
+        get_state = getattr(self.agent, "get_state", None)
+        if not history or self.conversations is None or not conversation or get_state is None:
+            return False
+        stored = get_state(conversation_config(conversation)).values.get("messages") or []
+        answers = sum(1 for m in stored if isinstance(m, AIMessage) and not m.tool_calls)
+        shown = sum(1 for entry in history if entry.get("role") == "assistant")
+        return shown < answers
+
+    def resume(
+        self, conversation: str | None, user: str | None = None
+    ) -> tuple[str, list[dict[str, Any]], str]:
         """Open a conversation for a page: ``(id, chat history to show, a note)``.
 
-        A stored id resumes that conversation; no id, or one that is not stored, starts a new
-        one (with a fresh random id: an id is never chosen by the visitor).
+        A stored id that ``user`` may open resumes that conversation (a signed-in person
+        opens only their own); no id, or one that is not stored or is another's, starts a
+        new one (with a fresh random id: an id is never chosen by the visitor). The note says
+        the same for another's as for a missing one, so it tells nobody whose ids exist.
         """
         from rar_agent.conversations import (
             CONVERSATION_ID_PATTERN,
@@ -490,18 +562,23 @@ class ChatSession:
         store = self.conversations
         wanted = (conversation or "").strip()
         found = bool(
-            store is not None and CONVERSATION_ID_PATTERN.match(wanted) and store.exists(wanted)
+            store is not None
+            and CONVERSATION_ID_PATTERN.match(wanted)
+            and store.exists(wanted)
+            and store.opens_for(wanted, user)
         )
         if not found or store is None:
             fresh = new_conversation_id()
-            missing = " (the one asked for was not found)" if wanted else ""
-            return fresh, [], _conversation_note(fresh, resumed=False) + missing
+            among = " among yours" if user else ""
+            missing = f"The conversation asked for was not found{among}. " if wanted else ""
+            return fresh, [], _conversation_note(fresh, resumed=False, before=missing)
         get_state = getattr(self.agent, "get_state", None)
         values = get_state(conversation_config(wanted)).values if get_state else {}
         history = messages_to_history(
             values.get("messages") or [],
             recognition_only=self.recognition_only,
-            can_learn=self.can_learn,
+            can_learn=self.may_teach(user),
+            learning_off=self.learning_off(user),
         )
         return wanted, history, _conversation_note(wanted, resumed=True)
 
@@ -550,19 +627,24 @@ def _reply(text: str, options: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
     return reply
 
 
-def _conversation_note(conversation: str, *, resumed: bool) -> str:
+def _conversation_note(conversation: str, *, resumed: bool, before: str = "") -> str:
     how = "Resumed conversation" if resumed else "Conversation"
     return (
-        f"<sub>{how} `{conversation}`: open this page with "
+        f"<sub>{before}{how} `{conversation}`: open this page with "
         f"[?conversation={conversation}](?conversation={conversation}) to come back to it; "
         "clear the chat for a new one.</sub>"
     )
 
 
 def messages_to_history(
-    messages: Sequence[BaseMessage], *, recognition_only: bool = False, can_learn: bool = False
+    messages: Sequence[BaseMessage],
+    *,
+    recognition_only: bool = False,
+    can_learn: bool = False,
+    learning_off: str | None = None,
 ) -> list[dict[str, Any]]:
-    """A stored conversation as Gradio chat history: each user turn and its rendered reply.
+    """A stored conversation as Gradio chat history: each user turn and its rendered reply
+    (``can_learn`` and ``learning_off`` as for :func:`render_reply`: for whom it is shown).
 
     Images show as their file name (the bytes stay in the conversation store).
     """
@@ -584,6 +666,7 @@ def messages_to_history(
                     tools,
                     recognition_only=recognition_only,
                     can_learn=can_learn,
+                    learning_off=learning_off,
                     unreadable=_unreadable(turn[:1]),
                 ),
             }
@@ -700,7 +783,7 @@ def build_chat_page(
         user = getattr(request, "username", None)
         if session.signed_in is not None and not session.signed_in(user):
             wanted = None  # a revoked sign-in reopens nothing
-        conversation, history, note = session.resume(wanted)
+        conversation, history, note = session.resume(wanted, user)
         return conversation, history, history, note
 
     open_conversation.__annotations__["request"] = gr.Request  # Gradio injects it by type
@@ -724,7 +807,9 @@ def build_chat_page(
         title=title, analytics_enabled=False, fill_height=True, fill_width=True
     ) as page:
         conversation = gr.State(None)
-        gr.Markdown(f"<h1 style='text-align: center; margin-bottom: 1rem'>{title}</h1>")
+        gr.Markdown(
+            f"<h1 style='text-align: center; margin-bottom: 1rem'>{title}</h1>", elem_id="rar-title"
+        )
         header = gr.Markdown(
             _page_description(recognizer, model, can_learn=can_learn), elem_id="rar-header"
         )
@@ -738,8 +823,12 @@ def build_chat_page(
                 placeholder="Ask about a photo: drop, paste or upload it here",
                 elem_id="rar-input",
             ),
-            chatbot=gr.Chatbot(
-                elem_id="rar-chat", sanitize_html=True, label="Conversation", scale=1
+            chatbot=gr.Chatbot(  # no floating label badge: it covered the answer's first line
+                elem_id="rar-chat",
+                sanitize_html=True,
+                label="Conversation",
+                show_label=False,
+                scale=1,
             ),
             additional_inputs=[conversation],
             analytics_enabled=False,
@@ -868,6 +957,7 @@ def launch(
             max_file_size=max_file_size,
             theme=theme,
             css=PAGE_CSS,
+            js=PAGE_JS,
             show_error=True,
             footer_links=[],
             auth=auth,
@@ -923,10 +1013,40 @@ PAGE_CSS = """
 #rar-chat table { display: block; max-width: 100%; overflow-x: auto; }
 #rar-chat table img { max-width: 64px; height: auto; }
 #rar-chat th, #rar-chat td { white-space: nowrap; padding: 2px 8px; }
+#rar-chat .top-panel { position: static; width: fit-content; margin: 4px 4px 0 auto; }
 @media (max-width: 640px) {
-  #rar-chat { min-height: 60vh; }
+  #rar-title h1 { font-size: 1.25rem; margin-bottom: 0 !important; }
+  #rar-header, #rar-header p { font-size: 13px !important; line-height: 1.35 !important; }
+  #rar-header { max-height: 8.6em; overflow-y: auto; padding-bottom: 0.5em;
+    mask-image: linear-gradient(to bottom, #000 75%, transparent); }
+  #rar-chat { height: 52vh !important; min-height: 52vh; }
   #rar-chat .message { font-size: 15px; }
 }
 """
 """The page's layout rules: the conversation fills the window, tables scroll sideways on a
-phone instead of breaking, thumbnails stay small."""
+phone instead of breaking, thumbnails stay small, the conversation's buttons (clear, copy)
+sit in a row of their own instead of over the answers; on a phone the title and the header are
+smaller (the header scrolls within six lines, its last one fading out), so that the
+conversation takes half the window and the box to send a photo shows below it without
+scrolling."""
+
+PAGE_JS = """
+() => {
+  // A turn disables the input and an answer's buttons go when pressed, which drops the
+  // keyboard focus on the page's body (the next Tab starts from the top): when that happens
+  // to a person using the keyboard, the focus goes back to the input once it is usable.
+  // After a pointer the focus is left alone, so a phone's on-screen keyboard does not pop
+  // up over the answer.
+  let byKey = false;
+  document.addEventListener('keydown', () => { byKey = true; }, true);
+  document.addEventListener('pointerdown', () => { byKey = false; }, true);
+  new MutationObserver(() => {
+    const input = document.querySelector('#rar-input textarea');
+    const lost = !document.activeElement || document.activeElement === document.body;
+    if (byKey && lost && input && !input.disabled) input.focus();
+  }).observe(document.body, {
+    subtree: true, childList: true, attributes: true, attributeFilter: ['disabled']
+  });
+}
+"""
+"""The page's script: after a turn sent from the keyboard, the focus is back in the input."""

@@ -191,11 +191,13 @@ def _why_unknown(rejection: RejectionInfo, top: tuple[str, float] | None) -> lis
         if sim is None or threshold is None:
             why.append("its best match is below the memory's threshold")
         elif rejection.mode != "fixed":
-            # the calibrated statistic (rar_agent.openset.statistic), not a similarity
+            # the calibrated statistic (rar_agent.openset.statistic), not a similarity: said
+            # in words first, its figures after
+            name = f"the {top[0]} photos" if top is not None else "its closest category's photos"
             why.append(
-                f"its known-ness {sim:.2f} (how much closer it lies to the nearest category's "
-                f"examples than to the memory's as a whole) is below the {threshold:.2f} "
-                "that images of that category reach"
+                f"it looks less like {name} in memory than they look like each other: "
+                f"known-ness score {sim:.2f}, where photos of that category score "
+                f"{threshold:.2f} or more"
             )
         else:
             measured = f"its best match scores {sim:.3f}"

@@ -17,12 +17,15 @@ quotes and a final ``.``/``!`` are ignored):
    taken exactly as given (up to 200 characters).
 5. **Name, by statement**: *it's X*, *it is X*, *this is X*, *that's X*, *these are X*,
    *it shows X*.
-6. **A bare name** (*sandal*, *a cat*): only where one is expected (``bare=True``: after an
+6. **Move**: *move it to X* (*yes, move it to X*; *move the stored photo to X*): the photo,
+   refused because it is stored under another label, is to be moved to ``X`` (a relabel);
+   ``X`` is taken as given, like an explicit name.
+7. **A bare name** (*sandal*, *a cat*): only where one is expected (``bare=True``: after an
    answer or an unknown, or sent with an image), 1 to 5 words, not a greeting or a command
    (a first word such as *recognize*, *identify*, *describe*, *try*, *check*: a request,
    which would otherwise be stored as the photo's name).
 
-A name from rules 3, 5 and 6 is cleaned: a leading article (*a*, *an*, *the*, *some*) is
+A name from rules 3, 5 and 7 is cleaned: a leading article (*a*, *an*, *the*, *some*) is
 dropped; a possessive (*my*, *our*, *your*, *his*, *her*, *their*) marks a personal name, so
 "this is my cat Tom" and "this is Tom, my cat" teach the category *cat*, not "my cat Tom"
 (the capitalised words after the common noun are the pet's name); names longer than 6 words
@@ -52,7 +55,7 @@ __all__ = [
 MAX_NAME_WORDS = 6
 """Longest name (in words) taken from a statement or a bare reply."""
 
-TeachingIntent = Literal["name", "correct", "confirm", "reject"]
+TeachingIntent = Literal["name", "correct", "confirm", "reject", "move"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class Teaching:
 
     Attributes:
         intent: ``name`` (this is X), ``correct`` (the answer was wrong, it is X),
-            ``confirm`` (the answer was right) or ``reject`` (it was wrong, no name given).
+            ``confirm`` (the answer was right), ``reject`` (it was wrong, no name given) or
+            ``move`` (the photo, stored under another label, is to be moved to X).
         label: The category named (``None`` for ``confirm`` and ``reject``).
         keep: ``confirm`` only: keep the photo as an example of the answer.
     """
@@ -150,6 +154,7 @@ _COMMANDS = frozenset(
         "forget",
         "delete",
         "remove",
+        "move",
     ]
 )
 """First words of a request, never of a bare name (*recognize it again*, *try again*)."""
@@ -180,6 +185,11 @@ _STATEMENT = re.compile(
     r"^(?:it'?s|it\s+is|this\s+is|this'?s|that'?s|that\s+is|these\s+are|those\s+are|"
     r"this\s+one\s+is|it\s+shows|this\s+shows|i\s+think\s+it'?s|i\s+think\s+it\s+is)"
     r"(?:\s+actually)?\s+(?P<name>.+)$",
+    re.IGNORECASE,
+)
+_MOVE = re.compile(
+    r"^(?:(?:yes|ok|okay)[\s,;:!-]+)?(?:please\s+)?move\s+(?:it|this|that|the\s+(?:stored\s+)?"
+    r"(?:photo|image|example))\s+to\s+(?P<name>.+)$",
     re.IGNORECASE,
 )
 _WORD = re.compile(r"^[\w'&/-]+$", re.UNICODE)
@@ -293,6 +303,10 @@ def parse_teaching(text: str, *, bare: bool = False) -> Teaching | None:
     if not body or "?" in body or len(body) > 300:
         return None
     first = body.split()[0].lower().strip(",;:!")
+    move = _MOVE.match(body)
+    if move:
+        target = _strip(move.group("name"))[:200]
+        return Teaching("move", target) if target else None
     confirm = _CONFIRM.match(body)
     if confirm:
         return Teaching("confirm", keep=bool(confirm.group("keep") or confirm.group("keeponly")))

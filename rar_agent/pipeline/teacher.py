@@ -230,17 +230,21 @@ class Teacher:
         *,
         action: TeachAction = "add",
         corrected_from: str | None = None,
+        move: bool = False,
     ) -> list[ExampleAdded]:
         """Store images as examples of ``label`` (a new category or a new example).
 
         All images are checked before anything is written: if one of them is stored under
-        another label, nothing is.
+        another label, nothing is, unless ``move`` says to move it.
 
         Args:
             label: The category (normalised).
             images: The example images (one image, a path or bytes, may stand alone).
             action: ``add``, ``confirm`` (the answer was right) or ``correct`` (it was wrong).
             corrected_from: For a correction: the wrong answer.
+            move: An image stored under another label is moved to ``label`` (a relabel,
+                recorded as this teacher's, :meth:`relabel`) instead of refused: the person
+                said that its stored label is wrong.
 
         Returns:
             One :class:`ExampleAdded` per image (``added`` 0 when it was already stored
@@ -266,6 +270,7 @@ class Teacher:
         near = [h for found in hits for h in found]
         clean = self._spelling(given, near)
         wrong = self._spelling(wrong, near) if wrong is not None else None
+        moved = self._move_stored(prepared, hits, clean) if move else {}
         meta: dict[str, Any] = {"via": self.via, "by": self.by, "action": action}
         if wrong is not None:
             meta["corrected_from"] = wrong
@@ -315,9 +320,23 @@ class Teacher:
                     action=action,
                     corrected_from=wrong,
                     near_duplicates=flagged.get(e.point_id, []),
+                    moved_from=moved.get(p.digest),
                 )
             )
         return out
+
+    def _move_stored(
+        self, prepared: Sequence[_Prepared], hits: Sequence[Sequence[Hit]], label: str
+    ) -> dict[str, str]:
+        """Move each image stored under another label to ``label``; the labels they were
+        stored under, by content hash."""
+        moved: dict[str, str] = {}
+        for image, found in zip(prepared, hits, strict=True):
+            for hit in found:
+                same = hit.payload.get("content_hash") == image.digest
+                if same and hit.label != label and image.digest not in moved:
+                    moved[image.digest] = self.relabel(hit.id, label).previous_label
+        return moved
 
     def confirm(self, label: str, image: ExampleImage | bytes | str | Path) -> ExampleAdded:
         """The answer ``label`` was right: keep the image as one more example of it."""

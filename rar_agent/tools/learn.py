@@ -8,6 +8,8 @@ which the memory learns, so a tool call obeys the same rules as the CLI and the 
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -15,7 +17,7 @@ from langchain_core.callbacks import CallbackManagerForToolRun
 from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field
 
-from rar_agent.errors import RarError
+from rar_agent.errors import DuplicateExampleError, RarError
 from rar_agent.results import (
     ExampleAdded,
     ExampleRelabeled,
@@ -45,7 +47,9 @@ __all__ = [
     "UndoTeachingInput",
     "UndoTeachingTool",
     "describe_added",
+    "describe_duplicate",
     "describe_event",
+    "duplicate_refusal",
     "describe_history",
     "describe_relabeled",
     "describe_undone",
@@ -110,7 +114,13 @@ def describe_added(result: ExampleAdded) -> str:
         if result.action == "correct" and result.corrected_from
         else ""
     )
-    if not result.added:
+    if result.moved_from:
+        text = (
+            f"Moved {result.image} from {result.moved_from!r} to {label!r}: it was stored as "
+            f"an example of {result.moved_from!r}; {result.category_examples} examples of "
+            f"{label!r} now."
+        )
+    elif not result.added:
         text = f"{result.image} was already stored as an example of {label!r}."
     elif result.new_category:
         text = (
@@ -139,6 +149,44 @@ def describe_added(result: ExampleAdded) -> str:
             "example is wrong, relabel it."
         )
     return text
+
+
+def describe_duplicate(stored: str, label: str) -> str:
+    """What a person reads when the photo they name ``label`` is stored as ``stored``: why it
+    was not stored twice, and the words (or the page's button) that move it."""
+    return (
+        f"This photo is already in the memory as an example of {stored!r}, so it was not "
+        f"stored as {label!r} as well: one photo under two names would make both answers "
+        f"equally likely. If {stored!r} is wrong, say *move it to {label}* and it counts as "
+        f"{label!r} from now on."
+    )
+
+
+_REFUSED = re.compile(
+    r"is already stored as an example of (?P<stored>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\") "
+    r"\(entry [0-9a-f-]{36}\), so it was not stored as (?P<label>'(?:[^'\\]|\\.)*'|"
+    r"\"(?:[^\"\\]|\\.)*\")"
+)
+
+
+def duplicate_refusal(text: str) -> tuple[str, str] | None:
+    """``(stored label, label asked for)`` when ``text`` is :class:`AddCategoryTool`'s refusal
+    of a photo stored under another label (:func:`describe_duplicate` says it to a person),
+    else ``None``."""
+    found = _REFUSED.search(text or "")
+    if found is None:
+        return None
+    return str(ast.literal_eval(found["stored"])), str(ast.literal_eval(found["label"]))
+
+
+def _refusal(e: DuplicateExampleError, image: str, label: str) -> ToolException:
+    """The refusal of a photo stored under another label, for the model: what to offer."""
+    return ToolException(
+        f"{image} is already stored as an example of {e.stored_label!r} (entry {e.entry_id}), "
+        f"so it was not stored as {label!r}: the same image under two labels would make both "
+        f"answers equally likely. If the user says {e.stored_label!r} is wrong, call "
+        f"add_category_example again with move=true to move it to {label!r}."
+    )
 
 
 def describe_event(event: TeachingEvent) -> str:
@@ -206,6 +254,11 @@ class AddCategoryInput(BaseModel):
         description="True when the user confirmed the recognizer's answer (label) and wants "
         "the photo kept as an example.",
     )
+    move: bool = Field(
+        default=False,
+        description="True when the image was refused as stored under another label and the "
+        "user said that label is wrong: the stored example moves to label.",
+    )
 
 
 class AddCategoryTool(TeachingTool):
@@ -217,8 +270,8 @@ class AddCategoryTool(TeachingTool):
         "Teach the memory: store an image as an example of a category (label), so it is "
         "recognized next time. Use when the user names what an image shows, confirms an "
         "answer and wants the photo kept, or says an answer was wrong (pass the wrong answer "
-        "as corrects). An image already stored under another label is refused: relabel that "
-        "example instead if the user confirms."
+        "as corrects). An image already stored under another label is refused: if the user "
+        "then says that label is wrong, call it again with move=true."
     )
     args_schema: type[BaseModel] = AddCategoryInput
     artifact_type: ClassVar[object] = ExampleAdded
@@ -229,6 +282,7 @@ class AddCategoryTool(TeachingTool):
         image: str | None = None,
         corrects: str | None = None,
         confirmed: bool = False,
+        move: bool = False,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
         from rar_agent.pipeline.teacher import ExampleImage
@@ -239,7 +293,12 @@ class AddCategoryTool(TeachingTool):
             source = self.resolver().resolve(image)
             example = ExampleImage(source.name, source.payload)
             action: TeachAction = "correct" if corrects else "confirm" if confirmed else "add"
-            result = teacher.add(label, [example], action=action, corrected_from=corrects)[0]
+            result = teacher.add(
+                label, [example], action=action, corrected_from=corrects, move=move
+            )[0]
+        except DuplicateExampleError as e:
+            name = source.name if source is not None else "the image"
+            raise tool_error(_refusal(e, name, label), source) from e
         except RarError as e:
             raise tool_error(e, source) from e
         return describe_added(result), result.model_dump(mode="json")

@@ -20,7 +20,7 @@ from tests.helpers.small_memory import small_recognizer
 
 pytestmark = pytest.mark.browser
 
-SCOPE_NOTE = "its token lacks the learn scope"
+SCOPE_NOTE = "signed in to recognize photos, not to teach"
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,8 @@ def test_sign_in_then_teach_by_the_tokens_scope(team_page: Any, browser: Any) ->
         assert "Unknown" in seen and SCOPE_NOTE in seen and "--allow-learning" not in seen
         refused = _say(page, "call it teal moon")
         assert SCOPE_NOTE in refused and "--allow-learning" not in refused
+        # in words for the person at the page: who to ask, not a command to run
+        assert "ask whoever runs this page" in refused and "rar-agent" not in refused
         assert recognizer.memory.count() == before
     finally:
         context.close()
@@ -124,5 +126,77 @@ def test_the_header_names_the_sign_in_and_a_revoked_token_is_answered_nothing(
         link = page.locator("#rar-header").get_by_role("link", name="sign out")
         page.goto(url + str(link.get_attribute("href")), wait_until="domcontentloaded")
         page.get_by_text("Sign in with your token").wait_for(timeout=60_000)
+    finally:
+        context.close()
+
+
+def test_two_people_at_once_each_see_only_their_own_conversations(
+    team_page: Any, browser: Any, artifacts_dir: Path
+) -> None:
+    """Alice and bob signed in at the same time, in two browsers: bob opening the link of
+    alice's conversation gets a new one of his own (nothing of hers shown, and his turns
+    never join hers); alice, in a second tab, gets hers back with its answer."""
+    import re
+
+    url, tokens, recognizer, _ = team_page
+    alice_context, alice = _sign_in(browser, url, "alice", tokens["alice"])
+    bob_context = None
+    try:
+        assert "Answer: blue jay" in _say(alice, files=(recognizer.example_images["blue jay"],))
+        note = alice.locator("#rar-conversation").inner_text()
+        found = re.search(r"conversation=([0-9a-f]{32})", note)
+        assert found is not None, note
+        link = f"{url}?conversation={found[1]}"
+
+        bob_context, bob = _sign_in(browser, link, "bob", tokens["bob"])
+        bob.locator("#rar-conversation").get_by_text("not found among yours").wait_for(
+            timeout=30_000
+        )
+        assert found[1] not in bob.locator("#rar-conversation").inner_text()
+        assert "blue jay" not in bob.locator("#rar-chat").inner_text()
+        assert "Answer: red apple" in _say(bob, files=(recognizer.example_images["red apple"],))
+        bob.screenshot(path=str(artifacts_dir / "two-people-bob.png"), full_page=True)
+
+        again = alice_context.new_page()  # alice's second tab, on her link
+        again.goto(link, wait_until="domcontentloaded", timeout=60_000)
+        again.locator("#rar-conversation").get_by_text("Resumed conversation").wait_for(
+            timeout=30_000
+        )
+        shown = again.locator("#rar-chat").inner_text()
+        assert "Answer: blue jay" in shown and "Answer: red apple" not in shown
+    finally:
+        alice_context.close()
+        if bob_context is not None:
+            bob_context.close()
+
+
+def test_a_second_tab_behind_the_conversation_asks_for_a_reload(
+    team_page: Any, browser: Any
+) -> None:
+    """Alice in two tabs on one conversation: the tab that does not show the other's newer
+    answer does not act on it ("yes, keep it" there would keep a photo it never showed);
+    reloaded, it shows that answer."""
+    import re
+
+    url, tokens, recognizer, _ = team_page
+    context, first = _sign_in(browser, url, "alice", tokens["alice"])
+    try:
+        assert "Answer: blue jay" in _say(first, files=(recognizer.example_images["blue jay"],))
+        found = re.search(
+            r"conversation=([0-9a-f]{32})", first.locator("#rar-conversation").inner_text()
+        )
+        assert found is not None
+        second = context.new_page()
+        second.goto(f"{url}?conversation={found[1]}", wait_until="domcontentloaded")
+        second.locator("#rar-conversation").get_by_text("Resumed conversation").wait_for(
+            timeout=30_000
+        )
+        assert "Answer: red apple" in _say(first, files=(recognizer.example_images["red apple"],))
+        before = recognizer.memory.count()
+        stale = _say(second, "yes, keep it")
+        assert "went on in another tab" in stale and "reload the page" in stale, stale
+        assert recognizer.memory.count() == before
+        second.reload(wait_until="domcontentloaded")
+        second.locator("#rar-chat").get_by_text("Answer: red apple").wait_for(timeout=30_000)
     finally:
         context.close()

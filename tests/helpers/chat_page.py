@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["send_turn", "served_page", "wait_ready"]
+__all__ = ["learning_page", "send_turn", "served_page", "wait_ready"]
 
 _BOTS = "#rar-chat [data-testid='bot']"
 
@@ -27,6 +27,23 @@ def served_page(
     finally:
         page.close()
         recognizer.close()
+
+
+@contextlib.contextmanager
+def learning_page(folder: Path, port: int) -> Iterator[tuple[str, Any]]:
+    """A page with learning on and no sign-in over a small memory written under ``folder``
+    (the hashing encoder), served on ``port``; yields its URL and recognizer."""
+    import os
+
+    from rar_agent.ui import build_chat_page
+    from tests.helpers.encoder_factories import hashing_encoder
+    from tests.helpers.small_memory import small_recognizer
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    recognizer = small_recognizer(folder, hashing_encoder())
+    page = build_chat_page(recognizer, None, allow_learning=True)
+    with served_page(page, recognizer, port) as url:
+        yield url, recognizer
 
 
 def wait_ready(page: Any, timeout_ms: int = 90_000) -> None:

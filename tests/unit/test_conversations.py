@@ -174,3 +174,107 @@ async def test_chat_session_resumes_by_id_and_never_adopts_a_chosen_one(
         assert other != chosen and history == [] and "not found" in note
         fresh = (await session.respond("what was the first photo?", [], other))["content"]
         assert fresh == "There is no photo in this conversation."
+
+
+async def test_a_signed_in_persons_conversation_is_theirs_alone(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """On a page where people sign in, a conversation belongs to whoever started it: another
+    person who opens its id gets a fresh conversation (told only that it was not found among
+    theirs), and a turn sent to it anyway is refused; its owner resumes it, also after a
+    restart, and a page without sign-in keeps ids as the key."""
+    from rar_agent.ui import NOT_YOURS, ChatSession
+
+    db = tmp_path / "team.sqlite"
+    with ConversationStore(db) as store:
+        session = ChatSession(_agent(recognizer, store), conversations=store)
+        mine, _, _ = session.resume(None, "alice")
+        photo = str(recognizer.example_images["blue jay"])
+        reply = await session.respond({"text": "", "files": [photo]}, [], mine, "alice")
+        assert "Answer: blue jay" in reply["content"]
+        assert store.owner(mine) == "alice"
+
+        other, history, note = session.resume(mine, "bob")
+        assert other != mine and history == [] and "not found among yours" in note
+        refused = await session.respond("what was the first photo?", [], mine, "bob")
+        assert refused["content"] == NOT_YOURS
+        assert store.owner(mine) == "alice"  # bob's try took nothing over
+
+    with ConversationStore(db) as store:  # the page restarted
+        session = ChatSession(_agent(recognizer, store), conversations=store)
+        same, history, _ = session.resume(mine, "alice")
+        assert same == mine and "Answer: blue jay" in history[-1]["content"]
+        assert not store.opens_for(mine, None) and not store.opens_for(mine, "bob")
+        unowned = new_conversation_id()  # a page without sign-in: nobody owns it
+        registry = ImageRegistry()
+        store.put_image(unowned, registry.get(registry.register(Path(photo))))
+        assert store.opens_for(unowned, None) and store.owner(unowned) is None
+        store.delete(mine)
+        assert store.owner(mine) is None
+
+
+async def test_a_resumed_conversation_offers_teaching_only_to_who_may_teach(
+    tmp_path: Path, tiny_encoder: Any
+) -> None:
+    """A resumed conversation is rendered for the person who opens it: an unknown photo's
+    offer to name it is made to someone who may teach, and someone who may not is told why."""
+    from rar_agent.agent import LEARNING_NOT_GRANTED, RecognitionOnlyChatModel
+    from rar_agent.ui import ChatSession
+
+    rec = small_recognizer(tmp_path / "m", tiny_encoder).with_reject(0.9999)
+    try:
+        with ConversationStore(tmp_path / "c.sqlite") as store:
+            reading = create_rar_agent(
+                RecognitionOnlyChatModel(learning_off=LEARNING_NOT_GRANTED),
+                recognizer=rec,
+                conversations=store,
+            )
+            teaching = create_rar_agent(
+                None, recognizer=rec, conversations=store, allow_learning=True
+            )
+            session = ChatSession(
+                teaching,
+                recognition_only=True,
+                can_learn=True,
+                conversations=store,
+                reading_agent=reading,
+                may_learn=lambda user: user == "alice",
+            )
+            photo = tmp_path / "odd.png"
+            from PIL import Image
+
+            Image.new("RGB", (40, 30), (90, 10, 200)).save(photo)
+            conversation, _, _ = session.resume(None, "bob")
+            turn = {"text": "", "files": [str(photo)]}
+            said = await session.respond(turn, [], conversation, "bob")
+            assert "Unknown" in said["content"], said["content"]
+            _, history, _ = session.resume(conversation, "bob")
+            assert "I will remember it" not in history[-1]["content"]
+            assert LEARNING_NOT_GRANTED.strip() in history[-1]["content"]
+    finally:
+        rec.close()
+
+
+async def test_a_tab_behind_its_conversation_is_told_to_reload(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """Two tabs of one person on one conversation: a turn from the tab that does not show
+    the other's newer answer is not run (its *yes* would be about a photo it does not show);
+    reloaded, it goes on."""
+    from rar_agent.ui import ELSEWHERE, ChatSession
+
+    with ConversationStore(tmp_path / "tabs.sqlite") as store:
+        session = ChatSession(_agent(recognizer, store), conversations=store)
+        conversation, _, _ = session.resume(None, "alice")
+        jay = {"text": "", "files": [str(recognizer.example_images["blue jay"])]}
+        first = await session.respond(jay, [], conversation, "alice")
+        _, one, _ = session.resume(conversation, "alice")  # tab one
+        _, two, _ = session.resume(conversation, "alice")  # tab two, the same link
+        apple = {"text": "", "files": [str(recognizer.example_images["red apple"])]}
+        second = await session.respond(apple, one, conversation, "alice")
+        assert "Answer: red apple" in second["content"] and "Answer: blue jay" in first["content"]
+        stale = await session.respond("what was the first photo?", two, conversation, "alice")
+        assert stale["content"] == ELSEWHERE
+        _, reloaded, _ = session.resume(conversation, "alice")
+        fresh = await session.respond("what was the first photo?", reloaded, conversation, "alice")
+        assert fresh["content"].startswith("The first photo was blue_jay.png")

@@ -73,7 +73,12 @@ def test_the_page_never_says_confident_above_an_unknown_answer(
     assert "**Unknown: not a category in memory.**" in shown
     assert "confident" not in shown
     assert "below the memory" in shown and "unknown because " in shown
-    assert "that images of that category reach" in shown
+    # in a person's words first (no statistics), its figures after
+    said = shown.replace("\\", "").split("unknown because ")[1]
+    top = result.candidates[0].label
+    assert said.startswith(f"it looks less like the {top} photos in memory than they look like")
+    assert "each other: known-ness score " in said and ", where photos of that category" in said
+    assert "Mahalanobis" not in said and "threshold" not in said
 
 
 # ---------------------------------------------------------------------------- one explanation

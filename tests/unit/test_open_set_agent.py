@@ -55,7 +55,7 @@ def test_the_tool_says_plainly_that_the_image_is_not_in_memory(recognizer, clust
     assert first.startswith(f"Unknown for {image_id}: not a category in memory; closest: ")
     closest = [c["label"] for c in msg.artifact["candidates"]]
     assert all(label in first for label in closest)
-    assert "below the" in msg.text and "Ask the user what it shows." in msg.text
+    assert "looks less like the" in msg.text and "Ask the user what it shows." in msg.text
     assert msg.artifact["unknown"] is True and msg.artifact["label"] is None
     learner = make_tools(recognizer, registry=registry, allow_learning=True)[0]
     assert "add_category_example(label=...)" in _call(learner, {"image": image_id}).text

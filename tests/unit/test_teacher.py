@@ -86,6 +86,28 @@ def test_same_image_under_a_second_label_is_refused_with_the_way_to_move_it(
     assert "dog" not in recognizer.memory.labels()
 
 
+def test_move_puts_a_photo_stored_under_another_label_under_the_named_one(
+    recognizer: Any,
+) -> None:
+    """A person who says the stored label is wrong moves the photo (``move``): one relabel,
+    recorded under their name, no second entry."""
+    teacher = Teacher(recognizer.memory, recognizer.encoder, via="chat", by="ana")
+    cat = recognizer.example_images["black cat"]
+    before = recognizer.memory.count("image")
+    [moved] = teacher.add("panther", [cat], action="correct", corrected_from="black cat", move=True)
+    assert moved.moved_from == "black cat" and moved.label == "panther"
+    assert recognizer.memory.count("image") == before
+    assert recognizer.memory.labels("image").get("panther") == 1
+    assert "black cat" not in recognizer.memory.labels("image")
+    last = teacher.history().events[-1]
+    assert (last.event, last.previous_label, last.label, last.by) == (
+        "relabeled",
+        "black cat",
+        "panther",
+        "ana",
+    )
+
+
 def test_near_duplicate_of_another_category_is_flagged(recognizer: Any) -> None:
     teacher = Teacher(recognizer.memory, recognizer.encoder, near_duplicate=0.5)
     # a slightly different picture of the red apple, taught as something else
@@ -197,6 +219,8 @@ def test_thumbnail_is_bounded_for_noisy_large_images() -> None:
         ("yes", False, Teaching("confirm")),
         ("yes, keep it", False, Teaching("confirm", keep=True)),
         ("keep this photo", False, Teaching("confirm", keep=True)),
+        ("move it to dress", False, Teaching("move", "dress")),
+        ("Yes, move the stored photo to ankle boot.", False, Teaching("move", "ankle boot")),
     ],
 )
 def test_parse_teaching_rules(text: str, bare: bool, expected: Teaching) -> None:
@@ -241,6 +265,7 @@ def test_parse_command_reads_undo_and_history(text: str, expected: Command | Non
         "identify this one",
         "try again",
         "describe it",
+        "move it",  # where to is missing: not a name "move it"
         "this is a really long sentence that describes the picture in detail",
         "",
     ],

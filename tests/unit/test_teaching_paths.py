@@ -62,7 +62,7 @@ def test_tools_refuse_a_second_label_then_relabel_history_and_undo(recognizer: A
     refused = _call(tools["add_category_example"], {"label": "dog", "image": cat})
     assert refused.status == "error"
     assert "already stored as an example of 'black cat'" in refused.content
-    assert "relabel_example" in refused.content
+    assert "move=true" in refused.content
 
     new = registry.register(_png((120, 60, 10)))
     taught = _call(tools["add_category_example"], {"label": "dog", "image": new})
@@ -184,8 +184,39 @@ async def test_page_options_and_a_correction_through_the_history(recognizer: Any
     ]
     # the "No, it's X" button sends its value as the next message
     refused = await session.respond(other, history)
-    assert refused["content"].count("already stored as an example of 'blue jay'") == 1
+    assert refused["content"].count("already in the memory as an example of 'blue jay'") == 1
     assert answer_options([]) == []
+
+
+async def test_a_photo_stored_under_another_label_is_moved_from_the_page(
+    recognizer: Any,
+) -> None:
+    """Correcting a photo the memory holds under another label is refused in a person's
+    words (no shell command, no entry id), with a button that moves it; pressing it (its
+    words) stores the photo under the new label, as the signed-in person's relabel."""
+    from rar_agent.conversations import ConversationStore
+
+    store = ConversationStore(":memory:")
+    agent = create_rar_agent(None, recognizer=recognizer, allow_learning=True, conversations=store)
+    session = ChatSession(agent, recognition_only=True, can_learn=True, conversations=store)
+    conversation, _, _ = session.resume(None, "ana")
+    photo = recognizer.example_images["blue jay"]
+    first = await session.respond({"text": "", "files": [str(photo)]}, [], conversation, "ana")
+    assert "Answer: blue jay" in first["content"]
+    refused = await session.respond("no, it's a kingfisher", [], conversation, "ana")
+    said = refused["content"]
+    assert "already in the memory as an example of 'blue jay'" in said, said
+    assert "rar-agent" not in said and "entry" not in said and "move=true" not in said
+    assert refused["options"] == [
+        {"label": "Move it to kingfisher", "value": "move it to kingfisher"}
+    ]
+    moved = await session.respond(refused["options"][0]["value"], [], conversation, "ana")
+    assert "Moved this photo from 'blue jay' to 'kingfisher'" in moved["content"], moved
+    labels = recognizer.memory.labels("image")
+    assert labels.get("kingfisher") == 1 and "blue jay" not in labels
+    listed = await session.respond("history", [], conversation, "ana")
+    assert "by ana: moved" in listed["content"] and "'kingfisher'" in listed["content"]
+    store.close()
 
 
 async def test_page_lists_and_undoes_teaching_in_words(recognizer: Any, tmp_path: Path) -> None:
@@ -218,7 +249,7 @@ async def test_page_lists_and_undoes_teaching_in_words(recognizer: Any, tmp_path
 
     reading = ChatSession(create_rar_agent(None, recognizer=recognizer), recognition_only=True)
     refused = (await reading.respond("undo", []))["content"]
-    assert "no teaching to list or undo" in refused and "Learning is off" in refused
+    assert "Nothing to list or undo here" in refused and "Learning is off" in refused
 
 
 # ---------------------------------------------------------------------------- CLI
