@@ -14,7 +14,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation
 
-from rar_agent.config import MEMORY_KINDS, MemoryKind, validate_k
+from rar_agent.config import MemoryKind, validate_k, validate_kind
 from rar_agent.encoders import ImageTextEncoder, input_size_of
 from rar_agent.errors import ConfigError, EmptyMemoryError
 from rar_agent.images import (
@@ -283,11 +283,10 @@ class StoredRows:
 
 def _sides(kind: str, prefer: EntryKind = "image") -> tuple[EntryKind, ...]:
     """Memory sides to try, in order: ``auto`` tries ``prefer`` first, then the other."""
-    if kind not in MEMORY_KINDS:
-        raise ConfigError(f"kind must be auto, image or text, not {kind!r}")
-    if kind == "auto":
+    side = validate_kind(kind)
+    if side == "auto":
         return (prefer, "text" if prefer == "image" else "image")
-    return (kind,)
+    return (side,)
 
 
 def _empty_error(kind: str) -> EmptyMemoryError:
