@@ -159,7 +159,7 @@ def _summary_rows(report: EvalReport) -> list[tuple[str, str]]:
         rows.append(("auto gate", f"none: {choice.reason}"))
     if report.status:
         rows.append(("ranking status", ", ".join(f"{k} {v}" for k, v in report.status.items())))
-    rows += open_set_rows(report)
+    rows += _rejection_rows(report) + open_set_rows(report)
     for stage in ("load", "encode", "retrieve", "reject", "rank"):
         lat = report.latency_ms.get(stage)
         if lat:
@@ -167,6 +167,27 @@ def _summary_rows(report: EvalReport) -> list[tuple[str, str]]:
     if report.interrupted:
         rows.append(("status", "INTERRUPTED: partial results"))
     return rows
+
+
+def _rejection_rows(report: EvalReport) -> list[tuple[str, str]]:
+    """What ``--reject`` did in a closed-set run: the queries answered unknown, which the
+    top-1 rows above count with their closest category (the paper's measure)."""
+    from rar_agent.config import parse_reject
+
+    reject = report.config.reject
+    if report.rejected_share is None or parse_reject(reject).mode == "off":
+        return []
+    n = report.queries_evaluated
+    rejected = round(report.rejected_share * n)
+    top1_name = "RAR top-1" if report.ranker else "kNN top-1"
+    return [
+        (
+            f"answered unknown (--reject {reject})",
+            f"{percent(report.rejected_share)} ({rejected} of {n}; the top-1 rows above count "
+            "them with their closest category)",
+        ),
+        (f"{top1_name} with --reject {reject} (unknown = wrong)", percent(report.rejecting_top1)),
+    ]
 
 
 def summary_table(report: EvalReport) -> Table:
