@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -56,7 +57,6 @@ from rar_agent.openset.statistic import (  # noqa: E402
     Whitening,
     _groups,
     _off_mass,
-    _principal,
     _shrunk,
 )
 from tools.eval_open_set import (  # noqa: E402
@@ -141,41 +141,33 @@ def fit_with_views(
     the views' share of the within covariance (a mixture of the examples' and the views'
     covariances; default: each view counts as one example). The basis and the overall
     covariance come from the examples alone, as shipped."""
-    if mode == "none":
-        return Whitening.fit(x, labels, rank=rank)
+    shipped = Whitening.fit(x, labels, rank=rank)
+    if mode == "none" or shipped is None:
+        return shipped
     centre_mode, _, share = mode.partition(":")
     x = np.asarray(x, dtype=np.float64)
-    groups = _groups(labels)
-    multi = [idx for idx in groups.values() if len(idx) >= 2]
-    if not multi or len(x) < 3:
-        return None
-    mean = x.mean(axis=0)
-    basis = _principal(x - mean, min(rank, len(x) - 1))
-    if basis is None:
-        return None
-    z = (x - mean) @ basis.T
-    ex_x = np.concatenate([x[idx] - x[idx].mean(axis=0) for idx in multi])
-    view_x = []
-    for idx in groups.values():
-        if centre_mode == "mean" and len(idx) < 2:
-            continue
-        v = np.asarray(views[idx], dtype=np.float64)  # (members, k, dim)
-        centre = x[idx][:, None, :] if centre_mode == "own" else x[idx].mean(axis=0)[None, None]
-        view_x.append((v - centre).reshape(-1, x.shape[1]))
-    vx = np.concatenate(view_x)
-    ex_z, vz = ex_x @ basis.T, vx @ basis.T
+    groups = [idx for idx in _groups(labels).values() if centre_mode == "own" or len(idx) >= 2]
+    ex_x = np.concatenate([x[idx] - x[idx].mean(axis=0) for idx in groups if len(idx) >= 2])
+    vx = np.concatenate([
+        (views[idx] - (x[idx][:, None] if centre_mode == "own" else x[idx].mean(axis=0))).reshape(
+            -1, x.shape[1]
+        )
+        for idx in groups
+    ])  # fmt: skip
+    ex_z, vz = ex_x @ shipped.basis.T, vx @ shipped.basis.T
     w = float(share) if share else len(vx) / (len(vx) + len(ex_x))
-    cov = (1 - w) * ex_z.T @ ex_z / len(ex_z) + w * vz.T @ vz / len(vz)
-    within = _shrunk(cov)
-    overall = _shrunk(z.T @ z / len(z))
-    off_dims = x.shape[1] - len(basis)
-    off = 0.0
-    if off_dims > 0:
-        mass = (1 - w) * _off_mass(ex_x, ex_z) + w * _off_mass(vx, vz)
-        v_within = within[1] + (1.0 - SHRINK) * mass / off_dims
-        v_overall = overall[1] + (1.0 - SHRINK) * _off_mass(x - mean, z) / off_dims
-        off = OFF_WEIGHT * (1.0 / v_overall - 1.0 / v_within)
-    return Whitening(mean, basis, within[0], overall[0], off)
+    within = _shrunk((1 - w) * ex_z.T @ ex_z / len(ex_z) + w * vz.T @ vz / len(vz))
+    off_dims = x.shape[1] - shipped.rank
+    if off_dims <= 0:
+        return replace(shipped, within=within[0])
+    # the shipped weight on the distance off the subspace, its within variance from the mixture
+    z = (x - shipped.mean) @ shipped.basis.T
+    v_overall = (
+        _shrunk(z.T @ z / len(z))[1] + (1.0 - SHRINK) * _off_mass(x - shipped.mean, z) / off_dims
+    )
+    mass = (1 - w) * _off_mass(ex_x, ex_z) + w * _off_mass(vx, vz)
+    v_within = within[1] + (1.0 - SHRINK) * mass / off_dims
+    return replace(shipped, within=within[0], off=OFF_WEIGHT * (1.0 / v_overall - 1.0 / v_within))
 
 
 class _Variant:
