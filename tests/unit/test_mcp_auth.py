@@ -110,16 +110,23 @@ def serving(
 
 @asynccontextmanager
 async def session_with(
-    url: str, headers: dict[str, str] | None = None, *, query: str = ""
+    url: str,
+    headers: dict[str, str] | None = None,
+    *,
+    query: str = "",
+    opened: list[types.InitializeResult] | None = None,
 ) -> AsyncIterator[ClientSession]:
-    """An initialized official MCP client session sending ``headers``."""
+    """An initialized official MCP client session sending ``headers`` (the server's answer
+    to the initialization appended to ``opened``)."""
     client = httpx.AsyncClient(headers=headers or {}, timeout=httpx.Timeout(30.0, read=60.0))
     async with (
         client,
         streamable_http_client(url + query, http_client=client) as (read, write, _),
         ClientSession(read, write) as session,
     ):
-        await session.initialize()
+        answer = await session.initialize()
+        if opened is not None:
+            opened.append(answer)
         yield session
 
 
@@ -290,6 +297,37 @@ async def test_scopes_decide_what_is_listed_and_called(tmp_path: Path) -> None:
                 assert snap.structuredContent["entries"] == before + 1
         assert (tmp_path / "snapshots" / "team.tar").is_file()
         assert service.count() == before + 1
+
+
+def deploy_guide_scopes() -> dict[str, set[str]]:
+    """docs/deploy.md's scope table: the tools it says each scope lists."""
+    import re
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    rows = dict(re.findall(r"^\| `(recognize|learn|admin)` \| (.+) \|$", guide, re.MULTILINE))
+    named = {scope: set(re.findall(r"`([a-z]+_[a-z_]+)`", text)) for scope, text in rows.items()}
+    return {
+        scope: named[scope]
+        | (named["recognize"] if "the `recognize` tools" in rows[scope] else set())
+        for scope in rows
+    }
+
+
+async def test_the_deploy_guide_names_the_tools_each_scope_lists(tmp_path: Path) -> None:
+    guide = deploy_guide_scopes()
+    assert set(guide) == {"recognize", "learn", "admin"}
+    with serving(tmp_path, snapshot_dir=tmp_path / "snapshots") as service:
+        with anyio.fail_after(60):
+            for scope, name in (("recognize", "bob"), ("learn", "alice"), ("admin", "root")):
+                opened: list[types.InitializeResult] = []
+                token = bearer(service.tokens[name])
+                async with session_with(service.url, token, opened=opened) as session:
+                    listed = {t.name for t in (await session.list_tools()).tools}
+                assert listed == guide[scope], scope
+                # What the server tells the model at the start names each reading tool.
+                about = opened[0].instructions or ""
+                reading = guide["recognize"] - {"teaching_history"}
+                assert [tool for tool in sorted(reading) if tool not in about] == []
 
 
 async def test_what_a_token_teaches_is_recorded_under_its_name(tmp_path: Path) -> None:
