@@ -201,6 +201,8 @@ def iter_samples(
     hint = opts.hint if opts.hint is not None else getattr(memory.info, "description", None)
     maker = _SampleMaker(memory, encoder, opts, stats, resolve_kind(memory, opts.kind), hint)
     todo = list(items)
+    if progress:  # the total from the start, not after the first batch is encoded
+        progress(0, len(todo))
     for offset in range(0, len(todo), opts.batch_size):
         batch = maker.load(todo[offset : offset + opts.batch_size])
         for loaded, label, pool in maker.retrieve(batch):

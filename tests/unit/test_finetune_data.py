@@ -353,3 +353,20 @@ def test_an_output_that_is_a_folder_is_refused_before_any_sample(tmp_path: Path)
 
     with pytest.raises(ConfigError, match="is a folder: give a file path such as"):
         write_samples(never(), tmp_path, fmt="llava")
+
+
+def test_progress_shows_the_total_before_the_first_batch(
+    dataset: tuple[Path, CategoryMemory], tiny_encoder: Any
+) -> None:
+    """The bar appeared only once the first batch of 32 images was encoded (17 s on a busy
+    machine with nothing on screen); it now starts at 0 of the total."""
+    folder, memory = dataset
+    calls: list[tuple[int, int]] = []
+    samples = iter_samples(
+        memory, tiny_encoder, iter_image_folder(folder), FinetuneOptions(k=3, batch_size=8),
+        progress=lambda done, total: calls.append((done, total)),
+    )  # fmt: skip
+    next(samples)  # the first conversation: its batch is encoded, the progress not yet told
+    assert calls == [(0, 18)]
+    list(samples)
+    assert calls == [(0, 18), (8, 18), (16, 18), (18, 18)]
