@@ -1009,6 +1009,8 @@ def _stop_signals(block: bool) -> Iterator[_StopRequest]:
 
 
 PAGE_CSS = """
+.main.app { padding-left: clamp(8px, 5vw - 16px, 32px) !important;
+  padding-right: clamp(8px, 5vw - 16px, 32px) !important; }
 #rar-chat { flex-grow: 1; min-height: 55vh; }
 #rar-chat table { display: block; max-width: 100%; overflow-x: auto; }
 #rar-chat table img { max-width: 64px; height: auto; }
@@ -1021,14 +1023,25 @@ PAGE_CSS = """
     mask-image: linear-gradient(to bottom, #000 75%, transparent); }
   #rar-chat { height: 52vh !important; min-height: 52vh; }
   #rar-chat .message { font-size: 15px; }
+  #rar-chat .message-row.bot-row { margin-left: 4px !important; margin-right: 4px !important;
+    max-width: calc(100% - 8px) !important; }
+  #rar-chat .message-content table { padding: 2px !important; }
+  #rar-chat th, #rar-chat td { white-space: normal; overflow-wrap: break-word;
+    hyphens: auto; padding: 2px 4px; }
+  #rar-chat th { font-size: 12px; line-height: 1.25; }
+  #rar-chat table img { max-width: 48px; margin: 0 auto; }
 }
 """
-"""The page's layout rules: the conversation fills the window, tables scroll sideways on a
-phone instead of breaking, thumbnails stay small, the conversation's buttons (clear, copy)
-sit in a row of their own instead of over the answers; on a phone the title and the header are
-smaller (the header scrolls within six lines, its last one fading out), so that the
-conversation takes half the window and the box to send a photo shows below it without
-scrolling."""
+"""The page's layout rules: the conversation fills the window, a table wider than its answer
+scrolls sideways instead of breaking, thumbnails stay small, the conversation's buttons
+(clear, copy) sit in a row of their own instead of over the answers; on a phone the title and
+the header are smaller (the header scrolls within six lines, its last one fading out), so
+that the conversation takes half the window and the box to send a photo shows below it
+without scrolling, and an answer takes the window's width (the page's side margins shrink
+from 32 px to 8 px: a rule outside ``@media``, since Gradio scopes the rules inside one to
+its content, below those margins), its tables' words wrap and their thumbnails shrink, so
+that the tables fit (a phone shows no scroll bar: a cut-off column would look like the whole
+table)."""
 
 PAGE_JS = """
 () => {
