@@ -78,7 +78,7 @@ def candidates_table(result: dict[str, Any]) -> str:
     were ordered (and why the image is unknown), from the result's one explanation."""
     from rar_agent.pipeline import explanation_of
 
-    rows = ["| # | category | retrieval score |", "|---:|---|---:|"]
+    rows = ["| # | category | similarity |", "|---:|---|---:|"]
     for i, cand in enumerate(result.get("candidates") or [], 1):
         label = _md(str(cand.get("label", "")))
         if i == 1:
@@ -163,8 +163,7 @@ def render_reply(
     parts += [f"⚠️ **A photo could not be read:** {_md(why)}" for why in unreadable]
     if recognition_only and results:
         parts.append(
-            "*Retrieval/ranking output: no chat model is configured, so this is the "
-            "recognizer's result, not a conversational answer.*"
+            "*The closest categories in memory (this page has no chat model to talk with).*"
         )
     elif final_text.strip():
         parts.append(_plain(final_text.strip()) if recognition_only else final_text.strip())
