@@ -17,12 +17,14 @@ reply says it is retrieval/ranking output.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
 import mimetypes
 import re
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUESTION = "What is in this image?"
+TURNS_AT_ONCE = 8
+"""Turns the page runs at once, for everyone together (Gradio's default is one: a ranker
+taking 30 s over one person's photo held every other person's turn); one conversation's
+turns still run one after another."""
 _IMAGE_SUFFIXES = IMAGE_SUFFIXES  # HEIC/HEIF and AVIF uploads included
 _PHONE_TYPES = {".heic": "image/heic", ".heif": "image/heif", ".avif": "image/avif"}
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+-.!|~"})
@@ -425,6 +431,7 @@ class ChatSession:
         self.conversations = conversations
         self.reading_agent = reading_agent
         self.may_learn = may_learn
+        self._turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def may_teach(self, user: str | None) -> bool:
         """Whether the page teaches and the signed-in ``user`` may (a token with ``learn``)."""
@@ -467,16 +474,12 @@ class ChatSession:
 
         Returns:
             A Gradio message: ``{"role": "assistant", "content": Markdown, "options": [...]}``
-            (the options are the correction controls when learning is on).
+            (the options are the correction controls when learning is on). Turns of
+            other conversations run beside this one; a turn of the same conversation (from
+            another tab) waits for this one to end.
         """
-        from rar_agent.agent import last_tool_messages
-        from rar_agent.conversations import conversation_config
-        from rar_agent.tools.provenance import teaching_as
-
         if self.signed_in is not None and not self.signed_in(user):
             return _reply(SIGNED_OUT)
-        agent, can_learn = self._agent_for(user)
-
         if isinstance(message, str):
             message = {"text": message, "files": []}
         text, files = str(message.get("text") or ""), message.get("files") or []
@@ -487,6 +490,33 @@ class ChatSession:
             return _reply(URLS_OFF)
         if not self._continues(conversation, user):
             return _reply(NOT_YOURS)
+        async with self._turn_of(conversation):
+            return await self._answer(message, turn, history, conversation, user)
+
+    def _turn_of(self, conversation: str | None) -> asyncio.Lock | contextlib.nullcontext[None]:
+        """What a turn of ``conversation`` holds while it runs: its conversation's lock (two
+        tabs of one conversation take turns; other conversations run beside it)."""
+        if self.conversations is None or not conversation:
+            return contextlib.nullcontext()
+        lock = self._turns.get(conversation)
+        if lock is None:
+            lock = self._turns[conversation] = asyncio.Lock()
+        return lock
+
+    async def _answer(
+        self,
+        message: dict[str, Any],
+        turn: HumanMessage,
+        history: list[dict[str, Any]],
+        conversation: str | None,
+        user: str | None,
+    ) -> dict[str, Any]:
+        """Run ``turn`` through the agent and render the reply (see :meth:`respond`)."""
+        from rar_agent.agent import last_tool_messages
+        from rar_agent.conversations import conversation_config
+        from rar_agent.tools.provenance import teaching_as
+
+        agent, can_learn = self._agent_for(user)
         if self._behind(history, conversation):
             return _reply(ELSEWHERE)
         try:
@@ -736,6 +766,7 @@ def build_chat_page(
 
     store = conversations if conversations is not None else ConversationStore(":memory:")
     shared_registry = registry or ImageRegistry()
+    recognizer = _shared_encoding(recognizer)
     agent = create_rar_agent(
         model,
         recognizer=recognizer,
@@ -830,6 +861,7 @@ def build_chat_page(
                 scale=1,
             ),
             additional_inputs=[conversation],
+            concurrency_limit=TURNS_AT_ONCE,
             analytics_enabled=False,
             fill_height=True,  # the conversation takes the window's height, the input below
             fill_width=True,
@@ -843,6 +875,20 @@ def build_chat_page(
         chat.chatbot.change(describe, None, header, show_progress="hidden")
         chat.chatbot.clear(new_conversation, None, [conversation, note])
     return page
+
+
+def _shared_encoding(recognizer: RecognizerLike) -> RecognizerLike:
+    """``recognizer`` encoding through one encoder that the turns running at once share
+    (:func:`~rar_agent.encoders.batching.shared_encoder`, as the MCP server's requests do):
+    their photos go through shared forward passes instead of each turn's own pass spinning
+    torch threads against the others'."""
+    from rar_agent.encoders.batching import BatchingEncoder, shared_encoder
+
+    with_encoder = getattr(recognizer, "with_encoder", None)
+    if with_encoder is None or isinstance(recognizer.encoder, BatchingEncoder):
+        return recognizer
+    shared: RecognizerLike = with_encoder(shared_encoder(recognizer.encoder))
+    return shared
 
 
 def _no_page_undo(chatbot: gr.Chatbot) -> None:
