@@ -1059,6 +1059,7 @@ PAGE_CSS = """
 #rar-chat { flex-grow: 1; min-height: 55vh; }
 #rar-chat table { display: block; max-width: 100%; overflow-x: auto; }
 #rar-chat table img { max-width: 64px; height: auto; }
+#rar-chat .user-row img { max-height: 128px !important; width: auto; }
 #rar-chat th, #rar-chat td { white-space: nowrap; padding: 2px 8px; }
 #rar-chat .top-panel { position: static; width: fit-content; margin: 4px 4px 0 auto; }
 @media (max-width: 640px) {
@@ -1075,10 +1076,12 @@ PAGE_CSS = """
     hyphens: auto; padding: 2px 4px; }
   #rar-chat th { font-size: 12px; line-height: 1.25; }
   #rar-chat table img { max-width: 48px; margin: 0 auto; }
+  #rar-chat .user-row img { max-height: 96px !important; }
 }
 """
 """The page's layout rules: the conversation fills the window, a table wider than its answer
-scrolls sideways instead of breaking, thumbnails stay small, the conversation's buttons
+scrolls sideways instead of breaking, thumbnails stay small, a person's photo shows at most
+128 px high (Gradio's 300 px pushed the answer about it out of view), the conversation's buttons
 (clear, copy) sit in a row of their own instead of over the answers; on a phone the title and
 the header are smaller (the header scrolls within six lines, its last one fading out), so
 that the conversation takes half the window and the box to send a photo shows below it

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.chat_page import learning_page, send_turn, wait_ready
+from tests.helpers.chat_page import cut_tables, learning_page, send_turn, wait_ready
 
 pytestmark = pytest.mark.browser
 
@@ -74,11 +74,6 @@ def test_on_a_phone_the_photo_box_shows_and_nothing_covers_an_answer(
         context.close()
 
 
-_CUT_TABLES = """e => [...e.querySelectorAll('table')].filter(t => {
-  const box = e.getBoundingClientRect(), r = t.getBoundingClientRect();
-  return t.scrollWidth > t.clientWidth + 1 || r.right > box.right + 1 || r.right > innerWidth;
-}).map(t => [t.innerText.slice(0, 40), t.scrollWidth, t.clientWidth])"""
-
 LONG_NAMES = (
     "German short-haired pointer", "African grey parrot", "Egyptian Mau", "tiger cat",
     "tabby cat", "Border collie",
@@ -131,7 +126,7 @@ def test_on_a_phone_the_answers_tables_fit_the_window(
         page.screenshot(path=str(artifacts_dir / f"phone-{width}-tables.png"))
         assert reply.locator("table").count() == 2, reply.inner_text()  # candidates, examples
         assert reply.locator("table").first.locator("tbody tr").count() == 5
-        assert reply.evaluate(_CUT_TABLES) == []
+        assert cut_tables(reply) == []
     finally:
         context.close()
 
