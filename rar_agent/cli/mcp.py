@@ -89,7 +89,8 @@ MaxConcurrentOpt = Annotated[
     int,
     typer.Option(
         "--max-concurrent",
-        help="Requests in flight per token (per session without auth); 429 over it.",
+        help="Requests in flight per token (per session without auth); one more is refused "
+        "(a tool error, or a JSON-RPC error; the session goes on).",
         envvar="RAR_MAX_CONCURRENT",
         rich_help_panel=_LIMITS,
     ),
@@ -110,7 +111,8 @@ PerMinuteOpt = Annotated[
     int,
     typer.Option(
         "--per-minute",
-        help="Requests per minute per token (per session without auth); 429 over it.",
+        help="Requests per minute per token (per session without auth); one more is refused "
+        "(a tool error, or a JSON-RPC error; the session goes on).",
         envvar="RAR_PER_MINUTE",
         rich_help_panel=_LIMITS,
     ),

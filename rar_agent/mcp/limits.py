@@ -2,10 +2,12 @@
 
 A request over a limit gets a clear answer and nothing else happens: a body over
 ``max_body_bytes`` gets 413 (the SDK's transport refuses it before parsing); a token (or,
-without authentication, a client's MCP session) with ``max_concurrent`` requests in flight, or
-``per_minute`` requests in the last minute, gets 429 with ``Retry-After``; an image over
-``max_pixels`` is a tool error before it is decoded. Other clients are not slowed by one
-that hits its limits: the checks are constant-time and hold no lock.
+without authentication, a client's MCP session) with ``max_concurrent`` requests in flight,
+or ``per_minute`` requests in the last minute, is refused with ``Retry-After``: a JSON-RPC
+request by a tool error or a JSON-RPC error, so that the client's session goes on, anything
+else by HTTP 429; an image over ``max_pixels`` is a tool error before it is decoded. Other
+clients are not slowed by one that hits its limits: the checks are constant-time and hold
+no lock.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from typing import Any
 
 from rar_agent.mcp.auth import token_name
 
-__all__ = ["DEFAULT_LIMITS", "RequestLimiter", "ServiceLimits", "client_key"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "RATE_LIMITED",
+    "RequestLimiter",
+    "ServiceLimits",
+    "client_key",
+]
 
 
 def _max_http_body() -> int:
@@ -57,6 +65,10 @@ class ServiceLimits:
 
 DEFAULT_LIMITS = ServiceLimits()
 
+#: The JSON-RPC error code of a request refused by a limit (in JSON-RPC's range for
+#: implementation-defined server errors).
+RATE_LIMITED = -32029
+
 
 class RequestLimiter:
     """ASGI wrapper: at most ``max_concurrent`` POSTs in flight and ``per_minute`` per minute.
@@ -81,7 +93,7 @@ class RequestLimiter:
             return
         refusal = self._admit(key := client_key(scope))
         if refusal is not None:
-            await _too_many(send, *refusal)
+            await _refuse(receive, send, *refusal, max_body=self.limits.max_body_bytes)
             return
         self._in_flight[key] += 1
         done = False
@@ -149,19 +161,66 @@ def client_key(scope: Any) -> str:
     return f"address {address}" + (f" session {session[:64]}" if session else "")
 
 
-async def _too_many(send: Any, why: str, retry_after: int) -> None:
-    body = json.dumps(
-        {"error": "rate_limited", "error_description": f"{why}; retry in {retry_after} s"}
-    ).encode()
+async def _refuse(receive: Any, send: Any, why: str, retry_after: int, *, max_body: int) -> None:
+    """Answer a request that a limit refuses, with ``Retry-After: retry_after``.
+
+    A JSON-RPC request gets its own answer, so that the client's MCP session goes on (the
+    official Python SDK ends the whole session on an HTTP error status,
+    modelcontextprotocol/python-sdk#2110): a tool call a tool error that the model reads, any
+    other request a JSON-RPC error (code :data:`RATE_LIMITED`). Anything else (a
+    notification, a batch, a body that is not JSON-RPC or is over ``max_body`` bytes) gets
+    HTTP 429.
+    """
+    text = f"{why}; retry in {retry_after} s"
+    request = await _json_rpc_request(receive, max_body)
+    if request is None:
+        body: dict[str, Any] = {"error": "rate_limited", "error_description": text}
+        await _answer(send, 429, body, retry_after)
+        return
+    if request["method"] == "tools/call":
+        reply: dict[str, Any] = {
+            "result": {"content": [{"type": "text", "text": text}], "isError": True}
+        }
+    else:
+        data = {"retry_after": retry_after}
+        reply = {"error": {"code": RATE_LIMITED, "message": text, "data": data}}
+    await _answer(send, 200, {"jsonrpc": "2.0", "id": request["id"], **reply}, retry_after)
+
+
+async def _json_rpc_request(receive: Any, max_body: int) -> dict[str, Any] | None:
+    """The request's body if it is one JSON-RPC request (with an id), else ``None``."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message.get("type") != "http.request":  # the client went away
+            return None
+        body += message.get("body", b"")
+        if len(body) > max_body:
+            return None
+        if not message.get("more_body"):
+            break
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("jsonrpc") != "2.0":
+        return None
+    ident = data.get("id")
+    has_id = isinstance(ident, (int, str)) and not isinstance(ident, bool)
+    return data if has_id and isinstance(data.get("method"), str) else None
+
+
+async def _answer(send: Any, status: int, body: dict[str, Any], retry_after: int) -> None:
+    content = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 429,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
+                (b"content-length", str(len(content)).encode()),
                 (b"retry-after", str(retry_after).encode()),
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": content})

@@ -355,8 +355,9 @@ def create_server(
 ) -> Server:
     """The rar-agent MCP server over one recognizer.
 
-    Tools: ``recognize_image``, ``search_categories`` (when the encoder has a text side),
-    ``list_categories``, with ``allow_learning`` the teaching tools (``add_category_example``,
+    Tools: ``recognize_image``, ``recognize_images`` (with an allowed folder),
+    ``search_categories`` (when the encoder has a text side), ``list_categories``,
+    ``list_unknown_groups``, with ``allow_learning`` the teaching tools (``add_category_example``,
     ``relabel_example``, ``teaching_history``, ``undo_teaching``; taught examples record
     ``via="mcp"`` and, over HTTP with tokens, ``by`` = the token's name), and
     ``snapshot_memory`` (scope ``admin``) with a ``snapshot_dir``. Images come as file paths
@@ -408,10 +409,12 @@ def create_server(
     about = f" ({memory.description})" if memory.description else ""
     names = {tool.name for tool in tools}
     knows = " and ".join(n for n in ("list_categories", "search_categories") if n in names)
+    batch = " (recognize_images: every image of a folder)" if "recognize_images" in names else ""
     instructions = (
         f"Visual recognition with the category memory {memory.collection!r}{about}: "
-        "recognize_image retrieves the closest known categories for an image and ranks them; "
-        f"{knows} tell what the memory knows."
+        f"recognize_image retrieves the closest known categories for an image and ranks them"
+        f"{batch}; {knows} tell what the memory knows; list_unknown_groups shows recent "
+        "images it answered unknown that look alike (one new thing seen again and again)."
         + (
             " add_category_example teaches it an example (or the right label for a wrong "
             "answer), relabel_example moves a stored example to another label, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import logging
 import signal
 import socket
 import threading
@@ -110,6 +111,7 @@ def http_app(
     from rar_agent.mcp.limits import DEFAULT_LIMITS, RequestLimiter
 
     limits = limits or DEFAULT_LIMITS
+    _quiet_ended_sessions()
 
     security = None
     if is_loopback(host):
@@ -146,6 +148,29 @@ def http_app(
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.limiter = limiter
     return app
+
+
+class _EndedSessionFilter(logging.Filter):
+    """Drops the SDK's "Error in standalone SSE writer" record when its error is the
+    session's stream closing under the writer: that is a client ending its session (the
+    official client does on every normal exit), not a fault. Any other error there still logs
+    with its traceback."""
+
+    message = "Error in standalone SSE writer"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import anyio
+
+        error = record.exc_info[1] if record.exc_info else None
+        ended = isinstance(error, (anyio.ClosedResourceError, anyio.BrokenResourceError))
+        return not (ended and record.getMessage() == self.message)
+
+
+def _quiet_ended_sessions() -> None:
+    """Install :class:`_EndedSessionFilter` on the SDK's streamable-HTTP logger (once)."""
+    sdk = logging.getLogger("mcp.server.streamable_http")
+    if not any(isinstance(f, _EndedSessionFilter) for f in sdk.filters):
+        sdk.addFilter(_EndedSessionFilter())
 
 
 async def serve_http(

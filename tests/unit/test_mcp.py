@@ -281,6 +281,34 @@ async def test_http_runs_the_tools_in_request_threads_named_at_the_system() -> N
     assert names == ["rar-request_0"]
 
 
+def test_a_client_ending_its_session_is_not_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The SDK logs its event-stream writer's end as an error with a traceback when a client
+    closes its session (every normal exit of the official client); the server drops that one
+    record, and only that one."""
+    import logging
+
+    from rar_agent.mcp.transports import http_app
+
+    http_app(build_server([]))
+    sdk = logging.getLogger("mcp.server.streamable_http")
+    for error in (anyio.ClosedResourceError(), RuntimeError("a real fault")):
+        try:
+            raise error
+        except Exception:
+            sdk.exception("Error in standalone SSE writer")
+    try:
+        raise anyio.ClosedResourceError()
+    except anyio.ClosedResourceError:
+        sdk.exception("Error in message router")
+    logged = [(r.getMessage(), type(r.exc_info[1]).__name__) for r in caplog.records if r.exc_info]
+    assert logged == [
+        ("Error in standalone SSE writer", "RuntimeError"),
+        ("Error in message router", "ClosedResourceError"),
+    ]
+
+
 # ---------------------------------------------------------------------------- subprocesses
 
 
@@ -342,7 +370,8 @@ def http_server(memory_dir: MemoryDir) -> Iterator[str]:
     lines: queue.Queue[str] = queue.Queue()
     assert process.stderr is not None
     stderr = process.stderr
-    threading.Thread(target=lambda: [lines.put(line) for line in stderr], daemon=True).start()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in stderr], daemon=True)
+    reader.start()
     url, seen = None, []
     try:
         while url is None:
@@ -363,7 +392,12 @@ def http_server(memory_dir: MemoryDir) -> Iterator[str]:
             process.kill()
             process.wait(timeout=30)
             pytest.fail("the HTTP server did not stop on SIGTERM")
+    reader.join(timeout=30)
+    while not lines.empty():
+        seen.append(lines.get())
     assert code == 0, "".join(seen)  # a clean stop: the memory was closed
+    # Clients that ended their sessions normally left no error in the server's log.
+    assert "Traceback" not in "".join(seen), "".join(seen)
 
 
 @pytest.mark.slow  # a server subprocess (a few seconds to start)

@@ -21,20 +21,21 @@ import anyio
 import httpx
 import pytest
 from langchain_core.tools import BaseTool
-from mcp import ClientSession, types
+from mcp import ClientSession, McpError, types
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from rar_agent.auth import TokenStore
 from rar_agent.mcp import create_server, http_app
 from rar_agent.mcp.auth import StoreTokenVerifier
-from rar_agent.mcp.limits import ServiceLimits
+from rar_agent.mcp.limits import RATE_LIMITED, ServiceLimits
 from tests.helpers.encoder_factories import hashing_encoder
 from tests.helpers.small_memory import small_recognizer
 
 PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "images"
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 
 
 @dataclass
@@ -109,16 +110,23 @@ def serving(
 
 @asynccontextmanager
 async def session_with(
-    url: str, headers: dict[str, str] | None = None, *, query: str = ""
+    url: str,
+    headers: dict[str, str] | None = None,
+    *,
+    query: str = "",
+    opened: list[types.InitializeResult] | None = None,
 ) -> AsyncIterator[ClientSession]:
-    """An initialized official MCP client session sending ``headers``."""
+    """An initialized official MCP client session sending ``headers`` (the server's answer
+    to the initialization appended to ``opened``)."""
     client = httpx.AsyncClient(headers=headers or {}, timeout=httpx.Timeout(30.0, read=60.0))
     async with (
         client,
         streamable_http_client(url + query, http_client=client) as (read, write, _),
         ClientSession(read, write) as session,
     ):
-        await session.initialize()
+        answer = await session.initialize()
+        if opened is not None:
+            opened.append(answer)
         yield session
 
 
@@ -291,6 +299,37 @@ async def test_scopes_decide_what_is_listed_and_called(tmp_path: Path) -> None:
         assert service.count() == before + 1
 
 
+def deploy_guide_scopes() -> dict[str, set[str]]:
+    """docs/deploy.md's scope table: the tools it says each scope lists."""
+    import re
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    rows = dict(re.findall(r"^\| `(recognize|learn|admin)` \| (.+) \|$", guide, re.MULTILINE))
+    named = {scope: set(re.findall(r"`([a-z]+_[a-z_]+)`", text)) for scope, text in rows.items()}
+    return {
+        scope: named[scope]
+        | (named["recognize"] if "the `recognize` tools" in rows[scope] else set())
+        for scope in rows
+    }
+
+
+async def test_the_deploy_guide_names_the_tools_each_scope_lists(tmp_path: Path) -> None:
+    guide = deploy_guide_scopes()
+    assert set(guide) == {"recognize", "learn", "admin"}
+    with serving(tmp_path, snapshot_dir=tmp_path / "snapshots") as service:
+        with anyio.fail_after(60):
+            for scope, name in (("recognize", "bob"), ("learn", "alice"), ("admin", "root")):
+                opened: list[types.InitializeResult] = []
+                token = bearer(service.tokens[name])
+                async with session_with(service.url, token, opened=opened) as session:
+                    listed = {t.name for t in (await session.list_tools()).tools}
+                assert listed == guide[scope], scope
+                # What the server tells the model at the start names each reading tool.
+                about = opened[0].instructions or ""
+                reading = guide["recognize"] - {"teaching_history"}
+                assert [tool for tool in sorted(reading) if tool not in about] == []
+
+
 async def test_what_a_token_teaches_is_recorded_under_its_name(tmp_path: Path) -> None:
     with serving(tmp_path) as service:
         with anyio.fail_after(60):
@@ -397,6 +436,39 @@ def test_the_service_socket_sends_without_waiting_for_acks() -> None:
 # ---------------------------------------------------------------------------- limits
 
 
+def mcp_error_in(error: BaseException) -> McpError | None:
+    """The JSON-RPC error an MCP client failure carries (it may be wrapped in groups)."""
+    if isinstance(error, McpError):
+        return error
+    for inner in getattr(error, "exceptions", ()):
+        found = mcp_error_in(inner)
+        if found is not None:
+            return found
+    return None
+
+
+async def limited_at_start(url: str, headers: dict[str, str]) -> str:
+    """Open a session that a limit should refuse; returns the refusal's message."""
+    with anyio.fail_after(30):
+        try:
+            async with session_with(url, headers):
+                pass
+        except Exception as e:  # the client raises the JSON-RPC error, maybe inside a group
+            error = mcp_error_in(e)
+            assert error is not None, f"refused without a JSON-RPC error: {e!r}"
+            assert error.error.code == RATE_LIMITED
+            return error.error.message
+    pytest.fail("the session was accepted")
+
+
+def rate_limited(answer: httpx.Response) -> bool:
+    """A refusal by a limit: a JSON-RPC error (a request) or HTTP 429 (anything else)."""
+    if answer.status_code == 429:
+        return True
+    error = answer.json().get("error") if answer.status_code == 200 else None
+    return isinstance(error, dict) and error.get("code") == RATE_LIMITED
+
+
 async def test_limits_body_pixels_and_rate(tmp_path: Path) -> None:
     limits = ServiceLimits(max_body_bytes=64 * 1024, max_pixels=10_000, per_minute=8)
     with serving(tmp_path, limits=limits) as service:
@@ -412,18 +484,28 @@ async def test_limits_body_pixels_and_rate(tmp_path: Path) -> None:
                 huge = {**PING, "params": {"pad": "x" * 100_000}}
                 answer = await raw.post(service.url, json=huge, headers=headers)
                 assert answer.status_code == 413
-                codes = [
-                    (await raw.post(service.url, json=PING, headers=headers)).status_code
+                answers = [
+                    await raw.post(service.url, json=PING, headers=headers)
                     for _ in range(limits.per_minute)
                 ]
-                assert 429 in codes  # the session above used some of the minute
+                # the session above used some of the minute
+                assert any(rate_limited(a) for a in answers)
+                # A request is answered as itself, so that its client's session goes on.
                 last = await raw.post(service.url, json=PING, headers=headers)
-                assert last.status_code == 429 and int(last.headers["retry-after"]) >= 1
-                assert "retry in" in last.json()["error_description"]
+                assert last.status_code == 200 and int(last.headers["retry-after"]) >= 1
+                assert last.json()["id"] == PING["id"]
+                assert last.json()["error"]["code"] == RATE_LIMITED
+                assert "in the last minute" in last.json()["error"]["message"]
+                assert "retry in" in last.json()["error"]["message"]
+                # A notification has no answer of its own: HTTP 429.
+                note = await raw.post(service.url, json=INITIALIZED, headers=headers)
+                assert note.status_code == 429 and int(note.headers["retry-after"]) >= 1
+                assert "retry in" in note.json()["error_description"]
                 # Another token is not held back by alice's limit.
                 other = {**ACCEPT, **bearer(service.tokens["bob"])}
-                assert (await raw.post(service.url, json=PING, headers=other)).status_code != 429
-            assert await refused(service.url, bearer(service.tokens["alice"])) == 429
+                assert not rate_limited(await raw.post(service.url, json=PING, headers=other))
+            refusal = await limited_at_start(service.url, bearer(service.tokens["alice"]))
+            assert "in the last minute" in refusal and "retry in" in refusal
         assert service.count() == before
 
 
@@ -440,6 +522,9 @@ async def test_requests_in_flight_are_limited_per_token() -> None:
 
     limiter = RequestLimiter(slow, ServiceLimits(max_concurrent=2))
 
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
     async def call(client: tuple[str, int]) -> None:
         scope = {"type": "http", "method": "POST", "client": client}
 
@@ -447,7 +532,7 @@ async def test_requests_in_flight_are_limited_per_token() -> None:
             if message["type"] == "http.response.start":
                 statuses.append(message["status"])
 
-        await limiter(scope, None, send)
+        await limiter(scope, receive, send)
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
@@ -496,8 +581,8 @@ async def settled(limiter: Any, key: str, count: int) -> None:
 
 
 async def test_requests_in_flight_over_http(tmp_path: Path) -> None:
-    """With two requests of alice's in flight (her limit), her next is refused (429) and
-    bob's are served."""
+    """With two requests of alice's in flight (her limit), her next is refused, as a tool
+    error that leaves her session working, and bob's are served."""
     import uvicorn
 
     from rar_agent.mcp import build_server
@@ -540,12 +625,17 @@ async def test_requests_in_flight_over_http(tmp_path: Path) -> None:
                     group.start_soon(wait_slow)
                     assert await anyio.to_thread.run_sync(slow.wait_running, 2)
                     assert limiter.in_flight("token alice") == 2  # both held by the tool
-                    assert await refused(url, bearer(alice)) == 429
+                    third = await first.call_tool("slow", {})
+                    assert third.isError and "2 requests in flight" in text_of(third)
+                    with pytest.raises(McpError, match="retry in 1 s"):
+                        await first.list_tools()
                     async with session_with(url, bearer(bob)) as other:
                         assert [t.name for t in (await other.list_tools()).tools] == ["slow"]
                     release.set()
                 assert [text_of(a) for a in answers] == ["done", "done"]
-            await settled(limiter, "token alice", 0)  # every slot given back
+                await settled(limiter, "token alice", 0)  # every slot given back
+                # The refusals ended no session: alice's goes on.
+                assert [t.name for t in (await first.list_tools()).tools] == ["slow"]
     finally:
         release.set()
         web.should_exit = True
