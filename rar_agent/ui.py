@@ -1099,15 +1099,27 @@ PAGE_JS = """
   // After a pointer the focus is left alone, so a phone's on-screen keyboard does not pop
   // up over the answer.
   let byKey = false;
+  // The page's address names its conversation (the one the link under it names), so that
+  // a reload resumes it instead of starting an empty one; the page is not loaded again.
+  const nameTheConversation = () => {
+    const link = document.querySelector('#rar-conversation a[href*="conversation="]');
+    const id = link && new URL(link.href).searchParams.get('conversation');
+    const here = new URL(window.location.href);
+    if (!id || here.searchParams.get('conversation') === id) return;
+    here.searchParams.set('conversation', id);
+    window.history.replaceState(null, '', here);
+  };
   document.addEventListener('keydown', () => { byKey = true; }, true);
   document.addEventListener('pointerdown', () => { byKey = false; }, true);
   new MutationObserver(() => {
     const input = document.querySelector('#rar-input textarea');
     const lost = !document.activeElement || document.activeElement === document.body;
     if (byKey && lost && input && !input.disabled) input.focus();
+    nameTheConversation();
   }).observe(document.body, {
     subtree: true, childList: true, attributes: true, attributeFilter: ['disabled']
   });
 }
 """
-"""The page's script: after a turn sent from the keyboard, the focus is back in the input."""
+"""The page's script: after a turn sent from the keyboard, the focus is back in the input;
+the address names the conversation (a reload resumes it)."""
