@@ -1119,7 +1119,22 @@ PAGE_JS = """
   }).observe(document.body, {
     subtree: true, childList: true, attributes: true, attributeFilter: ['disabled']
   });
+  // A photo this browser cannot show (a HEIC from an iPhone, in Chrome or Firefox) was a
+  // blank box in the person's own message, though it was sent and answered: its name
+  // stands in for it. (An image's error event does not bubble: it is caught on its way.)
+  document.addEventListener('error', (event) => {
+    const img = event.target;
+    if (!(img instanceof HTMLImageElement) || img.dataset.rarUnshown) return;
+    if (!img.closest('#rar-chat, #rar-input')) return;
+    img.dataset.rarUnshown = '1';
+    img.style.display = 'none';
+    const name = decodeURIComponent((img.getAttribute('src') || '').split(/[/=]/).pop());
+    const note = document.createElement('span');
+    note.textContent = '🖼 ' + (name || 'photo') + ' (sent; this browser cannot show it)';
+    img.after(note);
+  }, true);
 }
 """
 """The page's script: after a turn sent from the keyboard, the focus is back in the input;
-the address names the conversation (a reload resumes it)."""
+the address names the conversation (a reload resumes it); a photo the browser cannot show
+is named instead of a blank box."""

@@ -103,3 +103,36 @@ def test_the_same_on_a_phone(default_page: str, browser: Any, artifacts_dir: Pat
         page.screenshot(path=str(artifacts_dir / "chat_page_phone.png"))
     finally:
         context.close()
+
+
+_BROKEN = """() => [...document.querySelectorAll('#rar-chat img, #rar-input img')]
+  .filter(i => i.complete && i.naturalWidth === 0 && i.offsetParent !== null)
+  .map(i => i.outerHTML.slice(0, 80))"""
+
+
+def test_a_heic_photo_from_an_iphone_shows_its_name_where_the_browser_cannot_show_it(
+    default_page: str, browser: Any, artifacts_dir: Path, tmp_path: Path
+) -> None:
+    """Chromium (and Firefox) cannot show HEIC: the photo was answered, but the person's own
+    message showed a blank box where the photo should be."""
+    import pillow_heif
+    from PIL import Image
+
+    pillow_heif.register_heif_opener()
+    heic = tmp_path / "IMG_0042.heic"
+    with Image.open(CAT) as image:
+        image.save(heic, format="HEIF", quality=80)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(default_page, wait_until="domcontentloaded", timeout=60_000)
+        page.locator("#rar-input textarea").wait_for(timeout=60_000)
+        reply = send_turn(page, "", [heic])
+        answer = reply.inner_text().split("Answer: ", 1)[1].splitlines()[0].strip()
+        assert answer in DOMESTIC_CATS
+        user = page.locator("#rar-chat [data-testid='user']").last
+        user.get_by_text("IMG_0042.heic").wait_for(timeout=10_000)
+        assert page.evaluate(_BROKEN) == []
+        page.screenshot(path=str(artifacts_dir / "chat_page_heic.png"))
+    finally:
+        context.close()
