@@ -9,6 +9,8 @@
   when given, else the text itself.
 - Any string id works: Qdrant wants UUIDs, so an id that is not one is mapped to a UUIDv5
   and the original is kept in the payload and returned as ``Document.id``.
+- ``max_marginal_relevance_search`` (also ``as_retriever(search_type="mmr")``) picks among
+  the ``fetch_k`` nearest by maximal marginal relevance over their stored vectors.
 - Documents round-trip exactly (``page_content``, ``metadata``, ``id``). Entries written by
   the memory builders come back with the label as content and their payload as metadata.
 """
@@ -64,6 +66,12 @@ def _fingerprint(embeddings: Embeddings) -> str:
         "",
     )
     return f"langchain:{cls.__module__}.{cls.__qualname__}:{model}"
+
+
+def _check_positive(name: str, value: object) -> None:
+    """Refuse a count that is not a positive integer (``True`` is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _label_for(text: str, metadata: dict[str, Any]) -> str:
@@ -270,8 +278,7 @@ class CategoryVectorStore(VectorStore):
                 as ``filter``: this store cannot filter, and ignoring it would answer with
                 documents the caller excluded).
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        _check_positive("k", k)
         unknown = sorted(set(kwargs) - {"kind", "score_threshold"})
         if unknown:
             raise ConfigError(
@@ -287,6 +294,66 @@ class CategoryVectorStore(VectorStore):
             for h in hits
             if threshold is None or h.score >= threshold
         ]
+
+    def max_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """``k`` documents near ``query`` and unlike each other (maximal marginal relevance).
+
+        See :meth:`max_marginal_relevance_search_by_vector`.
+        """
+        vector = self._embedding.embed_query(query)
+        return self.max_marginal_relevance_search_by_vector(
+            vector, k, fetch_k, lambda_mult, **kwargs
+        )
+
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: Sequence[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """``k`` documents chosen by maximal marginal relevance among the ``fetch_k`` nearest.
+
+        Each pick maximises ``lambda_mult * similarity to the query - (1 - lambda_mult) *
+        the highest similarity to a document already picked`` (``langchain_core``'s
+        ``maximal_marginal_relevance`` over the stored vectors), so ``lambda_mult=1`` is a
+        plain similarity search and ``0`` the most diverse set.
+
+        Keyword Args:
+            kind: ``"text"`` or ``"image"`` to override the store's side for this call.
+            score_threshold: Leave out candidates below this similarity.
+
+        Raises:
+            ConfigError: ``k`` or ``fetch_k`` is not a positive integer, ``lambda_mult`` is
+                outside 0..1, or another keyword is given (see
+                :meth:`similarity_search_with_score_by_vector`).
+        """
+        import numpy as np
+        from langchain_core.vectorstores.utils import maximal_marginal_relevance
+
+        _check_positive("k", k)
+        _check_positive("fetch_k", fetch_k)
+        if not 0.0 <= lambda_mult <= 1.0:
+            raise ConfigError(f"lambda_mult must be between 0 and 1, got {lambda_mult!r}")
+        pairs = self.similarity_search_with_score_by_vector(embedding, max(k, fetch_k), **kwargs)
+        if not pairs:
+            return []
+        kind = kwargs.get("kind", self.kind)
+        stored = self.memory.get_vectors([point_id_for(str(d.id)) for d, _ in pairs], kind=kind)
+        docs = [doc for doc, _ in pairs if point_id_for(str(doc.id)) in stored]
+        rows = [stored[point_id_for(str(doc.id))] for doc in docs]
+        picked = maximal_marginal_relevance(
+            np.asarray(embedding, dtype=np.float32), rows, lambda_mult=lambda_mult, k=k
+        )
+        return [docs[i] for i in picked]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         # Cosine similarity in [-1, 1] -> relevance in [0, 1]; float32 rounding can put a
@@ -340,6 +407,25 @@ class CategoryVectorStore(VectorStore):
         vector = await self._embedding.aembed_query(query)
         return await asyncio.to_thread(
             self.similarity_search_with_score_by_vector, vector, k, **kwargs
+        )
+
+    async def amax_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """Async :meth:`max_marginal_relevance_search` (embeds with ``aembed_query``)."""
+        vector = await self._embedding.aembed_query(query)
+        return await asyncio.to_thread(
+            self.max_marginal_relevance_search_by_vector,
+            vector,
+            k,
+            fetch_k,
+            lambda_mult,
+            **kwargs,
         )
 
     # ------------------------------------------------------------------ construction

@@ -101,7 +101,12 @@ OpenSetOpt = Annotated[
 EvalRejectOpt = Annotated[str, typer.Option("--reject", help=f"{REJECT_HELP}.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
 OutOpt = Annotated[
-    Path, typer.Option("--out", help="Folder for report.json/.md and the PNG plots.")
+    Path,
+    typer.Option(
+        "--out",
+        help="Folder for report.json/.md and the PNG plots (an earlier evaluation's files "
+        "there are replaced).",
+    ),
 ]
 PlotsOpt = Annotated[bool, typer.Option("--plots/--no-plots", help="Draw PNG plots.")]
 StreamOpt = Annotated[

@@ -3,8 +3,10 @@
 No ``from __future__ import annotations``: :func:`settings_command` reads the option types.
 """
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +22,7 @@ from rar_agent.cli.options import (
     ProgressOpt,
     load_settings_encoder,
     print_error,
+    print_note,
     print_skipped,
     settings_command,
 )
@@ -84,7 +87,12 @@ def finetune_data(
 ) -> None:
     """Write ranking conversations (true label first) for fine-tuning a ranker (see HELP)."""
     from rar_agent.errors import ConfigError
-    from rar_agent.finetune_data import FORMATS, FinetuneOptions, build_finetune_data
+    from rar_agent.finetune_data import (
+        FORMATS,
+        FinetuneOptions,
+        FinetuneSummary,
+        build_finetune_data,
+    )
     from rar_agent.ingest import builders
     from rar_agent.memory import open_memory
 
@@ -96,23 +104,40 @@ def finetune_data(
         k=k, top_n=top_n, windows=windows, shuffle=shuffle, seed=seed,
         kind=kind, hint=hint, dedup=dedup, max_per_class=max_per_class,  # type: ignore[arg-type]
     )  # fmt: skip
-    items = (
+    items = list(
         builders.iter_image_folder(from_folder)
         if from_folder is not None
         else builders.iter_manifest(from_manifest)  # type: ignore[arg-type]
     )
     bar, update = progress_bar(progress, "writing conversations")
-    with open_memory(settings, create=False) as mem, bar:
+    summary = FinetuneSummary()
+    with _interrupt_note(summary, items, out), open_memory(settings, create=False) as mem, bar:
         enc = load_settings_encoder(settings, mem)
-        summary = build_finetune_data(
+        build_finetune_data(
             mem, enc, items, out, fmt=fmt, options=options,  # type: ignore[arg-type]
-            image_root=image_root, progress=update,
+            image_root=image_root, progress=update, summary=summary,
         )  # fmt: skip
     _print_summary(summary, out, as_json)
     if summary.conversations == 0:  # nothing to learn from: the memory or --top-n is wrong
         raise typer.Exit(EXIT_USAGE if not summary.failed else EXIT_INPUT_FAILED)
     if summary.failed:
         raise typer.Exit(EXIT_INPUT_FAILED)
+
+
+@contextlib.contextmanager
+def _interrupt_note(summary: "FinetuneSummary", items: list[Any], out: Path) -> Iterator[None]:
+    """On Ctrl+C, say how far the build got and that ``out`` was not written (the command
+    then exits 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print_note(
+            f"stopped after reading {summary.images} of {len(items)} images "
+            f"({summary.conversations} conversations made): nothing was written to {out} (it "
+            "is written only once complete; a previous file is kept as it was): run the same "
+            "command again to start over"
+        )
+        raise
 
 
 def _print_summary(summary: "FinetuneSummary", out: Path, as_json: bool) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "outcomes",
     "per_class",
     "recall_at_k",
+    "rejected_share",
     "status_counts",
     "summarize_points",
     "top1",
@@ -111,10 +112,24 @@ def _mean(flags: Sequence[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
-def top1(records: Sequence[QueryRecord], *, final: bool = False) -> float | None:
-    """Top-1 accuracy of retrieval (``final=False``) or of the final answer; None if empty."""
+def top1(
+    records: Sequence[QueryRecord], *, final: bool = False, rejecting: bool = False
+) -> float | None:
+    """Top-1 accuracy of retrieval (``final=False``) or of the final answer; None if empty.
+
+    ``rejecting=True``: a query the run answered "unknown" counts as wrong (as a user of
+    ``recognize`` with the same ``--reject`` would see it); otherwise it counts with its
+    closest category, as the paper measures.
+    """
     rows = _valid(records)
-    return _mean([(r.rar if final else r.knn) == r.label for r in rows])
+    return _mean(
+        [(r.rar if final else r.knn) == r.label and not (rejecting and r.rejected) for r in rows]
+    )
+
+
+def rejected_share(records: Sequence[QueryRecord]) -> float | None:
+    """Share of the evaluated queries the run answered "unknown"; None if none was evaluated."""
+    return _mean([r.rejected for r in _valid(records)])
 
 
 def recall_at_k(records: Sequence[QueryRecord], max_k: int) -> dict[int, float]:

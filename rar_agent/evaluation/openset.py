@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from rar_agent.evaluation.metrics import QueryRecord
+from rar_agent.evaluation.metrics import QueryRecord, rejected_share, top1
 
 __all__ = [
     "PROMISE_ALPHAS",
@@ -154,13 +154,13 @@ def open_set_report(
     )
     out.roc = roc_curve(ks, us)
     if known:
-        out.known_top1 = sum(r.rar == r.label for r in known) / len(known)
-        hits = sum(r.rar == r.label and not r.rejected for r in known)
-        out.known_top1_rejecting = hits / len(known)
-        out.top1_drop_points = round(100.0 * (out.known_top1 - out.known_top1_rejecting), 4)
-        out.known_rejected = sum(r.rejected for r in known) / len(known)
+        out.known_top1 = top1(known, final=True)
+        out.known_top1_rejecting = top1(known, final=True, rejecting=True)
+        drop = (out.known_top1 or 0.0) - (out.known_top1_rejecting or 0.0)
+        out.top1_drop_points = round(100.0 * drop, 4)
+        out.known_rejected = rejected_share(known)
     if unknown:
-        out.unknown_rejected = sum(r.rejected for r in unknown) / len(unknown)
+        out.unknown_rejected = rejected_share(unknown)
     out.promise = promise_curve(rows)
     return out
 

@@ -108,22 +108,42 @@ def _gating_figure(report: EvalReport) -> Figure:
 
 def _plot_confusion(report: EvalReport, path: Path, limit: int = 10) -> None:
     import matplotlib.pyplot as plt
+
+    fig = _confusion_figure(report, limit)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+OTHER_COLUMN = "other classes"
+"""The confusion picture's last column: answers outside the classes it shows."""
+
+
+def _confusion_figure(report: EvalReport, limit: int = 10) -> Figure:
+    """The most confused classes' rows, each whole: answers outside the shown classes count
+    in a last column (:data:`OTHER_COLUMN`), so a row adds up to its class's queries."""
+    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     labels = most_confused(report.confusion, limit) or sorted(report.confusion)[:limit]
-    matrix = np.array(
-        [[report.confusion.get(t, {}).get(p, 0) for p in labels] for t in labels], dtype=float
-    )
-    size = 2.5 + 0.55 * len(labels)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size), dpi=110)
+    rows = [report.confusion.get(t, {}) for t in labels]
+    other = [sum(n for p, n in row.items() if p not in labels) for row in rows]
+    extra = any(other)
+    columns = labels + [OTHER_COLUMN] * extra
+    cells = [
+        [row.get(p, 0) for p in labels] + [o] * extra for row, o in zip(rows, other, strict=True)
+    ]
+    matrix = np.array(cells, dtype=float)
+    size = 2.5 + 0.55 * len(columns)
+    fig, ax = plt.subplots(figsize=(size + 1.5, 2.5 + 0.55 * len(labels)), dpi=110)
     image = ax.imshow(matrix, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, ticks=MaxNLocator(integer=True))
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for i in range(len(labels)):
-        for j in range(len(labels)):
+        for j in range(len(columns)):
             if matrix[i, j]:
                 colour = "white" if matrix[i, j] > matrix.max() / 2 else "black"
                 ax.text(
@@ -131,8 +151,7 @@ def _plot_confusion(report: EvalReport, path: Path, limit: int = 10) -> None:
                 )
     ax.set_title("Most confused classes (final answer)")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
 def write_plots(report: EvalReport, out_dir: Path) -> dict[str, Path]:

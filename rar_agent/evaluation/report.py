@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ from rar_agent.encoders.spec import OFFLINE_ENCODER
 from rar_agent.errors import ConfigError
 from rar_agent.evaluation.metrics import percent, summarize_points
 from rar_agent.evaluation.openset_render import open_set_markdown, open_set_rows
-from rar_agent.evaluation.plots import write_plots
+from rar_agent.evaluation.plots import PLOT_FILES, write_plots
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -25,13 +25,24 @@ if TYPE_CHECKING:
     from rar_agent.evaluation.schema import EvalReport
 
 __all__ = [
+    "REPORT_FILES",
     "cannot_write_report",
     "command_line",
+    "drop_stale_outputs",
     "render_markdown",
     "report_folder",
     "summary_table",
     "write_report",
 ]
+
+#: Every file an evaluation writes into its folder: ``eval``'s and ``eval --stream``'s.
+REPORT_FILES: tuple[str, ...] = (
+    "report.json",
+    "report.md",
+    "predictions.jsonl",
+    "stream.png",
+    *PLOT_FILES.values(),
+)
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +170,7 @@ def _summary_rows(report: EvalReport) -> list[tuple[str, str]]:
         rows.append(("auto gate", f"none: {choice.reason}"))
     if report.status:
         rows.append(("ranking status", ", ".join(f"{k} {v}" for k, v in report.status.items())))
-    rows += open_set_rows(report)
+    rows += _rejection_rows(report) + open_set_rows(report)
     for stage in ("load", "encode", "retrieve", "reject", "rank"):
         lat = report.latency_ms.get(stage)
         if lat:
@@ -167,6 +178,27 @@ def _summary_rows(report: EvalReport) -> list[tuple[str, str]]:
     if report.interrupted:
         rows.append(("status", "INTERRUPTED: partial results"))
     return rows
+
+
+def _rejection_rows(report: EvalReport) -> list[tuple[str, str]]:
+    """What ``--reject`` did in a closed-set run: the queries answered unknown, which the
+    top-1 rows above count with their closest category (the paper's measure)."""
+    from rar_agent.config import parse_reject
+
+    reject = report.config.reject
+    if report.rejected_share is None or parse_reject(reject).mode == "off":
+        return []
+    n = report.queries_evaluated
+    rejected = round(report.rejected_share * n)
+    top1_name = "RAR top-1" if report.ranker else "kNN top-1"
+    return [
+        (
+            f"answered unknown (--reject {reject})",
+            f"{percent(report.rejected_share)} ({rejected} of {n}; the top-1 rows above count "
+            "them with their closest category)",
+        ),
+        (f"{top1_name} with --reject {reject} (unknown = wrong)", percent(report.rejecting_top1)),
+    ]
 
 
 def summary_table(report: EvalReport) -> Table:
@@ -297,8 +329,26 @@ def cannot_write_report(out: Path, error: OSError) -> ConfigError:
     )
 
 
+def drop_stale_outputs(out: Path, written: Iterable[Path]) -> list[Path]:
+    """Remove what an earlier evaluation wrote into ``out`` and this one did not (an open-set
+    run's ROC beside a closed-set report, plots after ``--no-plots``, a stream's plot), so
+    the folder holds one run's files; returns the files removed.
+
+    Only the names an evaluation writes (:data:`REPORT_FILES`) are touched.
+    """
+    kept = {Path(p).name for p in written}
+    removed = []
+    for name in REPORT_FILES:
+        path = out / name
+        if name not in kept and path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def write_report(report: EvalReport, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
-    """Write ``report.json``, ``predictions.jsonl``, ``report.md`` and the PNGs into a folder.
+    """Write ``report.json``, ``predictions.jsonl``, ``report.md`` and the PNGs into a folder
+    (files of an earlier evaluation there that this one does not write are removed).
 
     Returns:
         Paths of the written files by kind (``json``, ``predictions``, ``markdown`` and
@@ -321,6 +371,7 @@ def write_report(report: EvalReport, out_dir: str | Path, *, plots: bool = True)
                 fh.write(record.model_dump_json() + "\n")
         drawn = write_plots(report, out) if plots else {}
         files["markdown"].write_text(render_markdown(report, drawn), encoding="utf-8")
+        drop_stale_outputs(out, [*files.values(), *drawn.values()])
     except OSError as e:
         raise cannot_write_report(out, e) from e
     return {**files, **drawn}

@@ -83,6 +83,15 @@ class EvalReport(BaseModel):
     gated_top1: float | None = Field(
         default=None, description="Top-1 with the chosen gate applied."
     )
+    rejected_share: float | None = Field(
+        default=None,
+        description="Share of queries answered unknown by --reject (closed-set runs; an "
+        "open-set run reports it per known/unknown class in open_set).",
+    )
+    rejecting_top1: float | None = Field(
+        default=None,
+        description="Top-1 counting an unknown answer as wrong (closed-set runs).",
+    )
     gate_used: float | None = None
     gate_skip_share: float | None = None
     recall_at_k: dict[int, float] = Field(default_factory=dict)
@@ -220,6 +229,9 @@ def build_report(
         unknown = report.open_set.unknown_classes if report.open_set else []
         report.open_set = open_set_report(records, unknown)
         records = [r for r in records if r.known]  # accuracy is measured on known classes
+    else:
+        report.rejected_share = metrics.rejected_share(records)
+        report.rejecting_top1 = metrics.top1(records, final=True, rejecting=True)
     report.knn_top1 = metrics.top1(records)
     report.final_top1 = metrics.top1(records, final=True)
     report.recall_at_k = metrics.recall_at_k(records, report.max_k)

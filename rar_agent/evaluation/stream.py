@@ -469,10 +469,15 @@ def render_stream_markdown(report: StreamReport, config: EvalConfig) -> str:
 def write_stream_report(
     report: StreamReport, config: EvalConfig, out_dir: str | Path, *, plots: bool = True
 ) -> dict[str, Path]:
-    """Write ``report.json`` (``{"config", "stream"}``), ``report.md`` and ``stream.png``."""
+    """Write ``report.json`` (``{"config", "stream"}``), ``report.md`` and ``stream.png``
+    (files of an earlier evaluation there that this one does not write are removed)."""
     import json
 
-    from rar_agent.evaluation.report import cannot_write_report, report_folder
+    from rar_agent.evaluation.report import (
+        cannot_write_report,
+        drop_stale_outputs,
+        report_folder,
+    )
 
     out = report_folder(out_dir)
     files = {"json": out / "report.json", "markdown": out / "report.md"}
@@ -484,6 +489,7 @@ def write_stream_report(
             files["stream.png"] = plot_stream(report, out / "stream.png")
             markdown += "\n![held-out top-1 along the stream](stream.png)\n"
         files["markdown"].write_text(markdown, encoding="utf-8")
+        drop_stale_outputs(out, files.values())
     except OSError as e:
         raise cannot_write_report(out, e) from e
     return files

@@ -59,14 +59,22 @@ def build_finetune_data(
     options: FinetuneOptions | None = None,
     image_root: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    summary: FinetuneSummary | None = None,
 ) -> FinetuneSummary:
     """Build the conversations and write them to ``out``; return the summary.
+
+    ``out`` appears only once complete: a build that stops (an error, Ctrl-C) leaves no
+    file and no folder of its own behind, and a previous ``out`` whole.
+
+    Args:
+        summary: Filled in as the build goes (pass one to read the counts of a build that
+            stopped); a new one otherwise.
 
     Raises:
         ConfigError: Bad options or an unwritable output.
         MemoryStoreError: The memory cannot be searched (empty, other encoder...).
     """
-    summary = FinetuneSummary()
+    summary = summary if summary is not None else FinetuneSummary()
     samples = iter_samples(memory, encoder, items, options, summary=summary, progress=progress)
     write_samples(samples, out, fmt, image_root=image_root)
     if summary.conversations == 0:

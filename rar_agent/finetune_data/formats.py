@@ -94,7 +94,7 @@ def write_samples(
 
     The file is written beside ``path`` under a temporary name and renamed over it once
     complete, so a build that stops (an error, Ctrl-C) leaves a previous file whole and no
-    half-written one.
+    half-written one; the folders it made for ``path`` are removed again then.
 
     Raises:
         ConfigError: Unknown format, or the file cannot be written.
@@ -125,14 +125,19 @@ def write_samples(
 
 @contextlib.contextmanager
 def _replaced_when_complete(out: Path) -> Iterator[TextIO]:
-    """A text file beside ``out`` that replaces it when the block ends, removed if it raises."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """A text file beside ``out`` that replaces it when the block ends; if the block raises,
+    the file and the folders made for it are removed."""
+    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("w", encoding="utf-8") as handle:
             yield handle
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        for folder in made:  # deepest first; one another process wrote into stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise

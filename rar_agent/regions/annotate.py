@@ -40,6 +40,12 @@ def _text_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luminance > 140 else (255, 255, 255)
 
 
+def _sizes(image: Image.Image) -> tuple[int, int]:
+    """Default outline width and caption size for ``image`` (relative to its size)."""
+    short = min(image.size)
+    return max(2, round(short / 200)), max(12, round(short / 28))
+
+
 def draw_box(
     image: Image.Image,
     box: Sequence[float],
@@ -50,23 +56,56 @@ def draw_box(
     font_size: int | None = None,
 ) -> None:
     """Draw one box with a filled caption (in place) on ``image``."""
+    lw = line_width or _sizes(image)[0]
+    _outline(image, box, color, lw)
+    if text:
+        _caption(image, box, text, color, lw, font_size or _sizes(image)[1])
+
+
+def _outline(
+    image: Image.Image, box: Sequence[float], color: tuple[int, int, int], lw: int
+) -> None:
+    from PIL import ImageDraw
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ImageDraw.Draw(image).rectangle((x0, y0, x1 - 1, y1 - 1), outline=color, width=lw)
+
+
+def _caption(
+    image: Image.Image,
+    box: Sequence[float],
+    text: str,
+    color: tuple[int, int, int],
+    lw: int,
+    fs: int,
+) -> None:
+    """The caption on a filled background above the box (inside its top when no room)."""
     from PIL import ImageDraw, ImageFont
 
-    width, height = image.size
-    lw = line_width or max(2, round(min(width, height) / 200))
-    fs = font_size or max(12, round(min(width, height) / 28))
+    width, _ = image.size
     draw = ImageDraw.Draw(image)
-    x0, y0, x1, y1 = (float(v) for v in box)
-    draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=color, width=lw)
-    if not text:
-        return
+    x0, y0 = float(box[0]), float(box[1])
     font = ImageFont.load_default(size=fs)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     tw, th = right - left + 2 * lw, bottom - top + 2 * lw
     tx = min(max(0.0, x0), max(0.0, width - tw))
-    ty = y0 - th if y0 - th >= 0 else y0  # above the box, or inside its top when no room
+    ty = y0 - th if y0 - th >= 0 else y0
     draw.rectangle((tx, ty, tx + tw, ty + th), fill=color)
     draw.text((tx + lw - left, ty + lw - top), text, fill=_text_color(color), font=font)
+
+
+def _fitted_size(image: Image.Image, box: Sequence[float], text: str, lw: int) -> int:
+    """The default caption size, made smaller (to a floor of a third of it, 10 px at least)
+    so that the caption is no wider than its box: many boxes keep their captions apart."""
+    from PIL import ImageFont
+
+    default = _sizes(image)[1]
+    floor = min(default, max(10, round(default / 3)))
+    room = float(box[2]) - float(box[0]) - 2 * lw
+    wide = ImageFont.load_default(size=default).getlength(text)
+    if wide <= room:
+        return default
+    return max(floor, int(default * room / wide))
 
 
 def annotate(
@@ -79,6 +118,8 @@ def annotate(
 ) -> Image.Image:
     """Draw each result's box and ``label score`` on a copy of ``image``.
 
+    Outlines are drawn first and captions over them, each caption made smaller (down to a
+    third of the default size) to fit its box's width, so that many boxes stay readable.
     Results without a drawable box (missing, not finite, empty or entirely outside the image)
     are skipped; results with an error are drawn in red with ``<id>: error`` as their caption,
     unknown ones (no label: the open-set check rejected them) in grey as ``unknown`` with the
@@ -89,13 +130,16 @@ def annotate(
         results: Region results (``box`` in pixels, as :meth:`Recognizer.recognize_regions`
             returns them).
         line_width: Box outline width in pixels (default: relative to the image size).
-        font_size: Caption size in pixels (default: relative to the image size).
+        font_size: Caption size in pixels (default: relative to the image size, fitted to
+            each box).
         show_score: Append the winning candidate's retrieval score to the label.
 
     Returns:
         A new RGB image.
     """
     out = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    lw = line_width or _sizes(out)[0]
+    drawn = []
     for i, result in enumerate(results):
         if result.box is None or not all(math.isfinite(v) for v in result.box):
             continue
@@ -111,7 +155,11 @@ def annotate(
             text = result.label or "unknown"
             if show_score and result.candidates:
                 text = f"{text} {result.candidates[0].score:.2f}"
-        draw_box(out, box, text, color, line_width=line_width, font_size=font_size)
+        drawn.append((box, text, color))
+    for box, _, color in drawn:  # every outline first: no box is drawn across a caption
+        _outline(out, box, color, lw)
+    for box, text, color in drawn:
+        _caption(out, box, text, color, lw, font_size or _fitted_size(out, box, text, lw))
     return out
 
 

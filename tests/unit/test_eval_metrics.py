@@ -190,3 +190,28 @@ def test_no_gate_is_learnt_from_a_ranker_that_never_answered() -> None:
 
     answered = [*records[:3], rec("a", ["a", "b"], ranked=["a", "b"], status="ranked")]
     assert build_report(config, answered, started_at="t", ranker_on=True).gate_used is not None
+
+
+def test_a_closed_set_run_says_how_many_queries_it_answered_unknown() -> None:
+    """`eval` runs with --reject auto by default and rejected queries silently: the report
+    counted them with their closest category and never said 7% of the answers would be
+    "unknown". It now says how many, and the top-1 counting them wrong."""
+    from rar_agent.evaluation.report import render_markdown, summary_table
+    from rar_agent.evaluation.schema import EvalConfig, build_report
+
+    records = [rec("a", ["a", "b"]), rec("b", ["b", "a"]), rec("a", ["b", "a"])]
+    records += [rec("b", ["b", "a"]).model_copy(update={"rejected": True})]
+    report = build_report(EvalConfig(dataset="x"), records, started_at="t", ranker_on=False)
+    assert report.final_top1 == 0.75  # the paper's measure: the closest category counts
+    assert report.rejected_share == 0.25
+    assert report.rejecting_top1 == 0.5
+    table = summary_table(report)
+    rows = dict(zip(table.columns[0].cells, table.columns[1].cells, strict=True))
+    assert rows["answered unknown (--reject auto)"].startswith("25.0% (1 of 4; the top-1 rows")
+    assert rows["kNN top-1 with --reject auto (unknown = wrong)"] == "50.0%"
+    assert "| answered unknown (--reject auto) | 25.0% (1 of 4;" in render_markdown(report)
+
+    off = build_report(EvalConfig(dataset="x", reject="off"), records[:3], started_at="t",
+                       ranker_on=False)  # fmt: skip
+    table = summary_table(off)
+    assert not any("unknown" in str(c) for c in table.columns[0].cells)

@@ -527,3 +527,29 @@ def test_a_feature_cache_folder_that_cannot_be_made_is_refused_up_front(tmp_path
     cache.embed_images([Image.new("RGB", (4, 4))])
     saved = cache.save()
     assert saved is not None and len(CachedEncoder(hashing_encoder(), tmp_path / "cache")) == 1
+
+
+def test_a_report_folder_holds_one_runs_files(tmp_path: Path) -> None:
+    """`eval` writes into `rar-eval/` by default, run after run: an open-set run's ROC and
+    promise plots (or a stream's plot) stayed beside the next closed-set report, and the
+    plots of a run stayed after `--no-plots`, each looking like this run's."""
+    out = tmp_path / "rar-eval"
+    out.mkdir()
+    for stale in ("roc_open_set.png", "promise_open_set.png", "stream.png"):
+        (out / stale).write_bytes(PNG)
+    (out / "notes.txt").write_text("mine")  # not an evaluation's name: kept
+    report = EvalReport(
+        config=EvalConfig(dataset="x"),
+        started_at="2026-12-06T00:00:00+00:00",
+        recall_at_k={1: 0.5, 2: 1.0},
+        confusion={"a": {"a": 1, "b": 1}, "b": {"b": 2}},
+    )
+    files = write_report(report, out)
+    assert {"accuracy", "confusion"} <= set(files)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([*(p.name for p in files.values()), "notes.txt"])
+
+    files = write_report(report, out, plots=False)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["notes.txt", "predictions.jsonl", "report.json", "report.md"]
+    assert "png" not in files["markdown"].read_text()

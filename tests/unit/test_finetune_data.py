@@ -295,6 +295,55 @@ def test_a_build_that_stops_leaves_the_previous_file_whole(
     assert [p.name for p in tmp_path.iterdir()] == ["train.json"]  # no partial file left
 
 
+def test_a_build_that_stops_leaves_no_folder_it_made(tmp_path: Path) -> None:
+    """Ctrl+C used to leave the folders made for --out behind, empty."""
+    from rar_agent.finetune_data.formats import write_samples
+
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "data" / "new" / "deeper" / "train.json"
+
+    def interrupted() -> Any:
+        raise KeyboardInterrupt
+        yield
+
+    with pytest.raises(KeyboardInterrupt):
+        write_samples(interrupted(), out, fmt="llava")
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # the folder that was there stays
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_cli_ctrl_c_says_how_far_it_got_and_writes_nothing(
+    tmp_path: Path, tiny_encoder: Any, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rar_agent.cli import app
+    from rar_agent.finetune_data.samples import _SampleMaker
+
+    folder = make_folder(tmp_path / "images", per_class=2)
+    with CategoryMemory.open(tmp_path / "mem", collection="ft") as memory:
+        add_images(memory, tiny_encoder, iter_image_folder(folder))
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+
+    def ctrl_c(self: Any, *args: Any) -> Any:
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(_SampleMaker, "conversations", ctrl_c)
+    out = tmp_path / "runs" / "one" / "train.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune-data", "--out", str(out), "--memory", str(tmp_path / "mem"),
+            "--collection", "ft", "--clip-model", tiny_openclip_spec, "--from-folder",
+            str(folder), "--k", "3", "--no-progress",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 130, result.output
+    assert "stopped after reading 12 of 12 images (0 conversations made): nothing" in result.output
+    assert "run the same command again to start over" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_output_that_is_a_folder_is_refused_before_any_sample(tmp_path: Path) -> None:
     from rar_agent.finetune_data.formats import write_samples
 

@@ -251,15 +251,39 @@ def test_annotate_keeps_red_for_errors_and_says_unknown() -> None:
         label=None,
         unknown=True,
         candidates=[Candidate(label="oil filter", score=0.13, retrieval_rank=1)],
-        box=[100, 40, 180, 90],
+        box=[40, 40, 180, 90],  # wide enough for the caption at its full size
         box_id="edge",
     )
     out = annotate(image, [unknown])
     arr = np.asarray(out)
-    assert tuple(arr[60, 100]) == (128, 128, 128)  # grey, not a palette colour
+    assert tuple(arr[60, 40]) == (128, 128, 128)  # grey, not a palette colour
     expected = image.copy()
-    draw_box(expected, [100, 40, 180, 90], "unknown 0.13", (128, 128, 128))
+    draw_box(expected, [40, 40, 180, 90], "unknown 0.13", (128, 128, 128))
     assert out.tobytes() == expected.tobytes()  # captioned "unknown 0.13", not "? 0.13"
+
+
+def test_annotate_keeps_many_boxes_readable() -> None:
+    """Detector output on a photo: captions were sized to the image, not the box (a 300 px
+    box got a 450 px caption over its neighbours), and a later box's outline was drawn
+    across an earlier caption."""
+    image = Image.new("RGB", (1500, 1000), (255, 255, 255))
+
+    def result(box: list[float], label: str) -> RecognitionResult:
+        candidate = Candidate(label=label, score=0.17, retrieval_rank=1)
+        return RecognitionResult(label=label, candidates=[candidate], box=box)
+
+    small = result([100, 300, 250, 450], "consomme")
+    crossing = result([180, 200, 600, 700], "espresso")  # its left edge runs through x=180
+    arr = np.asarray(annotate(image, [small, crossing]))
+    caption_rows = arr[200:300, 100:600]  # above the small box: its caption, nothing else
+    filled = (caption_rows == PALETTE[0]).all(axis=-1)
+    columns = np.flatnonzero(filled.any(axis=0))
+    assert columns.size and columns.max() + 100 < 250  # no wider than its box
+    assert columns.min() == 0  # and starts at the box's left edge
+    rows = np.flatnonzero(filled.any(axis=1))
+    under = arr[200 + rows.min() : 200 + rows.max() + 1, 180]  # the crossing edge's column
+    assert not (under == PALETTE[1]).all(axis=-1).any()  # the caption lies over the outline
+    assert tuple(arr[500, 181]) == PALETTE[1]  # below the caption, the outline is there
 
 
 def test_detections_of_several_images_are_refused_without_an_image_id() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
@@ -124,7 +125,7 @@ def test_errors_are_clear(tmp_path: Path, tiny_encoder: Any) -> None:
     with pytest.raises(LabelError):
         fake.add_texts(["   "])
     with pytest.raises(ConfigError):
-        CategoryVectorStore(memory, DeterministicFakeEmbedding(size=8), kind="video")  # type: ignore[arg-type]
+        CategoryVectorStore(memory, DeterministicFakeEmbedding(size=8), kind="video")
     fake.add_texts(["alpha"])
     with pytest.raises(EncoderMismatchError):  # the memory is bound to the fake embeddings
         CategoryVectorStore(memory, EncoderEmbeddings(tiny_encoder)).add_texts(["beta"])
@@ -200,3 +201,74 @@ def test_memory_explicit_ids_and_get_entries() -> None:
         assert [(h.id, h.label) for h in got] == [(ids[1], "b"), (ids[0], "a")]
     finally:
         memory.close()
+
+
+class _TableEmbeddings(Embeddings):
+    """Embeddings from a fixed table (texts not in it embed as the query direction)."""
+
+    def __init__(self, table: dict[str, list[float]]) -> None:
+        self.table = table
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self.embed_query(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.table.get(text, [1.0, 0.0, 0.0])
+
+
+def _unit(*v: float) -> list[float]:
+    norm = sum(x * x for x in v) ** 0.5
+    return [x / norm for x in v]
+
+
+# a query along x; "heron" is nearest, "heron again" almost the same vector (cosine 0.9993
+# with it), "egret" further from the query but a different direction, "cat" orthogonal
+_MMR_TABLE = {
+    "heron": _unit(0.95, 0.3, 0.0),
+    "heron again": _unit(0.94, 0.33, 0.02),
+    "egret": _unit(0.85, 0.0, -0.5),
+    "cat": _unit(0.0, 1.0, 0.0),
+}
+
+
+async def test_mmr_search_skips_near_duplicates_sync_async_and_retriever() -> None:
+    """Maximal marginal relevance used to raise a bare NotImplementedError (from
+    ``as_retriever(search_type="mmr")`` too); it now picks diverse documents."""
+    store = CategoryVectorStore.from_texts(
+        list(_MMR_TABLE), _TableEmbeddings(_MMR_TABLE), ids=list(_MMR_TABLE)
+    )
+    try:
+        plain = [d.id for d in store.similarity_search("query", k=2)]
+        assert plain == ["heron", "heron again"]
+        mmr = store.max_marginal_relevance_search("query", k=2, fetch_k=4, lambda_mult=0.5)
+        assert [d.id for d in mmr] == ["heron", "egret"]
+        by_vector = store.max_marginal_relevance_search_by_vector([1.0, 0.0, 0.0], k=2)
+        assert [d.id for d in by_vector] == ["heron", "egret"]
+        # lambda_mult=1 is relevance alone: the similarity order
+        same = store.max_marginal_relevance_search("query", k=2, lambda_mult=1.0)
+        assert [d.id for d in same] == plain
+        retriever = store.as_retriever(search_type="mmr", search_kwargs={"k": 2, "fetch_k": 4})
+        assert [d.id for d in retriever.invoke("query")] == ["heron", "egret"]
+        assert [d.id for d in await retriever.ainvoke("query")] == ["heron", "egret"]
+        amm = await store.amax_marginal_relevance_search("query", k=2)
+        assert [d.id for d in amm] == ["heron", "egret"]
+        amv = await store.amax_marginal_relevance_search_by_vector([1.0, 0.0, 0.0], k=2)
+        assert [d.id for d in amv] == ["heron", "egret"]
+        assert [d.page_content for d in mmr] == ["heron", "egret"]  # documents round-trip
+    finally:
+        store.memory.close()
+
+
+def test_mmr_search_refuses_bad_arguments() -> None:
+    store = CategoryVectorStore.from_texts(list(_MMR_TABLE), _TableEmbeddings(_MMR_TABLE))
+    try:
+        with pytest.raises(ConfigError, match="lambda_mult must be between 0 and 1"):
+            store.max_marginal_relevance_search("query", lambda_mult=1.5)
+        with pytest.raises(ConfigError, match="fetch_k must be a positive integer"):
+            store.max_marginal_relevance_search("query", fetch_k=0)
+        with pytest.raises(ConfigError, match="k must be a positive integer"):
+            store.max_marginal_relevance_search("query", k=0)
+        with pytest.raises(ConfigError, match="not filter="):
+            store.max_marginal_relevance_search("query", filter={"label": "heron"})
+    finally:
+        store.memory.close()
