@@ -29,6 +29,7 @@ from rar_agent.cli.options import (
     RankerTimeoutOpt,
     error_guard,
     load_settings_encoder,
+    print_skipped,
     settings_from_options,
 )
 from rar_agent.cli.progress import staged_progress
@@ -175,6 +176,7 @@ def evaluate(
 
         from rar_agent.encoders import spec_of
         from rar_agent.evaluation import EvalConfig, run_evaluation, summary_table, write_report
+        from rar_agent.evaluation.report import failed_queries
         from rar_agent.evaluation.schema import check_config, check_sets
 
         settings = settings_from_options(
@@ -221,6 +223,7 @@ def evaluate(
                 sys.stdout.write(report.model_dump_json(indent=2) + "\n")
             else:
                 Console().print(summary_table(report))
+                print_skipped(failed_queries(report))
                 Console(soft_wrap=True).print(  # whole paths, for reading and grepping
                     f"report: {files['markdown']}", highlight=False, markup=False
                 )

@@ -29,6 +29,7 @@ __all__ = [
     "cannot_write_report",
     "command_line",
     "drop_stale_outputs",
+    "failed_queries",
     "render_markdown",
     "report_folder",
     "summary_table",
@@ -191,6 +192,9 @@ def _rejection_rows(report: EvalReport) -> list[tuple[str, str]]:
     n = report.queries_evaluated
     rejected = round(report.rejected_share * n)
     top1_name = "RAR top-1" if report.ranker else "kNN top-1"
+    cannot = (report.calibration or {}).get("cannot_calibrate")
+    if cannot and not rejected and parse_reject(reject).mode == "auto":
+        return [(f"answered unknown (--reject {reject})", f"none: the memory {cannot}")]
     return [
         (
             f"answered unknown (--reject {reject})",
@@ -226,7 +230,15 @@ def render_markdown(report: EvalReport, plots: dict[str, Path] | None = None) ->
     reproduce = [f"# requires: {requirements(report)}", command_line(report)]
     lines += ["Reproduce with:", "", "```bash", *reproduce, "```", ""]
     lines += _md_table(["metric", "value"], _summary_rows(report))
-    sections = (_md_recall, _md_gating, open_set_markdown, _md_per_class, _md_latency, _md_run)
+    sections = (
+        _md_recall,
+        _md_gating,
+        open_set_markdown,
+        _md_per_class,
+        _md_latency,
+        _md_failed,
+        _md_run,
+    )
     for section in sections:
         lines += section(report, plots)
     return "\n".join(lines) + "\n"
@@ -289,6 +301,24 @@ def _md_latency(report: EvalReport, plots: dict[str, Path]) -> list[str]:
         ["stage", "p50", "p95", "mean", "n"],
         [(s, v["p50"], v["p95"], v["mean"], int(v["n"])) for s, v in report.latency_ms.items()],
     )
+
+
+def failed_queries(report: EvalReport) -> list[tuple[str, str]]:
+    """``(source, why)`` of each query that could not be evaluated (it counts in no metric)."""
+    return [(r.source, r.error) for r in report.records if r.error is not None]
+
+
+def _md_failed(report: EvalReport, plots: dict[str, Path], shown: int = 50) -> list[str]:
+    from rar_agent.errors import failure_line
+
+    failed = failed_queries(report)
+    if not failed:
+        return []
+    lines = ["## Queries that could not be evaluated", ""]
+    lines += [f"- {failure_line(source, why)}" for source, why in failed[:shown]]
+    if len(failed) > shown:
+        lines.append(f"- and {len(failed) - shown} more (predictions.jsonl lists them all)")
+    return lines + [""]
 
 
 def _md_run(report: EvalReport, plots: dict[str, Path]) -> list[str]:

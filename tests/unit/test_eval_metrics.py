@@ -215,3 +215,29 @@ def test_a_closed_set_run_says_how_many_queries_it_answered_unknown() -> None:
                        ranker_on=False)  # fmt: skip
     table = summary_table(off)
     assert not any("unknown" in str(c) for c in table.columns[0].cells)
+
+
+def test_a_report_names_the_queries_it_could_not_evaluate_and_why_none_was_rejected() -> None:
+    """'17 of 18' with 'error 1' among the ranking statuses was all the report said of a
+    corrupt test image; and a memory that cannot calibrate showed '0.0% answered unknown'
+    as if the check had run."""
+    from rar_agent.evaluation.report import failed_queries, render_markdown, summary_table
+    from rar_agent.evaluation.schema import EvalConfig, build_report
+
+    broken = rec("b", [], error="b/3.png could not be decoded, it may be truncated")
+    records = [rec("a", ["a", "b"]), rec("b", ["b", "a"]), broken]
+    report = build_report(EvalConfig(dataset="x"), records, started_at="t", ranker_on=False)
+    assert failed_queries(report) == [
+        ("b.png", "b/3.png could not be decoded, it may be truncated")
+    ]
+    markdown = render_markdown(report)
+    assert "## Queries that could not be evaluated\n\n- b.png: b/3.png could not be decoded" in (
+        markdown
+    )
+    report.calibration = {"cannot_calibrate": "cannot calibrate: only 2 categories have 2"}
+    table = summary_table(report)
+    rows = dict(zip(table.columns[0].cells, table.columns[1].cells, strict=True))
+    assert rows["answered unknown (--reject auto)"] == (
+        "none: the memory cannot calibrate: only 2 categories have 2"
+    )
+    assert not any("unknown = wrong" in str(c) for c in table.columns[0].cells)
