@@ -46,7 +46,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import ToolException
 
 from rar_agent.conversations import ConversationStore
-from rar_agent.errors import ConfigError
+from rar_agent.errors import ConfigError, MissingApiKeyError
 from rar_agent.registry import (
     IMAGE_ID_PATTERN,
     ImageRegistry,
@@ -567,29 +567,56 @@ def resolve_chat_model(model: str | None, ranker: str | None) -> BaseChatModel |
 
     Raises:
         ConfigError: The model cannot call tools (e.g. a local ``hf:`` vision model).
+        MissingApiKeyError: A hosted model without its API key: the message says which
+            variable to set, or how to serve the page with no key.
     """
     from rar_agent.ranking import NO_RANKER, hosted_model_spec
 
     spec = (model or "auto").strip()
-    if spec.lower() == "auto":
+    taken = spec.lower() == "auto"
+    if taken:
         spec = hosted_model_spec(ranker) or NO_RANKER
-    return _tool_calling_model(spec)
+    return _tool_calling_model(spec, taken_from_ranker=taken)
 
 
-def _tool_calling_model(spec: str, **kwargs: Any) -> BaseChatModel | None:
+def _chat_model_needs_key(
+    error: MissingApiKeyError, *, taken_from_ranker: bool
+) -> MissingApiKeyError:
+    """What ``rar-agent chat`` says about a chat model named without its API key: the
+    variable to set, or how to serve the page with no key at all."""
+    which = " (the --ranker, which --model auto takes)" if taken_from_ranker else ""
+    without = "--model none --ranker none" if taken_from_ranker else "--model none"
+    return MissingApiKeyError(
+        f"Chat model {error.spec!r}{which} needs an API key: set {error.variable} in the "
+        f"environment (export {error.variable}=...), or serve the page with no key: {without} "
+        "(the page then recognizes photos, without a conversation).",
+        spec=error.spec,
+        variable=error.variable,
+    )
+
+
+def _tool_calling_model(
+    spec: str, *, taken_from_ranker: bool = False, **kwargs: Any
+) -> BaseChatModel | None:
     """The chat model a model string names, checked to call tools; None for ``none``.
 
     Args:
         spec: ``provider:model`` (``init_chat_model``), or ``none`` for no model.
+        taken_from_ranker: ``spec`` is the ranker's (``--model auto``): a missing key's
+            message says so.
         **kwargs: Passed to :func:`~rar_agent.ranking.load_ranker` (``timeout_s``...).
 
     Raises:
-        RankerError: The provider is unknown, its package or API key is missing.
+        RankerError: The provider is unknown, or its package is missing.
+        MissingApiKeyError: Its API key is missing (the message names the variable).
         ConfigError: The model cannot call tools (e.g. a local ``hf:`` vision model).
     """
     from rar_agent.ranking import load_ranker
 
-    chat = load_ranker(spec, **kwargs)
+    try:
+        chat = load_ranker(spec, **kwargs)
+    except MissingApiKeyError as e:
+        raise _chat_model_needs_key(e, taken_from_ranker=taken_from_ranker) from e
     if chat is None:
         return None
     if type(chat).bind_tools is BaseChatModel.bind_tools:

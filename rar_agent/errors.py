@@ -19,6 +19,7 @@ __all__ = [
     "LabelError",
     "DuplicateExampleError",
     "RankerError",
+    "MissingApiKeyError",
     "UnsafeInputError",
     "failure_line",
 ]
@@ -80,6 +81,20 @@ class DuplicateExampleError(LabelError):
 
 class RankerError(RarError):
     """The ranking model could not be created or called."""
+
+
+class MissingApiKeyError(RankerError):
+    """A hosted chat model was named without its provider's API key.
+
+    Attributes:
+        spec: The model string (``openai:gpt-4o-mini``).
+        variable: The environment variable that holds the key (``OPENAI_API_KEY``).
+    """
+
+    def __init__(self, message: str, *, spec: str, variable: str) -> None:
+        super().__init__(message)
+        self.spec = spec
+        self.variable = variable
 
 
 class UnsafeInputError(RarError, PermissionError):

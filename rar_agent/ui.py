@@ -17,12 +17,14 @@ reply says it is retrieval/ranking output.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
 import mimetypes
 import re
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUESTION = "What is in this image?"
+TURNS_AT_ONCE = 8
+"""Turns the page runs at once, for everyone together (Gradio's default is one: a ranker
+taking 30 s over one person's photo held every other person's turn); one conversation's
+turns still run one after another."""
 _IMAGE_SUFFIXES = IMAGE_SUFFIXES  # HEIC/HEIF and AVIF uploads included
 _PHONE_TYPES = {".heic": "image/heic", ".heif": "image/heif", ".avif": "image/avif"}
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+-.!|~"})
@@ -78,7 +84,7 @@ def candidates_table(result: dict[str, Any]) -> str:
     were ordered (and why the image is unknown), from the result's one explanation."""
     from rar_agent.pipeline import explanation_of
 
-    rows = ["| # | category | retrieval score |", "|---:|---|---:|"]
+    rows = ["| # | category | similarity |", "|---:|---|---:|"]
     for i, cand in enumerate(result.get("candidates") or [], 1):
         label = _md(str(cand.get("label", "")))
         if i == 1:
@@ -163,8 +169,7 @@ def render_reply(
     parts += [f"⚠️ **A photo could not be read:** {_md(why)}" for why in unreadable]
     if recognition_only and results:
         parts.append(
-            "*Retrieval/ranking output: no chat model is configured, so this is the "
-            "recognizer's result, not a conversational answer.*"
+            "*The closest categories in memory (this page has no chat model to talk with).*"
         )
     elif final_text.strip():
         parts.append(_plain(final_text.strip()) if recognition_only else final_text.strip())
@@ -426,6 +431,7 @@ class ChatSession:
         self.conversations = conversations
         self.reading_agent = reading_agent
         self.may_learn = may_learn
+        self._turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def may_teach(self, user: str | None) -> bool:
         """Whether the page teaches and the signed-in ``user`` may (a token with ``learn``)."""
@@ -468,16 +474,12 @@ class ChatSession:
 
         Returns:
             A Gradio message: ``{"role": "assistant", "content": Markdown, "options": [...]}``
-            (the options are the correction controls when learning is on).
+            (the options are the correction controls when learning is on). Turns of
+            other conversations run beside this one; a turn of the same conversation (from
+            another tab) waits for this one to end.
         """
-        from rar_agent.agent import last_tool_messages
-        from rar_agent.conversations import conversation_config
-        from rar_agent.tools.provenance import teaching_as
-
         if self.signed_in is not None and not self.signed_in(user):
             return _reply(SIGNED_OUT)
-        agent, can_learn = self._agent_for(user)
-
         if isinstance(message, str):
             message = {"text": message, "files": []}
         text, files = str(message.get("text") or ""), message.get("files") or []
@@ -488,6 +490,33 @@ class ChatSession:
             return _reply(URLS_OFF)
         if not self._continues(conversation, user):
             return _reply(NOT_YOURS)
+        async with self._turn_of(conversation):
+            return await self._answer(message, turn, history, conversation, user)
+
+    def _turn_of(self, conversation: str | None) -> asyncio.Lock | contextlib.nullcontext[None]:
+        """What a turn of ``conversation`` holds while it runs: its conversation's lock (two
+        tabs of one conversation take turns; other conversations run beside it)."""
+        if self.conversations is None or not conversation:
+            return contextlib.nullcontext()
+        lock = self._turns.get(conversation)
+        if lock is None:
+            lock = self._turns[conversation] = asyncio.Lock()
+        return lock
+
+    async def _answer(
+        self,
+        message: dict[str, Any],
+        turn: HumanMessage,
+        history: list[dict[str, Any]],
+        conversation: str | None,
+        user: str | None,
+    ) -> dict[str, Any]:
+        """Run ``turn`` through the agent and render the reply (see :meth:`respond`)."""
+        from rar_agent.agent import last_tool_messages
+        from rar_agent.conversations import conversation_config
+        from rar_agent.tools.provenance import teaching_as
+
+        agent, can_learn = self._agent_for(user)
         if self._behind(history, conversation):
             return _reply(ELSEWHERE)
         try:
@@ -737,6 +766,7 @@ def build_chat_page(
 
     store = conversations if conversations is not None else ConversationStore(":memory:")
     shared_registry = registry or ImageRegistry()
+    recognizer = _shared_encoding(recognizer)
     agent = create_rar_agent(
         model,
         recognizer=recognizer,
@@ -831,6 +861,7 @@ def build_chat_page(
                 scale=1,
             ),
             additional_inputs=[conversation],
+            concurrency_limit=TURNS_AT_ONCE,
             analytics_enabled=False,
             fill_height=True,  # the conversation takes the window's height, the input below
             fill_width=True,
@@ -844,6 +875,20 @@ def build_chat_page(
         chat.chatbot.change(describe, None, header, show_progress="hidden")
         chat.chatbot.clear(new_conversation, None, [conversation, note])
     return page
+
+
+def _shared_encoding(recognizer: RecognizerLike) -> RecognizerLike:
+    """``recognizer`` encoding through one encoder that the turns running at once share
+    (:func:`~rar_agent.encoders.batching.shared_encoder`, as the MCP server's requests do):
+    their photos go through shared forward passes instead of each turn's own pass spinning
+    torch threads against the others'."""
+    from rar_agent.encoders.batching import BatchingEncoder, shared_encoder
+
+    with_encoder = getattr(recognizer, "with_encoder", None)
+    if with_encoder is None or isinstance(recognizer.encoder, BatchingEncoder):
+        return recognizer
+    shared: RecognizerLike = with_encoder(shared_encoder(recognizer.encoder))
+    return shared
 
 
 def _no_page_undo(chatbot: gr.Chatbot) -> None:
@@ -1009,9 +1054,12 @@ def _stop_signals(block: bool) -> Iterator[_StopRequest]:
 
 
 PAGE_CSS = """
+.main.app { padding-left: clamp(8px, 5vw - 16px, 32px) !important;
+  padding-right: clamp(8px, 5vw - 16px, 32px) !important; }
 #rar-chat { flex-grow: 1; min-height: 55vh; }
 #rar-chat table { display: block; max-width: 100%; overflow-x: auto; }
 #rar-chat table img { max-width: 64px; height: auto; }
+#rar-chat .user-row img { max-height: 128px !important; width: auto; }
 #rar-chat th, #rar-chat td { white-space: nowrap; padding: 2px 8px; }
 #rar-chat .top-panel { position: static; width: fit-content; margin: 4px 4px 0 auto; }
 @media (max-width: 640px) {
@@ -1021,14 +1069,27 @@ PAGE_CSS = """
     mask-image: linear-gradient(to bottom, #000 75%, transparent); }
   #rar-chat { height: 52vh !important; min-height: 52vh; }
   #rar-chat .message { font-size: 15px; }
+  #rar-chat .message-row.bot-row { margin-left: 4px !important; margin-right: 4px !important;
+    max-width: calc(100% - 8px) !important; }
+  #rar-chat .message-content table { padding: 2px !important; }
+  #rar-chat th, #rar-chat td { white-space: normal; overflow-wrap: break-word;
+    hyphens: auto; padding: 2px 4px; }
+  #rar-chat th { font-size: 12px; line-height: 1.25; }
+  #rar-chat table img { max-width: 48px; margin: 0 auto; }
+  #rar-chat .user-row img { max-height: 96px !important; }
 }
 """
-"""The page's layout rules: the conversation fills the window, tables scroll sideways on a
-phone instead of breaking, thumbnails stay small, the conversation's buttons (clear, copy)
-sit in a row of their own instead of over the answers; on a phone the title and the header are
-smaller (the header scrolls within six lines, its last one fading out), so that the
-conversation takes half the window and the box to send a photo shows below it without
-scrolling."""
+"""The page's layout rules: the conversation fills the window, a table wider than its answer
+scrolls sideways instead of breaking, thumbnails stay small, a person's photo shows at most
+128 px high (Gradio's 300 px pushed the answer about it out of view), the conversation's buttons
+(clear, copy) sit in a row of their own instead of over the answers; on a phone the title and
+the header are smaller (the header scrolls within six lines, its last one fading out), so
+that the conversation takes half the window and the box to send a photo shows below it
+without scrolling, and an answer takes the window's width (the page's side margins shrink
+from 32 px to 8 px: a rule outside ``@media``, since Gradio scopes the rules inside one to
+its content, below those margins), its tables' words wrap and their thumbnails shrink, so
+that the tables fit (a phone shows no scroll bar: a cut-off column would look like the whole
+table)."""
 
 PAGE_JS = """
 () => {
@@ -1038,15 +1099,42 @@ PAGE_JS = """
   // After a pointer the focus is left alone, so a phone's on-screen keyboard does not pop
   // up over the answer.
   let byKey = false;
+  // The page's address names its conversation (the one the link under it names), so that
+  // a reload resumes it instead of starting an empty one; the page is not loaded again.
+  const nameTheConversation = () => {
+    const link = document.querySelector('#rar-conversation a[href*="conversation="]');
+    const id = link && new URL(link.href).searchParams.get('conversation');
+    const here = new URL(window.location.href);
+    if (!id || here.searchParams.get('conversation') === id) return;
+    here.searchParams.set('conversation', id);
+    window.history.replaceState(null, '', here);
+  };
   document.addEventListener('keydown', () => { byKey = true; }, true);
   document.addEventListener('pointerdown', () => { byKey = false; }, true);
   new MutationObserver(() => {
     const input = document.querySelector('#rar-input textarea');
     const lost = !document.activeElement || document.activeElement === document.body;
     if (byKey && lost && input && !input.disabled) input.focus();
+    nameTheConversation();
   }).observe(document.body, {
     subtree: true, childList: true, attributes: true, attributeFilter: ['disabled']
   });
+  // A photo this browser cannot show (a HEIC from an iPhone, in Chrome or Firefox) was a
+  // blank box in the person's own message, though it was sent and answered: its name
+  // stands in for it. (An image's error event does not bubble: it is caught on its way.)
+  document.addEventListener('error', (event) => {
+    const img = event.target;
+    if (!(img instanceof HTMLImageElement) || img.dataset.rarUnshown) return;
+    if (!img.closest('#rar-chat, #rar-input')) return;
+    img.dataset.rarUnshown = '1';
+    img.style.display = 'none';
+    const name = decodeURIComponent((img.getAttribute('src') || '').split(/[/=]/).pop());
+    const note = document.createElement('span');
+    note.textContent = '🖼 ' + (name || 'photo') + ' (sent; this browser cannot show it)';
+    img.after(note);
+  }, true);
 }
 """
-"""The page's script: after a turn sent from the keyboard, the focus is back in the input."""
+"""The page's script: after a turn sent from the keyboard, the focus is back in the input;
+the address names the conversation (a reload resumes it); a photo the browser cannot show
+is named instead of a blank box."""

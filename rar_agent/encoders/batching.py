@@ -285,9 +285,9 @@ def name_os_thread(name: str | None = None) -> bool:
 
 
 def shared_encoder(encoder: ImageTextEncoder, max_batch: int | None = None) -> BatchingEncoder:
-    """The encoder as a server's concurrent requests share it (the MCP server; the chat page
-    runs one turn at a time and keeps its own): workers run every forward pass, each taking
-    the images of the requests queued meanwhile (up to ``max_batch``) in one pass.
+    """The encoder as a server's concurrent requests share it (the MCP server's requests, the
+    chat page's turns): workers run every forward pass, each taking the images of the
+    requests queued meanwhile (up to ``max_batch``) in one pass.
 
     On a CPU, one worker per usable core, each with one torch thread and passes of up to
     :data:`CPU_SHARED_BATCH` images: concurrent requests keep every core busy, and no torch

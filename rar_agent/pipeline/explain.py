@@ -160,27 +160,27 @@ def _check(rejection: RejectionInfo) -> tuple[str | None, str | None]:
     return promise, note
 
 
+_BY_SIMILARITY = "ordered by similarity to the memory"
+_CHECKER = "the model that double-checks answers"
+
+
 def _how(ranking: RankingInfo, rejection: RejectionInfo) -> str:
-    """How the candidates were ordered, in words."""
+    """How the candidates were ordered, in words a person who never heard of retrieval or a
+    ranker follows (the tool text, the CLI and the chat page all show it)."""
     status, reason = ranking.status, ranking.reason
+    detail = f" ({reason})" if reason else ""
     if status == "ranked":
-        return f"ranked by {ranking.model}" if ranking.model else "ranked by the model"
+        return f"double-checked by {ranking.model or 'a model'}, which looked at the photo"
     if status == "skipped":
-        return (
-            f"retrieval order, ranking skipped ({reason})"
-            if reason
-            else ("retrieval order, ranking skipped")
-        )
+        return f"{_BY_SIMILARITY}, not double-checked by a model{detail}"
     if status == "fallback":
-        return "retrieval order, the ranker's reply could not be used" + (
-            f" ({reason})" if reason else ""
-        )
+        return f"{_BY_SIMILARITY}: the reply of {_CHECKER} could not be used{detail}"
     if status == "no_match":
-        said = "retrieval order, the ranker said none of the candidates fits"
+        said = f"{_BY_SIMILARITY}; {_CHECKER} said none of them fits"
         if rejection.mode == "off":
-            return said + " (rejection is off, so the closest category is the answer)"
+            return said + " (unknown answers are turned off, so the closest category is the answer)"
         return said
-    return "retrieval order only, no ranker"
+    return f"{_BY_SIMILARITY} only: no model is set up to double-check answers"
 
 
 def _why_unknown(rejection: RejectionInfo, top: tuple[str, float] | None) -> list[str]:
@@ -214,5 +214,5 @@ def _why_unknown(rejection: RejectionInfo, top: tuple[str, float] | None) -> lis
 
 def _ranker_none(rejection: RejectionInfo) -> list[str]:
     if "ranker_none" in rejection.reasons:
-        return ["the ranking model said none of the candidates fits"]
+        return [f"{_CHECKER} said none of the candidates fits"]
     return []

@@ -17,12 +17,13 @@ one core module allowed to import ``langchain`` itself (lazily, for ``init_chat_
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeAlias
 
 from langchain_core.language_models import BaseChatModel
 
-from rar_agent.errors import ConfigError, RankerError
+from rar_agent.errors import ConfigError, MissingApiKeyError, RankerError
 from rar_agent.ranking.chain import DEFAULT_TIMEOUT_S, RankingChain, check_timeout
 
 __all__ = [
@@ -117,6 +118,8 @@ def load_ranker(
 
     Raises:
         RankerError: The provider package is missing or the provider refused the settings.
+        MissingApiKeyError: A hosted model was named without its provider's API key (the
+            message names the variable that holds it).
         ModelLoadError: A local model's weights cannot be loaded (e.g. not downloaded).
         ConfigError: ``spec`` is not a string or model.
     """
@@ -197,6 +200,50 @@ def _bounded_wait(model: BaseChatModel, kwargs: dict[str, Any], timeout_s: float
     return {**kwargs, "client_kwargs": {"timeout": timeout_s}}
 
 
+_KEY_WORDS = re.compile(r"api[_ ]key|credentials", re.IGNORECASE)
+_KEY_VARIABLE = re.compile(r"\b[A-Z][A-Z0-9]*_API_KEY\b")
+_KEY_VARIABLES = {
+    "anthropic": "ANTHROPIC_API_KEY",
+    "google_genai": "GOOGLE_API_KEY",
+    "google_vertexai": "GOOGLE_API_KEY",
+    "mistralai": "MISTRAL_API_KEY",
+    "azure_openai": "AZURE_OPENAI_API_KEY",
+}
+"""Where a provider's key variable is not ``<PROVIDER>_API_KEY`` or needs spelling out
+(a provider's own error message, when it names one, is believed first)."""
+
+
+def _empty_key(model: BaseChatModel) -> bool:
+    """Whether ``model`` holds an empty API key (the provider found none; ``None`` is left
+    alone: some providers sign in another way then)."""
+    from pydantic import SecretStr
+
+    for name, field in type(model).model_fields.items():
+        if "api_key" not in (name, field.alias) and not name.endswith("_api_key"):
+            continue
+        value = getattr(model, name, None)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str) and not value.strip():
+            return True
+    return False
+
+
+def _missing_key(spec: str, said: str) -> MissingApiKeyError:
+    """The error for a provider model named without its API key: the variable that holds
+    it (named by the provider's message, else known per provider) and the ranker's ways on."""
+    provider = spec.partition(":")[0].strip().lower()
+    named = _KEY_VARIABLE.findall(said)
+    variable = named[0] if named else _KEY_VARIABLES.get(provider, f"{provider.upper()}_API_KEY")
+    return MissingApiKeyError(
+        f"Ranker {spec!r} needs an API key: set {variable} in the environment "
+        f"(export {variable}=...), or rank with no key: --ranker none (retrieval order only) "
+        "or --ranker local (a model on this machine).",
+        spec=spec,
+        variable=variable,
+    )
+
+
 def _unknown_ranker(spec: str, exc: ValueError) -> str:
     """One line for a spec ``init_chat_model`` refused: why, and how to name a ranker.
 
@@ -237,10 +284,14 @@ def _provider(spec: str, kwargs: dict[str, Any], timeout_s: float | None) -> Bas
         raise RankerError(f"Ranker {spec!r} needs the langchain package: {_PIP_HINT}.") from exc
     try:
         model = init_chat_model(spec, **kwargs)
+        if _empty_key(model):  # a provider that checks its key only when first called
+            raise _missing_key(spec, "")
         mine = {"timeout", "client_kwargs"} & set(kwargs)
         if timeout_s is not None and _request_timeout_field(model) and not mine:
             return init_chat_model(spec, **_bounded_wait(model, kwargs, timeout_s))
         return model
+    except RankerError:
+        raise
     except ImportError as exc:
         raise RankerError(
             f"Ranker {spec!r} needs its provider package ({_why(exc)}). Install the "
@@ -249,6 +300,8 @@ def _provider(spec: str, kwargs: dict[str, Any], timeout_s: float | None) -> Bas
     except ValueError as exc:
         raise RankerError(_unknown_ranker(spec, exc)) from exc
     except Exception as exc:  # noqa: BLE001 - providers raise their own error types
+        if _KEY_WORDS.search(str(exc)):
+            raise _missing_key(spec, str(exc)) from exc
         raise RankerError(
             f"Could not create ranker {spec!r}: {type(exc).__name__}: {_why(exc)}. Check "
             "the provider's API key environment variable (e.g. OPENAI_API_KEY) and settings."

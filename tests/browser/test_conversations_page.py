@@ -90,3 +90,35 @@ def test_a_conversation_resumes_after_a_restart_and_another_cannot_see_it(
         served.close()
         store.close()
         recognizer.close()
+
+
+def test_reloading_the_page_keeps_the_conversation(
+    tmp_path: Path, tiny_encoder: Any, browser: Any, new_port: Callable[[], int]
+) -> None:
+    """A reload (F5, or a phone's pull-to-refresh) started a new, empty conversation: the
+    answers seemed lost, though the link under the conversation would have brought them back.
+    The page's address now names its conversation; clearing the chat names the new one."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    recognizer = small_recognizer(tmp_path / "memory", tiny_encoder)
+    served, store, url = _serve(recognizer, tmp_path / "conversations.sqlite", new_port())
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        page = _open(context, url)
+        photo = recognizer.example_images["blue jay"]
+        assert "Answer: blue jay" in _ask(page, "What is this?", photo)
+        note = page.locator("#rar-conversation").inner_text()
+        first = re.search(r"conversation=([0-9a-f]{32})", note)
+        assert first is not None and page.url.endswith(f"?conversation={first[1]}"), page.url
+        page.reload(wait_until="domcontentloaded")
+        page.locator("#rar-conversation").get_by_text("Resumed").wait_for(timeout=30_000)
+        assert "Answer: blue jay" in page.locator("#rar-chat").inner_text()
+        page.locator("#rar-chat").get_by_label("Clear").first.click()
+        page.wait_for_function(
+            "old => !location.search.includes(old)", arg=first[1], timeout=30_000
+        )
+        assert re.search(r"\?conversation=[0-9a-f]{32}$", page.url), page.url
+    finally:
+        context.close()
+        served.close()
+        store.close()
+        recognizer.close()

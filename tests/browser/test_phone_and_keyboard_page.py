@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.chat_page import learning_page, send_turn, wait_ready
+from tests.helpers.chat_page import cut_tables, learning_page, send_turn, wait_ready
 
 pytestmark = pytest.mark.browser
 
@@ -70,6 +70,63 @@ def test_on_a_phone_the_photo_box_shows_and_nothing_covers_an_answer(
         assert 0 <= top < 844 - 14, top  # the answer's first line is in view
         assert covered == [], covered
         page.screenshot(path=str(artifacts_dir / "phone-answer.png"))
+    finally:
+        context.close()
+
+
+LONG_NAMES = (
+    "German short-haired pointer", "African grey parrot", "Egyptian Mau", "tiger cat",
+    "tabby cat", "Border collie",
+)  # fmt: skip
+"""ImageNet names, as the built-in memory answers with them."""
+
+
+@pytest.fixture(scope="module")
+def long_names_url(tmp_path_factory: pytest.TempPathFactory, new_port: Any) -> Iterator[Any]:
+    """A page over a memory of long category names with stored thumbnails (so an answer
+    shows the closest examples too), and a photo to ask about."""
+    from PIL import Image, ImageDraw
+
+    from rar_agent.ingest.builders import add_images
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+    from rar_agent.ui import build_chat_page
+    from tests.helpers.chat_page import served_page
+    from tests.helpers.encoder_factories import hashing_encoder
+
+    folder = tmp_path_factory.mktemp("long-names")
+    items = []
+    for i, label in enumerate(LONG_NAMES):
+        image = Image.new("RGB", (96, 80), (40 + 30 * i, 120, 200 - 25 * i))
+        ImageDraw.Draw(image).ellipse((10 + 5 * i, 10, 50 + 5 * i, 60), fill=(240, 230, 90))
+        image.save(folder / f"{i}.png")
+        items.append((str(folder / f"{i}.png"), label))
+    memory = CategoryMemory.open(folder / "memory", collection="long-names")
+    encoder = hashing_encoder()
+    add_images(memory, encoder, items)
+    recognizer = Recognizer(memory, encoder, k=5)
+    with served_page(build_chat_page(recognizer, None), recognizer, new_port()) as url:
+        yield url, Path(items[0][0])
+
+
+@pytest.mark.parametrize("width", [320, 375])
+def test_on_a_phone_the_answers_tables_fit_the_window(
+    long_names_url: Any, browser: Any, artifacts_dir: Path, width: int
+) -> None:
+    """The candidate table and the examples beside the photo fit a phone's width: their last
+    column (the scores) was cut at the window's right edge, with no sign that the table
+    scrolled sideways (a phone shows no scroll bar until it is touched)."""
+    url, photo = long_names_url
+    context, page = _open(browser, url, width, 667)
+    try:
+        reply = send_turn(page, "", [photo])
+        reply.evaluate(
+            "e => Promise.all([...e.querySelectorAll('img')].map(i => i.decode().catch(() => 0)))"
+        )
+        page.screenshot(path=str(artifacts_dir / f"phone-{width}-tables.png"))
+        assert reply.locator("table").count() == 2, reply.inner_text()  # candidates, examples
+        assert reply.locator("table").first.locator("tbody tr").count() == 5
+        assert cut_tables(reply) == []
     finally:
         context.close()
 

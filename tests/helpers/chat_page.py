@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["learning_page", "send_turn", "served_page", "wait_ready"]
+__all__ = ["cut_tables", "learning_page", "send_turn", "served_page", "wait_ready"]
 
 _BOTS = "#rar-chat [data-testid='bot']"
 
@@ -78,3 +78,16 @@ def send_turn(
     )
     wait_ready(page, timeout_ms)
     return page.locator(_BOTS).last
+
+
+_CUT_TABLES = """e => [...e.querySelectorAll('table')].filter(t => {
+  const box = e.getBoundingClientRect(), r = t.getBoundingClientRect();
+  return t.scrollWidth > t.clientWidth + 1 || r.right > box.right + 1 || r.right > innerWidth;
+}).map(t => [t.innerText.slice(0, 40), t.scrollWidth, t.clientWidth])"""
+
+
+def cut_tables(reply: Any) -> list[Any]:
+    """The tables of a reply (a locator) that do not fit: wider than their box (they scroll
+    sideways, which a phone does not show), or past the reply's or the window's right edge;
+    each as ``[its first words, scroll width, visible width]``."""
+    return list(reply.evaluate(_CUT_TABLES))

@@ -270,7 +270,7 @@ def test_conversation_memory_keeps_the_latest_image(recognizer: Any) -> None:
     ("spec", "error", "words"),
     [
         ("nosuchprovider:some-model", "RankerError", "Unknown ranker 'nosuchprovider:some-model'"),
-        ("openai:gpt-4o-mini", "RankerError", "API key"),
+        ("openai:gpt-4o-mini", "MissingApiKeyError", "Chat model 'openai:gpt-4o-mini' needs"),
         ("hf:/nonexistent-model-dir", "ModelLoadError", "/nonexistent-model-dir"),
     ],
 )

@@ -37,7 +37,7 @@ def _result(label: str, *others: str, **extra: Any) -> dict[str, Any]:
 def test_candidates_table_escapes_labels() -> None:
     table = candidates_table(_result("a|b <script>", "c_d"))
     assert "| 1 | **a\\|b \\<script\\>** | 0.900 |" in table
-    assert "c\\_d" in table and "ranked by gpt\\-4o\\-mini" in table
+    assert "c\\_d" in table and "double\\-checked by gpt\\-4o\\-mini" in table
 
 
 def test_render_reply_tables_errors_regions_and_recognition_only() -> None:
@@ -58,7 +58,7 @@ def test_render_reply_tables_errors_regions_and_recognition_only() -> None:
     assert "**Answer: osprey**" in text and "| 2 | kite | 0.800 |" in text
     assert "⚠️ **Tool error** (recognize\\_image): no image in this conversation yet" in text
     only = render_reply("raw tool text", [ok], recognition_only=True)
-    assert only.startswith("*Retrieval/ranking output") and "raw tool text" not in only
+    assert only.startswith("*The closest categories in memory") and "raw tool text" not in only
     regions = ToolMessage(
         content="...",
         tool_call_id="3",

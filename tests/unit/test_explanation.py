@@ -56,8 +56,11 @@ def test_reject_off_and_a_ranker_saying_none_is_not_reported_as_no_ranker(
     assert result.ranking.status == "no_match" and not result.unknown
     text = format_result(result)
     assert "no ranker" not in text
-    assert text.startswith("Answer: lynx (retrieval order, the ranker said none of the")
-    assert "rejection is off, so the closest category is the answer" in text
+    assert text.startswith(
+        "Answer: lynx (ordered by similarity to the memory; the model that double-checks "
+        "answers said none of them fits"
+    )
+    assert "unknown answers are turned off, so the closest category is the answer" in text
     assert result.explanation is not None and result.explanation.order == "retrieval"
 
 
@@ -120,10 +123,10 @@ def test_every_renderer_formats_the_same_explanation(
         for why in ex.why_unknown:
             assert why in format_result(result) and why in _cli(result, capsys)
     assert cases[1].explanation.order == "ranker" and cases[1].explanation.how.startswith(
-        "ranked by"
+        "double-checked by"
     )
     assert cases[2].explanation.why_unknown == [
-        "the ranking model said none of the candidates fits"
+        "the model that double-checks answers said none of the candidates fits"
     ]
     assert "retrieval is confident" in cases[5].explanation.how
 
@@ -135,7 +138,8 @@ def test_a_result_without_an_explanation_is_explained_the_same_way() -> None:
         "ranking": {"status": "skipped", "reason": "only one candidate; nothing to rank"},
     }
     ex = explanation_of(artifact)
-    assert ex.answer == "osprey" and ex.how.startswith("retrieval order, ranking skipped")
+    assert ex.answer == "osprey"
+    assert ex.how.startswith("ordered by similarity to the memory, not double-checked")
     assert "nothing to rank" in candidates_table(artifact)
 
 

@@ -145,7 +145,9 @@ def test_recognize_by_id_returns_text_and_full_artifact(recognizer: Any) -> None
     tool = RecognizeTool(recognizer=recognizer, registry=reg)
     msg = _call(tool, {"image": image_id, "k": 2})
     assert msg.status == "success"
-    assert msg.content.startswith(f"Answer for {image_id}: blue jay (retrieval order only")
+    assert msg.content.startswith(
+        f"Answer for {image_id}: blue jay (ordered by similarity to the memory only"
+    )
     assert "1. blue jay: 1.000" in msg.content
     assert msg.artifact["label"] == "blue jay"
     assert len(msg.artifact["candidates"]) == 2

@@ -1,0 +1,65 @@
+"""The words under an answer on the chat page, as a person reads them: how the candidates
+were ordered, in plain words ("retrieval order only, no ranker" meant nothing to a person
+who had never heard of retrieval or a ranker), and a table whose score says what it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rar_agent.ui import candidates_table
+
+JARGON = ("retrieval", "ranker", "no_match", "fallback", "disabled", "gate")
+
+
+def _result(status: str, reason: str | None = None, **ranking: Any) -> dict[str, Any]:
+    return {
+        "label": "tabby cat",
+        "candidates": [
+            {"label": "tabby cat", "score": 0.21},
+            {"label": "tiger cat", "score": 0.20},
+            {"label": "lynx", "score": 0.15},
+        ],
+        "ranking": {"status": status, "reason": reason, **ranking},
+        "rejection": {"mode": "off"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        ("disabled", "no model is set up to double-check"),
+        ("skipped", "not double-checked"),
+        ("fallback", "could not be used"),
+        ("no_match", "said none of them fits"),
+        ("ranked", "double-checked by gpt-4o-mini"),
+    ],
+)
+def test_how_an_answer_was_ordered_is_said_in_plain_words(status: str, said: str) -> None:
+    result = _result(status, model="gpt-4o-mini" if status == "ranked" else None)
+    note = candidates_table(result).rsplit("<sub>", 1)[1]
+    words = note.replace("\\", "")
+    assert said in words, words
+    for term in JARGON:
+        assert term not in words.lower(), (term, words)
+
+
+def test_the_table_says_what_its_score_is() -> None:
+    head = candidates_table(_result("disabled")).splitlines()[0]
+    assert head == "| # | category | similarity |"
+
+
+def test_an_answer_without_a_chat_model_says_so_in_plain_words() -> None:
+    """Each answer of a page without a chat model began "Retrieval/ranking output: no chat
+    model is configured, so this is the recognizer's result, not a conversational answer"
+    (three lines of a phone, in words of the code)."""
+    from langchain_core.messages import ToolMessage
+
+    from rar_agent.ui import render_reply
+
+    result = ToolMessage(
+        content="...", tool_call_id="1", name="recognize_image", artifact=_result("disabled")
+    )
+    head = render_reply("", [result], recognition_only=True).split("\n\n")[0]
+    assert head == "*The closest categories in memory (this page has no chat model to talk with).*"
