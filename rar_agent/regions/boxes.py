@@ -297,10 +297,10 @@ def check_box(box: Box, width: int, height: int) -> Coords:
     cx0, cy0 = max(0.0, px.x0), max(0.0, px.y0)
     cx1, cy1 = min(float(width), px.x1), min(float(height), px.y1)
     if cx1 <= cx0 or cy1 <= cy0:
-        unit = "normalised" if box.normalized else "pixel"
+        unit = "normalised (fractions of the width and height)" if box.normalized else "pixel"
         raise BoxError(
-            f"{name} {list(box.xyxy)} ({unit}) lies outside the {width}x{height} "
-            "image: check the coordinate order and units (--normalized/--pixels)"
+            f"{name} {list(box.xyxy)} lies outside the {width}x{height} image: it was read as "
+            f"{unit} coordinates x0, y0, x1, y1; check their order and units"
         )
     if cx1 - cx0 < 1.0 or cy1 - cy0 < 1.0:
         raise BoxError(

@@ -125,6 +125,17 @@ def test_check_box_rejects(coords: tuple[float, ...], message: str) -> None:
         check_box(Box(*coords, id="b"), 200, 100)
 
 
+def test_a_box_outside_the_image_says_how_it_was_read_not_a_command_line_flag() -> None:
+    """The same words reach the CLI, the Python API and an agent's tool call, which has no
+    ``--normalized`` flag to set."""
+    with pytest.raises(BoxError) as caught:
+        check_box(Box(300, 10, 320, 20), 200, 100)
+    assert "read as pixel coordinates x0, y0, x1, y1" in str(caught.value)
+    assert "--" not in str(caught.value)
+    with pytest.raises(BoxError, match="read as normalised"):
+        check_box(Box(0.5, 1.5, 0.9, 1.9, normalized=True), 200, 100)
+
+
 def test_check_box_clips_and_converts() -> None:
     assert check_box(Box(-10, 50, 250, 150), 200, 100) == (0.0, 50.0, 200.0, 100.0)
     assert check_box(Box(0.5, 0, 1, 0.5, normalized=True), 200, 100) == (100.0, 0.0, 200.0, 50.0)
