@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.chat_page import send_turn
+from tests.helpers.chat_page import open_page, send_turn
 from tests.helpers.fake_chat import PolicyChatModel, remember_photos
 from tests.helpers.small_memory import small_recognizer
 
@@ -33,14 +33,6 @@ def _ask(page: Any, text: str, photo: Path | None = None) -> str:
     return str(send_turn(page, text, [photo] if photo else [], timeout_ms=60_000).inner_text())
 
 
-def _open(context: Any, url: str) -> Any:
-    page = context.new_page()
-    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
-    page.locator("#rar-input textarea").wait_for(timeout=60_000)
-    page.locator("#rar-conversation").get_by_text("onversation").wait_for(timeout=30_000)
-    return page
-
-
 def test_a_conversation_resumes_after_a_restart_and_another_cannot_see_it(
     tmp_path: Path,
     tiny_encoder: Any,
@@ -54,7 +46,7 @@ def test_a_conversation_resumes_after_a_restart_and_another_cannot_see_it(
     served, store, url = _serve(recognizer, db, new_port())
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     try:
-        page = _open(context, url)
+        page = open_page(context, url)
         first = _ask(page, "What is this?", recognizer.example_images["blue jay"])
         assert "Answer: blue jay" in first
         second = _ask(page, "And this?", recognizer.example_images["red apple"])
@@ -70,7 +62,7 @@ def test_a_conversation_resumes_after_a_restart_and_another_cannot_see_it(
     served, store, url = _serve(recognizer, db, new_port())  # the page restarted
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     try:
-        page = _open(context, f"{url}?conversation={conversation[1]}")
+        page = open_page(context, f"{url}?conversation={conversation[1]}")
         shown = page.locator("#rar-chat").inner_text()
         assert "blue_jay.png" in shown and "Answer: red apple" in shown  # history is back
         answer = _ask(page, "what was the first photo?")
@@ -79,7 +71,7 @@ def test_a_conversation_resumes_after_a_restart_and_another_cannot_see_it(
         )
         page.screenshot(path=str(artifacts_dir / "chat_page_resumed.png"), full_page=True)
 
-        other = _open(context, url)  # a second conversation, same page and store
+        other = open_page(context, url)  # a second conversation, same page and store
         assert conversation[1] not in other.locator("#rar-conversation").inner_text()
         assert "blue" not in other.locator("#rar-chat").inner_text()
         assert _ask(other, "what was the first photo?") == (
@@ -103,7 +95,7 @@ def test_reloading_the_page_keeps_the_conversation(
     served, store, url = _serve(recognizer, tmp_path / "conversations.sqlite", new_port())
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     try:
-        page = _open(context, url)
+        page = open_page(context, url)
         photo = recognizer.example_images["blue jay"]
         assert "Answer: blue jay" in _ask(page, "What is this?", photo)
         note = page.locator("#rar-conversation").inner_text()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.chat_page import cut_tables, learning_page, send_turn, wait_ready
+from tests.helpers.chat_page import cut_tables, learning_page, open_page, send_turn, wait_ready
 
 pytestmark = pytest.mark.browser
 
@@ -30,13 +30,7 @@ def page_url(tmp_path_factory: pytest.TempPathFactory, new_port: Any) -> Iterato
 
 def _open(browser: Any, url: str, width: int, height: int) -> tuple[Any, Any]:
     context = browser.new_context(viewport={"width": width, "height": height})
-    page = context.new_page()
-    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
-    page.locator("#rar-input textarea").wait_for(timeout=60_000)
-    page.locator("#rar-header").get_by_text("Memory:").wait_for(timeout=30_000)
-    # the page's load events are over (they re-render what a key press may be on)
-    page.locator("#rar-conversation").get_by_text("onversation").wait_for(timeout=30_000)
-    return context, page
+    return context, open_page(context, url)
 
 
 def test_on_a_phone_the_photo_box_shows_and_nothing_covers_an_answer(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.chat_page import cut_tables, send_turn, served_page
+from tests.helpers.chat_page import cut_tables, open_page, send_turn, served_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -53,11 +53,7 @@ _BOTH_IN_VIEW = """() => {
 
 def _ask_about_the_cat(browser: Any, url: str, width: int, height: int) -> tuple[Any, Any, Any]:
     context = browser.new_context(viewport={"width": width, "height": height})
-    page = context.new_page()
-    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
-    page.locator("#rar-input textarea").wait_for(timeout=60_000)
-    page.locator("#rar-header").get_by_text("Memory:").wait_for(timeout=30_000)
-    page.locator("#rar-conversation").get_by_text("onversation").wait_for(timeout=30_000)
+    page = open_page(context, url)
     reply = send_turn(page, "What is in this photo?", [CAT])
     page.locator("#rar-chat [data-testid='user'] img").first.evaluate(
         "i => i.decode().catch(() => 0)"

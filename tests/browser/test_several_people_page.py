@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from tests.helpers.chat_page import send_turn, served_page, wait_ready
+from tests.helpers.chat_page import open_page, send_turn, served_page, wait_ready
 from tests.helpers.encoder_factories import hashing_encoder
 from tests.helpers.small_memory import small_recognizer
 
@@ -61,11 +61,7 @@ def slow_page(tmp_path: Path, new_port: Any) -> Iterator[tuple[str, Any, threadi
 
 def _open(browser: Any, url: str) -> tuple[Any, Any]:
     context = browser.new_context(viewport={"width": 1100, "height": 800})
-    page = context.new_page()
-    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
-    page.locator("#rar-input textarea").wait_for(timeout=60_000)
-    page.locator("#rar-conversation").get_by_text("onversation").wait_for(timeout=30_000)
-    return context, page
+    return context, open_page(context, url)
 
 
 def test_a_slow_turn_does_not_hold_up_another_persons_turn(

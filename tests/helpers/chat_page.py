@@ -46,6 +46,17 @@ def learning_page(folder: Path, port: int) -> Iterator[tuple[str, Any]]:
         yield url, recognizer
 
 
+def open_page(context: Any, url: str) -> Any:
+    """A new tab of the browser ``context`` on the chat page at ``url``, once the page's load
+    events are over (they re-render what a key press or a click may land on)."""
+    page = context.new_page()
+    page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+    page.locator("#rar-input textarea").wait_for(timeout=60_000)
+    page.locator("#rar-header").get_by_text("Memory:").wait_for(timeout=30_000)
+    page.locator("#rar-conversation").get_by_text("onversation").wait_for(timeout=30_000)
+    return page
+
+
 def wait_ready(page: Any, timeout_ms: int = 90_000) -> None:
     """Wait until the input is usable again: the previous turn is over.
 
@@ -70,7 +81,9 @@ def send_turn(
     wait_ready(page, timeout_ms)
     if files:
         box.locator("input[type=file]").set_input_files([str(f) for f in files])
-        box.locator("img").first.wait_for(timeout=30_000)
+        # attached, not visible: the page hides the preview of a photo the browser cannot
+        # show (HEIC), sometimes before a visibility check sees it
+        box.locator("img").first.wait_for(state="attached", timeout=30_000)
     box.locator("textarea").fill(text)
     box.locator("textarea").press("Enter")
     page.wait_for_function(
