@@ -144,14 +144,17 @@ def _tab_to(page: Any, wanted: str, key: str = "Tab", most: int = 40) -> None:
     raise AssertionError(f"{wanted!r} not reached with {key}; focus on {_focused(page)!r}")
 
 
-def _choose_file(page: Any, photo: Path, tries: int = 3) -> None:
-    """Tab to *Upload a file*, Enter, pick ``photo`` in the file chooser (on a loaded
-    machine the page may still be settling: the key press is tried again)."""
+def _choose_file(page: Any, photo: Path, tries: int = 4) -> None:
+    """Tab to *Upload a file*, press it from the keyboard, pick ``photo`` in the file chooser
+    (the page may still be settling: the press is tried again, with Enter and with Space,
+    the two keys that press a button; Enter alone once opened no chooser three times in a
+    row in CI)."""
     for attempt in range(tries):
+        wait_ready(page)
         _tab_to(page, "Upload a file")
         try:
             with page.expect_file_chooser(timeout=10_000) as chooser:
-                page.keyboard.press("Enter")
+                page.keyboard.press("Enter" if attempt % 2 == 0 else "Space")
         except Exception:  # playwright's TimeoutError: no chooser opened
             if attempt == tries - 1:
                 raise AssertionError(f"no file chooser; focus on {_focused(page)!r}") from None
