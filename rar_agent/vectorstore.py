@@ -347,9 +347,11 @@ class CategoryVectorStore(VectorStore):
         if not pairs:
             return []
         kind = kwargs.get("kind", self.kind)
-        stored = self.memory.get_vectors([point_id_for(str(d.id)) for d, _ in pairs], kind=kind)
-        docs = [doc for doc, _ in pairs if point_id_for(str(doc.id)) in stored]
-        rows = [stored[point_id_for(str(doc.id))] for doc in docs]
+        ids = [point_id_for(str(doc.id)) for doc, _ in pairs]
+        stored = self.memory.get_vectors(ids, kind=kind)
+        found = [(doc, pid) for (doc, _), pid in zip(pairs, ids, strict=True) if pid in stored]
+        docs = [doc for doc, _ in found]
+        rows = [stored[pid] for _, pid in found]
         picked = maximal_marginal_relevance(
             np.asarray(embedding, dtype=np.float32), rows, lambda_mult=lambda_mult, k=k
         )

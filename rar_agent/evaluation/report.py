@@ -187,13 +187,14 @@ def _rejection_rows(report: EvalReport) -> list[tuple[str, str]]:
     from rar_agent.config import parse_reject
 
     reject = report.config.reject
-    if report.rejected_share is None or parse_reject(reject).mode == "off":
+    mode = parse_reject(reject).mode
+    if report.rejected_share is None or mode == "off":
         return []
     n = report.queries_evaluated
     rejected = round(report.rejected_share * n)
     top1_name = "RAR top-1" if report.ranker else "kNN top-1"
     cannot = (report.calibration or {}).get("cannot_calibrate")
-    if cannot and not rejected and parse_reject(reject).mode == "auto":
+    if cannot and not rejected and mode == "auto":
         return [(f"answered unknown (--reject {reject})", f"none: the memory {cannot}")]
     return [
         (
