@@ -71,7 +71,8 @@ MaxBodyOpt = Annotated[
     int | None,
     typer.Option(
         "--max-body-mb",
-        help="Largest request body in MiB (413 over it). Default: 27 (a base64 image of 20 MB).",
+        help="Largest request body in MiB (a tool error over it, or a JSON-RPC error; 413 for "
+        "a notification). Default: 27 (a base64 image of 20 MB).",
         envvar="RAR_MAX_BODY_MB",
         rich_help_panel=_LIMITS,
     ),

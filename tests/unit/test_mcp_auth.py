@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import httpx
+import numpy as np
 import pytest
 from langchain_core.tools import BaseTool
 from mcp import ClientSession, McpError, types
@@ -28,7 +29,7 @@ from PIL import Image
 from rar_agent.auth import TokenStore
 from rar_agent.mcp import create_server, http_app
 from rar_agent.mcp.auth import StoreTokenVerifier
-from rar_agent.mcp.limits import RATE_LIMITED, ServiceLimits
+from rar_agent.mcp.limits import RATE_LIMITED, TOO_LARGE, ServiceLimits
 from tests.helpers.encoder_factories import hashing_encoder
 from tests.helpers.small_memory import small_recognizer
 
@@ -481,9 +482,6 @@ async def test_limits_body_pixels_and_rate(tmp_path: Path) -> None:
                 )
                 assert big.isError and "over this server's limit of 10,000 pixels" in text_of(big)
             async with httpx.AsyncClient() as raw:
-                huge = {**PING, "params": {"pad": "x" * 100_000}}
-                answer = await raw.post(service.url, json=huge, headers=headers)
-                assert answer.status_code == 413
                 answers = [
                     await raw.post(service.url, json=PING, headers=headers)
                     for _ in range(limits.per_minute)
@@ -501,12 +499,100 @@ async def test_limits_body_pixels_and_rate(tmp_path: Path) -> None:
                 note = await raw.post(service.url, json=INITIALIZED, headers=headers)
                 assert note.status_code == 429 and int(note.headers["retry-after"]) >= 1
                 assert "retry in" in note.json()["error_description"]
+                deep = await raw.post(service.url, content=b"[" * 5000, headers=headers)
+                assert deep.status_code == 429  # not JSON it can read: no answer of its own
                 # Another token is not held back by alice's limit.
                 other = {**ACCEPT, **bearer(service.tokens["bob"])}
                 assert not rate_limited(await raw.post(service.url, json=PING, headers=other))
             refusal = await limited_at_start(service.url, bearer(service.tokens["alice"]))
             assert "in the last minute" in refusal and "retry in" in refusal
         assert service.count() == before
+
+
+def noise_png(size: tuple[int, int]) -> str:
+    """A PNG data URI that does not compress: about 3 bytes per pixel, 4 in base64."""
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+async def test_a_body_over_the_size_limit_is_answered_as_itself(tmp_path: Path) -> None:
+    """An agent's image over the body limit is a tool error, and its session goes on; what
+    has no answer of its own gets HTTP 413."""
+    limits = ServiceLimits(max_body_bytes=64 * 1024)
+    with serving(tmp_path, limits=limits) as service:
+        before = service.count()
+        with anyio.fail_after(60):
+            async with session_with(service.url, bearer(service.tokens["alice"])) as alice:
+                big = await alice.call_tool("recognize_image", {"image": noise_png((200, 150))})
+                assert big.isError, text_of(big)
+                assert "over this server's limit of 64.0 KiB" in text_of(big)
+                assert "send a smaller image" in text_of(big)
+                taught = await alice.call_tool(
+                    "add_category_example", {"label": "big", "image": noise_png((200, 150))}
+                )
+                assert taught.isError and "64.0 KiB" in text_of(taught)
+                # The same session goes on.
+                small = await alice.call_tool("recognize_image", {"image": png()})
+                assert not small.isError, text_of(small)
+                assert "recognize_image" in [t.name for t in (await alice.list_tools()).tools]
+            headers = {**ACCEPT, **bearer(service.tokens["alice"])}
+            pad = "x" * 100_000
+            async with httpx.AsyncClient() as raw:
+                # Its id first, as other clients send it: a JSON-RPC error.
+                first = {**PING, "params": {"pad": pad}}
+                answer = await raw.post(service.url, json=first, headers=headers)
+                assert answer.status_code == 200 and answer.json()["id"] == PING["id"]
+                assert answer.json()["error"]["code"] == TOO_LARGE
+                # An id inside the params is not the request's: a notification gets 413.
+                note = {**INITIALIZED, "params": {"pad": pad, "id": 7}}
+                answer = await raw.post(service.url, json=note, headers=headers)
+                assert answer.status_code == 413
+                assert "over this server's limit" in answer.json()["error_description"]
+                for body in (pad.encode(), b"[" * 1000 + b"1," * 50_000):
+                    answer = await raw.post(service.url, content=body, headers=headers)
+                    assert answer.status_code == 413
+        assert service.count() == before
+
+
+async def test_a_body_over_the_size_limit_is_not_kept() -> None:
+    """A body far over the limit is read to its end holding no more than the limit."""
+    import tracemalloc
+
+    from rar_agent.mcp.limits import RequestLimiter
+
+    reached: list[bytes] = []
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        reached.append((await receive())["body"])
+
+    limiter = RequestLimiter(endpoint, ServiceLimits(max_body_bytes=1024 * 1024))
+    chunk = b"A" * 65536
+    chunks = [b'{"method":"tools/call","params":{"name":"recognize_image","arguments":{"image":"']
+    chunks += [chunk] * 1024  # 64 MiB
+    chunks += [b'"}},"jsonrpc":"2.0","id":"call-9"}']
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        body = chunks.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "client": ("10.0.0.1", 1), "headers": []}
+    tracemalloc.start()
+    try:
+        await limiter(scope, receive, send)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not chunks and not reached  # read to its end, and never passed on
+    assert peak < 4 * 1024 * 1024
+    answer = json.loads(sent[1]["body"])
+    assert sent[0]["status"] == 200 and answer["id"] == "call-9"
+    assert answer["result"]["isError"] and "64.0 MiB" in answer["result"]["content"][0]["text"]
 
 
 async def test_requests_in_flight_are_limited_per_token() -> None:
