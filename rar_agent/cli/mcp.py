@@ -4,6 +4,7 @@ No ``from __future__ import annotations``: :func:`settings_command` reads the op
 """
 
 from pathlib import Path
+from shlex import quote
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -131,9 +132,11 @@ def require_login_off_loopback(store: "TokenStore", host: str, what: str) -> boo
 
     configured = store.exists()
     if not configured and not is_loopback(host):
+        # The command as given must write the file this server reads, wherever that is.
+        where = "" if store.path == auth_store(None).path else f" --auth {quote(str(store.path))}"
         raise ConfigError(
             f"{what} on {host} serves the network and needs authentication: make a token with "
-            f"`rar-agent auth add NAME --scope recognize` (add --scope learn to let it "
+            f"`rar-agent auth add NAME --scope recognize{where}` (add --scope learn to let it "
             f"teach), stored in {store.path} (--auth FILE or RAR_AUTH_FILE for another "
             "file), and start again; or serve on --host 127.0.0.1"
         )
