@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import logging
 import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from rar_agent.netfetch import is_loopback
 
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
@@ -50,16 +51,6 @@ async def serve_stdio(server: Server) -> None:
 
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _Endpoint:
