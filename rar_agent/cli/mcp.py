@@ -55,7 +55,8 @@ PublicUrlOpt = Annotated[
     typer.Option(
         "--public-url",
         help="The endpoint's URL as clients reach it (behind a TLS reverse proxy: "
-        "https://NAME/mcp), named in 401 answers. Default: http://HOST:PORT/mcp.",
+        "https://NAME/mcp), named in 401 answers; requests may name its host. Default: "
+        "http://HOST:PORT/mcp.",
         envvar="RAR_PUBLIC_URL",
     ),
 ]

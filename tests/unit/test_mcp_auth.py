@@ -68,6 +68,7 @@ def serving(
     auth: bool = True,
     limits: ServiceLimits | None = None,
     snapshot_dir: Path | None = None,
+    public_url: str | None = None,
 ) -> Iterator[Service]:
     """Serve a small memory with learning on; tokens alice (learn), bob (recognize), root."""
     import uvicorn
@@ -94,7 +95,7 @@ def serving(
     app = http_app(
         server,
         verifier=StoreTokenVerifier(store) if auth else None,
-        resource_url=url,
+        resource_url=public_url or url,
         limits=limits,
     )
     web = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -390,6 +391,37 @@ async def test_loopback_without_an_auth_file_stays_open(tmp_path: Path) -> None:
         async with session_with(service.url) as session:
             names = [t.name for t in (await session.list_tools()).tools]
             assert "add_category_example" in names
+
+
+async def test_behind_a_proxy_that_keeps_the_host_header(tmp_path: Path) -> None:
+    """Caddy passes the client's Host header on: a server on loopback with --public-url
+    takes requests naming the public host, and still refuses any other name."""
+    public = "https://rar.example.org/mcp"
+    with serving(tmp_path, public_url=public) as service:
+        headers = {**ACCEPT, **bearer(service.tokens["bob"])}
+        opening = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "curl", "version": "1"},
+            },
+        }
+        async with httpx.AsyncClient() as raw:
+            for host, origin in (
+                ("rar.example.org", "https://rar.example.org"),
+                ("rar.example.org:443", None),
+            ):
+                sent = {**headers, "Host": host, **({"Origin": origin} if origin else {})}
+                answer = await raw.post(service.url, json=opening, headers=sent)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["result"]["serverInfo"]["name"] == "rar-agent"
+            for host, origin in (("attacker.example", None), ("rar.example.org", "https://x.org")):
+                sent = {**headers, "Host": host, **({"Origin": origin} if origin else {})}
+                answer = await raw.post(service.url, json=opening, headers=sent)
+                assert answer.status_code in (403, 421), answer.text
 
 
 async def test_each_answer_is_one_json_body(tmp_path: Path) -> None:
