@@ -274,3 +274,19 @@ def test_parse_teaching_ignores_what_is_not_teaching(text: str) -> None:
     assert parse_teaching(text) is None
     if text != "sandal":
         assert parse_teaching(text, bare=True) is None
+
+
+def test_several_images_of_a_new_category_name_only_the_first_as_its_first(
+    recognizer: Any,
+) -> None:
+    """`rar-agent teach bag a.png b.png c.png` said of each of the three that it was "the first
+    example of the new category 'bag'"; only the first is, the others count up from it."""
+    from rar_agent.tools.learn import describe_added
+
+    teacher = Teacher(recognizer.memory, recognizer.encoder, via="cli")
+    images = [(f"bag{i}.png", _png((60, 40 + 30 * i, 20), mark=i)) for i in range(3)]
+    added = teacher.add("bag", images)
+    assert [a.new_category for a in added] == [True, False, False]
+    lines = [describe_added(a) for a in added]
+    assert "first example of the new category 'bag'" in lines[0]
+    assert all("first example" not in line and "3 examples now" in line for line in lines[1:])
