@@ -446,7 +446,10 @@ class Teacher:
         )
 
     def _entry(self, example: str) -> Hit:
-        where = "use the id a result or `rar-agent memory history` shows"
+        where = (
+            "use the id that a result, a refusal or the teaching history shows (the "
+            "teaching_history tool, `rar-agent memory history`)"
+        )
         try:
             uuid.UUID(example.strip())
         except ValueError:

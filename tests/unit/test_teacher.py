@@ -154,6 +154,20 @@ def test_relabel_moves_an_example_and_undo_moves_it_back(recognizer: Any) -> Non
             teacher.relabel(typo, "cat")
 
 
+def test_an_agent_that_gives_a_wrong_example_id_is_told_its_own_tool(recognizer: Any) -> None:
+    """relabel_example with an id that is none told an agent to run `rar-agent memory
+    history`, a command it cannot run; it names the teaching_history tool too."""
+    from rar_agent.tools import make_tools
+
+    tools = {t.name: t for t in make_tools(recognizer, allow_learning=True)}
+    for example in ("nope", "00000000-0000-0000-0000-000000000000"):
+        call = {"type": "tool_call", "id": "1", "name": "relabel_example"}
+        message = tools["relabel_example"].invoke(
+            {**call, "args": {"example": example, "label": "cat"}}
+        )
+        assert message.status == "error" and "the teaching_history tool" in message.content
+
+
 def test_history_and_undo_last_n_keep_calibration_current(recognizer: Any) -> None:
     from rar_agent.openset import load as load_calibration
 
