@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from rar_agent.ranking import skip_in_plain_words
 from rar_agent.results import (
     Explanation,
     NovelGroup,
@@ -176,7 +177,8 @@ def _how(ranking: RankingInfo, rejection: RejectionInfo) -> str:
     if status == "ranked":
         return f"double-checked by {ranking.model or 'a model'}, which looked at the photo"
     if status == "skipped":
-        return f"{_BY_SIMILARITY}, not double-checked by a model{detail}"
+        plain = f" ({skip_in_plain_words(reason)})" if reason else ""
+        return f"{_BY_SIMILARITY}, not double-checked by a model{plain}"
     if status == "fallback":
         return f"{_BY_SIMILARITY}: the reply of {_CHECKER} could not be used{detail}"
     if status == "no_match":
