@@ -37,6 +37,16 @@ PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "images"
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
 INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+OPENING = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": types.LATEST_PROTOCOL_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    },
+}
 
 
 @dataclass
@@ -399,28 +409,18 @@ async def test_behind_a_proxy_that_keeps_the_host_header(tmp_path: Path) -> None
     public = "https://rar.example.org/mcp"
     with serving(tmp_path, public_url=public) as service:
         headers = {**ACCEPT, **bearer(service.tokens["bob"])}
-        opening = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "curl", "version": "1"},
-            },
-        }
         async with httpx.AsyncClient() as raw:
             for host, origin in (
                 ("rar.example.org", "https://rar.example.org"),
                 ("rar.example.org:443", None),
             ):
                 sent = {**headers, "Host": host, **({"Origin": origin} if origin else {})}
-                answer = await raw.post(service.url, json=opening, headers=sent)
+                answer = await raw.post(service.url, json=OPENING, headers=sent)
                 assert answer.status_code == 200, answer.text
                 assert answer.json()["result"]["serverInfo"]["name"] == "rar-agent"
             for host, origin in (("attacker.example", None), ("rar.example.org", "https://x.org")):
                 sent = {**headers, "Host": host, **({"Origin": origin} if origin else {})}
-                answer = await raw.post(service.url, json=opening, headers=sent)
+                answer = await raw.post(service.url, json=OPENING, headers=sent)
                 assert answer.status_code in (403, 421), answer.text
 
 
@@ -429,18 +429,8 @@ async def test_each_answer_is_one_json_body(tmp_path: Path) -> None:
     the official client reads as it reads a stream."""
     with serving(tmp_path) as service, anyio.fail_after(60):
         headers = {**ACCEPT, **bearer(service.tokens["bob"])}
-        opening = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": types.LATEST_PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "raw", "version": "0"},
-            },
-        }
         async with httpx.AsyncClient() as raw:
-            answer = await raw.post(service.url, json=opening, headers=headers)
+            answer = await raw.post(service.url, json=OPENING, headers=headers)
             assert answer.status_code == 200
             assert answer.headers["content-type"].startswith("application/json")
             assert answer.json()["result"]["serverInfo"]["name"] == "rar-agent"
