@@ -73,6 +73,7 @@ MaxBodyOpt = Annotated[
     int | None,
     typer.Option(
         "--max-body-mb",
+        min=1,
         help="Largest request body in MiB (a tool error over it, or a JSON-RPC error; 413 for "
         "a notification). Default: 27 (a base64 image of 20 MB).",
         envvar="RAR_MAX_BODY_MB",
@@ -83,6 +84,7 @@ MaxPixelsOpt = Annotated[
     int,
     typer.Option(
         "--max-pixels",
+        min=1,
         help="Largest image in pixels (a tool error over it).",
         envvar="RAR_MAX_PIXELS",
         rich_help_panel=_LIMITS,
@@ -92,6 +94,7 @@ MaxConcurrentOpt = Annotated[
     int,
     typer.Option(
         "--max-concurrent",
+        min=1,
         help="Requests in flight per token (per session without auth); one more is refused "
         "(a tool error, or a JSON-RPC error; the session goes on).",
         envvar="RAR_MAX_CONCURRENT",
@@ -114,6 +117,7 @@ PerMinuteOpt = Annotated[
     int,
     typer.Option(
         "--per-minute",
+        min=1,
         help="Requests per minute per token (per session without auth); one more is refused "
         "(a tool error, or a JSON-RPC error; the session goes on).",
         envvar="RAR_PER_MINUTE",
@@ -187,7 +191,9 @@ def mcp(
     store = auth_store(auth)
     secured = http and require_login_off_loopback(store, host, "mcp --http")
     limits = ServiceLimits(
-        max_body_bytes=max_body_mb * 1024 * 1024 if max_body_mb else DEFAULT_LIMITS.max_body_bytes,
+        max_body_bytes=(
+            max_body_mb * 1024 * 1024 if max_body_mb is not None else DEFAULT_LIMITS.max_body_bytes
+        ),
         max_pixels=max_pixels,
         max_concurrent=max_concurrent,
         per_minute=per_minute,

@@ -538,6 +538,28 @@ async def test_limits_body_pixels_and_rate(tmp_path: Path) -> None:
         assert service.count() == before
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--max-body-mb", "0"),  # it served with the default 27 MiB
+        ("--max-body-mb", "-1"),
+        ("--max-pixels", "0"),
+        ("--max-concurrent", "0"),
+        ("--per-minute", "-5"),
+    ],
+)
+def test_a_limit_that_is_not_a_positive_number_is_refused_by_its_flag(
+    flag: str, value: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    result = CliRunner().invoke(app, ["mcp", "--http", "--port", "0", flag, value])
+    assert result.exit_code == 2, result.output
+    assert flag in result.output and "greater than or equal to 1" in result.output
+
+
 def noise_png(size: tuple[int, int]) -> str:
     """A PNG data URI that does not compress: about 3 bytes per pixel, 4 in base64."""
     pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
