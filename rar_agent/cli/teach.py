@@ -28,7 +28,11 @@ if TYPE_CHECKING:
 __all__ = ["memory_history", "memory_relabel", "memory_undo", "teach", "teach_images"]
 
 ByOpt = Annotated[
-    str | None, typer.Option("--by", help="Who teaches (recorded with each example).")
+    str | None,
+    typer.Option(
+        "--by",
+        help="Who teaches (recorded with each example). [default: the user running the command]",
+    ),
 ]
 T = TypeVar("T", bound=BaseModel)
 
@@ -64,7 +68,7 @@ def teach_images(
             raise _nothing_taught(problem, len(images))
     with memory_to_write(settings) as mem:
         enc = load_settings_encoder(settings, mem)
-        teacher = Teacher(mem, enc, via="cli", by=by)
+        teacher = Teacher(mem, enc, via="cli", by=by or _user())
         action: TeachAction = "correct" if corrects else "add"
         try:
             added = teacher.add(label, list(images), action=action, corrected_from=corrects)
@@ -97,18 +101,29 @@ def teach(
     """Teach the memory: store images as examples of LABEL (a new or a known category).
 
     An image already stored under another label is refused with the command that moves it
-    (rar-agent memory relabel); each example records when, from where (cli) and --by whom.
+    (rar-agent memory relabel); each example records when, from where (cli) and --by whom
+    (the user running the command unless given).
     """
     teach_images(settings, label, images, by=by, corrects=corrects)
 
 
+def _user() -> str | None:
+    """Who runs the command (their login name), recorded as who taught; None if unknown."""
+    import getpass
+
+    try:
+        return getpass.getuser() or None
+    except (KeyError, OSError):  # no login name for this process's user id
+        return None
+
+
 def _teacher(settings: "Settings") -> "Teacher":
-    """A CLI teacher that encodes nothing (history, undo, relabel); the caller closes its
-    memory."""
+    """A CLI teacher that encodes nothing (history, undo, relabel: a relabel records who ran
+    it); the caller closes its memory."""
     from rar_agent.memory import open_memory
     from rar_agent.pipeline.teacher import Teacher
 
-    return Teacher(open_memory(settings, create=False), None, via="cli")
+    return Teacher(open_memory(settings, create=False), None, via="cli", by=_user())
 
 
 @settings_command(STORE)
