@@ -8,6 +8,7 @@ the memory sides a query may use (:data:`MemoryKind`).
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -26,6 +27,7 @@ __all__ = [
     "default_home",
     "parse_reject",
     "DEFAULT_ALPHA",
+    "positive_int",
     "validate_k",
     "validate_kind",
 ]
@@ -40,6 +42,17 @@ MemoryKind = Literal["auto", "image", "text"]
 (whichever side holds entries, image examples first)."""
 
 MEMORY_KINDS: tuple[MemoryKind, ...] = get_args(MemoryKind)
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` as an int when it is a whole number >= 1 (``True`` is not a count).
+
+    Raises:
+        ConfigError: "NAME must be a positive integer, got VALUE".
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def validate_kind(kind: str) -> MemoryKind:

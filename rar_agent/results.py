@@ -123,6 +123,12 @@ class RejectionInfo(BaseModel):
         default_factory=list, description="Why the image is unknown (empty when known)."
     )
     note: str | None = Field(default=None, description="E.g. why there is no threshold.")
+    prior: bool = Field(
+        default=False,
+        description="The threshold is the encoder prior's, not measured on this memory (it "
+        "cannot set its own yet, see ``note``): ``similarity`` is then the cosine similarity "
+        "of the best candidate's closest example.",
+    )
 
 
 class NovelGroup(BaseModel):

@@ -27,6 +27,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
+from rar_agent.config import positive_int
 from rar_agent.errors import ConfigError, LabelError
 
 if TYPE_CHECKING:
@@ -70,8 +71,7 @@ def _fingerprint(embeddings: Embeddings) -> str:
 
 def _check_positive(name: str, value: object) -> None:
     """Refuse a count that is not a positive integer (``True`` is not a count)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    positive_int(name, value)
 
 
 def _label_for(text: str, metadata: dict[str, Any]) -> str:

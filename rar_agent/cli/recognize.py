@@ -304,6 +304,7 @@ def _rejection_line(r: "RecognitionResult", ex: "Explanation") -> str:
     promise = f", {ex.promise}" if ex.promise else ""
     return (
         f"open-set check ({rej.mode}{promise}): {verdict}; "
-        f"{'similarity' if rej.mode == 'fixed' else 'known-ness'} {rej.similarity:.4f} vs "
+        f"{'similarity' if rej.mode == 'fixed' or rej.prior else 'known-ness'} "
+        f"{rej.similarity:.4f} vs "
         f"threshold {rej.threshold:.4f}"
     )

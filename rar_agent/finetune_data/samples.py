@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from rar_agent.config import positive_int
 from rar_agent.errors import ConfigError, RarError
 
 if TYPE_CHECKING:
@@ -68,14 +69,13 @@ class FinetuneOptions:
             "image_max_side": self.image_max_side,
         }
         for name, value in ints.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, value)
         if self.k < 2:
             raise ConfigError(f"k must be at least 2 to make a ranking, got {self.k}")
         if self.top_n < self.k:
             raise ConfigError(f"top_n ({self.top_n}) must be at least k ({self.k})")
-        if self.max_per_class is not None and self.max_per_class < 1:
-            raise ConfigError(f"max_per_class must be positive, got {self.max_per_class}")
+        if self.max_per_class is not None:
+            positive_int("max_per_class", self.max_per_class)
         if self.kind not in ("auto", "image", "text"):
             raise ConfigError(f"kind must be auto, image or text, not {self.kind!r}")
 

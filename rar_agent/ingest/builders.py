@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rar_agent.config import positive_int
 from rar_agent.errors import ConfigError
 from rar_agent.images.decode import IMAGE_SUFFIXES, image_files
 from rar_agent.ingest.batches import (
@@ -217,8 +218,7 @@ def add_images(
         LabelError: Under ``strict``, a label is unusable.
     """
     start = time.perf_counter()
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
+    positive_int("batch_size", batch_size)
     todo: list[BatchItem] = [
         (str(item[0]), item[1], item[2] if len(item) == 3 else None) for item in items
     ]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rar_agent.config import positive_int
 from rar_agent.errors import ConfigError
 from rar_agent.ingest.builders import BuildReport, Progress, finish_build, mark_build_started
 from rar_agent.memory.core import UPSERT_BATCH
@@ -105,8 +106,7 @@ def add_vectors(
     """
     start = time.perf_counter()
     check_kind(kind)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
+    positive_int("batch_size", batch_size)
     if vectors.ndim != 2:
         raise ConfigError(f"vectors must be 2-D (rows, dim), got shape {vectors.shape}")
     n, dim = vectors.shape

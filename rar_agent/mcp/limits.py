@@ -55,12 +55,10 @@ class ServiceLimits:
     per_minute: int = 600
 
     def __post_init__(self) -> None:
-        from rar_agent.errors import ConfigError
+        from rar_agent.config import positive_int
 
         for name in ("max_body_bytes", "max_pixels", "max_concurrent", "per_minute"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"service limit {name} must be a positive integer, not {value!r}")
+            positive_int(f"service limit {name}", getattr(self, name))
 
 
 DEFAULT_LIMITS = ServiceLimits()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from rar_agent.config import positive_int
 from rar_agent.errors import ConfigError, EncoderMismatchError, MemoryStoreError
 from rar_agent.memory.backend import MemoryBackend
 from rar_agent.memory.entries import (
@@ -202,9 +203,7 @@ class CategoryMemory:
         """
         if not isinstance(fingerprint, str) or not fingerprint:
             raise ConfigError("the encoder fingerprint must be a non-empty string")
-        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
-            raise ConfigError(f"the embedding dimension must be a positive integer, not {dim!r}")
-        dim = int(dim)
+        dim = positive_int("the embedding dimension", dim)
         spec = EncoderRecord.parse(encoder_spec)
         with self._lock, self._record_lock:
             self._check_open()
@@ -667,8 +666,7 @@ class CategoryMemory:
             ConfigError: Bad ``kind``/``limit`` or non-finite vectors.
         """
         check_kind(kind)
-        if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
-            raise ConfigError(f"limit must be a positive integer, not {limit!r}")
+        positive_int("limit", limit)
         self._check_open()
         dim = self._stored_dim()
         rows = self._as_matrix(vectors, dim, what="query vectors")

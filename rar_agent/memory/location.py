@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from rar_agent.config import positive_int
 from rar_agent.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -138,10 +139,8 @@ class MemoryLocation:
                 f"{self.path}: drop them, or give a server URL instead of a path"
             )
         for name, value in layout.items():
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+            if value is not None:
+                positive_int(name, value)
         timeout = self.timeout
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rar_agent.config import positive_int
 from rar_agent.errors import ConfigError, MemoryStoreError
 from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED, CategoryMemory
 
@@ -69,8 +70,7 @@ def copy_memory(
         MemoryStoreError: The counts differ after the copy.
     """
     start = time.perf_counter()
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
+    positive_int("batch_size", batch_size)
     record = source.record
     if record is None:
         raise ConfigError(

@@ -202,6 +202,9 @@ class Judged(NamedTuple):
     note: str | None
     """Where the threshold came from when not from the memory's stand-ins, or why there is
     none."""
+    prior: bool = False
+    """The threshold is the encoder prior's, and ``statistic`` the similarity of the answer's
+    closest example."""
 
 
 def min_standins(alpha: float) -> int:
@@ -462,7 +465,7 @@ class Calibration(BaseModel):
         similarity = top.scores[0] if top.scores else top.score
         own = (why or "").removeprefix("cannot calibrate")
         note = f"threshold set by {self._prior_words()}; its own examples cannot{own}"
-        return Judged(float(similarity), shots, threshold, note)
+        return Judged(float(similarity), shots, threshold, note, prior=True)
 
     def summary(self, alpha: float | None = None) -> dict[str, Any]:
         """Headline figures for people (no stand-in list); thresholds at ``alpha``."""

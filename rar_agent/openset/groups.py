@@ -6,7 +6,8 @@ reaches the memory's ``link`` (:attr:`rar_agent.openset.Calibration.link`: the m
 example's similarity to its closest other example of its category,
 ``calibration.GROUP_QUANTILE``; a category taught from one of them would recognize the
 other). Linked queries form groups (single linkage), so
-an agent can ask once, "what are these 7 images?", instead of seven times. How pure the
+an agent can ask once, "what are these 7 images?", instead of seven times; once one of them is
+taught, its group is answered and leaves the log (:meth:`NovelGroupLog.answered`). How pure the
 groups are on Fashion-MNIST's held-out classes: ``docs/eval/open-set``. Without a link (a
 memory that cannot calibrate) nothing is linked.
 """
@@ -14,7 +15,7 @@ memory that cannot calibrate) nothing is linked.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -42,7 +43,8 @@ class NovelGroupLog:
         self._images: list[str] = []
         self._links: list[float] = []
         self._parent: list[int] = []
-        self._first = 0  # sequence number of self._vectors[0]
+        self._seq: list[int] = []  # each query's sequence number: a group's id is its root's
+        self._next = 0
 
     def add(self, vector: np.ndarray, image: str | None, link: float | None) -> NovelGroup | None:
         """Log one unknown query and return its group (``None``: it has no look-alike yet,
@@ -60,15 +62,25 @@ class NovelGroupLog:
             if len(self._vectors) >= self.capacity:
                 self._drop_oldest(len(self._vectors) // 2)
             index = len(self._vectors)
-            self._vectors.append(row)
-            self._images.append(image or f"query-{self._first + index}")
-            self._links.append(-np.inf if link is None else float(link))
-            self._parent.append(index)
-            if link is not None and index:
-                sims = np.stack(self._vectors[:index]) @ row
-                for other in np.flatnonzero(sims >= np.minimum(link, self._links[:index])):
-                    self._union(int(other), index)
+            self._append(row, image or f"query-{self._next}", link, self._next)
+            self._next += 1
             return self._group_of(index, min_size=2)
+
+    def answered(self, images: Collection[str]) -> int:
+        """Drop the queries named ``images`` and every query of their groups: someone said
+        what they show (an example of it was taught), so the group's question is answered.
+
+        Returns:
+            How many queries left the log.
+        """
+        names = set(images)
+        with self._lock:
+            roots = {self._find(i) for i, name in enumerate(self._images) if name in names}
+            keep = [i for i in range(len(self._vectors)) if self._find(i) not in roots]
+            dropped = len(self._vectors) - len(keep)
+            if dropped:
+                self._rebuild(keep)
+            return dropped
 
     def groups(self, min_size: int = 2) -> list[NovelGroup]:
         """The groups of at least ``min_size`` queries, largest first."""
@@ -81,10 +93,8 @@ class NovelGroupLog:
         """Every image of a group, oldest first (the listing shows at most 20)."""
         with self._lock:
             try:
-                root = int(group_id.rsplit("-", 1)[1]) - self._first
+                root = self._seq.index(int(group_id.rsplit("-", 1)[1]))
             except (IndexError, ValueError):
-                return []
-            if not 0 <= root < len(self._vectors):
                 return []
             root = self._find(root)
             return [self._images[i] for i in range(len(self._vectors)) if self._find(i) == root]
@@ -111,27 +121,33 @@ class NovelGroupLog:
         if len(members) < min_size:
             return None
         return NovelGroup(
-            id=f"unknown-{self._first + root}",
+            id=f"unknown-{self._seq[root]}",
             size=len(members),
             images=[self._images[i] for i in members[:MAX_MEMBERS_SHOWN]],
         )
 
     def _drop_oldest(self, n: int) -> None:
-        keep = slice(n, None)
-        vectors, images, links = self._vectors[keep], self._images[keep], self._links[keep]
-        self._first += n
-        self._vectors, self._images, self._links = [], [], []
-        self._parent = []
-        for row, image, link in zip(vectors, images, links, strict=True):
-            index = len(self._vectors)
-            self._vectors.append(row)
-            self._images.append(image)
-            self._links.append(link)
-            self._parent.append(index)
-            if index and np.isfinite(link):
-                sims = np.stack(self._vectors[:index]) @ row
-                for other in np.flatnonzero(sims >= np.minimum(link, self._links[:index])):
-                    self._union(int(other), index)
+        self._rebuild(range(n, len(self._vectors)))
+
+    def _rebuild(self, keep: Sequence[int]) -> None:
+        """Keep only the queries at ``keep`` (in order), their groups linked again."""
+        kept = [(self._vectors[i], self._images[i], self._links[i], self._seq[i]) for i in keep]
+        self._vectors, self._images, self._links, self._parent, self._seq = [], [], [], [], []
+        for row, image, link, seq in kept:
+            self._append(row, image, None if np.isneginf(link) else link, seq)
+
+    def _append(self, row: np.ndarray, image: str, link: float | None, seq: int) -> None:
+        """Log one query and link it to the earlier ones it is as close to as ``link``."""
+        index = len(self._vectors)
+        self._vectors.append(row)
+        self._images.append(image)
+        self._links.append(-np.inf if link is None else float(link))
+        self._parent.append(index)
+        self._seq.append(seq)
+        if link is not None and index:
+            sims = np.stack(self._vectors[:index]) @ row
+            for other in np.flatnonzero(sims >= np.minimum(link, self._links[:index])):
+                self._union(int(other), index)
 
 
 def purity(groups: Sequence[Sequence[str]]) -> float | None:

@@ -65,12 +65,13 @@ def judge(
     top = candidates[0]
     stat, _ = known_score(top.scores) or (top.score, True)
     why: str | None = None
+    prior = False
     if mode == "fixed":
         threshold = setting.threshold
     elif calibration is not None and top.kind == "image":
         judged = calibration.judge_query(vector, top, setting.alpha)
         stat = stat if judged.statistic is None else judged.statistic
-        threshold, why = judged.threshold, judged.note
+        threshold, why, prior = judged.threshold, judged.note, judged.prior
     else:
         threshold = None
     info = RejectionInfo(mode=mode, similarity=round(stat, 6))
@@ -81,6 +82,7 @@ def judge(
         return info
     info.threshold = round(threshold, 6)
     info.note = why
+    info.prior = prior
     info.margin = round(stat - threshold, 6)
     if stat < threshold:
         info.reasons.append("below_threshold")

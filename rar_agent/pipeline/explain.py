@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from rar_agent.ranking import skip_in_plain_words
 from rar_agent.results import (
     Explanation,
     NovelGroup,
@@ -153,7 +154,11 @@ def _check(rejection: RejectionInfo) -> tuple[str | None, str | None]:
     """What the open-set check promised, or why it had no threshold."""
     if rejection.mode == "off":
         return None, None
-    promise = f"at most {rejection.alpha:.0%} of known images rejected" if rejection.alpha else None
+    promise = None
+    if rejection.alpha:
+        promise = f"at most {rejection.alpha:.0%} of known images rejected"
+        if rejection.prior:
+            promise += ", as the encoder prior estimates; this memory cannot measure it yet"
     note = None
     if rejection.threshold is None:
         note = rejection.note or "no threshold"
@@ -172,7 +177,8 @@ def _how(ranking: RankingInfo, rejection: RejectionInfo) -> str:
     if status == "ranked":
         return f"double-checked by {ranking.model or 'a model'}, which looked at the photo"
     if status == "skipped":
-        return f"{_BY_SIMILARITY}, not double-checked by a model{detail}"
+        plain = f" ({skip_in_plain_words(reason)})" if reason else ""
+        return f"{_BY_SIMILARITY}, not double-checked by a model{plain}"
     if status == "fallback":
         return f"{_BY_SIMILARITY}: the reply of {_CHECKER} could not be used{detail}"
     if status == "no_match":
@@ -190,6 +196,11 @@ def _why_unknown(rejection: RejectionInfo, top: tuple[str, float] | None) -> lis
         sim, threshold = rejection.similarity, rejection.threshold
         if sim is None or threshold is None:
             why.append("its best match is below the memory's threshold")
+        elif rejection.prior and top is not None:
+            why.append(
+                f"its closest example of {top[0]} has similarity {sim:.3f}, below the "
+                f"{threshold:.3f} that photos of a category in memory reach by the encoder prior"
+            )
         elif rejection.mode != "fixed":
             # the calibrated statistic (rar_agent.openset.statistic), not a similarity: said
             # in words first, its figures after

@@ -444,6 +444,11 @@ class Recognizer:
         """The groups of look-alike unknown images seen lately (largest first)."""
         return NovelGroups(groups=self.novel_groups.groups(), unknown_images=len(self.novel_groups))
 
+    def taught(self, images: Sequence[str]) -> None:
+        """The images named so were taught: they, and the unknown images of their groups,
+        are no longer unknown images to ask about (:meth:`unknown_groups`)."""
+        self.novel_groups.answered(images)
+
     # ------------------------------------------------------------------ rejection
 
     def with_reject(self, reject: str | float | None) -> Recognizer:

@@ -303,6 +303,8 @@ class Teacher:
         after = self.memory.count("image")
         seconds = round(time.perf_counter() - start, 3)
         new_ids = {entries[i].point_id for i in todo}
+        # the category is new when all its examples came now; its first is the first stored
+        first = entries[todo[0]].point_id if todo and examples == len(todo) else None
         out = []
         for p, e in zip(prepared, entries, strict=True):
             added = e.point_id in new_ids
@@ -312,7 +314,7 @@ class Teacher:
                     label=clean,
                     image=p.name,
                     added=int(added),
-                    new_category=added and examples == len(todo),
+                    new_category=added and e.point_id == first,
                     category_examples=examples,
                     image_entries=after,
                     seconds=seconds,
@@ -444,7 +446,10 @@ class Teacher:
         )
 
     def _entry(self, example: str) -> Hit:
-        where = "use the id a result or `rar-agent memory history` shows"
+        where = (
+            "use the id that a result, a refusal or the teaching history shows (the "
+            "teaching_history tool, `rar-agent memory history`)"
+        )
         try:
             uuid.UUID(example.strip())
         except ValueError:

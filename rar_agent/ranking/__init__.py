@@ -13,6 +13,7 @@ from rar_agent.ranking.gate import (
     REJECTED_SKIP_REASON,
     parse_gate,
     should_skip,
+    skip_in_plain_words,
     skip_reason,
     validate_margin,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "parse_ranking",
     "parse_reply",
     "should_skip",
+    "skip_in_plain_words",
     "skip_reason",
     "REJECTED_SKIP_REASON",
     "validate_margin",

@@ -8,6 +8,7 @@ images its open-set check rejected (``RankingInput.rejected``) and decides nothi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from rar_agent.errors import ConfigError
@@ -17,6 +18,7 @@ __all__ = [
     "REJECTED_SKIP_REASON",
     "parse_gate",
     "should_skip",
+    "skip_in_plain_words",
     "skip_reason",
     "validate_margin",
 ]
@@ -26,6 +28,14 @@ DEFAULT_GATE_MARGIN = 0.05
 
 REJECTED_SKIP_REASON = "unknown: the best match is below the memory's threshold"
 """Why an image the open-set check already judged unknown is not sent to the ranker."""
+
+_ONE, _NONE = "only one candidate; nothing to rank", "no candidates to rank"
+_CONFIDENT = re.compile(r"retrieval is confident: top score leads by (\S+) > gate (\S+)")
+_PLAIN = {  # each reason as a person reads it (skip_in_plain_words)
+    _ONE: "there was only one category to choose from",
+    _NONE: "there was no category to choose from",
+    REJECTED_SKIP_REASON: "it is like no category in memory, so there was nothing to check",
+}
 
 _OFF_WORDS = frozenset({"", "off", "none", "false", "no"})
 
@@ -69,6 +79,19 @@ def should_skip(scores: Sequence[float], margin: float | None) -> str | None:
     return None
 
 
+def skip_in_plain_words(reason: str) -> str:
+    """:func:`skip_reason`'s reason as a person reads it (who never heard of retrieval, a
+    ranker or a gate); a reason it does not know is returned as it is."""
+    confident = _CONFIDENT.fullmatch(reason)
+    if confident:
+        lead, margin = (float(x) for x in confident.groups())
+        return (
+            f"the closest category was clearly ahead: its similarity led the next one's by "
+            f"{lead:.2f}, more than the {margin:.2f} below which a model double-checks"
+        )
+    return _PLAIN.get(reason, reason)
+
+
 def skip_reason(
     n_candidates: int,
     scores: Sequence[float] | None,
@@ -99,7 +122,7 @@ def skip_reason(
 
 
 def _too_few(n: int) -> str:
-    return "only one candidate; nothing to rank" if n else "no candidates to rank"
+    return _ONE if n else _NONE
 
 
 def parse_gate(spec: str | float | None, calibrated: float | None = None) -> float | None:

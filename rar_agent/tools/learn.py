@@ -301,6 +301,9 @@ class AddCategoryTool(TeachingTool):
             raise tool_error(_refusal(e, name, label), source) from e
         except RarError as e:
             raise tool_error(e, source) from e
+        taught = getattr(self.recognizer, "taught", None)
+        if taught is not None:  # its group of look-alike unknown images is answered
+            taught([source.name])
         return describe_added(result), result.model_dump(mode="json")
 
 

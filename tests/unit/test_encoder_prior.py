@@ -290,3 +290,35 @@ def test_teaching_a_single_example_keeps_the_scale_and_counts_exact(
     shown = _open_set_stats(after, parse_reject("auto"), memory.count("image"))  # as stats shows
     assert shown["calibrated"] is True and "encoder prior of synthetic" in shown["note"]
     memory.close()
+
+
+def test_an_answer_judged_by_the_prior_says_so_in_its_own_words(
+    tmp_path: Path, with_prior: EncoderPrior
+) -> None:
+    """A memory of one photo per category: the CLI said "at most 5% of known images rejected"
+    as if measured, and an unknown photo "looks less like the c0 photos in memory than they look
+    like each other" (one photo) with a "known-ness score" that was a cosine similarity."""
+    from rar_agent.pipeline import explain
+    from rar_agent.results import RankingInfo
+
+    centres = _world(0, 12)
+    memory = _memory(tmp_path, centres, [1] * 8)
+    retriever = CategoryRetriever(memory=memory, encoder=_Vectors(), k=3)  # type: ignore[arg-type]
+    strangers = _photos(centres, 10, 20, np.random.default_rng(2))
+    found = retriever.retrieve_vectors(strangers)
+    verdicts = _judge(memory, strangers, 0.05)
+    i = next(i for i, v in enumerate(verdicts) if v.reasons)
+    verdict, top = verdicts[i], found[i][0]
+    assert verdict.prior and verdict.similarity == pytest.approx(top.scores[0], abs=1e-5)
+    said = explain(
+        label=None,
+        candidates=[(c.label, c.score) for c in found[i]],
+        ranking=RankingInfo(status="disabled"),
+        rejection=verdict,
+        unknown=True,
+    )
+    assert said.promise is not None and "encoder prior" in said.promise
+    [why] = said.why_unknown
+    assert why.startswith(f"its closest example of {top.label} has similarity")
+    assert "than they look like each other" not in why and "known-ness" not in why
+    memory.close()

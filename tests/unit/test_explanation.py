@@ -75,7 +75,7 @@ def test_the_page_never_says_confident_above_an_unknown_answer(
     shown = _page(result)
     assert "**Unknown: not a category in memory.**" in shown
     assert "confident" not in shown
-    assert "below the memory" in shown and "unknown because " in shown
+    assert "like no category in memory" in shown and "unknown because " in shown
     # in a person's words first (no statistics), its figures after
     said = shown.replace("\\", "").split("unknown because ")[1]
     top = result.candidates[0].label
@@ -128,7 +128,8 @@ def test_every_renderer_formats_the_same_explanation(
     assert cases[2].explanation.why_unknown == [
         "the model that double-checks answers said none of the candidates fits"
     ]
-    assert "retrieval is confident" in cases[5].explanation.how
+    assert "the closest category was clearly ahead" in cases[5].explanation.how
+    assert "retrieval is confident" in (cases[5].ranking.reason or "")  # the data keeps it
 
 
 def test_a_result_without_an_explanation_is_explained_the_same_way() -> None:
@@ -140,7 +141,7 @@ def test_a_result_without_an_explanation_is_explained_the_same_way() -> None:
     ex = explanation_of(artifact)
     assert ex.answer == "osprey"
     assert ex.how.startswith("ordered by similarity to the memory, not double-checked")
-    assert "nothing to rank" in candidates_table(artifact)
+    assert "only one category to choose from" in candidates_table(artifact)
 
 
 # ---------------------------------------------------------------------------- stages

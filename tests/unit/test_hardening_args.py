@@ -6,6 +6,7 @@ and leaves the memory exactly as it was."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -333,3 +334,30 @@ def test_recognizing_a_picture_not_in_memory_never_writes(rec: Recognizer, tmp_p
     for _ in range(3):
         rec.recognize(path)
     assert _unchanged(rec)
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 2.5, "4"])
+def test_every_count_is_refused_in_one_wording(tmp_path: Path, bad: object) -> None:
+    """The positive-integer check was written out in ten places in two wordings ("got" and
+    "not"), and ``FinetuneOptions(max_per_class=True)`` (or 2.5) passed unchecked; one helper
+    (``rar_agent.config.positive_int``) says "NAME must be a positive integer, got VALUE"."""
+    from rar_agent.finetune_data import FinetuneOptions
+    from rar_agent.mcp.limits import ServiceLimits
+    from rar_agent.memory import CategoryMemory
+
+    said = f"must be a positive integer, got {bad!r}"
+    with pytest.raises(ConfigError, match="max_per_class " + re.escape(said)):
+        FinetuneOptions(max_per_class=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="top_n " + re.escape(said)):
+        FinetuneOptions(top_n=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="service limit per_minute " + re.escape(said)):
+        ServiceLimits(per_minute=bad)  # type: ignore[arg-type]
+    memory = CategoryMemory.open(tmp_path / "m", collection="counts")
+    try:
+        with pytest.raises(ConfigError, match="embedding dimension " + re.escape(said)):
+            memory.bind_encoder("vectors:counts", bad)  # type: ignore[arg-type]
+        memory.bind_encoder("vectors:counts", 4)
+        with pytest.raises(ConfigError, match="limit " + re.escape(said)):
+            memory.search_batch(np.ones((1, 4), dtype=np.float32), limit=bad)  # type: ignore[arg-type]
+    finally:
+        memory.close()

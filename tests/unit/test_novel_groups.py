@@ -141,3 +141,43 @@ def test_a_fixed_threshold_groups_by_the_memorys_link(recognizer: Any, tmp_path:
     listed = groups_tool.invoke({"type": "tool_call", "id": "9", "name": "g", "args": {}})
     [group] = listed.artifact["groups"]
     assert sorted(group["images"]) == names and str(tmp_path) not in listed.content
+
+
+def test_an_answered_group_leaves_the_log_and_ids_stay() -> None:
+    vectors, _ = _two_new_things()
+    log = NovelGroupLog()
+    for i, v in enumerate(vectors):
+        log.add(v, f"img-{i}", link=0.8)
+    assert log.answered(["img-3"]) == 6  # one teapot named: its whole group is answered
+    [left] = log.groups()
+    assert left.id == "unknown-0" and left.size == 6 and "img-3" not in left.images
+    assert log.members("unknown-1") == [] and len(log) == 6
+    assert log.answered(["img-99"]) == 0
+    later = log.add(vectors[0], "img-12", link=0.8)
+    assert later is not None and later.id == "unknown-0" and later.size == 7
+
+
+def test_teaching_an_unknown_image_answers_its_group(recognizer: Any, tmp_path: Path) -> None:
+    """After add_category_example taught one of six look-alike unknown images, the agent's
+    list_unknown_groups still listed all six as "ask what each shows"."""
+    clusters: Clusters = recognizer.clusters
+    registry = ImageRegistry()
+    ids = [
+        registry.register(clusters.save("bicycle", i, tmp_path / "bikes").read_bytes())
+        for i in range(6)
+    ]
+    tools = {t.name: t for t in make_tools(recognizer, registry=registry, allow_learning=True)}
+    for n, image_id in enumerate(ids):
+        call = {"type": "tool_call", "id": str(n), "name": "recognize_image"}
+        answer = tools["recognize_image"].invoke({**call, "args": {"image": image_id}})
+        assert answer.artifact["unknown"]
+    teach = {"type": "tool_call", "id": "t", "name": "add_category_example"}
+    taught = tools["add_category_example"].invoke(
+        {**teach, "args": {"label": "bicycle", "image": ids[2]}}
+    )
+    assert taught.status != "error"
+    listed = tools["list_unknown_groups"].invoke(
+        {"type": "tool_call", "id": "g", "name": "list_unknown_groups", "args": {}}
+    )
+    assert listed.artifact["groups"] == [] and listed.artifact["unknown_images"] == 0
+    assert "No group of look-alike unknown images yet" in listed.content

@@ -45,6 +45,32 @@ def test_how_an_answer_was_ordered_is_said_in_plain_words(status: str, said: str
         assert term not in words.lower(), (term, words)
 
 
+@pytest.mark.parametrize(
+    ("reason", "said"),
+    [
+        (
+            "retrieval is confident: top score leads by 0.1234 > gate 0.0500",
+            "the closest category was clearly ahead: its similarity led the next one's by 0.12, "
+            "more than the 0.05 below which a model double-checks",
+        ),
+        ("only one candidate; nothing to rank", "there was only one category to choose from"),
+        ("no candidates to rank", "there was no category to choose from"),
+        (
+            "unknown: the best match is below the memory's threshold",
+            "it is like no category in memory, so there was nothing to check",
+        ),
+    ],
+)
+def test_why_the_double_check_was_skipped_is_said_in_plain_words(reason: str, said: str) -> None:
+    """The page said "not double-checked by a model (retrieval is confident: top score leads
+    by 0.1234 > gate 0.0500)": the gate's reason in the code's words."""
+    note = candidates_table(_result("skipped", reason)).rsplit("<sub>", 1)[1]
+    words = note.replace("\\", "")
+    assert f"not double-checked by a model ({said})" in words, words
+    for term in JARGON:
+        assert term not in words.lower(), (term, words)
+
+
 def test_the_table_says_what_its_score_is() -> None:
     head = candidates_table(_result("disabled")).splitlines()[0]
     assert head == "| # | category | similarity |"

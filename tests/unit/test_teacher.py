@@ -154,6 +154,20 @@ def test_relabel_moves_an_example_and_undo_moves_it_back(recognizer: Any) -> Non
             teacher.relabel(typo, "cat")
 
 
+def test_an_agent_that_gives_a_wrong_example_id_is_told_its_own_tool(recognizer: Any) -> None:
+    """relabel_example with an id that is none told an agent to run `rar-agent memory
+    history`, a command it cannot run; it names the teaching_history tool too."""
+    from rar_agent.tools import make_tools
+
+    tools = {t.name: t for t in make_tools(recognizer, allow_learning=True)}
+    for example in ("nope", "00000000-0000-0000-0000-000000000000"):
+        call = {"type": "tool_call", "id": "1", "name": "relabel_example"}
+        message = tools["relabel_example"].invoke(
+            {**call, "args": {"example": example, "label": "cat"}}
+        )
+        assert message.status == "error" and "the teaching_history tool" in message.content
+
+
 def test_history_and_undo_last_n_keep_calibration_current(recognizer: Any) -> None:
     from rar_agent.openset import load as load_calibration
 
@@ -274,3 +288,19 @@ def test_parse_teaching_ignores_what_is_not_teaching(text: str) -> None:
     assert parse_teaching(text) is None
     if text != "sandal":
         assert parse_teaching(text, bare=True) is None
+
+
+def test_several_images_of_a_new_category_name_only_the_first_as_its_first(
+    recognizer: Any,
+) -> None:
+    """`rar-agent teach bag a.png b.png c.png` said of each of the three that it was "the first
+    example of the new category 'bag'"; only the first is, the others count up from it."""
+    from rar_agent.tools.learn import describe_added
+
+    teacher = Teacher(recognizer.memory, recognizer.encoder, via="cli")
+    images = [(f"bag{i}.png", _png((60, 40 + 30 * i, 20), mark=i)) for i in range(3)]
+    added = teacher.add("bag", images)
+    assert [a.new_category for a in added] == [True, False, False]
+    lines = [describe_added(a) for a in added]
+    assert "first example of the new category 'bag'" in lines[0]
+    assert all("first example" not in line and "3 examples now" in line for line in lines[1:])
