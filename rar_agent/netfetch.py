@@ -23,7 +23,7 @@ from rar_agent.errors import ImageError, UnsafeInputError
 if TYPE_CHECKING:
     import httpcore
 
-__all__ = ["fetch_url", "check_url", "MAX_DOWNLOAD_BYTES"]
+__all__ = ["fetch_url", "check_url", "is_loopback", "MAX_DOWNLOAD_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,16 @@ _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1:
 _COMPATIBLE = ipaddress.ip_network("::/96")
 _USER_AGENT = b"rar-agent (image fetch)"
 _WHAT_TO_DO = "check the URL and this machine's network, or download the image and pass the file"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def check_url(url: str, *, allow_private: bool = False, timeout_s: float = 10.0) -> None:

@@ -4,6 +4,7 @@ No ``from __future__ import annotations``: :func:`settings_command` reads the op
 """
 
 from pathlib import Path
+from shlex import quote
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -54,7 +55,8 @@ PublicUrlOpt = Annotated[
     typer.Option(
         "--public-url",
         help="The endpoint's URL as clients reach it (behind a TLS reverse proxy: "
-        "https://NAME/mcp), named in 401 answers. Default: http://HOST:PORT/mcp.",
+        "https://NAME/mcp), named in 401 answers; requests may name its host. Default: "
+        "http://HOST:PORT/mcp.",
         envvar="RAR_PUBLIC_URL",
     ),
 ]
@@ -71,7 +73,8 @@ MaxBodyOpt = Annotated[
     int | None,
     typer.Option(
         "--max-body-mb",
-        help="Largest request body in MiB (413 over it). Default: 27 (a base64 image of 20 MB).",
+        help="Largest request body in MiB (a tool error over it, or a JSON-RPC error; 413 for "
+        "a notification). Default: 27 (a base64 image of 20 MB).",
         envvar="RAR_MAX_BODY_MB",
         rich_help_panel=_LIMITS,
     ),
@@ -130,9 +133,11 @@ def require_login_off_loopback(store: "TokenStore", host: str, what: str) -> boo
 
     configured = store.exists()
     if not configured and not is_loopback(host):
+        # The command as given must write the file this server reads, wherever that is.
+        where = "" if store.path == auth_store(None).path else f" --auth {quote(str(store.path))}"
         raise ConfigError(
             f"{what} on {host} serves the network and needs authentication: make a token with "
-            f"`rar-agent auth add NAME --scope recognize` (add --scope learn to let it "
+            f"`rar-agent auth add NAME --scope recognize{where}` (add --scope learn to let it "
             f"teach), stored in {store.path} (--auth FILE or RAR_AUTH_FILE for another "
             "file), and start again; or serve on --host 127.0.0.1"
         )

@@ -53,7 +53,7 @@ def memory_snapshot(
     from rar_agent.memory.snapshot import write_qdrant_snapshot, write_snapshot
 
     if server:
-        _through_server(server, token, out.name)
+        _through_server(server, token, _file_name(out))
         return
     if settings.qdrant_url:
         with open_memory(settings, read_only=True) as memory:
@@ -118,6 +118,19 @@ def _print(report: "SnapshotReport", what: str) -> None:
         highlight=False,
         markup=False,
     )
+
+
+def _file_name(out: Path) -> str:
+    """OUT as the server's snapshot folder takes it: a file name, no folder of this machine."""
+    from rar_agent.errors import ConfigError
+
+    if out.parent != Path("."):
+        raise ConfigError(
+            f"with --server, OUT is a file name in the server's snapshot folder (its "
+            f"--snapshot-dir, default RAR_HOME/snapshots there), not a path: give {out.name}, "
+            "and copy the file from that folder"
+        )
+    return out.name
 
 
 def _through_server(url: str, token: str | None, name: str) -> None:

@@ -24,6 +24,7 @@ from rar_agent.cli.options import (
 if TYPE_CHECKING:
     from rar_agent.config import Settings
     from rar_agent.pipeline.teacher import Teacher
+    from rar_agent.results import TeachingUndone
 
 __all__ = ["memory_history", "memory_relabel", "memory_undo", "teach", "teach_images"]
 
@@ -105,34 +106,58 @@ def teach(
 def _teacher(settings: "Settings") -> "Teacher":
     """A CLI teacher that encodes nothing (history, undo, relabel); the caller closes its
     memory."""
+    from rar_agent.errors import MemoryBusyError
     from rar_agent.memory import open_memory
     from rar_agent.pipeline.teacher import Teacher
 
-    return Teacher(open_memory(settings, create=False), None, via="cli")
+    try:
+        memory = open_memory(settings, create=False)
+    except MemoryBusyError as e:
+        raise MemoryBusyError(
+            f"{e}. If a rar-agent server (mcp, chat) holds it, stop the server first (Ctrl+C "
+            "or SIGTERM closes the memory cleanly); while it runs, a token lists what was "
+            "taught with its teaching_history tool (served with --allow-learning)"
+        ) from None
+    return Teacher(memory, None, via="cli")
 
 
 @settings_command(STORE)
 def memory_history(
     settings: "Settings",
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show the last N events.")] = 20,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="Only what NAME taught (a token's name, a chat login)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List what the memory was taught (examples added, corrected, relabelled), oldest first."""
     from rar_agent.tools.learn import describe_history
 
-    _answer(settings, lambda teacher: teacher.history(limit), describe_history, as_json)
+    _answer(settings, lambda teacher: teacher.history(limit, by=by), describe_history, as_json)
 
 
 @settings_command(STORE)
 def memory_undo(
     settings: "Settings",
     n: Annotated[int, typer.Argument(help="How many of the last teaching events to undo.")] = 1,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by",
+            help="Undo NAME's last N events only (a token's name, a chat login), e.g. after "
+            "revoking its token; refused where someone else changed one of them since.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Undo the last N teaching events: taught examples removed, relabels moved back."""
     from rar_agent.tools.learn import describe_undone
 
-    _answer(settings, lambda teacher: teacher.undo(n), describe_undone, as_json)
+    def undo(teacher: "Teacher") -> "TeachingUndone":
+        return teacher.acting(by=by).undo(n, own=True) if by else teacher.undo(n)
+
+    _answer(settings, undo, describe_undone, as_json)
 
 
 def _answer(

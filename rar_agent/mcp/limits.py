@@ -1,13 +1,15 @@
 """Limits of the HTTP server: body size, image pixels, requests in flight and per minute.
 
-A request over a limit gets a clear answer and nothing else happens: a body over
-``max_body_bytes`` gets 413 (the SDK's transport refuses it before parsing); a token (or,
-without authentication, a client's MCP session) with ``max_concurrent`` requests in flight,
-or ``per_minute`` requests in the last minute, is refused with ``Retry-After``: a JSON-RPC
-request by a tool error or a JSON-RPC error, so that the client's session goes on, anything
-else by HTTP 429; an image over ``max_pixels`` is a tool error before it is decoded. Other
-clients are not slowed by one that hits its limits: the checks are constant-time and hold
-no lock.
+A request over a limit gets a clear answer and nothing else happens. A JSON-RPC request is
+answered as itself, so that the client's MCP session goes on: a tool call by a tool error,
+any other request by a JSON-RPC error (:data:`TOO_LARGE`, :data:`RATE_LIMITED`); what has
+no answer of its own (a notification, a body that is not JSON-RPC) gets HTTP 413 or 429.
+Over ``max_body_bytes`` the body is read to its end but not kept (only its first and last
+bytes, where the request's id lies); a token (or, without authentication, a client's MCP
+session) with ``max_concurrent`` requests in flight, or ``per_minute`` requests in the last
+minute, is refused with ``Retry-After``; an image over ``max_pixels`` is a tool error before
+it is decoded. Other clients are not slowed by one that hits its limits: the checks are
+constant-time and hold no lock.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "RATE_LIMITED",
     "RequestLimiter",
+    "TOO_LARGE",
     "ServiceLimits",
     "client_key",
 ]
@@ -63,13 +66,15 @@ class ServiceLimits:
 
 DEFAULT_LIMITS = ServiceLimits()
 
-#: The JSON-RPC error code of a request refused by a limit (in JSON-RPC's range for
-#: implementation-defined server errors).
+#: The JSON-RPC error codes of a request refused by a limit (in JSON-RPC's range for
+#: implementation-defined server errors, after the HTTP statuses 429 and 413).
 RATE_LIMITED = -32029
+TOO_LARGE = -32013
 
 
 class RequestLimiter:
-    """ASGI wrapper: at most ``max_concurrent`` POSTs in flight and ``per_minute`` per minute.
+    """ASGI wrapper: at most ``max_concurrent`` POSTs in flight and ``per_minute`` per minute,
+    each with a body of at most ``max_body_bytes``.
 
     Counted per token (per client address and MCP session when the server has no
     authentication); the long-lived GET stream of a session is not counted.
@@ -91,7 +96,10 @@ class RequestLimiter:
             return
         refusal = self._admit(key := client_key(scope))
         if refusal is not None:
-            await _refuse(receive, send, *refusal, max_body=self.limits.max_body_bytes)
+            why, wait = refusal
+            body = await _Body.read(receive, self.limits.max_body_bytes)
+            text = f"{why}; retry in {wait} s"
+            await _refuse(send, body, text, status=429, code=RATE_LIMITED, retry_after=wait)
             return
         self._in_flight[key] += 1
         done = False
@@ -112,7 +120,12 @@ class RequestLimiter:
             await send(message)
 
         try:
-            await self.app(scope, receive, sending)
+            body = await _Body.read(receive, self.limits.max_body_bytes)
+            if not body.over:
+                await self.app(scope, body.replay(receive), sending)
+            elif not body.gone:
+                text = _too_large(body.size, self.limits.max_body_bytes)
+                await _refuse(sending, body, text, status=413, code=TOO_LARGE)
         finally:
             release()
 
@@ -159,66 +172,160 @@ def client_key(scope: Any) -> str:
     return f"address {address}" + (f" session {session[:64]}" if session else "")
 
 
-async def _refuse(receive: Any, send: Any, why: str, retry_after: int, *, max_body: int) -> None:
-    """Answer a request that a limit refuses, with ``Retry-After: retry_after``.
+async def _refuse(
+    send: Any,
+    body: _Body,
+    text: str,
+    *,
+    status: int,
+    code: int,
+    retry_after: int | None = None,
+) -> None:
+    """Answer a request that a limit refuses, saying ``text``.
 
     A JSON-RPC request gets its own answer, so that the client's MCP session goes on (the
     official Python SDK ends the whole session on an HTTP error status,
     modelcontextprotocol/python-sdk#2110): a tool call a tool error that the model reads, any
-    other request a JSON-RPC error (code :data:`RATE_LIMITED`). Anything else (a
-    notification, a batch, a body that is not JSON-RPC or is over ``max_body`` bytes) gets
-    HTTP 429.
+    other request a JSON-RPC error of ``code``. Anything else (a notification, a batch, a body
+    that is not JSON-RPC or whose id cannot be found) gets HTTP ``status``.
     """
-    text = f"{why}; retry in {retry_after} s"
-    request = await _json_rpc_request(receive, max_body)
+    request = body.request()
     if request is None:
-        body: dict[str, Any] = {"error": "rate_limited", "error_description": text}
-        await _answer(send, 429, body, retry_after)
+        error = "rate_limited" if status == 429 else "request_too_large"
+        await _answer(send, status, {"error": error, "error_description": text}, retry_after)
         return
-    if request["method"] == "tools/call":
+    ident, method = request
+    if method == "tools/call":
         reply: dict[str, Any] = {
             "result": {"content": [{"type": "text", "text": text}], "isError": True}
         }
     else:
-        data = {"retry_after": retry_after}
-        reply = {"error": {"code": RATE_LIMITED, "message": text, "data": data}}
-    await _answer(send, 200, {"jsonrpc": "2.0", "id": request["id"], **reply}, retry_after)
+        data = {} if retry_after is None else {"data": {"retry_after": retry_after}}
+        reply = {"error": {"code": code, "message": text, **data}}
+    await _answer(send, 200, {"jsonrpc": "2.0", "id": ident, **reply}, retry_after)
 
 
-async def _json_rpc_request(receive: Any, max_body: int) -> dict[str, Any] | None:
-    """The request's body if it is one JSON-RPC request (with an id), else ``None``."""
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message.get("type") != "http.request":  # the client went away
-            return None
-        body += message.get("body", b"")
-        if len(body) > max_body:
-            return None
-        if not message.get("more_body"):
-            break
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("jsonrpc") != "2.0":
-        return None
-    ident = data.get("id")
-    has_id = isinstance(ident, (int, str)) and not isinstance(ident, bool)
-    return data if has_id and isinstance(data.get("method"), str) else None
-
-
-async def _answer(send: Any, status: int, body: dict[str, Any], retry_after: int) -> None:
-    content = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(content)).encode()),
-                (b"retry-after", str(retry_after).encode()),
-            ],
-        }
+def _too_large(size: int, max_body: int) -> str:
+    return (
+        f"this request is {_bytes(size)}, over this server's limit of {_bytes(max_body)}: "
+        "send a smaller image (fewer pixels, or as JPEG)"
     )
+
+
+def _bytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+
+
+#: Bytes kept from each end of a body over the size limit, where a JSON-RPC request's id and
+#: method lie (before its params, or after them as the official Python client sends them).
+_EDGE = 1024
+
+
+class _Body:
+    """A request's body as read: whole while within the size limit; past it, only its first
+    and last :data:`_EDGE` bytes are kept (and its size counted), the rest read and dropped."""
+
+    def __init__(self) -> None:
+        self.messages: collections.deque[Any] = collections.deque()
+        self.size = 0
+        self.over = False
+        self.gone = False
+        self.head = b""
+        self.tail = b""
+
+    @classmethod
+    async def read(cls, receive: Any, max_body: int) -> _Body:
+        """Read the body of the request that ``receive`` gives, holding at most ``max_body``
+        bytes of it.
+
+        A body over the limit is still read to its end: the client is sending it anyway, and
+        an answer before the end of its upload may reach it as a broken connection instead.
+        """
+        body = cls()
+        while True:
+            message = await receive()
+            if message.get("type") != "http.request":  # the client went away
+                body.messages.append(message)
+                body.gone = True
+                return body
+            chunk = message.get("body", b"")
+            body.size += len(chunk)
+            body.head += chunk[: _EDGE - len(body.head)]
+            body.tail = (body.tail + chunk[-_EDGE:])[-_EDGE:]
+            if body.size > max_body:
+                body.over = True
+                body.messages.clear()
+            else:
+                body.messages.append(message)
+            if not message.get("more_body"):
+                return body
+
+    def replay(self, receive: Any) -> Any:
+        """A ``receive`` that gives the messages read, then what ``receive`` gives."""
+
+        async def again() -> Any:
+            return self.messages.popleft() if self.messages else await receive()
+
+        return again
+
+    def request(self) -> tuple[int | str, str] | None:
+        """The id and method of the JSON-RPC request the body holds; ``None`` for anything
+        else (a notification, a batch, not JSON-RPC, an id that is not at either end)."""
+        if self.over:
+            members = _members_at_ends(self.head, self.tail)
+        else:
+            members = _parsed(b"".join(m.get("body", b"") for m in self.messages))
+        if not isinstance(members, dict) or members.get("jsonrpc") != "2.0":
+            return None
+        ident, method = members.get("id"), members.get("method")
+        if isinstance(ident, bool) or not isinstance(ident, (int, str)):
+            return None
+        return (ident, method) if isinstance(method, str) else None
+
+
+def _members_at_ends(head: bytes, tail: bytes) -> dict[str, Any]:
+    """The members of a JSON object, known only by its first bytes ``head`` and last bytes
+    ``tail``, that lie whole before or after its first or last long member.
+
+    ``head`` up to a comma, closed, parses as the members before the comma; an opening put
+    before ``tail`` from a comma on parses as the members after it (only from a comma
+    between the object's own members: one inside a member leaves brackets unbalanced).
+    """
+    first, last = head.decode("utf-8", "replace"), tail.decode("utf-8", "replace")
+    found: dict[str, Any] = {}
+    for cut in reversed([i for i, c in enumerate(first) if c == ","]):
+        leading = _object(first[:cut] + "}")
+        if leading is not None:
+            found.update(leading)
+            break
+    for cut in [i for i, c in enumerate(last) if c == ","]:
+        trailing = _object("{" + last[cut + 1 :])
+        if trailing is not None:
+            found.update(trailing)
+            break
+    return found
+
+
+def _object(text: str) -> dict[str, Any] | None:
+    value = _parsed(text)
+    return value if isinstance(value, dict) else None
+
+
+def _parsed(text: str | bytes) -> Any:
+    """``text`` parsed as JSON, ``None`` where it is not (or nests too deep to parse)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+async def _answer(send: Any, status: int, body: dict[str, Any], retry_after: int | None) -> None:
+    content = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})

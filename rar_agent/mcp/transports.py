@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import logging
 import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from rar_agent.netfetch import is_loopback
 
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
@@ -52,16 +54,6 @@ async def serve_stdio(server: Server) -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class _Endpoint:
     """The streamable HTTP endpoint as a raw ASGI app (Starlette calls it as one)."""
 
@@ -83,8 +75,9 @@ def http_app(
 ) -> Starlette:
     """A Starlette app serving ``server`` over streamable HTTP at ``path``.
 
-    On a loopback ``host`` the Host and Origin headers must name the loopback too (DNS
-    rebinding protection: a web page cannot reach the server through a name it controls).
+    On a loopback ``host`` the Host and Origin headers must name the loopback too, or the
+    host of ``resource_url`` (DNS rebinding protection: a web page cannot reach the server
+    through a name it controls).
     With a ``verifier`` every request needs a valid bearer token (the SDK's resource-server
     middleware, see :mod:`rar_agent.mcp.auth`); requests are counted against ``limits``.
 
@@ -116,10 +109,17 @@ def http_app(
     security = None
     if is_loopback(host):
         names = ["127.0.0.1", "localhost", "[::1]"]
+        hosts = [f"{n}:*" for n in names]
+        origins = [f"http://{n}:*" for n in names]
+        public = urlsplit(resource_url or "")
+        if public.hostname and not is_loopback(public.hostname):
+            # Behind a reverse proxy that passes the Host header on (Caddy does), requests
+            # name the public URL's host, which the operator has named as this server's.
+            name = f"[{public.hostname}]" if ":" in public.hostname else public.hostname
+            hosts += [name, f"{name}:*"]
+            origins += [f"{public.scheme}://{name}", f"{public.scheme}://{name}:*"]
         security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=[f"{n}:*" for n in names],
-            allowed_origins=[f"http://{n}:*" for n in names],
+            enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
         )
     # Each answer is one JSON body (the spec lets a server answer a request with JSON or an
     # event stream, and clients take both): the tools send no notifications while they run,

@@ -8,6 +8,7 @@ qdrant-client's pure-Python local mode: a test double for this code path, not a 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -22,10 +23,33 @@ from rar_agent.memory.storage import StorageSettings
 
 __all__ = ["META_KEY", "ServerBackend"]
 
+logger = logging.getLogger(__name__)
+
 META_KEY = "rar_memory"
 _CHUNK = 1024
 _CLIENT_TIMEOUT_S = 5
 """qdrant-client's request timeout when none is given (its HTTP client's default)."""
+
+
+def _note_a_plain_key(location: MemoryLocation) -> None:
+    """Warn, once per opening, that the API key goes unencrypted beyond this machine.
+
+    qdrant-client warns of any key over ``http://``, loopback included (docker compose's own
+    ``http://localhost:6333``), as a Python warning that prints a line of its source code.
+    """
+    from urllib.parse import urlsplit
+
+    from rar_agent.netfetch import is_loopback
+
+    url = location.url or ""
+    if location.api_key and url.startswith("http://"):
+        host = urlsplit(url).hostname or ""
+        if not is_loopback(host):
+            logger.warning(
+                "the Qdrant API key goes unencrypted to %s: give an https:// URL (docs/deploy.md, "
+                "TLS) unless the network between is yours alone (e.g. docker compose's own)",
+                url,
+            )
 
 
 class ServerBackend:
@@ -63,12 +87,15 @@ class ServerBackend:
             if self._local:
                 self._client: Any = QdrantClient(location=IN_PROCESS)
             else:
-                self._client = QdrantClient(
-                    url=location.url,
-                    api_key=location.api_key,
-                    timeout=timeout,
-                    check_compatibility=False,
-                )
+                _note_a_plain_key(location)
+                with warnings.catch_warnings():  # said above, in words, where it matters
+                    warnings.filterwarnings("ignore", message="Api key is used with an insecure")
+                    self._client = QdrantClient(
+                        url=location.url,
+                        api_key=location.api_key,
+                        timeout=timeout,
+                        check_compatibility=False,
+                    )
             exists = self._client.collection_exists(collection)
         if not exists and not create:
             raise MemoryStoreError(

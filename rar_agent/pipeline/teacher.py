@@ -487,13 +487,14 @@ class Teacher:
 
     # ------------------------------------------------------------------ history, undo
 
-    def history(self, limit: int | None = None) -> TeachingHistory:
+    def history(self, limit: int | None = None, *, by: str | None = None) -> TeachingHistory:
         """What the memory was taught (examples added, relabels), oldest first.
 
         Args:
             limit: Keep only the last ``limit`` events.
+            by: Only the events of this teacher (a token's name, a login, a CLI ``--by``).
         """
-        events = _events(self.memory)
+        events = [e for e in _events(self.memory) if by is None or e.by == by]
         shown = events if limit is None else events[-limit:] if limit > 0 else []
         return TeachingHistory(events=shown, total=len(events))
 

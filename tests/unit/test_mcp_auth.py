@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import httpx
+import numpy as np
 import pytest
 from langchain_core.tools import BaseTool
 from mcp import ClientSession, McpError, types
@@ -28,7 +29,7 @@ from PIL import Image
 from rar_agent.auth import TokenStore
 from rar_agent.mcp import create_server, http_app
 from rar_agent.mcp.auth import StoreTokenVerifier
-from rar_agent.mcp.limits import RATE_LIMITED, ServiceLimits
+from rar_agent.mcp.limits import RATE_LIMITED, TOO_LARGE, ServiceLimits
 from tests.helpers.encoder_factories import hashing_encoder
 from tests.helpers.small_memory import small_recognizer
 
@@ -36,6 +37,16 @@ PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "images"
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
 INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+OPENING = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": types.LATEST_PROTOCOL_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    },
+}
 
 
 @dataclass
@@ -67,6 +78,7 @@ def serving(
     auth: bool = True,
     limits: ServiceLimits | None = None,
     snapshot_dir: Path | None = None,
+    public_url: str | None = None,
 ) -> Iterator[Service]:
     """Serve a small memory with learning on; tokens alice (learn), bob (recognize), root."""
     import uvicorn
@@ -93,7 +105,7 @@ def serving(
     app = http_app(
         server,
         verifier=StoreTokenVerifier(store) if auth else None,
-        resource_url=url,
+        resource_url=public_url or url,
         limits=limits,
     )
     web = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -391,23 +403,34 @@ async def test_loopback_without_an_auth_file_stays_open(tmp_path: Path) -> None:
             assert "add_category_example" in names
 
 
+async def test_behind_a_proxy_that_keeps_the_host_header(tmp_path: Path) -> None:
+    """Caddy passes the client's Host header on: a server on loopback with --public-url
+    takes requests naming the public host, and still refuses any other name."""
+    public = "https://rar.example.org/mcp"
+    with serving(tmp_path, public_url=public) as service:
+        headers = {**ACCEPT, **bearer(service.tokens["bob"])}
+        async with httpx.AsyncClient() as raw:
+            for host, origin in (
+                ("rar.example.org", "https://rar.example.org"),
+                ("rar.example.org:443", None),
+            ):
+                sent = {**headers, "Host": host, **({"Origin": origin} if origin else {})}
+                answer = await raw.post(service.url, json=OPENING, headers=sent)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["result"]["serverInfo"]["name"] == "rar-agent"
+            for host, origin in (("attacker.example", None), ("rar.example.org", "https://x.org")):
+                sent = {**headers, "Host": host, **({"Origin": origin} if origin else {})}
+                answer = await raw.post(service.url, json=OPENING, headers=sent)
+                assert answer.status_code in (403, 421), answer.text
+
+
 async def test_each_answer_is_one_json_body(tmp_path: Path) -> None:
     """Requests are answered with ``application/json`` (no event stream per request), which
     the official client reads as it reads a stream."""
     with serving(tmp_path) as service, anyio.fail_after(60):
         headers = {**ACCEPT, **bearer(service.tokens["bob"])}
-        opening = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": types.LATEST_PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "raw", "version": "0"},
-            },
-        }
         async with httpx.AsyncClient() as raw:
-            answer = await raw.post(service.url, json=opening, headers=headers)
+            answer = await raw.post(service.url, json=OPENING, headers=headers)
             assert answer.status_code == 200
             assert answer.headers["content-type"].startswith("application/json")
             assert answer.json()["result"]["serverInfo"]["name"] == "rar-agent"
@@ -481,9 +504,6 @@ async def test_limits_body_pixels_and_rate(tmp_path: Path) -> None:
                 )
                 assert big.isError and "over this server's limit of 10,000 pixels" in text_of(big)
             async with httpx.AsyncClient() as raw:
-                huge = {**PING, "params": {"pad": "x" * 100_000}}
-                answer = await raw.post(service.url, json=huge, headers=headers)
-                assert answer.status_code == 413
                 answers = [
                     await raw.post(service.url, json=PING, headers=headers)
                     for _ in range(limits.per_minute)
@@ -501,12 +521,100 @@ async def test_limits_body_pixels_and_rate(tmp_path: Path) -> None:
                 note = await raw.post(service.url, json=INITIALIZED, headers=headers)
                 assert note.status_code == 429 and int(note.headers["retry-after"]) >= 1
                 assert "retry in" in note.json()["error_description"]
+                deep = await raw.post(service.url, content=b"[" * 5000, headers=headers)
+                assert deep.status_code == 429  # not JSON it can read: no answer of its own
                 # Another token is not held back by alice's limit.
                 other = {**ACCEPT, **bearer(service.tokens["bob"])}
                 assert not rate_limited(await raw.post(service.url, json=PING, headers=other))
             refusal = await limited_at_start(service.url, bearer(service.tokens["alice"]))
             assert "in the last minute" in refusal and "retry in" in refusal
         assert service.count() == before
+
+
+def noise_png(size: tuple[int, int]) -> str:
+    """A PNG data URI that does not compress: about 3 bytes per pixel, 4 in base64."""
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+async def test_a_body_over_the_size_limit_is_answered_as_itself(tmp_path: Path) -> None:
+    """An agent's image over the body limit is a tool error, and its session goes on; what
+    has no answer of its own gets HTTP 413."""
+    limits = ServiceLimits(max_body_bytes=64 * 1024)
+    with serving(tmp_path, limits=limits) as service:
+        before = service.count()
+        with anyio.fail_after(60):
+            async with session_with(service.url, bearer(service.tokens["alice"])) as alice:
+                big = await alice.call_tool("recognize_image", {"image": noise_png((200, 150))})
+                assert big.isError, text_of(big)
+                assert "over this server's limit of 64.0 KiB" in text_of(big)
+                assert "send a smaller image" in text_of(big)
+                taught = await alice.call_tool(
+                    "add_category_example", {"label": "big", "image": noise_png((200, 150))}
+                )
+                assert taught.isError and "64.0 KiB" in text_of(taught)
+                # The same session goes on.
+                small = await alice.call_tool("recognize_image", {"image": png()})
+                assert not small.isError, text_of(small)
+                assert "recognize_image" in [t.name for t in (await alice.list_tools()).tools]
+            headers = {**ACCEPT, **bearer(service.tokens["alice"])}
+            pad = "x" * 100_000
+            async with httpx.AsyncClient() as raw:
+                # Its id first, as other clients send it: a JSON-RPC error.
+                first = {**PING, "params": {"pad": pad}}
+                answer = await raw.post(service.url, json=first, headers=headers)
+                assert answer.status_code == 200 and answer.json()["id"] == PING["id"]
+                assert answer.json()["error"]["code"] == TOO_LARGE
+                # An id inside the params is not the request's: a notification gets 413.
+                note = {**INITIALIZED, "params": {"pad": pad, "id": 7}}
+                answer = await raw.post(service.url, json=note, headers=headers)
+                assert answer.status_code == 413
+                assert "over this server's limit" in answer.json()["error_description"]
+                for body in (pad.encode(), b"[" * 1000 + b"1," * 50_000):
+                    answer = await raw.post(service.url, content=body, headers=headers)
+                    assert answer.status_code == 413
+        assert service.count() == before
+
+
+async def test_a_body_over_the_size_limit_is_not_kept() -> None:
+    """A body far over the limit is read to its end holding no more than the limit."""
+    import tracemalloc
+
+    from rar_agent.mcp.limits import RequestLimiter
+
+    reached: list[bytes] = []
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        reached.append((await receive())["body"])
+
+    limiter = RequestLimiter(endpoint, ServiceLimits(max_body_bytes=1024 * 1024))
+    chunk = b"A" * 65536
+    chunks = [b'{"method":"tools/call","params":{"name":"recognize_image","arguments":{"image":"']
+    chunks += [chunk] * 1024  # 64 MiB
+    chunks += [b'"}},"jsonrpc":"2.0","id":"call-9"}']
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        body = chunks.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "client": ("10.0.0.1", 1), "headers": []}
+    tracemalloc.start()
+    try:
+        await limiter(scope, receive, send)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not chunks and not reached  # read to its end, and never passed on
+    assert peak < 4 * 1024 * 1024
+    answer = json.loads(sent[1]["body"])
+    assert sent[0]["status"] == 200 and answer["id"] == "call-9"
+    assert answer["result"]["isError"] and "64.0 MiB" in answer["result"]["content"][0]["text"]
 
 
 async def test_requests_in_flight_are_limited_per_token() -> None:

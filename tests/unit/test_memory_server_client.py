@@ -69,11 +69,30 @@ def test_refused_url() -> None:
     assert url in str(err.value) and "--qdrant-url" in str(err.value)
 
 
-@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
 def test_wrong_api_key(unauthorized: str) -> None:
     with pytest.raises(MemoryStoreError, match="refused the API key") as err:
         CategoryMemory.open(MemoryLocation.server(unauthorized, "pets", api_key="wrong"))
     assert "RAR_QDRANT_API_KEY" in str(err.value)
+
+
+def test_an_api_key_over_plain_http_is_said_in_words_beyond_loopback_only(
+    unauthorized: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """qdrant-client's own warning (with a line of its source code) is not shown; off
+    loopback one plain sentence says where the key goes."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as shown, pytest.raises(MemoryStoreError):
+        warnings.simplefilter("always")
+        CategoryMemory.open(MemoryLocation.server(unauthorized, "pets", api_key="k"))
+    assert not [w for w in shown if "Api key" in str(w.message)]
+    assert not caplog.records  # on loopback (docker compose's localhost:6333): nothing
+    elsewhere = "http://qdrant.invalid:6333"
+    with pytest.raises(MemoryStoreError):
+        CategoryMemory.open(MemoryLocation.server(elsewhere, "pets", api_key="k", timeout=1))
+    [record] = caplog.records
+    assert record.levelname == "WARNING" and elsewhere in record.getMessage()
+    assert "unencrypted" in record.getMessage() and "https://" in record.getMessage()
 
 
 def test_timeout(slow: LocalHTTPServer) -> None:

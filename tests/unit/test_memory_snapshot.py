@@ -201,6 +201,13 @@ def test_cli_snapshot_through_the_server(tmp_path: Path) -> None:
         assert "Wrote the snapshot team.tar" in result.stdout
         header = read_snapshot_header(tmp_path / "snapshots" / "team.tar")
         assert header["entries"] == service.count()
+        # A path is not quietly cut to its name: the file would not be where it was asked.
+        elsewhere = str(tmp_path / "backups" / "other.tar")
+        asked = ["memory", "snapshot", elsewhere, "--server", service.url]
+        result = runner.invoke(app, [*asked, "--token", service.tokens["root"]])
+        assert result.exit_code == 2, result.output
+        assert "a file name in the server's snapshot folder" in " ".join(result.output.split())
+        assert not (tmp_path / "snapshots" / "other.tar").exists()
 
 
 def _qdrant() -> tuple[str, str | None]:

@@ -36,6 +36,28 @@ def test_off_loopback_without_tokens_refuses_to_start(command: list[str], tmp_pa
     assert str(auth) in message
 
 
+@pytest.mark.parametrize("command", [["mcp", "--http"], ["chat", "--model", "none"]])
+def test_the_refusal_names_a_command_that_makes_the_token_it_needs(
+    command: list[str], tmp_path: Path
+) -> None:
+    """With --auth FILE the command the refusal gives writes FILE, not RAR_HOME's file."""
+    import re
+    import shlex
+
+    from rar_agent.cli import app
+
+    auth = tmp_path / "team dir" / "team.toml"
+    serve = [*command, "--host", "0.0.0.0", "--labels", "a,b", "--encoder", ENCODER_SPEC]
+    env = {"RAR_HOME": str(tmp_path / "home")}
+    refused = CliRunner().invoke(app, [*serve, "--auth", str(auth)], env=env)
+    assert refused.exit_code == 2, refused.output
+    given = re.search(r"`rar-agent (auth add [^`]*)`", " ".join(refused.output.split()))
+    assert given is not None, refused.output
+    made = CliRunner().invoke(app, shlex.split(given.group(1).replace("NAME", "alice")), env=env)
+    assert made.exit_code == 0, made.output
+    assert TokenStore(auth).exists()
+
+
 def test_tokens_turn_the_chat_login_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from rar_agent import ui
     from rar_agent.cli import app

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +302,53 @@ def test_cli_teach_refuse_history_relabel_undo(cli_env: Path) -> None:
     assert "nothing was taught (none of the 2 images)" in " ".join(out.split()), out
     code, out = run("memory", "list", "--json")
     assert json.loads(out) == {"red thing": 1}
+
+
+HOLD_MEMORY = """
+import sys
+from rar_agent.config import Settings
+from rar_agent.memory import open_memory
+with open_memory(Settings(), create=False):
+    print("open", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_cli_history_and_undo_of_one_teacher(cli_env: Path) -> None:
+    """An operator lists and undoes one token's teaching, not the others' newer events."""
+    from rar_agent.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, list(args))
+        return result.exit_code, result.output
+
+    for i, (label, by) in enumerate([("red", "mallory"), ("green", "ana"), ("blue", "mallory")]):
+        code, out = run("teach", label, str(cli_env / f"{i}.png"), "--by", by)
+        assert code == 0, out
+    code, out = run("memory", "history", "--by", "mallory", "--json")
+    events = json.loads(out)["events"]
+    assert code == 0 and [(e["label"], e["by"]) for e in events] == [
+        ("red", "mallory"),
+        ("blue", "mallory"),
+    ]
+    code, out = run("memory", "undo", "5", "--by", "mallory")
+    assert code == 0 and "Undid 2 teaching event(s) by 'mallory'" in out, out
+    code, out = run("memory", "list", "--json")
+    assert json.loads(out) == {"green": 1}
+    # While another process (a server) holds the memory, the operator is told what to do.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_MEMORY], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        code, out = run("memory", "undo", "--by", "ana")
+    finally:
+        holder.communicate(b"", timeout=60)
+    assert code == 2 and "stop the server first" in " ".join(out.split()), out
+    code, out = run("memory", "list", "--json")
+    assert json.loads(out) == {"green": 1}
 
 
 # ---------------------------------------------------------------------------- MCP fixes
