@@ -284,9 +284,11 @@ def _stream(
             f"control {r.control_top1:.3f} ({r.vs_control_points:+.1f} pts)",
             highlight=False,
         )
+    after = report.next_right_after_teaching
     console.print(
-        f"online top-1 {report.online_top1:.3f}; taught {report.taught} of {report.steps}; "
-        f"report: {files['markdown']}",
+        f"online top-1 {report.online_top1:.3f}; taught {report.taught} of {report.steps}"
+        + ("" if after is None else f"; the next image of a class taught right {after:.1%}")
+        + f"; report: {files['markdown']}",
         highlight=False,
         markup=False,
     )

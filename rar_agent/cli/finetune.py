@@ -60,6 +60,14 @@ MaxPerClassOpt = Annotated[
 DedupOpt = Annotated[
     bool, typer.Option("--dedup/--no-dedup", help="Skip repeated images/conversations.")
 ]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Go on from a build of the same --out that stopped: the images it finished are "
+        "kept and skipped (same images and options; none stopped: start from the beginning).",
+    ),
+]
 ImageRootOpt = Annotated[
     Path | None, typer.Option("--image-root", help="LLaVA: image paths relative to this.")
 ]
@@ -82,6 +90,7 @@ def finetune_data(
     dedup: DedupOpt = True,
     hint: HintOpt = None,
     image_root: ImageRootOpt = None,
+    resume: ResumeOpt = False,
     as_json: JsonOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
@@ -115,8 +124,10 @@ def finetune_data(
         enc = load_settings_encoder(settings, mem)
         build_finetune_data(
             mem, enc, items, out, fmt=fmt, options=options,  # type: ignore[arg-type]
-            image_root=image_root, progress=update, summary=summary,
+            image_root=image_root, progress=update, summary=summary, resume=resume,
         )  # fmt: skip
+    if summary.resumed:
+        print_note(f"resumed: the first {summary.resumed} of {len(items)} images were done")
     _print_summary(summary, out, as_json)
     if summary.conversations == 0:  # nothing to learn from: the memory or --top-n is wrong
         raise typer.Exit(EXIT_USAGE if not summary.failed else EXIT_INPUT_FAILED)
@@ -131,12 +142,19 @@ def _interrupt_note(summary: "FinetuneSummary", items: list[Any], out: Path) -> 
     try:
         yield
     except KeyboardInterrupt:
-        print_note(
+        stopped = (
             f"stopped after reading {summary.images} of {len(items)} images "
             f"({summary.conversations} conversations made): nothing was written to {out} (it "
-            "is written only once complete; a previous file is kept as it was): run the same "
-            "command again to start over"
+            "is written only once complete; a previous file is kept as it was)"
         )
+        if summary.kept:
+            print_note(
+                f"{stopped}; the conversations of the first {summary.kept} images are kept "
+                "beside it: run the same command with --resume to go on from there (without "
+                "it, the build starts over)"
+            )
+        else:
+            print_note(f"{stopped}: run the same command again to start over")
         raise
 
 

@@ -513,9 +513,12 @@ def _open_set_stats(
     alpha = setting.alpha
     summary = cal.summary(alpha)
     why = summary["cannot_calibrate"]
+    promise = f"--reject auto:{alpha:g}: at most {alpha:.0%} of known images rejected"
+    if summary["method"] == "prior":  # as a result's explanation says it
+        promise += ", as the encoder prior estimates; this memory cannot measure it yet"
     return {
         "calibrated": why is None,
-        "promise": f"--reject auto:{alpha:g}: at most {alpha:.0%} of known images rejected",
+        "promise": promise,
         **summary,
         "note": why or f"thresholds set by {summary['source']}",
     }

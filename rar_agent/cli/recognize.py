@@ -284,12 +284,30 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> bool:
         for i, c in enumerate(r.candidates, 1):
             table.add_row(str(i), escape(c.label), f"{c.score:.4f}", str(c.retrieval_rank))
         console.print(table)
+        evidence = _evidence_line(r)
+        if evidence:
+            console.print(evidence, highlight=False, markup=False, soft_wrap=True)
         timings = ", ".join(f"{k} {v:.1f} ms" for k, v in r.timings_ms.items())
         ranking = f"ranking: {r.ranking.status} ({ex.how}); {timings}"
         console.print(ranking, highlight=False, markup=False)
         console.print(_rejection_line(r, ex), highlight=False, markup=False)
     sys.stdout.flush()
     return failed
+
+
+def _evidence_line(r: "RecognitionResult") -> str | None:
+    """Which stored example the answer (or, unknown, the closest category) rests on: its
+    source and entry id, the id that ``memory relabel`` takes when its label is wrong."""
+    top = r.candidates[0] if r.candidates else None
+    if top is None or not top.examples:
+        return None
+    example = top.examples[0]
+    what = "example" if example.kind != "text" else "class name"
+    where = f"{top.source}, " if top.source else ""
+    return (
+        f"why: the closest stored {what} of {top.label} is {where}similarity "
+        f"{example.score:.3f} (entry {example.id})"
+    )
 
 
 def _rejection_line(r: "RecognitionResult", ex: "Explanation") -> str:

@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 __all__ = ["memory_history", "memory_relabel", "memory_undo", "teach", "teach_images"]
 
 ByOpt = Annotated[
-    str | None, typer.Option("--by", help="Who teaches (recorded with each example).")
+    str | None,
+    typer.Option(
+        "--by",
+        help="Who teaches (recorded with each example). [default: the user running the command]",
+    ),
 ]
 T = TypeVar("T", bound=BaseModel)
 
@@ -65,7 +69,7 @@ def teach_images(
             raise _nothing_taught(problem, len(images))
     with memory_to_write(settings) as mem:
         enc = load_settings_encoder(settings, mem)
-        teacher = Teacher(mem, enc, via="cli", by=by)
+        teacher = Teacher(mem, enc, via="cli", by=by or _user())
         action: TeachAction = "correct" if corrects else "add"
         try:
             added = teacher.add(label, list(images), action=action, corrected_from=corrects)
@@ -98,14 +102,25 @@ def teach(
     """Teach the memory: store images as examples of LABEL (a new or a known category).
 
     An image already stored under another label is refused with the command that moves it
-    (rar-agent memory relabel); each example records when, from where (cli) and --by whom.
+    (rar-agent memory relabel); each example records when, from where (cli) and --by whom
+    (the user running the command unless given).
     """
     teach_images(settings, label, images, by=by, corrects=corrects)
 
 
+def _user() -> str | None:
+    """Who runs the command (their login name), recorded as who taught; None if unknown."""
+    import getpass
+
+    try:
+        return getpass.getuser() or None
+    except (KeyError, OSError):  # no login name for this process's user id
+        return None
+
+
 def _teacher(settings: "Settings") -> "Teacher":
-    """A CLI teacher that encodes nothing (history, undo, relabel); the caller closes its
-    memory."""
+    """A CLI teacher that encodes nothing (history, undo, relabel: a relabel records who ran
+    it); the caller closes its memory."""
     from rar_agent.errors import MemoryBusyError
     from rar_agent.memory import open_memory
     from rar_agent.pipeline.teacher import Teacher
@@ -118,7 +133,7 @@ def _teacher(settings: "Settings") -> "Teacher":
             "or SIGTERM closes the memory cleanly); while it runs, a token lists what was "
             "taught with its teaching_history tool (served with --allow-learning)"
         ) from None
-    return Teacher(memory, None, via="cli")
+    return Teacher(memory, None, via="cli", by=_user())
 
 
 @settings_command(STORE)

@@ -14,6 +14,9 @@ Measured:
 - ``new_class_first_seen_rejected``: for classes absent from the initial memory
   (``--open-set``, or ``--shots 0``), the share whose first stream image was answered
   "unknown" rather than with a wrong known label;
+- ``next_right_after_teaching``: what one correction teaches: of the images taught, the
+  share whose class's next stream image was answered right (``new_class_second_right``: the
+  same for the second image of each new class, after its first was taught);
 - held-out top-1 (the first candidate, no rejection) at the start, along the stream
   (``curve``) and at the end;
 - ``control_top1``: a static memory with the same number of examples per class as the
@@ -110,6 +113,16 @@ class StreamReport(BaseModel):
     online_top1: float
     new_classes: list[str] = Field(default_factory=list)
     new_class_first_seen_rejected: float | None = None
+    next_right_after_teaching: float | None = Field(
+        default=None,
+        description="Of the images taught, the share whose class's next stream image was "
+        "answered right.",
+    )
+    new_class_second_right: float | None = Field(
+        default=None,
+        description="Of the new classes, the share whose second stream image was answered "
+        "right (their first was taught).",
+    )
     heldout: int
     heldout_top1_start: float | None
     heldout_top1_end: float
@@ -279,13 +292,21 @@ def run_stream(
     right: list[bool] = []
     taught_labels: list[str] = []
     first_seen: dict[str, bool] = {}
+    second_right: dict[str, bool] = {}
+    just_taught: set[str] = set()  # classes whose last stream image was taught
+    after_teaching: list[bool] = []
     teach_s: list[float] = []
     try:
         for step, ((path, label), vector) in enumerate(zip(stream, stream_v, strict=True), 1):
             answer, unknown = _answer(recognizer, vector)
+            ok = answer == label and not unknown
             if label in new_classes and label not in first_seen:
                 first_seen[label] = unknown
-            ok = answer == label and not unknown
+            elif label in new_classes and label not in second_right:
+                second_right[label] = ok
+            if label in just_taught:
+                after_teaching.append(ok)
+                just_taught.discard(label)
             right.append(ok)
             if not ok:
                 s0 = time.perf_counter()
@@ -299,6 +320,7 @@ def run_stream(
                     mem_v.append(vector)
                     mem_l.append(label)
                     taught_labels.append(label)
+                    just_taught.add(label)
             if step % every == 0 or step == len(stream):
                 curve.append(
                     StreamPoint(
@@ -325,12 +347,15 @@ def run_stream(
         for rule in RULES
     }
     rejected = [first_seen[c] for c in new_classes if c in first_seen]
+    seconds = list(second_right.values())
     return StreamReport(
         steps=len(stream),
         taught=len(taught_labels),
         online_top1=round(float(np.mean(right)), 4),
         new_classes=new_classes,
         new_class_first_seen_rejected=round(float(np.mean(rejected)), 4) if rejected else None,
+        next_right_after_teaching=_share(after_teaching),
+        new_class_second_right=_share(seconds),
         heldout=len(held),
         heldout_top1_start=None if start is None else start[RULES[0]],
         heldout_top1_end=end[RULES[0]],
@@ -435,6 +460,10 @@ def _stream_figure(report: StreamReport) -> Figure:
     return fig
 
 
+def _share(flags: Sequence[bool]) -> float | None:
+    return round(float(np.mean(flags)), 4) if flags else None
+
+
 def render_stream_markdown(report: StreamReport, config: EvalConfig) -> str:
     """A short Markdown page of a stream run."""
     shots = config.shots if config.shots is not None else 1
@@ -452,6 +481,16 @@ def render_stream_markdown(report: StreamReport, config: EvalConfig) -> str:
         lines.append(
             f"- new classes ({', '.join(report.new_classes)}): first image answered unknown "
             f"for {report.new_class_first_seen_rejected:.0%} of them"
+        )
+    if report.next_right_after_teaching is not None:
+        lines.append(
+            "- what a correction teaches: the next image of the class taught answered right "
+            f"{report.next_right_after_teaching:.0%} of the time"
+        )
+    if report.new_class_second_right is not None:
+        lines.append(
+            "- a new class taught from its first image: its second answered right for "
+            f"{report.new_class_second_right:.0%} of them"
         )
     lines += ["", "| rule | held-out start | end | control (same budget) | end - control |",
               "|---|---:|---:|---:|---:|"]  # fmt: skip

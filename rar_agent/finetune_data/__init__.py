@@ -15,12 +15,22 @@ Formats: ``llava`` (LLaVA / ShareGPT JSON: image path, ``system`` and ``conversa
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rar_agent.finetune_data.formats import FORMATS, Format, to_llava, to_openai, write_samples
+from rar_agent.finetune_data.formats import (
+    FORMATS,
+    Format,
+    PartialOutput,
+    to_llava,
+    to_openai,
+    write_samples,
+)
 from rar_agent.finetune_data.samples import (
     FinetuneOptions,
     FinetuneSummary,
@@ -60,23 +70,56 @@ def build_finetune_data(
     image_root: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     summary: FinetuneSummary | None = None,
+    resume: bool = False,
 ) -> FinetuneSummary:
     """Build the conversations and write them to ``out``; return the summary.
 
-    ``out`` appears only once complete: a build that stops (an error, Ctrl-C) leaves no
-    file and no folder of its own behind, and a previous ``out`` whole.
+    ``out`` appears only once complete, and a previous ``out`` stays whole until then. A
+    build that stops (an error, Ctrl-C) during its first batch leaves nothing of its own
+    behind; after that it keeps the conversations of the batches it finished beside ``out``
+    (``summary.kept`` images), and the same build with ``resume=True`` goes on from there,
+    skipping those images: the file it completes is the one a build that never stopped
+    writes.
 
     Args:
         summary: Filled in as the build goes (pass one to read the counts of a build that
             stopped); a new one otherwise.
+        resume: Go on from a stopped build of the same ``out``, items and settings (none
+            there: start from the beginning).
 
     Raises:
-        ConfigError: Bad options or an unwritable output.
+        ConfigError: Bad options, an unwritable output, or (``resume``) a stopped build of
+            other items or settings.
         MemoryStoreError: The memory cannot be searched (empty, other encoder...).
     """
     summary = summary if summary is not None else FinetuneSummary()
-    samples = iter_samples(memory, encoder, items, options, summary=summary, progress=progress)
-    write_samples(samples, out, fmt, image_root=image_root)
+    options = options or FinetuneOptions()
+    todo = list(items)
+    key = {
+        "format": fmt,
+        "options": asdict(options),
+        "image_root": None if image_root is None else str(image_root),
+        "items": hashlib.sha256(
+            json.dumps([[str(s), str(lb)] for s, lb in todo]).encode()
+        ).hexdigest(),
+    }
+
+    def batch_done(done: int, total: int) -> None:
+        if done > summary.resumed:  # the batch's conversations are written: keep them
+            part.checkpoint(done, summary.counts())
+            summary.kept = done
+        if progress:
+            progress(done, total)
+
+    with PartialOutput(out, fmt, image_root=image_root, key=key, resume=resume) as part:
+        if part.done:
+            summary.take_over(part.state)
+            summary.resumed = summary.kept = part.done
+        samples = iter_samples(
+            memory, encoder, todo, options, summary=summary, progress=batch_done, done=part.done
+        )
+        for sample in samples:
+            part.write(sample)
     if summary.conversations == 0:
         logger.warning("no conversations were written: see the summary for why")
     return summary

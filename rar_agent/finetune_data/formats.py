@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
@@ -15,7 +15,15 @@ from rar_agent.errors import ConfigError
 if TYPE_CHECKING:
     from rar_agent.finetune_data.samples import RankingSample
 
-__all__ = ["FORMATS", "IMAGE_TOKEN", "Format", "to_llava", "to_openai", "write_samples"]
+__all__ = [
+    "FORMATS",
+    "IMAGE_TOKEN",
+    "Format",
+    "PartialOutput",
+    "to_llava",
+    "to_openai",
+    "write_samples",
+]
 
 Format = Literal["llava", "openai"]
 FORMATS: tuple[str, ...] = ("llava", "openai")
@@ -99,45 +107,159 @@ def write_samples(
     Raises:
         ConfigError: Unknown format, or the file cannot be written.
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    out = Path(path)
-    if out.is_dir():  # now, not when the last sample is written
-        raise ConfigError(f"--out {out} is a folder: give a file path such as {out / 'train.json'}")
-    count = 0
-    try:
-        with _replaced_when_complete(out) as f:
-            if fmt == "llava":
-                f.write("[")
-            for sample in samples:
-                if fmt == "llava":
-                    record = json.dumps(to_llava(sample, image_root=image_root), ensure_ascii=False)
-                    f.write(("\n" if count == 0 else ",\n") + record)
-                else:
-                    f.write(json.dumps(to_openai(sample), ensure_ascii=False) + "\n")
-                count += 1
-            if fmt == "llava":
-                f.write("\n]\n")
-    except OSError as e:
-        raise ConfigError(f"cannot write {out}: {e.strerror or e}: pick another --out path") from e
-    return count
+    with PartialOutput(path, fmt, image_root=image_root) as part:
+        for sample in samples:
+            part.write(sample)
+    return part.records
 
 
-@contextlib.contextmanager
-def _replaced_when_complete(out: Path) -> Iterator[TextIO]:
-    """A text file beside ``out`` that replaces it when the block ends; if the block raises,
-    the file and the folders made for it are removed."""
-    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", encoding="utf-8") as handle:
-            yield handle
-        os.replace(tmp, out)
-    except BaseException:
+class PartialOutput:
+    """The file a build writes: beside ``out`` until complete, then renamed over it.
+
+    A build that stops before its first :meth:`checkpoint` leaves nothing behind (a previous
+    ``out`` whole, no folder it made). After a checkpoint it keeps the records written up to
+    it (``.OUT.partial``) and what they cover (``.OUT.partial.json``: how many of the build's
+    items were done, the caller's ``state``), so the same build opened with ``resume=True``
+    goes on from there: the file is cut back to the checkpoint and appended to.
+
+    Args:
+        out: The output file.
+        fmt: ``llava`` (a JSON array) or ``openai`` (JSONL).
+        image_root: LLaVA: image paths relative to this folder.
+        key: What the build is (its settings and items): a checkpoint of another is refused.
+        resume: Go on from the checkpoint of a stopped build (none: start over).
+
+    Raises:
+        ConfigError: Unknown format, an ``out`` that is a folder or cannot be written, or a
+            checkpoint of another build.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        fmt: Format,
+        *,
+        image_root: Path | None = None,
+        key: dict[str, Any] | None = None,
+        resume: bool = False,
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        self.out = Path(out)
+        if self.out.is_dir():  # now, not when the last sample is written
+            raise ConfigError(
+                f"--out {self.out} is a folder: give a file path such as {self.out / 'train.json'}"
+            )
+        self.fmt, self.image_root, self.key = fmt, image_root, key or {}
+        self.partial = self.out.with_name(f".{self.out.name}.partial")
+        self.checkpoint_file = self.out.with_name(f".{self.out.name}.partial.json")
+        self.done, self.records = 0, 0
+        self.state: dict[str, Any] = {}
+        self._resume = resume
+        self._kept = False
+        self._made: list[Path] = []
+        self._file: TextIO | None = None
+
+    def __enter__(self) -> PartialOutput:
+        try:
+            self._made = [d for d in (self.out.parent, *self.out.parent.parents) if not d.exists()]
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            size = self._resumed() if self._resume else None
+            if size is None:
+                self._discard()
+                self._file = self.partial.open("w", encoding="utf-8")
+                if self.fmt == "llava":
+                    self._file.write("[")
+            else:
+                self._file = self.partial.open("r+", encoding="utf-8")
+                self._file.seek(size)
+                self._file.truncate()
+                self._kept = True
+        except OSError as e:
+            self._cleanup()
+            raise self._unwritable(e) from e
+        return self
+
+    def write(self, sample: RankingSample) -> None:
+        """Append one sample's record."""
+        assert self._file is not None, "write inside the with block"
+        if self.fmt == "llava":
+            record = json.dumps(to_llava(sample, image_root=self.image_root), ensure_ascii=False)
+            self._file.write(("\n" if self.records == 0 else ",\n") + record)
+        else:
+            self._file.write(json.dumps(to_openai(sample), ensure_ascii=False) + "\n")
+        self.records += 1
+
+    def checkpoint(self, done: int, state: dict[str, Any]) -> None:
+        """Record that the build's first ``done`` items are written (with ``state``, e.g. its
+        counts): a stop from now on keeps them for ``resume``."""
+        assert self._file is not None, "checkpoint inside the with block"
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        mark = {
+            "key": self.key,
+            "done": done,
+            "records": self.records,
+            "bytes": self._file.tell(),
+            "state": state,
+        }
+        tmp = self.checkpoint_file.with_name(self.checkpoint_file.name + ".tmp")
+        tmp.write_text(json.dumps(mark), encoding="utf-8")
+        os.replace(tmp, self.checkpoint_file)
+        self.done, self.state, self._kept = done, state, True
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        if self._file is None:
+            return
+        try:
+            if error is None:
+                if self.fmt == "llava":
+                    self._file.write("\n]\n")
+                self._file.close()
+                os.replace(self.partial, self.out)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.checkpoint_file)
+                return
+            self._file.close()
+            if not self._kept:
+                self._cleanup()
+        except OSError as e:
+            self._cleanup()
+            raise self._unwritable(e) from e
+        if isinstance(error, OSError):
+            raise self._unwritable(error) from error
+
+    def _resumed(self) -> int | None:
+        """The size the partial file had at the stopped build's checkpoint (``None``: none to
+        go on from); its counts are taken over."""
+        try:
+            mark = json.loads(self.checkpoint_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not self.partial.exists() or self.partial.stat().st_size < mark.get("bytes", 0):
+            return None
+        if mark.get("key") != self.key:
+            raise ConfigError(
+                f"the stopped build of {self.out} was made with other settings or images: run "
+                "the command as it was then, or without --resume to start over"
+            )
+        self.done, self.records, self.state = mark["done"], mark["records"], mark["state"]
+        return int(mark["bytes"])
+
+    def _discard(self) -> None:
+        for path in (self.partial, self.checkpoint_file):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def _cleanup(self) -> None:
+        """Remove the partial file, its checkpoint and the folders made for ``out``."""
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        for folder in made:  # deepest first; one another process wrote into stays
+            self._discard()
+        for folder in self._made:  # deepest first; one another process wrote into stays
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        raise
+
+    def _unwritable(self, error: OSError) -> ConfigError:
+        return ConfigError(
+            f"cannot write {self.out}: {error.strerror or error}: pick another --out path"
+        )

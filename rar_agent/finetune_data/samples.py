@@ -4,6 +4,7 @@ labels around the truth, build the exact prompt and target the ranking chain use
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -117,6 +118,28 @@ class FinetuneSummary:
     per_class: Counter[str] = field(default_factory=Counter)
     missed_per_class: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    kept: int = 0
+    """Images whose conversations a stopped build keeps for ``--resume`` (its checkpoint)."""
+    resumed: int = 0
+    """Images a resumed build found done (their conversations kept, not made again)."""
+
+    def counts(self) -> dict[str, Any]:
+        """The counts a checkpoint keeps (:meth:`take_over` reads them back)."""
+        return {
+            name: dict(value) if isinstance(value, Counter) else value
+            for name, value in vars(self).items()
+            if name not in ("seconds", "kept", "resumed")
+        }
+
+    def take_over(self, counts: dict[str, Any]) -> None:
+        """Go on from a stopped build's :meth:`counts`."""
+        for name, value in counts.items():
+            current = getattr(self, name)
+            if isinstance(current, Counter):
+                value = Counter(value)
+            elif isinstance(current, list):
+                value = [tuple(item) for item in value]
+            setattr(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -176,6 +199,7 @@ def iter_samples(
     *,
     summary: FinetuneSummary | None = None,
     progress: Callable[[int, int], None] | None = None,
+    done: int = 0,
 ) -> Iterator[RankingSample]:
     """Yield ranking conversations for labelled images (see :mod:`rar_agent.finetune_data`).
 
@@ -185,7 +209,10 @@ def iter_samples(
         items: ``(source, label)`` pairs, e.g. from ``rar_agent.ingest.iter_image_folder``.
         options: How conversations are made.
         summary: Filled in as samples are produced (pass one to read the counts).
-        progress: Optional ``progress(done, total)`` callback.
+        progress: Optional ``progress(done, total)`` callback, called after each batch, once
+            its conversations are consumed.
+        done: Items already done by a stopped build (skipped; their images still count as
+            seen for ``dedup``).
 
     Raises:
         EncoderMismatchError: The memory was built with another encoder.
@@ -201,15 +228,29 @@ def iter_samples(
     hint = opts.hint if opts.hint is not None else getattr(memory.info, "description", None)
     maker = _SampleMaker(memory, encoder, opts, stats, resolve_kind(memory, opts.kind), hint)
     todo = list(items)
+    if opts.dedup:
+        maker.seen_images.update(_digests(todo[:done]))
     if progress:  # the total from the start, not after the first batch is encoded
-        progress(0, len(todo))
-    for offset in range(0, len(todo), opts.batch_size):
+        progress(done, len(todo))
+    for offset in range(done, len(todo), opts.batch_size):
         batch = maker.load(todo[offset : offset + opts.batch_size])
         for loaded, label, pool in maker.retrieve(batch):
             yield from maker.conversations(loaded, label, pool)
         if progress:
             progress(min(offset + opts.batch_size, len(todo)), len(todo))
         stats.seconds = time.perf_counter() - start
+
+
+def _digests(items: Sequence[tuple[str, str]]) -> set[str]:
+    """The content hashes of the images of ``items`` (as :func:`~rar_agent.images.load_image`
+    hashes them; one that cannot be read has none)."""
+    from rar_agent.images import load_image
+
+    digests = set()
+    for source, _ in items:
+        with contextlib.suppress(RarError):
+            digests.add(load_image(source).sha256)
+    return digests
 
 
 @dataclass

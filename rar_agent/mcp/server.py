@@ -238,6 +238,26 @@ class _Served:
     scope: str
 
 
+class _UnlistedCallFilter(logging.Filter):
+    """Drops the SDK's "Tool 'X' not listed, no validation will be performed" record.
+
+    The SDK logs it for every call of a tool the caller was not listed (a tool outside a
+    token's scopes, an unknown name). This server refuses such a call itself, with an error
+    the caller reads, and each tool checks its own arguments, so the record, one per refused
+    call, only reads to an operator like a check that was skipped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().endswith("not listed, no validation will be performed")
+
+
+def _quiet_unlisted_calls() -> None:
+    """Install :class:`_UnlistedCallFilter` on the SDK's low-level server logger (once)."""
+    sdk = logging.getLogger("mcp.server.lowlevel.server")
+    if not any(isinstance(f, _UnlistedCallFilter) for f in sdk.filters):
+        sdk.addFilter(_UnlistedCallFilter())
+
+
 def build_server(
     tools: Sequence[BaseTool],
     *,
@@ -273,6 +293,7 @@ def build_server(
     from rar_agent.mcp.auth import token_name, token_scopes
     from rar_agent.tools.provenance import teaching_as
 
+    _quiet_unlisted_calls()
     served = {tool.name: _Served(tool, mcp_tool(tool), required_scope(tool)) for tool in tools}
     roots = [root for tool in tools for root in getattr(tool, "allowed_roots", ())]
     server: Server = Server(name, version=__version__, instructions=instructions)

@@ -320,15 +320,21 @@ class Recognizer:
         after the first pass, not the last (:mod:`rar_agent.pipeline.stream`). Bad images
         give failed results in their places. ``names``: what to call each image.
         """
+        vectors: dict[int, Any] = {}  # by result: the pieces run side by side, out of order
+
+        def recognize(loaded: Sequence[LoadedImage], ms: Sequence[float]) -> list[Any]:
+            outcomes = self.stages.run([item.image for item in loaded], k=k)
+            results = self._results(loaded, outcomes, ms, log=False)
+            vectors.update((id(r), o.vector) for r, o in zip(results, outcomes, strict=True))
+            return results
+
         with parallel_passes(self.encoder) if len(images) > 1 else nullcontext(1) as passes:
             plan = plan_for(self.encoder, passes)
-            yield from stream_results(
-                images,
-                names,
-                self.decode_need,
-                lambda loaded, ms: self._recognize_loaded(loaded, ms, k=k),
-                plan,
-            )
+            for result in stream_results(images, names, self.decode_need, recognize, plan):
+                vector = vectors.pop(id(result), None)
+                if vector is not None:  # logged in the images' order, as they are answered
+                    self._log_unknown([result], [vector])
+                yield result
 
     async def arecognize(
         self, image: ImageInput, *, k: int | None = None, name: str | None = None
@@ -417,14 +423,22 @@ class Recognizer:
         return self._results(loaded, outcomes, load_ms)
 
     def _results(
-        self, loaded: Sequence[LoadedImage], outcomes: Sequence[Outcome], load_ms: Sequence[float]
+        self,
+        loaded: Sequence[LoadedImage],
+        outcomes: Sequence[Outcome],
+        load_ms: Sequence[float],
+        *,
+        log: bool = True,
     ) -> list[RecognitionResult]:
+        """The results of ``outcomes``; ``log``: their unknown images join the novel-group
+        log now (a stream logs them in order as it yields them instead)."""
         stages = self.stages
         results = [
             stages.result(o, image=item.source, timings_ms={"load": ms})
             for item, o, ms in zip(loaded, outcomes, load_ms, strict=True)
         ]
-        self._log_unknown(results, [o.vector for o in outcomes])
+        if log:
+            self._log_unknown(results, [o.vector for o in outcomes])
         return results
 
     def _log_unknown(self, results: Sequence[RecognitionResult], vectors: Any) -> None:

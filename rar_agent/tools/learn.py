@@ -125,7 +125,8 @@ def describe_added(result: ExampleAdded) -> str:
     elif result.new_category:
         text = (
             f"Stored {result.image} as the first example of the new category {label!r}{fix}; "
-            "images like it are now recognized as it."
+            f"a photo closer to it than to the other categories' examples is now answered "
+            f"{label!r} (more examples of it make that surer)."
         )
     elif result.action == "confirm":
         text = (

@@ -1,24 +1,28 @@
 """Tools from other MCP servers, for an agent that composes them with recognition.
 
-:func:`mcp_server_tools` lists the tools of one or more MCP servers through
-``langchain-mcp-adapters`` (``MultiServerMCPClient``), once, and returns them as LangChain
-tools. Each call opens a short session to its server (stdio: the command is started for the
-call; HTTP: one request exchange), so the tools work from any event loop and thread. The
-adapters' tools are async only; here each also gets a sync path that runs the call on a
-private event loop in a worker thread, so ``agent.invoke`` works as well as ``ainvoke``.
+:func:`mcp_server_tools` opens one session to each MCP server through
+``langchain-mcp-adapters`` and keeps it for the tools' life: a stdio server is started once,
+not for every call, and an HTTP server is initialized once. The sessions live on a private
+event loop in a daemon thread (an MCP session belongs to the loop and task that opened it,
+while the tools are called from any loop and thread); they are closed at the interpreter's
+exit, which ends the stdio servers' processes. The adapters' tools are async only; here each
+also gets a sync path, so ``agent.invoke`` works as well as ``ainvoke``.
 
 A server that fails the call itself (its process ends, its connection drops, it gives no
 answer within ``call_timeout_s``) is a tool error the model reads, as an error the tool
-reports is: never an exception that ends the agent's run or a wait without end.
+reports is: never an exception that ends the agent's run or a wait without end. Its session
+is then closed, and the next call opens a new one (starting a stdio server again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import math
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
@@ -95,6 +99,125 @@ def _guarded(tool: BaseTool, timeout_s: float) -> BaseTool:
     )
 
 
+class _Sessions:
+    """One open session per MCP server, each held by a task of its own on a private loop.
+
+    A task opens its server's session, lists the tools over it and holds it until told to
+    close (leaving the adapters' session context in the task that entered it, as anyio
+    requires); a call runs on this loop over the open session, opening it first if needed.
+
+    Args:
+        client: The adapters' client, with the servers' connections.
+        prefix: Name each tool ``<server>_<tool>``.
+    """
+
+    def __init__(self, client: Any, *, prefix: bool) -> None:
+        self._client, self._prefix = client, prefix
+        self._loop = asyncio.new_event_loop()
+        self._open: dict[str, tuple[dict[str, BaseTool], asyncio.Event]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._holders: set[asyncio.Task[None]] = set()  # the loop keeps weak references only
+        threading.Thread(
+            target=self._loop.run_forever, name="rar-mcp-sessions", daemon=True
+        ).start()
+        atexit.register(self.close)
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        """Run ``coroutine`` on the sessions' loop and wait for it (from any thread)."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    async def arun(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Await ``coroutine`` on the sessions' loop (from any event loop)."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
+
+    async def tools(self, server: str) -> dict[str, BaseTool]:
+        """The tools of ``server`` over its open session, opened first if none is."""
+        async with self._locks.setdefault(server, asyncio.Lock()):
+            if server not in self._open:
+                ready: asyncio.Future[dict[str, BaseTool]] = self._loop.create_future()
+                closing = asyncio.Event()
+                holder = self._loop.create_task(self._hold(server, ready, closing))
+                self._holders.add(holder)
+                holder.add_done_callback(self._holders.discard)
+                try:
+                    self._open[server] = (await ready, closing)
+                except BaseException:  # a failed or abandoned start: no process is left behind
+                    holder.cancel()
+                    raise
+            return self._open[server][0]
+
+    async def call(self, server: str, name: str, arguments: dict[str, Any]) -> Any:
+        """Call the tool ``name`` of ``server`` over its session."""
+        tool = (await self.tools(server))[name]
+        assert isinstance(tool, StructuredTool) and tool.coroutine is not None
+        try:
+            return await tool.coroutine(**arguments)
+        except ToolException:
+            raise
+        except BaseException:
+            # The session broke, or holds a call it never answered: the next call opens a
+            # new one (a stdio server's process is ended and started again).
+            self._drop(server)
+            raise
+
+    async def _hold(
+        self, server: str, ready: asyncio.Future[dict[str, BaseTool]], closing: asyncio.Event
+    ) -> None:
+        from langchain_mcp_adapters.tools import load_mcp_tools
+
+        try:
+            async with self._client.session(server) as session:
+                tools = await load_mcp_tools(
+                    session, server_name=server, tool_name_prefix=self._prefix
+                )
+                ready.set_result({tool.name: tool for tool in tools})
+                await closing.wait()
+        except Exception as e:  # a session that breaks once open ends here; the next call reopens
+            if not ready.done():
+                ready.set_exception(e)
+        finally:  # the session ended (closed, or broken): forget it, not a newer one
+            if server in self._open and self._open[server][1] is closing:
+                del self._open[server]
+
+    def _drop(self, server: str) -> None:
+        held = self._open.pop(server, None)
+        if held is not None:
+            held[1].set()
+
+    def close(self) -> None:
+        """Close every session (ending the stdio servers' processes) and stop the loop."""
+        if self._loop.is_closed() or not self._loop.is_running():
+            return
+
+        async def close_all() -> None:
+            for server in list(self._open):
+                self._drop(server)
+            if self._holders:
+                await asyncio.wait(list(self._holders), timeout=10)
+
+        try:
+            self.run(close_all(), timeout_s=15)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _served(tool: BaseTool, server: str, sessions: _Sessions) -> BaseTool:
+    """The listed tool, each call of which goes over its server's open session."""
+    if not isinstance(tool, StructuredTool) or tool.coroutine is None:
+        return tool
+    name = tool.name
+
+    async def call(**arguments: Any) -> Any:
+        return await sessions.arun(sessions.call(server, name, arguments))
+
+    return tool.model_copy(update={"coroutine": call})
+
+
 def _cause(error: BaseException) -> str:
     """``Type: message`` of what went wrong, out of any exception groups around it."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
@@ -145,15 +268,23 @@ def mcp_server_tools(
                 f"MCP server {name!r} needs a transport: 'stdio' (command, args) or "
                 "'streamable_http' (url)"
             )
-    client = MultiServerMCPClient(connections, tool_name_prefix=prefix)  # type: ignore[arg-type]
+    sessions = _Sessions(MultiServerMCPClient(connections), prefix=prefix)  # type: ignore[arg-type]
+
+    async def listed() -> list[tuple[str, BaseTool]]:
+        found = await asyncio.gather(*(sessions.tools(name) for name in connections))
+        pairs = zip(connections, found, strict=True)
+        return [(name, tool) for name, tools in pairs for tool in tools.values()]
+
     try:
-        tools = run_sync(client.get_tools, timeout_s=timeout_s)
+        tools = sessions.run(listed(), timeout_s=timeout_s)
     except concurrent.futures.TimeoutError as e:
+        sessions.close()
         raise ConfigError(
             f"listing the tools of MCP servers {', '.join(servers)} took over {timeout_s:g} s"
         ) from e
     except Exception as e:  # the SDK raises many kinds (OSError, McpError, ExceptionGroup)
+        sessions.close()
         raise ConfigError(
             f"could not list the tools of MCP servers {', '.join(servers)}: {type(e).__name__}: {e}"
         ) from e
-    return [_guarded(tool, call_timeout_s) for tool in tools]
+    return [_guarded(_served(tool, name, sessions), call_timeout_s) for name, tool in tools]

@@ -1,6 +1,7 @@
 """An MCP server that misbehaves, for tests of composed tools: over stdio, one tool whose
-server process dies mid-call (``crash``), one that never answers (``stall``) and one that
-answers (``echo``). Run as ``python tests/helpers/flaky_mcp_server.py``."""
+server process dies mid-call (``crash``), one that never answers (``stall``), one that
+answers (``echo``) and one that names its process (``pid``). Run as
+``python tests/helpers/flaky_mcp_server.py``."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ def stall(text: str) -> str:
 def echo(text: str) -> str:
     """Answer with the text."""
     return f"echo: {text}"
+
+
+@server.tool()
+def pid() -> str:
+    """This server's process id."""
+    return str(os.getpid())
 
 
 if __name__ == "__main__":

@@ -289,6 +289,11 @@ def test_teaching_a_single_example_keeps_the_scale_and_counts_exact(
     assert "not on this memory" in stats["source"]
     shown = _open_set_stats(after, parse_reject("auto"), memory.count("image"))  # as stats shows
     assert shown["calibrated"] is True and "encoder prior of synthetic" in shown["note"]
+    # `memory stats` promised "at most 5% of known images rejected" as if measured
+    assert shown["promise"] == (
+        "--reject auto:0.05: at most 5% of known images rejected, as the encoder prior "
+        "estimates; this memory cannot measure it yet"
+    )
     memory.close()
 
 

@@ -62,6 +62,27 @@ def test_stream_report_on_a_small_set(tmp_path: Path) -> None:
     assert "| local_mean |" in files["markdown"].read_text()
 
 
+def test_the_stream_measures_what_a_correction_teaches(tmp_path: Path) -> None:
+    """The docs promised "the next photo of it is recognized" after a correction, and the
+    stream report measured no such thing; it now gives the share of taught images whose
+    class's next image was answered right, and of new classes whose second one was."""
+    data = _folder(tmp_path / "set")
+    config = EvalConfig(dataset=str(data), shots=0, seed=1, batch_size=8)
+    report = run_stream(config, encoder=hashing_encoder(), workdir=tmp_path / "work", points=3)
+    # every class is new: each first image is taught, so each has a next one to judge
+    assert report.new_class_second_right is not None
+    assert report.next_right_after_teaching is not None
+    assert 0.0 <= report.next_right_after_teaching <= 1.0
+    assert report.new_class_second_right * 4 in (0, 1, 2, 3, 4)  # a share of the 4 classes
+    files = write_stream_report(report, config, tmp_path / "out")
+    page = files["markdown"].read_text()
+    after = f"{report.next_right_after_teaching:.0%}"
+    assert f"the next image of the class taught answered right {after} of the time" in page
+    assert f"its second answered right for {report.new_class_second_right:.0%} of them" in page
+    stream = json.loads(files["json"].read_text())["stream"]
+    assert stream["next_right_after_teaching"] == report.next_right_after_teaching
+
+
 def test_stream_with_no_initial_examples(tmp_path: Path) -> None:
     data = _folder(tmp_path / "set")
     config = EvalConfig(dataset=str(data), shots=0, seed=1, batch_size=8)

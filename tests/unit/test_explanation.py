@@ -196,3 +196,19 @@ def test_the_constructor_writes_nothing_and_the_factory_binds(
         assert memory.info.fingerprint == clusters.encoder.fingerprint
     finally:
         memory.close()
+
+
+def test_the_cli_names_the_example_an_answer_rests_on(
+    memory: CategoryMemory, clusters: Clusters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rar-agent recognize` printed the candidates and scores but not which stored example
+    an answer rests on (the chat page and the JSON do): a wrong example could not be found
+    to relabel."""
+    result = Recognizer(memory, clusters.encoder, k=3).recognize(clusters.image("lynx", 6))
+    top = result.candidates[0]
+    assert top.examples and top.source
+    shown = _cli(result, capsys)
+    assert (
+        f"why: the closest stored example of {top.label} is {top.source}, similarity "
+        f"{top.examples[0].score:.3f} (entry {top.examples[0].id})"
+    ) in shown

@@ -370,3 +370,99 @@ def test_progress_shows_the_total_before_the_first_batch(
     assert calls == [(0, 18)]
     list(samples)
     assert calls == [(0, 18), (8, 18), (16, 18), (18, 18)]
+
+
+def _stop_at(monkeypatch: pytest.MonkeyPatch, image: int) -> None:
+    """Ctrl+C while making the conversations of the ``image``-th image (counted from 0)."""
+    from rar_agent.finetune_data.samples import _SampleMaker
+
+    real, seen = _SampleMaker.conversations, []
+
+    def conversations(self: Any, *args: Any) -> Any:
+        seen.append(1)
+        if len(seen) > image:
+            raise KeyboardInterrupt
+        yield from real(self, *args)
+
+    monkeypatch.setattr(_SampleMaker, "conversations", conversations)
+
+
+@pytest.mark.parametrize("fmt", ["llava", "openai"])
+def test_a_stopped_build_resumed_writes_what_a_whole_build_writes(
+    dataset: tuple[Path, CategoryMemory],
+    tiny_encoder: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+) -> None:
+    """finetune-data could not resume a stopped build: a stop lost every conversation made.
+    A stop after a finished batch keeps them; --resume skips those images and appends."""
+    folder, memory = dataset
+    items = list(iter_image_folder(folder))
+    options = FinetuneOptions(k=3, windows=2, batch_size=4, max_per_class=2)
+    whole = tmp_path / "whole" / "train.json"
+    expected = build_finetune_data(memory, tiny_encoder, items, whole, fmt=fmt, options=options)
+
+    out = tmp_path / "resumed" / "train.json"
+    stopped = FinetuneSummary()
+    with monkeypatch.context() as patch:
+        _stop_at(patch, 10)  # in the third batch: two batches (8 images) are done
+        with pytest.raises(KeyboardInterrupt):
+            build_finetune_data(
+                memory, tiny_encoder, items, out, fmt=fmt, options=options, summary=stopped
+            )
+    assert stopped.kept == 8 and not out.exists()
+    resumed = build_finetune_data(
+        memory, tiny_encoder, items, out, fmt=fmt, options=options, resume=True
+    )
+    assert resumed.resumed == 8
+    assert out.read_bytes() == whole.read_bytes()
+    assert resumed.counts() == expected.counts()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["train.json"]  # nothing left over
+    # a checkpoint of other settings is refused, not mixed in
+    with monkeypatch.context() as patch:
+        _stop_at(patch, 10)
+        with pytest.raises(KeyboardInterrupt):
+            build_finetune_data(memory, tiny_encoder, items, out, fmt=fmt, options=options)
+    other = FinetuneOptions(k=2, batch_size=4)
+    with pytest.raises(ConfigError, match="other settings or images: run .* without --resume"):
+        build_finetune_data(memory, tiny_encoder, items, out, fmt=fmt, options=other, resume=True)
+    # without --resume the build starts over
+    again = build_finetune_data(memory, tiny_encoder, items, out, fmt=fmt, options=options)
+    assert again.resumed == 0 and out.read_bytes() == whole.read_bytes()
+
+
+def test_cli_says_how_to_resume_and_resumes(
+    tmp_path: Path, tiny_encoder: Any, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rar_agent.cli import app
+
+    folder = make_folder(tmp_path / "images", per_class=6)  # 36 images: two batches of 32 + 4
+    with CategoryMemory.open(tmp_path / "mem", collection="ft") as memory:
+        add_images(memory, tiny_encoder, iter_image_folder(folder))
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+
+    def run(out: Path, *more: str) -> Any:
+        return CliRunner().invoke(
+            app,
+            [
+                "finetune-data", "--out", str(out), "--memory", str(tmp_path / "mem"),
+                "--collection", "ft", "--clip-model", tiny_openclip_spec, "--from-folder",
+                str(folder), "--k", "3", "--no-progress", *more,
+            ],
+        )  # fmt: skip
+
+    assert run(tmp_path / "whole.json").exit_code == 0
+    out = tmp_path / "train.json"
+    with monkeypatch.context() as patch:
+        _stop_at(patch, 33)
+        stopped = run(out)
+    assert stopped.exit_code == 130, stopped.output
+    said = " ".join(stopped.output.split())
+    assert "the conversations of the first 32 images are kept" in said
+    assert "run the same command with --resume to go on from there" in said
+    resumed = run(out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed: the first 32 of 36 images were done" in " ".join(resumed.output.split())
+    assert out.read_bytes() == (tmp_path / "whole.json").read_bytes()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +129,8 @@ def test_a_server_that_never_answers_is_bounded(recognizer: Any) -> None:
     LangChain agent too (the tool handles its own errors), and the next call still works."""
     from langchain.agents import create_agent
 
-    # Each call starts the server's process (the adapters open a session per call), so the
-    # bound leaves room for a start on a loaded machine: 2 s failed the echo call at load 12.
+    # The stalled session is closed, so the next call starts the server's process again: the
+    # bound leaves room for a start on a loaded machine (2 s failed the echo call at load 12).
     tools = {t.name: t for t in mcp_server_tools(FLAKY, call_timeout_s=8)}
     agent = create_agent(PolicyChatModel(policy=_calls("stall")), list(tools.values()))
     out = agent.invoke({"messages": [HumanMessage("go")]})
@@ -146,3 +149,58 @@ def test_a_server_that_never_answers_is_bounded(recognizer: Any) -> None:
 def test_call_timeout_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="call_timeout_s"):
         mcp_server_tools(FLAKY, call_timeout_s=0)
+
+
+PID_CALL = {"type": "tool_call", "name": "pid", "args": {}, "id": "p"}
+
+
+def _server_pid(tool: Any) -> int:
+    message = tool.invoke(PID_CALL)
+    assert message.status == "success", message.text
+    return int(message.text)
+
+
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` ends within a minute (polled: no timing is asserted)."""
+    import os
+
+    for _ in range(600):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_one_server_process_serves_every_call_and_a_dead_one_is_started_again() -> None:
+    """A stdio server is started once for the tools' life, not once per call (the call's
+    time limit held the start too); after it dies, the next call starts a new one."""
+    tools = {t.name: t for t in mcp_server_tools(FLAKY, call_timeout_s=60)}
+    first = _server_pid(tools["pid"])
+    assert _server_pid(tools["pid"]) == first
+    asked = asyncio.run(tools["pid"].ainvoke(PID_CALL))  # from an event loop of its own too
+    assert int(asked.text) == first
+    crashed = tools["crash"].invoke(
+        {"type": "tool_call", "name": "crash", "args": {"text": "x"}, "id": "c"}
+    )
+    assert crashed.status == "error" and "did not complete the call" in crashed.text
+    assert _ended(first)
+    again = _server_pid(tools["pid"])
+    assert again != first and _server_pid(tools["pid"]) == again
+
+
+def test_the_servers_end_with_the_program() -> None:
+    """The sessions are closed at the interpreter's exit: no stdio server is left running."""
+    script = (
+        "import sys\n"
+        "from rar_agent.tools.remote import mcp_server_tools\n"
+        f"servers = {FLAKY!r}\n"
+        "tool = {t.name: t for t in mcp_server_tools(servers)}['pid']\n"
+        f"print(tool.invoke({PID_CALL!r}).text, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert _ended(int(done.stdout.strip()))

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from langchain_core.messages import ToolMessage
+from PIL import Image
 
 from rar_agent.memory import CategoryMemory
 from rar_agent.openset.groups import NovelGroupLog, purity
@@ -181,3 +182,49 @@ def test_teaching_an_unknown_image_answers_its_group(recognizer: Any, tmp_path: 
     )
     assert listed.artifact["groups"] == [] and listed.artifact["unknown_images"] == 0
     assert "No group of look-alike unknown images yet" in listed.content
+
+
+def test_a_stream_names_groups_in_the_order_of_its_images(
+    recognizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rar-agent recognize` of eight photos said of the second "it looks like 2 earlier
+    unknown image(s)" while the first named no group: its pieces run side by side, and the
+    unknown images joined the log in the order the pieces finished. A piece held until the
+    others are done must not change what each answer says."""
+    import threading
+
+    from rar_agent.pipeline import recognizer as recognizer_module
+    from rar_agent.pipeline.stream import StreamPlan
+
+    clusters: Clusters = recognizer.clusters
+    photos = [clusters.save("bicycle", i, tmp_path / "bikes") for i in range(6)]
+    first = np.asarray(Image.open(photos[0]).convert("RGB")).tobytes()
+    others_done, done = threading.Event(), []
+    encoder = clusters.encoder
+
+    class HoldFirst:
+        """The clusters' encoder, holding the first photo's piece until the others are done."""
+
+        fingerprint, dim = encoder.fingerprint, encoder.dim
+
+        def embed_images(self, images: Any) -> Any:
+            if any(np.asarray(im.convert("RGB")).tobytes() == first for im in images):
+                assert others_done.wait(60), "the pieces did not run side by side"
+                return encoder.embed_images(images)
+            vectors = encoder.embed_images(images)
+            done.append(len(images))
+            if sum(done) == len(photos) - 1:
+                others_done.set()
+            return vectors
+
+    def groups(results: list[Any]) -> list[Any]:
+        return [r.novel_group.model_dump() if r.novel_group else None for r in results]
+
+    one_by_one = groups([recognizer.recognize(str(p)) for p in photos])
+    assert one_by_one[0] is None and one_by_one[-1] is not None  # the groups grow
+    recognizer.novel_groups = NovelGroupLog()
+    monkeypatch.setattr(recognizer_module, "plan_for", lambda enc, passes: StreamPlan(1, 2, 2))
+    monkeypatch.setattr(recognizer.stages, "encoder", HoldFirst())
+    streamed = list(recognizer.recognize_stream([str(p) for p in photos]))
+    assert all(r.unknown for r in streamed)
+    assert groups(streamed) == one_by_one

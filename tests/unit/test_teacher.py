@@ -303,4 +303,10 @@ def test_several_images_of_a_new_category_name_only_the_first_as_its_first(
     assert [a.new_category for a in added] == [True, False, False]
     lines = [describe_added(a) for a in added]
     assert "first example of the new category 'bag'" in lines[0]
+    # what it now does, no more: "images like it are now recognized as it" promised more
+    # than one example gives (on Fashion-MNIST the next sandal was still answered sneaker)
+    assert (
+        "a photo closer to it than to the other categories' examples is now answered 'bag'"
+        in (lines[0])
+    )
     assert all("first example" not in line and "3 examples now" in line for line in lines[1:])

@@ -304,6 +304,24 @@ def test_cli_teach_refuse_history_relabel_undo(cli_env: Path) -> None:
     assert json.loads(out) == {"red thing": 1}
 
 
+def test_cli_teaching_records_who_ran_it(cli_env: Path) -> None:
+    """`rar-agent teach` without --by recorded no one (history: "via cli"), though the shell
+    knows who runs it; a relabel from the shell recorded no one either."""
+    import getpass
+
+    from rar_agent.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["teach", "red thing", str(cli_env / "0.png")]).exit_code == 0
+    events = json.loads(runner.invoke(app, ["memory", "history", "--json"]).output)["events"]
+    assert events[-1]["by"] == getpass.getuser()
+    moved = runner.invoke(app, ["memory", "relabel", events[-1]["id"], "crimson thing"])
+    assert moved.exit_code == 0, moved.output
+    events = json.loads(runner.invoke(app, ["memory", "history", "--json"]).output)["events"]
+    assert events[-1]["event"] == "relabeled" and events[-1]["by"] == getpass.getuser()
+    assert f"via cli by {getpass.getuser()}" in runner.invoke(app, ["memory", "history"]).output
+
+
 HOLD_MEMORY = """
 import sys
 from rar_agent.config import Settings
