@@ -1,7 +1,8 @@
 """Phone photos through the recognizer and a memory build: the ``photos`` section of
 ``tools/bench_e2e.py``.
 
-The shipped example photos (``examples/images``) are upscaled to a 12 MP JPEG, a 12 MP HEIC
+The shipped example photos (``examples/images``) are upscaled to a 12 MP JPEG (also with a
+restart marker every MCU row, as iPhones and Samsung phones write them), a 12 MP HEIC
 (pillow-heif's encoder; once plain, once with the 320-pixel thumbnail phones embed) and a
 50 MP JPEG, beside the small photo as it ships. Each is recognized one by one and in a batch,
 decoded to need (*after*: the encoder says its input size) and in full (*before*: the same
@@ -50,6 +51,10 @@ class Kind:
 KINDS = [
     Kind("small photo (as shipped)", None),
     Kind("12 MP JPEG", (4032, 3024), save={"quality": 90}),
+    # iPhones and Samsung phones write a restart marker every MCU row: one by one, such a
+    # JPEG decodes in two parts on two CPUs (rar_agent.images.jpeg_parts)
+    Kind("12 MP JPEG with restart markers (as phones write)", (4032, 3024),
+         save={"quality": 90, "restart_marker_rows": 1}),
     Kind("12 MP HEIC", (4032, 3024), "HEIF", {"quality": 70}),
     Kind("12 MP HEIC + 320 px thumbnail", (4032, 3024), "HEIF",
          {"quality": 70, "thumbnails": [320]}),

@@ -28,6 +28,7 @@ from rar_agent.images.decode import (
     register_image_plugins,
     to_rgb,
 )
+from rar_agent.images.jpeg_parts import decoding_alone
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -36,6 +37,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "DecodeNeed",
     "ImageInput",
+    "decoding_alone",
     "LoadedImage",
     "image_files",
     "NeedSpec",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rar_agent.errors import ImageError
+from rar_agent.images.jpeg_parts import decode_in_parts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,6 +80,7 @@ def image_files(folder: Path) -> list[Path]:
 # own ``thumbnail`` does). DCT scaling (``draft``) filters properly and goes down to 1x.
 REDUCE_GAP = 2.0
 _ISOBMFF_BRANDS = (b"ftyp",)
+_JPEG_FORMATS = frozenset({"JPEG", "MPO"})  # MPO: a JPEG with more pictures after its first
 _PLUGINS_LOCK = threading.Lock()
 _plugins_registered = False
 
@@ -223,7 +225,7 @@ def _decode(
 ) -> tuple[Image.Image, tuple[int, int]]:
     """The checks, then draft, load, upright, colour and reduce (see :func:`decode_to_need`);
     ``im`` is ``data`` opened."""
-    from PIL import ImageFile, ImageOps
+    from PIL import ImageOps
 
     width, height = im.size
     if width * height > max_pixels:
@@ -236,16 +238,12 @@ def _decode(
     if wanted is not None and (reduced := _draft(im, data, wanted)) is not None:
         return reduced, (width, height)  # libheif applied the orientation: upright, full size
     decoded_size = im.size
-    # a JPEG goes to libjpeg whole, not in 64 KiB pieces (a 12 MP one: 15 calls, each
-    # resuming the entropy decoding from a short buffer; 0.5-1 ms less)
-    if im.format == "JPEG" and isinstance(im, ImageFile.ImageFile):
-        im.decodermaxblock = max(im.decodermaxblock, len(data))
-    im.load()
+    image = _load(im, data)
     if wanted is None:  # a full decode, exactly as before decode-to-need existed
-        upright: Image.Image = ImageOps.exif_transpose(im) or im
+        upright: Image.Image = ImageOps.exif_transpose(image) or image
     else:  # in place: an upright photo is not copied at full size (36 MB for 12 MP)
-        ImageOps.exif_transpose(im, in_place=True)
-        upright = im
+        ImageOps.exif_transpose(image, in_place=True)
+        upright = image
     turned = upright.size != decoded_size and upright.size == decoded_size[::-1]
     full = (height, width) if turned else (width, height)
     if wanted is None:
@@ -255,6 +253,26 @@ def _decode(
     else:
         out = _reduce(to_rgb(upright), wanted)
     return (out.copy() if out is im else out), full  # a plain image, never the file object
+
+
+def _load(im: Image.Image, data: bytes) -> Image.Image:
+    """``im``'s pixels: a JPEG drafted smaller that carries restart markers may be decoded
+    in two parts on two CPUs (:func:`~rar_agent.images.jpeg_parts.decode_in_parts`: the
+    same pixels, as a plain image with ``im``'s info), anything else by ``im.load()``."""
+    from PIL import ImageFile
+
+    if im.format not in _JPEG_FORMATS or not isinstance(im, ImageFile.ImageFile):
+        im.load()
+        return im
+    whole = decode_in_parts(data, im.decoderconfig[0] if im.decoderconfig else 1)
+    if whole is not None and whole.size == im.size and whole.mode == im.mode:
+        whole.info = dict(im.info)  # its EXIF: the orientation is applied next
+        return whole
+    # a JPEG goes to libjpeg whole, not in 64 KiB pieces (a 12 MP one: 15 calls, each
+    # resuming the entropy decoding from a short buffer; 0.5-1 ms less)
+    im.decodermaxblock = max(im.decodermaxblock, len(data))
+    im.load()
+    return im
 
 
 def _reduce(image: Image.Image, need: DecodeNeed) -> Image.Image:

@@ -22,7 +22,7 @@ from rar_agent.encoders.base import input_size_of
 from rar_agent.encoders.spec import spec_of
 from rar_agent.encoders.torch_base import parallel_passes
 from rar_agent.errors import ConfigError
-from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, load_image
+from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, decoding_alone, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
 from rar_agent.pipeline.explain import explain_result
@@ -281,8 +281,14 @@ class Recognizer:
         groups), e.g. as a tool's caller gave it; default: its path or URL, else its type.
         """
         start = time.perf_counter()
-        loaded = named(load_image(image, need=self.decode_need), name)
+        loaded = named(self._load_alone(image), name)
         return self._recognize_loaded([loaded], [_ms(start)], k=k)[0]
+
+    def _load_alone(self, image: ImageInput) -> LoadedImage:
+        """Load one image decoded to need, the only one this call decodes (a phone JPEG
+        with restart markers may take a second CPU: :func:`~rar_agent.images.decoding_alone`)."""
+        with decoding_alone():
+            return load_image(image, need=self.decode_need)
 
     def recognize_batch(
         self,
@@ -336,7 +342,7 @@ class Recognizer:
         """Async :meth:`recognize`: loading and encoding in a worker thread, ranking through
         the chain's ``abatch``."""
         start = time.perf_counter()
-        loaded = await asyncio.to_thread(load_image, image, need=self.decode_need)
+        loaded = await asyncio.to_thread(self._load_alone, image)
         return (await self._arecognize_loaded([named(loaded, name)], [_ms(start)], k=k))[0]
 
     async def arecognize_batch(

@@ -76,6 +76,31 @@ def test_phone_sized_photos_get_the_full_decode_answer(
     _assert_same_answer(batched, full)
 
 
+def test_an_iphone_like_jpeg_recognized_alone_is_decoded_in_parts_to_the_same_answer(
+    imagenet: Recognizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restart markers every MCU row, as iPhones write them: one by one, the photo is
+    decoded in two parts (two CPUs); in a batch, in one piece; the answers are identical."""
+    from rar_agent.images import jpeg_parts
+
+    monkeypatch.setattr(jpeg_parts, "_cpus", lambda: 2)
+    parts: list[int] = []
+    decode_part = jpeg_parts._decode_part
+    monkeypatch.setattr(
+        jpeg_parts, "_decode_part", lambda p, s: parts.append(s) or decode_part(p, s)
+    )
+    big = Image.open(PHOTOS[0]).convert("RGB").resize((3264, 2448), Image.Resampling.BICUBIC)
+    path = _save(big, tmp_path / "IMG_0001.JPG", "JPEG", quality=95, restart_marker_rows=1)
+    alone = imagenet.recognize(path)
+    assert parts == [8, 8]
+    [batched] = imagenet.recognize_batch([path])
+    assert parts == [8, 8]  # a batch decodes its images side by side, each in one piece
+    assert alone.label == batched.label
+    assert [(c.label, c.scores) for c in alone.candidates] == [
+        (c.label, c.scores) for c in batched.candidates
+    ]
+
+
 @pytest.mark.skipif(not datasets.fashion_mnist_available(), reason="no Fashion-MNIST")
 def test_fashion_mnist_answers_unchanged(effnet: Any, tmp_path: Path) -> None:
     train, train_labels = datasets.load_fashion_mnist("train")
