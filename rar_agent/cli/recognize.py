@@ -297,15 +297,18 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> bool:
 
 def _evidence_line(r: "RecognitionResult") -> str | None:
     """Which stored example the answer (or, unknown, the closest category) rests on: its
-    source and entry id, the id that ``memory relabel`` takes when its label is wrong."""
+    source and entry id, the id that ``memory relabel`` takes when its label is wrong.
+
+    None where the closest entry is a class name: it is the candidate itself, whose
+    similarity the table shows, and its source names a vocabulary, not a photo.
+    """
     top = r.candidates[0] if r.candidates else None
-    if top is None or not top.examples:
+    if top is None or not top.examples or top.examples[0].kind == "text":
         return None
     example = top.examples[0]
-    what = "example" if example.kind != "text" else "class name"
     where = f"{top.source}, " if top.source else ""
     return (
-        f"why: the closest stored {what} of {top.label} is {where}similarity "
+        f"why: the closest stored example of {top.label} is {where}similarity "
         f"{example.score:.3f} (entry {example.id})"
     )
 

@@ -212,3 +212,26 @@ def test_the_cli_names_the_example_an_answer_rests_on(
         f"why: the closest stored example of {top.label} is {top.source}, similarity "
         f"{top.examples[0].score:.3f} (entry {top.examples[0].id})"
     ) in shown
+
+
+def test_the_cli_names_no_example_for_a_class_name(
+    memory: CategoryMemory, clusters: Clusters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over a memory of class names (the README's first command: the built-in ImageNet
+    classes) the 'why:' line said "the closest stored class name of Egyptian Mau is
+    efficientnet-lite0/imagenet-fc classifier": the class name is the candidate itself, and
+    its source a vocabulary. No line is printed for it; a photo example still gets one."""
+    result = Recognizer(memory, clusters.encoder, k=3).recognize(clusters.image("lynx", 6))
+    top = result.candidates[0]
+    as_text = top.model_copy(
+        update={
+            "kind": "text",
+            "source": "palette/classifier",
+            "examples": [top.examples[0].model_copy(update={"kind": "text"})],
+        }
+    )
+    named = result.model_copy(update={"candidates": [as_text, *result.candidates[1:]]})
+    shown = _cli(named, capsys)
+    assert "why:" not in shown
+    assert "palette/classifier" not in shown
+    assert "why: the closest stored example of" in _cli(result, capsys)
