@@ -210,29 +210,32 @@ def test_llava_and_openai_files(
         build_finetune_data(memory, tiny_encoder, items, jsonl, fmt="alpaca")  # type: ignore[arg-type]
 
 
+def _cli_args(
+    tmp_path: Path,
+    tiny_encoder: Any,
+    spec: str,
+    monkeypatch: pytest.MonkeyPatch,
+    per_class: int = 2,
+) -> list[str]:
+    """A memory built from a made folder of images, and ``finetune-data``'s arguments over
+    both (all but ``--out``)."""
+    folder = make_folder(tmp_path / "images", per_class=per_class)
+    with CategoryMemory.open(tmp_path / "mem", collection="ft") as memory:
+        add_images(memory, tiny_encoder, iter_image_folder(folder))
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+    return [
+        "--memory", str(tmp_path / "mem"), "--collection", "ft", "--clip-model", spec,
+        "--from-folder", str(folder), "--k", "3", "--no-progress",
+    ]  # fmt: skip
+
+
 def test_cli_writes_both_formats_with_a_summary(
     tmp_path: Path, tiny_encoder: Any, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rar_agent.cli import app
 
-    folder = make_folder(tmp_path / "images", per_class=2)
-    with CategoryMemory.open(tmp_path / "mem", collection="ft") as memory:
-        add_images(memory, tiny_encoder, iter_image_folder(folder))
-    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
-    common = [
-        "--memory",
-        str(tmp_path / "mem"),
-        "--collection",
-        "ft",
-        "--clip-model",
-        tiny_openclip_spec,
-        "--from-folder",
-        str(folder),
-        "--k",
-        "3",
-        "--no-progress",
-    ]
+    common = _cli_args(tmp_path, tiny_encoder, tiny_openclip_spec, monkeypatch)
     runner = CliRunner()
     result = runner.invoke(
         app, ["finetune-data", "--out", str(tmp_path / "a.json"), "--json", *common]
@@ -318,11 +321,7 @@ def test_cli_ctrl_c_says_how_far_it_got_and_writes_nothing(
     from rar_agent.cli import app
     from rar_agent.finetune_data.samples import _SampleMaker
 
-    folder = make_folder(tmp_path / "images", per_class=2)
-    with CategoryMemory.open(tmp_path / "mem", collection="ft") as memory:
-        add_images(memory, tiny_encoder, iter_image_folder(folder))
-    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+    common = _cli_args(tmp_path, tiny_encoder, tiny_openclip_spec, monkeypatch)
 
     def ctrl_c(self: Any, *args: Any) -> Any:
         raise KeyboardInterrupt
@@ -330,14 +329,7 @@ def test_cli_ctrl_c_says_how_far_it_got_and_writes_nothing(
 
     monkeypatch.setattr(_SampleMaker, "conversations", ctrl_c)
     out = tmp_path / "runs" / "one" / "train.json"
-    result = CliRunner().invoke(
-        app,
-        [
-            "finetune-data", "--out", str(out), "--memory", str(tmp_path / "mem"),
-            "--collection", "ft", "--clip-model", tiny_openclip_spec, "--from-folder",
-            str(folder), "--k", "3", "--no-progress",
-        ],
-    )  # fmt: skip
+    result = CliRunner().invoke(app, ["finetune-data", "--out", str(out), *common])
     assert result.exit_code == 130, result.output
     assert "stopped after reading 12 of 12 images (0 conversations made): nothing" in result.output
     assert "run the same command again to start over" in result.output
@@ -437,21 +429,11 @@ def test_cli_says_how_to_resume_and_resumes(
 ) -> None:
     from rar_agent.cli import app
 
-    folder = make_folder(tmp_path / "images", per_class=6)  # 36 images: two batches of 32 + 4
-    with CategoryMemory.open(tmp_path / "mem", collection="ft") as memory:
-        add_images(memory, tiny_encoder, iter_image_folder(folder))
-    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+    # 36 images: two batches of 32 + 4
+    common = _cli_args(tmp_path, tiny_encoder, tiny_openclip_spec, monkeypatch, per_class=6)
 
     def run(out: Path, *more: str) -> Any:
-        return CliRunner().invoke(
-            app,
-            [
-                "finetune-data", "--out", str(out), "--memory", str(tmp_path / "mem"),
-                "--collection", "ft", "--clip-model", tiny_openclip_spec, "--from-folder",
-                str(folder), "--k", "3", "--no-progress", *more,
-            ],
-        )  # fmt: skip
+        return CliRunner().invoke(app, ["finetune-data", "--out", str(out), *common, *more])
 
     assert run(tmp_path / "whole.json").exit_code == 0
     out = tmp_path / "train.json"
