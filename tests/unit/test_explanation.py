@@ -13,7 +13,7 @@ from langchain_core.messages import ToolMessage
 from rar_agent.memory import CategoryMemory
 from rar_agent.pipeline import Recognizer, explanation_of
 from rar_agent.ranking import REJECTED_SKIP_REASON, RankingChain, skip_reason
-from rar_agent.results import RecognitionResult
+from rar_agent.results import GateSkip, RecognitionResult
 from rar_agent.tools import format_result
 from rar_agent.ui import candidates_table, render_reply
 from tests.helpers.clusters import KNOWN, STRANGER, Clusters
@@ -130,6 +130,8 @@ def test_every_renderer_formats_the_same_explanation(
     ]
     assert "the closest category was clearly ahead" in cases[5].explanation.how
     assert "retrieval is confident" in (cases[5].ranking.reason or "")  # the data keeps it
+    skip = cases[5].ranking.skip
+    assert skip is not None and skip.rule == "confident" and skip.margin == 0.0
 
 
 def test_a_result_without_an_explanation_is_explained_the_same_way() -> None:
@@ -148,14 +150,16 @@ def test_a_result_without_an_explanation_is_explained_the_same_way() -> None:
 
 
 def test_one_ranker_skip_decision(memory: CategoryMemory, clusters: Clusters) -> None:
-    assert skip_reason(1, [0.9], None, rejected=True) == "only one candidate; nothing to rank"
-    assert skip_reason(3, [0.9, 0.2, 0.1], 0.05, rejected=True) == REJECTED_SKIP_REASON
-    assert skip_reason(3, [0.9, 0.2, 0.1], 0.05).startswith("retrieval is confident")
+    assert skip_reason(1, [0.9], None, rejected=True) == GateSkip(rule="one_candidate")
+    assert skip_reason(3, [0.9, 0.2, 0.1], 0.05, rejected=True) == GateSkip(rule="rejected")
+    confident = skip_reason(3, [0.9, 0.2, 0.1], 0.05)
+    assert confident is not None and confident.rule == "confident"
     assert skip_reason(3, None, 0.05) is None
     chain = _none_of_these()
     rec = Recognizer(memory, clusters.encoder, ranker=chain, k=3)
     result = rec.recognize(clusters.image(STRANGER, 0))
     assert result.ranking.reason == REJECTED_SKIP_REASON
+    assert result.ranking.skip == GateSkip(rule="rejected")
     assert chain.stats["skipped"] == 1 and chain.stats["model_calls"] == 0  # the chain decided
 
 
