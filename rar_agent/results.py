@@ -143,6 +143,12 @@ class RejectionInfo(BaseModel):
     margin: float | None = Field(
         default=None, description="Known-ness margin: statistic minus threshold (< 0: unknown)."
     )
+    known_share: float | None = Field(
+        default=None,
+        description="With --reject auto on a calibrated memory: the share of the memory's own "
+        "examples, each scored as a query, whose known-ness is at most this image's (how "
+        "unusual the image would be for a known one; the threshold sits at ALPHA).",
+    )
     reasons: list[RejectReason] = Field(
         default_factory=list, description="Why the image is unknown (empty when known)."
     )
