@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import logging
+import re
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -343,10 +344,16 @@ async def test_the_deploy_guide_names_the_tools_each_scope_lists(tmp_path: Path)
                 async with session_with(service.url, token, opened=opened) as session:
                     listed = {t.name for t in (await session.list_tools()).tools}
                 assert listed == guide[scope], scope
-                # What the server tells the model at the start names each reading tool.
+                # What the server tells the model at the start names each reading tool,
+                # and no tool this token cannot call (a read-only token's model was told
+                # about add_category_example and undo_teaching)
                 about = opened[0].instructions or ""
                 reading = guide["recognize"] - {"teaching_history"}
                 assert [tool for tool in sorted(reading) if tool not in about] == []
+                every = set().union(*guide.values())
+                told = {tool for tool in every if re.search(rf"\b{tool}\b", about)}
+                assert told - listed == set(), scope
+                assert told == listed - {"teaching_history"} or told == listed, scope
 
 
 async def test_what_a_token_teaches_is_recorded_under_its_name(tmp_path: Path) -> None:
