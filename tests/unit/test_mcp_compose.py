@@ -204,3 +204,45 @@ def test_the_servers_end_with_the_program() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert _ended(int(done.stdout.strip()))
+
+
+def test_a_tool_set_closes_and_nothing_of_it_is_kept() -> None:
+    """``mcp_server_tools`` registered a close at exit and a thread for every tool set, so a
+    program that built many kept each one's server process, thread and sessions until it
+    exited. A tool set now closes (``close()``, or a ``with`` block): its server's process
+    ends, its thread stops, its tools answer with a tool error, and nothing holds it."""
+    import gc
+    import weakref
+
+    for _ in range(2):
+        with mcp_server_tools(FLAKY, call_timeout_s=60) as tools:
+            pid = _server_pid({t.name: t for t in tools}["pid"])
+            sessions = weakref.ref(tools._sessions)
+            thread = tools._sessions._thread
+        assert _ended(pid) and not thread.is_alive()
+        called = {t.name: t for t in tools}["pid"].invoke(PID_CALL)
+        assert called.status == "error" and "this MCP tool set was closed" in called.text
+        tools.close()  # a second close does nothing
+        del tools
+        gc.collect()
+        assert sessions() is None
+
+
+def test_a_sync_call_starts_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each sync call of a composed tool started a thread (and an event loop) of its own;
+    it runs on the tool set's loop."""
+    import threading
+
+    with mcp_server_tools(FLAKY, call_timeout_s=60) as tools:
+        tool = {t.name: t for t in tools}["pid"]
+        first = _server_pid(tool)
+        started: list[str] = []
+        start = threading.Thread.start
+
+        def counted(thread: threading.Thread) -> None:
+            started.append(thread.name)
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", counted)
+        assert [_server_pid(tool) for _ in range(3)] == [first] * 3
+        assert started == []
