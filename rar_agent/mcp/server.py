@@ -391,9 +391,11 @@ def create_server(
     ``search_categories`` (when the encoder has a text side), ``list_categories``,
     ``list_unknown_groups``, with ``allow_learning`` the teaching tools (``add_category_example``,
     ``relabel_example``, ``teaching_history``, ``undo_teaching``; taught examples record
-    ``via="mcp"`` and, over HTTP with tokens, ``by`` = the token's name), and
-    ``snapshot_memory`` (scope ``admin``) with a ``snapshot_dir``. Images come as file paths
-    inside ``allowed_roots``, public ``http(s)`` URLs when ``allow_urls``, or base64 data URIs.
+    ``via="mcp"`` and, over HTTP with tokens, ``by`` = the token's name), and the admin
+    tools (scope ``admin``): ``snapshot_memory`` with a ``snapshot_dir``, and
+    ``undo_teaching_of`` (one person's teaching taken back) with learning and tokens. Images
+    come as file paths inside ``allowed_roots``, public ``http(s)`` URLs when
+    ``allow_urls``, or base64 data URIs.
 
     Args:
         recognizer: The recognizer the tools use (its memory, encoder, ranker and gate).
@@ -437,6 +439,12 @@ def create_server(
         from rar_agent.mcp.admin import SnapshotTool
 
         tools.append(SnapshotTool(memory=recognizer.memory, folder=Path(snapshot_dir)))
+    if allow_learning and auth_required:  # tokens name the people an operator undoes
+        from rar_agent.mcp.admin import UndoTeachingOfTool
+        from rar_agent.safety import normalize_roots
+
+        roots = normalize_roots(allowed_roots)
+        tools.append(UndoTeachingOfTool(recognizer=recognizer, enabled=True, allowed_roots=roots))
     memory = recognizer.memory.info
     return build_server(
         tools,
@@ -472,4 +480,6 @@ def _instructions(collection: str, description: str | None, names: frozenset[str
             " snapshot_memory writes a consistent snapshot of the memory into the server's "
             "snapshot folder."
         )
+    if "undo_teaching_of" in names:
+        said.append(" undo_teaching_of takes back one person's last teaching events.")
     return "".join(said)
