@@ -192,7 +192,7 @@ class _Sessions:
     def close(self) -> None:
         """Close every session (ending the stdio servers' processes), stop the loop and its
         thread; a second call does nothing."""
-        if self._loop.is_closed():
+        if self._loop.is_closed() or not self._loop.is_running():
             return
         atexit.unregister(self.close)
 
