@@ -187,7 +187,7 @@ class ImageResolver:
         if text.startswith("data:"):
             return ImageSource("<data URI>", decode_base64_image(text)[0])
         if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
-            raise UnsafeInputError(f"unsupported reference {text[:40]!r}: use an image id")
+            raise UnsafeInputError(f"unsupported reference {text[:40]!r}: pass {self.accepted()}")
         try:
             return ImageSource(text, resolve_inside_roots(text, self.allowed_roots))
         except UnsafeInputError:

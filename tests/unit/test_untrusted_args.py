@@ -508,3 +508,20 @@ def test_a_name_lookup_that_hangs_ends_within_the_limit(monkeypatch: pytest.Monk
         assert time.monotonic() - start < 5
     finally:
         release.set()
+
+
+@pytest.mark.parametrize("ref", ["file:///etc/passwd", "ftp://example.invalid/x.png"])
+def test_another_scheme_is_refused_with_the_forms_this_caller_accepts(
+    ref: str, tmp_path: Path
+) -> None:
+    """An MCP server takes no image ids: its refusal of ``file://`` once said "use an image
+    id", which that server then refused too; it now names the forms the caller accepts."""
+    from rar_agent.tools import ImageResolver
+
+    no_ids = ImageResolver(allowed_roots=tuple(normalize_roots([tmp_path])))
+    with pytest.raises(UnsafeInputError) as refused:
+        no_ids.resolve(ref)
+    message = str(refused.value)
+    assert "image id" not in message and "a file path relative to the allowed folder" in message
+    with pytest.raises(UnsafeInputError, match="an image id from the conversation"):
+        ImageResolver(registry=ImageRegistry()).resolve(ref)
