@@ -7,8 +7,8 @@ the server's snapshot folder (``mcp --snapshot-dir``, default ``RAR_HOME/snapsho
 ``undo_teaching_of`` takes back one person's (one token's, one login's) last teaching events,
 as ``memory undo --by NAME`` does on a stopped server, through the same
 :class:`~rar_agent.pipeline.teacher.Teacher`: another person's newer change of one of those
-examples refuses it, and the reply lists what was undone with who taught it. Both run under
-the server's write lock, so teaching calls wait; recognition goes on meanwhile.
+examples refuses it, and the reply lists what was undone with who taught it; it checks and
+writes under the teacher's lock, as every teaching call does. Recognition goes on meanwhile.
 """
 
 from __future__ import annotations

@@ -289,8 +289,6 @@ def build_server(
     Returns:
         The server; run it with :func:`serve_stdio` or :func:`serve_http`.
     """
-    import anyio
-
     from rar_agent.mcp.auth import token_name, token_scopes
     from rar_agent.mcp.opening import PerTokenServer
     from rar_agent.tools.provenance import teaching_as
@@ -298,7 +296,6 @@ def build_server(
     _quiet_unlisted_calls()
     served = {tool.name: _Served(tool, mcp_tool(tool), required_scope(tool)) for tool in tools}
     roots = [root for tool in tools for root in getattr(tool, "allowed_roots", ())]
-    writing = anyio.Lock()
 
     def listed(scopes: frozenset[str] | None) -> list[_Served]:
         """The tools a token with ``scopes`` lists and calls (``None``: every tool)."""
@@ -344,11 +341,7 @@ def build_server(
                 f"rar-agent auth add NAME --scope {entry.scope}"
             )
         with teaching_as("mcp", who):
-            if entry.scope == "recognize":
-                result = await call_langchain_tool(entry.tool, arguments or {})
-            else:
-                async with writing:
-                    result = await call_langchain_tool(entry.tool, arguments or {})
+            result = await call_langchain_tool(entry.tool, arguments or {})
         pictures = bool(getattr(entry.tool, "example_images", False))
         _publish_result(result, roots, pictures=pictures)
         return result

@@ -90,6 +90,23 @@ def test_browsing_names_the_folders_never_where_they_lie(tree: dict[str, Path]) 
     assert not [text for text in texts if layout in text]
 
 
+@pytest.mark.parametrize("pattern", ["**/*.png", "holiday/*", "*/photo_00.png"])
+def test_a_path_pattern_is_refused_not_answered_with_nothing(
+    tree: dict[str, Path], recognizer: Any, pattern: str
+) -> None:
+    """file_search matches file names (in every subfolder): `**/*.png`, the pattern models
+    write most, answered "Nothing found" in a folder of PNGs, as if it held no photo."""
+    search = {t.name: t for t in folder_tools([tree["root"]])}["file_search"]
+    assert "shell pattern" in search.description and "regex" not in search.description
+    refused = _call(search, {"pattern": pattern})
+    assert refused.status == "error" and "matches file names" in refused.text
+    assert "'*.png'" in refused.text or "'*.jpg'" in refused.text
+    batch = next(t for t in make_tools(recognizer, allowed_roots=[tree["root"]]) if t.name ==
+                 "recognize_images")  # fmt: skip
+    also = _call(batch, {"folder": ".", "pattern": pattern})
+    assert also.status == "error" and "matches file names" in also.text
+
+
 @pytest.mark.parametrize(
     "dir_path", ["..", "../secret", "link_out", "holiday/../../secret", "/etc", "{secret}"]
 )
@@ -146,6 +163,20 @@ def test_batch_recognizes_a_folder_with_a_bounded_count(recognizer: Any, tmp_pat
     assert {r["image"]: r["label"] for r in results} == {f"album/{n}": t for n, t in truth.items()}
     assert _call(tool, {"folder": "album", "pattern": "photo_0[01].png"}).artifact["total"] == 2
     assert _call(tool, {"folder": "album", "limit": MAX_BATCH + 1}).status == "error"
+
+
+def test_a_name_pattern_finds_phone_photos_whatever_the_case(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """A phone names its photos IMG_0001.JPG: `pattern='*.jpg'` (the tool's own example)
+    answered "No photos found" in a folder of them."""
+    truth = _photos(recognizer, tmp_path / "phone", 3)
+    for name in truth:
+        (tmp_path / "phone" / name).rename(tmp_path / "phone" / name.upper())
+    tool = RecognizeImagesTool(recognizer=recognizer, allowed_roots=[tmp_path])
+    found = _call(tool, {"folder": "phone", "pattern": "*.png"})
+    assert found.status != "error" and found.artifact["total"] == 3, found.text
+    assert _call(tool, {"folder": "phone", "pattern": "photo_00*"}).artifact["total"] == 1
 
 
 def test_batch_takes_phone_photos_heic_and_avif(recognizer: Any, tmp_path: Path) -> None:
