@@ -640,3 +640,25 @@ def test_bad_arguments_tell_the_model_what_was_wrong(recognizer: Any) -> None:
     message = _call(recognize, {"k": 0})
     assert message.status == "error"
     assert "k:" in message.content and "greater than or equal" in message.content
+
+
+def test_every_tool_k_takes_its_bounds_from_one_place() -> None:
+    """Issue 11: ``k`` bounds have one home (``config``); the tools' cap on a model-chosen k
+    was the literal 50 written in three argument schemas."""
+    from rar_agent import config, tools
+
+    with_k = [
+        cls
+        for cls in vars(tools).values()
+        if isinstance(cls, type) and issubclass(cls, BaseTool) and cls is not BaseTool
+        and "k" in cls.model_fields["args_schema"].default.model_fields
+    ]  # fmt: skip
+    assert {c.__name__ for c in with_k} >= {
+        "RecognizeTool",
+        "CategorySearchTool",
+        "RecognizeImagesTool",
+    }
+    for cls in with_k:
+        field = cls.model_fields["args_schema"].default.model_json_schema()["properties"]["k"]
+        bounds = field["anyOf"][0] if "anyOf" in field else field
+        assert (bounds["minimum"], bounds["maximum"]) == (config.MIN_K, config.MAX_TOOL_K), cls
