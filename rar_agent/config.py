@@ -242,9 +242,10 @@ class Settings(BaseSettings):
         except ConfigError as e:
             raise ValueError(str(e)) from None
 
-    @field_validator("reject")
+    @field_validator("reject", mode="before")
     @classmethod
-    def _check_reject(cls, v: str) -> str:
+    def _check_reject(cls, v: str | float | RejectSetting | None) -> str:
+        """Any form :func:`parse_reject` reads (a threshold may be a number), kept as text."""
         try:
             return str(parse_reject(v))
         except ConfigError as e:

@@ -22,7 +22,9 @@ ToCollectionOpt = Annotated[
     str | None,
     typer.Option("--to-collection", help="Name of the copy (default: the same --collection)."),
 ]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Points per page read and written.")]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Points per page read and written.")
+]
 
 
 @settings_command(STORE)
@@ -30,14 +32,14 @@ def memory_push(
     settings: "Settings",
     to_collection: ToCollectionOpt = None,
     shard_number: Annotated[
-        int | None, typer.Option("--shards", help=f"Shards of the collection. {_CLUSTER}.")
+        int | None, typer.Option("--shards", min=1, help=f"Shards of the collection. {_CLUSTER}.")
     ] = None,
     replication_factor: Annotated[
-        int | None, typer.Option("--replicas", help=f"Copies of each shard. {_CLUSTER}.")
+        int | None, typer.Option("--replicas", min=1, help=f"Copies of each shard. {_CLUSTER}.")
     ] = None,
     write_consistency_factor: Annotated[
         int | None,
-        typer.Option("--write-acks", help=f"Replicas that acknowledge a write. {_CLUSTER}."),
+        typer.Option("--write-acks", min=1, help=f"Replicas that acknowledge a write. {_CLUSTER}."),
     ] = None,
     batch_size: BatchOpt = 512,
     progress: ProgressOpt = True,

@@ -51,6 +51,7 @@ __all__ = [
     "JsonOpt",
     "KOpt",
     "LabelsOpt",
+    "McpPortOpt",
     "MemoryOpt",
     "PortOpt",
     "ProgressOpt",
@@ -265,7 +266,10 @@ ProgressOpt = Annotated[
 HostOpt = Annotated[
     str, typer.Option("--host", help="Interface to serve on (0.0.0.0 for a network).")
 ]
-PortOpt = Annotated[int, typer.Option("--port", help="Port to serve on.")]
+PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on.")]
+McpPortOpt = Annotated[
+    int, typer.Option("--port", min=0, max=65535, help="Port to serve on (0: a free one).")
+]
 AllowRootOpt = Annotated[
     list[Path] | None,
     typer.Option(

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rar_agent.config import positive_int
-from rar_agent.errors import ConfigError
+from rar_agent.errors import ConfigError, LabelError
 from rar_agent.ingest.builders import BuildReport, Progress, finish_build, mark_build_started
 from rar_agent.memory.core import UPSERT_BATCH
-from rar_agent.memory.entries import EntryKind, MemoryEntry, check_kind
+from rar_agent.memory.entries import EntryKind, MemoryEntry, check_kind, normalize_label
 
 if TYPE_CHECKING:
     from rar_agent.memory.core import CategoryMemory
@@ -112,6 +112,7 @@ def add_vectors(
     n, dim = vectors.shape
     if len(labels) != n:
         raise ConfigError(f"{n} vector rows but {len(labels)} labels: give one label per row")
+    _check_input(vectors, labels, source)  # all of it, before anything is written
     memory.bind_encoder(fingerprint, int(dim), expected_entries=n)
     resume = memory.count() > 0
     report = BuildReport()
@@ -132,6 +133,34 @@ def add_vectors(
                 progress(stop, n)
     finish_build(memory, report, start)
     return report
+
+
+_CHECK_ROWS = 65_536  # rows read at a time by the up-front check (256 MiB of 1024-d floats)
+
+
+def _check_input(vectors: np.ndarray, labels: Sequence[str], source: str) -> None:
+    """Refuse a row that is not finite or all zeros, or an unusable label, naming its row.
+
+    Checked over the whole input before the first write: a bad row in a later batch used to
+    leave the batches before it stored and the build marked unfinished.
+    """
+    for label in dict.fromkeys(labels):  # each distinct label once
+        try:
+            normalize_label(label)
+        except LabelError as e:
+            raise LabelError(f"{source} row {list(labels).index(label)}: {e}") from e
+    for begin in range(0, vectors.shape[0], _CHECK_ROWS):
+        rows = np.asarray(vectors[begin : begin + _CHECK_ROWS], dtype=np.float32)
+        for problem, bad in (
+            ("contains NaN or infinity", ~np.isfinite(rows).all(axis=1)),
+            ("is all zeros (it has no direction to compare by)", ~rows.any(axis=1)),
+        ):
+            if bad.any():
+                row = begin + int(np.flatnonzero(bad)[0])
+                raise ConfigError(
+                    f"{source} row {row} {problem}: nothing was written; fix or remove that "
+                    f"row and its label (line {row + 1}), then run the build again"
+                )
 
 
 def _entries(

@@ -447,6 +447,17 @@ def test_parse_reject_refuses_nonsense(spec: str) -> None:
         parse_reject(spec)
 
 
+def test_a_threshold_setting_may_be_a_number() -> None:
+    """`Recognizer.from_settings(reject=0.8)` was refused with "invalid setting reject=0.8:
+    Input should be a valid string", though Recognizer, make_tools and the agent take 0.8."""
+    from rar_agent.pipeline import Recognizer
+
+    assert Settings(reject=0.8).reject == "0.8"
+    assert Settings(reject=parse_reject("auto:0.01")).reject == "auto:0.01"
+    with pytest.raises(ConfigError, match="reject=1.5: a reject threshold is a cosine"):
+        Recognizer.from_settings(reject=1.5)  # checked as the number it is, before any load
+
+
 def test_settings_read_rar_reject(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().reject == "auto"
     monkeypatch.setenv("RAR_REJECT", "0.75")

@@ -73,6 +73,20 @@ def test_usage_errors_exit_2_before_anything_loads(folder: Path) -> None:
     assert done.exit_code == EXIT_USAGE
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["mcp", "--http", "--port", "99999"], ["mcp", "--http", "--port", "-1"],
+     ["chat", "--port", "70000"], ["chat", "--port", "0"]],
+)  # fmt: skip
+def test_a_port_out_of_range_is_a_usage_error(folder: Path, command: list[str]) -> None:
+    """`mcp --http --port 99999` loaded the models, then died in bind() with a traceback
+    (OverflowError, exit 1); chat alike. A port is 1-65535 (mcp: 0 picks a free one)."""
+    done = runner.invoke(app, [*command, "--labels", "a,b"])
+    assert done.exit_code == EXIT_USAGE, done.output
+    assert "Invalid value for '--port'" in done.output
+    assert isinstance(done.exception, SystemExit)  # no traceback
+
+
 def test_memory_build_with_bad_items_exits_1_and_stores_the_rest(
     folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

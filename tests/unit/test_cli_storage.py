@@ -89,6 +89,16 @@ def test_push_to_an_unreachable_server_fails_cleanly(
     assert code == 2 and "--qdrant-url" in out
 
 
+@pytest.mark.parametrize("flag", ["--shards", "--replicas", "--write-acks", "--batch-size"])
+def test_copy_counts_below_one_are_refused_by_their_flag(flag: str, tmp_path: Path) -> None:
+    """`memory push --shards 0` said "shard_number must be a positive integer, got 0" (a name
+    the user never typed), and `--batch-size 0` first tried to reach the server."""
+    code, out = _run("memory", "push", "--memory", str(tmp_path / "m"), "--qdrant-url",
+                     "http://127.0.0.1:9", flag, "0")  # fmt: skip
+    assert code == 2 and f"Invalid value for '{flag}'" in out, out
+    assert "unreachable" not in out and "no category memory" not in out
+
+
 def test_storage_flags_fill_the_rest_from_the_size_default() -> None:
     assert _storage(10, {"quantization": None, "hnsw_m": None}) is None
     big = _storage(500_000, {"hnsw_m": 32, "quantization": None})

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,37 @@ async def in_process(
 async def test_in_process_scenario_with_learning(memory_dir: MemoryDir) -> None:
     async with in_process(memory_dir, learning=True) as session:
         await exercise(session, memory_dir.images, learning=True)
+
+
+def _keys(value: Any) -> set[str]:
+    """Every key of a JSON value, at any depth."""
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in _keys(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in _keys(v)}
+    return set()
+
+
+async def test_the_readmes_example_call_is_what_the_server_answers(memory_dir: MemoryDir) -> None:
+    """README, "What the agent sees": the call on this memory, as a client gets it. It showed
+    ``"retrieval_rank": 0`` (ranks are 1-based everywhere since issue 12) and no reject time."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("What the agent sees:", 1)[1].split("```text\n", 1)[1].split("```")[0]
+    content, structured = block.split("-> content: ", 1)[1].split("-> structuredContent: ")
+    async with in_process(memory_dir, learning=False) as session:
+        result = await session.call_tool("recognize_image", {"image": "cat.jpg", "k": 3})
+    assert " ".join(content.split()).strip('"') == " ".join(text_of(result).split())
+    real = result.structuredContent
+    assert real is not None
+    assert set(re.findall(r'"(\w+)":', structured)) <= _keys(real)
+    shown = re.search(r'"candidates": \[(\{.*?\})', structured, re.S)
+    assert shown is not None
+    first = json.loads(shown[1])
+    assert first == {k: real["candidates"][0][k] for k in first if k != "score"} | {
+        "score": pytest.approx(real["candidates"][0]["score"], abs=5e-4)
+    }
+    timings = re.search(r'"timings_ms": (\{.*?\})', structured, re.S)
+    assert timings is not None and set(json.loads(timings[1])) == set(real["timings_ms"])
 
 
 async def test_read_only_server_has_no_learning_tool_and_memory_refuses(

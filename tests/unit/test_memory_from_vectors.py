@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from rar_agent.errors import ConfigError, LabelError
+from rar_agent.ingest.builders import unfinished_build
 from rar_agent.ingest.from_vectors import add_vectors, build_from_vectors, read_labels, read_vectors
 from rar_agent.memory import CategoryMemory
 from rar_agent.memory.storage import StorageSettings
@@ -77,6 +79,39 @@ def test_rows_and_labels_must_pair_up(tmp_path: Path) -> None:
         with pytest.raises(LabelError):
             add_vectors(mem, x, ["ok"] * 9 + ["bad\x07label"], fingerprint="enc")
         assert mem.count() == 0  # every bad batch was refused before writing
+
+
+@pytest.mark.parametrize(
+    ("spoil", "said"),
+    [
+        (lambda x: x.__setitem__((250, 3), np.nan), "row 250 contains NaN or infinity"),
+        (lambda x: x.__setitem__((250, 0), np.inf), "row 250 contains NaN or infinity"),
+        (lambda x: x.__setitem__(250, 0.0), "row 250 is all zeros"),
+    ],
+    ids=["nan", "inf", "zeros"],
+)
+def test_a_bad_row_past_the_first_batch_writes_nothing(
+    tmp_path: Path, spoil: Any, said: str
+) -> None:
+    """A NaN at row 250 of a file said "vectors row 122 contains NaN or infinity: nothing was
+    written" (the row within its batch) after 128 rows were written, and the memory was left
+    as an unfinished build; an all-zero row there said only "a vector is all zeros"."""
+    x, labels = _data(300)
+    spoil(x)
+    vectors, names = _files(tmp_path, x, labels)
+    with CategoryMemory.open(tmp_path / "m") as mem:
+        with pytest.raises(ConfigError, match=f"v.npy {said}.*: nothing was written"):
+            build_from_vectors(mem, vectors, names)
+        assert mem.count() == 0 and unfinished_build(mem) is None
+
+
+def test_a_bad_label_past_the_first_batch_writes_nothing(tmp_path: Path) -> None:
+    x, labels = _data(300)
+    labels[260] = "bad\x07label"
+    with CategoryMemory.open(tmp_path / "m") as mem:
+        with pytest.raises(LabelError, match="control characters"):
+            add_vectors(mem, x, labels, fingerprint="enc")
+        assert mem.count() == 0 and unfinished_build(mem) is None
 
 
 def test_bad_files_get_clear_errors(tmp_path: Path) -> None:
