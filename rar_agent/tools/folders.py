@@ -72,6 +72,27 @@ def _community_file_tools(root: Path) -> dict[str, BaseTool]:
     return {tool.name: tool for tool in toolkit.get_tools()}
 
 
+def check_name_pattern(pattern: str, subfolders: str) -> str:
+    """``pattern`` if it is a file-name pattern; a path pattern is refused, saying why.
+
+    fnmatch compares the pattern with each file's name, so ``**/*.jpg`` matches nothing:
+    answering "nothing found" would tell the model the folder holds no photo.
+
+    Args:
+        pattern: The shell pattern the model gave.
+        subfolders: How this tool is pointed at a subfolder, for the message.
+
+    Raises:
+        ValueError: The pattern holds a ``/`` (or a NUL byte).
+    """
+    if "/" in pattern or "\x00" in pattern:
+        raise ValueError(
+            f"pattern {pattern!r} matches file names, which hold no '/': write a name pattern "
+            f"such as '*.jpg' or '*beach*' (not '**/*.jpg'); {subfolders}"
+        )
+    return pattern
+
+
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
@@ -80,6 +101,15 @@ def _shown_folder(root: Path, directory: Path) -> str:
     """``directory`` as a caller may see it: relative to its root, the root by name."""
     inner = directory.relative_to(root).as_posix()
     return describe_roots([root]) if inner == "." else f"'{inner}' in {describe_roots([root])}"
+
+
+_SEARCH_SUBFOLDERS = "the search goes into every subfolder; give one as dir_path to search it"
+# langchain-community calls file_search's pattern a regex; it is an fnmatch shell pattern.
+_DESCRIPTIONS = {
+    "file_search": "Search this folder and its subfolders for files whose name matches a "
+    "shell pattern (* any characters, ? one; case-sensitive; names only, no '/': '*.jpg', "
+    "'*beach*')",
+}
 
 
 class ConfinedFileTool(BaseTool):
@@ -141,6 +171,11 @@ class ConfinedFileTool(BaseTool):
         run_manager: CallbackManagerForToolRun | None = None,
         **kwargs: Any,
     ) -> str:
+        if self.name == "file_search":
+            try:
+                check_name_pattern(str(kwargs.get("pattern", "")), _SEARCH_SUBFOLDERS)
+            except ValueError as e:
+                raise ToolException(str(e)) from e
         blocks = []
         for root, directory in self._targets(dir_path):
             relative = directory.relative_to(root).as_posix()
@@ -193,7 +228,8 @@ def folder_tools(folders: Sequence[str | os.PathLike[str]]) -> list[BaseTool]:
         tools.append(
             ConfinedFileTool(
                 name=name,
-                description=f"{first.description} (read-only), in {where}. dir_path is a "
+                description=f"{_DESCRIPTIONS.get(name, first.description)} (read-only), in "
+                f"{where}. dir_path is a "
                 "folder inside them, relative to a folder ('.': all of them). "
                 "Pass the paths it returns to recognize_image or recognize_images.",
                 args_schema=first.args_schema,
@@ -238,9 +274,7 @@ class RecognizeImagesInput(BaseModel):
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, pattern: str) -> str:
-        if "/" in pattern or "\x00" in pattern:
-            raise ValueError("pattern matches file names: no '/' in it")
-        return pattern or "*"
+        return check_name_pattern(pattern, "subfolders come in with recursive") or "*"
 
 
 class RecognizeImagesTool(RecognizerTool):

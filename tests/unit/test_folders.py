@@ -90,6 +90,23 @@ def test_browsing_names_the_folders_never_where_they_lie(tree: dict[str, Path]) 
     assert not [text for text in texts if layout in text]
 
 
+@pytest.mark.parametrize("pattern", ["**/*.png", "holiday/*", "*/photo_00.png"])
+def test_a_path_pattern_is_refused_not_answered_with_nothing(
+    tree: dict[str, Path], recognizer: Any, pattern: str
+) -> None:
+    """file_search matches file names (in every subfolder): `**/*.png`, the pattern models
+    write most, answered "Nothing found" in a folder of PNGs, as if it held no photo."""
+    search = {t.name: t for t in folder_tools([tree["root"]])}["file_search"]
+    assert "shell pattern" in search.description and "regex" not in search.description
+    refused = _call(search, {"pattern": pattern})
+    assert refused.status == "error" and "matches file names" in refused.text
+    assert "'*.png'" in refused.text or "'*.jpg'" in refused.text
+    batch = next(t for t in make_tools(recognizer, allowed_roots=[tree["root"]]) if t.name ==
+                 "recognize_images")  # fmt: skip
+    also = _call(batch, {"folder": ".", "pattern": pattern})
+    assert also.status == "error" and "matches file names" in also.text
+
+
 @pytest.mark.parametrize(
     "dir_path", ["..", "../secret", "link_out", "holiday/../../secret", "/etc", "{secret}"]
 )
