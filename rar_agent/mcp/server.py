@@ -287,7 +287,6 @@ def build_server(
     Returns:
         The server; run it with :func:`serve_stdio` or :func:`serve_http`.
     """
-    import anyio
     from mcp.server.lowlevel import Server
 
     from rar_agent.mcp.auth import token_name, token_scopes
@@ -297,7 +296,6 @@ def build_server(
     served = {tool.name: _Served(tool, mcp_tool(tool), required_scope(tool)) for tool in tools}
     roots = [root for tool in tools for root in getattr(tool, "allowed_roots", ())]
     server: Server = Server(name, version=__version__, instructions=instructions)
-    writing = anyio.Lock()
 
     def caller() -> tuple[str | None, frozenset[str] | None]:
         """The calling token's name and scopes; scopes ``None`` = every tool."""
@@ -333,11 +331,7 @@ def build_server(
                 f"rar-agent auth add NAME --scope {entry.scope}"
             )
         with teaching_as("mcp", who):
-            if entry.scope == "recognize":
-                result = await call_langchain_tool(entry.tool, arguments or {})
-            else:
-                async with writing:
-                    result = await call_langchain_tool(entry.tool, arguments or {})
+            result = await call_langchain_tool(entry.tool, arguments or {})
         pictures = bool(getattr(entry.tool, "example_images", False))
         _publish_result(result, roots, pictures=pictures)
         return result

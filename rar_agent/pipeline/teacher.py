@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ from rar_agent.results import (
 from rar_agent.retrieval import NEAR_DUPLICATE
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from rar_agent.encoders import ImageTextEncoder
@@ -77,6 +79,14 @@ VIA: tuple[TeachVia, ...] = ("cli", "chat", "tool", "mcp", "api")
 _DUPLICATE_SEARCH = 16
 """Nearest examples checked for the same content or a near-duplicate (an identical image
 embeds identically, so its entry is the first hit)."""
+
+
+_WRITES = threading.RLock()
+"""Held while a change is checked and written (an example added, moved or taken back):
+what the checks read (is this image stored under another label? which event is the last?)
+must not change before the write, whoever else teaches in this process (the chat page's
+people, an agent's tools, MCP clients). Encoding, the slow part, happens before it, so two
+people teaching at once do not wait for each other's encoder passes."""
 
 
 def _now() -> str:
@@ -164,8 +174,9 @@ def learn_entries(
     Returns:
         The point ids written.
     """
-    written = memory.add_entries(entries, vectors, ids=ids)
-    update_calibration(memory, added=list(zip(written, entries, strict=True)))
+    with _WRITES:
+        written = memory.add_entries(entries, vectors, ids=ids)
+        update_calibration(memory, added=list(zip(written, entries, strict=True)))
     return written
 
 
@@ -266,6 +277,23 @@ class Teacher:
         encoder = self._encoder()
         self._bind()
         vectors = encoder.embed_images([p.image for p in prepared])
+        with _WRITES:
+            return self._store(
+                given, prepared, vectors, action=action, wrong=wrong, move=move, start=start
+            )
+
+    def _store(
+        self,
+        given: str,
+        prepared: Sequence[_Prepared],
+        vectors: np.ndarray,
+        *,
+        action: TeachAction,
+        wrong: str | None,
+        move: bool,
+        start: float,
+    ) -> list[ExampleAdded]:
+        """:meth:`add`'s checks and write, for images already encoded (under ``_WRITES``)."""
         hits = self.memory.search_batch(vectors, kind="image", limit=_DUPLICATE_SEARCH)
         near = [h for found in hits for h in found]
         clean = self._spelling(given, near)
@@ -411,6 +439,10 @@ class Teacher:
             ConfigError: No image example has that id.
             LabelError: The label is unusable.
         """
+        with _WRITES:
+            return self._relabel(example, label)
+
+    def _relabel(self, example: str, label: str) -> ExampleRelabeled:
         clean = self.known_form(label)
         hit = self._entry(example)
         if hit.label == clean:
@@ -500,6 +532,10 @@ class Teacher:
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"undo takes a positive number of events, not {n!r}")
+        with _WRITES:
+            return self._undo(n, own=own)
+
+    def _undo(self, n: int, *, own: bool) -> TeachingUndone:
         events = _events(self.memory)
         by = self.by if own else None
         if by is not None:

@@ -8,14 +8,22 @@ fixed random matrix. It meets :class:`rar_agent.encoders.ImageTextEncoder`.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from rar_agent.encoders.base import l2_normalize
 
-__all__ = ["HashingEncoder", "hashing_encoder", "not_an_encoder", "broken_factory"]
+__all__ = [
+    "HashingEncoder",
+    "MeetingEncoder",
+    "broken_factory",
+    "hashing_encoder",
+    "not_an_encoder",
+]
 
 _BUCKETS = 256
 
@@ -51,6 +59,24 @@ class HashingEncoder:
                 h = hashlib.blake2b(padded[j : j + 3].encode(), digest_size=4).digest()
                 rows[i, int.from_bytes(h, "little") % _BUCKETS] += 1.0
         return l2_normalize(rows @ self._txt_proj)
+
+
+class MeetingEncoder:
+    """An encoder whose image calls each wait until ``parties`` of them are inside at once
+    (``threading.BrokenBarrierError`` after ``timeout`` s): a test's proof that callers encode
+    side by side, not one after the other. Everything else is ``inner``'s."""
+
+    def __init__(self, inner: Any, parties: int = 2, timeout: float = 20.0) -> None:
+        self.inner = inner
+        self.meeting = threading.Barrier(parties, timeout=timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """``inner``'s rows, once the other callers are encoding too."""
+        self.meeting.wait()
+        return np.asarray(self.inner.embed_images(images))
 
 
 def hashing_encoder(pretrained: str | None = None, device: str | None = None) -> HashingEncoder:

@@ -29,7 +29,7 @@ from mcp.shared.memory import create_connected_server_and_client_session
 
 from rar_agent.mcp import build_server, create_server, mcp_tool, output_schema
 from rar_agent.tools import make_tools
-from tests.helpers.encoder_factories import hashing_encoder
+from tests.helpers.encoder_factories import MeetingEncoder, hashing_encoder
 from tests.helpers.small_memory import small_recognizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -559,6 +559,37 @@ async def test_a_path_one_client_taught_by_is_not_shown_to_the_next(memory_dir: 
             seen = text_of(answer) + json.dumps(answer.structuredContent)
             assert not answer.isError and "mint.png" in seen, (name, seen)
             assert layout not in seen, (name, seen)
+
+
+async def test_two_clients_teaching_at_once_encode_side_by_side(memory_dir: MemoryDir) -> None:
+    """Two learn-scoped clients teach at the same moment: each call's image is encoded
+    while the other's is (neither waits for the other's encoder pass), and both are stored."""
+    from PIL import Image
+
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+
+    for name, colour in [("mint.png", (20, 160, 150)), ("plum.png", (120, 30, 90))]:
+        Image.new("RGB", (40, 30), colour).save(memory_dir.images / name)
+    memory = CategoryMemory.open(memory_dir.memory, collection="small")
+    encoder = MeetingEncoder(hashing_encoder(), timeout=10)
+    with Recognizer(memory, encoder, k=5) as recognizer:  # type: ignore[arg-type]
+        server = create_server(
+            recognizer, allowed_roots=[memory_dir.images], allow_learning=True, batch_images=1
+        )
+        async with create_connected_server_and_client_session(server) as session:
+            answers: dict[str, types.CallToolResult] = {}
+
+            async def teach(label: str) -> None:
+                image = {"label": label, "image": f"{label}.png"}
+                answers[label] = await session.call_tool("add_category_example", image)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(teach, "mint")
+                group.start_soon(teach, "plum")
+        for label, answer in answers.items():
+            assert not answer.isError, (label, text_of(answer))
+        assert {"mint", "plum"} <= set(memory.labels("image"))
 
 
 async def test_an_unexpected_failure_is_told_without_its_details() -> None:

@@ -4,6 +4,7 @@ thumbnails and the calibration kept current; the name parser's stated rules."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from rar_agent.pipeline.teacher import (
     Teacher,
     make_thumbnail,
 )
+from tests.helpers.encoder_factories import MeetingEncoder
 from tests.helpers.small_memory import small_recognizer
 
 
@@ -310,3 +312,56 @@ def test_several_images_of_a_new_category_name_only_the_first_as_its_first(
         in (lines[0])
     )
     assert all("first example" not in line and "3 examples now" in line for line in lines[1:])
+
+
+class _MeetingMemory:
+    """The recognizer's memory, except that a search for duplicates waits (up to a second)
+    for a second one, as two teachers checking the same photo at the same moment would."""
+
+    def __init__(self, inner: Any) -> None:
+        import threading
+
+        self.inner = inner
+        self.meeting = threading.Barrier(2, timeout=1)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def search_batch(self, *args: Any, **kwargs: Any) -> Any:
+        import threading
+
+        found = self.inner.search_batch(*args, **kwargs)
+        # a broken meeting: the other teacher is not checking now (it waits for this write)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            self.meeting.wait()
+        return found
+
+
+def test_two_people_teaching_at_once_encode_together_and_never_store_one_image_twice(
+    recognizer: Any,
+) -> None:
+    # Two people teach the same photo at the same moment, under two labels. Each encodes
+    # while the other does (neither waits for the other's encoder pass), and still only
+    # one label gets it: the other is refused as a duplicate, as it is one after the other.
+    from concurrent.futures import ThreadPoolExecutor
+
+    encoder = MeetingEncoder(recognizer.encoder)
+    memory = _MeetingMemory(recognizer.memory)
+    photo = ("photo", _png((30, 140, 200)))
+
+    def teach(label: str, by: str) -> Any:
+        teacher = Teacher(memory, encoder, via="chat", by=by)  # type: ignore[arg-type]
+        try:
+            return teacher.add(label, [photo])[0]
+        except DuplicateExampleError as e:
+            return e
+
+    before = recognizer.memory.count("image")
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(teach, ["sandal", "boot"], ["ana", "ben"]))
+    refused = [o for o in outcomes if isinstance(o, DuplicateExampleError)]
+    stored = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(refused) == 1 and len(stored) == 1, outcomes
+    assert recognizer.memory.count("image") == before + 1
+    [entry] = recognizer.memory.get_entries([stored[0].id])
+    assert entry.label == stored[0].label
