@@ -254,7 +254,8 @@ class RecognizeImagesInput(BaseModel):
     pattern: str = Field(
         default="*",
         max_length=200,
-        description="Only file names matching this shell pattern, e.g. '*.jpg' or '*beach*'.",
+        description="Only file names matching this shell pattern (any case), e.g. '*.jpg' or "
+        "'*beach*'.",
     )
     recursive: bool = Field(default=False, description="Include the folder's subfolders.")
     images: list[str] | None = Field(
@@ -303,7 +304,9 @@ class RecognizeImagesTool(RecognizerTool):
         walker = directory.rglob("*") if recursive else directory.iterdir()
         files = []
         for path in walker:
-            if path.suffix.lower() not in IMAGE_SUFFIXES or not fnmatch.fnmatch(path.name, pattern):
+            # in any case: a phone's IMG_0001.JPG is one of the *.jpg
+            named = fnmatch.fnmatchcase(path.name.casefold(), pattern.casefold())
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not named:
                 continue
             try:
                 files.append(resolve_inside_roots(path, self.allowed_roots))

@@ -165,6 +165,20 @@ def test_batch_recognizes_a_folder_with_a_bounded_count(recognizer: Any, tmp_pat
     assert _call(tool, {"folder": "album", "limit": MAX_BATCH + 1}).status == "error"
 
 
+def test_a_name_pattern_finds_phone_photos_whatever_the_case(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """A phone names its photos IMG_0001.JPG: `pattern='*.jpg'` (the tool's own example)
+    answered "No photos found" in a folder of them."""
+    truth = _photos(recognizer, tmp_path / "phone", 3)
+    for name in truth:
+        (tmp_path / "phone" / name).rename(tmp_path / "phone" / name.upper())
+    tool = RecognizeImagesTool(recognizer=recognizer, allowed_roots=[tmp_path])
+    found = _call(tool, {"folder": "phone", "pattern": "*.png"})
+    assert found.status != "error" and found.artifact["total"] == 3, found.text
+    assert _call(tool, {"folder": "phone", "pattern": "photo_00*"}).artifact["total"] == 1
+
+
 def test_batch_takes_phone_photos_heic_and_avif(recognizer: Any, tmp_path: Path) -> None:
     """The folder tool lists the same photo formats as everything else that reads images."""
     import pillow_heif
