@@ -3,7 +3,8 @@
 An embedded memory is held by one process; while a server serves it, ``rar-agent memory
 snapshot`` and ``memory undo`` cannot open it, so a token with the ``admin`` scope asks the
 server instead (``--server URL --token TOKEN``). ``snapshot_memory`` writes a snapshot into
-the server's snapshot folder (``mcp --snapshot-dir``, default ``RAR_HOME/snapshots``);
+the server's snapshot folder (``mcp --snapshot-dir``, default ``RAR_HOME/snapshots``)
+while teaching waits (:func:`~rar_agent.pipeline.teacher.no_teaching`);
 ``undo_teaching_of`` takes back one person's (one token's, one login's) last teaching events,
 as ``memory undo --by NAME`` does on a stopped server, through the same
 :class:`~rar_agent.pipeline.teacher.Teacher`: another person's newer change of one of those
@@ -87,6 +88,7 @@ class SnapshotTool(BaseTool):
         self, name: str, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
         from rar_agent.memory.snapshot import write_snapshot
+        from rar_agent.pipeline.teacher import no_teaching
 
         if not _FILE_NAME.match(name):
             raise ToolException(
@@ -94,7 +96,8 @@ class SnapshotTool(BaseTool):
                 "(no folders), e.g. nightly.tar"
             )
         try:
-            report = write_snapshot(self.memory, self.folder / name)
+            with no_teaching():  # teaching waits: no half-written example in the copy
+                report = write_snapshot(self.memory, self.folder / name)
         except RarError as e:  # in the client's words: no path of the server's
             where = {str(self.folder / name): name, str(self.folder): "the snapshot folder",
                      self.memory.info.location: "the served memory"}  # fmt: skip

@@ -269,8 +269,9 @@ def build_server(
 
     Over HTTP with bearer tokens (:mod:`rar_agent.mcp.auth`), a token lists and calls only
     the tools its scopes grant (:func:`required_scope`); what a token teaches is recorded
-    under its name (``taught.by``). Calls of tools that change the memory run one at a time
-    (a snapshot through the server sees no half-written example). Candidates name stored
+    under its name (``taught.by``). Changes of the memory are checked and written one at a
+    time (the teacher's lock, which a snapshot through the server holds too: it sees no
+    half-written example). Candidates name stored
     examples by a path relative to their folder, never the server's absolute path, and carry
     the stored examples' thumbnails only from a tool that shows example images (the
     operator's ``--example-images``): a token that may recognize sees ids and scores, not

@@ -26,13 +26,14 @@ the rules below hold wherever an example comes from:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,7 @@ __all__ = [
     "Teacher",
     "learn_entries",
     "make_thumbnail",
+    "no_teaching",
     "update_calibration",
 ]
 
@@ -87,6 +89,14 @@ what the checks read (is this image stored under another label? which event is t
 must not change before the write, whoever else teaches in this process (the chat page's
 people, an agent's tools, MCP clients). Encoding, the slow part, happens before it, so two
 people teaching at once do not wait for each other's encoder passes."""
+
+
+@contextlib.contextmanager
+def no_teaching() -> Iterator[None]:
+    """Within the block no teaching change is checked or written in this process (others
+    wait): a snapshot taken there holds no half-written example."""
+    with _WRITES:
+        yield
 
 
 def _now() -> str:

@@ -303,3 +303,45 @@ def test_the_admin_tool_names_no_server_path_when_it_cannot_write(tmp_path: Path
         answer = tool.invoke({"name": "team.tar"})
     assert "cannot write the snapshot team.tar: it is a folder" in answer
     assert str(tmp_path) not in answer, answer
+
+
+def test_a_snapshot_through_the_server_holds_teaching_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MCP server's write lock kept teaching out of a snapshot; once teaching took the
+    teacher's own lock instead, ``snapshot_memory`` ran beside it (an example could be half
+    written into the copy). The snapshot holds the teacher's lock while it copies."""
+    import threading
+
+    from rar_agent.mcp.admin import SnapshotTool
+    from rar_agent.memory import snapshot
+    from rar_agent.pipeline import teacher
+
+    def teaching_could_write() -> bool:
+        got: list[bool] = []
+
+        def try_lock() -> None:
+            got.append(teacher._WRITES.acquire(blocking=False))
+            if got[0]:
+                teacher._WRITES.release()
+
+        other = threading.Thread(target=try_lock)
+        other.start()
+        other.join()
+        return got[0]
+
+    seen: list[bool] = []
+    write = snapshot.write_snapshot
+
+    def watched(memory: CategoryMemory, out: Path, **kwargs: Any) -> Any:
+        seen.append(teaching_could_write())
+        return write(memory, out, **kwargs)
+
+    monkeypatch.setattr(snapshot, "write_snapshot", watched)
+    with CategoryMemory.open(tmp_path / "mem", collection="held") as memory:
+        fill(memory, 20)
+        tool = SnapshotTool(memory=memory, folder=tmp_path / "snapshots")
+        (tmp_path / "snapshots").mkdir()
+        answer = tool.invoke({"name": "held.tar"})
+    assert "Wrote the snapshot held.tar" in str(answer)
+    assert seen == [False] and teaching_could_write()
