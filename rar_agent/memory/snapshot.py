@@ -15,11 +15,11 @@ A server memory's snapshot is Qdrant's own collection snapshot (its snapshot API
 the same tar with the record beside it (``qdrant.snapshot``).
 
 Consistency: the snapshot reads a memory nobody writes meanwhile: an embedded memory is held
-by one process (the command that opened it, or the server that serves it: its snapshot tool holds
-the teacher's lock, so no teaching is written meanwhile), and a Qdrant snapshot is the server's own consistent
-copy. Crash safety: the file is written under a temporary name in the same folder, flushed
-to disk, then renamed over ``OUT`` in one step, so a killed process leaves the memory and any
-previous ``OUT`` as they were (at most a stray ``.OUT.partial-*`` file).
+by one process (the command that opened it, or the server that serves it: its snapshot tool
+holds the teacher's lock, so no teaching is written meanwhile), and a Qdrant snapshot is the
+server's own consistent copy. Crash safety: the file is written under a temporary name in
+the same folder, flushed to disk, then renamed over ``OUT`` in one step, so a killed process
+leaves the memory and any previous ``OUT`` as they were (at most a stray ``.OUT.partial-*`` file).
 """
 
 from __future__ import annotations
