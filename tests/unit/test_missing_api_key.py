@@ -52,7 +52,7 @@ def test_chat_with_a_model_and_no_key_says_what_to_do(
         raise AssertionError("the page was served with a model that cannot answer")
 
     monkeypatch.setattr("rar_agent.ui.launch", served)
-    result = CliRunner().invoke(app, ["chat", "--model", spec, "--port", "0"])
+    result = CliRunner().invoke(app, ["chat", "--model", spec, "--port", "8765"])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())  # rich wraps long lines
     assert f"error: Chat model {spec!r} needs an API key" in text
