@@ -1,7 +1,8 @@
 """Settings from ``RAR_*`` environment variables (and ``.env``), with sensible defaults.
 
 Also the value rules every layer shares and this floor module must own because ``Settings``
-needs them: the candidate count bounds (:data:`MIN_K`, :data:`MAX_K`, :func:`validate_k`) and
+needs them: the candidate count bounds (:data:`MIN_K`, :data:`MAX_K`, :data:`MAX_TOOL_K`,
+:func:`validate_k`) and
 the memory sides a query may use (:data:`MemoryKind`).
 """
 
@@ -19,6 +20,7 @@ from rar_agent.errors import ConfigError
 
 __all__ = [
     "MAX_K",
+    "MAX_TOOL_K",
     "MEMORY_KINDS",
     "MIN_K",
     "MemoryKind",
@@ -36,6 +38,9 @@ MIN_K = 1
 """Fewest candidates a recognition may ask for."""
 MAX_K = 100
 """Most candidates a recognition may ask for."""
+MAX_TOOL_K = 50
+"""Most candidates a tool call may ask for: a model chooses that ``k``, and every candidate
+costs ranker tokens."""
 
 MemoryKind = Literal["auto", "image", "text"]
 """Memory side a query uses: ``image`` examples, ``text`` class names, or ``auto``

@@ -341,9 +341,10 @@ def resolve_kind(memory: CategoryMemory, kind: MemoryKind) -> EntryKind:
 class CategoryRetriever(BaseRetriever):
     """A LangChain retriever over a category memory.
 
-    ``invoke`` accepts an image reference (path, URL or data URI) or free text; it returns
-    one ``Document`` per distinct label (``page_content`` is the label, ``metadata`` holds
-    ``score``, ``rank``, ``kind`` and ``source``). URL queries reach public addresses only
+    ``invoke`` accepts an image (a path, URL or data URI, its bytes, or a PIL image) or free
+    text; it returns one ``Document`` per distinct label (``page_content`` is the label,
+    ``metadata`` holds ``score``, ``rank``, ``kind`` and ``source``). URL queries reach public
+    addresses only
     (``allow_private_urls``); give an agent a retriever with ``read_files=False`` so that its
     queries cannot name local files.
     """
@@ -454,6 +455,8 @@ class CategoryRetriever(BaseRetriever):
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None
     ) -> list[Document]:
+        if not isinstance(query, str):  # bytes or a PIL image: LangChain's hint says str only
+            return candidates_to_documents(self.retrieve(query, k=k))
         is_image = is_image_reference(query, files=self.read_files)
         if not is_image:
             self._check_words(query)

@@ -39,6 +39,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.evaluation.schema import EvalConfig
+    from rar_agent.pipeline.teacher import Teacher
 
 __all__ = [
     "RULES",
@@ -242,14 +244,63 @@ def run_stream(
     Raises:
         ConfigError: Bad arguments (a share outside (0, 1), too few test images).
     """
-    from rar_agent.evaluation.data import hold_out_classes, resolve_sets
     from rar_agent.memory import CategoryMemory
     from rar_agent.pipeline import Recognizer
     from rar_agent.pipeline.teacher import Teacher
 
     check_config(config, stream_share=stream_share)
-    shots = config.shots if config.shots is not None else 1
     t0 = time.perf_counter()
+    split = _split(config, workdir, stream_share)
+    vectors = _encode(encoder, [p for p, _ in split.initial + split.stream + split.held],
+                      config.batch_size)  # fmt: skip
+    init_v, stream_v = vectors[: len(split.initial)], vectors[len(split.initial) :]
+    stream_v, held_v = stream_v[: len(split.stream)], stream_v[len(split.stream) :]
+    held_data = (held_v, [label for _, label in split.held])
+
+    memory = CategoryMemory.open(workdir / "stream-memory", collection="stream")
+    teacher = Teacher(memory, encoder, via="api", by="eval --stream")
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for path, label in split.initial:
+        by_label[label].append(path)
+    for label, paths in by_label.items():
+        teacher.add(label, paths)
+    recognizer = Recognizer.from_memory(memory, encoder, k=config.k, reject=config.reject)
+    log = _StreamLog(split.new_classes, list(init_v), [label for _, label in split.initial])
+    start = _top1(np.asarray(log.mem_v), log.mem_l, held_data) if log.mem_l else None
+    curve = [StreamPoint(step=0, taught=0, heldout_top1=start or dict.fromkeys(RULES, 0.0))]
+    every = max(1, len(split.stream) // max(points, 1))
+    try:
+        for step, ((path, label), vector) in enumerate(zip(split.stream, stream_v, strict=True), 1):
+            answer, unknown = _answer(recognizer, vector)
+            if not log.answered(label, answer, unknown):
+                log.teach(teacher, path, label, vector, None if unknown else answer)
+            if step % every == 0 or step == len(split.stream):
+                curve.append(log.point(step, held_data, window))
+            if progress:
+                progress("stream", step, len(split.stream))
+    finally:
+        memory.close()
+    control = _control(init_v, [lb for _, lb in split.initial], split.stream, stream_v,
+                       log.taught_labels, config.seed, held_data)  # fmt: skip
+    return _report(split, log, start, curve, control, window=window, seed=config.seed,
+                   seconds=round(time.perf_counter() - t0, 2))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The images of a stream run: the initial memory, the stream, the held-out part."""
+
+    initial: list[tuple[str, str]]
+    stream: list[tuple[str, str]]
+    held: list[tuple[str, str]]
+    new_classes: list[str]  # classes of the stream absent from the initial memory
+
+
+def _split(config: EvalConfig, workdir: Path, stream_share: float) -> _Split:
+    """The labelled sets of ``config``, the test images shuffled (seeded) and split."""
+    from rar_agent.evaluation.data import hold_out_classes, resolve_sets
+
+    shots = config.shots if config.shots is not None else 1
     sets = resolve_sets(
         dataset=config.dataset, memory_set=config.memory_set, test_set=config.test_set,
         shots=max(shots, 1), text_memory=False, limit=config.limit, seed=config.seed,
@@ -257,7 +308,7 @@ def run_stream(
     )  # fmt: skip
     if config.open_set:
         sets = hold_out_classes(sets, config.open_set, config.seed)
-    initial = [] if shots == 0 else sets.memory_items
+    initial = [] if shots == 0 else list(sets.memory_items)
     tests = list(sets.test_items)
     random.Random(f"{config.seed}\x00stream").shuffle(tests)
     n_stream = int(round(stream_share * len(tests)))
@@ -265,77 +316,77 @@ def run_stream(
     if len(stream) < 1 or len(held) < 1:
         raise ConfigError(f"{len(tests)} test images are too few to stream and hold out")
     known = {label for _, label in initial}
-    new_classes = sorted({label for _, label in stream} - known)
+    return _Split(initial, stream, held, sorted({label for _, label in stream} - known))
 
-    def tick(stage: str, done: int, total: int) -> None:
-        if progress:
-            progress(stage, done, total)
 
-    vectors = _encode(encoder, [p for p, _ in initial + tests], config.batch_size)
-    init_v, test_v = vectors[: len(initial)], vectors[len(initial) :]
-    stream_v, held_v = test_v[:n_stream], test_v[n_stream:]
-    held_data = (held_v, [label for _, label in held])
+@dataclass
+class _StreamLog:
+    """What the stream saw and taught, one image at a time, and the memory it grew."""
 
-    memory = CategoryMemory.open(workdir / "stream-memory", collection="stream")
-    teacher = Teacher(memory, encoder, via="api", by="eval --stream")
-    by_label: dict[str, list[str]] = defaultdict(list)
-    for path, label in initial:
-        by_label[label].append(path)
-    for label, paths in by_label.items():
-        teacher.add(label, paths)
-    recognizer = Recognizer.from_memory(memory, encoder, k=config.k, reject=config.reject)
-    mem_v = list(init_v)
-    mem_l = [label for _, label in initial]
-    start = _top1(np.asarray(mem_v), mem_l, held_data) if mem_l else None
-    curve = [StreamPoint(step=0, taught=0, heldout_top1=start or dict.fromkeys(RULES, 0.0))]
-    every = max(1, len(stream) // max(points, 1))
-    right: list[bool] = []
-    taught_labels: list[str] = []
-    first_seen: dict[str, bool] = {}
-    second_right: dict[str, bool] = {}
-    just_taught: set[str] = set()  # classes whose last stream image was taught
-    after_teaching: list[bool] = []
-    teach_s: list[float] = []
-    try:
-        for step, ((path, label), vector) in enumerate(zip(stream, stream_v, strict=True), 1):
-            answer, unknown = _answer(recognizer, vector)
-            ok = answer == label and not unknown
-            if label in new_classes and label not in first_seen:
-                first_seen[label] = unknown
-            elif label in new_classes and label not in second_right:
-                second_right[label] = ok
-            if label in just_taught:
-                after_teaching.append(ok)
-                just_taught.discard(label)
-            right.append(ok)
-            if not ok:
-                s0 = time.perf_counter()
-                try:
-                    teacher.add(label, [(Path(path).name, Path(path))], action="correct",
-                                corrected_from=None if unknown else answer)  # fmt: skip
-                except DuplicateExampleError as e:
-                    logger.warning("stream: not taught: %s", e)
-                else:
-                    teach_s.append(time.perf_counter() - s0)
-                    mem_v.append(vector)
-                    mem_l.append(label)
-                    taught_labels.append(label)
-                    just_taught.add(label)
-            if step % every == 0 or step == len(stream):
-                curve.append(
-                    StreamPoint(
-                        step=step,
-                        taught=len(taught_labels),
-                        heldout_top1=_top1(np.asarray(mem_v), mem_l, held_data),
-                        window_top1=round(float(np.mean(right[-window:])), 4),
-                    )
-                )
-            tick("stream", step, len(stream))
-    finally:
-        memory.close()
+    new_classes: list[str]
+    mem_v: list[np.ndarray]  # the memory's vectors and labels, taught ones appended
+    mem_l: list[str]
+    right: list[bool] = field(default_factory=list)
+    taught_labels: list[str] = field(default_factory=list)
+    first_seen: dict[str, bool] = field(default_factory=dict)  # new class -> first unknown
+    second_right: dict[str, bool] = field(default_factory=dict)
+    just_taught: set[str] = field(default_factory=set)  # classes whose last image was taught
+    after_teaching: list[bool] = field(default_factory=list)
+    teach_s: list[float] = field(default_factory=list)
+
+    def answered(self, label: str, answer: str | None, unknown: bool) -> bool:
+        """Record one stream answer; whether it was right (known and correct)."""
+        ok = answer == label and not unknown
+        if label in self.new_classes and label not in self.first_seen:
+            self.first_seen[label] = unknown
+        elif label in self.new_classes and label not in self.second_right:
+            self.second_right[label] = ok
+        if label in self.just_taught:
+            self.after_teaching.append(ok)
+            self.just_taught.discard(label)
+        self.right.append(ok)
+        return ok
+
+    def teach(
+        self, teacher: Teacher, path: str, label: str, vector: np.ndarray, wrong: str | None
+    ) -> None:
+        """Correct one answer through the teacher (a duplicate is logged, not taught)."""
+        s0 = time.perf_counter()
+        try:
+            teacher.add(label, [(Path(path).name, Path(path))], action="correct",
+                        corrected_from=wrong)  # fmt: skip
+        except DuplicateExampleError as e:
+            logger.warning("stream: not taught: %s", e)
+            return
+        self.teach_s.append(time.perf_counter() - s0)
+        self.mem_v.append(vector)
+        self.mem_l.append(label)
+        self.taught_labels.append(label)
+        self.just_taught.add(label)
+
+    def point(self, step: int, held: tuple[np.ndarray, list[str]], window: int) -> StreamPoint:
+        """The learning curve's point after ``step`` stream images."""
+        return StreamPoint(
+            step=step,
+            taught=len(self.taught_labels),
+            heldout_top1=_top1(np.asarray(self.mem_v), self.mem_l, held),
+            window_top1=round(float(np.mean(self.right[-window:])), 4),
+        )
+
+
+def _report(
+    split: _Split,
+    log: _StreamLog,
+    start: dict[str, float] | None,
+    curve: list[StreamPoint],
+    control: dict[str, float],
+    *,
+    window: int,
+    seed: int,
+    seconds: float,
+) -> StreamReport:
+    """The stream report from what the run logged."""
     end = curve[-1].heldout_top1
-    control = _control(init_v, [lb for _, lb in initial], stream, stream_v, taught_labels,
-                       config.seed, held_data)  # fmt: skip
     rules = {
         rule: StreamRule(
             heldout_top1_start=None if start is None else start[rule],
@@ -346,28 +397,27 @@ def run_stream(
         )
         for rule in RULES
     }
-    rejected = [first_seen[c] for c in new_classes if c in first_seen]
-    seconds = list(second_right.values())
+    rejected = [log.first_seen[c] for c in split.new_classes if c in log.first_seen]
     return StreamReport(
-        steps=len(stream),
-        taught=len(taught_labels),
-        online_top1=round(float(np.mean(right)), 4),
-        new_classes=new_classes,
+        steps=len(split.stream),
+        taught=len(log.taught_labels),
+        online_top1=round(float(np.mean(log.right)), 4),
+        new_classes=split.new_classes,
         new_class_first_seen_rejected=round(float(np.mean(rejected)), 4) if rejected else None,
-        next_right_after_teaching=_share(after_teaching),
-        new_class_second_right=_share(seconds),
-        heldout=len(held),
+        next_right_after_teaching=_share(log.after_teaching),
+        new_class_second_right=_share(list(log.second_right.values())),
+        heldout=len(split.held),
         heldout_top1_start=None if start is None else start[RULES[0]],
         heldout_top1_end=end[RULES[0]],
         control_top1=control[RULES[0]],
         rules=rules,
         curve=curve,
         window=window,
-        examples_start=len(initial),
-        examples_end=len(mem_l),
-        teach_ms_median=round(float(np.median(teach_s)) * 1000, 1) if teach_s else None,
-        seconds=round(time.perf_counter() - t0, 2),
-        seed=config.seed,
+        examples_start=len(split.initial),
+        examples_end=len(log.mem_l),
+        teach_ms_median=round(float(np.median(log.teach_s)) * 1000, 1) if log.teach_s else None,
+        seconds=seconds,
+        seed=seed,
     )
 
 

@@ -328,32 +328,18 @@ class Teacher:
         examples = self.memory.count("image", label=clean)
         if todo:
             update_calibration(self.memory, added=list(zip(ids, final, strict=True)))
-        after = self.memory.count("image")
-        seconds = round(time.perf_counter() - start, 3)
-        new_ids = {entries[i].point_id for i in todo}
+        shared = {
+            "label": clean,
+            "category_examples": examples,
+            "image_entries": self.memory.count("image"),
+            "seconds": round(time.perf_counter() - start, 3),
+            "action": action,
+            "corrected_from": wrong,
+        }
         # the category is new when all its examples came now; its first is the first stored
         first = entries[todo[0]].point_id if todo and examples == len(todo) else None
-        out = []
-        for p, e in zip(prepared, entries, strict=True):
-            added = e.point_id in new_ids
-            new_ids.discard(e.point_id)  # a repeated image counts once
-            out.append(
-                ExampleAdded(
-                    label=clean,
-                    image=p.name,
-                    added=int(added),
-                    new_category=added and e.point_id == first,
-                    category_examples=examples,
-                    image_entries=after,
-                    seconds=seconds,
-                    id=e.point_id,
-                    action=action,
-                    corrected_from=wrong,
-                    near_duplicates=flagged.get(e.point_id, []),
-                    moved_from=moved.get(p.digest),
-                )
-            )
-        return out
+        new_ids = {entries[i].point_id for i in todo}
+        return _outcomes(prepared, entries, new_ids, first, flagged, moved, shared)
 
     def _move_stored(
         self, prepared: Sequence[_Prepared], hits: Sequence[Sequence[Hit]], label: str
@@ -583,6 +569,35 @@ def _check_unchanged_since(
                 f"{other.label!r} at {other.at}); ask them, or an operator (rar-agent memory "
                 "undo), to undo theirs first"
             )
+
+
+def _outcomes(
+    prepared: Sequence[_Prepared],
+    entries: Sequence[MemoryEntry],
+    new_ids: set[str],
+    first: str | None,
+    flagged: dict[str, list[NearDuplicate]],
+    moved: dict[str, str],
+    shared: dict[str, Any],
+) -> list[ExampleAdded]:
+    """One :class:`ExampleAdded` per image given, in order (``shared``: the fields all share;
+    ``new_ids``: the entries stored now; ``first``: a new category's first example)."""
+    out = []
+    for p, e in zip(prepared, entries, strict=True):
+        added = e.point_id in new_ids
+        new_ids.discard(e.point_id)  # a repeated image counts once
+        out.append(
+            ExampleAdded(
+                image=p.name,
+                added=int(added),
+                new_category=added and e.point_id == first,
+                id=e.point_id,
+                near_duplicates=flagged.get(e.point_id, []),
+                moved_from=moved.get(p.digest),
+                **shared,
+            )
+        )
+    return out
 
 
 def _prepare(example: ExampleImage) -> _Prepared:

@@ -165,7 +165,10 @@ def _entries(data: Any, image_id: Any) -> tuple[list[Any], dict[Any, str], bool 
                 f"list (keys found: {sorted(data)})"
             )
     if isinstance(data, str | bytes) or not isinstance(data, Iterable):
-        raise BoxError(f"boxes must be a list, got {type(data).__name__}")
+        raise BoxError(
+            f"boxes must be a list, got {type(data).__name__}: write a JSON list of "
+            "[x0, y0, x1, y1] boxes or COCO-style detections"
+        )
     items = list(data)
     if image_id is not None:
         items = [

@@ -31,6 +31,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackMan
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rar_agent.config import MAX_TOOL_K, MIN_K
 from rar_agent.errors import RarError, UnsafeInputError
 from rar_agent.images import IMAGE_SUFFIXES
 from rar_agent.results import BatchResults, RecognitionResult
@@ -267,7 +268,9 @@ class RecognizeImagesInput(BaseModel):
     limit: int = Field(
         default=100, ge=1, le=MAX_BATCH, description="Most images to recognize in this call."
     )
-    k: int | None = Field(default=None, ge=1, le=50, description="Candidates per image.")
+    k: int | None = Field(
+        default=None, ge=MIN_K, le=MAX_TOOL_K, description="Candidates per image."
+    )
 
     @field_validator("pattern")
     @classmethod

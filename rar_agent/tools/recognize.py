@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from pydantic import BaseModel, Field, field_validator
 
+from rar_agent.config import MAX_TOOL_K, MIN_K
 from rar_agent.errors import RarError
 from rar_agent.results import Candidate, RecognitionResult, RegionResults
 from rar_agent.tools.base import ImageSource, RecognizerTool, tool_error
@@ -87,7 +88,10 @@ class RecognizeInput(BaseModel):
         description="The image, in one of the forms the tool description lists.",
     )
     k: int | None = Field(
-        default=None, ge=1, le=50, description="How many candidate categories to return."
+        default=None,
+        ge=MIN_K,
+        le=MAX_TOOL_K,
+        description="How many candidate categories to return.",
     )
     boxes: list[list[float]] | None = Field(
         default=None,
@@ -212,7 +216,7 @@ class CategorySearchInput(BaseModel):
         max_length=500,
         description="Words describing the categories to look for, e.g. 'heron'.",
     )
-    k: int | None = Field(default=None, ge=1, le=50, description="How many categories.")
+    k: int | None = Field(default=None, ge=MIN_K, le=MAX_TOOL_K, description="How many categories.")
 
 
 class CategorySearchTool(RecognizerTool):

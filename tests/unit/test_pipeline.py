@@ -273,6 +273,22 @@ def test_retriever_refuses_private_urls_and_can_ignore_file_paths(few_shot, tiny
     assert len(docs) == 2 and docs[0].metadata["score"] < 0.99
 
 
+def test_retriever_invoked_with_image_bytes_or_a_pil_image(few_shot, tiny_encoder) -> None:  # noqa: ANN001
+    """The retriever takes an image as bytes or a PIL image too (issue 2's promise); through
+    ``invoke`` both stopped at a TypeError inside the image-reference check."""
+    folder, memory = few_shot
+    retriever = CategoryRetriever(memory=memory, encoder=tiny_encoder, k=2)
+    path = folder / "green circle" / "2.png"
+    expected = retriever.invoke(str(path))
+    assert expected[0].page_content == "green circle"
+    for image in (path.read_bytes(), Image.open(path)):
+        got = retriever.invoke(image)
+        assert [d.page_content for d in got] == [d.page_content for d in expected]
+        assert [d.metadata["score"] for d in got] == pytest.approx(
+            [d.metadata["score"] for d in expected]
+        )
+
+
 def test_the_recognizer_gate_is_applied_by_its_chain(few_shot, tiny_encoder) -> None:  # noqa: ANN001
     folder, memory = few_shot
     model = FakeListChatModel(responses=['["green circle", "red square", "blue stripes"]'])

@@ -90,6 +90,9 @@ def test_parse_errors_are_clear() -> None:
         parse_boxes([{"id": 1}])
     with pytest.raises(BoxError, match="'boxes'"):
         parse_boxes({"foo": []})
+    for not_a_list in ("hello", 5, {"boxes": 5}):  # a boxes file holding '"hello"' or '5'
+        with pytest.raises(BoxError, match=r"got \w+: write a JSON list of \[x0, y0, x1, y1\]"):
+            parse_boxes(not_a_list)  # type: ignore[arg-type]
     assert issubclass(BoxError, RarError)
 
 

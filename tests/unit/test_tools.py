@@ -1,4 +1,4 @@
-"""Tools: image registry, safe references, recognize/search/add tools, standard tool suites."""
+"""Tools: image registry, safe references, the tools, LangChain's standard suites for each."""
 
 from __future__ import annotations
 
@@ -21,7 +21,12 @@ from rar_agent.tools import (
     CategorySearchTool,
     ImageRegistry,
     ListCategoriesTool,
+    RecognizeImagesTool,
     RecognizeTool,
+    RelabelExampleTool,
+    TeachingHistoryTool,
+    UndoTeachingTool,
+    UnknownGroupsTool,
     make_tools,
 )
 from tests.helpers.small_memory import COLOURS, small_recognizer
@@ -478,6 +483,86 @@ class _List(_Std):
         return {"contains": "a", "limit": 3}
 
 
+class _Folders(_Std):
+    @property
+    def tool_constructor(self) -> type[BaseTool]:
+        return RecognizeImagesTool
+
+    @property
+    def tool_constructor_params(self) -> dict[str, Any]:
+        folder = self._recognizer.example_images["red apple"].parent
+        return {**super().tool_constructor_params, "allowed_roots": [folder]}
+
+    @property
+    def tool_invoke_params_example(self) -> dict[str, Any]:
+        return {"folder": ".", "limit": 2, "k": 2}
+
+
+class _Groups(_Std):
+    @property
+    def tool_constructor(self) -> type[BaseTool]:
+        return UnknownGroupsTool
+
+    @property
+    def tool_invoke_params_example(self) -> dict[str, Any]:
+        return {"min_size": 1}
+
+
+@pytest.fixture(scope="module")
+def teaching_recognizer(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Any) -> Any:
+    """A memory of its own for the teaching tools' suites (their calls must not reach the
+    other tests' memory)."""
+    rec = small_recognizer(tmp_path_factory.mktemp("teaching"), tiny_encoder)
+    yield rec
+    rec.close()
+
+
+class _Teaching(_Std):
+    """The teaching tools, enabled, with arguments whose every call leaves the memory as it
+    was (the suites call each tool several times)."""
+
+    @pytest.fixture(autouse=True)
+    def _setup(self, teaching_recognizer: Any, shared_registry: ImageRegistry) -> None:
+        self._recognizer = teaching_recognizer
+        self._registry = shared_registry
+
+    @property
+    def tool_constructor_params(self) -> dict[str, Any]:
+        return {**super().tool_constructor_params, "enabled": True}
+
+
+class _Relabel(_Teaching):
+    @property
+    def tool_constructor(self) -> type[BaseTool]:
+        return RelabelExampleTool
+
+    @property
+    def tool_invoke_params_example(self) -> dict[str, Any]:
+        apple = self._recognizer.recognize(self._recognizer.example_images["red apple"])
+        # Its own label: answered "already an example of 'red apple'", nothing moves.
+        return {"example": apple.candidates[0].examples[0].id, "label": "red apple"}
+
+
+class _History(_Teaching):
+    @property
+    def tool_constructor(self) -> type[BaseTool]:
+        return TeachingHistoryTool
+
+    @property
+    def tool_invoke_params_example(self) -> dict[str, Any]:
+        return {"limit": 3}
+
+
+class _Undo(_Teaching):
+    @property
+    def tool_constructor(self) -> type[BaseTool]:
+        return UndoTeachingTool
+
+    @property
+    def tool_invoke_params_example(self) -> dict[str, Any]:
+        return {"n": 1}  # nothing was taught to this memory: nothing to undo
+
+
 class TestRecognizeToolUnit(_Recognize, ToolsUnitTests):
     pass
 
@@ -510,8 +595,70 @@ class TestAddCategoryToolIntegration(_Add, ToolsIntegrationTests):
     pass
 
 
+class TestRecognizeImagesToolUnit(_Folders, ToolsUnitTests):
+    pass
+
+
+class TestRecognizeImagesToolIntegration(_Folders, ToolsIntegrationTests):
+    pass
+
+
+class TestUnknownGroupsToolUnit(_Groups, ToolsUnitTests):
+    pass
+
+
+class TestUnknownGroupsToolIntegration(_Groups, ToolsIntegrationTests):
+    pass
+
+
+class TestRelabelExampleToolUnit(_Relabel, ToolsUnitTests):
+    pass
+
+
+class TestRelabelExampleToolIntegration(_Relabel, ToolsIntegrationTests):
+    pass
+
+
+class TestTeachingHistoryToolUnit(_History, ToolsUnitTests):
+    pass
+
+
+class TestTeachingHistoryToolIntegration(_History, ToolsIntegrationTests):
+    pass
+
+
+class TestUndoTeachingToolUnit(_Undo, ToolsUnitTests):
+    pass
+
+
+class TestUndoTeachingToolIntegration(_Undo, ToolsIntegrationTests):
+    pass
+
+
 def test_bad_arguments_tell_the_model_what_was_wrong(recognizer: Any) -> None:
     recognize = RecognizeTool(recognizer=recognizer, registry=ImageRegistry())
     message = _call(recognize, {"k": 0})
     assert message.status == "error"
     assert "k:" in message.content and "greater than or equal" in message.content
+
+
+def test_every_tool_k_takes_its_bounds_from_one_place() -> None:
+    """Issue 11: ``k`` bounds have one home (``config``); the tools' cap on a model-chosen k
+    was the literal 50 written in three argument schemas."""
+    from rar_agent import config, tools
+
+    with_k = [
+        cls
+        for cls in vars(tools).values()
+        if isinstance(cls, type) and issubclass(cls, BaseTool) and cls is not BaseTool
+        and "k" in cls.model_fields["args_schema"].default.model_fields
+    ]  # fmt: skip
+    assert {c.__name__ for c in with_k} >= {
+        "RecognizeTool",
+        "CategorySearchTool",
+        "RecognizeImagesTool",
+    }
+    for cls in with_k:
+        field = cls.model_fields["args_schema"].default.model_json_schema()["properties"]["k"]
+        bounds = field["anyOf"][0] if "anyOf" in field else field
+        assert (bounds["minimum"], bounds["maximum"]) == (config.MIN_K, config.MAX_TOOL_K), cls
