@@ -20,6 +20,7 @@ __all__ = [
     "NovelGroup",
     "NovelGroups",
     "ExampleRelabeled",
+    "GateSkip",
     "MatchedExample",
     "NearDuplicate",
     "TeachAction",
@@ -33,6 +34,7 @@ __all__ = [
     "RegionResults",
     "RejectReason",
     "RejectionInfo",
+    "SkipRule",
 ]
 
 RankingStatus = Literal["ranked", "skipped", "fallback", "disabled", "no_match"]
@@ -82,11 +84,33 @@ class Candidate(BaseModel):
     )
 
 
+SkipRule = Literal["no_candidates", "one_candidate", "rejected", "confident"]
+"""Why the ranking model was not asked: nothing or one thing to rank, an image the open-set
+check rejected, or a retrieval lead above the gate margin."""
+
+
+class GateSkip(BaseModel):
+    """The gate's decision to skip the ranking model, as data (``reason`` says it in text)."""
+
+    rule: SkipRule
+    lead: float | None = Field(
+        default=None, description="confident: the first score's lead over the best other's."
+    )
+    margin: float | None = Field(
+        default=None, description="confident: the gate margin the lead was above."
+    )
+
+
 class RankingInfo(BaseModel):
     """What the ranking stage did."""
 
     status: RankingStatus = "disabled"
     reason: str | None = None
+    skip: GateSkip | None = Field(
+        default=None,
+        description="When skipped: the gate's rule and figures (``reason`` in text; results "
+        "stored before it carry the text only).",
+    )
     model: str | None = None
     raw_reply: str | None = None
     parsed_order: list[str] | None = None
@@ -118,6 +142,12 @@ class RejectionInfo(BaseModel):
     )
     margin: float | None = Field(
         default=None, description="Known-ness margin: statistic minus threshold (< 0: unknown)."
+    )
+    known_share: float | None = Field(
+        default=None,
+        description="With --reject auto on a calibrated memory: the share of the memory's own "
+        "examples, each scored as a query, whose known-ness is at most this image's (how "
+        "unusual the image would be for a known one; the threshold sits at ALPHA).",
     )
     reasons: list[RejectReason] = Field(
         default_factory=list, description="Why the image is unknown (empty when known)."

@@ -34,6 +34,7 @@ _TEST_SWITCHES = {
     "RAR_CHROMIUM",
     "RAR_MCP_RECORD",
     "RAR_FASHION_MNIST_DIR",
+    "RAR_BENCH_SMOKE",
 }
 for _name in [n for n in os.environ if n.startswith("RAR_") and n not in _TEST_SWITCHES]:
     del os.environ[_name]

@@ -4,12 +4,13 @@ No ``from __future__ import annotations``: :func:`settings_command` reads the op
 """
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rar_agent.cli.options import STORE, ProgressOpt, memory_to_write, settings_command
 from rar_agent.cli.progress import progress_bar
+from rar_agent.cli.through_server import TokenOpt, call_server_tool, text_of
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings
@@ -25,10 +26,6 @@ ServerOpt = Annotated[
         "memory for the snapshot; OUT is then a file name in its snapshot folder. Needs a "
         "token with the admin scope (--token).",
     ),
-]
-TokenOpt = Annotated[
-    str | None,
-    typer.Option("--token", help="Bearer token for --server.", envvar="RAR_TOKEN"),
 ]
 
 
@@ -134,58 +131,9 @@ def _file_name(out: Path) -> str:
 
 
 def _through_server(url: str, token: str | None, name: str) -> None:
-    import anyio
+    from rar_agent.errors import MemoryStoreError
 
-    from rar_agent.errors import ConfigError
-
-    if not token:
-        raise ConfigError("--server needs a token with the admin scope: --token or RAR_TOKEN")
-    result = anyio.run(_call_snapshot, url, token, name)
-    typer.echo(result)
-
-
-async def _call_snapshot(url: str, token: str, name: str) -> str:
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
-    from rar_agent.errors import ConfigError, MemoryStoreError
-
-    client = _http_client(token)
-    try:
-        async with (
-            client,
-            streamable_http_client(url, http_client=client) as (read, write, _),
-            ClientSession(read, write) as session,
-        ):
-            await session.initialize()
-            result = await session.call_tool("snapshot_memory", {"name": name})
-    except Exception as e:  # HTTP 401/403/429, refused connections: say which
-        status = _status_of(e)
-        raise ConfigError(
-            f"the server at {url} refused the snapshot ({status or e}): check the URL and "
-            "that the token has the admin scope"
-        ) from None
-    text = "".join(getattr(block, "text", "") for block in result.content)
+    result = call_server_tool(url, token, "snapshot_memory", {"name": name}, asking="the snapshot")
     if result.isError:
-        raise MemoryStoreError(f"the server could not write the snapshot: {text}")
-    return text
-
-
-def _http_client(token: str) -> Any:
-    import httpx
-
-    return httpx.AsyncClient(
-        headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(30.0, read=600.0)
-    )
-
-
-def _status_of(error: BaseException) -> str | None:
-    import httpx
-
-    if isinstance(error, httpx.HTTPStatusError):
-        return f"HTTP {error.response.status_code}"
-    for inner in getattr(error, "exceptions", ()):
-        found = _status_of(inner)
-        if found:
-            return found
-    return None
+        raise MemoryStoreError(f"the server could not write the snapshot: {text_of(result)}")
+    typer.echo(text_of(result))

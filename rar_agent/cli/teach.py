@@ -20,6 +20,7 @@ from rar_agent.cli.options import (
     memory_to_write,
     settings_command,
 )
+from rar_agent.cli.through_server import TokenOpt, call_server_tool, text_of
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings
@@ -130,8 +131,10 @@ def _teacher(settings: "Settings") -> "Teacher":
     except MemoryBusyError as e:
         raise MemoryBusyError(
             f"{e}. If a rar-agent server (mcp, chat) holds it, stop the server first (Ctrl+C "
-            "or SIGTERM closes the memory cleanly); while it runs, a token lists what was "
-            "taught with its teaching_history tool (served with --allow-learning)"
+            "or SIGTERM closes the memory cleanly); while an mcp --http server with tokens "
+            "runs, a token lists what was taught with its teaching_history tool, and an "
+            "admin token takes back one person's teaching through it: rar-agent memory undo "
+            "N --by NAME --server http://HOST:PORT/mcp --token TOKEN"
         ) from None
     return Teacher(memory, None, via="cli", by=_user())
 
@@ -164,15 +167,54 @@ def memory_undo(
             "revoking its token; refused where someone else changed one of them since.",
         ),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Ask the rar-agent MCP server at this URL (http://HOST:PORT/mcp) that holds "
+            "the memory, while it runs (mcp --http with --allow-learning and tokens); needs "
+            "--by and a token with the admin scope (--token).",
+        ),
+    ] = None,
+    token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Undo the last N teaching events: taught examples removed, relabels moved back."""
+    """Undo the last N teaching events: taught examples removed, relabels moved back.
+
+    While a rar-agent server holds the memory, --server URL --token TOKEN (an admin token)
+    takes back one person's teaching (--by NAME) through it.
+    """
     from rar_agent.tools.learn import describe_undone
+
+    if server:
+        _undo_through_server(server, token, by, n, as_json)
+        return
 
     def undo(teacher: "Teacher") -> "TeachingUndone":
         return teacher.acting(by=by).undo(n, own=True) if by else teacher.undo(n)
 
     _answer(settings, undo, describe_undone, as_json)
+
+
+def _undo_through_server(
+    url: str, token: str | None, by: str | None, n: int, as_json: bool
+) -> None:
+    """``memory undo N --by NAME --server URL``: the server's ``undo_teaching_of`` tool."""
+    from rar_agent.errors import ConfigError
+
+    if not by:
+        raise ConfigError(
+            "with --server, give --by NAME: a server takes back one person's teaching (a "
+            "token's name or a chat login, as memory history --by or teaching_history shows)"
+        )
+    args = {"by": by, "n": n}
+    result = call_server_tool(url, token, "undo_teaching_of", args, asking="the undo")
+    if result.isError:
+        raise ConfigError(f"the server did not undo: {text_of(result)}")
+    if as_json:
+        typer.echo(json.dumps(result.structuredContent, ensure_ascii=False))
+    else:
+        typer.echo(text_of(result))
 
 
 def _answer(

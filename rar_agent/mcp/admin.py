@@ -1,15 +1,20 @@
-"""The admin tool: a snapshot of the served memory, taken by the server that holds it.
+"""The admin tools: what an operator asks of the server that holds the memory.
 
 An embedded memory is held by one process; while a server serves it, ``rar-agent memory
-snapshot`` cannot open it, so a token with the ``admin`` scope asks the server instead. The
-server writes the snapshot into its snapshot folder (``mcp --snapshot-dir``, default
-``RAR_HOME/snapshots``) while its write lock keeps teaching calls waiting, so the copy is
-consistent; recognition goes on meanwhile.
+snapshot`` and ``memory undo`` cannot open it, so a token with the ``admin`` scope asks the
+server instead (``--server URL --token TOKEN``). ``snapshot_memory`` writes a snapshot into
+the server's snapshot folder (``mcp --snapshot-dir``, default ``RAR_HOME/snapshots``);
+``undo_teaching_of`` takes back one person's (one token's, one login's) last teaching events,
+as ``memory undo --by NAME`` does on a stopped server, through the same
+:class:`~rar_agent.pipeline.teacher.Teacher`: another person's newer change of one of those
+examples refuses it, and the reply lists what was undone with who taught it; it checks and
+writes under the teacher's lock, as every teaching call does. Recognition goes on meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -20,8 +25,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rar_agent.errors import RarError
 from rar_agent.memory import CategoryMemory
+from rar_agent.results import TeachingUndone
+from rar_agent.tools.learn import TeachingTool, describe_undone
+from rar_agent.tools.provenance import serving_teacher
 
-__all__ = ["SnapshotInput", "SnapshotTool", "SnapshotWritten"]
+__all__ = [
+    "SnapshotInput",
+    "SnapshotTool",
+    "SnapshotWritten",
+    "UndoTeachingOfInput",
+    "UndoTeachingOfTool",
+]
+
+logger = logging.getLogger(__name__)
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
 
@@ -103,3 +119,46 @@ class SnapshotTool(BaseTool):
         self, name: str, run_manager: AsyncCallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
         return await asyncio.to_thread(self._run, name)
+
+
+class UndoTeachingOfInput(BaseModel):
+    """Arguments of :class:`UndoTeachingOfTool`."""
+
+    by: str = Field(
+        min_length=1,
+        max_length=200,
+        description="Whose teaching to take back: a token's name or a chat login, as the "
+        "teaching history shows it.",
+    )
+    n: int = Field(default=1, ge=1, le=1000, description="How many of their last events.")
+
+
+class UndoTeachingOfTool(TeachingTool):
+    """Take back one person's last teaching events on the running server (admin only)."""
+
+    name: str = "undo_teaching_of"
+    description: str = (
+        "Undo the last n teaching events of one person (a token's name or a chat login, as "
+        "teaching_history shows it): their taught examples are removed, their relabels moved "
+        "back; refused where someone else changed one of those examples since. Admin only."
+    )
+    args_schema: type[BaseModel] = UndoTeachingOfInput
+    artifact_type: ClassVar[object] = TeachingUndone
+    admin_only: ClassVar[bool] = True
+
+    def _run(
+        self, by: str, n: int = 1, run_manager: CallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        def undo(teacher: Any) -> TeachingUndone:
+            undone = teacher.acting(by=by).undo(n, own=True)
+            caller = serving_teacher()
+            logger.warning(  # an operator's act on other people's teaching: kept in the log
+                "%s undid %d teaching event(s) of %r: %s",
+                caller.by if caller is not None and caller.by else "an unnamed caller",
+                len(undone.undone),
+                by,
+                ", ".join(f"{e.event} {e.label!r} [{e.id}]" for e in undone.undone) or "none",
+            )
+            return undone.model_copy(update={"undone": [self.public(e) for e in undone.undone]})
+
+        return self.answer(undo, describe_undone)

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -262,7 +262,7 @@ def build_server(
     tools: Sequence[BaseTool],
     *,
     name: str = SERVER_NAME,
-    instructions: str | None = None,
+    instructions: str | Callable[[frozenset[str]], str | None] | None = None,
     auth_required: bool = False,
 ) -> Server:
     """An MCP server (the official SDK's low-level ``Server``) over LangChain tools.
@@ -279,7 +279,9 @@ def build_server(
     Args:
         tools: The tools to serve, each under its own name.
         name: The server's name, as clients show it.
-        instructions: What the server is for, as clients pass it to their model.
+        instructions: What the server is for, as clients pass it to their model: a text,
+            or a function of the names of the tools the session's token may list (each
+            session is told about its own tools, :mod:`rar_agent.mcp.opening`).
         auth_required: Serve nothing to a request without a token (defence in depth
             behind the HTTP middleware); ``False`` serves every tool to unauthenticated
             callers (stdio, loopback without an auth file).
@@ -287,15 +289,26 @@ def build_server(
     Returns:
         The server; run it with :func:`serve_stdio` or :func:`serve_http`.
     """
-    from mcp.server.lowlevel import Server
-
     from rar_agent.mcp.auth import token_name, token_scopes
+    from rar_agent.mcp.opening import PerTokenServer
     from rar_agent.tools.provenance import teaching_as
 
     _quiet_unlisted_calls()
     served = {tool.name: _Served(tool, mcp_tool(tool), required_scope(tool)) for tool in tools}
     roots = [root for tool in tools for root in getattr(tool, "allowed_roots", ())]
-    server: Server = Server(name, version=__version__, instructions=instructions)
+
+    def listed(scopes: frozenset[str] | None) -> list[_Served]:
+        """The tools a token with ``scopes`` lists and calls (``None``: every tool)."""
+        return [e for e in served.values() if scopes is None or e.scope in scopes]
+
+    def opening(scopes: frozenset[str] | None) -> str | None:
+        if scopes is None and auth_required:
+            scopes = frozenset()
+        if not callable(instructions):
+            return instructions
+        return instructions(frozenset(e.tool.name for e in listed(scopes)))
+
+    server = PerTokenServer(name, version=__version__, opening=opening)
 
     def caller() -> tuple[str | None, frozenset[str] | None]:
         """The calling token's name and scopes; scopes ``None`` = every tool."""
@@ -311,8 +324,7 @@ def build_server(
 
     @server.list_tools()
     async def list_tools() -> list[types.Tool]:
-        _, scopes = caller()
-        return [e.definition for e in served.values() if scopes is None or e.scope in scopes]
+        return [e.definition for e in listed(caller()[1])]
 
     # Arguments are checked by each LangChain tool, so errors read the same everywhere.
     @server.call_tool(validate_input=False)
@@ -320,9 +332,7 @@ def build_server(
         who, scopes = caller()
         entry = served.get(tool_name)
         if entry is None:
-            known = ", ".join(
-                e.tool.name for e in served.values() if scopes is None or e.scope in scopes
-            )
+            known = ", ".join(e.tool.name for e in listed(scopes))
             return _error(f"unknown tool {tool_name!r}: this server has {known}")
         if scopes is not None and entry.scope not in scopes:
             return _error(
@@ -374,9 +384,11 @@ def create_server(
     ``search_categories`` (when the encoder has a text side), ``list_categories``,
     ``list_unknown_groups``, with ``allow_learning`` the teaching tools (``add_category_example``,
     ``relabel_example``, ``teaching_history``, ``undo_teaching``; taught examples record
-    ``via="mcp"`` and, over HTTP with tokens, ``by`` = the token's name), and
-    ``snapshot_memory`` (scope ``admin``) with a ``snapshot_dir``. Images come as file paths
-    inside ``allowed_roots``, public ``http(s)`` URLs when ``allow_urls``, or base64 data URIs.
+    ``via="mcp"`` and, over HTTP with tokens, ``by`` = the token's name), and the admin
+    tools (scope ``admin``): ``snapshot_memory`` with a ``snapshot_dir``, and
+    ``undo_teaching_of`` (one person's teaching taken back) with learning and tokens. Images
+    come as file paths inside ``allowed_roots``, public ``http(s)`` URLs when
+    ``allow_urls``, or base64 data URIs.
 
     Args:
         recognizer: The recognizer the tools use (its memory, encoder, ranker and gate).
@@ -420,22 +432,47 @@ def create_server(
         from rar_agent.mcp.admin import SnapshotTool
 
         tools.append(SnapshotTool(memory=recognizer.memory, folder=Path(snapshot_dir)))
+    if allow_learning and auth_required:  # tokens name the people an operator undoes
+        from rar_agent.mcp.admin import UndoTeachingOfTool
+        from rar_agent.safety import normalize_roots
+
+        roots = normalize_roots(allowed_roots)
+        tools.append(UndoTeachingOfTool(recognizer=recognizer, enabled=True, allowed_roots=roots))
     memory = recognizer.memory.info
-    about = f" ({memory.description})" if memory.description else ""
-    names = {tool.name for tool in tools}
-    knows = " and ".join(n for n in ("list_categories", "search_categories") if n in names)
+    return build_server(
+        tools,
+        name=name,
+        instructions=functools.partial(_instructions, memory.collection, memory.description),
+        auth_required=auth_required,
+    )
+
+
+def _instructions(collection: str, description: str | None, names: frozenset[str]) -> str:
+    """What the server tells a client's model at the start: only the tools it can call."""
+    about = f" ({description})" if description else ""
+    said = [f"Visual recognition with the category memory {collection!r}{about}"]
+    if "recognize_image" not in names:
+        return said[0] + ": this token may call none of its tools."
     batch = " (recognize_images: every image of a folder)" if "recognize_images" in names else ""
-    instructions = (
-        f"Visual recognition with the category memory {memory.collection!r}{about}: "
-        f"recognize_image retrieves the closest known categories for an image and ranks them"
-        f"{batch}; {knows} tell what the memory knows; list_unknown_groups shows recent "
+    knows = " and ".join(n for n in ("list_categories", "search_categories") if n in names)
+    said.append(
+        f": recognize_image retrieves the closest known categories for an image and ranks "
+        f"them{batch}; {knows} tell what the memory knows; list_unknown_groups shows recent "
         "images it answered unknown that look alike (one new thing seen again and again)."
-        + (
+    )
+    if "add_category_example" in names:
+        said.append(
             " add_category_example teaches it an example (or the right label for a wrong "
             "answer), relabel_example moves a stored example to another label, "
             "teaching_history and undo_teaching list and reverse what was taught."
-            if allow_learning
-            else ""
         )
-    )
-    return build_server(tools, name=name, instructions=instructions, auth_required=auth_required)
+    elif "teaching_history" in names:
+        said.append(" teaching_history lists what was taught and by whom.")
+    if "snapshot_memory" in names:
+        said.append(
+            " snapshot_memory writes a consistent snapshot of the memory into the server's "
+            "snapshot folder."
+        )
+    if "undo_teaching_of" in names:
+        said.append(" undo_teaching_of takes back one person's last teaching events.")
+    return "".join(said)

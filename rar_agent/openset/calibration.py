@@ -205,6 +205,9 @@ class Judged(NamedTuple):
     prior: bool = False
     """The threshold is the encoder prior's, and ``statistic`` the similarity of the answer's
     closest example."""
+    share: float | None = None
+    """Share of the memory's own examples, scored as queries (the stand-ins the threshold
+    comes from), whose known-ness is at most ``statistic`` (``None``: no such threshold)."""
 
 
 def min_standins(alpha: float) -> int:
@@ -351,10 +354,24 @@ class Calibration(BaseModel):
         row = model.scores(model.project(np.asarray(vector)), self.terms())[0]
         best = int(np.argmax(row))
         shots = int(counts[best])
+        return float(row[best]), shots, self.threshold(alpha, self._supported(alpha, shots))
+
+    def _supported(self, alpha: float, shots: int) -> int:
+        """The largest shot level not above ``shots`` whose stand-ins give a threshold at
+        ``alpha`` (the first level when none does)."""
         level = _level(shots)
         while level > 0 and self.threshold(alpha, SHOT_LEVELS[level])[0] is None:
             level -= 1
-        return float(row[best]), shots, self.threshold(alpha, SHOT_LEVELS[level])
+        return SHOT_LEVELS[level]
+
+    def share_at_most(self, statistic: float, alpha: float, shots: int) -> float:
+        """Share of the stand-ins that set the threshold at ``alpha`` for a category of
+        ``shots`` examples (:meth:`judge_vector`) whose statistic is at most ``statistic``:
+        how unusual a known image scoring it would be."""
+        values = self.scores_at(self._supported(alpha, shots))
+        if not len(values):
+            return 0.0
+        return float(np.searchsorted(values, statistic, side="right")) / len(values)
 
     def threshold(self, alpha: float, shots: int = SHOT_LEVELS[-1]) -> Threshold:
         """The conformal threshold for a query whose best category has ``shots`` examples.
@@ -456,7 +473,8 @@ class Calibration(BaseModel):
                 raise ValueError("the auto open-set check needs the query's embedding")
             value, shots, (threshold, why) = self.judge_vector(vector, alpha)
             if threshold is not None:
-                return Judged(value, shots, threshold, None)
+                share = self.share_at_most(value, alpha, shots)
+                return Judged(value, shots, threshold, None, share=share)
             stat = value if math.isfinite(value) else None
         shots = max(1, self.categories.count_of(top.label))
         threshold, no_prior = self.prior_threshold(alpha, shots)

@@ -66,12 +66,13 @@ def judge(
     stat, _ = known_score(top.scores) or (top.score, True)
     why: str | None = None
     prior = False
+    share: float | None = None
     if mode == "fixed":
         threshold = setting.threshold
     elif calibration is not None and top.kind == "image":
         judged = calibration.judge_query(vector, top, setting.alpha)
         stat = stat if judged.statistic is None else judged.statistic
-        threshold, why, prior = judged.threshold, judged.note, judged.prior
+        threshold, why, prior, share = judged.threshold, judged.note, judged.prior, judged.share
     else:
         threshold = None
     info = RejectionInfo(mode=mode, similarity=round(stat, 6))
@@ -83,6 +84,7 @@ def judge(
     info.threshold = round(threshold, 6)
     info.note = why
     info.prior = prior
+    info.known_share = None if share is None else round(share, 6)
     info.margin = round(stat - threshold, 6)
     if stat < threshold:
         info.reasons.append("below_threshold")

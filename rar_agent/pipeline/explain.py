@@ -177,7 +177,8 @@ def _how(ranking: RankingInfo, rejection: RejectionInfo) -> str:
     if status == "ranked":
         return f"double-checked by {ranking.model or 'a model'}, which looked at the photo"
     if status == "skipped":
-        plain = f" ({skip_in_plain_words(reason)})" if reason else ""
+        skip = ranking.skip or reason  # a result stored before RankingInfo.skip: its text
+        plain = f" ({skip_in_plain_words(skip)})" if skip else ""
         return f"{_BY_SIMILARITY}, not double-checked by a model{plain}"
     if status == "fallback":
         return f"{_BY_SIMILARITY}: the reply of {_CHECKER} could not be used{detail}"
@@ -206,9 +207,8 @@ def _why_unknown(rejection: RejectionInfo, top: tuple[str, float] | None) -> lis
             # in words first, its figures after
             name = f"the {top[0]} photos" if top is not None else "its closest category's photos"
             why.append(
-                f"it looks less like {name} in memory than they look like each other: "
-                f"known-ness score {sim:.2f}, where photos of that category score "
-                f"{threshold:.2f} or more"
+                f"it looks less like {name} in memory than they look like each other"
+                + _how_unusual(rejection)
             )
         else:
             measured = f"its best match scores {sim:.3f}"
@@ -221,6 +221,21 @@ def _why_unknown(rejection: RejectionInfo, top: tuple[str, float] | None) -> lis
                 )
             why.append(f"{measured}, below the fixed threshold {threshold:.3f}")
     return why + _ranker_none(rejection)
+
+
+def _how_unusual(rejection: RejectionInfo) -> str:
+    """How far below the memory's usual level a calibrated unknown lies, in shares of the
+    memory's own photos (a result stored before ``known_share``: the cut-off only)."""
+    cut = f"the least alike {rejection.alpha:.0%}" if rejection.alpha else ""
+    share = rejection.known_share
+    if share is None:
+        return f" (below the cut-off, {cut} of the memory's own photos)" if cut else ""
+    if share == 0:
+        said = "none of the memory's own photos look this unlike their own category"
+    else:
+        amount = "under 0.1%" if share < 0.001 else f"only {share:.1%}"
+        said = f"{amount} of the memory's own photos look this unlike their own category"
+    return f": {said}" + (f", and the cut-off is {cut}" if cut else "")
 
 
 def _ranker_none(rejection: RejectionInfo) -> list[str]:

@@ -22,7 +22,7 @@ Ranking: TypeAlias = "tuple[RankingInfo, list[str] | None]"
 def ranking_of(output: RankingOutput) -> Ranking:
     """The ranking record of one ranking-chain output (a skip keeps retrieval order)."""
     if output.status == "skipped":
-        return RankingInfo(status="skipped", reason=output.reason), None
+        return RankingInfo(status="skipped", reason=output.reason, skip=output.skip), None
     info = RankingInfo(
         status=output.status,
         reason=output.reason,

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
 from rar_agent.pipeline.verdict import is_unknown, open_set_check, verdict
-from rar_agent.ranking import NO_RANKER, RankingChain, RankingInput, RankingOutput, skip_reason
-from rar_agent.results import Candidate, RankingInfo, RecognitionResult, RejectionInfo
+from rar_agent.ranking import NO_RANKER, RankingChain, RankingInput, RankingOutput, skip_text
+from rar_agent.results import Candidate, GateSkip, RankingInfo, RecognitionResult, RejectionInfo
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -263,7 +263,8 @@ class StageRunner:
         if self.ranker is None:
             reason = f"no ranker configured (--ranker {NO_RANKER}): retrieval order stands"
             return [], [(RankingInfo(status="disabled", reason=reason), None) for _ in views]
-        empty = RankingInfo(status="skipped", reason=skip_reason(0, None, None))
+        nothing = GateSkip(rule="no_candidates")  # replaced where an image has candidates
+        empty = RankingInfo(status="skipped", reason=skip_text(nothing), skip=nothing)
         rankings: list[Ranking] = [(empty, None) for _ in views]
         inputs = []
         for i, (candidates, check) in enumerate(zip(found.candidates, found.checks, strict=True)):

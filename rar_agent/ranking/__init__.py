@@ -15,6 +15,7 @@ from rar_agent.ranking.gate import (
     should_skip,
     skip_in_plain_words,
     skip_reason,
+    skip_text,
     validate_margin,
 )
 from rar_agent.ranking.io import RANKING_SCHEMA, RankingInput, RankingOutput, describe_model
@@ -76,6 +77,7 @@ __all__ = [
     "should_skip",
     "skip_in_plain_words",
     "skip_reason",
+    "skip_text",
     "REJECTED_SKIP_REASON",
     "validate_margin",
 ]

@@ -26,7 +26,7 @@ from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, PrivateAttr, ValidationError
 
 from rar_agent.errors import ConfigError, RankerError
-from rar_agent.ranking.gate import skip_reason, validate_margin
+from rar_agent.ranking.gate import skip_reason, skip_text, validate_margin
 from rar_agent.ranking.io import (
     RANKING_SCHEMA,
     RankingInput,
@@ -242,10 +242,12 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
     def _prepare(self, inp: RankingInput) -> RankingOutput | list[BaseMessage]:
         """A finished output when no model call is needed, else the messages to send."""
         self._count("calls")
-        reason = skip_reason(len(inp.candidates), inp.scores, self.gate, rejected=inp.rejected)
-        if reason is not None:
+        skip = skip_reason(len(inp.candidates), inp.scores, self.gate, rejected=inp.rejected)
+        if skip is not None:
             self._count("skipped")
-            return RankingOutput(order=list(inp.candidates), status="skipped", reason=reason)
+            return RankingOutput(
+                order=list(inp.candidates), status="skipped", reason=skip_text(skip), skip=skip
+            )
         return build_ranking_messages(
             inp.image,
             inp.candidates,

@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 
 from rar_agent.errors import ConfigError
+from rar_agent.results import GateSkip, SkipRule
 
 __all__ = [
     "DEFAULT_GATE_MARGIN",
@@ -20,6 +21,7 @@ __all__ = [
     "should_skip",
     "skip_in_plain_words",
     "skip_reason",
+    "skip_text",
     "validate_margin",
 ]
 
@@ -29,13 +31,18 @@ DEFAULT_GATE_MARGIN = 0.05
 REJECTED_SKIP_REASON = "unknown: the best match is below the memory's threshold"
 """Why an image the open-set check already judged unknown is not sent to the ranker."""
 
-_ONE, _NONE = "only one candidate; nothing to rank", "no candidates to rank"
-_CONFIDENT = re.compile(r"retrieval is confident: top score leads by (\S+) > gate (\S+)")
-_PLAIN = {  # each reason as a person reads it (skip_in_plain_words)
-    _ONE: "there was only one category to choose from",
-    _NONE: "there was no category to choose from",
-    REJECTED_SKIP_REASON: "it is like no category in memory, so there was nothing to check",
+_TEXT: dict[SkipRule, str] = {  # each rule's reason as stored in RankingInfo.reason (skip_text)
+    "no_candidates": "no candidates to rank",
+    "one_candidate": "only one candidate; nothing to rank",
+    "rejected": REJECTED_SKIP_REASON,
 }
+_PLAIN: dict[SkipRule, str] = {  # each rule as a person reads it (skip_in_plain_words)
+    "no_candidates": "there was no category to choose from",
+    "one_candidate": "there was only one category to choose from",
+    "rejected": "it is like no category in memory, so there was nothing to check",
+}
+# A reason stored before results carried GateSkip (old artifacts and JSON Lines): read back.
+_OLD_CONFIDENT = re.compile(r"retrieval is confident: top score leads by (\S+) > gate (\S+)")
 
 _OFF_WORDS = frozenset({"", "off", "none", "false", "no"})
 
@@ -51,7 +58,7 @@ def validate_margin(margin: float | None) -> float | None:
     return margin
 
 
-def should_skip(scores: Sequence[float], margin: float | None) -> str | None:
+def should_skip(scores: Sequence[float], margin: float | None) -> GateSkip | None:
     """Decide whether the ranking call can be skipped.
 
     The ranker cannot change a single candidate, so one (or no) candidate always skips. With
@@ -63,7 +70,8 @@ def should_skip(scores: Sequence[float], margin: float | None) -> str | None:
         margin: Score lead above which ranking is skipped, or None for no gate.
 
     Returns:
-        The reason for skipping, or None when the ranker should run.
+        Why ranking is skipped (:func:`skip_text` says it in text), or None when the ranker
+        should run.
 
     Raises:
         ConfigError: ``margin`` is negative or not a finite number.
@@ -75,21 +83,49 @@ def should_skip(scores: Sequence[float], margin: float | None) -> str | None:
         return None
     lead = float(scores[0]) - max(float(s) for s in scores[1:])
     if lead > margin:
-        return f"retrieval is confident: top score leads by {lead:.4f} > gate {margin:.4f}"
+        return GateSkip(rule="confident", lead=lead, margin=margin)
     return None
 
 
-def skip_in_plain_words(reason: str) -> str:
-    """:func:`skip_reason`'s reason as a person reads it (who never heard of retrieval, a
-    ranker or a gate); a reason it does not know is returned as it is."""
-    confident = _CONFIDENT.fullmatch(reason)
-    if confident:
-        lead, margin = (float(x) for x in confident.groups())
+def skip_text(skip: GateSkip) -> str:
+    """The skip's reason as :class:`~rar_agent.results.RankingInfo` stores it (``reason``)."""
+    if skip.rule == "confident":
+        return (
+            f"retrieval is confident: top score leads by {skip.lead or 0.0:.4f} > gate "
+            f"{skip.margin or 0.0:.4f}"
+        )
+    return _TEXT[skip.rule]
+
+
+def skip_in_plain_words(skip: GateSkip | str) -> str:
+    """A skip as a person reads it (who never heard of retrieval, a ranker or a gate).
+
+    Args:
+        skip: The gate's decision, or the reason text of a result stored before results
+            carried it (a text it does not know is returned as it is).
+    """
+    if isinstance(skip, str):
+        old = _old_skip(skip)
+        if old is None:
+            return skip
+        skip = old
+    if skip.rule == "confident":
         return (
             f"the closest category was clearly ahead: its similarity led the next one's by "
-            f"{lead:.2f}, more than the {margin:.2f} below which a model double-checks"
+            f"{skip.lead or 0.0:.2f}, more than the {skip.margin or 0.0:.2f} below which a "
+            "model double-checks"
         )
-    return _PLAIN.get(reason, reason)
+    return _PLAIN[skip.rule]
+
+
+def _old_skip(reason: str) -> GateSkip | None:
+    """The decision a stored reason text records (results made before ``RankingInfo.skip``)."""
+    confident = _OLD_CONFIDENT.fullmatch(reason)
+    if confident:
+        lead, margin = (float(x) for x in confident.groups())
+        return GateSkip(rule="confident", lead=lead, margin=margin)
+    rule = next((r for r, text in _TEXT.items() if text == reason), None)
+    return GateSkip(rule=rule) if rule is not None else None
 
 
 def skip_reason(
@@ -98,7 +134,7 @@ def skip_reason(
     margin: float | None,
     *,
     rejected: bool = False,
-) -> str | None:
+) -> GateSkip | None:
     """The gate's decision for one ranking request: the one ranker-skip decision.
 
     In order: no or one candidate (nothing to rank), an image the open-set check rejected
@@ -112,17 +148,18 @@ def skip_reason(
         rejected: The open-set check already judged the image unknown.
 
     Returns:
-        The reason for skipping the model call, or None when the model should rank.
+        Why the model call is skipped (:func:`skip_text` says it in text), or None when the
+        model should rank.
     """
     if n_candidates <= 1:
         return _too_few(n_candidates)
     if rejected:
-        return REJECTED_SKIP_REASON
+        return GateSkip(rule="rejected")
     return None if scores is None else should_skip(scores, margin)
 
 
-def _too_few(n: int) -> str:
-    return _ONE if n else _NONE
+def _too_few(n: int) -> GateSkip:
+    return GateSkip(rule="one_candidate" if n else "no_candidates")
 
 
 def parse_gate(spec: str | float | None, calibrated: float | None = None) -> float | None:

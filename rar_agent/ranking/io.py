@@ -11,6 +11,8 @@ from langchain_core.messages import BaseMessage
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rar_agent.results import GateSkip
+
 __all__ = [
     "RANKING_SCHEMA",
     "RankingInput",
@@ -79,6 +81,7 @@ class RankingOutput(BaseModel):
         description="no_match: the model said none of the candidates fits (order = retrieval)."
     )
     reason: str | None = None
+    skip: GateSkip | None = Field(default=None, description="skipped: the gate's decision.")
     raw_reply: str | None = None
     model: str | None = None
     latency_ms: float = 0.0

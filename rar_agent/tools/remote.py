@@ -3,10 +3,12 @@
 :func:`mcp_server_tools` opens one session to each MCP server through
 ``langchain-mcp-adapters`` and keeps it for the tools' life: a stdio server is started once,
 not for every call, and an HTTP server is initialized once. The sessions live on a private
-event loop in a daemon thread (an MCP session belongs to the loop and task that opened it,
-while the tools are called from any loop and thread); they are closed at the interpreter's
-exit, which ends the stdio servers' processes. The adapters' tools are async only; here each
-also gets a sync path, so ``agent.invoke`` works as well as ``ainvoke``.
+event loop in a daemon thread of the tool set (an MCP session belongs to the loop and task
+that opened it, while the tools are called from any loop and thread). The tool set is closed
+by :meth:`MCPTools.close` or at the end of a ``with`` block, else at the interpreter's exit;
+closing ends the stdio servers' processes and the thread. The adapters' tools are async only;
+here each also gets a sync path over the same loop (no thread per call), so ``agent.invoke``
+works as well as ``ainvoke``.
 
 A server that fails the call itself (its process ends, its connection drops, it gives no
 answer within ``call_timeout_s``) is a tool error the model reads, as an error the tool
@@ -22,14 +24,14 @@ import concurrent.futures
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 
 from rar_agent.errors import ConfigError
 
-__all__ = ["DEFAULT_CALL_TIMEOUT_S", "MCPServers", "mcp_server_tools", "run_sync"]
+__all__ = ["DEFAULT_CALL_TIMEOUT_S", "MCPServers", "MCPTools", "mcp_server_tools"]
 
 DEFAULT_CALL_TIMEOUT_S = 300.0
 """Seconds one call of a composed MCP tool may take (the SDK's own limit on reading an HTTP
@@ -42,25 +44,10 @@ MCPServers = Mapping[str, Mapping[str, Any]]
 T = TypeVar("T")
 
 
-def run_sync(factory: Callable[[], Awaitable[T]], *, timeout_s: float | None = None) -> T:
-    """Run the coroutine ``factory()`` makes on a private event loop in a worker thread.
-
-    Safe whether or not the calling thread already runs an event loop.
-    """
-
-    def work() -> T:
-        async def main() -> T:
-            return await factory()
-
-        return asyncio.run(main())
-
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rar-mcp") as pool:
-        return pool.submit(work).result(timeout=timeout_s)
-
-
-def _guarded(tool: BaseTool, timeout_s: float) -> BaseTool:
-    """The adapter's async-only tool, with a sync path over the same coroutine, a time limit,
-    and the server's own failures as tool errors (see the module's docstring)."""
+def _guarded(tool: BaseTool, timeout_s: float, sessions: _Sessions) -> BaseTool:
+    """The adapter's async-only tool, with a sync path over the same coroutine (run on the
+    sessions' loop), a time limit, and the server's own failures as tool errors (see the
+    module's docstring)."""
     if not isinstance(tool, StructuredTool) or tool.coroutine is None:
         return tool
     coroutine, name, handler = tool.coroutine, tool.name, tool.handle_tool_error
@@ -84,7 +71,7 @@ def _guarded(tool: BaseTool, timeout_s: float) -> BaseTool:
             ) from e
 
     def call_sync(**kwargs: Any) -> Any:
-        return run_sync(lambda: call(**kwargs))
+        return sessions.run(call(**kwargs))
 
     def handle(error: ToolException) -> Any:
         if callable(handler):  # the adapter's: formats the server's own error results
@@ -117,14 +104,15 @@ class _Sessions:
         self._open: dict[str, tuple[dict[str, BaseTool], asyncio.Event]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._holders: set[asyncio.Task[None]] = set()  # the loop keeps weak references only
-        threading.Thread(
+        self._thread = threading.Thread(
             target=self._loop.run_forever, name="rar-mcp-sessions", daemon=True
-        ).start()
-        atexit.register(self.close)
+        )
+        self._thread.start()
+        atexit.register(self.close)  # unregistered by close(): nothing is kept after it
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
         """Run ``coroutine`` on the sessions' loop and wait for it (from any thread)."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._running(coroutine))
         try:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError:
@@ -133,7 +121,19 @@ class _Sessions:
 
     async def arun(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Await ``coroutine`` on the sessions' loop (from any event loop)."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
+        loop = self._running(coroutine)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
+
+    def _running(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.AbstractEventLoop:
+        """The sessions' loop to run ``coroutine`` on; closed, a tool error (and the
+        coroutine closed unrun)."""
+        if self._loop.is_closed():
+            coroutine.close()
+            raise ToolException(
+                "this MCP tool set was closed: list its servers' tools again "
+                "(mcp_server_tools) to call them"
+            )
+        return self._loop
 
     async def tools(self, server: str) -> dict[str, BaseTool]:
         """The tools of ``server`` over its open session, opened first if none is."""
@@ -190,9 +190,11 @@ class _Sessions:
             held[1].set()
 
     def close(self) -> None:
-        """Close every session (ending the stdio servers' processes) and stop the loop."""
+        """Close every session (ending the stdio servers' processes), stop the loop and its
+        thread; a second call does nothing."""
         if self._loop.is_closed() or not self._loop.is_running():
             return
+        atexit.unregister(self.close)
 
         async def close_all() -> None:
             for server in list(self._open):
@@ -204,6 +206,32 @@ class _Sessions:
             self.run(close_all(), timeout_s=15)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=15)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+
+class MCPTools(list[BaseTool]):
+    """The tools of :func:`mcp_server_tools` (a list), and the sessions they call over.
+
+    Close it (:meth:`close`, or a ``with`` block) when done: that ends the stdio servers'
+    processes and the sessions' thread; its tools then answer with a tool error. Left open,
+    it is closed at the interpreter's exit.
+    """
+
+    def __init__(self, tools: list[BaseTool], sessions: _Sessions) -> None:
+        super().__init__(tools)
+        self._sessions = sessions
+
+    def close(self) -> None:
+        """Close the servers' sessions (a second call does nothing)."""
+        self._sessions.close()
+
+    def __enter__(self) -> MCPTools:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _served(tool: BaseTool, server: str, sessions: _Sessions) -> BaseTool:
@@ -232,7 +260,7 @@ def mcp_server_tools(
     prefix: bool = False,
     timeout_s: float = 60.0,
     call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
-) -> list[BaseTool]:
+) -> MCPTools:
     """The tools of the MCP servers ``servers``, as LangChain tools (sync and async).
 
     A call whose server fails it (ends, drops the connection, or gives no answer within
@@ -245,7 +273,7 @@ def mcp_server_tools(
         call_timeout_s: Time limit for one call of a tool.
 
     Returns:
-        Every tool of every server.
+        Every tool of every server, in a list to close when done (:class:`MCPTools`).
 
     Raises:
         ConfigError: The adapters package is missing, a connection is malformed, a time
@@ -287,4 +315,7 @@ def mcp_server_tools(
         raise ConfigError(
             f"could not list the tools of MCP servers {', '.join(servers)}: {type(e).__name__}: {e}"
         ) from e
-    return [_guarded(_served(tool, name, sessions), call_timeout_s) for name, tool in tools]
+    served = [
+        _guarded(_served(tool, name, sessions), call_timeout_s, sessions) for name, tool in tools
+    ]
+    return MCPTools(served, sessions)

@@ -314,6 +314,38 @@ def test_the_servers_cpu_workers_share_passes_of_the_cpu_size() -> None:
 
 
 @pytest.fixture
+def switch_interval() -> Iterator[None]:
+    """The interpreter's thread switch interval at its default, restored after."""
+    import sys
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    yield
+    sys.setswitchinterval(before)
+
+
+def test_a_cpu_server_hands_the_interpreter_lock_over_every_millisecond(
+    switch_interval: None,
+) -> None:
+    # An encoder worker back from a forward pass waits for the interpreter lock to hand
+    # over its rows and take the next images; at the default 5 ms a core stood idle
+    # meanwhile (tools/bench_service.py: 1.81-1.82 cores busy instead of 1.84-1.85).
+    import sys
+
+    from rar_agent.encoders.batching import SERVER_SWITCH_INTERVAL_S, shared_encoder
+
+    gpu = Recording()
+    gpu.device = "cuda:0"
+    with shared_encoder(gpu):
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+    with shared_encoder(Recording()):
+        assert sys.getswitchinterval() == pytest.approx(SERVER_SWITCH_INTERVAL_S) == 0.001
+    sys.setswitchinterval(0.0002)  # a smaller one set by the user stays
+    with shared_encoder(Recording()):
+        assert sys.getswitchinterval() == pytest.approx(0.0002, abs=1e-5)
+
+
+@pytest.fixture
 def blas_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """numpy's BLAS at 2 threads with no thread variable set (the count restored after);
     yields a function that reads its current thread count."""

@@ -13,7 +13,7 @@ from langchain_core.messages import ToolMessage
 from rar_agent.memory import CategoryMemory
 from rar_agent.pipeline import Recognizer, explanation_of
 from rar_agent.ranking import REJECTED_SKIP_REASON, RankingChain, skip_reason
-from rar_agent.results import RecognitionResult
+from rar_agent.results import GateSkip, RecognitionResult
 from rar_agent.tools import format_result
 from rar_agent.ui import candidates_table, render_reply
 from tests.helpers.clusters import KNOWN, STRANGER, Clusters
@@ -80,8 +80,35 @@ def test_the_page_never_says_confident_above_an_unknown_answer(
     said = shown.replace("\\", "").split("unknown because ")[1]
     top = result.candidates[0].label
     assert said.startswith(f"it looks less like the {top} photos in memory than they look like")
-    assert "each other: known-ness score " in said and ", where photos of that category" in said
     assert "Mahalanobis" not in said and "threshold" not in said
+
+
+def test_an_unknown_reads_as_how_unusual_it_is_not_as_raw_scores(
+    memory: CategoryMemory, clusters: Clusters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The page said "known-ness score -74.27, where photos of that category score -55.07 or
+    more": two figures of a statistic no person can place. It says how many of the memory's
+    own photos look as unlike their category, and where the cut-off is; the tool text and
+    the CLI say the same."""
+    result = Recognizer(memory, clusters.encoder, k=3).recognize(clusters.image(STRANGER, 0))
+    rej = result.rejection
+    assert result.unknown and rej.known_share is not None and rej.alpha is not None
+    assert rej.similarity is not None and 0 <= rej.known_share <= rej.alpha
+    ex = result.explanation
+    assert ex is not None and len(ex.why_unknown) == 1
+    why = ex.why_unknown[0]
+    top = result.candidates[0].label
+    assert why.startswith(f"it looks less like the {top} photos in memory than they look like")
+    assert "of the memory's own photos look this unlike their own category" in why
+    assert why.endswith(f", and the cut-off is the least alike {rej.alpha:.0%}")
+    assert f"{rej.similarity:.2f}" not in why and "score" not in why
+    page = _page(result).replace("\\", "")
+    assert why in page and why in format_result(result) and why in _cli(result, capsys)
+    # a result stored before known_share still reads in words, with no figures
+    old = result.model_dump(mode="json")
+    del old["explanation"], old["rejection"]["known_share"]
+    said = explanation_of(old).why_unknown[0]
+    assert said.endswith("(below the cut-off, the least alike 5% of the memory's own photos)")
 
 
 # ---------------------------------------------------------------------------- one explanation
@@ -130,6 +157,8 @@ def test_every_renderer_formats_the_same_explanation(
     ]
     assert "the closest category was clearly ahead" in cases[5].explanation.how
     assert "retrieval is confident" in (cases[5].ranking.reason or "")  # the data keeps it
+    skip = cases[5].ranking.skip
+    assert skip is not None and skip.rule == "confident" and skip.margin == 0.0
 
 
 def test_a_result_without_an_explanation_is_explained_the_same_way() -> None:
@@ -148,14 +177,16 @@ def test_a_result_without_an_explanation_is_explained_the_same_way() -> None:
 
 
 def test_one_ranker_skip_decision(memory: CategoryMemory, clusters: Clusters) -> None:
-    assert skip_reason(1, [0.9], None, rejected=True) == "only one candidate; nothing to rank"
-    assert skip_reason(3, [0.9, 0.2, 0.1], 0.05, rejected=True) == REJECTED_SKIP_REASON
-    assert skip_reason(3, [0.9, 0.2, 0.1], 0.05).startswith("retrieval is confident")
+    assert skip_reason(1, [0.9], None, rejected=True) == GateSkip(rule="one_candidate")
+    assert skip_reason(3, [0.9, 0.2, 0.1], 0.05, rejected=True) == GateSkip(rule="rejected")
+    confident = skip_reason(3, [0.9, 0.2, 0.1], 0.05)
+    assert confident is not None and confident.rule == "confident"
     assert skip_reason(3, None, 0.05) is None
     chain = _none_of_these()
     rec = Recognizer(memory, clusters.encoder, ranker=chain, k=3)
     result = rec.recognize(clusters.image(STRANGER, 0))
     assert result.ranking.reason == REJECTED_SKIP_REASON
+    assert result.ranking.skip == GateSkip(rule="rejected")
     assert chain.stats["skipped"] == 1 and chain.stats["model_calls"] == 0  # the chain decided
 
 

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import logging
+import re
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -343,10 +344,16 @@ async def test_the_deploy_guide_names_the_tools_each_scope_lists(tmp_path: Path)
                 async with session_with(service.url, token, opened=opened) as session:
                     listed = {t.name for t in (await session.list_tools()).tools}
                 assert listed == guide[scope], scope
-                # What the server tells the model at the start names each reading tool.
+                # What the server tells the model at the start names each reading tool,
+                # and no tool this token cannot call (a read-only token's model was told
+                # about add_category_example and undo_teaching)
                 about = opened[0].instructions or ""
                 reading = guide["recognize"] - {"teaching_history"}
                 assert [tool for tool in sorted(reading) if tool not in about] == []
+                every = set().union(*guide.values())
+                told = {tool for tool in every if re.search(rf"\b{tool}\b", about)}
+                assert told - listed == set(), scope
+                assert told == listed - {"teaching_history"} or told == listed, scope
 
 
 async def test_what_a_token_teaches_is_recorded_under_its_name(tmp_path: Path) -> None:
@@ -858,3 +865,62 @@ async def test_a_token_undoes_its_own_teaching_only(tmp_path: Path) -> None:
                     refused = await alice.call_tool("undo_teaching", {})
                     assert refused.isError and "carol" in text_of(refused), text_of(refused)
                     assert "grape" in service.recognizer.memory.labels()
+
+
+def test_an_operator_takes_back_one_persons_teaching_while_the_server_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Taking back one token's teaching needed the server stopped (``memory undo --by NAME``
+    opens the memory the server holds). ``memory undo --by NAME --server URL`` asks the
+    running server: an admin token takes back NAME's events only, the operator is logged,
+    and a token without the admin scope, or a change someone else made since, refuses it."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    with serving(tmp_path) as service:
+        carol = service.store.add("carol", ["learn"])[1]
+
+        async def teach(token: str, label: str, colour: tuple[int, int, int]) -> str:
+            async with session_with(service.url, bearer(token)) as session:
+                image = png(colour=colour)
+                done = await session.call_tool(
+                    "add_category_example", {"label": label, "image": image}
+                )
+                assert not done.isError, text_of(done)
+                return str(done.structuredContent["id"])
+
+        alice = service.tokens["alice"]
+        anyio.run(teach, alice, "violet", (90, 40, 200))
+        lilac = anyio.run(teach, alice, "lilac", (200, 160, 220))
+        anyio.run(teach, carol, "olive", (90, 110, 20))
+        anyio.run(teach, alice, "plum", (120, 20, 90))
+        runner = CliRunner()
+        undo = ["memory", "undo", "1", "--by", "alice", "--server", service.url, "--json"]
+        asked = runner.invoke(app, [*undo, "--token", alice])
+        assert asked.exit_code == 2 and "needs the scope 'admin'" in asked.output
+        no_name = runner.invoke(app, [*undo[:3], *undo[5:], "--token", service.tokens["root"]])
+        assert no_name.exit_code == 2 and "give --by NAME" in " ".join(no_name.output.split())
+        assert {"violet", "lilac", "olive", "plum"} <= set(service.recognizer.memory.labels())
+
+        with caplog.at_level(logging.WARNING, logger="rar_agent.mcp.admin"):
+            done = runner.invoke(app, [*undo, "--token", service.tokens["root"]])
+        assert done.exit_code == 0, done.output
+        undone = json.loads(done.stdout)
+        assert [(e["label"], e["by"]) for e in undone["undone"]] == [("plum", "alice")]
+        assert "root undid 1 teaching event(s) of 'alice'" in caplog.text
+        labels = set(service.recognizer.memory.labels())
+        assert "plum" not in labels and {"violet", "lilac", "olive"} <= labels
+
+        async def relabel() -> None:
+            async with session_with(service.url, bearer(carol)) as other:
+                moved = await other.call_tool(
+                    "relabel_example", {"example": lilac, "label": "mauve"}
+                )
+                assert not moved.isError, text_of(moved)
+
+        anyio.run(relabel)  # carol changed alice's lilac since: undoing it would drop that
+        refused = runner.invoke(app, [*undo[:2], "5", *undo[3:], "--token", service.tokens["root"]])
+        assert refused.exit_code == 2
+        assert "carol changed that example since" in " ".join(refused.output.split())
+        assert {"violet", "mauve", "olive"} <= set(service.recognizer.memory.labels())

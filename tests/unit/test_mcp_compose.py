@@ -204,3 +204,91 @@ def test_the_servers_end_with_the_program() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert _ended(int(done.stdout.strip()))
+
+
+def test_a_tool_set_closes_and_nothing_of_it_is_kept() -> None:
+    """``mcp_server_tools`` registered a close at exit and a thread for every tool set, so a
+    program that built many kept each one's server process, thread and sessions until it
+    exited. A tool set now closes (``close()``, or a ``with`` block): its server's process
+    ends, its thread stops, its tools answer with a tool error, and nothing holds it."""
+    import gc
+    import weakref
+
+    for _ in range(2):
+        with mcp_server_tools(FLAKY, call_timeout_s=60) as tools:
+            pid = _server_pid({t.name: t for t in tools}["pid"])
+            sessions = weakref.ref(tools._sessions)
+            thread = tools._sessions._thread
+        assert _ended(pid) and not thread.is_alive()
+        called = {t.name: t for t in tools}["pid"].invoke(PID_CALL)
+        assert called.status == "error" and "this MCP tool set was closed" in called.text
+        tools.close()  # a second close does nothing
+        del tools
+        gc.collect()
+        assert sessions() is None
+
+
+def test_a_sync_call_starts_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each sync call of a composed tool started a thread (and an event loop) of its own;
+    it runs on the tool set's loop."""
+    import threading
+
+    with mcp_server_tools(FLAKY, call_timeout_s=60) as tools:
+        tool = {t.name: t for t in tools}["pid"]
+        first = _server_pid(tool)
+        started: list[str] = []
+        start = threading.Thread.start
+
+        def counted(thread: threading.Thread) -> None:
+            started.append(thread.name)
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", counted)
+        assert [_server_pid(tool) for _ in range(3)] == [first] * 3
+        assert started == []
+
+
+def _hanging(marker: Path) -> dict[str, dict[str, Any]]:
+    script = SERVER.with_name("hanging_mcp_server.py")
+    return {
+        "hang": {
+            "transport": "stdio",
+            "command": sys.executable,
+            "args": [str(script), str(marker)],
+        }
+    }
+
+
+def _hung_pid(marker: Path) -> int:
+    """The process id the hanging server wrote once it hung (polled, nothing timed)."""
+    for _ in range(600):
+        text = marker.read_text() if marker.exists() else ""
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.1)
+    raise AssertionError(f"no hung server wrote {marker}")
+
+
+def test_a_server_that_hangs_while_starting_is_cancelled_at_the_time_limit(
+    tmp_path: Path,
+) -> None:
+    """A server started again after a failed call, which never answers ``initialize``: the
+    call that started it ends at ``call_timeout_s`` as an error tool message, and the hung
+    process is ended; listing a server that hangs so is a clear error at ``timeout_s``."""
+    marker = tmp_path / "started"
+    with mcp_server_tools(_hanging(marker), call_timeout_s=8) as tools:
+        by_name = {t.name: t for t in tools}
+        crash = {"type": "tool_call", "name": "crash", "args": {"text": "x"}, "id": "c"}
+        assert by_name["crash"].invoke(crash).status == "error"
+        echo = {"type": "tool_call", "name": "echo", "args": {"text": "hi"}, "id": "e"}
+        hung = by_name["echo"].invoke(echo)  # starts the server again: it hangs
+        assert hung.status == "error"
+        assert hung.text == (
+            "echo failed: its MCP server gave no answer within 8 s; go on without it or try "
+            "again later"
+        )
+        assert _ended(_hung_pid(marker))
+    marker.write_text("hangs from the start")
+    with pytest.raises(ConfigError, match=r"listing the tools of MCP servers hang took over 3 s"):
+        mcp_server_tools(_hanging(marker), timeout_s=3)
+    assert _ended(_hung_pid(marker))
