@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mcp.server.auth.settings import AuthSettings
     from starlette.middleware import Middleware
     from starlette.routing import Route
+    from starlette.types import ASGIApp, Scope
 
 __all__ = [
     "REQUIRED_SCOPE",
@@ -86,8 +87,8 @@ def auth_settings(resource_url: str) -> AuthSettings:
 
 
 def auth_layers(
-    endpoint: Any, verifier: StoreTokenVerifier, settings: AuthSettings
-) -> tuple[Any, list[Middleware], list[Route]]:
+    endpoint: ASGIApp, verifier: StoreTokenVerifier, settings: AuthSettings
+) -> tuple[ASGIApp, list[Middleware], list[Route]]:
     """Wrap ``endpoint`` as the SDK does for a resource server.
 
     Returns:
@@ -123,20 +124,20 @@ def auth_layers(
     return protected, middleware, routes
 
 
-def _user(scope: Any) -> Any:
+def _user(scope: Scope | None) -> Any:
     from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 
     user = scope.get("user") if isinstance(scope, dict) else None
     return user if isinstance(user, AuthenticatedUser) else None
 
 
-def token_name(scope: Any) -> str | None:
+def token_name(scope: Scope | None) -> str | None:
     """The token's name of an authenticated ASGI request scope, else ``None``."""
     user = _user(scope)
     return user.access_token.client_id if user is not None else None
 
 
-def token_scopes(scope: Any) -> frozenset[str] | None:
+def token_scopes(scope: Scope | None) -> frozenset[str] | None:
     """The scopes of an authenticated ASGI request scope, else ``None``."""
     user = _user(scope)
     return frozenset(user.scopes) if user is not None else None

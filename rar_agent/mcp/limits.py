@@ -19,9 +19,12 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rar_agent.mcp.auth import token_name
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Scope
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -84,7 +87,7 @@ class RequestLimiter:
         limits: The limits.
     """
 
-    def __init__(self, app: Any, limits: ServiceLimits) -> None:
+    def __init__(self, app: ASGIApp, limits: ServiceLimits) -> None:
         self.app = app
         self.limits = limits
         self._in_flight: collections.Counter[str] = collections.Counter()
@@ -158,7 +161,7 @@ class RequestLimiter:
         return None
 
 
-def client_key(scope: Any) -> str:
+def client_key(scope: Scope) -> str:
     """Whom a request counts against: its token; without one, its address and MCP session.
 
     Without authentication every process on one machine shares an address, so each of their

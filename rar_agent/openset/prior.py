@@ -42,7 +42,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
@@ -72,7 +72,11 @@ MIN_SPREAD = 1e-3
 """Smallest spread a scale divides by (a memory of near-identical spacings)."""
 
 
-def prior_score(similarity: float | np.ndarray, scale: MemoryScale) -> Any:
+@overload
+def prior_score(similarity: float, scale: MemoryScale) -> float: ...
+@overload
+def prior_score(similarity: np.ndarray, scale: MemoryScale) -> np.ndarray: ...
+def prior_score(similarity: float | np.ndarray, scale: MemoryScale) -> float | np.ndarray:
     """The scale-free known-ness of a query: ``(s - c) / d`` (the one definition, for
     reference data and queries alike)."""
     return (similarity - scale.centre) / max(scale.spread, MIN_SPREAD)

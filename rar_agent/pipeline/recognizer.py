@@ -37,6 +37,7 @@ from rar_agent.results import Candidate, NovelGroups, RecognitionResult, Rejecti
 from rar_agent.retrieval import CategoryRetriever
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from rar_agent.config import Settings
@@ -506,7 +507,7 @@ class Recognizer:
         return current(self.memory) or self._computed
 
     def judge_many(
-        self, retrieved: Sequence[Sequence[Candidate]], vectors: Any = None
+        self, retrieved: Sequence[Sequence[Candidate]], vectors: np.ndarray | None = None
     ) -> list[RejectionInfo]:
         """The open-set check of each candidate list (:func:`.verdict.open_set_check`), given
         the images' embeddings (``vectors``, one row per list; ``--reject auto`` scores them)."""

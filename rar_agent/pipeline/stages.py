@@ -23,6 +23,7 @@ from rar_agent.ranking import NO_RANKER, RankingChain, RankingInput, RankingOutp
 from rar_agent.results import Candidate, GateSkip, RankingInfo, RecognitionResult, RejectionInfo
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from rar_agent.config import MemoryKind, RejectSetting
@@ -55,7 +56,7 @@ class Outcome:
     rejection: RejectionInfo
     ranking: Ranking
     timings_ms: dict[str, float] = field(default_factory=dict)
-    vector: Any = None
+    vector: np.ndarray | None = None
 
     @property
     def verdict(self) -> RejectionInfo:
@@ -163,7 +164,7 @@ class StageRunner:
         return self._outcomes(found, inputs, outputs, rankings)
 
     def judge(
-        self, retrieved: Sequence[Sequence[Candidate]], vectors: Any = None
+        self, retrieved: Sequence[Sequence[Candidate]], vectors: np.ndarray | None = None
     ) -> list[RejectionInfo]:
         """The open-set check of each candidate list (:func:`.verdict.open_set_check`), with
         the images' embeddings (``vectors``, one row each; ``auto`` needs them)."""

@@ -54,6 +54,7 @@ from rar_agent.retrieval import NEAR_DUPLICATE
 
 if TYPE_CHECKING:
     import numpy as np
+    from numpy.typing import ArrayLike
     from PIL import Image
 
     from rar_agent.encoders import ImageTextEncoder
@@ -164,7 +165,7 @@ def update_calibration(
 def learn_entries(
     memory: CategoryMemory,
     entries: Sequence[MemoryEntry],
-    vectors: Any,
+    vectors: ArrayLike,
     *,
     ids: Sequence[str] | None = None,
 ) -> list[str]:

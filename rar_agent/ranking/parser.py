@@ -95,7 +95,7 @@ def normalize_label(text: str) -> str:
     return _normalize_with_offsets(unicodedata.normalize("NFKC", text))[0]
 
 
-def is_none_answer(text: Any) -> bool:
+def is_none_answer(text: object) -> bool:
     """Whether one reply item says "none of these" (in any case or punctuation)."""
     return isinstance(text, str) and normalize_label(text) in NONE_FORMS
 

@@ -22,7 +22,7 @@ import fnmatch
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -130,8 +130,8 @@ class ConfinedFileTool(BaseTool):
 
     roots: tuple[Path, ...]
     inner: dict[Path, BaseTool] = Field(exclude=True)
-    handle_tool_error: bool | str | Any = True
-    handle_validation_error: bool | str | Any = Field(
+    handle_tool_error: bool | str | Callable[[ToolException], str] | None = True
+    handle_validation_error: bool | str | Callable[[Exception], str] | None = Field(
         default_factory=lambda: explain_validation_error
     )
 
