@@ -199,6 +199,8 @@ def export_imagefolder(
 
     if n_per_class < 1:
         raise ConfigError(f"n_per_class must be >= 1, got {n_per_class}")
+    if seed < 0:  # numpy's generators take none
+        raise ConfigError(f"seed must be >= 0, got {seed}")
     wanted = list(classes) if classes is not None else list(FASHION_MNIST_CLASSES)
     unknown = [c for c in wanted if c not in FASHION_MNIST_CLASSES]
     if unknown:

@@ -62,6 +62,8 @@ def datasets_export(
             raise ConfigError(f"--split must be train or test, not {split!r}")
         if per_class < 1:
             raise ConfigError(f"--per-class must be >= 1 image per class, got {per_class}")
+        if seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {seed}")
         which: Split = "train" if split == "train" else "test"
         wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         bar, update = progress_bar(progress, f"writing {split} images")

@@ -143,6 +143,8 @@ def check_config(config: EvalConfig, *, stream_share: float | None = None) -> No
         problems.append(f"--max-k must be between 1 and 100, got {config.max_k}")
     if config.batch_size < 1:
         problems.append(f"--batch-size must be >= 1, got {config.batch_size}")
+    if config.seed < 0:
+        problems.append(f"--seed must be >= 0, got {config.seed}")
     if config.max_loss < 0:
         problems.append(f"--max-loss must be >= 0 points, got {config.max_loss}")
     if config.open_set is not None and not 0.0 < config.open_set < 1.0:

@@ -203,6 +203,28 @@ def test_cli_exports_an_imagefolder_that_memory_build_reads(tmp_path: Path) -> N
     assert "not 2 per class" in " ".join(done.output.split())
 
 
+def test_a_negative_seed_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """`datasets export fashion-mnist OUT --seed -1` (and `eval --dataset fashion-mnist
+    --seed -1`, after loading the encoder) died in numpy: "ValueError: expected non-negative
+    integer", a traceback."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    (tmp_path / "idx").mkdir()
+    root = _fake_root(tmp_path / "idx")
+    with pytest.raises(ConfigError, match="seed must be >= 0, got -1"):
+        datasets.export_imagefolder(tmp_path / "out", "train", 2, -1, root=root)
+    runner = CliRunner()
+    done = runner.invoke(app, ["datasets", "export", "fashion-mnist", str(tmp_path / "out"),
+                               "--seed", "-1", "--root", str(root)])  # fmt: skip
+    assert done.exit_code == 2 and "--seed must be >= 0, got -1" in done.output, done.output
+    assert not (tmp_path / "out").exists()
+    done = runner.invoke(app, ["eval", "--dataset", "fashion-mnist", "--seed", "-1",
+                               "--out", str(tmp_path / "eval")])  # fmt: skip
+    assert done.exit_code == 2 and "--seed must be >= 0, got -1" in done.output, done.output
+
+
 def test_an_output_folder_that_cannot_be_written_is_one_clear_error(tmp_path: Path) -> None:
     """A file where a folder should be (or a read-only place): an error saying so, exit 2."""
     from typer.testing import CliRunner
