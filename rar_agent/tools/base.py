@@ -180,8 +180,11 @@ class ImageResolver:
             return ImageSource(item.id, item.data)
         if text.startswith(("http://", "https://")):
             if not self.allow_urls:
+                upload = (
+                    "ask the user to upload the image, or " if self.registry is not None else ""
+                )
                 raise UnsafeInputError(
-                    "fetching URLs is disabled for this tool: ask the user to upload the image"
+                    f"fetching URLs is disabled for this tool: {upload}pass {self.accepted()}"
                 )
             return ImageSource(text, fetch_public_url(text))
         if text.startswith("data:"):

@@ -510,6 +510,21 @@ def test_a_name_lookup_that_hangs_ends_within_the_limit(monkeypatch: pytest.Monk
         release.set()
 
 
+def test_a_url_while_urls_are_off_names_the_forms_this_caller_accepts(tmp_path: Path) -> None:
+    """An MCP server with URLs off answered a URL with "ask the user to upload the image",
+    which its client cannot do; the refusal names the forms it accepts instead."""
+    from rar_agent.tools import ImageResolver
+
+    no_ids = ImageResolver(allowed_roots=tuple(normalize_roots([tmp_path])))
+    with pytest.raises(UnsafeInputError) as refused:
+        no_ids.resolve("https://example.invalid/a.png")
+    message = str(refused.value)
+    assert "fetching URLs is disabled" in message and "upload" not in message
+    assert "a file path relative to the allowed folder" in message
+    with pytest.raises(UnsafeInputError, match="ask the user to upload the image"):
+        ImageResolver(registry=ImageRegistry()).resolve("https://example.invalid/a.png")
+
+
 @pytest.mark.parametrize("ref", ["file:///etc/passwd", "ftp://example.invalid/x.png"])
 def test_another_scheme_is_refused_with_the_forms_this_caller_accepts(
     ref: str, tmp_path: Path
