@@ -95,14 +95,16 @@ FLAKY = {
 }
 
 
-def _calls(tool: str) -> Any:
-    """A policy: call ``tool`` once, then answer with what it returned."""
+def _calls(tool: str, args: dict[str, Any] | None = None) -> Any:
+    """A policy: call ``tool`` once (with ``args``, default a text), then answer with what
+    it returned."""
     from langchain_core.messages import AIMessage
 
     def policy(messages: list[Any]) -> AIMessage:
         done = [m for m in messages if isinstance(m, ToolMessage)]
         if not done:
-            call = {"name": tool, "args": {"text": "hi"}, "id": "c1", "type": "tool_call"}
+            given = {"text": "hi"} if args is None else args
+            call = {"name": tool, "args": given, "id": "c1", "type": "tool_call"}
             return AIMessage(content="", tool_calls=[call])
         return AIMessage(content=f"The tool said: {done[-1].text}")
 
@@ -226,6 +228,51 @@ def test_a_tool_set_closes_and_nothing_of_it_is_kept() -> None:
         del tools
         gc.collect()
         assert sessions() is None
+
+
+def _session_threads(besides: set[Any]) -> list[Any]:
+    """The MCP sessions' threads running now that were not in ``besides``."""
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "rar-mcp-sessions" and t not in besides]
+
+
+def test_the_agent_closes_the_mcp_sessions_it_opened(recognizer: Any, tmp_path: Path) -> None:
+    """``create_rar_agent(mcp_servers=...)`` opened sessions (a stdio server's process, a
+    thread) that nothing could close before the program's exit. The agent closes them, and a
+    conversation store it opened from a path, with ``close()`` or at the end of a ``with``."""
+    import sqlite3
+    import threading
+
+    before = set(threading.enumerate())
+    model = PolicyChatModel(policy=_calls("pid", {}))
+    store = tmp_path / "conversations.sqlite"
+    with create_rar_agent(
+        model, recognizer=recognizer, mcp_servers=FLAKY, conversations=store
+    ) as agent:
+        copy = agent.with_config({"recursion_limit": 10})
+        config = {"configurable": {"thread_id": "t1"}}
+        out = copy.invoke({"messages": [HumanMessage("which process?")]}, config)
+        (answer,) = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+        pid = int(answer.text)
+        (thread,) = _session_threads(before)
+    assert _ended(pid) and not thread.is_alive()
+    with pytest.raises(sqlite3.ProgrammingError):  # the store it opened is closed
+        agent.checkpointer.conn.execute("select 1")  # type: ignore[union-attr]
+    agent.close()  # a second close does nothing
+
+
+def test_an_agent_that_cannot_be_built_leaves_no_session_open(recognizer: Any) -> None:
+    """The servers' tools were listed (their processes started), then the agent was
+    refused: the sessions stayed open, with no agent to close them."""
+    import threading
+
+    before = set(threading.enumerate())
+    with pytest.raises(ConfigError, match="two tools are named echo"):
+        create_rar_agent(
+            None, recognizer=recognizer, tools=[recognizer_tool_named("echo")], mcp_servers=FLAKY
+        )
+    assert _session_threads(before) == []
 
 
 def test_a_sync_call_starts_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
