@@ -756,7 +756,8 @@ def build_chat_page(
             their token's name.
         **agent_options: Passed to :func:`~rar_agent.agent.create_rar_agent`
             (``allow_urls``, ``allow_learning``, ``allowed_roots``, ``folders``, ``reject``,
-            ``mcp_servers``...).
+            ``mcp_servers``...); the page's agents share one session of each MCP server,
+            kept until the program exits.
     """
     import gradio as gr
 
@@ -807,9 +808,17 @@ def _chat_session(
     agent_options: dict[str, Any],
 ) -> ChatSession:
     """The page's session: its agent, and where people sign in to a page that teaches, the
-    agent that cannot teach for those whose token lacks ``learn`` (both over one registry
-    and conversation store)."""
+    agent that cannot teach for those whose token lacks ``learn`` (both over one registry,
+    one conversation store and one session of each MCP server, which lasts as long as the
+    program)."""
     from rar_agent.agent import LEARNING_NOT_GRANTED, RecognitionOnlyChatModel, create_rar_agent
+
+    agent_options = dict(agent_options)
+    servers = agent_options.pop("mcp_servers", None)
+    if servers:
+        from rar_agent.tools.remote import mcp_server_tools
+
+        tools = [*tools, *mcp_server_tools(servers)]
 
     def agent(chat_model: str | BaseChatModel | None, **options: Any) -> Any:
         return create_rar_agent(

@@ -339,3 +339,36 @@ def test_a_server_that_hangs_while_starting_is_cancelled_at_the_time_limit(
     with pytest.raises(ConfigError, match=r"listing the tools of MCP servers hang took over 3 s"):
         mcp_server_tools(_hanging(marker), timeout_s=3)
     assert _ended(_hung_pid(marker))
+
+
+def test_a_chat_page_with_logins_starts_each_mcp_server_once(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """``build_chat_page(..., mcp_servers=..., logins=..., allow_learning=True)`` builds two
+    agents (one for people who may teach, one for those who may not), and each started its
+    own process of every stdio server: two knowledge bases that could drift apart. Both
+    agents now call the one session of each server."""
+    from rar_agent.auth import TokenStore
+    from rar_agent.conversations import ConversationStore
+    from rar_agent.registry import ImageRegistry
+    from rar_agent.ui import _chat_session
+
+    logins = TokenStore(tmp_path / "auth.toml")
+    logins.add("alice", ["learn"])
+    with ConversationStore(":memory:") as store:
+        session = _chat_session(
+            recognizer,
+            PolicyChatModel(policy=_calls("pid", {})),
+            tools=(),
+            registry=ImageRegistry(),
+            conversations=store,
+            logins=logins,
+            agent_options={"allow_learning": True, "mcp_servers": FLAKY},
+        )
+        assert session.reading_agent is not None
+        pids = set()
+        for n, agent in enumerate((session.agent, session.reading_agent)):
+            config = {"configurable": {"thread_id": f"t{n}"}}
+            out = agent.invoke({"messages": [HumanMessage("which process?")]}, config)
+            pids |= {int(m.text) for m in out["messages"] if isinstance(m, ToolMessage)}
+        assert len(pids) == 1
