@@ -73,6 +73,8 @@ entries: payloads go to disk from 100k entries by default."""
 _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?),(?P<data>.*)$", re.DOTALL
 )
+_UNTYPED = frozenset({"application/octet-stream", "binary/octet-stream"})
+"""Data URI types that say only "some bytes": the image's own header tells what it is."""
 _B64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")
 
 
@@ -341,7 +343,9 @@ def inline_image_name(kind: str, data: bytes) -> str:
 
 def decode_base64_image(text: str) -> tuple[bytes, str | None]:
     """``(bytes, MIME type or None)`` of a ``data:image/...;base64,`` URI or raw base64 text
-    (standard or URL-safe alphabet, whitespace and missing padding allowed).
+    (standard or URL-safe alphabet, whitespace and missing padding allowed). A data URI
+    typed ``application/octet-stream`` (what a browser sends for a file type it does not know,
+    such as HEIC) is read by its content, as bare base64 is.
 
     Raises:
         ImageError: A malformed data URI, a non-image MIME type, or invalid base64.
@@ -352,9 +356,14 @@ def decode_base64_image(text: str) -> tuple[bytes, str | None]:
     match = _DATA_URI.match(text)
     if not match:
         raise ImageError("malformed data URI: expected data:image/<type>;base64,<data>")
-    mime = match.group("mime") or ""
+    mime = (match.group("mime") or "").lower()
+    if mime in _UNTYPED:  # a type the sender did not know (HEIC, often): read the bytes
+        mime = ""
     if mime and not mime.startswith("image/"):
-        raise ImageError(f"data URI has type {mime!r}, not an image type")
+        raise ImageError(
+            f"data URI has type {mime!r}, not an image type: send the image as "
+            "data:image/<type>;base64,<data> (or as bare base64)"
+        )
     if ";base64" not in (match.group("params") or ""):
         raise ImageError("data URI is not base64-encoded: use data:image/<type>;base64,<data>")
     return _b64decode(match.group("data")), mime or None
