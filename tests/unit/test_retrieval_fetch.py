@@ -153,11 +153,12 @@ def test_kept_rows_are_bounded_and_only_for_entries_with_a_content_hash() -> Non
     hits = [hit(i, f"h{i}") for i in range(3)]
     rows = [kept.put(h, [float(i), 1.0]) for i, h in enumerate(hits)]
     assert rows[0].dtype == np.float32 and not rows[0].flags.writeable
-    assert kept.get(hits[0]) is None  # the oldest went out
-    assert kept.get(hits[2]) is rows[2] and len(kept) == 2
+    oldest, *kept_rows = kept.get(hits)
+    assert oldest is None  # the oldest went out
+    assert kept_rows[0] is rows[1] and kept_rows[1] is rows[2] and len(kept) == 2
     anonymous = hit(9, None)
     assert kept.put(anonymous, [1.0, 0.0]).tolist() == [1.0, 0.0]
-    assert kept.get(anonymous) is None and len(kept) == 2
+    assert kept.get([anonymous]) == [None] and len(kept) == 2
 
 
 def test_stored_vectors_become_the_same_unit_rows(memory: CategoryMemory) -> None:
