@@ -26,6 +26,7 @@ from rar_agent.images import (
     reference_problem,
 )
 from rar_agent.memory import KINDS, CategoryMemory, EntryKind, Hit
+from rar_agent.memory.entries import content_id
 from rar_agent.results import Candidate, MatchedExample
 
 __all__ = [
@@ -256,9 +257,13 @@ class StoredRows:
     The local class means of a query's nearest entries read the same examples query after
     query, and each read turns the engine's lists of floats into arrays: 1-2 ms of CPU per
     query for 20 vectors of 1,281 numbers, measured here, against a few microseconds from
-    here. A row is kept under the entry's kind, id and content hash: an id names one content
-    (it is derived from the label and the content's hash), so a kept row is that content's
-    vector; an entry without a content hash (one a vector store wrote) is read every time.
+    here. A row is kept only for an entry stored under its content's own id (derived from
+    its kind, label and content hash, :func:`~rar_agent.memory.entries.content_id`), under
+    that id and hash: such an id names one content whoever writes it, in this process or
+    another, so a kept row stays that entry's vector, and nothing needs to be forgotten when
+    examples are added, relabelled (a new id), undone or removed (no longer found). An entry
+    written under an id of its own (a vector store's document, whose image at the same
+    address may change) or without a content hash is read every time.
     """
 
     def __init__(self, size: int = STORED_ROWS) -> None:
@@ -285,11 +290,12 @@ class StoredRows:
         return out
 
     def put(self, hit: Hit, vector: Sequence[float]) -> np.ndarray:
-        """``vector`` as a float32 row, kept for ``hit`` when it has a content hash."""
+        """``vector`` as a float32 row, kept for ``hit`` when it is stored under its
+        content's own id."""
         row = np.array(vector, np.float32) if isinstance(vector, np.ndarray) else _as_row(vector)
         row.flags.writeable = False
         key = self.key(hit)
-        if key is not None and self.size > 0:
+        if key is not None and self.size > 0 and hit.id == content_id(hit.kind, hit.label, key[2]):
             with self._lock:
                 self._rows[key] = row
                 while len(self._rows) > self.size:
