@@ -562,17 +562,17 @@ _CURRENT: weakref.WeakKeyDictionary[Any, tuple[float, Calibration | None]] = (
 _CURRENT_LOCK = threading.Lock()
 
 
-def current(memory: CalibratedMemory, *, max_age: float = MAX_AGE_S) -> Calibration | None:
+def current(memory: CalibratedMemory, *, max_age: float | None = None) -> Calibration | None:
     """The memory's calibration for judging queries, without re-reading the record for each.
 
     Updates made through this module in this process are seen at once; changes made by
-    another process within ``max_age`` seconds (the record is re-read at most that often,
-    since parsing it costs more than a query's verdict).
+    another process within ``max_age`` seconds (``MAX_AGE_S`` by default: the record is
+    re-read at most that often, since parsing it costs more than a query's verdict).
     """
     now = time.monotonic()
     with _CURRENT_LOCK:
         held = _CURRENT.get(memory)
-    if held is not None and now - held[0] < max_age:
+    if held is not None and now - held[0] < (MAX_AGE_S if max_age is None else max_age):
         return held[1]
     cal = load(memory)
     _remember(memory, cal)
@@ -820,7 +820,9 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     merged: list[Calibration] = []
 
     def merge(data: dict[str, Any] | None) -> dict[str, Any]:
-        now = _parse(data, memory.collection) or cal.model_copy(deep=True)
+        # a copy of what was read, not model_copy: that would keep the means, terms and
+        # thresholds derived from it, which the merge below makes stale
+        now = _parse(data, memory.collection) or Calibration.model_validate(cal.model_dump())
         merged.append(now)
         if z is not None and now.statistic == cal.statistic:
             now.categories.add([labels[p] for p in new], z)
