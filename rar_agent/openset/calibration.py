@@ -450,14 +450,26 @@ class Calibration(BaseModel):
             )
         return f"no encoder prior for {self.encoder or 'this encoder'}"
 
-    def source(self) -> str:
-        """Which source sets the thresholds, in words (for notes and ``memory stats``)."""
+    def own_threshold(self, alpha: float) -> Threshold:
+        """The memory's own threshold for a one-example category at ``alpha``, or why there is
+        none; a category of more examples falls back to it, so without it the memory's own
+        examples set no threshold at all."""
+        return self.threshold(alpha, 1) if self.calibrated else (None, self.reason or NO_PAIRS)
+
+    def source(self, alpha: float) -> str:
+        """Which source sets the thresholds at ``alpha``, in words (for ``memory stats``)."""
         said = self._prior_words()
+        own, why = self.own_threshold(alpha)
         if said is None:
-            return "this memory's own examples" if self.calibrated else "none"
-        if not self.calibrated:
-            return said
+            return "this memory's own examples" if own is not None else "none"
+        if own is None:
+            return self._by_prior(why)
         return f"this memory's own examples where they suffice, elsewhere {said}"
+
+    def _by_prior(self, why: str | None) -> str:
+        """The encoder prior as the source, and why the memory's own examples are not."""
+        own = (why or "").removeprefix("cannot calibrate")
+        return f"{self._prior_words()}; its own examples cannot{own}"
 
     def _prior_words(self) -> str | None:
         prior = self.prior()
@@ -491,8 +503,7 @@ class Calibration(BaseModel):
         if threshold is None:
             return Judged(stat, shots, None, f"{why}; {no_prior}")
         similarity = top.scores[0] if top.scores else top.score
-        own = (why or "").removeprefix("cannot calibrate")
-        note = f"threshold set by {self._prior_words()}; its own examples cannot{own}"
+        note = f"threshold set by {self._by_prior(why)}"
         return Judged(float(similarity), shots, threshold, note, prior=True)
 
     def summary(self, alpha: float | None = None) -> dict[str, Any]:
@@ -503,8 +514,11 @@ class Calibration(BaseModel):
         per_shot = {m: self.threshold(alpha, m) for m in (1, 2, 5, 10)}
         model = self.model()
         prior = {m: self.prior_threshold(alpha, m) for m in (1, 2, 3)}
+        method = self.method
+        if method == "conformal" and per_shot[1][0] is None:  # stand-ins too few at alpha
+            method = "prior" if prior[1][0] is not None else "none"
         return {
-            "method": self.method,
+            "method": method,
             "statistic": None if model is None else f"relative Mahalanobis, rank {model.rank}",
             "alpha": alpha,
             "standins": len(self.standins),
@@ -513,7 +527,7 @@ class Calibration(BaseModel):
             "thresholds": {
                 str(m): None if t is None else round(t, 4) for m, (t, _) in per_shot.items()
             },
-            "source": self.source(),
+            "source": self.source(alpha),
             "prior_thresholds": {
                 str(m): None if t is None else round(t, 4) for m, (t, _) in prior.items()
             },

@@ -26,6 +26,9 @@ __all__ = ["MAX_MEMBERS_SHOWN", "NovelGroupLog", "purity"]
 MAX_MEMBERS_SHOWN = 20
 """Member images listed per group (the size counts all of them)."""
 
+_SAME_IMAGE = 1.0 - 1e-5
+"""Cosine at or above which a query named like a logged one is that image asked again."""
+
 
 class NovelGroupLog:
     """The unknown queries seen lately, grouped by closeness (bounded, thread-safe).
@@ -48,7 +51,8 @@ class NovelGroupLog:
 
     def add(self, vector: np.ndarray, image: str | None, link: float | None) -> NovelGroup | None:
         """Log one unknown query and return its group (``None``: it has no look-alike yet,
-        or there is no threshold to link by).
+        or there is no threshold to link by). The same image asked again (same name, same
+        embedding) is logged once.
 
         Args:
             vector: The query's embedding.
@@ -59,6 +63,9 @@ class NovelGroupLog:
         row = np.asarray(vector, dtype=np.float32).ravel()
         row = row / (float(np.linalg.norm(row)) or 1.0)
         with self._lock:
+            seen = self._seen(row, image)
+            if seen is not None:  # the same image asked again is not a second sighting
+                return self._group_of(seen, min_size=2)
             if len(self._vectors) >= self.capacity:
                 self._drop_oldest(len(self._vectors) // 2)
             index = len(self._vectors)
@@ -101,6 +108,13 @@ class NovelGroupLog:
 
     def __len__(self) -> int:
         return len(self._vectors)
+
+    def _seen(self, row: np.ndarray, image: str | None) -> int | None:
+        """Where the log holds this image already: the same name and the same embedding."""
+        for i, name in enumerate(self._images):
+            if name == image and float(self._vectors[i] @ row) >= _SAME_IMAGE:
+                return i
+        return None
 
     # ------------------------------------------------------------------ union-find
 

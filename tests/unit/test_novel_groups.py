@@ -184,6 +184,55 @@ def test_teaching_an_unknown_image_answers_its_group(recognizer: Any, tmp_path: 
     assert "No group of look-alike unknown images yet" in listed.content
 
 
+def _data_uri(path: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_images_sent_as_data_uris_are_told_apart(recognizer: Any, tmp_path: Path) -> None:
+    """An MCP client sends photos as data URIs. Six unknown look-alikes were listed as
+    "unknown-0: 6 images: <data URI>, <data URI>, ...", which no agent can ask about, and
+    teaching any data URI (here a known lynx) answered every group holding one."""
+    clusters: Clusters = recognizer.clusters
+    tools = {t.name: t for t in make_tools(recognizer, allow_learning=True)}
+    bikes = [_data_uri(clusters.save("bicycle", i, tmp_path / "bikes")) for i in range(6)]
+    names = []
+    for n, uri in enumerate(bikes):
+        call = {"type": "tool_call", "id": str(n), "name": "recognize_image"}
+        answer = tools["recognize_image"].invoke({**call, "args": {"image": uri}})
+        assert answer.artifact["unknown"]
+        names.append(answer.artifact["image"])
+        assert names[-1] in answer.content  # the answer names the image as the group will
+    assert len(set(names)) == 6 and all(n.startswith("<data URI ") for n in names)
+    listed = tools["list_unknown_groups"].invoke(
+        {"type": "tool_call", "id": "g", "name": "list_unknown_groups", "args": {}}
+    )
+    [group] = listed.artifact["groups"]
+    assert sorted(group["images"]) == sorted(names)
+    lynx = _data_uri(clusters.save("lynx", 6, tmp_path / "known"))
+    teach = {"type": "tool_call", "id": "t", "name": "add_category_example"}
+    taught = tools["add_category_example"].invoke(
+        {**teach, "args": {"label": "lynx", "image": lynx}}
+    )
+    assert taught.status != "error"
+    assert [g.size for g in recognizer.unknown_groups().groups] == [6]
+
+
+def test_the_same_image_asked_again_is_not_a_second_sighting(recognizer: Any) -> None:
+    """Asked twice about one unknown photo, the recognizer listed it as a group of two
+    ("unknown-0: 2 images: bag.png, bag.png"), a question about one photo shown twice."""
+    clusters: Clusters = recognizer.clusters
+    photo = clusters.image("bicycle", 0)
+    first = recognizer.recognize(photo, name="bag.png")
+    again = recognizer.recognize(photo, name="bag.png")
+    assert first.unknown and again.unknown and again.novel_group is None
+    assert recognizer.unknown_groups().groups == []
+    copy = recognizer.recognize(photo, name="copy.png")  # under another name: two images
+    assert copy.novel_group is not None
+    assert sorted(copy.novel_group.images) == ["bag.png", "copy.png"]
+
+
 def test_a_stream_names_groups_in_the_order_of_its_images(
     recognizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
