@@ -42,6 +42,7 @@ similarities live on another scale than anything the memory can measure among it
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
 import itertools
 import logging
@@ -217,7 +218,7 @@ def min_standins(alpha: float) -> int:
 
 def _level(shots: int) -> int:
     """Index of the largest shot level not above ``shots`` (at least the first)."""
-    return max(i for i, m in enumerate(SHOT_LEVELS) if m <= max(shots, 1))
+    return max(bisect.bisect_right(SHOT_LEVELS, shots) - 1, 0)
 
 
 class CategorySums(BaseModel):
@@ -292,6 +293,8 @@ class Calibration(BaseModel):
     _terms: CentreTerms | None = PrivateAttr(default=None)
     _by_level: dict[int, np.ndarray] = PrivateAttr(default_factory=dict)
     _thresholds: dict[tuple[float, int], Threshold] = PrivateAttr(default_factory=dict)
+    _supported_at: dict[tuple[float, int], int] = PrivateAttr(default_factory=dict)
+    _judging: tuple[Whitening, np.ndarray, CentreTerms] | None = PrivateAttr(default=None)
 
     @property
     def calibrated(self) -> bool:
@@ -347,22 +350,29 @@ class Calibration(BaseModel):
         Returns:
             ``(statistic, shots, (threshold, why))``.
         """
-        model = self.model()
-        if model is None or not self.categories.labels:
-            return -math.inf, 0, (None, self.reason or "cannot calibrate: no statistic")
-        counts = self.means()[1]
-        row = model.scores(model.project(np.asarray(vector)), self.terms())[0]
+        judging = self._judging
+        if judging is None:
+            model = self.model()
+            if model is None or not self.categories.labels:
+                return -math.inf, 0, (None, self.reason or "cannot calibrate: no statistic")
+            judging = self._judging = (model, self.means()[1], self.terms())
+        model, counts, terms = judging
+        row = model.scores(model.project(np.asarray(vector)), terms)[0]
         best = int(np.argmax(row))
         shots = int(counts[best])
         return float(row[best]), shots, self.threshold(alpha, self._supported(alpha, shots))
 
     def _supported(self, alpha: float, shots: int) -> int:
         """The largest shot level not above ``shots`` whose stand-ins give a threshold at
-        ``alpha`` (the first level when none does)."""
-        level = _level(shots)
-        while level > 0 and self.threshold(alpha, SHOT_LEVELS[level])[0] is None:
-            level -= 1
-        return SHOT_LEVELS[level]
+        ``alpha`` (the first level when none does; looked up once per level and ALPHA)."""
+        key = (alpha, _level(shots))
+        found = self._supported_at.get(key)
+        if found is None:
+            level = key[1]
+            while level > 0 and self.threshold(alpha, SHOT_LEVELS[level])[0] is None:
+                level -= 1
+            found = self._supported_at[key] = SHOT_LEVELS[level]
+        return found
 
     def share_at_most(self, statistic: float, alpha: float, shots: int) -> float:
         """Share of the stand-ins that set the threshold at ``alpha`` for a category of
@@ -570,17 +580,17 @@ _CURRENT: weakref.WeakKeyDictionary[Any, tuple[float, Calibration | None]] = (
 _CURRENT_LOCK = threading.Lock()
 
 
-def current(memory: CalibratedMemory, *, max_age: float = MAX_AGE_S) -> Calibration | None:
+def current(memory: CalibratedMemory, *, max_age: float | None = None) -> Calibration | None:
     """The memory's calibration for judging queries, without re-reading the record for each.
 
     Updates made through this module in this process are seen at once; changes made by
-    another process within ``max_age`` seconds (the record is re-read at most that often,
-    since parsing it costs more than a query's verdict).
+    another process within ``max_age`` seconds (``MAX_AGE_S`` by default: the record is
+    re-read at most that often, since parsing it costs more than a query's verdict).
     """
     now = time.monotonic()
     with _CURRENT_LOCK:
         held = _CURRENT.get(memory)
-    if held is not None and now - held[0] < max_age:
+    if held is not None and now - held[0] < (MAX_AGE_S if max_age is None else max_age):
         return held[1]
     cal = load(memory)
     _remember(memory, cal)
@@ -828,7 +838,9 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     merged: list[Calibration] = []
 
     def merge(data: dict[str, Any] | None) -> dict[str, Any]:
-        now = _parse(data, memory.collection) or cal.model_copy(deep=True)
+        # a copy of what was read, not model_copy: that would keep the means, terms and
+        # thresholds derived from it, which the merge below makes stale
+        now = _parse(data, memory.collection) or Calibration.model_validate(cal.model_dump())
         merged.append(now)
         if z is not None and now.statistic == cal.statistic:
             now.categories.add([labels[p] for p in new], z)
