@@ -59,7 +59,8 @@ from rar_agent.registry import (
     unreadable_images,
 )
 from rar_agent.safety import normalize_roots
-from rar_agent.tools import folder_tools, make_tools
+from rar_agent.tools import UnknownGroupsTool, folder_tools, make_tools
+from rar_agent.tools.base import RecognizerTool
 
 if TYPE_CHECKING:
     import os
@@ -212,10 +213,14 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
     def _prepare(self, request: ToolCallRequest) -> ToolCallRequest | ToolMessage:
         call = request.tool_call
         name = call.get("name")
-        if name not in self.image_tools and name not in IMAGE_LIST_TOOLS:
+        groups = isinstance(request.tool, UnknownGroupsTool)
+        if name not in self.image_tools and name not in IMAGE_LIST_TOOLS and not groups:
             return request
         state = request.state if isinstance(request.state, dict) else {}
         conversation = ImageScope(self.registry, state.get("images") or [])
+        request = _in_conversation(request, conversation)
+        if groups:
+            return request
         known = conversation.ids()
         config = getattr(request.runtime, "config", None)
         args = dict(call.get("args") or {})
@@ -260,6 +265,15 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         """Async :meth:`wrap_tool_call`."""
         prepared = await asyncio.to_thread(self._prepare, request)
         return prepared if isinstance(prepared, ToolMessage) else await handler(prepared)
+
+
+def _in_conversation(request: ToolCallRequest, conversation: ImageScope) -> ToolCallRequest:
+    """The request with its tool bound to the conversation's images: on a page many people
+    share, a tool sees this conversation's unknown images only (its groups, its answers)."""
+    tool = request.tool
+    if isinstance(tool, RecognizerTool) and isinstance(tool.registry, ImageRegistry):
+        return request.override(tool=tool.model_copy(update={"registry": conversation}))
+    return request
 
 
 class ToolErrorMiddleware(AgentMiddleware[RarAgentState, Any]):

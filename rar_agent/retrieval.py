@@ -7,6 +7,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -25,6 +26,7 @@ from rar_agent.images import (
     reference_problem,
 )
 from rar_agent.memory import KINDS, CategoryMemory, EntryKind, Hit
+from rar_agent.memory.entries import content_id
 from rar_agent.results import Candidate, MatchedExample
 
 __all__ = [
@@ -88,51 +90,62 @@ def category_scores(
     Returns:
         The score of each category among the first ``RANK_HITS`` entries.
     """
-    values, weights, groups = _local_groups(labels, sims)
-    out: dict[str, float] = {}
-    for label, members in groups.items():
-        best = float(values[members].max())
-        if not _by_mean(values, weights, members):
-            out[label] = best
-            continue
-        mean = weights[members] @ rows[members]
-        norm = float(np.linalg.norm(mean))
-        out[label] = float(query @ mean) / norm if norm > 0 else best
-    return out
+    return _scores(query, rows, _local(labels, sims))
 
 
 def mean_members(labels: Sequence[str], sims: Sequence[float]) -> list[int]:
     """The positions (in the nearest entries given to :func:`category_scores`) of the
     entries whose vectors it reads: those of categories scored by a local mean. The others
     are scored by a similarity alone, so their vectors need not be fetched."""
-    values, weights, groups = _local_groups(labels, sims)
-    chosen = (m for m in groups.values() if _by_mean(values, weights, m))
-    return sorted(i for members in chosen for i in members)
+    return _positions(_local(labels, sims))
 
 
-def _local_groups(
-    labels: Sequence[str], sims: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray, dict[str, list[int]]]:
-    """The similarities, each of the first ``RANK_HITS`` entries' weight (``TAPER``) and
-    the positions of each category's entries among them."""
+class _Local(NamedTuple):
+    """A query's nearest entries as :func:`category_scores` reads them."""
+
+    weights: np.ndarray
+    """Each of the first ``RANK_HITS`` entries' weight (``TAPER``)."""
+    best: dict[str, float]
+    """Each category's best similarity among them, in the order the categories come."""
+    means: dict[str, list[int]]
+    """The positions of the entries of each category scored by their local mean: two or
+    more entries, none a near-duplicate of the query, some weight (the others score their
+    best similarity)."""
+
+
+def _local(labels: Sequence[str], sims: Sequence[float]) -> _Local:
+    """Group nearest entries (best first) by category, as :func:`category_scores` reads them."""
     values = np.asarray(sims, dtype=np.float64)
     n = min(len(values), RANK_HITS)
     cut = float(values[n]) if len(values) > n else 0.0
     weights = np.clip((values[:n] - cut) / TAPER, 0.0, 1.0)
+    top, weight = values[:n].tolist(), weights.tolist()  # Python floats: cheaper to compare
     groups: dict[str, list[int]] = {}
     for i in range(n):
         groups.setdefault(labels[i], []).append(i)
-    return values, weights, groups
+    best = {label: max(top[i] for i in members) for label, members in groups.items()}
+    means = {
+        label: members
+        for label, members in groups.items()
+        if len(members) > 1 and best[label] < NEAR_DUPLICATE and any(weight[i] > 0 for i in members)
+    }
+    return _Local(weights, best, means)
 
 
-def _by_mean(values: np.ndarray, weights: np.ndarray, members: list[int]) -> bool:
-    """Whether a category with these entries is scored by their local mean (else by its
-    best similarity: one entry, a near-duplicate, or no weight)."""
-    return (
-        len(members) > 1
-        and float(values[members].max()) < NEAR_DUPLICATE
-        and float(weights[members].sum()) > 0
-    )
+def _positions(local: _Local) -> list[int]:
+    """The positions of the entries whose vectors the local means read, in order."""
+    return sorted(i for members in local.means.values() for i in members)
+
+
+def _scores(query: np.ndarray, rows: np.ndarray, local: _Local) -> dict[str, float]:
+    """:func:`category_scores` of nearest entries already grouped (:func:`_local`)."""
+    out = dict(local.best)
+    for label, members in local.means.items():
+        mean = local.weights[members] @ rows[members]
+        norm = float(np.sqrt(mean.dot(mean)))  # what np.linalg.norm computes, minus its checks
+        if norm > 0:
+            out[label] = float(query @ mean) / norm
+    return out
 
 
 def fetch_limit(k: int, fetch_k: int | None) -> int:
@@ -196,9 +209,14 @@ def _matched(hit: Hit) -> MatchedExample:
     )
 
 
-def _mean_hits(hits: Sequence[Hit]) -> list[Hit]:
+def _local_of(hits: Sequence[Hit]) -> _Local:
+    """:func:`_local` of hits."""
+    return _local([h.label for h in hits], [h.score for h in hits])
+
+
+def _mean_hits(hits: Sequence[Hit], local: _Local) -> list[Hit]:
     """The hits (nearest first) whose vectors :func:`category_scores` reads."""
-    return [hits[i] for i in mean_members([h.label for h in hits], [h.score for h in hits])]
+    return [hits[i] for i in _positions(local)]
 
 
 def _as_row(vector: np.ndarray | Sequence[float]) -> np.ndarray:
@@ -222,8 +240,9 @@ def _rows(
     rows = np.zeros((len(hits), dim), dtype=np.float32)
     have = [i for i, h in enumerate(hits) if h.id in stored]
     if have:
-        rows[have] = np.stack([_as_row(stored[hits[i].id]) for i in have])
-        rows[have] /= np.linalg.norm(rows[have], axis=1, keepdims=True).clip(min=1e-12)
+        block = np.stack([_as_row(stored[hits[i].id]) for i in have])
+        block /= np.linalg.norm(block, axis=1, keepdims=True).clip(min=1e-12)
+        rows[have] = block
     return rows
 
 
@@ -238,9 +257,13 @@ class StoredRows:
     The local class means of a query's nearest entries read the same examples query after
     query, and each read turns the engine's lists of floats into arrays: 1-2 ms of CPU per
     query for 20 vectors of 1,281 numbers, measured here, against a few microseconds from
-    here. A row is kept under the entry's kind, id and content hash: an id names one content
-    (it is derived from the label and the content's hash), so a kept row is that content's
-    vector; an entry without a content hash (one a vector store wrote) is read every time.
+    here. A row is kept only for an entry stored under its content's own id (derived from
+    its kind, label and content hash, :func:`~rar_agent.memory.entries.content_id`), under
+    that id and hash: such an id names one content whoever writes it, in this process or
+    another, so a kept row stays that entry's vector, and nothing needs to be forgotten when
+    examples are added, relabelled (a new id), undone or removed (no longer found). An entry
+    written under an id of its own (a vector store's document, whose image at the same
+    address may change) or without a content hash is read every time.
     """
 
     def __init__(self, size: int = STORED_ROWS) -> None:
@@ -254,23 +277,25 @@ class StoredRows:
         digest = hit.payload.get("content_hash")
         return (hit.kind, hit.id, digest) if isinstance(digest, str) and digest else None
 
-    def get(self, hit: Hit) -> np.ndarray | None:
-        """``hit``'s kept row (read-only), or None."""
-        key = self.key(hit)
-        if key is None:
-            return None
+    def get(self, hits: Sequence[Hit]) -> list[np.ndarray | None]:
+        """Each hit's kept row (read-only), or None."""
+        keys = [self.key(hit) for hit in hits]
+        out: list[np.ndarray | None] = []
         with self._lock:
-            row = self._rows.get(key)
-            if row is not None:
-                self._rows.move_to_end(key)
-            return row
+            for key in keys:
+                row = None if key is None else self._rows.get(key)
+                if key is not None and row is not None:
+                    self._rows.move_to_end(key)
+                out.append(row)
+        return out
 
     def put(self, hit: Hit, vector: Sequence[float]) -> np.ndarray:
-        """``vector`` as a float32 row, kept for ``hit`` when it has a content hash."""
+        """``vector`` as a float32 row, kept for ``hit`` when it is stored under its
+        content's own id."""
         row = np.array(vector, np.float32) if isinstance(vector, np.ndarray) else _as_row(vector)
         row.flags.writeable = False
         key = self.key(hit)
-        if key is not None and self.size > 0:
+        if key is not None and self.size > 0 and hit.id == content_id(hit.kind, hit.label, key[2]):
             with self._lock:
                 self._rows[key] = row
                 while len(self._rows) > self.size:
@@ -396,7 +421,10 @@ class CategoryRetriever(BaseRetriever):
         nearest = [sorted(hits, key=lambda h: -h.score)[: RANK_HITS + 1] for hits in batches]
         stored: dict[str, np.ndarray] = {}
         asked: set[str] = set()
-        wanted = [h for hits in nearest for h in _mean_hits(hits)]
+        local = [_local_of(hits) for hits in nearest]
+        wanted = [
+            h for hits, near in zip(nearest, local, strict=True) for h in _mean_hits(hits, near)
+        ]
         while wanted:
             stored.update(self._vectors(wanted))
             asked.update(h.id for h in wanted)
@@ -404,22 +432,28 @@ class CategoryRetriever(BaseRetriever):
                 break  # the same entries, so the same ones to fetch: no second look
             # gone meanwhile: leave it out and look again
             nearest = [[h for h in hits if h.id in stored or h.id not in asked] for hits in nearest]
-            wanted = [h for hits in nearest for h in _mean_hits(hits) if h.id not in asked]
+            local = [_local_of(hits) for hits in nearest]
+            wanted = [
+                h
+                for hits, near in zip(nearest, local, strict=True)
+                for h in _mean_hits(hits, near)
+                if h.id not in asked
+            ]
         out: list[dict[str, float]] = []
-        for query, hits in zip(vectors, nearest, strict=True):
+        for query, hits, near in zip(vectors, nearest, local, strict=True):
             rows = _rows(hits, stored, len(query))
             q = query / max(float(np.linalg.norm(query)), 1e-12)
-            out.append(category_scores(q, rows, [h.label for h in hits], [h.score for h in hits]))
+            out.append(_scores(q, rows, near))
         return out
 
     def _vectors(self, hits: Sequence[Hit]) -> dict[str, np.ndarray]:
         """The stored vectors of ``hits`` as rows: those kept from earlier queries
         (:class:`StoredRows`), the others in one read per kind among them, of that vector
         alone (no payloads)."""
+        kept = self._stored
         out: dict[str, np.ndarray] = {}
         by_kind: dict[str, list[Hit]] = {}
-        for hit in hits:
-            row = self._stored.get(hit)
+        for hit, row in zip(hits, kept.get(hits), strict=True):
             if row is not None:
                 out[hit.id] = row
             else:
@@ -429,7 +463,7 @@ class CategoryRetriever(BaseRetriever):
             read = self.memory.get_vectors(ids, kind=kind if kind in KINDS else None)
             for hit in group:
                 if hit.id in read:
-                    out[hit.id] = self._stored.put(hit, read[hit.id])
+                    out[hit.id] = kept.put(hit, read[hit.id])
         return out
 
     def search_text(self, text: str, *, k: int | None = None) -> list[Candidate]:

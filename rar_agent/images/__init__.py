@@ -45,6 +45,7 @@ __all__ = [
     "load_image",
     "decode_base64_image",
     "decode_image_bytes",
+    "inline_image_name",
     "check_image_file",
     "read_image_bytes",
     "read_image_file",
@@ -72,6 +73,8 @@ entries: payloads go to disk from 100k entries by default."""
 _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?),(?P<data>.*)$", re.DOTALL
 )
+_UNTYPED = frozenset({"application/octet-stream", "binary/octet-stream"})
+"""Data URI types that say only "some bytes": the image's own header tells what it is."""
 _B64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")
 
 
@@ -257,12 +260,15 @@ def _load_reference(
         return _from_bytes(data, text, name or text, max_pixels, need)
     if text.startswith("data:"):
         data = decode_base64_image(text)[0]
-        return _from_bytes(data, "data URI", name or "<data URI>", max_pixels, need)
+        return _from_bytes(
+            data, "data URI", name or inline_image_name("data URI", data), max_pixels, need
+        )
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         scheme = text.split("://", 1)[0]
         raise ImageError(f"unsupported URL scheme {scheme!r}: use a file path or http(s) URL")
     data = decode_base64_image(text)[0]  # what _file_of leaves: raw base64
-    return _from_bytes(data, "base64 text", name or "<base64>", max_pixels, need)
+    base64_name = name or inline_image_name("base64", data)
+    return _from_bytes(data, "base64 text", base64_name, max_pixels, need)
 
 
 def read_image_file(
@@ -328,9 +334,18 @@ def decode_image_bytes(
     return decode_to_need(data, need=need, max_pixels=max_pixels, what=what)[0]
 
 
+def inline_image_name(kind: str, data: bytes) -> str:
+    """What an image given inline (``kind``: a data URI, base64 text) is called in answers and
+    in the unknown images' groups: ``<data URI 3f9a1c2b>``, a digest of its bytes, so that two
+    such images are told apart and the same one is known again."""
+    return f"<{kind} {hashlib.sha256(data).hexdigest()[:8]}>"
+
+
 def decode_base64_image(text: str) -> tuple[bytes, str | None]:
     """``(bytes, MIME type or None)`` of a ``data:image/...;base64,`` URI or raw base64 text
-    (standard or URL-safe alphabet, whitespace and missing padding allowed).
+    (standard or URL-safe alphabet, whitespace and missing padding allowed). A data URI
+    typed ``application/octet-stream`` (what a browser sends for a file type it does not know,
+    such as HEIC) is read by its content, as bare base64 is.
 
     Raises:
         ImageError: A malformed data URI, a non-image MIME type, or invalid base64.
@@ -341,9 +356,14 @@ def decode_base64_image(text: str) -> tuple[bytes, str | None]:
     match = _DATA_URI.match(text)
     if not match:
         raise ImageError("malformed data URI: expected data:image/<type>;base64,<data>")
-    mime = match.group("mime") or ""
+    mime = (match.group("mime") or "").lower()
+    if mime in _UNTYPED:  # a type the sender did not know (HEIC, often): read the bytes
+        mime = ""
     if mime and not mime.startswith("image/"):
-        raise ImageError(f"data URI has type {mime!r}, not an image type")
+        raise ImageError(
+            f"data URI has type {mime!r}, not an image type: send the image as "
+            "data:image/<type>;base64,<data> (or as bare base64)"
+        )
     if ";base64" not in (match.group("params") or ""):
         raise ImageError("data URI is not base64-encoded: use data:image/<type>;base64,<data>")
     return _b64decode(match.group("data")), mime or None

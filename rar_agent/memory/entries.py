@@ -21,6 +21,7 @@ __all__ = [
     "MemoryEntry",
     "MemoryInfo",
     "check_kind",
+    "content_id",
     "normalize_label",
 ]
 
@@ -117,9 +118,8 @@ class MemoryEntry:
 
     @property
     def point_id(self) -> str:
-        """Deterministic id: UUIDv5 of kind, label and content hash."""
-        key = f"{self.kind}\x00{self.label}\x00{self.content_hash}"
-        return str(uuid.uuid5(ENTRY_NAMESPACE, key))
+        """Deterministic id: UUIDv5 of kind, label and content hash (:func:`content_id`)."""
+        return content_id(self.kind, self.label, self.content_hash)
 
     def payload(self) -> dict[str, Any]:
         """The payload stored with the vector."""
@@ -130,6 +130,13 @@ class MemoryEntry:
             "source": self.source,
             "content_hash": self.content_hash,
         }
+
+
+def content_id(kind: str, label: str, content_hash: str) -> str:
+    """The point id of an entry stored under its content's own id: UUIDv5 of its kind,
+    (normalised) label and content hash. Entries written with ids of their own (the vector
+    store's documents) have other ids."""
+    return str(uuid.uuid5(ENTRY_NAMESPACE, f"{kind}\x00{label}\x00{content_hash}"))
 
 
 @dataclass(frozen=True, slots=True)

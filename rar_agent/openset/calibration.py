@@ -42,6 +42,7 @@ similarities live on another scale than anything the memory can measure among it
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
 import itertools
 import logging
@@ -217,7 +218,7 @@ def min_standins(alpha: float) -> int:
 
 def _level(shots: int) -> int:
     """Index of the largest shot level not above ``shots`` (at least the first)."""
-    return max(i for i, m in enumerate(SHOT_LEVELS) if m <= max(shots, 1))
+    return max(bisect.bisect_right(SHOT_LEVELS, shots) - 1, 0)
 
 
 class CategorySums(BaseModel):
@@ -292,6 +293,8 @@ class Calibration(BaseModel):
     _terms: CentreTerms | None = PrivateAttr(default=None)
     _by_level: dict[int, np.ndarray] = PrivateAttr(default_factory=dict)
     _thresholds: dict[tuple[float, int], Threshold] = PrivateAttr(default_factory=dict)
+    _supported_at: dict[tuple[float, int], int] = PrivateAttr(default_factory=dict)
+    _judging: tuple[Whitening, np.ndarray, CentreTerms] | None = PrivateAttr(default=None)
 
     @property
     def calibrated(self) -> bool:
@@ -347,22 +350,29 @@ class Calibration(BaseModel):
         Returns:
             ``(statistic, shots, (threshold, why))``.
         """
-        model = self.model()
-        if model is None or not self.categories.labels:
-            return -math.inf, 0, (None, self.reason or "cannot calibrate: no statistic")
-        counts = self.means()[1]
-        row = model.scores(model.project(np.asarray(vector)), self.terms())[0]
+        judging = self._judging
+        if judging is None:
+            model = self.model()
+            if model is None or not self.categories.labels:
+                return -math.inf, 0, (None, self.reason or "cannot calibrate: no statistic")
+            judging = self._judging = (model, self.means()[1], self.terms())
+        model, counts, terms = judging
+        row = model.scores(model.project(np.asarray(vector)), terms)[0]
         best = int(np.argmax(row))
         shots = int(counts[best])
         return float(row[best]), shots, self.threshold(alpha, self._supported(alpha, shots))
 
     def _supported(self, alpha: float, shots: int) -> int:
         """The largest shot level not above ``shots`` whose stand-ins give a threshold at
-        ``alpha`` (the first level when none does)."""
-        level = _level(shots)
-        while level > 0 and self.threshold(alpha, SHOT_LEVELS[level])[0] is None:
-            level -= 1
-        return SHOT_LEVELS[level]
+        ``alpha`` (the first level when none does; looked up once per level and ALPHA)."""
+        key = (alpha, _level(shots))
+        found = self._supported_at.get(key)
+        if found is None:
+            level = key[1]
+            while level > 0 and self.threshold(alpha, SHOT_LEVELS[level])[0] is None:
+                level -= 1
+            found = self._supported_at[key] = SHOT_LEVELS[level]
+        return found
 
     def share_at_most(self, statistic: float, alpha: float, shots: int) -> float:
         """Share of the stand-ins that set the threshold at ``alpha`` for a category of
@@ -440,14 +450,26 @@ class Calibration(BaseModel):
             )
         return f"no encoder prior for {self.encoder or 'this encoder'}"
 
-    def source(self) -> str:
-        """Which source sets the thresholds, in words (for notes and ``memory stats``)."""
+    def own_threshold(self, alpha: float) -> Threshold:
+        """The memory's own threshold for a one-example category at ``alpha``, or why there is
+        none; a category of more examples falls back to it, so without it the memory's own
+        examples set no threshold at all."""
+        return self.threshold(alpha, 1) if self.calibrated else (None, self.reason or NO_PAIRS)
+
+    def source(self, alpha: float) -> str:
+        """Which source sets the thresholds at ``alpha``, in words (for ``memory stats``)."""
         said = self._prior_words()
+        own, why = self.own_threshold(alpha)
         if said is None:
-            return "this memory's own examples" if self.calibrated else "none"
-        if not self.calibrated:
-            return said
+            return "this memory's own examples" if own is not None else "none"
+        if own is None:
+            return self._by_prior(why)
         return f"this memory's own examples where they suffice, elsewhere {said}"
+
+    def _by_prior(self, why: str | None) -> str:
+        """The encoder prior as the source, and why the memory's own examples are not."""
+        own = (why or "").removeprefix("cannot calibrate")
+        return f"{self._prior_words()}; its own examples cannot{own}"
 
     def _prior_words(self) -> str | None:
         prior = self.prior()
@@ -481,8 +503,7 @@ class Calibration(BaseModel):
         if threshold is None:
             return Judged(stat, shots, None, f"{why}; {no_prior}")
         similarity = top.scores[0] if top.scores else top.score
-        own = (why or "").removeprefix("cannot calibrate")
-        note = f"threshold set by {self._prior_words()}; its own examples cannot{own}"
+        note = f"threshold set by {self._by_prior(why)}"
         return Judged(float(similarity), shots, threshold, note, prior=True)
 
     def summary(self, alpha: float | None = None) -> dict[str, Any]:
@@ -493,8 +514,11 @@ class Calibration(BaseModel):
         per_shot = {m: self.threshold(alpha, m) for m in (1, 2, 5, 10)}
         model = self.model()
         prior = {m: self.prior_threshold(alpha, m) for m in (1, 2, 3)}
+        method = self.method
+        if method == "conformal" and per_shot[1][0] is None:  # stand-ins too few at alpha
+            method = "prior" if prior[1][0] is not None else "none"
         return {
-            "method": self.method,
+            "method": method,
             "statistic": None if model is None else f"relative Mahalanobis, rank {model.rank}",
             "alpha": alpha,
             "standins": len(self.standins),
@@ -503,14 +527,18 @@ class Calibration(BaseModel):
             "thresholds": {
                 str(m): None if t is None else round(t, 4) for m, (t, _) in per_shot.items()
             },
-            "source": self.source(),
+            "source": self.source(alpha),
             "prior_thresholds": {
                 str(m): None if t is None else round(t, 4) for m, (t, _) in prior.items()
             },
             "scale": None if self.scale is None else self.scale.model_dump(),
             # a query falls back to fewer shots: the promise holds wherever one shot does,
-            # or the encoder prior where it does not
-            "cannot_calibrate": per_shot[1][1] if prior[1][0] is None else None,
+            # or the encoder prior where it does not (then why neither can, as answers say)
+            "cannot_calibrate": (
+                f"{per_shot[1][1]}; {prior[1][1]}"
+                if per_shot[1][1] is not None and prior[1][0] is None
+                else None
+            ),
             "updated_at": self.updated_at,
         }
 
@@ -552,17 +580,17 @@ _CURRENT: weakref.WeakKeyDictionary[Any, tuple[float, Calibration | None]] = (
 _CURRENT_LOCK = threading.Lock()
 
 
-def current(memory: CalibratedMemory, *, max_age: float = MAX_AGE_S) -> Calibration | None:
+def current(memory: CalibratedMemory, *, max_age: float | None = None) -> Calibration | None:
     """The memory's calibration for judging queries, without re-reading the record for each.
 
     Updates made through this module in this process are seen at once; changes made by
-    another process within ``max_age`` seconds (the record is re-read at most that often,
-    since parsing it costs more than a query's verdict).
+    another process within ``max_age`` seconds (``MAX_AGE_S`` by default: the record is
+    re-read at most that often, since parsing it costs more than a query's verdict).
     """
     now = time.monotonic()
     with _CURRENT_LOCK:
         held = _CURRENT.get(memory)
-    if held is not None and now - held[0] < max_age:
+    if held is not None and now - held[0] < (MAX_AGE_S if max_age is None else max_age):
         return held[1]
     cal = load(memory)
     _remember(memory, cal)
@@ -810,7 +838,9 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     merged: list[Calibration] = []
 
     def merge(data: dict[str, Any] | None) -> dict[str, Any]:
-        now = _parse(data, memory.collection) or cal.model_copy(deep=True)
+        # a copy of what was read, not model_copy: that would keep the means, terms and
+        # thresholds derived from it, which the merge below makes stale
+        now = _parse(data, memory.collection) or Calibration.model_validate(cal.model_dump())
         merged.append(now)
         if z is not None and now.statistic == cal.statistic:
             now.categories.add([labels[p] for p in new], z)

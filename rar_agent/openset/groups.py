@@ -26,6 +26,9 @@ __all__ = ["MAX_MEMBERS_SHOWN", "NovelGroupLog", "purity"]
 MAX_MEMBERS_SHOWN = 20
 """Member images listed per group (the size counts all of them)."""
 
+_SAME_IMAGE = 1.0 - 1e-5
+"""Cosine at or above which a query named like a logged one is that image asked again."""
+
 
 class NovelGroupLog:
     """The unknown queries seen lately, grouped by closeness (bounded, thread-safe).
@@ -48,7 +51,8 @@ class NovelGroupLog:
 
     def add(self, vector: np.ndarray, image: str | None, link: float | None) -> NovelGroup | None:
         """Log one unknown query and return its group (``None``: it has no look-alike yet,
-        or there is no threshold to link by).
+        or there is no threshold to link by). The same image asked again (same name, same
+        embedding) is logged once.
 
         Args:
             vector: The query's embedding.
@@ -59,6 +63,9 @@ class NovelGroupLog:
         row = np.asarray(vector, dtype=np.float32).ravel()
         row = row / (float(np.linalg.norm(row)) or 1.0)
         with self._lock:
+            seen = self._seen(row, image)
+            if seen is not None:  # the same image asked again is not a second sighting
+                return self._group_of(seen, min_size=2)
             if len(self._vectors) >= self.capacity:
                 self._drop_oldest(len(self._vectors) // 2)
             index = len(self._vectors)
@@ -82,12 +89,30 @@ class NovelGroupLog:
                 self._rebuild(keep)
             return dropped
 
-    def groups(self, min_size: int = 2) -> list[NovelGroup]:
-        """The groups of at least ``min_size`` queries, largest first."""
+    def groups(self, min_size: int = 2, among: Collection[str] | None = None) -> list[NovelGroup]:
+        """The groups of at least ``min_size`` queries, largest first.
+
+        Args:
+            min_size: The smallest group listed (1: every unknown image, alone or not).
+            among: Only these images count (one conversation's, of a log others share).
+        """
         with self._lock:
-            roots = {self._find(i) for i in range(len(self._vectors))}
-            found = [self._group_of(r, min_size=min_size) for r in roots]
-        return sorted((g for g in found if g is not None), key=lambda g: (-g.size, g.id))
+            by_root: dict[int, list[int]] = {}
+            for i in self._indices(among):
+                by_root.setdefault(self._find(i), []).append(i)
+            found = [self._group(r, m) for r, m in by_root.items() if len(m) >= min_size]
+        return sorted(found, key=lambda g: (-g.size, g.id))
+
+    def count(self, among: Collection[str] | None = None) -> int:
+        """The unknown images logged (of ``among`` only, when given)."""
+        with self._lock:
+            return len(self._indices(among))
+
+    def _indices(self, among: Collection[str] | None) -> list[int]:
+        if among is None:
+            return list(range(len(self._vectors)))
+        names = set(among)
+        return [i for i, name in enumerate(self._images) if name in names]
 
     def members(self, group_id: str) -> list[str]:
         """Every image of a group, oldest first (the listing shows at most 20)."""
@@ -101,6 +126,13 @@ class NovelGroupLog:
 
     def __len__(self) -> int:
         return len(self._vectors)
+
+    def _seen(self, row: np.ndarray, image: str | None) -> int | None:
+        """Where the log holds this image already: the same name and the same embedding."""
+        for i, name in enumerate(self._images):
+            if name == image and float(self._vectors[i] @ row) >= _SAME_IMAGE:
+                return i
+        return None
 
     # ------------------------------------------------------------------ union-find
 
@@ -118,8 +150,9 @@ class NovelGroupLog:
     def _group_of(self, index: int, *, min_size: int) -> NovelGroup | None:
         root = self._find(index)
         members = [i for i in range(len(self._vectors)) if self._find(i) == root]
-        if len(members) < min_size:
-            return None
+        return self._group(root, members) if len(members) >= min_size else None
+
+    def _group(self, root: int, members: Sequence[int]) -> NovelGroup:
         return NovelGroup(
             id=f"unknown-{self._seq[root]}",
             size=len(members),

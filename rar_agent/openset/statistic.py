@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -116,6 +116,11 @@ class Whitening:
     within: np.ndarray
     overall: np.ndarray
     off: float
+    _own: np.ndarray = field(init=False, repr=False, compare=False)
+    """``overall - within``: the query's own quadratic term (:meth:`scores`), computed once."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_own", self.overall - self.within)
 
     @classmethod
     def fit(cls, vectors: np.ndarray, labels: Sequence[str], rank: int = RANK) -> Whitening | None:
@@ -186,7 +191,7 @@ class Whitening:
         if not len(cc):
             return np.full((len(z), 0), -np.inf)
         z, r = z[:, : self.rank], z[:, self.rank]
-        own = np.einsum("ij,jk,ik->i", z, self.overall - self.within, z) + self.off * r
+        own = np.einsum("ij,jk,ik->i", z, self._own, z) + self.off * r
         return np.asarray(own[:, None] + 2.0 * z @ pc.T - cc[None, :])
 
     def known(self, z: np.ndarray, centres: np.ndarray | CentreTerms) -> np.ndarray:

@@ -21,7 +21,7 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import ConfigDict, Field, field_validator
 
 from rar_agent.errors import ImageError, UnsafeInputError
-from rar_agent.images import decode_base64_image, looks_like_base64
+from rar_agent.images import decode_base64_image, inline_image_name, looks_like_base64
 from rar_agent.registry import ImageRegistry, ImageScope, is_latest_ref
 from rar_agent.safety import (
     describe_roots,
@@ -99,7 +99,8 @@ class ImageSource:
     """Where an image reference led.
 
     Attributes:
-        name: What to call it (the image id, the path or URL as given, ``<data URI>``).
+        name: What to call it (the image id, the path or URL as given, or for inline data
+            ``<data URI 3f9a1c2b>``: see :func:`~rar_agent.images.inline_image_name`).
         payload: The image bytes, or a file path already checked against the allowed folders.
     """
 
@@ -188,7 +189,7 @@ class ImageResolver:
                 )
             return ImageSource(text, fetch_public_url(text))
         if text.startswith("data:"):
-            return ImageSource("<data URI>", decode_base64_image(text)[0])
+            return _inline("data URI", text)
         if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
             raise UnsafeInputError(f"unsupported reference {text[:40]!r}: pass {self.accepted()}")
         try:
@@ -196,7 +197,7 @@ class ImageResolver:
         except UnsafeInputError:
             if not looks_like_base64(text):
                 raise
-        return ImageSource("<base64>", decode_base64_image(text)[0])  # no data: prefix
+        return _inline("base64", text)  # no data: prefix
 
     def _latest(self, text: str) -> RegisteredImage:
         """This conversation's latest image (``text`` is a "latest" word or empty)."""
@@ -215,6 +216,12 @@ class ImageResolver:
                 f"pass {self.accepted()}"
             )
         return self.registry.latest()
+
+
+def _inline(kind: str, text: str) -> ImageSource:
+    """An image given inline (data URI or base64), named by a digest of its bytes."""
+    data = decode_base64_image(text)[0]
+    return ImageSource(inline_image_name(kind, data), data)
 
 
 def _check_pixels(source: ImageSource, limit: int) -> None:

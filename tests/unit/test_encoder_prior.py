@@ -183,6 +183,9 @@ def test_without_a_prior_single_examples_still_say_they_cannot_calibrate(tmp_pat
     assert f"no encoder prior for {FINGERPRINT}" in verdicts[0].note
     cal = load(memory)
     assert cal is not None and cal.method == "none" and cal.summary()["cannot_calibrate"]
+    # `memory stats` told only half of what the answers say: why no prior helps either
+    shown = _open_set_stats(cal, parse_reject("auto"), memory.count("image"))
+    assert shown["calibrated"] is False and f"no encoder prior for {FINGERPRINT}" in shown["note"]
     memory.close()
 
 
@@ -232,9 +235,16 @@ def test_a_mixed_memory_whose_stand_ins_cannot_calibrate_uses_the_prior(
     # a 10-example category is judged at the largest shot count the prior measured
     assert many[0].threshold == pytest.approx(cal.prior_threshold(0.05, 3)[0], abs=1e-6)
     assert one[0].threshold == pytest.approx(cal.prior_threshold(0.05, 1)[0], abs=1e-6)
-    summary = cal.summary(0.05)
-    assert summary["cannot_calibrate"] is None and summary["method"] == "conformal"
-    assert "elsewhere the encoder prior of synthetic" in summary["source"]
+    # `memory stats` said the memory's own examples set the thresholds "where they
+    # suffice" and promised 5% as if measured, while every answer above came from the prior
+    shown = _open_set_stats(cal, parse_reject("auto:0.05"), memory.count("image"))
+    assert shown["cannot_calibrate"] is None and shown["method"] == "prior"
+    assert shown["source"].startswith("the encoder prior of synthetic")
+    assert "own examples where they suffice" not in shown["source"]
+    assert f"only {MIN_CATEGORIES - 2} categories have 2 or more examples" in shown["note"]
+    assert shown["promise"].endswith(
+        "as the encoder prior estimates; this memory cannot measure it yet"
+    )
     memory.close()
 
 
@@ -246,6 +256,10 @@ def test_too_few_categories_for_a_scale_cannot_calibrate(
     verdicts = _judge(memory, _photos(centres, 0, 5, np.random.default_rng(0)), 0.05)
     assert all(v.threshold is None and not v.reasons for v in verdicts)
     assert f"at least {MIN_CATEGORIES} categories" in verdicts[0].note
+    cal = load(memory)
+    assert cal is not None
+    shown = _open_set_stats(cal, parse_reject("auto"), memory.count("image"))
+    assert f"at least {MIN_CATEGORIES} categories" in shown["note"]
     memory.close()
 
 

@@ -126,6 +126,22 @@ def test_missing_file_directory_and_bad_references(tmp_path: Path) -> None:
         load_image(12345)  # type: ignore[arg-type]
 
 
+def test_a_data_uri_of_untyped_bytes_is_read_by_its_content() -> None:
+    """A browser that does not know HEIC (Chrome on Windows or Linux) reads an iPhone photo
+    as ``data:application/octet-stream;base64,...``; it was refused as "not an image type"
+    with nothing to do about it, though bare base64 of the same bytes was read."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    heic = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(heic, format="HEIF", quality=85)
+    data = base64.b64encode(heic.getvalue()).decode()
+    loaded = load_image("data:application/octet-stream;base64," + data)
+    assert loaded.image.size == (64, 48)
+    with pytest.raises(ImageError, match="not an image type.*data:image/"):
+        load_image("data:text/html;base64," + data)
+
+
 def test_is_image_reference(tmp_path: Path) -> None:
     path = tmp_path / "a.png"
     path.write_bytes(_png())

@@ -13,7 +13,7 @@ from PIL import Image
 from rar_agent.memory import CategoryMemory
 from rar_agent.openset.groups import NovelGroupLog, purity
 from rar_agent.pipeline import Recognizer
-from rar_agent.registry import ImageRegistry
+from rar_agent.registry import ImageRegistry, ImageScope
 from rar_agent.tools import UnknownGroupsTool, make_tools
 from tests.helpers.clusters import Clusters, make_clusters
 
@@ -182,6 +182,138 @@ def test_teaching_an_unknown_image_answers_its_group(recognizer: Any, tmp_path: 
     )
     assert listed.artifact["groups"] == [] and listed.artifact["unknown_images"] == 0
     assert "No group of look-alike unknown images yet" in listed.content
+
+
+def _data_uri(path: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_images_sent_as_data_uris_are_told_apart(recognizer: Any, tmp_path: Path) -> None:
+    """An MCP client sends photos as data URIs. Six unknown look-alikes were listed as
+    "unknown-0: 6 images: <data URI>, <data URI>, ...", which no agent can ask about, and
+    teaching any data URI (here a known lynx) answered every group holding one."""
+    clusters: Clusters = recognizer.clusters
+    tools = {t.name: t for t in make_tools(recognizer, allow_learning=True)}
+    bikes = [_data_uri(clusters.save("bicycle", i, tmp_path / "bikes")) for i in range(6)]
+    names = []
+    for n, uri in enumerate(bikes):
+        call = {"type": "tool_call", "id": str(n), "name": "recognize_image"}
+        answer = tools["recognize_image"].invoke({**call, "args": {"image": uri}})
+        assert answer.artifact["unknown"]
+        names.append(answer.artifact["image"])
+        assert names[-1] in answer.content  # the answer names the image as the group will
+    assert len(set(names)) == 6 and all(n.startswith("<data URI ") for n in names)
+    listed = tools["list_unknown_groups"].invoke(
+        {"type": "tool_call", "id": "g", "name": "list_unknown_groups", "args": {}}
+    )
+    [group] = listed.artifact["groups"]
+    assert sorted(group["images"]) == sorted(names)
+    lynx = _data_uri(clusters.save("lynx", 6, tmp_path / "known"))
+    teach = {"type": "tool_call", "id": "t", "name": "add_category_example"}
+    taught = tools["add_category_example"].invoke(
+        {**teach, "args": {"label": "lynx", "image": lynx}}
+    )
+    assert taught.status != "error"
+    assert [g.size for g in recognizer.unknown_groups().groups] == [6]
+
+
+def test_the_same_image_asked_again_is_not_a_second_sighting(recognizer: Any) -> None:
+    """Asked twice about one unknown photo, the recognizer listed it as a group of two
+    ("unknown-0: 2 images: bag.png, bag.png"), a question about one photo shown twice."""
+    clusters: Clusters = recognizer.clusters
+    photo = clusters.image("bicycle", 0)
+    first = recognizer.recognize(photo, name="bag.png")
+    again = recognizer.recognize(photo, name="bag.png")
+    assert first.unknown and again.unknown and again.novel_group is None
+    assert recognizer.unknown_groups().groups == []
+    copy = recognizer.recognize(photo, name="copy.png")  # under another name: two images
+    assert copy.novel_group is not None
+    assert sorted(copy.novel_group.images) == ["bag.png", "copy.png"]
+
+
+def test_a_conversation_lists_only_its_own_unknown_images(recognizer: Any, tmp_path: Path) -> None:
+    """On a shared chat page, Bob's agent listed the unknown images of Alice's conversation
+    ("unknown-0: 6 images: img-..., ..."): ids it cannot open, from photos Bob never sent,
+    and his own answer named that group. ``min_size=1`` listed nothing though the log held
+    unknown images."""
+    clusters: Clusters = recognizer.clusters
+    registry = ImageRegistry()
+    alice, bob = ImageScope(registry), ImageScope(registry)
+    alice_tools = {t.name: t for t in make_tools(recognizer, registry=alice)}
+    bob_tools = {t.name: t for t in make_tools(recognizer, registry=bob)}
+    for n in range(6):
+        image_id = alice.register(clusters.save("bicycle", n, tmp_path / "bikes").read_bytes())
+        call = {"type": "tool_call", "id": str(n), "name": "recognize_image"}
+        assert (
+            alice_tools["recognize_image"]
+            .invoke({**call, "args": {"image": image_id}})
+            .artifact["unknown"]
+        )
+    bob_id = bob.register(clusters.save("bicycle", 7, tmp_path / "bikes").read_bytes())
+    call = {"type": "tool_call", "id": "b", "name": "recognize_image"}
+    answer = bob_tools["recognize_image"].invoke({**call, "args": {"image": bob_id}})
+    # it joined Alice's group in the log, but Bob's answer names no group he cannot list
+    assert answer.artifact["unknown"] and answer.artifact["novel_group"] is None
+    assert "list_unknown_groups" not in answer.content
+
+    def listed(tools: dict[str, Any], **args: Any) -> dict[str, Any]:
+        call = {"type": "tool_call", "id": "g", "name": "list_unknown_groups", "args": args}
+        return tools["list_unknown_groups"].invoke(call).artifact
+
+    [alices] = listed(alice_tools)["groups"]
+    assert sorted(alices["images"]) == sorted(alice.ids())
+    assert listed(bob_tools) == {"groups": [], "unknown_images": 1}
+    [single] = listed(bob_tools, min_size=1)["groups"]
+    assert single["images"] == [bob_id] and single["size"] == 1
+    assert recognizer.unknown_groups().groups[0].size == 7  # the log itself holds all
+
+
+def _recognize_then_list_groups(messages: list[Any]) -> Any:
+    """Policy: recognize the turn's photo, then list the unknown groups, then stop."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    last_user = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
+    done = [m.name for m in messages[last_user:] if isinstance(m, ToolMessage)]
+    step = {0: "recognize_image", 1: "list_unknown_groups"}.get(len(done))
+    if step is None:
+        return AIMessage(content="done")
+    call = {"name": step, "args": {}, "id": f"{step}-{len(messages)}", "type": "tool_call"}
+    return AIMessage(content="", tool_calls=[call])
+
+
+def test_an_agents_conversation_lists_only_its_own_unknown_images(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """The chat page's agent is one for every signed-in person: Bob's conversation listed
+    Alice's unknown photos by ids it cannot open, and his answer named her group."""
+    import base64
+
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from rar_agent import create_rar_agent
+    from tests.helpers.fake_chat import PolicyChatModel
+
+    clusters: Clusters = recognizer.clusters
+    model = PolicyChatModel(policy=_recognize_then_list_groups)
+    agent = create_rar_agent(model, recognizer=recognizer, checkpointer=InMemorySaver())
+
+    def send(thread: str, n: int) -> list[ToolMessage]:
+        data = base64.b64encode(clusters.save("bicycle", n, tmp_path / thread).read_bytes())
+        block = {"type": "image", "base64": data.decode(), "mime_type": "image/png"}
+        config = {"configurable": {"thread_id": thread}}
+        out = agent.invoke({"messages": [HumanMessage(content=[block])]}, config)
+        return [m for m in out["messages"] if isinstance(m, ToolMessage)][-2:]
+
+    for n in range(6):
+        send("alice", n)
+    recognized, groups = send("bob", 7)
+    assert recognized.artifact["unknown"] and recognized.artifact["novel_group"] is None
+    assert groups.artifact == {"groups": [], "unknown_images": 1}
+    _, alices = send("alice", 6)
+    assert alices.artifact["groups"][0]["size"] == 7  # Alice's seven, not Bob's
 
 
 def test_a_stream_names_groups_in_the_order_of_its_images(

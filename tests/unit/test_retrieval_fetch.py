@@ -140,24 +140,27 @@ def test_an_entry_removed_and_taught_again_reads_its_new_content(
     assert after["pair"] != pytest.approx(before["pair"])
 
 
-def test_kept_rows_are_bounded_and_only_for_entries_with_a_content_hash() -> None:
+def test_kept_rows_are_bounded_and_only_for_entries_under_their_contents_id() -> None:
     from rar_agent.memory import Hit
+    from rar_agent.memory.entries import content_id
 
-    def hit(i: int, digest: str | None) -> Hit:
+    def hit(i: int, digest: str | None, own_id: bool = True) -> Hit:
         payload = {"label": "x", "kind": "image", "source": f"s{i}"}
         if digest is not None:
             payload["content_hash"] = digest
-        return Hit.from_point(str(uuid.uuid4()), 0.5, payload)
+        pid = content_id("image", "x", digest or "") if own_id else str(uuid.uuid4())
+        return Hit.from_point(pid, 0.5, payload)
 
     kept = StoredRows(size=2)
     hits = [hit(i, f"h{i}") for i in range(3)]
     rows = [kept.put(h, [float(i), 1.0]) for i, h in enumerate(hits)]
     assert rows[0].dtype == np.float32 and not rows[0].flags.writeable
-    assert kept.get(hits[0]) is None  # the oldest went out
-    assert kept.get(hits[2]) is rows[2] and len(kept) == 2
-    anonymous = hit(9, None)
-    assert kept.put(anonymous, [1.0, 0.0]).tolist() == [1.0, 0.0]
-    assert kept.get(anonymous) is None and len(kept) == 2
+    oldest, *kept_rows = kept.get(hits)
+    assert oldest is None  # the oldest went out
+    assert kept_rows[0] is rows[1] and kept_rows[1] is rows[2] and len(kept) == 2
+    for other in (hit(9, None), hit(8, "h8", own_id=False)):  # no hash; a document's own id
+        assert kept.put(other, [1.0, 0.0]).tolist() == [1.0, 0.0]
+        assert kept.get([other]) == [None] and len(kept) == 2
 
 
 def test_stored_vectors_become_the_same_unit_rows(memory: CategoryMemory) -> None:
@@ -172,3 +175,22 @@ def test_stored_vectors_become_the_same_unit_rows(memory: CategoryMemory) -> Non
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     assert rows.dtype == np.float32 and rows.shape == (len(hits), 4)
     assert np.array_equal(rows[1:], expected) and not rows[0].any()
+
+
+def test_an_entry_rewritten_under_its_own_id_reads_its_new_vector(memory: CategoryMemory) -> None:
+    """The vector store writes under the document's id, with the hash of its text or image
+    address: the same id and hash can come back with another vector (the file at that
+    address changed), and a retriever that read the old one must not keep using it."""
+    from rar_agent.pipeline.teacher import learn_entries
+
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    entries = [MemoryEntry("doc", "image", f"photos/{i}.jpg", f"h-doc-{i}") for i in (1, 2)]
+    learn_entries(memory, entries, np.stack([_unit((0.8, 0.0, 0.6, 0.0))] * 2), ids=ids)
+    retriever = CategoryRetriever(memory=memory, encoder=None, k=4)
+    before = {c.label: c.score for c in retriever.retrieve_vectors(QUERY[None, :])[0]}
+    # the second photo replaced by another picture, added again under its document's id
+    learn_entries(memory, entries[1:], _unit((0.9, 0.3, -0.3, 0.0))[None, :], ids=ids[1:])
+    after = {c.label: c.score for c in retriever.retrieve_vectors(QUERY[None, :])[0]}
+    fresh = CategoryRetriever(memory=memory, encoder=None, k=4).retrieve_vectors(QUERY[None, :])
+    assert after == {c.label: c.score for c in fresh[0]}
+    assert after["doc"] != pytest.approx(before["doc"])
