@@ -811,14 +811,29 @@ def _chat_session(
     agent that cannot teach for those whose token lacks ``learn`` (both over one registry,
     one conversation store and one session of each MCP server, which lasts as long as the
     program)."""
-    from rar_agent.agent import LEARNING_NOT_GRANTED, RecognitionOnlyChatModel, create_rar_agent
-
     agent_options = dict(agent_options)
     servers = agent_options.pop("mcp_servers", None)
-    if servers:
-        from rar_agent.tools.remote import mcp_server_tools
+    with contextlib.ExitStack() as opened:  # closed here if the agents cannot be built
+        if servers:
+            from rar_agent.tools.remote import mcp_server_tools
 
-        tools = [*tools, *mcp_server_tools(servers)]
+            tools = [*tools, *opened.enter_context(mcp_server_tools(servers))]
+        session = _agents(recognizer, model, tools, registry, conversations, logins, agent_options)
+        opened.pop_all()  # the sessions last as long as the page's program
+    return session
+
+
+def _agents(
+    recognizer: RecognizerLike,
+    model: str | BaseChatModel | None,
+    tools: Sequence[BaseTool | Callable[..., Any]],
+    registry: ImageRegistry,
+    conversations: ConversationStore,
+    logins: TokenStore | None,
+    agent_options: dict[str, Any],
+) -> ChatSession:
+    """The session's agent(s) over ``tools`` (see :func:`_chat_session`)."""
+    from rar_agent.agent import LEARNING_NOT_GRANTED, RecognitionOnlyChatModel, create_rar_agent
 
     def agent(chat_model: str | BaseChatModel | None, **options: Any) -> Any:
         return create_rar_agent(

@@ -372,3 +372,17 @@ def test_a_chat_page_with_logins_starts_each_mcp_server_once(
             out = agent.invoke({"messages": [HumanMessage("which process?")]}, config)
             pids |= {int(m.text) for m in out["messages"] if isinstance(m, ToolMessage)}
         assert len(pids) == 1
+
+
+def test_a_chat_page_that_cannot_be_built_leaves_no_mcp_session_open(recognizer: Any) -> None:
+    """``build_chat_page(..., mcp_servers=...)`` listed the servers' tools (starting their
+    processes), then its agent was refused (two tools with one name): the sessions stayed
+    open until the program's exit, with no page to close them."""
+    import threading
+
+    from rar_agent.ui import build_chat_page
+
+    before = set(threading.enumerate())
+    with pytest.raises(ConfigError, match="two tools are named echo"):
+        build_chat_page(recognizer, tools=[recognizer_tool_named("echo")], mcp_servers=FLAKY)
+    assert _session_threads(before) == []
