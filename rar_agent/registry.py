@@ -245,6 +245,12 @@ class ImageScope:
         with self._lock:
             return list(self._ids)
 
+    def lists(self, name: str | None) -> bool:
+        """Whether this conversation lists an image named so (an unknown image, in groups):
+        its own uploads, and what is named by path, URL or inline data (which any
+        conversation may name), never another conversation's upload."""
+        return name is None or IMAGE_ID_PATTERN.fullmatch(name) is None or name in self
+
     def latest_id(self) -> str | None:
         """The id of this conversation's latest image, or ``None`` when it has none."""
         with self._lock:

@@ -15,7 +15,7 @@ memory that cannot calibrate) nothing is linked.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -25,6 +25,9 @@ __all__ = ["MAX_MEMBERS_SHOWN", "NovelGroupLog", "purity"]
 
 MAX_MEMBERS_SHOWN = 20
 """Member images listed per group (the size counts all of them)."""
+
+Shown = Callable[[str | None], bool]
+"""Whether an unknown image, by its name, counts for the one asking (see ``groups``)."""
 
 _SAME_IMAGE = 1.0 - 1e-5
 """Cosine at or above which a query named like a logged one is that image asked again."""
@@ -89,30 +92,30 @@ class NovelGroupLog:
                 self._rebuild(keep)
             return dropped
 
-    def groups(self, min_size: int = 2, among: Collection[str] | None = None) -> list[NovelGroup]:
+    def groups(self, min_size: int = 2, shown: Shown | None = None) -> list[NovelGroup]:
         """The groups of at least ``min_size`` queries, largest first.
 
         Args:
             min_size: The smallest group listed (1: every unknown image, alone or not).
-            among: Only these images count (one conversation's, of a log others share).
+            shown: Whether an image named so counts (for one conversation, of a log others
+                share); all count when ``None``.
         """
         with self._lock:
             by_root: dict[int, list[int]] = {}
-            for i in self._indices(among):
+            for i in self._indices(shown):
                 by_root.setdefault(self._find(i), []).append(i)
             found = [self._group(r, m) for r, m in by_root.items() if len(m) >= min_size]
         return sorted(found, key=lambda g: (-g.size, g.id))
 
-    def count(self, among: Collection[str] | None = None) -> int:
-        """The unknown images logged (of ``among`` only, when given)."""
+    def count(self, shown: Shown | None = None) -> int:
+        """The unknown images logged (those ``shown`` only, when given)."""
         with self._lock:
-            return len(self._indices(among))
+            return len(self._indices(shown))
 
-    def _indices(self, among: Collection[str] | None) -> list[int]:
-        if among is None:
+    def _indices(self, shown: Shown | None) -> list[int]:
+        if shown is None:
             return list(range(len(self._vectors)))
-        names = set(among)
-        return [i for i, name in enumerate(self._images) if name in names]
+        return [i for i, name in enumerate(self._images) if shown(name)]
 
     def members(self, group_id: str) -> list[str]:
         """Every image of a group, oldest first (the listing shows at most 20)."""

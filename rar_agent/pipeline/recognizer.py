@@ -13,7 +13,7 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -456,16 +456,17 @@ class Recognizer:
                 result.explanation = explain_result(result)
 
     def unknown_groups(
-        self, min_size: int = 2, among: Collection[str] | None = None
+        self, min_size: int = 2, shown: Callable[[str | None], bool] | None = None
     ) -> NovelGroups:
         """The groups of look-alike unknown images seen lately (largest first).
 
         Args:
             min_size: The smallest group listed (1: single unknown images too).
-            among: Only the images named so count (e.g. one conversation's image ids).
+            shown: Whether an image named so counts (e.g. for one conversation:
+                :meth:`~rar_agent.registry.ImageScope.lists`); all do when ``None``.
         """
         log = self.novel_groups
-        return NovelGroups(groups=log.groups(min_size, among), unknown_images=log.count(among))
+        return NovelGroups(groups=log.groups(min_size, shown), unknown_images=log.count(shown))
 
     def taught(self, images: Sequence[str]) -> None:
         """The images named so were taught: they, and the unknown images of their groups,

@@ -128,9 +128,9 @@ class UnknownGroupsTool(RecognizerTool):
         unknown_groups = getattr(self.recognizer, "unknown_groups", None)
         if unknown_groups is None:
             raise ToolException("this recognizer keeps no log of unknown images")
-        # a conversation of a shared page sees its own images only (others' ids are not its)
-        among = set(self.registry.ids()) if isinstance(self.registry, ImageScope) else None
-        found: NovelGroups = unknown_groups(min_size=min_size, among=among)
+        # a conversation of a shared page lists no other conversation's uploads
+        shown = self.registry.lists if isinstance(self.registry, ImageScope) else None
+        found: NovelGroups = unknown_groups(min_size=min_size, shown=shown)
         if not found.groups:
             text = (
                 f"No group of look-alike unknown images yet ({found.unknown_images} unknown "

@@ -159,7 +159,7 @@ class RecognizeTool(RecognizerTool):
             raise tool_error(e, source) from e
         result.image = source.name
         if isinstance(self.registry, ImageScope) and result.novel_group is not None:
-            _own_group(result, self.recognizer, set(self.registry.ids()))
+            _own_group(result, self.recognizer, self.registry)
         text = format_result(result, image_name=source.name, can_learn=self.can_learn)
         blocks = example_blocks(result) if self.example_images else []
         return ([{"type": "text", "text": text}, *blocks] if blocks else text), result.model_dump(
@@ -176,14 +176,14 @@ class RecognizeTool(RecognizerTool):
         return await asyncio.to_thread(self._run, image, k, boxes)
 
 
-def _own_group(result: RecognitionResult, recognizer: Any, ids: set[str]) -> None:
-    """Name in ``result`` the group of this conversation's images (``ids``) it joined, as
-    ``list_unknown_groups`` shows it there: the log is shared, other conversations' images
-    are not this one's to list."""
+def _own_group(result: RecognitionResult, recognizer: Any, scope: ImageScope) -> None:
+    """Name in ``result`` the group it joined as ``list_unknown_groups`` shows it in this
+    conversation (``scope``): the log is shared, other conversations' uploads are not this
+    one's to list."""
     from rar_agent.pipeline.explain import explain_result
 
     joined = result.novel_group.id if result.novel_group is not None else None
-    listed = recognizer.unknown_groups(min_size=2, among=ids).groups
+    listed = recognizer.unknown_groups(min_size=2, shown=scope.lists).groups
     result.novel_group = next((g for g in listed if g.id == joined), None)
     result.explanation = explain_result(result)
 

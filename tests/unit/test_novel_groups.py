@@ -360,3 +360,25 @@ def test_a_stream_names_groups_in_the_order_of_its_images(
     streamed = list(recognizer.recognize_stream([str(p) for p in photos]))
     assert all(r.unknown for r in streamed)
     assert groups(streamed) == one_by_one
+
+
+def test_a_conversation_lists_the_unknown_photos_it_named_by_path(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """An agent with ``folders=`` recognized six unknown look-alike photos of a folder by
+    their paths, then listed "No group of look-alike unknown images yet (0 unknown images)"
+    and its answers named no group: a conversation counted only the ids of its uploads, so
+    what it asked about by path (or inline) was nobody's. Only other conversations' uploads
+    are left out."""
+    clusters: Clusters = recognizer.clusters
+    scope = ImageScope(ImageRegistry())
+    tools = {t.name: t for t in make_tools(recognizer, registry=scope, allowed_roots=[tmp_path])}
+    paths = [str(clusters.save("bicycle", n, tmp_path / "bikes")) for n in range(6)]
+    for n, path in enumerate(paths):
+        call = {"type": "tool_call", "id": str(n), "name": "recognize_image"}
+        answer = tools["recognize_image"].invoke({**call, "args": {"image": path}})
+        assert answer.artifact["unknown"]
+    assert answer.artifact["novel_group"] is not None  # the sixth joined the others' group
+    call = {"type": "tool_call", "id": "g", "name": "list_unknown_groups", "args": {}}
+    [group] = tools["list_unknown_groups"].invoke(call).artifact["groups"]
+    assert sorted(group["images"]) == sorted(paths)
