@@ -303,12 +303,16 @@ def augment_folder(
     dst: str | os.PathLike[str],
     n: int = 1,
     seed: int = 0,
+    *,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[str, str]]:
     """Write ``n`` augmented views of every image of an ImageFolder tree into another tree.
 
-    Each view is made by :func:`augment_image` with a generator seeded from ``seed``, the
-    image's path relative to ``src`` and the view number, so the output does not depend on
-    the order files are listed in, and the same call writes the same files.
+    Each source is read as a memory build reads it (upright by its EXIF orientation; HEIC,
+    HEIF and AVIF too). Each view is made by :func:`augment_image` with a generator seeded
+    from ``seed``, the image's path relative to ``src`` and the view number, so the output
+    does not depend on the order files are listed in, and the same call writes the same
+    files.
 
     Args:
         src: ImageFolder root to read (``src/<label>/*``).
@@ -316,16 +320,17 @@ def augment_folder(
             sub-folders of a class get the sub-folder names joined by ``_`` in their name).
         n: Augmented views per source image.
         seed: Seed of the augmentations.
+        progress: Called with ``(views written, views to write)`` as files are written.
 
     Returns:
         ``(path, label)`` of every written image.
 
     Raises:
-        ConfigError: ``n`` < 1, ``src`` has no images, or ``dst`` is inside ``src``.
-        ImageError: A source image cannot be decoded.
+        ConfigError: ``n`` < 1, ``src`` has no images, ``dst`` is inside ``src``, or a view
+            cannot be written.
+        ImageError: A source image cannot be decoded (the views written before it stay).
     """
-    from PIL import Image, UnidentifiedImageError
-
+    from rar_agent.images import load_image
     from rar_agent.ingest.builders import iter_image_folder
 
     if n < 1:
@@ -333,22 +338,26 @@ def augment_folder(
     src_root, dst_root = Path(src).resolve(), Path(dst).resolve()
     if dst_root == src_root or src_root in dst_root.parents:
         raise ConfigError(f"the output folder {dst} must not be inside the source folder {src}")
+    sources = iter_image_folder(src_root)
     written: list[tuple[str, str]] = []
-    for path_str, label in iter_image_folder(src_root):
+    for path_str, label in sources:
         path = Path(path_str)
         relative = path.relative_to(src_root).as_posix()
         stem = "_".join(Path(relative).with_suffix("").parts[1:])
         try:
-            with Image.open(path) as img:
-                img.load()
-                source = img.convert("RGB")
-        except (OSError, UnidentifiedImageError) as e:
-            raise ImageError(f"cannot read {path} for augmentation: {e}") from e
+            source = load_image(path).image
+        except ImageError as e:
+            raise ImageError(
+                f"cannot read {path} for augmentation ({e}): remove it from {src} or replace "
+                "it, then run again (the same views are written again)"
+            ) from e
         for view in range(n):
             key = hashlib.sha256(f"{seed}\x00{relative}\x00{view}".encode()).digest()
             rng = random.Random(int.from_bytes(key[:8], "big"))
             target = dst_root / label / f"{stem}-aug{view}.png"
             _write_png(augment_image(source, rng), target)
             written.append((str(target), label))
+            if progress is not None:
+                progress(len(written), len(sources) * n)
     logger.info("wrote %d augmented images to %s", len(written), dst_root)
     return written
