@@ -359,4 +359,36 @@ def test_heic_photos_are_augmented_in_a_fresh_process(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2"
-    assert Image.open(tmp_path / "views" / "cup" / "IMG_0002-aug1.png").size == (48, 32)
+    assert Image.open(tmp_path / "views" / "cup" / "IMG_0002.HEIC-aug1.png").size == (48, 32)
+
+
+def test_views_of_phone_sized_photos_are_at_most_1024_pixels_long(tmp_path: Path) -> None:
+    """A folder of phone photos: each view was a PNG of the photo's full size (a 12 MP
+    photo's view about 20 MB, a second to write). Views are at most 1024 px on the longer
+    side, in the photo's proportions; smaller photos keep their size."""
+    (tmp_path / "src" / "shelf").mkdir(parents=True)
+    Image.new("RGB", (2400, 1800), (30, 90, 160)).save(tmp_path / "src" / "shelf" / "big.jpg")
+    Image.new("RGB", (1600, 2400), (30, 90, 160)).save(tmp_path / "src" / "shelf" / "tall.png")
+    Image.new("RGB", (300, 200), (30, 90, 160)).save(tmp_path / "src" / "shelf" / "small.png")
+    written = datasets.augment_folder(tmp_path / "src", tmp_path / "views", n=1)
+    sizes = {Path(path).name: Image.open(path).size for path, _ in written}
+    assert sizes == {
+        "big.jpg-aug0.png": (1024, 768),
+        "small.png-aug0.png": (300, 200),
+        "tall.png-aug0.png": (683, 1024),
+    }
+
+
+def test_two_photos_with_one_name_get_views_of_their_own(tmp_path: Path) -> None:
+    """IMG_0001.HEIC and IMG_0001.JPG in one class (a phone's photo and its export): both
+    views were written to IMG_0001-aug0.png, the second over the first, and the list named
+    that file twice."""
+    (tmp_path / "src" / "mug").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "src" / "mug" / "IMG_0001.JPG")
+    Image.new("RGB", (40, 30), (30, 30, 200)).save(tmp_path / "src" / "mug" / "IMG_0001.png")
+    written = datasets.augment_folder(tmp_path / "src", tmp_path / "views", n=2)
+    paths = [path for path, _ in written]
+    assert len(set(paths)) == 4
+    assert sorted(p.name for p in (tmp_path / "views" / "mug").iterdir()) == sorted(
+        Path(p).name for p in paths
+    )

@@ -150,7 +150,8 @@ def _check_views(stdout: str, cwd: Path, doc: Path) -> None:
     assert f"It prints `{said}`" in doc.read_text(encoding="utf-8")
     views = sorted(p.relative_to(cwd / "my-photo-views").as_posix()
                    for p in (cwd / "my-photo-views").rglob("*.png"))  # fmt: skip
-    assert views == [f"{label}/{label}-aug{i}.png" for label in ("cat", "coffee") for i in range(3)]
+    want = [f"{label}/{label}.jpg-aug{i}.png" for label in ("cat", "coffee") for i in range(3)]
+    assert views == want
 
 
 SHELL_OUTPUT: dict[tuple[str, str], Callable[[str, Path, Path], None]] = {
