@@ -22,7 +22,8 @@ message (:class:`ToolErrorMiddleware`), never ends the run.
 
 ``folders=`` adds read-only browsing of photo folders (langchain-community's
 ``list_directory`` / ``file_search``, confined) and ``recognize_images`` (a folder in one
-call); ``mcp_servers=`` adds the tools of other MCP servers (``langchain-mcp-adapters``).
+call); ``mcp_servers=`` adds the tools of other MCP servers (``langchain-mcp-adapters``),
+whose sessions the returned :class:`RarAgent` closes (``close()`` or a ``with`` block).
 
 :class:`RecognitionOnlyChatModel` is a deterministic stand-in for a chat model: it calls the
 recognize tool on the latest image and returns the tool's output, so the agent (and the
@@ -32,10 +33,11 @@ chat page) work with no hosted model at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NotRequired
+from typing import TYPE_CHECKING, Any, NotRequired, cast
 
 from langchain.agents.middleware import AgentMiddleware, AgentState
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -44,6 +46,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import ToolException
+from langgraph.graph.state import CompiledStateGraph
 
 from rar_agent.conversations import ConversationStore
 from rar_agent.errors import ConfigError, MissingApiKeyError
@@ -56,14 +59,14 @@ from rar_agent.registry import (
     unreadable_images,
 )
 from rar_agent.safety import normalize_roots
-from rar_agent.tools import folder_tools, make_tools
+from rar_agent.tools import UnknownGroupsTool, folder_tools, make_tools
+from rar_agent.tools.base import RecognizerTool
 
 if TYPE_CHECKING:
     import os
 
     from langchain_core.messages import ToolCall
     from langchain_core.tools import BaseTool
-    from langgraph.graph.state import CompiledStateGraph
     from langgraph.prebuilt.tool_node import ToolCallRequest
     from langgraph.runtime import Runtime
     from langgraph.types import Checkpointer, Command
@@ -77,6 +80,7 @@ __all__ = [
     "IMAGE_LIST_TOOLS",
     "IMAGE_TOOLS",
     "ImageRegistryMiddleware",
+    "RarAgent",
     "RarAgentState",
     "RecognitionOnlyChatModel",
     "ToolErrorMiddleware",
@@ -209,10 +213,14 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
     def _prepare(self, request: ToolCallRequest) -> ToolCallRequest | ToolMessage:
         call = request.tool_call
         name = call.get("name")
-        if name not in self.image_tools and name not in IMAGE_LIST_TOOLS:
+        groups = isinstance(request.tool, UnknownGroupsTool)
+        if name not in self.image_tools and name not in IMAGE_LIST_TOOLS and not groups:
             return request
         state = request.state if isinstance(request.state, dict) else {}
         conversation = ImageScope(self.registry, state.get("images") or [])
+        request = _in_conversation(request, conversation)
+        if groups:
+            return request
         known = conversation.ids()
         config = getattr(request.runtime, "config", None)
         args = dict(call.get("args") or {})
@@ -257,6 +265,15 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         """Async :meth:`wrap_tool_call`."""
         prepared = await asyncio.to_thread(self._prepare, request)
         return prepared if isinstance(prepared, ToolMessage) else await handler(prepared)
+
+
+def _in_conversation(request: ToolCallRequest, conversation: ImageScope) -> ToolCallRequest:
+    """The request with its tool bound to the conversation's images: on a page many people
+    share, a tool sees this conversation's unknown images only (its groups, its answers)."""
+    tool = request.tool
+    if isinstance(tool, RecognizerTool) and isinstance(tool.registry, ImageRegistry):
+        return request.override(tool=tool.model_copy(update={"registry": conversation}))
+    return request
 
 
 class ToolErrorMiddleware(AgentMiddleware[RarAgentState, Any]):
@@ -645,7 +662,7 @@ def create_rar_agent(
     conversations: ConversationStore | str | os.PathLike[str] | None = None,
     mcp_servers: MCPServers | None = None,
     **kwargs: Any,
-) -> CompiledStateGraph[Any, Any, Any, Any]:
+) -> RarAgent:
     """Build a tool-calling agent that recognizes images with the RAR tools.
 
     Args:
@@ -671,16 +688,20 @@ def create_rar_agent(
         checkpointer: A LangGraph checkpointer for conversations by ``thread_id`` (messages
             only; use ``conversations`` to keep their images too).
         conversations: A :class:`~rar_agent.conversations.ConversationStore` (or the path of
-            its SQLite file): messages and images persist per conversation id; invoke with
-            ``config=conversation_config(id)``. Replaces ``checkpointer``.
+            its SQLite file, then opened here and closed with the agent): messages and images
+            persist per conversation id; invoke with ``config=conversation_config(id)``.
+            Replaces ``checkpointer``.
         mcp_servers: Other MCP servers whose tools the agent may call, as
             ``langchain-mcp-adapters`` connections by name (``{"kb": {"transport": "stdio",
             "command": ..., "args": [...]}}`` or ``{"transport": "streamable_http", "url":
-            ...}``); their tools are listed once, here.
+            ...}``); their tools are listed once, here, and their sessions are kept open
+            until the agent is closed.
         **kwargs: Passed to ``create_agent``.
 
     Returns:
-        The compiled agent graph; invoke it with ``{"messages": [...]}``.
+        The compiled agent graph (a :class:`RarAgent`); invoke it with ``{"messages":
+        [...]}``, and close it (``close()`` or ``with``) when it opened MCP sessions or a
+        conversation store.
 
     Raises:
         RankerError: A model string names an unknown provider, or its package or API key
@@ -695,6 +716,8 @@ def create_rar_agent(
 
     if isinstance(model, str):  # checked here: a clear RarError, not the provider's own
         model = _tool_calling_model(model, timeout_s=None)
+    if checkpointer is not None and conversations is not None:
+        raise ConfigError("pass conversations= or checkpointer=, not both")
 
     registry = registry if registry is not None else ImageRegistry()
     roots = [*normalize_roots(allowed_roots), *normalize_roots(folders)]
@@ -703,39 +726,81 @@ def create_rar_agent(
         allow_learning=allow_learning, reject=reject,
     )  # fmt: skip
     browse = folder_tools(folders)
-    store = _conversation_store(conversations)
-    if store is not None:
-        if checkpointer is not None:
-            raise ConfigError("pass conversations= or checkpointer=, not both")
-        checkpointer = store.checkpointer
-    remote: list[BaseTool] = []
-    if mcp_servers:
-        from rar_agent.tools.remote import mcp_server_tools
+    with contextlib.ExitStack() as opened:  # closed here if the agent cannot be built
+        store = _conversation_store(conversations, opened)
+        if store is not None:
+            checkpointer = store.checkpointer
+        remote: list[BaseTool] = []
+        if mcp_servers:
+            from rar_agent.tools.remote import mcp_server_tools
 
-        remote = mcp_server_tools(mcp_servers)
-    fetch = fetch_public_url if allow_urls else None
-    all_tools = [*own, *browse, *tools, *remote]
-    _check_unique_names(all_tools)
-    return create_agent(
-        model if model is not None else RecognitionOnlyChatModel(),
-        all_tools,
-        system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
-        middleware=[
-            ToolErrorMiddleware(),
-            ImageRegistryMiddleware(registry, fetch_url=fetch, store=store),
-            *middleware,
-        ],
-        checkpointer=checkpointer,
-        **kwargs,
-    )
+            remote = opened.enter_context(mcp_server_tools(mcp_servers))
+        fetch = fetch_public_url if allow_urls else None
+        all_tools = [*own, *browse, *tools, *remote]
+        _check_unique_names(all_tools)
+        graph = create_agent(
+            model if model is not None else RecognitionOnlyChatModel(),
+            all_tools,
+            system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
+            middleware=[
+                ToolErrorMiddleware(),
+                ImageRegistryMiddleware(registry, fetch_url=fetch, store=store),
+                *middleware,
+            ],
+            checkpointer=checkpointer,
+            **kwargs,
+        )
+        return RarAgent.owning(graph, opened.pop_all())
+
+
+class RarAgent(CompiledStateGraph[Any, Any, Any, Any]):
+    """The agent :func:`create_rar_agent` returns: a LangGraph graph (``invoke``,
+    ``ainvoke``, ``stream``, ``get_state``...) that closes what it opened for itself.
+
+    That is the sessions of ``mcp_servers=`` (ending their stdio servers' processes and the
+    sessions' thread) and a conversation store it opened from a path. Close it with
+    :meth:`close` or a ``with`` block when done (left open, the sessions close at the
+    interpreter's exit); what the caller passed in (tools, a store) stays open. Copies
+    (``with_config``) share what it opened.
+    """
+
+    def __init__(self, *, opened: contextlib.ExitStack | None = None, **graph: Any) -> None:
+        super().__init__(**graph)
+        self.opened = opened if opened is not None else contextlib.ExitStack()
+
+    @classmethod
+    def owning(
+        cls, graph: CompiledStateGraph[Any, Any, Any, Any], opened: contextlib.ExitStack
+    ) -> RarAgent:
+        """``graph`` (as ``create_agent`` built it) as a :class:`RarAgent` that closes
+        ``opened``."""
+        # The graph keeps its state as built; only its class gains close (a copy rebuilds it
+        # through __init__, which takes ``opened``).
+        graph.__class__ = cls
+        agent = cast(RarAgent, graph)
+        agent.opened = opened
+        return agent
+
+    def close(self) -> None:
+        """Close what the agent opened (a second call does nothing)."""
+        self.opened.close()
+
+    def __enter__(self) -> RarAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _conversation_store(
     conversations: ConversationStore | str | os.PathLike[str] | None,
+    opened: contextlib.ExitStack,
 ) -> ConversationStore | None:
+    """The store of ``conversations``: the caller's, or one opened from its path (closed
+    with ``opened``)."""
     if conversations is None or isinstance(conversations, ConversationStore):
         return conversations
-    return ConversationStore(conversations)
+    return opened.enter_context(ConversationStore(conversations))
 
 
 def _check_unique_names(tools: Sequence[BaseTool | Callable[..., Any]]) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "Split",
+    "VIEW_LONG_SIDE",
     "augment_folder",
     "augment_image",
     "check_fashion_mnist",
@@ -258,6 +259,11 @@ def _background_mask(arr: np.ndarray, tolerance: float) -> np.ndarray:
     return distance <= tolerance
 
 
+VIEW_LONG_SIDE = 1024
+"""The longest side of an augmented view, in pixels (a larger source is shrunk first): room
+for the crop and any encoder's input (224-448 px) or a ranker's (512 px)."""
+
+
 def augment_image(image: Image.Image, rng: random.Random) -> Image.Image:
     """One random view of an image: new background, crop, flip and colour jitter.
 
@@ -303,8 +309,14 @@ def augment_folder(
     dst: str | os.PathLike[str],
     n: int = 1,
     seed: int = 0,
+    *,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[str, str]]:
     """Write ``n`` augmented views of every image of an ImageFolder tree into another tree.
+
+    Each source is read as a memory build reads it (upright by its EXIF orientation; HEIC,
+    HEIF and AVIF too), and one larger than :data:`VIEW_LONG_SIDE` on its longer side is
+    shrunk to it (a 12 MP phone photo's view is a 1024 x 768 PNG, not a 12 MP one).
 
     Each view is made by :func:`augment_image` with a generator seeded from ``seed``, the
     image's path relative to ``src`` and the view number, so the output does not depend on
@@ -312,20 +324,25 @@ def augment_folder(
 
     Args:
         src: ImageFolder root to read (``src/<label>/*``).
-        dst: ImageFolder root to write (``dst/<label>/<name>-aug<i>.png``; images in
-            sub-folders of a class get the sub-folder names joined by ``_`` in their name).
+        dst: ImageFolder root to write (``dst/<label>/<file name>-aug<i>.png``, such as
+            ``IMG_1.HEIC-aug0.png``, so that ``IMG_1.JPG`` beside it gets views of its own;
+            images in sub-folders of a class get the sub-folder names joined by ``_`` in
+            their name).
         n: Augmented views per source image.
         seed: Seed of the augmentations.
+        progress: Called with ``(views written, views to write)`` as files are written.
 
     Returns:
         ``(path, label)`` of every written image.
 
     Raises:
-        ConfigError: ``n`` < 1, ``src`` has no images, or ``dst`` is inside ``src``.
-        ImageError: A source image cannot be decoded.
+        ConfigError: ``n`` < 1, ``src`` has no images, ``dst`` is inside ``src``, or a view
+            cannot be written.
+        ImageError: A source image cannot be decoded (the views written before it stay).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
+    from rar_agent.images import DecodeNeed, load_image
     from rar_agent.ingest.builders import iter_image_folder
 
     if n < 1:
@@ -333,22 +350,27 @@ def augment_folder(
     src_root, dst_root = Path(src).resolve(), Path(dst).resolve()
     if dst_root == src_root or src_root in dst_root.parents:
         raise ConfigError(f"the output folder {dst} must not be inside the source folder {src}")
+    sources = iter_image_folder(src_root)
     written: list[tuple[str, str]] = []
-    for path_str, label in iter_image_folder(src_root):
+    for path_str, label in sources:
         path = Path(path_str)
         relative = path.relative_to(src_root).as_posix()
-        stem = "_".join(Path(relative).with_suffix("").parts[1:])
+        name = "_".join(Path(relative).parts[1:])  # with its suffix: IMG_1.HEIC, IMG_1.JPG
         try:
-            with Image.open(path) as img:
-                img.load()
-                source = img.convert("RGB")
-        except (OSError, UnidentifiedImageError) as e:
-            raise ImageError(f"cannot read {path} for augmentation: {e}") from e
+            source = load_image(path, need=DecodeNeed(long=VIEW_LONG_SIDE)).image
+        except ImageError as e:
+            raise ImageError(
+                f"cannot read {path} for augmentation ({e}): remove it from {src} or replace "
+                "it, then run again (the same views are written again)"
+            ) from e
+        source.thumbnail((VIEW_LONG_SIDE, VIEW_LONG_SIDE), Image.Resampling.BICUBIC)
         for view in range(n):
             key = hashlib.sha256(f"{seed}\x00{relative}\x00{view}".encode()).digest()
             rng = random.Random(int.from_bytes(key[:8], "big"))
-            target = dst_root / label / f"{stem}-aug{view}.png"
+            target = dst_root / label / f"{name}-aug{view}.png"
             _write_png(augment_image(source, rng), target)
             written.append((str(target), label))
+            if progress is not None:
+                progress(len(written), len(sources) * n)
     logger.info("wrote %d augmented images to %s", len(written), dst_root)
     return written

@@ -756,83 +756,24 @@ def build_chat_page(
             their token's name.
         **agent_options: Passed to :func:`~rar_agent.agent.create_rar_agent`
             (``allow_urls``, ``allow_learning``, ``allowed_roots``, ``folders``, ``reject``,
-            ``mcp_servers``...).
+            ``mcp_servers``...); the page's agents share one session of each MCP server,
+            kept until the program exits.
     """
     import gradio as gr
 
-    from rar_agent.agent import LEARNING_NOT_GRANTED as NOT_GRANTED
-    from rar_agent.agent import RecognitionOnlyChatModel, create_rar_agent
     from rar_agent.conversations import ConversationStore
 
-    store = conversations if conversations is not None else ConversationStore(":memory:")
-    shared_registry = registry or ImageRegistry()
     recognizer = _shared_encoding(recognizer)
-    agent = create_rar_agent(
+    session = _chat_session(
+        recognizer,
         model,
-        recognizer=recognizer,
         tools=tools,
-        registry=shared_registry,
-        conversations=store,
-        **agent_options,
+        registry=registry or ImageRegistry(),
+        conversations=conversations if conversations is not None else ConversationStore(":memory:"),
+        logins=logins,
+        agent_options=agent_options,
     )
-    can_learn = bool(agent_options.get("allow_learning"))
-    reading = None
-    if logins is not None and can_learn:
-        reading = create_rar_agent(
-            model if model is not None else RecognitionOnlyChatModel(learning_off=NOT_GRANTED),
-            recognizer=recognizer,
-            tools=tools,
-            registry=shared_registry,
-            conversations=store,
-            **{**agent_options, "allow_learning": False},
-        )
-    session = ChatSession(
-        agent,
-        recognition_only=model is None,
-        can_learn=can_learn,
-        reading_agent=reading,
-        may_learn=_may_learn(logins) if logins is not None else None,
-        conversations=store,
-        urls=bool(agent_options.get("allow_urls")),
-        signed_in=_holds_token(logins) if logins is not None else None,
-    )
-
-    async def respond(
-        message: dict[str, Any] | str,
-        history: list[dict[str, Any]],
-        conversation: str | None,
-        request: gr.Request,
-    ) -> dict[str, Any]:
-        user = getattr(request, "username", None)
-        return await session.respond(message, history, conversation, user)
-
-    respond.__annotations__["request"] = gr.Request  # Gradio injects it by this type
-
-    def open_conversation(request: gr.Request) -> tuple[Any, ...]:
-        wanted = request.query_params.get("conversation") if request else None
-        user = getattr(request, "username", None)
-        if session.signed_in is not None and not session.signed_in(user):
-            wanted = None  # a revoked sign-in reopens nothing
-        conversation, history, note = session.resume(wanted, user)
-        return conversation, history, history, note
-
-    open_conversation.__annotations__["request"] = gr.Request  # Gradio injects it by type
-
-    def new_conversation() -> tuple[str, str]:
-        conversation, _, note = session.resume(None)
-        return conversation, note
-
-    def describe(request: gr.Request) -> str:
-        user = getattr(request, "username", None)
-        if session.signed_in is not None and not session.signed_in(user):
-            return SIGNED_OUT
-        who = f"Signed in as **{_md(user)}** ([sign out](logout)). " if user else ""
-        return who + _page_description(
-            recognizer, model, can_learn=session.may_teach(user), why=session.learning_off(user)
-        )
-
-    describe.__annotations__["request"] = gr.Request  # Gradio injects it by type
-
+    events = _PageEvents.of(session, recognizer, model)
     with gr.Blocks(  # its CSS goes to launch(): Gradio 6 warns on Blocks(css=)
         title=title, analytics_enabled=False, fill_height=True, fill_width=True
     ) as page:
@@ -841,40 +782,162 @@ def build_chat_page(
             f"<h1 style='text-align: center; margin-bottom: 1rem'>{title}</h1>", elem_id="rar-title"
         )
         header = gr.Markdown(
-            _page_description(recognizer, model, can_learn=can_learn), elem_id="rar-header"
+            _page_description(recognizer, model, can_learn=session.can_learn), elem_id="rar-header"
         )
-        chat = gr.ChatInterface(
-            respond,
-            multimodal=True,
-            textbox=gr.MultimodalTextbox(
-                file_types=["image", ".heic", ".heif", ".avif"],
-                file_count="multiple",
-                sources=["upload"],
-                placeholder="Ask about a photo: drop, paste or upload it here",
-                elem_id="rar-input",
-            ),
-            chatbot=gr.Chatbot(  # no floating label badge: it covered the answer's first line
-                elem_id="rar-chat",
-                sanitize_html=True,
-                label="Conversation",
-                show_label=False,
-                scale=1,
-            ),
-            additional_inputs=[conversation],
-            concurrency_limit=TURNS_AT_ONCE,
-            analytics_enabled=False,
-            fill_height=True,  # the conversation takes the window's height, the input below
-            fill_width=True,
-        )
-        _no_page_undo(chat.chatbot)
+        chat = _chat_interface(events.respond, conversation)
         note = gr.Markdown(elem_id="rar-conversation")
-        page.load(open_conversation, None, [conversation, chat.chatbot, chat.chatbot_state, note])
+        page.load(
+            events.open_conversation, None, [conversation, chat.chatbot, chat.chatbot_state, note]
+        )
         # the header's counts stay current: recounted on load and after every reply (an
         # answer may have taught the memory a new example or category)
-        page.load(describe, None, header, show_progress="hidden")
-        chat.chatbot.change(describe, None, header, show_progress="hidden")
-        chat.chatbot.clear(new_conversation, None, [conversation, note])
+        page.load(events.describe, None, header, show_progress="hidden")
+        chat.chatbot.change(events.describe, None, header, show_progress="hidden")
+        chat.chatbot.clear(events.new_conversation, None, [conversation, note])
     return page
+
+
+def _chat_session(
+    recognizer: RecognizerLike,
+    model: str | BaseChatModel | None,
+    *,
+    tools: Sequence[BaseTool | Callable[..., Any]],
+    registry: ImageRegistry,
+    conversations: ConversationStore,
+    logins: TokenStore | None,
+    agent_options: dict[str, Any],
+) -> ChatSession:
+    """The page's session: its agent, and where people sign in to a page that teaches, the
+    agent that cannot teach for those whose token lacks ``learn`` (both over one registry,
+    one conversation store and one session of each MCP server, which lasts as long as the
+    program)."""
+    from rar_agent.agent import LEARNING_NOT_GRANTED, RecognitionOnlyChatModel, create_rar_agent
+
+    agent_options = dict(agent_options)
+    servers = agent_options.pop("mcp_servers", None)
+    if servers:
+        from rar_agent.tools.remote import mcp_server_tools
+
+        tools = [*tools, *mcp_server_tools(servers)]
+
+    def agent(chat_model: str | BaseChatModel | None, **options: Any) -> Any:
+        return create_rar_agent(
+            chat_model,
+            recognizer=recognizer,
+            tools=tools,
+            registry=registry,
+            conversations=conversations,
+            **options,
+        )
+
+    teaching = agent(model, **agent_options)
+    can_learn = bool(agent_options.get("allow_learning"))
+    reading = None
+    if logins is not None and can_learn:
+        stand_in = RecognitionOnlyChatModel(learning_off=LEARNING_NOT_GRANTED)
+        reading = agent(
+            model if model is not None else stand_in, **{**agent_options, "allow_learning": False}
+        )
+    return ChatSession(
+        teaching,
+        recognition_only=model is None,
+        can_learn=can_learn,
+        reading_agent=reading,
+        may_learn=_may_learn(logins) if logins is not None else None,
+        conversations=conversations,
+        urls=bool(agent_options.get("allow_urls")),
+        signed_in=_holds_token(logins) if logins is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class _PageEvents:
+    """What the page does on its events, for the signed-in person of each request."""
+
+    respond: Callable[..., Any]
+    """A turn: the session's answer to it."""
+    open_conversation: Callable[..., tuple[Any, ...]]
+    """The page opens: the conversation its link names (one of this person's), or a new one."""
+    new_conversation: Callable[[], tuple[str, str]]
+    """The chat is cleared: a new conversation."""
+    describe: Callable[..., str]
+    """The header: who is signed in, what the memory holds, whether they may teach."""
+
+    @classmethod
+    def of(
+        cls, session: ChatSession, recognizer: RecognizerLike, model: str | BaseChatModel | None
+    ) -> _PageEvents:
+        """The events of a page over ``session``."""
+        import gradio as gr
+
+        async def respond(
+            message: dict[str, Any] | str,
+            history: list[dict[str, Any]],
+            conversation: str | None,
+            request: gr.Request,
+        ) -> dict[str, Any]:
+            user = getattr(request, "username", None)
+            return await session.respond(message, history, conversation, user)
+
+        def open_conversation(request: gr.Request) -> tuple[Any, ...]:
+            wanted = request.query_params.get("conversation") if request else None
+            user = getattr(request, "username", None)
+            if session.signed_in is not None and not session.signed_in(user):
+                wanted = None  # a revoked sign-in reopens nothing
+            conversation, history, note = session.resume(wanted, user)
+            return conversation, history, history, note
+
+        def new_conversation() -> tuple[str, str]:
+            conversation, _, note = session.resume(None)
+            return conversation, note
+
+        def describe(request: gr.Request) -> str:
+            user = getattr(request, "username", None)
+            if session.signed_in is not None and not session.signed_in(user):
+                return SIGNED_OUT
+            who = f"Signed in as **{_md(user)}** ([sign out](logout)). " if user else ""
+            return who + _page_description(
+                recognizer,
+                model,
+                can_learn=session.may_teach(user),
+                why=session.learning_off(user),
+            )
+
+        for takes_request in (respond, open_conversation, describe):
+            takes_request.__annotations__["request"] = gr.Request  # Gradio injects it by type
+        return cls(respond, open_conversation, new_conversation, describe)
+
+
+def _chat_interface(respond: Callable[..., Any], conversation: gr.State) -> gr.ChatInterface:
+    """The conversation and its input (photos and text), answered by ``respond`` with the
+    conversation id as its extra input."""
+    import gradio as gr
+
+    chat = gr.ChatInterface(
+        respond,
+        multimodal=True,
+        textbox=gr.MultimodalTextbox(
+            file_types=["image", ".heic", ".heif", ".avif"],
+            file_count="multiple",
+            sources=["upload"],
+            placeholder="Ask about a photo: drop, paste or upload it here",
+            elem_id="rar-input",
+        ),
+        chatbot=gr.Chatbot(  # no floating label badge: it covered the answer's first line
+            elem_id="rar-chat",
+            sanitize_html=True,
+            label="Conversation",
+            show_label=False,
+            scale=1,
+        ),
+        additional_inputs=[conversation],
+        concurrency_limit=TURNS_AT_ONCE,
+        analytics_enabled=False,
+        fill_height=True,  # the conversation takes the window's height, the input below
+        fill_width=True,
+    )
+    _no_page_undo(chat.chatbot)
+    return chat
 
 
 def _shared_encoding(recognizer: RecognizerLike) -> RecognizerLike:

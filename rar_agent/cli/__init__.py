@@ -49,6 +49,7 @@ Teach it (a new category, or the right label for a wrong answer), look back, und
 Measure retrieval alone (kNN) against retrieve-and-rank on labelled images:
   rar-agent eval --dataset photos/ --shots 4 --ranker local
   rar-agent datasets export fashion-mnist garments/ --per-class 10   # offline labelled images
+  rar-agent datasets augment photos/ photo-views/ --views 3   # queries unlike the memory's
 
 Chat with the agent in the browser; write fine-tuning data for a ranker:
   rar-agent chat --ranker ollama:qwen2.5vl

@@ -1,9 +1,11 @@
-"""``rar-agent datasets``: real labelled images that install offline, as ImageFolder trees.
+"""``rar-agent datasets``: real labelled images that install offline, as ImageFolder trees,
+and augmented views of any such tree (a second kind of query set).
 
 No ``from __future__ import annotations``: typer reads the option types.
 """
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -12,11 +14,12 @@ import typer
 from rar_agent.cli.options import JsonOpt, ProgressOpt, error_guard, print_note
 from rar_agent.cli.progress import progress_bar
 
-__all__ = ["app", "datasets_export"]
+__all__ = ["app", "datasets_augment", "datasets_export"]
 
 app = typer.Typer(
     help="Export labelled images that install offline (Fashion-MNIST from Debian's "
-    "dataset-fashion-mnist) as DIR/<label>/*.png, ready for memory build and eval.",
+    "dataset-fashion-mnist) as DIR/<label>/*.png, ready for memory build and eval; write "
+    "augmented views of any such folder, queries unlike the memory's photos.",
     no_args_is_help=True,
 )
 
@@ -51,8 +54,6 @@ def datasets_export(
 ) -> None:
     """Write a class-balanced, seeded sample of a dataset as an ImageFolder tree."""
     with error_guard():
-        import json
-
         from rar_agent.datasets import Split, export_imagefolder
         from rar_agent.errors import ConfigError
 
@@ -71,15 +72,76 @@ def datasets_export(
             written = export_imagefolder(
                 out, which, per_class, seed, root=root, classes=wanted, progress=update
             )
-        counts = Counter(label for _, label in written)
-        if as_json:
-            typer.echo(json.dumps({"out": str(out), "images": len(written), "classes": counts}))
-        else:
-            typer.echo(
-                f"wrote {len(written)} images of {len(counts)} classes ({split} split, "
-                f"{_per_class(counts, per_class, split)}, seed {seed}) to {out}"
-            )
-        _say_if_mixed(out, len(written), per_class)
+        _say_written(
+            out,
+            written,
+            lambda counts: (
+                f"wrote {len(written)} images of {len(counts)} classes ({split} "
+                f"split, {_per_class(counts, per_class, split)}, seed {seed}) to {out}"
+            ),
+            as_json=as_json,
+            asked=f"{per_class} per class",
+        )
+
+
+@app.command("augment")
+def datasets_augment(
+    src: Annotated[
+        Path, typer.Argument(help="An ImageFolder tree, SRC/<label>/*.jpg (or .png, .heic...).")
+    ],
+    out: Annotated[
+        Path, typer.Argument(help="Folder to write OUT/<label>/<file name>-aug<i>.png into.")
+    ],
+    views: Annotated[int, typer.Option("--views", min=1, help="Augmented views per image.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the augmentations.")] = 0,
+    as_json: JsonOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Write augmented views of every image of a labelled folder (queries unlike its photos).
+
+    Each view has a new background, a crop keeping 65-100% of each side, a mirror half of
+    the time, and brightness, contrast and colour changed by up to 30%. The views are a
+    second kind of query set: `eval --memory-set SRC --test-set OUT` measures how
+    recognition holds up on photos that differ from the memory's own (views of held-out
+    images add that change to theirs). The same command writes the same files.
+    """
+    with error_guard():
+        from rar_agent.datasets import augment_folder
+
+        bar, update = progress_bar(progress, "writing views")
+        with bar:
+            written = augment_folder(src, out, views, seed, progress=update)
+        _say_written(
+            out,
+            written,
+            lambda counts: (
+                f"wrote {len(written)} views of {len(written) // views} images in "
+                f"{len(counts)} classes ({views} per image, seed {seed}) to {out}"
+            ),
+            as_json=as_json,
+            asked=f"{views} views per image",
+        )
+
+
+def _say_written(
+    out: Path,
+    written: list[tuple[str, str]],
+    line: Callable[[Counter[str]], str],
+    *,
+    as_json: bool,
+    asked: str,
+) -> None:
+    """What a command wrote into ``out`` (``(path, label)`` pairs): JSON, or ``line`` of the
+    counts per class; then a note if ``out`` held other images too (``asked``: as in
+    :func:`_say_if_mixed`)."""
+    import json
+
+    counts = Counter(label for _, label in written)
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), "images": len(written), "classes": counts}))
+    else:
+        typer.echo(line(counts))
+    _say_if_mixed(out, len(written), asked)
 
 
 def _per_class(counts: Counter[str], asked: int, split: str) -> str:
@@ -91,12 +153,13 @@ def _per_class(counts: Counter[str], asked: int, split: str) -> str:
     return f"{got} per class: all the {split} split holds, not the {asked} asked"
 
 
-def _say_if_mixed(out: Path, written: int, per_class: int) -> None:
-    """Warn when ``out`` held other images: a build from it would not see the sample asked."""
+def _say_if_mixed(out: Path, written: int, asked: str) -> None:
+    """Warn when ``out`` held other images: a build from it would not see the sample asked
+    (``asked``: how many, in words)."""
     held = sum(1 for path in out.glob("*/*") if path.is_file())
     if held > written:
         print_note(
             f"{out} already held {held - written} other images, so it now holds {held}, not "
-            f"{per_class} per class: export into an empty folder (or remove it first) for "
-            "exactly this sample"
+            f"{asked}: write into an empty folder (or remove it first) for exactly these "
+            "images"
         )

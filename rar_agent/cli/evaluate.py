@@ -36,7 +36,7 @@ from rar_agent.cli.progress import staged_progress
 
 if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
-    from rar_agent.evaluation import EvalConfig
+    from rar_agent.evaluation import EvalConfig, EvalReport
 
 __all__ = ["evaluate"]
 
@@ -172,11 +172,7 @@ def evaluate(
     With --open-set, also how well images of categories missing from the memory are rejected.
     """
     with error_guard():
-        from rich.console import Console
-
-        from rar_agent.encoders import spec_of
-        from rar_agent.evaluation import EvalConfig, run_evaluation, summary_table, write_report
-        from rar_agent.evaluation.report import failed_queries
+        from rar_agent.evaluation import EvalConfig, run_evaluation, write_report
         from rar_agent.evaluation.schema import check_config, check_sets
 
         settings = settings_from_options(
@@ -195,17 +191,8 @@ def evaluate(
         check_sets(config, stream_share=share)  # lists the files: --shots, --open-set
         with _new_report_folder(out):
             enc = load_settings_encoder(settings)
-            loaded = spec_of(enc)  # as resolved, so the report reproduces it
-            if loaded is not None:
-                config = config.model_copy(
-                    update={"encoder": loaded.model, "pretrained": loaded.pretrained}
-                )
-            cached = None
-            if feature_cache is not None:
-                from rar_agent.evaluation.features import CachedEncoder
-
-                enc = cached = CachedEncoder(enc, feature_cache)
-            try:
+            config = _recording_encoder(config, enc)
+            with _feature_cache(enc, feature_cache) as enc:
                 if stream:
                     _stream(config, enc, out, stream_share, plots=plots, as_json=as_json,
                             progress=progress)  # fmt: skip
@@ -215,23 +202,58 @@ def evaluate(
                 )
                 with bar:
                     report = run_evaluation(config, encoder=enc, progress=update)
-            finally:
-                if cached is not None:
-                    cached.save()
-            files = write_report(report, out, plots=plots)
-            if as_json:
-                sys.stdout.write(report.model_dump_json(indent=2) + "\n")
-            else:
-                Console().print(summary_table(report))
-                print_skipped(failed_queries(report))
-                Console(soft_wrap=True).print(  # whole paths, for reading and grepping
-                    f"report: {files['markdown']}", highlight=False, markup=False
-                )
+            _print_report(report, write_report(report, out, plots=plots), as_json=as_json)
     if report.interrupted:
+        from rich.console import Console
+
         Console(stderr=True, soft_wrap=True).print(
             f"[yellow]interrupted:[/] partial report written to {out}", highlight=False
         )
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _recording_encoder(config: EvalConfig, enc: ImageTextEncoder) -> EvalConfig:
+    """``config`` naming the encoder as it was resolved, so the report reproduces it."""
+    from rar_agent.encoders import spec_of
+
+    loaded = spec_of(enc)
+    if loaded is None:
+        return config
+    return config.model_copy(update={"encoder": loaded.model, "pretrained": loaded.pretrained})
+
+
+@contextlib.contextmanager
+def _feature_cache(enc: ImageTextEncoder, folder: Path | None) -> Iterator[ImageTextEncoder]:
+    """``enc``; with ``--feature-cache``, through the cache in ``folder``, saved when the run
+    ends (a stopped or failed run too: what was encoded stays encoded)."""
+    if folder is None:
+        yield enc
+        return
+    from rar_agent.evaluation.features import CachedEncoder
+
+    cached = CachedEncoder(enc, folder)
+    try:
+        yield cached
+    finally:
+        cached.save()
+
+
+def _print_report(report: EvalReport, files: dict[str, Path], *, as_json: bool) -> None:
+    """The report on stdout: its JSON, or a summary table, the queries that failed and the
+    Markdown report's path."""
+    from rich.console import Console
+
+    from rar_agent.evaluation import summary_table
+    from rar_agent.evaluation.report import failed_queries
+
+    if as_json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+        return
+    Console().print(summary_table(report))
+    print_skipped(failed_queries(report))
+    Console(soft_wrap=True).print(  # whole paths, for reading and grepping
+        f"report: {files['markdown']}", highlight=False, markup=False
+    )
 
 
 @contextlib.contextmanager

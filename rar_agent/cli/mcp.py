@@ -27,8 +27,11 @@ from rar_agent.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from mcp.server.lowlevel import Server
+
     from rar_agent.auth import TokenStore
     from rar_agent.config import Settings
+    from rar_agent.mcp.limits import ServiceLimits
 
 __all__ = ["mcp", "require_login_off_loopback"]
 
@@ -179,25 +182,14 @@ def mcp(
     Over HTTP, the tokens of the auth file (rar-agent auth add) are required whenever it
     names any, and always off loopback; each token sees the tools its scopes grant.
     """
-    import functools
-
     import anyio
 
-    from rar_agent.mcp import create_server, require_mcp, serve_http, serve_stdio
-    from rar_agent.mcp.auth import StoreTokenVerifier
-    from rar_agent.mcp.limits import DEFAULT_LIMITS, ServiceLimits
+    from rar_agent.mcp import create_server, require_mcp, serve_stdio
 
     require_mcp()  # before any model loads: say at once what is missing
     store = auth_store(auth)
     secured = http and require_login_off_loopback(store, host, "mcp --http")
-    limits = ServiceLimits(
-        max_body_bytes=(
-            max_body_mb * 1024 * 1024 if max_body_mb is not None else DEFAULT_LIMITS.max_body_bytes
-        ),
-        max_pixels=max_pixels,
-        max_concurrent=max_concurrent,
-        per_minute=per_minute,
-    )
+    limits = _limits(max_body_mb, max_pixels, max_concurrent, per_minute)
     if snapshot_dir is None and secured:
         snapshot_dir = settings.home / "snapshots"
     recognizer = open_recognizer(
@@ -219,27 +211,71 @@ def mcp(
             print_note("rar-agent MCP server on stdio")
             anyio.run(serve_stdio, server)
             return
-        if secured:
-            active = sum(t.active for t in store.tokens().values())
-            print_note(f"bearer tokens required ({active} active in {store.path})")
-        else:
-            print_note(
-                "no auth file: open to every process on this machine (rar-agent auth add "
-                "NAME --scope recognize turns tokens on)"
-            )
-
-        def announce(url: str) -> None:
-            typer.echo(f"rar-agent MCP server on {url} (Ctrl+C to stop)", err=True)
-
-        anyio.run(
-            functools.partial(
-                serve_http,
-                server,
-                host=host,
-                port=port,
-                on_ready=announce,
-                verifier=StoreTokenVerifier(store) if secured else None,
-                public_url=public_url,
-                limits=limits,
-            )
+        _serve_http(
+            server,
+            store if secured else None,
+            host=host,
+            port=port,
+            public_url=public_url,
+            limits=limits,
         )
+
+
+def _limits(
+    max_body_mb: int | None, max_pixels: int, max_concurrent: int, per_minute: int
+) -> "ServiceLimits":
+    """The service's limits, as its flags set them."""
+    from rar_agent.mcp.limits import DEFAULT_LIMITS, ServiceLimits
+
+    return ServiceLimits(
+        max_body_bytes=(
+            max_body_mb * 1024 * 1024 if max_body_mb is not None else DEFAULT_LIMITS.max_body_bytes
+        ),
+        max_pixels=max_pixels,
+        max_concurrent=max_concurrent,
+        per_minute=per_minute,
+    )
+
+
+def _serve_http(
+    server: "Server",
+    tokens: "TokenStore | None",
+    *,
+    host: str,
+    port: int,
+    public_url: str | None,
+    limits: "ServiceLimits",
+) -> None:
+    """Serve ``server`` over HTTP until stopped: with ``tokens``, to their bearers only
+    (said on stderr, as is a server open to every local process)."""
+    import functools
+
+    import anyio
+
+    from rar_agent.mcp import serve_http
+    from rar_agent.mcp.auth import StoreTokenVerifier
+
+    if tokens is not None:
+        active = sum(t.active for t in tokens.tokens().values())
+        print_note(f"bearer tokens required ({active} active in {tokens.path})")
+    else:
+        print_note(
+            "no auth file: open to every process on this machine (rar-agent auth add "
+            "NAME --scope recognize turns tokens on)"
+        )
+
+    def announce(url: str) -> None:
+        typer.echo(f"rar-agent MCP server on {url} (Ctrl+C to stop)", err=True)
+
+    anyio.run(
+        functools.partial(
+            serve_http,
+            server,
+            host=host,
+            port=port,
+            on_ready=announce,
+            verifier=StoreTokenVerifier(tokens) if tokens is not None else None,
+            public_url=public_url,
+            limits=limits,
+        )
+    )

@@ -533,8 +533,12 @@ class Calibration(BaseModel):
             },
             "scale": None if self.scale is None else self.scale.model_dump(),
             # a query falls back to fewer shots: the promise holds wherever one shot does,
-            # or the encoder prior where it does not
-            "cannot_calibrate": per_shot[1][1] if prior[1][0] is None else None,
+            # or the encoder prior where it does not (then why neither can, as answers say)
+            "cannot_calibrate": (
+                f"{per_shot[1][1]}; {prior[1][1]}"
+                if per_shot[1][1] is not None and prior[1][0] is None
+                else None
+            ),
             "updated_at": self.updated_at,
         }
 

@@ -89,12 +89,30 @@ class NovelGroupLog:
                 self._rebuild(keep)
             return dropped
 
-    def groups(self, min_size: int = 2) -> list[NovelGroup]:
-        """The groups of at least ``min_size`` queries, largest first."""
+    def groups(self, min_size: int = 2, among: Collection[str] | None = None) -> list[NovelGroup]:
+        """The groups of at least ``min_size`` queries, largest first.
+
+        Args:
+            min_size: The smallest group listed (1: every unknown image, alone or not).
+            among: Only these images count (one conversation's, of a log others share).
+        """
         with self._lock:
-            roots = {self._find(i) for i in range(len(self._vectors))}
-            found = [self._group_of(r, min_size=min_size) for r in roots]
-        return sorted((g for g in found if g is not None), key=lambda g: (-g.size, g.id))
+            by_root: dict[int, list[int]] = {}
+            for i in self._indices(among):
+                by_root.setdefault(self._find(i), []).append(i)
+            found = [self._group(r, m) for r, m in by_root.items() if len(m) >= min_size]
+        return sorted(found, key=lambda g: (-g.size, g.id))
+
+    def count(self, among: Collection[str] | None = None) -> int:
+        """The unknown images logged (of ``among`` only, when given)."""
+        with self._lock:
+            return len(self._indices(among))
+
+    def _indices(self, among: Collection[str] | None) -> list[int]:
+        if among is None:
+            return list(range(len(self._vectors)))
+        names = set(among)
+        return [i for i, name in enumerate(self._images) if name in names]
 
     def members(self, group_id: str) -> list[str]:
         """Every image of a group, oldest first (the listing shows at most 20)."""
@@ -132,8 +150,9 @@ class NovelGroupLog:
     def _group_of(self, index: int, *, min_size: int) -> NovelGroup | None:
         root = self._find(index)
         members = [i for i in range(len(self._vectors)) if self._find(i) == root]
-        if len(members) < min_size:
-            return None
+        return self._group(root, members) if len(members) >= min_size else None
+
+    def _group(self, root: int, members: Sequence[int]) -> NovelGroup:
         return NovelGroup(
             id=f"unknown-{self._seq[root]}",
             size=len(members),

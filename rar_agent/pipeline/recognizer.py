@@ -13,7 +13,7 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -455,9 +455,17 @@ class Recognizer:
                 result.novel_group = self.novel_groups.add(vector, result.image, link)
                 result.explanation = explain_result(result)
 
-    def unknown_groups(self) -> NovelGroups:
-        """The groups of look-alike unknown images seen lately (largest first)."""
-        return NovelGroups(groups=self.novel_groups.groups(), unknown_images=len(self.novel_groups))
+    def unknown_groups(
+        self, min_size: int = 2, among: Collection[str] | None = None
+    ) -> NovelGroups:
+        """The groups of look-alike unknown images seen lately (largest first).
+
+        Args:
+            min_size: The smallest group listed (1: single unknown images too).
+            among: Only the images named so count (e.g. one conversation's image ids).
+        """
+        log = self.novel_groups
+        return NovelGroups(groups=log.groups(min_size, among), unknown_images=log.count(among))
 
     def taught(self, images: Sequence[str]) -> None:
         """The images named so were taught: they, and the unknown images of their groups,

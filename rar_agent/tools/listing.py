@@ -11,6 +11,7 @@ from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field
 
 from rar_agent.errors import RarError
+from rar_agent.registry import ImageScope
 from rar_agent.results import CategoryCount, CategoryListing, NovelGroups
 from rar_agent.tools.base import RecognizerTool, tool_error
 
@@ -127,8 +128,9 @@ class UnknownGroupsTool(RecognizerTool):
         unknown_groups = getattr(self.recognizer, "unknown_groups", None)
         if unknown_groups is None:
             raise ToolException("this recognizer keeps no log of unknown images")
-        found: NovelGroups = unknown_groups()
-        found.groups = [g for g in found.groups if g.size >= min_size]
+        # a conversation of a shared page sees its own images only (others' ids are not its)
+        among = set(self.registry.ids()) if isinstance(self.registry, ImageScope) else None
+        found: NovelGroups = unknown_groups(min_size=min_size, among=among)
         if not found.groups:
             text = (
                 f"No group of look-alike unknown images yet ({found.unknown_images} unknown "

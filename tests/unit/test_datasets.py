@@ -268,3 +268,127 @@ def test_export_says_how_many_per_class_it_wrote_and_reports_progress(tmp_path: 
     assert "wrote 40 images of 10 classes" in line
     assert "4 per class: all the train split holds, not the 10 asked" in line
     assert "10 per class," not in line
+
+
+def test_augment_command_writes_views_with_progress_and_says_what_it_wrote(
+    tmp_path: Path,
+) -> None:
+    """Augmented views were reachable only as a Python function: `datasets augment SRC OUT`
+    writes them, says how many of what, reports progress, and the views make a query set
+    that `eval --test-set` reads."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    src = tmp_path / "src"
+    _make_folder(src)
+    out = tmp_path / "views"
+    runner = CliRunner()
+    args = ["datasets", "augment", str(src), str(out), "--views", "3", "--seed", "5"]
+    done = runner.invoke(app, [*args, "--no-progress"])
+    assert done.exit_code == 0, done.output
+    line = " ".join(done.output.split())
+    assert f"wrote 12 views of 4 images in 2 classes (3 per image, seed 5) to {out}" in line
+    # the same files as the function writes with the same seed
+    same = datasets.augment_folder(src, tmp_path / "again", n=3, seed=5)
+    for path, label in same:
+        twin = out / label / Path(path).name
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(twin)))
+    done = runner.invoke(app, [*args, "--json", "--no-progress"])
+    assert json.loads(done.stdout) == {
+        "out": str(out),
+        "images": 12,
+        "classes": {"blue thing": 6, "red thing": 6},
+    }
+    assert "already held" not in done.output
+    done = runner.invoke(app, ["datasets", "augment", str(src), str(out), "--no-progress"])
+    assert done.exit_code == 0 and "not 1 views per image" in " ".join(done.output.split())
+    seen: list[tuple[int, int]] = []
+    datasets.augment_folder(
+        src, tmp_path / "counted", n=2, progress=lambda done, total: seen.append((done, total))
+    )
+    assert seen == [(i, 8) for i in range(1, 9)]
+    for bad, said in (
+        (["--views", "0"], "--views"),
+        (["--seed", "x"], "--seed"),
+    ):
+        done = runner.invoke(app, [*args[:4], *bad])
+        assert done.exit_code == 2 and said in done.output, done.output
+    done = runner.invoke(app, ["datasets", "augment", str(src), str(src / "views")])
+    assert done.exit_code == 2 and "must not be inside the source folder" in done.output
+
+
+def test_augmented_views_are_upright_as_the_memory_reads_the_photo(tmp_path: Path) -> None:
+    """A phone photo stored sideways with an EXIF orientation: the memory reads it upright,
+    but its views were written sideways (a portrait photo's views were landscape)."""
+    photo = Image.new("RGB", (40, 20), (0, 0, 0))
+    photo.paste(Image.new("RGB", (10, 10), (220, 40, 40)), (5, 5))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    (tmp_path / "src" / "phone").mkdir(parents=True)
+    photo.save(tmp_path / "src" / "phone" / "IMG_0001.JPG", exif=exif)
+    ((path, _),) = datasets.augment_folder(tmp_path / "src", tmp_path / "views", n=1)
+    assert Image.open(path).size == (20, 40)
+
+
+def test_heic_photos_are_augmented_in_a_fresh_process(tmp_path: Path) -> None:
+    """A folder of iPhone HEIC photos: the views failed with "cannot identify image file"
+    unless something else in the process had read a HEIC before (memory builds read them)."""
+    import subprocess
+    import sys
+
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    (tmp_path / "src" / "cup").mkdir(parents=True)
+    Image.new("RGB", (48, 32), (200, 120, 40)).save(
+        tmp_path / "src" / "cup" / "IMG_0002.HEIC", format="HEIF"
+    )
+    script = (
+        "import sys\n"
+        "from rar_agent.datasets import augment_folder\n"
+        "print(len(augment_folder(sys.argv[1], sys.argv[2], n=2)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "src"), str(tmp_path / "views")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2"
+    assert Image.open(tmp_path / "views" / "cup" / "IMG_0002.HEIC-aug1.png").size == (48, 32)
+
+
+def test_views_of_phone_sized_photos_are_at_most_1024_pixels_long(tmp_path: Path) -> None:
+    """A folder of phone photos: each view was a PNG of the photo's full size (a 12 MP
+    photo's view about 20 MB, a second to write). Views are at most 1024 px on the longer
+    side, in the photo's proportions; smaller photos keep their size."""
+    (tmp_path / "src" / "shelf").mkdir(parents=True)
+    Image.new("RGB", (2400, 1800), (30, 90, 160)).save(tmp_path / "src" / "shelf" / "big.jpg")
+    Image.new("RGB", (1600, 2400), (30, 90, 160)).save(tmp_path / "src" / "shelf" / "tall.png")
+    Image.new("RGB", (300, 200), (30, 90, 160)).save(tmp_path / "src" / "shelf" / "small.png")
+    written = datasets.augment_folder(tmp_path / "src", tmp_path / "views", n=1)
+    sizes = {Path(path).name: Image.open(path).size for path, _ in written}
+    assert sizes == {
+        "big.jpg-aug0.png": (1024, 768),
+        "small.png-aug0.png": (300, 200),
+        "tall.png-aug0.png": (683, 1024),
+    }
+
+
+def test_two_photos_with_one_name_get_views_of_their_own(tmp_path: Path) -> None:
+    """IMG_0001.HEIC and IMG_0001.JPG in one class (a phone's photo and its export): both
+    views were written to IMG_0001-aug0.png, the second over the first, and the list named
+    that file twice."""
+    (tmp_path / "src" / "mug").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "src" / "mug" / "IMG_0001.JPG")
+    Image.new("RGB", (40, 30), (30, 30, 200)).save(tmp_path / "src" / "mug" / "IMG_0001.png")
+    written = datasets.augment_folder(tmp_path / "src", tmp_path / "views", n=2)
+    paths = [path for path, _ in written]
+    assert len(set(paths)) == 4
+    assert sorted(p.name for p in (tmp_path / "views" / "mug").iterdir()) == sorted(
+        Path(p).name for p in paths
+    )

@@ -143,6 +143,17 @@ def _check_coffee_boxes(stdout: str, cwd: Path, doc: Path) -> None:
         assert drawn.size == photo.size
 
 
+def _check_views(stdout: str, cwd: Path, doc: Path) -> None:
+    """README.md's augmented views: the line the text quotes, and three views per photo."""
+    said = "wrote 6 views of 2 images in 2 classes (3 per image, seed 0) to my-photo-views"
+    assert said in stdout, stdout
+    assert f"It prints `{said}`" in doc.read_text(encoding="utf-8")
+    views = sorted(p.relative_to(cwd / "my-photo-views").as_posix()
+                   for p in (cwd / "my-photo-views").rglob("*.png"))  # fmt: skip
+    want = [f"{label}/{label}.jpg-aug{i}.png" for label in ("cat", "coffee") for i in range(3)]
+    assert views == want
+
+
 SHELL_OUTPUT: dict[tuple[str, str], Callable[[str, Path, Path], None]] = {
     (
         "docs/deploy.md",
@@ -150,6 +161,9 @@ SHELL_OUTPUT: dict[tuple[str, str], Callable[[str, Path, Path], None]] = {
         "token once, last line",
     ): _check_tokens,
     ("docs/regions.md", "cat examples/coffee-boxes.json"): _check_coffee_boxes,
+    ("README.md", "# a labelled folder (here the two shipped photos) and three views of each"): (
+        _check_views
+    ),
 }
 """What a running shell block must print, beyond exiting 0, by (document, first line)."""
 

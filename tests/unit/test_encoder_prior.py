@@ -183,6 +183,9 @@ def test_without_a_prior_single_examples_still_say_they_cannot_calibrate(tmp_pat
     assert f"no encoder prior for {FINGERPRINT}" in verdicts[0].note
     cal = load(memory)
     assert cal is not None and cal.method == "none" and cal.summary()["cannot_calibrate"]
+    # `memory stats` told only half of what the answers say: why no prior helps either
+    shown = _open_set_stats(cal, parse_reject("auto"), memory.count("image"))
+    assert shown["calibrated"] is False and f"no encoder prior for {FINGERPRINT}" in shown["note"]
     memory.close()
 
 
@@ -253,6 +256,10 @@ def test_too_few_categories_for_a_scale_cannot_calibrate(
     verdicts = _judge(memory, _photos(centres, 0, 5, np.random.default_rng(0)), 0.05)
     assert all(v.threshold is None and not v.reasons for v in verdicts)
     assert f"at least {MIN_CATEGORIES} categories" in verdicts[0].note
+    cal = load(memory)
+    assert cal is not None
+    shown = _open_set_stats(cal, parse_reject("auto"), memory.count("image"))
+    assert f"at least {MIN_CATEGORIES} categories" in shown["note"]
     memory.close()
 
 

@@ -95,14 +95,16 @@ FLAKY = {
 }
 
 
-def _calls(tool: str) -> Any:
-    """A policy: call ``tool`` once, then answer with what it returned."""
+def _calls(tool: str, args: dict[str, Any] | None = None) -> Any:
+    """A policy: call ``tool`` once (with ``args``, default a text), then answer with what
+    it returned."""
     from langchain_core.messages import AIMessage
 
     def policy(messages: list[Any]) -> AIMessage:
         done = [m for m in messages if isinstance(m, ToolMessage)]
         if not done:
-            call = {"name": tool, "args": {"text": "hi"}, "id": "c1", "type": "tool_call"}
+            given = {"text": "hi"} if args is None else args
+            call = {"name": tool, "args": given, "id": "c1", "type": "tool_call"}
             return AIMessage(content="", tool_calls=[call])
         return AIMessage(content=f"The tool said: {done[-1].text}")
 
@@ -228,6 +230,51 @@ def test_a_tool_set_closes_and_nothing_of_it_is_kept() -> None:
         assert sessions() is None
 
 
+def _session_threads(besides: set[Any]) -> list[Any]:
+    """The MCP sessions' threads running now that were not in ``besides``."""
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "rar-mcp-sessions" and t not in besides]
+
+
+def test_the_agent_closes_the_mcp_sessions_it_opened(recognizer: Any, tmp_path: Path) -> None:
+    """``create_rar_agent(mcp_servers=...)`` opened sessions (a stdio server's process, a
+    thread) that nothing could close before the program's exit. The agent closes them, and a
+    conversation store it opened from a path, with ``close()`` or at the end of a ``with``."""
+    import sqlite3
+    import threading
+
+    before = set(threading.enumerate())
+    model = PolicyChatModel(policy=_calls("pid", {}))
+    store = tmp_path / "conversations.sqlite"
+    with create_rar_agent(
+        model, recognizer=recognizer, mcp_servers=FLAKY, conversations=store
+    ) as agent:
+        copy = agent.with_config({"recursion_limit": 10})
+        config = {"configurable": {"thread_id": "t1"}}
+        out = copy.invoke({"messages": [HumanMessage("which process?")]}, config)
+        (answer,) = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+        pid = int(answer.text)
+        (thread,) = _session_threads(before)
+    assert _ended(pid) and not thread.is_alive()
+    with pytest.raises(sqlite3.ProgrammingError):  # the store it opened is closed
+        agent.checkpointer.conn.execute("select 1")  # type: ignore[union-attr]
+    agent.close()  # a second close does nothing
+
+
+def test_an_agent_that_cannot_be_built_leaves_no_session_open(recognizer: Any) -> None:
+    """The servers' tools were listed (their processes started), then the agent was
+    refused: the sessions stayed open, with no agent to close them."""
+    import threading
+
+    before = set(threading.enumerate())
+    with pytest.raises(ConfigError, match="two tools are named echo"):
+        create_rar_agent(
+            None, recognizer=recognizer, tools=[recognizer_tool_named("echo")], mcp_servers=FLAKY
+        )
+    assert _session_threads(before) == []
+
+
 def test_a_sync_call_starts_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each sync call of a composed tool started a thread (and an event loop) of its own;
     it runs on the tool set's loop."""
@@ -292,3 +339,36 @@ def test_a_server_that_hangs_while_starting_is_cancelled_at_the_time_limit(
     with pytest.raises(ConfigError, match=r"listing the tools of MCP servers hang took over 3 s"):
         mcp_server_tools(_hanging(marker), timeout_s=3)
     assert _ended(_hung_pid(marker))
+
+
+def test_a_chat_page_with_logins_starts_each_mcp_server_once(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """``build_chat_page(..., mcp_servers=..., logins=..., allow_learning=True)`` builds two
+    agents (one for people who may teach, one for those who may not), and each started its
+    own process of every stdio server: two knowledge bases that could drift apart. Both
+    agents now call the one session of each server."""
+    from rar_agent.auth import TokenStore
+    from rar_agent.conversations import ConversationStore
+    from rar_agent.registry import ImageRegistry
+    from rar_agent.ui import _chat_session
+
+    logins = TokenStore(tmp_path / "auth.toml")
+    logins.add("alice", ["learn"])
+    with ConversationStore(":memory:") as store:
+        session = _chat_session(
+            recognizer,
+            PolicyChatModel(policy=_calls("pid", {})),
+            tools=(),
+            registry=ImageRegistry(),
+            conversations=store,
+            logins=logins,
+            agent_options={"allow_learning": True, "mcp_servers": FLAKY},
+        )
+        assert session.reading_agent is not None
+        pids = set()
+        for n, agent in enumerate((session.agent, session.reading_agent)):
+            config = {"configurable": {"thread_id": f"t{n}"}}
+            out = agent.invoke({"messages": [HumanMessage("which process?")]}, config)
+            pids |= {int(m.text) for m in out["messages"] if isinstance(m, ToolMessage)}
+        assert len(pids) == 1

@@ -13,7 +13,7 @@ from PIL import Image
 from rar_agent.memory import CategoryMemory
 from rar_agent.openset.groups import NovelGroupLog, purity
 from rar_agent.pipeline import Recognizer
-from rar_agent.registry import ImageRegistry
+from rar_agent.registry import ImageRegistry, ImageScope
 from rar_agent.tools import UnknownGroupsTool, make_tools
 from tests.helpers.clusters import Clusters, make_clusters
 
@@ -231,6 +231,89 @@ def test_the_same_image_asked_again_is_not_a_second_sighting(recognizer: Any) ->
     copy = recognizer.recognize(photo, name="copy.png")  # under another name: two images
     assert copy.novel_group is not None
     assert sorted(copy.novel_group.images) == ["bag.png", "copy.png"]
+
+
+def test_a_conversation_lists_only_its_own_unknown_images(recognizer: Any, tmp_path: Path) -> None:
+    """On a shared chat page, Bob's agent listed the unknown images of Alice's conversation
+    ("unknown-0: 6 images: img-..., ..."): ids it cannot open, from photos Bob never sent,
+    and his own answer named that group. ``min_size=1`` listed nothing though the log held
+    unknown images."""
+    clusters: Clusters = recognizer.clusters
+    registry = ImageRegistry()
+    alice, bob = ImageScope(registry), ImageScope(registry)
+    alice_tools = {t.name: t for t in make_tools(recognizer, registry=alice)}
+    bob_tools = {t.name: t for t in make_tools(recognizer, registry=bob)}
+    for n in range(6):
+        image_id = alice.register(clusters.save("bicycle", n, tmp_path / "bikes").read_bytes())
+        call = {"type": "tool_call", "id": str(n), "name": "recognize_image"}
+        assert (
+            alice_tools["recognize_image"]
+            .invoke({**call, "args": {"image": image_id}})
+            .artifact["unknown"]
+        )
+    bob_id = bob.register(clusters.save("bicycle", 7, tmp_path / "bikes").read_bytes())
+    call = {"type": "tool_call", "id": "b", "name": "recognize_image"}
+    answer = bob_tools["recognize_image"].invoke({**call, "args": {"image": bob_id}})
+    # it joined Alice's group in the log, but Bob's answer names no group he cannot list
+    assert answer.artifact["unknown"] and answer.artifact["novel_group"] is None
+    assert "list_unknown_groups" not in answer.content
+
+    def listed(tools: dict[str, Any], **args: Any) -> dict[str, Any]:
+        call = {"type": "tool_call", "id": "g", "name": "list_unknown_groups", "args": args}
+        return tools["list_unknown_groups"].invoke(call).artifact
+
+    [alices] = listed(alice_tools)["groups"]
+    assert sorted(alices["images"]) == sorted(alice.ids())
+    assert listed(bob_tools) == {"groups": [], "unknown_images": 1}
+    [single] = listed(bob_tools, min_size=1)["groups"]
+    assert single["images"] == [bob_id] and single["size"] == 1
+    assert recognizer.unknown_groups().groups[0].size == 7  # the log itself holds all
+
+
+def _recognize_then_list_groups(messages: list[Any]) -> Any:
+    """Policy: recognize the turn's photo, then list the unknown groups, then stop."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    last_user = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
+    done = [m.name for m in messages[last_user:] if isinstance(m, ToolMessage)]
+    step = {0: "recognize_image", 1: "list_unknown_groups"}.get(len(done))
+    if step is None:
+        return AIMessage(content="done")
+    call = {"name": step, "args": {}, "id": f"{step}-{len(messages)}", "type": "tool_call"}
+    return AIMessage(content="", tool_calls=[call])
+
+
+def test_an_agents_conversation_lists_only_its_own_unknown_images(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """The chat page's agent is one for every signed-in person: Bob's conversation listed
+    Alice's unknown photos by ids it cannot open, and his answer named her group."""
+    import base64
+
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from rar_agent import create_rar_agent
+    from tests.helpers.fake_chat import PolicyChatModel
+
+    clusters: Clusters = recognizer.clusters
+    model = PolicyChatModel(policy=_recognize_then_list_groups)
+    agent = create_rar_agent(model, recognizer=recognizer, checkpointer=InMemorySaver())
+
+    def send(thread: str, n: int) -> list[ToolMessage]:
+        data = base64.b64encode(clusters.save("bicycle", n, tmp_path / thread).read_bytes())
+        block = {"type": "image", "base64": data.decode(), "mime_type": "image/png"}
+        config = {"configurable": {"thread_id": thread}}
+        out = agent.invoke({"messages": [HumanMessage(content=[block])]}, config)
+        return [m for m in out["messages"] if isinstance(m, ToolMessage)][-2:]
+
+    for n in range(6):
+        send("alice", n)
+    recognized, groups = send("bob", 7)
+    assert recognized.artifact["unknown"] and recognized.artifact["novel_group"] is None
+    assert groups.artifact == {"groups": [], "unknown_images": 1}
+    _, alices = send("alice", 6)
+    assert alices.artifact["groups"][0]["size"] == 7  # Alice's seven, not Bob's
 
 
 def test_a_stream_names_groups_in_the_order_of_its_images(
