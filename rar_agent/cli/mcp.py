@@ -59,7 +59,7 @@ PublicUrlOpt = Annotated[
         "--public-url",
         help="The endpoint's URL as clients reach it (behind a TLS reverse proxy: "
         "https://NAME/mcp), named in 401 answers; requests may name its host. Default: "
-        "http://HOST:PORT/mcp.",
+        "http://HOST:PORT/mcp (on 0.0.0.0: this machine's host name).",
         envvar="RAR_PUBLIC_URL",
     ),
 ]
@@ -84,11 +84,12 @@ MaxBodyOpt = Annotated[
     ),
 ]
 MaxPixelsOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--max-pixels",
         min=1,
-        help="Largest image in pixels (a tool error over it).",
+        help="Largest image in pixels (a tool error over it). Default: 64 million, as "
+        "everywhere in rar-agent (a 50 MP phone photo passes).",
         envvar="RAR_MAX_PIXELS",
         rich_help_panel=_LIMITS,
     ),
@@ -166,7 +167,7 @@ def mcp(
     public_url: PublicUrlOpt = None,
     snapshot_dir: SnapshotDirOpt = None,
     max_body_mb: MaxBodyOpt = None,
-    max_pixels: MaxPixelsOpt = 25_000_000,
+    max_pixels: MaxPixelsOpt = None,
     max_concurrent: MaxConcurrentOpt = 4,
     per_minute: PerMinuteOpt = 600,
     batch_images: BatchImagesOpt = None,
@@ -222,7 +223,7 @@ def mcp(
 
 
 def _limits(
-    max_body_mb: int | None, max_pixels: int, max_concurrent: int, per_minute: int
+    max_body_mb: int | None, max_pixels: int | None, max_concurrent: int, per_minute: int
 ) -> "ServiceLimits":
     """The service's limits, as its flags set them."""
     from rar_agent.mcp.limits import DEFAULT_LIMITS, ServiceLimits
@@ -231,7 +232,7 @@ def _limits(
         max_body_bytes=(
             max_body_mb * 1024 * 1024 if max_body_mb is not None else DEFAULT_LIMITS.max_body_bytes
         ),
-        max_pixels=max_pixels,
+        max_pixels=max_pixels if max_pixels is not None else DEFAULT_LIMITS.max_pixels,
         max_concurrent=max_concurrent,
         per_minute=per_minute,
     )

@@ -14,6 +14,7 @@ from rar_agent.cli import memory_copy, memory_snapshot
 from rar_agent.cli.options import (
     ENCODER,
     EXIT_INPUT_FAILED,
+    REJECT,
     STORE,
     FromFolderOpt,
     FromManifestOpt,
@@ -466,9 +467,12 @@ def _open_shown_memory(settings: "Settings") -> "CategoryMemory":
 
 
 @app.command("stats")
-@settings_command(STORE)
+@settings_command(STORE, REJECT)
 def memory_stats(settings: "Settings") -> None:
     """Show the memory's size, encoder, backend and open-set calibration as JSON.
+
+    `open_set` says what `--reject auto:ALPHA` can promise with this memory (at the ALPHA of
+    --reject or RAR_REJECT, default 0.05), or why it cannot.
 
     `unfinished_build` is null, or what a build that stopped part-way recorded (a note on
     stderr then says what to do).

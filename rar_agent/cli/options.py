@@ -32,6 +32,7 @@ __all__ = [
     "EXIT_USAGE",
     "GATE_HELP",
     "RANKING",
+    "REJECT",
     "STORE",
     "RANKER_HELP",
     "REJECT_HELP",
@@ -310,12 +311,14 @@ ENCODER = (
     _param("encoder", EncoderOpt),
 )
 """Which encoder: ``--clip-model``, ``--clip-pretrained``, ``--encoder``."""
+REJECT = (_param("reject", RejectOpt),)
+"""When an image is unknown: ``--reject`` (also what ``memory stats`` shows the promise at)."""
 RANKING = (
     _param("k", KOpt),
     _param("ranker", RankerOpt),
     _param("ranker_timeout", RankerTimeoutOpt),
     _param("gate", GateOpt),
-    _param("reject", RejectOpt),
+    *REJECT,
 )
 """How to recognize: ``--k``, ``--ranker``, ``--ranker-timeout``, ``--gate``, ``--reject``."""
 

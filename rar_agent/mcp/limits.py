@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rar_agent.images import DEFAULT_MAX_PIXELS
 from rar_agent.mcp.auth import token_name
 
 if TYPE_CHECKING:
@@ -50,13 +51,16 @@ class ServiceLimits:
     Attributes:
         max_body_bytes: Largest request body (default: a base64 image as large as a URL
             download may be, about 27 MiB).
-        max_pixels: Largest image, in declared pixels (default 25 million, e.g. 5000x5000).
+        max_pixels: Largest image, in declared pixels (default: the limit of every other way
+            in, :data:`~rar_agent.images.DEFAULT_MAX_PIXELS`, 64 million, so that 48 and 50 MP
+            phone photos are served; decode-to-need reads a JPEG at the size the encoder
+            needs, a HEIC in full).
         max_concurrent: Requests in flight per token (per MCP session without auth).
         per_minute: Requests per token (per session) in any 60 seconds.
     """
 
     max_body_bytes: int = _max_http_body()
-    max_pixels: int = 25_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     max_concurrent: int = 4
     per_minute: int = 600
 
@@ -141,7 +145,7 @@ class RequestLimiter:
         limits = self.limits
         if self._in_flight[key] >= limits.max_concurrent:
             return (
-                f"{key} has {limits.max_concurrent} requests in flight, the most allowed: "
+                f"{key} has {_requests(limits.max_concurrent)} in flight, the most allowed: "
                 "wait for an answer before sending more",
                 1,
             )
@@ -154,7 +158,7 @@ class RequestLimiter:
         if len(recent) >= limits.per_minute:
             wait = max(1, math.ceil(60.0 - (now - recent[0])))
             return (
-                f"{key} sent {limits.per_minute} requests in the last minute, the most allowed",
+                f"{key} sent {_requests(limits.per_minute)} in the last minute, the most allowed",
                 wait,
             )
         recent.append(now)
@@ -332,3 +336,8 @@ async def _answer(send: Any, status: int, body: dict[str, Any], retry_after: int
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
+
+
+def _requests(n: int) -> str:
+    """``n`` requests, in words ("1 request", "4 requests")."""
+    return f"{n} request" if n == 1 else f"{n} requests"

@@ -193,7 +193,8 @@ async def serve_http(
         path: The endpoint path.
         on_ready: Called with the endpoint URL (the real port) once it accepts connections.
         verifier: Checks bearer tokens (see :func:`http_app`); ``None``: no authentication.
-        public_url: The endpoint's URL as clients reach it (default: this host and port).
+        public_url: The endpoint's URL as clients reach it (default:
+            :func:`default_public_url`).
         limits: The request limits (default :class:`~rar_agent.mcp.limits.ServiceLimits`).
 
     Raises:
@@ -216,7 +217,7 @@ async def serve_http(
         host=host,
         path=path,
         verifier=verifier,
-        resource_url=public_url or f"http://{shown}:{bound}{path}",
+        resource_url=public_url or default_public_url(host, bound, path),
         limits=limits,
     )
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
@@ -248,6 +249,16 @@ def _name_request_threads() -> None:
     loop.set_default_executor(
         ThreadPoolExecutor(thread_name_prefix=REQUEST_THREAD, initializer=name_os_thread)
     )
+
+
+def default_public_url(host: str, port: int, path: str = DEFAULT_HTTP_PATH) -> str:
+    """The endpoint's URL as 401 answers name it when the operator gave none: the listening
+    host and port, except that a server on every interface (``0.0.0.0``, ``::``) is named
+    by this machine's host name, which its clients can reach and ``0.0.0.0`` is not."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{path}"
 
 
 def _bind(host: str, port: int) -> socket.socket:

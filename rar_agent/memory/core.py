@@ -271,14 +271,15 @@ class CategoryMemory:
         value = None if margin is None else float(margin)
         self._commit(lambda rec: rec.changed(gate_margin=value), what="set the gate margin")
 
-    def extension(self, name: str) -> dict[str, Any] | None:
+    def extension(self, name: str, *, refresh: bool = False) -> dict[str, Any] | None:
         """The extension ``name`` of the record (a shallow copy), ``None`` when there is none.
 
         Read from this handle's copy of the record (a server is not asked on every call:
-        searches read the calibration this way); :meth:`update_extension` re-reads it.
+        searches read the calibration this way); :meth:`update_extension` re-reads it, and so
+        does ``refresh`` (a server's record may change in other processes).
         """
         self._check_open()
-        rec = self._read_record()
+        rec = self._read_record(refresh=refresh)
         value = rec.extensions.get(name) if rec else None
         return dict(value) if value is not None else None
 

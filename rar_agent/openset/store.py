@@ -28,8 +28,8 @@ class ExtensionStore(Protocol):
     collection: str
     read_only: bool
 
-    def extension(self, name: str) -> dict[str, Any] | None:
-        """An extension of the memory's record."""
+    def extension(self, name: str, *, refresh: bool = False) -> dict[str, Any] | None:
+        """An extension of the memory's record (``refresh``: re-read from the backend)."""
         ...
 
     def update_extension(self, name: str, fn: ExtensionUpdate) -> dict[str, Any] | None:
@@ -37,9 +37,11 @@ class ExtensionStore(Protocol):
         ...
 
 
-def read_extension(memory: ExtensionStore) -> dict[str, Any] | None:
-    """The stored calibration (a JSON dict), or ``None`` when there is none."""
-    data = memory.extension(EXTENSION)
+def read_extension(memory: ExtensionStore, *, fresh: bool = False) -> dict[str, Any] | None:
+    """The stored calibration (a JSON dict), or ``None`` when there is none; ``fresh``: as the
+    backend holds it now (a server memory's record may change in other processes), else as
+    this handle last read it."""
+    data = memory.extension(EXTENSION, refresh=fresh)
     return data if isinstance(data, dict) else None
 
 

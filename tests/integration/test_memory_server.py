@@ -95,3 +95,42 @@ def test_server_collection_options_and_reopen() -> None:
         client = QdrantClient(url=URL, api_key=API_KEY, check_compatibility=False)
         client.delete_collection(name)
         client.close()
+
+
+def test_a_calibration_another_process_writes_is_judged_by(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two handles on one collection, as two processes would hold them: what one teaches,
+    the other's verdicts use once its copy is ``MAX_AGE_S`` old (0 here), and a copy whose
+    record has not changed is kept as it is."""
+    import numpy as np
+
+    from rar_agent import openset
+    from rar_agent.memory import MemoryEntry
+    from rar_agent.openset import calibration as cal_mod
+
+    name = f"rar-test-{uuid.uuid4().hex[:12]}"
+    rng = np.random.default_rng(0)
+    entries = [
+        MemoryEntry(f"c{c}", "image", f"{c}-{i}", f"h{c}-{i}") for c in range(6) for i in range(3)
+    ]
+    try:
+        with CategoryMemory.open(_at(name)) as here:
+            here.bind_encoder("enc-R", 8)
+            here.add_entries(entries, rng.normal(size=(18, 8)))
+            openset.fit(here)
+            monkeypatch.setattr(cal_mod, "MAX_AGE_S", 0.0)
+            held = openset.current(here)
+            assert held is not None and openset.current(here) is held
+            with CategoryMemory.open(_at(name), create=False) as there:
+                more = [MemoryEntry("c0", "image", f"0-{i}", f"h0-more-{i}") for i in range(3)]
+                openset.update(there, added=there.add_entries(more, rng.normal(size=(3, 8))))
+                stored = openset.load(there)
+            now = openset.current(here)
+            assert stored is not None and now is not None
+            assert now.model_dump() == stored.model_dump() != held.model_dump()
+    finally:
+        from qdrant_client import QdrantClient
+
+        client = QdrantClient(url=URL, api_key=API_KEY, check_compatibility=False)
+        if client.collection_exists(name):
+            client.delete_collection(name)
+        client.close()

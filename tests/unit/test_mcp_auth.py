@@ -924,3 +924,82 @@ def test_an_operator_takes_back_one_persons_teaching_while_the_server_runs(
         assert refused.exit_code == 2
         assert "carol changed that example since" in " ".join(refused.output.split())
         assert {"violet", "mauve", "olive"} <= set(service.recognizer.memory.labels())
+
+
+async def test_a_50_megapixel_phone_photo_is_served_at_the_default_limits(tmp_path: Path) -> None:
+    """A Galaxy's 50 MP photo (8160x6120) is within the service's default image limit, the
+    one every other way in uses; only a larger one is refused."""
+    with serving(tmp_path) as service:
+        Image.new("RGB", (8160, 6120), (200, 30, 30)).save(service.images / "galaxy.jpg")
+        Image.new("RGB", (10000, 8000), (200, 30, 30)).save(service.images / "huge.jpg")
+        with anyio.fail_after(60):
+            async with session_with(service.url, bearer(service.tokens["bob"])) as bob:
+                photo = await bob.call_tool("recognize_image", {"image": "galaxy.jpg"})
+                huge = await bob.call_tool("recognize_image", {"image": "huge.jpg"})
+        assert not photo.isError, text_of(photo)
+        assert huge.isError and "limit of 64,000,000 pixels" in text_of(huge)
+
+
+async def test_a_limit_of_one_request_is_said_in_the_singular() -> None:
+    from rar_agent.mcp.limits import RequestLimiter
+
+    async def quick(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    limiter = RequestLimiter(quick, ServiceLimits(per_minute=1))
+    bodies: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            bodies.append(message.get("body", b""))
+
+    scope = {"type": "http", "method": "POST", "client": ("10.0.0.1", 1)}
+    with anyio.fail_after(10):
+        await limiter(scope, receive, send)
+        await limiter(scope, receive, send)
+    refusal = json.loads(bodies[-1])["error_description"]
+    assert "sent 1 request in the last minute" in refusal, refusal
+
+
+async def test_a_server_on_every_interface_names_this_machine_in_its_401(tmp_path: Path) -> None:
+    """``mcp --http --host 0.0.0.0`` without --public-url: a client told to fetch its
+    metadata from http://0.0.0.0:PORT could not; the 401 names this machine's host name."""
+    import os
+    import signal
+
+    from rar_agent.mcp import serve_http
+
+    store = TokenStore(tmp_path / "auth.toml")
+    store.add("alice", ["recognize"])
+    challenges: list[str] = []
+
+    async def ask(url: str) -> None:
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        async with httpx.AsyncClient() as raw:
+            answer = await raw.post(f"http://127.0.0.1:{port}/mcp", json=PING, headers=ACCEPT)
+        challenges.append(answer.headers.get("www-authenticate", ""))
+        os.kill(os.getpid(), signal.SIGINT)  # serve_http's own handler stops it
+
+    server = create_server(small_recognizer(tmp_path, hashing_encoder()), auth_required=True)
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(
+                    lambda: serve_http(
+                        server,
+                        host="0.0.0.0",  # noqa: S104 - the case under test
+                        port=0,
+                        verifier=StoreTokenVerifier(store),
+                        on_ready=lambda url: group.start_soon(ask, url),
+                    )
+                )
+    finally:
+        import gc
+
+        gc.unfreeze()  # serve_http froze the test process's objects
+    host = socket.gethostname()
+    assert challenges and f'resource_metadata="http://{host}:' in challenges[0], challenges
