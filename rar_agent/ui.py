@@ -811,6 +811,8 @@ def _chat_session(
     agent that cannot teach for those whose token lacks ``learn`` (both over one registry,
     one conversation store and one session of each MCP server, which lasts as long as the
     program)."""
+    from rar_agent.agent import LEARNING_NOT_GRANTED, RecognitionOnlyChatModel, create_rar_agent
+
     agent_options = dict(agent_options)
     servers = agent_options.pop("mcp_servers", None)
     with contextlib.ExitStack() as opened:  # closed here if the agents cannot be built
@@ -818,41 +820,27 @@ def _chat_session(
             from rar_agent.tools.remote import mcp_server_tools
 
             tools = [*tools, *opened.enter_context(mcp_server_tools(servers))]
-        session = _agents(recognizer, model, tools, registry, conversations, logins, agent_options)
+
+        def agent(chat_model: str | BaseChatModel | None, **options: Any) -> Any:
+            return create_rar_agent(
+                chat_model,
+                recognizer=recognizer,
+                tools=tools,
+                registry=registry,
+                conversations=conversations,
+                **options,
+            )
+
+        teaching = agent(model, **agent_options)
+        can_learn = bool(agent_options.get("allow_learning"))
+        reading = None
+        if logins is not None and can_learn:
+            stand_in = RecognitionOnlyChatModel(learning_off=LEARNING_NOT_GRANTED)
+            reading = agent(
+                model if model is not None else stand_in,
+                **{**agent_options, "allow_learning": False},
+            )
         opened.pop_all()  # the sessions last as long as the page's program
-    return session
-
-
-def _agents(
-    recognizer: RecognizerLike,
-    model: str | BaseChatModel | None,
-    tools: Sequence[BaseTool | Callable[..., Any]],
-    registry: ImageRegistry,
-    conversations: ConversationStore,
-    logins: TokenStore | None,
-    agent_options: dict[str, Any],
-) -> ChatSession:
-    """The session's agent(s) over ``tools`` (see :func:`_chat_session`)."""
-    from rar_agent.agent import LEARNING_NOT_GRANTED, RecognitionOnlyChatModel, create_rar_agent
-
-    def agent(chat_model: str | BaseChatModel | None, **options: Any) -> Any:
-        return create_rar_agent(
-            chat_model,
-            recognizer=recognizer,
-            tools=tools,
-            registry=registry,
-            conversations=conversations,
-            **options,
-        )
-
-    teaching = agent(model, **agent_options)
-    can_learn = bool(agent_options.get("allow_learning"))
-    reading = None
-    if logins is not None and can_learn:
-        stand_in = RecognitionOnlyChatModel(learning_off=LEARNING_NOT_GRANTED)
-        reading = agent(
-            model if model is not None else stand_in, **{**agent_options, "allow_learning": False}
-        )
     return ChatSession(
         teaching,
         recognition_only=model is None,
