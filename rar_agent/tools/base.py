@@ -317,3 +317,18 @@ class RecognizerTool(BaseTool):
             allow_urls=self.allow_urls,
             max_pixels=self.max_pixels,
         )
+
+    def group_as_listed(self, result: RecognitionResult) -> None:
+        """Name in ``result`` the unknown group it joined as ``list_unknown_groups`` shows it
+        in this tool's conversation (the log is shared: other conversations' uploads are not
+        this one's to list, nor their group when none of its own images is in it)."""
+        unknown_groups = getattr(self.recognizer, "unknown_groups", None)
+        scope = self.registry if isinstance(self.registry, ImageScope) else None
+        if scope is None or unknown_groups is None or result.novel_group is None:
+            return
+        from rar_agent.pipeline.explain import explain_result
+
+        joined = result.novel_group.id
+        listed = unknown_groups(min_size=2, shown=scope.lists).groups
+        result.novel_group = next((g for g in listed if g.id == joined), None)
+        result.explanation = explain_result(result)

@@ -358,6 +358,7 @@ class RecognizeImagesTool(RecognizerTool):
             result = next(done)
             result.image = source.name
             _name_as_given(result, source)
+            self.group_as_listed(result)
             results.append(result)
         return results
 

@@ -11,7 +11,6 @@ from pydantic import BaseModel, Field, field_validator
 
 from rar_agent.config import MAX_TOOL_K, MIN_K
 from rar_agent.errors import RarError
-from rar_agent.registry import ImageScope
 from rar_agent.results import Candidate, RecognitionResult, RegionResults
 from rar_agent.tools.base import ImageSource, RecognizerTool, tool_error
 
@@ -158,8 +157,7 @@ class RecognizeTool(RecognizerTool):
         except RarError as e:
             raise tool_error(e, source) from e
         result.image = source.name
-        if isinstance(self.registry, ImageScope) and result.novel_group is not None:
-            _own_group(result, self.recognizer, self.registry)
+        self.group_as_listed(result)
         text = format_result(result, image_name=source.name, can_learn=self.can_learn)
         blocks = example_blocks(result) if self.example_images else []
         return ([{"type": "text", "text": text}, *blocks] if blocks else text), result.model_dump(
@@ -174,18 +172,6 @@ class RecognizeTool(RecognizerTool):
         run_manager: AsyncCallbackManagerForToolRun | None = None,
     ) -> tuple[str | list[str | dict[str, Any]], dict[str, Any]]:
         return await asyncio.to_thread(self._run, image, k, boxes)
-
-
-def _own_group(result: RecognitionResult, recognizer: Any, scope: ImageScope) -> None:
-    """Name in ``result`` the group it joined as ``list_unknown_groups`` shows it in this
-    conversation (``scope``): the log is shared, other conversations' uploads are not this
-    one's to list."""
-    from rar_agent.pipeline.explain import explain_result
-
-    joined = result.novel_group.id if result.novel_group is not None else None
-    listed = recognizer.unknown_groups(min_size=2, shown=scope.lists).groups
-    result.novel_group = next((g for g in listed if g.id == joined), None)
-    result.explanation = explain_result(result)
 
 
 EXAMPLE_BLOCKS = 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -382,3 +383,26 @@ def test_a_conversation_lists_the_unknown_photos_it_named_by_path(
     call = {"type": "tool_call", "id": "g", "name": "list_unknown_groups", "args": {}}
     [group] = tools["list_unknown_groups"].invoke(call).artifact["groups"]
     assert sorted(group["images"]) == sorted(paths)
+
+
+def test_a_batch_in_a_conversation_names_no_group_of_anothers_uploads(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """Bob's ``recognize_images`` of his own upload returned, in its results, the group of
+    Alice's six unknown uploads it joined in the shared log, with her image ids, as
+    ``recognize_image`` no longer does."""
+    clusters: Clusters = recognizer.clusters
+    registry = ImageRegistry()
+    alice, bob = ImageScope(registry), ImageScope(registry)
+    alice_tools = {t.name: t for t in make_tools(recognizer, registry=alice)}
+    for n in range(6):
+        image_id = alice.register(clusters.save("bicycle", n, tmp_path / "bikes").read_bytes())
+        call = {"type": "tool_call", "id": str(n), "name": "recognize_image"}
+        alice_tools["recognize_image"].invoke({**call, "args": {"image": image_id}})
+    bob_id = bob.register(clusters.save("bicycle", 7, tmp_path / "bikes").read_bytes())
+    bobs = make_tools(recognizer, registry=bob, allowed_roots=[tmp_path])
+    (batch,) = [t for t in bobs if t.name == "recognize_images"]
+    call = {"type": "tool_call", "id": "b", "name": "recognize_images"}
+    [result] = batch.invoke({**call, "args": {"images": [bob_id]}}).artifact["results"]
+    assert result["unknown"] and result["novel_group"] is None
+    assert not any(image_id in json.dumps(result) for image_id in alice.ids())
