@@ -768,7 +768,7 @@ def build_chat_page(
         recognizer,
         model,
         tools=tools,
-        registry=registry or ImageRegistry(),
+        registry=registry if registry is not None else ImageRegistry(),  # an empty one counts
         conversations=conversations if conversations is not None else ConversationStore(":memory:"),
         logins=logins,
         agent_options=agent_options,

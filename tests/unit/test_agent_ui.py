@@ -350,3 +350,25 @@ def test_chat_opens_the_memory_read_only_unless_learning_is_allowed(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert opened == {"read_only": not learning, "learning": learning}
+
+
+def test_a_chat_page_keeps_the_image_registry_it_is_given(recognizer: Any) -> None:
+    """``build_chat_page(..., registry=mine)`` with a new (so empty) registry, to share the
+    page's photos with the caller's own tools, put the photos in a registry of its own: an
+    empty registry counted as none given."""
+    import asyncio
+    import types
+
+    from rar_agent.registry import ImageRegistry
+    from rar_agent.ui import build_chat_page
+
+    mine = ImageRegistry()
+    page = build_chat_page(recognizer, None, registry=mine)
+    (respond,) = [
+        f.fn for f in page.fns.values() if f.fn is not None and f.fn.__name__ == "respond"
+    ]
+    photo = str(recognizer.example_images["black cat"])
+    request = types.SimpleNamespace(username=None)
+    reply = asyncio.run(respond({"text": "", "files": [photo]}, [], "c1", request))
+    assert "Answer: black cat" in str(reply)  # the turn went through the page's agent
+    assert len(mine) == 1  # its photo in the registry given
