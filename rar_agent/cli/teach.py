@@ -7,7 +7,7 @@ No ``from __future__ import annotations``: :func:`settings_command` reads the op
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -132,9 +132,9 @@ def _teacher(settings: "Settings") -> "Teacher":
         raise MemoryBusyError(
             f"{e}. If a rar-agent server (mcp, chat) holds it, stop the server first (Ctrl+C "
             "or SIGTERM closes the memory cleanly); while an mcp --http server with tokens "
-            "runs, a token lists what was taught with its teaching_history tool, and an "
-            "admin token takes back one person's teaching through it: rar-agent memory undo "
-            "N --by NAME --server http://HOST:PORT/mcp --token TOKEN"
+            "runs, ask it with a token: rar-agent memory history --server "
+            "http://HOST:PORT/mcp --token TOKEN lists what was taught, and with an admin "
+            "token memory undo N --by NAME --server ... takes back one person's teaching"
         ) from None
     return Teacher(memory, None, via="cli", by=_user())
 
@@ -147,11 +147,29 @@ def memory_history(
         str | None,
         typer.Option("--by", help="Only what NAME taught (a token's name, a chat login)."),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Ask the rar-agent MCP server at this URL (http://HOST:PORT/mcp) that holds "
+            "the memory, while it runs (mcp --http with --allow-learning and tokens); needs a "
+            "token with the recognize scope (--token), and --limit at most 200.",
+        ),
+    ] = None,
+    token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List what the memory was taught (examples added, corrected, relabelled), oldest first."""
+    """List what the memory was taught (examples added, corrected, relabelled), oldest first.
+
+    While a rar-agent server holds the memory, --server URL --token TOKEN asks it instead:
+    e.g. --by NAME shows what memory undo N --by NAME --server would take back.
+    """
     from rar_agent.tools.learn import describe_history
 
+    if server:
+        args: dict[str, Any] = {"limit": limit, **({"by": by} if by else {})}
+        _ask_server(server, token, "teaching_history", args, as_json, scope="recognize")
+        return
     _answer(settings, lambda teacher: teacher.history(limit, by=by), describe_history, as_json)
 
 
@@ -207,10 +225,23 @@ def _undo_through_server(
             "with --server, give --by NAME: a server takes back one person's teaching (a "
             "token's name or a chat login, as memory history --by or teaching_history shows)"
         )
-    args = {"by": by, "n": n}
-    result = call_server_tool(url, token, "undo_teaching_of", args, asking="the undo")
+    _ask_server(url, token, "undo_teaching_of", {"by": by, "n": n}, as_json, scope="admin")
+
+
+def _ask_server(
+    url: str, token: str | None, tool: str, args: dict[str, Any], as_json: bool, *, scope: str
+) -> None:
+    """Print the answer of the server's ``tool`` as JSON or as its text.
+
+    Raises:
+        ConfigError: The server refused the call or answered a tool error.
+    """
+    from rar_agent.errors import ConfigError
+
+    asking = f"the {tool} call"
+    result = call_server_tool(url, token, tool, args, asking=asking, scope=scope)
     if result.isError:
-        raise ConfigError(f"the server did not undo: {text_of(result)}")
+        raise ConfigError(f"the server refused {asking}: {text_of(result)}")
     if as_json:
         typer.echo(json.dumps(result.structuredContent, ensure_ascii=False))
     else:

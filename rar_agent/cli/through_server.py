@@ -1,6 +1,7 @@
 """Asking the running rar-agent MCP server that holds a memory for what an operator does on
-a stopped one (``memory snapshot --server``, ``memory undo --server``): one call of an admin
-tool (:mod:`rar_agent.mcp.admin`) with a bearer token.
+a stopped one (``memory snapshot --server``, ``memory undo --server``, ``memory history
+--server``): one call of a tool (an admin tool of :mod:`rar_agent.mcp.admin`, or
+``teaching_history``) with a bearer token.
 
 No ``from __future__ import annotations``: :func:`settings_command` reads the option types.
 """
@@ -21,16 +22,23 @@ TokenOpt = Annotated[
 
 
 def call_server_tool(
-    url: str, token: str | None, tool: str, arguments: dict[str, Any], *, asking: str
+    url: str,
+    token: str | None,
+    tool: str,
+    arguments: dict[str, Any],
+    *,
+    asking: str,
+    scope: str = "admin",
 ) -> "types.CallToolResult":
     """Call ``tool`` of the server at ``url`` (its answer, a tool error included).
 
     Args:
         url: The server's MCP endpoint (http://HOST:PORT/mcp).
-        token: A token with the admin scope.
+        token: A token with ``scope``.
         tool: The tool's name.
         arguments: Its arguments.
         asking: What is asked, for the errors (e.g. "the snapshot").
+        scope: The token scope the tool needs, for the errors.
 
     Raises:
         ConfigError: No token, or the server refused the request (HTTP 401/403/429, a
@@ -41,13 +49,13 @@ def call_server_tool(
     from rar_agent.errors import ConfigError
 
     if not token:
-        raise ConfigError("--server needs a token with the admin scope: --token or RAR_TOKEN")
+        raise ConfigError(f"--server needs a token with the {scope} scope: --token or RAR_TOKEN")
     try:
         return anyio.run(_call, url, token, tool, arguments)
     except Exception as e:  # HTTP 401/403/429, refused connections: say which
         raise ConfigError(
             f"the server at {url} refused {asking} ({_status_of(e) or e}): check the URL and "
-            "that the token has the admin scope"
+            f"that the token has the {scope} scope"
         ) from None
 
 

@@ -347,6 +347,13 @@ class TeachingHistoryInput(BaseModel):
     """Arguments of :class:`TeachingHistoryTool`."""
 
     limit: int = Field(default=10, ge=1, le=200, description="How many recent events.")
+    by: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Only the events of this person (a token's name or a chat login, as the "
+        "history shows it).",
+    )
 
 
 class TeachingHistoryTool(TeachingTool):
@@ -355,17 +362,21 @@ class TeachingHistoryTool(TeachingTool):
     name: str = "teaching_history"
     description: str = (
         "List the most recent teaching events of the memory (examples added, confirmed, "
-        "corrected or relabelled), oldest first, with when, from where and by whom."
+        "corrected or relabelled), oldest first, with when, from where and by whom; by: only "
+        "one person's."
     )
     args_schema: type[BaseModel] = TeachingHistoryInput
     artifact_type: ClassVar[object] = TeachingHistory
     writes_memory: ClassVar[bool] = False
 
     def _run(
-        self, limit: int = 10, run_manager: CallbackManagerForToolRun | None = None
+        self,
+        limit: int = 10,
+        by: str | None = None,
+        run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
         def history(teacher: Teacher) -> TeachingHistory:
-            found = teacher.history(limit)
+            found = teacher.history(limit, by=by)
             return found.model_copy(update={"events": [self.public(e) for e in found.events]})
 
         return self.answer(history, describe_history)

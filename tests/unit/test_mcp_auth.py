@@ -926,6 +926,66 @@ def test_an_operator_takes_back_one_persons_teaching_while_the_server_runs(
         assert {"violet", "mauve", "olive"} <= set(service.recognizer.memory.labels())
 
 
+def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_server_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``memory history`` opened the memory the server holds, and teaching_history had no
+    ``by``: an operator could take back one person's teaching through the server without
+    seeing it first. ``memory history --server URL --token T [--by NAME]`` lists it through
+    the server's teaching_history (the recognize scope, as before), changing nothing."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    monkeypatch.delenv("RAR_TOKEN", raising=False)
+    with serving(tmp_path) as service:
+        carol = service.store.add("carol", ["learn"])[1]
+
+        async def teach(token: str, label: str, colour: tuple[int, int, int]) -> None:
+            async with session_with(service.url, bearer(token)) as session:
+                done = await session.call_tool(
+                    "add_category_example", {"label": label, "image": png(colour=colour)}
+                )
+                assert not done.isError, text_of(done)
+
+        anyio.run(teach, service.tokens["alice"], "violet", (90, 40, 200))
+        anyio.run(teach, carol, "olive", (90, 110, 20))
+        anyio.run(teach, service.tokens["alice"], "plum", (120, 20, 90))
+        memory = service.recognizer.memory
+        before = (memory.count(), sorted(memory.labels()))
+        runner = CliRunner()
+        history = ["memory", "history", "--server", service.url]
+        bob = ["--token", service.tokens["bob"]]
+
+        everyone = runner.invoke(app, [*history, *bob, "--json"])
+        assert everyone.exit_code == 0, everyone.output
+        events = json.loads(everyone.stdout)["events"]
+        assert [(e["label"], e["by"]) for e in events if e["via"] == "mcp"] == [
+            ("violet", "alice"),
+            ("olive", "carol"),
+            ("plum", "alice"),
+        ]
+        alices = runner.invoke(app, [*history, "--by", "alice", "--limit", "1", *bob, "--json"])
+        assert alices.exit_code == 0, alices.output
+        shown = json.loads(alices.stdout)
+        assert [(e["label"], e["by"]) for e in shown["events"]] == [("plum", "alice")]
+        assert shown["total"] == 2
+        text = runner.invoke(app, [*history, "--by", "carol", *bob])
+        assert text.exit_code == 0, text.output
+        assert "Last 1 of 1 teaching events:" in text.output
+        assert "via mcp by carol: taught" in text.output and "'olive'" in text.output
+
+        missing = runner.invoke(app, history)
+        assert missing.exit_code == 2
+        assert "needs a token with the recognize scope" in " ".join(missing.output.split())
+        wrong = runner.invoke(app, [*history, "--token", "not-a-token"])
+        assert wrong.exit_code == 2 and "HTTP 401" in " ".join(wrong.output.split())
+        too_many = runner.invoke(app, [*history, "--limit", "500", *bob])
+        assert too_many.exit_code == 2
+        assert "refused the teaching_history call" in " ".join(too_many.output.split())
+        assert (memory.count(), sorted(memory.labels())) == before
+
+
 async def test_a_50_megapixel_phone_photo_is_served_at_the_default_limits(tmp_path: Path) -> None:
     """A Galaxy's 50 MP photo (8160x6120) is within the service's default image limit, the
     one every other way in uses; only a larger one is refused."""
