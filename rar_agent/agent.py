@@ -759,9 +759,9 @@ class RarAgent(CompiledStateGraph[Any, Any, Any, Any]):
 
     That is the sessions of ``mcp_servers=`` (ending their stdio servers' processes and the
     sessions' thread) and a conversation store it opened from a path. Close it with
-    :meth:`close` or a ``with`` block when done (left open, the sessions close at the
-    interpreter's exit); what the caller passed in (tools, a store) stays open. Copies
-    (``with_config``) share what it opened.
+    :meth:`close` or a ``with`` block when done (in async code :meth:`aclose` or
+    ``async with``; left open, the sessions close at the interpreter's exit); what the caller
+    passed in (tools, a store) stays open. Copies (``with_config``) share what it opened.
     """
 
     def __init__(self, *, opened: contextlib.ExitStack | None = None, **graph: Any) -> None:
@@ -790,6 +790,17 @@ class RarAgent(CompiledStateGraph[Any, Any, Any, Any]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` in a worker thread: ending a stdio server's process waits for it,
+        which would hold up the event loop."""
+        await asyncio.to_thread(self.close)
+
+    async def __aenter__(self) -> RarAgent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def _conversation_store(

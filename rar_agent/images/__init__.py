@@ -27,6 +27,7 @@ from rar_agent.images.decode import (
     image_files,
     register_image_plugins,
     to_rgb,
+    upright_size,
 )
 from rar_agent.images.jpeg_parts import decoding_alone
 
@@ -51,6 +52,7 @@ __all__ = [
     "read_image_file",
     "reference_problem",
     "to_rgb",
+    "upright_size",
     "is_image_reference",
     "looks_like_base64",
     "DEFAULT_MAX_PIXELS",

@@ -40,6 +40,7 @@ __all__ = [
     "image_files",
     "register_image_plugins",
     "to_rgb",
+    "upright_size",
 ]
 
 #: File name endings of the image formats this package reads (folders are listed by them).
@@ -229,12 +230,13 @@ def _decode(
 
     width, height = im.size
     if width * height > max_pixels:
-        raise _too_many_pixels(what, f"{width}x{height}", max_pixels)
+        seen_width, seen_height = upright_size(im)  # a portrait photo as a person sees it
+        raise _too_many_pixels(what, f"{seen_width}x{seen_height}", max_pixels)
     if width < 1 or height < 1:
         raise ImageError(f"{what} has an empty size {width}x{height}")
     if getattr(im, "is_animated", False):
         im.seek(0)  # animated GIF/WebP/PNG: recognise the first frame
-    wanted = _as_need(need(_upright_size(im)) if callable(need) else need)
+    wanted = _as_need(need(upright_size(im)) if callable(need) else need)
     if wanted is not None and (reduced := _draft(im, data, wanted)) is not None:
         return reduced, (width, height)  # libheif applied the orientation: upright, full size
     decoded_size = im.size
@@ -375,10 +377,14 @@ def _group_sizes(n: int, factor: int) -> np.ndarray:
     return np.minimum(factor, n - np.arange(0, n, factor))
 
 
-def _upright_size(im: Image.Image) -> tuple[int, int]:
-    """The size ``im`` will have once its EXIF orientation is applied."""
+def upright_size(im: Image.Image) -> tuple[int, int]:
+    """The size ``im`` (opened, not yet decoded) will have once its EXIF orientation is
+    applied: a portrait phone photo stored sideways is named by the size a person sees."""
     width, height = im.size
-    orientation = im.getexif().get(0x0112, 1)
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except (OSError, SyntaxError, ValueError):  # a header without its data: as stored
+        return width, height
     return (height, width) if orientation in {5, 6, 7, 8} else (width, height)
 
 

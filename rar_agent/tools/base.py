@@ -21,7 +21,12 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import ConfigDict, Field, field_validator
 
 from rar_agent.errors import ImageError, UnsafeInputError
-from rar_agent.images import decode_base64_image, inline_image_name, looks_like_base64
+from rar_agent.images import (
+    decode_base64_image,
+    inline_image_name,
+    looks_like_base64,
+    upright_size,
+)
 from rar_agent.openset.groups import Shown
 from rar_agent.registry import ImageRegistry, ImageScope, is_latest_ref
 from rar_agent.safety import (
@@ -236,7 +241,7 @@ def _check_pixels(source: ImageSource, limit: int) -> None:
         data = source.payload
         handle = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")  # noqa: SIM115
         with handle, Image.open(handle) as image:
-            width, height = image.size
+            width, height = upright_size(image)  # a portrait photo named as it is seen
     except Image.DecompressionBombError:
         raise ImageError(
             f"{source.name} declares far more than this server's limit of {limit:,} pixels: "

@@ -149,3 +149,16 @@ def test_is_image_reference(tmp_path: Path) -> None:
     assert is_image_reference("https://example.com/cat.jpg")
     assert is_image_reference("data:image/png;base64,AAAA")
     assert not is_image_reference("herons and egrets")
+
+
+def test_a_portrait_photo_over_the_pixel_limit_is_named_by_its_upright_size(
+    tmp_path: Path,
+) -> None:
+    """A phone stores a portrait photo sideways with an EXIF orientation: the refusal names
+    the size a person sees (30x60), not the stored one (60x30)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.jpg"
+    Image.new("RGB", (60, 30), (0, 0, 255)).save(path, exif=exif)
+    with pytest.raises(ImageError, match="30x60"):
+        load_image(path, max_pixels=1000)

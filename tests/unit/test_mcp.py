@@ -606,3 +606,21 @@ async def test_an_unexpected_failure_is_told_without_its_details() -> None:
     assert answer.isError
     assert text_of(answer).startswith("recognize_image failed unexpectedly (OSError)")
     assert "log" in text_of(answer) and "/srv/rar" not in text_of(answer)
+
+
+async def test_the_server_names_a_portrait_photo_over_its_limit_by_its_upright_size(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 60x30, seen 30x60
+    Image.new("RGB", (60, 30), (0, 0, 255)).save(images / "portrait.jpg", exif=exif)
+    recognizer = small_recognizer(tmp_path, hashing_encoder())
+    with recognizer:
+        server = create_server(recognizer, allowed_roots=[images], max_pixels=1000)
+        async with create_connected_server_and_client_session(server) as session:
+            answer = await session.call_tool("recognize_image", {"image": "portrait.jpg"})
+    assert answer.isError and "portrait.jpg is 30x60 pixels" in text_of(answer), text_of(answer)

@@ -386,3 +386,18 @@ def test_a_chat_page_that_cannot_be_built_leaves_no_mcp_session_open(recognizer:
     with pytest.raises(ConfigError, match="two tools are named echo"):
         build_chat_page(recognizer, tools=[recognizer_tool_named("echo")], mcp_servers=FLAKY)
     assert _session_threads(before) == []
+
+
+async def test_an_agent_in_async_with_closes_the_mcp_sessions_it_opened(recognizer: Any) -> None:
+    """Async code closes the agent with ``async with`` (or ``await agent.aclose()``)."""
+    import threading
+
+    before = set(threading.enumerate())
+    model = PolicyChatModel(policy=_calls("pid", {}))
+    async with create_rar_agent(model, recognizer=recognizer, mcp_servers=FLAKY) as agent:
+        out = await agent.ainvoke({"messages": [HumanMessage("which process?")]})
+        (answer,) = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+        pid = int(answer.text)
+        (thread,) = _session_threads(before)
+    assert _ended(pid) and not thread.is_alive()
+    await agent.aclose()  # a second close does nothing
