@@ -269,7 +269,9 @@ def build_server(
 
     Over HTTP with bearer tokens (:mod:`rar_agent.mcp.auth`), a token lists and calls only
     the tools its scopes grant (:func:`required_scope`); what a token teaches is recorded
-    under its name (``taught.by``). Changes of the memory are checked and written one at a
+    under its name (``taught.by``), and a token lists and is told about the groups of the
+    unknown images it sent itself (:class:`~rar_agent.openset.groups.SentImages`), never of
+    another token's images. Changes of the memory are checked and written one at a
     time (the teacher's lock, which a snapshot through the server holds too: it sees no
     half-written example). Candidates name stored
     examples by a path relative to their folder, never the server's absolute path, and carry
@@ -292,11 +294,13 @@ def build_server(
     """
     from rar_agent.mcp.auth import token_name, token_scopes
     from rar_agent.mcp.opening import PerTokenServer
+    from rar_agent.openset.groups import SentImages
     from rar_agent.tools.provenance import teaching_as
 
     _quiet_unlisted_calls()
     served = {tool.name: _Served(tool, mcp_tool(tool), required_scope(tool)) for tool in tools}
     roots = [root for tool in tools for root in getattr(tool, "allowed_roots", ())]
+    sent: dict[str, SentImages] = {}  # per token; unauthenticated callers share the log
 
     def listed(scopes: frozenset[str] | None) -> list[_Served]:
         """The tools a token with ``scopes`` lists and calls (``None``: every tool)."""
@@ -341,7 +345,8 @@ def build_server(
                 f"{', '.join(sorted(scopes)) or 'none'}: ask for a token made with "
                 f"rar-agent auth add NAME --scope {entry.scope}"
             )
-        with teaching_as("mcp", who):
+        mine = None if who is None else sent.setdefault(who, SentImages())
+        with teaching_as("mcp", who, mine):
             result = await call_langchain_tool(entry.tool, arguments or {})
         pictures = bool(getattr(entry.tool, "example_images", False))
         _publish_result(result, roots, pictures=pictures)

@@ -15,16 +15,20 @@ memory that cannot calibrate) nothing is linked.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
 from rar_agent.results import NovelGroup
 
-__all__ = ["MAX_MEMBERS_SHOWN", "NovelGroupLog", "purity"]
+__all__ = ["LOG_CAPACITY", "MAX_MEMBERS_SHOWN", "NovelGroupLog", "SentImages", "purity"]
 
 MAX_MEMBERS_SHOWN = 20
 """Member images listed per group (the size counts all of them)."""
+
+LOG_CAPACITY = 512
+"""Unknown queries a log keeps (and image names a caller's :class:`SentImages` keeps)."""
 
 Shown = Callable[[str | None], bool]
 """Whether an unknown image, by its name, counts for the one asking (see ``groups``)."""
@@ -40,7 +44,7 @@ class NovelGroupLog:
         capacity: Queries kept; when full, the oldest half is dropped (groups are rebuilt).
     """
 
-    def __init__(self, capacity: int = 512) -> None:
+    def __init__(self, capacity: int = LOG_CAPACITY) -> None:
         if capacity < 2:
             raise ValueError("a novel-group log needs room for at least 2 queries")
         self.capacity = capacity
@@ -184,6 +188,33 @@ class NovelGroupLog:
             sims = np.stack(self._vectors[:index]) @ row
             for other in np.flatnonzero(sims >= np.minimum(link, self._links[:index])):
                 self._union(int(other), index)
+
+
+class SentImages:
+    """The names of the images one caller of a shared log sent: a ``shown`` predicate for
+    :meth:`NovelGroupLog.groups` (that caller lists and is told about these only).
+
+    Bounded like the log: past ``capacity`` names, the oldest is forgotten (the log has
+    dropped it by then, or will). Two callers who send the same image both keep its name,
+    so each sees it. Thread-safe.
+    """
+
+    def __init__(self, capacity: int = LOG_CAPACITY) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._names: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, name: str) -> None:
+        """Record that the caller sent an image named ``name`` (again: it becomes newest)."""
+        with self._lock:
+            self._names[name] = None
+            self._names.move_to_end(name)
+            while len(self._names) > self.capacity:
+                self._names.popitem(last=False)
+
+    def __call__(self, name: str | None) -> bool:
+        with self._lock:
+            return name in self._names
 
 
 def purity(groups: Sequence[Sequence[str]]) -> float | None:

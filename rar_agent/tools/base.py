@@ -27,6 +27,7 @@ from rar_agent.images import (
     looks_like_base64,
     upright_size,
 )
+from rar_agent.openset.groups import Shown
 from rar_agent.registry import ImageRegistry, ImageScope, is_latest_ref
 from rar_agent.safety import (
     describe_roots,
@@ -34,6 +35,7 @@ from rar_agent.safety import (
     normalize_roots,
     resolve_inside_roots,
 )
+from rar_agent.tools.provenance import serving_teacher
 
 if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
@@ -323,17 +325,28 @@ class RecognizerTool(BaseTool):
             max_pixels=self.max_pixels,
         )
 
+    def shown_unknown(self) -> Shown | None:
+        """Which unknown images this call lists and names groups of: a conversation's (its
+        scope), a served caller's own (the images it sent), or all (``None``)."""
+        if isinstance(self.registry, ImageScope):
+            return self.registry.lists
+        caller = serving_teacher()
+        return caller.sent if caller is not None else None
+
     def group_as_listed(self, result: RecognitionResult) -> None:
         """Name in ``result`` the unknown group it joined as ``list_unknown_groups`` shows it
-        in this tool's conversation (the log is shared: other conversations' uploads are not
+        to this caller (the log is shared: other conversations' or tokens' images are not
         this one's to list, nor their group when none of its own images is in it)."""
+        caller = serving_teacher()
+        if caller is not None and caller.sent is not None and result.unknown and result.image:
+            caller.sent.add(result.image)
         unknown_groups = getattr(self.recognizer, "unknown_groups", None)
-        scope = self.registry if isinstance(self.registry, ImageScope) else None
-        if scope is None or unknown_groups is None or result.novel_group is None:
+        shown = self.shown_unknown()
+        if shown is None or unknown_groups is None or result.novel_group is None:
             return
         from rar_agent.pipeline.explain import explain_result
 
         joined = result.novel_group.id
-        listed = unknown_groups(min_size=2, shown=scope.lists).groups
+        listed = unknown_groups(min_size=2, shown=shown).groups
         result.novel_group = next((g for g in listed if g.id == joined), None)
         result.explanation = explain_result(result)

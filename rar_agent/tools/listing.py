@@ -11,7 +11,6 @@ from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field
 
 from rar_agent.errors import RarError
-from rar_agent.registry import ImageScope
 from rar_agent.results import CategoryCount, CategoryListing, NovelGroups
 from rar_agent.tools.base import RecognizerTool, tool_error
 
@@ -128,9 +127,8 @@ class UnknownGroupsTool(RecognizerTool):
         unknown_groups = getattr(self.recognizer, "unknown_groups", None)
         if unknown_groups is None:
             raise ToolException("this recognizer keeps no log of unknown images")
-        # a conversation of a shared page lists no other conversation's uploads
-        shown = self.registry.lists if isinstance(self.registry, ImageScope) else None
-        found: NovelGroups = unknown_groups(min_size=min_size, shown=shown)
+        # a conversation of a shared page, a token of a shared server: no one else's images
+        found: NovelGroups = unknown_groups(min_size=min_size, shown=self.shown_unknown())
         if not found.groups:
             text = (
                 f"No group of look-alike unknown images yet ({found.unknown_images} unknown "

@@ -7,6 +7,10 @@ and says so with :func:`teaching_as` around a tool call; the teaching tools read
 :func:`serving_teacher` and record it instead of their own ``via``/``by``. A context variable
 carries it, so concurrent requests never mix their names up, and ``asyncio.to_thread`` hands
 it to the worker thread.
+
+The same request says whose unknown images a served tool lists: a caller with its own
+:class:`~rar_agent.openset.groups.SentImages` (a token of a shared MCP server) is told about
+the groups of the unknown images it sent itself, not of other callers' images.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from rar_agent.openset.groups import SentImages
 from rar_agent.results import TeachVia
 
 __all__ = ["Caller", "serving_teacher", "teaching_as"]
@@ -28,10 +33,13 @@ class Caller:
     Attributes:
         via: The door it came through.
         by: The token's or the login's name; ``None`` when nobody signed in.
+        sent: The unknown images this caller sent, the only ones its groups hold; ``None``:
+            it shares the recognizer's log with every caller (or a conversation scopes it).
     """
 
     via: TeachVia = "tool"
     by: str | None = None
+    sent: SentImages | None = None
 
 
 _TEACHER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
@@ -45,9 +53,10 @@ def serving_teacher() -> Caller | None:
 
 
 @contextlib.contextmanager
-def teaching_as(via: TeachVia, by: str | None) -> Iterator[Caller]:
-    """Within the block, what tools teach is recorded as coming from ``via`` and ``by``."""
-    teacher = Caller(via, by)
+def teaching_as(via: TeachVia, by: str | None, sent: SentImages | None = None) -> Iterator[Caller]:
+    """Within the block, what tools teach is recorded as coming from ``via`` and ``by``,
+    and the unknown images they list are those in ``sent`` (all when ``None``)."""
+    teacher = Caller(via, by, sent)
     token = _TEACHER.set(teacher)
     try:
         yield teacher

@@ -81,8 +81,10 @@ def serving(
     limits: ServiceLimits | None = None,
     snapshot_dir: Path | None = None,
     public_url: str | None = None,
+    recognizer: Any = None,
 ) -> Iterator[Service]:
-    """Serve a small memory with learning on; tokens alice (learn), bob (recognize), root."""
+    """Serve a small memory (or ``recognizer``, which the caller closes) with learning on;
+    tokens alice (learn), bob (recognize), root."""
     import uvicorn
 
     store = TokenStore(tmp_path / "auth.toml")
@@ -91,7 +93,8 @@ def serving(
         tokens["alice"] = store.add("alice", ["learn"])[1]
         tokens["bob"] = store.add("bob", ["recognize"])[1]
         tokens["root"] = store.add("root", ["admin"])[1]
-    recognizer = small_recognizer(tmp_path, hashing_encoder())
+    own = recognizer is None
+    recognizer = small_recognizer(tmp_path, hashing_encoder()) if own else recognizer
     images = tmp_path / "images"
     server = create_server(
         recognizer,
@@ -119,7 +122,8 @@ def serving(
         web.should_exit = True
         thread.join(timeout=30)
         sock.close()
-        recognizer.close()
+        if own:
+            recognizer.close()
 
 
 @asynccontextmanager

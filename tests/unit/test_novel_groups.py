@@ -406,3 +406,53 @@ def test_a_batch_in_a_conversation_names_no_group_of_anothers_uploads(
     [result] = batch.invoke({**call, "args": {"images": [bob_id]}}).artifact["results"]
     assert result["unknown"] and result["novel_group"] is None
     assert not any(image_id in json.dumps(result) for image_id in alice.ids())
+
+
+async def test_a_token_of_a_shared_server_lists_only_the_unknown_images_it_sent(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """On an MCP server with tokens, Bob's list_unknown_groups listed the unknown photos
+    Alice sent ("unknown-0: 6 images: <data URI ...>, ..."), and his own answer named the
+    group of her photos it joined; each token is told about the images it sent itself."""
+    import anyio
+
+    from tests.unit.test_mcp_auth import bearer, serving, session_with, text_of
+
+    clusters: Clusters = recognizer.clusters
+    bikes = [_data_uri(clusters.save("bicycle", i, tmp_path / "bikes")) for i in range(7)]
+    (tmp_path / "images").mkdir()
+
+    async def recognize(session: Any, uri: str) -> tuple[str, dict[str, Any]]:
+        answer = await session.call_tool("recognize_image", {"image": uri})
+        assert not answer.isError and answer.structuredContent["unknown"], text_of(answer)
+        return text_of(answer), answer.structuredContent
+
+    async def groups(session: Any) -> list[dict[str, Any]]:
+        listed = await session.call_tool("list_unknown_groups", {"min_size": 1})
+        assert not listed.isError, text_of(listed)
+        return list(listed.structuredContent["groups"])
+
+    with serving(tmp_path, recognizer=recognizer) as service, anyio.fail_after(120):
+        async with (
+            session_with(service.url, bearer(service.tokens["alice"])) as alice,
+            session_with(service.url, bearer(service.tokens["bob"])) as bob,
+        ):
+            hers = [(await recognize(alice, uri))[1]["image"] for uri in bikes[:4]]
+            told = [await recognize(bob, uri) for uri in [*bikes[4:], bikes[0]]]
+            his = [answer["image"] for _, answer in told]
+            assert his[-1] == hers[0]  # the same photo sent by both: each sees it
+            for text, answer in told:
+                named = answer["novel_group"]["images"] if answer["novel_group"] else []
+                assert set(named) <= set(his)
+                assert not any(name in text for name in hers[1:]), text
+            [bobs] = await groups(bob)
+            assert sorted(bobs["images"]) == sorted(his)
+            [alices] = await groups(alice)
+            assert sorted(alices["images"]) == sorted(hers)
+            # the log holds one group of all of them: teaching one answers it for both
+            assert recognizer.unknown_groups().groups[0].size == 7
+            taught = await alice.call_tool(
+                "add_category_example", {"label": "bicycle", "image": bikes[1]}
+            )
+            assert not taught.isError, text_of(taught)
+            assert await groups(alice) == [] and await groups(bob) == []
