@@ -115,7 +115,7 @@ def http_app(
         if public.hostname and not is_loopback(public.hostname):
             # Behind a reverse proxy that passes the Host header on (Caddy does), requests
             # name the public URL's host, which the operator has named as this server's.
-            name = f"[{public.hostname}]" if ":" in public.hostname else public.hostname
+            name = _in_url(public.hostname)
             hosts += [name, f"{name}:*"]
             origins += [f"{public.scheme}://{name}", f"{public.scheme}://{name}:*"]
         security = TransportSecuritySettings(
@@ -141,8 +141,7 @@ def http_app(
     middleware: list[Any] = []
     routes: list[Any] = []
     if verifier is not None:
-        shown = f"[{host}]" if ":" in host else host
-        settings = auth_settings(resource_url or f"http://{shown}{path}")
+        settings = auth_settings(resource_url or f"http://{_in_url(host)}{path}")
         endpoint, middleware, routes = auth_layers(endpoint, verifier, settings)
     routes.append(Route(path, endpoint=endpoint))
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
@@ -211,7 +210,6 @@ async def serve_http(
     # instead of ~190 ms (measured here: 317,000 objects).
     gc.freeze()
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
     app = http_app(
         server,
         host=host,
@@ -229,7 +227,7 @@ async def serve_http(
             while not web.started and not web.should_exit:
                 await anyio.sleep(0.02)
             if web.started and on_ready is not None:
-                on_ready(f"http://{shown}:{bound}{path}")
+                on_ready(f"http://{_in_url(host)}:{bound}{path}")
 
 
 def _name_request_threads() -> None:
@@ -257,8 +255,12 @@ def default_public_url(host: str, port: int, path: str = DEFAULT_HTTP_PATH) -> s
     by this machine's host name, which its clients can reach and ``0.0.0.0`` is not."""
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}{path}"
+    return f"http://{_in_url(host)}:{port}{path}"
+
+
+def _in_url(host: str) -> str:
+    """``host`` as a URL names it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _bind(host: str, port: int) -> socket.socket:
