@@ -143,9 +143,10 @@ def reference_sets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
-def one_memory(ref: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
+def draw_memory(ref: dict[str, Any], seed: int) -> dict[str, Any]:
     """One seeded memory of ``KNOWN`` single examples (fewer when the set has fewer
-    categories: then all but 30% of them), judged on the rest of the set."""
+    categories: then all but 30% of them) and its queries (the rest of the set): ``x``,
+    ``labels`` of the memory, ``queries``, their ``truth`` and ``known`` mask, ``keys``."""
     rng = np.random.default_rng(seed)
     names = np.unique(ref["labels"])
     known_n = min(KNOWN, len(names) - max(1, round(0.3 * len(names))))
@@ -157,21 +158,34 @@ def one_memory(ref: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
     if "pool_x" not in ref:
         queries = np.setdiff1d(queries, picks)  # never a memory example as its own query
     truth = ref["labels"][queries]
+    return {
+        "x": pool_x[picks],
+        "labels": pool_y[picks],
+        "keys": [str(i) for i in picks],
+        "queries": ref["x"][queries],
+        "truth": truth,
+        "known": np.isin(truth, mine),
+        "categories": [int(known_n), int(len(unseen))],
+    }
+
+
+def one_memory(ref: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
+    """One seeded memory (:func:`draw_memory`) through the shipped code, with its queries'
+    prior scores beside (for the oracle)."""
+    m = draw_memory(ref, seed)
     result = run_memory(
         ref["fingerprint"],
-        pool_x[picks],
-        [str(v) for v in pool_y[picks]],
-        [str(i) for i in picks],
-        ref["x"][queries],
-        truth,
-        np.isin(truth, mine),
+        m["x"],
+        [str(v) for v in m["labels"]],
+        m["keys"],
+        m["queries"],
+        m["truth"],
+        m["known"],
         workdir,
         ALPHAS,
     )
-    result["categories"] = [int(known_n), int(len(unseen))]
-    result["scores"] = prior_scores(
-        pool_x[picks], pool_y[picks], ref["x"][queries], np.isin(truth, mine)
-    )
+    result["categories"] = m["categories"]
+    result["scores"] = prior_scores(m["x"], m["labels"], m["queries"], m["known"])
     return result
 
 
