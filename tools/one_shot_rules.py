@@ -23,7 +23,8 @@ or a query holds, tells that regime from the others, on the same memories as
    queries moves together): the margin to the second-best category ``(s1 - s2) / d``, the
    best less the query's mean similarity to the memory ``(s1 - mean) / d``, and that over
    the query's own spread; each calibrated by the smallest known quantile of the
-   ``--calibrate`` sets, as the prior is, and judged on every set, with its oracle.
+   ``--calibrate`` sets, as the prior is, and judged on every set, with its oracle;
+5. **the prior and the margin together**: rejected only where both say so.
 
 Usage::
 
@@ -226,8 +227,27 @@ def query_scores(sets: dict[str, list[dict]], alpha: float, calibrate: list[str]
     return out
 
 
+def prior_and_margin(
+    sets: dict[str, list[dict]], alpha: float, fingerprint: str, calibrate: list[str], level: float
+) -> dict[str, Any]:
+    """Report 5: rejected only where both the shipped prior and the margin say so (the
+    margin's cut its ``level`` quantile, the smallest over the ``calibrate`` sets): (known,
+    unseen) rejected per set."""
+    cut = min(known_quantile(sets[n], level, "margin") for n in calibrate)
+    out = {}
+    for name, runs in sets.items():
+        both = [
+            (r["scores"]["prior"] < c) & (r["scores"]["margin"] < cut)
+            for r, c in zip(runs, shipped_cuts(runs, alpha, fingerprint), strict=True)
+        ]
+        known = np.mean([b[r["known"]].mean() for b, r in zip(both, runs, strict=True)])
+        unseen = np.mean([b[~r["known"]].mean() for b, r in zip(both, runs, strict=True)])
+        out[name] = [round(float(known), 4), round(float(unseen), 4)]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Draw the memories, print the four reports, write them as JSON."""
+    """Draw the memories, print the five reports, write them as JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--icons", type=Path, help="icon vector cache")
     p.add_argument("--emoji", type=Path, help="emoji vector cache")
@@ -257,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         "raised": raised(sets, args.alpha, fingerprint, target) if target else None,
         "statistic_rules": statistic_rules(sets, args.alpha, held),
         "query_scores": query_scores(sets, args.alpha, args.calibrate.split(",")),
+        "prior_and_margin": prior_and_margin(
+            sets, args.alpha, fingerprint, args.calibrate.split(","), level=0.3
+        ),
     }
     for key, value in out.items():
         print(key, json.dumps(value), flush=True)

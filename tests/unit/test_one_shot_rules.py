@@ -14,6 +14,7 @@ from tools.one_shot_rules import (
     known_quantile,
     memory_statistics,
     oracle,
+    prior_and_margin,
     query_scores,
     raised,
     rejected,
@@ -104,3 +105,20 @@ def test_a_memorys_statistics_and_scores_are_its_own() -> None:
     assert one["correct"].tolist() == [True, True, True, False, False]
     margin = one["scores"]["margin"]
     assert (margin >= 0).all() and margin[:3].min() > margin[3:].max()
+
+
+def test_the_prior_and_the_margin_together_reject_only_where_both_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tools.one_shot_rules as rules
+
+    sets = {"a": _memories(1.0, 0.0, seed=8)}
+    monkeypatch.setattr(rules, "shipped_cuts", lambda runs, alpha, fp: [0.0] * len(runs))
+    both = prior_and_margin(sets, ALPHA, "fp", ["a"], level=0.3)["a"]
+    alone = rejected(sets["a"], [0.0] * 60)
+    # the same scores stand for both here: the margin's 30% cut (about 0.5) lies above the
+    # prior's 0.0, so together they reject what the prior alone rejects
+    assert both == [pytest.approx(v, abs=1e-4) for v in alone]
+    monkeypatch.setattr(rules, "shipped_cuts", lambda runs, alpha, fp: [5.0] * len(runs))
+    capped = prior_and_margin(sets, ALPHA, "fp", ["a"], level=0.3)["a"]
+    assert capped[0] == pytest.approx(0.3, abs=0.02)  # now the margin's cut decides
