@@ -333,6 +333,14 @@ class RecognizerTool(BaseTool):
         caller = serving_teacher()
         return caller.sent if caller is not None else None
 
+    def taught_unknown(self, images: Sequence[str]) -> None:
+        """The images named so were taught: they, and what this caller is shown of their
+        unknown groups, leave the log (other callers' own images in them stay theirs to ask
+        about)."""
+        taught = getattr(self.recognizer, "taught", None)
+        if taught is not None:
+            taught(images, self.shown_unknown())
+
     def group_as_listed(self, result: RecognitionResult) -> None:
         """Name in ``result`` the unknown group it joined as ``list_unknown_groups`` shows it
         to this caller (the log is shared: other conversations' or tokens' images are not

@@ -306,9 +306,7 @@ class AddCategoryTool(TeachingTool):
             raise tool_error(_refusal(e, name, label), source) from e
         except RarError as e:
             raise tool_error(e, source) from e
-        taught = getattr(self.recognizer, "taught", None)
-        if taught is not None:  # its group of look-alike unknown images is answered
-            taught([source.name])
+        self.taught_unknown([source.name])  # its group of look-alike unknown images is answered
         return describe_added(result), result.model_dump(mode="json")
 
 
