@@ -208,7 +208,9 @@ class SentImages:
 
     Bounded like the log: past ``capacity`` names, the oldest is forgotten (the log has
     dropped it by then, or will). Two callers who send the same image both keep its name,
-    so each sees it. Thread-safe.
+    so each sees it. What the caller taught leaves the log and is forgotten here
+    (:meth:`forget`), so it neither takes the room of an image still unknown nor makes
+    another caller's later image of that name this caller's. Thread-safe.
     """
 
     def __init__(self, capacity: int = LOG_CAPACITY) -> None:
@@ -223,6 +225,16 @@ class SentImages:
             self._names.move_to_end(name)
             while len(self._names) > self.capacity:
                 self._names.popitem(last=False)
+
+    def forget(self, names: Collection[str]) -> None:
+        """Forget the images named so (they left the log: the caller's question is answered)."""
+        with self._lock:
+            for name in names:
+                self._names.pop(name, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._names)
 
     def __call__(self, name: str | None) -> bool:
         with self._lock:

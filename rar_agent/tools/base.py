@@ -336,10 +336,14 @@ class RecognizerTool(BaseTool):
     def taught_unknown(self, images: Sequence[str]) -> None:
         """The images named so were taught: they, and what this caller is shown of their
         unknown groups, leave the log (other callers' own images in them stay theirs to ask
-        about)."""
+        about), and a served caller's list of sent images forgets what left."""
         taught = getattr(self.recognizer, "taught", None)
-        if taught is not None:
-            taught(images, self.shown_unknown())
+        if taught is None:
+            return
+        gone = taught(images, self.shown_unknown())
+        caller = serving_teacher()
+        if caller is not None and caller.sent is not None:
+            caller.sent.forget(gone)
 
     def group_as_listed(self, result: RecognitionResult) -> None:
         """Name in ``result`` the unknown group it joined as ``list_unknown_groups`` shows it

@@ -495,3 +495,42 @@ async def test_a_token_of_a_shared_server_lists_only_the_unknown_images_it_sent(
             assert sorted(name for g in await groups(bob) for name in g["images"]) == sorted(
                 his[:-1]
             )
+
+
+def test_what_a_token_taught_leaves_room_for_its_unknown_images(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """A token's list of the images it sent kept the names of those it had taught, until
+    newer names pushed them out: they took the room of an image still unknown, which left
+    the token's groups while the log still held it. (The server keeps 512 names a token;
+    here 3, the same code.)"""
+    from rar_agent.openset.groups import SentImages
+    from rar_agent.tools.provenance import teaching_as
+
+    clusters: Clusters = recognizer.clusters
+    registry = ImageRegistry()
+    tools = {t.name: t for t in make_tools(recognizer, registry=registry, allow_learning=True)}
+
+    def call(tool: str, **args: Any) -> Any:
+        message = tools[tool].invoke({"type": "tool_call", "id": "c", "name": tool, "args": args})
+        assert message.status != "error", message.content
+        return message.artifact
+
+    def sent(label: str, i: int) -> str:
+        image_id = registry.register(clusters.save(label, i, tmp_path / label).read_bytes())
+        assert call("recognize_image", image=image_id)["unknown"]
+        return image_id
+
+    mine = SentImages(capacity=3)
+    with teaching_as("mcp", "alice", mine):
+        first_bike = sent("bicycle", 0)
+        teapot = sent("teapot", 0)
+        sent("teapot", 1)
+        call("add_category_example", label="teapot", image=teapot)
+        second_bike = sent("bicycle", 1)
+        listed = call("list_unknown_groups", min_size=1)
+    assert listed["unknown_images"] == 2
+    assert sorted(i for g in listed["groups"] for i in g["images"]) == sorted(
+        [first_bike, second_bike]
+    )
+    assert len(mine) == 2
