@@ -8,6 +8,34 @@ They load on first use (module ``__getattr__``), so ``import rar_agent`` itself 
 pulls in no torch, transformers or LangChain.
 """
 
+import os
+
+#: How many times an idle OpenMP thread of torch's (libgomp) checks for work before it
+#: sleeps; libgomp's own default is 300000, about 8 ms here. After each forward pass torch's
+#: second thread spun that long on the second CPU, just when the next photo's decode wanted
+#: it: a JPEG with restart markers (as iPhones and Samsung phones write them) decoded in two
+#: parts gained nothing, and every spin was CPU time burnt. 10000 (about 0.3 ms) still spans
+#: the gaps between a pass's layers, so the pass is no slower. Measured in one process on
+#: 2 cores, recognize one by one, median ms of 90 calls each (docs/benchmarks.md, session
+#: 13): the small photo 14.2 wall / 28.4 CPU at the default, 13.7 / 24.2 at 10000; a 12 MP
+#: JPEG with restart markers 26.9 / 46.0 against 20.4 / 35.5; without markers 24.7 / 43.1
+#: against 23.6 / 34.1; 0 (sleep at once) slowed the small photo to 23.9 ms.
+OPENMP_SPIN_COUNT = "10000"
+
+
+def _bound_openmp_spin() -> None:
+    """Set ``GOMP_SPINCOUNT`` for torch's OpenMP threads unless the user chose how they wait.
+
+    libgomp reads it once, when torch loads it, so it takes effect only where this package
+    is imported before torch (every ``rar-agent`` command is); it also reaches the child
+    processes this one starts.
+    """
+    if not (os.environ.get("GOMP_SPINCOUNT") or os.environ.get("OMP_WAIT_POLICY")):
+        os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
+
+
+_bound_openmp_spin()
+
 # Not ``typing.TYPE_CHECKING``: importing ``typing`` alone would double this module's import
 # time. Type checkers treat any ``TYPE_CHECKING`` name as true.
 TYPE_CHECKING = False

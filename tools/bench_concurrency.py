@@ -9,7 +9,11 @@ measures, in one run on one memory of clustered random unit vectors:
 - the single-thread query rate (the baseline);
 - 8 threads searching at once through one exclusive lock around every search (how the
   shard was shared before: one lock for everything);
-- 8 threads searching at once through ``CategoryMemory.search`` (the read/write lock).
+- 8 threads searching at once through ``CategoryMemory.search`` (the read/write lock);
+- 2 threads each searching a memory of its own (two shards in one process: nothing shared
+  on this side of the engine);
+
+each with the CPUs it kept busy (process CPU time over wall time).
 
 The ratio ``8 threads / 1 thread`` is the figure (target: >= 1.5 on 2 cores, issue 18). Run
 it on an idle machine or pin it (``taskset -c 0,1``); on a shared machine say the load.
@@ -30,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,24 +85,35 @@ def _memory(directory: Path, n: int, dim: int, index: bool) -> CategoryMemory:
     return memory
 
 
-def _rate(search: Callable[[np.ndarray], Any], queries: np.ndarray, threads: int) -> float:
-    """Queries per second with ``threads`` threads sharing ``queries`` between them."""
+def _rate(
+    search: Callable[[np.ndarray], Any] | Sequence[Callable[[np.ndarray], Any]],
+    queries: np.ndarray,
+    threads: int,
+) -> tuple[float, float]:
+    """(queries per second, CPUs busy) with ``threads`` threads sharing ``queries`` between
+    them; with a list of searches, thread ``i`` uses ``search[i % len]``. CPUs busy is the
+    process's CPU time over the wall time: how many cores the searches kept at work."""
+    searches = list(search) if isinstance(search, Sequence) else [search]
     parts = np.array_split(queries, threads)
     barrier = threading.Barrier(threads + 1)
 
-    def work(rows: np.ndarray) -> None:
+    def work(rows: np.ndarray, run: Callable[[np.ndarray], Any]) -> None:
         barrier.wait()
         for q in rows:
-            search(q)
+            run(q)
 
-    pool = [threading.Thread(target=work, args=(p,)) for p in parts]
+    pool = [
+        threading.Thread(target=work, args=(p, searches[i % len(searches)]))
+        for i, p in enumerate(parts)
+    ]
     for t in pool:
         t.start()
     barrier.wait()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for t in pool:
         t.join()
-    return len(queries) / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return len(queries) / wall, (time.process_time() - cpu) / wall
 
 
 def _overlap(memory: CategoryMemory, queries: np.ndarray, threads: int) -> float:
@@ -142,41 +157,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=512, help="vector length")
     parser.add_argument("--queries", type=int, default=400, help="queries per measurement")
     parser.add_argument("--index", action="store_true", help="build HNSW (slow: ~1 min at 100k)")
-    parser.add_argument("--dir", type=Path, help="keep the memory here and reuse it next time")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="keep the memory here (and its twin in DIR-twin) and reuse them next time",
+    )
     parser.add_argument("--json", type=Path, help="write result rows here")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = args.dir or Path(tmp) / "mem"
         memory = _memory(directory, args.entries, args.dim, args.index)
+        twin = _memory(directory.with_name(directory.name + "-twin"), args.entries, args.dim,
+                       args.index)  # fmt: skip
         queries = _data(args.queries, args.dim, seed=1)
         exclusive = threading.Lock()
 
         def search(q: np.ndarray) -> Any:
             return memory.search(q, limit=LIMIT)
 
+        def search_twin(q: np.ndarray) -> Any:
+            return twin.search(q, limit=LIMIT)
+
         def search_one_lock(q: np.ndarray) -> Any:
             with exclusive:
                 return memory.search(q, limit=LIMIT)
 
         search(queries[0])  # warm the caches
+        search_twin(queries[0])
         together = _overlap(memory, queries[: max(40, args.queries // 4)], THREADS)
-        one = _rate(search, queries, 1)
-        locked = _rate(search_one_lock, queries, THREADS)
-        shared = _rate(search, queries, THREADS)
+        one, one_busy = _rate(search, queries, 1)
+        locked, locked_busy = _rate(search_one_lock, queries, THREADS)
+        shared, shared_busy = _rate(search, queries, THREADS)
+        apart, apart_busy = _rate([search, search_twin], queries, 2)
         memory.close()
+        twin.close()
 
-    ratio, before = shared / one, locked / one
+    ratio, before, separate = shared / one, locked / one, apart / one
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     kind = "HNSW" if args.index else "exact"
     print(f"memory: {args.entries} x {args.dim}-d, {kind} search, top-{LIMIT}; "
           f"{os.cpu_count()} CPUs visible, load {load:.2f}")  # fmt: skip
     print(f"time with 2+ threads inside one engine query call at once: {together:.0%} "
           "(0% if a query held the GIL)")  # fmt: skip
-    print(f"1 thread:                       {one:8.1f} queries/s")
-    print(f"{THREADS} threads, one exclusive lock:  {locked:8.1f} queries/s ({before:.2f}x)")
-    print(f"{THREADS} threads, read/write lock:     {shared:8.1f} queries/s ({ratio:.2f}x)")
+    print(f"1 thread:                               {one:8.1f} queries/s, {one_busy:.2f} CPUs busy")
+    print(f"{THREADS} threads, one exclusive lock:          {locked:8.1f} queries/s ({before:.2f}x), "
+          f"{locked_busy:.2f} CPUs busy")  # fmt: skip
+    print(f"{THREADS} threads, read/write lock:             {shared:8.1f} queries/s ({ratio:.2f}x), "
+          f"{shared_busy:.2f} CPUs busy")  # fmt: skip
+    print(f"2 threads, each on a memory of its own: {apart:8.1f} queries/s ({separate:.2f}x), "
+          f"{apart_busy:.2f} CPUs busy")  # fmt: skip
     print(f"target >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'}")
+    if (os.cpu_count() or 1) >= 2 and max(shared_busy, apart_busy) < 1.3:
+        print("the engine ran one query at a time in this process, even on two shards "
+              "(docs/scaling.md, 'One process')")  # fmt: skip
     if args.json:
         rows = [
             {"name": f"8 threads / 1 thread, {args.entries} entries, {kind}",
@@ -186,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             {"name": f"8 threads, one exclusive lock, {kind}", "value": round(locked, 1),
              "unit": "queries/s", "baseline": "1 thread", "baseline_value": round(one, 1),
              "ratio": round(before, 2)},
+            {"name": f"2 threads, a memory each, {kind}", "value": round(apart, 1),
+             "unit": "queries/s", "baseline": "1 thread", "baseline_value": round(one, 1),
+             "ratio": round(separate, 2)},
+            {"name": f"CPUs busy, 8 threads, {kind}", "value": round(shared_busy, 2),
+             "unit": "CPUs", "baseline": "1 thread", "baseline_value": round(one_busy, 2)},
             {"name": "wall time with 2+ threads inside the engine's query", "unit": "share",
              "value": round(together, 2), "target": "> 0 (the GIL is released)",
              "met": together > 0},

@@ -248,9 +248,11 @@ def photo_folder(n: int) -> list[Path]:
 
 def bench_photos(args: argparse.Namespace) -> list[Row]:
     """Recognize and build rows for the phone photo formats (see the module docstring)."""
+    # the package before torch, as every rar-agent command loads them (rar_agent.OPENMP_SPIN_COUNT)
+    from rar_agent.encoders import load_encoder  # isort: skip
+
     import torch
 
-    from rar_agent.encoders import load_encoder
     from rar_agent.memory import CategoryMemory
     from rar_agent.pipeline import Recognizer
     from tools.bench_e2e import fill_random

@@ -11,9 +11,11 @@ registry shared by every ``CategoryMemory`` on that path; a shard stays register
 is really closed (flushed), so reopening it at once waits for that instead of failing.
 Another process gets :class:`MemoryBusyError`.
 
-Every call goes through the shard's read/write lock: searches, reads and counts share it
-(qdrant-edge releases the GIL while it searches, so concurrent searches overlap; see
-``tools/bench_concurrency.py``), writes, index builds and closing hold it alone.
+Every call goes through the shard's read/write lock: searches, reads and counts share it,
+writes, index builds and closing hold it alone. qdrant-edge (0.9) releases the GIL while it
+searches, so other Python threads run meanwhile, but it runs one query at a time in a
+process, even on two shards (``tools/bench_concurrency.py``: 8 threads or 2 shards keep one
+CPU busy); batch queries (``query_batch``) for throughput.
 """
 
 from __future__ import annotations
