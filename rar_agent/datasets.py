@@ -326,8 +326,9 @@ def augment_folder(
         src: ImageFolder root to read (``src/<label>/*``).
         dst: ImageFolder root to write (``dst/<label>/<file name>-aug<i>.png``, such as
             ``IMG_1.HEIC-aug0.png``, so that ``IMG_1.JPG`` beside it gets views of its own;
-            images in sub-folders of a class get the sub-folder names joined by ``_`` in
-            their name).
+            an image in a sub-folder of its class gets its views in the same sub-folder of
+            ``dst``: ``cls/a/b.jpg`` and ``cls/a_b.jpg`` write ``cls/a/b.jpg-aug0.png`` and
+            ``cls/a_b.jpg-aug0.png``).
         n: Augmented views per source image.
         seed: Seed of the augmentations.
         progress: Called with ``(views written, views to write)`` as files are written.
@@ -355,7 +356,6 @@ def augment_folder(
     for path_str, label in sources:
         path = Path(path_str)
         relative = path.relative_to(src_root).as_posix()
-        name = "_".join(Path(relative).parts[1:])  # with its suffix: IMG_1.HEIC, IMG_1.JPG
         try:
             source = load_image(path, need=DecodeNeed(long=VIEW_LONG_SIDE)).image
         except ImageError as e:
@@ -367,7 +367,9 @@ def augment_folder(
         for view in range(n):
             key = hashlib.sha256(f"{seed}\x00{relative}\x00{view}".encode()).digest()
             rng = random.Random(int.from_bytes(key[:8], "big"))
-            target = dst_root / label / f"{name}-aug{view}.png"
+            # named by its whole path under the class, suffix included (IMG_1.HEIC and
+            # IMG_1.JPG, a/b.jpg and a_b.jpg): two source files never write one view
+            target = dst_root / f"{relative}-aug{view}.png"
             _write_png(augment_image(source, rng), target)
             written.append((str(target), label))
             if progress is not None:

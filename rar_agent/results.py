@@ -370,7 +370,11 @@ class TeachingHistory(BaseModel):
     """The artifact of ``teaching_history``: taught examples and relabels, newest last."""
 
     events: list[TeachingEvent]
-    total: int = Field(description="Events recorded in the memory (listed or not).")
+    total: int = Field(description="Events recorded in the memory (listed or not), by ``by``.")
+    by: str | None = Field(
+        default=None, description="Only this teacher's events are listed and counted in total."
+    )
+    others: int = Field(default=0, description="With ``by``: the events of everyone else.")
 
 
 class TeachingUndone(BaseModel):

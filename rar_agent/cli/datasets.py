@@ -90,7 +90,11 @@ def datasets_augment(
         Path, typer.Argument(help="An ImageFolder tree, SRC/<label>/*.jpg (or .png, .heic...).")
     ],
     out: Annotated[
-        Path, typer.Argument(help="Folder to write OUT/<label>/<file name>-aug<i>.png into.")
+        Path,
+        typer.Argument(
+            help="Folder to write OUT/<label>/<file name>-aug<i>.png into (a photo in a "
+            "sub-folder of its class: in the same sub-folder of OUT)."
+        ),
     ],
     views: Annotated[int, typer.Option("--views", min=1, help="Augmented views per image.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the augmentations.")] = 0,

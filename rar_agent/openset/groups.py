@@ -7,7 +7,8 @@ example's similarity to its closest other example of its category,
 ``calibration.GROUP_QUANTILE``; a category taught from one of them would recognize the
 other). Linked queries form groups (single linkage), so
 an agent can ask once, "what are these 7 images?", instead of seven times; once one of them is
-taught, its group is answered and leaves the log (:meth:`NovelGroupLog.answered`). How pure the
+taught, its group is answered and leaves the log (:meth:`NovelGroupLog.answered`); on a log
+that callers share, the group as the teacher sees it: images only others sent stay. How pure the
 groups are on Fashion-MNIST's held-out classes: ``docs/eval/open-set``. Without a link (a
 memory that cannot calibrate) nothing is linked.
 """
@@ -80,21 +81,32 @@ class NovelGroupLog:
             self._next += 1
             return self._group_of(index, min_size=2)
 
-    def answered(self, images: Collection[str]) -> int:
-        """Drop the queries named ``images`` and every query of their groups: someone said
-        what they show (an example of it was taught), so the group's question is answered.
+    def answered(self, images: Collection[str], shown: Shown | None = None) -> list[str]:
+        """Drop the queries named ``images`` and the queries of their groups that ``shown``
+        shows: someone said what they show (an example of it was taught), so the group's
+        question, as they saw it, is answered. The queries of those groups that only others
+        sent stay (linked again among themselves): no one answered them.
+
+        Args:
+            images: The names of the images taught.
+            shown: Whether an image named so is the teacher's to answer (their conversation's,
+                the images their token sent); every one when ``None`` (one caller).
 
         Returns:
-            How many queries left the log.
+            The names of the queries that left the log.
         """
         names = set(images)
         with self._lock:
             roots = {self._find(i) for i, name in enumerate(self._images) if name in names}
-            keep = [i for i in range(len(self._vectors)) if self._find(i) not in roots]
-            dropped = len(self._vectors) - len(keep)
-            if dropped:
-                self._rebuild(keep)
-            return dropped
+            gone = {
+                i
+                for i, name in enumerate(self._images)
+                if name in names or (self._find(i) in roots and (shown is None or shown(name)))
+            }
+            left = [self._images[i] for i in sorted(gone)]
+            if gone:
+                self._rebuild([i for i in range(len(self._vectors)) if i not in gone])
+            return left
 
     def groups(self, min_size: int = 2, shown: Shown | None = None) -> list[NovelGroup]:
         """The groups of at least ``min_size`` queries, largest first.
@@ -196,7 +208,9 @@ class SentImages:
 
     Bounded like the log: past ``capacity`` names, the oldest is forgotten (the log has
     dropped it by then, or will). Two callers who send the same image both keep its name,
-    so each sees it. Thread-safe.
+    so each sees it. What the caller taught leaves the log and is forgotten here
+    (:meth:`forget`), so it neither takes the room of an image still unknown nor makes
+    another caller's later image of that name this caller's. Thread-safe.
     """
 
     def __init__(self, capacity: int = LOG_CAPACITY) -> None:
@@ -211,6 +225,16 @@ class SentImages:
             self._names.move_to_end(name)
             while len(self._names) > self.capacity:
                 self._names.popitem(last=False)
+
+    def forget(self, names: Collection[str]) -> None:
+        """Forget the images named so (they left the log: the caller's question is answered)."""
+        with self._lock:
+            for name in names:
+                self._names.pop(name, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._names)
 
     def __call__(self, name: str | None) -> bool:
         with self._lock:

@@ -468,10 +468,17 @@ class Recognizer:
         log = self.novel_groups
         return NovelGroups(groups=log.groups(min_size, shown), unknown_images=log.count(shown))
 
-    def taught(self, images: Sequence[str]) -> None:
-        """The images named so were taught: they, and the unknown images of their groups,
-        are no longer unknown images to ask about (:meth:`unknown_groups`)."""
-        self.novel_groups.answered(images)
+    def taught(
+        self, images: Sequence[str], shown: Callable[[str | None], bool] | None = None
+    ) -> list[str]:
+        """The images named so were taught: they, and the unknown images of their groups
+        that ``shown`` shows (the teacher's own; all when ``None``), are no longer unknown
+        images to ask about (:meth:`unknown_groups`).
+
+        Returns:
+            The names of the unknown images that left the log.
+        """
+        return self.novel_groups.answered(images, shown)
 
     # ------------------------------------------------------------------ rejection
 

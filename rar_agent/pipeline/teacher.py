@@ -523,9 +523,11 @@ class Teacher:
             limit: Keep only the last ``limit`` events.
             by: Only the events of this teacher (a token's name, a login, a CLI ``--by``).
         """
-        events = [e for e in _events(self.memory) if by is None or e.by == by]
+        everyone = _events(self.memory)
+        events = [e for e in everyone if by is None or e.by == by]
         shown = events if limit is None else events[-limit:] if limit > 0 else []
-        return TeachingHistory(events=shown, total=len(events))
+        others = len(everyone) - len(events)
+        return TeachingHistory(events=shown, total=len(events), by=by, others=others)
 
     def undo(self, n: int = 1, *, own: bool = False) -> TeachingUndone:
         """Reverse the last ``n`` teaching events, newest first.

@@ -333,6 +333,18 @@ class RecognizerTool(BaseTool):
         caller = serving_teacher()
         return caller.sent if caller is not None else None
 
+    def taught_unknown(self, images: Sequence[str]) -> None:
+        """The images named so were taught: they, and what this caller is shown of their
+        unknown groups, leave the log (other callers' own images in them stay theirs to ask
+        about), and a served caller's list of sent images forgets what left."""
+        taught = getattr(self.recognizer, "taught", None)
+        if taught is None:
+            return
+        gone = taught(images, self.shown_unknown())
+        caller = serving_teacher()
+        if caller is not None and caller.sent is not None:
+            caller.sent.forget(gone)
+
     def group_as_listed(self, result: RecognitionResult) -> None:
         """Name in ``result`` the unknown group it joined as ``list_unknown_groups`` shows it
         to this caller (the log is shared: other conversations' or tokens' images are not

@@ -215,8 +215,12 @@ def describe_relabeled(moved: ExampleRelabeled) -> str:
 
 
 def describe_history(history: TeachingHistory) -> str:
-    """The teaching history as lines of text (the tool's reply, the CLI's output)."""
-    if not history.events:
+    """The teaching history as lines of text (the tool's reply, the CLI's output, local or
+    through a server)."""
+    if not history.total and history.by is not None and history.others:
+        others = f"{history.others} teaching event{'s' if history.others != 1 else ''}"
+        return f"{history.by!r} has taught nothing to this memory ({others} by others)."
+    if not history.total:
         return "Nothing has been taught to this memory yet."
     heading = f"Last {len(history.events)} of {history.total} teaching events:"
     return "\n".join([heading, *(describe_event(e) for e in history.events)])
@@ -302,9 +306,7 @@ class AddCategoryTool(TeachingTool):
             raise tool_error(_refusal(e, name, label), source) from e
         except RarError as e:
             raise tool_error(e, source) from e
-        taught = getattr(self.recognizer, "taught", None)
-        if taught is not None:  # its group of look-alike unknown images is answered
-            taught([source.name])
+        self.taught_unknown([source.name])  # its group of look-alike unknown images is answered
         return describe_added(result), result.model_dump(mode="json")
 
 

@@ -392,3 +392,24 @@ def test_two_photos_with_one_name_get_views_of_their_own(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "views" / "mug").iterdir()) == sorted(
         Path(p).name for p in paths
     )
+
+
+def test_photos_in_a_sub_folder_and_beside_it_get_views_of_their_own(tmp_path: Path) -> None:
+    """``mug/a/b.jpg`` and ``mug/a_b.jpg`` both wrote their view to ``mug/a_b.jpg-aug0.png``,
+    the second over the first, and the list named that file twice."""
+    (tmp_path / "src" / "mug" / "a").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "src" / "mug" / "a" / "b.jpg")
+    Image.new("RGB", (40, 30), (30, 30, 200)).save(tmp_path / "src" / "mug" / "a_b.jpg")
+    written = datasets.augment_folder(tmp_path / "src", tmp_path / "views", n=1)
+    views = tmp_path / "views"
+    assert sorted(Path(p).relative_to(views).as_posix() for p, _ in written) == [
+        "mug/a/b.jpg-aug0.png",
+        "mug/a_b.jpg-aug0.png",
+    ]
+    assert sorted(Path(p) for p, _ in iter_image_folder(views)) == sorted(
+        Path(p).resolve() for p, _ in written
+    )
+    again = datasets.augment_folder(tmp_path / "src", tmp_path / "views2", n=1)
+    assert [Path(p).relative_to(tmp_path / "views2") for p, _ in again] == [
+        Path(p).relative_to(views) for p, _ in written
+    ]

@@ -80,7 +80,7 @@ def test_purity_counts_the_majority_of_each_group() -> None:
 def recognizer(tmp_path: Path) -> Any:
     from rar_agent import openset
 
-    clusters = make_clusters([*LABELS, "bicycle"], 8)
+    clusters = make_clusters([*LABELS, "bicycle", "teapot"], 8)
     memory = CategoryMemory.open(tmp_path / "mem", collection="groups")
     memory.bind_encoder(clusters.encoder.fingerprint, clusters.encoder.dim)
     from rar_agent.memory import MemoryEntry
@@ -150,13 +150,39 @@ def test_an_answered_group_leaves_the_log_and_ids_stay() -> None:
     log = NovelGroupLog()
     for i, v in enumerate(vectors):
         log.add(v, f"img-{i}", link=0.8)
-    assert log.answered(["img-3"]) == 6  # one teapot named: its whole group is answered
+    assert len(log.answered(["img-3"])) == 6  # one teapot named: its whole group is answered
     [left] = log.groups()
     assert left.id == "unknown-0" and left.size == 6 and "img-3" not in left.images
     assert log.members("unknown-1") == [] and len(log) == 6
-    assert log.answered(["img-99"]) == 0
+    assert log.answered(["img-99"]) == []
     later = log.add(vectors[0], "img-12", link=0.8)
     assert later is not None and later.id == "unknown-0" and later.size == 7
+
+
+def test_teaching_answers_a_group_as_the_teacher_sees_it() -> None:
+    """Alice and Bob each sent three photos of one new thing (one group in the shared log);
+    Alice taught one of hers and Bob's three left the log too, though no one had said what
+    they show. Her own three leave; his stay, grouped; taught by name, his photo alone goes."""
+    vectors, labels = _two_new_things()
+    log = NovelGroupLog()
+    names = [f"{'alice' if i < 6 else 'bob'}-{i}" for i in range(len(vectors))]
+    for name, v in zip(names, vectors, strict=True):
+        log.add(v, name, link=0.8)
+    bikes = [n for n, label in zip(names, labels, strict=True) if label == "bicycle"]
+    assert [g.size for g in log.groups()] == [6, 6]
+
+    def alices(name: str | None) -> bool:
+        return name is not None and name.startswith("alice")
+
+    assert log.answered(["alice-2"], shown=alices) == ["alice-0", "alice-2", "alice-4"]
+    left = [g for g in log.groups(min_size=1) if set(g.images) <= set(bikes)]
+    assert sorted(i for g in left for i in g.images) == ["bob-10", "bob-6", "bob-8"]
+    assert not any(set(g.images) & set(bikes) for g in log.groups(min_size=1, shown=alices))
+    assert log.answered(["bob-8"], shown=alices) == ["bob-8"]  # the image taught, not more
+    assert sorted(i for g in log.groups(min_size=1) for i in g.images if i in bikes) == [
+        "bob-10",
+        "bob-6",
+    ]
 
 
 def test_teaching_an_unknown_image_answers_its_group(recognizer: Any, tmp_path: Path) -> None:
@@ -238,11 +264,11 @@ def test_a_conversation_lists_only_its_own_unknown_images(recognizer: Any, tmp_p
     """On a shared chat page, Bob's agent listed the unknown images of Alice's conversation
     ("unknown-0: 6 images: img-..., ..."): ids it cannot open, from photos Bob never sent,
     and his own answer named that group. ``min_size=1`` listed nothing though the log held
-    unknown images."""
+    unknown images. Alice then taught one of hers, and Bob's upload left his list too."""
     clusters: Clusters = recognizer.clusters
     registry = ImageRegistry()
     alice, bob = ImageScope(registry), ImageScope(registry)
-    alice_tools = {t.name: t for t in make_tools(recognizer, registry=alice)}
+    alice_tools = {t.name: t for t in make_tools(recognizer, registry=alice, allow_learning=True)}
     bob_tools = {t.name: t for t in make_tools(recognizer, registry=bob)}
     for n in range(6):
         image_id = alice.register(clusters.save("bicycle", n, tmp_path / "bikes").read_bytes())
@@ -269,6 +295,13 @@ def test_a_conversation_lists_only_its_own_unknown_images(recognizer: Any, tmp_p
     [single] = listed(bob_tools, min_size=1)["groups"]
     assert single["images"] == [bob_id] and single["size"] == 1
     assert recognizer.unknown_groups().groups[0].size == 7  # the log itself holds all
+    teach = {"type": "tool_call", "id": "t", "name": "add_category_example"}
+    taught = alice_tools["add_category_example"].invoke(
+        {**teach, "args": {"label": "bicycle", "image": alice.ids()[0]}}
+    )
+    assert taught.status != "error"
+    assert listed(alice_tools, min_size=1) == {"groups": [], "unknown_images": 0}
+    assert listed(bob_tools, min_size=1)["groups"][0]["images"] == [bob_id]
 
 
 def _recognize_then_list_groups(messages: list[Any]) -> Any:
@@ -413,7 +446,9 @@ async def test_a_token_of_a_shared_server_lists_only_the_unknown_images_it_sent(
 ) -> None:
     """On an MCP server with tokens, Bob's list_unknown_groups listed the unknown photos
     Alice sent ("unknown-0: 6 images: <data URI ...>, ..."), and his own answer named the
-    group of her photos it joined; each token is told about the images it sent itself."""
+    group of her photos it joined; each token is told about the images it sent itself. When
+    Alice then taught one of hers, Bob's own photos left his list too, though no one had said
+    what they show: her teaching answers the group as she saw it, his three stay."""
     import anyio
 
     from tests.unit.test_mcp_auth import bearer, serving, session_with, text_of
@@ -449,10 +484,53 @@ async def test_a_token_of_a_shared_server_lists_only_the_unknown_images_it_sent(
             assert sorted(bobs["images"]) == sorted(his)
             [alices] = await groups(alice)
             assert sorted(alices["images"]) == sorted(hers)
-            # the log holds one group of all of them: teaching one answers it for both
+            # the log holds one group of all of them; Alice's teaching answers hers (the
+            # photo both sent among them), Bob's own are still his to ask about
             assert recognizer.unknown_groups().groups[0].size == 7
             taught = await alice.call_tool(
                 "add_category_example", {"label": "bicycle", "image": bikes[1]}
             )
             assert not taught.isError, text_of(taught)
-            assert await groups(alice) == [] and await groups(bob) == []
+            assert await groups(alice) == []
+            assert sorted(name for g in await groups(bob) for name in g["images"]) == sorted(
+                his[:-1]
+            )
+
+
+def test_what_a_token_taught_leaves_room_for_its_unknown_images(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """A token's list of the images it sent kept the names of those it had taught, until
+    newer names pushed them out: they took the room of an image still unknown, which left
+    the token's groups while the log still held it. (The server keeps 512 names a token;
+    here 3, the same code.)"""
+    from rar_agent.openset.groups import SentImages
+    from rar_agent.tools.provenance import teaching_as
+
+    clusters: Clusters = recognizer.clusters
+    registry = ImageRegistry()
+    tools = {t.name: t for t in make_tools(recognizer, registry=registry, allow_learning=True)}
+
+    def call(tool: str, **args: Any) -> Any:
+        message = tools[tool].invoke({"type": "tool_call", "id": "c", "name": tool, "args": args})
+        assert message.status != "error", message.content
+        return message.artifact
+
+    def sent(label: str, i: int) -> str:
+        image_id = registry.register(clusters.save(label, i, tmp_path / label).read_bytes())
+        assert call("recognize_image", image=image_id)["unknown"]
+        return image_id
+
+    mine = SentImages(capacity=3)
+    with teaching_as("mcp", "alice", mine):
+        first_bike = sent("bicycle", 0)
+        teapot = sent("teapot", 0)
+        sent("teapot", 1)
+        call("add_category_example", label="teapot", image=teapot)
+        second_bike = sent("bicycle", 1)
+        listed = call("list_unknown_groups", min_size=1)
+    assert listed["unknown_images"] == 2
+    assert sorted(i for g in listed["groups"] for i in g["images"]) == sorted(
+        [first_bike, second_bike]
+    )
+    assert len(mine) == 2

@@ -351,6 +351,11 @@ def test_cli_history_and_undo_of_one_teacher(cli_env: Path) -> None:
         ("red", "mallory"),
         ("blue", "mallory"),
     ]
+    # someone who taught nothing is named, not "Nothing has been taught to this memory yet."
+    code, out = run("memory", "history", "--by", "zoe")
+    assert code == 0 and out.strip() == (
+        "'zoe' has taught nothing to this memory (3 teaching events by others)."
+    ), out
     code, out = run("memory", "undo", "5", "--by", "mallory")
     assert code == 0 and "Undid 2 teaching event(s) by 'mallory'" in out, out
     code, out = run("memory", "list", "--json")
