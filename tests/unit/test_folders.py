@@ -195,6 +195,20 @@ def test_a_folder_whose_photos_lie_in_subfolders_says_so(
     assert every.artifact["total"] == 3  # holiday's photos (its link inside is one of them)
 
 
+def test_the_stand_in_says_that_folders_need_a_chat_model(
+    recognizer: Any, tree: dict[str, Path]
+) -> None:
+    """`rar-agent chat --allow-root DIR` with no chat model (the offline default) answered
+    "what is in my holiday folder?" as if there were no folder: nothing said that browsing
+    it takes a chat model that calls tools."""
+    question = {"messages": [HumanMessage("What is in my holiday folder?")]}
+    with_folders = create_rar_agent(None, recognizer=recognizer, folders=[tree["root"]])
+    reply = with_folders.invoke(question)["messages"][-1].text
+    assert "photo folders" in reply and "--model" in reply
+    plain = create_rar_agent(None, recognizer=recognizer).invoke(question)["messages"][-1].text
+    assert "photo folders" not in plain
+
+
 def test_batch_takes_phone_photos_heic_and_avif(recognizer: Any, tmp_path: Path) -> None:
     """The folder tool lists the same photo formats as everything else that reads images."""
     import pillow_heif
