@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         given = ", ".join(refs)
         p.error(f"--calibrate {args.calibrate}: {', '.join(missing)} not among the sets given "
                 f"({given}); give their caches (--icons, --glyphs) or name others")  # fmt: skip
+    if sum(not n.startswith("emoji") for n in refs) < 2:  # report 3 holds each one out
+        p.error("the rules are fitted on the non-emoji sets, each judged by the others: "
+                "give --icons or --glyphs beside --fashion")  # fmt: skip
     fingerprint = next(iter(refs.values()))["fingerprint"]
     sets = {
         name: [scored(draw_memory(ref, seed), classes) for seed in range(args.memories)]

@@ -128,7 +128,7 @@ def test_the_prior_and_the_margin_together_reject_only_where_both_do(
     assert capped[0] == pytest.approx(0.3, abs=0.02)  # now the margin's cut decides
 
 
-def test_calibrating_by_a_set_not_given_says_which_and_what_to_give(
+def test_sets_the_reports_need_and_were_not_given_are_named_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # the default --calibrate icons,fashion without --icons drew every memory, then a traceback
@@ -144,3 +144,8 @@ def test_calibrating_by_a_set_not_given_says_which_and_what_to_give(
     assert done.value.code == 2
     said = capsys.readouterr().err
     assert "--calibrate icons,fashion: icons not among the sets given (fashion)" in said
+    # calibrated by Fashion-MNIST alone, the rules had no other set to be fitted on
+    with pytest.raises(SystemExit) as done:
+        main(["--fashion", str(tmp_path), "--memories", "2", "--calibrate", "fashion"])
+    assert done.value.code == 2
+    assert "give --icons or --glyphs beside --fashion" in capsys.readouterr().err
