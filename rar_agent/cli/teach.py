@@ -143,7 +143,9 @@ def _teacher(settings: "Settings") -> "Teacher":
 @settings_command(STORE)
 def memory_history(
     settings: "Settings",
-    limit: Annotated[int, typer.Option("--limit", "-n", help="Show the last N events.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="Show the last N events.")
+    ] = 20,
     by: Annotated[
         str | None,
         typer.Option("--by", help="Only what NAME taught (a token's name, a chat login)."),
