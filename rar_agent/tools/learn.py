@@ -222,7 +222,8 @@ def describe_history(history: TeachingHistory) -> str:
         return f"{history.by!r} has taught nothing to this memory ({others} by others)."
     if not history.total:
         return "Nothing has been taught to this memory yet."
-    heading = f"Last {len(history.events)} of {history.total} teaching events:"
+    whose = "" if history.by is None else f" by {history.by!r} ({history.others} by others)"
+    heading = f"Last {len(history.events)} of {history.total} teaching events{whose}:"
     return "\n".join([heading, *(describe_event(e) for e in history.events)])
 
 

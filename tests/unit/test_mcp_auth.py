@@ -976,11 +976,11 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
         assert shown["total"] == 2
         text = runner.invoke(app, [*history, "--by", "carol", *bob])
         assert text.exit_code == 0, text.output
-        assert "Last 1 of 1 teaching events:" in text.output
+        others = json.loads(everyone.stdout)["total"]
+        assert f"Last 1 of 1 teaching events by 'carol' ({others - 1} by others):" in text.output
         assert "via mcp by carol: taught" in text.output and "'olive'" in text.output
         nobody = runner.invoke(app, [*history, "--by", "bob", *bob])
         assert nobody.exit_code == 0, nobody.output
-        others = json.loads(everyone.stdout)["total"]
         assert nobody.output.strip() == (
             f"'bob' has taught nothing to this memory ({others} teaching events by others)."
         )

@@ -351,6 +351,10 @@ def test_cli_history_and_undo_of_one_teacher(cli_env: Path) -> None:
         ("red", "mallory"),
         ("blue", "mallory"),
     ]
+    # "Last 2 of 2 teaching events:" read as if the memory held two (ana taught one too)
+    code, out = run("memory", "history", "--by", "mallory")
+    assert code == 0, out
+    assert out.splitlines()[0] == "Last 2 of 2 teaching events by 'mallory' (1 by others):"
     # --limit 0 (or -2) printed "Last 0 of 3 teaching events:" and nothing under it
     for limit in ("0", "-2"):
         code, out = run("memory", "history", "--limit", limit)
