@@ -201,10 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"time with 2+ threads inside one engine query call at once: {together:.0%} "
           "(0% if a query held the GIL)")  # fmt: skip
     print(f"1 thread:                               {one:8.1f} queries/s, {one_busy:.2f} CPUs busy")
-    print(f"{THREADS} threads, one exclusive lock:          {locked:8.1f} queries/s ({before:.2f}x), "
-          f"{locked_busy:.2f} CPUs busy")  # fmt: skip
-    print(f"{THREADS} threads, read/write lock:             {shared:8.1f} queries/s ({ratio:.2f}x), "
-          f"{shared_busy:.2f} CPUs busy")  # fmt: skip
+    print(f"{THREADS} threads, one exclusive lock:          {locked:8.1f} queries/s "
+          f"({before:.2f}x), {locked_busy:.2f} CPUs busy")  # fmt: skip
+    print(f"{THREADS} threads, read/write lock:             {shared:8.1f} queries/s "
+          f"({ratio:.2f}x), {shared_busy:.2f} CPUs busy")  # fmt: skip
     print(f"2 threads, each on a memory of its own: {apart:8.1f} queries/s ({separate:.2f}x), "
           f"{apart_busy:.2f} CPUs busy")  # fmt: skip
     print(f"target >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'}")

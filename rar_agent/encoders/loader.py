@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from rar_agent.encoders.base import ImageTextEncoder
-from rar_agent.encoders.spec import DEFAULT_CLIP, OFFLINE_ENCODER, EncoderSpec, attach_spec
+from rar_agent.encoders.spec import (
+    DEFAULT_CLIP,
+    OFFLINE_ENCODER,
+    EncoderSpec,
+    attach_spec,
+    spec_of,
+)
 from rar_agent.errors import ConfigError, ModelLoadError
 
 __all__ = [
@@ -39,7 +45,8 @@ _ATTR = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
 _FACTORY = re.compile(rf"^{_ATTR}:{_ATTR}$")
 _FILE_FACTORY = re.compile(rf"^(?P<path>.+\.py):(?P<attr>{_ATTR})$")
 _CACHE: dict[tuple[str, str | None, str | None, str | None, int], ImageTextEncoder] = {}
-_LOCK = threading.Lock()
+# reentrant: a factory may itself call load_encoder (to wrap the built-in encoder, say)
+_LOCK = threading.RLock()
 
 
 def load_encoder(
@@ -92,7 +99,8 @@ def load_encoder(
         if found is None:
             found = _create(canonical.model, canonical.pretrained, device, precision, batch_size)
             _CACHE[key] = found
-            attach_spec(found, canonical)  # how it loads again: what a memory records
+            if spec_of(found) is None:  # a factory may hand back one loaded by another spec
+                attach_spec(found, canonical)  # how it loads again: what a memory records
             logger.info("loaded encoder %s", found.fingerprint)
         return found
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,27 @@ def test_a_factory_file_path_loads_from_any_directory(
     broken.write_text("raise RuntimeError('boom')\n")
     with pytest.raises(ConfigError, match="boom"):
         load_encoder(f"{broken}:create")
+
+
+def test_a_factory_may_load_another_encoder(tmp_path: Path) -> None:
+    # a factory that wraps an encoder load_encoder gives (the built-in one, say) hung the
+    # command for good, with no word: the load held a lock the factory's own load waited on
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(
+        "from rar_agent.encoders import load_encoder\n\n"
+        "def create():\n"
+        f"    return load_encoder({str(FACTORY_FILE) + ':hashing_encoder'!r})\n"
+    )
+    loaded: list[object] = []
+    worker = threading.Thread(
+        target=lambda: loaded.append(load_encoder(f"{wrapper}:create")), daemon=True
+    )
+    worker.start()
+    worker.join(timeout=60)  # a guard against hanging the suite, not a timing
+    assert not worker.is_alive(), "loading an encoder from a factory that loads one hung"
+    assert loaded[0] is load_encoder(f"{FACTORY_FILE}:hashing_encoder")
+    # the encoder it handed back keeps the spec that loads it (what its memories record)
+    assert spec_of(loaded[0]) == EncoderSpec(f"{FACTORY_FILE}:hashing_encoder")
 
 
 def _images(root: Path) -> Path:

@@ -1,0 +1,124 @@
+"""The numpy sweeps behind the one-example section (``tools/one_shot_rules.py``): a rule
+fitted on sets keeps ALPHA on each of them, the raise is the smallest that reaches a third,
+and a query-normalised score is calibrated by the smallest quantile of the sets named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rar_agent.openset.prior import MemoryScale
+from tools.one_shot_rules import (
+    _unit,
+    fit_line,
+    known_quantile,
+    memory_statistics,
+    oracle,
+    prior_and_margin,
+    query_scores,
+    raised,
+    rejected,
+    scored,
+)
+
+ALPHA = 0.05
+
+
+def _memories(shift: float, spread: float, n: int = 60, seed: int = 0) -> list[dict]:
+    """Memories whose known queries' prior scores lie ``shift`` above their unseen ones and
+    whose statistic ``c`` is ``spread``-wide around 0.5 and moves their knowns with it."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        c = 0.5 + spread * rng.normal()
+        known = rng.normal(shift + 10 * (c - 0.5), 1.0, 48)
+        unseen = rng.normal(0.0, 1.0, 16)
+        scores = np.concatenate([known, unseen])
+        out.append(
+            {
+                "stats": {"c": c},
+                "known": np.arange(64) < 48,
+                "scores": {k: scores for k in ("prior", "margin", "above_mean", "query_z")},
+            }
+        )
+    return out
+
+
+def test_a_line_fitted_on_sets_keeps_alpha_on_each_of_them() -> None:
+    sets = {"near": _memories(1.0, 0.05, seed=1), "far": _memories(3.0, 0.05, seed=2)}
+    for keys in ((), ("c",)):
+        beta, offset = fit_line(sets, ["near", "far"], keys, ALPHA)
+        for runs in sets.values():
+            design = np.array([[1.0, *(r["stats"][k] for k in keys)] for r in runs])
+            known, _ = rejected(runs, list(offset + design @ beta))
+            assert known <= ALPHA + 0.01  # the smallest over the sets: none rejects more
+        assert len(beta) == 1 + len(keys)
+    # the statistic moves each memory's knowns, so the line follows it (slope near 10)
+    beta, _ = fit_line(sets, ["near", "far"], ("c",), ALPHA)
+    assert beta[1] == pytest.approx(10.0, abs=3.0)
+
+
+def test_the_oracle_is_the_unseen_below_the_sets_own_known_quantile() -> None:
+    runs = _memories(2.0, 0.0)
+    cut = known_quantile(runs, ALPHA)
+    known, unseen = rejected(runs, [cut] * len(runs))
+    assert known == pytest.approx(ALPHA, abs=0.01)
+    assert oracle(runs, ALPHA) == pytest.approx(unseen)
+
+
+def test_the_raise_is_the_smallest_that_reaches_a_third_of_the_targets_unseen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tools.one_shot_rules as rules
+
+    sets = {"target": _memories(3.0, 0.0, seed=3), "other": _memories(1.0, 0.0, seed=4)}
+    monkeypatch.setattr(rules, "shipped_cuts", lambda runs, alpha, fp: [-1.0] * len(runs))
+    out = raised(sets, ALPHA, "fp", "target")
+    delta = out["delta"]
+    assert out["target"][1] >= 1 / 3
+    below = rejected(sets["target"], [-1.0 + delta - 0.05] * 60)[1]
+    assert below < 1 / 3
+    assert out["other"][0] > out["target"][0]  # the other set's knowns pay more
+
+
+def test_a_query_score_is_calibrated_by_the_smallest_quantile_of_the_sets_named() -> None:
+    sets = {"a": _memories(1.0, 0.0, seed=5), "b": _memories(3.0, 0.0, seed=6)}
+    out = query_scores(sets, ALPHA, ["a"])
+    assert out["margin"]["a"][0] == pytest.approx(ALPHA, abs=0.01)
+    assert out["margin"]["b"][0] < 0.01  # b's knowns lie higher: a's cut barely touches them
+    both = query_scores(sets, ALPHA, ["a", "b"])
+    assert both["margin"]["a"] == out["margin"]["a"]  # a's quantile is the smaller
+
+
+def test_a_memorys_statistics_and_scores_are_its_own() -> None:
+    rng = np.random.default_rng(7)
+    x = _unit(rng.normal(size=(8, 16)))
+    scale = MemoryScale.measure([str(i) for i in range(8)], x)
+    assert scale is not None
+    stats = memory_statistics(x, scale, _unit(rng.normal(size=(5, 16))))
+    assert stats["c"] == scale.centre and stats["gap"] >= 0.0
+    queries = np.concatenate([x[:3] + 0.01 * rng.normal(size=(3, 16)), rng.normal(size=(2, 16))])
+    truth = np.array(["0", "1", "2", "x", "y"])
+    m = {"x": x, "labels": np.array([str(i) for i in range(8)]), "queries": queries,
+         "truth": truth, "known": np.isin(truth, [str(i) for i in range(8)])}  # fmt: skip
+    one = scored(m, _unit(rng.normal(size=(5, 16))))
+    assert one["correct"].tolist() == [True, True, True, False, False]
+    margin = one["scores"]["margin"]
+    assert (margin >= 0).all() and margin[:3].min() > margin[3:].max()
+
+
+def test_the_prior_and_the_margin_together_reject_only_where_both_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tools.one_shot_rules as rules
+
+    sets = {"a": _memories(1.0, 0.0, seed=8)}
+    monkeypatch.setattr(rules, "shipped_cuts", lambda runs, alpha, fp: [0.0] * len(runs))
+    both = prior_and_margin(sets, ALPHA, "fp", ["a"], level=0.3)["a"]
+    alone = rejected(sets["a"], [0.0] * 60)
+    # the same scores stand for both here: the margin's 30% cut (about 0.5) lies above the
+    # prior's 0.0, so together they reject what the prior alone rejects
+    assert both == [pytest.approx(v, abs=1e-4) for v in alone]
+    monkeypatch.setattr(rules, "shipped_cuts", lambda runs, alpha, fp: [5.0] * len(runs))
+    capped = prior_and_margin(sets, ALPHA, "fp", ["a"], level=0.3)["a"]
+    assert capped[0] == pytest.approx(0.3, abs=0.02)  # now the margin's cut decides

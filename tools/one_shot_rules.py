@@ -1,0 +1,292 @@
+"""Can a one-example memory's own statistics move the encoder prior's threshold? (numpy)
+
+The one-example check's regime (known top-1 about 0.9 before rejection,
+``tools/eval_one_shot.py --alike``) has its known queries far above where the encoder prior
+puts its threshold. This script asks whether anything a memory of single examples holds,
+or a query holds, tells that regime from the others, on the same memories as
+``eval_one_shot.py`` (:func:`~eval_one_shot.draw_memory`), numpy over the cached vectors:
+
+1. **the memories' statistics** per set: the prior's scale (``c``, ``d``: mean and spread of
+   the nearest-other similarities), the pair spread, the mean similarity over all pairs, the
+   mean gap between an example's nearest and second-nearest other category, and how sure the
+   encoder's own ImageNet classifier is of the examples (the mean best cosine to its class
+   rows, ``imagenet``); beside them the known queries' own ALPHA-quantile of the prior's
+   score and the shipped threshold;
+2. **the shipped rule raised** by a constant in score units until the ``--target`` set
+   rejects a third of its unseen: what every other set's knowns pay for it;
+3. **rules on memory statistics**: a line from the statistics to a memory's known quantile
+   (least squares over the memories), its offset the smallest over the fitted sets (as
+   ``fit_encoder_prior.py`` takes the smallest quantile), each fitted set judged by the rule
+   fitted on the others, the emoji sets (never fitted, as in the shipped prior) by the rule
+   fitted on all the others;
+4. **scores normalised by the query's own similarities** (which a style shift of the
+   queries moves together): the margin to the second-best category ``(s1 - s2) / d``, the
+   best less the query's mean similarity to the memory ``(s1 - mean) / d``, and that over
+   the query's own spread; each calibrated by the smallest known quantile of the
+   ``--calibrate`` sets, as the prior is, and judged on every set, with its oracle;
+5. **the prior and the margin together**: rejected only where both say so.
+
+Usage::
+
+    python tools/one_shot_rules.py --emoji artifacts/emoji --icons artifacts/icons \\
+        --fashion artifacts/openset --alike 200 --pair noto:emojify --pair noto:emojione \\
+        --pair emojione:emojify --json rules.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from eval_one_shot import draw_memory, reference_sets  # noqa: E402
+
+from rar_agent.openset.prior import MemoryScale, encoder_prior, prior_score  # noqa: E402
+
+STATISTICS = ("c", "d", "pair_spread", "pair_mean", "gap", "imagenet")
+QUERY_SCORES = {
+    "margin": "(s1 - s2) / d",
+    "above_mean": "(s1 - mean) / d",
+    "query_z": "(s1 - mean) / sd",
+}
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+
+def memory_statistics(x: np.ndarray, scale: MemoryScale, classes: np.ndarray) -> dict[str, float]:
+    """What a memory of single examples (unit rows ``x``) holds about itself; ``classes``:
+    the encoder's ImageNet class rows (unit)."""
+    sims = x @ x.T
+    pairs = sims[np.triu_indices(len(x), 1)]
+    np.fill_diagonal(sims, -np.inf)
+    nearest = np.sort(sims, axis=1)[:, ::-1]
+    return {
+        "c": scale.centre,
+        "d": scale.spread,
+        "pair_spread": float(scale.pair_spread or 0.0),
+        "pair_mean": float(pairs.mean()),
+        "gap": float((nearest[:, 0] - nearest[:, 1]).mean()),
+        "imagenet": float((x @ classes.T).max(axis=1).mean()),
+    }
+
+
+def scored(m: dict[str, Any], classes: np.ndarray) -> dict[str, Any]:
+    """One drawn memory: its statistics, and each query's scores (the prior's and the
+    query-normalised ones) with its known mask and whether its answer is right."""
+    x, q = _unit(m["x"]), _unit(m["queries"])
+    scale = MemoryScale.measure([str(v) for v in m["labels"]], x)
+    if scale is None:
+        raise SystemExit("too few categories for a scale")
+    sims = q @ x.T
+    top = np.sort(sims, axis=1)[:, ::-1]
+    d = max(scale.spread, 1e-3)
+    mean, sd = sims.mean(axis=1), np.maximum(sims.std(axis=1), 1e-6)
+    return {
+        "scale": scale,
+        "stats": memory_statistics(x, scale, classes),
+        "known": m["known"],
+        "correct": (m["labels"][sims.argmax(axis=1)] == m["truth"]) & m["known"],
+        "scores": {
+            "prior": prior_score(top[:, 0], scale),
+            "margin": (top[:, 0] - top[:, 1]) / d,
+            "above_mean": (top[:, 0] - mean) / d,
+            "query_z": (top[:, 0] - mean) / sd,
+        },
+    }
+
+
+def rejected(runs: list[dict], cuts: list[float], score: str = "prior") -> tuple[float, float]:
+    """Mean over memories of the (known, unseen) queries below each memory's cut."""
+    pairs = list(zip(runs, cuts, strict=True))
+    known = np.mean([np.mean(r["scores"][score][r["known"]] < c) for r, c in pairs])
+    unseen = np.mean([np.mean(r["scores"][score][~r["known"]] < c) for r, c in pairs])
+    return float(known), float(unseen)
+
+
+def known_quantile(runs: list[dict], alpha: float, score: str = "prior") -> float:
+    """The known queries' ALPHA-quantile of ``score`` over every memory of a set."""
+    return float(np.quantile(np.concatenate([r["scores"][score][r["known"]] for r in runs]), alpha))
+
+
+def oracle(runs: list[dict], alpha: float, score: str = "prior") -> float:
+    """The unseen rejected at the set's own known quantile (the most one cut could do)."""
+    cut = known_quantile(runs, alpha, score)
+    return rejected(runs, [cut] * len(runs), score)[1]
+
+
+def shipped_cuts(runs: list[dict], alpha: float, fingerprint: str) -> list[float]:
+    """The shipped encoder prior's one-example threshold (score units) for each memory."""
+    prior = encoder_prior(fingerprint)
+    if prior is None:
+        raise SystemExit(f"no shipped encoder prior for {fingerprint}")
+    cuts = [prior.threshold(alpha, 1, r["scale"]) for r in runs]
+    if any(c is None for c in cuts):
+        raise SystemExit(f"the prior has no threshold at ALPHA {alpha}")
+    return [float(c) for c in cuts if c is not None]
+
+
+def regimes_table(sets: dict[str, list[dict]], alpha: float, fingerprint: str) -> dict[str, Any]:
+    """Report 1: per set, top-1, mean statistics, the known quantile and the shipped cut."""
+    out = {}
+    for name, runs in sets.items():
+        cuts = shipped_cuts(runs, alpha, fingerprint)
+        known, unseen = rejected(runs, cuts)
+        out[name] = {
+            "known_top1": round(float(np.mean([r["correct"][r["known"]].mean() for r in runs])), 3),
+            **{k: round(float(np.mean([r["stats"][k] for r in runs])), 4) for k in STATISTICS},
+            "known_quantile": round(known_quantile(runs, alpha), 3),
+            "shipped_threshold": round(float(np.mean(cuts)), 3),
+            "shipped": [round(known, 4), round(unseen, 4)],
+            "oracle_unseen": round(oracle(runs, alpha), 4),
+        }
+    return out
+
+
+def raised(
+    sets: dict[str, list[dict]], alpha: float, fingerprint: str, target: str
+) -> dict[str, Any]:
+    """Report 2: the smallest raise of the shipped cut (steps of 0.05) at which ``target``
+    rejects a third of its unseen, and what each set's knowns and unseen pay for it."""
+    cuts = {n: np.asarray(shipped_cuts(r, alpha, fingerprint)) for n, r in sets.items()}
+    for delta in np.arange(0.0, 5.0, 0.05):
+        if rejected(sets[target], list(cuts[target] + delta))[1] >= 1 / 3:
+            return {
+                "delta": round(float(delta), 2),
+                **{
+                    n: [round(v, 4) for v in rejected(r, list(cuts[n] + delta))]
+                    for n, r in sets.items()
+                },  # fmt: skip
+            }
+    return {"delta": None}
+
+
+def _design(runs: list[dict], keys: tuple[str, ...]) -> np.ndarray:
+    return np.array([[1.0, *(r["stats"][k] for k in keys)] for r in runs])
+
+
+def fit_line(
+    sets: dict[str, list[dict]], names: list[str], keys: tuple[str, ...], alpha: float
+) -> tuple[np.ndarray, float]:
+    """``(beta, offset)``: a memory's cut is ``offset + design @ beta``, beta the least
+    squares line from ``keys`` to each memory's own known quantile over the ``names`` sets'
+    memories, the offset the smallest over those sets of the residuals' known quantile."""
+    runs = [r for n in names for r in sets[n]]
+    own = [np.quantile(r["scores"]["prior"][r["known"]], alpha) for r in runs]
+    beta = np.linalg.lstsq(_design(runs, keys), np.asarray(own), rcond=None)[0]
+    offsets = []
+    for n in names:
+        line = _design(sets[n], keys) @ beta
+        rest = [r["scores"]["prior"][r["known"]] - v for r, v in zip(sets[n], line, strict=True)]
+        offsets.append(float(np.quantile(np.concatenate(rest), alpha)))
+    return beta, min(offsets)
+
+
+def statistic_rules(
+    sets: dict[str, list[dict]], alpha: float, judge_only: list[str]
+) -> dict[str, Any]:
+    """Report 3: for each set of statistics, each fitted set judged by the rule from the
+    others (held out), the ``judge_only`` sets by the rule from all fitted sets."""
+    fitted = [n for n in sets if n not in judge_only]
+    choices: list[tuple[str, ...]] = [(), *((k,) for k in STATISTICS), ("c", "d"), STATISTICS]
+    out = {}
+    for keys in choices:
+        row = {}
+        for held in fitted:
+            beta, offset = fit_line(sets, [n for n in fitted if n != held], keys, alpha)
+            cuts = offset + _design(sets[held], keys) @ beta
+            row[held] = [round(v, 4) for v in rejected(sets[held], list(cuts))]
+        beta, offset = fit_line(sets, fitted, keys, alpha)
+        for name in judge_only:
+            cuts = offset + _design(sets[name], keys) @ beta
+            row[name] = [round(v, 4) for v in rejected(sets[name], list(cuts))]
+        out["+".join(keys) or "one quantile"] = row
+    return out
+
+
+def query_scores(sets: dict[str, list[dict]], alpha: float, calibrate: list[str]) -> dict[str, Any]:
+    """Report 4: each query-normalised score, its cut the smallest known quantile of the
+    ``calibrate`` sets: (known, unseen) rejected per set and the set's oracle."""
+    out = {}
+    for score in ("prior", *QUERY_SCORES):
+        cut = min(known_quantile(sets[n], alpha, score) for n in calibrate)
+        out[score] = {
+            n: [*(round(v, 4) for v in rejected(r, [cut] * len(r), score)),
+                round(oracle(r, alpha, score), 4)]
+            for n, r in sets.items()
+        }  # fmt: skip
+    return out
+
+
+def prior_and_margin(
+    sets: dict[str, list[dict]], alpha: float, fingerprint: str, calibrate: list[str], level: float
+) -> dict[str, Any]:
+    """Report 5: rejected only where both the shipped prior and the margin say so (the
+    margin's cut its ``level`` quantile, the smallest over the ``calibrate`` sets): (known,
+    unseen) rejected per set."""
+    cut = min(known_quantile(sets[n], level, "margin") for n in calibrate)
+    out = {}
+    for name, runs in sets.items():
+        both = [
+            (r["scores"]["prior"] < c) & (r["scores"]["margin"] < cut)
+            for r, c in zip(runs, shipped_cuts(runs, alpha, fingerprint), strict=True)
+        ]
+        known = np.mean([b[r["known"]].mean() for b, r in zip(both, runs, strict=True)])
+        unseen = np.mean([b[~r["known"]].mean() for b, r in zip(both, runs, strict=True)])
+        out[name] = [round(float(known), 4), round(float(unseen), 4)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Draw the memories, print the five reports, write them as JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--icons", type=Path, help="icon vector cache")
+    p.add_argument("--emoji", type=Path, help="emoji vector cache")
+    p.add_argument("--glyphs", type=Path, help="glyph vector cache")
+    p.add_argument("--fashion", type=Path, required=True, help="eval_open_set.py cache (its "
+                   "imagenet_rows.npy: the encoder's classifier rows)")  # fmt: skip
+    p.add_argument("--alike", type=int, default=200)
+    p.add_argument("--pair", action="append", default=[])
+    p.add_argument("--memories", type=int, default=200, help="memories drawn per set")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--calibrate", default="icons,fashion", help="sets the report-4 cut is from")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    classes = _unit(np.load(args.fashion / "imagenet_rows.npy"))
+    refs = reference_sets(args)
+    fingerprint = next(iter(refs.values()))["fingerprint"]
+    sets = {
+        name: [scored(draw_memory(ref, seed), classes) for seed in range(args.memories)]
+        for name, ref in refs.items()
+    }
+    target = next((n for n in sets if "most alike" in n), None)
+    held = [n for n in sets if n.startswith("emoji")]  # never fitted, as in the prior
+    out = {
+        "alpha": args.alpha,
+        "memories": args.memories,
+        "regimes": regimes_table(sets, args.alpha, fingerprint),
+        "raised": raised(sets, args.alpha, fingerprint, target) if target else None,
+        "statistic_rules": statistic_rules(sets, args.alpha, held),
+        "query_scores": query_scores(sets, args.alpha, args.calibrate.split(",")),
+        "prior_and_margin": prior_and_margin(
+            sets, args.alpha, fingerprint, args.calibrate.split(","), level=0.3
+        ),
+    }
+    for key, value in out.items():
+        print(key, json.dumps(value), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
