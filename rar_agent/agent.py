@@ -353,6 +353,7 @@ def _tool_error(call: ToolCall, text: str) -> ToolMessage:
 
 _ANSWER_MARK = re.compile(r"<!-- rar-answer (?P<image>img-[0-9a-f]{6,64}): (?P<label>.*?) -->")
 _UNKNOWN = "(unknown)"
+_BROWSE = "recognize_images"  # bound when the tools may read photo folders
 _TEACH_TOOLS = ("add_category_example", "relabel_example", "teaching_history", "undo_teaching")
 
 
@@ -392,6 +393,11 @@ TEACHING_HELP = (
     "sent with *this is an ankle boot* is stored under that name. Say *undo* to take back "
     "what you taught last, *history* to see what was taught."
 )
+FOLDERS_NEED_A_MODEL = (
+    " The photo folders this page may read (--allow-root) are browsed and recognized in one "
+    "go by a chat model that calls tools: start the page with one (--model "
+    "openai:gpt-4o-mini, ollama:qwen2.5vl, ...) to ask about them, or send their photos here."
+)
 NO_READABLE_PHOTO = "No photo in this message could be read, so nothing was recognized or stored."
 LEARNING_OFF = (
     " Learning is off here, so names you give are not stored (start the page with "
@@ -417,6 +423,8 @@ class RecognitionOnlyChatModel(BaseChatModel):
     tool_name: str = "recognize_image"
     learn_tool_name: str = "add_category_example"
     can_learn: bool = False
+    #: The agent may browse photo folders (``folders=``), which this stand-in cannot.
+    has_folders: bool = False
     #: Why names are not stored when the learning tool is not bound (said to the person).
     learning_off: str = LEARNING_OFF
 
@@ -428,7 +436,9 @@ class RecognitionOnlyChatModel(BaseChatModel):
         """Accept the agent's tools (this model calls ``tool_name`` and, when bound, the
         learning tool)."""
         names = {getattr(t, "name", None) for t in tools}
-        return self.model_copy(update={"can_learn": self.learn_tool_name in names})
+        return self.model_copy(
+            update={"can_learn": self.learn_tool_name in names, "has_folders": _BROWSE in names}
+        )
 
     def _generate(
         self,
@@ -448,7 +458,8 @@ class RecognitionOnlyChatModel(BaseChatModel):
         return AIMessage(content=self._capabilities())
 
     def _capabilities(self) -> str:
-        return CAPABILITIES + (TEACHING_HELP if self.can_learn else self.learning_off)
+        folders = FOLDERS_NEED_A_MODEL if self.has_folders else ""
+        return CAPABILITIES + folders + (TEACHING_HELP if self.can_learn else self.learning_off)
 
     def _report(self, messages: Sequence[BaseMessage]) -> str:
         """The reply after this turn's tool calls: each tool's text, errors said as such."""

@@ -224,8 +224,8 @@ class Settings(BaseSettings):
     reject: str = Field(
         default="auto",
         description="Unknown images: auto | auto:ALPHA (at most ALPHA, default 0.05, of "
-        "known-category images rejected, calibrated per memory, plus the ranker's 'none of "
-        "these') | off | a similarity threshold.",
+        "known-category images like the memory's examples rejected, calibrated per memory, "
+        "plus the ranker's 'none of these') | off | a similarity threshold.",
     )
 
     @field_validator("home", mode="before")

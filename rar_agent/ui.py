@@ -298,22 +298,20 @@ def _file_path(part: Any) -> str | None:
 
 
 def _image_block(path: str) -> dict[str, Any] | None:
+    """An uploaded file as an image block, whatever its name ends with: its content decides
+    (a JPEG saved as photo.jfif is recognized; a PDF is refused, saying so, by the agent's
+    image middleware, as any unreadable photo is)."""
     file = Path(path)
-    if file.suffix.lower() not in _IMAGE_SUFFIXES:
-        return None
     try:
         data = file.read_bytes()
     except OSError as e:
         logger.warning("cannot read uploaded file %s: %s", file, e)
         return None
-    suffix = file.suffix.lower()
-    mime = _PHONE_TYPES.get(suffix) or mimetypes.guess_type(file.name)[0] or "image/png"
-    return {
-        "type": "image",
-        "base64": base64.b64encode(data).decode("ascii"),
-        "mime_type": mime,
-        "name": file.name,
-    }
+    block = {"type": "image", "base64": base64.b64encode(data).decode("ascii"), "name": file.name}
+    mime = _PHONE_TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0]
+    if mime and mime.startswith("image/"):
+        block["mime_type"] = mime
+    return block
 
 
 _URL = re.compile(r"\bhttps?://[^\s<>\"'`]+")
@@ -644,7 +642,7 @@ def _query_thumbnails(files: Sequence[Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in files:
         path = _file_path(part)
-        if not path or Path(path).suffix.lower() not in _IMAGE_SUFFIXES:
+        if not path:
             continue
         try:
             data = Path(path).read_bytes()

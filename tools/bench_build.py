@@ -45,9 +45,11 @@ Row = dict[str, Any]
 def worker(tree: str, paths: list[str], small: int, encoder_name: str) -> dict[str, Any]:
     """One process's figures for the package under ``tree`` (see the module docstring)."""
     sys.path.insert(0, tree)
+    # the package before torch, as memory build loads them (rar_agent.OPENMP_SPIN_COUNT)
+    import rar_agent  # isort: skip
+
     import torch
 
-    import rar_agent
     from rar_agent import openset
     from rar_agent.encoders import load_encoder
     from rar_agent.encoders.torch_base import keep_freed_memory

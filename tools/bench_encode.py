@@ -79,10 +79,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    # the package before torch, as every rar-agent command loads them
+    # (rar_agent.OPENMP_SPIN_COUNT)
+    from rar_agent.encoders import OpenClipEncoder  # isort: skip
+
     import torch
     import torch.nn.functional as F
-
-    from rar_agent.encoders import OpenClipEncoder
 
     if args.tiny:
         from tests.helpers.tiny_models import make_tiny_openclip

@@ -88,6 +88,10 @@ def emoji_sets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     x, labels_list, sets_list, fingerprint = load_emoji(args.emoji)
     labels, sets = np.asarray(labels_list), np.asarray(sets_list)
     colour = np.isin(sets, COLOUR_SETS)
+    things = len(np.unique(labels))
+    if args.alike and not 0 < args.alike <= things:
+        raise SystemExit(f"--alike {args.alike}: how many of the cache's {things} emoji things "
+                         f"to keep, 1 to {things}")  # fmt: skip
     out = {
         "emoji": {"x": x, "labels": labels, "fingerprint": fingerprint},
         "emoji, 3 colour sets": {
@@ -118,6 +122,9 @@ def reference_sets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """``{name: {x, labels, fingerprint, pool?}}``: vectors and labels of each set (``pool``:
     a separate memory pool, Fashion-MNIST's train images)."""
     out: dict[str, dict[str, Any]] = {}
+    if (args.alike or args.pair) and not args.emoji:
+        raise SystemExit("--alike and --pair choose among the emoji: give the emoji cache too "
+                         "(--emoji DIR, made by tools/emoji_reference.py)")  # fmt: skip
     if args.icons:
         x, labels, _, fingerprint = load_icons(args.icons)
         out["icons"] = {"x": x, "labels": np.asarray(labels), "fingerprint": fingerprint}

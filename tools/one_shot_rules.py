@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--glyphs", type=Path, help="glyph vector cache")
     p.add_argument("--fashion", type=Path, required=True, help="eval_open_set.py cache (its "
                    "imagenet_rows.npy: the encoder's classifier rows)")  # fmt: skip
-    p.add_argument("--alike", type=int, default=200)
-    p.add_argument("--pair", action="append", default=[])
+    p.add_argument("--alike", type=int, default=0, help="also the N emoji things most alike")
+    p.add_argument("--pair", action="append", default=[], help="emoji MEMORY:QUERIES sets")
     p.add_argument("--memories", type=int, default=200, help="memories drawn per set")
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--calibrate", default="icons,fashion", help="sets the report-4 cut is from")
@@ -263,6 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     classes = _unit(np.load(args.fashion / "imagenet_rows.npy"))
     refs = reference_sets(args)
+    calibrate = args.calibrate.split(",")
+    missing = [n for n in calibrate if n not in refs]
+    if missing:
+        given = ", ".join(refs)
+        p.error(f"--calibrate {args.calibrate}: {', '.join(missing)} not among the sets given "
+                f"({given}); give their caches (--icons, --glyphs) or name others")  # fmt: skip
+    if sum(not n.startswith("emoji") for n in refs) < 2:  # report 3 holds each one out
+        p.error("the rules are fitted on the non-emoji sets, each judged by the others: "
+                "give --icons or --glyphs beside --fashion")  # fmt: skip
     fingerprint = next(iter(refs.values()))["fingerprint"]
     sets = {
         name: [scored(draw_memory(ref, seed), classes) for seed in range(args.memories)]
@@ -276,10 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         "regimes": regimes_table(sets, args.alpha, fingerprint),
         "raised": raised(sets, args.alpha, fingerprint, target) if target else None,
         "statistic_rules": statistic_rules(sets, args.alpha, held),
-        "query_scores": query_scores(sets, args.alpha, args.calibrate.split(",")),
-        "prior_and_margin": prior_and_margin(
-            sets, args.alpha, fingerprint, args.calibrate.split(","), level=0.3
-        ),
+        "query_scores": query_scores(sets, args.alpha, calibrate),
+        "prior_and_margin": prior_and_margin(sets, args.alpha, fingerprint, calibrate, level=0.3),
     }
     for key, value in out.items():
         print(key, json.dumps(value), flush=True)

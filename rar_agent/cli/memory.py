@@ -28,7 +28,7 @@ from rar_agent.cli.options import (
     settings_command,
 )
 from rar_agent.cli.progress import progress_bar
-from rar_agent.cli.recent import remember_memory
+from rar_agent.cli.recent import open_shown_memory, remember_memory
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -428,7 +428,7 @@ def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    with _open_shown_memory(settings) as mem:
+    with open_shown_memory(settings) as mem:
         counts = mem.labels()
     if as_json:
         typer.echo(json.dumps(counts, ensure_ascii=False))
@@ -437,33 +437,6 @@ def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
     for name, count in sorted(counts.items()):
         table.add_row(escape(name), str(count))
     Console().print(table)
-
-
-def _open_shown_memory(settings: "Settings") -> "CategoryMemory":
-    """The memory ``list`` / ``stats`` show: the one named, else the one the last command used.
-
-    Raises:
-        MemoryStoreError: It does not exist; unless one was named, the message lists the
-            memories that do and how to pick one.
-    """
-    from rar_agent.cli.recent import describe_choice, last_used_settings, names_a_memory
-    from rar_agent.errors import MemoryBusyError, MemoryStoreError
-    from rar_agent.memory import open_memory
-
-    shown, note = last_used_settings(settings)
-    try:
-        memory = open_memory(shown, create=False)
-    except MemoryBusyError:
-        raise
-    except MemoryStoreError:
-        if names_a_memory(settings):
-            raise
-        raise MemoryStoreError(
-            f"no memory named {settings.collection!r}: {describe_choice(settings)}"
-        ) from None
-    if note:
-        print_note(note)
-    return memory
 
 
 @app.command("stats")
@@ -481,7 +454,7 @@ def memory_stats(settings: "Settings") -> None:
     from rar_agent.config import parse_reject
     from rar_agent.ingest.builders import unfinished_build
 
-    with _open_shown_memory(settings) as mem:
+    with open_shown_memory(settings) as mem:
         stats = mem.stats()
         stats["unfinished_build"] = unfinished_build(mem)
         stats["open_set"] = _open_set_stats(

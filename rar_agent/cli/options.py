@@ -90,7 +90,8 @@ REJECT_HELP = (
     "When an image is 'unknown' (not a category in memory): auto or auto:ALPHA (at most ALPHA, "
     "default 0.05, of the images of known categories rejected, by a threshold the memory "
     "calibrates from its own examples, or 'cannot calibrate' and no rejection when it is too "
-    "small; plus the ranker's 'none of these'), off (always the closest category), or a "
+    "small; plus the ranker's 'none of these'; photos unlike the memory's examples, another "
+    "background or artist, are rejected more), off (always the closest category), or a "
     "similarity threshold such as 0.8"
 )
 

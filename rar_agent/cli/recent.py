@@ -1,10 +1,11 @@
-"""Which memory the last command used, so ``memory list`` / ``stats`` with no flags show it.
+"""Which memory the last command used, so ``memory list`` / ``stats`` / ``history`` / ``undo``
+/ ``relabel`` with no flags act on it.
 
-``recognize``, ``chat``, ``mcp``, ``memory build`` and ``memory add`` record the memory they
-used in ``<RAR_HOME>/last-memory.json`` (its collection, and its folder or server URL). A
-``memory list`` or ``memory stats`` that names no memory (no ``--memory``, ``--collection`` or
-``--qdrant-url``, nor their ``RAR_*`` variables) opens that one and says so; with no record
-and no default memory, it says which memories exist and how to pick one.
+``recognize``, ``chat``, ``mcp``, ``teach``, ``memory build`` and ``memory add`` record the
+memory they used in ``<RAR_HOME>/last-memory.json`` (its collection, and its folder or server
+URL). A ``memory`` command of those five that names no memory (no ``--memory``,
+``--collection`` or ``--qdrant-url``, nor their ``RAR_*`` variables) opens that one and says
+so; with no record and no default memory, it says which memories exist and how to pick one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ if TYPE_CHECKING:
     from rar_agent.config import Settings
     from rar_agent.memory import CategoryMemory
 
-__all__ = ["describe_choice", "last_used_settings", "names_a_memory", "remember_memory"]
+__all__ = [
+    "describe_choice",
+    "last_used_settings",
+    "names_a_memory",
+    "open_shown_memory",
+    "remember_memory",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,3 +107,34 @@ def describe_choice(settings: Settings) -> str:
         f"memories under {folder}: {', '.join(names)}; pick one with --collection NAME "
         "(or --memory DIR for one elsewhere)"
     )
+
+
+def open_shown_memory(settings: Settings) -> CategoryMemory:
+    """The memory a ``memory`` command that reads or takes back teaching acts on (``list``,
+    ``stats``, ``history``, ``undo``, ``relabel``): the one named, else the one the last
+    command used (a note on stderr says which), so ``memory undo`` after ``memory add
+    --collection X`` takes back what was taught to X, the memory ``memory list`` shows.
+
+    Raises:
+        MemoryStoreError: It does not exist; unless one was named, the message lists the
+            memories that do and how to pick one.
+        MemoryBusyError: Another process holds it.
+    """
+    from rar_agent.cli.options import print_note
+    from rar_agent.errors import MemoryBusyError, MemoryStoreError
+    from rar_agent.memory import open_memory
+
+    shown, note = last_used_settings(settings)
+    try:
+        memory = open_memory(shown, create=False)
+    except MemoryBusyError:
+        raise
+    except MemoryStoreError:
+        if names_a_memory(settings):
+            raise
+        raise MemoryStoreError(
+            f"no memory named {settings.collection!r}: {describe_choice(settings)}"
+        ) from None
+    if note:
+        print_note(note)
+    return memory

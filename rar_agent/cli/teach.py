@@ -121,13 +121,14 @@ def _user() -> str | None:
 
 def _teacher(settings: "Settings") -> "Teacher":
     """A CLI teacher that encodes nothing (history, undo, relabel: a relabel records who ran
-    it); the caller closes its memory."""
+    it) over the memory named, else the one the last command used (as ``memory list``); the
+    caller closes its memory."""
+    from rar_agent.cli.recent import open_shown_memory
     from rar_agent.errors import MemoryBusyError
-    from rar_agent.memory import open_memory
     from rar_agent.pipeline.teacher import Teacher
 
     try:
-        memory = open_memory(settings, create=False)
+        memory = open_shown_memory(settings)
     except MemoryBusyError as e:
         raise MemoryBusyError(
             f"{e}. If a rar-agent server (mcp, chat) holds it, stop the server first (Ctrl+C "
@@ -142,7 +143,9 @@ def _teacher(settings: "Settings") -> "Teacher":
 @settings_command(STORE)
 def memory_history(
     settings: "Settings",
-    limit: Annotated[int, typer.Option("--limit", "-n", help="Show the last N events.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="Show the last N events.")
+    ] = 20,
     by: Annotated[
         str | None,
         typer.Option("--by", help="Only what NAME taught (a token's name, a chat login)."),

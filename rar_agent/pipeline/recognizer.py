@@ -113,9 +113,9 @@ class Recognizer:
         hint: Domain hint for the ranker (defaults to the memory's description).
         reject: When an image is *unknown* (not a category in memory): ``"auto"`` (the
             default) or ``"auto:ALPHA"`` rejects at most ALPHA (default 0.05) of the images of
-            known categories, by a threshold calibrated from the memory's own examples (a
-            memory too small for it says "cannot calibrate" in ``rejection.note`` and rejects
-            nothing), and lets the ranker answer "none of these"; a number is a fixed
+            known categories like the memory's examples, by a threshold calibrated from them
+            (a memory too small for it says "cannot calibrate" in ``rejection.note`` and
+            rejects nothing), and lets the ranker answer "none of these"; a number is a fixed
             similarity threshold; ``"off"`` always answers with the closest category.
             Unknown images that look alike are grouped (``result.novel_group``,
             :meth:`unknown_groups`).

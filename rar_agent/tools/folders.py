@@ -314,6 +314,27 @@ class RecognizeImagesTool(RecognizerTool):
                 continue  # a link out of the folders, or not a regular file
         return directory, sorted(set(files))
 
+    def _nothing_found(self, args: RecognizeImagesInput) -> str:
+        """What a folder without matching photos holds instead: an agent told only "no
+        photos" of a folder whose photos lie in subfolders tells its user there are none."""
+        named = f" named {args.pattern!r}" if args.pattern != "*" else ""
+        text = f"No photos{named} found in {args.folder!r}."
+        if args.recursive or args.folder is None:
+            return text
+        directory = resolve_folder_inside_roots(args.folder, self.allowed_roots)
+        subfolders = sorted(
+            path.name
+            for path in directory.iterdir()
+            if path.is_dir() and _inside(path.resolve(), self.allowed_roots)
+        )
+        if not subfolders:
+            return text
+        shown = ", ".join(subfolders[:10]) + (", ..." if len(subfolders) > 10 else "")
+        return (
+            f"{text} It has {len(subfolders)} subfolder(s) ({shown}): call recognize_images "
+            "again with recursive=true to include their photos."
+        )
+
     def _name(self, path: Path) -> str:
         for root in self.allowed_roots:
             if root in path.parents:
@@ -374,6 +395,9 @@ class RecognizeImagesTool(RecognizerTool):
         except RarError as e:
             raise tool_error(e) from e
         total = len(sources)
+        if total == 0:
+            empty = BatchResults(source=where, total=0, offset=args.offset, results=[], seconds=0)
+            return self._nothing_found(args), empty.model_dump(mode="json")
         chosen = sources[args.offset : args.offset + args.limit]
         results: list[RecognitionResult] = []
         for at in range(0, len(chosen), BATCH_CHUNK):
@@ -418,8 +442,6 @@ def _name_as_given(result: RecognitionResult, source: ImageSource) -> None:
 def _batch_text(batch: BatchResults) -> str:
     """The progress note, then one line per image."""
     results = batch.results
-    if batch.total == 0:
-        return f"No photos found in {batch.source}."
     failed = sum(1 for r in results if r.error)
     unknown = sum(1 for r in results if not r.error and r.unknown)
     first, last = batch.offset + 1, batch.offset + len(results)

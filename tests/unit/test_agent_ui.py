@@ -118,6 +118,24 @@ async def test_session_turns_keep_the_conversation_image(recognizer: Any) -> Non
     assert "**Answer: yellow banana**" in again
 
 
+async def test_an_upload_is_read_by_its_content_not_its_name(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """A photo a browser saved as photo.jfif (a JPEG), or a PDF uploaded by mistake, was
+    dropped unread: the page answered "Type a question or upload a photo." as if nothing came."""
+    from PIL import Image
+
+    session = ChatSession(create_rar_agent(None, recognizer=recognizer), recognition_only=True)
+    photo = tmp_path / "banana.jfif"
+    Image.open(recognizer.example_images["yellow banana"]).convert("RGB").save(photo, "JPEG")
+    answer = (await session.respond({"text": "", "files": [str(photo)]}, []))["content"]
+    assert "**Answer: yellow banana**" in answer
+    pdf = tmp_path / "notes.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n")
+    refused = (await session.respond({"text": "what is it?", "files": [str(pdf)]}, []))["content"]
+    assert "notes\\.pdf is not an image" in refused and "PDF" in refused
+
+
 @pytest.mark.parametrize("ref", ["the latest image", "current", "last image", "latest"])
 async def test_a_session_never_recognizes_another_sessions_image(recognizer: Any, ref: str) -> None:
     """Bug 1: two browser sessions on one page share the image registry; a session with no

@@ -88,3 +88,20 @@ def test_no_command_help_shows_rst_quotes() -> None:
     texts = [(path, command.help or "") for path, command in walk(typer.main.get_command(app), "")]
     assert len(texts) > 20
     assert [path for path, text in texts if "``" in text] == []
+
+
+def test_reject_help_says_the_promise_holds_for_photos_like_the_memorys() -> None:
+    """`--reject auto:ALPHA` keeps "at most ALPHA of known images rejected" only for queries
+    like the memory's examples (another artist's drawings: 10.3% at auto:0.05; new
+    backgrounds: about half, docs/eval/open-set); where a user chooses it, nothing said so."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+    from rar_agent.config import Settings
+
+    done = CliRunner().invoke(app, ["recognize", "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    words = " ".join(line.strip(" │╭╮╰╯─") for line in done.output.splitlines()).split()
+    said = "photos unlike the memory's examples, another background or artist, are rejected more"
+    assert said in " ".join(words)
+    assert "like the memory's examples" in (Settings.model_fields["reject"].description or "")

@@ -179,6 +179,36 @@ def test_a_name_pattern_finds_phone_photos_whatever_the_case(
     assert _call(tool, {"folder": "phone", "pattern": "photo_00*"}).artifact["total"] == 1
 
 
+def test_a_folder_whose_photos_lie_in_subfolders_says_so(
+    recognizer: Any, tree: dict[str, Path]
+) -> None:
+    """recognize_images(folder='.') over a Pictures folder of albums answered "No photos found
+    in .." and nothing more: an agent then told its user the folder held no photos."""
+    tool = RecognizeImagesTool(recognizer=recognizer, allowed_roots=[tree["root"]])
+    top = _call(tool, {"folder": "."})
+    assert top.status != "error" and top.artifact["total"] == 0
+    assert "No photos found in '.'." in top.text
+    assert "(holiday)" in top.text and "recursive=true" in top.text  # not link_out: it leads out
+    named = _call(tool, {"folder": "holiday", "pattern": "*.gif"})
+    assert named.text == "No photos named '*.gif' found in 'holiday'."  # no subfolders there
+    every = _call(tool, {"folder": ".", "recursive": True})
+    assert every.artifact["total"] == 3  # holiday's photos (its link inside is one of them)
+
+
+def test_the_stand_in_says_that_folders_need_a_chat_model(
+    recognizer: Any, tree: dict[str, Path]
+) -> None:
+    """`rar-agent chat --allow-root DIR` with no chat model (the offline default) answered
+    "what is in my holiday folder?" as if there were no folder: nothing said that browsing
+    it takes a chat model that calls tools."""
+    question = {"messages": [HumanMessage("What is in my holiday folder?")]}
+    with_folders = create_rar_agent(None, recognizer=recognizer, folders=[tree["root"]])
+    reply = with_folders.invoke(question)["messages"][-1].text
+    assert "photo folders" in reply and "--model" in reply
+    plain = create_rar_agent(None, recognizer=recognizer).invoke(question)["messages"][-1].text
+    assert "photo folders" not in plain
+
+
 def test_batch_takes_phone_photos_heic_and_avif(recognizer: Any, tmp_path: Path) -> None:
     """The folder tool lists the same photo formats as everything else that reads images."""
     import pillow_heif

@@ -1,8 +1,9 @@
 """Which memory a command uses when none is named, and how a person finds it again.
 
 recognize, chat and mcp resolve "no --memory" in one place (``configured_memory``): the
-default memory if it holds entries, else the built-in one; ``memory list`` / ``stats`` with no
-flags show the memory the last command used, or say which exist and how to pick one.
+default memory if it holds entries, else the built-in one; ``memory list`` / ``stats`` /
+``history`` / ``undo`` with no flags act on the memory the last command used, or say which
+exist and how to pick one.
 """
 
 from __future__ import annotations
@@ -84,6 +85,28 @@ def test_memory_list_without_flags_shows_the_memory_the_last_command_used(
 
     named = runner.invoke(app, ["memory", "list", "--collection", "other"])
     assert named.exit_code == 2 and "no category memory" in named.output
+
+
+def test_memory_history_and_undo_without_flags_act_on_the_memory_memory_list_shows(
+    home: Path, tmp_path: Path
+) -> None:
+    """After `memory add ... --collection my-things`, `memory list` showed my-things while
+    `memory undo` took back the default memory's last teaching (or failed: no such memory)."""
+    image = str(tmp_path / "a.png")
+    taught = runner.invoke(app, ["teach", "kitty", image])
+    assert taught.exit_code == 0, taught.output
+    added = runner.invoke(app, ["memory", "add", "thing", image, "--collection", "my-things"])
+    assert added.exit_code == 0, added.output
+
+    history = runner.invoke(app, ["memory", "history"])
+    assert history.exit_code == 0, history.output
+    assert "'thing'" in history.stdout and "'kitty'" not in history.stdout
+    assert "memory 'my-things', used last by `rar-agent memory add`" in history.output
+    undone = runner.invoke(app, ["memory", "undo"])
+    assert undone.exit_code == 0, undone.output
+    assert "'thing'" in undone.stdout
+    listed = runner.invoke(app, ["memory", "list", "--json", "--collection", "default"])
+    assert listed.stdout.strip() == '{"kitty": 1}'  # the default memory's teaching is kept
 
 
 def test_without_a_record_the_error_lists_the_memories_and_how_to_pick(home: Path) -> None:

@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.eval_one_shot import emoji_sets, most_alike, one_memory, oracle, summary
+from tools.eval_one_shot import (
+    emoji_sets,
+    most_alike,
+    one_memory,
+    oracle,
+    reference_sets,
+    summary,
+)
 
 SETS = ("noto", "emojione", "emojify", "openmoji")
 
@@ -102,3 +109,21 @@ def test_the_summary_reports_the_oracle_beside_the_shipped_rule(tmp_path: Path) 
         assert 0.0 <= rows[a]["oracle_unseen_rejected"] <= 1.0
         assert rows[a]["known_rejected"] <= 1.0
     assert rows["0.2"]["oracle_unseen_rejected"] >= rows["0.05"]["oracle_unseen_rejected"]
+
+
+def test_alike_or_pair_without_the_emoji_cache_says_to_give_it() -> None:
+    # --alike 200 --pair noto:emojify without --emoji ran the other sets and said nothing
+    args = argparse.Namespace(icons=None, emoji=None, glyphs=None, fashion=None)
+    for alike, pair in ((200, []), (0, ["noto:emojify"])):
+        with pytest.raises(SystemExit, match="give the emoji cache too"):
+            reference_sets(argparse.Namespace(**vars(args), alike=alike, pair=pair))
+
+
+@pytest.mark.parametrize("alike", [-5, 41])
+def test_alike_beyond_the_things_in_the_cache_says_how_many_there_are(
+    tmp_path: Path, alike: int
+) -> None:
+    # -5 kept all but the last 5 and 41 all 40, each row named "the N most alike"
+    cache, _ = _emoji_cache(tmp_path)
+    with pytest.raises(SystemExit, match="40 emoji things to keep, 1 to 40"):
+        emoji_sets(_args(cache, alike=alike))

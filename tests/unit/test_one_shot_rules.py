@@ -4,6 +4,9 @@ and a query-normalised score is calibrated by the smallest quantile of the sets 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +15,7 @@ from tools.one_shot_rules import (
     _unit,
     fit_line,
     known_quantile,
+    main,
     memory_statistics,
     oracle,
     prior_and_margin,
@@ -122,3 +126,26 @@ def test_the_prior_and_the_margin_together_reject_only_where_both_do(
     monkeypatch.setattr(rules, "shipped_cuts", lambda runs, alpha, fp: [5.0] * len(runs))
     capped = prior_and_margin(sets, ALPHA, "fp", ["a"], level=0.3)["a"]
     assert capped[0] == pytest.approx(0.3, abs=0.02)  # now the margin's cut decides
+
+
+def test_sets_the_reports_need_and_were_not_given_are_named_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the default --calibrate icons,fashion without --icons drew every memory, then a traceback
+    rng = np.random.default_rng(0)
+    for name, rows in (("train_x", 70), ("test_x", 100), ("imagenet_rows", 20)):
+        np.save(tmp_path / f"{name}.npy", rng.normal(size=(rows, 16)).astype(np.float32))
+    np.save(tmp_path / "train_y.npy", np.arange(70) % 10)
+    np.save(tmp_path / "test_y.npy", np.arange(100) % 10)
+    shipped = "effnet:efficientnet-lite0/imagenet-fc:999755eaea0b74f7"  # judged by its prior
+    (tmp_path / "vectors.json").write_text(json.dumps({"fingerprint": shipped}))
+    with pytest.raises(SystemExit) as done:
+        main(["--fashion", str(tmp_path), "--memories", "2"])
+    assert done.value.code == 2
+    said = capsys.readouterr().err
+    assert "--calibrate icons,fashion: icons not among the sets given (fashion)" in said
+    # calibrated by Fashion-MNIST alone, the rules had no other set to be fitted on
+    with pytest.raises(SystemExit) as done:
+        main(["--fashion", str(tmp_path), "--memories", "2", "--calibrate", "fashion"])
+    assert done.value.code == 2
+    assert "give --icons or --glyphs beside --fashion" in capsys.readouterr().err

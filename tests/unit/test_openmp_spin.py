@@ -69,3 +69,32 @@ def test_torch_loaded_after_the_package_stops_spinning_soon_after_a_pass() -> No
     ours = json.loads(_python(_IDLE_SPIN.format(first="import rar_agent")))
     # libgomp's default spins about 8 ms after a pass on this kind of CPU; ours well under 1
     assert ours < libgomp_default / 4, (ours, libgomp_default)
+
+
+def test_every_benchmark_loads_the_package_before_torch() -> None:
+    """tools/bench_build.py's workers and tools/bench_encode.py imported torch first, so they
+    measured libgomp's default spin, not what every rar-agent command runs with."""
+    import ast
+    from pathlib import Path
+
+    def first(tree: ast.AST, package: str) -> int | None:
+        lines = [
+            node.lineno
+            for node in ast.walk(tree)
+            if (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == package)
+            or (
+                isinstance(node, ast.Import)
+                and any(a.name.split(".")[0] == package for a in node.names)
+            )
+        ]
+        return min(lines, default=None)
+
+    benches = sorted((Path(__file__).parents[2] / "tools").glob("bench_*.py"))
+    assert len(benches) > 5
+    first_torch = {}
+    for path in benches:
+        tree = ast.parse(path.read_text())
+        torch_line, package_line = first(tree, "torch"), first(tree, "rar_agent")
+        if torch_line is not None and (package_line is None or package_line > torch_line):
+            first_torch[path.name] = torch_line
+    assert first_torch == {}
