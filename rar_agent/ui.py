@@ -121,12 +121,18 @@ _ENTRY_ID = re.compile(r"\s*\(?\[?entry [0-9a-f-]{36}\]?\)?")
 
 
 _HISTORY_PHOTO = re.compile(r"\b(taught|confirmed|corrected|moved) img-[0-9a-f]{6,64}\b")
+# a tool's refusal of an id from elsewhere, which lists this conversation's ids for the model
+_NOT_HERE = re.compile(
+    r"\bimage img-[0-9a-f]{6,64} is not part of this conversation; its images are: "
+    r"(?:none|img-[0-9a-f]{6,64}(?:, img-[0-9a-f]{6,64})*)"
+)
 
 
 def _plain(text: str) -> str:
     """A tool's text for a person: no internal image or entry ids (a teaching history's
     photo is "a photo": "this photo" would say it is the one under discussion)."""
     text = _HISTORY_PHOTO.sub(r"\1 a photo", text)
+    text = _NOT_HERE.sub("that photo is not one of this conversation's", text)
     return _ENTRY_ID.sub("", _IMAGE_ID.sub("this photo", text))
 
 

@@ -136,6 +136,22 @@ async def test_an_upload_is_read_by_its_content_not_its_name(
     assert "notes\\.pdf is not an image" in refused and "PDF" in refused
 
 
+async def test_an_image_id_from_elsewhere_is_refused_in_words(recognizer: Any) -> None:
+    """A person who typed an image id that is not this conversation's read "image this photo
+    is not part of this conversation; its images are: this photo": the page had put "this
+    photo" in place of each id of the tool's refusal."""
+    session = ChatSession(create_rar_agent(None, recognizer=recognizer), recognition_only=True)
+    photo = str(recognizer.example_images["yellow banana"])
+    first = (await session.respond({"text": "", "files": [photo]}, []))["content"]
+    history = [
+        {"role": "user", "content": [{"type": "file", "file": {"path": photo}}]},
+        {"role": "assistant", "content": [{"type": "text", "text": first}]},
+    ]  # the banana is this conversation's: the refusal lists its id
+    reply = (await session.respond("what is img-0123456789ab?", history))["content"]
+    assert "that photo is not one of this conversation's" in reply, reply
+    assert "image this photo" not in reply and "img-" not in reply
+
+
 @pytest.mark.parametrize("ref", ["the latest image", "current", "last image", "latest"])
 async def test_a_session_never_recognizes_another_sessions_image(recognizer: Any, ref: str) -> None:
     """Bug 1: two browser sessions on one page share the image registry; a session with no
