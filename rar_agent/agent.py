@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from langgraph.types import Checkpointer, Command
 
     from rar_agent.pipeline.naming import Command as TeachingCommand
+    from rar_agent.pipeline.naming import Teaching
     from rar_agent.tools import RecognizerLike
     from rar_agent.tools.remote import MCPServers
 
@@ -485,6 +486,8 @@ class RecognitionOnlyChatModel(BaseChatModel):
         return head + "\n\n".join(parts)
 
     def _answer_user(self, last: HumanMessage, earlier: Sequence[BaseMessage]) -> AIMessage:
+        """The reply to a person's message: a command about the teaching (history, undo),
+        this turn's photos recognized or named, or what they say about the last answer."""
         from rar_agent.pipeline.naming import parse_command, parse_teaching
 
         text = last.text
@@ -501,17 +504,24 @@ class RecognitionOnlyChatModel(BaseChatModel):
         before = previous_answer(earlier)
         teaching = parse_teaching(words, bare=bool(ids) or before is not None)
         if ids:
-            if teaching is not None and teaching.label and teaching.intent in ("name", "correct"):
-                if not self.can_learn:
-                    return AIMessage(
-                        content=f"I cannot store {teaching.label!r}." + self.learning_off
-                    )
-                return _calls(
-                    self.learn_tool_name, [{"label": teaching.label, "image": i} for i in ids]
-                )
-            return _calls(self.tool_name, [{"image": i} for i in ids])
+            return self._about_photos(ids, teaching)
         if teaching is None:
             return AIMessage(content=self._capabilities())
+        return self._about_last_answer(teaching, before)
+
+    def _about_photos(self, ids: Sequence[str], teaching: Teaching | None) -> AIMessage:
+        """This turn's photos: taught under the name the message gives them, else recognized."""
+        if teaching is None or not teaching.label or teaching.intent not in ("name", "correct"):
+            return _calls(self.tool_name, [{"image": i} for i in ids])
+        if not self.can_learn:
+            return AIMessage(content=f"I cannot store {teaching.label!r}." + self.learning_off)
+        return _calls(self.learn_tool_name, [{"label": teaching.label, "image": i} for i in ids])
+
+    def _about_last_answer(
+        self, teaching: Teaching, before: tuple[str, str | None] | None
+    ) -> AIMessage:
+        """What a message without a photo teaches about the last answer's photo (``before``:
+        its image and the answer): moved, confirmed, corrected or named, or what is missing."""
         if not self.can_learn:
             named = f"I cannot store {teaching.label!r}." if teaching.label else ""
             return AIMessage(content=(named + self.learning_off).strip())
@@ -528,16 +538,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
                 "*call it X* for a new one."
             )
         if teaching.intent == "confirm":
-            if answer is None:
-                return AIMessage(content="It was not recognized: tell me what it shows.")
-            if not teaching.keep:
-                return AIMessage(
-                    content=f"Good: {answer!r} was right. Nothing was stored; say *yes, keep "
-                    f"it* to keep this photo as an example of {answer!r}."
-                )
-            return _calls(
-                self.learn_tool_name, [{"label": answer, "image": image, "confirmed": True}]
-            )
+            return self._confirmed(teaching, image, answer)
         label = teaching.label or ""
         args: dict[str, Any] = {"label": label, "image": image}
         if answer is not None and answer.casefold() != label.casefold():
@@ -545,6 +546,17 @@ class RecognitionOnlyChatModel(BaseChatModel):
         elif answer is not None:
             args["confirmed"] = True
         return _calls(self.learn_tool_name, [args])
+
+    def _confirmed(self, teaching: Teaching, image: str, answer: str | None) -> AIMessage:
+        """The person said the last answer was right: keep the photo only when they ask to."""
+        if answer is None:
+            return AIMessage(content="It was not recognized: tell me what it shows.")
+        if not teaching.keep:
+            return AIMessage(
+                content=f"Good: {answer!r} was right. Nothing was stored; say *yes, keep "
+                f"it* to keep this photo as an example of {answer!r}."
+            )
+        return _calls(self.learn_tool_name, [{"label": answer, "image": image, "confirmed": True}])
 
     def _command(self, command: TeachingCommand) -> AIMessage:
         """List or undo the teaching (the tools that come with learning), or say why not."""

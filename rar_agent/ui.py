@@ -164,9 +164,6 @@ def render_reply(
             (:func:`~rar_agent.registry.unreadable_images`): said first, so no upload is
             dropped without a word.
     """
-    from rar_agent.agent import answer_marker
-    from rar_agent.tools.learn import describe_duplicate
-
     parts: list[str] = []
     results = [
         t for t in tool_messages if t.name == "recognize_image" and isinstance(t.artifact, dict)
@@ -181,32 +178,49 @@ def render_reply(
         parts.append(_plain(final_text.strip()) if recognition_only else final_text.strip())
         if recognition_only:  # the stand-in's reply already says each tool's error
             errors = []
-    for t in errors:
-        refused = _refused_duplicate(t)
-        if refused is not None:
-            parts.append(f"⚠️ {describe_duplicate(*refused)}")
-            continue
-        parts.append(f"⚠️ **Tool error** ({_md(t.name or 'tool')}): {_md(_plain(t.text))}")
+    parts += [_tool_error(t) for t in errors]
     for t in results:
-        artifact = t.artifact
-        items = artifact.get("regions") if "regions" in artifact else [artifact]
-        for item in items:
-            if item.get("error"):
-                parts.append(f"⚠️ {_md(str(item['error']))}")
-                continue
-            block = _answer_head(item, can_learn) + "\n\n" + candidates_table(item)
-            image = artifact.get("image")
-            evidence = _evidence(
-                item, (queries or {}).get(image) if isinstance(image, str) else None
-            )
-            if evidence:
-                block += "\n\n" + evidence
-            if item.get("unknown"):
-                block += "\n\n" + _unknown_offer(can_learn, learning_off)
-            if "regions" not in artifact and isinstance(image, str) and _IMAGE_ID.fullmatch(image):
-                block += "\n" + answer_marker(image, item.get("label"))
-            parts.append(block)
+        parts += _answer_blocks(t.artifact, can_learn, learning_off, queries or {})
     return "\n\n".join(parts) if parts else "(no reply)"
+
+
+def _tool_error(message: ToolMessage) -> str:
+    """A tool's error as the page shows it (a photo stored under another label: what to say)."""
+    from rar_agent.tools.learn import describe_duplicate
+
+    refused = _refused_duplicate(message)
+    if refused is not None:
+        return f"⚠️ {describe_duplicate(*refused)}"
+    return f"⚠️ **Tool error** ({_md(message.name or 'tool')}): {_md(_plain(message.text))}"
+
+
+def _answer_blocks(
+    artifact: dict[str, Any],
+    can_learn: bool,
+    learning_off: str | None,
+    queries: Mapping[str, str],
+) -> list[str]:
+    """The blocks of one recognition (one per region of a photo with boxes): the answer, its
+    candidates and evidence, an offer to name an unknown, the hidden note of its image."""
+    from rar_agent.agent import answer_marker
+
+    blocks = []
+    items = artifact.get("regions", [artifact])
+    for item in items:
+        if item.get("error"):
+            blocks.append(f"⚠️ {_md(str(item['error']))}")
+            continue
+        block = _answer_head(item, can_learn) + "\n\n" + candidates_table(item)
+        image = artifact.get("image")
+        evidence = _evidence(item, queries.get(image) if isinstance(image, str) else None)
+        if evidence:
+            block += "\n\n" + evidence
+        if item.get("unknown"):
+            block += "\n\n" + _unknown_offer(can_learn, learning_off)
+        if "regions" not in artifact and isinstance(image, str) and _IMAGE_ID.fullmatch(image):
+            block += "\n" + answer_marker(image, item.get("label"))
+        blocks.append(block)
+    return blocks
 
 
 EVIDENCE_CANDIDATES = 3

@@ -258,6 +258,32 @@ def _quiet_unlisted_calls() -> None:
         sdk.addFilter(_UnlistedCallFilter())
 
 
+def _caller(server: Server, auth_required: bool) -> tuple[str | None, frozenset[str] | None]:
+    """The name and scopes of the token calling ``server`` now; scopes ``None``: every tool
+    (no token, where none is required)."""
+    from rar_agent.mcp.auth import token_name, token_scopes
+
+    try:
+        request = server.request_context.request
+    except LookupError:
+        request = None
+    scope = getattr(request, "scope", None)
+    scopes = token_scopes(scope)
+    if scopes is None and auth_required:
+        return None, frozenset()
+    return token_name(scope), scopes
+
+
+def _not_granted(entry: _Served, who: str | None, scopes: frozenset[str]) -> types.CallToolResult:
+    """The refusal of a call the token's ``scopes`` do not grant, with the command that
+    makes a token that may."""
+    return _error(
+        f"{entry.tool.name} needs the scope {entry.scope!r}; the token {who!r} has "
+        f"{', '.join(sorted(scopes)) or 'none'}: ask for a token made with "
+        f"rar-agent auth add NAME --scope {entry.scope}"
+    )
+
+
 def build_server(
     tools: Sequence[BaseTool],
     *,
@@ -292,7 +318,6 @@ def build_server(
     Returns:
         The server; run it with :func:`serve_stdio` or :func:`serve_http`.
     """
-    from rar_agent.mcp.auth import token_name, token_scopes
     from rar_agent.mcp.opening import PerTokenServer
     from rar_agent.openset.groups import SentImages
     from rar_agent.tools.provenance import teaching_as
@@ -315,36 +340,20 @@ def build_server(
 
     server = PerTokenServer(name, version=__version__, opening=opening)
 
-    def caller() -> tuple[str | None, frozenset[str] | None]:
-        """The calling token's name and scopes; scopes ``None`` = every tool."""
-        try:
-            request = server.request_context.request
-        except LookupError:
-            request = None
-        scope = getattr(request, "scope", None)
-        scopes = token_scopes(scope)
-        if scopes is None and auth_required:
-            return None, frozenset()
-        return token_name(scope), scopes
-
     @server.list_tools()
     async def list_tools() -> list[types.Tool]:
-        return [e.definition for e in listed(caller()[1])]
+        return [e.definition for e in listed(_caller(server, auth_required)[1])]
 
     # Arguments are checked by each LangChain tool, so errors read the same everywhere.
     @server.call_tool(validate_input=False)
     async def call_tool(tool_name: str, arguments: dict[str, Any]) -> types.CallToolResult:
-        who, scopes = caller()
+        who, scopes = _caller(server, auth_required)
         entry = served.get(tool_name)
         if entry is None:
             known = ", ".join(e.tool.name for e in listed(scopes))
             return _error(f"unknown tool {tool_name!r}: this server has {known}")
         if scopes is not None and entry.scope not in scopes:
-            return _error(
-                f"{tool_name} needs the scope {entry.scope!r}; the token {who!r} has "
-                f"{', '.join(sorted(scopes)) or 'none'}: ask for a token made with "
-                f"rar-agent auth add NAME --scope {entry.scope}"
-            )
+            return _not_granted(entry, who, scopes)
         mine = None if who is None else sent.setdefault(who, SentImages())
         with teaching_as("mcp", who, mine):
             result = await call_langchain_tool(entry.tool, arguments or {})

@@ -295,41 +295,63 @@ def restore_snapshot(
     source = Path(path).expanduser()
     with _open_snapshot(source) as tar:
         header = _read_header(tar, source)
-        if header.get("kind") != "points":
-            raise ConfigError(
-                f"{source} is a Qdrant server snapshot: restore it to a server memory "
-                "(--qdrant-url)"
-            )
-        if target.count() > 0:
-            raise ConfigError(
-                f"memory {target.collection!r} at {target.info.location} holds "
-                f"{target.count()} entries: restore into a new --memory or --collection"
-            )
+        _check_restorable(header, target, source)
         total = int(header["entries"])
         record = MemoryRecord.from_stored(
             header["record"], collection=target.collection, where=str(source)
         )
         target.bind_record(record)
-        done = 0
         with target.bulk_load(total):
-            for name in sorted(m.name for m in tar.getmembers() if m.name.endswith(".json")):
-                if not name.startswith("points/"):
-                    continue
-                points = json.loads(_member(tar, name, source))
-                rows = np.load(io.BytesIO(_member(tar, name[:-5] + ".npy", source)))
-                page = [
-                    (pid, kind, row.tolist(), payload)
-                    for pid, kind, row, payload in zip(
-                        points["ids"], points["kinds"], rows, points["payloads"], strict=True
-                    )
-                ]
-                target.write_points(page)
-                done += len(page)
-                if progress:
-                    progress(done, total)
+            done = _write_pages(tar, source, target, total, progress)
         target.optimize(min_unindexed=OPTIMIZE_MIN_UNINDEXED)
     _verify(header, target, source)
     return SnapshotReport(source, done, len(header["labels"]), source.stat().st_size, _since(start))
+
+
+def _check_restorable(header: dict[str, Any], target: CategoryMemory, source: Path) -> None:
+    """Refuse a snapshot of points that ``target`` cannot take: a Qdrant server snapshot, or
+    a target that holds entries.
+
+    Raises:
+        ConfigError: Which of the two, and what to do.
+    """
+    if header.get("kind") != "points":
+        raise ConfigError(
+            f"{source} is a Qdrant server snapshot: restore it to a server memory (--qdrant-url)"
+        )
+    if target.count() > 0:
+        raise ConfigError(
+            f"memory {target.collection!r} at {target.info.location} holds "
+            f"{target.count()} entries: restore into a new --memory or --collection"
+        )
+
+
+def _write_pages(
+    tar: tarfile.TarFile,
+    source: Path,
+    target: CategoryMemory,
+    total: int,
+    progress: Progress | None,
+) -> int:
+    """Write the snapshot's pages of points (``points/*.json`` with their ``.npy`` vectors)
+    into ``target``, in name order; how many points were written."""
+    done = 0
+    for name in sorted(m.name for m in tar.getmembers() if m.name.endswith(".json")):
+        if not name.startswith("points/"):
+            continue
+        points = json.loads(_member(tar, name, source))
+        rows = np.load(io.BytesIO(_member(tar, name[:-5] + ".npy", source)))
+        page = [
+            (pid, kind, row.tolist(), payload)
+            for pid, kind, row, payload in zip(
+                points["ids"], points["kinds"], rows, points["payloads"], strict=True
+            )
+        ]
+        target.write_points(page)
+        done += len(page)
+        if progress:
+            progress(done, total)
+    return done
 
 
 def _verify(header: dict[str, Any], target: CategoryMemory, source: Path) -> None:

@@ -310,35 +310,13 @@ class Teacher:
         clean = self._spelling(given, near)
         wrong = self._spelling(wrong, near) if wrong is not None else None
         moved = self._move_stored(prepared, hits, clean) if move else {}
-        meta: dict[str, Any] = {"via": self.via, "by": self.by, "action": action}
-        if wrong is not None:
-            meta["corrected_from"] = wrong
-        entries = [
-            MemoryEntry(clean, "image", p.name, p.digest, {"taught": {**meta, "at": _now()}})
-            for p in prepared
-        ]
-        stored = self.memory.existing_ids(e.point_id for e in entries)
-        todo = [
-            i
-            for i, e in enumerate(entries)
-            if e.point_id not in stored and e.point_id not in {x.point_id for x in entries[:i]}
-        ]
+        entries = self._entries(clean, prepared, action=action, wrong=wrong)
+        todo = self._unstored(entries)
         flagged = self._check_duplicates(clean, [(prepared[i], entries[i], hits[i]) for i in todo])
-        if todo:
-            final = [
-                MemoryEntry(
-                    clean,
-                    "image",
-                    entries[i].source,
-                    entries[i].content_hash,
-                    {**entries[i].extra, "thumbnail": make_thumbnail(prepared[i].image)},
-                )
-                for i in todo
-            ]
-            ids = self.memory.add_entries(final, vectors[todo])
+        added = self._write([(prepared[i], entries[i]) for i in todo], vectors[todo])
         examples = self.memory.count("image", label=clean)
-        if todo:
-            update_calibration(self.memory, added=list(zip(ids, final, strict=True)))
+        if added:
+            update_calibration(self.memory, added=added)
         shared = {
             "label": clean,
             "category_examples": examples,
@@ -351,6 +329,52 @@ class Teacher:
         first = entries[todo[0]].point_id if todo and examples == len(todo) else None
         new_ids = {entries[i].point_id for i in todo}
         return _outcomes(prepared, entries, new_ids, first, flagged, moved, shared)
+
+    def _entries(
+        self,
+        label: str,
+        prepared: Sequence[_Prepared],
+        *,
+        action: TeachAction,
+        wrong: str | None,
+    ) -> list[MemoryEntry]:
+        """The entries ``prepared`` would be stored as, each with its provenance (``taught``:
+        when, via, by, the action and the wrong answer it corrects)."""
+        meta: dict[str, Any] = {"via": self.via, "by": self.by, "action": action}
+        if wrong is not None:
+            meta["corrected_from"] = wrong
+        return [
+            MemoryEntry(label, "image", p.name, p.digest, {"taught": {**meta, "at": _now()}})
+            for p in prepared
+        ]
+
+    def _unstored(self, entries: Sequence[MemoryEntry]) -> list[int]:
+        """Where ``entries`` are new: neither stored already nor given earlier in this call."""
+        stored = self.memory.existing_ids(e.point_id for e in entries)
+        return [
+            i
+            for i, e in enumerate(entries)
+            if e.point_id not in stored and e.point_id not in {x.point_id for x in entries[:i]}
+        ]
+
+    def _write(
+        self, new: Sequence[tuple[_Prepared, MemoryEntry]], vectors: np.ndarray
+    ) -> list[tuple[str, MemoryEntry]]:
+        """Store the ``new`` entries, each with its image's thumbnail; their ids and entries."""
+        if not new:
+            return []
+        final = [
+            MemoryEntry(
+                e.label,
+                "image",
+                e.source,
+                e.content_hash,
+                {**e.extra, "thumbnail": make_thumbnail(p.image)},
+            )
+            for p, e in new
+        ]
+        ids = self.memory.add_entries(final, vectors)
+        return list(zip(ids, final, strict=True))
 
     def _move_stored(
         self, prepared: Sequence[_Prepared], hits: Sequence[Sequence[Hit]], label: str
