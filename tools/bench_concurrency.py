@@ -86,14 +86,11 @@ def _memory(directory: Path, n: int, dim: int, index: bool) -> CategoryMemory:
 
 
 def _rate(
-    search: Callable[[np.ndarray], Any] | Sequence[Callable[[np.ndarray], Any]],
-    queries: np.ndarray,
-    threads: int,
+    searches: Sequence[Callable[[np.ndarray], Any]], queries: np.ndarray, threads: int
 ) -> tuple[float, float]:
     """(queries per second, CPUs busy) with ``threads`` threads sharing ``queries`` between
-    them; with a list of searches, thread ``i`` uses ``search[i % len]``. CPUs busy is the
+    them, thread ``i`` searching with ``searches[i % len(searches)]``. CPUs busy is the
     process's CPU time over the wall time: how many cores the searches kept at work."""
-    searches = list(search) if isinstance(search, Sequence) else [search]
     parts = np.array_split(queries, threads)
     barrier = threading.Barrier(threads + 1)
 
@@ -114,6 +111,11 @@ def _rate(
         t.join()
     wall = time.perf_counter() - start
     return len(queries) / wall, (time.process_time() - cpu) / wall
+
+
+def _searcher(memory: CategoryMemory) -> Callable[[np.ndarray], Any]:
+    """One search of ``memory`` (top :data:`LIMIT`) for a query vector."""
+    return lambda q: memory.search(q, limit=LIMIT)
 
 
 def _overlap(memory: CategoryMemory, queries: np.ndarray, threads: int) -> float:
@@ -139,7 +141,7 @@ def _overlap(memory: CategoryMemory, queries: np.ndarray, threads: int) -> float
 
     shared.shard = Probe()
     try:
-        _rate(lambda q: memory.search(q, limit=LIMIT), queries, threads)
+        _rate([_searcher(memory)], queries, threads)
     finally:
         shared.shard = real
     events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
@@ -173,11 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         queries = _data(args.queries, args.dim, seed=1)
         exclusive = threading.Lock()
 
-        def search(q: np.ndarray) -> Any:
-            return memory.search(q, limit=LIMIT)
-
-        def search_twin(q: np.ndarray) -> Any:
-            return twin.search(q, limit=LIMIT)
+        search, search_twin = _searcher(memory), _searcher(twin)
 
         def search_one_lock(q: np.ndarray) -> Any:
             with exclusive:
@@ -186,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         search(queries[0])  # warm the caches
         search_twin(queries[0])
         together = _overlap(memory, queries[: max(40, args.queries // 4)], THREADS)
-        one, one_busy = _rate(search, queries, 1)
-        locked, locked_busy = _rate(search_one_lock, queries, THREADS)
-        shared, shared_busy = _rate(search, queries, THREADS)
+        one, one_busy = _rate([search], queries, 1)
+        locked, locked_busy = _rate([search_one_lock], queries, THREADS)
+        shared, shared_busy = _rate([search], queries, THREADS)
         apart, apart_busy = _rate([search, search_twin], queries, 2)
         memory.close()
         twin.close()
