@@ -12,10 +12,12 @@ is really closed (flushed), so reopening it at once waits for that instead of fa
 Another process gets :class:`MemoryBusyError`.
 
 Every call goes through the shard's read/write lock: searches, reads and counts share it,
-writes, index builds and closing hold it alone. qdrant-edge (0.9) releases the GIL while it
-searches, so other Python threads run meanwhile, but it runs one query at a time in a
-process, even on two shards (``tools/bench_concurrency.py``: 8 threads or 2 shards keep one
-CPU busy); batch queries (``query_batch``) for throughput.
+writes, index builds and closing hold it alone. qdrant-edge (0.9) releases the GIL for part
+of a search only (a thread beside one-by-one queries stood still 56-60% of the time, beside a
+batch 87-95%), and it runs one query at a time in a process, even on two shards
+(``tools/bench_concurrency.py``: 8 threads or 2 shards keep one CPU busy). A batch
+(``query_batch``) pays the Python around the engine once, at the price of stalling the
+process's other threads longer; docs/scaling.md ("One process") has the figures.
 """
 
 from __future__ import annotations
