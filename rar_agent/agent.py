@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
+    "IMAGE_IDS_KEY",
     "IMAGE_LIST_TOOLS",
     "IMAGE_TOOLS",
     "ImageRegistryMiddleware",
@@ -123,6 +124,12 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+IMAGE_IDS_KEY = "rar_image_ids"
+"""The ``additional_kwargs`` key under which a user turn keeps the ids of its images (their
+bytes replaced by ``[image id ...]``): the ids are the conversation's wherever the message
+goes, so a conversation passed back as its messages keeps its photos."""
+
+
 class RarAgentState(AgentState[Any]):
     """Agent state plus the ids of this conversation's images, oldest first."""
 
@@ -163,23 +170,36 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
     # -- before each model call: swap images for ids
 
     def before_model(self, state: RarAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Replace user-turn images by ``[image id ...]`` and record the ids in state."""
+        """Replace user-turn images by ``[image id ...]`` and record the ids in state.
+
+        A user turn whose images were replaced keeps their ids (:data:`IMAGE_IDS_KEY`), so a
+        caller without a checkpointer, who passes back the messages the agent returned, keeps
+        the conversation's photos: they are its images again. Ids merely written in a
+        message's text never are.
+        """
         updated: list[BaseMessage] = []
-        ids = list(state.get("images") or [])
+        held = list(state.get("images") or [])
+        ids = list(held)
         for message in state["messages"]:
-            if not isinstance(message, HumanMessage) or not isinstance(message.content, list):
+            if not isinstance(message, HumanMessage):
+                continue
+            ids += [i for i in message.additional_kwargs.get(IMAGE_IDS_KEY, ()) if i not in ids]
+            if not isinstance(message.content, list):
                 continue
             content, found = image_blocks_to_ids(
                 message.content, self.registry, fetch_url=self.fetch_url
             )
             if content is not message.content:
-                updated.append(message.model_copy(update={"content": content}))
+                kwargs = {**message.additional_kwargs, IMAGE_IDS_KEY: found}
+                updated.append(
+                    message.model_copy(update={"content": content, "additional_kwargs": kwargs})
+                )
                 for image_id in found:  # a re-sent image becomes the latest again
                     if image_id in ids:
                         ids.remove(image_id)
                     ids.append(image_id)
                 self._persist(found)
-        if not updated:
+        if not updated and ids == held:
             return None
         return {"messages": updated, "images": ids}
 
