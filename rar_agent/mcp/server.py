@@ -355,7 +355,8 @@ def build_server(
         if scopes is not None and entry.scope not in scopes:
             return _not_granted(entry, who, scopes)
         mine = None if who is None else sent.setdefault(who, SentImages())
-        with teaching_as("mcp", who, mine):
+        may_teach = scopes is None or "learn" in scopes
+        with teaching_as("mcp", who, mine, may_teach=may_teach):
             result = await call_langchain_tool(entry.tool, arguments or {})
         pictures = bool(getattr(entry.tool, "example_images", False))
         _publish_result(result, roots, pictures=pictures)
