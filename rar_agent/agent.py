@@ -61,6 +61,7 @@ from rar_agent.registry import (
 from rar_agent.safety import normalize_roots
 from rar_agent.tools import UnknownGroupsTool, folder_tools, make_tools
 from rar_agent.tools.base import RecognizerTool
+from rar_agent.tools.learn import TEACHING_TOOLS
 
 if TYPE_CHECKING:
     import os
@@ -374,7 +375,6 @@ def _tool_error(call: ToolCall, text: str) -> ToolMessage:
 _ANSWER_MARK = re.compile(r"<!-- rar-answer (?P<image>img-[0-9a-f]{6,64}): (?P<label>.*?) -->")
 _UNKNOWN = "(unknown)"
 _BROWSE = "recognize_images"  # bound when the tools may read photo folders
-_TEACH_TOOLS = ("add_category_example", "relabel_example", "teaching_history", "undo_teaching")
 
 
 def answer_marker(image: str, label: str | None) -> str:
@@ -492,7 +492,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
         for message in reversed(turn):
             if message.status == "error":
                 parts.append(_tool_failure(message))
-            elif message.name in _TEACH_TOOLS:
+            elif message.name in TEACHING_TOOLS:
                 parts.append(message.text)
             else:
                 recognized = True

@@ -41,6 +41,7 @@ __all__ = [
     "AddCategoryTool",
     "RelabelExampleInput",
     "RelabelExampleTool",
+    "TEACHING_TOOLS",
     "TeachingHistoryInput",
     "TeachingHistoryTool",
     "TeachingTool",
@@ -54,6 +55,10 @@ __all__ = [
     "describe_relabeled",
     "describe_undone",
 ]
+
+
+TEACHING_TOOLS = ("add_category_example", "relabel_example", "teaching_history", "undo_teaching")
+"""The names of the teaching tools (``make_tools(..., allow_learning=True)`` adds them)."""
 
 
 class TeachingTool(RecognizerTool):
