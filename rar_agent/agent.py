@@ -404,8 +404,8 @@ def previous_answer(messages: Sequence[BaseMessage]) -> tuple[str, str | None] |
 
 
 CAPABILITIES = (
-    "No chat model is configured, so this page recognizes photos and does not hold a "
-    "conversation. Send a photo (several at once are each answered)."
+    "No chat model is configured, so this page recognizes photos but cannot chat. Send a "
+    "photo (several at once are each answered)."
 )
 TEACHING_HELP = (
     " After an answer, say *yes* (or *yes, keep it* to keep the photo as an example), *no, "

@@ -104,6 +104,9 @@ async def test_session_turns_keep_the_conversation_image(recognizer: Any) -> Non
     ]
     hello = (await session.respond({"text": "hello", "files": []}, history))["content"]
     assert "No chat model is configured" in hello
+    # the page keeps this conversation (its answers are corrected, its photos recognized
+    # again); what it lacks is chat: it said it "does not hold a conversation"
+    assert "cannot chat" in hello and "does not hold a conversation" not in hello, hello
     assert (await session.respond({"text": "  ", "files": []}, []))["content"] == (
         "Type a question or upload a photo."
     )
