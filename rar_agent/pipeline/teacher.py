@@ -600,10 +600,12 @@ def _check_unchanged_since(
         later = [e for e in events if e.id == event.id and e.at > event.at and e.by != by]
         if later:
             other = later[-1]
+            what = "moved it to" if other.event == "relabeled" else "taught it as"
+            when = f"{other.at[:19].replace('T', ' ')} UTC"  # as the history shows it
             raise ConfigError(
                 f"{by!r} cannot undo teaching {event.label!r} [entry {event.id}]: "
-                f"{other.by or 'someone'} changed that example since ({other.event} "
-                f"{other.label!r} at {other.at}); ask them, or an operator (rar-agent memory "
+                f"{other.by or 'someone'} changed that example since ({what} "
+                f"{other.label!r} at {when}); ask them, or an operator (rar-agent memory "
                 "undo), to undo theirs first"
             )
 

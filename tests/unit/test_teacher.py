@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,20 @@ def test_relabel_moves_an_example_and_undo_moves_it_back(recognizer: Any) -> Non
     for typo in ("x", "1", "3cdb9e79-1590"):  # the memory's storage would fail to parse these
         with pytest.raises(ConfigError, match=f"'{typo}' is not an example id .*memory history"):
             teacher.relabel(typo, "cat")
+
+
+def test_an_undo_refused_over_anothers_change_says_it_in_words(recognizer: Any) -> None:
+    """The refusal read "(relabeled 'cat' at 2026-12-06T13:45:44.806915+00:00)": a raw
+    timestamp unlike the history's, and a phrase that reads as if 'cat' were relabeled."""
+    ana = Teacher(recognizer.memory, recognizer.encoder, via="mcp", by="ana")
+    bob = Teacher(recognizer.memory, recognizer.encoder, via="mcp", by="bob")
+    [added] = ana.add("dog", [("pup.png", _png((30, 90, 200)))])
+    bob.relabel(added.id, "cat")
+    with pytest.raises(ConfigError) as refused:
+        ana.undo(1, own=True)
+    said = str(refused.value)
+    assert "bob changed that example since (moved it to 'cat' at 20" in said, said
+    assert re.search(r"at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)", said), said
 
 
 def test_an_agent_that_gives_a_wrong_example_id_is_told_its_own_tool(recognizer: Any) -> None:
