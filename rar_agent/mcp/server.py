@@ -479,10 +479,11 @@ def _instructions(collection: str, description: str | None, names: frozenset[str
     if "recognize_image" not in names:
         return said[0] + ": this token may call none of its tools."
     batch = " (recognize_images: every image of a folder)" if "recognize_images" in names else ""
-    knows = " and ".join(n for n in ("list_categories", "search_categories") if n in names)
+    listing = [n for n in ("list_categories", "search_categories") if n in names]
+    knows = " and ".join(listing) + (" tell" if len(listing) > 1 else " tells")
     said.append(
         f": recognize_image retrieves the closest known categories for an image and ranks "
-        f"them{batch}; {knows} tell what the memory knows; list_unknown_groups shows recent "
+        f"them{batch}; {knows} what the memory knows; list_unknown_groups shows recent "
         "images it answered unknown that look alike (one new thing seen again and again)."
     )
     if "add_category_example" in names:

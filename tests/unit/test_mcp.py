@@ -208,6 +208,17 @@ async def test_read_only_server_has_no_learning_tool_and_memory_refuses(
         assert unknown.isError and "unknown tool 'paint_image'" in text_of(unknown)
 
 
+def test_the_opening_words_agree_with_the_tools_they_name() -> None:
+    """A server without a text encoder told the model "list_categories tell what the memory
+    knows"."""
+    from rar_agent.mcp.server import _instructions
+
+    one = _instructions("shop", None, frozenset({"recognize_image", "list_categories"}))
+    assert "list_categories tells what the memory knows" in one, one
+    both = frozenset({"recognize_image", "list_categories", "search_categories"})
+    assert "list_categories and search_categories tell what" in _instructions("shop", None, both)
+
+
 async def test_learning_on_a_read_only_memory_is_a_tool_error(memory_dir: MemoryDir) -> None:
     async with in_process(memory_dir, learning=True, read_only=True) as session:
         image = data_uri(memory_dir.images / "coffee.jpg")
