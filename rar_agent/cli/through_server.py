@@ -52,10 +52,16 @@ def call_server_tool(
         raise ConfigError(f"--server needs a token with the {scope} scope: --token or RAR_TOKEN")
     try:
         return anyio.run(_call, url, token, tool, arguments)
-    except Exception as e:  # HTTP 401/403/429, refused connections: say which
+    except Exception as e:  # HTTP 401/403/429, no server there: say which
+        cause = _innermost(e)
+        if _unreachable(cause):
+            raise ConfigError(
+                f"no server answers at {url} ({cause or type(cause).__name__}): check the URL "
+                "and that `rar-agent mcp --http` runs there"
+            ) from None
         raise ConfigError(
-            f"the server at {url} refused {asking} ({_status_of(e) or e}): check the URL and "
-            f"that the token has the {scope} scope"
+            f"the server at {url} refused {asking} ({_status_of(e) or cause}): check the URL "
+            f"and that the token has the {scope} scope"
         ) from None
 
 
@@ -81,6 +87,20 @@ async def _call(
     ):
         await session.initialize()
         return await session.call_tool(tool, arguments)
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The first error an exception group (the MCP client's task groups) wraps, or
+    ``error`` itself."""
+    inner = getattr(error, "exceptions", ())
+    return _innermost(inner[0]) if inner else error
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says no server answered (refused, unreachable, timed out)."""
+    import httpx
+
+    return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | OSError)
 
 
 def _status_of(error: BaseException) -> str | None:
