@@ -25,6 +25,10 @@ quotes and a final ``.``/``!`` are ignored):
    (a first word such as *recognize*, *identify*, *describe*, *try*, *check*: a request,
    which would otherwise be stored as the photo's name).
 
+A leading interjection or hedge is not part of the name (*oh it's a sandal*, *maybe a
+sandal*, *I guess it's a sandal*); *well*, *so* and *ok* only before a comma or a statement,
+since a name may begin with them (*well pump*).
+
 Not knowing is not a name: *no idea*, *I don't know*, *not sure*, *dunno* teach nothing
 (``None``), nor does a reaction (*cool*, *nice!*, *wow*); a correction or a statement whose
 name only says the answer was wrong (*no, something else*, *it's none of these*, *no,
@@ -166,7 +170,8 @@ _COMMANDS = frozenset(
 _UNSURE = re.compile(
     r"^(?:no\s+idea|no\s+clue|(?:no[\s,]+)?i\s+(?:do\s*n[o']?t|have\s+no)\s+(?:know|idea|clue)|"
     r"(?:i'?m\s+|i\s+am\s+)?(?:not\s+sure|unsure)|dunno|idk|don'?t\s+know|"
-    r"cool|nice|wow|neat|interesting|awesome|amazing|great|lol|hmm+|oh|ah)$",
+    r"maybe|perhaps|probably|possibly|cool|nice|wow|neat|interesting|awesome|amazing|great|lol|"
+    r"hmm+|oh|ah)$",
     re.IGNORECASE,
 )
 """Not knowing what a photo shows, or a reaction to an answer: never a name."""
@@ -190,6 +195,14 @@ _NOT_THIS = frozenset(
     ]
 )
 """Names that only say the answer was wrong (*no, something else*): a ``reject``."""
+_FILLER = re.compile(
+    r"^(?:(?P<always>oh|ah|aha|uh+|um+|hmm+|i\s+guess|i\s+believe|maybe|perhaps|probably|"
+    r"(?:it\s+)?looks\s+like)|(?P<before>well|so|ok|okay))(?P<comma>\s*,)?\s+(?P<rest>\S.*)$",
+    re.IGNORECASE,
+)
+"""A word before the name that is not part of it: an interjection or a hedge (*oh*, *maybe*,
+*I guess*) always; *well*, *so*, *ok* before a comma or a statement (*well, it's a sandal*),
+since a name may begin with them (*well pump*)."""
 _ARTICLES = ("a ", "an ", "the ", "some ")
 _POSSESSIVES = ("my", "our", "your", "his", "her", "their")
 _KEEP = r"(?:keep|save|store|remember)\s+(?:it|this|that|the\s+photo|this\s+photo|the\s+image)"
@@ -319,6 +332,17 @@ def parse_command(text: str) -> Command | None:
     return None
 
 
+def _without_filler(body: str) -> str:
+    """``body`` without a leading filler (:data:`_FILLER`)."""
+    filler = _FILLER.match(body)
+    if filler is None:
+        return body
+    rest = filler.group("rest")
+    if filler.group("always") or filler.group("comma") or _STATEMENT.match(rest):
+        return rest
+    return body
+
+
 def parse_teaching(text: str, *, bare: bool = False) -> Teaching | None:
     """What ``text`` teaches about the photo under discussion, by the module's rules.
 
@@ -334,6 +358,7 @@ def parse_teaching(text: str, *, bare: bool = False) -> Teaching | None:
     body = _strip(text or "")
     if not body or "?" in body or len(body) > 300 or _UNSURE.match(body):
         return None
+    body = _without_filler(body)
     first = body.split()[0].lower().strip(",;:!")
     move = _MOVE.match(body)
     if move:

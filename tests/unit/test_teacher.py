@@ -263,6 +263,18 @@ def test_thumbnail_is_bounded_for_noisy_large_images() -> None:
         ("no, neither", False, Teaching("reject")),
         ("no, other", False, Teaching("reject")),
         ("great tit", True, Teaching("name", "great tit")),  # a reaction's word in a name
+        # a filler before the name was taken into it: 'oh it's a sandal', 'maybe a sandal'
+        ("oh it's a sandal", True, Teaching("name", "sandal")),
+        ("Hmm, a sandal", True, Teaching("name", "sandal")),
+        ("um it is a sandal", False, Teaching("name", "sandal")),
+        ("well, it's a sandal", False, Teaching("name", "sandal")),
+        ("so it is a sandal", False, Teaching("name", "sandal")),
+        ("I guess it's a sandal", False, Teaching("name", "sandal")),
+        ("maybe a sandal", True, Teaching("name", "sandal")),
+        ("probably an ankle boot", True, Teaching("name", "ankle boot")),
+        ("ok, it's a sandal", True, Teaching("name", "sandal")),
+        ("well pump", True, Teaching("name", "well pump")),  # a name's own first word
+        ("well", True, Teaching("name", "well")),
     ],
 )
 def test_parse_teaching_rules(text: str, bare: bool, expected: Teaching) -> None:
@@ -318,6 +330,7 @@ def test_parse_command_reads_undo_and_history(text: str, expected: Command | Non
         "not sure",
         "dunno",
         "I have no idea",
+        "maybe",
         # a reaction to an answer is not the photo's name ('cool', 'nice')
         "cool",
         "Nice!",
