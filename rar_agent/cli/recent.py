@@ -1,9 +1,9 @@
 """Which memory the last command used, so ``memory list`` / ``stats`` / ``history`` / ``undo``
-/ ``relabel`` and ``teach`` with no flags act on it.
+/ ``relabel`` / ``remove`` and ``teach`` with no flags act on it.
 
 ``recognize``, ``chat``, ``mcp``, ``teach``, ``memory build`` and ``memory add`` record the
 memory they used in ``<RAR_HOME>/last-memory.json`` (its collection, and its folder or server
-URL). A ``memory`` command of those five, or ``teach``, that names no memory (no
+URL). A ``memory`` command of those six, or ``teach``, that names no memory (no
 ``--memory``, ``--collection`` or ``--qdrant-url``, nor their ``RAR_*`` variables) opens that
 one and says so (``teach`` after ``recognize`` teaches the memory that answered); with no
 record and no default memory, a ``memory`` command says which memories exist and how to pick
@@ -115,7 +115,7 @@ def describe_choice(settings: Settings) -> str:
 
 def open_shown_memory(settings: Settings) -> CategoryMemory:
     """The memory a ``memory`` command that reads or takes back teaching acts on (``list``,
-    ``stats``, ``history``, ``undo``, ``relabel``): the one named, else the one the last
+    ``stats``, ``history``, ``undo``, ``relabel``, ``remove``): the one named, else the one the last
     command used (a note on stderr says which), so ``memory undo`` after ``memory add
     --collection X`` takes back what was taught to X, the memory ``memory list`` shows.
 

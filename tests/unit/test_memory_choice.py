@@ -111,6 +111,23 @@ def test_memory_history_and_undo_without_flags_act_on_the_memory_memory_list_sho
     assert listed.stdout.strip() == '{"kitty": 1}'  # the default memory's teaching is kept
 
 
+def test_memory_remove_without_flags_removes_from_the_memory_memory_list_shows(
+    home: Path, tmp_path: Path
+) -> None:
+    """`memory list` showed my-things and its 'thing'; `memory remove thing` then looked in
+    the default memory and answered "no category 'thing' in this memory"."""
+    image = str(tmp_path / "a.png")
+    assert runner.invoke(app, ["teach", "kitty", image]).exit_code == 0
+    added = runner.invoke(app, ["memory", "add", "thing", image, "--collection", "my-things"])
+    assert added.exit_code == 0, added.output
+    removed = runner.invoke(app, ["memory", "remove", "thing"])
+    assert removed.exit_code == 0, removed.output
+    assert "removed 1 entries of 'thing'" in removed.stdout
+    assert "memory 'my-things', used last by `rar-agent memory add`" in removed.stderr
+    listed = runner.invoke(app, ["memory", "list", "--json", "--collection", "default"])
+    assert listed.stdout.strip() == '{"kitty": 1}'
+
+
 def test_without_a_record_the_error_lists_the_memories_and_how_to_pick(home: Path) -> None:
     for name in ("birds", "garments"):
         (home / "memories" / name).mkdir(parents=True)
