@@ -373,7 +373,11 @@ def memory_add(
         list[Path] | None, typer.Argument(help="Example images; none = add the class name.")
     ] = None,
 ) -> None:
-    """Add one category: example images (as `rar-agent teach`), or its name as a text entry."""
+    """Add one category: example images (stored as `rar-agent teach` does), or its name as text.
+
+    It writes the memory named, else the default one (RAR_HOME/memories/default), as memory
+    build does; teach, with no memory named, teaches the memory the last command used.
+    """
     from rar_agent.cli.teach import teach_images
     from rar_agent.ingest import bind_memory, builders
 

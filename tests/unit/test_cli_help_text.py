@@ -130,6 +130,8 @@ def test_the_serving_commands_say_which_memory_answers_when_none_is_named(comman
 def test_memory_list_and_remove_say_they_act_on_the_memory_used_last() -> None:
     assert "the memory the last command used" in _help_words("memory", "list")
     assert "the memory the last command used" in _help_words("memory", "remove")
+    # memory add builds, as memory build does: it says so, beside teach's choice
+    assert "It writes the memory named, else the default one" in _help_words("memory", "add")
 
 
 def test_the_admin_scope_help_names_what_it_may_do() -> None:
