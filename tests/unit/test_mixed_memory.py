@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import ToolMessage
+from langchain_core.tools import BaseTool
 from PIL import Image
 
 from rar_agent.ingest.vocabulary import add_builtin_vocabulary
@@ -102,9 +103,7 @@ def test_a_photo_taught_into_the_class_names_answers_the_same_thing_only(
     assert _labels(coffee).count("lion") == 1  # ImageNet's own "lion" row is not repeated
 
 
-def test_batch_retriever_and_tool_answer_alike(
-    imagenet: Recognizer, views: dict[str, Path]
-) -> None:
+def test_batch_and_retriever_answer_alike(imagenet: Recognizer, views: dict[str, Path]) -> None:
     _teach(imagenet, "lion", COFFEE)
     batch = imagenet.recognize_batch([CAT, views["crop"]])
     assert [r.label for r in batch] == ["Egyptian Mau", "lion"]
@@ -113,13 +112,27 @@ def test_batch_retriever_and_tool_answer_alike(
     assert docs[0].page_content == "Egyptian Mau" and docs[0].metadata["kind"] == "text"
     assert imagenet.retriever.invoke(str(views["crop"]))[0].page_content == "lion"
 
-    tools = make_tools(imagenet, allowed_roots=[EXAMPLES, views["crop"].parent], image_ids=False)
-    tool = next(t for t in tools if t.name == "recognize_image")
+
+def _call(tool: BaseTool, args: dict[str, Any]) -> ToolMessage:
+    message = tool.invoke({"type": "tool_call", "name": tool.name, "args": args, "id": "1"})
+    assert isinstance(message, ToolMessage)
+    return message
+
+
+def test_the_tools_teach_and_answer_as_the_recognizer_does(
+    imagenet: Recognizer, views: dict[str, Path]
+) -> None:
+    roots = [EXAMPLES, views["crop"].parent]
+    tools = {
+        t.name: t
+        for t in make_tools(imagenet, allowed_roots=roots, image_ids=False, allow_learning=True)
+    }
+    taught = _call(tools["add_category_example"], {"label": "lion", "image": str(COFFEE)})
+    assert "beside class names (as in the built-in memory), only a photo of the same thing" in (
+        str(taught.content)
+    )
     for image, label in ((CAT, "Egyptian Mau"), (views["crop"], "lion")):
-        call = {"type": "tool_call", "name": tool.name, "args": {"image": str(image)}, "id": "1"}
-        message = tool.invoke(call)
-        assert isinstance(message, ToolMessage)
-        assert message.artifact["label"] == label
+        assert _call(tools["recognize_image"], {"image": str(image)}).artifact["label"] == label
 
 
 def test_regions_answer_a_crop_by_its_example_only_when_it_is_the_same_thing(
@@ -167,3 +180,22 @@ def test_an_encoder_without_a_measured_bar_lets_only_a_near_copy_lead(
     assert unmeasured.invoke(str(COFFEE))[0].page_content == "lion"  # the taught photo itself
     crop = unmeasured.retrieve(views["crop"])  # 0.94 from it: below NEAR_DUPLICATE
     assert crop[0].label == "espresso" and crop[0].kind == "text" and NEAR_DUPLICATE > 0.94
+
+
+def test_the_bar_is_measured_and_a_refit_of_the_prior_keeps_it(tmp_path: Path) -> None:
+    import numpy as np
+
+    from tools.eval_mixed_memory import reference_bar
+    from tools.fit_encoder_prior import _kept
+
+    # two categories whose cross pairs have similarity 0.8 and 0.92: the 99th percentile of the
+    # different-category pairs lies between, near the larger
+    x = np.asarray([[1.0, 0.0], [0.8, 0.6], [0.5, np.sqrt(0.75)]])
+    labels = np.asarray(["a", "b", "a"])
+    pairs = sorted([x[0] @ x[1], x[1] @ x[2]])
+    assert pairs[0] < reference_bar(x, labels) <= pairs[1]
+
+    shipped = Path(__file__).resolve().parents[2] / "rar_agent/openset/priors"
+    kept = _kept(shipped / "efficientnet-lite0.json")
+    assert kept["same_thing"] == 0.75 and "99th percentile" in kept["same_thing_on"]
+    assert _kept(tmp_path / "none.json") == {}
