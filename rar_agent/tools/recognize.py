@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 from rar_agent.errors import RarError
 from rar_agent.results import Candidate, RecognitionResult, RegionResults
 from rar_agent.tools.base import ImageSource, RecognizerTool, ToolK, tool_error
+from rar_agent.tools.provenance import serving_teacher
 
 __all__ = [
     "CategorySearchInput",
@@ -132,6 +133,12 @@ class RecognizeTool(RecognizerTool):
         "content blocks after the text (for multimodal models; opt-in).",
     )
 
+    def teaching_offered(self) -> bool:
+        """Whether an unknown answer says how to teach it: an add_category_example tool
+        exists and the caller being served may call it."""
+        caller = serving_teacher()
+        return self.can_learn and (caller is None or caller.may_teach)
+
     def _run(
         self,
         image: str | None = None,
@@ -146,13 +153,13 @@ class RecognizeTool(RecognizerTool):
                 results = self.recognizer.recognize_regions(
                     source.payload, boxes, k=k, kind="auto", normalized=False
                 )
-                return _regions_output(results, source.name, self.can_learn)
+                return _regions_output(results, source.name, self.teaching_offered())
             result = self.recognizer.recognize(source.payload, k=k, name=source.name)
         except RarError as e:
             raise tool_error(e, source) from e
         result.image = source.name
         self.group_as_listed(result)
-        text = format_result(result, image_name=source.name, can_learn=self.can_learn)
+        text = format_result(result, image_name=source.name, can_learn=self.teaching_offered())
         blocks = example_blocks(result) if self.example_images else []
         return ([{"type": "text", "text": text}, *blocks] if blocks else text), result.model_dump(
             mode="json"
