@@ -284,7 +284,12 @@ AllowUrlsOpt = Annotated[
     bool, typer.Option("--allow-urls", help="Let the tools fetch public image URLs.")
 ]
 AllowLearningOpt = Annotated[
-    bool, typer.Option("--allow-learning", help="Let the tools add examples to the memory.")
+    bool,
+    typer.Option(
+        "--allow-learning",
+        help="Let the memory be taught (it opens for writing): examples added and corrected, "
+        "moved to another label, the teaching listed and undone.",
+    ),
 ]
 
 
