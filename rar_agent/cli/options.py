@@ -455,7 +455,7 @@ def open_recognizer(
             f"({len(recognizer.memory.labels())} labels; `rar-agent memory list` shows it, "
             f"--collection {name} names it)"
         )
-    remember_memory(settings, recognizer.memory, command)
+    remember_memory(settings, recognizer.memory, command, labels=label_list is not None)
     return recognizer
 
 
