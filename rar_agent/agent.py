@@ -61,6 +61,7 @@ from rar_agent.registry import (
 from rar_agent.safety import normalize_roots
 from rar_agent.tools import UnknownGroupsTool, folder_tools, make_tools
 from rar_agent.tools.base import RecognizerTool
+from rar_agent.tools.learn import TEACHING_TOOLS
 
 if TYPE_CHECKING:
     import os
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
+    "IMAGE_IDS_KEY",
     "IMAGE_LIST_TOOLS",
     "IMAGE_TOOLS",
     "ImageRegistryMiddleware",
@@ -123,6 +125,12 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+IMAGE_IDS_KEY = "rar_image_ids"
+"""The ``additional_kwargs`` key under which a user turn keeps the ids of its images (their
+bytes replaced by ``[image id ...]``): the ids are the conversation's wherever the message
+goes, so a conversation passed back as its messages keeps its photos."""
+
+
 class RarAgentState(AgentState[Any]):
     """Agent state plus the ids of this conversation's images, oldest first."""
 
@@ -163,23 +171,36 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
     # -- before each model call: swap images for ids
 
     def before_model(self, state: RarAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Replace user-turn images by ``[image id ...]`` and record the ids in state."""
+        """Replace user-turn images by ``[image id ...]`` and record the ids in state.
+
+        A user turn whose images were replaced keeps their ids (:data:`IMAGE_IDS_KEY`), so a
+        caller without a checkpointer, who passes back the messages the agent returned, keeps
+        the conversation's photos: they are its images again. Ids merely written in a
+        message's text never are.
+        """
         updated: list[BaseMessage] = []
-        ids = list(state.get("images") or [])
+        held = list(state.get("images") or [])
+        ids = list(held)
         for message in state["messages"]:
-            if not isinstance(message, HumanMessage) or not isinstance(message.content, list):
+            if not isinstance(message, HumanMessage):
+                continue
+            ids += [i for i in message.additional_kwargs.get(IMAGE_IDS_KEY, ()) if i not in ids]
+            if not isinstance(message.content, list):
                 continue
             content, found = image_blocks_to_ids(
                 message.content, self.registry, fetch_url=self.fetch_url
             )
             if content is not message.content:
-                updated.append(message.model_copy(update={"content": content}))
+                kwargs = {**message.additional_kwargs, IMAGE_IDS_KEY: found}
+                updated.append(
+                    message.model_copy(update={"content": content, "additional_kwargs": kwargs})
+                )
                 for image_id in found:  # a re-sent image becomes the latest again
                     if image_id in ids:
                         ids.remove(image_id)
                     ids.append(image_id)
                 self._persist(found)
-        if not updated:
+        if not updated and ids == held:
             return None
         return {"messages": updated, "images": ids}
 
@@ -354,7 +375,6 @@ def _tool_error(call: ToolCall, text: str) -> ToolMessage:
 _ANSWER_MARK = re.compile(r"<!-- rar-answer (?P<image>img-[0-9a-f]{6,64}): (?P<label>.*?) -->")
 _UNKNOWN = "(unknown)"
 _BROWSE = "recognize_images"  # bound when the tools may read photo folders
-_TEACH_TOOLS = ("add_category_example", "relabel_example", "teaching_history", "undo_teaching")
 
 
 def answer_marker(image: str, label: str | None) -> str:
@@ -472,7 +492,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
         for message in reversed(turn):
             if message.status == "error":
                 parts.append(_tool_failure(message))
-            elif message.name in _TEACH_TOOLS:
+            elif message.name in TEACHING_TOOLS:
                 parts.append(message.text)
             else:
                 recognized = True

@@ -40,6 +40,7 @@ __all__ = [
     "StoredRows",
     "category_scores",
     "fold_hits",
+    "lead_side",
     "mean_members",
     "CategoryRetriever",
     "candidates_to_documents",
@@ -304,12 +305,10 @@ class StoredRows:
         return len(self._rows)
 
 
-def _sides(kind: str, prefer: EntryKind = "image") -> tuple[EntryKind, ...]:
-    """Memory sides to try, in order: ``auto`` tries ``prefer`` first, then the other."""
+def _sides(kind: str) -> tuple[EntryKind, ...]:
+    """Memory sides ``kind`` selects: ``auto`` both, image examples first."""
     side = validate_kind(kind)
-    if side == "auto":
-        return (prefer, "text" if prefer == "image" else "image")
-    return (side,)
+    return ("image", "text") if side == "auto" else (side,)
 
 
 def _empty_error(kind: str) -> EmptyMemoryError:
@@ -326,31 +325,60 @@ def _empty_error(kind: str) -> EmptyMemoryError:
 
 
 def search_sides(
-    memory: CategoryMemory,
-    vectors: np.ndarray,
-    kind: MemoryKind,
-    limit: int,
-    *,
-    prefer: EntryKind = "image",
-) -> list[list[Hit]]:
-    """Search the first memory side (in ``kind``'s order) that holds any entries.
-
-    ``auto`` tries ``prefer`` first (image examples by default; region crops prefer class
-    names, which small crops match better).
+    memory: CategoryMemory, vectors: np.ndarray, kind: MemoryKind, limit: int
+) -> dict[EntryKind, list[list[Hit]]]:
+    """Search the memory sides ``kind`` selects (``auto``: both, so that a memory of class
+    names and taught photos answers from either, :func:`lead_side`); each side that holds
+    entries, with its hits.
 
     Nothing is counted up front (an exact count costs more than an indexed search on a large
-    memory): a side with entries always returns hits, so an empty answer means an empty side.
+    memory; searching an empty side costs about an eighth of a search of 10k entries): a
+    side with entries always returns hits, so an empty answer means an empty side.
 
     Raises:
-        EmptyMemoryError: No side in ``kind``'s order holds entries.
+        EmptyMemoryError: No side ``kind`` selects holds entries.
     """
     if len(vectors) == 0:
-        return []
-    for side in _sides(kind, prefer):
+        return {}
+    found: dict[EntryKind, list[list[Hit]]] = {}
+    for side in _sides(kind):
         batches = memory.search_batch(vectors, kind=side, limit=limit)
         if any(batches):
-            return batches
-    raise _empty_error(kind)
+            found[side] = batches
+    if not found:
+        raise _empty_error(kind)
+    return found
+
+
+def lead_side(
+    image: Sequence[Candidate], text: Sequence[Candidate], k: int, same_thing: float
+) -> list[Candidate]:
+    """One query's candidates in a memory holding both example images and class names: the
+    rule by which a taught photo and the class names share one answer.
+
+    The two sides' similarities live on different scales (for EfficientNet-Lite0, a photo
+    is 0.5-0.9 from another photo of the same thing and 0.05-0.3 from an unrelated one,
+    while 0.28 from a class row is a strong match), so neither a merge by score nor one
+    side always first is right. The image categories whose closest example is at least
+    ``same_thing`` from the query (the query *is* the thing taught) lead, best first; the
+    class names follow (a label already led by its examples is not repeated). Where no
+    example is that close, the class names answer as if no photo had been taught.
+
+    Args:
+        image: The image side's candidates, best first.
+        text: The text side's candidates, best first.
+        k: How many to keep.
+        same_thing: The similarity from which a query is the same thing as an example.
+
+    Returns:
+        Up to ``k`` candidates, ``retrieval_rank`` renumbered.
+    """
+    same = [c for c in image if (c.scores[0] if c.scores else c.score) >= same_thing]
+    if not same:
+        return list(text[:k])
+    taken = {c.label for c in same}
+    merged = [*same, *(c for c in text if c.label not in taken)][:k]
+    return [c.model_copy(update={"retrieval_rank": i}) for i, c in enumerate(merged, 1)]
 
 
 def resolve_kind(memory: CategoryMemory, kind: MemoryKind) -> EntryKind:
@@ -385,6 +413,13 @@ class CategoryRetriever(BaseRetriever):
     allow_private_urls: bool = Field(
         default=False, description="Let URL queries reach loopback/private addresses."
     )
+    same_thing: float | None = Field(
+        default=None,
+        description="Similarity from which an image query is the same thing as a stored "
+        "example (:func:`lead_side`), for a memory of class names and example images: the "
+        "encoder's measured bar; None (an encoder without one): NEAR_DUPLICATE, so that only a "
+        "near copy of a taught photo outranks the class names.",
+    )
     _stored: StoredRows = PrivateAttr(default_factory=StoredRows)
 
     def retrieve(self, image: ImageInput, *, k: int | None = None) -> list[Candidate]:
@@ -401,17 +436,32 @@ class CategoryRetriever(BaseRetriever):
         *,
         k: int | None = None,
         kind: MemoryKind | None = None,
-        prefer: EntryKind = "image",
     ) -> list[list[Candidate]]:
-        """Top-k distinct labels for each row of an ``(n, dim)`` array of image embeddings.
-
-        ``kind`` overrides the retriever's; ``prefer`` is the side ``auto`` tries first.
-        """
+        """Top-k distinct labels for each row of an ``(n, dim)`` array of image embeddings
+        (``kind`` overrides the retriever's; ``auto`` in a memory of example images and class
+        names: :func:`lead_side`)."""
         k = validate_k(k if k is not None else self.k)
         limit = fetch_limit(k, self.fetch_k)
-        batches = search_sides(self.memory, vectors, kind or self.kind, limit, prefer=prefer)
-        ranks = self._ranks(np.asarray(vectors, dtype=np.float32), batches)
-        return [fold_hits(hits, k, r) for hits, r in zip(batches, ranks, strict=True)]
+        rows = np.asarray(vectors, dtype=np.float32)
+        sides = search_sides(self.memory, rows, kind or self.kind, limit)
+        folded = {
+            side: [fold_hits(h, k, r) for h, r in zip(b, self._ranks(rows, b), strict=True)]
+            for side, b in sides.items()
+        }
+        return self._lead(folded, k, len(rows))
+
+    def _lead(
+        self, folded: Mapping[EntryKind, list[list[Candidate]]], k: int, n: int
+    ) -> list[list[Candidate]]:
+        """Each query's candidates from the sides searched (:func:`lead_side` where both
+        answered)."""
+        if len(folded) < 2:
+            return next(iter(folded.values()), [[] for _ in range(n)])
+        bar = NEAR_DUPLICATE if self.same_thing is None else self.same_thing
+        return [
+            lead_side(image, text, k, bar)
+            for image, text in zip(folded["image"], folded["text"], strict=True)
+        ]
 
     def _ranks(self, vectors: np.ndarray, batches: list[list[Hit]]) -> list[dict[str, float]]:
         """The category scores of each query's nearest entries (one fetch of the vectors the
@@ -473,8 +523,9 @@ class CategoryRetriever(BaseRetriever):
         """Categories whose entries best match a text query (text embedding)."""
         k = validate_k(k if k is not None else self.k)
         vector = self.encoder.embed_texts([text])
-        hits = search_sides(self.memory, vector, self.kind, fetch_limit(k, self.fetch_k))
-        return fold_hits(hits[0], k)
+        sides = search_sides(self.memory, vector, self.kind, fetch_limit(k, self.fetch_k))
+        folded = {side: [fold_hits(b[0], k)] for side, b in sides.items()}
+        return self._lead(folded, k, 1)[0]
 
     def _check_words(self, query: str) -> None:
         """Refuse a query that is not words: empty, or naming an image file that is not there

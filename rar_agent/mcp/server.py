@@ -320,9 +320,11 @@ def build_server(
     """
     from rar_agent.mcp.opening import PerTokenServer
     from rar_agent.openset.groups import SentImages
+    from rar_agent.tools.learn import TEACHING_TOOLS
     from rar_agent.tools.provenance import teaching_as
 
     _quiet_unlisted_calls()
+    learning = frozenset({*TEACHING_TOOLS, "undo_teaching_of"})  # with --allow-learning only
     served = {tool.name: _Served(tool, mcp_tool(tool), required_scope(tool)) for tool in tools}
     roots = [root for tool in tools for root in getattr(tool, "allowed_roots", ())]
     sent: dict[str, SentImages] = {}  # per token; unauthenticated callers share the log
@@ -351,11 +353,19 @@ def build_server(
         entry = served.get(tool_name)
         if entry is None:
             known = ", ".join(e.tool.name for e in listed(scopes))
+            if tool_name in learning and not learning & served.keys():
+                return _error(
+                    f"{tool_name} is off on this server: it was started without "
+                    "--allow-learning, so it recognizes images and learns nothing (tell the "
+                    "user; whoever runs it can start it with --allow-learning). Its tools: "
+                    f"{known}"
+                )
             return _error(f"unknown tool {tool_name!r}: this server has {known}")
         if scopes is not None and entry.scope not in scopes:
             return _not_granted(entry, who, scopes)
         mine = None if who is None else sent.setdefault(who, SentImages())
-        with teaching_as("mcp", who, mine):
+        may_teach = scopes is None or "learn" in scopes
+        with teaching_as("mcp", who, mine, may_teach=may_teach):
             result = await call_langchain_tool(entry.tool, arguments or {})
         pictures = bool(getattr(entry.tool, "example_images", False))
         _publish_result(result, roots, pictures=pictures)

@@ -405,13 +405,7 @@ class Calibration(BaseModel):
         n = len(eligible)
         categories = len({s[0] for s in eligible})
         if categories < MIN_CATEGORIES:
-            have = "category has" if categories == 1 else "categories have"
-            return None, (
-                f"cannot calibrate: only {categories} {have} {shots + 1} or more examples "
-                f"(at least {MIN_CATEGORIES} needed to say how the examples of a category "
-                "scatter); add a second example to more categories, or give a threshold "
-                "such as --reject 0.8"
-            )
+            return None, self._too_few_categories(categories, shots)
         k = math.floor(alpha * (n + 1) + 1e-9)
         if k < 1:
             return None, (
@@ -423,6 +417,24 @@ class Calibration(BaseModel):
         values = self.scores_at(shots)
         index = min(len(values) - 1, max(0, math.ceil(k / n * len(values)) - 1))
         return float(values[index]), None
+
+    def _too_few_categories(self, standing: int, shots: int) -> str:
+        """Why stand-ins from ``standing`` categories set no threshold at ``shots``: in the
+        memory's own counts, which a person can check with ``memory list`` (a small memory's
+        cross-fitting leaves some of its categories without a stand-in)."""
+        held = sum(1 for n in self.categories.counts if n > shots)
+        enough = f"at least {MIN_CATEGORIES} needed to say how the examples of a category scatter"
+        if held >= MIN_CATEGORIES:
+            return (
+                f"cannot calibrate: the examples scored as stand-in queries come from only "
+                f"{standing} of the {held} categories with {shots + 1} or more examples "
+                f"({enough}); add examples, or give a threshold such as --reject 0.8"
+            )
+        have = "category has" if held == 1 else "categories have"
+        return (
+            f"cannot calibrate: only {held} {have} {shots + 1} or more examples ({enough}); "
+            "add a second example to more categories, or give a threshold such as --reject 0.8"
+        )
 
     def prior(self) -> EncoderPrior | None:
         """The encoder's prior, when it has one and the memory has a scale to apply it to."""

@@ -70,8 +70,9 @@ def explain(
     why = _why_unknown(rejection, candidates[0])
     group = None
     if novel_group is not None:
+        earlier = novel_group.size - 1
         group = (
-            f"it looks like {novel_group.size - 1} earlier unknown image(s) "
+            f"it looks like {earlier} earlier unknown image{'s' if earlier != 1 else ''} "
             f"(group {novel_group.id})"
         )
         why.append(group)

@@ -25,6 +25,11 @@ quotes and a final ``.``/``!`` are ignored):
    (a first word such as *recognize*, *identify*, *describe*, *try*, *check*: a request,
    which would otherwise be stored as the photo's name).
 
+Not knowing is not a name: *no idea*, *I don't know*, *not sure*, *dunno* teach nothing
+(``None``), nor does a reaction (*cool*, *nice!*, *wow*); a correction or a statement whose
+name only says the answer was wrong (*no, something else*, *it's none of these*, *no,
+neither*, *no, that is wrong*) is a ``reject``.
+
 A name from rules 3, 5 and 7 is cleaned: a leading article (*a*, *an*, *the*, *some*) is
 dropped; a possessive (*my*, *our*, *your*, *his*, *her*, *their*) marks a personal name, so
 "this is my cat Tom" and "this is Tom, my cat" teach the category *cat*, not "my cat Tom"
@@ -158,6 +163,33 @@ _COMMANDS = frozenset(
     ]
 )
 """First words of a request, never of a bare name (*recognize it again*, *try again*)."""
+_UNSURE = re.compile(
+    r"^(?:no\s+idea|no\s+clue|(?:no[\s,]+)?i\s+(?:do\s*n[o']?t|have\s+no)\s+(?:know|idea|clue)|"
+    r"(?:i'?m\s+|i\s+am\s+)?(?:not\s+sure|unsure)|dunno|idk|don'?t\s+know|"
+    r"cool|nice|wow|neat|interesting|awesome|amazing|great|lol|hmm+|oh|ah)$",
+    re.IGNORECASE,
+)
+"""Not knowing what a photo shows, or a reaction to an answer: never a name."""
+_NOT_THIS = frozenset(
+    [
+        "something else",
+        "something different",
+        "different",
+        "other",
+        "another",
+        "another thing",
+        "another one",
+        "different one",
+        "none",
+        "none of these",
+        "none of them",
+        "none of those",
+        "neither",
+        "wrong",
+        "not that",
+    ]
+)
+"""Names that only say the answer was wrong (*no, something else*): a ``reject``."""
 _ARTICLES = ("a ", "an ", "the ", "some ")
 _POSSESSIVES = ("my", "our", "your", "his", "her", "their")
 _KEEP = r"(?:keep|save|store|remember)\s+(?:it|this|that|the\s+photo|this\s+photo|the\s+image)"
@@ -300,7 +332,7 @@ def parse_teaching(text: str, *, bare: bool = False) -> Teaching | None:
         small talk, a long sentence).
     """
     body = _strip(text or "")
-    if not body or "?" in body or len(body) > 300:
+    if not body or "?" in body or len(body) > 300 or _UNSURE.match(body):
         return None
     first = body.split()[0].lower().strip(",;:!")
     move = _MOVE.match(body)
@@ -315,15 +347,19 @@ def parse_teaching(text: str, *, bare: bool = False) -> Teaching | None:
         rest = _strip(correction.group("rest"))
         not_x = _NOT_X.match(rest) if rest else None
         rest = _strip(not_x.group("rest")) if not_x else rest
-        if not rest:
+        if not rest or _UNSURE.match(rest):
             return Teaching("reject")
-        name = _named(rest, bare=True)
-        return Teaching("correct", name) if name else None
+        return _naming("correct", _named(rest, bare=True))
     not_x = _NOT_X.match(body)
     if not_x:
-        name = _named(_strip(not_x.group("rest")), bare=True)
-        return Teaching("correct", name) if name else None
+        return _naming("correct", _named(_strip(not_x.group("rest")), bare=True))
     if first in _QUESTION_WORDS and not _EXPLICIT.match(body):
         return None
-    name = _named(body, bare=bare)
-    return Teaching("name", name) if name else None
+    return _naming("name", _named(body, bare=bare))
+
+
+def _naming(intent: TeachingIntent, name: str | None) -> Teaching | None:
+    """``intent`` with ``name``; a name that only says the answer was wrong is a reject."""
+    if name is None:
+        return None
+    return Teaching("reject") if name.lower() in _NOT_THIS else Teaching(intent, name)

@@ -41,6 +41,7 @@ __all__ = [
     "AddCategoryTool",
     "RelabelExampleInput",
     "RelabelExampleTool",
+    "TEACHING_TOOLS",
     "TeachingHistoryInput",
     "TeachingHistoryTool",
     "TeachingTool",
@@ -54,6 +55,10 @@ __all__ = [
     "describe_relabeled",
     "describe_undone",
 ]
+
+
+TEACHING_TOOLS = ("add_category_example", "relabel_example", "teaching_history", "undo_teaching")
+"""The names of the teaching tools (``make_tools(..., allow_learning=True)`` adds them)."""
 
 
 class TeachingTool(RecognizerTool):
@@ -117,7 +122,7 @@ def describe_added(result: ExampleAdded) -> str:
     if result.moved_from:
         text = (
             f"Moved {result.image} from {result.moved_from!r} to {label!r}: it was stored as "
-            f"an example of {result.moved_from!r}; {result.category_examples} examples of "
+            f"an example of {result.moved_from!r}; {_examples(result.category_examples)} of "
             f"{label!r} now."
         )
     elif not result.added:
@@ -126,7 +131,8 @@ def describe_added(result: ExampleAdded) -> str:
         text = (
             f"Stored {result.image} as the first example of the new category {label!r}{fix}; "
             f"a photo closer to it than to the other categories' examples is now answered "
-            f"{label!r} (more examples of it make that surer)."
+            f"{label!r}; beside class names (as in the built-in memory), only a photo of the "
+            "same thing; more examples of it make that surer."
         )
     elif result.action == "confirm":
         text = (
@@ -150,6 +156,11 @@ def describe_added(result: ExampleAdded) -> str:
             "example is wrong, relabel it."
         )
     return text
+
+
+def _examples(n: int) -> str:
+    """``n`` examples, in words ("1 example", "3 examples")."""
+    return f"{n} example{'s' if n != 1 else ''}"
 
 
 def describe_duplicate(stored: str, label: str) -> str:
@@ -210,7 +221,7 @@ def describe_relabeled(moved: ExampleRelabeled) -> str:
         return f"Entry {moved.id} is already an example of {moved.label!r}."
     return (
         f"Moved entry {moved.previous_id} from {moved.previous_label!r} to {moved.label!r} "
-        f"(now entry {moved.id}; {moved.category_examples} examples of {moved.label!r})."
+        f"(now entry {moved.id}; {_examples(moved.category_examples)} of {moved.label!r})."
     )
 
 
@@ -232,7 +243,8 @@ def describe_undone(undone: TeachingUndone) -> str:
     whose = f" by {undone.by!r}" if undone.by else ""
     if not undone.undone:
         return f"Nothing to undo: nothing has been taught to this memory{whose}."
-    heading = f"Undid {len(undone.undone)} teaching event(s){whose}, newest first:"
+    n = len(undone.undone)
+    heading = f"Undid {n} teaching event{'s' if n != 1 else ''}{whose}, newest first:"
     lines = [heading, *(describe_event(e) for e in undone.undone)]
     return "\n".join([*lines, f"The memory now holds {undone.image_entries} example images."])
 

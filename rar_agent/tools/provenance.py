@@ -35,11 +35,14 @@ class Caller:
         by: The token's or the login's name; ``None`` when nobody signed in.
         sent: The unknown images this caller sent, the only ones its groups hold; ``None``:
             it shares the recognizer's log with every caller (or a conversation scopes it).
+        may_teach: Whether this caller may call the teaching tools (a token with the learn
+            scope): an unknown answer offers teaching only to who may.
     """
 
     via: TeachVia = "tool"
     by: str | None = None
     sent: SentImages | None = None
+    may_teach: bool = True
 
 
 _TEACHER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
@@ -53,10 +56,13 @@ def serving_teacher() -> Caller | None:
 
 
 @contextlib.contextmanager
-def teaching_as(via: TeachVia, by: str | None, sent: SentImages | None = None) -> Iterator[Caller]:
+def teaching_as(
+    via: TeachVia, by: str | None, sent: SentImages | None = None, *, may_teach: bool = True
+) -> Iterator[Caller]:
     """Within the block, what tools teach is recorded as coming from ``via`` and ``by``,
-    and the unknown images they list are those in ``sent`` (all when ``None``)."""
-    teacher = Caller(via, by, sent)
+    the unknown images they list are those in ``sent`` (all when ``None``), and
+    ``may_teach`` says whether the caller may teach."""
+    teacher = Caller(via, by, sent, may_teach)
     token = _TEACHER.set(teacher)
     try:
         yield teacher

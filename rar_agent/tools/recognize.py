@@ -13,6 +13,7 @@ from rar_agent.config import MAX_TOOL_K, MIN_K
 from rar_agent.errors import RarError
 from rar_agent.results import Candidate, RecognitionResult, RegionResults
 from rar_agent.tools.base import ImageSource, RecognizerTool, tool_error
+from rar_agent.tools.provenance import serving_teacher
 
 __all__ = [
     "CategorySearchInput",
@@ -138,6 +139,12 @@ class RecognizeTool(RecognizerTool):
         "content blocks after the text (for multimodal models; opt-in).",
     )
 
+    def teaching_offered(self) -> bool:
+        """Whether an unknown answer says how to teach it: an add_category_example tool
+        exists and the caller being served may call it."""
+        caller = serving_teacher()
+        return self.can_learn and (caller is None or caller.may_teach)
+
     def _run(
         self,
         image: str | None = None,
@@ -152,13 +159,13 @@ class RecognizeTool(RecognizerTool):
                 results = self.recognizer.recognize_regions(
                     source.payload, boxes, k=k, kind="auto", normalized=False
                 )
-                return _regions_output(results, source.name, self.can_learn)
+                return _regions_output(results, source.name, self.teaching_offered())
             result = self.recognizer.recognize(source.payload, k=k, name=source.name)
         except RarError as e:
             raise tool_error(e, source) from e
         result.image = source.name
         self.group_as_listed(result)
-        text = format_result(result, image_name=source.name, can_learn=self.can_learn)
+        text = format_result(result, image_name=source.name, can_learn=self.teaching_offered())
         blocks = example_blocks(result) if self.example_images else []
         return ([{"type": "text", "text": text}, *blocks] if blocks else text), result.model_dump(
             mode="json"

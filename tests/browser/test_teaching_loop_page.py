@@ -98,7 +98,7 @@ def test_unknown_teach_next_photo_history_and_undo(
         assert str(folder) not in listed and "img-" not in listed
         page.screenshot(path=str(artifacts_dir / "teach-loop-history.png"), full_page=True)
         undone = say("undo")
-        assert "Undid 1 teaching event(s) by 'alice'" in undone and "'teal moon'" in undone
+        assert "Undid 1 teaching event by 'alice'" in undone and "'teal moon'" in undone
         assert recognizer.memory.count() == before
         assert "Unknown" in say("", _moon(folder / "moon3.png", 2))
 

@@ -266,6 +266,42 @@ def test_conversation_memory_keeps_the_latest_image(recognizer: Any) -> None:
     assert last_tool_messages(other["messages"])[0].status == "error"
 
 
+def _recognize_the_named_image(messages: list[Any]) -> AIMessage:
+    """Policy: recognize the image id the user's last words name (none: the latest image),
+    then repeat the tool's text."""
+    last = messages[-1]
+    if isinstance(last, ToolMessage):
+        return AIMessage(content=last.text)
+    named = [w.strip("[],.?") for w in last.text.split() if w.strip("[],.?").startswith("img-")]
+    args = {"image": named[0]} if named else {}
+    call = {"name": "recognize_image", "args": args, "id": f"c{len(messages)}", "type": "tool_call"}
+    return AIMessage(content="", tool_calls=[call])
+
+
+def test_a_conversation_passed_back_as_its_messages_keeps_its_images(recognizer: Any) -> None:
+    # No checkpointer: the caller keeps the conversation by passing back the messages it got
+    # (LangChain's usual way). Their photos had become id placeholders, and the image tools
+    # answered "no image in this conversation yet" (no id), or refused the photo's own id as
+    # "not part of this conversation": the photo could be neither recognized nor taught.
+    registry = ImageRegistry()
+    model = PolicyChatModel(policy=_recognize_the_named_image)
+    agent = create_rar_agent(model, recognizer=recognizer, registry=registry)
+    data = _b64(recognizer, "red apple")
+    block = {"type": "image", "base64": data, "mime_type": "image/png"}
+    first = agent.invoke({"messages": [_user("look", block)]})
+    (photo,) = first["images"]
+    for words in ("and once more?", f"what about {photo}?"):
+        again = agent.invoke({"messages": [*first["messages"], HumanMessage(words)]})
+        (answer,) = last_tool_messages(again["messages"])
+        assert answer.status == "success" and answer.artifact["label"] == "red apple", answer.text
+        assert again["images"] == [photo]
+    # an id merely typed into the conversation stays another conversation's image
+    other = registry.register(base64.b64decode(_b64(recognizer, "blue jay")))
+    typed = agent.invoke({"messages": [*first["messages"], HumanMessage(f"[image id {other}]")]})
+    (refused,) = last_tool_messages(typed["messages"])
+    assert refused.status == "error" and "not part of this conversation" in refused.text
+
+
 @pytest.mark.parametrize(
     ("spec", "error", "words"),
     [

@@ -532,3 +532,18 @@ def test_summary_says_calibrated_when_fewer_shots_carry_the_promise(tmp_path: Pa
     assert summary["cannot_calibrate"] is None and summary["thresholds"]["1"] is not None
     assert summary["thresholds"]["5"] is None and summary["statistic"].startswith("relative")
     memory.close()
+
+
+def test_too_few_categories_counts_the_categories_the_memory_holds(tmp_path: Path) -> None:
+    # Two categories taught one photo at a time, then a second photo each: both hold two
+    # examples, but cross-fitting a 3-entry memory made no stand-in of the first one. The
+    # note said "only 1 category has 2 or more examples" beside a list showing two.
+    space = _Space(2)
+    memory = _memory(tmp_path)
+    for step, (label, c) in enumerate((("cat", 0), ("coffee", 1), ("cat", 0), ("coffee", 1))):
+        _add(memory, label, space.draw(c, 1), start=step)
+    assert sorted(memory.labels().values()) == [2, 2]
+    why = openset.load(memory).threshold(DEFAULT_ALPHA, 1)[1]
+    assert why is not None
+    assert "only 2 categories have 2 or more examples" in why, why
+    memory.close()

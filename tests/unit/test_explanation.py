@@ -111,6 +111,20 @@ def test_an_unknown_reads_as_how_unusual_it_is_not_as_raw_scores(
     assert said.endswith("(below the cut-off, the least alike 5% of the memory's own photos)")
 
 
+def test_one_earlier_look_alike_reads_as_one_image(
+    memory: CategoryMemory, clusters: Clusters
+) -> None:
+    """The second unknown photo of a new thing read "it looks like 1 earlier unknown
+    image(s) (group unknown-0)"."""
+    result = Recognizer(memory, clusters.encoder, k=3).recognize(clusters.image(STRANGER, 0))
+    data = result.model_dump(mode="json")
+    del data["explanation"]
+    for size, words in ((2, "1 earlier unknown image "), (3, "2 earlier unknown images ")):
+        data["novel_group"] = {"id": "unknown-0", "size": size, "images": []}
+        group = explanation_of(data).novel_group
+        assert group == f"it looks like {words}(group unknown-0)", group
+
+
 # ---------------------------------------------------------------------------- one explanation
 
 

@@ -198,8 +198,14 @@ async def test_read_only_server_has_no_learning_tool_and_memory_refuses(
 ) -> None:
     async with in_process(memory_dir, learning=False, read_only=True) as session:
         await exercise(session, memory_dir.images, learning=False)
-        missing = await session.call_tool("add_category_example", {"label": "x"})
-        assert missing.isError and "unknown tool 'add_category_example'" in text_of(missing)
+        # the client's model reads why, so it can tell the user instead of guessing
+        for name in ("add_category_example", "undo_teaching"):
+            missing = await session.call_tool(name, {"label": "x"})
+            said = " ".join(text_of(missing).split())
+            assert missing.isError and f"{name} is off on this server" in said, said
+            assert "started without --allow-learning" in said and "learns nothing" in said
+        unknown = await session.call_tool("paint_image", {})
+        assert unknown.isError and "unknown tool 'paint_image'" in text_of(unknown)
 
 
 async def test_learning_on_a_read_only_memory_is_a_tool_error(memory_dir: MemoryDir) -> None:

@@ -29,6 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from rar_agent.auth import TokenStore
+from rar_agent.config import parse_reject
 from rar_agent.mcp import create_server, http_app
 from rar_agent.mcp.auth import StoreTokenVerifier
 from rar_agent.mcp.limits import RATE_LIMITED, TOO_LARGE, ServiceLimits
@@ -375,6 +376,27 @@ async def test_what_a_token_teaches_is_recorded_under_its_name(tmp_path: Path) -
         record = taught[0]["taught"]
         assert record["by"] == "alice" and record["via"] == "mcp"
         assert record["at"].endswith("+00:00")
+
+
+async def test_an_unknown_answer_offers_teaching_only_to_a_token_that_may_teach(
+    tmp_path: Path,
+) -> None:
+    """A recognize-only token was told of an unknown photo "once they name it,
+    add_category_example(label=...) teaches the memory": a tool it cannot list or call."""
+    recognizer = small_recognizer(tmp_path, hashing_encoder())
+    recognizer.reject = parse_reject("0.999")  # a photo not stored is unknown
+    with serving(tmp_path, recognizer=recognizer) as service:
+        said = {}
+        with anyio.fail_after(60):
+            for name in ("bob", "alice"):
+                async with session_with(service.url, bearer(service.tokens[name])) as session:
+                    seen = await session.call_tool("recognize_image", {"image": png()})
+                    assert seen.structuredContent["unknown"], text_of(seen)
+                    said[name] = text_of(seen)
+        assert "Ask the user what it shows." in said["bob"], said["bob"]
+        assert "add_category_example" not in said["bob"]
+        assert "add_category_example(label=...) teaches the memory" in said["alice"]
+    recognizer.close()
 
 
 async def test_answers_never_show_the_servers_paths(tmp_path: Path) -> None:

@@ -237,6 +237,17 @@ def test_thumbnail_is_bounded_for_noisy_large_images() -> None:
         ("keep this photo", False, Teaching("confirm", keep=True)),
         ("move it to dress", False, Teaching("move", "dress")),
         ("Yes, move the stored photo to ankle boot.", False, Teaching("move", "ankle boot")),
+        # the answer was wrong, and no name was given: what the page's button reads ("No,
+        # something else"), typed, taught a category 'something else'
+        ("no, something else", False, Teaching("reject")),
+        ("No, it's something else.", False, Teaching("reject")),
+        ("something else", True, Teaching("reject")),
+        ("no, none of these", False, Teaching("reject")),
+        ("none of them", True, Teaching("reject")),
+        ("no, that is wrong", False, Teaching("reject")),
+        ("no, neither", False, Teaching("reject")),
+        ("no, other", False, Teaching("reject")),
+        ("great tit", True, Teaching("name", "great tit")),  # a reaction's word in a name
     ],
 )
 def test_parse_teaching_rules(text: str, bare: bool, expected: Teaching) -> None:
@@ -284,6 +295,19 @@ def test_parse_command_reads_undo_and_history(text: str, expected: Command | Non
         "move it",  # where to is missing: not a name "move it"
         "this is a really long sentence that describes the picture in detail",
         "",
+        # not knowing is not a name: these were stored as categories 'idea', "I don't
+        # know", 'not sure', 'dunno'
+        "no idea",
+        "I don't know",
+        "no, I don't know",
+        "not sure",
+        "dunno",
+        "I have no idea",
+        # a reaction to an answer is not the photo's name ('cool', 'nice')
+        "cool",
+        "Nice!",
+        "wow",
+        "interesting",
     ],
 )
 def test_parse_teaching_ignores_what_is_not_teaching(text: str) -> None:
