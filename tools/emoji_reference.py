@@ -64,11 +64,12 @@ def _svg(data: bytes) -> Any:
     return _on_white(rasterize_svg(data, SIZE))
 
 
-def catalogue(openmoji_wheel: Path) -> list[dict[str, Any]]:
-    """The emoji drawn by all four sets: ``{name, moji, files}`` each (EmojiOne order)."""
+def catalogue(openmoji_wheel: Path | None) -> list[dict[str, Any]]:
+    """The emoji drawn by all four sets (without a wheel: by the three Debian ones):
+    ``{name, moji, files}`` each (EmojiOne order)."""
     index = json.loads((GEMOJIONE / "config" / "index.json").read_text())
-    wheel = zipfile.ZipFile(openmoji_wheel)
-    svgs = {Path(n).stem.upper(): n for n in wheel.namelist() if n.endswith(".svg")}
+    names = zipfile.ZipFile(openmoji_wheel).namelist() if openmoji_wheel else []
+    svgs = {Path(n).stem.upper(): n for n in names if n.endswith(".svg")}
     out = []
     for short, info in index.items():
         if info.get("category") not in CATEGORIES:
@@ -79,13 +80,13 @@ def catalogue(openmoji_wheel: Path) -> list[dict[str, Any]]:
         emojify = next((EMOJIFY / f"{n}.png" for n in names if (EMOJIFY / f"{n}.png").exists()),
                        None)  # fmt: skip
         svg = svgs.get(code) or svgs.get(f"{code}-FE0F")
-        if png.exists() and emojify is not None and svg is not None:
+        if png.exists() and emojify is not None and (svg is not None or not openmoji_wheel):
             out.append({"name": short, "moji": info["moji"], "emojione": str(png),
                         "emojify": str(emojify), "openmoji": svg})  # fmt: skip
     return out
 
 
-def render(item: dict[str, Any], which: str, wheel: zipfile.ZipFile) -> Any:
+def render(item: dict[str, Any], which: str, wheel: zipfile.ZipFile | None) -> Any:
     """One set's drawing of an emoji as a ``SIZE`` px RGB image (``None``: not drawable)."""
     from PIL import Image
 
@@ -93,7 +94,7 @@ def render(item: dict[str, Any], which: str, wheel: zipfile.ZipFile) -> Any:
         if which == "noto":
             return _noto(item["moji"])
         if which == "openmoji":
-            return _svg(wheel.read(item["openmoji"]))
+            return None if wheel is None else _svg(wheel.read(item["openmoji"]))
         return _on_white(Image.open(item[which]))
     except (OSError, subprocess.SubprocessError, KeyError):
         return None

@@ -25,6 +25,7 @@ from rar_agent.errors import ConfigError
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, decoding_alone, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
+from rar_agent.openset.prior import same_thing
 from rar_agent.pipeline.explain import explain_result
 from rar_agent.pipeline.ranked import Ranking
 from rar_agent.pipeline.regions import RegionOptions, arecognize_regions, recognize_regions
@@ -109,7 +110,9 @@ class Recognizer:
             margin (a number, ``"on"`` for the default margin, ``"auto"`` for the margin
             ``rar-agent eval --gate auto`` recorded in the memory, ``"off"``/``None``). The
             ranking chain applies it (a given gate replaces a ready chain's own).
-        kind: Memory side to query (``auto`` prefers image examples).
+        kind: Memory side to query (``auto``: both; in a memory of class names and example
+            images, an example answers only a photo of the same thing,
+            :func:`~rar_agent.retrieval.lead_side`).
         hint: Domain hint for the ranker (defaults to the memory's description).
         reject: When an image is *unknown* (not a category in memory): ``"auto"`` (the
             default) or ``"auto:ALPHA"`` rejects at most ALPHA (default 0.05) of the images of
@@ -145,7 +148,12 @@ class Recognizer:
         self.k = validate_k(k)
         self.gate = parse_gate(gate, calibrated=memory.info.gate_margin)
         self.retriever = CategoryRetriever(
-            memory=memory, encoder=encoder, k=self.k, fetch_k=fetch_k, kind=validate_kind(kind)
+            memory=memory,
+            encoder=encoder,
+            k=self.k,
+            fetch_k=fetch_k,
+            kind=validate_kind(kind),
+            same_thing=same_thing(encoder.fingerprint),
         )
         self.ranker: RankingChain | None = as_ranking_chain(
             ranker, gate=self.gate, timeout_s=ranker_timeout
@@ -380,7 +388,8 @@ class Recognizer:
             boxes: ``Box`` objects, ``[x0, y0, x1, y1]`` lists (pixels or 0..1), COCO-style
                 dicts, or a path to a JSON file of them.
             k: Candidates per region.
-            kind: Memory side to query: ``text``, ``image`` or ``auto`` (text if any).
+            kind: Memory side to query: ``text``, ``image`` or ``auto`` (both: an example
+                answers only a crop of the same thing, :func:`~rar_agent.retrieval.lead_side`).
             context_image: Show the ranker the whole image with the box drawn next to the crop.
             normalized: Box units: True 0..1, False pixels, None to detect.
             context: The context curve or a fixed scale (``regions.context_scale``).

@@ -99,10 +99,9 @@ def recognize_regions(
 ) -> list[RecognitionResult]:
     """Recognize each box of one image (boxes in the full image's coordinates)."""
     prepared = _prepare_all(stages, image, boxes, options)
-    # Regions prefer class names: small crops embed poorly against image examples.
-    outcomes = stages.run(
-        prepared.crops, views=prepared.views, k=options.k, kind=options.kind, prefer="text"
-    )
+    # in a memory of class names and examples, a crop is answered by an example only when it
+    # is the same thing (retrieval.lead_side): small crops embed poorly against examples
+    outcomes = stages.run(prepared.crops, views=prepared.views, k=options.k, kind=options.kind)
     return _results(stages, prepared, outcomes)
 
 
@@ -113,7 +112,7 @@ async def arecognize_regions(
     stages' :meth:`~rar_agent.pipeline.stages.StageRunner.arun`."""
     prepared = await asyncio.to_thread(_prepare_all, stages, image, boxes, options)
     outcomes = await stages.arun(
-        prepared.crops, views=prepared.views, k=options.k, kind=options.kind, prefer="text"
+        prepared.crops, views=prepared.views, k=options.k, kind=options.kind
     )
     return _results(stages, prepared, outcomes)
 

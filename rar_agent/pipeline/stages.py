@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
     from rar_agent.config import MemoryKind, RejectSetting
     from rar_agent.encoders import ImageTextEncoder
-    from rar_agent.memory import EntryKind
     from rar_agent.openset.calibration import Calibration
     from rar_agent.retrieval import CategoryRetriever
 
@@ -119,7 +118,6 @@ class StageRunner:
         k: int | None = None,
         rank_k: int | None = None,
         kind: MemoryKind | None = None,
-        prefer: EntryKind = "image",
         rank_rejected: bool = False,
     ) -> list[Outcome]:
         """Run every stage over ``images`` (one encoder pass, one ranking batch).
@@ -130,13 +128,12 @@ class StageRunner:
             k: Labels to retrieve (default: the retriever's).
             rank_k: How many of them the ranker orders (default: all).
             kind: Memory side to query (default: the retriever's).
-            prefer: The side ``auto`` tries first.
             rank_rejected: Rank also the images the open-set check rejected (the evaluation
                 measures top-1 with and without rejection in one run).
         """
         if not images:
             return []
-        found = self._retrieve(images, k=k, kind=kind, prefer=prefer)
+        found = self._retrieve(images, k=k, kind=kind)
         inputs, rankings = self._plan(views or images, found, rank_k, rank_rejected)
         outputs = self.ranker.batch([inp for _, inp in inputs]) if self.ranker and inputs else []
         return self._outcomes(found, inputs, outputs, rankings)
@@ -149,14 +146,13 @@ class StageRunner:
         k: int | None = None,
         rank_k: int | None = None,
         kind: MemoryKind | None = None,
-        prefer: EntryKind = "image",
         rank_rejected: bool = False,
     ) -> list[Outcome]:
         """Async :meth:`run`: encoding and retrieval in a worker thread, ranking through the
         chain's ``abatch`` (its timeouts cancel the model calls)."""
         if not images:
             return []
-        found = await asyncio.to_thread(self._retrieve, images, k=k, kind=kind, prefer=prefer)
+        found = await asyncio.to_thread(self._retrieve, images, k=k, kind=kind)
         inputs, rankings = self._plan(views or images, found, rank_k, rank_rejected)
         outputs = (
             await self.ranker.abatch([inp for _, inp in inputs]) if self.ranker and inputs else []
@@ -230,14 +226,13 @@ class StageRunner:
         *,
         k: int | None,
         kind: MemoryKind | None,
-        prefer: EntryKind,
     ) -> _Retrieved:
         n = len(images)
         t0 = time.perf_counter()
         vectors = self.encoder.embed_images(list(images))
         encode_ms = _ms(t0)
         t1 = time.perf_counter()
-        candidates = self.retriever.retrieve_vectors(vectors, k=k, kind=kind, prefer=prefer)
+        candidates = self.retriever.retrieve_vectors(vectors, k=k, kind=kind)
         retrieve_ms = _ms(t1)
         t2 = time.perf_counter()
         checks = self.judge(candidates, vectors)

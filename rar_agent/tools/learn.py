@@ -131,7 +131,8 @@ def describe_added(result: ExampleAdded) -> str:
         text = (
             f"Stored {result.image} as the first example of the new category {label!r}{fix}; "
             f"a photo closer to it than to the other categories' examples is now answered "
-            f"{label!r} (more examples of it make that surer)."
+            f"{label!r}; beside class names (as in the built-in memory), only a photo of the "
+            "same thing; more examples of it make that surer."
         )
     elif result.action == "confirm":
         text = (

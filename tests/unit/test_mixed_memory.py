@@ -1,0 +1,201 @@
+"""A memory of class names and taught photos (the built-in ImageNet memory after a teach):
+a photo of the taught thing is answered with the taught label, every other photo keeps the
+answer the class names gave.
+
+Real EfficientNet-Lite0 and its 1000 ImageNet classifier rows (the built-in memory), the
+shipped photos: the answers are the point, so no tiny random model would do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import ToolMessage
+from langchain_core.tools import BaseTool
+from PIL import Image
+
+from rar_agent.ingest.vocabulary import add_builtin_vocabulary
+from rar_agent.memory import CategoryMemory
+from rar_agent.openset.prior import same_thing
+from rar_agent.openset.verdict import TEXT_ENTRIES_NOTE
+from rar_agent.pipeline import Recognizer
+from rar_agent.pipeline.teacher import Teacher
+from rar_agent.results import RecognitionResult
+from rar_agent.retrieval import NEAR_DUPLICATE
+from rar_agent.tools import make_tools
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
+CAT, COFFEE = EXAMPLES / "cat.jpg", EXAMPLES / "coffee.jpg"
+
+
+@pytest.fixture(scope="module")
+def effnet() -> Any:
+    from rar_agent.encoders import load_encoder
+
+    return load_encoder("efficientnet-lite0", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Other photos of the coffee: a 10% crop (0.94 from coffee.jpg), the bottom right 60%
+    (0.66) and 50% (0.50, and 0.79 from the 60% one) of it."""
+    folder = tmp_path_factory.mktemp("views")
+    image = Image.open(COFFEE).convert("RGB")
+    w, h = image.size
+    boxes = {
+        "crop": (w // 10, h // 10, w - w // 10, h - h // 10),
+        "corner60": (int(w * 0.4), int(h * 0.4), w, h),
+        "corner50": (w // 2, h // 2, w, h),
+    }
+    out = {}
+    for name, box in boxes.items():
+        out[name] = folder / f"{name}.png"
+        image.crop(box).save(out[name])
+    return out
+
+
+@pytest.fixture
+def imagenet(effnet: Any, tmp_path: Path) -> Iterator[Recognizer]:
+    """A recognizer over the built-in memory (EfficientNet-Lite0's 1000 ImageNet classes)."""
+    memory = CategoryMemory.open(tmp_path / "mem", collection="imagenet")
+    add_builtin_vocabulary(memory, effnet)
+    recognizer = Recognizer(memory, effnet, k=5)
+    yield recognizer
+    recognizer.close()
+
+
+def _teach(recognizer: Recognizer, label: str, image: Path, was: str | None = None) -> None:
+    teacher = Teacher(recognizer.memory, recognizer.encoder, via="api")
+    if was is None:
+        teacher.add(label, [image])
+    else:
+        teacher.correct(label, image, was=was)
+
+
+def _labels(result: RecognitionResult) -> list[str]:
+    return [c.label for c in result.candidates]
+
+
+def test_a_photo_taught_into_the_class_names_answers_the_same_thing_only(
+    imagenet: Recognizer, views: dict[str, Path]
+) -> None:
+    cat_before = imagenet.recognize(CAT)
+    assert cat_before.label == "Egyptian Mau"
+    _teach(imagenet, "lion", COFFEE)
+
+    cat = imagenet.recognize(CAT)
+    assert cat.label == "Egyptian Mau"
+    assert _labels(cat) == _labels(cat_before)
+    assert [c.score for c in cat.candidates] == pytest.approx(
+        [c.score for c in cat_before.candidates]
+    )
+    assert {c.kind for c in cat.candidates} == {"text"}
+
+    coffee = imagenet.recognize(views["crop"])  # another photo of the taught thing
+    assert coffee.label == "lion"
+    top, *rest = coffee.candidates
+    assert top.kind == "image" and top.examples[0].score > 0.9
+    assert [c.retrieval_rank for c in coffee.candidates] == [1, 2, 3, 4, 5]
+    assert {c.kind for c in rest} == {"text"} and "espresso" in _labels(coffee)
+    assert _labels(coffee).count("lion") == 1  # ImageNet's own "lion" row is not repeated
+
+
+def test_batch_and_retriever_answer_alike(imagenet: Recognizer, views: dict[str, Path]) -> None:
+    _teach(imagenet, "lion", COFFEE)
+    batch = imagenet.recognize_batch([CAT, views["crop"]])
+    assert [r.label for r in batch] == ["Egyptian Mau", "lion"]
+
+    docs = imagenet.retriever.invoke(str(CAT))
+    assert docs[0].page_content == "Egyptian Mau" and docs[0].metadata["kind"] == "text"
+    assert imagenet.retriever.invoke(str(views["crop"]))[0].page_content == "lion"
+
+
+def _call(tool: BaseTool, args: dict[str, Any]) -> ToolMessage:
+    message = tool.invoke({"type": "tool_call", "name": tool.name, "args": args, "id": "1"})
+    assert isinstance(message, ToolMessage)
+    return message
+
+
+def test_the_tools_teach_and_answer_as_the_recognizer_does(
+    imagenet: Recognizer, views: dict[str, Path]
+) -> None:
+    roots = [EXAMPLES, views["crop"].parent]
+    tools = {
+        t.name: t
+        for t in make_tools(imagenet, allowed_roots=roots, image_ids=False, allow_learning=True)
+    }
+    taught = _call(tools["add_category_example"], {"label": "lion", "image": str(COFFEE)})
+    assert "beside class names (as in the built-in memory), only a photo of the same thing" in (
+        str(taught.content)
+    )
+    for image, label in ((CAT, "Egyptian Mau"), (views["crop"], "lion")):
+        assert _call(tools["recognize_image"], {"image": str(image)}).artifact["label"] == label
+
+
+def test_regions_answer_a_crop_by_its_example_only_when_it_is_the_same_thing(
+    imagenet: Recognizer,
+) -> None:
+    _teach(imagenet, "lion", COFFEE)
+    w, h = Image.open(COFFEE).size
+    whole = [[0, 0, w, h]]
+    assert imagenet.recognize_regions(COFFEE, whole, kind="auto")[0].label == "lion"
+    # class names stay the default for crops
+    assert imagenet.recognize_regions(COFFEE, whole)[0].label == "espresso"
+    cw, ch = Image.open(CAT).size
+    [cat] = imagenet.recognize_regions(CAT, [[0, 0, cw, ch]], kind="auto")
+    [by_names] = imagenet.recognize_regions(CAT, [[0, 0, cw, ch]])
+    assert cat.candidates[0].kind == "text" and _labels(cat) == _labels(by_names)
+
+
+def test_the_open_set_verdict_is_the_answering_side_s(
+    imagenet: Recognizer, views: dict[str, Path]
+) -> None:
+    _teach(imagenet, "lion", COFFEE)
+    cat = imagenet.recognize(CAT)
+    assert cat.rejection.note == TEXT_ENTRIES_NOTE and cat.rejection.threshold is None
+    coffee = imagenet.recognize(views["crop"])
+    # one taught photo cannot calibrate the image side: the verdict says so, never guesses
+    assert coffee.rejection.threshold is None
+    assert coffee.rejection.note is not None and "cannot calibrate" in coffee.rejection.note
+
+
+def test_a_correction_teaches_the_next_photo(imagenet: Recognizer, views: dict[str, Path]) -> None:
+    _teach(imagenet, "lion", COFFEE)
+    far = imagenet.recognize(views["corner60"])  # 0.66 from the taught photo: not the same
+    assert far.label == "espresso"
+    assert imagenet.recognize(views["corner50"]).label != "lion"
+    _teach(imagenet, "lion", views["corner60"], was=far.label)
+    assert imagenet.recognize(views["corner50"]).label == "lion"  # 0.79 from the correction
+
+
+def test_an_encoder_without_a_measured_bar_lets_only_a_near_copy_lead(
+    imagenet: Recognizer, views: dict[str, Path]
+) -> None:
+    assert same_thing(imagenet.encoder.fingerprint) is not None
+    _teach(imagenet, "lion", COFFEE)
+    unmeasured = imagenet.retriever.model_copy(update={"same_thing": None})
+    assert unmeasured.invoke(str(COFFEE))[0].page_content == "lion"  # the taught photo itself
+    crop = unmeasured.retrieve(views["crop"])  # 0.94 from it: below NEAR_DUPLICATE
+    assert crop[0].label == "espresso" and crop[0].kind == "text" and NEAR_DUPLICATE > 0.94
+
+
+def test_the_bar_is_measured_and_a_refit_of_the_prior_keeps_it(tmp_path: Path) -> None:
+    import numpy as np
+
+    from tools.eval_mixed_memory import reference_bar
+    from tools.fit_encoder_prior import _kept
+
+    # two categories whose cross pairs have similarity 0.8 and 0.92: the 99th percentile of the
+    # different-category pairs lies between, near the larger
+    x = np.asarray([[1.0, 0.0], [0.8, 0.6], [0.5, np.sqrt(0.75)]])
+    labels = np.asarray(["a", "b", "a"])
+    pairs = sorted([x[0] @ x[1], x[1] @ x[2]])
+    assert pairs[0] < reference_bar(x, labels) <= pairs[1]
+
+    shipped = Path(__file__).resolve().parents[2] / "rar_agent/openset/priors"
+    kept = _kept(shipped / "efficientnet-lite0.json")
+    assert kept["same_thing"] == 0.75 and "99th percentile" in kept["same_thing_on"]
+    assert _kept(tmp_path / "none.json") == {}
