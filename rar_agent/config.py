@@ -2,12 +2,13 @@
 
 Also the value rules every layer shares and this floor module must own because ``Settings``
 needs them: the candidate count bounds (:data:`MIN_K`, :data:`MAX_K`, :data:`MAX_TOOL_K`,
-:func:`validate_k`) and
+:func:`validate_k`, :func:`parse_k`) and
 the memory sides a query may use (:data:`MemoryKind`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "parse_reject",
     "DEFAULT_ALPHA",
     "positive_int",
+    "parse_k",
     "validate_k",
     "validate_kind",
 ]
@@ -67,11 +69,31 @@ def validate_kind(kind: str) -> MemoryKind:
     return kind
 
 
-def validate_k(k: int) -> int:
-    """Return ``k`` if it is a usable candidate count, else raise ``ConfigError``."""
-    if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= MAX_K:
-        raise ConfigError(f"k must be an integer between {MIN_K} and {MAX_K}, got {k!r}")
+def validate_k(k: int, most: int = MAX_K) -> int:
+    """Return ``k`` if it is a usable candidate count (``MIN_K`` to ``most``), else raise
+    ``ConfigError`` saying what to give."""
+    if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= most:
+        raise ConfigError(
+            f"k must be a whole number from {MIN_K} to {most} (how many candidate categories "
+            f"to retrieve and rank; 5 when not given), not {k!r}"
+        )
     return k
+
+
+def parse_k(value: object, most: int = MAX_K) -> int:
+    """``value`` read as a candidate count: a whole number, or its text (an environment
+    variable, a model's JSON), from ``MIN_K`` to ``most``.
+
+    Raises:
+        ConfigError: It is not one, in the words of :func:`validate_k`.
+    """
+    number = value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = int(value.strip())
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    return validate_k(number, most)  # type: ignore[arg-type]
 
 
 def default_home() -> Path:
@@ -233,6 +255,12 @@ class Settings(BaseSettings):
     def _blank_home_is_default(cls, v: object) -> object:
         """A blank ``RAR_HOME`` (``export RAR_HOME=``) means the default, not the cwd."""
         return default_home() if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _check_k(cls, v: object) -> int:
+        """Our own words for a bad ``--k`` / ``RAR_K`` / ``k=``, not pydantic's."""
+        return parse_k(v)  # a ConfigError is a ValueError: pydantic keeps its message
 
     @field_validator("kind", mode="before")
     @classmethod

@@ -123,7 +123,7 @@ def _not_public(address: str) -> str | None:
     addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
         address.split("%", 1)[0]
     )
-    if isinstance(addr, ipaddress.IPv6Address):
+    if isinstance(addr, ipaddress.IPv6Address) and not addr.is_loopback:  # ::1 is in ::/96 too
         embedded = addr.ipv4_mapped or addr.sixtofour
         if embedded is None and any(addr in net for net in (*_NAT64, _COMPATIBLE)):
             embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)

@@ -321,7 +321,11 @@ class ExampleAdded(BaseModel):
     new_category: bool = Field(
         default=False, description="Whether this is the first example of its category."
     )
-    category_examples: int = Field(default=0, description="Examples of the category now.")
+    category_examples: int = Field(
+        default=0,
+        description="Examples of the category once this image was taught (in a batch, the "
+        "count after each image).",
+    )
     image_entries: int = Field(description="Example images in the memory afterwards.")
     seconds: float
     id: str | None = Field(default=None, description="The entry id of the example.")

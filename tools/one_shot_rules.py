@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eval_one_shot import draw_memory, reference_sets  # noqa: E402
+from eval_one_shot import oracle as set_oracle  # noqa: E402
 
 from rar_agent.openset.prior import MemoryScale, encoder_prior, prior_score  # noqa: E402
 
@@ -119,9 +120,10 @@ def known_quantile(runs: list[dict], alpha: float, score: str = "prior") -> floa
 
 
 def oracle(runs: list[dict], alpha: float, score: str = "prior") -> float:
-    """The unseen rejected at the set's own known quantile (the most one cut could do)."""
-    cut = known_quantile(runs, alpha, score)
-    return rejected(runs, [cut] * len(runs), score)[1]
+    """The unseen rejected at the set's own known quantile of ``score`` (the most one cut
+    could do): :func:`eval_one_shot.oracle` on that score."""
+    split = [(r["scores"][score], r["known"]) for r in runs]
+    return set_oracle([{"scores": {"known": s[k], "unseen": s[~k]}} for s, k in split], alpha)
 
 
 def shipped_cuts(runs: list[dict], alpha: float, fingerprint: str) -> list[float]:

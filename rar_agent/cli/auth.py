@@ -33,8 +33,9 @@ ScopeOpt = Annotated[
     list[str],
     typer.Option(
         "--scope",
-        help="recognize (the read tools), learn (also teaching), admin (also snapshots "
-        "through a server); repeat for several.",
+        help="recognize (the read tools), learn (the read tools and teaching), admin (the "
+        "read tools, snapshots through a server and taking back one person's teaching, "
+        "memory undo --by NAME --server; not teaching itself); repeat for several.",
     ),
 ]
 

@@ -56,7 +56,9 @@ def chat(
 ) -> None:
     """Serve a chat page: upload a photo, ask about it, see the ranked categories.
 
-    The memory opens read-only unless --allow-learning lets the page teach it. With tokens
+    The memory is the one rar-agent recognize uses (the one named, else the default memory if
+    it holds entries, else the built-in one); it opens read-only unless --allow-learning lets
+    the page teach it. With tokens
     in the auth file (rar-agent auth add), and always off loopback, people sign in with a
     token's name and the token; only tokens with the learn scope may teach, and what they
     teach is recorded under their name. Conversations (messages and photos) are kept in

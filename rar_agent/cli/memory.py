@@ -373,7 +373,11 @@ def memory_add(
         list[Path] | None, typer.Argument(help="Example images; none = add the class name.")
     ] = None,
 ) -> None:
-    """Add one category: example images (as `rar-agent teach`), or its name as a text entry."""
+    """Add one category: example images (stored as `rar-agent teach` does), or its name as text.
+
+    It writes the memory named, else the default one (RAR_HOME/memories/default), as memory
+    build does; teach, with no memory named, teaches the memory the last command used.
+    """
     from rar_agent.cli.teach import teach_images
     from rar_agent.ingest import bind_memory, builders
 
@@ -394,12 +398,15 @@ def memory_remove(
     settings: "Settings",
     label: Annotated[str, typer.Argument(help="Category label to remove (all its entries).")],
 ) -> None:
-    """Remove a category and all its entries."""
+    """Remove a category and all its entries.
+
+    With no memory named, from the memory the last command used, as memory list shows it (a
+    note on stderr names it).
+    """
     from rar_agent.errors import ConfigError
     from rar_agent.ingest.builders import BuildReport
-    from rar_agent.memory import open_memory
 
-    with open_memory(settings, create=False) as mem:
+    with open_shown_memory(settings) as mem:
         removed = mem.remove_label(label)
         if not removed:
             raise ConfigError(_no_such_label(label, mem.labels()))
@@ -423,7 +430,11 @@ def _no_such_label(label: str, labels: "Mapping[str, int]") -> str:
 @app.command("list")
 @settings_command(STORE)
 def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
-    """List labels with their entry counts."""
+    """List labels with their entry counts.
+
+    With no memory named, those of the memory the last command used (a note on stderr names
+    it; memory stats, history, undo, relabel, remove and teach act on it too).
+    """
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table

@@ -1,11 +1,13 @@
 """Which memory the last command used, so ``memory list`` / ``stats`` / ``history`` / ``undo``
-/ ``relabel`` with no flags act on it.
+/ ``relabel`` / ``remove`` and ``teach`` with no flags act on it.
 
 ``recognize``, ``chat``, ``mcp``, ``teach``, ``memory build`` and ``memory add`` record the
 memory they used in ``<RAR_HOME>/last-memory.json`` (its collection, and its folder or server
-URL). A ``memory`` command of those five that names no memory (no ``--memory``,
-``--collection`` or ``--qdrant-url``, nor their ``RAR_*`` variables) opens that one and says
-so; with no record and no default memory, it says which memories exist and how to pick one.
+URL). A ``memory`` command of those six, or ``teach``, that names no memory (no
+``--memory``, ``--collection`` or ``--qdrant-url``, nor their ``RAR_*`` variables) opens that
+one and says so (``teach`` after ``recognize`` teaches the memory that answered); with no
+record and no default memory, a ``memory`` command says which memories exist and how to pick
+one, and ``teach`` teaches the default memory.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def last_used_settings(settings: Settings) -> tuple[Settings, str | None]:
     """The settings of the memory to show when none is named, and a note saying which it is.
 
     Returns ``settings`` unchanged (and no note) when they name a memory, when no command
-    recorded one, or when the recorded one is the default memory anyway.
+    recorded one, when the recorded one is gone, or when it is the default memory anyway.
     """
     if names_a_memory(settings):
         return settings, None
@@ -81,8 +83,10 @@ def last_used_settings(settings: Settings) -> tuple[Settings, str | None]:
 
     if location == str(default_memory_dir(settings.collection, settings.home)):
         return settings, None  # the default memory: nothing to explain
+    if location and not Path(location).is_dir():
+        return settings, None  # deleted since: nothing to show (nor to teach) there
     update: dict[str, object] = {"collection": collection}
-    if location and Path(location).is_dir():
+    if location:
         update["memory_path"] = Path(location)
     note = (
         f"memory {collection!r}, used last by `rar-agent {record.get('command', '?')}`"
@@ -111,7 +115,7 @@ def describe_choice(settings: Settings) -> str:
 
 def open_shown_memory(settings: Settings) -> CategoryMemory:
     """The memory a ``memory`` command that reads or takes back teaching acts on (``list``,
-    ``stats``, ``history``, ``undo``, ``relabel``): the one named, else the one the last
+    ``stats``, ``history``, ``undo``, ``relabel``, ``remove``): the one named, else the one the last
     command used (a note on stderr says which), so ``memory undo`` after ``memory add
     --collection X`` takes back what was taught to X, the memory ``memory list`` shows.
 

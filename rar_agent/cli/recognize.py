@@ -87,6 +87,10 @@ def recognize(
 ) -> None:
     """Recognize what is in each image (retrieve top-k, then rank), or in each box of one image.
 
+    With no memory named (--memory, --collection, --qdrant-url or their RAR_* variables), the
+    default memory answers if it holds entries, else the built-in one (ImageNet's 1000
+    classes; a note on stderr names it).
+
     Many images stream: each answer prints as soon as it is ready, the next photos decoding
     meanwhile, so a folder of thousands (rar-agent recognize photos/ --json: every image in
     it and its sub-folders) holds only a few at a time.

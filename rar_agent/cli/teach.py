@@ -24,6 +24,8 @@ from rar_agent.cli.through_server import TokenOpt, call_server_tool, text_of
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings
+    from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.memory import CategoryMemory
     from rar_agent.pipeline.teacher import Teacher
     from rar_agent.results import TeachingUndone
 
@@ -55,9 +57,11 @@ def teach_images(
 ) -> None:
     """Store images as examples of ``label`` and print what happened (one line each).
 
-    The memory is recorded as the one ``command`` used last (``memory list`` shows it).
+    The memory is recorded as the one ``command`` used last (``memory list`` shows it). When
+    it is the default memory and held nothing, the output says that ``recognize`` uses it
+    from now on instead of the built-in one, and how to get the built-in answers back.
     """
-    from rar_agent.cli.recent import remember_memory
+    from rar_agent.cli.recent import names_a_memory, remember_memory
     from rar_agent.errors import ImageError
     from rar_agent.images import reference_problem
     from rar_agent.pipeline.teacher import Teacher
@@ -72,13 +76,43 @@ def teach_images(
         enc = load_settings_encoder(settings, mem)
         teacher = Teacher(mem, enc, via="cli", by=by or _user())
         action: TeachAction = "correct" if corrects else "add"
+        was_empty = mem.count() == 0
         try:
             added = teacher.add(label, list(images), action=action, corrected_from=corrects)
         except ImageError as e:  # the teacher checks every image before it writes any
             raise _nothing_taught(e, len(images)) from None
         for result in added:
             typer.echo(describe_added(result))
+        if was_empty and not names_a_memory(settings):
+            shadowed = _shadowed_builtin(enc)
+            if shadowed:
+                typer.echo(_shadowing(mem, label, shadowed))
         remember_memory(settings, mem, command)
+
+
+def _shadowed_builtin(encoder: "ImageTextEncoder") -> str | None:
+    """The name of the built-in memory ``recognize`` used while the default memory was empty;
+    None when the encoder has none (no built-in classes, no text tower)."""
+    from rar_agent.encoders import BuiltinVocabulary, has_text_tower
+    from rar_agent.pipeline.vocabulary import builtin_memory_name
+
+    if isinstance(encoder, BuiltinVocabulary) or has_text_tower(encoder):
+        return builtin_memory_name(encoder)
+    return None
+
+
+def _shadowing(memory: "CategoryMemory", label: str, builtin: str) -> str:
+    """What teaching ``label`` to an empty default memory changed for ``recognize``, and how
+    to undo it."""
+    info = memory.info
+    return (
+        f"The memory {info.collection!r} ({info.location}) held nothing until now, so "
+        f"`rar-agent recognize` (and chat, mcp) answered from the built-in memory {builtin!r} "
+        f"(ImageNet's 1000 classes); from now on, with no memory named, they answer from "
+        f"{info.collection!r}, which knows only {label!r}. For the built-in answers, add "
+        f"--collection {builtin} (to teach that memory too); `rar-agent memory undo` takes "
+        "this teaching back."
+    )
 
 
 def _nothing_taught(error: Exception, images: int) -> Exception:
@@ -102,11 +136,19 @@ def teach(
 ) -> None:
     """Teach the memory: store images as examples of LABEL (a new or a known category).
 
+    With no memory named, it teaches the memory the last command used (as memory history and
+    undo; a note says which), e.g. the built-in one after a recognize that answered from it.
     An image already stored under another label is refused with the command that moves it
     (rar-agent memory relabel); each example records when, from where (cli) and --by whom
     (the user running the command unless given).
     """
-    teach_images(settings, label, images, by=by, corrects=corrects)
+    from rar_agent.cli.options import print_note
+    from rar_agent.cli.recent import last_used_settings
+
+    shown, note = last_used_settings(settings)
+    if note:
+        print_note(f"teaching the {note}")
+    teach_images(shown, label, images, by=by, corrects=corrects)
 
 
 def _user() -> str | None:

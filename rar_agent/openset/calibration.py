@@ -357,7 +357,7 @@ class Calibration(BaseModel):
                 return -math.inf, 0, (None, self.reason or "cannot calibrate: no statistic")
             judging = self._judging = (model, self.means()[1], self.terms())
         model, counts, terms = judging
-        row = model.scores(model.project(np.asarray(vector)), terms)[0]
+        row = model.scores_of(np.asarray(vector), terms)[0]
         best = int(np.argmax(row))
         shots = int(counts[best])
         return float(row[best]), shots, self.threshold(alpha, self._supported(alpha, shots))

@@ -67,7 +67,7 @@ share of unknowns below the 5% quantile of the knowns on seeds 0-4 falls as it g
 at 0, 29.7% at 0.3, 27.7% at 0.5): 0.3 keeps both."""
 
 CentreTerms = tuple[np.ndarray, np.ndarray]
-"""``(P_within c, c' P_within c)`` of category means ``c`` (:meth:`Whitening.centre_terms`)."""
+"""``(2 P_within c, c' P_within c)`` of category means ``c`` (:meth:`Whitening.centre_terms`)."""
 KnownScore = tuple[float, bool]
 """``(value, single)``: the support and whether it rests on a single entry."""
 
@@ -170,16 +170,20 @@ class Whitening:
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """Coordinates ``(n, width)`` of ``(n, dim)`` vectors: their principal coordinates
         and their squared distance off the memory's subspace."""
+        z, off = self._coordinates(vectors)
+        return np.concatenate([z, off[:, None]], axis=1)
+
+    def _coordinates(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`project` in two parts: ``(n, rank)`` and the ``(n,)`` distances off."""
         x = np.asarray(vectors, dtype=np.float64).reshape(-1, self.mean.shape[0]) - self.mean
         z = x @ self.basis.T
-        off = np.maximum(np.einsum("ij,ij->i", x, x) - np.einsum("ij,ij->i", z, z), 0.0)
-        return np.concatenate([z, off[:, None]], axis=1)
+        return z, np.maximum(np.einsum("ij,ij->i", x, x) - np.einsum("ij,ij->i", z, z), 0.0)
 
     def centre_terms(self, centres: np.ndarray) -> CentreTerms:
         """What :meth:`scores` needs of the category means ``(c, width)``, computed once."""
         centres = np.asarray(centres, dtype=np.float64).reshape(-1, self.width)[:, : self.rank]
         pc = centres @ self.within
-        return pc, np.einsum("ij,ij->i", pc, centres)
+        return 2.0 * pc, np.einsum("ij,ij->i", pc, centres)
 
     def scores(self, z: np.ndarray, centres: np.ndarray | CentreTerms) -> np.ndarray:
         """The statistic ``(n, c)`` of queries' coordinates ``z`` (:meth:`project`) for
@@ -187,12 +191,24 @@ class Whitening:
         the one definition, ``z' P_overall z - (z - c)' P_within (z - c) + off r``
         expanded."""
         z = np.atleast_2d(z)
-        pc, cc = centres if isinstance(centres, tuple) else self.centre_terms(centres)
+        return self._scores(np.ascontiguousarray(z[:, : self.rank]), z[:, self.rank], centres)
+
+    def scores_of(self, vectors: np.ndarray, centres: np.ndarray | CentreTerms) -> np.ndarray:
+        """:meth:`scores` of ``(n, dim)`` vectors' :meth:`project` (the same numbers, without
+        the coordinate rows: a query's verdict makes one call fewer of each kind)."""
+        return self._scores(*self._coordinates(vectors), centres)
+
+    def _scores(
+        self, z: np.ndarray, off: np.ndarray, centres: np.ndarray | CentreTerms
+    ) -> np.ndarray:
+        """:meth:`scores` of principal coordinates ``z`` (contiguous) and distances ``off``."""
+        pc2, cc = centres if isinstance(centres, tuple) else self.centre_terms(centres)
         if not len(cc):
             return np.full((len(z), 0), -np.inf)
-        z, r = z[:, : self.rank], z[:, self.rank]
-        own = np.einsum("ij,jk,ik->i", z, self._own, z) + self.off * r
-        return np.asarray(own[:, None] + 2.0 * z @ pc.T - cc[None, :])
+        out = np.asarray(z @ pc2.T)
+        out += (np.einsum("ij,jk,ik->i", z, self._own, z) + self.off * off)[:, None]
+        out -= cc
+        return out
 
     def known(self, z: np.ndarray, centres: np.ndarray | CentreTerms) -> np.ndarray:
         """Known-ness ``(n,)``: the best category's statistic (``-inf`` without any)."""

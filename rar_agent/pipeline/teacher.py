@@ -319,7 +319,6 @@ class Teacher:
             update_calibration(self.memory, added=added)
         shared = {
             "label": clean,
-            "category_examples": examples,
             "image_entries": self.memory.count("image"),
             "seconds": round(time.perf_counter() - start, 3),
             "action": action,
@@ -328,7 +327,7 @@ class Teacher:
         # the category is new when all its examples came now; its first is the first stored
         first = entries[todo[0]].point_id if todo and examples == len(todo) else None
         new_ids = {entries[i].point_id for i in todo}
-        return _outcomes(prepared, entries, new_ids, first, flagged, moved, shared)
+        return _outcomes(prepared, entries, new_ids, first, flagged, moved, examples, shared)
 
     def _entries(
         self,
@@ -615,19 +614,28 @@ def _outcomes(
     first: str | None,
     flagged: dict[str, list[NearDuplicate]],
     moved: dict[str, str],
+    examples: int,
     shared: dict[str, Any],
 ) -> list[ExampleAdded]:
     """One :class:`ExampleAdded` per image given, in order (``shared``: the fields all share;
-    ``new_ids``: the entries stored now; ``first``: a new category's first example)."""
+    ``new_ids``: the entries stored now; ``first``: a new category's first example;
+    ``examples``: the category's examples after all of them). Each counts the category's
+    examples once it came, so the lines of a batch count up to ``examples``."""
+    count = examples - len(new_ids) - len(moved)
+    counted: set[str] = set()
     out = []
     for p, e in zip(prepared, entries, strict=True):
         added = e.point_id in new_ids
         new_ids.discard(e.point_id)  # a repeated image counts once
+        if added or (p.digest in moved and p.digest not in counted):
+            count += 1
+            counted.add(p.digest)
         out.append(
             ExampleAdded(
                 image=p.name,
                 added=int(added),
                 new_category=added and e.point_id == first,
+                category_examples=count,
                 id=e.point_id,
                 near_duplicates=flagged.get(e.point_id, []),
                 moved_from=moved.get(p.digest),

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from langchain_core.tools import BaseTool, ToolException
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator
 
+from rar_agent.config import MAX_TOOL_K, MIN_K, parse_k
 from rar_agent.errors import ImageError, UnsafeInputError
 from rar_agent.images import (
     decode_base64_image,
@@ -50,9 +51,20 @@ __all__ = [
     "ImageSource",
     "RecognizerLike",
     "RecognizerTool",
+    "ToolK",
     "explain_validation_error",
     "tool_error",
 ]
+
+
+def _tool_k(value: object) -> int | None:
+    return None if value is None else parse_k(value, MAX_TOOL_K)
+
+
+ToolK = Annotated[Annotated[int, Field(ge=MIN_K, le=MAX_TOOL_K)] | None, BeforeValidator(_tool_k)]
+"""A tool's ``k`` argument: ``None`` (the recognizer's own), or ``MIN_K`` to ``MAX_TOOL_K``
+(the schema says so); a bad one is refused in our words (:func:`~rar_agent.config.parse_k`),
+not pydantic's."""
 
 _ID_REF = re.compile(r"^\[?\s*(?:image(?:\s+id)?\s*[:=]?\s*)?(img-[0-9a-f]{6,64})\s*\]?$", re.I)
 
@@ -271,11 +283,15 @@ def explain_validation_error(error: Exception) -> str:
     details = getattr(error, "errors", None)
     if not callable(details):
         return f"invalid tool arguments: {error}"
-    problems = "; ".join(
-        f"{'.'.join(str(part) for part in item.get('loc', ())) or 'arguments'}: {item.get('msg')}"
-        for item in details()
-    )
+    problems = "; ".join(_argument_problem(item) for item in details())
     return f"invalid tool arguments ({problems}); fix them and call the tool again"
+
+
+def _argument_problem(item: Mapping[str, Any]) -> str:
+    """One validation error: the argument, then our message (not pydantic's 'Value error, ')."""
+    where = ".".join(str(part) for part in item.get("loc", ())) or "arguments"
+    cause = item.get("ctx", {}).get("error") if item.get("type") == "value_error" else None
+    return f"{where}: {cause if cause is not None else item.get('msg')}"
 
 
 class RecognizerTool(BaseTool):

@@ -31,7 +31,6 @@ from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackMan
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rar_agent.config import MAX_TOOL_K, MIN_K
 from rar_agent.errors import RarError, UnsafeInputError
 from rar_agent.images import IMAGE_SUFFIXES
 from rar_agent.results import BatchResults, RecognitionResult
@@ -41,7 +40,13 @@ from rar_agent.safety import (
     resolve_folder_inside_roots,
     resolve_inside_roots,
 )
-from rar_agent.tools.base import ImageSource, RecognizerTool, explain_validation_error, tool_error
+from rar_agent.tools.base import (
+    ImageSource,
+    RecognizerTool,
+    ToolK,
+    explain_validation_error,
+    tool_error,
+)
 
 __all__ = [
     "BATCH_CHUNK",
@@ -268,9 +273,7 @@ class RecognizeImagesInput(BaseModel):
     limit: int = Field(
         default=100, ge=1, le=MAX_BATCH, description="Most images to recognize in this call."
     )
-    k: int | None = Field(
-        default=None, ge=MIN_K, le=MAX_TOOL_K, description="Candidates per image."
-    )
+    k: ToolK = Field(default=None, description="Candidates per image.")
 
     @field_validator("pattern")
     @classmethod

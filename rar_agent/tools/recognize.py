@@ -9,10 +9,9 @@ from typing import Any, ClassVar, Literal
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from pydantic import BaseModel, Field, field_validator
 
-from rar_agent.config import MAX_TOOL_K, MIN_K
 from rar_agent.errors import RarError
 from rar_agent.results import Candidate, RecognitionResult, RegionResults
-from rar_agent.tools.base import ImageSource, RecognizerTool, tool_error
+from rar_agent.tools.base import ImageSource, RecognizerTool, ToolK, tool_error
 from rar_agent.tools.provenance import serving_teacher
 
 __all__ = [
@@ -88,12 +87,7 @@ class RecognizeInput(BaseModel):
         default=None,
         description="The image, in one of the forms the tool description lists.",
     )
-    k: int | None = Field(
-        default=None,
-        ge=MIN_K,
-        le=MAX_TOOL_K,
-        description="How many candidate categories to return.",
-    )
+    k: ToolK = Field(default=None, description="How many candidate categories to return.")
     boxes: list[list[float]] | None = Field(
         default=None,
         description="Optional regions as [x1, y1, x2, y2] pixel boxes; each is recognized "
@@ -224,7 +218,7 @@ class CategorySearchInput(BaseModel):
         max_length=500,
         description="Words describing the categories to look for, e.g. 'heron'.",
     )
-    k: int | None = Field(default=None, ge=MIN_K, le=MAX_TOOL_K, description="How many categories.")
+    k: ToolK = Field(default=None, description="How many categories.")
 
 
 class CategorySearchTool(RecognizerTool):

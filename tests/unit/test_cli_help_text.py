@@ -105,3 +105,38 @@ def test_reject_help_says_the_promise_holds_for_photos_like_the_memorys() -> Non
     said = "photos unlike the memory's examples, another background or artist, are rejected more"
     assert said in " ".join(words)
     assert "like the memory's examples" in (Settings.model_fields["reject"].description or "")
+
+
+def _help_words(*command: str) -> str:
+    """A command's --help as one line of words (the box drawing and wrapping left out)."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    done = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    return " ".join(" ".join(line.strip(" │╭╮╰╯─") for line in done.output.splitlines()).split())
+
+
+@pytest.mark.parametrize("command", ["recognize", "chat", "mcp"])
+def test_the_serving_commands_say_which_memory_answers_when_none_is_named(command: str) -> None:
+    """Their help named no memory choice: a person who had taught the default memory one
+    category could not tell from it why the built-in 1000 classes were gone."""
+    words = _help_words(command)
+    assert "the default memory" in words and "if it holds entries" in words
+    assert "else the built-in one" in words
+
+
+def test_memory_list_and_remove_say_they_act_on_the_memory_used_last() -> None:
+    assert "the memory the last command used" in _help_words("memory", "list")
+    assert "the memory the last command used" in _help_words("memory", "remove")
+    # memory add builds, as memory build does: it says so, beside teach's choice
+    assert "It writes the memory named, else the default one" in _help_words("memory", "add")
+
+
+def test_the_admin_scope_help_names_what_it_may_do() -> None:
+    """`auth add --help` said admin is 'also snapshots through a server', leaving out
+    taking back one person's teaching (undo_teaching_of, memory undo --by NAME --server)."""
+    words = _help_words("auth", "add")
+    assert "admin (the read tools, snapshots through a server and taking back one" in words
+    assert "memory undo --by NAME --server; not teaching itself)" in words

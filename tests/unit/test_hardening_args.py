@@ -80,11 +80,32 @@ def test_bad_k_is_refused(rec: Recognizer, k: object) -> None:
     if k is None:  # None means "the recognizer's default": not an error
         assert len(rec.recognize(_picture(rec), k=k).candidates) == 3
         return
-    with pytest.raises(ConfigError, match="k must be an integer between 1 and 100"):
+    with pytest.raises(ConfigError, match="k must be a whole number from 1 to 100"):
         rec.recognize(_picture(rec), k=k)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="k must be"):
         Recognizer(rec.memory, rec.encoder, k=k)  # type: ignore[arg-type]
     assert _unchanged(rec)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [("0", "0"), ("101", "101"), ("abc", "'abc'"), ("2.5", "'2.5'")]
+)
+def test_a_bad_rar_k_says_what_k_is_and_what_to_give(
+    value: str, shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RAR_K=0`` (or ``--k 0``) answered pydantic's 'Input should be greater than or equal
+    to 1' (and 'unable to parse string as an integer' for text)."""
+    from rar_agent.cli.options import settings_from_options
+
+    monkeypatch.setenv("RAR_K", value)
+    with pytest.raises(ConfigError) as caught:
+        settings_from_options()
+    assert str(caught.value) == (
+        "invalid --k (RAR_K): k must be a whole number from 1 to 100 (how many candidate "
+        f"categories to retrieve and rank; 5 when not given), not {shown}"
+    )
+    monkeypatch.setenv("RAR_K", " 7 ")
+    assert settings_from_options().k == 7
 
 
 def test_k_larger_than_the_memory_returns_every_label(rec: Recognizer) -> None:

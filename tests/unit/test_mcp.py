@@ -107,7 +107,8 @@ async def exercise(session: ClientSession, images: Path, *, learning: bool) -> d
     loopback = await session.call_tool("recognize_image", {"image": "http://127.0.0.1:9/cat.jpg"})
     assert loopback.isError and "loopback" in text_of(loopback)
     bad = await session.call_tool("recognize_image", {"image": "cat.jpg", "k": 0})
-    assert bad.isError and text_of(bad).startswith("invalid tool arguments (k:")
+    assert bad.isError and text_of(bad).startswith("invalid tool arguments (k: k must be a")
+    assert "whole number from 1 to 50" in text_of(bad) and "Input should" not in text_of(bad)
 
     known = await session.call_tool("list_categories", {})
     assert known.structuredContent["total"] == 6 and "cat (1 example)" in text_of(known)

@@ -8,6 +8,8 @@ exist and how to pick one.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,23 @@ def test_memory_history_and_undo_without_flags_act_on_the_memory_memory_list_sho
     assert listed.stdout.strip() == '{"kitty": 1}'  # the default memory's teaching is kept
 
 
+def test_memory_remove_without_flags_removes_from_the_memory_memory_list_shows(
+    home: Path, tmp_path: Path
+) -> None:
+    """`memory list` showed my-things and its 'thing'; `memory remove thing` then looked in
+    the default memory and answered "no category 'thing' in this memory"."""
+    image = str(tmp_path / "a.png")
+    assert runner.invoke(app, ["teach", "kitty", image]).exit_code == 0
+    added = runner.invoke(app, ["memory", "add", "thing", image, "--collection", "my-things"])
+    assert added.exit_code == 0, added.output
+    removed = runner.invoke(app, ["memory", "remove", "thing"])
+    assert removed.exit_code == 0, removed.output
+    assert "removed 1 entries of 'thing'" in removed.stdout
+    assert "memory 'my-things', used last by `rar-agent memory add`" in removed.stderr
+    listed = runner.invoke(app, ["memory", "list", "--json", "--collection", "default"])
+    assert listed.stdout.strip() == '{"kitty": 1}'
+
+
 def test_without_a_record_the_error_lists_the_memories_and_how_to_pick(home: Path) -> None:
     for name in ("birds", "garments"):
         (home / "memories" / name).mkdir(parents=True)
@@ -129,6 +148,61 @@ def test_recognize_names_the_built_in_memory_and_memory_list_finds_it(
     assert listed.exit_code == 0 and f"memory {name!r}, used last by" in listed.output
     again = runner.invoke(app, ["memory", "stats", "--collection", name])
     assert again.exit_code == 0 and f'"collection": "{name}"' in again.stdout
+
+
+def test_teach_after_recognize_teaches_the_memory_that_answered(home: Path, tmp_path: Path) -> None:
+    """`recognize` answered from the built-in memory, then `teach mug photo.jpg` created a
+    one-category default memory that every later `recognize` answered from ('mug' for any
+    photo): teach with no memory named teaches the memory the last command used."""
+    image = str(tmp_path / "a.png")
+    done = runner.invoke(app, ["recognize", image, "--no-progress"])
+    assert done.exit_code == 0, done.output
+    builtin = done.output.split("built-in memory '", 1)[1].split("'", 1)[0]
+
+    taught = runner.invoke(app, ["teach", "mug", image])
+    assert taught.exit_code == 0, taught.output
+    assert f"teaching the memory {builtin!r}, used last by `rar-agent recognize`" in taught.stderr
+    assert "--collection NAME" in taught.stderr
+    assert not (home / "memories" / "default").exists()
+    listed = runner.invoke(app, ["memory", "list", "--json", "--collection", builtin])
+    assert json.loads(listed.stdout)["mug"] >= 1
+
+    again = runner.invoke(app, ["recognize", image, "--no-progress", "--json"])
+    assert again.exit_code == 0, again.output
+    assert f"using the built-in memory {builtin!r}" in again.stderr
+
+
+def test_teach_says_when_a_new_default_memory_takes_over_from_the_built_in_one(
+    home: Path, tmp_path: Path
+) -> None:
+    image = str(tmp_path / "a.png")
+    taught = runner.invoke(app, ["teach", "mug", image])  # nothing used before: the default
+    assert taught.exit_code == 0, taught.output
+    assert (home / "memories" / "default").is_dir()
+    told = taught.stdout.splitlines()[-1]
+    assert "from now on, with no memory named, they answer from 'default'" in told
+    assert "which knows only 'mug'" in told and "--collection builtin-" in told
+    assert "rar-agent memory undo" in told
+
+    Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(tmp_path / "b.png")
+    more = runner.invoke(app, ["teach", "cup", str(tmp_path / "b.png")])
+    assert more.exit_code == 0, more.output
+    assert "from now on" not in more.output  # said once, when it took over
+    named = runner.invoke(app, ["teach", "jar", image, "--collection", "jars"])
+    assert named.exit_code == 0 and "from now on" not in named.output
+
+
+def test_teach_after_the_memory_used_last_was_deleted_teaches_the_default_one(
+    home: Path, tmp_path: Path
+) -> None:
+    image = str(tmp_path / "a.png")
+    added = runner.invoke(app, ["memory", "add", "thing", image, "--collection", "gone"])
+    assert added.exit_code == 0, added.output
+    shutil.rmtree(home / "memories" / "gone")
+    taught = runner.invoke(app, ["teach", "mug", image])
+    assert taught.exit_code == 0, taught.output
+    assert "'gone'" not in taught.output and not (home / "memories" / "gone").exists()
+    assert (home / "memories" / "default").is_dir()
 
 
 def test_eval_suggests_the_built_in_dataset_name(tmp_path: Path) -> None:

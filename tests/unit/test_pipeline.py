@@ -204,7 +204,7 @@ def test_from_settings_builds_a_label_vocabulary_once(
     ("overrides", "message"),
     [
         ({"rankr": "openai:gpt-4o-mini"}, "no setting named 'rankr' (did you mean 'ranker'?)"),
-        ({"k": 0}, "invalid setting k=0: Input should be greater than or equal to 1"),
+        ({"k": 0}, "invalid setting k=0: k must be a whole number from 1 to 100 (how many"),
         ({"kind": "video"}, "invalid setting kind='video': kind must be auto, image or text"),
         ({"reject": "sometimes"}, "invalid setting reject='sometimes': unknown reject setting"),
     ],

@@ -153,28 +153,30 @@ def test_kept_rows_are_bounded_and_only_for_entries_under_their_contents_id() ->
 
     kept = StoredRows(size=2)
     hits = [hit(i, f"h{i}") for i in range(3)]
-    rows = [kept.put(h, [float(i), 1.0]) for i, h in enumerate(hits)]
+    rows = [kept.put(h, np.array([float(i), 1.0], np.float32)) for i, h in enumerate(hits)]
     assert rows[0].dtype == np.float32 and not rows[0].flags.writeable
     oldest, *kept_rows = kept.get(hits)
     assert oldest is None  # the oldest went out
     assert kept_rows[0] is rows[1] and kept_rows[1] is rows[2] and len(kept) == 2
     for other in (hit(9, None), hit(8, "h8", own_id=False)):  # no hash; a document's own id
-        assert kept.put(other, [1.0, 0.0]).tolist() == [1.0, 0.0]
+        assert kept.put(other, np.array([1.0, 0.0], np.float32)).tolist() == [1.0, 0.0]
         assert kept.get([other]) == [None] and len(kept) == 2
 
 
 def test_stored_vectors_become_the_same_unit_rows(memory: CategoryMemory) -> None:
-    """The fetched lists of floats become exactly the rows numpy reads from them (then
-    normalised), in the hits' order; a hit whose vector was not fetched gets zeros."""
-    from rar_agent.retrieval import _rows
+    """The fetched lists of floats become exactly the rows numpy reads from them, normalised."""
+    from rar_agent.retrieval import _unit_rows
 
     hits = memory.search(QUERY, kind="image", limit=10)
-    stored = memory.get_vectors([h.id for h in hits[1:]], kind="image")
-    rows = _rows(hits, stored, 4)
-    expected = np.array([stored[h.id] for h in hits[1:]], dtype=np.float32)
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    assert rows.dtype == np.float32 and rows.shape == (len(hits), 4)
-    assert np.array_equal(rows[1:], expected) and not rows[0].any()
+    stored = memory.get_vectors([h.id for h in hits], kind="image")
+    lists = [stored[h.id] for h in hits]
+    lists += np.random.default_rng(0).normal(size=(40, 1281)).tolist()
+    for dim in (4, 1281):
+        block = [v for v in lists if len(v) == dim]
+        expected = np.array(block, dtype=np.float32)
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        rows = _unit_rows(block)
+        assert rows.dtype == np.float32 and np.array_equal(rows, expected)
 
 
 def test_an_entry_rewritten_under_its_own_id_reads_its_new_vector(memory: CategoryMemory) -> None:

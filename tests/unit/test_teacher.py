@@ -335,7 +335,21 @@ def test_several_images_of_a_new_category_name_only_the_first_as_its_first(
         "a photo closer to it than to the other categories' examples is now answered 'bag'"
         in (lines[0])
     )
-    assert all("first example" not in line and "3 examples now" in line for line in lines[1:])
+    assert all("first example" not in line for line in lines[1:])
+    assert "(2 examples now)" in lines[1] and "(3 examples now)" in lines[2]
+
+
+def test_each_line_of_a_batch_counts_the_examples_after_its_image(recognizer: Any) -> None:
+    """`rar-agent teach bag a.png b.png c.png` printed the final count on every line
+    ('3 examples now' three times for a category that held one, then two, then three)."""
+    teacher = Teacher(recognizer.memory, recognizer.encoder, via="cli")
+    first, again, more = (_png((60, 40 + 30 * i, 20), mark=i) for i in range(3))
+    teacher.add("bag", [first])
+    cat = recognizer.example_images["black cat"]  # stored under another label: moved here
+    added = teacher.add("bag", [again, first, cat, more, again], move=True)
+    assert [a.category_examples for a in added] == [2, 2, 3, 4, 4]
+    assert [a.added for a in added] == [1, 0, 0, 1, 0] and added[2].moved_from == "black cat"
+    assert recognizer.memory.labels("image")["bag"] == 4
 
 
 class _MeetingMemory:

@@ -639,7 +639,25 @@ def test_bad_arguments_tell_the_model_what_was_wrong(recognizer: Any) -> None:
     recognize = RecognizeTool(recognizer=recognizer, registry=ImageRegistry())
     message = _call(recognize, {"k": 0})
     assert message.status == "error"
-    assert "k:" in message.content and "greater than or equal" in message.content
+    assert "k: k must be a whole number from 1 to 50" in message.content
+    assert "Input should" not in message.content
+
+
+@pytest.mark.parametrize("k", [0, 51, -3, 2.5, "many", True])
+def test_a_bad_k_is_refused_in_the_products_words(recognizer: Any, k: object) -> None:
+    """``k: 0`` answered pydantic's 'Input should be greater than or equal to 1'."""
+    recognize = RecognizeTool(recognizer=recognizer, registry=ImageRegistry())
+    message = _call(recognize, {"k": k})
+    assert message.status == "error"
+    assert "k must be a whole number from 1 to 50 (how many candidate" in message.content
+    assert f"not {k!r}" in message.content and "Input should" not in message.content
+
+
+def test_a_k_written_as_text_or_a_whole_float_is_read() -> None:
+    from rar_agent.tools.recognize import RecognizeInput
+
+    assert RecognizeInput(k="3").k == 3 and RecognizeInput(k=4.0).k == 4
+    assert RecognizeInput().k is None
 
 
 def test_every_tool_k_takes_its_bounds_from_one_place() -> None:

@@ -152,6 +152,18 @@ def test_non_public_addresses_are_refused_before_any_request(
 
 
 @pytest.mark.parametrize(
+    "kind",
+    ["loopback", "localhost name", "IPv6 loopback", "IPv4-mapped IPv6", "IPv4-compatible IPv6",
+     "NAT64 of loopback", "6to4 of loopback"],
+)  # fmt: skip
+def test_a_loopback_url_is_refused_as_loopback(kind: str, server: LocalHTTPServer) -> None:
+    """``http://[::1]/...`` was refused as 'a private or reserved address' (read as 0.0.0.1,
+    an IPv4-compatible address) though 127.0.0.1 was called loopback."""
+    with pytest.raises(UnsafeInputError, match="a loopback address: only public addresses"):
+        fetch_public_url(_refused_urls(server.port)[kind])
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "file:///etc/passwd",
