@@ -58,12 +58,12 @@ def chat(
 
     The memory is the one rar-agent recognize uses (the one named, else the default memory if
     it holds entries, else the built-in one); it opens read-only unless --allow-learning lets
-    the page teach it. With tokens
-    in the auth file (rar-agent auth add), and always off loopback, people sign in with a
-    token's name and the token; only tokens with the learn scope may teach, and what they
-    teach is recorded under their name. Conversations (messages and photos) are kept in
-    <RAR_HOME>/conversations.sqlite and resumed with ?conversation=ID; each --allow-root
-    folder can be browsed (read-only) and recognized in one go by the agent.
+    the page teach it. With tokens in the auth file (rar-agent auth add), and always off
+    loopback, people sign in with a token's name and the token; only tokens with the learn
+    scope may teach, and what they teach is recorded under their name. Conversations
+    (messages and photos) are kept in <RAR_HOME>/conversations.sqlite and resumed with
+    ?conversation=ID; each --allow-root folder can be browsed (read-only) and recognized in
+    one go by the agent.
     """
     from rar_agent.agent import resolve_chat_model
     from rar_agent.conversations import ConversationStore

@@ -75,8 +75,8 @@ LimitOpt = Annotated[
     ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every sample.")]
-EvalKOpt = Annotated[int, typer.Option("--k", help="Candidates handed to the ranker.")]
-MaxKOpt = Annotated[int, typer.Option("--max-k", help="Largest k of recall@k.")]
+EvalKOpt = Annotated[int, typer.Option("--k", help="Candidates handed to the ranker (1-100).")]
+MaxKOpt = Annotated[int, typer.Option("--max-k", help="Largest k of recall@k (1-100).")]
 EvalRankerOpt = Annotated[str, typer.Option("--ranker", help=RANKER_HELP)]
 EvalGateOpt = Annotated[
     str | None,

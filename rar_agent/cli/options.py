@@ -284,7 +284,12 @@ AllowUrlsOpt = Annotated[
     bool, typer.Option("--allow-urls", help="Let the tools fetch public image URLs.")
 ]
 AllowLearningOpt = Annotated[
-    bool, typer.Option("--allow-learning", help="Let the tools add examples to the memory.")
+    bool,
+    typer.Option(
+        "--allow-learning",
+        help="Let the memory be taught (it opens for writing): examples added and corrected, "
+        "moved to another label, the teaching listed and undone.",
+    ),
 ]
 
 
@@ -450,7 +455,7 @@ def open_recognizer(
             f"({len(recognizer.memory.labels())} labels; `rar-agent memory list` shows it, "
             f"--collection {name} names it)"
         )
-    remember_memory(settings, recognizer.memory, command)
+    remember_memory(settings, recognizer.memory, command, labels=label_list is not None)
     return recognizer
 
 

@@ -41,14 +41,18 @@ def names_a_memory(settings: Settings) -> bool:
     )
 
 
-def remember_memory(settings: Settings, memory: CategoryMemory, command: str) -> None:
-    """Record ``memory`` as the one ``command`` used last (best effort: a failure is logged)."""
+def remember_memory(
+    settings: Settings, memory: CategoryMemory, command: str, *, labels: bool = False
+) -> None:
+    """Record ``memory`` as the one ``command`` used last (best effort: a failure is logged);
+    ``labels``: it is the memory of the names ``--labels`` gave."""
     info = memory.info
     record = {
         "collection": info.collection,
         "location": info.location,
         "command": command,
         "server": bool(settings.qdrant_url),
+        "labels": labels,
     }
     try:
         home = Path(settings.home).expanduser()
@@ -67,16 +71,20 @@ def _last_record(settings: Settings) -> dict[str, object] | None:
     return record if isinstance(record, dict) and record.get("collection") else None
 
 
-def last_used_settings(settings: Settings) -> tuple[Settings, str | None]:
-    """The settings of the memory to show when none is named, and a note saying which it is.
+def last_used_settings(
+    settings: Settings, *, teaching: bool = False
+) -> tuple[Settings, str | None]:
+    """The settings of the memory to show (or, ``teaching``, to teach) when none is named,
+    and a note saying which it is.
 
     Returns ``settings`` unchanged (and no note) when they name a memory, when no command
-    recorded one, when the recorded one is gone, or when it is the default memory anyway.
+    recorded one, when the recorded one is gone, when it is the default memory anyway, or,
+    ``teaching``, when it is a ``--labels`` memory (it answers among exactly those names).
     """
     if names_a_memory(settings):
         return settings, None
     record = _last_record(settings)
-    if record is None or record.get("server"):
+    if record is None or record.get("server") or (teaching and record.get("labels")):
         return settings, None  # a server memory is shown when --qdrant-url names the server
     collection, location = str(record["collection"]), str(record.get("location") or "")
     from rar_agent.memory.location import default_memory_dir

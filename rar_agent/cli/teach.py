@@ -137,7 +137,8 @@ def teach(
     """Teach the memory: store images as examples of LABEL (a new or a known category).
 
     With no memory named, it teaches the memory the last command used (as memory history and
-    undo; a note says which), e.g. the built-in one after a recognize that answered from it.
+    undo; a note says which), e.g. the built-in one after a recognize that answered from it;
+    after recognize --labels (which answers among exactly those names), the default one.
     An image already stored under another label is refused with the command that moves it
     (rar-agent memory relabel); each example records when, from where (cli) and --by whom
     (the user running the command unless given).
@@ -145,7 +146,7 @@ def teach(
     from rar_agent.cli.options import print_note
     from rar_agent.cli.recent import last_used_settings
 
-    shown, note = last_used_settings(settings)
+    shown, note = last_used_settings(settings, teaching=True)
     if note:
         print_note(f"teaching the {note}")
     teach_images(shown, label, images, by=by, corrects=corrects)

@@ -140,3 +140,19 @@ def test_the_admin_scope_help_names_what_it_may_do() -> None:
     words = _help_words("auth", "add")
     assert "admin (the read tools, snapshots through a server and taking back one" in words
     assert "memory undo --by NAME --server; not teaching itself)" in words
+
+
+@pytest.mark.parametrize("command", ["chat", "mcp"])
+def test_allow_learning_help_names_all_it_allows(command: str) -> None:
+    """It said 'Let the tools add examples to the memory.': it also lets them (and the chat
+    page) correct, move, list and undo the teaching, and opens the memory for writing."""
+    words = _help_words(command)
+    assert "--allow-learning <bool> Let the memory be taught (it opens for writing)" in words
+    assert "moved to another label, the teaching listed and undone" in words
+
+
+def test_eval_k_help_states_its_range() -> None:
+    """eval refuses --k 0 with 'must be between 1 and 100'; its help named no range."""
+    words = _help_words("eval")
+    assert "Candidates handed to the ranker (1-100)" in words
+    assert "Largest k of recall@k (1-100)" in words

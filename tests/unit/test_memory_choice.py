@@ -192,6 +192,22 @@ def test_teach_says_when_a_new_default_memory_takes_over_from_the_built_in_one(
     assert named.exit_code == 0 and "from now on" not in named.output
 
 
+def test_teach_after_recognize_labels_leaves_that_memory_of_names_alone(
+    home: Path, tmp_path: Path
+) -> None:
+    """A --labels memory answers among exactly the names given: a photo taught into it would
+    make `recognize --labels cat,dog` answer 'fox'."""
+    image = str(tmp_path / "a.png")
+    done = runner.invoke(app, ["recognize", image, "--labels", "cat,dog", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    vocabulary = json.loads((home / "last-memory.json").read_text())["collection"]
+    taught = runner.invoke(app, ["teach", "fox", image])
+    assert taught.exit_code == 0, taught.output
+    assert vocabulary not in taught.output and (home / "memories" / "default").is_dir()
+    listed = runner.invoke(app, ["memory", "list", "--json", "--collection", vocabulary])
+    assert set(json.loads(listed.stdout)) == {"cat", "dog"}
+
+
 def test_teach_after_the_memory_used_last_was_deleted_teaches_the_default_one(
     home: Path, tmp_path: Path
 ) -> None:
