@@ -307,3 +307,9 @@ def test_cli_coco_detections_of_several_images_need_an_image_id(
     assert [(b.x0, b.y0, b.x1, b.y1) for b in seen[0]] == [(20, 30, 70, 90), (5, 5, 25, 25)]
     none = CliRunner().invoke(app, [*base, "--image-id", "9"])
     assert none.exit_code == 2 and "no detections with image_id 9" in none.output
+    # A file of plain boxes names no image: --image-id there is a slip, and the error says so.
+    (tmp_path / "plain.json").write_text("[[20, 30, 70, 90]]")
+    plain = CliRunner().invoke(app, [*base[:3], str(tmp_path / "plain.json"), "--image-id", "3"])
+    said = " ".join(plain.output.split())
+    assert plain.exit_code == 2 and "no detections with image_id 3" in said, said
+    assert "leave out --image-id for a file of one image's boxes" in said
