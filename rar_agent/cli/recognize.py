@@ -214,6 +214,11 @@ def _check_picture_path(annotate: Path) -> None:
     from rar_agent.errors import ConfigError
 
     Image.init()
+    if annotate.expanduser().is_dir():
+        raise ConfigError(
+            f"--annotate {annotate}: it is a folder: name a picture file in it, such as "
+            f"{annotate / 'annotated.png'}"
+        )
     folder = annotate.expanduser().parent
     if not folder.is_dir():
         raise ConfigError(
@@ -221,10 +226,10 @@ def _check_picture_path(annotate: Path) -> None:
             "another path"
         )
     if Image.registered_extensions().get(annotate.suffix.lower()) not in Image.SAVE:
-        raise ConfigError(
-            f"--annotate {annotate}: cannot write a {annotate.suffix or 'extension-less'} "
-            "picture: use a .png or .jpg path"
+        kind = (
+            f"a {annotate.suffix} picture" if annotate.suffix else "a picture without an extension"
         )
+        raise ConfigError(f"--annotate {annotate}: cannot write {kind}: use a .png or .jpg path")
 
 
 def _recognize_boxes(

@@ -53,6 +53,12 @@ def call_server_tool(
     try:
         return anyio.run(_call, url, token, tool, arguments)
     except Exception as e:  # HTTP 401/403/429, refused connections: say which
+        unreachable = _transport_error(e)
+        if unreachable is not None:
+            raise ConfigError(
+                f"cannot reach the server at {url} for {asking} ({unreachable}): check the URL "
+                "and that the server is running (rar-agent mcp --http)"
+            ) from None
         raise ConfigError(
             f"the server at {url} refused {asking} ({_status_of(e) or e}): check the URL and "
             f"that the token has the {scope} scope"
@@ -81,6 +87,19 @@ async def _call(
     ):
         await session.initialize()
         return await session.call_tool(tool, arguments)
+
+
+def _transport_error(error: BaseException) -> str | None:
+    """Why no connection to the server was made, if that is what failed."""
+    import httpx
+
+    if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return str(error) or type(error).__name__
+    for inner in getattr(error, "exceptions", ()):  # the client's task group wraps it
+        found = _transport_error(inner)
+        if found:
+            return found
+    return None
 
 
 def _status_of(error: BaseException) -> str | None:

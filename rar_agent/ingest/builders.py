@@ -442,6 +442,13 @@ def iter_image_folder(
             files = sorted(random.Random(f"{seed}\x00{class_dir.name}").sample(files, shots))
         pairs.extend((str(p.resolve()), class_dir.name) for p in files)
     if not pairs:
+        loose = [p.name for p in base.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if loose:  # the labels come from sub-folders, and this folder has none with images
+            raise ConfigError(
+                f"{base} holds {len(loose)} image(s) but no class sub-folders with images: "
+                f"a sub-folder's name is its images' label, so put each class's images in "
+                f"{base / '<label>'}/ (e.g. {base / 'cat' / sorted(loose)[0]})"
+            )
         raise ConfigError(
             f"no images under {base}: expected one sub-folder per class with image files "
             f"({', '.join(sorted(IMAGE_EXTENSIONS))})"

@@ -345,3 +345,23 @@ def test_a_snapshot_through_the_server_holds_teaching_back(
         answer = tool.invoke({"name": "held.tar"})
     assert "Wrote the snapshot held.tar" in str(answer)
     assert seen == [False] and teaching_could_write()
+
+
+def test_cli_snapshot_through_a_server_that_is_not_running(tmp_path: Path) -> None:
+    """A --server URL where nothing listens said the server "refused the snapshot (unhandled
+    errors in a TaskGroup (1 sub-exception))"; it says the server cannot be reached."""
+    import socket
+
+    from rar_agent.cli import app
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/mcp"
+    asked = ["memory", "snapshot", "team.tar", "--server", url, "--token", "rar_x"]
+    result = CliRunner().invoke(app, asked)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"cannot reach the server at {url}" in said
+    assert "that the server is running" in said
+    assert "TaskGroup" not in said

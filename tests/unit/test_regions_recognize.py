@@ -236,6 +236,11 @@ def test_cli_boxes_json_and_annotate(
     [
         (["--annotate", "missing-folder/out.png"], "folder .*missing-folder does not exist"),
         (["--annotate", "out.txt"], "cannot write a .txt picture: use a .png or .jpg path"),
+        (
+            ["--annotate", "."],
+            r"it is a folder: name a picture file in it, such as \S+annotated\.png",
+        ),
+        (["--annotate", "out"], "cannot write a picture without an extension: use a .png or .jpg"),
         (["--boxes", "nope.json"], "nope.json does not exist: check the path"),
         (["--boxes", "scene.png"], "is not valid JSON"),
     ],
