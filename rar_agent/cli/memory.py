@@ -328,7 +328,14 @@ def _labelled_images(
     from rar_agent.ingest import builders
 
     if folder is not None:
-        return list(builders.iter_image_folder(folder, shots=shots, seed=seed))
+        pairs = list(builders.iter_image_folder(folder, shots=shots, seed=seed))
+        loose = builders.unlabelled_images(folder)
+        if loose:
+            print_note(
+                f"left out {len(loose)} image(s) directly in {folder} ({loose[0].name}...): "
+                f"a label is a sub-folder's name, so move them into {folder / '<label>'}/"
+            )
+        return pairs
     return list(builders.iter_manifest(manifest))  # type: ignore[arg-type]
 
 
