@@ -357,6 +357,11 @@ def _read_names(path: Path) -> list[str]:
     return names
 
 
+def _counted(n: int, one: str, many: str) -> str:
+    """``1 entry``, ``2 entries``."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
     """What a build or add did, and what the memory now holds."""
     from rich.console import Console
@@ -365,7 +370,8 @@ def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
     console.print(
         f"added {report.added}, already stored {report.skipped_existing}, "
         f"failed {len(report.failed)} in {report.seconds:.1f} s; "
-        f"memory now holds {mem.count()} entries over {len(mem.labels())} labels",
+        f"memory now holds {_counted(mem.count(), 'entry', 'entries')} over "
+        f"{_counted(len(mem.labels()), 'label', 'labels')}",
         highlight=False,
     )
     print_skipped(report.failed)
