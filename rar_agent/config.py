@@ -45,8 +45,9 @@ MAX_TOOL_K = 50
 costs ranker tokens."""
 
 MemoryKind = Literal["auto", "image", "text"]
-"""Memory side a query uses: ``image`` examples, ``text`` class names, or ``auto``
-(whichever side holds entries, image examples first)."""
+"""Memory side a query uses: ``image`` examples, ``text`` class names, or ``auto`` (both; where
+both hold entries, an example answers only a photo of the same thing,
+:func:`rar_agent.retrieval.lead_side`)."""
 
 MEMORY_KINDS: tuple[MemoryKind, ...] = get_args(MemoryKind)
 

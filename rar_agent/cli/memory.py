@@ -328,7 +328,14 @@ def _labelled_images(
     from rar_agent.ingest import builders
 
     if folder is not None:
-        return list(builders.iter_image_folder(folder, shots=shots, seed=seed))
+        pairs = list(builders.iter_image_folder(folder, shots=shots, seed=seed))
+        loose = builders.unlabelled_images(folder)
+        if loose:
+            print_note(
+                f"left out {len(loose)} image(s) directly in {folder} ({loose[0].name}...): "
+                f"a label is a sub-folder's name, so move them into {folder / '<label>'}/"
+            )
+        return pairs
     return list(builders.iter_manifest(manifest))  # type: ignore[arg-type]
 
 
@@ -350,6 +357,11 @@ def _read_names(path: Path) -> list[str]:
     return names
 
 
+def _counted(n: int, one: str, many: str) -> str:
+    """``1 entry``, ``2 entries``."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
     """What a build or add did, and what the memory now holds."""
     from rich.console import Console
@@ -358,7 +370,8 @@ def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
     console.print(
         f"added {report.added}, already stored {report.skipped_existing}, "
         f"failed {len(report.failed)} in {report.seconds:.1f} s; "
-        f"memory now holds {mem.count()} entries over {len(mem.labels())} labels",
+        f"memory now holds {_counted(mem.count(), 'entry', 'entries')} over "
+        f"{_counted(len(mem.labels()), 'label', 'labels')}",
         highlight=False,
     )
     print_skipped(report.failed)

@@ -200,7 +200,10 @@ def _read_boxes(
         _check_picture_path(annotate)
     parsed = load_boxes(boxes, normalized=normalized, image_id=image_id)
     if not parsed and image_id is not None:
-        raise ConfigError(f"{boxes} holds no detections with image_id {image_id}")
+        raise ConfigError(
+            f"{boxes} holds no detections with image_id {image_id}: check the id (a COCO "
+            "detection's image_id), or leave out --image-id for a file of one image's boxes"
+        )
     if not parsed:
         raise ConfigError(f"{boxes} holds no boxes: write a JSON list of [x0, y0, x1, y1]")
     return parsed
@@ -214,6 +217,11 @@ def _check_picture_path(annotate: Path) -> None:
     from rar_agent.errors import ConfigError
 
     Image.init()
+    if annotate.expanduser().is_dir():
+        raise ConfigError(
+            f"--annotate {annotate}: it is a folder: name a picture file in it, such as "
+            f"{annotate / 'annotated.png'}"
+        )
     folder = annotate.expanduser().parent
     if not folder.is_dir():
         raise ConfigError(
@@ -221,10 +229,10 @@ def _check_picture_path(annotate: Path) -> None:
             "another path"
         )
     if Image.registered_extensions().get(annotate.suffix.lower()) not in Image.SAVE:
-        raise ConfigError(
-            f"--annotate {annotate}: cannot write a {annotate.suffix or 'extension-less'} "
-            "picture: use a .png or .jpg path"
+        kind = (
+            f"a {annotate.suffix} picture" if annotate.suffix else "a picture without an extension"
         )
+        raise ConfigError(f"--annotate {annotate}: cannot write {kind}: use a .png or .jpg path")
 
 
 def _recognize_boxes(

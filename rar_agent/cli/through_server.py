@@ -41,8 +41,8 @@ def call_server_tool(
         scope: The token scope the tool needs, for the errors.
 
     Raises:
-        ConfigError: No token, or the server refused the request (HTTP 401/403/429, a
-            refused connection).
+        ConfigError: No token, the server refused the request (HTTP 401/403/429, a
+            refused connection) or does not serve ``tool``.
     """
     import anyio
 
@@ -51,18 +51,26 @@ def call_server_tool(
     if not token:
         raise ConfigError(f"--server needs a token with the {scope} scope: --token or RAR_TOKEN")
     try:
-        return anyio.run(_call, url, token, tool, arguments)
-    except Exception as e:  # HTTP 401/403/429, no server there: say which
-        cause = _innermost(e)
-        if _unreachable(cause):
+        result = anyio.run(_call, url, token, tool, arguments)
+    except Exception as e:  # HTTP 401/403/429, refused connections: say which
+        unreachable = _transport_error(e)
+        if unreachable is not None:
             raise ConfigError(
-                f"no server answers at {url} ({cause or type(cause).__name__}): check the URL "
-                "and that `rar-agent mcp --http` runs there"
+                f"cannot reach the server at {url} for {asking} ({unreachable}): check the URL "
+                "and that the server is running (rar-agent mcp --http)"
             ) from None
         raise ConfigError(
-            f"the server at {url} refused {asking} ({_status_of(e) or cause}): check the URL "
-            f"and that the token has the {scope} scope"
+            f"the server at {url} refused {asking} ({_status_of(e) or e}): check the URL and "
+            f"that the token has the {scope} scope"
         ) from None
+    if result.isError and text_of(result).startswith(f"unknown tool {tool!r}"):
+        # A server started open (no tokens) serves no admin tools: no one has a scope there.
+        raise ConfigError(
+            f"the server at {url} does not serve {asking} ({tool}): a server started without "
+            f"tokens has no admin tools; make one with `rar-agent auth add NAME --scope {scope}` "
+            "on the serving machine, restart the server, and pass the token with --token"
+        )
+    return result
 
 
 def text_of(result: "types.CallToolResult") -> str:
@@ -89,18 +97,17 @@ async def _call(
         return await session.call_tool(tool, arguments)
 
 
-def _innermost(error: BaseException) -> BaseException:
-    """The first error an exception group (the MCP client's task groups) wraps, or
-    ``error`` itself."""
-    inner = getattr(error, "exceptions", ())
-    return _innermost(inner[0]) if inner else error
-
-
-def _unreachable(error: BaseException) -> bool:
-    """Whether ``error`` says no server answered (refused, unreachable, timed out)."""
+def _transport_error(error: BaseException) -> str | None:
+    """Why no connection to the server was made, if that is what failed."""
     import httpx
 
-    return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | OSError)
+    if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return str(error) or type(error).__name__
+    for inner in getattr(error, "exceptions", ()):  # the client's task group wraps it
+        found = _transport_error(inner)
+        if found:
+            return found
+    return None
 
 
 def _status_of(error: BaseException) -> str | None:

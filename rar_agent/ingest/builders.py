@@ -59,6 +59,7 @@ __all__ = [
     "build_from_manifest",
     "iter_image_folder",
     "iter_manifest",
+    "unlabelled_images",
 ]
 
 logger = logging.getLogger(__name__)
@@ -442,11 +443,28 @@ def iter_image_folder(
             files = sorted(random.Random(f"{seed}\x00{class_dir.name}").sample(files, shots))
         pairs.extend((str(p.resolve()), class_dir.name) for p in files)
     if not pairs:
+        loose = unlabelled_images(base)
+        if loose:  # the labels come from sub-folders, and this folder has none with images
+            raise ConfigError(
+                f"{base} holds {len(loose)} image(s) but no class sub-folders with images: "
+                f"a sub-folder's name is its images' label, so put each class's images in "
+                f"{base / '<label>'}/ (e.g. {base / 'cat' / loose[0].name})"
+            )
         raise ConfigError(
             f"no images under {base}: expected one sub-folder per class with image files "
             f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     return pairs
+
+
+def unlabelled_images(root: str | Path) -> list[Path]:
+    """The image files directly in an ImageFolder ``root``, sorted: not in a class
+    sub-folder, so without a label (:func:`iter_image_folder` leaves them out)."""
+    return sorted(
+        p
+        for p in Path(root).expanduser().iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def iter_manifest(path: str | Path) -> list[tuple[str, str]]:

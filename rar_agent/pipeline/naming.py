@@ -30,9 +30,9 @@ sandal*, *I guess it's a sandal*); *well*, *so* and *ok* only before a comma or 
 since a name may begin with them (*well pump*).
 
 Not knowing is not a name: *no idea*, *I don't know*, *not sure*, *dunno* teach nothing
-(``None``), nor does a reaction (*cool*, *nice!*, *wow*); a correction or a statement whose
-name only says the answer was wrong (*no, something else*, *it's none of these*, *no,
-neither*, *no, that is wrong*) is a ``reject``.
+(``None``), also before a guess (*not sure, maybe a fox*), nor does a reaction (*cool*,
+*nice!*, *wow*); a correction or a statement whose name only says the answer was wrong (*no,
+something else*, *it's none of these*, *no, neither*, *no, that is wrong*) is a ``reject``.
 
 A name from rules 3, 5 and 7 is cleaned: a leading article (*a*, *an*, *the*, *some*) is
 dropped; a possessive (*my*, *our*, *your*, *his*, *her*, *their*) marks a personal name, so
@@ -169,12 +169,17 @@ _COMMANDS = frozenset(
 """First words of a request, never of a bare name (*recognize it again*, *try again*)."""
 _UNSURE = re.compile(
     r"^(?:no\s+idea|no\s+clue|(?:no[\s,]+)?i\s+(?:do\s*n[o']?t|have\s+no)\s+(?:know|idea|clue)|"
-    r"(?:i'?m\s+|i\s+am\s+)?(?:not\s+sure|unsure)|dunno|idk|don'?t\s+know|"
-    r"maybe|perhaps|probably|possibly|cool|nice|wow|neat|interesting|awesome|amazing|great|lol|"
-    r"hmm+|oh|ah)$",
+    r"(?:i'?m\s+|i\s+am\s+)?(?:not\s+(?:sure|certain)|unsure)|dunno|idk|don'?t\s+know)\b",
     re.IGNORECASE,
 )
-"""Not knowing what a photo shows, or a reaction to an answer: never a name."""
+"""Not knowing what a photo shows, also before a guess (*not sure, maybe a fox*): never a
+name."""
+_REACTION = re.compile(
+    r"^(?:cool|nice|wow|neat|interesting|awesome|amazing|great|lol|hmm+|oh|ah|"
+    r"maybe|perhaps|probably|possibly)$",
+    re.IGNORECASE,
+)
+"""A reaction to an answer, or a hedge alone: never a name."""
 _NOT_THIS = frozenset(
     [
         "something else",
@@ -356,7 +361,7 @@ def parse_teaching(text: str, *, bare: bool = False) -> Teaching | None:
         small talk, a long sentence).
     """
     body = _strip(text or "")
-    if not body or "?" in body or len(body) > 300 or _UNSURE.match(body):
+    if not body or "?" in body or len(body) > 300 or _UNSURE.match(body) or _REACTION.match(body):
         return None
     body = _without_filler(body)
     first = body.split()[0].lower().strip(",;:!")

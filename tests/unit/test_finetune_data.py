@@ -448,3 +448,18 @@ def test_cli_says_how_to_resume_and_resumes(
     assert resumed.exit_code == 0, resumed.output
     assert "resumed: the first 32 of 36 images were done" in " ".join(resumed.output.split())
     assert out.read_bytes() == (tmp_path / "whole.json").read_bytes()
+
+
+def test_the_documented_llava_record_is_what_is_written() -> None:
+    """docs/finetune.md's LLaVA record showed a prompt without the "none of these" the ranking
+    chain offers (and the data writes): the record shown is the prompt that is written."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "finetune.md").read_text("utf-8")
+    block = doc.split("`--format llava`", 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+    record = json.loads(block)
+    human, gpt = record["conversations"]
+    image = Image.new("RGB", (8, 8))
+    asked = build_ranking_messages(image, record["candidates"], "birds")[-1].content
+    text = next(part["text"] for part in asked if isinstance(part, dict) and "text" in part)
+    assert human["value"] == f"<image>\n{text}"
+    assert gpt["value"] == format_target([record["label"], "egret", "stork"])
+    assert SYSTEM_PROMPT.startswith(record["system"].removesuffix(" ..."))

@@ -1018,24 +1018,6 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
         assert (memory.count(), sorted(memory.labels())) == before
 
 
-def test_asking_a_server_that_is_not_there_says_so() -> None:
-    """``memory history --server`` at an address where nothing listens said "the server at
-    URL refused the teaching_history call (unhandled errors in a TaskGroup (1
-    sub-exception))": no server had refused anything, and the words were asyncio's."""
-    from typer.testing import CliRunner
-
-    from rar_agent.cli import app
-
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        port = sock.getsockname()[1]  # closed below: nothing listens there
-    url = f"http://127.0.0.1:{port}/mcp"
-    result = CliRunner().invoke(app, ["memory", "history", "--server", url, "--token", "t"])
-    said = " ".join(result.output.split())
-    assert result.exit_code == 2, said
-    assert f"no server answers at {url}" in said and "rar-agent mcp --http" in said, said
-    assert "TaskGroup" not in said and "refused the" not in said, said
-
-
 async def test_a_50_megapixel_phone_photo_is_served_at_the_default_limits(tmp_path: Path) -> None:
     """A Galaxy's 50 MP photo (8160x6120) is within the service's default image limit, the
     one every other way in uses; only a larger one is refused."""

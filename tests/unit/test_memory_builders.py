@@ -67,8 +67,21 @@ def test_iter_image_folder_and_seeded_shots(folder: Path) -> None:
         iter_image_folder(folder, shots=0)
     with pytest.raises(ConfigError, match="not a folder"):
         iter_image_folder(folder / "missing")
+    (folder / "empty").mkdir()
     with pytest.raises(ConfigError, match="no images"):
+        iter_image_folder(folder / "empty")
+
+
+def test_a_folder_of_images_without_class_folders_says_to_make_them(folder: Path) -> None:
+    """``memory build --from-folder`` on a folder of photos (no class sub-folders) said "no
+    images under cat" beside the photos; it says the labels are the sub-folders' names."""
+    first = sorted(p.name for p in (folder / "cat").iterdir())[0]
+    with pytest.raises(ConfigError) as refused:
         iter_image_folder(folder / "cat")
+    said = str(refused.value)
+    assert "no images" not in said
+    assert "image(s) but no class sub-folders" in said
+    assert str(folder / "cat" / "cat" / first) in said
 
 
 def test_folder_build_with_shots_and_resume(

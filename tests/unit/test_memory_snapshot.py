@@ -345,3 +345,38 @@ def test_a_snapshot_through_the_server_holds_teaching_back(
         answer = tool.invoke({"name": "held.tar"})
     assert "Wrote the snapshot held.tar" in str(answer)
     assert seen == [False] and teaching_could_write()
+
+
+def test_cli_snapshot_through_a_server_that_is_not_running(tmp_path: Path) -> None:
+    """A --server URL where nothing listens said the server "refused the snapshot (unhandled
+    errors in a TaskGroup (1 sub-exception))"; it says the server cannot be reached."""
+    import socket
+
+    from rar_agent.cli import app
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/mcp"
+    asked = ["memory", "snapshot", "team.tar", "--server", url, "--token", "rar_x"]
+    result = CliRunner().invoke(app, asked)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"cannot reach the server at {url}" in said
+    assert "that the server is running" in said
+    assert "TaskGroup" not in said
+
+
+def test_cli_snapshot_through_an_open_server_says_it_needs_tokens(tmp_path: Path) -> None:
+    """The lock error says to ask the server that holds the memory; a server started without
+    tokens answered "unknown tool 'snapshot_memory'": the error says what the server needs."""
+    from rar_agent.cli import app
+    from tests.unit.test_mcp_auth import serving
+
+    with serving(tmp_path, auth=False) as service:
+        asked = ["memory", "snapshot", "team.tar", "--server", service.url, "--token", "any"]
+        result = CliRunner().invoke(app, asked)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"the server at {service.url} does not serve the snapshot (snapshot_memory)" in said
+    assert "rar-agent auth add NAME --scope admin" in said and "restart the server" in said

@@ -199,3 +199,24 @@ def test_the_bar_is_measured_and_a_refit_of_the_prior_keeps_it(tmp_path: Path) -
     kept = _kept(shipped / "efficientnet-lite0.json")
     assert kept["same_thing"] == 0.75 and "99th percentile" in kept["same_thing_on"]
     assert _kept(tmp_path / "none.json") == {}
+
+
+def test_the_gate_keeps_a_ranker_from_putting_a_class_name_over_the_same_thing(
+    effnet: Any, tmp_path: Path, views: dict[str, Path]
+) -> None:
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from rar_agent.ranking import RankingChain
+
+    memory = CategoryMemory.open(tmp_path / "mem", collection="imagenet")
+    add_builtin_vocabulary(memory, effnet)
+    # a model that knows ImageNet's names, not what this person taught: espresso first
+    model = FakeListChatModel(responses=['["espresso", "lion"]'] * 2)
+    chain = RankingChain(model, structured="never")
+    with Recognizer(memory, effnet, k=5, ranker=chain, gate="on") as recognizer:
+        _teach(recognizer, "lion", COFFEE)
+        coffee = recognizer.recognize(views["crop"])
+        assert coffee.label == "lion" and "espresso" in _labels(coffee)
+        assert coffee.ranking.skip is not None and coffee.ranking.skip.rule == "confident"
+        assert coffee.ranking.skip.lead is not None and coffee.ranking.skip.lead > 0.4
+        assert model.i == 0

@@ -331,6 +331,12 @@ def test_parse_command_reads_undo_and_history(text: str, expected: Command | Non
         "dunno",
         "I have no idea",
         "maybe",
+        # nor is a guess after it: 'not sure, maybe a fox' was a correction to 'maybe a fox',
+        # 'not sure if fox' a category
+        "not sure, maybe a fox",
+        "not sure, a fox",
+        "I'm not sure, a fox",
+        "not sure if fox",
         # a reaction to an answer is not the photo's name ('cool', 'nice')
         "cool",
         "Nice!",
