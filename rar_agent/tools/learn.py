@@ -128,11 +128,15 @@ def describe_added(result: ExampleAdded) -> str:
     elif not result.added:
         text = f"{result.image} was already stored as an example of {label!r}."
     elif result.new_category:
+        beside = (
+            "; beside this memory's class names, only a photo of the same thing"
+            if result.class_names
+            else ""
+        )
         text = (
             f"Stored {result.image} as the first example of the new category {label!r}{fix}; "
             f"a photo closer to it than to the other categories' examples is now answered "
-            f"{label!r}; beside class names (as in the built-in memory), only a photo of the "
-            "same thing; more examples of it make that surer."
+            f"{label!r}{beside} (more examples of it make that surer)."
         )
     elif result.action == "confirm":
         text = (
