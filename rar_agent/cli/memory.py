@@ -361,11 +361,14 @@ def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
     """What a build or add did, and what the memory now holds."""
     from rich.console import Console
 
+    from rar_agent.tools.learn import counted
+
     console = Console(soft_wrap=True)  # whole paths and lines, for reading and grepping
     console.print(
         f"added {report.added}, already stored {report.skipped_existing}, "
         f"failed {len(report.failed)} in {report.seconds:.1f} s; "
-        f"memory now holds {mem.count()} entries over {len(mem.labels())} labels",
+        f"memory now holds {counted(mem.count(), 'entry', 'entries')} over "
+        f"{counted(len(mem.labels()), 'label')}",
         highlight=False,
     )
     print_skipped(report.failed)
@@ -412,13 +415,14 @@ def memory_remove(
     """
     from rar_agent.errors import ConfigError
     from rar_agent.ingest.builders import BuildReport
+    from rar_agent.tools.learn import counted
 
     with open_shown_memory(settings) as mem:
         removed = mem.remove_label(label)
         if not removed:
             raise ConfigError(_no_such_label(label, mem.labels()))
         _recalibrate(mem, BuildReport(), removed)
-    typer.echo(f"removed {removed} entries of {label!r}")
+    typer.echo(f"removed {counted(removed, 'entry', 'entries')} of {label!r}")
 
 
 def _no_such_label(label: str, labels: "Mapping[str, int]") -> str:

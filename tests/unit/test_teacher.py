@@ -431,3 +431,18 @@ def test_a_first_example_speaks_of_class_names_only_in_a_memory_that_has_them(
     assert "beside this memory's class names, only a photo of the same thing" in (
         describe_added(beside)
     )
+
+
+def test_counts_after_an_undo_read_in_words(recognizer: Any, tmp_path: Path) -> None:
+    """After undoing one of two taught photos, memory undo said 'The memory now holds 1 example
+    images.'"""
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_undone
+
+    with CategoryMemory.open(tmp_path / "photos", collection="photos") as memory:
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        teacher.add("bag", [("bag.png", _png((60, 70, 20)))])
+        teacher.add("cup", [("cup.png", _png((20, 70, 160), mark=2))])
+        text = describe_undone(teacher.undo(1))
+    assert "Undid 1 teaching event," in text
+    assert text.endswith("The memory now holds 1 example image.")
