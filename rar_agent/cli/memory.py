@@ -331,8 +331,11 @@ def _labelled_images(
         pairs = list(builders.iter_image_folder(folder, shots=shots, seed=seed))
         loose = builders.unlabelled_images(folder)
         if loose:
+            from rar_agent.tools.learn import counted
+
             print_note(
-                f"left out {len(loose)} image(s) directly in {folder} ({loose[0].name}...): "
+                f"left out {counted(len(loose), 'image')} directly in {folder} "
+                f"({loose[0].name}...): "
                 f"a label is a sub-folder's name, so move them into {folder / '<label>'}/"
             )
         return pairs
