@@ -200,7 +200,10 @@ def _read_boxes(
         _check_picture_path(annotate)
     parsed = load_boxes(boxes, normalized=normalized, image_id=image_id)
     if not parsed and image_id is not None:
-        raise ConfigError(f"{boxes} holds no detections with image_id {image_id}")
+        raise ConfigError(
+            f"{boxes} holds no detections with image_id {image_id}: check the id (a COCO "
+            "detection's image_id), or leave out --image-id for a file of one image's boxes"
+        )
     if not parsed:
         raise ConfigError(f"{boxes} holds no boxes: write a JSON list of [x0, y0, x1, y1]")
     return parsed

@@ -41,8 +41,8 @@ def call_server_tool(
         scope: The token scope the tool needs, for the errors.
 
     Raises:
-        ConfigError: No token, or the server refused the request (HTTP 401/403/429, a
-            refused connection).
+        ConfigError: No token, the server refused the request (HTTP 401/403/429, a
+            refused connection) or does not serve ``tool``.
     """
     import anyio
 
@@ -51,7 +51,7 @@ def call_server_tool(
     if not token:
         raise ConfigError(f"--server needs a token with the {scope} scope: --token or RAR_TOKEN")
     try:
-        return anyio.run(_call, url, token, tool, arguments)
+        result = anyio.run(_call, url, token, tool, arguments)
     except Exception as e:  # HTTP 401/403/429, refused connections: say which
         unreachable = _transport_error(e)
         if unreachable is not None:
@@ -63,6 +63,14 @@ def call_server_tool(
             f"the server at {url} refused {asking} ({_status_of(e) or e}): check the URL and "
             f"that the token has the {scope} scope"
         ) from None
+    if result.isError and text_of(result).startswith(f"unknown tool {tool!r}"):
+        # A server started open (no tokens) serves no admin tools: no one has a scope there.
+        raise ConfigError(
+            f"the server at {url} does not serve {asking} ({tool}): a server started without "
+            f"tokens has no admin tools; make one with `rar-agent auth add NAME --scope {scope}` "
+            "on the serving machine, restart the server, and pass the token with --token"
+        )
+    return result
 
 
 def text_of(result: "types.CallToolResult") -> str:

@@ -365,3 +365,18 @@ def test_cli_snapshot_through_a_server_that_is_not_running(tmp_path: Path) -> No
     assert f"cannot reach the server at {url}" in said
     assert "that the server is running" in said
     assert "TaskGroup" not in said
+
+
+def test_cli_snapshot_through_an_open_server_says_it_needs_tokens(tmp_path: Path) -> None:
+    """The lock error says to ask the server that holds the memory; a server started without
+    tokens answered "unknown tool 'snapshot_memory'": the error says what the server needs."""
+    from rar_agent.cli import app
+    from tests.unit.test_mcp_auth import serving
+
+    with serving(tmp_path, auth=False) as service:
+        asked = ["memory", "snapshot", "team.tar", "--server", service.url, "--token", "any"]
+        result = CliRunner().invoke(app, asked)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"the server at {service.url} does not serve the snapshot (snapshot_memory)" in said
+    assert "rar-agent auth add NAME --scope admin" in said and "restart the server" in said

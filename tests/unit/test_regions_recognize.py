@@ -307,3 +307,28 @@ def test_cli_coco_detections_of_several_images_need_an_image_id(
     assert [(b.x0, b.y0, b.x1, b.y1) for b in seen[0]] == [(20, 30, 70, 90), (5, 5, 25, 25)]
     none = CliRunner().invoke(app, [*base, "--image-id", "9"])
     assert none.exit_code == 2 and "no detections with image_id 9" in none.output
+    # A file of plain boxes names no image: --image-id there is a slip, and the error says so.
+    (tmp_path / "plain.json").write_text("[[20, 30, 70, 90]]")
+    plain = CliRunner().invoke(app, [*base[:3], str(tmp_path / "plain.json"), "--image-id", "3"])
+    said = " ".join(plain.output.split())
+    assert plain.exit_code == 2 and "no detections with image_id 3" in said, said
+    assert "leave out --image-id for a file of one image's boxes" in said
+
+
+def test_boxes_are_in_the_coordinates_of_the_upright_photo(
+    memory: CategoryMemory, tiny_encoder: Any, tmp_path: Path
+) -> None:
+    """A phone photo stores its pixels turned and says so in EXIF: a box drawn on the photo as
+    it is shown (upright) finds the object there, as docs/regions.md says."""
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the stored pixels are the reverse
+    scene().transpose(Image.Transpose.ROTATE_90).save(turned, exif=exif, quality=98)
+    with Image.open(turned) as stored:
+        assert stored.size == (100, 200)
+    recognizer = Recognizer(memory, tiny_encoder, k=2)
+    red, blue = recognizer.recognize_regions(
+        str(turned), [OBJECTS["red block"], OBJECTS["blue disc"]]
+    )
+    assert (red.label, blue.label) == ("red block", "blue disc")
+    assert blue.box == [120.0, 40.0, 150.0, 70.0]  # past the stored width of 100: not clipped
