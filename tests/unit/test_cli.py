@@ -391,3 +391,13 @@ def test_a_build_says_which_images_lie_outside_the_class_folders(env: Path) -> N
     assert "added 4" in said
     assert f"left out 1 image directly in {env / 'imgs'} (stray.jpg...)" in said
     assert "a label is a sub-folder's name" in said
+
+
+def test_a_build_of_one_photo_counts_one_entry(env: Path) -> None:
+    """A build from a folder of one photo said "memory now holds 1 entries over 1 labels"."""
+    (env / "one" / "alpha").mkdir(parents=True)
+    (env / "imgs" / "alpha" / "0.png").rename(env / "one" / "alpha" / "0.png")
+    code, out = _run("memory", "build", "--from-folder", str(env / "one"), "--no-progress")
+    assert code == 0 and "memory now holds 1 entry over 1 label" in " ".join(out.split()), out
+    code, out = _run("memory", "build", "--from-folder", str(env / "imgs"), "--no-progress")
+    assert code == 0 and "memory now holds 4 entries over 2 labels" in " ".join(out.split()), out

@@ -237,3 +237,44 @@ def test_corrupt_metadata_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "m" / META_FILE).write_text(json.dumps({"fingerprint": "enc-A", "dim": DIM}))
     with CategoryMemory.open(tmp_path / "m") as mem:
         assert mem.info.fingerprint == "enc-A"
+
+
+class _CountingShard:
+    """The engine's shard, counting the searches it is asked for."""
+
+    def __init__(self, shard: object) -> None:
+        self.shard, self.queries = shard, 0
+
+    def query(self, request: object) -> object:
+        self.queries += 1
+        return self.shard.query(request)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.shard, name)
+
+
+def test_an_empty_side_is_searched_again_after_any_write(tmp_path: Path) -> None:
+    """Retrieval searches both sides of a memory that may hold one: a side a search found
+    empty is not searched again until a write, through any handle, may have filled it."""
+    path = tmp_path / "sides"
+    text = [MemoryEntry("dog", "text", "templates:test", "h-dog")]
+    with CategoryMemory.open(path, collection="sides") as mem:
+        mem.bind_encoder("enc-sides", DIM)
+        mem.add_entries(_entries("cat", 2), _vectors(2, 0))
+        shared = mem._backend._s  # type: ignore[attr-defined]
+        shared.shard = counting = _CountingShard(shared.shard)
+        query = _vectors(1, 1)[0]
+        assert mem.search(query, kind="text") == [] and mem.search(query, kind="text") == []
+        assert counting.queries == 1  # the second search of the empty side asked nothing
+        with CategoryMemory.open(path, collection="sides") as other:  # the same shard
+            other.bind_encoder("enc-sides", DIM)
+            [dog] = other.add_entries(text, _vectors(1, 1))
+        assert [h.id for h in mem.search(query, kind="text")] == [dog]
+        mem.remove_ids([dog])
+        assert mem.search(query, kind="text") == []
+        mem.add_entries(text, _vectors(1, 1))
+        assert [h.label for h in mem.search(query, kind="text")] == ["dog"]
+        mem.remove_label("dog")
+        assert mem.search(query, kind="text") == []
+        assert [h.label for h in mem.search(query, kind="image")] == ["cat", "cat"]
+        shared.shard = counting.shard
