@@ -327,6 +327,12 @@ class ExampleAdded(BaseModel):
         "count after each image).",
     )
     image_entries: int = Field(description="Example images in the memory afterwards.")
+    class_names: bool = Field(
+        default=False,
+        description="Whether the memory also holds class names (text entries, as the built-in "
+        "memory does): beside them, only a photo of the same thing as an example is answered "
+        "with its label.",
+    )
     seconds: float
     id: str | None = Field(default=None, description="The entry id of the example.")
     action: TeachAction = Field(default="add", description="add, confirm or correct.")

@@ -331,8 +331,11 @@ def _labelled_images(
         pairs = list(builders.iter_image_folder(folder, shots=shots, seed=seed))
         loose = builders.unlabelled_images(folder)
         if loose:
+            from rar_agent.tools.learn import counted
+
             print_note(
-                f"left out {len(loose)} image(s) directly in {folder} ({loose[0].name}...): "
+                f"left out {counted(len(loose), 'image')} directly in {folder} "
+                f"({loose[0].name}...): "
                 f"a label is a sub-folder's name, so move them into {folder / '<label>'}/"
             )
         return pairs
@@ -357,21 +360,18 @@ def _read_names(path: Path) -> list[str]:
     return names
 
 
-def _counted(n: int, one: str, many: str) -> str:
-    """``1 entry``, ``2 entries``."""
-    return f"{n} {one if n == 1 else many}"
-
-
 def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
     """What a build or add did, and what the memory now holds."""
     from rich.console import Console
+
+    from rar_agent.tools.learn import counted
 
     console = Console(soft_wrap=True)  # whole paths and lines, for reading and grepping
     console.print(
         f"added {report.added}, already stored {report.skipped_existing}, "
         f"failed {len(report.failed)} in {report.seconds:.1f} s; "
-        f"memory now holds {_counted(mem.count(), 'entry', 'entries')} over "
-        f"{_counted(len(mem.labels()), 'label', 'labels')}",
+        f"memory now holds {counted(mem.count(), 'entry', 'entries')} over "
+        f"{counted(len(mem.labels()), 'label')}",
         highlight=False,
     )
     print_skipped(report.failed)
@@ -418,13 +418,14 @@ def memory_remove(
     """
     from rar_agent.errors import ConfigError
     from rar_agent.ingest.builders import BuildReport
+    from rar_agent.tools.learn import counted
 
     with open_shown_memory(settings) as mem:
         removed = mem.remove_label(label)
         if not removed:
             raise ConfigError(_no_such_label(label, mem.labels()))
         _recalibrate(mem, BuildReport(), removed)
-    typer.echo(f"removed {removed} entries of {label!r}")
+    typer.echo(f"removed {counted(removed, 'entry', 'entries')} of {label!r}")
 
 
 def _no_such_label(label: str, labels: "Mapping[str, int]") -> str:

@@ -320,6 +320,7 @@ class Teacher:
         shared = {
             "label": clean,
             "image_entries": self.memory.count("image"),
+            "class_names": self.memory.count("text") > 0,
             "seconds": round(time.perf_counter() - start, 3),
             "action": action,
             "corrected_from": wrong,

@@ -45,6 +45,7 @@ __all__ = [
     "TeachingHistoryInput",
     "TeachingHistoryTool",
     "TeachingTool",
+    "counted",
     "UndoTeachingInput",
     "UndoTeachingTool",
     "describe_added",
@@ -122,17 +123,21 @@ def describe_added(result: ExampleAdded) -> str:
     if result.moved_from:
         text = (
             f"Moved {result.image} from {result.moved_from!r} to {label!r}: it was stored as "
-            f"an example of {result.moved_from!r}; {_examples(result.category_examples)} of "
-            f"{label!r} now."
+            f"an example of {result.moved_from!r}; "
+            f"{counted(result.category_examples, 'example')} of {label!r} now."
         )
     elif not result.added:
         text = f"{result.image} was already stored as an example of {label!r}."
     elif result.new_category:
+        beside = (
+            "; beside this memory's class names, only a photo of the same thing"
+            if result.class_names
+            else ""
+        )
         text = (
             f"Stored {result.image} as the first example of the new category {label!r}{fix}; "
             f"a photo closer to it than to the other categories' examples is now answered "
-            f"{label!r}; beside class names (as in the built-in memory), only a photo of the "
-            "same thing; more examples of it make that surer."
+            f"{label!r}{beside} (more examples of it make that surer)."
         )
     elif result.action == "confirm":
         text = (
@@ -158,9 +163,10 @@ def describe_added(result: ExampleAdded) -> str:
     return text
 
 
-def _examples(n: int) -> str:
-    """``n`` examples, in words ("1 example", "3 examples")."""
-    return f"{n} example{'s' if n != 1 else ''}"
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` of ``noun``, in words: "1 example", "3 examples", "1 entry", "2 entries"
+    (``plural``: the plural when it is not ``noun`` + "s")."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def describe_duplicate(stored: str, label: str) -> str:
@@ -221,7 +227,7 @@ def describe_relabeled(moved: ExampleRelabeled) -> str:
         return f"Entry {moved.id} is already an example of {moved.label!r}."
     return (
         f"Moved entry {moved.previous_id} from {moved.previous_label!r} to {moved.label!r} "
-        f"(now entry {moved.id}; {_examples(moved.category_examples)} of {moved.label!r})."
+        f"(now entry {moved.id}; {counted(moved.category_examples, 'example')} of {moved.label!r})."
     )
 
 
@@ -246,7 +252,9 @@ def describe_undone(undone: TeachingUndone) -> str:
     n = len(undone.undone)
     heading = f"Undid {n} teaching event{'s' if n != 1 else ''}{whose}, newest first:"
     lines = [heading, *(describe_event(e) for e in undone.undone)]
-    return "\n".join([*lines, f"The memory now holds {undone.image_entries} example images."])
+    return "\n".join(
+        [*lines, f"The memory now holds {counted(undone.image_entries, 'example image')}."]
+    )
 
 
 # ---------------------------------------------------------------------------- add / correct

@@ -389,7 +389,7 @@ def test_a_build_says_which_images_lie_outside_the_class_folders(env: Path) -> N
     said = " ".join(out.split())
     assert code == 0, out
     assert "added 4" in said
-    assert f"left out 1 image(s) directly in {env / 'imgs'} (stray.jpg...)" in said
+    assert f"left out 1 image directly in {env / 'imgs'} (stray.jpg...)" in said
     assert "a label is a sub-folder's name" in said
 
 

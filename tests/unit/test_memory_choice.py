@@ -122,7 +122,7 @@ def test_memory_remove_without_flags_removes_from_the_memory_memory_list_shows(
     assert added.exit_code == 0, added.output
     removed = runner.invoke(app, ["memory", "remove", "thing"])
     assert removed.exit_code == 0, removed.output
-    assert "removed 1 entries of 'thing'" in removed.stdout
+    assert "removed 1 entry of 'thing'" in removed.stdout
     assert "memory 'my-things', used last by `rar-agent memory add`" in removed.stderr
     listed = runner.invoke(app, ["memory", "list", "--json", "--collection", "default"])
     assert listed.stdout.strip() == '{"kitty": 1}'

@@ -128,7 +128,7 @@ def test_the_tools_teach_and_answer_as_the_recognizer_does(
         for t in make_tools(imagenet, allowed_roots=roots, image_ids=False, allow_learning=True)
     }
     taught = _call(tools["add_category_example"], {"label": "lion", "image": str(COFFEE)})
-    assert "beside class names (as in the built-in memory), only a photo of the same thing" in (
+    assert "beside this memory's class names, only a photo of the same thing" in (
         str(taught.content)
     )
     for image, label in ((CAT, "Egyptian Mau"), (views["crop"], "lion")):

@@ -437,3 +437,40 @@ def test_two_people_teaching_at_once_encode_together_and_never_store_one_image_t
     assert recognizer.memory.count("image") == before + 1
     [entry] = recognizer.memory.get_entries([stored[0].id])
     assert entry.label == stored[0].label
+
+
+def test_a_first_example_speaks_of_class_names_only_in_a_memory_that_has_them(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """Teaching the first photo of a category into a memory of photos alone (the default
+    memory) said 'beside class names (as in the built-in memory), only a photo of the same
+    thing', of class names that memory does not hold."""
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_added
+
+    photo = ("bag.png", _png((60, 70, 20)))
+    with CategoryMemory.open(tmp_path / "photos", collection="photos") as memory:
+        [alone] = Teacher(memory, recognizer.encoder, via="cli").add("bag", [photo])
+    assert not alone.class_names
+    text = describe_added(alone)
+    assert "class names" not in text and "is now answered 'bag' (more examples" in text
+    [beside] = Teacher(recognizer.memory, recognizer.encoder, via="cli").add("bag", [photo])
+    assert beside.class_names  # the small memory holds a class name per label
+    assert "beside this memory's class names, only a photo of the same thing" in (
+        describe_added(beside)
+    )
+
+
+def test_counts_after_an_undo_read_in_words(recognizer: Any, tmp_path: Path) -> None:
+    """After undoing one of two taught photos, memory undo said 'The memory now holds 1 example
+    images.'"""
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_undone
+
+    with CategoryMemory.open(tmp_path / "photos", collection="photos") as memory:
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        teacher.add("bag", [("bag.png", _png((60, 70, 20)))])
+        teacher.add("cup", [("cup.png", _png((20, 70, 160), mark=2))])
+        text = describe_undone(teacher.undo(1))
+    assert "Undid 1 teaching event," in text
+    assert text.endswith("The memory now holds 1 example image.")
