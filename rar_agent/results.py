@@ -28,6 +28,7 @@ __all__ = [
     "TeachingEvent",
     "TeachingHistory",
     "TeachingUndone",
+    "counted",
     "RankingInfo",
     "RankingStatus",
     "RecognitionResult",
@@ -36,6 +37,13 @@ __all__ = [
     "RejectionInfo",
     "SkipRule",
 ]
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` of ``noun``, in words: "1 example", "3 examples", "1 entry", "2 entries"
+    (``plural``: the plural when it is not ``noun`` + "s"): how every count reads."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
 
 RankingStatus = Literal["ranked", "skipped", "fallback", "disabled", "no_match"]
 """``no_match``: the ranker answered that none of the candidates fits the image."""

@@ -331,7 +331,7 @@ def _labelled_images(
         pairs = list(builders.iter_image_folder(folder, shots=shots, seed=seed))
         loose = builders.unlabelled_images(folder)
         if loose:
-            from rar_agent.tools.learn import counted
+            from rar_agent.results import counted
 
             print_note(
                 f"left out {counted(len(loose), 'image')} directly in {folder} "
@@ -364,7 +364,7 @@ def _print_report(report: "BuildReport", mem: "CategoryMemory") -> None:
     """What a build or add did, and what the memory now holds."""
     from rich.console import Console
 
-    from rar_agent.tools.learn import counted
+    from rar_agent.results import counted
 
     console = Console(soft_wrap=True)  # whole paths and lines, for reading and grepping
     console.print(
@@ -418,7 +418,7 @@ def memory_remove(
     """
     from rar_agent.errors import ConfigError
     from rar_agent.ingest.builders import BuildReport
-    from rar_agent.tools.learn import counted
+    from rar_agent.results import counted
 
     with open_shown_memory(settings) as mem:
         removed = mem.remove_label(label)

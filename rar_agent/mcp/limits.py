@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from rar_agent.images import DEFAULT_MAX_PIXELS
 from rar_agent.mcp.auth import token_name
+from rar_agent.results import counted
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Scope
@@ -145,7 +146,8 @@ class RequestLimiter:
         limits = self.limits
         if self._in_flight[key] >= limits.max_concurrent:
             return (
-                f"{key} has {_requests(limits.max_concurrent)} in flight, the most allowed: "
+                f"{key} has {counted(limits.max_concurrent, 'request')} in flight, "
+                "the most allowed: "
                 "wait for an answer before sending more",
                 1,
             )
@@ -158,7 +160,8 @@ class RequestLimiter:
         if len(recent) >= limits.per_minute:
             wait = max(1, math.ceil(60.0 - (now - recent[0])))
             return (
-                f"{key} sent {_requests(limits.per_minute)} in the last minute, the most allowed",
+                f"{key} sent {counted(limits.per_minute, 'request')} in the last minute, "
+                "the most allowed",
                 wait,
             )
         recent.append(now)
@@ -336,8 +339,3 @@ async def _answer(send: Any, status: int, body: dict[str, Any], retry_after: int
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
-
-
-def _requests(n: int) -> str:
-    """``n`` requests, in words ("1 request", "4 requests")."""
-    return f"{n} request" if n == 1 else f"{n} requests"

@@ -21,6 +21,7 @@ from rar_agent.results import (
     RankingInfo,
     RecognitionResult,
     RejectionInfo,
+    counted,
 )
 
 __all__ = ["explain", "explain_result", "explanation_of"]
@@ -70,11 +71,8 @@ def explain(
     why = _why_unknown(rejection, candidates[0])
     group = None
     if novel_group is not None:
-        earlier = novel_group.size - 1
-        group = (
-            f"it looks like {earlier} earlier unknown image{'s' if earlier != 1 else ''} "
-            f"(group {novel_group.id})"
-        )
+        earlier = counted(novel_group.size - 1, "earlier unknown image")
+        group = f"it looks like {earlier} (group {novel_group.id})"
         why.append(group)
     closest = ", ".join(f"{name} ({score:.3f})" for name, score in candidates[:_CLOSEST])
     sentence = "Unknown: not a category in memory"

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rar_agent.errors import RarError, UnsafeInputError
 from rar_agent.images import IMAGE_SUFFIXES
-from rar_agent.results import BatchResults, RecognitionResult
+from rar_agent.results import BatchResults, RecognitionResult, counted
 from rar_agent.safety import (
     describe_roots,
     normalize_roots,
@@ -197,7 +197,7 @@ class ConfinedFileTool(BaseTool):
                 continue
             more = len(entries) - _MAX_LINES
             shown = entries[:_MAX_LINES] + ([f"... and {more} more"] if more > 0 else [])
-            count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+            count = counted(len(entries), "entry", "entries")
             blocks.append(f"In {where} ({count}; paths relative to it):\n" + "\n".join(shown))
         return "\n\n".join(blocks)
 

@@ -26,6 +26,7 @@ from rar_agent.results import (
     TeachingHistory,
     TeachingUndone,
     TeachVia,
+    counted,
 )
 from rar_agent.safety import public_source
 from rar_agent.tools.base import ImageSource, RecognizerTool, tool_error
@@ -45,7 +46,6 @@ __all__ = [
     "TeachingHistoryInput",
     "TeachingHistoryTool",
     "TeachingTool",
-    "counted",
     "UndoTeachingInput",
     "UndoTeachingTool",
     "describe_added",
@@ -163,12 +163,6 @@ def describe_added(result: ExampleAdded) -> str:
     return text
 
 
-def counted(n: int, noun: str, plural: str | None = None) -> str:
-    """``n`` of ``noun``, in words: "1 example", "3 examples", "1 entry", "2 entries"
-    (``plural``: the plural when it is not ``noun`` + "s")."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
-
-
 def describe_duplicate(stored: str, label: str) -> str:
     """What a person reads when the photo they name ``label`` is stored as ``stored``: why it
     was not stored twice, and the words (or the page's button) that move it."""
@@ -235,7 +229,7 @@ def describe_history(history: TeachingHistory) -> str:
     """The teaching history as lines of text (the tool's reply, the CLI's output, local or
     through a server)."""
     if not history.total and history.by is not None and history.others:
-        others = f"{history.others} teaching event{'s' if history.others != 1 else ''}"
+        others = counted(history.others, "teaching event")
         return f"{history.by!r} has taught nothing to this memory ({others} by others)."
     if not history.total:
         return "Nothing has been taught to this memory yet."
@@ -249,8 +243,7 @@ def describe_undone(undone: TeachingUndone) -> str:
     whose = f" by {undone.by!r}" if undone.by else ""
     if not undone.undone:
         return f"Nothing to undo: nothing has been taught to this memory{whose}."
-    n = len(undone.undone)
-    heading = f"Undid {n} teaching event{'s' if n != 1 else ''}{whose}, newest first:"
+    heading = f"Undid {counted(len(undone.undone), 'teaching event')}{whose}, newest first:"
     lines = [heading, *(describe_event(e) for e in undone.undone)]
     return "\n".join(
         [*lines, f"The memory now holds {counted(undone.image_entries, 'example image')}."]

@@ -11,7 +11,7 @@ from langchain_core.tools import ToolException
 from pydantic import BaseModel, Field
 
 from rar_agent.errors import RarError
-from rar_agent.results import CategoryCount, CategoryListing, NovelGroups
+from rar_agent.results import CategoryCount, CategoryListing, NovelGroups, counted
 from rar_agent.tools.base import RecognizerTool, tool_error
 
 __all__ = ["ListCategoriesInput", "ListCategoriesTool", "UnknownGroupsInput", "UnknownGroupsTool"]
@@ -84,7 +84,7 @@ def listing_text(listing: CategoryListing, contains: str | None = None) -> str:
         return f"No categories{matching} in memory {listing.collection!r}."
     about = f" ({listing.description})" if listing.description else ""
     items = [
-        f"{c.label} ({c.image_examples} example{'s' if c.image_examples != 1 else ''})"
+        f"{c.label} ({counted(c.image_examples, 'example')})"
         if c.image_examples
         else f"{c.label} (name only)"
         for c in listing.categories
