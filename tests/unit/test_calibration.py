@@ -182,7 +182,7 @@ def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> N
     space = _Space(4)
     memory = _shots_memory(tmp_path, space, [6] * 4, "stored")
     stored = memory.extension(EXTENSION)
-    assert stored["version"] == cal_mod._VERSION == 7 and stored["method"] == "conformal"
+    assert stored["version"] == cal_mod._VERSION == 8 and stored["method"] == "conformal"
     assert stored["encoder"] == _Vectors.fingerprint and stored["scale"] is None  # 4 categories
     assert len(stored["standins"]) == 24
     label, others, draws = stored["standins"][0]
@@ -196,6 +196,11 @@ def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> N
     model = Whitening.from_json(statistic)
     assert model.basis.shape == (rank, DIM) and model.width == rank + 1
     assert statistic["off"] < 0.0 and model.off == statistic["off"]
+    # a direction added for an example taught far off the subspace (Whitening.extended) gets
+    # the within precision off it, and the overall one: their difference is the weight off
+    assert statistic["apart"] > 0.0 and model.apart == statistic["apart"]
+    # how far off the subspace the examples held out of the fit lay; no direction added yet
+    assert stored["reach"] > 0.0 and stored["directions"] == 0
     # per category: its number of examples and the sum of their coordinates (the principal
     # ones and the distance off the subspace)
     categories = stored["categories"]
