@@ -174,8 +174,10 @@ DRAWS = 8
 """Random draws of ``m`` other examples per stand-in and shot level."""
 MAX_DIRECTIONS = 32
 """Directions the statistic may gain after a full calibration, one for each example lying
-far off its subspace (:data:`BEYOND`, :meth:`Whitening.extended`); past them such an example
-is compared by its shadow on the subspace, as before, until the next full calibration."""
+far off its subspace (:data:`BEYOND`, :meth:`Whitening.extended`); past them a memory of at
+most ``FIT_SAMPLE`` entries is calibrated afresh (the fit then sees every example), a larger
+one compares such an example by its shadow on the subspace until its next full
+calibration."""
 BEYOND = 1.5
 """How many times :attr:`Calibration.reach` an example must lie off the statistic's subspace
 to gain a direction of its own: new examples like the memory's own lie up to about its reach
@@ -834,8 +836,8 @@ def _taken_in(
     the subspace alone, which photos of anything and noise share: a catch-all "known"."""
     z = model.project(x)
     added = 0
-    while reach is not None and added < room:
-        far = np.flatnonzero(z[:, -1] > BEYOND * reach)
+    while added < room:
+        far = _far(z, reach)
         if not len(far):
             break
         grown = model.extended(x[far[np.argmax(z[far, -1])]])
@@ -844,6 +846,11 @@ def _taken_in(
         model, added = grown, added + 1
         z = model.project(x)
     return model, z, added
+
+
+def _far(z: np.ndarray, reach: float | None) -> np.ndarray:
+    """The rows of coordinates ``z`` lying ``BEYOND`` times ``reach`` off the subspace."""
+    return np.flatnonzero(z[:, -1] > BEYOND * reach) if reach is not None else np.zeros(0, int)
 
 
 def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
@@ -897,7 +904,9 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     without a statistic (no category of two examples) gained entries and holds at most
     ``FIT_SAMPLE`` (a scroll with nothing to fit: its category counts and the
     :class:`~rar_agent.openset.prior.MemoryScale` an encoder prior is scaled by stay exact)
-    or gained a category of two examples. Otherwise the statistic stays as fitted, but for a
+    or gained a category of two examples, or when it holds at most ``FIT_SAMPLE`` and an
+    entry lies far off the statistic's subspace with all ``MAX_DIRECTIONS`` taken (the fit
+    sees every example). Otherwise the statistic stays as fitted, but for a
     direction added for each new entry lying ``BEYOND`` times its reach off its subspace
     (:func:`_taken_in`): each new image entry is projected and added to its category's sum,
     and enters the stand-in reservoir with probability ``MAX_STANDINS / seen``; the ones that
@@ -931,6 +940,8 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
         room = MAX_DIRECTIONS - cal.directions
         rows = np.asarray([vectors[p] for p in new])
         grown, z, directions = _taken_in(model, rows, cal.reach, room)
+        if len(_far(z, cal.reach)) and total <= FIT_SAMPLE:
+            return fit(memory)  # no direction left for a far example: the fit sees them all
     slots = _reservoir(memory.collection, cal, total, len(new))
     found = _reservoir_standins(memory, cal, new, labels, vectors, slots) if model else []
 
