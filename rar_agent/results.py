@@ -337,9 +337,9 @@ class ExampleAdded(BaseModel):
     image_entries: int = Field(description="Example images in the memory afterwards.")
     class_names: bool = Field(
         default=False,
-        description="Whether the memory also holds class names (text entries, as the built-in "
-        "memory does): beside them, only a photo of the same thing as an example is answered "
-        "with its label.",
+        description="Whether the memory's class names (text entries, as in the built-in memory) "
+        "answer its photos, holding more categories than its examples: beside them, only a "
+        "photo of the same thing as an example is answered with its label.",
     )
     seconds: float
     id: str | None = Field(default=None, description="The entry id of the example.")

@@ -40,6 +40,7 @@ __all__ = [
     "StoredRows",
     "category_scores",
     "fold_hits",
+    "base_side",
     "lead_side",
     "mean_members",
     "CategoryRetriever",
@@ -350,8 +351,29 @@ def search_sides(
     return found
 
 
+def base_side(categories: Mapping[str, int]) -> EntryKind:
+    """The side of a memory holding both example images and class names that answers a
+    query no stored example is the same thing as (:func:`lead_side`): the class names where
+    they hold more categories than the example images, else the example images.
+
+    The built-in memory (1000 class names, a few taught photos) is answered by its class
+    names; a memory of photos to which a class name was added, or one holding a photo and a
+    name of each category, by its photos (which ``auto`` preferred before the class names
+    joined in: a person who gave photos of each category gave them to be used).
+
+    Args:
+        categories: Distinct labels per side (:meth:`CategoryMemory.category_counts`).
+    """
+    return "text" if categories.get("text", 0) > categories.get("image", 0) else "image"
+
+
 def lead_side(
-    image: Sequence[Candidate], text: Sequence[Candidate], k: int, same_thing: float
+    image: Sequence[Candidate],
+    text: Sequence[Candidate],
+    k: int,
+    same_thing: float,
+    *,
+    base: EntryKind,
 ) -> list[Candidate]:
     """One query's candidates in a memory holding both example images and class names: the
     rule by which a taught photo and the class names share one answer.
@@ -359,20 +381,26 @@ def lead_side(
     The two sides' similarities live on different scales (for EfficientNet-Lite0, a photo
     is 0.5-0.9 from another photo of the same thing and 0.05-0.3 from an unrelated one,
     while 0.28 from a class row is a strong match), so neither a merge by score nor one
-    side always first is right. The image categories whose closest example is at least
-    ``same_thing`` from the query (the query *is* the thing taught) lead, best first; the
-    class names follow (a label already led by its examples is not repeated). Where no
-    example is that close, the class names answer as if no photo had been taught.
+    side always first is right. The ``base`` side (:func:`base_side`) answers, except that
+    where it is the class names, the image categories whose closest example is at least
+    ``same_thing`` from the query (the query *is* the thing taught) lead, best first, and
+    the class names follow (a label already led by its examples is not repeated). Where no
+    example is that close, the class names answer as if no photo had been taught. Where
+    the photos are the base, the class names never lead: a photo's similarity to a class
+    name says nothing on the photos' scale, so they answer as if no name had been added.
 
     Args:
         image: The image side's candidates, best first.
         text: The text side's candidates, best first.
         k: How many to keep.
         same_thing: The similarity from which a query is the same thing as an example.
+        base: The side that answers where no example is the same thing.
 
     Returns:
         Up to ``k`` candidates, ``retrieval_rank`` renumbered.
     """
+    if base == "image":
+        return list(image[:k])
     same = [c for c in image if (c.scores[0] if c.scores else c.score) >= same_thing]
     if not same:
         return list(text[:k])
@@ -454,12 +482,13 @@ class CategoryRetriever(BaseRetriever):
         self, folded: Mapping[EntryKind, list[list[Candidate]]], k: int, n: int
     ) -> list[list[Candidate]]:
         """Each query's candidates from the sides searched (:func:`lead_side` where both
-        answered)."""
+        answered, the memory's :func:`base_side` as the base)."""
         if len(folded) < 2:
             return next(iter(folded.values()), [[] for _ in range(n)])
         bar = NEAR_DUPLICATE if self.same_thing is None else self.same_thing
+        base = base_side(self.memory.category_counts())
         return [
-            lead_side(image, text, k, bar)
+            lead_side(image, text, k, bar, base=base)
             for image, text in zip(folded["image"], folded["text"], strict=True)
         ]
 

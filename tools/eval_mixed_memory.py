@@ -256,8 +256,8 @@ def _trial(
     for rule, bar in bars.items():
         if bar is None:
             continue
-        held_c = [lead_side(i, t, K, bar) for i, t in zip(h_img, h_txt, strict=True)]
-        other_c = [lead_side(i, t, K, bar) for i, t in zip(o_img, o_txt, strict=True)]
+        held_c = [lead_side(i, t, K, bar, base="text") for i, t in zip(h_img, h_txt, strict=True)]
+        other_c = [lead_side(i, t, K, bar, base="text") for i, t in zip(o_img, o_txt, strict=True)]
         out[rule] = _shares(held_c, truth, other_c, other_before)
     return out
 

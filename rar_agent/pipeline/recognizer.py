@@ -111,8 +111,8 @@ class Recognizer:
             ``rar-agent eval --gate auto`` recorded in the memory, ``"off"``/``None``). The
             ranking chain applies it (a given gate replaces a ready chain's own).
         kind: Memory side to query (``auto``: both; in a memory of class names and example
-            images, an example answers only a photo of the same thing,
-            :func:`~rar_agent.retrieval.lead_side`).
+            images, the side with more categories answers, and beside class names an example
+            answers only a photo of the same thing, :func:`~rar_agent.retrieval.lead_side`).
         hint: Domain hint for the ranker (defaults to the memory's description).
         reject: When an image is *unknown* (not a category in memory): ``"auto"`` (the
             default) or ``"auto:ALPHA"`` rejects at most ALPHA (default 0.05) of the images of

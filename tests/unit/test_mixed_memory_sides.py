@@ -1,0 +1,115 @@
+"""Memories holding both example photos and class names, beyond the built-in memory (whose
+answers tests/unit/test_mixed_memory.py checks with the real EfficientNet-Lite0): which side
+answers, word searches, the ranker and a taught label, fine-tuning data. A tiny random CLIP
+(it has a text tower, as CLIP does): its answers mean nothing, so the tests compare answers
+with and without the other side, never with the truth.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+from rar_agent.cli import app
+
+COLOURS = {
+    "apple": (200, 30, 30),
+    "leaf": (40, 170, 60),
+    "jay": (30, 60, 210),
+    "banana": (235, 215, 40),
+}
+
+
+def _photos(folder: Path, per_label: int = 4, seed: int = 0) -> Path:
+    """``folder/<label>/*.png``: coloured pictures with a random shape on each."""
+    rng = np.random.default_rng(seed)
+    for label, colour in COLOURS.items():
+        (folder / label).mkdir(parents=True)
+        for i in range(per_label):
+            tint = tuple(
+                int(c) for c in np.clip(np.array(colour) + rng.integers(-40, 40, 3), 0, 255)
+            )
+            image = Image.new("RGB", (64, 64), tint)
+            box = (*rng.integers(0, 20, 2).tolist(), *rng.integers(30, 60, 2).tolist())
+            ImageDraw.Draw(image).ellipse(box, fill=tuple(rng.integers(0, 255, 3).tolist()))
+            image.save(folder / label / f"{i}.png")
+    return folder
+
+
+def _queries(folder: Path, n: int = 4) -> Path:
+    """Photos of nothing the memory holds (noise): no stored example is the same thing."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"noise{i}.png")
+    return folder
+
+
+def _cli(*args: str) -> str:
+    done = CliRunner().invoke(app, list(args))
+    assert done.exit_code == 0, done.output
+    return done.stdout
+
+
+def _answers(queries: Path, memory: Path) -> list[dict[str, Any]]:
+    """What `recognize --json` says of each query: the answer, the unknown verdict and the
+    candidates (the rest, timings, differs from run to run)."""
+    out = _cli("recognize", str(queries), "--memory", str(memory), "--ranker", "none", "--json")
+    results = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [
+        {
+            "image": Path(r["image"]).name,
+            "label": r["label"],
+            "unknown": r["unknown"],
+            "rejection": r["rejection"],
+            "candidates": [(c["label"], c["kind"], round(c["score"], 5)) for c in r["candidates"]],
+        }
+        for r in results
+    ]
+
+
+def test_a_class_name_added_to_a_memory_of_photos_does_not_take_its_answers(
+    tiny_cli_env: Path,
+) -> None:
+    """`memory build --from-folder photos/`, then `memory add heron` (a class name, no
+    image): every photo was answered "heron", not unknown, as the class names were taken
+    for the memory's base. The photos hold more categories: they answer, as before."""
+    memory = tiny_cli_env / "mem"
+    _cli(
+        "memory",
+        "build",
+        "--from-folder",
+        str(_photos(tiny_cli_env / "photos")),
+        "--memory",
+        str(memory),
+    )
+    queries = _queries(tiny_cli_env / "queries")
+    before = _answers(queries, memory)
+    assert all(c[1] == "image" for a in before for c in a["candidates"])
+
+    _cli("memory", "add", "heron", "--memory", str(memory))
+    after = _answers(queries, memory)
+    assert after == before
+    assert "heron" not in {c[0] for a in after for c in a["candidates"]}
+
+
+def test_teaching_a_memory_of_photos_with_a_class_name_speaks_of_photos(
+    tiny_cli_env: Path,
+) -> None:
+    """A first example taught into it said that beside the memory's class names only a photo
+    of the same thing is answered with it: its photos answer, the one name does not."""
+    memory = tiny_cli_env / "mem"
+    photos = _photos(tiny_cli_env / "photos")
+    _cli("memory", "build", "--from-folder", str(photos), "--memory", str(memory))
+    _cli("memory", "add", "heron", "--memory", str(memory))
+    kiwi = _queries(tiny_cli_env / "kiwi", 1) / "noise0.png"
+    done = CliRunner().invoke(app, ["teach", "kiwi", str(kiwi), "--memory", str(memory)])
+    assert done.exit_code == 0, done.output
+    assert "first example of the new category 'kiwi'" in done.output
+    assert "class names" not in done.output
