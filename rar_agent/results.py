@@ -92,9 +92,10 @@ class Candidate(BaseModel):
     )
 
 
-SkipRule = Literal["no_candidates", "one_candidate", "rejected", "confident"]
+SkipRule = Literal["no_candidates", "one_candidate", "rejected", "taught", "confident"]
 """Why the ranking model was not asked: nothing or one thing to rank, an image the open-set
-check rejected, or a retrieval lead above the gate margin."""
+check rejected, a taught example that is the same thing as the image (ahead of class names,
+which are all a model knows), or a retrieval lead above the gate margin."""
 
 
 class GateSkip(BaseModel):

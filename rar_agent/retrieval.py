@@ -47,6 +47,7 @@ __all__ = [
     "candidates_to_documents",
     "resolve_kind",
     "search_sides",
+    "taught_leads",
     "fetch_limit",
 ]
 
@@ -407,6 +408,19 @@ def lead_side(
     taken = {c.label for c in same}
     merged = [*same, *(c for c in text if c.label not in taken)][:k]
     return [c.model_copy(update={"retrieval_rank": i}) for i, c in enumerate(merged, 1)]
+
+
+def taught_leads(candidates: Sequence[Candidate]) -> bool:
+    """Whether :func:`lead_side` put a taught category first, ahead of class names: the
+    first candidate is an example image and a class name follows (it puts an example before
+    class names only when the example is the same thing as the query). A ranking model
+    knows the class names, not what was taught, so it is not asked then
+    (:func:`rar_agent.ranking.skip_reason`)."""
+    return (
+        bool(candidates)
+        and candidates[0].kind == "image"
+        and any(c.kind == "text" for c in candidates[1:])
+    )
 
 
 def resolve_kind(memory: CategoryMemory, kind: MemoryKind) -> EntryKind:

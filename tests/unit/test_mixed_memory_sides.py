@@ -113,3 +113,41 @@ def test_teaching_a_memory_of_photos_with_a_class_name_speaks_of_photos(
     assert done.exit_code == 0, done.output
     assert "first example of the new category 'kiwi'" in done.output
     assert "class names" not in done.output
+
+
+def _class_names_and_a_taught_photo(env: Path) -> tuple[Path, Path]:
+    """A memory of six class names with one photo taught into it (the class names are its
+    base, as in the built-in memory), and that photo."""
+    memory = env / "mem"
+    for name in ("heron", "egret", "stork", "crane", "ibis", "spoonbill"):
+        _cli("memory", "add", name, "--memory", str(memory))
+    photo = _photos(env / "photos", per_label=1) / "apple" / "0.png"
+    _cli("teach", "my apple", str(photo), "--memory", str(memory))
+    return memory, photo
+
+
+def test_a_ranker_is_not_asked_to_put_a_class_name_over_a_taught_photo(
+    tiny_cli_env: Path,
+) -> None:
+    """A ranking model knows class names, not what was taught: asked to order "my apple"
+    among heron, egret, ... for a photo of the taught apple, it may put a class name first.
+    Where the taught example is the same thing as the photo, the model is not asked (a real
+    local model, tiny and random, through --ranker); elsewhere it ranks as before."""
+    from tests.helpers.tiny_vlm import make_tiny_vlm
+
+    memory, photo = _class_names_and_a_taught_photo(tiny_cli_env)
+    ranker = make_tiny_vlm(tiny_cli_env / "vlm")
+    other = _queries(tiny_cli_env / "queries", 1) / "noise0.png"
+    out = _cli(
+        "recognize", str(photo), str(other), "--memory", str(memory), "--ranker", ranker, "--json"
+    )
+    taught, untaught = (json.loads(line) for line in out.splitlines() if line.strip())
+    assert taught["label"] == "my apple" and taught["candidates"][0]["kind"] == "image"
+    assert {c["kind"] for c in taught["candidates"][1:]} == {"text"}
+    assert taught["ranking"]["status"] == "skipped"
+    assert taught["ranking"]["skip"] == {"rule": "taught", "lead": None, "margin": None}
+    assert taught["ranking"]["model"] is None  # no call was made
+    assert "same thing as a photo you taught" in taught["explanation"]["how"]
+    assert {c["kind"] for c in untaught["candidates"]} == {"text"}
+    assert untaught["ranking"]["status"] in {"ranked", "fallback"}
+    assert untaught["ranking"]["model"]
