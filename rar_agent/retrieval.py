@@ -47,6 +47,7 @@ __all__ = [
     "candidates_to_documents",
     "resolve_kind",
     "search_sides",
+    "take_turns",
     "taught_leads",
     "fetch_limit",
 ]
@@ -423,6 +424,34 @@ def taught_leads(candidates: Sequence[Candidate]) -> bool:
     )
 
 
+def take_turns(text: Sequence[Candidate], image: Sequence[Candidate], k: int) -> list[Candidate]:
+    """One word query's candidates in a memory holding both class names and example images:
+    the rule by which a word search answers from both.
+
+    A word query's similarity to a class name (words to words) and to a photo (words to a
+    picture, the scale on which a photo matches a class name) live on different scales, and
+    the same-thing bar of :func:`lead_side` is a similarity between two photos, which no
+    word query reaches: neither a merge by score nor that bar lets a taught category be
+    found by words. So each side keeps its own order and the two take turns, the class names
+    first (words match words most closely); a label already listed is not repeated.
+
+    Args:
+        text: The class names' candidates, best first.
+        image: The example images' candidates, best first.
+        k: How many to keep.
+
+    Returns:
+        Up to ``k`` candidates, ``retrieval_rank`` renumbered.
+    """
+    merged: dict[str, Candidate] = {}
+    for pair in itertools.zip_longest(text, image):
+        for c in pair:
+            if c is not None and c.label not in merged:
+                merged[c.label] = c
+    kept = list(merged.values())[:k]
+    return [c.model_copy(update={"retrieval_rank": i}) for i, c in enumerate(kept, 1)]
+
+
 def resolve_kind(memory: CategoryMemory, kind: MemoryKind) -> EntryKind:
     """The memory side ``kind`` selects (``auto`` prefers image examples), checked non-empty."""
     for side in _sides(kind):
@@ -563,12 +592,13 @@ class CategoryRetriever(BaseRetriever):
         return out
 
     def search_text(self, text: str, *, k: int | None = None) -> list[Candidate]:
-        """Categories whose entries best match a text query (text embedding)."""
+        """Categories whose entries best match a text query (text embedding; ``auto`` in a
+        memory of class names and example images: :func:`take_turns`)."""
         k = validate_k(k if k is not None else self.k)
         vector = self.encoder.embed_texts([text])
         sides = search_sides(self.memory, vector, self.kind, fetch_limit(k, self.fetch_k))
-        folded = {side: [fold_hits(b[0], k)] for side, b in sides.items()}
-        return self._lead(folded, k, 1)[0]
+        folded = {side: fold_hits(b[0], k) for side, b in sides.items()}
+        return take_turns(folded.get("text", []), folded.get("image", []), k)
 
     def _check_words(self, query: str) -> None:
         """Refuse a query that is not words: empty, or naming an image file that is not there

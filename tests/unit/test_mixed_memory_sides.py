@@ -151,3 +151,18 @@ def test_a_ranker_is_not_asked_to_put_a_class_name_over_a_taught_photo(
     assert {c["kind"] for c in untaught["candidates"]} == {"text"}
     assert untaught["ranking"]["status"] in {"ranked", "fallback"}
     assert untaught["ranking"]["model"]
+
+
+def test_a_word_search_finds_taught_categories_beside_class_names(tiny_cli_env: Path) -> None:
+    """A word search (the retriever, the search_categories tool) applied the photos'
+    same-thing bar to words' similarity to photos, which none reaches: a taught category was
+    never found by words. The class names and the taught photos take turns."""
+    from rar_agent.pipeline import Recognizer
+
+    memory, _ = _class_names_and_a_taught_photo(tiny_cli_env)
+    with Recognizer.from_settings(memory_path=str(memory), ranker="none") as recognizer:
+        docs = recognizer.retriever.invoke("a red fruit")
+        found = recognizer.retriever.search_text("a red fruit", k=3)
+    assert "my apple" in [d.page_content for d in docs]
+    assert [c.kind for c in found] == ["text", "image", "text"]
+    assert found[1].label == "my apple" and [c.retrieval_rank for c in found] == [1, 2, 3]
