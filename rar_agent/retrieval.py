@@ -18,7 +18,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation
 
 from rar_agent.config import MemoryKind, validate_k, validate_kind
-from rar_agent.encoders import ImageTextEncoder, input_size_of
+from rar_agent.encoders import ImageTextEncoder, input_size_of, same_thing_bar
 from rar_agent.errors import ConfigError, EmptyMemoryError
 from rar_agent.images import (
     IMAGE_SUFFIXES,
@@ -45,7 +45,7 @@ __all__ = [
     "mean_members",
     "CategoryRetriever",
     "candidates_to_documents",
-    "resolve_kind",
+    "check_sides",
     "search_sides",
     "take_turns",
     "taught_leads",
@@ -452,12 +452,14 @@ def take_turns(text: Sequence[Candidate], image: Sequence[Candidate], k: int) ->
     return [c.model_copy(update={"retrieval_rank": i}) for i, c in enumerate(kept, 1)]
 
 
-def resolve_kind(memory: CategoryMemory, kind: MemoryKind) -> EntryKind:
-    """The memory side ``kind`` selects (``auto`` prefers image examples), checked non-empty."""
-    for side in _sides(kind):
-        if memory.count(side) > 0:
-            return side
-    raise _empty_error(kind)
+def check_sides(memory: CategoryMemory, kind: MemoryKind) -> None:
+    """Check that a side ``kind`` selects holds entries (before a long run searches them).
+
+    Raises:
+        EmptyMemoryError: None does.
+    """
+    if not any(memory.count(side) > 0 for side in _sides(kind)):
+        raise _empty_error(kind)
 
 
 class CategoryRetriever(BaseRetriever):
@@ -487,11 +489,21 @@ class CategoryRetriever(BaseRetriever):
     same_thing: float | None = Field(
         default=None,
         description="Similarity from which an image query is the same thing as a stored "
-        "example (:func:`lead_side`), for a memory of class names and example images: the "
-        "encoder's measured bar; None (an encoder without one): NEAR_DUPLICATE, so that only a "
-        "near copy of a taught photo outranks the class names.",
+        "example (:func:`lead_side`), for a memory of class names and example images. None: "
+        "the encoder's measured bar (:func:`rar_agent.encoders.same_thing_bar`), and for an "
+        "encoder without one NEAR_DUPLICATE, so that only a near copy of a taught photo "
+        "outranks the class names.",
     )
     _stored: StoredRows = PrivateAttr(default_factory=StoredRows)
+
+    @property
+    def bar(self) -> float:
+        """The same-thing bar in use: ``same_thing``, else the encoder's measured one, else
+        ``NEAR_DUPLICATE``."""
+        if self.same_thing is not None:
+            return self.same_thing
+        measured = same_thing_bar(getattr(self.encoder, "fingerprint", None))
+        return NEAR_DUPLICATE if measured is None else measured
 
     def retrieve(self, image: ImageInput, *, k: int | None = None) -> list[Candidate]:
         """Top-k distinct labels for one image (URLs obey ``allow_private_urls``)."""
@@ -519,16 +531,18 @@ class CategoryRetriever(BaseRetriever):
             side: [fold_hits(h, k, r) for h, r in zip(b, self._ranks(rows, b), strict=True)]
             for side, b in sides.items()
         }
-        return self._lead(folded, k, len(rows))
+        return self.lead(folded, k, len(rows))
 
-    def _lead(
+    def lead(
         self, folded: Mapping[EntryKind, list[list[Candidate]]], k: int, n: int
     ) -> list[list[Candidate]]:
-        """Each query's candidates from the sides searched (:func:`lead_side` where both
-        answered, the memory's :func:`base_side` as the base)."""
+        """Each of ``n`` queries' candidates from the sides searched, each side's folded
+        (:func:`fold_hits`): the one side that answered, or where both did,
+        :func:`lead_side` with the memory's :func:`base_side` and :attr:`bar` (recognition
+        and fine-tuning data both answer here)."""
         if len(folded) < 2:
             return next(iter(folded.values()), [[] for _ in range(n)])
-        bar = NEAR_DUPLICATE if self.same_thing is None else self.same_thing
+        bar = self.bar
         base = base_side(self.memory.category_counts())
         return [
             lead_side(image, text, k, bar, base=base)

@@ -56,7 +56,7 @@ from rar_agent.openset.prior import MemoryScale, encoder_prior, similarity_at  #
 from rar_agent.retrieval import NEAR_DUPLICATE, lead_side  # noqa: E402
 
 BARS = (0.6, 0.7, 0.75, 0.85, NEAR_DUPLICATE)
-"""Raw bars compared (the shipped one is the encoder prior's ``same_thing``)."""
+"""Raw bars compared (the shipped one: ``rar_agent/encoders/same_thing.json``)."""
 SHOTS = {"photos": (1, 2, 5), "fashion": (1, 2, 5), "emoji": (1, 2)}
 TAUGHT = {"photos": 1, "fashion": 5, "emoji": 5}
 """Categories taught per trial."""
@@ -343,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {ms:.3f} ms of CPU per query's retrieval")
         return 0
 
-    from rar_agent.encoders import load_encoder
-    from rar_agent.openset.prior import same_thing
+    from rar_agent.encoders import load_encoder, same_thing_bar
 
     encoder = load_encoder("efficientnet-lite0", device="cpu")
     print("encoding the reference images ...", file=sys.stderr)
@@ -354,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("fashion", "emoji"):
             bar = reference_bar(vectors[name], sets[name].labels)
             print(f"99th percentile of different-category similarity, {name}: {bar:.3f}")
-    shipped = same_thing(encoder.fingerprint)
+    shipped = same_thing_bar(encoder.fingerprint)
     rules = ["before (image side first)", *(f"bar {b:g}" for b in BARS)]
     rules.append("encoder prior's threshold")
     print(

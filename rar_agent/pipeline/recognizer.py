@@ -25,7 +25,6 @@ from rar_agent.errors import ConfigError
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, decoding_alone, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
-from rar_agent.openset.prior import same_thing
 from rar_agent.pipeline.explain import explain_result
 from rar_agent.pipeline.ranked import Ranking
 from rar_agent.pipeline.regions import RegionOptions, arecognize_regions, recognize_regions
@@ -153,7 +152,6 @@ class Recognizer:
             k=self.k,
             fetch_k=fetch_k,
             kind=validate_kind(kind),
-            same_thing=same_thing(encoder.fingerprint),
         )
         self.ranker: RankingChain | None = as_ranking_chain(
             ranker, gate=self.gate, timeout_s=ranker_timeout

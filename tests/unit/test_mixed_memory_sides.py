@@ -166,3 +166,37 @@ def test_a_word_search_finds_taught_categories_beside_class_names(tiny_cli_env: 
     assert "my apple" in [d.page_content for d in docs]
     assert [c.kind for c in found] == ["text", "image", "text"]
     assert found[1].label == "my apple" and [c.retrieval_rank for c in found] == [1, 2, 3]
+
+
+def test_fine_tuning_data_retrieves_as_recognition_does(tiny_cli_env: Path) -> None:
+    """`finetune-data` over a memory of class names with a photo taught into it took the
+    photos for its candidates (`auto` meant the image side if any), so the conversations
+    held the one taught label where recognition answers from the class names: no image
+    could be given a window of candidates holding its truth."""
+    photos = _photos(tiny_cli_env / "photos", per_label=2)
+    memory = tiny_cli_env / "mem"
+    for name in [*COLOURS, "heron", "egret"]:
+        _cli("memory", "add", name, "--memory", str(memory))
+    taught = _queries(tiny_cli_env / "taught", 1) / "noise0.png"
+    _cli("teach", "my thing", str(taught), "--memory", str(memory))
+    out = tiny_cli_env / "data.jsonl"
+    args = ["--from-folder", str(photos), "--memory", str(memory), "--k", "3"]
+    printed = _cli("finetune-data", "--out", str(out), "--format", "openai", *args, "--json")
+    summary = json.loads(printed.strip().splitlines()[-1])
+    assert summary["images"] == 8 and summary["true_label_not_retrieved"] == 0
+    assert summary["conversations"] == 8
+    for line in out.read_text().splitlines():
+        prompt = json.dumps(json.loads(line))
+        assert "my thing" not in prompt  # no photo of it: the class names answer
+
+
+def test_an_encoder_without_a_measured_bar_gets_the_near_duplicate_bar(
+    tmp_path: Path, tiny_encoder: Any
+) -> None:
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.retrieval import NEAR_DUPLICATE, CategoryRetriever
+
+    with CategoryMemory.open(tmp_path / "mem", collection="bar") as memory:
+        retriever = CategoryRetriever(memory=memory, encoder=tiny_encoder)
+        assert retriever.bar == NEAR_DUPLICATE
+        assert retriever.model_copy(update={"same_thing": 0.8}).bar == 0.8
