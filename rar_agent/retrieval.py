@@ -29,7 +29,7 @@ from rar_agent.images import (
 )
 from rar_agent.memory import KINDS, CategoryMemory, EntryKind, Hit
 from rar_agent.memory.entries import content_id
-from rar_agent.results import Candidate, MatchedExample
+from rar_agent.results import Candidate, MatchedExample, counted
 
 __all__ = [
     "EXAMPLES_PER_CANDIDATE",
@@ -314,12 +314,32 @@ def _sides(kind: str) -> tuple[EntryKind, ...]:
     return ("image", "text") if side == "auto" else (side,)
 
 
-def _empty_error(kind: str) -> EmptyMemoryError:
+_SIDES: dict[str, tuple[str, str]] = {
+    "image": (
+        "example image",
+        "add example photos (rar-agent teach LABEL PHOTO..., or memory build --from-folder DIR)",
+    ),
+    "text": (
+        "class name",
+        "add class names (rar-agent memory build --from-names FILE, with an encoder that has "
+        "a text tower)",
+    ),
+}
+"""What an entry of each memory side is, and how to fill that side (:func:`_empty_error`)."""
+
+
+def _empty_error(memory: CategoryMemory, kind: str) -> EmptyMemoryError:
+    """Nothing on the side(s) ``kind`` selects: what the memory holds instead and what to do
+    (ask the other side, or fill this one), not to build a memory that exists."""
     if kind in ("image", "text"):
-        return EmptyMemoryError(
-            f"the memory has no {kind} entries: build it first (rar-agent memory build) "
-            "or query the other side"
-        )
+        other = "text" if kind == "image" else "image"
+        held = memory.count(other)
+        if held:
+            return EmptyMemoryError(
+                f"the memory holds no {_SIDES[kind][0]}s, only {counted(held, _SIDES[other][0])}: "
+                f"ask its {other} side (kind {other} or auto: finetune-data --kind {other}, "
+                f"RAR_KIND={other}), or {_SIDES[kind][1]}"
+            )
     return EmptyMemoryError(
         "the memory is empty: add categories with `rar-agent memory build --from-names FILE` "
         "or `--from-folder DIR` (in Python rar_agent.ingest), or give labels (--labels; in "
@@ -349,7 +369,7 @@ def search_sides(
         if any(batches):
             found[side] = batches
     if not found:
-        raise _empty_error(kind)
+        raise _empty_error(memory, kind)
     return found
 
 
@@ -459,7 +479,7 @@ def check_sides(memory: CategoryMemory, kind: MemoryKind) -> None:
         EmptyMemoryError: None does.
     """
     if not any(memory.count(side) > 0 for side in _sides(kind)):
-        raise _empty_error(kind)
+        raise _empty_error(memory, kind)
 
 
 class CategoryRetriever(BaseRetriever):

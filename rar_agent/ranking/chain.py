@@ -37,6 +37,7 @@ from rar_agent.ranking.io import (
 )
 from rar_agent.ranking.parser import MAX_REPLY_CHARS, ParseResult, parse_items, parse_reply
 from rar_agent.ranking.prompt import RankingExample, build_ranking_messages
+from rar_agent.results import counted
 
 __all__ = ["DEFAULT_TIMEOUT_S", "RankingChain", "check_timeout"]
 
@@ -349,7 +350,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
     def _failure(error: str | None, attempts: int) -> str | None:
         if error is None:
             return None
-        return f"model call failed ({attempts} attempt(s)): {error}"
+        return f"model call failed ({counted(attempts, 'attempt')}): {error}"
 
 
 def _call_within(call: Callable[[], Any], timeout_s: float) -> Any:
