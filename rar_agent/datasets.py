@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rar_agent.errors import ConfigError, ImageError
+from rar_agent.results import counted
 
 if TYPE_CHECKING:
     import numpy as np
@@ -311,6 +312,7 @@ def augment_folder(
     seed: int = 0,
     *,
     progress: Callable[[int, int], None] | None = None,
+    failed: list[tuple[str, str]] | None = None,
 ) -> list[tuple[str, str]]:
     """Write ``n`` augmented views of every image of an ImageFolder tree into another tree.
 
@@ -332,6 +334,8 @@ def augment_folder(
         n: Augmented views per source image.
         seed: Seed of the augmentations.
         progress: Called with ``(views written, views to write)`` as files are written.
+        failed: Given, each source image that cannot be read is skipped and recorded here
+            as ``(path, reason)``, as a memory build skips it; otherwise it stops the call.
 
     Returns:
         ``(path, label)`` of every written image.
@@ -339,7 +343,8 @@ def augment_folder(
     Raises:
         ConfigError: ``n`` < 1, ``src`` has no images, ``dst`` is inside ``src``, or a view
             cannot be written.
-        ImageError: A source image cannot be decoded (the views written before it stay).
+        ImageError: A source image cannot be decoded and ``failed`` is not given (the views
+            written before it stay), or none of them can.
     """
     from PIL import Image
 
@@ -353,16 +358,20 @@ def augment_folder(
         raise ConfigError(f"the output folder {dst} must not be inside the source folder {src}")
     sources = iter_image_folder(src_root)
     written: list[tuple[str, str]] = []
+    unread: list[tuple[str, str]] = []
     for path_str, label in sources:
         path = Path(path_str)
         relative = path.relative_to(src_root).as_posix()
         try:
             source = load_image(path, need=DecodeNeed(long=VIEW_LONG_SIDE)).image
         except ImageError as e:
-            raise ImageError(
-                f"cannot read {path} for augmentation ({e}): remove it from {src} or replace "
-                "it, then run again (the same views are written again)"
-            ) from e
+            if failed is None:
+                raise ImageError(
+                    f"cannot read {path} for augmentation ({e}): remove it from {src} or "
+                    "replace it, then run again (the same views are written again)"
+                ) from e
+            unread.append((str(path), str(e)))
+            continue
         source.thumbnail((VIEW_LONG_SIDE, VIEW_LONG_SIDE), Image.Resampling.BICUBIC)
         for view in range(n):
             key = hashlib.sha256(f"{seed}\x00{relative}\x00{view}".encode()).digest()
@@ -373,6 +382,13 @@ def augment_folder(
             _write_png(augment_image(source, rng), target)
             written.append((str(target), label))
             if progress is not None:
-                progress(len(written), len(sources) * n)
+                progress(len(written), (len(sources) - len(unread)) * n)
+    if failed is not None:
+        failed.extend(unread)
+        if not written:
+            raise ImageError(
+                f"no image under {src} can be read, so no view was written (of "
+                f"{counted(len(sources), 'image')}; the first: {unread[0][1]})"
+            )
     logger.info("wrote %d augmented images to %s", len(written), dst_root)
     return written

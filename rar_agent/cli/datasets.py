@@ -11,7 +11,14 @@ from typing import Annotated
 
 import typer
 
-from rar_agent.cli.options import JsonOpt, ProgressOpt, error_guard, print_note
+from rar_agent.cli.options import (
+    EXIT_INPUT_FAILED,
+    JsonOpt,
+    ProgressOpt,
+    error_guard,
+    print_note,
+    print_skipped,
+)
 from rar_agent.cli.progress import progress_bar
 
 __all__ = ["app", "datasets_augment", "datasets_export"]
@@ -107,24 +114,32 @@ def datasets_augment(
     the time, and brightness, contrast and colour changed by up to 30%. The views are a
     second kind of query set: `eval --memory-set SRC --test-set OUT` measures how
     recognition holds up on photos that differ from the memory's own (views of held-out
-    images add that change to theirs). The same command writes the same files.
+    images add that change to theirs). The same command writes the same files; an image
+    that cannot be read is skipped and named, as memory build and eval do (exit code 1).
     """
     with error_guard():
         from rar_agent.datasets import augment_folder
+        from rar_agent.results import counted
 
         bar, update = progress_bar(progress, "writing views")
+        failed: list[tuple[str, str]] = []
         with bar:
-            written = augment_folder(src, out, views, seed, progress=update)
+            written = augment_folder(src, out, views, seed, progress=update, failed=failed)
         _say_written(
             out,
             written,
             lambda counts: (
-                f"wrote {len(written)} views of {len(written) // views} images in "
-                f"{len(counts)} classes ({views} per image, seed {seed}) to {out}"
+                f"wrote {counted(len(written), 'view')} of "
+                f"{counted(len(written) // views, 'image')} in "
+                f"{counted(len(counts), 'class', 'classes')} ({views} per image, seed {seed}) "
+                f"to {out}" + (f"; skipped {counted(len(failed), 'image')}" if failed else "")
             ),
             as_json=as_json,
             asked=f"{views} views per image",
+            skipped=failed,
         )
+    if failed:  # as memory build: the views were written, but not of every image
+        raise typer.Exit(EXIT_INPUT_FAILED)
 
 
 def _say_written(
@@ -134,17 +149,23 @@ def _say_written(
     *,
     as_json: bool,
     asked: str,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> None:
     """What a command wrote into ``out`` (``(path, label)`` pairs): JSON, or ``line`` of the
-    counts per class; then a note if ``out`` held other images too (``asked``: as in
-    :func:`_say_if_mixed`)."""
+    counts per class and a line per input ``skipped`` (``(path, reason)``, an image that
+    could not be read: in the JSON too when given); then a note if ``out`` held other images
+    too (``asked``: as in :func:`_say_if_mixed`)."""
     import json
 
     counts = Counter(label for _, label in written)
     if as_json:
-        typer.echo(json.dumps({"out": str(out), "images": len(written), "classes": counts}))
+        said: dict[str, object] = {"out": str(out), "images": len(written), "classes": counts}
+        if skipped is not None:
+            said["skipped"] = [{"path": path, "reason": why} for path, why in skipped]
+        typer.echo(json.dumps(said))
     else:
         typer.echo(line(counts))
+        print_skipped(skipped or [])
     _say_if_mixed(out, len(written), asked)
 
 

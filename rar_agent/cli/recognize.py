@@ -171,9 +171,10 @@ def _stream_results(
     _note_no_ranker(recognizer, as_json)
     bar, update = progress_bar(progress and len(images) > 1, "recognizing")
     failed = False
+    said: set[str] = set()  # the open-set notes printed already: each is said once
     with bar:
         for done, result in enumerate(recognizer.recognize_stream(images), 1):
-            failed |= _print_results([result], as_json)
+            failed |= _print_results([result], as_json, said)
             if update:
                 update(done, len(images))
     return failed
@@ -258,9 +259,16 @@ def _recognize_boxes(
     return results
 
 
-def _print_results(results: "list[RecognitionResult]", as_json: bool) -> bool:
+def _print_results(
+    results: "list[RecognitionResult]", as_json: bool, said: set[str] | None = None
+) -> bool:
     """One JSON line per result, or a table of candidates per result with its explanation
-    (flushed: a reader of a pipe sees each answer when it is ready); whether any failed."""
+    (flushed: a reader of a pipe sees each answer when it is ready); whether any failed.
+
+    ``said`` holds the open-set notes printed already (for a stream printed result by
+    result): a note the same for every image ("cannot calibrate: ...") is said once.
+    """
+    said = set() if said is None else said
     failed = any(r.error for r in results)
     if as_json:
         for r in results:
@@ -302,7 +310,7 @@ def _print_results(results: "list[RecognitionResult]", as_json: bool) -> bool:
         timings = ", ".join(f"{k} {v:.1f} ms" for k, v in r.timings_ms.items())
         ranking = f"ranking: {r.ranking.status} ({ex.how}); {timings}"
         console.print(ranking, highlight=False, markup=False)
-        console.print(_rejection_line(r, ex), highlight=False, markup=False)
+        console.print(_rejection_line(r, ex, said), highlight=False, markup=False)
     sys.stdout.flush()
     return failed
 
@@ -325,14 +333,18 @@ def _evidence_line(r: "RecognitionResult") -> str | None:
     )
 
 
-def _rejection_line(r: "RecognitionResult", ex: "Explanation") -> str:
-    """The open-set check's figures in one line, with the explanation's verdict."""
+def _rejection_line(r: "RecognitionResult", ex: "Explanation", said: set[str]) -> str:
+    """The open-set check's figures in one line, with the explanation's verdict; a note
+    already in ``said`` is referred to, not repeated (it is added there once printed)."""
     rej = r.rejection
     if rej.mode == "off":
         return "open-set check: off"
     verdict = "unknown: " + "; ".join(ex.why_unknown) if ex.why_unknown else "known"
     if rej.threshold is None:
-        why = f": {ex.check_note}" if ex.check_note else ""
+        note = ex.check_note
+        why = "" if not note else ", as said above" if note in said else f": {note}"
+        if note:
+            said.add(note)
         return f"open-set check ({rej.mode}): {verdict} (no threshold{why})"
     promise = f", {ex.promise}" if ex.promise else ""
     return (

@@ -75,6 +75,7 @@ def _check_device(device: str) -> None:
     import torch
 
     from rar_agent.errors import ConfigError
+    from rar_agent.results import counted
 
     hint = "use auto (the best one here), cpu, cuda, cuda:N or mps (RAR_DEVICE)"
     try:
@@ -85,7 +86,8 @@ def _check_device(device: str) -> None:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (parsed.index or 0) >= count:
             raise ConfigError(
-                f"device {device!r} is not available: this machine has {count} CUDA GPU(s); {hint}"
+                f"device {device!r} is not available: this machine has "
+                f"{counted(count, 'CUDA GPU')}; {hint}"
             )
     if parsed.type == "mps":
         mps = getattr(torch.backends, "mps", None)

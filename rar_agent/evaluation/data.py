@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rar_agent.errors import ConfigError
+from rar_agent.results import counted
 
 __all__ = [
     "FASHION_MNIST",
@@ -325,8 +326,8 @@ def _shot_split_sets(dataset: str, shots: int | None, limit: int | None, seed: i
     empty = sorted({lb for _, lb in memory} - {lb for _, lb in test})
     if empty:
         sets.notes.append(
-            f"{len(empty)} class(es) had no image left for testing after {shots} shots: "
-            + ", ".join(empty[:10])
+            f"{counted(len(empty), 'class', 'classes')} had no image left for testing after "
+            f"{counted(shots, 'shot')}: " + ", ".join(empty[:10])
         )
     return sets
 
@@ -342,6 +343,7 @@ def _separate_sets(
     shared = {src for src, _ in memory} & {src for src, _ in sets.test_items}
     if shared:
         sets.notes.append(
-            f"warning: {len(shared)} test image(s) are also in the memory; accuracy is inflated"
+            f"warning: {counted(len(shared), 'test image')} {'is' if len(shared) == 1 else 'are'} "
+            "also in the memory; accuracy is inflated"
         )
     return sets

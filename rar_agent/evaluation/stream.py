@@ -48,6 +48,7 @@ from pydantic import BaseModel, Field
 
 from rar_agent.errors import ConfigError, DuplicateExampleError, EmptyMemoryError
 from rar_agent.evaluation.schema import check_config
+from rar_agent.results import counted
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -520,7 +521,8 @@ def render_stream_markdown(report: StreamReport, config: EvalConfig) -> str:
     lines = [
         "# Learning from corrections (`rar-agent eval --stream`)",
         "",
-        f"Input: {config.dataset or config.test_set}, {shots} initial example(s) per class, "
+        f"Input: {config.dataset or config.test_set}, "
+        f"{counted(shots, 'initial example')} per class, "
         f"open set {config.open_set or 0}, seed {report.seed}; "
         f"{report.steps} images streamed, {report.heldout} held out.",
         "",

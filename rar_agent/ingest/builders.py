@@ -35,6 +35,7 @@ from rar_agent.ingest.batches import (
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.memory.core import OPTIMIZE_MIN_UNINDEXED
 from rar_agent.memory.entries import MemoryEntry, normalize_label
+from rar_agent.results import counted
 
 if TYPE_CHECKING:
     import numpy as np
@@ -446,8 +447,8 @@ def iter_image_folder(
         loose = unlabelled_images(base)
         if loose:  # the labels come from sub-folders, and this folder has none with images
             raise ConfigError(
-                f"{base} holds {len(loose)} image(s) but no class sub-folders with images: "
-                f"a sub-folder's name is its images' label, so put each class's images in "
+                f"{base} holds {counted(len(loose), 'image')} but no class sub-folders with "
+                f"images: a sub-folder's name is its images' label, so put each class's images in "
                 f"{base / '<label>'}/ (e.g. {base / 'cat' / loose[0].name})"
             )
         raise ConfigError(

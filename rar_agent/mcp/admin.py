@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rar_agent.errors import RarError
 from rar_agent.memory import CategoryMemory
-from rar_agent.results import TeachingUndone
+from rar_agent.results import TeachingUndone, counted
 from rar_agent.tools.learn import TeachingTool, describe_undone
 from rar_agent.tools.provenance import serving_teacher
 
@@ -156,9 +156,9 @@ class UndoTeachingOfTool(TeachingTool):
             undone = teacher.acting(by=by).undo(n, own=True)
             caller = serving_teacher()
             logger.warning(  # an operator's act on other people's teaching: kept in the log
-                "%s undid %d teaching event(s) of %r: %s",
+                "%s undid %s of %r: %s",
                 caller.by if caller is not None and caller.by else "an unnamed caller",
-                len(undone.undone),
+                counted(len(undone.undone), "teaching event"),
                 by,
                 ", ".join(f"{e.event} {e.label!r} [{e.id}]" for e in undone.undone) or "none",
             )

@@ -37,6 +37,7 @@ from rar_agent.ranking.io import (
 )
 from rar_agent.ranking.parser import MAX_REPLY_CHARS, ParseResult, parse_items, parse_reply
 from rar_agent.ranking.prompt import RankingExample, build_ranking_messages
+from rar_agent.results import counted
 
 __all__ = ["DEFAULT_TIMEOUT_S", "RankingChain", "check_timeout"]
 
@@ -242,7 +243,9 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
     def _prepare(self, inp: RankingInput) -> RankingOutput | list[BaseMessage]:
         """A finished output when no model call is needed, else the messages to send."""
         self._count("calls")
-        skip = skip_reason(len(inp.candidates), inp.scores, self.gate, rejected=inp.rejected)
+        skip = skip_reason(
+            len(inp.candidates), inp.scores, self.gate, rejected=inp.rejected, taught=inp.taught
+        )
         if skip is not None:
             self._count("skipped")
             return RankingOutput(
@@ -347,7 +350,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
     def _failure(error: str | None, attempts: int) -> str | None:
         if error is None:
             return None
-        return f"model call failed ({attempts} attempt(s)): {error}"
+        return f"model call failed ({counted(attempts, 'attempt')}): {error}"
 
 
 def _call_within(call: Callable[[], Any], timeout_s: float) -> Any:

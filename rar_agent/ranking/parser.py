@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rar_agent.results import counted
+
 __all__ = [
     "ParseResult",
     "parse_ranking",
@@ -330,7 +332,7 @@ def _finish(
             "the rest were appended in retrieval order"
         )
     if dropped:
-        notes.append(f"ignored {len(dropped)} name(s) that are not candidates")
+        notes.append(f"ignored {counted(len(dropped), 'name')} outside the candidates")
     if truncated:
         notes.append(f"only the first {MAX_REPLY_CHARS} characters were read")
     reason = "; ".join(notes) or None

@@ -334,8 +334,8 @@ class RecognizeImagesTool(RecognizerTool):
             return text
         shown = ", ".join(subfolders[:10]) + (", ..." if len(subfolders) > 10 else "")
         return (
-            f"{text} It has {len(subfolders)} subfolder(s) ({shown}): call recognize_images "
-            "again with recursive=true to include their photos."
+            f"{text} It has {counted(len(subfolders), 'subfolder')} ({shown}): call "
+            "recognize_images again with recursive=true to include their photos."
         )
 
     def _name(self, path: Path) -> str:

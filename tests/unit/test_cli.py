@@ -77,6 +77,11 @@ def test_build_list_stats_recognize_remove(env: Path) -> None:
     # the open-set line: the verdict first, then why no threshold judged it (it read "...; known")
     assert code == 0, out
     assert "open-set check (auto): known (no threshold: cannot calibrate: " in " ".join(out.split())
+    # several photos: the note, the same for each, is said once (it took 5 lines under each)
+    code, out = _run("recognize", str(query), *(str(p) for p in (env / "imgs").glob("*/*.png")))
+    words = " ".join(out.split())
+    assert code == 0 and words.count("cannot calibrate") == 1, out
+    assert words.count("open-set check (auto): known (no threshold, as said above)") == 4, out
 
     code, out = _run("memory", "remove", "Betta")  # a typo removes nothing and says so
     assert code == 2 and "no category 'Betta'" in out and "did you mean 'beta'" in out, out

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from rar_agent import datasets
-from rar_agent.errors import ConfigError
+from rar_agent.errors import ConfigError, ImageError
 from rar_agent.ingest.builders import iter_image_folder
 
 needs_fmnist = pytest.mark.skipif(
@@ -301,6 +301,7 @@ def test_augment_command_writes_views_with_progress_and_says_what_it_wrote(
         "out": str(out),
         "images": 12,
         "classes": {"blue thing": 6, "red thing": 6},
+        "skipped": [],
     }
     assert "already held" not in done.output
     done = runner.invoke(app, ["datasets", "augment", str(src), str(out), "--no-progress"])
@@ -318,6 +319,42 @@ def test_augment_command_writes_views_with_progress_and_says_what_it_wrote(
         assert done.exit_code == 2 and said in done.output, done.output
     done = runner.invoke(app, ["datasets", "augment", str(src), str(src / "views")])
     assert done.exit_code == 2 and "must not be inside the source folder" in done.output
+
+
+def test_augment_skips_an_image_it_cannot_read_and_names_it(tmp_path: Path) -> None:
+    """datasets augment stopped at a corrupt photo ('cannot read ... remove it from SRC')
+    where memory build and eval skip it with a line saying why: it skips and names it too,
+    writes the other images' views, and exits 1 as a build does."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    src = tmp_path / "src"
+    _make_folder(src)
+    broken = src / "red thing" / "broken.png"
+    broken.write_bytes(b"not a picture at all")
+    out = tmp_path / "views"
+    args = ["datasets", "augment", str(src), str(out), "--views", "2", "--no-progress"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 1, done.output
+    said = " ".join(done.output.split())
+    assert f"wrote 8 views of 4 images in 2 classes (2 per image, seed 0) to {out}" in said
+    assert "; skipped 1 image" in said
+    assert f"skipped: {broken} is not an image this installation can read" in said
+    assert len(list(out.glob("*/*.png"))) == 8
+    again = CliRunner().invoke(app, [*args[:3], str(tmp_path / "again"), *args[4:], "--json"])
+    assert again.exit_code == 1, again.output
+    (skipped,) = json.loads(again.stdout)["skipped"]
+    assert skipped["path"] == str(broken) and "not an image" in skipped["reason"]
+
+    failed: list[tuple[str, str]] = []
+    only = tmp_path / "only"
+    (only / "x").mkdir(parents=True)
+    (only / "x" / "a.png").write_bytes(b"nothing")
+    with pytest.raises(ImageError, match=r"no image under .* can be read, so no view was"):
+        datasets.augment_folder(only, tmp_path / "nothing", n=1, failed=failed)
 
 
 def test_augmented_views_are_upright_as_the_memory_reads_the_photo(tmp_path: Path) -> None:

@@ -236,7 +236,7 @@ def test_device_and_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     ("device", "message"),
     [
         ("banana", "unknown device 'banana': use auto"),
-        ("cuda", "'cuda' is not available: this machine has 0 CUDA GPU"),
+        ("cuda", "'cuda' is not available: this machine has 0 CUDA GPUs;"),
         ("cuda:1", "'cuda:1' is not available"),
         ("mps", "'mps' is not available on this machine"),
     ],

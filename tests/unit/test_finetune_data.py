@@ -117,6 +117,37 @@ def test_the_image_never_retrieves_itself(tmp_path: Path, tiny_encoder: Any) -> 
     assert dict(summary.missed_per_class) == dict.fromkeys(CLASSES, 1)
 
 
+def test_a_memory_side_with_nothing_says_what_the_memory_holds_and_what_to_do(
+    dataset: Any, tmp_path: Path, tiny_encoder: Any
+) -> None:
+    """finetune-data --kind text over a memory of photos said "the memory has no text
+    entries: build it first (rar-agent memory build) or query the other side": the memory
+    was built; what it lacks is class names, and the other side is the image one."""
+    from rar_agent.errors import EmptyMemoryError
+    from rar_agent.ingest import add_class_names
+    from rar_agent.retrieval import check_sides
+
+    folder, memory = dataset
+    with pytest.raises(EmptyMemoryError) as photos:
+        list(
+            iter_samples(
+                memory, tiny_encoder, iter_image_folder(folder), FinetuneOptions(kind="text")
+            )
+        )
+    said = str(photos.value)
+    assert "build it first" not in said
+    assert said.startswith("the memory holds no class names, only 18 example images: ask its ")
+    assert "image side (kind image or auto: finetune-data --kind image, RAR_KIND=image)" in said
+    assert "add class names (rar-agent memory build --from-names FILE" in said
+    with CategoryMemory.open(tmp_path / "names", collection="names") as names:
+        add_class_names(names, tiny_encoder, ["ant", "bee"])
+        with pytest.raises(EmptyMemoryError) as classes:
+            check_sides(names, "image")
+    said = str(classes.value)
+    assert said.startswith("the memory holds no example images, only 2 class names: ask its text")
+    assert "add example photos (rar-agent teach LABEL PHOTO..." in said
+
+
 def test_prompt_is_exactly_the_ranking_chains(
     dataset: tuple[Path, CategoryMemory], tiny_encoder: Any
 ) -> None:

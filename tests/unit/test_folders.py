@@ -188,7 +188,8 @@ def test_a_folder_whose_photos_lie_in_subfolders_says_so(
     top = _call(tool, {"folder": "."})
     assert top.status != "error" and top.artifact["total"] == 0
     assert "No photos found in '.'." in top.text
-    assert "(holiday)" in top.text and "recursive=true" in top.text  # not link_out: it leads out
+    # not link_out: it leads out
+    assert "It has 1 subfolder (holiday)" in top.text and "recursive=true" in top.text
     named = _call(tool, {"folder": "holiday", "pattern": "*.gif"})
     assert named.text == "No photos named '*.gif' found in 'holiday'."  # no subfolders there
     every = _call(tool, {"folder": ".", "recursive": True})

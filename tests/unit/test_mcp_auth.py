@@ -934,7 +934,7 @@ def test_an_operator_takes_back_one_persons_teaching_while_the_server_runs(
         assert done.exit_code == 0, done.output
         undone = json.loads(done.stdout)
         assert [(e["label"], e["by"]) for e in undone["undone"]] == [("plum", "alice")]
-        assert "root undid 1 teaching event(s) of 'alice'" in caplog.text
+        assert "root undid 1 teaching event of 'alice'" in caplog.text
         labels = set(service.recognizer.memory.labels())
         assert "plum" not in labels and {"violet", "lilac", "olive"} <= labels
 

@@ -66,7 +66,9 @@ def test_names_outside_the_set_are_dropped_and_duplicates_removed() -> None:
     assert result.order.count("lynx") == 1
     assert result.dropped == ["dog", "cat food"]
     assert result.status == "ranked"
-    assert "not candidates" in (result.reason or "")
+    assert (result.reason or "").endswith("; ignored 2 names outside the candidates")
+    one = parse_reply('["dog", "lynx"]', CANDS)
+    assert (one.reason or "").endswith("; ignored 1 name outside the candidates")
 
 
 def test_close_match_cutoff_is_high() -> None:
