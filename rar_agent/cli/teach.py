@@ -259,7 +259,7 @@ def memory_undo(
         return
 
     def undo(teacher: "Teacher") -> "TeachingUndone":
-        return teacher.acting(by=by).undo(n, own=True) if by else teacher.undo(n)
+        return teacher.undo(n, of=by)  # the CLI user undoes (recorded), NAME's events only
 
     _answer(settings, undo, describe_undone, as_json)
 

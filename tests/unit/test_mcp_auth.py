@@ -994,6 +994,17 @@ def test_a_learn_token_undoes_its_own_teaching_from_the_command_line(tmp_path: P
         assert "olive" in labels and not {"violet", "plum"} & labels
         bob = runner.invoke(app, [*undo[:4], "--token", service.tokens["bob"]])
         assert bob.exit_code == 2 and "needs the scope 'learn'" in bob.output, bob.output
+        # what alice undid stays in the history, through the server as on a stopped one
+        history = ["memory", "history", "--by", "alice", "--server", service.url, "--token"]
+        listed = runner.invoke(app, [*history, service.tokens["bob"]])
+        assert listed.exit_code == 0, listed.output
+        lines = listed.output.splitlines()
+        assert lines[0] == "Nothing taught by 'alice' is held now: 2 teaching events were undone:"
+        assert "as 'plum'" in lines[1] and "as 'violet'" in lines[2], lines  # as undone
+        assert lines[1].endswith("via mcp by alice"), lines
+        shown = json.loads(runner.invoke(app, [*history, alice, "--json"]).stdout)
+        assert shown["undone_total"] == 2 and shown["total"] == 0
+        assert [e["label"] for e in shown["undone"]] == ["plum", "violet"]
 
 
 def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_server_runs(
@@ -1043,7 +1054,7 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
         text = runner.invoke(app, [*history, "--by", "carol", *bob])
         assert text.exit_code == 0, text.output
         others = json.loads(everyone.stdout)["total"]
-        assert f"Last 1 of 1 teaching events by 'carol' ({others - 1} by others):" in text.output
+        assert f"Last 1 of 1 teaching event by 'carol' ({others - 1} by others):" in text.output
         assert "via mcp by carol: taught" in text.output and "'olive'" in text.output
         nobody = runner.invoke(app, [*history, "--by", "bob", *bob])
         assert nobody.exit_code == 0, nobody.output

@@ -249,6 +249,10 @@ async def test_page_lists_and_undoes_teaching_in_words(recognizer: Any, tmp_path
     assert "Undid 1 teaching event, newest" in undone and "'tomato'" in undone, undone
     assert recognizer.memory.count() == before and "tomato" not in recognizer.memory.labels()
     assert "Nothing to undo" in await say("undo")
+    # the history said "Nothing has been taught to this memory yet." once it was undone
+    listed = await say("history")
+    assert "Nothing taught is held now: 1 teaching event was undone:" in listed, listed
+    assert "via chat: corrected a photo as 'tomato'" in listed and ", undone " in listed
 
     reading = ChatSession(create_rar_agent(None, recognizer=recognizer), recognition_only=True)
     refused = (await reading.respond("undo", []))["content"]
@@ -335,6 +339,8 @@ with open_memory(Settings(), create=False):
 
 def test_cli_history_and_undo_of_one_teacher(cli_env: Path) -> None:
     """An operator lists and undoes one token's teaching, not the others' newer events."""
+    import getpass
+
     from rar_agent.cli import app
 
     runner = CliRunner()
@@ -369,6 +375,19 @@ def test_cli_history_and_undo_of_one_teacher(cli_env: Path) -> None:
     assert code == 0 and "Undid 2 teaching events by 'mallory'" in out, out
     code, out = run("memory", "list", "--json")
     assert json.loads(out) == {"green": 1}
+    # mallory's undone teaching stays in the history (it read "'mallory' has taught nothing")
+    code, out = run("memory", "history", "--by", "mallory")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == (
+        "Nothing taught by 'mallory' is held now: 2 teaching events were undone:"
+    ), out
+    assert "0.png as 'red'" in lines[1] and "2.png as 'blue'" in lines[2], out
+    code, out = run("memory", "history", "--json")
+    history = json.loads(out)
+    assert [e["label"] for e in history["events"]] == ["green"] and history["undone_total"] == 2
+    assert {(e["by"], e["undone_by"], e["undone_via"]) for e in history["undone"]} == {
+        ("mallory", getpass.getuser(), "cli")
+    }
     # While another process (a server) holds the memory, the operator is told what to do.
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_MEMORY], stdin=subprocess.PIPE, stdout=subprocess.PIPE
