@@ -86,7 +86,9 @@ def test_unknown_teach_next_photo_history_and_undo(
         recognized = say("", _moon(folder / "moon2.png", 2))
         assert "Answer: teal moon" in recognized, recognized
         # the examples the answer rests on: this photo beside the taught one
-        assert "Why: the closest stored examples" in recognized and "teal moon 0." in recognized
+        assert "Why: the closest stored example of each category" in recognized
+        assert "similarity to the category" in recognized  # the table's, told apart
+        assert "teal moon: example 0." in recognized  # the example's own
         assert page.locator("#rar-chat [data-testid='bot']").last.locator("img").count() >= 2
         # Gradio's page-only Undo/Retry would seem to take the teaching back: not offered
         for name in ("Undo", "Retry"):
