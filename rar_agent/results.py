@@ -383,6 +383,9 @@ class TeachingEvent(BaseModel):
     action: TeachAction | None = Field(default=None, description="Taught: add/confirm/correct.")
     corrected_from: str | None = Field(default=None, description="The wrong answer corrected.")
     source: str | None = Field(default=None, description="The example image's name.")
+    image: str | None = Field(
+        default=None, description="Its id in the conversation it was uploaded to (img-...)."
+    )
 
 
 class UndoneEvent(TeachingEvent):

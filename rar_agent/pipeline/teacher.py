@@ -122,12 +122,15 @@ class ExampleImage:
     """An image to teach: what to call it and its bytes (or a file to read them from).
 
     Attributes:
-        name: Stored as the entry's ``source`` (an image id, a file name, ``<upload>``).
+        name: Stored as the entry's ``source`` (a file name, a path, ``<upload>``).
         data: The image bytes, or a local file path (already checked by the caller).
+        image_id: The conversation's id of the image (``img-...``), when it was uploaded to
+            one: recorded as ``taught.image``.
     """
 
     name: str
     data: bytes | Path
+    image_id: str | None = None
 
     @classmethod
     def of(
@@ -156,6 +159,7 @@ class _Prepared:
     name: str
     digest: str
     image: Image.Image
+    image_id: str | None = None
 
 
 # ---------------------------------------------------------------------- calibration
@@ -357,7 +361,7 @@ class Teacher:
         if wrong is not None:
             meta["corrected_from"] = wrong
         return [
-            MemoryEntry(label, "image", p.name, p.digest, {"taught": {**meta, "at": _now()}})
+            MemoryEntry(label, "image", p.name, p.digest, {"taught": _taught(meta, p.image_id)})
             for p in prepared
         ]
 
@@ -703,11 +707,18 @@ def _prepare(example: ExampleImage) -> _Prepared:
 
     if isinstance(example.data, Path):
         loaded = read_image_file(example.data, name=example.name)
-        return _Prepared(example.name, loaded.sha256, loaded.image)
+        return _Prepared(example.name, loaded.sha256, loaded.image, example.image_id)
     if not isinstance(example.data, bytes) or not example.data:
         raise ImageError(f"{example.name}: no image bytes")
     image = decode_image_bytes(example.data, what=example.name)
-    return _Prepared(example.name, hashlib.sha256(example.data).hexdigest(), image)
+    digest = hashlib.sha256(example.data).hexdigest()
+    return _Prepared(example.name, digest, image, example.image_id)
+
+
+def _taught(meta: dict[str, Any], image_id: str | None) -> dict[str, Any]:
+    """An example's ``taught`` record: ``meta`` (via, by, action...), when, and the
+    conversation's id of the image when it was uploaded to one."""
+    return {**meta, "at": _now(), **({"image": image_id} if image_id else {})}
 
 
 def _duplicate_error(name: str, label: str, hit: Hit) -> DuplicateExampleError:
@@ -774,6 +785,7 @@ def _entry_events(pid: str, payload: dict[str, Any]) -> list[TeachingEvent]:
                 action=taught.get("action") if taught.get("action") in _ACTIONS else None,
                 corrected_from=taught.get("corrected_from"),
                 source=payload.get("source"),
+                image=taught.get("image"),
             )
         )
     for record in relabels:

@@ -335,7 +335,9 @@ class AddCategoryTool(TeachingTool):
         try:
             teacher = self.teacher()
             source = self.resolver().resolve(image)
-            example = ExampleImage(source.name, source.payload)
+            # an upload is stored by its file name (no folder), its conversation id kept too
+            upload = source.name if source.file_name else None
+            example = ExampleImage(source.file_name or source.name, source.payload, upload)
             action: TeachAction = "correct" if corrects else "confirm" if confirmed else "add"
             result = teacher.add(
                 label, [example], action=action, corrected_from=corrects, move=move

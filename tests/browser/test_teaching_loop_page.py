@@ -95,7 +95,7 @@ def test_unknown_teach_next_photo_history_and_undo(
             assert page.get_by_role("button", name=name, exact=True).count() == 0, name
 
         listed = say("history")
-        assert "via chat by alice: taught a photo as 'teal moon'" in listed, listed
+        assert "via chat by alice: taught moon1.png as 'teal moon'" in listed, listed
         assert "via cli: taught mint/leaf.png as 'mint'" in listed, listed
         assert str(folder) not in listed and "img-" not in listed
         page.screenshot(path=str(artifacts_dir / "teach-loop-history.png"), full_page=True)
