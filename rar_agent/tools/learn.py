@@ -231,28 +231,30 @@ def describe_relabeled(moved: ExampleRelabeled) -> str:
 def describe_history(history: TeachingHistory) -> str:
     """The teaching history as lines of text (the tool's reply, the CLI's output, local or
     through a server): what is taught now, then what was undone."""
+    if not history.total and not history.undone_total:
+        if history.by is not None and history.others:
+            others = counted(history.others, "teaching event")
+            return f"{history.by!r} has taught nothing to this memory ({others} by others)."
+        return "Nothing has been taught to this memory yet."
     whose = "" if history.by is None else f" by {history.by!r}"
     lines = []
     if history.total:
         others = "" if history.by is None else f" ({history.others} by others)"
         heading = f"Last {len(history.events)} of {counted(history.total, 'teaching event')}"
         lines = [f"{heading}{whose}{others}:", *(describe_event(e) for e in history.events)]
-    elif not history.undone_total:
-        if history.by is not None and history.others:
-            others = counted(history.others, "teaching event")
-            return f"{history.by!r} has taught nothing to this memory ({others} by others)."
-        return "Nothing has been taught to this memory yet."
     if history.undone_total:
-        n = history.undone_total
-        undone = f"{counted(n, 'teaching event')} {'was' if n == 1 else 'were'} undone"
-        shown = "" if len(history.undone) == n else f" (the last {len(history.undone)})"
-        head = (
-            f"{undone}{whose}{shown}:"
-            if history.total
-            else f"Nothing taught{whose} is held now: {undone}{shown}:"
-        )
-        lines += [head, *(describe_undone_event(e) for e in history.undone)]
+        lines += _undone_lines(history, whose)
     return "\n".join(lines)
+
+
+def _undone_lines(history: TeachingHistory, whose: str) -> list[str]:
+    """The history's lines about undone teaching: how many, and those it lists."""
+    n, listed = history.undone_total, len(history.undone)
+    undone = f"{counted(n, 'teaching event')} {'was' if n == 1 else 'were'} undone"
+    shown = "" if listed == n else f" (the last {listed})" if listed else " (long ago)"
+    head = f"{undone}{whose}" if history.total else f"Nothing taught{whose} is held now: {undone}"
+    return [f"{head}{shown}:" if listed else f"{head}{shown}.",
+            *(describe_undone_event(e) for e in history.undone)]  # fmt: skip
 
 
 def describe_undone_event(event: UndoneEvent) -> str:
@@ -267,7 +269,7 @@ def describe_undone(undone: TeachingUndone) -> str:
     """What an undo reversed, as lines of text (the tool's reply, the CLI's output)."""
     whose = f" by {undone.by!r}" if undone.by else ""
     if not undone.undone:
-        return f"Nothing to undo: nothing has been taught to this memory{whose}."
+        return f"Nothing to undo: this memory holds nothing taught{whose}."
     heading = f"Undid {counted(len(undone.undone), 'teaching event')}{whose}, newest first:"
     lines = [heading, *(describe_event(e) for e in undone.undone)]
     return "\n".join(

@@ -215,7 +215,7 @@ def test_the_history_keeps_what_was_undone_and_who_undid_it(recognizer: Any) -> 
     undo reversed, when and by whom (the operator, not the person whose events went), and
     the history lists it after what is held, a bounded list with the count of all."""
     from rar_agent.pipeline.teacher import UNDONE_EXTENSION, UNDONE_KEPT
-    from rar_agent.tools.learn import describe_history
+    from rar_agent.tools.learn import describe_history, describe_undone
 
     memory = recognizer.memory
     ana = Teacher(memory, recognizer.encoder, via="mcp", by="ana")
@@ -243,6 +243,7 @@ def test_the_history_keeps_what_was_undone_and_who_undid_it(recognizer: Any) -> 
     ), lines[1]
     assert "t0.png as 'thing 0'" in lines[2] and lines[2].endswith("via mcp by ana")
     assert describe_history(ana.history(by="bob")) == "Nothing has been taught to this memory yet."
+    assert describe_undone(ana.undo(1)) == "Nothing to undo: this memory holds nothing taught."
     assert ana.history(by="ana").undone_total == 3 and ana.history(by="bob").undone_total == 0
 
     kept = memory.extension(UNDONE_EXTENSION) or {}
@@ -253,6 +254,10 @@ def test_the_history_keeps_what_was_undone_and_who_undid_it(recognizer: Any) -> 
     after = ana.history()
     assert after.undone_total == 4 and len(after.undone) == UNDONE_KEPT
     assert after.undone[-1].label == "thing 9"
+    memory.update_extension(UNDONE_EXTENSION, lambda kept: {**(kept or {}), "by": {"zoe": 2}})
+    assert describe_history(ana.history(by="zoe")) == (
+        "Nothing taught by 'zoe' is held now: 2 teaching events were undone (long ago)."
+    )
 
 
 def test_teacher_without_encoder_relabels_but_cannot_teach(recognizer: Any) -> None:
