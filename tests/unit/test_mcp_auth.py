@@ -893,6 +893,16 @@ async def test_a_token_undoes_its_own_teaching_only(tmp_path: Path) -> None:
                     assert "grape" in service.recognizer.memory.labels()
 
 
+async def teach(url: str, token: str, label: str, colour: tuple[int, int, int]) -> str:
+    """Teach ``label`` a plain picture of ``colour`` over MCP with ``token``; its entry id."""
+    async with session_with(url, bearer(token)) as session:
+        done = await session.call_tool(
+            "add_category_example", {"label": label, "image": png(colour=colour)}
+        )
+        assert not done.isError, text_of(done)
+        return str(done.structuredContent["id"])
+
+
 def test_an_operator_takes_back_one_persons_teaching_while_the_server_runs(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -907,20 +917,11 @@ def test_an_operator_takes_back_one_persons_teaching_while_the_server_runs(
     with serving(tmp_path) as service:
         carol = service.store.add("carol", ["learn"])[1]
 
-        async def teach(token: str, label: str, colour: tuple[int, int, int]) -> str:
-            async with session_with(service.url, bearer(token)) as session:
-                image = png(colour=colour)
-                done = await session.call_tool(
-                    "add_category_example", {"label": label, "image": image}
-                )
-                assert not done.isError, text_of(done)
-                return str(done.structuredContent["id"])
-
         alice = service.tokens["alice"]
-        anyio.run(teach, alice, "violet", (90, 40, 200))
-        lilac = anyio.run(teach, alice, "lilac", (200, 160, 220))
-        anyio.run(teach, carol, "olive", (90, 110, 20))
-        anyio.run(teach, alice, "plum", (120, 20, 90))
+        anyio.run(teach, service.url, alice, "violet", (90, 40, 200))
+        lilac = anyio.run(teach, service.url, alice, "lilac", (200, 160, 220))
+        anyio.run(teach, service.url, carol, "olive", (90, 110, 20))
+        anyio.run(teach, service.url, alice, "plum", (120, 20, 90))
         runner = CliRunner()
         undo = ["memory", "undo", "1", "--by", "alice", "--server", service.url, "--json"]
         asked = runner.invoke(app, [*undo, "--token", alice])
@@ -968,17 +969,12 @@ def test_a_learn_token_undoes_its_own_teaching_from_the_command_line(tmp_path: P
     with serving(tmp_path) as service:
         carol = service.store.add("carol", ["learn"])[1]
 
-        async def teach(token: str, label: str, colour: tuple[int, int, int]) -> None:
-            async with session_with(service.url, bearer(token)) as session:
-                done = await session.call_tool(
-                    "add_category_example", {"label": label, "image": png(colour=colour)}
-                )
-                assert not done.isError, text_of(done)
-
         alice = service.tokens["alice"]
-        anyio.run(teach, alice, "violet", (90, 40, 200))
-        anyio.run(teach, alice, "plum", (120, 20, 90))
-        anyio.run(teach, carol, "olive", (90, 110, 20))  # the newest: not alice's to undo
+        anyio.run(teach, service.url, alice, "violet", (90, 40, 200))
+        anyio.run(teach, service.url, alice, "plum", (120, 20, 90))
+        anyio.run(
+            teach, service.url, carol, "olive", (90, 110, 20)
+        )  # the newest: not alice's to undo
         runner = CliRunner()
         undo = ["memory", "undo", "--server", service.url, "--token", alice]
         done = runner.invoke(app, [*undo, "--json"])
@@ -1022,16 +1018,9 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
     with serving(tmp_path) as service:
         carol = service.store.add("carol", ["learn"])[1]
 
-        async def teach(token: str, label: str, colour: tuple[int, int, int]) -> None:
-            async with session_with(service.url, bearer(token)) as session:
-                done = await session.call_tool(
-                    "add_category_example", {"label": label, "image": png(colour=colour)}
-                )
-                assert not done.isError, text_of(done)
-
-        anyio.run(teach, service.tokens["alice"], "violet", (90, 40, 200))
-        anyio.run(teach, carol, "olive", (90, 110, 20))
-        anyio.run(teach, service.tokens["alice"], "plum", (120, 20, 90))
+        anyio.run(teach, service.url, service.tokens["alice"], "violet", (90, 40, 200))
+        anyio.run(teach, service.url, carol, "olive", (90, 110, 20))
+        anyio.run(teach, service.url, service.tokens["alice"], "plum", (120, 20, 90))
         memory = service.recognizer.memory
         before = (memory.count(), sorted(memory.labels()))
         runner = CliRunner()
