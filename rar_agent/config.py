@@ -46,8 +46,8 @@ costs ranker tokens."""
 
 MemoryKind = Literal["auto", "image", "text"]
 """Memory side a query uses: ``image`` examples, ``text`` class names, or ``auto`` (both; where
-both hold entries, an example answers only a photo of the same thing,
-:func:`rar_agent.retrieval.lead_side`)."""
+both hold entries, the side with more categories answers, and beside class names an example
+answers only a photo of the same thing, :func:`rar_agent.retrieval.lead_side`)."""
 
 MEMORY_KINDS: tuple[MemoryKind, ...] = get_args(MemoryKind)
 

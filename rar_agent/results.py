@@ -93,9 +93,10 @@ class Candidate(BaseModel):
     )
 
 
-SkipRule = Literal["no_candidates", "one_candidate", "rejected", "confident"]
+SkipRule = Literal["no_candidates", "one_candidate", "rejected", "taught", "confident"]
 """Why the ranking model was not asked: nothing or one thing to rank, an image the open-set
-check rejected, or a retrieval lead above the gate margin."""
+check rejected, a taught example that is the same thing as the image (ahead of class names,
+which are all a model knows), or a retrieval lead above the gate margin."""
 
 
 class GateSkip(BaseModel):
@@ -338,9 +339,9 @@ class ExampleAdded(BaseModel):
     image_entries: int = Field(description="Example images in the memory afterwards.")
     class_names: bool = Field(
         default=False,
-        description="Whether the memory also holds class names (text entries, as the built-in "
-        "memory does): beside them, only a photo of the same thing as an example is answered "
-        "with its label.",
+        description="Whether the memory's class names (text entries, as in the built-in memory) "
+        "answer its photos, holding more categories than its examples: beside them, only a "
+        "photo of the same thing as an example is answered with its label.",
     )
     seconds: float
     id: str | None = Field(default=None, description="The entry id of the example.")

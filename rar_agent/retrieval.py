@@ -18,7 +18,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation
 
 from rar_agent.config import MemoryKind, validate_k, validate_kind
-from rar_agent.encoders import ImageTextEncoder, input_size_of
+from rar_agent.encoders import ImageTextEncoder, input_size_of, same_thing_bar
 from rar_agent.errors import ConfigError, EmptyMemoryError
 from rar_agent.images import (
     IMAGE_SUFFIXES,
@@ -40,12 +40,15 @@ __all__ = [
     "StoredRows",
     "category_scores",
     "fold_hits",
+    "base_side",
     "lead_side",
     "mean_members",
     "CategoryRetriever",
     "candidates_to_documents",
-    "resolve_kind",
+    "check_sides",
     "search_sides",
+    "take_turns",
+    "taught_leads",
     "fetch_limit",
 ]
 
@@ -370,8 +373,29 @@ def search_sides(
     return found
 
 
+def base_side(categories: Mapping[str, int]) -> EntryKind:
+    """The side of a memory holding both example images and class names that answers a
+    query no stored example is the same thing as (:func:`lead_side`): the class names where
+    they hold more categories than the example images, else the example images.
+
+    The built-in memory (1000 class names, a few taught photos) is answered by its class
+    names; a memory of photos to which a class name was added, or one holding a photo and a
+    name of each category, by its photos (which ``auto`` preferred before the class names
+    joined in: a person who gave photos of each category gave them to be used).
+
+    Args:
+        categories: Distinct labels per side (:meth:`CategoryMemory.category_counts`).
+    """
+    return "text" if categories.get("text", 0) > categories.get("image", 0) else "image"
+
+
 def lead_side(
-    image: Sequence[Candidate], text: Sequence[Candidate], k: int, same_thing: float
+    image: Sequence[Candidate],
+    text: Sequence[Candidate],
+    k: int,
+    same_thing: float,
+    *,
+    base: EntryKind,
 ) -> list[Candidate]:
     """One query's candidates in a memory holding both example images and class names: the
     rule by which a taught photo and the class names share one answer.
@@ -379,20 +403,26 @@ def lead_side(
     The two sides' similarities live on different scales (for EfficientNet-Lite0, a photo
     is 0.5-0.9 from another photo of the same thing and 0.05-0.3 from an unrelated one,
     while 0.28 from a class row is a strong match), so neither a merge by score nor one
-    side always first is right. The image categories whose closest example is at least
-    ``same_thing`` from the query (the query *is* the thing taught) lead, best first; the
-    class names follow (a label already led by its examples is not repeated). Where no
-    example is that close, the class names answer as if no photo had been taught.
+    side always first is right. The ``base`` side (:func:`base_side`) answers, except that
+    where it is the class names, the image categories whose closest example is at least
+    ``same_thing`` from the query (the query *is* the thing taught) lead, best first, and
+    the class names follow (a label already led by its examples is not repeated). Where no
+    example is that close, the class names answer as if no photo had been taught. Where
+    the photos are the base, the class names never lead: a photo's similarity to a class
+    name says nothing on the photos' scale, so they answer as if no name had been added.
 
     Args:
         image: The image side's candidates, best first.
         text: The text side's candidates, best first.
         k: How many to keep.
         same_thing: The similarity from which a query is the same thing as an example.
+        base: The side that answers where no example is the same thing.
 
     Returns:
         Up to ``k`` candidates, ``retrieval_rank`` renumbered.
     """
+    if base == "image":
+        return list(image[:k])
     same = [c for c in image if (c.scores[0] if c.scores else c.score) >= same_thing]
     if not same:
         return list(text[:k])
@@ -401,12 +431,55 @@ def lead_side(
     return [c.model_copy(update={"retrieval_rank": i}) for i, c in enumerate(merged, 1)]
 
 
-def resolve_kind(memory: CategoryMemory, kind: MemoryKind) -> EntryKind:
-    """The memory side ``kind`` selects (``auto`` prefers image examples), checked non-empty."""
-    for side in _sides(kind):
-        if memory.count(side) > 0:
-            return side
-    raise _empty_error(memory, kind)
+def taught_leads(candidates: Sequence[Candidate]) -> bool:
+    """Whether :func:`lead_side` put a taught category first, ahead of class names: the
+    first candidate is an example image and a class name follows (it puts an example before
+    class names only when the example is the same thing as the query). A ranking model
+    knows the class names, not what was taught, so it is not asked then
+    (:func:`rar_agent.ranking.skip_reason`)."""
+    return (
+        bool(candidates)
+        and candidates[0].kind == "image"
+        and any(c.kind == "text" for c in candidates[1:])
+    )
+
+
+def take_turns(text: Sequence[Candidate], image: Sequence[Candidate], k: int) -> list[Candidate]:
+    """One word query's candidates in a memory holding both class names and example images:
+    the rule by which a word search answers from both.
+
+    A word query's similarity to a class name (words to words) and to a photo (words to a
+    picture, the scale on which a photo matches a class name) live on different scales, and
+    the same-thing bar of :func:`lead_side` is a similarity between two photos, which no
+    word query reaches: neither a merge by score nor that bar lets a taught category be
+    found by words. So each side keeps its own order and the two take turns, the class names
+    first (words match words most closely); a label already listed is not repeated.
+
+    Args:
+        text: The class names' candidates, best first.
+        image: The example images' candidates, best first.
+        k: How many to keep.
+
+    Returns:
+        Up to ``k`` candidates, ``retrieval_rank`` renumbered.
+    """
+    merged: dict[str, Candidate] = {}
+    for pair in itertools.zip_longest(text, image):
+        for c in pair:
+            if c is not None and c.label not in merged:
+                merged[c.label] = c
+    kept = list(merged.values())[:k]
+    return [c.model_copy(update={"retrieval_rank": i}) for i, c in enumerate(kept, 1)]
+
+
+def check_sides(memory: CategoryMemory, kind: MemoryKind) -> None:
+    """Check that a side ``kind`` selects holds entries (before a long run searches them).
+
+    Raises:
+        EmptyMemoryError: None does.
+    """
+    if not any(memory.count(side) > 0 for side in _sides(kind)):
+        raise _empty_error(memory, kind)
 
 
 class CategoryRetriever(BaseRetriever):
@@ -436,11 +509,21 @@ class CategoryRetriever(BaseRetriever):
     same_thing: float | None = Field(
         default=None,
         description="Similarity from which an image query is the same thing as a stored "
-        "example (:func:`lead_side`), for a memory of class names and example images: the "
-        "encoder's measured bar; None (an encoder without one): NEAR_DUPLICATE, so that only a "
-        "near copy of a taught photo outranks the class names.",
+        "example (:func:`lead_side`), for a memory of class names and example images. None: "
+        "the encoder's measured bar (:func:`rar_agent.encoders.same_thing_bar`), and for an "
+        "encoder without one NEAR_DUPLICATE, so that only a near copy of a taught photo "
+        "outranks the class names.",
     )
     _stored: StoredRows = PrivateAttr(default_factory=StoredRows)
+
+    @property
+    def bar(self) -> float:
+        """The same-thing bar in use: ``same_thing``, else the encoder's measured one, else
+        ``NEAR_DUPLICATE``."""
+        if self.same_thing is not None:
+            return self.same_thing
+        measured = same_thing_bar(getattr(self.encoder, "fingerprint", None))
+        return NEAR_DUPLICATE if measured is None else measured
 
     def retrieve(self, image: ImageInput, *, k: int | None = None) -> list[Candidate]:
         """Top-k distinct labels for one image (URLs obey ``allow_private_urls``)."""
@@ -468,18 +551,21 @@ class CategoryRetriever(BaseRetriever):
             side: [fold_hits(h, k, r) for h, r in zip(b, self._ranks(rows, b), strict=True)]
             for side, b in sides.items()
         }
-        return self._lead(folded, k, len(rows))
+        return self.lead(folded, k, len(rows))
 
-    def _lead(
+    def lead(
         self, folded: Mapping[EntryKind, list[list[Candidate]]], k: int, n: int
     ) -> list[list[Candidate]]:
-        """Each query's candidates from the sides searched (:func:`lead_side` where both
-        answered)."""
+        """Each of ``n`` queries' candidates from the sides searched, each side's folded
+        (:func:`fold_hits`): the one side that answered, or where both did,
+        :func:`lead_side` with the memory's :func:`base_side` and :attr:`bar` (recognition
+        and fine-tuning data both answer here)."""
         if len(folded) < 2:
             return next(iter(folded.values()), [[] for _ in range(n)])
-        bar = NEAR_DUPLICATE if self.same_thing is None else self.same_thing
+        bar = self.bar
+        base = base_side(self.memory.category_counts())
         return [
-            lead_side(image, text, k, bar)
+            lead_side(image, text, k, bar, base=base)
             for image, text in zip(folded["image"], folded["text"], strict=True)
         ]
 
@@ -540,12 +626,13 @@ class CategoryRetriever(BaseRetriever):
         return out
 
     def search_text(self, text: str, *, k: int | None = None) -> list[Candidate]:
-        """Categories whose entries best match a text query (text embedding)."""
+        """Categories whose entries best match a text query (text embedding; ``auto`` in a
+        memory of class names and example images: :func:`take_turns`)."""
         k = validate_k(k if k is not None else self.k)
         vector = self.encoder.embed_texts([text])
         sides = search_sides(self.memory, vector, self.kind, fetch_limit(k, self.fetch_k))
-        folded = {side: [fold_hits(b[0], k)] for side, b in sides.items()}
-        return self._lead(folded, k, 1)[0]
+        folded = {side: fold_hits(b[0], k) for side, b in sides.items()}
+        return take_turns(folded.get("text", []), folded.get("image", []), k)
 
     def _check_words(self, query: str) -> None:
         """Refuse a query that is not words: empty, or naming an image file that is not there

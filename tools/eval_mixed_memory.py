@@ -56,7 +56,7 @@ from rar_agent.openset.prior import MemoryScale, encoder_prior, similarity_at  #
 from rar_agent.retrieval import NEAR_DUPLICATE, lead_side  # noqa: E402
 
 BARS = (0.6, 0.7, 0.75, 0.85, NEAR_DUPLICATE)
-"""Raw bars compared (the shipped one is the encoder prior's ``same_thing``)."""
+"""Raw bars compared (the shipped one: ``rar_agent/encoders/same_thing.json``)."""
 SHOTS = {"photos": (1, 2, 5), "fashion": (1, 2, 5), "emoji": (1, 2)}
 TAUGHT = {"photos": 1, "fashion": 5, "emoji": 5}
 """Categories taught per trial."""
@@ -256,8 +256,8 @@ def _trial(
     for rule, bar in bars.items():
         if bar is None:
             continue
-        held_c = [lead_side(i, t, K, bar) for i, t in zip(h_img, h_txt, strict=True)]
-        other_c = [lead_side(i, t, K, bar) for i, t in zip(o_img, o_txt, strict=True)]
+        held_c = [lead_side(i, t, K, bar, base="text") for i, t in zip(h_img, h_txt, strict=True)]
+        other_c = [lead_side(i, t, K, bar, base="text") for i, t in zip(o_img, o_txt, strict=True)]
         out[rule] = _shares(held_c, truth, other_c, other_before)
     return out
 
@@ -290,8 +290,10 @@ def table(results: Any, rules: list[str]) -> str:
 
 def cost(rounds: int = 800) -> dict[str, float]:
     """CPU milliseconds of one query's retrieval (``retrieve_vectors``, min of ``rounds``
-    after 20 warm-up rounds) over random memories of 10k example images, of 1000 class rows,
-    and of both: what searching both sides costs, in-process (no benchmark run)."""
+    after 20 warm-up rounds) over random memories of 10k example images (of 1000 categories),
+    of 1000 class rows, and of both: the photos of 1000 categories (the base side, on a tie)
+    or of 500 (the class names the base, as in the built-in memory): what searching both
+    sides costs, in-process (no benchmark run)."""
     import time
 
     from rar_agent.memory import CategoryMemory, MemoryEntry
@@ -300,16 +302,21 @@ def cost(rounds: int = 800) -> dict[str, float]:
     dim, rng = 1281, np.random.default_rng(0)
     query = rng.normal(size=(1, dim)).astype(np.float32)
     out = {}
-    shapes = {"10k images": (10_000, 0), "1000 class rows": (0, 1000), "both": (10_000, 1000)}
+    shapes = {  # example images, their categories, class rows
+        "10k images": (10_000, 1000, 0),
+        "1000 class rows": (0, 0, 1000),
+        "both, photos the base": (10_000, 1000, 1000),
+        "both, class names the base": (10_000, 500, 1000),
+    }
     with tempfile.TemporaryDirectory() as folder:
-        for name, (images, texts) in shapes.items():
+        for name, (images, cats, texts) in shapes.items():
             memory = CategoryMemory.open(Path(folder) / name, collection="cost")
             memory.bind_encoder("cost", dim)
             centres = rng.normal(size=(1000, dim))
             if images:
-                x = centres[np.arange(images) % 1000] + 0.6 * rng.normal(size=(images, dim))
+                x = centres[np.arange(images) % cats] + 0.6 * rng.normal(size=(images, dim))
                 entries = [
-                    MemoryEntry(f"c{i % 1000}", "image", "x", f"i{i}") for i in range(images)
+                    MemoryEntry(f"c{i % cats}", "image", "x", f"i{i}") for i in range(images)
                 ]
                 memory.add_entries(entries, x.astype(np.float32))
             if texts:
@@ -343,8 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {ms:.3f} ms of CPU per query's retrieval")
         return 0
 
-    from rar_agent.encoders import load_encoder
-    from rar_agent.openset.prior import same_thing
+    from rar_agent.encoders import load_encoder, same_thing_bar
 
     encoder = load_encoder("efficientnet-lite0", device="cpu")
     print("encoding the reference images ...", file=sys.stderr)
@@ -354,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("fashion", "emoji"):
             bar = reference_bar(vectors[name], sets[name].labels)
             print(f"99th percentile of different-category similarity, {name}: {bar:.3f}")
-    shipped = same_thing(encoder.fingerprint)
+    shipped = same_thing_bar(encoder.fingerprint)
     rules = ["before (image side first)", *(f"bar {b:g}" for b in BARS)]
     rules.append("encoder prior's threshold")
     print(

@@ -201,10 +201,10 @@ def calibrate(
     if model is None:
         raise ValueError("no category of two examples")
     with mock.patch.object(calibration_module, "Whitening", variant):
-        standins = _cross_fitted(ids, labels, x, MAX_STANDINS)
+        standins, reach = _cross_fitted(ids, labels, x, MAX_STANDINS)
     sums = CategorySums()
     sums.add(labels, model.project(x))
-    return Calibration(statistic=model.to_json(), categories=sums, standins=standins)
+    return Calibration(statistic=model.to_json(), categories=sums, standins=standins, reach=reach)
 
 
 def measure(

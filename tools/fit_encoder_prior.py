@@ -368,19 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         "slopes": {k: [round(v, 5) for v in row] for k, row in slopes.items() if any(row)},
         "validated": validated,
     }
-    out.update(_kept(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     return 0
-
-
-def _kept(path: Path) -> dict[str, Any]:
-    """The fields of an existing prior that this fit does not measure: the same-thing bar
-    (``same_thing``, ``same_thing_on``: ``tools/eval_mixed_memory.py --bar`` measures it)."""
-    if not path.exists():
-        return {}
-    old = json.loads(path.read_text())
-    return {key: old[key] for key in ("same_thing", "same_thing_on") if key in old}
 
 
 def _shape(ref: RefSet) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from rar_agent.encoders.base import (
     input_size_of,
     l2_normalize,
 )
+from rar_agent.encoders.same_thing import same_thing_bar
 from rar_agent.encoders.spec import DEFAULT_CLIP, OFFLINE_ENCODER, EncoderSpec, spec_of
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ __all__ = [
     "load_default_encoder",
     "load_encoder",
     "resolve_encoder",
+    "same_thing_bar",
     "short_templates",
     "spec_of",
 ]

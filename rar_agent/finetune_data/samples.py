@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.images import LoadedImage
-    from rar_agent.memory import CategoryMemory, Hit
+    from rar_agent.memory import CategoryMemory, EntryKind, Hit
+    from rar_agent.results import Candidate
+    from rar_agent.retrieval import CategoryRetriever
 
 __all__ = ["FinetuneOptions", "FinetuneSummary", "RankingSample", "iter_samples", "label_windows"]
 
@@ -41,7 +43,8 @@ class FinetuneOptions:
         shuffle: Shuffle the candidate order shown in the prompt (the target stays the
             true label first, then retrieval order); off = retrieval order, as served.
         seed: Seed for window choice and shuffling (per image, so order-independent).
-        kind: Memory side to query: ``image``, ``text`` or ``auto`` (image if any).
+        kind: Memory side to query: ``image``, ``text`` or ``auto`` (both, as recognition
+            answers: :meth:`~rar_agent.retrieval.CategoryRetriever.lead`).
         hint: Domain hint in the prompt; ``None`` uses the memory's description.
         dedup: Skip images whose content was already seen, and repeated conversations.
         max_per_class: Stop emitting conversations for a class after this many.
@@ -219,14 +222,16 @@ def iter_samples(
         EmptyMemoryError: The memory has no entries of the requested kind.
     """
     from rar_agent.ingest import bind_memory
-    from rar_agent.retrieval import resolve_kind
+    from rar_agent.retrieval import CategoryRetriever, check_sides
 
     opts = options or FinetuneOptions()
     stats = summary if summary is not None else FinetuneSummary()
     start = time.perf_counter()
     bind_memory(memory, encoder)
+    check_sides(memory, opts.kind)
     hint = opts.hint if opts.hint is not None else getattr(memory.info, "description", None)
-    maker = _SampleMaker(memory, encoder, opts, stats, resolve_kind(memory, opts.kind), hint)
+    retriever = CategoryRetriever(memory=memory, encoder=encoder, kind=opts.kind)
+    maker = _SampleMaker(memory, encoder, opts, stats, retriever, hint)
     todo = list(items)
     if opts.dedup:
         maker.seen_images.update(_digests(todo[:done]))
@@ -261,7 +266,7 @@ class _SampleMaker:
     encoder: ImageTextEncoder
     opts: FinetuneOptions
     stats: FinetuneSummary
-    side: str
+    retriever: CategoryRetriever
     hint: str | None
     seen_images: set[str] = field(default_factory=set)
     seen_conversations: set[str] = field(default_factory=set)
@@ -295,20 +300,27 @@ class _SampleMaker:
     def retrieve(
         self, batch: Sequence[tuple[LoadedImage, str]]
     ) -> Iterator[tuple[LoadedImage, str, list[str]]]:
-        """``(image, label, pool)``: the distinct labels retrieved without the image itself."""
+        """``(image, label, pool)``: the distinct labels retrieved without the image itself,
+        from the sides recognition answers from (``auto`` in a memory of class names and
+        example images: :meth:`~rar_agent.retrieval.CategoryRetriever.lead`)."""
         from rar_agent.memory.entries import MemoryEntry
-        from rar_agent.retrieval import fetch_limit, fold_hits
+        from rar_agent.retrieval import fetch_limit, fold_hits, search_sides
 
         if not batch:
             return
         vectors = self.encoder.embed_images([loaded.image for loaded, _ in batch])
         limit = fetch_limit(self.opts.top_n, None) + 8  # room for the image's own entries
-        results = self.memory.search_batch(vectors, kind=self.side, limit=limit)
-        for (loaded, label), hits in zip(batch, results, strict=True):
+        sides = search_sides(self.memory, vectors, self.opts.kind, limit)
+        folded: dict[EntryKind, list[list[Candidate]]] = {side: [] for side in sides}
+        for i, (loaded, label) in enumerate(batch):
             own = {MemoryEntry(label, "image", loaded.source, loaded.sha256).point_id}
-            kept, dropped = _exclude_self(hits, loaded.sha256, own)
-            self.stats.self_hits_excluded += dropped
-            yield loaded, label, [c.label for c in fold_hits(kept, self.opts.top_n)]
+            for side, results in sides.items():
+                kept, dropped = _exclude_self(results[i], loaded.sha256, own)
+                self.stats.self_hits_excluded += dropped
+                folded[side].append(fold_hits(kept, self.opts.top_n))
+        pools = self.retriever.lead(folded, self.opts.top_n, len(batch))
+        for (loaded, label), pool in zip(batch, pools, strict=True):
+            yield loaded, label, [c.label for c in pool]
 
     def conversations(
         self, loaded: LoadedImage, label: str, pool: list[str]

@@ -99,6 +99,11 @@ class MemoryBackend(Protocol):
         """Number of points per label, optionally only of one kind."""
         ...
 
+    def category_counts(self) -> dict[str, int]:
+        """Distinct labels of each kind (``image``, ``text``), counted once and kept until
+        a write may change them (cheap enough to ask on every query)."""
+        ...
+
     def count(self, kind: str | None, label: str | None = None) -> int:
         """Number of points, optionally only of one kind and/or one label."""
         ...

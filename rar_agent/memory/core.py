@@ -696,6 +696,14 @@ class CategoryMemory:
         counts = self._backend.label_counts(None if kind is None else check_kind(kind))
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
+    def category_counts(self) -> dict[str, int]:
+        """How many categories (distinct labels) each side holds: ``{"image": n, "text":
+        m}``. Counted once and kept until the next write (on a server, also re-counted
+        every ``CATEGORY_COUNTS_FOR_S`` seconds, for other processes' writes): cheap enough
+        for every query."""
+        self._check_open()
+        return self._backend.category_counts()
+
     def count(self, kind: str | None = None, *, label: str | None = None) -> int:
         """Number of entries (optionally of one kind, of one label: an indexed count, far
         cheaper than :meth:`labels` on a memory with many labels)."""

@@ -42,7 +42,7 @@ from rar_agent.memory.edge_files import (
 )
 from rar_agent.memory.edge_files import disk_usage as shard_disk_usage
 from rar_agent.memory.engine_settings import edge_config, edge_search_params
-from rar_agent.memory.entries import Hit
+from rar_agent.memory.entries import KINDS, Hit
 from rar_agent.memory.storage import StorageSettings
 
 __all__ = ["META_FILE", "SHARD_DIR", "EdgeBackend", "ReadWriteLock", "is_busy_error", "open_edge"]
@@ -138,6 +138,14 @@ class _Shared:
         """Vectors (kinds) a search found no point of since the last write: searching them
         again finds nothing (the shard is written by this process alone, under the write
         lock, which empties this set first)."""
+        self.categories: dict[str, int] | None = None
+        """Distinct labels of each kind, counted since the last write (None: not counted;
+        emptied with ``empty_sides``)."""
+
+    def written(self) -> None:
+        """Forget what a write may change (under the write lock)."""
+        self.empty_sides.clear()
+        self.categories = None
 
 
 _REGISTRY: dict[Path, _Shared] = {}
@@ -254,6 +262,18 @@ def _kind_filter(kind: str | None, label: str | None = None) -> Any:
     return Filter(must=must) if must else None
 
 
+def _label_counts(shard: Any, kind: str | None) -> dict[str, int]:
+    """Points per label of ``kind`` (all kinds: None) in a shard."""
+    from qdrant_edge import CountRequest, FacetRequest
+
+    flt = _kind_filter(kind)
+    total = int(shard.count(CountRequest(exact=True, filter=flt)))
+    if total == 0:
+        return {}
+    response = shard.facet(FacetRequest("label", limit=total, exact=True, filter=flt))
+    return {str(h.value): int(h.count) for h in response if h.count > 0}
+
+
 class EdgeBackend:
     """A handle on a shared embedded memory; see :func:`open_edge`."""
 
@@ -279,7 +299,7 @@ class EdgeBackend:
         s = self._s
         with s.lock.write() if write else s.lock.read(), _engine(what, s.path):
             if write:
-                s.empty_sides.clear()
+                s.written()
             yield s.shard
 
     # -------------------------------------------------------------- metadata
@@ -296,7 +316,7 @@ class EdgeBackend:
 
         s = self._s
         with s.lock.write():
-            s.empty_sides.clear()
+            s.written()
             if s.shard is None:
                 shard_path = s.path / SHARD_DIR
                 with _engine("create the shard", shard_path):
@@ -459,17 +479,21 @@ class EdgeBackend:
 
     def label_counts(self, kind: str | None) -> dict[str, int]:
         """Points per label (an exact facet on the ``label`` index)."""
-        from qdrant_edge import CountRequest, FacetRequest
-
         with self._use("list labels") as shard:
-            if shard is None:
-                return {}
-            flt = _kind_filter(kind)
-            total = int(shard.count(CountRequest(exact=True, filter=flt)))
-            if total == 0:
-                return {}
-            response = shard.facet(FacetRequest("label", limit=total, exact=True, filter=flt))
-            return {str(h.value): int(h.count) for h in response if h.count > 0}
+            return {} if shard is None else _label_counts(shard, kind)
+
+    def category_counts(self) -> dict[str, int]:
+        """Distinct labels of each kind, counted once per write (an exact facet of each kind:
+        17 ms of CPU at 10k example images of 1000 categories beside 1000 class rows, 0.005
+        ms once kept)."""
+        with self._use("count categories") as shard:
+            s = self._s
+            if s.categories is None:
+                # under the shared lock: a write, which forgets them, waits for it to finish
+                s.categories = {
+                    kind: 0 if shard is None else len(_label_counts(shard, kind)) for kind in KINDS
+                }
+            return dict(s.categories)
 
     def count(self, kind: str | None, label: str | None = None) -> int:
         """Number of points (of one kind, of one label)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -29,6 +30,10 @@ META_KEY = "rar_memory"
 _CHUNK = 1024
 _CLIENT_TIMEOUT_S = 5
 """qdrant-client's request timeout when none is given (its HTTP client's default)."""
+CATEGORY_COUNTS_FOR_S = 10.0
+"""Seconds a handle keeps its count of categories per kind (:meth:`ServerBackend.
+category_counts`) before asking the server again: its own writes forget it at once, other
+processes' writes are seen within this time."""
 
 
 def _note_a_plain_key(location: MemoryLocation) -> None:
@@ -105,6 +110,7 @@ class ServerBackend:
         self._exists = exists
         self._meta: dict[str, Any] | None = self._fetch_meta() if exists else None
         self._closed = False
+        self._categories: tuple[float, dict[str, int]] | None = None  # (when counted, counts)
 
     # -------------------------------------------------------------- plumbing
 
@@ -262,6 +268,7 @@ class ServerBackend:
         ]
         with self._call("write entries"):
             self._client.upsert(self.collection, points=points, wait=True)
+        self._categories = None
 
     def existing(self, ids: Sequence[str]) -> set[str]:
         """Stored subset of ``ids``."""
@@ -342,6 +349,7 @@ class ServerBackend:
             self._client.delete(
                 self.collection, points_selector=models.PointIdsList(points=list(ids)), wait=True
             )
+        self._categories = None
 
     def delete_label(self, label: str) -> int:
         """Delete every point of ``label``."""
@@ -357,6 +365,7 @@ class ServerBackend:
                 self._client.delete(
                     self.collection, points_selector=models.FilterSelector(filter=flt), wait=True
                 )
+        self._categories = None
         return n
 
     def label_counts(self, kind: str | None) -> dict[str, int]:
@@ -373,6 +382,16 @@ class ServerBackend:
                 self.collection, "label", facet_filter=flt, limit=total, exact=True
             )
         return {str(h.value): int(h.count) for h in response.hits if h.count > 0}
+
+    def category_counts(self) -> dict[str, int]:
+        """Distinct labels of each kind, kept until this handle writes or for
+        ``CATEGORY_COUNTS_FOR_S`` (other processes write to a server unseen)."""
+        kept = self._categories
+        if kept is not None and time.monotonic() - kept[0] < CATEGORY_COUNTS_FOR_S:
+            return dict(kept[1])
+        counts: dict[str, int] = {kind: len(self.label_counts(kind)) for kind in KINDS}
+        self._categories = (time.monotonic(), counts)
+        return dict(counts)
 
     def count(self, kind: str | None, label: str | None = None) -> int:
         """Number of points (of one kind, of one label)."""

@@ -31,8 +31,14 @@ Otherwise the statistic stays as fitted, each added example is projected and add
 category's sum (the means stay exact), and enters the stand-in reservoir with the standard
 reservoir probability (a stand-in made then is scored by the stored statistic, which has not
 seen it, against its category's other examples among its search hits). A taught example thus
-never costs a full calibration. The memory never triggers any of it: its callers (builds, the
-teacher, the vector store, the recognizer factory) do. Everything lives in the memory
+never costs a full calibration. One that lies far off the statistic's subspace (``BEYOND``
+times the farthest of the examples held out of the fit: a photo taught into a memory of
+drawings) adds a direction to the statistic (:meth:`Whitening.extended`, at most
+``MAX_DIRECTIONS`` until the next full calibration; a full one adds them for the examples
+outside its fitting sample alike): without it, its category would be compared with queries
+by its shadow on the subspace alone, which anything far off shares, and photos of other
+things and noise would be "known" by it. The memory never triggers any of it: its callers
+(builds, the teacher, the vector store, the recognizer factory) do. Everything lives in the memory
 record's extension ``"openset"`` (:mod:`rar_agent.openset.store`); thresholds and category
 means are derived when read.
 
@@ -80,6 +86,7 @@ __all__ = [
     "DRAWS",
     "FIT_SAMPLE",
     "FOLDS",
+    "MAX_DIRECTIONS",
     "MAX_STANDINS",
     "MIN_CATEGORIES",
     "SHOT_LEVELS",
@@ -165,6 +172,17 @@ SHOT_LEVELS = tuple(range(1, 17))
 """Shot counts with a threshold of their own (a category with more shares the last)."""
 DRAWS = 8
 """Random draws of ``m`` other examples per stand-in and shot level."""
+MAX_DIRECTIONS = 32
+"""Directions the statistic may gain after a full calibration, one for each example lying
+far off its subspace (:data:`BEYOND`, :meth:`Whitening.extended`); past them a memory of at
+most ``FIT_SAMPLE`` entries is calibrated afresh (the fit then sees every example), a larger
+one compares such an example by its shadow on the subspace until its next full
+calibration."""
+BEYOND = 1.5
+"""How many times :attr:`Calibration.reach` an example must lie off the statistic's subspace
+to gain a direction of its own: new examples like the memory's own lie up to about its reach
+(in a memory of 10k clustered entries, 10 of the 9000 outside the fitting sample lay beyond
+it, none beyond 1.5 times it), a photo taught into a memory of drawn icons twice as far."""
 SEARCH_LIMIT = 64
 """Hits searched for a stand-in made by :func:`update` (its category's other examples)."""
 GROUP_QUANTILE = 0.2
@@ -176,10 +194,11 @@ MIN_CATEGORIES = 5
 category, and a few categories say too little about the others (on Fashion-MNIST,
 EfficientNet-Lite0, a memory of 4 single-example categories calibrated from 3 categories of
 10 examples rejected 12.5 % of known queries at ALPHA 0.05, seeds 0-4)."""
-_VERSION = 7
+_VERSION = 8
 """The stored form's version (5: coordinates carry the distance off the subspace; 6: the
 encoder's fingerprint and the memory's scale for an encoder prior; 7: the scale's pair
-spread); a calibration stored in another is refitted."""
+spread; 8: the statistic's reach and the directions added to it); a calibration stored in
+another is refitted."""
 
 StandIn = tuple[str, int, str]
 """One stand-in query: ``(label, others, draws)``: its category, how many other examples of
@@ -248,6 +267,17 @@ class CategorySums(BaseModel):
         self.counts = [int(c) for c in counts]
         self.sums = encode_array(sums)
 
+    def widen(self, width: int, to: int) -> None:
+        """Sums of ``width`` numbers made ``to`` wide: the directions added to the statistic
+        (:meth:`Whitening.extended`) come before the distance off the subspace, and the
+        examples summed so far count as lying on the subspace along them."""
+        if not self.labels or to == width:
+            return
+        sums = self.matrix(width)
+        out = np.zeros((len(self.labels), to))
+        out[:, : width - 1], out[:, -1] = sums[:, :-1], sums[:, -1]
+        self.sums = encode_array(out)
+
     def count_of(self, label: str) -> int:
         """Examples of ``label`` (0 when unknown)."""
         return self.counts[self.labels.index(label)] if label in self.labels else 0
@@ -269,6 +299,12 @@ class Calibration(BaseModel):
             the category means are derived.
         standins: The stand-in queries (see :data:`StandIn`).
         link: The similarity at which two unknown queries are one new thing.
+        reach: How far off the statistic's subspace new examples like the memory's own
+            lie: the largest squared distance off it of the examples held out of the fit
+            (the stand-ins, under their fold's statistic); ``None`` without stand-ins.
+        directions: Directions the statistic gained since it was fitted, one for each
+            example taught beyond ``BEYOND`` times ``reach`` (:meth:`Whitening.extended`,
+            at most ``MAX_DIRECTIONS``).
         seen: Image entries offered to the reservoir so far (for its sampling probability).
         full_at: Image entries at the last full calibration (redone when they double).
         revision: Grows with every change (lets readers cache derived values).
@@ -284,6 +320,8 @@ class Calibration(BaseModel):
     categories: CategorySums = Field(default_factory=lambda: CategorySums())
     standins: list[StandIn] = Field(default_factory=list)
     link: float | None = None
+    reach: float | None = None
+    directions: int = 0
     seen: int = 0
     full_at: int = 0
     revision: int = 0
@@ -687,9 +725,10 @@ def _rivals(scores: np.ndarray, names: Sequence[str], own: Sequence[str]) -> np.
 
 def _cross_fitted(
     ids: Sequence[str], labels: Sequence[str], x: np.ndarray, limit: int
-) -> list[StandIn]:
+) -> tuple[list[StandIn], float | None]:
     """Up to ``limit`` stand-ins from the fitting sample, each scored by the statistic fitted
-    on the other ``FOLDS - 1`` folds (position in the sample modulo ``FOLDS``)."""
+    on the other ``FOLDS - 1`` folds (position in the sample modulo ``FOLDS``), and the
+    largest squared distance off its fold's subspace of any of them (``None``: none)."""
     groups: dict[str, list[int]] = {}
     for i, label in enumerate(labels):
         groups.setdefault(label, []).append(i)
@@ -697,6 +736,7 @@ def _cross_fitted(
     folds = _folds(len(ids))
     fold = np.arange(len(ids)) % folds
     out: list[StandIn] = []
+    reach: float | None = None
     for k in range(folds):
         mine = [i for i in chosen if fold[i] == k]
         train = np.flatnonzero(fold != k)
@@ -705,6 +745,7 @@ def _cross_fitted(
         if model is None:
             continue
         z = model.project(x)
+        reach = max(reach or 0.0, float(z[mine, -1].max()))
         names = list(groups)
         means = np.stack([z[groups[name]].mean(axis=0) for name in names])
         rivals = _rivals(model.scores(z[mine], means), names, [labels[i] for i in mine])
@@ -713,7 +754,7 @@ def _cross_fitted(
             standin = _standin(model, labels[i], z[i], others, float(rival), ids[i])
             if standin is not None:
                 out.append(standin)
-    return out
+    return out, reach
 
 
 def _folds(n: int) -> int:
@@ -759,18 +800,57 @@ def _image_entries(memory: CalibratedMemory) -> Iterator[tuple[str, str, list[fl
 
 
 def _category_sums(
-    model: Whitening | None, first: Sequence[tuple[str, str, list[float]]], rest: Iterator[Any]
-) -> CategorySums:
+    model: Whitening | None,
+    reach: float | None,
+    first: Sequence[tuple[str, str, list[float]]],
+    rest: Iterator[Any],
+) -> tuple[CategorySums, Whitening | None, int]:
     """Each category's number of examples and sum of coordinates, over every example (only
-    the numbers without a statistic)."""
+    the numbers without a statistic), the statistic extended by the examples far beyond
+    ``reach`` (:func:`_taken_in`), and how many directions that added."""
     out = CategorySums()
+    added = 0
     chunk = list(first)
     while chunk:
         x = np.asarray([v for _, _, v in chunk], dtype=np.float64)
-        z = model.project(x) if model is not None else np.zeros((len(x), 0))
+        z = np.zeros((len(x), 0))
+        if model is not None:
+            width = model.width
+            model, z, more = _taken_in(model, x, reach, MAX_DIRECTIONS - added)
+            out.widen(width, model.width)
+            added += more
         out.add([label for _, label, _ in chunk], z)
         chunk = list(itertools.islice(rest, 4096))
-    return out
+    return out, model, added
+
+
+def _taken_in(
+    model: Whitening, x: np.ndarray, reach: float | None, room: int
+) -> tuple[Whitening, np.ndarray, int]:
+    """The coordinates of new examples ``x``, by the statistic extended (up to ``room``
+    directions) with each example lying further off its subspace than ``BEYOND`` times
+    ``reach``, farthest first (:meth:`Whitening.extended`); and how many directions were
+    added.
+
+    Such an example's category would otherwise be compared with queries by its shadow on
+    the subspace alone, which photos of anything and noise share: a catch-all "known"."""
+    z = model.project(x)
+    added = 0
+    while added < room:
+        far = _far(z, reach)
+        if not len(far):
+            break
+        grown = model.extended(x[far[np.argmax(z[far, -1])]])
+        if grown is model:
+            break
+        model, added = grown, added + 1
+        z = model.project(x)
+    return model, z, added
+
+
+def _far(z: np.ndarray, reach: float | None) -> np.ndarray:
+    """The rows of coordinates ``z`` lying ``BEYOND`` times ``reach`` off the subspace."""
+    return np.flatnonzero(z[:, -1] > BEYOND * reach) if reach is not None else np.zeros(0, int)
 
 
 def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
@@ -805,10 +885,11 @@ def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
     x = np.asarray([v for _, _, v in first], dtype=np.float64)
     model = Whitening.fit(x, labels, rank=_rank(len(x), _folds(len(x))))
     cal.encoder, cal.scale = memory.info.fingerprint, MemoryScale.measure(labels, x)
-    cal.categories = _category_sums(model, first, entries)
+    if model is not None:
+        cal.standins, cal.reach = _cross_fitted(ids, labels, x, sample)
+    cal.categories, model, cal.directions = _category_sums(model, cal.reach, first, entries)
     if model is not None:
         cal.statistic = model.to_json()
-        cal.standins = _cross_fitted(ids, labels, x, sample)
         cal.link = _link(labels, x)
     _finish(cal)
     logger.info("memory %r calibrated: %s", memory.collection, cal.summary())
@@ -823,12 +904,16 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     without a statistic (no category of two examples) gained entries and holds at most
     ``FIT_SAMPLE`` (a scroll with nothing to fit: its category counts and the
     :class:`~rar_agent.openset.prior.MemoryScale` an encoder prior is scaled by stay exact)
-    or gained a category of two examples. Otherwise the statistic stays as
-    fitted: each new image entry is projected and added to its category's sum, and enters the
-    stand-in reservoir with probability ``MAX_STANDINS / seen``; the ones that enter are
-    searched once (one batched search) for their category's other examples. Counting is
-    indexed (the image entries, and the new entries' categories; never every label). Every
-    added example changes its category's mean, so each update writes the calibration once.
+    or gained a category of two examples, or when it holds at most ``FIT_SAMPLE`` and an
+    entry lies far off the statistic's subspace with all ``MAX_DIRECTIONS`` taken (the fit
+    sees every example). Otherwise the statistic stays as fitted, but for a
+    direction added for each new entry lying ``BEYOND`` times its reach off its subspace
+    (:func:`_taken_in`): each new image entry is projected and added to its category's sum,
+    and enters the stand-in reservoir with probability ``MAX_STANDINS / seen``; the ones that
+    enter are searched once (one batched search) for their category's other examples.
+    Counting is indexed (the image entries, and the new entries' categories; never every
+    label). Every added example changes its category's mean, so each update writes the
+    calibration once.
 
     Args:
         memory: The memory the entries were written to (or removed from).
@@ -850,7 +935,13 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
         return fit(memory)  # a first category of two examples: a statistic can be fitted
     vectors = memory.get_vectors([pid for pid in added if pid in labels]) if model else {}
     new = [pid for pid in added if pid in vectors]
-    z = model.project(np.asarray([vectors[p] for p in new])) if model and new else None
+    grown, z, directions, width = model, None, 0, model.width if model is not None else 0
+    if model is not None and new:
+        room = MAX_DIRECTIONS - cal.directions
+        rows = np.asarray([vectors[p] for p in new])
+        grown, z, directions = _taken_in(model, rows, cal.reach, room)
+        if len(_far(z, cal.reach)) and total <= FIT_SAMPLE:
+            return fit(memory)  # no direction left for a far example: the fit sees them all
     slots = _reservoir(memory.collection, cal, total, len(new))
     found = _reservoir_standins(memory, cal, new, labels, vectors, slots) if model else []
 
@@ -861,7 +952,10 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
         # thresholds derived from it, which the merge below makes stale
         now = _parse(data, memory.collection) or Calibration.model_validate(cal.model_dump())
         merged.append(now)
-        if z is not None and now.statistic == cal.statistic:
+        if z is not None and grown is not None and now.statistic == cal.statistic:
+            if directions:
+                now.categories.widen(width, grown.width)
+                now.statistic, now.directions = grown.to_json(), now.directions + directions
             now.categories.add([labels[p] for p in new], z)
         pool = list(now.standins)
         for slot, standin in found:

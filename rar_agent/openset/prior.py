@@ -54,7 +54,6 @@ __all__ = [
     "MemoryScale",
     "encoder_prior",
     "prior_score",
-    "same_thing",
     "similarity_at",
 ]
 
@@ -164,13 +163,6 @@ class EncoderPrior(BaseModel):
     quantiles: dict[str, list[float]]
     slopes: dict[str, list[float]] = Field(default_factory=dict)
     validated: dict[str, Any] = Field(default_factory=dict)
-    same_thing: float | None = None
-    """The similarity from which an image query counts as the same thing as a stored
-    example, in a memory that also holds class names
-    (:func:`~rar_agent.retrieval.lead_side`): the 99th percentile of the similarity between
-    two images of different categories in the reference data (``same_thing_on``)."""
-    same_thing_on: str | None = None
-    """What ``same_thing`` was measured on, per reference set."""
 
     def shots(self) -> list[int]:
         """The numbers of examples with quantiles of their own (increasing)."""
@@ -213,10 +205,3 @@ def _priors() -> dict[str, EncoderPrior]:
 def encoder_prior(fingerprint: str | None) -> EncoderPrior | None:
     """The shipped prior of the encoder with this fingerprint, ``None`` when there is none."""
     return _priors().get(fingerprint) if fingerprint else None
-
-
-def same_thing(fingerprint: str | None) -> float | None:
-    """The encoder's measured same-thing similarity (:attr:`EncoderPrior.same_thing`),
-    ``None`` for an encoder without one."""
-    prior = encoder_prior(fingerprint)
-    return None if prior is None else prior.same_thing

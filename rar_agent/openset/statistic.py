@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -109,6 +109,8 @@ class Whitening:
         overall: Precision of the shrunk overall covariance ``(rank, rank)``.
         off: The statistic's weight on the squared distance off the subspace,
             ``OFF_WEIGHT (1 / v_overall - 1 / v_within)`` (0 without directions off it).
+        apart: ``OFF_WEIGHT / v_within``: the within precision of a direction off the
+            subspace (what :meth:`extended` gives a direction it adds).
     """
 
     mean: np.ndarray
@@ -116,6 +118,7 @@ class Whitening:
     within: np.ndarray
     overall: np.ndarray
     off: float
+    apart: float = 0.0
     _own: np.ndarray = field(init=False, repr=False, compare=False)
     """``overall - within``: the query's own quadratic term (:meth:`scores`), computed once."""
 
@@ -150,12 +153,48 @@ class Whitening:
         within = _shrunk(deviations.T @ deviations / len(deviations))
         overall = _shrunk(z.T @ z / len(z))
         off_dims = x.shape[1] - len(basis)
-        off = 0.0
+        off = apart = 0.0
         if off_dims > 0:  # the mean variance off the subspace, shrunk like the rest
             v_within = within[1] + (1.0 - SHRINK) * _off_mass(full, deviations) / off_dims
             v_overall = overall[1] + (1.0 - SHRINK) * _off_mass(x - mean, z) / off_dims
             off = OFF_WEIGHT * (1.0 / v_overall - 1.0 / v_within)
-        return cls(mean, basis, within[0], overall[0], off)
+            apart = OFF_WEIGHT / v_within
+        return cls(mean, basis, within[0], overall[0], off, apart)
+
+    def extended(self, vector: np.ndarray) -> Whitening:
+        """This statistic with one direction more: where ``vector`` lies off the subspace.
+
+        A category's mean is compared with a query on the subspace only, and the distance
+        off it counts against every category alike; that is sound for examples like the
+        ones fitted on, which lie about as far off it. An example much further off (a photo
+        taught into a memory of drawings) casts on the subspace the same shadow as anything
+        else far off: its category would be as close to a photo of anything, or to noise,
+        as to another photo of the same thing. The added direction carries the isotropic
+        model off the subspace (within precision :attr:`apart`, overall ``apart + off``),
+        so a vector with no part along it scores exactly as before and nothing fitted
+        changes; a category's mean gets the coordinate of its examples along it.
+
+        Returns:
+            The extended statistic (``self`` when ``vector`` lies on the subspace).
+        """
+        x = np.asarray(vector, dtype=np.float64).reshape(-1) - self.mean
+        rest = x - self.basis.T @ (self.basis @ x)
+        length = float(np.linalg.norm(rest))
+        if self.apart <= 0.0 or length <= 1e-6 * max(float(np.linalg.norm(x)), 1e-12):
+            return self
+        rank = self.rank
+
+        def grown(precision: np.ndarray, new: float) -> np.ndarray:
+            out = np.zeros((rank + 1, rank + 1))
+            out[:rank, :rank], out[rank, rank] = precision, new
+            return out
+
+        return replace(
+            self,
+            basis=np.vstack([self.basis, rest / length]),
+            within=grown(self.within, self.apart),
+            overall=grown(self.overall, self.apart + self.off),
+        )
 
     @property
     def rank(self) -> int:
@@ -225,6 +264,7 @@ class Whitening:
             "within": encode_array(self.within),
             "overall": encode_array(self.overall),
             "off": self.off,
+            "apart": self.apart,
         }
 
     @classmethod
@@ -241,6 +281,7 @@ class Whitening:
             decode_array(data["within"], (rank, rank)),
             decode_array(data["overall"], (rank, rank)),
             float(data["off"]),
+            float(data["apart"]),
         )
 
 

@@ -25,7 +25,6 @@ from rar_agent.errors import ConfigError
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, decoding_alone, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
-from rar_agent.openset.prior import same_thing
 from rar_agent.pipeline.explain import explain_result
 from rar_agent.pipeline.ranked import Ranking
 from rar_agent.pipeline.regions import RegionOptions, arecognize_regions, recognize_regions
@@ -111,8 +110,8 @@ class Recognizer:
             ``rar-agent eval --gate auto`` recorded in the memory, ``"off"``/``None``). The
             ranking chain applies it (a given gate replaces a ready chain's own).
         kind: Memory side to query (``auto``: both; in a memory of class names and example
-            images, an example answers only a photo of the same thing,
-            :func:`~rar_agent.retrieval.lead_side`).
+            images, the side with more categories answers, and beside class names an example
+            answers only a photo of the same thing, :func:`~rar_agent.retrieval.lead_side`).
         hint: Domain hint for the ranker (defaults to the memory's description).
         reject: When an image is *unknown* (not a category in memory): ``"auto"`` (the
             default) or ``"auto:ALPHA"`` rejects at most ALPHA (default 0.05) of the images of
@@ -153,7 +152,6 @@ class Recognizer:
             k=self.k,
             fetch_k=fetch_k,
             kind=validate_kind(kind),
-            same_thing=same_thing(encoder.fingerprint),
         )
         self.ranker: RankingChain | None = as_ranking_chain(
             ranker, gate=self.gate, timeout_s=ranker_timeout

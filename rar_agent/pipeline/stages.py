@@ -21,6 +21,7 @@ from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
 from rar_agent.pipeline.verdict import is_unknown, open_set_check, verdict
 from rar_agent.ranking import NO_RANKER, RankingChain, RankingInput, RankingOutput, skip_text
 from rar_agent.results import Candidate, GateSkip, RankingInfo, RecognitionResult, RejectionInfo
+from rar_agent.retrieval import taught_leads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -254,7 +255,8 @@ class StageRunner:
         """The ranking requests to send (index, input), and the rankings of the rest.
 
         Every image with candidates goes to the chain, whose gate makes the one skip
-        decision (one candidate, rejected by the open-set check, confident retrieval).
+        decision (one candidate, rejected by the open-set check, a taught example ahead of
+        the class names, confident retrieval).
         """
         if self.ranker is None:
             reason = f"no ranker configured (--ranker {NO_RANKER}): retrieval order stands"
@@ -277,6 +279,7 @@ class StageRunner:
                         hint=self.hint,
                         allow_none=self.reject.enabled,
                         rejected=is_unknown(check) and not rank_rejected,
+                        taught=taught_leads(ranked),
                     ),
                 )
             )

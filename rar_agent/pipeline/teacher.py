@@ -56,7 +56,7 @@ from rar_agent.results import (
     TeachVia,
     UndoneEvent,
 )
-from rar_agent.retrieval import NEAR_DUPLICATE
+from rar_agent.retrieval import NEAR_DUPLICATE, base_side
 
 if TYPE_CHECKING:
     import numpy as np
@@ -337,7 +337,7 @@ class Teacher:
         shared = {
             "label": clean,
             "image_entries": self.memory.count("image"),
-            "class_names": self.memory.count("text") > 0,
+            "class_names": base_side(self.memory.category_counts()) == "text",
             "seconds": round(time.perf_counter() - start, 3),
             "action": action,
             "corrected_from": wrong,

@@ -243,7 +243,9 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
     def _prepare(self, inp: RankingInput) -> RankingOutput | list[BaseMessage]:
         """A finished output when no model call is needed, else the messages to send."""
         self._count("calls")
-        skip = skip_reason(len(inp.candidates), inp.scores, self.gate, rejected=inp.rejected)
+        skip = skip_reason(
+            len(inp.candidates), inp.scores, self.gate, rejected=inp.rejected, taught=inp.taught
+        )
         if skip is not None:
             self._count("skipped")
             return RankingOutput(

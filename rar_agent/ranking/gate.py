@@ -1,9 +1,10 @@
 """Confidence gating: skip the ranker when retrieval is already sure of its answer.
 
 Every skip decision is made here: the one-candidate rule, the rejected-image rule, the
-margin rule, which settings mean a gate and which margins are valid. ``RankingChain`` asks
-:func:`skip_reason` for each request; the pipeline hands its gate to its chain, marks the
-images its open-set check rejected (``RankingInput.rejected``) and decides nothing itself.
+taught-example rule, the margin rule, which settings mean a gate and which margins are
+valid. ``RankingChain`` asks :func:`skip_reason` for each request; the pipeline hands its
+gate to its chain, marks the images its open-set check rejected (``RankingInput.rejected``)
+and those a taught example leads (``RankingInput.taught``), and decides nothing itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rar_agent.results import GateSkip, SkipRule
 __all__ = [
     "DEFAULT_GATE_MARGIN",
     "REJECTED_SKIP_REASON",
+    "TAUGHT_SKIP_REASON",
     "parse_gate",
     "should_skip",
     "skip_in_plain_words",
@@ -30,16 +32,23 @@ DEFAULT_GATE_MARGIN = 0.05
 
 REJECTED_SKIP_REASON = "unknown: the best match is below the memory's threshold"
 """Why an image the open-set check already judged unknown is not sent to the ranker."""
+TAUGHT_SKIP_REASON = (
+    "a taught example is the same thing as the image: it leads the class names, and a model "
+    "knows those names, not what was taught"
+)
+"""Why an image whose taught example leads the class names is not sent to the ranker."""
 
 _TEXT: dict[SkipRule, str] = {  # each rule's reason as stored in RankingInfo.reason (skip_text)
     "no_candidates": "no candidates to rank",
     "one_candidate": "only one candidate; nothing to rank",
     "rejected": REJECTED_SKIP_REASON,
+    "taught": TAUGHT_SKIP_REASON,
 }
 _PLAIN: dict[SkipRule, str] = {  # each rule as a person reads it (skip_in_plain_words)
     "no_candidates": "there was no category to choose from",
     "one_candidate": "there was only one category to choose from",
     "rejected": "it is like no category in memory, so there was nothing to check",
+    "taught": "it is the same thing as a photo you taught, whose name no model knows",
 }
 # A reason stored before results carried GateSkip (old artifacts and JSON Lines): read back.
 _OLD_CONFIDENT = re.compile(r"retrieval is confident: top score leads by (\S+) > gate (\S+)")
@@ -134,11 +143,15 @@ def skip_reason(
     margin: float | None,
     *,
     rejected: bool = False,
+    taught: bool = False,
 ) -> GateSkip | None:
     """The gate's decision for one ranking request: the one ranker-skip decision.
 
     In order: no or one candidate (nothing to rank), an image the open-set check rejected
-    (no candidate fits, so ordering them buys nothing), a confident retrieval (margin).
+    (no candidate fits, so ordering them buys nothing), a taught category that leads the
+    class names (its example is the same thing as the image; a model, which knows the class
+    names and not what was taught, would put a class name over it), a confident retrieval
+    (margin).
 
     Args:
         n_candidates: How many candidates the request holds.
@@ -146,6 +159,8 @@ def skip_reason(
             test is off.
         margin: The gate margin, or None for no margin test.
         rejected: The open-set check already judged the image unknown.
+        taught: A taught category leads the class names
+            (:func:`rar_agent.retrieval.taught_leads`).
 
     Returns:
         Why the model call is skipped (:func:`skip_text` says it in text), or None when the
@@ -155,6 +170,8 @@ def skip_reason(
         return _too_few(n_candidates)
     if rejected:
         return GateSkip(rule="rejected")
+    if taught:
+        return GateSkip(rule="taught")
     return None if scores is None else should_skip(scores, margin)
 
 

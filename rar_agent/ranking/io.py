@@ -56,6 +56,11 @@ class RankingInput(BaseModel):
         description="The open-set check already judged the image unknown: the gate skips "
         "the model call.",
     )
+    taught: bool = Field(
+        default=False,
+        description="A taught category leads the class names (its example is the same thing "
+        "as the image): the gate skips the model call, which knows the class names only.",
+    )
 
     @field_validator("candidates")
     @classmethod

@@ -182,7 +182,7 @@ def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> N
     space = _Space(4)
     memory = _shots_memory(tmp_path, space, [6] * 4, "stored")
     stored = memory.extension(EXTENSION)
-    assert stored["version"] == cal_mod._VERSION == 7 and stored["method"] == "conformal"
+    assert stored["version"] == cal_mod._VERSION == 8 and stored["method"] == "conformal"
     assert stored["encoder"] == _Vectors.fingerprint and stored["scale"] is None  # 4 categories
     assert len(stored["standins"]) == 24
     label, others, draws = stored["standins"][0]
@@ -196,6 +196,11 @@ def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> N
     model = Whitening.from_json(statistic)
     assert model.basis.shape == (rank, DIM) and model.width == rank + 1
     assert statistic["off"] < 0.0 and model.off == statistic["off"]
+    # a direction added for an example taught far off the subspace (Whitening.extended) gets
+    # the within precision off it, and the overall one: their difference is the weight off
+    assert statistic["apart"] > 0.0 and model.apart == statistic["apart"]
+    # how far off the subspace the examples held out of the fit lay; no direction added yet
+    assert stored["reach"] > 0.0 and stored["directions"] == 0
     # per category: its number of examples and the sum of their coordinates (the principal
     # ones and the distance off the subspace)
     categories = stored["categories"]
@@ -239,6 +244,37 @@ def test_a_taught_example_is_a_reservoir_step_not_a_full_calibration(
     after = load(memory)
     assert not fits and after.revision == before.revision + 1 and after.seen == before.seen + 1
     assert "category 4" in {s[0] for s in after.standins}
+    memory.close()
+
+
+def test_an_example_far_off_gains_a_direction_and_a_small_memory_refits_past_the_last(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(cal_mod, "MAX_DIRECTIONS", 1)
+    space = _Space(5)
+    memory = _memory(tmp_path, "far")
+    entries = [MemoryEntry(f"category {c}", "image", f"{c}-{i}", f"{c}-{i}")
+               for c in range(5) for i in range(6)]  # fmt: skip
+    vectors = np.concatenate([space.draw(c, 6) for c in range(5)])
+    openset.update(memory, added=memory.add_entries(entries, vectors))  # one full calibration
+    fits: list[int] = []
+    real = cal_mod.fit
+    monkeypatch.setattr(cal_mod, "fit", lambda m, **kw: fits.append(1) or real(m, **kw))
+    before = load(memory)
+    assert before is not None and before.reach is not None and before.directions == 0
+    far = np.random.default_rng(7).normal(size=(2, DIM))  # unlike every category
+    far /= np.linalg.norm(far, axis=1, keepdims=True)
+    _add(memory, "far 0", far[:1])
+    once = load(memory)
+    assert not fits and once.directions == 1 and once.full_at == before.full_at
+    assert once.model().rank == before.model().rank + 1
+    _add(memory, "far 1", far[1:])  # no direction left: a memory this small refits
+    again = load(memory)
+    assert fits == [1] and again.full_at == memory.count("image") == 32
+    assert again.directions == 0  # the fit's sample held both: its subspace has them
+    # an example like the memory's own (a seventh of a category) gains no direction
+    _add(memory, "category 0", space.draw(0, 1), start=6)
+    assert load(memory).directions == 0 and fits == [1]
     memory.close()
 
 

@@ -125,7 +125,7 @@ def test_a_memory_side_with_nothing_says_what_the_memory_holds_and_what_to_do(
     was built; what it lacks is class names, and the other side is the image one."""
     from rar_agent.errors import EmptyMemoryError
     from rar_agent.ingest import add_class_names
-    from rar_agent.retrieval import resolve_kind
+    from rar_agent.retrieval import check_sides
 
     folder, memory = dataset
     with pytest.raises(EmptyMemoryError) as photos:
@@ -142,7 +142,7 @@ def test_a_memory_side_with_nothing_says_what_the_memory_holds_and_what_to_do(
     with CategoryMemory.open(tmp_path / "names", collection="names") as names:
         add_class_names(names, tiny_encoder, ["ant", "bee"])
         with pytest.raises(EmptyMemoryError) as classes:
-            resolve_kind(names, "image")
+            check_sides(names, "image")
     said = str(classes.value)
     assert said.startswith("the memory holds no example images, only 2 class names: ask its text")
     assert "add example photos (rar-agent teach LABEL PHOTO..." in said

@@ -143,6 +143,23 @@ def test_remove_label_and_ids(make_memory: MakeMemory) -> None:
     assert all(h.id != dog0 for h in mem.search(unit(1), limit=10))
 
 
+def test_category_counts_follow_every_write(make_memory: MakeMemory) -> None:
+    """Retrieval asks for them on every query of a memory with both sides (its base side):
+    they are kept, and every write that may change them is seen at once."""
+    mem = make_memory()
+    assert mem.category_counts() == {"image": 0, "text": 0}
+    mem = filled(make_memory)
+    assert mem.category_counts() == {"image": 3, "text": 3}
+    mem.add_entries([text_entry("heron")], unit(6)[None])
+    assert mem.category_counts() == {"image": 3, "text": 4}
+    mem.add_entries([image_entry("owl", 0)], unit(5)[None])
+    assert mem.category_counts() == {"image": 4, "text": 4}
+    mem.remove_label("cat")
+    assert mem.category_counts() == {"image": 3, "text": 3}
+    mem.remove_ids([image_entry("fox", 0).point_id])
+    assert mem.category_counts() == {"image": 2, "text": 3}
+
+
 def test_labels_with_quotes_commas_and_other_scripts(make_memory: MakeMemory) -> None:
     mem = make_memory()
     mem.bind_encoder("enc-A", DIM)

@@ -240,14 +240,18 @@ def test_corrupt_metadata_is_a_clear_error(tmp_path: Path) -> None:
 
 
 class _CountingShard:
-    """The engine's shard, counting the searches it is asked for."""
+    """The engine's shard, counting the searches and facets it is asked for."""
 
     def __init__(self, shard: object) -> None:
-        self.shard, self.queries = shard, 0
+        self.shard, self.queries, self.facets = shard, 0, 0
 
     def query(self, request: object) -> object:
         self.queries += 1
         return self.shard.query(request)  # type: ignore[attr-defined]
+
+    def facet(self, request: object) -> object:
+        self.facets += 1
+        return self.shard.facet(request)  # type: ignore[attr-defined]
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.shard, name)
@@ -277,4 +281,27 @@ def test_an_empty_side_is_searched_again_after_any_write(tmp_path: Path) -> None
         mem.remove_label("dog")
         assert mem.search(query, kind="text") == []
         assert [h.label for h in mem.search(query, kind="image")] == ["cat", "cat"]
+        shared.shard = counting.shard
+
+
+def test_category_counts_are_counted_once_per_write_through_any_handle(tmp_path: Path) -> None:
+    """Retrieval of a memory with both sides asks for its categories per side on every
+    query: they are counted once, and again after a write through any handle."""
+    path = tmp_path / "counts"
+    text = [MemoryEntry(name, "text", "templates:test", f"h-{name}") for name in ("a", "b")]
+    with CategoryMemory.open(path, collection="counts") as mem:
+        mem.bind_encoder("enc-counts", DIM)
+        mem.add_entries(_entries("cat", 2), _vectors(2, 0))
+        shared = mem._backend._s  # type: ignore[attr-defined]
+        shared.shard = counting = _CountingShard(shared.shard)
+        assert mem.category_counts() == {"image": 1, "text": 0}
+        asked = counting.facets
+        assert mem.category_counts() == {"image": 1, "text": 0}
+        assert counting.facets == asked  # kept: nothing asked again
+        with CategoryMemory.open(path, collection="counts") as other:  # the same shard
+            other.bind_encoder("enc-counts", DIM)
+            other.add_entries(text, _vectors(2, 1))
+        assert mem.category_counts() == {"image": 1, "text": 2}
+        mem.remove_label("a")
+        assert mem.category_counts() == {"image": 1, "text": 1}
         shared.shard = counting.shard

@@ -17,14 +17,14 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 from PIL import Image
 
+from rar_agent.encoders import same_thing_bar
 from rar_agent.ingest.vocabulary import add_builtin_vocabulary
 from rar_agent.memory import CategoryMemory
-from rar_agent.openset.prior import same_thing
 from rar_agent.openset.verdict import TEXT_ENTRIES_NOTE
 from rar_agent.pipeline import Recognizer
 from rar_agent.pipeline.teacher import Teacher
 from rar_agent.results import RecognitionResult
-from rar_agent.retrieval import NEAR_DUPLICATE
+from rar_agent.retrieval import NEAR_DUPLICATE, CategoryRetriever
 from rar_agent.tools import make_tools
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
@@ -174,19 +174,35 @@ def test_a_correction_teaches_the_next_photo(imagenet: Recognizer, views: dict[s
 def test_an_encoder_without_a_measured_bar_lets_only_a_near_copy_lead(
     imagenet: Recognizer, views: dict[str, Path]
 ) -> None:
-    assert same_thing(imagenet.encoder.fingerprint) is not None
+    assert same_thing_bar(imagenet.encoder.fingerprint) == imagenet.retriever.bar == 0.75
     _teach(imagenet, "lion", COFFEE)
-    unmeasured = imagenet.retriever.model_copy(update={"same_thing": None})
+    # the bar of an encoder without a measured one (tests/unit/test_mixed_memory_sides.py)
+    unmeasured = imagenet.retriever.model_copy(update={"same_thing": NEAR_DUPLICATE})
     assert unmeasured.invoke(str(COFFEE))[0].page_content == "lion"  # the taught photo itself
     crop = unmeasured.retrieve(views["crop"])  # 0.94 from it: below NEAR_DUPLICATE
     assert crop[0].label == "espresso" and crop[0].kind == "text" and NEAR_DUPLICATE > 0.94
 
 
-def test_the_bar_is_measured_and_a_refit_of_the_prior_keeps_it(tmp_path: Path) -> None:
+def test_a_retriever_built_by_hand_uses_the_encoder_s_bar(
+    imagenet: Recognizer, views: dict[str, Path]
+) -> None:
+    """CategoryRetriever(memory=..., encoder=...) used the 0.95 bar of an encoder without a
+    measured one, where the Recognizer passed EfficientNet-Lite0's 0.75: the same memory
+    answered a photo of the taught coffee "espresso" by hand, "lion" through the Recognizer."""
+    _teach(imagenet, "lion", COFFEE)
+    by_hand = CategoryRetriever(memory=imagenet.memory, encoder=imagenet.encoder, k=5)
+    assert by_hand.bar == 0.75
+    assert by_hand.invoke(str(views["crop"]))[0].page_content == "lion"
+    assert imagenet.recognize(views["crop"]).label == "lion"
+
+
+def test_the_bar_is_measured_and_shipped_with_the_encoders() -> None:
+    import json
+
     import numpy as np
 
+    from rar_agent.encoders.same_thing import SAME_THING_FILE
     from tools.eval_mixed_memory import reference_bar
-    from tools.fit_encoder_prior import _kept
 
     # two categories whose cross pairs have similarity 0.8 and 0.92: the 99th percentile of the
     # different-category pairs lies between, near the larger
@@ -195,28 +211,34 @@ def test_the_bar_is_measured_and_a_refit_of_the_prior_keeps_it(tmp_path: Path) -
     pairs = sorted([x[0] @ x[1], x[1] @ x[2]])
     assert pairs[0] < reference_bar(x, labels) <= pairs[1]
 
-    shipped = Path(__file__).resolve().parents[2] / "rar_agent/openset/priors"
-    kept = _kept(shipped / "efficientnet-lite0.json")
-    assert kept["same_thing"] == 0.75 and "99th percentile" in kept["same_thing_on"]
-    assert _kept(tmp_path / "none.json") == {}
+    [(fingerprint, shipped)] = json.loads(SAME_THING_FILE.read_text()).items()
+    assert shipped["encoder"] == "efficientnet-lite0" and same_thing_bar(fingerprint) == 0.75
+    assert "99th percentile" in shipped["same_thing_on"]
+    assert same_thing_bar("no-such-encoder") is None and same_thing_bar(None) is None
 
 
-def test_the_gate_keeps_a_ranker_from_putting_a_class_name_over_the_same_thing(
-    effnet: Any, tmp_path: Path, views: dict[str, Path]
+@pytest.mark.parametrize("gate", [None, "on"])
+def test_a_ranker_is_not_asked_to_put_a_class_name_over_the_same_thing(
+    effnet: Any, tmp_path: Path, views: dict[str, Path], gate: str | None
 ) -> None:
+    """A model knows ImageNet's names, not what this person taught: asked, it put espresso
+    over lion for a photo of the taught coffee (only --gate on kept lion). It is not asked
+    where a taught example is the same thing, whatever the gate; it ranks the rest."""
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
     from rar_agent.ranking import RankingChain
 
     memory = CategoryMemory.open(tmp_path / "mem", collection="imagenet")
     add_builtin_vocabulary(memory, effnet)
-    # a model that knows ImageNet's names, not what this person taught: espresso first
     model = FakeListChatModel(responses=['["espresso", "lion"]'] * 2)
     chain = RankingChain(model, structured="never")
-    with Recognizer(memory, effnet, k=5, ranker=chain, gate="on") as recognizer:
+    with Recognizer(memory, effnet, k=5, ranker=chain, gate=gate) as recognizer:
         _teach(recognizer, "lion", COFFEE)
         coffee = recognizer.recognize(views["crop"])
         assert coffee.label == "lion" and "espresso" in _labels(coffee)
-        assert coffee.ranking.skip is not None and coffee.ranking.skip.rule == "confident"
-        assert coffee.ranking.skip.lead is not None and coffee.ranking.skip.lead > 0.4
+        assert coffee.ranking.skip is not None and coffee.ranking.skip.rule == "taught"
         assert model.i == 0
+        if gate is None:  # the class names answer the cat: the model is asked to order them
+            cat = recognizer.recognize(CAT)
+            assert {c.kind for c in cat.candidates} == {"text"}
+            assert cat.ranking.status in {"ranked", "fallback"} and model.i == 1

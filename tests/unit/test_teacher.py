@@ -496,6 +496,7 @@ def test_a_first_example_speaks_of_class_names_only_in_a_memory_that_has_them(
     """Teaching the first photo of a category into a memory of photos alone (the default
     memory) said 'beside class names (as in the built-in memory), only a photo of the same
     thing', of class names that memory does not hold."""
+    from rar_agent.ingest.builders import add_class_names
     from rar_agent.memory import CategoryMemory
     from rar_agent.tools.learn import describe_added
 
@@ -505,8 +506,11 @@ def test_a_first_example_speaks_of_class_names_only_in_a_memory_that_has_them(
     assert not alone.class_names
     text = describe_added(alone)
     assert "class names" not in text and "is now answered 'bag' (more examples" in text
+    # the small memory holds a photo and a class name per label: two more names make the
+    # class names its base (they hold more categories than its photos, bag's included)
+    add_class_names(recognizer.memory, recognizer.encoder, ["heron", "egret"])
     [beside] = Teacher(recognizer.memory, recognizer.encoder, via="cli").add("bag", [photo])
-    assert beside.class_names  # the small memory holds a class name per label
+    assert beside.class_names
     assert "beside this memory's class names, only a photo of the same thing" in (
         describe_added(beside)
     )

@@ -1,0 +1,140 @@
+"""A photo taught into a memory of drawings lies far from everything it holds: after the
+teach, photos of other things and noise stay unknown, and the taught photo (and a flipped
+copy of it) is known.
+
+Real EfficientNet-Lite0 (the distances are the point: a tiny random model spreads drawings
+and photos alike), 42 drawn icons of 7 kinds, the shipped photos. Before the fix, the taught
+category was compared with queries only on the memory's principal subspace, on which every
+photo and noise cast the same shadow: all of them were "known", answered by the nearest
+drawing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageOps
+
+from rar_agent.memory import CategoryMemory
+from rar_agent.openset import load
+from rar_agent.openset.statistic import Whitening
+from rar_agent.pipeline import Recognizer
+from rar_agent.pipeline.teacher import Teacher
+from rar_agent.results import RecognitionResult
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
+CAT, COFFEE = EXAMPLES / "cat.jpg", EXAMPLES / "coffee.jpg"
+KINDS = ("disc", "square", "triangle", "cross", "ring", "bars", "diamond")
+COLOURS = ((200, 40, 40), (40, 140, 60), (40, 70, 200), (230, 160, 20), (120, 50, 160),
+           (20, 150, 160))  # fmt: skip
+
+
+def _icon(kind: str, n: int) -> Image.Image:
+    """One drawing of ``kind``: its colour, size and place vary with ``n``."""
+    image = Image.new("RGB", (128, 128), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    c, s, o = COLOURS[n % len(COLOURS)], 34 + 4 * n, 6 * (n % 3) - 6
+    x0, y0, x1, y1 = 64 - s + o, 64 - s - o, 64 + s + o, 64 + s - o
+    if kind == "disc":
+        draw.ellipse((x0, y0, x1, y1), fill=c)
+    elif kind == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=c)
+    elif kind == "triangle":
+        draw.polygon([(64 + o, y0), (x0, y1), (x1, y1)], fill=c)
+    elif kind == "cross":
+        draw.line((x0, y0, x1, y1), fill=c, width=10)
+        draw.line((x0, y1, x1, y0), fill=c, width=10)
+    elif kind == "ring":
+        draw.ellipse((x0, y0, x1, y1), outline=c, width=8)
+    elif kind == "bars":
+        for i in range(4):
+            draw.rectangle((x0 + i * s // 2, y0 + i * s // 3, x0 + i * s // 2 + s // 4, y1), fill=c)
+    else:
+        draw.polygon([(64 + o, y0), (x1, 64 - o), (64 + o, y1), (x0, 64 - o)], fill=c)
+    return image
+
+
+@pytest.fixture(scope="module")
+def effnet() -> Any:
+    from rar_agent.encoders import load_encoder
+
+    return load_encoder("efficientnet-lite0", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The drawings, a flipped and a cropped copy of the cat photo, and noise."""
+    folder = tmp_path_factory.mktemp("far")
+    out: dict[str, Path] = {}
+    for kind in KINDS:
+        for n in range(6):
+            out[f"{kind}{n}"] = folder / f"{kind}{n}.png"
+            _icon(kind, n).save(out[f"{kind}{n}"])
+    cat = Image.open(CAT).convert("RGB")
+    w, h = cat.size
+    out["flipped"] = folder / "flipped.png"
+    ImageOps.mirror(cat).save(out["flipped"])
+    out["cropped"] = folder / "cropped.png"
+    cat.crop((w // 10, h // 10, w - w // 10, h - h // 10)).save(out["cropped"])
+    noise = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    out["noise"] = folder / "noise.png"
+    Image.fromarray(noise).save(out["noise"])
+    return out
+
+
+@pytest.fixture
+def drawings(effnet: Any, photos: dict[str, Path], tmp_path: Path) -> Recognizer:
+    memory = CategoryMemory.open(tmp_path / "mem", collection="drawings")
+    recognizer = Recognizer(memory, effnet, k=3, ranker="none")
+    teacher = Teacher(memory, effnet, via="api")
+    for kind in KINDS:
+        teacher.add(kind, [photos[f"{kind}{n}"] for n in range(6)])
+    return recognizer
+
+
+def _known(result: RecognitionResult) -> bool:
+    assert result.rejection is not None and result.rejection.threshold is not None
+    return not result.unknown
+
+
+def test_a_far_photo_taught_leaves_unseen_things_unknown(
+    drawings: Recognizer, photos: dict[str, Path]
+) -> None:
+    unseen = [COFFEE, photos["noise"]]
+    before = {p: drawings.recognize(p) for p in [*unseen, CAT]}
+    assert not any(_known(r) for r in before.values())
+
+    Teacher(drawings.memory, drawings.encoder, via="api").add("cat", [CAT])
+
+    for image in unseen:
+        result = drawings.recognize(image)
+        assert not _known(result), (image.name, result.label, result.rejection)
+        # no more known than before: the cat is no catch-all for whatever is not a drawing
+        # (it was: the coffee's known-ness rose by 23, to its score for the cat)
+        assert result.rejection is not None and before[image].rejection is not None
+        was = before[image].rejection.similarity
+        assert result.rejection.similarity == pytest.approx(was, abs=1e-3)
+    for image in (CAT, photos["flipped"], photos["cropped"]):
+        result = drawings.recognize(image)
+        assert result.label == "cat" and _known(result), (image.name, result.rejection)
+
+
+def test_teaching_a_far_photo_extends_the_statistic_without_refitting_it(
+    drawings: Recognizer,
+) -> None:
+    before = load(drawings.memory)
+    assert before is not None and before.statistic is not None
+    Teacher(drawings.memory, drawings.encoder, via="api").add("cat", [CAT])
+
+    after = load(drawings.memory)
+    assert after is not None and after.statistic is not None
+    old, new = Whitening.from_json(before.statistic), Whitening.from_json(after.statistic)
+    # one direction more, every fitted one kept: the update touched the new example only
+    assert new.rank == old.rank + 1
+    assert np.allclose(new.basis[: old.rank], old.basis)
+    assert np.allclose(new.within[: old.rank, : old.rank], old.within)
+    assert after.full_at == before.full_at and after.standins == before.standins
+    assert after.categories.counts == [*before.categories.counts, 1]
