@@ -183,6 +183,12 @@ BEYOND = 1.5
 to gain a direction of its own: new examples like the memory's own lie up to about its reach
 (in a memory of 10k clustered entries, 10 of the 9000 outside the fitting sample lay beyond
 it, none beyond 1.5 times it), a photo taught into a memory of drawn icons twice as far."""
+ON_SUBSPACE = 1e-6
+"""A squared distance off the statistic's subspace below which an example lies on it: the
+rounding of the stored (float32) statistic, for vectors of unit length. Where the subspace
+spans every direction the examples take (an encoder of few dimensions), their distances off
+it and :attr:`Calibration.reach` are that rounding alone, and ``BEYOND`` times it is no
+bar: examples like the memory's own were "far", and each cost a full calibration."""
 SEARCH_LIMIT = 64
 """Hits searched for a stand-in made by :func:`update` (its category's other examples)."""
 GROUP_QUANTILE = 0.2
@@ -849,8 +855,11 @@ def _taken_in(
 
 
 def _far(z: np.ndarray, reach: float | None) -> np.ndarray:
-    """The rows of coordinates ``z`` lying ``BEYOND`` times ``reach`` off the subspace."""
-    return np.flatnonzero(z[:, -1] > BEYOND * reach) if reach is not None else np.zeros(0, int)
+    """The rows of coordinates ``z`` lying ``BEYOND`` times ``reach`` off the subspace (and
+    more than ``ON_SUBSPACE``)."""
+    if reach is None:
+        return np.zeros(0, int)
+    return np.flatnonzero(z[:, -1] > max(BEYOND * reach, ON_SUBSPACE))
 
 
 def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:

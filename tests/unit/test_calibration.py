@@ -278,6 +278,33 @@ def test_an_example_far_off_gains_a_direction_and_a_small_memory_refits_past_the
     memory.close()
 
 
+def test_an_encoder_of_few_dimensions_teaches_without_full_calibrations(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """16-d vectors, 50 examples: the statistic's subspace spans every direction, so the
+    distances off it are rounding alone, and an example like the memory's own lay "1.5 times
+    the reach" off it by chance: 4 of 20 examples taught cost a full calibration each."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 16))
+
+    def draw(c: int, n: int) -> np.ndarray:
+        x = centres[c] + 0.5 * rng.normal(size=(n, 16))
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    memory = CategoryMemory.open(tmp_path / "few", collection="few")
+    memory.bind_encoder("vectors:16", 16)
+    for c in range(5):
+        _add(memory, f"category {c}", draw(c, 10))
+    assert load(memory).model().apart == 0.0  # type: ignore[union-attr]  # nothing off it
+    fits: list[int] = []
+    real = cal_mod.fit
+    monkeypatch.setattr(cal_mod, "fit", lambda m, **kw: fits.append(1) or real(m, **kw))
+    for i in range(20):
+        _add(memory, "category 0", draw(0, 1), start=10 + i)
+    assert fits == [] and load(memory).directions == 0  # type: ignore[union-attr]
+    memory.close()
+
+
 def test_an_example_taught_while_another_writer_adds_a_direction_still_counts(
     tmp_path: Path, monkeypatch
 ) -> None:
