@@ -175,6 +175,25 @@ def test_a_word_search_finds_taught_categories_beside_class_names(tiny_cli_env: 
     assert f"1. {found[0].label}: {found[0].score:.3f} (class name)" in said
 
 
+def test_a_word_search_of_a_memory_of_photos_with_a_class_name_starts_with_the_photos(
+    tiny_cli_env: Path,
+) -> None:
+    """`memory add heron` beside photos of four categories: a word search listed heron first
+    for any words ("a red fruit": heron, apple, ...), as image queries answered heron before
+    the photos became the base side. The base side leads the turns: the photos here, as they
+    answer image queries; the class names where they are the base (the test above)."""
+    from rar_agent.pipeline import Recognizer
+
+    memory = tiny_cli_env / "mem"
+    photos = _photos(tiny_cli_env / "photos")
+    _cli("memory", "build", "--from-folder", str(photos), "--memory", str(memory))
+    _cli("memory", "add", "heron", "--memory", str(memory))
+    with Recognizer.from_settings(memory_path=str(memory), ranker="none") as recognizer:
+        found = recognizer.retriever.search_text("a red fruit", k=3)
+    assert [c.kind for c in found] == ["image", "text", "image"]
+    assert found[1].label == "heron"
+
+
 def test_fine_tuning_data_retrieves_as_recognition_does(tiny_cli_env: Path) -> None:
     """`finetune-data` over a memory of class names with a photo taught into it took the
     photos for its candidates (`auto` meant the image side if any), so the conversations
