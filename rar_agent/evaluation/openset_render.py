@@ -37,7 +37,8 @@ def open_set_rows(report: EvalReport) -> list[tuple[str, str]]:
             (
                 f"promise: at most {percent(promised.alpha)} of knowns rejected",
                 f"delivered {percent(promised.known_rejected)}"
-                + _cannot(promised.calibrated, report),
+                + _cannot(promised.calibrated, report)
+                + (f" ({PRIOR_PROMISE})" if _by_prior(report) else ""),
             )
         )
     for p in o.promise:
@@ -61,6 +62,18 @@ def _alpha(report: EvalReport) -> float | None:
 
 def _same(a: float, b: float | None) -> bool:
     return b is not None and abs(a - b) < 1e-9
+
+
+PRIOR_PROMISE = (
+    "threshold from the encoder prior, not from this memory: kept on average over memories, "
+    "one memory can miss it by far"
+)
+"""What a promise kept by the encoder prior means (docs/eval/open-set, the encoder prior)."""
+
+
+def _by_prior(report: EvalReport) -> bool:
+    """Whether the encoder prior, not the memory's own examples, set the run's thresholds."""
+    return (report.calibration or {}).get("method") == "prior"
 
 
 def _cannot(calibrated: float | None, report: EvalReport) -> str:
@@ -168,7 +181,13 @@ def open_set_markdown(report: EvalReport, plots: dict[str, Path]) -> list[str]:
         + ".",
         "",
     ]
-    if report.calibration:
+    if _by_prior(report):
+        lines += [
+            f"Calibration: set by {(report.calibration or {}).get('source')}. Its promise is "
+            "kept on average over memories: one memory can miss it by far.",
+            "",
+        ]
+    elif report.calibration:
         cal = report.calibration
         lines += [
             f"Calibration: {cal.get('method')}, {cal.get('standins')} leave-one-out stand-in "

@@ -208,3 +208,26 @@ def test_cli_eval_refuses_a_split_it_cannot_evaluate_before_the_encoder_loads(
                                     "--out", str(tmp_path / "out"), "--no-progress"])  # fmt: skip
     assert done.exit_code == 2, done.output
     assert message in done.output
+
+
+@pytest.mark.slow
+def test_a_promise_kept_by_the_encoder_prior_says_so(tmp_path: Path) -> None:
+    # `eval --dataset fashion-mnist --shots 1 --open-set 0.3` printed "promise: at most 5.0%
+    # of knowns rejected | delivered 17.1%" with nothing saying that the threshold was the
+    # encoder prior's, whose promise is a mean over memories (the report.md said "Calibration:
+    # prior, 0 leave-one-out stand-in queries over 0 categories; smallest ALPHA it supports
+    # None")
+    from rar_agent import datasets
+    from rar_agent.encoders import load_encoder
+
+    if not datasets.fashion_mnist_available():
+        pytest.skip("Debian dataset-fashion-mnist is not installed")
+    config = EvalConfig(dataset="fashion-mnist", shots=1, limit=20, open_set=0.3, k=3, max_k=3)
+    report = run_evaluation(config, encoder=load_encoder("efficientnet-lite0", device="cpu"))
+    assert report.calibration and report.calibration["method"] == "prior"
+    row = dict(open_set_rows(report))["promise: at most 5.0% of knowns rejected"]
+    assert row.startswith("delivered ") and "threshold from the encoder prior" in row
+    assert "kept on average over memories" in row
+    md = render_markdown(report)
+    assert "Calibration: set by the encoder prior of efficientnet-lite0" in md
+    assert "smallest ALPHA it supports None" not in md
