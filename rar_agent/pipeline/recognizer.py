@@ -216,7 +216,9 @@ class Recognizer:
             read_only: Open the configured memory read-only.
             announce: Receives the one-line note when the default encoder falls back to the
                 offline one (default: a logged warning).
-            **overrides: Settings fields to override (``ranker="openai:gpt-4o-mini"``, ``k=3``...).
+            **overrides: Settings fields to override (``ranker="openai:gpt-4o-mini"``, ``k=3``...);
+                ``ranker`` also takes a chat model or a
+                :class:`~rar_agent.ranking.RankingChain`, as the constructor does.
 
         Raises:
             ConfigError: An override names no setting (a misspelt name is not ignored) or has
@@ -227,10 +229,15 @@ class Recognizer:
         from rar_agent.ingest import memory_encoder
         from rar_agent.memory import check_collection_name, configured_memory
 
+        # a chat model or chain object is no setting: it ranks as given
+        given = None
+        if overrides.get("ranker") is not None and not isinstance(overrides["ranker"], str):
+            given = overrides.pop("ranker")
         settings = _with_overrides(settings or Settings(), overrides)
         check_collection_name(settings.collection)  # before a slow encoder load
         # first: a ranker that cannot load fails fast
-        ranker = as_ranking_chain(settings.ranker, timeout_s=settings.ranker_timeout)
+        spec = settings.ranker if given is None else given
+        ranker = as_ranking_chain(spec, timeout_s=settings.ranker_timeout)
         memory = None if labels is not None else configured_memory(settings, read_only=read_only)
         try:
             encoder = memory_encoder(settings, memory, announce=announce)

@@ -223,6 +223,25 @@ def test_from_settings_refuses_overrides_it_would_ignore(
     assert not (tmp_path / "home").exists()  # refused before anything was opened
 
 
+def test_from_settings_takes_a_chat_model_as_its_ranker(
+    tiny_openclip_spec: str, tmp_path: Path
+) -> None:
+    """``Recognizer.from_settings(ranker=model)``, a LangChain chat model object, was refused
+    with "invalid setting ranker=FakeListChatModel(...): Input should be a valid string":
+    the configured memory could be ranked by a model string only."""
+    from rar_agent.config import Settings
+
+    settings = Settings(
+        home=tmp_path / "home", clip_model=tiny_openclip_spec, clip_pretrained=None, k=3
+    )
+    model = FakeListChatModel(responses=['["fox", "dog", "cat"]'])
+    with Recognizer.from_settings(settings, labels=["cat", "dog", "fox"], ranker=model) as rec:
+        assert isinstance(rec.ranker, RankingChain)
+        result = rec.recognize(Image.new("RGB", (32, 32), (120, 50, 200)))
+    assert result.ranking.status == "ranked" and result.label == "fox"
+    assert [c.label for c in result.candidates] == ["fox", "dog", "cat"]
+
+
 def test_the_constructor_refuses_an_unknown_kind(few_shot, tiny_encoder) -> None:  # noqa: ANN001
     """``Recognizer(kind="video")`` raised pydantic's ValidationError, which no ``except
     RarError`` catches; it is the ConfigError the settings give."""
