@@ -178,11 +178,13 @@ far off its subspace (:data:`BEYOND`, :meth:`Whitening.extended`); past them a m
 most ``FIT_SAMPLE`` entries is calibrated afresh (the fit then sees every example), a larger
 one compares such an example by its shadow on the subspace until its next full
 calibration."""
-BEYOND = 1.5
+BEYOND = 1.0
 """How many times :attr:`Calibration.reach` an example must lie off the statistic's subspace
 to gain a direction of its own: new examples like the memory's own lie up to about its reach
 (in a memory of 10k clustered entries, 10 of the 9000 outside the fitting sample lay beyond
-it, none beyond 1.5 times it), a photo taught into a memory of drawn icons twice as far."""
+it, none beyond 1.5 times it), a photo taught into a memory of drawn icons twice as far. Any
+example beyond it is one: a bag taught beside 7 other garments lay 1.2 times as far, and
+compared by its shadow it made drawings and photos "known" (at 1.5 until session 15)."""
 ON_SUBSPACE = 1e-6
 """A squared distance off the statistic's subspace below which an example lies on it: the
 rounding of the stored (float32) statistic, for vectors of unit length. Where the subspace
