@@ -87,7 +87,35 @@ def teach_images(
             shadowed = _shadowed_builtin(enc)
             if shadowed:
                 typer.echo(_shadowing(mem, label, shadowed))
+        elif was_empty:
+            _note_new_memory(settings, mem)
         remember_memory(settings, mem, command)
+
+
+def _note_new_memory(settings: "Settings", memory: "CategoryMemory") -> None:
+    """Say on stderr that the memory named held nothing before this teaching (a new one,
+    made now), and the closest other memory under ``RAR_HOME`` when its name is a near miss:
+    a mistyped ``--collection garmnets`` made a memory of one category without a word."""
+    import difflib
+
+    from rar_agent.cli.options import print_note
+    from rar_agent.memory.location import default_memory_dir
+
+    info = memory.info
+    note = (
+        f"memory {info.collection!r} held nothing: it holds only what this taught ({info.location})"
+    )
+    folder = default_memory_dir(info.collection, settings.home).parent
+    others = [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    close = difflib.get_close_matches(
+        info.collection, [n for n in others if n != info.collection], n=1
+    )
+    if close and not settings.qdrant_url:
+        note += (
+            f"; did you mean {close[0]!r}? `rar-agent memory undo --collection "
+            f"{info.collection}` takes this teaching back"
+        )
+    print_note(note)
 
 
 def _shadowed_builtin(encoder: "ImageTextEncoder") -> str | None:

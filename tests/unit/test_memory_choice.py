@@ -192,6 +192,29 @@ def test_teach_says_when_a_new_default_memory_takes_over_from_the_built_in_one(
     assert named.exit_code == 0 and "from now on" not in named.output
 
 
+def test_teach_into_a_mistyped_memory_name_says_it_made_a_new_one(
+    home: Path, tmp_path: Path
+) -> None:
+    """`teach cup b.png --collection garmnets` (for garments) made a memory of one category
+    and said only "Stored b.png as the first example of the new category 'cup'"."""
+    image = str(tmp_path / "a.png")
+    first = runner.invoke(app, ["teach", "mug", image, "--collection", "garments"])
+    assert first.exit_code == 0, first.output
+    assert "memory 'garments' held nothing: it holds only what this taught" in first.stderr
+    assert "did you mean" not in first.stderr
+    Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(tmp_path / "b.png")
+    typo = runner.invoke(app, ["teach", "cup", str(tmp_path / "b.png"), "--collection", "garmnets"])
+    assert typo.exit_code == 0, typo.output
+    assert "memory 'garmnets' held nothing" in typo.stderr
+    assert "did you mean 'garments'?" in typo.stderr
+    assert "`rar-agent memory undo --collection garmnets` takes this teaching back" in typo.stderr
+    Image.fromarray(np.full((24, 24, 3), 30, np.uint8)).save(tmp_path / "c.png")
+    again = runner.invoke(
+        app, ["teach", "jar", str(tmp_path / "c.png"), "--collection", "garments"]
+    )
+    assert again.exit_code == 0 and "held nothing" not in again.stderr
+
+
 def test_teach_after_recognize_labels_leaves_that_memory_of_names_alone(
     home: Path, tmp_path: Path
 ) -> None:
