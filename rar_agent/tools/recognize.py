@@ -212,13 +212,13 @@ def _regions_output(
 
 def _matching(query: str, candidates: Sequence[Candidate]) -> str:
     """The categories a word search found, as the model reads them. Where class names and
-    taught photos both answered, they take turns, each scored on its own scale
-    (:func:`rar_agent.retrieval.take_turns`): the lines say which is which."""
+    example photos (taught, or a memory's own) both answered, they take turns, each scored
+    on its own scale (:func:`rar_agent.retrieval.take_turns`): the lines say which is which."""
     both = {c.kind for c in candidates} >= {"image", "text"}
-    note = "; class names and taught photos take turns, each on its own scale" if both else ""
+    note = "; class names and example photos take turns, each on its own scale" if both else ""
     lines = [f"Categories matching {query!r} (label: similarity{note}):"]
     for i, c in enumerate(candidates, 1):
-        side = f" ({'taught photos' if c.kind == 'image' else 'class name'})" if both else ""
+        side = f" ({'example photos' if c.kind == 'image' else 'class name'})" if both else ""
         lines.append(f"{i}. {c.label}: {c.score:.3f}{side}")
     return "\n".join(lines)
 
