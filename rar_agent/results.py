@@ -28,6 +28,7 @@ __all__ = [
     "TeachingEvent",
     "TeachingHistory",
     "TeachingUndone",
+    "UndoneEvent",
     "counted",
     "RankingInfo",
     "RankingStatus",
@@ -383,10 +384,23 @@ class TeachingEvent(BaseModel):
     action: TeachAction | None = Field(default=None, description="Taught: add/confirm/correct.")
     corrected_from: str | None = Field(default=None, description="The wrong answer corrected.")
     source: str | None = Field(default=None, description="The example image's name.")
+    image: str | None = Field(
+        default=None, description="Its id in the conversation it was uploaded to (img-...)."
+    )
+
+
+class UndoneEvent(TeachingEvent):
+    """A teaching event that was undone: what it was, and when, from where and by whom it
+    was undone."""
+
+    undone_at: str = Field(description="When it was undone (ISO 8601, UTC).")
+    undone_via: str = Field(description="From where: cli, chat, tool, mcp or api.")
+    undone_by: str | None = Field(default=None, description="Who undid it, when known.")
 
 
 class TeachingHistory(BaseModel):
-    """The artifact of ``teaching_history``: taught examples and relabels, newest last."""
+    """The artifact of ``teaching_history``: taught examples and relabels, newest last, and
+    the teaching events undone since."""
 
     events: list[TeachingEvent]
     total: int = Field(description="Events recorded in the memory (listed or not), by ``by``.")
@@ -394,6 +408,13 @@ class TeachingHistory(BaseModel):
         default=None, description="Only this teacher's events are listed and counted in total."
     )
     others: int = Field(default=0, description="With ``by``: the events of everyone else.")
+    undone: list[UndoneEvent] = Field(
+        default_factory=list,
+        description="The last teaching events undone (of ``by``), by when they were undone.",
+    )
+    undone_total: int = Field(
+        default=0, description="Teaching events undone in all (of ``by``), listed or not."
+    )
 
 
 class TeachingUndone(BaseModel):

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Sequence
-from pathlib import Path, PurePath
+from pathlib import Path, PurePath, PurePosixPath
+from urllib.parse import urlsplit
 
 from rar_agent.errors import ConfigError, UnsafeInputError
 
 __all__ = [
     "MAX_PATH_CHARS",
+    "bare_file_name",
     "describe_roots",
     "fetch_public_url",
     "normalize_roots",
@@ -208,6 +210,17 @@ def fetch_public_url(url: str, *, max_bytes: int | None = None, timeout_s: float
     return fetch_url(
         url, allow_private=False, max_bytes=max_bytes or MAX_DOWNLOAD_BYTES, timeout_s=timeout_s
     )
+
+
+def bare_file_name(name: str | None) -> str | None:
+    """The file name alone of a name a client gave an image (an upload's ``IMG_2041.jpg``,
+    a URL's last path part): never a folder, of the client's machine or the server's, nor a
+    URL's host or query; ``None`` when there is none."""
+    if not name:
+        return None
+    path = urlsplit(name).path if "://" in name else name
+    bare = PurePosixPath(path.replace("\\", "/")).name.strip()
+    return bare or None
 
 
 def public_source(source: str, roots: Sequence[Path] = ()) -> str:

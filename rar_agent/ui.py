@@ -79,12 +79,17 @@ def _md(text: str) -> str:
     return text.translate(_MD_SPECIAL)
 
 
+_CATEGORY_SIMILARITY = "similarity to the category"
+"""The table's score column: a candidate's score (the photo against its category's nearby
+examples together), unlike the closest single example's similarity shown under "Why"."""
+
+
 def candidates_table(result: dict[str, Any]) -> str:
     """A Markdown table of a recognition result's ranked candidates, and below it how they
     were ordered (and why the image is unknown), from the result's one explanation."""
     from rar_agent.pipeline import explanation_of
 
-    rows = ["| # | category | similarity |", "|---:|---|---:|"]
+    rows = [f"| # | category | {_CATEGORY_SIMILARITY} |", "|---:|---|---:|"]
     for i, cand in enumerate(result.get("candidates") or [], 1):
         label = _md(str(cand.get("label", "")))
         if i == 1:
@@ -229,14 +234,16 @@ EVIDENCE_CANDIDATES = 3
 
 def _evidence(item: dict[str, Any], query: str | None) -> str:
     """The photo beside the closest stored example of each top candidate (a one-row table of
-    thumbnails), when the memory keeps thumbnails."""
+    thumbnails), when the memory keeps thumbnails; each named with that one example's
+    similarity, said to be the example's (the table above scores the whole category)."""
     shown = []
     for cand in (item.get("candidates") or [])[:EVIDENCE_CANDIDATES]:
         for example in cand.get("examples") or []:
             thumb = str(example.get("thumbnail") or "")
             if thumb.startswith("data:image/") and not set(thumb) & set("\n ()"):
                 score = float(example.get("score", 0.0))
-                shown.append((f"{_md(str(cand.get('label', '')))} {score:.3f}", thumb))
+                label = _md(str(cand.get("label", "")))
+                shown.append((f"{label}: example {score:.3f}", thumb))
                 break
     if not shown:
         return ""
@@ -245,7 +252,12 @@ def _evidence(item: dict[str, Any], query: str | None) -> str:
     head = "| " + " | ".join(name for name, _ in cells) + " |"
     rule = "|" + ":-:|" * len(cells)
     row = "| " + " | ".join(f"![{name}]({uri})" for name, uri in cells) + " |"
-    return "<sub>Why: the closest stored examples</sub>\n\n" + "\n".join([head, rule, row])
+    why = (
+        "<sub>Why: the closest stored example of each category, with its own similarity to "
+        f"this photo (the table's {_CATEGORY_SIMILARITY} takes its nearby examples together)"
+        "</sub>"
+    )
+    return why + "\n\n" + "\n".join([head, rule, row])
 
 
 def _refused_duplicate(message: ToolMessage) -> tuple[str, str] | None:

@@ -33,7 +33,8 @@ ScopeOpt = Annotated[
     list[str],
     typer.Option(
         "--scope",
-        help="recognize (the read tools), learn (the read tools and teaching), admin (the "
+        help="recognize (the read tools), learn (the read tools and teaching; memory undo "
+        "--server takes back the token's own), admin (the "
         "read tools, snapshots through a server and taking back one person's teaching, "
         "memory undo --by NAME --server; not teaching itself); repeat for several.",
     ),

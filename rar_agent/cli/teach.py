@@ -177,8 +177,9 @@ def _teacher(settings: "Settings") -> "Teacher":
             f"{e}. If a rar-agent server (mcp, chat) holds it, stop the server first (Ctrl+C "
             "or SIGTERM closes the memory cleanly); while an mcp --http server with tokens "
             "runs, ask it with a token: rar-agent memory history --server "
-            "http://HOST:PORT/mcp --token TOKEN lists what was taught, and with an admin "
-            "token memory undo N --by NAME --server ... takes back one person's teaching"
+            "http://HOST:PORT/mcp --token TOKEN lists what was taught, memory undo N --server "
+            "... takes back the token's own teaching, and with an admin token and --by NAME "
+            "one person's"
         ) from None
     return Teacher(memory, None, via="cli", by=_user())
 
@@ -228,7 +229,8 @@ def memory_undo(
         typer.Option(
             "--by",
             help="Undo NAME's last N events only (a token's name, a chat login), e.g. after "
-            "revoking its token; refused where someone else changed one of them since.",
+            "revoking its token; refused where someone else changed one of them since. "
+            "With --server it needs a token with the admin scope.",
         ),
     ] = None,
     server: Annotated[
@@ -236,8 +238,9 @@ def memory_undo(
         typer.Option(
             "--server",
             help="Ask the rar-agent MCP server at this URL (http://HOST:PORT/mcp) that holds "
-            "the memory, while it runs (mcp --http with --allow-learning and tokens); needs "
-            "--by and a token with the admin scope (--token).",
+            "the memory, while it runs (mcp --http with --allow-learning and tokens): a token "
+            "with the learn scope (--token) undoes its own teaching (N at most 50), an admin "
+            "token NAME's (--by NAME).",
         ),
     ] = None,
     token: TokenOpt = None,
@@ -245,8 +248,9 @@ def memory_undo(
 ) -> None:
     """Undo the last N teaching events: taught examples removed, relabels moved back.
 
-    While a rar-agent server holds the memory, --server URL --token TOKEN (an admin token)
-    takes back one person's teaching (--by NAME) through it.
+    While a rar-agent server holds the memory, --server URL --token TOKEN asks it: the
+    token's own teaching is taken back (as its undo_teaching tool does), or with --by NAME
+    and an admin token, one person's.
     """
     from rar_agent.tools.learn import describe_undone
 
@@ -255,7 +259,7 @@ def memory_undo(
         return
 
     def undo(teacher: "Teacher") -> "TeachingUndone":
-        return teacher.acting(by=by).undo(n, own=True) if by else teacher.undo(n)
+        return teacher.undo(n, of=by)  # the CLI user undoes (recorded), NAME's events only
 
     _answer(settings, undo, describe_undone, as_json)
 
@@ -263,21 +267,33 @@ def memory_undo(
 def _undo_through_server(
     url: str, token: str | None, by: str | None, n: int, as_json: bool
 ) -> None:
-    """``memory undo N --by NAME --server URL``: the server's ``undo_teaching_of`` tool."""
-    from rar_agent.errors import ConfigError
-
-    if not by:
-        raise ConfigError(
-            "with --server, give --by NAME: a server takes back one person's teaching (a "
-            "token's name or a chat login, as memory history --by or teaching_history shows)"
-        )
-    _ask_server(url, token, "undo_teaching_of", {"by": by, "n": n}, as_json, scope="admin")
+    """``memory undo N --server URL``: the token's own last events, through the server's
+    ``undo_teaching`` (the tool an MCP client calls, so one rule decides whose events go);
+    with ``--by NAME``, NAME's through ``undo_teaching_of`` (admin only)."""
+    if by:
+        own = "; a token with the learn scope takes back its own teaching: leave out --by"
+        args: dict[str, Any] = {"by": by, "n": n}
+        _ask_server(url, token, "undo_teaching_of", args, as_json, scope="admin", else_=own)
+    else:
+        theirs = "; an admin token takes back one person's teaching with --by NAME"
+        _ask_server(url, token, "undo_teaching", {"n": n}, as_json, scope="learn", else_=theirs)
 
 
 def _ask_server(
-    url: str, token: str | None, tool: str, args: dict[str, Any], as_json: bool, *, scope: str
+    url: str,
+    token: str | None,
+    tool: str,
+    args: dict[str, Any],
+    as_json: bool,
+    *,
+    scope: str,
+    else_: str = "",
 ) -> None:
     """Print the answer of the server's ``tool`` as JSON or as its text.
+
+    Args:
+        scope: The token scope ``tool`` needs.
+        else_: Added to a refusal for the token's lack of ``scope``: what it may do instead.
 
     Raises:
         ConfigError: The server refused the call or answered a tool error.
@@ -287,7 +303,9 @@ def _ask_server(
     asking = f"the {tool} call"
     result = call_server_tool(url, token, tool, args, asking=asking, scope=scope)
     if result.isError:
-        raise ConfigError(f"the server refused {asking}: {text_of(result)}")
+        said = text_of(result)
+        hint = else_ if f"needs the scope {scope!r}" in said else ""
+        raise ConfigError(f"the server refused {asking}: {said}{hint}")
     if as_json:
         typer.echo(json.dumps(result.structuredContent, ensure_ascii=False))
     else:

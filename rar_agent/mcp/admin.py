@@ -153,7 +153,7 @@ class UndoTeachingOfTool(TeachingTool):
         self, by: str, n: int = 1, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
         def undo(teacher: Any) -> TeachingUndone:
-            undone = teacher.acting(by=by).undo(n, own=True)
+            undone = teacher.undo(n, of=by)  # the caller undoes (recorded), NAME's events only
             caller = serving_teacher()
             logger.warning(  # an operator's act on other people's teaching: kept in the log
                 "%s undid %s of %r: %s",

@@ -564,7 +564,9 @@ class Calibration(BaseModel):
         from rar_agent.config import DEFAULT_ALPHA
 
         alpha = DEFAULT_ALPHA if alpha is None else alpha
-        per_shot = {m: self.threshold(alpha, m) for m in (1, 2, 5, 10)}
+        # what a query of a category of m examples is judged at (fewer shots where the
+        # stand-ins support no more, as judge_vector does)
+        per_shot = {m: self.threshold(alpha, self._supported(alpha, m)) for m in (1, 2, 5, 10)}
         model = self.model()
         prior = {m: self.prior_threshold(alpha, m) for m in (1, 2, 3)}
         method = self.method

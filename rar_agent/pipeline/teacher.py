@@ -9,7 +9,9 @@ the rules below hold wherever an example comes from:
   when known, ``action`` add/confirm/correct, plus ``corrected_from`` for a correction). A
   relabel appends ``{from, to, at, via, by}`` to the payload's ``relabels``. The history
   (:meth:`Teacher.history`) is read from these payloads; :meth:`Teacher.undo` reverses its
-  last events.
+  last events and records what it reversed, when and by whom in the memory record (the
+  :data:`UNDONE_EXTENSION`: an undone example leaves no payload), so the history lists
+  those too.
 - **No silent poisoning.** An image whose content (SHA-256 of its bytes) is already stored
   under another label is refused (:class:`~rar_agent.errors.DuplicateExampleError`) with a
   message naming that label, the entry id and how to move it (:meth:`Teacher.relabel`). An
@@ -36,7 +38,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import ValidationError
 
 from rar_agent.errors import ConfigError, DuplicateExampleError, ImageError
 from rar_agent.images import THUMBNAIL_MAX_BYTES, THUMBNAIL_SIDE, make_thumbnail
@@ -50,6 +54,7 @@ from rar_agent.results import (
     TeachingHistory,
     TeachingUndone,
     TeachVia,
+    UndoneEvent,
 )
 from rar_agent.retrieval import NEAR_DUPLICATE, base_side
 
@@ -65,6 +70,8 @@ __all__ = [
     "NEAR_DUPLICATE",
     "THUMBNAIL_MAX_BYTES",
     "THUMBNAIL_SIDE",
+    "UNDONE_EXTENSION",
+    "UNDONE_KEPT",
     "VIA",
     "ExampleImage",
     "ImageLike",
@@ -79,6 +86,12 @@ logger = logging.getLogger(__name__)
 
 VIA: tuple[TeachVia, ...] = ("cli", "chat", "tool", "mcp", "api")
 """Where teaching can come from (``taught.via``)."""
+UNDONE_EXTENSION = "undone_teaching"
+"""The memory record's extension holding what undo reversed: ``events`` (the last
+:data:`UNDONE_KEPT`, each a :class:`~rar_agent.results.UndoneEvent`), ``total`` (undone in
+all) and ``by`` (undone per teacher of the event)."""
+UNDONE_KEPT = 50
+"""Undone events kept in the record (it is rewritten with every change: a bounded list)."""
 _DUPLICATE_SEARCH = 16
 """Nearest examples checked for the same content or a near-duplicate (an identical image
 embeds identically, so its entry is the first hit)."""
@@ -109,12 +122,15 @@ class ExampleImage:
     """An image to teach: what to call it and its bytes (or a file to read them from).
 
     Attributes:
-        name: Stored as the entry's ``source`` (an image id, a file name, ``<upload>``).
+        name: Stored as the entry's ``source`` (a file name, a path, ``<upload>``).
         data: The image bytes, or a local file path (already checked by the caller).
+        image_id: The conversation's id of the image (``img-...``), when it was uploaded to
+            one: recorded as ``taught.image``.
     """
 
     name: str
     data: bytes | Path
+    image_id: str | None = None
 
     @classmethod
     def of(
@@ -143,6 +159,7 @@ class _Prepared:
     name: str
     digest: str
     image: Image.Image
+    image_id: str | None = None
 
 
 # ---------------------------------------------------------------------- calibration
@@ -344,7 +361,7 @@ class Teacher:
         if wrong is not None:
             meta["corrected_from"] = wrong
         return [
-            MemoryEntry(label, "image", p.name, p.digest, {"taught": {**meta, "at": _now()}})
+            MemoryEntry(label, "image", p.name, p.digest, {"taught": _taught(meta, p.image_id)})
             for p in prepared
         ]
 
@@ -541,40 +558,49 @@ class Teacher:
     # ------------------------------------------------------------------ history, undo
 
     def history(self, limit: int | None = None, *, by: str | None = None) -> TeachingHistory:
-        """What the memory was taught (examples added, relabels), oldest first.
+        """What the memory was taught (examples added, relabels), oldest first, and the
+        teaching events undone since (by when they were undone).
 
         Args:
-            limit: Keep only the last ``limit`` events.
+            limit: Keep only the last ``limit`` events (and undone events).
             by: Only the events of this teacher (a token's name, a login, a CLI ``--by``).
         """
         everyone = _events(self.memory)
         events = [e for e in everyone if by is None or e.by == by]
-        shown = events if limit is None else events[-limit:] if limit > 0 else []
-        others = len(everyone) - len(events)
-        return TeachingHistory(events=shown, total=len(events), by=by, others=others)
+        undone, undone_total = _undone(self.memory, by)
+        return TeachingHistory(
+            events=_last(events, limit),
+            total=len(events),
+            by=by,
+            others=len(everyone) - len(events),
+            undone=_last(undone, limit),
+            undone_total=undone_total,
+        )
 
-    def undo(self, n: int = 1, *, own: bool = False) -> TeachingUndone:
+    def undo(self, n: int = 1, *, own: bool = False, of: str | None = None) -> TeachingUndone:
         """Reverse the last ``n`` teaching events, newest first.
 
-        A taught example is removed; a relabel is moved back. The calibration follows.
+        A taught example is removed; a relabel is moved back. The calibration follows, and
+        the memory records what was undone, when and by this teacher (the history lists it).
 
         Args:
             n: How many events.
             own: Only this teacher's own events (``by``), as on a memory many people
                 teach: one person's undo never takes back another's newer teaching.
+            of: Only the events of this teacher (an operator taking back one person's
+                teaching), under the same rule as ``own``.
 
         Raises:
-            ConfigError: ``n`` is not a positive integer, or (``own``) someone else changed
-                one of the examples since: undoing it would drop their change.
+            ConfigError: ``n`` is not a positive integer, or (``own``, ``of``) someone else
+                changed one of the examples since: undoing it would drop their change.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"undo takes a positive number of events, not {n!r}")
         with _WRITES:
-            return self._undo(n, own=own)
+            return self._undo(n, of if of is not None else self.by if own else None)
 
-    def _undo(self, n: int, *, own: bool) -> TeachingUndone:
+    def _undo(self, n: int, by: str | None) -> TeachingUndone:
         events = _events(self.memory)
-        by = self.by if own else None
         if by is not None:
             mine = [e for e in events if e.by == by][-n:]
             _check_unchanged_since(mine, events, by)
@@ -589,7 +615,34 @@ class Teacher:
             hit = self._entry(current)
             relabels = list(hit.payload.get("relabels", []))[:-1]
             renamed[event.id] = self._move(hit, event.previous_label or hit.label, relabels)
+        if events:
+            self._record_undone(events)
         return TeachingUndone(undone=events, image_entries=self.memory.count("image"), by=by)
+
+    def _record_undone(self, events: Sequence[TeachingEvent]) -> None:
+        """Keep ``events`` (just undone, newest first) in the memory record, oldest first."""
+        at = _now()
+        new = [
+            UndoneEvent(
+                **e.model_dump(), undone_at=at, undone_via=self.via, undone_by=self.by
+            ).model_dump(mode="json", exclude_none=True)
+            for e in reversed(events)
+        ]
+
+        def record(kept: dict[str, Any] | None) -> dict[str, Any]:
+            kept = kept or {}
+            per = dict(kept.get("by") or {})
+            for e in events:
+                if e.by is not None:
+                    per[e.by] = int(per.get(e.by, 0)) + 1
+            total = int(kept.get("total") or 0) + len(events)
+            return {
+                "total": total,
+                "by": per,
+                "events": [*kept.get("events", []), *new][-UNDONE_KEPT:],
+            }
+
+        self.memory.update_extension(UNDONE_EXTENSION, record)
 
 
 def _check_unchanged_since(
@@ -654,11 +707,18 @@ def _prepare(example: ExampleImage) -> _Prepared:
 
     if isinstance(example.data, Path):
         loaded = read_image_file(example.data, name=example.name)
-        return _Prepared(example.name, loaded.sha256, loaded.image)
+        return _Prepared(example.name, loaded.sha256, loaded.image, example.image_id)
     if not isinstance(example.data, bytes) or not example.data:
         raise ImageError(f"{example.name}: no image bytes")
     image = decode_image_bytes(example.data, what=example.name)
-    return _Prepared(example.name, hashlib.sha256(example.data).hexdigest(), image)
+    digest = hashlib.sha256(example.data).hexdigest()
+    return _Prepared(example.name, digest, image, example.image_id)
+
+
+def _taught(meta: dict[str, Any], image_id: str | None) -> dict[str, Any]:
+    """An example's ``taught`` record: ``meta`` (via, by, action...), when, and the
+    conversation's id of the image when it was uploaded to one."""
+    return {**meta, "at": _now(), **({"image": image_id} if image_id else {})}
 
 
 def _duplicate_error(name: str, label: str, hit: Hit) -> DuplicateExampleError:
@@ -687,6 +747,27 @@ def _events(memory: CategoryMemory) -> list[TeachingEvent]:
     return events
 
 
+def _undone(memory: CategoryMemory, by: str | None) -> tuple[list[UndoneEvent], int]:
+    """The undone events the memory record keeps (of ``by``), oldest first, and how many
+    were undone in all (of ``by``)."""
+    kept = memory.extension(UNDONE_EXTENSION, refresh=True) or {}
+    events = []
+    for raw in kept.get("events") or []:
+        with contextlib.suppress(ValidationError):  # a record this version cannot read
+            events.append(UndoneEvent.model_validate(raw))
+    if by is None:
+        return events, int(kept.get("total") or len(events))
+    return [e for e in events if e.by == by], int((kept.get("by") or {}).get(by, 0))
+
+
+_E = TypeVar("_E")
+
+
+def _last(events: list[_E], limit: int | None) -> list[_E]:
+    """The last ``limit`` of ``events`` (all of them for ``None``)."""
+    return events if limit is None else events[-limit:] if limit > 0 else []
+
+
 def _entry_events(pid: str, payload: dict[str, Any]) -> list[TeachingEvent]:
     out: list[TeachingEvent] = []
     relabels = [r for r in payload.get("relabels") or [] if isinstance(r, dict)]
@@ -704,6 +785,7 @@ def _entry_events(pid: str, payload: dict[str, Any]) -> list[TeachingEvent]:
                 action=taught.get("action") if taught.get("action") in _ACTIONS else None,
                 corrected_from=taught.get("corrected_from"),
                 source=payload.get("source"),
+                image=taught.get("image"),
             )
         )
     for record in relabels:

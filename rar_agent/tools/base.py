@@ -31,6 +31,7 @@ from rar_agent.images import (
 from rar_agent.openset.groups import Shown
 from rar_agent.registry import ImageRegistry, ImageScope, is_latest_ref
 from rar_agent.safety import (
+    bare_file_name,
     describe_roots,
     fetch_public_url,
     normalize_roots,
@@ -121,10 +122,13 @@ class ImageSource:
         name: What to call it (the image id, the path or URL as given, or for inline data
             ``<data URI 3f9a1c2b>``: see :func:`~rar_agent.images.inline_image_name`).
         payload: The image bytes, or a file path already checked against the allowed folders.
+        file_name: For an image of the conversation (``name`` its id): the file name alone
+            it came with (an upload's), when known.
     """
 
     name: str
     payload: bytes | Path
+    file_name: str | None = None
 
     def as_given(self, text: str) -> str:
         """``text`` naming the image as the caller gave it, never by its real path.
@@ -189,7 +193,7 @@ class ImageResolver:
         text = (ref or "").strip()
         if is_latest_ref(text):
             latest = self._latest(text)
-            return ImageSource(latest.id, latest.data)
+            return ImageSource(latest.id, latest.data, bare_file_name(latest.name))
         match = _ID_REF.match(text)
         if match:
             if self.registry is None:
@@ -197,7 +201,7 @@ class ImageResolver:
                     f"image ids like {text!r} are not available here: pass {self.accepted()}"
                 )
             item = self.registry.get(match.group(1).lower())
-            return ImageSource(item.id, item.data)
+            return ImageSource(item.id, item.data, bare_file_name(item.name))
         if text.startswith(("http://", "https://")):
             if not self.allow_urls:
                 upload = (

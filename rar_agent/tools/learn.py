@@ -26,6 +26,7 @@ from rar_agent.results import (
     TeachingHistory,
     TeachingUndone,
     TeachVia,
+    UndoneEvent,
     counted,
 )
 from rar_agent.safety import public_source
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from rar_agent.pipeline.teacher import Teacher
 
 Result = TypeVar("Result", bound=BaseModel)
+Event = TypeVar("Event", bound=TeachingEvent)
 
 __all__ = [
     "AddCategoryInput",
@@ -55,6 +57,7 @@ __all__ = [
     "describe_history",
     "describe_relabeled",
     "describe_undone",
+    "describe_undone_event",
 ]
 
 
@@ -103,7 +106,7 @@ class TeachingTool(RecognizerTool):
             raise tool_error(e) from e
         return describe(result), result.model_dump(mode="json")
 
-    def public(self, event: TeachingEvent) -> TeachingEvent:
+    def public(self, event: Event) -> Event:
         """``event`` naming its example as a client may see it: relative to an allowed
         folder, never by the server's absolute path (an example taught from the server's
         shell, or by another client that knew its layout)."""
@@ -227,22 +230,46 @@ def describe_relabeled(moved: ExampleRelabeled) -> str:
 
 def describe_history(history: TeachingHistory) -> str:
     """The teaching history as lines of text (the tool's reply, the CLI's output, local or
-    through a server)."""
-    if not history.total and history.by is not None and history.others:
-        others = counted(history.others, "teaching event")
-        return f"{history.by!r} has taught nothing to this memory ({others} by others)."
-    if not history.total:
+    through a server): what is taught now, then what was undone."""
+    if not history.total and not history.undone_total:
+        if history.by is not None and history.others:
+            others = counted(history.others, "teaching event")
+            return f"{history.by!r} has taught nothing to this memory ({others} by others)."
         return "Nothing has been taught to this memory yet."
-    whose = "" if history.by is None else f" by {history.by!r} ({history.others} by others)"
-    heading = f"Last {len(history.events)} of {history.total} teaching events{whose}:"
-    return "\n".join([heading, *(describe_event(e) for e in history.events)])
+    whose = "" if history.by is None else f" by {history.by!r}"
+    lines = []
+    if history.total:
+        others = "" if history.by is None else f" ({history.others} by others)"
+        heading = f"Last {len(history.events)} of {counted(history.total, 'teaching event')}"
+        lines = [f"{heading}{whose}{others}:", *(describe_event(e) for e in history.events)]
+    if history.undone_total:
+        lines += _undone_lines(history, whose)
+    return "\n".join(lines)
+
+
+def _undone_lines(history: TeachingHistory, whose: str) -> list[str]:
+    """The history's lines about undone teaching: how many, and those it lists."""
+    n, listed = history.undone_total, len(history.undone)
+    undone = f"{counted(n, 'teaching event')} {'was' if n == 1 else 'were'} undone"
+    shown = "" if listed == n else f" (the last {listed})" if listed else " (long ago)"
+    head = f"{undone}{whose}" if history.total else f"Nothing taught{whose} is held now: {undone}"
+    return [f"{head}{shown}:" if listed else f"{head}{shown}.",
+            *(describe_undone_event(e) for e in history.undone)]  # fmt: skip
+
+
+def describe_undone_event(event: UndoneEvent) -> str:
+    """One line of the teaching history for an event that was undone: what it was, then
+    when, from where and by whom it was undone."""
+    who = f" by {event.undone_by}" if event.undone_by else ""
+    when = event.undone_at[:19].replace("T", " ")
+    return f"{describe_event(event)}, undone {when} via {event.undone_via}{who}"
 
 
 def describe_undone(undone: TeachingUndone) -> str:
     """What an undo reversed, as lines of text (the tool's reply, the CLI's output)."""
     whose = f" by {undone.by!r}" if undone.by else ""
     if not undone.undone:
-        return f"Nothing to undo: nothing has been taught to this memory{whose}."
+        return f"Nothing to undo: this memory holds nothing taught{whose}."
     heading = f"Undid {counted(len(undone.undone), 'teaching event')}{whose}, newest first:"
     lines = [heading, *(describe_event(e) for e in undone.undone)]
     return "\n".join(
@@ -310,7 +337,9 @@ class AddCategoryTool(TeachingTool):
         try:
             teacher = self.teacher()
             source = self.resolver().resolve(image)
-            example = ExampleImage(source.name, source.payload)
+            # an upload is stored by its file name (no folder), its conversation id kept too
+            upload = source.name if source.file_name else None
+            example = ExampleImage(source.file_name or source.name, source.payload, upload)
             action: TeachAction = "correct" if corrects else "confirm" if confirmed else "add"
             result = teacher.add(
                 label, [example], action=action, corrected_from=corrects, move=move
@@ -378,8 +407,8 @@ class TeachingHistoryTool(TeachingTool):
     name: str = "teaching_history"
     description: str = (
         "List the most recent teaching events of the memory (examples added, confirmed, "
-        "corrected or relabelled), oldest first, with when, from where and by whom; by: only "
-        "one person's."
+        "corrected or relabelled), oldest first, with when, from where and by whom, then "
+        "those undone and when; by: only one person's."
     )
     args_schema: type[BaseModel] = TeachingHistoryInput
     artifact_type: ClassVar[object] = TeachingHistory
@@ -393,7 +422,10 @@ class TeachingHistoryTool(TeachingTool):
     ) -> tuple[str, dict[str, Any]]:
         def history(teacher: Teacher) -> TeachingHistory:
             found = teacher.history(limit, by=by)
-            return found.model_copy(update={"events": [self.public(e) for e in found.events]})
+            events = [self.public(e) for e in found.events]
+            return found.model_copy(
+                update={"events": events, "undone": [self.public(e) for e in found.undone]}
+            )
 
         return self.answer(history, describe_history)
 

@@ -228,7 +228,7 @@ def test_correct_an_answer_with_the_controls_and_in_words(
         before = page.locator("#rar-chat [data-testid='bot']").count()
         option.click()
         fixed = _next_reply(page, before).inner_text()
-        assert "Corrected: stored this photo as an example of" in fixed
+        assert f"Corrected: stored {photos.odd.name} as an example of" in fixed  # the upload
         assert "had been answered" in fixed and "img-" not in fixed
 
         # free text names a new category for the next photo

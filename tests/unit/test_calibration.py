@@ -538,6 +538,31 @@ def test_the_statistic_is_one_definition_for_queries_and_stand_ins(tmp_path: Pat
     memory.close()
 
 
+def test_one_query_scores_as_it_does_in_a_batch_ties_included() -> None:
+    # a query is judged alone (its product in numpy's own loop, see statistic._times) and
+    # stand-ins in batches (BLAS): one statistic, to rounding, over a memory of 600
+    # categories (large enough for OpenBLAS's threads), two of them tied exactly
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(600, DIM))
+    labels = [f"c{c}" for c in range(600) for _ in range(3)]
+    x = np.repeat(centres, 3, axis=0) + rng.normal(size=(1800, DIM)) * 0.3
+    model = Whitening.fit(x, labels, rank=40)
+    assert model is not None
+    z = model.project(x)
+    means = z.reshape(600, 3, -1).mean(axis=1)
+    means[9] = means[4]  # an exact tie: the first of the two is the best
+    terms = model.centre_terms(means)
+    at_tie = model.mean + means[4, : model.rank] @ model.basis  # at the tied categories' mean
+    queries = np.concatenate([x[::97], at_tie[None, :]])
+    batch = model.scores_of(queries, terms)
+    for query, row in zip(queries, batch, strict=True):
+        alone = model.scores_of(query, terms)[0]
+        assert alone == pytest.approx(row, rel=1e-12, abs=1e-9)
+        assert int(np.argmax(alone)) == int(np.argmax(row))
+        assert alone[9] == alone[4]
+    assert int(np.argmax(model.scores_of(queries[-1], terms)[0])) == 4
+
+
 def test_a_taught_example_joins_its_category_mean_exactly(tmp_path: Path) -> None:
     space = _Space(5)
     memory = _shots_memory(tmp_path, space, [3] * 5, "means")
@@ -562,11 +587,16 @@ def test_a_taught_example_joins_its_category_mean_exactly(tmp_path: Path) -> Non
 def test_summary_says_calibrated_when_fewer_shots_carry_the_promise(tmp_path: Path) -> None:
     space = _Space(6)
     memory = _shots_memory(tmp_path, space, [5] * 6, "summary")
-    summary = load(memory).summary(0.1)
+    cal = load(memory)
+    summary = cal.summary(0.1)
     # 30 stand-ins of 4 others each: thresholds up to 4 shots, a 5-example category is
     # judged at 4, so the memory as a whole keeps the promise
     assert summary["cannot_calibrate"] is None and summary["thresholds"]["1"] is not None
-    assert summary["thresholds"]["5"] is None and summary["statistic"].startswith("relative")
+    assert summary["statistic"].startswith("relative")
+    # and `memory stats` shows that threshold for 5 and 10 examples: it said null there, as
+    # if such categories were not checked, while their queries were judged at 4 shots
+    at_four = round(cal.threshold(0.1, 4)[0], 4)
+    assert summary["thresholds"]["5"] == summary["thresholds"]["10"] == at_four
     memory.close()
 
 

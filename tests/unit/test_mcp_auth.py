@@ -893,6 +893,16 @@ async def test_a_token_undoes_its_own_teaching_only(tmp_path: Path) -> None:
                     assert "grape" in service.recognizer.memory.labels()
 
 
+async def teach(url: str, token: str, label: str, colour: tuple[int, int, int]) -> str:
+    """Teach ``label`` a plain picture of ``colour`` over MCP with ``token``; its entry id."""
+    async with session_with(url, bearer(token)) as session:
+        done = await session.call_tool(
+            "add_category_example", {"label": label, "image": png(colour=colour)}
+        )
+        assert not done.isError, text_of(done)
+        return str(done.structuredContent["id"])
+
+
 def test_an_operator_takes_back_one_persons_teaching_while_the_server_runs(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -907,26 +917,22 @@ def test_an_operator_takes_back_one_persons_teaching_while_the_server_runs(
     with serving(tmp_path) as service:
         carol = service.store.add("carol", ["learn"])[1]
 
-        async def teach(token: str, label: str, colour: tuple[int, int, int]) -> str:
-            async with session_with(service.url, bearer(token)) as session:
-                image = png(colour=colour)
-                done = await session.call_tool(
-                    "add_category_example", {"label": label, "image": image}
-                )
-                assert not done.isError, text_of(done)
-                return str(done.structuredContent["id"])
-
         alice = service.tokens["alice"]
-        anyio.run(teach, alice, "violet", (90, 40, 200))
-        lilac = anyio.run(teach, alice, "lilac", (200, 160, 220))
-        anyio.run(teach, carol, "olive", (90, 110, 20))
-        anyio.run(teach, alice, "plum", (120, 20, 90))
+        anyio.run(teach, service.url, alice, "violet", (90, 40, 200))
+        lilac = anyio.run(teach, service.url, alice, "lilac", (200, 160, 220))
+        anyio.run(teach, service.url, carol, "olive", (90, 110, 20))
+        anyio.run(teach, service.url, alice, "plum", (120, 20, 90))
         runner = CliRunner()
         undo = ["memory", "undo", "1", "--by", "alice", "--server", service.url, "--json"]
         asked = runner.invoke(app, [*undo, "--token", alice])
         assert asked.exit_code == 2 and "needs the scope 'admin'" in asked.output
         no_name = runner.invoke(app, [*undo[:3], *undo[5:], "--token", service.tokens["root"]])
-        assert no_name.exit_code == 2 and "give --by NAME" in " ".join(no_name.output.split())
+        # without --by a token undoes its own teaching (the learn scope): root is told how
+        refused = " ".join(no_name.output.split())
+        assert no_name.exit_code == 2 and "undo_teaching needs the scope 'learn'" in refused
+        assert "an admin token takes back one person's teaching with --by NAME" in refused
+        own = " ".join(asked.output.split())
+        assert "a token with the learn scope takes back its own teaching: leave out --by" in own
         assert {"violet", "lilac", "olive", "plum"} <= set(service.recognizer.memory.labels())
 
         with caplog.at_level(logging.WARNING, logger="rar_agent.mcp.admin"):
@@ -952,6 +958,51 @@ def test_an_operator_takes_back_one_persons_teaching_while_the_server_runs(
         assert {"violet", "mauve", "olive"} <= set(service.recognizer.memory.labels())
 
 
+def test_a_learn_token_undoes_its_own_teaching_from_the_command_line(tmp_path: Path) -> None:
+    """``memory undo --server URL --token T`` asked for --by NAME, which then needed the admin
+    scope, while the same token's undo_teaching over MCP took back its own teaching. The
+    command asks the server's undo_teaching: the token's own events go, no one else's."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    with serving(tmp_path) as service:
+        carol = service.store.add("carol", ["learn"])[1]
+
+        alice = service.tokens["alice"]
+        anyio.run(teach, service.url, alice, "violet", (90, 40, 200))
+        anyio.run(teach, service.url, alice, "plum", (120, 20, 90))
+        anyio.run(
+            teach, service.url, carol, "olive", (90, 110, 20)
+        )  # the newest: not alice's to undo
+        runner = CliRunner()
+        undo = ["memory", "undo", "--server", service.url, "--token", alice]
+        done = runner.invoke(app, [*undo, "--json"])
+        assert done.exit_code == 0, done.output
+        undone = json.loads(done.stdout)
+        assert [(e["label"], e["by"]) for e in undone["undone"]] == [("plum", "alice")]
+        assert undone["by"] == "alice"
+        text = runner.invoke(app, [undo[0], undo[1], "5", *undo[2:]])
+        assert text.exit_code == 0, text.output
+        assert "Undid 1 teaching event by 'alice', newest first:" in text.output
+        assert "'violet'" in text.output
+        labels = set(service.recognizer.memory.labels())
+        assert "olive" in labels and not {"violet", "plum"} & labels
+        bob = runner.invoke(app, [*undo[:4], "--token", service.tokens["bob"]])
+        assert bob.exit_code == 2 and "needs the scope 'learn'" in bob.output, bob.output
+        # what alice undid stays in the history, through the server as on a stopped one
+        history = ["memory", "history", "--by", "alice", "--server", service.url, "--token"]
+        listed = runner.invoke(app, [*history, service.tokens["bob"]])
+        assert listed.exit_code == 0, listed.output
+        lines = listed.output.splitlines()
+        assert lines[0] == "Nothing taught by 'alice' is held now: 2 teaching events were undone:"
+        assert "as 'plum'" in lines[1] and "as 'violet'" in lines[2], lines  # as undone
+        assert lines[1].endswith("via mcp by alice"), lines
+        shown = json.loads(runner.invoke(app, [*history, alice, "--json"]).stdout)
+        assert shown["undone_total"] == 2 and shown["total"] == 0
+        assert [e["label"] for e in shown["undone"]] == ["plum", "violet"]
+
+
 def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_server_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -967,16 +1018,9 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
     with serving(tmp_path) as service:
         carol = service.store.add("carol", ["learn"])[1]
 
-        async def teach(token: str, label: str, colour: tuple[int, int, int]) -> None:
-            async with session_with(service.url, bearer(token)) as session:
-                done = await session.call_tool(
-                    "add_category_example", {"label": label, "image": png(colour=colour)}
-                )
-                assert not done.isError, text_of(done)
-
-        anyio.run(teach, service.tokens["alice"], "violet", (90, 40, 200))
-        anyio.run(teach, carol, "olive", (90, 110, 20))
-        anyio.run(teach, service.tokens["alice"], "plum", (120, 20, 90))
+        anyio.run(teach, service.url, service.tokens["alice"], "violet", (90, 40, 200))
+        anyio.run(teach, service.url, carol, "olive", (90, 110, 20))
+        anyio.run(teach, service.url, service.tokens["alice"], "plum", (120, 20, 90))
         memory = service.recognizer.memory
         before = (memory.count(), sorted(memory.labels()))
         runner = CliRunner()
@@ -999,7 +1043,7 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
         text = runner.invoke(app, [*history, "--by", "carol", *bob])
         assert text.exit_code == 0, text.output
         others = json.loads(everyone.stdout)["total"]
-        assert f"Last 1 of 1 teaching events by 'carol' ({others - 1} by others):" in text.output
+        assert f"Last 1 of 1 teaching event by 'carol' ({others - 1} by others):" in text.output
         assert "via mcp by carol: taught" in text.output and "'olive'" in text.output
         nobody = runner.invoke(app, [*history, "--by", "bob", *bob])
         assert nobody.exit_code == 0, nobody.output

@@ -73,7 +73,30 @@ def test_why_the_double_check_was_skipped_is_said_in_plain_words(reason: str, sa
 
 def test_the_table_says_what_its_score_is() -> None:
     head = candidates_table(_result("disabled")).splitlines()[0]
-    assert head == "| # | category | similarity |"
+    assert head == "| # | category | similarity to the category |"
+
+
+def test_the_category_score_and_the_closest_examples_similarity_are_told_apart() -> None:
+    """An answer showed two numbers for one category, 0.913 in the table and 'tabby cat
+    0.962' under "Why", both bare: the table's is the category's score (its nearby examples
+    together), the other the closest single example's similarity. Each says which it is."""
+    from langchain_core.messages import ToolMessage
+
+    from rar_agent.ui import render_reply
+
+    thumb = "data:image/jpeg;base64,/9j/AAAA"
+    result = _result("disabled")
+    result["candidates"][0] |= {"score": 0.913, "examples": [{"score": 0.962, "thumbnail": thumb}]}
+    message = ToolMessage(content="...", tool_call_id="1", name="recognize_image", artifact=result)
+    page = render_reply("", [message], recognition_only=True, queries={})
+    table, why = page.split("<sub>Why: ", 1)
+    assert "| # | category | similarity to the category |" in table
+    assert "| 1 | **tabby cat** | 0.913 |" in table and "0.962" not in table
+    assert why.startswith(
+        "the closest stored example of each category, with its own similarity to this photo "
+        "(the table's similarity to the category takes its nearby examples together)</sub>"
+    ), why
+    assert "| tabby cat: example 0.962 |" in why and f"![tabby cat: example 0.962]({thumb})" in why
 
 
 def test_an_answer_without_a_chat_model_says_so_in_plain_words() -> None:

@@ -209,6 +209,57 @@ def test_history_and_undo_last_n_keep_calibration_current(recognizer: Any) -> No
         teacher.undo(0)
 
 
+def test_the_history_keeps_what_was_undone_and_who_undid_it(recognizer: Any) -> None:
+    """After everything taught was undone, memory history read "Nothing has been taught to
+    this memory yet": an undone example leaves no payload. The memory record keeps what
+    undo reversed, when and by whom (the operator, not the person whose events went), and
+    the history lists it after what is held, a bounded list with the count of all."""
+    from rar_agent.pipeline.teacher import UNDONE_EXTENSION, UNDONE_KEPT
+    from rar_agent.tools.learn import describe_history, describe_undone
+
+    memory = recognizer.memory
+    ana = Teacher(memory, recognizer.encoder, via="mcp", by="ana")
+    for i in range(3):
+        ana.add(f"thing {i}", [(f"t{i}.png", _png((30 * i, 100, 50 + 40 * i), mark=i))])
+    operator = Teacher(memory, None, via="cli", by="root")
+    assert [e.label for e in operator.undo(2, of="ana").undone] == ["thing 2", "thing 1"]
+    history = operator.history()
+    assert [e.label for e in history.events] == ["thing 0"] and history.undone_total == 2
+    assert [(e.label, e.by, e.undone_by, e.undone_via) for e in history.undone] == [
+        ("thing 1", "ana", "root", "cli"),
+        ("thing 2", "ana", "root", "cli"),
+    ]
+    assert (
+        history.undone[0].source == "t1.png" and history.undone[0].undone_at > history.undone[0].at
+    )
+    ana.undo(1, own=True)
+    text = describe_history(ana.history(limit=2))
+    lines = text.splitlines()
+    assert lines[0] == "Nothing taught is held now: 3 teaching events were undone (the last 2):"
+    assert re.fullmatch(
+        r"\S+ \S+ via mcp by ana: taught t2\.png as 'thing 2' \[entry [0-9a-f-]{36}\], "
+        r"undone \d{4}-\d\d-\d\d \d\d:\d\d:\d\d via cli by root",
+        lines[1],
+    ), lines[1]
+    assert "t0.png as 'thing 0'" in lines[2] and lines[2].endswith("via mcp by ana")
+    assert describe_history(ana.history(by="bob")) == "Nothing has been taught to this memory yet."
+    assert describe_undone(ana.undo(1)) == "Nothing to undo: this memory holds nothing taught."
+    assert ana.history(by="ana").undone_total == 3 and ana.history(by="bob").undone_total == 0
+
+    kept = memory.extension(UNDONE_EXTENSION) or {}
+    kept["events"] = kept["events"] * UNDONE_KEPT  # many undone: the record keeps the last
+    memory.update_extension(UNDONE_EXTENSION, lambda _: kept)
+    ana.add("thing 9", [("t9.png", _png((9, 9, 9), mark=9))])
+    ana.undo(1)
+    after = ana.history()
+    assert after.undone_total == 4 and len(after.undone) == UNDONE_KEPT
+    assert after.undone[-1].label == "thing 9"
+    memory.update_extension(UNDONE_EXTENSION, lambda kept: {**(kept or {}), "by": {"zoe": 2}})
+    assert describe_history(ana.history(by="zoe")) == (
+        "Nothing taught by 'zoe' is held now: 2 teaching events were undone (long ago)."
+    )
+
+
 def test_teacher_without_encoder_relabels_but_cannot_teach(recognizer: Any) -> None:
     full = Teacher(recognizer.memory, recognizer.encoder)
     [added] = full.add("mug", [("mug.png", _png((200, 200, 200)))])

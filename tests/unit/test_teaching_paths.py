@@ -214,7 +214,7 @@ async def test_a_photo_stored_under_another_label_is_moved_from_the_page(
         {"label": "Move it to kingfisher", "value": "move it to kingfisher"}
     ]
     moved = await session.respond(refused["options"][0]["value"], [], conversation, "ana")
-    assert "Moved this photo from 'blue jay' to 'kingfisher'" in moved["content"], moved
+    assert "Moved blue_jay.png from 'blue jay' to 'kingfisher'" in moved["content"], moved
     labels = recognizer.memory.labels("image")
     assert labels.get("kingfisher") == 1 and "blue jay" not in labels
     listed = await session.respond("history", [], conversation, "ana")
@@ -243,16 +243,66 @@ async def test_page_lists_and_undoes_teaching_in_words(recognizer: Any, tmp_path
     assert "'tomato'" in await say("call it tomato")
     assert recognizer.memory.count() == before + 1
     listed = await say("history")
-    assert "via chat" in listed and "a photo as 'tomato'" in listed and "img-" not in listed
+    assert "via chat" in listed and "odd.png as 'tomato'" in listed and "img-" not in listed
     assert "history" not in recognizer.memory.labels()
     undone = await say("undo")
     assert "Undid 1 teaching event, newest" in undone and "'tomato'" in undone, undone
     assert recognizer.memory.count() == before and "tomato" not in recognizer.memory.labels()
     assert "Nothing to undo" in await say("undo")
+    # the history said "Nothing has been taught to this memory yet." once it was undone
+    listed = await say("history")
+    assert "Nothing taught is held now: 1 teaching event was undone:" in listed, listed
+    assert "via chat: corrected odd.png as 'tomato'" in listed and ", undone " in listed
 
     reading = ChatSession(create_rar_agent(None, recognizer=recognizer), recognition_only=True)
     refused = (await reading.respond("undo", []))["content"]
     assert "Nothing to list or undo here" in refused and "Learning is off" in refused
+
+
+async def test_a_taught_upload_is_recorded_by_its_file_name_and_its_id(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """A photo uploaded on the chat page and taught was recorded as the conversation's image
+    id (history: "taught img-ae72a23e00b2", shown as "taught a photo"), though the upload's
+    file name was known. The example's source is that file name alone (never the folder the
+    page saved it in: issue 22), and its id in the conversation is kept beside it."""
+    from rar_agent.conversations import ConversationStore
+    from rar_agent.pipeline.teacher import Teacher
+    from rar_agent.registry import image_id_for
+
+    store = ConversationStore(":memory:")
+    agent = create_rar_agent(None, recognizer=recognizer, allow_learning=True, conversations=store)
+    session = ChatSession(agent, recognition_only=True, can_learn=True, conversations=store)
+    photo = tmp_path / "uploads" / "IMG_2041 heron.png"
+    photo.parent.mkdir()
+    photo.write_bytes(_png((90, 200, 40), 5))
+    await session.respond({"text": "", "files": [str(photo)]}, [], "c")
+    stored = (await session.respond({"text": "call it heron", "files": []}, [], "c"))["content"]
+    assert "Stored IMG_2041 heron.png as the first example of the new category" in stored
+    event = Teacher(recognizer.memory, None).history().events[-1]
+    assert event.source == "IMG_2041 heron.png" and event.label == "heron"
+    assert event.image == image_id_for(photo.read_bytes())
+    listed = (await session.respond({"text": "history", "files": []}, [], "c"))["content"]
+    assert "via chat: corrected IMG_2041 heron.png as 'heron'" in listed, listed
+    assert str(tmp_path) not in listed and "img-" not in listed
+
+
+@pytest.mark.parametrize(
+    ("given", "bare"),
+    [
+        ("IMG_2041.jpg", "IMG_2041.jpg"),
+        ("/tmp/gradio/3f9a/IMG_2041.jpg", "IMG_2041.jpg"),
+        ("C:\\Users\\ana\\Pictures\\heron.jpg", "heron.jpg"),
+        ("https://example.org/birds/heron.jpg?sig=secret#top", "heron.jpg"),
+        ("https://example.org", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_an_uploads_name_is_kept_without_any_folder(given: str | None, bare: str | None) -> None:
+    from rar_agent.safety import bare_file_name
+
+    assert bare_file_name(given) == bare
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -335,6 +385,8 @@ with open_memory(Settings(), create=False):
 
 def test_cli_history_and_undo_of_one_teacher(cli_env: Path) -> None:
     """An operator lists and undoes one token's teaching, not the others' newer events."""
+    import getpass
+
     from rar_agent.cli import app
 
     runner = CliRunner()
@@ -369,6 +421,19 @@ def test_cli_history_and_undo_of_one_teacher(cli_env: Path) -> None:
     assert code == 0 and "Undid 2 teaching events by 'mallory'" in out, out
     code, out = run("memory", "list", "--json")
     assert json.loads(out) == {"green": 1}
+    # mallory's undone teaching stays in the history (it read "'mallory' has taught nothing")
+    code, out = run("memory", "history", "--by", "mallory")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == (
+        "Nothing taught by 'mallory' is held now: 2 teaching events were undone:"
+    ), out
+    assert "0.png as 'red'" in lines[1] and "2.png as 'blue'" in lines[2], out
+    code, out = run("memory", "history", "--json")
+    history = json.loads(out)
+    assert [e["label"] for e in history["events"]] == ["green"] and history["undone_total"] == 2
+    assert {(e["by"], e["undone_by"], e["undone_via"]) for e in history["undone"]} == {
+        ("mallory", getpass.getuser(), "cli")
+    }
     # While another process (a server) holds the memory, the operator is told what to do.
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_MEMORY], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -442,7 +507,7 @@ def test_results_carry_matched_examples_with_thumbnails_everywhere(
 
     shown = render_reply("", [msg], queries={image_id: "data:image/png;base64,AAAA"})
     assert (
-        "| this photo | kiwi 1.000" in shown
+        "| this photo | kiwi: example 1.000" in shown
         and "![this photo](data:image/png;base64,AAAA)" in shown
     )
 
