@@ -444,7 +444,9 @@ def taught_leads(candidates: Sequence[Candidate]) -> bool:
     )
 
 
-def take_turns(text: Sequence[Candidate], image: Sequence[Candidate], k: int) -> list[Candidate]:
+def take_turns(
+    text: Sequence[Candidate], image: Sequence[Candidate], k: int, *, base: EntryKind
+) -> list[Candidate]:
     """One word query's candidates in a memory holding both class names and example images:
     the rule by which a word search answers from both.
 
@@ -452,19 +454,22 @@ def take_turns(text: Sequence[Candidate], image: Sequence[Candidate], k: int) ->
     picture, the scale on which a photo matches a class name) live on different scales, and
     the same-thing bar of :func:`lead_side` is a similarity between two photos, which no
     word query reaches: neither a merge by score nor that bar lets a taught category be
-    found by words. So each side keeps its own order and the two take turns, the class names
-    first (words match words most closely); a label already listed is not repeated.
+    found by words. So each side keeps its own order and the two take turns, the ``base``
+    side first (:func:`base_side`, the one that answers image queries: the class names of
+    the built-in memory, the photos of a memory of photos with a class name added); a label
+    already listed is not repeated.
 
     Args:
         text: The class names' candidates, best first.
         image: The example images' candidates, best first.
         k: How many to keep.
+        base: The side listed first.
 
     Returns:
         Up to ``k`` candidates, ``retrieval_rank`` renumbered.
     """
     merged: dict[str, Candidate] = {}
-    for pair in itertools.zip_longest(text, image):
+    for pair in itertools.zip_longest(*((text, image) if base == "text" else (image, text))):
         for c in pair:
             if c is not None and c.label not in merged:
                 merged[c.label] = c
@@ -627,12 +632,14 @@ class CategoryRetriever(BaseRetriever):
 
     def search_text(self, text: str, *, k: int | None = None) -> list[Candidate]:
         """Categories whose entries best match a text query (text embedding; ``auto`` in a
-        memory of class names and example images: :func:`take_turns`)."""
+        memory of class names and example images: :func:`take_turns`, its
+        :func:`base_side` first)."""
         k = validate_k(k if k is not None else self.k)
         vector = self.encoder.embed_texts([text])
         sides = search_sides(self.memory, vector, self.kind, fetch_limit(k, self.fetch_k))
         folded = {side: fold_hits(b[0], k) for side, b in sides.items()}
-        return take_turns(folded.get("text", []), folded.get("image", []), k)
+        base = base_side(self.memory.category_counts()) if len(folded) > 1 else "text"
+        return take_turns(folded.get("text", []), folded.get("image", []), k, base=base)
 
     def _check_words(self, query: str) -> None:
         """Refuse a query that is not words: empty, or naming an image file that is not there

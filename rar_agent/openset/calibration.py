@@ -178,11 +178,19 @@ far off its subspace (:data:`BEYOND`, :meth:`Whitening.extended`); past them a m
 most ``FIT_SAMPLE`` entries is calibrated afresh (the fit then sees every example), a larger
 one compares such an example by its shadow on the subspace until its next full
 calibration."""
-BEYOND = 1.5
+BEYOND = 1.0
 """How many times :attr:`Calibration.reach` an example must lie off the statistic's subspace
 to gain a direction of its own: new examples like the memory's own lie up to about its reach
 (in a memory of 10k clustered entries, 10 of the 9000 outside the fitting sample lay beyond
-it, none beyond 1.5 times it), a photo taught into a memory of drawn icons twice as far."""
+it, none beyond 1.5 times it), a photo taught into a memory of drawn icons twice as far. Any
+example beyond it is one: a bag taught beside 7 other garments lay 1.2 times as far, and
+compared by its shadow it made drawings and photos "known" (at 1.5 until session 15)."""
+ON_SUBSPACE = 1e-6
+"""A squared distance off the statistic's subspace below which an example lies on it: the
+rounding of the stored (float32) statistic, for vectors of unit length. Where the subspace
+spans every direction the examples take (an encoder of few dimensions), their distances off
+it and :attr:`Calibration.reach` are that rounding alone, and ``BEYOND`` times it is no
+bar: examples like the memory's own were "far", and each cost a full calibration."""
 SEARCH_LIMIT = 64
 """Hits searched for a stand-in made by :func:`update` (its category's other examples)."""
 GROUP_QUANTILE = 0.2
@@ -854,8 +862,11 @@ def _taken_in(
 
 
 def _far(z: np.ndarray, reach: float | None) -> np.ndarray:
-    """The rows of coordinates ``z`` lying ``BEYOND`` times ``reach`` off the subspace."""
-    return np.flatnonzero(z[:, -1] > BEYOND * reach) if reach is not None else np.zeros(0, int)
+    """The rows of coordinates ``z`` lying ``BEYOND`` times ``reach`` off the subspace (and
+    more than ``ON_SUBSPACE``)."""
+    if reach is None:
+        return np.zeros(0, int)
+    return np.flatnonzero(z[:, -1] > max(BEYOND * reach, ON_SUBSPACE))
 
 
 def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
@@ -941,12 +952,11 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
         return fit(memory)  # a first category of two examples: a statistic can be fitted
     vectors = memory.get_vectors([pid for pid in added if pid in labels]) if model else {}
     new = [pid for pid in added if pid in vectors]
-    grown, z, directions, width = model, None, 0, model.width if model is not None else 0
+    taken: tuple[Whitening, np.ndarray, int] | None = None
+    rows = np.asarray([vectors[p] for p in new])
     if model is not None and new:
-        room = MAX_DIRECTIONS - cal.directions
-        rows = np.asarray([vectors[p] for p in new])
-        grown, z, directions = _taken_in(model, rows, cal.reach, room)
-        if len(_far(z, cal.reach)) and total <= FIT_SAMPLE:
+        taken = _taken_in(model, rows, cal.reach, MAX_DIRECTIONS - cal.directions)
+        if len(_far(taken[1], cal.reach)) and total <= FIT_SAMPLE:
             return fit(memory)  # no direction left for a far example: the fit sees them all
     slots = _reservoir(memory.collection, cal, total, len(new))
     found = _reservoir_standins(memory, cal, new, labels, vectors, slots) if model else []
@@ -958,11 +968,8 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
         # thresholds derived from it, which the merge below makes stale
         now = _parse(data, memory.collection) or Calibration.model_validate(cal.model_dump())
         merged.append(now)
-        if z is not None and grown is not None and now.statistic == cal.statistic:
-            if directions:
-                now.categories.widen(width, grown.width)
-                now.statistic, now.directions = grown.to_json(), now.directions + directions
-            now.categories.add([labels[p] for p in new], z)
+        if taken is not None:
+            _join_sums(now, cal, taken, rows, [labels[p] for p in new])
         pool = list(now.standins)
         for slot, standin in found:
             if slot is None or slot >= len(pool):
@@ -978,6 +985,40 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     result = merged[-1]  # what was stored last (compare-and-set may have merged again)
     _remember(memory, result, stored)
     return result
+
+
+def _join_sums(
+    now: Calibration,
+    cal: Calibration,
+    taken: tuple[Whitening, np.ndarray, int],
+    rows: np.ndarray,
+    labels: Sequence[str],
+) -> None:
+    """Add new examples (vectors ``rows``) to the stored calibration ``now``'s category
+    sums: by ``taken`` (:func:`_taken_in` of the statistic of ``cal``, the calibration read
+    before) where ``now`` holds that statistic. Where another writer extended it since (the
+    same fit, with directions added for its own far examples) they are projected again by
+    ``now``'s, so that both writers' examples count; where another writer fitted afresh,
+    not at all (its fit counted every example then held)."""
+    grown, z, directions = taken
+    if now.statistic != cal.statistic:
+        if not _same_fit(now, cal):
+            return
+        model = Whitening.from_json(now.statistic or {})
+        grown, z, directions = _taken_in(model, rows, now.reach, MAX_DIRECTIONS - now.directions)
+    if directions:
+        width = grown.width - directions
+        now.categories.widen(width, grown.width)
+        now.statistic, now.directions = grown.to_json(), now.directions + directions
+    now.categories.add(labels, z)
+
+
+def _same_fit(a: Calibration, b: Calibration) -> bool:
+    """Whether two calibrations' statistics come from one full calibration (they differ by
+    the directions added since at most: :meth:`Whitening.extended` keeps the fitted mean)."""
+    if a.statistic is None or b.statistic is None:
+        return False
+    return a.full_at == b.full_at and a.statistic["mean"] == b.statistic["mean"]
 
 
 def _reservoir(collection: str, cal: Calibration, total: int, new: int) -> list[int | None]:

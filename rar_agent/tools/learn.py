@@ -250,9 +250,13 @@ def describe_history(history: TeachingHistory) -> str:
 def _undone_lines(history: TeachingHistory, whose: str) -> list[str]:
     """The history's lines about undone teaching: how many, and those it lists."""
     n, listed = history.undone_total, len(history.undone)
-    undone = f"{counted(n, 'teaching event')} {'was' if n == 1 else 'were'} undone"
+    were = "was" if n == 1 else "were"
     shown = "" if listed == n else f" (the last {listed})" if listed else " (long ago)"
-    head = f"{undone}{whose}" if history.total else f"Nothing taught{whose} is held now: {undone}"
+    head = (  # whose events they were: who undid them is on each line
+        f"{counted(n, 'teaching event')}{whose} {were} undone"
+        if history.total
+        else f"Nothing taught{whose} is held now: {counted(n, 'teaching event')} {were} undone"
+    )
     return [f"{head}{shown}:" if listed else f"{head}{shown}.",
             *(describe_undone_event(e) for e in history.undone)]  # fmt: skip
 

@@ -210,6 +210,19 @@ def _regions_output(
 # ---------------------------------------------------------------------------- search
 
 
+def _matching(query: str, candidates: Sequence[Candidate]) -> str:
+    """The categories a word search found, as the model reads them. Where class names and
+    example photos (taught, or a memory's own) both answered, they take turns, each scored
+    on its own scale (:func:`rar_agent.retrieval.take_turns`): the lines say which is which."""
+    both = {c.kind for c in candidates} >= {"image", "text"}
+    note = "; class names and example photos take turns, each on its own scale" if both else ""
+    lines = [f"Categories matching {query!r} (label: similarity{note}):"]
+    for i, c in enumerate(candidates, 1):
+        side = f" ({'example photos' if c.kind == 'image' else 'class name'})" if both else ""
+        lines.append(f"{i}. {c.label}: {c.score:.3f}{side}")
+    return "\n".join(lines)
+
+
 class CategorySearchInput(BaseModel):
     """Arguments of :class:`CategorySearchTool`."""
 
@@ -245,9 +258,7 @@ class CategorySearchTool(RecognizerTool):
             raise tool_error(e) from e
         if not candidates:
             return f"No categories in memory match {query!r}.", []
-        lines = [f"Categories matching {query!r} (label: similarity):"]
-        lines += [f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(candidates, 1)]
-        return "\n".join(lines), [c.model_dump(mode="json") for c in candidates]
+        return _matching(query, candidates), [c.model_dump(mode="json") for c in candidates]
 
     async def _arun(
         self,

@@ -278,6 +278,69 @@ def test_an_example_far_off_gains_a_direction_and_a_small_memory_refits_past_the
     memory.close()
 
 
+def test_an_encoder_of_few_dimensions_teaches_without_full_calibrations(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """16-d vectors, 50 examples: the statistic's subspace spans every direction, so the
+    distances off it are rounding alone, and an example like the memory's own lay "1.5 times
+    the reach" off it by chance: 4 of 20 examples taught cost a full calibration each."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 16))
+
+    def draw(c: int, n: int) -> np.ndarray:
+        x = centres[c] + 0.5 * rng.normal(size=(n, 16))
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    memory = CategoryMemory.open(tmp_path / "few", collection="few")
+    memory.bind_encoder("vectors:16", 16)
+    for c in range(5):
+        _add(memory, f"category {c}", draw(c, 10))
+    assert load(memory).model().apart == 0.0  # type: ignore[union-attr]  # nothing off it
+    fits: list[int] = []
+    real = cal_mod.fit
+    monkeypatch.setattr(cal_mod, "fit", lambda m, **kw: fits.append(1) or real(m, **kw))
+    for i in range(20):
+        _add(memory, "category 0", draw(0, 1), start=10 + i)
+    assert fits == [] and load(memory).directions == 0  # type: ignore[union-attr]
+    memory.close()
+
+
+def test_an_example_taught_while_another_writer_adds_a_direction_still_counts(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Two processes teaching one server memory: a far photo taught by one extends the
+    statistic between the other's read of the calibration and its write. The other's example
+    was left out of its category's sums (a new category: no mean, never judged known by it)
+    until the next full calibration; it is projected by the extended statistic and counted."""
+    space = _Space(5)
+    memory = _memory(tmp_path, "both")
+    for c in range(5):
+        _add(memory, f"category {c}", space.draw(c, 6))
+    far = np.random.default_rng(7).normal(size=(1, DIM))
+    far /= np.linalg.norm(far)
+    before = load(memory)
+    real = cal_mod._reservoir
+
+    def meanwhile(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        monkeypatch.setattr(cal_mod, "_reservoir", real)
+        _add(memory, "far", far)  # the other writer: its update lands first
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cal_mod, "_reservoir", meanwhile)
+    late = space.draw(1, 1)
+    _add(memory, "late", late)
+    after = load(memory)
+    assert after is not None and before is not None
+    assert after.directions == before.directions + 1 and after.full_at == before.full_at
+    assert after.categories.count_of("far") == 1 and after.categories.count_of("late") == 1
+    model = after.model()
+    labels, _, means = after.means()
+    assert model is not None and model.rank == before.model().rank + 1  # type: ignore[union-attr]
+    # its coordinates are the extended statistic's, as if it had been taught after the far one
+    assert means[labels.index("late")] == pytest.approx(model.project(late)[0], abs=1e-4)
+    memory.close()
+
+
 def test_growth_past_double_recalibrates_in_full(tmp_path: Path) -> None:
     space = _Space(4)
     memory = _memory(tmp_path)

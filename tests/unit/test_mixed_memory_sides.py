@@ -158,14 +158,46 @@ def test_a_word_search_finds_taught_categories_beside_class_names(tiny_cli_env: 
     same-thing bar to words' similarity to photos, which none reaches: a taught category was
     never found by words. The class names and the taught photos take turns."""
     from rar_agent.pipeline import Recognizer
+    from rar_agent.tools import make_tools
 
     memory, _ = _class_names_and_a_taught_photo(tiny_cli_env)
     with Recognizer.from_settings(memory_path=str(memory), ranker="none") as recognizer:
         docs = recognizer.retriever.invoke("a red fruit")
         found = recognizer.retriever.search_text("a red fruit", k=3)
+        [search] = [t for t in make_tools(recognizer) if t.name == "search_categories"]
+        said = str(search.invoke({"query": "a red fruit", "k": 3}))
     assert "my apple" in [d.page_content for d in docs]
     assert [c.kind for c in found] == ["text", "image", "text"]
     assert found[1].label == "my apple" and [c.retrieval_rank for c in found] == [1, 2, 3]
+    # the model reads which is which: the two sides' similarities are on two scales
+    assert "class names and example photos take turns, each on its own scale" in said
+    assert f"2. my apple: {found[1].score:.3f} (example photos)" in said
+    assert f"1. {found[0].label}: {found[0].score:.3f} (class name)" in said
+
+
+def test_a_word_search_of_a_memory_of_photos_with_a_class_name_starts_with_the_photos(
+    tiny_cli_env: Path,
+) -> None:
+    """`memory add heron` beside photos of four categories: a word search listed heron first
+    for any words ("a red fruit": heron, apple, ...), as image queries answered heron before
+    the photos became the base side. The base side leads the turns: the photos here, as they
+    answer image queries; the class names where they are the base (the test above)."""
+    from rar_agent.pipeline import Recognizer
+    from rar_agent.tools import make_tools
+
+    memory = tiny_cli_env / "mem"
+    photos = _photos(tiny_cli_env / "photos")
+    _cli("memory", "build", "--from-folder", str(photos), "--memory", str(memory))
+    _cli("memory", "add", "heron", "--memory", str(memory))
+    with Recognizer.from_settings(memory_path=str(memory), ranker="none") as recognizer:
+        found = recognizer.retriever.search_text("a red fruit", k=3)
+        [search] = [t for t in make_tools(recognizer) if t.name == "search_categories"]
+        said = str(search.invoke({"query": "a red fruit", "k": 3}))
+    assert [c.kind for c in found] == ["image", "text", "image"]
+    assert found[1].label == "heron"
+    # the tool called the photos of a memory built from a folder "taught photos"
+    assert "taught" not in said
+    assert f"1. {found[0].label}: {found[0].score:.3f} (example photos)" in said
 
 
 def test_fine_tuning_data_retrieves_as_recognition_does(tiny_cli_env: Path) -> None:

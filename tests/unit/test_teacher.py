@@ -260,6 +260,25 @@ def test_the_history_keeps_what_was_undone_and_who_undid_it(recognizer: Any) -> 
     )
 
 
+def test_a_history_of_one_teacher_says_whose_events_were_undone_not_who_undid_them(
+    recognizer: Any,
+) -> None:
+    """memory history --by ana, after the operator root undid one of ana's two examples,
+    read "1 teaching event was undone by 'ana':" above a line saying root undid it; the
+    event was ana's, the undoing root's."""
+    from rar_agent.tools.learn import describe_history
+
+    memory = recognizer.memory
+    ana = Teacher(memory, recognizer.encoder, via="mcp", by="ana")
+    for i in range(2):
+        ana.add(f"thing {i}", [(f"t{i}.png", _png((30 * i, 100, 50 + 40 * i), mark=i))])
+    Teacher(memory, None, via="cli", by="root").undo(1, of="ana")
+    lines = describe_history(ana.history(by="ana")).splitlines()
+    assert lines[0] == "Last 1 of 1 teaching event by 'ana' (0 by others):"
+    assert lines[2] == "1 teaching event by 'ana' was undone:"
+    assert lines[3].endswith("via cli by root")
+
+
 def test_teacher_without_encoder_relabels_but_cannot_teach(recognizer: Any) -> None:
     full = Teacher(recognizer.memory, recognizer.encoder)
     [added] = full.add("mug", [("mug.png", _png((200, 200, 200)))])
