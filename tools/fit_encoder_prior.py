@@ -56,6 +56,11 @@ from icon_reference import load_icons  # noqa: E402
 ALPHAS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 """The ALPHA grid the prior is stored at (``auto:ALPHA`` interpolates between them)."""
 SHOTS = (1, 2, 3)
+FAR_MARGIN = 0.8
+"""The prior's ``far_below``: this fraction of the lowest nearest-other similarity of any
+fitted reference memory, so that none of them has a category set apart (EfficientNet-Lite0:
+the icons' lowest 0.254 over 3000 memories of 24, Fashion-MNIST's 0.41 over 3000 of 7; a cat
+photo reaches 0.19 at most beside garments, 0.16 beside drawn shapes)."""
 CHARS = string.ascii_letters + string.digits
 SKIP_STYLES = ("bold", "italic", "oblique", "light", "thin", "black", "medium", "heavy", "cond")
 
@@ -217,10 +222,20 @@ def trials(ref: RefSet, shots: int, known: int, unseen: int, n: int, seed: int) 
                 "unseen": score[~is_known],
                 "correct": (labels[best] == ref.query_y[queries])[is_known],
                 "scale": scale.centre,
+                "lowest_other": _lowest_other(ref.memory_x[picks], labels),
                 "pair_spread": float(scale.pair_spread or 0.0),
             }
         )
     return out
+
+
+def _lowest_other(x: np.ndarray, labels: np.ndarray) -> float:
+    """The lowest similarity of a category's first example to its nearest other category's."""
+    first = np.unique(labels, return_index=True)[1]
+    unit = _unit(x[first])
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    return float(sims.max(axis=1).min())
 
 
 def fit_slopes(runs: list[dict]) -> list[float]:
@@ -328,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         x, labels, _, _ = load_emoji(args.emoji)
         held_only.append(picture_set("emoji", x, labels))
     prior: dict[str, list[float]] = {}
+    lowest = 1.0
     slopes: dict[str, list[float]] = {}
     validated: dict[str, Any] = {}
     for shots in SHOTS:
@@ -336,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             ref.name: trials(ref, shots, *_shape(ref), args.trials, seed=shots) for ref in judged
         }
         names = [ref.name for ref in refs]
+        lowest = min(lowest, *(r["lowest_other"] for name in names for r in runs[name]))
         sloped = str(shots) in args.sloped.split(",")
         prior[str(shots)], slopes[str(shots)] = fit_rule(runs, names, sloped)
         validated[str(shots)] = {
@@ -366,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "alphas": list(ALPHAS),
         "quantiles": {k: [round(v, 5) for v in row] for k, row in prior.items()},
         "slopes": {k: [round(v, 5) for v in row] for k, row in slopes.items() if any(row)},
+        "far_below": round(FAR_MARGIN * lowest, 4),
         "validated": validated,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

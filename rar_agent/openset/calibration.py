@@ -533,9 +533,12 @@ class Calibration(BaseModel):
         prior = self.prior()
         if prior is None or self.scale is None:
             return None
+        apart = self.scale.set_apart
+        far = f"; {apart} far from all the others set apart" if apart else ""
         return (
             f"the encoder prior of {prior.encoder} (measured on {prior.measured_on}), not on "
-            f"this memory (scaled by how far its {self.scale.categories} categories lie apart)"
+            f"this memory (scaled by how far its {self.scale.categories} categories lie "
+            f"apart{far})"
         )
 
     def judge_query(self, vector: ArrayLike | None, top: Candidate, alpha: float) -> Judged:
@@ -897,7 +900,8 @@ def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
     labels = [label for _, label, _ in first]
     x = np.asarray([v for _, _, v in first], dtype=np.float64)
     model = Whitening.fit(x, labels, rank=_rank(len(x), _folds(len(x))))
-    cal.encoder, cal.scale = memory.info.fingerprint, MemoryScale.measure(labels, x)
+    cal.encoder, prior = memory.info.fingerprint, encoder_prior(memory.info.fingerprint)
+    cal.scale = MemoryScale.measure(labels, x, prior.far_below if prior else None)
     if model is not None:
         cal.standins, cal.reach = _cross_fitted(ids, labels, x, sample)
     cal.categories, model, cal.directions = _category_sums(model, cal.reach, first, entries)

@@ -104,14 +104,25 @@ class MemoryScale(BaseModel):
     pair_spread: float | None = None
     """The standard deviation of the similarities over all pairs of those examples (what an
     encoder prior's ``slopes`` shift its quantile by)."""
+    set_apart: int = 0
+    """Categories left out of the scale: their nearest other category lies below the
+    encoder's ``far_below`` (a photo taught beside drawings)."""
 
     @classmethod
-    def measure(cls, labels: Sequence[str], vectors: np.ndarray) -> MemoryScale | None:
+    def measure(
+        cls, labels: Sequence[str], vectors: np.ndarray, far_below: float | None = None
+    ) -> MemoryScale | None:
         """The scale of examples ``vectors`` (rows) of ``labels``, over the first example of
         each category (up to ``SCALE_SAMPLE``): one per category, so that a category with
         many examples does not crowd the others' nearest neighbours (the scale of a memory
         of 1 and 10 examples per category is that of single examples, as the prior's);
         ``None`` with fewer than ``MIN_SCALE_CATEGORIES`` categories.
+
+        A category whose similarity to its nearest other lies below ``far_below`` (an
+        encoder prior's :attr:`EncoderPrior.far_below`) is set apart, unless fewer than
+        ``MIN_SCALE_CATEGORIES`` would remain: it is of another kind than the rest, and its
+        one low similarity would lower the centre and widen the spread, so that every
+        category's threshold became lenient (one photo among drawings made coffee "known").
 
         Raises:
             ValueError: When labels and vectors differ in number.
@@ -126,15 +137,22 @@ class MemoryScale(BaseModel):
         x = np.asarray(vectors, dtype=np.float64)[first]
         unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         sims = unit @ unit.T
-        pairs = sims[np.triu_indices(len(first), 1)]
         np.fill_diagonal(sims, -np.inf)
+        kept = np.ones(len(first), dtype=bool)
+        if far_below is not None:
+            near = sims.max(axis=1) >= far_below
+            if near.sum() >= MIN_SCALE_CATEGORIES:
+                kept = near
+        sims = sims[np.ix_(kept, kept)]
         nearest_other = sims.max(axis=1)
+        pairs = sims[np.triu_indices(len(sims), 1)]
         return cls(
             centre=round(float(nearest_other.mean()), 6),
             spread=round(float(nearest_other.std()), 6),
-            categories=len(first),
+            categories=int(kept.sum()),
             examples=len(names),
             pair_spread=round(float(pairs.std()), 6),
+            set_apart=int((~kept).sum()),
         )
 
 
@@ -153,6 +171,11 @@ class EncoderPrior(BaseModel):
             with its pair spread (fitted across the reference memories; none: 0). A memory
             whose categories lie evenly apart (a small pair spread) is judged at a higher
             quantile than one whose categories form clusters.
+        far_below: A similarity to the nearest other category below every one the
+            reference memories hold (a fraction of their lowest, measured by
+            ``tools/fit_encoder_prior.py``): a category this far from all the others is set
+            apart from a memory's scale (:meth:`MemoryScale.measure`). No reference memory
+            reaches it, so the quantiles and their held-out figures stand.
         validated: Held-out figures (promised vs delivered), for people.
     """
 
@@ -162,6 +185,7 @@ class EncoderPrior(BaseModel):
     alphas: list[float]
     quantiles: dict[str, list[float]]
     slopes: dict[str, list[float]] = Field(default_factory=dict)
+    far_below: float | None = None
     validated: dict[str, Any] = Field(default_factory=dict)
 
     def shots(self) -> list[int]:

@@ -138,3 +138,38 @@ def test_teaching_a_far_photo_extends_the_statistic_without_refitting_it(
     assert np.allclose(new.within[: old.rank, : old.rank], old.within)
     assert after.full_at == before.full_at and after.standins == before.standins
     assert after.categories.counts == [*before.categories.counts, 1]
+
+
+@pytest.fixture
+def one_each(effnet: Any, photos: dict[str, Path], tmp_path: Path) -> Recognizer:
+    """7 drawings, one of each kind: calibrated by the encoder prior alone."""
+    memory = CategoryMemory.open(tmp_path / "one", collection="one-each")
+    teacher = Teacher(memory, effnet, via="api")
+    for kind in KINDS:
+        teacher.add(kind, [photos[f"{kind}0"]])
+    return Recognizer(memory, effnet, k=3, ranker="none")
+
+
+def test_a_far_photo_taught_beside_one_drawing_each_leaves_the_threshold(
+    one_each: Recognizer, photos: dict[str, Path]
+) -> None:
+    unseen = [COFFEE, photos["noise"]]
+    before = {p: one_each.recognize(p) for p in unseen}
+    assert not any(_known(r) for r in before.values())
+
+    # the cat's nearest drawing lies at 0.16, below the encoder's far_below (0.20)
+    Teacher(one_each.memory, one_each.encoder, via="api").add("cat", [CAT])
+
+    after = {p: one_each.recognize(p) for p in unseen}
+    # the cat is set apart from the scale: the threshold stays where it was (it fell from
+    # 0.57 to 0.15, below the noise's similarity to a drawing: the noise became "known")
+    assert [_known(r) for r in after.values()] == [False, False], after
+    for image, result in after.items():
+        assert result.rejection is not None and before[image].rejection is not None
+        assert result.rejection.threshold == pytest.approx(before[image].rejection.threshold)
+    for image in (photos["flipped"], photos["cropped"]):
+        result = one_each.recognize(image)
+        assert result.label == "cat" and _known(result), (image.name, result.rejection)
+    cal = load(one_each.memory)
+    assert cal is not None and cal.statistic is None and cal.scale is not None
+    assert cal.scale.set_apart == 1 and cal.scale.categories == len(KINDS)
