@@ -337,7 +337,7 @@ class Teacher:
         shared = {
             "label": clean,
             "image_entries": self.memory.count("image"),
-            "class_names": base_side(self.memory.category_counts()) == "text",
+            "class_names": self._class_names_answer(),
             "seconds": round(time.perf_counter() - start, 3),
             "action": action,
             "corrected_from": wrong,
@@ -346,6 +346,14 @@ class Teacher:
         first = entries[todo[0]].point_id if todo and examples == len(todo) else None
         new_ids = {entries[i].point_id for i in todo}
         return _outcomes(prepared, entries, new_ids, first, flagged, moved, examples, shared)
+
+    def _class_names_answer(self) -> bool:
+        """Whether the memory's class names answer photos (:func:`base_side`), asked only of a
+        memory that holds class names: counting each side's categories (an exact facet) takes
+        about 30 ms at 10k examples, more than the rest of a teaching."""
+        if self.memory.count("text") == 0:
+            return False
+        return base_side(self.memory.category_counts()) == "text"
 
     def _entries(
         self,
