@@ -250,16 +250,6 @@ class Teacher:
         self.near_duplicate = float(near_duplicate)
         self._bound = False
 
-    def acting(self, *, via: TeachVia | None = None, by: str | None = None) -> Teacher:
-        """The same teacher recording another source (a request's token name, a channel)."""
-        return Teacher(
-            self.memory,
-            self.encoder,
-            via=via or self.via,
-            by=by if by is not None else self.by,
-            near_duplicate=self.near_duplicate,
-        )
-
     # ------------------------------------------------------------------ adding
 
     def add(
