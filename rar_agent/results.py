@@ -91,6 +91,12 @@ class Candidate(BaseModel):
         description="The category's closest memory entries to the query, best first (at "
         "most 2): the evidence for this candidate.",
     )
+    leads_names: bool = Field(
+        default=False,
+        description="In a memory of class names and taught photos: a taught example of this "
+        "category is the same thing as the image, so it leads the class names and no ranking "
+        "model is asked (one knows the class names, not what was taught).",
+    )
 
 
 SkipRule = Literal["no_candidates", "one_candidate", "rejected", "taught", "confident"]

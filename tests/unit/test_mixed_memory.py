@@ -40,13 +40,15 @@ def effnet() -> Any:
 
 @pytest.fixture(scope="module")
 def views(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Other photos of the coffee: a 10% crop (0.94 from coffee.jpg), the bottom right 60%
-    (0.66) and 50% (0.50, and 0.79 from the 60% one) of it."""
+    """Other photos of the coffee: a 10% crop (0.94 from coffee.jpg), a 5% crop (0.975, and
+    0.96 from the 10% one), the bottom right 60% (0.66) and 50% (0.50, and 0.79 from the 60%
+    one) of it."""
     folder = tmp_path_factory.mktemp("views")
     image = Image.open(COFFEE).convert("RGB")
     w, h = image.size
     boxes = {
         "crop": (w // 10, h // 10, w - w // 10, h - h // 10),
+        "crop5": (w // 20, h // 20, w - w // 20, h - h // 20),
         "corner60": (int(w * 0.4), int(h * 0.4), w, h),
         "corner50": (w // 2, h // 2, w, h),
     }
@@ -242,3 +244,40 @@ def test_a_ranker_is_not_asked_to_put_a_class_name_over_the_same_thing(
             cat = recognizer.recognize(CAT)
             assert {c.kind for c in cat.candidates} == {"text"}
             assert cat.ranking.status in {"ranked", "fallback"} and model.i == 1
+
+
+def test_two_taught_categories_and_no_class_name_are_not_given_to_a_ranker(
+    effnet: Any, tmp_path: Path, views: dict[str, Path]
+) -> None:
+    """The skip asked whether a class name followed the taught category, re-deriving what
+    retrieval had decided: with two taught categories the same thing as the photo filling
+    the top k, none followed, and the model was asked and put the other taught label first.
+    Retrieval marks its decision (``leads_names``) and the skip reads it, on every path."""
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from rar_agent.ranking import RankingChain
+
+    memory = CategoryMemory.open(tmp_path / "mem", collection="imagenet")
+    add_builtin_vocabulary(memory, effnet)
+    model = FakeListChatModel(responses=['["my mug", "lion"]'] * 4)
+    chain = RankingChain(model, structured="never")
+    with Recognizer(memory, effnet, k=2, ranker=chain) as recognizer:
+        _teach(recognizer, "lion", COFFEE)  # 0.975 from the photo asked about
+        _teach(recognizer, "my mug", views["crop"])  # 0.96 from it
+        w, h = Image.open(views["crop5"]).size
+        answers = [
+            recognizer.recognize(views["crop5"]),
+            *recognizer.recognize_batch([views["crop5"], CAT])[:1],
+            *recognizer.recognize_regions(views["crop5"], [[0, 0, w, h]], kind="auto"),
+        ]
+        for result in answers:
+            assert result.label == "lion" and _labels(result) == ["lion", "my mug"]
+            assert result.ranking.skip is not None and result.ranking.skip.rule == "taught"
+            assert all(c.kind == "image" and c.leads_names for c in result.candidates)
+        assert model.i == 1  # asked once: for the cat, which the class names answer
+        by_hand = CategoryRetriever(memory=memory, encoder=effnet, k=3)
+        first, second, third = by_hand.retrieve(views["crop5"])
+        assert first.leads_names and second.leads_names
+        assert third.kind == "text" and not third.leads_names
+        cat = by_hand.retrieve(CAT)
+        assert not any(c.leads_names for c in cat)
