@@ -501,7 +501,7 @@ class Teacher:
                 previous_id=hit.id,
                 label=clean,
                 previous_label=clean,
-                category_examples=self.memory.labels("image").get(clean, 0),
+                category_examples=self.memory.count("image", label=clean),
             )
         record = {"from": hit.label, "to": clean, "at": _now(), "via": self.via, "by": self.by}
         new_id = self._move(hit, clean, [*hit.payload.get("relabels", []), record])
@@ -510,7 +510,7 @@ class Teacher:
             previous_id=hit.id,
             label=clean,
             previous_label=hit.label,
-            category_examples=self.memory.labels("image").get(clean, 0),
+            category_examples=self.memory.count("image", label=clean),
         )
 
     def _entry(self, example: str) -> Hit:
