@@ -153,7 +153,8 @@ def reference_sets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def draw_memory(ref: dict[str, Any], seed: int) -> dict[str, Any]:
     """One seeded memory of ``KNOWN`` single examples (fewer when the set has fewer
     categories: then all but 30% of them) and its queries (the rest of the set): ``x``,
-    ``labels`` of the memory, ``queries``, their ``truth`` and ``known`` mask, ``keys``."""
+    ``labels`` of the memory, ``queries``, their ``truth`` and ``known`` mask, ``keys`` (the
+    examples' rows of the pool), ``rows`` (the queries' rows of the set)."""
     rng = np.random.default_rng(seed)
     names = np.unique(ref["labels"])
     known_n = min(KNOWN, len(names) - max(1, round(0.3 * len(names))))
@@ -169,6 +170,7 @@ def draw_memory(ref: dict[str, Any], seed: int) -> dict[str, Any]:
         "x": pool_x[picks],
         "labels": pool_y[picks],
         "keys": [str(i) for i in picks],
+        "rows": queries,
         "queries": ref["x"][queries],
         "truth": truth,
         "known": np.isin(truth, mine),

@@ -24,7 +24,19 @@ or a query holds, tells that regime from the others, on the same memories as
    best less the query's mean similarity to the memory ``(s1 - mean) / d``, and that over
    the query's own spread; each calibrated by the smallest known quantile of the
    ``--calibrate`` sets, as the prior is, and judged on every set, with its oracle;
-5. **the prior and the margin together**: rejected only where both say so.
+5. **the prior and the margin together**: rejected only where both say so;
+6. **cohort-normalised scores** (session 16), as speaker and face verification normalise a
+   score against one enrolment sample: the answer's similarity ``s`` set against the
+   similarities of the answer's example (``mu_e``, ``sd_e``) and of the query (``mu_q``,
+   ``sd_q``) to a fixed *cohort*: Z-norm ``(s - mu_e) / sd_e``, T-norm ``(s - mu_q) / sd_q``,
+   S-norm their mean, and ``s - (mu_e + mu_q) / 2``; each over the whole cohort or its
+   ``k`` members most similar to the vector (adaptive, AS-norm). Cohorts: the encoder's
+   ImageNet classifier rows (they ship with it), ``references`` (500 vectors of each other
+   kind of set given: what a cohort stored with the encoder prior would be, never the
+   judged kind), and the memory's own other examples. Each calibrated and judged as in
+   report 4, with the calibrate sets also held out (each judged by the cut from the others);
+7. **each score raised to a third**: the cut at which the ``--target`` set rejects a third
+   of its unseen, and what every set's knowns pay there.
 
 Usage::
 
@@ -57,6 +69,17 @@ QUERY_SCORES = {
     "above_mean": "(s1 - mean) / d",
     "query_z": "(s1 - mean) / sd",
 }
+COHORTS = ("imagenet", "references", "memory")
+COHORT_TOP = (0, 100, 10)
+"""Cohort members a vector's moments are taken over: 0 all of them, else the ``k`` most
+similar to it (adaptive S-norm); a cohort smaller than ``k`` gives all it has."""
+COHORT_SAMPLE = 500
+"""Vectors of each other kind of set in the ``references`` cohort."""
+COHORT_FORMS = ("z", "t", "s", "d")
+"""Z-norm (the example's moments), T-norm (the query's), S-norm (their mean) and the
+similarity less the mean of the two cohort means (cosine units)."""
+Moments = dict[int, tuple[np.ndarray, np.ndarray]]
+"""``{k: (mean, sd)}`` of each vector's ``k`` most similar cohort members (0: all)."""
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -81,9 +104,87 @@ def memory_statistics(x: np.ndarray, scale: MemoryScale, classes: np.ndarray) ->
     }
 
 
-def scored(m: dict[str, Any], classes: np.ndarray) -> dict[str, Any]:
-    """One drawn memory: its statistics, and each query's scores (the prior's and the
-    query-normalised ones) with its known mask and whether its answer is right."""
+def _top_moments(ranked: np.ndarray) -> Moments:
+    """Each row's mean and standard deviation of its similarities ``ranked`` (highest
+    first), over all of them and over the ``k`` highest (``COHORT_TOP``)."""
+    out = {}
+    for k in COHORT_TOP:
+        top = ranked[:, : k or None]
+        out[k] = (top.mean(axis=1), np.maximum(top.std(axis=1), 1e-6))
+    return out
+
+
+def moments(vectors: np.ndarray, cohort: np.ndarray) -> Moments:
+    """:func:`_top_moments` of each row's similarities to the ``cohort`` (unit rows)."""
+    return _top_moments(-np.sort(-(_unit(vectors) @ cohort.T), axis=1))
+
+
+def kind(name: str) -> str:
+    """The kind of data a set is (every emoji regime is one kind: they share drawings)."""
+    return "emoji" if name.startswith("emoji") else name
+
+
+def reference_cohorts(refs: dict[str, dict[str, Any]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Per set, the ``references`` cohort: ``COHORT_SAMPLE`` vectors of each *other* kind of
+    set given (unit rows), so no set is normalised by its own kind's pictures."""
+    rng = np.random.default_rng(seed)
+    pooled: dict[str, list[np.ndarray]] = {}
+    for name, ref in refs.items():
+        pooled.setdefault(kind(name), []).extend([ref["x"], ref.get("pool_x", ref["x"])])
+    sample = {}
+    for k, parts in pooled.items():
+        rows = np.unique(_unit(np.concatenate(parts)), axis=0)
+        sample[k] = rows[rng.choice(len(rows), min(COHORT_SAMPLE, len(rows)), replace=False)]
+    return {
+        name: np.concatenate([v for k, v in sample.items() if k != kind(name)]) for name in refs
+    }
+
+
+def set_moments(ref: dict[str, Any], cohorts: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Each fixed cohort's :func:`moments` of the set's rows and of its pool's (the memory
+    examples' rows), computed once per set."""
+    pool = ref.get("pool_x", ref["x"])
+    return {name: (moments(ref["x"], c), moments(pool, c)) for name, c in cohorts.items()}
+
+
+def cohort_scores(
+    m: dict[str, Any], sims: np.ndarray, fixed: dict[str, Any] | None
+) -> dict[str, np.ndarray]:
+    """Every cohort-normalised score (``FORM-COHORTk``) of each query's answer: ``sims`` the
+    queries' similarities to the memory's examples, ``fixed`` the set's :func:`set_moments`
+    (``None``: the memory cohort only)."""
+    best = sims.argmax(axis=1)
+    s1 = sims[np.arange(len(sims)), best]
+    x = _unit(m["x"])
+    pairs = x @ x.T
+    np.fill_diagonal(pairs, -np.inf)
+    # the memory as cohort: an example's other examples; a query's memory less its answer
+    sides = {"memory": (_top_moments(-np.sort(-sims, axis=1)[:, 1:]),
+                        _top_moments(-np.sort(-pairs, axis=1)[:, :-1]))}  # fmt: skip
+    rows, picks = m.get("rows"), np.array([int(k) for k in m.get("keys", [])], dtype=int)
+    for name, (of_set, of_pool) in (fixed or {}).items():
+        sides[name] = (
+            {k: (mu[rows], sd[rows]) for k, (mu, sd) in of_set.items()},
+            {k: (mu[picks], sd[picks]) for k, (mu, sd) in of_pool.items()},
+        )
+    out = {}
+    for name, (query, example) in sides.items():
+        for k in COHORT_TOP:
+            mq, sq = query[k]
+            me, se = example[k][0][best], example[k][1][best]
+            z, t = (s1 - me) / se, (s1 - mq) / sq
+            tag = f"{name}{k or ''}"
+            out[f"z-{tag}"], out[f"t-{tag}"] = z, t
+            out[f"s-{tag}"], out[f"d-{tag}"] = (z + t) / 2, s1 - (me + mq) / 2
+    return out
+
+
+def scored(
+    m: dict[str, Any], classes: np.ndarray, fixed: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One drawn memory: its statistics, and each query's scores (the prior's, the
+    query-normalised and the cohort-normalised ones, ``fixed`` the set's
+    :func:`set_moments`) with its known mask and whether its answer is right."""
     x, q = _unit(m["x"]), _unit(m["queries"])
     scale = MemoryScale.measure([str(v) for v in m["labels"]], x)
     if scale is None:
@@ -102,6 +203,7 @@ def scored(m: dict[str, Any], classes: np.ndarray) -> dict[str, Any]:
             "margin": (top[:, 0] - top[:, 1]) / d,
             "above_mean": (top[:, 0] - mean) / d,
             "query_z": (top[:, 0] - mean) / sd,
+            **cohort_scores(m, sims, fixed),
         },
     }
 
@@ -215,18 +317,47 @@ def statistic_rules(
     return out
 
 
-def query_scores(sets: dict[str, list[dict]], alpha: float, calibrate: list[str]) -> dict[str, Any]:
-    """Report 4: each query-normalised score, its cut the smallest known quantile of the
-    ``calibrate`` sets: (known, unseen) rejected per set and the set's oracle."""
+def query_scores(
+    sets: dict[str, list[dict]],
+    alpha: float,
+    calibrate: list[str],
+    scores: tuple[str, ...] = ("prior", *QUERY_SCORES),
+) -> dict[str, Any]:
+    """Reports 4 and 6: each score, its cut the smallest known quantile of the
+    ``calibrate`` sets: (known, unseen) rejected per set and the set's oracle; a calibrate
+    set, when there are others, also held out: the known rejected by the others' cut."""
     out = {}
-    for score in ("prior", *QUERY_SCORES):
+    for score in scores:
         cut = min(known_quantile(sets[n], alpha, score) for n in calibrate)
-        out[score] = {
-            n: [*(round(v, 4) for v in rejected(r, [cut] * len(r), score)),
-                round(oracle(r, alpha, score), 4)]
-            for n, r in sets.items()
-        }  # fmt: skip
+        row = {}
+        for name, runs in sets.items():
+            cells = [*rejected(runs, [cut] * len(runs), score), oracle(runs, alpha, score)]
+            others = [n for n in calibrate if n != name]
+            if name in calibrate and others:
+                held = min(known_quantile(sets[n], alpha, score) for n in others)
+                cells.append(rejected(runs, [held] * len(runs), score)[0])
+            row[name] = [round(v, 4) for v in cells]
+        out[score] = row
     return out
+
+
+def third_of_unseen(sets: dict[str, list[dict]], score: str, target: str) -> dict[str, Any]:
+    """Report 7: the smallest cut of ``score`` at which ``target`` rejects a third of its
+    unseen (mean over its memories), and each set's (known, unseen) rejected there."""
+    runs = sets[target]
+    values = np.unique(np.concatenate([r["scores"][score][~r["known"]] for r in runs]))
+    lo, hi = 0, len(values) - 1  # the unseen rejected grows with the cut: bisect the values
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if rejected(runs, [values[mid]] * len(runs), score)[1] >= 1 / 3:
+            hi = mid
+        else:
+            lo = mid + 1
+    cut = float(values[lo])  # rejected: strictly below the cut
+    return {
+        "cut": cut,
+        **{n: [round(v, 4) for v in rejected(r, [cut] * len(r), score)] for n, r in sets.items()},
+    }
 
 
 def prior_and_margin(
@@ -249,7 +380,7 @@ def prior_and_margin(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Draw the memories, print the five reports, write them as JSON."""
+    """Draw the memories, print the seven reports, write them as JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--icons", type=Path, help="icon vector cache")
     p.add_argument("--emoji", type=Path, help="emoji vector cache")
@@ -275,12 +406,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("the rules are fitted on the non-emoji sets, each judged by the others: "
                 "give --icons or --glyphs beside --fashion")  # fmt: skip
     fingerprint = next(iter(refs.values()))["fingerprint"]
-    sets = {
-        name: [scored(draw_memory(ref, seed), classes) for seed in range(args.memories)]
-        for name, ref in refs.items()
-    }
+    references = reference_cohorts(refs)
+    sets = {}
+    for name, ref in refs.items():
+        fixed = set_moments(ref, {"imagenet": classes, "references": references[name]})
+        sets[name] = [scored(draw_memory(ref, s), classes, fixed) for s in range(args.memories)]
     target = next((n for n in sets if "most alike" in n), None)
     held = [n for n in sets if n.startswith("emoji")]  # never fitted, as in the prior
+    cohort = tuple(n for n in next(iter(sets.values()))[0]["scores"] if n[1:2] == "-")
     out = {
         "alpha": args.alpha,
         "memories": args.memories,
@@ -289,6 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         "statistic_rules": statistic_rules(sets, args.alpha, held),
         "query_scores": query_scores(sets, args.alpha, calibrate),
         "prior_and_margin": prior_and_margin(sets, args.alpha, fingerprint, calibrate, level=0.3),
+        "cohort_scores": query_scores(sets, args.alpha, calibrate, cohort),
+        "cohort_third": (
+            {n: third_of_unseen(sets, n, target) for n in ("prior", "margin", *cohort)}
+            if target
+            else None
+        ),
     }
     for key, value in out.items():
         print(key, json.dumps(value), flush=True)

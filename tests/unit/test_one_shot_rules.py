@@ -1,6 +1,7 @@
 """The numpy sweeps behind the one-example section (``tools/one_shot_rules.py``): a rule
 fitted on sets keeps ALPHA on each of them, the raise is the smallest that reaches a third,
-and a query-normalised score is calibrated by the smallest quantile of the sets named."""
+a query-normalised score is calibrated by the smallest quantile of the sets named, and a
+cohort-normalised score sets each similarity against its example's and query's cohort."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from rar_agent.openset.prior import MemoryScale
 from tools.one_shot_rules import (
     _unit,
+    cohort_scores,
     fit_line,
     known_quantile,
     main,
@@ -21,8 +23,11 @@ from tools.one_shot_rules import (
     prior_and_margin,
     query_scores,
     raised,
+    reference_cohorts,
     rejected,
     scored,
+    set_moments,
+    third_of_unseen,
 )
 
 ALPHA = 0.05
@@ -91,7 +96,10 @@ def test_a_query_score_is_calibrated_by_the_smallest_quantile_of_the_sets_named(
     assert out["margin"]["a"][0] == pytest.approx(ALPHA, abs=0.01)
     assert out["margin"]["b"][0] < 0.01  # b's knowns lie higher: a's cut barely touches them
     both = query_scores(sets, ALPHA, ["a", "b"])
-    assert both["margin"]["a"] == out["margin"]["a"]  # a's quantile is the smaller
+    assert both["margin"]["a"][:3] == out["margin"]["a"]  # a's quantile is the smaller
+    # held out, b is judged by a's cut alone, a by b's (which rejects far more of a's knowns)
+    assert both["margin"]["b"][3] == out["margin"]["b"][0]
+    assert both["margin"]["a"][3] > 0.3
 
 
 def test_a_memorys_statistics_and_scores_are_its_own() -> None:
@@ -149,3 +157,56 @@ def test_sets_the_reports_need_and_were_not_given_are_named_before_any_work(
         main(["--fashion", str(tmp_path), "--memories", "2", "--calibrate", "fashion"])
     assert done.value.code == 2
     assert "give --icons or --glyphs beside --fashion" in capsys.readouterr().err
+
+
+def test_a_third_of_the_targets_unseen_is_reached_at_the_smallest_cut() -> None:
+    sets = {"target": _memories(3.0, 0.0, seed=9), "other": _memories(1.0, 0.0, seed=10)}
+    out = third_of_unseen(sets, "margin", "target")
+    runs = sets["target"]
+    assert rejected(runs, [out["cut"]] * len(runs), "margin")[1] >= 1 / 3
+    values = np.concatenate([r["scores"]["margin"][~r["known"]] for r in runs])
+    lower = values[values < out["cut"]].max()  # the next cut down: that value kept
+    assert rejected(runs, [lower] * len(runs), "margin")[1] < 1 / 3
+    assert out["other"][0] > out["target"][0]
+
+
+def _cohort_case() -> tuple[dict, dict, np.ndarray]:
+    """Two examples and two queries, each query at similarity 0.6 to its own example; two of
+    the three cohort members crowd around example 0 (and so around its query)."""
+    e = np.eye(6)
+    x = np.stack([e[0], e[1]])
+    q = np.stack([0.6 * e[0] + 0.8 * e[2], 0.6 * e[1] + 0.8 * e[3]])
+    crowd = _unit(np.stack([e[0] + 0.5 * e[4], e[0] + 0.5 * e[5], e[3] + 0.5 * e[4]]))
+    # the set's rows are the queries then the examples; the memory draws from the pool
+    ref = {"x": np.concatenate([q, x]), "pool_x": x}
+    m = {"x": x, "keys": ["0", "1"], "rows": np.array([0, 1])}
+    return m, set_moments(ref, {"crowd": crowd}), q @ x.T
+
+
+def test_a_similarity_near_a_crowded_example_counts_for_less() -> None:
+    m, fixed, sims = _cohort_case()
+    out = cohort_scores(m, sims, fixed)
+    pull = 2 / np.sqrt(1.25) / 3  # the crowd's mean similarity to example 0
+    query_pull = [2 * 0.6 / np.sqrt(1.25) / 3, 0.8 / np.sqrt(1.25) / 3]
+    expected = [0.6 - (pull + query_pull[0]) / 2, 0.6 - (0.0 + query_pull[1]) / 2]
+    assert out["d-crowd"] == pytest.approx(expected)
+    for form in ("z", "t", "s", "d"):  # the same raw similarity, less where it is crowded
+        assert out[f"{form}-crowd"][0] < out[f"{form}-crowd"][1], form
+        assert out[f"{form}-crowd10"] == pytest.approx(out[f"{form}-crowd"])  # 3 < 10 members
+    # the memory as cohort: a query's moments leave its own answer out
+    assert out["d-memory"] == pytest.approx(0.6 - (0.0 + 0.0) / 2 * np.ones(2))
+
+
+def test_the_reference_cohort_never_holds_the_judged_kind() -> None:
+    rng = np.random.default_rng(11)
+    refs = {
+        "icons": {"x": rng.normal(size=(30, 8))},
+        "emoji": {"x": rng.normal(size=(20, 8)) + 5.0},
+        "emoji, noto -> emojify": {"x": rng.normal(size=(10, 8)) + 5.0,
+                                   "pool_x": rng.normal(size=(10, 8)) + 5.0},
+    }  # fmt: skip
+    cohorts = reference_cohorts(refs)
+    icons = np.unique(_unit(refs["icons"]["x"]), axis=0)
+    for name in ("emoji", "emoji, noto -> emojify"):
+        assert np.allclose(np.unique(cohorts[name], axis=0), icons)  # the icons alone
+    assert len(cohorts["icons"]) == 40  # every emoji vector, none of its own
