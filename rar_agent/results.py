@@ -335,7 +335,9 @@ class ExampleAdded(BaseModel):
     image: str = Field(description="Where the example image came from.")
     added: int = Field(description="1 if stored now, 0 if this image was already stored.")
     new_category: bool = Field(
-        default=False, description="Whether this is the first example of its category."
+        default=False,
+        description="Whether this is the first example of a new category (the memory held "
+        "nothing of its label before, not even its class name).",
     )
     category_examples: int = Field(
         default=0,
@@ -428,6 +430,9 @@ class TeachingUndone(BaseModel):
 
     undone: list[TeachingEvent]
     image_entries: int = Field(description="Example images in the memory afterwards.")
+    text_entries: int = Field(
+        default=0, description="Class names (text entries) in the memory afterwards."
+    )
     by: str | None = Field(
         default=None, description="Only this teacher's events were undone (a shared memory)."
     )

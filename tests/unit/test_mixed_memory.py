@@ -133,9 +133,11 @@ def test_the_tools_teach_and_answer_as_the_recognizer_does(
         for t in make_tools(imagenet, allowed_roots=roots, image_ids=False, allow_learning=True)
     }
     taught = _call(tools["add_category_example"], {"label": "lion", "image": str(COFFEE)})
-    assert "beside this memory's class names, only a photo of the same thing" in (
-        str(taught.content)
+    said = str(taught.content)  # lion is one of ImageNet's classes: not a new category
+    assert "the first example photo of 'lion', a category this memory knew by its class name" in (
+        said
     )
+    assert "a photo of the same thing is now answered 'lion' by this example too" in said
     for image, label in ((CAT, "Egyptian Mau"), (views["crop"], "lion")):
         assert _call(tools["recognize_image"], {"image": str(image)}).artifact["label"] == label
 
