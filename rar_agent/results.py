@@ -91,6 +91,12 @@ class Candidate(BaseModel):
         description="The category's closest memory entries to the query, best first (at "
         "most 2): the evidence for this candidate.",
     )
+    leads_names: bool = Field(
+        default=False,
+        description="In a memory of class names and taught photos: a taught example of this "
+        "category is the same thing as the image, so it leads the class names and no ranking "
+        "model is asked (one knows the class names, not what was taught).",
+    )
 
 
 SkipRule = Literal["no_candidates", "one_candidate", "rejected", "taught", "confident"]
@@ -329,7 +335,9 @@ class ExampleAdded(BaseModel):
     image: str = Field(description="Where the example image came from.")
     added: int = Field(description="1 if stored now, 0 if this image was already stored.")
     new_category: bool = Field(
-        default=False, description="Whether this is the first example of its category."
+        default=False,
+        description="Whether this is the first example of a new category (the memory held "
+        "nothing of its label before, not even its class name).",
     )
     category_examples: int = Field(
         default=0,
@@ -422,6 +430,9 @@ class TeachingUndone(BaseModel):
 
     undone: list[TeachingEvent]
     image_entries: int = Field(description="Example images in the memory afterwards.")
+    text_entries: int = Field(
+        default=0, description="Class names (text entries) in the memory afterwards."
+    )
     by: str | None = Field(
         default=None, description="Only this teacher's events were undone (a shared memory)."
     )

@@ -48,7 +48,6 @@ __all__ = [
     "check_sides",
     "search_sides",
     "take_turns",
-    "taught_leads",
     "fetch_limit",
 ]
 
@@ -419,29 +418,22 @@ def lead_side(
         base: The side that answers where no example is the same thing.
 
     Returns:
-        Up to ``k`` candidates, ``retrieval_rank`` renumbered.
+        Up to ``k`` candidates, ``retrieval_rank`` renumbered; those of the image categories
+        that lead are marked ``leads_names`` (the decision the ranker's skip reads:
+        :func:`rar_agent.ranking.skip_reason`, rule ``taught``).
     """
     if base == "image":
         return list(image[:k])
-    same = [c for c in image if (c.scores[0] if c.scores else c.score) >= same_thing]
+    same = [
+        c.model_copy(update={"leads_names": True})
+        for c in image
+        if (c.scores[0] if c.scores else c.score) >= same_thing
+    ]
     if not same:
         return list(text[:k])
     taken = {c.label for c in same}
     merged = [*same, *(c for c in text if c.label not in taken)][:k]
     return [c.model_copy(update={"retrieval_rank": i}) for i, c in enumerate(merged, 1)]
-
-
-def taught_leads(candidates: Sequence[Candidate]) -> bool:
-    """Whether :func:`lead_side` put a taught category first, ahead of class names: the
-    first candidate is an example image and a class name follows (it puts an example before
-    class names only when the example is the same thing as the query). A ranking model
-    knows the class names, not what was taught, so it is not asked then
-    (:func:`rar_agent.ranking.skip_reason`)."""
-    return (
-        bool(candidates)
-        and candidates[0].kind == "image"
-        and any(c.kind == "text" for c in candidates[1:])
-    )
 
 
 def take_turns(

@@ -23,6 +23,7 @@ from rar_agent.cli.options import (
     ShotsOpt,
     load_settings_encoder,
     memory_to_write,
+    note_if_empty,
     print_note,
     print_skipped,
     settings_command,
@@ -425,7 +426,8 @@ def memory_remove(
         if not removed:
             raise ConfigError(_no_such_label(label, mem.labels()))
         _recalibrate(mem, BuildReport(), removed)
-    typer.echo(f"removed {counted(removed, 'entry', 'entries')} of {label!r}")
+        typer.echo(f"removed {counted(removed, 'entry', 'entries')} of {label!r}")
+        note_if_empty(mem)
 
 
 def _no_such_label(label: str, labels: "Mapping[str, int]") -> str:
@@ -455,6 +457,7 @@ def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
 
     with open_shown_memory(settings) as mem:
         counts = mem.labels()
+        note_if_empty(mem)
     if as_json:
         typer.echo(json.dumps(counts, ensure_ascii=False))
         return

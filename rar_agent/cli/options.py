@@ -65,6 +65,7 @@ __all__ = [
     "error_guard",
     "load_settings_encoder",
     "memory_to_write",
+    "note_if_empty",
     "open_recognizer",
     "print_error",
     "print_note",
@@ -561,6 +562,25 @@ def print_skipped(failed: Sequence[tuple[str, str]], shown: int = 20) -> None:
                       highlight=False)  # fmt: skip
     if len(failed) > shown:
         console.print(f"  [yellow]and {len(failed) - shown} more skipped[/]", highlight=False)
+
+
+def note_if_empty(memory: CategoryMemory) -> None:
+    """Say on stderr that ``memory`` holds nothing (its last teaching undone, its last
+    category removed), and that it stays, empty: no command deletes a memory that was there
+    before it (one that teaching made included), and its record keeps what was undone."""
+    if memory.count() > 0:
+        return
+    info = memory.info
+    where = (
+        f"the collection {info.collection!r} at {info.location}"
+        if info.backend == "server"
+        else f"its folder {info.location}"
+    )
+    print_note(
+        f"memory {info.collection!r} holds nothing now; it stays, empty (bound to its "
+        "encoder, with its history): teach it or `rar-agent memory build` to fill it "
+        f"again, or delete {where} to remove it"
+    )
 
 
 def print_note(message: str) -> None:

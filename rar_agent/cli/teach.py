@@ -18,6 +18,7 @@ from rar_agent.cli.options import (
     JsonOpt,
     load_settings_encoder,
     memory_to_write,
+    note_if_empty,
     settings_command,
 )
 from rar_agent.cli.through_server import TokenOpt, call_server_tool, text_of
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
     from rar_agent.memory import CategoryMemory
     from rar_agent.pipeline.teacher import Teacher
-    from rar_agent.results import TeachingUndone
 
 __all__ = ["memory_history", "memory_relabel", "memory_undo", "teach", "teach_images"]
 
@@ -113,7 +113,8 @@ def _note_new_memory(settings: "Settings", memory: "CategoryMemory") -> None:
     if close and not settings.qdrant_url:
         note += (
             f"; did you mean {close[0]!r}? `rar-agent memory undo --collection "
-            f"{info.collection}` takes this teaching back"
+            f"{info.collection}` takes this teaching back (the memory stays, empty: "
+            "delete its folder to remove it)"
         )
     print_note(note)
 
@@ -286,10 +287,11 @@ def memory_undo(
         _undo_through_server(server, token, by, n, as_json)
         return
 
-    def undo(teacher: "Teacher") -> "TeachingUndone":
-        return teacher.undo(n, of=by)  # the CLI user undoes (recorded), NAME's events only
-
-    _answer(settings, undo, describe_undone, as_json)
+    teacher = _teacher(settings)
+    with teacher.memory:
+        undone = teacher.undo(n, of=by)  # the CLI user undoes (recorded), NAME's events only
+        _print(undone, describe_undone, as_json)
+        note_if_empty(teacher.memory)  # a memory teaching made: it stays, and says so
 
 
 def _undo_through_server(
@@ -351,6 +353,11 @@ def _answer(
     teacher = _teacher(settings)
     with teacher.memory:
         result = do(teacher)
+    _print(result, describe, as_json)
+
+
+def _print(result: T, describe: Callable[[T], str], as_json: bool) -> None:
+    """Print ``result`` as JSON or as the text the tools also answer with."""
     if as_json:
         typer.echo(json.dumps(result.model_dump(mode="json"), ensure_ascii=False))
     else:

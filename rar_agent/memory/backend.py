@@ -100,8 +100,8 @@ class MemoryBackend(Protocol):
         ...
 
     def category_counts(self) -> dict[str, int]:
-        """Distinct labels of each kind (``image``, ``text``), counted once and kept until
-        a write may change them (cheap enough to ask on every query)."""
+        """Distinct labels of each kind (``image``, ``text``), counted once and kept while
+        the writes this backend sees keep them right (cheap enough to ask on every query)."""
         ...
 
     def count(self, kind: str | None, label: str | None = None) -> int:

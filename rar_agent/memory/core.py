@@ -698,9 +698,10 @@ class CategoryMemory:
 
     def category_counts(self) -> dict[str, int]:
         """How many categories (distinct labels) each side holds: ``{"image": n, "text":
-        m}``. Counted once and kept until the next write (on a server, also re-counted
-        every ``CATEGORY_COUNTS_FOR_S`` seconds, for other processes' writes): cheap enough
-        for every query."""
+        m}``. Counted once and kept: an embedded memory's writes of a few entries keep them
+        up to date, any other write has them counted anew; a server's are counted anew after
+        this handle writes and every ``CATEGORY_COUNTS_FOR_S`` seconds (other processes'
+        writes). Cheap enough for every query."""
         self._check_open()
         return self._backend.category_counts()
 

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr
 
+from rar_agent.config import DEFAULT_ALPHA
 from rar_agent.errors import ConfigError
 from rar_agent.openset.prior import EncoderPrior, MemoryScale, encoder_prior, similarity_at
 from rar_agent.openset.statistic import (
@@ -467,7 +468,7 @@ class Calibration(BaseModel):
             return None, (
                 f"cannot calibrate for ALPHA {alpha:g}: {n} stand-in queries from categories "
                 f"with {shots + 1} or more examples, at least {min_standins(alpha)} needed; add "
-                "examples, or accept a larger ALPHA (auto:0.1)"
+                "examples"
             )
         # k-th smallest of n stand-ins, each an equal mixture of its DRAWS draws
         values = self.scores_at(shots)
@@ -524,15 +525,44 @@ class Calibration(BaseModel):
         examples set no threshold at all."""
         return self.threshold(alpha, 1) if self.calibrated else (None, self.reason or NO_PAIRS)
 
+    def judged_by_own(self) -> bool:
+        """Whether the memory's own stand-ins judge its queries, at every ALPHA: they set a
+        threshold at the default ALPHA (``auto``), or the encoder has no prior to do it; else
+        the encoder prior judges, at every ALPHA.
+
+        The choice is the memory's, not the ALPHA's: the two judge different statistics, and
+        a memory judged by the prior at auto:0.02 and by its stand-ins at auto:0.05 rejected
+        queries at 0.02 that 0.05 kept (a larger ALPHA must never reject fewer). Where the
+        stand-ins that judge are too few for a small ALPHA, nothing is rejected at it.
+        """
+        if not self.calibrated:
+            return False
+        return self.prior() is None or self.own_threshold(DEFAULT_ALPHA)[0] is not None
+
+    def smallest_alpha(self) -> float | None:
+        """The smallest ALPHA the memory's own stand-ins set a threshold at (rounded up to
+        four places), ``None`` where they set none at any."""
+        n = len(self.eligible(1))
+        if not n or self.own_threshold(0.5)[0] is None:
+            return None
+        return math.ceil(10_000 / (n + 1)) / 10_000
+
+    def _without_threshold(self, why: str | None) -> str:
+        """Why a query of a memory its own stand-ins judge has no threshold at an ALPHA
+        (``why``: the stand-ins' reason), and what to do."""
+        smallest = self.smallest_alpha()
+        ask = "" if smallest is None else f", or ask for auto:{smallest:g} or more"
+        prior = self._no_prior() if self.prior() is None else NO_PRIOR_BELOW
+        return f"{why or NO_PAIRS}{ask}; {prior}"
+
     def source(self, alpha: float) -> str:
         """Which source sets the thresholds at ``alpha``, in words (for ``memory stats``)."""
-        said = self._prior_words()
-        own, why = self.own_threshold(alpha)
-        if said is None:
-            return "this memory's own examples" if own is not None else "none"
-        if own is None:
-            return self._by_prior(why)
-        return f"this memory's own examples where they suffice, elsewhere {said}"
+        if self.judged_by_own():
+            own = self.own_threshold(alpha)[0] is not None
+            return "this memory's own examples" if own else "none"
+        if self._prior_words() is None:
+            return "none"
+        return self._by_prior(self.own_threshold(DEFAULT_ALPHA)[1])
 
     def _by_prior(self, why: str | None) -> str:
         """The encoder prior as the source, and why the memory's own examples are not."""
@@ -553,42 +583,48 @@ class Calibration(BaseModel):
 
     def judge_query(self, vector: ArrayLike | None, top: Candidate, alpha: float) -> Judged:
         """One image query's known-ness and threshold at ``alpha``, from the memory's own
-        stand-ins (:meth:`judge_vector`) where they give one, else from the encoder prior
-        (the similarity of the answer's closest example against the prior's threshold).
+        stand-ins (:meth:`judge_vector`) where they judge (:meth:`judged_by_own`), else from
+        the encoder prior (the similarity of the answer's closest example against the
+        prior's threshold).
 
         Raises:
             ValueError: A calibrated memory without the query's embedding.
         """
-        why: str | None = self.reason or NO_PAIRS
-        stat: float | None = None
-        if self.calibrated:
+        if self.judged_by_own():
             if vector is None:
                 raise ValueError("the auto open-set check needs the query's embedding")
             value, shots, (threshold, why) = self.judge_vector(vector, alpha)
-            if threshold is not None:
-                share = self.share_at_most(value, alpha, shots)
-                return Judged(value, shots, threshold, None, share=share)
-            stat = value if math.isfinite(value) else None
+            if threshold is None:
+                stat = value if math.isfinite(value) else None
+                return Judged(stat, shots, None, self._without_threshold(why))
+            share = self.share_at_most(value, alpha, shots)
+            return Judged(value, shots, threshold, None, share=share)
+        why = self.own_threshold(DEFAULT_ALPHA)[1]  # why the memory's own examples do not judge
         shots = max(1, self.categories.count_of(top.label))
         threshold, no_prior = self.prior_threshold(alpha, shots)
         if threshold is None:
-            return Judged(stat, shots, None, f"{why}; {no_prior}")
+            return Judged(None, shots, None, f"{why}; {no_prior}")
         similarity = top.scores[0] if top.scores else top.score
         note = f"threshold set by {self._by_prior(why)}"
         return Judged(float(similarity), shots, threshold, note, prior=True)
 
     def summary(self, alpha: float | None = None) -> dict[str, Any]:
         """Headline figures for people (no stand-in list); thresholds at ``alpha``."""
-        from rar_agent.config import DEFAULT_ALPHA
-
         alpha = DEFAULT_ALPHA if alpha is None else alpha
+        own = self.judged_by_own()
         # what a query of a category of m examples is judged at (fewer shots where the
-        # stand-ins support no more, as judge_vector does)
-        per_shot = {m: self.threshold(alpha, self._supported(alpha, m)) for m in (1, 2, 5, 10)}
+        # stand-ins support no more, as judge_vector does), where the stand-ins judge
+        per_shot: dict[int, Threshold] = {
+            m: self.threshold(alpha, self._supported(alpha, m))
+            if own
+            else (None, self.own_threshold(DEFAULT_ALPHA)[1])
+            for m in (1, 2, 5, 10)
+        }
         model = self.model()
         prior = {m: self.prior_threshold(alpha, m) for m in (1, 2, 3)}
-        method = self.method
-        if method == "conformal" and per_shot[1][0] is None:  # stand-ins too few at alpha
+        if own:
+            method = "conformal" if per_shot[1][0] is not None else "none"
+        else:
             method = "prior" if prior[1][0] is not None else "none"
         return {
             "method": method,
@@ -596,7 +632,7 @@ class Calibration(BaseModel):
             "alpha": alpha,
             "standins": len(self.standins),
             "categories": len({s[0] for s in self.standins}),
-            "smallest_alpha": round(1.0 / (len(self.standins) + 1), 4) if self.standins else None,
+            "smallest_alpha": self.smallest_alpha(),
             "thresholds": {
                 str(m): None if t is None else round(t, 4) for m, (t, _) in per_shot.items()
             },
@@ -605,19 +641,27 @@ class Calibration(BaseModel):
                 str(m): None if t is None else round(t, 4) for m, (t, _) in prior.items()
             },
             "scale": None if self.scale is None else self.scale.model_dump(),
-            # a query falls back to fewer shots: the promise holds wherever one shot does,
-            # or the encoder prior where it does not (then why neither can, as answers say)
-            "cannot_calibrate": (
-                f"{per_shot[1][1]}; {prior[1][1]}"
-                if per_shot[1][1] is not None and prior[1][0] is None
-                else None
-            ),
+            # a query falls back to fewer shots: the promise holds wherever one shot does
+            # (then why it cannot, as answers say)
+            "cannot_calibrate": None
+            if method != "none"
+            else self._without_threshold(per_shot[1][1])
+            if own
+            else f"{per_shot[1][1]}; {prior[1][1]}",
             "updated_at": self.updated_at,
         }
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+NO_PRIOR_BELOW = (
+    "nothing is rejected at this ALPHA: the encoder prior judges only a memory whose own "
+    f"examples cannot set a threshold at auto (ALPHA {DEFAULT_ALPHA:g}), so that a smaller "
+    "ALPHA never rejects more"
+)
+"""Why a memory its own stand-ins judge rejects nothing at an ALPHA too small for them."""
 
 
 NO_PAIRS = (

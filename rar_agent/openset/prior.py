@@ -31,7 +31,9 @@ whose categories form clusters, glyphs or icon themes), and turned back into a s
 this memory (:func:`similarity_at`). It keeps its promise to the extent that the memory's data
 resemble the reference data (``measured_on``); its held-out figures travel in the stored
 prior (``validated``). An encoder without a prior gets none: its memories say they cannot
-calibrate. Once a memory's own stand-ins support a conformal threshold, that one is used.
+calibrate. Once a memory's own stand-ins support a conformal threshold at the default ALPHA,
+they judge it at every ALPHA (:meth:`Calibration.judged_by_own
+<rar_agent.openset.calibration.Calibration.judged_by_own>`).
 """
 
 from __future__ import annotations
@@ -196,21 +198,30 @@ class EncoderPrior(BaseModel):
         """The known-ness quantile at ``alpha`` for a query whose category has ``shots``
         examples (the largest measured level not above it: more examples only raise a known
         query's similarity), in a memory of ``scale`` (its pair spread shifts it by the
-        level's ``slopes``); ``None`` outside the ALPHA grid, or with slopes and no pair
+        level's ``slopes``), and never above the one at a larger ALPHA; above the ALPHA grid,
+        the grid's largest ALPHA's. ``None`` below the grid, or with slopes and no pair
         spread to apply them to."""
-        if not self.alphas or not self.alphas[0] - 1e-9 <= alpha <= self.alphas[-1] + 1e-9:
+        if not self.alphas or alpha < self.alphas[0] - 1e-9:
             return None
         levels = [m for m in self.shots() if m <= max(shots, 1)] or self.shots()[:1]
         key = str(levels[-1])
+        if self.slopes.get(key) and (scale is None or scale.pair_spread is None):
+            return None
+        # never above the quantile at a larger ALPHA (a slope may fall faster than the
+        # quantile rises), and above the grid its largest ALPHA's: a larger ALPHA never
+        # rejects fewer, and each rejects less than it promises rather than more
+        wanted = min(alpha, self.alphas[-1])
+        return min(self._quantile(a, key, scale) for a in [wanted, *self.alphas] if a >= wanted)
+
+    def _quantile(self, alpha: float, key: str, scale: MemoryScale | None) -> float:
+        """The quantile at ``alpha`` (within the grid) for level ``key``, shifted by the
+        memory's pair spread times the level's slope."""
         where = math.log(alpha)
         value = float(np.interp(where, np.log(self.alphas), self.quantiles[key]))
         slopes = self.slopes.get(key)
-        if not slopes:
+        if not slopes or scale is None or scale.pair_spread is None:
             return value
-        if scale is None or scale.pair_spread is None:
-            return None
-        slope = float(np.interp(where, np.log(self.alphas), slopes))
-        return value + slope * scale.pair_spread
+        return value + float(np.interp(where, np.log(self.alphas), slopes)) * scale.pair_spread
 
 
 @functools.cache

@@ -44,11 +44,12 @@ def judge(
     the query's known-ness (:meth:`~rar_agent.openset.calibration.Calibration.judge_vector`,
     the calibrated statistic of its embedding) against the conformal threshold at the
     setting's ALPHA for its best category's number of examples (image entries only:
-    class-name entries have none); where the memory's own examples cannot set one, the
-    encoder prior's threshold for the similarity of the answer's closest example, and the
-    note says so (:meth:`~rar_agent.openset.calibration.Calibration.judge_query`). Where
-    neither can support the promise, nothing is rejected and the note says why ("cannot
-    calibrate ..."). The answer stays retrieval's.
+    class-name entries have none); where the memory's own examples do not judge (they set
+    no threshold at the default ALPHA), the encoder prior's threshold for the similarity of
+    the answer's closest example, and the note says so
+    (:meth:`~rar_agent.openset.calibration.Calibration.judge_query`). Where neither can
+    support the promise, nothing is rejected and the note says why ("cannot calibrate ...").
+    The answer stays retrieval's.
 
     Args:
         candidates: The retrieval candidates.

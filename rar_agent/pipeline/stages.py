@@ -21,7 +21,6 @@ from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
 from rar_agent.pipeline.verdict import is_unknown, open_set_check, verdict
 from rar_agent.ranking import NO_RANKER, RankingChain, RankingInput, RankingOutput, skip_text
 from rar_agent.results import Candidate, GateSkip, RankingInfo, RecognitionResult, RejectionInfo
-from rar_agent.retrieval import taught_leads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -279,7 +278,7 @@ class StageRunner:
                         hint=self.hint,
                         allow_none=self.reject.enabled,
                         rejected=is_unknown(check) and not rank_rejected,
-                        taught=taught_leads(ranked),
+                        taught=ranked[0].leads_names,
                     ),
                 )
             )

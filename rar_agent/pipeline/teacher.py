@@ -332,8 +332,10 @@ class Teacher:
             "action": action,
             "corrected_from": wrong,
         }
-        # the category is new when all its examples came now; its first is the first stored
-        first = entries[todo[0]].point_id if todo and examples == len(todo) else None
+        # the category is new when all its examples came now and no class name of it was
+        # there before (the built-in memory's 'tabby cat'); its first is the first stored
+        new = bool(todo) and examples == len(todo) and not self.memory.count("text", label=clean)
+        first = entries[todo[0]].point_id if new else None
         new_ids = {entries[i].point_id for i in todo}
         return _outcomes(prepared, entries, new_ids, first, flagged, moved, examples, shared)
 
@@ -501,7 +503,7 @@ class Teacher:
                 previous_id=hit.id,
                 label=clean,
                 previous_label=clean,
-                category_examples=self.memory.labels("image").get(clean, 0),
+                category_examples=self.memory.count("image", label=clean),
             )
         record = {"from": hit.label, "to": clean, "at": _now(), "via": self.via, "by": self.by}
         new_id = self._move(hit, clean, [*hit.payload.get("relabels", []), record])
@@ -510,7 +512,7 @@ class Teacher:
             previous_id=hit.id,
             label=clean,
             previous_label=hit.label,
-            category_examples=self.memory.labels("image").get(clean, 0),
+            category_examples=self.memory.count("image", label=clean),
         )
 
     def _entry(self, example: str) -> Hit:
@@ -615,7 +617,12 @@ class Teacher:
             renamed[event.id] = self._move(hit, event.previous_label or hit.label, relabels)
         if events:
             self._record_undone(events)
-        return TeachingUndone(undone=events, image_entries=self.memory.count("image"), by=by)
+        return TeachingUndone(
+            undone=events,
+            image_entries=self.memory.count("image"),
+            text_entries=self.memory.count("text"),
+            by=by,
+        )
 
     def _record_undone(self, events: Sequence[TeachingEvent]) -> None:
         """Keep ``events`` (just undone, newest first) in the memory record, oldest first."""

@@ -159,8 +159,8 @@ def skip_reason(
             test is off.
         margin: The gate margin, or None for no margin test.
         rejected: The open-set check already judged the image unknown.
-        taught: A taught category leads the class names
-            (:func:`rar_agent.retrieval.taught_leads`).
+        taught: A taught category leads the class names (the first candidate's
+            ``leads_names``, marked by :func:`rar_agent.retrieval.lead_side`).
 
     Returns:
         Why the model call is skipped (:func:`skip_text` says it in text), or None when the

@@ -59,7 +59,8 @@ class RankingInput(BaseModel):
     taught: bool = Field(
         default=False,
         description="A taught category leads the class names (its example is the same thing "
-        "as the image): the gate skips the model call, which knows the class names only.",
+        "as the image: the first candidate's ``leads_names``, as retrieval decided it): the "
+        "gate skips the model call, which knows the class names only.",
     )
 
     @field_validator("candidates")

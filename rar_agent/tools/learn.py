@@ -118,6 +118,7 @@ class TeachingTool(RecognizerTool):
 def describe_added(result: ExampleAdded) -> str:
     """One person- and model-readable sentence about a taught example."""
     label = result.label
+    examples = counted(result.category_examples, "example")
     fix = (
         f" (it had been answered {result.corrected_from!r})"
         if result.action == "correct" and result.corrected_from
@@ -126,8 +127,7 @@ def describe_added(result: ExampleAdded) -> str:
     if result.moved_from:
         text = (
             f"Moved {result.image} from {result.moved_from!r} to {label!r}: it was stored as "
-            f"an example of {result.moved_from!r}; "
-            f"{counted(result.category_examples, 'example')} of {label!r} now."
+            f"an example of {result.moved_from!r}; {examples} of {label!r} now."
         )
     elif not result.added:
         text = f"{result.image} was already stored as an example of {label!r}."
@@ -142,21 +142,18 @@ def describe_added(result: ExampleAdded) -> str:
             f"a photo closer to it than to the other categories' examples is now answered "
             f"{label!r}{beside} (more examples of it make that surer)."
         )
+    elif result.category_examples == 1:  # a class name's first photo (not a new category)
+        text = (
+            f"Stored {result.image} as the first example photo of {label!r}{fix}, a category "
+            f"this memory knew by its class name alone; a photo of the same thing is now "
+            f"answered {label!r} by this example too (more examples of it make that surer)."
+        )
     elif result.action == "confirm":
-        text = (
-            f"Kept {result.image} as an example of {label!r}, as confirmed "
-            f"({result.category_examples} examples now)."
-        )
+        text = f"Kept {result.image} as an example of {label!r}, as confirmed ({examples} now)."
     elif fix:
-        text = (
-            f"Corrected: stored {result.image} as an example of {label!r}{fix}; "
-            f"{result.category_examples} examples now."
-        )
+        text = f"Corrected: stored {result.image} as an example of {label!r}{fix}; {examples} now."
     else:
-        text = (
-            f"Stored {result.image} as an example of {label!r} "
-            f"({result.category_examples} examples now)."
-        )
+        text = f"Stored {result.image} as an example of {label!r} ({examples} now)."
     for near in result.near_duplicates[:3]:
         text += (
             f" Note: it is nearly identical (similarity {near.similarity:.3f}) to an example "
@@ -276,9 +273,17 @@ def describe_undone(undone: TeachingUndone) -> str:
         return f"Nothing to undo: this memory holds nothing taught{whose}."
     heading = f"Undid {counted(len(undone.undone), 'teaching event')}{whose}, newest first:"
     lines = [heading, *(describe_event(e) for e in undone.undone)]
-    return "\n".join(
-        [*lines, f"The memory now holds {counted(undone.image_entries, 'example image')}."]
-    )
+    held = _holdings(undone.image_entries, undone.text_entries)
+    return "\n".join([*lines, f"The memory now holds {held}."])
+
+
+def _holdings(image_entries: int, text_entries: int) -> str:
+    """What a memory holds, in words: its class names (``memory stats``'s ``text_entries``)
+    and example images (``image_entries``), or nothing."""
+    images = counted(image_entries, "example image")
+    if not text_entries:
+        return images if image_entries else "nothing"
+    return f"{counted(text_entries, 'class name')} and {images}"
 
 
 # ---------------------------------------------------------------------------- add / correct

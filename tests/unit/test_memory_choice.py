@@ -255,3 +255,34 @@ def test_eval_suggests_the_built_in_dataset_name(tmp_path: Path) -> None:
         resolve("fashion_mnist")
     with pytest.raises(ConfigError, match="does not exist"):  # not a near miss: the usual error
         resolve("cifar")
+
+
+def test_a_memory_left_empty_by_undo_or_remove_says_it_stays_and_how_to_remove_it(
+    home: Path, tmp_path: Path
+) -> None:
+    """`teach mug a.png --collection mugs`, then `memory undo`: 'The memory now holds 0 example
+    images.', and `memory list` showed an empty table without a word, the memory that
+    teaching made still there. No command deletes a memory that was there before it: the
+    undo, list and remove of its last category say it stays, empty, and how to remove it."""
+    image = str(tmp_path / "a.png")
+    assert runner.invoke(app, ["teach", "mug", image, "--collection", "mugs"]).exit_code == 0
+    folder = home / "memories" / "mugs"
+    stays = "memory 'mugs' holds nothing now; it stays, empty"
+    undone = runner.invoke(app, ["memory", "undo"])
+    assert undone.exit_code == 0, undone.output
+    assert undone.stdout.rstrip().endswith("The memory now holds nothing.")
+    said = " ".join(undone.stderr.split())
+    assert stays in said and f"delete its folder {folder} to remove it" in said
+    listed = runner.invoke(app, ["memory", "list"])
+    assert listed.exit_code == 0 and stays in " ".join(listed.stderr.split())
+    assert folder.is_dir()  # it stays, as said
+    assert runner.invoke(app, ["teach", "mug", image]).exit_code == 0
+    removed = runner.invoke(app, ["memory", "remove", "mug"])
+    assert removed.exit_code == 0 and stays in " ".join(removed.stderr.split())
+    # a memory that still holds something says nothing of the kind
+    assert runner.invoke(app, ["teach", "mug", image]).exit_code == 0
+    Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(tmp_path / "b.png")
+    assert runner.invoke(app, ["teach", "cup", str(tmp_path / "b.png")]).exit_code == 0
+    kept = runner.invoke(app, ["memory", "undo"])
+    assert kept.exit_code == 0 and "holds nothing" not in kept.stderr
+    assert kept.stdout.rstrip().endswith("The memory now holds 1 example image.")

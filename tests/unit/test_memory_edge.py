@@ -15,6 +15,7 @@ from rar_agent.errors import ConfigError, MemoryBusyError, MemoryStoreError
 from rar_agent.memory import CategoryMemory, MemoryEntry, MemoryLocation, default_memory_dir
 from rar_agent.memory.edge import META_FILE, SHARD_DIR
 from rar_agent.memory.record import RECORD_VERSION
+from tests.helpers.counting_shard import counting_shard
 
 DIM = 8
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,24 +240,6 @@ def test_corrupt_metadata_is_a_clear_error(tmp_path: Path) -> None:
         assert mem.info.fingerprint == "enc-A"
 
 
-class _CountingShard:
-    """The engine's shard, counting the searches and facets it is asked for."""
-
-    def __init__(self, shard: object) -> None:
-        self.shard, self.queries, self.facets = shard, 0, 0
-
-    def query(self, request: object) -> object:
-        self.queries += 1
-        return self.shard.query(request)  # type: ignore[attr-defined]
-
-    def facet(self, request: object) -> object:
-        self.facets += 1
-        return self.shard.facet(request)  # type: ignore[attr-defined]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.shard, name)
-
-
 def test_an_empty_side_is_searched_again_after_any_write(tmp_path: Path) -> None:
     """Retrieval searches both sides of a memory that may hold one: a side a search found
     empty is not searched again until a write, through any handle, may have filled it."""
@@ -265,43 +248,45 @@ def test_an_empty_side_is_searched_again_after_any_write(tmp_path: Path) -> None
     with CategoryMemory.open(path, collection="sides") as mem:
         mem.bind_encoder("enc-sides", DIM)
         mem.add_entries(_entries("cat", 2), _vectors(2, 0))
-        shared = mem._backend._s  # type: ignore[attr-defined]
-        shared.shard = counting = _CountingShard(shared.shard)
-        query = _vectors(1, 1)[0]
-        assert mem.search(query, kind="text") == [] and mem.search(query, kind="text") == []
-        assert counting.queries == 1  # the second search of the empty side asked nothing
-        with CategoryMemory.open(path, collection="sides") as other:  # the same shard
-            other.bind_encoder("enc-sides", DIM)
-            [dog] = other.add_entries(text, _vectors(1, 1))
-        assert [h.id for h in mem.search(query, kind="text")] == [dog]
-        mem.remove_ids([dog])
-        assert mem.search(query, kind="text") == []
-        mem.add_entries(text, _vectors(1, 1))
-        assert [h.label for h in mem.search(query, kind="text")] == ["dog"]
-        mem.remove_label("dog")
-        assert mem.search(query, kind="text") == []
-        assert [h.label for h in mem.search(query, kind="image")] == ["cat", "cat"]
-        shared.shard = counting.shard
+        with counting_shard(mem) as counting:
+            query = _vectors(1, 1)[0]
+            assert mem.search(query, kind="text") == [] and mem.search(query, kind="text") == []
+            assert counting.queries == 1  # the second search of the empty side asked nothing
+            with CategoryMemory.open(path, collection="sides") as other:  # the same shard
+                other.bind_encoder("enc-sides", DIM)
+                [dog] = other.add_entries(text, _vectors(1, 1))
+            assert [h.id for h in mem.search(query, kind="text")] == [dog]
+            mem.remove_ids([dog])
+            assert mem.search(query, kind="text") == []
+            mem.add_entries(text, _vectors(1, 1))
+            assert [h.label for h in mem.search(query, kind="text")] == ["dog"]
+            mem.remove_label("dog")
+            assert mem.search(query, kind="text") == []
+            assert [h.label for h in mem.search(query, kind="image")] == ["cat", "cat"]
 
 
-def test_category_counts_are_counted_once_per_write_through_any_handle(tmp_path: Path) -> None:
+def test_category_counts_are_counted_once_and_follow_writes_through_any_handle(
+    tmp_path: Path,
+) -> None:
     """Retrieval of a memory with both sides asks for its categories per side on every
-    query: they are counted once, and again after a write through any handle."""
+    query: they are counted once, and a write through any handle keeps them up to date."""
     path = tmp_path / "counts"
     text = [MemoryEntry(name, "text", "templates:test", f"h-{name}") for name in ("a", "b")]
     with CategoryMemory.open(path, collection="counts") as mem:
         mem.bind_encoder("enc-counts", DIM)
         mem.add_entries(_entries("cat", 2), _vectors(2, 0))
-        shared = mem._backend._s  # type: ignore[attr-defined]
-        shared.shard = counting = _CountingShard(shared.shard)
-        assert mem.category_counts() == {"image": 1, "text": 0}
-        asked = counting.facets
-        assert mem.category_counts() == {"image": 1, "text": 0}
-        assert counting.facets == asked  # kept: nothing asked again
-        with CategoryMemory.open(path, collection="counts") as other:  # the same shard
-            other.bind_encoder("enc-counts", DIM)
-            other.add_entries(text, _vectors(2, 1))
-        assert mem.category_counts() == {"image": 1, "text": 2}
-        mem.remove_label("a")
-        assert mem.category_counts() == {"image": 1, "text": 1}
-        shared.shard = counting.shard
+        with counting_shard(mem) as counting:
+            assert mem.category_counts() == {"image": 1, "text": 0}
+            asked = counting.facets
+            assert mem.category_counts() == {"image": 1, "text": 0}
+            assert counting.facets == asked  # kept: nothing asked again
+            with CategoryMemory.open(path, collection="counts") as other:  # the same shard
+                other.bind_encoder("enc-counts", DIM)
+                other.add_entries(text, _vectors(2, 1))
+            assert mem.category_counts() == {"image": 1, "text": 2}
+            mem.remove_label("a")
+            assert mem.category_counts() == {"image": 1, "text": 1}
+            assert counting.facets == asked  # followed, not counted anew
+            mem.add_entries(_entries("dog", 20), _vectors(20, 2))  # more than a write follows
+            assert mem.category_counts() == {"image": 2, "text": 1}
+            assert counting.facets > asked  # counted anew

@@ -571,3 +571,58 @@ def test_teaching_a_memory_of_photos_alone_counts_no_categories(
         assert added.added == 1 and added.new_category and memory.count("image") == 2
     finally:
         memory.close()
+
+
+def test_an_undo_beside_class_names_says_the_memory_holds_them(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """After undoing the one photo taught into a memory of class names (as the built-in
+    memory), memory undo said 'The memory now holds 0 example images.', as if it were empty;
+    it counts the class names too (memory stats's text_entries and image_entries)."""
+    from rar_agent.ingest.builders import add_class_names
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_undone
+
+    with CategoryMemory.open(tmp_path / "names", collection="names") as memory:
+        add_class_names(memory, recognizer.encoder, ["heron", "egret", "stork"])
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        teacher.add("bag", [("bag.png", _png((60, 70, 20)))])
+        teacher.add("cup", [("cup.png", _png((20, 70, 160), mark=2))])
+        one = teacher.undo(1)
+        assert (one.text_entries, one.image_entries) == (3, 1)
+        assert describe_undone(one).endswith(
+            "The memory now holds 3 class names and 1 example image."
+        )
+        text = describe_undone(teacher.undo(1))
+    assert text.endswith("The memory now holds 3 class names and 0 example images.")
+
+
+def test_a_class_names_first_photo_is_not_called_a_new_category(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """teach 'tabby cat' cat.jpg --corrects 'Egyptian Mau' in the built-in memory said 'Stored
+    cat.jpg as the first example of the new category 'tabby cat'' of one of its 1000 class
+    names."""
+    from rar_agent.ingest.builders import add_class_names
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_added
+
+    with CategoryMemory.open(tmp_path / "names", collection="names") as memory:
+        add_class_names(memory, recognizer.encoder, ["heron", "egret", "tabby cat"])
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        photo = ("cat.png", _png((60, 70, 20)))
+        [first] = teacher.add("tabby cat", [photo], action="correct", corrected_from="egret")
+        assert not first.new_category and first.category_examples == 1
+        text = describe_added(first)
+        assert "new category" not in text
+        assert text.startswith(
+            "Stored cat.png as the first example photo of 'tabby cat' (it had been answered "
+            "'egret'), a category this memory knew by its class name alone;"
+        )
+        [new] = teacher.add("bag", [("bag.png", _png((20, 70, 160), mark=2))])
+        assert new.new_category and "the new category 'bag'" in describe_added(new)
+    with CategoryMemory.open(tmp_path / "photos", collection="photos") as memory:
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        teacher.add("bag", [("a.png", _png((60, 70, 20)))])
+        [second] = teacher.add("bag", [("b.png", _png((20, 70, 160), mark=2))], action="confirm")
+    assert describe_added(second).endswith("as confirmed (2 examples now).")
