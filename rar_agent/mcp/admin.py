@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rar_agent.errors import RarError
 from rar_agent.memory import CategoryMemory
 from rar_agent.results import TeachingUndone, counted
+from rar_agent.tools.base import explain_validation_error
 from rar_agent.tools.learn import TeachingTool, describe_undone
 from rar_agent.tools.provenance import serving_teacher
 
@@ -80,6 +82,9 @@ class SnapshotTool(BaseTool):
     writes_memory: ClassVar[bool] = False
     admin_only: ClassVar[bool] = True
     handle_tool_error: bool = True
+    handle_validation_error: bool | str | Callable[[Exception], str] | None = Field(
+        default_factory=lambda: explain_validation_error
+    )
 
     memory: CategoryMemory = Field(exclude=True)
     folder: Path

@@ -361,6 +361,25 @@ async def test_the_deploy_guide_names_the_tools_each_scope_lists(tmp_path: Path)
                 assert told == listed - {"teaching_history"} or told == listed, scope
 
 
+async def test_a_call_missing_an_argument_says_which_for_every_tool(tmp_path: Path) -> None:
+    """snapshot_memory called without its name answered "snapshot_memory failed unexpectedly
+    (ValidationError); the server's log has the details" (a traceback in the log): each
+    served tool says which argument was missing, so the client fixes its call."""
+    with serving(tmp_path, snapshot_dir=tmp_path / "snapshots") as service:
+        with anyio.fail_after(120):
+            for name in ("alice", "root"):
+                async with session_with(service.url, bearer(service.tokens[name])) as session:
+                    for tool in (await session.list_tools()).tools:
+                        required = tool.inputSchema.get("required") or []
+                        if not required:
+                            continue
+                        answer = await session.call_tool(tool.name, {})
+                        said = text_of(answer)
+                        assert answer.isError and "unexpectedly" not in said, (tool.name, said)
+                        assert f"{required[0]}: Field required" in said, (tool.name, said)
+        assert not (tmp_path / "snapshots").exists()
+
+
 async def test_what_a_token_teaches_is_recorded_under_its_name(tmp_path: Path) -> None:
     with serving(tmp_path) as service:
         with anyio.fail_after(60):
