@@ -351,6 +351,11 @@ class ExampleAdded(BaseModel):
         "answer its photos, holding more categories than its examples: beside them, only a "
         "photo of the same thing as an example is answered with its label.",
     )
+    only_category: bool = Field(
+        default=False,
+        description="Whether its category is all the memory holds: every photo is answered "
+        "with it until another category is taught.",
+    )
     seconds: float
     id: str | None = Field(default=None, description="The entry id of the example.")
     action: TeachAction = Field(default="add", description="add, confirm or correct.")

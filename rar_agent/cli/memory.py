@@ -424,22 +424,23 @@ def memory_remove(
     with open_shown_memory(settings) as mem:
         removed = mem.remove_label(label)
         if not removed:
-            raise ConfigError(_no_such_label(label, mem.labels()))
+            raise ConfigError(_no_such_label(label, mem.collection, mem.labels()))
         _recalibrate(mem, BuildReport(), removed)
         typer.echo(f"removed {counted(removed, 'entry', 'entries')} of {label!r}")
         note_if_empty(mem)
 
 
-def _no_such_label(label: str, labels: "Mapping[str, int]") -> str:
-    """Why nothing was removed: the label is not in the memory, and the ones it may have meant."""
+def _no_such_label(label: str, collection: str, labels: "Mapping[str, int]") -> str:
+    """Why nothing was removed: the label is not in the memory (named: with no memory named,
+    it is the one the last command used), and the ones it may have meant."""
     import difflib
 
     by_lower = {name.lower(): name for name in labels}
     close = difflib.get_close_matches(label.strip().lower(), list(by_lower), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(repr(by_lower[c]) for c in close)}?)" if close else ""
     return (
-        f"no category {label!r} in this memory, so nothing was removed{hint}: "
-        "`rar-agent memory list` shows its labels"
+        f"no category {label!r} in memory {collection!r}, so nothing was removed{hint}: "
+        "`rar-agent memory list` shows its labels, --collection NAME picks another memory"
     )
 
 

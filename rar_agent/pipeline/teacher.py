@@ -328,6 +328,7 @@ class Teacher:
             "label": clean,
             "image_entries": self.memory.count("image"),
             "class_names": self._class_names_answer(),
+            "only_category": self.memory.count() == examples,
             "seconds": round(time.perf_counter() - start, 3),
             "action": action,
             "corrected_from": wrong,

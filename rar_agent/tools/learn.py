@@ -131,6 +131,12 @@ def describe_added(result: ExampleAdded) -> str:
         )
     elif not result.added:
         text = f"{result.image} was already stored as an example of {label!r}."
+    elif result.new_category and result.only_category:
+        text = (
+            f"Stored {result.image} as the first example of the new category {label!r}{fix}; "
+            f"it is the only category this memory holds, so every photo is answered {label!r} "
+            "until another category is taught."
+        )
     elif result.new_category:
         beside = (
             "; beside this memory's class names, only a photo of the same thing"

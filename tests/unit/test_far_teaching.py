@@ -140,6 +140,28 @@ def test_teaching_a_far_photo_extends_the_statistic_without_refitting_it(
     assert after.categories.counts == [*before.categories.counts, 1]
 
 
+def test_a_photo_among_the_drawings_does_not_hide_a_far_photo_taught_later(
+    effnet: Any, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    # one category holds a photo beside its drawings (the coffee among the discs): held out
+    # of the fit it lies 1.1 off the subspace, six times the farthest drawing (0.19). As the
+    # memory's reach (the largest such distance) it made the cat taught later "near"
+    # (no direction of its own), and the cat photo itself came back "unknown"
+    memory = CategoryMemory.open(tmp_path / "odd", collection="odd")
+    teacher = Teacher(memory, effnet, via="api")
+    for kind in KINDS:
+        extra = [COFFEE] if kind == "disc" else []
+        teacher.add(kind, [*(photos[f"{kind}{n}"] for n in range(6)), *extra])
+    teacher.add("cat", [CAT])
+    recognizer = Recognizer(memory, effnet, k=3, ranker="none")
+    for image in (CAT, photos["flipped"]):
+        result = recognizer.recognize(image)
+        assert result.label == "cat" and _known(result), (image.name, result.rejection)
+    assert not _known(recognizer.recognize(photos["noise"]))
+    cal = load(memory)
+    assert cal is not None and cal.reach is not None and cal.reach < 0.5  # the drawings' own
+
+
 @pytest.fixture
 def one_each(effnet: Any, photos: dict[str, Path], tmp_path: Path) -> Recognizer:
     """7 drawings, one of each kind: calibrated by the encoder prior alone."""

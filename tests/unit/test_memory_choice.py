@@ -286,3 +286,24 @@ def test_a_memory_left_empty_by_undo_or_remove_says_it_stays_and_how_to_remove_i
     kept = runner.invoke(app, ["memory", "undo"])
     assert kept.exit_code == 0 and "holds nothing" not in kept.stderr
     assert kept.stdout.rstrip().endswith("The memory now holds 1 example image.")
+
+
+def test_removing_a_category_the_memory_lacks_names_the_memory(home: Path, tmp_path: Path) -> None:
+    """After `memory add cat a.png --collection pets` and a teaching of the default memory,
+    `memory remove cat` said 'no category 'cat' in this memory', with no word of which memory
+    it had looked in (the default one: the last command used it)."""
+    image = str(tmp_path / "a.png")
+    assert (
+        runner.invoke(app, ["memory", "add", "cat", image, "--collection", "pets"]).exit_code == 0
+    )
+    Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(tmp_path / "b.png")
+    assert (
+        runner.invoke(
+            app, ["teach", "dog", str(tmp_path / "b.png"), "--collection", "default"]
+        ).exit_code
+        == 0
+    )
+    done = runner.invoke(app, ["memory", "remove", "cat"])
+    said = " ".join(done.output.split())
+    assert done.exit_code == 2 and "no category 'cat' in memory 'default'" in said, said
+    assert "--collection NAME picks another memory" in said

@@ -521,7 +521,9 @@ def test_a_first_example_speaks_of_class_names_only_in_a_memory_that_has_them(
 
     photo = ("bag.png", _png((60, 70, 20)))
     with CategoryMemory.open(tmp_path / "photos", collection="photos") as memory:
-        [alone] = Teacher(memory, recognizer.encoder, via="cli").add("bag", [photo])
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        teacher.add("cup", [("cup.png", _png((20, 70, 160), mark=2))])
+        [alone] = teacher.add("bag", [photo])
     assert not alone.class_names
     text = describe_added(alone)
     assert "class names" not in text and "is now answered 'bag' (more examples" in text
@@ -626,3 +628,25 @@ def test_a_class_names_first_photo_is_not_called_a_new_category(
         teacher.add("bag", [("a.png", _png((60, 70, 20)))])
         [second] = teacher.add("bag", [("b.png", _png((20, 70, 160), mark=2))], action="confirm")
     assert describe_added(second).endswith("as confirmed (2 examples now).")
+
+
+def test_the_first_category_of_a_memory_says_every_photo_is_answered_with_it(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """memory add cat cat.jpg --collection my-things (the README's quick start) said 'a photo
+    closer to it than to the other categories' examples is now answered 'cat'' of a memory
+    without other categories: every photo was answered 'cat' (a coffee cup, similarity 0.09)."""
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_added
+
+    with CategoryMemory.open(tmp_path / "things", collection="things") as memory:
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        [first] = teacher.add("cat", [("cat.png", _png((60, 70, 20)))])
+        [second] = teacher.add("coffee", [("coffee.png", _png((20, 70, 160), mark=2))])
+    assert first.only_category and not second.only_category
+    assert describe_added(first) == (
+        "Stored cat.png as the first example of the new category 'cat'; it is the only "
+        "category this memory holds, so every photo is answered 'cat' until another category "
+        "is taught."
+    )
+    assert "closer to it than to the other categories' examples" in describe_added(second)
