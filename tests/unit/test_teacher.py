@@ -650,3 +650,24 @@ def test_the_first_category_of_a_memory_says_every_photo_is_answered_with_it(
         "is taught."
     )
     assert "closer to it than to the other categories' examples" in describe_added(second)
+
+
+def test_a_new_category_taught_beside_a_moved_photo_is_called_new(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """Teacher.add('cat', [new photo, photo stored as 'dog'], move=True) in a memory of photos
+    alone said 'Stored b.png as the first example photo of 'cat', a category this memory knew
+    by its class name alone': the moved photo made the category look older than the call. A
+    category is new when the memory held nothing of it before the call."""
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_added
+
+    dog = ("a.png", _png((60, 70, 20)))
+    with CategoryMemory.open(tmp_path / "photos", collection="photos") as memory:
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        teacher.add("dog", [dog])
+        teacher.add("cup", [("c.png", _png((200, 30, 30), mark=4))])
+        first, moved = teacher.add("cat", [("b.png", _png((20, 70, 160), mark=2)), dog], move=True)
+    assert moved.moved_from == "dog" and first.new_category and first.category_examples == 1
+    text = describe_added(first)
+    assert "class name" not in text and "the new category 'cat'" in text, text
