@@ -245,9 +245,9 @@ def _recognize_boxes(
     from rar_agent.regions import annotate as draw_results
 
     if annotate is None:  # decoded only as large as the boxes need
-        return recognizer.recognize_regions(image, boxes, kind="auto")
+        return recognizer.recognize_regions(image, boxes)
     loaded = load_image(image)  # the full image, drawn on
-    results = recognizer.recognize_regions(loaded.image, boxes, kind="auto")
+    results = recognizer.recognize_regions(loaded.image, boxes)
     for result in results:
         result.image = loaded.source
     picture = draw_results(loaded.image, results)

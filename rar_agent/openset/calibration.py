@@ -632,7 +632,7 @@ class Calibration(BaseModel):
             "alpha": alpha,
             "standins": len(self.standins),
             "categories": len({s[0] for s in self.standins}),
-            "smallest_alpha": self.smallest_alpha(),
+            "smallest_alpha": self.smallest_alpha() if own else None,
             "thresholds": {
                 str(m): None if t is None else round(t, 4) for m, (t, _) in per_shot.items()
             },

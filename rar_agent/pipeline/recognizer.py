@@ -376,7 +376,7 @@ class Recognizer:
         boxes: BoxesInput,
         *,
         k: int | None = None,
-        kind: MemoryKind = "text",
+        kind: MemoryKind = "auto",
         context_image: bool = False,
         normalized: bool | None = None,
         context: Context = None,
@@ -385,16 +385,18 @@ class Recognizer:
         """Recognize each box of one image (the detection setting).
 
         Every box is cropped with context (more for small boxes), blurred outside the box and
-        padded to a square; all regions are encoded in one batch, retrieved against the
-        ``text`` memory by default (``image`` or ``auto`` optional) and ranked concurrently.
+        padded to a square; all regions are encoded in one batch, retrieved and ranked
+        concurrently.
 
         Args:
             image: The whole image.
             boxes: ``Box`` objects, ``[x0, y0, x1, y1]`` lists (pixels or 0..1), COCO-style
                 dicts, or a path to a JSON file of them.
             k: Candidates per region.
-            kind: Memory side to query: ``text``, ``image`` or ``auto`` (both: an example
-                answers only a crop of the same thing, :func:`~rar_agent.retrieval.lead_side`).
+            kind: Memory side to query: ``auto`` (both, as the CLI's ``--boxes`` and the
+                ``recognize_image`` tool ask: beside class names an example answers only a
+                crop of the same thing, :func:`~rar_agent.retrieval.lead_side`), ``text``
+                or ``image``.
             context_image: Show the ranker the whole image with the box drawn next to the crop.
             normalized: Box units: True 0..1, False pixels, None to detect.
             context: The context curve or a fixed scale (``regions.context_scale``).
@@ -413,7 +415,7 @@ class Recognizer:
         boxes: BoxesInput,
         *,
         k: int | None = None,
-        kind: MemoryKind = "text",
+        kind: MemoryKind = "auto",
         context_image: bool = False,
         normalized: bool | None = None,
         context: Context = None,

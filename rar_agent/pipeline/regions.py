@@ -76,7 +76,7 @@ class RegionOptions:
 
     Attributes:
         k: Candidates per region (None: the retriever's).
-        kind: Memory side to query: ``text``, ``image`` or ``auto``.
+        kind: Memory side to query: ``auto`` (both), ``text`` or ``image``.
         context_image: Show the ranker the whole image with the box drawn next to the crop.
         normalized: Box units: True 0..1, False pixels, None to detect.
         context: The context curve or a fixed scale.
@@ -86,7 +86,7 @@ class RegionOptions:
     """
 
     k: int | None = None
-    kind: MemoryKind = "text"
+    kind: MemoryKind = "auto"
     context_image: bool = False
     normalized: bool | None = None
     context: Context = None

@@ -104,6 +104,13 @@ def test_a_larger_alpha_never_rejects_fewer_queries_of_a_small_memory(tmp_path: 
         (2, 2): False, (2, 3): False, (2, 4): False, (3, 1): True, (3, 4): True,
     }  # fmt: skip
     assert "threshold set by the encoder prior" in str(notes[2, 4, 0.1])
+    # memory stats says the same: the prior at 0.1, no ALPHA the stand-ins would support
+    # (they do not judge); nothing at 0.01, and the smallest ALPHA that the stand-ins support
+    prior = calibrations[2, 4].summary(0.1)
+    assert (prior["method"], prior["smallest_alpha"]) == ("prior", None)
+    own = calibrations[3, 1].summary(0.01)
+    assert (own["method"], own["smallest_alpha"]) == ("none", 0.0455)
+    assert "nothing is rejected at this ALPHA" in own["cannot_calibrate"]
     assert "or ask for auto:0.0455 or more; nothing is rejected at this ALPHA" in str(
         notes[3, 1, 0.02]
     )

@@ -154,6 +154,27 @@ async def test_async_twin_and_image_memory(memory: CategoryMemory, tiny_encoder:
     assert recognizer.recognize_regions(scene(), [[20, 30, 70, 90]], kind="auto")[0].label
 
 
+def test_a_memory_of_photos_answers_regions_as_the_cli_does(
+    tmp_path: Path, tiny_encoder: Any
+) -> None:
+    """A memory of example photos (as `memory build --from-folder` makes): the README's
+    `rec.recognize_regions(image, boxes)` raised EmptyMemoryError ('the memory holds no class
+    names, only 4 example images: ask its image side (... RAR_KIND=image)') while `rar-agent
+    recognize --boxes` and the recognize_image tool answered from the photos; the Python
+    default is theirs now (``auto``)."""
+    image = scene()
+    with CategoryMemory.open(tmp_path / "photos", collection="photos") as mem:
+        mem.bind_encoder(tiny_encoder.fingerprint, tiny_encoder.dim)
+        crops = [prepare_region(image, box, size=32) for box in OBJECTS.values()]
+        entries = [MemoryEntry(label, "image", f"{label}.png", label) for label in OBJECTS]
+        mem.add_entries(entries, tiny_encoder.embed_images(crops))
+        recognizer = Recognizer(mem, tiny_encoder, k=2)
+        results = recognizer.recognize_regions(image, list(OBJECTS.values()))
+    assert [r.error for r in results] == [None, None]
+    assert [r.label for r in results] == list(OBJECTS)
+    assert {c.kind for r in results for c in r.candidates} == {"image"}
+
+
 def test_boxes_from_a_json_file(memory: CategoryMemory, tiny_encoder: Any, tmp_path: Path) -> None:
     path = tmp_path / "dets.json"
     dets = [{"image_id": 1, "category_id": 2, "bbox": [120, 40, 30, 30], "score": 0.7}]
