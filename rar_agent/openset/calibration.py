@@ -677,7 +677,10 @@ def _finish(cal: Calibration) -> Calibration:
         cal.method, cal.reason = "conformal", None
     else:
         cal.method = "prior" if cal.prior() is not None else "none"
-        cal.reason = cal.reason or NO_PAIRS
+        # a memory of too few examples fits no statistic, so no stand-in was scored even
+        # where a category holds two: then say how many categories hold two, not none
+        paired = any(n >= 2 for n in cal.categories.counts)
+        cal.reason = cal.reason or (cal._too_few_categories(0, 1) if paired else NO_PAIRS)
     return cal
 
 

@@ -150,18 +150,18 @@ def _group(value: object) -> NovelGroup | None:
 
 
 def _check(rejection: RejectionInfo) -> tuple[str | None, str | None]:
-    """What the open-set check promised, or why it had no threshold."""
+    """What the open-set check promised (only where a threshold judged the image: no
+    promise is kept without one), or why it had no threshold."""
     if rejection.mode == "off":
         return None, None
+    if rejection.threshold is None:
+        return None, rejection.note or "no threshold"
     promise = None
     if rejection.alpha:
         promise = f"at most {rejection.alpha:.0%} of known images rejected"
         if rejection.prior:
             promise += ", as the encoder prior estimates; this memory cannot measure it yet"
-    note = None
-    if rejection.threshold is None:
-        note = rejection.note or "no threshold"
-    return promise, note
+    return promise, None
 
 
 _BY_SIMILARITY = "ordered by similarity to the memory"

@@ -676,3 +676,22 @@ def test_too_few_categories_counts_the_categories_the_memory_holds(tmp_path: Pat
     assert why is not None
     assert "only 2 categories have 2 or more examples" in why, why
     memory.close()
+
+
+def test_a_category_of_two_examples_is_not_called_none(tmp_path: Path) -> None:
+    # The built-in memory's walk: 'my cat' taught from one photo, 'my cup' from two; memory
+    # stats (and every answer's note) said "cannot calibrate: no category has two example
+    # images" beside `memory list` showing my cup with 2. Three examples fit no statistic,
+    # so no stand-in was scored, and that default reason was the wrong one.
+    space = _Space(2)
+    memory = _memory(tmp_path)
+    _add(memory, "my cat", space.draw(0, 1))
+    _add(memory, "my cup", space.draw(1, 2), start=1)
+    cal = openset.load(memory)
+    assert cal is not None and not cal.calibrated
+    said = [cal.reason or "", cal.summary()["cannot_calibrate"] or ""]
+    said.append(_judge(memory, space.draw(1, 1), DEFAULT_ALPHA)[0].note or "")
+    for why in said:
+        assert "no category has two" not in why, why
+        assert "only 1 category has 2 or more examples" in why, why
+    memory.close()

@@ -280,3 +280,30 @@ def test_the_cli_names_no_example_for_a_class_name(
     assert "why:" not in shown
     assert "palette/classifier" not in shown
     assert "why: the closest stored example of" in _cli(result, capsys)
+
+
+def test_no_promise_is_stated_where_no_threshold_judged_the_image() -> None:
+    """Two taught photos in the built-in memory, a view of one asked: the JSON explanation
+    said 'promise': 'at most 5% of known images rejected' beside 'check_note': 'cannot
+    calibrate: no category has two example images ...', a promise nothing kept (the field
+    promises it for a calibrated threshold only; the CLI already left it out)."""
+    from rar_agent.pipeline import explain
+    from rar_agent.results import RankingInfo, RejectionInfo
+
+    note = "cannot calibrate: no category has two example images"
+    said = explain(
+        label="my cat",
+        candidates=[("my cat", 0.98), ("Egyptian Mau", 0.22)],
+        ranking=RankingInfo(status="disabled"),
+        rejection=RejectionInfo(mode="auto", similarity=0.98, alpha=0.05, note=note),
+        unknown=False,
+    )
+    assert said.promise is None and said.check_note == note
+    judged = explain(
+        label="my cat",
+        candidates=[("my cat", 0.98), ("Egyptian Mau", 0.22)],
+        ranking=RankingInfo(status="disabled"),
+        rejection=RejectionInfo(mode="auto", similarity=0.9, threshold=0.5, alpha=0.05),
+        unknown=False,
+    )
+    assert judged.promise == "at most 5% of known images rejected" and judged.check_note is None
