@@ -333,12 +333,13 @@ class Teacher:
             "action": action,
             "corrected_from": wrong,
         }
-        # the category is new when all its examples came now and no class name of it was
-        # there before (the built-in memory's 'tabby cat'); its first is the first stored
-        new = bool(todo) and examples == len(todo) and not self.memory.count("text", label=clean)
+        held = examples - len(todo) - len(moved)  # the category's examples before this call
+        # the category is new when the memory held nothing of it before: no example, no class
+        # name (the built-in memory's 'tabby cat'); its first is the first stored
+        new = bool(todo) and not held and not self.memory.count("text", label=clean)
         first = entries[todo[0]].point_id if new else None
         new_ids = {entries[i].point_id for i in todo}
-        return _outcomes(prepared, entries, new_ids, first, flagged, moved, examples, shared)
+        return _outcomes(prepared, entries, new_ids, first, flagged, moved, held, shared)
 
     def _class_names_answer(self) -> bool:
         """Whether the memory's class names answer photos (:func:`base_side`), asked only of a
@@ -676,14 +677,14 @@ def _outcomes(
     first: str | None,
     flagged: dict[str, list[NearDuplicate]],
     moved: dict[str, str],
-    examples: int,
+    held: int,
     shared: dict[str, Any],
 ) -> list[ExampleAdded]:
     """One :class:`ExampleAdded` per image given, in order (``shared``: the fields all share;
     ``new_ids``: the entries stored now; ``first``: a new category's first example;
-    ``examples``: the category's examples after all of them). Each counts the category's
-    examples once it came, so the lines of a batch count up to ``examples``."""
-    count = examples - len(new_ids) - len(moved)
+    ``held``: the category's examples before them). Each counts the category's examples
+    once it came, so the lines of a batch count up from ``held``."""
+    count = held
     counted: set[str] = set()
     out = []
     for p, e in zip(prepared, entries, strict=True):

@@ -115,6 +115,10 @@ class TeachingTool(RecognizerTool):
         return event.model_copy(update={"source": public_source(event.source, self.allowed_roots)})
 
 
+_CLOSER = "a photo closer to it than to the other categories' examples is now answered"
+"""How a photo category answers where the photos are the memory's base side."""
+
+
 def describe_added(result: ExampleAdded) -> str:
     """One person- and model-readable sentence about a taught example."""
     label = result.label
@@ -145,14 +149,18 @@ def describe_added(result: ExampleAdded) -> str:
         )
         text = (
             f"Stored {result.image} as the first example of the new category {label!r}{fix}; "
-            f"a photo closer to it than to the other categories' examples is now answered "
-            f"{label!r}{beside} (more examples of it make that surer)."
+            f"{_CLOSER} {label!r}{beside} (more examples of it make that surer)."
         )
     elif result.category_examples == 1:  # a class name's first photo (not a new category)
+        answered = (
+            f"a photo of the same thing is now answered {label!r} by this example too ("
+            if result.class_names
+            else f"{_CLOSER} {label!r} (this memory's photos answer, not its class names; "
+        )
         text = (
             f"Stored {result.image} as the first example photo of {label!r}{fix}, a category "
-            f"this memory knew by its class name alone; a photo of the same thing is now "
-            f"answered {label!r} by this example too (more examples of it make that surer)."
+            f"this memory knew by its class name alone; {answered}more examples of it make "
+            "that surer)."
         )
     elif result.action == "confirm":
         text = f"Kept {result.image} as an example of {label!r}, as confirmed ({examples} now)."

@@ -650,3 +650,52 @@ def test_the_first_category_of_a_memory_says_every_photo_is_answered_with_it(
         "is taught."
     )
     assert "closer to it than to the other categories' examples" in describe_added(second)
+
+
+def test_a_new_category_taught_beside_a_moved_photo_is_called_new(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """Teacher.add('cat', [new photo, photo stored as 'dog'], move=True) in a memory of photos
+    alone said 'Stored b.png as the first example photo of 'cat', a category this memory knew
+    by its class name alone': the moved photo made the category look older than the call. A
+    category is new when the memory held nothing of it before the call."""
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_added
+
+    dog = ("a.png", _png((60, 70, 20)))
+    with CategoryMemory.open(tmp_path / "photos", collection="photos") as memory:
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        teacher.add("dog", [dog])
+        teacher.add("cup", [("c.png", _png((200, 30, 30), mark=4))])
+        first, moved = teacher.add("cat", [("b.png", _png((20, 70, 160), mark=2)), dog], move=True)
+    assert moved.moved_from == "dog" and first.new_category and first.category_examples == 1
+    text = describe_added(first)
+    assert "class name" not in text and "the new category 'cat'" in text, text
+
+
+def test_a_class_names_first_photo_where_the_photos_answer_says_how_it_is_answered(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """In a memory whose photos answer (more photo categories than class names), the first
+    photo of a category known by its class name said 'a photo of the same thing is now
+    answered 'heron' by this example too', as if the class name answered as well; there it
+    answers as any photo category does, and the class name answers nothing."""
+    from rar_agent.ingest.builders import add_class_names
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_added
+
+    with CategoryMemory.open(tmp_path / "photos", collection="photos") as memory:
+        add_class_names(memory, recognizer.encoder, ["heron"])
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        teacher.add("bag", [("a.png", _png((60, 70, 20)))])
+        teacher.add("cup", [("c.png", _png((200, 30, 30), mark=4))])
+        [heron] = teacher.add("heron", [("h.png", _png((20, 70, 160), mark=2))])
+    assert not heron.new_category and not heron.class_names and heron.category_examples == 1
+    text = describe_added(heron)
+    assert "by this example too" not in text, text
+    assert text == (
+        "Stored h.png as the first example photo of 'heron', a category this memory knew by "
+        "its class name alone; a photo closer to it than to the other categories' examples is "
+        "now answered 'heron' (this memory's photos answer, not its class names; more "
+        "examples of it make that surer)."
+    )
