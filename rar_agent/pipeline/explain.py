@@ -177,7 +177,8 @@ def _how(ranking: RankingInfo, rejection: RejectionInfo) -> str:
         return f"double-checked by {ranking.model or 'a model'}, which looked at the photo"
     if status == "skipped":
         skip = ranking.skip or reason  # a result stored before RankingInfo.skip: its text
-        plain = f" ({skip_in_plain_words(skip)})" if skip else ""
+        # the reason after a comma: this text is itself said in parentheses
+        plain = f", as {skip_in_plain_words(skip)}" if skip else ""
         return f"{_BY_SIMILARITY}, not double-checked by a model{plain}"
     if status == "fallback":
         return f"{_BY_SIMILARITY}: the reply of {_CHECKER} could not be used{detail}"

@@ -307,3 +307,38 @@ def test_no_promise_is_stated_where_no_threshold_judged_the_image() -> None:
         unknown=False,
     )
     assert judged.promise == "at most 5% of known images rejected" and judged.check_note is None
+
+
+def _depth(text: str) -> int:
+    """How deep the parentheses of ``text`` nest."""
+    deepest = level = 0
+    for char in text:
+        level += {"(": 1, ")": -1}.get(char, 0)
+        deepest = max(deepest, level)
+    return deepest
+
+
+@pytest.mark.parametrize("rule", ["taught", "confident", "one_candidate", "rejected"])
+def test_why_a_model_was_not_asked_reads_without_nested_parentheses(rule: str) -> None:
+    """A photo of a taught thing in the built-in memory, with a ranker: the tool said "Answer:
+    my cat (ordered by similarity to the memory, not double-checked by a model (it is the same
+    thing as a photo you taught, whose name no model knows))." and the CLI "ranking: skipped
+    (... (...))"; the reason follows a comma."""
+    from rar_agent.pipeline import explain
+    from rar_agent.results import RankingInfo, RejectionInfo
+
+    skip = GateSkip(rule=rule, lead=0.21, margin=0.05) if rule == "confident" else None
+    said = explain(
+        label="my cat",
+        candidates=[("my cat", 0.98), ("Egyptian Mau", 0.22)],
+        ranking=RankingInfo(status="skipped", skip=skip or GateSkip(rule=rule)),
+        rejection=RejectionInfo(mode="off"),
+        unknown=False,
+    )
+    assert _depth(said.sentence) == 1 and _depth(f"ranking: skipped ({said.how})") == 1, said
+    assert said.how.startswith("ordered by similarity to the memory, not double-checked by a ")
+    if rule == "taught":
+        assert said.sentence == (
+            "my cat (ordered by similarity to the memory, not double-checked by a model, as it "
+            "is the same thing as a photo you taught, whose name no model knows)."
+        )

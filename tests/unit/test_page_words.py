@@ -66,7 +66,7 @@ def test_why_the_double_check_was_skipped_is_said_in_plain_words(reason: str, sa
     by 0.1234 > gate 0.0500)": the gate's reason in the code's words."""
     note = candidates_table(_result("skipped", reason)).rsplit("<sub>", 1)[1]
     words = note.replace("\\", "")
-    assert f"not double-checked by a model ({said})" in words, words
+    assert f"not double-checked by a model, as {said}" in words, words
     for term in JARGON:
         assert term not in words.lower(), (term, words)
 
