@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mcp import types
 
 __all__ = ["TokenOpt", "call_server_tool", "text_of"]
@@ -59,10 +61,7 @@ def call_server_tool(
                 f"cannot reach the server at {url} for {asking} ({unreachable}): check the URL "
                 "and that the server is running (rar-agent mcp --http)"
             ) from None
-        raise ConfigError(
-            f"the server at {url} refused {asking} ({_status_of(e) or e}): check the URL and "
-            f"that the token has the {scope} scope"
-        ) from None
+        raise ConfigError(_refused(url, asking, e)) from None
     if result.isError and text_of(result).startswith(f"unknown tool {tool!r}"):
         # A server started open (no tokens) serves no admin tools: no one has a scope there.
         raise ConfigError(
@@ -101,22 +100,45 @@ def _transport_error(error: BaseException) -> str | None:
     """Why no connection to the server was made, if that is what failed."""
     import httpx
 
-    if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return str(error) or type(error).__name__
-    for inner in getattr(error, "exceptions", ()):  # the client's task group wraps it
-        found = _transport_error(inner)
-        if found:
-            return found
-    return None
+    found = _found(error, lambda e: isinstance(e, httpx.ConnectError | httpx.ConnectTimeout))
+    return None if found is None else str(found) or type(found).__name__
 
 
-def _status_of(error: BaseException) -> str | None:
+def _refused(url: str, asking: str, error: BaseException) -> str:
+    """What was wrong when the server at ``url`` answered but refused the call (a scope
+    refused is a tool error, never this)."""
+    from mcp import McpError
+
+    refused = f"the server at {url} refused {asking}"
+    status = _found(error, lambda e: _status_code(e) is not None)
+    if status is not None and _status_code(status) == 401:
+        return (
+            f"{refused} (HTTP 401): the server knows no such token, or it was revoked; check "
+            "--token (or RAR_TOKEN): `rar-agent auth list` on the serving machine lists the "
+            "tokens it accepts"
+        )
+    if status is not None:
+        return f"{refused} (HTTP {_status_code(status)}): check the URL and the token"
+    session = _found(error, lambda e: isinstance(e, McpError))
+    why = session if session is not None else error
+    return (
+        f"cannot ask {url} for {asking} ({why}): no MCP endpoint answered there; check the "
+        "URL: a rar-agent server's ends in /mcp, as `rar-agent mcp --http` prints it"
+    )
+
+
+def _status_code(error: BaseException) -> int | None:
     import httpx
 
-    if isinstance(error, httpx.HTTPStatusError):
-        return f"HTTP {error.response.status_code}"
+    return error.response.status_code if isinstance(error, httpx.HTTPStatusError) else None
+
+
+def _found(error: BaseException, wanted: "Callable[[BaseException], bool]") -> BaseException | None:
+    """The first error in ``error`` (the client's task groups wrap it) that is ``wanted``."""
+    if wanted(error):
+        return error
     for inner in getattr(error, "exceptions", ()):
-        found = _status_of(inner)
-        if found:
+        found = _found(inner, wanted)
+        if found is not None:
             return found
     return None

@@ -380,3 +380,32 @@ def test_cli_snapshot_through_an_open_server_says_it_needs_tokens(tmp_path: Path
     assert result.exit_code == 2, result.output
     assert f"the server at {service.url} does not serve the snapshot (snapshot_memory)" in said
     assert "rar-agent auth add NAME --scope admin" in said and "restart the server" in said
+
+
+def test_cli_through_the_server_says_which_credential_or_url_was_wrong(tmp_path: Path) -> None:
+    """A wrong or revoked token said "refused the teaching_history call (HTTP 401): check the
+    URL and that the token has the recognize scope" (a scope is never a 401: the token was
+    not one the server knows), and the URL without /mcp "refused ... (unhandled errors in a
+    TaskGroup (1 sub-exception))"; each says what was wrong."""
+    from rar_agent.cli import app
+    from tests.unit.test_mcp_auth import serving
+
+    with serving(tmp_path) as service:
+        service.store.revoke("alice")
+        history = ["memory", "history", "--server"]
+        runner = CliRunner()
+        said = {}
+        for case, url, token in (
+            ("wrong", service.url, "rar_0123456789ab_wrong"),
+            ("revoked", service.url, service.tokens["alice"]),
+            ("no /mcp", service.url.removesuffix("mcp"), service.tokens["bob"]),
+        ):
+            result = runner.invoke(app, [*history, url, "--token", token])
+            assert result.exit_code == 2, result.output
+            said[case] = " ".join(result.output.split())
+    for case in ("wrong", "revoked"):
+        assert "(HTTP 401): the server knows no such token, or it was revoked" in said[case]
+        assert "rar-agent auth list" in said[case] and "scope" not in said[case], said[case]
+    assert "TaskGroup" not in said["no /mcp"], said["no /mcp"]
+    assert "no MCP endpoint answered there" in said["no /mcp"], said["no /mcp"]
+    assert "ends in /mcp" in said["no /mcp"]
