@@ -17,18 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
-from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools import ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
 from rar_agent.errors import RarError
 from rar_agent.memory import CategoryMemory
 from rar_agent.results import TeachingUndone, counted
-from rar_agent.tools.base import explain_validation_error
+from rar_agent.tools.base import ErrorAnsweringTool
 from rar_agent.tools.learn import TeachingTool, describe_undone
 from rar_agent.tools.provenance import serving_teacher
 
@@ -66,7 +65,7 @@ class SnapshotWritten(BaseModel):
     seconds: float
 
 
-class SnapshotTool(BaseTool):
+class SnapshotTool(ErrorAnsweringTool):
     """Write a consistent snapshot of the served memory into the server's snapshot folder."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -81,10 +80,6 @@ class SnapshotTool(BaseTool):
     artifact_type: ClassVar[object] = SnapshotWritten
     writes_memory: ClassVar[bool] = False
     admin_only: ClassVar[bool] = True
-    handle_tool_error: bool = True
-    handle_validation_error: bool | str | Callable[[Exception], str] | None = Field(
-        default_factory=lambda: explain_validation_error
-    )
 
     memory: CategoryMemory = Field(exclude=True)
     folder: Path

@@ -23,8 +23,10 @@
   (:class:`~rar_agent.pipeline.Recognizer` is one).
 
 Every failure reaches the model as a tool error (``ToolException`` with
-``handle_tool_error=True``), never as a crash. Each tool's artifact has a declared shape
-(``artifact_type``, a pydantic type), which the MCP server publishes as its output schema.
+``handle_tool_error=True``; arguments that do not validate as which one and why), never as
+a crash: every tool of ours derives from ``base.ErrorAnsweringTool``. Each tool's artifact
+has a declared shape (``artifact_type``, a pydantic type), which the MCP server publishes as
+its output schema.
 Modules: ``base`` (the recognizer protocol, image references, the shared base tool),
 ``recognize`` (recognize and search), ``listing`` (list categories), ``learn`` (the
 teaching tools), ``folders`` (browse photo folders, recognize many photos).

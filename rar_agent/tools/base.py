@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from rar_agent.retrieval import CategoryRetriever
 
 __all__ = [
+    "ErrorAnsweringTool",
     "ImageResolver",
     "ImageSource",
     "RecognizerLike",
@@ -298,7 +299,19 @@ def _argument_problem(item: Mapping[str, Any]) -> str:
     return f"{where}: {cause if cause is not None else item.get('msg')}"
 
 
-class RecognizerTool(BaseTool):
+class ErrorAnsweringTool(BaseTool):
+    """A tool whose errors reach the model as answers it can act on, never as a crash: a
+    :class:`~langchain_core.tools.ToolException` as its message, arguments that do not
+    validate as which argument was wrong and why (:func:`explain_validation_error`). Every
+    tool of ours derives from it, so none forgets either."""
+
+    handle_tool_error: bool | str | Callable[[ToolException], str] | None = True
+    handle_validation_error: bool | str | Callable[[Exception], str] | None = Field(
+        default_factory=lambda: explain_validation_error
+    )
+
+
+class RecognizerTool(ErrorAnsweringTool):
     """Shared fields of the tools that work on images and the recognizer.
 
     Attributes:
@@ -318,10 +331,6 @@ class RecognizerTool(BaseTool):
     allowed_roots: tuple[Path, ...] = ()
     allow_urls: bool = False
     max_pixels: int | None = None
-    handle_tool_error: bool | str | Callable[[ToolException], str] | None = True
-    handle_validation_error: bool | str | Callable[[Exception], str] | None = Field(
-        default_factory=lambda: explain_validation_error
-    )
     #: Whether the tool changes the memory (an MCP client may ask before calling it).
     writes_memory: ClassVar[bool] = False
     #: The artifact's shape (a pydantic type), published by the MCP server as output schema.

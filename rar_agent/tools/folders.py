@@ -22,7 +22,7 @@ import fnmatch
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -41,10 +41,10 @@ from rar_agent.safety import (
     resolve_inside_roots,
 )
 from rar_agent.tools.base import (
+    ErrorAnsweringTool,
     ImageSource,
     RecognizerTool,
     ToolK,
-    explain_validation_error,
     tool_error,
 )
 
@@ -117,7 +117,7 @@ _DESCRIPTIONS = {
 }
 
 
-class ConfinedFileTool(BaseTool):
+class ConfinedFileTool(ErrorAnsweringTool):
     """One langchain-community file tool per allowed folder, confined to those folders.
 
     The ``dir_path`` a model passes is resolved first (``..`` and symlinks included); it
@@ -135,10 +135,6 @@ class ConfinedFileTool(BaseTool):
 
     roots: tuple[Path, ...]
     inner: dict[Path, BaseTool] = Field(exclude=True)
-    handle_tool_error: bool | str | Callable[[ToolException], str] | None = True
-    handle_validation_error: bool | str | Callable[[Exception], str] | None = Field(
-        default_factory=lambda: explain_validation_error
-    )
 
     def _targets(self, dir_path: str | None) -> list[tuple[Path, Path]]:
         """``(root, directory)`` pairs to run on; refuses anything outside the roots."""

@@ -680,3 +680,25 @@ def test_every_tool_k_takes_its_bounds_from_one_place() -> None:
         field = cls.model_fields["args_schema"].default.model_json_schema()["properties"]["k"]
         bounds = field["anyOf"][0] if "anyOf" in field else field
         assert (bounds["minimum"], bounds["maximum"]) == (config.MIN_K, config.MAX_TOOL_K), cls
+
+
+def test_every_tool_of_ours_answers_its_errors_as_one_base_does() -> None:
+    """snapshot_memory, a tool of its own (not a RecognizerTool), answered a call missing its
+    name with 'failed unexpectedly (ValidationError)': each tool class wrote out the two
+    error settings again and it had left one out. Every tool of ours takes them from one
+    base, so a new one cannot forget them."""
+    import rar_agent.mcp.admin
+    import rar_agent.tools
+    from rar_agent.tools.base import ErrorAnsweringTool, explain_validation_error
+
+    def subclasses(cls: type) -> set[type]:
+        return {c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))}
+
+    assert rar_agent.tools and rar_agent.mcp.admin  # imported: their tool classes exist
+    ours = {c for c in subclasses(BaseTool) if c.__module__.startswith("rar_agent.")}
+    assert {"SnapshotTool", "ConfinedFileTool", "RecognizeTool"} <= {c.__name__ for c in ours}
+    for cls in ours:
+        assert issubclass(cls, ErrorAnsweringTool), cls
+        fields = cls.model_fields
+        assert fields["handle_tool_error"].default is True, cls
+        assert fields["handle_validation_error"].default_factory() is explain_validation_error
