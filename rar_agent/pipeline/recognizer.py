@@ -295,14 +295,15 @@ class Recognizer:
         groups), e.g. as a tool's caller gave it; default: its path or URL, else its type.
         """
         start = time.perf_counter()
-        loaded = named(self._load_alone(image), name)
+        loaded = named(self._load_alone(image, name), name)
         return self._recognize_loaded([loaded], [_ms(start)], k=k)[0]
 
-    def _load_alone(self, image: ImageInput) -> LoadedImage:
+    def _load_alone(self, image: ImageInput, name: str | None = None) -> LoadedImage:
         """Load one image decoded to need, the only one this call decodes (a phone JPEG
-        with restart markers may take a second CPU: :func:`~rar_agent.images.decoding_alone`)."""
+        with restart markers may take a second CPU: :func:`~rar_agent.images.decoding_alone`);
+        its errors call bytes ``name``, as the caller named them."""
         with decoding_alone():
-            return load_image(image, need=self.decode_need)
+            return load_image(image, need=self.decode_need, name=name)
 
     def recognize_batch(
         self,
@@ -356,7 +357,7 @@ class Recognizer:
         """Async :meth:`recognize`: loading and encoding in a worker thread, ranking through
         the chain's ``abatch``."""
         start = time.perf_counter()
-        loaded = await asyncio.to_thread(self._load_alone, image)
+        loaded = await asyncio.to_thread(self._load_alone, image, name)
         return (await self._arecognize_loaded([named(loaded, name)], [_ms(start)], k=k))[0]
 
     async def arecognize_batch(
@@ -381,6 +382,7 @@ class Recognizer:
         normalized: bool | None = None,
         context: Context = None,
         blur: float | None = DEFAULT_BLUR,
+        name: str | None = None,
     ) -> list[RecognitionResult]:
         """Recognize each box of one image (the detection setting).
 
@@ -401,12 +403,16 @@ class Recognizer:
             normalized: Box units: True 0..1, False pixels, None to detect.
             context: The context curve or a fixed scale (``regions.context_scale``).
             blur: Blur radius outside the box, as a fraction of the crop; 0/None: no blur.
+            name: What to call the image (``result.image``, its errors), as in
+                :meth:`recognize`.
 
         Returns:
             One result per box, in input order, with ``box`` (pixels, clipped) and ``box_id``;
             unusable boxes get ``error`` set while the others still run.
         """
-        options = RegionOptions(k, kind, context_image, normalized, context, blur, self.decode_need)
+        options = RegionOptions(
+            k, kind, context_image, normalized, context, blur, self.decode_need, name
+        )
         return recognize_regions(self.stages, image, boxes, options)
 
     async def arecognize_regions(
@@ -420,10 +426,13 @@ class Recognizer:
         normalized: bool | None = None,
         context: Context = None,
         blur: float | None = DEFAULT_BLUR,
+        name: str | None = None,
     ) -> list[RecognitionResult]:
         """Async :meth:`recognize_regions`: cropping and encoding in a worker thread,
         ranking through the chain's ``abatch``."""
-        options = RegionOptions(k, kind, context_image, normalized, context, blur, self.decode_need)
+        options = RegionOptions(
+            k, kind, context_image, normalized, context, blur, self.decode_need, name
+        )
         return await arecognize_regions(self.stages, image, boxes, options)
 
     def _recognize_loaded(

@@ -83,6 +83,7 @@ class RegionOptions:
         blur: Blur radius outside the box, as a fraction of the crop; 0/None: no blur.
         decode_need: What a whole image needs (None: decode at full size), from which
             :func:`regions_need` sizes the decode.
+        name: What to call the image (its results' ``image``, its errors).
     """
 
     k: int | None = None
@@ -92,6 +93,7 @@ class RegionOptions:
     context: Context = None
     blur: float | None = DEFAULT_BLUR
     decode_need: DecodeNeed | None = None
+    name: str | None = None
 
 
 def recognize_regions(
@@ -136,7 +138,7 @@ def _prepare_all(
                 parsed, full, side_needed, context=context, whole=options.context_image
             )
 
-    loaded = load_image(image, need=need)
+    loaded = load_image(image, need=need, name=options.name)
     slots, jobs = _prepare(
         loaded.image,
         loaded.source,

@@ -105,8 +105,9 @@ class RecognizerLike(Protocol):
         boxes: Sequence[Sequence[float]],
         *,
         k: int | None = None,
-        kind: Literal["auto", "image", "text"] = "text",
+        kind: Literal["auto", "image", "text"] = "auto",
         normalized: bool | None = None,
+        name: str | None = None,
     ) -> list[RecognitionResult]:
         """Recognize each box of one image."""
         ...

@@ -151,7 +151,7 @@ class RecognizeTool(RecognizerTool):
             source = self.resolver().resolve(image)
             if boxes:
                 results = self.recognizer.recognize_regions(
-                    source.payload, boxes, k=k, normalized=False
+                    source.payload, boxes, k=k, normalized=False, name=source.name
                 )
                 return _regions_output(results, source.name, self.teaching_offered())
             result = self.recognizer.recognize(source.payload, k=k, name=source.name)

@@ -270,6 +270,29 @@ def test_image_errors_name_the_image_as_given_never_the_servers_path(
         assert secret + "/photos" not in str(msg.content), msg.content
 
 
+def test_a_broken_upload_is_named_as_the_answers_name_it(recognizer: Any) -> None:
+    """A truncated photo sent inline (a data URI, as an MCP client or the chat page sends
+    it): recognize_image said "bytes could not be decoded, it may be truncated or corrupt"
+    while add_category_example said "<data URI 4116c73c> could not be decoded"; each names it
+    as its answers do, with what to do."""
+    tools = {t.name: t for t in make_tools(recognizer, image_ids=False, allow_learning=True)}
+    whole = _png(size=(300, 200))
+    sent = "data:image/png;base64," + base64.b64encode(whole[: len(whole) // 2]).decode()
+    calls = [
+        ("recognize_image", {"image": sent}),
+        ("recognize_image", {"image": sent, "boxes": [[0, 0, 20, 20]]}),
+        ("add_category_example", {"label": "x", "image": sent}),
+    ]
+    answers = []
+    for name, args in calls:
+        msg = _call(tools[name], args)
+        answers.append(str(msg.content))
+        assert msg.status == "error", (name, msg.content)
+    for answer in answers:
+        assert answer.startswith("<data URI ") and not answer.startswith("bytes"), answers
+        assert "re-export or re-download the file" in answer, answer
+
+
 def test_recognize_urls_off_by_default_and_private_hosts_refused(recognizer: Any) -> None:
     off = RecognizeTool(recognizer=recognizer)
     msg = _call(off, {"image": "https://example.com/cat.jpg"})
