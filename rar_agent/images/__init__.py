@@ -378,7 +378,10 @@ def _b64decode(text: str) -> bytes:
             return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
         return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
     except (binascii.Error, ValueError) as e:
-        raise ImageError(f"invalid base64 image data ({e})") from e
+        raise ImageError(
+            f"invalid base64 image data ({e}): send the image file's bytes base64-encoded, as "
+            "data:image/<type>;base64,<data> or bare base64"
+        ) from e
 
 
 def make_thumbnail(image: Image.Image) -> str:

@@ -162,3 +162,14 @@ def test_a_portrait_photo_over_the_pixel_limit_is_named_by_its_upright_size(
     Image.new("RGB", (60, 30), (0, 0, 255)).save(path, exif=exif)
     with pytest.raises(ImageError, match="30x60"):
         load_image(path, max_pixels=1000)
+
+
+def test_base64_that_is_not_base64_says_how_to_send_an_image() -> None:
+    """A data URI whose data was not base64 said only "invalid base64 image data (Only
+    base64 data is allowed)": it says how to send the image."""
+    for sent in ("data:image/png;base64,!!!not-base64!!!", "data:image/png;base64,abc$def"):
+        with pytest.raises(ImageError) as err:
+            load_image(sent)
+        said = str(err.value)
+        assert said.startswith("invalid base64 image data"), said
+        assert "send the image file's bytes base64-encoded" in said, said
