@@ -70,7 +70,14 @@ def configured_memory(settings: Settings, *, read_only: bool = False) -> Categor
         memory = open_memory(settings, create=False, read_only=read_only)
     except MemoryBusyError:
         raise
-    except MemoryStoreError:
+    except MemoryStoreError as e:
+        location = MemoryLocation.from_settings(settings)
+        if named and _unbuilt_builtin(location):
+            raise MemoryStoreError(
+                f"no category memory at {location.path}: the built-in memory is built on its "
+                "first use; run rar-agent recognize PHOTO with no memory named (no "
+                "--collection) once, then name it"
+            ) from e
         if named:
             raise
         return None
@@ -86,3 +93,13 @@ def configured_memory(settings: Settings, *, read_only: bool = False) -> Categor
         )
     logger.info("memory %r is empty: using the built-in vocabulary", settings.collection)
     return None
+
+
+def _unbuilt_builtin(location: MemoryLocation) -> bool:
+    """Whether ``location`` is a built-in memory (``builtin-<encoder>-<hash>``, as
+    :func:`rar_agent.pipeline.vocabulary.builtin_memory_name` names it) not built yet."""
+    return (
+        location.path is not None
+        and location.collection.startswith("builtin-")
+        and not location.path.exists()
+    )

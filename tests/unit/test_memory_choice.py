@@ -47,6 +47,22 @@ def test_read_only_does_not_change_which_memory_is_meant(home: Path) -> None:
         configured_memory(named, read_only=True)
 
 
+def test_the_built_in_memory_named_before_its_first_use_says_how_to_make_it(home: Path) -> None:
+    """`recognize --collection builtin-efficientnet-lite0-8838` (the name the README gives)
+    on a machine whose built-in memory was never used said "no category memory at ...: build
+    one first (rar-agent memory build; ...)"; it is built on first use with no memory named,
+    and the error says so."""
+    named = Settings(collection="builtin-efficientnet-lite0-8838")
+    with pytest.raises(MemoryStoreError) as err:
+        configured_memory(named)
+    said = str(err.value)
+    assert said.startswith("no category memory at ") and "build one first" not in said, said
+    assert "the built-in memory is built on its first use" in said, said
+    assert "rar-agent recognize PHOTO with no memory named (no --collection)" in said, said
+    with pytest.raises(MemoryStoreError, match="build one first"):
+        configured_memory(Settings(collection="nothing-here"))
+
+
 @pytest.mark.parametrize("value", ["", "  "])
 def test_a_blank_rar_home_means_the_default_home_not_this_folder(
     value: str, monkeypatch: pytest.MonkeyPatch
