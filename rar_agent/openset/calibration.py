@@ -608,8 +608,10 @@ class Calibration(BaseModel):
 
         The stand-ins are scored against every category (their rival is the best other
         category's statistic), a query among its candidates only: its statistic is at most
-        what it would be against every category and the thresholds are the same, so this
-        rejects at least what judging every category did.
+        what it would be against every category and the thresholds are the same, so where
+        the categories have one number of examples this rejects at least what judging every
+        category did (in a mixed memory the threshold is the best candidate's level, which
+        may be lower than the best category's).
 
         Args:
             vector: The query's embedding.
