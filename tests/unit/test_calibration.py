@@ -67,6 +67,15 @@ def _judge(memory: CategoryMemory, queries: np.ndarray, alpha: float) -> list:
     return [openset.judge(c, setting, cal, v) for c, v in zip(found, queries, strict=True)]
 
 
+def _fitted(memory: CategoryMemory) -> tuple[cal_mod.Calibration, Whitening]:
+    """The memory's stored calibration and its statistic (both there)."""
+    cal = load(memory)
+    assert cal is not None
+    model = cal.model()
+    assert model is not None
+    return cal, model
+
+
 def _shots_memory(tmp_path: Path, space: _Space, shots: list[int], name: str) -> CategoryMemory:
     memory = _memory(tmp_path, name)
     for c, n in enumerate(shots):
@@ -579,10 +588,7 @@ def test_the_statistic_is_one_definition_for_queries_and_stand_ins(tmp_path: Pat
         _add(memory, f"category {c}", space.draw(c, 4))
     taught = space.draw(0, 1)
     _add(memory, "category 0", taught, start=4)  # a reservoir step: a stand-in of its own
-    cal = load(memory)
-    assert cal is not None
-    model = cal.model()
-    assert model is not None
+    cal, model = _fitted(memory)
     labels, counts, means = cal.means()
     # a query: the best category's statistic over the stored category means
     query = space.draw(2, 1)[0]
@@ -694,4 +700,34 @@ def test_a_category_of_two_examples_is_not_called_none(tmp_path: Path) -> None:
     for why in said:
         assert "no category has two" not in why, why
         assert "only 1 category has 2 or more examples" in why, why
+
+
+def test_the_verdict_judges_the_categories_retrieval_returned(tmp_path: Path) -> None:
+    # a query of category 0 (10 examples) whose candidates are other categories (3 examples
+    # each): it was judged by category 0's statistic, the best over every category, and at
+    # 10 examples' threshold, while the answer was another category; now by the candidates'
+    space = _Space(6)
+    memory = _shots_memory(tmp_path, space, [10, 3, 3, 3, 3, 3], "among")
+    cal, model = _fitted(memory)
+    labels, counts, means = cal.means()
+    query = space.draw(0, 1)[0]
+    retriever = CategoryRetriever(memory=memory, encoder=_Vectors(), k=3)  # type: ignore[arg-type]
+    found = retriever.retrieve_vectors(query[None, :])[0]
+    assert found[0].label == "category 0"
+    others = found[1:]  # as if retrieval had not returned category 0
+    scores = model.scores(model.project(query), means)[0]
+    rows = [labels.index(c.label) for c in others]
+    best = rows[int(np.argmax(scores[rows]))]
+    assert scores[best] < scores[labels.index("category 0")]
+    setting = parse_reject("auto:0.1")
+    verdict = openset.judge(others, setting, cal, query)
+    assert verdict.similarity == pytest.approx(scores[best], rel=1e-5)
+    assert verdict.threshold == pytest.approx(cal.judge_vector(query, 0.1, [others[0].label])[2][0])
+    assert cal.judge_vector(query, 0.1, [c.label for c in others])[1] == counts[best] == 3
+    # the whole candidate list: category 0's statistic, at its own number of examples
+    whole = openset.judge(found, setting, cal, query)
+    assert whole.similarity == pytest.approx(scores[labels.index("category 0")], rel=1e-5)
+    assert cal.judge_vector(query, 0.1, [c.label for c in found])[1] == 10
+    # a category the calibration does not hold (a class name) is not judged at all
+    assert cal.judge_vector(query, 0.1, ["not held"])[0] == -np.inf
     memory.close()
