@@ -427,8 +427,7 @@ class Calibration(BaseModel):
         if among is not None:
             rows = [index[label] for label in dict.fromkeys(among) if label in index]
             if not rows:
-                why = "cannot calibrate: no candidate's category is in the memory's calibration"
-                return -math.inf, 0, (None, why)
+                return -math.inf, 0, (None, _not_calibrated(among))
             terms = (terms[0][rows], terms[1][rows])
             counts = counts[rows]
         row = model.scores_of(np.asarray(vector), terms)[0]
@@ -626,6 +625,8 @@ class Calibration(BaseModel):
                 raise ValueError("the auto open-set check needs the query's embedding")
             among = [c.label for c in candidates if c.kind == "image"]
             value, shots, (threshold, why) = self.judge_vector(vector, alpha, among)
+            if not shots:  # no candidate's category is calibrated: no ALPHA would judge it
+                return Judged(None, 0, None, why)
             if threshold is None:
                 stat = value if math.isfinite(value) else None
                 return Judged(stat, shots, None, self._without_threshold(why))
@@ -687,6 +688,18 @@ class Calibration(BaseModel):
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _not_calibrated(among: Sequence[str]) -> str:
+    """Why a query whose candidates' categories (``among``) the calibration lacks is not
+    judged, and what to do."""
+    names = ", ".join(repr(label) for label in dict.fromkeys(among))
+    return (
+        f"cannot judge: the calibration holds none of the candidates' categories ({names}), "
+        "whose examples were written without updating it, so nothing is rejected; call "
+        "rar_agent.openset.update(memory, added=ids) after memory.add_entries, as teaching "
+        "and rar-agent memory build do"
+    )
 
 
 NO_PRIOR_BELOW = (

@@ -731,3 +731,30 @@ def test_the_verdict_judges_the_categories_retrieval_returned(tmp_path: Path) ->
     # a category the calibration does not hold (a class name) is not judged at all
     assert cal.judge_vector(query, 0.1, ["not held"])[0] == -np.inf
     memory.close()
+
+
+def test_a_query_whose_candidates_the_calibration_lacks_says_so_and_what_to_do(
+    tmp_path: Path,
+) -> None:
+    # Examples written with add_entries and no openset.update, then a query of them among
+    # one candidate: the check said "no candidate's category is in the memory's calibration,
+    # or ask for auto:0.0271 or more" at auto (0.05), an ALPHA too small as the reason.
+    space = _Space(7)
+    memory = _memory(tmp_path)
+    for c in range(6):
+        _add(memory, f"c{c}", space.draw(c, 6))
+    zebra = [MemoryEntry("zebra", "image", f"z{i}", f"z{i}") for i in range(3)]
+    memory.add_entries(zebra, space.draw(6, 3))  # the calibration not updated
+    cal = openset.load(memory)
+    assert cal is not None and cal.judged_by_own()
+    retriever = CategoryRetriever(memory=memory, encoder=_Vectors(), k=1)  # type: ignore[arg-type]
+    query = space.draw(6, 1)
+    [found] = retriever.retrieve_vectors(query)
+    assert [c.label for c in found] == ["zebra"]
+    for alpha in (0.01, DEFAULT_ALPHA, 0.2):
+        verdict = openset.judge(found, parse_reject(f"auto:{alpha}"), cal, query[0])
+        note = str(verdict.note)
+        assert verdict.threshold is None and not verdict.reasons, note
+        assert "ask for auto:" not in note and "nothing is rejected" in note, note
+        assert "'zebra'" in note and "openset.update(memory, added=ids)" in note, note
+    memory.close()
