@@ -147,7 +147,7 @@ class RejectionInfo(BaseModel):
     )
     threshold: float | None = Field(
         default=None,
-        description="The statistic an image of the best candidate's category must reach to "
+        description="The statistic an image of the candidates' categories must reach to "
         "count as known (None: no threshold, e.g. rejection off or a memory that cannot "
         "calibrate; ``note`` says why).",
     )

@@ -170,7 +170,7 @@ def _open_set_fields(
     record.similarity = round(similarity, 6)
     record.shots = max(1, len(top.scores))
     if cal is not None and top.kind == "image" and vector is not None:
-        judged = cal.judge_query(vector, top, alpha)
+        judged = cal.judge_query(vector, cands, alpha)
         stat = similarity if judged.statistic is None else judged.statistic
         record.similarity = round(stat, 6)
         record.shots = judged.shots
@@ -178,7 +178,7 @@ def _open_set_fields(
         record.auto_threshold = None if auto is None else round(auto, 6)
         record.alpha_thresholds = {}
         for a in PROMISE_ALPHAS:
-            at_a = cal.judge_query(vector, top, a)
+            at_a = cal.judge_query(vector, cands, a)
             # the memory's stand-ins and the encoder prior judge different statistics: each
             # ALPHA's threshold is put on the recorded statistic's scale (same verdict)
             record.alpha_thresholds[f"{a:g}"] = (

@@ -351,7 +351,9 @@ class Calibration(BaseModel):
     _by_level: dict[int, np.ndarray] = PrivateAttr(default_factory=dict)
     _thresholds: dict[tuple[float, int], Threshold] = PrivateAttr(default_factory=dict)
     _supported_at: dict[tuple[float, int], int] = PrivateAttr(default_factory=dict)
-    _judging: tuple[Whitening, np.ndarray, CentreTerms] | None = PrivateAttr(default=None)
+    _judging: tuple[Whitening, np.ndarray, CentreTerms, dict[str, int]] | None = PrivateAttr(
+        default=None
+    )
 
     @property
     def calibrated(self) -> bool:
@@ -398,22 +400,36 @@ class Calibration(BaseModel):
             self._by_level[level] = np.sort(np.asarray(rows, dtype=np.float64), axis=None)
         return self._by_level[level]
 
-    def judge_vector(self, vector: ArrayLike, alpha: float) -> tuple[float, int, Threshold]:
+    def judge_vector(
+        self, vector: ArrayLike, alpha: float, among: Sequence[str] | None = None
+    ) -> tuple[float, int, Threshold]:
         """A query's known-ness, its best category's shot count and the threshold to reach.
 
-        The threshold is the one at the largest shot level not above the best category's
-        number of examples that the stand-ins support.
+        The known-ness is the best statistic over the categories ``among`` (retrieval's
+        candidates: the verdict judges what the answer can be, and its cost does not grow
+        with the memory's categories; categories the calibration does not hold are left
+        out), or over every category when ``among`` is ``None``. The threshold is the one
+        at the largest shot level not above the best category's number of examples that
+        the stand-ins support.
 
         Returns:
-            ``(statistic, shots, (threshold, why))``.
+            ``(statistic, shots, (threshold, why))``; ``-inf`` and no shots when none of
+            ``among`` is held.
         """
         judging = self._judging
         if judging is None:
             model = self.model()
             if model is None or not self.categories.labels:
                 return -math.inf, 0, (None, self.reason or "cannot calibrate: no statistic")
-            judging = self._judging = (model, self.means()[1], self.terms())
-        model, counts, terms = judging
+            index = {label: i for i, label in enumerate(self.categories.labels)}
+            judging = self._judging = (model, self.means()[1], self.terms(), index)
+        model, counts, terms, index = judging
+        if among is not None:
+            rows = [index[label] for label in dict.fromkeys(among) if label in index]
+            if not rows:
+                return -math.inf, 0, (None, _not_calibrated(among))
+            terms = (terms[0][rows], terms[1][rows])
+            counts = counts[rows]
         row = model.scores_of(np.asarray(vector), terms)[0]
         best = int(np.argmax(row))
         shots = int(counts[best])
@@ -581,11 +597,25 @@ class Calibration(BaseModel):
             f"apart{far})"
         )
 
-    def judge_query(self, vector: ArrayLike | None, top: Candidate, alpha: float) -> Judged:
+    def judge_query(
+        self, vector: ArrayLike | None, candidates: Sequence[Candidate], alpha: float
+    ) -> Judged:
         """One image query's known-ness and threshold at ``alpha``, from the memory's own
-        stand-ins (:meth:`judge_vector`) where they judge (:meth:`judged_by_own`), else from
-        the encoder prior (the similarity of the answer's closest example against the
-        prior's threshold).
+        stand-ins (:meth:`judge_vector` over its image candidates' categories) where they
+        judge (:meth:`judged_by_own`), else from the encoder prior (the similarity of the
+        answer's closest example against the prior's threshold).
+
+        The stand-ins are scored against every category (their rival is the best other
+        category's statistic), a query among its candidates only: its statistic is at most
+        what it would be against every category and the thresholds are the same, so where
+        the categories have one number of examples this rejects at least what judging every
+        category did (in a mixed memory the threshold is the best candidate's level, which
+        may be lower than the best category's).
+
+        Args:
+            vector: The query's embedding.
+            candidates: Its retrieval candidates, best first (the first is the answer).
+            alpha: The promised share of known-category queries rejected.
 
         Raises:
             ValueError: A calibrated memory without the query's embedding.
@@ -593,13 +623,17 @@ class Calibration(BaseModel):
         if self.judged_by_own():
             if vector is None:
                 raise ValueError("the auto open-set check needs the query's embedding")
-            value, shots, (threshold, why) = self.judge_vector(vector, alpha)
+            among = [c.label for c in candidates if c.kind == "image"]
+            value, shots, (threshold, why) = self.judge_vector(vector, alpha, among)
+            if not shots:  # no candidate's category is calibrated: no ALPHA would judge it
+                return Judged(None, 0, None, why)
             if threshold is None:
                 stat = value if math.isfinite(value) else None
                 return Judged(stat, shots, None, self._without_threshold(why))
             share = self.share_at_most(value, alpha, shots)
             return Judged(value, shots, threshold, None, share=share)
         why = self.own_threshold(DEFAULT_ALPHA)[1]  # why the memory's own examples do not judge
+        top = candidates[0]
         shots = max(1, self.categories.count_of(top.label))
         threshold, no_prior = self.prior_threshold(alpha, shots)
         if threshold is None:
@@ -654,6 +688,18 @@ class Calibration(BaseModel):
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _not_calibrated(among: Sequence[str]) -> str:
+    """Why a query whose candidates' categories (``among``) the calibration lacks is not
+    judged, and what to do."""
+    names = ", ".join(repr(label) for label in dict.fromkeys(among))
+    return (
+        f"cannot judge: the calibration holds none of the candidates' categories ({names}), "
+        "whose examples were written without updating it, so nothing is rejected; call "
+        "rar_agent.openset.update(memory, added=ids) after memory.add_entries, as teaching "
+        "and rar-agent memory build do"
+    )
 
 
 NO_PRIOR_BELOW = (

@@ -15,8 +15,10 @@ subspace each is taken as isotropic, with the examples' mean variance there (``v
 how much closer it lies to that category, measured by how categories scatter, than to the
 memory as a whole, measured by how the memory scatters (higher = more known); the last term
 says that what lies off the memory's subspace, where examples of one category barely
-differ, counts against being known. Its known-ness is the best score over all categories
-(:meth:`Whitening.known`). Fashion-MNIST garments
+differ, counts against being known. Its known-ness is the best score over the categories retrieval
+returned for it (its candidates, :meth:`Calibration.judge_vector
+<rar_agent.openset.calibration.Calibration.judge_vector>`: the verdict is about what the
+answer can be, and its cost does not grow with the memory). Fashion-MNIST garments
 through EfficientNet-Lite0 share a dominant common direction that makes plain cosine
 similarities of look-alike garments nearly equal; the within-category whitening discounts
 the directions along which a category's own examples vary, and the distance off the subspace

@@ -42,8 +42,9 @@ def judge(
     ``fixed``: the best candidate's support
     (:func:`~rar_agent.openset.statistic.known_score`) against the given threshold. ``auto``:
     the query's known-ness (:meth:`~rar_agent.openset.calibration.Calibration.judge_vector`,
-    the calibrated statistic of its embedding) against the conformal threshold at the
-    setting's ALPHA for its best category's number of examples (image entries only:
+    the calibrated statistic of its embedding, best over the candidates' categories: the
+    check is about what retrieval answers) against the conformal threshold at the
+    setting's ALPHA for that category's number of examples (image entries only:
     class-name entries have none); where the memory's own examples do not judge (they set
     no threshold at the default ALPHA), the encoder prior's threshold for the similarity of
     the answer's closest example, and the note says so
@@ -71,7 +72,7 @@ def judge(
     if mode == "fixed":
         threshold = setting.threshold
     elif calibration is not None and top.kind == "image":
-        judged = calibration.judge_query(vector, top, setting.alpha)
+        judged = calibration.judge_query(vector, candidates, setting.alpha)
         stat = stat if judged.statistic is None else judged.statistic
         threshold, why, prior, share = judged.threshold, judged.note, judged.prior, judged.share
     else:

@@ -29,7 +29,7 @@ from rar_agent.pipeline.explain import explain_result
 from rar_agent.pipeline.ranked import Ranking
 from rar_agent.pipeline.regions import RegionOptions, arecognize_regions, recognize_regions
 from rar_agent.pipeline.stages import Outcome, StageRunner
-from rar_agent.pipeline.stream import load_batch, named, plan_for, stream_results
+from rar_agent.pipeline.stream import load_batch, plan_for, stream_results
 from rar_agent.pipeline.vocabulary import vocabulary_memory
 from rar_agent.ranking import RankerSpec, RankingChain, as_ranking_chain, parse_gate
 from rar_agent.regions import DEFAULT_BLUR
@@ -295,7 +295,7 @@ class Recognizer:
         groups), e.g. as a tool's caller gave it; default: its path or URL, else its type.
         """
         start = time.perf_counter()
-        loaded = named(self._load_alone(image, name), name)
+        loaded = self._load_alone(image, name)
         return self._recognize_loaded([loaded], [_ms(start)], k=k)[0]
 
     def _load_alone(self, image: ImageInput, name: str | None = None) -> LoadedImage:
@@ -358,7 +358,7 @@ class Recognizer:
         the chain's ``abatch``."""
         start = time.perf_counter()
         loaded = await asyncio.to_thread(self._load_alone, image, name)
-        return (await self._arecognize_loaded([named(loaded, name)], [_ms(start)], k=k))[0]
+        return (await self._arecognize_loaded([loaded], [_ms(start)], k=k))[0]
 
     async def arecognize_batch(
         self,

@@ -29,7 +29,6 @@ __all__ = [
     "LoadedBatch",
     "StreamPlan",
     "load_batch",
-    "named",
     "plan_for",
     "stream_results",
 ]
@@ -98,21 +97,14 @@ def _describe(src: object) -> str:
     return type(src).__name__
 
 
-def named(loaded: LoadedImage, name: str | None) -> LoadedImage:
-    """``loaded``, called ``name`` when one is given (how its caller named it)."""
-    if name:
-        loaded.source = name
-    return loaded
-
-
 def _load_one(src: ImageInput, need: DecodeNeed | None, name: str | None) -> _Loaded:
     """Load one image (a bad one becomes its failed result, named as its caller named it)."""
     start = time.perf_counter()
     try:
-        loaded = load_image(src, need=need)
+        loaded = load_image(src, need=need, name=name)  # its errors name it so too
     except RarError as e:
         return _Loaded(None, 0.0, failed_result(str(e), image=name or _describe(src)))
-    return _Loaded(named(loaded, name), round((time.perf_counter() - start) * 1000.0, 3), None)
+    return _Loaded(loaded, round((time.perf_counter() - start) * 1000.0, 3), None)
 
 
 @dataclass

@@ -67,6 +67,15 @@ def _judge(memory: CategoryMemory, queries: np.ndarray, alpha: float) -> list:
     return [openset.judge(c, setting, cal, v) for c, v in zip(found, queries, strict=True)]
 
 
+def _fitted(memory: CategoryMemory) -> tuple[cal_mod.Calibration, Whitening]:
+    """The memory's stored calibration and its statistic (both there)."""
+    cal = load(memory)
+    assert cal is not None
+    model = cal.model()
+    assert model is not None
+    return cal, model
+
+
 def _shots_memory(tmp_path: Path, space: _Space, shots: list[int], name: str) -> CategoryMemory:
     memory = _memory(tmp_path, name)
     for c, n in enumerate(shots):
@@ -579,10 +588,7 @@ def test_the_statistic_is_one_definition_for_queries_and_stand_ins(tmp_path: Pat
         _add(memory, f"category {c}", space.draw(c, 4))
     taught = space.draw(0, 1)
     _add(memory, "category 0", taught, start=4)  # a reservoir step: a stand-in of its own
-    cal = load(memory)
-    assert cal is not None
-    model = cal.model()
-    assert model is not None
+    cal, model = _fitted(memory)
     labels, counts, means = cal.means()
     # a query: the best category's statistic over the stored category means
     query = space.draw(2, 1)[0]
@@ -694,4 +700,61 @@ def test_a_category_of_two_examples_is_not_called_none(tmp_path: Path) -> None:
     for why in said:
         assert "no category has two" not in why, why
         assert "only 1 category has 2 or more examples" in why, why
+
+
+def test_the_verdict_judges_the_categories_retrieval_returned(tmp_path: Path) -> None:
+    # a query of category 0 (10 examples) whose candidates are other categories (3 examples
+    # each): it was judged by category 0's statistic, the best over every category, and at
+    # 10 examples' threshold, while the answer was another category; now by the candidates'
+    space = _Space(6)
+    memory = _shots_memory(tmp_path, space, [10, 3, 3, 3, 3, 3], "among")
+    cal, model = _fitted(memory)
+    labels, counts, means = cal.means()
+    query = space.draw(0, 1)[0]
+    retriever = CategoryRetriever(memory=memory, encoder=_Vectors(), k=3)  # type: ignore[arg-type]
+    found = retriever.retrieve_vectors(query[None, :])[0]
+    assert found[0].label == "category 0"
+    others = found[1:]  # as if retrieval had not returned category 0
+    scores = model.scores(model.project(query), means)[0]
+    rows = [labels.index(c.label) for c in others]
+    best = rows[int(np.argmax(scores[rows]))]
+    assert scores[best] < scores[labels.index("category 0")]
+    setting = parse_reject("auto:0.1")
+    verdict = openset.judge(others, setting, cal, query)
+    assert verdict.similarity == pytest.approx(scores[best], rel=1e-5)
+    assert verdict.threshold == pytest.approx(cal.judge_vector(query, 0.1, [others[0].label])[2][0])
+    assert cal.judge_vector(query, 0.1, [c.label for c in others])[1] == counts[best] == 3
+    # the whole candidate list: category 0's statistic, at its own number of examples
+    whole = openset.judge(found, setting, cal, query)
+    assert whole.similarity == pytest.approx(scores[labels.index("category 0")], rel=1e-5)
+    assert cal.judge_vector(query, 0.1, [c.label for c in found])[1] == 10
+    # a category the calibration does not hold (a class name) is not judged at all
+    assert cal.judge_vector(query, 0.1, ["not held"])[0] == -np.inf
+    memory.close()
+
+
+def test_a_query_whose_candidates_the_calibration_lacks_says_so_and_what_to_do(
+    tmp_path: Path,
+) -> None:
+    # Examples written with add_entries and no openset.update, then a query of them among
+    # one candidate: the check said "no candidate's category is in the memory's calibration,
+    # or ask for auto:0.0271 or more" at auto (0.05), an ALPHA too small as the reason.
+    space = _Space(7)
+    memory = _memory(tmp_path)
+    for c in range(6):
+        _add(memory, f"c{c}", space.draw(c, 6))
+    zebra = [MemoryEntry("zebra", "image", f"z{i}", f"z{i}") for i in range(3)]
+    memory.add_entries(zebra, space.draw(6, 3))  # the calibration not updated
+    cal = openset.load(memory)
+    assert cal is not None and cal.judged_by_own()
+    retriever = CategoryRetriever(memory=memory, encoder=_Vectors(), k=1)  # type: ignore[arg-type]
+    query = space.draw(6, 1)
+    [found] = retriever.retrieve_vectors(query)
+    assert [c.label for c in found] == ["zebra"]
+    for alpha in (0.01, DEFAULT_ALPHA, 0.2):
+        verdict = openset.judge(found, parse_reject(f"auto:{alpha}"), cal, query[0])
+        note = str(verdict.note)
+        assert verdict.threshold is None and not verdict.reasons, note
+        assert "ask for auto:" not in note and "nothing is rejected" in note, note
+        assert "'zebra'" in note and "openset.update(memory, added=ids)" in note, note
     memory.close()

@@ -195,9 +195,9 @@ def test_a_batch_decodes_its_images_side_by_side_in_order(
     both_decoding = threading.Barrier(2, timeout=10)
     real = stream_module.load_image
 
-    def load_together(src: object, need: object = None) -> LoadedImage:
+    def load_together(src: object, need: object = None, name: str | None = None) -> LoadedImage:
         both_decoding.wait()  # breaks (and fails the test) unless two decode at once
-        return real(src, need=need)  # type: ignore[arg-type]
+        return real(src, need=need, name=name)  # type: ignore[arg-type]
 
     monkeypatch.setattr(stream_module, "load_image", load_together)
     monkeypatch.setattr("rar_agent.encoders.torch_base.usable_cpus", lambda: 2)

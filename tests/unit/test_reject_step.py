@@ -77,15 +77,16 @@ def _expected_scores(memory: CategoryMemory, query: np.ndarray) -> dict[str, flo
     return out | category_scores(q, rows, [h.label for h in near], [h.score for h in near])
 
 
-def _expected_verdict(cal: Calibration, query: np.ndarray, alpha: float) -> tuple:
-    """The auto verdict by its definition: the best category's statistic against the
-    threshold of the largest shot level not above its examples that has one, and the share
-    of that level's stand-ins at most as known; and the level."""
+def _expected_verdict(cal: Calibration, query: np.ndarray, alpha: float, among: list[str]) -> tuple:
+    """The auto verdict by its definition: the best statistic of the candidates' categories
+    (``among``) against the threshold of the largest shot level not above its examples that
+    has one, and the share of that level's stand-ins at most as known; and the level."""
     model = cal.model()
     assert model is not None
-    _, counts, means = cal.means()
+    labels, counts, means = cal.means()
     row = model.scores(model.project(query), means)[0]
-    best = int(np.argmax(row))
+    held = [labels.index(label) for label in among]
+    best = held[int(np.argmax(row[held]))]
     level = max(m for m in SHOT_LEVELS if m <= max(int(counts[best]), 1))
     while level > SHOT_LEVELS[0] and cal.threshold(alpha, level)[0] is None:
         level -= 1
@@ -106,17 +107,18 @@ def test_scores_and_verdicts_are_those_of_their_definitions(memory: CategoryMemo
         recognizer = Recognizer(memory, _Vectors(), k=5, reject=f"auto:{alpha}")  # type: ignore[arg-type]
         reference = openset.load(memory)  # another object: nothing it keeps is shared
         assert reference is not None and reference.calibrated
-        expected = {i: _expected_verdict(reference, queries[i], alpha) for i in order}
-        levels |= {level for _, level in expected.values()}
         for _ in range(2):  # the second time every kept row and threshold is reused
             found = [c for b in batches for c in recognizer.retriever.retrieve_vectors(queries[b])]
             verdicts = recognizer.judge_many(found, queries[order])
             for i, candidates, verdict in zip(order, found, verdicts, strict=True):
                 for c in candidates:
                     assert c.score == pytest.approx(scores[i][c.label], rel=1e-12, abs=1e-12)
+                among = [c.label for c in candidates]
+                expected, level = _expected_verdict(reference, queries[i], alpha, among)
+                levels.add(level)
                 said = (verdict.similarity, verdict.threshold, verdict.known_share)
-                assert said == expected[i][0]
-                stat, threshold, _ = expected[i][0]
+                assert said == expected
+                stat, threshold, _ = expected
                 assert bool(verdict.reasons) == (stat < threshold)
     assert len(levels) >= 3  # thresholds of several shot levels were compared
 

@@ -725,3 +725,15 @@ def test_every_tool_of_ours_answers_its_errors_as_one_base_does() -> None:
         fields = cls.model_fields
         assert fields["handle_tool_error"].default is True, cls
         assert fields["handle_validation_error"].default_factory() is explain_validation_error
+
+
+def test_a_broken_image_of_a_batch_is_named_as_its_caller_named_it(recognizer: Any) -> None:
+    """recognize_batch(images, names=[...]) with a truncated photo sent as bytes answered
+    'bytes could not be decoded, it may be truncated or corrupt' beside result.image
+    'upload.png': a batch names a broken image as recognize does, its error included."""
+    whole = _png(size=(300, 200))
+    broken, good = recognizer.recognize_batch(
+        [whole[: len(whole) // 2], whole], names=["upload.png", "fine.png"]
+    )
+    assert broken.image == "upload.png" and good.image == "fine.png" and not good.error
+    assert broken.error and broken.error.startswith("upload.png could not be decoded"), broken.error
