@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "describe_choice",
+    "embedded_memories",
     "last_used_settings",
     "names_a_memory",
     "open_shown_memory",
@@ -104,12 +105,18 @@ def last_used_settings(
     return settings.model_copy(update=update), note
 
 
-def describe_choice(settings: Settings) -> str:
-    """Which embedded memories exist under ``RAR_HOME`` and how to pick one (for an error)."""
+def embedded_memories(settings: Settings) -> tuple[Path, list[str]]:
+    """The folder under ``RAR_HOME`` that holds the embedded memories, and their names."""
     from rar_agent.memory.location import default_memory_dir
 
     folder = default_memory_dir(settings.collection, settings.home).parent
     names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return folder, names
+
+
+def describe_choice(settings: Settings) -> str:
+    """Which embedded memories exist under ``RAR_HOME`` and how to pick one (for an error)."""
+    folder, names = embedded_memories(settings)
     if not names:
         return (
             f"no memory exists under {folder} yet: `rar-agent recognize IMAGE` builds and uses "

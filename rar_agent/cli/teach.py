@@ -99,14 +99,13 @@ def _note_new_memory(settings: "Settings", memory: "CategoryMemory") -> None:
     import difflib
 
     from rar_agent.cli.options import print_note
-    from rar_agent.memory.location import default_memory_dir
+    from rar_agent.cli.recent import embedded_memories
 
     info = memory.info
     note = (
         f"memory {info.collection!r} held nothing: it holds only what this taught ({info.location})"
     )
-    folder = default_memory_dir(info.collection, settings.home).parent
-    others = [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    others = embedded_memories(settings)[1]
     close = difflib.get_close_matches(
         info.collection, [n for n in others if n != info.collection], n=1
     )
