@@ -339,6 +339,12 @@ class ExampleAdded(BaseModel):
         description="Whether this is the first example of a new category (the memory held "
         "nothing of its label before, not even its class name).",
     )
+    first_photo_of_class_name: bool = Field(
+        default=False,
+        description="Whether this is the first example photo of a category the memory knew "
+        "by its class name alone (a text entry, as the built-in memory's 'tabby cat'): not a "
+        "new category, but the first photo of it.",
+    )
     category_examples: int = Field(
         default=0,
         description="Examples of the category once this image was taught (in a batch, the "

@@ -151,7 +151,7 @@ def describe_added(result: ExampleAdded) -> str:
             f"Stored {result.image} as the first example of the new category {label!r}{fix}; "
             f"{_CLOSER} {label!r}{beside} (more examples of it make that surer)."
         )
-    elif result.category_examples == 1:  # a class name's first photo (not a new category)
+    elif result.first_photo_of_class_name:
         answered = (
             f"a photo of the same thing is now answered {label!r} by this example too ("
             if result.class_names
