@@ -231,7 +231,7 @@ class Explanation(BaseModel):
     novel_group: str | None = Field(
         default=None,
         description="The unknown image's look-alikes, e.g. 'it looks like 2 earlier unknown "
-        "images (group g1)'.",
+        "images, all in group g1'.",
     )
     sentence: str = Field(default="", description="All of the above in one sentence.")
 
