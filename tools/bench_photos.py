@@ -19,7 +19,9 @@ The ratios against the small photo (and, for HEIC, libheif) are measured in pair
 reverses every round (ABBA), on both clocks at once; a ratio is the median of the per-round
 ratios, printed with their quartiles and the number of rounds. A busy spell then slows a
 figure and its baseline alike and moves the ratio little, where separate medians or bests
-(one taken in a quiet moment, the other not) swung it by 0.2.
+(one taken in a quiet moment, the other not) swung it: six estimates of the 12 MP JPEG's
+CPU ratio at load 7-10 spread over 1.38-1.56 one by one and 1.47-1.62 in a batch, against
+1.44-1.50 and 1.47-1.52 in paired rounds (docs/benchmarks.md, session 17).
 
 Times are the process's CPU time (every thread's) with torch on one thread, the judged
 clock; the paired rows print the wall clock of the same calls beside it. ``--wall`` judges
