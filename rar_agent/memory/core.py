@@ -675,7 +675,7 @@ class CategoryMemory:
             return []
         if dim is None:
             return [[] for _ in range(rows.shape[0])]
-        results = self._backend.query_batch(rows.tolist(), kind, int(limit), self.storage)
+        results = self._backend.query_batch(rows, kind, int(limit), self.storage)
         return [sorted(hits, key=lambda h: -h.score) for hits in results]
 
     async def asearch(
