@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rar_agent.errors import MemoryBusyError, MemoryStoreError, RarError
+from rar_agent.errors import MemoryBusyError, MemoryStoreError, RarError, unwritable_reason
 from rar_agent.memory.backend import PointVectors, ScrollPage
 from rar_agent.memory.edge_files import (
     acquire_lock,
@@ -198,7 +198,7 @@ def _open_shared(path: Path, create: bool) -> _Shared:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MemoryStoreError(
-            f"cannot create the memory directory {path} ({e.strerror or type(e).__name__}): "
+            f"cannot create the memory directory {path} ({unwritable_reason(e, path)}): "
             "give a folder you can write (--memory DIR, or RAR_HOME for every memory)"
         ) from e
     shared = _Shared(path)

@@ -248,7 +248,12 @@ def test_an_auth_file_that_cannot_be_written_is_one_error_line(tmp_path: Path) -
         refused = runner.invoke(app, ["auth", *args], env={"RAR_HOME": str(blocker)})
         assert refused.exit_code == 2, refused.output
         assert refused.exception is None or isinstance(refused.exception, SystemExit)
-        assert f"cannot write the auth file {blocker / 'auth.toml'}" in refused.output
+        said = " ".join(refused.output.split())
+        # the folder in the way, not the system's "(File exists)" that names nothing
+        assert (
+            f"cannot write the auth file {blocker / 'auth.toml'} ({blocker} is a file, not a "
+            "folder)" in said
+        ), said
         assert "--auth FILE or RAR_AUTH_FILE" in refused.output
     assert blocker.read_text() == "a file where RAR_HOME's folder should be"
 
