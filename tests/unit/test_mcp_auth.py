@@ -236,6 +236,28 @@ def test_cli_prints_the_token_once_on_the_last_line(tmp_path: Path) -> None:
     assert bad.exit_code == 2
 
 
+def test_an_auth_file_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    blocker = tmp_path / "home"
+    blocker.write_text("a file where RAR_HOME's folder should be")
+    runner = CliRunner()
+    for args in (["add", "ci-bot", "--scope", "recognize"], ["revoke", "ci-bot"]):
+        refused = runner.invoke(app, ["auth", *args], env={"RAR_HOME": str(blocker)})
+        assert refused.exit_code == 2, refused.output
+        assert refused.exception is None or isinstance(refused.exception, SystemExit)
+        said = " ".join(refused.output.split())
+        # the folder in the way, not the system's "(File exists)" that names nothing
+        assert (
+            f"cannot write the auth file {blocker / 'auth.toml'} ({blocker} is a file, not a "
+            "folder)" in said
+        ), said
+        assert "--auth FILE or RAR_AUTH_FILE" in refused.output
+    assert blocker.read_text() == "a file where RAR_HOME's folder should be"
+
+
 # ---------------------------------------------------------------------------- credentials
 
 
