@@ -4,7 +4,8 @@ stderr naming the option (and its variable), what was wrong and what to give; ex
 typer reads option values with pydantic, and said so in pydantic's words in a framed box:
 `mcp --per-minute -1` gave "Invalid value for '--per-minute' (env var: 'RAR_PER_MINUTE'):
 Input should be greater than or equal to 1"; ``Settings`` did the same for --ranker-timeout,
---qdrant-timeout and RAR_FETCH_K (as a --fetch-k no command has).
+--qdrant-timeout and RAR_FETCH_K (as a --fetch-k no command has). `eval --gate xyz`
+and `--reject auto:2` named no option ("Unknown gate setting 'xyz'...").
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ CASES = [
     (["memory", "undo", "abc"], {}, "invalid n", "a whole number"),
     (["memory", "push", "--shards", "0"], {}, "--shards", "1 or more"),
     (["datasets", "augment", "src", "out", "--views", "0"], {}, "--views", "1 or more"),
+    (["eval", "--dataset", "d", "--gate", "xyz"], {}, "invalid --gate", "a margin like 0.05"),
+    (["eval", "--dataset", "d", "--reject", "auto:2"], {}, "invalid --reject", "(0, 0.5]"),
+    (["eval", "--dataset", "d", "--stream", "--stream-share", "2"], {}, "--stream-share", "(0, 1)"),
     (["teach"], {}, "Missing argument 'label'", "rar-agent teach --help"),
     (["mcp", "--bogus"], {}, "No such option: --bogus", "rar-agent mcp --help"),
 ]  # fmt: skip
