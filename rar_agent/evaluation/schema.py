@@ -151,7 +151,8 @@ def check_config(config: EvalConfig, *, stream_share: float | None = None) -> No
         problems.append(f"--open-set is a share of classes in (0, 1), got {config.open_set}")
     if stream_share is not None:
         if not 0.0 < stream_share < 1.0:
-            problems.append(f"--stream-share must be in (0, 1), got {stream_share}")
+            share = f"the streamed share (--stream-share) must be in (0, 1), got {stream_share}"
+            problems.append(share)
         if config.shots is not None and config.shots < 0:
             problems.append(f"--shots must be >= 0 initial examples per class, got {config.shots}")
     from rar_agent.config import parse_reject
