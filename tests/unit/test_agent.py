@@ -87,6 +87,11 @@ def test_non_image_content_is_left_alone(recognizer: Any) -> None:
         assert new is content and ids == []
     broken, ids = image_blocks_to_ids([{"type": "image", "base64": "bm90IGFuIGltYWdl"}], reg)
     assert ids == [] and broken[0]["text"].startswith("[an image that could not be read:")
+    # A block whose data is not base64 says so, not that a str is never read as a path
+    # (advice for Python callers of ImageRegistry.register, which a chat client cannot take).
+    garbled, ids = image_blocks_to_ids([{"type": "image", "base64": "@@@", "mime_type": "x"}], reg)
+    assert ids == [] and "invalid base64 image data" in garbled[0]["text"]
+    assert "pathlib" not in garbled[0]["text"]
 
 
 # ---------------------------------------------------------------------------- agents
