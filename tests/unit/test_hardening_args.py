@@ -99,7 +99,7 @@ def test_a_bad_rar_k_says_what_k_is_and_what_to_give(
 
     monkeypatch.setenv("RAR_K", value)
     with pytest.raises(ConfigError) as caught:
-        settings_from_options()
+        settings_from_options(k=None)  # a command with --k, not given
     assert str(caught.value) == (
         "invalid --k (RAR_K): k must be a whole number from 1 to 100 (how many candidate "
         f"categories to retrieve and rank; 5 when not given), not {shown}"

@@ -631,7 +631,8 @@ def test_a_limit_that_is_not_a_positive_number_is_refused_by_its_flag(
 
     result = CliRunner().invoke(app, ["mcp", "--http", "--port", "0", flag, value])
     assert result.exit_code == 2, result.output
-    assert flag in result.output and "greater than or equal to 1" in result.output
+    assert f"invalid {flag}" in result.output, result.output
+    assert "give a whole number of 1 or more" in result.output
 
 
 def noise_png(size: tuple[int, int]) -> str:
