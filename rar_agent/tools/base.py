@@ -311,6 +311,22 @@ class ErrorAnsweringTool(BaseTool):
         default_factory=lambda: explain_validation_error
     )
 
+    def _parse_input(
+        self, tool_input: str | dict[str, Any], tool_call_id: str | None
+    ) -> str | dict[str, Any]:
+        """Refuse an argument the tool does not take (``{"path": ...}`` for ``image``): left
+        to pydantic it is dropped, and the call answers as if it were not given."""
+        fields = getattr(self.args_schema, "model_fields", None)
+        if isinstance(tool_input, dict) and isinstance(fields, dict):
+            unknown = [name for name in tool_input if name not in fields]
+            if unknown:
+                raise ToolException(
+                    f"invalid tool arguments ({', '.join(map(repr, unknown))}: not "
+                    f"{'an argument' if len(unknown) == 1 else 'arguments'} of {self.name}, "
+                    f"which takes {', '.join(fields) or 'none'}); fix them and call the tool again"
+                )
+        return super()._parse_input(tool_input, tool_call_id)
+
 
 class RecognizerTool(ErrorAnsweringTool):
     """Shared fields of the tools that work on images and the recognizer.
