@@ -40,6 +40,7 @@ CASES = [
     (["datasets", "augment", "src", "out", "--views", "0"], {}, "--views", "1 or more"),
     (["teach"], {}, "Missing argument 'label'", "rar-agent teach --help"),
     (["mcp", "--bogus"], {}, "No such option: --bogus", "rar-agent mcp --help"),
+    (["--bogus"], {}, "No such option: --bogus", "rar-agent --help"),  # the group's own
 ]  # fmt: skip
 
 
