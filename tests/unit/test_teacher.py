@@ -242,7 +242,8 @@ def test_the_history_keeps_what_was_undone_and_who_undid_it(recognizer: Any) -> 
         lines[1],
     ), lines[1]
     assert "t0.png as 'thing 0'" in lines[2] and lines[2].endswith("via mcp by ana")
-    assert describe_history(ana.history(by="bob")) == "Nothing has been taught to this memory yet."
+    # ana's teaching, all undone, was still taught: bob's history says bob taught nothing
+    assert describe_history(ana.history(by="bob")) == "'bob' has taught nothing to this memory."
     assert describe_undone(ana.undo(1)) == "Nothing to undo: this memory holds nothing taught."
     assert ana.history(by="ana").undone_total == 3 and ana.history(by="bob").undone_total == 0
 
