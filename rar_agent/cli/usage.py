@@ -8,7 +8,9 @@ come through :func:`invalid_value`. Only typer and the standard library at modul
 
 from __future__ import annotations
 
+import contextlib
 import typing
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -90,17 +92,32 @@ class UsageGroup(TyperGroup):
     unknown option, a missing argument) is one ``error:`` line on stderr and exit 2, not
     click's usage and framed box."""
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        """Read the group's own options (``rar-agent --bogus``); usage errors as one line."""
+        with _one_line():
+            return super().make_context(info_name, args, parent, **extra)
+
     def invoke(self, ctx: Any) -> Any:
         """Run the subcommand; its usage errors become one line (see the class)."""
-        try:
+        with _one_line():
             return super().invoke(ctx)
-        except UsageError as e:
-            if type(e).__name__ == "NoArgsIsHelpError":  # the help was shown: nothing wrong
-                raise
-            from rar_agent.cli.options import print_error
 
-            print_error(_usage_line(e))
-            raise typer.Exit(e.exit_code) from None
+
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    """A usage error raised inside as one ``error:`` line and its exit code (the help shown
+    for no arguments goes on: nothing is wrong)."""
+    try:
+        yield
+    except UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            raise
+        from rar_agent.cli.options import print_error
+
+        print_error(_usage_line(e))
+        raise typer.Exit(e.exit_code) from None
 
 
 def _usage_line(error: UsageError) -> str:

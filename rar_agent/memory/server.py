@@ -144,7 +144,11 @@ class ServerBackend:
             source = e.source
             timed_out = "timeout" in type(source).__name__.lower()
             state = f"did not answer within {self._timeout} s" if timed_out else "is unreachable"
-            longer = "; or allow it longer: RAR_QDRANT_TIMEOUT (seconds)" if timed_out else ""
+            longer = (
+                "; or allow it longer: --qdrant-timeout SECONDS / RAR_QDRANT_TIMEOUT"
+                if timed_out
+                else ""
+            )
             raise MemoryStoreError(
                 f"{where} {state} ({type(source).__name__}: {source}) while trying to {what}: "
                 "check --qdrant-url / RAR_QDRANT_URL and that the server is running "

@@ -210,6 +210,23 @@ def test_missing_image_is_a_tool_error_not_a_crash(recognizer: Any) -> None:
     assert out["messages"][-1].text.startswith("Sorry, recognition failed: no image")
 
 
+def test_an_argument_the_tool_does_not_take_is_named_before_the_latest_photo(
+    recognizer: Any,
+) -> None:
+    """A model that passed {"path": ...} in a conversation without a photo was told 'no image
+    in this conversation yet' (the middleware's default): the tool names the argument."""
+    call = {"name": "recognize_image", "args": {"path": "cat.jpg"}, "id": "c1", "type": "tool_call"}
+    model = PolicyChatModel(
+        policy=lambda m: (
+            AIMessage("ok") if isinstance(m[-1], ToolMessage) else AIMessage("", tool_calls=[call])
+        )
+    )
+    agent = create_rar_agent(model, recognizer=recognizer, registry=ImageRegistry())
+    out = agent.invoke({"messages": [HumanMessage("what is cat.jpg?")]})
+    (tool_msg,) = last_tool_messages(out["messages"])
+    assert tool_msg.status == "error" and "'path': not an argument" in tool_msg.text
+
+
 @tool
 def flaky_lookup(category: str) -> str:
     """Look a category up in a knowledge base that is down (a tool error, as LangChain

@@ -45,6 +45,7 @@ CASES = [
     (["eval", "--dataset", "d", "--stream", "--stream-share", "2"], {}, "--stream-share", "(0, 1)"),
     (["teach"], {}, "Missing argument 'label'", "rar-agent teach --help"),
     (["mcp", "--bogus"], {}, "No such option: --bogus", "rar-agent mcp --help"),
+    (["--bogus"], {}, "No such option: --bogus", "rar-agent --help"),  # the group's own
 ]  # fmt: skip
 
 
