@@ -11,7 +11,9 @@ or a query holds, tells that regime from the others, on the same memories as
    mean gap between an example's nearest and second-nearest other category, and how sure the
    encoder's own ImageNet classifier is of the examples (the mean best cosine to its class
    rows, ``imagenet``); beside them the known queries' own ALPHA-quantile of the prior's
-   score and the shipped threshold;
+   score, the shipped threshold, and the categories set apart from the scale per memory
+   (``set_apart``: a query answered with one is judged at the lower of the memory's cut and
+   the prior's ``far_threshold``, as the shipped calibration judges it);
 2. **the shipped rule raised** by a constant in score units until the ``--target`` set
    rejects a third of its unseen: what every other set's knowns pay for it;
 3. **rules on memory statistics**: a line from the statistics to a memory's known quantile
