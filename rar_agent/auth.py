@@ -273,15 +273,29 @@ class TokenStore:
         """Read-modify-write the file under a lock file; replaced atomically at the end."""
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = self.path.with_name(self.path.name + ".lock")
-        with open(lock, "a") as handle:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock, "a")  # noqa: SIM115 (closed below, once written)
+        except OSError as e:
+            raise self._unwritable(e) from e
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             tokens = self._read() if self.path.exists() else {}
             yield tokens
-            self._write(tokens)
+            try:
+                self._write(tokens)
+            except OSError as e:
+                raise self._unwritable(e) from e
         with self._lock:
             self._stamp = None
+
+    def _unwritable(self, error: OSError) -> ConfigError:
+        reason = error.strerror or type(error).__name__
+        return ConfigError(
+            f"cannot write the auth file {self.path} ({reason}): name a file in a folder you "
+            "can write with --auth FILE or RAR_AUTH_FILE, or set RAR_HOME to such a folder"
+        )
 
     def _write(self, tokens: dict[str, TokenInfo]) -> None:
         lines = [

@@ -231,7 +231,7 @@ class Explanation(BaseModel):
     novel_group: str | None = Field(
         default=None,
         description="The unknown image's look-alikes, e.g. 'it looks like 2 earlier unknown "
-        "images (group g1)'.",
+        "images, all in group g1'.",
     )
     sentence: str = Field(default="", description="All of the above in one sentence.")
 
@@ -338,6 +338,12 @@ class ExampleAdded(BaseModel):
         default=False,
         description="Whether this is the first example of a new category (the memory held "
         "nothing of its label before, not even its class name).",
+    )
+    first_photo_of_class_name: bool = Field(
+        default=False,
+        description="Whether this is the first example photo of a category the memory knew "
+        "by its class name alone (a text entry, as the built-in memory's 'tabby cat'): not a "
+        "new category, but the first photo of it.",
     )
     category_examples: int = Field(
         default=0,

@@ -289,22 +289,34 @@ class StoredRows:
                 out.append(row)
         return out
 
-    def put(self, hit: Hit, row: np.ndarray) -> np.ndarray:
-        """Keep ``row``, ``hit``'s stored vector as a float32 unit row, when ``hit`` is stored
-        under its content's own id (a read-only copy, returned; else ``row`` itself)."""
-        key = self.key(hit)
-        if key is None or self.size <= 0 or hit.id != content_id(hit.kind, hit.label, key[2]):
-            return row
-        row = row.copy()  # not a view: a kept row would hold its whole block alive
-        row.flags.writeable = False
+    def put(self, hits: Sequence[Hit], rows: np.ndarray) -> list[np.ndarray]:
+        """Keep ``rows``, the stored vectors of ``hits`` as float32 unit rows, for the hits
+        stored under their content's own id; each row as returned: a read-only copy where
+        kept, else the row itself."""
+        out: list[np.ndarray] = []
+        fresh: list[tuple[tuple[str, str, str], np.ndarray]] = []
+        for hit, row in zip(hits, rows, strict=True):
+            key = self.key(hit)
+            if key is not None and self.size > 0 and _under_content_id(hit, key[2]):
+                row = row.copy()  # not a view: a kept row would hold its whole block alive
+                row.flags.writeable = False
+                fresh.append((key, row))
+            out.append(row)
         with self._lock:
-            self._rows[key] = row
+            for key, row in fresh:
+                self._rows[key] = row
+                self._rows.move_to_end(key)
             while len(self._rows) > self.size:
                 self._rows.popitem(last=False)
-        return row
+        return out
 
     def __len__(self) -> int:
         return len(self._rows)
+
+
+def _under_content_id(hit: Hit, digest: str) -> bool:
+    """Whether ``hit`` is stored under its content's own id (so its vector never changes)."""
+    return hit.id == content_id(hit.kind, hit.label, digest)
 
 
 def _sides(kind: str) -> tuple[EntryKind, ...]:
@@ -617,9 +629,8 @@ class CategoryRetriever(BaseRetriever):
             read = self.memory.get_vectors(ids, kind=kind if kind in KINDS else None)
             found = [h for h in group if h.id in read]
             if found:
-                rows = _unit_rows([read[h.id] for h in found])
-                for hit, row in zip(found, rows, strict=True):
-                    out[hit.id] = kept.put(hit, row)
+                rows = kept.put(found, _unit_rows([read[h.id] for h in found]))
+                out.update(zip([h.id for h in found], rows, strict=True))
         return out
 
     def search_text(self, text: str, *, k: int | None = None) -> list[Candidate]:

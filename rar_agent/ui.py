@@ -59,6 +59,7 @@ __all__ = [
     "ELSEWHERE",
     "NOT_YOURS",
     "SIGNED_OUT",
+    "SIGN_IN",
     "URLS_OFF",
 ]
 
@@ -1017,6 +1018,18 @@ def _holds_token(logins: TokenStore) -> Callable[[str | None], bool]:
     return holds
 
 
+SIGN_IN = (
+    "Sign in with your token: its name as user name, the token as password. If it is "
+    "refused, check both: the user name is the name the token was made for, and the password "
+    "the whole token, starting <code>rar_</code>. Tokens come from whoever runs this page: "
+    "<code>rar-agent auth add NAME --scope recognize</code> makes one (with "
+    "<code>--scope learn</code> it may teach too), and <code>rar-agent auth list</code> says "
+    "which are still active; a revoked token needs a new one."
+)
+"""The login page's message (HTML), shown before and after a refused sign-in: Gradio's own
+refusal says only "Incorrect Credentials", and its login page takes no other words."""
+
+
 def token_login(logins: TokenStore) -> Callable[[str, str], bool]:
     """Gradio's ``auth`` callable: the user name is a token's name, the password the token."""
 
@@ -1102,9 +1115,7 @@ def launch(
             show_error=True,
             footer_links=[],
             auth=auth,
-            auth_message="Sign in with your token: its name as user name, the token as password."
-            if auth is not None
-            else None,
+            auth_message=SIGN_IN if auth is not None else None,
         )
         if block:
             while not stopped.requested:  # a signal handler takes no lock: a flag, polled

@@ -520,7 +520,12 @@ def _open_set_stats(
     summary = cal.summary(alpha)
     why = summary["cannot_calibrate"]
     promise = f"--reject auto:{alpha:g}: at most {alpha:.0%} of known images rejected"
-    if summary["method"] == "prior":  # as a result's explanation says it
+    if summary["method"] == "none":  # no threshold: nothing is rejected, so nothing is kept
+        promise = (
+            f"--reject auto:{alpha:g}: nothing is promised until this memory can calibrate "
+            "(meanwhile nothing is rejected; the note says what it lacks)"
+        )
+    elif summary["method"] == "prior":  # as a result's explanation says it
         promise += ", as the encoder prior estimates; this memory cannot measure it yet"
     return {
         "calibrated": why is None,

@@ -228,7 +228,7 @@ def memory_history(
             "--server",
             help="Ask the rar-agent MCP server at this URL (http://HOST:PORT/mcp) that holds "
             "the memory, while it runs (mcp --http with --allow-learning and tokens); needs a "
-            "token with the recognize scope (--token), and --limit at most 200.",
+            "token with the recognize scope (--token), and lists a bounded number of events.",
         ),
     ] = None,
     token: TokenOpt = None,
@@ -242,6 +242,15 @@ def memory_history(
     from rar_agent.tools.learn import describe_history
 
     if server:
+        from rar_agent.errors import ConfigError
+        from rar_agent.tools.learn import HISTORY_MOST
+
+        if limit > HISTORY_MOST:  # the server's refusal is worded for an agent
+            raise ConfigError(
+                f"--limit {limit} with --server: the server lists at most {HISTORY_MOST} "
+                f"teaching events at a time; give --limit {HISTORY_MOST} or less (memory "
+                "history without --server lists any number once the server is stopped)"
+            )
         args: dict[str, Any] = {"limit": limit, **({"by": by} if by else {})}
         _ask_server(server, token, "teaching_history", args, as_json, scope="recognize")
         return
@@ -267,8 +276,8 @@ def memory_undo(
             "--server",
             help="Ask the rar-agent MCP server at this URL (http://HOST:PORT/mcp) that holds "
             "the memory, while it runs (mcp --http with --allow-learning and tokens): a token "
-            "with the learn scope (--token) undoes its own teaching (N at most 50), an admin "
-            "token NAME's (--by NAME).",
+            "with the learn scope (--token) undoes its own teaching, an admin token NAME's "
+            "(--by NAME), a bounded number of events at a time.",
         ),
     ] = None,
     token: TokenOpt = None,
@@ -299,6 +308,16 @@ def _undo_through_server(
     """``memory undo N --server URL``: the token's own last events, through the server's
     ``undo_teaching`` (the tool an MCP client calls, so one rule decides whose events go);
     with ``--by NAME``, NAME's through ``undo_teaching_of`` (admin only)."""
+    from rar_agent.errors import ConfigError
+    from rar_agent.mcp.admin import UNDO_OF_MOST
+    from rar_agent.tools.learn import UNDO_MOST
+
+    most = UNDO_OF_MOST if by else UNDO_MOST
+    if n > most:  # the server's refusal is worded for an agent
+        raise ConfigError(
+            f"memory undo {n} with --server: the server undoes at most {most} teaching events "
+            f"at a time; give N of {most} or less and run it again"
+        )
     if by:
         own = "; a token with the learn scope takes back its own teaching: leave out --by"
         args: dict[str, Any] = {"by": by, "n": n}

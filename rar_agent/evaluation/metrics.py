@@ -24,6 +24,7 @@ __all__ = [
     "choose_gate",
     "confusion",
     "gating_curve",
+    "BATCHED",
     "latency_summary",
     "outcomes",
     "per_class",
@@ -48,7 +49,9 @@ class QueryRecord(BaseModel):
         status: Ranking status: ``ranked``, ``fallback``, ``skipped`` or ``disabled``.
         reason: Why ranking was skipped or fell back.
         timings_ms: Milliseconds per stage for this image (load, encode, retrieve, reject,
-            rank).
+            rank); the :data:`BATCHED` stages' are its batch's time per image.
+        batch: Which batch of the run it was encoded, retrieved and judged in (None: not
+            known, each image counts as timed alone).
         error: Why the image could not be evaluated (it then counts in no metric).
         known: Whether its true label is in the memory (false for held-out classes in an
             open-set run).
@@ -81,6 +84,7 @@ class QueryRecord(BaseModel):
     shots: int | None = None
     alpha_thresholds: dict[str, float | None] | None = None
     rejected: bool = False
+    batch: int | None = None
 
     @property
     def knn(self) -> str | None:
@@ -223,23 +227,35 @@ def most_confused(confusion: dict[str, dict[str, int]], limit: int = 10) -> list
     return [label for label, _ in ranked[:limit]]
 
 
+BATCHED = ("encode", "retrieve", "reject")
+"""Stages timed once per batch of images (one encoder pass, one batch search): each image of
+a batch holds the batch's time per image, so their spread is the batches', not the images'."""
+
+
 def latency_summary(records: Sequence[QueryRecord]) -> dict[str, dict[str, float]]:
-    """p50 / p95 / mean milliseconds per stage over the queries that have the stage."""
+    """p50 / p95 / mean milliseconds per image, per stage, over the queries that have the
+    stage (``n``); a :data:`BATCHED` stage's over its batches (``batches``: one figure each)."""
     import numpy as np
 
     stages: dict[str, list[float]] = defaultdict(list)
+    batches: dict[str, dict[int, float]] = defaultdict(dict)
     for r in _valid(records):
         for stage, ms in r.timings_ms.items():
             stages[stage].append(ms)
-    return {
-        stage: {
-            "p50": round(float(np.percentile(values, 50)), 3),
-            "p95": round(float(np.percentile(values, 95)), 3),
-            "mean": round(float(np.mean(values)), 3),
+            if stage in BATCHED and r.batch is not None:
+                batches[stage].setdefault(r.batch, ms)
+    summary: dict[str, dict[str, float]] = {}
+    for stage, values in stages.items():
+        timed = list(batches[stage].values()) if stage in batches else values
+        summary[stage] = {
+            "p50": round(float(np.percentile(timed, 50)), 3),
+            "p95": round(float(np.percentile(timed, 95)), 3),
+            "mean": round(float(np.mean(timed)), 3),
             "n": len(values),
         }
-        for stage, values in stages.items()
-    }
+        if stage in batches:
+            summary[stage]["batches"] = len(timed)
+    return summary
 
 
 class GatePoint(BaseModel):

@@ -18,6 +18,7 @@ from rar_agent.errors import ConfigError
 from rar_agent.evaluation.metrics import percent, summarize_points
 from rar_agent.evaluation.openset_render import open_set_markdown, open_set_rows
 from rar_agent.evaluation.plots import PLOT_FILES, write_plots
+from rar_agent.results import counted
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -175,10 +176,20 @@ def _summary_rows(report: EvalReport) -> list[tuple[str, str]]:
     for stage in ("load", "encode", "retrieve", "reject", "rank"):
         lat = report.latency_ms.get(stage)
         if lat:
-            rows.append((f"{stage} ms p50 / p95", f"{lat['p50']:.2f} / {lat['p95']:.2f}"))
+            rows.append(_latency_row(stage, lat))
     if report.interrupted:
         rows.append(("status", "INTERRUPTED: partial results"))
     return rows
+
+
+def _latency_row(stage: str, lat: dict[str, float]) -> tuple[str, str]:
+    """A stage's time per image: p50 / p95 over the images, or over the batches for a stage
+    timed once per batch (one batch: its one figure)."""
+    batches = int(lat.get("batches", 0))
+    if batches == 1:
+        return f"{stage} ms per image (1 batch)", f"{lat['p50']:.2f}"
+    over = f" over {batches} batches" if batches else ""
+    return f"{stage} ms p50 / p95{over}", f"{lat['p50']:.2f} / {lat['p95']:.2f}"
 
 
 def _rejection_rows(report: EvalReport) -> list[tuple[str, str]]:
@@ -299,9 +310,18 @@ def _md_latency(report: EvalReport, plots: dict[str, Path]) -> list[str]:
     if not report.latency_ms:
         return []
     return ["## Latency per image (ms)", ""] + _md_table(
-        ["stage", "p50", "p95", "mean", "n"],
-        [(s, v["p50"], v["p95"], v["mean"], int(v["n"])) for s, v in report.latency_ms.items()],
+        ["stage", "p50", "p95", "mean", "images", "over"],
+        [
+            (s, v["p50"], v["p95"], v["mean"], int(v["n"]), _spread_over(v))
+            for s, v in report.latency_ms.items()
+        ],
     )
+
+
+def _spread_over(lat: dict[str, float]) -> str:
+    """What a stage's p50 / p95 spread over: its images, or its batches (each timed once)."""
+    batches = int(lat.get("batches", 0))
+    return counted(batches, "batch", "batches") if batches else "images"
 
 
 def failed_queries(report: EvalReport) -> list[tuple[str, str]]:

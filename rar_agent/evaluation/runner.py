@@ -88,8 +88,10 @@ def _items_to_records(
     k: int,
     max_k: int,
     known_labels: set[str],
+    index: int,
 ) -> list[QueryRecord]:
-    """Load, encode, retrieve, judge (open set) and rank one batch of test images.
+    """Load, encode, retrieve, judge (open set) and rank one batch of test images (the run's
+    ``index``-th, recorded with each: its encoding, retrieval and judging are timed once).
 
     Every query is ranked, also those retrieval rejects, so top-1 with and without
     rejection both come from one run.
@@ -113,6 +115,7 @@ def _items_to_records(
                 label=label,
                 k=k,
                 timings_ms={"load": (time.perf_counter() - start) * 1000.0},
+                batch=index,
             )
         )
     good = [r for r in records if r.error is None]
@@ -341,7 +344,12 @@ class _Run:
             batch = sets.test_items[start : start + config.batch_size]
             self.records.extend(
                 _items_to_records(
-                    self.recognizer, batch, k=report.k, max_k=report.max_k, known_labels=known
+                    self.recognizer,
+                    batch,
+                    k=report.k,
+                    max_k=report.max_k,
+                    known_labels=known,
+                    index=start // config.batch_size,
                 )
             )
             if progress:

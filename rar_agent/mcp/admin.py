@@ -32,6 +32,7 @@ from rar_agent.tools.learn import TeachingTool, describe_undone
 from rar_agent.tools.provenance import serving_teacher
 
 __all__ = [
+    "UNDO_OF_MOST",
     "SnapshotInput",
     "SnapshotTool",
     "SnapshotWritten",
@@ -124,6 +125,10 @@ class SnapshotTool(ErrorAnsweringTool):
         return await asyncio.to_thread(self._run, name)
 
 
+UNDO_OF_MOST = 1000
+"""Most of one person's events one ``undo_teaching_of`` call takes back."""
+
+
 class UndoTeachingOfInput(BaseModel):
     """Arguments of :class:`UndoTeachingOfTool`."""
 
@@ -133,7 +138,7 @@ class UndoTeachingOfInput(BaseModel):
         description="Whose teaching to take back: a token's name or a chat login, as the "
         "teaching history shows it.",
     )
-    n: int = Field(default=1, ge=1, le=1000, description="How many of their last events.")
+    n: int = Field(default=1, ge=1, le=UNDO_OF_MOST, description="How many of their last events.")
 
 
 class UndoTeachingOfTool(TeachingTool):

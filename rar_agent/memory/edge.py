@@ -194,7 +194,10 @@ def _open_shared(path: Path, create: bool) -> _Shared:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MemoryStoreError(f"cannot create the memory directory {path}: {e}") from e
+        raise MemoryStoreError(
+            f"cannot create the memory directory {path} ({e.strerror or type(e).__name__}): "
+            "give a folder you can write (--memory DIR, or RAR_HOME for every memory)"
+        ) from e
     shared = _Shared(path)
     shared.created = not exists
     shared.lock_fd = acquire_lock(path)

@@ -140,12 +140,10 @@ class ServerBackend:
         except ResponseHandlingException as e:
             source = e.source
             timed_out = "timeout" in type(source).__name__.lower()
-            kind = "timed out" if timed_out else "unreachable"
-            longer = (
-                f"; or allow more than {self._timeout} s: RAR_QDRANT_TIMEOUT" if timed_out else ""
-            )
+            state = f"did not answer within {self._timeout} s" if timed_out else "is unreachable"
+            longer = "; or allow it longer: RAR_QDRANT_TIMEOUT (seconds)" if timed_out else ""
             raise MemoryStoreError(
-                f"{where} is {kind} ({type(source).__name__}: {source}) while trying to {what}: "
+                f"{where} {state} ({type(source).__name__}: {source}) while trying to {what}: "
                 "check --qdrant-url / RAR_QDRANT_URL and that the server is running "
                 f"(docker compose up -d qdrant){longer}"
             ) from e

@@ -101,6 +101,7 @@ __all__ = [
     "fit",
     "load",
     "min_standins",
+    "smallest_alpha_for",
     "update",
 ]
 
@@ -250,8 +251,26 @@ class Judged(NamedTuple):
 
 
 def min_standins(alpha: float) -> int:
-    """Stand-ins needed for a conformal threshold at ``alpha``: ``ceil(1 / alpha) - 1``."""
+    """Stand-ins needed for a conformal threshold at ``alpha``: ``ceil(1 / alpha) - 1``, the
+    fewest ``n`` whose rank ``floor(alpha * (n + 1))`` is 1 or more (the one place this rule
+    is written: the threshold, its refusal and :meth:`Calibration.smallest_alpha` ask it)."""
     return max(1, math.ceil(1.0 / alpha - 1e-9) - 1)
+
+
+_ALPHA_GRID = range(1, 10_001)
+"""ALPHA in steps of 0.0001 (four places), as :func:`smallest_alpha_for` names one."""
+
+
+def smallest_alpha_for(standins: int) -> float | None:
+    """The smallest ALPHA, to four places, that ``standins`` stand-ins set a threshold at
+    (:func:`min_standins`), or ``None`` where they set none."""
+    if standins < min_standins(1.0):
+        return None
+
+    def enough(i: int) -> bool:
+        return min_standins(i / 10_000) <= standins
+
+    return _ALPHA_GRID[bisect.bisect_left(_ALPHA_GRID, True, key=enough)] / 10_000
 
 
 def _level(shots: int) -> int:
@@ -480,14 +499,14 @@ class Calibration(BaseModel):
         categories = len({s[0] for s in eligible})
         if categories < MIN_CATEGORIES:
             return None, self._too_few_categories(categories, shots)
-        k = math.floor(alpha * (n + 1) + 1e-9)
-        if k < 1:
+        if n < min_standins(alpha):
             return None, (
                 f"cannot calibrate for ALPHA {alpha:g}: {n} stand-in queries from categories "
                 f"with {shots + 1} or more examples, at least {min_standins(alpha)} needed; add "
                 "examples"
             )
         # k-th smallest of n stand-ins, each an equal mixture of its DRAWS draws
+        k = math.floor(alpha * (n + 1) + 1e-9)
         values = self.scores_at(shots)
         index = min(len(values) - 1, max(0, math.ceil(k / n * len(values)) - 1))
         return float(values[index]), None
@@ -561,12 +580,11 @@ class Calibration(BaseModel):
         return self.prior() is None or self.own_threshold(DEFAULT_ALPHA)[0] is not None
 
     def smallest_alpha(self) -> float | None:
-        """The smallest ALPHA the memory's own stand-ins set a threshold at (rounded up to
-        four places), ``None`` where they set none at any."""
-        n = len(self.eligible(1))
-        if not n or self.own_threshold(0.5)[0] is None:
+        """The smallest ALPHA the memory's own stand-ins set a threshold at (to four places),
+        ``None`` where they do not judge its queries (:meth:`judged_by_own`) or set none."""
+        if not self.judged_by_own() or self.own_threshold(0.5)[0] is None:
             return None
-        return math.ceil(10_000 / (n + 1)) / 10_000
+        return smallest_alpha_for(len(self.eligible(1)))
 
     def _without_threshold(self, why: str | None) -> str:
         """Why a query of a memory its own stand-ins judge has no threshold at an ALPHA
@@ -676,7 +694,7 @@ class Calibration(BaseModel):
             "alpha": alpha,
             "standins": len(self.standins),
             "categories": len({s[0] for s in self.standins}),
-            "smallest_alpha": self.smallest_alpha() if own else None,
+            "smallest_alpha": self.smallest_alpha(),
             "thresholds": {
                 str(m): None if t is None else round(t, 4) for m, (t, _) in per_shot.items()
             },

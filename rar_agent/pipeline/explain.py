@@ -72,7 +72,7 @@ def explain(
     group = None
     if novel_group is not None:
         earlier = counted(novel_group.size - 1, "earlier unknown image")
-        group = f"it looks like {earlier} (group {novel_group.id})"
+        group = f"it looks like {earlier}, all in group {novel_group.id}"
         why.append(group)
     closest = ", ".join(f"{name} ({score:.3f})" for name, score in candidates[:_CLOSEST])
     sentence = "Unknown: not a category in memory"
@@ -172,20 +172,22 @@ def _how(ranking: RankingInfo, rejection: RejectionInfo) -> str:
     """How the candidates were ordered, in words a person who never heard of retrieval or a
     ranker follows (the tool text, the CLI and the chat page all show it)."""
     status, reason = ranking.status, ranking.reason
-    detail = f" ({reason})" if reason else ""
+    # each reason follows a comma, never in parentheses: this text is itself said in them
     if status == "ranked":
         return f"double-checked by {ranking.model or 'a model'}, which looked at the photo"
     if status == "skipped":
         skip = ranking.skip or reason  # a result stored before RankingInfo.skip: its text
-        # the reason after a comma: this text is itself said in parentheses
         plain = f", as {skip_in_plain_words(skip)}" if skip else ""
         return f"{_BY_SIMILARITY}, not double-checked by a model{plain}"
     if status == "fallback":
+        detail = f", as {reason}" if reason else ""
         return f"{_BY_SIMILARITY}: the reply of {_CHECKER} could not be used{detail}"
     if status == "no_match":
         said = f"{_BY_SIMILARITY}; {_CHECKER} said none of them fits"
         if rejection.mode == "off":
-            return said + " (unknown answers are turned off, so the closest category is the answer)"
+            return (
+                said + ", but unknown answers are turned off, so the closest category is the answer"
+            )
         return said
     return f"{_BY_SIMILARITY} only: no model is set up to double-check answers"
 
@@ -229,7 +231,7 @@ def _how_unusual(rejection: RejectionInfo) -> str:
     cut = f"the least alike {rejection.alpha:.0%}" if rejection.alpha else ""
     share = rejection.known_share
     if share is None:
-        return f" (below the cut-off, {cut} of the memory's own photos)" if cut else ""
+        return f": below the cut-off, {cut} of the memory's own photos" if cut else ""
     if share == 0:
         said = "none of the memory's own photos look this unlike their own category"
     else:

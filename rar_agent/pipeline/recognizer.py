@@ -377,7 +377,7 @@ class Recognizer:
         boxes: BoxesInput,
         *,
         k: int | None = None,
-        kind: MemoryKind = "auto",
+        kind: MemoryKind | None = None,
         context_image: bool = False,
         normalized: bool | None = None,
         context: Context = None,
@@ -395,10 +395,11 @@ class Recognizer:
             boxes: ``Box`` objects, ``[x0, y0, x1, y1]`` lists (pixels or 0..1), COCO-style
                 dicts, or a path to a JSON file of them.
             k: Candidates per region.
-            kind: Memory side to query: ``auto`` (both, as the CLI's ``--boxes`` and the
-                ``recognize_image`` tool ask: beside class names an example answers only a
-                crop of the same thing, :func:`~rar_agent.retrieval.lead_side`), ``text``
-                or ``image``.
+            kind: Memory side to query: ``auto`` (both: beside class names an example
+                answers only a crop of the same thing, :func:`~rar_agent.retrieval.lead_side`),
+                ``text`` or ``image``; ``None``: the recognizer's own, as for whole images
+                (the constructor's ``kind``, ``auto`` unless set; the CLI's ``--boxes`` and
+                the ``recognize_image`` tool ask it).
             context_image: Show the ranker the whole image with the box drawn next to the crop.
             normalized: Box units: True 0..1, False pixels, None to detect.
             context: The context curve or a fixed scale (``regions.context_scale``).
@@ -421,7 +422,7 @@ class Recognizer:
         boxes: BoxesInput,
         *,
         k: int | None = None,
-        kind: MemoryKind = "auto",
+        kind: MemoryKind | None = None,
         context_image: bool = False,
         normalized: bool | None = None,
         context: Context = None,

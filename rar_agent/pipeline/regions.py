@@ -76,7 +76,8 @@ class RegionOptions:
 
     Attributes:
         k: Candidates per region (None: the retriever's).
-        kind: Memory side to query: ``auto`` (both), ``text`` or ``image``.
+        kind: Memory side to query: ``auto`` (both), ``text`` or ``image``; ``None``: the
+            retriever's, as for whole images.
         context_image: Show the ranker the whole image with the box drawn next to the crop.
         normalized: Box units: True 0..1, False pixels, None to detect.
         context: The context curve or a fixed scale.
@@ -87,7 +88,7 @@ class RegionOptions:
     """
 
     k: int | None = None
-    kind: MemoryKind = "auto"
+    kind: MemoryKind | None = None
     context_image: bool = False
     normalized: bool | None = None
     context: Context = None

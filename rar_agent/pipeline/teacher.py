@@ -334,12 +334,13 @@ class Teacher:
             "corrected_from": wrong,
         }
         held = examples - len(todo) - len(moved)  # the category's examples before this call
-        # the category is new when the memory held nothing of it before: no example, no class
-        # name (the built-in memory's 'tabby cat'); its first is the first stored
-        new = bool(todo) and not held and not self.memory.count("text", label=clean)
-        first = entries[todo[0]].point_id if new else None
+        # the first stored now is the category's first photo when it held none before: of a
+        # new category when the memory held nothing of it, else of one known by its class
+        # name alone (the built-in memory's 'tabby cat')
+        first = entries[todo[0]].point_id if todo and not held else None
+        named = first is not None and self.memory.count("text", label=clean) > 0
         new_ids = {entries[i].point_id for i in todo}
-        return _outcomes(prepared, entries, new_ids, first, flagged, moved, held, shared)
+        return _outcomes(prepared, entries, new_ids, (first, named), flagged, moved, held, shared)
 
     def _class_names_answer(self) -> bool:
         """Whether the memory's class names answer photos (:func:`base_side`), asked only of a
@@ -674,16 +675,18 @@ def _outcomes(
     prepared: Sequence[_Prepared],
     entries: Sequence[MemoryEntry],
     new_ids: set[str],
-    first: str | None,
+    first: tuple[str | None, bool],
     flagged: dict[str, list[NearDuplicate]],
     moved: dict[str, str],
     held: int,
     shared: dict[str, Any],
 ) -> list[ExampleAdded]:
     """One :class:`ExampleAdded` per image given, in order (``shared``: the fields all share;
-    ``new_ids``: the entries stored now; ``first``: a new category's first example;
-    ``held``: the category's examples before them). Each counts the category's examples
-    once it came, so the lines of a batch count up from ``held``."""
+    ``new_ids``: the entries stored now; ``first``: the category's first photo's id, if
+    stored now, and whether the memory knew the category by its class name; ``held``: the
+    category's examples before them). Each counts the category's examples once it came, so
+    the lines of a batch count up from ``held``."""
+    first_id, named = first
     count = held
     counted: set[str] = set()
     out = []
@@ -697,7 +700,8 @@ def _outcomes(
             ExampleAdded(
                 image=p.name,
                 added=int(added),
-                new_category=added and e.point_id == first,
+                new_category=added and e.point_id == first_id and not named,
+                first_photo_of_class_name=added and e.point_id == first_id and named,
                 category_examples=count,
                 id=e.point_id,
                 near_duplicates=flagged.get(e.point_id, []),

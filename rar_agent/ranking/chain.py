@@ -350,7 +350,7 @@ class RankingChain(RunnableSerializable[RankingInput, RankingOutput]):
     def _failure(error: str | None, attempts: int) -> str | None:
         if error is None:
             return None
-        return f"model call failed ({counted(attempts, 'attempt')}): {error}"
+        return f"the model call failed after {counted(attempts, 'attempt')}: {error}"
 
 
 def _call_within(call: Callable[[], Any], timeout_s: float) -> Any:

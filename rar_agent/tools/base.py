@@ -15,12 +15,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
 
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BeforeValidator, ConfigDict, Field, field_validator
 
-from rar_agent.config import MAX_TOOL_K, MIN_K, parse_k
+from rar_agent.config import MAX_TOOL_K, MIN_K, MemoryKind, parse_k
 from rar_agent.errors import ImageError, UnsafeInputError
 from rar_agent.images import (
     decode_base64_image,
@@ -105,7 +105,7 @@ class RecognizerLike(Protocol):
         boxes: Sequence[Sequence[float]],
         *,
         k: int | None = None,
-        kind: Literal["auto", "image", "text"] = "auto",
+        kind: MemoryKind | None = None,
         normalized: bool | None = None,
         name: str | None = None,
     ) -> list[RecognitionResult]:

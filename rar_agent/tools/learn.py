@@ -40,6 +40,8 @@ Result = TypeVar("Result", bound=BaseModel)
 Event = TypeVar("Event", bound=TeachingEvent)
 
 __all__ = [
+    "HISTORY_MOST",
+    "UNDO_MOST",
     "AddCategoryInput",
     "AddCategoryTool",
     "RelabelExampleInput",
@@ -151,7 +153,7 @@ def describe_added(result: ExampleAdded) -> str:
             f"Stored {result.image} as the first example of the new category {label!r}{fix}; "
             f"{_CLOSER} {label!r}{beside} (more examples of it make that surer)."
         )
-    elif result.category_examples == 1:  # a class name's first photo (not a new category)
+    elif result.first_photo_of_class_name:
         answered = (
             f"a photo of the same thing is now answered {label!r} by this example too ("
             if result.class_names
@@ -411,10 +413,16 @@ class RelabelExampleTool(TeachingTool):
 # ---------------------------------------------------------------------------- history, undo
 
 
+HISTORY_MOST = 200
+"""Most events one ``teaching_history`` call lists."""
+UNDO_MOST = 50
+"""Most events one ``undo_teaching`` call undoes."""
+
+
 class TeachingHistoryInput(BaseModel):
     """Arguments of :class:`TeachingHistoryTool`."""
 
-    limit: int = Field(default=10, ge=1, le=200, description="How many recent events.")
+    limit: int = Field(default=10, ge=1, le=HISTORY_MOST, description="How many recent events.")
     by: str | None = Field(
         default=None,
         min_length=1,
@@ -456,7 +464,9 @@ class TeachingHistoryTool(TeachingTool):
 class UndoTeachingInput(BaseModel):
     """Arguments of :class:`UndoTeachingTool`."""
 
-    n: int = Field(default=1, ge=1, le=50, description="How many of the last events to undo.")
+    n: int = Field(
+        default=1, ge=1, le=UNDO_MOST, description="How many of the last events to undo."
+    )
 
 
 class UndoTeachingTool(TeachingTool):

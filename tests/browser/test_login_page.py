@@ -102,6 +102,29 @@ def test_sign_in_then_teach_by_the_tokens_scope(team_page: Any, browser: Any) ->
     assert taught["by"] == "alice" and taught["via"] == "chat"
 
 
+def test_a_refused_sign_in_says_where_tokens_come_from(team_page: Any, browser: Any) -> None:
+    """A wrong token was answered with Gradio's "Incorrect Credentials" and nothing more; the
+    login page says what to check and where tokens come from (rar-agent auth add, the learn
+    scope to teach), beside that refusal."""
+    url, tokens, _, _ = team_page
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+        page.get_by_text("Sign in with your token").wait_for(timeout=60_000)
+        page.locator("input[type=text]").first.fill("bob")
+        page.locator("input[type=password]").fill(tokens["alice"])  # another person's token
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Incorrect Credentials").wait_for(timeout=30_000)
+        shown = " ".join(page.locator("body").inner_text().split())
+        assert "If it is refused, check both" in shown, shown
+        assert "rar-agent auth add NAME --scope recognize" in shown, shown
+        assert "--scope learn" in shown and "rar-agent auth list" in shown, shown
+        assert not page.locator("#rar-input textarea").count()  # not signed in
+    finally:
+        context.close()
+
+
 def test_the_header_names_the_sign_in_and_a_revoked_token_is_answered_nothing(
     team_page: Any, browser: Any
 ) -> None:

@@ -41,3 +41,23 @@ def test_stats_show_the_promise_at_the_price_the_user_states(tiny_cli_env: Path)
     assert open_set["alpha"] == 0.01 and open_set["promise"].startswith("--reject auto:0.01:")
     wrong = CliRunner().invoke(app, ["memory", "stats", "--collection", "mine", "--reject", "x"])
     assert wrong.exit_code == 2 and "--reject" in wrong.output
+
+
+def test_a_memory_that_cannot_calibrate_is_promised_nothing(tiny_cli_env: Path) -> None:
+    """`memory stats` of a memory whose one taught photo was undone (empty) said "promise":
+    "--reject auto:0.05: at most 5% of known images rejected" beside "calibrated": false;
+    without a threshold nothing is rejected and nothing is promised."""
+    photo = Path(__file__).resolve().parents[2] / "examples" / "images" / "cat.jpg"
+    for command in (["memory", "add", "cat", str(photo)], ["memory", "undo"]):
+        done = CliRunner().invoke(app, [*command, "--collection", "emptied"])
+        assert done.exit_code == 0, done.output
+    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "emptied"])
+    assert stats.exit_code == 0, stats.output
+    open_set = json.loads(stats.stdout)["open_set"]
+    assert open_set["calibrated"] is False and open_set["method"] == "none", open_set
+    assert "at most" not in open_set["promise"], open_set["promise"]
+    assert open_set["promise"] == (
+        "--reject auto:0.05: nothing is promised until this memory can calibrate (meanwhile "
+        "nothing is rejected; the note says what it lacks)"
+    )
+    assert open_set["note"].startswith("cannot calibrate: the memory holds no example images")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from pathlib import Path
@@ -553,3 +554,37 @@ def test_a_report_folder_holds_one_runs_files(tmp_path: Path) -> None:
     names = sorted(p.name for p in out.iterdir())
     assert names == ["notes.txt", "predictions.jsonl", "report.json", "report.md"]
     assert "png" not in files["markdown"].read_text()
+
+
+@pytest.mark.parametrize(("batch_size", "batches"), [(4, 3), (9, 1)])
+def test_stages_timed_once_a_batch_spread_over_the_batches(
+    folder: Path, tiny_encoder: Any, batch_size: int, batches: int
+) -> None:
+    """`rar-agent eval --limit 20` printed 'encode ms p50 / p95 119.46 / 119.46' and the same
+    for retrieve and reject: a batch is encoded, retrieved and judged at once, and each image
+    held its batch's time per image, so the p95 was a batch's and one batch gave one figure
+    twice. Those stages now spread over their batches, and the report says so."""
+    config = EvalConfig(dataset=str(folder), shots=3, k=3, batch_size=batch_size)
+    report = run_evaluation(config, encoder=tiny_encoder)
+    assert [r.batch for r in report.records] == [i // batch_size for i in range(9)]
+    for stage in metrics.BATCHED:
+        lat = report.latency_ms[stage]
+        assert lat["n"] == 9 and lat["batches"] == batches, lat
+        times = {r.batch: r.timings_ms[stage] for r in report.records}
+        assert lat["p50"] == pytest.approx(float(np.percentile(list(times.values()), 50)))
+    assert "batches" not in report.latency_ms["load"]  # each image loaded alone
+    text = render_markdown(report)
+    said = f"| {'3 batches' if batches == 3 else '1 batch'} |"
+    assert all(f"| {stage} |" in text for stage in metrics.BATCHED) and said in text
+    from rich.console import Console
+
+    from rar_agent.evaluation.report import summary_table
+
+    console = Console(width=160, record=True, file=io.StringIO())
+    console.print(summary_table(report))
+    shown = " ".join(console.export_text().split())
+    p50 = f"{report.latency_ms['encode']['p50']:.2f}"
+    if batches == 1:
+        assert f"encode ms per image (1 batch) │ {p50} │" in shown, shown
+    else:
+        assert f"encode ms p50 / p95 over 3 batches │ {p50} /" in shown, shown

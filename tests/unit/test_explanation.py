@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import ToolMessage
 
@@ -108,7 +109,7 @@ def test_an_unknown_reads_as_how_unusual_it_is_not_as_raw_scores(
     old = result.model_dump(mode="json")
     del old["explanation"], old["rejection"]["known_share"]
     said = explanation_of(old).why_unknown[0]
-    assert said.endswith("(below the cut-off, the least alike 5% of the memory's own photos)")
+    assert said.endswith(": below the cut-off, the least alike 5% of the memory's own photos")
 
 
 def test_one_earlier_look_alike_reads_as_one_image(
@@ -119,10 +120,10 @@ def test_one_earlier_look_alike_reads_as_one_image(
     result = Recognizer(memory, clusters.encoder, k=3).recognize(clusters.image(STRANGER, 0))
     data = result.model_dump(mode="json")
     del data["explanation"]
-    for size, words in ((2, "1 earlier unknown image "), (3, "2 earlier unknown images ")):
+    for size, words in ((2, "1 earlier unknown image"), (3, "2 earlier unknown images")):
         data["novel_group"] = {"id": "unknown-0", "size": size, "images": []}
         group = explanation_of(data).novel_group
-        assert group == f"it looks like {words}(group unknown-0)", group
+        assert group == f"it looks like {words}, all in group unknown-0", group
 
 
 # ---------------------------------------------------------------------------- one explanation
@@ -342,3 +343,59 @@ def test_why_a_model_was_not_asked_reads_without_nested_parentheses(rule: str) -
             "my cat (ordered by similarity to the memory, not double-checked by a model, as it "
             "is the same thing as a photo you taught, whose name no model knows)."
         )
+
+
+class _Down(BaseChatModel):
+    """A chat model whose provider is down: every call raises."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "down"
+
+    def _generate(self, messages: Any, stop: Any = None, **kwargs: Any) -> Any:
+        raise RuntimeError("provider is down")
+
+
+@pytest.mark.parametrize(
+    ("ranker", "reject", "said"),
+    [
+        (_Down(), "off", "could not be used, as the model call failed after 1 attempt: Runtime"),
+        (FakeListChatModel(responses=[" "] * 4), "off", "as the model returned an empty reply"),
+        (FakeListChatModel(responses=["None of these."] * 4), "off", "but unknown answers are"),
+    ],
+)
+def test_fallback_answers_read_without_nested_parentheses(
+    memory: CategoryMemory,
+    clusters: Clusters,
+    capsys: pytest.CaptureFixture[str],
+    ranker: Any,
+    reject: str,
+    said: str,
+) -> None:
+    """A ranker that failed answered 'cat (ordered by similarity to the memory: the reply of
+    the model that double-checks answers could not be used (model call failed (1 attempt):
+    RuntimeError: provider is down)).' in the tool, the chat page and the CLI's ranking line;
+    'said none of them fits' with unknown answers off added '(unknown answers are turned off,
+    ...)' inside the answer's parentheses. Each reason follows a comma now."""
+    chain = RankingChain(ranker, structured="never", max_retries=0)
+    result = Recognizer(memory, clusters.encoder, ranker=chain, k=3, reject=reject).recognize(
+        clusters.image(KNOWN[0], 0)
+    )
+    ex = result.explanation
+    assert ex is not None and said in ex.how, ex.how
+    for text in (ex.sentence, format_result(result), _cli(result, capsys), _page(result)):
+        assert _depth(text) <= 1, text
+
+
+def test_an_unknown_photos_reasons_read_without_nested_parentheses(
+    memory: CategoryMemory, clusters: Clusters
+) -> None:
+    """An unknown photo's sentence nested its reasons: '(it looks less like ... (below the
+    cut-off, ...); it looks like 2 earlier unknown images (group unknown-0))'."""
+    result = Recognizer(memory, clusters.encoder, k=3).recognize(clusters.image(STRANGER, 0))
+    data = result.model_dump(mode="json")
+    del data["explanation"], data["rejection"]["known_share"]
+    data["novel_group"] = {"id": "unknown-0", "size": 3, "images": []}
+    ex = explanation_of(data)
+    assert ex.unknown and len(ex.why_unknown) == 2, ex
+    assert _depth(ex.sentence) == 1, ex.sentence

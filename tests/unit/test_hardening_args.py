@@ -252,8 +252,9 @@ def test_data_directory_that_is_a_file_or_cannot_be_created(tmp_path: Path) -> N
     blocker.write_text("I am a file")
     with pytest.raises(MemoryStoreError, match="is a file"):
         CategoryMemory.open(blocker)
-    with pytest.raises(MemoryStoreError, match="cannot create the memory directory"):
+    with pytest.raises(MemoryStoreError, match="cannot create the memory directory") as info:
         CategoryMemory.open(blocker / "inside")
+    assert "give a folder you can write (--memory DIR, or RAR_HOME" in str(info.value)
     assert blocker.read_text() == "I am a file"
 
 

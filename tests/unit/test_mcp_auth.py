@@ -236,6 +236,23 @@ def test_cli_prints_the_token_once_on_the_last_line(tmp_path: Path) -> None:
     assert bad.exit_code == 2
 
 
+def test_an_auth_file_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    blocker = tmp_path / "home"
+    blocker.write_text("a file where RAR_HOME's folder should be")
+    runner = CliRunner()
+    for args in (["add", "ci-bot", "--scope", "recognize"], ["revoke", "ci-bot"]):
+        refused = runner.invoke(app, ["auth", *args], env={"RAR_HOME": str(blocker)})
+        assert refused.exit_code == 2, refused.output
+        assert refused.exception is None or isinstance(refused.exception, SystemExit)
+        assert f"cannot write the auth file {blocker / 'auth.toml'}" in refused.output
+        assert "--auth FILE or RAR_AUTH_FILE" in refused.output
+    assert blocker.read_text() == "a file where RAR_HOME's folder should be"
+
+
 # ---------------------------------------------------------------------------- credentials
 
 
@@ -1075,9 +1092,23 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
         assert "needs a token with the recognize scope" in " ".join(missing.output.split())
         wrong = runner.invoke(app, [*history, "--token", "not-a-token"])
         assert wrong.exit_code == 2 and "HTTP 401" in " ".join(wrong.output.split())
+        # in the words of the command line, not the tool's "fix them and call the tool again"
         too_many = runner.invoke(app, [*history, "--limit", "500", *bob])
         assert too_many.exit_code == 2
-        assert "refused the teaching_history call" in " ".join(too_many.output.split())
+        said = " ".join(too_many.output.split())
+        assert (
+            "--limit 500 with --server: the server lists at most 200 teaching events at a time; "
+            "give --limit 200 or less" in said
+        ), said
+        assert "tool" not in said, said
+        undo = ["memory", "undo", "60", "--server", service.url, "--token", carol]
+        too_many = runner.invoke(app, undo)
+        said = " ".join(too_many.output.split())
+        assert too_many.exit_code == 2 and "tool" not in said, said
+        assert (
+            "memory undo 60 with --server: the server undoes at most 50 teaching events at a "
+            "time; give N of 50 or less" in said
+        ), said
         assert (memory.count(), sorted(memory.labels())) == before
 
 

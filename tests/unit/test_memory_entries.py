@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from rar_agent.errors import ConfigError, LabelError
 from rar_agent.memory import MAX_LABEL_CHARS, Hit, MemoryEntry, normalize_label
-from rar_agent.memory.entries import ENTRY_NAMESPACE
+from rar_agent.memory.entries import ENTRY_NAMESPACE, content_id
 
 
 @pytest.mark.parametrize(
@@ -58,6 +58,24 @@ def test_point_id_is_uuid5_of_kind_label_and_hash() -> None:
         "9c628aaa-37d5-5cfa-90de-2b4a37995810"
     )
     assert uuid.UUID(e.point_id).version == 5
+
+
+@given(
+    st.sampled_from(["image", "text"]),
+    st.text(min_size=1, max_size=40),
+    st.text(min_size=1, max_size=80),
+)
+def test_content_id_is_uuid5_for_any_text(kind: str, label: str, digest: str) -> None:
+    """content_id builds uuid5's string without a UUID object (the retriever checks one per
+    stored vector it keeps): the same id for any label and hash, surrogates excepted."""
+    name = f"{kind}\x00{label}\x00{digest}"
+    try:
+        expected = str(uuid.uuid5(ENTRY_NAMESPACE, name))
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            content_id(kind, label, digest)
+        return
+    assert content_id(kind, label, digest) == expected
 
 
 def test_entry_validation_and_payload() -> None:

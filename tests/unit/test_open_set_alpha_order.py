@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rar_agent.openset.calibration import smallest_alpha_for
 from rar_agent.openset.prior import EncoderPrior, MemoryScale
 
 ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.2)
@@ -108,6 +109,10 @@ def test_a_larger_alpha_never_rejects_fewer_queries_of_a_small_memory(tmp_path: 
     # (they do not judge); nothing at 0.01, and the smallest ALPHA that the stand-ins support
     prior = calibrations[2, 4].summary(0.1)
     assert (prior["method"], prior["smallest_alpha"]) == ("prior", None)
+    # where the prior judges, no ALPHA brings the stand-ins in: Calibration.smallest_alpha()
+    # said 0.0667 (its 14 stand-ins' own), left for each caller to set aside
+    assert calibrations[2, 4].smallest_alpha() is None
+    assert calibrations[3, 1].smallest_alpha() == smallest_alpha_for(21) == 0.0455
     own = calibrations[3, 1].summary(0.01)
     assert (own["method"], own["smallest_alpha"]) == ("none", 0.0455)
     assert "nothing is rejected at this ALPHA" in own["cannot_calibrate"]

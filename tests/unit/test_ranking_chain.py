@@ -323,7 +323,7 @@ def test_model_exception_is_a_fallback_after_bounded_retries(image) -> None:
     out = RankingChain(model, max_retries=2).invoke(request(image))
     assert out.status == "fallback" and out.order == CANDS
     assert out.attempts == 3 and model.calls == 3
-    assert out.reason == "model call failed (3 attempts): RuntimeError: provider is down"
+    assert out.reason == "the model call failed after 3 attempts: RuntimeError: provider is down"
     assert out.raw_reply is None
 
 
@@ -411,7 +411,7 @@ async def test_async_timeout_is_a_fallback(image) -> None:
 async def test_async_exception_is_a_fallback(image) -> None:
     out = await RankingChain(FailingModel(), max_retries=0).ainvoke(request(image))
     assert out.status == "fallback" and out.attempts == 1
-    assert out.reason == "model call failed (1 attempt): RuntimeError: provider is down"
+    assert out.reason == "the model call failed after 1 attempt: RuntimeError: provider is down"
 
 
 # -- async, batch, concurrency ----------------------------------------------------------------

@@ -154,6 +154,25 @@ async def test_async_twin_and_image_memory(memory: CategoryMemory, tiny_encoder:
     assert recognizer.recognize_regions(scene(), [[20, 30, 70, 90]], kind="auto")[0].label
 
 
+async def test_regions_ask_the_memory_side_the_recognizer_asks(
+    memory: CategoryMemory, tiny_encoder: Any
+) -> None:
+    """Recognizer(memory, kind='image') (RAR_KIND=image) asked whole images the memory's
+    photos and regions both sides: its regions default was written as 'auto' in each of
+    their signatures. Regions ask the recognizer's side unless told otherwise."""
+    recognizer = Recognizer(memory, tiny_encoder, k=2, kind="image")  # a memory of names
+    with pytest.raises(EmptyMemoryError) as whole:
+        recognizer.recognize(scene())
+    with pytest.raises(EmptyMemoryError) as crop:
+        recognizer.recognize_regions(scene(), [[20, 30, 70, 90]])
+    assert str(crop.value) == str(whole.value)
+    with pytest.raises(EmptyMemoryError):
+        await recognizer.arecognize_regions(scene(), [[20, 30, 70, 90]])
+    assert recognizer.recognize_regions(scene(), [[20, 30, 70, 90]], kind="auto")[0].label
+    names = Recognizer(memory, tiny_encoder, k=2)  # the default: auto, for both
+    assert names.recognize_regions(scene(), [[20, 30, 70, 90]])[0].label == "red block"
+
+
 def test_a_memory_of_photos_answers_regions_as_the_cli_does(
     tmp_path: Path, tiny_encoder: Any
 ) -> None:

@@ -153,13 +153,16 @@ def test_kept_rows_are_bounded_and_only_for_entries_under_their_contents_id() ->
 
     kept = StoredRows(size=2)
     hits = [hit(i, f"h{i}") for i in range(3)]
-    rows = [kept.put(h, np.array([float(i), 1.0], np.float32)) for i, h in enumerate(hits)]
+    rows = kept.put(hits[:1], np.array([[0.0, 1.0]], np.float32))
+    rows += kept.put(hits[1:], np.array([[1.0, 1.0], [2.0, 1.0]], np.float32))
     assert rows[0].dtype == np.float32 and not rows[0].flags.writeable
     oldest, *kept_rows = kept.get(hits)
     assert oldest is None  # the oldest went out
     assert kept_rows[0] is rows[1] and kept_rows[1] is rows[2] and len(kept) == 2
+    assert kept_rows[1].tolist() == [2.0, 1.0] and kept_rows[1].base is None  # its own copy
     for other in (hit(9, None), hit(8, "h8", own_id=False)):  # no hash; a document's own id
-        assert kept.put(other, np.array([1.0, 0.0], np.float32)).tolist() == [1.0, 0.0]
+        [row] = kept.put([other], np.array([[1.0, 0.0]], np.float32))
+        assert row.tolist() == [1.0, 0.0]
         assert kept.get([other]) == [None] and len(kept) == 2
 
 

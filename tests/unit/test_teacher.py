@@ -630,6 +630,30 @@ def test_a_class_names_first_photo_is_not_called_a_new_category(
     assert describe_added(second).endswith("as confirmed (2 examples now).")
 
 
+def test_the_teacher_says_which_photo_is_a_class_names_first(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """describe_added called a result a class name's first photo when its category_examples
+    was 1 and it was no new category, a guess from a count; the teacher, which knows what the
+    memory held, says so (ExampleAdded.first_photo_of_class_name) and the sentence reads it."""
+    from rar_agent.ingest.builders import add_class_names
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_added
+
+    with CategoryMemory.open(tmp_path / "names", collection="names") as memory:
+        add_class_names(memory, recognizer.encoder, ["heron", "egret", "tabby cat"])
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        first, second = teacher.add(
+            "tabby cat", [("a.png", _png((60, 70, 20))), ("b.png", _png((20, 70, 160), mark=2))]
+        )
+        [new] = teacher.add("bag", [("c.png", _png((200, 30, 30), mark=4))])
+    assert first.first_photo_of_class_name and not first.new_category
+    assert not second.first_photo_of_class_name and not new.first_photo_of_class_name
+    assert "class name alone" in describe_added(first)
+    unflagged = first.model_copy(update={"first_photo_of_class_name": False})
+    assert "class name alone" not in describe_added(unflagged), describe_added(unflagged)
+
+
 def test_the_first_category_of_a_memory_says_every_photo_is_answered_with_it(
     recognizer: Any, tmp_path: Path
 ) -> None:
