@@ -60,7 +60,7 @@ from rar_agent.registry import (
 )
 from rar_agent.safety import normalize_roots
 from rar_agent.tools import UnknownGroupsTool, folder_tools, make_tools
-from rar_agent.tools.base import RecognizerTool
+from rar_agent.tools.base import RecognizerTool, unknown_arguments
 from rar_agent.tools.learn import TEACHING_TOOLS
 
 if TYPE_CHECKING:
@@ -246,6 +246,8 @@ class ImageRegistryMiddleware(AgentMiddleware[RarAgentState, Any]):
         known = conversation.ids()
         config = getattr(request.runtime, "config", None)
         args = dict(call.get("args") or {})
+        if unknown_arguments(request.tool, args):
+            return request  # the tool refuses, naming it ({"path": ...}), not "no image yet"
         if name in IMAGE_LIST_TOOLS:
             refs = args.get("images") or []
             foreign = _foreign_ids(refs if isinstance(refs, list) else [], known)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rar_agent.errors import ConfigError
+from rar_agent.errors import ConfigError, unwritable_reason
 
 __all__ = [
     "AUTH_FILE_NAME",
@@ -291,7 +291,7 @@ class TokenStore:
             self._stamp = None
 
     def _unwritable(self, error: OSError) -> ConfigError:
-        reason = error.strerror or type(error).__name__
+        reason = unwritable_reason(error, self.path)
         return ConfigError(
             f"cannot write the auth file {self.path} ({reason}): name a file in a folder you "
             "can write with --auth FILE or RAR_AUTH_FILE, or set RAR_HOME to such a folder"

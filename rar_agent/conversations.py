@@ -184,17 +184,22 @@ class ConversationStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         text = os.fspath(path)
         self.path = text
-        if text != ":memory:":
-            Path(text).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            text = str(Path(text).expanduser())
         try:
+            if text != ":memory:":
+                Path(text).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                text = str(Path(text).expanduser())
             self._conn = sqlite3.connect(text, check_same_thread=False, timeout=30)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
             self._conn.commit()
             saver_conn = sqlite3.connect(text, check_same_thread=False, timeout=30)
-        except sqlite3.Error as e:
-            raise ConfigError(f"cannot open the conversation store {self.path}: {e}") from e
+        except (OSError, sqlite3.Error) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ConfigError(
+                f"cannot open the conversation store {self.path} ({reason}): keep it in a "
+                "folder you can write (rar-agent chat keeps it in RAR_HOME: set RAR_HOME to "
+                "such a folder; in Python, pass ConversationStore a path there)"
+            ) from e
         self._lock = threading.Lock()
         self.checkpointer = ThreadedSqliteSaver(saver_conn)
         """LangGraph's checkpointer over the same file (pass it to ``create_agent``)."""

@@ -6,6 +6,8 @@ Every error says what was wrong and what to do about it. Tools turn these into
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "RarError",
     "ConfigError",
@@ -22,6 +24,7 @@ __all__ = [
     "MissingApiKeyError",
     "UnsafeInputError",
     "failure_line",
+    "unwritable_reason",
 ]
 
 
@@ -105,3 +108,13 @@ def failure_line(source: str, reason: str) -> str:
     """``source: reason`` for one input that failed, or the reason alone where it names the
     source already (image errors do), so that a path is printed once."""
     return reason if source in reason else f"{source}: {reason}"
+
+
+def unwritable_reason(error: OSError, path: Path) -> str:
+    """Why ``path`` could not be created or written, in words a person acts on: the folder on
+    its way that is a file (the system says only "File exists" or "Not a directory", and not
+    of which), else the system's reason ("Permission denied")."""
+    for above in path.parents:
+        if above.exists() and not above.is_dir():
+            return f"{above} is a file, not a folder"
+    return error.strerror or type(error).__name__

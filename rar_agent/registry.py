@@ -401,6 +401,9 @@ def _register_block(
                 return None
             image_id = registry.register(fetch_url(data), name=name or data, mime_type=mime)
         else:
+            if isinstance(data, str):  # a block's text is base64, never a file path
+                data, detected = decode_base64_image(data)
+                mime = mime or detected
             image_id = registry.register(data, name=name, mime_type=mime)
     except RarError as e:
         logger.info("could not register an image from a user turn: %s", e)

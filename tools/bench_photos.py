@@ -8,18 +8,27 @@ restart marker every MCU row, as iPhones and Samsung phones write them), a 12 MP
 decoded to need (*after*: the encoder says its input size) and in full (*before*: the same
 encoder behind a proxy that does not say it, which is the old code path), and compared with
 the small photo, the raw encoder on the already-decoded image, and (HEIC) libheif's own full
-decode (through pillow-heif's plugin, and alone without the copy into Pillow). The targets'
-figures are measured in turns with their baselines (a 12 MP photo, the small photo, libheif,
-then the next), so that a busy machine weighs on both alike. A memory build from a folder of
-12 MP JPEGs is compared with the raw encoder's images/s on the decoded images
-(``tools/bench_build.py``: fresh processes, the product's own threading, fixed and steady
-costs apart; ``--against REV`` adds the package as of ``REV``).
+decode (through pillow-heif's plugin, and alone without the copy into Pillow). A memory
+build from a folder of 12 MP JPEGs is compared with the raw encoder's images/s on the decoded
+images (``tools/bench_build.py``: fresh processes, the product's own threading, fixed and
+steady costs apart; ``--against REV`` adds the package as of ``REV``).
 Generated photos are cached (HEVC encoding is slow).
 
-Times are the process's CPU time with torch on one thread (``--wall`` for wall time): on a
-shared, busy machine wall time mostly measures waiting for a CPU, while CPU time is what the
-work costs on an idle one. A build's images/s are wall figures (overlap is the point there),
-given next to its CPU time per image.
+The ratios against the small photo (and, for HEIC, libheif) are measured in paired rounds
+(:func:`in_rounds`): each round runs every probe once, back to back, in an order that
+reverses every round (ABBA), on both clocks at once; a ratio is the median of the per-round
+ratios, printed with their quartiles and the number of rounds. A busy spell then slows a
+figure and its baseline alike and moves the ratio little, where separate medians or bests
+(one taken in a quiet moment, the other not) swung it: six estimates of the 12 MP JPEG's
+CPU ratio at load 7-10 spread over 1.38-1.56 one by one and 1.47-1.62 in a batch, against
+1.44-1.50 and 1.47-1.52 in paired rounds (docs/benchmarks.md, session 17).
+
+Times are the process's CPU time (every thread's) with torch on one thread, the judged
+clock; the paired rows print the wall clock of the same calls beside it. ``--wall`` judges
+the wall clock instead, with torch on its default threads: on a shared, busy machine wall
+time mostly measures waiting for a CPU, while CPU time is what the work costs on an idle
+one. A build's images/s are wall figures (overlap is the point there), given next to its
+CPU time per image.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +132,13 @@ def make_photos(kind: Kind, variants: int = 1) -> list[Path]:
 
 
 CLOCK = time.process_time  # the CPU time of every thread of this process; --wall: wall time
+#: The clocks every paired round reads at once (:func:`in_rounds`).
+CLOCKS: dict[str, Callable[[], float]] = {"CPU": time.process_time, "wall": time.perf_counter}
+
+
+def _judged() -> str:
+    """The name of the clock the targets are judged on (:data:`CLOCK`)."""
+    return "wall" if CLOCK is time.perf_counter else "CPU"
 
 
 def _ms(func: Any, items: list[Any], repeats: int) -> float:
@@ -135,31 +152,70 @@ def _ms(func: Any, items: list[Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _batch_ms(recognizer: Any, batches: list[list[Path]], repeats: int) -> list[float]:
-    """Best per-image ms of ``recognize_batch`` over each of ``batches``, run in turns
-    (:data:`CLOCK`)."""
-    best = [float("inf")] * len(batches)
+def _batch_ms(recognizer: Any, paths: list[Path], repeats: int) -> float:
+    """Best per-image ms of ``recognize_batch(paths)`` (:data:`CLOCK`)."""
+    best = float("inf")
     for _ in range(repeats):
-        for i, paths in enumerate(batches):
-            start = CLOCK()
-            recognizer.recognize_batch(paths)
-            best[i] = min(best[i], (CLOCK() - start) * 1000 / len(paths))
+        start = CLOCK()
+        recognizer.recognize_batch(paths)
+        best = min(best, (CLOCK() - start) * 1000 / len(paths))
     return best
 
 
-def _in_turns(probes: dict[str, tuple[Any, list[Any]]], repeats: int) -> dict[str, float]:
-    """Median ms per item of each ``name: (func, items)``, measured in turns (an item of each
-    probe, then the next), so that drift and other processes weigh on a figure and its
-    baseline alike (:data:`CLOCK`)."""
-    times: dict[str, list[float]] = {name: [] for name in probes}
-    count = max(len(items) for _, items in probes.values())
-    for _ in range(repeats):
-        for i in range(count):
-            for name, (func, items) in probes.items():
-                start = CLOCK()
-                func(items[i % len(items)])
-                times[name].append((CLOCK() - start) * 1000)
-    return {name: statistics.median(values) for name, values in times.items()}
+Probe = tuple[Callable[[], object], int]
+"""A call to time and how many images it handles (a figure is per image)."""
+
+
+def in_rounds(
+    probes: dict[str, Probe], rounds: int, warmup: int = 1
+) -> dict[str, dict[str, list[float]]]:
+    """Each probe's ms per image in each of ``rounds`` rounds, on each of :data:`CLOCKS`
+    (``{clock: {probe: [ms, ...]}}``).
+
+    A round runs every probe once, back to back; the order reverses every round (A B, B A,
+    A B...), so that neither a probe's place in the round nor a drift of the machine's load
+    favours one of them. The first ``warmup`` rounds are run and not kept.
+    """
+    names = list(probes)
+    samples: dict[str, dict[str, list[float]]] = {c: {n: [] for n in names} for c in CLOCKS}
+    for index in range(-warmup, rounds):
+        for name in names if index % 2 == 0 else names[::-1]:
+            func, count = probes[name]
+            start = {clock: read() for clock, read in CLOCKS.items()}
+            func()
+            for clock, read in CLOCKS.items():
+                if index >= 0:
+                    samples[clock][name].append((read() - start[clock]) * 1000 / count)
+    return samples
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A figure against its baseline over paired rounds (see :func:`paired`)."""
+
+    value: float  # the figure's median ms per image
+    base: float  # the baseline's median ms per image
+    ratio: float  # the median of the per-round ratios
+    low: float  # their lower quartile
+    high: float  # their upper quartile
+    rounds: int
+
+    def says(self, clock: str) -> str:
+        """How the ratio was measured, for the baseline's line."""
+        return (f"{clock}, median of {self.rounds} per-round ratios in paired rounds, "
+                f"quartiles {self.low:.2f}-{self.high:.2f}x")  # fmt: skip
+
+
+def paired(values: list[float], bases: list[float]) -> Paired:
+    """``values`` against ``bases`` measured in the same rounds: the median of the per-round
+    ratios (a busy spell slows both sides of its round, so it cancels), and their quartiles
+    for the spread."""
+    if len(values) != len(bases) or not values:
+        raise ValueError("paired rounds need as many baselines as figures, at least one")
+    ratios = sorted(v / b for v, b in zip(values, bases, strict=True))
+    low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return Paired(statistics.median(values), statistics.median(bases),
+                  statistics.median(ratios), low, high, len(ratios))  # fmt: skip
 
 
 def _libheif(path: Path) -> None:
@@ -185,59 +241,104 @@ def _row(
     base: float | None = None,
     target: str | None = None,
     met: bool | None = None,
+    ratio: float | None = None,
 ) -> Row:
-    ratio = round(value / base, 3) if base else None
+    """One result line; ``ratio`` (else ``value / base``) as measured in paired rounds."""
+    if ratio is None and base:
+        ratio = value / base
     return {"name": name, "value": round(value, 3), "unit": unit, "baseline": baseline,
-            "baseline_value": None if base is None else round(base, 3), "ratio": ratio,
+            "baseline_value": None if base is None else round(base, 3),
+            "ratio": None if ratio is None else round(ratio, 3),
             "target": target, "met": met}  # fmt: skip
+
+
+def _each(func: Callable[[Any], object], items: list[Path]) -> Probe:
+    """A probe that calls ``func`` on each of ``items`` in turn."""
+    return (lambda: [func(item) for item in items], len(items))
+
+
+def _against(
+    name: str,
+    samples: dict[str, dict[str, list[float]]],
+    figure: str,
+    baseline: tuple[str, str],
+    check: tuple[str, float] | None,
+) -> list[Row]:
+    """``figure``'s rows against ``baseline`` (its probe's name and what it is called), the
+    judged clock's first, then the other's; ``check``: the target and the highest ratio
+    that meets it."""
+    judged = _judged()
+    rows = []
+    for clock in (judged, *(c for c in CLOCKS if c != judged)):
+        got = paired(samples[clock][figure], samples[clock][baseline[0]])
+        rows.append(
+            _row(f"{name} ({clock})" if clock == judged else f"  same, {clock} clock", got.value,
+                 "ms", f"{baseline[1]}: {got.says(clock)}", got.base,
+                 check and check[0], check and got.ratio <= check[1], got.ratio)
+        )  # fmt: skip
+    return rows
 
 
 def _format_rows(kind: Kind, paths: list[Path], ctx: dict[str, Any], repeats: int) -> list[Row]:
     from rar_agent.images import load_image
 
-    after, before, raw = ctx["after"], ctx["before"], ctx["encoder"]
-    heif = kind.fmt == "HEIF"
-    probes = {"one": (after.recognize, paths), "small": (after.recognize, ctx["small_paths"])}
+    after, before, raw, small = ctx["after"], ctx["before"], ctx["encoder"], ctx["small_paths"]
+    heif, thumb = kind.fmt == "HEIF", bool(kind.save.get("thumbnails"))
+    rounds = 16 * repeats
+    probes = {"one": _each(after.recognize, paths), "small": _each(after.recognize, small)}
     if heif:
-        probes |= {"libheif": (_libheif, paths), "alone": (_libheif_alone, paths)}
-    # the targets' figures and their baselines in turns, twice the repeats (4 x 2 photos)
-    turns = _in_turns(probes, 2 * repeats)
-    one, small = turns["one"], turns["small"]
+        probes |= {"libheif": _each(_libheif, paths), "alone": _each(_libheif_alone, paths)}
+    ones = in_rounds(probes, rounds)
+    batches = in_rounds({"batch": (lambda: after.recognize_batch(paths), len(paths)),
+                         "small": (lambda: after.recognize_batch(small), len(small))},
+                        rounds)  # fmt: skip
+    one = statistics.median(ones[_judged()]["one"])
     old = _ms(before.recognize, paths, repeats)
-    batch, small_batch = _batch_ms(after, [paths, ctx["small_paths"]], 2 * repeats)
-    (old_batch,) = _batch_ms(before, [paths], repeats)
+    old_batch = _batch_ms(before, paths, repeats)
     decoded = [load_image(p, need=raw.input_size).image for p in paths]
     encode = _ms(lambda im: raw.embed_images([im]), decoded, repeats)
-    # one target, judged on each row it counts: one by one and in a batch
-    target = "<= 1.5x small photo" if kind.name == "12 MP JPEG" else None
-    met_one = one <= 1.5 * small if target else None
-    met_batch = batch <= 1.5 * small_batch if target else None
+    # one target, judged on each row it counts: one by one and in a batch, on both clocks
+    check = ("<= 1.5x small photo", 1.5) if kind.name == "12 MP JPEG" else None
+    batch_name = f"recognize_batch({len(paths)})"
     rows = [
-        _row(f"{kind.name}: recognize, per image", one, "ms",
-             "small photo, recognize (in turns)", small, target, met_one),
+        *_against(f"{kind.name}: recognize, per image", ones, "one",
+                  ("small", "small photo, recognize"), check),
         _row("  same, before (full decode)", old, "ms", "after (decode to need)", one),
         _row("  recognize vs the raw encoder on the decoded image", one, "ms",
              "raw embed_images, 1 image", encode),
-        _row(f"  recognize_batch({len(paths)}), per image", batch, "ms",
-             "small photo, recognize_batch", small_batch, target, met_batch),
-        _row("  same, before (full decode)", old_batch, "ms", "after (decode to need)", batch),
+        *_against(f"  {batch_name}, per image", batches, "batch",
+                  ("small", f"small photo, {batch_name}"), check),
+        _row("  same, before (full decode)", old_batch, "ms", "after (decode to need)",
+             statistics.median(batches[_judged()]["batch"])),
     ]  # fmt: skip
     if heif:
-        full, alone = turns["libheif"], turns["alone"]
-        thumb = bool(kind.save.get("thumbnails"))
-        limit = 2.0 * small if thumb else 1.2 * (full + small)
-        rows.append(_row("  libheif's own full decode (pillow-heif), per image", full, "ms"))
-        rows.append(
-            _row("  recognize vs the target", one, "ms",
-                 "2x small photo" if thumb else "(libheif full decode + small photo) x1.2",
-                 limit, "<= 1.0x", one <= limit)
-        )  # fmt: skip
-        if not thumb:  # the stricter baseline: libheif without pillow-heif's copy into Pillow
-            rows.append(_row("  libheif alone (its own buffer, no Pillow image), per image",
-                             alone, "ms"))  # fmt: skip
-            stricter = 1.2 * (alone + small)
-            rows.append(_row("  recognize vs (libheif alone + small photo) x1.2", one, "ms",
-                             "(libheif alone + small photo) x1.2", stricter))  # fmt: skip
+        rows += _heif_rows(ones, thumb)
+    return rows
+
+
+def _heif_rows(ones: dict[str, dict[str, list[float]]], thumb: bool) -> list[Row]:
+    """A HEIC's rows against its targets, each made round by round from libheif's decode
+    and the small photo measured in the same rounds as the HEIC."""
+    limits: dict[str, dict[str, list[float]]] = {}
+    for clock, times in ones.items():
+        small, full, alone = times["small"], times["libheif"], times["alone"]
+        limits[clock] = {
+            "one": times["one"],
+            "limit": [
+                2.0 * s if thumb else 1.2 * (f + s) for f, s in zip(full, small, strict=True)
+            ],
+            "stricter": [1.2 * (a + s) for a, s in zip(alone, small, strict=True)],
+        }
+    judged = ones[_judged()]
+    rows = [_row("  libheif's own full decode (pillow-heif), per image",
+                 statistics.median(judged["libheif"]), "ms")]  # fmt: skip
+    limit = "2x small photo" if thumb else "(libheif full decode + small photo) x1.2"
+    rows += _against("  recognize vs the target", limits, "one", ("limit", limit), ("<= 1.0x", 1.0))
+    if not thumb:  # the stricter baseline: libheif without pillow-heif's copy into Pillow
+        rows.append(_row("  libheif alone (its own buffer, no Pillow image), per image",
+                         statistics.median(judged["alone"]), "ms"))  # fmt: skip
+        rows += _against("  recognize vs (libheif alone + small photo) x1.2", limits, "one",
+                         ("stricter", "(libheif alone + small photo) x1.2"), None)  # fmt: skip
     return rows
 
 

@@ -23,6 +23,7 @@ from rar_agent.cli import (
     recognize,
     teach,
 )
+from rar_agent.cli.usage import UsageGroup
 
 __all__ = ["app", "main"]
 
@@ -67,6 +68,7 @@ RAR_RANKER, ...): see rar-agent COMMAND --help."""
 
 app = typer.Typer(
     name="rar-agent",
+    cls=UsageGroup,
     help=_TUTORIAL,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -369,6 +369,10 @@ def settings_command(
 # ---------------------------------------------------------------------------- helpers
 
 
+_OPTION_FIELDS = {"memory": "memory_path", "api_key": "qdrant_api_key"}
+"""The ``Settings`` field of each option named otherwise."""
+
+
 def settings_from_options(**options: object) -> Settings:
     """Settings from ``RAR_*`` variables, overridden by the options given on the command line.
 
@@ -383,13 +387,12 @@ def settings_from_options(**options: object) -> Settings:
     from rar_agent.config import Settings
     from rar_agent.errors import ConfigError
 
-    names = {"memory": "memory_path", "api_key": "qdrant_api_key"}
-    update = {names.get(k, k): v for k, v in options.items() if v is not None}
+    update = {_OPTION_FIELDS.get(k, k): v for k, v in options.items() if v is not None}
     try:
         settings = Settings(**update)  # type: ignore[arg-type]
     except ValidationError as e:
-        problems = "; ".join(_setting_problem(err) for err in e.errors())
-        raise ConfigError(f"invalid {problems}") from None
+        problems = "; ".join(_setting_problem(err, set(options)) for err in e.errors())
+        raise ConfigError(problems) from None
     _check_gate(settings.gate)
     return settings
 
@@ -407,13 +410,26 @@ def _check_gate(spec: str | None) -> None:
         raise ConfigError(f"invalid --gate (RAR_GATE): {e}") from None
 
 
-def _setting_problem(err: ErrorDetails) -> str:
-    """One validation error in the user's words: the option, its variable, our message."""
-    field = ".".join(str(p) for p in err["loc"]) or "settings"
-    options = {v: k for k, v in {"memory": "memory_path", "api_key": "qdrant_api_key"}.items()}
-    where = f"--{options.get(field, field).replace('_', '-')} (RAR_{field.upper()})"
-    cause = err.get("ctx", {}).get("error") if err["type"] == "value_error" else None
-    return f"{where}: {cause if cause is not None else err['msg']}"
+def _setting_problem(err: ErrorDetails, flags: set[str]) -> str:
+    """One validation error in the user's words (:func:`~rar_agent.cli.usage.invalid_value`):
+    the option, if this command has one (``flags``: its parameter names), its variable, what
+    was wrong and what to give."""
+    from rar_agent.cli.usage import invalid_value, wanted_number
+    from rar_agent.config import Settings
+
+    field = str(err["loc"][0]) if err["loc"] else "settings"
+    variable = f"RAR_{field.upper()}"
+    option = {v: k for k, v in _OPTION_FIELDS.items()}.get(field, field)
+    where = f"--{option.replace('_', '-')} ({variable})" if option in flags else variable
+    info = Settings.model_fields.get(field)
+    bounds = {
+        name: getattr(rule, attr)
+        for rule in (info.metadata if info is not None else [])
+        for name, attr in (("least", "ge"), ("most", "le"), ("above", "gt"))
+        if hasattr(rule, attr)
+    }
+    wanted = wanted_number(info.annotation, **bounds) if info is not None else None
+    return invalid_value(where, err, wanted)
 
 
 def load_settings_encoder(

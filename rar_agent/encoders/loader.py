@@ -316,7 +316,10 @@ def _from_factory(spec: str, *, pretrained: str | None, device: str | None) -> I
             ) from exc
     for part in attr_path.split("."):
         if not hasattr(obj, part):
-            raise ConfigError(f"module {module_name!r} has no attribute {attr_path!r} ({spec!r})")
+            raise ConfigError(
+                f"module {module_name!r} has no attribute {attr_path!r} ({spec!r}): name the "
+                f"function that returns the encoder ({_callables(obj)})"
+            )
         obj = getattr(obj, part)
     if not callable(obj):
         raise ConfigError(f"encoder factory {spec!r} is not callable")
@@ -329,6 +332,17 @@ def _from_factory(spec: str, *, pretrained: str | None, device: str | None) -> I
         raise ModelLoadError(f"encoder factory {spec!r} failed: {exc}") from exc
     _check_protocol(encoder, spec)
     return encoder
+
+
+def _callables(obj: Any) -> str:
+    """The public functions and classes ``obj`` defines, for the message naming a missing one."""
+    home = getattr(obj, "__name__", None)
+    names = sorted(
+        name
+        for name, value in vars(obj).items()
+        if not name.startswith("_") and callable(value) and getattr(value, "__module__", "") == home
+    )
+    return f"it defines {', '.join(names[:12])}" if names else "it defines none"
 
 
 def _accepted_kwargs(func: Any, candidates: dict[str, Any]) -> dict[str, Any]:

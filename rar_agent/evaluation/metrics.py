@@ -234,7 +234,8 @@ a batch holds the batch's time per image, so their spread is the batches', not t
 
 def latency_summary(records: Sequence[QueryRecord]) -> dict[str, dict[str, float]]:
     """p50 / p95 / mean milliseconds per image, per stage, over the queries that have the
-    stage (``n``); a :data:`BATCHED` stage's over its batches (``batches``: one figure each)."""
+    stage (``n``); a :data:`BATCHED` stage's p50 / p95 over its batches (``batches``: one
+    figure each), its mean still over the images (a small last batch weighs as its images)."""
     import numpy as np
 
     stages: dict[str, list[float]] = defaultdict(list)
@@ -250,7 +251,7 @@ def latency_summary(records: Sequence[QueryRecord]) -> dict[str, dict[str, float
         summary[stage] = {
             "p50": round(float(np.percentile(timed, 50)), 3),
             "p95": round(float(np.percentile(timed, 95)), 3),
-            "mean": round(float(np.mean(timed)), 3),
+            "mean": round(float(np.mean(values)), 3),
             "n": len(values),
         }
         if stage in batches:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rar_agent.memory.entries import Hit
 from rar_agent.memory.storage import StorageSettings
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["MemoryBackend", "PointVectors", "ScrollPage"]
 
@@ -74,9 +77,10 @@ class MemoryBackend(Protocol):
         ...
 
     def query_batch(
-        self, vectors: Sequence[list[float]], using: str, limit: int, storage: StorageSettings
+        self, vectors: np.ndarray, using: str, limit: int, storage: StorageSettings
     ) -> list[list[Hit]]:
-        """Nearest ``limit`` points per query vector on the named vector ``using``.
+        """Nearest ``limit`` points per query vector (``(n, dim)`` float32 rows) on the named
+        vector ``using``.
 
         ``storage`` gives the search parameters (HNSW ``ef``, rescoring).
         """

@@ -156,6 +156,15 @@ class CategoryMemory:
         return self._read_record(refresh=True)
 
     @property
+    def described(self) -> str:
+        """How messages name this memory: ``the memory at DIR`` when embedded (its folder
+        names it; a ``--memory DIR`` memory's collection is ``default`` whatever the folder),
+        ``memory 'NAME' at URL`` on a server."""
+        if self._backend.name == "edge":
+            return f"the memory at {self._backend.location}"
+        return f"memory {self.collection!r} at {self._backend.location}"
+
+    @property
     def info(self) -> MemoryInfo:
         """What the memory records: encoder fingerprint, dim, backend, description."""
         self._check_open()
@@ -406,7 +415,7 @@ class CategoryMemory:
             else ""
         )
         return (
-            f"memory {self.collection!r} at {self._backend.location} was built with encoder "
+            f"{self.described} was built with encoder "
             f"{built}, not {given}: use the same --clip-model / --encoder it was built with (in "
             f"Python: load_encoder of that spec){own}, or build a memory for this encoder under "
             "another collection"
@@ -419,7 +428,7 @@ class CategoryMemory:
         wanted = self._storage_request
         if wanted is not None and wanted != stored:
             raise ConfigError(
-                f"memory {self.collection!r} at {self._backend.location} was created with "
+                f"{self.described} was created with "
                 f"storage settings ({stored.describe()}), not ({wanted.describe()}): they are "
                 "fixed at creation; drop the storage options, or build into another --collection"
             )
@@ -675,7 +684,7 @@ class CategoryMemory:
             return []
         if dim is None:
             return [[] for _ in range(rows.shape[0])]
-        results = self._backend.query_batch(rows.tolist(), kind, int(limit), self.storage)
+        results = self._backend.query_batch(rows, kind, int(limit), self.storage)
         return [sorted(hits, key=lambda h: -h.score) for hits in results]
 
     async def asearch(
@@ -770,8 +779,7 @@ class CategoryMemory:
             self._check_writable("be deleted")
             if not self.created:
                 raise MemoryStoreError(
-                    f"memory {self.collection!r} at {self._backend.location} was there before "
-                    "this handle opened it: it is not deleted"
+                    f"{self.described} was there before this handle opened it: it is not deleted"
                 )
             self._closed = True
             try:

@@ -28,9 +28,9 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rar_agent.errors import MemoryBusyError, MemoryStoreError, RarError
+from rar_agent.errors import MemoryBusyError, MemoryStoreError, RarError, unwritable_reason
 from rar_agent.memory.backend import PointVectors, ScrollPage
 from rar_agent.memory.edge_files import (
     acquire_lock,
@@ -44,6 +44,9 @@ from rar_agent.memory.edge_files import disk_usage as shard_disk_usage
 from rar_agent.memory.engine_settings import edge_config, edge_search_params
 from rar_agent.memory.entries import KINDS, Hit
 from rar_agent.memory.storage import StorageSettings
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["META_FILE", "SHARD_DIR", "EdgeBackend", "ReadWriteLock", "is_busy_error", "open_edge"]
 
@@ -195,7 +198,7 @@ def _open_shared(path: Path, create: bool) -> _Shared:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MemoryStoreError(
-            f"cannot create the memory directory {path} ({e.strerror or type(e).__name__}): "
+            f"cannot create the memory directory {path} ({unwritable_reason(e, path)}): "
             "give a folder you can write (--memory DIR, or RAR_HOME for every memory)"
         ) from e
     shared = _Shared(path)
@@ -505,13 +508,14 @@ class EdgeBackend:
         return records
 
     def query_batch(
-        self, vectors: Sequence[list[float]], using: str, limit: int, storage: StorageSettings
+        self, vectors: np.ndarray, using: str, limit: int, storage: StorageSettings
     ) -> list[list[Hit]]:
         """Batch nearest-neighbour search (``query`` for one vector, ``query_batch`` else).
 
         A side a search found empty is not searched again until the next write: retrieval
         searches both sides of a memory that may hold only one (about 0.1 ms of CPU and a
-        hand-over to the engine's thread a query, for nothing)."""
+        hand-over to the engine's thread a query, for nothing; the rows become the engine's
+        lists of floats only for a side that is searched)."""
         from qdrant_edge import Query, QueryBatchRequest, QueryRequest
 
         params = edge_search_params(storage)
@@ -526,7 +530,7 @@ class EdgeBackend:
                     with_payload=True,
                     params=params,
                 )
-                for v in vectors
+                for v in vectors.tolist()
             ]
             if len(requests) == 1:
                 results = [shard.query(requests[0])]

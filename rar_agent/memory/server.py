@@ -13,7 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import MemoryStoreError, RarError
 from rar_agent.memory.backend import PointVectors, ScrollPage
@@ -21,6 +21,9 @@ from rar_agent.memory.engine_settings import collection_config, server_search_pa
 from rar_agent.memory.entries import KINDS, Hit
 from rar_agent.memory.location import IN_PROCESS, MemoryLocation
 from rar_agent.memory.storage import StorageSettings
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["META_KEY", "ServerBackend"]
 
@@ -141,7 +144,11 @@ class ServerBackend:
             source = e.source
             timed_out = "timeout" in type(source).__name__.lower()
             state = f"did not answer within {self._timeout} s" if timed_out else "is unreachable"
-            longer = "; or allow it longer: RAR_QDRANT_TIMEOUT (seconds)" if timed_out else ""
+            longer = (
+                "; or allow it longer: --qdrant-timeout SECONDS / RAR_QDRANT_TIMEOUT"
+                if timed_out
+                else ""
+            )
             raise MemoryStoreError(
                 f"{where} {state} ({type(source).__name__}: {source}) while trying to {what}: "
                 "check --qdrant-url / RAR_QDRANT_URL and that the server is running "
@@ -307,7 +314,7 @@ class ServerBackend:
         return records
 
     def query_batch(
-        self, vectors: Sequence[list[float]], using: str, limit: int, storage: StorageSettings
+        self, vectors: np.ndarray, using: str, limit: int, storage: StorageSettings
     ) -> list[list[Hit]]:
         """Batch nearest-neighbour search in one request."""
         from qdrant_client import models
@@ -319,7 +326,7 @@ class ServerBackend:
         params = None if self._local else server_search_params(storage)
         requests = [
             models.QueryRequest(query=v, using=using, limit=limit, with_payload=True, params=params)
-            for v in vectors
+            for v in vectors.tolist()
         ]
         with self._call("search"):
             responses = self._client.query_batch_points(self.collection, requests=requests)

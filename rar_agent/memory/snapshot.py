@@ -142,10 +142,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _header(memory: CategoryMemory, kind: str) -> dict[str, Any]:
     record = memory.record
     if record is None:
-        raise ConfigError(
-            f"memory {memory.collection!r} at {memory.info.location} records no encoder: there "
-            "is nothing to snapshot"
-        )
+        raise ConfigError(f"{memory.described} records no encoder: there is nothing to snapshot")
     return {
         "format": SNAPSHOT_FORMAT,
         "version": _VERSION,
@@ -321,7 +318,7 @@ def _check_restorable(header: dict[str, Any], target: CategoryMemory, source: Pa
         )
     if target.count() > 0:
         raise ConfigError(
-            f"memory {target.collection!r} at {target.info.location} holds "
+            f"{target.described} holds "
             f"{target.count()} entries: restore into a new --memory or --collection"
         )
 

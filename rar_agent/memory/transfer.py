@@ -73,10 +73,7 @@ def copy_memory(
     positive_int("batch_size", batch_size)
     record = source.record
     if record is None:
-        raise ConfigError(
-            f"memory {source.collection!r} at {source.info.location} records no encoder: "
-            "there is nothing to copy"
-        )
+        raise ConfigError(f"{source.described} records no encoder: there is nothing to copy")
     total = source.count()
     target.bind_record(record)
     report = TransferReport(entries=total)

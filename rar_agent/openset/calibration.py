@@ -371,9 +371,7 @@ class Calibration(BaseModel):
     _by_level: dict[int, np.ndarray] = PrivateAttr(default_factory=dict)
     _thresholds: dict[tuple[float, int], Threshold] = PrivateAttr(default_factory=dict)
     _supported_at: dict[tuple[float, int], int] = PrivateAttr(default_factory=dict)
-    _judging: tuple[Whitening, np.ndarray, CentreTerms, dict[str, int]] | None = PrivateAttr(
-        default=None
-    )
+    _judging: _Judging | None = PrivateAttr(default=None)
 
     @property
     def calibrated(self) -> bool:
@@ -436,24 +434,40 @@ class Calibration(BaseModel):
             ``(statistic, shots, (threshold, why))``; ``-inf`` and no shots when none of
             ``among`` is held.
         """
+        return self._judged(self._judging_now(), vector, alpha, among)[:3]
+
+    def _judging_now(self) -> _Judging:
+        """What judging queries needs, derived on the first query."""
         judging = self._judging
         if judging is None:
-            model = self.model()
-            if model is None or not self.categories.labels:
-                return -math.inf, 0, (None, self.reason or "cannot calibrate: no statistic")
-            index = {label: i for i, label in enumerate(self.categories.labels)}
-            judging = self._judging = (model, self.means()[1], self.terms(), index)
-        model, counts, terms, index = judging
+            judging = self._judging = _Judging(self)
+        return judging
+
+    def _judged(
+        self, judging: _Judging, vector: ArrayLike, alpha: float, among: Sequence[str] | None
+    ) -> tuple[float, int, Threshold, np.ndarray]:
+        """:meth:`judge_vector`, and the sorted stand-in statistics the threshold comes from
+        (what :meth:`share_at_most` counts)."""
+        model = judging.model
+        if model is None or not judging.index:
+            no = (None, self.reason or "cannot calibrate: no statistic")
+            return -math.inf, 0, no, np.zeros(0)
+        counts, terms, index = judging.counts, judging.terms, judging.index
         if among is not None:
             rows = [index[label] for label in dict.fromkeys(among) if label in index]
             if not rows:
-                return -math.inf, 0, (None, _not_calibrated(among))
+                return -math.inf, 0, (None, _not_calibrated(among)), np.zeros(0)
             terms = (terms[0][rows], terms[1][rows])
             counts = counts[rows]
         row = model.scores_of(np.asarray(vector), terms)[0]
         best = int(np.argmax(row))
         shots = int(counts[best])
-        return float(row[best]), shots, self.threshold(alpha, self._supported(alpha, shots))
+        key = (alpha, _level(shots))
+        found = judging.levels.get(key)
+        if found is None:
+            level = self._supported(alpha, shots)
+            found = judging.levels[key] = (self.threshold(alpha, level), self.scores_at(level))
+        return float(row[best]), shots, found[0], found[1]
 
     def _supported(self, alpha: float, shots: int) -> int:
         """The largest shot level not above ``shots`` whose stand-ins give a threshold at
@@ -471,10 +485,7 @@ class Calibration(BaseModel):
         """Share of the stand-ins that set the threshold at ``alpha`` for a category of
         ``shots`` examples (:meth:`judge_vector`) whose statistic is at most ``statistic``:
         how unusual a known image scoring it would be."""
-        values = self.scores_at(self._supported(alpha, shots))
-        if not len(values):
-            return 0.0
-        return float(np.searchsorted(values, statistic, side="right")) / len(values)
+        return _share(self.scores_at(self._supported(alpha, shots)), statistic)
 
     def threshold(self, alpha: float, shots: int = SHOT_LEVELS[-1]) -> Threshold:
         """The conformal threshold for a query whose best category has ``shots`` examples.
@@ -648,17 +659,18 @@ class Calibration(BaseModel):
         Raises:
             ValueError: A calibrated memory without the query's embedding.
         """
-        if self.judged_by_own():
+        judging = self._judging_now()
+        if judging.own:
             if vector is None:
                 raise ValueError("the auto open-set check needs the query's embedding")
             among = [c.label for c in candidates if c.kind == "image"]
-            value, shots, (threshold, why) = self.judge_vector(vector, alpha, among)
+            value, shots, (threshold, why), values = self._judged(judging, vector, alpha, among)
             if not shots:  # no candidate's category is calibrated: no ALPHA would judge it
                 return Judged(None, 0, None, why)
             if threshold is None:
                 stat = value if math.isfinite(value) else None
                 return Judged(stat, shots, None, self._without_threshold(why))
-            share = self.share_at_most(value, alpha, shots)
+            share = _share(values, value)
             return Judged(value, shots, threshold, None, share=share)
         why = self.own_threshold(DEFAULT_ALPHA)[1]  # why the memory's own examples do not judge
         top = candidates[0]
@@ -712,6 +724,33 @@ class Calibration(BaseModel):
             else f"{per_shot[1][1]}; {prior[1][1]}",
             "updated_at": self.updated_at,
         }
+
+
+class _Judging:
+    """What judging queries needs of a calibration, derived once per calibration object (a
+    plain object: a pydantic private attribute costs 2.5 us a read, and a verdict read eight
+    of them): whether its own stand-ins judge, the statistic, the category counts and mean
+    terms, each category's row, and per ALPHA and shot level the threshold and the sorted
+    stand-in statistics it comes from. A write replaces the calibration object, and with it
+    this."""
+
+    __slots__ = ("counts", "index", "levels", "model", "own", "terms")
+
+    def __init__(self, cal: Calibration) -> None:
+        self.own = cal.judged_by_own()
+        self.model = cal.model()
+        self.counts = cal.means()[1]
+        self.terms = cal.terms()
+        self.index = {label: i for i, label in enumerate(cal.categories.labels)}
+        self.levels: dict[tuple[float, int], tuple[Threshold, np.ndarray]] = {}
+
+
+def _share(values: np.ndarray, statistic: float) -> float:
+    """Share of the sorted stand-in statistics ``values`` at most ``statistic`` (0 without
+    any)."""
+    if not len(values):
+        return 0.0
+    return float(np.searchsorted(values, statistic, side="right")) / len(values)
 
 
 def _now() -> str:

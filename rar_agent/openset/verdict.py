@@ -65,18 +65,19 @@ def judge(
     if mode == "off" or not candidates:
         return RejectionInfo(mode=mode)
     top = candidates[0]
-    stat, _ = known_score(top.scores) or (top.score, True)
     why: str | None = None
     prior = False
     share: float | None = None
+    statistic: float | None = None
     if mode == "fixed":
         threshold = setting.threshold
     elif calibration is not None and top.kind == "image":
         judged = calibration.judge_query(vector, candidates, setting.alpha)
-        stat = stat if judged.statistic is None else judged.statistic
+        statistic = judged.statistic
         threshold, why, prior, share = judged.threshold, judged.note, judged.prior, judged.share
     else:
         threshold = None
+    stat = _support(top) if statistic is None else statistic
     info = RejectionInfo(mode=mode, similarity=round(stat, 6))
     if mode == "auto" and calibration is not None and top.kind == "image":
         info.alpha = setting.alpha
@@ -100,6 +101,11 @@ def with_ranker_verdict(verdict: RejectionInfo | None, ranking: RankingInfo) -> 
     if out.mode != "off" and ranking.status == "no_match" and "ranker_none" not in out.reasons:
         out.reasons.append("ranker_none")
     return out
+
+
+def _support(top: Candidate) -> float:
+    """The best candidate's support (:func:`~rar_agent.openset.statistic.known_score`)."""
+    return (known_score(top.scores) or (top.score, True))[0]
 
 
 def _no_threshold_note(kind: str | None, calibration: Calibration | None) -> str:

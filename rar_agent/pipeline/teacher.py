@@ -334,13 +334,11 @@ class Teacher:
             "corrected_from": wrong,
         }
         held = examples - len(todo) - len(moved)  # the category's examples before this call
-        # the first stored now is the category's first photo when it held none before: of a
-        # new category when the memory held nothing of it, else of one known by its class
-        # name alone (the built-in memory's 'tabby cat')
-        first = entries[todo[0]].point_id if todo and not held else None
-        named = first is not None and self.memory.count("text", label=clean) > 0
+        # a category that held no photo before: new when the memory held nothing of it, else
+        # known by its class name alone (the built-in memory's 'tabby cat')
+        named = bool(todo) and not held and self.memory.count("text", label=clean) > 0
         new_ids = {entries[i].point_id for i in todo}
-        return _outcomes(prepared, entries, new_ids, (first, named), flagged, moved, held, shared)
+        return _outcomes(prepared, entries, new_ids, named, flagged, moved, held, shared)
 
     def _class_names_answer(self) -> bool:
         """Whether the memory's class names answer photos (:func:`base_side`), asked only of a
@@ -675,18 +673,18 @@ def _outcomes(
     prepared: Sequence[_Prepared],
     entries: Sequence[MemoryEntry],
     new_ids: set[str],
-    first: tuple[str | None, bool],
+    named: bool,
     flagged: dict[str, list[NearDuplicate]],
     moved: dict[str, str],
     held: int,
     shared: dict[str, Any],
 ) -> list[ExampleAdded]:
     """One :class:`ExampleAdded` per image given, in order (``shared``: the fields all share;
-    ``new_ids``: the entries stored now; ``first``: the category's first photo's id, if
-    stored now, and whether the memory knew the category by its class name; ``held``: the
-    category's examples before them). Each counts the category's examples once it came, so
-    the lines of a batch count up from ``held``."""
-    first_id, named = first
+    ``new_ids``: the entries stored now; ``named``: whether the memory knew the category by
+    its class name; ``held``: the category's examples before them). Each counts the
+    category's examples once it came, so the lines of a batch count up from ``held``; the
+    category's first photo is the one stored now that counts 1 (not one after a photo moved
+    to it in the same call)."""
     count = held
     counted: set[str] = set()
     out = []
@@ -696,12 +694,13 @@ def _outcomes(
         if added or (p.digest in moved and p.digest not in counted):
             count += 1
             counted.add(p.digest)
+        first = added and count == 1
         out.append(
             ExampleAdded(
                 image=p.name,
                 added=int(added),
-                new_category=added and e.point_id == first_id and not named,
-                first_photo_of_class_name=added and e.point_id == first_id and named,
+                new_category=first and not named,
+                first_photo_of_class_name=first and named,
                 category_examples=count,
                 id=e.point_id,
                 near_duplicates=flagged.get(e.point_id, []),

@@ -56,6 +56,7 @@ __all__ = [
     "ToolK",
     "explain_validation_error",
     "tool_error",
+    "unknown_arguments",
 ]
 
 
@@ -300,6 +301,13 @@ def _argument_problem(item: Mapping[str, Any]) -> str:
     return f"{where}: {cause if cause is not None else item.get('msg')}"
 
 
+def unknown_arguments(tool: BaseTool | None, args: Mapping[str, Any]) -> list[str]:
+    """The arguments in ``args`` that ``tool`` does not take (none when its schema is not a
+    pydantic model, as a plain JSON schema is)."""
+    fields = getattr(getattr(tool, "args_schema", None), "model_fields", None)
+    return [name for name in args if name not in fields] if isinstance(fields, dict) else []
+
+
 class ErrorAnsweringTool(BaseTool):
     """A tool whose errors reach the model as answers it can act on, never as a crash: a
     :class:`~langchain_core.tools.ToolException` as its message, arguments that do not
@@ -310,6 +318,22 @@ class ErrorAnsweringTool(BaseTool):
     handle_validation_error: bool | str | Callable[[Exception], str] | None = Field(
         default_factory=lambda: explain_validation_error
     )
+
+    def _parse_input(
+        self, tool_input: str | dict[str, Any], tool_call_id: str | None
+    ) -> str | dict[str, Any]:
+        """Refuse an argument the tool does not take (``{"path": ...}`` for ``image``): left
+        to pydantic it is dropped, and the call answers as if it were not given."""
+        if isinstance(tool_input, dict):
+            unknown = unknown_arguments(self, tool_input)
+            if unknown:
+                fields = getattr(self.args_schema, "model_fields", {})
+                raise ToolException(
+                    f"invalid tool arguments ({', '.join(map(repr, unknown))}: not "
+                    f"{'an argument' if len(unknown) == 1 else 'arguments'} of {self.name}, "
+                    f"which takes {', '.join(fields) or 'none'}); fix them and call the tool again"
+                )
+        return super()._parse_input(tool_input, tool_call_id)
 
 
 class RecognizerTool(ErrorAnsweringTool):

@@ -245,10 +245,13 @@ def describe_history(history: TeachingHistory) -> str:
     """The teaching history as lines of text (the tool's reply, the CLI's output, local or
     through a server): what is taught now, then what was undone."""
     if not history.total and not history.undone_total:
-        if history.by is not None and history.others:
-            others = counted(history.others, "teaching event")
-            return f"{history.by!r} has taught nothing to this memory ({others} by others)."
-        return "Nothing has been taught to this memory yet."
+        if history.by is None:
+            return "Nothing has been taught to this memory yet."
+        # others' teaching may all be undone: the memory was taught, by someone else
+        others = (
+            f" ({counted(history.others, 'teaching event')} by others)" if history.others else ""
+        )
+        return f"{history.by!r} has taught nothing to this memory{others}."
     whose = "" if history.by is None else f" by {history.by!r}"
     lines = []
     if history.total:

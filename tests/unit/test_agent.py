@@ -87,6 +87,11 @@ def test_non_image_content_is_left_alone(recognizer: Any) -> None:
         assert new is content and ids == []
     broken, ids = image_blocks_to_ids([{"type": "image", "base64": "bm90IGFuIGltYWdl"}], reg)
     assert ids == [] and broken[0]["text"].startswith("[an image that could not be read:")
+    # A block whose data is not base64 says so, not that a str is never read as a path
+    # (advice for Python callers of ImageRegistry.register, which a chat client cannot take).
+    garbled, ids = image_blocks_to_ids([{"type": "image", "base64": "@@@", "mime_type": "x"}], reg)
+    assert ids == [] and "invalid base64 image data" in garbled[0]["text"]
+    assert "pathlib" not in garbled[0]["text"]
 
 
 # ---------------------------------------------------------------------------- agents
@@ -203,6 +208,23 @@ def test_missing_image_is_a_tool_error_not_a_crash(recognizer: Any) -> None:
     (tool_msg,) = last_tool_messages(out["messages"])
     assert tool_msg.status == "error" and "no image in this conversation" in tool_msg.text
     assert out["messages"][-1].text.startswith("Sorry, recognition failed: no image")
+
+
+def test_an_argument_the_tool_does_not_take_is_named_before_the_latest_photo(
+    recognizer: Any,
+) -> None:
+    """A model that passed {"path": ...} in a conversation without a photo was told 'no image
+    in this conversation yet' (the middleware's default): the tool names the argument."""
+    call = {"name": "recognize_image", "args": {"path": "cat.jpg"}, "id": "c1", "type": "tool_call"}
+    model = PolicyChatModel(
+        policy=lambda m: (
+            AIMessage("ok") if isinstance(m[-1], ToolMessage) else AIMessage("", tool_calls=[call])
+        )
+    )
+    agent = create_rar_agent(model, recognizer=recognizer, registry=ImageRegistry())
+    out = agent.invoke({"messages": [HumanMessage("what is cat.jpg?")]})
+    (tool_msg,) = last_tool_messages(out["messages"])
+    assert tool_msg.status == "error" and "'path': not an argument" in tool_msg.text
 
 
 @tool

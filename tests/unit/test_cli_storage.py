@@ -89,35 +89,13 @@ def test_push_to_an_unreachable_server_fails_cleanly(
     assert code == 2 and "--qdrant-url" in out
 
 
-def test_a_server_that_never_answers_is_given_up_on_at_the_timeout(
-    vectors: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A port that takes the connection and never answers (a firewall, a wrong service) read
-    'the Qdrant server at URL is timed out'; it says how long it waited and what to set."""
-    import socket
-
-    v, labels = vectors
-    mem = str(tmp_path / "m")
-    assert _run("memory", "build", "--from-vectors", str(v), "--labels", str(labels),
-                "--memory", mem, "--no-progress")[0] == 0  # fmt: skip
-    monkeypatch.setenv("RAR_QDRANT_TIMEOUT", "1")
-    with socket.socket() as silent:  # the kernel accepts; nothing ever reads or answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        code, out = _run("memory", "push", "--memory", mem, "--qdrant-url", url)
-    assert code == 2, out
-    assert f"the Qdrant server at {url} did not answer within 1 s" in " ".join(out.split())
-    assert "RAR_QDRANT_TIMEOUT" in out
-
-
 @pytest.mark.parametrize("flag", ["--shards", "--replicas", "--write-acks", "--batch-size"])
 def test_copy_counts_below_one_are_refused_by_their_flag(flag: str, tmp_path: Path) -> None:
     """`memory push --shards 0` said "shard_number must be a positive integer, got 0" (a name
     the user never typed), and `--batch-size 0` first tried to reach the server."""
     code, out = _run("memory", "push", "--memory", str(tmp_path / "m"), "--qdrant-url",
                      "http://127.0.0.1:9", flag, "0")  # fmt: skip
-    assert code == 2 and f"Invalid value for '{flag}'" in out, out
+    assert code == 2 and f"invalid {flag}" in out, out
     assert "unreachable" not in out and "no category memory" not in out
 
 

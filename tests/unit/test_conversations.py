@@ -134,6 +134,11 @@ def test_store_rules(tmp_path: Path, recognizer: Any) -> None:
             conversations=tmp_path / "x.sqlite",
             checkpointer=ConversationStore(":memory:").checkpointer,
         )
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for home in (blocker, blocker / "below"):  # sqlite cannot open it; its folder cannot be made
+        with pytest.raises(ConfigError, match="set RAR_HOME to such a folder"):
+            ConversationStore.under(home)
     store = ConversationStore.under(tmp_path / "home")
     assert Path(store.path) == tmp_path / "home" / "conversations.sqlite"
     registry = ImageRegistry()

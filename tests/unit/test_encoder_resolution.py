@@ -104,8 +104,11 @@ def test_a_factory_file_path_loads_from_any_directory(
     assert spec_of(encoder) == EncoderSpec(f"{FACTORY_FILE}:hashing_encoder")
     with pytest.raises(ConfigError, match="does not exist"):
         load_encoder("no_such_file.py:create")
-    with pytest.raises(ConfigError, match="has no attribute"):
+    with pytest.raises(ConfigError, match="has no attribute") as missing:
         load_encoder(f"{FACTORY_FILE}:no_such_factory")
+    # what to name instead: the functions the file defines, not the ones it imports
+    assert "name the function that returns the encoder (it defines " in str(missing.value)
+    assert "hashing_encoder" in str(missing.value) and "Path" not in str(missing.value)
     broken = tmp_path / "broken.py"
     broken.write_text("raise RuntimeError('boom')\n")
     with pytest.raises(ConfigError, match="boom"):

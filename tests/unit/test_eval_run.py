@@ -572,6 +572,9 @@ def test_stages_timed_once_a_batch_spread_over_the_batches(
         assert lat["n"] == 9 and lat["batches"] == batches, lat
         times = {r.batch: r.timings_ms[stage] for r in report.records}
         assert lat["p50"] == pytest.approx(float(np.percentile(list(times.values()), 50)))
+        # the mean per image weighs each batch by its images (4, 4 and 1 with batch size 4)
+        each = [r.timings_ms[stage] for r in report.records]
+        assert lat["mean"] == pytest.approx(float(np.mean(each)), abs=1e-3), (lat, each)
     assert "batches" not in report.latency_ms["load"]  # each image loaded alone
     text = render_markdown(report)
     said = f"| {'3 batches' if batches == 3 else '1 batch'} |"

@@ -99,7 +99,7 @@ def test_a_bad_rar_k_says_what_k_is_and_what_to_give(
 
     monkeypatch.setenv("RAR_K", value)
     with pytest.raises(ConfigError) as caught:
-        settings_from_options()
+        settings_from_options(k=None)  # a command with --k, not given
     assert str(caught.value) == (
         "invalid --k (RAR_K): k must be a whole number from 1 to 100 (how many candidate "
         f"categories to retrieve and rank; 5 when not given), not {shown}"
@@ -255,6 +255,8 @@ def test_data_directory_that_is_a_file_or_cannot_be_created(tmp_path: Path) -> N
     with pytest.raises(MemoryStoreError, match="cannot create the memory directory") as info:
         CategoryMemory.open(blocker / "inside")
     assert "give a folder you can write (--memory DIR, or RAR_HOME" in str(info.value)
+    # which folder is in the way, not the system's "(Not a directory)" that names none
+    assert f"({blocker} is a file, not a folder)" in str(info.value)
     assert blocker.read_text() == "I am a file"
 
 

@@ -182,6 +182,13 @@ def test_cli_snapshot_and_restore(tmp_path: Path) -> None:
         assert memory.count() == 130
     again = runner.invoke(app, restore)  # into the memory just restored: refused
     assert again.exit_code == 2 and "holds 130 entries" in again.output
+    # A memory named by its folder alone is named so, not by its collection ('default').
+    plain = ["memory", "restore", str(out), "--memory", str(tmp_path / "plain"), "--no-progress"]
+    assert runner.invoke(app, plain).exit_code == 0
+    refused = runner.invoke(app, plain)
+    said = " ".join(refused.output.split())
+    assert f"the memory at {tmp_path / 'plain'} holds 130 entries" in said, said
+    assert "'default'" not in said
 
 
 def test_cli_snapshot_through_the_server(tmp_path: Path) -> None:

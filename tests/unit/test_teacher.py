@@ -242,7 +242,8 @@ def test_the_history_keeps_what_was_undone_and_who_undid_it(recognizer: Any) -> 
         lines[1],
     ), lines[1]
     assert "t0.png as 'thing 0'" in lines[2] and lines[2].endswith("via mcp by ana")
-    assert describe_history(ana.history(by="bob")) == "Nothing has been taught to this memory yet."
+    # ana's teaching, all undone, was still taught: bob's history says bob taught nothing
+    assert describe_history(ana.history(by="bob")) == "'bob' has taught nothing to this memory."
     assert describe_undone(ana.undo(1)) == "Nothing to undo: this memory holds nothing taught."
     assert ana.history(by="ana").undone_total == 3 and ana.history(by="bob").undone_total == 0
 
@@ -652,6 +653,32 @@ def test_the_teacher_says_which_photo_is_a_class_names_first(
     assert "class name alone" in describe_added(first)
     unflagged = first.model_copy(update={"first_photo_of_class_name": False})
     assert "class name alone" not in describe_added(unflagged), describe_added(unflagged)
+
+
+def test_a_photo_taught_after_one_moved_to_its_category_is_not_called_its_first(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """Teacher.add('tabby cat', [photo stored as 'dog', new photo], move=True) said of the
+    new photo 'Stored b.png as the first example photo of 'tabby cat'' right after 'Moved
+    a.png ... to 'tabby cat'' (and of a new label 'the first example of the new category'):
+    the first stored now was taken for the category's first photo. The first is the one that
+    counts 1."""
+    from rar_agent.ingest.builders import add_class_names
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_added
+
+    dog, cup = ("a.png", _png((60, 70, 20))), ("c.png", _png((200, 30, 30), mark=4))
+    with CategoryMemory.open(tmp_path / "names", collection="names") as memory:
+        add_class_names(memory, recognizer.encoder, ["heron", "egret", "tabby cat"])
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        teacher.add("dog", [dog])
+        teacher.add("cup", [cup])
+        named = teacher.add("tabby cat", [dog, ("b.png", _png((20, 70, 160), mark=2))], move=True)
+        new = teacher.add("bag", [cup, ("d.png", _png((90, 20, 200), mark=6))], move=True)
+    for moved, second in (named, new):
+        assert moved.moved_from and second.added and second.category_examples == 2
+        assert not (second.new_category or second.first_photo_of_class_name), second
+        assert "first example" not in describe_added(second), describe_added(second)
 
 
 def test_the_first_category_of_a_memory_says_every_photo_is_answered_with_it(

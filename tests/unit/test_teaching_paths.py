@@ -411,7 +411,7 @@ def test_cli_history_and_undo_of_one_teacher(cli_env: Path) -> None:
     # --limit 0 (or -2) printed "Last 0 of 3 teaching events:" and nothing under it
     for limit in ("0", "-2"):
         code, out = run("memory", "history", "--limit", limit)
-        assert code == 2 and "Invalid value for '--limit' / '-n'" in out, out
+        assert code == 2 and "invalid --limit" in out, out
     # someone who taught nothing is named, not "Nothing has been taught to this memory yet."
     code, out = run("memory", "history", "--by", "zoe")
     assert code == 0 and out.strip() == (

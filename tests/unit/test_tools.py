@@ -320,6 +320,23 @@ def test_recognize_bad_arguments_become_tool_errors(recognizer: Any) -> None:
     assert _call(tool, {"image": "data:image/png;base64,!!!"}).status == "error"
 
 
+def test_an_argument_a_tool_does_not_take_is_named(recognizer: Any) -> None:
+    """A model that wrote {"path": ...} for recognize_image was told 'no image in this
+    conversation yet' (the argument was dropped): the call is refused, naming it."""
+    reg = ImageRegistry()
+    reg.register(_png())
+    tools = {t.name: t for t in make_tools(recognizer, registry=reg, allow_learning=True)}
+    wrong = _call(tools["recognize_image"], {"path": "cat.png"})
+    assert wrong.status == "error"
+    assert wrong.content.startswith("invalid tool arguments ('path': not an argument of")
+    assert "which takes image, k, boxes" in wrong.content
+    count = recognizer.memory.count()
+    taught = _call(tools["add_category_example"], {"label": "x", "imgae": "cat.png"})
+    assert taught.status == "error" and "'imgae': not an argument" in taught.content
+    assert recognizer.memory.count() == count
+    assert _call(tools["list_categories"], {}).status == "success"
+
+
 def test_bare_base64_is_an_image_not_a_file_path(recognizer: Any, tmp_path: Path) -> None:
     """Models often send base64 without the ``data:`` prefix: it is recognized as the data
     URI would be (with or without allowed folders), never read as a 40 KB "file path"."""

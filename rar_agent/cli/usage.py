@@ -1,0 +1,151 @@
+"""Usage errors in the user's words: one ``error:`` line that names the option (and its
+``RAR_*`` variable), says what was wrong with the value and what to give, exit 2.
+
+typer reads option values with pydantic and reported them in pydantic's words ("Input should
+be greater than or equal to 1") in a framed box; ``Settings`` is a pydantic model too. Both
+come through :func:`invalid_value`. Only typer and the standard library at module level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import typing
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import typer
+from typer._click.exceptions import (
+    BadParameter,
+    MissingParameter,
+    UsageError,
+)  # typer's own copy of click
+from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
+__all__ = ["UsageGroup", "invalid_value", "wanted_number"]
+
+
+def invalid_value(where: str, error: ErrorDetails, wanted: str | None = None) -> str:
+    """One pydantic validation ``error`` of the value given for ``where`` (an option and its
+    variable, e.g. ``--port (RAR_PORT)``) as "invalid WHERE: what was wrong; give WANTED".
+
+    A message our own validators wrote (a ``value_error``) already says what to give and is
+    kept as it is.
+    """
+    context = {k: _number(v) for k, v in error.get("ctx", {}).items()}
+    given = _number(error.get("input"))
+    problems = {
+        "int_parsing": f"{given!r} is not a whole number",
+        "int_from_float": f"{given!r} is not a whole number",
+        "float_parsing": f"{given!r} is not a number",
+        "finite_number": f"{given!r} is not a finite number",
+        "greater_than_equal": f"{given} is less than {context.get('ge')}",
+        "greater_than": f"{given} is not above {context.get('gt')}",
+        "less_than_equal": f"{given} is more than {context.get('le')}",
+        "less_than": f"{given} is not below {context.get('lt')}",
+        "bool_parsing": f"{given!r} is not yes or no",
+    }
+    if error["type"] == "value_error" and "error" in context:
+        return f"invalid {where}: {context['error']}"
+    problem = problems.get(error["type"], f"{given!r} cannot be used")
+    return f"invalid {where}: {problem}" + (
+        f"; give {wanted}" if wanted and wanted not in problem else ""
+    )
+
+
+def _number(value: object) -> object:
+    """A whole float as an int (typer hands ``--ranker-timeout -1`` on as ``-1.0``)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def wanted_number(
+    annotation: object,
+    least: float | None = None,
+    most: float | None = None,
+    above: float | None = None,
+) -> str | None:
+    """What to give for a number option: "a whole number from 1 to 100", "a number above
+    0"... ``None`` when ``annotation`` (``int``, ``float``, optionally ``| None``) is not a
+    number."""
+    kinds = {int: "a whole number", float: "a number"}
+    args = typing.get_args(annotation)
+    if type(None) in args and len(args) == 2:  # an optional number: `int | None`
+        annotation = next(a for a in args if a is not type(None))
+    kind = kinds.get(annotation)  # type: ignore[call-overload]
+    if kind is None:
+        return None
+    if least is not None and most is not None:
+        return f"{kind} from {least} to {most}"
+    if above is not None:
+        return f"{kind} above {above}"
+    if least is not None:
+        return f"{kind} of {least} or more"
+    if most is not None:
+        return f"{kind} of {most} or less"
+    return kind
+
+
+class UsageGroup(TyperGroup):
+    """The ``rar-agent`` group: a usage error of any subcommand (a bad option value, an
+    unknown option, a missing argument) is one ``error:`` line on stderr and exit 2, not
+    click's usage and framed box."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        """Read the group's own options (``rar-agent --bogus``); usage errors as one line."""
+        with _one_line():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the subcommand; its usage errors become one line (see the class)."""
+        with _one_line():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    """A usage error raised inside as one ``error:`` line and its exit code (the help shown
+    for no arguments goes on: nothing is wrong)."""
+    try:
+        yield
+    except UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            raise
+        from rar_agent.cli.options import print_error
+
+        print_error(_usage_line(e))
+        raise typer.Exit(e.exit_code) from None
+
+
+def _usage_line(error: UsageError) -> str:
+    """``error`` in one line: a bad value by :func:`invalid_value`, else click's message and
+    where the command's options are listed."""
+    from pydantic import ValidationError
+
+    cause = error.__cause__
+    param = getattr(error, "param", None)
+    if isinstance(error, BadParameter) and not isinstance(error, MissingParameter) and param:
+        where = _param_name(param)
+        if isinstance(cause, ValidationError):
+            descriptor = getattr(param, "type_descriptor", None)
+            wanted = wanted_number(
+                getattr(descriptor, "annotation", None),
+                getattr(param, "min", None),
+                getattr(param, "max", None),
+            )
+            return invalid_value(where, cause.errors()[0], wanted)
+        return f"invalid {where}: {error.message}"
+    command = error.ctx.command_path if error.ctx is not None else "rar-agent"
+    return f"{error.format_message().rstrip('.')} (`{command} --help` lists what it takes)"
+
+
+def _param_name(param: Any) -> str:
+    """``--flag (RAR_VAR)`` for an option, ``NAME`` for an argument."""
+    if param.param_type_name != "option":
+        return str(param.get_error_hint()).strip("'")
+    flag = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+    envvar = param.envvar if isinstance(param.envvar, str) else None
+    return f"{flag} ({envvar})" if envvar else flag

@@ -1,0 +1,59 @@
+"""A bad option value, from the command line or a ``RAR_*`` variable, is one ``error:`` line on
+stderr naming the option (and its variable), what was wrong and what to give; exit 2.
+
+typer reads option values with pydantic, and said so in pydantic's words in a framed box:
+`mcp --per-minute -1` gave "Invalid value for '--per-minute' (env var: 'RAR_PER_MINUTE'):
+Input should be greater than or equal to 1"; ``Settings`` did the same for --ranker-timeout,
+--qdrant-timeout and RAR_FETCH_K (as a --fetch-k no command has).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rar_agent.cli import app
+from rar_agent.cli.options import EXIT_USAGE
+
+runner = CliRunner()
+
+CASES = [
+    # (command line, environment, the name it must give, what to give)
+    (["mcp", "--per-minute", "-1"], {}, "--per-minute (RAR_PER_MINUTE)", "1 or more"),
+    (["mcp", "--per-minute", "abc"], {}, "--per-minute (RAR_PER_MINUTE)", "1 or more"),
+    (["mcp", "--max-body-mb", "0"], {}, "--max-body-mb (RAR_MAX_BODY_MB)", "1 or more"),
+    (["mcp"], {"RAR_BATCH_IMAGES": "0"}, "--batch-images (RAR_BATCH_IMAGES)", "1 or more"),
+    (["mcp"], {"RAR_MAX_PIXELS": "abc"}, "--max-pixels (RAR_MAX_PIXELS)", "1 or more"),
+    (["mcp", "--port", "70000"], {}, "--port", "from 0 to 65535"),
+    (["chat", "--port", "abc"], {}, "--port", "from 1 to 65535"),
+    (["mcp", "--k", "abc"], {}, "--k", "a whole number"),
+    (["mcp", "--ranker-timeout", "-1"], {}, "--ranker-timeout (RAR_RANKER_TIMEOUT)", "above 0"),
+    (["mcp", "--ranker-timeout", "nan"], {}, "--ranker-timeout (RAR_RANKER_TIMEOUT)", "above 0"),
+    (["mcp", "--qdrant-timeout", "0"], {}, "--qdrant-timeout (RAR_QDRANT_TIMEOUT)", "1 or more"),
+    (["mcp"], {"RAR_QDRANT_TIMEOUT": "abc"}, "--qdrant-timeout (RAR_QDRANT_TIMEOUT)", "number"),
+    (["recognize", "x.jpg"], {"RAR_FETCH_K": "0"}, "invalid RAR_FETCH_K", "1 or more"),
+    (["memory", "history", "--limit", "0"], {}, "--limit", "1 or more"),
+    (["memory", "undo", "abc"], {}, "invalid n", "a whole number"),
+    (["memory", "push", "--shards", "0"], {}, "--shards", "1 or more"),
+    (["datasets", "augment", "src", "out", "--views", "0"], {}, "--views", "1 or more"),
+    (["teach"], {}, "Missing argument 'label'", "rar-agent teach --help"),
+    (["mcp", "--bogus"], {}, "No such option: --bogus", "rar-agent mcp --help"),
+    (["--bogus"], {}, "No such option: --bogus", "rar-agent --help"),  # the group's own
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "env", "name", "wanted"), CASES)
+def test_a_bad_value_is_one_line_naming_the_option(
+    args: list[str], env: dict[str, str], name: str, wanted: str, tmp_path: Path
+) -> None:
+    done = runner.invoke(app, args, env={"RAR_HOME": str(tmp_path), **env})
+    assert done.exit_code == EXIT_USAGE, done.output
+    assert isinstance(done.exception, SystemExit)  # no traceback
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert name in lines[0] and wanted in lines[0], lines[0]
+    for library_words in ("Input should", "valid integer", "unable to parse", "Invalid value"):
+        assert library_words not in done.output, done.output
+    assert "--fetch-k" not in done.output  # no command has it: the variable alone is named
