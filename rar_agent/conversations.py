@@ -42,7 +42,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from rar_agent.errors import ConfigError
+from rar_agent.errors import ConfigError, unwritable_reason
 from rar_agent.registry import RegisteredImage
 
 __all__ = [
@@ -194,7 +194,9 @@ class ConversationStore:
             self._conn.commit()
             saver_conn = sqlite3.connect(text, check_same_thread=False, timeout=30)
         except (OSError, sqlite3.Error) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            reason = (
+                unwritable_reason(e, Path(text).expanduser()) if isinstance(e, OSError) else str(e)
+            )
             raise ConfigError(
                 f"cannot open the conversation store {self.path} ({reason}): keep it in a "
                 "folder you can write (rar-agent chat keeps it in RAR_HOME: set RAR_HOME to "

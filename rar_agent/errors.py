@@ -113,8 +113,11 @@ def failure_line(source: str, reason: str) -> str:
 def unwritable_reason(error: OSError, path: Path) -> str:
     """Why ``path`` could not be created or written, in words a person acts on: the folder on
     its way that is a file (the system says only "File exists" or "Not a directory", and not
-    of which), else the system's reason ("Permission denied")."""
+    of which), else the system's reason ("Permission denied", "File name too long")."""
     for above in path.parents:
-        if above.exists() and not above.is_dir():
-            return f"{above} is a file, not a folder"
+        try:
+            if above.exists() and not above.is_dir():
+                return f"{above} is a file, not a folder"
+        except OSError:  # a folder that cannot be looked at (or named): the system's reason
+            break
     return error.strerror or type(error).__name__

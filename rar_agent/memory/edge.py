@@ -185,8 +185,19 @@ def open_edge(path: str | os.PathLike[str], *, create: bool = True) -> EdgeBacke
         closed.wait()  # its last handle is flushing it: open it again once it is closed
 
 
+def _unusable(path: Path, doing: str, error: OSError) -> MemoryStoreError:
+    """Why the memory directory ``path`` cannot be used, and what to give instead."""
+    return MemoryStoreError(
+        f"cannot {doing} the memory directory {path} ({unwritable_reason(error, path)}): "
+        "give a folder you can write (--memory DIR, or RAR_HOME for every memory)"
+    )
+
+
 def _open_shared(path: Path, create: bool) -> _Shared:
-    exists = (path / META_FILE).is_file() or (path / SHARD_DIR).is_dir()
+    try:
+        exists = (path / META_FILE).is_file() or (path / SHARD_DIR).is_dir()
+    except OSError as e:  # a folder on the way that cannot be looked into (or named)
+        raise _unusable(path, "look into", e) from e
     if not exists and not create:
         raise MemoryStoreError(
             f"no category memory at {path}: build one first (rar-agent memory build; in "
@@ -197,10 +208,7 @@ def _open_shared(path: Path, create: bool) -> _Shared:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MemoryStoreError(
-            f"cannot create the memory directory {path} ({unwritable_reason(e, path)}): "
-            "give a folder you can write (--memory DIR, or RAR_HOME for every memory)"
-        ) from e
+        raise _unusable(path, "create", e) from e
     shared = _Shared(path)
     shared.created = not exists
     shared.lock_fd = acquire_lock(path)

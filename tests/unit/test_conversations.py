@@ -137,8 +137,10 @@ def test_store_rules(tmp_path: Path, recognizer: Any) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     for home in (blocker, blocker / "below"):  # sqlite cannot open it; its folder cannot be made
-        with pytest.raises(ConfigError, match="set RAR_HOME to such a folder"):
+        with pytest.raises(ConfigError, match="set RAR_HOME to such a folder") as refused:
             ConversationStore.under(home)
+        # the folder in the way, not the system's "(File exists)" / "(Not a directory)"
+        assert f"({blocker} is a file, not a folder)" in str(refused.value)
     store = ConversationStore.under(tmp_path / "home")
     assert Path(store.path) == tmp_path / "home" / "conversations.sqlite"
     registry = ImageRegistry()

@@ -257,6 +257,11 @@ def test_data_directory_that_is_a_file_or_cannot_be_created(tmp_path: Path) -> N
     assert "give a folder you can write (--memory DIR, or RAR_HOME" in str(info.value)
     # which folder is in the way, not the system's "(Not a directory)" that names none
     assert f"({blocker} is a file, not a folder)" in str(info.value)
+    # a folder that cannot be looked into (no search permission, a name too long) is the
+    # same one line, not an OSError traceback
+    with pytest.raises(MemoryStoreError, match="cannot look into the memory directory") as info:
+        CategoryMemory.open(tmp_path / ("a" * 300) / "memory")
+    assert "(File name too long): give a folder you can write" in str(info.value)
     assert blocker.read_text() == "I am a file"
 
 

@@ -256,6 +256,13 @@ def test_an_auth_file_that_cannot_be_written_is_one_error_line(tmp_path: Path) -
         ), said
         assert "--auth FILE or RAR_AUTH_FILE" in refused.output
     assert blocker.read_text() == "a file where RAR_HOME's folder should be"
+    # a folder that cannot even be looked at: the system's reason, not a traceback
+    too_long = tmp_path / ("a" * 300) / "auth.toml"
+    refused = runner.invoke(
+        app, ["auth", "add", "ci-bot", "--scope", "recognize"], env={"RAR_AUTH_FILE": str(too_long)}
+    )
+    assert refused.exit_code == 2 and isinstance(refused.exception, SystemExit), refused.output
+    assert "(File name too long): name a file" in " ".join(refused.output.split())
 
 
 # ---------------------------------------------------------------------------- credentials
