@@ -30,6 +30,14 @@ Usage::
 (``--icons``: a fourth fitted set, ``tools/icon_reference.py``; ``--emoji``: judged only,
 never fitted, ``tools/emoji_reference.py``; the one-example quantile follows each memory's
 pair spread, ``--sloped``.)
+
+The prior's ``far`` (with ``--icons``): the similarity a category set apart from a memory's
+scale is judged at (:meth:`~rar_agent.openset.prior.EncoderPrior.far_threshold`), fitted on
+an icon set apart among 7 garments and checked on a garment set apart among 7 icons;
+``--update-far`` refits it alone in an existing prior (no glyphs needed)::
+
+    python tools/fit_encoder_prior.py --fashion artifacts/openset --icons artifacts/icons \
+        --update-far --out rar_agent/openset/priors/efficientnet-lite0.json
 """
 
 from __future__ import annotations
@@ -238,6 +246,81 @@ def _lowest_other(x: np.ndarray, labels: np.ndarray) -> float:
     return float(sims.max(axis=1).min())
 
 
+def far_trials(
+    base: RefSet, far: RefSet, known: int, n: int, seed: int, far_below: float
+) -> dict[str, list]:
+    """Memories of ``known`` single examples of ``base`` and one of ``far``, kept where that
+    one is set apart from the scale (:meth:`MemoryScale.measure` below ``far_below``), until
+    ``n`` are kept (or ``200 n`` drawn): per memory, the similarity of each of the far
+    category's other examples (its second examples, from ``far``'s query pool) to it where
+    it answers them (``inf`` where another category does: not its threshold's to reject),
+    and the same for the queries of ``far``'s other categories (its kind's unknowns)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(base.memory_y)
+    out: dict[str, list] = {"known": [], "unseen": [], "tried": [0]}
+    while len(out["known"]) < n and out["tried"][0] < 200 * n:
+        out["tried"][0] += 1
+        mine = rng.permutation(classes)[:known]
+        picks = np.array([rng.choice(np.flatnonzero(base.memory_y == c)) for c in mine])
+        j = int(rng.integers(len(far.memory_x)))
+        x = np.vstack([base.memory_x[picks], far.memory_x[j : j + 1]])
+        labels = [str(c) for c in mine] + ["far"]
+        scale = MemoryScale.measure(labels, x, far_below)
+        if scale is None or scale.apart != ["far"]:
+            continue
+        same = far.query_y == far.memory_y[j]
+        if far.same_pool:  # never the example itself as its own query
+            same[j] = False
+        for key, rows in (("known", same), ("unseen", ~same)):
+            sims = far.query_x[rows] @ x.T
+            out[key].append(np.where(sims.argmax(axis=1) == known, sims[:, -1], np.inf))
+    return out
+
+
+def far_quantiles(runs: dict) -> list[float]:
+    """The far category's second examples' similarity quantile at each ALPHA (each memory
+    weighs the same; a second example another category answers is never below it)."""
+    weights = np.concatenate([np.full(len(k), 1.0 / len(k)) for k in runs["known"]])
+    sims = np.concatenate(runs["known"])
+    order = np.argsort(sims)
+    cdf = np.cumsum(weights[order]) / weights.sum()
+    return [float(sims[order][np.searchsorted(cdf, a)]) for a in ALPHAS]
+
+
+def far_delivered(runs: dict, cuts: list[float]) -> dict[str, Any]:
+    """Mean over memories of the far category's second examples it answers and rejects, and
+    of its kind's unknowns it answers and takes as known, at each ALPHA's cut."""
+    rows = {}
+    for a, cut in zip(ALPHAS, cuts, strict=True):
+        known = np.mean([np.mean(k < cut) for k in runs["known"]])
+        taken = np.mean([np.mean(np.isfinite(u) & (u >= cut)) for u in runs["unseen"]])
+        rows[f"{a:g}"] = {
+            "known_rejected": round(float(known), 4),
+            "unseen_taken": round(float(taken), 4),
+        }
+    return rows
+
+
+def fit_far(
+    fashion: RefSet, fashion_test: RefSet, icons: RefSet, far_below: float, n: int
+) -> tuple[list[float], dict[str, Any]]:
+    """The prior's ``far``: fitted on an icon set apart among 7 garments (one train image
+    each), checked on a garment (its test images as second examples) set apart among 7
+    icons (rare: the garments lie close to most icons); ``(quantiles, figures)``."""
+    fit = far_trials(fashion, icons, 7, n, seed=0, far_below=far_below)
+    check = far_trials(icons, fashion_test, 7, n, seed=1, far_below=far_below)
+    far = far_quantiles(fit)
+    figures = {
+        "an icon among 7 garments (fitted)": {"memories": len(fit["known"]),
+                                              "drawn": fit["tried"][0],
+                                              **far_delivered(fit, far)},
+        "a garment among 7 icons (held out)": {"memories": len(check["known"]),
+                                               "drawn": check["tried"][0],
+                                               **far_delivered(check, far)},
+    }  # fmt: skip
+    return far, figures
+
+
 def fit_slopes(runs: list[dict]) -> list[float]:
     """At each ALPHA, how a memory's known-query quantile rises with its pair spread: the
     least-squares slope over ``runs`` (each memory one point; the memories of every fitted
@@ -312,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     """Fit the prior, check it held out, write it."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fashion", type=Path, required=True, help="tools/eval_open_set.py cache")
-    p.add_argument("--glyphs", type=Path, required=True, help="glyph vector cache (made once)")
+    p.add_argument("--glyphs", type=Path, help="glyph vector cache (made once; required "
+                   "but with --update-far)")  # fmt: skip
     p.add_argument("--icons", type=Path, help="icon vector cache (icon_reference.py): fitted")
     p.add_argument("--emoji", type=Path, help="emoji vector cache (emoji_reference.py): held out")
     p.add_argument("--encoder", default="efficientnet-lite0")
@@ -325,10 +409,29 @@ def main(argv: list[str] | None = None) -> int:
         "levels above 1 also judge categories of many examples, where a slope fitted on 2-3 "
         "made a mixed memory of 1 and 10 examples reject 8.2%% of its knowns at ALPHA 0.05)",
     )
+    p.add_argument("--far-memories", type=int, default=1000, help="memories with a category "
+                   "set apart the prior's `far` is fitted on")  # fmt: skip
+    p.add_argument("--update-far", action="store_true", help="refit only the `far` "
+                   "quantiles of the prior in --out (needs --fashion and --icons)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
     fashion_fit, fashion_test = fashion_sets(args.fashion)
+    if args.update_far:
+        if not args.icons or not args.out.is_file():
+            p.error("--update-far refits the `far` of an existing prior: give --icons and the "
+                    "prior's file as --out")  # fmt: skip
+        out = json.loads(args.out.read_text())
+        x, labels, _, _ = load_icons(args.icons)
+        icons = picture_set("icons", x, labels)
+        far, figures = fit_far(fashion_fit, fashion_test, icons, out["far_below"],
+                               args.far_memories)  # fmt: skip
+        out["far"], out["validated"]["far"] = [round(v, 5) for v in far], figures
+        print("far: " + json.dumps(out["far"]) + " " + json.dumps(figures), flush=True)
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+        return 0
+    if args.glyphs is None:
+        p.error("--glyphs DIR: the glyph vector cache (rendered and encoded on the first run)")
     glyphs_a, glyphs_b = glyph_sets(args.glyphs, args.encoder, args.families)
     # each fitted set -> the set it is judged on when left out
     refs = {fashion_fit: fashion_test, glyphs_a: glyphs_a, glyphs_b: glyphs_b}
@@ -376,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"shots {shots}: " + json.dumps(validated[str(shots)]), flush=True)
     fingerprint = json.loads((args.glyphs / "glyphs.json").read_text())["fingerprint"]
+    far_below = round(FAR_MARGIN * lowest, 4)
+    far = []
+    if args.icons:
+        far, validated["far"] = fit_far(fashion_fit, fashion_test, icons, far_below,
+                                        args.far_memories)  # fmt: skip
     out = {
         "fingerprint": fingerprint,
         "encoder": args.encoder,
@@ -383,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         "alphas": list(ALPHAS),
         "quantiles": {k: [round(v, 5) for v in row] for k, row in prior.items()},
         "slopes": {k: [round(v, 5) for v in row] for k, row in slopes.items() if any(row)},
-        "far_below": round(FAR_MARGIN * lowest, 4),
+        "far_below": far_below,
+        "far": [round(v, 5) for v in far],
         "validated": validated,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,9 @@ or a query holds, tells that regime from the others, on the same memories as
    mean gap between an example's nearest and second-nearest other category, and how sure the
    encoder's own ImageNet classifier is of the examples (the mean best cosine to its class
    rows, ``imagenet``); beside them the known queries' own ALPHA-quantile of the prior's
-   score and the shipped threshold;
+   score, the shipped threshold, and the categories set apart from the scale per memory
+   (``set_apart``: a query answered with one is judged at the lower of the memory's cut and
+   the prior's ``far_threshold``, as the shipped calibration judges it);
 2. **the shipped rule raised** by a constant in score units until the ``--target`` set
    rejects a third of its unseen: what every other set's knowns pay for it;
 3. **rules on memory statistics**: a line from the statistics to a memory's known quantile
@@ -180,13 +182,18 @@ def cohort_scores(
 
 
 def scored(
-    m: dict[str, Any], classes: np.ndarray, fixed: dict[str, Any] | None = None
+    m: dict[str, Any],
+    classes: np.ndarray,
+    fixed: dict[str, Any] | None = None,
+    far_below: float | None = None,
 ) -> dict[str, Any]:
     """One drawn memory: its statistics, and each query's scores (the prior's, the
     query-normalised and the cohort-normalised ones, ``fixed`` the set's
-    :func:`set_moments`) with its known mask and whether its answer is right."""
+    :func:`set_moments`) with its known mask, whether its answer is right and whether its
+    answer is a category set apart from the scale (below the prior's ``far_below``, as
+    the shipped calibration measures it)."""
     x, q = _unit(m["x"]), _unit(m["queries"])
-    scale = MemoryScale.measure([str(v) for v in m["labels"]], x)
+    scale = MemoryScale.measure([str(v) for v in m["labels"]], x, far_below)
     if scale is None:
         raise SystemExit("too few categories for a scale")
     sims = q @ x.T
@@ -198,6 +205,7 @@ def scored(
         "stats": memory_statistics(x, scale, classes),
         "known": m["known"],
         "correct": (m["labels"][sims.argmax(axis=1)] == m["truth"]) & m["known"],
+        "apart": np.isin([str(v) for v in m["labels"][sims.argmax(axis=1)]], scale.apart),
         "scores": {
             "prior": prior_score(top[:, 0], scale),
             "margin": (top[:, 0] - top[:, 1]) / d,
@@ -208,11 +216,16 @@ def scored(
     }
 
 
-def rejected(runs: list[dict], cuts: list[float], score: str = "prior") -> tuple[float, float]:
+Cut = float | np.ndarray
+"""A memory's cut: one for all its queries, or one per query (the shipped rule's, where a
+query's answer is a category set apart: :func:`shipped_cuts`)."""
+
+
+def rejected(runs: list[dict], cuts: list[Cut], score: str = "prior") -> tuple[float, float]:
     """Mean over memories of the (known, unseen) queries below each memory's cut."""
-    pairs = list(zip(runs, cuts, strict=True))
-    known = np.mean([np.mean(r["scores"][score][r["known"]] < c) for r, c in pairs])
-    unseen = np.mean([np.mean(r["scores"][score][~r["known"]] < c) for r, c in pairs])
+    below = [r["scores"][score] < c for r, c in zip(runs, cuts, strict=True)]
+    known = np.mean([b[r["known"]].mean() for b, r in zip(below, runs, strict=True)])
+    unseen = np.mean([b[~r["known"]].mean() for b, r in zip(below, runs, strict=True)])
     return float(known), float(unseen)
 
 
@@ -228,15 +241,24 @@ def oracle(runs: list[dict], alpha: float, score: str = "prior") -> float:
     return set_oracle([{"scores": {"known": s[k], "unseen": s[~k]}} for s, k in split], alpha)
 
 
-def shipped_cuts(runs: list[dict], alpha: float, fingerprint: str) -> list[float]:
-    """The shipped encoder prior's one-example threshold (score units) for each memory."""
+def shipped_cuts(runs: list[dict], alpha: float, fingerprint: str) -> list[Cut]:
+    """The shipped encoder prior's one-example threshold (score units) for each memory; per
+    query where an answer is a category set apart (the lower of it and the prior's
+    ``far_threshold``, as ``Calibration.prior_threshold`` judges; the one-kind memories
+    drawn here have none: ``set_apart`` in report 1)."""
     prior = encoder_prior(fingerprint)
     if prior is None:
         raise SystemExit(f"no shipped encoder prior for {fingerprint}")
-    cuts = [prior.threshold(alpha, 1, r["scale"]) for r in runs]
-    if any(c is None for c in cuts):
-        raise SystemExit(f"the prior has no threshold at ALPHA {alpha}")
-    return [float(c) for c in cuts if c is not None]
+    far = prior.far_threshold(alpha)
+    cuts: list[Cut] = []
+    for r in runs:
+        cut = prior.threshold(alpha, 1, r["scale"])
+        if cut is None:
+            raise SystemExit(f"the prior has no threshold at ALPHA {alpha}")
+        apart = r["apart"].any() and far is not None
+        lower = min(cut, prior_score(far, r["scale"])) if apart and far is not None else cut
+        cuts.append(np.where(r["apart"], lower, cut) if apart else float(cut))
+    return cuts
 
 
 def regimes_table(sets: dict[str, list[dict]], alpha: float, fingerprint: str) -> dict[str, Any]:
@@ -246,10 +268,11 @@ def regimes_table(sets: dict[str, list[dict]], alpha: float, fingerprint: str) -
         cuts = shipped_cuts(runs, alpha, fingerprint)
         known, unseen = rejected(runs, cuts)
         out[name] = {
+            "set_apart": round(float(np.mean([r["scale"].set_apart for r in runs])), 4),
             "known_top1": round(float(np.mean([r["correct"][r["known"]].mean() for r in runs])), 3),
             **{k: round(float(np.mean([r["stats"][k] for r in runs])), 4) for k in STATISTICS},
             "known_quantile": round(known_quantile(runs, alpha), 3),
-            "shipped_threshold": round(float(np.mean(cuts)), 3),
+            "shipped_threshold": round(float(np.mean([np.max(c) for c in cuts])), 3),
             "shipped": [round(known, 4), round(unseen, 4)],
             "oracle_unseen": round(oracle(runs, alpha), 4),
         }
@@ -261,13 +284,13 @@ def raised(
 ) -> dict[str, Any]:
     """Report 2: the smallest raise of the shipped cut (steps of 0.05) at which ``target``
     rejects a third of its unseen, and what each set's knowns and unseen pay for it."""
-    cuts = {n: np.asarray(shipped_cuts(r, alpha, fingerprint)) for n, r in sets.items()}
+    cuts = {n: shipped_cuts(r, alpha, fingerprint) for n, r in sets.items()}
     for delta in np.arange(0.0, 5.0, 0.05):
-        if rejected(sets[target], list(cuts[target] + delta))[1] >= 1 / 3:
+        if rejected(sets[target], [c + delta for c in cuts[target]])[1] >= 1 / 3:
             return {
                 "delta": round(float(delta), 2),
                 **{
-                    n: [round(v, 4) for v in rejected(r, list(cuts[n] + delta))]
+                    n: [round(v, 4) for v in rejected(r, [c + delta for c in cuts[n]])]
                     for n, r in sets.items()
                 },  # fmt: skip
             }
@@ -406,11 +429,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("the rules are fitted on the non-emoji sets, each judged by the others: "
                 "give --icons or --glyphs beside --fashion")  # fmt: skip
     fingerprint = next(iter(refs.values()))["fingerprint"]
+    shipped = encoder_prior(fingerprint)
+    far_below = shipped.far_below if shipped else None
     references = reference_cohorts(refs)
     sets = {}
     for name, ref in refs.items():
         fixed = set_moments(ref, {"imagenet": classes, "references": references[name]})
-        sets[name] = [scored(draw_memory(ref, s), classes, fixed) for s in range(args.memories)]
+        sets[name] = [scored(draw_memory(ref, s), classes, fixed, far_below)
+                      for s in range(args.memories)]  # fmt: skip
     target = next((n for n in sets if "most alike" in n), None)
     held = [n for n in sets if n.startswith("emoji")]  # never fitted, as in the prior
     cohort = tuple(n for n in next(iter(sets.values()))[0]["scores"] if n[1:2] == "-")

@@ -213,11 +213,12 @@ MIN_CATEGORIES = 5
 category, and a few categories say too little about the others (on Fashion-MNIST,
 EfficientNet-Lite0, a memory of 4 single-example categories calibrated from 3 categories of
 10 examples rejected 12.5 % of known queries at ALPHA 0.05, seeds 0-4)."""
-_VERSION = 9
+_VERSION = 10
 """The stored form's version (5: coordinates carry the distance off the subspace; 6: the
 encoder's fingerprint and the memory's scale for an encoder prior; 7: the scale's pair
 spread; 8: the statistic's reach and the directions added to it; 9: the reach within
-``FENCE``, not the farthest stand-in); a calibration stored in another is refitted."""
+``FENCE``, not the farthest stand-in; 10: the labels of the categories set apart from the
+scale); a calibration stored in another is refitted."""
 
 StandIn = tuple[str, int, str]
 """One stand-in query: ``(label, others, draws)``: its category, how many other examples of
@@ -543,9 +544,11 @@ class Calibration(BaseModel):
         """The encoder's prior, when it has one and the memory has a scale to apply it to."""
         return encoder_prior(self.encoder) if self.scale is not None else None
 
-    def prior_threshold(self, alpha: float, shots: int) -> Threshold:
-        """The similarity threshold the encoder prior sets for a query whose category has
-        ``shots`` examples, or ``(None, why not)``."""
+    def prior_threshold(self, alpha: float, shots: int, label: str | None = None) -> Threshold:
+        """The similarity threshold the encoder prior sets for a query whose category
+        (``label``) has ``shots`` examples, or ``(None, why not)``: for a category set apart
+        from the scale, the lower of the others' and the prior's
+        :meth:`~rar_agent.openset.prior.EncoderPrior.far_threshold`."""
         prior = self.prior()
         if prior is None or self.scale is None:
             return None, self._no_prior()
@@ -555,7 +558,9 @@ class Calibration(BaseModel):
                 f"the encoder prior covers ALPHA {prior.alphas[0]:g} to {prior.alphas[-1]:g} "
                 f"only, not {alpha:g}"
             )
-        return similarity_at(score, self.scale), None
+        threshold = similarity_at(score, self.scale)
+        far = prior.far_threshold(alpha) if label in self.scale.apart else None
+        return (threshold if far is None else min(threshold, far)), None
 
     def _no_prior(self) -> str:
         if self.scale is None:
@@ -619,7 +624,12 @@ class Calibration(BaseModel):
         if prior is None or self.scale is None:
             return None
         apart = self.scale.set_apart
-        far = f"; {apart} far from all the others set apart" if apart else ""
+        far = (
+            f"; {apart} far from all the others set apart, judged at the prior's threshold "
+            "for such a category where it is lower"
+            if apart
+            else ""
+        )
         return (
             f"the encoder prior of {prior.encoder} (measured on {prior.measured_on}), not on "
             f"this memory (scaled by how far its {self.scale.categories} categories lie "
@@ -665,7 +675,7 @@ class Calibration(BaseModel):
         why = self.own_threshold(DEFAULT_ALPHA)[1]  # why the memory's own examples do not judge
         top = candidates[0]
         shots = max(1, self.categories.count_of(top.label))
-        threshold, no_prior = self.prior_threshold(alpha, shots)
+        threshold, no_prior = self.prior_threshold(alpha, shots, top.label)
         if threshold is None:
             return Judged(None, shots, None, f"{why}; {no_prior}")
         similarity = top.scores[0] if top.scores else top.score

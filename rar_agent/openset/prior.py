@@ -109,6 +109,10 @@ class MemoryScale(BaseModel):
     set_apart: int = 0
     """Categories left out of the scale: their nearest other category lies below the
     encoder's ``far_below`` (a photo taught beside drawings)."""
+    apart: list[str] = Field(default_factory=list)
+    """The labels of those categories: a query answered with one of them is judged at the
+    prior's :meth:`EncoderPrior.far_threshold` where that is lower, not at the others' scale
+    alone."""
 
     @classmethod
     def measure(
@@ -145,6 +149,7 @@ class MemoryScale(BaseModel):
             near = sims.max(axis=1) >= far_below
             if near.sum() >= MIN_SCALE_CATEGORIES:
                 kept = near
+        apart = [names[i] for i, k in zip(first, kept, strict=True) if not k]
         sims = sims[np.ix_(kept, kept)]
         nearest_other = sims.max(axis=1)
         pairs = sims[np.triu_indices(len(sims), 1)]
@@ -154,7 +159,8 @@ class MemoryScale(BaseModel):
             categories=int(kept.sum()),
             examples=len(names),
             pair_spread=round(float(pairs.std()), 6),
-            set_apart=int((~kept).sum()),
+            set_apart=len(apart),
+            apart=apart,
         )
 
 
@@ -178,6 +184,14 @@ class EncoderPrior(BaseModel):
             ``tools/fit_encoder_prior.py``): a category this far from all the others is set
             apart from a memory's scale (:meth:`MemoryScale.measure`). No reference memory
             reaches it, so the quantiles and their held-out figures stand.
+        far: The similarity a query answered with a category set apart is judged at, at
+            each ALPHA of the grid: the ALPHA-quantile of such categories' second examples'
+            similarity to them, measured on reference memories of one kind with one
+            category of another set apart (``tools/fit_encoder_prior.py``,
+            ``far_quantiles``). The others' scale says nothing of how close a second
+            picture of a category of another kind lies (a drawing beside garments: 29% of
+            its second examples rejected at ALPHA 0.05 by the garments' threshold); empty:
+            the others' threshold judges it.
         validated: Held-out figures (promised vs delivered), for people.
     """
 
@@ -188,6 +202,7 @@ class EncoderPrior(BaseModel):
     quantiles: dict[str, list[float]]
     slopes: dict[str, list[float]] = Field(default_factory=dict)
     far_below: float | None = None
+    far: list[float] = Field(default_factory=list)
     validated: dict[str, Any] = Field(default_factory=dict)
 
     def shots(self) -> list[int]:
@@ -212,6 +227,15 @@ class EncoderPrior(BaseModel):
         # rejects fewer, and each rejects less than it promises rather than more
         wanted = min(alpha, self.alphas[-1])
         return min(self._quantile(a, key, scale) for a in [wanted, *self.alphas] if a >= wanted)
+
+    def far_threshold(self, alpha: float) -> float | None:
+        """The similarity a query answered with a category set apart from the scale is
+        judged at (:attr:`far`), at ``alpha`` (above the grid, its largest ALPHA's); ``None``
+        below the grid or where the prior has none."""
+        if not self.far or alpha < self.alphas[0] - 1e-9:
+            return None
+        rising = np.maximum.accumulate(self.far)  # a larger ALPHA never rejects fewer
+        return float(np.interp(math.log(alpha), np.log(self.alphas), rising))
 
     def _quantile(self, alpha: float, key: str, scale: MemoryScale | None) -> float:
         """The quantile at ``alpha`` (within the grid) for level ``key``, shifted by the

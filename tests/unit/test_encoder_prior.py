@@ -129,6 +129,20 @@ def test_the_shipped_prior_is_keyed_by_the_encoder_and_well_formed() -> None:
     assert effnet and encoder_prior(json.loads(effnet[0].read_text())["fingerprint"])
 
 
+def test_the_far_threshold_rises_with_alpha_and_stays_within_the_grid() -> None:
+    prior = _fitted_prior()
+    assert prior.far_threshold(0.05) is None  # none fitted: the others' threshold judges
+    prior.far = [0.3 + 0.01 * i for i in range(len(prior.alphas))]
+    prior.far[3] = 0.2  # a dip in the fit never lets a larger ALPHA reject fewer
+    at = [prior.far_threshold(a) for a in prior.alphas]
+    assert at == sorted(at) and at[2] == pytest.approx(0.32) and at[3] == pytest.approx(0.32)
+    assert prior.far_threshold(prior.alphas[-1] * 2) == pytest.approx(prior.far[-1])
+    assert prior.far_threshold(prior.alphas[0] / 2) is None
+    shipped = encoder_prior(json.loads(next(PRIOR_DIR.glob("efficientnet*.json")).read_text())
+                            ["fingerprint"])  # fmt: skip
+    assert shipped is not None and len(shipped.far) == len(shipped.alphas)
+
+
 def test_a_prior_threshold_uses_the_largest_measured_shot_count_not_above() -> None:
     prior = _fitted_prior()
     assert prior.threshold(0.05, 2) == pytest.approx(prior.quantiles["2"][2])

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rar_agent.openset.prior import MemoryScale
+from rar_agent.openset.prior import PRIOR_DIR, MemoryScale, encoder_prior, prior_score
 from tools.one_shot_rules import (
     _unit,
     cohort_scores,
@@ -27,6 +27,7 @@ from tools.one_shot_rules import (
     rejected,
     scored,
     set_moments,
+    shipped_cuts,
     third_of_unseen,
 )
 
@@ -117,6 +118,29 @@ def test_a_memorys_statistics_and_scores_are_its_own() -> None:
     assert one["correct"].tolist() == [True, True, True, False, False]
     margin = one["scores"]["margin"]
     assert (margin >= 0).all() and margin[:3].min() > margin[3:].max()
+
+
+def test_the_shipped_cut_of_a_query_answered_by_a_category_set_apart_is_the_far_one() -> None:
+    fingerprint = json.loads(next(PRIOR_DIR.glob("efficientnet*.json")).read_text())["fingerprint"]
+    prior = encoder_prior(fingerprint)
+    assert prior is not None and prior.far_below is not None
+    rng = np.random.default_rng(9)
+    common = rng.normal(size=32)
+    drawings = _unit(common + 0.8 * rng.normal(size=(7, 32)))  # alike: nearest other ~0.6
+    photo = _unit(rng.normal(size=(1, 32)) - 0.2 * common)  # far from all of them
+    x = np.concatenate([drawings, photo])
+    labels = np.array([*(f"d{i}" for i in range(7)), "photo"])
+    queries = np.concatenate([drawings[:2], photo]) + 0.05 * rng.normal(size=(3, 32))
+    m = {"x": x, "labels": labels, "queries": queries, "truth": labels[[0, 1, 7]],
+         "known": np.ones(3, dtype=bool)}  # fmt: skip
+    one = scored(m, _unit(rng.normal(size=(5, 32))), None, prior.far_below)
+    assert one["scale"].apart == ["photo"] and one["apart"].tolist() == [False, False, True]
+    cut = shipped_cuts([one], ALPHA, fingerprint)[0]
+    others = prior.threshold(ALPHA, 1, one["scale"])
+    far = prior.far_threshold(ALPHA)
+    assert others is not None and far is not None
+    expected = min(others, prior_score(far, one["scale"]))
+    assert np.allclose(cut, [others, others, expected]) and expected < others
 
 
 def test_the_prior_and_the_margin_together_reject_only_where_both_do(
