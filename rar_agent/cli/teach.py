@@ -299,7 +299,8 @@ def memory_undo(
     with teacher.memory:
         undone = teacher.undo(n, of=by)  # the CLI user undoes (recorded), NAME's events only
         _print(undone, describe_undone, as_json)
-        note_if_empty(teacher.memory)  # a memory teaching made: it stays, and says so
+        if undone.undone:  # emptied by this undo: it stays, and says so (once, not on a no-op)
+            note_if_empty(teacher.memory)
 
 
 def _undo_through_server(

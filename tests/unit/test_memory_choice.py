@@ -289,6 +289,9 @@ def test_a_memory_left_empty_by_undo_or_remove_says_it_stays_and_how_to_remove_i
     assert undone.stdout.rstrip().endswith("The memory now holds nothing.")
     said = " ".join(undone.stderr.split())
     assert stays in said and f"delete its folder {folder} to remove it" in said
+    again = runner.invoke(app, ["memory", "undo"])  # nothing left to undo: said once, above
+    assert again.exit_code == 0 and "Nothing to undo" in again.stdout
+    assert stays not in " ".join(again.stderr.split())
     listed = runner.invoke(app, ["memory", "list"])
     assert listed.exit_code == 0 and stays in " ".join(listed.stderr.split())
     assert folder.is_dir()  # it stays, as said
