@@ -220,3 +220,25 @@ def test_a_closer_photo_of_a_far_photo_beside_one_drawing_each_is_known(
         other = one_each.recognize(image)
         assert not _known(other) and other.rejection is not None
         assert other.rejection.threshold > 0.5
+
+
+def test_a_far_photo_taught_after_a_second_drawing_of_one_kind_is_set_apart(
+    effnet: Any, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    # one kind with two drawings: a statistic is fitted, but its 2 stand-ins cannot judge, so
+    # the encoder prior does; the scale was measured at that fit and never again, so the cat
+    # taught later was neither in it nor set apart from it, and a closer photo of the cat
+    # (0.49 from it) was judged by the drawings' threshold (0.56): unknown
+    memory = CategoryMemory.open(tmp_path / "two", collection="two-discs")
+    teacher = Teacher(memory, effnet, via="api")
+    for kind in KINDS:
+        teacher.add(kind, [photos[f"{kind}{n}"] for n in range(2 if kind == "disc" else 1)])
+    teacher.add("cat", [CAT])
+    cal = load(memory)
+    assert cal is not None and cal.statistic is not None and not cal.judged_by_own()
+    assert cal.scale is not None and cal.scale.apart == ["cat"]
+    assert cal.scale.categories == len(KINDS)
+    recognizer = Recognizer(memory, effnet, k=3, ranker="none")
+    result = recognizer.recognize(photos["eye"])
+    assert result.label == "cat" and _known(result), result.rejection
+    assert not _known(recognizer.recognize(photos["noise"]))
