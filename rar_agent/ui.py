@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.errors import RarError
+from rar_agent.errors import ConfigError, RarError
 from rar_agent.images import IMAGE_SUFFIXES
 from rar_agent.registry import IMAGE_ID_PATTERN, ImageRegistry
 
@@ -1095,6 +1095,9 @@ def launch(
         max_file_size: Upload size limit.
         auth: Checks a login (user name, password); ``None`` serves without one. See
             :func:`token_login`.
+
+    Raises:
+        ConfigError: It cannot serve on ``host:port``.
     """
     import gradio as gr
 
@@ -1102,21 +1105,27 @@ def launch(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
     with _stop_signals(block) as stopped:  # docker stop, a service manager, Ctrl+C
-        page.launch(
-            server_name=host,
-            server_port=port,
-            share=False,
-            prevent_thread_lock=True,  # returns once serving; the wait is below
-            quiet=True,  # the caller says where the page is; Gradio would add a share=True hint
-            max_file_size=max_file_size,
-            theme=theme,
-            css=PAGE_CSS,
-            js=PAGE_JS,
-            show_error=True,
-            footer_links=[],
-            auth=auth,
-            auth_message=SIGN_IN if auth is not None else None,
-        )
+        try:
+            page.launch(
+                server_name=host,
+                server_port=port,
+                share=False,
+                prevent_thread_lock=True,  # returns once serving; the wait is below
+                quiet=True,  # the caller says where the page is; Gradio would add a share=True hint
+                max_file_size=max_file_size,
+                theme=theme,
+                css=PAGE_CSS,
+                js=PAGE_JS,
+                show_error=True,
+                footer_links=[],
+                auth=auth,
+                auth_message=SIGN_IN if auth is not None else None,
+            )
+        except OSError:  # Gradio's "Cannot find empty port in range", with its own advice
+            raise ConfigError(
+                f"cannot serve the chat page on {host}:{port} (the port is in use, or {host} "
+                "is not an address of this machine): pick another --port or --host"
+            ) from None
         if block:
             while not stopped.requested:  # a signal handler takes no lock: a flag, polled
                 time.sleep(0.1)

@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
+    from typer._click.core import Context
 
 __all__ = ["UsageGroup", "invalid_value", "wanted_number"]
 
@@ -93,13 +94,13 @@ class UsageGroup(TyperGroup):
     click's usage and framed box."""
 
     def make_context(
-        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
-    ) -> Any:
+        self, info_name: str | None, args: list[str], parent: Context | None = None, **extra: Any
+    ) -> Context:
         """Read the group's own options (``rar-agent --bogus``); usage errors as one line."""
         with _one_line():
             return super().make_context(info_name, args, parent, **extra)
 
-    def invoke(self, ctx: Any) -> Any:
+    def invoke(self, ctx: Context) -> object:
         """Run the subcommand; its usage errors become one line (see the class)."""
         with _one_line():
             return super().invoke(ctx)

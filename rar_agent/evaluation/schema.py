@@ -151,9 +151,11 @@ def check_config(config: EvalConfig, *, stream_share: float | None = None) -> No
         problems.append(f"--open-set is a share of classes in (0, 1), got {config.open_set}")
     if stream_share is not None:
         if not 0.0 < stream_share < 1.0:
-            problems.append(f"the streamed share must be in (0, 1), got {stream_share}")
+            share = f"the streamed share (--stream-share) must be in (0, 1), got {stream_share}"
+            problems.append(share)
         if config.shots is not None and config.shots < 0:
             problems.append(f"--shots must be >= 0 initial examples per class, got {config.shots}")
+    from rar_agent.config import parse_reject
     from rar_agent.ranking import check_timeout
 
     try:
@@ -162,12 +164,14 @@ def check_config(config: EvalConfig, *, stream_share: float | None = None) -> No
         problems.append(
             f"--ranker-timeout must be a positive number of seconds, got {config.ranker_timeout}"
         )
+    for flag, check, value in (("--gate", gate_setting, config.gate),
+                               ("--reject", parse_reject, config.reject)):  # fmt: skip
+        try:
+            check(value)
+        except ConfigError as e:
+            problems.append(f"invalid {flag}: {str(e).rstrip('.')}")
     if problems:
         raise ConfigError("; ".join(problems))
-    gate_setting(config.gate)
-    from rar_agent.config import parse_reject
-
-    parse_reject(config.reject)
     from rar_agent.evaluation.data import check_sources
 
     check_sources(

@@ -4,11 +4,13 @@ stderr naming the option (and its variable), what was wrong and what to give; ex
 typer reads option values with pydantic, and said so in pydantic's words in a framed box:
 `mcp --per-minute -1` gave "Invalid value for '--per-minute' (env var: 'RAR_PER_MINUTE'):
 Input should be greater than or equal to 1"; ``Settings`` did the same for --ranker-timeout,
---qdrant-timeout and RAR_FETCH_K (as a --fetch-k no command has).
+--qdrant-timeout and RAR_FETCH_K (as a --fetch-k no command has). `eval --gate xyz`
+and `--reject auto:2` named no option ("Unknown gate setting 'xyz'...").
 """
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,9 @@ CASES = [
     (["memory", "undo", "abc"], {}, "invalid n", "a whole number"),
     (["memory", "push", "--shards", "0"], {}, "--shards", "1 or more"),
     (["datasets", "augment", "src", "out", "--views", "0"], {}, "--views", "1 or more"),
+    (["eval", "--dataset", "d", "--gate", "xyz"], {}, "invalid --gate", "a margin like 0.05"),
+    (["eval", "--dataset", "d", "--reject", "auto:2"], {}, "invalid --reject", "(0, 0.5]"),
+    (["eval", "--dataset", "d", "--stream", "--stream-share", "2"], {}, "--stream-share", "(0, 1)"),
     (["teach"], {}, "Missing argument 'label'", "rar-agent teach --help"),
     (["mcp", "--bogus"], {}, "No such option: --bogus", "rar-agent mcp --help"),
     (["--bogus"], {}, "No such option: --bogus", "rar-agent --help"),  # the group's own
@@ -57,3 +62,19 @@ def test_a_bad_value_is_one_line_naming_the_option(
     for library_words in ("Input should", "valid integer", "unable to parse", "Invalid value"):
         assert library_words not in done.output, done.output
     assert "--fetch-k" not in done.output  # no command has it: the variable alone is named
+
+
+def test_chat_on_a_port_it_cannot_have_says_so(
+    tiny_cli_env: Path,
+) -> None:
+    """`chat --port N` with N in use (or --host a name that is not this machine's) died in
+    Gradio with a traceback and exit 1: "Cannot find empty port in range: N-N. You can
+    specify a different port by setting the GRADIO_SERVER_PORT..."."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = runner.invoke(app, ["chat", "--port", str(port), "--labels", "a,b"])
+    assert done.exit_code == EXIT_USAGE, done.output
+    assert isinstance(done.exception, SystemExit)  # no traceback
+    said = " ".join(done.stderr.split())  # rich wraps long lines
+    assert f"error: cannot serve the chat page on 127.0.0.1:{port}" in said, said
+    assert "pick another --port or --host" in said and "GRADIO" not in done.output
