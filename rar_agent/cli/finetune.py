@@ -46,16 +46,16 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Output file (.json or .json
 FormatOpt = Annotated[
     str, typer.Option("--format", help="llava (ShareGPT JSON) or openai (chat JSONL).")
 ]
-KOpt = Annotated[int, typer.Option("--k", help="Candidates per conversation.")]
-TopNOpt = Annotated[int, typer.Option("--top-n", help="Labels retrieved per image.")]
-WindowsOpt = Annotated[int, typer.Option("--windows", help="Conversations per image.")]
+KOpt = Annotated[int, typer.Option("--k", min=2, help="Candidates per conversation.")]
+TopNOpt = Annotated[int, typer.Option("--top-n", min=1, help="Labels retrieved per image.")]
+WindowsOpt = Annotated[int, typer.Option("--windows", min=1, help="Conversations per image.")]
 ShuffleOpt = Annotated[
     bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle candidates in the prompt.")
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for windows and shuffling.")]
 KindOpt = Annotated[str, typer.Option("--kind", help="Memory side: auto, image or text.")]
 MaxPerClassOpt = Annotated[
-    int | None, typer.Option("--max-per-class", help="Cap conversations per class.")
+    int | None, typer.Option("--max-per-class", min=1, help="Cap conversations per class.")
 ]
 DedupOpt = Annotated[
     bool, typer.Option("--dedup/--no-dedup", help="Skip repeated images/conversations.")

@@ -5,7 +5,8 @@ typer reads option values with pydantic, and said so in pydantic's words in a fr
 `mcp --per-minute -1` gave "Invalid value for '--per-minute' (env var: 'RAR_PER_MINUTE'):
 Input should be greater than or equal to 1"; ``Settings`` did the same for --ranker-timeout,
 --qdrant-timeout and RAR_FETCH_K (as a --fetch-k no command has). `eval --gate xyz`
-and `--reject auto:2` named no option ("Unknown gate setting 'xyz'...").
+and `--reject auto:2` named no option ("Unknown gate setting 'xyz'..."), nor `finetune-data
+--top-n 0` ("top_n must be a positive integer").
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from rar_agent.cli import app
 from rar_agent.cli.options import EXIT_USAGE
 
 runner = CliRunner()
+
+FINETUNE = ["finetune-data", "--from-folder", "d", "--out", "o.json"]
 
 CASES = [
     # (command line, environment, the name it must give, what to give)
@@ -43,6 +46,10 @@ CASES = [
     (["eval", "--dataset", "d", "--gate", "xyz"], {}, "invalid --gate", "a margin like 0.05"),
     (["eval", "--dataset", "d", "--reject", "auto:2"], {}, "invalid --reject", "(0, 0.5]"),
     (["eval", "--dataset", "d", "--stream", "--stream-share", "2"], {}, "--stream-share", "(0, 1)"),
+    ([*FINETUNE, "--k", "1"], {}, "invalid --k", "2 or more"),
+    ([*FINETUNE, "--top-n", "0"], {}, "invalid --top-n", "1 or more"),
+    ([*FINETUNE, "--windows", "0"], {}, "invalid --windows", "1 or more"),
+    ([*FINETUNE, "--max-per-class", "0"], {}, "invalid --max-per-class", "1 or more"),
     (["teach"], {}, "Missing argument 'label'", "rar-agent teach --help"),
     (["mcp", "--bogus"], {}, "No such option: --bogus", "rar-agent mcp --help"),
     (["--bogus"], {}, "No such option: --bogus", "rar-agent --help"),  # the group's own
