@@ -1127,6 +1127,7 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     labels = _labels_of(memory, added)
     if model is None and any(n >= 2 for n in _image_counts(memory, labels.values()).values()):
         return fit(memory)  # a first category of two examples: a statistic can be fitted
+    scale = _rescaled(memory, cal, labels.values())
     vectors = memory.get_vectors([pid for pid in added if pid in labels]) if model else {}
     new = [pid for pid in added if pid in vectors]
     taken: tuple[Whitening, np.ndarray, int] | None = None
@@ -1154,6 +1155,8 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
             else:
                 pool[slot] = standin
         now.standins = pool[-MAX_STANDINS:]
+        if scale is not None:
+            now.scale = scale
         now.seen = max(total, now.seen)  # entries now held (concurrent adds counted once)
         now.revision += 1
         return _finish(now).model_dump(mode="json")
@@ -1162,6 +1165,24 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
     result = merged[-1]  # what was stored last (compare-and-set may have merged again)
     _remember(memory, result, stored)
     return result
+
+
+def _rescaled(
+    memory: CalibratedMemory, cal: Calibration, labels: Iterable[str]
+) -> MemoryScale | None:
+    """The memory's scale measured again (as :func:`fit` measures it) when the encoder prior
+    judges it and ``labels`` (of examples just added) bring a category it has not counted:
+    the scale is what the prior's threshold is set by, and a category taught far from the
+    others must be set apart from it (and judged as such); ``None`` otherwise."""
+    prior = encoder_prior(memory.info.fingerprint)
+    if prior is None or cal.judged_by_own():
+        return None
+    if all(cal.categories.count_of(label) for label in labels):
+        return None
+    first = list(itertools.islice(_image_entries(memory), FIT_SAMPLE))
+    names = [label for _, label, _ in first]
+    x = np.asarray([v for _, _, v in first], dtype=np.float64)
+    return MemoryScale.measure(names, x, prior.far_below)
 
 
 def _join_sums(
