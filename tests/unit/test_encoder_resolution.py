@@ -217,3 +217,18 @@ def test_recognize_refuses_a_mistyped_memory_without_creating_it(tmp_path: Path)
     assert "no category memory" in done.stderr and "memory build" in done.stderr
     assert "ranking is disabled" not in done.stderr and "efficientnet" not in done.stderr
     assert not missing.exists()
+
+
+def test_an_encoder_name_that_nearly_matches_says_which_was_meant() -> None:
+    """`--clip-model efficientnet-lite1` or `vit-b-16` said 'unknown encoder' and listed the
+    forms a name may take; a near miss (letter case aside) names the encoder meant."""
+    with pytest.raises(
+        ConfigError, match=r"'efficientnet-lite1' \(did you mean efficientnet-lite0\?\)"
+    ):
+        load_encoder("efficientnet-lite1")
+    with pytest.raises(ConfigError, match=r"did you mean ViT-B-16, ") as lower:
+        load_encoder("vit-b-16")
+    assert "use an open_clip architecture" in str(lower.value)
+    with pytest.raises(ConfigError) as far:
+        load_encoder("nosuch-model")
+    assert "did you mean" not in str(far.value)
