@@ -989,6 +989,14 @@ def _image_entries(memory: CalibratedMemory) -> Iterator[tuple[str, str, list[fl
             return
 
 
+def _labels_and_rows(
+    entries: Sequence[tuple[str, str, list[float]]],
+) -> tuple[list[str], np.ndarray]:
+    """The labels of image ``entries`` (as :func:`_image_entries` yields them) and their
+    vectors as float64 rows: what a fit and a memory's scale are measured on."""
+    return [label for _, label, _ in entries], np.asarray([v for _, _, v in entries], np.float64)
+
+
 def _category_sums(
     model: Whitening | None,
     reach: float | None,
@@ -1074,8 +1082,7 @@ def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
         )
         return _store(memory, _finish(cal))
     ids = [pid for pid, _, _ in first]
-    labels = [label for _, label, _ in first]
-    x = np.asarray([v for _, _, v in first], dtype=np.float64)
+    labels, x = _labels_and_rows(first)
     model = Whitening.fit(x, labels, rank=_rank(len(x), _folds(len(x))))
     cal.encoder, prior = memory.info.fingerprint, encoder_prior(memory.info.fingerprint)
     cal.scale = MemoryScale.measure(labels, x, prior.far_below if prior else None)
@@ -1180,9 +1187,7 @@ def _rescaled(
     if all(cal.categories.count_of(label) for label in labels):
         return None
     first = list(itertools.islice(_image_entries(memory), FIT_SAMPLE))
-    names = [label for _, label, _ in first]
-    x = np.asarray([v for _, _, v in first], dtype=np.float64)
-    return MemoryScale.measure(names, x, prior.far_below)
+    return MemoryScale.measure(*_labels_and_rows(first), prior.far_below)
 
 
 def _join_sums(
