@@ -23,6 +23,7 @@ __all__ = [
     "RankerError",
     "MissingApiKeyError",
     "UnsafeInputError",
+    "cannot_serve",
     "failure_line",
     "unwritable_reason",
 ]
@@ -108,6 +109,16 @@ def failure_line(source: str, reason: str) -> str:
     """``source: reason`` for one input that failed, or the reason alone where it names the
     source already (image errors do), so that a path is printed once."""
     return reason if source in reason else f"{source}: {reason}"
+
+
+def cannot_serve(where: str, reason: str, *, what: str = "", any_port: bool = False) -> ConfigError:
+    """The refusal of a server that cannot listen on ``where`` (``host:port``): why, then
+    what to pick instead (``any_port``: its ``--port 0`` picks a free port)."""
+    served = f" {what}" if what else ""
+    free = " (0 picks a free one)" if any_port else ""
+    return ConfigError(
+        f"cannot serve{served} on {where} ({reason}): pick another --port{free} or --host"
+    )
 
 
 def unwritable_reason(error: OSError, path: Path) -> str:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.errors import ConfigError, RarError
+from rar_agent.errors import RarError, cannot_serve
 from rar_agent.images import IMAGE_SUFFIXES
 from rar_agent.registry import IMAGE_ID_PATTERN, ImageRegistry
 
@@ -1122,10 +1122,8 @@ def launch(
                 auth_message=SIGN_IN if auth is not None else None,
             )
         except OSError:  # Gradio's "Cannot find empty port in range", with its own advice
-            raise ConfigError(
-                f"cannot serve the chat page on {host}:{port} (the port is in use, or {host} "
-                "is not an address of this machine): pick another --port or --host"
-            ) from None
+            reason = f"the port is in use, or {host} is not an address of this machine"
+            raise cannot_serve(f"{host}:{port}", reason, what="the chat page") from None
         if block:
             while not stopped.requested:  # a signal handler takes no lock: a flag, polled
                 time.sleep(0.1)
