@@ -242,15 +242,13 @@ def memory_history(
     from rar_agent.tools.learn import describe_history
 
     if server:
-        from rar_agent.errors import ConfigError
         from rar_agent.tools.learn import HISTORY_MOST
 
-        if limit > HISTORY_MOST:  # the server's refusal is worded for an agent
-            raise ConfigError(
-                f"--limit {limit} with --server: the server lists at most {HISTORY_MOST} "
-                f"teaching events at a time; give --limit {HISTORY_MOST} or less (memory "
-                "history without --server lists any number once the server is stopped)"
-            )
+        instead = (
+            f"give --limit {HISTORY_MOST} or less (memory history without --server lists any "
+            "number once the server is stopped)"
+        )
+        _within_server_bound(f"--limit {limit}", limit, HISTORY_MOST, "lists", instead)
         args: dict[str, Any] = {"limit": limit, **({"by": by} if by else {})}
         _ask_server(server, token, "teaching_history", args, as_json, scope="recognize")
         return
@@ -309,16 +307,13 @@ def _undo_through_server(
     """``memory undo N --server URL``: the token's own last events, through the server's
     ``undo_teaching`` (the tool an MCP client calls, so one rule decides whose events go);
     with ``--by NAME``, NAME's through ``undo_teaching_of`` (admin only)."""
-    from rar_agent.errors import ConfigError
     from rar_agent.mcp.admin import UNDO_OF_MOST
     from rar_agent.tools.learn import UNDO_MOST
 
     most = UNDO_OF_MOST if by else UNDO_MOST
-    if n > most:  # the server's refusal is worded for an agent
-        raise ConfigError(
-            f"memory undo {n} with --server: the server undoes at most {most} teaching events "
-            f"at a time; give N of {most} or less and run it again"
-        )
+    _within_server_bound(
+        f"memory undo {n}", n, most, "undoes", f"give N of {most} or less and run it again"
+    )
     if by:
         own = "; a token with the learn scope takes back its own teaching: leave out --by"
         args: dict[str, Any] = {"by": by, "n": n}
@@ -326,6 +321,19 @@ def _undo_through_server(
     else:
         theirs = "; an admin token takes back one person's teaching with --by NAME"
         _ask_server(url, token, "undo_teaching", {"n": n}, as_json, scope="learn", else_=theirs)
+
+
+def _within_server_bound(asked: str, count: int, most: int, does: str, instead: str) -> None:
+    """Refuse ``count`` events over the ``most`` a server ``does`` at a time, in the CLI's
+    words (``asked``: the option or command as given; ``instead``: what to give): the
+    server's own refusal is worded for an agent."""
+    from rar_agent.errors import ConfigError
+
+    if count > most:
+        raise ConfigError(
+            f"{asked} with --server: the server {does} at most {most} teaching events at a "
+            f"time; {instead}"
+        )
 
 
 def _ask_server(
