@@ -6,6 +6,7 @@ Every error says what was wrong and what to do about it. Tools turn these into
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
@@ -24,7 +25,9 @@ __all__ = [
     "MissingApiKeyError",
     "UnsafeInputError",
     "cannot_serve",
+    "did_you_mean",
     "failure_line",
+    "near_misses",
     "unwritable_reason",
 ]
 
@@ -103,6 +106,32 @@ class MissingApiKeyError(RankerError):
 
 class UnsafeInputError(RarError, PermissionError):
     """A path or URL given by a caller (often a model) is outside what is allowed."""
+
+
+def near_misses(
+    word: str, known: Iterable[str], *, cutoff: float = 0.6, most: int = 3
+) -> list[str]:
+    """The names among ``known`` that ``word`` may have meant, closest first, spelled as
+    known: letter case and surrounding spaces aside, at least ``cutoff`` alike (difflib's
+    ratio, 0 to 1), at most ``most`` of them."""
+    import difflib
+
+    by_folded = {name.casefold(): name for name in known}
+    close = difflib.get_close_matches(word.strip().casefold(), by_folded, n=most, cutoff=cutoff)
+    return [by_folded[c] for c in close]
+
+
+def did_you_mean(
+    word: str, known: Iterable[str], *, cutoff: float = 0.6, quote: bool = True, most: int = 3
+) -> str:
+    """`` (did you mean 'a', 'b' or 'c'?)`` for the :func:`near_misses` of ``word`` among
+    ``known``, else ``""``; ``quote=False`` for names that read plainly (``ViT-B-16``)."""
+    close = near_misses(word, known, cutoff=cutoff, most=most)
+    if not close:
+        return ""
+    names = [repr(name) if quote else name for name in close]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return f" (did you mean {listed}?)"
 
 
 def failure_line(source: str, reason: str) -> str:

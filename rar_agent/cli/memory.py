@@ -433,11 +433,9 @@ def memory_remove(
 def _no_such_label(label: str, collection: str, labels: "Mapping[str, int]") -> str:
     """Why nothing was removed: the label is not in the memory (named: with no memory named,
     it is the one the last command used), and the ones it may have meant."""
-    import difflib
+    from rar_agent.errors import did_you_mean
 
-    by_lower = {name.lower(): name for name in labels}
-    close = difflib.get_close_matches(label.strip().lower(), list(by_lower), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(repr(by_lower[c]) for c in close)}?)" if close else ""
+    hint = did_you_mean(label, labels)
     return (
         f"no category {label!r} in memory {collection!r}, so nothing was removed{hint}: "
         "`rar-agent memory list` shows its labels, --collection NAME picks another memory"

@@ -96,19 +96,16 @@ def _note_new_memory(settings: "Settings", memory: "CategoryMemory") -> None:
     """Say on stderr that the memory named held nothing before this teaching (a new one,
     made now), and the closest other memory under ``RAR_HOME`` when its name is a near miss:
     a mistyped ``--collection garmnets`` made a memory of one category without a word."""
-    import difflib
-
     from rar_agent.cli.options import print_note
     from rar_agent.cli.recent import embedded_memories
+    from rar_agent.errors import near_misses
 
     info = memory.info
     note = (
         f"memory {info.collection!r} held nothing: it holds only what this taught ({info.location})"
     )
     others = embedded_memories(settings)[1]
-    close = difflib.get_close_matches(
-        info.collection, [n for n in others if n != info.collection], n=1
-    )
+    close = near_misses(info.collection, [n for n in others if n != info.collection], most=1)
     if close and not settings.qdrant_url:
         note += (
             f"; did you mean {close[0]!r}? `rar-agent memory undo --collection "

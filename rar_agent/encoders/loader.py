@@ -22,7 +22,7 @@ from rar_agent.encoders.spec import (
     attach_spec,
     spec_of,
 )
-from rar_agent.errors import ConfigError, ModelLoadError
+from rar_agent.errors import ConfigError, ModelLoadError, did_you_mean
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -256,26 +256,15 @@ def _check_open_clip_name(name: str) -> None:
     import open_clip
 
     known = open_clip.list_models()
-    if name.replace("/", "-") not in known:
+    spelled = name.replace("/", "-")  # ViT-B/16 is open_clip's ViT-B-16
+    if spelled not in known:
+        hint = did_you_mean(spelled, [*known, OFFLINE_ENCODER.model], cutoff=0.8, quote=False)
         raise ConfigError(
-            f"unknown encoder {name!r}{_did_you_mean(name, [*known, OFFLINE_ENCODER.model])}: "
+            f"unknown encoder {name!r}{hint}: "
             "use an open_clip architecture (e.g. ViT-B-16; see "
             "open_clip.list_models()), local-dir:/path, hf-hub:org/repo, hf:<repo or dir>, "
             f"{OFFLINE_ENCODER.model}, package.module:factory or path/to/file.py:factory."
         )
-
-
-def _did_you_mean(name: str, known: list[str]) -> str:
-    """`` (did you mean X?)`` for a near miss of a known name (letter case aside), else ``""``."""
-    import difflib
-
-    by_folded = {k.casefold(): k for k in known}
-    close = difflib.get_close_matches(name.replace("/", "-").casefold(), by_folded, n=3, cutoff=0.8)
-    if not close:
-        return ""
-    names = [by_folded[c] for c in close]
-    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-    return f" (did you mean {listed}?)"
 
 
 def _add_working_dir_to_path() -> None:

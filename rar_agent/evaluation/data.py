@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rar_agent.errors import ConfigError
+from rar_agent.errors import ConfigError, near_misses
 from rar_agent.results import counted
 
 __all__ = [
@@ -289,12 +289,10 @@ def resolve_sets(
 
 def _check_dataset_name(dataset: str) -> None:
     """Refuse a ``--dataset`` that is no path but looks like a mistyped built-in name."""
-    import difflib
-
     if Path(dataset).expanduser().exists():
         return
     typed = dataset.strip().lower().replace("_", "-").replace(" ", "-")
-    if difflib.get_close_matches(typed, [FASHION_MNIST], n=1, cutoff=0.75):
+    if near_misses(typed, [FASHION_MNIST], cutoff=0.75):
         raise ConfigError(
             f"--dataset {dataset!r} is neither a built-in dataset nor a folder or manifest: "
             f"did you mean --dataset {FASHION_MNIST}?"

@@ -21,7 +21,7 @@ from rar_agent.config import MemoryKind, parse_reject, validate_k, validate_kind
 from rar_agent.encoders.base import input_size_of
 from rar_agent.encoders.spec import spec_of
 from rar_agent.encoders.torch_base import parallel_passes
-from rar_agent.errors import ConfigError
+from rar_agent.errors import ConfigError, did_you_mean
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, decoding_alone, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
@@ -55,17 +55,12 @@ logger = logging.getLogger(__name__)
 
 def _with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
     """A copy of ``settings`` with ``overrides``, each checked as the field it names."""
-    import difflib
-
     from pydantic import ValidationError
 
     fields = type(settings).model_fields
     unknown = [name for name in overrides if name not in fields]
     if unknown:
-        hints = []
-        for name in unknown:
-            close = difflib.get_close_matches(name, list(fields), n=1)
-            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        hints = [f"{name!r}{did_you_mean(name, fields, most=1)}" for name in unknown]
         raise ConfigError(
             f"no setting named {', '.join(hints)}: the settings are the fields of "
             "rar_agent.config.Settings"
