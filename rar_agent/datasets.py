@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from rar_agent.errors import ConfigError, ImageError
+from rar_agent.errors import ConfigError, ImageError, unwritable_reason
 from rar_agent.results import counted
 
 if TYPE_CHECKING:
@@ -243,7 +243,8 @@ def _write_png(image: Image.Image, path: Path) -> None:
         image.save(path)
     except OSError as e:
         raise ConfigError(
-            f"cannot write {path}: {e.strerror or e}: pick an output folder you can write to"
+            f"cannot write {path}: {unwritable_reason(e, path)}: pick an output folder you can "
+            "write to"
         ) from e
 
 

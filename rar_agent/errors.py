@@ -153,11 +153,14 @@ def cannot_serve(where: str, reason: str, *, what: str = "", any_port: bool = Fa
 def unwritable_reason(error: OSError, path: Path) -> str:
     """Why ``path`` could not be created or written, in words a person acts on: the folder on
     its way that is a file (the system says only "File exists" or "Not a directory", and not
-    of which), else the system's reason ("Permission denied", "File name too long")."""
-    for above in path.parents:
+    of which; ``path`` itself when a folder was to be made where it stands), else the
+    system's reason ("Permission denied", "File name too long"), else the error's own words.
+    Every message of a path that could not be written words its reason so."""
+    made_onto = isinstance(error, FileExistsError)  # mkdir where a file stands
+    for above in (path, *path.parents) if made_onto else path.parents:
         try:
             if above.exists() and not above.is_dir():
                 return f"{above} is a file, not a folder"
         except OSError:  # a folder that cannot be looked at (or named): the system's reason
             break
-    return error.strerror or type(error).__name__
+    return error.strerror or str(error) or type(error).__name__

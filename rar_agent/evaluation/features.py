@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rar_agent.errors import ConfigError
+from rar_agent.errors import ConfigError, unwritable_reason
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -122,7 +122,8 @@ class CachedEncoder:
 
     def _cannot_keep(self, error: OSError) -> ConfigError:
         return ConfigError(
-            f"cannot keep the feature cache in {self.path.parent}: {error.strerror or error}: "
+            f"cannot keep the feature cache in {self.path.parent}: "
+            f"{unwritable_reason(error, self.path)}: "
             "pick another --feature-cache folder"
         )
 

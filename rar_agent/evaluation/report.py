@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.encoders.spec import OFFLINE_ENCODER
-from rar_agent.errors import ConfigError
+from rar_agent.errors import ConfigError, unwritable_reason
 from rar_agent.evaluation.metrics import percent, summarize_points
 from rar_agent.evaluation.openset_render import open_set_markdown, open_set_rows
 from rar_agent.evaluation.plots import PLOT_FILES, write_plots
@@ -376,7 +376,8 @@ def report_folder(out_dir: str | Path) -> Path:
 def cannot_write_report(out: Path, error: OSError) -> ConfigError:
     """The refusal of a report folder that cannot be written."""
     return ConfigError(
-        f"cannot write the report to {out}: {error.strerror or error}: pick another --out folder"
+        f"cannot write the report to {out}: {unwritable_reason(error, out)}: "
+        "pick another --out folder"
     )
 
 

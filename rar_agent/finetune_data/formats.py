@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from rar_agent.errors import ConfigError
+from rar_agent.errors import ConfigError, unwritable_reason
 
 if TYPE_CHECKING:
     from rar_agent.finetune_data.samples import RankingSample
@@ -261,5 +261,6 @@ class PartialOutput:
 
     def _unwritable(self, error: OSError) -> ConfigError:
         return ConfigError(
-            f"cannot write {self.out}: {error.strerror or error}: pick another --out path"
+            f"cannot write {self.out}: {unwritable_reason(error, self.out)}: "
+            "pick another --out path"
         )

@@ -39,7 +39,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from rar_agent.errors import ConfigError, MemoryStoreError
+from rar_agent.errors import ConfigError, MemoryStoreError, unwritable_reason
 
 if TYPE_CHECKING:
     from rar_agent.memory.core import CategoryMemory
@@ -127,8 +127,8 @@ def _atomic_file(out: Path) -> Iterator[IO[bytes]]:
 def _cannot_write(out: Path, error: OSError) -> MemoryStoreError:
     """What went wrong writing the snapshot ``out``, in words (no temporary file names)."""
     return MemoryStoreError(
-        f"cannot write the snapshot {out}: {error.strerror or error}: pick a file in a folder "
-        "you can write, with room for the memory"
+        f"cannot write the snapshot {out}: {unwritable_reason(error, out)}: pick a file in a "
+        "folder you can write, with room for the memory"
     )
 
 

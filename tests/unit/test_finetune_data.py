@@ -305,7 +305,9 @@ def test_an_output_file_that_cannot_be_written_says_what_to_do(tmp_path: Path) -
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(ConfigError, match="cannot write .*a-file/t.json: .*: pick another --out"):
+    with pytest.raises(
+        ConfigError, match="t.json: .*a-file is a file, not a folder: pick another --out"
+    ):
         write_samples([], blocker / "t.json", fmt="llava")
 
 
