@@ -14,12 +14,13 @@ own plugin (Pillow 11.2 and later).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import re
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ __all__ = [
     "DecodeNeed",
     "NeedSpec",
     "box_means",
+    "check_declared_size",
     "decode_to_need",
     "image_files",
     "register_image_plugins",
@@ -185,16 +187,10 @@ def decode_to_need(
     register_image_plugins()
     _check_container(data, what)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _our_pixel_limit(max_pixels, what, "the"):
             return _decode(Image.open(io.BytesIO(data)), data, need, max_pixels, what)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        # Pillow's own limit, met while opening: its message holds the pixel count
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        declared = f"{int(found[1]):,}" if found else "more"
-        raise _too_many_pixels(what, declared, max_pixels) from e
     except UnidentifiedImageError as e:
         kind = _phone_format(data)
         if kind is not None and _can_read(kind):
@@ -213,11 +209,73 @@ def decode_to_need(
         ) from e
 
 
-def _too_many_pixels(what: str, declared: str, max_pixels: int) -> ImageError:
+def check_declared_size(
+    source: bytes | Path, *, max_pixels: int, what: str, whose: str = "the"
+) -> None:
+    """Refuse an image whose header declares more than ``max_pixels`` pixels, reading the
+    header only (nothing is decoded); a header Pillow cannot read passes (decoding says what
+    is wrong with it).
+
+    Args:
+        source: The encoded image, or its file.
+        max_pixels: The most pixels an image may declare.
+        what: How the image is named in the error.
+        whose: Whose limit it is, in the error: ``"the"``, or ``"this server's"`` where a
+            server set it for its clients.
+
+    Raises:
+        ImageError: It declares more.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    register_image_plugins()
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+        with handle, _our_pixel_limit(max_pixels, what, whose), Image.open(handle) as im:
+            _refuse_over(im, max_pixels, what, whose)
+    except (OSError, UnidentifiedImageError):
+        return
+
+
+@contextlib.contextmanager
+def _our_pixel_limit(max_pixels: int, what: str, whose: str) -> Iterator[None]:
+    """Within the block ``max_pixels`` decides, not Pillow's ``MAX_IMAGE_PIXELS`` (89 MP):
+    its DecompressionBombWarning, printed for 89-178 MP before the size is checked (with
+    :func:`_refuse_over`, right after opening), is silenced; its DecompressionBombError
+    (over 178 MP, raised while opening) becomes the same refusal."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            yield
+        except Image.DecompressionBombError as e:  # its message holds the pixel count
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            pixels = int(found[1]) if found else None
+            if pixels is not None and pixels <= max_pixels:  # a limit set over Pillow's own
+                raise ImageError(
+                    f"{what} is {pixels:,} pixels, over Pillow's own limit of "
+                    f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} (PIL.Image.MAX_IMAGE_PIXELS, "
+                    "twice): send a smaller image (downscale it first)"
+                ) from e
+            declared = f"{pixels:,}" if pixels is not None else "more than that"
+            raise _too_many_pixels(what, declared, max_pixels, whose) from e
+
+
+def _refuse_over(im: Image.Image, max_pixels: int, what: str, whose: str) -> None:
+    """Refuse ``im`` (opened, not decoded) if it declares more than ``max_pixels`` pixels,
+    named by the size a person sees (a portrait photo stored sideways, upright)."""
+    width, height = im.size
+    if width * height > max_pixels:
+        seen_width, seen_height = upright_size(im)
+        raise _too_many_pixels(what, f"{seen_width}x{seen_height}", max_pixels, whose)
+
+
+def _too_many_pixels(what: str, declared: str, max_pixels: int, whose: str) -> ImageError:
     """The refusal of an image that declares more than ``max_pixels`` pixels."""
     return ImageError(
-        f"{what} declares {declared} pixels, over the limit of {max_pixels:,}"
-        " (possible decompression bomb): downscale it first"
+        f"{what} is {declared} pixels, over {whose} limit of {max_pixels:,} pixels (possible "
+        "decompression bomb): send a smaller image (downscale it first)"
     )
 
 
@@ -228,10 +286,8 @@ def _decode(
     ``im`` is ``data`` opened."""
     from PIL import ImageOps
 
+    _refuse_over(im, max_pixels, what, "the")
     width, height = im.size
-    if width * height > max_pixels:
-        seen_width, seen_height = upright_size(im)  # a portrait photo as a person sees it
-        raise _too_many_pixels(what, f"{seen_width}x{seen_height}", max_pixels)
     if width < 1 or height < 1:
         raise ImageError(f"{what} has an empty size {width}x{height}")
     if getattr(im, "is_animated", False):

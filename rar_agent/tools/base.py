@@ -23,10 +23,10 @@ from pydantic import BeforeValidator, ConfigDict, Field, field_validator
 from rar_agent.config import MAX_TOOL_K, MIN_K, MemoryKind, parse_k
 from rar_agent.errors import ImageError, UnsafeInputError
 from rar_agent.images import (
+    check_declared_size,
     decode_base64_image,
     inline_image_name,
     looks_like_base64,
-    upright_size,
 )
 from rar_agent.openset.groups import Shown
 from rar_agent.registry import ImageRegistry, ImageScope, is_latest_ref
@@ -251,28 +251,10 @@ def _inline(kind: str, text: str) -> ImageSource:
 
 
 def _check_pixels(source: ImageSource, limit: int) -> None:
-    """Refuse an image whose header declares more than ``limit`` pixels (nothing decoded)."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        data = source.payload
-        handle = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")  # noqa: SIM115
-        with handle, Image.open(handle) as image:
-            width, height = upright_size(image)  # a portrait photo named as it is seen
-    except Image.DecompressionBombError:
-        raise ImageError(
-            f"{source.name} declares far more than this server's limit of {limit:,} pixels: "
-            "send a smaller image (downscale it first)"
-        ) from None
-    except (OSError, UnidentifiedImageError):
-        return  # not an image header PIL reads: decoding says what is wrong with it
-    if width * height > limit:
-        raise ImageError(
-            f"{source.name} is {width}x{height} pixels, over this server's limit of "
-            f"{limit:,} pixels: send a smaller image (downscale it first)"
-        )
+    """Refuse an image whose header declares more than ``limit`` pixels (nothing decoded),
+    named as the limit of the server the call came through, if one did."""
+    whose = "this server's" if serving_teacher() is not None else "the"
+    check_declared_size(source.payload, max_pixels=limit, what=source.name, whose=whose)
 
 
 def tool_error(e: Exception, *sources: ImageSource | None) -> ToolException:

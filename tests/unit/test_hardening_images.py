@@ -190,7 +190,7 @@ REFUSED: dict[str, Bad] = {
     "decompression bomb (declares 100000x100000)": Bad(
         "bomb.png",
         lambda: _png_declaring(100_000, 100_000),
-        ("declares 10,000,000,000 pixels, over the limit of 64,000,000 (possible", "downscale"),
+        ("is 10,000,000,000 pixels, over the limit of 64,000,000 pixels (possible", "downscale"),
     ),
     "decompression bomb (declares 9000x9000, under Pillow's own limit)": Bad(
         "bomb2.png", lambda: _png_declaring(9000, 9000), ("decompression bomb", "downscale")
