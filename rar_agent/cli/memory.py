@@ -173,6 +173,7 @@ def memory_build(
         "search_ef": search_ef,
         "oversampling": oversampling,
     }
+    _check_storage_flags(flags)
     if from_vectors is not None and labels is not None:
         _build_from_vectors(settings, (from_vectors, labels), fingerprint, description, flags,
                             progress)  # fmt: skip
@@ -280,6 +281,17 @@ def _recalibrate(mem: "CategoryMemory", report: "BuildReport", removed: int = 0)
     if (report.added or removed) and mem.count("image"):
         with note_if_slow("calibrating the open-set check on a sample of the memory"):
             openset.update(mem, added=report.sample_ids, removed=removed)
+
+
+def _check_storage_flags(flags: "Mapping[str, object]") -> None:
+    """Refuse a storage flag's value by the flag (``--hnsw-m``), before anything is read."""
+    from rar_agent.errors import ConfigError
+    from rar_agent.memory.storage import storage_problem
+
+    for name, value in flags.items():
+        problem = None if value is None else storage_problem(name, value)
+        if problem is not None:
+            raise ConfigError(f"--{name.replace('_', '-')} {problem}")
 
 
 def _storage(entries: int, flags: "Mapping[str, object]") -> "StorageSettings | None":

@@ -23,6 +23,7 @@ __all__ = [
     "StorageSettings",
     "estimate_footprint",
     "footprint_from_parts",
+    "storage_problem",
 ]
 
 Quantization = Literal["none", "int8"]
@@ -64,25 +65,10 @@ class StorageSettings:
     oversampling: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.quantization not in _QUANTIZATIONS:
-            raise ConfigError(
-                f"quantization must be one of {', '.join(_QUANTIZATIONS)}, "
-                f"not {self.quantization!r}"
-            )
-        for name in ("vectors_on_disk", "payload_on_disk"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}")
-        _check_int("hnsw_m", self.hnsw_m, 4, 128)
-        _check_int("hnsw_ef_construct", self.hnsw_ef_construct, 4, 4096)
-        _check_int("search_ef", self.search_ef, 1, 4096)
-        if (
-            isinstance(self.oversampling, bool)
-            or not isinstance(self.oversampling, int | float)
-            or not 1.0 <= self.oversampling <= 16.0
-        ):
-            raise ConfigError(
-                f"oversampling must be a number from 1 to 16, not {self.oversampling!r}"
-            )
+        for field in dataclasses.fields(self):
+            problem = storage_problem(field.name, getattr(self, field.name))
+            if problem is not None:
+                raise ConfigError(f"{field.name} {problem}")
 
     @staticmethod
     def check(value: object) -> None:
@@ -150,9 +136,29 @@ class StorageSettings:
         )
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{name} must be an integer from {low} to {high}, not {value!r}")
+#: The whole-number settings and their ranges.
+_INT_RANGES = {"hnsw_m": (4, 128), "hnsw_ef_construct": (4, 4096), "search_ef": (1, 4096)}
+
+
+def storage_problem(name: str, value: object) -> str | None:
+    """What is wrong with ``value`` for the storage setting ``name``, worded to follow the
+    setting's name or its option's (``"must be an integer from 4 to 128, not 2"``), or
+    ``None`` when it is fine."""
+    if name == "quantization":
+        if value not in _QUANTIZATIONS:
+            return f"must be one of {', '.join(_QUANTIZATIONS)}, not {value!r}"
+    elif name in ("vectors_on_disk", "payload_on_disk"):
+        if not isinstance(value, bool):
+            return f"must be true or false, not {value!r}"
+    elif name in _INT_RANGES:
+        low, high = _INT_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"must be an integer from {low} to {high}, not {value!r}"
+    elif name == "oversampling" and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not 1.0 <= value <= 16.0
+    ):
+        return f"must be a number from 1 to 16, not {value!r}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

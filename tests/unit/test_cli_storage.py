@@ -71,7 +71,17 @@ def test_vector_builds_need_labels_and_valid_flags(vectors: tuple[Path, Path]) -
     assert code == 2 and "--labels" in out
     code, out = _run("memory", "build", "--from-vectors", str(v), "--labels", str(labels),
                      "--quantization", "int4")  # fmt: skip
-    assert code == 2 and "quantization must be one of none, int8" in out
+    assert code == 2 and "--quantization must be one of none, int8" in out
+    # each named the Python setting ("hnsw_m must be ..."), not the option the user typed
+    for flag, value, says in [
+        ("--hnsw-m", "2", "--hnsw-m must be an integer from 4 to 128, not 2"),
+        ("--hnsw-ef-construct", "5000", "--hnsw-ef-construct must be an integer from 4 to 4096"),
+        ("--search-ef", "0", "--search-ef must be an integer from 1 to 4096, not 0"),
+        ("--oversampling", "30", "--oversampling must be a number from 1 to 16, not 30"),
+    ]:
+        code, out = _run("memory", "build", "--from-vectors", str(v), "--labels", str(labels),
+                         flag, value)  # fmt: skip
+        assert code == 2 and says in out and "_" not in out.split("must")[0], out
 
 
 def test_push_to_an_unreachable_server_fails_cleanly(
