@@ -27,6 +27,7 @@ __all__ = [
     "cannot_serve",
     "did_you_mean",
     "failure_line",
+    "file_in_the_way",
     "near_misses",
     "unwritable_reason",
 ]
@@ -157,10 +158,19 @@ def unwritable_reason(error: OSError, path: Path) -> str:
     system's reason ("Permission denied", "File name too long"), else the error's own words.
     Every message of a path that could not be written words its reason so."""
     made_onto = isinstance(error, FileExistsError)  # mkdir where a file stands
-    for above in (path, *path.parents) if made_onto else path.parents:
-        try:
-            if above.exists() and not above.is_dir():
-                return f"{above} is a file, not a folder"
-        except OSError:  # a folder that cannot be looked at (or named): the system's reason
-            break
+    blocker = file_in_the_way(path if made_onto else path.parent)
+    if blocker is not None:
+        return f"{blocker} is a file, not a folder"
     return error.strerror or str(error) or type(error).__name__
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file that stands where ``folder`` or a folder above it should be, if one does
+    (``None`` also where one cannot be looked at: the system says why when it is used)."""
+    for above in (folder, *folder.parents):
+        try:
+            if above.exists():
+                return None if above.is_dir() else above
+        except OSError:  # a folder that cannot be looked at (or named)
+            return None
+    return None

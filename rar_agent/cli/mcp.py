@@ -195,6 +195,10 @@ def mcp(
     limits = _limits(max_body_mb, max_pixels, max_concurrent, per_minute)
     if snapshot_dir is None and secured:
         snapshot_dir = settings.home / "snapshots"
+    if http and snapshot_dir is not None:  # now, not when the first snapshot is asked for
+        from rar_agent.mcp.admin import check_snapshot_folder
+
+        check_snapshot_folder(snapshot_dir)
     recognizer = open_recognizer(
         settings, labels, progress, read_only=not allow_learning, command="mcp"
     )

@@ -24,7 +24,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackMan
 from langchain_core.tools import ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
-from rar_agent.errors import RarError
+from rar_agent.errors import ConfigError, RarError, file_in_the_way
 from rar_agent.memory import CategoryMemory
 from rar_agent.results import TeachingUndone, counted
 from rar_agent.tools.base import ErrorAnsweringTool
@@ -38,11 +38,29 @@ __all__ = [
     "SnapshotWritten",
     "UndoTeachingOfInput",
     "UndoTeachingOfTool",
+    "check_snapshot_folder",
 ]
 
 logger = logging.getLogger(__name__)
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
+
+
+def check_snapshot_folder(folder: Path) -> Path:
+    """Refuse, when the server starts, a snapshot folder that no snapshot could be written
+    into: a file, or a path under one (a missing folder is made by the first snapshot).
+
+    Raises:
+        ConfigError: A file stands where the folder or one above it should be.
+    """
+    blocker = file_in_the_way(folder)
+    if blocker is not None:
+        why = "is a file" if blocker == folder else f"cannot be made: {blocker} is a file"
+        raise ConfigError(
+            f"the snapshot folder {folder} {why}, not a folder: name a folder with "
+            "--snapshot-dir (snapshot_memory writes into it; a missing one is made)"
+        )
+    return folder
 
 
 class SnapshotInput(BaseModel):

@@ -435,7 +435,8 @@ def create_server(
         The server.
 
     Raises:
-        ConfigError: An allowed root is missing or a system directory.
+        ConfigError: An allowed root is missing or a system directory, or a file stands
+            where the snapshot folder should be.
     """
     from rar_agent.encoders.batching import shared_encoder
     from rar_agent.tools import make_tools
@@ -454,9 +455,10 @@ def create_server(
         max_pixels=max_pixels,
     )
     if snapshot_dir is not None:
-        from rar_agent.mcp.admin import SnapshotTool
+        from rar_agent.mcp.admin import SnapshotTool, check_snapshot_folder
 
-        tools.append(SnapshotTool(memory=recognizer.memory, folder=Path(snapshot_dir)))
+        folder = check_snapshot_folder(Path(snapshot_dir))
+        tools.append(SnapshotTool(memory=recognizer.memory, folder=folder))
     if allow_learning and auth_required:  # tokens name the people an operator undoes
         from rar_agent.mcp.admin import UndoTeachingOfTool
         from rar_agent.safety import normalize_roots

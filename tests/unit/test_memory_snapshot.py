@@ -418,3 +418,25 @@ def test_cli_through_the_server_says_which_credential_or_url_was_wrong(tmp_path:
     assert "TaskGroup" not in said["no /mcp"], said["no /mcp"]
     assert "no MCP endpoint answered there" in said["no /mcp"], said["no /mcp"]
     assert "ends in /mcp" in said["no /mcp"]
+
+
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_a_snapshot_folder_that_is_a_file_is_refused_when_the_server_starts(
+    under: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It failed only when the first snapshot was asked for, hours later, over the network."""
+    from rar_agent.cli import app
+    from rar_agent.cli import mcp as mcp_command
+
+    def no_load(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the memory and the encoder opened before the flags were checked")
+
+    monkeypatch.setattr(mcp_command, "open_recognizer", no_load)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    folder = a_file / under if under else a_file
+    args = ["mcp", "--http", "--port", "0", "--snapshot-dir", str(folder)]
+    result = CliRunner().invoke(app, args)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and said.count("error:") == 1, result.output
+    assert f"{a_file} is a file, not a folder: name a folder with --snapshot-dir" in said, said
