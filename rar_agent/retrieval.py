@@ -373,7 +373,12 @@ def _empty_error(memory: CategoryMemory, kind: str) -> EmptyMemoryError:
 
 
 def search_sides(
-    memory: CategoryMemory, vectors: np.ndarray, kind: MemoryKind, limit: int
+    memory: CategoryMemory,
+    vectors: np.ndarray,
+    kind: MemoryKind,
+    limit: int,
+    *,
+    with_vectors: bool = False,
 ) -> dict[EntryKind, list[list[Hit]]]:
     """Search the memory sides ``kind`` selects (``auto``: both, so that a memory of class
     names and taught photos answers from either, :func:`lead_side`); each side that holds
@@ -382,6 +387,8 @@ def search_sides(
     Nothing is counted up front (an exact count costs more than an indexed search on a large
     memory; searching an empty side costs about an eighth of a search of 10k entries): a
     side with entries always returns hits, so an empty answer means an empty side.
+    ``with_vectors``: the hits carry readers of their stored vectors where the backend hands
+    them over (:meth:`~rar_agent.memory.CategoryMemory.search_batch`).
 
     Raises:
         EmptyMemoryError: No side ``kind`` selects holds entries.
@@ -390,7 +397,7 @@ def search_sides(
         return {}
     found: dict[EntryKind, list[list[Hit]]] = {}
     for side in _sides(kind):
-        batches = memory.search_batch(vectors, kind=side, limit=limit)
+        batches = memory.search_batch(vectors, kind=side, limit=limit, with_vectors=with_vectors)
         if any(batches):
             found[side] = batches
     if not found:
@@ -569,7 +576,7 @@ class CategoryRetriever(BaseRetriever):
         k = validate_k(k if k is not None else self.k)
         limit = fetch_limit(k, self.fetch_k)
         rows = np.asarray(vectors, dtype=np.float32)
-        sides = search_sides(self.memory, rows, kind or self.kind, limit)
+        sides = search_sides(self.memory, rows, kind or self.kind, limit, with_vectors=True)
         folded = {
             side: [fold_hits(h, k, r) for h, r in zip(b, self._ranks(rows, b), strict=True)]
             for side, b in sides.items()
@@ -628,23 +635,31 @@ class CategoryRetriever(BaseRetriever):
 
     def _vectors(self, hits: Sequence[Hit]) -> dict[str, np.ndarray]:
         """The stored vectors of ``hits`` as unit rows: those kept from earlier queries
-        (:class:`StoredRows`), the others in one read per kind among them, of that vector
-        alone (no payloads)."""
+        (:class:`StoredRows`), then those the search handed over (``Hit.read_vector``), the
+        others in one read per kind among them, of that vector alone (no payloads)."""
         kept = self._stored
         out: dict[str, np.ndarray] = {}
+        carried: list[Hit] = []
+        vectors: list[list[float]] = []
         by_kind: dict[str, list[Hit]] = {}
         for hit, row in zip(hits, kept.get(hits), strict=True):
+            vector = None if row is not None or hit.read_vector is None else hit.read_vector()
             if row is not None:
                 out[hit.id] = row
+            elif vector:
+                carried.append(hit)
+                vectors.append(vector)
             else:
                 by_kind.setdefault(hit.kind, []).append(hit)
         for kind, group in by_kind.items():
             ids = [h.id for h in group]
             read = self.memory.get_vectors(ids, kind=kind if kind in KINDS else None)
             found = [h for h in group if h.id in read]
-            if found:
-                rows = kept.put(found, _unit_rows([read[h.id] for h in found]))
-                out.update(zip([h.id for h in found], rows, strict=True))
+            carried += found
+            vectors += [read[h.id] for h in found]
+        if carried:
+            rows = kept.put(carried, _unit_rows(vectors))
+            out.update(zip([h.id for h in carried], rows, strict=True))
         return out
 
     def search_text(self, text: str, *, k: int | None = None) -> list[Candidate]:

@@ -77,12 +77,21 @@ class MemoryBackend(Protocol):
         ...
 
     def query_batch(
-        self, vectors: np.ndarray, using: str, limit: int, storage: StorageSettings
+        self,
+        vectors: np.ndarray,
+        using: str,
+        limit: int,
+        storage: StorageSettings,
+        *,
+        with_vectors: bool = False,
     ) -> list[list[Hit]]:
         """Nearest ``limit`` points per query vector (``(n, dim)`` float32 rows) on the named
         vector ``using``.
 
-        ``storage`` gives the search parameters (HNSW ``ef``, rescoring).
+        ``storage`` gives the search parameters (HNSW ``ef``, rescoring). ``with_vectors``:
+        give each hit a reader of its stored vector (``Hit.read_vector``) where the search
+        hands the vectors over for less than a second read of them costs; a backend for which
+        it does not leaves the hits without one (the caller reads the vectors it needs).
         """
         ...
 

@@ -667,9 +667,18 @@ class CategoryMemory:
         return self.search_batch(rows, kind=kind, limit=limit)[0]
 
     def search_batch(
-        self, vectors: ArrayLike, *, kind: str = "image", limit: int = 50
+        self,
+        vectors: ArrayLike,
+        *,
+        kind: str = "image",
+        limit: int = 50,
+        with_vectors: bool = False,
     ) -> list[list[Hit]]:
         """Nearest entries of each row of ``vectors`` (one batched engine call).
+
+        ``with_vectors``: each hit reads its stored vector out of the search's answer
+        (``Hit.read_vector``) where the backend hands them over with it (the embedded one
+        does; a server's hits come without, and :meth:`get_vectors` reads them).
 
         Raises:
             EncoderMismatchError: The vectors' length differs from the memory's.
@@ -684,7 +693,9 @@ class CategoryMemory:
             return []
         if dim is None:
             return [[] for _ in range(rows.shape[0])]
-        results = self._backend.query_batch(rows, kind, int(limit), self.storage)
+        results = self._backend.query_batch(
+            rows, kind, int(limit), self.storage, with_vectors=with_vectors
+        )
         return [sorted(hits, key=lambda h: -h.score) for hits in results]
 
     async def asearch(

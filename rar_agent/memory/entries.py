@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -159,6 +160,10 @@ class Hit:
         kind: ``"image"`` or ``"text"``.
         source: Where the entry came from.
         payload: The full stored payload.
+        read_vector: Reads the entry's stored vector (of its kind) out of the search's own
+            answer, where the search was asked for vectors and the backend hands them over
+            (``CategoryMemory.search_batch(..., with_vectors=True)``); ``None`` otherwise.
+            Not part of the hit's value (equality, repr).
     """
 
     id: str
@@ -167,14 +172,30 @@ class Hit:
     kind: str
     source: str
     payload: dict[str, Any]
+    read_vector: Callable[[], list[float] | None] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @classmethod
-    def from_point(cls, point_id: object, score: float, payload: dict[str, Any] | None) -> Hit:
-        """Build a hit from a backend's id, score and (fresh, owned) payload dict."""
+    def from_point(
+        cls,
+        point_id: object,
+        score: float,
+        payload: dict[str, Any] | None,
+        read_vector: Callable[[], list[float] | None] | None = None,
+    ) -> Hit:
+        """Build a hit from a backend's id, score, (fresh, owned) payload dict and, where the
+        search returned it, a reader of its stored vector."""
         data = payload if payload is not None else {}
         get = data.get
         return cls(
-            str(point_id), float(score), get("label", ""), get("kind", ""), get("source", ""), data
+            str(point_id),
+            float(score),
+            get("label", ""),
+            get("kind", ""),
+            get("source", ""),
+            data,
+            read_vector,
         )
 
 

@@ -314,9 +314,19 @@ class ServerBackend:
         return records
 
     def query_batch(
-        self, vectors: np.ndarray, using: str, limit: int, storage: StorageSettings
+        self,
+        vectors: np.ndarray,
+        using: str,
+        limit: int,
+        storage: StorageSettings,
+        *,
+        with_vectors: bool = False,
     ) -> list[list[Hit]]:
-        """Batch nearest-neighbour search in one request."""
+        """Batch nearest-neighbour search in one request.
+
+        ``with_vectors`` is declined: a server would send every hit's vector over the wire
+        (50 of them a query, where the retriever reads about 10 and keeps them for the next
+        queries), so the hits come without a reader and the caller reads what it needs."""
         from qdrant_client import models
 
         self._check_open()

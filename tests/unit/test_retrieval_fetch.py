@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from rar_agent.errors import ConfigError
-from rar_agent.memory import CategoryMemory, MemoryEntry
+from rar_agent.memory import CategoryMemory, Hit, MemoryEntry
+from rar_agent.memory.storage import StorageSettings
 from rar_agent.retrieval import CategoryRetriever, StoredRows, category_scores, mean_members
 
 QUERY = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
@@ -30,9 +33,12 @@ def _unit(v: tuple[float, ...]) -> np.ndarray:
     return a / np.linalg.norm(a)
 
 
-@pytest.fixture
-def memory(tmp_path: Path) -> Iterator[CategoryMemory]:
-    mem = CategoryMemory.open(tmp_path / "m", collection="fetch")
+@pytest.fixture(params=["edge", "local"])
+def memory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CategoryMemory]:
+    """The embedded memory (its search hands the hits' vectors over) and the server client's
+    test double (its hits come without: the retriever reads them)."""
+    where = tmp_path / "m" if request.param == "edge" else ":memory:"
+    mem = CategoryMemory.open(where, collection="fetch")
     mem.bind_encoder("test:fetch", 4)
     entries = [MemoryEntry(label, "image", src, f"h-{src}") for src, (label, _) in ENTRIES.items()]
     mem.add_entries(entries, np.stack([_unit(v) for _, v in ENTRIES.values()]))
@@ -55,13 +61,46 @@ def _recording(memory: CategoryMemory, drop: set[str]) -> list[list[str]]:
     return calls
 
 
+def _handed_over(memory: CategoryMemory) -> list[str]:
+    """Record the ids of the hits whose vectors are read out of a search's answer."""
+    read: list[str] = []
+    search = memory.search_batch
+
+    def recorded(hit: Hit) -> Hit:
+        reader = hit.read_vector
+        if reader is None:
+            return hit
+
+        def read_vector() -> list[float] | None:
+            read.append(hit.id)
+            return reader()
+
+        return dataclasses.replace(hit, read_vector=read_vector)
+
+    def search_batch(vectors: np.ndarray, **kwargs: Any) -> list[list[Hit]]:
+        return [[recorded(h) for h in hits] for hits in search(vectors, **kwargs)]
+
+    memory.search_batch = search_batch  # type: ignore[method-assign]
+    return read
+
+
+def _second_reads(memory: CategoryMemory) -> bool:
+    """Whether the retriever reads stored vectors in a second call (no backend hand-over)."""
+    return memory.info.backend != "edge"
+
+
 def test_only_the_local_means_vectors_are_fetched(memory: CategoryMemory) -> None:
     hits = memory.search(QUERY, kind="image", limit=10)
     ids = {h.source: h.id for h in hits}
     calls = _recording(memory, drop=set())
+    handed = _handed_over(memory)
     retriever = CategoryRetriever(memory=memory, encoder=None, k=3)
     [candidates] = retriever.retrieve_vectors(QUERY[None, :])
-    assert [sorted(c) for c in calls] == [sorted([ids["pair-1"], ids["pair-2"]])]
+    pair = sorted([ids["pair-1"], ids["pair-2"]])
+    if _second_reads(memory):
+        assert [sorted(c) for c in calls] == [pair] and handed == []
+    else:  # the embedded search hands them over: no second read
+        assert calls == [] and sorted(handed) == pair
     # the same scores as with every vector at hand
     rows = np.stack([_unit(ENTRIES[h.source][1]) for h in hits])
     full = category_scores(QUERY, rows, [h.label for h in hits], [h.score for h in hits])
@@ -74,7 +113,8 @@ def test_only_the_local_means_vectors_are_fetched(memory: CategoryMemory) -> Non
     )
 
 
-def test_an_entry_gone_before_the_fetch_is_left_out(memory: CategoryMemory) -> None:
+@pytest.mark.parametrize("memory", ["local"], indirect=True)  # the embedded search hands
+def test_an_entry_gone_before_the_fetch_is_left_out(memory: CategoryMemory) -> None:  # them over
     hits = memory.search(QUERY, kind="image", limit=10)
     ids = {h.source: h.id for h in hits}
     calls = _recording(memory, drop={ids["pair-2"]})
@@ -116,10 +156,13 @@ def test_the_next_query_reads_the_kept_vectors_with_the_same_scores(
     memory: CategoryMemory,
 ) -> None:
     calls = _recording(memory, drop=set())
+    handed = _handed_over(memory)
     retriever = CategoryRetriever(memory=memory, encoder=None, k=3)
     first = retriever.retrieve_vectors(QUERY[None, :])
+    read = len(calls), len(handed)
     again = retriever.retrieve_vectors(np.stack([QUERY, QUERY]))
-    assert len(calls) == 1  # the second and third queries read nothing from the memory
+    assert read in ((1, 0), (0, 2))  # one read, or the two vectors handed over
+    assert (len(calls), len(handed)) == read  # the second and third queries read nothing
     fresh = CategoryRetriever(memory=memory, encoder=None, k=3).retrieve_vectors(QUERY[None, :])
     for candidates in (*again, *first):
         assert [(c.label, c.score) for c in candidates] == [(c.label, c.score) for c in fresh[0]]
@@ -141,7 +184,6 @@ def test_an_entry_removed_and_taught_again_reads_its_new_content(
 
 
 def test_kept_rows_are_bounded_and_only_for_entries_under_their_contents_id() -> None:
-    from rar_agent.memory import Hit
     from rar_agent.memory.entries import content_id
 
     def hit(i: int, digest: str | None, own_id: bool = True) -> Hit:
@@ -199,3 +241,49 @@ def test_an_entry_rewritten_under_its_own_id_reads_its_new_vector(memory: Catego
     fresh = CategoryRetriever(memory=memory, encoder=None, k=4).retrieve_vectors(QUERY[None, :])
     assert after == {c.label: c.score for c in fresh[0]}
     assert after["doc"] != pytest.approx(before["doc"])
+
+
+@pytest.mark.parametrize("where", ["edge", "local"])
+def test_a_search_asked_for_vectors_hands_over_the_stored_ones(where: str, tmp_path: Path) -> None:
+    mem = CategoryMemory.open(tmp_path / "m" if where == "edge" else ":memory:", collection="v")
+    mem.bind_encoder("test:vectors", 4)
+    entries = [MemoryEntry(label, "image", src, f"h-{src}") for src, (label, _) in ENTRIES.items()]
+    mem.add_entries(entries, np.stack([_unit(v) for _, v in ENTRIES.values()]))
+    [plain] = mem.search_batch(QUERY[None, :], kind="image", limit=10)
+    [carrying] = mem.search_batch(QUERY[None, :], kind="image", limit=10, with_vectors=True)
+    assert carrying == plain  # the same hits: a reader is not part of a hit's value
+    assert all(h.read_vector is None for h in plain)
+    if where == "edge":
+        stored = mem.get_vectors([h.id for h in carrying], kind="image")
+        assert [h.read_vector() for h in carrying if h.read_vector] == [
+            stored[h.id] for h in carrying
+        ]
+    else:  # a server declines: its hits come without, and the retriever reads them
+        assert all(h.read_vector is None for h in carrying)
+    mem.close()
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_the_vectors_handed_over_give_the_scores_a_second_read_gives(
+    quantization: str, tmp_path: Path
+) -> None:
+    """Bit for bit: the search's vectors are the stored ones (the originals, where a
+    quantized copy is searched), turned into the same rows."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(40, 16))
+    x = (np.repeat(centres, 6, axis=0) + rng.normal(0, 0.6, (240, 16))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    storage = StorageSettings(quantization=quantization)  # type: ignore[arg-type]
+    mem = CategoryMemory.open(tmp_path / "m", collection="same", storage=storage)
+    mem.bind_encoder("test:same", 16)
+    mem.add_entries([MemoryEntry(f"c{i // 6}", "image", f"e{i}", f"h{i}") for i in range(240)], x)
+    queries = rng.normal(size=(30, 16)).astype(np.float32)
+    handed = CategoryRetriever(memory=mem, encoder=None, k=5).retrieve_vectors(queries)
+    calls = _recording(mem, drop=set())
+    search = mem.search_batch
+    mem.search_batch = lambda v, **kw: search(v, **{**kw, "with_vectors": False})  # type: ignore[method-assign]
+    read = CategoryRetriever(memory=mem, encoder=None, k=5).retrieve_vectors(queries)
+    assert calls  # the second retriever did read them again
+    assert read == handed
+    assert any(c.score != max(c.scores) for found in read for c in found)  # local means ran
+    mem.close()
