@@ -11,6 +11,10 @@ On a memory of clustered random unit vectors (``--sizes``, 10 entries per catego
   process). What rejection costs (target: under 1 ms per query) is the median of the
   per-query differences: the machine's slow spells, which move both timings of a pair
   together, cancel in each difference, where a difference of the two medians moved with them;
+- the same in turns against what a recognizer without rejection does (``reject="off"``):
+  the same retrieval, whose category scores (local class means, :mod:`rar_agent.retrieval`)
+  read stored vectors whether or not anything is rejected, and a check that judges nothing.
+  The raw baseline above counts those scores in the step; this one leaves them to retrieval;
 - a full calibration (a sample of at most 1000 entries) against one batched search of as many
   vectors (its floor), to show it does not grow with the memory;
 - adding a batch of 32 entries with and without the calibration update.
@@ -78,13 +82,22 @@ def _with_step(rec: Recognizer, row: np.ndarray) -> tuple[float, float]:
     return t2 - t0, t2 - t1
 
 
+def _off(rec: Recognizer, row: np.ndarray) -> float:
+    """Seconds of what a recognizer without rejection does for one query (``reject="off"``):
+    the same retrieval, its category scores included, and a check that judges nothing."""
+    t0 = time.perf_counter()
+    rec.judge_many(rec.retriever.retrieve_vectors(row), row)
+    return time.perf_counter() - t0
+
+
 def _in_turns(
-    memory: Any, queries: np.ndarray, passes: int
+    memory: Any, queries: np.ndarray, passes: int, baseline: str = "alone"
 ) -> tuple[list[float], list[float], list[float], list[np.ndarray]]:
-    """Each query timed by retrieval alone and with the step, back to back in the order that
-    alternates from query to query, ``passes`` times (a new recognizer each pass): the
-    timings (seconds) alone, with the step, of the decision alone, and each pass's per-query
-    differences."""
+    """Each query timed by the baseline and with the step, back to back in the order that
+    alternates from query to query, ``passes`` times (new recognizers each pass): the
+    timings (seconds) of the baseline, with the step, of the decision alone, and each pass's
+    per-query differences. ``baseline``: ``"alone"``, retrieval alone (the plain search and
+    fold); ``"off"``, a recognizer without rejection (:func:`_off`)."""
     limit = fetch_limit(K, None)
     base: list[float] = []
     full: list[float] = []
@@ -92,15 +105,16 @@ def _in_turns(
     extra: list[np.ndarray] = []
     for p in range(passes):
         rec = Recognizer(memory, _VectorsOnly(), k=K, reject="auto")  # type: ignore[arg-type]
+        off = Recognizer(memory, _VectorsOnly(), k=K, reject="off")  # type: ignore[arg-type]
         start = len(base)
         for i, q in enumerate(queries):
             row = q[None, :]
             if (i + p) % 2 == 0:
-                alone = _alone(memory, row, limit)
+                alone = _alone(memory, row, limit) if baseline == "alone" else _off(off, row)
                 step, judged = _with_step(rec, row)
             else:
                 step, judged = _with_step(rec, row)
-                alone = _alone(memory, row, limit)
+                alone = _alone(memory, row, limit) if baseline == "alone" else _off(off, row)
             base.append(alone)
             full.append(step)
             judge.append(judged)
@@ -138,6 +152,14 @@ def bench_size(n: int, n_queries: int, passes: int, rows: list[dict[str, Any]]) 
               f"of the per-query differences: {cost:+.3f} ms (each pass: {spread}); judge alone "
               f"{_ms(judge):.4f} ms")  # fmt: skip
 
+        off_base, off_full, _, off_extra = _in_turns(memory, queries, passes, baseline="off")
+        off_spread = ", ".join(f"{float(np.median(p)) * 1000:+.3f}" for p in off_extra)
+        off_cost = float(np.median(np.concatenate(off_extra))) * 1000
+        print(f"against a recognizer without rejection (reject off: the same retrieval, its "
+              f"category scores included), in turns: without {_ms(off_base):.3f} ms, with "
+              f"{_ms(off_full):.3f} ms; the reject step, the median of the per-query "
+              f"differences: {off_cost:+.3f} ms (each pass: {off_spread})")  # fmt: skip
+
         batch = entries[n + n_queries :]
         vecs = x[n + n_queries :]
         t0 = time.perf_counter()
@@ -154,6 +176,11 @@ def bench_size(n: int, n_queries: int, passes: int, rows: list[dict[str, Any]]) 
          "baseline": "retrieval alone", "baseline_value": round(_ms(base), 4),
          "ratio": round(_ms(full) / _ms(base), 3), "target": "< 1 ms", "met": cost < 1.0,
          "passes": [round(float(np.median(p)) * 1000, 4) for p in extra]},
+        {"name": f"reject cost per query beyond a recognizer without rejection, {n} entries",
+         "value": round(off_cost, 4), "unit": "ms", "baseline": "reject off",
+         "baseline_value": round(_ms(off_base), 4),
+         "ratio": round(_ms(off_full) / _ms(off_base), 3),
+         "passes": [round(float(np.median(p)) * 1000, 4) for p in off_extra]},
         {"name": f"full calibration, {n} entries", "value": round(calib_s, 3), "unit": "s",
          "baseline": f"one batched search of {len(sample)} vectors",
          "baseline_value": round(floor_s, 3), "ratio": round(calib_s / floor_s, 2)},
