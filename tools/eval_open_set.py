@@ -177,29 +177,55 @@ def run_memory(
                 [(v.similarity or 0.0) - (v.threshold or 0.0) for v in verdicts], dtype=float
             )
             out["auroc"] = auroc(score[known].tolist(), score[~known].tolist())
-            out["groups"] = _groups(queries, truth, rejected, cal)
+            out["groups"] = _groups(queries, truth, rejected & ~known, rejected, cal)
     out["alphas"] = per_alpha
     out["standins"] = len(cal.standins) if cal else 0
     return out
 
 
 def _groups(
-    queries: np.ndarray, truth: np.ndarray, rejected: np.ndarray, cal: Any
+    queries: np.ndarray, truth: np.ndarray, new: np.ndarray, rejected: np.ndarray, cal: Any
 ) -> dict[str, float | None]:
-    """The rejected queries through the novel-group log, in query order: how pure the groups
-    are (by true class) and how many rejected queries joined one."""
+    """The rejected queries through the novel-group log, in query order (class by class):
+    how pure the groups are (by true class), how many rejected queries joined one, how many
+    groups hold a new class's images (``new``: the rejected queries of held-out classes; over
+    the classes with 2 grouped images or more), and in how many groups the first 6 rejected
+    images of a new class end when they are the only ones seen (singletons count)."""
     link = cal.link if cal is not None else None
-    log = NovelGroupLog(capacity=4096)
-    for i in np.flatnonzero(rejected):
-        log.add(queries[i], str(i), link)
+    log = _log(queries, np.flatnonzero(rejected), link)
     groups = log.groups()
     labels = [[str(truth[int(m)]) for m in log.members(g.id)] for g in groups]
     grouped = sum(len(g) for g in labels)
+    classes = sorted({str(t) for t in truth[new]})
+    holding = [sum(c in g for g in labels) for c in classes]
+    firsts = [np.flatnonzero(new & (truth == c))[:6] for c in classes]
     return {
         "purity": purity(labels),
         "groups": float(len(groups)),
         "grouped_share": grouped / max(1, int(rejected.sum())),
+        "groups_per_new_class": _average(
+            [
+                h
+                for h, c in zip(holding, classes, strict=True)
+                if sum(g.count(c) for g in labels) >= 2
+            ]
+        ),
+        "first_six_groups": _average(
+            [len(_log(queries, f, link).groups(min_size=1)) for f in firsts if len(f) == 6]
+        ),
     }
+
+
+def _log(queries: np.ndarray, rows: np.ndarray, link: float | None) -> NovelGroupLog:
+    """The queries at ``rows`` added one by one (in that order) to a novel-group log."""
+    log = NovelGroupLog(capacity=4096)
+    for i in rows:
+        log.add(queries[i], str(i), link)
+    return log
+
+
+def _average(values: list[int]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _mean(rows: list[dict[str, Any]], *path: str) -> float | None:
@@ -224,6 +250,8 @@ def shots_table(data: dict[str, Any], workdir: Path) -> dict[str, Any]:
             "auroc": _mean(runs, "auroc"),
             "group_purity": _mean(runs, "groups", "purity"),
             "grouped_share": _mean(runs, "groups", "grouped_share"),
+            "groups_per_new_class": _mean(runs, "groups", "groups_per_new_class"),
+            "first_six_groups": _mean(runs, "groups", "first_six_groups"),
             "known_top1": _mean(runs, "known_top1"),
             "standins": _mean(runs, "standins"),
             "alphas": {
@@ -448,6 +476,28 @@ def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+def _groups_table(shots: dict[str, Any]) -> list[str]:
+    """The novel groups of the rejected queries, per memory size (see :func:`_groups`)."""
+    lines = [
+        "Novel groups of the rejected queries (ALPHA 0.05): purity, the share of rejected "
+        "queries in a group, how many groups hold a new class's images, and how many groups "
+        "the first 6 rejected images of a new class form when only they have been seen.",
+        "",
+        "| examples per class | purity | grouped | groups per new class | first 6 form |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in shots.items():
+        lines.append(
+            f"| {name} | {_pct(row.get('group_purity'))} | {_pct(row.get('grouped_share'))} | "
+            f"{_one(row.get('groups_per_new_class'))} | {_one(row.get('first_six_groups'))} |"
+        )
+    return [*lines, ""]
+
+
+def _one(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
 def markdown(out: dict[str, Any]) -> str:
     """The tables of docs/eval/open-set from this script's JSON."""
     lines: list[str] = []
@@ -495,6 +545,7 @@ def markdown(out: dict[str, Any]) -> str:
             r["judge_ms_per_query"] for row in shots.values() for r in row["alphas"].values()
         )
         lines += ["", f"Reject step (the verdict alone): at most {judge:.4f} ms per query.", ""]
+        lines += _groups_table(shots)
     splits = out.get("splits")
     if splits:
         m, md = splits["summary"]["mean"], splits["summary"]["median"]

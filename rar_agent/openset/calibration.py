@@ -205,20 +205,22 @@ bar: examples like the memory's own were "far", and each cost a full calibration
 SEARCH_LIMIT = 64
 """Hits searched for a stand-in made by :func:`update` (its category's other examples)."""
 GROUP_QUANTILE = 0.2
-"""Novel groups link two unknown queries at least as close as this quantile of the
-examples' similarity to their closest other example of the same category
-(:attr:`Calibration.link`)."""
+"""Novel groups join unknown queries whose mean similarity reaches this quantile of the
+similarities of all pairs of examples of one category (:attr:`Calibration.link`): a pair's
+similarity, unlike an example's to its closest sibling, means the same whether a category has
+2 examples or 50."""
 MIN_CATEGORIES = 5
 """Categories the stand-ins must come from: how a category scatters varies from category to
 category, and a few categories say too little about the others (on Fashion-MNIST,
 EfficientNet-Lite0, a memory of 4 single-example categories calibrated from 3 categories of
 10 examples rejected 12.5 % of known queries at ALPHA 0.05, seeds 0-4)."""
-_VERSION = 10
+_VERSION = 11
 """The stored form's version (5: coordinates carry the distance off the subspace; 6: the
 encoder's fingerprint and the memory's scale for an encoder prior; 7: the scale's pair
 spread; 8: the statistic's reach and the directions added to it; 9: the reach within
 ``FENCE``, not the farthest stand-in; 10: the labels of the categories set apart from the
-scale); a calibration stored in another is refitted."""
+scale; 11: the link over all pairs of a category, not each example's closest); a
+calibration stored in another is refitted."""
 
 StandIn = tuple[str, int, str]
 """One stand-in query: ``(label, others, draws)``: its category, how many other examples of
@@ -336,7 +338,8 @@ class Calibration(BaseModel):
             of their coordinates (a base64 float32 ``(categories, rank + 1)`` block), from which
             the category means are derived.
         standins: The stand-in queries (see :data:`StandIn`).
-        link: The similarity at which two unknown queries are one new thing.
+        link: The mean similarity at which unknown queries are one new thing
+            (:data:`GROUP_QUANTILE`).
         reach: How far off the statistic's subspace new examples like the memory's own
             lie: the largest squared distance off it of the examples held out of the fit
             (the stand-ins, under their fold's statistic) within the fence of the others
@@ -961,8 +964,8 @@ def _rank(n: int, folds: int) -> int:
 
 
 def _link(labels: Sequence[str], x: np.ndarray, per_category: int = 50) -> float | None:
-    """The ``GROUP_QUANTILE`` quantile of each example's similarity to its closest other
-    example of the same category (up to ``per_category`` examples of each)."""
+    """The ``GROUP_QUANTILE`` quantile of the similarities of all pairs of examples of one
+    category (up to ``per_category`` examples of each)."""
     groups: dict[str, list[int]] = {}
     for i, label in enumerate(labels):
         groups.setdefault(label, []).append(i)
@@ -971,9 +974,7 @@ def _link(labels: Sequence[str], x: np.ndarray, per_category: int = 50) -> float
     for idx in groups.values():
         rows = unit[idx[:per_category]]
         if len(rows) >= 2:
-            pairs = rows @ rows.T
-            np.fill_diagonal(pairs, -np.inf)
-            sims.append(pairs.max(axis=1))
+            sims.append((rows @ rows.T)[np.triu_indices(len(rows), 1)])
     return round(float(np.quantile(np.concatenate(sims), GROUP_QUANTILE)), 6) if sims else None
 
 

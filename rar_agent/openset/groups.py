@@ -1,16 +1,19 @@
 """Novel groups: rejected queries that look alike are one new thing seen again and again.
 
-A recognizer keeps the queries it judged unknown lately (a bounded log). Two of them are
-*linked* when they are as close as two photos of one category usually are: their similarity
-reaches the memory's ``link`` (:attr:`rar_agent.openset.Calibration.link`: the median of each
-example's similarity to its closest other example of its category,
-``calibration.GROUP_QUANTILE``; a category taught from one of them would recognize the
-other). Linked queries form groups (single linkage), so
-an agent can ask once, "what are these 7 images?", instead of seven times; once one of them is
-taught, its group is answered and leaves the log (:meth:`NovelGroupLog.answered`); on a log
-that callers share, the group as the teacher sees it: images only others sent stay. How pure the
-groups are on Fashion-MNIST's held-out classes: ``docs/eval/open-set``. Without a link (a
-memory that cannot calibrate) nothing is linked.
+A recognizer keeps the queries it judged unknown lately (a bounded log) and groups them by
+*average linkage*: two groups are one when their queries are, on average over every pair
+across them, at least as similar as the memory's ``link``
+(:attr:`rar_agent.openset.Calibration.link`: the ``calibration.GROUP_QUANTILE`` quantile of
+the similarities of all pairs of examples of one category, so 80% of the pairs of photos of
+one known category are as close). A mean over pairs means the same whether two images of a new
+thing have been seen or two hundred, and whatever their order, where linking each image to its
+closest look-alike (single linkage, at the memory's closest-pair similarity) split the first
+few photos of one new thing into pairs and chained many of them into one group with their
+neighbours. An agent asks once, "what are these 7 images?", instead of seven times; once one
+of them is taught, its group is answered and leaves the log (:meth:`NovelGroupLog.answered`);
+on a log that callers share, the group as the teacher sees it: images only others sent stay.
+How pure the groups are on Fashion-MNIST's held-out classes: ``docs/eval/open-set``. Without
+a link (a memory that cannot calibrate) nothing is linked.
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ import numpy as np
 
 from rar_agent.results import NovelGroup
 
-__all__ = ["LOG_CAPACITY", "MAX_MEMBERS_SHOWN", "NovelGroupLog", "SentImages", "purity"]
+__all__ = [
+    "LOG_CAPACITY",
+    "MAX_MEMBERS_SHOWN",
+    "NovelGroupLog",
+    "SentImages",
+    "average_linkage",
+    "purity",
+]
 
 MAX_MEMBERS_SHOWN = 20
 """Member images listed per group (the size counts all of them)."""
@@ -50,11 +60,12 @@ class NovelGroupLog:
             raise ValueError("a novel-group log needs room for at least 2 queries")
         self.capacity = capacity
         self._lock = threading.Lock()
-        self._vectors: list[np.ndarray] = []
+        self._vectors = np.zeros((0, 0), dtype=np.float32)
+        self._sims = np.zeros((0, 0), dtype=np.float32)
         self._images: list[str] = []
-        self._links: list[float] = []
-        self._parent: list[int] = []
-        self._seq: list[int] = []  # each query's sequence number: a group's id is its root's
+        self._seq: list[int] = []  # each query's sequence number: a group's id is its oldest's
+        self._root: list[int] = []  # each query's group, as the index of its oldest query
+        self._link: float | None = None
         self._next = 0
 
     def add(self, vector: np.ndarray, image: str | None, link: float | None) -> NovelGroup | None:
@@ -65,27 +76,32 @@ class NovelGroupLog:
         Args:
             vector: The query's embedding.
             image: How the caller named the image (an id, a path, a URL).
-            link: The similarity at which two queries are one new thing (the memory's
-                ``Calibration.link``), ``None`` when the memory has none.
+            link: The mean similarity at which queries are one new thing (the memory's
+                ``Calibration.link``, now: the whole log is grouped by it), ``None`` when
+                the memory has none.
         """
         row = np.asarray(vector, dtype=np.float32).ravel()
         row = row / (float(np.linalg.norm(row)) or 1.0)
         with self._lock:
+            relink = link != self._link
+            self._link = link
             seen = self._seen(row, image)
             if seen is not None:  # the same image asked again is not a second sighting
+                if relink:
+                    self._regroup()
                 return self._group_of(seen, min_size=2)
-            if len(self._vectors) >= self.capacity:
-                self._drop_oldest(len(self._vectors) // 2)
-            index = len(self._vectors)
-            self._append(row, image or f"query-{self._next}", link, self._next)
+            if len(self._images) >= self.capacity:
+                self._keep(range(len(self._images) // 2, len(self._images)))
+            self._append(row, image or f"query-{self._next}", self._next)
             self._next += 1
-            return self._group_of(index, min_size=2)
+            self._regroup()
+            return self._group_of(len(self._images) - 1, min_size=2)
 
     def answered(self, images: Collection[str], shown: Shown | None = None) -> list[str]:
         """Drop the queries named ``images`` and the queries of their groups that ``shown``
         shows: someone said what they show (an example of it was taught), so the group's
         question, as they saw it, is answered. The queries of those groups that only others
-        sent stay (linked again among themselves): no one answered them.
+        sent stay (grouped again among themselves): no one answered them.
 
         Args:
             images: The names of the images taught.
@@ -97,15 +113,16 @@ class NovelGroupLog:
         """
         names = set(images)
         with self._lock:
-            roots = {self._find(i) for i, name in enumerate(self._images) if name in names}
+            roots = {self._root[i] for i, name in enumerate(self._images) if name in names}
             gone = {
                 i
                 for i, name in enumerate(self._images)
-                if name in names or (self._find(i) in roots and (shown is None or shown(name)))
+                if name in names or (self._root[i] in roots and (shown is None or shown(name)))
             }
             left = [self._images[i] for i in sorted(gone)]
             if gone:
-                self._rebuild([i for i in range(len(self._vectors)) if i not in gone])
+                self._keep([i for i in range(len(self._images)) if i not in gone])
+                self._regroup()
             return left
 
     def groups(self, min_size: int = 2, shown: Shown | None = None) -> list[NovelGroup]:
@@ -119,7 +136,7 @@ class NovelGroupLog:
         with self._lock:
             by_root: dict[int, list[int]] = {}
             for i in self._indices(shown):
-                by_root.setdefault(self._find(i), []).append(i)
+                by_root.setdefault(self._root[i], []).append(i)
             found = [self._group(r, m) for r, m in by_root.items() if len(m) >= min_size]
         return sorted(found, key=lambda g: (-g.size, g.id))
 
@@ -130,7 +147,7 @@ class NovelGroupLog:
 
     def _indices(self, shown: Shown | None) -> list[int]:
         if shown is None:
-            return list(range(len(self._vectors)))
+            return list(range(len(self._images)))
         return [i for i, name in enumerate(self._images) if shown(name)]
 
     def members(self, group_id: str) -> list[str]:
@@ -140,11 +157,12 @@ class NovelGroupLog:
                 root = self._seq.index(int(group_id.rsplit("-", 1)[1]))
             except (IndexError, ValueError):
                 return []
-            root = self._find(root)
-            return [self._images[i] for i in range(len(self._vectors)) if self._find(i) == root]
+            if self._root[root] != root:
+                return []  # that query is no group's oldest now
+            return [self._images[i] for i, r in enumerate(self._root) if r == root]
 
     def __len__(self) -> int:
-        return len(self._vectors)
+        return len(self._images)
 
     def _seen(self, row: np.ndarray, image: str | None) -> int | None:
         """Where the log holds this image already: the same name and the same embedding."""
@@ -153,22 +171,9 @@ class NovelGroupLog:
                 return i
         return None
 
-    # ------------------------------------------------------------------ union-find
-
-    def _find(self, i: int) -> int:
-        while self._parent[i] != i:
-            self._parent[i] = self._parent[self._parent[i]]
-            i = self._parent[i]
-        return i
-
-    def _union(self, a: int, b: int) -> None:
-        ra, rb = self._find(a), self._find(b)
-        if ra != rb:  # the older query stays the root: a group keeps its id as it grows
-            self._parent[max(ra, rb)] = min(ra, rb)
-
     def _group_of(self, index: int, *, min_size: int) -> NovelGroup | None:
-        root = self._find(index)
-        members = [i for i in range(len(self._vectors)) if self._find(i) == root]
+        root = self._root[index]
+        members = [i for i, r in enumerate(self._root) if r == root]
         return self._group(root, members) if len(members) >= min_size else None
 
     def _group(self, root: int, members: Sequence[int]) -> NovelGroup:
@@ -178,28 +183,62 @@ class NovelGroupLog:
             images=[self._images[i] for i in members[:MAX_MEMBERS_SHOWN]],
         )
 
-    def _drop_oldest(self, n: int) -> None:
-        self._rebuild(range(n, len(self._vectors)))
-
-    def _rebuild(self, keep: Sequence[int]) -> None:
-        """Keep only the queries at ``keep`` (in order), their groups linked again."""
-        kept = [(self._vectors[i], self._images[i], self._links[i], self._seq[i]) for i in keep]
-        self._vectors, self._images, self._links, self._parent, self._seq = [], [], [], [], []
-        for row, image, link, seq in kept:
-            self._append(row, image, None if np.isneginf(link) else link, seq)
-
-    def _append(self, row: np.ndarray, image: str, link: float | None, seq: int) -> None:
-        """Log one query and link it to the earlier ones it is as close to as ``link``."""
-        index = len(self._vectors)
-        self._vectors.append(row)
+    def _append(self, row: np.ndarray, image: str, seq: int) -> None:
+        """Log one query: its similarity to every logged one joins the matrix."""
+        n = len(self._images)
+        vectors = row[None] if not n else np.vstack([self._vectors, row[None]])
+        sims = np.empty((n + 1, n + 1), dtype=np.float32)
+        sims[:n, :n] = self._sims
+        sims[n, :] = sims[:, n] = vectors @ row
+        self._vectors, self._sims = vectors, sims
         self._images.append(image)
-        self._links.append(-np.inf if link is None else float(link))
-        self._parent.append(index)
         self._seq.append(seq)
-        if link is not None and index:
-            sims = np.stack(self._vectors[:index]) @ row
-            for other in np.flatnonzero(sims >= np.minimum(link, self._links[:index])):
-                self._union(int(other), index)
+        self._root.append(n)
+
+    def _keep(self, keep: Sequence[int]) -> None:
+        """Keep only the queries at ``keep`` (in order); :meth:`_regroup` groups them again."""
+        index = np.asarray(list(keep), dtype=np.int64)
+        self._vectors = self._vectors[index]
+        self._sims = self._sims[np.ix_(index, index)]
+        self._images = [self._images[i] for i in index]
+        self._seq = [self._seq[i] for i in index]
+
+    def _regroup(self) -> None:
+        """Group the whole log anew by the current link (each query alone without one)."""
+        n = len(self._images)
+        self._root = list(range(n))
+        if self._link is None or n < 2:
+            return
+        for members in average_linkage(self._sims, self._link):
+            for i in members:
+                self._root[i] = members[0]
+
+
+def average_linkage(sims: np.ndarray, link: float) -> list[list[int]]:
+    """Groups of the items whose pairwise similarities are ``sims``: starting from each item
+    alone, the two groups closest on average over the pairs across them are joined while that
+    average reaches ``link`` (UPGMA, cut at ``link``). The result depends on the items, not on
+    their order (ties aside).
+
+    Returns:
+        Each group's item indices, ascending; groups ordered by their first item.
+    """
+    n = len(sims)
+    mean = np.array(sims, dtype=np.float64)
+    np.fill_diagonal(mean, -np.inf)
+    size = np.ones(n)
+    members = [[i] for i in range(n)]
+    while n > 1:
+        a, b = sorted(divmod(int(np.argmax(mean)), n))
+        if not mean[a, b] >= link:
+            break
+        joined = (size[a] * mean[a] + size[b] * mean[b]) / (size[a] + size[b])
+        mean[a, :] = mean[:, a] = joined
+        mean[b, :] = mean[:, b] = mean[a, a] = -np.inf
+        size[a] += size[b]
+        members[a] += members[b]
+        members[b] = []
+    return sorted((sorted(m) for m in members if m), key=lambda m: m[0])
 
 
 class SentImages:

@@ -52,6 +52,42 @@ def test_look_alike_unknowns_form_pure_groups() -> None:
     assert log.members("unknown-999") == [] and log.members("nonsense") == []
 
 
+def test_one_new_thing_seen_six_times_is_one_group(tmp_path: Path) -> None:
+    """Six photos of a bicycle and six of a teapot, none in memory, asked one by one: the
+    recognizer listed them as groups of 6, 4 and 2 (in a walk, the first six bag photos: 3
+    groups of 2). Two unknown photos were linked only when as similar as an example is to its
+    closest sibling in memory (a similarity that grows with a category's examples: 10 here),
+    and each photo joined its own closest look-alike alone, so a few sightings of one new
+    thing formed pairs. Groups now join while their photos are, on average, as similar as two
+    examples of one known category; the two new things stay apart, in any order."""
+    from rar_agent import openset
+    from rar_agent.memory import MemoryEntry
+
+    clusters = make_clusters([*LABELS, *NEW], 10, spread=0.8)
+    entries = [MemoryEntry(lb, "image", f"{lb}{i}", f"{lb}{i}") for lb in LABELS for i in range(10)]
+    vectors = np.stack([clusters.vector(lb, i) for lb in LABELS for i in range(10)])
+    with CategoryMemory.open(tmp_path / "mem", collection="loose") as memory:
+        memory.bind_encoder(clusters.encoder.fingerprint, clusters.encoder.dim)
+        openset.update(memory, added=memory.add_entries(entries, vectors))
+        recognizer = Recognizer(memory, clusters.encoder, k=3)
+        for i in range(6):
+            for name in NEW:
+                result = recognizer.recognize(clusters.image(name, i), name=f"{name}-{i}")
+                assert result.unknown
+        listed = recognizer.unknown_groups(min_size=1).groups
+        link = recognizer.calibration().link
+    assert [sorted(g.images) for g in listed] == [
+        [f"bicycle-{i}" for i in range(6)],
+        [f"teapot-{i}" for i in range(6)],
+    ]
+    assert result.novel_group is not None and result.novel_group.size == 6
+    log = NovelGroupLog()
+    for i in reversed(range(6)):
+        for name in reversed(NEW):
+            log.add(clusters.vector(name, i), f"{name}-{i}", link)
+    assert sorted(sorted(g.images) for g in log.groups()) == [sorted(g.images) for g in listed]
+
+
 def test_without_a_threshold_nothing_is_linked() -> None:
     vectors, _ = _two_new_things()
     log = NovelGroupLog()
