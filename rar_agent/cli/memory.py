@@ -530,7 +530,13 @@ def _open_set_stats(
     summary = cal.summary(alpha)
     why = summary["cannot_calibrate"]
     promise = f"--reject auto:{alpha:g}: at most {alpha:.0%} of known images rejected"
-    if summary["method"] == "none":  # no threshold: nothing is rejected, so nothing is kept
+    smallest = summary["smallest_alpha"]
+    if summary["method"] == "none" and smallest is not None:  # only this ALPHA is too small
+        promise = (
+            f"--reject auto:{alpha:g}: nothing is promised at this ALPHA (nothing is rejected "
+            f"at it); the smallest this memory can keep is auto:{smallest:g}"
+        )
+    elif summary["method"] == "none":  # no threshold: nothing is rejected, so nothing is kept
         promise = (
             f"--reject auto:{alpha:g}: nothing is promised until this memory can calibrate "
             "(meanwhile nothing is rejected; the note says what it lacks)"

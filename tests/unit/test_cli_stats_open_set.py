@@ -61,3 +61,37 @@ def test_a_memory_that_cannot_calibrate_is_promised_nothing(tiny_cli_env: Path) 
         "nothing is rejected; the note says what it lacks)"
     )
     assert open_set["note"].startswith("cannot calibrate: the memory holds no example images")
+
+
+def test_an_alpha_below_what_the_memory_keeps_names_the_smallest_it_can(
+    tiny_cli_env: Path,
+) -> None:
+    """A memory of 30 stand-ins keeps auto:0.0323 and more, not auto:0.01 (99 needed): its
+    stats said "nothing is promised until this memory can calibrate", as if it could not."""
+    import numpy as np
+
+    from rar_agent import openset
+    from rar_agent.memory import CategoryMemory, MemoryEntry
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 32))
+    entries = [MemoryEntry(f"c{c}", "image", f"c{c}-{i}.png", f"c{c}-{i}") for c in range(6)
+               for i in range(5)]  # fmt: skip
+    rows = np.repeat(centres, 5, axis=0) + 0.3 * rng.normal(size=(30, 32))
+    folder = tiny_cli_env / "clusters"
+    with CategoryMemory.open(folder, collection="clusters") as memory:
+        memory.bind_encoder("test:clusters", 32)
+        openset.update(memory, added=memory.add_entries(entries, rows.astype(np.float32)))
+    asked = ["memory", "stats", "--memory", str(folder), "--collection", "clusters"]
+    stats = CliRunner().invoke(app, [*asked, "--reject", "auto:0.01"])
+    assert stats.exit_code == 0, stats.output
+    open_set = json.loads(stats.stdout)["open_set"]
+    assert (open_set["method"], open_set["smallest_alpha"]) == ("none", 0.0323), open_set
+    assert open_set["promise"] == (
+        "--reject auto:0.01: nothing is promised at this ALPHA (nothing is rejected at it); "
+        "the smallest this memory can keep is auto:0.0323"
+    )
+    kept = CliRunner().invoke(app, [*asked, "--reject", "auto:0.05"])
+    assert json.loads(kept.stdout)["open_set"]["promise"].endswith(
+        "at most 5% of known images rejected"
+    )
