@@ -541,9 +541,18 @@ def error_guard() -> Iterator[None]:
 
     An input that cannot be used (``ImageError``: an unreadable or invalid image) exits 1;
     every other ``RarError`` is a usage or configuration error and exits 2; Ctrl+C exits 130.
+    Every command runs inside it once: first, a note names each ``RAR_*`` variable set that
+    rar-agent does not read (:mod:`rar_agent.cli.environment`).
     """
+    from typer._click.globals import get_current_context  # typer's own copy of click
+
+    from rar_agent.cli.environment import unknown_variables
     from rar_agent.errors import ImageError, RarError
 
+    context = get_current_context(silent=True)
+    if context is not None:
+        for line in unknown_variables(context.find_root().command):
+            print_note(line)
     try:
         yield
     except RarError as e:

@@ -30,7 +30,7 @@ __all__ = ["UsageGroup", "invalid_value", "wanted_number"]
 
 def invalid_value(where: str, error: ErrorDetails, wanted: str | None = None) -> str:
     """One pydantic validation ``error`` of the value given for ``where`` (an option and its
-    variable, e.g. ``--port (RAR_PORT)``) as "invalid WHERE: what was wrong; give WANTED".
+    variable, e.g. ``--k (RAR_K)``) as "invalid WHERE: what was wrong; give WANTED".
 
     A message our own validators wrote (a ``value_error``) already says what to give and is
     kept as it is.

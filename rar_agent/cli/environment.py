@@ -1,0 +1,73 @@
+"""The ``RAR_*`` variables rar-agent reads, and a note on any other one that is set.
+
+Settings come from ``RAR_<FIELD>`` variables (and a ``.env`` file, as pydantic-settings reads
+them), options from the variable each names (``--token``: ``RAR_TOKEN``), a few library
+switches from the environment directly. A variable no part of rar-agent reads is ignored,
+so a misspelt setting (``RAR_TOP_K=3`` for ``RAR_K``) changed nothing without a word: every
+command now names each such variable once, when it starts, with the names it may have meant.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LIBRARY_VARIABLES", "DEVELOPER_VARIABLES", "known_variables", "unknown_variables"]
+
+#: Read by the library itself, not through a setting or an option.
+LIBRARY_VARIABLES = frozenset({"RAR_TORCH_THREADS", "RAR_FASHION_MNIST_DIR"})
+#: Read by the test suite and the maintainer tools (tests/, tools/): not noted either.
+DEVELOPER_VARIABLES = frozenset(
+    {"RAR_KEEP_TEST_TMP", "RAR_UPDATE_DOCS_IMG", "RAR_CHROMIUM", "RAR_MCP_RECORD",
+     "RAR_BENCH_SMOKE"}
+)  # fmt: skip
+_PREFIX = "RAR_"
+
+
+def known_variables(command: Any) -> frozenset[str]:
+    """Every ``RAR_*`` variable read by the settings, by the options of ``command`` (a click
+    command, with its subcommands) or by the library and its developers' tools."""
+    from rar_agent.config import Settings
+
+    prefix = str(Settings.model_config.get("env_prefix", _PREFIX)).upper()
+    settings = {f"{prefix}{name.upper()}" for name in Settings.model_fields}
+    return frozenset(
+        {*settings, *_option_variables(command), *LIBRARY_VARIABLES, *DEVELOPER_VARIABLES}
+    )
+
+
+def _option_variables(command: Any) -> Iterator[str]:
+    for param in getattr(command, "params", ()):
+        envvar = getattr(param, "envvar", None)
+        if isinstance(envvar, str):
+            yield envvar
+        elif envvar:
+            yield from envvar
+    for sub in getattr(command, "commands", {}).values():
+        yield from _option_variables(sub)
+
+
+def unknown_variables(
+    command: Any, environ: Mapping[str, str] | None = None, env_file: Path = Path(".env")
+) -> list[str]:
+    """One line per ``RAR_*`` variable set in ``environ`` (the process's environment) or
+    ``env_file`` that rar-agent does not read, naming its near misses."""
+    from rar_agent.errors import did_you_mean
+
+    environ = os.environ if environ is None else environ
+    found = {name: "" for name in environ if name.upper().startswith(_PREFIX)}
+    if env_file.is_file():
+        from dotenv import dotenv_values
+
+        for name in dotenv_values(env_file):
+            if name.upper().startswith(_PREFIX):
+                found.setdefault(name, f" in {env_file}")
+    known = known_variables(command)
+    return [
+        f"{name}{where} is set, but rar-agent reads no variable of that name: it is ignored"
+        + did_you_mean(name, known, cutoff=0.7, quote=False)
+        for name, where in sorted(found.items())
+        if name.upper() not in known
+    ]
