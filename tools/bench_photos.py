@@ -34,6 +34,7 @@ CPU time per image.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import tempfile
@@ -42,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tools.turns import in_turn
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [ROOT / "examples" / "images" / "cat.jpg", ROOT / "examples" / "images" / "coffee.jpg"]
@@ -172,21 +175,25 @@ def in_rounds(
     """Each probe's ms per image in each of ``rounds`` rounds, on each of :data:`CLOCKS`
     (``{clock: {probe: [ms, ...]}}``).
 
-    A round runs every probe once, back to back; the order reverses every round (A B, B A,
-    A B...), so that neither a probe's place in the round nor a drift of the machine's load
-    favours one of them. The first ``warmup`` rounds are run and not kept.
+    A round runs every probe once, back to back; the order reverses every round
+    (:func:`~tools.turns.in_turn`). The first ``warmup`` rounds are run and not kept.
     """
     names = list(probes)
     samples: dict[str, dict[str, list[float]]] = {c: {n: [] for n in names} for c in CLOCKS}
     for index in range(-warmup, rounds):
-        for name in names if index % 2 == 0 else names[::-1]:
-            func, count = probes[name]
-            start = {clock: read() for clock, read in CLOCKS.items()}
-            func()
-            for clock, read in CLOCKS.items():
+        timed = in_turn(index, [functools.partial(_per_image, *probes[n]) for n in names])
+        for name, took in zip(names, timed, strict=True):
+            for clock in CLOCKS:
                 if index >= 0:
-                    samples[clock][name].append((read() - start[clock]) * 1000 / count)
+                    samples[clock][name].append(took[clock])
     return samples
+
+
+def _per_image(func: Callable[[], object], count: int) -> dict[str, float]:
+    """Ms per image of one call of ``func`` (``count`` images), on each of :data:`CLOCKS`."""
+    start = {clock: read() for clock, read in CLOCKS.items()}
+    func()
+    return {clock: (read() - start[clock]) * 1000 / count for clock, read in CLOCKS.items()}
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from rar_agent.pipeline import Recognizer  # noqa: E402
 from rar_agent.retrieval import fetch_limit  # noqa: E402
 from tools.bench_clusters import DIM, build, clustered, entries_of  # noqa: E402
 from tools.bench_clusters import median_ms as _ms  # noqa: E402
+from tools.turns import in_turn  # noqa: E402
 
 K = 5
 
@@ -109,12 +112,12 @@ def _in_turns(
         start = len(base)
         for i, q in enumerate(queries):
             row = q[None, :]
-            if (i + p) % 2 == 0:
-                alone = _alone(memory, row, limit) if baseline == "alone" else _off(off, row)
-                step, judged = _with_step(rec, row)
-            else:
-                step, judged = _with_step(rec, row)
-                alone = _alone(memory, row, limit) if baseline == "alone" else _off(off, row)
+            first: Callable[[], float] = (
+                functools.partial(_alone, memory, row, limit)
+                if baseline == "alone"
+                else functools.partial(_off, off, row)
+            )
+            alone, (step, judged) = in_turn(i + p, [first, functools.partial(_with_step, rec, row)])
             base.append(alone)
             full.append(step)
             judge.append(judged)
