@@ -21,7 +21,7 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import BeforeValidator, ConfigDict, Field, field_validator
 
 from rar_agent.config import MAX_TOOL_K, MIN_K, MemoryKind, parse_k
-from rar_agent.errors import ImageError, UnsafeInputError
+from rar_agent.errors import ImageError, UnsafeInputError, did_you_mean
 from rar_agent.images import (
     check_declared_size,
     decode_base64_image,
@@ -310,8 +310,9 @@ class ErrorAnsweringTool(BaseTool):
             unknown = unknown_arguments(self, tool_input)
             if unknown:
                 fields = getattr(self.args_schema, "model_fields", {})
+                named = ", ".join(f"{n!r}{did_you_mean(n, fields, most=1)}" for n in unknown)
                 raise ToolException(
-                    f"invalid tool arguments ({', '.join(map(repr, unknown))}: not "
+                    f"invalid tool arguments ({named}: not "
                     f"{'an argument' if len(unknown) == 1 else 'arguments'} of {self.name}, "
                     f"which takes {', '.join(fields) or 'none'}); fix them and call the tool again"
                 )

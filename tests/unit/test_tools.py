@@ -332,7 +332,9 @@ def test_an_argument_a_tool_does_not_take_is_named(recognizer: Any) -> None:
     assert "which takes image, k, boxes" in wrong.content
     count = recognizer.memory.count()
     taught = _call(tools["add_category_example"], {"label": "x", "imgae": "cat.png"})
-    assert taught.status == "error" and "'imgae': not an argument" in taught.content
+    # a near miss names the argument meant
+    said = "'imgae' (did you mean 'image'?): not an argument of add_category_example"
+    assert taught.status == "error" and said in taught.content, taught.content
     assert recognizer.memory.count() == count
     assert _call(tools["list_categories"], {}).status == "success"
 
