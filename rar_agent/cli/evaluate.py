@@ -239,8 +239,8 @@ def _feature_cache(enc: ImageTextEncoder, folder: Path | None) -> Iterator[Image
 
 
 def _print_report(report: EvalReport, files: dict[str, Path], *, as_json: bool) -> None:
-    """The report on stdout: its JSON, or a summary table, the queries that failed and the
-    Markdown report's path."""
+    """The report on stdout: its JSON, or a summary table, the queries that failed, the notes
+    and the Markdown report's path."""
     from rich.console import Console
 
     from rar_agent.evaluation import summary_table
@@ -251,6 +251,10 @@ def _print_report(report: EvalReport, files: dict[str, Path], *, as_json: bool) 
         return
     Console().print(summary_table(report))
     print_skipped(failed_queries(report))
+    for note in report.notes:  # what the report's Run section says, where it is read first
+        Console(soft_wrap=True).print(
+            note if note.startswith("warning: ") else f"note: {note}", highlight=False, markup=False
+        )
     Console(soft_wrap=True).print(  # whole paths, for reading and grepping
         f"report: {files['markdown']}", highlight=False, markup=False
     )

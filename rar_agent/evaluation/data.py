@@ -338,10 +338,40 @@ def _separate_sets(
     if shots is not None:
         memory, _ = split_shots(memory, shots, seed)
     sets = EvalSets(memory_items=memory, test_items=limit_items(load_items(test_set), limit, seed))
-    shared = {src for src, _ in memory} & {src for src, _ in sets.test_items}
-    if shared:
-        sets.notes.append(
-            f"warning: {counted(len(shared), 'test image')} {'is' if len(shared) == 1 else 'are'} "
-            "also in the memory; accuracy is inflated"
-        )
+    sets.notes += _overlap_notes(memory, sets.test_items)
     return sets
+
+
+def _overlap_notes(memory: Items, test: Items) -> list[str]:
+    """Warnings for test images the memory also holds (the same file or a copy of it: their
+    answers are their own entries) and for test labels the memory lacks (no answer can be
+    right for them)."""
+    stored = {_content(src) for src, _ in memory}
+    shared = sum(_content(src) in stored for src, _ in test)
+    notes = []
+    if shared:
+        notes.append(
+            f"warning: {counted(shared, 'test image')} {'is' if shared == 1 else 'are'} "
+            "also in the memory (the same file or a copy of it); accuracy is inflated"
+        )
+    missing = sorted({lb for _, lb in test} - {lb for _, lb in memory})
+    if missing:
+        asked = sum(lb in missing for _, lb in test)
+        notes.append(
+            f"warning: {counted(asked, 'test image')} of {counted(len(missing), 'label')} the "
+            "memory does not hold count as wrong whatever the answer (--open-set measures "
+            "how such images are rejected): " + ", ".join(missing[:10])
+        )
+    return notes
+
+
+def _content(source: str) -> str:
+    """SHA-256 of the file at ``source``; the source itself where it cannot be read (a URL,
+    a missing file: the evaluation reports those)."""
+    import hashlib
+
+    try:
+        with open(source, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return source

@@ -416,6 +416,32 @@ def test_cli_eval_exits_130_after_writing_a_partial_report(
     assert f"partial report written to {out}\n" in result.stderr
 
 
+def test_cli_eval_warns_of_copied_images_and_labels_the_memory_lacks(
+    folder: Path, tmp_path: Path
+) -> None:
+    """A test set holding copies of the memory's images (other paths, same bytes) and a label
+    the memory lacks: both warnings print under the table, not only at the report's end."""
+    import shutil
+
+    from rar_agent.cli import app
+
+    test_set = tmp_path / "test"
+    shutil.copytree(folder / "apple", test_set / "apple")
+    shutil.copytree(folder / "banana", test_set / "durian")
+    result = CliRunner().invoke(
+        app,
+        ["eval", "--memory-set", str(folder), "--test-set", str(test_set), "--out",
+         str(tmp_path / "out"), "--encoder", "tests.helpers.encoder_factories:hashing_encoder",
+         "--ranker", "none", "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    copied = "warning: 12 test images are also in the memory (the same file or a copy of it)"
+    lacking = "warning: 6 test images of 1 label the memory does not hold count as wrong"
+    assert copied in result.stdout and lacking in result.stdout
+    assert "durian" in result.stdout.split(lacking)[1].splitlines()[0]
+    assert copied in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_cli_eval_that_fails_before_writing_leaves_no_report_folder(
     folder: Path, tmp_path: Path
 ) -> None:

@@ -36,7 +36,10 @@ def test_a_class_left_without_test_images_is_counted_in_words(tmp_path: Path) ->
 def test_one_test_image_in_the_memory_is_counted_in_words(tmp_path: Path) -> None:
     data = _images(tmp_path / "set", {"apple": 1})
     (note,) = _sets(tmp_path, memory_set=str(data), test_set=str(data))
-    assert note == "warning: 1 test image is also in the memory; accuracy is inflated"
+    assert note == (
+        "warning: 1 test image is also in the memory (the same file or a copy of it); "
+        "accuracy is inflated"
+    )
 
 
 @pytest.mark.parametrize(("shots", "said"), [(1, "1 initial example"), (3, "3 initial examples")])
