@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ImageError, RarError
-from rar_agent.images import decode_base64_image, decode_image_bytes, looks_like_base64
+from rar_agent.images import (
+    decode_base64_image,
+    decode_image_bytes,
+    looks_like_base64,
+    upright_size,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -146,7 +151,30 @@ class ImageRegistry:
                 self._items.move_to_end(image_id)
                 return image_id
         decoded = decode_image_bytes(data, what=name or "the image")
-        item = RegisteredImage(image_id, data, mime_type or detected_mime, name, decoded.size)
+        self._store(RegisteredImage(image_id, data, mime_type or detected_mime, name, decoded.size))
+        return image_id
+
+    def keep(self, data: bytes, *, name: str) -> str:
+        """Store image bytes that the caller decodes itself (a server's tool, next), so that
+        their id can be passed back later; return the id. Nothing is decoded here (the size
+        comes from the header, ``(0, 0)`` when it cannot be read); bytes kept already keep
+        their first name.
+
+        Args:
+            data: The encoded image.
+            name: How the image came (e.g. "sent inline to recognize_image at 01:02:03 UTC").
+        """
+        image_id = image_id_for(data)
+        with self._lock:
+            if image_id in self._items:
+                self._items.move_to_end(image_id)
+                return image_id
+        self._store(RegisteredImage(image_id, data, None, name, _header_size(data)))
+        return image_id
+
+    def _store(self, item: RegisteredImage) -> None:
+        """Hold ``item`` as the newest image, dropping the least recently used past the bounds."""
+        image_id, data = item.id, item.data
         with self._lock:
             old = self._items.pop(image_id, None)
             if old is not None:
@@ -159,7 +187,6 @@ class ImageRegistry:
                 _, dropped = self._items.popitem(last=False)
                 self._bytes -= len(dropped.data)
         logger.debug("registered %s (%d bytes)", image_id, len(data))
-        return image_id
 
     def get(self, image_id: str) -> RegisteredImage:
         """The image with this id.
@@ -177,6 +204,13 @@ class ImageRegistry:
                 "'[image id img-...]', or ask the user to upload the image again"
             )
         return item
+
+    def name_of(self, image_id: str) -> str | None:
+        """The name of the image with this id (how a kept one came); ``None`` when it has
+        none or this registry holds no such image."""
+        with self._lock:
+            item = self._items.get(image_id)
+        return item.name if item is not None else None
 
     def ids(self) -> list[str]:
         """Ids, least recently registered or used first (every conversation's)."""
@@ -296,6 +330,17 @@ class ImageScope:
 def image_id_for(data: bytes) -> str:
     """The id an image's bytes get in a registry (``img-`` + 12 hex digits of its SHA-256)."""
     return "img-" + hashlib.sha256(data).hexdigest()[:12]
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    """An image's upright ``(width, height)`` from its header alone (``(0, 0)``: unreadable)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return upright_size(image)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        return (0, 0)
 
 
 def _to_bytes(image: Any) -> tuple[bytes, str | None]:

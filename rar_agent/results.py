@@ -192,6 +192,11 @@ class NovelGroups(BaseModel):
 
     groups: list[NovelGroup] = Field(default_factory=list)
     unknown_images: int = Field(default=0, description="Unknown images kept in the log.")
+    sent: dict[str, str] = Field(
+        default_factory=dict,
+        description="How the images sent inline came, by the id that names them (which call "
+        "and which of its images, when): pass the id to a tool instead of the image.",
+    )
 
 
 class Explanation(BaseModel):

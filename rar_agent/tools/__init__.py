@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.tools import BaseTool
 
 from rar_agent.encoders.base import has_text_tower
+from rar_agent.openset.groups import LOG_CAPACITY
 from rar_agent.registry import IMAGE_ID_PATTERN as IMAGE_ID_PATTERN
 from rar_agent.registry import ImageRegistry, ImageScope, RegisteredImage
 from rar_agent.safety import normalize_roots
@@ -81,6 +82,8 @@ __all__ = [
     "CategorySearchTool",
     "ImageRegistry",
     "ImageScope",
+    "KEPT_BYTES",
+    "KEPT_IMAGES",
     "ListCategoriesInput",
     "ListCategoriesTool",
     "RecognizeImagesInput",
@@ -101,6 +104,13 @@ __all__ = [
     "format_result",
     "make_tools",
 ]
+
+
+KEPT_IMAGES = LOG_CAPACITY
+"""Images sent inline that tools with no conversation keep, so a later call may pass their id
+(as many as the unknown images' log holds: each of its groups can be taught)."""
+KEPT_BYTES = 256 * 2**20
+"""The encoded bytes those kept images may take in all (the oldest go first)."""
 
 
 def make_tools(
@@ -134,7 +144,8 @@ def make_tools(
         allow_learning: Include the teaching tools (off by default).
         image_ids: Accept image ids from a conversation's registry. ``False`` for callers
             that hold no conversation (the MCP server): images come as paths, URLs or data
-            URIs only, and ``registry`` is ignored.
+            URIs, ``registry`` is ignored, and an image sent inline is named by an id that a
+            later call may pass instead (the last :data:`KEPT_IMAGES` are kept).
         reject: When an image is "not a category in memory" (``off``, ``auto`` or a
             threshold); ``None`` keeps the recognizer's own setting (``RAR_REJECT``).
         max_pixels: Refuse images larger than this before decoding them (a served
@@ -147,19 +158,22 @@ def make_tools(
     """
     if reject is not None:
         recognizer = recognizer.with_reject(reject)
+    kept = None
     if not image_ids:
         registry = None
+        kept = ImageRegistry(max_items=KEPT_IMAGES, max_bytes=KEPT_BYTES)
     elif registry is None:
         registry = ImageRegistry()
     roots = normalize_roots(allowed_roots)  # ConfigError here, not in pydantic
     shared: dict[str, Any] = {
         "recognizer": recognizer,
         "registry": registry,
+        "kept_images": kept,
         "allowed_roots": roots,
         "allow_urls": allow_urls,
         "max_pixels": max_pixels,
     }
-    forms = ImageResolver(registry=registry, allowed_roots=roots, allow_urls=allow_urls)
+    forms = ImageResolver(registry=registry, allowed_roots=roots, allow_urls=allow_urls, kept=kept)
     accepts = f" Images it accepts: {forms.accepted()}."
     tools: list[BaseTool] = [
         RecognizeTool(

@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
 
@@ -123,6 +124,7 @@ class ImageSource:
 
     Attributes:
         name: What to call it (the image id, the path or URL as given, or for inline data
+            its id where it is kept (:attr:`ImageResolver.kept`), else
             ``<data URI 3f9a1c2b>``: see :func:`~rar_agent.images.inline_image_name`).
         payload: The image bytes, or a file path already checked against the allowed folders.
         file_name: For an image of the conversation (``name`` its id): the file name alone
@@ -158,12 +160,16 @@ class ImageResolver:
         allow_urls: Fetch public ``http(s)`` URLs (never loopback or private addresses).
         max_pixels: Refuse images whose declared size is larger (``None``: the decoder's
             own limit), checked from the header before anything is decoded.
+        kept: Where images sent inline are kept for a caller with no conversation (an MCP
+            client): such an image is named by its id there (``img-...``), which a later
+            call may pass instead of the image (``None``: they are named by a digest).
     """
 
     registry: ImageRegistry | ImageScope | None = None
     allowed_roots: tuple[Path, ...] = ()
     allow_urls: bool = False
     max_pixels: int | None = None
+    kept: ImageRegistry | None = None
 
     def accepted(self) -> str:
         """The image forms this resolver accepts, in words (for descriptions and errors)."""
@@ -175,10 +181,17 @@ class ImageResolver:
         if self.allow_urls:
             forms.append("a public http(s) URL")
         forms.append("base64 image data, best as a data URI ('data:image/png;base64,...')")
+        if self.registry is None and self.kept is not None:
+            forms.append("the id (img-...) an earlier answer named an image sent so by")
         return "; ".join(forms)
 
-    def resolve(self, ref: str | None) -> ImageSource:
+    def resolve(self, ref: str | None, *, sent: str | None = None) -> ImageSource:
         """The image ``ref`` names: nothing/``latest``, an id, a URL, a data URI or a path.
+
+        Args:
+            ref: The reference, as the caller gave it.
+            sent: How an image sent inline came, where it is kept (:attr:`kept`): which
+                call, and which of its images ("image 2 of 5 sent to recognize_images").
 
         Raises:
             ImageError: No such image, an id of another conversation, "latest" with no
@@ -187,24 +200,19 @@ class ImageResolver:
             UnsafeInputError: A URL while URLs are off, another scheme, or a path outside
                 the allowed folders.
         """
-        source = self._resolve(ref)
+        source = self._resolve(ref, sent)
         if self.max_pixels is not None:
             _check_pixels(source, self.max_pixels)
         return source
 
-    def _resolve(self, ref: str | None) -> ImageSource:
+    def _resolve(self, ref: str | None, sent: str | None) -> ImageSource:
         text = (ref or "").strip()
         if is_latest_ref(text):
             latest = self._latest(text)
             return ImageSource(latest.id, latest.data, bare_file_name(latest.name))
         match = _ID_REF.match(text)
         if match:
-            if self.registry is None:
-                raise ImageError(
-                    f"image ids like {text!r} are not available here: pass {self.accepted()}"
-                )
-            item = self.registry.get(match.group(1).lower())
-            return ImageSource(item.id, item.data, bare_file_name(item.name))
+            return self._by_id(text, match.group(1).lower())
         if text.startswith(("http://", "https://")):
             if not self.allow_urls:
                 upload = (
@@ -215,7 +223,7 @@ class ImageResolver:
                 )
             return ImageSource(text, fetch_public_url(text))
         if text.startswith("data:"):
-            return _inline("data URI", text)
+            return self._inline("data URI", text, sent)
         if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
             raise UnsafeInputError(f"unsupported reference {text[:40]!r}: pass {self.accepted()}")
         try:
@@ -223,7 +231,32 @@ class ImageResolver:
         except UnsafeInputError:
             if not looks_like_base64(text):
                 raise
-        return _inline("base64", text)  # no data: prefix
+        return self._inline("base64", text, sent)  # no data: prefix
+
+    def _by_id(self, text: str, image_id: str) -> ImageSource:
+        """The image of a conversation, or one kept from an earlier call, by its id."""
+        if self.registry is not None:
+            item = self.registry.get(image_id)
+            return ImageSource(item.id, item.data, bare_file_name(item.name))
+        if self.kept is None:
+            raise ImageError(
+                f"image ids like {text!r} are not available here: pass {self.accepted()}"
+            )
+        if image_id not in self.kept:
+            raise ImageError(
+                f"no image {image_id} is kept here (the last {self.kept.max_items} images sent "
+                "inline are): send the image itself again"
+            )
+        return ImageSource(image_id, self.kept.get(image_id).data)
+
+    def _inline(self, kind: str, text: str, sent: str | None) -> ImageSource:
+        """An image given inline (data URI or base64): kept under its id (:attr:`kept`), or
+        named by a digest of its bytes."""
+        data = decode_base64_image(text)[0]
+        if self.kept is None:
+            return ImageSource(inline_image_name(kind, data), data)
+        when = datetime.now(UTC).strftime("%H:%M:%S UTC")
+        return ImageSource(self.kept.keep(data, name=f"{sent or 'sent inline'} at {when}"), data)
 
     def _latest(self, text: str) -> RegisteredImage:
         """This conversation's latest image (``text`` is a "latest" word or empty)."""
@@ -242,12 +275,6 @@ class ImageResolver:
                 f"pass {self.accepted()}"
             )
         return self.registry.latest()
-
-
-def _inline(kind: str, text: str) -> ImageSource:
-    """An image given inline (data URI or base64), named by a digest of its bytes."""
-    data = decode_base64_image(text)[0]
-    return ImageSource(inline_image_name(kind, data), data)
 
 
 def _check_pixels(source: ImageSource, limit: int) -> None:
@@ -327,6 +354,8 @@ class RecognizerTool(ErrorAnsweringTool):
         registry: The images: a conversation's :class:`ImageScope` (ids and ``latest``), or a
             registry shared by conversations (ids only; an agent's middleware fills in the
             conversation's latest image).
+        kept_images: Where images sent inline are kept under ids a later call may pass, for
+            callers without a conversation (:attr:`ImageResolver.kept`).
         allowed_roots: Folders whose files the tool may read (none by default).
         allow_urls: Let the tool fetch public ``http(s)`` URLs.
         max_pixels: Refuse larger images before decoding them (``None``: the decoder's limit).
@@ -336,6 +365,7 @@ class RecognizerTool(ErrorAnsweringTool):
 
     recognizer: RecognizerLike = Field(description="A rar_agent.pipeline.Recognizer.", exclude=True)
     registry: ImageRegistry | ImageScope | None = Field(default=None, exclude=True)
+    kept_images: ImageRegistry | None = Field(default=None, exclude=True)
     allowed_roots: tuple[Path, ...] = ()
     allow_urls: bool = False
     max_pixels: int | None = None
@@ -360,6 +390,7 @@ class RecognizerTool(ErrorAnsweringTool):
             allowed_roots=self.allowed_roots,
             allow_urls=self.allow_urls,
             max_pixels=self.max_pixels,
+            kept=self.kept_images,
         )
 
     def shown_unknown(self) -> Shown | None:

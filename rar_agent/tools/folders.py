@@ -342,16 +342,22 @@ class RecognizeImagesTool(RecognizerTool):
 
     def _sources(self, args: RecognizeImagesInput) -> tuple[str, list[ImageSource | _Unusable]]:
         if args.images:
-            return "the given images", [self._source(ref) for ref in args.images]
+            n = len(args.images)
+            sources = [
+                self._source(ref, f"image {i} of {n} sent inline to {self.name}")
+                for i, ref in enumerate(args.images, 1)
+            ]
+            return "the given images", sources
         if args.folder is None:
             raise UnsafeInputError("pass a folder (or a list of images) to recognize")
         _, files = self._folder_files(args.folder, args.pattern, args.recursive)
         return args.folder, [ImageSource(self._name(f), f) for f in files]
 
-    def _source(self, ref: str) -> ImageSource | _Unusable:
-        """The image ``ref`` names, or why it cannot be had (it fails alone, in its place)."""
+    def _source(self, ref: str, sent: str) -> ImageSource | _Unusable:
+        """The image ``ref`` names, or why it cannot be had (it fails alone, in its place);
+        ``sent``: which image of the call it is, kept with one sent inline."""
         try:
-            return self.resolver().resolve(ref)
+            return self.resolver().resolve(ref, sent=sent)
         except RarError as e:
             return _Unusable(ref, str(e))
 

@@ -364,7 +364,7 @@ class AddCategoryTool(TeachingTool):
         source: ImageSource | None = None
         try:
             teacher = self.teacher()
-            source = self.resolver().resolve(image)
+            source = self.resolver().resolve(image, sent=f"sent inline to {self.name}")
             # an upload is stored by its file name (no folder), its conversation id kept too
             upload = source.name if source.file_name else None
             example = ExampleImage(source.file_name or source.name, source.payload, upload)

@@ -129,6 +129,7 @@ class UnknownGroupsTool(RecognizerTool):
             raise ToolException("this recognizer keeps no log of unknown images")
         # a conversation of a shared page, a token of a shared server: no one else's images
         found: NovelGroups = unknown_groups(min_size=min_size, shown=self.shown_unknown())
+        found.sent = self._sent(found)
         if not found.groups:
             text = (
                 f"No group of look-alike unknown images yet ({found.unknown_images} unknown "
@@ -136,7 +137,8 @@ class UnknownGroupsTool(RecognizerTool):
             )
         else:
             lines = [
-                f"- {g.id}: {g.size} images: {', '.join(g.images)}"
+                f"- {g.id}: {g.size} images: "
+                + ", ".join(f"{i} ({found.sent[i]})" if i in found.sent else i for i in g.images)
                 + (" ..." if g.size > len(g.images) else "")
                 for g in found.groups
             ]
@@ -147,3 +149,11 @@ class UnknownGroupsTool(RecognizerTool):
         self, min_size: int = 2, run_manager: AsyncCallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
         return await asyncio.to_thread(self._run, min_size)
+
+    def _sent(self, found: NovelGroups) -> dict[str, str]:
+        """How the listed images that were sent inline came, by their ids."""
+        kept = self.kept_images
+        if kept is None:
+            return {}
+        named = {i: kept.name_of(i) for g in found.groups for i in g.images}
+        return {i: how for i, how in named.items() if how}

@@ -148,7 +148,7 @@ class RecognizeTool(RecognizerTool):
     ) -> tuple[str | list[str | dict[str, Any]], dict[str, Any]]:
         source: ImageSource | None = None
         try:
-            source = self.resolver().resolve(image)
+            source = self.resolver().resolve(image, sent=f"sent inline to {self.name}")
             if boxes:
                 results = self.recognizer.recognize_regions(
                     source.payload, boxes, k=k, normalized=False, name=source.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -327,7 +328,7 @@ def test_a_conversation_lists_only_its_own_unknown_images(recognizer: Any, tmp_p
 
     [alices] = listed(alice_tools)["groups"]
     assert sorted(alices["images"]) == sorted(alice.ids())
-    assert listed(bob_tools) == {"groups": [], "unknown_images": 1}
+    assert listed(bob_tools) == {"groups": [], "unknown_images": 1, "sent": {}}
     [single] = listed(bob_tools, min_size=1)["groups"]
     assert single["images"] == [bob_id] and single["size"] == 1
     assert recognizer.unknown_groups().groups[0].size == 7  # the log itself holds all
@@ -336,7 +337,7 @@ def test_a_conversation_lists_only_its_own_unknown_images(recognizer: Any, tmp_p
         {**teach, "args": {"label": "bicycle", "image": alice.ids()[0]}}
     )
     assert taught.status != "error"
-    assert listed(alice_tools, min_size=1) == {"groups": [], "unknown_images": 0}
+    assert listed(alice_tools, min_size=1) == {"groups": [], "unknown_images": 0, "sent": {}}
     assert listed(bob_tools, min_size=1)["groups"][0]["images"] == [bob_id]
 
 
@@ -381,7 +382,7 @@ def test_an_agents_conversation_lists_only_its_own_unknown_images(
         send("alice", n)
     recognized, groups = send("bob", 7)
     assert recognized.artifact["unknown"] and recognized.artifact["novel_group"] is None
-    assert groups.artifact == {"groups": [], "unknown_images": 1}
+    assert groups.artifact == {"groups": [], "unknown_images": 1, "sent": {}}
     _, alices = send("alice", 6)
     assert alices.artifact["groups"][0]["size"] == 7  # Alice's seven, not Bob's
 
@@ -570,3 +571,49 @@ def test_what_a_token_taught_leaves_room_for_its_unknown_images(
         [first_bike, second_bike]
     )
     assert len(mine) == 2
+
+
+async def test_an_mcp_client_can_name_and_pass_back_the_unknown_images_it_sent_inline(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """Photos sent over MCP as data URIs were listed in the unknown groups as
+    "<data URI 3f9a1c2b>", a digest no tool accepts and that says nothing of which photo it
+    was. They are named by an id that a later call may pass instead of the photo, and the
+    listing says which call sent each one, and which of its images it was."""
+    from mcp.shared.memory import create_connected_server_and_client_session
+
+    from rar_agent.mcp import create_server
+    from tests.unit.test_mcp import text_of
+
+    clusters: Clusters = recognizer.clusters
+    bikes = [_data_uri(clusters.save("bicycle", i, tmp_path / "bikes")) for i in range(2, 6)]
+    (tmp_path / "photos").mkdir()
+    server = create_server(recognizer, allowed_roots=[tmp_path / "photos"], allow_learning=True)
+    async with create_connected_server_and_client_session(server) as session:
+        batch = await session.call_tool("recognize_images", {"images": bikes[:3]})
+        assert not batch.isError, text_of(batch)
+        one = await session.call_tool("recognize_image", {"image": bikes[3]})
+        assert not one.isError and one.structuredContent["unknown"], text_of(one)
+        ids = [r["image"] for r in batch.structuredContent["results"]]
+        ids.append(one.structuredContent["image"])
+        assert all(re.fullmatch(r"img-[0-9a-f]{12}", i) for i in ids), ids
+        assert ids[3] in text_of(one)
+
+        listed = await session.call_tool("list_unknown_groups", {})
+        [group] = listed.structuredContent["groups"]
+        assert sorted(group["images"]) == sorted(ids)
+        sent = listed.structuredContent["sent"]
+        assert sent[ids[1]].startswith("image 2 of 3 sent inline to recognize_images at ")
+        assert sent[ids[3]].startswith("sent inline to recognize_image at ")
+        assert f"{ids[1]} (image 2 of 3 sent inline to recognize_images at " in text_of(listed)
+
+        taught = await session.call_tool(
+            "add_category_example", {"label": "bicycle", "image": ids[2]}
+        )
+        assert not taught.isError, text_of(taught)
+        after = await session.call_tool("list_unknown_groups", {"min_size": 1})
+        assert after.structuredContent["groups"] == []  # the group is answered
+        again = await session.call_tool("recognize_image", {"image": ids[0]})
+        assert not again.isError and again.structuredContent["label"] == "bicycle"
+        gone = await session.call_tool("recognize_image", {"image": "img-0123456789ab"})
+        assert gone.isError and "send the image itself again" in text_of(gone)

@@ -288,8 +288,9 @@ def test_a_broken_upload_is_named_as_the_answers_name_it(recognizer: Any) -> Non
         msg = _call(tools[name], args)
         answers.append(str(msg.content))
         assert msg.status == "error", (name, msg.content)
+    names = {answer.split(" ")[0] for answer in answers}  # kept under one id (image_ids off)
+    assert len(names) == 1 and names.pop().startswith("img-"), answers
     for answer in answers:
-        assert answer.startswith("<data URI ") and not answer.startswith("bytes"), answers
         assert "re-export or re-download the file" in answer, answer
 
 
@@ -422,7 +423,12 @@ def test_tool_descriptions_list_the_accepted_image_forms(recognizer: Any, tmp_pa
     assert str(tmp_path.resolve().parent) not in text
     message = _call(tools[0], {})
     assert message.status == "error" and message.content.startswith("no image given: pass")
-    assert "not available here" in _call(tools[0], {"image": "img-0123456789ab"}).content
+    assert "the id (img-...) an earlier answer named an image sent so by" in text
+    unkept = _call(tools[0], {"image": "img-0123456789ab"}).content
+    assert "no image img-0123456789ab is kept here" in unkept
+    assert "send the image itself again" in unkept
+    bare = RecognizeTool(recognizer=recognizer)  # neither a conversation nor kept images
+    assert "not available here" in _call(bare, {"image": "img-0123456789ab"}).content
 
 
 def test_add_category_disabled_by_default(recognizer: Any) -> None:
