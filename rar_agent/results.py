@@ -72,7 +72,9 @@ class MatchedExample(BaseModel):
 
 
 class Candidate(BaseModel):
-    """One candidate category with its retrieval score (cosine similarity)."""
+    """One candidate category with its retrieval score: the cosine similarity between the
+    query and the mean of the category's entries nearest it (that of its one entry among
+    them, or of a near-duplicate of the query; :func:`rar_agent.retrieval.category_scores`)."""
 
     label: str
     score: float

@@ -317,7 +317,8 @@ def _print_results(
 
 def _evidence_line(r: "RecognitionResult") -> str | None:
     """Which stored example the answer (or, unknown, the closest category) rests on: its
-    source and entry id, the id that ``memory relabel`` takes when its label is wrong.
+    source and entry id, the id that ``memory relabel`` takes when its label is wrong; and,
+    where the table's score is not that example's similarity, what the score is.
 
     None where the closest entry is a class name: it is the candidate itself, whose
     similarity the table shows, and its source names a vocabulary, not a photo.
@@ -327,9 +328,15 @@ def _evidence_line(r: "RecognitionResult") -> str | None:
         return None
     example = top.examples[0]
     where = f"{top.source}, " if top.source else ""
-    return (
+    line = (
         f"why: the closest stored example of {top.label} is {where}similarity "
         f"{example.score:.3f} (entry {example.id})"
+    )
+    if f"{top.score:.3f}" == f"{example.score:.3f}":
+        return line
+    return (  # the table's score is a local class mean's (retrieval.category_scores)
+        f"{line}; its score {top.score:.3f} is the similarity to the mean of its examples "
+        "nearest the photo"
     )
 
 

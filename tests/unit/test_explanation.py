@@ -260,6 +260,26 @@ def test_the_cli_names_the_example_an_answer_rests_on(
     ) in shown
 
 
+def test_the_cli_says_what_a_score_above_the_closest_example_is(
+    memory: CategoryMemory, clusters: Clusters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A walk's `recognize` printed 'bag 0.6929' in the table and 'why: the closest stored
+    example of bag is ..., similarity 0.581' under it, a score above every example's with no
+    word why: the score is the similarity to a local class mean. The line now says so where
+    the two differ, and stays as it was where they agree."""
+    result = Recognizer(memory, clusters.encoder, k=3).recognize(clusters.image("lynx", 6))
+    top = result.candidates[0]
+    same = top.model_copy(update={"score": top.examples[0].score})
+    above = top.model_copy(update={"score": top.examples[0].score + 0.1})
+    shown = _cli(result.model_copy(update={"candidates": [above, *result.candidates[1:]]}), capsys)
+    assert (
+        f"(entry {top.examples[0].id}); its score {above.score:.3f} is the similarity to the "
+        "mean of its examples nearest the photo"
+    ) in shown
+    shown = _cli(result.model_copy(update={"candidates": [same, *result.candidates[1:]]}), capsys)
+    assert f"(entry {top.examples[0].id})" in shown and "its score" not in shown
+
+
 def test_the_cli_names_no_example_for_a_class_name(
     memory: CategoryMemory, clusters: Clusters, capsys: pytest.CaptureFixture[str]
 ) -> None:
