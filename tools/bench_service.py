@@ -15,8 +15,10 @@ alone and under load and their ratio (target: p95 under load at most 10x the p50
 CPU time per call of the server (and of its event loop thread) and of the clients in each
 phase (what load from other jobs does not distort, unlike the wall times) with the cores they
 kept busy, the order of service under load (for each call, the calls that ended while it
-waited and the later ones that overtook it: counts, not times, see :func:`fairness`), and the
-memory's image count before and after against what was taught (nothing lost).
+waited and the later ones that overtook it: counts, not times, see :func:`fairness`), the
+recognitions answered per second and the cores kept busy while the teachers were at work and
+after them (:func:`while_teaching`), and the memory's image count before and after against
+what was taught (nothing lost).
 ``--batch-images 1`` runs the server without shared forward passes, the baseline of the
 micro-batching. The server runs in a subprocess with the default limits; each client is its
 own token, so the per-token limits are those a team member would meet. Usage::
@@ -292,6 +294,20 @@ def teaching_effect(
     }
 
 
+def while_teaching(
+    spans: Sequence[tuple[float, float]], start: float, taught: float, end: float
+) -> dict[str, float]:
+    """Recognitions answered per second while the teachers were at work (from ``start``, the
+    load phase's start, to ``taught``, when the last teaching call ended) and after them (to
+    ``end``), counted by when each call ended: what teaching takes from the recognitions,
+    measured in the same run (other jobs' load moves both alike, unless it changes midway)."""
+    during = sum(1 for _, e in spans if e <= taught)
+    return {
+        "during_per_s": during / max(taught - start, 1e-9),
+        "after_per_s": (len(spans) - during) / max(end - taught, 1e-9),
+    }
+
+
 def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -328,9 +344,15 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         async def reader(token: str) -> None:
             loaded.extend(await recognitions(url, token, args.calls, errors, args.validate, spans))
 
+        split: dict[str, Any] = {}
+
         async def teacher(n: int, token: str) -> None:
             first = n * args.teach
             taught.append(await teaching(url, token, first, args.teach, errors, teach_spans))
+            if len(taught) == len(teachers):  # the last teacher is done: the CPU so far
+                split["during"] = meter.per_call(len(spans) + sum(taught))
+                split["after"] = CpuMeter(process.pid)
+                split["count"] = len(spans)
 
         start = time.perf_counter()
         meter = CpuMeter(process.pid)
@@ -339,8 +361,11 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 group.start_soon(reader, token)
             for n, token in enumerate(teachers):
                 group.start_soon(teacher, n, token)
-        wall = time.perf_counter() - start
+        end = time.perf_counter()
+        wall = end - start
         cpu_load = meter.per_call(len(loaded) + sum(taught))
+        if split:
+            split["after"] = split["after"].per_call(len(spans) - split["count"])
         after = await image_count(url, readers[0])
     finally:
         process.terminate()
@@ -362,6 +387,10 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "cpu_load": cpu_load,
         "fairness": fairness(spans),
         "teaching": teaching_effect(spans, teach_spans),
+        "split": {
+            **while_teaching(spans, start, max((e for _, e in teach_spans), default=end), end),
+            **{f"cores_{k}": split[k]["cores"] for k in ("during", "after") if k in split},
+        },
     }
 
 
@@ -432,6 +461,14 @@ def main() -> None:
         f"p95 {t['apart_p95']:.1f} ms; of the slowest 5% ({t['slow_n']:.0f}), "
         f"{t['slow_teaching']:.0f} started while the teachers were at work"
     )
+    w = r["split"]
+    if "cores_during" in w:
+        print(
+            f"while teaching:    {w['during_per_s']:.0f} recognitions/s, "
+            f"{w['cores_during']:.2f} cores busy; after: {w['after_per_s']:.0f}/s, "
+            f"{w['cores_after']:.2f} cores busy (while / after "
+            f"{w['during_per_s'] / max(w['after_per_s'], 1e-9):.2f})"
+        )
     print(f"p95 under load / p50 alone: {ratio:.1f}x (target <= 10x)")
     print(
         f"memory images: {r['before']} before + {r['taught']} taught = {r['after']} after "

@@ -3,7 +3,7 @@ figures the closing notes quote must count what they say they count)."""
 
 from __future__ import annotations
 
-from tools.bench_service import fairness, teaching_effect
+from tools.bench_service import fairness, teaching_effect, while_teaching
 
 
 def test_first_come_first_served_counts_no_overtakes() -> None:
@@ -28,3 +28,12 @@ def test_slow_recognitions_are_counted_by_whether_teaching_was_at_work() -> None
     assert figures["slow_teaching"] == 2
     assert figures["beside_n"] >= 2 and figures["teach_p50"] in (1000.0, 1500.0)
     assert teaching_effect(fast, [])["slow_teaching"] == 0
+
+
+def test_recognitions_per_second_are_split_at_the_last_teaching_calls_end() -> None:
+    # 10 s of load, the teachers done at 4 s: 8 calls ended by then, 18 after
+    spans = [(t / 2, t / 2 + 0.5) for t in range(-1, 7)] + [
+        (4 + t / 3, 4.5 + t / 3) for t in range(18)
+    ]
+    figures = while_teaching(spans, start=0.0, taught=4.0, end=10.0)
+    assert figures == {"during_per_s": 2.0, "after_per_s": 3.0}
