@@ -17,6 +17,7 @@ __all__ = [
     "CategoryListing",
     "ExampleAdded",
     "Explanation",
+    "GroupTaught",
     "NovelGroup",
     "NovelGroups",
     "ExampleRelabeled",
@@ -440,6 +441,21 @@ class TeachingHistory(BaseModel):
     )
     undone_total: int = Field(
         default=0, description="Teaching events undone in all (of ``by``), listed or not."
+    )
+
+
+class GroupTaught(BaseModel):
+    """The artifact of ``teach_unknown_group``: a group of look-alike unknown images taught
+    as one category."""
+
+    group: str = Field(description="The unknown group's id, as list_unknown_groups gave it.")
+    label: str = Field(description="The label as stored (normalized).")
+    examples: list[ExampleAdded] = Field(
+        default_factory=list, description="One per image of the group that was taught."
+    )
+    skipped: list[str] = Field(
+        default_factory=list,
+        description="The group's images that could not be had again, each with why (not taught).",
     )
 
 

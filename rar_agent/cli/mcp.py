@@ -177,10 +177,10 @@ def mcp(
 
     recognize_image, list_categories and list_unknown_groups; search_categories with a CLIP
     encoder; recognize_images (a folder's photos) with --allow-root; with --allow-learning
-    the teaching tools add_category_example, relabel_example, teaching_history and
-    undo_teaching, and the memory opens for writing (it is read-only otherwise). The memory
-    is the one rar-agent recognize uses (the one named, else the default memory if it holds
-    entries, else the built-in one).
+    the teaching tools add_category_example, teach_unknown_group, relabel_example,
+    teaching_history and undo_teaching, and the memory opens for writing (it is read-only
+    otherwise). The memory is the one rar-agent recognize uses (the one named, else the
+    default memory if it holds entries, else the built-in one).
 
     Over HTTP, the tokens of the auth file (rar-agent auth add) are required whenever it
     names any, and always off loopback; each token sees the tools its scopes grant.

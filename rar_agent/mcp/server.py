@@ -408,8 +408,9 @@ def create_server(
     Tools: ``recognize_image``, ``recognize_images`` (with an allowed folder),
     ``search_categories`` (when the encoder has a text side), ``list_categories``,
     ``list_unknown_groups``, with ``allow_learning`` the teaching tools (``add_category_example``,
-    ``relabel_example``, ``teaching_history``, ``undo_teaching``; taught examples record
-    ``via="mcp"`` and, over HTTP with tokens, ``by`` = the token's name), and the admin
+    ``teach_unknown_group``, ``relabel_example``, ``teaching_history``, ``undo_teaching``;
+    taught examples record ``via="mcp"`` and, over HTTP with tokens, ``by`` = the token's
+    name), and the admin
     tools (scope ``admin``): ``snapshot_memory`` with a ``snapshot_dir``, and
     ``undo_teaching_of`` (one person's teaching taken back) with learning and tokens. Images
     come as file paths inside ``allowed_roots``, public ``http(s)`` URLs when
@@ -491,7 +492,8 @@ def _instructions(collection: str, description: str | None, names: frozenset[str
     if "add_category_example" in names:
         said.append(
             " add_category_example teaches it an example (or the right label for a wrong "
-            "answer), relabel_example moves a stored example to another label, "
+            "answer), teach_unknown_group a whole group of look-alike unknown images, "
+            "relabel_example moves a stored example to another label, "
             "teaching_history and undo_teaching list and reverse what was taught."
         )
     elif "teaching_history" in names:

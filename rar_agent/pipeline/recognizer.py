@@ -489,6 +489,14 @@ class Recognizer:
         log = self.novel_groups
         return NovelGroups(groups=log.groups(min_size, shown), unknown_images=log.count(shown))
 
+    def unknown_group(
+        self, group_id: str, shown: Callable[[str | None], bool] | None = None
+    ) -> list[str]:
+        """Every image of the unknown group ``group_id`` that ``shown`` shows (all when
+        ``None``), oldest first; empty when there is no such group.
+        """
+        return [m for m in self.novel_groups.members(group_id) if shown is None or shown(m)]
+
     def taught(
         self, images: Sequence[str], shown: Callable[[str | None], bool] | None = None
     ) -> list[str]:

@@ -13,6 +13,7 @@
   :func:`folder_tools` adds langchain-community's read-only ``list_directory`` and
   ``file_search`` confined to those folders.
 - :class:`AddCategoryTool` teaches the memory a new example or corrects an answer;
+  :class:`TeachGroupTool` teaches a whole group of look-alike unknown images at once;
   :class:`RelabelExampleTool`, :class:`TeachingHistoryTool` and :class:`UndoTeachingTool`
   move an example, list and undo what was taught (all off unless learning is allowed; all
   through :class:`~rar_agent.pipeline.teacher.Teacher`).
@@ -52,6 +53,8 @@ from rar_agent.tools.learn import (
     AddCategoryTool,
     RelabelExampleInput,
     RelabelExampleTool,
+    TeachGroupInput,
+    TeachGroupTool,
     TeachingHistoryInput,
     TeachingHistoryTool,
     UndoTeachingInput,
@@ -94,6 +97,8 @@ __all__ = [
     "RegisteredImage",
     "RelabelExampleInput",
     "RelabelExampleTool",
+    "TeachGroupInput",
+    "TeachGroupTool",
     "TeachingHistoryInput",
     "TeachingHistoryTool",
     "UndoTeachingInput",
@@ -154,7 +159,7 @@ def make_tools(
     Returns:
         ``[RecognizeTool, CategorySearchTool, ListCategoriesTool, UnknownGroupsTool]``, plus
         ``RecognizeImagesTool`` when there are allowed directories (a folder's photos in one
-        call) and ``AddCategoryTool`` when learning is allowed.
+        call) and the teaching tools when learning is allowed.
     """
     if reject is not None:
         recognizer = recognizer.with_reject(reject)
@@ -184,7 +189,7 @@ def make_tools(
         ),
         CategorySearchTool(**shared),
         ListCategoriesTool(**shared),
-        UnknownGroupsTool(**shared),
+        UnknownGroupsTool(can_learn=allow_learning, **shared),
     ]
     if not has_text_tower(recognizer.encoder):  # it could only ever fail
         tools = [t for t in tools if not isinstance(t, CategorySearchTool)]
@@ -195,6 +200,7 @@ def make_tools(
         teach = {"enabled": True, "via": via, "by": by, **shared}
         tools += [
             AddCategoryTool(description=description, **teach),
+            TeachGroupTool(**teach),
             RelabelExampleTool(**teach),
             TeachingHistoryTool(**teach),
             UndoTeachingTool(**teach),

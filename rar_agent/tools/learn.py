@@ -1,5 +1,6 @@
-"""The teaching tools (off unless learning is allowed): add or correct an example, move one
-to another label, read the teaching history, undo it.
+"""The teaching tools (off unless learning is allowed): add or correct an example, teach a
+group of look-alike unknown images at once, move one to another label, read the teaching
+history, undo it.
 
 All of them go through :class:`~rar_agent.pipeline.teacher.Teacher`, the one door through
 which the memory learns, so a tool call obeys the same rules as the CLI and the chat page
@@ -21,6 +22,7 @@ from rar_agent.errors import DuplicateExampleError, RarError
 from rar_agent.results import (
     ExampleAdded,
     ExampleRelabeled,
+    GroupTaught,
     TeachAction,
     TeachingEvent,
     TeachingHistory,
@@ -50,11 +52,14 @@ __all__ = [
     "TeachingHistoryInput",
     "TeachingHistoryTool",
     "TeachingTool",
+    "TeachGroupInput",
+    "TeachGroupTool",
     "UndoTeachingInput",
     "UndoTeachingTool",
     "describe_added",
     "describe_duplicate",
     "describe_event",
+    "describe_group_taught",
     "duplicate_refusal",
     "describe_history",
     "describe_relabeled",
@@ -63,7 +68,13 @@ __all__ = [
 ]
 
 
-TEACHING_TOOLS = ("add_category_example", "relabel_example", "teaching_history", "undo_teaching")
+TEACHING_TOOLS = (
+    "add_category_example",
+    "teach_unknown_group",
+    "relabel_example",
+    "teaching_history",
+    "undo_teaching",
+)
 """The names of the teaching tools (``make_tools(..., allow_learning=True)`` adds them)."""
 
 
@@ -366,8 +377,7 @@ class AddCategoryTool(TeachingTool):
             teacher = self.teacher()
             source = self.resolver().resolve(image, sent=f"sent inline to {self.name}")
             # an upload is stored by its file name (no folder), its conversation id kept too
-            upload = source.name if source.file_name else None
-            example = ExampleImage(source.file_name or source.name, source.payload, upload)
+            example = ExampleImage(source.file_name or source.name, source.payload, _upload(source))
             action: TeachAction = "correct" if corrects else "confirm" if confirmed else "add"
             result = teacher.add(
                 label, [example], action=action, corrected_from=corrects, move=move
@@ -379,6 +389,103 @@ class AddCategoryTool(TeachingTool):
             raise tool_error(e, source) from e
         self.taught_unknown([source.name])  # its group of look-alike unknown images is answered
         return describe_added(result), result.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------- a group
+
+
+def describe_group_taught(result: GroupTaught) -> str:
+    """What teaching an unknown group did, in words (the tool's reply)."""
+    stored = sum(e.added for e in result.examples)
+    text = f"Taught {result.label!r} from {counted(stored, 'image')} of group {result.group}"
+    if stored < len(result.examples):
+        text += f" ({len(result.examples) - stored} already stored as {result.label!r})"
+    text += f"; {counted(result.examples[-1].category_examples, 'example')} of it now."
+    if result.skipped:
+        text += " Not taught, as they could not be had again: " + "; ".join(result.skipped) + "."
+    if stored:
+        text += f" undo_teaching with n={stored} takes this back."
+    return text
+
+
+class TeachGroupInput(BaseModel):
+    """Arguments of :class:`TeachGroupTool`."""
+
+    group: str = Field(
+        min_length=1, max_length=40, description="The group's id from list_unknown_groups."
+    )
+    label: str = Field(
+        min_length=1, max_length=200, description="What the group's images show, e.g. 'teapot'."
+    )
+
+
+class TeachGroupTool(TeachingTool):
+    """Teach every image of a group of look-alike unknown images as one category, in one call
+    (each image recorded as a taught example, as ``add_category_example`` records it)."""
+
+    name: str = "teach_unknown_group"
+    description: str = (
+        "Teach the memory a whole group of look-alike unknown images (from "
+        "list_unknown_groups) at once, once the user said what they show: each image of the "
+        "group is stored as an example of label. Only for a group the user named; an image "
+        "the user says is something else is taught alone with add_category_example."
+    )
+    args_schema: type[BaseModel] = TeachGroupInput
+    artifact_type: ClassVar[object] = GroupTaught
+
+    def _run(
+        self, group: str, label: str, run_manager: CallbackManagerForToolRun | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        from rar_agent.pipeline.teacher import ExampleImage
+
+        teacher = self.teacher()
+        group = group.strip()
+        sources, skipped = self._members(group)
+        examples = [ExampleImage(s.file_name or s.name, s.payload, _upload(s)) for s in sources]
+        try:
+            added = teacher.add(label, examples)
+        except DuplicateExampleError as e:
+            raise ToolException(
+                f"{e} Nothing of group {group} was taught: teach its other images one by one "
+                "with add_category_example, or move that example first."
+            ) from e
+        except RarError as e:
+            raise tool_error(e, *sources) from e
+        self.taught_unknown([s.name for s in sources])  # the group is answered
+        result = GroupTaught(group=group, label=added[0].label, examples=added, skipped=skipped)
+        return describe_group_taught(result), result.model_dump(mode="json")
+
+    def _members(self, group: str) -> tuple[list[ImageSource], list[str]]:
+        """The images of ``group`` this caller was shown, read again, and those that could not
+        be (each named, with why)."""
+        members = getattr(self.recognizer, "unknown_group", None)
+        if members is None:
+            raise ToolException("this recognizer keeps no log of unknown images")
+        shown = self.shown_unknown()
+        names = members(group, shown)
+        if not names:
+            listed = self.recognizer.unknown_groups(min_size=2, shown=shown).groups  # type: ignore[attr-defined]
+            known = ", ".join(g.id for g in listed) or "there is none now"
+            raise ToolException(
+                f"no unknown group {group!r} (list_unknown_groups lists them: {known})"
+            )
+        sources, skipped = [], []
+        for name in names:
+            try:
+                sources.append(self.resolver().resolve(name))
+            except RarError as e:
+                skipped.append(f"{name} ({e})")
+        if not sources:
+            raise ToolException(
+                f"none of the {counted(len(names), 'image')} of group {group} can be read "
+                f"again ({skipped[0]}): send them again and teach each with add_category_example"
+            )
+        return sources, skipped
+
+
+def _upload(source: ImageSource) -> str | None:
+    """The conversation's id of an uploaded image (its file name is what is stored)."""
+    return source.name if source.file_name else None
 
 
 # ---------------------------------------------------------------------------- relabel

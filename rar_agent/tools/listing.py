@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from rar_agent.errors import RarError
 from rar_agent.results import CategoryCount, CategoryListing, NovelGroups, counted
 from rar_agent.tools.base import RecognizerTool, tool_error
+from rar_agent.tools.provenance import serving_teacher
 
 __all__ = ["ListCategoriesInput", "ListCategoriesTool", "UnknownGroupsInput", "UnknownGroupsTool"]
 
@@ -120,6 +121,9 @@ class UnknownGroupsTool(RecognizerTool):
     args_schema: type[BaseModel] = UnknownGroupsInput
     response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
     artifact_type: ClassVar[object] = NovelGroups
+    can_learn: bool = Field(
+        default=False, description="A teach_unknown_group tool is available (text hint)."
+    )
 
     def _run(
         self, min_size: int = 2, run_manager: CallbackManagerForToolRun | None = None
@@ -142,7 +146,11 @@ class UnknownGroupsTool(RecognizerTool):
                 + (" ..." if g.size > len(g.images) else "")
                 for g in found.groups
             ]
-            text = "Groups of look-alike unknown images (ask what each shows):\n" + "\n".join(lines)
+            caller = serving_teacher()
+            teach = self.can_learn and (caller is None or caller.may_teach)
+            then = "; once told, teach_unknown_group teaches a whole group" if teach else ""
+            text = f"Groups of look-alike unknown images (ask what each shows{then}):\n"
+            text += "\n".join(lines)
         return text, found.model_dump(mode="json")
 
     async def _arun(

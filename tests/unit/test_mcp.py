@@ -76,7 +76,8 @@ async def exercise(session: ClientSession, images: Path, *, learning: bool) -> d
     names = [tool.name for tool in listing.tools]
     expected = ["recognize_image", "search_categories", "list_categories", "list_unknown_groups"]
     expected.append("recognize_images")
-    teaching = ["add_category_example", "relabel_example", "teaching_history", "undo_teaching"]
+    teaching = ["add_category_example", "teach_unknown_group", "relabel_example"]
+    teaching += ["teaching_history", "undo_teaching"]
     assert names == expected + (teaching if learning else [])
     assert all(tool.outputSchema is not None for tool in listing.tools)
 

@@ -617,3 +617,65 @@ async def test_an_mcp_client_can_name_and_pass_back_the_unknown_images_it_sent_i
         assert not again.isError and again.structuredContent["label"] == "bicycle"
         gone = await session.call_tool("recognize_image", {"image": "img-0123456789ab"})
         assert gone.isError and "send the image itself again" in text_of(gone)
+
+        # a group of photos sent inline, taught in one call: each is read again by its id
+        teapots = [_data_uri(clusters.save("teapot", i, tmp_path / "pots")) for i in range(3)]
+        for uri in teapots:
+            await session.call_tool("recognize_image", {"image": uri})
+        [pots] = (await session.call_tool("list_unknown_groups", {})).structuredContent["groups"]
+        named = await session.call_tool(
+            "teach_unknown_group", {"group": pots["id"], "label": "teapot"}
+        )
+        assert not named.isError, text_of(named)
+        assert [e["image"] for e in named.structuredContent["examples"]] == pots["images"]
+        history = await session.call_tool("teaching_history", {"limit": 3})
+        assert {(e["label"], e["via"]) for e in history.structuredContent["events"]} == {
+            ("teapot", "mcp")
+        }
+
+
+def test_an_agent_names_a_group_in_one_call_and_can_take_it_back(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """The loop an agent walks: six unknown photos of one new thing, one group listed, the
+    user names it. There was no way to teach the group: the agent had to call
+    add_category_example six times, once per image id. teach_unknown_group teaches all of
+    them in one call, each recorded as a taught example (via, at) that undo_teaching
+    takes back like any other."""
+    clusters: Clusters = recognizer.clusters
+    registry = ImageRegistry()
+    tools = {t.name: t for t in make_tools(recognizer, registry=registry, allow_learning=True)}
+
+    def call(tool: str, **args: Any) -> ToolMessage:
+        message: ToolMessage = tools[tool].invoke(
+            {"type": "tool_call", "id": "c", "name": tool, "args": args}
+        )
+        return message
+
+    ids = [
+        registry.register(clusters.save("bicycle", i, tmp_path / "bikes").read_bytes())
+        for i in range(6)
+    ]
+    for image_id in ids:
+        assert call("recognize_image", image=image_id).artifact["unknown"]
+    listed = call("list_unknown_groups")
+    [group] = listed.artifact["groups"]
+    assert "teach_unknown_group teaches a whole group" in listed.content
+
+    unknown_id = call("teach_unknown_group", group="unknown-99", label="bicycle")
+    assert unknown_id.status == "error" and group["id"] in unknown_id.content
+    taught = call("teach_unknown_group", group=group["id"], label="bicycle")
+    assert taught.status != "error", taught.content
+    assert taught.artifact["label"] == "bicycle" and len(taught.artifact["examples"]) == 6
+    assert taught.content.startswith(f"Taught 'bicycle' from 6 images of group {group['id']}")
+    assert "undo_teaching with n=6 takes this back" in taught.content
+    assert call("list_unknown_groups", min_size=1).artifact["groups"] == []  # answered
+    new_bike = registry.register(clusters.save("bicycle", 7, tmp_path / "bikes").read_bytes())
+    assert call("recognize_image", image=new_bike).artifact["label"] == "bicycle"
+
+    history = call("teaching_history", limit=10).artifact["events"]
+    assert sorted(e["source"] for e in history) == sorted(ids)
+    assert {(e["label"], e["via"], e["action"]) for e in history} == {("bicycle", "tool", "add")}
+    undone = call("undo_teaching", n=6)
+    assert undone.status != "error" and len(undone.artifact["undone"]) == 6
+    assert call("recognize_image", image=new_bike).artifact["unknown"]
