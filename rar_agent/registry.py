@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import ImageError, RarError
 from rar_agent.images import (
+    declared_size,
     decode_base64_image,
     decode_image_bytes,
     looks_like_base64,
-    upright_size,
 )
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class ImageRegistry:
             if image_id in self._items:
                 self._items.move_to_end(image_id)
                 return image_id
-        self._store(RegisteredImage(image_id, data, None, name, _header_size(data)))
+        self._store(RegisteredImage(image_id, data, None, name, declared_size(data) or (0, 0)))
         return image_id
 
     def _store(self, item: RegisteredImage) -> None:
@@ -330,17 +330,6 @@ class ImageScope:
 def image_id_for(data: bytes) -> str:
     """The id an image's bytes get in a registry (``img-`` + 12 hex digits of its SHA-256)."""
     return "img-" + hashlib.sha256(data).hexdigest()[:12]
-
-
-def _header_size(data: bytes) -> tuple[int, int]:
-    """An image's upright ``(width, height)`` from its header alone (``(0, 0)``: unreadable)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return upright_size(image)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
-        return (0, 0)
 
 
 def _to_bytes(image: Any) -> tuple[bytes, str | None]:

@@ -38,6 +38,7 @@ __all__ = [
     "NeedSpec",
     "box_means",
     "check_declared_size",
+    "declared_size",
     "decode_to_need",
     "image_files",
     "register_image_plugins",
@@ -245,8 +246,7 @@ def _our_pixel_limit(max_pixels: int, what: str, whose: str) -> Iterator[None]:
     (over 178 MP, raised while opening) becomes the same refusal."""
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with _pillow_quiet():
         try:
             yield
         except Image.DecompressionBombError as e:  # its message holds the pixel count
@@ -260,6 +260,31 @@ def _our_pixel_limit(max_pixels: int, what: str, whose: str) -> Iterator[None]:
                 ) from e
             declared = f"{pixels:,}" if pixels is not None else "more than that"
             raise _too_many_pixels(what, declared, max_pixels, whose) from e
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """The upright ``(width, height)`` the header of ``data`` declares (nothing decoded, and
+    nothing printed by Pillow's decompression-bomb check, whose limit is not ours); ``None``
+    where Pillow cannot read the header or refuses it."""
+    from PIL import Image, UnidentifiedImageError
+
+    register_image_plugins()
+    try:
+        with _pillow_quiet(), Image.open(io.BytesIO(data)) as im:
+            return upright_size(im)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+
+
+@contextlib.contextmanager
+def _pillow_quiet() -> Iterator[None]:
+    """Within the block Pillow's DecompressionBombWarning (89-178 MP) is not printed: the
+    caller's own limit speaks of an image's size."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
 
 
 def _refuse_over(im: Image.Image, max_pixels: int, what: str, whose: str) -> None:

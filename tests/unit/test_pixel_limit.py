@@ -87,3 +87,15 @@ def test_the_limit_is_the_servers_only_where_a_server_serves_the_call(tmp_path: 
     # in process it said "over this server's limit", with no server anywhere
     assert "is 60x30 pixels, over the limit of 1,000 pixels" in in_process, in_process
     assert "is 60x30 pixels, over this server's limit of 1,000 pixels" in served, served
+
+
+def test_an_image_kept_for_a_caller_with_no_conversation_is_refused_without_pillows_warning(
+    tmp_path: Path, no_warning: list[warnings.WarningMessage]
+) -> None:
+    """The MCP server's tools keep each image sent inline under its id: keeping it read its
+    header past our limit, and Pillow warned on stderr again before the refusal."""
+    bomb = _data_uri(_png_declaring(10_000, 10_000))
+    with small_recognizer(tmp_path, hashing_encoder()) as recognizer:
+        tool = make_tools(recognizer, max_pixels=64_000_000, image_ids=False)[0]
+        answer = tool.invoke({"image": bomb})
+    assert "is 10000x10000 pixels, over the limit of 64,000,000 pixels" in answer, answer
