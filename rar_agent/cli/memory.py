@@ -252,14 +252,16 @@ def _resume_hint(mem: "CategoryMemory") -> "Iterator[None]":
 
 
 def _refuse_if_nothing_stored(report: "BuildReport", mem: "CategoryMemory") -> None:
-    """A build whose every new item failed stores nothing: list them and say what to do.
+    """A build whose every item failed stores nothing: list them and say what to do. A build
+    run again over items it stored before is reported as any build (added 0, already stored,
+    failed), its failures included.
 
     Raises:
-        ImageError: Every item that was not stored already failed (none was added).
+        ImageError: Every item failed (none was added, none was stored already).
     """
     from rar_agent.errors import ImageError
 
-    if report.added or not report.failed:
+    if report.added or report.skipped_existing or not report.failed:
         return
     print_skipped(report.failed)
     kept = (

@@ -64,6 +64,23 @@ def test_an_existing_memory_stays_as_it_was(folder: Path) -> None:
         assert mem.record == before and mem.count() == 1
 
 
+def test_a_build_run_again_reports_what_it_kept_beside_what_still_fails(folder: Path) -> None:
+    """A walk's second `memory build` of a folder with 24 good images and 2 bad ones said
+    only 'error: none of the 2 images could be stored ... the memory is as it was', with no
+    word of the 24 stored the first time: a resumed build now reports as the first did."""
+    (folder / "good" / "beta").mkdir()
+    (folder / "good" / "beta" / "0.png").write_text("not an image")
+    memory = folder / "resumed"
+    first = _build(folder, "good", memory)
+    assert first.exit_code == EXIT_INPUT_FAILED and "added 1, already stored 0, failed 1" in (
+        first.output
+    ), first.output
+    again = _build(folder, "good", memory)
+    assert again.exit_code == EXIT_INPUT_FAILED, again.output
+    assert "added 0, already stored 1, failed 1" in again.output, again.output
+    assert again.output.count("skipped:") == 1 and "none of the" not in again.output
+
+
 @pytest.fixture()
 def server(
     folder: Path, recorded_collections: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch
