@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import re
 import threading
 import warnings
@@ -69,14 +70,25 @@ IMAGE_SUFFIXES = frozenset(
 
 def image_files(folder: Path) -> list[Path]:
     """The image files in ``folder`` and its sub-folders (by :data:`IMAGE_SUFFIXES`), sorted;
-    hidden files and folders are left out."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    hidden files and folders are left out. A linked sub-folder is read like any other (a
+    dataset linked in: ``rglob`` skips it), each real folder once, so a link back up ends."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [
+            Path(root, f)
+            for f in files
+            if not f.startswith(".")
+            and Path(f).suffix.lower() in IMAGE_SUFFIXES
+            and os.path.isfile(os.path.join(root, f))
+        ]
+    return sorted(found)
 
 
 # Shrink by ``Image.reduce`` only down to this multiple of the need: a box filter aliases

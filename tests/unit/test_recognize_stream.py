@@ -171,6 +171,26 @@ def test_a_folder_is_every_image_in_it_and_below(tiny_cli_env: Path) -> None:
     assert images == [str(single)] + [str(p) for p in sorted(folder.glob("*/[0-9].png"))]
 
 
+def test_a_linked_folder_is_read_like_any_other(tiny_cli_env: Path) -> None:
+    """A walk's `recognize photos/` over a folder of linked class folders (ln -s) answered
+    'no image files in the folder photos/ or below it': the images under a linked folder
+    are listed now, each real folder once (a link back up ends)."""
+    from rar_agent.images import image_files
+
+    data = _make_folder(tiny_cli_env / "data")
+    photos = tiny_cli_env / "photos"
+    photos.mkdir()
+    for label in sorted(p.name for p in data.iterdir()):
+        (photos / label).symlink_to(data / label, target_is_directory=True)
+    (photos / "red square" / "loop").symlink_to(photos, target_is_directory=True)
+    listed = image_files(photos)
+    assert [p.relative_to(photos) for p in listed] == [
+        p.relative_to(data) for p in sorted(data.glob("*/*.png"))
+    ]
+    done = CliRunner().invoke(app, ["recognize", str(photos), "--labels", ",".join(LABELS)])
+    assert done.exit_code == 0, done.output
+
+
 def test_a_folder_without_images_is_refused_before_the_model_loads(
     tiny_cli_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
