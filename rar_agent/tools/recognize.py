@@ -66,6 +66,11 @@ def format_result(
         return "\n".join([f"Answer{where}{box}: {ex.answer} ({ex.how}).", *listing])
     closest = ", ".join(f"{c.label} ({c.score:.3f})" for c in result.candidates[:3])
     teach = "; once they name it, add_category_example(label=...) teaches the memory."
+    if result.novel_group is not None:
+        teach = (
+            f"; once they name it, teach_unknown_group(group='{result.novel_group.id}', "
+            "label=...) teaches the whole group (add_category_example this image alone)."
+        )
     lines = [
         f"Unknown{where}{box}: not a category in memory; closest: {closest}.",
         "Why: " + "; ".join(ex.why_unknown) + "." if ex.why_unknown else "",

@@ -657,10 +657,13 @@ def test_an_agent_names_a_group_in_one_call_and_can_take_it_back(
         for i in range(6)
     ]
     for image_id in ids:
-        assert call("recognize_image", image=image_id).artifact["unknown"]
+        answer = call("recognize_image", image=image_id)
+        assert answer.artifact["unknown"]
     listed = call("list_unknown_groups")
     [group] = listed.artifact["groups"]
     assert "teach_unknown_group teaches a whole group" in listed.content
+    # the answer of an image in a group offers the group's teaching, not one image's
+    assert f"teach_unknown_group(group='{group['id']}', label=...)" in answer.content
 
     unknown_id = call("teach_unknown_group", group="unknown-99", label="bicycle")
     assert unknown_id.status == "error" and group["id"] in unknown_id.content
