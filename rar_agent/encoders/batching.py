@@ -358,12 +358,10 @@ class BatchingEncoder:
 
     def _pixels(self, images: list[Any]) -> list[Any] | None:
         """``images`` as the wrapped encoder's pixel tensors, one per forward pass, where it
-        splits preprocessing from the pass (a torch encoder); else ``None``."""
-        preprocess = getattr(self.inner, "preprocess", None)
-        if preprocess is None or getattr(self.inner, "embed_pixel_batch", None) is None:
-            return None
-        step = max(1, int(getattr(self.inner, "forward_batch", None) or len(images)))
-        return [preprocess(images[i : i + step]) for i in range(0, len(images), step)]
+        splits preprocessing from the pass (a torch encoder's ``pixel_batches``); else
+        ``None``."""
+        batches = getattr(self.inner, "pixel_batches", None)
+        return None if batches is None else list(batches(images))
 
     def _encode(self, job: _Job) -> np.ndarray:
         if job.texts:
