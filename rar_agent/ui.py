@@ -1084,6 +1084,7 @@ def launch(
     block: bool = True,
     max_file_size: str = "20mb",
     auth: Callable[[str, str], bool] | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> gr.Blocks:
     """Serve the page on ``host:port`` (local only by default; Gradio's share links off).
 
@@ -1095,6 +1096,7 @@ def launch(
         max_file_size: Upload size limit.
         auth: Checks a login (user name, password); ``None`` serves without one. See
             :func:`token_login`.
+        ready: Called once the page is served (to say where), never when it cannot be.
 
     Raises:
         ConfigError: It cannot serve on ``host:port``.
@@ -1124,6 +1126,8 @@ def launch(
         except OSError:  # Gradio's "Cannot find empty port in range", with its own advice
             reason = f"the port is in use, or {host} is not an address of this machine"
             raise cannot_serve(f"{host}:{port}", reason, what="the chat page") from None
+        if ready is not None:
+            ready()
         if block:
             while not stopped.requested:  # a signal handler takes no lock: a flag, polled
                 time.sleep(0.1)

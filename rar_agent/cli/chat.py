@@ -87,8 +87,9 @@ def chat(
             logins=store if secured else None,
         )
         login = " (sign in with a token)" if secured else ""
-        typer.echo(f"chat page on http://{host}:{port}/{login} (Ctrl+C to stop)", err=True)
-        if secured:
-            launch(page, host, port, block=True, auth=token_login(store))
-        else:
-            launch(page, host, port, block=True)
+
+        def ready() -> None:
+            typer.echo(f"chat page on http://{host}:{port}/{login} (Ctrl+C to stop)", err=True)
+
+        auth_check = token_login(store) if secured else None
+        launch(page, host, port, block=True, auth=auth_check, ready=ready)

@@ -313,7 +313,7 @@ def test_chat_command_builds_and_serves_the_page(
 
     served: dict[str, Any] = {}
 
-    def fake_launch(page: Any, host: str, port: int, *, block: bool = True) -> Any:
+    def fake_launch(page: Any, host: str, port: int, *, block: bool = True, **_: Any) -> Any:
         served.update(page=page, host=host, port=port, block=block)
         return page
 

@@ -85,3 +85,5 @@ def test_chat_on_a_port_it_cannot_have_says_so(
     said = " ".join(done.stderr.split())  # rich wraps long lines
     assert f"error: cannot serve the chat page on 127.0.0.1:{port}" in said, said
     assert "pick another --port or --host" in said and "GRADIO" not in done.output
+    # a walk saw 'chat page on http://127.0.0.1:N/ (Ctrl+C to stop)' printed before the error
+    assert "Ctrl+C to stop" not in done.output, done.output
