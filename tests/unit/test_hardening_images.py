@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from rar_agent.images import load_image
 from rar_agent.ingest.builders import add_images
 from rar_agent.memory import CategoryMemory
 from rar_agent.pipeline import Recognizer
+from tests.helpers.crafted_images import png_declaring
 from tests.helpers.http_server import LocalHTTPServer
 from tests.helpers.small_memory import fill_memory, make_images
 
@@ -80,22 +80,6 @@ def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
 def _noise(size: tuple[int, int] = (64, 48)) -> Image.Image:
     rng = np.random.default_rng(7)
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    """A well-formed PNG whose header declares ``width x height`` (a few hundred bytes)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", idat)
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 def _animated(fmt: str) -> bytes:
@@ -189,11 +173,11 @@ REFUSED: dict[str, Bad] = {
     "random binary": Bad("blob.jpg", lambda: os.urandom(512), ("not an image",)),
     "decompression bomb (declares 100000x100000)": Bad(
         "bomb.png",
-        lambda: _png_declaring(100_000, 100_000),
+        lambda: png_declaring(100_000, 100_000),
         ("is 10,000,000,000 pixels, over the limit of 64,000,000 pixels (possible", "downscale"),
     ),
     "decompression bomb (declares 9000x9000, under Pillow's own limit)": Bad(
-        "bomb2.png", lambda: _png_declaring(9000, 9000), ("decompression bomb", "downscale")
+        "bomb2.png", lambda: png_declaring(9000, 9000), ("decompression bomb", "downscale")
     ),
     "HEIC header and nothing else": Bad("phone.heic", _heic_like, ("HEIC", "corrupt")),
     "truncated HEIC": Bad("cut.heic", _truncated_heic, ("truncated", "re-download")),

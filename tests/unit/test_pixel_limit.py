@@ -4,9 +4,7 @@ warns, 178 MP refuses), and names whose limit it is: a server's, or the caller's
 from __future__ import annotations
 
 import base64
-import struct
 import warnings
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,23 +14,9 @@ from rar_agent.errors import ImageError
 from rar_agent.images import check_declared_size, load_image
 from rar_agent.tools import make_tools
 from rar_agent.tools.provenance import teaching_as
+from tests.helpers.crafted_images import png_declaring
 from tests.helpers.encoder_factories import hashing_encoder
 from tests.helpers.small_memory import small_recognizer
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    """A PNG whose header declares ``width x height``, with no pixels to speak of."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", ihdr)
-        + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + _chunk(b"IEND", b"")
-    )
 
 
 def _data_uri(data: bytes) -> str:
@@ -51,7 +35,7 @@ def no_warning() -> Iterator[list[warnings.WarningMessage]]:
 def test_a_100_megapixel_image_is_refused_by_our_limit_without_pillows_warning(
     tmp_path: Path, no_warning: list[warnings.WarningMessage]
 ) -> None:
-    bomb = _png_declaring(10_000, 10_000)  # between Pillow's warning (89 MP) and refusal (178)
+    bomb = png_declaring(10_000, 10_000)  # between Pillow's warning (89 MP) and refusal (178)
     with pytest.raises(ImageError, match="is 10000x10000 pixels, over the limit of 64,000,000"):
         load_image(bomb)
     with small_recognizer(tmp_path, hashing_encoder()) as recognizer:
@@ -64,13 +48,13 @@ def test_a_100_megapixel_image_is_refused_by_our_limit_without_pillows_warning(
 def test_a_limit_above_pillows_warning_accepts_what_it_allows(
     no_warning: list[warnings.WarningMessage],
 ) -> None:
-    big = _png_declaring(10_000, 10_000)
+    big = png_declaring(10_000, 10_000)
     check_declared_size(big, max_pixels=150_000_000, what="big.png")  # nothing said
     with pytest.raises(ImageError, match="truncated") as decoded:
         load_image(big, max_pixels=150_000_000)  # its header passes; it holds no pixels
     # it read "declares 100,000,000 pixels, over the limit of 150,000,000"
     assert "over the limit" not in str(decoded.value)
-    huge = _png_declaring(20_000, 10_000)  # over Pillow's refusal: said as Pillow's own
+    huge = png_declaring(20_000, 10_000)  # over Pillow's refusal: said as Pillow's own
     with pytest.raises(ImageError, match="200,000,000 pixels, over Pillow's own limit of"):
         check_declared_size(huge, max_pixels=300_000_000, what="huge.png")
     with pytest.raises(ImageError, match="200,000,000 pixels, over the limit of 64,000,000"):
@@ -78,7 +62,7 @@ def test_a_limit_above_pillows_warning_accepts_what_it_allows(
 
 
 def test_the_limit_is_the_servers_only_where_a_server_serves_the_call(tmp_path: Path) -> None:
-    wide = _data_uri(_png_declaring(60, 30))
+    wide = _data_uri(png_declaring(60, 30))
     with small_recognizer(tmp_path, hashing_encoder()) as recognizer:
         tool = make_tools(recognizer, max_pixels=1000)[0]
         in_process = tool.invoke({"image": wide})
@@ -94,7 +78,7 @@ def test_an_image_kept_for_a_caller_with_no_conversation_is_refused_without_pill
 ) -> None:
     """The MCP server's tools keep each image sent inline under its id: keeping it read its
     header past our limit, and Pillow warned on stderr again before the refusal."""
-    bomb = _data_uri(_png_declaring(10_000, 10_000))
+    bomb = _data_uri(png_declaring(10_000, 10_000))
     with small_recognizer(tmp_path, hashing_encoder()) as recognizer:
         tool = make_tools(recognizer, max_pixels=64_000_000, image_ids=False)[0]
         answer = tool.invoke({"image": bomb})
