@@ -59,12 +59,14 @@ def teach_images(
 
     The memory is recorded as the one ``command`` used last (``memory list`` shows it). When
     it is the default memory and held nothing, the output says that ``recognize`` uses it
-    from now on instead of the built-in one, and how to get the built-in answers back.
+    from now on instead of the built-in one, and how to get the built-in answers back. The
+    built-in memory named before its first use is built first, as ``recognize`` builds it.
     """
     from rar_agent.cli.recent import names_a_memory, remember_memory
     from rar_agent.errors import ImageError
     from rar_agent.images import reference_problem
     from rar_agent.pipeline.teacher import Teacher
+    from rar_agent.pipeline.vocabulary import fill_builtin_memory
     from rar_agent.results import TeachAction
     from rar_agent.tools.learn import describe_added
 
@@ -74,6 +76,8 @@ def teach_images(
             raise _nothing_taught(problem, len(images))
     with memory_to_write(settings) as mem:
         enc = load_settings_encoder(settings, mem)
+        if mem.count() == 0 and mem.info.collection == _shadowed_builtin(enc):
+            fill_builtin_memory(mem, enc)  # named before its first use: built as recognize does
         teacher = Teacher(mem, enc, via="cli", by=by or _user())
         action: TeachAction = "correct" if corrects else "add"
         was_empty = mem.count() == 0

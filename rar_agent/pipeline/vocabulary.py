@@ -14,10 +14,11 @@ from rar_agent.ingest.encoder import bind_memory
 if TYPE_CHECKING:
     from rar_agent.config import Settings
     from rar_agent.encoders import ImageTextEncoder
+    from rar_agent.encoders.prototypes import Template
     from rar_agent.ingest.builders import Progress
     from rar_agent.memory import CategoryMemory
 
-__all__ = ["builtin_memory_name", "vocabulary_memory"]
+__all__ = ["builtin_memory_name", "fill_builtin_memory", "vocabulary_memory"]
 
 
 def vocabulary_memory(
@@ -78,7 +79,6 @@ def _text_vocabulary_memory(
     progress: Progress | None,
 ) -> CategoryMemory:
     from rar_agent.encoders import default_vocabulary, short_templates
-    from rar_agent.ingest.builders import add_class_names
     from rar_agent.memory import open_memory
 
     names = list(labels) if labels is not None else list(default_vocabulary())
@@ -93,22 +93,49 @@ def _text_vocabulary_memory(
     key = hashlib.sha256(("\n".join(names) + "\x00" + encoder.fingerprint).encode()).hexdigest()
     name = builtin_memory_name(encoder) if labels is None else f"labels-{key[:16]}"
     memory = open_memory(settings, collection=name)
+    _store_names(memory, encoder, names, templates, progress)
+    return memory
+
+
+def _store_names(
+    memory: CategoryMemory,
+    encoder: ImageTextEncoder,
+    names: Sequence[str],
+    templates: Sequence[Template] | None,
+    progress: Progress | None,
+) -> None:
+    from rar_agent.ingest.builders import add_class_names
+
     bind_memory(memory, encoder)
     if memory.count("text") < len(set(names)):
         add_class_names(memory, encoder, names, templates=templates, progress=progress)
-    return memory
 
 
 def _builtin_vocabulary_memory(
     settings: Settings, encoder: ImageTextEncoder, progress: Progress | None
 ) -> CategoryMemory:
-    from rar_agent.ingest.vocabulary import add_builtin_vocabulary
     from rar_agent.memory import open_memory
 
     memory = open_memory(settings, collection=builtin_memory_name(encoder))
     try:
-        add_builtin_vocabulary(memory, encoder, progress=progress)  # stores only what is missing
+        fill_builtin_memory(memory, encoder, progress=progress)
     except BaseException:
         memory.close()
         raise
     return memory
+
+
+def fill_builtin_memory(
+    memory: CategoryMemory, encoder: ImageTextEncoder, *, progress: Progress | None = None
+) -> None:
+    """Store what ``memory`` lacks of the encoder's built-in vocabulary: its own classes
+    (EfficientNet-Lite0's classifier rows), else ImageNet-1k's names as text prototypes. How
+    the built-in memory is built: on its first use, or before a first teaching names it."""
+    from rar_agent.encoders import BuiltinVocabulary, default_vocabulary, short_templates
+    from rar_agent.ingest.vocabulary import add_builtin_vocabulary
+
+    if isinstance(encoder, BuiltinVocabulary):
+        add_builtin_vocabulary(memory, encoder, progress=progress)  # stores only what is missing
+        return
+    names = [n.strip() for n in default_vocabulary() if n.strip()]
+    _store_names(memory, encoder, names, short_templates(), progress)

@@ -8,6 +8,7 @@ shipped photos: the answers are the point, so no tiny random model would do.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,30 @@ def test_the_categories_per_side_follow_every_teaching_without_counting_anew(
             assert counts == exact, step
             assert counts["image"] == expected[step], step
     assert counts == {"image": 0, "text": names - 2}  # espresso, and lion's class name too
+
+
+def test_teaching_the_built_in_memory_before_its_first_use_builds_it(
+    effnet: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/teaching.md's first command on a fresh RAR_HOME, `teach lion coffee.jpg
+    --collection builtin-efficientnet-lite0-8838`, made an empty memory of that name and said
+    'it is the only category this memory holds, so every photo is answered 'lion''; the
+    built-in classes came in only at the next recognize. The built-in memory is now built
+    first, as recognize builds it, and the photo joins its class names."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+    from rar_agent.pipeline.vocabulary import builtin_memory_name
+
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_CLIP_MODEL", "efficientnet-lite0")
+    for name in ("RAR_QDRANT_URL", "RAR_MEMORY_PATH", "RAR_ENCODER", "RAR_COLLECTION"):
+        monkeypatch.delenv(name, raising=False)
+    builtin = builtin_memory_name(effnet)
+    done = CliRunner().invoke(app, ["teach", "lion", str(COFFEE), "--collection", builtin])
+    assert done.exit_code == 0, done.output
+    assert "a category this memory knew by its class name alone" in done.stdout, done.stdout
+    assert "only category" not in done.output and "held nothing" not in done.output
+    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", builtin])
+    counts = json.loads(stats.stdout)
+    assert (counts["text_entries"], counts["image_entries"]) == (1000, 1)
