@@ -313,8 +313,12 @@ def test_chat_command_builds_and_serves_the_page(
 
     served: dict[str, Any] = {}
 
-    def fake_launch(page: Any, host: str, port: int, *, block: bool = True, **_: Any) -> Any:
+    def fake_launch(
+        page: Any, host: str, port: int, *, block: bool = True, ready: Any = None, **_: Any
+    ) -> Any:
         served.update(page=page, host=host, port=port, block=block)
+        if ready is not None:  # as launch does once the page is served
+            ready()
         return page
 
     monkeypatch.setattr(ui, "launch", fake_launch)
@@ -337,6 +341,9 @@ def test_chat_command_builds_and_serves_the_page(
     )
     assert result.exit_code == 0, result.output
     assert (served["host"], served["port"], served["block"]) == ("127.0.0.1", 7999, True)
+    # where the page is, said once it is served (and only then: test_cli_usage_errors)
+    said = " ".join(result.stderr.split())
+    assert "chat page on http://127.0.0.1:7999/ (Ctrl+C to stop)" in said, said
     shown = [str(getattr(b, "value", "")) for b in served["page"].blocks.values()]
     assert any("2 categories" in text for text in shown)
     bad = CliRunner().invoke(
@@ -409,3 +416,27 @@ def test_a_chat_page_keeps_the_image_registry_it_is_given(recognizer: Any) -> No
     reply = asyncio.run(respond({"text": "", "files": [photo]}, [], "c1", request))
     assert "Answer: black cat" in str(reply)  # the turn went through the page's agent
     assert len(mine) == 1  # its photo in the registry given
+
+
+def test_launch_says_the_page_is_ready_only_once_it_is_served() -> None:
+    """``ready`` announces the address: called after the page is served, never when the port
+    cannot be had (the command printed the address, then the error)."""
+    from rar_agent.errors import ConfigError
+    from rar_agent.ui import launch
+
+    class Page:
+        def __init__(self, fails: bool) -> None:
+            self.fails, self.served = fails, False
+
+        def launch(self, **_: object) -> None:
+            if self.fails:
+                raise OSError("Cannot find empty port in range")
+            self.served = True
+
+    said: list[bool] = []
+    page = Page(fails=False)
+    launch(page, "127.0.0.1", 0, block=False, ready=lambda: said.append(page.served))  # type: ignore[arg-type]
+    assert said == [True]
+    with pytest.raises(ConfigError, match="cannot serve the chat page"):
+        launch(Page(fails=True), "127.0.0.1", 0, block=False, ready=lambda: said.append(False))  # type: ignore[arg-type]
+    assert said == [True]
