@@ -259,7 +259,12 @@ class RecognitionResult(BaseModel):
     candidates: list[Candidate] = Field(default_factory=list, description="Final order.")
     ranking: RankingInfo = Field(default_factory=RankingInfo)
     rejection: RejectionInfo = Field(default_factory=RejectionInfo)
-    timings_ms: dict[str, float] = Field(default_factory=dict)
+    timings_ms: dict[str, float] = Field(
+        default_factory=dict,
+        description="Milliseconds per stage for this image: load its own; prepare (boxes), "
+        "encode, retrieve and reject its share of its batch (the batch's time over its "
+        "images, the same for each); rank its own ranker call.",
+    )
     image: str | None = Field(default=None, description="Where the image came from, if known.")
     novel_group: NovelGroup | None = Field(
         default=None,
