@@ -248,6 +248,53 @@ def test_teaching_an_unknown_image_answers_its_group(recognizer: Any, tmp_path: 
     assert "No group of look-alike unknown images yet" in listed.content
 
 
+def test_a_group_with_an_image_stored_under_another_label_or_gone_is_taught_as_it_says(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """teach_unknown_group said that an image stored under another label stops the whole
+    group (nothing written) and that images it cannot read again are named and left out, and
+    no test held it to either."""
+    from rar_agent.pipeline.teacher import Teacher
+
+    clusters: Clusters = recognizer.clusters
+    tools = {
+        t.name: t for t in make_tools(recognizer, allowed_roots=[tmp_path], allow_learning=True)
+    }
+
+    def call(tool: str, **args: Any) -> ToolMessage:
+        message: ToolMessage = tools[tool].invoke(
+            {"type": "tool_call", "id": "c", "name": tool, "args": args}
+        )
+        return message
+
+    paths = [clusters.save("bicycle", i, tmp_path / "bikes") for i in range(6)]
+    for path in paths:
+        assert call("recognize_image", image=str(path)).artifact["unknown"]
+    [group] = call("list_unknown_groups").artifact["groups"]
+    assert len(group["images"]) == 6
+
+    # one of them is stored under another label already (taught elsewhere): nothing is taught
+    Teacher(recognizer.memory, recognizer.encoder, via="cli").add("unicycle", [paths[0]])
+    count = recognizer.memory.count()
+    refused = call("teach_unknown_group", group=group["id"], label="bicycle")
+    assert refused.status == "error", refused.content
+    assert f"Nothing of group {group['id']} was taught" in refused.content, refused.content
+    assert "'unicycle'" in refused.content and recognizer.memory.count() == count
+    assert call("list_unknown_groups").artifact["groups"] == [group]  # still to ask about
+
+    # that image moved away, and another deleted: the other four are taught, the two named
+    moved = paths[0].rename(tmp_path / "elsewhere.png")
+    paths[1].unlink()
+    taught = call("teach_unknown_group", group=group["id"], label="bicycle")
+    assert taught.status != "error", taught.content
+    assert len(taught.artifact["examples"]) == 4
+    skipped = taught.artifact["skipped"]
+    assert [s.split(" (")[0] for s in skipped] == [str(paths[0]), str(paths[1])], skipped
+    assert "Not taught, as they could not be had again" in taught.content
+    assert "undo_teaching with n=4 takes this back" in taught.content
+    assert recognizer.memory.count() == count + 4 and moved.exists()
+
+
 def _data_uri(path: Path) -> str:
     import base64
 
