@@ -387,7 +387,7 @@ def test_chat_opens_the_memory_read_only_unless_learning_is_allowed(
         return "page"
 
     monkeypatch.setattr(ui, "build_chat_page", fake_page)
-    monkeypatch.setattr(ui, "launch", lambda page, host, port, *, block=True: page)
+    monkeypatch.setattr(ui, "launch", lambda page, host, port, **_: page)
     args = ["chat", "--model", "none", "--memory", str(tmp_path / "memory"), "--no-progress"]
     args += ["--collection", "small", "--clip-model", tiny_openclip_spec]
     args += ["--allow-learning"] if learning else []
