@@ -87,6 +87,9 @@ __all__ = [
     "RarAgentState",
     "RecognitionOnlyChatModel",
     "ToolErrorMiddleware",
+    "AGENT_CAPABILITIES",
+    "AGENT_FOLDERS_NEED_A_MODEL",
+    "AGENT_LEARNING_OFF",
     "CAPABILITIES",
     "LEARNING_NOT_GRANTED",
     "LEARNING_OFF",
@@ -429,6 +432,20 @@ LEARNING_NOT_GRANTED = (
     " You are signed in to recognize photos, not to teach, so names you give are not stored: "
     "to teach, ask whoever runs this page for a sign-in that may (the learn scope)."
 )
+# The same, said to whoever runs create_rar_agent(None, ...) in Python: no page, no options.
+AGENT_CAPABILITIES = (
+    "No chat model is configured (create_rar_agent(None, ...)), so this agent recognizes "
+    "photos but cannot chat. Send a photo (several at once are each answered)."
+)
+AGENT_FOLDERS_NEED_A_MODEL = (
+    " Its photo folders (folders=) are browsed and recognized in one go by a chat model that "
+    'calls tools: pass one to create_rar_agent ("openai:gpt-4o-mini", any BaseChatModel) to '
+    "ask about them, or send their photos here."
+)
+AGENT_LEARNING_OFF = (
+    " Learning is off here, so names you give are not stored (create_rar_agent(..., "
+    "allow_learning=True) lets it teach the memory)."
+)
 
 
 class RecognitionOnlyChatModel(BaseChatModel):
@@ -449,6 +466,20 @@ class RecognitionOnlyChatModel(BaseChatModel):
     has_folders: bool = False
     #: Why names are not stored when the learning tool is not bound (said to the person).
     learning_off: str = LEARNING_OFF
+    #: What it can do, said when asked anything else; and why it does not browse folders.
+    capabilities: str = CAPABILITIES
+    folders_need_a_model: str = FOLDERS_NEED_A_MODEL
+
+    @classmethod
+    def for_python(cls) -> RecognitionOnlyChatModel:
+        """The stand-in ``create_rar_agent(None, ...)`` runs: its words name the Python
+        arguments (``allow_learning=True``), where the default ones name the chat page's
+        options (``--allow-learning``)."""
+        return cls(
+            learning_off=AGENT_LEARNING_OFF,
+            capabilities=AGENT_CAPABILITIES,
+            folders_need_a_model=AGENT_FOLDERS_NEED_A_MODEL,
+        )
 
     @property
     def _llm_type(self) -> str:
@@ -480,8 +511,9 @@ class RecognitionOnlyChatModel(BaseChatModel):
         return AIMessage(content=self._capabilities())
 
     def _capabilities(self) -> str:
-        folders = FOLDERS_NEED_A_MODEL if self.has_folders else ""
-        return CAPABILITIES + folders + (TEACHING_HELP if self.can_learn else self.learning_off)
+        folders = self.folders_need_a_model if self.has_folders else ""
+        learning = TEACHING_HELP if self.can_learn else self.learning_off
+        return self.capabilities + folders + learning
 
     def _report(self, messages: Sequence[BaseMessage]) -> str:
         """The reply after this turn's tool calls: each tool's text, errors said as such."""
@@ -784,7 +816,7 @@ def create_rar_agent(
         all_tools = [*own, *browse, *tools, *remote]
         _check_unique_names(all_tools)
         graph = create_agent(
-            model if model is not None else RecognitionOnlyChatModel(),
+            model if model is not None else RecognitionOnlyChatModel.for_python(),
             all_tools,
             system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
             middleware=[

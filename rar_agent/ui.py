@@ -862,7 +862,8 @@ def _chat_session(
                 **options,
             )
 
-        teaching = agent(model, **agent_options)
+        page_model = model if model is not None else RecognitionOnlyChatModel()  # its words
+        teaching = agent(page_model, **agent_options)
         can_learn = bool(agent_options.get("allow_learning"))
         reading = None
         if logins is not None and can_learn:

@@ -124,6 +124,29 @@ def test_recognition_only_agent_answers_from_the_tool(recognizer: Any) -> None:
     assert "No chat model is configured" in no_image["messages"][-1].text
 
 
+def test_the_stand_in_names_the_python_arguments_and_the_page_its_options(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """`create_rar_agent(None, ...)` in Python answered 'it is a tabby' with '... Learning is
+    off here, so names you give are not stored (start the page with --allow-learning to teach
+    it)': a page and an option its caller does not have. In Python it names allow_learning=True
+    (and folders= and a chat model for its folders); the chat page keeps its own words."""
+    from rar_agent.conversations import ConversationStore
+    from rar_agent.ui import _chat_session
+
+    agent = create_rar_agent(None, recognizer=recognizer, folders=[tmp_path])
+    said = agent.invoke({"messages": [HumanMessage("hello")]})["messages"][-1].text
+    assert "allow_learning=True" in said and "(folders=)" in said, said
+    assert "page" not in said and "--allow" not in said and "--model" not in said, said
+    with ConversationStore(":memory:") as store:
+        session = _chat_session(recognizer, None, tools=(), registry=ImageRegistry(),
+                                conversations=store, logins=None, agent_options={})  # fmt: skip
+        config = {"configurable": {"thread_id": "t"}}
+        page = session.agent.invoke({"messages": [HumanMessage("hello")]}, config)
+    page = page["messages"][-1].text
+    assert "this page recognizes photos" in page and "--allow-learning" in page, page
+
+
 def test_composition_recognize_then_knowledge_lookup(recognizer: Any) -> None:
     model = PolicyChatModel(policy=recognize_then_lookup)
     agent = create_rar_agent(model, recognizer=recognizer, tools=[lookup_knowledge])
