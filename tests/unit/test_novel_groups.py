@@ -108,6 +108,30 @@ def test_the_log_is_bounded_and_keeps_recent_groups() -> None:
         NovelGroupLog(capacity=1)
 
 
+def test_the_log_is_grouped_by_average_linkage_after_every_query() -> None:
+    """Whatever came before, the log's groups are those of average linkage over all the
+    queries it holds: with lone queries (none as similar as the link) among look-alikes, and
+    in a log that drops its older half."""
+    from rar_agent.openset.groups import average_linkage
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 16))
+    for link, capacity in [(0.6, 512), (0.6, 12), (0.3, 512)]:
+        log = NovelGroupLog(capacity=capacity)
+        sent: dict[str, np.ndarray] = {}
+        for i in range(40):
+            lone = i % 3 == 0  # like nothing else: it joins no group
+            x = rng.normal(size=16) if lone else centres[i % 4] + 0.4 * rng.normal(size=16)
+            sent[f"q{i:02d}"] = x / np.linalg.norm(x)
+            log.add(x, f"q{i:02d}", link)
+            found = [log.members(g.id) for g in log.groups(min_size=1)]
+            names = sorted(n for group in found for n in group)  # in the order they came
+            rows = np.stack([sent[n] for n in names])
+            expected = [[names[j] for j in g] for g in average_linkage(rows @ rows.T, link)]
+            assert sorted(found) == sorted(expected), i
+        assert len(log) == len(names) <= capacity
+
+
 def test_purity_counts_the_majority_of_each_group() -> None:
     assert purity([["a", "a", "b"], ["c", "c"]]) == pytest.approx(4 / 5)
     assert purity([]) is None
