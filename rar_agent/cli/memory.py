@@ -486,7 +486,12 @@ def memory_stats(settings: "Settings") -> None:
     """Show the memory's size, encoder, backend and open-set calibration as JSON.
 
     `open_set` says what `--reject auto:ALPHA` can promise with this memory (at the ALPHA of
-    --reject or RAR_REJECT, default 0.05), or why it cannot.
+    --reject or RAR_REJECT, default 0.05), or why it cannot. Its `thresholds` are the
+    known-ness cut-offs for a photo whose closest category has 1, 2, 5 or 10 examples (the
+    largest its category reaches; a known-ness below it is unknown), set by `standins` (the
+    memory's own examples scored as if they were photos asked about, from `categories`
+    categories), which support an ALPHA down to `smallest_alpha`; `prior_thresholds` are the
+    encoder prior's, for a memory too small to set its own (`source` says which judges).
 
     `unfinished_build` is null, or what a build that stopped part-way recorded (a note on
     stderr then says what to do).
