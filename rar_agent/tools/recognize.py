@@ -207,7 +207,9 @@ def _regions_output(
     texts = []
     for i, result in enumerate(results, 1):
         result.image = name
-        texts.append(f"Region {i}: " + format_result(result, can_learn=can_learn))
+        # named by its id (its position in `boxes`, from 0, unless given), as its errors are
+        head = f"Box {result.box_id}" if result.box_id is not None else f"Region {i}"
+        texts.append(f"{head}: " + format_result(result, can_learn=can_learn))
     content = "\n".join(texts) if texts else f"No regions were recognized in {name}."
     return content, RegionResults(image=name, regions=list(results)).model_dump(mode="json")
 

@@ -372,9 +372,14 @@ def test_recognize_boxes_use_recognize_regions(recognizer: Any) -> None:
     regions = msg.artifact["regions"]
     assert [r["box"] for r in regions] == [[0, 0, 20, 20], [10, 10, 40, 30]]
     assert all(len(r["candidates"]) == 2 and r["label"] in COLOURS for r in regions)
-    assert msg.content.startswith("Region 1: Answer in box [0, 0, 20, 20]: ")
+    assert msg.content.startswith("Box 0: Answer in box [0, 0, 20, 20]: ")
     outside = _call(tool, {"image": image_id, "boxes": [[500, 500, 600, 600]]})
     assert "Recognition failed" in outside.content and "outside" in outside.content
+    # a walk's bad box read 'Region 1: Recognition failed: box '0' is inverted': one box, two
+    # numbers; each is named by its id, as its error names it
+    inverted = _call(tool, {"image": image_id, "boxes": [[0, 0, 20, 20], [30, 30, 10, 10]]})
+    second = inverted.content.splitlines()[-1]
+    assert second.startswith("Box 1: Recognition failed: box '1' is inverted"), second
 
 
 # ---------------------------------------------------------------------------- search, add
