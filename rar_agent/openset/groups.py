@@ -116,16 +116,25 @@ class NovelGroupLog:
         names = set(images)
         with self._lock:
             roots = {self._root[i] for i, name in enumerate(self._images) if name in names}
-            gone = {
+            gone = [
                 i
                 for i, name in enumerate(self._images)
                 if name in names or (self._root[i] in roots and (shown is None or shown(name)))
-            }
-            left = [self._images[i] for i in sorted(gone)]
-            if gone:
-                self._keep([i for i in range(len(self._images)) if i not in gone])
-                self._regroup()
-            return left
+            ]
+            return self._drop(gone)
+
+    def logged(self) -> tuple[list[str], np.ndarray]:
+        """The names of the logged queries and their (unit) embeddings, oldest first."""
+        with self._lock:
+            return list(self._images), self._vectors.copy()
+
+    def forget(self, images: Collection[str]) -> list[str]:
+        """Drop the queries named ``images`` alone (e.g. the memory answers them now); their
+        groups' other queries stay, grouped again. Returns the names that left the log."""
+        names = set(images)
+        with self._lock:
+            gone = [i for i, name in enumerate(self._images) if name in names]
+            return self._drop(gone)
 
     def groups(self, min_size: int = 2, shown: Shown | None = None) -> list[NovelGroup]:
         """The groups of at least ``min_size`` queries, largest first.
@@ -204,6 +213,15 @@ class NovelGroupLog:
         self._images.append(image)
         self._seq.append(seq)
         self._root.append(n)
+
+    def _drop(self, gone: Sequence[int]) -> list[str]:
+        """Drop the queries at ``gone`` (ascending) and group the rest again; their names."""
+        left = [self._images[i] for i in gone]
+        if gone:
+            dropped = set(gone)
+            self._keep([i for i in range(len(self._images)) if i not in dropped])
+            self._regroup()
+        return left
 
     def _keep(self, keep: Sequence[int]) -> None:
         """Keep only the queries at ``keep`` (in order); :meth:`_regroup` groups them again."""

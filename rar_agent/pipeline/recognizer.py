@@ -30,6 +30,7 @@ from rar_agent.pipeline.ranked import Ranking
 from rar_agent.pipeline.regions import RegionOptions, arecognize_regions, recognize_regions
 from rar_agent.pipeline.stages import Outcome, StageRunner
 from rar_agent.pipeline.stream import load_batch, plan_for, stream_results
+from rar_agent.pipeline.verdict import is_unknown
 from rar_agent.pipeline.vocabulary import vocabulary_memory
 from rar_agent.ranking import RankerSpec, RankingChain, as_ranking_chain, parse_gate
 from rar_agent.regions import DEFAULT_BLUR
@@ -498,16 +499,40 @@ class Recognizer:
         return [m for m in self.novel_groups.members(group_id) if shown is None or shown(m)]
 
     def taught(
-        self, images: Sequence[str], shown: Callable[[str | None], bool] | None = None
+        self,
+        images: Sequence[str],
+        shown: Callable[[str | None], bool] | None = None,
+        *,
+        label: str | None = None,
     ) -> list[str]:
         """The images named so were taught: they, and the unknown images of their groups
         that ``shown`` shows (the teacher's own; all when ``None``), are no longer unknown
-        images to ask about (:meth:`unknown_groups`).
+        images to ask about (:meth:`unknown_groups`); with the ``label`` taught, neither are
+        the other unknown images ``shown`` shows that the memory now answers with it.
 
         Returns:
             The names of the unknown images that left the log.
         """
-        return self.novel_groups.answered(images, shown)
+        gone = self.novel_groups.answered(images, shown)
+        return gone + (self._answered_now(label, shown) if label is not None else [])
+
+    def _answered_now(self, label: str, shown: Callable[[str | None], bool] | None) -> list[str]:
+        """Drop from the log the unknown images ``shown`` shows (all when ``None``) that the
+        memory now answers ``label`` and would not reject (retrieval and its check: a
+        ranker is not asked again)."""
+        names, vectors = self.novel_groups.logged()
+        mine = [i for i, name in enumerate(names) if shown is None or shown(name)]
+        if not mine:
+            return []
+        names, vectors = [names[i] for i in mine], vectors[mine]
+        retrieved = self.retriever.retrieve_vectors(vectors)
+        checks = self.judge_many(retrieved, vectors)
+        known = [
+            name
+            for name, found, check in zip(names, retrieved, checks, strict=True)
+            if found and found[0].label == label and not is_unknown(check)
+        ]
+        return self.novel_groups.forget(known)
 
     # ------------------------------------------------------------------ rejection
 

@@ -401,14 +401,15 @@ class RecognizerTool(ErrorAnsweringTool):
         caller = serving_teacher()
         return caller.sent if caller is not None else None
 
-    def taught_unknown(self, images: Sequence[str]) -> None:
-        """The images named so were taught: they, and what this caller is shown of their
-        unknown groups, leave the log (other callers' own images in them stay theirs to ask
-        about), and a served caller's list of sent images forgets what left."""
+    def taught_unknown(self, images: Sequence[str], label: str) -> None:
+        """The images named so were taught as ``label``: they, what this caller is shown of
+        their unknown groups, and the unknown images the memory now answers ``label`` leave
+        the log (other callers' own images in those groups stay theirs to ask about), and a
+        served caller's list of sent images forgets what left."""
         taught = getattr(self.recognizer, "taught", None)
         if taught is None:
             return
-        gone = taught(images, self.shown_unknown())
+        gone = taught(images, self.shown_unknown(), label=label)
         caller = serving_teacher()
         if caller is not None and caller.sent is not None:
             caller.sent.forget(gone)

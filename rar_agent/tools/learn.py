@@ -387,7 +387,7 @@ class AddCategoryTool(TeachingTool):
             raise tool_error(_refusal(e, name, label), source) from e
         except RarError as e:
             raise tool_error(e, source) from e
-        self.taught_unknown([source.name])  # its group of look-alike unknown images is answered
+        self.taught_unknown([source.name], result.label)  # its group is answered
         return describe_added(result), result.model_dump(mode="json")
 
 
@@ -451,7 +451,7 @@ class TeachGroupTool(TeachingTool):
             ) from e
         except RarError as e:
             raise tool_error(e, *sources) from e
-        self.taught_unknown([s.name for s in sources])  # the group is answered
+        self.taught_unknown([s.name for s in sources], added[0].label)  # the group is answered
         result = GroupTaught(group=group, label=added[0].label, examples=added, skipped=skipped)
         return describe_group_taught(result), result.model_dump(mode="json")
 
