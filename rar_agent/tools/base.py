@@ -71,6 +71,9 @@ ToolK = Annotated[Annotated[int, Field(ge=MIN_K, le=MAX_TOOL_K)] | None, BeforeV
 not pydantic's."""
 
 _ID_REF = re.compile(r"^\[?\s*(?:image(?:\s+id)?\s*[:=]?\s*)?(img-[0-9a-f]{6,64})\s*\]?$", re.I)
+# What a model writes when it means an id but has none right ('img-1', 'img-abc'): told
+# about ids when no file of that name is found, not that reading files is off.
+_ID_LIKE = re.compile(r"img-[\w-]{1,64}", re.I)
 
 
 @runtime_checkable
@@ -229,6 +232,8 @@ class ImageResolver:
         try:
             return ImageSource(text, resolve_inside_roots(text, self.allowed_roots))
         except UnsafeInputError:
+            if _ID_LIKE.fullmatch(text):
+                return self._by_id(text, text.lower())
             if not looks_like_base64(text):
                 raise
         return self._inline("base64", text, sent)  # no data: prefix

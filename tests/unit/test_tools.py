@@ -225,6 +225,22 @@ async def test_recognize_async(recognizer: Any) -> None:
     assert bad.status == "error" and "no image with id" in bad.content
 
 
+def test_an_id_the_model_made_up_is_answered_about_ids(recognizer: Any, tmp_path: Path) -> None:
+    """A walk's agent passed 'img-1' and 'img-abc' (ids that are not hex) and was told
+    'reading files is disabled: no allowed directories are configured', about files it never
+    meant; it is told there is no image of that id now. A file of that name still wins."""
+    reg = ImageRegistry()
+    reg.register(recognizer.example_images["green leaf"].read_bytes())
+    tool = RecognizeTool(recognizer=recognizer, registry=reg)
+    for made_up in ("img-1", "img-abc", "img-zzzzzz"):
+        msg = _call(tool, {"image": made_up})
+        assert msg.status == "error" and f"no image with id {made_up!r}" in msg.content, msg
+        assert "reading files" not in msg.content
+    (tmp_path / "img-1").write_bytes(recognizer.example_images["green leaf"].read_bytes())
+    in_roots = RecognizeTool(recognizer=recognizer, registry=reg, allowed_roots=[tmp_path])
+    assert _call(in_roots, {"image": "img-1"}).artifact["label"] == "green leaf"
+
+
 def test_recognize_paths_only_inside_roots(recognizer: Any, tmp_path: Path) -> None:
     images_dir = recognizer.example_images["red apple"].parent
     tool = RecognizeTool(recognizer=recognizer, allowed_roots=[images_dir])
