@@ -469,6 +469,8 @@ class RecognitionOnlyChatModel(BaseChatModel):
     #: What it can do, said when asked anything else; and why it does not browse folders.
     capabilities: str = CAPABILITIES
     folders_need_a_model: str = FOLDERS_NEED_A_MODEL
+    #: Say why each photo could not be read (the chat page shows it beside the reply).
+    says_why_unreadable: bool = False
 
     @classmethod
     def for_python(cls) -> RecognitionOnlyChatModel:
@@ -479,6 +481,7 @@ class RecognitionOnlyChatModel(BaseChatModel):
             learning_off=AGENT_LEARNING_OFF,
             capabilities=AGENT_CAPABILITIES,
             folders_need_a_model=AGENT_FOLDERS_NEED_A_MODEL,
+            says_why_unreadable=True,
         )
 
     @property
@@ -548,10 +551,12 @@ class RecognitionOnlyChatModel(BaseChatModel):
         ids = list(dict.fromkeys(IMAGE_ID_PATTERN.findall(text)))
         words = re.sub(r"\[\s*image id\s+img-[0-9a-f]+[^\]]*\]", " ", text).strip()
         words = IMAGE_ID_PATTERN.sub(" ", words).strip()
-        if not ids and unreadable_images(last.content):
+        unreadable = unreadable_images(last.content)
+        if not ids and unreadable:
             # the photo this turn was about could not be read: never answer or teach an
             # earlier one in its place
-            return AIMessage(content=NO_READABLE_PHOTO)
+            why = " Why: " + "; ".join(unreadable) + "." if self.says_why_unreadable else ""
+            return AIMessage(content=NO_READABLE_PHOTO + why)
         command = None if ids else parse_command(words)
         if command is not None:
             return self._command(command)

@@ -147,6 +147,18 @@ def test_the_stand_in_names_the_python_arguments_and_the_page_its_options(
     assert "this page recognizes photos" in page and "--allow-learning" in page, page
 
 
+def test_the_python_stand_in_says_why_a_photo_could_not_be_read(recognizer: Any) -> None:
+    """`create_rar_agent(None, ...)` sent a corrupt JPEG answered only 'No photo in this
+    message could be read, so nothing was recognized or stored.', the reason left in the
+    rewritten message (the chat page shows it beside the reply; Python shows nothing else)."""
+    agent = create_rar_agent(None, recognizer=recognizer)
+    broken = base64.b64encode(b"\xff\xd8\xffgarbage").decode()
+    turn = _user("what is this?", {"type": "image", "base64": broken, "mime_type": "image/jpeg"})
+    said = agent.invoke({"messages": [turn]})["messages"][-1].text
+    assert said.startswith("No photo in this message could be read"), said
+    assert "Why: " in said and "not an image this installation can read" in said, said
+
+
 def test_composition_recognize_then_knowledge_lookup(recognizer: Any) -> None:
     model = PolicyChatModel(policy=recognize_then_lookup)
     agent = create_rar_agent(model, recognizer=recognizer, tools=[lookup_knowledge])
