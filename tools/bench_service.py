@@ -17,8 +17,10 @@ phase (what load from other jobs does not distort, unlike the wall times) with t
 kept busy, the order of service under load (for each call, the calls that ended while it
 waited and the later ones that overtook it: counts, not times, see :func:`fairness`), the
 recognitions answered per second and the cores kept busy while the teachers were at work and
-after them (:func:`while_teaching`), and the memory's image count before and after against
-what was taught (nothing lost).
+after them (:func:`while_teaching`; the one over the other per busy core is about the
+recognitions' share of the benchmark's CPU while teaching, which other jobs' load moves
+little), and the memory's image count before and after against what was taught (nothing
+lost).
 ``--batch-images 1`` runs the server without shared forward passes, the baseline of the
 micro-batching. The server runs in a subprocess with the default limits; each client is its
 own token, so the per-token limits are those a team member would meet. Usage::
@@ -463,11 +465,14 @@ def main() -> None:
     )
     w = r["split"]
     if "cores_during" in w:
+        per_core = [w[f"{k}_per_s"] / max(w[f"cores_{k}"], 1e-9) for k in ("during", "after")]
         print(
             f"while teaching:    {w['during_per_s']:.0f} recognitions/s, "
             f"{w['cores_during']:.2f} cores busy; after: {w['after_per_s']:.0f}/s, "
             f"{w['cores_after']:.2f} cores busy (while / after "
-            f"{w['during_per_s'] / max(w['after_per_s'], 1e-9):.2f})"
+            f"{w['during_per_s'] / max(w['after_per_s'], 1e-9):.2f}; per busy core "
+            f"{per_core[0] / max(per_core[1], 1e-9):.2f}: about the recognitions' share of "
+            "the CPU while teaching, whatever other jobs took)"
         )
     print(f"p95 under load / p50 alone: {ratio:.1f}x (target <= 10x)")
     print(
