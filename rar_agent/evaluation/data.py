@@ -346,8 +346,7 @@ def _overlap_notes(memory: Items, test: Items) -> list[str]:
     """Warnings for test images the memory also holds (the same file or a copy of it: their
     answers are their own entries) and for test labels the memory lacks (no answer can be
     right for them)."""
-    stored = {_content(src) for src, _ in memory}
-    shared = sum(_content(src) in stored for src, _ in test)
+    shared = _copies(memory, test)
     notes = []
     if shared:
         notes.append(
@@ -363,6 +362,33 @@ def _overlap_notes(memory: Items, test: Items) -> list[str]:
             "how such images are rejected): " + ", ".join(missing[:10])
         )
     return notes
+
+
+def _copies(memory: Items, test: Items) -> int:
+    """How many test images are a memory image: the same bytes, read only for files of a
+    size the memory holds (a set of large photos is not read twice over)."""
+    by_size: dict[int, list[str]] = defaultdict(list)
+    for src, _ in memory:
+        by_size[_size(src)].append(src)
+    digests: dict[int, set[str]] = {}
+    same = 0
+    for src, _ in test:
+        size = _size(src)
+        if size in by_size:
+            if size not in digests:
+                digests[size] = {_content(other) for other in by_size[size]}
+            same += _content(src) in digests[size]
+    return same
+
+
+def _size(source: str) -> int:
+    """The file's size in bytes; -1 where it cannot be read (then its name is compared)."""
+    import os
+
+    try:
+        return os.stat(source).st_size
+    except OSError:
+        return -1
 
 
 def _content(source: str) -> str:
