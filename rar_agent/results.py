@@ -419,6 +419,9 @@ class TeachingEvent(BaseModel):
     image: str | None = Field(
         default=None, description="Its id in the conversation it was uploaded to (img-...)."
     )
+    group: str | None = Field(
+        default=None, description="The unknown group it was taught with (teach_unknown_group)."
+    )
 
 
 class UndoneEvent(TeachingEvent):

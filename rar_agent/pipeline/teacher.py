@@ -261,6 +261,7 @@ class Teacher:
         action: TeachAction = "add",
         corrected_from: str | None = None,
         move: bool = False,
+        group: str | None = None,
     ) -> list[ExampleAdded]:
         """Store images as examples of ``label`` (a new category or a new example).
 
@@ -275,6 +276,8 @@ class Teacher:
             move: An image stored under another label is moved to ``label`` (a relabel,
                 recorded as this teacher's, :meth:`relabel`) instead of refused: the person
                 said that its stored label is wrong.
+            group: The group of look-alike unknown images they were taught as, recorded
+                with each (``teach_unknown_group``).
 
         Returns:
             One :class:`ExampleAdded` per image (``added`` 0 when it was already stored
@@ -299,7 +302,14 @@ class Teacher:
             vectors = encoder.embed_images([p.image for p in prepared])
         with _WRITES:
             return self._store(
-                given, prepared, vectors, action=action, wrong=wrong, move=move, start=start
+                given,
+                prepared,
+                vectors,
+                action=action,
+                wrong=wrong,
+                move=move,
+                start=start,
+                group=group,
             )
 
     def _store(
@@ -312,6 +322,7 @@ class Teacher:
         wrong: str | None,
         move: bool,
         start: float,
+        group: str | None = None,
     ) -> list[ExampleAdded]:
         """:meth:`add`'s checks and write, for images already encoded (under ``_WRITES``)."""
         hits = self.memory.search_batch(vectors, kind="image", limit=_DUPLICATE_SEARCH)
@@ -319,7 +330,7 @@ class Teacher:
         clean = self._spelling(given, near)
         wrong = self._spelling(wrong, near) if wrong is not None else None
         moved = self._move_stored(prepared, hits, clean) if move else {}
-        entries = self._entries(clean, prepared, action=action, wrong=wrong)
+        entries = self._entries(clean, prepared, action=action, wrong=wrong, group=group)
         todo = self._unstored(entries)
         flagged = self._check_duplicates(clean, [(prepared[i], entries[i], hits[i]) for i in todo])
         added = self._write([(prepared[i], entries[i]) for i in todo], vectors[todo])
@@ -357,12 +368,15 @@ class Teacher:
         *,
         action: TeachAction,
         wrong: str | None,
+        group: str | None = None,
     ) -> list[MemoryEntry]:
         """The entries ``prepared`` would be stored as, each with its provenance (``taught``:
-        when, via, by, the action and the wrong answer it corrects)."""
+        when, via, by, the action, the wrong answer it corrects, the unknown group)."""
         meta: dict[str, Any] = {"via": self.via, "by": self.by, "action": action}
         if wrong is not None:
             meta["corrected_from"] = wrong
+        if group is not None:
+            meta["group"] = group
         return [
             MemoryEntry(label, "image", p.name, p.digest, {"taught": _taught(meta, p.image_id)})
             for p in prepared
@@ -798,6 +812,7 @@ def _entry_events(pid: str, payload: dict[str, Any]) -> list[TeachingEvent]:
                 corrected_from=taught.get("corrected_from"),
                 source=payload.get("source"),
                 image=taught.get("image"),
+                group=taught.get("group"),
             )
         )
     for record in relabels:

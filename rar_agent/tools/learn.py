@@ -239,6 +239,7 @@ def describe_event(event: TeachingEvent) -> str:
         verb = {"confirm": "confirmed", "correct": "corrected"}.get(event.action or "", "taught")
         fix = f" (was answered {event.corrected_from!r})" if event.corrected_from else ""
         what = f"{verb} {event.source or 'an example'} as {event.label!r}{fix}"
+        what += f" with group {event.group}" if event.group else ""
     return f"{event.at[:19].replace('T', ' ')} via {event.via}{who}: {what} [entry {event.id}]"
 
 
@@ -443,7 +444,7 @@ class TeachGroupTool(TeachingTool):
         sources, skipped = self._members(group)
         examples = [ExampleImage(s.file_name or s.name, s.payload, _upload(s)) for s in sources]
         try:
-            added = teacher.add(label, examples)
+            added = teacher.add(label, examples, group=group)
         except DuplicateExampleError as e:
             raise ToolException(
                 f"{e} Nothing of group {group} was taught: teach its other images one by one "

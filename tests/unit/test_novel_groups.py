@@ -758,7 +758,11 @@ def test_an_agent_names_a_group_in_one_call_and_can_take_it_back(
 
     history = call("teaching_history", limit=10).artifact["events"]
     assert sorted(e["source"] for e in history) == sorted(ids)
-    assert {(e["label"], e["via"], e["action"]) for e in history} == {("bicycle", "tool", "add")}
+    assert {(e["label"], e["via"], e["action"], e["group"]) for e in history} == {
+        ("bicycle", "tool", "add", group["id"])
+    }
+    told = call("teaching_history", limit=10).content
+    assert f"taught {ids[0]} as 'bicycle' with group {group['id']}" in told
     undone = call("undo_teaching", n=6)
     assert undone.status != "error" and len(undone.artifact["undone"]) == 6
     assert call("recognize_image", image=new_bike).artifact["unknown"]
