@@ -478,3 +478,6 @@ class TeachingUndone(BaseModel):
     by: str | None = Field(
         default=None, description="Only this teacher's events were undone (a shared memory)."
     )
+    asked: int | None = Field(
+        default=None, description="How many events were asked to be undone (more than were)."
+    )

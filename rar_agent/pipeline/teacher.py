@@ -639,6 +639,7 @@ class Teacher:
             image_entries=self.memory.count("image"),
             text_entries=self.memory.count("text"),
             by=by,
+            asked=n,
         )
 
     def _record_undone(self, events: Sequence[TeachingEvent]) -> None:

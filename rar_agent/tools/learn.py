@@ -302,7 +302,9 @@ def describe_undone(undone: TeachingUndone) -> str:
     whose = f" by {undone.by!r}" if undone.by else ""
     if not undone.undone:
         return f"Nothing to undo: this memory holds nothing taught{whose}."
-    heading = f"Undid {counted(len(undone.undone), 'teaching event')}{whose}, newest first:"
+    done = len(undone.undone)
+    fewer = f" (all there were: {undone.asked} were asked)" if (undone.asked or 0) > done else ""
+    heading = f"Undid {counted(done, 'teaching event')}{whose}{fewer}, newest first:"
     lines = [heading, *(describe_event(e) for e in undone.undone)]
     held = _holdings(undone.image_entries, undone.text_entries)
     return "\n".join([*lines, f"The memory now holds {held}."])

@@ -555,6 +555,25 @@ def test_counts_after_an_undo_read_in_words(recognizer: Any, tmp_path: Path) -> 
     assert text.endswith("The memory now holds 1 example image.")
 
 
+def test_an_undo_of_more_than_was_taught_says_so(recognizer: Any, tmp_path: Path) -> None:
+    """A walk's `memory undo 500` (a typo for 5) took back all 21 taught examples and said
+    only 'Undid 21 teaching events, newest first:': it now says that was all of them and
+    how many were asked; an undo of as many as there were says nothing more."""
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.tools.learn import describe_undone
+
+    with CategoryMemory.open(tmp_path / "photos", collection="photos") as memory:
+        teacher = Teacher(memory, recognizer.encoder, via="cli")
+        teacher.add("bag", [("bag.png", _png((60, 70, 20)))])
+        teacher.add("cup", [("cup.png", _png((20, 70, 160), mark=2))])
+        exact = describe_undone(teacher.undo(1))
+        beyond = describe_undone(teacher.undo(500))
+    assert exact.startswith("Undid 1 teaching event, newest first:"), exact
+    assert beyond.startswith(
+        "Undid 1 teaching event (all there were: 500 were asked), newest first:"
+    ), beyond
+
+
 def test_teaching_a_memory_of_photos_alone_counts_no_categories(
     tmp_path: Path, tiny_encoder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
