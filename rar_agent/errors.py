@@ -161,6 +161,27 @@ def unwritable_reason(error: OSError, path: Path) -> str:
     blocker = file_in_the_way(path if made_onto else path.parent)
     if blocker is not None:
         return f"{blocker} is a file, not a folder"
+    return os_reason(error)
+
+
+def unreadable_reason(error: OSError, path: Path) -> str:
+    """Why ``path`` could not be read, in words a person acts on: the folder on its way that
+    is a file (the system says only "Not a directory"), ``path`` being a folder ("Is a
+    directory"), nothing there, else the system's reason ("Permission denied"). Every message
+    of a path that could not be read words its reason so, then says to check the path."""
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        return f"{blocker} is a file, not a folder"
+    if isinstance(error, IsADirectoryError):
+        return "it is a folder, not a file"
+    if isinstance(error, FileNotFoundError):
+        return "it does not exist"
+    return os_reason(error)
+
+
+def os_reason(error: OSError) -> str:
+    """The system's reason for ``error`` ("Permission denied", "Address already in use"),
+    else the error's own words, else its kind: never an empty string."""
     return error.strerror or str(error) or type(error).__name__
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.errors import ImageError, RarError
+from rar_agent.errors import ImageError, RarError, unreadable_reason
 from rar_agent.images import (
     declared_size,
     decode_base64_image,
@@ -346,7 +346,8 @@ def _to_bytes(image: Any) -> tuple[bytes, str | None]:
         try:
             return path.read_bytes(), None
         except OSError as e:
-            raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
+            reason = unreadable_reason(e, path)
+            raise ImageError(f"cannot read {path}: {reason}: check the path") from e
     if isinstance(image, str):
         try:
             return decode_base64_image(image)

@@ -37,7 +37,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rar_agent.encoders.hub import hub_access  # noqa: E402
-from rar_agent.errors import ConfigError, ModelLoadError, RarError  # noqa: E402
+from rar_agent.errors import (  # noqa: E402
+    ConfigError,
+    ModelLoadError,
+    RarError,
+    unreadable_reason,
+)
 
 __all__ = [
     "TrainConfig",
@@ -105,7 +110,8 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"cannot read training data {file}: {e.strerror or e}") from e
+        reason = unreadable_reason(e, file)
+        raise ConfigError(f"cannot read training data {file}: {reason}: check the path") from e
     try:
         if text.lstrip().startswith("["):
             records = json.loads(text)

@@ -359,13 +359,13 @@ def _labelled_images(
 
 def _read_names(path: Path) -> list[str]:
     """The class names in a text file: one a line, blank lines and ``#`` comments skipped."""
-    from rar_agent.errors import ConfigError
+    from rar_agent.errors import ConfigError, unreadable_reason
 
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise ConfigError(
-            f"cannot read names file {path}: {e.strerror or e}: check the path"
+            f"cannot read names file {path}: {unreadable_reason(e, path)}: check the path"
         ) from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"names file {path} is not UTF-8 text") from e

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from rar_agent.errors import ImageError
+from rar_agent.errors import ImageError, file_in_the_way, unreadable_reason
 from rar_agent.images.decode import (
     IMAGE_SUFFIXES,
     DecodeNeed,
@@ -302,7 +302,7 @@ def read_image_bytes(path: Path) -> bytes:
     except PermissionError as e:
         raise ImageError(f"no permission to read {path}: check the file's permissions") from e
     except OSError as e:
-        raise ImageError(f"cannot read {path}: {e.strerror or e}") from e
+        raise ImageError(f"cannot read {path}: {unreadable_reason(e, path)}: check the path") from e
 
 
 def check_image_file(path: Path) -> None:
@@ -315,6 +315,9 @@ def check_image_file(path: Path) -> None:
     if path.is_dir():
         raise ImageError(f"{path} is a directory, not an image file: pass a file inside it")
     if not path.exists():
+        if file_in_the_way(path.parent) is not None:  # "afile/x.jpg": afile is no folder
+            gone = NotADirectoryError()
+            raise ImageError(f"cannot read {path}: {unreadable_reason(gone, path)}: check the path")
         raise ImageError(f"{path} does not exist: check the path")
     if not path.is_file():
         raise ImageError(f"{path} is not a regular file (device, socket or pipe?)")

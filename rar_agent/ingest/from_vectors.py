@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rar_agent.config import positive_int
-from rar_agent.errors import ConfigError, LabelError
+from rar_agent.errors import ConfigError, LabelError, unreadable_reason
 from rar_agent.ingest.builders import BuildReport, Progress, finish_build, mark_build_started
 from rar_agent.memory.core import UPSERT_BATCH
 from rar_agent.memory.entries import EntryKind, MemoryEntry, check_kind, normalize_label
@@ -40,7 +40,8 @@ def read_vectors(path: str | Path) -> np.ndarray:
     try:
         array = np.load(file, mmap_mode="r", allow_pickle=False)
     except OSError as e:
-        raise ConfigError(f"cannot read vectors {file}: {e.strerror or e}: check the path") from e
+        reason = unreadable_reason(e, file)
+        raise ConfigError(f"cannot read vectors {file}: {reason}: check the path") from e
     except ValueError as e:  # numpy takes any other file for pickled data
         raise ConfigError(
             f"{file} is not a .npy array: save the vectors with numpy.save (a float matrix of "
@@ -64,7 +65,8 @@ def read_labels(path: str | Path) -> list[str]:
     try:
         lines = file.read_text(encoding="utf-8-sig").splitlines()
     except OSError as e:
-        raise ConfigError(f"cannot read labels {file}: {e.strerror or e}: check the path") from e
+        reason = unreadable_reason(e, file)
+        raise ConfigError(f"cannot read labels {file}: {reason}: check the path") from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"labels {file} are not UTF-8 text: write one label a line") from e
     for number, line in enumerate(lines, start=1):

@@ -264,7 +264,7 @@ def _in_url(host: str) -> str:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    from rar_agent.errors import cannot_serve
+    from rar_agent.errors import cannot_serve, os_reason
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -275,7 +275,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     except OSError as e:
-        raise cannot_serve(f"{host}:{port}", e.strerror or str(e), any_port=True) from None
+        raise cannot_serve(f"{host}:{port}", os_reason(e), any_port=True) from None
 
 
 @contextlib.contextmanager

@@ -39,7 +39,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from rar_agent.errors import ConfigError, MemoryStoreError, unwritable_reason
+from rar_agent.errors import (
+    ConfigError,
+    MemoryStoreError,
+    unreadable_reason,
+    unwritable_reason,
+)
 
 if TYPE_CHECKING:
     from rar_agent.memory.core import CategoryMemory
@@ -232,7 +237,7 @@ def _open_snapshot(path: Path) -> Iterator[tarfile.TarFile]:
             yield tar
     except OSError as e:
         raise ConfigError(
-            f"cannot read the snapshot {path}: {e.strerror or e}: check the path"
+            f"cannot read the snapshot {path}: {unreadable_reason(e, path)}: check the path"
         ) from None
     except tarfile.TarError:
         raise ConfigError(

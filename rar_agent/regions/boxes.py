@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from rar_agent.errors import ConfigError
+from rar_agent.errors import ConfigError, unreadable_reason
 
 __all__ = [
     "Box",
@@ -266,7 +266,8 @@ def load_boxes(
     except FileNotFoundError as e:
         raise BoxError(f"boxes file {path} does not exist: check the path") from e
     except OSError as e:
-        raise BoxError(f"cannot read boxes file {path}: {e.strerror or e}") from e
+        reason = unreadable_reason(e, path)
+        raise BoxError(f"cannot read boxes file {path}: {reason}: check the path") from e
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BoxError(
             f"boxes file {path} is not valid JSON ({e}): write a JSON list of "

@@ -297,7 +297,7 @@ def test_a_file_that_is_no_tar_is_named_as_such(tmp_path: Path) -> None:
         read_snapshot_header(bad)
     assert "it is not a tar file" in str(caught.value)
     assert "method gz" not in str(caught.value)  # tarfile's attempts, one line each
-    with pytest.raises(ConfigError, match="no.tar: No such file or directory: check the path"):
+    with pytest.raises(ConfigError, match="no.tar: it does not exist: check the path"):
         read_snapshot_header(tmp_path / "no.tar")
 
 
