@@ -201,11 +201,13 @@ def test_the_stand_in_says_that_folders_need_a_chat_model(
 ) -> None:
     """`rar-agent chat --allow-root DIR` with no chat model (the offline default) answered
     "what is in my holiday folder?" as if there were no folder: nothing said that browsing
-    it takes a chat model that calls tools."""
+    it takes a chat model that calls tools. In Python it names create_rar_agent's argument,
+    not the chat page's --model (b400ef0)."""
     question = {"messages": [HumanMessage("What is in my holiday folder?")]}
     with_folders = create_rar_agent(None, recognizer=recognizer, folders=[tree["root"]])
     reply = with_folders.invoke(question)["messages"][-1].text
-    assert "photo folders" in reply and "--model" in reply
+    assert "photo folders" in reply and "pass one to create_rar_agent" in reply
+    assert "--model" not in reply
     plain = create_rar_agent(None, recognizer=recognizer).invoke(question)["messages"][-1].text
     assert "photo folders" not in plain
 

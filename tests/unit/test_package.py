@@ -66,6 +66,8 @@ def test_import_loads_nothing_heavy() -> None:
 # builds (typer vendors its own click, whose types are private).
 ANY_ALLOWED = {
     "rar_agent.cli:reflow_help(command)",
+    "rar_agent.cli.environment:known_variables(command)",
+    "rar_agent.cli.environment:unknown_variables(command)",
     "rar_agent.encoders.hf_backend:TransformersClipEncoder.__init__(image_processor)",
     "rar_agent.encoders.hf_backend:TransformersClipEncoder.__init__(model)",
     "rar_agent.encoders.hf_backend:TransformersClipEncoder.__init__(tokenizer)",
