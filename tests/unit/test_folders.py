@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
-from rar_agent.agent import create_rar_agent
+from rar_agent.agent import RecognitionOnlyChatModel, create_rar_agent
 from rar_agent.errors import ConfigError
 from rar_agent.tools import RecognizeImagesTool, folder_tools, make_tools
 from rar_agent.tools.folders import MAX_BATCH
@@ -210,6 +210,12 @@ def test_the_stand_in_says_that_folders_need_a_chat_model(
     assert "--model" not in reply
     plain = create_rar_agent(None, recognizer=recognizer).invoke(question)["messages"][-1].text
     assert "photo folders" not in plain
+    # the chat page's stand-in (rar-agent chat --allow-root DIR) names the page's option
+    page = create_rar_agent(
+        RecognitionOnlyChatModel(), recognizer=recognizer, folders=[tree["root"]]
+    )
+    on_page = page.invoke(question)["messages"][-1].text
+    assert "photo folders" in on_page and "--model" in on_page
 
 
 def test_batch_takes_phone_photos_heic_and_avif(recognizer: Any, tmp_path: Path) -> None:
