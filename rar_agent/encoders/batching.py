@@ -15,24 +15,15 @@ wrapped encoder's), so a :class:`~rar_agent.pipeline.Recognizer` takes it as its
 the same rows the wrapped encoder gives each caller alone. One caller's bad image never fails
 the others: when a shared pass fails, each caller's images are encoded again on their own and
 only the failing caller gets the error. Texts go through the worker too, one call at a time.
-
-Callers that can wait (a teacher's images, beside recognitions) encode :func:`yielding`: their
-passes run on a worker thread at a low CPU priority, so they take the CPU that the other
-callers leave idle (on a busy server, the moments its threads wait for each other) instead of
-theirs, and an ordinary worker takes them once they have waited :data:`YIELD_AT_MOST_S`.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import contextvars
 import logging
-import os
 import sys
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -48,11 +39,9 @@ __all__ = [
     "CPU_SHARED_BATCH",
     "DEFAULT_MAX_BATCH",
     "SERVER_SWITCH_INTERVAL_S",
-    "YIELD_AT_MOST_S",
     "BatchingEncoder",
     "name_os_thread",
     "shared_encoder",
-    "yielding",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,20 +63,8 @@ CPU_SHARED_BATCH = 2
 #: above its CPU alone instead of 1-4 ms, p95 under load / p50 alone 11.1-12.2x instead of
 #: 12.0-13.6x (lower in five pairs, equal in one).
 SERVER_SWITCH_INTERVAL_S = 0.001
-#: How long a :func:`yielding` caller's images wait at most for the low-priority worker
-#: before an ordinary worker takes them (seconds): on a machine whose cores other processes
-#: keep busy, the low-priority worker may get no CPU at all.
-YIELD_AT_MOST_S = 0.5
-#: How many nice steps the low-priority worker runs below its process (a thread may always
-#: lower its own priority): beside threads of the process's priority that are ready to run
-#: it gets about a tenth of a core (Linux weighs nice 10 at 110 against 1024 at nice 0), so
-#: its passes end even on a busy machine.
-LOW_NICE = 10
-_LOWEST_NICE = 19
 _PR_SET_NAME = 15  # prctl option that names the calling thread (Linux)
 _IDLE_S = 10.0  # a worker with nothing to do for this long ends (no thread left behind)
-_WORKER, _LOW_WORKER = "rar-encoder", "rar-encoder-low"
-_YIELDING: contextvars.ContextVar[bool] = contextvars.ContextVar("rar_yielding", default=False)
 
 
 @dataclass
@@ -97,23 +74,6 @@ class _Job:
     items: list[Any]
     texts: bool = False
     answer: Future[np.ndarray] = field(default_factory=Future)
-    pixels: Any = None  # a yielding job's images, preprocessed by its caller (a tensor)
-    since: float = field(default_factory=time.monotonic)
-
-
-@contextlib.contextmanager
-def yielding() -> Iterator[None]:
-    """Within the block, the images this thread encodes through a :class:`BatchingEncoder`
-    yield to the other callers': they are encoded at a low CPU priority (:data:`LOW_NICE`), in
-    the CPU time the others leave idle, or by an ordinary worker once they have waited
-    :data:`YIELD_AT_MOST_S`. For work that can wait a little (teaching, beside a service's
-    recognitions); other encoders, and systems where a thread cannot lower its own priority
-    (Linux can), encode as before."""
-    token = _YIELDING.set(True)
-    try:
-        yield
-    finally:
-        _YIELDING.reset(token)
 
 
 class BatchingEncoder:
@@ -173,10 +133,7 @@ class BatchingEncoder:
         self.workers = workers
         self.threads = threads
         self._queue: collections.deque[_Job] = collections.deque()
-        self._later: collections.deque[_Job] = collections.deque()  # yielding callers' jobs
-        lock = threading.RLock()
-        self._ready = threading.Condition(lock)  # the ordinary workers wait on it
-        self._low = threading.Condition(lock)  # the low-priority worker waits on it
+        self._ready = threading.Condition()
         self._workers: set[threading.Thread] = set()
         self._closed = False
         self.passes = 0  # worker turns so far, and the images they encoded
@@ -208,7 +165,6 @@ class BatchingEncoder:
         with self._ready:
             self._closed = True
             self._ready.notify_all()
-            self._low.notify_all()
         for worker in list(self._workers):
             if worker is not threading.current_thread():
                 worker.join()
@@ -227,84 +183,34 @@ class BatchingEncoder:
     def _submit(self, job: _Job) -> np.ndarray:
         if threading.current_thread() in self._workers:  # called from inside a pass
             return self._encode(job)
-        later = _YIELDING.get() and not job.texts and _LOWERS_PRIORITY
-        if later:  # prepared here, at the caller's priority: the low worker only runs the pass
-            job.pixels = self._pixels(job.items)
         with self._ready:
             if self._closed:
                 from rar_agent.errors import EncoderError
 
                 raise EncoderError("the batching encoder is closed: make a new one")
-            while self._running(_WORKER) < self.workers:
-                self._start(_WORKER)
-            if later:
-                if not self._running(_LOW_WORKER):
-                    self._start(_LOW_WORKER)
-                self._later.append(job)
-                self._low.notify()
-                self._ready.notify_all()  # idle workers wait until it is overdue
-            else:
-                self._queue.append(job)
-                self._ready.notify()  # one idle worker is enough to take it
+            while len(self._workers) < self.workers:
+                worker = threading.Thread(target=self._serve, name="rar-encoder", daemon=True)
+                self._workers.add(worker)
+                worker.start()
+            self._queue.append(job)
+            self._ready.notify()  # one idle worker is enough to take it
         return job.answer.result()
-
-    def _running(self, name: str) -> int:
-        return sum(1 for worker in self._workers if worker.name == name)
-
-    def _start(self, name: str) -> None:
-        worker = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._workers.add(worker)
-        worker.start()
 
     def _serve(self) -> None:
         name_os_thread()
-        low = threading.current_thread().name == _LOW_WORKER
-        if low:
-            _lower_priority()
         if self.threads is not None and "torch" in sys.modules:  # a torch model's workers
             import torch
 
             torch.set_num_threads(self.threads)
-        while (jobs := self._next_later() if low else self._next_batch()) is not None:
+        while (jobs := self._next_batch()) is not None:
             self._run(jobs)
 
-    def _next_later(self) -> list[_Job] | None:
-        """The low-priority worker's next pass: the yielding job queued first (None once
-        closed and drained, or idle)."""
-        with self._ready:
-            self._low.wait_for(lambda: self._later or self._closed, timeout=_IDLE_S)
-            if not self._later:
-                self._workers.discard(threading.current_thread())
-                return None
-            return [self._later.popleft()]
-
-    def _overdue(self) -> bool:
-        """Whether the first yielding job is the ordinary workers' now (it waited
-        :data:`YIELD_AT_MOST_S`, or the encoder is closing)."""
-        if not self._later:
-            return False
-        return self._closed or time.monotonic() - self._later[0].since >= YIELD_AT_MOST_S
-
-    def _wait_for_work(self) -> None:
-        """Wait (holding ``_ready``) until a job is queued or overdue, the encoder closes,
-        or ``_IDLE_S`` pass with neither."""
-        idle_at = time.monotonic() + _IDLE_S
-        while not (self._queue or self._closed or self._overdue()):
-            now = time.monotonic()
-            if now >= idle_at:
-                return
-            due = self._later[0].since + YIELD_AT_MOST_S if self._later else idle_at
-            self._ready.wait(timeout=max(min(due, idle_at) - now, 0.0005))
-
     def _next_batch(self) -> list[_Job] | None:
-        """The jobs of the next pass (None once closed and drained): an overdue yielding
-        job alone, else the first queued one, then the image jobs queued after it while
-        they fit in ``max_batch``."""
+        """The jobs of the next pass (None once closed and drained): the first queued one,
+        then the image jobs queued after it while they fit in ``max_batch``."""
         with self._ready:
             while True:
-                self._wait_for_work()
-                if self._overdue():
-                    return [self._later.popleft()]
+                self._ready.wait_for(lambda: self._queue or self._closed, timeout=_IDLE_S)
                 if not self._queue:  # closed, or idle: the next call starts a new worker
                     self._workers.discard(threading.current_thread())
                     return None
@@ -356,43 +262,15 @@ class BatchingEncoder:
             except Exception as e:
                 job.answer.set_exception(e)
 
-    def _pixels(self, images: list[Any]) -> list[Any] | None:
-        """``images`` as the wrapped encoder's pixel tensors, one per forward pass, where it
-        splits preprocessing from the pass (a torch encoder's ``pixel_batches``); else
-        ``None``."""
-        batches = getattr(self.inner, "pixel_batches", None)
-        return None if batches is None else list(batches(images))
-
     def _encode(self, job: _Job) -> np.ndarray:
         if job.texts:
             return self.inner.embed_texts(job.items)
-        if job.pixels is not None:
-            embed = self.inner.embed_pixel_batch  # type: ignore[attr-defined]
-            rows = np.concatenate([embed(pixels) for pixels in job.pixels], axis=0)
-        else:
-            rows = self.inner.embed_images(job.items)
+        rows = self.inner.embed_images(job.items)
         if len(rows) != len(job.items):
             from rar_agent.errors import EncoderError
 
             raise EncoderError(f"the encoder returned {len(rows)} rows for {len(job.items)} images")
         return rows
-
-
-_LOWERS_PRIORITY = sys.platform.startswith("linux")
-"""Whether a thread can lower its own CPU priority alone (Linux: threads are tasks)."""
-
-
-def _lower_priority() -> None:
-    """Lower the calling thread's priority by :data:`LOW_NICE` steps below the process's
-    (Linux; elsewhere, or where the system refuses, it keeps its priority)."""
-    if not _LOWERS_PRIORITY:
-        return
-    thread = threading.get_native_id()
-    try:
-        nice = os.getpriority(os.PRIO_PROCESS, thread)
-        os.setpriority(os.PRIO_PROCESS, thread, min(nice + LOW_NICE, _LOWEST_NICE))
-    except OSError as e:
-        logger.debug("the low-priority encoder worker keeps its priority: %s", e)
 
 
 def name_os_thread(name: str | None = None) -> bool:

@@ -352,19 +352,16 @@ class TorchEncoderBase:
             return max(1, min(self.batch_size, CPU_FORWARD_BATCH))
         return self.batch_size
 
-    def pixel_batches(self, images: Sequence[Image.Image]) -> Iterator[torch.Tensor]:
-        """``images`` as the pixel tensors of their forward passes (:attr:`forward_batch`
-        images each), preprocessed one pass at a time, for :meth:`embed_pixel_batch`."""
-        step = self.forward_batch
-        for i in range(0, len(images), step):
-            yield self.preprocess(images[i : i + step])
-
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed RGB PIL images into a float32 ``(n, dim)`` array, rows L2-normalised."""
         images = list(images)
         if not images:
             return self._empty()
-        out = [self.embed_pixel_batch(pixels) for pixels in self.pixel_batches(images)]
+        step = self.forward_batch
+        out = [
+            self.embed_pixel_batch(self.preprocess(images[i : i + step]))
+            for i in range(0, len(images), step)
+        ]
         return np.concatenate(out, axis=0)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

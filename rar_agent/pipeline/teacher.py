@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from rar_agent.encoders.batching import yielding
 from rar_agent.errors import ConfigError, DuplicateExampleError, ImageError
 from rar_agent.images import THUMBNAIL_MAX_BYTES, THUMBNAIL_SIDE, make_thumbnail
 from rar_agent.memory import MemoryEntry, normalize_label
@@ -298,8 +297,7 @@ class Teacher:
         prepared = [_prepare(ExampleImage.of(image)) for image in images]
         encoder = self._encoder()
         self._bind()
-        with yielding():  # recognitions beside it go first at a shared encoder
-            vectors = encoder.embed_images([p.image for p in prepared])
+        vectors = encoder.embed_images([p.image for p in prepared])
         with _WRITES:
             return self._store(
                 given,

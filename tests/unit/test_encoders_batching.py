@@ -7,7 +7,6 @@ deterministic by holding the worker inside a pass (an event) while the next call
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -19,8 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rar_agent.encoders import batching as batching_module
-from rar_agent.encoders.batching import LOW_NICE, BatchingEncoder, name_os_thread, yielding
+from rar_agent.encoders.batching import BatchingEncoder, name_os_thread
 from rar_agent.errors import EncoderError
 from tests.helpers.encoder_factories import HashingEncoder
 
@@ -228,94 +226,6 @@ def test_workers_waiting_for_a_batch_survive_each_other(inner: Recording) -> Non
                 np.testing.assert_allclose(rows, alone[i % 8], atol=1e-6)
             assert all(worker.is_alive() for worker in batching._workers)
     assert batching.images == 240
-
-
-# ---------------------------------------------------------------------------- yielding callers
-
-linux_only = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="a thread's own CPU priority (Linux)"
-)
-
-
-def own_nice() -> int:
-    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-
-class Niceness(Recording):
-    """The recording encoder, noting each pass's thread and that thread's nice value."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.passes: list[tuple[str, int]] = []
-
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        self.passes.append((threading.current_thread().name, own_nice()))
-        return super().embed_images(images)
-
-
-@linux_only
-def test_a_yielding_callers_images_are_encoded_at_a_low_priority_with_the_same_rows(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # the low worker takes the images however long a loaded machine keeps it waiting: after
-    # the 0.5 s an ordinary worker would take them, and this test would fail by the clock
-    monkeypatch.setattr(batching_module, "YIELD_AT_MOST_S", 60.0)
-    inner = Niceness()
-    images = [picture(1), picture(2)]
-    with BatchingEncoder(inner) as batching:
-        with yielding():
-            low = batching.embed_images(images)
-        plain = batching.embed_images(images)
-    normal = own_nice()
-    low_nice = min(normal + LOW_NICE, 19)
-    assert inner.passes == [("rar-encoder-low", low_nice), ("rar-encoder", normal)]
-    np.testing.assert_array_equal(low, plain)
-
-
-@linux_only
-def test_a_yielding_call_that_waited_its_most_goes_to_an_ordinary_worker(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    inner = Niceness()
-    inner.hold.set()  # the first pass (the low worker's) waits for release
-
-    def yielded(i: int) -> np.ndarray:
-        with yielding():
-            return batching.embed_images([picture(i)])
-
-    monkeypatch.setattr(batching_module, "YIELD_AT_MOST_S", 30.0)
-    with BatchingEncoder(inner) as batching, ThreadPoolExecutor(1) as pool:
-        held = pool.submit(yielded, 1)
-        assert inner.holding.wait(30)
-        monkeypatch.setattr(batching_module, "YIELD_AT_MOST_S", 0.0)
-        rows = yielded(2)  # the low worker is busy: an ordinary worker takes it at once
-        assert not held.done()
-        inner.release.set()
-        held.result(30)
-    assert [name for name, _ in inner.passes] == ["rar-encoder-low", "rar-encoder"]
-    np.testing.assert_allclose(rows, inner.embed_images([picture(2)]), atol=1e-6)
-
-
-@linux_only
-def test_a_torch_encoders_yielding_images_are_prepared_by_their_caller(
-    tiny_encoder: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # the low worker runs the forward passes only: a thread at a low priority that holds
-    # the interpreter lock (decoding, resizing) would hold up every other thread
-    images = [picture(i, (40, 30)) for i in range(6)]  # two forward passes of a CPU encoder
-    expected = tiny_encoder.embed_images(images)
-    prepared_in: list[str] = []
-    preprocess = tiny_encoder.preprocess
-
-    def noting(batch: Sequence[Image.Image]) -> Any:
-        prepared_in.append(threading.current_thread().name)
-        return preprocess(batch)
-
-    monkeypatch.setattr(tiny_encoder, "preprocess", noting)
-    with BatchingEncoder(tiny_encoder) as batching, yielding():
-        rows = batching.embed_images(images)
-    np.testing.assert_allclose(rows, expected, atol=1e-6)
-    assert prepared_in == [threading.current_thread().name] * 2
 
 
 # ---------------------------------------------------------------------------- users

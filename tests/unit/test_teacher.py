@@ -7,8 +7,6 @@ import base64
 import contextlib
 import io
 import re
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -771,34 +769,3 @@ def test_a_class_names_first_photo_where_the_photos_answer_says_how_it_is_answer
         "now answered 'heron' (this memory's photos answer, not its class names; more "
         "examples of it make that surer)."
     )
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own priority")
-def test_teaching_through_a_shared_encoder_yields_and_the_next_recognition_sees_it(
-    recognizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A server's teacher encodes its images at a low priority (the recognitions beside it
-    go first), and still the very next recognition answers with what it taught."""
-    from rar_agent.encoders import batching
-    from rar_agent.encoders.batching import BatchingEncoder
-
-    # not by the clock: on a loaded machine the low worker may wait past the 0.5 s after
-    # which an ordinary worker takes the images
-    monkeypatch.setattr(batching, "YIELD_AT_MOST_S", 60.0)
-
-    passes: list[str] = []
-    forward = recognizer.encoder.embed_pixel_batch
-
-    def noting(pixels: Any) -> Any:
-        passes.append(threading.current_thread().name)
-        return forward(pixels)
-
-    monkeypatch.setattr(recognizer.encoder, "embed_pixel_batch", noting)
-    photo = tmp_path / "sandal.png"
-    photo.write_bytes(_png((120, 40, 160), mark=3))
-    with BatchingEncoder(recognizer.encoder) as shared:
-        serving = recognizer.with_encoder(shared)
-        [added] = Teacher(serving.memory, shared, via="mcp", by="ana").add("sandal", [photo])
-        assert passes == ["rar-encoder-low"]
-        assert serving.recognize(photo).label == "sandal"
-    assert added.added == 1 and passes[-1] == "rar-encoder"
