@@ -28,6 +28,7 @@ __all__ = [
     "did_you_mean",
     "failure_line",
     "file_in_the_way",
+    "file_in_the_way_reason",
     "near_misses",
     "unwritable_reason",
 ]
@@ -158,10 +159,7 @@ def unwritable_reason(error: OSError, path: Path) -> str:
     system's reason ("Permission denied", "File name too long"), else the error's own words.
     Every message of a path that could not be written words its reason so."""
     made_onto = isinstance(error, FileExistsError)  # mkdir where a file stands
-    blocker = file_in_the_way(path if made_onto else path.parent)
-    if blocker is not None:
-        return f"{blocker} is a file, not a folder"
-    return os_reason(error)
+    return file_in_the_way_reason(path if made_onto else path.parent) or os_reason(error)
 
 
 def unreadable_reason(error: OSError, path: Path) -> str:
@@ -169,9 +167,9 @@ def unreadable_reason(error: OSError, path: Path) -> str:
     is a file (the system says only "Not a directory"), ``path`` being a folder ("Is a
     directory"), nothing there, else the system's reason ("Permission denied"). Every message
     of a path that could not be read words its reason so, then says to check the path."""
-    blocker = file_in_the_way(path.parent)
-    if blocker is not None:
-        return f"{blocker} is a file, not a folder"
+    in_the_way = file_in_the_way_reason(path.parent)
+    if in_the_way is not None:
+        return in_the_way
     if isinstance(error, IsADirectoryError):
         return "it is a folder, not a file"
     if isinstance(error, FileNotFoundError):
@@ -183,6 +181,14 @@ def os_reason(error: OSError) -> str:
     """The system's reason for ``error`` ("Permission denied", "Address already in use"),
     else the error's own words, else its kind: never an empty string."""
     return error.strerror or str(error) or type(error).__name__
+
+
+def file_in_the_way_reason(folder: Path) -> str | None:
+    """The words for a file that stands where ``folder`` or a folder above it should be
+    ("notes.txt is a file, not a folder", where the system says only "Not a directory" or
+    "File exists"), or ``None`` where none does."""
+    blocker = file_in_the_way(folder)
+    return None if blocker is None else f"{blocker} is a file, not a folder"
 
 
 def file_in_the_way(folder: Path) -> Path | None:

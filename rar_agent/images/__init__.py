@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from rar_agent.errors import ImageError, file_in_the_way, unreadable_reason
+from rar_agent.errors import ImageError, file_in_the_way_reason, unreadable_reason
 from rar_agent.images.decode import (
     IMAGE_SUFFIXES,
     DecodeNeed,
@@ -315,9 +315,9 @@ def check_image_file(path: Path) -> None:
     if path.is_dir():
         raise ImageError(f"{path} is a directory, not an image file: pass a file inside it")
     if not path.exists():
-        if file_in_the_way(path.parent) is not None:  # "afile/x.jpg": afile is no folder
-            gone = NotADirectoryError()
-            raise ImageError(f"cannot read {path}: {unreadable_reason(gone, path)}: check the path")
+        in_the_way = file_in_the_way_reason(path.parent)  # "afile/x.jpg": afile is no folder
+        if in_the_way is not None:
+            raise ImageError(f"cannot read {path}: {in_the_way}: check the path")
         raise ImageError(f"{path} does not exist: check the path")
     if not path.is_file():
         raise ImageError(f"{path} is not a regular file (device, socket or pipe?)")
