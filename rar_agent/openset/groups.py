@@ -12,6 +12,9 @@ few photos of one new thing into pairs and chained many of them into one group w
 neighbours. An agent asks once, "what are these 7 images?", instead of seven times; once one
 of them is taught, its group is answered and leaves the log (:meth:`NovelGroupLog.answered`);
 on a log that callers share, the group as the teacher sees it: images only others sent stay.
+A group keeps its id while it keeps images (the id most of its images had, whichever left or
+joined), so an agent told an id finds that group under it; an id no group has any more says
+what became of it (:meth:`NovelGroupLog.fate`).
 How pure the groups are on Fashion-MNIST's held-out classes: ``docs/eval/open-set``. Without
 a link (a memory that cannot calibrate) nothing is linked.
 """
@@ -19,7 +22,7 @@ a link (a memory that cannot calibrate) nothing is linked.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
@@ -63,8 +66,10 @@ class NovelGroupLog:
         self._vectors = np.zeros((0, 0), dtype=np.float32)
         self._sims = np.zeros((0, 0), dtype=np.float32)
         self._images: list[str] = []
-        self._seq: list[int] = []  # each query's sequence number: a group's id is its oldest's
+        self._seq: list[int] = []  # each query's sequence number (unique, never reused)
         self._root: list[int] = []  # each query's group, as the index of its oldest query
+        self._gid: list[int] = []  # each query's group id (a number from the same counter)
+        self._fates: OrderedDict[int, str] = OrderedDict()  # ids no group has now: why
         self._link: float | None = None
         self._next = 0
 
@@ -88,18 +93,20 @@ class NovelGroupLog:
             seen = self._seen(row, image)
             if seen is not None:  # the same image asked again is not a second sighting
                 if relink:
-                    self._regroup()
+                    self._regroup(self._ids(), "")  # no query leaves
                 return self._group_of(seen, min_size=2)
             full = len(self._images) >= self.capacity
+            before = self._ids() if full or relink else None
             if full:
                 self._keep(range(len(self._images) // 2, len(self._images)))
-            self._append(row, image or f"query-{self._next}", self._next)
-            self._next += 1
-            if full or relink or not self._alone():
-                self._regroup()
+            self._append(row, image or f"query-{self._next}", self._fresh())
+            if before is not None or not self._alone():
+                self._regroup(self._ids() if before is None else before, self._evicted())
             return self._group_of(len(self._images) - 1, min_size=2)
 
-    def answered(self, images: Collection[str], shown: Shown | None = None) -> list[str]:
+    def answered(
+        self, images: Collection[str], shown: Shown | None = None, label: str | None = None
+    ) -> list[str]:
         """Drop the queries named ``images`` and the queries of their groups that ``shown``
         shows: someone said what they show (an example of it was taught), so the group's
         question, as they saw it, is answered. The queries of those groups that only others
@@ -109,6 +116,7 @@ class NovelGroupLog:
             images: The names of the images taught.
             shown: Whether an image named so is the teacher's to answer (their conversation's,
                 the images their token sent); every one when ``None`` (one caller).
+            label: What they were taught as (what an id of a group that left says).
 
         Returns:
             The names of the queries that left the log.
@@ -121,20 +129,22 @@ class NovelGroupLog:
                 for i, name in enumerate(self._images)
                 if name in names or (self._root[i] in roots and (shown is None or shown(name)))
             ]
-            return self._drop(gone)
+            taught = "were taught" if label is None else f"were taught as {label!r}"
+            return self._drop(gone, f"its images {taught}")
 
     def logged(self) -> tuple[list[str], np.ndarray]:
         """The names of the logged queries and their (unit) embeddings, oldest first."""
         with self._lock:
             return list(self._images), self._vectors.copy()
 
-    def forget(self, images: Collection[str]) -> list[str]:
+    def forget(self, images: Collection[str], why: str = "its images left the log") -> list[str]:
         """Drop the queries named ``images`` alone (e.g. the memory answers them now); their
-        groups' other queries stay, grouped again. Returns the names that left the log."""
+        groups' other queries stay, grouped again. ``why``: what an id of a group that left
+        says (:meth:`fate`). Returns the names that left the log."""
         names = set(images)
         with self._lock:
             gone = [i for i, name in enumerate(self._images) if name in names]
-            return self._drop(gone)
+            return self._drop(gone, why)
 
     def groups(self, min_size: int = 2, shown: Shown | None = None) -> list[NovelGroup]:
         """The groups of at least ``min_size`` queries, largest first.
@@ -163,14 +173,18 @@ class NovelGroupLog:
 
     def members(self, group_id: str) -> list[str]:
         """Every image of a group, oldest first (the listing shows at most 20)."""
+        number = _number(group_id)
         with self._lock:
-            try:
-                root = self._seq.index(int(group_id.rsplit("-", 1)[1]))
-            except (IndexError, ValueError):
-                return []
-            if self._root[root] != root:
-                return []  # that query is no group's oldest now
-            return [self._images[i] for i, r in enumerate(self._root) if r == root]
+            return [self._images[i] for i, g in enumerate(self._gid) if g == number]
+
+    def fate(self, group_id: str) -> str | None:
+        """What became of a group this log gave ``group_id`` and no group has now, in words
+        ("its images are now in group unknown-4", "its images were taught as 'bag'");
+        ``None`` where a group has it or this log never gave it (or forgot: it keeps the
+        last ``4 * capacity``)."""
+        number = _number(group_id)
+        with self._lock:
+            return None if number is None else self._fates.get(number)
 
     def __len__(self) -> int:
         return len(self._images)
@@ -197,13 +211,29 @@ class NovelGroupLog:
 
     def _group(self, root: int, members: Sequence[int]) -> NovelGroup:
         return NovelGroup(
-            id=f"unknown-{self._seq[root]}",
+            id=f"unknown-{self._gid[root]}",
             size=len(members),
             images=[self._images[i] for i in members[:MAX_MEMBERS_SHOWN]],
         )
 
+    def _fresh(self) -> int:
+        """A number no query or group had (each query's sequence number comes from here)."""
+        self._next += 1
+        return self._next - 1
+
+    def _evicted(self) -> str:
+        return (
+            "its images were among the older half of the unknown images seen, dropped to "
+            f"make room (the log keeps the last {self.capacity})"
+        )
+
+    def _ids(self) -> dict[int, int]:
+        """Each logged query's group id, by its sequence number (before a change)."""
+        return dict(zip(self._seq, self._gid, strict=True))
+
     def _append(self, row: np.ndarray, image: str, seq: int) -> None:
-        """Log one query: its similarity to every logged one joins the matrix."""
+        """Log one query (alone: its group's id is its own number): its similarity to every
+        logged one joins the matrix."""
         n = len(self._images)
         vectors = row[None] if not n else np.vstack([self._vectors, row[None]])
         sims = np.empty((n + 1, n + 1), dtype=np.float32)
@@ -213,14 +243,17 @@ class NovelGroupLog:
         self._images.append(image)
         self._seq.append(seq)
         self._root.append(n)
+        self._gid.append(seq)
 
-    def _drop(self, gone: Sequence[int]) -> list[str]:
-        """Drop the queries at ``gone`` (ascending) and group the rest again; their names."""
+    def _drop(self, gone: Sequence[int], why: str) -> list[str]:
+        """Drop the queries at ``gone`` (ascending) and group the rest again; their names.
+        ``why``: what became of a group whose queries all left."""
         left = [self._images[i] for i in gone]
         if gone:
+            before = self._ids()
             dropped = set(gone)
             self._keep([i for i in range(len(self._images)) if i not in dropped])
-            self._regroup()
+            self._regroup(before, why)
         return left
 
     def _keep(self, keep: Sequence[int]) -> None:
@@ -230,16 +263,59 @@ class NovelGroupLog:
         self._sims = self._sims[np.ix_(index, index)]
         self._images = [self._images[i] for i in index]
         self._seq = [self._seq[i] for i in index]
+        self._gid = [self._gid[i] for i in index]
 
-    def _regroup(self) -> None:
-        """Group the whole log anew by the current link (each query alone without one)."""
+    def _regroup(self, before: dict[int, int], why: str) -> None:
+        """Group the whole log anew by the current link (each query alone without one), each
+        group under a lasting id (:meth:`_name`). ``before``: the queries' ids before the
+        change; ``why``: what became of a group whose queries all left the log."""
         n = len(self._images)
         self._root = list(range(n))
-        if self._link is None or n < 2:
-            return
-        for members in average_linkage(self._sims, self._link):
+        if self._link is not None and n >= 2:
+            for members in average_linkage(self._sims, self._link):
+                for i in members:
+                    self._root[i] = members[0]
+        self._name()
+        self._retire(before, why)
+
+    def _name(self) -> None:
+        """Give each group the id most of its queries had (an agent told that id finds them
+        under it after others joined or left); larger groups choose first, and a group whose
+        queries' ids are all taken (a group that split) gets a new one."""
+        groups: dict[int, list[int]] = {}
+        for i, root in enumerate(self._root):
+            groups.setdefault(root, []).append(i)
+        taken: set[int] = set()
+        for members in sorted(groups.values(), key=lambda m: (-len(m), m[0])):
+            had = Counter(self._gid[i] for i in members if self._gid[i] not in taken)
+            gid = max(had, key=lambda g: (had[g], -g)) if had else self._fresh()
+            taken.add(gid)
             for i in members:
-                self._root[i] = members[0]
+                self._gid[i] = gid
+
+    def _retire(self, before: dict[int, int], why: str) -> None:
+        """Record what became of the ids that queries had ``before`` and no group has now:
+        where their queries went, or ``why`` when all of them left the log."""
+        now = self._ids()
+        for gid in set(before.values()) - set(now.values()):
+            went = sorted({now[s] for s, g in before.items() if g == gid and s in now})
+            if went:
+                where = " and ".join(f"unknown-{g}" for g in went)
+                why_here = f"its images are now in group{'s' if len(went) > 1 else ''} {where}"
+            else:
+                why_here = why
+            self._fates[gid] = why_here
+            self._fates.move_to_end(gid)
+        while len(self._fates) > 4 * self.capacity:
+            self._fates.popitem(last=False)
+
+
+def _number(group_id: str) -> int | None:
+    """The number in a group id (``unknown-4``: 4), ``None`` when it has none."""
+    try:
+        return int(group_id.strip().rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def average_linkage(sims: np.ndarray, link: float) -> list[list[int]]:

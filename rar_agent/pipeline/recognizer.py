@@ -498,6 +498,12 @@ class Recognizer:
         """
         return [m for m in self.novel_groups.members(group_id) if shown is None or shown(m)]
 
+    def unknown_group_fate(self, group_id: str) -> str | None:
+        """What became of the unknown group ``group_id`` where no group has that id now, in
+        words ("its images are now in group unknown-4", "its images were taught as 'bag'");
+        ``None`` where one has it or none ever had."""
+        return self.novel_groups.fate(group_id)
+
     def taught(
         self,
         images: Sequence[str],
@@ -513,7 +519,7 @@ class Recognizer:
         Returns:
             The names of the unknown images that left the log.
         """
-        gone = self.novel_groups.answered(images, shown)
+        gone = self.novel_groups.answered(images, shown, label)
         return gone + (self._answered_now(label, shown) if label is not None else [])
 
     def _answered_now(self, label: str, shown: Callable[[str | None], bool] | None) -> list[str]:
@@ -532,7 +538,9 @@ class Recognizer:
             for name, found, check in zip(names, retrieved, checks, strict=True)
             if found and found[0].label == label and not is_unknown(check)
         ]
-        return self.novel_groups.forget(known)
+        return self.novel_groups.forget(
+            known, f"the memory now answers its images {label!r}, which was taught"
+        )
 
     # ------------------------------------------------------------------ rejection
 

@@ -121,7 +121,9 @@ def test_the_log_is_bounded_and_keeps_recent_groups() -> None:
         log.add(v, f"img-{i}", link=0.8)
     assert len(log) <= 10
     assert sum(g.size for g in log.groups()) == len(log)
-    assert all(int(g.id.split("-")[1]) >= 20 for g in log.groups())  # old ones dropped
+    listed = log.groups()
+    assert all(int(m.split("-")[1]) >= 20 for g in listed for m in g.images)  # old ones dropped
+    assert sorted(g.id for g in listed) == ["unknown-0", "unknown-1"]  # each keeps its id
     with pytest.raises(ValueError):
         NovelGroupLog(capacity=1)
 
@@ -262,6 +264,51 @@ def test_teaching_answers_a_group_as_the_teacher_sees_it() -> None:
         "bob-10",
         "bob-6",
     ]
+
+
+def test_a_group_keeps_its_id_and_a_gone_one_says_what_became_of_it() -> None:
+    """A group's id was its oldest image's: when that image left the list (another caller of
+    a shared log taught theirs, the memory answered it, the log made room), the group was
+    listed as unknown-6, and an agent that asked for the unknown-0 it was shown was told 'no
+    unknown group'. A group keeps its id while it keeps images; an id no group has says what
+    became of it (taught, answered, joined another group, dropped to make room)."""
+    vectors, _ = _two_new_things()
+    log = NovelGroupLog()
+    names = [f"{'alice' if i < 6 else 'bob'}-{i}" for i in range(len(vectors))]
+    for name, v in zip(names, vectors, strict=True):
+        log.add(v, name, link=0.8)
+    assert log.members("unknown-0") == ["alice-0", "alice-2", "alice-4", "bob-6", "bob-8", "bob-10"]
+
+    def alices(name: str | None) -> bool:
+        return name is not None and name.startswith("alice")
+
+    log.answered(["alice-2"], shown=alices, label="bicycle")  # Bob's bicycles stay
+    assert log.members("unknown-0") == ["bob-6", "bob-8", "bob-10"]
+    log.forget(["bob-6"], "the memory now answers it")  # the group's oldest leaves alone
+    assert log.members("unknown-0") == ["bob-8", "bob-10"] and log.fate("unknown-0") is None
+    log.answered(["alice-1"], label="teapot")
+    assert log.members("unknown-1") == []
+    assert log.fate("unknown-1") == "its images were taught as 'teapot'"
+    assert log.fate("unknown-99") is None and log.fate("nonsense") is None
+
+    def at(degrees: float) -> np.ndarray:
+        return (
+            np.cos(np.radians(degrees)) * np.eye(16)[0]
+            + np.sin(np.radians(degrees)) * np.eye(16)[1]
+        )
+
+    log = NovelGroupLog(capacity=8)
+    for name, degrees in [("a1", 0), ("a2", 6), ("b1", 44), ("b2", 50), ("b3", 47)]:
+        log.add(at(degrees), name, link=0.8)
+    assert {g.id: g.size for g in log.groups()} == {"unknown-0": 2, "unknown-2": 3}
+    log.add(at(22), "m1", link=0.8)
+    log.add(at(25), "m2", link=0.8)  # the two groups become one
+    [merged] = log.groups()
+    assert merged.id == "unknown-0" and merged.size == 7
+    assert log.fate("unknown-2") == "its images are now in group unknown-0"
+    for i in range(8):  # other things, each alone, until the log makes room
+        log.add(np.eye(16)[2 + i], f"x{i}", link=0.8)
+    assert "dropped to make room (the log keeps the last 8)" in (log.fate("unknown-0") or "")
 
 
 def test_teaching_an_unknown_image_answers_its_group(recognizer: Any, tmp_path: Path) -> None:
@@ -755,6 +802,12 @@ def test_an_agent_names_a_group_in_one_call_and_can_take_it_back(
     assert call("list_unknown_groups", min_size=1).artifact["groups"] == []  # answered
     new_bike = registry.register(clusters.save("bicycle", 7, tmp_path / "bikes").read_bytes())
     assert call("recognize_image", image=new_bike).artifact["label"] == "bicycle"
+
+    again = call("teach_unknown_group", group=group["id"], label="bicycle")
+    assert again.status == "error"
+    assert f"unknown group {group['id']} is no more: its images were taught as 'bicycle'" in (
+        again.content
+    )
 
     history = call("teaching_history", limit=10).artifact["events"]
     assert sorted(e["source"] for e in history) == sorted(ids)
