@@ -1,22 +1,25 @@
 """``memory build`` from a folder of 12 MP JPEGs against the raw encoder: the build rows of
 the ``photos`` section (``tools/bench_photos.py``), also runnable alone.
 
-Every measurement runs in a fresh process with the product's own threading (torch's threads
-as the encoder sets them, the build's decode threads), so one configuration never leaks into
+Every measurement runs in a fresh process with the product's own threading (torch's threads as
+the encoder sets them, the build's decode threads), so one configuration never leaks into
 another. A process measures, for one tree of the package: the raw encoder's images/s on the
 folder's images already decoded (to the encoder's need), then builds of a small and a large
-part of the folder, each into a new memory (``add_images``, batch 32 as ``memory build``),
-wall and CPU time, and the open-set calibration ``memory build`` runs after the build (timed
-apart). Two stricter baselines sit beside the raw encoder's best thread count: the raw
-encoder run as the build runs it beside a CPU (a forward pass per CPU side by side, one torch
-thread each), and the same with freed memory kept in the heap, as ``memory build`` sets the
-process (``keep_freed_memory``). The fixed cost of a build (creating the memory, decoding
-the first images before the encoder has anything to do, indexing at the end) and its steady
-time per image come from the two sizes: ``T(n) = fixed + n x per_image``. With ``--against
+part of the folder, each into a new memory (``add_images``, batch 32 as ``memory build``), wall
+and CPU time, and the open-set calibration ``memory build`` runs after the build (timed apart).
+Two stricter baselines sit beside the raw encoder's best thread count: the raw encoder run as
+the build runs it beside a CPU (a forward pass per CPU side by side, one torch thread each),
+and the same with freed memory kept in the heap, as ``memory build`` sets the process
+(``keep_freed_memory``). The fixed cost of a build (creating the memory, decoding the first
+images before the encoder has anything to do, indexing at the end) and its steady time per
+image come from the two sizes: ``T(n) = fixed + n x per_image``. Two rows say what the ratio is
+made of: the build's bound (every usable CPU busy at the build's CPU time per image; the
+decode's CPU is in it, so beside a raw encoder that scales over the CPUs the ratio cannot pass
+it) and how many CPUs the build kept busy; and one figure that the raw encoder's own spread
+between processes moves less: the median of each process's build / raw ratio. With ``--against
 REV`` the same is measured for the package as of git revision ``REV`` (its ``rar_agent/``
-exported to a temp folder), the two trees' processes interleaved so that before and after
-share the load; the raw encoder's figure is then the best of all processes (the encoder is
-the same).
+exported to a temp folder), the two trees' processes interleaved so that before and after share
+the load; the raw encoder's figure is then the best of all processes (the encoder is the same).
 
 Usage::
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,7 +65,7 @@ def worker(tree: str, paths: list[str], small: int, encoder_name: str) -> dict[s
     encoder = load_encoder(encoder_name, device="cpu")
     need = getattr(encoder, "input_size", None)
     decoded = [load_image(p, need=need).image for p in paths]
-    out: dict[str, Any] = {"threads": torch.get_num_threads()}
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "cpus": len(os.sched_getaffinity(0))}
     for key, threads in (("raw", out["threads"]), ("raw_1", 1)):
         torch.set_num_threads(threads)
         encoder.embed_images(decoded[:4])  # warm-up
@@ -159,13 +163,20 @@ def summarize(runs: list[dict[str, Any]], n: int, small: int) -> dict[str, float
     """Best-of figures over one tree's processes: images/s, fixed cost, per-image times.
 
     The raw encoder's figure is its better thread count's: torch's own (all CPUs) or one.
+    Beside them, the median over processes of each one's own build / raw encoder ratio
+    (measured seconds apart, so a change of the machine's speed between processes moves
+    both), and the build's bound: every CPU busy at its CPU time per image.
     """
     keys = ("raw", "raw_1", "raw_parallel", "raw_strict", "small", "large")
     best = {k: min(r[k][0] for r in runs) for k in keys}
     raw_key = "raw" if best["raw"] <= best["raw_1"] else "raw_1"
     cpu = {k: min(r[k][1] for r in runs) for k in (raw_key, "raw_strict", "large")}
     per_image = (best["large"] - best["small"]) / (n - small)
+    cpus = runs[0]["cpus"]
     return {
+        "paired": statistics.median(min(r["raw"][0], r["raw_1"][0]) / r["large"][0] for r in runs),
+        "cpus": cpus,
+        "bound_rate": cpus * n / cpu["large"],
         "raw_rate": n / best[raw_key],
         "raw_threads": runs[0]["threads"] if raw_key == "raw" else 1,
         "rate": n / best["large"],
@@ -192,6 +203,12 @@ def rows_for(label: str, s: dict[str, float], n: int, small: int) -> list[Row]:
         _row("  same, against that raw encoder with freed memory kept (as memory build runs)",
              s["rate"], "img/s", "raw encoder, parallel passes, keep_freed_memory",
              s["strict_rate"]),
+        _row("  same, the median of each process's own ratio", s["paired"], "x",
+             "build / raw encoder images/s, both measured in the same process"),
+        _row(f"  the build's bound: {s['cpus']:.0f} CPUs busy at its CPU per image",
+             s["bound_rate"], "img/s", "raw encoder", raw),
+        _row("  CPUs the build kept busy (images/s x CPU per image)",
+             s["rate"] * s["cpu_ms"] / 1000, "", "usable CPUs", s["cpus"]),
         _row("  steady state (from builds of both sizes), images/s", s["steady_rate"], "img/s",
              "raw encoder", raw),
         _row(f"  fixed cost per build (new memory, first decode, end; {small} vs {n})",

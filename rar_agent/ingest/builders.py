@@ -197,8 +197,8 @@ def add_images(
     """Add one image entry per ``(source, label)`` item.
 
     Each batch is read, hashed (SHA-256 of the file bytes), checked against the stored ids
-    and decoded in a background thread while the previous batch is encoded and written; a
-    new memory is created while the first batch is read and decoded.
+    and decoded in a background thread while the previous batch is encoded and written; the
+    first batch's reading and decoding start beside the creation of a new memory.
 
     Args:
         memory: The memory to fill (bound to ``encoder`` here).
@@ -242,8 +242,11 @@ def _pipelined(
     """Bind the memory, then encode and write each batch while the next one is read and
     decoded in threads.
 
-    A new memory is created (100-150 ms, most of it waiting for its files to sync) while the
-    first batch is read and decoded: nothing is stored in it yet, so no decode is in vain.
+    The first batch is read and its decodes started beside the creation of a new memory
+    (nothing is stored in it yet, so no decode is in vain); Qdrant edge holds the GIL while
+    it creates the shard and its indexes (about 150 ms idle), so that work waits for it
+    (docs/benchmarks.md, "Session 19").
+
     The encoder takes a batch's images a forward pass at a time as they are decoded, so
     it starts after a few images, not after a whole batch; beside a CPU torch encoder the
     passes run side by side, one per CPU (:func:`~rar_agent.encoders.torch_base.parallel_passes`).
