@@ -19,8 +19,9 @@ waited and the later ones that overtook it: counts, not times, see :func:`fairne
 recognitions answered per second and the cores kept busy while the teachers were at work and
 after them (:func:`while_teaching`; the one over the other per busy core is about the
 recognitions' share of the benchmark's CPU while teaching, which other jobs' load moves
-little), and the memory's image count before and after against what was taught (nothing
-lost).
+little), the CPU of one teach by part (:func:`teach_cpu`: the server's event loop, request
+threads and encoder workers, the clients), and the memory's image count before and after
+against what was taught (nothing lost).
 ``--batch-images 1`` runs the server without shared forward passes, the baseline of the
 micro-batching. The server runs in a subprocess with the default limits; each client is its
 own token, so the per-token limits are those a team member would meet. Usage::
@@ -241,6 +242,19 @@ class CpuMeter:
         loop = f"{self.pid}/task/{self.pid}"  # the server's main thread runs its event loop
         return (*cpu_seconds(self.pid), *cpu_seconds(loop), *cpu_seconds())
 
+    def used(self) -> dict[str, float]:
+        """CPU seconds since the start: the server (``server``), its event loop, its other
+        threads by kind (``threads_...``) and the clients."""
+        now = self._now()
+        spent = [b - a for a, b in zip(self.start, now, strict=True)]
+        threads = thread_cpu(self.pid)
+        return {
+            "server": spent[0] + spent[1],
+            "event_loop": spent[2] + spent[3],
+            **{f"threads_{k}": threads[k] - self.threads[k] for k in threads},
+            "clients": spent[4] + spent[5],
+        }
+
     def per_call(self, calls: int) -> dict[str, float]:
         """Milliseconds of CPU per call since the start: server user/sys, its event loop
         (user+sys), its other threads by kind (``threads_requests``, ``threads_encoder``,
@@ -310,6 +324,18 @@ def while_teaching(
     }
 
 
+def teach_cpu(split: dict[str, Any], recognized: int, taught: int) -> dict[str, float]:
+    """Milliseconds of CPU per teach, by part (the server, its event loop, its threads by
+    kind, the clients): what the benchmark's processes spent while the teachers worked
+    beyond what the recognitions answered meanwhile cost each after them (measured in the
+    same run, so both phases meet the same machine)."""
+    during, after = split["during_used"], split["after_used"]
+    later = max(recognized - split["count"], 1)
+    return {
+        k: (during[k] - split["count"] * after[k] / later) * 1000 / max(taught, 1) for k in during
+    }
+
+
 def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -353,6 +379,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             taught.append(await teaching(url, token, first, args.teach, errors, teach_spans))
             if len(taught) == len(teachers):  # the last teacher is done: the CPU so far
                 split["during"] = meter.per_call(len(spans) + sum(taught))
+                split["during_used"] = meter.used()
                 split["after"] = CpuMeter(process.pid)
                 split["count"] = len(spans)
 
@@ -367,6 +394,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         wall = end - start
         cpu_load = meter.per_call(len(loaded) + sum(taught))
         if split:
+            split["after_used"] = split["after"].used()
             split["after"] = split["after"].per_call(len(spans) - split["count"])
         after = await image_count(url, readers[0])
     finally:
@@ -393,6 +421,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             **while_teaching(spans, start, max((e for _, e in teach_spans), default=end), end),
             **{f"cores_{k}": split[k]["cores"] for k in ("during", "after") if k in split},
         },
+        "teach_cpu": teach_cpu(split, len(spans), sum(taught)) if split else {},
     }
 
 
@@ -473,6 +502,15 @@ def main() -> None:
             f"{w['during_per_s'] / max(w['after_per_s'], 1e-9):.2f}; per busy core "
             f"{per_core[0] / max(per_core[1], 1e-9):.2f}: about the recognitions' share of "
             "the CPU while teaching, whatever other jobs took)"
+        )
+    if r["teach_cpu"]:
+        c = r["teach_cpu"]
+        print(
+            f"CPU per teach:     server {c['server']:.1f} ms (event loop {c['event_loop']:.1f}, "
+            f"requests {c['threads_requests']:.1f}, encoder {c['threads_encoder']:.1f}, "
+            f"search pool {c['threads_search']:.1f}, other {c['threads_other']:.1f}), "
+            f"clients {c['clients']:.1f} ms: beyond the recognitions answered meanwhile, "
+            "at their cost per call after the teachers"
         )
     print(f"p95 under load / p50 alone: {ratio:.1f}x (target <= 10x)")
     print(

@@ -3,7 +3,7 @@ figures the closing notes quote must count what they say they count)."""
 
 from __future__ import annotations
 
-from tools.bench_service import fairness, teaching_effect, while_teaching
+from tools.bench_service import fairness, teach_cpu, teaching_effect, while_teaching
 
 
 def test_first_come_first_served_counts_no_overtakes() -> None:
@@ -37,3 +37,16 @@ def test_recognitions_per_second_are_split_at_the_last_teaching_calls_end() -> N
     ]
     figures = while_teaching(spans, start=0.0, taught=4.0, end=10.0)
     assert figures == {"during_per_s": 2.0, "after_per_s": 3.0}
+
+
+def test_a_teachs_cpu_is_what_the_teaching_window_spent_beyond_its_recognitions() -> None:
+    # while teaching: 10 recognitions ended and 2 teaches; after: 20 recognitions at 20 ms
+    # of server CPU each (400 ms), so the window's 10 cost 200 ms and the teaches the rest
+    split = {
+        "count": 10,
+        "during_used": {"server": 0.260, "clients": 0.030},
+        "after_used": {"server": 0.400, "clients": 0.040},
+    }
+    figures = teach_cpu(split, recognized=30, taught=2)
+    assert round(figures["server"], 6) == 30.0  # (260 - 10 x 20) / 2 ms
+    assert round(figures["clients"], 6) == 5.0  # (30 - 10 x 2) / 2 ms
