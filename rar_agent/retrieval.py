@@ -47,6 +47,7 @@ __all__ = [
     "candidates_to_documents",
     "check_sides",
     "search_sides",
+    "sides_of",
     "take_turns",
     "fetch_limit",
 ]
@@ -333,7 +334,7 @@ def _under_content_id(hit: Hit, digest: str) -> bool:
     return hit.id == content_id(hit.kind, hit.label, digest)
 
 
-def _sides(kind: str) -> tuple[EntryKind, ...]:
+def sides_of(kind: str) -> tuple[EntryKind, ...]:
     """Memory sides ``kind`` selects: ``auto`` both, image examples first."""
     side = validate_kind(kind)
     return ("image", "text") if side == "auto" else (side,)
@@ -396,7 +397,7 @@ def search_sides(
     if len(vectors) == 0:
         return {}
     found: dict[EntryKind, list[list[Hit]]] = {}
-    for side in _sides(kind):
+    for side in sides_of(kind):
         batches = memory.search_batch(vectors, kind=side, limit=limit, with_vectors=with_vectors)
         if any(batches):
             found[side] = batches
@@ -508,7 +509,7 @@ def check_sides(memory: CategoryMemory, kind: MemoryKind) -> None:
     Raises:
         EmptyMemoryError: None does.
     """
-    if not any(memory.count(side) > 0 for side in _sides(kind)):
+    if not any(memory.count(side) > 0 for side in sides_of(kind)):
         raise _empty_error(memory, kind)
 
 

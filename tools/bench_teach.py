@@ -10,10 +10,20 @@ The breakdown splits each example's time into the calibration update (and, withi
 write of the stored calibration, made only when the example entered the stand-in reservoir)
 and the rest (checks, thumbnail, the entry's write).
 
+``--unknowns N`` times instead what a teach does to the log of unknown images: with ``N``
+look-alikes of new categories logged (10 each), each of ``--examples`` teaches writes six
+examples of one of them (a group taught) and drops from the log the images the memory now
+answers with it (``Recognizer.taught``), paired in turns with searching and judging every
+logged image again (``Recognizer.answers_with`` over all of them: what each teach did before)
+on the same log; between teaches, ``--new`` more unknown images are logged (a service keeps
+seeing them). The first teach (no image searched yet) is reported apart. Both drop the same
+images (checked).
+
 Usage::
 
     python tools/bench_teach.py                      # 10k entries, 40 examples
     python tools/bench_teach.py --size 10000 --examples 40 --json rows.json
+    python tools/bench_teach.py --unknowns 512 --examples 20   # the log's re-check
 """
 
 from __future__ import annotations
@@ -170,6 +180,77 @@ def bench(n: int, examples: int, rows: list[dict[str, Any]]) -> None:
     _report(n, examples, median_ms(plain), timed, rows)
 
 
+def bench_unknowns(
+    n: int, unknowns: int, teaches: int, new: int, rows: list[dict[str, Any]]
+) -> None:
+    """Time what teaching does to a log of ``unknowns`` unknown images (module docstring)."""
+    from rar_agent.memory import MemoryEntry
+    from rar_agent.openset import update
+    from rar_agent.pipeline import Recognizer
+
+    x, ids = clustered(n, seed=n)
+    seen, seen_ids = clustered(unknowns + teaches * new, seed=n + 1)  # the new categories
+    with tempfile.TemporaryDirectory(prefix="rar-bench-unknowns-") as tmp:
+        memory, _ = build(Path(tmp) / "mem", entries_of(ids), x, n, _LookupEncoder.fingerprint)
+        calibrate(memory)
+        recognizer = Recognizer(memory, _LookupEncoder())  # type: ignore[arg-type]
+        cal = recognizer.calibration()
+        link = None if cal is None else cal.link
+        for i in range(unknowns):
+            recognizer.novel_groups.add(seen[i], f"unknown-image-{i}", link)
+        logged, before, after, dropped = unknowns, [], [], 0
+        for j in range(teaches):
+            category = int(seen_ids[(j * 10 * 7) % unknowns])  # one logged new category
+            label = f"new category {category}"
+            mine = seen[seen_ids == category]
+            taught = [MemoryEntry(label, "image", f"taught-{j}-{e}", f"t{j}-{e}") for e in range(6)]
+            update(memory, added=memory.add_entries(taught, mine[:6]))
+            _, names, rows_now = recognizer.novel_groups.logged()
+            t0 = time.perf_counter()
+            if j % 2:  # in turns: which of the two runs first
+                gone = set(recognizer.taught([], label=label))
+                t1 = time.perf_counter()
+                every = recognizer.answers_with(label, rows_now)
+                t2 = time.perf_counter()
+                after.append(t1 - t0)
+                before.append(t2 - t1)
+            else:
+                every = recognizer.answers_with(label, rows_now)
+                t1 = time.perf_counter()
+                gone = set(recognizer.taught([], label=label))
+                t2 = time.perf_counter()
+                before.append(t1 - t0)
+                after.append(t2 - t1)
+            if gone != {name for name, yes in zip(names, every, strict=True) if yes}:
+                raise SystemExit(f"teach {j}: the re-check dropped other images than all did")
+            dropped += len(gone)
+            for i in range(logged, logged + new):
+                recognizer.novel_groups.add(seen[i], f"unknown-image-{i}", link)
+            logged += new
+        memory.close()
+    first = (before[0] * 1000, after[0] * 1000)
+    later = (median_ms(before[1:]), median_ms(after[1:]))
+    print(
+        f"{n} entries, {unknowns} unknown images logged (+{new} before each teach): a teach's "
+        f"re-check of the log, searching all again -> only those it may answer: first teach "
+        f"{first[0]:.1f} -> {first[1]:.1f} ms ({first[0] / first[1]:.1f}x); the next "
+        f"{teaches - 1}, median {later[0]:.1f} -> {later[1]:.1f} ms ({later[0] / later[1]:.1f}x); "
+        f"{dropped} images dropped in all, the same both ways"
+    )
+    for name, (was, now) in (("first teach", first), ("later teaches, median", later)):
+        rows.append(
+            {
+                "name": f"a teach's re-check of {unknowns} logged unknown images ({name}), "
+                f"{n} entries",
+                "value": round(now, 2),
+                "unit": "ms",
+                "baseline": "searching and judging every logged image again",
+                "baseline_value": round(was, 2),
+                "ratio": round(now / was, 3),
+            }
+        )
+
+
 def _report(
     n: int, examples: int, plain: float, timed: dict[str, Any], rows: list[dict[str, Any]]
 ) -> None:
@@ -212,9 +293,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=10_000, help="Entries in the memory.")
     parser.add_argument("--examples", type=int, default=40, help="Examples taught (timed).")
     parser.add_argument("--json", type=Path, help="Write the figures as JSON rows here.")
+    parser.add_argument(
+        "--unknowns", type=int, default=0, help="Time the re-check of this many logged unknowns."
+    )
+    parser.add_argument(
+        "--new", type=int, default=16, help="With --unknowns: images logged between teaches."
+    )
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
-    bench(args.size, args.examples, rows)
+    if args.unknowns:
+        bench_unknowns(args.size, args.unknowns, args.examples, args.new, rows)
+    else:
+        bench(args.size, args.examples, rows)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=2))
 

@@ -95,9 +95,10 @@ class MemoryBackend(Protocol):
         """
         ...
 
-    def scroll(self, offset: str | None, limit: int) -> ScrollPage:
-        """Up to ``limit`` points from ``offset`` on, in id order, as ``(id, vectors,
-        payload)``, and the offset of the next page (``None`` after the last)."""
+    def scroll(self, offset: str | None, limit: int, label: str | None = None) -> ScrollPage:
+        """Up to ``limit`` points from ``offset`` on (of ``label`` only, when given), in id
+        order, as ``(id, vectors, payload)``, and the offset of the next page (``None`` after
+        the last)."""
         ...
 
     def delete_ids(self, ids: Sequence[str]) -> None:

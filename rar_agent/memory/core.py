@@ -612,6 +612,33 @@ class CategoryMemory:
                 out[pid] = list(vector)
         return out
 
+    def vectors_of(self, label: str) -> dict[str, np.ndarray]:
+        """The stored vectors of one category's entries, by kind (``"image"``/``"text"``), as
+        float32 unit rows ``(n, dim)``; empty when no entry has ``label``.
+
+        A filtered read on the ``label`` index: it costs what the category holds, not what
+        the memory does.
+        """
+        self._check_open()
+        wanted = normalize_label(label)
+        rows: dict[str, list[list[float]]] = {}
+        offset: str | None = None
+        while True:
+            page, offset = self._backend.scroll(offset, 512, wanted)
+            for _, vectors, payload in page:
+                kind = str(payload.get("kind", ""))
+                if kind not in vectors:
+                    kind = next(iter(vectors), "")
+                if vectors.get(kind):
+                    rows.setdefault(kind, []).append(list(vectors[kind]))
+            if offset is None:
+                break
+        out = {}
+        for kind, found in rows.items():
+            matrix = np.asarray(found, dtype=np.float32)
+            out[kind] = matrix / np.linalg.norm(matrix, axis=1, keepdims=True).clip(min=1e-12)
+        return out
+
     def remove_label(self, label: str) -> int:
         """Remove every entry of a category; return how many were removed."""
         self._check_writable("remove entries")

@@ -575,16 +575,22 @@ class EdgeBackend:
             for res in results
         ]
 
-    def scroll(self, offset: str | None, limit: int) -> ScrollPage:
-        """One page of points in id order, with vectors and payloads, and the next offset."""
+    def scroll(self, offset: str | None, limit: int, label: str | None = None) -> ScrollPage:
+        """One page of points (of ``label``) in id order, with vectors and payloads, and the
+        next offset."""
         from qdrant_edge import ScrollRequest
 
         with self._use("read entries") as shard:
             if shard is None:
                 return [], None
-            records, following = shard.scroll(
-                ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=True)
+            request = ScrollRequest(
+                offset=offset,
+                limit=limit,
+                filter=_kind_filter(None, label),
+                with_payload=True,
+                with_vector=True,
             )
+            records, following = shard.scroll(request)
         page = [(str(r.id), dict(r.vector or {}), dict(r.payload or {})) for r in records]
         return page, None if following is None else str(following)
 

@@ -342,14 +342,20 @@ class ServerBackend:
             responses = self._client.query_batch_points(self.collection, requests=requests)
         return [[Hit.from_point(p.id, p.score, p.payload) for p in r.points] for r in responses]
 
-    def scroll(self, offset: str | None, limit: int) -> ScrollPage:
-        """One page of points in id order, with vectors and payloads, and the next offset."""
+    def scroll(self, offset: str | None, limit: int, label: str | None = None) -> ScrollPage:
+        """One page of points (of ``label``) in id order, with vectors and payloads, and the
+        next offset."""
         self._check_open()
         if not self._exists:
             return [], None
         with self._call("read entries"):
             records, following = self._client.scroll(
-                self.collection, offset=offset, limit=limit, with_payload=True, with_vectors=True
+                self.collection,
+                scroll_filter=self._filter(None, label),
+                offset=offset,
+                limit=limit,
+                with_payload=True,
+                with_vectors=True,
             )
         return [_point(r) for r in records], None if following is None else str(following)
 

@@ -132,10 +132,11 @@ class NovelGroupLog:
             taught = "were taught" if label is None else f"were taught as {label!r}"
             return self._drop(gone, f"its images {taught}")
 
-    def logged(self) -> tuple[list[str], np.ndarray]:
-        """The names of the logged queries and their (unit) embeddings, oldest first."""
+    def logged(self) -> tuple[list[int], list[str], np.ndarray]:
+        """The logged queries, oldest first: their keys (sequence numbers, unique while they
+        are logged), their names and their (unit) embeddings."""
         with self._lock:
-            return list(self._images), self._vectors.copy()
+            return list(self._seq), list(self._images), self._vectors.copy()
 
     def forget(self, images: Collection[str], why: str = "its images left the log") -> list[str]:
         """Drop the queries named ``images`` alone (e.g. the memory answers them now); their

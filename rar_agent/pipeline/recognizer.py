@@ -27,6 +27,7 @@ from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
 from rar_agent.pipeline.explain import explain_result
 from rar_agent.pipeline.ranked import Ranking
+from rar_agent.pipeline.recheck import SearchFloors
 from rar_agent.pipeline.regions import RegionOptions, arecognize_regions, recognize_regions
 from rar_agent.pipeline.stages import Outcome, StageRunner
 from rar_agent.pipeline.stream import load_batch, plan_for, stream_results
@@ -155,6 +156,7 @@ class Recognizer:
         self.hint = hint if hint is not None else getattr(memory.info, "description", None)
         self.reject = parse_reject(reject)
         self.novel_groups = NovelGroupLog()
+        self._searched = SearchFloors()  # what each logged unknown image's search returned
         self._computed: Calibration | None = None  # by from_memory, on a read-only memory
 
     @classmethod
@@ -524,23 +526,34 @@ class Recognizer:
 
     def _answered_now(self, label: str, shown: Callable[[str | None], bool] | None) -> list[str]:
         """Drop from the log the unknown images ``shown`` shows (all when ``None``) that the
-        memory now answers ``label`` and would not reject (retrieval and its check: a
-        ranker is not asked again)."""
-        names, vectors = self.novel_groups.logged()
+        memory now answers ``label`` and would not reject (:meth:`answers_with`), checking
+        only those whose search may return an entry of ``label``
+        (:class:`~rar_agent.pipeline.recheck.SearchFloors`: the others are not searched)."""
+        keys, names, vectors = self.novel_groups.logged()
         mine = [i for i, name in enumerate(names) if shown is None or shown(name)]
         if not mine:
             return []
-        names, vectors = [names[i] for i in mine], vectors[mine]
-        retrieved = self.retriever.retrieve_vectors(vectors)
-        checks = self.judge_many(retrieved, vectors)
-        known = [
-            name
-            for name, found, check in zip(names, retrieved, checks, strict=True)
-            if found and found[0].label == label and not is_unknown(check)
-        ]
+        near = self._searched.could_answer(
+            self.retriever, label, [keys[i] for i in mine], vectors[mine]
+        )
+        rows = [mine[i] for i in near]
+        answered = self.answers_with(label, vectors[rows])
+        known = [names[i] for i, yes in zip(rows, answered, strict=True) if yes]
         return self.novel_groups.forget(
             known, f"the memory now answers its images {label!r}, which was taught"
         )
+
+    def answers_with(self, label: str, vectors: np.ndarray) -> list[bool]:
+        """Whether the memory answers each image (its embedding a row of ``vectors``) with
+        ``label`` and would not reject it: retrieval and its check (a ranker is not asked)."""
+        if not len(vectors):
+            return []
+        retrieved = self.retriever.retrieve_vectors(vectors)
+        checks = self.judge_many(retrieved, vectors)
+        return [
+            bool(found) and found[0].label == label and not is_unknown(check)
+            for found, check in zip(retrieved, checks, strict=True)
+        ]
 
     # ------------------------------------------------------------------ rejection
 

@@ -23,9 +23,11 @@ _SLOW = pytest.mark.skipif(
 )
 
 
-def _case(script: str, *args: str, rows: bool = True, slow: bool = False) -> object:
-    """One benchmark's smallest run (``rows``: it writes ``--json`` rows, else a table)."""
-    name = script.removeprefix("bench_") + ("-" + args[-1] if script == "bench_e2e" else "")
+def _case(script: str, *args: str, rows: bool = True, slow: bool = False, mode: str = "") -> object:
+    """One benchmark's smallest run (``rows``: it writes ``--json`` rows, else a table;
+    ``mode``: what tells it apart from the script's other cases)."""
+    mode = mode or (args[-1] if script == "bench_e2e" else "")
+    name = script.removeprefix("bench_") + (f"-{mode}" if mode else "")
     return pytest.param(script, list(args), rows, id=name, marks=[_SLOW] if slow else [])
 
 
@@ -37,6 +39,7 @@ CASES = [
     _case("bench_reject", "--sizes", "300", "--queries", "5"),
     _case("bench_scale", "--sizes", "2000", "--settings", "float", "--queries", "20"),
     _case("bench_teach", "--size", "300", "--examples", "2"),
+    _case("bench_teach", "--size", "300", "--examples", "3", "--unknowns", "40", mode="unknowns"),
     # over HTTP with more calls than a token's default 600 a minute (4 a round): the bench
     # measures the layer's overhead, not the server's limits
     _case("bench_mcp", "--encoder", HASHING, "--rounds", "160", "--transports", "http"),

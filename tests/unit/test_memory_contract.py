@@ -131,6 +131,17 @@ def test_counts_and_labels(make_memory: MakeMemory) -> None:
     assert mem.labels("text") == {"cat": 1, "dog": 1, "owl": 1}
 
 
+def test_the_vectors_of_one_category_by_kind(make_memory: MakeMemory) -> None:
+    mem = filled(make_memory)
+    cat = mem.vectors_of(" cat ")
+    assert sorted(cat) == ["image", "text"] and cat["image"].shape == (3, DIM)
+    expected = np.stack([unit(0, 0.05, seed=j) for j in range(3)])
+    assert sorted(map(tuple, cat["image"].round(5))) == sorted(map(tuple, expected.round(5)))
+    assert np.allclose(cat["text"], unit(0)[None], atol=1e-6)
+    assert mem.vectors_of("fox")["image"].shape == (1, DIM) and "text" not in mem.vectors_of("fox")
+    assert mem.vectors_of("wolf") == {}
+
+
 def test_remove_label_and_ids(make_memory: MakeMemory) -> None:
     mem = filled(make_memory)
     assert mem.remove_label("  cat ") == 4
