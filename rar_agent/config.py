@@ -1,8 +1,8 @@
 """Settings from ``RAR_*`` environment variables (and ``.env``), with sensible defaults.
 
 Also the value rules every layer shares and this floor module must own because ``Settings``
-needs them: the candidate count bounds (:data:`MIN_K`, :data:`MAX_K`, :data:`MAX_TOOL_K`,
-:func:`validate_k`, :func:`parse_k`) and
+needs them: the candidate count bounds (:data:`MIN_K`, :data:`MAX_K`, :func:`validate_k`,
+:func:`parse_k`) and
 the memory sides a query may use (:data:`MemoryKind`).
 """
 
@@ -21,7 +21,6 @@ from rar_agent.errors import ConfigError
 
 __all__ = [
     "MAX_K",
-    "MAX_TOOL_K",
     "MEMORY_KINDS",
     "MIN_K",
     "MemoryKind",
@@ -39,10 +38,8 @@ __all__ = [
 MIN_K = 1
 """Fewest candidates a recognition may ask for."""
 MAX_K = 100
-"""Most candidates a recognition may ask for."""
-MAX_TOOL_K = 50
-"""Most candidates a tool call may ask for: a model chooses that ``k``, and every candidate
-costs ranker tokens."""
+"""Most candidates a recognition may ask for, whoever asks: the CLI (``--k``, ``RAR_K``),
+Python, a tool call or an MCP client."""
 
 MemoryKind = Literal["auto", "image", "text"]
 """Memory side a query uses: ``image`` examples, ``text`` class names, or ``auto`` (both; where
@@ -70,20 +67,20 @@ def validate_kind(kind: str) -> MemoryKind:
     return kind
 
 
-def validate_k(k: int, most: int = MAX_K) -> int:
-    """Return ``k`` if it is a usable candidate count (``MIN_K`` to ``most``), else raise
+def validate_k(k: int) -> int:
+    """Return ``k`` if it is a usable candidate count (``MIN_K`` to ``MAX_K``), else raise
     ``ConfigError`` saying what to give."""
-    if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= most:
+    if isinstance(k, bool) or not isinstance(k, int) or not MIN_K <= k <= MAX_K:
         raise ConfigError(
-            f"k must be a whole number from {MIN_K} to {most} (how many candidate categories "
+            f"k must be a whole number from {MIN_K} to {MAX_K} (how many candidate categories "
             f"to retrieve and rank; 5 when not given), not {k!r}"
         )
     return k
 
 
-def parse_k(value: object, most: int = MAX_K) -> int:
+def parse_k(value: object) -> int:
     """``value`` read as a candidate count: a whole number, or its text (an environment
-    variable, a model's JSON), from ``MIN_K`` to ``most``.
+    variable, a model's JSON), from ``MIN_K`` to ``MAX_K``.
 
     Raises:
         ConfigError: It is not one, in the words of :func:`validate_k`.
@@ -94,7 +91,7 @@ def parse_k(value: object, most: int = MAX_K) -> int:
             number = int(value.strip())
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    return validate_k(number, most)  # type: ignore[arg-type]
+    return validate_k(number)  # type: ignore[arg-type]
 
 
 def default_home() -> Path:

@@ -6,6 +6,7 @@ Every error says what was wrong and what to do about it. Tools turn these into
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,6 +32,7 @@ __all__ = [
     "file_in_the_way_reason",
     "near_misses",
     "unwritable_reason",
+    "wanted_number",
 ]
 
 
@@ -201,3 +203,68 @@ def file_in_the_way(folder: Path) -> Path | None:
         except OSError:  # a folder that cannot be looked at (or named)
             return None
     return None
+
+
+def wanted_number(
+    annotation: object,
+    least: float | None = None,
+    most: float | None = None,
+    above: float | None = None,
+) -> str | None:
+    """What to give for a number (an option, a setting, a tool argument): "a whole number
+    from 1 to 100", "a number above 0"... ``None`` when ``annotation`` (``int``, ``float``,
+    optionally ``| None``) is not a number."""
+    kinds = {int: "a whole number", float: "a number"}
+    kind = kinds.get(_not_none(annotation))  # type: ignore[call-overload]
+    if kind is None:
+        return None
+    if least is not None and most is not None:
+        return f"{kind} from {least} to {most}"
+    if above is not None:
+        return f"{kind} above {above}"
+    if least is not None:
+        return f"{kind} of {least} or more"
+    if most is not None:
+        return f"{kind} of {most} or less"
+    return kind
+
+
+def wanted_value(annotation: object, rules: Iterable[object] = ()) -> str | None:
+    """What to give for a value of ``annotation`` under ``rules`` (a pydantic field's
+    metadata: ``ge``, ``le``, ``gt``, ``min_length``, ``max_length``): a number in the words
+    of :func:`wanted_number`, "text of 1 to 200 characters", "true or false", "a list of at
+    most 200 items"; ``None`` for any other type."""
+    bounds = {
+        name: getattr(rule, attr)
+        for rule in rules
+        for name, attr in (("least", "ge"), ("most", "le"), ("above", "gt"))
+        if hasattr(rule, attr)
+    }
+    number = wanted_number(annotation, **bounds)
+    if number is not None:
+        return number
+    lengths = [getattr(r, a, None) for r in rules for a in ("min_length", "max_length")]
+    shortest = next((n for n in lengths[0::2] if n is not None), 0)
+    longest = next((n for n in lengths[1::2] if n is not None), None)
+    base = typing.get_origin(_not_none(annotation)) or _not_none(annotation)
+    if base is bool:
+        return "true or false"
+    if base is str:
+        if longest is None:
+            return "text (not empty)" if shortest else "text"
+        return (
+            f"text of {shortest} to {longest} characters"
+            if shortest
+            else (f"text of at most {longest} characters")
+        )
+    if base is list:
+        return "a list" + (f" of at most {longest} items" if longest is not None else "")
+    return None
+
+
+def _not_none(annotation: object) -> object:
+    """``X`` for ``X | None``, else ``annotation``."""
+    args = typing.get_args(annotation)
+    if type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return annotation

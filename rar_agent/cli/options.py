@@ -414,21 +414,16 @@ def _setting_problem(err: ErrorDetails, flags: set[str]) -> str:
     """One validation error in the user's words (:func:`~rar_agent.cli.usage.invalid_value`):
     the option, if this command has one (``flags``: its parameter names), its variable, what
     was wrong and what to give."""
-    from rar_agent.cli.usage import invalid_value, wanted_number
+    from rar_agent.cli.usage import invalid_value
     from rar_agent.config import Settings
+    from rar_agent.errors import wanted_value
 
     field = str(err["loc"][0]) if err["loc"] else "settings"
     variable = f"RAR_{field.upper()}"
     option = {v: k for k, v in _OPTION_FIELDS.items()}.get(field, field)
     where = f"--{option.replace('_', '-')} ({variable})" if option in flags else variable
     info = Settings.model_fields.get(field)
-    bounds = {
-        name: getattr(rule, attr)
-        for rule in (info.metadata if info is not None else [])
-        for name, attr in (("least", "ge"), ("most", "le"), ("above", "gt"))
-        if hasattr(rule, attr)
-    }
-    wanted = wanted_number(info.annotation, **bounds) if info is not None else None
+    wanted = wanted_value(info.annotation, info.metadata) if info is not None else None
     return invalid_value(where, err, wanted)
 
 

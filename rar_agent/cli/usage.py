@@ -9,7 +9,6 @@ come through :func:`invalid_value`. Only typer and the standard library at modul
 from __future__ import annotations
 
 import contextlib
-import typing
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
     from typer._click.core import Context
 
-__all__ = ["UsageGroup", "invalid_value", "wanted_number"]
+__all__ = ["UsageGroup", "invalid_value"]
 
 
 def invalid_value(where: str, error: ErrorDetails, wanted: str | None = None) -> str:
@@ -59,33 +58,6 @@ def invalid_value(where: str, error: ErrorDetails, wanted: str | None = None) ->
 def _number(value: object) -> object:
     """A whole float as an int (typer hands ``--ranker-timeout -1`` on as ``-1.0``)."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def wanted_number(
-    annotation: object,
-    least: float | None = None,
-    most: float | None = None,
-    above: float | None = None,
-) -> str | None:
-    """What to give for a number option: "a whole number from 1 to 100", "a number above
-    0"... ``None`` when ``annotation`` (``int``, ``float``, optionally ``| None``) is not a
-    number."""
-    kinds = {int: "a whole number", float: "a number"}
-    args = typing.get_args(annotation)
-    if type(None) in args and len(args) == 2:  # an optional number: `int | None`
-        annotation = next(a for a in args if a is not type(None))
-    kind = kinds.get(annotation)  # type: ignore[call-overload]
-    if kind is None:
-        return None
-    if least is not None and most is not None:
-        return f"{kind} from {least} to {most}"
-    if above is not None:
-        return f"{kind} above {above}"
-    if least is not None:
-        return f"{kind} of {least} or more"
-    if most is not None:
-        return f"{kind} of {most} or less"
-    return kind
 
 
 class UsageGroup(TyperGroup):
@@ -132,6 +104,8 @@ def _usage_line(error: UsageError) -> str:
         where = _param_name(param)
         if isinstance(cause, ValidationError):
             descriptor = getattr(param, "type_descriptor", None)
+            from rar_agent.errors import wanted_number
+
             wanted = wanted_number(
                 getattr(descriptor, "annotation", None),
                 getattr(param, "min", None),

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from rar_agent.config import MAX_K, MIN_K, validate_k
 from rar_agent.errors import ConfigError
 from rar_agent.evaluation import metrics
 from rar_agent.evaluation.metrics import GateChoice, Outcomes, QueryRecord
@@ -137,10 +138,15 @@ def check_config(config: EvalConfig, *, stream_share: float | None = None) -> No
             the inputs (see :func:`~rar_agent.evaluation.data.check_sources`).
     """
     problems = []
-    if not 1 <= config.k <= 100:
-        problems.append(f"--k must be between 1 and 100, got {config.k}")
-    if not 1 <= config.max_k <= 100:
-        problems.append(f"--max-k must be between 1 and 100, got {config.max_k}")
+    try:
+        validate_k(config.k)
+    except ConfigError as e:
+        problems.append(f"invalid --k: {e}")
+    if not MIN_K <= config.max_k <= MAX_K:
+        problems.append(
+            f"--max-k must be a whole number from {MIN_K} to {MAX_K} (the largest k of "
+            f"recall@k), not {config.max_k!r}"
+        )
     if config.batch_size < 1:
         problems.append(f"--batch-size must be >= 1, got {config.batch_size}")
     if config.seed < 0:

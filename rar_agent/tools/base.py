@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
 
 from langchain_core.tools import BaseTool, ToolException
-from pydantic import BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from rar_agent.config import MAX_TOOL_K, MIN_K, MemoryKind, parse_k
-from rar_agent.errors import ImageError, UnsafeInputError, did_you_mean
+from rar_agent.config import MAX_K, MIN_K, MemoryKind, parse_k
+from rar_agent.errors import ImageError, UnsafeInputError, did_you_mean, wanted_value
 from rar_agent.images import (
     check_declared_size,
     decode_base64_image,
@@ -62,18 +62,25 @@ __all__ = [
 
 
 def _tool_k(value: object) -> int | None:
-    return None if value is None else parse_k(value, MAX_TOOL_K)
+    return None if value is None else parse_k(value)
 
 
-ToolK = Annotated[Annotated[int, Field(ge=MIN_K, le=MAX_TOOL_K)] | None, BeforeValidator(_tool_k)]
-"""A tool's ``k`` argument: ``None`` (the recognizer's own), or ``MIN_K`` to ``MAX_TOOL_K``
-(the schema says so); a bad one is refused in our words (:func:`~rar_agent.config.parse_k`),
-not pydantic's."""
+ToolK = Annotated[Annotated[int, Field(ge=MIN_K, le=MAX_K)] | None, BeforeValidator(_tool_k)]
+"""A tool's ``k`` argument: ``None`` (the recognizer's own), or ``MIN_K`` to ``MAX_K`` as
+everywhere (the schema says so); a bad one is refused in our words
+(:func:`~rar_agent.config.parse_k`), not pydantic's."""
 
 _ID_REF = re.compile(r"^\[?\s*(?:image(?:\s+id)?\s*[:=]?\s*)?(img-[0-9a-f]{6,64})\s*\]?$", re.I)
 # What a model writes when it means an id but has none right ('img-1', 'img-abc'): told
 # about ids when no file of that name is found, not that reading files is off.
 _ID_LIKE = re.compile(r"img-[\w-]{1,64}", re.I)
+# What a model writes when it points at an image by number or place ('image 1', 'the
+# second photo', '#2', 'previous image'): told what a reference can be, not about files.
+_NUMBERED = re.compile(
+    r"(?:the\s+)?(?:(?:first|second|third|fourth|fifth|last|previous|earlier|other|\d+(?:st|nd|rd|th))"
+    r"\s+)?(?:image|photo|picture|pic|upload|attachment)(?:[\s_#-]*\d+)?|#?\s*\d{1,4}",
+    re.I,
+)
 
 
 @runtime_checkable
@@ -234,6 +241,11 @@ class ImageResolver:
         except UnsafeInputError:
             if _ID_LIKE.fullmatch(text):
                 return self._by_id(text, text.lower())
+            if _NUMBERED.fullmatch(text):
+                raise ImageError(
+                    f"{text!r} is not an image reference: images are named by id (img-...), "
+                    f"not by number or place; pass {self.accepted()}"
+                ) from None
             if not looks_like_base64(text):
                 raise
         return self._inline("base64", text, sent)  # no data: prefix
@@ -299,20 +311,74 @@ def tool_error(e: Exception, *sources: ImageSource | None) -> ToolException:
     return ToolException(message)
 
 
-def explain_validation_error(error: Exception) -> str:
-    """Tell the model which argument was wrong and why, so it can correct the call."""
+def explain_validation_error(error: Exception, schema: object = None) -> str:
+    """Tell the model which argument was wrong, why and what to give, so it can correct the
+    call: "limit must be a whole number from 1 to 1000, not 0", never pydantic's "Input
+    should be greater than or equal to 1".
+
+    Args:
+        error: The arguments' validation error.
+        schema: The tool's argument model, whose fields say what each argument takes (its
+            bounds and description); without it the words follow the error's kind alone.
+    """
     details = getattr(error, "errors", None)
     if not callable(details):
         return f"invalid tool arguments: {error}"
-    problems = "; ".join(_argument_problem(item) for item in details())
+    fields = getattr(schema, "model_fields", None)
+    fields = fields if isinstance(fields, dict) else {}
+    problems = "; ".join(_argument_problem(item, fields) for item in details())
     return f"invalid tool arguments ({problems}); fix them and call the tool again"
 
 
-def _argument_problem(item: Mapping[str, Any]) -> str:
-    """One validation error: the argument, then our message (not pydantic's 'Value error, ')."""
-    where = ".".join(str(part) for part in item.get("loc", ())) or "arguments"
-    cause = item.get("ctx", {}).get("error") if item.get("type") == "value_error" else None
-    return f"{where}: {cause if cause is not None else item.get('msg')}"
+_WANTED_BY_KIND = {
+    **dict.fromkeys(("int_type", "int_parsing", "int_from_float"), "a whole number"),
+    **dict.fromkeys(("float_type", "float_parsing"), "a number"),
+    "finite_number": "a finite number",
+    "string_type": "text",
+    **dict.fromkeys(("bool_type", "bool_parsing"), "true or false"),
+    "list_type": "a list",
+    **dict.fromkeys(("dict_type", "model_type"), "an object"),
+}
+"""What to give, by the kind of a validation error, for a value whose field says no more (an
+item inside a list argument, or no schema at hand)."""
+
+
+def _argument_problem(item: Mapping[str, Any], fields: Mapping[str, Any]) -> str:
+    """One validation error as "NAME must be WANTED, not VALUE" (or our validator's own
+    message, or "NAME is missing (DESCRIPTION)")."""
+    loc = item.get("loc", ())
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    where = where or "arguments"
+    if item.get("type") == "value_error" and "error" in item.get("ctx", {}):
+        cause = str(item["ctx"]["error"])  # our own words, which say what to give
+        return cause if cause.startswith(f"{where} ") else f"{where}: {cause}"
+    info = fields.get(loc[0]) if len(loc) == 1 else None
+    if item.get("type") == "missing":
+        about = _as_clause(info.description) if info is not None and info.description else ""
+        return f"{where} is missing{f' ({about})' if about else ''}"
+    wanted = wanted_value(info.annotation, info.metadata) if info is not None else None
+    wanted = wanted or _WANTED_BY_KIND.get(str(item.get("type")))
+    if wanted is None:
+        return f"{where}: {item.get('msg')}"
+    return f"{where} must be {wanted}, not {_given(item)}"
+
+
+def _given(item: Mapping[str, Any]) -> str:
+    """The value a validation error was about, short: a length where the length was wrong."""
+    value = item.get("input")
+    if isinstance(value, str) and str(item.get("type")).startswith("string_too"):
+        return "empty text" if not value else f"{len(value)} characters"
+    if isinstance(value, list) and item.get("type") == "too_long":
+        return f"{len(value)} items"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _as_clause(description: str) -> str:
+    """A field's description inside a sentence: "The label to move it to." -> "the label
+    to move it to" (a first word in capitals, "ISO", is kept)."""
+    text = description.strip().rstrip(".")
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
 
 
 def unknown_arguments(tool: BaseTool | None, args: Mapping[str, Any]) -> list[str]:
@@ -337,7 +403,9 @@ class ErrorAnsweringTool(BaseTool):
         self, tool_input: str | dict[str, Any], tool_call_id: str | None
     ) -> str | dict[str, Any]:
         """Refuse an argument the tool does not take (``{"path": ...}`` for ``image``): left
-        to pydantic it is dropped, and the call answers as if it were not given."""
+        to pydantic it is dropped, and the call answers as if it were not given. A value
+        that does not validate is refused with what its field takes
+        (:func:`explain_validation_error` given the schema)."""
         if isinstance(tool_input, dict):
             unknown = unknown_arguments(self, tool_input)
             if unknown:
@@ -348,7 +416,10 @@ class ErrorAnsweringTool(BaseTool):
                     f"{'an argument' if len(unknown) == 1 else 'arguments'} of {self.name}, "
                     f"which takes {', '.join(fields) or 'none'}); fix them and call the tool again"
                 )
-        return super()._parse_input(tool_input, tool_call_id)
+        try:
+            return super()._parse_input(tool_input, tool_call_id)
+        except ValidationError as e:  # worded with what the schema says each argument takes
+            raise ToolException(explain_validation_error(e, self.args_schema)) from None
 
 
 class RecognizerTool(ErrorAnsweringTool):

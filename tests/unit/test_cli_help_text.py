@@ -152,7 +152,7 @@ def test_allow_learning_help_names_all_it_allows(command: str) -> None:
 
 
 def test_eval_k_help_states_its_range() -> None:
-    """eval refuses --k 0 with 'must be between 1 and 100'; its help named no range."""
+    """eval refuses --k 0 with 'from 1 to 100'; its help named no range."""
     words = _help_words("eval")
     assert "Candidates handed to the ranker (1-100)" in words
     assert "Largest k of recall@k (1-100)" in words

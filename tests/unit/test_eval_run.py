@@ -168,6 +168,20 @@ def test_a_bad_ranker_timeout_is_refused_before_any_model(value: float) -> None:
         check_config(EvalConfig(dataset="x", ranker_timeout=value))
 
 
+@pytest.mark.parametrize("k", [0, 101])
+def test_eval_refuses_a_k_in_the_words_of_every_other_k(k: int) -> None:
+    """``eval --k 0`` said '--k must be between 1 and 100, got 0', beside 'k must be a whole
+    number from 1 to 100 (...), not 0' from recognize, a tool and an MCP client."""
+    from rar_agent.config import validate_k
+    from rar_agent.evaluation.schema import check_config
+
+    with pytest.raises(ConfigError) as words:
+        validate_k(k)
+    with pytest.raises(ConfigError) as said:
+        check_config(EvalConfig(dataset="x", k=k))
+    assert f"invalid --k: {words.value}" in str(said.value)
+
+
 def test_without_a_ranker_final_equals_knn_and_auto_gate_explains(
     folder: Path, tiny_encoder: Any
 ) -> None:
@@ -497,7 +511,7 @@ def test_auto_gate_without_a_recorded_margin_says_how_to_get_one(
         (["--memory-set", "/nonexistent", "--test-set", "/nonexistent"], "does not exist"),
         ([], "say what to evaluate"),
         (["--dataset", "fashion-mnst"], "did you mean --dataset fashion-mnist"),
-        (["--dataset", ".", "--shots", "1", "--k", "0"], "--k must be between"),
+        (["--dataset", ".", "--shots", "1", "--k", "0"], "invalid --k: k must be a whole number"),
         (["--dataset", ".", "--shots", "1", "--reject", "bogus"], "unknown reject setting"),
         (["--dataset", ".", "--shots", "1", "--gate", "bogus"], "gate setting"),
         (["--dataset", ".", "--stream", "--stream-share", "2"], "streamed share"),

@@ -108,8 +108,20 @@ async def exercise(session: ClientSession, images: Path, *, learning: bool) -> d
     loopback = await session.call_tool("recognize_image", {"image": "http://127.0.0.1:9/cat.jpg"})
     assert loopback.isError and "loopback" in text_of(loopback)
     bad = await session.call_tool("recognize_image", {"image": "cat.jpg", "k": 0})
-    assert bad.isError and text_of(bad).startswith("invalid tool arguments (k: k must be a")
-    assert "whole number from 1 to 50" in text_of(bad) and "Input should" not in text_of(bad)
+    assert bad.isError and text_of(bad).startswith("invalid tool arguments (k must be a")
+    assert "whole number from 1 to 100" in text_of(bad) and "Input should" not in text_of(bad)
+
+    # pydantic's words ('Input should be greater than or equal to 1') never reach a client:
+    # what was wrong and what to give, from the argument's schema.
+    too_few = await session.call_tool("list_categories", {"limit": 0})
+    assert too_few.isError and text_of(too_few) == (
+        "invalid tool arguments (limit must be a whole number from 1 to 1000, not 0); fix them "
+        "and call the tool again"
+    )
+    numbered = await session.call_tool("recognize_image", {"image": "image 1"})
+    assert numbered.isError and text_of(numbered).startswith(
+        "'image 1' is not an image reference: images are named by id (img-...), not by number"
+    )
 
     known = await session.call_tool("list_categories", {})
     assert known.structuredContent["total"] == 6 and "cat (1 example)" in text_of(known)

@@ -405,7 +405,8 @@ async def test_a_call_missing_an_argument_says_which_for_every_tool(tmp_path: Pa
                         answer = await session.call_tool(tool.name, {})
                         said = text_of(answer)
                         assert answer.isError and "unexpectedly" not in said, (tool.name, said)
-                        assert f"{required[0]}: Field required" in said, (tool.name, said)
+                        assert f"{required[0]} is missing (" in said, (tool.name, said)
+                        assert "Field required" not in said, (tool.name, said)
         assert not (tmp_path / "snapshots").exists()
 
 

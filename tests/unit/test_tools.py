@@ -14,6 +14,7 @@ from langchain_tests.integration_tests import ToolsIntegrationTests
 from langchain_tests.unit_tests import ToolsUnitTests
 from PIL import Image
 
+from rar_agent import config
 from rar_agent.errors import ConfigError, ImageError, UnsafeInputError
 from rar_agent.safety import normalize_roots, resolve_inside_roots
 from rar_agent.tools import (
@@ -708,18 +709,115 @@ def test_bad_arguments_tell_the_model_what_was_wrong(recognizer: Any) -> None:
     recognize = RecognizeTool(recognizer=recognizer, registry=ImageRegistry())
     message = _call(recognize, {"k": 0})
     assert message.status == "error"
-    assert "k: k must be a whole number from 1 to 50" in message.content
+    assert "(k must be a whole number from 1 to 100" in message.content
     assert "Input should" not in message.content
 
 
-@pytest.mark.parametrize("k", [0, 51, -3, 2.5, "many", True])
+@pytest.mark.parametrize("k", [0, 101, -3, 2.5, "many", True])
 def test_a_bad_k_is_refused_in_the_products_words(recognizer: Any, k: object) -> None:
     """``k: 0`` answered pydantic's 'Input should be greater than or equal to 1'."""
     recognize = RecognizeTool(recognizer=recognizer, registry=ImageRegistry())
     message = _call(recognize, {"k": k})
     assert message.status == "error"
-    assert "k must be a whole number from 1 to 50 (how many candidate" in message.content
+    assert "k must be a whole number from 1 to 100 (how many candidate" in message.content
     assert f"not {k!r}" in message.content and "Input should" not in message.content
+
+
+@pytest.mark.parametrize("k", [0, config.MAX_K + 1])
+def test_a_tool_takes_the_k_the_command_line_takes_in_its_words(recognizer: Any, k: int) -> None:
+    """``--k 80`` was taken on the command line and ``k: 80`` refused in a tool call ('from
+    1 to 50'): one limit, refused in the same words everywhere."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+    from rar_agent.config import validate_k
+
+    reg = ImageRegistry()
+    image = reg.register(recognizer.example_images["green leaf"].read_bytes())
+    recognize = RecognizeTool(recognizer=recognizer, registry=reg)
+    assert _call(recognize, {"image": image, "k": config.MAX_K}).status == "success"
+    with pytest.raises(ConfigError) as words:
+        validate_k(k)
+    said = _call(recognize, {"image": image, "k": k}).content
+    assert said == f"invalid tool arguments ({words.value}); fix them and call the tool again"
+    cli = CliRunner().invoke(app, ["recognize", "x.png", "--labels", "a,b", "--k", str(k)])
+    assert f"invalid --k (RAR_K): {words.value}" in " ".join(cli.output.split())
+    for command in ("recognize", "chat", "mcp", "eval"):
+        help_text = CliRunner().invoke(app, [command, "--help"]).output
+        assert f"({config.MIN_K}-{config.MAX_K})" in " ".join(help_text.split()), command
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "said"),
+    [
+        ("list_categories", {"limit": 0}, "limit must be a whole number from 1 to 1000, not 0"),
+        (
+            "list_categories",
+            {"limit": "many"},
+            "limit must be a whole number from 1 to 1000, not 'many'",
+        ),
+        ("undo_teaching", {"n": 2.5}, "n must be a whole number from 1 to 50, not 2.5"),
+        ("teaching_history", {"by": ""}, "by must be text of 1 to 200 characters, not empty text"),
+        (
+            "add_category_example",
+            {"label": "x" * 201},
+            "label must be text of 1 to 200 characters, not 201 characters",
+        ),
+        (
+            "add_category_example",
+            {"label": "cat", "move": "perhaps"},
+            "move must be true or false, not 'perhaps'",
+        ),
+        (
+            "relabel_example",
+            {"label": "cat"},
+            "example is missing (the stored example's entry "
+            "id (a refusal or the history names it))",
+        ),
+        (
+            "recognize_image",
+            {"boxes": [[1, 2, "left", 4]]},
+            "boxes[0][2] must be a number, not 'left'",
+        ),
+        ("recognize_image", {"image": 7}, "image must be text, not 7"),
+    ],
+)
+def test_argument_errors_say_what_to_give_not_pydantics_words(
+    recognizer: Any, name: str, args: dict[str, Any], said: str
+) -> None:
+    """``list_categories(limit=0)`` answered 'limit: Input should be greater than or equal to
+    1', ``relabel_example`` without its example 'example: Field required': each says what the
+    argument takes, from its schema, as ``k`` does."""
+    tools = {t.name: t for t in make_tools(recognizer, allow_learning=True)}
+    message = _call(tools[name], args)
+    assert message.status == "error"
+    assert message.content == f"invalid tool arguments ({said}); fix them and call the tool again"
+
+
+@pytest.mark.parametrize(
+    "ref", ["image 1", "Image #2", "the first image", "photo 3", "previous image", "2"]
+)
+@pytest.mark.parametrize("image_ids", [True, False])
+def test_an_image_named_by_number_is_told_what_a_reference_can_be(
+    recognizer: Any, ref: str, image_ids: bool
+) -> None:
+    """A model that passed 'image 1' (the first image of the conversation, as it counted)
+    was told 'reading files is disabled: no allowed directories are configured', about files
+    it never meant; it is told that images go by id, and the forms this tool takes."""
+    tool = make_tools(recognizer, image_ids=image_ids, allow_learning=True)[0]
+    message = _call(tool, {"image": ref})
+    assert message.status == "error" and "reading files" not in message.content
+    assert message.content.startswith(
+        f"{ref!r} is not an image reference: images are named by id (img-...), not by number"
+    )
+    assert tool.resolver().accepted() in message.content
+
+
+def test_a_file_named_like_a_number_is_still_read(recognizer: Any, tmp_path: Path) -> None:
+    (tmp_path / "image 1").write_bytes(recognizer.example_images["green leaf"].read_bytes())
+    tool = RecognizeTool(recognizer=recognizer, registry=ImageRegistry(), allowed_roots=[tmp_path])
+    assert _call(tool, {"image": "image 1"}).artifact["label"] == "green leaf"
+    assert "not an image reference" in _call(tool, {"image": "image 2"}).content
 
 
 def test_a_k_written_as_text_or_a_whole_float_is_read() -> None:
@@ -748,7 +846,7 @@ def test_every_tool_k_takes_its_bounds_from_one_place() -> None:
     for cls in with_k:
         field = cls.model_fields["args_schema"].default.model_json_schema()["properties"]["k"]
         bounds = field["anyOf"][0] if "anyOf" in field else field
-        assert (bounds["minimum"], bounds["maximum"]) == (config.MIN_K, config.MAX_TOOL_K), cls
+        assert (bounds["minimum"], bounds["maximum"]) == (config.MIN_K, config.MAX_K), cls
 
 
 def test_every_tool_of_ours_answers_its_errors_as_one_base_does() -> None:
