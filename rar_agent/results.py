@@ -423,6 +423,12 @@ class TeachingEvent(BaseModel):
         default=None, description="The unknown group it was taught with (teach_unknown_group)."
     )
 
+    @property
+    def when(self) -> str:
+        """When, from where and by whom, as the history says it ("2026-12-07 03:54:07 via
+        cli by ana")."""
+        return _when(self.at, self.via, self.by)
+
 
 class UndoneEvent(TeachingEvent):
     """A teaching event that was undone: what it was, and when, from where and by whom it
@@ -431,6 +437,15 @@ class UndoneEvent(TeachingEvent):
     undone_at: str = Field(description="When it was undone (ISO 8601, UTC).")
     undone_via: str = Field(description="From where: cli, chat, tool, mcp or api.")
     undone_by: str | None = Field(default=None, description="Who undid it, when known.")
+
+    @property
+    def undone_when(self) -> str:
+        """When, from where and by whom it was undone, in the words of :attr:`when`."""
+        return _when(self.undone_at, self.undone_via, self.undone_by)
+
+
+def _when(at: str, via: str, by: str | None) -> str:
+    return f"{at[:19].replace('T', ' ')} via {via}" + (f" by {by}" if by else "")
 
 
 class TeachingHistory(BaseModel):

@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from rar_agent.errors import ConfigError, DuplicateExampleError, ImageError
 from rar_agent.images import THUMBNAIL_MAX_BYTES, THUMBNAIL_SIDE, make_thumbnail
 from rar_agent.memory import MemoryEntry, normalize_label
+from rar_agent.memory.entries import content_id
 from rar_agent.results import (
     ExampleAdded,
     ExampleRelabeled,
@@ -544,11 +545,37 @@ class Teacher:
             ) from None
         found = self.memory.get_entries([example.strip()])
         if not found or found[0].kind != "image":
+            gone = None if found else self._whereabouts(example.strip())
             raise ConfigError(
-                f"no example image with id {example!r} in memory {self.memory.collection!r}: "
-                f"{where}"
+                f"no example image with id {example!r} in memory {self.memory.collection!r}"
+                + (f": {gone}" if gone else f": {where}")
             )
         return found[0]
+
+    def _whereabouts(self, example: str) -> str | None:
+        """Where the example once stored under the id ``example`` went, by the memory's own
+        records (ids follow the label, so a relabel or its undo changes the id): the id it has
+        now, or that it was removed by an undo; ``None`` when no record names that id."""
+        undone = next((e for e in reversed(_undone(self.memory, None)[0]) if e.id == example), None)
+        if undone is not None and undone.event == "taught":
+            return (
+                f"it was removed when its teaching as {undone.label!r} was undone "
+                f"({undone.undone_when}); teach the image again to store it"
+            )
+        for pid, payload in _image_payloads(self.memory):
+            digest = str(payload.get("content_hash") or "")
+            now = f"it is entry {pid}, labelled {payload.get('label')!r}, now"
+            if undone is not None:  # its relabel undone: the id it had under the label it left
+                if content_id("image", undone.label, digest) == example:
+                    return f"{_undone_move(undone)}: {now}"
+                continue
+            for event in _entry_events(pid, payload):
+                left = str(event.previous_label)
+                if event.event == "relabeled" and content_id("image", left, digest) == example:
+                    return f"it was moved from {left!r} to {event.label!r} ({event.when}): {now}"
+        if undone is not None:
+            return f"{_undone_move(undone)}, and it is no longer in the memory"
+        return None
 
     def _move(self, hit: Hit, label: str, relabels: list[dict[str, Any]]) -> str:
         """Store ``hit``'s vector and payload under ``label``, then remove the old entry."""
@@ -620,20 +647,21 @@ class Teacher:
             mine = [e for e in events if e.by == by][-n:]
             _check_unchanged_since(mine, events, by)
             events = mine
-        events = events[-n:][::-1]
         renamed: dict[str, str] = {}
-        for event in events:
+        undone: list[TeachingEvent] = []  # each with the id it had when it was taken back
+        for event in events[-n:][::-1]:
             current = renamed.get(event.id, event.id)
+            undone.append(event.model_copy(update={"id": current}))
             if event.event == "taught":
                 update_calibration(self.memory, removed=self.memory.remove_ids([current]))
                 continue
             hit = self._entry(current)
             relabels = list(hit.payload.get("relabels", []))[:-1]
             renamed[event.id] = self._move(hit, event.previous_label or hit.label, relabels)
-        if events:
-            self._record_undone(events)
+        if undone:
+            self._record_undone(undone)
         return TeachingUndone(
-            undone=events,
+            undone=undone,
             image_entries=self.memory.count("image"),
             text_entries=self.memory.count("text"),
             by=by,
@@ -759,17 +787,26 @@ def _duplicate_error(name: str, label: str, hit: Hit) -> DuplicateExampleError:
 
 def _events(memory: CategoryMemory) -> list[TeachingEvent]:
     """Every teaching event recorded in the memory's payloads, oldest first."""
-    events: list[TeachingEvent] = []
+    events = [e for pid, payload in _image_payloads(memory) for e in _entry_events(pid, payload)]
+    events.sort(key=lambda e: e.at)
+    return events
+
+
+def _undone_move(undone: UndoneEvent) -> str:
+    return (
+        f"its move from {undone.previous_label!r} to {undone.label!r} was undone "
+        f"({undone.undone_when})"
+    )
+
+
+def _image_payloads(memory: CategoryMemory) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each image example's id and payload, page by page."""
     offset: str | None = None
     while True:
         page, offset = memory.scroll(offset, limit=1024)
-        for pid, kind, _, payload in page:
-            if kind == "image":
-                events.extend(_entry_events(pid, payload))
+        yield from ((pid, payload) for pid, kind, _, payload in page if kind == "image")
         if offset is None:
-            break
-    events.sort(key=lambda e: e.at)
-    return events
+            return
 
 
 def _undone(memory: CategoryMemory, by: str | None) -> tuple[list[UndoneEvent], int]:

@@ -230,7 +230,6 @@ def _refusal(e: DuplicateExampleError, image: str, label: str) -> ToolException:
 
 def describe_event(event: TeachingEvent) -> str:
     """One line of the teaching history."""
-    who = f" by {event.by}" if event.by else ""
     if event.event == "relabeled":
         what = (
             f"moved {event.source or 'an example'} from {event.previous_label!r} to {event.label!r}"
@@ -240,7 +239,7 @@ def describe_event(event: TeachingEvent) -> str:
         fix = f" (was answered {event.corrected_from!r})" if event.corrected_from else ""
         what = f"{verb} {event.source or 'an example'} as {event.label!r}{fix}"
         what += f" with group {event.group}" if event.group else ""
-    return f"{event.at[:19].replace('T', ' ')} via {event.via}{who}: {what} [entry {event.id}]"
+    return f"{event.when}: {what} [entry {event.id}]"
 
 
 def describe_relabeled(moved: ExampleRelabeled) -> str:
@@ -292,9 +291,7 @@ def _undone_lines(history: TeachingHistory, whose: str) -> list[str]:
 def describe_undone_event(event: UndoneEvent) -> str:
     """One line of the teaching history for an event that was undone: what it was, then
     when, from where and by whom it was undone."""
-    who = f" by {event.undone_by}" if event.undone_by else ""
-    when = event.undone_at[:19].replace("T", " ")
-    return f"{describe_event(event)}, undone {when} via {event.undone_via}{who}"
+    return f"{describe_event(event)}, undone {event.undone_when}"
 
 
 def describe_undone(undone: TeachingUndone) -> str:

@@ -157,6 +157,33 @@ def test_relabel_moves_an_example_and_undo_moves_it_back(recognizer: Any) -> Non
             teacher.relabel(typo, "cat")
 
 
+def test_an_id_that_moved_or_went_says_where(recognizer: Any) -> None:
+    """``memory relabel ID cat`` with the id an example had before a relabel (ids follow the
+    label) said only 'no example image with id ...': it says where the example went and
+    its id now, or that an undo removed it."""
+    teacher = Teacher(recognizer.memory, recognizer.encoder, via="cli", by="ana")
+    [added] = teacher.add("dog", [("pup.png", _png((10, 200, 200)))])
+    to_cat = teacher.relabel(added.id, "cat")
+    to_fox = teacher.relabel(to_cat.id, "fox")
+    for old, left, went in ((added.id, "dog", "cat"), (to_cat.id, "cat", "fox")):
+        with pytest.raises(ConfigError) as moved:
+            teacher.relabel(old, "wolf")
+        said = str(moved.value)
+        assert f"it was moved from {left!r} to {went!r} (20" in said and " via cli by ana)" in said
+        assert said.endswith(f"it is entry {to_fox.id}, labelled 'fox', now"), said
+    teacher.undo(1)  # fox -> cat again: the fox id is gone, the cat id back
+    with pytest.raises(ConfigError) as back:
+        teacher.relabel(to_fox.id, "wolf")
+    assert "its move from 'cat' to 'fox' was undone (20" in str(back.value)
+    assert str(back.value).endswith(f"it is entry {to_cat.id}, labelled 'cat', now")
+    undone = teacher.undo(2)  # the relabel to cat, then the teaching: removed under the dog id
+    assert [e.id for e in undone.undone] == [to_cat.id, added.id]
+    with pytest.raises(ConfigError) as removed:
+        teacher.relabel(added.id, "wolf")
+    assert "it was removed when its teaching as 'dog' was undone (20" in str(removed.value)
+    assert "teach the image again" in str(removed.value)
+
+
 def test_an_undo_refused_over_anothers_change_says_it_in_words(recognizer: Any) -> None:
     """The refusal read "(relabeled 'cat' at 2026-12-06T13:45:44.806915+00:00)": a raw
     timestamp unlike the history's, and a phrase that reads as if 'cat' were relabeled."""
