@@ -504,7 +504,10 @@ def memory_stats(settings: "Settings") -> None:
         stats = mem.stats()
         stats["unfinished_build"] = unfinished_build(mem)
         stats["open_set"] = _open_set_stats(
-            openset.load(mem), parse_reject(settings.reject), stats["image_entries"]
+            openset.load(mem),
+            parse_reject(settings.reject),
+            stats["image_entries"],
+            missing=openset.why_not_loaded(mem),
         )
     if stats["unfinished_build"] is not None:
         print_note(_unfinished_note(stats["unfinished_build"], stats["entries"]))
@@ -523,15 +526,17 @@ def _unfinished_note(started: "Mapping[str, object]", entries: object) -> str:
 
 
 def _open_set_stats(
-    cal: "Calibration | None", setting: "RejectSetting", image_entries: int
+    cal: "Calibration | None",
+    setting: "RejectSetting",
+    image_entries: int,
+    missing: str = "not calibrated yet",
 ) -> dict[str, object]:
-    """What ``--reject auto:ALPHA`` can promise with this memory (or why it cannot)."""
+    """What ``--reject auto:ALPHA`` can promise with this memory (or why it cannot;
+    ``missing``: why no calibration was loaded, :func:`~rar_agent.openset.why_not_loaded`)."""
     from rar_agent.openset.verdict import TEXT_ENTRIES_NOTE
 
     if cal is None:
-        note = (
-            "not calibrated yet: recognizing calibrates it" if image_entries else TEXT_ENTRIES_NOTE
-        )
+        note = f"{missing}: recognizing calibrates it" if image_entries else TEXT_ENTRIES_NOTE
         return {"calibrated": False, "note": note}
     alpha = setting.alpha
     summary = cal.summary(alpha)

@@ -21,6 +21,7 @@ from rar_agent.openset.calibration import (
     fit,
     load,
     update,
+    why_not_loaded,
 )
 from rar_agent.openset.statistic import SUPPORT_ENTRIES, known_score
 from rar_agent.openset.store import EXTENSION
@@ -47,6 +48,7 @@ __all__ = [
     "known_score",
     "load",
     "update",
+    "why_not_loaded",
     "with_ranker_verdict",
 ]
 

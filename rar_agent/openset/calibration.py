@@ -103,6 +103,7 @@ __all__ = [
     "min_standins",
     "smallest_alpha_for",
     "update",
+    "why_not_loaded",
 ]
 
 
@@ -806,6 +807,21 @@ def _finish(cal: Calibration) -> Calibration:
 def load(memory: CalibratedMemory) -> Calibration | None:
     """The calibration stored in ``memory``, or ``None`` if it has none (or an old form)."""
     return _parse(read_extension(memory), memory.collection)
+
+
+def why_not_loaded(memory: CalibratedMemory) -> str:
+    """Why :func:`load` finds no calibration in ``memory``, in words: none stored yet, one
+    stored in another version's form, or one that cannot be read."""
+    data = read_extension(memory)
+    if data is None:
+        return "no open-set calibration is stored yet"
+    version = data.get("version")
+    if version != _VERSION:
+        return (
+            f"the stored open-set calibration is in another rar-agent version's form ({version}; "
+            f"this version reads {_VERSION})"
+        )
+    return "the stored open-set calibration cannot be read"
 
 
 MAX_AGE_S = 1.0

@@ -161,7 +161,12 @@ class Recognizer:
 
     @classmethod
     def from_memory(
-        cls, memory: CategoryMemory, encoder: ImageTextEncoder | None = None, **options: Any
+        cls,
+        memory: CategoryMemory,
+        encoder: ImageTextEncoder | None = None,
+        *,
+        announce: Callable[[str], None] | None = None,
+        **options: Any,
     ) -> Recognizer:
         """A recognizer over ``memory``, with the I/O the constructor leaves out.
 
@@ -173,6 +178,8 @@ class Recognizer:
         Args:
             memory: The category memory.
             encoder: Its encoder (None: the one the memory recorded).
+            announce: Receives the note that a read-only memory was calibrated for this run
+                only (default: a logged warning).
             **options: The constructor's keyword arguments (``ranker``, ``k``, ``gate``...).
 
         Raises:
@@ -183,7 +190,7 @@ class Recognizer:
         bind_memory(memory, encoder)
         recognizer = cls(memory, encoder, **options)
         if recognizer.reject.mode == "auto":
-            recognizer._ensure_calibrated()
+            recognizer._ensure_calibrated(announce)
         return recognizer
 
     @classmethod
@@ -212,8 +219,9 @@ class Recognizer:
             labels: Class names for a zero-shot memory (needs an encoder with a text tower).
             progress: ``progress(done, total)`` while a vocabulary memory is built.
             read_only: Open the configured memory read-only.
-            announce: Receives the one-line note when the default encoder falls back to the
-                offline one (default: a logged warning).
+            announce: Receives the one-line notes: the default encoder fell back to the
+                offline one, a read-only memory was calibrated for this run only (default: a
+                logged warning).
             **overrides: Settings fields to override (``ranker="openai:gpt-4o-mini"``, ``k=3``...);
                 ``ranker`` also takes a chat model or a
                 :class:`~rar_agent.ranking.RankingChain`, as the constructor does.
@@ -244,6 +252,7 @@ class Recognizer:
             return cls.from_memory(
                 memory,
                 encoder,
+                announce=announce,
                 ranker=ranker,
                 k=settings.k,
                 fetch_k=settings.fetch_k,
@@ -578,13 +587,26 @@ class Recognizer:
         other.retriever = self.retriever.model_copy(update={"encoder": encoder})
         return other
 
-    def _ensure_calibrated(self) -> None:
-        """Calibrate a memory that has image examples but no calibration yet (built earlier)
-        and store it; a read-only memory keeps the result here instead."""
+    def _ensure_calibrated(self, announce: Callable[[str], None] | None = None) -> None:
+        """Calibrate a memory that has image examples but no calibration yet (built earlier,
+        or by a version that stored another form) and store it; a read-only memory keeps the
+        result here instead, and ``announce`` (default: a logged warning) is told so, since
+        each read-only opening fits it again until the memory is opened for writing."""
         from rar_agent import openset
 
-        if openset.load(self.memory) is None:
-            self._computed = openset.ensure(self.memory, self.memory.count("image"))
+        if openset.load(self.memory) is not None:
+            return
+        started = time.perf_counter()
+        self._computed = openset.ensure(self.memory, self.memory.count("image"))
+        if self.memory.read_only and self._computed is not None:
+            took = time.perf_counter() - started
+            (announce or logger.warning)(
+                f"memory {self.memory.collection!r}: {openset.why_not_loaded(self.memory)}, so "
+                f"it was calibrated for this run ({took:.1f} s) and not stored, as the memory "
+                "is open read-only; each read-only start calibrates it again until the memory "
+                "is opened once for writing (`rar-agent recognize` of any photo with it, or "
+                "this command with --allow-learning, stores it)"
+            )
 
     def calibration(self) -> Calibration | None:
         """The memory's current calibration (:func:`rar_agent.openset.current`: updates made

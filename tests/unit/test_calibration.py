@@ -758,3 +758,45 @@ def test_a_query_whose_candidates_the_calibration_lacks_says_so_and_what_to_do(
         assert "ask for auto:" not in note and "nothing is rejected" in note, note
         assert "'zebra'" in note and "openset.update(memory, added=ids)" in note, note
     memory.close()
+
+
+def test_a_read_only_memory_calibrated_again_says_so_until_a_writer_stores_it(
+    tmp_path: Path, tiny_encoder: object
+) -> None:
+    """A memory whose calibration an earlier version stored (form 10) was calibrated again,
+    silently, at every start of a read-only server (``rar-agent mcp`` without
+    --allow-learning): 6-7 s at 10k entries (load 13). Each such start says why, what it cost,
+    that nothing was stored and what stores it; once a writer has, nothing is said."""
+    from rar_agent.pipeline import Recognizer
+    from tests.helpers.small_memory import small_recognizer
+
+    rec = small_recognizer(tmp_path, tiny_encoder)
+    fit(rec.memory)
+    rec.memory.update_extension(EXTENSION, lambda stored: {**(stored or {}), "version": 10})
+    rec.close()
+
+    def start(read_only: bool) -> list[str]:
+        notes: list[str] = []
+        memory = CategoryMemory.open(tmp_path / "memory", collection="small", read_only=read_only)
+        with memory:
+            Recognizer.from_memory(memory, tiny_encoder, announce=notes.append)
+        return notes
+
+    for _ in range(2):  # every read-only start, as the stored form stays 10
+        [note] = start(read_only=True)
+        assert note.startswith(
+            "memory 'small': the stored open-set calibration is in another rar-agent version's "
+            f"form (10; this version reads {cal_mod._VERSION}), so it was calibrated for this run ("
+        ), note
+        assert "not stored, as the memory is open read-only" in note
+        assert "`rar-agent recognize` of any photo with it" in note
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    shown = CliRunner().invoke(
+        app, ["memory", "stats", "--memory", str(tmp_path / "memory"), "--collection", "small"]
+    )
+    assert "another rar-agent version's form (10; this version reads" in shown.stdout, shown.output
+    assert start(read_only=False) == []  # a writer stores it
+    assert start(read_only=True) == []
