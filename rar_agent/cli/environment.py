@@ -23,7 +23,6 @@ DEVELOPER_VARIABLES = frozenset(
     {"RAR_KEEP_TEST_TMP", "RAR_UPDATE_DOCS_IMG", "RAR_CHROMIUM", "RAR_MCP_RECORD",
      "RAR_BENCH_SMOKE"}
 )  # fmt: skip
-_PREFIX = "RAR_"
 
 
 def known_variables(command: Any) -> frozenset[str]:
@@ -31,11 +30,29 @@ def known_variables(command: Any) -> frozenset[str]:
     command, with its subcommands) or by the library and its developers' tools."""
     from rar_agent.config import Settings
 
-    prefix = str(Settings.model_config.get("env_prefix", _PREFIX)).upper()
-    settings = {f"{prefix}{name.upper()}" for name in Settings.model_fields}
+    settings = {f"{_prefix()}{name.upper()}" for name in Settings.model_fields}
     return frozenset(
         {*settings, *_option_variables(command), *LIBRARY_VARIABLES, *DEVELOPER_VARIABLES}
     )
+
+
+def _prefix() -> str:
+    """The settings' variable prefix (``RAR_``), as ``Settings`` declares it."""
+    from rar_agent.config import Settings
+
+    return str(Settings.model_config.get("env_prefix") or "").upper()
+
+
+def _env_files() -> list[Path]:
+    """The dotenv files the settings read (``.env``), as ``Settings`` declares them."""
+    from rar_agent.config import Settings
+
+    declared = Settings.model_config.get("env_file")
+    if declared is None:
+        return []
+    if isinstance(declared, str | os.PathLike):
+        return [Path(declared)]
+    return [Path(f) for f in declared]
 
 
 def _option_variables(command: Any) -> Iterator[str]:
@@ -49,20 +66,19 @@ def _option_variables(command: Any) -> Iterator[str]:
         yield from _option_variables(sub)
 
 
-def unknown_variables(
-    command: Any, environ: Mapping[str, str] | None = None, env_file: Path = Path(".env")
-) -> list[str]:
-    """One line per ``RAR_*`` variable set in ``environ`` (the process's environment) or
-    ``env_file`` that rar-agent does not read, naming its near misses."""
+def unknown_variables(command: Any, environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per ``RAR_*`` variable set in ``environ`` (the process's environment) or in
+    the dotenv file the settings read that rar-agent does not read, naming its near misses."""
     from rar_agent.errors import did_you_mean
 
     environ = os.environ if environ is None else environ
-    found = {name: "" for name in environ if name.upper().startswith(_PREFIX)}
-    if env_file.is_file():
+    prefix = _prefix()
+    found = {name: "" for name in environ if name.upper().startswith(prefix)}
+    for env_file in (f for f in _env_files() if f.is_file()):
         from dotenv import dotenv_values
 
         for name in dotenv_values(env_file):
-            if name.upper().startswith(_PREFIX):
+            if name.upper().startswith(prefix):
                 found.setdefault(name, f" in {env_file}")
     known = known_variables(command)
     return [

@@ -44,6 +44,22 @@ def test_a_misspelt_setting_in_dot_env_is_named_with_where_it_stands(
     assert "RAR_RANKR in .env is set" in said and "(did you mean RAR_RANKER" in said, said
 
 
+def test_the_dotenv_file_noted_is_the_one_the_settings_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note read '.env', a name written again beside Settings' own env_file: had the
+    settings read another file, its misspelt variables went unnamed and .env's were named."""
+    from rar_agent.cli.environment import unknown_variables
+    from rar_agent.config import Settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("RAR_RANKR=none\n")
+    (tmp_path / "rar.env").write_text("RAR_TOP_K=3\n")
+    monkeypatch.setitem(Settings.model_config, "env_file", "rar.env")
+    said = unknown_variables(typer.main.get_command(app), environ={})
+    assert [line.split(" is set")[0] for line in said] == ["RAR_TOP_K in rar.env"], said
+
+
 def test_every_variable_the_project_reads_is_known() -> None:
     """A variable added to the code, the docs or the tests without the list (a library
     switch, a test switch) would be named as unknown to everyone who sets it."""
