@@ -45,10 +45,14 @@ from rar_agent.errors import ConfigError, unwritable_reason
 
 __all__ = [
     "AUTH_FILE_NAME",
+    "MAKE_A_TOKEN",
+    "NOT_A_TOKEN",
+    "REVOKED_TOKEN",
     "SCOPES",
     "TOKEN_PREFIX",
     "TokenInfo",
     "TokenStore",
+    "UNKNOWN_TOKEN",
     "expand_scopes",
 ]
 
@@ -68,6 +72,23 @@ _IMPLIED: dict[str, frozenset[str]] = {
 }
 
 TOKEN_PREFIX = "rar_"
+
+MAKE_A_TOKEN = "rar-agent auth add NAME --scope recognize"
+"""The command that makes a token (on the serving machine), as refusals name it."""
+
+NOT_A_TOKEN = (
+    "the token is not one rar-agent made (those start rar_ and run 60 characters): send the "
+    "whole token, as rar-agent auth add printed it"
+)
+UNKNOWN_TOKEN = (
+    "this server accepts no such token: check that it was copied whole, or ask whoever runs "
+    f"the server for one ({MAKE_A_TOKEN}; rar-agent auth list lists those it accepts)"
+)
+REVOKED_TOKEN = (
+    f"this token was revoked: ask whoever runs the server for a new one ({MAKE_A_TOKEN})"
+)
+"""Why a token is refused (:meth:`TokenStore.refusal`), the same words wherever it is sent.
+Nothing in them is secret: no token, no name, not whether a token id exists."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _TOKEN = re.compile(r"^rar_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
@@ -189,21 +210,32 @@ class TokenStore:
         Args:
             token: A bearer token as a client sent it.
         """
+        found = self._check(token)
+        return found if isinstance(found, TokenInfo) else None
+
+    def refusal(self, token: str) -> str | None:
+        """Why ``token`` is refused, or ``None`` when it is valid.
+
+        The words name nothing secret: not the token, nor its name, nor whether its public
+        id is known (a token whose secret does not match reads as unknown); only whoever
+        holds a whole revoked token is told it was revoked.
+
+        Args:
+            token: A bearer token as a client sent it.
+        """
+        found = self._check(token)
+        return None if isinstance(found, TokenInfo) else found
+
+    def _check(self, token: str) -> TokenInfo | str:
+        """The valid token ``token`` is, or why it is refused (:meth:`refusal`)."""
         match = _TOKEN.match(token.strip())
         if match is None:
-            return None
+            return NOT_A_TOKEN
         token_id, secret = match.groups()
-        for info in self.tokens().values():
-            if info.id != token_id:
-                continue
-            try:
-                salt = bytes.fromhex(info.salt)
-            except ValueError:
-                return None
-            if info.active and hmac.compare_digest(_digest(salt, secret), info.hash):
-                return info
-            return None
-        return None
+        info = next((i for i in self.tokens().values() if i.id == token_id), None)
+        if info is None or not _matches(info, secret):
+            return UNKNOWN_TOKEN
+        return info if info.active else REVOKED_TOKEN
 
     # ------------------------------------------------------------------------ writing
 
@@ -334,6 +366,15 @@ class TokenStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def _matches(info: TokenInfo, secret: str) -> bool:
+    """Whether ``secret`` is the one ``info`` holds the keyed hash of (constant time)."""
+    try:
+        salt = bytes.fromhex(info.salt)
+    except ValueError:
+        return False
+    return hmac.compare_digest(_digest(salt, secret), info.hash)
 
 
 def _quote(value: str) -> str:

@@ -8,7 +8,9 @@ The SDK's resource-server pieces do the work: a :class:`StoreTokenVerifier` (the
 string is not looked at, as the MCP authorization spec requires); the SDK's
 ``RequireAuthMiddleware`` answers 401 with a ``WWW-Authenticate: Bearer`` header that names
 the protected-resource metadata (RFC 9728), served at
-``/.well-known/oauth-protected-resource/mcp``. Tokens are issued by ``rar-agent auth add`` on
+``/.well-known/oauth-protected-resource/mcp``. Its words are ours (:func:`refusal`): the SDK's
+say "Authentication required" whatever was wrong, so a subclass sends the SDK's answer with
+what was wrong and what to do instead. Tokens are issued by ``rar-agent auth add`` on
 the serving machine (there is no OAuth authorization server to discover): a client is given
 its token and sends it. The tools a token may list and call follow its scopes
 (:mod:`rar_agent.mcp.server`).
@@ -16,23 +18,26 @@ its token and sends it. The tools a token may list and call follow its scopes
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-from rar_agent.auth import SCOPES, TokenStore
+from rar_agent.auth import MAKE_A_TOKEN, SCOPES, TOKEN_PREFIX, UNKNOWN_TOKEN, TokenStore
 
 if TYPE_CHECKING:
     from mcp.server.auth.provider import AccessToken
     from mcp.server.auth.settings import AuthSettings
     from starlette.middleware import Middleware
     from starlette.routing import Route
-    from starlette.types import ASGIApp, Scope
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
     "REQUIRED_SCOPE",
     "StoreTokenVerifier",
     "auth_layers",
     "auth_settings",
+    "refusal",
     "token_name",
     "token_scopes",
 ]
@@ -97,7 +102,7 @@ def auth_layers(
         metadata route.
     """
     from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
-    from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
+    from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
     from mcp.server.auth.routes import (
         build_resource_metadata_url,
         create_protected_resource_routes,
@@ -110,7 +115,8 @@ def auth_layers(
         Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)),
         Middleware(AuthContextMiddleware),
     ]
-    protected = RequireAuthMiddleware(
+    protected = _require_auth()(
+        verifier.store,
         endpoint,
         settings.required_scopes or [],
         build_resource_metadata_url(settings.resource_server_url),
@@ -122,6 +128,71 @@ def auth_layers(
         resource_name="rar-agent recognition memory",
     )
     return protected, middleware, routes
+
+
+BEARER = "Bearer <token>"
+SEND_IT = f"send it as the header Authorization: {BEARER}"
+_TOKEN_LIKE = re.compile(re.escape(TOKEN_PREFIX) + "[0-9a-f]{12}_")
+_QUERY_NAMES = frozenset({"access_token", "token", "bearer", "auth", "authorization"})
+
+
+def refusal(scope: Scope, store: TokenStore) -> str:
+    """What was wrong with an unauthenticated request and what to do, in words that name
+    nothing secret (no token, no token name, not whether a token id exists): no token, a
+    token in the query string or in another header (never read, as the MCP authorization spec
+    asks), another scheme than ``Bearer``, or a token that is malformed, unknown or revoked
+    (:meth:`~rar_agent.auth.TokenStore.refusal`).
+
+    Args:
+        scope: The request's ASGI scope.
+        store: The token store.
+    """
+    headers = {
+        name.decode("latin-1").lower(): value.decode("latin-1")
+        for name, value in scope.get("headers") or ()
+    }
+    given = headers.get("authorization", "").strip()
+    if given:
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer":
+            return store.refusal(token) or UNKNOWN_TOKEN  # valid a moment later: say unknown
+        if not token or not (scheme.isascii() and scheme.isalpha()) or len(scheme) > 20:
+            return f"the Authorization header names no scheme: it must read {BEARER}"
+        return f"the Authorization header names the scheme {scheme}: it must read {BEARER}"
+    query = parse_qsl((scope.get("query_string") or b"").decode("latin-1"))
+    if any(k.lower() in _QUERY_NAMES or _TOKEN_LIKE.search(v) for k, v in query):
+        return f"a token in the URL's query string is not read (URLs end up in logs): {SEND_IT}"
+    for name, value in headers.items():
+        if _TOKEN_LIKE.search(value) and re.fullmatch(r"[a-z0-9-]{1,40}", name):
+            return f"a token in the {name} header is not read: {SEND_IT}"
+    return (
+        f"no token: send the header Authorization: {BEARER} with every request (a token "
+        f"is made on the serving machine with {MAKE_A_TOKEN})"
+    )
+
+
+@functools.cache
+def _require_auth() -> type:
+    """The SDK's ``RequireAuthMiddleware`` answering a request it refuses with
+    :func:`refusal`'s words (the SDK's answer otherwise: status 401, ``WWW-Authenticate:
+    Bearer error="invalid_token", error_description=..., resource_metadata=...`` and the
+    same JSON body). Made when first needed: the SDK is imported only when serving."""
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, RequireAuthMiddleware
+
+    class ExplainedRequireAuth(RequireAuthMiddleware):
+        def __init__(self, store: TokenStore, *args: Any) -> None:
+            super().__init__(*args)
+            self.store = store
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if isinstance(scope.get("user"), AuthenticatedUser):
+                await super().__call__(scope, receive, send)
+                return
+            await self._send_auth_error(
+                send, status_code=401, error="invalid_token", description=refusal(scope, self.store)
+            )
+
+    return ExplainedRequireAuth
 
 
 def _user(scope: Scope | None) -> Any:

@@ -166,6 +166,14 @@ def status_in(error: BaseException) -> int | None:
 
 async def refused(url: str, headers: dict[str, str] | None = None, *, query: str = "") -> int:
     """Open a session that should be refused; returns the HTTP status it got."""
+    return (await refusal_of(url, headers, query=query))[0]
+
+
+async def refusal_of(
+    url: str, headers: dict[str, str] | None = None, *, query: str = ""
+) -> tuple[int, str]:
+    """Open a session that should be refused; returns the HTTP status and the
+    ``WWW-Authenticate`` challenge the official client met."""
     with anyio.fail_after(30):
         try:
             async with session_with(url, headers, query=query) as session:
@@ -173,8 +181,22 @@ async def refused(url: str, headers: dict[str, str] | None = None, *, query: str
         except Exception as e:  # the client raises the HTTP error, maybe inside a group
             status = status_in(e)
             assert status is not None, f"refused without an HTTP status: {e!r}"
-            return status
+            return status, challenge_in(e)
     pytest.fail("the session was accepted")
+
+
+def challenge_in(error: BaseException) -> str:
+    """The ``WWW-Authenticate`` header of the answer an MCP client failure carries."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return error.response.headers.get("www-authenticate", "")
+    return next((c for e in getattr(error, "exceptions", ()) if (c := challenge_in(e))), "")
+
+
+def described(challenge: str) -> str:
+    """The ``error_description`` of a ``WWW-Authenticate: Bearer`` challenge."""
+    found = re.search(r'error_description="([^"]*)"', challenge)
+    assert found is not None, challenge
+    return found.group(1)
 
 
 def text_of(result: types.CallToolResult) -> str:
@@ -304,6 +326,86 @@ async def test_bad_credentials_are_refused_and_change_nothing(tmp_path: Path) ->
         assert status_in(caught.value) == 401  # the client raises the 401 (in an error group)
         assert await refused(service.url, bearer(alice)) == 401
         assert service.count() == before
+
+
+async def test_each_bad_credential_is_told_what_was_wrong_and_nothing_secret(
+    tmp_path: Path,
+) -> None:
+    """Every refused request got the SDK's "Authentication required", whatever was wrong: a
+    client could not tell a typo from a revoked token, nor learn that the token must go in
+    the Authorization header. Each answer now says what was wrong and what to do, in the
+    spec's shape (401, ``WWW-Authenticate: Bearer error="invalid_token",
+    error_description=...``, the same JSON body), and names no token, hash or token name."""
+    with serving(tmp_path) as service:
+        alice, bob = service.tokens["alice"], service.tokens["bob"]
+        service.store.revoke("bob")
+        wrong_secret = alice[:-4] + ("aaaa" if not alice.endswith("aaaa") else "bbbb")
+        unknown_id = "rar_0123456789ab_" + "x" * 43
+        send = "send it as the header Authorization: Bearer <token>"
+        cases = {
+            "no token": (
+                {},
+                "",
+                "no token: send the header Authorization: Bearer <token> with every request "
+                "(a token is made on the serving machine with rar-agent auth add NAME --scope "
+                "recognize)",
+            ),
+            "not a token": (bearer("hunter2"), "", "the token is not one rar-agent made"),
+            "unknown id": (bearer(unknown_id), "", "this server accepts no such token: check"),
+            "wrong secret": (bearer(wrong_secret), "", "this server accepts no such token"),
+            "revoked": (
+                bearer(bob),
+                "",
+                "this token was revoked: ask whoever runs the server for a new one (rar-agent "
+                "auth add NAME --scope recognize)",
+            ),
+            "another scheme": (
+                {"Authorization": f"Token {alice}"},
+                "",
+                "the Authorization header names the scheme Token: it must read Bearer <token>",
+            ),
+            "no scheme": (
+                {"Authorization": alice},
+                "",
+                "the Authorization header names no scheme: it must read Bearer <token>",
+            ),
+            "another header": (
+                {"X-API-Key": alice},
+                "",
+                f"a token in the x-api-key header is not read: {send}",
+            ),
+            "query string": (
+                {},
+                f"?access_token={alice}",
+                f"a token in the URL's query string is not read (URLs end up in logs): {send}",
+            ),
+        }
+        secrets = [alice, bob, alice.split("_")[2], "alice", "bob", "root"]
+        for info in service.store.tokens().values():
+            secrets += [info.hash, info.salt]
+        said = {}
+        for name, (headers, query, words) in cases.items():
+            status, challenge = await refusal_of(service.url, headers, query=query)
+            assert status == 401, name
+            assert challenge.startswith('Bearer error="invalid_token", error_description="')
+            assert "resource_metadata=" in challenge, challenge
+            said[name] = described(challenge)
+            assert said[name].startswith(words), (name, said[name])
+            assert not [s for s in secrets if s in said[name]], (name, said[name])
+        # a wrong secret of a known id reads as an unknown id: ids are not probed so
+        assert said["wrong secret"] == said["unknown id"]
+        # the body is the SDK's, with the same words
+        async with httpx.AsyncClient() as raw:
+            answer = await raw.post(service.url, json=PING, headers={**ACCEPT, **bearer(bob)})
+        assert answer.status_code == 401
+        assert answer.json() == {"error": "invalid_token", "error_description": said["revoked"]}
+    # docs/deploy.md's table of refusals quotes them as they are
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    table = guide.split("| the request | `error_description` begins |")[1].split("\n\n")[0]
+    quoted = re.findall(r"^\|[^|]+\| `(.+?)(?: \.\.\.)?` \|$", table, re.M)
+    assert len(quoted) == 8, table
+    for words in quoted:
+        assert any(s.startswith(words) for s in said.values()), words
 
 
 async def test_scopes_decide_what_is_listed_and_called(
