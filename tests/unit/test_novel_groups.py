@@ -118,6 +118,29 @@ def test_one_new_thing_seen_six_times_is_one_group(tmp_path: Path) -> None:
     assert sorted(sorted(g.images) for g in log.groups()) == [sorted(g.images) for g in listed]
 
 
+def test_the_link_of_few_pairs_stands_for_its_quantile(tmp_path: Path) -> None:
+    """A memory of two examples per category holds one pair of each: of its 7 pairs, the
+    link was read as numpy's default quantile reads it, the k-th smallest at k = 0.2 * 6 + 1
+    = 2.2, which lies above the 20% quantile of such pairs on average (0.02 on Fashion-MNIST
+    garments): the link sat high and the photos of a new thing split (2 examples a class,
+    seeds 0-4: their first six in 2.0 groups). It is read median-unbiased, the k-th at
+    k = 0.2 * (7 + 1/3) + 1/3 = 1.8: 0.54 here, not 0.56."""
+    from rar_agent import openset
+    from rar_agent.memory import MemoryEntry
+
+    sims = [0.80, 0.50, 0.65, 0.55, 0.75, 0.60, 0.70]  # each category's one pair
+    eye = np.eye(16, dtype=np.float32)
+    rows, entries = [], []
+    for c, sim in enumerate(sims):
+        rows += [eye[2 * c], sim * eye[2 * c] + np.sqrt(1 - sim**2) * eye[2 * c + 1]]
+        entries += [MemoryEntry(f"c{c}", "image", f"c{c}/{i}", f"c{c}-{i}") for i in range(2)]
+    with CategoryMemory.open(tmp_path / "mem", collection="pairs") as memory:
+        memory.bind_encoder("pairs", 16)
+        memory.add_entries(entries, np.stack(rows))
+        calibration = openset.fit(memory)
+    assert calibration.link == pytest.approx(0.54, abs=1e-5)
+
+
 def test_without_a_threshold_nothing_is_linked() -> None:
     vectors, _ = _two_new_things()
     log = NovelGroupLog()
