@@ -177,7 +177,26 @@ def _stream_results(
             failed |= _print_results([result], as_json, said)
             if update:
                 update(done, len(images))
+    if not as_json:
+        _note_groups(recognizer)
     return failed
+
+
+def _note_groups(recognizer: "Recognizer") -> None:
+    """After the answers, each group of look-alike unknown images the run found, with the
+    command that teaches it: the group's id means nothing to a later command (the log of
+    unknown images lives as long as this one)."""
+    import shlex
+
+    from rar_agent.results import counted
+
+    for group in recognizer.novel_groups.groups():
+        files = " ".join(shlex.quote(name) for name in group.images)
+        some = "" if len(group.images) == group.size else f" (the first {len(group.images)})"
+        print_note(
+            f"{counted(group.size, 'unknown image')} look alike ({group.id}), perhaps one new "
+            f"thing: `rar-agent teach LABEL {files}` teaches them{some} as LABEL"
+        )
 
 
 def _read_boxes(

@@ -603,6 +603,33 @@ def test_a_stream_names_groups_in_the_order_of_its_images(
     assert groups(streamed) == one_by_one
 
 
+def test_recognize_ends_with_the_command_that_teaches_each_group(
+    recognizer: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rar-agent recognize bags/` said of each photo "it looks like 4 earlier unknown
+    images, all in group unknown-0": an id no later command knows (the log lives as long as
+    the command), and teach takes files. The run ends with each group's photos and the
+    teach command that names them."""
+    import shlex
+
+    from rar_agent.cli.recognize import _stream_results
+
+    clusters: Clusters = recognizer.clusters
+    photos = [str(clusters.save("bicycle", i, tmp_path / "new bikes")) for i in range(6)]
+    assert not _stream_results(recognizer, photos, as_json=False, progress=False)
+    said = " ".join(capsys.readouterr().err.split())
+    [group] = recognizer.novel_groups.groups()
+    files = " ".join(shlex.quote(p) for p in group.images)
+    assert sorted(group.images) == sorted(photos)
+    assert (
+        f"6 unknown images look alike ({group.id}), perhaps one new thing: `rar-agent teach "
+        f"LABEL {files}` teaches them as LABEL" in said
+    ), said
+    recognizer.novel_groups = NovelGroupLog()
+    _stream_results(recognizer, photos, as_json=True, progress=False)
+    assert "look alike" not in capsys.readouterr().err  # --json: the answers say it
+
+
 def test_a_conversation_lists_the_unknown_photos_it_named_by_path(
     recognizer: Any, tmp_path: Path
 ) -> None:
