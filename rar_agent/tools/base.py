@@ -192,7 +192,7 @@ class ImageResolver:
             forms.append("a public http(s) URL")
         forms.append("base64 image data, best as a data URI ('data:image/png;base64,...')")
         if self.registry is None and self.kept is not None:
-            forms.append("the id (img-...) an earlier answer named an image sent so by")
+            forms.append("the id (img-...) an earlier answer gave an image sent inline")
         return "; ".join(forms)
 
     def resolve(self, ref: str | None, *, sent: str | None = None) -> ImageSource:

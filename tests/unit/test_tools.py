@@ -445,7 +445,8 @@ def test_tool_descriptions_list_the_accepted_image_forms(recognizer: Any, tmp_pa
     assert str(tmp_path.resolve().parent) not in text
     message = _call(tools[0], {})
     assert message.status == "error" and message.content.startswith("no image given: pass")
-    assert "the id (img-...) an earlier answer named an image sent so by" in text
+    # it read "the id (img-...) an earlier answer named an image sent so by"
+    assert "the id (img-...) an earlier answer gave an image sent inline" in text
     unkept = _call(tools[0], {"image": "img-0123456789ab"}).content
     assert "no image img-0123456789ab is kept here" in unkept
     assert "send the image itself again" in unkept
