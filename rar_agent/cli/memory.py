@@ -438,21 +438,22 @@ def memory_remove(
     with open_shown_memory(settings) as mem:
         removed = mem.remove_label(label)
         if not removed:
-            raise ConfigError(_no_such_label(label, mem.collection, mem.labels()))
+            raise ConfigError(_no_such_label(label, mem.described, mem.labels()))
         _recalibrate(mem, BuildReport(), removed)
         typer.echo(f"removed {counted(removed, 'entry', 'entries')} of {label!r}")
         note_if_empty(mem)
 
 
-def _no_such_label(label: str, collection: str, labels: "Mapping[str, int]") -> str:
-    """Why nothing was removed: the label is not in the memory (named: with no memory named,
-    it is the one the last command used), and the ones it may have meant."""
+def _no_such_label(label: str, memory: str, labels: "Mapping[str, int]") -> str:
+    """Why nothing was removed: the label is not in ``memory`` (as
+    :attr:`~rar_agent.memory.CategoryMemory.described` names it; with no memory named, the
+    one the last command used), and the ones it may have meant."""
     from rar_agent.errors import did_you_mean
 
     hint = did_you_mean(label, labels)
     return (
-        f"no category {label!r} in memory {collection!r}, so nothing was removed{hint}: "
-        "`rar-agent memory list` shows its labels, --collection NAME picks another memory"
+        f"no category {label!r} in {memory}, so nothing was removed{hint}: `rar-agent memory "
+        "list` shows its labels, --collection NAME or --memory DIR picks another memory"
     )
 
 

@@ -547,7 +547,7 @@ class Teacher:
         if not found or found[0].kind != "image":
             gone = None if found else self._whereabouts(example.strip())
             raise ConfigError(
-                f"no example image with id {example!r} in memory {self.memory.collection!r}"
+                f"no example image with id {example!r} in {self.memory.described}"
                 + (f": {gone}" if gone else f": {where}")
             )
         return found[0]

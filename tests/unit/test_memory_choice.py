@@ -324,5 +324,23 @@ def test_removing_a_category_the_memory_lacks_names_the_memory(home: Path, tmp_p
     )
     done = runner.invoke(app, ["memory", "remove", "cat"])
     said = " ".join(done.output.split())
-    assert done.exit_code == 2 and "no category 'cat' in memory 'default'" in said, said
-    assert "--collection NAME picks another memory" in said
+    default = home / "memories" / "default"
+    assert done.exit_code == 2 and f"no category 'cat' in the memory at {default}," in said, said
+    assert "--collection NAME or --memory DIR picks another memory" in said
+
+
+def test_removing_a_category_a_memory_folder_lacks_names_the_folder(
+    home: Path, tmp_path: Path
+) -> None:
+    """`memory remove nothing --memory garments-memory` said "no category 'nothing' in memory
+    'default'" (a --memory folder's collection is 'default' whatever the folder) and offered
+    only --collection NAME: it names the folder, and --memory DIR too."""
+    folder = tmp_path / "garments-memory"
+    added = runner.invoke(
+        app, ["memory", "add", "cat", str(tmp_path / "a.png"), "--memory", str(folder)]
+    )
+    assert added.exit_code == 0, added.output
+    done = runner.invoke(app, ["memory", "remove", "dog", "--memory", str(folder)])
+    said = " ".join(done.output.split())
+    assert done.exit_code == 2 and f"no category 'dog' in the memory at {folder}," in said, said
+    assert "memory 'default'" not in said and "or --memory DIR picks another" in said
