@@ -108,7 +108,9 @@ class ImageRegistry:
     """A thread-safe, bounded store of images by id (the least recently used go first).
 
     Ids derive from the image bytes, so registering the same image twice gives the same id,
-    and ids are not guessable across conversations sharing one registry.
+    and ids are not guessable across conversations sharing one registry. An image kept for
+    an owner (:meth:`keep`: a served token) is that owner's alone: another owner's lookups
+    of its id find nothing, as for an id never kept.
 
     Args:
         max_items: How many images to keep.
@@ -116,7 +118,7 @@ class ImageRegistry:
     """
 
     def __init__(self, *, max_items: int = 256, max_bytes: int = 512 * 1024 * 1024) -> None:
-        self._items: OrderedDict[str, RegisteredImage] = OrderedDict()
+        self._items: OrderedDict[tuple[str | None, str], RegisteredImage] = OrderedDict()
         self._lock = threading.Lock()
         self._bytes = 0
         self.max_items = max_items
@@ -146,58 +148,63 @@ class ImageRegistry:
         """
         data, detected_mime = _to_bytes(image)
         image_id = image_id_for(data)
-        with self._lock:
-            if image_id in self._items:  # already validated: just make it the latest
-                self._items.move_to_end(image_id)
-                return image_id
+        if self._touch(None, image_id):  # already validated: just make it the latest
+            return image_id
         decoded = decode_image_bytes(data, what=name or "the image")
-        self._store(RegisteredImage(image_id, data, mime_type or detected_mime, name, decoded.size))
+        item = RegisteredImage(image_id, data, mime_type or detected_mime, name, decoded.size)
+        self._store(None, item)
         return image_id
 
-    def keep(self, data: bytes, *, name: str) -> str:
-        """Store image bytes that the caller decodes itself (a server's tool, next), so that
-        their id can be passed back later; return the id. Nothing is decoded here (the size
-        comes from the header, ``(0, 0)`` when it cannot be read); bytes kept already keep
-        their first name.
+    def keep(self, data: bytes, *, name: str, owner: str | None = None) -> str:
+        """Store image bytes that the caller has read itself (a server's tool, once it
+        decoded them), so that their id can be passed back later; return the id. Nothing is
+        decoded here (the size comes from the header, ``(0, 0)`` when it cannot be read);
+        bytes an owner kept already keep their first name.
 
         Args:
             data: The encoded image.
             name: How the image came (e.g. "sent inline to recognize_image at 01:02:03 UTC").
+            owner: Whose it is (a served token's name): only lookups by that owner find it;
+                ``None``: a caller with no token (stdio), like a conversation's image.
         """
         image_id = image_id_for(data)
-        with self._lock:
-            if image_id in self._items:
-                self._items.move_to_end(image_id)
-                return image_id
-        self._store(RegisteredImage(image_id, data, None, name, declared_size(data) or (0, 0)))
+        if not self._touch(owner, image_id):
+            size = declared_size(data) or (0, 0)
+            self._store(owner, RegisteredImage(image_id, data, None, name, size))
         return image_id
 
-    def _store(self, item: RegisteredImage) -> None:
-        """Hold ``item`` as the newest image, dropping the least recently used past the bounds."""
-        image_id, data = item.id, item.data
+    def _touch(self, owner: str | None, image_id: str) -> bool:
+        """Make ``owner``'s image ``image_id`` the most recently used; whether it is held."""
         with self._lock:
-            old = self._items.pop(image_id, None)
+            held = (owner, image_id) in self._items
+            if held:
+                self._items.move_to_end((owner, image_id))
+        return held
+
+    def _store(self, owner: str | None, item: RegisteredImage) -> None:
+        """Hold ``item`` as ``owner``'s newest image, dropping the least recently used (of
+        any owner) past the bounds."""
+        key, data = (owner, item.id), item.data
+        with self._lock:
+            old = self._items.pop(key, None)
             if old is not None:
                 self._bytes -= len(old.data)
-            self._items[image_id] = item
+            self._items[key] = item
             self._bytes += len(data)
             while len(self._items) > 1 and (
                 len(self._items) > self.max_items or self._bytes > self.max_bytes
             ):
                 _, dropped = self._items.popitem(last=False)
                 self._bytes -= len(dropped.data)
-        logger.debug("registered %s (%d bytes)", image_id, len(data))
+        logger.debug("registered %s (%d bytes)", item.id, len(data))
 
     def get(self, image_id: str) -> RegisteredImage:
-        """The image with this id.
+        """The image with this id (registered, or kept with no owner).
 
         Raises:
             ImageError: No such id (never registered, or evicted).
         """
-        with self._lock:
-            item = self._items.get(image_id)
-            if item is not None:
-                self._items.move_to_end(image_id)
+        item = self.find(image_id)
         if item is None:
             raise ImageError(
                 f"no image with id {image_id!r} in this conversation: use an id shown as "
@@ -205,21 +212,30 @@ class ImageRegistry:
             )
         return item
 
-    def name_of(self, image_id: str) -> str | None:
-        """The name of the image with this id (how a kept one came); ``None`` when it has
-        none or this registry holds no such image."""
+    def find(self, image_id: str, *, owner: str | None = None) -> RegisteredImage | None:
+        """``owner``'s image with this id (now the most recently used), or ``None``."""
         with self._lock:
-            item = self._items.get(image_id)
+            item = self._items.get((owner, image_id))
+            if item is not None:
+                self._items.move_to_end((owner, image_id))
+        return item
+
+    def name_of(self, image_id: str, *, owner: str | None = None) -> str | None:
+        """The name of ``owner``'s image with this id (how a kept one came); ``None`` when it
+        has none or this registry holds no such image of ``owner``'s."""
+        with self._lock:
+            item = self._items.get((owner, image_id))
         return item.name if item is not None else None
 
     def ids(self) -> list[str]:
-        """Ids, least recently registered or used first (every conversation's)."""
+        """Ids of the images with no owner (every conversation's), least recently registered
+        or used first."""
         with self._lock:
-            return list(self._items)
+            return [image_id for owner, image_id in self._items if owner is None]
 
     def __contains__(self, image_id: object) -> bool:
         with self._lock:
-            return image_id in self._items
+            return (None, image_id) in self._items
 
     def __len__(self) -> int:
         with self._lock:

@@ -10,10 +10,11 @@ URIs decoded in place.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
@@ -30,7 +31,7 @@ from rar_agent.images import (
     looks_like_base64,
 )
 from rar_agent.openset.groups import Shown
-from rar_agent.registry import ImageRegistry, ImageScope, is_latest_ref
+from rar_agent.registry import ImageRegistry, ImageScope, image_id_for, is_latest_ref
 from rar_agent.safety import (
     bare_file_name,
     describe_roots,
@@ -38,7 +39,7 @@ from rar_agent.safety import (
     normalize_roots,
     resolve_inside_roots,
 )
-from rar_agent.tools.provenance import serving_teacher
+from rar_agent.tools.provenance import serving_name, serving_teacher
 
 if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
@@ -139,11 +140,22 @@ class ImageSource:
         payload: The image bytes, or a file path already checked against the allowed folders.
         file_name: For an image of the conversation (``name`` its id): the file name alone
             it came with (an upload's), when known.
+        keep: For an image sent inline to a tool that keeps such images: keeps it under
+            ``name`` (see :meth:`settle`).
     """
 
     name: str
     payload: bytes | Path
     file_name: str | None = None
+    keep: Callable[[], object] | None = field(default=None, repr=False, compare=False)
+
+    def settle(self, error: Exception | None = None) -> None:
+        """The call that read the image is over: one sent inline is kept under its name for
+        later calls (:attr:`ImageResolver.kept`), unless ``error`` refused the image itself
+        (an :class:`~rar_agent.errors.ImageError`: unreadable, over the pixel limit), which
+        then takes no room there."""
+        if self.keep is not None and not isinstance(error, ImageError):
+            self.keep()
 
     def as_given(self, text: str) -> str:
         """``text`` naming the image as the caller gave it, never by its real path.
@@ -172,7 +184,9 @@ class ImageResolver:
             own limit), checked from the header before anything is decoded.
         kept: Where images sent inline are kept for a caller with no conversation (an MCP
             client): such an image is named by its id there (``img-...``), which a later
-            call may pass instead of the image (``None``: they are named by a digest).
+            call by the same caller (a served token; any caller without one) may pass
+            instead of the image, once a call read it (:meth:`ImageSource.settle`);
+            ``None``: they are named by a digest.
     """
 
     registry: ImageRegistry | ImageScope | None = None
@@ -259,21 +273,25 @@ class ImageResolver:
             raise ImageError(
                 f"image ids like {text!r} are not available here: pass {self.accepted()}"
             )
-        if image_id not in self.kept:
+        # another token's image reads as one never kept: nothing says whether it exists
+        kept = self.kept.find(image_id, owner=serving_name())
+        if kept is None:
             raise ImageError(
                 f"no image {image_id} is kept here (the last {self.kept.max_items} images sent "
-                "inline are): send the image itself again"
+                "inline are, each for whoever sent it): send the image itself again"
             )
-        return ImageSource(image_id, self.kept.get(image_id).data)
+        return ImageSource(image_id, kept.data)
 
     def _inline(self, kind: str, text: str, sent: str | None) -> ImageSource:
-        """An image given inline (data URI or base64): kept under its id (:attr:`kept`), or
-        named by a digest of its bytes."""
+        """An image given inline (data URI or base64): named by its id and kept under it
+        once read (:attr:`kept`), or named by a digest of its bytes."""
         data = decode_base64_image(text)[0]
         if self.kept is None:
             return ImageSource(inline_image_name(kind, data), data)
         when = datetime.now(UTC).strftime("%H:%M:%S UTC")
-        return ImageSource(self.kept.keep(data, name=f"{sent or 'sent inline'} at {when}"), data)
+        name = f"{sent or 'sent inline'} at {when}"
+        keep = functools.partial(self.kept.keep, data, name=name, owner=serving_name())
+        return ImageSource(image_id_for(data), data, keep=keep)
 
     def _latest(self, text: str) -> RegisteredImage:
         """This conversation's latest image (``text`` is a "latest" word or empty)."""

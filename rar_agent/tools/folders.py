@@ -382,6 +382,8 @@ class RecognizeImagesTool(RecognizerTool):
                 results.append(failed_result(source.error, image=source.name))
                 continue
             result = next(done)
+            if result.error is None:  # a sent image that could not be read is not kept
+                source.settle()
             result.image = source.name
             _name_as_given(result, source)
             self.group_as_listed(result)

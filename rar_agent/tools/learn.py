@@ -384,9 +384,14 @@ class AddCategoryTool(TeachingTool):
             )[0]
         except DuplicateExampleError as e:
             name = source.name if source is not None else "the image"
+            if source is not None:
+                source.settle(e)  # read: a call with move=true may name it by its id
             raise tool_error(_refusal(e, name, label), source) from e
         except RarError as e:
+            if source is not None:
+                source.settle(e)
             raise tool_error(e, source) from e
+        source.settle()
         self.taught_unknown([source.name], result.label)  # its group is answered
         return describe_added(result), result.model_dump(mode="json")
 

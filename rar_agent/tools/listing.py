@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from rar_agent.errors import RarError
 from rar_agent.results import CategoryCount, CategoryListing, NovelGroups, counted
 from rar_agent.tools.base import RecognizerTool, tool_error
-from rar_agent.tools.provenance import serving_teacher
+from rar_agent.tools.provenance import serving_name, serving_teacher
 
 __all__ = ["ListCategoriesInput", "ListCategoriesTool", "UnknownGroupsInput", "UnknownGroupsTool"]
 
@@ -163,5 +163,6 @@ class UnknownGroupsTool(RecognizerTool):
         kept = self.kept_images
         if kept is None:
             return {}
-        named = {i: kept.name_of(i) for g in found.groups for i in g.images}
+        owner = serving_name()
+        named = {i: kept.name_of(i, owner=owner) for g in found.groups for i in g.images}
         return {i: how for i, how in named.items() if how}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from rar_agent.openset.groups import SentImages
 from rar_agent.results import TeachVia
 
-__all__ = ["Caller", "serving_teacher", "teaching_as"]
+__all__ = ["Caller", "serving_name", "serving_teacher", "teaching_as"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,14 @@ _TEACHER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
 def serving_teacher() -> Caller | None:
     """Who the request being served comes from, if a server said (else ``None``)."""
     return _TEACHER.get()
+
+
+def serving_name() -> str | None:
+    """The name of who the request being served comes from (a token's, a login's); ``None``
+    when no server said or nobody signed in (stdio, an open loopback server). Images sent
+    inline are kept for it (:attr:`~rar_agent.tools.base.ImageResolver.kept`)."""
+    caller = _TEACHER.get()
+    return caller.by if caller is not None else None
 
 
 @contextlib.contextmanager

@@ -158,10 +158,14 @@ class RecognizeTool(RecognizerTool):
                 results = self.recognizer.recognize_regions(
                     source.payload, boxes, k=k, normalized=False, name=source.name
                 )
+                source.settle()
                 return _regions_output(results, source.name, self.teaching_offered())
             result = self.recognizer.recognize(source.payload, k=k, name=source.name)
         except RarError as e:
+            if source is not None:
+                source.settle(e)
             raise tool_error(e, source) from e
+        source.settle()
         result.image = source.name
         self.group_as_listed(result)
         text = format_result(result, image_name=source.name, can_learn=self.teaching_offered())

@@ -408,6 +408,63 @@ async def test_each_bad_credential_is_told_what_was_wrong_and_nothing_secret(
         assert any(s.startswith(words) for s in said.values()), words
 
 
+async def test_a_kept_image_is_its_senders_alone_and_kept_only_once_read(
+    tmp_path: Path,
+) -> None:
+    """Images sent inline were kept under their ids for the server, not a token: another
+    token that knew an id could recognize (or teach) that image; and an image refused
+    (unreadable, over the pixel limit) was kept too, taking room from readable ones. Now a
+    kept image answers only the token that sent it (another token's call gets the words of an
+    id never kept), and only an image a call read is kept."""
+    from rar_agent.registry import image_id_for
+    from tests.helpers.crafted_images import png_declaring
+
+    def data_uri(data: bytes) -> str:
+        return "data:image/png;base64," + base64.b64encode(data).decode()
+
+    def same_words(answer: types.CallToolResult, never: types.CallToolResult, image: str) -> bool:
+        return answer.isError and text_of(answer) == text_of(never).replace(NEVER, image)
+
+    photo = png(colour=(10, 200, 30))
+    photo_id = image_id_for(base64.b64decode(photo.split(",")[1]))
+    whole = base64.b64decode(png((300, 200)).split(",")[1])
+    unreadable, bomb = whole[: len(whole) // 2], png_declaring(10_000, 10_000)
+    with serving(tmp_path) as service, anyio.fail_after(120):
+        alice, bob = bearer(service.tokens["alice"]), bearer(service.tokens["bob"])
+        async with session_with(service.url, alice) as a, session_with(service.url, bob) as b:
+            sent = await a.call_tool("recognize_image", {"image": photo})
+            assert not sent.isError and sent.structuredContent["image"] == photo_id
+            again = await a.call_tool("recognize_image", {"image": photo_id})
+            assert not again.isError, text_of(again)
+
+            never = await b.call_tool("recognize_image", {"image": NEVER})
+            assert "no image img-0123456789ab is kept here" in text_of(never), text_of(never)
+            for tool, arguments in (
+                ("recognize_image", {"image": photo_id}),
+                ("recognize_images", {"images": [photo_id]}),
+            ):
+                theirs = await b.call_tool(tool, arguments)
+                if tool == "recognize_images":  # one failed item, in its place
+                    error = theirs.structuredContent["results"][0]["error"]
+                    assert error == text_of(never).replace(NEVER, photo_id), error
+                else:
+                    assert same_words(theirs, never, photo_id), text_of(theirs)
+            # bob sends the same photo himself: his own from then on
+            await b.call_tool("recognize_image", {"image": photo})
+            assert not (await b.call_tool("recognize_image", {"image": photo_id})).isError
+
+            never = await a.call_tool("recognize_image", {"image": NEVER})
+            for bad in (unreadable, bomb):
+                refused = await a.call_tool("recognize_image", {"image": data_uri(bad)})
+                assert refused.isError and image_id_for(bad) in text_of(refused)
+                later = await a.call_tool("recognize_image", {"image": image_id_for(bad)})
+                assert same_words(later, never, image_id_for(bad)), text_of(later)
+
+
+NEVER = "img-0123456789ab"
+"""An image id no one sent."""
+
+
 async def test_scopes_decide_what_is_listed_and_called(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

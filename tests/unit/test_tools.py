@@ -287,6 +287,34 @@ def test_image_errors_name_the_image_as_given_never_the_servers_path(
         assert secret + "/photos" not in str(msg.content), msg.content
 
 
+def test_only_images_a_call_read_are_kept_for_a_caller_with_no_conversation(
+    recognizer: Any,
+) -> None:
+    """With no token (stdio), an image sent inline is kept under its id for later calls, as
+    before; one refused (unreadable, over the pixel limit) was kept too, taking one of the
+    kept images' places: it is not any more."""
+    from tests.helpers.crafted_images import png_declaring
+
+    tools = make_tools(recognizer, image_ids=False, allow_learning=True, max_pixels=1_000_000)
+    by_name = {t.name: t for t in tools}
+    kept = by_name["recognize_image"].kept_images
+    assert kept is not None and len(kept) == 0
+    whole = _png(size=(300, 200))
+    for bad in (whole[: len(whole) // 2], png_declaring(2000, 2000)):
+        sent = "data:image/png;base64," + base64.b64encode(bad).decode()
+        for name, args in (
+            ("recognize_image", {"image": sent}),
+            ("add_category_example", {"label": "x", "image": sent}),
+        ):
+            assert _call(by_name[name], args).status == "error", name
+    assert len(kept) == 0, kept.ids()
+    good = "data:image/png;base64," + base64.b64encode(_png((1, 2, 3), (30, 20))).decode()
+    image_id = _call(by_name["recognize_image"], {"image": good}).artifact["image"]
+    assert kept.ids() == [image_id]
+    again = _call(by_name["recognize_image"], {"image": image_id})  # no token: as before
+    assert again.status == "success", again.content
+
+
 def test_a_broken_upload_is_named_as_the_answers_name_it(recognizer: Any) -> None:
     """A truncated photo sent inline (a data URI, as an MCP client or the chat page sends
     it): recognize_image said "bytes could not be decoded, it may be truncated or corrupt"
