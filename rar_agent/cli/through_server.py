@@ -112,6 +112,9 @@ def _refused(url: str, asking: str, error: BaseException) -> str:
     refused = f"the server at {url} refused {asking}"
     status = _found(error, lambda e: _status_code(e) is not None)
     if status is not None and _status_code(status) == 401:
+        said = _described(status)  # the server's words: malformed, unknown or revoked
+        if said is not None:
+            return f"{refused} (HTTP 401: {said}); check --token (or RAR_TOKEN)"
         return (
             f"{refused} (HTTP 401): the server knows no such token, or it was revoked; check "
             "--token (or RAR_TOKEN): `rar-agent auth list` on the serving machine lists the "
@@ -125,6 +128,17 @@ def _refused(url: str, asking: str, error: BaseException) -> str:
         f"cannot ask {url} for {asking} ({why}): no MCP endpoint answered there; check the "
         "URL: a rar-agent server's ends in /mcp, as `rar-agent mcp --http` prints it"
     )
+
+
+def _described(error: BaseException) -> str | None:
+    """The ``error_description`` of a 401's ``WWW-Authenticate: Bearer`` challenge, unless
+    it is the MCP SDK's own "Authentication required" (a server that says no more)."""
+    import re
+
+    challenge = getattr(getattr(error, "response", None), "headers", {}).get("www-authenticate")
+    found = re.search(r'error_description="([^"]*)"', challenge or "")
+    said = found.group(1) if found else None
+    return said if said and said != "Authentication required" else None
 
 
 def _status_code(error: BaseException) -> int | None:

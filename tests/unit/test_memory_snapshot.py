@@ -412,9 +412,15 @@ def test_cli_through_the_server_says_which_credential_or_url_was_wrong(tmp_path:
             result = runner.invoke(app, [*history, url, "--token", token])
             assert result.exit_code == 2, result.output
             said[case] = " ".join(result.output.split())
-    for case in ("wrong", "revoked"):
-        assert "(HTTP 401): the server knows no such token, or it was revoked" in said[case]
-        assert "rar-agent auth list" in said[case] and "scope" not in said[case], said[case]
+    # the server's words, which say which it was (before: "the server knows no such token,
+    # or it was revoked" for both)
+    assert "(HTTP 401: the token is not one rar-agent made (those start rar_" in said["wrong"]
+    assert (
+        "(HTTP 401: this token was revoked: ask whoever runs the server for a new one "
+        "(rar-agent auth add NAME --scope recognize)); check --token (or RAR_TOKEN)"
+    ) in said["revoked"], said["revoked"]
+    for case in ("wrong", "revoked"):  # a scope is never why a request gets a 401
+        assert "the recognize scope" not in said[case] and "Authentication" not in said[case]
     assert "TaskGroup" not in said["no /mcp"], said["no /mcp"]
     assert "no MCP endpoint answered there" in said["no /mcp"], said["no /mcp"]
     assert "ends in /mcp" in said["no /mcp"]
