@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from rar_agent.config import positive_int
+from rar_agent.config import MAX_K, positive_int
 from rar_agent.errors import ConfigError, RarError
 
 if TYPE_CHECKING:
@@ -74,8 +74,11 @@ class FinetuneOptions:
         }
         for name, value in ints.items():
             positive_int(name, value)
-        if self.k < 2:
-            raise ConfigError(f"k must be at least 2 to make a ranking, got {self.k}")
+        if not 2 <= self.k <= MAX_K:
+            raise ConfigError(
+                f"k must be a whole number from 2 to {MAX_K} (candidates per conversation, the "
+                f"ranker's k at inference; a ranking needs 2), not {self.k!r}"
+            )
         if self.top_n < self.k:
             raise ConfigError(f"top_n ({self.top_n}) must be at least k ({self.k})")
         if self.max_per_class is not None:

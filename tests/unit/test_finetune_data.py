@@ -71,7 +71,7 @@ def test_label_windows() -> None:
 
 
 def test_options_are_validated() -> None:
-    with pytest.raises(ConfigError, match="k must be at least 2"):
+    with pytest.raises(ConfigError, match="k must be a whole number from 2 to 100"):
         FinetuneOptions(k=1)
     with pytest.raises(ConfigError, match="top_n"):
         FinetuneOptions(k=5, top_n=3)
@@ -496,3 +496,20 @@ def test_the_documented_llava_record_is_what_is_written() -> None:
     assert human["value"] == f"<image>\n{text}"
     assert gpt["value"] == format_target([record["label"], "egret", "stork"])
     assert SYSTEM_PROMPT.startswith(record["system"].removesuffix(" ..."))
+
+
+def test_conversations_are_made_only_for_a_k_the_ranker_takes() -> None:
+    """`finetune-data --k 150 --top-n 200` made conversations of 150 candidates, for a ranker
+    that recognition never asks for more than 100 (config.MAX_K): the same limit, and the
+    help says it."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+    from rar_agent.config import MAX_K
+
+    FinetuneOptions(k=MAX_K, top_n=MAX_K)
+    with pytest.raises(ConfigError, match=f"from 2 to {MAX_K} .*, not {MAX_K + 1}"):
+        FinetuneOptions(k=MAX_K + 1, top_n=200)
+    shown = CliRunner().invoke(app, ["finetune-data", "--help"], env={"COLUMNS": "200"}).output
+    words = " ".join(" ".join(line.strip(" │") for line in shown.splitlines()).split())
+    assert f"(2-{MAX_K}: the ranker's --k at inference)" in words, words
