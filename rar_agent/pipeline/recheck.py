@@ -51,6 +51,9 @@ class _Searched:
 
 
 _Sides = dict[str, _Searched]
+_Search = tuple[object, int, "MemoryKind"]
+"""What the kept searches are of: the log of their images (by identity), the search's limit
+and the memory sides it searched."""
 
 
 class SearchFloors:
@@ -61,10 +64,15 @@ class SearchFloors:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kept: dict[int, _Sides] = {}
-        self._search: tuple[int, MemoryKind] | None = None  # (limit, kind) the kept ones used
+        self._search: _Search | None = None  # the log, limit and kind the kept ones are of
 
     def could_answer(
-        self, retriever: CategoryRetriever, label: str, keys: Sequence[int], rows: np.ndarray
+        self,
+        retriever: CategoryRetriever,
+        label: str,
+        log: object,
+        keys: Sequence[int],
+        rows: np.ndarray,
     ) -> list[int]:
         """The positions of the images ``rows`` (unit embeddings, logged under ``keys``)
         whose answer the memory may now give as ``label``: those with an entry of ``label``
@@ -73,11 +81,13 @@ class SearchFloors:
         Args:
             retriever: The recognizer's retrieval (its memory, ``k``, ``fetch_k``, ``kind``).
             label: The label just taught (as stored).
-            keys: Each row's key in the log (unique while it is logged).
+            log: The log the images are in (a key names an image of one log only: what was
+                kept for another log is forgotten).
+            keys: Each row's key in ``log`` (unique while it is logged there).
             rows: The images' embeddings, one row each.
         """
         memory = retriever.memory
-        search = (fetch_limit(retriever.k, retriever.fetch_k), retriever.kind)
+        search = (log, fetch_limit(retriever.k, retriever.fetch_k), retriever.kind)
         sides = sides_of(retriever.kind)
         theirs = {side: v for side, v in memory.vectors_of(label).items() if side in sides}
         if not theirs or not len(keys):
@@ -98,7 +108,7 @@ class SearchFloors:
         return sorted(near)
 
     def _still_valid(
-        self, memory: CategoryMemory, keys: Sequence[int], search: tuple[int, MemoryKind]
+        self, memory: CategoryMemory, keys: Sequence[int], search: _Search
     ) -> dict[int, _Sides]:
         """The kept searches of ``keys`` whose entries are all still stored (the others and
         those of images no longer asked about are forgotten)."""
@@ -128,13 +138,13 @@ class SearchFloors:
         keys: Sequence[int],
         rows: np.ndarray,
         fresh: Sequence[int],
-        search: tuple[int, MemoryKind],
+        search: _Search,
     ) -> list[int]:
         """Search the images at ``fresh`` as retrieval does, keep what came back, and return
         those among them with an entry of ``label`` in their hits."""
         if not fresh:
             return []
-        limit, kind = search
+        _, limit, kind = search
         found = search_sides(memory, rows[list(fresh)], kind, limit)
         searched: dict[int, _Sides] = {keys[i]: {} for i in fresh}
         near = []

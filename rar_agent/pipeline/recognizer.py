@@ -538,19 +538,18 @@ class Recognizer:
         memory now answers ``label`` and would not reject (:meth:`answers_with`), checking
         only those whose search may return an entry of ``label``
         (:class:`~rar_agent.pipeline.recheck.SearchFloors`: the others are not searched)."""
-        keys, names, vectors = self.novel_groups.logged()
+        log = self.novel_groups
+        keys, names, vectors = log.logged()
         mine = [i for i, name in enumerate(names) if shown is None or shown(name)]
         if not mine:
             return []
         near = self._searched.could_answer(
-            self.retriever, label, [keys[i] for i in mine], vectors[mine]
+            self.retriever, label, log, [keys[i] for i in mine], vectors[mine]
         )
         rows = [mine[i] for i in near]
         answered = self.answers_with(label, vectors[rows])
         known = [names[i] for i, yes in zip(rows, answered, strict=True) if yes]
-        return self.novel_groups.forget(
-            known, f"the memory now answers its images {label!r}, which was taught"
-        )
+        return log.forget(known, f"the memory now answers its images {label!r}, which was taught")
 
     def answers_with(self, label: str, vectors: np.ndarray) -> list[bool]:
         """Whether the memory answers each image (its embedding a row of ``vectors``) with

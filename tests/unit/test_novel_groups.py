@@ -979,3 +979,38 @@ def test_a_teach_searches_again_only_the_unknown_images_it_may_answer(
         assert expected and all(name.startswith("teapot") for name in expected)
         assert left("noise") == 30
     assert len(searched) == 3 and all(n < of for n, of in searched), searched
+
+
+def test_a_new_log_is_not_judged_by_what_the_old_ones_searches_returned(tmp_path: Path) -> None:
+    """What a teach keeps of each logged image's search was kept by the image's key in the
+    log, and a log's keys count from 0: after the recognizer's log was replaced (it is a
+    public attribute), four look-alikes of a bicycle just taught stayed in the list, judged
+    by what the searches of four images of the old log (in a crowd of 60 entries) returned."""
+    from rar_agent.memory import MemoryEntry
+
+    def towards(axis: int, sim: float, other: int) -> np.ndarray:
+        return sim * np.eye(32)[axis] + np.sqrt(1 - sim**2) * np.eye(32)[other]
+
+    clusters = make_clusters(NEW, 2)
+    with CategoryMemory.open(tmp_path / "mem", collection="replaced") as memory:
+        memory.bind_encoder(clusters.encoder.fingerprint, clusters.encoder.dim)
+
+        def store(label: str, rows: list[np.ndarray]) -> None:
+            entries = [
+                MemoryEntry(label, "image", f"{label}/{i}", f"{label}-{i}")
+                for i in range(len(rows))
+            ]
+            memory.add_entries(entries, np.stack(rows))
+
+        store("crowd", [towards(0, 0.99, 2 + i % 20) for i in range(60)])
+        recognizer = Recognizer(memory, clusters.encoder, k=3, reject="off")
+        for i in range(4):
+            recognizer.novel_groups.add(np.eye(32)[0], f"old-{i}", None)
+        store("teapot", [towards(5, 1.0, 6)])
+        recognizer.taught([], label="teapot")  # the old images' searches are kept
+        recognizer.novel_groups = NovelGroupLog()
+        for i in range(4):
+            recognizer.novel_groups.add(np.eye(32)[1], f"bike-{i}", None)
+        store("bicycle", [towards(1, 0.9, 30)])
+        assert sorted(recognizer.taught([], label="bicycle")) == [f"bike-{i}" for i in range(4)]
+        assert len(recognizer.novel_groups) == 0
