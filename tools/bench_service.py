@@ -354,7 +354,8 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     memory, images = build_memory(work, args.encoder)
     # The clients share this process with what building the memory loaded (torch, the
     # encoder): kept out of the collector's full passes, each of which stopped all the
-    # clients for 200-290 ms of wall time under load (the server does the same).
+    # clients (docs/benchmarks.md, session 19: 329-427 ms of wall time under load); the
+    # server does the same.
     gc.freeze()
     store = TokenStore(work / "auth.toml")
     readers = [store.add(f"reader{i}", ["recognize"])[1] for i in range(args.clients)]
