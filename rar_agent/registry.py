@@ -55,20 +55,20 @@ logger = logging.getLogger(__name__)
 
 IMAGE_ID_PATTERN = re.compile(r"img-[0-9a-f]{6,64}")
 
+_LATEST = ("latest", "last", "current")
 LATEST_IMAGE_REFS = frozenset(
     {
-        "latest",
-        "last",
-        "current",
-        "latest image",
-        "last image",
-        "current image",
-        "the latest image",
-        "the last image",
-        "the current image",
+        *_LATEST,
+        *(
+            f"{the}{word} {noun}"
+            for the in ("", "the ")
+            for word in _LATEST
+            for noun in ("image", "photo", "picture", "upload")
+        ),
     }
 )
-"""The words that mean "this conversation's latest image" (as does no reference at all)."""
+"""The words that mean "this conversation's latest image" (as does no reference at all):
+"latest", "the last photo", "current picture"..."""
 
 
 def is_latest_ref(ref: object) -> bool:

@@ -212,6 +212,17 @@ def test_latest_words_have_one_definition() -> None:
         assert not is_latest_ref(other)
 
 
+@pytest.mark.parametrize("ref", ["the last photo", "latest picture", "The current upload"])
+def test_the_latest_photo_is_the_latest_image(recognizer: Any, ref: str) -> None:
+    """'the last image' named the conversation's latest image, and 'the last photo' was
+    refused as "not an image reference: images are named by id (img-...), not by number or
+    place": the same words with photo, picture or upload mean the same."""
+    conversation = ImageRegistry().scope()
+    conversation.register(recognizer.example_images["red apple"].read_bytes())
+    answer = _call(RecognizeTool(recognizer=recognizer, registry=conversation), {"image": ref})
+    assert answer.status == "success" and answer.artifact["label"] == "red apple", answer.content
+
+
 async def test_recognize_async(recognizer: Any) -> None:
     reg = ImageRegistry()
     image_id = reg.register(recognizer.example_images["green leaf"].read_bytes())
