@@ -130,8 +130,8 @@ def auth_layers(
     return protected, middleware, routes
 
 
-BEARER = "Bearer <token>"
-SEND_IT = f"send it as the header Authorization: {BEARER}"
+_BEARER = "Bearer <token>"
+_SEND_IT = f"send it as the header Authorization: {_BEARER}"
 _TOKEN_LIKE = re.compile(re.escape(TOKEN_PREFIX) + "[0-9a-f]{12}_")
 _QUERY_NAMES = frozenset({"access_token", "token", "bearer", "auth", "authorization"})
 
@@ -157,16 +157,16 @@ def refusal(scope: Scope, store: TokenStore) -> str:
         if scheme.lower() == "bearer":
             return store.refusal(token) or UNKNOWN_TOKEN  # valid a moment later: say unknown
         if not token or not (scheme.isascii() and scheme.isalpha()) or len(scheme) > 20:
-            return f"the Authorization header names no scheme: it must read {BEARER}"
-        return f"the Authorization header names the scheme {scheme}: it must read {BEARER}"
+            return f"the Authorization header names no scheme: it must read {_BEARER}"
+        return f"the Authorization header names the scheme {scheme}: it must read {_BEARER}"
     query = parse_qsl((scope.get("query_string") or b"").decode("latin-1"))
     if any(k.lower() in _QUERY_NAMES or _TOKEN_LIKE.search(v) for k, v in query):
-        return f"a token in the URL's query string is not read (URLs end up in logs): {SEND_IT}"
+        return f"a token in the URL's query string is not read (URLs end up in logs): {_SEND_IT}"
     for name, value in headers.items():
         if _TOKEN_LIKE.search(value) and re.fullmatch(r"[a-z0-9-]{1,40}", name):
-            return f"a token in the {name} header is not read: {SEND_IT}"
+            return f"a token in the {name} header is not read: {_SEND_IT}"
     return (
-        f"no token: send the header Authorization: {BEARER} with every request (a token "
+        f"no token: send the header Authorization: {_BEARER} with every request (a token "
         f"is made on the serving machine with {MAKE_A_TOKEN})"
     )
 
