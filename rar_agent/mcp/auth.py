@@ -140,8 +140,8 @@ def refusal(scope: Scope, store: TokenStore) -> str:
     """What was wrong with an unauthenticated request and what to do, in words that name
     nothing secret (no token, no token name, not whether a token id exists): no token, a
     token in the query string or in another header (never read, as the MCP authorization spec
-    asks), another scheme than ``Bearer``, or a token that is malformed, unknown or revoked
-    (:meth:`~rar_agent.auth.TokenStore.refusal`).
+    asks), another scheme than ``Bearer``, ``Bearer`` with no token after it, or a token that
+    is malformed, unknown or revoked (:meth:`~rar_agent.auth.TokenStore.refusal`).
 
     Args:
         scope: The request's ASGI scope.
@@ -154,6 +154,8 @@ def refusal(scope: Scope, store: TokenStore) -> str:
     given = headers.get("authorization", "").strip()
     if given:
         scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer" and not token.strip():  # e.g. an empty variable sent
+            return f"the Authorization header holds no token after Bearer: it must read {_BEARER}"
         if scheme.lower() == "bearer":
             return store.refusal(token) or UNKNOWN_TOKEN  # valid a moment later: say unknown
         if not token or not (scheme.isascii() and scheme.isalpha()) or len(scheme) > 20:

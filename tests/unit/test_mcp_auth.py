@@ -351,6 +351,11 @@ async def test_each_bad_credential_is_told_what_was_wrong_and_nothing_secret(
                 "recognize)",
             ),
             "not a token": (bearer("hunter2"), "", "the token is not one rar-agent made"),
+            "an empty token": (  # a client whose token variable was empty
+                {"Authorization": "Bearer"},
+                "",
+                "the Authorization header holds no token after Bearer: it must read Bearer <token>",
+            ),
             "unknown id": (bearer(unknown_id), "", "this server accepts no such token: check"),
             "wrong secret": (bearer(wrong_secret), "", "this server accepts no such token"),
             "revoked": (
@@ -403,7 +408,7 @@ async def test_each_bad_credential_is_told_what_was_wrong_and_nothing_secret(
     guide = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
     table = guide.split("| the request | `error_description` begins |")[1].split("\n\n")[0]
     quoted = re.findall(r"^\|[^|]+\| `(.+?)(?: \.\.\.)?` \|$", table, re.M)
-    assert len(quoted) == 8, table
+    assert len(quoted) == 9, table
     for words in quoted:
         assert any(s.startswith(words) for s in said.values()), words
 
