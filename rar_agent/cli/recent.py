@@ -97,11 +97,13 @@ def last_used_settings(
     update: dict[str, object] = {"collection": collection}
     if location:
         update["memory_path"] = Path(location)
-    note = (
-        f"memory {collection!r}, used last by `rar-agent {record.get('command', '?')}`"
-        + (f" ({location})" if location else "")
-        + ": pick another with --collection NAME or --memory DIR"
-    )
+    used = f"used last by `rar-agent {record.get('command', '?')}`"
+    home = default_memory_dir(collection, settings.home).parent
+    if location and Path(location).parent != home:  # a --memory folder: its collection is
+        which = f"memory at {location}, {used}"  # 'default' whatever the folder
+    else:
+        which = f"memory {collection!r}, {used}" + (f" ({location})" if location else "")
+    note = f"{which}: pick another with --collection NAME or --memory DIR"
     return settings.model_copy(update=update), note
 
 

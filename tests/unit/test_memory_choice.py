@@ -344,3 +344,19 @@ def test_removing_a_category_a_memory_folder_lacks_names_the_folder(
     said = " ".join(done.output.split())
     assert done.exit_code == 2 and f"no category 'dog' in the memory at {folder}," in said, said
     assert "memory 'default'" not in said and "or --memory DIR picks another" in said
+
+
+def test_a_memory_folder_used_last_is_named_by_its_folder(home: Path, tmp_path: Path) -> None:
+    """After `recognize ... --memory seven-memory`, `teach bag photo.png` said "teaching the
+    memory 'default', used last by `rar-agent recognize` (/tmp/.../seven-memory)": a --memory
+    folder's collection is 'default' whatever the folder. It names the folder."""
+    folder = tmp_path / "seven-memory"
+    image = str(tmp_path / "a.png")
+    added = runner.invoke(app, ["memory", "add", "cat", image, "--memory", str(folder)])
+    assert added.exit_code == 0, added.output
+    Image.fromarray(np.full((24, 24, 3), 30, np.uint8)).save(tmp_path / "b.png")
+    taught = runner.invoke(app, ["teach", "bag", str(tmp_path / "b.png")])
+    said = " ".join(taught.stderr.split())
+    assert taught.exit_code == 0, taught.output
+    assert f"teaching the memory at {folder}, used last by `rar-agent memory add`" in said, said
+    assert "'default'" not in said
