@@ -9,7 +9,8 @@ the auth file (``RAR_HOME/auth.toml`` by default)::
     hash = "..."                               # HMAC-SHA256(key=salt, secret), hex
     scopes = ["recognize", "learn"]
     created_at = "2026-01-01T12:00:00+00:00"
-    revoked_at = "..."                         # once revoked (the entry stays, refused)
+    revoked_at = "..."                         # once revoked (the entry stays, refused,
+                                               # and its name is never issued again)
 
 A token reads ``rar_<id>_<secret>`` with 32 random bytes of secret (256 bits). Why a keyed
 hash and not a password hash (argon2, scrypt): those make guessing a *low-entropy* secret slow
@@ -30,6 +31,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import itertools
 import os
 import re
 import secrets
@@ -250,7 +252,9 @@ class TokenStore:
             The stored entry and the token itself (shown once: it is not stored).
 
         Raises:
-            ConfigError: A bad name or scope, or a valid token of that name exists.
+            ConfigError: A bad name or scope, or the name was ever issued (a name holds one
+                token, ever: the chat page knows a signed-in session by its name alone, so a
+                new token under a revoked name would revive the old token's sessions).
         """
         if not _NAME.match(name):
             raise ConfigError(
@@ -275,11 +279,8 @@ class TokenStore:
         )
         with self._writing() as tokens:
             held = tokens.get(name)
-            if held is not None and held.active:
-                raise ConfigError(
-                    f"a token named {name!r} exists: revoke it first (rar-agent auth revoke "
-                    f"{name}) or pick another name"
-                )
+            if held is not None:
+                raise ConfigError(_name_taken(held, tokens))
             tokens[name] = info
         return info, f"{TOKEN_PREFIX}{token_id}_{secret}"
 
@@ -366,6 +367,22 @@ class TokenStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def _name_taken(held: TokenInfo, tokens: dict[str, TokenInfo]) -> str:
+    """Why :meth:`TokenStore.add` refuses ``held``'s name, with a free one to use instead."""
+    base = held.name[:58]  # the suggestion stays within a name's 64 characters
+    other = next(f"{base}-{n}" for n in itertools.count(2) if f"{base}-{n}" not in tokens)
+    if held.active:
+        return (
+            f"a token named {held.name!r} exists, and a name is issued once: to replace it, "
+            f"revoke it (rar-agent auth revoke {held.name}) and add a token under another "
+            f"name, such as {other}"
+        )
+    return (
+        f"{held.name} was revoked on {held.revoked_at}; a name is not reused so that sessions "
+        f"signed in with the old token stay ended: choose another name, such as {other}"
+    )
 
 
 def _matches(info: TokenInfo, secret: str) -> bool:

@@ -335,7 +335,7 @@ def _image_block(path: str) -> dict[str, Any] | None:
 
 _URL = re.compile(r"\bhttps?://[^\s<>\"'`]+")
 SIGNED_OUT = (
-    "Your sign-in is no longer valid (its token was revoked or replaced), so nothing more is "
+    "Your sign-in is no longer valid (its token was revoked), so nothing more is "
     "answered here: [sign out](logout) and sign in with a current token."
 )
 """What a session whose token was revoked after it signed in is answered."""
@@ -1010,7 +1010,11 @@ def _may_learn(logins: TokenStore) -> Callable[[str | None], bool]:
 
 def _holds_token(logins: TokenStore) -> Callable[[str | None], bool]:
     """Whether the signed-in name still holds a valid token (the file is re-read when it
-    changes: ``rar-agent auth revoke`` applies to a session signed in before it)."""
+    changes: ``rar-agent auth revoke`` applies to a session signed in before it).
+
+    Gradio gives a session only its name, not the token it signed in with; the name stands
+    for that token because a name is issued once (:meth:`~rar_agent.auth.TokenStore.add`
+    refuses a revoked name), so a revoked name stays revoked."""
 
     def holds(user: str | None) -> bool:
         info = logins.tokens().get(user or "")
@@ -1025,7 +1029,7 @@ SIGN_IN = (
     "the whole token, starting <code>rar_</code>. Tokens come from whoever runs this page: "
     "<code>rar-agent auth add NAME --scope recognize</code> makes one (with "
     "<code>--scope learn</code> it may teach too), and <code>rar-agent auth list</code> says "
-    "which are still active; a revoked token needs a new one."
+    "which are still active; a revoked token needs a new one, under a new name."
 )
 """The login page's message (HTML), shown before and after a refused sign-in: Gradio's own
 refusal says only "Incorrect Credentials", and its login page takes no other words."""

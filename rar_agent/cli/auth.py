@@ -58,6 +58,7 @@ def auth_add(
     """Make a token for NAME and print it once, alone on the last line of stdout.
 
     Only its hash is stored: copy it now. Clients send it as `Authorization: Bearer TOKEN`.
+    A name is issued once: a revoked NAME is not issued again (choose another, e.g. NAME-2).
     """
     with error_guard():
         store = auth_store(auth)

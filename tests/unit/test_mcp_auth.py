@@ -218,9 +218,9 @@ def test_store_keeps_hashes_only_and_verifies(tmp_path: Path) -> None:
     assert store.verify(token) == store.tokens()["alice"]
     assert store.verify(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
     assert store.verify("rar_nothing") is None
-    # Two tokens never share a hash, even for one name made twice (salted).
+    # Two tokens never share a hash (salted); a revoked one stays refused.
     store.revoke("alice")
-    again, second = store.add("alice", ["recognize"])
+    again, second = store.add("alice-2", ["recognize", "learn"])
     assert again.hash != info.hash and store.verify(token) is None and store.verify(second)
 
 
@@ -233,7 +233,7 @@ def test_store_refuses_bad_names_scopes_and_duplicates(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="give one or more --scope"):
         store.add("alice", ["write"])
     store.add("alice", ["recognize"])
-    with pytest.raises(ConfigError, match="revoke it first"):
+    with pytest.raises(ConfigError, match="a token named 'alice' exists, and a name is issued"):
         store.add("alice", ["learn"])
     with pytest.raises(ConfigError, match="no token named 'bob'"):
         store.revoke("bob")

@@ -144,6 +144,59 @@ async def test_chat_teaching_follows_scopes_and_records_the_name(team: Any, tmp_
     assert recognizer.memory.count() == before + 1
 
 
+async def test_a_session_stays_ended_when_its_revoked_name_is_asked_for_again(
+    tmp_path: Path,
+) -> None:
+    """Gradio gives a session only its name: alice signed in with T1, T1 revoked and a new
+    token T2 made for alice made the T1 session valid again, now with T2's learn scope
+    (s19-left). A revoked name is never issued again, so the session stays ended."""
+    from rar_agent.cli import app
+    from rar_agent.conversations import ConversationStore
+    from rar_agent.registry import ImageRegistry
+    from rar_agent.ui import SIGNED_OUT, _chat_session
+
+    store = TokenStore(tmp_path / "auth.toml")
+    _, first = store.add("alice", ["recognize"])
+    recognizer = small_recognizer(tmp_path, hashing_encoder())
+    with ConversationStore(":memory:") as conversations:
+        session = _chat_session(
+            recognizer,
+            None,
+            tools=(),
+            registry=ImageRegistry(),
+            conversations=conversations,
+            logins=store,
+            agent_options={"allow_learning": True},
+        )
+        assert session.signed_in is not None
+        sign_in = token_login(store)
+        assert sign_in("alice", first) and session.signed_in("alice")  # 1. alice signs in
+        env = {"RAR_AUTH_FILE": str(store.path)}
+        runner = CliRunner()
+        revoked = runner.invoke(app, ["auth", "revoke", "alice"], env=env)  # 2.
+        assert revoked.exit_code == 0, revoked.output
+        again = runner.invoke(app, ["auth", "add", "alice", "--scope", "learn"], env=env)
+        assert again.exit_code == 2, again.output
+        said = " ".join(again.output.split())
+        revoked_at = store.tokens()["alice"].revoked_at
+        assert (
+            f"alice was revoked on {revoked_at}; a name is not reused so that sessions signed "
+            "in with the old token stay ended: choose another name, such as alice-2"
+        ) in said, said
+        # 3. the session signed in with T1 stays ended, and gains no scope
+        assert not session.signed_in("alice") and not session.may_teach("alice")
+        reply = await session.respond("hello", [], None, "alice")
+        assert reply["content"] == SIGNED_OUT
+        made = runner.invoke(app, ["auth", "add", "alice-2", "--scope", "learn"], env=env)
+        assert made.exit_code == 0, made.output
+        second = made.stdout.strip().splitlines()[-1]
+        assert sign_in("alice-2", second) and not sign_in("alice", second)
+        assert session.signed_in("alice-2") and session.may_teach("alice-2")
+        listed = runner.invoke(app, ["auth", "list"], env=env).stdout
+        assert "alice\trecognize\tmade " in listed and f"\trevoked {revoked_at}" in listed
+    recognizer.close()
+
+
 @pytest.mark.slow  # a real Gradio server on loopback
 def test_the_page_asks_for_a_login(team: Any) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
