@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,12 +59,19 @@ and the memory sides it searched."""
 class SearchFloors:
     """What the last search of each logged unknown image returned (:class:`_Searched` per
     memory side), kept by the log's key of the image for the next teach. Thread-safe; it keeps
-    only the images it is asked about (those still logged)."""
+    only the images still logged (:meth:`keep_only`), whoever's they are."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kept: dict[int, _Sides] = {}
         self._search: _Search | None = None  # the log, limit and kind the kept ones are of
+
+    def keep_only(self, keys: Collection[int]) -> None:
+        """Forget what was kept of the images not among ``keys`` (those logged now: a teach
+        is asked about its teacher's images only, and the others' stay for their teaches)."""
+        wanted = set(keys)
+        with self._lock:
+            self._kept = {key: s for key, s in self._kept.items() if key in wanted}
 
     def could_answer(
         self,
@@ -110,15 +117,13 @@ class SearchFloors:
     def _still_valid(
         self, memory: CategoryMemory, keys: Sequence[int], search: _Search
     ) -> dict[int, _Sides]:
-        """The kept searches of ``keys`` whose entries are all still stored (the others and
-        those of images no longer asked about are forgotten)."""
-        wanted = set(keys)
+        """The kept searches of ``keys`` whose entries are all still stored (the others are
+        forgotten)."""
         with self._lock:
             if self._search != search:
                 self._kept.clear()
                 self._search = search
-            self._kept = {key: s for key, s in self._kept.items() if key in wanted}
-            kept = dict(self._kept)
+            kept = {key: self._kept[key] for key in keys if key in self._kept}
         ids = set().union(*(seen.ids for sides in kept.values() for seen in sides.values()))
         gone = ids - memory.existing_ids(ids) if ids else set()
         valid = {

@@ -540,6 +540,7 @@ class Recognizer:
         (:class:`~rar_agent.pipeline.recheck.SearchFloors`: the others are not searched)."""
         log = self.novel_groups
         keys, names, vectors = log.logged()
+        self._searched.keep_only(keys)  # every logged image's, for its own teacher's teach
         mine = [i for i, name in enumerate(names) if shown is None or shown(name)]
         if not mine:
             return []

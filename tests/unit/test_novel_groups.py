@@ -1014,3 +1014,49 @@ def test_a_new_log_is_not_judged_by_what_the_old_ones_searches_returned(tmp_path
         store("bicycle", [towards(1, 0.9, 30)])
         assert sorted(recognizer.taught([], label="bicycle")) == [f"bike-{i}" for i in range(4)]
         assert len(recognizer.novel_groups) == 0
+
+
+def test_a_teach_keeps_what_the_searches_of_others_images_returned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a log that callers share (a served memory), a teach keeps what each logged image's
+    search returned so that the next teach need not search it again; but each teach forgot
+    what it had kept of the images it was not asked about, the other callers' ones. Teachers
+    in turns searched all of their images again each time (20 of 20 here): only those the
+    teach may answer are searched again now (0 of 20, nothing new stored near them)."""
+    from rar_agent.memory import MemoryEntry
+    from rar_agent.pipeline import recheck
+
+    clusters = make_clusters(NEW, 2)
+    rng = np.random.default_rng(3)
+    with CategoryMemory.open(tmp_path / "mem", collection="shared") as memory:
+        memory.bind_encoder(clusters.encoder.fingerprint, clusters.encoder.dim)
+
+        def store(label: str, n: int) -> None:
+            entries = [
+                MemoryEntry(label, "image", f"{label}/{i}", f"{label}-{i}") for i in range(n)
+            ]
+            memory.add_entries(entries, rng.normal(size=(n, 32)))
+
+        store("known", 60)
+        recognizer = Recognizer(memory, clusters.encoder, k=3, reject="off")
+        for i in range(40):
+            recognizer.novel_groups.add(rng.normal(size=32), f"{('alice', 'bob')[i % 2]}-{i}", None)
+        searched: list[int] = []
+        every = recheck.search_sides
+
+        def counted(memory: CategoryMemory, rows: np.ndarray, *args: Any, **kw: Any) -> Any:
+            searched.append(len(rows))
+            return every(memory, rows, *args, **kw)
+
+        monkeypatch.setattr(recheck, "search_sides", counted)
+
+        def teach(label: str, whose: str) -> None:
+            store(label, 1)
+            recognizer.taught([], label=label, shown=lambda name: str(name).startswith(whose))
+
+        teach("x", "alice")
+        teach("y", "bob")
+        assert searched == [20, 20]
+        teach("z", "alice")  # alice's images were searched before, and nothing left since
+        assert searched[2:] == []
