@@ -489,7 +489,7 @@ class CategoryMemory:
                 self._backend.set_indexing(True, self.storage)
 
     def scroll(
-        self, offset: str | None = None, limit: int = 512
+        self, offset: str | None = None, limit: int = 512, *, label: str | None = None
     ) -> tuple[list[StoredPoint], str | None]:
         """One page of stored entries in id order, with their vectors (for copying a memory).
 
@@ -497,12 +497,14 @@ class CategoryMemory:
             offset: The id to start from (``None``: the first); pass the returned next
                 offset to continue.
             limit: Entries per page.
+            label: Only this category's entries (a filtered read on the ``label`` index).
 
         Returns:
             ``(points, next_offset)``; ``next_offset`` is ``None`` after the last page.
         """
         self._check_open()
-        page, following = self._backend.scroll(offset, int(limit))
+        wanted = None if label is None else normalize_label(label)
+        page, following = self._backend.scroll(offset, int(limit), wanted)
         points = []
         for pid, vectors, payload in page:
             kind = str(payload.get("kind", ""))
@@ -619,18 +621,13 @@ class CategoryMemory:
         A filtered read on the ``label`` index: it costs what the category holds, not what
         the memory does.
         """
-        self._check_open()
-        wanted = normalize_label(label)
         rows: dict[str, list[list[float]]] = {}
         offset: str | None = None
         while True:
-            page, offset = self._backend.scroll(offset, 512, wanted)
-            for _, vectors, payload in page:
-                kind = str(payload.get("kind", ""))
-                if kind not in vectors:
-                    kind = next(iter(vectors), "")
-                if vectors.get(kind):
-                    rows.setdefault(kind, []).append(list(vectors[kind]))
+            page, offset = self.scroll(offset, 512, label=label)
+            for _, kind, vector, _ in page:
+                if vector:
+                    rows.setdefault(kind, []).append(vector)
             if offset is None:
                 break
         out = {}
