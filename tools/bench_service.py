@@ -97,6 +97,14 @@ async def session(url: str, token: str) -> AsyncIterator[Any]:
         yield opened
 
 
+async def call(s: Any, name: str, args: dict[str, Any], validate: bool) -> Any:
+    """One ``tools/call``: with the client's output-schema check when ``validate``, else the
+    same request without it (the clients share the server's CPUs)."""
+    if validate:
+        return await s.call_tool(name, args)
+    return await raw_call(s, name, args)
+
+
 async def recognitions(
     url: str,
     token: str,
@@ -112,10 +120,7 @@ async def recognitions(
     async with session(url, token) as s:
         for _ in range(calls):
             start = time.perf_counter()
-            if validate:
-                result = await s.call_tool("recognize_image", args)
-            else:
-                result = await raw_call(s, "recognize_image", args)
+            result = await call(s, "recognize_image", args, validate)
             end = time.perf_counter()
             times.append((end - start) * 1000)
             if spans is not None:
@@ -176,10 +181,7 @@ async def teaching(
         for i in range(first, first + count):
             args = {"label": f"taught {i % 5}", "image": picture(i)}
             start = time.perf_counter()
-            if validate:
-                result = await s.call_tool("add_category_example", args)
-            else:
-                result = await raw_call(s, "add_category_example", args)
+            result = await call(s, "add_category_example", args, validate)
             if spans is not None:
                 spans.append((start, time.perf_counter()))
             if result.isError:
