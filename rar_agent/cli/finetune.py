@@ -46,9 +46,14 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Output file (.json or .json
 FormatOpt = Annotated[
     str, typer.Option("--format", help="llava (ShareGPT JSON) or openai (chat JSONL).")
 ]
-KOpt = Annotated[
+KOpt = Annotated[  # 100: config.MAX_K (this module imports no library module at import)
     int,
-    typer.Option("--k", help="Candidates per conversation (2-100: the ranker's --k at inference)."),
+    typer.Option(
+        "--k",
+        min=2,
+        max=100,
+        help="Candidates per conversation (2-100: the ranker's --k at inference).",
+    ),
 ]
 TopNOpt = Annotated[int, typer.Option("--top-n", min=1, help="Labels retrieved per image.")]
 WindowsOpt = Annotated[int, typer.Option("--windows", min=1, help="Conversations per image.")]

@@ -513,3 +513,5 @@ def test_conversations_are_made_only_for_a_k_the_ranker_takes() -> None:
     shown = CliRunner().invoke(app, ["finetune-data", "--help"], env={"COLUMNS": "200"}).output
     words = " ".join(" ".join(line.strip(" │") for line in shown.splitlines()).split())
     assert f"(2-{MAX_K}: the ranker's --k at inference)" in words, words
+    refused = CliRunner().invoke(app, ["finetune-data", "--k", str(MAX_K + 1), "--out", "o"])
+    assert f"give a whole number from 2 to {MAX_K}" in " ".join(refused.output.split())
