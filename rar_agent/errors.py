@@ -7,8 +7,9 @@ Every error says what was wrong and what to do about it. Tools turn these into
 from __future__ import annotations
 
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "RarError",
@@ -25,6 +26,7 @@ __all__ = [
     "RankerError",
     "MissingApiKeyError",
     "UnsafeInputError",
+    "argument_problem",
     "cannot_serve",
     "did_you_mean",
     "failure_line",
@@ -268,3 +270,57 @@ def _not_none(annotation: object) -> object:
     if type(None) in args and len(args) == 2:
         return next(a for a in args if a is not type(None))
     return annotation
+
+
+_WANTED_BY_KIND = {
+    **dict.fromkeys(("int_type", "int_parsing", "int_from_float"), "a whole number"),
+    **dict.fromkeys(("float_type", "float_parsing"), "a number"),
+    "finite_number": "a finite number",
+    "string_type": "text",
+    **dict.fromkeys(("bool_type", "bool_parsing"), "true or false"),
+    "list_type": "a list",
+    **dict.fromkeys(("dict_type", "model_type"), "an object"),
+}
+"""What to give, by the kind of a validation error, for a value whose field says no more (an
+item inside a list argument, or no schema at hand)."""
+
+
+def argument_problem(item: Mapping[str, Any], fields: Mapping[str, Any]) -> str:
+    """One pydantic validation error (``item``, of ``ValidationError.errors()``) in our words:
+    "NAME must be WANTED, not VALUE" (:func:`wanted_value` from its field in ``fields``, a
+    model's ``model_fields``), our validator's own message, or "NAME is missing
+    (DESCRIPTION)"; never pydantic's "Input should be ...". Tool arguments and settings given
+    in Python are refused so."""
+    loc = item.get("loc", ())
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    where = where or "arguments"
+    if item.get("type") == "value_error" and "error" in item.get("ctx", {}):
+        cause = str(item["ctx"]["error"])  # our own words, which say what to give
+        return cause if cause.startswith(f"{where} ") else f"{where}: {cause}"
+    info = fields.get(loc[0]) if len(loc) == 1 else None
+    if item.get("type") == "missing":
+        about = _as_clause(info.description) if info is not None and info.description else ""
+        return f"{where} is missing{f' ({about})' if about else ''}"
+    wanted = wanted_value(info.annotation, info.metadata) if info is not None else None
+    wanted = wanted or _WANTED_BY_KIND.get(str(item.get("type")))
+    if wanted is None:
+        return f"{where}: {item.get('msg')}"
+    return f"{where} must be {wanted}, not {_given(item)}"
+
+
+def _given(item: Mapping[str, Any]) -> str:
+    """The value a validation error was about, short: a length where the length was wrong."""
+    value = item.get("input")
+    if isinstance(value, str) and str(item.get("type")).startswith("string_too"):
+        return "empty text" if not value else f"{len(value)} characters"
+    if isinstance(value, list) and item.get("type") == "too_long":
+        return f"{len(value)} items"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _as_clause(description: str) -> str:
+    """A field's description inside a sentence: "The label to move it to." -> "the label
+    to move it to" (a first word in capitals, "ISO", is kept)."""
+    text = description.strip().rstrip(".")
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text

@@ -21,7 +21,7 @@ from rar_agent.config import MemoryKind, parse_reject, validate_k, validate_kind
 from rar_agent.encoders.base import input_size_of
 from rar_agent.encoders.spec import spec_of
 from rar_agent.encoders.torch_base import parallel_passes
-from rar_agent.errors import ConfigError, did_you_mean
+from rar_agent.errors import ConfigError, argument_problem, did_you_mean
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, decoding_alone, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
@@ -72,11 +72,9 @@ def _with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
         try:
             type(settings).__pydantic_validator__.validate_assignment(copy, name, value)
         except ValidationError as e:
-            error = e.errors()[0]
-            cause = error.get("ctx", {}).get("error") if error["type"] == "value_error" else None
-            raise ConfigError(
-                f"invalid setting {name}={value!r}: {cause or error['msg']}"
-            ) from None
+            # the setting is named before the problem: not again as "name: " in front of it
+            problem = argument_problem(e.errors()[0], fields).removeprefix(f"{name}: ")
+            raise ConfigError(f"invalid setting {name}={value!r}: {problem}") from None
     return copy
 
 

@@ -207,6 +207,12 @@ def test_from_settings_builds_a_label_vocabulary_once(
         ({"k": 0}, "invalid setting k=0: k must be a whole number from 1 to 100 (how many"),
         ({"kind": "video"}, "invalid setting kind='video': kind must be auto, image or text"),
         ({"reject": "sometimes"}, "invalid setting reject='sometimes': unknown reject setting"),
+        # pydantic's words: 'Input should be greater than or equal to 1', '... greater than 0'
+        ({"fetch_k": 0}, "invalid setting fetch_k=0: fetch_k must be a whole number of 1 or more"),
+        (
+            {"ranker_timeout": -1},
+            "invalid setting ranker_timeout=-1: ranker_timeout must be a number above 0",
+        ),
     ],
 )
 def test_from_settings_refuses_overrides_it_would_ignore(
