@@ -327,8 +327,7 @@ def _print_results(
         if evidence:
             console.print(evidence, highlight=False, markup=False, soft_wrap=True)
         timings = ", ".join(f"{k} {v:.1f} ms" for k, v in r.timings_ms.items())
-        ranking = f"ranking: {r.ranking.status} ({ex.how}); {timings}"
-        console.print(ranking, highlight=False, markup=False)
+        console.print(_ranking_line(r, ex, said, timings), highlight=False, markup=False)
         console.print(_rejection_line(r, ex, said), highlight=False, markup=False)
     sys.stdout.flush()
     return failed
@@ -357,6 +356,14 @@ def _evidence_line(r: "RecognitionResult") -> str | None:
         f"{line}; its score {top.score:.3f} is the similarity to the mean of its examples "
         "nearest the photo"
     )
+
+
+def _ranking_line(r: "RecognitionResult", ex: "Explanation", said: set[str], timings: str) -> str:
+    """How the candidates were ordered and the stage timings; the how, when already in
+    ``said`` (the same for every photo of a run), is referred to, not repeated."""
+    how = "as said above" if ex.how in said else ex.how
+    said.add(ex.how)
+    return f"ranking: {r.ranking.status} ({how}); {timings}"
 
 
 def _rejection_line(r: "RecognitionResult", ex: "Explanation", said: set[str]) -> str:

@@ -82,6 +82,9 @@ def test_build_list_stats_recognize_remove(env: Path) -> None:
     words = " ".join(out.split())
     assert code == 0 and words.count("cannot calibrate") == 1, out
     assert words.count("open-set check (auto): known (no threshold, as said above)") == 4, out
+    # so is why the ranking is off (it took two lines under each photo), the timings stay
+    assert words.count("no model is set up to double-check answers") == 1, out
+    assert words.count("ranking: disabled (as said above); load ") == 4, out
 
     code, out = _run("memory", "remove", "Betta")  # a typo removes nothing and says so
     assert code == 2 and "no category 'Betta'" in out and "did you mean 'beta'" in out, out
