@@ -155,7 +155,9 @@ class ImageRegistry:
         self._store(None, item)
         return image_id
 
-    def keep(self, data: bytes, *, name: str, owner: str | None = None) -> str:
+    def keep(
+        self, data: bytes, *, name: str, owner: str | None = None, image_id: str | None = None
+    ) -> str:
         """Store image bytes that the caller has read itself (a server's tool, once it
         decoded them), so that their id can be passed back later; return the id. Nothing is
         decoded here (the size comes from the header, ``(0, 0)`` when it cannot be read);
@@ -166,8 +168,10 @@ class ImageRegistry:
             name: How the image came (e.g. "sent inline to recognize_image at 01:02:03 UTC").
             owner: Whose it is (a served token's name): only lookups by that owner find it;
                 ``None``: a caller with no token (stdio), like a conversation's image.
+            image_id: :func:`image_id_for` of ``data`` where the caller has it already (a
+                hash of every byte, not taken twice).
         """
-        image_id = image_id_for(data)
+        image_id = image_id or image_id_for(data)
         if not self._touch(owner, image_id):
             size = declared_size(data) or (0, 0)
             self._store(owner, RegisteredImage(image_id, data, None, name, size))

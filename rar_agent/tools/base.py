@@ -290,8 +290,11 @@ class ImageResolver:
             return ImageSource(inline_image_name(kind, data), data)
         when = datetime.now(UTC).strftime("%H:%M:%S UTC")
         name = f"{sent or 'sent inline'} at {when}"
-        keep = functools.partial(self.kept.keep, data, name=name, owner=serving_name())
-        return ImageSource(image_id_for(data), data, keep=keep)
+        image_id = image_id_for(data)
+        keep = functools.partial(
+            self.kept.keep, data, name=name, owner=serving_name(), image_id=image_id
+        )
+        return ImageSource(image_id, data, keep=keep)
 
     def _latest(self, text: str) -> RegisteredImage:
         """This conversation's latest image (``text`` is a "latest" word or empty)."""
