@@ -67,8 +67,7 @@ class NovelGroupLog:
         self._sims = np.zeros((0, 0), dtype=np.float32)
         self._images: list[str] = []
         self._seq: list[int] = []  # each query's sequence number (unique, never reused)
-        self._root: list[int] = []  # each query's group, as the index of its oldest query
-        self._gid: list[int] = []  # each query's group id (a number from the same counter)
+        self._gid: list[int] = []  # each query's group, by its lasting id (same counter)
         self._fates: OrderedDict[int, str] = OrderedDict()  # ids no group has now: why
         self._link: float | None = None
         self._next = 0
@@ -123,11 +122,11 @@ class NovelGroupLog:
         """
         names = set(images)
         with self._lock:
-            roots = {self._root[i] for i, name in enumerate(self._images) if name in names}
+            gids = {self._gid[i] for i, name in enumerate(self._images) if name in names}
             gone = [
                 i
                 for i, name in enumerate(self._images)
-                if name in names or (self._root[i] in roots and (shown is None or shown(name)))
+                if name in names or (self._gid[i] in gids and (shown is None or shown(name)))
             ]
             taught = "were taught" if label is None else f"were taught as {label!r}"
             return self._drop(gone, f"its images {taught}")
@@ -156,10 +155,10 @@ class NovelGroupLog:
                 share); all count when ``None``.
         """
         with self._lock:
-            by_root: dict[int, list[int]] = {}
+            by_gid: dict[int, list[int]] = {}
             for i in self._indices(shown):
-                by_root.setdefault(self._root[i], []).append(i)
-            found = [self._group(r, m) for r, m in by_root.items() if len(m) >= min_size]
+                by_gid.setdefault(self._gid[i], []).append(i)
+            found = [self._group(g, m) for g, m in by_gid.items() if len(m) >= min_size]
         return sorted(found, key=lambda g: (-g.size, g.id))
 
     def count(self, shown: Shown | None = None) -> int:
@@ -206,13 +205,13 @@ class NovelGroupLog:
         return self._link is None or n == 0 or float(self._sims[n, :n].max()) < self._link
 
     def _group_of(self, index: int, *, min_size: int) -> NovelGroup | None:
-        root = self._root[index]
-        members = [i for i, r in enumerate(self._root) if r == root]
-        return self._group(root, members) if len(members) >= min_size else None
+        gid = self._gid[index]
+        members = [i for i, g in enumerate(self._gid) if g == gid]
+        return self._group(gid, members) if len(members) >= min_size else None
 
-    def _group(self, root: int, members: Sequence[int]) -> NovelGroup:
+    def _group(self, gid: int, members: Sequence[int]) -> NovelGroup:
         return NovelGroup(
-            id=f"unknown-{self._gid[root]}",
+            id=f"unknown-{gid}",
             size=len(members),
             images=[self._images[i] for i in members[:MAX_MEMBERS_SHOWN]],
         )
@@ -243,7 +242,6 @@ class NovelGroupLog:
         self._vectors, self._sims = vectors, sims
         self._images.append(image)
         self._seq.append(seq)
-        self._root.append(n)
         self._gid.append(seq)
 
     def _drop(self, gone: Sequence[int], why: str) -> list[str]:
@@ -271,23 +269,19 @@ class NovelGroupLog:
         group under a lasting id (:meth:`_name`). ``before``: the queries' ids before the
         change; ``why``: what became of a group whose queries all left the log."""
         n = len(self._images)
-        self._root = list(range(n))
         if self._link is not None and n >= 2:
-            for members in average_linkage(self._sims, self._link):
-                for i in members:
-                    self._root[i] = members[0]
-        self._name()
+            self._name(average_linkage(self._sims, self._link))
+        else:
+            self._name([[i] for i in range(n)])
         self._retire(before, why)
 
-    def _name(self) -> None:
-        """Give each group the id most of its queries had (an agent told that id finds them
-        under it after others joined or left); larger groups choose first, and a group whose
-        queries' ids are all taken (a group that split) gets a new one."""
-        groups: dict[int, list[int]] = {}
-        for i, root in enumerate(self._root):
-            groups.setdefault(root, []).append(i)
+    def _name(self, groups: Sequence[Sequence[int]]) -> None:
+        """Give each of ``groups`` (query indices, ascending) the id most of its queries had
+        (an agent told that id finds them under it after others joined or left); larger
+        groups choose first, and a group whose queries' ids are all taken (a group that
+        split) gets a new one."""
         taken: set[int] = set()
-        for members in sorted(groups.values(), key=lambda m: (-len(m), m[0])):
+        for members in sorted(groups, key=lambda m: (-len(m), m[0])):
             had = Counter(self._gid[i] for i in members if self._gid[i] not in taken)
             gid = max(had, key=lambda g: (had[g], -g)) if had else self._fresh()
             taken.add(gid)
