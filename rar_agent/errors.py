@@ -236,18 +236,16 @@ def wanted_value(annotation: object, rules: Iterable[object] = ()) -> str | None
     metadata: ``ge``, ``le``, ``gt``, ``min_length``, ``max_length``): a number in the words
     of :func:`wanted_number`, "text of 1 to 200 characters", "true or false", "a list of at
     most 200 items"; ``None`` for any other type."""
-    bounds = {
-        name: getattr(rule, attr)
+    given = {
+        name: getattr(rule, name)
         for rule in rules
-        for name, attr in (("least", "ge"), ("most", "le"), ("above", "gt"))
-        if hasattr(rule, attr)
+        for name in ("ge", "le", "gt", "min_length", "max_length")
+        if getattr(rule, name, None) is not None
     }
-    number = wanted_number(annotation, **bounds)
+    number = wanted_number(annotation, given.get("ge"), given.get("le"), given.get("gt"))
     if number is not None:
         return number
-    lengths = [getattr(r, a, None) for r in rules for a in ("min_length", "max_length")]
-    shortest = next((n for n in lengths[0::2] if n is not None), 0)
-    longest = next((n for n in lengths[1::2] if n is not None), None)
+    shortest, longest = given.get("min_length", 0), given.get("max_length")
     base = typing.get_origin(_not_none(annotation)) or _not_none(annotation)
     if base is bool:
         return "true or false"
