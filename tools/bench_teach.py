@@ -228,16 +228,21 @@ def bench_unknowns(
                 recognizer.novel_groups.add(seen[i], f"unknown-image-{i}", link)
             logged += new
         memory.close()
-    first = (before[0] * 1000, after[0] * 1000)
-    later = (median_ms(before[1:]), median_ms(after[1:]))
+    timed = {"first teach": (before[0] * 1000, after[0] * 1000)}
+    said = ["first teach"]
+    if teaches > 1:  # one teach (--examples 1) has no later ones to take a median of
+        timed["later teaches, median"] = (median_ms(before[1:]), median_ms(after[1:]))
+        said.append(f"the next {teaches - 1}, median")
+    figures = "; ".join(
+        f"{words} {was:.1f} -> {now:.1f} ms ({was / now:.1f}x)"
+        for words, (was, now) in zip(said, timed.values(), strict=True)
+    )
     print(
         f"{n} entries, {unknowns} unknown images logged (+{new} before each teach): a teach's "
-        f"re-check of the log, searching all again -> only those it may answer: first teach "
-        f"{first[0]:.1f} -> {first[1]:.1f} ms ({first[0] / first[1]:.1f}x); the next "
-        f"{teaches - 1}, median {later[0]:.1f} -> {later[1]:.1f} ms ({later[0] / later[1]:.1f}x); "
+        f"re-check of the log, searching all again -> only those it may answer: {figures}; "
         f"{dropped} images dropped in all, the same both ways"
     )
-    for name, (was, now) in (("first teach", first), ("later teaches, median", later)):
+    for name, (was, now) in timed.items():
         rows.append(
             {
                 "name": f"a teach's re-check of {unknowns} logged unknown images ({name}), "

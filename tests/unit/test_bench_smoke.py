@@ -67,3 +67,22 @@ def test_the_benchmark_runs_at_its_smallest_size(
         assert written["rows"] if isinstance(written, dict) else written, done.stdout[-2000:]
     else:
         assert len(done.stdout.splitlines()) >= 3, done.stdout  # its table of figures
+
+
+@pytest.mark.slow
+def test_one_teach_of_the_unknowns_bench_reports_its_first_teach_alone(tmp_path: Path) -> None:
+    """``bench_teach.py --unknowns N --examples 1`` printed 'the next 0, median nan -> nan ms
+    (nanx)' and wrote NaN (not JSON) into its rows: one teach is reported as the first
+    teach, with no median of later ones."""
+    out = tmp_path / "rows.json"
+    args = ["--size", "300", "--examples", "1", "--unknowns", "40", "--json", str(out)]
+    command = [sys.executable, "tools/bench_teach.py", *args]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "first teach" in done.stdout and "nan" not in done.stdout.lower(), done.stdout
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in the rows")
+
+    [row] = json.loads(out.read_text(), parse_constant=refuse)["rows"]
+    assert "(first teach)" in row["name"] and row["ratio"] > 0
