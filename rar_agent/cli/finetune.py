@@ -6,7 +6,7 @@ No ``from __future__ import annotations``: :func:`settings_command` reads the op
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -61,7 +61,10 @@ ShuffleOpt = Annotated[
     bool, typer.Option("--shuffle/--no-shuffle", help="Shuffle candidates in the prompt.")
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for windows and shuffling.")]
-KindOpt = Annotated[str, typer.Option("--kind", help="Memory side: auto, image or text.")]
+KindOpt = Annotated[
+    Literal["auto", "image", "text"],
+    typer.Option("--kind", help="Memory side: auto, image or text."),
+]
 MaxPerClassOpt = Annotated[
     int | None, typer.Option("--max-per-class", min=1, help="Cap conversations per class.")
 ]
@@ -117,9 +120,14 @@ def finetune_data(
         raise ConfigError("give exactly one of --from-folder and --from-manifest")
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if top_n < k:  # FinetuneOptions refuses it too, in Python's names (top_n, k)
+        raise ConfigError(
+            f"invalid --top-n: {top_n} is less than --k ({k}); give --top-n {k} or more (each "
+            "conversation's --k candidates are taken from the --top-n labels retrieved)"
+        )
     options = FinetuneOptions(
         k=k, top_n=top_n, windows=windows, shuffle=shuffle, seed=seed,
-        kind=kind, hint=hint, dedup=dedup, max_per_class=max_per_class,  # type: ignore[arg-type]
+        kind=kind, hint=hint, dedup=dedup, max_per_class=max_per_class,
     )  # fmt: skip
     items = list(
         builders.iter_image_folder(from_folder)

@@ -6,7 +6,8 @@ typer reads option values with pydantic, and said so in pydantic's words in a fr
 Input should be greater than or equal to 1"; ``Settings`` did the same for --ranker-timeout,
 --qdrant-timeout and RAR_FETCH_K (as a --fetch-k no command has). `eval --gate xyz`
 and `--reject auto:2` named no option ("Unknown gate setting 'xyz'..."), nor `finetune-data
---top-n 0` ("top_n must be a positive integer").
+--top-n 0` ("top_n must be a positive integer"), `--top-n 3 --k 5` ("top_n (3) must be at
+least k (5)") or `--kind both` ("kind must be auto, image or text").
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ CASES = [
     ([*FINETUNE, "--top-n", "0"], {}, "invalid --top-n", "1 or more"),
     ([*FINETUNE, "--windows", "0"], {}, "invalid --windows", "1 or more"),
     ([*FINETUNE, "--max-per-class", "0"], {}, "invalid --max-per-class", "1 or more"),
+    ([*FINETUNE, "--top-n", "3", "--k", "5"], {}, "invalid --top-n", "less than --k (5)"),
+    ([*FINETUNE, "--kind", "both"], {}, "invalid --kind", "one of 'auto', 'image', 'text'"),
     (["teach"], {}, "Missing argument 'label'", "rar-agent teach --help"),
     (["mcp", "--bogus"], {}, "No such option: --bogus", "rar-agent mcp --help"),
     (["--bogus"], {}, "No such option: --bogus", "rar-agent --help"),  # the group's own
