@@ -44,6 +44,7 @@ __all__ = [
     "lead_side",
     "mean_members",
     "CategoryRetriever",
+    "Retrieved",
     "candidates_to_documents",
     "check_sides",
     "search_sides",
@@ -513,6 +514,19 @@ def check_sides(memory: CategoryMemory, kind: MemoryKind) -> None:
         raise _empty_error(memory, kind)
 
 
+class Retrieved(NamedTuple):
+    """Each query's candidates (:meth:`CategoryRetriever.retrieve_vectors`), with the search
+    they were folded from."""
+
+    candidates: list[list[Candidate]]
+    hits: dict[EntryKind, list[list[Hit]]]
+    """Per memory side searched (those holding entries), each query's entries, nearest first."""
+    limit: int
+    """The entries asked of each side."""
+    kind: MemoryKind
+    """The memory sides searched, as the retriever's ``kind`` names them."""
+
+
 class CategoryRetriever(BaseRetriever):
     """A LangChain retriever over a category memory.
 
@@ -574,15 +588,26 @@ class CategoryRetriever(BaseRetriever):
         """Top-k distinct labels for each row of an ``(n, dim)`` array of image embeddings
         (``kind`` overrides the retriever's; ``auto`` in a memory of example images and class
         names: :func:`lead_side`)."""
+        return self.retrieve_searched(vectors, k=k, kind=kind).candidates
+
+    def retrieve_searched(
+        self,
+        vectors: np.ndarray,
+        *,
+        k: int | None = None,
+        kind: MemoryKind | None = None,
+    ) -> Retrieved:
+        """:meth:`retrieve_vectors`, with what each query's search of the memory returned."""
         k = validate_k(k if k is not None else self.k)
         limit = fetch_limit(k, self.fetch_k)
         rows = np.asarray(vectors, dtype=np.float32)
-        sides = search_sides(self.memory, rows, kind or self.kind, limit, with_vectors=True)
+        kind = kind or self.kind
+        sides = search_sides(self.memory, rows, kind, limit, with_vectors=True)
         folded = {
             side: [fold_hits(h, k, r) for h, r in zip(b, self._ranks(rows, b), strict=True)]
             for side, b in sides.items()
         }
-        return self.lead(folded, k, len(rows))
+        return Retrieved(self.lead(folded, k, len(rows)), sides, limit, kind)
 
     def lead(
         self, folded: Mapping[EntryKind, list[list[Candidate]]], k: int, n: int

@@ -84,6 +84,13 @@ class NovelGroupLog:
                 ``Calibration.link``, now: the whole log is grouped by it), ``None`` when
                 the memory has none.
         """
+        return self.add_keyed(vector, image, link)[1]
+
+    def add_keyed(
+        self, vector: np.ndarray, image: str | None, link: float | None
+    ) -> tuple[int, NovelGroup | None]:
+        """:meth:`add`, which also returns the query's key in the log (as :meth:`logged`
+        gives it: the key it had where it was logged already)."""
         row = np.asarray(vector, dtype=np.float32).ravel()
         row = row / (float(np.linalg.norm(row)) or 1.0)
         with self._lock:
@@ -93,7 +100,7 @@ class NovelGroupLog:
             if seen is not None:  # the same image asked again is not a second sighting
                 if relink:
                     self._regroup(self._ids(), "")  # no query leaves
-                return self._group_of(seen, min_size=2)
+                return self._seq[seen], self._group_of(seen, min_size=2)
             full = len(self._images) >= self.capacity
             before = self._ids() if full or relink else None
             if full:
@@ -101,7 +108,7 @@ class NovelGroupLog:
             self._append(row, image or f"query-{self._next}", self._fresh())
             if before is not None or not self._alone():
                 self._regroup(self._ids() if before is None else before, self._evicted())
-            return self._group_of(len(self._images) - 1, min_size=2)
+            return self._seq[-1], self._group_of(len(self._images) - 1, min_size=2)
 
     def answered(
         self, images: Collection[str], shown: Shown | None = None, label: str | None = None

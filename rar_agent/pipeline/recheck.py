@@ -12,6 +12,9 @@ entries is still stored, the nearest ``limit`` now are at least that similar (an
 only raises the floor; a removal could let a farther entry in, so the ids are checked), and
 an image less similar than its floor to every entry of the label taught cannot be answered
 with it: it is not searched again. An image searched now is judged by its hits' labels.
+The recognition that logged an image searched it already, and what came back is kept from
+then, so a teach searches an image only where its kept entries left the memory (or where it
+was logged without a search of this recognizer's, e.g. by ``NovelGroupLog.add`` directly).
 
 This leaves out exactly the images that searching all of them would not answer with the
 label, for an exact search (a memory's plain segments); an HNSW index answers as its recall
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,17 +35,17 @@ from rar_agent.retrieval import fetch_limit, search_sides, sides_of
 
 if TYPE_CHECKING:
     from rar_agent.config import MemoryKind
-    from rar_agent.memory import CategoryMemory
+    from rar_agent.memory import CategoryMemory, EntryKind, Hit
     from rar_agent.retrieval import CategoryRetriever
 
-__all__ = ["SearchFloors"]
+__all__ = ["SearchFloors", "Searched"]
 
 _ROUNDING = 1e-4
 """Slack for the engine's similarities against those computed here (float32 either way)."""
 
 
 @dataclass(frozen=True)
-class _Searched:
+class _SideSearch:
     """What one side's search of one image returned: the least similarity among the entries
     (``-inf`` where fewer than asked came back) and their ids."""
 
@@ -50,21 +53,74 @@ class _Searched:
     ids: tuple[str, ...]
 
 
-_Sides = dict[str, _Searched]
+_Sides = dict[str, _SideSearch]
 _Search = tuple[object, int, "MemoryKind"]
 """What the kept searches are of: the log of their images (by identity), the search's limit
 and the memory sides it searched."""
 
 
+@dataclass(frozen=True)
+class Searched:
+    """What one image's search of the memory returned, as a teach needs it: per side
+    searched, the least similarity among the entries and their ids (module docstring).
+
+    Attributes:
+        limit: The entries asked of each side.
+        kind: The memory sides searched (as a retriever's ``kind`` names them).
+        sides: Per side that held entries, what came back.
+    """
+
+    limit: int
+    kind: MemoryKind
+    sides: _Sides
+
+    @classmethod
+    def of(
+        cls,
+        hits: Mapping[EntryKind, Sequence[Sequence[Hit]]],
+        i: int,
+        limit: int,
+        kind: MemoryKind,
+    ) -> Searched:
+        """Query ``i``'s, of a search of ``limit`` entries a side that returned ``hits``
+        (per side, each query's entries, nearest first)."""
+        sides: _Sides = {}
+        for side, batches in hits.items():
+            found = batches[i]
+            floor = found[-1].score if len(found) >= limit else -math.inf
+            sides[side] = _SideSearch(floor, tuple(h.id for h in found))
+        return cls(limit, kind, sides)
+
+
+def _search_of(retriever: CategoryRetriever, log: object) -> _Search:
+    """The search a teach judges the images of ``log`` by: the retriever's own."""
+    return (log, fetch_limit(retriever.k, retriever.fetch_k), retriever.kind)
+
+
 class SearchFloors:
-    """What the last search of each logged unknown image returned (:class:`_Searched` per
-    memory side), kept by the log's key of the image for the next teach. Thread-safe; it keeps
-    only the images still logged (:meth:`keep_only`), whoever's they are."""
+    """What the last search of each logged unknown image returned (:class:`Searched`), kept
+    by the log's key of the image for the next teach: its recognition's (:meth:`keep`), then
+    a teach's where that one's entries left. Thread-safe; it keeps only the images still
+    logged (:meth:`keep_only`), whoever's they are."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kept: dict[int, _Sides] = {}
         self._search: _Search | None = None  # the log, limit and kind the kept ones are of
+
+    def keep(self, retriever: CategoryRetriever, log: object, key: int, searched: Searched) -> None:
+        """Keep what an image's search returned, the image just logged under ``key`` in
+        ``log`` (its recognition's search): no teach searches it again while those entries
+        are stored. A search other than a teach's (another ``k`` or memory side) is not kept.
+        """
+        search = _search_of(retriever, log)
+        if (searched.limit, searched.kind) != search[1:]:
+            return
+        with self._lock:
+            if self._search != search:
+                self._kept.clear()
+                self._search = search
+            self._kept[key] = searched.sides
 
     def keep_only(self, keys: Collection[int]) -> None:
         """Forget what was kept of the images not among ``keys`` (those logged now: a teach
@@ -94,7 +150,7 @@ class SearchFloors:
             rows: The images' embeddings, one row each.
         """
         memory = retriever.memory
-        search = (log, fetch_limit(retriever.k, retriever.fetch_k), retriever.kind)
+        search = _search_of(retriever, log)
         sides = sides_of(retriever.kind)
         theirs = {side: v for side, v in memory.vectors_of(label).items() if side in sides}
         if not theirs or not len(keys):
@@ -151,15 +207,12 @@ class SearchFloors:
             return []
         _, limit, kind = search
         found = search_sides(memory, rows[list(fresh)], kind, limit)
-        searched: dict[int, _Sides] = {keys[i]: {} for i in fresh}
-        near = []
-        for j, i in enumerate(fresh):
-            hits = {side: batches[j] for side, batches in found.items()}
-            for side, side_hits in hits.items():
-                floor = side_hits[-1].score if len(side_hits) >= limit else -math.inf
-                searched[keys[i]][side] = _Searched(floor, tuple(h.id for h in side_hits))
-            if any(h.label == label for side_hits in hits.values() for h in side_hits):
-                near.append(i)
+        searched = {keys[i]: Searched.of(found, j, limit, kind).sides for j, i in enumerate(fresh)}
+        near = [
+            i
+            for j, i in enumerate(fresh)
+            if any(h.label == label for batches in found.values() for h in batches[j])
+        ]
         with self._lock:
             if self._search == search:
                 self._kept.update(searched)

@@ -340,20 +340,20 @@ class Recognizer:
         after the first pass, not the last (:mod:`rar_agent.pipeline.stream`). Bad images
         give failed results in their places. ``names``: what to call each image.
         """
-        vectors: dict[int, Any] = {}  # by result: the pieces run side by side, out of order
+        outcomes: dict[int, Outcome] = {}  # by result: the pieces run side by side, out of order
 
         def recognize(loaded: Sequence[LoadedImage], ms: Sequence[float]) -> list[Any]:
-            outcomes = self.stages.run([item.image for item in loaded], k=k)
-            results = self._results(loaded, outcomes, ms, log=False)
-            vectors.update((id(r), o.vector) for r, o in zip(results, outcomes, strict=True))
+            ran = self.stages.run([item.image for item in loaded], k=k)
+            results = self._results(loaded, ran, ms, log=False)
+            outcomes.update((id(r), o) for r, o in zip(results, ran, strict=True))
             return results
 
         with parallel_passes(self.encoder) if len(images) > 1 else nullcontext(1) as passes:
             plan = plan_for(self.encoder, passes)
             for result in stream_results(images, names, self.decode_need, recognize, plan):
-                vector = vectors.pop(id(result), None)
-                if vector is not None:  # logged in the images' order, as they are answered
-                    self._log_unknown([result], [vector])
+                outcome = outcomes.pop(id(result), None)
+                if outcome is not None:  # logged in the images' order, as they are answered
+                    self._log_unknown([result], [outcome])
                 yield result
 
     async def arecognize(
@@ -470,20 +470,27 @@ class Recognizer:
             for item, o, ms in zip(loaded, outcomes, load_ms, strict=True)
         ]
         if log:
-            self._log_unknown(results, [o.vector for o in outcomes])
+            self._log_unknown(results, outcomes)
         return results
 
-    def _log_unknown(self, results: Sequence[RecognitionResult], vectors: Any) -> None:
-        """Put the unknown images in the novel-group log and name each one's group."""
+    def _log_unknown(
+        self, results: Sequence[RecognitionResult], outcomes: Sequence[Outcome]
+    ) -> None:
+        """Put the unknown images in the novel-group log and name each one's group; what
+        each one's search returned is kept with it, so that no teach searches it again
+        (:class:`~rar_agent.pipeline.recheck.SearchFloors`)."""
         if not any(r.unknown for r in results):
             return
         # What counts as one new thing seen again is the memory's own measure, whatever
         # decided that the images are unknown (auto or a fixed threshold).
         cal = self.calibration()
         link = cal.link if cal is not None else None
-        for result, vector in zip(results, vectors, strict=True):
-            if result.unknown:
-                result.novel_group = self.novel_groups.add(vector, result.image, link)
+        log = self.novel_groups
+        for result, outcome in zip(results, outcomes, strict=True):
+            if result.unknown and outcome.vector is not None:
+                key, result.novel_group = log.add_keyed(outcome.vector, result.image, link)
+                if outcome.searched is not None:
+                    self._searched.keep(self.retriever, log, key, outcome.searched)
                 result.explanation = explain_result(result)
 
     def unknown_groups(

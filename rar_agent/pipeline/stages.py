@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rar_agent.pipeline.ranked import Ranking, ranked_result, ranking_of
+from rar_agent.pipeline.recheck import Searched
 from rar_agent.pipeline.verdict import is_unknown, open_set_check, verdict
 from rar_agent.ranking import NO_RANKER, RankingChain, RankingInput, RankingOutput, skip_text
 from rar_agent.results import Candidate, GateSkip, RankingInfo, RecognitionResult, RejectionInfo
@@ -49,6 +50,8 @@ class Outcome:
         timings_ms: Per-image stage times: ``encode``, ``retrieve``, ``reject`` (a batch's
             time shared out) and ``rank`` (this image's model call, 0 when none).
         vector: The image's embedding (None where the caller gave candidates only).
+        searched: What its search of the memory returned (None where the caller gave
+            candidates only), kept with it if it joins the log of unknown images.
     """
 
     candidates: list[Candidate]
@@ -56,6 +59,7 @@ class Outcome:
     ranking: Ranking
     timings_ms: dict[str, float] = field(default_factory=dict)
     vector: np.ndarray | None = None
+    searched: Searched | None = None
 
     @property
     def verdict(self) -> RejectionInfo:
@@ -74,6 +78,7 @@ class _Retrieved:
     checks: list[RejectionInfo]
     timings_ms: dict[str, float]
     vectors: Any = None
+    searched: list[Searched] | None = None
 
 
 class StageRunner:
@@ -232,7 +237,9 @@ class StageRunner:
         vectors = self.encoder.embed_images(list(images))
         encode_ms = _ms(t0)
         t1 = time.perf_counter()
-        candidates = self.retriever.retrieve_vectors(vectors, k=k, kind=kind)
+        found = self.retriever.retrieve_searched(vectors, k=k, kind=kind)
+        candidates = found.candidates
+        searched = [Searched.of(found.hits, i, found.limit, found.kind) for i in range(n)]
         retrieve_ms = _ms(t1)
         t2 = time.perf_counter()
         checks = self.judge(candidates, vectors)
@@ -242,7 +249,7 @@ class StageRunner:
             "retrieve": round(retrieve_ms / n, 3),
             "reject": round(reject_ms / n, 3),
         }
-        return _Retrieved(candidates, checks, timings, vectors)
+        return _Retrieved(candidates, checks, timings, vectors, searched)
 
     def _plan(
         self,
@@ -300,6 +307,7 @@ class StageRunner:
                 ranking=ranking,
                 timings_ms={**found.timings_ms, "rank": ranking[0].latency_ms or 0.0},
                 vector=None if found.vectors is None else found.vectors[i],
+                searched=None if found.searched is None else found.searched[i],
             )
             for i, (candidates, check, ranking) in enumerate(
                 zip(found.candidates, found.checks, rankings, strict=True)
