@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from mcp import types
     from mcp.server.lowlevel import Server
 
+    from rar_agent.memory import MemoryInfo
     from rar_agent.pipeline import Recognizer
 
 __all__ = [
@@ -470,15 +471,27 @@ def create_server(
     return build_server(
         tools,
         name=name,
-        instructions=functools.partial(_instructions, memory.collection, memory.description),
+        instructions=functools.partial(_instructions, _named(memory), memory.description),
         auth_required=auth_required,
     )
 
 
-def _instructions(collection: str, description: str | None, names: frozenset[str]) -> str:
-    """What the server tells a client's model at the start: only the tools it can call."""
+def _named(memory: MemoryInfo) -> str:
+    """How the opening names the memory: by its collection, except an embedded memory in a
+    folder of another name (``--memory DIR``: its collection is 'default' whatever the
+    folder), named by its folder as the CLI does ("the memory at DIR"), though by the
+    folder's name only: nothing over MCP says where the server's files lie."""
+    folder = Path(memory.location).name
+    if memory.backend == "edge" and folder and folder != memory.collection:
+        return f"the memory in the folder {folder!r}"
+    return f"the category memory {memory.collection!r}"
+
+
+def _instructions(named: str, description: str | None, names: frozenset[str]) -> str:
+    """What the server tells a client's model at the start (``named``: the memory, as
+    :func:`_named` names it): only the tools it can call."""
     about = f" ({description})" if description else ""
-    said = [f"Visual recognition with the category memory {collection!r}{about}"]
+    said = [f"Visual recognition with {named}{about}"]
     if "recognize_image" not in names:
         return said[0] + ": this token may call none of its tools."
     batch = " (recognize_images: every image of a folder)" if "recognize_images" in names else ""

@@ -227,10 +227,38 @@ def test_the_opening_words_agree_with_the_tools_they_name() -> None:
     knows"."""
     from rar_agent.mcp.server import _instructions
 
-    one = _instructions("shop", None, frozenset({"recognize_image", "list_categories"}))
+    one = _instructions("the memory", None, frozenset({"recognize_image", "list_categories"}))
     assert "list_categories tells what the memory knows" in one, one
     both = frozenset({"recognize_image", "list_categories", "search_categories"})
-    assert "list_categories and search_categories tell what" in _instructions("shop", None, both)
+    assert "list_categories and search_categories tell what" in _instructions(
+        "the memory", None, both
+    )
+
+
+def test_the_opening_words_name_a_memory_folder_by_its_folder(tmp_path: Path) -> None:
+    """`mcp --memory photos-memory/` opened with "Visual recognition with the category memory
+    'default'": a --memory folder's collection is 'default' whatever the folder is called.
+    The server names it by its folder, as the CLI does ("the memory at DIR"), by its name
+    only (nothing over MCP names where the server's files lie); a memory under RAR_HOME
+    keeps its name."""
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+    from tests.helpers.small_memory import fill_memory, make_images
+
+    encoder = hashing_encoder()
+    images = make_images(tmp_path / "images")
+    folder = tmp_path / "photos-memory"
+    for place, collection, named in (
+        (folder, "default", "the memory in the folder 'photos-memory'"),  # --memory DIR
+        (tmp_path / "memories" / "shop", "shop", "the category memory 'shop'"),  # RAR_HOME
+    ):
+        memory = CategoryMemory.open(place, collection=collection)
+        fill_memory(memory, encoder, images)
+        with Recognizer(memory, encoder, k=3) as recognizer:
+            server = create_server(recognizer)
+            opening = server.create_initialization_options().instructions or ""
+        assert opening.startswith(f"Visual recognition with {named}:"), opening
+        assert str(tmp_path) not in opening and "'default'" not in opening, opening
 
 
 async def test_learning_on_a_read_only_memory_is_a_tool_error(memory_dir: MemoryDir) -> None:
