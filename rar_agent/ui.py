@@ -1089,19 +1089,20 @@ def launch(
     block: bool = True,
     max_file_size: str = "20mb",
     auth: Callable[[str, str], bool] | None = None,
-    ready: Callable[[], None] | None = None,
+    ready: Callable[[str], None] | None = None,
 ) -> gr.Blocks:
     """Serve the page on ``host:port`` (local only by default; Gradio's share links off).
 
     Args:
         page: From :func:`build_chat_page`.
         host: Interface to listen on (``0.0.0.0`` to serve a network, e.g. in Docker).
-        port: Port (``None``: Gradio picks one).
+        port: Port (0: a free one; ``None``: Gradio's first free one from 7860).
         block: Block until interrupted (``False`` returns once the server is up).
         max_file_size: Upload size limit.
         auth: Checks a login (user name, password); ``None`` serves without one. See
             :func:`token_login`.
-        ready: Called once the page is served (to say where), never when it cannot be.
+        ready: Called with the page's URL (the real port) once it is served, never when it
+            cannot be.
 
     Raises:
         ConfigError: It cannot serve on ``host:port``.
@@ -1113,6 +1114,7 @@ def launch(
     )
     with _stop_signals(block) as stopped:  # docker stop, a service manager, Ctrl+C
         try:
+            port = _free_port(host) if port == 0 else port
             page.launch(
                 server_name=host,
                 server_port=port,
@@ -1130,14 +1132,32 @@ def launch(
             )
         except OSError:  # Gradio's "Cannot find empty port in range", with its own advice
             reason = f"the port is in use, or {host} is not an address of this machine"
-            raise cannot_serve(f"{host}:{port}", reason, what="the chat page") from None
+            raise cannot_serve(
+                f"{host}:{port}", reason, what="the chat page", any_port=True
+            ) from None
         if ready is not None:
-            ready()
+            ready(f"http://{host}:{page.server_port}/")
         if block:
             while not stopped.requested:  # a signal handler takes no lock: a flag, polled
                 time.sleep(0.1)
             page.close()
     return page
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now. Gradio takes a port by number only (given 0, it would
+    listen on another than it reports), so the page listens on this one; a program that
+    takes it in between makes the launch fail with a clear error, never serve elsewhere.
+
+    Raises:
+        OSError: ``host`` is not an address of this machine.
+    """
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.bind((host.strip("[]"), 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -88,8 +88,8 @@ def chat(
         )
         login = " (sign in with a token)" if secured else ""
 
-        def ready() -> None:
-            typer.echo(f"chat page on http://{host}:{port}/{login} (Ctrl+C to stop)", err=True)
+        def ready(url: str) -> None:
+            typer.echo(f"chat page on {url}{login} (Ctrl+C to stop)", err=True)
 
         auth_check = token_login(store) if secured else None
         launch(page, host, port, block=True, auth=auth_check, ready=ready)

@@ -52,7 +52,6 @@ __all__ = [
     "JsonOpt",
     "KOpt",
     "LabelsOpt",
-    "McpPortOpt",
     "MemoryOpt",
     "PortOpt",
     "ProgressOpt",
@@ -269,8 +268,7 @@ ProgressOpt = Annotated[
 HostOpt = Annotated[
     str, typer.Option("--host", help="Interface to serve on (0.0.0.0 for a network).")
 ]
-PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on.")]
-McpPortOpt = Annotated[
+PortOpt = Annotated[
     int, typer.Option("--port", min=0, max=65535, help="Port to serve on (0: a free one).")
 ]
 AllowRootOpt = Annotated[

@@ -318,7 +318,7 @@ def test_chat_command_builds_and_serves_the_page(
     ) -> Any:
         served.update(page=page, host=host, port=port, block=block)
         if ready is not None:  # as launch does once the page is served
-            ready()
+            ready(f"http://{host}:{port or 45678}/")
         return page
 
     monkeypatch.setattr(ui, "launch", fake_launch)
@@ -344,6 +344,10 @@ def test_chat_command_builds_and_serves_the_page(
     # where the page is, said once it is served (and only then: test_cli_usage_errors)
     said = " ".join(result.stderr.split())
     assert "chat page on http://127.0.0.1:7999/ (Ctrl+C to stop)" in said, said
+    on_0 = ["chat", "--model", "none", "--labels", "a,b", "--port", "0", "--no-progress"]
+    free = CliRunner().invoke(app, [*on_0, "--clip-model", tiny_openclip_spec])
+    assert free.exit_code == 0 and served["port"] == 0, free.output  # launch picks it
+    assert "chat page on http://127.0.0.1:45678/ (Ctrl+C" in " ".join(free.stderr.split())
     shown = [str(getattr(b, "value", "")) for b in served["page"].blocks.values()]
     assert any("2 categories" in text for text in shown)
     bad = CliRunner().invoke(
@@ -435,8 +439,31 @@ def test_launch_says_the_page_is_ready_only_once_it_is_served() -> None:
 
     said: list[bool] = []
     page = Page(fails=False)
-    launch(page, "127.0.0.1", 0, block=False, ready=lambda: said.append(page.served))  # type: ignore[arg-type]
+    page.server_port = 7999
+    launch(page, "127.0.0.1", 7999, block=False, ready=lambda _: said.append(page.served))  # type: ignore[arg-type]
     assert said == [True]
     with pytest.raises(ConfigError, match="cannot serve the chat page"):
-        launch(Page(fails=True), "127.0.0.1", 0, block=False, ready=lambda: said.append(False))  # type: ignore[arg-type]
+        launch(Page(fails=True), "127.0.0.1", 7999, block=False, ready=lambda _: said.append(False))  # type: ignore[arg-type]
     assert said == [True]
+
+
+def test_a_page_on_port_0_is_served_on_a_free_port_it_names() -> None:
+    """`chat --port 0` was refused ("invalid --port: 0 is less than 1") while `mcp --http
+    --port 0` picks a free port and says which; given 0, Gradio itself listens on a free
+    port but reports port 0. The page is served on a free port, and ``ready`` names it."""
+    import gradio as gr
+    import httpx
+
+    from rar_agent.ui import launch
+
+    with gr.Blocks() as page:
+        gr.Markdown("a page")
+    said: list[str] = []
+    launch(page, "127.0.0.1", 0, block=False, ready=said.append)
+    try:
+        [url] = said
+        port = int(url.removeprefix("http://127.0.0.1:").rstrip("/"))
+        assert port > 0 and url == f"http://127.0.0.1:{port}/", url
+        assert httpx.get(url, timeout=30).status_code == 200
+    finally:
+        page.close()
