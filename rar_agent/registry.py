@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "image_id_for",
+    "image_id_from_sha256",
     "IMAGE_ID_PATTERN",
     "LATEST_IMAGE_REFS",
     "ImageRegistry",
@@ -349,7 +350,12 @@ class ImageScope:
 
 def image_id_for(data: bytes) -> str:
     """The id an image's bytes get in a registry (``img-`` + 12 hex digits of its SHA-256)."""
-    return "img-" + hashlib.sha256(data).hexdigest()[:12]
+    return image_id_from_sha256(hashlib.sha256(data).hexdigest())
+
+
+def image_id_from_sha256(sha256: str) -> str:
+    """:func:`image_id_for` of the bytes whose SHA-256 (hex) is ``sha256``."""
+    return "img-" + sha256[:12]
 
 
 def _to_bytes(image: Any) -> tuple[bytes, str | None]:

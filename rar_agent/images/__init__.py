@@ -266,14 +266,13 @@ def _load_reference(
         return _from_bytes(data, text, name or text, max_pixels, need)
     if text.startswith("data:"):
         data = decode_base64_image(text)[0]
-        return _from_bytes(
-            data, "data URI", name or inline_image_name("data URI", data), max_pixels, need
-        )
+        uri_name = name or inline_image_name("data URI", hashlib.sha256(data).hexdigest())
+        return _from_bytes(data, "data URI", uri_name, max_pixels, need)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         scheme = text.split("://", 1)[0]
         raise ImageError(f"unsupported URL scheme {scheme!r}: use a file path or http(s) URL")
     data = decode_base64_image(text)[0]  # what _file_of leaves: raw base64
-    base64_name = name or inline_image_name("base64", data)
+    base64_name = name or inline_image_name("base64", hashlib.sha256(data).hexdigest())
     return _from_bytes(data, "base64 text", base64_name, max_pixels, need)
 
 
@@ -343,11 +342,11 @@ def decode_image_bytes(
     return decode_to_need(data, need=need, max_pixels=max_pixels, what=what)[0]
 
 
-def inline_image_name(kind: str, data: bytes) -> str:
+def inline_image_name(kind: str, sha256: str) -> str:
     """What an image given inline (``kind``: a data URI, base64 text) is called in answers and
-    in the unknown images' groups: ``<data URI 3f9a1c2b>``, a digest of its bytes, so that two
-    such images are told apart and the same one is known again."""
-    return f"<{kind} {hashlib.sha256(data).hexdigest()[:8]}>"
+    in the unknown images' groups: ``<data URI 3f9a1c2b>``, from the SHA-256 of its bytes
+    (hex), so that two such images are told apart and the same one is known again."""
+    return f"<{kind} {sha256[:8]}>"
 
 
 def decode_base64_image(text: str) -> tuple[bytes, str | None]:

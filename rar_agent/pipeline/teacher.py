@@ -127,11 +127,15 @@ class ExampleImage:
         data: The image bytes, or a local file path (already checked by the caller).
         image_id: The conversation's id of the image (``img-...``), when it was uploaded to
             one: recorded as ``taught.image``.
+        sha256: The SHA-256 of ``data`` given as bytes (hex), when the caller took it already
+            (a tool named an inline image by it): the same-content check uses it instead of
+            hashing the bytes again. It must be that hash: it is the stored content hash.
     """
 
     name: str
     data: bytes | Path
     image_id: str | None = None
+    sha256: str | None = None
 
     @classmethod
     def of(
@@ -764,7 +768,7 @@ def _prepare(example: ExampleImage) -> _Prepared:
     if not isinstance(example.data, bytes) or not example.data:
         raise ImageError(f"{example.name}: no image bytes")
     image = decode_image_bytes(example.data, what=example.name)
-    digest = hashlib.sha256(example.data).hexdigest()
+    digest = example.sha256 or hashlib.sha256(example.data).hexdigest()
     return _Prepared(example.name, digest, image, example.image_id)
 
 

@@ -11,6 +11,7 @@ URIs decoded in place.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,7 +32,12 @@ from rar_agent.images import (
     looks_like_base64,
 )
 from rar_agent.openset.groups import Shown
-from rar_agent.registry import ImageRegistry, ImageScope, image_id_for, is_latest_ref
+from rar_agent.registry import (
+    ImageRegistry,
+    ImageScope,
+    image_id_from_sha256,
+    is_latest_ref,
+)
 from rar_agent.safety import (
     bare_file_name,
     describe_roots,
@@ -142,12 +148,15 @@ class ImageSource:
             it came with (an upload's), when known.
         keep: For an image sent inline to a tool that keeps such images: keeps it under
             ``name`` (see :meth:`settle`).
+        sha256: The SHA-256 of ``payload`` (hex), where naming the image took it already (an
+            image sent inline): a teacher takes it instead of hashing the bytes again.
     """
 
     name: str
     payload: bytes | Path
     file_name: str | None = None
     keep: Callable[[], object] | None = field(default=None, repr=False, compare=False)
+    sha256: str | None = field(default=None, repr=False)
 
     def settle(self, error: Exception | None = None) -> None:
         """The call that read the image is over: one sent inline is kept under its name for
@@ -286,15 +295,16 @@ class ImageResolver:
         """An image given inline (data URI or base64): named by its id and kept under it
         once read (:attr:`kept`), or named by a digest of its bytes."""
         data = decode_base64_image(text)[0]
+        digest = hashlib.sha256(data).hexdigest()  # once: the name, the kept id, the teacher's
         if self.kept is None:
-            return ImageSource(inline_image_name(kind, data), data)
+            return ImageSource(inline_image_name(kind, digest), data, sha256=digest)
         when = datetime.now(UTC).strftime("%H:%M:%S UTC")
         name = f"{sent or 'sent inline'} at {when}"
-        image_id = image_id_for(data)
+        image_id = image_id_from_sha256(digest)
         keep = functools.partial(
             self.kept.keep, data, name=name, owner=serving_name(), image_id=image_id
         )
-        return ImageSource(image_id, data, keep=keep)
+        return ImageSource(image_id, data, keep=keep, sha256=digest)
 
     def _latest(self, text: str) -> RegisteredImage:
         """This conversation's latest image (``text`` is a "latest" word or empty)."""

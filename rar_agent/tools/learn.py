@@ -36,7 +36,7 @@ from rar_agent.tools.base import ImageSource, RecognizerTool, tool_error
 from rar_agent.tools.provenance import serving_teacher
 
 if TYPE_CHECKING:
-    from rar_agent.pipeline.teacher import Teacher
+    from rar_agent.pipeline.teacher import ExampleImage, Teacher
 
 Result = TypeVar("Result", bound=BaseModel)
 Event = TypeVar("Event", bound=TeachingEvent)
@@ -370,14 +370,12 @@ class AddCategoryTool(TeachingTool):
         move: bool = False,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        from rar_agent.pipeline.teacher import ExampleImage
-
         source: ImageSource | None = None
         try:
             teacher = self.teacher()
             source = self.resolver().resolve(image, sent=f"sent inline to {self.name}")
             # an upload is stored by its file name (no folder), its conversation id kept too
-            example = ExampleImage(source.file_name or source.name, source.payload, _upload(source))
+            example = _example(source)
             action: TeachAction = "correct" if corrects else "confirm" if confirmed else "add"
             result = teacher.add(
                 label, [example], action=action, corrected_from=corrects, move=move
@@ -441,12 +439,10 @@ class TeachGroupTool(TeachingTool):
     def _run(
         self, group: str, label: str, run_manager: CallbackManagerForToolRun | None = None
     ) -> tuple[str, dict[str, Any]]:
-        from rar_agent.pipeline.teacher import ExampleImage
-
         teacher = self.teacher()
         group = group.strip()
         sources, skipped = self._members(group)
-        examples = [ExampleImage(s.file_name or s.name, s.payload, _upload(s)) for s in sources]
+        examples = [_example(s) for s in sources]
         try:
             added = teacher.add(label, examples, group=group)
         except DuplicateExampleError as e:
@@ -494,9 +490,13 @@ class TeachGroupTool(TeachingTool):
         return sources, skipped
 
 
-def _upload(source: ImageSource) -> str | None:
-    """The conversation's id of an uploaded image (its file name is what is stored)."""
-    return source.name if source.file_name else None
+def _example(source: ImageSource) -> ExampleImage:
+    """The example to teach from an image a tool read: an upload is stored by its file name
+    (no folder), its conversation id kept too; the digest naming it took travels along."""
+    from rar_agent.pipeline.teacher import ExampleImage
+
+    upload = source.name if source.file_name else None
+    return ExampleImage(source.file_name or source.name, source.payload, upload, source.sha256)
 
 
 # ---------------------------------------------------------------------------- relabel
