@@ -69,6 +69,7 @@ class NovelGroupLog:
         self._seq: list[int] = []  # each query's sequence number (unique, never reused)
         self._gid: list[int] = []  # each query's group, by its lasting id (same counter)
         self._fates: OrderedDict[int, str] = OrderedDict()  # ids no group has now: why
+        self._lone_fates: OrderedDict[int, str] = OrderedDict()  # the same, of lone images
         self._link: float | None = None
         self._next = 0
 
@@ -105,9 +106,12 @@ class NovelGroupLog:
             before = self._ids() if full or relink else None
             if full:
                 self._keep(range(len(self._images) // 2, len(self._images)))
-            self._append(row, image or f"query-{self._next}", self._fresh())
+            seq = self._fresh()
+            self._append(row, image or f"query-{seq}", seq)
             if before is not None or not self._alone():
-                self._regroup(self._ids() if before is None else before, self._evicted())
+                if before is None:  # its own id, alone for a moment, was never shown: no fate
+                    before = {s: g for s, g in self._ids().items() if s != seq}
+                self._regroup(before, self._evicted())
             return self._seq[-1], self._group_of(len(self._images) - 1, min_size=2)
 
     def answered(
@@ -188,10 +192,14 @@ class NovelGroupLog:
         """What became of a group this log gave ``group_id`` and no group has now, in words
         ("its images are now in group unknown-4", "its images were taught as 'bag'");
         ``None`` where a group has it or this log never gave it (or forgot: it keeps the
-        last ``4 * capacity``)."""
+        last ``4 * capacity`` fates of groups, and apart those of as many lone images, which
+        come and go by the hundred; a new image's own id, before it joined a group in the
+        same call, was never shown and has none)."""
         number = _number(group_id)
         with self._lock:
-            return None if number is None else self._fates.get(number)
+            if number is None:
+                return None
+            return self._fates.get(number) or self._lone_fates.get(number)
 
     def __len__(self) -> int:
         return len(self._images)
@@ -299,6 +307,7 @@ class NovelGroupLog:
         """Record what became of the ids that queries had ``before`` and no group has now:
         where their queries went, or ``why`` when all of them left the log."""
         now = self._ids()
+        sizes = Counter(before.values())
         for gid in set(before.values()) - set(now.values()):
             went = sorted({now[s] for s, g in before.items() if g == gid and s in now})
             if went:
@@ -306,10 +315,13 @@ class NovelGroupLog:
                 why_here = f"its images are now in group{'s' if len(went) > 1 else ''} {where}"
             else:
                 why_here = why
-            self._fates[gid] = why_here
-            self._fates.move_to_end(gid)
-        while len(self._fates) > 4 * self.capacity:
-            self._fates.popitem(last=False)
+            # lone images come and go by the hundred: their fates never push out a group's
+            fates = self._fates if sizes[gid] > 1 else self._lone_fates
+            fates[gid] = why_here
+            fates.move_to_end(gid)
+        for fates in (self._fates, self._lone_fates):
+            while len(fates) > 4 * self.capacity:
+                fates.popitem(last=False)
 
 
 def _number(group_id: str) -> int | None:

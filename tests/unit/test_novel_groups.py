@@ -345,6 +345,44 @@ def test_a_group_keeps_its_id_and_a_gone_one_says_what_became_of_it() -> None:
     assert "dropped to make room (the log keeps the last 8)" in (log.fate("unknown-0") or "")
 
 
+def test_a_gone_groups_fate_outlasts_ordinary_sightings() -> None:
+    """What became of a group (taught as 'bag') was kept among the last ``4 * capacity``
+    fates, beside the id each new image had for the moment it was logged alone before it
+    joined its group (never shown to anyone) and the ids of single images dropped to make
+    room: 32 sightings of one thing later (capacity 8), or 32 lone images, an agent asking
+    for the group it was shown was told 'no unknown group'. A new image's passing id has no
+    fate now, and the fates of single images are kept apart from those of groups."""
+
+    def near(axis: int, i: int) -> np.ndarray:
+        return np.eye(64)[axis] + 0.05 * np.eye(64)[10 + i % 50]
+
+    def fated() -> NovelGroupLog:
+        log = NovelGroupLog(capacity=8)
+        log.add(near(0, 0), "bag-0", link=0.8)
+        log.add(near(0, 1), "bag-1", link=0.8)
+        [bag] = log.groups()
+        log.answered(["bag-0"], label="bag")
+        assert log.fate(bag.id) == "its images were taught as 'bag'"
+        return log
+
+    log = fated()
+    log.add(near(1, 0), "cup-0", link=0.8)
+    log.add(near(1, 1), "cup-1", link=0.8)
+    [cup] = log.groups()
+    for i in range(2, 42):  # a cup seen again and again; each answered (the memory knows it)
+        key, group = log.add_keyed(near(1, i), f"cup-{i}", link=0.8)
+        assert group is not None and (group.id, group.size) == (cup.id, 3)
+        log.forget([f"cup-{i}"], "the memory now answers it")
+    assert log.fate("unknown-0") == "its images were taught as 'bag'"
+    assert log.fate(f"unknown-{key}") is None  # the last cup's passing id
+
+    log = fated()
+    for i in range(40):  # lone unknown images, the older half dropped when the log is full
+        log.add(np.eye(64)[2 + i], f"x{i}", link=0.8)
+    assert log.fate("unknown-0") == "its images were taught as 'bag'"
+    assert "dropped to make room" in (log.fate("unknown-2") or "")  # x0, alone
+
+
 def test_teaching_an_unknown_image_answers_its_group(recognizer: Any, tmp_path: Path) -> None:
     """After add_category_example taught one of six look-alike unknown images, the agent's
     list_unknown_groups still listed all six as "ask what each shows"."""
