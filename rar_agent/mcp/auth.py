@@ -10,7 +10,9 @@ string is not looked at, as the MCP authorization spec requires); the SDK's
 the protected-resource metadata (RFC 9728), served at
 ``/.well-known/oauth-protected-resource/mcp``. Its words are ours (:func:`refusal`): the SDK's
 say "Authentication required" whatever was wrong, so a subclass sends the SDK's answer with
-what was wrong and what to do instead. Tokens are issued by ``rar-agent auth add`` on
+what was wrong and what to do instead, through the SDK's private ``_send_auth_error`` (mcp
+1.30 has no public way to set those words); a server whose SDK lacks it refuses to start.
+Tokens are issued by ``rar-agent auth add`` on
 the serving machine (there is no OAuth authorization server to discover): a client is given
 its token and sends it. The tools a token may list and call follow its scopes
 (:mod:`rar_agent.mcp.server`).
@@ -19,11 +21,13 @@ its token and sends it. The tools a token may list and call follow its scopes
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from rar_agent.auth import MAKE_A_TOKEN, SCOPES, TOKEN_PREFIX, UNKNOWN_TOKEN, TokenStore
+from rar_agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from mcp.server.auth.provider import AccessToken
@@ -100,6 +104,10 @@ def auth_layers(
         ``(endpoint, middleware, routes)``: the endpoint behind ``RequireAuthMiddleware``,
         the app middleware that authenticates every request, and the protected-resource
         metadata route.
+
+    Raises:
+        ConfigError: The installed SDK lacks the method our refusals go through
+            (:func:`_check_refusal_hook`).
     """
     from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
     from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
@@ -111,6 +119,7 @@ def auth_layers(
     from starlette.middleware.authentication import AuthenticationMiddleware
 
     assert settings.resource_server_url is not None
+    _check_refusal_hook()
     middleware = [
         Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)),
         Middleware(AuthContextMiddleware),
@@ -171,6 +180,35 @@ def refusal(scope: Scope, store: TokenStore) -> str:
         f"no token: send the header Authorization: {_BEARER} with every request (a token "
         f"is made on the serving machine with {MAKE_A_TOKEN})"
     )
+
+
+_REFUSAL_HOOK = ("self", "send", "status_code", "error", "description")
+"""The parameters of ``RequireAuthMiddleware._send_auth_error`` as of mcp 1.30, the SDK's
+only way to answer 401 with its header and body but other words (it has no public one)."""
+
+
+def _check_refusal_hook() -> None:
+    """Refuse to serve with tokens when the installed SDK's ``RequireAuthMiddleware`` has no
+    ``async _send_auth_error(send, status_code, error, description)`` (a private method, so an
+    SDK upgrade may take it away): then it is said when the server starts, not found as a
+    crash at the first request it refuses.
+
+    Raises:
+        ConfigError: The method is missing or takes other parameters, with what to install.
+    """
+    from importlib.metadata import version
+
+    from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
+
+    hook = getattr(RequireAuthMiddleware, "_send_auth_error", None)
+    takes = tuple(inspect.signature(hook).parameters) if callable(hook) else None
+    if takes != _REFUSAL_HOOK or not inspect.iscoroutinefunction(hook):
+        raise ConfigError(
+            f"the installed mcp {version('mcp')} has no RequireAuthMiddleware."
+            "_send_auth_error(send, status_code, error, description), which this server's "
+            "401 answers go through (to say what was wrong with a token): install the SDK "
+            "release rar-agent was tested with: pip install 'mcp==1.30.0'"
+        )
 
 
 @functools.cache

@@ -1370,3 +1370,37 @@ async def test_a_server_on_every_interface_names_this_machine_in_its_401(tmp_pat
         gc.unfreeze()  # serve_http froze the test process's objects
     host = socket.gethostname()
     assert challenges and f'resource_metadata="http://{host}:' in challenges[0], challenges
+
+
+@pytest.mark.parametrize("change", ["removed", "another parameter", "not async"])
+def test_an_sdk_without_the_method_our_401s_use_is_refused_when_the_app_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Our 401 words go through the SDK's private ``RequireAuthMiddleware._send_auth_error``
+    (its only way to set them): an SDK upgrade that took it away or changed it is named when
+    the server is built, before it listens, not met as a crash at the first refused request."""
+    from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
+    from mcp.server.lowlevel import Server
+
+    from rar_agent.errors import ConfigError
+
+    async def renamed(self: Any, send: Any, status_code: int, error: str, message: str) -> None:
+        raise AssertionError("never called")
+
+    def blocking(self: Any, send: Any, status_code: int, error: str, description: str) -> None:
+        raise AssertionError("never called")
+
+    if change == "removed":
+        monkeypatch.delattr(RequireAuthMiddleware, "_send_auth_error")
+    else:
+        hook = renamed if change == "another parameter" else blocking
+        monkeypatch.setattr(RequireAuthMiddleware, "_send_auth_error", hook)
+    store = TokenStore(tmp_path / "auth.toml")
+    store.add("alice", ["recognize"])
+    with pytest.raises(ConfigError) as refused:
+        http_app(Server("refused"), verifier=StoreTokenVerifier(store))
+    assert str(refused.value).startswith("the installed mcp ") and (
+        "has no RequireAuthMiddleware._send_auth_error(send, status_code, error, description)"
+        in str(refused.value)
+    )
+    assert str(refused.value).endswith("pip install 'mcp==1.30.0'")
