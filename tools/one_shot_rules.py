@@ -402,9 +402,13 @@ def prior_and_margin(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Draw the memories, print the seven reports, write them as JSON."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def read_sets(
+    p: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[argparse.Namespace, np.ndarray, dict[str, dict[str, Any]], list[str], float | None]:
+    """The options the one-example sweeps share (the caches, the emoji regimes, the memories
+    drawn, ALPHA, the sets the cuts are calibrated on), parsed: ``(args, classes, refs,
+    calibrate, far_below)``, ``classes`` the encoder's ImageNet rows (unit), ``far_below``
+    the shipped prior's. A calibrate set not given is named before any work."""
     p.add_argument("--icons", type=Path, help="icon vector cache")
     p.add_argument("--emoji", type=Path, help="emoji vector cache")
     p.add_argument("--glyphs", type=Path, help="glyph vector cache")
@@ -414,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pair", action="append", default=[], help="emoji MEMORY:QUERIES sets")
     p.add_argument("--memories", type=int, default=200, help="memories drawn per set")
     p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--calibrate", default="icons,fashion", help="sets the report-4 cut is from")
+    p.add_argument("--calibrate", default="icons,fashion", help="sets the cuts come from")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     classes = _unit(np.load(args.fashion / "imagenet_rows.npy"))
@@ -425,12 +429,26 @@ def main(argv: list[str] | None = None) -> int:
         given = ", ".join(refs)
         p.error(f"--calibrate {args.calibrate}: {', '.join(missing)} not among the sets given "
                 f"({given}); give their caches (--icons, --glyphs) or name others")  # fmt: skip
+    shipped = encoder_prior(next(iter(refs.values()))["fingerprint"])
+    return args, classes, refs, calibrate, shipped.far_below if shipped else None
+
+
+def emit(out: dict[str, Any], path: Path | None) -> None:
+    """Print each report on a line (its key, then its JSON) and write them all to ``path``."""
+    for key, value in out.items():
+        print(key, json.dumps(value), flush=True)
+    if path:
+        path.write_text(json.dumps(out, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Draw the memories, print the seven reports, write them as JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args, classes, refs, calibrate, far_below = read_sets(p, argv)
     if sum(not n.startswith("emoji") for n in refs) < 2:  # report 3 holds each one out
         p.error("the rules are fitted on the non-emoji sets, each judged by the others: "
                 "give --icons or --glyphs beside --fashion")  # fmt: skip
     fingerprint = next(iter(refs.values()))["fingerprint"]
-    shipped = encoder_prior(fingerprint)
-    far_below = shipped.far_below if shipped else None
     references = reference_cohorts(refs)
     sets = {}
     for name, ref in refs.items():
@@ -455,10 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             else None
         ),
     }
-    for key, value in out.items():
-        print(key, json.dumps(value), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    emit(out, args.json)
     return 0
 
 
