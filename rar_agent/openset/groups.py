@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,6 +52,13 @@ _SAME_IMAGE = 1.0 - 1e-5
 """Cosine at or above which a query named like a logged one is that image asked again."""
 
 
+class _Fate(NamedTuple):
+    """What became of a group id no group has now, and the images it held then."""
+
+    why: str
+    images: tuple[str, ...]
+
+
 class NovelGroupLog:
     """The unknown queries seen lately, grouped by closeness (bounded, thread-safe).
 
@@ -68,8 +76,8 @@ class NovelGroupLog:
         self._images: list[str] = []
         self._seq: list[int] = []  # each query's sequence number (unique, never reused)
         self._gid: list[int] = []  # each query's group, by its lasting id (same counter)
-        self._fates: OrderedDict[int, str] = OrderedDict()  # ids no group has now: why
-        self._lone_fates: OrderedDict[int, str] = OrderedDict()  # the same, of lone images
+        self._fates: OrderedDict[int, _Fate] = OrderedDict()  # ids no group has now
+        self._lone_fates: OrderedDict[int, _Fate] = OrderedDict()  # the same, of lone images
         self._link: float | None = None
         self._next = 0
 
@@ -110,7 +118,7 @@ class NovelGroupLog:
             self._append(row, image or f"query-{seq}", seq)
             if before is not None or not self._alone():
                 if before is None:  # its own id, alone for a moment, was never shown: no fate
-                    before = {s: g for s, g in self._ids().items() if s != seq}
+                    before = {s: had for s, had in self._ids().items() if s != seq}
                 self._regroup(before, self._evicted())
             return self._seq[-1], self._group_of(len(self._images) - 1, min_size=2)
 
@@ -188,18 +196,28 @@ class NovelGroupLog:
         with self._lock:
             return [self._images[i] for i, g in enumerate(self._gid) if g == number]
 
-    def fate(self, group_id: str) -> str | None:
+    def fate(self, group_id: str, shown: Shown | None = None) -> str | None:
         """What became of a group this log gave ``group_id`` and no group has now, in words
         ("its images are now in group unknown-4", "its images were taught as 'bag'");
         ``None`` where a group has it or this log never gave it (or forgot: it keeps the
         last ``4 * capacity`` fates of groups, and apart those of as many lone images, which
         come and go by the hundred; a new image's own id, before it joined a group in the
-        same call, was never shown and has none)."""
+        same call, was never shown and has none).
+
+        Args:
+            group_id: The group's id (``unknown-4``).
+            shown: Whether an image named so is the asker's (of a log others share); a
+                group none of whose images when it went were is none of theirs: ``None``, as
+                for an id never given. Every one when ``None``.
+        """
         number = _number(group_id)
         with self._lock:
-            if number is None:
-                return None
-            return self._fates.get(number) or self._lone_fates.get(number)
+            found = (
+                None if number is None else self._fates.get(number, self._lone_fates.get(number))
+            )
+        if found is None or (shown is not None and not any(map(shown, found.images))):
+            return None
+        return found.why
 
     def __len__(self) -> int:
         return len(self._images)
@@ -242,9 +260,9 @@ class NovelGroupLog:
             f"make room (the log keeps the last {self.capacity})"
         )
 
-    def _ids(self) -> dict[int, int]:
-        """Each logged query's group id, by its sequence number (before a change)."""
-        return dict(zip(self._seq, self._gid, strict=True))
+    def _ids(self) -> dict[int, tuple[int, str]]:
+        """Each logged query's group id and name, by its sequence number (before a change)."""
+        return {s: (g, name) for s, g, name in zip(self._seq, self._gid, self._images, strict=True)}
 
     def _append(self, row: np.ndarray, image: str, seq: int) -> None:
         """Log one query (alone: its group's id is its own number): its similarity to every
@@ -279,7 +297,7 @@ class NovelGroupLog:
         self._seq = [self._seq[i] for i in index]
         self._gid = [self._gid[i] for i in index]
 
-    def _regroup(self, before: dict[int, int], why: str) -> None:
+    def _regroup(self, before: dict[int, tuple[int, str]], why: str) -> None:
         """Group the whole log anew by the current link (each query alone without one), each
         group under a lasting id (:meth:`_name`). ``before``: the queries' ids before the
         change; ``why``: what became of a group whose queries all left the log."""
@@ -303,21 +321,24 @@ class NovelGroupLog:
             for i in members:
                 self._gid[i] = gid
 
-    def _retire(self, before: dict[int, int], why: str) -> None:
-        """Record what became of the ids that queries had ``before`` and no group has now:
-        where their queries went, or ``why`` when all of them left the log."""
-        now = self._ids()
-        sizes = Counter(before.values())
-        for gid in set(before.values()) - set(now.values()):
-            went = sorted({now[s] for s, g in before.items() if g == gid and s in now})
+    def _retire(self, before: dict[int, tuple[int, str]], why: str) -> None:
+        """Record what became of the ids that queries had ``before`` (their ids and names)
+        and no group has now: where their queries went, or ``why`` when all of them left the
+        log; with the names of the images each one held then."""
+        now = {s: g for s, (g, _) in self._ids().items()}
+        had: dict[int, list[int]] = {}
+        for s, (g, _) in before.items():
+            had.setdefault(g, []).append(s)
+        for gid in had.keys() - set(now.values()):
+            went = sorted({now[s] for s in had[gid] if s in now})
             if went:
                 where = " and ".join(f"unknown-{g}" for g in went)
                 why_here = f"its images are now in group{'s' if len(went) > 1 else ''} {where}"
             else:
                 why_here = why
             # lone images come and go by the hundred: their fates never push out a group's
-            fates = self._fates if sizes[gid] > 1 else self._lone_fates
-            fates[gid] = why_here
+            fates = self._fates if len(had[gid]) > 1 else self._lone_fates
+            fates[gid] = _Fate(why_here, tuple(before[s][1] for s in had[gid]))
             fates.move_to_end(gid)
         for fates in (self._fates, self._lone_fates):
             while len(fates) > 4 * self.capacity:
@@ -374,6 +395,7 @@ class SentImages:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._names: OrderedDict[str, None] = OrderedDict()
+        self._left: OrderedDict[str, None] = OrderedDict()  # forgotten: they left the log
 
     def add(self, name: str) -> None:
         """Record that the caller sent an image named ``name`` (again: it becomes newest)."""
@@ -384,10 +406,23 @@ class SentImages:
                 self._names.popitem(last=False)
 
     def forget(self, names: Collection[str]) -> None:
-        """Forget the images named so (they left the log: the caller's question is answered)."""
+        """Forget the images named so (they left the log: the caller's question is answered);
+        :meth:`sent_lately` still knows them."""
         with self._lock:
             for name in names:
-                self._names.pop(name, None)
+                if name in self._names:
+                    del self._names[name]
+                    self._left[name] = None
+                    self._left.move_to_end(name)
+            while len(self._left) > 4 * self.capacity:  # as many as the log keeps fates of
+                self._left.popitem(last=False)
+
+    def sent_lately(self, name: str | None) -> bool:
+        """Whether the caller sent an image named so lately, whether still unknown or gone
+        from the log since: a ``shown`` predicate for :meth:`NovelGroupLog.fate` (the caller
+        is told what became of the groups of its own images, and of no others)."""
+        with self._lock:
+            return name in self._names or name in self._left
 
     def __len__(self) -> int:
         with self._lock:

@@ -514,11 +514,14 @@ class Recognizer:
         """
         return [m for m in self.novel_groups.members(group_id) if shown is None or shown(m)]
 
-    def unknown_group_fate(self, group_id: str) -> str | None:
+    def unknown_group_fate(
+        self, group_id: str, shown: Callable[[str | None], bool] | None = None
+    ) -> str | None:
         """What became of the unknown group ``group_id`` where no group has that id now, in
         words ("its images are now in group unknown-4", "its images were taught as 'bag'");
-        ``None`` where one has it or none ever had."""
-        return self.novel_groups.fate(group_id)
+        ``None`` where one has it or none ever had, or where ``shown`` shows none of the
+        images it held then (another caller's group, of a log callers share)."""
+        return self.novel_groups.fate(group_id, shown)
 
     def taught(
         self,

@@ -449,13 +449,16 @@ class RecognizerTool(ErrorAnsweringTool):
             kept=self.kept_images,
         )
 
-    def shown_unknown(self) -> Shown | None:
+    def shown_unknown(self, *, gone_too: bool = False) -> Shown | None:
         """Which unknown images this call lists and names groups of: a conversation's (its
-        scope), a served caller's own (the images it sent), or all (``None``)."""
+        scope), a served caller's own (the images it sent; ``gone_too``: also those that
+        left the log since, whose groups' fates it is told), or all (``None``)."""
         if isinstance(self.registry, ImageScope):
             return self.registry.lists
         caller = serving_teacher()
-        return caller.sent if caller is not None else None
+        if caller is None or caller.sent is None:
+            return None
+        return caller.sent.sent_lately if gone_too else caller.sent
 
     def taught_unknown(self, images: Sequence[str], label: str) -> None:
         """The images named so were taught as ``label``: they, what this caller is shown of

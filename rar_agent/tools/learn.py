@@ -467,7 +467,8 @@ class TeachGroupTool(TeachingTool):
         if not names:
             listed = self.recognizer.unknown_groups(min_size=2, shown=shown).groups  # type: ignore[attr-defined]
             known = ", ".join(g.id for g in listed) or "there is none now"
-            fate = getattr(self.recognizer, "unknown_group_fate", lambda _: None)(group)
+            fates = getattr(self.recognizer, "unknown_group_fate", lambda *_: None)
+            fate = fates(group, self.shown_unknown(gone_too=True))  # never another's group
             if fate is not None:
                 raise ToolException(
                     f"unknown group {group} is no more: {fate} (list_unknown_groups lists the "

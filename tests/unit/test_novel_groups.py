@@ -769,6 +769,48 @@ async def test_a_token_of_a_shared_server_lists_only_the_unknown_images_it_sent(
             )
 
 
+async def test_a_token_is_told_what_became_only_of_groups_of_images_it_sent(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """On a served log, a token that never sent an image of a group asked for it by id
+    (teach_unknown_group) and was told what became of it, with what another token taught its
+    images as ("is no more: its images were taught as 'bicycle'"). It is told what it is
+    told of an id no group ever had; the token that sent and taught them is still told."""
+    import anyio
+
+    from tests.unit.test_mcp_auth import bearer, serving, session_with, text_of
+
+    clusters: Clusters = recognizer.clusters
+    bikes = [_data_uri(clusters.save("bicycle", i, tmp_path / "bikes")) for i in range(4)]
+    (tmp_path / "images").mkdir()
+
+    async def teach(session: Any, group: str) -> str:
+        answer = await session.call_tool("teach_unknown_group", {"group": group, "label": "x"})
+        assert answer.isError
+        return text_of(answer)
+
+    with serving(tmp_path, recognizer=recognizer) as service, anyio.fail_after(120):
+        carol = service.store.add("carol", ["learn"])[1]
+        async with (
+            session_with(service.url, bearer(service.tokens["alice"])) as alice,
+            session_with(service.url, bearer(carol)) as other,
+        ):
+            for uri in bikes:
+                answer = await alice.call_tool("recognize_image", {"image": uri})
+                assert answer.structuredContent["unknown"], text_of(answer)
+            listed = await alice.call_tool("list_unknown_groups", {})
+            [group] = listed.structuredContent["groups"]
+            taught = await alice.call_tool(
+                "teach_unknown_group", {"group": group["id"], "label": "bicycle"}
+            )
+            assert not taught.isError, text_of(taught)
+            told = f"unknown group {group['id']} is no more: its images were taught as 'bicycle'"
+            assert told in await teach(alice, group["id"])
+            never = await teach(other, "unknown-99")
+            assert "no unknown group 'unknown-99'" in never
+            assert await teach(other, group["id"]) == never.replace("unknown-99", group["id"])
+
+
 def test_what_a_token_taught_leaves_room_for_its_unknown_images(
     recognizer: Any, tmp_path: Path
 ) -> None:
