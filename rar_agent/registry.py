@@ -23,7 +23,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,9 @@ class RegisteredImage:
         mime_type: MIME type, when known.
         name: Display name (an uploaded file name), when known.
         size: ``(width, height)`` in pixels.
+        sha256: The SHA-256 of ``data`` (hex) that its id was taken from, handed on to a
+            teacher so the bytes are not hashed again; ``None`` for an image read back from a
+            saved conversation.
     """
 
     id: str
@@ -103,6 +106,7 @@ class RegisteredImage:
     mime_type: str | None
     name: str | None
     size: tuple[int, int]
+    sha256: str | None = field(default=None, repr=False)
 
 
 class ImageRegistry:
@@ -148,16 +152,18 @@ class ImageRegistry:
             ImageError: The data is not a readable image.
         """
         data, detected_mime = _to_bytes(image)
-        image_id = image_id_for(data)
+        digest = hashlib.sha256(data).hexdigest()
+        image_id = image_id_from_sha256(digest)
         if self._touch(None, image_id):  # already validated: just make it the latest
             return image_id
         decoded = decode_image_bytes(data, what=name or "the image")
-        item = RegisteredImage(image_id, data, mime_type or detected_mime, name, decoded.size)
+        mime = mime_type or detected_mime
+        item = RegisteredImage(image_id, data, mime, name, decoded.size, digest)
         self._store(None, item)
         return image_id
 
     def keep(
-        self, data: bytes, *, name: str, owner: str | None = None, image_id: str | None = None
+        self, data: bytes, *, name: str, owner: str | None = None, sha256: str | None = None
     ) -> str:
         """Store image bytes that the caller has read itself (a server's tool, once it
         decoded them), so that their id can be passed back later; return the id. Nothing is
@@ -169,13 +175,14 @@ class ImageRegistry:
             name: How the image came (e.g. "sent inline to recognize_image at 01:02:03 UTC").
             owner: Whose it is (a served token's name): only lookups by that owner find it;
                 ``None``: a caller with no token (stdio), like a conversation's image.
-            image_id: :func:`image_id_for` of ``data`` where the caller has it already (a
-                hash of every byte, not taken twice).
+            sha256: The SHA-256 of ``data`` (hex) where the caller has it already (a hash
+                of every byte, not taken twice).
         """
-        image_id = image_id or image_id_for(data)
+        digest = sha256 or hashlib.sha256(data).hexdigest()
+        image_id = image_id_from_sha256(digest)
         if not self._touch(owner, image_id):
             size = declared_size(data) or (0, 0)
-            self._store(owner, RegisteredImage(image_id, data, None, name, size))
+            self._store(owner, RegisteredImage(image_id, data, None, name, size, digest))
         return image_id
 
     def _touch(self, owner: str | None, image_id: str) -> bool:

@@ -149,7 +149,8 @@ class ImageSource:
         keep: For an image sent inline to a tool that keeps such images: keeps it under
             ``name`` (see :meth:`settle`).
         sha256: The SHA-256 of ``payload`` (hex), where naming the image took it already (an
-            image sent inline): a teacher takes it instead of hashing the bytes again.
+            image sent inline, or one a registry holds by its id): a teacher takes it
+            instead of hashing the bytes again.
     """
 
     name: str
@@ -241,8 +242,7 @@ class ImageResolver:
     def _resolve(self, ref: str | None, sent: str | None) -> ImageSource:
         text = (ref or "").strip()
         if is_latest_ref(text):
-            latest = self._latest(text)
-            return ImageSource(latest.id, latest.data, bare_file_name(latest.name))
+            return _of_conversation(self._latest(text))
         match = _ID_REF.match(text)
         if match:
             return self._by_id(text, match.group(1).lower())
@@ -276,8 +276,7 @@ class ImageResolver:
     def _by_id(self, text: str, image_id: str) -> ImageSource:
         """The image of a conversation, or one kept from an earlier call, by its id."""
         if self.registry is not None:
-            item = self.registry.get(image_id)
-            return ImageSource(item.id, item.data, bare_file_name(item.name))
+            return _of_conversation(self.registry.get(image_id))
         if self.kept is None:
             raise ImageError(
                 f"image ids like {text!r} are not available here: pass {self.accepted()}"
@@ -289,7 +288,7 @@ class ImageResolver:
                 f"no image {image_id} is kept here (the last {self.kept.max_items} images sent "
                 "inline are, each for whoever sent it): send the image itself again"
             )
-        return ImageSource(image_id, kept.data)
+        return ImageSource(image_id, kept.data, sha256=kept.sha256)
 
     def _inline(self, kind: str, text: str, sent: str | None) -> ImageSource:
         """An image given inline (data URI or base64): named by its id and kept under it
@@ -300,11 +299,10 @@ class ImageResolver:
             return ImageSource(inline_image_name(kind, digest), data, sha256=digest)
         when = datetime.now(UTC).strftime("%H:%M:%S UTC")
         name = f"{sent or 'sent inline'} at {when}"
-        image_id = image_id_from_sha256(digest)
         keep = functools.partial(
-            self.kept.keep, data, name=name, owner=serving_name(), image_id=image_id
+            self.kept.keep, data, name=name, owner=serving_name(), sha256=digest
         )
-        return ImageSource(image_id, data, keep=keep, sha256=digest)
+        return ImageSource(image_id_from_sha256(digest), data, keep=keep, sha256=digest)
 
     def _latest(self, text: str) -> RegisteredImage:
         """This conversation's latest image (``text`` is a "latest" word or empty)."""
@@ -323,6 +321,12 @@ class ImageResolver:
                 f"pass {self.accepted()}"
             )
         return self.registry.latest()
+
+
+def _of_conversation(item: RegisteredImage) -> ImageSource:
+    """A conversation's image: named by its id, with its upload's file name and the digest
+    its id was taken from."""
+    return ImageSource(item.id, item.data, bare_file_name(item.name), sha256=item.sha256)
 
 
 def _check_pixels(source: ImageSource, limit: int) -> None:

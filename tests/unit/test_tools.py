@@ -525,22 +525,38 @@ def test_add_category_teaches_a_new_label(tmp_path: Path, tiny_encoder: Any) -> 
         rec.close()
 
 
-@pytest.mark.parametrize("image_ids", [True, False], ids=["named-by-digest", "kept-by-id"])
-def test_a_photo_taught_inline_is_the_same_content_as_its_file(
-    tmp_path: Path, tiny_encoder: Any, image_ids: bool
+@pytest.mark.parametrize("given", ["inline", "inline and kept", "kept id", "upload id"])
+def test_a_photo_taught_by_a_tool_is_the_same_content_as_its_file(
+    tmp_path: Path, tiny_encoder: Any, given: str
 ) -> None:
-    """A photo sent inline is stored under the SHA-256 of its bytes (the hash that named it,
-    taken once and handed to the teacher): the same photo taught later from its file under
-    another label is refused, naming the label it is stored under."""
+    """A photo a tool reads (sent inline, by the id an earlier call kept it under, or a
+    conversation's upload by its id) is stored under the SHA-256 of its bytes (the hash its
+    name or id was taken from, handed to the teacher): the same photo taught later from its
+    file under another label is refused, naming the label it is stored under."""
     (tmp_path / "memory").mkdir()
     rec = small_recognizer(tmp_path / "memory", tiny_encoder)
     try:
         photo = tmp_path / "heron.png"
         photo.write_bytes(_png((120, 120, 120), size=(40, 40)))
-        tools = make_tools(rec, image_ids=image_ids, allow_learning=True, allowed_roots=[tmp_path])
-        teach = {t.name: t for t in tools}["add_category_example"]
         sent = "data:image/png;base64," + base64.b64encode(photo.read_bytes()).decode()
-        taught = _call(teach, {"label": "grey heron", "image": sent})
+        registry = ImageRegistry().scope()
+        tools = {
+            t.name: t
+            for t in make_tools(
+                rec,
+                registry=registry,
+                image_ids=given in ("inline", "upload id"),
+                allow_learning=True,
+                allowed_roots=[tmp_path],
+            )
+        }
+        image = sent
+        if given == "kept id":
+            image = _call(tools["recognize_image"], {"image": sent}).artifact["image"]
+        elif given == "upload id":
+            image = registry.register(photo.read_bytes(), name="heron.png")
+        teach = tools["add_category_example"]
+        taught = _call(teach, {"label": "grey heron", "image": image})
         assert taught.status == "success" and taught.artifact["added"] == 1, taught.content
         refused = _call(teach, {"label": "egret", "image": "heron.png"})
         assert refused.status == "error" and "'grey heron'" in refused.content, refused.content
