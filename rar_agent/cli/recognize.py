@@ -303,9 +303,8 @@ def _print_results(
 
     console = Console()
     for r in results:
-        if r.error:
-            where = f"{r.image}" if r.box_id is None else f"{r.image} box {r.box_id}"
-            print_error(failure_line(where, r.error))
+        if r.error:  # a bad box's error names it
+            print_error(failure_line(str(r.image), r.error))
             continue
         ex = explanation_of(r)  # names, labels and paths are data, not rich markup: escaped
         where = escape(f"{r.image}" if r.box_id is None else f"{r.image} box {r.box_id} {r.box}")

@@ -283,35 +283,43 @@ def check_box(box: Box, width: int, height: int) -> Coords:
         BoxError: Not finite, inverted, zero area, outside the image, or under one pixel
             once clipped to the image.
     """
-    name = f"box {box.id!r}" if box.id is not None else "box"
+    name = f"box {box.id}" if box.id is not None else "the box"
+    shown = _coords_text(box.xyxy)
     x0, y0, x1, y1 = box.xyxy
     if not all(math.isfinite(v) for v in box.xyxy):
         raise BoxError(
-            f"{name} has coordinates that are not finite (NaN or infinity): "
-            f"{list(box.xyxy)}; give four numbers x0, y0, x1, y1"
+            f"{name} has coordinates that are not finite numbers ({shown}): give four numbers "
+            "[x0, y0, x1, y1]"
         )
     if x1 < x0 or y1 < y0:
         raise BoxError(
-            f"{name} is inverted ({list(box.xyxy)}): boxes are [x0, y0, x1, y1] with "
-            "x0 < x1 and y0 < y1 (COCO [x, y, width, height] goes under 'bbox')"
+            f"{name} is inverted ({shown}): give [x0, y0, x1, y1] with x0 < x1 and y0 < y1 "
+            "(in a boxes file, COCO [x, y, width, height] goes under 'bbox')"
         )
     if x1 == x0 or y1 == y0:
-        raise BoxError(f"{name} has zero area ({list(box.xyxy)}): give a box with width and height")
+        raise BoxError(f"{name} has zero area ({shown}): give a box with width and height")
     px = box.to_pixels(width, height)
     cx0, cy0 = max(0.0, px.x0), max(0.0, px.y0)
     cx1, cy1 = min(float(width), px.x1), min(float(height), px.y1)
     if cx1 <= cx0 or cy1 <= cy0:
         unit = "normalised (fractions of the width and height)" if box.normalized else "pixel"
         raise BoxError(
-            f"{name} {list(box.xyxy)} lies outside the {width}x{height} image: it was read as "
-            f"{unit} coordinates x0, y0, x1, y1; check their order and units"
+            f"{name} {shown} lies outside the {width}x{height} image: it was read as {unit} "
+            "coordinates x0, y0, x1, y1; check their order and units"
         )
     if cx1 - cx0 < 1.0 or cy1 - cy0 < 1.0:
+        inside = _coords_text((cx0, cy0, cx1, cy1))
         raise BoxError(
-            f"{name} covers less than one pixel of the {width}x{height} image "
-            f"({[round(v, 3) for v in (cx0, cy0, cx1, cy1)]}): nothing to recognize"
+            f"{name} covers less than one pixel of the {width}x{height} image ({inside}): "
+            "give a box at least one pixel wide and high"
         )
     return (cx0, cy0, cx1, cy1)
+
+
+def _coords_text(coords: Coords) -> str:
+    """``[10, 20, 30.5, 40]``: whole numbers without ``.0``, the rest to 3 decimals."""
+    shown = (float(v) for v in coords)  # a Box built in Python may hold ints
+    return "[" + ", ".join(str(int(v)) if v.is_integer() else f"{round(v, 3)}" for v in shown) + "]"
 
 
 def as_boxes(boxes: BoxesInput, *, normalized: bool | None = None) -> list[Box]:

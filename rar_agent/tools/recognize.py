@@ -95,8 +95,8 @@ class RecognizeInput(BaseModel):
     k: ToolK = Field(default=None, description="How many candidate categories to return.")
     boxes: list[list[float]] | None = Field(
         default=None,
-        description="Optional regions as [x1, y1, x2, y2] pixel boxes; each is recognized "
-        "separately.",
+        description="Optional regions as [x0, y0, x1, y1] pixel boxes (x0 < x1, y0 < y1); "
+        "each is recognized separately.",
     )
 
     @field_validator("boxes")
@@ -108,7 +108,7 @@ class RecognizeInput(BaseModel):
             raise ValueError(f"at most {_MAX_BOXES} boxes per call")
         for box in boxes:
             if len(box) != 4:
-                raise ValueError(f"a box needs 4 numbers [x1, y1, x2, y2], got {box}")
+                raise ValueError(f"a box needs 4 numbers [x0, y0, x1, y1], got {box}")
         return boxes
 
 
@@ -211,9 +211,13 @@ def _regions_output(
     texts = []
     for i, result in enumerate(results, 1):
         result.image = name
+        text = format_result(result, can_learn=can_learn)
+        if result.error:  # it names the box
+            texts.append(text)
+            continue
         # named by its id (its position in `boxes`, from 0, unless given), as its errors are
         head = f"Box {result.box_id}" if result.box_id is not None else f"Region {i}"
-        texts.append(f"{head}: " + format_result(result, can_learn=can_learn))
+        texts.append(f"{head}: {text}")
     content = "\n".join(texts) if texts else f"No regions were recognized in {name}."
     return content, RegionResults(image=name, regions=list(results)).model_dump(mode="json")
 

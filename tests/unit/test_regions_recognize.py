@@ -264,6 +264,10 @@ def test_cli_boxes_json_and_annotate(
         ],
     )
     assert "box red" in table.output and "red block" in table.output
+    # a walk read 'box 1: box '1' is inverted': the box named twice, in two styles
+    [error] = [line for line in table.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: {tmp_path / 'scene.png'}: box bad is inverted ([5, 5, 1, 1]")
+    assert error.count("bad") == 1 and "give [x0, y0, x1, y1] with x0 < x1" in error, error
 
     two = CliRunner().invoke(
         app, ["recognize", "a.png", "b.png", "--boxes", str(tmp_path / "boxes.json"), *common]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -432,10 +433,14 @@ def test_recognize_boxes_use_recognize_regions(recognizer: Any) -> None:
     outside = _call(tool, {"image": image_id, "boxes": [[500, 500, 600, 600]]})
     assert "Recognition failed" in outside.content and "outside" in outside.content
     # a walk's bad box read 'Region 1: Recognition failed: box '0' is inverted': one box, two
-    # numbers; each is named by its id, as its error names it
+    # numbers; then 'Box 1: Recognition failed: box '1' is inverted': one box named twice.
+    # It is named once, by its id, and told in the words of the tool's own arguments
     inverted = _call(tool, {"image": image_id, "boxes": [[0, 0, 20, 20], [30, 30, 10, 10]]})
     second = inverted.content.splitlines()[-1]
-    assert second.startswith("Box 1: Recognition failed: box '1' is inverted"), second
+    assert second.startswith("Recognition failed: box 1 is inverted ([30, 30, 10, 10]"), second
+    assert second.lower().count("box 1") == 1 and "'1'" not in second, second
+    assert "give [x0, y0, x1, y1] with x0 < x1 and y0 < y1" in second, second
+    assert "[x0, y0, x1, y1]" in json.dumps(tool.tool_call_schema.model_json_schema())
 
 
 # ---------------------------------------------------------------------------- search, add
