@@ -159,6 +159,9 @@ class RecognizeTool(RecognizerTool):
                     source.payload, boxes, k=k, normalized=False, name=source.name
                 )
                 source.settle()
+                refusal = _no_box_recognized(results, source.name)
+                if refusal is not None:  # a ToolException: not caught below
+                    raise tool_error(refusal, source)
                 return _regions_output(results, source.name, self.teaching_offered())
             result = self.recognizer.recognize(source.payload, k=k, name=source.name)
         except RarError as e:
@@ -203,6 +206,20 @@ def example_blocks(result: RecognitionResult) -> list[dict[str, Any]]:
             {"type": "image", "base64": data, "mime_type": mime or "image/jpeg"},
         ]
     return blocks
+
+
+def _no_box_recognized(results: Sequence[RecognitionResult], name: str) -> RarError | None:
+    """The error of a call whose every box was unusable, explaining each box (the caller
+    fixes them and calls again): it recognized nothing, so it is no answer. One good box makes
+    it an answer, each bad box explained in its place (``None``)."""
+    from rar_agent.regions import BoxError
+
+    if not results or not all(r.error for r in results):
+        return None
+    errors = "; ".join(str(r.error) for r in results)
+    if len(results) == 1:
+        return BoxError(f"the box could not be recognized in {name}: {errors}")
+    return BoxError(f"none of the {len(results)} boxes could be recognized in {name}: {errors}")
 
 
 def _regions_output(

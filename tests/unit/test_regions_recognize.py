@@ -268,6 +268,12 @@ def test_cli_boxes_json_and_annotate(
     [error] = [line for line in table.stderr.splitlines() if line.startswith("error:")]
     assert error.startswith(f"error: {tmp_path / 'scene.png'}: box bad is inverted ([5, 5, 1, 1]")
     assert error.count("bad") == 1 and "give [x0, y0, x1, y1] with x0 < x1" in error, error
+    # every box bad: nothing recognized, each box explained, and a script sees it (exit 1)
+    (tmp_path / "bad.json").write_text(json.dumps([[5, 5, 1, 1], [0, 0, 0, 0]]))
+    bad = [str(tmp_path / "scene.png"), "--boxes", str(tmp_path / "bad.json"), *common]
+    none = CliRunner().invoke(app, ["recognize", *bad])
+    assert none.exit_code == 1 and "box 0 is inverted" in none.stderr, none.output
+    assert "box 1 has zero area" in none.stderr and "┃" not in none.stdout
 
     two = CliRunner().invoke(
         app, ["recognize", "a.png", "b.png", "--boxes", str(tmp_path / "boxes.json"), *common]

@@ -431,7 +431,7 @@ def test_recognize_boxes_use_recognize_regions(recognizer: Any) -> None:
     assert all(len(r["candidates"]) == 2 and r["label"] in COLOURS for r in regions)
     assert msg.content.startswith("Box 0: Answer in box [0, 0, 20, 20]: ")
     outside = _call(tool, {"image": image_id, "boxes": [[500, 500, 600, 600]]})
-    assert "Recognition failed" in outside.content and "outside" in outside.content
+    assert outside.status == "error" and "outside" in outside.content  # nothing recognized
     # a walk's bad box read 'Region 1: Recognition failed: box '0' is inverted': one box, two
     # numbers; then 'Box 1: Recognition failed: box '1' is inverted': one box named twice.
     # It is named once, by its id, and told in the words of the tool's own arguments
@@ -441,6 +441,23 @@ def test_recognize_boxes_use_recognize_regions(recognizer: Any) -> None:
     assert second.lower().count("box 1") == 1 and "'1'" not in second, second
     assert "give [x0, y0, x1, y1] with x0 < x1 and y0 < y1" in second, second
     assert "[x0, y0, x1, y1]" in json.dumps(tool.tool_call_schema.model_json_schema())
+
+
+def test_a_call_whose_every_box_is_bad_is_a_tool_error(recognizer: Any) -> None:
+    """recognize_image with boxes that were all unusable answered as a success ("Box 0:
+    Recognition failed: ..."), so an agent or script saw nothing recognized and no error.
+    Such a call is a tool error that explains each box; a call with one good box is still
+    an answer, each bad box explained in its place."""
+    reg = ImageRegistry()
+    image_id = reg.register(recognizer.example_images["yellow banana"].read_bytes())
+    tool = RecognizeTool(recognizer=recognizer, registry=reg)
+    none = _call(tool, {"image": image_id, "boxes": [[30, 30, 10, 10], [5, 5, 5, 20]]})
+    assert none.status == "error", none.content
+    said = str(none.content)
+    assert said.startswith(f"none of the 2 boxes could be recognized in {image_id}: "), said
+    assert "box 0 is inverted ([30, 30, 10, 10])" in said and "box 1 has zero area" in said
+    some = _call(tool, {"image": image_id, "boxes": [[30, 30, 10, 10], [0, 0, 20, 20]]})
+    assert some.status == "success" and "box 0 is inverted" in str(some.content)
 
 
 # ---------------------------------------------------------------------------- search, add
