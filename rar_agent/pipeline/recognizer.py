@@ -316,12 +316,17 @@ class Recognizer:
         *,
         k: int | None = None,
         names: Sequence[str | None] | None = None,
+        on_read: Callable[[list[bool]], None] | None = None,
     ) -> list[RecognitionResult]:
         """Recognize many images with one encoder pass; bad images get a per-item error.
         ``names``: what to call each image (see :meth:`recognize`). Every image is decoded
         before the pass: for more than a few dozen, :meth:`recognize_stream` is faster and
-        holds only a few at a time."""
+        holds only a few at a time. ``on_read`` is told which images were read fine (one flag
+        each) once all are decoded, before the pass, which may still fail for all (an empty
+        memory raises ``EmptyMemoryError``)."""
         batch = load_batch(images, self.decode_need, names)
+        if on_read is not None:
+            on_read(batch.read)
         return batch.fill(self._recognize_loaded(batch.images, batch.load_ms, k=k))
 
     def recognize_stream(
@@ -371,9 +376,12 @@ class Recognizer:
         *,
         k: int | None = None,
         names: Sequence[str | None] | None = None,
+        on_read: Callable[[list[bool]], None] | None = None,
     ) -> list[RecognitionResult]:
         """Async :meth:`recognize_batch`."""
         batch = await asyncio.to_thread(load_batch, images, self.decode_need, names)
+        if on_read is not None:
+            on_read(batch.read)
         return batch.fill(await self._arecognize_loaded(batch.images, batch.load_ms, k=k))
 
     def recognize_regions(

@@ -120,6 +120,11 @@ class LoadedBatch:
         return [item.image for item in self.items if item.image is not None]
 
     @property
+    def read(self) -> list[bool]:
+        """Whether each image, in order, was read fine (decoded)."""
+        return [item.image is not None for item in self.items]
+
+    @property
     def load_ms(self) -> list[float]:
         """Each decoded image's load time."""
         return [item.load_ms for item in self.items if item.image is not None]

@@ -110,8 +110,10 @@ class RecognizerLike(Protocol):
         *,
         k: int | None = None,
         names: Sequence[str | None] | None = None,
+        on_read: Callable[[list[bool]], None] | None = None,
     ) -> list[RecognitionResult]:
-        """Recognize many images (one encoder pass); a bad image gets a per-item error."""
+        """Recognize many images (one encoder pass); a bad image gets a per-item error.
+        ``on_read`` is told which were read fine, before the pass (which may still fail)."""
         ...
 
     def with_reject(self, reject: str | float | None) -> RecognizerLike:

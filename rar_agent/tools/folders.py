@@ -368,10 +368,21 @@ class RecognizeImagesTool(RecognizerTool):
         from rar_agent.pipeline.ranked import failed_result
 
         usable = [s for s in chunk if isinstance(s, ImageSource)]
+
+        def keep_read(read: list[bool]) -> None:
+            """A sent image read fine is kept for a later call (a retry after an error
+            that is not the image's, such as an empty memory); one unreadable never is."""
+            for source, fine in zip(usable, read, strict=True):
+                if fine:
+                    source.settle()
+
         try:
             done = iter(
                 self.recognizer.recognize_batch(
-                    [s.payload for s in usable], k=k, names=[s.name for s in usable]
+                    [s.payload for s in usable],
+                    k=k,
+                    names=[s.name for s in usable],
+                    on_read=keep_read,
                 )
             )
         except RarError as e:
@@ -382,8 +393,6 @@ class RecognizeImagesTool(RecognizerTool):
                 results.append(failed_result(source.error, image=source.name))
                 continue
             result = next(done)
-            if result.error is None:  # a sent image that could not be read is not kept
-                source.settle()
             result.image = source.name
             _name_as_given(result, source)
             self.group_as_listed(result)

@@ -443,6 +443,39 @@ def test_recognize_boxes_use_recognize_regions(recognizer: Any) -> None:
     assert "[x0, y0, x1, y1]" in json.dumps(tool.tool_call_schema.model_json_schema())
 
 
+def test_both_recognize_tools_keep_a_sent_image_read_fine_after_an_error_not_its_own(
+    tmp_path: Path, tiny_encoder: Any
+) -> None:
+    """recognize_image kept an image sent inline after an error that was not the image's (an
+    empty memory, bad boxes), so the retry could pass its id; recognize_images kept its images
+    only after success (none after an empty memory's error). Both keep each image they read
+    fine, whatever went wrong after, and never one they could not read."""
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+    from rar_agent.registry import image_id_for
+
+    def sent(data: bytes) -> str:
+        return "data:image/png;base64," + base64.b64encode(data).decode()
+
+    one, two, three = (_png(c, (30, 20)) for c in ((1, 2, 3), (4, 5, 6), (7, 8, 9)))
+    whole = _png(size=(300, 200))
+    broken = whole[: len(whole) // 2]
+    memory = CategoryMemory.open(tmp_path / "empty", collection="empty")
+    memory.bind_encoder(tiny_encoder.fingerprint, tiny_encoder.dim)
+    with Recognizer(memory, tiny_encoder, k=3) as empty:
+        tools = {t.name: t for t in make_tools(empty, image_ids=False, allowed_roots=[tmp_path])}
+        kept = tools["recognize_image"].kept_images
+        assert kept is not None
+        alone = _call(tools["recognize_image"], {"image": sent(one)})
+        assert alone.status == "error" and "empty" in str(alone.content), alone.content
+        batch = _call(tools["recognize_images"], {"images": [sent(two), sent(broken)]})
+        assert batch.status == "error" and "empty" in str(batch.content), batch.content
+        boxes = _call(tools["recognize_image"], {"image": sent(three), "boxes": [[9, 9, 1, 1]]})
+        assert boxes.status == "error" and "inverted" in str(boxes.content), boxes.content
+        assert sorted(kept.ids()) == sorted(map(image_id_for, (one, two, three))), kept.ids()
+        assert image_id_for(broken) not in kept.ids()
+
+
 def test_a_call_whose_every_box_is_bad_is_a_tool_error(recognizer: Any) -> None:
     """recognize_image with boxes that were all unusable answered as a success ("Box 0:
     Recognition failed: ..."), so an agent or script saw nothing recognized and no error.
