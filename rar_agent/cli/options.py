@@ -430,11 +430,17 @@ def load_settings_encoder(
 ) -> ImageTextEncoder:
     """The encoder the settings name, else ``memory``'s recorded one, else the default.
 
-    The default's fallback to the offline encoder is announced on stderr.
+    The default's fallback to the offline encoder is announced on stderr on first use in
+    ``RAR_HOME`` (:func:`~rar_agent.cli.notes.say_once`).
     """
+    from rar_agent.cli.notes import say_once
     from rar_agent.ingest import memory_encoder
 
-    return memory_encoder(settings, memory, announce=print_note)
+    return memory_encoder(settings, memory, announce=say_once(settings.home, _OFFLINE_NOTE))
+
+
+_OFFLINE_NOTE = "offline-encoder"
+"""The key under which the default encoder's fallback note is said once per RAR_HOME."""
 
 
 def open_recognizer(
@@ -448,6 +454,7 @@ def open_recognizer(
     """The recognizer of ``recognize``, ``chat`` and ``mcp``: over ``--labels``, else the memory
     the settings name, else the built-in one (see ``memory.configured_memory``); with
     ``read_only`` nothing writes to a named memory. Records the memory as the last used."""
+    from rar_agent.cli.notes import say_once
     from rar_agent.cli.progress import progress_bar
     from rar_agent.cli.recent import names_a_memory, remember_memory
     from rar_agent.pipeline import Recognizer
@@ -456,7 +463,12 @@ def open_recognizer(
     bar, update = progress_bar(progress, "building vocabulary memory")
     with bar:
         recognizer = Recognizer.from_settings(
-            settings, labels=label_list, progress=update, read_only=read_only, announce=print_note
+            settings,
+            labels=label_list,
+            progress=update,
+            read_only=read_only,
+            announce=print_note,
+            encoder_note=say_once(settings.home, _OFFLINE_NOTE),
         )
     name = recognizer.memory.info.collection
     if label_list is None and not names_a_memory(settings) and name != settings.collection:

@@ -159,7 +159,8 @@ def load_default_encoder(
 
     Returns:
         ``(encoder, note)``: CLIP ``ViT-B-16``/``openai`` and ``None``, or EfficientNet-Lite0
-        and a one-line note (what is used, why, how to get CLIP) for the user to see.
+        and a one-line note (what is used, why, how to get CLIP) for the user to see. CLIP
+        weights that could be had but did not load are also a logged warning.
 
     Raises:
         ModelLoadError: Not even the offline encoder loads (its packages are missing).
@@ -171,8 +172,9 @@ def load_default_encoder(
             return load_encoder(
                 DEFAULT_CLIP.model, pretrained=DEFAULT_CLIP.pretrained, **options
             ), None
-        except ModelLoadError as e:
-            reason = f"loading it failed: {e}"
+        except ModelLoadError as e:  # a problem, not an offline machine: warned of each time
+            logger.warning("CLIP %s did not load: %s", DEFAULT_CLIP.label, e)
+            reason = "its weights did not load: see the warning above"
     return load_encoder(OFFLINE_ENCODER.model, **options), _offline_note(reason)
 
 

@@ -200,6 +200,7 @@ class Recognizer:
         progress: Progress | None = None,
         announce: Callable[[str], None] | None = None,
         read_only: bool = False,
+        encoder_note: Callable[[str], None] | None = None,
         **overrides: Any,
     ) -> Recognizer:
         """Build a recognizer from ``RAR_*`` settings (plus keyword overrides).
@@ -220,6 +221,8 @@ class Recognizer:
             announce: Receives the one-line notes: the default encoder fell back to the
                 offline one, a read-only memory was calibrated for this run only (default: a
                 logged warning).
+            encoder_note: Receives the note that the default encoder fell back to the
+                offline one instead (default: ``announce``), e.g. to say it less often.
             **overrides: Settings fields to override (``ranker="openai:gpt-4o-mini"``, ``k=3``...);
                 ``ranker`` also takes a chat model or a
                 :class:`~rar_agent.ranking.RankingChain`, as the constructor does.
@@ -244,7 +247,7 @@ class Recognizer:
         ranker = as_ranking_chain(spec, timeout_s=settings.ranker_timeout)
         memory = None if labels is not None else configured_memory(settings, read_only=read_only)
         try:
-            encoder = memory_encoder(settings, memory, announce=announce)
+            encoder = memory_encoder(settings, memory, announce=encoder_note or announce)
             if memory is None:
                 memory = vocabulary_memory(settings, encoder, labels, progress=progress)
             return cls.from_memory(

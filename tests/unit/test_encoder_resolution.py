@@ -55,7 +55,43 @@ def test_the_default_is_clip_when_it_can_be_had(
     # the hub answered but the load failed: still an answer, with the reason
     monkeypatch.setattr(resolve_mod, "DEFAULT_CLIP", EncoderSpec("local-dir:/no/such/clip"))
     encoder, note = resolve_mod.load_default_encoder(device="cpu")
-    assert encoder.fingerprint.startswith("effnet:") and "loading it failed" in (note or "")
+    assert encoder.fingerprint.startswith("effnet:") and "did not load" in (note or "")
+
+
+def test_the_offline_encoder_is_announced_on_first_use_in_a_rar_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every command on a machine without CLIP began with the same three wrapped lines
+    ("using the offline encoder efficientnet-lite0 ...: CLIP ViT-B-16/openai is not available
+    (...); for CLIP, run once where ..."). It is said on first use in a RAR_HOME and again
+    when its words change (another reason), while the note naming the memory used stays on
+    every run; a CLIP whose weights failed to load is a problem, warned of every time."""
+    from rar_agent.cli import app
+
+    for name in ("RAR_CLIP_MODEL", "RAR_CLIP_PRETRAINED", "RAR_ENCODER", "RAR_MEMORY_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    photo = str(ROOT / "examples" / "images" / "cat.jpg")
+    said = []
+    for _ in range(2):
+        done = runner.invoke(app, ["recognize", photo, "--no-progress", "--json"])
+        assert done.exit_code == 0, done.output
+        said.append(" ".join(done.stderr.split()))
+    assert "using the offline encoder efficientnet-lite0" in said[0], said[0]
+    assert "using the offline encoder" not in said[1], said[1]
+    assert "using the built-in memory 'builtin-efficientnet-lite0" in said[1], said[1]
+    # another reason: said again, once
+    monkeypatch.setattr(resolve_mod, "clip_unavailable_reason", lambda: "the hub is on holiday")
+    again = [runner.invoke(app, ["recognize", photo, "--json"]).stderr for _ in range(2)]
+    assert "on holiday" in again[0] and "offline encoder" not in again[1], again
+    # cached weights that fail to load: a warning each time (logging's, as a library's)
+    monkeypatch.setattr(resolve_mod, "clip_unavailable_reason", lambda: None)
+    monkeypatch.setattr(resolve_mod, "DEFAULT_CLIP", EncoderSpec("local-dir:/no/such/clip"))
+    for _ in range(2):
+        caplog.clear()
+        assert runner.invoke(app, ["recognize", photo, "--json"]).exit_code == 0
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any("/no/such/clip" in w and "did not load" in w for w in warned), warned
 
 
 def test_a_named_encoder_never_falls_back() -> None:
