@@ -36,6 +36,7 @@ from rar_agent.retrieval import fetch_limit, search_sides, sides_of
 if TYPE_CHECKING:
     from rar_agent.config import MemoryKind
     from rar_agent.memory import CategoryMemory, EntryKind, Hit
+    from rar_agent.openset.groups import NovelGroupLog
     from rar_agent.retrieval import CategoryRetriever
 
 __all__ = ["SearchFloors", "Searched"]
@@ -100,19 +101,24 @@ def _search_of(retriever: CategoryRetriever, log: object) -> _Search:
 class SearchFloors:
     """What the last search of each logged unknown image returned (:class:`Searched`), kept
     by the log's key of the image for the next teach: its recognition's (:meth:`keep`), then
-    a teach's where that one's entries left. Thread-safe; it keeps only the images still
-    logged (:meth:`keep_only`), whoever's they are."""
+    a teach's where that one's entries left. Thread-safe; it keeps the images still logged,
+    whoever's they are, and forgets the others at each teach (:meth:`keep_only`) or when
+    they make up half of what it keeps (:meth:`keep`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kept: dict[int, _Sides] = {}
         self._search: _Search | None = None  # the log, limit and kind the kept ones are of
 
-    def keep(self, retriever: CategoryRetriever, log: object, key: int, searched: Searched) -> None:
+    def keep(
+        self, retriever: CategoryRetriever, log: NovelGroupLog, key: int, searched: Searched
+    ) -> None:
         """Keep what an image's search returned, the image just logged under ``key`` in
         ``log`` (its recognition's search): no teach searches it again while those entries
         are stored. A search other than a teach's (another ``k`` or memory side) is not kept.
-        """
+        What was kept of images the log has dropped since (to make room) is forgotten here
+        too, not only at a teach: a service that is never taught keeps twice the log's
+        capacity at most."""
         search = _search_of(retriever, log)
         if (searched.limit, searched.kind) != search[1:]:
             return
@@ -121,6 +127,14 @@ class SearchFloors:
                 self._kept.clear()
                 self._search = search
             self._kept[key] = searched.sides
+            crowded = len(self._kept) > 2 * log.capacity
+        if crowded:
+            self.keep_only(log.logged()[0])
+
+    def __len__(self) -> int:
+        """The images whose search is kept."""
+        with self._lock:
+            return len(self._kept)
 
     def keep_only(self, keys: Collection[int]) -> None:
         """Forget what was kept of the images not among ``keys`` (those logged now: a teach

@@ -1086,6 +1086,44 @@ def test_a_teach_searches_again_only_the_unknown_images_it_may_answer(
     assert len(searched) == 3 and all(n < of for n, of in searched), searched
 
 
+def test_what_recognition_keeps_of_its_searches_is_bounded_by_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each unknown image a recognition logged kept what its search returned (the ids of
+    its 30 entries), forgotten only at a teach: a service never taught kept one for every
+    unknown image it was ever asked about (79 of 79 here, on a log of 8; 1,200 of 1,200 in a
+    longer run). What was kept of the images the log dropped to make room is forgotten as it
+    goes now, and a teach still searches none of the images logged."""
+    from rar_agent import openset
+    from rar_agent.memory import MemoryEntry
+    from rar_agent.pipeline import recheck
+
+    new = [f"new {c}" for c in range(10)]
+    clusters = make_clusters([*LABELS, *new], 8, spread=0.6)
+    memory, _ = _calibrated_memory(tmp_path, clusters, LABELS, 8)
+    with memory:
+        recognizer = Recognizer(memory, clusters.encoder, k=3)
+        recognizer.novel_groups = NovelGroupLog(capacity=8)
+        unknown = 0
+        for label in new:
+            names = [f"{label}-{i}" for i in range(8)]
+            images = [clusters.image(label, i) for i in range(8)]
+            unknown += sum(r.unknown for r in recognizer.recognize_batch(images, names=names))
+        assert unknown > 60 and len(recognizer._searched) <= 16
+        searched: list[int] = []
+        every = recheck.search_sides
+
+        def counted(memory: CategoryMemory, rows: np.ndarray, *args: Any, **kw: Any) -> Any:
+            searched.append(len(rows))
+            return every(memory, rows, *args, **kw)
+
+        monkeypatch.setattr(recheck, "search_sides", counted)
+        entry = MemoryEntry("new 9", "image", "new 9/0", "new 9-0")
+        openset.update(memory, added=memory.add_entries([entry], clusters.vector("new 9", 0)[None]))
+        assert recognizer.taught([], label="new 9")
+        assert searched == []
+
+
 def test_a_new_log_is_not_judged_by_what_the_old_ones_searches_returned(tmp_path: Path) -> None:
     """What a teach keeps of each logged image's search was kept by the image's key in the
     log, and a log's keys count from 0: after the recognizer's log was replaced (it is a
