@@ -398,12 +398,14 @@ class SentImages:
         self._left: OrderedDict[str, None] = OrderedDict()  # forgotten: they left the log
 
     def add(self, name: str) -> None:
-        """Record that the caller sent an image named ``name`` (again: it becomes newest)."""
+        """Record that the caller sent an image named ``name`` (again: it becomes newest);
+        the oldest past ``capacity`` is forgotten (:meth:`sent_lately` still knows it)."""
         with self._lock:
+            self._left.pop(name, None)
             self._names[name] = None
             self._names.move_to_end(name)
             while len(self._names) > self.capacity:
-                self._names.popitem(last=False)
+                self._gone(self._names.popitem(last=False)[0])
 
     def forget(self, names: Collection[str]) -> None:
         """Forget the images named so (they left the log: the caller's question is answered);
@@ -412,10 +414,15 @@ class SentImages:
             for name in names:
                 if name in self._names:
                     del self._names[name]
-                    self._left[name] = None
-                    self._left.move_to_end(name)
-            while len(self._left) > 4 * self.capacity:  # as many as the log keeps fates of
-                self._left.popitem(last=False)
+                    self._gone(name)
+
+    def _gone(self, name: str) -> None:
+        """Remember a forgotten name among the last ``4 * capacity`` (as many as the log
+        keeps fates of), for :meth:`sent_lately`."""
+        self._left[name] = None
+        self._left.move_to_end(name)
+        while len(self._left) > 4 * self.capacity:
+            self._left.popitem(last=False)
 
     def sent_lately(self, name: str | None) -> bool:
         """Whether the caller sent an image named so lately, whether still unknown or gone

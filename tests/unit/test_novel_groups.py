@@ -811,6 +811,27 @@ async def test_a_token_is_told_what_became_only_of_groups_of_images_it_sent(
             assert await teach(other, group["id"]) == never.replace("unknown-99", group["id"])
 
 
+def test_a_token_is_told_its_group_was_dropped_after_newer_images_pushed_its_names_out() -> None:
+    """A token sent two look-alike photos, then lone unknown images until the log dropped
+    the pair to make room and its list of sent names pushed their names out: asked for the
+    pair's group, it was told 'no unknown group', as of an id it was never given, because
+    only the names it had taught were remembered once gone. A name pushed out is remembered
+    as one it sent, and the token is told that the group was dropped to make room."""
+    from rar_agent.openset.groups import SentImages
+
+    log, sent = NovelGroupLog(capacity=4), SentImages(capacity=4)
+    for name, row in [("bike-0", np.eye(8)[0]), ("bike-1", np.eye(8)[0] + 0.1 * np.eye(8)[1])]:
+        log.add(row, name, link=0.8)
+        sent.add(name)
+    [bikes] = log.groups()
+    for i in range(4):
+        log.add(np.eye(8)[2 + i], f"x{i}", link=0.8)
+        sent.add(f"x{i}")
+    assert log.groups() == [] and not sent("bike-0")
+    assert "dropped to make room" in (log.fate(bikes.id, sent.sent_lately) or "")
+    assert log.fate(bikes.id, SentImages(capacity=4).sent_lately) is None
+
+
 def test_what_a_token_taught_leaves_room_for_its_unknown_images(
     recognizer: Any, tmp_path: Path
 ) -> None:
