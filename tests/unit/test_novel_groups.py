@@ -51,6 +51,22 @@ def _two_new_things(n: int = 6, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     return np.stack(rows), labels
 
 
+def _count_searches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The images each memory search of a teach's re-check took, in order (the rest of the
+    test searches through a spy)."""
+    from rar_agent.pipeline import recheck
+
+    searched: list[int] = []
+    every = recheck.search_sides
+
+    def counted(memory: CategoryMemory, rows: np.ndarray, *args: Any, **kw: Any) -> Any:
+        searched.append(len(rows))
+        return every(memory, rows, *args, **kw)
+
+    monkeypatch.setattr(recheck, "search_sides", counted)
+    return searched
+
+
 def test_look_alike_unknowns_form_pure_groups() -> None:
     vectors, labels = _two_new_things()
     log = NovelGroupLog()
@@ -1027,7 +1043,6 @@ def test_a_teach_searches_again_only_the_unknown_images_it_may_answer(
     and the same images leave."""
     from rar_agent import openset
     from rar_agent.memory import MemoryEntry
-    from rar_agent.pipeline import recheck
     from tests.helpers.clusters import DIM
 
     known = [f"thing {c}" for c in range(20)]
@@ -1054,14 +1069,7 @@ def test_a_teach_searches_again_only_the_unknown_images_it_may_answer(
         recognize(False, *((label, i) for label in NEW for i in range(19, 22)))
         every = recognizer.answers_with
         searched: list[tuple[int, int]] = []  # (images searched again, images logged)
-        fresh: list[int] = []  # images the teach searched the memory for
-        search_sides = recheck.search_sides
-
-        def counted_search(memory: CategoryMemory, rows: np.ndarray, *args: Any) -> Any:
-            fresh.append(len(rows))
-            return search_sides(memory, rows, *args)
-
-        monkeypatch.setattr(recheck, "search_sides", counted_search)
+        fresh = _count_searches(monkeypatch)  # images the teach searched the memory for
 
         def counted(label: str, rows: np.ndarray) -> list[bool]:
             searched.append((len(rows), len(recognizer.novel_groups)))
@@ -1117,7 +1125,6 @@ def test_what_recognition_keeps_of_its_searches_is_bounded_by_the_log(
     goes now, and a teach still searches none of the images logged."""
     from rar_agent import openset
     from rar_agent.memory import MemoryEntry
-    from rar_agent.pipeline import recheck
 
     new = [f"new {c}" for c in range(10)]
     clusters = make_clusters([*LABELS, *new], 8, spread=0.6)
@@ -1131,14 +1138,7 @@ def test_what_recognition_keeps_of_its_searches_is_bounded_by_the_log(
             images = [clusters.image(label, i) for i in range(8)]
             unknown += sum(r.unknown for r in recognizer.recognize_batch(images, names=names))
         assert unknown > 60 and len(recognizer._searched) <= 16
-        searched: list[int] = []
-        every = recheck.search_sides
-
-        def counted(memory: CategoryMemory, rows: np.ndarray, *args: Any, **kw: Any) -> Any:
-            searched.append(len(rows))
-            return every(memory, rows, *args, **kw)
-
-        monkeypatch.setattr(recheck, "search_sides", counted)
+        searched = _count_searches(monkeypatch)
         entry = MemoryEntry("new 9", "image", "new 9/0", "new 9-0")
         openset.update(memory, added=memory.add_entries([entry], clusters.vector("new 9", 0)[None]))
         assert recognizer.taught([], label="new 9")
@@ -1189,7 +1189,6 @@ def test_a_teach_keeps_what_the_searches_of_others_images_returned(
     in turns searched all of their images again each time (20 of 20 here): only those the
     teach may answer are searched again now (0 of 20, nothing new stored near them)."""
     from rar_agent.memory import MemoryEntry
-    from rar_agent.pipeline import recheck
 
     clusters = make_clusters(NEW, 2)
     rng = np.random.default_rng(3)
@@ -1206,14 +1205,7 @@ def test_a_teach_keeps_what_the_searches_of_others_images_returned(
         recognizer = Recognizer(memory, clusters.encoder, k=3, reject="off")
         for i in range(40):
             recognizer.novel_groups.add(rng.normal(size=32), f"{('alice', 'bob')[i % 2]}-{i}", None)
-        searched: list[int] = []
-        every = recheck.search_sides
-
-        def counted(memory: CategoryMemory, rows: np.ndarray, *args: Any, **kw: Any) -> Any:
-            searched.append(len(rows))
-            return every(memory, rows, *args, **kw)
-
-        monkeypatch.setattr(recheck, "search_sides", counted)
+        searched = _count_searches(monkeypatch)
 
         def teach(label: str, whose: str) -> None:
             store(label, 1)
