@@ -106,6 +106,7 @@ def finetune_data(
     progress: ProgressOpt = True,
 ) -> None:
     """Write ranking conversations (true label first) for fine-tuning a ranker (see HELP)."""
+    from rar_agent.cli.recent import open_existing
     from rar_agent.errors import ConfigError
     from rar_agent.finetune_data import (
         FORMATS,
@@ -114,7 +115,6 @@ def finetune_data(
         build_finetune_data,
     )
     from rar_agent.ingest import builders
-    from rar_agent.memory import open_memory
 
     if (from_folder is None) == (from_manifest is None):
         raise ConfigError("give exactly one of --from-folder and --from-manifest")
@@ -136,7 +136,7 @@ def finetune_data(
     )
     bar, update = progress_bar(progress, "writing conversations")
     summary = FinetuneSummary()
-    with _interrupt_note(summary, items, out), open_memory(settings, create=False) as mem, bar:
+    with _interrupt_note(summary, items, out), open_existing(settings) as mem, bar:
         enc = load_settings_encoder(settings, mem)
         build_finetune_data(
             mem, enc, items, out, fmt=fmt, options=options,  # type: ignore[arg-type]

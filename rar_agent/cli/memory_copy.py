@@ -50,7 +50,7 @@ def memory_push(
     are copied; the counts are verified. Run it again after an interruption: it resumes. A
     copy that fails before it stores anything leaves no new collection.
     """
-    from rar_agent.memory import open_memory
+    from rar_agent.cli.recent import open_existing
 
     layout = {
         "shard_number": shard_number,
@@ -60,7 +60,7 @@ def memory_push(
     server = _server(settings, "push").model_copy(
         update={k: v for k, v in layout.items() if v is not None}
     )
-    source = open_memory(_embedded(settings), create=False)
+    source = open_existing(_embedded(settings))
     with source, memory_to_write(server, to_collection) as target:
         _copy(source, target, batch_size, progress)
 

@@ -45,6 +45,7 @@ def memory_snapshot(
     intact. While a rar-agent server holds an embedded memory, ask it with --server URL
     --token TOKEN.
     """
+    from rar_agent.cli.recent import open_existing
     from rar_agent.errors import MemoryBusyError
     from rar_agent.memory import open_memory
     from rar_agent.memory.snapshot import write_qdrant_snapshot, write_snapshot
@@ -60,7 +61,7 @@ def memory_snapshot(
         _print(report, "wrote the Qdrant snapshot")
         return
     try:
-        memory = open_memory(settings, read_only=True)
+        memory = open_existing(settings, read_only=True)
     except MemoryBusyError as e:
         raise MemoryBusyError(
             f"{e}. If a rar-agent server holds it, ask the server: rar-agent memory snapshot "

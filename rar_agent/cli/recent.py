@@ -26,6 +26,7 @@ __all__ = [
     "embedded_memories",
     "last_used_settings",
     "names_a_memory",
+    "open_existing",
     "open_shown_memory",
     "remember_memory",
 ]
@@ -142,20 +143,35 @@ def open_shown_memory(settings: Settings) -> CategoryMemory:
         MemoryBusyError: Another process holds it.
     """
     from rar_agent.cli.options import print_note
+
+    shown, note = last_used_settings(settings)
+    memory = open_existing(shown, named=names_a_memory(settings))
+    if note:
+        print_note(note)
+    return memory
+
+
+def open_existing(
+    settings: Settings, *, named: bool | None = None, read_only: bool = False
+) -> CategoryMemory:
+    """The memory ``settings`` name, which must exist; when the command named none
+    (``named``, default: :func:`names_a_memory`), its error lists the memories that do and
+    how to pick one, rather than "build one first" while others are there.
+
+    Raises:
+        MemoryStoreError: It does not exist.
+        MemoryBusyError: Another process holds it.
+    """
     from rar_agent.errors import MemoryBusyError, MemoryStoreError
     from rar_agent.memory import open_memory
 
-    shown, note = last_used_settings(settings)
     try:
-        memory = open_memory(shown, create=False)
+        return open_memory(settings, create=False, read_only=read_only)
     except MemoryBusyError:
         raise
     except MemoryStoreError:
-        if names_a_memory(settings):
+        if names_a_memory(settings) if named is None else named:
             raise
         raise MemoryStoreError(
             f"no memory named {settings.collection!r}: {describe_choice(settings)}"
         ) from None
-    if note:
-        print_note(note)
-    return memory

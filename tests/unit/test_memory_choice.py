@@ -152,6 +152,37 @@ def test_without_a_record_the_error_lists_the_memories_and_how_to_pick(home: Pat
     assert last_used_settings(Settings()) == (Settings(), None)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["finetune-data", "--from-folder", "FOLDER", "--out", "OUT/train.json"],
+        ["memory", "snapshot", "OUT/snap"],
+        ["memory", "push", "--qdrant-url", "http://127.0.0.1:9"],
+    ],
+    ids=["finetune-data", "snapshot", "push"],
+)
+def test_a_command_on_no_memory_named_lists_the_memories_there_are(
+    home: Path, tmp_path: Path, command: list[str]
+) -> None:
+    """A walk: `memory build --from-folder garments/ --collection garments`, then
+    `finetune-data --from-folder garments/ --out train.json` said "no category memory at
+    .../memories/default: build one first", as did `memory snapshot OUT` and `memory push`,
+    though a memory had just been built. With none named and no default memory, they say
+    which memories exist and how to pick one, as `memory list` does."""
+    folder = tmp_path / "photos" / "thing"
+    folder.mkdir(parents=True)
+    shutil.copy(tmp_path / "a.png", folder / "a.png")
+    added = runner.invoke(app, ["memory", "add", "thing", str(folder / "a.png"),
+                                "--collection", "my-things"])  # fmt: skip
+    assert added.exit_code == 0, added.output
+    line = [a.replace("FOLDER", str(folder.parent)).replace("OUT", str(tmp_path)) for a in command]
+    done = runner.invoke(app, line)
+    assert done.exit_code == 2, done.output
+    said = " ".join(done.stderr.split())
+    assert "no memory named 'default'" in said and "my-things" in said, said
+    assert "pick one with --collection NAME" in said and "build one first" not in said
+
+
 def test_recognize_names_the_built_in_memory_and_memory_list_finds_it(
     home: Path, tmp_path: Path
 ) -> None:
