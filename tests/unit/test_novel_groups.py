@@ -1119,7 +1119,7 @@ def test_what_recognition_keeps_of_its_searches_is_bounded_by_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each unknown image a recognition logged kept what its search returned (the ids of
-    its 30 entries), forgotten only at a teach: a service never taught kept one for every
+    its 40 entries here), forgotten only at a teach: a service never taught kept one for every
     unknown image it was ever asked about (79 of 79 here, on a log of 8; 1,200 of 1,200 in a
     longer run). What was kept of the images the log dropped to make room is forgotten as it
     goes now, and a teach still searches none of the images logged."""
@@ -1143,6 +1143,33 @@ def test_what_recognition_keeps_of_its_searches_is_bounded_by_the_log(
         openset.update(memory, added=memory.add_entries([entry], clusters.vector("new 9", 0)[None]))
         assert recognizer.taught([], label="new 9")
         assert searched == []
+
+
+def test_a_recognition_that_searched_fewer_entries_than_a_teach_keeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a recognition's search returned spares a teach its search only where the two
+    are the same search: one of fewer entries (``recognize(..., k=3)`` fetches 50, this
+    recognizer's teaches 60) has a floor a teach's search may fall below, so an image that
+    the label taught is answered with could be left out. Such a recognition keeps nothing:
+    the teach searches its images again, and those of the same search not."""
+    from rar_agent import openset
+    from rar_agent.memory import MemoryEntry
+
+    new = [f"new {c}" for c in range(4)]
+    clusters = make_clusters([*LABELS, *new], 8, spread=0.6)
+    memory, _ = _calibrated_memory(tmp_path, clusters, LABELS, 8)
+    with memory:
+        recognizer = Recognizer(memory, clusters.encoder, k=6)
+        for k, label in zip([3, 3, 6, None], new, strict=True):
+            names = [f"{label}-{i}" for i in range(4)]
+            images = [clusters.image(label, i) for i in range(4)]
+            assert all(r.unknown for r in recognizer.recognize_batch(images, names=names, k=k))
+        searched = _count_searches(monkeypatch)
+        entry = MemoryEntry("new 0", "image", "new 0/7", "new 0-7")
+        openset.update(memory, added=memory.add_entries([entry], clusters.vector("new 0", 7)[None]))
+        recognizer.taught([], label="new 0")
+        assert searched == [4 + 4]  # those of new 0 and new 1, searched with k=3 only
 
 
 def test_a_new_log_is_not_judged_by_what_the_old_ones_searches_returned(tmp_path: Path) -> None:
