@@ -164,8 +164,8 @@ def _check_path_text(text: str, roots: Sequence[Path], what: str) -> None:
         )
     if not roots:
         raise UnsafeInputError(
-            "reading files is disabled: no allowed directories are configured (pass "
-            "allowed_roots / --allow-root), or give the image by its id"
+            "reading files is disabled: no allowed directories are configured (the tools were "
+            f"started without allowed_roots / --allow-root): {_other_forms(folder=False)}"
         )
     if not text.strip():
         raise UnsafeInputError("the file path is empty: give an image id or a file name")

@@ -264,6 +264,12 @@ def test_recognize_paths_only_inside_roots(recognizer: Any, tmp_path: Path) -> N
     no_roots = RecognizeTool(recognizer=recognizer)
     msg = _call(no_roots, {"image": str(recognizer.example_images["red apple"])})
     assert msg.status == "error" and "reading files is disabled" in msg.content
+    # a walk over MCP: '... (pass allowed_roots / --allow-root), or give the image by its id',
+    # to a client that had no id and cannot pass the server's options: it is told the forms
+    # the tool takes, as a file outside the folders is
+    assert "give the image in another form the tool accepts (see its description)" in str(
+        msg.content
+    ) and "by its id" not in str(msg.content)
 
 
 def test_image_errors_name_the_image_as_given_never_the_servers_path(
