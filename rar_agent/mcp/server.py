@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from mcp import types
     from mcp.server.lowlevel import Server
 
-    from rar_agent.memory import MemoryInfo
     from rar_agent.pipeline import Recognizer
 
 __all__ = [
@@ -442,6 +441,7 @@ def create_server(
     """
     from rar_agent.encoders.batching import shared_encoder
     from rar_agent.tools import make_tools
+    from rar_agent.tools.listing import memory_named
 
     require_mcp()
     if batch_images != 1:
@@ -471,25 +471,14 @@ def create_server(
     return build_server(
         tools,
         name=name,
-        instructions=functools.partial(_instructions, _named(memory), memory.description),
+        instructions=functools.partial(_instructions, memory_named(memory), memory.description),
         auth_required=auth_required,
     )
 
 
-def _named(memory: MemoryInfo) -> str:
-    """How the opening names the memory: by its collection, except an embedded memory in a
-    folder of another name (``--memory DIR``: its collection is 'default' whatever the
-    folder), named by its folder as the CLI does ("the memory at DIR"), though by the
-    folder's name only: nothing over MCP says where the server's files lie."""
-    folder = Path(memory.location).name
-    if memory.backend == "edge" and folder and folder != memory.collection:
-        return f"the memory in the folder {folder!r}"
-    return f"the category memory {memory.collection!r}"
-
-
 def _instructions(named: str, description: str | None, names: frozenset[str]) -> str:
     """What the server tells a client's model at the start (``named``: the memory, as
-    :func:`_named` names it): only the tools it can call."""
+    :func:`~rar_agent.tools.listing.memory_named` names it): only the tools it can call."""
     about = f" ({description})" if description else ""
     said = [f"Visual recognition with {named}{about}"]
     if "recognize_image" not in names:

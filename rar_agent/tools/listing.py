@@ -4,7 +4,8 @@ groups of look-alike unknown images seen lately."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.tools import ToolException
@@ -15,7 +16,17 @@ from rar_agent.results import CategoryCount, CategoryListing, NovelGroups, count
 from rar_agent.tools.base import RecognizerTool, tool_error
 from rar_agent.tools.provenance import serving_name, serving_teacher
 
-__all__ = ["ListCategoriesInput", "ListCategoriesTool", "UnknownGroupsInput", "UnknownGroupsTool"]
+if TYPE_CHECKING:
+    from rar_agent.memory import MemoryInfo
+
+__all__ = [
+    "ListCategoriesInput",
+    "ListCategoriesTool",
+    "UnknownGroupsInput",
+    "UnknownGroupsTool",
+    "listing_text",
+    "memory_named",
+]
 
 
 class ListCategoriesInput(BaseModel):
@@ -67,7 +78,8 @@ class ListCategoriesTool(RecognizerTool):
             ],
             truncated=len(names) > limit,
         )
-        return listing_text(listing, contains), listing.model_dump(mode="json")
+        text = listing_text(listing, contains, named=memory_named(info))
+        return text, listing.model_dump(mode="json")
 
     async def _arun(
         self,
@@ -78,11 +90,26 @@ class ListCategoriesTool(RecognizerTool):
         return await asyncio.to_thread(self._run, contains, limit)
 
 
-def listing_text(listing: CategoryListing, contains: str | None = None) -> str:
-    """The short text a model sees for a listing: the labels with their example counts."""
+def memory_named(memory: MemoryInfo) -> str:
+    """How answers to a model name the memory: by its collection, except an embedded memory
+    in a folder of another name (``--memory DIR``: its collection is 'default' whatever the
+    folder), named by its folder as the CLI does ("the memory at DIR"), though by the
+    folder's name only: a tool's answer never says where the server's files lie."""
+    folder = Path(memory.location).name
+    if memory.backend == "edge" and folder and folder != memory.collection:
+        return f"the memory in the folder {folder!r}"
+    return f"the category memory {memory.collection!r}"
+
+
+def listing_text(
+    listing: CategoryListing, contains: str | None = None, *, named: str | None = None
+) -> str:
+    """The short text a model sees for a listing: the labels with their example counts
+    (``named``: the memory, as :func:`memory_named` names it; default: by its collection)."""
+    named = named or f"the category memory {listing.collection!r}"
     matching = f" matching {contains!r}" if contains else ""
     if not listing.total:
-        return f"No categories{matching} in memory {listing.collection!r}."
+        return f"No categories{matching} in {named}."
     about = f" ({listing.description})" if listing.description else ""
     items = [
         f"{c.label} ({counted(c.image_examples, 'example')})"
@@ -93,8 +120,9 @@ def listing_text(listing: CategoryListing, contains: str | None = None) -> str:
     more = ""
     if listing.truncated:
         more = f"; and {listing.total - len(items)} more (narrow the list with 'contains')"
+    known = counted(listing.total, "category", "categories")
     return (
-        f"Memory {listing.collection!r}{about} knows {listing.total} categories{matching}: "
+        f"{named[0].upper()}{named[1:]}{about} knows {known}{matching}: "
         + ", ".join(items)
         + more
         + "."

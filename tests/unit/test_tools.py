@@ -512,6 +512,26 @@ def test_category_search(recognizer: Any) -> None:
     assert _call(tool, {"query": ""}).status == "error"
 
 
+def test_list_categories_names_a_memory_folder_by_its_folder(
+    tmp_path: Path, tiny_encoder: Any
+) -> None:
+    """A walk over MCP (`mcp --memory photos-memory/`): list_categories answered "Memory
+    'default' knows 1 categories matching 'bag'", naming a --memory folder by the collection
+    every such folder has, with '1 categories'. It names the memory as the server's opening
+    does, and counts in words."""
+    from rar_agent.memory import CategoryMemory
+    from rar_agent.pipeline import Recognizer
+    from tests.helpers.small_memory import fill_memory, make_images
+
+    memory = CategoryMemory.open(tmp_path / "photos-memory", collection="default")
+    fill_memory(memory, tiny_encoder, make_images(tmp_path / "images"))
+    with Recognizer(memory, tiny_encoder, k=3) as recognizer:
+        msg = _call(ListCategoriesTool(recognizer=recognizer), {"contains": "jay"})
+    said = str(msg.content)
+    assert said.startswith("The memory in the folder 'photos-memory' knows 1 category "), said
+    assert "'default'" not in said and str(tmp_path) not in said, said
+
+
 def test_list_categories_counts_filters_and_truncates(recognizer: Any) -> None:
     tool = ListCategoriesTool(recognizer=recognizer)
     msg = _call(tool, {})
