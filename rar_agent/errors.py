@@ -19,6 +19,7 @@ __all__ = [
     "ModelLoadError",
     "MemoryStoreError",
     "MemoryBusyError",
+    "MemoryNotFoundError",
     "EncoderMismatchError",
     "EmptyMemoryError",
     "LabelError",
@@ -64,6 +65,10 @@ class MemoryStoreError(RarError):
 
 class MemoryBusyError(MemoryStoreError):
     """Another process holds the embedded memory at this path."""
+
+
+class MemoryNotFoundError(MemoryStoreError):
+    """No memory is where one was asked for (and none was to be created)."""
 
 
 class EncoderMismatchError(MemoryStoreError):

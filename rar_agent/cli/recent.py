@@ -138,8 +138,9 @@ def open_shown_memory(settings: Settings) -> CategoryMemory:
     --collection X`` takes back what was taught to X, the memory ``memory list`` shows.
 
     Raises:
-        MemoryStoreError: It does not exist; unless one was named, the message lists the
-            memories that do and how to pick one.
+        MemoryNotFoundError: It does not exist; unless one was named, the message lists
+            the memories that do and how to pick one.
+        MemoryStoreError: It cannot be opened (its own error: it exists).
         MemoryBusyError: Another process holds it.
     """
     from rar_agent.cli.options import print_note
@@ -159,19 +160,18 @@ def open_existing(
     how to pick one, rather than "build one first" while others are there.
 
     Raises:
-        MemoryStoreError: It does not exist.
+        MemoryNotFoundError: It does not exist.
+        MemoryStoreError: It cannot be opened (its own error: it exists).
         MemoryBusyError: Another process holds it.
     """
-    from rar_agent.errors import MemoryBusyError, MemoryStoreError
+    from rar_agent.errors import MemoryNotFoundError
     from rar_agent.memory import open_memory
 
     try:
         return open_memory(settings, create=False, read_only=read_only)
-    except MemoryBusyError:
-        raise
-    except MemoryStoreError:
+    except MemoryNotFoundError:
         if names_a_memory(settings) if named is None else named:
             raise
-        raise MemoryStoreError(
+        raise MemoryNotFoundError(
             f"no memory named {settings.collection!r}: {describe_choice(settings)}"
         ) from None

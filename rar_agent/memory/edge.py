@@ -31,7 +31,13 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rar_agent.errors import MemoryBusyError, MemoryStoreError, RarError, unwritable_reason
+from rar_agent.errors import (
+    MemoryBusyError,
+    MemoryNotFoundError,
+    MemoryStoreError,
+    RarError,
+    unwritable_reason,
+)
 from rar_agent.memory.backend import PointVectors, ScrollPage
 from rar_agent.memory.edge_files import (
     acquire_lock,
@@ -200,7 +206,7 @@ def _open_shared(path: Path, create: bool) -> _Shared:
     except OSError as e:  # a folder on the way that cannot be looked into (or named)
         raise _unusable(path, "look into", e) from e
     if not exists and not create:
-        raise MemoryStoreError(
+        raise MemoryNotFoundError(
             f"no category memory at {path}: build one first (rar-agent memory build; in "
             "Python rar_agent.ingest) or check the path (--memory, or RAR_HOME and --collection)"
         )

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.errors import MemoryStoreError, RarError
+from rar_agent.errors import MemoryNotFoundError, MemoryStoreError, RarError
 from rar_agent.memory.backend import PointVectors, ScrollPage
 from rar_agent.memory.engine_settings import collection_config, server_search_params
 from rar_agent.memory.entries import KINDS, Hit
@@ -106,7 +106,7 @@ class ServerBackend:
                     )
             exists = self._client.collection_exists(collection)
         if not exists and not create:
-            raise MemoryStoreError(
+            raise MemoryNotFoundError(
                 f"no collection {collection!r} on {self.location}: build it first "
                 "(rar-agent memory build) or check --collection"
             )

@@ -183,6 +183,29 @@ def test_a_command_on_no_memory_named_lists_the_memories_there_are(
     assert "pick one with --collection NAME" in said and "build one first" not in said
 
 
+def test_a_default_memory_that_cannot_be_opened_says_why_not_that_there_is_none(
+    home: Path, tmp_path: Path
+) -> None:
+    """With no memory named, `finetune-data` on a default memory whose metadata was damaged
+    said "no memory named 'default': memories under ...: default, my-things; pick one with
+    --collection NAME", listing the very memory it said was not there: any failure to open
+    it read as its absence. Only a missing memory lists the others now; this one says what
+    is wrong with it."""
+    added = runner.invoke(app, ["memory", "add", "thing", str(tmp_path / "a.png"),
+                                "--collection", "my-things"])  # fmt: skip
+    assert added.exit_code == 0, added.output
+    shutil.copytree(home / "memories" / "my-things", home / "memories" / "default")
+    (home / "memories" / "default" / "rar_memory.json").write_text("{not json", encoding="utf-8")
+    folder = tmp_path / "photos" / "thing"
+    folder.mkdir(parents=True)
+    shutil.copy(tmp_path / "a.png", folder / "a.png")
+    line = ["finetune-data", "--from-folder", str(folder.parent), "--out", str(tmp_path / "t.json")]
+    done = runner.invoke(app, line)
+    assert done.exit_code == 2, done.output
+    said = " ".join(done.stderr.split())
+    assert "cannot read memory metadata" in said and "no memory named" not in said, said
+
+
 def test_recognize_names_the_built_in_memory_and_memory_list_finds_it(
     home: Path, tmp_path: Path
 ) -> None:
