@@ -4,7 +4,7 @@ A recognizer keeps the queries it judged unknown lately (a bounded log) and grou
 *average linkage*: two groups are one when their queries are, on average over every pair
 across them, at least as similar as the memory's ``link``
 (:attr:`rar_agent.openset.Calibration.link`: the ``calibration.GROUP_QUANTILE`` quantile of
-the similarities of all pairs of examples of one category, so 80% of the pairs of photos of
+the similarities of all pairs of examples of one category, so 65% of the pairs of photos of
 one known category are as close). A mean over pairs means the same whether two images of a new
 thing have been seen or two hundred, and whatever their order, where linking each image to its
 closest look-alike (single linkage, at the memory's closest-pair similarity) split the first

@@ -13,7 +13,7 @@ agent handle real images whose embeddings are known.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,13 +90,18 @@ class Clusters:
 
 
 def make_clusters(
-    labels: Sequence[str], per_class: int, *, spread: float = 0.35, seed: int = 0
+    labels: Sequence[str],
+    per_class: int,
+    *,
+    spread: float | Mapping[str, float] = 0.35,
+    seed: int = 0,
 ) -> Clusters:
     """Well separated categories: ``per_class`` examples each, every one its own colour.
 
     Category ``c`` gets a base colour far from the others; its examples step away from it
     in small increments, so a picture's nearest palette colour is always one of its own
-    category's.
+    category's. ``spread``: how far examples lie from their category's direction (per label
+    when a mapping: e.g. one new thing seen again, closer than a category's members).
     """
     rng = np.random.default_rng(seed)
     colours: dict[str, list[Colour]] = {}
@@ -109,7 +114,8 @@ def make_clusters(
         for i in range(per_class):
             colour = (base[0], base[1], (base[2] + 2 * i) % 256)
             noise = rng.standard_normal(DIM)
-            vector = direction + spread * noise / np.linalg.norm(noise)
+            scale = spread[label] if isinstance(spread, Mapping) else spread
+            vector = direction + scale * noise / np.linalg.norm(noise)
             vectors[colour] = (vector / np.linalg.norm(vector)).astype(np.float32)
             colours[label].append(colour)
     return Clusters(colours, vectors)
