@@ -58,22 +58,21 @@ def configured_memory(settings: Settings, *, read_only: bool = False) -> Categor
     about which memory is meant.
 
     Raises:
-        MemoryStoreError: A named memory is missing, empty (``EmptyMemoryError``) or cannot
-            be opened.
+        MemoryStoreError: A named memory is missing (``MemoryNotFoundError``) or empty
+            (``EmptyMemoryError``), or a memory (named or the default one) is there but
+            cannot be opened: never a silent fallback to the built-in memory.
     """
-    from rar_agent.errors import EmptyMemoryError, MemoryBusyError, MemoryStoreError
+    from rar_agent.errors import EmptyMemoryError, MemoryNotFoundError
 
     named = bool(settings.qdrant_url) or bool(
         {"memory_path", "collection"} & settings.model_fields_set
     )
     try:
         memory = open_memory(settings, create=False, read_only=read_only)
-    except MemoryBusyError:
-        raise
-    except MemoryStoreError as e:
+    except MemoryNotFoundError as e:
         location = MemoryLocation.from_settings(settings)
         if named and _unbuilt_builtin(location):
-            raise MemoryStoreError(
+            raise MemoryNotFoundError(
                 f"no category memory at {location.path}: the built-in memory is built on its "
                 "first use; run rar-agent recognize PHOTO with no memory named (no "
                 "--collection) once, then name it"

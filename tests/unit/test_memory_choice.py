@@ -206,6 +206,25 @@ def test_a_default_memory_that_cannot_be_opened_says_why_not_that_there_is_none(
     assert "cannot read memory metadata" in said and "no memory named" not in said, said
 
 
+def test_a_default_memory_that_cannot_be_opened_is_not_passed_over(
+    home: Path, tmp_path: Path
+) -> None:
+    """With no memory named, a default memory whose metadata was damaged was taken for a
+    missing one: `recognize` answered from the built-in memory instead (its note naming that
+    memory the only sign), and the person's own categories went unasked. It says what is
+    wrong with the memory instead; a missing default memory still means the built-in one."""
+    added = runner.invoke(app, ["memory", "add", "thing", str(tmp_path / "a.png")])
+    assert added.exit_code == 0, added.output
+    memory = configured_memory(Settings())
+    assert memory is not None
+    memory.close()
+    (home / "memories" / "default" / "rar_memory.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(MemoryStoreError, match="cannot read memory metadata"):
+        configured_memory(Settings())
+    shutil.rmtree(home / "memories" / "default")
+    assert configured_memory(Settings()) is None
+
+
 def test_recognize_names_the_built_in_memory_and_memory_list_finds_it(
     home: Path, tmp_path: Path
 ) -> None:
