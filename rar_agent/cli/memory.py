@@ -398,7 +398,8 @@ def memory_add(
     settings: "Settings",
     label: Annotated[str, typer.Argument(help="Category label.")],
     images: Annotated[
-        list[Path] | None, typer.Argument(help="Example images; none = add the class name.")
+        list[Path] | None,
+        typer.Argument(help="Example images or folders of them; none = add the class name."),
     ] = None,
 ) -> None:
     """Add one category: example images (stored as `rar-agent teach` does), or its name as text.

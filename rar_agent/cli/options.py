@@ -67,6 +67,7 @@ __all__ = [
     "note_if_empty",
     "open_recognizer",
     "print_error",
+    "with_folders_listed",
     "print_note",
     "print_skipped",
     "settings_command",
@@ -566,6 +567,30 @@ def error_guard() -> Iterator[None]:
     except KeyboardInterrupt:
         print_error("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def with_folders_listed(images: list[str]) -> list[str]:
+    """``images`` with each folder among them replaced by the image files in it and its
+    sub-folders, sorted (before anything loads: a folder without images is a usage error).
+
+    Raises:
+        ConfigError: A folder holds no image file.
+    """
+    from rar_agent.errors import ConfigError
+    from rar_agent.images import IMAGE_SUFFIXES, image_files
+
+    out: list[str] = []
+    for item in images:
+        folder = Path(item).expanduser()
+        if not folder.is_dir():
+            out.append(item)
+            continue
+        files = image_files(folder)
+        if not files:
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise ConfigError(f"no image files in the folder {item} or below it ({suffixes})")
+        out.extend(str(p) for p in files)
+    return out
 
 
 def print_error(message: str) -> None:

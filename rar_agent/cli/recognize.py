@@ -20,6 +20,7 @@ from rar_agent.cli.options import (
     print_error,
     print_note,
     settings_command,
+    with_folders_listed,
 )
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def recognize(
     if boxes is not None or annotate is not None or image_id is not None:
         regions = _read_boxes(images, boxes, normalized, annotate, image_id)  # before loading
     else:
-        images = _with_folders_listed(images)
+        images = with_folders_listed(images)
     _refuse_if_none_can_be_read(images)  # a mistyped path: before the model loads
     recognizer = open_recognizer(settings, labels, progress)
     with recognizer:
@@ -131,26 +132,6 @@ def _refuse_if_none_can_be_read(images: list[str]) -> None:
     raise ImageError(
         f"none of the {len(images)} images can be read: " + "; ".join(map(str, problems))
     )
-
-
-def _with_folders_listed(images: list[str]) -> list[str]:
-    """``images`` with each folder among them replaced by the image files in it and its
-    sub-folders, sorted (before anything loads: a folder without images is a usage error)."""
-    from rar_agent.errors import ConfigError
-    from rar_agent.images import IMAGE_SUFFIXES, image_files
-
-    out: list[str] = []
-    for item in images:
-        folder = Path(item).expanduser()
-        if not folder.is_dir():
-            out.append(item)
-            continue
-        files = image_files(folder)
-        if not files:
-            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-            raise ConfigError(f"no image files in the folder {item} or below it ({suffixes})")
-        out.extend(str(p) for p in files)
-    return out
 
 
 def _note_no_ranker(recognizer: "Recognizer", as_json: bool) -> None:

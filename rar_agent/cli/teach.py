@@ -20,6 +20,7 @@ from rar_agent.cli.options import (
     memory_to_write,
     note_if_empty,
     settings_command,
+    with_folders_listed,
 )
 from rar_agent.cli.through_server import TokenOpt, call_server_tool, text_of
 
@@ -70,6 +71,7 @@ def teach_images(
     from rar_agent.results import TeachAction
     from rar_agent.tools.learn import describe_added
 
+    images = [Path(p) for p in with_folders_listed([str(i) for i in images])]
     for image in images:  # a mistyped path is refused before the encoder loads
         problem = reference_problem(str(image))
         if problem is not None:
@@ -159,11 +161,15 @@ def _nothing_taught(error: Exception, images: int) -> Exception:
 def teach(
     settings: "Settings",
     label: Annotated[str, typer.Argument(help="The category the images show.")],
-    images: Annotated[list[Path], typer.Argument(help="Example images.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Example images, or folders of them (sub-folders too).")
+    ],
     by: ByOpt = None,
     corrects: CorrectsOpt = None,
 ) -> None:
     """Teach the memory: store images as examples of LABEL (a new or a known category).
+
+    A folder stands for every image in it and below it, as for rar-agent recognize.
 
     With no memory named, it teaches the memory the last command used (as memory history and
     undo; a note says which), e.g. the built-in one after a recognize that answered from it;

@@ -225,6 +225,31 @@ def test_a_default_memory_that_cannot_be_opened_is_not_passed_over(
     assert configured_memory(Settings()) is None
 
 
+def test_teach_and_memory_add_take_a_folder_of_photos_as_recognize_does(
+    home: Path, tmp_path: Path
+) -> None:
+    """A walk: `teach coat photos/coat` answered "error: photos/coat is a directory, not an
+    image file: pass a file inside it", while `recognize photos/` takes every image in a
+    folder. A folder stands for every image in it and below it, for teaching too; an empty
+    one is refused before anything loads."""
+    folder = tmp_path / "photos" / "coat"
+    (folder / "more").mkdir(parents=True)
+    for i, where in enumerate((folder, folder, folder / "more")):
+        Image.fromarray(np.full((24, 24, 3), 40 + 50 * i, np.uint8)).save(where / f"{i}.png")
+    taught = runner.invoke(app, ["teach", "coat", str(folder), "--collection", "shop"])
+    assert taught.exit_code == 0, taught.output
+    listed = runner.invoke(app, ["memory", "list", "--json", "--collection", "shop"])
+    assert json.loads(listed.stdout) == {"coat": 3}
+    hats = tmp_path / "photos" / "hat"
+    hats.mkdir()
+    Image.fromarray(np.full((24, 24, 3), 250, np.uint8)).save(hats / "h.png")
+    added = runner.invoke(app, ["memory", "add", "hat", str(hats), "--collection", "shop"])
+    assert added.exit_code == 0 and "'hat'" in added.stdout, added.output
+    (tmp_path / "empty").mkdir()
+    empty = runner.invoke(app, ["teach", "cap", str(tmp_path / "empty"), "--collection", "shop"])
+    assert empty.exit_code == 2 and "no image files in the folder" in empty.output
+
+
 def test_recognize_names_the_built_in_memory_and_memory_list_finds_it(
     home: Path, tmp_path: Path
 ) -> None:
