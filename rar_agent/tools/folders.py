@@ -456,7 +456,7 @@ def _name_as_given(result: RecognitionResult, source: ImageSource) -> None:
 
 
 def _batch_text(batch: BatchResults) -> str:
-    """The progress note, then one line per image."""
+    """The progress note, one line per image, and where look-alike unknowns are grouped."""
     results = batch.results
     failed = sum(1 for r in results if r.error)
     unknown = sum(1 for r in results if not r.error and r.unknown)
@@ -476,6 +476,11 @@ def _batch_text(batch: BatchResults) -> str:
     lines = [note]
     for result in results:
         lines.append(f"- {result.image}: {_one_line(result)}")
+    if any(r.unknown and r.novel_group is not None for r in results):
+        lines.append(
+            "Unknown photos that look alike form groups: list_unknown_groups lists them, so "
+            "the user is asked once per group what it shows."
+        )
     return "\n".join(lines)
 
 

@@ -940,6 +940,11 @@ async def test_an_mcp_client_can_name_and_pass_back_the_unknown_images_it_sent_i
     async with create_connected_server_and_client_session(server) as session:
         batch = await session.call_tool("recognize_images", {"images": bikes[:3]})
         assert not batch.isError, text_of(batch)
+        # a walk: 8 look-alike unknown photos, one line each and no word of their group
+        # (recognize_image says "list_unknown_groups shows that group; ask once for all")
+        last = text_of(batch).splitlines()[-1]
+        assert last.startswith("Unknown photos that look alike form groups:"), last
+        assert "list_unknown_groups lists them" in last and "once per group" in last
         one = await session.call_tool("recognize_image", {"image": bikes[3]})
         assert not one.isError and one.structuredContent["unknown"], text_of(one)
         ids = [r["image"] for r in batch.structuredContent["results"]]
