@@ -194,7 +194,8 @@ def make_tools(
     if not has_text_tower(recognizer.encoder):  # it could only ever fail
         tools = [t for t in tools if not isinstance(t, CategorySearchTool)]
     if roots:
-        tools.append(RecognizeImagesTool(**shared))
+        batch = RecognizeImagesTool.model_fields["description"].default + accepts
+        tools.append(RecognizeImagesTool(description=batch, **shared))
     if allow_learning:
         description = AddCategoryTool.model_fields["description"].default + accepts
         teach = {"enabled": True, "via": via, "by": by, **shared}

@@ -262,8 +262,8 @@ class RecognizeImagesInput(BaseModel):
     images: list[str] | None = Field(
         default=None,
         max_length=MAX_BATCH,
-        description="Instead of a folder: the images to recognize (ids from the "
-        "conversation or file paths inside the allowed folders).",
+        description="Instead of a folder: the images to recognize, each in one of the forms "
+        "the tool description lists.",
     )
     offset: int = Field(default=0, ge=0, description="Skip this many (to continue a folder).")
     limit: int = Field(

@@ -572,6 +572,14 @@ def test_tool_descriptions_list_the_accepted_image_forms(recognizer: Any, tmp_pa
     assert "send the image itself again" in unkept
     bare = RecognizeTool(recognizer=recognizer)  # neither a conversation nor kept images
     assert "not available here" in _call(bare, {"image": "img-0123456789ab"}).content
+    # a walk over MCP: recognize_images said its images were "ids from the conversation or
+    # file paths inside the allowed folders" (an MCP client has no conversation, and base64
+    # data works): it lists the forms this server accepts, as recognize_image does
+    batch = next(t for t in tools if t.name == "recognize_images")
+    accepted = text[text.index("Images it accepts: ") :]
+    assert batch.description.endswith(accepted), batch.description
+    schema = json.dumps(batch.tool_call_schema.model_json_schema())
+    assert "ids from the conversation" not in schema and "the tool description lists" in schema
 
 
 def test_add_category_disabled_by_default(recognizer: Any) -> None:
