@@ -41,6 +41,7 @@ from rar_agent.config import parse_reject  # noqa: E402
 from rar_agent.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 from rar_agent.evaluation.openset import PROMISE_ALPHAS, auroc  # noqa: E402
 from rar_agent.memory import CategoryMemory, MemoryEntry  # noqa: E402
+from rar_agent.openset.calibration import group_link  # noqa: E402
 from rar_agent.openset.groups import NovelGroupLog, purity  # noqa: E402
 from rar_agent.retrieval import CategoryRetriever  # noqa: E402
 
@@ -117,14 +118,20 @@ def memory_rows(data: dict[str, Any], held: list[int], shots: int | str, seed: i
     return np.concatenate(picked)
 
 
-def run(data: dict[str, Any], held: list[int], rows: np.ndarray, workdir: Path) -> dict[str, Any]:
+def run(
+    data: dict[str, Any],
+    held: list[int],
+    rows: np.ndarray,
+    workdir: Path,
+    link_quantiles: Sequence[float] = (),
+) -> dict[str, Any]:
     """One memory through the shipped code: build, fit, retrieve, judge at every ALPHA."""
     names = [CLASSES[c] for c in data["train_y"][rows]]
     truth = np.array([CLASSES[c] for c in data["test_y"]])
     known = ~np.isin(data["test_y"], held)
     return run_memory(
         data["fingerprint"], data["train_x"][rows], names, [str(i) for i in rows],
-        data["test_x"], truth, known, workdir,
+        data["test_x"], truth, known, workdir, link_quantiles=link_quantiles,
     )  # fmt: skip
 
 
@@ -138,11 +145,14 @@ def run_memory(
     known: np.ndarray,
     workdir: Path,
     alphas: tuple[float, ...] = PROMISE_ALPHAS,
+    link_quantiles: Sequence[float] = (),
 ) -> dict[str, Any]:
     """A memory of examples ``x`` (labels ``names``, unique ``keys``) through the shipped
     code: build, calibrate (``openset.update``), retrieve the ``queries`` (true labels
     ``truth``; ``known``: of a category the memory holds), judge at every ALPHA. The point
-    ids come from the labels and keys (the calibration's folds follow their order)."""
+    ids come from the labels and keys (the calibration's folds follow their order). The
+    rejected queries' novel groups at ALPHA 0.05 are measured at the calibration's link, and
+    at the link of each of ``link_quantiles`` (``groups_at``) where the memory has one."""
     entries = [
         MemoryEntry(n, "image", f"train-{k}", f"{n}-{k}") for k, n in zip(keys, names, strict=True)
     ]
@@ -178,21 +188,36 @@ def run_memory(
                 [(v.similarity or 0.0) - (v.threshold or 0.0) for v in verdicts], dtype=float
             )
             out["auroc"] = auroc(score[known].tolist(), score[~known].tolist())
-            out["groups"] = _groups(queries, truth, rejected & ~known, rejected, cal)
+            link = cal.link if cal is not None else None
+            out["groups"] = _groups(queries, truth, rejected & ~known, rejected, link)
+            out["groups_at"] = {
+                f"{q:g}": _groups(
+                    queries,
+                    truth,
+                    rejected & ~known,
+                    rejected,
+                    None if link is None else group_link(names, x, q),
+                )
+                for q in link_quantiles
+            }
     out["alphas"] = per_alpha
     out["standins"] = len(cal.standins) if cal else 0
     return out
 
 
 def _groups(
-    queries: np.ndarray, truth: np.ndarray, new: np.ndarray, rejected: np.ndarray, cal: Any
+    queries: np.ndarray,
+    truth: np.ndarray,
+    new: np.ndarray,
+    rejected: np.ndarray,
+    link: float | None,
 ) -> dict[str, float | None]:
-    """The rejected queries through the novel-group log, in query order (class by class):
-    how pure the groups are (by true class), how many rejected queries joined one, how many
-    groups hold a new class's images (``new``: the rejected queries of held-out classes; over
-    the classes with 2 grouped images or more), and in how many groups the first 6 rejected
-    images of a new class end when they are the only ones seen (singletons count)."""
-    link = cal.link if cal is not None else None
+    """The rejected queries through the novel-group log at ``link``, in query order (class
+    by class): how pure the groups are (by true class), how many rejected queries joined one,
+    how many groups hold a new class's images (``new``: the rejected queries of held-out
+    classes; over the classes with 2 grouped images or more), in how many groups the first 6
+    rejected images of a new class end when they are the only ones seen (singletons count),
+    and, were each group taught its most common class, the images taught right and wrong."""
     log = _log(queries, np.flatnonzero(rejected), link)
     groups = log.groups()
     labels = [[str(truth[int(m)]) for m in log.members(g.id)] for g in groups]
@@ -200,6 +225,7 @@ def _groups(
     classes = sorted({str(t) for t in truth[new]})
     holding = [sum(c in g for g in labels) for c in classes]
     firsts = [np.flatnonzero(new & (truth == c))[:6] for c in classes]
+    right = sum(max(g.count(c) for c in set(g)) for g in labels)
     return {
         "purity": purity(labels),
         "groups": float(len(groups)),
@@ -214,6 +240,8 @@ def _groups(
         "first_six_groups": _average(
             [len(_log(queries, f, link).groups(min_size=1)) for f in firsts if len(f) == 6]
         ),
+        "taught_right": float(right),
+        "taught_wrong": float(grouped - right),
     }
 
 
@@ -229,6 +257,23 @@ def _average(values: list[int]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _group_means(runs: list[dict[str, Any]], *path: str) -> dict[str, float | None]:
+    """The mean over ``runs`` of each figure of :func:`_groups` found at ``path``."""
+    return {
+        "group_purity": _mean(runs, *path, "purity"),
+        **{
+            key: _mean(runs, *path, key)
+            for key in (
+                "grouped_share",
+                "groups_per_new_class",
+                "first_six_groups",
+                "taught_right",
+                "taught_wrong",
+            )
+        },
+    }
+
+
 def _mean(rows: list[dict[str, Any]], *path: str) -> float | None:
     values = []
     for r in rows:
@@ -241,20 +286,27 @@ def _mean(rows: list[dict[str, Any]], *path: str) -> float | None:
 
 
 def shots_table(
-    data: dict[str, Any], workdir: Path, seeds: Sequence[int] = range(5)
+    data: dict[str, Any],
+    workdir: Path,
+    seeds: Sequence[int] = range(5),
+    link_quantiles: Sequence[float] = (),
 ) -> dict[str, Any]:
     table = {}
     for shots in (*SHOTS, MIXED):
         runs = [
-            run(data, held_out(seed), memory_rows(data, held_out(seed), shots, seed), workdir)
+            run(
+                data,
+                held_out(seed),
+                memory_rows(data, held_out(seed), shots, seed),
+                workdir,
+                link_quantiles,
+            )
             for seed in seeds
         ]
         table[str(shots)] = {
             "auroc": _mean(runs, "auroc"),
-            "group_purity": _mean(runs, "groups", "purity"),
-            "grouped_share": _mean(runs, "groups", "grouped_share"),
-            "groups_per_new_class": _mean(runs, "groups", "groups_per_new_class"),
-            "first_six_groups": _mean(runs, "groups", "first_six_groups"),
+            **_group_means(runs, "groups"),
+            "groups_at": {q: _group_means(runs, "groups_at", q) for q in runs[0]["groups_at"]},
             "known_top1": _mean(runs, "known_top1"),
             "standins": _mean(runs, "standins"),
             "alphas": {
@@ -480,21 +532,49 @@ def _num(v: float | None) -> str:
 
 
 def _groups_table(shots: dict[str, Any]) -> list[str]:
-    """The novel groups of the rejected queries, per memory size (see :func:`_groups`)."""
+    """The novel groups of the rejected queries, per memory size (see :func:`_groups`): at
+    the calibration's link, then at each link quantile measured (``--link-quantiles``)."""
+    header = "| purity | grouped | groups per new class | first 6 form | taught right / wrong |"
     lines = [
         "Novel groups of the rejected queries (ALPHA 0.05): purity, the share of rejected "
-        "queries in a group, how many groups hold a new class's images, and how many groups "
-        "the first 6 rejected images of a new class form when only they have been seen.",
+        "queries in a group, how many groups hold a new class's images, how many groups the "
+        "first 6 rejected images of a new class form when only they have been seen, and the "
+        "images a memory's groups would teach right and wrong (each taught its most common "
+        "class).",
         "",
-        "| examples per class | purity | grouped | groups per new class | first 6 form |",
-        "|---|---|---|---|---|",
+        f"| examples per class {header}",
+        "|---|---|---|---|---|---|",
+        *(f"| {name} {_group_cells(row)}" for name, row in shots.items()),
+        "",
     ]
-    for name, row in shots.items():
-        lines.append(
-            f"| {name} | {_pct(row.get('group_purity'))} | {_pct(row.get('grouped_share'))} | "
-            f"{_one(row.get('groups_per_new_class'))} | {_one(row.get('first_six_groups'))} |"
-        )
-    return [*lines, ""]
+    first: dict[str, Any] = next(iter(shots.values()), {})
+    quantiles = first.get("groups_at", {})
+    if quantiles:
+        lines += [
+            "The same rejections grouped at the link of each quantile of the pairs of "
+            "examples of one category:",
+            "",
+            f"| link quantile | examples per class {header}",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {q} | {name} {_group_cells(row['groups_at'][q])}"
+                for q in quantiles
+                for name, row in shots.items()
+            ),
+            "",
+        ]
+    return lines
+
+
+def _group_cells(row: dict[str, Any]) -> str:
+    """One row's cells of :func:`_groups_table` (after its first)."""
+    right, wrong = row.get("taught_right"), row.get("taught_wrong")
+    taught = "-" if right is None or wrong is None else f"{right:.1f} / {wrong:.1f}"
+    return (
+        f"| {_pct(row.get('group_purity'))} | {_pct(row.get('grouped_share'))} | "
+        f"{_one(row.get('groups_per_new_class'))} | {_one(row.get('first_six_groups'))} | "
+        f"{taught} |"
+    )
 
 
 def _one(v: float | None) -> str:
@@ -623,6 +703,19 @@ def _seeds(text: str) -> list[int]:
         ) from None
 
 
+def _quantiles(text: str) -> list[float]:
+    """``0.2,0.35``: the quantiles named (each between 0 and 1)."""
+    try:
+        found = [float(part) for part in text.split(",")]
+    except ValueError:
+        found = []
+    if not found or not all(0.0 <= q <= 1.0 for q in found):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma list of quantiles between 0 and 1 (e.g. 0.2,0.35,0.5)"
+        )
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_cache_arguments(parser)
@@ -636,6 +729,13 @@ def main(argv: list[str] | None = None) -> None:
         type=_seeds,
         default=range(5),
         help="Seeds of the shots table: FIRST-LAST or a comma list (default 0-4).",
+    )
+    parser.add_argument(
+        "--link-quantiles",
+        type=_quantiles,
+        default=(),
+        help="Also group the shots table's rejections at these quantiles of the pairs of "
+        "examples of one category (a comma list, e.g. 0.2,0.35,0.5).",
     )
     parser.add_argument("--json", type=Path, help="Write every figure here.")
     parser.add_argument("--from-json", type=Path, nargs="*", help="Render earlier results.")
@@ -658,7 +758,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{part}: AUROC {value:.3f}  {name}", flush=True)
     with tempfile.TemporaryDirectory(prefix="rar-open-set-") as tmp:
         if "shots" in parts:
-            out["shots"] = shots_table(data, Path(tmp), args.seeds)
+            out["shots"] = shots_table(data, Path(tmp), args.seeds, args.link_quantiles)
         if "splits" in parts:
             out["splits"] = splits_table(data, Path(tmp))
     if args.json:

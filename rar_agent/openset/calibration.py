@@ -87,6 +87,7 @@ __all__ = [
     "DRAWS",
     "FIT_SAMPLE",
     "FOLDS",
+    "GROUP_QUANTILE",
     "MAX_DIRECTIONS",
     "MAX_STANDINS",
     "MIN_CATEGORIES",
@@ -99,6 +100,7 @@ __all__ = [
     "Threshold",
     "current",
     "fit",
+    "group_link",
     "load",
     "min_standins",
     "smallest_alpha_for",
@@ -983,9 +985,16 @@ def _rank(n: int, folds: int) -> int:
     return max(1, min(RANK, n - math.ceil(n / folds) - 1))
 
 
-def _link(labels: Sequence[str], x: np.ndarray, per_category: int = 50) -> float | None:
-    """The ``GROUP_QUANTILE`` quantile of the similarities of all pairs of examples of one
-    category (up to ``per_category`` examples of each)."""
+def group_link(
+    labels: Sequence[str],
+    x: np.ndarray,
+    quantile: float = GROUP_QUANTILE,
+    per_category: int = 50,
+) -> float | None:
+    """The link of examples ``x`` (categories ``labels``): the ``quantile`` of the
+    similarities of all pairs of examples of one category (up to ``per_category`` examples
+    of each); ``None`` without a category of two examples. Another ``quantile`` is for
+    measuring (``tools/eval_open_set.py --link-quantiles``)."""
     groups: dict[str, list[int]] = {}
     for i, label in enumerate(labels):
         groups.setdefault(label, []).append(i)
@@ -1002,7 +1011,7 @@ def _link(labels: Sequence[str], x: np.ndarray, per_category: int = 50) -> float
     # per category of 2 examples: 0.02 above the 20% quantile of all such pairs, on average
     # over 300 memories of Fashion-MNIST garments), a link set by chance, not by the rule
     pairs = np.concatenate(sims)
-    return round(float(np.quantile(pairs, GROUP_QUANTILE, method="median_unbiased")), 6)
+    return round(float(np.quantile(pairs, quantile, method="median_unbiased")), 6)
 
 
 def _image_entries(memory: CalibratedMemory) -> Iterator[tuple[str, str, list[float]]]:
@@ -1119,7 +1128,7 @@ def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
     cal.categories, model, cal.directions = _category_sums(model, cal.reach, first, entries)
     if model is not None:
         cal.statistic = model.to_json()
-        cal.link = _link(labels, x)
+        cal.link = group_link(labels, x)
     _finish(cal)
     logger.info("memory %r calibrated: %s", memory.collection, cal.summary())
     return _store(memory, cal)
