@@ -5,6 +5,7 @@ No ``from __future__ import annotations``: :func:`settings_command` reads the op
 """
 
 import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -71,6 +72,7 @@ def teach_images(
     from rar_agent.results import TeachAction
     from rar_agent.tools.learn import describe_added
 
+    _refuse_class_folders(images, label)
     images = [Path(p) for p in with_folders_listed([str(i) for i in images])]
     for image in images:  # a mistyped path is refused before the encoder loads
         problem = reference_problem(str(image))
@@ -96,6 +98,36 @@ def teach_images(
         elif was_empty:
             _note_new_memory(settings, mem)
         remember_memory(settings, mem, command)
+
+
+def _refuse_class_folders(images: list[Path], label: str) -> None:
+    """Refuse a folder laid out as ``memory build --from-folder`` reads one: no image of its
+    own and its images in two or more sub-folders, a category each. Taught as one label, it
+    would store every category's photos under ``label`` (a folder of one category's photos
+    in sub-folders is taught by naming them).
+
+    Raises:
+        ConfigError: ``images`` names such a folder (before anything loads).
+    """
+    from rar_agent.errors import ConfigError
+    from rar_agent.images import image_files
+
+    for item in images:
+        folder = item.expanduser()
+        if not folder.is_dir():
+            continue
+        inside = [p.relative_to(folder).parts for p in image_files(folder)]
+        subs = sorted({parts[0] for parts in inside if len(parts) > 1})
+        if len(subs) < 2 or any(len(parts) == 1 for parts in inside):
+            continue
+        shown = ", ".join(subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")
+        raise ConfigError(
+            f"{item} holds no image of its own, only sub-folders of them ({shown}), the layout "
+            f"whose every sub-folder is a category: teach {label!r} from the folder of its own "
+            f"photos (rar-agent teach {shlex.quote(label)} {shlex.quote(str(item / subs[0]))}), "
+            f"name each sub-folder to teach them all as {label!r}, or store each sub-folder "
+            f"under its own name (rar-agent memory build --from-folder {shlex.quote(str(item))})"
+        )
 
 
 def _note_new_memory(settings: "Settings", memory: "CategoryMemory") -> None:
@@ -169,7 +201,8 @@ def teach(
 ) -> None:
     """Teach the memory: store images as examples of LABEL (a new or a known category).
 
-    A folder stands for every image in it and below it, as for rar-agent recognize.
+    A folder stands for every image in it and below it, as for rar-agent recognize; one
+    holding only category folders (as memory build --from-folder reads) is refused.
 
     With no memory named, it teaches the memory the last command used (as memory history and
     undo; a note says which), e.g. the built-in one after a recognize that answered from it;

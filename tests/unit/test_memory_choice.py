@@ -250,6 +250,29 @@ def test_teach_and_memory_add_take_a_folder_of_photos_as_recognize_does(
     assert empty.exit_code == 2 and "no image files in the folder" in empty.output
 
 
+def test_teach_refuses_a_folder_of_category_folders(home: Path, tmp_path: Path) -> None:
+    """`teach coat photos/`, where photos/ holds coat/ and hat/ as `memory build
+    --from-folder` reads them, stored the hats as coats too once a folder stood for every
+    image below it. A folder with no image of its own and two or more sub-folders of them is
+    refused before anything loads, with the commands that do what was meant; a folder of one
+    category's photos in sub-folders is taught by naming them."""
+    photos = tmp_path / "photos"
+    for i, name in enumerate(("coat", "hat")):
+        (photos / name).mkdir(parents=True)
+        Image.fromarray(np.full((24, 24, 3), 40 + 50 * i, np.uint8)).save(photos / name / "0.png")
+    for command in (["teach", "coat"], ["memory", "add", "coat"]):
+        done = runner.invoke(app, [*command, str(photos), "--collection", "shop"])
+        assert done.exit_code == 2, done.output
+        said = " ".join(done.stderr.split())
+        assert "only sub-folders of them (coat, hat)" in said, said
+        assert f"rar-agent teach coat {photos / 'coat'}" in said, said
+        assert f"memory build --from-folder {photos}" in said, said
+    assert not (home / "memories" / "shop").exists()
+    both = [str(photos / "coat"), str(photos / "hat")]
+    taught = runner.invoke(app, ["teach", "coat", *both, "--collection", "shop"])
+    assert taught.exit_code == 0, taught.output
+
+
 def test_recognize_names_the_built_in_memory_and_memory_list_finds_it(
     home: Path, tmp_path: Path
 ) -> None:
