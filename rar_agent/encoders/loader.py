@@ -141,7 +141,10 @@ def clip_unavailable_reason() -> str | None:
     from rar_agent.encoders.hub import hub_reachable
 
     if not hub_reachable():
-        return "its weights are not cached and the model hub did not answer within 3 s"
+        return (
+            "its weights are not cached and the model hub did not answer within 3 s (each "
+            "command waits that long for it: HF_HUB_OFFLINE=1 skips the wait)"
+        )
     return None
 
 

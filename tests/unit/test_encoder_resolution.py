@@ -94,6 +94,22 @@ def test_the_offline_encoder_is_announced_on_first_use_in_a_rar_home(
         assert any("/no/such/clip" in w and "did not load" in w for w in warned), warned
 
 
+def test_an_unanswering_hub_note_says_how_to_skip_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the hub does not answer, every command waits up to 3 s for it before the
+    offline encoder loads; the note (said once per RAR_HOME) says how to skip that wait."""
+    from huggingface_hub import constants
+
+    from rar_agent.encoders import hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    reason = resolve_mod.clip_unavailable_reason() or ""
+    assert "did not answer within 3 s" in reason, reason
+    assert "HF_HUB_OFFLINE=1" in reason and "skip" in reason, reason
+
+
 def test_a_named_encoder_never_falls_back() -> None:
     with pytest.raises(ModelLoadError):
         resolve_encoder(EncoderSpec("local-dir:/no/such/clip"), device="cpu")
