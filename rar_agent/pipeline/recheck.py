@@ -123,13 +123,18 @@ class SearchFloors:
         if (searched.limit, searched.kind) != search[1:]:
             return
         with self._lock:
-            if self._search != search:
-                self._kept.clear()
-                self._search = search
-            self._kept[key] = searched.sides
+            self._of(search)[key] = searched.sides
             crowded = len(self._kept) > 2 * log.capacity
         if crowded:
             self.keep_only(log.logged()[0])
+
+    def _of(self, search: _Search) -> dict[int, _Sides]:
+        """What is kept, for ``search``: what was kept for another (log, limit, kind) is
+        forgotten, as a key names an image of one log only. Called with the lock held."""
+        if self._search != search:
+            self._kept.clear()
+            self._search = search
+        return self._kept
 
     def __len__(self) -> int:
         """The images whose search is kept."""
@@ -190,10 +195,8 @@ class SearchFloors:
         """The kept searches of ``keys`` whose entries are all still stored (the others are
         forgotten)."""
         with self._lock:
-            if self._search != search:
-                self._kept.clear()
-                self._search = search
-            kept = {key: self._kept[key] for key in keys if key in self._kept}
+            held = self._of(search)
+            kept = {key: held[key] for key in keys if key in held}
         ids = set().union(*(seen.ids for sides in kept.values() for seen in sides.values()))
         gone = ids - memory.existing_ids(ids) if ids else set()
         valid = {
