@@ -458,9 +458,20 @@ def _no_such_label(label: str, memory: str, labels: "Mapping[str, int]") -> str:
     )
 
 
+ContainsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--contains",
+        help="Only the labels containing this text (any case), as the list_categories tool.",
+    ),
+]
+
+
 @app.command("list")
 @settings_command(STORE)
-def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
+def memory_list(
+    settings: "Settings", contains: ContainsOpt = None, as_json: JsonOpt = False
+) -> None:
     """List labels with their entry counts.
 
     With no memory named, those of the memory the last command used (a note on stderr names
@@ -470,16 +481,28 @@ def memory_list(settings: "Settings", as_json: JsonOpt = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from rar_agent.results import counted
+
     with open_shown_memory(settings) as mem:
-        counts = mem.labels()
+        every = mem.labels()
         note_if_empty(mem)
+    needle = (contains or "").casefold()
+    counts = {name: n for name, n in every.items() if needle in name.casefold()}
     if as_json:
         typer.echo(json.dumps(counts, ensure_ascii=False))
+        return
+    console = Console()
+    if not counts and contains:
+        console.print(f"no label contains {contains!r} (of {len(every)})", markup=False)
         return
     table = Table("label", "entries")
     for name, count in sorted(counts.items()):
         table.add_row(escape(name), str(count))
-    Console().print(table)
+    console.print(table)
+    entries = counted(sum(counts.values()), "entry", "entries")
+    shown = f"{len(counts)} of {counted(len(every), 'label')} contain {contains!r} ({entries})"
+    total = f"{counted(len(every), 'label')}, {entries}"
+    console.print(shown if contains else total, markup=False, highlight=False)
 
 
 @app.command("stats")

@@ -273,6 +273,26 @@ def test_teach_refuses_a_folder_of_category_folders(home: Path, tmp_path: Path) 
     assert taught.exit_code == 0, taught.output
 
 
+def test_memory_list_finds_labels_by_a_word_and_counts_them(home: Path, tmp_path: Path) -> None:
+    """A walk: `memory list` of the built-in memory printed a table of 998 rows and no count,
+    with no way to look for one label but scrolling; the agents' list_categories takes
+    `contains`. `memory list --contains WORD` keeps the labels containing it (any case), and
+    the table ends with how many labels and entries it shows."""
+    for i, label in enumerate(("house cat", "wild Cat", "mug")):
+        photo = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((24, 24, 3), 30 + 70 * i, np.uint8)).save(photo)
+        taught = runner.invoke(app, ["memory", "add", label, str(photo), "--collection", "c"])
+        assert taught.exit_code == 0, taught.output
+    found = runner.invoke(app, ["memory", "list", "--contains", "CAT", "--json"])
+    assert found.exit_code == 0 and json.loads(found.stdout) == {"house cat": 1, "wild Cat": 1}
+    table = runner.invoke(app, ["memory", "list", "--contains", "cat"]).stdout
+    assert table.rstrip().endswith("2 of 3 labels contain 'cat' (2 entries)"), table
+    every = runner.invoke(app, ["memory", "list"]).stdout
+    assert every.rstrip().endswith("3 labels, 3 entries"), every
+    none = runner.invoke(app, ["memory", "list", "--contains", "dog"])
+    assert none.exit_code == 0 and "no label contains 'dog' (of 3)" in none.stdout
+
+
 def test_recognize_names_the_built_in_memory_and_memory_list_finds_it(
     home: Path, tmp_path: Path
 ) -> None:
