@@ -1112,6 +1112,8 @@ def launch(
     theme = gr.themes.Soft(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
+    # an IPv6 address as URLs write it: Gradio writes http://{host}:{port}/ and reads it back
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     with _stop_signals(block) as stopped:  # docker stop, a service manager, Ctrl+C
         try:
             port = _free_port(host) if port == 0 else port

@@ -467,3 +467,30 @@ def test_a_page_on_port_0_is_served_on_a_free_port_it_names() -> None:
         assert httpx.get(url, timeout=30).status_code == 200
     finally:
         page.close()
+
+
+def test_a_page_on_an_ipv6_address_is_served_and_named_in_brackets() -> None:
+    """`chat --host ::1` died in Gradio with a traceback (httpx.InvalidURL: "Invalid port:
+    ':1:7860'": it wrote http://::1:7860/), while `mcp --http --host ::1` serves; the page is
+    served and named http://[::1]:PORT/, as mcp names its endpoint."""
+    import socket
+
+    import gradio as gr
+    import httpx
+
+    from rar_agent.ui import launch
+
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    with gr.Blocks() as page:
+        gr.Markdown("a page")
+    said: list[str] = []
+    launch(page, "::1", 0, block=False, ready=said.append)
+    try:
+        [url] = said
+        assert url.startswith("http://[::1]:") and url.endswith("/"), url
+        assert httpx.get(url, timeout=30).status_code == 200
+    finally:
+        page.close()
