@@ -447,10 +447,9 @@ def test_launch_says_the_page_is_ready_only_once_it_is_served() -> None:
     assert said == [True]
 
 
-def test_a_page_on_port_0_is_served_on_a_free_port_it_names() -> None:
-    """`chat --port 0` was refused ("invalid --port: 0 is less than 1") while `mcp --http
-    --port 0` picks a free port and says which; given 0, Gradio itself listens on a free
-    port but reports port 0. The page is served on a free port, and ``ready`` names it."""
+def _served_url(host: str) -> str:
+    """A small real page launched on ``host``, port 0: the URL ``ready`` was told, after
+    checking that it answers (the page is closed again)."""
     import gradio as gr
     import httpx
 
@@ -459,14 +458,22 @@ def test_a_page_on_port_0_is_served_on_a_free_port_it_names() -> None:
     with gr.Blocks() as page:
         gr.Markdown("a page")
     said: list[str] = []
-    launch(page, "127.0.0.1", 0, block=False, ready=said.append)
+    launch(page, host, 0, block=False, ready=said.append)
     try:
         [url] = said
-        port = int(url.removeprefix("http://127.0.0.1:").rstrip("/"))
-        assert port > 0 and url == f"http://127.0.0.1:{port}/", url
         assert httpx.get(url, timeout=30).status_code == 200
+        return url
     finally:
         page.close()
+
+
+def test_a_page_on_port_0_is_served_on_a_free_port_it_names() -> None:
+    """`chat --port 0` was refused ("invalid --port: 0 is less than 1") while `mcp --http
+    --port 0` picks a free port and says which; given 0, Gradio itself listens on a free
+    port but reports port 0. The page is served on a free port, and ``ready`` names it."""
+    url = _served_url("127.0.0.1")
+    port = int(url.removeprefix("http://127.0.0.1:").rstrip("/"))
+    assert port > 0 and url == f"http://127.0.0.1:{port}/", url
 
 
 def test_a_page_on_an_ipv6_address_is_served_and_named_in_brackets() -> None:
@@ -475,22 +482,9 @@ def test_a_page_on_an_ipv6_address_is_served_and_named_in_brackets() -> None:
     served and named http://[::1]:PORT/, as mcp names its endpoint."""
     import socket
 
-    import gradio as gr
-    import httpx
-
-    from rar_agent.ui import launch
-
     try:
         socket.create_server(("::1", 0), family=socket.AF_INET6).close()
     except OSError:
         pytest.skip("this machine has no IPv6 loopback")
-    with gr.Blocks() as page:
-        gr.Markdown("a page")
-    said: list[str] = []
-    launch(page, "::1", 0, block=False, ready=said.append)
-    try:
-        [url] = said
-        assert url.startswith("http://[::1]:") and url.endswith("/"), url
-        assert httpx.get(url, timeout=30).status_code == 200
-    finally:
-        page.close()
+    url = _served_url("::1")
+    assert url.startswith("http://[::1]:") and url.endswith("/"), url
