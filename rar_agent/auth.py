@@ -263,9 +263,9 @@ class TokenStore:
             )
         unknown = sorted(set(scopes) - set(SCOPES))
         if unknown or not scopes:
-            raise ConfigError(
-                f"scopes {unknown or '(none)'}: give one or more --scope of " + ", ".join(SCOPES)
-            )
+            named = ", ".join(map(repr, unknown))
+            which = f"unknown scope {named}" if unknown else "no scope given"
+            raise ConfigError(f"{which}: give one or more --scope of " + ", ".join(SCOPES))
         token_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)

@@ -230,8 +230,12 @@ def test_store_refuses_bad_names_scopes_and_duplicates(tmp_path: Path) -> None:
     store = TokenStore(tmp_path / "auth.toml")
     with pytest.raises(ConfigError, match="token name"):
         store.add("al ice", ["recognize"])
-    with pytest.raises(ConfigError, match="give one or more --scope"):
+    with pytest.raises(ConfigError, match="give one or more --scope") as refused:
         store.add("alice", ["write"])
+    # a walk read "scopes ['write']: ...", a Python list
+    assert str(refused.value).startswith("unknown scope 'write': "), refused.value
+    with pytest.raises(ConfigError, match="^no scope given: give one or more --scope"):
+        store.add("alice", [])
     store.add("alice", ["recognize"])
     with pytest.raises(ConfigError, match="a token named 'alice' exists, and a name is issued"):
         store.add("alice", ["learn"])
