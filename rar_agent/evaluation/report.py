@@ -224,7 +224,7 @@ def summary_table(report: EvalReport) -> Table:
     title = "Evaluation" + (" [bold red](interrupted)[/]" if report.interrupted else "")
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("metric", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")  # a long encoder name whole, not cut with …
     for name, value in _summary_rows(report):
         table.add_row(name, value)
     return table

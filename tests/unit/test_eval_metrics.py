@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -190,6 +191,25 @@ def test_no_gate_is_learnt_from_a_ranker_that_never_answered() -> None:
 
     answered = [*records[:3], rec("a", ["a", "b"], ranked=["a", "b"], status="ranked")]
     assert build_report(config, answered, started_at="t", ranker_on=True).gate_used is not None
+
+
+def test_the_summary_shows_a_long_encoder_name_whole_at_80_columns() -> None:
+    """A walk: `rar-agent eval --dataset fashion-mnist` on an 80-column terminal printed
+    the encoder as 'effnet:efficientnet-lite0/imagenet-f…', cut where it names its weights;
+    a value too long for its cell is folded onto the next line, whole."""
+    from rich.console import Console
+
+    from rar_agent.evaluation.report import summary_table
+    from rar_agent.evaluation.schema import EvalConfig, EvalReport
+
+    name = "effnet:efficientnet-lite0/imagenet-fc:999755eaea0b74f7"
+    report = EvalReport(config=EvalConfig(), started_at="t", encoder=name)
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(summary_table(report))
+    shown = console.export_text()
+    assert "…" not in shown
+    cells = "".join(line.split("│")[2].strip() for line in shown.splitlines() if "│" in line)
+    assert name in cells, shown
 
 
 def test_a_closed_set_run_says_how_many_queries_it_answered_unknown() -> None:
