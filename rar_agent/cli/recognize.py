@@ -281,6 +281,7 @@ def _print_results(
 
     from rar_agent.errors import failure_line
     from rar_agent.pipeline import explanation_of
+    from rar_agent.regions import coords_text
 
     console = Console()
     for r in results:
@@ -288,7 +289,8 @@ def _print_results(
             print_error(failure_line(str(r.image), r.error))
             continue
         ex = explanation_of(r)  # names, labels and paths are data, not rich markup: escaped
-        where = escape(f"{r.image}" if r.box_id is None else f"{r.image} box {r.box_id} {r.box}")
+        box = "" if r.box_id is None else f" box {r.box_id} {coords_text(r.box or [])}"
+        where = escape(f"{r.image}{box}")
         answer = (
             "[bold yellow]unknown[/] (closest below)"
             if ex.unknown

@@ -23,6 +23,7 @@ from rar_agent.regions.boxes import (
     as_boxes,
     as_coords,
     check_box,
+    coords_text,
     load_boxes,
     parse_boxes,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "parse_boxes",
     "load_boxes",
     "check_box",
+    "coords_text",
     "context_scale",
     "region_geometry",
     "prepare_region",

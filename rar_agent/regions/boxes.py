@@ -24,6 +24,7 @@ __all__ = [
     "as_boxes",
     "as_coords",
     "check_box",
+    "coords_text",
     "load_boxes",
     "parse_boxes",
 ]
@@ -284,7 +285,7 @@ def check_box(box: Box, width: int, height: int) -> Coords:
             once clipped to the image.
     """
     name = f"box {box.id}" if box.id is not None else "the box"
-    shown = _coords_text(box.xyxy)
+    shown = coords_text(box.xyxy)
     x0, y0, x1, y1 = box.xyxy
     if not all(math.isfinite(v) for v in box.xyxy):
         raise BoxError(
@@ -308,7 +309,7 @@ def check_box(box: Box, width: int, height: int) -> Coords:
             "coordinates x0, y0, x1, y1; check their order and units"
         )
     if cx1 - cx0 < 1.0 or cy1 - cy0 < 1.0:
-        inside = _coords_text((cx0, cy0, cx1, cy1))
+        inside = coords_text((cx0, cy0, cx1, cy1))
         raise BoxError(
             f"{name} covers less than one pixel of the {width}x{height} image ({inside}): "
             "give a box at least one pixel wide and high"
@@ -316,8 +317,9 @@ def check_box(box: Box, width: int, height: int) -> Coords:
     return (cx0, cy0, cx1, cy1)
 
 
-def _coords_text(coords: Coords) -> str:
-    """``[10, 20, 30.5, 40]``: whole numbers without ``.0``, the rest to 3 decimals."""
+def coords_text(coords: Sequence[float]) -> str:
+    """A box's coordinates as every message writes them: ``[10, 20, 30.5, 40]`` (whole
+    numbers without ``.0``, the rest to 3 decimals)."""
     shown = (float(v) for v in coords)  # a Box built in Python may hold ints
     return "[" + ", ".join(str(int(v)) if v.is_integer() else f"{round(v, 3)}" for v in shown) + "]"
 

@@ -48,6 +48,7 @@ def format_result(
     category in memory", with the closest categories; ``can_learn`` adds how to teach it.
     """
     from rar_agent.pipeline import explanation_of
+    from rar_agent.regions import coords_text
 
     ex = explanation_of(result)
     where = f" for {image_name}" if image_name else ""
@@ -57,7 +58,7 @@ def format_result(
         return f"No categories found{where}: the memory returned nothing."
     box = ""
     if result.box is not None:
-        box = " in box [" + ", ".join(f"{v:g}" for v in result.box) + "]"
+        box = f" in box {coords_text(result.box)}"
     listing = [
         "Candidates (label: retrieval score):",
         *(f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)),

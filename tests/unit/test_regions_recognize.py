@@ -264,6 +264,8 @@ def test_cli_boxes_json_and_annotate(
         ],
     )
     assert "box red" in table.output and "red block" in table.output
+    # its coordinates as the bad box's error and the tools write them: not [20.0, 30.0, ...]
+    assert f"{tmp_path / 'scene.png'} box red [20, 30, 70, 90]: red block" in table.stdout
     # a walk read 'box 1: box '1' is inverted': the box named twice, in two styles
     [error] = [line for line in table.stderr.splitlines() if line.startswith("error:")]
     assert error.startswith(f"error: {tmp_path / 'scene.png'}: box bad is inverted ([5, 5, 1, 1]")
