@@ -195,6 +195,10 @@ class NovelGroups(BaseModel):
 
     groups: list[NovelGroup] = Field(default_factory=list)
     unknown_images: int = Field(default=0, description="Unknown images kept in the log.")
+    no_groups: str | None = Field(
+        default=None,
+        description="Why unknown images that look alike are not grouped (None: they are).",
+    )
     sent: dict[str, str] = Field(
         default_factory=dict,
         description="How the images sent inline came, by the id that names them (which call "

@@ -38,6 +38,11 @@ an icon set apart among 7 garments and checked on a garment set apart among 7 ic
 
     python tools/fit_encoder_prior.py --fashion artifacts/openset --icons artifacts/icons \
         --update-far --out rar_agent/openset/priors/efficientnet-lite0.json
+
+The prior's ``link`` (``--update-link`` refits it alone, on ``--fashion`` and ``--icons``):
+the score at which a memory of one example per category groups look-alike unknown queries
+(:meth:`~rar_agent.openset.prior.EncoderPrior.link_at`), the calibration's
+``GROUP_QUANTILE`` quantile of the scores of same-category pairs (:func:`fit_link`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rar_agent.openset.calibration import GROUP_QUANTILE  # noqa: E402
 from rar_agent.openset.prior import MemoryScale, prior_score  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -280,11 +286,7 @@ def far_trials(
 def far_quantiles(runs: dict) -> list[float]:
     """The far category's second examples' similarity quantile at each ALPHA (each memory
     weighs the same; a second example another category answers is never below it)."""
-    weights = np.concatenate([np.full(len(k), 1.0 / len(k)) for k in runs["known"]])
-    sims = np.concatenate(runs["known"])
-    order = np.argsort(sims)
-    cdf = np.cumsum(weights[order]) / weights.sum()
-    return [float(sims[order][np.searchsorted(cdf, a)]) for a in ALPHAS]
+    return [weighted_quantile(runs["known"], a) for a in ALPHAS]
 
 
 def far_delivered(runs: dict, cuts: list[float]) -> dict[str, Any]:
@@ -319,6 +321,45 @@ def fit_far(
                                                **far_delivered(check, far)},
     }  # fmt: skip
     return far, figures
+
+
+def link_trials(ref: RefSet, known: int, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` random memories of ``known`` categories x one example: the prior score of each
+    example's similarity to every other image of its category in the memory pool (its
+    same-category pairs, what a memory of more examples measures its link on)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(ref.memory_y)
+    out = []
+    for _ in range(n):
+        mine = rng.permutation(classes)[:known]
+        picks = np.array([rng.choice(np.flatnonzero(ref.memory_y == c)) for c in mine])
+        scale = MemoryScale.measure([str(c) for c in mine], ref.memory_x[picks])
+        if scale is None:
+            raise SystemExit(f"{ref.name}: too few categories for a scale")
+        sims = [
+            ref.memory_x[np.setdiff1d(np.flatnonzero(ref.memory_y == c), [p])] @ ref.memory_x[p]
+            for p, c in zip(picks, mine, strict=True)
+        ]
+        out.append(prior_score(np.concatenate(sims), scale))
+    return out
+
+
+def weighted_quantile(scores: list[np.ndarray], q: float) -> float:
+    """The ``q`` quantile of the pooled ``scores``, each memory's weighing the same."""
+    weights = np.concatenate([np.full(len(s), 1.0 / len(s)) for s in scores])
+    pooled = np.concatenate(scores)
+    order = np.argsort(pooled)
+    cdf = np.cumsum(weights[order]) / weights.sum()
+    return float(pooled[order][np.searchsorted(cdf, q)])
+
+
+def fit_link(refs: list[RefSet], n: int) -> tuple[float, dict[str, Any]]:
+    """The prior's ``link``: the :data:`GROUP_QUANTILE` quantile of the same-category pair
+    scores of ``n`` one-example memories of each reference set (the sets weighing the same),
+    and each set's own quantile (for people)."""
+    runs = {ref.name: link_trials(ref, _shape(ref)[0], n, seed=7) for ref in refs}
+    link = weighted_quantile([s for r in runs.values() for s in r], GROUP_QUANTILE)
+    return link, {name: round(weighted_quantile(r, GROUP_QUANTILE), 5) for name, r in runs.items()}
 
 
 def fit_slopes(runs: list[dict]) -> list[float]:
@@ -413,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                    "set apart the prior's `far` is fitted on")  # fmt: skip
     p.add_argument("--update-far", action="store_true", help="refit only the `far` "
                    "quantiles of the prior in --out (needs --fashion and --icons)")  # fmt: skip
+    p.add_argument("--update-link", action="store_true", help="refit only the `link` of the "
+                   "prior in --out (on --fashion, and --icons if given)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
@@ -428,6 +471,20 @@ def main(argv: list[str] | None = None) -> int:
                                args.far_memories)  # fmt: skip
         out["far"], out["validated"]["far"] = [round(v, 5) for v in far], figures
         print("far: " + json.dumps(out["far"]) + " " + json.dumps(figures), flush=True)
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+        return 0
+    if args.update_link:
+        if not args.out.is_file():
+            p.error("--update-link refits the `link` of an existing prior: give its file as --out")
+        out = json.loads(args.out.read_text())
+        sets = [fashion_fit]
+        if args.icons:
+            x, labels, _, _ = load_icons(args.icons)
+            sets.append(picture_set("icons", x, labels))
+        link, figures = fit_link(sets, args.trials)
+        out["link"], out["link_quantile"] = round(link, 5), GROUP_QUANTILE
+        out["validated"]["link"] = figures
+        print(f"link: {out['link']} " + json.dumps(figures), flush=True)
         args.out.write_text(json.dumps(out, indent=1) + "\n")
         return 0
     if args.glyphs is None:
@@ -484,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.icons:
         far, validated["far"] = fit_far(fashion_fit, fashion_test, icons, far_below,
                                         args.far_memories)  # fmt: skip
+    link, validated["link"] = fit_link([fashion_fit, *([icons] if args.icons else [])],
+                                       args.trials)  # fmt: skip
     out = {
         "fingerprint": fingerprint,
         "encoder": args.encoder,
@@ -493,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         "slopes": {k: [round(v, 5) for v in row] for k, row in slopes.items() if any(row)},
         "far_below": far_below,
         "far": [round(v, 5) for v in far],
+        "link": round(link, 5),
+        "link_quantile": GROUP_QUANTILE,
         "validated": validated,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -220,14 +220,15 @@ MIN_CATEGORIES = 5
 category, and a few categories say too little about the others (on Fashion-MNIST,
 EfficientNet-Lite0, a memory of 4 single-example categories calibrated from 3 categories of
 10 examples rejected 12.5 % of known queries at ALPHA 0.05, seeds 0-4)."""
-_VERSION = 13
+_VERSION = 14
 """The stored form's version (5: coordinates carry the distance off the subspace; 6: the
 encoder's fingerprint and the memory's scale for an encoder prior; 7: the scale's pair
 spread; 8: the statistic's reach and the directions added to it; 9: the reach within
 ``FENCE``, not the farthest stand-in; 10: the labels of the categories set apart from the
 scale; 11: the link over all pairs of a category, not each example's closest; 12: the
 link's quantile median-unbiased, not numpy's default; 13: the link at the 35% quantile, not
-the 20%); a calibration stored in another is refitted."""
+the 20%; 14: a memory of one example per category has the encoder prior's link); a
+calibration stored in another is refitted."""
 
 StandIn = tuple[str, int, str]
 """One stand-in query: ``(label, others, draws)``: its category, how many other examples of
@@ -346,7 +347,8 @@ class Calibration(BaseModel):
             the category means are derived.
         standins: The stand-in queries (see :data:`StandIn`).
         link: The mean similarity at which unknown queries are one new thing
-            (:data:`GROUP_QUANTILE`).
+            (:data:`GROUP_QUANTILE`); without a pair of examples of one category, the
+            encoder prior's (:meth:`EncoderPrior.link_at`), ``None`` without one.
         reach: How far off the statistic's subspace new examples like the memory's own
             lie: the largest squared distance off it of the examples held out of the fit
             (the stand-ins, under their fold's statistic) within the fence of the others
@@ -579,6 +581,24 @@ class Calibration(BaseModel):
                 "far they lie apart"
             )
         return f"no encoder prior for {self.encoder or 'this encoder'}"
+
+    def why_no_groups(self) -> str | None:
+        """Why look-alike unknown queries are not grouped (``None``: they are, at
+        :attr:`link`): the memory has no pair of examples of one category and the encoder
+        prior gives no link in its stead."""
+        if self.link is not None:
+            return None
+        prior = self.prior()
+        stead = (
+            self._no_prior()
+            if prior is None
+            else f"the encoder prior of {prior.encoder} measured no link at the "
+            f"{GROUP_QUANTILE:g} quantile"
+        )
+        return (
+            "no groups: no category has two example images, so nothing says how alike two "
+            f"photos of one thing are; {stead}"
+        )
 
     def own_threshold(self, alpha: float) -> Threshold:
         """The memory's own threshold for a one-example category at ``alpha``, or why there is
@@ -1014,6 +1034,15 @@ def group_link(
     return round(float(np.quantile(pairs, quantile, method="median_unbiased")), 6)
 
 
+def _link(own: float | None, encoder: str | None, scale: MemoryScale | None) -> float | None:
+    """The memory's :attr:`Calibration.link`: ``own``, from its pairs of examples of one
+    category (:func:`group_link`), else the encoder prior's at the memory's ``scale``
+    (:meth:`EncoderPrior.link_at`: a memory of one example per category has no pair), else
+    none (an encoder without a prior)."""
+    prior = encoder_prior(encoder) if own is None else None
+    return prior.link_at(GROUP_QUANTILE, scale) if prior is not None else own
+
+
 def _image_entries(memory: CalibratedMemory) -> Iterator[tuple[str, str, list[float]]]:
     """Every image entry ``(id, label, vector)`` in id order (ids are hashes: a fair order)."""
     offset: str | None = None
@@ -1128,7 +1157,7 @@ def fit(memory: CalibratedMemory, *, sample: int | None = None) -> Calibration:
     cal.categories, model, cal.directions = _category_sums(model, cal.reach, first, entries)
     if model is not None:
         cal.statistic = model.to_json()
-        cal.link = group_link(labels, x)
+    cal.link = _link(group_link(labels, x) if model is not None else None, cal.encoder, cal.scale)
     _finish(cal)
     logger.info("memory %r calibrated: %s", memory.collection, cal.summary())
     return _store(memory, cal)
@@ -1201,6 +1230,8 @@ def update(memory: CalibratedMemory, *, added: Sequence[str] = (), removed: int 
         now.standins = pool[-MAX_STANDINS:]
         if scale is not None:
             now.scale = scale
+            if now.statistic is None:  # the link of single examples follows their scale
+                now.link = _link(None, now.encoder, scale)
         now.seen = max(total, now.seen)  # entries now held (concurrent adds counted once)
         now.revision += 1
         return _finish(now).model_dump(mode="json")

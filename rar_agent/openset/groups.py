@@ -15,8 +15,10 @@ on a log that callers share, the group as the teacher sees it: images only other
 A group keeps its id while it keeps images (the id most of its images had, whichever left or
 joined), so an agent told an id finds that group under it; an id no group has any more says
 what became of it (:meth:`NovelGroupLog.fate`).
-How pure the groups are on Fashion-MNIST's held-out classes: ``docs/eval/open-set``. Without
-a link (a memory that cannot calibrate) nothing is linked.
+How pure the groups are on Fashion-MNIST's held-out classes: ``docs/eval/open-set``. A memory
+of one example per category has no such pair and takes its encoder prior's link
+(:meth:`~rar_agent.openset.prior.EncoderPrior.link_at`); without a link (no prior either)
+nothing is linked, and the groups listing says why (``NovelGroups.no_groups``).
 """
 
 from __future__ import annotations

@@ -192,6 +192,14 @@ class EncoderPrior(BaseModel):
             picture of a category of another kind lies (a drawing beside garments: 29% of
             its second examples rejected at ALPHA 0.05 by the garments' threshold); empty:
             the others' threshold judges it.
+        link: The :func:`prior_score` at which unknown queries of a memory of one example
+            per category are one new thing: the ``link_quantile`` quantile of the scores of
+            the same-category pairs of the reference memories of one example per category
+            (an example and another image of its category; each memory weighs the same,
+            ``tools/fit_encoder_prior.py --update-link``). Such a memory holds no pair of
+            its own to measure the link on (``Calibration.link``); ``None``: it gets none.
+        link_quantile: The quantile ``link`` was measured at (the calibration's
+            ``GROUP_QUANTILE``: a prior measured at another level gives no link).
         validated: Held-out figures (promised vs delivered), for people.
     """
 
@@ -203,6 +211,8 @@ class EncoderPrior(BaseModel):
     slopes: dict[str, list[float]] = Field(default_factory=dict)
     far_below: float | None = None
     far: list[float] = Field(default_factory=list)
+    link: float | None = None
+    link_quantile: float | None = None
     validated: dict[str, Any] = Field(default_factory=dict)
 
     def shots(self) -> list[int]:
@@ -227,6 +237,14 @@ class EncoderPrior(BaseModel):
         # rejects fewer, and each rejects less than it promises rather than more
         wanted = min(alpha, self.alphas[-1])
         return min(self._quantile(a, key, scale) for a in [wanted, *self.alphas] if a >= wanted)
+
+    def link_at(self, quantile: float, scale: MemoryScale | None) -> float | None:
+        """The similarity at which unknown queries are one new thing in a memory of
+        ``scale`` (:attr:`link` turned back into a similarity), where the prior's link was
+        measured at ``quantile``; ``None`` without a link at that level or a scale."""
+        if self.link is None or scale is None or self.link_quantile != quantile:
+            return None
+        return round(similarity_at(self.link, scale), 6)
 
     def far_threshold(self, alpha: float) -> float | None:
         """The similarity a query answered with a category set apart from the scale is

@@ -515,7 +515,12 @@ class Recognizer:
                 :meth:`~rar_agent.registry.ImageScope.lists`); all do when ``None``.
         """
         log = self.novel_groups
-        return NovelGroups(groups=log.groups(min_size, shown), unknown_images=log.count(shown))
+        cal = self.calibration()
+        return NovelGroups(
+            groups=log.groups(min_size, shown),
+            unknown_images=log.count(shown),
+            no_groups=None if cal is None else cal.why_no_groups(),
+        )
 
     def unknown_group(
         self, group_id: str, shown: Callable[[str | None], bool] | None = None

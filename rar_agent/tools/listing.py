@@ -163,9 +163,11 @@ class UnknownGroupsTool(RecognizerTool):
         found: NovelGroups = unknown_groups(min_size=min_size, shown=self.shown_unknown())
         found.sent = self._sent(found)
         if not found.groups:
+            seen = f"{found.unknown_images} unknown images seen lately"
             text = (
-                f"No group of look-alike unknown images yet ({found.unknown_images} unknown "
-                "images seen lately)."
+                f"No group of look-alike unknown images yet ({seen})."
+                if found.no_groups is None
+                else f"{found.no_groups[0].upper()}{found.no_groups[1:]} ({seen})."
             )
         else:
             lines = [

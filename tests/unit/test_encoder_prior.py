@@ -14,7 +14,8 @@ from rar_agent.cli.memory import _open_set_stats
 from rar_agent.config import parse_reject
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.openset import prior as prior_mod
-from rar_agent.openset.calibration import MIN_CATEGORIES, load, min_standins
+from rar_agent.openset.calibration import GROUP_QUANTILE, MIN_CATEGORIES, load, min_standins
+from rar_agent.openset.groups import NovelGroupLog
 from rar_agent.openset.prior import (
     PRIOR_DIR,
     EncoderPrior,
@@ -23,7 +24,9 @@ from rar_agent.openset.prior import (
     prior_score,
     similarity_at,
 )
+from rar_agent.pipeline import Recognizer
 from rar_agent.retrieval import CategoryRetriever
+from rar_agent.tools import UnknownGroupsTool
 
 DIM = 48
 FINGERPRINT = "vectors:prior-test"
@@ -366,3 +369,89 @@ def test_an_answer_judged_by_the_prior_says_so_in_its_own_words(
     assert why.startswith(f"its closest example of {top.label} has similarity")
     assert "than they look like each other" not in why and "known-ness" not in why
     memory.close()
+
+
+# ------------------------------------------------------------------ novel groups
+
+
+def _with_link(prior: EncoderPrior) -> EncoderPrior:
+    """``prior`` with the link ``tools/fit_encoder_prior.py --update-link`` measures on other
+    synthetic datasets (seeds 100-103) than the tests group."""
+    from tools.fit_encoder_prior import fit_link, picture_set
+
+    rng = np.random.default_rng(6)
+    refs = []
+    for seed in range(100, 104):
+        centres = _world(seed, 8)
+        x = np.concatenate([_photos(centres, c, 6, rng) for c in range(8)])
+        refs.append(picture_set(f"world {seed}", x, [str(c) for c in range(8) for _ in range(6)]))
+    link, _ = fit_link(refs, 20)
+    return prior.model_copy(update={"link": link, "link_quantile": GROUP_QUANTILE})
+
+
+def _six_sightings(
+    centres: np.ndarray, new: tuple[int, ...], link: float | None
+) -> list[list[str]]:
+    """Six photos of each of the ``new`` categories, none in memory, grouped at ``link``:
+    each one object seen again, its photos a little closer than a category's members."""
+    rng = np.random.default_rng(9)
+    log = NovelGroupLog()
+    for i in range(6):
+        for c in new:
+            photo = centres[c] * 1.6 + 0.7 * rng.normal(size=DIM)
+            log.add(photo / np.linalg.norm(photo), f"new{c}-{i}", link)
+    return sorted(sorted(g.images) for g in log.groups())
+
+
+def test_a_one_example_memory_groups_look_alike_unknowns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A memory of one example per category has no pair of examples of one category, so it
+    had no link and its unknown photos formed no group: six sightings each of two new things
+    were twelve questions, at the size the teaching loop starts from. Its link is the
+    encoder prior's (the same quantile of such pairs in reference memories of one example per
+    category, at the memory's scale): two groups, each of one thing."""
+    prior = _with_link(_fitted_prior())
+    monkeypatch.setattr(prior_mod, "_priors", lambda: {FINGERPRINT: prior})
+    centres = _world(3, 10)
+    with _memory(tmp_path, centres, [1] * 8) as memory:
+        cal = load(memory)
+    assert cal is not None and cal.statistic is None and cal.why_no_groups() is None
+    assert prior.link is not None and cal.scale is not None
+    assert cal.link == pytest.approx(similarity_at(prior.link, cal.scale), abs=1e-6)
+    assert _six_sightings(centres, (8, 9), cal.link) == [
+        [f"new8-{i}" for i in range(6)],
+        [f"new9-{i}" for i in range(6)],
+    ]
+    # a prior measured at another quantile than the memory's groups use gives no link
+    monkeypatch.setattr(
+        prior_mod, "_priors", lambda: {FINGERPRINT: prior.model_copy(update={"link_quantile": 0.2})}
+    )
+    with _memory(tmp_path, centres, [1] * 8, seed=1) as memory:
+        other = load(memory)
+    assert other is not None and other.link is None
+    assert other.why_no_groups() == (
+        "no groups: no category has two example images, so nothing says how alike two photos "
+        f"of one thing are; the encoder prior of synthetic measured no link at the "
+        f"{GROUP_QUANTILE:g} quantile"
+    )
+
+
+def test_without_a_prior_a_one_example_memory_says_why_it_forms_no_groups(tmp_path: Path) -> None:
+    """No pair of its own and no prior: unknown photos stay ungrouped, and the groups tool
+    says why instead of 'no group yet', which promised groups that never come."""
+    centres = _world(0, 10)
+    with _memory(tmp_path, centres, [1] * 8) as memory:
+        cal = load(memory)
+        assert cal is not None and cal.link is None
+        assert _six_sightings(centres, (8, 9), cal.link) == []
+        recognizer = Recognizer(memory, _Vectors(), k=3)  # type: ignore[arg-type]
+        message = UnknownGroupsTool(recognizer=recognizer).invoke(
+            {"type": "tool_call", "id": "c", "name": "list_unknown_groups", "args": {}}
+        )
+    why = (
+        "no groups: no category has two example images, so nothing says how alike two photos "
+        f"of one thing are; no encoder prior for {FINGERPRINT}"
+    )
+    assert message.artifact["no_groups"] == why
+    assert message.content == f"N{why[1:]} (0 unknown images seen lately)."

@@ -589,7 +589,7 @@ def test_a_conversation_lists_only_its_own_unknown_images(recognizer: Any, tmp_p
 
     [alices] = listed(alice_tools)["groups"]
     assert sorted(alices["images"]) == sorted(alice.ids())
-    assert listed(bob_tools) == {"groups": [], "unknown_images": 1, "sent": {}}
+    assert listed(bob_tools) == {"groups": [], "unknown_images": 1, "no_groups": None, "sent": {}}
     [single] = listed(bob_tools, min_size=1)["groups"]
     assert single["images"] == [bob_id] and single["size"] == 1
     assert recognizer.unknown_groups().groups[0].size == 7  # the log itself holds all
@@ -598,7 +598,12 @@ def test_a_conversation_lists_only_its_own_unknown_images(recognizer: Any, tmp_p
         {**teach, "args": {"label": "bicycle", "image": alice.ids()[0]}}
     )
     assert taught.status != "error"
-    assert listed(alice_tools, min_size=1) == {"groups": [], "unknown_images": 0, "sent": {}}
+    assert listed(alice_tools, min_size=1) == {
+        "groups": [],
+        "unknown_images": 0,
+        "no_groups": None,
+        "sent": {},
+    }
     assert listed(bob_tools, min_size=1)["groups"][0]["images"] == [bob_id]
 
 
@@ -643,7 +648,7 @@ def test_an_agents_conversation_lists_only_its_own_unknown_images(
         send("alice", n)
     recognized, groups = send("bob", 7)
     assert recognized.artifact["unknown"] and recognized.artifact["novel_group"] is None
-    assert groups.artifact == {"groups": [], "unknown_images": 1, "sent": {}}
+    assert groups.artifact == {"groups": [], "unknown_images": 1, "no_groups": None, "sent": {}}
     _, alices = send("alice", 6)
     assert alices.artifact["groups"][0]["size"] == 7  # Alice's seven, not Bob's
 
