@@ -51,13 +51,31 @@ def acquire_lock(path: Path) -> int | None:
     except OSError:
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
+        command = _command_of(holder)
+        running = f" (`{command}`)" if command else ""
         raise MemoryBusyError(
-            f"memory at {path} is in use by process {holder}; close it, or use a Qdrant "
-            "server (--qdrant-url) for many processes"
+            f"memory at {path} is in use by process {holder}{running}; close it, or use a "
+            "Qdrant server (--qdrant-url) for many processes"
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+def _command_of(pid: str) -> str | None:
+    """The command line of process ``pid`` as Linux shows it, shortened (a server a desktop
+    client started unseen is then recognised); ``None`` where the system does not show it."""
+    try:
+        raw = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (ValueError, OSError):
+        return None
+    args = [a for a in raw.decode(errors="replace").split("\0") if a]
+    if len(args) > 1 and Path(args[0]).name.startswith("python") and args[1].startswith("/"):
+        args = args[1:]  # a console script (rar-agent ...) runs as: python /path/to/rar-agent
+    if not args:
+        return None
+    text = " ".join(" ".join([Path(args[0]).name, *args[1:]]).split())
+    return text if len(text) <= 120 else f"{text[:50]} ... {text[-65:]}"  # its options last
 
 
 def release_lock(fd: int | None) -> None:
