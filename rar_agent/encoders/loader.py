@@ -142,8 +142,8 @@ def clip_unavailable_reason() -> str | None:
 
     if not hub_reachable():
         return (
-            "its weights are not cached and the model hub did not answer within 3 s (each "
-            "command waits that long for it: HF_HUB_OFFLINE=1 skips the wait)"
+            "its weights are not cached and the model hub did not answer within 3 s, a wait "
+            "each command makes: HF_HUB_OFFLINE=1 skips it"
         )
     return None
 
