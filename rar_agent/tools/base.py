@@ -309,6 +309,11 @@ class ImageResolver:
     def _latest(self, text: str) -> RegisteredImage:
         """This conversation's latest image (``text`` is a "latest" word or empty)."""
         if self.registry is None:
+            if text:
+                raise ImageError(
+                    f"{text!r} names a conversation's latest image, and this tool has none: "
+                    f"pass {self.accepted()}"
+                )
             raise ImageError(f"no image given: pass {self.accepted()}")
         if not isinstance(self.registry, ImageScope):
             said = f"{text!r} means" if text else "no image means"

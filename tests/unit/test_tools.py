@@ -565,6 +565,11 @@ def test_tool_descriptions_list_the_accepted_image_forms(recognizer: Any, tmp_pa
     assert str(tmp_path.resolve().parent) not in text
     message = _call(tools[0], {})
     assert message.status == "error" and message.content.startswith("no image given: pass")
+    # a walk over MCP: an agent passing "latest" was told "no image given", though it gave
+    # one: there is no conversation here whose latest image it could be
+    latest = str(_call(tools[0], {"image": "latest"}).content)
+    assert latest.startswith("'latest' names a conversation's latest image, and this tool "), latest
+    assert "has none: pass a file path relative to the allowed folder" in latest, latest
     # it read "the id (img-...) an earlier answer named an image sent so by"
     assert "the id (img-...) an earlier answer gave an image sent inline" in text
     unkept = _call(tools[0], {"image": "img-0123456789ab"}).content
