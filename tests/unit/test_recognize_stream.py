@@ -88,9 +88,9 @@ def test_only_a_window_of_images_is_loaded_ahead_and_closing_stops_the_rest(
     results = stream_results(_pictures(200), None, None, _echo, plan)
     first = next(results)
     assert first.error is None
-    _settle(loads)  # what was handed to the decoders meanwhile is loaded by now
     bound = 5 * plan.piece  # pieces in flight: 2 per pass and 1 per decoder
     assert plan.window * plan.piece == bound
+    _settle(loads, at_least=bound)  # what was handed to the decoders meanwhile is loaded by now
     assert len(loads) == bound, (len(loads), bound)  # the window, filled, no more
     results.close()  # cancels what has not started, waits for what has
     after_close = len(loads)
@@ -98,9 +98,15 @@ def test_only_a_window_of_images_is_loaded_ahead_and_closing_stops_the_rest(
     assert not [t for t in threading.enumerate() if t.name.startswith(("rar-decode", "rar-encode"))]
 
 
-def _settle(loads: list[int], quiet_s: float = 0.3, limit_s: float = 5.0) -> None:
-    """Wait until no load has started for ``quiet_s`` (at most ``limit_s``)."""
+def _settle(
+    loads: list[int], at_least: int = 0, quiet_s: float = 0.3, limit_s: float = 20.0
+) -> None:
+    """Wait until ``at_least`` loads started, then until none has started for ``quiet_s``
+    (at most ``limit_s`` in all): on a loaded machine a decoder may start its piece later
+    than one quiet spell, so a quiet spell alone is no sign that the window is filled."""
     deadline = time.monotonic() + limit_s
+    while len(loads) < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
     seen = -1
     while len(loads) != seen and time.monotonic() < deadline:
         seen = len(loads)
