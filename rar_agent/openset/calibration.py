@@ -585,9 +585,14 @@ class Calibration(BaseModel):
     def why_no_groups(self) -> str | None:
         """Why look-alike unknown queries are not grouped (``None``: they are, at
         :attr:`link`): the memory has no pair of examples of one category and the encoder
-        prior gives no link in its stead."""
+        prior gives no link in its stead, or it has no example image at all."""
         if self.link is not None:
             return None
+        if not self.seen:  # class names only (the built-in memory): no scale to judge
+            return (
+                "no groups: the memory holds no example images, only class names, so nothing "
+                "says how alike two photos of one thing are (teach a few photos of a category)"
+            )
         prior = self.prior()
         stead = (
             self._no_prior()

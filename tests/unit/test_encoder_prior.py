@@ -455,3 +455,24 @@ def test_without_a_prior_a_one_example_memory_says_why_it_forms_no_groups(tmp_pa
     )
     assert message.artifact["no_groups"] == why
     assert message.content == f"N{why[1:]} (0 unknown images seen lately)."
+
+
+def test_a_memory_of_class_names_says_it_holds_no_example_images_to_group_by(
+    tmp_path: Path,
+) -> None:
+    """A memory of class names only (as the built-in one is) answered list_unknown_groups
+    with "no category has two example images ...; an encoder prior needs at least 5
+    categories to measure how far they lie apart", though it has 20 categories: it holds no
+    example image at all, and says so."""
+    centres = _world(0, 20)
+    with CategoryMemory.open(tmp_path / "names", collection="names") as memory:
+        memory.bind_encoder(FINGERPRINT, DIM)
+        entries = [MemoryEntry(f"c{c}", "text", "class names", f"t{c}") for c in range(20)]
+        names = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+        openset.update(memory, added=memory.add_entries(entries, names))
+        recognizer = Recognizer(memory, _Vectors(), k=3)  # type: ignore[arg-type]
+        why = recognizer.unknown_groups().no_groups
+    assert why == (
+        "no groups: the memory holds no example images, only class names, so nothing says how "
+        "alike two photos of one thing are (teach a few photos of a category)"
+    )
