@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,8 +75,30 @@ def _command_of(pid: str) -> str | None:
         args = args[1:]  # a console script (rar-agent ...) runs as: python /path/to/rar-agent
     if not args:
         return None
-    text = " ".join(" ".join([Path(args[0]).name, *args[1:]]).split())
+    text = " ".join(" ".join([Path(args[0]).name, *_secrets_hidden(args[1:])]).split())
     return text if len(text) <= 120 else f"{text[:50]} ... {text[-65:]}"  # its options last
+
+
+_SECRET_OPTION = re.compile(r"key|token|secret|passw", re.IGNORECASE)
+"""An option whose value is a secret (``--api-key``, ``--token``): never shown."""
+
+
+def _secrets_hidden(args: list[str]) -> list[str]:
+    """``args`` with the value of each secret option (``--api-key KEY``, ``--token=T``) shown
+    as ``***``: a command line is shown to whoever met the lock, and may land in a log."""
+    shown: list[str] = []
+    hide_next = False
+    for arg in args:
+        name, equals, _ = arg.partition("=")
+        secret = name.startswith("-") and _SECRET_OPTION.search(name) is not None
+        if hide_next:
+            shown.append("***")
+        elif secret and equals:
+            shown.append(f"{name}=***")
+        else:
+            shown.append(arg)
+        hide_next = secret and not equals and not hide_next
+    return shown
 
 
 def release_lock(fd: int | None) -> None:

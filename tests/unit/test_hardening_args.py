@@ -265,7 +265,7 @@ def test_data_directory_that_is_a_file_or_cannot_be_created(tmp_path: Path) -> N
     assert blocker.read_text() == "I am a file"
 
 
-def _holder(path: Path) -> subprocess.Popen[str]:
+def _holder(path: Path, *args: str) -> subprocess.Popen[str]:
     code = f"""
         import sys, time
         from rar_agent.memory import CategoryMemory
@@ -274,7 +274,7 @@ def _holder(path: Path) -> subprocess.Popen[str]:
         time.sleep(120)
     """
     child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", textwrap.dedent(code), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -290,7 +290,7 @@ def test_locked_data_directory(rec: Recognizer, tmp_path: Path) -> None:
     path = tmp_path / "shared"
     with CategoryMemory.open(path) as memory:
         fill_memory(memory, rec.encoder, rec.example_images)  # type: ignore[attr-defined]
-    child = _holder(path)
+    child = _holder(path, "--api-key", "s3cret-key", "--token=rar_s3cret", "--collection", "c")
     try:
         with pytest.raises(MemoryBusyError) as err:
             CategoryMemory.open(path)
@@ -302,6 +302,9 @@ def test_locked_data_directory(rec: Recognizer, tmp_path: Path) -> None:
             assert f"in use by process {child.pid} (`python -c import sys, time" in str(
                 err.value
             ), err.value
+            # a secret on its command line (memory push --api-key KEY) is not shown
+            assert "s3cret" not in str(err.value), err.value
+            assert "--api-key *** --token=*** --collection c`)" in str(err.value), err.value
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
