@@ -80,6 +80,7 @@ class NovelGroupLog:
         self._gid: list[int] = []  # each query's group, by its lasting id (same counter)
         self._fates: OrderedDict[int, _Fate] = OrderedDict()  # ids no group has now
         self._lone_fates: OrderedDict[int, _Fate] = OrderedDict()  # the same, of lone images
+        self._grouped: set[int] = set()  # ids that have had two images or more (groups)
         self._link: float | None = None
         self._next = 0
 
@@ -202,9 +203,9 @@ class NovelGroupLog:
         """What became of a group this log gave ``group_id`` and no group has now, in words
         ("its images are now in group unknown-4", "its images were taught as 'bag'");
         ``None`` where a group has it or this log never gave it (or forgot: it keeps the
-        last ``4 * capacity`` fates of groups, and apart those of as many lone images, which
-        come and go by the hundred; a new image's own id, before it joined a group in the
-        same call, was never shown and has none).
+        last ``4 * capacity`` fates of groups (ids that ever had two images or more), and
+        apart those of as many lone images, which come and go by the hundred; a new image's
+        own id, before it joined a group in the same call, was never shown and has none).
 
         Args:
             group_id: The group's id (``unknown-4``).
@@ -320,6 +321,8 @@ class NovelGroupLog:
             had = Counter(self._gid[i] for i in members if self._gid[i] not in taken)
             gid = max(had, key=lambda g: (had[g], -g)) if had else self._fresh()
             taken.add(gid)
+            if len(members) > 1:
+                self._grouped.add(gid)
             for i in members:
                 self._gid[i] = gid
 
@@ -339,7 +342,8 @@ class NovelGroupLog:
             else:
                 why_here = why
             # lone images come and go by the hundred: their fates never push out a group's
-            fates = self._fates if len(had[gid]) > 1 else self._lone_fates
+            fates = self._fates if gid in self._grouped else self._lone_fates
+            self._grouped.discard(gid)
             fates[gid] = _Fate(why_here, tuple(before[s][1] for s in had[gid]))
             fates.move_to_end(gid)
         for fates in (self._fates, self._lone_fates):

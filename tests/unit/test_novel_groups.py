@@ -436,6 +436,28 @@ def test_a_gone_groups_fate_outlasts_ordinary_sightings() -> None:
     assert "dropped to make room" in (log.fate("unknown-2") or "")  # x0, alone
 
 
+def test_a_group_that_went_down_to_one_image_keeps_its_fate_as_a_group() -> None:
+    """A group of two shown to an agent lost one image (the memory answered it), then the
+    other: its fate was filed with those of lone images, which come and go by the hundred,
+    and 60 lone images later the agent naming the group it was shown was told 'no unknown
+    group'. An id that was ever a group's keeps its fate among the groups'."""
+
+    def near(axis: int, i: int) -> np.ndarray:
+        return np.eye(128)[axis] + 0.05 * np.eye(128)[70 + i]
+
+    log = NovelGroupLog(capacity=8)
+    log.add(near(0, 0), "bag-0", link=0.8)
+    log.add(near(0, 1), "bag-1", link=0.8)
+    [bag] = log.groups()
+    log.forget(["bag-1"], "the memory now answers it")
+    assert log.members(bag.id) == ["bag-0"]
+    log.forget(["bag-0"], "the memory now answers it")
+    assert log.fate(bag.id) == "the memory now answers it"
+    for i in range(60):
+        log.add(np.eye(128)[2 + i], f"x{i}", link=0.8)
+    assert log.fate(bag.id) == "the memory now answers it"
+
+
 def test_teaching_an_unknown_image_answers_its_group(recognizer: Any, tmp_path: Path) -> None:
     """After add_category_example taught one of six look-alike unknown images, the agent's
     list_unknown_groups still listed all six as "ask what each shows"."""
