@@ -182,11 +182,6 @@ def refusal(scope: Scope, store: TokenStore) -> str:
     )
 
 
-_REFUSAL_HOOK = ("self", "send", "status_code", "error", "description")
-"""The parameters of ``RequireAuthMiddleware._send_auth_error`` as of mcp 1.30, the SDK's
-only way to answer 401 with its header and body but other words (it has no public one)."""
-
-
 def _check_refusal_hook() -> None:
     """Refuse to serve with tokens when the installed SDK's ``RequireAuthMiddleware`` has no
     ``async _send_auth_error(send, status_code, error, description)`` (a private method, so an
@@ -194,21 +189,32 @@ def _check_refusal_hook() -> None:
     crash at the first request it refuses.
 
     Raises:
-        ConfigError: The method is missing or takes other parameters, with what to install.
+        ConfigError: The method is missing, not async, or does not take our call (a new
+            optional parameter is fine), with what to install.
     """
     from importlib.metadata import version
 
     from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
 
     hook = getattr(RequireAuthMiddleware, "_send_auth_error", None)
-    takes = tuple(inspect.signature(hook).parameters) if callable(hook) else None
-    if takes != _REFUSAL_HOOK or not inspect.iscoroutinefunction(hook):
+    if not (inspect.iscoroutinefunction(hook) and _takes_our_call(hook)):
         raise ConfigError(
             f"the installed mcp {version('mcp')} has no RequireAuthMiddleware."
             "_send_auth_error(send, status_code, error, description), which this server's "
             "401 answers go through (to say what was wrong with a token): install the SDK "
             "release rar-agent was tested with: pip install 'mcp==1.30.0'"
         )
+
+
+def _takes_our_call(hook: Any) -> bool:
+    """Whether ``hook`` takes the call our 401s make (``ExplainedRequireAuth.__call__``):
+    ``(self, send, status_code=, error=, description=)``, mcp 1.30's parameters; a release
+    that only adds an optional one still serves."""
+    try:
+        inspect.signature(hook).bind(None, None, status_code=401, error="", description="")
+    except TypeError:
+        return False
+    return True
 
 
 @functools.cache
@@ -228,7 +234,7 @@ def _require_auth() -> type:
             if isinstance(scope.get("user"), AuthenticatedUser):
                 await super().__call__(scope, receive, send)
                 return
-            await self._send_auth_error(
+            await self._send_auth_error(  # the call _takes_our_call checks
                 send, status_code=401, error="invalid_token", description=refusal(scope, self.store)
             )
 

@@ -1376,6 +1376,32 @@ async def test_a_server_on_every_interface_names_this_machine_in_its_401(tmp_pat
     assert challenges and f'resource_metadata="http://{host}:' in challenges[0], challenges
 
 
+def test_an_sdk_whose_401_method_only_gained_an_optional_parameter_still_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release that adds an optional parameter to ``_send_auth_error`` takes our call as
+    before: the app is built, and a refused request is answered in our words through it."""
+    from mcp.server.auth.middleware.bearer_auth import RequireAuthMiddleware
+    from mcp.server.lowlevel import Server
+    from starlette.testclient import TestClient
+
+    shipped = RequireAuthMiddleware._send_auth_error
+
+    async def newer(
+        self: Any, send: Any, status_code: int, error: str, description: str, extra: Any = None
+    ) -> None:
+        await shipped(self, send, status_code, error, description)
+
+    monkeypatch.setattr(RequireAuthMiddleware, "_send_auth_error", newer)
+    store = TokenStore(tmp_path / "auth.toml")
+    store.add("alice", ["recognize"])
+    app = http_app(Server("newer"), verifier=StoreTokenVerifier(store))
+    with TestClient(app) as client:
+        answer = client.post("/mcp", json={})
+    assert answer.status_code == 401
+    assert "no token" in answer.headers["www-authenticate"].lower(), answer.headers
+
+
 @pytest.mark.parametrize("change", ["removed", "another parameter", "not async"])
 def test_an_sdk_without_the_method_our_401s_use_is_refused_when_the_app_is_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
