@@ -101,12 +101,9 @@ def memory_named(memory: MemoryInfo) -> str:
     return f"the category memory {memory.collection!r}"
 
 
-def listing_text(
-    listing: CategoryListing, contains: str | None = None, *, named: str | None = None
-) -> str:
+def listing_text(listing: CategoryListing, contains: str | None = None, *, named: str) -> str:
     """The short text a model sees for a listing: the labels with their example counts
-    (``named``: the memory, as :func:`memory_named` names it; default: by its collection)."""
-    named = named or f"the category memory {listing.collection!r}"
+    (``named``: the memory, as :func:`memory_named` names it)."""
     matching = f" matching {contains!r}" if contains else ""
     if not listing.total:
         return f"No categories{matching} in {named}."
