@@ -569,9 +569,16 @@ def error_guard() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def with_folders_listed(images: list[str]) -> list[str]:
+def with_folders_listed(
+    images: list[str], check: Callable[[str, Path, list[Path]], None] | None = None
+) -> list[str]:
     """``images`` with each folder among them replaced by the image files in it and its
     sub-folders, sorted (before anything loads: a folder without images is a usage error).
+
+    Args:
+        images: Image paths, URLs or folders, as given.
+        check: Called with each folder as given, as a path and its image files, before they
+            are listed (each folder is walked once); it raises to refuse the folder.
 
     Raises:
         ConfigError: A folder holds no image file.
@@ -589,6 +596,8 @@ def with_folders_listed(images: list[str]) -> list[str]:
         if not files:
             suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
             raise ConfigError(f"no image files in the folder {item} or below it ({suffixes})")
+        if check is not None:
+            check(item, folder, files)
         out.extend(str(p) for p in files)
     return out
 

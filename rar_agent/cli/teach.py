@@ -7,6 +7,7 @@ No ``from __future__ import annotations``: :func:`settings_command` reads the op
 import json
 import shlex
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -72,8 +73,8 @@ def teach_images(
     from rar_agent.results import TeachAction
     from rar_agent.tools.learn import describe_added
 
-    _refuse_class_folders(images, label)
-    images = [Path(p) for p in with_folders_listed([str(i) for i in images])]
+    listed = with_folders_listed([str(i) for i in images], partial(_refuse_class_folder, label))
+    images = [Path(p) for p in listed]
     for image in images:  # a mistyped path is refused before the encoder loads
         problem = reference_problem(str(image))
         if problem is not None:
@@ -100,34 +101,29 @@ def teach_images(
         remember_memory(settings, mem, command)
 
 
-def _refuse_class_folders(images: list[Path], label: str) -> None:
+def _refuse_class_folder(label: str, item: str, folder: Path, files: list[Path]) -> None:
     """Refuse a folder laid out as ``memory build --from-folder`` reads one: no image of its
-    own and its images in two or more sub-folders, a category each. Taught as one label, it
-    would store every category's photos under ``label`` (a folder of one category's photos
-    in sub-folders is taught by naming them).
+    own and its images (``files``) in two or more sub-folders, a category each. Taught as one
+    label, it would store every category's photos under ``label`` (a folder of one category's
+    photos in sub-folders is taught by naming them).
 
     Raises:
-        ConfigError: ``images`` names such a folder (before anything loads).
+        ConfigError: ``item`` (``folder`` expanded) is such a folder (before anything loads).
     """
     from rar_agent.errors import ConfigError
-    from rar_agent.images import image_files
 
-    for item in images:
-        folder = item.expanduser()
-        if not folder.is_dir():
-            continue
-        inside = [p.relative_to(folder).parts for p in image_files(folder)]
-        subs = sorted({parts[0] for parts in inside if len(parts) > 1})
-        if len(subs) < 2 or any(len(parts) == 1 for parts in inside):
-            continue
-        shown = ", ".join(subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")
-        raise ConfigError(
-            f"{item} holds no image of its own, only sub-folders of them ({shown}), the layout "
-            f"whose every sub-folder is a category: teach {label!r} from the folder of its own "
-            f"photos (rar-agent teach {shlex.quote(label)} {shlex.quote(str(item / subs[0]))}), "
-            f"name each sub-folder to teach them all as {label!r}, or store each sub-folder "
-            f"under its own name (rar-agent memory build --from-folder {shlex.quote(str(item))})"
-        )
+    inside = [p.relative_to(folder).parts for p in files]
+    subs = sorted({parts[0] for parts in inside if len(parts) > 1})
+    if len(subs) < 2 or any(len(parts) == 1 for parts in inside):
+        return
+    shown = ", ".join(subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")
+    raise ConfigError(
+        f"{item} holds no image of its own, only sub-folders of them ({shown}), the layout "
+        f"whose every sub-folder is a category: teach {label!r} from the folder of its own "
+        f"photos (rar-agent teach {shlex.quote(label)} {shlex.quote(str(Path(item) / subs[0]))}), "
+        f"name each sub-folder to teach them all as {label!r}, or store each sub-folder "
+        f"under its own name (rar-agent memory build --from-folder {shlex.quote(item)})"
+    )
 
 
 def _note_new_memory(settings: "Settings", memory: "CategoryMemory") -> None:
