@@ -52,7 +52,6 @@ import json
 import string
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,47 +60,26 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rar_agent.openset.calibration import GROUP_QUANTILE  # noqa: E402
-from rar_agent.openset.prior import MemoryScale, prior_score  # noqa: E402
+from rar_agent.openset.fitting import (  # noqa: E402
+    ALPHAS,
+    FAR_MARGIN,
+    SHOTS,
+    RefSet,
+    delivered,
+    fit_link,
+    quantiles,
+    trials,
+    unit,
+    weighted_quantile,
+)
+from rar_agent.openset.prior import MemoryScale  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from emoji_reference import load_emoji  # noqa: E402
 from icon_reference import load_icons  # noqa: E402
 
-ALPHAS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
-"""The ALPHA grid the prior is stored at (``auto:ALPHA`` interpolates between them)."""
-SHOTS = (1, 2, 3)
-FAR_MARGIN = 0.8
-"""The prior's ``far_below``: this fraction of the lowest nearest-other similarity of any
-fitted reference memory, so that none of them has a category set apart (EfficientNet-Lite0:
-the icons' lowest 0.254 over 3000 memories of 24, Fashion-MNIST's 0.41 over 3000 of 7; a cat
-photo reaches 0.19 at most beside garments, 0.16 beside drawn shapes)."""
 CHARS = string.ascii_letters + string.digits
 SKIP_STYLES = ("bold", "italic", "oblique", "light", "thin", "black", "medium", "heavy", "cond")
-
-
-@dataclass(eq=False)
-class RefSet:
-    """One reference set: memory pool and query pool (vectors, integer labels).
-
-    ``same_pool``: the queries are the memory pool (a memory example is then never a query of
-    its own memory)."""
-
-    name: str
-    memory_x: np.ndarray
-    memory_y: np.ndarray
-    query_x: np.ndarray
-    query_y: np.ndarray
-    same_pool: bool = False
-
-    @classmethod
-    def pool(cls, name: str, x: np.ndarray, y: np.ndarray) -> RefSet:
-        """A set whose memories and queries come from one pool."""
-        return cls(name, x, y, x, y, same_pool=True)
-
-
-def _unit(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 
 
 # ---------------------------------------------------------------------- reference data
@@ -109,8 +87,8 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 def fashion_sets(cache: Path) -> tuple[RefSet, RefSet]:
     """Fashion-MNIST: (fitting: train pool as memory and queries, held out: test queries)."""
-    x, y = _unit(np.load(cache / "train_x.npy")), np.load(cache / "train_y.npy")
-    tx, ty = _unit(np.load(cache / "test_x.npy")), np.load(cache / "test_y.npy")
+    x, y = unit(np.load(cache / "train_x.npy")), np.load(cache / "train_y.npy")
+    tx, ty = unit(np.load(cache / "test_x.npy")), np.load(cache / "test_y.npy")
     return RefSet.pool("fashion", x, y), RefSet("fashion (test images)", x, y, tx, ty)
 
 
@@ -156,7 +134,7 @@ def glyph_sets(cache: Path, encoder: str, families: int) -> tuple[RefSet, RefSet
     if not meta.exists():
         _encode_glyphs(cache, encoder, families)
     info = json.loads(meta.read_text())
-    x = _unit(np.load(cache / "glyphs_x.npy"))
+    x = unit(np.load(cache / "glyphs_x.npy"))
     y = np.asarray([CHARS.index(c) for c in info["labels"]])
     names = sorted(set(info["fonts"]))
     half = np.asarray([names.index(f) % 2 for f in info["fonts"]])
@@ -204,52 +182,6 @@ def _encode_glyphs(cache: Path, name: str, families: int) -> None:
 
 
 # ---------------------------------------------------------------------- measuring
-
-
-def trials(ref: RefSet, shots: int, known: int, unseen: int, n: int, seed: int) -> list[dict]:
-    """``n`` random memories of ``known`` categories x ``shots`` examples: each known and
-    unseen query's similarity to its answer's closest example, as prior scores."""
-    rng = np.random.default_rng(seed)
-    classes = np.unique(ref.memory_y)
-    known = min(known, len(classes) - unseen)
-    out = []
-    for _ in range(n):
-        order = rng.permutation(classes)
-        mine, others = order[:known], order[known : known + unseen]
-        picks = np.concatenate(
-            [rng.choice(np.flatnonzero(ref.memory_y == c), shots, replace=False) for c in mine]
-        )
-        labels = ref.memory_y[picks]
-        scale = MemoryScale.measure([str(v) for v in labels], ref.memory_x[picks])
-        if scale is None:
-            raise SystemExit(f"{ref.name}: too few categories for a scale")
-        queries = np.flatnonzero(np.isin(ref.query_y, np.concatenate([mine, others])))
-        if ref.same_pool:  # never a memory example as a query of its own memory
-            queries = np.setdiff1d(queries, picks)
-        sims = ref.query_x[queries] @ ref.memory_x[picks].T
-        best = sims.argmax(axis=1)
-        score = prior_score(sims.max(axis=1), scale)
-        is_known = np.isin(ref.query_y[queries], mine)
-        out.append(
-            {
-                "known": score[is_known],
-                "unseen": score[~is_known],
-                "correct": (labels[best] == ref.query_y[queries])[is_known],
-                "scale": scale.centre,
-                "lowest_other": _lowest_other(ref.memory_x[picks], labels),
-                "pair_spread": float(scale.pair_spread or 0.0),
-            }
-        )
-    return out
-
-
-def _lowest_other(x: np.ndarray, labels: np.ndarray) -> float:
-    """The lowest similarity of a category's first example to its nearest other category's."""
-    first = np.unique(labels, return_index=True)[1]
-    unit = _unit(x[first])
-    sims = unit @ unit.T
-    np.fill_diagonal(sims, -np.inf)
-    return float(sims.max(axis=1).min())
 
 
 def far_trials(
@@ -323,45 +255,6 @@ def fit_far(
     return far, figures
 
 
-def link_trials(ref: RefSet, known: int, n: int, seed: int) -> list[np.ndarray]:
-    """``n`` random memories of ``known`` categories x one example: the prior score of each
-    example's similarity to every other image of its category in the memory pool (its
-    same-category pairs, what a memory of more examples measures its link on)."""
-    rng = np.random.default_rng(seed)
-    classes = np.unique(ref.memory_y)
-    out = []
-    for _ in range(n):
-        mine = rng.permutation(classes)[:known]
-        picks = np.array([rng.choice(np.flatnonzero(ref.memory_y == c)) for c in mine])
-        scale = MemoryScale.measure([str(c) for c in mine], ref.memory_x[picks])
-        if scale is None:
-            raise SystemExit(f"{ref.name}: too few categories for a scale")
-        sims = [
-            ref.memory_x[np.setdiff1d(np.flatnonzero(ref.memory_y == c), [p])] @ ref.memory_x[p]
-            for p, c in zip(picks, mine, strict=True)
-        ]
-        out.append(prior_score(np.concatenate(sims), scale))
-    return out
-
-
-def weighted_quantile(scores: list[np.ndarray], q: float) -> float:
-    """The ``q`` quantile of the pooled ``scores``, each memory's weighing the same."""
-    weights = np.concatenate([np.full(len(s), 1.0 / len(s)) for s in scores])
-    pooled = np.concatenate(scores)
-    order = np.argsort(pooled)
-    cdf = np.cumsum(weights[order]) / weights.sum()
-    return float(pooled[order][np.searchsorted(cdf, q)])
-
-
-def fit_link(refs: list[RefSet], n: int) -> tuple[float, dict[str, Any]]:
-    """The prior's ``link``: the :data:`GROUP_QUANTILE` quantile of the same-category pair
-    scores of ``n`` one-example memories of each reference set (the sets weighing the same),
-    and each set's own quantile (for people)."""
-    runs = {ref.name: link_trials(ref, _shape(ref)[0], n, seed=7) for ref in refs}
-    link = weighted_quantile([s for r in runs.values() for s in r], GROUP_QUANTILE)
-    return link, {name: round(weighted_quantile(r, GROUP_QUANTILE), 5) for name, r in runs.items()}
-
-
 def fit_slopes(runs: list[dict]) -> list[float]:
     """At each ALPHA, how a memory's known-query quantile rises with its pair spread: the
     least-squares slope over ``runs`` (each memory one point; the memories of every fitted
@@ -373,42 +266,6 @@ def fit_slopes(runs: list[dict]) -> list[float]:
         own = np.asarray([np.quantile(r["known"], a) for r in runs])
         out.append(float(np.linalg.lstsq(design, own, rcond=None)[0][1]))
     return out
-
-
-def quantiles(runs: list[dict], slopes: list[float] | None = None) -> list[float]:
-    """The known queries' score quantile at each ALPHA, each score less its memory's pair
-    spread x the ALPHA's slope (each memory weighs the same)."""
-    weights = np.concatenate([np.full(len(r["known"]), 1.0 / len(r["known"])) for r in runs])
-    out = []
-    for i, a in enumerate(ALPHAS):
-        slope = slopes[i] if slopes else 0.0
-        scores = np.concatenate([r["known"] - slope * r["pair_spread"] for r in runs])
-        order = np.argsort(scores)
-        cdf = np.cumsum(weights[order]) / weights.sum()
-        out.append(float(scores[order][np.searchsorted(cdf, a)]))
-    return out
-
-
-def delivered(
-    runs: list[dict], thresholds: list[float], slopes: list[float] | None = None
-) -> dict[str, Any]:
-    """Mean over memories of the known and unseen queries rejected at each ALPHA (a memory's
-    threshold: the ALPHA's quantile + slope x its pair spread)."""
-    rows = {}
-    for i, (a, t) in enumerate(zip(ALPHAS, thresholds, strict=True)):
-        slope = slopes[i] if slopes else 0.0
-        cut = [t + slope * r["pair_spread"] for r in runs]
-        known = np.mean([np.mean(r["known"] < c) for r, c in zip(runs, cut, strict=True)])
-        unseen = np.mean([np.mean(r["unseen"] < c) for r, c in zip(runs, cut, strict=True)])
-        drop = np.mean(
-            [np.mean(r["correct"] & (r["known"] < c)) for r, c in zip(runs, cut, strict=True)]
-        )
-        rows[f"{a:g}"] = {
-            "known_rejected": round(float(known), 4),
-            "unseen_rejected": round(float(unseen), 4),
-            "top1_drop_points": round(100 * float(drop), 2),
-        }
-    return rows
 
 
 def _smallest(rows: Any) -> list[float]:
@@ -429,7 +286,7 @@ def picture_set(name: str, x: np.ndarray, labels: list[str]) -> RefSet:
     """A reference set of drawings (icons, emoji): memories and queries from one pool."""
     names = sorted(set(labels))
     y = np.asarray([names.index(v) for v in labels])
-    return RefSet.pool(name, _unit(x), y)
+    return RefSet.pool(name, unit(x), y)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -508,9 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     validated: dict[str, Any] = {}
     for shots in SHOTS:
         judged = {*refs, *refs.values(), *held_only}
-        runs = {
-            ref.name: trials(ref, shots, *_shape(ref), args.trials, seed=shots) for ref in judged
-        }
+        runs = {ref.name: trials(ref, shots, *ref.shape, args.trials, seed=shots) for ref in judged}
         names = [ref.name for ref in refs]
         lowest = min(lowest, *(r["lowest_other"] for name in names for r in runs[name]))
         sloped = str(shots) in args.sloped.split(",")
@@ -559,12 +414,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     return 0
-
-
-def _shape(ref: RefSet) -> tuple[int, int]:
-    """Known and unseen categories of a reference set's memories: Fashion-MNIST the eval's
-    7 / 3, the others the 24 / 8 of the one-example check."""
-    return (7, 3) if ref.name.startswith("fashion") else (24, 8)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,273 @@
+"""How an encoder prior is measured: the one definition for the product and the maintainer tool.
+
+An encoder prior (:mod:`~rar_agent.openset.prior`) is the quantile, at each ALPHA and number
+of examples, of the :func:`~rar_agent.openset.prior.prior_score` of known-category queries
+of many small memories drawn from labelled reference data, plus the two figures a memory of
+single examples cannot measure itself: ``far_below`` (a nearest-other similarity below any
+the reference memories hold) and ``link`` (the score at which two images are one thing).
+``tools/fit_encoder_prior.py`` fits the shipped priors on several reference sets with these
+functions; :func:`measure_prior` fits one on a single set, the way the product measures the
+prior of an encoder that ships none, on the garments that ship with the package
+(:func:`reference_garments`).
+
+Vectors come in already encoded: this layer never loads an encoder (the pipeline encodes the
+reference images, :mod:`rar_agent.pipeline.prior`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rar_agent.openset.calibration import GROUP_QUANTILE
+from rar_agent.openset.prior import EncoderPrior, MemoryScale, prior_score
+
+__all__ = [
+    "ALPHAS",
+    "FAR_MARGIN",
+    "GARMENTS",
+    "REFERENCE_DIR",
+    "SHOTS",
+    "TRIALS",
+    "RefSet",
+    "delivered",
+    "fit_link",
+    "lowest_other",
+    "measure_prior",
+    "quantiles",
+    "reference_garments",
+    "trials",
+    "unit",
+    "weighted_quantile",
+]
+
+ALPHAS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
+"""The ALPHA grid a prior is stored at (``auto:ALPHA`` interpolates between them)."""
+SHOTS = (1, 2, 3)
+"""The numbers of examples per category a prior has quantiles for."""
+TRIALS = 300
+"""Reference memories drawn per number of examples (and for the link)."""
+FAR_MARGIN = 0.8
+"""A prior's ``far_below``: this fraction of the lowest nearest-other similarity of any
+reference memory, so that none of them has a category set apart (EfficientNet-Lite0: the
+icons' lowest 0.254 over 3000 memories of 24, Fashion-MNIST's 0.41 over 3000 of 7; a cat
+photo reaches 0.19 at most beside garments, 0.16 beside drawn shapes)."""
+REFERENCE_DIR = Path(__file__).with_name("reference")
+"""The labelled reference data shipped with the package (and its licence)."""
+GARMENTS = REFERENCE_DIR / "fashion-mnist-200.npz"
+"""The shipped reference garments (:func:`reference_garments`)."""
+
+
+@dataclass(eq=False)
+class RefSet:
+    """One reference set: memory pool and query pool (vectors, integer labels).
+
+    ``same_pool``: the queries are the memory pool (a memory example is then never a query of
+    its own memory)."""
+
+    name: str
+    memory_x: np.ndarray
+    memory_y: np.ndarray
+    query_x: np.ndarray
+    query_y: np.ndarray
+    same_pool: bool = False
+
+    @classmethod
+    def pool(cls, name: str, x: np.ndarray, y: np.ndarray) -> RefSet:
+        """A set whose memories and queries come from one pool."""
+        return cls(name, x, y, x, y, same_pool=True)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Known and unseen categories of its memories: Fashion-MNIST the eval's 7 / 3, the
+        others the 24 / 8 of the one-example check."""
+        return (7, 3) if self.name.startswith("fashion") else (24, 8)
+
+
+def unit(a: np.ndarray) -> np.ndarray:
+    """The rows of ``a`` made unit length (float64)."""
+    a = np.asarray(a, dtype=np.float64)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+
+def reference_garments() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The reference images shipped with the package: Fashion-MNIST's train pool of the
+    shipped prior (20 images of each of its 10 classes, ``tools/reference_pack.py``).
+
+    Returns:
+        ``(images, labels, classes)``: uint8 ``(200, 28, 28)`` (white garment on black),
+        ``(200,)`` indices into ``classes``.
+    """
+    with np.load(GARMENTS) as pack:
+        return pack["images"], pack["labels"].astype(np.int64), [str(c) for c in pack["classes"]]
+
+
+# ---------------------------------------------------------------------- reference memories
+
+
+def trials(ref: RefSet, shots: int, known: int, unseen: int, n: int, seed: int) -> list[dict]:
+    """``n`` random memories of ``known`` categories x ``shots`` examples: each known and
+    unseen query's similarity to its answer's closest example, as prior scores."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(ref.memory_y)
+    known = min(known, len(classes) - unseen)
+    out = []
+    for _ in range(n):
+        order = rng.permutation(classes)
+        mine, others = order[:known], order[known : known + unseen]
+        picks = np.concatenate(
+            [rng.choice(np.flatnonzero(ref.memory_y == c), shots, replace=False) for c in mine]
+        )
+        labels = ref.memory_y[picks]
+        scale = MemoryScale.measure([str(v) for v in labels], ref.memory_x[picks])
+        if scale is None:
+            raise ValueError(f"{ref.name}: too few categories for a scale")
+        queries = np.flatnonzero(np.isin(ref.query_y, np.concatenate([mine, others])))
+        if ref.same_pool:  # never a memory example as a query of its own memory
+            queries = np.setdiff1d(queries, picks)
+        sims = ref.query_x[queries] @ ref.memory_x[picks].T
+        best = sims.argmax(axis=1)
+        score = prior_score(sims.max(axis=1), scale)
+        is_known = np.isin(ref.query_y[queries], mine)
+        out.append(
+            {
+                "known": score[is_known],
+                "unseen": score[~is_known],
+                "correct": (labels[best] == ref.query_y[queries])[is_known],
+                "scale": scale.centre,
+                "lowest_other": lowest_other(ref.memory_x[picks], labels),
+                "pair_spread": float(scale.pair_spread or 0.0),
+            }
+        )
+    return out
+
+
+def lowest_other(x: np.ndarray, labels: np.ndarray) -> float:
+    """The lowest similarity of a category's first example to its nearest other category's."""
+    first = np.unique(labels, return_index=True)[1]
+    rows = unit(x[first])
+    sims = rows @ rows.T
+    np.fill_diagonal(sims, -np.inf)
+    return float(sims.max(axis=1).min())
+
+
+def weighted_quantile(scores: list[np.ndarray], q: float) -> float:
+    """The ``q`` quantile of the pooled ``scores``, each memory's weighing the same."""
+    weights = np.concatenate([np.full(len(s), 1.0 / len(s)) for s in scores])
+    pooled = np.concatenate(scores)
+    order = np.argsort(pooled)
+    cdf = np.cumsum(weights[order]) / weights.sum()
+    return float(pooled[order][min(int(np.searchsorted(cdf, q)), len(pooled) - 1)])
+
+
+def quantiles(runs: list[dict], slopes: list[float] | None = None) -> list[float]:
+    """The known queries' score quantile at each ALPHA, each score less its memory's pair
+    spread x the ALPHA's slope (each memory weighs the same)."""
+    out = []
+    for i, a in enumerate(ALPHAS):
+        slope = slopes[i] if slopes else 0.0
+        out.append(weighted_quantile([r["known"] - slope * r["pair_spread"] for r in runs], a))
+    return out
+
+
+def delivered(
+    runs: list[dict], thresholds: list[float], slopes: list[float] | None = None
+) -> dict[str, Any]:
+    """Mean over memories of the known and unseen queries rejected at each ALPHA (a memory's
+    threshold: the ALPHA's quantile + slope x its pair spread)."""
+    rows = {}
+    for i, (a, t) in enumerate(zip(ALPHAS, thresholds, strict=True)):
+        slope = slopes[i] if slopes else 0.0
+        cut = [t + slope * r["pair_spread"] for r in runs]
+        known = np.mean([np.mean(r["known"] < c) for r, c in zip(runs, cut, strict=True)])
+        unseen = np.mean([np.mean(r["unseen"] < c) for r, c in zip(runs, cut, strict=True)])
+        drop = np.mean(
+            [np.mean(r["correct"] & (r["known"] < c)) for r, c in zip(runs, cut, strict=True)]
+        )
+        rows[f"{a:g}"] = {
+            "known_rejected": round(float(known), 4),
+            "unseen_rejected": round(float(unseen), 4),
+            "top1_drop_points": round(100 * float(drop), 2),
+        }
+    return rows
+
+
+def link_trials(ref: RefSet, known: int, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` random memories of ``known`` categories x one example: the prior score of each
+    example's similarity to every other image of its category in the memory pool (its
+    same-category pairs, what a memory of more examples measures its link on)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(ref.memory_y)
+    out = []
+    for _ in range(n):
+        mine = rng.permutation(classes)[:known]
+        picks = np.array([rng.choice(np.flatnonzero(ref.memory_y == c)) for c in mine])
+        scale = MemoryScale.measure([str(c) for c in mine], ref.memory_x[picks])
+        if scale is None:
+            raise ValueError(f"{ref.name}: too few categories for a scale")
+        sims = [
+            ref.memory_x[np.setdiff1d(np.flatnonzero(ref.memory_y == c), [p])] @ ref.memory_x[p]
+            for p, c in zip(picks, mine, strict=True)
+        ]
+        out.append(prior_score(np.concatenate(sims), scale))
+    return out
+
+
+def fit_link(refs: list[RefSet], n: int) -> tuple[float, dict[str, Any]]:
+    """A prior's ``link``: the :data:`GROUP_QUANTILE` quantile of the same-category pair
+    scores of ``n`` one-example memories of each reference set (the sets weighing the same),
+    and each set's own quantile (for people)."""
+    runs = {ref.name: link_trials(ref, ref.shape[0], n, seed=7) for ref in refs}
+    link = weighted_quantile([s for r in runs.values() for s in r], GROUP_QUANTILE)
+    return link, {name: round(weighted_quantile(r, GROUP_QUANTILE), 5) for name, r in runs.items()}
+
+
+# ---------------------------------------------------------------------- one set, one prior
+
+
+def measure_prior(
+    ref: RefSet, *, fingerprint: str, encoder: str, measured_on: str, n: int = TRIALS
+) -> EncoderPrior:
+    """The prior of one reference set (the product's, on the shipped garments): its known
+    queries' quantile at each ALPHA and number of examples (``SHOTS``), ``far_below`` and
+    ``link``; no slopes and no ``far`` (both need reference data of several kinds). Where
+    some reference memory's lowest nearest-other similarity is not positive, no fraction of
+    it lies below all of them: the prior then sets no category apart (``far_below`` none).
+
+    Args:
+        ref: The reference set, encoded by the encoder the prior is for.
+        fingerprint: That encoder's fingerprint (the key the prior is found by).
+        encoder: A readable name of the encoder.
+        measured_on: What the prior was measured on, in words (said in every note).
+        n: Reference memories per number of examples.
+
+    Raises:
+        ValueError: The vectors give no finite prior (an encoder whose images are all alike).
+    """
+    runs = {shots: trials(ref, shots, *ref.shape, n, seed=shots) for shots in SHOTS}
+    table = {str(shots): quantiles(r) for shots, r in runs.items()}
+    lowest = min(r["lowest_other"] for rs in runs.values() for r in rs)
+    link, _ = fit_link([ref], n)
+    values = [v for row in table.values() for v in row] + [lowest, link]
+    if not all(np.isfinite(values)):
+        raise ValueError(f"{encoder}: the reference images give no finite prior ({ref.name})")
+    return EncoderPrior(
+        fingerprint=fingerprint,
+        encoder=encoder,
+        measured_on=measured_on,
+        alphas=list(ALPHAS),
+        quantiles={k: [round(v, 5) for v in row] for k, row in table.items()},
+        far_below=round(FAR_MARGIN * lowest, 4) if lowest > 0 else None,
+        link=round(link, 5),
+        link_quantile=GROUP_QUANTILE,
+        validated={
+            f"{ref.name} (fitted on, not held out)": {
+                str(shots): delivered(r, table[str(shots)]) for shots, r in runs.items()
+            },
+            "measured_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    )

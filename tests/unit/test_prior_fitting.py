@@ -1,0 +1,79 @@
+"""The reference garments shipped with the package and the one definition of how an encoder
+prior is measured on them (``rar_agent.openset.fitting``)."""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rar_agent.datasets import FASHION_MNIST_CLASSES, fashion_mnist_available, load_fashion_mnist
+from rar_agent.openset.calibration import GROUP_QUANTILE
+from rar_agent.openset.fitting import (
+    ALPHAS,
+    REFERENCE_DIR,
+    SHOTS,
+    RefSet,
+    measure_prior,
+    reference_garments,
+    unit,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_garments_are_the_shipped_priors_train_pool() -> None:
+    images, labels, classes = reference_garments()
+    assert images.shape == (200, 28, 28) and images.dtype == np.uint8
+    assert classes == list(FASHION_MNIST_CLASSES)
+    assert np.bincount(labels).tolist() == [20] * 10
+    if not fashion_mnist_available():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    train, train_labels = load_fashion_mnist("train")
+    with np.load(REFERENCE_DIR / "fashion-mnist-200.npz") as pack:
+        idx = pack["indices"]
+    # the pool tools/eval_open_set.py encodes: 20 per class, seed 0, in that order
+    rng = np.random.default_rng(0)
+    drawn = np.concatenate(
+        [rng.choice(np.flatnonzero(train_labels == c), 20, replace=False) for c in range(10)]
+    )
+    assert idx.tolist() == drawn.tolist()
+    assert np.array_equal(images, train[idx]) and np.array_equal(labels, train_labels[idx])
+
+
+def test_the_licence_ships_beside_the_data_and_both_are_package_data() -> None:
+    licence = (REFERENCE_DIR / "LICENSE-fashion-mnist.txt").read_text(encoding="utf-8")
+    assert "Zalando SE" in licence and "Permission is hereby granted" in licence
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["rar_agent"]
+    package = ROOT / "rar_agent"
+    for path in REFERENCE_DIR.iterdir():
+        name = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} is not package data"
+
+
+def _pool(seed: int = 0) -> RefSet:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(10, 32))
+    x = 2.0 + np.repeat(centres, 20, axis=0) + 0.9 * rng.normal(size=(200, 32))
+    return RefSet.pool("fashion", unit(x), np.repeat(np.arange(10), 20))
+
+
+def test_a_measured_prior_has_every_level_a_link_and_far_below() -> None:
+    prior = measure_prior(_pool(), fingerprint="fp", encoder="enc", measured_on="garments")
+    assert prior.alphas == list(ALPHAS) and prior.shots() == list(SHOTS)
+    for row in prior.quantiles.values():
+        assert row == sorted(row)  # a larger ALPHA never rejects fewer
+    assert prior.link is not None and prior.link_quantile == GROUP_QUANTILE
+    assert prior.far_below is not None and 0 < prior.far_below < 1
+    assert not prior.slopes and not prior.far  # one kind of data measures neither
+
+
+def test_vectors_that_give_no_finite_prior_are_refused() -> None:
+    ref = _pool()
+    ref.memory_x[:] = np.nan
+    with pytest.raises(ValueError, match="no finite prior"):
+        measure_prior(ref, fingerprint="fp", encoder="enc", measured_on="garments")
