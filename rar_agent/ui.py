@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from rar_agent.errors import RarError, cannot_serve
 from rar_agent.images import IMAGE_SUFFIXES
+from rar_agent.openset.groups import Senders
 from rar_agent.registry import IMAGE_ID_PATTERN, ImageRegistry
 
 if TYPE_CHECKING:
@@ -463,6 +464,7 @@ class ChatSession:
         self.reading_agent = reading_agent
         self.may_learn = may_learn
         self._turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._sent = Senders()  # each signed-in person's unknown images, as a token's
 
     def may_teach(self, user: str | None) -> bool:
         """Whether the page teaches and the signed-in ``user`` may (a token with ``learn``)."""
@@ -551,7 +553,7 @@ class ChatSession:
         if self._behind(history, conversation):
             return _reply(ELSEWHERE)
         try:
-            with teaching_as("chat", user):
+            with teaching_as("chat", user, self._sent.of(user)):
                 if self.conversations is not None and conversation:
                     out = await agent.ainvoke(
                         {"messages": [turn]}, conversation_config(conversation)

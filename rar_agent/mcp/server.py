@@ -319,7 +319,7 @@ def build_server(
         The server; run it with :func:`serve_stdio` or :func:`serve_http`.
     """
     from rar_agent.mcp.opening import PerTokenServer
-    from rar_agent.openset.groups import SentImages
+    from rar_agent.openset.groups import Senders
     from rar_agent.tools.learn import TEACHING_TOOLS
     from rar_agent.tools.provenance import teaching_as
 
@@ -327,7 +327,7 @@ def build_server(
     learning = frozenset({*TEACHING_TOOLS, "undo_teaching_of"})  # with --allow-learning only
     served = {tool.name: _Served(tool, mcp_tool(tool), required_scope(tool)) for tool in tools}
     roots = [root for tool in tools for root in getattr(tool, "allowed_roots", ())]
-    sent: dict[str, SentImages] = {}  # per token; unauthenticated callers share the log
+    sent = Senders()  # per token; unauthenticated callers share the log
 
     def listed(scopes: frozenset[str] | None) -> list[_Served]:
         """The tools a token with ``scopes`` lists and calls (``None``: every tool)."""
@@ -363,9 +363,8 @@ def build_server(
             return _error(f"unknown tool {tool_name!r}: this server has {known}")
         if scopes is not None and entry.scope not in scopes:
             return _not_granted(entry, who, scopes)
-        mine = None if who is None else sent.setdefault(who, SentImages())
         may_teach = scopes is None or "learn" in scopes
-        with teaching_as("mcp", who, mine, may_teach=may_teach):
+        with teaching_as("mcp", who, sent.of(who), may_teach=may_teach):
             result = await call_langchain_tool(entry.tool, arguments or {})
         pictures = bool(getattr(entry.tool, "example_images", False))
         _publish_result(result, roots, pictures=pictures)

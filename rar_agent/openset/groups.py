@@ -37,6 +37,7 @@ __all__ = [
     "MAX_MEMBERS_SHOWN",
     "NovelGroupLog",
     "SentImages",
+    "Senders",
     "average_linkage",
     "purity",
 ]
@@ -444,6 +445,25 @@ class SentImages:
     def __call__(self, name: str | None) -> bool:
         with self._lock:
             return name in self._names
+
+
+class Senders:
+    """Each named caller's :class:`SentImages`, for a log that callers share: a token's on
+    the MCP server, a signed-in person's on the chat page (all of their conversations), so
+    both doors scope unknown images by one rule. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by: dict[str, SentImages] = {}
+
+    def of(self, name: str | None) -> SentImages | None:
+        """The images the caller named ``name`` sent (an empty record at first); ``None``
+        for a caller with no name (stdio, a server or page without tokens: one caller, who
+        is shown every unknown image)."""
+        if name is None:
+            return None
+        with self._lock:
+            return self._by.setdefault(name, SentImages())
 
 
 def purity(groups: Sequence[Sequence[str]]) -> float | None:

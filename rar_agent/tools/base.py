@@ -461,15 +461,18 @@ class RecognizerTool(ErrorAnsweringTool):
         )
 
     def shown_unknown(self, *, gone_too: bool = False) -> Shown | None:
-        """Which unknown images this call lists and names groups of: a conversation's (its
-        scope), a served caller's own (the images it sent; ``gone_too``: also those that
-        left the log since, whose groups' fates it is told), or all (``None``)."""
-        if isinstance(self.registry, ImageScope):
-            return self.registry.lists
+        """Which unknown images this call lists and names groups of: a served caller's own
+        (the images its token, or the person signed in, sent; ``gone_too``: also those that
+        left the log since, whose groups' fates it is told), of those a conversation's
+        scope lists (none of another conversation's uploads, which it cannot open); all
+        (``None``) for neither."""
+        scope = self.registry.lists if isinstance(self.registry, ImageScope) else None
         caller = serving_teacher()
-        if caller is None or caller.sent is None:
-            return None
-        return caller.sent.sent_lately if gone_too else caller.sent
+        sent = None if caller is None else caller.sent
+        if sent is None:
+            return scope
+        own = sent.sent_lately if gone_too else sent
+        return own if scope is None else lambda name: scope(name) and own(name)
 
     def taught_unknown(self, images: Sequence[str], label: str) -> None:
         """The images named so were taught as ``label``: they, what this caller is shown of

@@ -9,8 +9,9 @@ carries it, so concurrent requests never mix their names up, and ``asyncio.to_th
 it to the worker thread.
 
 The same request says whose unknown images a served tool lists: a caller with its own
-:class:`~rar_agent.openset.groups.SentImages` (a token of a shared MCP server) is told about
-the groups of the unknown images it sent itself, not of other callers' images.
+:class:`~rar_agent.openset.groups.SentImages` (a token of a shared MCP server, a person
+signed in to the chat page: :class:`~rar_agent.openset.groups.Senders`) is told about the
+groups of the unknown images it sent itself, not of other callers' images.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class Caller:
     Attributes:
         via: The door it came through.
         by: The token's or the login's name; ``None`` when nobody signed in.
-        sent: The unknown images this caller sent, the only ones its groups hold; ``None``:
-            it shares the recognizer's log with every caller (or a conversation scopes it).
+        sent: The unknown images this caller (a token, a signed-in person) sent, the only
+            ones its groups hold; ``None``: it shares the recognizer's log with every caller
+            (a conversation still keeps other conversations' uploads out).
         may_teach: Whether this caller may call the teaching tools (a token with the learn
             scope): an unknown answer offers teaching only to who may.
     """

@@ -1312,3 +1312,78 @@ def test_a_teach_keeps_what_the_searches_of_others_images_returned(
         assert searched == [20, 20]
         teach("z", "alice")  # alice's images were searched before, and nothing left since
         assert searched[2:] == []
+
+
+def _as_told(messages: list[Any]) -> Any:
+    """Policy: one tool call per turn, as its first word says ("recognize PATH", "upload"
+    (the turn's photo), "groups", "teach GROUP LABEL"), then stop."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    last_user = max(i for i, m in enumerate(messages) if isinstance(m, HumanMessage))
+    if any(isinstance(m, ToolMessage) for m in messages[last_user:]):
+        return AIMessage(content="done")
+    said = [b["text"] for b in messages[last_user].content_blocks if b["type"] == "text"]
+    verb, *rest = " ".join(said).split()
+    name, args = "recognize_image", {"image": rest[0]} if verb == "recognize" else {}
+    if verb == "groups":
+        name, args = "list_unknown_groups", {"min_size": 1}
+    elif verb == "teach":
+        name, args = "teach_unknown_group", {"group": rest[0], "label": rest[1]}
+    call = {"name": name, "args": args, "id": f"{name}-{len(messages)}", "type": "tool_call"}
+    return AIMessage(content="", tool_calls=[call])
+
+
+async def test_a_signed_in_person_lists_only_the_unknown_photos_their_conversations_sent(
+    recognizer: Any, tmp_path: Path
+) -> None:
+    """On a chat page with logins, Bob's conversation listed the unknown photos Alice's
+    conversation had named by path ("unknown-0: 6 images: bicycle_0.png, ..."), and Bob's
+    teaching of that group taught her four photos under his name with his two: a page kept
+    only other conversations' uploads apart. A person is now shown the unknown photos their
+    own conversations sent (paths and uploads alike), as a token is over MCP; their other
+    conversations show their paths too."""
+    from rar_agent.auth import TokenStore
+    from rar_agent.conversations import ConversationStore, conversation_config
+    from rar_agent.ui import _chat_session
+    from tests.helpers.fake_chat import PolicyChatModel
+
+    clusters: Clusters = recognizer.clusters
+    photos = tmp_path / "photos"
+    hers = [clusters.save("bicycle", i, photos).name for i in range(4)]
+    his = [clusters.save("bicycle", i, photos).name for i in (4, 5)]
+    upload = str(clusters.save("bicycle", 6, tmp_path / "uploads"))
+    logins = TokenStore(tmp_path / "auth.toml")
+    for name in ("alice", "bob"):
+        logins.add(name, ["learn"])
+    with ConversationStore(":memory:") as store:
+        session = _chat_session(
+            recognizer,
+            PolicyChatModel(policy=_as_told),
+            tools=(),
+            registry=ImageRegistry(),
+            conversations=store,
+            logins=logins,
+            agent_options={"allow_learning": True, "allowed_roots": [photos]},
+        )
+
+        async def ask(user: str, conversation: str, text: str, *files: str) -> Any:
+            await session.respond({"text": text, "files": list(files)}, [], conversation, user)
+            state = session.agent.get_state(conversation_config(conversation)).values
+            answer = state["messages"][-2]
+            assert isinstance(answer, ToolMessage) and answer.status != "error", answer.text
+            return answer.artifact
+
+        for name in hers:
+            assert (await ask("alice", "alice-1", f"recognize {name}"))["unknown"]
+        uploaded = (await ask("alice", "alice-1", "upload", upload))["image"]
+        told = [await ask("bob", "bob-1", f"recognize {name}") for name in his]
+        assert told[-1]["unknown"] and sorted(told[-1]["novel_group"]["images"]) == sorted(his)
+        assert recognizer.unknown_groups().groups[0].size == 7  # the log holds them all
+        [bobs] = (await ask("bob", "bob-1", "groups"))["groups"]
+        assert sorted(bobs["images"]) == sorted(his)
+        [again] = (await ask("alice", "alice-2", "groups"))["groups"]  # her other conversation
+        assert sorted(again["images"]) == sorted(hers)
+        taught = await ask("bob", "bob-1", f"teach {bobs['id']} bicycle")
+        assert sorted(e["image"] for e in taught["examples"]) == sorted(his)
+        [alices] = (await ask("alice", "alice-1", "groups"))["groups"]
+        assert sorted(alices["images"]) == sorted([*hers, uploaded])
