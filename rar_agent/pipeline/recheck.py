@@ -60,37 +60,35 @@ _Search = tuple[object, int, "MemoryKind"]
 and the memory sides it searched."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Searched:
-    """What one image's search of the memory returned, as a teach needs it: per side
-    searched, the least similarity among the entries and their ids (module docstring).
+    """What one image's search of the memory returned, as a teach needs it (module
+    docstring): its place in its batch's search, read into :attr:`sides` only for an image
+    that is kept (most recognitions keep none, so building them for every image was waste).
 
     Attributes:
+        hits: The batch's entries per side (those that held entries), each query's nearest
+            first.
+        i: The image's query in the batch.
         limit: The entries asked of each side.
         kind: The memory sides searched (as a retriever's ``kind`` names them).
-        sides: Per side that held entries, what came back.
     """
 
+    hits: Mapping[EntryKind, Sequence[Sequence[Hit]]]
+    i: int
     limit: int
     kind: MemoryKind
-    sides: _Sides
 
-    @classmethod
-    def of(
-        cls,
-        hits: Mapping[EntryKind, Sequence[Sequence[Hit]]],
-        i: int,
-        limit: int,
-        kind: MemoryKind,
-    ) -> Searched:
-        """Query ``i``'s, of a search of ``limit`` entries a side that returned ``hits``
-        (per side, each query's entries, nearest first)."""
+    @property
+    def sides(self) -> _Sides:
+        """Per side that held entries, the least similarity among the image's entries
+        (``-inf`` where fewer than :attr:`limit` came back) and their ids."""
         sides: _Sides = {}
-        for side, batches in hits.items():
-            found = batches[i]
-            floor = found[-1].score if len(found) >= limit else -math.inf
+        for side, batches in self.hits.items():
+            found = batches[self.i]
+            floor = found[-1].score if len(found) >= self.limit else -math.inf
             sides[side] = _SideSearch(floor, tuple(h.id for h in found))
-        return cls(limit, kind, sides)
+        return sides
 
 
 def _search_of(retriever: CategoryRetriever, log: object) -> _Search:
@@ -224,7 +222,7 @@ class SearchFloors:
             return []
         _, limit, kind = search
         found = search_sides(memory, rows[list(fresh)], kind, limit)
-        searched = {keys[i]: Searched.of(found, j, limit, kind).sides for j, i in enumerate(fresh)}
+        searched = {keys[i]: Searched(found, j, limit, kind).sides for j, i in enumerate(fresh)}
         near = [
             i
             for j, i in enumerate(fresh)

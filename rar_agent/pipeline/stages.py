@@ -239,7 +239,7 @@ class StageRunner:
         t1 = time.perf_counter()
         found = self.retriever.retrieve_searched(vectors, k=k, kind=kind)
         candidates = found.candidates
-        searched = [Searched.of(found.hits, i, found.limit, found.kind) for i in range(n)]
+        searched = [Searched(found.hits, i, found.limit, found.kind) for i in range(n)]
         retrieve_ms = _ms(t1)
         t2 = time.perf_counter()
         checks = self.judge(candidates, vectors)
