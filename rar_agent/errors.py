@@ -7,7 +7,7 @@ Every error says what was wrong and what to do about it. Tools turn these into
 from __future__ import annotations
 
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "failure_line",
     "file_in_the_way",
     "file_in_the_way_reason",
+    "meant",
     "near_misses",
     "unwritable_reason",
     "wanted_number",
@@ -137,11 +138,15 @@ def did_you_mean(
 ) -> str:
     """`` (did you mean 'a', 'b' or 'c'?)`` for the :func:`near_misses` of ``word`` among
     ``known``, else ``""``; ``quote=False`` for names that read plainly (``ViT-B-16``)."""
-    close = near_misses(word, known, cutoff=cutoff, most=most)
-    if not close:
+    return meant(near_misses(word, known, cutoff=cutoff, most=most), quote=quote)
+
+
+def meant(names: Sequence[str], *, quote: bool = True) -> str:
+    """`` (did you mean 'a', 'b' or 'c'?)`` for ``names`` in their order, else ``""``."""
+    if not names:
         return ""
-    names = [repr(name) if quote else name for name in close]
-    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    shown = [repr(name) if quote else name for name in names]
+    listed = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
     return f" (did you mean {listed}?)"
 
 

@@ -14,7 +14,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LIBRARY_VARIABLES", "DEVELOPER_VARIABLES", "known_variables", "unknown_variables"]
+__all__ = [
+    "CALLED_ELSEWHERE",
+    "DEVELOPER_VARIABLES",
+    "LIBRARY_VARIABLES",
+    "known_variables",
+    "unknown_variables",
+]
 
 #: Read by the library itself, not through a setting or an option.
 LIBRARY_VARIABLES = frozenset({"RAR_TORCH_THREADS", "RAR_FASHION_MNIST_DIR"})
@@ -23,6 +29,11 @@ DEVELOPER_VARIABLES = frozenset(
     {"RAR_KEEP_TEST_TMP", "RAR_UPDATE_DOCS_IMG", "RAR_CHROMIUM", "RAR_MCP_RECORD",
      "RAR_BENCH_SMOKE"}
 )  # fmt: skip
+#: What other tools call a setting, written without underscores (``TOP_K``: Hugging Face's
+#: and most model APIs' name for k), which no spelling measure brings near our name for it:
+#: ``RAR_TOPK`` read as closest to ``RAR_TOKEN``. A variable of such a name suggests the
+#: setting first.
+CALLED_ELSEWHERE = {"TOPK": "K"}
 
 
 def known_variables(command: Any) -> frozenset[str]:
@@ -69,7 +80,7 @@ def _option_variables(command: Any) -> Iterator[str]:
 def unknown_variables(command: Any, environ: Mapping[str, str] | None = None) -> list[str]:
     """One line per ``RAR_*`` variable set in ``environ`` (the process's environment) or in
     the dotenv file the settings read that rar-agent does not read, naming its near misses."""
-    from rar_agent.errors import did_you_mean
+    from rar_agent.errors import meant
 
     environ = os.environ if environ is None else environ
     prefix = _prefix()
@@ -83,7 +94,19 @@ def unknown_variables(command: Any, environ: Mapping[str, str] | None = None) ->
     known = known_variables(command)
     return [
         f"{name}{where} is set, but rar-agent reads no variable of that name: it is ignored"
-        + did_you_mean(name, known, cutoff=0.7, quote=False)
+        + meant(_closest(name, known), quote=False)
         for name, where in sorted(found.items())
         if name.upper() not in known
     ]
+
+
+def _closest(name: str, known: frozenset[str], most: int = 3) -> list[str]:
+    """The ``known`` variables ``name`` may have meant, closest first: the setting other tools
+    call so (:data:`CALLED_ELSEWHERE`), then the near misses of its spelling."""
+    from rar_agent.errors import near_misses
+
+    prefix = _prefix()
+    called = CALLED_ELSEWHERE.get(name.upper().removeprefix(prefix).replace("_", ""))
+    first = [f"{prefix}{called}"] if called else []
+    spelt = near_misses(name, known, cutoff=0.7, most=most)
+    return [*first, *(n for n in spelt if n not in first)][:most]
