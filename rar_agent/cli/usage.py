@@ -16,6 +16,7 @@ import typer
 from typer._click.exceptions import (
     BadParameter,
     MissingParameter,
+    NoSuchOption,
     UsageError,
 )  # typer's own copy of click
 from typer.core import TyperGroup
@@ -24,7 +25,16 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
     from typer._click.core import Context
 
-__all__ = ["UsageGroup", "invalid_value"]
+__all__ = ["INSTEAD", "UsageGroup", "invalid_value"]
+
+
+#: Options that other commands take, given to one that does not, and what it takes instead
+#: (by the command's path under ``rar-agent``): typer said only "No such option".
+INSTEAD = {
+    ("eval", "--collection"): "eval builds its own memory from --dataset or --memory-set and "
+    "reads no stored one; --memory PATH keeps the memory it builds in that folder (for "
+    "rar-agent recognize --memory PATH)",
+}
 
 
 def invalid_value(where: str, error: ErrorDetails, wanted: str | None = None) -> str:
@@ -114,7 +124,11 @@ def _usage_line(error: UsageError) -> str:
             return invalid_value(where, cause.errors()[0], wanted)
         return f"invalid {where}: {error.message}"
     command = error.ctx.command_path if error.ctx is not None else "rar-agent"
-    return f"{error.format_message().rstrip('.')} (`{command} --help` lists what it takes)"
+    said = error.format_message().rstrip(".")
+    if isinstance(error, NoSuchOption):
+        instead = INSTEAD.get((command.partition(" ")[2], error.option_name))
+        said = f"No such option: {error.option_name}: {instead}" if instead else said
+    return f"{said} (`{command} --help` lists what it takes)"
 
 
 def _param_name(param: Any) -> str:

@@ -57,6 +57,8 @@ CASES = [
     (["teach"], {}, "Missing argument 'label'", "rar-agent teach --help"),
     (["mcp", "--bogus"], {}, "No such option: --bogus", "rar-agent mcp --help"),
     (["--bogus"], {}, "No such option: --bogus", "rar-agent --help"),  # the group's own
+    # typer said only "No such option": eval builds its memory and reads no stored one
+    (["eval", "--collection", "x"], {}, "No such option: --collection", "--memory PATH keeps"),
 ]  # fmt: skip
 
 
