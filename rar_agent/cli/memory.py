@@ -126,7 +126,7 @@ OversamplingOpt = Annotated[
 ]
 
 
-@app.command("build")
+@app.command("build", context_settings={"allow_extra_args": True})  # a folder given bare
 @settings_command(STORE, ENCODER)
 def memory_build(
     settings: "Settings",
@@ -155,8 +155,13 @@ def memory_build(
     build of 10k entries or more searches int8 vectors (rescored with the float32
     originals), and from 100k entries keeps the originals and payloads on disk.
     """
+    from typer._click.globals import get_current_context  # typer's own copy of click
+
     from rar_agent.errors import ConfigError
 
+    given = get_current_context().args
+    if given:
+        raise ConfigError(_source_given_bare(given))
     sources = (from_folder, from_names, from_manifest, from_vectors)
     if sum(s is not None for s in sources) != 1:
         raise ConfigError(
@@ -336,13 +341,64 @@ def _build_from_vectors(
         remember_memory(settings, mem, "memory build")
 
 
+def _source_given_bare(given: list[str]) -> str:
+    """What to run for ``memory build DIR``: the source is an option, and a folder of one
+    category's photos is taught under its name (typer said only "Got unexpected extra
+    argument(s)")."""
+    import shlex
+
+    bare = f"memory build takes its source as an option, not {shlex.join(given)}"
+    folder = Path(given[0]).expanduser()
+    if not folder.is_dir():
+        return (
+            f"{bare}: --from-folder DIR (a sub-folder per category, named as its label), "
+            "--from-manifest FILE (a CSV or JSONL of path,label), --from-names FILE (a class "
+            "name a line) or --from-vectors FILE --labels FILE"
+        )
+    one_category = _one_category_photos(folder, given[0])
+    if one_category:
+        return f"{bare}: {one_category}"
+    return (
+        f"{bare}: rar-agent memory build --from-folder {shlex.quote(given[0])} stores each "
+        "sub-folder's images under the sub-folder's name"
+    )
+
+
+def _one_category_photos(folder: Path, given: str) -> str | None:
+    """What to do with ``folder`` (``given`` as typed) when it holds images of its own and no
+    sub-folder holds any, as a folder of one category's photos does; None otherwise.
+    Sub-folders are listed only where it holds images of its own."""
+    import shlex
+
+    from rar_agent.images import image_files
+    from rar_agent.ingest import builders
+    from rar_agent.results import counted
+
+    loose = builders.unlabelled_images(folder)
+    subs = (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not loose or any(image_files(sub) for sub in subs):
+        return None
+    name = folder.resolve().name or "cat"
+    return (
+        f"{given} holds {counted(len(loose), 'image')} and no sub-folder of them, as one "
+        f"category's photos do: teach them as that category with rar-agent teach LABEL "
+        f"{shlex.quote(given)} (e.g. rar-agent teach {shlex.quote(name)} {shlex.quote(given)}); "
+        f"memory build --from-folder reads a folder of sub-folders, one per category, each "
+        f"named as its label ({Path(given) / '<label>'}/)"
+    )
+
+
 def _labelled_images(
     folder: Path | None, manifest: Path | None, shots: int | None, seed: int
 ) -> list[tuple[str, str]]:
     """``--from-folder`` or ``--from-manifest``: the ``(path, label)`` pairs to store."""
+    from rar_agent.errors import ConfigError
     from rar_agent.ingest import builders
 
     if folder is not None:
+        one_category = _one_category_photos(folder, str(folder)) if folder.is_dir() else None
+        if one_category:
+            raise ConfigError(one_category)
         pairs = list(builders.iter_image_folder(folder, shots=shots, seed=seed))
         loose = builders.unlabelled_images(folder)
         if loose:

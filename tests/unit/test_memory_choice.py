@@ -273,6 +273,35 @@ def test_teach_refuses_a_folder_of_category_folders(home: Path, tmp_path: Path) 
     assert taught.exit_code == 0, taught.output
 
 
+def test_a_build_of_one_categorys_photos_says_to_teach_them(home: Path, tmp_path: Path) -> None:
+    """`memory build photos/` (a folder given bare) said only "Got unexpected extra
+    argument(s) (photos/)", and `memory build --from-folder photos/` on one category's photos
+    said to make class sub-folders, not that `teach LABEL DIR` stores them as they are. Both
+    now say what to run for what the folder holds, before anything loads."""
+    cats = tmp_path / "cats"
+    cats.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((24, 24, 3), 40 + 50 * i, np.uint8)).save(cats / f"{i}.png")
+    for command in (
+        ["memory", "build", str(cats)],
+        ["memory", "build", "--from-folder", str(cats)],
+    ):
+        done = runner.invoke(app, [*command, "--collection", "shop"])
+        said = " ".join(done.stderr.split())
+        assert done.exit_code == 2 and "holds 2 images and no sub-folder of them" in said, said
+        assert f"rar-agent teach LABEL {cats} (e.g. rar-agent teach cats {cats})" in said, said
+    (cats / "0.png").rename(tmp_path / "0.png")
+    (cats / "black").mkdir()
+    (tmp_path / "0.png").rename(cats / "black" / "0.png")  # now a folder with one class folder
+    done = runner.invoke(app, ["memory", "build", str(cats), "--collection", "shop"])
+    said = " ".join(done.stderr.split())
+    assert done.exit_code == 2 and f"memory build --from-folder {cats} stores each" in said, said
+    done = runner.invoke(app, ["memory", "build", str(tmp_path / "nope")])
+    said = " ".join(done.stderr.split())
+    assert done.exit_code == 2 and "--from-folder DIR (a sub-folder per category" in said, said
+    assert not (home / "memories" / "shop").exists()
+
+
 def test_memory_list_finds_labels_by_a_word_and_counts_them(home: Path, tmp_path: Path) -> None:
     """A walk: `memory list` of the built-in memory printed a table of 998 rows and no count,
     with no way to look for one label but scrolling; the agents' list_categories takes
