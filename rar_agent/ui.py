@@ -441,6 +441,8 @@ class ChatSession:
             recognized as a photo sent with it.
         signed_in: Whether a signed-in name still holds a valid token (``None``: no
             logins): a session whose token was revoked is answered nothing more.
+        reads_all: Whether a signed-in name reads everyone's teaching history (its token
+            has ``admin``); others read their own (``None``: no logins, everyone's).
     """
 
     def __init__(
@@ -454,8 +456,10 @@ class ChatSession:
         may_learn: Callable[[str | None], bool] | None = None,
         urls: bool = False,
         signed_in: Callable[[str | None], bool] | None = None,
+        reads_all: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.agent = agent
+        self.reads_all = reads_all
         self.urls = urls
         self.signed_in = signed_in
         self.recognition_only = recognition_only
@@ -553,7 +557,8 @@ class ChatSession:
         if self._behind(history, conversation):
             return _reply(ELSEWHERE)
         try:
-            with teaching_as("chat", user, self._sent.of(user)):
+            everyone = self.reads_all is None or self.reads_all(user)
+            with teaching_as("chat", user, self._sent.of(user), reads_all=everyone):
                 if self.conversations is not None and conversation:
                     out = await agent.ainvoke(
                         {"messages": [turn]}, conversation_config(conversation)
@@ -880,7 +885,8 @@ def _chat_session(
         recognition_only=model is None,
         can_learn=can_learn,
         reading_agent=reading,
-        may_learn=_may_learn(logins) if logins is not None else None,
+        may_learn=_granted(logins, "learn") if logins is not None else None,
+        reads_all=_granted(logins, "admin") if logins is not None else None,
         conversations=conversations,
         urls=bool(agent_options.get("allow_urls")),
         signed_in=_holds_token(logins) if logins is not None else None,
@@ -1000,14 +1006,14 @@ def _no_page_undo(chatbot: gr.Chatbot) -> None:
         setattr(chatbot, flag, False)
 
 
-def _may_learn(logins: TokenStore) -> Callable[[str | None], bool]:
-    """Whether the signed-in name holds a valid token with the ``learn`` scope now."""
+def _granted(logins: TokenStore, scope: str) -> Callable[[str | None], bool]:
+    """Whether the signed-in name holds a valid token with ``scope`` now."""
 
-    def may_learn(user: str | None) -> bool:
+    def granted(user: str | None) -> bool:
         info = logins.tokens().get(user or "")
-        return info is not None and info.active and "learn" in info.granted
+        return info is not None and info.active and scope in info.granted
 
-    return may_learn
+    return granted
 
 
 def _holds_token(logins: TokenStore) -> Callable[[str | None], bool]:

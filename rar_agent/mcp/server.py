@@ -364,7 +364,8 @@ def build_server(
         if scopes is not None and entry.scope not in scopes:
             return _not_granted(entry, who, scopes)
         may_teach = scopes is None or "learn" in scopes
-        with teaching_as("mcp", who, sent.of(who), may_teach=may_teach):
+        reads_all = scopes is None or "admin" in scopes
+        with teaching_as("mcp", who, sent.of(who), may_teach=may_teach, reads_all=reads_all):
             result = await call_langchain_tool(entry.tool, arguments or {})
         pictures = bool(getattr(entry.tool, "example_images", False))
         _publish_result(result, roots, pictures=pictures)
@@ -497,8 +498,9 @@ def _instructions(named: str, description: str | None, names: frozenset[str]) ->
             "relabel_example moves a stored example to another label, "
             "teaching_history and undo_teaching list and reverse what was taught."
         )
-    elif "teaching_history" in names:
-        said.append(" teaching_history lists what was taught and by whom.")
+    elif "teaching_history" in names:  # a token that may not teach: its own, unless admin
+        whose = "and by whom" if "undo_teaching_of" in names else "by this token"
+        said.append(f" teaching_history lists what was taught {whose}.")
     if "snapshot_memory" in names:
         said.append(
             " snapshot_memory writes a consistent snapshot of the memory into the server's "

@@ -561,7 +561,8 @@ class TeachingHistoryTool(TeachingTool):
     description: str = (
         "List the most recent teaching events of the memory (examples added, confirmed, "
         "corrected or relabelled), oldest first, with when, from where and by whom, then "
-        "those undone and when; by: only one person's."
+        "those undone and when; by: only one person's. Where callers are known (tokens, "
+        "people signed in), each reads only its own events unless it has the admin scope."
     )
     args_schema: type[BaseModel] = TeachingHistoryInput
     artifact_type: ClassVar[object] = TeachingHistory
@@ -573,14 +574,37 @@ class TeachingHistoryTool(TeachingTool):
         by: str | None = None,
         run_manager: CallbackManagerForToolRun | None = None,
     ) -> tuple[str, dict[str, Any]]:
+        whose = _whose_history(by)
+
         def history(teacher: Teacher) -> TeachingHistory:
-            found = teacher.history(limit, by=by)
+            found = teacher.history(limit, by=whose)
             events = [self.public(e) for e in found.events]
             return found.model_copy(
                 update={"events": events, "undone": [self.public(e) for e in found.undone]}
             )
 
         return self.answer(history, describe_history)
+
+
+def _whose_history(by: str | None) -> str | None:
+    """Whose teaching events the caller being served reads when it asks for ``by``'s
+    (``None``: everyone's): any where it may read everyone's (a token with the admin scope,
+    a caller with no name), else its own. The history names each event's photo, group and
+    teacher, which the server tells no other token of (their unknown photos and groups).
+
+    Raises:
+        ToolException: ``by`` names someone else, and the caller reads only its own.
+    """
+    caller = serving_teacher()
+    if caller is None or caller.by is None or caller.reads_all:
+        return by
+    if by is not None and by != caller.by:
+        raise ToolException(
+            "only a token with the admin scope reads another person's teaching: the token "
+            f"{caller.by!r} reads its own (leave by out, or give by={caller.by!r}); an "
+            "operator makes one with rar-agent auth add NAME --scope admin"
+        )
+    return caller.by
 
 
 class UndoTeachingInput(BaseModel):

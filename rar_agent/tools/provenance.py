@@ -39,12 +39,15 @@ class Caller:
             (a conversation still keeps other conversations' uploads out).
         may_teach: Whether this caller may call the teaching tools (a token with the learn
             scope): an unknown answer offers teaching only to who may.
+        reads_all: Whether this caller reads everyone's teaching history (a token with the
+            admin scope; any caller with no name); else only its own events.
     """
 
     via: TeachVia = "tool"
     by: str | None = None
     sent: SentImages | None = None
     may_teach: bool = True
+    reads_all: bool = True
 
 
 _TEACHER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
@@ -67,12 +70,18 @@ def serving_name() -> str | None:
 
 @contextlib.contextmanager
 def teaching_as(
-    via: TeachVia, by: str | None, sent: SentImages | None = None, *, may_teach: bool = True
+    via: TeachVia,
+    by: str | None,
+    sent: SentImages | None = None,
+    *,
+    may_teach: bool = True,
+    reads_all: bool = True,
 ) -> Iterator[Caller]:
     """Within the block, what tools teach is recorded as coming from ``via`` and ``by``,
-    the unknown images they list are those in ``sent`` (all when ``None``), and
-    ``may_teach`` says whether the caller may teach."""
-    teacher = Caller(via, by, sent, may_teach)
+    the unknown images they list are those in ``sent`` (all when ``None``), ``may_teach``
+    says whether the caller may teach and ``reads_all`` whether it reads everyone's
+    teaching history (see :class:`Caller`)."""
+    teacher = Caller(via, by, sent, may_teach, reads_all)
     token = _TEACHER.set(teacher)
     try:
         yield teacher

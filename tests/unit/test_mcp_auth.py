@@ -1213,7 +1213,7 @@ def test_a_learn_token_undoes_its_own_teaching_from_the_command_line(tmp_path: P
         assert bob.exit_code == 2 and "needs the scope 'learn'" in bob.output, bob.output
         # what alice undid stays in the history, through the server as on a stopped one
         history = ["memory", "history", "--by", "alice", "--server", service.url, "--token"]
-        listed = runner.invoke(app, [*history, service.tokens["bob"]])
+        listed = runner.invoke(app, [*history, service.tokens["root"]])
         assert listed.exit_code == 0, listed.output
         lines = listed.output.splitlines()
         assert lines[0] == "Nothing taught by 'alice' is held now: 2 teaching events were undone:"
@@ -1230,7 +1230,8 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
     """``memory history`` opened the memory the server holds, and teaching_history had no
     ``by``: an operator could take back one person's teaching through the server without
     seeing it first. ``memory history --server URL --token T [--by NAME]`` lists it through
-    the server's teaching_history (the recognize scope, as before), changing nothing."""
+    the server's teaching_history (everyone's for a token with the admin scope), changing
+    nothing."""
     from typer.testing import CliRunner
 
     from rar_agent.cli import app
@@ -1246,9 +1247,9 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
         before = (memory.count(), sorted(memory.labels()))
         runner = CliRunner()
         history = ["memory", "history", "--server", service.url]
-        bob = ["--token", service.tokens["bob"]]
+        root = ["--token", service.tokens["root"]]
 
-        everyone = runner.invoke(app, [*history, *bob, "--json"])
+        everyone = runner.invoke(app, [*history, *root, "--json"])
         assert everyone.exit_code == 0, everyone.output
         events = json.loads(everyone.stdout)["events"]
         assert [(e["label"], e["by"]) for e in events if e["via"] == "mcp"] == [
@@ -1256,17 +1257,21 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
             ("olive", "carol"),
             ("plum", "alice"),
         ]
-        alices = runner.invoke(app, [*history, "--by", "alice", "--limit", "1", *bob, "--json"])
+        alices = runner.invoke(app, [*history, "--by", "alice", "--limit", "1", *root, "--json"])
         assert alices.exit_code == 0, alices.output
         shown = json.loads(alices.stdout)
         assert [(e["label"], e["by"]) for e in shown["events"]] == [("plum", "alice")]
         assert shown["total"] == 2
-        text = runner.invoke(app, [*history, "--by", "carol", *bob])
+        text = runner.invoke(app, [*history, "--by", "carol", *root])
         assert text.exit_code == 0, text.output
         others = json.loads(everyone.stdout)["total"]
         assert f"Last 1 of 1 teaching event by 'carol' ({others - 1} by others):" in text.output
         assert "via mcp by carol: taught" in text.output and "'olive'" in text.output
-        nobody = runner.invoke(app, [*history, "--by", "bob", *bob])
+        bob = ["--token", service.tokens["bob"]]
+        refused = runner.invoke(app, [*history, "--by", "alice", *bob])
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and "only a token with the admin scope reads" in said, said
+        nobody = runner.invoke(app, [*history, "--by", "bob", *root])
         assert nobody.exit_code == 0, nobody.output
         assert nobody.output.strip() == (
             f"'bob' has taught nothing to this memory ({others} teaching events by others)."
@@ -1278,7 +1283,7 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
         wrong = runner.invoke(app, [*history, "--token", "not-a-token"])
         assert wrong.exit_code == 2 and "HTTP 401" in " ".join(wrong.output.split())
         # in the words of the command line, not the tool's "fix them and call the tool again"
-        too_many = runner.invoke(app, [*history, "--limit", "500", *bob])
+        too_many = runner.invoke(app, [*history, "--limit", "500", *root])
         assert too_many.exit_code == 2
         said = " ".join(too_many.output.split())
         assert (
@@ -1295,6 +1300,50 @@ def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_serve
             "time; give N of 50 or less" in said
         ), said
         assert (memory.count(), sorted(memory.labels())) == before
+
+
+async def test_a_token_reads_only_its_own_teaching_unless_it_has_the_admin_scope(
+    tmp_path: Path,
+) -> None:
+    """Any token read the whole teaching history: carol (learn) and bob (recognize) were told
+    each of alice's events, its label, photo, group and her name ("via mcp by alice: taught
+    ... as 'violet'"), though the server tells no token of another's unknown photos or of
+    what became of their groups. A token reads its own events, with a count of the others';
+    asking for another person's (by) is refused in words that name the admin scope, whose
+    tokens (the operator's, who takes back one person's teaching) read everyone's."""
+    with serving(tmp_path) as service, anyio.fail_after(120):
+        carol = service.store.add("carol", ["learn"])[1]
+        tokens = {**service.tokens, "carol": carol}
+        await teach(service.url, tokens["alice"], "violet", (90, 40, 200))
+        await teach(service.url, carol, "olive", (90, 110, 20))
+
+        async def history(name: str, **args: Any) -> types.CallToolResult:
+            async with session_with(service.url, bearer(tokens[name])) as session:
+                return await session.call_tool("teaching_history", args)
+
+        def taught(result: types.CallToolResult) -> list[tuple[str, str]]:
+            assert not result.isError, text_of(result)
+            events = result.structuredContent["events"]
+            return [(e["label"], e["by"]) for e in events if e["via"] == "mcp"]
+
+        carols = await history("carol")
+        assert taught(carols) == [("olive", "carol")]
+        assert "alice" not in text_of(carols) and "violet" not in text_of(carols)
+        assert taught(await history("carol", by="carol")) == [("olive", "carol")]
+        others = (await history("root")).structuredContent["total"]
+        bobs = await history("bob")
+        assert text_of(bobs) == (
+            f"'bob' has taught nothing to this memory ({others} teaching events by others)."
+        )
+        for name in ("bob", "carol"):
+            refused = await history(name, by="alice")
+            assert refused.isError and text_of(refused) == (
+                f"only a token with the admin scope reads another person's teaching: the "
+                f"token {name!r} reads its own (leave by out, or give by={name!r}); an "
+                "operator makes one with rar-agent auth add NAME --scope admin"
+            )
+        assert taught(await history("root")) == [("violet", "alice"), ("olive", "carol")]
+        assert taught(await history("root", by="alice")) == [("violet", "alice")]
 
 
 async def test_a_50_megapixel_phone_photo_is_served_at_the_default_limits(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from rar_agent.agent import create_rar_agent
 from rar_agent.auth import TokenStore
-from rar_agent.ui import ChatSession, _may_learn, build_chat_page, launch, token_login
+from rar_agent.ui import ChatSession, _granted, build_chat_page, launch, token_login
 from tests.helpers.encoder_factories import hashing_encoder
 from tests.helpers.small_memory import small_recognizer
 
@@ -112,7 +112,7 @@ async def test_chat_teaching_follows_scopes_and_records_the_name(team: Any, tmp_
         recognition_only=True,
         can_learn=True,
         reading_agent=read,
-        may_learn=_may_learn(store),
+        may_learn=_granted(store, "learn"),
     )
     from PIL import Image
 
@@ -144,6 +144,61 @@ async def test_chat_teaching_follows_scopes_and_records_the_name(team: Any, tmp_
     assert recognizer.memory.count() == before + 1
 
 
+def _teaching_page(recognizer: Any, logins: TokenStore, conversations: Any) -> ChatSession:
+    """The session of a page that teaches (the stand-in), where people sign in with ``logins``."""
+    from rar_agent.registry import ImageRegistry
+    from rar_agent.ui import _chat_session
+
+    return _chat_session(
+        recognizer,
+        None,
+        tools=(),
+        registry=ImageRegistry(),
+        conversations=conversations,
+        logins=logins,
+        agent_options={"allow_learning": True},
+    )
+
+
+async def test_a_signed_in_person_reads_only_their_own_teaching_unless_an_admin(
+    tmp_path: Path,
+) -> None:
+    """On a page with logins, carol's "history" listed alice's teaching too ("... via chat by
+    alice: taught new.png as 'crimson thing'"): who taught which photo as what. A person
+    reads their own events, as a token does over MCP; one whose token has the admin scope
+    reads everyone's."""
+    from PIL import Image
+
+    from rar_agent.conversations import ConversationStore
+
+    store = TokenStore(tmp_path / "auth.toml")
+    for name, scopes in [("alice", ["learn"]), ("carol", ["learn"]), ("root", ["learn", "admin"])]:
+        store.add(name, scopes)
+    recognizer = small_recognizer(tmp_path, hashing_encoder())
+    with ConversationStore(":memory:") as conversations:
+        session = _teaching_page(recognizer, store, conversations)
+        for user, label, colour in [
+            ("alice", "crimson", (120, 10, 60)),
+            ("carol", "olive", (90, 110, 20)),
+        ]:
+            photo = tmp_path / f"{label}.png"
+            Image.new("RGB", (40, 30), colour).save(photo)
+            await session.respond({"text": "", "files": [str(photo)]}, [], user, user)
+            said = await session.respond(f"it is a {label} thing", [], user, user)
+            assert recognizer.memory.count(), said
+
+        async def history(user: str) -> str:
+            reply = await session.respond("history", [], f"{user}-history", user)
+            return str(reply["content"])
+
+        carols = await history("carol")
+        assert "by carol" in carols and "olive.png" in carols, carols
+        assert "alice" not in carols and "crimson.png" not in carols, carols
+        everyone = await history("root")
+        assert "by carol" in everyone and "by alice" in everyone, everyone
+    recognizer.close()
+
+
 async def test_a_session_stays_ended_when_its_revoked_name_is_asked_for_again(
     tmp_path: Path,
 ) -> None:
@@ -152,22 +207,13 @@ async def test_a_session_stays_ended_when_its_revoked_name_is_asked_for_again(
     (s19-left). A revoked name is never issued again, so the session stays ended."""
     from rar_agent.cli import app
     from rar_agent.conversations import ConversationStore
-    from rar_agent.registry import ImageRegistry
-    from rar_agent.ui import SIGNED_OUT, _chat_session
+    from rar_agent.ui import SIGNED_OUT
 
     store = TokenStore(tmp_path / "auth.toml")
     _, first = store.add("alice", ["recognize"])
     recognizer = small_recognizer(tmp_path, hashing_encoder())
     with ConversationStore(":memory:") as conversations:
-        session = _chat_session(
-            recognizer,
-            None,
-            tools=(),
-            registry=ImageRegistry(),
-            conversations=conversations,
-            logins=store,
-            agent_options={"allow_learning": True},
-        )
+        session = _teaching_page(recognizer, store, conversations)
         assert session.signed_in is not None
         sign_in = token_login(store)
         assert sign_in("alice", first) and session.signed_in("alice")  # 1. alice signs in
