@@ -213,9 +213,14 @@ def _from_bytes(
 
 
 def looks_like_base64(text: str) -> bool:
-    """Whether a string reference reads as bare base64 image data (no ``data:`` prefix): over
-    64 characters, all of the base64 alphabet (standard or URL-safe, whitespace allowed)."""
-    return len(text) > 64 and _B64_CHARS.match(text) is not None
+    """Whether a string reference reads as bare base64 image data (no ``data:`` prefix): all
+    of the base64 alphabet (standard or URL-safe, whitespace allowed), and over 64 characters
+    or ending in base64's padding ``=`` after whole groups of four (a 1x1 GIF is 60: such a
+    short one read as a file path was "does not exist", as was ``aGVsbG8=``, no image)."""
+    if _B64_CHARS.match(text) is None:
+        return False
+    packed = "".join(text.split())
+    return len(text) > 64 or (packed.endswith("=") and len(packed) % 4 == 0)
 
 
 def _file_of(text: str) -> Path | None:

@@ -173,3 +173,20 @@ def test_base64_that_is_not_base64_says_how_to_send_an_image() -> None:
         said = str(err.value)
         assert said.startswith("invalid base64 image data"), said
         assert "send the image file's bytes base64-encoded" in said, said
+
+
+def test_short_base64_is_read_as_base64_and_a_missing_name_as_a_path() -> None:
+    """Bare base64 of 64 characters or less was read as a file path: a 1x1 GIF (60) was
+    refused as "... does not exist: check the path", and so was ``aGVsbG8=`` ("hello"), no
+    image. Padded base64 is read as base64 at any length; a name without padding stays a
+    path."""
+    gif = io.BytesIO()
+    Image.new("L", (1, 1)).save(gif, format="GIF")
+    sent = base64.b64encode(gif.getvalue()).decode()
+    assert len(sent) <= 64 and sent.endswith("=")
+    assert load_image(sent).image.size == (1, 1)
+    with pytest.raises(ImageError, match=r"^base64 text is not an image .*\(it looks like text\)"):
+        load_image("aGVsbG8=")
+    for name in ("aGVsbG8", "cats", "a="):
+        with pytest.raises(ImageError, match=f"^{name} does not exist: check the path"):
+            load_image(name)
