@@ -52,10 +52,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# torch.jit's notices that it is deprecated (for torch.compile, which needs a C compiler at run
-# time): said here once, not on every start. Set at import, not in a catch_warnings around
-# the trace: another thread's catch_warnings (a decode) would put the old filters back.
-warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+
+def _quiet_torch_jit() -> None:
+    """Ignore torch.jit's notices that it is deprecated, issued by torch.jit itself: said here
+    once, not on every start. Its successors cost more: torch.compile needs a C compiler at
+    run time and minutes at start, torch.export's graph took 1.7 s more to make and runs each
+    operation through Python. Set at import and again before each trace, not in a
+    catch_warnings around it: another thread's catch_warnings (a decode) would put the old
+    filters back, and a caller's (a test's) may have dropped the one set at import."""
+    warnings.filterwarnings(
+        "ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning, r"torch\.jit\."
+    )
+
+
+_quiet_torch_jit()
 
 #: The short name users type (``--clip-model efficientnet-lite0``).
 MODEL_NAME = "efficientnet-lite0"
@@ -244,6 +254,7 @@ def pooled_graph(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tenso
     example = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE).contiguous(
         memory_format=torch.channels_last
     )
+    _quiet_torch_jit()
     try:
         with torch.inference_mode():
             traced = torch.jit.trace(Pooled(model).eval(), example, check_trace=False)
