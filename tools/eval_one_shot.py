@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from emoji_reference import load_emoji  # noqa: E402
-from eval_open_set import CLASSES, run_memory  # noqa: E402
+from eval_open_set import CLASSES, group_figures, group_means, run_memory  # noqa: E402
 from icon_reference import load_icons  # noqa: E402
 
 from rar_agent.openset.prior import MemoryScale, prior_score  # noqa: E402
@@ -67,6 +67,8 @@ KNOWN, UNSEEN = 24, 8
 ALPHAS = (0.05, 0.1, 0.2)
 COLOUR_SETS = ("noto", "emojione", "emojify")
 """The emoji sets drawn in full colour (OpenMoji's are outlined line art)."""
+GROUPED = (("groups", "rejected (ALPHA 0.05)"), ("groups_unseen", "unseen (all)"))
+"""The novel-group figures of a summary, and what their queries were."""
 
 
 def most_alike(x: np.ndarray, labels: np.ndarray, sets: np.ndarray, n: int) -> np.ndarray:
@@ -180,7 +182,9 @@ def draw_memory(ref: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def one_memory(ref: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
     """One seeded memory (:func:`draw_memory`) through the shipped code, with its queries'
-    prior scores beside (for the oracle)."""
+    prior scores beside (for the oracle), and the novel groups its link forms of every query
+    of the unseen categories (``groups_unseen``: as if all were rejected; ``groups``: those
+    of the queries rejected at ALPHA 0.05)."""
     m = draw_memory(ref, seed)
     result = run_memory(
         ref["fingerprint"],
@@ -195,6 +199,10 @@ def one_memory(ref: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
     )
     result["categories"] = m["categories"]
     result["scores"] = prior_scores(m["x"], m["labels"], m["queries"], m["known"])
+    unseen = ~m["known"]
+    result["groups_unseen"] = group_figures(
+        m["queries"], m["truth"], unseen, unseen, result["link"]
+    )
     return result
 
 
@@ -223,7 +231,10 @@ def oracle(runs: list[dict[str, Any]], alpha: float) -> float:
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The check's two numbers (mean over seeds) at each ALPHA: known top-1 after rejection
-    (a rejected known query counts as a miss), unseen rejected; and the known rejected."""
+    (a rejected known query counts as a miss), unseen rejected; and the known rejected. Then
+    the novel groups' figures (``eval_open_set.group_figures``, mean over seeds) of the
+    queries rejected at ALPHA 0.05 (``groups``) and of every unseen query (``groups_unseen``).
+    """
     base = float(np.mean([r["known_top1"] for r in runs]))
     rows: dict[str, Any] = {"known_top1_without_rejection": round(base, 4), "seeds": len(runs)}
     for a in runs[0]["alphas"]:
@@ -238,6 +249,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "oracle_unseen_rejected": round(oracle(runs, float(a)), 4),
             "note": cells[0]["note"],
         }
+    rows["groups"] = group_means(runs, "groups")
+    rows["groups_unseen"] = group_means(runs, "groups_unseen")
     return rows
 
 
@@ -252,9 +265,21 @@ def line(name: str, row: dict[str, Any]) -> str:
             f"(min {100 * r['unseen_rejected_min']:.1f}%), known {100 * r['known_rejected']:.1f}%, "
             f"oracle unseen {100 * r['oracle_unseen_rejected']:.1f}%"
         )
+    groups = [f"groups of the {what}: {group_line(row[key])}" for key, what in GROUPED]
     return (
         f"{name} {row['categories']}: top-1 {row['known_top1_without_rejection']:.3f}; "
-        + "; ".join(cells)
+        + "; ".join(cells + groups)
+    )
+
+
+def group_line(g: dict[str, Any]) -> str:
+    """One set's novel-group figures (:func:`eval_open_set.group_means`) in words."""
+    purity, per_new = g["group_purity"], g["groups_per_new_class"]
+    return (
+        f"purity {'-' if purity is None else f'{100 * purity:.1f}%'}, grouped "
+        f"{100 * (g['grouped_share'] or 0.0):.1f}%, groups per new thing "
+        f"{'-' if per_new is None else f'{per_new:.2f}'}, taught right / wrong "
+        f"{g['taught_right'] or 0.0:.1f} / {g['taught_wrong'] or 0.0:.1f}"
     )
 
 

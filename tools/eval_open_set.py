@@ -151,7 +151,8 @@ def run_memory(
     code: build, calibrate (``openset.update``), retrieve the ``queries`` (true labels
     ``truth``; ``known``: of a category the memory holds), judge at every ALPHA. The point
     ids come from the labels and keys (the calibration's folds follow their order). The
-    rejected queries' novel groups at ALPHA 0.05 are measured at the calibration's link, and
+    rejected queries' novel groups at ALPHA 0.05 are measured at the calibration's link
+    (``link``), and
     at the link of each of ``link_quantiles`` (``groups_at``) where the memory has one."""
     entries = [
         MemoryEntry(n, "image", f"train-{k}", f"{n}-{k}") for k, n in zip(keys, names, strict=True)
@@ -189,9 +190,10 @@ def run_memory(
             )
             out["auroc"] = auroc(score[known].tolist(), score[~known].tolist())
             link = cal.link if cal is not None else None
-            out["groups"] = _groups(queries, truth, rejected & ~known, rejected, link)
+            out["link"] = link
+            out["groups"] = group_figures(queries, truth, rejected & ~known, rejected, link)
             out["groups_at"] = {
-                f"{q:g}": _groups(
+                f"{q:g}": group_figures(
                     queries,
                     truth,
                     rejected & ~known,
@@ -205,7 +207,7 @@ def run_memory(
     return out
 
 
-def _groups(
+def group_figures(
     queries: np.ndarray,
     truth: np.ndarray,
     new: np.ndarray,
@@ -257,8 +259,8 @@ def _average(values: list[int]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _group_means(runs: list[dict[str, Any]], *path: str) -> dict[str, float | None]:
-    """The mean over ``runs`` of each figure of :func:`_groups` found at ``path``."""
+def group_means(runs: list[dict[str, Any]], *path: str) -> dict[str, float | None]:
+    """The mean over ``runs`` of each figure of :func:`group_figures` found at ``path``."""
     return {
         "group_purity": _mean(runs, *path, "purity"),
         **{
@@ -305,8 +307,8 @@ def shots_table(
         ]
         table[str(shots)] = {
             "auroc": _mean(runs, "auroc"),
-            **_group_means(runs, "groups"),
-            "groups_at": {q: _group_means(runs, "groups_at", q) for q in runs[0]["groups_at"]},
+            **group_means(runs, "groups"),
+            "groups_at": {q: group_means(runs, "groups_at", q) for q in runs[0]["groups_at"]},
             "known_top1": _mean(runs, "known_top1"),
             "standins": _mean(runs, "standins"),
             "alphas": {
@@ -532,7 +534,7 @@ def _num(v: float | None) -> str:
 
 
 def _groups_table(shots: dict[str, Any]) -> list[str]:
-    """The novel groups of the rejected queries, per memory size (see :func:`_groups`): at
+    """The novel groups of the rejected queries, per memory size (see :func:`group_figures`): at
     the calibration's link, then at each link quantile measured (``--link-quantiles``)."""
     header = "| purity | grouped | groups per new class | first 6 form | taught right / wrong |"
     lines = [

@@ -11,8 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rar_agent.openset import prior as prior_mod
+from rar_agent.openset.calibration import GROUP_QUANTILE
+from rar_agent.openset.prior import EncoderPrior
 from tools.eval_one_shot import (
     emoji_sets,
+    line,
     most_alike,
     one_memory,
     oracle,
@@ -23,15 +27,17 @@ from tools.eval_one_shot import (
 SETS = ("noto", "emojione", "emojify", "openmoji")
 
 
-def _emoji_cache(tmp_path: Path, things: int = 40, seed: int = 0) -> tuple[Path, np.ndarray]:
+def _emoji_cache(
+    tmp_path: Path, things: int = 40, seed: int = 0, rest: float = 0.6
+) -> tuple[Path, np.ndarray]:
     """A cache as ``emoji_reference.encode_emoji`` writes it: each thing drawn by the four
-    sets, the first ten things drawn far more alike than the rest."""
+    sets, the first ten things drawn far more alike than the rest (noise 0.1, ``rest``)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(things, 24))
     rows, labels, sets = [], [], []
     for t in range(things):
         for s in SETS:
-            rows.append(centres[t] + (0.1 if t < 10 else 0.6) * rng.normal(size=24))
+            rows.append(centres[t] + (0.1 if t < 10 else rest) * rng.normal(size=24))
             labels.append(f"thing{t:02d}")
             sets.append(s)
     np.save(tmp_path / "emoji_x.npy", np.asarray(rows, dtype=np.float32))
@@ -127,3 +133,32 @@ def test_alike_beyond_the_things_in_the_cache_says_how_many_there_are(
     cache, _ = _emoji_cache(tmp_path)
     with pytest.raises(SystemExit, match="40 emoji things to keep, 1 to 40"):
         emoji_sets(_args(cache, alike=alike))
+
+
+def test_the_summary_reports_the_groups_of_the_rejected_and_of_every_unseen_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check reported no novel groups, so how pure a one-example memory's groups are on
+    colour drawings went unmeasured. Its summary now gives them for the queries rejected at
+    ALPHA 0.05 and for every unseen query (as if all were rejected), at the memory's link:
+    without a link nothing is grouped; with the encoder prior's, each unseen thing's
+    drawings (far closer to each other than to any other thing) form one pure group."""
+    cache, _ = _emoji_cache(tmp_path, rest=0.1)
+    ref = emoji_sets(_args(cache))["emoji, 3 colour sets"]
+    (tmp_path / "work").mkdir()
+    unlinked = summary([one_memory(ref, seed, tmp_path / "work") for seed in range(2)])
+    assert unlinked["groups_unseen"]["grouped_share"] == 0.0
+    assert unlinked["groups_unseen"]["group_purity"] is None
+    prior = EncoderPrior(
+        fingerprint="vectors:emoji-test", encoder="synthetic", measured_on="nothing",
+        alphas=[0.05], quantiles={"1": [-1.0]}, link=1.0, link_quantile=GROUP_QUANTILE,
+    )  # fmt: skip
+    monkeypatch.setattr(prior_mod, "_priors", lambda: {prior.fingerprint: prior})
+    rows = summary([one_memory(ref, seed, tmp_path / "work") for seed in range(2)])
+    unseen = rows["groups_unseen"]
+    assert unseen["group_purity"] == 1.0 and unseen["grouped_share"] == 1.0
+    assert unseen["groups_per_new_class"] == 1.0
+    assert unseen["taught_right"] == 8 * 3 and unseen["taught_wrong"] == 0
+    assert set(rows["groups"]) == set(unseen)
+    said = line("emoji", {**rows, "categories": [24, 8]})
+    assert "groups of the unseen (all): purity 100.0%, grouped 100.0%" in said
