@@ -457,7 +457,7 @@ def open_recognizer(
     ``read_only`` nothing writes to a named memory. Records the memory as the last used."""
     from rar_agent.cli.notes import say_once
     from rar_agent.cli.progress import progress_bar
-    from rar_agent.cli.recent import names_a_memory, remember_memory
+    from rar_agent.cli.recent import names_a_memory, remember_memory, used_last_instead
     from rar_agent.pipeline import Recognizer
 
     label_list = labels.split(",") if labels is not None else None
@@ -473,10 +473,11 @@ def open_recognizer(
         )
     name = recognizer.memory.info.collection
     if label_list is None and not names_a_memory(settings) and name != settings.collection:
+        last = used_last_instead(settings, name)
         print_note(
             f"no memory named {settings.collection!r} yet: using the built-in memory {name!r} "
             f"({len(recognizer.memory.labels())} labels; `rar-agent memory list` shows it, "
-            f"--collection {name} names it)"
+            f"--collection {name} names it)" + (f"; {last}" if last else "")
         )
     remember_memory(settings, recognizer.memory, command, labels=label_list is not None)
     return recognizer

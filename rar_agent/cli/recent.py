@@ -7,7 +7,9 @@ URL). A ``memory`` command of those six, or ``teach``, that names no memory (no
 ``--memory``, ``--collection`` or ``--qdrant-url``, nor their ``RAR_*`` variables) opens that
 one and says so (``teach`` after ``recognize`` teaches the memory that answered); with no
 record and no default memory, a ``memory`` command says which memories exist and how to pick
-one, and ``teach`` teaches the default memory.
+one, and ``teach`` teaches the default memory. ``recognize``, ``chat`` and ``mcp`` answer
+from the built-in memory when none is named and the default one is empty, whatever was used
+last; their note then names the one used last and how to answer from it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "open_existing",
     "open_shown_memory",
     "remember_memory",
+    "used_last_instead",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,33 +82,70 @@ def last_used_settings(
     """The settings of the memory to show (or, ``teaching``, to teach) when none is named,
     and a note saying which it is.
 
-    Returns ``settings`` unchanged (and no note) when they name a memory, when no command
-    recorded one, when the recorded one is gone, when it is the default memory anyway, or,
-    ``teaching``, when it is a ``--labels`` memory (it answers among exactly those names).
+    Returns ``settings`` unchanged (and no note) when they name a memory, or when the one the
+    last command used is none to act on (:func:`_recorded`).
     """
     if names_a_memory(settings):
         return settings, None
-    record = _last_record(settings)
-    if record is None or record.get("server") or (teaching and record.get("labels")):
-        return settings, None  # a server memory is shown when --qdrant-url names the server
-    collection, location = str(record["collection"]), str(record.get("location") or "")
-    from rar_agent.memory.location import default_memory_dir
-
-    if location == str(default_memory_dir(settings.collection, settings.home)):
-        return settings, None  # the default memory: nothing to explain
-    if location and not Path(location).is_dir():
-        return settings, None  # deleted since: nothing to show (nor to teach) there
+    recorded = _recorded(settings, teaching=teaching)
+    if recorded is None:
+        return settings, None
+    collection, location, command = recorded
     update: dict[str, object] = {"collection": collection}
     if location:
         update["memory_path"] = Path(location)
-    used = f"used last by `rar-agent {record.get('command', '?')}`"
-    home = default_memory_dir(collection, settings.home).parent
-    if location and Path(location).parent != home:  # a --memory folder: its collection is
+    used = f"used last by `rar-agent {command}`"
+    if _elsewhere(settings, recorded):  # a --memory folder: its collection is
         which = f"memory at {location}, {used}"  # 'default' whatever the folder
     else:
         which = f"memory {collection!r}, {used}" + (f" ({location})" if location else "")
     note = f"{which}: pick another with --collection NAME or --memory DIR"
     return settings.model_copy(update=update), note
+
+
+def used_last_instead(settings: Settings, using: str) -> str | None:
+    """How to answer from the memory the last command used, where a command that names no
+    memory picked another (``using``, e.g. the built-in one) by its own rule: after `teach`,
+    `recognize` answered from the built-in memory without a word of the one just taught.
+    None where the settings name a memory or the last one is none to answer from."""
+    if names_a_memory(settings):
+        return None
+    recorded = _recorded(settings, teaching=True)  # a --labels memory is named by --labels
+    if recorded is None or recorded[0] == using:
+        return None
+    collection, location, command = recorded
+    if _elsewhere(settings, recorded):
+        which, flag = f"the memory at {location}", f"--memory {location}"
+    else:
+        which, flag = f"the memory {collection!r}", f"--collection {collection}"
+    return f"`rar-agent {command}` used {which} last: {flag} answers from it"
+
+
+def _recorded(settings: Settings, *, teaching: bool = False) -> tuple[str, str, str] | None:
+    """The memory the last command used (its collection, folder or ``""``, and the command);
+    None when no command recorded one, when it is gone, when it is the default memory anyway,
+    when it is a server's (shown when --qdrant-url names the server), or, ``teaching``, when
+    it is a ``--labels`` memory (it answers among exactly those names)."""
+    record = _last_record(settings)
+    if record is None or record.get("server") or (teaching and record.get("labels")):
+        return None
+    collection, location = str(record["collection"]), str(record.get("location") or "")
+    from rar_agent.memory.location import default_memory_dir
+
+    if location == str(default_memory_dir(settings.collection, settings.home)):
+        return None  # the default memory: nothing to explain
+    if location and not Path(location).is_dir():
+        return None  # deleted since: nothing to show (nor to teach) there
+    return collection, location, str(record.get("command", "?"))
+
+
+def _elsewhere(settings: Settings, recorded: tuple[str, str, str]) -> bool:
+    """Whether the recorded memory is a ``--memory`` folder, not one under ``RAR_HOME``."""
+    from rar_agent.memory.location import default_memory_dir
+
+    collection, location, _ = recorded
+    home = default_memory_dir(collection, settings.home).parent
+    return bool(location) and Path(location).parent != home
 
 
 def embedded_memories(settings: Settings) -> tuple[Path, list[str]]:

@@ -336,6 +336,28 @@ def test_recognize_names_the_built_in_memory_and_memory_list_finds_it(
     assert again.exit_code == 0 and f'"collection": "{name}"' in again.stdout
 
 
+def test_recognize_from_the_built_in_memory_names_the_one_just_taught(
+    home: Path, tmp_path: Path
+) -> None:
+    """A walk: `teach sneaker photo.png --collection closet`, then `recognize next.png`
+    answered from the built-in memory (ImageNet's classes), its note saying only that no
+    memory 'default' exists: nothing said where the photo just taught was. The note names
+    the memory the last command used and the option that answers from it, once (the
+    built-in memory is then the one used last)."""
+    image = str(tmp_path / "a.png")
+    taught = runner.invoke(app, ["teach", "sneaker", image, "--collection", "closet"])
+    assert taught.exit_code == 0, taught.output
+    done = runner.invoke(app, ["recognize", image, "--no-progress"])
+    said = " ".join(done.stderr.split())
+    assert done.exit_code == 0 and "using the built-in memory" in said, said
+    hint = "`rar-agent teach` used the memory 'closet' last: --collection closet answers from it"
+    assert hint in said, said
+    again = runner.invoke(app, ["recognize", image, "--no-progress"])
+    assert "used the memory" not in again.stderr, again.stderr
+    named = runner.invoke(app, ["recognize", image, "--collection", "closet"])
+    assert named.exit_code == 0 and "built-in memory" not in named.stderr, named.stderr
+
+
 def test_teach_after_recognize_teaches_the_memory_that_answered(home: Path, tmp_path: Path) -> None:
     """`recognize` answered from the built-in memory, then `teach mug photo.jpg` created a
     one-category default memory that every later `recognize` answered from ('mug' for any
