@@ -166,17 +166,32 @@ def _stream_results(
 def _note_groups(recognizer: "Recognizer") -> None:
     """After the answers, each group of look-alike unknown images the run found, with the
     command that teaches it: the group's id means nothing to a later command (the log of
-    unknown images lives as long as this one)."""
+    unknown images lives as long as this one); then the unknown images like no other, with
+    the command that teaches one (a lone unknown photo said nothing of how to name it)."""
     import shlex
 
     from rar_agent.results import counted
 
-    for group in recognizer.novel_groups.groups():
+    alone: list[str] = []
+    for group in recognizer.novel_groups.groups(min_size=1):
+        if group.size == 1:
+            alone += group.images
+            continue
         files = " ".join(shlex.quote(name) for name in group.images)
         some = "" if len(group.images) == group.size else f" (the first {len(group.images)})"
         print_note(
             f"{counted(group.size, 'unknown image')} look alike ({group.id}), perhaps one new "
             f"thing: `rar-agent teach LABEL {files}` teaches them{some} as LABEL"
+        )
+    if len(alone) == 1:
+        print_note(
+            f"{alone[0]} is unknown: `rar-agent teach LABEL {shlex.quote(alone[0])}` teaches "
+            "it as LABEL"
+        )
+    elif alone:
+        print_note(
+            f"{len(alone)} unknown images look like no other (above): `rar-agent teach LABEL "
+            "FILE` teaches one as LABEL"
         )
 
 

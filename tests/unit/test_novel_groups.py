@@ -748,6 +748,24 @@ def test_recognize_ends_with_the_command_that_teaches_each_group(
     assert "look alike" not in capsys.readouterr().err  # --json: the answers say it
 
 
+def test_recognize_of_one_unknown_photo_ends_with_the_command_that_teaches_it(
+    recognizer: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A walk: `rar-agent recognize photo.png` answered "unknown (closest below)" and said
+    nothing of how to name it (only a group of two or more look-alikes got its teach
+    command). A lone unknown photo ends with the command that teaches it."""
+    import shlex
+
+    from rar_agent.cli.recognize import _stream_results
+
+    clusters: Clusters = recognizer.clusters
+    photo = str(clusters.save("bicycle", 0, tmp_path / "new bikes"))
+    assert not _stream_results(recognizer, [photo], as_json=False, progress=False)
+    said = " ".join(capsys.readouterr().err.split())
+    assert recognizer.novel_groups.count() == 1, said
+    assert f"{photo} is unknown: `rar-agent teach LABEL {shlex.quote(photo)}` teaches it" in said
+
+
 def test_a_conversation_lists_the_unknown_photos_it_named_by_path(
     recognizer: Any, tmp_path: Path
 ) -> None:
