@@ -70,6 +70,13 @@ class MatchedExample(BaseModel):
         description="A small JPEG data URI of the example image, where the memory keeps one "
         "(taught examples do).",
     )
+    taught_by: str | None = Field(
+        default=None,
+        exclude=True,
+        repr=False,
+        description="Who taught it, when known (never in the result's JSON: a server shows "
+        "another person's examples by id and similarity only).",
+    )
 
 
 class Candidate(BaseModel):

@@ -224,11 +224,14 @@ EXAMPLES_PER_CANDIDATE = 2
 
 def _matched(hit: Hit) -> MatchedExample:
     thumb = hit.payload.get("thumbnail")
+    taught = hit.payload.get("taught")
+    by = taught.get("by") if isinstance(taught, dict) else None
     return MatchedExample(
         id=hit.id,
         score=float(hit.score),
         kind=hit.kind or None,
         thumbnail=thumb if isinstance(thumb, str) and thumb.startswith("data:image/") else None,
+        taught_by=by if isinstance(by, str) else None,
     )
 
 

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from rar_agent.images import ImageInput
     from rar_agent.memory import CategoryMemory
     from rar_agent.registry import RegisteredImage
-    from rar_agent.results import RecognitionResult
+    from rar_agent.results import Candidate, RecognitionResult
     from rar_agent.retrieval import CategoryRetriever
 
 __all__ = [
@@ -473,6 +473,22 @@ class RecognizerTool(ErrorAnsweringTool):
             return scope
         own = sent.sent_lately if gone_too else sent
         return own if scope is None else lambda name: scope(name) and own(name)
+
+    def hide_others_teaching(self, candidates: Iterable[Candidate]) -> None:
+        """Show a served caller with a name (a token, a person signed in) the stored examples
+        another person taught by id and similarity only, in place: no picture (thumbnail)
+        and no name of their photo (a candidate's source), as its teaching history shows it
+        its own teaching only (:attr:`~rar_agent.tools.provenance.Caller.reads_all`)."""
+        caller = serving_teacher()
+        if caller is None or caller.by is None or caller.reads_all:
+            return
+        mine = (None, caller.by)
+        for candidate in candidates:
+            for example in candidate.examples:
+                if example.taught_by not in mine:
+                    example.thumbnail = None
+            if candidate.examples and candidate.examples[0].taught_by not in mine:
+                candidate.source = None  # the first example is the entry it names
 
     def taught_unknown(self, images: Sequence[str], label: str) -> None:
         """The images named so were taught as ``label``: they, what this caller is shown of

@@ -395,6 +395,7 @@ class RecognizeImagesTool(RecognizerTool):
             result = next(done)
             result.image = source.name
             _name_as_given(result, source)
+            self.hide_others_teaching(result.candidates)
             self.group_as_listed(result)
             results.append(result)
         return results

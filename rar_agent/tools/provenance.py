@@ -39,8 +39,9 @@ class Caller:
             (a conversation still keeps other conversations' uploads out).
         may_teach: Whether this caller may call the teaching tools (a token with the learn
             scope): an unknown answer offers teaching only to who may.
-        reads_all: Whether this caller reads everyone's teaching history (a token with the
-            admin scope; any caller with no name); else only its own events.
+        reads_all: Whether this caller reads everyone's teaching (a token with the admin
+            scope; any caller with no name): the whole history, and the pictures and photo
+            names of the examples others taught; else its own events and examples only.
     """
 
     via: TeachVia = "tool"

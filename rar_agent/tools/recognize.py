@@ -160,6 +160,8 @@ class RecognizeTool(RecognizerTool):
                     source.payload, boxes, k=k, normalized=False, name=source.name
                 )
                 source.settle()
+                for region in results:
+                    self.hide_others_teaching(region.candidates)
                 refusal = _no_box_recognized(results, source.name)
                 if refusal is not None:  # a ToolException: not caught below
                     raise tool_error(refusal, source)
@@ -171,6 +173,7 @@ class RecognizeTool(RecognizerTool):
             raise tool_error(e, source) from e
         source.settle()
         result.image = source.name
+        self.hide_others_teaching(result.candidates)
         self.group_as_listed(result)
         text = format_result(result, image_name=source.name, can_learn=self.teaching_offered())
         blocks = example_blocks(result) if self.example_images else []
@@ -291,6 +294,7 @@ class CategorySearchTool(RecognizerTool):
             raise tool_error(e) from e
         if not candidates:
             return f"No categories in memory match {query!r}.", []
+        self.hide_others_teaching(candidates)
         return _matching(query, candidates), [c.model_dump(mode="json") for c in candidates]
 
     async def _arun(

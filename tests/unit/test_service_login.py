@@ -199,6 +199,90 @@ async def test_a_signed_in_person_reads_only_their_own_teaching_unless_an_admin(
     recognizer.close()
 
 
+async def test_a_signed_in_person_sees_no_picture_of_what_another_person_taught(
+    tmp_path: Path,
+) -> None:
+    """On a page with logins, bob's answer showed, as its evidence, the stored thumbnail of
+    the photo alice had taught ("bicycle: example 0.900" beside his photo) and named her
+    upload (its candidate's source): a picture of what another person sent, which a token
+    over MCP is not sent. A person sees the pictures and names of examples they taught (and
+    of those nobody signed in taught); of another's, the id and similarity; a token with
+    the admin scope sees all."""
+    from rar_agent.conversations import ConversationStore, conversation_config
+
+    recognizer, photos = _herons_and_bicycles(tmp_path)
+    store = TokenStore(tmp_path / "auth.toml")
+    for name, scopes in [("alice", ["learn"]), ("bob", ["learn"]), ("root", ["learn", "admin"])]:
+        store.add(name, scopes)
+    with ConversationStore(":memory:") as conversations:
+        session = _teaching_page(recognizer, store, conversations)
+
+        async def shown(user: str, photo: str) -> tuple[str, dict[str, Any]]:
+            """The reply to ``user``'s photo, and its candidate 'bicycle'."""
+            conversation = f"{user}-{Path(photo).stem}"
+            said = await session.respond({"text": "", "files": [photo]}, [], conversation, user)
+            state = session.agent.get_state(conversation_config(conversation)).values
+            [answer] = [m.artifact for m in state["messages"] if m.name == "recognize_image"]
+            bicycle = [c for c in answer["candidates"] if c["label"] == "bicycle"]
+            return str(said["content"]), bicycle[0] if bicycle else {}
+
+        await shown("alice", photos[0])
+        taught = await session.respond("it is a bicycle", [], "alice-bicycle_0", "alice")
+        assert "bicycle" in str(taught["content"]), taught
+        text, bicycle = await shown("bob", photos[1])
+        assert "bicycle: example" not in text, text
+        assert bicycle["source"] is None and bicycle["examples"][0]["thumbnail"] is None
+        assert bicycle["examples"][0]["id"] and bicycle["examples"][0]["score"] > 0.5
+        for user in ("alice", "root"):
+            text, bicycle = await shown(user, photos[1])
+            assert "bicycle: example" in text, text
+            assert bicycle["source"] == "bicycle_0.png", bicycle
+    recognizer.close()
+
+
+def test_a_token_is_sent_no_picture_of_what_another_token_taught(tmp_path: Path) -> None:
+    """A server started with --example-images sent bob's answer, as an image block, the
+    stored thumbnail of the photo alice had taught; it sends each token the pictures of
+    the examples it taught (and of those no token taught), and an admin token all."""
+    from rar_agent.tools import make_tools
+    from rar_agent.tools.provenance import teaching_as
+
+    recognizer, photos = _herons_and_bicycles(tmp_path)
+    roots = [Path(photos[0]).parent]
+    made = make_tools(recognizer, allowed_roots=roots, allow_learning=True, example_images=True)
+    tools = {t.name: t for t in made}
+    with teaching_as("mcp", "alice", reads_all=False):
+        tools["add_category_example"].invoke({"label": "bicycle", "image": photos[0]})
+    for name, reads_all, pictures in [("bob", False, 0), ("alice", False, 1), ("root", True, 1)]:
+        with teaching_as("mcp", name, reads_all=reads_all):
+            call = {"type": "tool_call", "id": name, "name": "recognize_image"}
+            answer = tools["recognize_image"].invoke({**call, "args": {"image": photos[1]}})
+        blocks = [b for b in answer.content if isinstance(b, dict) and b["type"] == "image"]
+        assert len(blocks) == pictures, (name, answer.content)
+    recognizer.close()
+
+
+def _herons_and_bicycles(directory: Path) -> tuple[Any, list[str]]:
+    """A recognizer (the caller closes it) whose memory holds two examples each of heron and
+    lynx and no bicycle, and two bicycle photos to teach and ask about, close to each other."""
+    import numpy as np
+
+    from rar_agent.memory import CategoryMemory, MemoryEntry
+    from rar_agent.pipeline import Recognizer
+    from tests.helpers.clusters import make_clusters
+
+    clusters = make_clusters(["heron", "lynx", "bicycle"], 4)
+    memory = CategoryMemory.open(directory / "memory", collection="people")
+    memory.bind_encoder(clusters.encoder.fingerprint, clusters.encoder.dim)
+    known = [(label, i) for label in ("heron", "lynx") for i in range(2)]
+    memory.add_entries(
+        [MemoryEntry(label, "image", f"{label}{i}.png", f"{label}{i}") for label, i in known],
+        np.stack([clusters.vector(label, i) for label, i in known]),
+    )
+    photos = [str(clusters.save("bicycle", i, directory / "photos")) for i in range(2)]
+    return Recognizer(memory, clusters.encoder, k=3), photos
+
+
 async def test_a_session_stays_ended_when_its_revoked_name_is_asked_for_again(
     tmp_path: Path,
 ) -> None:
