@@ -696,6 +696,26 @@ async def test_each_answer_is_one_json_body(tmp_path: Path) -> None:
             assert not result.isError and result.structuredContent is not None
 
 
+async def test_a_token_cannot_go_on_in_another_tokens_session(tmp_path: Path) -> None:
+    """A session is its opener's: bob sending alice's session id (it travels in a header,
+    and a proxy's log may show it) is answered as for a session that does not exist, and
+    is not served inside her session. The SDK compares each request's token with the one
+    that opened the session by the name the verifier gives it (``client_id``)."""
+    with serving(tmp_path) as service, anyio.fail_after(60):
+        alice = {**ACCEPT, **bearer(service.tokens["alice"])}
+        bob = {**ACCEPT, **bearer(service.tokens["bob"])}
+        listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+        async with httpx.AsyncClient() as raw:
+            opened = await raw.post(service.url, json=OPENING, headers=alice)
+            assert opened.status_code == 200, opened.text
+            session = {"mcp-session-id": opened.headers["mcp-session-id"]}
+            intruder = await raw.post(service.url, json=listing, headers={**bob, **session})
+            assert intruder.status_code == 404, intruder.text[:300]
+            assert "Session not found" in intruder.text
+            owner = await raw.post(service.url, json=listing, headers={**alice, **session})
+            assert owner.status_code == 200, owner.text
+
+
 def test_the_service_socket_sends_without_waiting_for_acks() -> None:
     """The listening socket disables Nagle's algorithm, so each accepted connection sends an
     answer's body without waiting for the client's delayed ACK of its headers (a 40 ms stall
