@@ -160,7 +160,7 @@ class UnknownGroupsTool(RecognizerTool):
         found: NovelGroups = unknown_groups(min_size=min_size, shown=self.shown_unknown())
         found.sent = self._sent(found)
         if not found.groups:
-            seen = f"{found.unknown_images} unknown images seen lately"
+            seen = f"{counted(found.unknown_images, 'unknown image')} seen lately"
             text = (
                 f"No group of look-alike unknown images yet ({seen})."
                 if found.no_groups is None
@@ -168,7 +168,7 @@ class UnknownGroupsTool(RecognizerTool):
             )
         else:
             lines = [
-                f"- {g.id}: {g.size} images: "
+                f"- {g.id}: {counted(g.size, 'image')}: "
                 + ", ".join(f"{i} ({found.sent[i]})" if i in found.sent else i for i in g.images)
                 + (" ..." if g.size > len(g.images) else "")
                 for g in found.groups

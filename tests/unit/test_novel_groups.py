@@ -313,6 +313,24 @@ def test_a_fixed_threshold_groups_by_the_memorys_link(recognizer: Any, tmp_path:
     assert sorted(group["images"]) == names and str(tmp_path) not in listed.content
 
 
+def test_one_unknown_image_is_counted_in_the_singular(recognizer: Any, tmp_path: Path) -> None:
+    """An MCP walk: after one unknown photo, list_unknown_groups said "(1 unknown images seen
+    lately)", and with min_size=1 "- unknown-0: 1 images: ..."."""
+    clusters: Clusters = recognizer.clusters
+    name = clusters.save("bicycle", 0, tmp_path / "bikes").name
+    tools = {t.name: t for t in make_tools(recognizer, allowed_roots=[tmp_path / "bikes"])}
+    call = {"type": "tool_call", "id": "1", "name": "recognize_image", "args": {"image": name}}
+    assert tools["recognize_image"].invoke(call).artifact["unknown"]
+    listed = tools["list_unknown_groups"].invoke(
+        {"type": "tool_call", "id": "2", "name": "list_unknown_groups", "args": {}}
+    )
+    assert listed.content.endswith("(1 unknown image seen lately)."), listed.content
+    alone = tools["list_unknown_groups"].invoke(
+        {"type": "tool_call", "id": "3", "name": "list_unknown_groups", "args": {"min_size": 1}}
+    )
+    assert f"- unknown-0: 1 image: {name}" in alone.content, alone.content
+
+
 def test_an_answered_group_leaves_the_log_and_ids_stay() -> None:
     vectors, _ = _two_new_things()
     log = NovelGroupLog()
