@@ -166,18 +166,33 @@ class ImageSource:
         later calls (:attr:`ImageResolver.kept`), unless ``error`` refused the image itself
         (an :class:`~rar_agent.errors.ImageError`: unreadable, over the pixel limit), which
         then takes no room there."""
-        if self.keep is not None and not isinstance(error, ImageError):
+        if self.keep is not None and not _refuses(error):
             self.keep()
 
-    def as_given(self, text: str) -> str:
-        """``text`` naming the image as the caller gave it, never by its real path.
+    @property
+    def refused(self) -> str:
+        """What a refusal of the image itself calls it: its name, but for an image sent
+        inline, what was sent: it is not kept once refused (:meth:`settle`), so its id would
+        name no image (an agent told "img-2cf24dba5fb0 is not an image" had sent none)."""
+        return "the data sent inline" if self.keep is not None else self.name
+
+    def as_given(self, text: str, error: Exception | None = None) -> str:
+        """``text`` naming the image as the caller gave it: never by its real path, and as
+        :attr:`refused` where ``error`` refused the image itself.
 
         A tool's answer goes to a model or an MCP client, possibly over the network: it
         must not reveal the server's file layout (the decoder names the file it read).
         """
         if isinstance(self.payload, Path):
             return text.replace(str(self.payload), self.name)
+        if _refuses(error):
+            return text.replace(self.name, self.refused)
         return text
+
+
+def _refuses(error: Exception | None) -> bool:
+    """Whether ``error`` refused the image itself (unreadable, over the pixel limit)."""
+    return isinstance(error, ImageError)
 
 
 @dataclass(frozen=True)
@@ -340,7 +355,7 @@ def _check_pixels(source: ImageSource, limit: int) -> None:
     """Refuse an image whose header declares more than ``limit`` pixels (nothing decoded),
     named as the limit of the server the call came through, if one did."""
     whose = "this server's" if serving_teacher() is not None else "the"
-    check_declared_size(source.payload, max_pixels=limit, what=source.name, whose=whose)
+    check_declared_size(source.payload, max_pixels=limit, what=source.refused, whose=whose)
 
 
 def tool_error(e: Exception, *sources: ImageSource | None) -> ToolException:
@@ -349,7 +364,7 @@ def tool_error(e: Exception, *sources: ImageSource | None) -> ToolException:
     message = str(e)
     for source in sources:
         if source is not None:
-            message = source.as_given(message)
+            message = source.as_given(message, e)
     return ToolException(message)
 
 

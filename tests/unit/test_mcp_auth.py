@@ -465,7 +465,9 @@ async def test_a_kept_image_is_its_senders_alone_and_kept_only_once_read(
             never = await a.call_tool("recognize_image", {"image": NEVER})
             for bad in (unreadable, bomb):
                 refused = await a.call_tool("recognize_image", {"image": data_uri(bad)})
-                assert refused.isError and image_id_for(bad) in text_of(refused)
+                said = text_of(refused)  # what was sent: its id names no kept image
+                assert refused.isError and said.startswith("the data sent inline"), said
+                assert image_id_for(bad) not in said, said
                 later = await a.call_tool("recognize_image", {"image": image_id_for(bad)})
                 assert same_words(later, never, image_id_for(bad)), text_of(later)
 

@@ -83,3 +83,17 @@ def test_an_image_kept_for_a_caller_with_no_conversation_is_refused_without_pill
         tool = make_tools(recognizer, max_pixels=64_000_000, image_ids=False)[0]
         answer = tool.invoke({"image": bomb})
     assert "is 10000x10000 pixels, over the limit of 64,000,000 pixels" in answer, answer
+
+
+def test_an_image_sent_inline_and_refused_is_not_named_by_an_id(tmp_path: Path) -> None:
+    """An MCP walk: bare base64 that is no image ("aGVsbG8=") was refused as
+    "img-2cf24dba5fb0 is not an image ...", an id the agent never saw and no later call
+    finds (a refused image is not kept). The refusal names what was sent."""
+    wide = _data_uri(png_declaring(60, 30))
+    with small_recognizer(tmp_path, hashing_encoder()) as recognizer:
+        tool = make_tools(recognizer, max_pixels=1000, image_ids=False)[0]
+        text = tool.invoke({"image": "aGVsbG8="})
+        big = tool.invoke({"image": wide})
+    assert text.startswith("the data sent inline is not an image this installation can read")
+    assert big.startswith("the data sent inline is 60x30 pixels, over the limit"), big
+    assert "img-" not in text + big
