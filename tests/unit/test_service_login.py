@@ -262,6 +262,50 @@ def test_a_token_is_sent_no_picture_of_what_another_token_taught(tmp_path: Path)
     recognizer.close()
 
 
+@pytest.mark.parametrize("tool", ["recognize_images", "recognize_image with boxes", "search"])
+def test_every_answer_with_examples_hides_what_another_token_taught(
+    tool: str, tmp_path: Path
+) -> None:
+    """Only recognize_image's whole-image answer was pinned: recognize_images, the regions of
+    recognize_image and search_categories could show bob the picture and the photo name of
+    the example alice taught, and no test would say so. Each hides them from bob and shows
+    them to alice."""
+    import numpy as np
+    from PIL import Image
+
+    from rar_agent.tools import make_tools
+    from rar_agent.tools.provenance import teaching_as
+
+    recognizer, photos = _herons_and_bicycles(tmp_path)
+    with Image.open(photos[1]) as photo:  # the words searched for read as the bicycle photo
+        bicycle = recognizer.encoder.embed_images([photo])
+    recognizer.encoder.embed_texts = lambda texts: np.repeat(bicycle, len(texts), axis=0)
+    made = make_tools(recognizer, allowed_roots=[Path(photos[0]).parent], allow_learning=True)
+    tools = {t.name: t for t in made}
+    with teaching_as("mcp", "alice", reads_all=False):
+        tools["add_category_example"].invoke({"label": "bicycle", "image": photos[0]})
+    name, args = {
+        "recognize_images": ("recognize_images", {"images": [photos[1]]}),
+        "recognize_image with boxes": (
+            "recognize_image", {"image": photos[1], "boxes": [[0, 0, 24, 24]]}
+        ),
+        "search": ("search_categories", {"query": "a bicycle"}),
+    }[tool]  # fmt: skip
+    for who, shown in [("bob", False), ("alice", True)]:
+        with teaching_as("mcp", who, reads_all=False):
+            answer = tools[name].invoke(
+                {"type": "tool_call", "id": who, "name": name, "args": args}
+            )
+        found = answer.artifact  # search: candidates; the others: results or regions
+        if isinstance(found, dict):
+            found = found.get("results") or found["regions"]
+        candidates = [c for r in found for c in r.get("candidates", [r])]
+        [taught] = [c for c in candidates if c["label"] == "bicycle"]
+        assert (taught["source"] is not None) == shown, (who, taught)
+        assert (taught["examples"][0]["thumbnail"] is not None) == shown, (who, taught)
+    recognizer.close()
+
+
 def _herons_and_bicycles(directory: Path) -> tuple[Any, list[str]]:
     """A recognizer (the caller closes it) whose memory holds two examples each of heron and
     lynx and no bicycle, and two bicycle photos to teach and ask about, close to each other."""
