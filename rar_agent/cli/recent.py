@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,9 +116,9 @@ def used_last_instead(settings: Settings, using: str) -> str | None:
         return None
     collection, location, command = recorded
     if _elsewhere(settings, recorded):
-        which, flag = f"the memory at {location}", f"--memory {location}"
+        which, flag = f"the memory at {location}", f"--memory {shlex.quote(location)}"
     else:
-        which, flag = f"the memory {collection!r}", f"--collection {collection}"
+        which, flag = f"the memory {collection!r}", f"--collection {shlex.quote(collection)}"
     return f"`rar-agent {command}` used {which} last: {flag} answers from it"
 
 

@@ -358,6 +358,20 @@ def test_recognize_from_the_built_in_memory_names_the_one_just_taught(
     assert named.exit_code == 0 and "built-in memory" not in named.stderr, named.stderr
 
 
+def test_the_memory_folder_used_last_is_named_as_it_is_typed(home: Path, tmp_path: Path) -> None:
+    """After `teach ... --memory "my memories/closet"`, `recognize` from the built-in memory
+    said "--memory .../my memories/closet answers from it": pasted, the space split it in
+    two and the command failed. The folder is quoted for the shell."""
+    import shlex
+
+    image, folder = str(tmp_path / "a.png"), tmp_path / "my memories" / "closet"
+    taught = runner.invoke(app, ["teach", "sneaker", image, "--memory", str(folder)])
+    assert taught.exit_code == 0, taught.output
+    done = runner.invoke(app, ["recognize", image, "--no-progress"])
+    said = " ".join(done.stderr.split())
+    assert f"--memory {shlex.quote(str(folder))} answers from it" in said, said
+
+
 def test_teach_after_recognize_teaches_the_memory_that_answered(home: Path, tmp_path: Path) -> None:
     """`recognize` answered from the built-in memory, then `teach mug photo.jpg` created a
     one-category default memory that every later `recognize` answered from ('mug' for any
