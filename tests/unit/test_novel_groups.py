@@ -782,6 +782,15 @@ def test_recognize_of_one_unknown_photo_ends_with_the_command_that_teaches_it(
     said = " ".join(capsys.readouterr().err.split())
     assert recognizer.novel_groups.count() == 1, said
     assert f"{photo} is unknown: `rar-agent teach LABEL {shlex.quote(photo)}` teaches it" in said
+    recognizer.novel_groups = NovelGroupLog()
+    unlike = [photo, str(clusters.save("teapot", 0, tmp_path / "new bikes"))]
+    assert not _stream_results(recognizer, unlike, as_json=False, progress=False)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "is unknown:" not in said and "look alike" not in said, said
+    assert (
+        "2 unknown images look like no other (above): `rar-agent teach LABEL FILE` teaches one"
+        in said
+    ), said
 
 
 def test_a_conversation_lists_the_unknown_photos_it_named_by_path(
