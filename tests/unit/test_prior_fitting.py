@@ -77,3 +77,18 @@ def test_vectors_that_give_no_finite_prior_are_refused() -> None:
     ref.memory_x[:] = np.nan
     with pytest.raises(ValueError, match="no finite prior"):
         measure_prior(ref, fingerprint="fp", encoder="enc", measured_on="garments")
+
+
+def test_reference_categories_at_no_positive_similarity_set_no_far_below() -> None:
+    """Where some reference memory's lowest nearest-other similarity is not positive, no
+    fraction of it lies below all of them (0.8 of a negative number is above it), so the
+    prior sets no category apart: far_below is none. Here each category's images share no
+    coordinate with another's (every other category at similarity 0)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 20)
+    x = np.zeros((200, 40))
+    for row, c in enumerate(labels):
+        x[row, 4 * c : 4 * c + 4] = 1.0 + 0.5 * rng.normal(size=4)
+    ref = RefSet.pool("fashion", unit(x), labels)
+    prior = measure_prior(ref, fingerprint="fp", encoder="enc", measured_on="garments", n=20)
+    assert prior.far_below is None and prior.link is not None
