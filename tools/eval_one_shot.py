@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -58,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from emoji_reference import load_emoji  # noqa: E402
-from eval_open_set import CLASSES, group_figures, group_means, run_memory  # noqa: E402
+from eval_open_set import CLASSES, group_figures, group_means, run_memory, use_prior  # noqa: E402
 from icon_reference import load_icons  # noqa: E402
 
 from rar_agent.openset.prior import MemoryScale, prior_score  # noqa: E402
@@ -281,19 +280,6 @@ def group_line(g: dict[str, Any]) -> str:
         f"{'-' if per_new is None else f'{per_new:.2f}'}, taught right / wrong "
         f"{g['taught_right'] or 0.0:.1f} / {g['taught_wrong'] or 0.0:.1f}"
     )
-
-
-def use_prior(path: Path | None, workdir: Path) -> None:
-    """Judge with the encoder prior in ``path`` instead of the shipped ones."""
-    if path is None:
-        return
-    from rar_agent.openset import prior
-
-    folder = workdir / "priors"
-    folder.mkdir()
-    shutil.copy(path, folder / path.name)
-    prior.PRIOR_DIR = folder
-    prior._priors.cache_clear()
 
 
 def main(argv: list[str] | None = None) -> int:

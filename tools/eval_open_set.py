@@ -25,6 +25,7 @@ import argparse
 import itertools
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -98,6 +99,19 @@ def load_vectors(cache: Path, pool: int, test: int) -> dict[str, Any]:
         np.save(cache / f"{name}.npy", out[name])
     meta.write_text(json.dumps({"fingerprint": out["fingerprint"], "pool": pool, "test": test}))
     return out
+
+
+def use_prior(path: Path | None, workdir: Path) -> None:
+    """Judge with the encoder prior in ``path`` instead of the shipped ones."""
+    if path is None:
+        return
+    from rar_agent.openset import prior
+
+    folder = workdir / "priors"
+    folder.mkdir()
+    shutil.copy(path, folder / path.name)
+    prior.PRIOR_DIR = folder
+    prior._priors.cache_clear()
 
 
 def held_out(seed: int) -> list[int]:
@@ -292,9 +306,10 @@ def shots_table(
     workdir: Path,
     seeds: Sequence[int] = range(5),
     link_quantiles: Sequence[float] = (),
+    shot_counts: Sequence[int | str] = (*SHOTS, MIXED),
 ) -> dict[str, Any]:
     table = {}
-    for shots in (*SHOTS, MIXED):
+    for shots in shot_counts:
         runs = [
             run(
                 data,
@@ -705,6 +720,16 @@ def _seeds(text: str) -> list[int]:
         ) from None
 
 
+def _shot_counts(text: str) -> list[int | str]:
+    """``1,2,mixed``: the memories named (examples per class, or the mixed memory)."""
+    try:
+        return [MIXED if part == MIXED else int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma list of examples per class and 'mixed' (e.g. 1,2,mixed)"
+        ) from None
+
+
 def _quantiles(text: str) -> list[float]:
     """``0.2,0.35``: the quantiles named (each between 0 and 1)."""
     try:
@@ -739,6 +764,19 @@ def main(argv: list[str] | None = None) -> None:
         help="Also group the shots table's rejections at these quantiles of the pairs of "
         "examples of one category (a comma list, e.g. 0.2,0.35,0.5).",
     )
+    parser.add_argument(
+        "--shots",
+        type=_shot_counts,
+        default=(*SHOTS, MIXED),
+        help="Memories of the shots table: a comma list of examples per class and 'mixed' "
+        "(default 1,2,5,10,mixed).",
+    )
+    parser.add_argument(
+        "--prior",
+        type=Path,
+        help="Judge with the encoder prior in this JSON file instead of the shipped ones (e.g. "
+        "one measured on the shipped garments alone: fit_encoder_prior.py --garments-only).",
+    )
     parser.add_argument("--json", type=Path, help="Write every figure here.")
     parser.add_argument("--from-json", type=Path, nargs="*", help="Render earlier results.")
     parser.add_argument("--markdown", type=Path, help="Write the tables here (Markdown).")
@@ -759,8 +797,9 @@ def main(argv: list[str] | None = None) -> None:
             for name, value in sorted(out[part].items(), key=lambda kv: -kv[1]):
                 print(f"{part}: AUROC {value:.3f}  {name}", flush=True)
     with tempfile.TemporaryDirectory(prefix="rar-open-set-") as tmp:
+        use_prior(args.prior, Path(tmp))
         if "shots" in parts:
-            out["shots"] = shots_table(data, Path(tmp), args.seeds, args.link_quantiles)
+            out["shots"] = shots_table(data, Path(tmp), args.seeds, args.link_quantiles, args.shots)
         if "splits" in parts:
             out["splits"] = splits_table(data, Path(tmp))
     if args.json:

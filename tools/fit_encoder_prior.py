@@ -27,6 +27,10 @@ Usage::
         --icons artifacts/icons --emoji artifacts/emoji \\
         --out rar_agent/openset/priors/efficientnet-lite0.json
 
+``--garments-only`` writes the prior the product measures for an encoder that ships none
+(:func:`rar_agent.pipeline.prior.measure_on_garments`, the 200 garments shipped with the
+package alone), for comparing it with a shipped one (``tools/eval_open_set.py --prior``).
+
 (``--icons``: a fourth fitted set, ``tools/icon_reference.py``; ``--emoji``: judged only,
 never fitted, ``tools/emoji_reference.py``; the one-example quantile follows each memory's
 pair spread, ``--sloped``.)
@@ -67,6 +71,7 @@ from rar_agent.openset.fitting import (  # noqa: E402
     RefSet,
     delivered,
     fit_link,
+    fit_slopes,
     quantiles,
     trials,
     unit,
@@ -255,19 +260,6 @@ def fit_far(
     return far, figures
 
 
-def fit_slopes(runs: list[dict]) -> list[float]:
-    """At each ALPHA, how a memory's known-query quantile rises with its pair spread: the
-    least-squares slope over ``runs`` (each memory one point; the memories of every fitted
-    reference set together, so the slope is mostly how the sets differ)."""
-    spread = np.asarray([r["pair_spread"] for r in runs])
-    design = np.stack([np.ones_like(spread), spread], axis=1)
-    out = []
-    for a in ALPHAS:
-        own = np.asarray([np.quantile(r["known"], a) for r in runs])
-        out.append(float(np.linalg.lstsq(design, own, rcond=None)[0][1]))
-    return out
-
-
 def _smallest(rows: Any) -> list[float]:
     """The smallest quantile at each ALPHA over the reference sets' rows."""
     return [float(min(v)) for v in zip(*rows, strict=True)]
@@ -292,7 +284,11 @@ def picture_set(name: str, x: np.ndarray, labels: list[str]) -> RefSet:
 def main(argv: list[str] | None = None) -> int:
     """Fit the prior, check it held out, write it."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fashion", type=Path, required=True, help="tools/eval_open_set.py cache")
+    p.add_argument("--fashion", type=Path, help="tools/eval_open_set.py cache (required but "
+                   "with --garments-only)")  # fmt: skip
+    p.add_argument("--garments-only", action="store_true", help="write the prior the product "
+                   "measures for an encoder without a shipped one (the shipped 200 garments "
+                   "alone, rar_agent.pipeline.prior), for --encoder, to --out")  # fmt: skip
     p.add_argument("--glyphs", type=Path, help="glyph vector cache (made once; required "
                    "but with --update-far)")  # fmt: skip
     p.add_argument("--icons", type=Path, help="icon vector cache (icon_reference.py): fitted")
@@ -316,6 +312,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
+    if args.garments_only:
+        from rar_agent.encoders import load_encoder
+        from rar_agent.pipeline.prior import measure_on_garments
+
+        prior = measure_on_garments(load_encoder(args.encoder))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(prior.model_dump_json(indent=1) + "\n")
+        return 0
+    if args.fashion is None:
+        p.error("--fashion DIR: the tools/eval_open_set.py cache")
     fashion_fit, fashion_test = fashion_sets(args.fashion)
     if args.update_far:
         if not args.icons or not args.out.is_file():

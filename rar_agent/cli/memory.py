@@ -45,6 +45,7 @@ __all__ = [
     "memory_add",
     "memory_build",
     "memory_list",
+    "memory_prior",
     "memory_pull",
     "memory_push",
     "memory_remove",
@@ -580,8 +581,11 @@ def memory_stats(settings: "Settings") -> None:
     from rar_agent import openset
     from rar_agent.config import parse_reject
     from rar_agent.ingest.builders import unfinished_build
+    from rar_agent.pipeline.prior import known_prior, prior_dir
 
     with open_shown_memory(settings) as mem:
+        if mem.info.fingerprint:  # a prior measured here judges as it will when recognizing
+            known_prior(mem.info.fingerprint, prior_dir(settings.home))
         stats = mem.stats()
         stats["unfinished_build"] = unfinished_build(mem)
         stats["open_set"] = _open_set_stats(
@@ -593,6 +597,53 @@ def memory_stats(settings: "Settings") -> None:
     if stats["unfinished_build"] is not None:
         print_note(_unfinished_note(stats["unfinished_build"], stats["entries"]))
     typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))
+
+
+@app.command("prior")
+@settings_command(STORE, ENCODER, REJECT)
+def memory_prior(settings: "Settings", progress: ProgressOpt = True) -> None:
+    """Measure the memory's encoder prior now, and show which prior judges the memory.
+
+    A memory of one or two examples per category cannot say itself how far a second photo of
+    a category lies from its first: its encoder's prior does. EfficientNet-Lite0's ships with
+    rar-agent; any other encoder's is measured once per machine on the 200 Fashion-MNIST
+    garments that ship with rar-agent (one pass of the encoder over them) and stored in
+    RAR_HOME/priors. Recognizing with such a memory measures it when first needed; this does
+    it ahead, calibrates the memory with it and prints the prior and the memory's `open_set`
+    (as `memory stats` does).
+    """
+    from rar_agent import openset
+    from rar_agent.config import parse_reject
+    from rar_agent.openset.fitting import prior_file
+    from rar_agent.openset.prior import shipped_prior
+    from rar_agent.pipeline.prior import ensure_prior, prior_dir
+
+    with open_shown_memory(settings) as mem:
+        enc = load_settings_encoder(settings, mem)
+        bar, update = progress_bar(progress, "measuring the encoder prior (once per encoder)")
+        with bar:
+            prior = ensure_prior(
+                enc, prior_dir(settings.home), announce=print_note, progress=update
+            )
+        openset.ensure(mem, mem.count("image"))
+        shipped = shipped_prior(enc.fingerprint) is not None
+        out = {
+            "encoder": prior.encoder,
+            "fingerprint": prior.fingerprint,
+            "source": "shipped with rar-agent" if shipped else "measured on this machine",
+            "file": None
+            if shipped
+            else str(prior_file(prior_dir(settings.home), prior.fingerprint)),
+            "measured_on": prior.measured_on,
+            "caveat": prior.caveat,
+            "open_set": _open_set_stats(
+                openset.load(mem),
+                parse_reject(settings.reject),
+                mem.count("image"),
+                missing=openset.why_not_loaded(mem),
+            ),
+        }
+    typer.echo(json.dumps(out, indent=2, default=str, ensure_ascii=False))
 
 
 def _unfinished_note(started: "Mapping[str, object]", entries: object) -> str:
@@ -636,12 +687,13 @@ def _open_set_stats(
         )
     elif summary["method"] == "prior":  # as a result's explanation says it
         promise += ", as the encoder prior estimates; this memory cannot measure it yet"
-    return {
-        "calibrated": why is None,
-        "promise": promise,
-        **summary,
-        "note": why or f"thresholds set by {summary['source']}",
-    }
+    note = why or f"thresholds set by {summary['source']}"
+    if cal.prior_changed():  # the scale and link it stores are not the prior's now
+        note += (
+            "; it was calibrated before its encoder's current prior was measured: "
+            "`rar-agent memory prior` or the next recognition calibrates it again"
+        )
+    return {"calibrated": why is None, "promise": promise, **summary, "note": note}
 
 
 app.command("push")(memory_copy.memory_push)

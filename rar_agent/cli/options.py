@@ -442,6 +442,11 @@ def load_settings_encoder(
 
 _OFFLINE_NOTE = "offline-encoder"
 """The key under which the default encoder's fallback note is said once per RAR_HOME."""
+_OPENING_BARS = {
+    "vocabulary": "building vocabulary memory",
+    "prior": "measuring the encoder prior (once per encoder)",
+}
+"""The progress bars of opening a recognizer (:func:`open_recognizer`)."""
 
 
 def open_recognizer(
@@ -456,17 +461,18 @@ def open_recognizer(
     the settings name, else the built-in one (see ``memory.configured_memory``); with
     ``read_only`` nothing writes to a named memory. Records the memory as the last used."""
     from rar_agent.cli.notes import say_once
-    from rar_agent.cli.progress import progress_bar
+    from rar_agent.cli.progress import progress_bars
     from rar_agent.cli.recent import names_a_memory, remember_memory, used_last_instead
     from rar_agent.pipeline import Recognizer
 
     label_list = labels.split(",") if labels is not None else None
-    bar, update = progress_bar(progress, "building vocabulary memory")
+    bar, update = progress_bars(progress, _OPENING_BARS)
     with bar:
         recognizer = Recognizer.from_settings(
             settings,
             labels=label_list,
-            progress=update,
+            progress=update["vocabulary"],
+            prior_progress=update["prior"],
             read_only=read_only,
             announce=print_note,
             encoder_note=say_once(settings.home, _OFFLINE_NOTE),

@@ -6,6 +6,7 @@ Only the standard library at module level (rich loads when a bar is drawn).
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ __all__ = [
     "StagedPair",
     "note_if_slow",
     "progress_bar",
+    "progress_bars",
     "say",
     "staged_progress",
 ]
@@ -136,6 +138,19 @@ def progress_bar(enabled: bool, description: str) -> ProgressPair:
         staged(description, done, total)
 
     return bar, update
+
+
+def progress_bars(
+    enabled: bool, descriptions: Mapping[str, str]
+) -> tuple[AbstractContextManager[object], dict[str, Callable[[int, int], None] | None]]:
+    """One display and an ``update(done, total)`` for each of several jobs of one step (each
+    job's bar titled by ``descriptions``; off a terminal, :class:`LineProgress` lines)."""
+    if enabled and not sys.stderr.isatty():
+        return contextlib.nullcontext(), {k: LineProgress(d) for k, d in descriptions.items()}
+    bar, staged = staged_progress(enabled, descriptions)
+    if staged is None:
+        return bar, dict.fromkeys(descriptions)
+    return bar, {k: functools.partial(staged, k) for k in descriptions}
 
 
 def say(message: str) -> None:

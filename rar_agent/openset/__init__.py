@@ -22,6 +22,7 @@ from rar_agent.openset.calibration import (
     load,
     update,
     why_not_loaded,
+    why_refit,
 )
 from rar_agent.openset.statistic import SUPPORT_ENTRIES, known_score
 from rar_agent.openset.store import EXTENSION
@@ -49,6 +50,7 @@ __all__ = [
     "load",
     "update",
     "why_not_loaded",
+    "why_refit",
     "with_ranker_verdict",
 ]
 
@@ -101,9 +103,10 @@ class LeaveOneOutCalibrator:
 
 def ensure(memory: CalibratedMemory, image_entries: int) -> Calibration | None:
     """The stored calibration, fitted first when a memory with ``image_entries`` example
-    images has none yet (one built before calibration existed); ``None`` for a memory
-    without example images. A read-only memory is calibrated without storing the result."""
+    images has none yet (one built before calibration existed) or its encoder's prior changed
+    since (:func:`why_refit`); ``None`` for a memory without example images. A read-only
+    memory is calibrated without storing the result."""
     cal = load(memory)
-    if cal is None and image_entries > 0:
+    if image_entries > 0 and (cal is None or cal.prior_changed()):
         cal = fit(memory)
     return cal

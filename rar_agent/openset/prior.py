@@ -30,18 +30,22 @@ garments, have their known queries higher above the nearest-other similarities t
 whose categories form clusters, glyphs or icon themes), and turned back into a similarity for
 this memory (:func:`similarity_at`). It keeps its promise to the extent that the memory's data
 resemble the reference data (``measured_on``); its held-out figures travel in the stored
-prior (``validated``). An encoder without a prior gets none: its memories say they cannot
-calibrate. Once a memory's own stand-ins support a conformal threshold at the default ALPHA,
-they judge it at every ALPHA (:meth:`Calibration.judged_by_own
-<rar_agent.openset.calibration.Calibration.judged_by_own>`).
+prior (``validated``). An encoder that ships no prior gets one measured on this machine, once,
+on the garments that ship with the package (:mod:`~rar_agent.openset.fitting`; the pipeline
+encodes them, :mod:`rar_agent.pipeline.prior`, and makes the result known here,
+:func:`use_measured`); until then its memories say they cannot calibrate. Once a memory's
+own stand-ins support a conformal threshold at the default ALPHA, they judge it at every
+ALPHA (:meth:`Calibration.judged_by_own <rar_agent.openset.calibration.Calibration.judged_by_own>`).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, overload
@@ -56,7 +60,9 @@ __all__ = [
     "MemoryScale",
     "encoder_prior",
     "prior_score",
+    "shipped_prior",
     "similarity_at",
+    "use_measured",
 ]
 
 logger = logging.getLogger(__name__)
@@ -201,6 +207,8 @@ class EncoderPrior(BaseModel):
         link_quantile: The quantile ``link`` was measured at (the calibration's
             ``GROUP_QUANTILE``: a prior measured at another level gives no link).
         validated: Held-out figures (promised vs delivered), for people.
+        caveat: Where the prior is known not to keep its promise (a prior measured on one
+            kind of picture), said with ``measured_on`` in every note; ``None``: none known.
     """
 
     fingerprint: str = Field(min_length=1)
@@ -214,6 +222,14 @@ class EncoderPrior(BaseModel):
     link: float | None = None
     link_quantile: float | None = None
     validated: dict[str, Any] = Field(default_factory=dict)
+    caveat: str | None = None
+
+    def digest(self) -> str:
+        """A short digest of what judges queries (the fingerprint and the fitted figures, not
+        the figures for people): a calibration records the prior it was made with by it."""
+        judged = self.model_dump(exclude={"validated", "measured_on", "caveat", "encoder"})
+        text = json.dumps(judged, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def shots(self) -> list[int]:
         """The numbers of examples with quantiles of their own (increasing)."""
@@ -279,6 +295,30 @@ def _priors() -> dict[str, EncoderPrior]:
     return out
 
 
-def encoder_prior(fingerprint: str | None) -> EncoderPrior | None:
-    """The shipped prior of the encoder with this fingerprint, ``None`` when there is none."""
+_MEASURED: dict[str, EncoderPrior] = {}
+"""Priors measured on this machine that this process uses, by fingerprint."""
+_MEASURED_LOCK = threading.Lock()
+
+
+def shipped_prior(fingerprint: str | None) -> EncoderPrior | None:
+    """The prior shipped with the package for this fingerprint (``None``: none ships)."""
     return _priors().get(fingerprint) if fingerprint else None
+
+
+def use_measured(prior: EncoderPrior) -> None:
+    """Make a prior measured on this machine known to this process (a shipped prior of the
+    same encoder still comes first)."""
+    with _MEASURED_LOCK:
+        _MEASURED[prior.fingerprint] = prior
+
+
+def encoder_prior(fingerprint: str | None) -> EncoderPrior | None:
+    """The prior of the encoder with this fingerprint: the shipped one, else one measured on
+    this machine that this process uses (:func:`use_measured`), else ``None``."""
+    if not fingerprint:
+        return None
+    shipped = shipped_prior(fingerprint)
+    if shipped is not None:
+        return shipped
+    with _MEASURED_LOCK:
+        return _MEASURED.get(fingerprint)

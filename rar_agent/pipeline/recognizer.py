@@ -15,9 +15,10 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rar_agent.config import MemoryKind, parse_reject, validate_k, validate_kind
+from rar_agent.config import DEFAULT_ALPHA, MemoryKind, parse_reject, validate_k, validate_kind
 from rar_agent.encoders.base import input_size_of
 from rar_agent.encoders.spec import spec_of
 from rar_agent.encoders.torch_base import parallel_passes
@@ -25,7 +26,9 @@ from rar_agent.errors import ConfigError, argument_problem, did_you_mean
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, decoding_alone, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
+from rar_agent.openset.prior import encoder_prior
 from rar_agent.pipeline.explain import explain_result
+from rar_agent.pipeline.prior import ensure_prior, known_prior, prior_dir
 from rar_agent.pipeline.ranked import Ranking
 from rar_agent.pipeline.recheck import SearchFloors
 from rar_agent.pipeline.regions import RegionOptions, arecognize_regions, recognize_regions
@@ -164,6 +167,8 @@ class Recognizer:
         encoder: ImageTextEncoder | None = None,
         *,
         announce: Callable[[str], None] | None = None,
+        priors: Path | None = None,
+        prior_progress: Callable[[int, int], None] | None = None,
         **options: Any,
     ) -> Recognizer:
         """A recognizer over ``memory``, with the I/O the constructor leaves out.
@@ -171,13 +176,20 @@ class Recognizer:
         Binds the encoder to the memory (recording it on first use) and, with rejection
         ``auto``, stores the open-set calibration of a memory that has image examples but
         none yet (:func:`rar_agent.openset.ensure`; a read-only memory keeps it in the
-        recognizer instead).
+        recognizer instead). With ``priors``, the encoder's prior is read from there, or,
+        where the memory's own examples cannot set a threshold and the encoder ships no
+        prior, measured once and stored there (:func:`~rar_agent.pipeline.prior.ensure_prior`),
+        and the calibration made again with it.
 
         Args:
             memory: The category memory.
             encoder: Its encoder (None: the one the memory recorded).
-            announce: Receives the note that a read-only memory was calibrated for this run
-                only (default: a logged warning).
+            announce: Receives the notes that a read-only memory was calibrated for this run
+                only and that the encoder prior is being measured (default: a logged warning).
+            priors: Where priors measured on this machine are stored
+                (:func:`~rar_agent.pipeline.prior.prior_dir`; ``None``: none read or measured,
+                only the shipped ones judge).
+            prior_progress: ``progress(done, total)`` while an encoder prior is measured.
             **options: The constructor's keyword arguments (``ranker``, ``k``, ``gate``...).
 
         Raises:
@@ -188,8 +200,36 @@ class Recognizer:
         bind_memory(memory, encoder)
         recognizer = cls(memory, encoder, **options)
         if recognizer.reject.mode == "auto":
+            if priors is not None:
+                known_prior(encoder.fingerprint, priors)
             recognizer._ensure_calibrated(announce)
+            if priors is not None and recognizer._wants_prior():
+                recognizer._measure_prior(priors, announce, prior_progress)
         return recognizer
+
+    def _measure_prior(
+        self,
+        priors: Path,
+        announce: Callable[[str], None] | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        """Measure the encoder's prior (:func:`~rar_agent.pipeline.prior.ensure_prior`) and
+        calibrate the memory again with it; where the encoder's vectors give no prior, say so
+        and go on without one (the memory then says it cannot calibrate)."""
+        try:
+            ensure_prior(self.encoder, priors, announce=announce, progress=progress)
+        except ValueError as exc:
+            (announce or logger.warning)(f"no encoder prior measured: {exc}")
+            return
+        self._ensure_calibrated(announce)
+
+    def _wants_prior(self) -> bool:
+        """Whether the memory holds example images whose own stand-ins set no threshold at
+        the default ALPHA and its encoder has no prior to judge them by (yet)."""
+        cal = self.calibration()
+        if cal is None or not cal.seen or encoder_prior(self.encoder.fingerprint) is not None:
+            return False
+        return cal.own_threshold(DEFAULT_ALPHA)[0] is None
 
     @classmethod
     def from_settings(
@@ -201,6 +241,7 @@ class Recognizer:
         announce: Callable[[str], None] | None = None,
         read_only: bool = False,
         encoder_note: Callable[[str], None] | None = None,
+        prior_progress: Callable[[int, int], None] | None = None,
         **overrides: Any,
     ) -> Recognizer:
         """Build a recognizer from ``RAR_*`` settings (plus keyword overrides).
@@ -223,6 +264,9 @@ class Recognizer:
                 logged warning).
             encoder_note: Receives the note that the default encoder fell back to the
                 offline one instead (default: ``announce``), e.g. to say it less often.
+            prior_progress: ``progress(done, total)`` while the encoder's prior is measured
+                (once per encoder, in ``<home>/priors``, where a memory of one or two
+                examples per category needs it: :meth:`from_memory`).
             **overrides: Settings fields to override (``ranker="openai:gpt-4o-mini"``, ``k=3``...);
                 ``ranker`` also takes a chat model or a
                 :class:`~rar_agent.ranking.RankingChain`, as the constructor does.
@@ -254,6 +298,8 @@ class Recognizer:
                 memory,
                 encoder,
                 announce=announce,
+                priors=prior_dir(settings.home),
+                prior_progress=prior_progress,
                 ranker=ranker,
                 k=settings.k,
                 fetch_k=settings.fetch_k,
@@ -618,14 +664,15 @@ class Recognizer:
         each read-only opening fits it again until the memory is opened for writing."""
         from rar_agent import openset
 
-        if openset.load(self.memory) is not None:
+        why = openset.why_refit(self.memory)
+        if why is None:
             return
         started = time.perf_counter()
         self._computed = openset.ensure(self.memory, self.memory.count("image"))
         if self.memory.read_only and self._computed is not None:
             took = time.perf_counter() - started
             (announce or logger.warning)(
-                f"memory {self.memory.collection!r}: {openset.why_not_loaded(self.memory)}, so "
+                f"memory {self.memory.collection!r}: {why}, so "
                 f"it was calibrated for this run ({took:.1f} s) and not stored, as the memory "
                 "is open read-only; each read-only start calibrates it again until the memory "
                 "is opened once for writing (`rar-agent recognize` of any photo with it, or "
@@ -641,6 +688,8 @@ class Recognizer:
         """
         from rar_agent.openset import current
 
+        if self.memory.read_only and self._computed is not None:
+            return self._computed  # what is stored is older (or none): it was not stored
         return current(self.memory) or self._computed
 
     def judge_many(

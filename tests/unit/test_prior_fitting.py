@@ -14,11 +14,13 @@ from rar_agent.datasets import FASHION_MNIST_CLASSES, fashion_mnist_available, l
 from rar_agent.openset.calibration import GROUP_QUANTILE
 from rar_agent.openset.fitting import (
     ALPHAS,
+    CAUTION,
     REFERENCE_DIR,
-    SHOTS,
     RefSet,
+    delivered,
     measure_prior,
     reference_garments,
+    trials,
     unit,
 )
 
@@ -62,14 +64,18 @@ def _pool(seed: int = 0) -> RefSet:
     return RefSet.pool("fashion", unit(x), np.repeat(np.arange(10), 20))
 
 
-def test_a_measured_prior_has_every_level_a_link_and_far_below() -> None:
-    prior = measure_prior(_pool(), fingerprint="fp", encoder="enc", measured_on="garments")
-    assert prior.alphas == list(ALPHAS) and prior.shots() == list(SHOTS)
-    for row in prior.quantiles.values():
-        assert row == sorted(row)  # a larger ALPHA never rejects fewer
+def test_a_measured_prior_judges_every_query_at_one_example_with_caution() -> None:
+    ref = _pool()
+    prior = measure_prior(ref, fingerprint="fp", encoder="enc", measured_on="garments")
+    assert prior.alphas == list(ALPHAS) and prior.shots() == [1]
     assert prior.link is not None and prior.link_quantile == GROUP_QUANTILE
     assert prior.far_below is not None and 0 < prior.far_below < 1
-    assert not prior.slopes and not prior.far  # one kind of data measures neither
+    assert not prior.slopes and not prior.far  # one kind of picture measures neither
+    # on the memories it was measured on it keeps to ALPHA / CAUTION, at every ALPHA
+    runs = trials(ref, 1, *ref.shape, 300, seed=1)
+    rows = delivered(runs, prior.quantiles["1"]).values()
+    for alpha, row in zip(ALPHAS, rows, strict=True):
+        assert row["known_rejected"] <= alpha / CAUTION + 0.005
 
 
 def test_vectors_that_give_no_finite_prior_are_refused() -> None:

@@ -1,0 +1,217 @@
+"""An encoder that ships no prior gets one measured once on the garments shipped with the
+package (``rar_agent.pipeline.prior``), stored per encoder and reused, so that a memory of
+one example per category made with it can reject unknown images (a tiny random open_clip
+model, built from a config, stands in for CLIP)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rar_agent import openset
+from rar_agent.memory import CategoryMemory
+from rar_agent.openset import prior as prior_mod
+from rar_agent.openset.fitting import MEASURED_ON, prior_file, stored_prior
+from rar_agent.openset.prior import EncoderPrior, encoder_prior
+from rar_agent.pipeline import Recognizer
+from rar_agent.pipeline.prior import MEASURE_BATCH, ensure_prior, known_prior
+from tests.helpers.small_memory import fill_memory, make_images
+
+
+class Counting:
+    """The tiny encoder, counting the images it encodes."""
+
+    def __init__(self, inner: Any, fingerprint: str | None = None) -> None:
+        self.inner, self.dim = inner, inner.dim
+        self.fingerprint = fingerprint or inner.fingerprint
+        self.images = 0
+
+    def embed_images(self, images: Any) -> np.ndarray:
+        self.images += len(images)
+        return self.inner.embed_images(images)
+
+    def embed_texts(self, texts: Any) -> np.ndarray:
+        return self.inner.embed_texts(texts)
+
+
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No prior measured in this process yet (as at a start)."""
+    monkeypatch.setattr(prior_mod, "_MEASURED", {})
+
+
+@pytest.fixture
+def encoder(tiny_encoder: Any) -> Counting:
+    return Counting(tiny_encoder)
+
+
+def _restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prior_mod, "_MEASURED", {})
+
+
+def test_the_prior_is_measured_once_and_reused(encoder: Counting, tmp_path: Path) -> None:
+    said: list[str] = []
+    steps: list[tuple[int, int]] = []
+    first = ensure_prior(
+        encoder, tmp_path, announce=said.append, progress=lambda *a: steps.append(a)
+    )
+    assert encoder.images == 200  # one pass over the shipped garments
+    assert steps[-1] == (200, 200) and len(steps) == 200 // MEASURE_BATCH
+    assert len(said) == 1 and "200 Fashion-MNIST garments shipped with rar-agent" in said[0]
+    assert first.fingerprint == encoder.fingerprint and first.measured_on == MEASURED_ON
+    assert first.caveat and first.link is not None and first.shots() == [1]
+    assert encoder_prior(encoder.fingerprint) == first
+
+    again = ensure_prior(encoder, tmp_path, announce=said.append)
+    assert again == first and encoder.images == 200 and len(said) == 1  # no second pass
+
+
+def test_the_prior_is_keyed_by_the_encoders_fingerprint(tiny_encoder: Any, tmp_path: Path) -> None:
+    one, other = Counting(tiny_encoder), Counting(tiny_encoder, fingerprint="open_clip:other:1")
+    ensure_prior(one, tmp_path, announce=lambda _: None)
+    assert stored_prior(tmp_path, other.fingerprint) == (None, None)
+    assert encoder_prior(other.fingerprint) is None
+    ensure_prior(other, tmp_path, announce=lambda _: None)
+    assert other.images == 200
+    assert prior_file(tmp_path, one.fingerprint) != prior_file(tmp_path, other.fingerprint)
+
+
+def test_a_measured_prior_survives_a_restart(
+    encoder: Counting, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    measured = ensure_prior(encoder, tmp_path, announce=lambda _: None)
+    _restart(monkeypatch)
+    assert encoder_prior(encoder.fingerprint) is None  # a new process knows none yet
+    assert known_prior(encoder.fingerprint, tmp_path) == measured
+    assert encoder_prior(encoder.fingerprint) == measured
+    assert ensure_prior(encoder, tmp_path) == measured and encoder.images == 200
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda record: "{not json", "cannot be read"),
+        (lambda record: json.dumps({**record, "form": 0}), "another rar-agent version's form"),
+        (lambda record: json.dumps({**record, "reference": "0" * 16}), "other reference images"),
+        (
+            lambda record: json.dumps({**record, "prior": {**record["prior"], "alphas": "x"}}),
+            "cannot be read",
+        ),
+    ],
+)
+def test_a_stored_prior_not_to_be_trusted_is_measured_again_with_a_warning(
+    encoder: Counting,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    damage: Any,
+    said: str,
+) -> None:
+    ensure_prior(encoder, tmp_path, announce=lambda _: None)
+    path = prior_file(tmp_path, encoder.fingerprint)
+    path.write_text(damage(json.loads(path.read_text())))
+    _restart(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        assert known_prior(encoder.fingerprint, tmp_path) is None
+    assert said in caplog.text and "measured again" in caplog.text
+    notes: list[str] = []
+    measured = ensure_prior(encoder, tmp_path, announce=notes.append)
+    assert encoder.images == 400 and said in notes[0]
+    assert stored_prior(tmp_path, encoder.fingerprint) == (measured, None)
+
+
+def test_an_encoder_with_a_shipped_prior_never_measures(
+    encoder: Counting, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = EncoderPrior(
+        fingerprint=encoder.fingerprint,
+        encoder="tiny",
+        measured_on="shipped reference sets",
+        alphas=[0.01, 0.05, 0.2],
+        quantiles={"1": [-2.0, -1.0, 0.0]},
+    )
+    monkeypatch.setattr(prior_mod, "_priors", lambda: {encoder.fingerprint: shipped})
+    assert ensure_prior(encoder, tmp_path) is shipped
+    assert known_prior(encoder.fingerprint, tmp_path) is shipped
+    assert encoder.images == 0 and not list(tmp_path.iterdir())
+
+
+def _one_example_memory(root: Path, encoder: Counting) -> CategoryMemory:
+    """Five categories of one example image each, calibrated as a build leaves it."""
+    memory = CategoryMemory.open(root / "memory", collection="one-shot")
+    fill_memory(memory, encoder.inner, make_images(root / "images"))
+    openset.fit(memory)
+    return memory
+
+
+def test_a_one_example_memory_judged_by_a_measured_prior_says_where_it_came_from(
+    encoder: Counting, tmp_path: Path
+) -> None:
+    memory = _one_example_memory(tmp_path, encoder)
+    before = openset.load(memory)
+    assert before is not None and before.summary()["method"] == "none"
+    assert "no encoder prior for" in before.summary()["cannot_calibrate"]
+    assert before.link is None
+
+    said: list[str] = []
+    recognizer = Recognizer.from_memory(
+        memory, encoder, announce=said.append, priors=tmp_path / "priors"
+    )
+    assert encoder.images == 200 and any("measuring the encoder prior" in s for s in said)
+    prior = encoder_prior(encoder.fingerprint)
+    assert prior is not None
+    # the calibration made before the prior was measured is made again with it
+    cal = openset.load(memory)
+    assert cal is not None and cal.prior_digest == prior.digest() and cal.link is not None
+    summary = cal.summary()
+    assert summary["method"] == "prior" and summary["prior_thresholds"]["1"] is not None
+    assert MEASURED_ON in summary["source"] and prior.caveat in summary["source"]
+
+    result = recognizer.recognize(recognizer_image(tmp_path))
+    assert result.rejection is not None and result.rejection.threshold is not None
+    assert result.rejection.prior and MEASURED_ON in (result.rejection.note or "")
+    recognizer.close()
+
+
+def recognizer_image(root: Path) -> Path:
+    return sorted((root / "images").iterdir())[0]
+
+
+def test_a_recognizer_that_rejects_nothing_measures_nothing(
+    encoder: Counting, tmp_path: Path
+) -> None:
+    memory = _one_example_memory(tmp_path, encoder)
+    recognizer = Recognizer.from_memory(memory, encoder, reject="off", priors=tmp_path / "p")
+    assert encoder.images == 0 and not (tmp_path / "p").exists()  # not asked to reject
+    recognizer.close()
+
+
+def test_memory_prior_measures_ahead_and_stats_then_name_it(tiny_cli_env: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    for label, path in make_images(tiny_cli_env / "images").items():
+        added = CliRunner().invoke(app, ["memory", "add", label, str(path), "--collection", "one"])
+        assert added.exit_code == 0, added.output
+    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "one"])
+    assert "no encoder prior for" in json.loads(stats.stdout)["open_set"]["note"]
+
+    done = CliRunner().invoke(app, ["memory", "prior", "--collection", "one", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    assert "measuring the encoder prior" in done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["source"] == "measured on this machine" and Path(shown["file"]).is_file()
+    assert shown["measured_on"] == MEASURED_ON and shown["caveat"]
+    assert shown["open_set"]["method"] == "prior", shown["open_set"]
+
+    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "one"])
+    open_set = json.loads(stats.stdout)["open_set"]
+    assert open_set["method"] == "prior" and MEASURED_ON in open_set["note"]
+    again = CliRunner().invoke(app, ["memory", "prior", "--collection", "one", "--no-progress"])
+    assert again.exit_code == 0 and "measuring" not in again.stderr  # stored, read back
