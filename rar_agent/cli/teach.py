@@ -264,7 +264,8 @@ def memory_history(
             "--server",
             help="Ask the rar-agent MCP server at this URL (http://HOST:PORT/mcp) that holds "
             "the memory, while it runs (mcp --http with --allow-learning and tokens); needs a "
-            "token with the recognize scope (--token), and lists a bounded number of events.",
+            "token with the recognize scope (--token), lists that token's own events "
+            "(everyone's, and --by NAME, with the admin scope) and a bounded number of them.",
         ),
     ] = None,
     token: TokenOpt = None,

@@ -1246,6 +1246,21 @@ def test_a_learn_token_undoes_its_own_teaching_from_the_command_line(tmp_path: P
         assert [e["label"] for e in shown["undone"]] == ["plum", "violet"]
 
 
+def test_memory_history_help_says_whose_events_a_token_reads() -> None:
+    """`memory history --help` said --server "needs a token with the recognize scope" and
+    nothing more, though such a token now reads only its own events and --by another
+    person's is refused without the admin scope (092d80b): an operator auditing with a
+    recognize token met the refusal the help never mentioned."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    shown = CliRunner().invoke(app, ["memory", "history", "--help"], env={"COLUMNS": "200"})
+    said = " ".join(shown.output.replace("│", " ").split())
+    assert shown.exit_code == 0, shown.output
+    assert "lists that token's own events (everyone's, and --by NAME, with the admin scope)" in said
+
+
 def test_an_operator_sees_whose_teaching_an_undo_would_take_back_while_the_server_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
