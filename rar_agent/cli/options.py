@@ -462,21 +462,30 @@ def open_recognizer(
     ``read_only`` nothing writes to a named memory. Records the memory as the last used."""
     from rar_agent.cli.notes import say_once
     from rar_agent.cli.progress import progress_bars
-    from rar_agent.cli.recent import names_a_memory, remember_memory, used_last_instead
+    from rar_agent.cli.recent import (
+        names_a_memory,
+        near_named,
+        remember_memory,
+        used_last_instead,
+    )
+    from rar_agent.errors import MemoryNotFoundError
     from rar_agent.pipeline import Recognizer
 
     label_list = labels.split(",") if labels is not None else None
     bar, update = progress_bars(progress, _OPENING_BARS)
     with bar:
-        recognizer = Recognizer.from_settings(
-            settings,
-            labels=label_list,
-            progress=update["vocabulary"],
-            prior_progress=update["prior"],
-            read_only=read_only,
-            announce=print_note,
-            encoder_note=say_once(settings.home, _OFFLINE_NOTE),
-        )
+        try:
+            recognizer = Recognizer.from_settings(
+                settings,
+                labels=label_list,
+                progress=update["vocabulary"],
+                prior_progress=update["prior"],
+                read_only=read_only,
+                announce=print_note,
+                encoder_note=say_once(settings.home, _OFFLINE_NOTE),
+            )
+        except MemoryNotFoundError as e:  # a mistyped --collection: the memories near it
+            raise near_named(settings, e) from None
     name = recognizer.memory.info.collection
     if label_list is None and not names_a_memory(settings) and name != settings.collection:
         last = used_last_instead(settings, name)

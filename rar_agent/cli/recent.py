@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rar_agent.config import Settings
+    from rar_agent.errors import MemoryNotFoundError
     from rar_agent.memory import CategoryMemory
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "embedded_memories",
     "last_used_settings",
     "names_a_memory",
+    "near_named",
     "open_existing",
     "open_shown_memory",
     "remember_memory",
@@ -210,9 +212,26 @@ def open_existing(
 
     try:
         return open_memory(settings, create=False, read_only=read_only)
-    except MemoryNotFoundError:
+    except MemoryNotFoundError as e:
         if names_a_memory(settings) if named is None else named:
-            raise
+            raise near_named(settings, e) from None
         raise MemoryNotFoundError(
             f"no memory named {settings.collection!r}: {describe_choice(settings)}"
         ) from None
+
+
+def near_named(settings: Settings, error: MemoryNotFoundError) -> MemoryNotFoundError:
+    """``error`` (the memory ``--collection`` named does not exist) naming the memories under
+    ``RAR_HOME`` whose names are close: ``--collection closte`` said only "build one first
+    ... or check the path" beside ``closet``. Unchanged for a memory named otherwise or
+    with no near miss."""
+    from rar_agent.errors import MemoryNotFoundError, did_you_mean
+
+    if settings.qdrant_url or "memory_path" in settings.model_fields_set:
+        return error
+    hint = did_you_mean(settings.collection, embedded_memories(settings)[1])
+    if not hint:
+        return error
+    return MemoryNotFoundError(
+        f"no memory named {settings.collection!r}{hint}: {describe_choice(settings)}"
+    )

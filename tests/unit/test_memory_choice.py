@@ -372,6 +372,22 @@ def test_the_memory_folder_used_last_is_named_as_it_is_typed(home: Path, tmp_pat
     assert f"--memory {shlex.quote(str(folder))} answers from it" in said, said
 
 
+def test_a_mistyped_collection_names_the_memory_meant(home: Path, tmp_path: Path) -> None:
+    """A walk: `recognize photo --collection closte` (for closet) said "no category memory at
+    .../closte: build one first ... or check the path", as did `memory list`; the memories
+    whose names are close are named, with the others there."""
+    image = str(tmp_path / "a.png")
+    taught = runner.invoke(app, ["teach", "sneaker", image, "--collection", "closet"])
+    assert taught.exit_code == 0, taught.output
+    for command in (["recognize", image, "--no-progress"], ["memory", "list"]):
+        done = runner.invoke(app, [*command, "--collection", "closte"])
+        said = " ".join(done.stderr.split())
+        assert done.exit_code == 2, said
+        assert "no memory named 'closte' (did you mean 'closet'?): memories under" in said, said
+        far = runner.invoke(app, [*command, "--collection", "zzz"])
+        assert "build one first" in far.stderr and "did you mean" not in far.stderr
+
+
 def test_teach_after_recognize_teaches_the_memory_that_answered(home: Path, tmp_path: Path) -> None:
     """`recognize` answered from the built-in memory, then `teach mug photo.jpg` created a
     one-category default memory that every later `recognize` answered from ('mug' for any
