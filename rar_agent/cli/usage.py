@@ -34,6 +34,13 @@ INSTEAD = {
     ("eval", "--collection"): "eval builds its own memory from --dataset or --memory-set and "
     "reads no stored one; --memory PATH keeps the memory it builds in that folder (for "
     "rar-agent recognize --memory PATH)",
+    ("teach", "--label"): "the label is teach's first argument: rar-agent teach LABEL IMAGE...",
+    ("mcp", "--token"): "the server takes no token: it checks the ones its clients send "
+    "(Authorization: Bearer TOKEN) against its auth file (--auth), where rar-agent auth add "
+    "NAME --scope recognize makes one",
+    ("chat", "--token"): "the page takes no token: with tokens in its auth file (--auth), "
+    "people sign in on the page with a token's name and the token (rar-agent auth add NAME "
+    "--scope recognize makes one)",
 }
 
 

@@ -59,6 +59,9 @@ CASES = [
     (["--bogus"], {}, "No such option: --bogus", "rar-agent --help"),  # the group's own
     # typer said only "No such option": eval builds its memory and reads no stored one
     (["eval", "--collection", "x"], {}, "No such option: --collection", "--memory PATH keeps"),
+    # typer offered --help for teach's --label, --gate and --k for the server's --token
+    (["teach", "--label", "x", "a.png"], {}, "No such option: --label", "teach LABEL IMAGE"),
+    (["mcp", "--token", "x"], {}, "No such option: --token", "rar-agent auth add NAME"),
 ]  # fmt: skip
 
 
