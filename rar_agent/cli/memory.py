@@ -581,11 +581,8 @@ def memory_stats(settings: "Settings") -> None:
     from rar_agent import openset
     from rar_agent.config import parse_reject
     from rar_agent.ingest.builders import unfinished_build
-    from rar_agent.pipeline.prior import known_prior, prior_dir
 
-    with open_shown_memory(settings) as mem:
-        if mem.info.fingerprint:  # a prior measured here judges as it will when recognizing
-            known_prior(mem.info.fingerprint, prior_dir(settings.home))
+    with open_shown_memory(settings) as mem:  # with the prior measured here, as recognize
         stats = mem.stats()
         stats["unfinished_build"] = unfinished_build(mem)
         stats["open_set"] = _open_set_stats(

@@ -67,6 +67,7 @@ __all__ = [
     "note_if_empty",
     "open_recognizer",
     "print_error",
+    "read_measured_prior",
     "with_folders_listed",
     "print_note",
     "print_skipped",
@@ -440,6 +441,18 @@ def load_settings_encoder(
     return memory_encoder(settings, memory, announce=say_once(settings.home, _OFFLINE_NOTE))
 
 
+def read_measured_prior(settings: Settings, memory: CategoryMemory) -> None:
+    """Make the prior measured on this machine for ``memory``'s encoder known to this
+    process, so that its calibration fitted again here (a teach, an undo) keeps it, as
+    ``recognize`` does (without it, a one-example memory taught from the command line
+    stored a calibration without its prior and could not reject until the next recognize
+    fitted it again)."""
+    from rar_agent.pipeline.prior import known_prior, prior_dir
+
+    if memory.info.fingerprint:  # a new memory has none yet, nor a calibration to keep
+        known_prior(memory.info.fingerprint, prior_dir(settings.home))
+
+
 _OFFLINE_NOTE = "offline-encoder"
 """The key under which the default encoder's fallback note is said once per RAR_HOME."""
 _OPENING_BARS = {
@@ -530,6 +543,7 @@ def memory_to_write(
     memory = open_memory(settings, collection, **options)
     memory.on_slow_step = say  # building the index after a bulk load shows no progress
     try:
+        read_measured_prior(settings, memory)
         yield memory
     except BaseException:
         _drop_if_new(memory, keep_partial)

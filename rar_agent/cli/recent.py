@@ -186,12 +186,13 @@ def open_shown_memory(settings: Settings) -> CategoryMemory:
         MemoryStoreError: It cannot be opened (its own error: it exists).
         MemoryBusyError: Another process holds it.
     """
-    from rar_agent.cli.options import print_note
+    from rar_agent.cli.options import print_note, read_measured_prior
 
     shown, note = last_used_settings(settings)
     memory = open_existing(shown, named=names_a_memory(settings))
     if note:
         print_note(note)
+    read_measured_prior(settings, memory)  # an undo fits its calibration again
     return memory
 
 

@@ -215,3 +215,40 @@ def test_memory_prior_measures_ahead_and_stats_then_name_it(tiny_cli_env: Path) 
     assert open_set["method"] == "prior" and MEASURED_ON in open_set["note"]
     again = CliRunner().invoke(app, ["memory", "prior", "--collection", "one", "--no-progress"])
     assert again.exit_code == 0 and "measuring" not in again.stderr  # stored, read back
+
+
+def test_a_later_command_keeps_the_measured_prior_in_the_calibration(
+    tiny_cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rar-agent teach` (and memory undo, relabel, remove, add, build) fitted a one-example
+    memory's calibration again in a process that had not read the prior measured earlier:
+    it stored the calibration without the prior (no link, method none), so the memory could
+    not reject until the next `recognize` fitted it once more. Each command that opens a
+    memory reads the measured prior of its encoder first."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    def run(*args: str) -> None:
+        _restart(monkeypatch)  # each command a process of its own
+        done = CliRunner().invoke(app, [*args, "--collection", "one"])
+        assert done.exit_code == 0, done.output
+
+    def stored() -> Any:
+        with CategoryMemory.open(
+            tiny_cli_env / "home" / "memories" / "one", collection="one"
+        ) as mem:
+            return openset.load(mem)
+
+    for label, path in make_images(tiny_cli_env / "images").items():
+        run("memory", "add", label, str(path))
+    run("memory", "prior", "--no-progress")
+    measured = stored().prior_digest
+    assert measured is not None
+    photo = tiny_cli_env / "green.png"
+    Image.new("RGB", (40, 40), (5, 250, 5)).save(photo)
+    for command in (["teach", "green", str(photo)], ["memory", "undo"]):
+        run(*command)
+        cal = stored()
+        assert cal.prior_digest == measured and cal.link is not None, (command, cal)
