@@ -35,6 +35,8 @@ INSTEAD = {
     "reads no stored one; --memory PATH keeps the memory it builds in that folder (for "
     "rar-agent recognize --memory PATH)",
     ("teach", "--label"): "the label is teach's first argument: rar-agent teach LABEL IMAGE...",
+    ("memory add", "--label"): "the label is memory add's first argument: rar-agent memory "
+    "add LABEL IMAGE... (or LABEL alone: its name as text)",
     ("mcp", "--token"): "the server takes no token: it checks the ones its clients send "
     "(Authorization: Bearer TOKEN) against its auth file (--auth), where rar-agent auth add "
     "NAME --scope recognize makes one",

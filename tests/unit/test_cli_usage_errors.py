@@ -62,6 +62,8 @@ CASES = [
     # typer offered --help for teach's --label, --gate and --k for the server's --token
     (["teach", "--label", "x", "a.png"], {}, "No such option: --label", "teach LABEL IMAGE"),
     (["mcp", "--token", "x"], {}, "No such option: --token", "rar-agent auth add NAME"),
+    # memory add takes its label as teach does, and offered only --help for --label
+    (["memory", "add", "--label", "x", "a.png"], {}, "No such option: --label", "add LABEL IMAGE"),
 ]  # fmt: skip
 
 
