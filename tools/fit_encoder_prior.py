@@ -45,8 +45,9 @@ an icon set apart among 7 garments and checked on a garment set apart among 7 ic
 
 The prior's ``link`` (``--update-link`` refits it alone, on ``--fashion`` and ``--icons``):
 the score at which a memory of one example per category groups look-alike unknown queries
-(:meth:`~rar_agent.openset.prior.EncoderPrior.link_at`), the calibration's
-``GROUP_QUANTILE`` quantile of the scores of same-category pairs (:func:`fit_link`).
+(:meth:`~rar_agent.openset.prior.EncoderPrior.link_at`): by the worst set, the highest of
+each set's ``GROUP_QUANTILE`` quantile of the scores of same-category pairs and of the lowest
+score whose groups of new images are 80% pure (:func:`fit_link`).
 """
 
 from __future__ import annotations

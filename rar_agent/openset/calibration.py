@@ -221,15 +221,16 @@ MIN_CATEGORIES = 5
 category, and a few categories say too little about the others (on Fashion-MNIST,
 EfficientNet-Lite0, a memory of 4 single-example categories calibrated from 3 categories of
 10 examples rejected 12.5 % of known queries at ALPHA 0.05, seeds 0-4)."""
-_VERSION = 14
+_VERSION = 15
 """The stored form's version (5: coordinates carry the distance off the subspace; 6: the
 encoder's fingerprint and the memory's scale for an encoder prior; 7: the scale's pair
 spread; 8: the statistic's reach and the directions added to it; 9: the reach within
 ``FENCE``, not the farthest stand-in; 10: the labels of the categories set apart from the
 scale; 11: the link over all pairs of a category, not each example's closest; 12: the
 link's quantile median-unbiased, not numpy's default; 13: the link at the 35% quantile, not
-the 20%; 14: a memory of one example per category has the encoder prior's link); a
-calibration stored in another is refitted."""
+the 20%; 14: a memory of one example per category has the encoder prior's link; 15: that
+link kept at least 80% pure on every kind of reference image); a calibration stored in
+another is refitted."""
 
 StandIn = tuple[str, int, str]
 """One stand-in query: ``(label, others, draws)``: its category, how many other examples of

@@ -199,11 +199,14 @@ class EncoderPrior(BaseModel):
             its second examples rejected at ALPHA 0.05 by the garments' threshold); empty:
             the others' threshold judges it.
         link: The :func:`prior_score` at which unknown queries of a memory of one example
-            per category are one new thing: the ``link_quantile`` quantile of the scores of
-            the same-category pairs of the reference memories of one example per category
-            (an example and another image of its category; each memory weighs the same,
-            ``tools/fit_encoder_prior.py --update-link``). Such a memory holds no pair of
-            its own to measure the link on (``Calibration.link``); ``None``: it gets none.
+            per category are one new thing, judged by the worst reference set: the highest
+            of each set's ``link_quantile`` quantile of the scores of the same-category pairs
+            of its reference memories of one example per category (an example and another
+            image of its category; each memory weighs the same) and of the lowest score at
+            which those memories' groups of new images are 80% pure
+            (:func:`rar_agent.openset.fitting.fit_link`, ``tools/fit_encoder_prior.py
+            --update-link``). Such a memory holds no pair of its own to measure the link on
+            (``Calibration.link``); ``None``: it gets none.
         link_quantile: The quantile ``link`` was measured at (the calibration's
             ``GROUP_QUANTILE``: a prior measured at another level gives no link).
         validated: Held-out figures (promised vs delivered), for people.
