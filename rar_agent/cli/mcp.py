@@ -42,7 +42,7 @@ ExampleImagesOpt = Annotated[
         help="recognize_image also returns the closest stored examples of its top candidates "
         "as image content (for multimodal clients), and their thumbnails in its structured "
         "answer (without it: their ids and similarities only); a token without the admin "
-        "scope is sent no picture of an example another token taught.",
+        "scope is sent no picture of an example someone else taught.",
     ),
 ]
 _LIMITS = "Limits (HTTP)"

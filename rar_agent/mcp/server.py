@@ -423,7 +423,7 @@ def create_server(
         allow_learning: Serve the tool that adds examples to the memory.
         example_images: ``recognize_image`` also returns the closest stored examples of its
             top candidates as image content (opt-in; the text comes first); a token without
-            the admin scope gets none of an example another token taught.
+            the admin scope gets none of an example someone else taught.
         name: The server's name.
         max_pixels: Refuse larger images before decoding them (``None``: the decoder's limit).
         auth_required: Every request must carry a token (see :func:`build_server`).

@@ -306,6 +306,30 @@ def test_every_answer_with_examples_hides_what_another_token_taught(
     recognizer.close()
 
 
+def test_an_example_taught_on_the_command_line_is_its_logins(tmp_path: Path) -> None:
+    """deploy.md said examples no token taught are shown to all, but `rar-agent teach`
+    records the login name of whoever ran it, and a token of another name is shown such an
+    example as another's (no photo name, no picture), as its history counts the event as
+    another's; a token of that name sees it as its own. The docs now say so; this pins it."""
+    from rar_agent.pipeline.teacher import Teacher
+    from rar_agent.tools import make_tools
+    from rar_agent.tools.provenance import teaching_as
+
+    recognizer, photos = _herons_and_bicycles(tmp_path)
+    Teacher(recognizer.memory, recognizer.encoder, via="cli", by="root").add(
+        "bicycle", [Path(photos[0])]
+    )
+    tools = {t.name: t for t in make_tools(recognizer, allowed_roots=[Path(photos[0]).parent])}
+    for name, shown in [("bob", False), ("root", True)]:
+        call = {"type": "tool_call", "id": name, "name": "recognize_image"}
+        with teaching_as("mcp", name, reads_all=False):
+            answer = tools["recognize_image"].invoke({**call, "args": {"image": photos[1]}})
+        [taught] = [c for c in answer.artifact["candidates"] if c["label"] == "bicycle"]
+        assert (taught["examples"][0]["thumbnail"] is not None) == shown, (name, taught)
+        assert (taught["source"] is not None) == shown, (name, taught)
+    recognizer.close()
+
+
 def _herons_and_bicycles(directory: Path) -> tuple[Any, list[str]]:
     """A recognizer (the caller closes it) whose memory holds two examples each of heron and
     lynx and no bicycle, and two bicycle photos to teach and ask about, close to each other."""
