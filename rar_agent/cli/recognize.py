@@ -106,7 +106,6 @@ def recognize(
     with recognizer:
         if regions is not None:
             results = _recognize_boxes(recognizer, images[0], regions, annotate)
-            _note_no_ranker(recognizer, as_json)
             failed = _print_results(results, as_json)
         else:
             failed = _stream_results(recognizer, images, as_json, progress)
@@ -134,13 +133,6 @@ def _refuse_if_none_can_be_read(images: list[str]) -> None:
     )
 
 
-def _note_no_ranker(recognizer: "Recognizer", as_json: bool) -> None:
-    """Say that answers are in retrieval order when no ranker is set (after any usage error,
-    before the answers)."""
-    if recognizer.ranker is None and not as_json:
-        print_note("ranking is disabled (--ranker none): showing retrieval order")
-
-
 def _stream_results(
     recognizer: "Recognizer", images: list[str], as_json: bool, progress: bool
 ) -> bool:
@@ -149,7 +141,6 @@ def _stream_results(
     progress bar for more than one image; whether any image failed."""
     from rar_agent.cli.progress import progress_bar
 
-    _note_no_ranker(recognizer, as_json)
     bar, update = progress_bar(progress and len(images) > 1, "recognizing")
     failed = False
     said: set[str] = set()  # the open-set notes printed already: each is said once
@@ -359,6 +350,8 @@ def _ranking_line(r: "RecognitionResult", ex: "Explanation", said: set[str], tim
     """How the candidates were ordered and the stage timings; the how, when already in
     ``said`` (the same for every photo of a run), is referred to, not repeated."""
     how = "as said above" if ex.how in said else ex.how
+    if how == ex.how and r.ranking.status == "disabled":  # the one place it is said
+        how += "; --ranker MODEL sets one up"
     said.add(ex.how)
     return f"ranking: {r.ranking.status} ({how}); {timings}"
 
@@ -377,9 +370,9 @@ def _rejection_line(r: "RecognitionResult", ex: "Explanation", said: set[str]) -
             said.add(note)
         return f"open-set check ({rej.mode}): {verdict} (no threshold{why})"
     promise = f", {ex.promise}" if ex.promise else ""
-    return (
-        f"open-set check ({rej.mode}{promise}): {verdict}; "
-        f"{'similarity' if rej.mode == 'fixed' or rej.prior else 'known-ness'} "
-        f"{rej.similarity:.4f} vs "
-        f"threshold {rej.threshold:.4f}"
-    )
+    line = f"open-set check ({rej.mode}{promise}): {verdict}"
+    similarity = rej.mode == "fixed" or rej.prior
+    if (similarity and "below_threshold" in rej.reasons) or rej.similarity is None:
+        return line  # the verdict's reason says a similarity and its threshold itself
+    measure = "similarity" if similarity else "known-ness"
+    return f"{line}; {measure} {rej.similarity:.4f} vs threshold {rej.threshold:.4f}"

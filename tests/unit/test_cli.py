@@ -33,6 +33,8 @@ def env(tmp_path: Path, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch
         for i in range(2):
             arr = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
             Image.fromarray(arr).save(tmp_path / "imgs" / label / f"{i}.png")
+    noise = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")  # no category's
     return tmp_path
 
 
@@ -82,9 +84,22 @@ def test_build_list_stats_recognize_remove(env: Path) -> None:
     words = " ".join(out.split())
     assert code == 0 and words.count("cannot calibrate") == 1, out
     assert words.count("open-set check (auto): known (no threshold, as said above)") == 4, out
-    # so is why the ranking is off (it took two lines under each photo), the timings stay
+    # so is why the ranking is off (it took two lines under each photo), the timings stay;
+    # and only there: a note on stderr said "ranking is disabled" as well
     assert words.count("no model is set up to double-check answers") == 1, out
+    assert words.count("disabled") == 5 and "--ranker MODEL sets one up" in words, out
     assert words.count("ranking: disabled (as said above); load ") == 4, out
+
+    # a fixed threshold: its figures are said once, in the reason ("...; similarity 0.1881
+    # vs threshold 0.9990" followed "...below the fixed threshold 0.999")
+    code, out = _run("recognize", str(env / "noise.png"), "--reject", "0.999", "--k", "2")
+    words = " ".join(out.split())
+    assert code == 0 and "below the fixed threshold 0.999" in words, out
+    assert words.count("0.999") == 1 and "vs threshold" not in words, out
+    code, out = _run("recognize", str(query), "--reject", "0.001", "--k", "2")
+    words = " ".join(out.split())  # known: the figures follow the verdict
+    assert "open-set check (fixed): known; similarity " in words, out
+    assert words.count("0.001") == 1 and "vs threshold 0.0010" in words, out
 
     code, out = _run("memory", "remove", "Betta")  # a typo removes nothing and says so
     assert code == 2 and "no category 'Betta'" in out and "did you mean 'beta'" in out, out

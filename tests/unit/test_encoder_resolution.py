@@ -267,7 +267,7 @@ def test_recognize_refuses_a_mistyped_memory_without_creating_it(tmp_path: Path)
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "no category memory" in done.stderr and "memory build" in done.stderr
-    assert "ranking is disabled" not in done.stderr and "efficientnet" not in done.stderr
+    assert "efficientnet" not in done.stderr
     assert not missing.exists()
 
 
