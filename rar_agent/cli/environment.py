@@ -10,7 +10,7 @@ command now names each such variable once, when it starts, with the names it may
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ __all__ = [
     "DEVELOPER_VARIABLES",
     "LIBRARY_VARIABLES",
     "known_variables",
+    "meant_names",
     "unknown_variables",
 ]
 
@@ -30,10 +31,10 @@ DEVELOPER_VARIABLES = frozenset(
      "RAR_BENCH_SMOKE"}
 )  # fmt: skip
 #: What other tools call a setting, written without underscores (``TOP_K``: Hugging Face's
-#: and most model APIs' name for k), which no spelling measure brings near our name for it:
-#: ``RAR_TOPK`` read as closest to ``RAR_TOKEN``. A variable of such a name suggests the
-#: setting first.
-CALLED_ELSEWHERE = {"TOPK": "K"}
+#: and most model APIs' name for k; a similarity ``THRESHOLD``), which no spelling measure
+#: brings near our name for it: ``RAR_TOPK`` read as closest to ``RAR_TOKEN``. A variable or
+#: an option (``--top-k``) of such a name suggests that setting, where it is read, and no other.
+CALLED_ELSEWHERE = {"TOPK": "K", "THRESHOLD": "REJECT"}
 
 
 def known_variables(command: Any) -> frozenset[str]:
@@ -94,19 +95,23 @@ def unknown_variables(command: Any, environ: Mapping[str, str] | None = None) ->
     known = known_variables(command)
     return [
         f"{name}{where} is set, but rar-agent reads no variable of that name: it is ignored"
-        + meant(_closest(name, known), quote=False)
+        + meant(meant_names(name, known, prefix=prefix), quote=False)
         for name, where in sorted(found.items())
         if name.upper() not in known
     ]
 
 
-def _closest(name: str, known: frozenset[str], most: int = 3) -> list[str]:
-    """The ``known`` variables ``name`` may have meant, closest first: the setting other tools
-    call so (:data:`CALLED_ELSEWHERE`), then the near misses of its spelling."""
+def meant_names(name: str, known: Iterable[str], *, prefix: str, most: int = 3) -> list[str]:
+    """The ``known`` names ``name`` may have meant, closest first: the setting other tools
+    call so (:data:`CALLED_ELSEWHERE`), then the near misses of its spelling (at least 0.7
+    alike: below it, ``--top-k`` read as ``--api-key``). Names of variables
+    (``prefix="RAR_"``) and of options (``prefix="--"``) alike."""
     from rar_agent.errors import near_misses
 
-    prefix = _prefix()
-    called = CALLED_ELSEWHERE.get(name.upper().removeprefix(prefix).replace("_", ""))
-    first = [f"{prefix}{called}"] if called else []
-    spelt = near_misses(name, known, cutoff=0.7, most=most)
-    return [*first, *(n for n in spelt if n not in first)][:most]
+    def setting(spelt: str) -> str:  # RAR_TOP_K, --top-k and --topk: TOPK
+        return spelt.upper().removeprefix(prefix.upper()).replace("_", "").replace("-", "")
+
+    called = CALLED_ELSEWHERE.get(setting(name))
+    if called:  # that setting or none: a spelling near TOP_K means nothing (RAR_TOKEN)
+        return [n for n in known if setting(n) == called][:1]
+    return near_misses(name, known, cutoff=0.7, most=most)

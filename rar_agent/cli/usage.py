@@ -135,9 +135,25 @@ def _usage_line(error: UsageError) -> str:
     command = error.ctx.command_path if error.ctx is not None else "rar-agent"
     said = error.format_message().rstrip(".")
     if isinstance(error, NoSuchOption):
-        instead = INSTEAD.get((command.partition(" ")[2], error.option_name))
-        said = f"No such option: {error.option_name}: {instead}" if instead else said
+        said = _no_such_option(error, command)
     return f"{said} (`{command} --help` lists what it takes)"
+
+
+def _no_such_option(error: NoSuchOption, command: str) -> str:
+    """What the command takes instead of an option it does not (:data:`INSTEAD`), else the
+    options the user may have meant, as a misspelt ``RAR_*`` variable is answered (click
+    offered ``--api-key`` for ``--top-k``)."""
+    from rar_agent.cli.environment import meant_names
+    from rar_agent.errors import meant
+
+    given = error.option_name
+    instead = INSTEAD.get((command.partition(" ")[2], given))
+    if instead:
+        return f"No such option: {given}: {instead}"
+    params = error.ctx.command.get_params(error.ctx) if error.ctx is not None else []
+    shown = (p for p in params if not getattr(p, "hidden", False))
+    known = [o for p in shown for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    return f"No such option: {given}" + meant(meant_names(given, known, prefix="--"), quote=False)
 
 
 def _param_name(param: Any) -> str:

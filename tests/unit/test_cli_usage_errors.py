@@ -64,6 +64,18 @@ CASES = [
     (["mcp", "--token", "x"], {}, "No such option: --token", "rar-agent auth add NAME"),
     # memory add takes its label as teach does, and offered only --help for --label
     (["memory", "add", "--label", "x", "a.png"], {}, "No such option: --label", "add LABEL IMAGE"),
+    # click's near misses offered --api-key for --top-k: the suggestion a misspelt RAR_*
+    # variable gets (the setting other tools call so, else a spelling at least 0.7 alike)
+    (["recognize", "--top-k", "3", "a.png"], {}, "No such option: --top-k (did you mean --k?)",
+     "`rar-agent recognize --help`"),
+    (["recognize", "--topk", "3", "a.png"], {}, "No such option: --topk (did you mean --k?)",
+     "`rar-agent recognize --help`"),
+    (["recognize", "--threshold", "0.5", "a.png"], {}, "--threshold (did you mean --reject?)",
+     "`rar-agent recognize --help`"),
+    (["recognize", "--colection", "c", "a.png"], {}, "(did you mean --collection?)", "--help"),
+    (["memory", "history", "--top-k", "3"], {}, "No such option: --top-k (`rar-agent memory",
+     "history --help`"),  # no --k there: not --token either
+    (["recognize", "--verbose", "a.png"], {}, "No such option: --verbose (`rar-agent", "--help"),
 ]  # fmt: skip
 
 
