@@ -159,6 +159,7 @@ class Recognizer:
         self.novel_groups = NovelGroupLog()
         self._searched = SearchFloors()  # what each logged unknown image's search returned
         self._computed: Calibration | None = None  # by from_memory, on a read-only memory
+        self._priors: Path | None = None  # where measured encoder priors live (from_memory)
 
     @classmethod
     def from_memory(
@@ -199,13 +200,27 @@ class Recognizer:
             encoder = _recorded_encoder(memory)
         bind_memory(memory, encoder)
         recognizer = cls(memory, encoder, **options)
+        recognizer._priors = priors
         if recognizer.reject.mode == "auto":
             if priors is not None:
                 known_prior(encoder.fingerprint, priors)
             recognizer._ensure_calibrated(announce)
-            if priors is not None and recognizer._wants_prior():
-                recognizer._measure_prior(priors, announce, prior_progress)
+            recognizer.measure_prior_if_needed(announce, prior_progress)
         return recognizer
+
+    def measure_prior_if_needed(
+        self,
+        announce: Callable[[str], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Measure the encoder's prior where this recognizer rejects with ``auto``, knows
+        where measured priors live (:meth:`from_memory`'s ``priors``) and its memory needs a
+        prior its encoder lacks (one built or taught with one example per category), then
+        calibrate the memory again with it; nothing otherwise. Opening a recognizer does it,
+        and so does teaching through it (:meth:`taught`), so a memory a server's users teach
+        one photo per category judges by a prior without a restart."""
+        if self.reject.mode == "auto" and self._priors is not None and self._wants_prior():
+            self._measure_prior(self._priors, announce, progress)
 
     def _measure_prior(
         self,
@@ -597,9 +612,13 @@ class Recognizer:
         images to ask about (:meth:`unknown_groups`); with the ``label`` taught, neither are
         the other unknown images ``shown`` shows that the memory now answers with it.
 
+        A memory that teaching left needing an encoder prior its encoder lacks gets it
+        measured first (:meth:`measure_prior_if_needed`: once per machine).
+
         Returns:
             The names of the unknown images that left the log.
         """
+        self.measure_prior_if_needed()
         gone = self.novel_groups.answered(images, shown, label)
         return gone + (self._answered_now(label, shown) if label is not None else [])
 

@@ -252,3 +252,43 @@ def test_a_later_command_keeps_the_measured_prior_in_the_calibration(
         run(*command)
         cal = stored()
         assert cal.prior_digest == measured and cal.link is not None, (command, cal)
+
+
+def test_a_memory_taught_one_photo_per_category_through_the_tools_gets_the_prior(
+    encoder: Counting, tmp_path: Path
+) -> None:
+    """A server opened on a memory of class names measures nothing; once its users teach
+    one photo per category, the memory needs a prior and it is measured then, not only at
+    the next start."""
+    from langchain_core.messages import ToolMessage
+
+    from rar_agent.memory import MemoryEntry
+    from rar_agent.tools import make_tools
+
+    images = make_images(tmp_path / "photos")
+    memory = CategoryMemory.open(tmp_path / "memory", collection="names")
+    memory.bind_encoder(encoder.fingerprint, encoder.dim)
+    names = ["heron", "egret"]
+    memory.add_entries(
+        [MemoryEntry(n, "text", "name", f"name:{n}") for n in names], encoder.embed_texts(names)
+    )
+    recognizer = Recognizer.from_memory(memory, encoder, priors=tmp_path / "priors")
+    assert encoder.images == 0 and encoder_prior(encoder.fingerprint) is None
+
+    tools = make_tools(recognizer, allowed_roots=[tmp_path], image_ids=False, allow_learning=True)
+    teach = next(t for t in tools if t.name == "add_category_example")
+    for label, path in images.items():
+        message = teach.invoke(
+            {
+                "type": "tool_call",
+                "name": teach.name,
+                "id": "c",
+                "args": {"label": label, "image": str(path.relative_to(tmp_path))},
+            }  # fmt: skip
+        )
+        assert isinstance(message, ToolMessage) and message.status != "error", message
+    assert encoder.images == 200 + len(images)  # the garments once, the taught photos
+    cal = recognizer.calibration()
+    assert cal is not None and cal.summary()["method"] == "prior"
+    assert MEASURED_ON in cal.summary()["source"]
+    recognizer.close()
