@@ -91,8 +91,10 @@ GATE_HELP = (
 REJECT_HELP = (
     "When an image is 'unknown' (not a category in memory): auto or auto:ALPHA (at most ALPHA, "
     "default 0.05, of the images of known categories rejected, by a threshold the memory "
-    "calibrates from its own examples, or 'cannot calibrate' and no rejection when it is too "
-    "small; plus the ranker's 'none of these'; photos unlike the memory's examples, another "
+    "calibrates from its own examples, with one or two examples per category its encoder's "
+    "prior (one that ships none: measured once on the garments shipped with rar-agent), or "
+    "'cannot calibrate' and no rejection with fewer than 5 categories; plus the ranker's "
+    "'none of these'; photos unlike the memory's examples, another "
     "background or artist, are rejected more), off (always the closest category), or a "
     "similarity threshold such as 0.8"
 )
