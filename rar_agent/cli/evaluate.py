@@ -174,6 +174,7 @@ def evaluate(
     with error_guard():
         from rar_agent.evaluation import EvalConfig, run_evaluation, write_report
         from rar_agent.evaluation.schema import check_config, check_sets
+        from rar_agent.pipeline.prior import prior_dir
 
         settings = settings_from_options(
             clip_model=clip_model, clip_pretrained=clip_pretrained, encoder=encoder
@@ -197,11 +198,11 @@ def evaluate(
                     _stream(config, enc, out, stream_share, plots=plots, as_json=as_json,
                             progress=progress)  # fmt: skip
                     return
-                bar, update = staged_progress(
-                    progress, {"memory": "building memory", "queries": "evaluating queries"}
-                )
+                bar, update = staged_progress(progress, _EVAL_BARS)
                 with bar:
-                    report = run_evaluation(config, encoder=enc, progress=update)
+                    report = run_evaluation(
+                        config, encoder=enc, progress=update, priors=prior_dir(settings.home)
+                    )
             _print_report(report, write_report(report, out, plots=plots), as_json=as_json)
     if report.interrupted:
         from rich.console import Console
@@ -210,6 +211,14 @@ def evaluate(
             f"[yellow]interrupted:[/] partial report written to {out}", highlight=False
         )
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+_EVAL_BARS = {
+    "memory": "building memory",
+    "prior": "measuring the encoder prior (once per encoder)",
+    "queries": "evaluating queries",
+}
+"""The progress bars of an evaluation (:func:`evaluate`)."""
 
 
 def _recording_encoder(config: EvalConfig, enc: ImageTextEncoder) -> EvalConfig:

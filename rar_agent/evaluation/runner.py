@@ -10,6 +10,7 @@ the report covers what was measured so far (``interrupted`` is then true).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -236,6 +237,7 @@ def run_evaluation(
     encoder: ImageTextEncoder | None = None,
     ranker: BaseChatModel | RankingChain | str | None = None,
     progress: Progress | None = None,
+    priors: Path | None = None,
 ) -> EvalReport:
     """Evaluate retrieval (kNN) and retrieve-and-rank on a labelled image set.
 
@@ -243,7 +245,12 @@ def run_evaluation(
         config: What to evaluate (see :class:`EvalConfig`).
         encoder: An encoder to use instead of loading ``config.encoder``.
         ranker: A chat model or ``RankingChain`` to use instead of ``config.ranker``.
-        progress: Optional ``progress(stage, done, total)`` callback.
+        progress: Optional ``progress(stage, done, total)`` callback (stage ``prior`` while
+            an encoder prior is measured).
+        priors: Where encoder priors measured on this machine live: a memory of one or two
+            examples per category is judged by its encoder's prior, read from there or
+            measured once (:meth:`~rar_agent.pipeline.Recognizer.from_memory`); ``None``:
+            only the shipped priors.
 
     Returns:
         The report; ``interrupted`` is true when Ctrl-C stopped the run early.
@@ -258,7 +265,8 @@ def run_evaluation(
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
             k=config.k,
             max_k=max(config.max_k, config.k),
-        )
+        ),
+        priors=priors,
     )
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -290,6 +298,7 @@ class _Run:
     """One evaluation in progress: the report so far, the records, the ranker's counters."""
 
     report: EvalReport
+    priors: Path | None = None
     records: list[QueryRecord] = field(default_factory=list)
     recognizer: Recognizer | None = None
     calls_before: int = 0
@@ -327,7 +336,7 @@ class _Run:
         report.encoder = encoder.fingerprint
         memory = stack.enter_context(_open_memory(config, workdir))
         report.memory = _build_memory(memory, encoder, sets, config.batch_size, progress)
-        self.recognizer = self._recognizer(memory, encoder, ranker)
+        self.recognizer = self._recognizer(memory, encoder, ranker, progress)
         cal = self.recognizer.calibration()
         alpha = self.recognizer.reject.alpha
         report.calibration = cal.summary(alpha) if cal is not None else None
@@ -360,8 +369,10 @@ class _Run:
         memory: CategoryMemory,
         encoder: ImageTextEncoder,
         ranker: BaseChatModel | RankingChain | str | None,
+        progress: Progress | None = None,
     ) -> Recognizer:
-        """The recognizer, with k and max_k capped by the labels the memory holds."""
+        """The recognizer, with k and max_k capped by the labels the memory holds (and the
+        encoder's prior read or measured where the memory needs one)."""
         from rar_agent.pipeline import Recognizer
 
         config, report = self.report.config, self.report
@@ -382,6 +393,8 @@ class _Run:
             kind=report.memory["kind"],
             hint=config.hint,
             reject=config.reject,
+            priors=self.priors,
+            prior_progress=None if progress is None else functools.partial(progress, "prior"),
         )
 
     def count_calls(self) -> None:

@@ -292,3 +292,25 @@ def test_a_memory_taught_one_photo_per_category_through_the_tools_gets_the_prior
     assert cal is not None and cal.summary()["method"] == "prior"
     assert MEASURED_ON in cal.summary()["source"]
     recognizer.close()
+
+
+def test_an_eval_of_one_example_per_class_is_judged_by_the_measured_prior(
+    encoder: Counting, tmp_path: Path
+) -> None:
+    """`rar-agent eval --shots 1 --open-set 0.3` with an encoder that ships no prior
+    reported 'cannot calibrate' and rejected nothing: the eval now reads or measures the
+    prior as recognize does."""
+    from rar_agent import datasets
+    from rar_agent.evaluation import EvalConfig, run_evaluation
+
+    if not datasets.fashion_mnist_available():
+        pytest.skip("Debian dataset-fashion-mnist is not installed")
+    config = EvalConfig(dataset="fashion-mnist", shots=1, limit=20, open_set=0.3, k=3, max_k=3)
+    stages: set[str] = set()
+    report = run_evaluation(
+        config, encoder=encoder, priors=tmp_path, progress=lambda s, d, t: stages.add(s)
+    )
+    assert report.calibration and report.calibration["method"] == "prior"
+    assert MEASURED_ON in report.calibration["source"] and "prior" in stages
+    without = run_evaluation(config, encoder=Counting(encoder.inner, "open_clip:unmeasured:0"))
+    assert without.calibration and without.calibration["method"] == "none"
