@@ -240,9 +240,13 @@ class Recognizer:
 
     def _wants_prior(self) -> bool:
         """Whether the memory holds example images whose own stand-ins set no threshold at
-        the default ALPHA and its encoder has no prior to judge them by (yet)."""
+        the default ALPHA, categories enough for a prior to judge them (a scale: one of
+        fewer is judged by none, so measuring would buy nothing yet) and its encoder has no
+        prior to judge them by (yet)."""
         cal = self.calibration()
-        if cal is None or not cal.seen or encoder_prior(self.encoder.fingerprint) is not None:
+        if cal is None or not cal.seen or cal.scale is None:
+            return False
+        if encoder_prior(self.encoder.fingerprint) is not None:
             return False
         return cal.own_threshold(DEFAULT_ALPHA)[0] is None
 

@@ -314,3 +314,35 @@ def test_an_eval_of_one_example_per_class_is_judged_by_the_measured_prior(
     assert MEASURED_ON in report.calibration["source"] and "prior" in stages
     without = run_evaluation(config, encoder=Counting(encoder.inner, "open_clip:unmeasured:0"))
     assert without.calibration and without.calibration["method"] == "none"
+
+
+def test_a_memory_of_too_few_categories_for_a_prior_measures_none_until_it_has_enough(
+    encoder: Counting, tmp_path: Path
+) -> None:
+    """A memory of fewer than 5 categories (the prior scales its threshold by how far they
+    lie apart) cannot be judged by a prior, yet opening it or teaching it its first photo
+    measured one: 200 garments through the encoder in the first recognize or inside the
+    first teach call (CLIP on a CPU: tens of seconds), and the memory still said it cannot
+    calibrate. The prior is measured at the teach that brings the fifth category."""
+    from langchain_core.messages import ToolMessage
+
+    from rar_agent.tools import make_tools
+
+    images = list(make_images(tmp_path / "photos").items())
+    memory = CategoryMemory.open(tmp_path / "memory", collection="few")
+    fill_memory(memory, encoder.inner, dict(images[:3]))
+    openset.fit(memory)
+    recognizer = Recognizer.from_memory(memory, encoder, priors=tmp_path / "priors")
+    assert encoder.images == 0 and not (tmp_path / "priors").exists()
+
+    tools = make_tools(recognizer, allowed_roots=[tmp_path], image_ids=False, allow_learning=True)
+    teach = next(t for t in tools if t.name == "add_category_example")
+    for count, (label, path) in enumerate(images[3:], start=4):
+        args = {"label": label, "image": str(path.relative_to(tmp_path))}
+        message = teach.invoke({"type": "tool_call", "name": teach.name, "id": "c", "args": args})
+        assert isinstance(message, ToolMessage) and message.status != "error", message
+        measured = encoder_prior(encoder.fingerprint) is not None
+        assert measured == (count >= 5), (count, encoder.images)
+    cal = recognizer.calibration()
+    assert cal is not None and cal.summary()["method"] == "prior"
+    recognizer.close()
