@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -160,6 +161,7 @@ class Recognizer:
         self._searched = SearchFloors()  # what each logged unknown image's search returned
         self._computed: Calibration | None = None  # by from_memory, on a read-only memory
         self._priors: Path | None = None  # where measured encoder priors live (from_memory)
+        self._measuring = threading.Lock()  # two teaches at once measure the prior once
 
     @classmethod
     def from_memory(
@@ -218,9 +220,13 @@ class Recognizer:
         prior its encoder lacks (one built or taught with one example per category), then
         calibrate the memory again with it; nothing otherwise. Opening a recognizer does it,
         and so does teaching through it (:meth:`taught`), so a memory a server's users teach
-        one photo per category judges by a prior without a restart."""
-        if self.reject.mode == "auto" and self._priors is not None and self._wants_prior():
-            self._measure_prior(self._priors, announce, progress)
+        one photo per category judges by a prior without a restart. A teach that comes while
+        another measures waits for that prior instead of measuring its own."""
+        if self.reject.mode != "auto" or self._priors is None:
+            return
+        with self._measuring:
+            if self._wants_prior():
+                self._measure_prior(self._priors, announce, progress)
 
     def _measure_prior(
         self,

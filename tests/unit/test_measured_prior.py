@@ -346,3 +346,42 @@ def test_a_memory_of_too_few_categories_for_a_prior_measures_none_until_it_has_e
     cal = recognizer.calibration()
     assert cal is not None and cal.summary()["method"] == "prior"
     recognizer.close()
+
+
+def test_two_teaches_at_once_measure_the_prior_once(encoder: Counting, tmp_path: Path) -> None:
+    """On a server two people's teaches run at once; when the memory came to need a prior,
+    each measured it (the 200 garments encoded twice, both calls waiting on both). The
+    second waits for the first's prior and measures nothing."""
+    import threading
+
+    from rar_agent.pipeline.prior import MEASURE_BATCH
+    from rar_agent.pipeline.teacher import Teacher
+
+    images = list(make_images(tmp_path / "photos").items())
+    memory = CategoryMemory.open(tmp_path / "memory", collection="busy")
+    fill_memory(memory, encoder.inner, dict(images[:4]))
+    openset.fit(memory)
+    recognizer = Recognizer.from_memory(memory, encoder, priors=tmp_path / "priors")
+    Teacher(memory, encoder).add(images[4][0], [images[4][1]])  # the fifth: a prior is wanted
+    entered, release = threading.Event(), threading.Event()
+    plain = encoder.embed_images
+
+    def held_once(batch: Any) -> np.ndarray:
+        if len(batch) == MEASURE_BATCH and not entered.is_set():
+            entered.set()  # the first measurement is under way: hold it there
+            release.wait(30)
+        return plain(batch)
+
+    encoder.embed_images = held_once  # type: ignore[method-assign]
+    encoder.images = 0
+    first = threading.Thread(target=recognizer.measure_prior_if_needed)
+    first.start()
+    assert entered.wait(30)
+    second = threading.Thread(target=recognizer.measure_prior_if_needed)
+    second.start()
+    second.join(2)  # measuring on its own, it would be done by now
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert encoder.images == 200 and encoder_prior(encoder.fingerprint) is not None
+    recognizer.close()
