@@ -6,7 +6,7 @@ No ``from __future__ import annotations``: :func:`settings_command` reads the op
 import contextlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from rar_agent.memory import CategoryMemory
     from rar_agent.memory.storage import StorageSettings
     from rar_agent.openset import Calibration
+    from rar_agent.openset.prior import EncoderPrior
 
 __all__ = [
     "app",
@@ -564,16 +565,22 @@ def memory_list(
 
 @app.command("stats")
 @settings_command(STORE, REJECT)
-def memory_stats(settings: "Settings") -> None:
-    """Show the memory's size, encoder, backend and open-set calibration as JSON.
+def memory_stats(settings: "Settings", as_json: JsonOpt = False) -> None:
+    """Show what the memory holds and how it judges unknown photos (--json: the full record).
 
-    `open_set` says what `--reject auto:ALPHA` can promise with this memory (at the ALPHA of
+    A line each: its encoder, entries and categories, what `--reject auto:ALPHA` promises with
+    it and who sets the threshold, its encoder prior, how alike unknown photos must be to be
+    grouped, and its storage.
+
+    In the record, `open_set` says what `--reject auto:ALPHA` can promise (at the ALPHA of
     --reject or RAR_REJECT, default 0.05), or why it cannot. Its `thresholds` are the
     known-ness cut-offs for a photo whose closest category has 1, 2, 5 or 10 examples (the
     largest its category reaches; a known-ness below it is unknown), set by `standins` (the
     memory's own examples scored as if they were photos asked about, from `categories`
     categories), which support an ALPHA down to `smallest_alpha`; `prior_thresholds` are the
-    encoder prior's, for a memory too small to set its own (`source` says which judges).
+    encoder prior's, for a memory too small to set its own (`source` says which judges);
+    `link` the mean similarity from which unknown photos form a group (else `no_groups` says
+    why none form). `encoder_prior` is null or where the prior comes from.
 
     `unfinished_build` is null, or what a build that stopped part-way recorded (a note on
     stderr then says what to do).
@@ -581,10 +588,13 @@ def memory_stats(settings: "Settings") -> None:
     from rar_agent import openset
     from rar_agent.config import parse_reject
     from rar_agent.ingest.builders import unfinished_build
+    from rar_agent.openset.prior import encoder_prior
 
     with open_shown_memory(settings) as mem:  # with the prior measured here, as recognize
         stats = mem.stats()
         stats["unfinished_build"] = unfinished_build(mem)
+        prior = encoder_prior(stats["fingerprint"])
+        stats["encoder_prior"] = None if prior is None else _prior_record(prior, settings.home)
         stats["open_set"] = _open_set_stats(
             openset.load(mem),
             parse_reject(settings.reject),
@@ -593,7 +603,74 @@ def memory_stats(settings: "Settings") -> None:
         )
     if stats["unfinished_build"] is not None:
         print_note(_unfinished_note(stats["unfinished_build"], stats["entries"]))
-    typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))
+    else:
+        typer.echo("\n".join(_stats_summary(stats)))
+
+
+def _stats_summary(stats: "Mapping[str, Any]") -> list[str]:
+    """The lines of ``memory stats`` without ``--json``: what a person asks of a memory."""
+    from rar_agent.results import counted
+
+    where = "embedded" if stats["backend"] == "edge" else f"{stats['backend']}"
+    spec = stats["encoder_spec"] or {}
+    encoder = "/".join(str(v) for v in (spec.get("model"), spec.get("pretrained")) if v)
+    kinds = [
+        counted(stats["image_entries"], "example image"),
+        counted(stats["text_entries"], "class name"),
+    ]
+    held = ", ".join(k for k in kinds if not k.startswith("0 "))
+    open_set = stats["open_set"]
+    lines = [
+        f"memory: {stats['collection']} ({where}, {stats['location']})",
+        *([f"description: {stats['description']}"] if stats["description"] else []),
+        f"encoder: {encoder or stats['fingerprint']} ({stats['dim']}-d vectors)",
+        f"entries: {stats['entries']}"
+        + (f" ({held})" if held else "")
+        + f" over {counted(stats['labels'], 'category', 'categories')}",
+        *([f"open-set check: {open_set['promise']}"] if open_set.get("promise") else []),
+        f"open-set judge: {open_set['note']}",
+        f"encoder prior: {_prior_words(stats['encoder_prior'])}",
+    ]
+    if "link" in open_set:
+        link = open_set["link"]
+        grouped = f"grouped from a mean similarity of {link:.3f}" if link is not None else None
+        lines.append(f"look-alike unknown photos: {grouped or open_set['no_groups']}")
+    disk = stats["footprint"].get("disk_mib")
+    lines.append(f"storage: {stats['storage_summary']}" + (f"; {disk} MiB on disk" if disk else ""))
+    lines.append("--json prints the full record (thresholds, scale, footprint by part)")
+    return lines
+
+
+def _prior_words(record: "Mapping[str, Any] | None") -> str:
+    """Where the encoder prior of ``memory stats`` comes from, in words."""
+    if record is None:
+        return (
+            "none for this encoder yet: `rar-agent memory prior` (or the first recognition "
+            "that needs one) measures it on the 200 Fashion-MNIST garments shipped with "
+            "rar-agent"
+        )
+    stored = f", stored in {record['file']}" if record["file"] else ""
+    return f"{record['encoder']}, {record['source']}{stored}"
+
+
+def _prior_record(prior: "EncoderPrior", home: Path) -> dict[str, object]:
+    """Which encoder prior this is and where it comes from (``memory stats`` and
+    ``memory prior``)."""
+    from rar_agent.openset.fitting import prior_file
+    from rar_agent.openset.prior import shipped_prior
+    from rar_agent.pipeline.prior import prior_dir
+
+    shipped = shipped_prior(prior.fingerprint) is not None
+    return {
+        "encoder": prior.encoder,
+        "fingerprint": prior.fingerprint,
+        "source": "shipped with rar-agent" if shipped else "measured on this machine",
+        "file": None if shipped else str(prior_file(prior_dir(home), prior.fingerprint)),
+        "measured_on": prior.measured_on,
+        "caveat": prior.caveat,
+    }
 
 
 @app.command("prior")
@@ -607,12 +684,10 @@ def memory_prior(settings: "Settings", progress: ProgressOpt = True) -> None:
     garments that ship with rar-agent (one pass of the encoder over them) and stored in
     RAR_HOME/priors. Recognizing with such a memory measures it when first needed; this does
     it ahead, calibrates the memory with it and prints the prior and the memory's `open_set`
-    (as `memory stats` does).
+    as JSON (as `memory stats --json` does).
     """
     from rar_agent import openset
     from rar_agent.config import parse_reject
-    from rar_agent.openset.fitting import prior_file
-    from rar_agent.openset.prior import shipped_prior
     from rar_agent.pipeline.prior import ensure_prior, prior_dir
 
     with open_shown_memory(settings) as mem:
@@ -623,16 +698,8 @@ def memory_prior(settings: "Settings", progress: ProgressOpt = True) -> None:
                 enc, prior_dir(settings.home), announce=print_note, progress=update
             )
         openset.ensure(mem, mem.count("image"))
-        shipped = shipped_prior(enc.fingerprint) is not None
         out = {
-            "encoder": prior.encoder,
-            "fingerprint": prior.fingerprint,
-            "source": "shipped with rar-agent" if shipped else "measured on this machine",
-            "file": None
-            if shipped
-            else str(prior_file(prior_dir(settings.home), prior.fingerprint)),
-            "measured_on": prior.measured_on,
-            "caveat": prior.caveat,
+            **_prior_record(prior, settings.home),
             "open_set": _open_set_stats(
                 openset.load(mem),
                 parse_reject(settings.reject),
@@ -690,7 +757,8 @@ def _open_set_stats(
             "; it was calibrated before its encoder's current prior was measured: "
             "`rar-agent memory prior` or the next recognition calibrates it again"
         )
-    return {"calibrated": why is None, "promise": promise, **summary, "note": note}
+    groups = {"link": cal.link, "no_groups": cal.why_no_groups()}
+    return {"calibrated": why is None, "promise": promise, **summary, **groups, "note": note}
 
 
 app.command("push")(memory_copy.memory_push)

@@ -60,7 +60,7 @@ def test_build_list_stats_recognize_remove(env: Path) -> None:
 
     code, out = _run("memory", "list", "--json")
     assert code == 0 and json.loads(out) == {"alpha": 2, "beta": 2}
-    code, out = _run("memory", "stats")
+    code, out = _run("memory", "stats", "--json")
     stats = json.loads(out)
     open_set = stats.pop("open_set")
     assert code == 0 and "alpha" not in json.dumps(stats)  # no label list in the stats

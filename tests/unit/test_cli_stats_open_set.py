@@ -17,7 +17,7 @@ def test_a_memory_of_class_names_is_not_promised_a_calibration(tiny_cli_env: Pat
     for name in ("heron", "egret"):
         done = CliRunner().invoke(app, ["memory", "add", name, "--collection", "birds"])
         assert done.exit_code == 0, done.output
-    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "birds"])
+    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "birds", "--json"])
     assert stats.exit_code == 0, stats.output
     open_set = json.loads(stats.stdout)["open_set"]
     assert open_set == {"calibrated": False, "note": TEXT_ENTRIES_NOTE}
@@ -34,7 +34,7 @@ def test_stats_show_the_promise_at_the_price_the_user_states(tiny_cli_env: Path)
         )
         assert added.exit_code == 0, added.output
     stats = CliRunner().invoke(
-        app, ["memory", "stats", "--collection", "mine", "--reject", "auto:0.01"]
+        app, ["memory", "stats", "--collection", "mine", "--reject", "auto:0.01", "--json"]
     )
     assert stats.exit_code == 0, stats.output
     open_set = json.loads(stats.stdout)["open_set"]
@@ -51,7 +51,7 @@ def test_a_memory_that_cannot_calibrate_is_promised_nothing(tiny_cli_env: Path) 
     for command in (["memory", "add", "cat", str(photo)], ["memory", "undo"]):
         done = CliRunner().invoke(app, [*command, "--collection", "emptied"])
         assert done.exit_code == 0, done.output
-    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "emptied"])
+    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "emptied", "--json"])
     assert stats.exit_code == 0, stats.output
     open_set = json.loads(stats.stdout)["open_set"]
     assert open_set["calibrated"] is False and open_set["method"] == "none", open_set
@@ -68,21 +68,8 @@ def test_an_alpha_below_what_the_memory_keeps_names_the_smallest_it_can(
 ) -> None:
     """A memory of 30 stand-ins keeps auto:0.0323 and more, not auto:0.01 (99 needed): its
     stats said "nothing is promised until this memory can calibrate", as if it could not."""
-    import numpy as np
-
-    from rar_agent import openset
-    from rar_agent.memory import CategoryMemory, MemoryEntry
-
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(6, 32))
-    entries = [MemoryEntry(f"c{c}", "image", f"c{c}-{i}.png", f"c{c}-{i}") for c in range(6)
-               for i in range(5)]  # fmt: skip
-    rows = np.repeat(centres, 5, axis=0) + 0.3 * rng.normal(size=(30, 32))
-    folder = tiny_cli_env / "clusters"
-    with CategoryMemory.open(folder, collection="clusters") as memory:
-        memory.bind_encoder("test:clusters", 32)
-        openset.update(memory, added=memory.add_entries(entries, rows.astype(np.float32)))
-    asked = ["memory", "stats", "--memory", str(folder), "--collection", "clusters"]
+    folder = _clusters(tiny_cli_env / "clusters")
+    asked = ["memory", "stats", "--memory", str(folder), "--collection", "clusters", "--json"]
     stats = CliRunner().invoke(app, [*asked, "--reject", "auto:0.01"])
     assert stats.exit_code == 0, stats.output
     open_set = json.loads(stats.stdout)["open_set"]
@@ -95,3 +82,48 @@ def test_an_alpha_below_what_the_memory_keeps_names_the_smallest_it_can(
     assert json.loads(kept.stdout)["open_set"]["promise"].endswith(
         "at most 5% of known images rejected"
     )
+
+
+def _clusters(folder: Path) -> Path:
+    """A calibrated memory of 6 categories of 5 examples each (30 stand-ins)."""
+    import numpy as np
+
+    from rar_agent import openset
+    from rar_agent.memory import CategoryMemory, MemoryEntry
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 32))
+    entries = [MemoryEntry(f"c{c}", "image", f"c{c}-{i}.png", f"c{c}-{i}") for c in range(6)
+               for i in range(5)]  # fmt: skip
+    rows = np.repeat(centres, 5, axis=0) + 0.3 * rng.normal(size=(30, 32))
+    with CategoryMemory.open(folder, collection="clusters") as memory:
+        memory.bind_encoder("test:clusters", 32)
+        openset.update(memory, added=memory.add_entries(entries, rows.astype(np.float32)))
+    return folder
+
+
+def test_stats_says_in_a_few_lines_what_a_person_asks_of_a_memory(tiny_cli_env: Path) -> None:
+    """`memory stats` printed about 70 lines of JSON (storage parts, thresholds per shot, the
+    scale): a person asking what a memory is and how it judges unknown photos read through
+    it. It now says that in a line each; --json prints the record, which names the encoder
+    prior's source and the grouping link too."""
+    asked = ["memory", "stats", "--memory", str(_clusters(tiny_cli_env / "c")), "--collection",
+             "clusters"]  # fmt: skip
+    done = CliRunner().invoke(app, asked)
+    assert done.exit_code == 0, done.output
+    lines = done.stdout.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        "memory", "encoder", "entries", "open-set check", "open-set judge", "encoder prior",
+        "look-alike unknown photos", "storage",
+        "--json prints the full record (thresholds, scale, footprint by part)",
+    ], done.stdout  # fmt: skip
+    assert lines[0] == f"memory: clusters (embedded, {tiny_cli_env / 'c'})", lines
+    assert lines[2] == "entries: 30 (30 example images) over 6 categories", lines
+    assert lines[3] == "open-set check: --reject auto:0.05: at most 5% of known images rejected"
+    assert lines[4] == "open-set judge: thresholds set by this memory's own examples", lines
+    assert lines[5].startswith("encoder prior: none for this encoder yet: `rar-agent memory")
+    record = json.loads(CliRunner().invoke(app, [*asked, "--json"]).stdout)
+    assert record["encoder_prior"] is None and record["entries"] == 30
+    link = record["open_set"]["link"]
+    assert lines[6] == f"look-alike unknown photos: grouped from a mean similarity of {link:.3f}"
+    assert lines[7].startswith(f"storage: {record['storage_summary']}; "), lines

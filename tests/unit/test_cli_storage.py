@@ -43,7 +43,7 @@ def test_build_from_vectors_with_storage_flags_then_stats(
                      "--no-progress")  # fmt: skip
     assert code == 0, out
     assert "added 700" in out and "7 labels" in out
-    code, out = _run("memory", "stats", "--memory", mem)
+    code, out = _run("memory", "stats", "--memory", mem, "--json")
     assert code == 0, out
     stats = json.loads(out)
     assert stats["fingerprint"] == "enc:x" and stats["entries"] == 700

@@ -25,7 +25,7 @@ def _folder(root: Path, per_label: int) -> Path:
 
 
 def _stats() -> tuple[dict, str]:
-    done = CliRunner().invoke(app, ["memory", "stats"])
+    done = CliRunner().invoke(app, ["memory", "stats", "--json"])
     assert done.exit_code == 0, done.output
     return json.loads(done.stdout), done.stderr
 

@@ -211,7 +211,9 @@ def test_a_memory_remembers_its_encoder(tmp_path: Path, monkeypatch: pytest.Monk
                                 str(memory), "--encoder", "encoder_factories.py:hashing_encoder",
                                 "--no-progress"])  # fmt: skip
     assert built.exit_code == 0, built.output
-    stats = json.loads(runner.invoke(app, ["memory", "stats", "--memory", str(memory)]).stdout)
+    stats = json.loads(
+        runner.invoke(app, ["memory", "stats", "--memory", str(memory), "--json"]).stdout
+    )
     assert stats["encoder_spec"] == {"model": f"{FACTORY_FILE}:hashing_encoder", "pretrained": None}
 
     monkeypatch.chdir(tmp_path)  # elsewhere, and no encoder flag: the memory's own is used

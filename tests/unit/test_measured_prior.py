@@ -199,7 +199,7 @@ def test_memory_prior_measures_ahead_and_stats_then_name_it(tiny_cli_env: Path) 
     for label, path in make_images(tiny_cli_env / "images").items():
         added = CliRunner().invoke(app, ["memory", "add", label, str(path), "--collection", "one"])
         assert added.exit_code == 0, added.output
-    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "one"])
+    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "one", "--json"])
     assert "no encoder prior for" in json.loads(stats.stdout)["open_set"]["note"]
 
     done = CliRunner().invoke(app, ["memory", "prior", "--collection", "one", "--no-progress"])
@@ -210,9 +210,13 @@ def test_memory_prior_measures_ahead_and_stats_then_name_it(tiny_cli_env: Path) 
     assert shown["measured_on"] == MEASURED_ON and shown["caveat"]
     assert shown["open_set"]["method"] == "prior", shown["open_set"]
 
-    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "one"])
+    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "one", "--json"])
     open_set = json.loads(stats.stdout)["open_set"]
     assert open_set["method"] == "prior" and MEASURED_ON in open_set["note"]
+    assert json.loads(stats.stdout)["encoder_prior"] == {k: v for k, v in shown.items()
+                                                         if k != "open_set"}  # fmt: skip
+    summary = CliRunner().invoke(app, ["memory", "stats", "--collection", "one"]).stdout
+    assert f"measured on this machine, stored in {shown['file']}" in summary, summary
     again = CliRunner().invoke(app, ["memory", "prior", "--collection", "one", "--no-progress"])
     assert again.exit_code == 0 and "measuring" not in again.stderr  # stored, read back
 

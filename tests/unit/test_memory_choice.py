@@ -98,7 +98,7 @@ def test_memory_list_without_flags_shows_the_memory_the_last_command_used(
     assert listed.exit_code == 0, listed.output
     assert listed.stdout.strip() == '{"thing": 1}'
     assert "memory 'my-things', used last by `rar-agent memory add`" in listed.output
-    stats = runner.invoke(app, ["memory", "stats"])
+    stats = runner.invoke(app, ["memory", "stats", "--json"])
     assert stats.exit_code == 0 and '"collection": "my-things"' in stats.stdout
 
     named = runner.invoke(app, ["memory", "list", "--collection", "other"])
@@ -332,7 +332,7 @@ def test_recognize_names_the_built_in_memory_and_memory_list_finds_it(
     assert name.startswith("builtin-") and (home / "memories" / name).is_dir()
     listed = runner.invoke(app, ["memory", "list", "--json"])
     assert listed.exit_code == 0 and f"memory {name!r}, used last by" in listed.output
-    again = runner.invoke(app, ["memory", "stats", "--collection", name])
+    again = runner.invoke(app, ["memory", "stats", "--collection", name, "--json"])
     assert again.exit_code == 0 and f'"collection": "{name}"' in again.stdout
 
 

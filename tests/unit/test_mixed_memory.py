@@ -371,6 +371,6 @@ def test_teaching_the_built_in_memory_before_its_first_use_builds_it(
     assert done.exit_code == 0, done.output
     assert "a category this memory knew by its class name alone" in done.stdout, done.stdout
     assert "only category" not in done.output and "held nothing" not in done.output
-    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", builtin])
+    stats = CliRunner().invoke(app, ["memory", "stats", "--collection", builtin, "--json"])
     counts = json.loads(stats.stdout)
     assert (counts["text_entries"], counts["image_entries"]) == (1000, 1)
