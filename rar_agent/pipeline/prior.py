@@ -89,7 +89,8 @@ def ensure_prior(
 ) -> EncoderPrior:
     """The encoder's prior: the shipped one (never measured), else the one stored in
     ``directory``, else one measured now on the garments shipped with the package (one pass
-    over 200 small images), stored there and made known to this process.
+    over 200 small images), stored there (where it cannot be, ``announce`` is told and this
+    process uses it all the same) and made known to this process.
 
     Args:
         encoder: The encoder (its fingerprint is the key).
@@ -119,11 +120,17 @@ def ensure_prior(
     )
     started = time.perf_counter()
     prior = measure_on_garments(encoder, progress)
-    path = store_prior(directory, prior)
     use_measured(prior)
-    logger.info(
-        "encoder prior of %s measured in %.1f s: %s", name, time.perf_counter() - started, path
-    )
+    took = time.perf_counter() - started
+    try:
+        path = store_prior(directory, prior)
+    except OSError as exc:  # a read-only data directory: this process still uses it
+        (announce or logger.warning)(
+            f"the encoder prior of {name} could not be stored in {directory} ({exc}): this "
+            "run uses it, and the next one measures it again"
+        )
+        return prior
+    logger.info("encoder prior of %s measured in %.1f s: %s", name, took, path)
     return prior
 
 

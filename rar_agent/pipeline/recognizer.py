@@ -23,7 +23,7 @@ from rar_agent.config import DEFAULT_ALPHA, MemoryKind, parse_reject, validate_k
 from rar_agent.encoders.base import input_size_of
 from rar_agent.encoders.spec import spec_of
 from rar_agent.encoders.torch_base import parallel_passes
-from rar_agent.errors import ConfigError, argument_problem, did_you_mean
+from rar_agent.errors import ConfigError, RarError, argument_problem, did_you_mean
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, decoding_alone, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
@@ -235,11 +235,12 @@ class Recognizer:
         progress: Callable[[int, int], None] | None,
     ) -> None:
         """Measure the encoder's prior (:func:`~rar_agent.pipeline.prior.ensure_prior`) and
-        calibrate the memory again with it; where the encoder's vectors give no prior, say so
-        and go on without one (the memory then says it cannot calibrate)."""
+        calibrate the memory again with it; where the encoder's vectors give no prior or it
+        fails to encode the reference images, say so and go on without one (the memory then
+        says it cannot calibrate)."""
         try:
             ensure_prior(self.encoder, priors, announce=announce, progress=progress)
-        except ValueError as exc:
+        except (ValueError, RarError) as exc:  # recognizing goes on; the memory says why not
             (announce or logger.warning)(f"no encoder prior measured: {exc}")
             return
         self._ensure_calibrated(announce)

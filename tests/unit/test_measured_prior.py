@@ -389,3 +389,37 @@ def test_two_teaches_at_once_measure_the_prior_once(encoder: Counting, tmp_path:
     second.join(30)
     assert encoder.images == 200 and encoder_prior(encoder.fingerprint) is not None
     recognizer.close()
+
+
+def test_a_data_directory_that_takes_no_prior_still_lets_this_run_use_it(
+    encoder: Counting, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only RAR_HOME (here: its priors folder's place taken by a file) made opening a
+    recognizer fail with the OSError of writing the measured prior."""
+    blocked = tmp_path / "priors"
+    blocked.write_text("not a folder")
+    notes: list[str] = []
+    prior = ensure_prior(encoder, blocked, announce=notes.append)
+    assert encoder_prior(encoder.fingerprint) == prior
+    assert "could not be stored" in notes[-1] and "measures it again" in notes[-1]
+    _restart(monkeypatch)
+    assert known_prior(encoder.fingerprint, blocked) is None  # nothing stored, nothing trusted
+
+
+def test_an_encoder_that_fails_on_the_reference_images_leaves_the_memory_uncalibrated(
+    encoder: Counting, tmp_path: Path
+) -> None:
+    from rar_agent.errors import EncoderError
+
+    memory = _one_example_memory(tmp_path, encoder)
+
+    def refuse(images: Any) -> np.ndarray:
+        raise EncoderError("the encoder is gone")
+
+    encoder.embed_images = refuse  # type: ignore[method-assign]
+    said: list[str] = []
+    recognizer = Recognizer.from_memory(memory, encoder, announce=said.append, priors=tmp_path)
+    assert "no encoder prior measured: the encoder is gone" in said[-1]
+    cal = recognizer.calibration()
+    assert cal is not None and cal.summary()["method"] == "none"
+    recognizer.close()
