@@ -747,7 +747,7 @@ def _open_set_stats(
     elif summary["method"] == "none":  # no threshold: nothing is rejected, so nothing is kept
         promise = (
             f"--reject auto:{alpha:g}: nothing is promised until this memory can calibrate "
-            "(meanwhile nothing is rejected; the note says what it lacks)"
+            "(meanwhile nothing is rejected; what it lacks is said below)"
         )
     elif summary["method"] == "prior":  # as a result's explanation says it
         promise += ", as the encoder prior estimates; this memory cannot measure it yet"

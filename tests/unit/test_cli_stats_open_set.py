@@ -58,9 +58,13 @@ def test_a_memory_that_cannot_calibrate_is_promised_nothing(tiny_cli_env: Path) 
     assert "at most" not in open_set["promise"], open_set["promise"]
     assert open_set["promise"] == (
         "--reject auto:0.05: nothing is promised until this memory can calibrate (meanwhile "
-        "nothing is rejected; the note says what it lacks)"
-    )
+        "nothing is rejected; what it lacks is said below)"
+    )  # "the note says": the summary has no line called a note
     assert open_set["note"].startswith("cannot calibrate: the memory holds no example images")
+    lines = CliRunner().invoke(app, ["memory", "stats", "--collection", "emptied"]).stdout
+    promised, judged = lines.splitlines()[3:5]
+    assert promised == f"open-set check: {open_set['promise']}", lines
+    assert judged == f"open-set judge: {open_set['note']}", lines
 
 
 def test_an_alpha_below_what_the_memory_keeps_names_the_smallest_it_can(
