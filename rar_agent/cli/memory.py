@@ -629,8 +629,7 @@ def _stats_summary(stats: "Mapping[str, Any]") -> list[str]:
         f"entries: {stats['entries']}"
         + (f" ({held})" if held else "")
         + f" over {counted(stats['labels'], 'category', 'categories')}",
-        *([f"open-set check: {open_set['promise']}"] if open_set.get("promise") else []),
-        f"open-set judge: {open_set['note']}",
+        *_open_set_lines(open_set),
         f"encoder prior: {_prior_words(stats['encoder_prior'])}",
     ]
     if "link" in open_set:
@@ -643,8 +642,16 @@ def _stats_summary(stats: "Mapping[str, Any]") -> list[str]:
     return lines
 
 
+def _open_set_lines(open_set: "Mapping[str, Any]") -> list[str]:
+    """What ``--reject auto:ALPHA`` promises with the memory (where it promises anything) and
+    what sets its threshold, or why nothing does: a line each."""
+    promise = open_set.get("promise")
+    judged = f"open-set judge: {open_set['note']}"
+    return [f"open-set check: {promise}", judged] if promise else [judged]
+
+
 def _prior_words(record: "Mapping[str, Any] | None") -> str:
-    """Where the encoder prior of ``memory stats`` comes from, in words."""
+    """Which encoder prior judges the memory's encoder and where it comes from, in words."""
     if record is None:
         return (
             "none for this encoder yet: `rar-agent memory prior` (or the first recognition "
@@ -675,7 +682,9 @@ def _prior_record(prior: "EncoderPrior", home: Path) -> dict[str, object]:
 
 @app.command("prior")
 @settings_command(STORE, ENCODER, REJECT)
-def memory_prior(settings: "Settings", progress: ProgressOpt = True) -> None:
+def memory_prior(
+    settings: "Settings", progress: ProgressOpt = True, as_json: JsonOpt = False
+) -> None:
     """Measure the memory's encoder prior now, and show which prior judges the memory.
 
     A memory of one or two examples per category cannot say itself how far a second photo of
@@ -683,8 +692,9 @@ def memory_prior(settings: "Settings", progress: ProgressOpt = True) -> None:
     rar-agent; any other encoder's is measured once per machine on the 200 Fashion-MNIST
     garments that ship with rar-agent (one pass of the encoder over them) and stored in
     RAR_HOME/priors. Recognizing with such a memory measures it when first needed; this does
-    it ahead, calibrates the memory with it and prints the prior and the memory's `open_set`
-    as JSON (as `memory stats --json` does).
+    it ahead, calibrates the memory with it and says where the prior comes from and what
+    `--reject auto:ALPHA` promises with it (--json: the prior's record and the memory's
+    `open_set`, as `memory stats --json` shows them).
     """
     from rar_agent import openset
     from rar_agent.config import parse_reject
@@ -698,16 +708,19 @@ def memory_prior(settings: "Settings", progress: ProgressOpt = True) -> None:
                 enc, prior_dir(settings.home), announce=print_note, progress=update
             )
         openset.ensure(mem, mem.count("image"))
-        out = {
-            **_prior_record(prior, settings.home),
-            "open_set": _open_set_stats(
-                openset.load(mem),
-                parse_reject(settings.reject),
-                mem.count("image"),
-                missing=openset.why_not_loaded(mem),
-            ),
-        }
-    typer.echo(json.dumps(out, indent=2, default=str, ensure_ascii=False))
+        record = _prior_record(prior, settings.home)
+        open_set = _open_set_stats(
+            openset.load(mem),
+            parse_reject(settings.reject),
+            mem.count("image"),
+            missing=openset.why_not_loaded(mem),
+        )
+    if as_json:
+        out = {**record, "open_set": open_set}
+        typer.echo(json.dumps(out, indent=2, default=str, ensure_ascii=False))
+        return
+    lines = [f"encoder prior: {_prior_words(record)}", *_open_set_lines(open_set)]
+    typer.echo("\n".join([*lines, "--json prints the full record"]))
 
 
 def _unfinished_note(started: "Mapping[str, object]", entries: object) -> str:

@@ -202,10 +202,17 @@ def test_memory_prior_measures_ahead_and_stats_then_name_it(tiny_cli_env: Path) 
     stats = CliRunner().invoke(app, ["memory", "stats", "--collection", "one", "--json"])
     assert "no encoder prior for" in json.loads(stats.stdout)["open_set"]["note"]
 
-    done = CliRunner().invoke(app, ["memory", "prior", "--collection", "one", "--no-progress"])
+    asked = ["memory", "prior", "--collection", "one", "--no-progress"]
+    done = CliRunner().invoke(app, asked)
     assert done.exit_code == 0, done.output
     assert "measuring the encoder prior" in done.stderr
-    shown = json.loads(done.stdout)
+    # a line each (it printed 44 lines of JSON): which prior, what it promises, who judges
+    said = done.stdout.splitlines()
+    shown = json.loads(CliRunner().invoke(app, [*asked, "--json"]).stdout)
+    where = f"{shown['encoder']}, measured on this machine, stored in {shown['file']}"
+    assert said[0] == f"encoder prior: {where}", said
+    assert said[1].startswith("open-set check: --reject auto:0.05: at most 5%"), said
+    assert said[2].startswith("open-set judge: thresholds set by the encoder prior"), said
     assert shown["source"] == "measured on this machine" and Path(shown["file"]).is_file()
     assert shown["measured_on"] == MEASURED_ON and shown["caveat"]
     assert shown["open_set"]["method"] == "prior", shown["open_set"]
