@@ -196,7 +196,7 @@ def evaluate(
             with _feature_cache(enc, feature_cache) as enc:
                 if stream:
                     _stream(config, enc, out, stream_share, plots=plots, as_json=as_json,
-                            progress=progress)  # fmt: skip
+                            progress=progress, priors=prior_dir(settings.home))  # fmt: skip
                     return
                 bar, update = staged_progress(progress, _EVAL_BARS)
                 with bar:
@@ -295,6 +295,7 @@ def _stream(
     plots: bool,
     as_json: bool,
     progress: bool,
+    priors: Path | None = None,
 ) -> None:
     """``eval --stream``: run the stream, write report.json (its "stream" object), the plot."""
     import json
@@ -304,10 +305,12 @@ def _stream(
 
     from rar_agent.evaluation.stream import run_stream, write_stream_report
 
-    bar, update = staged_progress(progress, {"stream": "streaming and teaching"})
+    bar, update = staged_progress(
+        progress, {"stream": "streaming and teaching", "prior": _EVAL_BARS["prior"]}
+    )
     with tempfile.TemporaryDirectory(prefix="rar-stream-") as tmp, bar:
         report = run_stream(config, encoder=enc, workdir=Path(tmp), stream_share=share,
-                            progress=update)  # fmt: skip
+                            progress=update, priors=priors)  # fmt: skip
     files = write_stream_report(report, config, out, plots=plots)
     if as_json:
         sys.stdout.write(json.dumps({"stream": report.model_dump(mode="json")}, indent=2) + "\n")

@@ -34,6 +34,7 @@ all a class's examples). The control is the mean over ``CONTROL_DRAWS`` random d
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -229,6 +230,7 @@ def run_stream(
     points: int = 10,
     window: int = 100,
     progress: Callable[[str, int, int], None] | None = None,
+    priors: Path | None = None,
 ) -> StreamReport:
     """Stream the test images through recognize-then-teach and measure (module docstring).
 
@@ -240,7 +242,13 @@ def run_stream(
         stream_share: Share of the test images streamed (the rest is held out).
         points: Points on the learning curve.
         window: Stream images in the windowed online accuracy.
-        progress: Optional ``progress(stage, done, total)``.
+        progress: Optional ``progress(stage, done, total)`` (stage ``prior`` while an
+            encoder prior is measured).
+        priors: Where encoder priors measured on this machine live: a memory of one or two
+            examples per category, at the start or once teaching made it one, is judged by
+            its encoder's prior, read from there or measured once
+            (:meth:`~rar_agent.pipeline.Recognizer.measure_prior_if_needed`); ``None``: only
+            the shipped priors.
 
     Raises:
         ConfigError: Bad arguments (a share outside (0, 1), too few test images).
@@ -265,7 +273,11 @@ def run_stream(
         by_label[label].append(path)
     for label, paths in by_label.items():
         teacher.add(label, paths)
-    recognizer = Recognizer.from_memory(memory, encoder, k=config.k, reject=config.reject)
+    measuring = None if progress is None else functools.partial(progress, "prior")
+    recognizer = Recognizer.from_memory(
+        memory, encoder, k=config.k, reject=config.reject, priors=priors,
+        prior_progress=measuring,
+    )  # fmt: skip
     log = _StreamLog(split.new_classes, list(init_v), [label for _, label in split.initial])
     start = _top1(np.asarray(log.mem_v), log.mem_l, held_data) if log.mem_l else None
     curve = [StreamPoint(step=0, taught=0, heldout_top1=start or dict.fromkeys(RULES, 0.0))]
@@ -275,6 +287,7 @@ def run_stream(
             answer, unknown = _answer(recognizer, vector)
             if not log.answered(label, answer, unknown):
                 log.teach(teacher, path, label, vector, None if unknown else answer)
+                recognizer.measure_prior_if_needed(progress=measuring)
             if step % every == 0 or step == len(split.stream):
                 curve.append(log.point(step, held_data, window))
             if progress:

@@ -430,3 +430,32 @@ def test_an_encoder_that_fails_on_the_reference_images_leaves_the_memory_uncalib
     cal = recognizer.calibration()
     assert cal is not None and cal.summary()["method"] == "none"
     recognizer.close()
+
+
+def test_a_stream_evaluation_from_one_example_per_class_uses_the_measured_prior(
+    encoder: Counting, tmp_path: Path
+) -> None:
+    """`rar-agent eval --stream --shots 1` with an encoder that ships no prior streamed
+    against a memory that could not reject (no prior read or measured)."""
+    from PIL import Image
+
+    from rar_agent.evaluation import EvalConfig
+    from rar_agent.evaluation.stream import run_stream
+
+    rng = np.random.default_rng(0)
+    for c in range(7):
+        (tmp_path / "set" / f"class{c}").mkdir(parents=True)
+        colour = rng.integers(0, 255, 3)
+        for i in range(4):
+            noise = rng.integers(-30, 30, (16, 16, 3))
+            pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).resize((32, 32)).save(
+                tmp_path / "set" / f"class{c}" / f"{i}.png"
+            )
+    config = EvalConfig(dataset=str(tmp_path / "set"), shots=1, seed=0, batch_size=8)
+    stages: set[str] = set()
+    run_stream(
+        config, encoder=encoder, workdir=tmp_path / "work", priors=tmp_path / "priors",
+        progress=lambda s, d, t: stages.add(s),
+    )  # fmt: skip
+    assert "prior" in stages and encoder_prior(encoder.fingerprint) is not None
