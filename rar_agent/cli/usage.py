@@ -96,6 +96,28 @@ class UsageGroup(TyperGroup):
         with _one_line():
             return super().invoke(ctx)
 
+    def resolve_command(self, ctx: Context, args: list[str]) -> Any:
+        """The command ``args`` name; one that only a group has (``rar-agent list``, for
+        ``rar-agent memory list``) is refused with the commands meant, where typer said only
+        "No such command 'list'"."""
+        try:
+            return super().resolve_command(ctx, args)
+        except UsageError as e:
+            from rar_agent.errors import meant
+
+            name = args[0] if args else ""
+            within = {
+                group: getattr(c, "commands", {}).get(name) for group, c in self.commands.items()
+            }
+            nested = [
+                f"`{ctx.command_path} {group} {name}`"
+                for group, command in sorted(within.items())
+                if command is not None and not command.hidden
+            ]
+            if nested:
+                e.message = f"No such command {name!r}" + meant(nested, quote=False)
+            raise
+
 
 @contextlib.contextmanager
 def _one_line() -> Iterator[None]:

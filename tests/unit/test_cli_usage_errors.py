@@ -76,6 +76,11 @@ CASES = [
     (["memory", "history", "--top-k", "3"], {}, "No such option: --top-k (`rar-agent memory",
      "history --help`"),  # no --k there: not --token either
     (["recognize", "--verbose", "a.png"], {}, "No such option: --verbose (`rar-agent", "--help"),
+    # a group's command given at the top: typer said only "No such command 'stats'"
+    (["stats"], {}, "No such command 'stats' (did you mean `rar-agent memory stats`?)",
+     "`rar-agent --help`"),
+    (["list"], {}, "(did you mean `rar-agent auth list` or `rar-agent memory list`?)", "--help"),
+    (["memroy", "list"], {}, "No such command 'memroy'", "Did you mean 'memory'?"),  # typer's
 ]  # fmt: skip
 
 
