@@ -301,7 +301,8 @@ def describe_undone(undone: TeachingUndone) -> str:
         return f"Nothing to undo: this memory holds nothing taught{whose}."
     done = len(undone.undone)
     fewer = f" (all there were: {undone.asked} were asked)" if (undone.asked or 0) > done else ""
-    heading = f"Undid {counted(done, 'teaching event')}{whose}{fewer}, newest first:"
+    order = ", newest first" if done > 1 else ""
+    heading = f"Undid {counted(done, 'teaching event')}{whose}{fewer}{order}:"
     lines = [heading, *(describe_event(e) for e in undone.undone)]
     held = _holdings(undone.image_entries, undone.text_entries)
     return "\n".join([*lines, f"The memory now holds {held}."])

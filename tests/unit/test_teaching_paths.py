@@ -246,7 +246,7 @@ async def test_page_lists_and_undoes_teaching_in_words(recognizer: Any, tmp_path
     assert "via chat" in listed and "odd.png as 'tomato'" in listed and "img-" not in listed
     assert "history" not in recognizer.memory.labels()
     undone = await say("undo")
-    assert "Undid 1 teaching event, newest" in undone and "'tomato'" in undone, undone
+    assert "Undid 1 teaching event:" in undone and "'tomato'" in undone, undone
     assert recognizer.memory.count() == before and "tomato" not in recognizer.memory.labels()
     assert "Nothing to undo" in await say("undo")
     # the history said "Nothing has been taught to this memory yet." once it was undone
