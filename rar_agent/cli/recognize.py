@@ -315,8 +315,9 @@ def _print_results(
         if evidence:
             console.print(evidence, highlight=False, markup=False, soft_wrap=True)
         timings = ", ".join(f"{k} {v:.1f} ms" for k, v in r.timings_ms.items())
-        console.print(_ranking_line(r, ex, said, timings), highlight=False, markup=False)
-        console.print(_rejection_line(r, ex, said), highlight=False, markup=False)
+        for line in (_ranking_line(r, ex, said, timings), _rejection_line(r, ex, said)):
+            # one line each, as the why: rich broke them at 80 columns in a pipe ("317.7\nms")
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
     sys.stdout.flush()
     return failed
 

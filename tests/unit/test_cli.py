@@ -88,6 +88,12 @@ def test_build_list_stats_recognize_remove(env: Path) -> None:
     # and only there: a note on stderr said "ranking is disabled" as well
     assert words.count("no model is set up to double-check answers") == 1, out
     assert words.count("disabled") == 5 and "--ranker MODEL sets one up" in words, out
+    # each a line of its own, not broken at 80 columns in a pipe ("encode 317.7\nms")
+    lines = out.splitlines()
+    ranked = [line for line in lines if line.startswith("ranking: ")]
+    checked = [line for line in lines if line.startswith("open-set check ")]
+    assert len(ranked) == len(checked) == 5 and all(line.endswith(" ms") for line in ranked)
+    assert all(line.endswith(")") for line in checked), checked
     assert words.count("ranking: disabled (as said above); load ") == 4, out
 
     # a fixed threshold: its figures are said once, in the reason ("...; similarity 0.1881
