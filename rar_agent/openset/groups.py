@@ -16,7 +16,8 @@ A group keeps its id while it keeps images (the id most of its images had, which
 joined), so an agent told an id finds that group under it; an id no group has any more says
 what became of it (:meth:`NovelGroupLog.fate`).
 How pure the groups are on Fashion-MNIST's held-out classes: ``docs/eval/open-set``. A memory
-of one example per category has no such pair and takes its encoder prior's link
+of one example per category has no such pair, and one of one or two pairs too few to tell
+(``calibration.MIN_LINK_PAIRS``): it takes its encoder prior's link
 (:meth:`~rar_agent.openset.prior.EncoderPrior.link_at`); without a link (no prior either)
 nothing is linked, and the groups listing says why (``NovelGroups.no_groups``).
 """

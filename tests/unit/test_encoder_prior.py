@@ -14,7 +14,14 @@ from rar_agent.cli.memory import _open_set_stats
 from rar_agent.config import parse_reject
 from rar_agent.memory import CategoryMemory, MemoryEntry
 from rar_agent.openset import prior as prior_mod
-from rar_agent.openset.calibration import GROUP_QUANTILE, MIN_CATEGORIES, load, min_standins
+from rar_agent.openset.calibration import (
+    GROUP_QUANTILE,
+    MIN_CATEGORIES,
+    MIN_LINK_PAIRS,
+    group_link,
+    load,
+    min_standins,
+)
 from rar_agent.openset.groups import NovelGroupLog
 from rar_agent.openset.prior import (
     PRIOR_DIR,
@@ -435,6 +442,57 @@ def test_a_one_example_memory_groups_look_alike_unknowns(
         f"of one thing are; the encoder prior of synthetic measured no link at the "
         f"{GROUP_QUANTILE:g} quantile"
     )
+
+
+def _own_link(memory: CategoryMemory) -> float | None:
+    """The link of the memory's own pairs (every image entry it holds)."""
+    page, _ = memory.scroll(None, limit=1000)
+    labels = [str(payload["label"]) for _, kind, _, payload in page if kind == "image"]
+    x = np.asarray([vector for _, kind, vector, _ in page if kind == "image"])
+    return group_link(labels, x)
+
+
+def _teach(memory: CategoryMemory, centres: np.ndarray, category: int, name: str) -> None:
+    rng = np.random.default_rng(len(name) + category)
+    entry = MemoryEntry(f"c{category}", "image", name, name)
+    openset.update(memory, added=memory.add_entries([entry], _photos(centres, category, 1, rng)))
+
+
+def test_a_memory_of_too_few_pairs_takes_the_prior_s_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A memory of single examples but for one category of two took its link from that one
+    pair: the link was that pair's similarity, however alike or unlike the two photos
+    happened to be (on Fashion-MNIST it scattered twice as far as the prior's, and its
+    groups were less pure and fewer). Below ``MIN_LINK_PAIRS`` pairs the link is the encoder
+    prior's at the memory's scale, and follows it as single examples are taught; with that
+    many pairs, the memory's own. Without a prior, one pair's link beats none."""
+    prior = _with_link(_fitted_prior())
+    monkeypatch.setattr(prior_mod, "_priors", lambda: {FINGERPRINT: prior})
+    assert prior.link is not None
+    centres = _world(3, 12)
+    with _memory(tmp_path, centres, [2] + [1] * 7) as memory:
+        cal = load(memory)
+        assert cal is not None and cal.statistic is not None and cal.scale is not None
+        assert cal.link == pytest.approx(similarity_at(prior.link, cal.scale), abs=1e-6)
+        assert cal.link is not None and abs(cal.link - (_own_link(memory) or 0.0)) > 0.01
+        _teach(memory, centres, 8, "c8-0")  # one more single example: a new scale
+        now = load(memory)
+        assert now is not None and now.scale is not None and now.scale != cal.scale
+        assert now.link == pytest.approx(similarity_at(prior.link, now.scale), abs=1e-6)
+    few = [2] * (MIN_LINK_PAIRS - 1) + [1] * 6
+    with _memory(tmp_path, centres, few, seed=2) as memory:
+        cal = load(memory)
+        assert cal is not None and cal.scale is not None
+        assert cal.link == pytest.approx(similarity_at(prior.link, cal.scale), abs=1e-6)
+    enough = [2] * MIN_LINK_PAIRS + [1] * 5
+    with _memory(tmp_path, centres, enough, seed=3) as memory:
+        cal = load(memory)
+        assert cal is not None and cal.link == pytest.approx(_own_link(memory), abs=1e-6)
+    monkeypatch.setattr(prior_mod, "_priors", lambda: {})
+    with _memory(tmp_path, centres, [2] + [1] * 7, seed=1) as memory:
+        alone = load(memory)
+        assert alone is not None and alone.link == pytest.approx(_own_link(memory), abs=1e-6)
 
 
 def test_without_a_prior_a_one_example_memory_says_why_it_forms_no_groups(tmp_path: Path) -> None:
