@@ -32,7 +32,7 @@ from rar_agent.cli.options import (
     print_skipped,
     settings_from_options,
 )
-from rar_agent.cli.progress import staged_progress
+from rar_agent.cli.progress import PRIOR_BAR, staged_progress
 
 if TYPE_CHECKING:
     from rar_agent.encoders import ImageTextEncoder
@@ -215,7 +215,7 @@ def evaluate(
 
 _EVAL_BARS = {
     "memory": "building memory",
-    "prior": "measuring the encoder prior (once per encoder)",
+    "prior": PRIOR_BAR,
     "queries": "evaluating queries",
 }
 """The progress bars of an evaluation (:func:`evaluate`)."""

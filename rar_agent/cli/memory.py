@@ -28,7 +28,7 @@ from rar_agent.cli.options import (
     print_skipped,
     settings_command,
 )
-from rar_agent.cli.progress import progress_bar
+from rar_agent.cli.progress import PRIOR_BAR, progress_bar
 from rar_agent.cli.recent import open_shown_memory, remember_memory
 
 if TYPE_CHECKING:
@@ -702,7 +702,7 @@ def memory_prior(
 
     with open_shown_memory(settings) as mem:
         enc = load_settings_encoder(settings, mem)
-        bar, update = progress_bar(progress, "measuring the encoder prior (once per encoder)")
+        bar, update = progress_bar(progress, PRIOR_BAR)
         with bar:
             prior = ensure_prior(
                 enc, prior_dir(settings.home), announce=print_note, progress=update

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Concatenate, ParamSpec
 
 import typer
 
+from rar_agent.cli.progress import PRIOR_BAR
+
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
@@ -459,7 +461,7 @@ _OFFLINE_NOTE = "offline-encoder"
 """The key under which the default encoder's fallback note is said once per RAR_HOME."""
 _OPENING_BARS = {
     "vocabulary": "building vocabulary memory",
-    "prior": "measuring the encoder prior (once per encoder)",
+    "prior": PRIOR_BAR,
 }
 """The progress bars of opening a recognizer (:func:`open_recognizer`)."""
 

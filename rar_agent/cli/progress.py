@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 __all__ = [
+    "PRIOR_BAR",
     "LineProgress",
     "ProgressPair",
     "StagedPair",
@@ -29,6 +30,10 @@ __all__ = [
     "staged_progress",
 ]
 
+
+PRIOR_BAR = "measuring the encoder prior"
+"""The bar of an encoder prior's measurement (short enough that its counts, rate and time
+left show in an 80-column terminal; the note above it says what is measured and why)."""
 
 ProgressPair = tuple[AbstractContextManager[object], Callable[[int, int], None] | None]
 StagedPair = tuple[AbstractContextManager[object], Callable[[str, int, int], None] | None]

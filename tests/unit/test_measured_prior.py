@@ -459,3 +459,32 @@ def test_a_stream_evaluation_from_one_example_per_class_uses_the_measured_prior(
         progress=lambda s, d, t: stages.add(s),
     )  # fmt: skip
     assert "prior" in stages and encoder_prior(encoder.fingerprint) is not None
+
+
+@pytest.mark.parametrize("command", ["recognize", "eval"])
+def test_the_bar_of_the_measurement_shows_its_counts_in_80_columns(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In an 80-column terminal the bar titled 'measuring the encoder prior (once per
+    encoder)' showed '200/…', '1,14…/s' and 'eta -:--:…': its title took the room of its
+    counts (CLIP on a CPU measures for minutes behind it)."""
+    import io
+    import sys
+
+    from rich.console import Console
+
+    from rar_agent.cli.evaluate import _EVAL_BARS
+    from rar_agent.cli.options import _OPENING_BARS
+    from rar_agent.cli.progress import progress_bars
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    titles = _OPENING_BARS if command == "recognize" else _EVAL_BARS
+    bar, updates = progress_bars(True, {"prior": titles["prior"]})
+    prior_update = updates["prior"]
+    assert prior_update is not None
+    prior_update(150, 200)
+    console = Console(file=io.StringIO(), width=80)
+    with console.capture() as shown:
+        console.print(bar.get_renderable())  # type: ignore[attr-defined]
+    line = shown.get().strip()
+    assert "150/200" in line and "eta" in line and "…" not in line, line
