@@ -17,6 +17,7 @@ __all__ = [
     "CategoryListing",
     "ExampleAdded",
     "Explanation",
+    "CloserCategory",
     "GroupTaught",
     "NovelGroup",
     "NovelGroups",
@@ -352,6 +353,17 @@ class NearDuplicate(BaseModel):
     similarity: float = Field(description="Cosine similarity to the taught image.")
 
 
+class CloserCategory(BaseModel):
+    """Another category whose examples a taught image lies clearly closer to than to any
+    example of its label: a likely slip, noted (the image is stored all the same)."""
+
+    label: str = Field(description="The other category.")
+    similarity: float = Field(description="Cosine similarity to its closest example.")
+    label_similarity: float = Field(
+        description="Cosine similarity to the closest example of the label it was taught as."
+    )
+
+
 class ExampleAdded(BaseModel):
     """The artifact of ``add_category_example``: one taught image."""
 
@@ -396,6 +408,12 @@ class ExampleAdded(BaseModel):
         default_factory=list,
         description="Examples of other categories nearly identical to this image (flagged, "
         "not refused: the two labels may be confused).",
+    )
+    closer_category: CloserCategory | None = Field(
+        default=None,
+        description="Another category that holds this image's nearest examples, none of them "
+        "of its label, which held examples before: a likely slip (stored all the same; undo "
+        "takes it back).",
     )
     moved_from: str | None = Field(
         default=None,

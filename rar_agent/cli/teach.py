@@ -91,7 +91,7 @@ def teach_images(
         except ImageError as e:  # the teacher checks every image before it writes any
             raise _nothing_taught(e, len(images)) from None
         for result in added:
-            typer.echo(describe_added(result))
+            typer.echo(describe_added(result, undo="`rar-agent memory undo`"))
         if was_empty and not names_a_memory(settings):
             shadowed = _shadowed_builtin(enc)
             if shadowed:

@@ -16,7 +16,9 @@ the rules below hold wherever an example comes from:
   under another label is refused (:class:`~rar_agent.errors.DuplicateExampleError`) with a
   message naming that label, the entry id and how to move it (:meth:`Teacher.relabel`). An
   image whose embedding is at least :data:`NEAR_DUPLICATE` cosine-similar to an example of
-  another category is stored but flagged (``ExampleAdded.near_duplicates``).
+  another category is stored but flagged (``ExampleAdded.near_duplicates``). So is an image
+  whose nearest examples all belong to one other category while its label holds examples
+  (``ExampleAdded.closer_category``, :data:`SLIP_NEIGHBOURS`): a likely slip of the label.
 - **A thumbnail per example.** Each taught image entry keeps a small JPEG thumbnail in its
   payload (``thumbnail``, a data URI: longest side :data:`THUMBNAIL_SIDE` px, at most
   :data:`THUMBNAIL_MAX_BYTES` bytes, about 1-3 KB), so results can show the examples they
@@ -47,6 +49,7 @@ from rar_agent.images import THUMBNAIL_MAX_BYTES, THUMBNAIL_SIDE, make_thumbnail
 from rar_agent.memory import MemoryEntry, normalize_label
 from rar_agent.memory.entries import content_id
 from rar_agent.results import (
+    CloserCategory,
     ExampleAdded,
     ExampleRelabeled,
     NearDuplicate,
@@ -96,6 +99,11 @@ UNDONE_KEPT = 50
 _DUPLICATE_SEARCH = 16
 """Nearest examples checked for the same content or a near-duplicate (an identical image
 embeds identically, so its entry is the first hit)."""
+SLIP_NEIGHBOURS = 2
+"""A taught image whose this many nearest examples all belong to one other category, while
+its label already holds examples, lies clearly closer to that category: the answer notes a
+likely slip (one nearer example alone may be a look-alike; the memory's own ranks decide,
+not a similarity that means different things for different encoders)."""
 
 
 _WRITES = threading.RLock()
@@ -336,8 +344,14 @@ class Teacher:
         entries = self._entries(clean, prepared, action=action, wrong=wrong, group=group)
         todo = self._unstored(entries)
         flagged = self._check_duplicates(clean, [(prepared[i], entries[i], hits[i]) for i in todo])
+        before = self.memory.count("image", label=clean)
+        held = before - len(moved)  # the category's examples before this call
+        # a likely slip needs examples of the label to compare with (read before the images
+        # are stored); a near-duplicate of another category's example already names that one
+        unflagged = [i for i in todo if entries[i].point_id not in flagged] if held else []
+        slips = self._slips(clean, [(entries[i].point_id, vectors[i], hits[i]) for i in unflagged])
         added = self._write([(prepared[i], entries[i]) for i in todo], vectors[todo])
-        examples = self.memory.count("image", label=clean)
+        examples = before + len(added)
         if added:
             update_calibration(self.memory, added=added)
         shared = {
@@ -349,12 +363,36 @@ class Teacher:
             "action": action,
             "corrected_from": wrong,
         }
-        held = examples - len(todo) - len(moved)  # the category's examples before this call
         # a category that held no photo before: new when the memory held nothing of it, else
         # known by its class name alone (the built-in memory's 'tabby cat')
         named = bool(todo) and not held and self.memory.count("text", label=clean) > 0
         new_ids = {entries[i].point_id for i in todo}
-        return _outcomes(prepared, entries, new_ids, named, flagged, moved, held, shared)
+        marks = _Marks(flagged, slips, moved)
+        return _outcomes(prepared, entries, new_ids, named, marks, held, shared)
+
+    def _slips(
+        self, label: str, todo: Sequence[tuple[str, np.ndarray, list[Hit]]]
+    ) -> dict[str, CloserCategory]:
+        """The images just stored as ``label`` that lie clearly closer to another category
+        (:data:`SLIP_NEIGHBOURS`), by entry id, from the search made before they were stored.
+        The label's closest example is read from that search, or, where it lies beyond it,
+        from the label's own vectors (only for an image already noted, so seldom; before the
+        images are stored, so none is compared with itself)."""
+        slips: dict[str, CloserCategory] = {}
+        for point_id, vector, hits in todo:
+            nearest = {h.label for h in hits[:SLIP_NEIGHBOURS]}
+            if len(hits) < SLIP_NEIGHBOURS or len(nearest) != 1 or label in nearest:
+                continue
+            own = next((h.score for h in hits if h.label == label), None)
+            if own is None:
+                own = _closest(self.memory.vectors_of(label).get("image"), vector)
+            if own is not None:
+                slips[point_id] = CloserCategory(
+                    label=hits[0].label,
+                    similarity=round(hits[0].score, 4),
+                    label_similarity=round(own, 4),
+                )
+        return slips
 
     def _class_names_answer(self) -> bool:
         """Whether the memory's class names answer photos (:func:`base_side`), asked only of a
@@ -716,13 +754,32 @@ def _check_unchanged_since(
             )
 
 
+@dataclass(frozen=True)
+class _Marks:
+    """What a teaching noted of its images: near-duplicates and likely slips by entry id,
+    the labels moved images were stored under by content hash."""
+
+    flagged: dict[str, list[NearDuplicate]]
+    slips: dict[str, CloserCategory]
+    moved: dict[str, str]
+
+
+def _closest(rows: np.ndarray | None, vector: np.ndarray) -> float | None:
+    """The cosine similarity of ``vector`` to the closest of ``rows`` (unit rows), if any."""
+    import numpy as np
+
+    if rows is None or not len(rows):
+        return None
+    unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    return float((rows @ unit).max())
+
+
 def _outcomes(
     prepared: Sequence[_Prepared],
     entries: Sequence[MemoryEntry],
     new_ids: set[str],
     named: bool,
-    flagged: dict[str, list[NearDuplicate]],
-    moved: dict[str, str],
+    marks: _Marks,
     held: int,
     shared: dict[str, Any],
 ) -> list[ExampleAdded]:
@@ -732,7 +789,7 @@ def _outcomes(
     category's examples once it came, so the lines of a batch count up from ``held``; the
     category's first photo is the one stored now that counts 1 (not one after a photo moved
     to it in the same call)."""
-    count = held
+    count, moved = held, marks.moved
     counted: set[str] = set()
     out = []
     for p, e in zip(prepared, entries, strict=True):
@@ -750,7 +807,8 @@ def _outcomes(
                 first_photo_of_class_name=first and named,
                 category_examples=count,
                 id=e.point_id,
-                near_duplicates=flagged.get(e.point_id, []),
+                near_duplicates=marks.flagged.get(e.point_id, []),
+                closer_category=marks.slips.get(e.point_id),
                 moved_from=moved.get(p.digest),
                 **shared,
             )

@@ -132,8 +132,9 @@ _CLOSER = "a photo closer to it than to the other categories' examples is now an
 """How a photo category answers where the photos are the memory's base side."""
 
 
-def describe_added(result: ExampleAdded) -> str:
-    """One person- and model-readable sentence about a taught example."""
+def describe_added(result: ExampleAdded, *, undo: str = "undo_teaching") -> str:
+    """One person- and model-readable sentence about a taught example (``undo``: what takes
+    a teaching back where it is read: the tool, or the CLI's command)."""
     label = result.label
     examples = counted(result.category_examples, "example")
     fix = (
@@ -186,6 +187,13 @@ def describe_added(result: ExampleAdded) -> str:
             f" Note: it is nearly identical (similarity {near.similarity:.3f}) to an example "
             f"of {near.label!r} (entry {near.id}), so the two may be confused; if that "
             "example is wrong, relabel it."
+        )
+    closer = result.closer_category
+    if closer is not None:
+        text += (
+            f" Note: this photo lies closer to {closer.label!r} ({closer.similarity:.2f}) than "
+            f"to any {label!r} example ({closer.label_similarity:.2f}); if that was a slip, "
+            f"{undo} takes it back."
         )
     return text
 

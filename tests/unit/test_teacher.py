@@ -801,3 +801,72 @@ def test_a_class_names_first_photo_where_the_photos_answer_says_how_it_is_answer
         "now answered 'heron' (this memory's photos answer, not its class names; more "
         "examples of it make that surer)."
     )
+
+
+def _slip_memory(tmp_path: Path) -> tuple[Any, Any, dict[str, bytes]]:
+    """A memory of two 'bag' and two 'sandal' examples whose embeddings are made by hand (a
+    palette encoder: each plain picture's colour names its vector), and the photos to teach."""
+    from rar_agent.memory import CategoryMemory
+    from tests.helpers.clusters import PaletteEncoder
+
+    def unit(*xs: float) -> Any:
+        import numpy as np
+
+        v = np.array(xs, dtype=np.float32)
+        return v / np.linalg.norm(v)
+
+    vectors = {
+        "bag0": ((250, 0, 0), unit(1, 0, 0, 0, 0)),
+        "bag1": ((0, 250, 0), unit(0.8, 0, 0.6, 0, 0)),
+        "sandal0": ((0, 0, 250), unit(0, 1, 0, 0, 0)),
+        "sandal1": ((250, 250, 0), unit(0, 0.8, 0, 0.6, 0)),
+        "slip": ((0, 250, 250), unit(0.9, 0.25, 0.35, 0, 0)),  # bag's two examples nearest
+        "between": ((250, 0, 250), unit(0.7, 0.65, 0, 0, 0.3)),  # bag0, then sandal0
+        "sandal": ((128, 128, 128), unit(0.1, 1, 0, 0.1, 0)),
+        "boot": ((0, 0, 0), unit(0.8, 0, 0, 0, 0.6)),  # nearest bag, a label with no example
+    }
+    encoder = PaletteEncoder({colour: v for colour, v in vectors.values()})
+    photos = {}
+    for name, (colour, _) in vectors.items():
+        buf = io.BytesIO()
+        Image.new("RGB", (24, 24), colour).save(buf, format="PNG")
+        photos[name] = buf.getvalue()
+    memory = CategoryMemory.open(tmp_path / "slips", collection="slips")
+    teacher = Teacher(memory, encoder, via="cli")
+    for name in ("bag0", "bag1", "sandal0", "sandal1"):
+        teacher.add(name.rstrip("01"), [(f"{name}.png", photos[name])])
+    return memory, teacher, photos
+
+
+@pytest.mark.parametrize("search", [16, 2], ids=["in-the-search", "beyond-it"])
+def test_a_photo_closer_to_another_category_is_stored_with_a_note_of_a_likely_slip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, search: int
+) -> None:
+    """A walk's `rar-agent teach sandal bag.png` stored a photo whose two nearest examples were
+    bags without a word. It is still stored (the person may be right), and the answer notes the
+    likely slip with both figures and the way back; a photo whose nearest two examples are of
+    two categories, one of the label's own, or a label with no example yet, gets no note. The
+    label's closest example is read from its vectors where the search did not reach it."""
+    from rar_agent.pipeline import teacher as module
+    from rar_agent.tools.learn import describe_added
+
+    monkeypatch.setattr(module, "_DUPLICATE_SEARCH", search)
+    memory, teacher, photos = _slip_memory(tmp_path)
+    with memory:
+        [slip] = teacher.add("sandal", [("bag.png", photos["slip"])])
+        [between] = teacher.add("sandal", [("between.png", photos["between"])])
+        [sandal] = teacher.add("sandal", [("sandal.png", photos["sandal"])])
+        [boot] = teacher.add("boot", [("boot.png", photos["boot"])])
+    assert slip.added == 1 and slip.category_examples == 3
+    closer = slip.closer_category
+    assert closer is not None and closer.label == "bag"
+    assert (closer.similarity, closer.label_similarity) == (0.9323, 0.2506)
+    assert describe_added(slip, undo="`rar-agent memory undo`") == (
+        "Stored bag.png as an example of 'sandal' (3 examples now). Note: this photo lies "
+        "closer to 'bag' (0.93) than to any 'sandal' example (0.25); if that was a slip, "
+        "`rar-agent memory undo` takes it back."
+    )
+    assert describe_added(slip).endswith("if that was a slip, undo_teaching takes it back.")
+    for quiet in (between, sandal, boot):
+        assert quiet.added == 1 and quiet.closer_category is None, quiet.image
+        assert "slip" not in describe_added(quiet)
