@@ -234,7 +234,7 @@ MIN_CATEGORIES = 5
 category, and a few categories say too little about the others (on Fashion-MNIST,
 EfficientNet-Lite0, a memory of 4 single-example categories calibrated from 3 categories of
 10 examples rejected 12.5 % of known queries at ALPHA 0.05, seeds 0-4)."""
-_VERSION = 16
+_VERSION = 17
 """The stored form's version (5: coordinates carry the distance off the subspace; 6: the
 encoder's fingerprint and the memory's scale for an encoder prior; 7: the scale's pair
 spread; 8: the statistic's reach and the directions added to it; 9: the reach within
@@ -243,7 +243,8 @@ scale; 11: the link over all pairs of a category, not each example's closest; 12
 link's quantile median-unbiased, not numpy's default; 13: the link at the 35% quantile, not
 the 20%; 14: a memory of one example per category has the encoder prior's link; 15: that
 link kept at least 80% pure on every kind of reference image; 16: a memory of one or two
-pairs takes the prior's link too); a calibration stored in another is refitted."""
+pairs takes the prior's link too; 17: a memory first fitted with too few categories for a
+scale measures it when taught more); a calibration stored in another is refitted."""
 
 StandIn = tuple[str, int, str]
 """One stand-in query: ``(label, others, draws)``: its category, how many other examples of
@@ -1324,7 +1325,10 @@ def _rescaled(
     the scale is what the prior's threshold is set by, and a category taught far from the
     others must be set apart from it (and judged as such); ``None`` otherwise."""
     prior = encoder_prior(memory.info.fingerprint)
-    if prior is None or cal.judged_by_own():
+    # not judged_by_own(): without a scale the prior judges nothing, so a memory first fitted
+    # with too few categories for one would have counted as judged by its own for good
+    own = cal.calibrated and cal.own_threshold(DEFAULT_ALPHA)[0] is not None
+    if prior is None or own:
         return None
     if all(cal.categories.count_of(label) for label in labels):
         return None

@@ -191,7 +191,7 @@ def test_the_calibration_is_stored_as_the_openset_extension(tmp_path: Path) -> N
     space = _Space(4)
     memory = _shots_memory(tmp_path, space, [6] * 4, "stored")
     stored = memory.extension(EXTENSION)
-    assert stored["version"] == cal_mod._VERSION == 16 and stored["method"] == "conformal"
+    assert stored["version"] == cal_mod._VERSION == 17 and stored["method"] == "conformal"
     assert stored["encoder"] == _Vectors.fingerprint and stored["scale"] is None  # 4 categories
     assert len(stored["standins"]) == 24
     label, others, draws = stored["standins"][0]

@@ -301,21 +301,46 @@ def test_too_few_categories_for_a_scale_cannot_calibrate(
 def test_the_conformal_threshold_takes_over_at_its_minimum(
     tmp_path: Path, with_prior: EncoderPrior
 ) -> None:
-    """At ALPHA 0.2 a conformal threshold needs 4 stand-ins from 5 categories: four
-    categories of two examples and one more give 8 stand-ins from 4 categories (prior);
-    a second example of the fifth makes 10 stand-ins from 5 (the memory's own)."""
+    """At the default ALPHA a conformal threshold needs 19 stand-ins from 5 categories: four
+    categories of four examples, one of two and two single ones give 18, so the encoder prior
+    judges, at every ALPHA (the choice is the memory's, not the ALPHA's); a third example of
+    the fifth makes 19 and the memory's own stand-ins judge, at every ALPHA. (Until session
+    21 this memory had four categories of two and was judged by its own at ALPHA 0.2 with 10
+    stand-ins: built category by category, it had never measured the scale the prior is
+    applied by.)"""
+    assert min_standins(0.05) == 19
     centres = _world(2, 8)
-    memory = _memory(tmp_path, centres, [2] * 4 + [1] * 3)
+    memory = _memory(tmp_path, centres, [4] * 4 + [2] + [1] * 2)
     query = _photos(centres, 0, 3, np.random.default_rng(9))
-    before = _judge(memory, query, 0.2)
-    assert all("encoder prior" in v.note for v in before)
-    assert load(memory).method == "conformal"  # stand-ins exist, too few categories
+    for alpha in (0.05, 0.2):
+        assert all("encoder prior" in (v.note or "") for v in _judge(memory, query, alpha))
     entry = MemoryEntry("c4", "image", "c4-extra", "c4-extra")
     extra = _photos(centres, 4, 1, np.random.default_rng(10))
     openset.update(memory, added=memory.add_entries([entry], extra))
-    after = _judge(memory, query, 0.2)
-    assert all(v.note is None and v.threshold is not None for v in after)
-    assert load(memory).summary(0.2)["source"].startswith("this memory's own examples")
+    for alpha in (0.05, 0.2):
+        after = _judge(memory, query, alpha)
+        assert all(v.note is None and v.threshold is not None for v in after)
+    cal = load(memory)
+    assert cal is not None and cal.summary(0.2)["source"].startswith("this memory's own examples")
+    memory.close()
+
+
+def test_a_memory_first_fitted_with_too_few_categories_is_judged_by_the_prior_when_taught_more(
+    tmp_path: Path, with_prior: EncoderPrior
+) -> None:
+    """A memory fitted while it had four categories (of four photos) had no scale, so the
+    prior could not judge it, and counted as judged by its own stand-ins: teaching three
+    single-photo categories more never measured the scale (only a full calibration, when
+    its entries doubled, did), and every query said 'cannot calibrate: only 4 categories
+    have 2 or more examples' where the same memory built at once was judged by the prior.
+    The scale is measured as soon as a category comes, whatever judged the memory before."""
+    centres = _world(2, 8)
+    memory = _memory(tmp_path, centres, [4] * 4 + [1] * 3)
+    cal = load(memory)
+    assert cal is not None and cal.full_at == 16 and cal.seen == 19  # taught since the fit
+    assert cal.scale is not None and cal.scale.categories == 7
+    query = _photos(centres, 0, 3, np.random.default_rng(9))
+    assert all("encoder prior" in (v.note or "") for v in _judge(memory, query, 0.05))
     memory.close()
 
 
