@@ -765,10 +765,11 @@ def _open_set_stats(
     elif summary["method"] == "prior":  # as a result's explanation says it
         promise += ", as the encoder prior estimates; this memory cannot measure it yet"
     note = why or f"thresholds set by {summary['source']}"
-    if cal.prior_changed():  # the scale and link it stores are not the prior's now
+    change = cal.prior_change()  # the scale and link it stores are not the prior's now
+    if change is not None:
         note += (
-            "; it was calibrated before its encoder's current prior was measured: "
-            "`rar-agent memory prior` or the next recognition calibrates it again"
+            f"; the calibration {change}: `rar-agent memory prior` or the next recognition "
+            "calibrates it again"
         )
     groups = {"link": cal.link, "no_groups": cal.why_no_groups()}
     return {"calibrated": why is None, "promise": promise, **summary, **groups, "note": note}

@@ -587,6 +587,23 @@ class Calibration(BaseModel):
         now = encoder_prior(self.encoder)
         return (now.digest() if now is not None else None) != self.prior_digest
 
+    def prior_change(self) -> str | None:
+        """How the encoder's prior differs from the one this calibration was made with
+        (:meth:`prior_changed`), in words that follow "the calibration", or ``None``."""
+        if not self.prior_changed():
+            return None
+        if self.prior_digest is None:
+            return (
+                "does not record the encoder prior it was made with (made by an earlier "
+                "rar-agent, or before its encoder's prior was measured)"
+            )
+        if encoder_prior(self.encoder) is None:
+            return (
+                "was made with an encoder prior that this machine does not hold (measured on "
+                "another machine, or under another RAR_HOME)"
+            )
+        return "was made with another encoder prior than its encoder's now"
+
     def prior_threshold(self, alpha: float, shots: int, label: str | None = None) -> Threshold:
         """The similarity threshold the encoder prior sets for a query whose category
         (``label``) has ``shots`` examples, or ``(None, why not)``: for a category set apart
@@ -898,16 +915,8 @@ def why_refit(memory: CalibratedMemory) -> str | None:
     cal = load(memory)
     if cal is None:
         return why_not_loaded(memory)
-    if not cal.prior_changed():
-        return None
-    if cal.prior_digest is None:
-        return (
-            "the stored open-set calibration does not record the encoder prior it was made "
-            "with (made by an earlier rar-agent, or before its encoder's prior was measured)"
-        )
-    return (
-        "the stored open-set calibration was made with another encoder prior than its encoder's now"
-    )
+    change = cal.prior_change()
+    return None if change is None else f"the stored open-set calibration {change}"
 
 
 MAX_AGE_S = 1.0

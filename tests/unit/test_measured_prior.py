@@ -488,3 +488,31 @@ def test_the_bar_of_the_measurement_shows_its_counts_in_80_columns(
         console.print(bar.get_renderable())  # type: ignore[attr-defined]
     line = shown.get().strip()
     assert "150/200" in line and "eta" in line and "…" not in line, line
+
+
+def test_a_memory_moved_to_a_machine_without_its_prior_says_so(
+    tiny_cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-example memory calibrated with the prior measured on one machine, read where
+    that prior is not (another machine, another RAR_HOME): memory stats said "no encoder
+    prior ... yet" and then "it was calibrated before its encoder's current prior was
+    measured", which was not so; it now says the prior it was made with is not here."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    def run(*args: str) -> str:
+        _restart(monkeypatch)  # each command a process of its own
+        done = CliRunner().invoke(app, [*args, "--collection", "one"])
+        assert done.exit_code == 0, done.output
+        return done.stdout
+
+    for label, path in make_images(tiny_cli_env / "images").items():
+        run("memory", "add", label, str(path))
+    run("memory", "prior", "--no-progress")
+    home = tiny_cli_env / "home"
+    (home / "priors").rename(tiny_cli_env / "elsewhere")  # the memory's new machine has none
+    open_set = json.loads(run("memory", "stats", "--json"))["open_set"]
+    assert open_set["method"] == "none" and "no encoder prior for" in open_set["note"]
+    assert "prior that this machine does not hold" in open_set["note"], open_set["note"]
+    assert "before its encoder's prior was measured" not in open_set["note"]
