@@ -64,16 +64,21 @@ def prior_dir(home: Path) -> Path:
     return Path(home).expanduser() / PRIOR_FOLDER
 
 
+_UNTRUSTED_TOLD: set[str] = set()
+"""Why stored priors were not trusted, as this process has told it (each said once)."""
+
+
 def known_prior(fingerprint: str, directory: Path | None) -> EncoderPrior | None:
     """The encoder's prior without measuring one: the shipped one, else the one stored in
     ``directory`` (made known to this process), else ``None`` (one stored but not trusted is
-    logged and left for :func:`ensure_prior` to measure again)."""
+    logged, once a process, and left for :func:`ensure_prior` to measure again)."""
     shipped = shipped_prior(fingerprint)
     if shipped is not None or directory is None:
         return shipped
     prior, why = stored_prior(directory, fingerprint)
     if prior is None:
-        if why is not None:
+        if why is not None and why not in _UNTRUSTED_TOLD:
+            _UNTRUSTED_TOLD.add(why)
             logger.warning("%s; it will be measured again", why)
         return None
     use_measured(prior)
@@ -95,25 +100,19 @@ def ensure_prior(
     Args:
         encoder: The encoder (its fingerprint is the key).
         directory: Where measured priors are stored (:func:`prior_dir`).
-        announce: Told once that the prior is being measured, and why a stored one was not
-            trusted (default: a logged warning).
+        announce: Told once that the prior is being measured (default: a logged warning);
+            why a stored one was not trusted is logged (:func:`known_prior`).
         progress: ``progress(done, total)`` over the reference images while they are encoded.
 
     Raises:
         ValueError: The encoder's vectors of the reference images give no finite prior.
     """
-    fingerprint = encoder.fingerprint
-    shipped = shipped_prior(fingerprint)
-    if shipped is not None:
-        return shipped
-    prior, why = stored_prior(directory, fingerprint)
-    if prior is not None:
-        use_measured(prior)
-        return prior
-    name = fingerprint.rsplit(":", 1)[0]
+    known = known_prior(encoder.fingerprint, directory)
+    if known is not None:
+        return known
+    name = encoder.fingerprint.rsplit(":", 1)[0]
     (announce or logger.warning)(
-        (f"{why}; " if why else "")
-        + f"measuring the encoder prior of {name} once on this machine (it ships none): one "
+        f"measuring the encoder prior of {name} once on this machine (it ships none): one "
         "pass over the 200 Fashion-MNIST garments shipped with rar-agent, so that memories "
         "of one or two examples per category can reject unknown images; stored in "
         f"{directory}"
@@ -130,6 +129,7 @@ def ensure_prior(
             "run uses it, and the next one measures it again"
         )
         return prior
+    _UNTRUSTED_TOLD.clear()  # what is stored now is trusted: a later damage is told again
     logger.info("encoder prior of %s measured in %.1f s: %s", name, took, path)
     return prior
 
