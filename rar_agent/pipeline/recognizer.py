@@ -27,7 +27,7 @@ from rar_agent.errors import ConfigError, RarError, argument_problem, did_you_me
 from rar_agent.images import DecodeNeed, ImageInput, LoadedImage, decoding_alone, load_image
 from rar_agent.ingest.encoder import bind_memory
 from rar_agent.openset.groups import NovelGroupLog
-from rar_agent.openset.prior import encoder_prior
+from rar_agent.openset.prior import MIN_SCALE_CATEGORIES, encoder_prior
 from rar_agent.pipeline.explain import explain_result
 from rar_agent.pipeline.prior import ensure_prior, known_prior, prior_dir
 from rar_agent.pipeline.ranked import Ranking
@@ -247,11 +247,14 @@ class Recognizer:
 
     def _wants_prior(self) -> bool:
         """Whether the memory holds example images whose own stand-ins set no threshold at
-        the default ALPHA, categories enough for a prior to judge them (a scale: one of
-        fewer is judged by none, so measuring would buy nothing yet) and its encoder has no
-        prior to judge them by (yet)."""
+        the default ALPHA, of categories enough for a prior to judge them (the scale it is
+        applied by needs ``MIN_SCALE_CATEGORIES``: for fewer, measuring would buy nothing
+        yet; counted, not read from the calibration, whose update measures a scale only
+        once a prior exists) and its encoder has no prior to judge them by (yet)."""
         cal = self.calibration()
-        if cal is None or not cal.seen or cal.scale is None:
+        if cal is None or not cal.seen:
+            return False
+        if self.memory.category_counts().get("image", 0) < MIN_SCALE_CATEGORIES:
             return False
         if encoder_prior(self.encoder.fingerprint) is not None:
             return False

@@ -519,3 +519,45 @@ def test_a_memory_moved_to_a_machine_without_its_prior_says_so(
     assert open_set["method"] == "none" and "no encoder prior for" in open_set["note"]
     assert "prior that this machine does not hold" in open_set["note"], open_set["note"]
     assert "before its encoder's prior was measured" not in open_set["note"]
+
+
+def test_a_memory_with_its_own_statistic_measures_the_prior_when_taught_a_fifth_category(
+    encoder: Counting, tmp_path: Path
+) -> None:
+    """A memory of four categories of four photos (a statistic of its own, no scale: too few
+    categories) then taught a fifth of one photo needs the prior: its stand-ins set no
+    threshold. Its calibration is updated, not fitted again, and the update measures a scale
+    only with a prior, so a rule that waited for a scale never measured one, and the memory
+    said it cannot calibrate until its entries doubled."""
+    from langchain_core.messages import ToolMessage
+    from PIL import Image
+
+    from rar_agent.memory import MemoryEntry
+    from rar_agent.tools import make_tools
+
+    rng = np.random.default_rng(0)
+    memory = CategoryMemory.open(tmp_path / "memory", collection="grown")
+    memory.bind_encoder(encoder.fingerprint, encoder.dim)
+    pictures, entries = [], []
+    for c, colour in enumerate([(200, 30, 30), (40, 170, 60), (30, 60, 210), (235, 215, 40)]):
+        for i in range(4):
+            noise = rng.integers(-25, 25, (40, 48, 3))
+            pixels = np.clip(np.asarray(colour) + noise, 0, 255).astype(np.uint8)
+            pictures.append(Image.fromarray(pixels))
+            entries.append(MemoryEntry(f"c{c}", "image", f"c{c}-{i}.png", f"c{c}-{i}"))
+    memory.add_entries(entries, encoder.inner.embed_images(pictures))
+    openset.fit(memory)
+    recognizer = Recognizer.from_memory(memory, encoder, priors=tmp_path / "priors")
+    assert encoder.images == 0  # four categories: no prior could judge it yet
+
+    photo = tmp_path / "fifth.png"
+    Image.new("RGB", (40, 48), (15, 15, 20)).save(photo)
+    tools = make_tools(recognizer, allowed_roots=[tmp_path], image_ids=False, allow_learning=True)
+    teach = next(t for t in tools if t.name == "add_category_example")
+    args = {"label": "fifth", "image": "fifth.png"}
+    message = teach.invoke({"type": "tool_call", "name": teach.name, "id": "c", "args": args})
+    assert isinstance(message, ToolMessage) and message.status != "error", message
+    assert encoder_prior(encoder.fingerprint) is not None, encoder.images
+    cal = recognizer.calibration()
+    assert cal is not None and cal.scale is not None and cal.summary()["method"] == "prior"
+    recognizer.close()
