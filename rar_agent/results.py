@@ -239,6 +239,13 @@ class Explanation(BaseModel):
         default_factory=list,
         description="Why the image counts as unknown, one phrase per reason (empty when known).",
     )
+    check_figures: str | None = Field(
+        default=None,
+        description="For a known image, where a similarity was judged against a threshold (a "
+        "fixed one, or the encoder prior's): which similarity, its figure and the threshold, "
+        "e.g. 'its 2 closest examples of beta average similarity 0.986, at or above the fixed "
+        "threshold 0.500' (an unknown image's are in why_unknown).",
+    )
     promise: str | None = Field(
         default=None,
         description="What the open-set check promises, e.g. 'at most 5% of known images "

@@ -372,8 +372,8 @@ def _rejection_line(r: "RecognitionResult", ex: "Explanation", said: set[str]) -
         return f"open-set check ({rej.mode}): {verdict} (no threshold{why})"
     promise = f", {ex.promise}" if ex.promise else ""
     line = f"open-set check ({rej.mode}{promise}): {verdict}"
-    similarity = rej.mode == "fixed" or rej.prior
-    if (similarity and "below_threshold" in rej.reasons) or rej.similarity is None:
+    if ex.check_figures:  # a similarity passed: which one, in words
+        return f"{line}; {ex.check_figures}"
+    if rej.mode == "fixed" or rej.prior or rej.similarity is None:
         return line  # the verdict's reason says a similarity and its threshold itself
-    measure = "similarity" if similarity else "known-ness"
-    return f"{line}; {measure} {rej.similarity:.4f} vs threshold {rej.threshold:.4f}"
+    return f"{line}; known-ness {rej.similarity:.4f} vs threshold {rej.threshold:.4f}"

@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from rar_agent.openset import SUPPORT_ENTRIES
 from rar_agent.ranking import skip_in_plain_words
 from rar_agent.results import (
+    Candidate,
     Explanation,
     NovelGroup,
     RankingInfo,
@@ -38,6 +40,7 @@ def explain(
     unknown: bool,
     error: str | None = None,
     novel_group: NovelGroup | None = None,
+    first: Candidate | None = None,
 ) -> Explanation:
     """The explanation of one result.
 
@@ -49,6 +52,9 @@ def explain(
         unknown: Whether the result is unknown.
         error: The per-item error, if recognition failed.
         novel_group: The group of look-alike unknown images this one joined.
+        first: Retrieval's first candidate in full, where known (the one the open-set check
+            judged): what a similarity judged against a threshold was (its closest example,
+            class name or closest two examples).
     """
     if error:
         return Explanation(how="not recognized", sentence=f"Recognition failed: {error}")
@@ -59,16 +65,18 @@ def explain(
     how = _how(ranking, rejection)
     order: Literal["ranker", "retrieval"] = "ranker" if ranking.status == "ranked" else "retrieval"
     promise, check_note = _check(rejection)
+    measured = _measured(rejection, first.label if first else candidates[0][0], first)
     if not unknown:
         return Explanation(
             answer=label,
             order=order,
             how=how,
+            check_figures=_check_figures(rejection, measured),
             sentence=f"{label} ({how}).",
             promise=promise,
             check_note=check_note,
         )
-    why = _why_unknown(rejection, candidates[0])
+    why = _why_unknown(rejection, candidates[0][0], measured)
     group = None
     if novel_group is not None:
         earlier = counted(novel_group.size - 1, "earlier unknown image")
@@ -99,6 +107,7 @@ def explain_result(result: RecognitionResult) -> Explanation:
         unknown=result.unknown,
         error=result.error,
         novel_group=result.novel_group,
+        first=_retrieval_first(result.candidates),
     )
 
 
@@ -113,6 +122,7 @@ def explanation_of(result: RecognitionResult | Mapping[str, Any]) -> Explanation
             return result.explanation
         return explain_result(result)
     data = dict(result)
+    listed = [c for c in data.get("candidates") or [] if isinstance(c, Mapping)]
     if data.get("explanation"):
         try:
             return Explanation.model_validate(data["explanation"])
@@ -120,24 +130,26 @@ def explanation_of(result: RecognitionResult | Mapping[str, Any]) -> Explanation
             pass
     return explain(
         label=data.get("label"),
-        candidates=[
-            (str(c.get("label", "")), float(c.get("score") or 0.0))
-            for c in data.get("candidates") or []
-            if isinstance(c, Mapping)
-        ],
+        candidates=[(str(c.get("label", "")), float(c.get("score") or 0.0)) for c in listed],
         ranking=_lenient(RankingInfo, data.get("ranking")),
         rejection=_lenient(RejectionInfo, data.get("rejection")),
         unknown=bool(data.get("unknown")),
         error=data.get("error"),
         novel_group=_group(data.get("novel_group")),
+        first=_retrieval_first([_lenient(Candidate, c) for c in listed]),
     )
+
+
+def _retrieval_first(candidates: Sequence[Candidate | None]) -> Candidate | None:
+    """The candidate retrieval put first (the open-set check judged it), if listed."""
+    return next((c for c in candidates if c is not None and c.retrieval_rank == 1), None)
 
 
 def _lenient(model: type[Any], value: object) -> Any:
     try:
         return model.model_validate(value or {})
     except ValidationError:
-        return model()
+        return None if model is Candidate else model()
 
 
 def _group(value: object) -> NovelGroup | None:
@@ -192,36 +204,59 @@ def _how(ranking: RankingInfo, rejection: RejectionInfo) -> str:
     return f"{_BY_SIMILARITY} only: no model is set up to double-check answers"
 
 
-def _why_unknown(rejection: RejectionInfo, top: tuple[str, float] | None) -> list[str]:
-    """One phrase per reason the image is unknown (``top``: the first candidate)."""
+def _measured(rejection: RejectionInfo, top: str, first: Candidate | None) -> str | None:
+    """What a similarity judged against a threshold is, with its figure, where one did (the
+    encoder prior: the first candidate ``top``'s closest example; a fixed threshold: the
+    support of :func:`~rar_agent.openset.known_score`, the average of its closest two entries
+    where retrieval found two). ``None`` where the calibrated statistic or nothing judged it."""
+    sim = rejection.similarity
+    if sim is None or rejection.threshold is None:
+        return None
+    if rejection.prior:
+        return f"its closest example of {top} has similarity {sim:.3f}"
+    if rejection.mode != "fixed":
+        return None
+    if first is None or not first.scores:  # a result made by hand, without its scores
+        return f"its best match has similarity {sim:.3f}"
+    if first.kind == "text":
+        return f"the class name {top} has similarity {sim:.3f}"
+    if len(first.scores) < SUPPORT_ENTRIES:
+        return f"its closest example of {top} has similarity {sim:.3f}"
+    return f"its {SUPPORT_ENTRIES} closest examples of {top} average similarity {sim:.3f}"
+
+
+def _threshold(rejection: RejectionInfo) -> str:
+    """The threshold a similarity was judged against, in words (:func:`_measured`)."""
+    threshold = rejection.threshold or 0.0
+    if rejection.prior:
+        return f"the {threshold:.3f} that photos of a category in memory reach by the encoder prior"
+    return f"the fixed threshold {threshold:.3f}"
+
+
+def _check_figures(rejection: RejectionInfo, measured: str | None) -> str | None:
+    """The similarity a known image passed its threshold with, and the threshold, in words."""
+    if measured is None:
+        return None
+    return f"{measured}, at or above {_threshold(rejection)}"
+
+
+def _why_unknown(rejection: RejectionInfo, top: str | None, measured: str | None) -> list[str]:
+    """One phrase per reason the image is unknown (``top``: the first candidate's label;
+    ``measured``: :func:`_measured`)."""
     why = []
     if "below_threshold" in rejection.reasons:
-        sim, threshold = rejection.similarity, rejection.threshold
-        if sim is None or threshold is None:
+        if measured is not None:
+            why.append(f"{measured}, below {_threshold(rejection)}")
+        elif rejection.similarity is None or rejection.threshold is None:
             why.append("its best match is below the memory's threshold")
-        elif rejection.prior and top is not None:
-            why.append(
-                f"its closest example of {top[0]} has similarity {sim:.3f}, below the "
-                f"{threshold:.3f} that photos of a category in memory reach by the encoder prior"
-            )
-        elif rejection.mode != "fixed":
+        else:
             # the calibrated statistic (rar_agent.openset.statistic), not a similarity: said
             # in words first, its figures after
-            name = f"the {top[0]} photos" if top is not None else "its closest category's photos"
+            name = f"the {top} photos" if top is not None else "its closest category's photos"
             why.append(
                 f"it looks less like {name} in memory than they look like each other"
                 + _how_unusual(rejection)
             )
-        else:
-            measured = f"its best match scores {sim:.3f}"
-            if top is not None:
-                label, score = top
-                measured = (
-                    f"its closest example of {label} scores {sim:.3f}"
-                    if abs(sim - score) < 5e-4
-                    else f"the 2 closest examples of {label} average {sim:.3f}"
-                )
-            why.append(f"{measured}, below the fixed threshold {threshold:.3f}")
     return why + _ranker_none(rejection)
 
 

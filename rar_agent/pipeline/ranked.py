@@ -77,6 +77,7 @@ def ranked_result(
             ranking=info,
             rejection=decided,
             unknown=unknown,
+            first=candidates[0] if candidates else None,
         ),
         timings_ms={**timings_ms, "rank": info.latency_ms or 0.0},
         image=image,

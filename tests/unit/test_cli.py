@@ -100,12 +100,13 @@ def test_build_list_stats_recognize_remove(env: Path) -> None:
     # vs threshold 0.9990" followed "...below the fixed threshold 0.999")
     code, out = _run("recognize", str(env / "noise.png"), "--reject", "0.999", "--k", "2")
     words = " ".join(out.split())
-    assert code == 0 and "below the fixed threshold 0.999" in words, out
+    assert code == 0 and "average similarity 0.9" in words, out
+    assert "below the fixed threshold 0.999" in words, out
     assert words.count("0.999") == 1 and "vs threshold" not in words, out
     code, out = _run("recognize", str(query), "--reject", "0.001", "--k", "2")
     words = " ".join(out.split())  # known: the figures follow the verdict
-    assert "open-set check (fixed): known; similarity " in words, out
-    assert words.count("0.001") == 1 and "vs threshold 0.0010" in words, out
+    assert "open-set check (fixed): known; its 2 closest examples of beta average " in words
+    assert words.count("0.001") == 1 and "at or above the fixed threshold 0.001" in words, out
 
     code, out = _run("memory", "remove", "Betta")  # a typo removes nothing and says so
     assert code == 2 and "no category 'Betta'" in out and "did you mean 'beta'" in out, out

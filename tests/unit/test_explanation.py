@@ -419,3 +419,43 @@ def test_an_unknown_photos_reasons_read_without_nested_parentheses(
     ex = explanation_of(data)
     assert ex.unknown and len(ex.why_unknown) == 2, ex
     assert _depth(ex.sentence) == 1, ex.sentence
+
+
+def test_each_similarity_a_fixed_threshold_judges_says_what_it_is(
+    memory: CategoryMemory, clusters: Clusters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A walk's result showed the closest example's similarity, the table's score and, under a
+    fixed threshold, 'open-set check (fixed): known; similarity 0.9863 vs threshold 0.0010',
+    a fourth figure nothing explained (the average of the first candidate's two closest
+    examples). The check now says which similarity it judged, known or unknown: the average
+    of two, the one example's, or the class name's."""
+    from rar_agent.pipeline.explain import explain_result
+
+    known = Recognizer(memory, clusters.encoder, k=3, reject=0.001).recognize(
+        clusters.image("lynx", 6)
+    )
+    top = known.candidates[0]
+    average = sum(top.scores[:2]) / 2
+    said = (
+        f"its 2 closest examples of {top.label} average similarity {average:.3f}, at or above "
+        "the fixed threshold 0.001"
+    )
+    assert known.explanation is not None and known.explanation.check_figures == said
+    assert f"open-set check (fixed): known; {said}" in _cli(known, capsys)
+    unknown = Recognizer(memory, clusters.encoder, k=3, reject=0.999).recognize(
+        clusters.image("lynx", 6)
+    )
+    assert unknown.explanation is not None and unknown.explanation.why_unknown[0] == (
+        f"its 2 closest examples of {top.label} average similarity {average:.3f}, below the "
+        "fixed threshold 0.999"
+    )
+    one = unknown.model_copy(
+        update={"candidates": [top.model_copy(update={"scores": top.scores[:1]})]}
+    )
+    [why] = explain_result(one).why_unknown
+    assert why.startswith(f"its closest example of {top.label} has similarity "), why
+    name = unknown.model_copy(
+        update={"candidates": [top.model_copy(update={"scores": top.scores[:1], "kind": "text"})]}
+    )
+    [why] = explain_result(name).why_unknown
+    assert why.startswith(f"the class name {top.label} has similarity "), why
