@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rar_agent.errors import MemoryBusyError, MemoryStoreError
+from rar_agent.errors import MemoryBusyError, MemoryStoreError, unwritable_reason
 
 __all__ = [
     "LOCK_FILE",
@@ -45,8 +45,13 @@ def acquire_lock(path: Path) -> int | None:
     lock_path = path / LOCK_FILE
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise MemoryStoreError(f"cannot create the lock file {lock_path}: {e}") from e
+    except OSError as e:  # a read-only folder (a mount, another user's): no reading either
+        raise MemoryStoreError(
+            f"cannot open the memory at {path}: its lock file {lock_path} cannot be written "
+            f"({unwritable_reason(e, lock_path)}), and the embedded engine writes in the "
+            "memory's folder even to answer from it: copy the folder to a place you can write "
+            f"(cp -r {path} DIR) and name the copy with --memory DIR"
+        ) from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

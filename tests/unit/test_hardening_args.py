@@ -397,3 +397,32 @@ def test_every_count_is_refused_in_one_wording(tmp_path: Path, bad: object) -> N
             memory.search_batch(np.ones((1, 4), dtype=np.float32), limit=bad)  # type: ignore[arg-type]
     finally:
         memory.close()
+
+
+def test_a_memory_in_a_folder_that_takes_no_write_says_to_copy_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A memory on a read-only file system (a RAR_HOME mounted read-only) was refused with
+    "cannot create the lock file .../.rar.lock: [Errno 30] Read-only file system: '...'",
+    which said neither that it cannot be read there nor what to do."""
+    import errno
+
+    from rar_agent.memory import MemoryEntry, edge_files
+
+    path = tmp_path / "memory"
+    with CategoryMemory.open(path) as memory:
+        memory.bind_encoder("test:tiny", 4)
+        memory.add_entries([MemoryEntry("cat", "text", "name", "name:cat")], np.eye(1, 4))
+    plain_open = edge_files.os.open
+
+    def read_only_mount(name: str, flags: int, mode: int = 0o777) -> int:
+        if Path(name).name == edge_files.LOCK_FILE:  # as the system answers on such a mount
+            raise OSError(errno.EROFS, "Read-only file system", str(name))
+        return plain_open(name, flags, mode)
+
+    monkeypatch.setattr(edge_files.os, "open", read_only_mount)
+    with pytest.raises(MemoryStoreError) as info:
+        CategoryMemory.open(path, create=False)
+    said = str(info.value)
+    assert f"cannot open the memory at {path}" in said and "(Read-only file system)" in said
+    assert f"cp -r {path} DIR) and name the copy with --memory DIR" in said, said
