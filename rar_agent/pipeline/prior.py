@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rar_agent.errors import unwritable_reason
 from rar_agent.openset.fitting import (
     MEASURED_ON,
     RefSet,
@@ -125,8 +126,9 @@ def ensure_prior(
         path = store_prior(directory, prior)
     except OSError as exc:  # a read-only data directory: this process still uses it
         (announce or logger.warning)(
-            f"the encoder prior of {name} could not be stored in {directory} ({exc}): this "
-            "run uses it, and the next one measures it again"
+            f"the encoder prior of {name} could not be stored in {directory} "
+            f"({unwritable_reason(exc, directory)}): this run uses it, and the next one "
+            "measures it again (a RAR_HOME you can write keeps it)"
         )
         return prior
     _UNTRUSTED_TOLD.clear()  # what is stored now is trusted: a later damage is told again

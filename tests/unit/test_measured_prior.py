@@ -412,6 +412,8 @@ def test_a_data_directory_that_takes_no_prior_still_lets_this_run_use_it(
     prior = ensure_prior(encoder, blocked, announce=notes.append)
     assert encoder_prior(encoder.fingerprint) == prior
     assert "could not be stored" in notes[-1] and "measures it again" in notes[-1]
+    assert f"({blocked} is a file, not a folder)" in notes[-1]  # not "[Errno 17] File exists"
+    assert "(a RAR_HOME you can write keeps it)" in notes[-1]  # how not to wait each time
     _restart(monkeypatch)
     assert known_prior(encoder.fingerprint, blocked) is None  # nothing stored, nothing trusted
 
