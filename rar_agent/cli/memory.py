@@ -630,15 +630,21 @@ def _stats_summary(stats: "Mapping[str, Any]") -> list[str]:
         + (f" ({held})" if held else "")
         + f" over {counted(stats['labels'], 'category', 'categories')}",
         *_open_set_lines(open_set),
-        f"encoder prior: {_prior_words(stats['encoder_prior'])}",
     ]
+    if stats["image_entries"] or not stats["text_entries"]:  # it never judges class names
+        lines.append(f"encoder prior: {_prior_words(stats['encoder_prior'])}")
     if "link" in open_set:
         link = open_set["link"]
         grouped = f"grouped from a mean similarity of {link:.3f}" if link is not None else None
         lines.append(f"look-alike unknown photos: {grouped or open_set['no_groups']}")
     disk = stats["footprint"].get("disk_mib")
     lines.append(f"storage: {stats['storage_summary']}" + (f"; {disk} MiB on disk" if disk else ""))
-    lines.append("--json prints the full record (thresholds, scale, footprint by part)")
+    parts = [
+        *(["thresholds"] if "thresholds" in open_set else []),
+        *(["scale"] if open_set.get("scale") else []),
+        "footprint by part",
+    ]
+    lines.append(f"--json prints the full record ({', '.join(parts)})")
     return lines
 
 

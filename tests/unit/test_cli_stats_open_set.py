@@ -131,3 +131,27 @@ def test_stats_says_in_a_few_lines_what_a_person_asks_of_a_memory(tiny_cli_env: 
     link = record["open_set"]["link"]
     assert lines[6] == f"look-alike unknown photos: grouped from a mean similarity of {link:.3f}"
     assert lines[7].startswith(f"storage: {record['storage_summary']}; "), lines
+
+
+def test_stats_of_a_memory_of_class_names_say_only_what_applies_to_it(
+    tiny_cli_env: Path,
+) -> None:
+    """`memory stats` of a memory of class names only (the built-in one) showed an encoder
+    prior, which judges photos and never its class names, and said --json prints thresholds
+    and a scale it does not have. Both lines now say only what the memory has; a taught photo
+    brings the prior back."""
+    for name in ("heron", "egret"):
+        done = CliRunner().invoke(app, ["memory", "add", name, "--collection", "birds"])
+        assert done.exit_code == 0, done.output
+    done = CliRunner().invoke(app, ["memory", "stats", "--collection", "birds"])
+    assert done.exit_code == 0, done.output
+    lines = done.stdout.splitlines()
+    assert not any(line.startswith("encoder prior:") for line in lines), lines
+    assert lines[-1] == "--json prints the full record (footprint by part)", lines
+    photo = Path(__file__).resolve().parents[2] / "examples" / "images" / "cat.jpg"
+    taught = CliRunner().invoke(
+        app, ["memory", "add", "heron", str(photo), "--collection", "birds"]
+    )
+    assert taught.exit_code == 0, taught.output
+    done = CliRunner().invoke(app, ["memory", "stats", "--collection", "birds"])
+    assert any(line.startswith("encoder prior: ") for line in done.stdout.splitlines()), done.stdout
