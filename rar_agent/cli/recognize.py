@@ -107,6 +107,8 @@ def recognize(
         if regions is not None:
             results = _recognize_boxes(recognizer, images[0], regions, annotate)
             failed = _print_results(results, as_json)
+            if not as_json:
+                _note_unknown_regions(results)
         else:
             failed = _stream_results(recognizer, images, as_json, progress)
     if failed:
@@ -183,6 +185,20 @@ def _note_groups(recognizer: "Recognizer") -> None:
         print_note(
             f"{len(alone)} unknown images look like no other (above): `rar-agent teach LABEL "
             "FILE` teaches one as LABEL"
+        )
+
+
+def _note_unknown_regions(results: "list[RecognitionResult]") -> None:
+    """After the answers of ``--boxes``, that an unknown region cannot be taught as it is (a
+    crop is not a file ``teach`` takes), and what can: a photo of the thing."""
+    from rar_agent.results import counted
+
+    unknown = sum(r.unknown and r.error is None for r in results)
+    if unknown:
+        print_note(
+            f"{counted(unknown, 'region')} unknown (above): a region cannot be taught yet; "
+            "`rar-agent teach LABEL FILE` teaches a photo of the thing (such as the box cut "
+            "out to a file of its own)"
         )
 
 

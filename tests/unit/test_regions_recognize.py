@@ -384,3 +384,33 @@ def test_boxes_are_in_the_coordinates_of_the_upright_photo(
     )
     assert (red.label, blue.label) == ("red block", "blue disc")
     assert blue.box == [120.0, 40.0, 150.0, 70.0]  # past the stored width of 100: not clipped
+
+
+def test_cli_says_an_unknown_region_cannot_be_taught_yet(
+    tmp_path: Path, tiny_encoder: Any, tiny_openclip_spec: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk's `recognize photo --boxes` answered a region 'unknown' and said nothing of how
+    to teach it (whole photos get `rar-agent teach LABEL FILE`; a crop is not a file teach
+    takes). One line now says a region cannot be taught yet and what can be; --json stays
+    JSON, and a run with no unknown region says nothing."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    with CategoryMemory.open(tmp_path / "mem", collection="regions") as mem:
+        fill(mem, tiny_encoder)
+    scene().save(tmp_path / "scene.png")
+    (tmp_path / "boxes.json").write_text(json.dumps([[20, 30, 70, 90], [150, 5, 195, 30]]))
+    monkeypatch.setenv("RAR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAR_CLIP_PRETRAINED", "")
+    asked = ["recognize", str(tmp_path / "scene.png"), "--boxes", str(tmp_path / "boxes.json"),
+             "--memory", str(tmp_path / "mem"), "--collection", "regions", "--ranker", "none",
+             "--clip-model", tiny_openclip_spec]  # fmt: skip
+    said = "1 region unknown (above): a region cannot be taught yet; `rar-agent teach LABEL FILE`"
+    rejected = CliRunner().invoke(app, [*asked, "--reject", "0.99999"])
+    assert rejected.exit_code == 0 and rejected.stdout.count("unknown (closest below)") == 1
+    assert said in " ".join(rejected.stderr.split()), rejected.stderr
+    as_json = CliRunner().invoke(app, [*asked, "--reject", "0.99999", "--json"])
+    assert "cannot be taught" not in as_json.output
+    known = CliRunner().invoke(app, [*asked, "--reject", "off"])
+    assert known.exit_code == 0 and "cannot be taught" not in known.output, known.output
