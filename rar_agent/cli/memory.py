@@ -671,16 +671,20 @@ def _prior_words(record: "Mapping[str, Any] | None") -> str:
 def _prior_record(prior: "EncoderPrior", home: Path) -> dict[str, object]:
     """Which encoder prior this is and where it comes from (``memory stats`` and
     ``memory prior``)."""
-    from rar_agent.openset.fitting import prior_file
+    from rar_agent.openset.fitting import prior_file, stored_prior
     from rar_agent.openset.prior import shipped_prior
     from rar_agent.pipeline.prior import prior_dir
 
-    shipped = shipped_prior(prior.fingerprint) is not None
+    source, file = "shipped with rar-agent", None
+    if shipped_prior(prior.fingerprint) is None:
+        kept = stored_prior(prior_dir(home), prior.fingerprint)[0] == prior
+        source = "measured on this machine" + ("" if kept else " for this run (not stored)")
+        file = str(prior_file(prior_dir(home), prior.fingerprint)) if kept else None
     return {
         "encoder": prior.encoder,
         "fingerprint": prior.fingerprint,
-        "source": "shipped with rar-agent" if shipped else "measured on this machine",
-        "file": None if shipped else str(prior_file(prior_dir(home), prior.fingerprint)),
+        "source": source,
+        "file": file,
         "measured_on": prior.measured_on,
         "caveat": prior.caveat,
     }

@@ -563,3 +563,28 @@ def test_a_memory_with_its_own_statistic_measures_the_prior_when_taught_a_fifth_
     cal = recognizer.calibration()
     assert cal is not None and cal.scale is not None and cal.summary()["method"] == "prior"
     recognizer.close()
+
+
+def test_memory_prior_names_no_file_where_the_prior_could_not_be_stored(
+    tiny_cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a RAR_HOME that takes no file, rar-agent memory prior said the prior it had
+    just failed to store was 'measured on this machine, stored in .../priors/....json', a
+    file that was not there."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app
+
+    for label, path in make_images(tiny_cli_env / "images").items():
+        added = CliRunner().invoke(app, ["memory", "add", label, str(path), "--collection", "one"])
+        assert added.exit_code == 0, added.output
+    (tiny_cli_env / "home" / "priors").write_text("not a folder")  # as a read-only RAR_HOME
+    _restart(monkeypatch)
+    args = ["memory", "prior", "--collection", "one", "--no-progress"]
+    shown = CliRunner().invoke(app, [*args, "--json"])
+    assert shown.exit_code == 0 and "could not be stored" in shown.stderr, shown.output
+    record = json.loads(shown.stdout)
+    assert record["file"] is None and record["source"].endswith("for this run (not stored)")
+    _restart(monkeypatch)
+    said = CliRunner().invoke(app, args).stdout
+    assert "measured on this machine for this run (not stored)" in said and "stored in" not in said
