@@ -90,8 +90,9 @@ def teach_images(
             added = teacher.add(label, list(images), action=action, corrected_from=corrects)
         except ImageError as e:  # the teacher checks every image before it writes any
             raise _nothing_taught(e, len(images)) from None
-        for result in added:
-            typer.echo(describe_added(result, undo="`rar-agent memory undo`"))
+        for i, result in enumerate(added):
+            later = sum(r.added for r in added[i + 1 :])  # undo takes the newest first
+            typer.echo(describe_added(result, undo=_undo_words(later)))
         if was_empty and not names_a_memory(settings):
             shadowed = _shadowed_builtin(enc)
             if shadowed:
@@ -99,6 +100,18 @@ def teach_images(
         elif was_empty:
             _note_new_memory(settings, mem)
         remember_memory(settings, mem, command)
+
+
+def _undo_words(later: int) -> str:
+    """How ``memory undo`` takes back a photo just taught, ``later`` photos taught after it."""
+    from rar_agent.results import counted
+
+    if not later:
+        return "`rar-agent memory undo` takes it back"
+    return (
+        f"`rar-agent memory undo {later + 1}` takes it back with the "
+        f"{counted(later, 'photo')} taught after it"
+    )
 
 
 def _refuse_class_folder(label: str, item: str, folder: Path, files: list[Path]) -> None:

@@ -132,9 +132,9 @@ _CLOSER = "a photo closer to it than to the other categories' examples is now an
 """How a photo category answers where the photos are the memory's base side."""
 
 
-def describe_added(result: ExampleAdded, *, undo: str = "undo_teaching") -> str:
-    """One person- and model-readable sentence about a taught example (``undo``: what takes
-    a teaching back where it is read: the tool, or the CLI's command)."""
+def describe_added(result: ExampleAdded, *, undo: str = "undo_teaching takes it back") -> str:
+    """One person- and model-readable sentence about a taught example (``undo``: how a likely
+    slip is taken back where it is read: the tool, or the CLI's command)."""
     label = result.label
     examples = counted(result.category_examples, "example")
     fix = (
@@ -193,7 +193,7 @@ def describe_added(result: ExampleAdded, *, undo: str = "undo_teaching") -> str:
         text += (
             f" Note: this photo lies closer to {closer.label!r} ({closer.similarity:.2f}) than "
             f"to any {label!r} example ({closer.label_similarity:.2f}); if that was a slip, "
-            f"{undo} takes it back."
+            f"{undo}."
         )
     return text
 

@@ -861,7 +861,7 @@ def test_a_photo_closer_to_another_category_is_stored_with_a_note_of_a_likely_sl
     closer = slip.closer_category
     assert closer is not None and closer.label == "bag"
     assert (closer.similarity, closer.label_similarity) == (0.9323, 0.2506)
-    assert describe_added(slip, undo="`rar-agent memory undo`") == (
+    assert describe_added(slip, undo="`rar-agent memory undo` takes it back") == (
         "Stored bag.png as an example of 'sandal' (3 examples now). Note: this photo lies "
         "closer to 'bag' (0.93) than to any 'sandal' example (0.25); if that was a slip, "
         "`rar-agent memory undo` takes it back."
@@ -870,3 +870,29 @@ def test_a_photo_closer_to_another_category_is_stored_with_a_note_of_a_likely_sl
     for quiet in (between, sandal, boot):
         assert quiet.added == 1 and quiet.closer_category is None, quiet.image
         assert "slip" not in describe_added(quiet)
+
+
+def test_the_cli_says_how_to_undo_a_likely_slip_taught_among_others(
+    tmp_path: Path, tiny_cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rar-agent teach sandal bag.png sandal.png`: `memory undo` takes back the newest
+    teaching, the sandal, not the likely slip; the note now counts the photos taught after it."""
+    from typer.testing import CliRunner
+
+    from rar_agent.cli import app, teach
+
+    memory, teacher, photos = _slip_memory(tmp_path)
+    memory.close()
+    monkeypatch.setattr(teach, "load_settings_encoder", lambda *_, **__: teacher.encoder)
+    for name in ("slip", "sandal"):
+        (tmp_path / f"{name}.png").write_bytes(photos[name])
+    files = [str(tmp_path / "slip.png"), str(tmp_path / "sandal.png")]
+    where = ["--memory", str(tmp_path / "slips"), "--collection", "slips"]
+    done = CliRunner().invoke(app, ["teach", "sandal", *files, *where])
+    assert done.exit_code == 0, done.output
+    first, second = done.stdout.splitlines()[:2]
+    assert first.endswith(
+        "if that was a slip, `rar-agent memory undo 2` takes it back with the 1 photo taught "
+        "after it."
+    ), first
+    assert "slip" not in second
