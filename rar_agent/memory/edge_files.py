@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,7 +51,7 @@ def acquire_lock(path: Path) -> int | None:
             f"cannot open the memory at {path}: its lock file {lock_path} cannot be written "
             f"({unwritable_reason(e, lock_path)}), and the embedded engine writes in the "
             "memory's folder even to answer from it: copy the folder to a place you can write "
-            f"(cp -r {path} DIR) and name the copy with --memory DIR"
+            f"(cp -r {shlex.quote(str(path))} DIR) and name the copy with --memory DIR"
         ) from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -409,7 +409,7 @@ def test_a_memory_in_a_folder_that_takes_no_write_says_to_copy_it(
 
     from rar_agent.memory import MemoryEntry, edge_files
 
-    path = tmp_path / "memory"
+    path = tmp_path / "shared memories" / "closet"  # the command quotes it for the shell
     with CategoryMemory.open(path) as memory:
         memory.bind_encoder("test:tiny", 4)
         memory.add_entries([MemoryEntry("cat", "text", "name", "name:cat")], np.eye(1, 4))
@@ -425,4 +425,4 @@ def test_a_memory_in_a_folder_that_takes_no_write_says_to_copy_it(
         CategoryMemory.open(path, create=False)
     said = str(info.value)
     assert f"cannot open the memory at {path}" in said and "(Read-only file system)" in said
-    assert f"cp -r {path} DIR) and name the copy with --memory DIR" in said, said
+    assert f"cp -r '{path}' DIR) and name the copy with --memory DIR" in said, said
