@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ErrorAnsweringTool",
     "ImageResolver",
+    "PRIOR_MEASURED",
     "ImageSource",
     "RecognizerLike",
     "RecognizerTool",
@@ -88,6 +90,16 @@ _NUMBERED = re.compile(
     r"\s+)?(?:image|photo|picture|pic|upload|attachment)(?:[\s_#-]*\d+)?|#?\s*\d{1,4}",
     re.I,
 )
+
+
+PRIOR_MEASURED = (
+    " With this example the memory came to need its encoder's prior, which was measured just "
+    "now ({seconds:.1f} s, once for this machine) on the 200 Fashion-MNIST garments shipped "
+    "with rar-agent: unknown photos are judged by it from now on (its thresholds are an "
+    "estimate from garments, not from this memory)."
+)
+"""The end of a teach's reply where that teach made the memory measure its encoder prior
+(the server's log says where it is stored)."""
 
 
 @runtime_checkable
@@ -505,18 +517,31 @@ class RecognizerTool(ErrorAnsweringTool):
             if candidate.examples and candidate.examples[0].taught_by not in mine:
                 candidate.source = None  # the first example is the entry it names
 
-    def taught_unknown(self, images: Sequence[str], label: str) -> None:
+    def taught_unknown(self, images: Sequence[str], label: str) -> str:
         """The images named so were taught as ``label``: they, what this caller is shown of
         their unknown groups, and the unknown images the memory now answers ``label`` leave
         the log (other callers' own images in those groups stay theirs to ask about), and a
-        served caller's list of sent images forgets what left."""
+        served caller's list of sent images forgets what left.
+
+        Returns:
+            A sentence to end the reply with where this teach made the memory measure its
+            encoder's prior (:meth:`~rar_agent.pipeline.Recognizer.taught`), else ``""``.
+        """
+        from rar_agent.openset.prior import encoder_prior
+
         taught = getattr(self.recognizer, "taught", None)
         if taught is None:
-            return
+            return ""
+        fingerprint = self.recognizer.encoder.fingerprint
+        had_prior = encoder_prior(fingerprint) is not None
+        started = time.perf_counter()
         gone = taught(images, self.shown_unknown(), label=label)
         caller = serving_teacher()
         if caller is not None and caller.sent is not None:
             caller.sent.forget(gone)
+        if had_prior or encoder_prior(fingerprint) is None:
+            return ""
+        return PRIOR_MEASURED.format(seconds=time.perf_counter() - started)
 
     def group_as_listed(self, result: RecognitionResult) -> None:
         """Name in ``result`` the unknown group it joined as ``list_unknown_groups`` shows it

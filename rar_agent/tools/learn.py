@@ -399,8 +399,8 @@ class AddCategoryTool(TeachingTool):
                 source.settle(e)
             raise tool_error(e, source) from e
         source.settle()
-        self.taught_unknown([source.name], result.label)  # its group is answered
-        return describe_added(result), result.model_dump(mode="json")
+        prior = self.taught_unknown([source.name], result.label)  # its group is answered
+        return describe_added(result) + prior, result.model_dump(mode="json")
 
 
 # ---------------------------------------------------------------------------- a group
@@ -461,9 +461,9 @@ class TeachGroupTool(TeachingTool):
             ) from e
         except RarError as e:
             raise tool_error(e, *sources) from e
-        self.taught_unknown([s.name for s in sources], added[0].label)  # the group is answered
+        prior = self.taught_unknown([s.name for s in sources], added[0].label)  # answered
         result = GroupTaught(group=group, label=added[0].label, examples=added, skipped=skipped)
-        return describe_group_taught(result), result.model_dump(mode="json")
+        return describe_group_taught(result) + prior, result.model_dump(mode="json")
 
     def _members(self, group: str) -> tuple[list[ImageSource], list[str]]:
         """The images of ``group`` this caller was shown, read again, and those that could not

@@ -291,6 +291,7 @@ def test_a_memory_taught_one_photo_per_category_through_the_tools_gets_the_prior
 
     tools = make_tools(recognizer, allowed_roots=[tmp_path], image_ids=False, allow_learning=True)
     teach = next(t for t in tools if t.name == "add_category_example")
+    replies = []
     for label, path in images.items():
         message = teach.invoke(
             {
@@ -301,7 +302,12 @@ def test_a_memory_taught_one_photo_per_category_through_the_tools_gets_the_prior
             }  # fmt: skip
         )
         assert isinstance(message, ToolMessage) and message.status != "error", message
+        replies.append(message.text)
     assert encoder.images == 200 + len(images)  # the garments once, the taught photos
+    # the teach that measured says so (it waited for the 200 garments), once, and no path
+    said = [r for r in replies if "which was measured just now" in r]
+    assert said == replies[-1:] and "200 Fashion-MNIST garments" in said[0], replies
+    assert str(tmp_path) not in said[0]
     cal = recognizer.calibration()
     assert cal is not None and cal.summary()["method"] == "prior"
     assert MEASURED_ON in cal.summary()["source"]
