@@ -414,6 +414,9 @@ class CategoryMemory:
             if stored.encoder_spec
             else ""
         )
+        renamed = _renamed_weights(stored.fingerprint, fingerprint)
+        if renamed is not None:
+            return f"{self.described} was built with encoder {built}, not {given}: {renamed}"
         return (
             f"{self.described} was built with encoder "
             f"{built}, not {given}: use the same --clip-model / --encoder it was built with (in "
@@ -902,3 +905,26 @@ def _open_backend(location: MemoryLocation, *, create: bool) -> MemoryBackend:
     from rar_agent.memory.server import ServerBackend
 
     return ServerBackend(location, create=create)
+
+
+def _renamed_weights(built: str, given: str) -> str | None:
+    """What to do where two encoder fingerprints (``backend:name:digest``) differ by name
+    only: the same weights, moved to a folder or file of another name (a memory copied to
+    another machine), which a memory does not take for its own; ``None`` otherwise."""
+    old, new = _fingerprint_parts(built), _fingerprint_parts(given)
+    if old is None or new is None or old[1] == new[1] or (old[0], old[2]) != (new[0], new[2]):
+        return None
+    was, now = old[1].rsplit(":", 1)[-1], new[1].rsplit(":", 1)[-1]
+    return (
+        f"these are its weights (digest {old[2]}), in a folder or file named {now!r}, where "
+        f"the memory knows them by the name {was!r}: the name is part of the encoder a memory "
+        f"is bound to, so give them that name again (rename or copy {now!r} to {was!r}) and "
+        "pass that path"
+    )
+
+
+def _fingerprint_parts(fingerprint: str) -> tuple[str, str, str] | None:
+    """``(backend, name, digest)`` of an encoder fingerprint, or ``None`` for another form."""
+    backend, _, rest = fingerprint.partition(":")
+    name, colon, digest = rest.rpartition(":")
+    return (backend, name, digest) if colon and name else None

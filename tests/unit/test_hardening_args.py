@@ -426,3 +426,25 @@ def test_a_memory_in_a_folder_that_takes_no_write_says_to_copy_it(
     said = str(info.value)
     assert f"cannot open the memory at {path}" in said and "(Read-only file system)" in said
     assert f"cp -r '{path}' DIR) and name the copy with --memory DIR" in said, said
+
+
+def test_a_memory_given_its_weights_under_another_name_says_to_name_them_back(
+    rec: Recognizer, tmp_path: Path, tiny_openclip_spec: str
+) -> None:
+    """A memory copied to another machine where its checkpoint folder has another name was
+    refused with 'use the same --clip-model / --encoder it was built with', a path that is
+    not there; nothing said that these were its weights and only the name differed."""
+    import shutil
+
+    from rar_agent.encoders import load_encoder
+
+    built = Path(tiny_openclip_spec.removeprefix("local-dir:"))
+    assert rec.encoder.fingerprint.startswith(f"open_clip:local-dir:{built.name}:")
+    moved = shutil.copytree(built, tmp_path / "clip-here")  # on another machine, renamed
+    same = load_encoder(f"local-dir:{moved}", device="cpu")
+    with pytest.raises(EncoderMismatchError) as info:
+        Recognizer(rec.memory, same, k=3)
+    said = str(info.value)
+    assert "these are its weights" in said, said
+    assert f"rename or copy 'clip-here' to {built.name!r}) and pass that path" in said
+    assert _unchanged(rec)
