@@ -206,8 +206,11 @@ class Recognizer:
         if recognizer.reject.mode == "auto":
             if priors is not None:
                 known_prior(encoder.fingerprint, priors)
-            recognizer._ensure_calibrated(announce)
+            # the prior first: a stored calibration made with the prior measured now (a
+            # memory copied from another machine) then judges as stored, fitted again for none
             recognizer.measure_prior_if_needed(announce, prior_progress)
+            recognizer._ensure_calibrated(announce)
+            recognizer.measure_prior_if_needed(announce, prior_progress)  # one fitted just now
         return recognizer
 
     def measure_prior_if_needed(

@@ -594,3 +594,27 @@ def test_memory_prior_names_no_file_where_the_prior_could_not_be_stored(
     _restart(monkeypatch)
     said = CliRunner().invoke(app, args).stdout
     assert "measured on this machine for this run (not stored)" in said and "stored in" not in said
+
+
+def test_a_read_only_start_that_measures_the_prior_its_memory_was_made_with_says_nothing_else(
+    encoder: Counting, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-example memory copied to a machine without its prior and served read-only
+    (rar-agent mcp without --allow-learning) said it 'was calibrated for this run ... and
+    not stored ...; each read-only start calibrates it again', then measured the prior: the
+    very prior its stored calibration was made with, which then judged as stored, and the
+    next start said nothing. The prior is measured first; nothing is calibrated again."""
+    memory = _one_example_memory(tmp_path, encoder)
+    Recognizer.from_memory(memory, encoder, priors=tmp_path / "here").close()
+    memory.close()
+    _restart(monkeypatch)  # another machine: no prior known, none stored
+    said: list[str] = []
+    with CategoryMemory.open(tmp_path / "memory", collection="one-shot", read_only=True) as ro:
+        recognizer = Recognizer.from_memory(
+            ro, encoder, announce=said.append, priors=tmp_path / "there"
+        )
+        assert any("measuring the encoder prior" in s for s in said), said
+        assert not any("calibrated for this run" in s for s in said), said
+        cal = recognizer.calibration()
+        assert cal is not None and cal.summary()["method"] == "prior"
+        recognizer.close()
