@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
-    from typer._click.core import Context
+    from typer._click.core import Command, Context
 
 __all__ = ["INSTEAD", "UsageGroup", "invalid_value"]
 
@@ -96,7 +96,9 @@ class UsageGroup(TyperGroup):
         with _one_line():
             return super().invoke(ctx)
 
-    def resolve_command(self, ctx: Context, args: list[str]) -> Any:
+    def resolve_command(
+        self, ctx: Context, args: list[str]
+    ) -> tuple[str | None, Command | None, list[str]]:
         """The command ``args`` name; one that only a group has (``rar-agent list``, for
         ``rar-agent memory list``) is refused with the commands meant, where typer said only
         "No such command 'list'"."""

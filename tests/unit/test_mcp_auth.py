@@ -389,7 +389,7 @@ async def test_each_bad_credential_is_told_what_was_wrong_and_nothing_secret(
                 f"a token in the URL's query string is not read (URLs end up in logs): {send}",
             ),
         }
-        secrets = [alice, bob, alice.split("_")[2], "alice", "bob", "root"]
+        secrets = [alice, bob, alice.split("_", 2)[2], "alice", "bob", "root"]
         for info in service.store.tokens().values():
             secrets += [info.hash, info.salt]
         said = {}
