@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "MIN_SCALE_CATEGORIES",
@@ -226,6 +226,8 @@ class EncoderPrior(BaseModel):
     link_quantile: float | None = None
     validated: dict[str, Any] = Field(default_factory=dict)
     caveat: str | None = None
+
+    model_config = ConfigDict(allow_inf_nan=False)  # a NaN threshold would reject nothing
 
     def digest(self) -> str:
         """A short digest of what judges queries (the fingerprint and the fitted figures, not

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,12 @@ def test_a_measured_prior_survives_a_restart(
         (lambda record: json.dumps({**record, "reference": "0" * 16}), "other reference images"),
         (
             lambda record: json.dumps({**record, "prior": {**record["prior"], "alphas": "x"}}),
+            "cannot be read",
+        ),
+        (  # valid JSON whose thresholds are NaN: it was trusted, and rejected nothing
+            lambda record: json.dumps(
+                {**record, "prior": {**record["prior"], "quantiles": {"1": [math.nan] * 10}}}
+            ),
             "cannot be read",
         ),
     ],
