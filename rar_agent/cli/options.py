@@ -575,6 +575,15 @@ def _drop_if_new(memory: CategoryMemory, keep_partial: bool) -> None:
         print_note(f"the new memory could not be deleted: {e}")
 
 
+_THROUGH_SERVER = (
+    ". If a chat page or MCP server holds it, stop it first (Ctrl+C closes the memory "
+    "cleanly); while an mcp --http server with tokens runs, three commands go through it: "
+    "rar-agent memory history --server http://HOST:PORT/mcp --token TOKEN, memory undo "
+    "--server ... and memory snapshot OUT --server ..."
+)
+"""Said after a busy memory's error where the command did not say it itself."""
+
+
 @contextlib.contextmanager
 def error_guard() -> Iterator[None]:
     """Turn a ``RarError`` into one ``error:`` line and its exit code.
@@ -587,7 +596,7 @@ def error_guard() -> Iterator[None]:
     from typer._click.globals import get_current_context  # typer's own copy of click
 
     from rar_agent.cli.environment import unknown_variables
-    from rar_agent.errors import ImageError, RarError
+    from rar_agent.errors import ImageError, MemoryBusyError, RarError
 
     context = get_current_context(silent=True)
     if context is not None:
@@ -595,6 +604,9 @@ def error_guard() -> Iterator[None]:
             print_note(line)
     try:
         yield
+    except MemoryBusyError as e:
+        print_error(f"{e}{'' if '--server' in str(e) else _THROUGH_SERVER}")
+        raise typer.Exit(EXIT_USAGE) from None
     except RarError as e:
         print_error(str(e))
         raise typer.Exit(EXIT_INPUT_FAILED if isinstance(e, ImageError) else EXIT_USAGE) from None

@@ -441,9 +441,17 @@ def test_cli_history_and_undo_of_one_teacher(cli_env: Path) -> None:
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
         code, out = run("memory", "undo", "--by", "ana")
+        # other commands said only "close it, or use a Qdrant server (--qdrant-url)", though
+        # the commands that go through a running server are there: they are named too
+        stats_code, stats = run("memory", "stats")
     finally:
         holder.communicate(b"", timeout=60)
     assert code == 2 and "stop the server first" in " ".join(out.split()), out
+    stats = " ".join(stats.split())
+    assert stats_code == 2 and "--qdrant-url" in stats, stats
+    for through in ("memory history --server", "memory undo --server", "memory snapshot"):
+        assert through in stats, stats
+    assert stats.count("--server") == 3, stats  # named once each
     code, out = run("memory", "list", "--json")
     assert json.loads(out) == {"green": 1}
 
