@@ -595,8 +595,9 @@ def memory_stats(settings: "Settings", as_json: JsonOpt = False) -> None:
         stats["unfinished_build"] = unfinished_build(mem)
         prior = encoder_prior(stats["fingerprint"])
         stats["encoder_prior"] = None if prior is None else _prior_record(prior, settings.home)
+        calibration = openset.load(mem)
         stats["open_set"] = _open_set_stats(
-            openset.load(mem),
+            calibration,
             parse_reject(settings.reject),
             stats["image_entries"],
             missing=openset.why_not_loaded(mem),
@@ -606,11 +607,26 @@ def memory_stats(settings: "Settings", as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(json.dumps(stats, indent=2, default=str, ensure_ascii=False))
     else:
-        typer.echo("\n".join(_stats_summary(stats)))
+        typer.echo("\n".join(_stats_summary(stats, prior_waits=_prior_waits(calibration))))
 
 
-def _stats_summary(stats: "Mapping[str, Any]") -> list[str]:
-    """The lines of ``memory stats`` without ``--json``: what a person asks of a memory."""
+def _prior_waits(calibration: "Calibration | None") -> str | None:
+    """Why no encoder prior is wanted yet for a memory of too few categories, in short
+    (``None`` where one can judge it)."""
+    from rar_agent.openset.prior import MIN_SCALE_CATEGORIES
+
+    if calibration is None or calibration.too_few_for_prior() is None:
+        return None
+    held = len(calibration.categories.labels)
+    return (
+        f"none yet, and none can judge this memory before it holds {MIN_SCALE_CATEGORIES} "
+        f"categories (it holds {held})"
+    )
+
+
+def _stats_summary(stats: "Mapping[str, Any]", *, prior_waits: str | None = None) -> list[str]:
+    """The lines of ``memory stats`` without ``--json``: what a person asks of a memory
+    (``prior_waits``: why no encoder prior is wanted yet, said in its stead)."""
     from rar_agent.results import counted
 
     where = "embedded" if stats["backend"] == "edge" else f"{stats['backend']}"
@@ -632,7 +648,9 @@ def _stats_summary(stats: "Mapping[str, Any]") -> list[str]:
         *_open_set_lines(open_set),
     ]
     if stats["image_entries"] or not stats["text_entries"]:  # it never judges class names
-        lines.append(f"encoder prior: {_prior_words(stats['encoder_prior'])}")
+        record = stats["encoder_prior"]
+        words = prior_waits if record is None and prior_waits else _prior_words(record)
+        lines.append(f"encoder prior: {words}")
     if "link" in open_set:
         link = open_set["link"]
         grouped = f"grouped from a mean similarity of {link:.3f}" if link is not None else None

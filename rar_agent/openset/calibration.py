@@ -67,7 +67,13 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from rar_agent.config import DEFAULT_ALPHA
 from rar_agent.errors import ConfigError
-from rar_agent.openset.prior import EncoderPrior, MemoryScale, encoder_prior, similarity_at
+from rar_agent.openset.prior import (
+    MIN_SCALE_CATEGORIES,
+    EncoderPrior,
+    MemoryScale,
+    encoder_prior,
+    similarity_at,
+)
 from rar_agent.openset.statistic import (
     RANK,
     CentreTerms,
@@ -622,12 +628,22 @@ class Calibration(BaseModel):
         far = prior.far_threshold(alpha) if label in self.scale.apart else None
         return (threshold if far is None else min(threshold, far)), None
 
+    def too_few_for_prior(self) -> str | None:
+        """Why no encoder prior can judge the memory yet (too few image categories for a
+        scale), or ``None`` where one can."""
+        held = len(self.categories.labels)
+        if held >= MIN_SCALE_CATEGORIES:
+            return None
+        return (
+            f"the memory needs at least {MIN_SCALE_CATEGORIES} categories (it holds {held}) "
+            "before an encoder prior can judge it: the prior measures how far a memory's "
+            "categories lie apart"
+        )
+
     def _no_prior(self) -> str:
-        if self.scale is None:
-            return (
-                f"an encoder prior needs at least {MIN_CATEGORIES} categories to measure how "
-                "far they lie apart"
-            )
+        too_few = self.too_few_for_prior()
+        if too_few is not None:
+            return too_few
         return (
             f"no encoder prior for {self.encoder or 'this encoder'} yet (none ships with "
             "rar-agent; `rar-agent memory prior` or the first recognition with this memory "

@@ -88,18 +88,19 @@ def test_an_alpha_below_what_the_memory_keeps_names_the_smallest_it_can(
     )
 
 
-def _clusters(folder: Path) -> Path:
-    """A calibrated memory of 6 categories of 5 examples each (30 stand-ins)."""
+def _clusters(folder: Path, categories: int = 6, shots: int = 5) -> Path:
+    """A calibrated memory of 6 categories of 5 examples each (30 stand-ins), or as many as
+    asked."""
     import numpy as np
 
     from rar_agent import openset
     from rar_agent.memory import CategoryMemory, MemoryEntry
 
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(6, 32))
-    entries = [MemoryEntry(f"c{c}", "image", f"c{c}-{i}.png", f"c{c}-{i}") for c in range(6)
-               for i in range(5)]  # fmt: skip
-    rows = np.repeat(centres, 5, axis=0) + 0.3 * rng.normal(size=(30, 32))
+    centres = rng.normal(size=(categories, 32))
+    entries = [MemoryEntry(f"c{c}", "image", f"c{c}-{i}.png", f"c{c}-{i}")
+               for c in range(categories) for i in range(shots)]  # fmt: skip
+    rows = np.repeat(centres, shots, axis=0) + 0.3 * rng.normal(size=(len(entries), 32))
     with CategoryMemory.open(folder, collection="clusters") as memory:
         memory.bind_encoder("test:clusters", 32)
         openset.update(memory, added=memory.add_entries(entries, rows.astype(np.float32)))
@@ -155,3 +156,27 @@ def test_stats_of_a_memory_of_class_names_say_only_what_applies_to_it(
     assert taught.exit_code == 0, taught.output
     done = CliRunner().invoke(app, ["memory", "stats", "--collection", "birds"])
     assert any(line.startswith("encoder prior: ") for line in done.stdout.splitlines()), done.stdout
+
+
+def test_a_memory_of_too_few_categories_is_not_told_to_measure_a_prior(
+    tiny_cli_env: Path,
+) -> None:
+    """`memory stats` of 3 categories of one photo said 'encoder prior: none for this encoder
+    yet: `rar-agent memory prior` ... measures it', a prior that could judge nothing yet, and
+    'an encoder prior needs at least 5 categories to measure how far they lie apart', as if the
+    measuring needed them. It says the memory needs 5 categories before a prior judges it."""
+    asked = ["memory", "stats", "--memory", str(_clusters(tiny_cli_env / "c", 3, 1)),
+             "--collection", "clusters"]  # fmt: skip
+    done = CliRunner().invoke(app, asked)
+    assert done.exit_code == 0, done.output
+    text = " ".join(done.stdout.split())
+    assert "memory prior" not in text, done.stdout
+    assert (
+        "encoder prior: none yet, and none can judge this memory before it holds 5 categories "
+        "(it holds 3)"
+    ) in text, done.stdout
+    assert "categories to measure" not in text, done.stdout
+    assert (
+        "the memory needs at least 5 categories (it holds 3) before an encoder prior can judge "
+        "it: the prior measures how far a memory's categories lie apart"
+    ) in text, done.stdout
