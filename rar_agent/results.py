@@ -186,6 +186,12 @@ class RejectionInfo(BaseModel):
         "cannot set its own yet, see ``note``): ``similarity`` is then the cosine similarity "
         "of the best candidate's closest example.",
     )
+    prior_measured: bool = Field(
+        default=False,
+        description="The encoder prior that set the threshold was measured on this machine "
+        "(on the garments shipped with rar-agent), not shipped with it: ``note`` says what it "
+        "was measured on and cannot promise.",
+    )
 
 
 class NovelGroup(BaseModel):
@@ -254,6 +260,12 @@ class Explanation(BaseModel):
     check_note: str | None = Field(
         default=None,
         description="Why the open-set check had no threshold, e.g. 'cannot calibrate ...'.",
+    )
+    prior_caveat: str | None = Field(
+        default=None,
+        description="Where a threshold of an encoder prior measured on this machine judged "
+        "the image: what it was measured on and cannot promise, in short (the CLI and the "
+        "tool text say it once however many images share it).",
     )
     novel_group: str | None = Field(
         default=None,

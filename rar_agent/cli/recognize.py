@@ -387,6 +387,9 @@ def _rejection_line(r: "RecognitionResult", ex: "Explanation", said: set[str]) -
             said.add(note)
         return f"open-set check ({rej.mode}): {verdict} (no threshold{why})"
     promise = f", {ex.promise}" if ex.promise else ""
+    if ex.prior_caveat and ex.prior_caveat not in said:  # the same for every photo
+        said.add(ex.prior_caveat)
+        promise += f"; {ex.prior_caveat}"
     line = f"open-set check ({rej.mode}{promise}): {verdict}"
     if ex.check_figures:  # a similarity passed: which one, in words
         return f"{line}; {ex.check_figures}"

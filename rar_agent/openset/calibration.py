@@ -277,6 +277,8 @@ class Judged(NamedTuple):
     prior: bool = False
     """The threshold is the encoder prior's, and ``statistic`` the similarity of the answer's
     closest example."""
+    measured: bool = False
+    """That prior was measured on this machine (it carries a caveat), not shipped."""
     share: float | None = None
     """Share of the memory's own examples, scored as queries (the stand-ins the threshold
     comes from), whose known-ness is at most ``statistic`` (``None``: no such threshold)."""
@@ -784,7 +786,9 @@ class Calibration(BaseModel):
             return Judged(None, shots, None, f"{why}; {no_prior}")
         similarity = top.scores[0] if top.scores else top.score
         note = f"threshold set by {self._by_prior(why)}"
-        return Judged(float(similarity), shots, threshold, note, prior=True)
+        prior = self.prior()
+        measured = prior is not None and prior.caveat is not None
+        return Judged(float(similarity), shots, threshold, note, prior=True, measured=measured)
 
     def summary(self, alpha: float | None = None) -> dict[str, Any]:
         """Headline figures for people (no stand-in list); thresholds at ``alpha``."""

@@ -66,7 +66,7 @@ def judge(
         return RejectionInfo(mode=mode)
     top = candidates[0]
     why: str | None = None
-    prior = False
+    prior = measured = False
     share: float | None = None
     statistic: float | None = None
     if mode == "fixed":
@@ -75,6 +75,7 @@ def judge(
         judged = calibration.judge_query(vector, candidates, setting.alpha)
         statistic = judged.statistic
         threshold, why, prior, share = judged.threshold, judged.note, judged.prior, judged.share
+        measured = judged.measured
     else:
         threshold = None
     stat = _support(top) if statistic is None else statistic
@@ -86,7 +87,7 @@ def judge(
         return info
     info.threshold = round(threshold, 6)
     info.note = why
-    info.prior = prior
+    info.prior, info.prior_measured = prior, measured
     info.known_share = None if share is None else round(share, 6)
     info.margin = round(stat - threshold, 6)
     if stat < threshold:

@@ -26,7 +26,13 @@ from rar_agent.results import (
     counted,
 )
 
-__all__ = ["explain", "explain_result", "explanation_of"]
+__all__ = ["MEASURED_PRIOR_CAVEAT", "explain", "explain_result", "explanation_of"]
+
+MEASURED_PRIOR_CAVEAT = (
+    "the encoder prior was measured on garments alone (the 200 Fashion-MNIST images shipped "
+    "with rar-agent); no other kind of picture was checked for this encoder"
+)
+"""A measured prior's caveat (:data:`rar_agent.pipeline.prior.CAVEAT`), in short."""
 
 _CLOSEST = 3
 
@@ -65,6 +71,7 @@ def explain(
     how = _how(ranking, rejection)
     order: Literal["ranker", "retrieval"] = "ranker" if ranking.status == "ranked" else "retrieval"
     promise, check_note = _check(rejection)
+    caveat = MEASURED_PRIOR_CAVEAT if rejection.prior_measured and promise else None
     measured = _measured(rejection, first.label if first else candidates[0][0], first)
     if not unknown:
         return Explanation(
@@ -75,6 +82,7 @@ def explain(
             sentence=f"{label} ({how}).",
             promise=promise,
             check_note=check_note,
+            prior_caveat=caveat,
         )
     why = _why_unknown(rejection, candidates[0][0], measured)
     group = None
@@ -94,6 +102,7 @@ def explain(
         sentence=f"{sentence}; closest: {closest}.",
         promise=promise,
         check_note=check_note,
+        prior_caveat=caveat,
     )
 
 

@@ -39,13 +39,19 @@ RECOGNIZE_WHAT = (
 
 
 def format_result(
-    result: RecognitionResult, *, image_name: str | None = None, can_learn: bool = False
+    result: RecognitionResult,
+    *,
+    image_name: str | None = None,
+    can_learn: bool = False,
+    caveat: bool = True,
 ) -> str:
     """The short text a model sees: the answer, how it was ranked, the scored candidates.
 
     It formats the result's one explanation (``result.explanation``, decided by the
     pipeline) and works nothing out itself. An unknown image is reported plainly as "not a
     category in memory", with the closest categories; ``can_learn`` adds how to teach it.
+    ``caveat``: end with the measured encoder prior's caveat where it judged the image
+    (off where the caller says it once for several results).
     """
     from rar_agent.pipeline import explanation_of
     from rar_agent.regions import coords_text
@@ -63,8 +69,9 @@ def format_result(
         "Candidates (label: retrieval score):",
         *(f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)),
     ]
+    said = [_caveat_line(ex.prior_caveat)] if caveat and ex.prior_caveat else []
     if not ex.unknown:
-        return "\n".join([f"Answer{where}{box}: {ex.answer} ({ex.how}).", *listing])
+        return "\n".join([f"Answer{where}{box}: {ex.answer} ({ex.how}).", *listing, *said])
     closest = ", ".join(f"{c.label} ({c.score:.3f})" for c in result.candidates[:3])
     teach = "; once they name it, add_category_example(label=...) teaches the memory."
     if result.novel_group is not None:
@@ -78,9 +85,15 @@ def format_result(
         "list_unknown_groups shows that group; ask once for all." if ex.novel_group else "",
         f"Ranking: {ex.how}.",
         *listing,
+        *said,
         "Ask the user what it shows" + (teach if can_learn else "."),
     ]
     return "\n".join(line for line in lines if line)
+
+
+def _caveat_line(caveat: str) -> str:
+    """The measured encoder prior's caveat as a line of the tool text."""
+    return f"Open-set check: {caveat}, so its 'known' and 'unknown' are an estimate."
 
 
 # ---------------------------------------------------------------------------- recognize
@@ -229,16 +242,20 @@ def _no_box_recognized(results: Sequence[RecognitionResult], name: str) -> RarEr
 def _regions_output(
     results: Sequence[RecognitionResult], name: str, can_learn: bool
 ) -> tuple[str, dict[str, Any]]:
+    from rar_agent.pipeline import explanation_of
+
     texts = []
+    caveats = {explanation_of(r).prior_caveat for r in results} - {None}
     for i, result in enumerate(results, 1):
         result.image = name
-        text = format_result(result, can_learn=can_learn)
+        text = format_result(result, can_learn=can_learn, caveat=False)
         if result.error:  # it names the box
             texts.append(text)
             continue
         # named by its id (its position in `boxes`, from 0, unless given), as its errors are
         head = f"Box {result.box_id}" if result.box_id is not None else f"Region {i}"
         texts.append(f"{head}: {text}")
+    texts += [_caveat_line(c) for c in sorted(c for c in caveats if c)]  # once for all boxes
     content = "\n".join(texts) if texts else f"No regions were recognized in {name}."
     return content, RegionResults(image=name, regions=list(results)).model_dump(mode="json")
 

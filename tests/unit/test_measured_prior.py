@@ -185,6 +185,18 @@ def test_a_one_example_memory_judged_by_a_measured_prior_says_where_it_came_from
     result = recognizer.recognize(recognizer_image(tmp_path))
     assert result.rejection is not None and result.rejection.threshold is not None
     assert result.rejection.prior and MEASURED_ON in (result.rejection.note or "")
+    # the tool's text (MCP's text reply) said nothing of what the prior was measured on, only
+    # its structured content did: it says it in short, once for all the boxes of a photo
+    from rar_agent.pipeline.explain import MEASURED_PRIOR_CAVEAT
+    from rar_agent.tools.recognize import _regions_output, format_result
+
+    assert result.rejection.prior_measured
+    assert format_result(result).count(MEASURED_PRIOR_CAVEAT) == 1, format_result(result)
+    boxes = [[0.0, 0.0, 30.0, 30.0], [10.0, 5.0, 40.0, 35.0]]
+    regions = recognizer.recognize_regions(recognizer_image(tmp_path), boxes, normalized=False)
+    assert all(r.explanation and r.explanation.prior_caveat for r in regions), regions
+    text, _ = _regions_output(regions, "photo.png", can_learn=False)
+    assert text.count(MEASURED_PRIOR_CAVEAT) == 1, text
     recognizer.close()
 
 
@@ -236,6 +248,17 @@ def test_memory_prior_measures_ahead_and_stats_then_name_it(tiny_cli_env: Path) 
     assert f"measured on this machine, stored in {shown['file']}" in summary, summary
     again = CliRunner().invoke(app, ["memory", "prior", "--collection", "one", "--no-progress"])
     assert again.exit_code == 0 and "measuring" not in again.stderr  # stored, read back
+    # the table's open-set line said the prior estimates, not what it was measured on: it
+    # says it in short once, however many photos it judged
+    from rar_agent.pipeline.explain import MEASURED_PRIOR_CAVEAT
+
+    photos = [str(p) for p in sorted((tiny_cli_env / "images").iterdir())[:2]]
+    table = CliRunner().invoke(app, ["recognize", *photos, "--collection", "one"])
+    assert table.exit_code == 0, table.output
+    checks = [line for line in table.stdout.splitlines() if line.startswith("open-set check")]
+    assert len(checks) == 2 and "as the encoder prior estimates" in checks[1], table.stdout
+    assert table.stdout.count(MEASURED_PRIOR_CAVEAT) == 1, table.stdout
+    assert MEASURED_PRIOR_CAVEAT in checks[0], table.stdout
 
 
 def test_a_later_command_keeps_the_measured_prior_in_the_calibration(
