@@ -188,7 +188,18 @@ def render_reply(
     parts += [_tool_error(t) for t in errors]
     for t in results:
         parts += _answer_blocks(t.artifact, can_learn, learning_off, queries or {})
+    parts += [f"<sub>{_md(c)}</sub>" for c in _caveats([t.artifact for t in results])]
     return "\n\n".join(parts) if parts else "(no reply)"
+
+
+def _caveats(artifacts: Sequence[dict[str, Any]]) -> list[str]:
+    """The measured encoder prior's caveat, once for all the answers of a turn it judged."""
+    from rar_agent.pipeline import explanation_of
+    from rar_agent.tools.recognize import caveat_line
+
+    items = [item for artifact in artifacts for item in artifact.get("regions", [artifact])]
+    said = {explanation_of(item).prior_caveat for item in items if not item.get("error")}
+    return [caveat_line(c) for c in sorted(c for c in said if c)]
 
 
 def _tool_error(message: ToolMessage) -> str:

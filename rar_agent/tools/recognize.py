@@ -21,6 +21,7 @@ __all__ = [
     "RECOGNIZE_WHAT",
     "RecognizeTool",
     "EXAMPLE_BLOCKS",
+    "caveat_line",
     "example_blocks",
     "format_result",
 ]
@@ -69,7 +70,7 @@ def format_result(
         "Candidates (label: retrieval score):",
         *(f"{i}. {c.label}: {c.score:.3f}" for i, c in enumerate(result.candidates, 1)),
     ]
-    said = [_caveat_line(ex.prior_caveat)] if caveat and ex.prior_caveat else []
+    said = [caveat_line(ex.prior_caveat)] if caveat and ex.prior_caveat else []
     if not ex.unknown:
         return "\n".join([f"Answer{where}{box}: {ex.answer} ({ex.how}).", *listing, *said])
     closest = ", ".join(f"{c.label} ({c.score:.3f})" for c in result.candidates[:3])
@@ -91,8 +92,9 @@ def format_result(
     return "\n".join(line for line in lines if line)
 
 
-def _caveat_line(caveat: str) -> str:
-    """The measured encoder prior's caveat as a line of the tool text."""
+def caveat_line(caveat: str) -> str:
+    """The measured encoder prior's caveat (:attr:`Explanation.prior_caveat`) as a line of
+    the tool text and the chat page."""
     return f"Open-set check: {caveat}, so its 'known' and 'unknown' are an estimate."
 
 
@@ -255,7 +257,7 @@ def _regions_output(
         # named by its id (its position in `boxes`, from 0, unless given), as its errors are
         head = f"Box {result.box_id}" if result.box_id is not None else f"Region {i}"
         texts.append(f"{head}: {text}")
-    texts += [_caveat_line(c) for c in sorted(c for c in caveats if c)]  # once for all boxes
+    texts += [caveat_line(c) for c in sorted(c for c in caveats if c)]  # once for all boxes
     content = "\n".join(texts) if texts else f"No regions were recognized in {name}."
     return content, RegionResults(image=name, regions=list(results)).model_dump(mode="json")
 

@@ -197,6 +197,17 @@ def test_a_one_example_memory_judged_by_a_measured_prior_says_where_it_came_from
     assert all(r.explanation and r.explanation.prior_caveat for r in regions), regions
     text, _ = _regions_output(regions, "photo.png", can_learn=False)
     assert text.count(MEASURED_PRIOR_CAVEAT) == 1, text
+    # and the chat page, once for a turn's two photos
+    from langchain_core.messages import ToolMessage
+
+    from rar_agent.ui import render_reply
+
+    messages = [ToolMessage(content="...", tool_call_id=str(i), name="recognize_image")
+                for i in range(2)]  # fmt: skip
+    for message in messages:
+        message.artifact = result.model_dump(mode="json")
+    page = render_reply("", messages)
+    assert page.count(MEASURED_PRIOR_CAVEAT.split(" (")[0]) == 1, page
     recognizer.close()
 
 
