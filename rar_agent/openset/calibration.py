@@ -1353,13 +1353,15 @@ def _rescaled(
     judges it and ``labels`` (of examples just added) bring a category it has not counted:
     the scale is what the prior's threshold is set by, and a category taught far from the
     others must be set apart from it (and judged as such); ``None`` otherwise."""
+    # the cheap tests first: the own threshold below costs ~5 ms at 10k entries
+    if all(cal.categories.count_of(label) for label in labels):
+        return None
     prior = encoder_prior(memory.info.fingerprint)
+    if prior is None:
+        return None
     # not judged_by_own(): without a scale the prior judges nothing, so a memory first fitted
     # with too few categories for one would have counted as judged by its own for good
-    own = cal.calibrated and cal.own_threshold(DEFAULT_ALPHA)[0] is not None
-    if prior is None or own:
-        return None
-    if all(cal.categories.count_of(label) for label in labels):
+    if cal.calibrated and cal.own_threshold(DEFAULT_ALPHA)[0] is not None:
         return None
     first = list(itertools.islice(_image_entries(memory), FIT_SAMPLE))
     return MemoryScale.measure(*_labels_and_rows(first), prior.far_below)
