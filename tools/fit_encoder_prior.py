@@ -317,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         from rar_agent.encoders import load_encoder
         from rar_agent.pipeline.prior import measure_on_garments
 
-        prior = measure_on_garments(load_encoder(args.encoder))
+        measured = measure_on_garments(load_encoder(args.encoder))
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(prior.model_dump_json(indent=1) + "\n")
+        args.out.write_text(measured.model_dump_json(indent=1) + "\n")
         return 0
     if args.fashion is None:
         p.error("--fashion DIR: the tools/eval_open_set.py cache")
